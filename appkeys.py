@@ -1,0 +1,21 @@
+"""Typed keys for what the app factory puts on the aiohttp application."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+if TYPE_CHECKING:
+    import socketio
+
+    from clock import Clock
+    from payments.service import PaymentService
+    from realtime.storage.base import Storage
+    from settings import Settings
+
+SETTINGS: web.AppKey["Settings"] = web.AppKey("settings")
+CLOCK: web.AppKey["Clock"] = web.AppKey("clock")
+STORAGE: web.AppKey["Storage"] = web.AppKey("storage")
+SERVICE: web.AppKey["PaymentService"] = web.AppKey("payment_service")
+SIO: web.AppKey["socketio.AsyncServer"] = web.AppKey("sio")

@@ -1,0 +1,41 @@
+"""Time, passed in rather than read from globals, so expiry can be tested without sleeping."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timedelta, timezone
+from typing import Protocol
+
+
+class Clock(Protocol):
+    def now(self) -> datetime:
+        """Wall-clock time in UTC, for timestamps on the wire."""
+
+    def monotonic(self) -> float:
+        """Seconds on a clock that never goes back, for expiry and timeouts."""
+
+
+class SystemClock:
+    def now(self) -> datetime:
+        return datetime.now(timezone.utc)
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+
+class ManualClock:
+    """A clock that only moves when told to; tests use it to expire records instantly."""
+
+    def __init__(self, start: datetime | None = None) -> None:
+        self._wall = start or datetime(2026, 1, 1, tzinfo=timezone.utc)
+        self._mono = 1000.0
+
+    def now(self) -> datetime:
+        return self._wall
+
+    def monotonic(self) -> float:
+        return self._mono
+
+    def advance(self, seconds: float) -> None:
+        self._wall += timedelta(seconds=seconds)
+        self._mono += seconds

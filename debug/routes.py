@@ -1,0 +1,66 @@
+"""Developer endpoints: who is connected, and a simulator that drives the real update path."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Awaitable, Callable
+
+from aiohttp import web
+
+from appkeys import SERVICE, SETTINGS, STORAGE
+from errors import NotFound, read_json_object
+from payments.model import StatusUpdate, Transition, UpdateSource
+from payments.schemas import SimulateRequest
+
+routes = web.RouteTableDef()
+
+
+@routes.get("/api/payment/debug/connections")
+async def connections(request: web.Request) -> web.Response:
+    storage = request.app[STORAGE]
+    clients = await storage.list_clients()
+    health = await storage.health()
+    return web.json_response(
+        {
+            "instance_id": request.app[SETTINGS].INSTANCE_ID,
+            "storage": health.model_dump(mode="json", exclude_none=True),
+            "count": len(clients),
+            "connections": [c.model_dump(mode="json") for c in clients],
+        },
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+@routes.post("/api/payment/test/simulate")
+async def simulate(request: web.Request) -> web.Response:
+    if not request.app[SETTINGS].SIMULATE_ENABLED:
+        # Indistinguishable from an unknown route: production does not advertise it.
+        raise web.HTTPNotFound()
+    body = SimulateRequest.model_validate(await read_json_object(request))
+    service = request.app[SERVICE]
+    await service.get_payment(body.reference)  # 404 for an unknown reference, before anything is scheduled
+    update = StatusUpdate(
+        reference=body.reference, status=body.status, reason=body.reason, source=UpdateSource.SIMULATION
+    )
+
+    async def apply() -> Transition:
+        settle = getattr(service.provider, "settle", None)
+        if settle is not None:  # the sandbox remembers the outcome, as CamPay would
+            settle(body.reference, body.status, body.reason)
+        return await service.apply_update(update)
+
+    if body.delay_ms:
+        service.run_in_background(_after(body.delay_ms / 1000, apply), name=f"simulate-{body.reference}")
+        return web.json_response({"scheduled": True, "reference": body.reference, "delay_ms": body.delay_ms}, status=202)
+
+    transition = await apply()
+    if transition.payment is None:  # expired between the check and the update
+        raise NotFound(f"no payment with reference {body.reference}", code="payment_not_found")
+    return web.json_response(
+        {"applied": transition.applied, "outcome": transition.outcome, "payment": transition.payment.public()}
+    )
+
+
+async def _after(seconds: float, action: Callable[[], Awaitable[object]]) -> None:
+    await asyncio.sleep(seconds)
+    await action()

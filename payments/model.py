@@ -1,0 +1,156 @@
+"""The payment record, the updates that change it, and the events it produces.
+
+These are the only shapes that cross module boundaries: storage stores a
+`Payment`, the state machine turns a `StatusUpdate` into a `Transition`, and
+the notifier emits `PaymentEvent.payload()`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from enum import Enum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class PaymentStatus(str, Enum):
+    PENDING = "PENDING"
+    SUCCESSFUL = "SUCCESSFUL"
+    FAILED = "FAILED"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self is not PaymentStatus.PENDING
+
+
+class UpdateSource(str, Enum):
+    """Where a status claim came from; kept on the event for audit."""
+
+    INITIATE = "initiate"
+    WEBHOOK = "webhook"
+    PROVIDER_POLL = "provider_poll"
+    SIMULATION = "simulation"
+    SANDBOX = "sandbox"
+
+
+def utc_iso(moment: datetime) -> str:
+    """ISO 8601 in UTC with a `Z`, the one timestamp format on the wire."""
+    return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def mask_phone(phone: str | None) -> str | None:
+    """`237612345678` -> `2376XXXX5678`: enough to recognise, not enough to reuse."""
+    if not phone:
+        return phone
+    if len(phone) <= 8:
+        return "X" * (len(phone) - 2) + phone[-2:]
+    return phone[:4] + "X" * (len(phone) - 8) + phone[-4:]
+
+
+class Payment(BaseModel):
+    """One collection attempt, identified by the provider's reference."""
+
+    model_config = ConfigDict(use_enum_values=False)
+
+    reference: str
+    order_id: str | None = None
+    amount: int | None = None
+    currency: str = "XAF"
+    phone_number: str | None = None
+    description: str | None = None
+    operator: str | None = None
+    ussd_code: str | None = None
+    provider: str = "sandbox"
+    status: PaymentStatus = PaymentStatus.PENDING
+    reason: str | None = None
+    seq: int = 1
+    created_at: datetime
+    updated_at: datetime
+    completed_at: datetime | None = None
+    operator_reference: str | None = None
+    # True when the provider told us about a reference we never initiated
+    # (a webhook that arrived first); such a record has no order or amount yet.
+    orphan: bool = False
+
+    def public(self, *, reveal_phone: bool = False) -> dict[str, Any]:
+        """The REST representation: snake_case JSON, phone masked unless asked."""
+        data = self.model_dump(mode="json")
+        data["timestamp"] = utc_iso(self.updated_at)
+        data["created_at"] = utc_iso(self.created_at)
+        data["updated_at"] = utc_iso(self.updated_at)
+        data["completed_at"] = utc_iso(self.completed_at) if self.completed_at else None
+        if not reveal_phone:
+            data["phone_number"] = mask_phone(self.phone_number)
+        return data
+
+
+class StatusUpdate(BaseModel):
+    """A claim about a payment's status from some source; the state machine decides."""
+
+    reference: str
+    status: str
+    source: UpdateSource
+    reason: str | None = None
+    amount: int | None = None
+    currency: str | None = None
+    operator: str | None = None
+    operator_reference: str | None = None
+    external_reference: str | None = None
+
+
+class PaymentEvent(BaseModel):
+    """The state of a payment at one `seq`, as sent to clients and kept in the event log."""
+
+    reference: str
+    order_id: str | None
+    status: PaymentStatus
+    amount: int | None
+    currency: str
+    operator: str | None
+    seq: int
+    timestamp: datetime
+    reason: str | None = None
+    ussd_code: str | None = None
+
+    @classmethod
+    def of(cls, payment: Payment, *, with_ussd: bool = False) -> "PaymentEvent":
+        return cls(
+            reference=payment.reference,
+            order_id=payment.order_id,
+            status=payment.status,
+            amount=payment.amount,
+            currency=payment.currency,
+            operator=payment.operator,
+            seq=payment.seq,
+            timestamp=payment.updated_at,
+            reason=payment.reason,
+            ussd_code=payment.ussd_code if with_ussd else None,
+        )
+
+    def payload(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "reference": self.reference,
+            "order_id": self.order_id,
+            "status": self.status.value,
+            "amount": self.amount,
+            "currency": self.currency,
+            "operator": self.operator,
+            "seq": self.seq,
+            "timestamp": utc_iso(self.timestamp),
+        }
+        if self.status is PaymentStatus.FAILED:
+            data["reason"] = self.reason
+        if self.ussd_code is not None:
+            data["ussd_code"] = self.ussd_code
+        return data
+
+
+class Transition(BaseModel):
+    """What applying one update did: `applied` is False for duplicates and regressions."""
+
+    applied: bool
+    payment: Payment | None
+    previous_status: PaymentStatus | None = None
+    outcome: str = Field(description="applied | duplicate | regression | created_orphan | unknown")
+    event: PaymentEvent | None = None

@@ -1,0 +1,73 @@
+"""REST endpoints for checkout backends: initiate, status by order, tracking by reference."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from aiohttp import web
+
+from appkeys import SERVICE, STORAGE
+from errors import InvalidRequest, read_json_object
+from payments.schemas import InitiateRequest, OrderId, Reference
+from pydantic import TypeAdapter, ValidationError
+
+routes = web.RouteTableDef()
+
+_order_id = TypeAdapter(OrderId)
+_reference = TypeAdapter(Reference)
+
+
+def _path_param(request: web.Request, name: str, adapter: TypeAdapter[str]) -> str:
+    value = request.match_info[name]
+    try:
+        return adapter.validate_python(value)
+    except ValidationError:
+        raise InvalidRequest(f"{name} is malformed (1-64 letters, digits, '_', '-', '.', ':')", code="invalid_" + name)
+
+
+@routes.post("/api/payment/initiate")
+async def initiate(request: web.Request) -> web.Response:
+    body = InitiateRequest.model_validate(await read_json_object(request))
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not (1 <= len(key) <= 255):
+        raise InvalidRequest("Idempotency-Key must be 1-255 characters", code="invalid_idempotency_key")
+    result = await request.app[SERVICE].initiate(body, key)
+    response = web.json_response(result.body, status=result.status_code)
+    if result.replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return response
+
+
+def _etag(body: dict[str, object]) -> str:
+    digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:32]
+    return f'"{digest}"'
+
+
+def _matches(if_none_match: str | None, etag: str) -> bool:
+    if not if_none_match:
+        return False
+    candidates = [c.strip().removeprefix("W/") for c in if_none_match.split(",")]
+    return "*" in candidates or etag in candidates
+
+
+@routes.get("/api/payment/status/{order_id}")
+async def order_status(request: web.Request) -> web.Response:
+    order_id = _path_param(request, "order_id", _order_id)
+    payment = await request.app[SERVICE].get_order_payment(order_id)
+    body = payment.public()
+    etag = _etag(body)
+    headers = {"Cache-Control": "no-store", "ETag": etag}
+    if _matches(request.headers.get("If-None-Match"), etag):
+        return web.Response(status=304, headers=headers)
+    return web.json_response(body, headers=headers)
+
+
+@routes.get("/api/payment/tracking/{reference}")
+async def tracking(request: web.Request) -> web.Response:
+    reference = _path_param(request, "reference", _reference)
+    payment = await request.app[SERVICE].get_payment(reference)
+    trackers = await request.app[STORAGE].tracker_count(reference)
+    return web.json_response(
+        {"payment": payment.public(), "tracking_clients": trackers}, headers={"Cache-Control": "no-store"}
+    )

@@ -1,0 +1,54 @@
+"""Validated shapes of what callers send us, REST bodies and socket payloads alike.
+
+Strict types: `"100"` or `100.5` is not an amount, `true` is not a number.
+Pydantic's errors become 400 `validation_error` with per-field details.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
+
+REFERENCE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
+
+Reference = Annotated[StrictStr, Field(min_length=1, max_length=64, pattern=REFERENCE_PATTERN)]
+OrderId = Annotated[StrictStr, Field(min_length=1, max_length=64, pattern=REFERENCE_PATTERN)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
+
+
+class InitiateRequest(_Strict):
+    order_id: OrderId
+    amount: Annotated[StrictInt, Field(gt=0, le=10_000_000)]
+    phone_number: StrictStr
+    currency: Literal["XAF"] = "XAF"
+    description: Annotated[StrictStr, Field(max_length=255)] | None = None
+
+    @field_validator("phone_number")
+    @classmethod
+    def _phone(cls, value: str) -> str:
+        digits = value.removeprefix("+").replace(" ", "")
+        if not digits.isdigit() or not digits.startswith("237") or len(digits) != 12:
+            raise ValueError("must be a Cameroon number with country code: 237 followed by 9 digits")
+        return digits
+
+
+class TrackPayload(_Strict):
+    reference: Reference = Field(validation_alias=AliasChoices("reference", "paymentReference"))
+    last_seq: Annotated[StrictInt, Field(ge=0)] | None = Field(
+        None, validation_alias=AliasChoices("last_seq", "lastSeq")
+    )
+
+
+class StopTrackingPayload(_Strict):
+    reference: Reference = Field(validation_alias=AliasChoices("reference", "paymentReference"))
+
+
+class SimulateRequest(_Strict):
+    reference: Reference
+    status: Literal["SUCCESSFUL", "FAILED"]
+    reason: Annotated[StrictStr, Field(max_length=255)] | None = None
+    delay_ms: Annotated[StrictInt, Field(ge=0, le=60_000)] = 0

@@ -1,0 +1,252 @@
+"""The payment service: initiation, and the one path every status change takes.
+
+`apply_update` is the only way a payment's status changes. Webhooks, provider
+polls, simulations and the sandbox timer all call it; it asks storage to run
+the state machine atomically and then, only if something changed, notifies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from clock import Clock
+from errors import ApiError, Conflict, NotFound, UnprocessableRequest
+from payments.model import Payment, PaymentEvent, PaymentStatus, StatusUpdate, Transition, UpdateSource
+from payments.provider import CollectRequest, PaymentProvider
+from payments.schemas import InitiateRequest
+from realtime.storage.base import IdempotencyRecord, Storage
+
+log = logging.getLogger("paytrack.payments")
+
+# How long an order stays locked while its collect call is in flight; longer
+# than the provider timeout so a slow call cannot be overtaken by a second one.
+ORDER_LOCK_SECONDS = 30.0
+
+
+class Notifier(Protocol):
+    """Pushes payment events to the clients tracking them (Socket.IO in production)."""
+
+    async def payment_initiated(self, payment: Payment) -> None: ...
+
+    async def payment_changed(self, transition: Transition) -> None: ...
+
+
+@dataclass(frozen=True)
+class InitiateResult:
+    status_code: int
+    body: dict[str, Any]
+    replayed: bool = False
+
+
+def _fingerprint(request: InitiateRequest) -> str:
+    canonical = json.dumps(request.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class PaymentService:
+    def __init__(
+        self,
+        storage: Storage,
+        provider: PaymentProvider,
+        notifier: Notifier,
+        clock: Clock,
+        *,
+        idempotency_ttl: float,
+        sandbox_autocomplete_seconds: float | None = None,
+        sandbox_outcome: str = "SUCCESSFUL",
+    ) -> None:
+        self.storage = storage
+        self.provider = provider
+        self.notifier = notifier
+        self.clock = clock
+        self._idempotency_ttl = idempotency_ttl
+        self._autocomplete = sandbox_autocomplete_seconds
+        self._autocomplete_outcome = sandbox_outcome
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # -- the one update path -------------------------------------------------
+    async def apply_update(self, update: StatusUpdate) -> Transition:
+        """Run the state machine atomically in storage, then notify if anything changed."""
+        transition = await self.storage.transition(update, self.clock.now())
+        level = logging.INFO if transition.applied else logging.DEBUG
+        log.log(
+            level,
+            "status update %s",
+            transition.outcome,
+            extra={
+                "reference": update.reference,
+                "source": update.source.value,
+                "claimed": update.status,
+                "previous": transition.previous_status.value if transition.previous_status else None,
+                "seq": transition.payment.seq if transition.payment else None,
+            },
+        )
+        if transition.applied:
+            await self.notifier.payment_changed(transition)
+        return transition
+
+    # -- initiation -------------------------------------------------------------
+    async def initiate(self, request: InitiateRequest, idempotency_key: str | None) -> InitiateResult:
+        """Start a collection, at most once per Idempotency-Key and one PENDING payment per order."""
+        if idempotency_key is None:
+            return await self._initiate_once(request)
+
+        fingerprint = _fingerprint(request)
+        existing = await self.storage.claim_idempotency(idempotency_key, fingerprint, self._idempotency_ttl)
+        if existing is not None:
+            if existing.fingerprint != fingerprint:
+                raise UnprocessableRequest(
+                    "this Idempotency-Key was used with a different request body",
+                    code="idempotency_key_reused",
+                )
+            if existing.state == "in_progress" or existing.status_code is None or existing.body is None:
+                raise Conflict(
+                    "a request with this Idempotency-Key is still being processed; retry shortly",
+                    code="idempotency_in_progress",
+                )
+            return InitiateResult(existing.status_code, existing.body, replayed=True)
+
+        try:
+            result = await self._initiate_once(request)
+        except ApiError as exc:
+            if exc.status >= 500 and getattr(exc, "retry_safe", False):
+                # The provider never received the request: a retry may try again.
+                await self.storage.release_idempotency(idempotency_key)
+                raise
+            # Definite answers, and failures where the provider may have acted
+            # (a timeout), are remembered: a retry must not send a second collect.
+            record = IdempotencyRecord(
+                fingerprint=fingerprint, state="done", status_code=exc.status, body=exc.body()
+            )
+            await self.storage.complete_idempotency(idempotency_key, record, self._idempotency_ttl)
+            raise
+        except BaseException:
+            await self.storage.release_idempotency(idempotency_key)
+            raise
+        record = IdempotencyRecord(
+            fingerprint=fingerprint, state="done", status_code=result.status_code, body=result.body
+        )
+        await self.storage.complete_idempotency(idempotency_key, record, self._idempotency_ttl)
+        return result
+
+    async def _initiate_once(self, request: InitiateRequest) -> InitiateResult:
+        if not await self.storage.acquire_order_lock(request.order_id, ORDER_LOCK_SECONDS):
+            raise Conflict(
+                f"a payment for order {request.order_id} is being initiated right now",
+                code="initiation_in_progress",
+            )
+        try:
+            current = await self.storage.get_order_payment(request.order_id)
+            if current is not None and current.status is PaymentStatus.PENDING:
+                raise Conflict(
+                    f"order {request.order_id} already has a pending payment",
+                    code="payment_pending",
+                    reference=current.reference,
+                )
+            collected = await self.provider.collect(
+                CollectRequest(
+                    order_id=request.order_id,
+                    amount=request.amount,
+                    currency=request.currency,
+                    phone_number=request.phone_number,
+                    description=request.description or f"Payment for order {request.order_id}",
+                )
+            )
+            now = self.clock.now()
+            payment = await self.storage.create_payment(
+                Payment(
+                    reference=collected.reference,
+                    order_id=request.order_id,
+                    amount=request.amount,
+                    currency=request.currency,
+                    phone_number=request.phone_number,
+                    description=request.description,
+                    operator=collected.operator,
+                    ussd_code=collected.ussd_code,
+                    provider=self.provider.name,
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+        finally:
+            await self.storage.release_order_lock(request.order_id)
+
+        log.info("payment initiated", extra={"reference": payment.reference, "order_id": payment.order_id})
+        await self.notifier.payment_initiated(payment)
+        self._schedule_sandbox_completion(payment)
+        return InitiateResult(201, payment.public(reveal_phone=True))
+
+    def _schedule_sandbox_completion(self, payment: Payment) -> None:
+        if self._autocomplete is None or self.provider.name != "sandbox":
+            return
+
+        async def complete() -> None:
+            await asyncio.sleep(self._autocomplete or 0)
+            settle = getattr(self.provider, "settle", None)
+            if settle is not None:
+                settle(payment.reference, self._autocomplete_outcome)
+            await self.apply_update(
+                StatusUpdate(
+                    reference=payment.reference,
+                    status=self._autocomplete_outcome,
+                    source=UpdateSource.SANDBOX,
+                    reason="sandbox auto-complete" if self._autocomplete_outcome == "FAILED" else None,
+                )
+            )
+
+        self.run_in_background(complete(), name=f"sandbox-complete-{payment.reference}")
+
+    def run_in_background(self, coro: Any, *, name: str) -> asyncio.Task[Any]:
+        """Start a task the service owns: kept referenced, logged on failure, cancelled on close."""
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+
+        def done(t: asyncio.Task[Any]) -> None:
+            self._tasks.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                log.error("background task %s failed", name, exc_info=t.exception())
+
+        task.add_done_callback(done)
+        return task
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # -- reads ------------------------------------------------------------------
+    async def get_payment(self, reference: str) -> Payment:
+        payment = await self.storage.get_payment(reference)
+        if payment is None:
+            raise NotFound(f"no payment with reference {reference}", code="payment_not_found")
+        return payment
+
+    async def get_order_payment(self, order_id: str) -> Payment:
+        payment = await self.storage.get_order_payment(order_id)
+        if payment is None:
+            raise NotFound(f"no payment for order {order_id}", code="payment_not_found")
+        return payment
+
+    async def catch_up(self, reference: str, last_seq: int | None) -> list[PaymentEvent]:
+        """The events a (re)connecting tracker has not seen, oldest first.
+
+        Without `last_seq`: just the current state. With it: every logged event
+        after it, or the current state alone if the bounded log no longer
+        reaches back that far.
+        """
+        payment = await self.storage.get_payment(reference)
+        if payment is None:
+            return []
+        if last_seq is None:
+            return [PaymentEvent.of(payment)]
+        if last_seq >= payment.seq:
+            return []
+        events = await self.storage.events_after(reference, last_seq)
+        if not events or events[0].seq != last_seq + 1 or events[-1].seq != payment.seq:
+            return [PaymentEvent.of(payment)]
+        return events

@@ -1,0 +1,18 @@
+"""Every Socket.IO event name and room name format, in one place."""
+
+# client -> server
+TRACK_PAYMENT = "track-payment"
+STOP_TRACKING_PAYMENT = "stop-tracking-payment"
+
+# server -> client
+CONNECTED = "connected"
+PAYMENT_INITIATED = "payment-initiated"
+PAYMENT_STATUS = "payment-status"
+PAYMENT_SUCCESS = "payment-success"
+PAYMENT_FAILED = "payment-failed"
+PAYMENT_COMPLETED = "payment-completed"
+
+
+def payment_room(reference: str) -> str:
+    """The room every socket tracking `reference` joins, on every instance."""
+    return f"payment:{reference}"

@@ -1,0 +1,109 @@
+"""The one storage interface every backend implements.
+
+Callers (the payment service, socket handlers, debug routes) only see this
+protocol; which backend they got is decided once by `factory.create_storage`.
+Each method's docstring states the guarantee a backend must keep.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal, Protocol
+
+from pydantic import BaseModel
+
+from payments.model import Payment, PaymentEvent, StatusUpdate, Transition
+
+
+class ClientRecord(BaseModel):
+    """One Socket.IO connection, as seen by every instance."""
+
+    socket_id: str
+    instance_id: str
+    connected_at: datetime
+    tracked: list[str] = []
+
+
+class IdempotencyRecord(BaseModel):
+    """The first response to a request carrying an `Idempotency-Key`."""
+
+    fingerprint: str
+    state: Literal["in_progress", "done"]
+    status_code: int | None = None
+    body: dict[str, Any] | None = None
+
+
+class StorageHealth(BaseModel):
+    backend: str
+    status: Literal["healthy", "degraded"]
+    redis_reachable: bool | None = None
+    latency_ms: float | None = None
+    detail: str | None = None
+
+
+class Storage(Protocol):
+    backend: str
+
+    async def start(self) -> None:
+        """Open connections and background work; called once from the app's lifetime."""
+
+    async def close(self) -> None:
+        """Release everything `start` opened."""
+
+    async def health(self) -> StorageHealth: ...
+
+    # -- payments ---------------------------------------------------------
+    async def create_payment(self, payment: Payment) -> Payment:
+        """Store a new payment (seq 1), index it by order and as active, log its first event.
+
+        If a record for the reference already exists because the provider spoke
+        first (an orphan), the stored one keeps its status and seq and gains the
+        order details; the merged record is returned.
+        """
+
+    async def get_payment(self, reference: str) -> Payment | None: ...
+
+    async def get_order_payment(self, order_id: str) -> Payment | None:
+        """The most recent payment created for `order_id`."""
+
+    async def transition(self, update: StatusUpdate, now: datetime) -> Transition:
+        """Atomically: read, `payments.state.decide`, write, bump seq, log the event, refresh TTL.
+
+        Two concurrent calls for one reference are serialised: at most one of
+        them moves a PENDING payment to a terminal status.
+        """
+
+    async def events_after(self, reference: str, seq: int) -> list[PaymentEvent]:
+        """Logged events with a seq greater than `seq`, oldest first (bounded log)."""
+
+    async def active_references(self, limit: int = 1000) -> list[str]:
+        """References still PENDING, oldest first."""
+
+    # -- initiation guards ---------------------------------------------
+    async def acquire_order_lock(self, order_id: str, ttl_seconds: float) -> bool:
+        """True if this caller now holds the order's initiation lock (expires by itself)."""
+
+    async def release_order_lock(self, order_id: str) -> None: ...
+
+    async def claim_idempotency(self, key: str, fingerprint: str, ttl_seconds: float) -> IdempotencyRecord | None:
+        """Claim `key` for a new request; None if claimed, else the existing record."""
+
+    async def complete_idempotency(self, key: str, record: IdempotencyRecord, ttl_seconds: float) -> None: ...
+
+    async def release_idempotency(self, key: str) -> None: ...
+
+    # -- clients ----------------------------------------------------------
+    async def add_client(self, client: ClientRecord) -> None: ...
+
+    async def remove_client(self, socket_id: str) -> None:
+        """Forget the connection and stop counting it as a tracker of its payments."""
+
+    async def get_client(self, socket_id: str) -> ClientRecord | None: ...
+
+    async def track(self, socket_id: str, reference: str) -> None: ...
+
+    async def untrack(self, socket_id: str, reference: str) -> None: ...
+
+    async def list_clients(self) -> list[ClientRecord]: ...
+
+    async def tracker_count(self, reference: str) -> int: ...

@@ -1,0 +1,214 @@
+"""In-process storage for development and single-instance use.
+
+Every method runs without awaiting in the middle, so each one is atomic with
+respect to other coroutines on the loop: that is what makes `transition` safe
+here without a lock. Expiry is real (driven by the injected clock) so
+development behaves like Redis: expired records disappear on read and a
+periodic sweep frees their memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from datetime import datetime
+from typing import Generic, Iterator, TypeVar
+
+from clock import Clock
+from payments.model import Payment, PaymentEvent, PaymentStatus, StatusUpdate, Transition
+from payments.state import adopt_orphan, decide
+from realtime.storage.base import ClientRecord, IdempotencyRecord, StorageHealth
+
+V = TypeVar("V")
+
+
+class ExpiringMap(Generic[V]):
+    """A dict whose entries vanish `ttl` seconds after they were last set."""
+
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
+        self._data: dict[str, tuple[V, float]] = {}
+
+    def get(self, key: str) -> V | None:
+        item = self._data.get(key)
+        if item is None:
+            return None
+        if item[1] <= self._clock.monotonic():
+            del self._data[key]
+            return None
+        return item[0]
+
+    def set(self, key: str, value: V, ttl: float) -> None:
+        self._data[key] = (value, self._clock.monotonic() + ttl)
+
+    def set_nx(self, key: str, value: V, ttl: float) -> bool:
+        if self.get(key) is not None:
+            return False
+        self.set(key, value, ttl)
+        return True
+
+    def touch(self, key: str, ttl: float) -> None:
+        value = self.get(key)
+        if value is not None:
+            self.set(key, value, ttl)
+
+    def pop(self, key: str) -> V | None:
+        value = self.get(key)
+        self._data.pop(key, None)
+        return value
+
+    def items(self) -> Iterator[tuple[str, V]]:
+        now = self._clock.monotonic()
+        return iter([(k, v) for k, (v, exp) in self._data.items() if exp > now])
+
+    def sweep(self) -> int:
+        now = self._clock.monotonic()
+        dead = [k for k, (_, exp) in self._data.items() if exp <= now]
+        for key in dead:
+            del self._data[key]
+        return len(dead)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+class MemoryStorage:
+    backend = "memory"
+
+    def __init__(
+        self,
+        clock: Clock,
+        *,
+        payment_ttl: float,
+        client_ttl: float,
+        event_log_max: int,
+        sweep_interval: float = 30.0,
+    ) -> None:
+        self._clock = clock
+        self._payment_ttl = payment_ttl
+        self._client_ttl = client_ttl
+        self._event_log_max = event_log_max
+        self._sweep_interval = sweep_interval
+        self._payments: ExpiringMap[Payment] = ExpiringMap(clock)
+        self._events: ExpiringMap[deque[PaymentEvent]] = ExpiringMap(clock)
+        self._orders: ExpiringMap[str] = ExpiringMap(clock)
+        self._order_locks: ExpiringMap[bool] = ExpiringMap(clock)
+        self._idempotency: ExpiringMap[IdempotencyRecord] = ExpiringMap(clock)
+        self._clients: ExpiringMap[ClientRecord] = ExpiringMap(clock)
+        self._sweeper: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._sweeper = asyncio.create_task(self._sweep_forever(), name="memory-storage-sweep")
+
+    async def close(self) -> None:
+        if self._sweeper:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._sweep_interval)
+            self.sweep()
+
+    def sweep(self) -> int:
+        maps = (self._payments, self._events, self._orders, self._order_locks, self._idempotency, self._clients)
+        return sum(m.sweep() for m in maps)
+
+    async def health(self) -> StorageHealth:
+        return StorageHealth(backend=self.backend, status="healthy")
+
+    # -- payments ---------------------------------------------------------
+    def _store_payment(self, payment: Payment) -> None:
+        self._payments.set(payment.reference, payment, self._payment_ttl)
+        if payment.order_id:
+            self._orders.set(payment.order_id, payment.reference, self._payment_ttl)
+
+    def _log_event(self, event: PaymentEvent) -> None:
+        log = self._events.get(event.reference) or deque(maxlen=self._event_log_max)
+        log.append(event)
+        self._events.set(event.reference, log, self._payment_ttl)
+
+    async def create_payment(self, payment: Payment) -> Payment:
+        existing = self._payments.get(payment.reference)
+        if existing is not None:
+            payment = adopt_orphan(existing, payment)
+            self._store_payment(payment)
+            self._events.touch(payment.reference, self._payment_ttl)
+            return payment
+        self._store_payment(payment)
+        self._log_event(PaymentEvent.of(payment, with_ussd=True))
+        return payment
+
+    async def get_payment(self, reference: str) -> Payment | None:
+        return self._payments.get(reference)
+
+    async def get_order_payment(self, order_id: str) -> Payment | None:
+        reference = self._orders.get(order_id)
+        return self._payments.get(reference) if reference else None
+
+    async def transition(self, update: StatusUpdate, now: datetime) -> Transition:
+        result = decide(self._payments.get(update.reference), update, now)
+        if result.applied and result.payment is not None and result.event is not None:
+            self._store_payment(result.payment)
+            self._log_event(result.event)
+        return result
+
+    async def events_after(self, reference: str, seq: int) -> list[PaymentEvent]:
+        return [e for e in self._events.get(reference) or () if e.seq > seq]
+
+    async def active_references(self, limit: int = 1000) -> list[str]:
+        pending = [p for _, p in self._payments.items() if p.status is PaymentStatus.PENDING]
+        pending.sort(key=lambda p: p.created_at)
+        return [p.reference for p in pending[:limit]]
+
+    # -- initiation guards ---------------------------------------------
+    async def acquire_order_lock(self, order_id: str, ttl_seconds: float) -> bool:
+        return self._order_locks.set_nx(order_id, True, ttl_seconds)
+
+    async def release_order_lock(self, order_id: str) -> None:
+        self._order_locks.pop(order_id)
+
+    async def claim_idempotency(self, key: str, fingerprint: str, ttl_seconds: float) -> IdempotencyRecord | None:
+        claim = IdempotencyRecord(fingerprint=fingerprint, state="in_progress")
+        if self._idempotency.set_nx(key, claim, ttl_seconds):
+            return None
+        return self._idempotency.get(key)
+
+    async def complete_idempotency(self, key: str, record: IdempotencyRecord, ttl_seconds: float) -> None:
+        self._idempotency.set(key, record, ttl_seconds)
+
+    async def release_idempotency(self, key: str) -> None:
+        self._idempotency.pop(key)
+
+    # -- clients ----------------------------------------------------------
+    async def add_client(self, client: ClientRecord) -> None:
+        self._clients.set(client.socket_id, client, self._client_ttl)
+
+    async def remove_client(self, socket_id: str) -> None:
+        self._clients.pop(socket_id)
+
+    async def get_client(self, socket_id: str) -> ClientRecord | None:
+        return self._clients.get(socket_id)
+
+    async def track(self, socket_id: str, reference: str) -> None:
+        client = self._clients.get(socket_id)
+        if client is None:
+            return
+        if reference not in client.tracked:
+            client = client.model_copy(update={"tracked": [*client.tracked, reference]})
+        self._clients.set(socket_id, client, self._client_ttl)
+
+    async def untrack(self, socket_id: str, reference: str) -> None:
+        client = self._clients.get(socket_id)
+        if client is None:
+            return
+        remaining = [r for r in client.tracked if r != reference]
+        self._clients.set(socket_id, client.model_copy(update={"tracked": remaining}), self._client_ttl)
+
+    async def list_clients(self) -> list[ClientRecord]:
+        return sorted((c for _, c in self._clients.items()), key=lambda c: c.connected_at)
+
+    async def tracker_count(self, reference: str) -> int:
+        return sum(1 for _, c in self._clients.items() if reference in c.tracked)

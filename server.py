@@ -1,0 +1,49 @@
+"""Entry point: `python server.py [--host H] [--port P]`.
+
+Reads settings (environment and `.env`), builds the app with `create_app`,
+and serves it until Ctrl-C or SIGTERM, both of which shut down cleanly
+through the app's cleanup context.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from aiohttp import web
+
+from app import create_app
+from logs import configure_logging
+from settings import SettingsError, load_settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="paytrack: real-time payment tracking server")
+    parser.add_argument("--host", help="interface to bind (overrides HOST)")
+    parser.add_argument("--port", type=int, help="port to bind (overrides PORT)")
+    args = parser.parse_args(argv)
+
+    overrides: dict[str, object] = {}
+    if args.host:
+        overrides["HOST"] = args.host
+    if args.port is not None:
+        overrides["PORT"] = args.port
+    try:
+        settings = load_settings(**overrides)
+    except SettingsError as exc:
+        print(f"paytrack: {exc}", file=sys.stderr)
+        return 2
+
+    configure_logging(settings.LOG_LEVEL, json_lines=settings.is_production, instance_id=settings.INSTANCE_ID)
+    web.run_app(
+        create_app(settings),
+        host=settings.HOST,
+        port=settings.PORT,
+        print=lambda msg: print(msg, file=sys.stderr),
+        shutdown_timeout=5.0,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

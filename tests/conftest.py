@@ -1,0 +1,72 @@
+"""Fixtures: `start_instance` runs a real paytrack server on a free port."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Awaitable, Callable
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from app import create_app
+from appkeys import SERVICE, STORAGE
+from clock import Clock
+from tests.harness import Api, Tracker, make_settings
+
+
+@dataclass
+class Instance:
+    server: TestServer
+    app: web.Application
+    api: Api
+    trackers: list[Tracker] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return str(self.server.make_url("/"))
+
+    @property
+    def storage(self):  # type: ignore[no-untyped-def]
+        return self.app[STORAGE]
+
+    @property
+    def service(self):  # type: ignore[no-untyped-def]
+        return self.app[SERVICE]
+
+    async def tracker(self, **connect_kwargs: Any) -> Tracker:
+        tracker = Tracker(self.url)
+        self.trackers.append(tracker)
+        return await tracker.connect(**connect_kwargs)
+
+
+StartInstance = Callable[..., Awaitable[Instance]]
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+@pytest.fixture
+async def start_instance(aiohttp_server, http) -> AsyncIterator[StartInstance]:  # type: ignore[no-untyped-def]
+    instances: list[Instance] = []
+
+    async def start(clock: Clock | None = None, **overrides: Any) -> Instance:
+        app = create_app(make_settings(**overrides), clock=clock)
+        server = await aiohttp_server(app)
+        instance = Instance(server=server, app=app, api=Api(http, str(server.make_url("/"))))
+        instances.append(instance)
+        return instance
+
+    yield start
+    for instance in instances:
+        for tracker in instance.trackers:
+            await tracker.disconnect()
+
+
+@pytest.fixture
+async def instance(start_instance: StartInstance) -> Instance:
+    return await start_instance()

@@ -1,0 +1,138 @@
+"""Test helpers: real servers on free ports, real Socket.IO clients over websocket.
+
+Every wait has a timeout; nothing sleeps for an event that can be awaited.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import aiohttp
+import socketio
+
+from settings import Settings
+
+WAIT = 5.0  # seconds; every wait in the suite is bounded by this
+
+
+def make_settings(**overrides: Any) -> Settings:
+    """Settings isolated from the developer's `.env`."""
+    base: dict[str, Any] = {"APP_ENV": "development", "STORAGE_BACKEND": "memory", "PAYMENT_PROVIDER": "sandbox"}
+    base.update(overrides)
+    return Settings(_env_file=None, **base)  # type: ignore[call-arg]
+
+
+@dataclass
+class Received:
+    name: str
+    data: Any
+
+
+@dataclass
+class Tracker:
+    """A checkout page: one `socketio.AsyncClient` that records every event it receives."""
+
+    url: str
+    sio: socketio.AsyncClient = field(default_factory=lambda: socketio.AsyncClient(reconnection=False))
+    events: list[Received] = field(default_factory=list)
+    _changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        @self.sio.on("*")
+        async def _any(event: str, data: Any = None) -> None:
+            self.events.append(Received(event, data))
+            self._changed.set()
+
+    async def connect(self, **kwargs: Any) -> "Tracker":
+        await self.sio.connect(self.url, transports=["websocket"], wait_timeout=WAIT, **kwargs)
+        await self.wait_for("connected")
+        return self
+
+    async def disconnect(self) -> None:
+        if self.sio.connected:
+            await self.sio.disconnect()
+
+    @property
+    def sid(self) -> str:
+        sid = self.sio.get_sid("/")
+        assert sid is not None
+        return sid
+
+    async def call(self, event: str, data: Any = None) -> Any:
+        return await self.sio.call(event, data, timeout=WAIT)
+
+    async def track(self, reference: str, **extra: Any) -> dict[str, Any]:
+        return await self.call("track-payment", {"reference": reference, **extra})
+
+    def named(self, *names: str) -> list[Received]:
+        return [e for e in self.events if not names or e.name in names]
+
+    async def wait_until(self, predicate: Callable[[list[Received]], bool], timeout: float = WAIT) -> None:
+        async def loop() -> None:
+            while not predicate(self.events):
+                self._changed.clear()
+                await self._changed.wait()
+
+        await asyncio.wait_for(loop(), timeout)
+
+    async def wait_for(self, name: str, count: int = 1, timeout: float = WAIT) -> list[Received]:
+        await self.wait_until(lambda evs: sum(e.name == name for e in evs) >= count, timeout)
+        return self.named(name)
+
+    async def barrier(self) -> None:
+        """Round-trip an ack on this socket.
+
+        Emits queued for this socket before the call are delivered before its
+        ack (one ordered websocket), so after the barrier "nothing arrived"
+        is a fact, not a guess.
+        """
+        await self.call("stop-tracking-payment", {"reference": "barrier"})
+
+    def payment_events(self) -> list[Received]:
+        return [e for e in self.events if e.name.startswith("payment-")]
+
+
+class Api:
+    """A thin JSON client for one server."""
+
+    def __init__(self, session: aiohttp.ClientSession, base_url: str) -> None:
+        self.session = session
+        self.base_url = base_url.rstrip("/")
+
+    async def request(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any, Any]:
+        async with self.session.request(method, self.base_url + path, **kwargs) as resp:
+            text = await resp.text()
+            body: Any = None
+            if resp.content_type == "application/json" and text:
+                body = await resp.json()
+            return resp.status, body, resp.headers
+
+    async def initiate(self, order_id: str = "order-1", amount: int = 500, phone: str = "237671234567", **kw: Any):
+        return await self.request(
+            "POST",
+            "/api/payment/initiate",
+            json={"order_id": order_id, "amount": amount, "phone_number": phone},
+            **kw,
+        )
+
+    async def simulate(self, reference: str, status: str, **extra: Any):
+        return await self.request(
+            "POST", "/api/payment/test/simulate", json={"reference": reference, "status": status, **extra}
+        )
+
+
+async def eventually(check: Callable[[], Any], timeout: float = WAIT, interval: float = 0.01) -> Any:
+    """Poll `check` (sync or async) until it returns a truthy value, for state with no event to await."""
+
+    async def loop() -> Any:
+        while True:
+            result = check()
+            if asyncio.iscoroutine(result):
+                result = await result
+            if result:
+                return result
+            await asyncio.sleep(interval)
+
+    return await asyncio.wait_for(loop(), timeout)
