@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Awaitable, Callable
 
@@ -70,3 +71,18 @@ async def start_instance(aiohttp_server, http) -> AsyncIterator[StartInstance]: 
 @pytest.fixture
 async def instance(start_instance: StartInstance) -> Instance:
     return await start_instance()
+
+
+# -- CI guard: under CI=true a skipped Redis test is a failure, not a pass --------
+_skipped_redis: list[str] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.skipped and "redis" in report.keywords:
+        _skipped_redis.append(report.nodeid)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes") and _skipped_redis:
+        print(f"\nCI: {len(_skipped_redis)} Redis test(s) were skipped; failing the run:", *_skipped_redis, sep="\n  ")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
