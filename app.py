@@ -16,10 +16,11 @@ import debug.routes
 import health
 import payments.routes
 import webhooks.routes
-from appkeys import CLOCK, SERVICE, SETTINGS, SIO, STORAGE
+from appkeys import CLOCK, RECONCILER, SERVICE, SETTINGS, SIO, STORAGE, WEBHOOKS
 from clock import Clock, SystemClock
 from errors import error_middleware
 from payments.provider import PaymentProvider
+from payments.reconciler import ReconcilePolicy, Reconciler
 from payments.sandbox import SandboxProvider
 from payments.service import PaymentService
 from realtime.events import register_handlers
@@ -27,16 +28,17 @@ from realtime.notifier import SocketNotifier
 from realtime.server import create_sio
 from realtime.storage.factory import create_storage
 from settings import ProviderName, Settings
+from webhooks.processor import WebhookProcessor
 
 log = logging.getLogger("paytrack")
 
 
-def create_provider(settings: Settings) -> PaymentProvider:
+def create_provider(settings: Settings, clock: Clock) -> PaymentProvider:
     if settings.PAYMENT_PROVIDER is ProviderName.SANDBOX:
         return SandboxProvider()
     from payments.campay import CampayProvider
 
-    return CampayProvider.from_settings(settings)
+    return CampayProvider.from_settings(settings, clock)
 
 
 def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Application:
@@ -44,7 +46,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Applica
     app = web.Application(middlewares=[error_middleware], client_max_size=settings.MAX_BODY_BYTES)
 
     storage = create_storage(settings, clock)
-    provider = create_provider(settings)
+    provider = create_provider(settings, clock)
     sio = create_sio(settings)
     notifier = SocketNotifier(sio)
     service = PaymentService(
@@ -56,6 +58,25 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Applica
         sandbox_autocomplete_seconds=settings.SANDBOX_AUTOCOMPLETE_SECONDS,
         sandbox_outcome=settings.SANDBOX_OUTCOME,
     )
+    reconciler = Reconciler(
+        service,
+        storage,
+        provider,
+        clock,
+        ReconcilePolicy(
+            after_seconds=settings.RECONCILE_AFTER_SECONDS,
+            interval_seconds=settings.RECONCILE_INTERVAL_SECONDS,
+            max_age_seconds=settings.RECONCILE_MAX_AGE_SECONDS,
+        ),
+        instance_id=settings.INSTANCE_ID,
+    )
+    webhooks_processor = WebhookProcessor(
+        service,
+        provider,
+        reconciler,
+        webhook_key=settings.CAMPAY_WEBHOOK_KEY,
+        verify_with_provider=settings.WEBHOOK_VERIFY_WITH_PROVIDER,
+    )
     register_handlers(
         sio, service=service, storage=storage, notifier=notifier, clock=clock, instance_id=settings.INSTANCE_ID
     )
@@ -65,9 +86,13 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Applica
     app[STORAGE] = storage
     app[SERVICE] = service
     app[SIO] = sio
+    app[RECONCILER] = reconciler
+    app[WEBHOOKS] = webhooks_processor
 
     async def lifetime(app: web.Application) -> AsyncIterator[None]:
         await storage.start()
+        if settings.RECONCILE_ENABLED:
+            reconciler.start()
         log.info(
             "paytrack started",
             extra={
@@ -80,6 +105,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Applica
         try:
             yield
         finally:
+            await reconciler.stop()
             await service.close()
             await provider.close()
             await storage.close()

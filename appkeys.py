@@ -10,12 +10,16 @@ if TYPE_CHECKING:
     import socketio
 
     from clock import Clock
+    from payments.reconciler import Reconciler
     from payments.service import PaymentService
     from realtime.storage.base import Storage
     from settings import Settings
+    from webhooks.processor import WebhookProcessor
 
 SETTINGS: web.AppKey["Settings"] = web.AppKey("settings")
 CLOCK: web.AppKey["Clock"] = web.AppKey("clock")
 STORAGE: web.AppKey["Storage"] = web.AppKey("storage")
 SERVICE: web.AppKey["PaymentService"] = web.AppKey("payment_service")
 SIO: web.AppKey["socketio.AsyncServer"] = web.AppKey("sio")
+RECONCILER: web.AppKey["Reconciler"] = web.AppKey("reconciler")
+WEBHOOKS: web.AppKey["WebhookProcessor"] = web.AppKey("webhooks")

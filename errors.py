@@ -58,6 +58,9 @@ class ProviderError(ApiError):
     """The payment provider failed or could not be reached (after retries)."""
 
     status, code = 502, "provider_unavailable"
+    # True only when the provider provably did not act (the request never
+    # reached it): then an idempotent retry may call it again.
+    retry_safe = False
 
 
 def validation_details(exc: ValidationError) -> list[dict[str, Any]]:

@@ -74,6 +74,16 @@ class Settings(BaseSettings):
     CAMPAY_PERMANENT_ACCESS_TOKEN: str = ""
     CAMPAY_WEBHOOK_KEY: str = ""
 
+    CAMPAY_TIMEOUT_SECONDS: float = Field(10.0, gt=0, le=120)
+    CAMPAY_RETRY_ATTEMPTS: int = Field(4, ge=1, le=10)
+    CAMPAY_RETRY_BASE_SECONDS: float = Field(0.5, ge=0, le=30)
+    WEBHOOK_VERIFY_WITH_PROVIDER: bool = True
+
+    RECONCILE_ENABLED: bool = True
+    RECONCILE_AFTER_SECONDS: float = Field(60, ge=0)
+    RECONCILE_INTERVAL_SECONDS: float = Field(15, gt=0)
+    RECONCILE_MAX_AGE_SECONDS: float = Field(900, gt=0)
+
     REDIS_URL: str = ""
     REDIS_HOST: str = "localhost"
     REDIS_PORT: int = Field(6379, gt=0, le=65535)
@@ -121,6 +131,14 @@ class Settings(BaseSettings):
             self.PAYMENT_PROVIDER = ProviderName.CAMPAY if production else ProviderName.SANDBOX
         if self.SIMULATE_ENABLED is None:
             self.SIMULATE_ENABLED = not production
+        if self.PAYMENT_PROVIDER is ProviderName.CAMPAY:
+            if not self.CAMPAY_PERMANENT_ACCESS_TOKEN and not (self.CAMPAY_USERNAME and self.CAMPAY_APP_PASSWORD):
+                raise ValueError(
+                    "CAMPAY_PERMANENT_ACCESS_TOKEN or CAMPAY_USERNAME and CAMPAY_APP_PASSWORD are required "
+                    "when PAYMENT_PROVIDER=campay"
+                )
+            if not self.CAMPAY_WEBHOOK_KEY:
+                raise ValueError("CAMPAY_WEBHOOK_KEY is required when PAYMENT_PROVIDER=campay")
         return self
 
     @property
@@ -151,6 +169,7 @@ def load_settings(**overrides: object) -> Settings:
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
-            name = ".".join(str(part) for part in err["loc"]) or "settings"
-            problems.append(f"{name}: {err['msg']}")
+            message = err["msg"].removeprefix("Value error, ")
+            name = ".".join(str(part) for part in err["loc"])
+            problems.append(f"{name}: {message}" if name else message)
         raise SettingsError("invalid setting " + "; ".join(problems)) from None

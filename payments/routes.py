@@ -7,8 +7,9 @@ import json
 
 from aiohttp import web
 
-from appkeys import SERVICE, STORAGE
-from errors import InvalidRequest, read_json_object
+from appkeys import RECONCILER, SERVICE, STORAGE
+from errors import ApiError, InvalidRequest, read_json_object
+from payments.model import PaymentStatus
 from payments.schemas import InitiateRequest, OrderId, Reference
 from pydantic import TypeAdapter, ValidationError
 
@@ -55,9 +56,18 @@ def _matches(if_none_match: str | None, etag: str) -> bool:
 async def order_status(request: web.Request) -> web.Response:
     order_id = _path_param(request, "order_id", _order_id)
     payment = await request.app[SERVICE].get_order_payment(order_id)
+    headers = {"Cache-Control": "no-store"}
+    if request.query.get("refresh", "").lower() in ("1", "true", "yes") and payment.status is PaymentStatus.PENDING:
+        try:
+            transition = await request.app[RECONCILER].refresh(payment.reference)
+            payment = transition.payment or payment
+            headers["X-Provider-Refresh"] = "ok"
+        except ApiError as exc:
+            # The stored state is still the best answer; say the refresh failed.
+            headers["X-Provider-Refresh"] = f"failed; {exc.code}"
     body = payment.public()
     etag = _etag(body)
-    headers = {"Cache-Control": "no-store", "ETag": etag}
+    headers["ETag"] = etag
     if _matches(request.headers.get("If-None-Match"), etag):
         return web.Response(status=304, headers=headers)
     return web.json_response(body, headers=headers)

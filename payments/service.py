@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from clock import Clock
-from errors import ApiError, Conflict, NotFound, UnprocessableRequest
+from errors import ApiError, Conflict, NotFound, ProviderError, UnprocessableRequest
 from payments.model import Payment, PaymentEvent, PaymentStatus, StatusUpdate, Transition, UpdateSource
 from payments.provider import CollectRequest, PaymentProvider
 from payments.schemas import InitiateRequest
@@ -114,7 +114,7 @@ class PaymentService:
         try:
             result = await self._initiate_once(request)
         except ApiError as exc:
-            if exc.status >= 500 and getattr(exc, "retry_safe", False):
+            if isinstance(exc, ProviderError) and exc.retry_safe:
                 # The provider never received the request: a retry may try again.
                 await self.storage.release_idempotency(idempotency_key)
                 raise

@@ -14,6 +14,8 @@ from aiohttp.test_utils import TestServer
 from app import create_app
 from appkeys import SERVICE, STORAGE
 from clock import Clock
+from tests import campay_fake
+from tests.campay_fake import FakeCampay
 from tests.harness import Api, Tracker, make_settings
 
 
@@ -71,6 +73,30 @@ async def start_instance(aiohttp_server, http) -> AsyncIterator[StartInstance]: 
 @pytest.fixture
 async def instance(start_instance: StartInstance) -> Instance:
     return await start_instance()
+
+
+@pytest.fixture
+async def campay(aiohttp_server) -> FakeCampay:  # type: ignore[no-untyped-def]
+    fake = FakeCampay()
+    server = await aiohttp_server(fake.app())
+    fake.url = str(server.make_url("/api"))
+    yield fake
+    if fake.collect_gate is not None:
+        fake.collect_gate.set()
+
+
+def campay_settings(fake: FakeCampay, **overrides: Any) -> dict[str, Any]:
+    """Settings for an instance that talks to the fake CamPay (fast retries, reconciler off)."""
+    return {
+        "PAYMENT_PROVIDER": "campay",
+        "CAMPAY_API_URL": fake.url,
+        "CAMPAY_USERNAME": campay_fake.USERNAME,
+        "CAMPAY_APP_PASSWORD": campay_fake.PASSWORD,
+        "CAMPAY_WEBHOOK_KEY": campay_fake.WEBHOOK_KEY,
+        "CAMPAY_RETRY_BASE_SECONDS": 0.01,
+        "RECONCILE_ENABLED": False,
+        **overrides,
+    }
 
 
 # -- CI guard: under CI=true a skipped Redis test is a failure, not a pass --------

@@ -52,9 +52,13 @@ async def test_invalid_setting_stops_start_with_one_line_naming_it(variable: str
 
 
 def test_production_defaults_to_redis_and_campay() -> None:
-    settings = load_settings(_env_file=None, APP_ENV="production")
+    settings = load_settings(
+        _env_file=None, APP_ENV="production", CAMPAY_PERMANENT_ACCESS_TOKEN="t", CAMPAY_WEBHOOK_KEY="k"
+    )
     assert settings.STORAGE_BACKEND.value == "redis" and settings.PAYMENT_PROVIDER.value == "campay"
     assert settings.SIMULATE_ENABLED is False
+    with pytest.raises(SettingsError, match="CAMPAY_WEBHOOK_KEY is required"):
+        load_settings(_env_file=None, APP_ENV="production", CAMPAY_PERMANENT_ACCESS_TOKEN="t")
     dev = load_settings(_env_file=None)
     assert dev.STORAGE_BACKEND.value == "memory" and dev.PAYMENT_PROVIDER.value == "sandbox"
     assert dev.SIMULATE_ENABLED is True

@@ -1,14 +1,40 @@
-"""CamPay's callback endpoint. The path is reserved here; verification lands with the CamPay issue."""
+"""`/api/payment/webhook`: CamPay's callback, by GET (query string) or POST (JSON or form).
+
+CamPay apps are configured with either method, so both are served by one
+handler; the fields and their checks are the same.
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 
-from errors import ApiError
+from appkeys import WEBHOOKS
+from errors import InvalidRequest, read_json_object
+from webhooks.processor import CampayWebhook
 
 routes = web.RouteTableDef()
 
 
-@routes.route("*", "/api/payment/webhook")
+async def _fields(request: web.Request) -> dict[str, Any]:
+    if request.method == "GET":
+        return dict(request.query)
+    if request.content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
+        form = await request.post()
+        return {k: v for k, v in form.items() if isinstance(v, str)}
+    if request.content_type == "application/json" or not request.content_type:
+        return await read_json_object(request)
+    raise InvalidRequest(
+        f"unsupported content type {request.content_type}; send JSON, a form, or use GET",
+        code="unsupported_media_type",
+        status=415,
+    )
+
+
+@routes.get("/api/payment/webhook")
+@routes.post("/api/payment/webhook")
 async def webhook(request: web.Request) -> web.Response:
-    raise ApiError("the CamPay webhook is not enabled on this server yet", code="not_implemented", status=501)
+    hook = CampayWebhook.model_validate(await _fields(request))
+    outcome = await request.app[WEBHOOKS].process(hook, request_id=request.headers.get("X-Request-ID"))
+    return web.json_response(outcome.body(), status=outcome.status_code)

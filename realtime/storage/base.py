@@ -92,6 +92,17 @@ class Storage(Protocol):
 
     async def release_idempotency(self, key: str) -> None: ...
 
+    # -- leases -------------------------------------------------------------
+    async def acquire_lease(self, name: str, owner: str, ttl_seconds: float) -> bool:
+        """True if `owner` now holds lease `name` (newly taken, or renewed because it already held it).
+
+        A lease expires by itself after `ttl_seconds`, so a crashed holder
+        cannot keep it; work guarded by it runs on one instance at a time.
+        """
+
+    async def release_lease(self, name: str, owner: str) -> None:
+        """Give the lease up, only if `owner` holds it."""
+
     # -- clients ----------------------------------------------------------
     async def add_client(self, client: ClientRecord) -> None: ...
 

@@ -1,0 +1,241 @@
+"""CamPay's HTTP API: token, collect, transaction status.
+
+One `httpx.AsyncClient` per provider, made in the app's lifetime, with
+explicit timeouts. Idempotent calls (token, status) are retried on transient
+failures with exponential backoff and jitter; `collect` is retried only when
+the request provably never reached CamPay (connect failure, 429), because a
+second collect could charge the shopper twice. Everything else is protected by
+the Idempotency-Key and the one-pending-payment-per-order rule upstream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import httpx
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+
+from clock import Clock
+from errors import ApiError, NotFound, ProviderError
+from payments.provider import CollectRequest, CollectResult, ProviderTransaction
+from settings import Settings
+
+log = logging.getLogger("paytrack.campay")
+
+# CamPay error codes -> (our HTTP status, our error code).
+CAMPAY_ERRORS: dict[str, tuple[int, str]] = {
+    "ER101": (400, "invalid_phone_number"),
+    "ER102": (400, "unsupported_operator"),
+    "ER201": (400, "invalid_amount"),
+    "ER301": (402, "insufficient_balance"),
+}
+
+# Renew a cached token this many seconds before CamPay says it expires.
+TOKEN_RENEW_MARGIN = 60.0
+
+
+class TransientProviderError(ProviderError):
+    """A failure worth retrying: transport trouble, 429 or 5xx."""
+
+    def __init__(self, message: str, *, http_status: int | None = None, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.http_status = http_status
+        # A 429 means CamPay refused before acting: safe to retry even a collect.
+        self.retry_safe = http_status == 429
+
+
+class ProviderUnreachable(TransientProviderError):
+    """The request never reached CamPay; safe to retry anything, even collect."""
+
+    code = "provider_unreachable"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.retry_safe = True
+
+
+class ProviderTimeout(ProviderError):
+    """CamPay may or may not have acted: never retried for collect."""
+
+    code = "provider_timeout"
+
+
+def _is_transient(exc: BaseException) -> bool:
+    return isinstance(exc, TransientProviderError)
+
+
+def _is_never_sent(exc: BaseException) -> bool:
+    return isinstance(exc, ProviderError) and exc.retry_safe
+
+
+class CampayProvider:
+    name = "campay"
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        clock: Clock,
+        permanent_token: str = "",
+        username: str = "",
+        password: str = "",
+        timeout: float = 10.0,
+        retry_attempts: int = 4,
+        retry_base_seconds: float = 0.5,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self._http = httpx.AsyncClient(
+            base_url=base_url.rstrip("/") + "/",
+            timeout=httpx.Timeout(timeout),
+            headers={"Content-Type": "application/json", "Accept": "application/json"},
+            transport=transport,
+        )
+        self._clock = clock
+        self._permanent_token = permanent_token
+        self._username = username
+        self._password = password
+        self._retry_attempts = retry_attempts
+        self._retry_base = retry_base_seconds
+        self._token: str | None = None
+        self._token_expires_at = 0.0
+        self._token_lock = asyncio.Lock()
+
+    @classmethod
+    def from_settings(cls, settings: Settings, clock: Clock) -> "CampayProvider":
+        return cls(
+            settings.CAMPAY_API_URL,
+            clock=clock,
+            permanent_token=settings.CAMPAY_PERMANENT_ACCESS_TOKEN,
+            username=settings.CAMPAY_USERNAME,
+            password=settings.CAMPAY_APP_PASSWORD,
+            timeout=settings.CAMPAY_TIMEOUT_SECONDS,
+            retry_attempts=settings.CAMPAY_RETRY_ATTEMPTS,
+            retry_base_seconds=settings.CAMPAY_RETRY_BASE_SECONDS,
+        )
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+    # -- retries ------------------------------------------------------------------
+    def _retrying(self, *, only_unsent: bool = False) -> AsyncRetrying:
+        return AsyncRetrying(
+            stop=stop_after_attempt(self._retry_attempts),
+            wait=wait_exponential_jitter(multiplier=self._retry_base, max=max(self._retry_base * 16, 0.01), jitter=self._retry_base),
+            retry=retry_if_exception(_is_never_sent if only_unsent else _is_transient),
+            reraise=True,
+        )
+
+    # -- transport ----------------------------------------------------------------
+    async def _send(self, method: str, path: str, *, json: Any = None, auth: bool = True) -> httpx.Response:
+        headers = {}
+        if auth:
+            headers["Authorization"] = f"Token {await self._get_token()}"
+        try:
+            response = await self._http.request(method, path, json=json, headers=headers)
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            raise ProviderUnreachable(f"CamPay could not be reached: {exc.__class__.__name__}") from None
+        except httpx.TimeoutException as exc:
+            raise ProviderTimeout(f"CamPay did not answer in time ({exc.__class__.__name__})") from None
+        except httpx.TransportError as exc:
+            raise TransientProviderError(f"CamPay connection failed: {exc.__class__.__name__}") from None
+        if response.status_code == 429 or response.status_code >= 500:
+            raise TransientProviderError(
+                f"CamPay answered {response.status_code}", code="provider_unavailable", http_status=response.status_code
+            )
+        return response
+
+    async def _call(self, method: str, path: str, *, json: Any = None, only_unsent: bool = False) -> Any:
+        """An authenticated call, retried per policy, re-authenticating once on a 401."""
+        async for attempt in self._retrying(only_unsent=only_unsent):
+            with attempt:
+                response = await self._send(method, path, json=json)
+                if response.status_code == 401 and not self._permanent_token:
+                    log.info("CamPay token rejected; renewing once")
+                    self._token = None
+                    response = await self._send(method, path, json=json)
+                return self._parse(response)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    @staticmethod
+    def _parse(response: httpx.Response) -> Any:
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if response.is_success:
+            if not isinstance(body, dict):
+                raise ProviderError("CamPay returned a body that is not a JSON object", code="provider_bad_response")
+            return body
+        body = body if isinstance(body, dict) else {}
+        provider_code = body.get("error_code") or body.get("code")
+        message = body.get("message") or body.get("detail") or f"CamPay answered {response.status_code}"
+        if response.status_code == 404:
+            raise NotFound(str(message), code="provider_unknown_reference")
+        if response.status_code == 401:
+            raise ProviderError("CamPay rejected our credentials", code="provider_auth_failed")
+        status, code = CAMPAY_ERRORS.get(str(provider_code), (400, "provider_rejected"))
+        raise ApiError(str(message), code=code, status=status, details={"provider_code": provider_code})
+
+    # -- token ----------------------------------------------------------------------
+    async def _get_token(self) -> str:
+        if self._permanent_token:
+            return self._permanent_token
+        async with self._token_lock:
+            if self._token and self._clock.monotonic() < self._token_expires_at:
+                return self._token
+            async for attempt in self._retrying():
+                with attempt:
+                    response = await self._send(
+                        "POST", "token/", json={"username": self._username, "password": self._password}, auth=False
+                    )
+                    body = self._parse(response)
+            token = body.get("token")
+            if not isinstance(token, str) or not token:
+                raise ProviderError("CamPay's token response has no token", code="provider_bad_response")
+            expires_in = float(body.get("expires_in") or 3600)
+            self._token = token
+            self._token_expires_at = self._clock.monotonic() + max(expires_in - TOKEN_RENEW_MARGIN, expires_in / 2)
+            log.info("CamPay token obtained", extra={"expires_in": expires_in})
+            return token
+
+    # -- API ------------------------------------------------------------------------
+    async def collect(self, request: CollectRequest) -> CollectResult:
+        body = await self._call(
+            "POST",
+            "collect/",
+            json={
+                "amount": str(request.amount),
+                "currency": request.currency,
+                "from": request.phone_number,
+                "description": request.description,
+                "external_reference": request.order_id,
+            },
+            only_unsent=True,
+        )
+        reference = body.get("reference")
+        if not isinstance(reference, str) or not reference:
+            raise ProviderError("CamPay's collect response has no reference", code="provider_bad_response")
+        return CollectResult(reference=reference, ussd_code=body.get("ussd_code"), operator=body.get("operator"))
+
+    async def get_transaction(self, reference: str) -> ProviderTransaction:
+        body = await self._call("GET", f"transaction/{reference}/")
+        if not body.get("status"):
+            raise ProviderError("CamPay's transaction response has no status", code="provider_bad_response")
+        amount = body.get("amount")
+        try:
+            amount = int(float(amount)) if amount is not None else None
+        except (TypeError, ValueError):
+            amount = None
+        return ProviderTransaction(
+            reference=str(body.get("reference") or reference),
+            status=str(body.get("status") or ""),
+            amount=amount,
+            currency=body.get("currency"),
+            operator=body.get("operator"),
+            code=body.get("code"),
+            operator_reference=body.get("operator_reference"),
+            external_reference=body.get("external_reference"),
+            reason=body.get("reason"),
+        )

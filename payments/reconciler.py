@@ -1,0 +1,128 @@
+"""Polls the provider for payments whose webhook never came (or could not be verified).
+
+Webhooks get lost: CamPay's call fails, our instance is restarting, the
+provider could not be reached to confirm one. Every `interval` seconds the
+reconciler asks the provider about each payment still PENDING that is older
+than `after` and younger than `max_age`, plus any reference a webhook asked it
+to re-check, and feeds the answer through the one update path. With several
+instances it runs on one at a time, holding a lease in shared storage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+
+from clock import Clock
+from errors import ApiError
+from payments.model import PaymentStatus, StatusUpdate, Transition, UpdateSource
+from payments.provider import PaymentProvider
+from payments.service import PaymentService
+from realtime.storage.base import Storage
+
+log = logging.getLogger("paytrack.reconciler")
+
+LEASE_NAME = "reconciler"
+
+
+@dataclass(frozen=True)
+class ReconcilePolicy:
+    after_seconds: float
+    interval_seconds: float
+    max_age_seconds: float
+
+
+class Reconciler:
+    def __init__(
+        self,
+        service: PaymentService,
+        storage: Storage,
+        provider: PaymentProvider,
+        clock: Clock,
+        policy: ReconcilePolicy,
+        *,
+        instance_id: str,
+    ) -> None:
+        self._service = service
+        self._storage = storage
+        self._provider = provider
+        self._clock = clock
+        self._policy = policy
+        self._instance_id = instance_id
+        self._requested: set[str] = set()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def request_check(self, reference: str) -> None:
+        """Ask for `reference` to be checked on the next pass, whatever its age, and run it soon."""
+        self._requested.add(reference)
+        self._wake.set()
+
+    async def refresh(self, reference: str) -> Transition:
+        """Ask the provider now and apply its answer (used by `?refresh=true`)."""
+        tx = await self._provider.get_transaction(reference)
+        return await self._service.apply_update(
+            StatusUpdate(
+                reference=reference,
+                status=tx.status,
+                source=UpdateSource.PROVIDER_POLL,
+                reason=tx.reason,
+                amount=tx.amount,
+                currency=tx.currency,
+                operator=tx.operator,
+                operator_reference=tx.operator_reference,
+                external_reference=tx.external_reference,
+            )
+        )
+
+    async def run_once(self, *, include_due: bool = True) -> list[Transition]:
+        """One pass: requested references, plus (when holding the lease) every due one."""
+        now = self._clock.now()
+        requested, self._requested = self._requested, set()
+        results: list[Transition] = []
+        candidates = [*requested, *(await self._storage.active_references() if include_due else [])]
+        for reference in dict.fromkeys(candidates):
+            payment = await self._storage.get_payment(reference)
+            if payment is None or payment.status is not PaymentStatus.PENDING:
+                continue
+            age = (now - payment.created_at).total_seconds()
+            due = reference in requested or self._policy.after_seconds <= age <= self._policy.max_age_seconds
+            if not due:
+                continue
+            try:
+                results.append(await self.refresh(reference))
+            except ApiError as exc:
+                log.warning(
+                    "provider check failed", extra={"reference": reference, "error": exc.code, "detail": exc.message}
+                )
+                if reference in requested:
+                    self._requested.add(reference)  # keep trying until the provider answers
+        return results
+
+    async def _loop(self) -> None:
+        ttl = self._policy.interval_seconds * 3
+        while True:
+            self._wake.clear()
+            try:
+                # Requested checks run on the instance that got the webhook;
+                # the sweep over every due payment only on the lease holder.
+                leader = await self._storage.acquire_lease(LEASE_NAME, self._instance_id, ttl)
+                await self.run_once(include_due=leader)
+            except Exception:  # the loop must survive anything one pass meets
+                log.exception("reconciler pass failed")
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._policy.interval_seconds)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="reconciler")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        with contextlib.suppress(Exception):
+            await self._storage.release_lease(LEASE_NAME, self._instance_id)

@@ -1,0 +1,165 @@
+"""An in-process CamPay: speaks CamPay's HTTP API over a real socket, and sends signed webhooks.
+
+Implements `POST /api/token/`, `POST /api/collect/` and
+`GET /api/transaction/{reference}/` with CamPay's shapes and error codes. A
+test sets a transaction's true status, makes calls fail or hang, revokes
+tokens, and fires webhooks (GET or POST) at a server, signed like CamPay's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import uuid
+from collections import Counter, defaultdict
+from typing import Any
+
+import aiohttp
+import jwt
+from aiohttp import web
+
+USERNAME = "campay-user"
+PASSWORD = "campay-pass"
+WEBHOOK_KEY = "campay-webhook-key-for-tests-0123456789abcdef"
+
+
+def unsigned_token(claims: dict[str, Any]) -> str:
+    """An `alg: none` JWT, as a forger would send it."""
+
+    def b64(data: dict[str, Any]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+
+    return f"{b64({'alg': 'none', 'typ': 'JWT'})}.{b64(claims)}."
+
+
+class FakeCampay:
+    def __init__(self, *, token_expires_in: int = 3600) -> None:
+        self.token_expires_in = token_expires_in
+        self.transactions: dict[str, dict[str, Any]] = {}
+        self.calls: Counter[str] = Counter()
+        self.valid_tokens: set[str] = set()
+        # endpoint name -> queue of HTTP statuses to answer with before behaving normally
+        self.fail_next: dict[str, list[int]] = defaultdict(list)
+        self.collect_error: str | None = None
+        # when set, collect records the call and then waits for this event (to force client timeouts)
+        self.collect_gate: asyncio.Event | None = None
+        self.url = ""
+
+    # -- test controls ------------------------------------------------------------
+    def set_status(self, reference: str, status: str, reason: str | None = None) -> None:
+        tx = self.transactions[reference]
+        tx["status"] = status
+        if reason:
+            tx["reason"] = reason
+        if status == "SUCCESSFUL":
+            tx["operator_reference"] = f"OP{uuid.uuid4().hex[:10].upper()}"
+
+    def add_transaction(self, reference: str, status: str = "PENDING", amount: int = 100, external_reference: str | None = None) -> None:
+        self.transactions[reference] = {
+            "reference": reference, "status": status, "amount": amount, "currency": "XAF",
+            "operator": "MTN", "code": f"CP{reference[:6]}", "operator_reference": None,
+            "external_reference": external_reference,
+        }
+
+    def revoke_tokens(self) -> None:
+        self.valid_tokens.clear()
+
+    def webhook_fields(self, reference: str, *, status: str | None = None, key: str = WEBHOOK_KEY,
+                       signature: str | None = ..., claims: dict[str, Any] | None = None) -> dict[str, str]:  # type: ignore[assignment]
+        tx = self.transactions.get(reference, {})
+        fields = {
+            "status": status or tx.get("status", "SUCCESSFUL"),
+            "reference": reference,
+            "amount": str(tx.get("amount", 100)),
+            "currency": "XAF",
+            "operator": tx.get("operator", "MTN"),
+            "code": tx.get("code", "CP123"),
+            "operator_reference": tx.get("operator_reference") or "OP123",
+            "external_reference": tx.get("external_reference") or "",
+            "phone_number": "237671234567",
+            "endpoint": "collect",
+        }
+        if signature is ...:
+            signature = jwt.encode(claims if claims is not None else {"reference": reference}, key, algorithm="HS256")
+        if signature is not None:
+            fields["signature"] = signature
+        return fields
+
+    async def send_webhook(self, session: aiohttp.ClientSession, server_url: str, reference: str, *,
+                           method: str = "POST", form: bool = False, **field_kwargs: Any) -> tuple[int, Any]:
+        fields = self.webhook_fields(reference, **field_kwargs)
+        url = server_url.rstrip("/") + "/api/payment/webhook"
+        if method == "GET":
+            request = session.get(url, params=fields)
+        elif form:
+            request = session.post(url, data=fields)
+        else:
+            request = session.post(url, json=fields)
+        async with request as resp:
+            return resp.status, await resp.json()
+
+    # -- the API ------------------------------------------------------------------------
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/api/token/", self._token)
+        app.router.add_post("/api/collect/", self._collect)
+        app.router.add_get("/api/transaction/{reference}/", self._transaction)
+        return app
+
+    def _injected_failure(self, endpoint: str) -> web.Response | None:
+        if self.fail_next[endpoint]:
+            status = self.fail_next[endpoint].pop(0)
+            return web.json_response({"message": "injected failure"}, status=status)
+        return None
+
+    def _authorized(self, request: web.Request) -> bool:
+        header = request.headers.get("Authorization", "")
+        return header.startswith("Token ") and header[6:] in self.valid_tokens
+
+    async def _token(self, request: web.Request) -> web.Response:
+        self.calls["token"] += 1
+        if (failure := self._injected_failure("token")) is not None:
+            return failure
+        body = await request.json()
+        if body.get("username") != USERNAME or body.get("password") != PASSWORD:
+            return web.json_response({"message": "Invalid credentials"}, status=400)
+        token = uuid.uuid4().hex
+        self.valid_tokens.add(token)
+        return web.json_response({"token": token, "expires_in": self.token_expires_in})
+
+    async def _collect(self, request: web.Request) -> web.Response:
+        self.calls["collect"] += 1
+        if not self._authorized(request):
+            return web.json_response({"detail": "Invalid token."}, status=401)
+        if (failure := self._injected_failure("collect")) is not None:
+            return failure
+        if self.collect_gate is not None:
+            await self.collect_gate.wait()
+        body = await request.json()
+        if self.collect_error:
+            return web.json_response({"message": "Collect refused", "error_code": self.collect_error}, status=400)
+        phone, amount = str(body.get("from", "")), str(body.get("amount", ""))
+        if not (phone.startswith("237") and len(phone) == 12 and phone.isdigit()):
+            return web.json_response({"message": "Invalid phone number", "error_code": "ER101"}, status=400)
+        operator = {"67": "MTN", "65": "MTN", "68": "MTN", "69": "ORANGE"}.get(phone[3:5])
+        if operator is None:
+            return web.json_response({"message": "Unsupported operator", "error_code": "ER102"}, status=400)
+        if not amount.isdigit() or int(amount) <= 0:
+            return web.json_response({"message": "Invalid amount", "error_code": "ER201"}, status=400)
+        reference = str(uuid.uuid4())
+        self.add_transaction(reference, amount=int(amount), external_reference=body.get("external_reference"))
+        self.transactions[reference]["operator"] = operator
+        ussd = "*126#" if operator == "MTN" else "#150*50#"
+        return web.json_response({"reference": reference, "ussd_code": ussd, "operator": operator})
+
+    async def _transaction(self, request: web.Request) -> web.Response:
+        self.calls["transaction"] += 1
+        if not self._authorized(request):
+            return web.json_response({"detail": "Invalid token."}, status=401)
+        if (failure := self._injected_failure("transaction")) is not None:
+            return failure
+        tx = self.transactions.get(request.match_info["reference"])
+        if tx is None:
+            return web.json_response({"message": "Transaction not found"}, status=404)
+        return web.json_response(tx)

@@ -1,0 +1,311 @@
+"""CamPay end to end: the real client against the fake CamPay over HTTP, signed webhooks, the reconciler."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+import jwt
+import pytest
+
+from appkeys import RECONCILER
+from clock import ManualClock
+from tests.campay_fake import WEBHOOK_KEY, FakeCampay, unsigned_token
+from tests.conftest import Instance, StartInstance, campay_settings
+
+
+@pytest.fixture
+async def live(start_instance: StartInstance, campay: FakeCampay) -> Instance:
+    return await start_instance(**campay_settings(campay))
+
+
+async def _pay(instance: Instance, order_id: str = "order-1", **kw: Any) -> dict[str, Any]:
+    status, body, _ = await instance.api.initiate(order_id=order_id, **kw)
+    assert status == 201, body
+    return body
+
+
+async def _state(instance: Instance, reference: str) -> tuple[str, int]:
+    payment = await instance.storage.get_payment(reference)
+    return payment.status.value, payment.seq
+
+
+# -- collect ----------------------------------------------------------------------------
+
+
+async def test_initiate_calls_campay_collect(live: Instance, campay: FakeCampay) -> None:
+    payment = await _pay(live, amount=750)
+    tx = campay.transactions[payment["reference"]]
+    assert tx["external_reference"] == "order-1" and tx["amount"] == 750
+    assert payment["provider"] == "campay" and payment["ussd_code"] == "*126#" and payment["operator"] == "MTN"
+    assert campay.calls["token"] == 1 and campay.calls["collect"] == 1
+
+
+@pytest.mark.parametrize(
+    "provider_code, status, code",
+    [("ER101", 400, "invalid_phone_number"), ("ER102", 400, "unsupported_operator"),
+     ("ER201", 400, "invalid_amount"), ("ER301", 402, "insufficient_balance")],
+)
+async def test_campay_error_codes_map_to_4xx(
+    live: Instance, campay: FakeCampay, provider_code: str, status: int, code: str
+) -> None:
+    campay.collect_error = provider_code
+    got, body, _ = await live.api.initiate(order_id="o-err")
+    assert got == status
+    assert body["error"]["code"] == code and body["error"]["details"] == {"provider_code": provider_code}
+    assert await live.storage.active_references() == []
+
+
+async def test_campay_5xx_on_collect_is_502_and_not_retried(live: Instance, campay: FakeCampay) -> None:
+    campay.fail_next["collect"] = [503]
+    status, body, _ = await live.api.initiate(order_id="o-503")
+    assert status == 502 and body["error"]["code"] == "provider_unavailable"
+    assert campay.calls["collect"] == 1  # a 503 may have been processed: never re-sent blindly
+
+
+async def test_collect_that_times_out_is_not_sent_twice_for_one_idempotency_key(
+    start_instance: StartInstance, campay: FakeCampay
+) -> None:
+    import asyncio
+
+    instance = await start_instance(**campay_settings(campay, CAMPAY_TIMEOUT_SECONDS=0.3))
+    campay.collect_gate = asyncio.Event()
+    headers = {"Idempotency-Key": "checkout-7"}
+    status, body, _ = await instance.api.initiate(order_id="o-timeout", headers=headers)
+    assert status == 502 and body["error"]["code"] == "provider_timeout"
+    status, body2, replay_headers = await instance.api.initiate(order_id="o-timeout", headers=headers)
+    assert status == 502 and body2 == body and replay_headers["Idempotent-Replayed"] == "true"
+    assert campay.calls["collect"] == 1
+
+
+async def test_token_is_cached_and_renewed_before_expiry(start_instance: StartInstance, campay: FakeCampay) -> None:
+    clock = ManualClock()
+    campay.token_expires_in = 120
+    instance = await start_instance(clock=clock, **campay_settings(campay))
+    await _pay(instance, "o-t1")
+    await _pay(instance, "o-t2")
+    assert campay.calls["token"] == 1
+    clock.advance(61)  # within the renewal margin of the 120 s token
+    await _pay(instance, "o-t3")
+    assert campay.calls["token"] == 2
+
+
+async def test_token_is_renewed_once_after_a_401(live: Instance, campay: FakeCampay) -> None:
+    await _pay(live, "o-401a")
+    campay.revoke_tokens()
+    await _pay(live, "o-401b")
+    assert campay.calls["token"] == 2 and campay.calls["collect"] == 3  # one rejected, re-sent once
+
+
+async def test_permanent_token_skips_token_endpoint(start_instance: StartInstance, campay: FakeCampay) -> None:
+    campay.valid_tokens.add("permanent-token")
+    instance = await start_instance(**campay_settings(campay, CAMPAY_PERMANENT_ACCESS_TOKEN="permanent-token"))
+    await _pay(instance)
+    assert campay.calls["token"] == 0 and campay.calls["collect"] == 1
+
+
+async def test_status_call_retries_on_503_then_succeeds(live: Instance, campay: FakeCampay) -> None:
+    ref = (await _pay(live))["reference"]
+    campay.set_status(ref, "SUCCESSFUL")
+    campay.fail_next["transaction"] = [503, 503]
+    status, body, headers = await live.api.request("GET", "/api/payment/status/order-1?refresh=true")
+    assert status == 200 and body["status"] == "SUCCESSFUL" and headers["X-Provider-Refresh"] == "ok"
+    assert campay.calls["transaction"] == 3
+
+
+async def test_refresh_that_cannot_reach_campay_returns_stored_state(live: Instance, campay: FakeCampay) -> None:
+    await _pay(live)
+    campay.fail_next["transaction"] = [503] * 10
+    status, body, headers = await live.api.request("GET", "/api/payment/status/order-1?refresh=true")
+    assert status == 200 and body["status"] == "PENDING"
+    assert headers["X-Provider-Refresh"].startswith("failed")
+
+
+# -- webhooks ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method, form", [("POST", False), ("POST", True), ("GET", False)], ids=["post-json", "post-form", "get"])
+async def test_signed_webhook_drives_tracking_client_to_success(
+    live: Instance, campay: FakeCampay, http: aiohttp.ClientSession, method: str, form: bool
+) -> None:
+    ref = (await _pay(live))["reference"]
+    client = await live.tracker()
+    await client.track(ref)
+    campay.set_status(ref, "SUCCESSFUL")
+    status, body = await campay.send_webhook(http, live.url, ref, method=method, form=form)
+    assert status == 200 and body == {"received": True, "outcome": "applied"}
+    done = await client.wait_for("payment-completed")
+    assert done[0].data["success"] is True and done[0].data["seq"] == 2
+    assert [e.name for e in client.payment_events()] == ["payment-status", "payment-status", "payment-success", "payment-completed"]
+
+
+FORGERIES = [
+    pytest.param({"signature": "not-a-jwt"}, id="malformed"),
+    pytest.param({"key": "some-other-key-that-is-long-enough-for-hs256"}, id="other-key"),
+    pytest.param({"signature": None}, id="missing"),
+    pytest.param({"claims": {"reference": "someone-elses-payment"}}, id="reference-mismatch"),
+    pytest.param({"signature": "alg-none"}, id="alg-none"),
+    pytest.param({"signature": "hs512"}, id="hs512"),
+    pytest.param({"signature": "expired"}, id="expired"),
+]
+
+
+@pytest.mark.parametrize("forgery", FORGERIES)
+async def test_forged_webhook_is_401_and_changes_nothing(
+    live: Instance, campay: FakeCampay, http: aiohttp.ClientSession, forgery: dict[str, Any]
+) -> None:
+    ref = (await _pay(live))["reference"]
+    client = await live.tracker()
+    await client.track(ref)
+    await client.wait_for("payment-status")
+    campay.set_status(ref, "SUCCESSFUL")  # even the provider agrees: a bad signature still changes nothing
+    if forgery.get("signature") == "alg-none":
+        forgery = {"signature": unsigned_token({"reference": ref})}
+    elif forgery.get("signature") == "hs512":
+        forgery = {"signature": jwt.encode({"reference": ref}, WEBHOOK_KEY * 2, algorithm="HS512")}
+    elif forgery.get("signature") == "expired":
+        forgery = {"signature": jwt.encode({"reference": ref, "exp": 1_000_000_000}, WEBHOOK_KEY, algorithm="HS256")}
+    transaction_calls = campay.calls["transaction"]
+    status, body = await campay.send_webhook(http, live.url, ref, **forgery)
+    assert status == 401 and body["error"]["code"] == "invalid_signature"
+    assert await _state(live, ref) == ("PENDING", 1)
+    assert campay.calls["transaction"] == transaction_calls  # refused before asking anyone
+    await client.barrier()
+    assert [e.name for e in client.payment_events()] == ["payment-status"]
+
+
+async def test_webhook_claiming_success_while_campay_says_pending_does_not_mark_success(
+    live: Instance, campay: FakeCampay, http: aiohttp.ClientSession
+) -> None:
+    ref = (await _pay(live))["reference"]
+    status, body = await campay.send_webhook(http, live.url, ref, status="SUCCESSFUL")
+    assert status == 200 and body["outcome"] == "not_confirmed"
+    assert await _state(live, ref) == ("PENDING", 1)
+
+
+async def test_duplicate_and_out_of_order_webhooks_change_nothing(
+    live: Instance, campay: FakeCampay, http: aiohttp.ClientSession
+) -> None:
+    ref = (await _pay(live))["reference"]
+    campay.set_status(ref, "SUCCESSFUL")
+    await campay.send_webhook(http, live.url, ref)
+    client = await live.tracker()
+    await client.track(ref)
+    await client.wait_for("payment-completed")
+    seen = len(client.events)
+
+    status, body = await campay.send_webhook(http, live.url, ref)
+    assert status == 200 and body["outcome"] == "duplicate"
+    campay.set_status(ref, "FAILED", reason="late failure")  # even if the provider now says otherwise
+    status, body = await campay.send_webhook(http, live.url, ref, status="FAILED")
+    assert status == 200 and body["outcome"] == "regression"
+    assert await _state(live, ref) == ("SUCCESSFUL", 2)
+    await client.barrier()
+    assert len(client.events) == seen
+
+
+async def test_without_provider_verification_the_webhook_status_is_applied(
+    start_instance: StartInstance, campay: FakeCampay, http: aiohttp.ClientSession
+) -> None:
+    instance = await start_instance(**campay_settings(campay, WEBHOOK_VERIFY_WITH_PROVIDER=False))
+    ref = (await _pay(instance))["reference"]
+    status, body = await campay.send_webhook(http, instance.url, ref, status="FAILED")
+    assert status == 200 and body["outcome"] == "applied"
+    assert await _state(instance, ref) == ("FAILED", 2)
+    assert campay.calls["transaction"] == 0
+
+
+async def test_unknown_reference_webhook_is_stored_for_a_later_tracker(
+    live: Instance, campay: FakeCampay, http: aiohttp.ClientSession
+) -> None:
+    campay.add_transaction("made-elsewhere-1", status="SUCCESSFUL", amount=900, external_reference="ext-9")
+    status, body = await campay.send_webhook(http, live.url, "made-elsewhere-1")
+    assert status == 200 and body["outcome"] == "created_orphan"
+    client = await live.tracker()
+    ack = await client.track("made-elsewhere-1")
+    assert ack["payment"]["status"] == "SUCCESSFUL" and ack["payment"]["orphan"] is True
+    assert ack["payment"]["amount"] == 900 and ack["payment"]["order_id"] == "ext-9"
+    done = await client.wait_for("payment-completed")
+    assert done[0].data["success"] is True
+
+
+async def test_webhook_when_campay_is_unreachable_is_accepted_and_reconciled(
+    live: Instance, campay: FakeCampay, http: aiohttp.ClientSession
+) -> None:
+    ref = (await _pay(live))["reference"]
+    client = await live.tracker()
+    await client.track(ref)
+    campay.set_status(ref, "SUCCESSFUL")
+    campay.fail_next["transaction"] = [503] * 4  # every retry of the verification fails
+    status, body = await campay.send_webhook(http, live.url, ref)
+    assert status == 202 and body == {"received": True, "outcome": "verification_pending"}
+    assert await _state(live, ref) == ("PENDING", 1)
+
+    results = await live.app[RECONCILER].run_once(include_due=False)  # the requested re-check
+    assert [r.outcome for r in results] == ["applied"]
+    await client.wait_for("payment-completed")
+    assert await _state(live, ref) == ("SUCCESSFUL", 2)
+
+
+@pytest.mark.parametrize(
+    "fields, code",
+    [({"status": "SUCCESSFUL"}, "validation_error"), ({"reference": "r1"}, "validation_error"),
+     ({"reference": "r1", "status": "SUCCESSFUL", "amount": "lots"}, "validation_error")],
+)
+async def test_malformed_webhook_is_400(live: Instance, fields: dict[str, str], code: str) -> None:
+    status, body, _ = await live.api.request("POST", "/api/payment/webhook", json=fields)
+    assert status == 400 and body["error"]["code"] == code
+    assert await live.storage.get_payment("r1") is None
+
+
+async def test_webhook_with_unsupported_content_type_is_415(live: Instance) -> None:
+    status, body, _ = await live.api.request(
+        "POST", "/api/payment/webhook", data=b"<xml/>", headers={"Content-Type": "application/xml"}
+    )
+    assert status == 415 and body["error"]["code"] == "unsupported_media_type"
+
+
+# -- reconciler -------------------------------------------------------------------------
+
+
+async def test_lost_webhook_is_recovered_by_the_reconciler(start_instance: StartInstance, campay: FakeCampay) -> None:
+    clock = ManualClock()
+    instance = await start_instance(clock=clock, **campay_settings(campay))
+    ref = (await _pay(instance))["reference"]
+    client = await instance.tracker()
+    await client.track(ref)
+    campay.set_status(ref, "FAILED", reason="rejected by user")  # ... and the webhook never arrives
+
+    reconciler = instance.app[RECONCILER]
+    assert await reconciler.run_once() == []  # too young: not polled before RECONCILE_AFTER_SECONDS
+    assert campay.calls["transaction"] == 0
+    clock.advance(61)
+    results = await reconciler.run_once()
+    assert [r.outcome for r in results] == ["applied"]
+    failed = await client.wait_for("payment-failed")
+    assert failed[0].data["reason"] == "rejected by user"
+    clock.advance(1000)
+    assert await reconciler.run_once() == []  # terminal now; nothing left to poll
+
+
+async def test_reconciler_gives_up_after_max_age(start_instance: StartInstance, campay: FakeCampay) -> None:
+    clock = ManualClock()
+    instance = await start_instance(clock=clock, **campay_settings(campay))
+    await _pay(instance)
+    clock.advance(901)
+    assert await instance.app[RECONCILER].run_once() == []
+    assert campay.calls["transaction"] == 0
+
+
+async def test_reconciler_background_loop_applies_provider_status(
+    start_instance: StartInstance, campay: FakeCampay
+) -> None:
+    instance = await start_instance(
+        **campay_settings(campay, RECONCILE_ENABLED=True, RECONCILE_AFTER_SECONDS=0, RECONCILE_INTERVAL_SECONDS=0.05)
+    )
+    ref = (await _pay(instance))["reference"]
+    client = await instance.tracker()
+    await client.track(ref)
+    campay.set_status(ref, "SUCCESSFUL")
+    done = await client.wait_for("payment-completed")
+    assert done[0].data["success"] is True

@@ -1,0 +1,141 @@
+"""Turns a CamPay callback into at most one status change, and only if it is genuine.
+
+Order of trust: the signature first (a bad one changes nothing), then, because
+CamPay's signature does not cover the status, the provider's own answer to
+`GET /transaction/{reference}/` is what gets applied. If the provider cannot be
+reached the webhook is still accepted and the reconciler re-checks it, so a
+CamPay outage delays a status, it never drops one.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictStr
+
+from errors import ApiError, NotFound, ProviderError
+from payments.model import StatusUpdate, UpdateSource
+from payments.provider import PaymentProvider
+from payments.reconciler import Reconciler
+from payments.schemas import Reference
+from payments.service import PaymentService
+from webhooks.signature import SignatureError, verify_signature
+
+log = logging.getLogger("paytrack.webhook")
+
+
+def _to_int(value: Any) -> Any:
+    """CamPay sends amounts as strings ("100", sometimes "100.0")."""
+    if isinstance(value, str) and value.strip():
+        try:
+            number = float(value)
+        except ValueError:
+            return value
+        return int(number) if number.is_integer() else value
+    return value
+
+
+ShortText = Annotated[StrictStr, Field(max_length=255)]
+
+
+class CampayWebhook(BaseModel):
+    """CamPay's callback fields, from a query string, a form or JSON."""
+
+    model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
+
+    reference: Reference
+    status: Annotated[StrictStr, Field(min_length=1, max_length=32)]
+    signature: Annotated[StrictStr, Field(max_length=4096)] | None = None
+    amount: Annotated[int | None, BeforeValidator(_to_int)] = None
+    currency: ShortText | None = None
+    operator: ShortText | None = None
+    code: ShortText | None = None
+    operator_reference: ShortText | None = None
+    external_reference: ShortText | None = None
+    phone_number: ShortText | None = None
+    reason: ShortText | None = None
+    endpoint: ShortText | None = None
+
+
+class InvalidSignature(ApiError):
+    status, code = 401, "invalid_signature"
+
+
+@dataclass(frozen=True)
+class WebhookOutcome:
+    status_code: int
+    outcome: str
+
+    def body(self) -> dict[str, Any]:
+        return {"received": True, "outcome": self.outcome}
+
+
+class WebhookProcessor:
+    def __init__(
+        self,
+        service: PaymentService,
+        provider: PaymentProvider,
+        reconciler: Reconciler,
+        *,
+        webhook_key: str,
+        verify_with_provider: bool,
+    ) -> None:
+        self._service = service
+        self._provider = provider
+        self._reconciler = reconciler
+        self._key = webhook_key
+        self._verify = verify_with_provider
+
+    async def process(self, hook: CampayWebhook, *, request_id: str | None = None) -> WebhookOutcome:
+        audit = {"reference": hook.reference, "claimed": hook.status, "request_id": request_id}
+        try:
+            verify_signature(hook.signature, self._key, reference=hook.reference)
+        except SignatureError as exc:
+            log.warning("webhook refused", extra={**audit, "why": str(exc)})
+            raise InvalidSignature(f"webhook signature rejected: {exc}") from None
+
+        update = StatusUpdate(
+            reference=hook.reference,
+            status=hook.status,
+            source=UpdateSource.WEBHOOK,
+            reason=hook.reason,
+            amount=hook.amount,
+            currency=hook.currency,
+            operator=hook.operator,
+            operator_reference=hook.operator_reference,
+            external_reference=hook.external_reference,
+        )
+        if self._verify:
+            try:
+                tx = await self._provider.get_transaction(hook.reference)
+            except NotFound:
+                log.warning("webhook for a reference the provider does not know", extra=audit)
+                return WebhookOutcome(200, "unknown_to_provider")
+            except ProviderError as exc:
+                # Keep it (an unknown reference becomes a PENDING record) and let the reconciler confirm.
+                await self._service.apply_update(update.model_copy(update={"status": "PENDING"}))
+                self._reconciler.request_check(hook.reference)
+                log.warning("webhook accepted, provider unreachable: verification deferred", extra={**audit, "error": exc.code})
+                return WebhookOutcome(202, "verification_pending")
+            update = update.model_copy(
+                update={
+                    "status": tx.status,
+                    "reason": tx.reason or hook.reason,
+                    "amount": tx.amount if tx.amount is not None else hook.amount,
+                    "operator": tx.operator or hook.operator,
+                    "operator_reference": tx.operator_reference or hook.operator_reference,
+                    "external_reference": tx.external_reference or hook.external_reference,
+                }
+            )
+            if tx.status.upper() == "PENDING" and hook.status.upper() != "PENDING":
+                # The claim is not confirmed yet: record nothing new, re-check soon.
+                await self._service.apply_update(update)
+                self._reconciler.request_check(hook.reference)
+                log.info("webhook claim not confirmed by provider", extra={**audit, "provider": tx.status})
+                return WebhookOutcome(200, "not_confirmed")
+
+        transition = await self._service.apply_update(update)
+        log.info("webhook accepted", extra={**audit, "outcome": transition.outcome})
+        return WebhookOutcome(200, transition.outcome)
