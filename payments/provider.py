@@ -6,6 +6,8 @@ from typing import Protocol
 
 from pydantic import BaseModel
 
+from payments.model import StatusUpdate, UpdateSource
+
 
 class CollectRequest(BaseModel):
     order_id: str
@@ -33,6 +35,20 @@ class ProviderTransaction(BaseModel):
     operator_reference: str | None = None
     external_reference: str | None = None
     reason: str | None = None
+
+    def to_update(self, source: UpdateSource) -> StatusUpdate:
+        """The provider's answer as a claim for the state machine."""
+        return StatusUpdate(
+            reference=self.reference,
+            status=self.status,
+            source=source,
+            reason=self.reason,
+            amount=self.amount,
+            currency=self.currency,
+            operator=self.operator,
+            operator_reference=self.operator_reference,
+            external_reference=self.external_reference,
+        )
 
 
 class PaymentProvider(Protocol):

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from clock import Clock
 from errors import ApiError
-from payments.model import PaymentStatus, StatusUpdate, Transition, UpdateSource
+from payments.model import PaymentStatus, Transition, UpdateSource
 from payments.provider import PaymentProvider
 from payments.service import PaymentService
 from realtime.storage.base import Storage
@@ -63,19 +63,7 @@ class Reconciler:
     async def refresh(self, reference: str) -> Transition:
         """Ask the provider now and apply its answer (used by `?refresh=true`)."""
         tx = await self._provider.get_transaction(reference)
-        return await self._service.apply_update(
-            StatusUpdate(
-                reference=reference,
-                status=tx.status,
-                source=UpdateSource.PROVIDER_POLL,
-                reason=tx.reason,
-                amount=tx.amount,
-                currency=tx.currency,
-                operator=tx.operator,
-                operator_reference=tx.operator_reference,
-                external_reference=tx.external_reference,
-            )
-        )
+        return await self._service.apply_update(tx.to_update(UpdateSource.PROVIDER_POLL))
 
     async def run_once(self, *, include_due: bool = True) -> list[Transition]:
         """One pass: requested references, plus (when holding the lease) every due one."""

@@ -119,15 +119,10 @@ class WebhookProcessor:
                 self._reconciler.request_check(hook.reference)
                 log.warning("webhook accepted, provider unreachable: verification deferred", extra={**audit, "error": exc.code})
                 return WebhookOutcome(202, "verification_pending")
+            claimed = update
+            update = tx.to_update(UpdateSource.WEBHOOK)
             update = update.model_copy(
-                update={
-                    "status": tx.status,
-                    "reason": tx.reason or hook.reason,
-                    "amount": tx.amount if tx.amount is not None else hook.amount,
-                    "operator": tx.operator or hook.operator,
-                    "operator_reference": tx.operator_reference or hook.operator_reference,
-                    "external_reference": tx.external_reference or hook.external_reference,
-                }
+                update={k: v for k, v in claimed.model_dump().items() if getattr(update, k) is None and v is not None}
             )
             if tx.status.upper() == "PENDING" and hook.status.upper() != "PENDING":
                 # The claim is not confirmed yet: record nothing new, re-check soon.
