@@ -105,7 +105,22 @@ class FakeCampay:
         app.router.add_post("/api/token/", self._token)
         app.router.add_post("/api/collect/", self._collect)
         app.router.add_get("/api/transaction/{reference}/", self._transaction)
+        app.router.add_post("/_fake/transactions/{reference}", self._control)
         return app
+
+    async def _control(self, request: web.Request) -> web.Response:
+        """Local development: `{"status": "SUCCESSFUL", "webhook_url": "http://localhost:5000"}`
+        sets the true status and, when a URL is given, sends the signed webhook there."""
+        reference = request.match_info["reference"]
+        if reference not in self.transactions:
+            return web.json_response({"message": "Transaction not found"}, status=404)
+        body = await request.json()
+        self.set_status(reference, body["status"], body.get("reason"))
+        if body.get("webhook_url"):
+            async with aiohttp.ClientSession() as session:
+                status, answer = await self.send_webhook(session, body["webhook_url"], reference)
+            return web.json_response({"webhook_status": status, "webhook_answer": answer})
+        return web.json_response(self.transactions[reference])
 
     def _injected_failure(self, endpoint: str) -> web.Response | None:
         if self.fail_next[endpoint]:
@@ -163,3 +178,19 @@ class FakeCampay:
         if tx is None:
             return web.json_response({"message": "Transaction not found"}, status=404)
         return web.json_response(tx)
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="A local fake CamPay for development")
+    parser.add_argument("--port", type=int, default=8001)
+    port = parser.parse_args().port
+    print(
+        f"fake CamPay on http://127.0.0.1:{port}/api\n"
+        f"  PAYMENT_PROVIDER=campay CAMPAY_API_URL=http://127.0.0.1:{port}/api "
+        f"CAMPAY_USERNAME={USERNAME} CAMPAY_APP_PASSWORD={PASSWORD} CAMPAY_WEBHOOK_KEY={WEBHOOK_KEY}\n"
+        f"  complete a payment: curl -XPOST localhost:{port}/_fake/transactions/<ref> "
+        "-d '{\"status\": \"SUCCESSFUL\", \"webhook_url\": \"http://localhost:5000\"}'"
+    )
+    web.run_app(FakeCampay().app(), host="127.0.0.1", port=port, print=None)

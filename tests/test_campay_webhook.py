@@ -309,3 +309,14 @@ async def test_reconciler_background_loop_applies_provider_status(
     campay.set_status(ref, "SUCCESSFUL")
     done = await client.wait_for("payment-completed")
     assert done[0].data["success"] is True
+
+
+async def test_fake_control_route_settles_and_sends_signed_webhook(
+    live: Instance, campay: FakeCampay, http: aiohttp.ClientSession
+) -> None:
+    ref = (await _pay(live))["reference"]
+    async with http.post(f"{campay.url.removesuffix('/api')}/_fake/transactions/{ref}",
+                         json={"status": "SUCCESSFUL", "webhook_url": live.url}) as resp:
+        body = await resp.json()
+    assert body == {"webhook_status": 200, "webhook_answer": {"received": True, "outcome": "applied"}}
+    assert await _state(live, ref) == ("SUCCESSFUL", 2)
