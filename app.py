@@ -16,9 +16,11 @@ import debug.routes
 import health
 import payments.routes
 import webhooks.routes
-from appkeys import CLOCK, RECONCILER, SERVICE, SETTINGS, SIO, STORAGE, WEBHOOKS
+from appkeys import CLOCK, DELIVERY, RECONCILER, SERVICE, SETTINGS, SIO, STORAGE, WEBHOOKS
 from clock import Clock, SystemClock
 from errors import error_middleware
+from merchant.delivery import DeliveryWorker
+from merchant.message import OutboxPolicy, decode_secret
 from payments.provider import PaymentProvider
 from payments.reconciler import ReconcilePolicy, Reconciler
 from payments.sandbox import SandboxProvider
@@ -26,6 +28,7 @@ from payments.service import PaymentService
 from realtime.events import register_handlers
 from realtime.notifier import SocketNotifier
 from realtime.server import create_sio
+from realtime.storage.base import Storage
 from realtime.storage.factory import create_storage
 from settings import ProviderName, Settings
 from webhooks.processor import WebhookProcessor
@@ -49,12 +52,15 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Applica
     provider = create_provider(settings, clock)
     sio = create_sio(settings)
     notifier = SocketNotifier(sio)
+    delivery = _create_delivery(settings, storage, clock)
     service = PaymentService(
         storage,
         provider,
         notifier,
         clock,
         idempotency_ttl=settings.PAYMENT_TTL_SECONDS,
+        outbox=OutboxPolicy(settings.MERCHANT_WEBHOOK_URL, settings.MERCHANT_WEBHOOK_EVENTS),
+        on_outbox=delivery.wake if delivery else None,
         sandbox_autocomplete_seconds=settings.SANDBOX_AUTOCOMPLETE_SECONDS,
         sandbox_outcome=settings.SANDBOX_OUTCOME,
     )
@@ -88,11 +94,15 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Applica
     app[SIO] = sio
     app[RECONCILER] = reconciler
     app[WEBHOOKS] = webhooks_processor
+    if delivery is not None:
+        app[DELIVERY] = delivery
 
     async def lifetime(app: web.Application) -> AsyncIterator[None]:
         await storage.start()
         if settings.RECONCILE_ENABLED:
             reconciler.start()
+        if delivery is not None:
+            delivery.start()
         log.info(
             "paytrack started",
             extra={
@@ -106,6 +116,8 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Applica
             yield
         finally:
             await reconciler.stop()
+            if delivery is not None:
+                await delivery.stop()
             await service.close()
             await provider.close()
             await storage.close()
@@ -117,6 +129,21 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Applica
         app.router.add_routes(table)
     _setup_cors(app, settings)
     return app
+
+
+def _create_delivery(settings: Settings, storage: Storage, clock: Clock) -> DeliveryWorker | None:
+    """The merchant webhook worker, or None when no MERCHANT_WEBHOOK_URL is set."""
+    if not settings.MERCHANT_WEBHOOK_URL:
+        return None
+    return DeliveryWorker(
+        storage,
+        clock,
+        secret=decode_secret(settings.MERCHANT_WEBHOOK_SECRET),
+        timeout=settings.MERCHANT_WEBHOOK_TIMEOUT_SECONDS,
+        max_attempts=settings.MERCHANT_WEBHOOK_MAX_ATTEMPTS,
+        retry_scale=settings.MERCHANT_WEBHOOK_RETRY_SCALE,
+        poll_interval=settings.MERCHANT_WEBHOOK_POLL_SECONDS,
+    )
 
 
 def _setup_cors(app: web.Application, settings: Settings) -> None:

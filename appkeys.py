@@ -10,6 +10,7 @@ if TYPE_CHECKING:
     import socketio
 
     from clock import Clock
+    from merchant.delivery import DeliveryWorker
     from payments.reconciler import Reconciler
     from payments.service import PaymentService
     from realtime.storage.base import Storage
@@ -23,3 +24,4 @@ SERVICE: web.AppKey["PaymentService"] = web.AppKey("payment_service")
 SIO: web.AppKey["socketio.AsyncServer"] = web.AppKey("sio")
 RECONCILER: web.AppKey["Reconciler"] = web.AppKey("reconciler")
 WEBHOOKS: web.AppKey["WebhookProcessor"] = web.AppKey("webhooks")
+DELIVERY: web.AppKey["DeliveryWorker"] = web.AppKey("merchant_delivery")

@@ -84,6 +84,18 @@ class Settings(BaseSettings):
     RECONCILE_INTERVAL_SECONDS: float = Field(15, gt=0)
     RECONCILE_MAX_AGE_SECONDS: float = Field(900, gt=0)
 
+    # Outbound webhooks to the merchant's backend (none = off).
+    MERCHANT_WEBHOOK_URL: Annotated[list[str], NoDecode] = []
+    MERCHANT_WEBHOOK_SECRET: str = ""
+    MERCHANT_WEBHOOK_EVENTS: Annotated[list[str], NoDecode] = ["payment.succeeded", "payment.failed"]
+    MERCHANT_WEBHOOK_TIMEOUT_SECONDS: float = Field(10.0, gt=0, le=60)
+    MERCHANT_WEBHOOK_MAX_ATTEMPTS: int = Field(12, ge=1, le=50)
+    MERCHANT_WEBHOOK_RETRY_SCALE: float = Field(1.0, gt=0, le=10)
+    MERCHANT_WEBHOOK_POLL_SECONDS: float = Field(1.0, gt=0, le=60)
+
+    # Bearer token for the debug endpoints in production (without it they are 404 there).
+    DEBUG_TOKEN: str = ""
+
     REDIS_URL: str = ""
     REDIS_HOST: str = "localhost"
     REDIS_PORT: int = Field(6379, gt=0, le=65535)
@@ -106,6 +118,39 @@ class Settings(BaseSettings):
         for origin in value:
             if origin != "*" and not origin.startswith(("http://", "https://")):
                 raise ValueError(f"{origin!r} is not an http(s) origin")
+        return value
+
+    @field_validator("MERCHANT_WEBHOOK_URL", "MERCHANT_WEBHOOK_EVENTS", mode="before")
+    @classmethod
+    def _split_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("MERCHANT_WEBHOOK_URL")
+    @classmethod
+    def _check_merchant_urls(cls, value: list[str]) -> list[str]:
+        for url in value:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"{url!r} is not an http(s) URL")
+        return value
+
+    @field_validator("MERCHANT_WEBHOOK_EVENTS")
+    @classmethod
+    def _check_merchant_events(cls, value: list[str]) -> list[str]:
+        allowed = {"payment.succeeded", "payment.failed", "payment.initiated"}
+        unknown = [v for v in value if v not in allowed]
+        if unknown:
+            raise ValueError(f"unknown event type(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
+        return value
+
+    @field_validator("MERCHANT_WEBHOOK_SECRET")
+    @classmethod
+    def _check_merchant_secret(cls, value: str) -> str:
+        if value:
+            from merchant.message import decode_secret
+
+            decode_secret(value)
         return value
 
     @field_validator("REDIS_URL")
@@ -131,6 +176,8 @@ class Settings(BaseSettings):
             self.PAYMENT_PROVIDER = ProviderName.CAMPAY if production else ProviderName.SANDBOX
         if self.SIMULATE_ENABLED is None:
             self.SIMULATE_ENABLED = not production
+        if self.MERCHANT_WEBHOOK_URL and not self.MERCHANT_WEBHOOK_SECRET:
+            raise ValueError("MERCHANT_WEBHOOK_SECRET is required when MERCHANT_WEBHOOK_URL is set")
         if self.PAYMENT_PROVIDER is ProviderName.CAMPAY:
             if not self.CAMPAY_PERMANENT_ACCESS_TOKEN and not (self.CAMPAY_USERNAME and self.CAMPAY_APP_PASSWORD):
                 raise ValueError(

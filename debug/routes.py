@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 from typing import Awaitable, Callable
 
 from aiohttp import web
 
-from appkeys import SERVICE, SETTINGS, STORAGE
+from appkeys import CLOCK, DELIVERY, SERVICE, SETTINGS, STORAGE
 from errors import NotFound, read_json_object
 from payments.model import StatusUpdate, Transition, UpdateSource
 from payments.schemas import SimulateRequest
@@ -15,8 +16,23 @@ from payments.schemas import SimulateRequest
 routes = web.RouteTableDef()
 
 
+def require_debug_access(request: web.Request) -> None:
+    """Open in development; in production only with `Authorization: Bearer <DEBUG_TOKEN>`.
+
+    Without the token the endpoints answer 404, like routes that do not
+    exist, so production does not advertise them.
+    """
+    settings = request.app[SETTINGS]
+    if not settings.is_production:
+        return
+    supplied = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+    if not settings.DEBUG_TOKEN or not hmac.compare_digest(supplied.encode(), settings.DEBUG_TOKEN.encode()):
+        raise web.HTTPNotFound()
+
+
 @routes.get("/api/payment/debug/connections")
 async def connections(request: web.Request) -> web.Response:
+    require_debug_access(request)
     storage = request.app[STORAGE]
     clients = await storage.list_clients()
     health = await storage.health()
@@ -64,3 +80,30 @@ async def simulate(request: web.Request) -> web.Response:
 async def _after(seconds: float, action: Callable[[], Awaitable[object]]) -> None:
     await asyncio.sleep(seconds)
     await action()
+
+
+@routes.get("/api/payment/debug/outbox")
+async def outbox(request: web.Request) -> web.Response:
+    """Merchant webhook messages not yet delivered: pending (with attempts and last error) and dead."""
+    require_debug_access(request)
+    entries = await request.app[STORAGE].outbox_list()
+    return web.json_response(
+        {
+            "pending": [e.summary() for e in entries if e.state == "pending"],
+            "dead": [e.summary() for e in entries if e.state == "dead"],
+        },
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+@routes.post("/api/payment/debug/outbox/{entry_id}/replay")
+async def replay(request: web.Request) -> web.Response:
+    require_debug_access(request)
+    entry_id = request.match_info["entry_id"]
+    entry = await request.app[STORAGE].outbox_replay(entry_id, request.app[CLOCK].now().timestamp())
+    if entry is None:
+        raise NotFound(f"no outbox entry {entry_id}", code="outbox_entry_not_found")
+    worker = request.app.get(DELIVERY)
+    if worker is not None:
+        worker.wake()
+    return web.json_response({"replayed": entry.summary()})

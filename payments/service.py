@@ -12,10 +12,11 @@ import hashlib
 import json
 import logging
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 from clock import Clock
 from errors import ApiError, Conflict, NotFound, ProviderError, UnprocessableRequest
+from merchant.message import OutboxPolicy
 from payments.model import Payment, PaymentEvent, PaymentStatus, StatusUpdate, Transition, UpdateSource
 from payments.provider import CollectRequest, PaymentProvider
 from payments.schemas import InitiateRequest
@@ -57,6 +58,8 @@ class PaymentService:
         clock: Clock,
         *,
         idempotency_ttl: float,
+        outbox: OutboxPolicy | None = None,
+        on_outbox: Callable[[], None] | None = None,
         sandbox_autocomplete_seconds: float | None = None,
         sandbox_outcome: str = "SUCCESSFUL",
     ) -> None:
@@ -65,6 +68,8 @@ class PaymentService:
         self.notifier = notifier
         self.clock = clock
         self._idempotency_ttl = idempotency_ttl
+        self._outbox = outbox or OutboxPolicy([], [])
+        self._on_outbox = on_outbox
         self._autocomplete = sandbox_autocomplete_seconds
         self._autocomplete_outcome = sandbox_outcome
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -72,7 +77,10 @@ class PaymentService:
     # -- the one update path -------------------------------------------------
     async def apply_update(self, update: StatusUpdate) -> Transition:
         """Run the state machine atomically in storage, then notify if anything changed."""
-        transition = await self.storage.transition(update, self.clock.now())
+        now = self.clock.now()
+        transition = await self.storage.transition(
+            update, now, outbox=lambda t: self._outbox.for_transition(t, now) if self._outbox.enabled else []
+        )
         level = logging.INFO if transition.applied else logging.DEBUG
         log.log(
             level,
@@ -88,7 +96,12 @@ class PaymentService:
         )
         if transition.applied:
             await self.notifier.payment_changed(transition)
+            self._outbox_queued()
         return transition
+
+    def _outbox_queued(self) -> None:
+        if self._outbox.enabled and self._on_outbox is not None:
+            self._on_outbox()
 
     # -- initiation -------------------------------------------------------------
     async def initiate(self, request: InitiateRequest, idempotency_key: str | None) -> InitiateResult:
@@ -158,26 +171,26 @@ class PaymentService:
                 )
             )
             now = self.clock.now()
-            payment = await self.storage.create_payment(
-                Payment(
-                    reference=collected.reference,
-                    order_id=request.order_id,
-                    amount=request.amount,
-                    currency=request.currency,
-                    phone_number=request.phone_number,
-                    description=request.description,
-                    operator=collected.operator,
-                    ussd_code=collected.ussd_code,
-                    provider=self.provider.name,
-                    created_at=now,
-                    updated_at=now,
-                )
+            fresh = Payment(
+                reference=collected.reference,
+                order_id=request.order_id,
+                amount=request.amount,
+                currency=request.currency,
+                phone_number=request.phone_number,
+                description=request.description,
+                operator=collected.operator,
+                ussd_code=collected.ussd_code,
+                provider=self.provider.name,
+                created_at=now,
+                updated_at=now,
             )
+            payment = await self.storage.create_payment(fresh, outbox=self._outbox.entries_for(fresh, now))
         finally:
             await self.storage.release_order_lock(request.order_id)
 
         log.info("payment initiated", extra={"reference": payment.reference, "order_id": payment.order_id})
         await self.notifier.payment_initiated(payment)
+        self._outbox_queued()
         self._schedule_sandbox_completion(payment)
         return InitiateResult(201, payment.public(reveal_phone=True))
 

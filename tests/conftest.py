@@ -16,6 +16,7 @@ from appkeys import SERVICE, STORAGE
 from clock import Clock
 from tests import campay_fake
 from tests.campay_fake import FakeCampay
+from tests.merchant_receiver import MerchantReceiver
 from tests.harness import Api, Tracker, make_settings
 
 
@@ -83,6 +84,16 @@ async def campay(aiohttp_server) -> FakeCampay:  # type: ignore[no-untyped-def]
     yield fake
     if fake.collect_gate is not None:
         fake.collect_gate.set()
+
+
+@pytest.fixture
+async def merchant(aiohttp_server) -> MerchantReceiver:  # type: ignore[no-untyped-def]
+    receiver = MerchantReceiver()
+    server = await aiohttp_server(receiver.app())
+    receiver.url = str(server.make_url("/hooks"))
+    yield receiver
+    if receiver.gate is not None:
+        receiver.gate.set()
 
 
 def campay_settings(fake: FakeCampay, **overrides: Any) -> dict[str, Any]:

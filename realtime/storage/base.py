@@ -8,11 +8,15 @@ Each method's docstring states the guarantee a backend must keep.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal, Protocol
+from typing import Any, Callable, Literal, Protocol
 
 from pydantic import BaseModel
 
+from merchant.message import OutboxEntry
 from payments.model import Payment, PaymentEvent, StatusUpdate, Transition
+
+# Given an applied transition, the outbox entries to write in the same atomic step.
+OutboxFor = Callable[[Transition], list[OutboxEntry]]
 
 
 class ClientRecord(BaseModel):
@@ -53,8 +57,9 @@ class Storage(Protocol):
     async def health(self) -> StorageHealth: ...
 
     # -- payments ---------------------------------------------------------
-    async def create_payment(self, payment: Payment) -> Payment:
-        """Store a new payment (seq 1), index it by order and as active, log its first event.
+    async def create_payment(self, payment: Payment, outbox: list[OutboxEntry] | None = None) -> Payment:
+        """Store a new payment (seq 1), index it by order and as active, log its first event,
+        and queue `outbox` entries, all in one step.
 
         If a record for the reference already exists because the provider spoke
         first (an orphan), the stored one keeps its status and seq and gains the
@@ -66,8 +71,9 @@ class Storage(Protocol):
     async def get_order_payment(self, order_id: str) -> Payment | None:
         """The most recent payment created for `order_id`."""
 
-    async def transition(self, update: StatusUpdate, now: datetime) -> Transition:
-        """Atomically: read, `payments.state.decide`, write, bump seq, log the event, refresh TTL.
+    async def transition(self, update: StatusUpdate, now: datetime, outbox: OutboxFor | None = None) -> Transition:
+        """Atomically: read, `payments.state.decide`, write, bump seq, log the event, refresh TTL,
+        and queue `outbox(transition)` entries when the transition applied.
 
         Two concurrent calls for one reference are serialised: at most one of
         them moves a PENDING payment to a terminal status.
@@ -91,6 +97,28 @@ class Storage(Protocol):
     async def complete_idempotency(self, key: str, record: IdempotencyRecord, ttl_seconds: float) -> None: ...
 
     async def release_idempotency(self, key: str) -> None: ...
+
+    # -- merchant outbox ---------------------------------------------------
+    async def outbox_claim(self, now: float, limit: int, lease_seconds: float) -> list[OutboxEntry]:
+        """Pending entries due at `now` and not claimed by anyone, now claimed for `lease_seconds`.
+
+        Safe with several workers: an entry is handed to one claimer at a time;
+        a claimer that dies loses the claim when the lease runs out.
+        """
+
+    async def outbox_delivered(self, entry_id: str) -> None:
+        """Remove a delivered entry."""
+
+    async def outbox_reschedule(self, entry_id: str, attempts: int, next_attempt_at: float, error: str) -> None: ...
+
+    async def outbox_kill(self, entry_id: str, attempts: int, error: str) -> None:
+        """Move an entry to the dead-letter list."""
+
+    async def outbox_list(self) -> list[OutboxEntry]:
+        """Pending and dead entries, oldest first."""
+
+    async def outbox_replay(self, entry_id: str, now: float) -> OutboxEntry | None:
+        """Make a dead (or pending) entry due now with a fresh attempt count; None if unknown."""
 
     # -- leases -------------------------------------------------------------
     async def acquire_lease(self, name: str, owner: str, ttl_seconds: float) -> bool:

@@ -16,9 +16,10 @@ from datetime import datetime
 from typing import Generic, Iterator, TypeVar
 
 from clock import Clock
+from merchant.message import OutboxEntry
 from payments.model import Payment, PaymentEvent, PaymentStatus, StatusUpdate, Transition
 from payments.state import adopt_orphan, decide
-from realtime.storage.base import ClientRecord, IdempotencyRecord, StorageHealth
+from realtime.storage.base import ClientRecord, IdempotencyRecord, OutboxFor, StorageHealth
 
 V = TypeVar("V")
 
@@ -97,6 +98,8 @@ class MemoryStorage:
         self._idempotency: ExpiringMap[IdempotencyRecord] = ExpiringMap(clock)
         self._clients: ExpiringMap[ClientRecord] = ExpiringMap(clock)
         self._leases: ExpiringMap[str] = ExpiringMap(clock)
+        # The outbox does not expire: an entry leaves only when delivered (or replayed from dead).
+        self._outbox: dict[str, OutboxEntry] = {}
         self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -134,7 +137,8 @@ class MemoryStorage:
         log.append(event)
         self._events.set(event.reference, log, self._payment_ttl)
 
-    async def create_payment(self, payment: Payment) -> Payment:
+    async def create_payment(self, payment: Payment, outbox: list[OutboxEntry] | None = None) -> Payment:
+        self._enqueue(outbox or [])
         existing = self._payments.get(payment.reference)
         if existing is not None:
             payment = adopt_orphan(existing, payment)
@@ -152,11 +156,13 @@ class MemoryStorage:
         reference = self._orders.get(order_id)
         return self._payments.get(reference) if reference else None
 
-    async def transition(self, update: StatusUpdate, now: datetime) -> Transition:
+    async def transition(self, update: StatusUpdate, now: datetime, outbox: OutboxFor | None = None) -> Transition:
         result = decide(self._payments.get(update.reference), update, now)
         if result.applied and result.payment is not None and result.event is not None:
             self._store_payment(result.payment)
             self._log_event(result.event)
+            if outbox is not None:
+                self._enqueue(outbox(result))
         return result
 
     async def events_after(self, reference: str, seq: int) -> list[PaymentEvent]:
@@ -185,6 +191,50 @@ class MemoryStorage:
 
     async def release_idempotency(self, key: str) -> None:
         self._idempotency.pop(key)
+
+    # -- merchant outbox ---------------------------------------------------
+    def _enqueue(self, entries: list[OutboxEntry]) -> None:
+        for entry in entries:
+            self._outbox.setdefault(entry.id, entry)  # same id = same message: never queued twice
+
+    async def outbox_claim(self, now: float, limit: int, lease_seconds: float) -> list[OutboxEntry]:
+        due = [
+            e for e in self._outbox.values()
+            if e.state == "pending" and e.next_attempt_at <= now and e.claimed_until <= now
+        ]
+        due.sort(key=lambda e: e.next_attempt_at)
+        claimed = []
+        for entry in due[:limit]:
+            entry = entry.model_copy(update={"claimed_until": now + lease_seconds})
+            self._outbox[entry.id] = entry
+            claimed.append(entry)
+        return claimed
+
+    async def outbox_delivered(self, entry_id: str) -> None:
+        self._outbox.pop(entry_id, None)
+
+    async def outbox_reschedule(self, entry_id: str, attempts: int, next_attempt_at: float, error: str) -> None:
+        if entry_id in self._outbox:
+            self._outbox[entry_id] = self._outbox[entry_id].model_copy(
+                update={"attempts": attempts, "next_attempt_at": next_attempt_at, "last_error": error, "claimed_until": 0.0}
+            )
+
+    async def outbox_kill(self, entry_id: str, attempts: int, error: str) -> None:
+        if entry_id in self._outbox:
+            self._outbox[entry_id] = self._outbox[entry_id].model_copy(
+                update={"attempts": attempts, "last_error": error, "state": "dead", "claimed_until": 0.0}
+            )
+
+    async def outbox_list(self) -> list[OutboxEntry]:
+        return sorted(self._outbox.values(), key=lambda e: e.created_at)
+
+    async def outbox_replay(self, entry_id: str, now: float) -> OutboxEntry | None:
+        entry = self._outbox.get(entry_id)
+        if entry is None:
+            return None
+        entry = entry.model_copy(update={"state": "pending", "attempts": 0, "next_attempt_at": now, "claimed_until": 0.0})
+        self._outbox[entry_id] = entry
+        return entry
 
     # -- leases -------------------------------------------------------------
     async def acquire_lease(self, name: str, owner: str, ttl_seconds: float) -> bool:

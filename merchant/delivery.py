@@ -1,0 +1,120 @@
+"""Delivers the merchant outbox: at least once, signed, retried with backoff, dead-lettered at the end.
+
+One worker per instance; several are safe because each entry is claimed with
+a lease before it is sent. A delivery is any 2xx; anything else (an error
+status, a timeout, a refused connection) is retried on the schedule below.
+Deliveries run in their own tasks, so a slow merchant never delays Socket.IO.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+
+import httpx
+
+from clock import Clock
+from merchant.message import OutboxEntry, sign
+from realtime.storage.base import Storage
+
+log = logging.getLogger("paytrack.merchant")
+
+# Seconds to wait before retry n (after attempt n). Twelve attempts span about 21 hours.
+RETRY_SCHEDULE = (5, 30, 120, 300, 900, 1800, 3600, 7200, 14400, 21600, 28800)
+
+
+def retry_delay(attempts: int, scale: float) -> float:
+    """Delay before the next attempt, after `attempts` failed ones, with +-10 % jitter."""
+    base = RETRY_SCHEDULE[min(attempts, len(RETRY_SCHEDULE)) - 1] * scale
+    return base * random.uniform(0.9, 1.1)
+
+
+class DeliveryWorker:
+    def __init__(
+        self,
+        storage: Storage,
+        clock: Clock,
+        *,
+        secret: bytes,
+        timeout: float,
+        max_attempts: int,
+        retry_scale: float = 1.0,
+        poll_interval: float = 1.0,
+        concurrency: int = 16,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self._storage = storage
+        self._clock = clock
+        self._secret = secret
+        self._timeout = timeout
+        self._max_attempts = max_attempts
+        self._retry_scale = retry_scale
+        self._poll_interval = poll_interval
+        self._concurrency = concurrency
+        self._http = httpx.AsyncClient(timeout=httpx.Timeout(timeout), transport=transport)
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def wake(self) -> None:
+        """New entries were queued: look now instead of at the next poll."""
+        self._wake.set()
+
+    async def run_once(self) -> int:
+        """Claim what is due and deliver it; returns how many were delivered."""
+        now = self._clock.now().timestamp()
+        entries = await self._storage.outbox_claim(now, self._concurrency, self._timeout + 10)
+        results = await asyncio.gather(*(self._deliver(e) for e in entries))
+        return sum(results)
+
+    async def _deliver(self, entry: OutboxEntry) -> bool:
+        timestamp = int(self._clock.now().timestamp())
+        headers = {
+            "content-type": "application/json",
+            "webhook-id": entry.message_id,
+            "webhook-timestamp": str(timestamp),
+            "webhook-signature": sign(self._secret, entry.message_id, timestamp, entry.body),
+            "user-agent": "paytrack-webhooks/1",
+        }
+        attempts = entry.attempts + 1
+        try:
+            response = await self._http.post(entry.url, content=entry.body.encode(), headers=headers)
+            error = None if response.is_success else f"HTTP {response.status_code}"
+        except httpx.HTTPError as exc:
+            error = f"{exc.__class__.__name__}: {exc}"[:300]
+        context = {"message_id": entry.message_id, "url": entry.url, "attempt": attempts, "type": entry.type}
+        if error is None:
+            await self._storage.outbox_delivered(entry.id)
+            log.info("merchant webhook delivered", extra=context)
+            return True
+        if attempts >= self._max_attempts:
+            await self._storage.outbox_kill(entry.id, attempts, error)
+            log.error("merchant webhook dead-lettered", extra={**context, "error": error})
+            return False
+        next_at = self._clock.now().timestamp() + retry_delay(attempts, self._retry_scale)
+        await self._storage.outbox_reschedule(entry.id, attempts, next_at, error)
+        log.warning("merchant webhook failed; will retry", extra={**context, "error": error})
+        return False
+
+    async def _loop(self) -> None:
+        while True:
+            self._wake.clear()
+            try:
+                while await self.run_once():
+                    pass  # keep draining while there is work
+            except Exception:
+                log.exception("merchant delivery pass failed")
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._poll_interval)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="merchant-delivery")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self._http.aclose()

@@ -1,0 +1,113 @@
+"""Outbound webhooks to the merchant's backend: the message, its outbox entry, its signature.
+
+Messages follow the Standard Webhooks specification, so merchants can verify
+them with the `standardwebhooks` library or ten lines of `hmac`:
+`webhook-signature: v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">`.
+The message id is derived from (reference, seq), so every instance that might
+produce it produces the same id, and it stays the same across retries.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+from payments.model import Payment, PaymentStatus, Transition, utc_iso
+
+EventType = Literal["payment.succeeded", "payment.failed", "payment.initiated"]
+ALL_EVENT_TYPES: tuple[str, ...] = ("payment.succeeded", "payment.failed", "payment.initiated")
+
+
+class OutboxEntry(BaseModel):
+    """One message for one merchant URL, with its delivery state."""
+
+    id: str  # delivery id: message id + URL index
+    message_id: str
+    type: str
+    url: str
+    body: str  # serialised once, so every attempt signs the same bytes
+    created_at: float  # unix seconds
+    attempts: int = 0
+    next_attempt_at: float
+    last_error: str | None = None
+    state: Literal["pending", "dead"] = "pending"
+    claimed_until: float = 0.0
+
+    def summary(self) -> dict[str, Any]:
+        data = self.model_dump(exclude={"body"})
+        data["reference"] = json.loads(self.body)["data"]["reference"]
+        return data
+
+
+def decode_secret(secret: str) -> bytes:
+    """`whsec_<base64>` or plain base64, as the spec and its libraries accept."""
+    raw = secret.removeprefix("whsec_")
+    try:
+        key = base64.b64decode(raw + "=" * (-len(raw) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("must be base64 (optionally prefixed with whsec_)") from None
+    if len(key) < 16:
+        raise ValueError("must decode to at least 16 bytes")
+    return key
+
+
+def sign(key: bytes, message_id: str, timestamp: int, body: str) -> str:
+    digest = hmac.new(key, f"{message_id}.{timestamp}.{body}".encode(), hashlib.sha256).digest()
+    return "v1," + base64.b64encode(digest).decode()
+
+
+def _event_type(payment: Payment) -> EventType:
+    if payment.status is PaymentStatus.SUCCESSFUL:
+        return "payment.succeeded"
+    if payment.status is PaymentStatus.FAILED:
+        return "payment.failed"
+    return "payment.initiated"
+
+
+class OutboxPolicy:
+    """Which events go to which URLs: the pure function storage calls inside its atomic step."""
+
+    def __init__(self, urls: list[str], event_types: list[str]) -> None:
+        self.urls = urls
+        self.event_types = set(event_types)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.urls)
+
+    def entries_for(self, payment: Payment, now: datetime) -> list[OutboxEntry]:
+        if not self.urls:
+            return []
+        event_type = _event_type(payment)
+        if event_type not in self.event_types:
+            return []
+        message_id = f"msg_{payment.reference}_{payment.seq}"
+        body = json.dumps(
+            {
+                "id": message_id,
+                "type": event_type,
+                "created_at": utc_iso(now),
+                "data": payment.public(),
+            },
+            separators=(",", ":"),
+        )
+        at = now.timestamp()
+        return [
+            OutboxEntry(
+                id=f"{message_id}.{index}", message_id=message_id, type=event_type, url=url, body=body,
+                created_at=at, next_attempt_at=at,
+            )
+            for index, url in enumerate(self.urls)
+        ]
+
+    def for_transition(self, transition: Transition, now: datetime) -> list[OutboxEntry]:
+        if not transition.applied or transition.payment is None:
+            return []
+        return self.entries_for(transition.payment, now)

@@ -1,0 +1,79 @@
+"""A merchant backend for tests: receives paytrack's outbound webhooks and verifies them like a merchant would."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+from standardwebhooks.webhooks import Webhook
+
+SECRET = "whsec_" + base64.b64encode(b"merchant-secret-for-tests-32byte").decode()
+
+
+@dataclass
+class Delivery:
+    message_id: str
+    body: dict[str, Any]
+    verified: bool
+
+
+@dataclass
+class MerchantReceiver:
+    """Answers with `responses` in turn (then 200), or never accepts when `always_fail` is set."""
+
+    secret: str = SECRET
+    responses: list[int] = field(default_factory=list)
+    always_fail: bool = False
+    gate: asyncio.Event | None = None  # when set, each request waits for it (a slow merchant)
+    attempts: list[Delivery] = field(default_factory=list)
+    accepted: list[Delivery] = field(default_factory=list)
+    _changed: asyncio.Event = field(default_factory=asyncio.Event)
+    url: str = ""
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/hooks", self._receive)
+        return app
+
+    async def _receive(self, request: web.Request) -> web.Response:
+        raw = await request.read()
+        try:
+            Webhook(self.secret).verify(raw, dict(request.headers))
+            verified = True
+        except Exception:
+            verified = False
+        delivery = Delivery(request.headers.get("webhook-id", ""), json.loads(raw), verified)
+        self.attempts.append(delivery)
+        self._changed.set()
+        if self.gate is not None:
+            await self.gate.wait()
+        status = 500 if self.always_fail else (self.responses.pop(0) if self.responses else 200)
+        if 200 <= status < 300:
+            self.accepted.append(delivery)
+            self._changed.set()
+        return web.json_response({"ok": status < 300}, status=status)
+
+    async def wait_for(self, *, attempts: int = 0, accepted: int = 0, timeout: float = 5.0) -> None:
+        async def loop() -> None:
+            while len(self.attempts) < attempts or len(self.accepted) < accepted:
+                self._changed.clear()
+                await self._changed.wait()
+
+        await asyncio.wait_for(loop(), timeout)
+
+
+def merchant_settings(receiver: MerchantReceiver, **overrides: Any) -> dict[str, Any]:
+    return {
+        "MERCHANT_WEBHOOK_URL": receiver.url,
+        "MERCHANT_WEBHOOK_SECRET": receiver.secret,
+        "MERCHANT_WEBHOOK_RETRY_SCALE": 0.001,  # 5 ms, 30 ms, ... instead of 5 s, 30 s
+        "MERCHANT_WEBHOOK_POLL_SECONDS": 0.02,
+        **overrides,
+    }
+
+
+__all__ = ["SECRET", "MerchantReceiver", "merchant_settings"]

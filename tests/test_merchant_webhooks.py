@@ -1,0 +1,153 @@
+"""Outbound webhooks to the merchant: signed per Standard Webhooks, at least once, from a durable outbox."""
+
+from __future__ import annotations
+
+import asyncio
+
+from appkeys import DELIVERY
+from merchant.delivery import RETRY_SCHEDULE, retry_delay
+from merchant.message import decode_secret, sign
+from tests.conftest import Instance, StartInstance
+from tests.harness import eventually
+from tests.merchant_receiver import SECRET, MerchantReceiver, merchant_settings
+
+
+async def _paid(instance: Instance, order_id: str, outcome: str = "SUCCESSFUL") -> str:
+    status, body, _ = await instance.api.initiate(order_id=order_id)
+    assert status == 201
+    await instance.api.simulate(body["reference"], outcome)
+    return body["reference"]
+
+
+async def test_each_final_status_is_delivered_once_signed_with_the_payment(
+    start_instance: StartInstance, merchant: MerchantReceiver
+) -> None:
+    instance = await start_instance(**merchant_settings(merchant))
+    ok_ref = await _paid(instance, "order-ok")
+    failed_ref = await _paid(instance, "order-ko", "FAILED")
+    await instance.api.simulate(ok_ref, "SUCCESSFUL")  # a duplicate update queues nothing
+    await merchant.wait_for(accepted=2)
+    assert all(d.verified for d in merchant.attempts)
+
+    by_ref = {d.body["data"]["reference"]: d for d in merchant.accepted}
+    ok, failed = by_ref[ok_ref], by_ref[failed_ref]
+    assert ok.body["type"] == "payment.succeeded" and failed.body["type"] == "payment.failed"
+    assert ok.body["id"] == ok.message_id and ok.body["created_at"].endswith("Z")
+    data = ok.body["data"]
+    assert data["status"] == "SUCCESSFUL" and data["seq"] == 2 and data["order_id"] == "order-ok"
+    assert data["amount"] == 500 and data["phone_number"] == "2376XXXX4567"
+    assert failed.body["data"]["status"] == "FAILED"
+
+    await eventually(lambda: _outbox_empty(instance))  # the worker saw the 2xx and removed them
+    assert await instance.app[DELIVERY].run_once() == 0
+    assert len(merchant.attempts) == 2  # exactly one delivery per payment
+
+
+async def test_failing_receiver_gets_same_id_until_it_accepts(
+    start_instance: StartInstance, merchant: MerchantReceiver
+) -> None:
+    merchant.responses = [500, 503]
+    instance = await start_instance(**merchant_settings(merchant))
+    await _paid(instance, "order-retry")
+    await merchant.wait_for(accepted=1)
+    assert len(merchant.attempts) == 3
+    assert len({d.message_id for d in merchant.attempts}) == 1
+    await eventually(lambda: _outbox_empty(instance))
+
+
+async def test_receiver_that_never_accepts_ends_dead_and_replay_delivers(
+    start_instance: StartInstance, merchant: MerchantReceiver
+) -> None:
+    merchant.always_fail = True
+    instance = await start_instance(**merchant_settings(merchant, MERCHANT_WEBHOOK_MAX_ATTEMPTS=3))
+    ref = await _paid(instance, "order-dead")
+    await merchant.wait_for(attempts=3)
+
+    async def dead() -> list:
+        status, body, _ = await instance.api.request("GET", "/api/payment/debug/outbox")
+        assert status == 200
+        return body["dead"]
+
+    entries = await eventually(dead)
+    assert entries[0]["attempts"] == 3 and entries[0]["last_error"] == "HTTP 500"
+    assert entries[0]["reference"] == ref and entries[0]["type"] == "payment.succeeded"
+
+    merchant.always_fail = False
+    status, body, _ = await instance.api.request("POST", f"/api/payment/debug/outbox/{entries[0]['id']}/replay")
+    assert status == 200 and body["replayed"]["state"] == "pending"
+    await merchant.wait_for(accepted=1)
+    assert merchant.accepted[0].message_id == entries[0]["message_id"]
+    await eventually(lambda: _outbox_empty(instance))
+
+
+async def _outbox_empty(instance: Instance) -> bool:
+    return await instance.storage.outbox_list() == []
+
+
+async def test_replay_of_unknown_entry_is_404(start_instance: StartInstance, merchant: MerchantReceiver) -> None:
+    instance = await start_instance(**merchant_settings(merchant))
+    status, body, _ = await instance.api.request("POST", "/api/payment/debug/outbox/nope/replay")
+    assert status == 404 and body["error"]["code"] == "outbox_entry_not_found"
+
+
+async def test_debug_outbox_needs_debug_token_in_production(
+    start_instance: StartInstance, merchant: MerchantReceiver
+) -> None:
+    instance = await start_instance(
+        APP_ENV="production", STORAGE_BACKEND="memory", PAYMENT_PROVIDER="sandbox", DEBUG_TOKEN="s3cret-debug",
+        **merchant_settings(merchant),
+    )
+    for path in ("/api/payment/debug/outbox", "/api/payment/debug/connections"):
+        status, _, _ = await instance.api.request("GET", path)
+        assert status == 404
+        status, _, _ = await instance.api.request("GET", path, headers={"Authorization": "Bearer wrong"})
+        assert status == 404
+        status, _, _ = await instance.api.request("GET", path, headers={"Authorization": "Bearer s3cret-debug"})
+        assert status == 200
+    status, _, _ = await instance.api.request("POST", "/api/payment/debug/outbox/x/replay")
+    assert status == 404
+
+
+async def test_slow_receiver_does_not_delay_socket_events(
+    start_instance: StartInstance, merchant: MerchantReceiver
+) -> None:
+    merchant.gate = asyncio.Event()  # the merchant hangs until released
+    instance = await start_instance(**merchant_settings(merchant))
+    _, payment, _ = await instance.api.initiate(order_id="order-slow")
+    client = await instance.tracker()
+    await client.track(payment["reference"])
+    await instance.api.simulate(payment["reference"], "SUCCESSFUL")
+    await merchant.wait_for(attempts=1)  # the delivery is in flight and stuck
+    done = await client.wait_for("payment-completed")  # ... yet the checkout page hears at once
+    assert done[0].data["success"] is True and merchant.accepted == []
+    # and a second payment's events are not queued behind it either
+    _, other, _ = await instance.api.initiate(order_id="order-slow-2")
+    await client.track(other["reference"])
+    await instance.api.simulate(other["reference"], "FAILED")
+    await client.wait_for("payment-completed", count=2)
+    merchant.gate.set()
+    await merchant.wait_for(accepted=2)
+
+
+async def test_initiated_event_is_opt_in(start_instance: StartInstance, merchant: MerchantReceiver) -> None:
+    instance = await start_instance(
+        **merchant_settings(merchant, MERCHANT_WEBHOOK_EVENTS="payment.initiated,payment.succeeded")
+    )
+    await _paid(instance, "order-init")
+    await merchant.wait_for(accepted=2)
+    assert sorted(d.body["type"] for d in merchant.accepted) == ["payment.initiated", "payment.succeeded"]
+
+
+def test_signature_matches_the_specs_example() -> None:
+    # The Standard Webhooks specification's published test vector.
+    key = decode_secret("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+    body = '{"test": 2432232314}'
+    assert sign(key, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, body) == "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+    assert decode_secret(SECRET) == decode_secret(SECRET.removeprefix("whsec_"))
+
+
+def test_retry_schedule_spans_about_a_day() -> None:
+    total = sum(RETRY_SCHEDULE)  # 11 waits between 12 attempts
+    assert len(RETRY_SCHEDULE) == 11 and 20 * 3600 <= total <= 24 * 3600
+    assert 0.9 * 5 <= retry_delay(1, 1.0) <= 1.1 * 5
+    assert retry_delay(50, 1.0) <= 1.1 * RETRY_SCHEDULE[-1]
