@@ -14,43 +14,64 @@ from aiohttp import web
 
 import debug.routes
 import health
+import metrics as metrics_routes
 import payments.routes
+import testpage.routes
 import webhooks.routes
-from appkeys import CLOCK, DELIVERY, RECONCILER, SERVICE, SETTINGS, SIO, STORAGE, WEBHOOKS
+from appkeys import CLOCK, DELIVERY, METRICS, RECONCILER, SERVICE, SETTINGS, SIO, STORAGE, WEBHOOKS
 from clock import Clock, SystemClock
 from errors import error_middleware
 from merchant.delivery import DeliveryWorker
 from merchant.message import OutboxPolicy, decode_secret
+from metrics import InstrumentedStorage, Metrics
 from payments.provider import PaymentProvider
 from payments.reconciler import ReconcilePolicy, Reconciler
 from payments.sandbox import SandboxProvider
 from payments.service import PaymentService
-from realtime.events import register_handlers
+from realtime.events import register_handlers, tracked_payment_count
 from realtime.notifier import SocketNotifier
 from realtime.server import create_sio
 from realtime.storage.base import Storage
 from realtime.storage.factory import create_storage
 from settings import ProviderName, Settings
+from request_id import request_id_middleware, setup_request_id
 from webhooks.processor import WebhookProcessor
 
 log = logging.getLogger("paytrack")
 
 
-def create_provider(settings: Settings, clock: Clock) -> PaymentProvider:
+def create_provider(settings: Settings, clock: Clock, metrics: Metrics | None = None) -> PaymentProvider:
     if settings.PAYMENT_PROVIDER is ProviderName.SANDBOX:
         return SandboxProvider()
     from payments.campay import CampayProvider
 
-    return CampayProvider.from_settings(settings, clock)
+    return CampayProvider.from_settings(settings, clock, metrics)
 
 
-def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Application:
+def create_app(
+    settings: Settings,
+    *,
+    clock: Clock | None = None,
+    storage: Storage | None = None,
+    metrics: Metrics | None = None,
+) -> web.Application:
+    """Build one server instance.
+
+    `storage` may be passed in when it must outlive the app (a test restarting
+    a server on the same data, as Redis allows in production); `metrics` when
+    the caller wants the registry. Both default to new ones from settings.
+    """
     clock = clock or SystemClock()
-    app = web.Application(middlewares=[error_middleware], client_max_size=settings.MAX_BODY_BYTES)
+    metrics = metrics or Metrics()
+    app = web.Application(
+        middlewares=[request_id_middleware, error_middleware], client_max_size=settings.MAX_BODY_BYTES
+    )
+    setup_request_id(app)
 
-    storage = create_storage(settings, clock)
-    provider = create_provider(settings, clock)
+    storage = InstrumentedStorage(storage or create_storage(settings, clock), metrics)  # type: ignore[assignment]
+    provider = create_provider(settings, clock, metrics)
     sio = create_sio(settings)
+    metrics.count_tracked_with(lambda: tracked_payment_count(sio))
     notifier = SocketNotifier(sio)
     delivery = _create_delivery(settings, storage, clock)
     service = PaymentService(
@@ -63,6 +84,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Applica
         on_outbox=delivery.wake if delivery else None,
         sandbox_autocomplete_seconds=settings.SANDBOX_AUTOCOMPLETE_SECONDS,
         sandbox_outcome=settings.SANDBOX_OUTCOME,
+        metrics=metrics,
     )
     reconciler = Reconciler(
         service,
@@ -82,9 +104,16 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Applica
         reconciler,
         webhook_key=settings.CAMPAY_WEBHOOK_KEY,
         verify_with_provider=settings.WEBHOOK_VERIFY_WITH_PROVIDER,
+        metrics=metrics,
     )
     register_handlers(
-        sio, service=service, storage=storage, notifier=notifier, clock=clock, instance_id=settings.INSTANCE_ID
+        sio,
+        service=service,
+        storage=storage,
+        notifier=notifier,
+        clock=clock,
+        instance_id=settings.INSTANCE_ID,
+        metrics=metrics,
     )
 
     app[SETTINGS] = settings
@@ -94,6 +123,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Applica
     app[SIO] = sio
     app[RECONCILER] = reconciler
     app[WEBHOOKS] = webhooks_processor
+    app[METRICS] = metrics
     if delivery is not None:
         app[DELIVERY] = delivery
 
@@ -125,7 +155,14 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Applica
     app.cleanup_ctx.append(lifetime)
 
     sio.attach(app, socketio_path="socket.io")
-    for table in (payments.routes.routes, webhooks.routes.routes, debug.routes.routes, health.routes):
+    for table in (
+        payments.routes.routes,
+        webhooks.routes.routes,
+        debug.routes.routes,
+        health.routes,
+        metrics_routes.routes,
+        testpage.routes.routes,
+    ):
         app.router.add_routes(table)
     _setup_cors(app, settings)
     return app

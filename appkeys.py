@@ -11,6 +11,7 @@ if TYPE_CHECKING:
 
     from clock import Clock
     from merchant.delivery import DeliveryWorker
+    from metrics import Metrics
     from payments.reconciler import Reconciler
     from payments.service import PaymentService
     from realtime.storage.base import Storage
@@ -25,3 +26,4 @@ SIO: web.AppKey["socketio.AsyncServer"] = web.AppKey("sio")
 RECONCILER: web.AppKey["Reconciler"] = web.AppKey("reconciler")
 WEBHOOKS: web.AppKey["WebhookProcessor"] = web.AppKey("webhooks")
 DELIVERY: web.AppKey["DeliveryWorker"] = web.AppKey("merchant_delivery")
+METRICS: web.AppKey["Metrics"] = web.AppKey("metrics")

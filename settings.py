@@ -96,6 +96,12 @@ class Settings(BaseSettings):
     # Bearer token for the debug endpoints in production (without it they are 404 there).
     DEBUG_TOKEN: str = ""
 
+    # The live checkout test page at /payment-test (default: on in development, off in production).
+    TEST_PAGE_ENABLED: bool | None = None
+    # /metrics: open in development; in production 404 unless public or scraped with this bearer token.
+    METRICS_TOKEN: str = Field("", max_length=256)
+    METRICS_PUBLIC: bool = False
+
     REDIS_URL: str = ""
     REDIS_HOST: str = "localhost"
     REDIS_PORT: int = Field(6379, gt=0, le=65535)
@@ -153,6 +159,13 @@ class Settings(BaseSettings):
             decode_secret(value)
         return value
 
+    @field_validator("METRICS_TOKEN")
+    @classmethod
+    def _check_metrics_token(cls, value: str) -> str:
+        if value and (len(value) < 16 or any(c.isspace() for c in value)):
+            raise ValueError("must be at least 16 characters with no whitespace")
+        return value
+
     @field_validator("REDIS_URL")
     @classmethod
     def _check_redis_url(cls, value: str) -> str:
@@ -176,6 +189,8 @@ class Settings(BaseSettings):
             self.PAYMENT_PROVIDER = ProviderName.CAMPAY if production else ProviderName.SANDBOX
         if self.SIMULATE_ENABLED is None:
             self.SIMULATE_ENABLED = not production
+        if self.TEST_PAGE_ENABLED is None:
+            self.TEST_PAGE_ENABLED = not production
         if self.MERCHANT_WEBHOOK_URL and not self.MERCHANT_WEBHOOK_SECRET:
             raise ValueError("MERCHANT_WEBHOOK_SECRET is required when MERCHANT_WEBHOOK_URL is set")
         if self.PAYMENT_PROVIDER is ProviderName.CAMPAY:

@@ -12,6 +12,7 @@ from aiohttp import web
 
 from appkeys import WEBHOOKS
 from errors import InvalidRequest, read_json_object
+from request_id import current_request_id
 from webhooks.processor import CampayWebhook
 
 routes = web.RouteTableDef()
@@ -36,5 +37,5 @@ async def _fields(request: web.Request) -> dict[str, Any]:
 @routes.post("/api/payment/webhook")
 async def webhook(request: web.Request) -> web.Response:
     hook = CampayWebhook.model_validate(await _fields(request))
-    outcome = await request.app[WEBHOOKS].process(hook, request_id=request.headers.get("X-Request-ID"))
+    outcome = await request.app[WEBHOOKS].process(hook, request_id=current_request_id())
     return web.json_response(outcome.body(), status=outcome.status_code)
