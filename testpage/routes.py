@@ -40,7 +40,7 @@ def content_security_policy(host: str) -> str:
     if _HOST.fullmatch(host):  # older browsers do not count ws(s):// as 'self'
         connect += f" ws://{host} wss://{host}"
     return (
-        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
         f"connect-src {connect}; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
     )
 
