@@ -8,6 +8,7 @@ through the app's cleanup context.
 from __future__ import annotations
 
 import argparse
+import resource
 import sys
 
 from aiohttp import web
@@ -15,6 +16,20 @@ from aiohttp import web
 from app import create_app
 from logs import configure_logging
 from settings import SettingsError, load_settings
+
+
+def raise_fd_limit() -> int:
+    """Lift the soft open-files limit to the hard one: every websocket client holds a descriptor,
+    and the usual soft default (1024) caps a server far below what it can serve."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    return soft
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"paytrack: {exc}", file=sys.stderr)
         return 2
 
+    raise_fd_limit()
     configure_logging(settings.LOG_LEVEL, json_lines=settings.is_production, instance_id=settings.INSTANCE_ID)
     web.run_app(
         create_app(settings),
