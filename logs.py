@@ -10,12 +10,11 @@ request and which payment it belongs to.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 from contextvars import ContextVar
 from datetime import datetime, timezone
-from typing import IO, Any, Iterator
+from typing import IO, Any
 
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
 
@@ -23,14 +22,22 @@ _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"messa
 _context: ContextVar[dict[str, Any]] = ContextVar("paytrack_log_context", default={})
 
 
-@contextlib.contextmanager
-def bind(**fields: Any) -> Iterator[None]:
-    """Add `fields` to every log line emitted inside the block (and in tasks started from it)."""
-    token = _context.set({**_context.get(), **{k: v for k, v in fields.items() if v is not None}})
-    try:
-        yield
-    finally:
-        _context.reset(token)
+class bind:
+    """Add `fields` to every log line emitted inside the `with` block (and in tasks started from it).
+
+    A plain class rather than a generator context manager: it runs on every update and request.
+    """
+
+    __slots__ = ("_fields", "_token")
+
+    def __init__(self, **fields: Any) -> None:
+        self._fields = fields
+
+    def __enter__(self) -> None:
+        self._token = _context.set({**_context.get(), **{k: v for k, v in self._fields.items() if v is not None}})
+
+    def __exit__(self, *exc: object) -> None:
+        _context.reset(self._token)
 
 
 def bound(name: str) -> Any:

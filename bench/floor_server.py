@@ -10,6 +10,7 @@ python-socketio. With `--redis-url` it uses python-socketio's own
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 import uuid
 from datetime import datetime, timezone
@@ -64,7 +65,10 @@ def main() -> None:
     parser.add_argument("--redis-url")
     args = parser.parse_args()
     raise_fd_limit()
-    web.run_app(create_floor_app(args.redis_url), host=args.host, port=args.port, print=None, shutdown_timeout=2)
+    app = create_floor_app(args.redis_url)
+    gc.collect()
+    gc.freeze()  # as server.py does, so the comparison is like for like
+    web.run_app(app, host=args.host, port=args.port, print=None, shutdown_timeout=2)
 
 
 if __name__ == "__main__":

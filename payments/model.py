@@ -36,7 +36,9 @@ class UpdateSource(str, Enum):
 
 def utc_iso(moment: datetime) -> str:
     """ISO 8601 in UTC with a `Z`, the one timestamp format on the wire."""
-    return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    if moment.tzinfo is not timezone.utc:
+        moment = moment.astimezone(timezone.utc)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def mask_phone(phone: str | None) -> str | None:
