@@ -19,6 +19,14 @@ from logs import configure_logging
 from settings import SettingsError, load_settings
 
 
+# The cyclic GC's generation thresholds (CPython's default is 700, 10, 10). Each request or update
+# allocates far more than 700 objects, so with the defaults in-flight objects are promoted to the
+# oldest generation all the time, and a full pass over every open connection's objects (about half a
+# second at 5,000 connections) runs every few seconds under load. Larger thresholds make young
+# collections rarer, so far less is promoted and full passes become rare (docs/PERFORMANCE.md).
+GC_THRESHOLDS = (50_000, 20, 100)
+
+
 def raise_fd_limit() -> int:
     """Lift the soft open-files limit to the hard one: every websocket client holds a descriptor,
     and the usual soft default (1024) caps a server far below what it can serve."""
@@ -57,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     # passes, which otherwise pause the loop for longer the more there is (docs/PERFORMANCE.md).
     gc.collect()
     gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
     web.run_app(
         app,
         host=settings.HOST,

@@ -20,7 +20,7 @@ import socketio
 from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from server import raise_fd_limit  # noqa: E402
+from server import GC_THRESHOLDS, raise_fd_limit  # noqa: E402
 
 
 def create_floor_app(redis_url: str | None = None) -> web.Application:
@@ -67,7 +67,8 @@ def main() -> None:
     raise_fd_limit()
     app = create_floor_app(args.redis_url)
     gc.collect()
-    gc.freeze()  # as server.py does, so the comparison is like for like
+    gc.freeze()  # the same process settings as server.py, so the comparison is of code, like for like
+    gc.set_threshold(*GC_THRESHOLDS)
     web.run_app(app, host=args.host, port=args.port, print=None, shutdown_timeout=2)
 
 

@@ -165,6 +165,9 @@ async def start_servers(target: str, args: argparse.Namespace, procs: Processes,
                 "APP_ENV": "development", "PAYMENT_PROVIDER": "sandbox", "SIMULATE_ENABLED": "true",
                 "STORAGE_BACKEND": args.storage, "LOG_LEVEL": "WARNING", "FRONTEND_URL": "*",
                 "INSTANCE_ID": f"bench-{i}", "RECONCILE_ENABLED": "false",
+                # One loopback address opens every connection and payment: lift the per-IP limits.
+                "RATE_LIMIT_INITIATE_PER_IP": "1000000/minute", "RATE_LIMIT_CONNECT_PER_IP": "1000000/minute",
+                "RATE_LIMIT_INITIATE_PER_USER": "1000000/minute",
             }
             if redis_url:
                 env["REDIS_URL"] = redis_url
