@@ -16,8 +16,10 @@ import debug.routes
 import health
 import payments.routes
 import webhooks.routes
-from appkeys import CLOCK, DELIVERY, RECONCILER, SERVICE, SETTINGS, SIO, STORAGE, WEBHOOKS
+from appkeys import AUTHENTICATOR, CLOCK, LIMITER, DELIVERY, RECONCILER, SERVICE, SETTINGS, SIO, STORAGE, WEBHOOKS
+from auth.authenticators import Authenticator, IntrospectionAuthenticator, JwtAuthenticator, NoAuth
 from clock import Clock, SystemClock
+from ratelimit import RateLimiter
 from errors import error_middleware
 from merchant.delivery import DeliveryWorker
 from merchant.message import OutboxPolicy, decode_secret
@@ -30,7 +32,7 @@ from realtime.notifier import SocketNotifier
 from realtime.server import create_sio
 from realtime.storage.base import Storage
 from realtime.storage.factory import create_storage
-from settings import ProviderName, Settings
+from settings import AuthMode, ProviderName, Settings, StorageBackend
 from webhooks.processor import WebhookProcessor
 
 log = logging.getLogger("paytrack")
@@ -83,8 +85,28 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Applica
         webhook_key=settings.CAMPAY_WEBHOOK_KEY,
         verify_with_provider=settings.WEBHOOK_VERIFY_WITH_PROVIDER,
     )
-    register_handlers(
-        sio, service=service, storage=storage, notifier=notifier, clock=clock, instance_id=settings.INSTANCE_ID
+    authenticator = create_authenticator(settings, storage, clock)
+    limiter = RateLimiter(
+        {
+            "initiate_user": settings.RATE_LIMIT_INITIATE_PER_USER,
+            "initiate_ip": settings.RATE_LIMIT_INITIATE_PER_IP,
+            "webhook_ip": settings.RATE_LIMIT_WEBHOOK_PER_IP,
+            "connect_ip": settings.RATE_LIMIT_CONNECT_PER_IP,
+        },
+        redis_url=settings.redis_url if settings.STORAGE_BACKEND is StorageBackend.REDIS else None,
+    )
+    expiry_timers = register_handlers(
+        sio,
+        service=service,
+        storage=storage,
+        notifier=notifier,
+        clock=clock,
+        instance_id=settings.INSTANCE_ID,
+        authenticator=authenticator,
+        limiter=limiter,
+        max_tracked=settings.MAX_TRACKED_PER_SOCKET,
+        token_warning_seconds=settings.TOKEN_EXPIRY_WARNING_SECONDS,
+        trust_forwarded_for=settings.TRUST_FORWARDED_FOR,
     )
 
     app[SETTINGS] = settings
@@ -92,6 +114,8 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Applica
     app[STORAGE] = storage
     app[SERVICE] = service
     app[SIO] = sio
+    app[AUTHENTICATOR] = authenticator
+    app[LIMITER] = limiter
     app[RECONCILER] = reconciler
     app[WEBHOOKS] = webhooks_processor
     if delivery is not None:
@@ -116,6 +140,8 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Applica
             yield
         finally:
             await reconciler.stop()
+            await expiry_timers.close()
+            await authenticator.close()
             if delivery is not None:
                 await delivery.stop()
             await service.close()
@@ -129,6 +155,21 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Applica
         app.router.add_routes(table)
     _setup_cors(app, settings)
     return app
+
+
+def create_authenticator(settings: Settings, storage: Storage, clock: Clock) -> Authenticator:
+    if settings.AUTH_MODE is AuthMode.JWT:
+        return JwtAuthenticator(
+            secret=settings.JWT_SECRET,
+            public_key=settings.JWT_PUBLIC_KEY,
+            audience=settings.JWT_AUDIENCE,
+            issuer=settings.JWT_ISSUER,
+        )
+    if settings.AUTH_MODE is AuthMode.INTROSPECT:
+        return IntrospectionAuthenticator(
+            settings.AUTH_SERVICE_URL, storage, clock, cache_ttl=settings.AUTH_CACHE_TTL_SECONDS
+        )
+    return NoAuth()
 
 
 def _create_delivery(settings: Settings, storage: Storage, clock: Clock) -> DeliveryWorker | None:

@@ -9,7 +9,9 @@ from aiohttp import web
 if TYPE_CHECKING:
     import socketio
 
+    from auth.authenticators import Authenticator
     from clock import Clock
+    from ratelimit import RateLimiter
     from merchant.delivery import DeliveryWorker
     from payments.reconciler import Reconciler
     from payments.service import PaymentService
@@ -25,3 +27,5 @@ SIO: web.AppKey["socketio.AsyncServer"] = web.AppKey("sio")
 RECONCILER: web.AppKey["Reconciler"] = web.AppKey("reconciler")
 WEBHOOKS: web.AppKey["WebhookProcessor"] = web.AppKey("webhooks")
 DELIVERY: web.AppKey["DeliveryWorker"] = web.AppKey("merchant_delivery")
+AUTHENTICATOR: web.AppKey["Authenticator"] = web.AppKey("authenticator")
+LIMITER: web.AppKey["RateLimiter"] = web.AppKey("rate_limiter")

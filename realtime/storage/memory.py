@@ -98,6 +98,7 @@ class MemoryStorage:
         self._idempotency: ExpiringMap[IdempotencyRecord] = ExpiringMap(clock)
         self._clients: ExpiringMap[ClientRecord] = ExpiringMap(clock)
         self._leases: ExpiringMap[str] = ExpiringMap(clock)
+        self._auth_cache: ExpiringMap[str] = ExpiringMap(clock)
         # The outbox does not expire: an entry leaves only when delivered (or replayed from dead).
         self._outbox: dict[str, OutboxEntry] = {}
         self._sweeper: asyncio.Task[None] | None = None
@@ -119,7 +120,7 @@ class MemoryStorage:
     def sweep(self) -> int:
         maps = (
             self._payments, self._events, self._orders, self._order_locks, self._idempotency, self._clients,
-            self._leases,
+            self._leases, self._auth_cache,
         )
         return sum(m.sweep() for m in maps)
 
@@ -235,6 +236,13 @@ class MemoryStorage:
         entry = entry.model_copy(update={"state": "pending", "attempts": 0, "next_attempt_at": now, "claimed_until": 0.0})
         self._outbox[entry_id] = entry
         return entry
+
+    # -- auth cache -------------------------------------------------------
+    async def auth_cache_get(self, key: str) -> str | None:
+        return self._auth_cache.get(key)
+
+    async def auth_cache_set(self, key: str, value: str, ttl_seconds: float) -> None:
+        self._auth_cache.set(key, value, ttl_seconds)
 
     # -- leases -------------------------------------------------------------
     async def acquire_lease(self, name: str, owner: str, ttl_seconds: float) -> bool:
