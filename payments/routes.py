@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 
 from aiohttp import web
 
 from appkeys import AUTHENTICATOR, LIMITER, RECONCILER, SERVICE, SETTINGS, STORAGE
 from auth.access import can_view
+from auth.authenticators import Identity
 from auth.http import client_ip, identify
 from errors import ApiError, InvalidRequest, NotFound, read_json_object
 from payments.model import PaymentStatus
@@ -16,6 +18,7 @@ from payments.schemas import InitiateRequest, OrderId, Reference
 from pydantic import TypeAdapter, ValidationError
 
 routes = web.RouteTableDef()
+audit = logging.getLogger("paytrack.audit")
 
 _order_id = TypeAdapter(OrderId)
 _reference = TypeAdapter(Reference)
@@ -54,6 +57,13 @@ async def initiate(request: web.Request) -> web.Response:
     return response
 
 
+def _refusal(request: web.Request, identity: Identity | None, reference: str) -> None:
+    audit.warning(
+        "access refused: not the owner",
+        extra={"reference": reference, "user_id": identity.user_id if identity else None, "path": request.path},
+    )
+
+
 def _auth_enabled(request: web.Request) -> bool:
     return request.app[AUTHENTICATOR].mode != "none"
 
@@ -76,6 +86,7 @@ async def order_status(request: web.Request) -> web.Response:
     order_id = _path_param(request, "order_id", _order_id)
     payment = await request.app[SERVICE].get_order_payment(order_id)
     if not can_view(identity, payment, auth_enabled=_auth_enabled(request)):
+        _refusal(request, identity, payment.reference)
         # 404, not 403: order ids are guessable, so existence itself is not revealed.
         raise NotFound(f"no payment for order {order_id}", code="payment_not_found")
     headers = {"Cache-Control": "no-store"}
@@ -101,6 +112,7 @@ async def tracking(request: web.Request) -> web.Response:
     reference = _path_param(request, "reference", _reference)
     payment = await request.app[SERVICE].get_payment(reference)
     if not can_view(identity, payment, auth_enabled=_auth_enabled(request)):
+        _refusal(request, identity, payment.reference)
         raise ApiError("this payment belongs to another user", code="forbidden", status=403)
     trackers = await request.app[STORAGE].tracker_count(reference)
     return web.json_response(

@@ -23,6 +23,8 @@ from payments.schemas import InitiateRequest
 from realtime.storage.base import IdempotencyRecord, Storage
 
 log = logging.getLogger("paytrack.payments")
+# One line per payment operation (initiate, applied or ignored transition), never a token or full phone.
+audit = logging.getLogger("paytrack.audit")
 
 # How long an order stays locked while its collect call is in flight; longer
 # than the provider timeout so a slow call cannot be overtaken by a second one.
@@ -81,9 +83,7 @@ class PaymentService:
         transition = await self.storage.transition(
             update, now, outbox=lambda t: self._outbox.for_transition(t, now) if self._outbox.enabled else []
         )
-        level = logging.INFO if transition.applied else logging.DEBUG
-        log.log(
-            level,
+        audit.info(
             "status update %s",
             transition.outcome,
             extra={
@@ -198,7 +198,10 @@ class PaymentService:
         finally:
             await self.storage.release_order_lock(request.order_id)
 
-        log.info("payment initiated", extra={"reference": payment.reference, "order_id": payment.order_id})
+        audit.info(
+            "payment initiated",
+            extra={"reference": payment.reference, "order_id": payment.order_id, "user_id": owner_id},
+        )
         await self.notifier.payment_initiated(payment)
         self._outbox_queued()
         self._schedule_sandbox_completion(payment)

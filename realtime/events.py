@@ -26,6 +26,7 @@ from realtime.notifier import SocketNotifier
 from realtime.storage.base import ClientRecord, Storage
 
 log = logging.getLogger("paytrack.realtime")
+audit = logging.getLogger("paytrack.audit")
 
 
 def _error(code: str, message: str, **extra: Any) -> dict[str, Any]:
@@ -83,8 +84,9 @@ def register_handlers(
             token = auth.get("token") if isinstance(auth, dict) else None
             identity = await authenticator.authenticate(token if isinstance(token, str) else None)
         except ApiError as exc:
-            log.info("socket connection refused", extra={"why": exc.code})
-            raise socketio.exceptions.ConnectionRefusedError({"code": exc.code, "message": exc.message})
+            audit.info("socket connection refused", extra={"why": exc.code, "socket_id": sid})
+            # The client sees `connect_error` with err.message and err.data.code.
+            raise socketio.exceptions.ConnectionRefusedError(exc.message, {"code": exc.code})
         if identity is not None:
             identities[sid] = identity
             timers.arm(sid, identity.expires_at)
@@ -107,7 +109,7 @@ def register_handlers(
         identity = identities.get(sid)
         payment = await storage.get_payment(reference)
         if payment is not None and not can_view(identity, payment, auth_enabled=auth_enabled):
-            log.warning("track refused: not the owner", extra={"reference": reference, "socket_id": sid})
+            audit.warning("track refused: not the owner", extra={"reference": reference, "socket_id": sid})
             return _error("forbidden", "this payment belongs to another user")
         client = await storage.get_client(sid)
         if client is not None and reference not in client.tracked and len(client.tracked) >= max_tracked:

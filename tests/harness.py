@@ -38,12 +38,17 @@ class Tracker:
     sio: socketio.AsyncClient = field(default_factory=lambda: socketio.AsyncClient(reconnection=False))
     events: list[Received] = field(default_factory=list)
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
+    disconnected: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
         @self.sio.on("*")
         async def _any(event: str, data: Any = None) -> None:
             self.events.append(Received(event, data))
             self._changed.set()
+
+        @self.sio.on("disconnect")
+        async def _disconnected(*reason: Any) -> None:
+            self.disconnected.set()
 
     async def connect(self, **kwargs: Any) -> "Tracker":
         await self.sio.connect(self.url, transports=["websocket"], wait_timeout=WAIT, **kwargs)

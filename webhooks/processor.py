@@ -23,7 +23,7 @@ from payments.schemas import Reference
 from payments.service import PaymentService
 from webhooks.signature import SignatureError, verify_signature
 
-log = logging.getLogger("paytrack.webhook")
+log = logging.getLogger("paytrack.audit")  # every webhook decision is an audit line
 
 
 def _to_int(value: Any) -> Any:
