@@ -92,6 +92,18 @@ class Storage(Protocol):
 
     async def release_idempotency(self, key: str) -> None: ...
 
+    # -- leases (one holder among all instances) -----------------------------
+    async def acquire_lease(self, name: str, owner: str, ttl_seconds: float) -> bool:
+        """True if `owner` now holds lease `name` for `ttl_seconds`.
+
+        Acquires a free (or expired) lease, or renews it when `owner` already
+        holds it; False while another owner holds it. The lease expires by
+        itself, so a crashed holder blocks the others for at most one TTL.
+        """
+
+    async def release_lease(self, name: str, owner: str) -> None:
+        """Free the lease if, and only if, `owner` still holds it."""
+
     # -- clients ----------------------------------------------------------
     async def add_client(self, client: ClientRecord) -> None: ...
 

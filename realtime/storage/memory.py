@@ -96,6 +96,7 @@ class MemoryStorage:
         self._order_locks: ExpiringMap[bool] = ExpiringMap(clock)
         self._idempotency: ExpiringMap[IdempotencyRecord] = ExpiringMap(clock)
         self._clients: ExpiringMap[ClientRecord] = ExpiringMap(clock)
+        self._leases: ExpiringMap[str] = ExpiringMap(clock)
         self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -113,7 +114,10 @@ class MemoryStorage:
             self.sweep()
 
     def sweep(self) -> int:
-        maps = (self._payments, self._events, self._orders, self._order_locks, self._idempotency, self._clients)
+        maps = (
+            self._payments, self._events, self._orders, self._order_locks, self._idempotency, self._clients,
+            self._leases,
+        )
         return sum(m.sweep() for m in maps)
 
     async def health(self) -> StorageHealth:
@@ -181,6 +185,31 @@ class MemoryStorage:
 
     async def release_idempotency(self, key: str) -> None:
         self._idempotency.pop(key)
+
+    # -- leases -----------------------------------------------------------
+    async def acquire_lease(self, name: str, owner: str, ttl_seconds: float) -> bool:
+        holder = self._leases.get(name)
+        if holder is not None and holder != owner:
+            return False
+        self._leases.set(name, owner, ttl_seconds)
+        return True
+
+    async def release_lease(self, name: str, owner: str) -> None:
+        if self._leases.get(name) == owner:
+            self._leases.pop(name)
+
+    # -- mirror support (used by ResilientStorage, not part of Storage) ------
+    def mirror(self, payment: Payment, append: list[PaymentEvent] = ()) -> None:  # type: ignore[assignment]
+        """Hold a copy of a payment as another backend has it, appending `append` to its log."""
+        self._store_payment(payment)
+        known = {e.seq for e in self._events.get(payment.reference) or ()}
+        for event in append:
+            if event.seq not in known:
+                self._log_event(event)
+        self._events.touch(payment.reference, self._payment_ttl)
+
+    def events_of(self, reference: str) -> list[PaymentEvent]:
+        return list(self._events.get(reference) or ())
 
     # -- clients ----------------------------------------------------------
     async def add_client(self, client: ClientRecord) -> None:
