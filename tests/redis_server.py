@@ -62,6 +62,14 @@ class RedisServer:
         finally:
             await client.aclose()
 
+    async def save(self) -> None:
+        """Write the data to disk now, so the next `start` comes back holding it."""
+        client = self.client()
+        try:
+            await client.save()
+        finally:
+            await client.aclose()
+
     def stop(self) -> None:
         """Kill it (an outage, not a graceful shutdown) and wait until it is gone."""
         if self.proc is None:
