@@ -6,6 +6,8 @@ are fully independent, which is what lets the tests run several instances.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from typing import AsyncIterator
 
@@ -27,7 +29,10 @@ from payments.provider import PaymentProvider
 from payments.reconciler import ReconcilePolicy, Reconciler
 from payments.sandbox import SandboxProvider
 from payments.service import PaymentService
+from payments.model import Payment, PaymentEvent
 from realtime.events import register_handlers
+from realtime.manager import create_client_manager
+from realtime.event_names import payment_room
 from realtime.notifier import SocketNotifier
 from realtime.server import create_sio
 from realtime.storage.base import Storage
@@ -50,10 +55,20 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Applica
     clock = clock or SystemClock()
     app = web.Application(middlewares=[error_middleware], client_max_size=settings.MAX_BODY_BYTES)
 
-    storage = create_storage(settings, clock)
     provider = create_provider(settings, clock)
-    sio = create_sio(settings)
+    manager = create_client_manager(settings)
+    sio = create_sio(settings, client_manager=manager)
     notifier = SocketNotifier(sio)
+
+    async def announce_write_back(payment: Payment) -> None:
+        # A change made while Redis was away reached only this instance's
+        # clients; now that pub/sub is back, tell every instance's (deduped by seq).
+        if manager is not None:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(manager.listening.wait(), settings.REDIS_TIMEOUT_SECONDS)
+        await notifier.send(PaymentEvent.of(payment), to=payment_room(payment.reference))
+
+    storage = create_storage(settings, clock, on_write_back=announce_write_back)
     delivery = _create_delivery(settings, storage, clock)
     service = PaymentService(
         storage,
@@ -123,6 +138,8 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Applica
 
     async def lifetime(app: web.Application) -> AsyncIterator[None]:
         await storage.start()
+        if manager is not None:
+            await manager.start(sio, wait=settings.REDIS_TIMEOUT_SECONDS)
         if settings.RECONCILE_ENABLED:
             reconciler.start()
         if delivery is not None:
@@ -146,6 +163,8 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Applica
                 await delivery.stop()
             await service.close()
             await provider.close()
+            if manager is not None:
+                await manager.close()
             await storage.close()
 
     app.cleanup_ctx.append(lifetime)

@@ -129,6 +129,16 @@ class Settings(BaseSettings):
     REDIS_PORT: int = Field(6379, gt=0, le=65535)
     REDIS_PASSWORD: str = ""
     REDIS_DB: int = Field(0, ge=0, le=15)
+    # Prepended to every Redis key, so deployments (or tests) can share one Redis.
+    REDIS_KEY_PREFIX: str = Field("paytrack:", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:{}-]+$")
+    # Pub/sub channel the Socket.IO manager uses; the same on every instance of one deployment.
+    SOCKETIO_CHANNEL: str = Field("paytrack-socketio", min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")
+    # While Redis is unreachable: how often to try again (and how often a healthy Redis is pinged).
+    REDIS_RECONNECT_INTERVAL_SECONDS: float = Field(2.0, gt=0, le=300)
+    # Connect and command timeout for storage calls, and the bound on one pub/sub publish.
+    REDIS_TIMEOUT_SECONDS: float = Field(2.0, gt=0, le=60)
+    # PING interval on idle Redis connections (the pub/sub listener has no read timeout).
+    REDIS_HEALTH_CHECK_INTERVAL_SECONDS: int = Field(15, ge=1, le=3600)
 
     @field_validator("FRONTEND_URL", mode="before")
     @classmethod

@@ -8,14 +8,28 @@ from realtime.storage.memory import MemoryStorage
 from settings import Settings, StorageBackend
 
 
-def create_storage(settings: Settings, clock: Clock) -> Storage:
-    if settings.STORAGE_BACKEND is StorageBackend.REDIS:
-        from realtime.storage.redis import RedisStorage  # imported lazily: development needs no redis
+def create_storage(settings: Settings, clock: Clock, *, on_write_back=None) -> Storage:  # type: ignore[no-untyped-def]
+    """Memory for development; for Redis, Redis with a memory fallback (see `resilient.py`).
 
-        return RedisStorage.from_settings(settings, clock)
-    return MemoryStorage(
+    `on_write_back(payment)` is called after Redis comes back for each payment
+    whose change was made while it was away (never called on memory).
+    """
+    memory = MemoryStorage(
         clock,
         payment_ttl=settings.PAYMENT_TTL_SECONDS,
         client_ttl=settings.CLIENT_TTL_SECONDS,
         event_log_max=settings.EVENT_LOG_MAX,
     )
+    if settings.STORAGE_BACKEND is StorageBackend.REDIS:
+        # imported lazily: development needs no redis
+        from realtime.storage.redis import RedisStorage
+        from realtime.storage.resilient import ResilientStorage
+
+        return ResilientStorage(
+            RedisStorage.from_settings(settings, clock),
+            memory,
+            clock,
+            reconnect_interval=settings.REDIS_RECONNECT_INTERVAL_SECONDS,
+            on_write_back=on_write_back,
+        )
+    return memory

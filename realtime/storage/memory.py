@@ -211,6 +211,20 @@ class MemoryStorage:
             claimed.append(entry)
         return claimed
 
+    def has_outbox(self) -> bool:
+        return bool(self._outbox)
+
+    def has_outbox_entry(self, entry_id: str) -> bool:
+        return entry_id in self._outbox
+
+    def take_outbox(self) -> list[OutboxEntry]:
+        """Remove and return every entry (for writing them back to Redis after an outage)."""
+        entries, self._outbox = list(self._outbox.values()), {}
+        return entries
+
+    async def restore_outbox(self, entries: list[OutboxEntry]) -> None:
+        self._enqueue(entries)
+
     async def outbox_delivered(self, entry_id: str) -> None:
         self._outbox.pop(entry_id, None)
 
@@ -255,6 +269,19 @@ class MemoryStorage:
     async def release_lease(self, name: str, owner: str) -> None:
         if self._leases.get(name) == owner:
             self._leases.pop(name)
+
+    # -- mirror support (used by ResilientStorage, not part of Storage) ------
+    def mirror(self, payment: Payment, append: list[PaymentEvent] = ()) -> None:  # type: ignore[assignment]
+        """Hold a copy of a payment as another backend has it, appending `append` to its log."""
+        self._store_payment(payment)
+        known = {e.seq for e in self._events.get(payment.reference) or ()}
+        for event in append:
+            if event.seq not in known:
+                self._log_event(event)
+        self._events.touch(payment.reference, self._payment_ttl)
+
+    def events_of(self, reference: str) -> list[PaymentEvent]:
+        return list(self._events.get(reference) or ())
 
     # -- clients ----------------------------------------------------------
     async def add_client(self, client: ClientRecord) -> None:
