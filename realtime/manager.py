@@ -61,6 +61,7 @@ class ResilientRedisManager(socketio.AsyncRedisManager):
         self._skip_publish_until = 0.0
         self.dropped_publishes = 0
         self.listening = asyncio.Event()
+        self._first_attempt = asyncio.Event()  # set once the listener has tried Redis, either way
         self._delivered_here: set[int] = set()  # ids of our own emit messages already delivered locally
 
     # -- connections ------------------------------------------------------------
@@ -145,6 +146,7 @@ class ResilientRedisManager(socketio.AsyncRedisManager):
                 if not self.listening.is_set():
                     log.info("Socket.IO pub/sub listening", extra={"channel": self.channel})
                 self.listening.set()
+                self._first_attempt.set()
                 async for message in self.pubsub.listen():
                     yield message
             except asyncio.CancelledError:
@@ -156,6 +158,7 @@ class ResilientRedisManager(socketio.AsyncRedisManager):
                         extra={"error": f"{type(exc).__name__}: {exc}"},
                     )
                 self.listening.clear()
+                self._first_attempt.set()
                 await asyncio.sleep(self._reconnect_interval)
 
     # -- lifetime (driven by the app's cleanup context) ------------------------------
@@ -171,7 +174,7 @@ class ResilientRedisManager(socketio.AsyncRedisManager):
             server.manager_initialized = True
             self.initialize()
         with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self.listening.wait(), wait)
+            await asyncio.wait_for(self._first_attempt.wait(), wait)
         if not self.listening.is_set():
             log.error("Socket.IO pub/sub could not reach Redis at start; retrying in the background")
 
