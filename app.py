@@ -6,6 +6,8 @@ are fully independent, which is what lets the tests run several instances.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from typing import AsyncIterator
 
@@ -18,8 +20,10 @@ import metrics as metrics_routes
 import payments.routes
 import testpage.routes
 import webhooks.routes
-from appkeys import CLOCK, DELIVERY, METRICS, RECONCILER, SERVICE, SETTINGS, SIO, STORAGE, WEBHOOKS
+from appkeys import AUTHENTICATOR, CLOCK, DELIVERY, LIMITER, METRICS, RECONCILER, SERVICE, SETTINGS, SIO, STORAGE, WEBHOOKS
+from auth.authenticators import Authenticator, IntrospectionAuthenticator, JwtAuthenticator, NoAuth
 from clock import Clock, SystemClock
+from ratelimit import RateLimiter
 from errors import error_middleware
 from merchant.delivery import DeliveryWorker
 from merchant.message import OutboxPolicy, decode_secret
@@ -28,13 +32,16 @@ from payments.provider import PaymentProvider
 from payments.reconciler import ReconcilePolicy, Reconciler
 from payments.sandbox import SandboxProvider
 from payments.service import PaymentService
+from payments.model import Payment, PaymentEvent
 from realtime.events import register_handlers, tracked_payment_count
+from realtime.manager import create_client_manager
+from realtime.event_names import payment_room
 from realtime.notifier import SocketNotifier
 from realtime.server import create_sio
 from realtime.storage.base import Storage
 from realtime.storage.factory import create_storage
-from settings import ProviderName, Settings
 from request_id import request_id_middleware, setup_request_id
+from settings import AuthMode, ProviderName, Settings, StorageBackend
 from webhooks.processor import WebhookProcessor
 
 log = logging.getLogger("paytrack")
@@ -68,11 +75,26 @@ def create_app(
     )
     setup_request_id(app)
 
-    storage = InstrumentedStorage(storage or create_storage(settings, clock), metrics)  # type: ignore[assignment]
     provider = create_provider(settings, clock, metrics)
-    sio = create_sio(settings)
+    manager = create_client_manager(settings)
+    sio = create_sio(settings, client_manager=manager)
     metrics.count_tracked_with(lambda: tracked_payment_count(sio))
     notifier = SocketNotifier(sio)
+
+    async def announce_write_back(payment: Payment) -> None:
+        # A change made while Redis was away reached only this instance's
+        # clients; now that pub/sub is back, tell every instance's (deduped by seq).
+        if manager is not None:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(manager.listening.wait(), settings.REDIS_TIMEOUT_SECONDS)
+        await notifier.send(PaymentEvent.of(payment), to=payment_room(payment.reference))
+
+    # Storage failures are counted where they happen: on the backend that talks to the data.
+    count_failures = lambda backend: InstrumentedStorage(backend, metrics)  # noqa: E731
+    if storage is not None:
+        storage = count_failures(storage)
+    else:
+        storage = create_storage(settings, clock, on_write_back=announce_write_back, instrument=count_failures)
     delivery = _create_delivery(settings, storage, clock)
     service = PaymentService(
         storage,
@@ -106,13 +128,28 @@ def create_app(
         verify_with_provider=settings.WEBHOOK_VERIFY_WITH_PROVIDER,
         metrics=metrics,
     )
-    register_handlers(
+    authenticator = create_authenticator(settings, storage, clock)
+    limiter = RateLimiter(
+        {
+            "initiate_user": settings.RATE_LIMIT_INITIATE_PER_USER,
+            "initiate_ip": settings.RATE_LIMIT_INITIATE_PER_IP,
+            "webhook_ip": settings.RATE_LIMIT_WEBHOOK_PER_IP,
+            "connect_ip": settings.RATE_LIMIT_CONNECT_PER_IP,
+        },
+        redis_url=settings.redis_url if settings.STORAGE_BACKEND is StorageBackend.REDIS else None,
+    )
+    expiry_timers = register_handlers(
         sio,
         service=service,
         storage=storage,
         notifier=notifier,
         clock=clock,
         instance_id=settings.INSTANCE_ID,
+        authenticator=authenticator,
+        limiter=limiter,
+        max_tracked=settings.MAX_TRACKED_PER_SOCKET,
+        token_warning_seconds=settings.TOKEN_EXPIRY_WARNING_SECONDS,
+        trust_forwarded_for=settings.TRUST_FORWARDED_FOR,
         metrics=metrics,
     )
 
@@ -121,6 +158,8 @@ def create_app(
     app[STORAGE] = storage
     app[SERVICE] = service
     app[SIO] = sio
+    app[AUTHENTICATOR] = authenticator
+    app[LIMITER] = limiter
     app[RECONCILER] = reconciler
     app[WEBHOOKS] = webhooks_processor
     app[METRICS] = metrics
@@ -129,6 +168,8 @@ def create_app(
 
     async def lifetime(app: web.Application) -> AsyncIterator[None]:
         await storage.start()
+        if manager is not None:
+            await manager.start(sio, wait=settings.REDIS_TIMEOUT_SECONDS)
         if settings.RECONCILE_ENABLED:
             reconciler.start()
         if delivery is not None:
@@ -146,13 +187,18 @@ def create_app(
             yield
         finally:
             await reconciler.stop()
+            await expiry_timers.close()
+            await authenticator.close()
             if delivery is not None:
                 await delivery.stop()
             await service.close()
             await provider.close()
+            if manager is not None:
+                await manager.close()
             await storage.close()
 
     app.cleanup_ctx.append(lifetime)
+    app.on_response_prepare.append(_security_headers)
 
     async def close_sockets(app: web.Application) -> None:
         """Close every Socket.IO connection at shutdown, so the server stops at once instead of
@@ -176,6 +222,33 @@ def create_app(
         app.router.add_routes(table)
     _setup_cors(app, settings)
     return app
+
+
+async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """Headers every response carries; HTML additionally gets a strict Content-Security-Policy."""
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("Referrer-Policy", "no-referrer")
+    if response.content_type == "text/html":
+        response.headers.setdefault(
+            "Content-Security-Policy",
+            "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+            "connect-src 'self' ws: wss:; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'",
+        )
+
+
+def create_authenticator(settings: Settings, storage: Storage, clock: Clock) -> Authenticator:
+    if settings.AUTH_MODE is AuthMode.JWT:
+        return JwtAuthenticator(
+            secret=settings.JWT_SECRET,
+            public_key=settings.JWT_PUBLIC_KEY,
+            audience=settings.JWT_AUDIENCE,
+            issuer=settings.JWT_ISSUER,
+        )
+    if settings.AUTH_MODE is AuthMode.INTROSPECT:
+        return IntrospectionAuthenticator(
+            settings.AUTH_SERVICE_URL, storage, clock, cache_ttl=settings.AUTH_CACHE_TTL_SECONDS
+        )
+    return NoAuth()
 
 
 def _create_delivery(settings: Settings, storage: Storage, clock: Clock) -> DeliveryWorker | None:

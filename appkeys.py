@@ -9,7 +9,9 @@ from aiohttp import web
 if TYPE_CHECKING:
     import socketio
 
+    from auth.authenticators import Authenticator
     from clock import Clock
+    from ratelimit import RateLimiter
     from merchant.delivery import DeliveryWorker
     from metrics import Metrics
     from payments.reconciler import Reconciler
@@ -27,3 +29,5 @@ RECONCILER: web.AppKey["Reconciler"] = web.AppKey("reconciler")
 WEBHOOKS: web.AppKey["WebhookProcessor"] = web.AppKey("webhooks")
 DELIVERY: web.AppKey["DeliveryWorker"] = web.AppKey("merchant_delivery")
 METRICS: web.AppKey["Metrics"] = web.AppKey("metrics")
+AUTHENTICATOR: web.AppKey["Authenticator"] = web.AppKey("authenticator")
+LIMITER: web.AppKey["RateLimiter"] = web.AppKey("rate_limiter")

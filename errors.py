@@ -108,7 +108,10 @@ async def error_middleware(
     try:
         return await handler(request)
     except ApiError as exc:
-        return web.json_response(exc.body(), status=exc.status)
+        response = web.json_response(exc.body(), status=exc.status)
+        if "retry_after" in exc.extra:
+            response.headers["Retry-After"] = str(exc.extra["retry_after"])
+        return response
     except ValidationError as exc:
         return error_response(400, "validation_error", "request validation failed", details=validation_details(exc))
     except web.HTTPException as exc:

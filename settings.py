@@ -28,6 +28,12 @@ class StorageBackend(str, Enum):
     REDIS = "redis"
 
 
+class AuthMode(str, Enum):
+    NONE = "none"
+    JWT = "jwt"
+    INTROSPECT = "introspect"
+
+
 class ProviderName(str, Enum):
     SANDBOX = "sandbox"
     CAMPAY = "campay"
@@ -93,6 +99,28 @@ class Settings(BaseSettings):
     MERCHANT_WEBHOOK_RETRY_SCALE: float = Field(1.0, gt=0, le=10)
     MERCHANT_WEBHOOK_POLL_SECONDS: float = Field(1.0, gt=0, le=60)
 
+    # Who may call: none (development only), jwt (verified locally), introspect (asked of AUTH_SERVICE_URL).
+    AUTH_MODE: AuthMode | None = None
+    JWT_SECRET: str = ""
+    JWT_PUBLIC_KEY: str = ""
+    JWT_AUDIENCE: str = ""
+    JWT_ISSUER: str = ""
+    AUTH_SERVICE_URL: str = ""
+    AUTH_CACHE_TTL_SECONDS: float = Field(1800, gt=0)
+    TOKEN_EXPIRY_WARNING_SECONDS: float = Field(60, ge=0)
+
+    MIN_AMOUNT: int = Field(1, gt=0)
+    MAX_AMOUNT: int = Field(1_000_000, gt=0)
+
+    # Abuse limits ("N/second|minute|hour|day", the `limits` library's notation).
+    RATE_LIMIT_INITIATE_PER_USER: str = "10/minute"
+    RATE_LIMIT_INITIATE_PER_IP: str = "30/minute"
+    RATE_LIMIT_WEBHOOK_PER_IP: str = "600/minute"
+    RATE_LIMIT_CONNECT_PER_IP: str = "120/minute"
+    MAX_TRACKED_PER_SOCKET: int = Field(50, gt=0)
+    # Take the client IP from X-Forwarded-For (only behind a proxy you control).
+    TRUST_FORWARDED_FOR: bool = False
+
     # Bearer token for the debug endpoints in production (without it they are 404 there).
     DEBUG_TOKEN: str = ""
 
@@ -107,6 +135,16 @@ class Settings(BaseSettings):
     REDIS_PORT: int = Field(6379, gt=0, le=65535)
     REDIS_PASSWORD: str = ""
     REDIS_DB: int = Field(0, ge=0, le=15)
+    # Prepended to every Redis key, so deployments (or tests) can share one Redis.
+    REDIS_KEY_PREFIX: str = Field("paytrack:", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:{}-]+$")
+    # Pub/sub channel the Socket.IO manager uses; the same on every instance of one deployment.
+    SOCKETIO_CHANNEL: str = Field("paytrack-socketio", min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")
+    # While Redis is unreachable: how often to try again (and how often a healthy Redis is pinged).
+    REDIS_RECONNECT_INTERVAL_SECONDS: float = Field(2.0, gt=0, le=300)
+    # Connect and command timeout for storage calls, and the bound on one pub/sub publish.
+    REDIS_TIMEOUT_SECONDS: float = Field(2.0, gt=0, le=60)
+    # PING interval on idle Redis connections (the pub/sub listener has no read timeout).
+    REDIS_HEALTH_CHECK_INTERVAL_SECONDS: int = Field(15, ge=1, le=3600)
 
     @field_validator("FRONTEND_URL", mode="before")
     @classmethod
@@ -166,6 +204,20 @@ class Settings(BaseSettings):
             raise ValueError("must be at least 16 characters with no whitespace")
         return value
 
+    @field_validator(
+        "RATE_LIMIT_INITIATE_PER_USER", "RATE_LIMIT_INITIATE_PER_IP", "RATE_LIMIT_WEBHOOK_PER_IP",
+        "RATE_LIMIT_CONNECT_PER_IP",
+    )
+    @classmethod
+    def _check_rate(cls, value: str) -> str:
+        from limits import parse
+
+        try:
+            parse(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not a rate like '10/minute'") from None
+        return value
+
     @field_validator("REDIS_URL")
     @classmethod
     def _check_redis_url(cls, value: str) -> str:
@@ -191,6 +243,18 @@ class Settings(BaseSettings):
             self.SIMULATE_ENABLED = not production
         if self.TEST_PAGE_ENABLED is None:
             self.TEST_PAGE_ENABLED = not production
+        if self.AUTH_MODE is None:
+            if production:
+                raise ValueError("AUTH_MODE must be jwt or introspect in production")
+            self.AUTH_MODE = AuthMode.NONE
+        if production and self.AUTH_MODE is AuthMode.NONE:
+            raise ValueError("AUTH_MODE=none is refused in production; use jwt or introspect")
+        if self.AUTH_MODE is AuthMode.JWT and not (self.JWT_SECRET or self.JWT_PUBLIC_KEY):
+            raise ValueError("JWT_SECRET or JWT_PUBLIC_KEY is required when AUTH_MODE=jwt")
+        if self.AUTH_MODE is AuthMode.INTROSPECT and not self.AUTH_SERVICE_URL.startswith(("http://", "https://")):
+            raise ValueError("AUTH_SERVICE_URL (http or https) is required when AUTH_MODE=introspect")
+        if self.MIN_AMOUNT > self.MAX_AMOUNT:
+            raise ValueError("MIN_AMOUNT must not exceed MAX_AMOUNT")
         if self.MERCHANT_WEBHOOK_URL and not self.MERCHANT_WEBHOOK_SECRET:
             raise ValueError("MERCHANT_WEBHOOK_SECRET is required when MERCHANT_WEBHOOK_URL is set")
         if self.PAYMENT_PROVIDER is ProviderName.CAMPAY:

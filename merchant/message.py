@@ -40,9 +40,13 @@ class OutboxEntry(BaseModel):
     state: Literal["pending", "dead"] = "pending"
     claimed_until: float = 0.0
 
+    @property
+    def reference(self) -> str:
+        return str(json.loads(self.body)["data"]["reference"])
+
     def summary(self) -> dict[str, Any]:
         data = self.model_dump(exclude={"body"})
-        data["reference"] = json.loads(self.body)["data"]["reference"]
+        data["reference"] = self.reference
         return data
 
 

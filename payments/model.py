@@ -74,10 +74,12 @@ class Payment(BaseModel):
     # True when the provider told us about a reference we never initiated
     # (a webhook that arrived first); such a record has no order or amount yet.
     orphan: bool = False
+    # The authenticated user who initiated it (None without auth, or for an orphan).
+    owner_id: str | None = None
 
     def public(self, *, reveal_phone: bool = False) -> dict[str, Any]:
         """The REST representation: snake_case JSON, phone masked unless asked."""
-        data = self.model_dump(mode="json")
+        data = self.model_dump(mode="json", exclude={"owner_id"})
         data["timestamp"] = utc_iso(self.updated_at)
         data["created_at"] = utc_iso(self.created_at)
         data["updated_at"] = utc_iso(self.updated_at)

@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 
 from aiohttp import web
 
-from appkeys import RECONCILER, SERVICE, STORAGE
-from errors import ApiError, InvalidRequest, read_json_object
+from appkeys import AUTHENTICATOR, LIMITER, RECONCILER, SERVICE, SETTINGS, STORAGE
+from auth.access import can_view
+from auth.authenticators import Identity
+from auth.http import client_ip, identify
+from errors import ApiError, InvalidRequest, NotFound, read_json_object
 from payments.model import PaymentStatus
 from payments.schemas import InitiateRequest, OrderId, Reference
 from pydantic import TypeAdapter, ValidationError
 
 routes = web.RouteTableDef()
+audit = logging.getLogger("paytrack.audit")
 
 _order_id = TypeAdapter(OrderId)
 _reference = TypeAdapter(Reference)
@@ -29,15 +34,38 @@ def _path_param(request: web.Request, name: str, adapter: TypeAdapter[str]) -> s
 
 @routes.post("/api/payment/initiate")
 async def initiate(request: web.Request) -> web.Response:
+    identity = await identify(request)
+    limiter = request.app[LIMITER]
+    await limiter.check("initiate_ip", client_ip(request))
+    if identity is not None:
+        await limiter.check("initiate_user", identity.user_id)
     body = InitiateRequest.model_validate(await read_json_object(request))
+    settings = request.app[SETTINGS]
+    if not settings.MIN_AMOUNT <= body.amount <= settings.MAX_AMOUNT:
+        raise InvalidRequest(
+            "request validation failed",
+            code="validation_error",
+            details=[{"field": "amount", "message": f"must be between {settings.MIN_AMOUNT} and {settings.MAX_AMOUNT}"}],
+        )
     key = request.headers.get("Idempotency-Key")
     if key is not None and not (1 <= len(key) <= 255):
         raise InvalidRequest("Idempotency-Key must be 1-255 characters", code="invalid_idempotency_key")
-    result = await request.app[SERVICE].initiate(body, key)
+    result = await request.app[SERVICE].initiate(body, key, owner_id=identity.user_id if identity else None)
     response = web.json_response(result.body, status=result.status_code)
     if result.replayed:
         response.headers["Idempotent-Replayed"] = "true"
     return response
+
+
+def _refusal(request: web.Request, identity: Identity | None, reference: str) -> None:
+    audit.warning(
+        "access refused: not the owner",
+        extra={"reference": reference, "user_id": identity.user_id if identity else None, "path": request.path},
+    )
+
+
+def _auth_enabled(request: web.Request) -> bool:
+    return request.app[AUTHENTICATOR].mode != "none"
 
 
 def _etag(body: dict[str, object]) -> str:
@@ -54,8 +82,13 @@ def _matches(if_none_match: str | None, etag: str) -> bool:
 
 @routes.get("/api/payment/status/{order_id}")
 async def order_status(request: web.Request) -> web.Response:
+    identity = await identify(request)
     order_id = _path_param(request, "order_id", _order_id)
     payment = await request.app[SERVICE].get_order_payment(order_id)
+    if not can_view(identity, payment, auth_enabled=_auth_enabled(request)):
+        _refusal(request, identity, payment.reference)
+        # 404, not 403: order ids are guessable, so existence itself is not revealed.
+        raise NotFound(f"no payment for order {order_id}", code="payment_not_found")
     headers = {"Cache-Control": "no-store"}
     if request.query.get("refresh", "").lower() in ("1", "true", "yes") and payment.status is PaymentStatus.PENDING:
         try:
@@ -75,8 +108,12 @@ async def order_status(request: web.Request) -> web.Response:
 
 @routes.get("/api/payment/tracking/{reference}")
 async def tracking(request: web.Request) -> web.Response:
+    identity = await identify(request)
     reference = _path_param(request, "reference", _reference)
     payment = await request.app[SERVICE].get_payment(reference)
+    if not can_view(identity, payment, auth_enabled=_auth_enabled(request)):
+        _refusal(request, identity, payment.reference)
+        raise ApiError("this payment belongs to another user", code="forbidden", status=403)
     trackers = await request.app[STORAGE].tracker_count(reference)
     return web.json_response(
         {"payment": payment.public(), "tracking_clients": trackers}, headers={"Cache-Control": "no-store"}

@@ -52,3 +52,7 @@ class SimulateRequest(_Strict):
     status: Literal["SUCCESSFUL", "FAILED"]
     reason: Annotated[StrictStr, Field(max_length=255)] | None = None
     delay_ms: Annotated[StrictInt, Field(ge=0, le=60_000)] = 0
+
+
+class RefreshTokenPayload(_Strict):
+    token: Annotated[StrictStr, Field(min_length=1, max_length=8192)]

@@ -28,6 +28,8 @@ if TYPE_CHECKING:
     from metrics import Metrics
 
 log = logging.getLogger("paytrack.payments")
+# One line per payment operation (initiate, applied or ignored transition), never a token or full phone.
+audit = logging.getLogger("paytrack.audit")
 
 # How long an order stays locked while its collect call is in flight; longer
 # than the provider timeout so a slow call cannot be overtaken by a second one.
@@ -93,20 +95,17 @@ class PaymentService:
             transition = await self.storage.transition(
                 update, now, outbox=lambda t: self._outbox.for_transition(t, now) if self._outbox.enabled else []
             )
-            level = logging.INFO if transition.applied else logging.DEBUG
-            if log.isEnabledFor(level):
-                log.log(
-                    level,
-                    "status update %s",
-                    transition.outcome,
-                    extra={
-                        "reference": update.reference,
-                        "source": update.source.value,
-                        "claimed": update.status,
-                        "previous": transition.previous_status.value if transition.previous_status else None,
-                        "seq": transition.payment.seq if transition.payment else None,
-                    },
-                )
+            audit.info(
+                "status update %s",
+                transition.outcome,
+                extra={
+                    "reference": update.reference,
+                    "source": update.source.value,
+                    "claimed": update.status,
+                    "previous": transition.previous_status.value if transition.previous_status else None,
+                    "seq": transition.payment.seq if transition.payment else None,
+                },
+            )
             if transition.applied:
                 await self.notifier.payment_changed(transition)
                 self._outbox_queued()
@@ -120,10 +119,17 @@ class PaymentService:
             self._on_outbox()
 
     # -- initiation -------------------------------------------------------------
-    async def initiate(self, request: InitiateRequest, idempotency_key: str | None) -> InitiateResult:
-        """Start a collection, at most once per Idempotency-Key and one PENDING payment per order."""
+    async def initiate(
+        self, request: InitiateRequest, idempotency_key: str | None, *, owner_id: str | None = None
+    ) -> InitiateResult:
+        """Start a collection, at most once per Idempotency-Key and one PENDING payment per order.
+
+        Idempotency keys are scoped to the caller, so one user's key can never
+        replay another user's response.
+        """
         if idempotency_key is None:
-            return await self._initiate_once(request)
+            return await self._initiate_once(request, owner_id)
+        idempotency_key = f"{owner_id or '-'}:{idempotency_key}"
 
         fingerprint = _fingerprint(request)
         existing = await self.storage.claim_idempotency(idempotency_key, fingerprint, self._idempotency_ttl)
@@ -141,7 +147,7 @@ class PaymentService:
             return InitiateResult(existing.status_code, existing.body, replayed=True)
 
         try:
-            result = await self._initiate_once(request)
+            result = await self._initiate_once(request, owner_id)
         except ApiError as exc:
             if isinstance(exc, ProviderError) and exc.retry_safe:
                 # The provider never received the request: a retry may try again.
@@ -163,7 +169,7 @@ class PaymentService:
         await self.storage.complete_idempotency(idempotency_key, record, self._idempotency_ttl)
         return result
 
-    async def _initiate_once(self, request: InitiateRequest) -> InitiateResult:
+    async def _initiate_once(self, request: InitiateRequest, owner_id: str | None) -> InitiateResult:
         if not await self.storage.acquire_order_lock(request.order_id, ORDER_LOCK_SECONDS):
             raise Conflict(
                 f"a payment for order {request.order_id} is being initiated right now",
@@ -171,6 +177,8 @@ class PaymentService:
             )
         try:
             current = await self.storage.get_order_payment(request.order_id)
+            if current is not None and current.owner_id is not None and current.owner_id != owner_id:
+                raise ApiError("this order belongs to another user", code="forbidden", status=403)
             if current is not None and current.status is PaymentStatus.PENDING:
                 raise Conflict(
                     f"order {request.order_id} already has a pending payment",
@@ -197,6 +205,7 @@ class PaymentService:
                 operator=collected.operator,
                 ussd_code=collected.ussd_code,
                 provider=self.provider.name,
+                owner_id=owner_id,
                 created_at=now,
                 updated_at=now,
             )
@@ -204,7 +213,10 @@ class PaymentService:
         finally:
             await self.storage.release_order_lock(request.order_id)
 
-        log.info("payment initiated", extra={"reference": payment.reference, "order_id": payment.order_id})
+        audit.info(
+            "payment initiated",
+            extra={"reference": payment.reference, "order_id": payment.order_id, "user_id": owner_id},
+        )
         if self._metrics is not None:
             self._metrics.payments.labels(payment.status.value).inc()
         await self.notifier.payment_initiated(payment)

@@ -105,6 +105,7 @@ def adopt_orphan(existing: Payment, fresh: Payment) -> Payment:
             "ussd_code": fresh.ussd_code,
             "operator": existing.operator or fresh.operator,
             "provider": fresh.provider,
+            "owner_id": fresh.owner_id,
             "created_at": min(existing.created_at, fresh.created_at),
             "orphan": False,
         }

@@ -12,13 +12,17 @@ from typing import TYPE_CHECKING, Any
 import socketio
 from pydantic import BaseModel, ValidationError
 
+from auth.access import can_view
+from auth.authenticators import Authenticator, Identity
 from clock import Clock
-from errors import validation_details
+from errors import ApiError, validation_details
 from logs import bind
 from payments.model import utc_iso
-from payments.schemas import StopTrackingPayload, TrackPayload
+from payments.schemas import RefreshTokenPayload, StopTrackingPayload, TrackPayload
 from payments.service import PaymentService
+from ratelimit import RateLimiter
 from realtime import event_names as ev
+from realtime.expiry import ExpiryTimers
 from realtime.notifier import SocketNotifier
 from realtime.storage.base import ClientRecord, Storage
 
@@ -26,16 +30,17 @@ if TYPE_CHECKING:
     from metrics import Metrics
 
 log = logging.getLogger("paytrack.realtime")
+audit = logging.getLogger("paytrack.audit")
 
 
 def _error(code: str, message: str, **extra: Any) -> dict[str, Any]:
     return {"ok": False, "error": {"code": code, "message": message, **extra}}
 
 
-def _parse(model: type[BaseModel], data: Any) -> BaseModel | dict[str, Any]:
+def _parse(model: type[BaseModel], data: Any, *, shorthand: str = "reference") -> BaseModel | dict[str, Any]:
     """The validated payload, or the ack error to return instead."""
     if isinstance(data, str):
-        data = {"reference": data}  # `socket.emit('track-payment', ref)` is common in checkout code
+        data = {shorthand: data}  # `socket.emit('track-payment', ref)` is common in checkout code
     if not isinstance(data, dict):
         return _error("invalid_payload", "payload must be an object like {\"reference\": \"...\"}")
     try:
@@ -52,9 +57,44 @@ def register_handlers(
     notifier: SocketNotifier,
     clock: Clock,
     instance_id: str,
+    authenticator: Authenticator,
+    limiter: RateLimiter,
+    max_tracked: int,
+    token_warning_seconds: float,
+    trust_forwarded_for: bool = False,
     metrics: "Metrics | None" = None,
-) -> None:
+) -> ExpiryTimers:
+    auth_enabled = authenticator.mode != "none"
+    identities: dict[str, Identity] = {}
+
+    async def warn(sid: str, expires_at: Any) -> None:
+        await sio.emit(ev.TOKEN_EXPIRING, {"expires_at": utc_iso(expires_at)}, to=sid)
+
+    async def expire(sid: str) -> None:
+        log.info("socket token expired; disconnecting", extra={"socket_id": sid})
+        await sio.disconnect(sid)
+
+    timers = ExpiryTimers(clock, warning_seconds=token_warning_seconds, warn=warn, expire=expire)
+
+    def remote_ip(environ: dict[str, Any]) -> str:
+        if trust_forwarded_for:
+            first = environ.get("HTTP_X_FORWARDED_FOR", "").split(",")[0].strip()
+            if first:
+                return first
+        return str(environ.get("REMOTE_ADDR") or "unknown")
+
     async def connect(sid: str, environ: dict[str, Any], auth: Any = None) -> None:
+        try:
+            await limiter.check("connect_ip", remote_ip(environ))
+            token = auth.get("token") if isinstance(auth, dict) else None
+            identity = await authenticator.authenticate(token if isinstance(token, str) else None)
+        except ApiError as exc:
+            audit.info("socket connection refused", extra={"why": exc.code, "socket_id": sid})
+            # The client sees `connect_error` with err.message and err.data.code.
+            raise socketio.exceptions.ConnectionRefusedError(exc.message, {"code": exc.code})
+        if identity is not None:
+            identities[sid] = identity
+            timers.arm(sid, identity.expires_at)
         await storage.add_client(ClientRecord(socket_id=sid, instance_id=instance_id, connected_at=clock.now()))
         if metrics is not None:
             metrics.connected_sockets.inc()
@@ -64,6 +104,8 @@ def register_handlers(
         )
 
     async def disconnect(sid: str, reason: Any = None) -> None:
+        timers.cancel(sid)
+        identities.pop(sid, None)
         if metrics is not None:
             metrics.connected_sockets.dec()
         await storage.remove_client(sid)
@@ -74,15 +116,22 @@ def register_handlers(
             return parsed  # type: ignore[return-value]
         reference = parsed.reference
         with bind(reference=reference):
+            identity = identities.get(sid)
+            payment = await storage.get_payment(reference)
+            if payment is not None and not can_view(identity, payment, auth_enabled=auth_enabled):
+                audit.warning("track refused: not the owner", extra={"reference": reference, "socket_id": sid})
+                return _error("forbidden", "this payment belongs to another user")
+            client = await storage.get_client(sid)
+            if client is not None and reference not in client.tracked and len(client.tracked) >= max_tracked:
+                return _error("too_many_tracked", f"a connection may track at most {max_tracked} payments")
             # Join before reading, so a change applied in between is not missed
             # (at worst it arrives twice, with the same seq).
             await sio.enter_room(sid, ev.payment_room(reference))
             await storage.track(sid, reference)
-            payment = await storage.get_payment(reference)
             catch_up = await service.catch_up(reference, parsed.last_seq)
             for event in catch_up:
                 await notifier.send(event, to=sid)
-            log.debug("tracking", extra={"sid": sid, "last_seq": parsed.last_seq, "sent": len(catch_up)})
+            log.debug("tracking", extra={"socket_id": sid, "last_seq": parsed.last_seq, "sent": len(catch_up)})
         return {"ok": True, "payment": payment.public() if payment else None}
 
     async def stop_tracking_payment(sid: str, data: Any = None) -> dict[str, Any]:
@@ -93,10 +142,30 @@ def register_handlers(
         await storage.untrack(sid, parsed.reference)
         return {"ok": True}
 
+    async def refresh_token(sid: str, data: Any = None) -> dict[str, Any]:
+        parsed = _parse(RefreshTokenPayload, data, shorthand="token")
+        if not isinstance(parsed, RefreshTokenPayload):
+            return parsed  # type: ignore[return-value]
+        current = identities.get(sid)
+        try:
+            identity = await authenticator.authenticate(parsed.token)
+        except ApiError as exc:
+            return _error(exc.code, exc.message)
+        if identity is None or current is None:
+            return _error("auth_disabled", "authentication is off on this server")
+        if identity.user_id != current.user_id:
+            return _error("forbidden", "the new token is for a different user")
+        identities[sid] = identity
+        timers.arm(sid, identity.expires_at)
+        expires = utc_iso(identity.expires_at) if identity.expires_at else None
+        return {"ok": True, "expires_at": expires}
+
     sio.on("connect", connect)
     sio.on("disconnect", disconnect)
     sio.on(ev.TRACK_PAYMENT, track_payment)
     sio.on(ev.STOP_TRACKING_PAYMENT, stop_tracking_payment)
+    sio.on(ev.REFRESH_TOKEN, refresh_token)
+    return timers
 
 
 def tracked_payment_count(sio: socketio.AsyncServer) -> int:

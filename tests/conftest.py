@@ -18,6 +18,7 @@ from tests import campay_fake
 from tests.campay_fake import FakeCampay
 from tests.merchant_receiver import MerchantReceiver
 from tests.harness import Api, Tracker, make_settings
+from tests.redis_server import redis_server  # noqa: F401 - fixture
 
 
 @dataclass
@@ -129,3 +130,24 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             sep="\n  ",
         )
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.fixture
+async def start_redis_instance(redis_server, start_instance: StartInstance) -> StartInstance:  # type: ignore[no-untyped-def]
+    """Like `start_instance`, on the test's Redis; instances started by one test share it.
+
+    Depends on `redis_server` before `start_instance`, so Redis outlives the
+    servers at teardown and their shutdown is a clean one.
+    """
+
+    async def start(clock: Clock | None = None, **overrides: Any) -> Instance:
+        settings: dict[str, Any] = {
+            "STORAGE_BACKEND": "redis",
+            "REDIS_URL": redis_server.url,
+            "REDIS_RECONNECT_INTERVAL_SECONDS": 0.1,
+            "REDIS_TIMEOUT_SECONDS": 1.0,
+        }
+        settings.update(overrides)
+        return await start_instance(clock, **settings)
+
+    return start

@@ -38,12 +38,17 @@ class Tracker:
     sio: socketio.AsyncClient = field(default_factory=lambda: socketio.AsyncClient(reconnection=False))
     events: list[Received] = field(default_factory=list)
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
+    disconnected: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
         @self.sio.on("*")
         async def _any(event: str, data: Any = None) -> None:
             self.events.append(Received(event, data))
             self._changed.set()
+
+        @self.sio.on("disconnect")
+        async def _disconnected(*reason: Any) -> None:
+            self.disconnected.set()
 
     async def connect(self, **kwargs: Any) -> "Tracker":
         await self.sio.connect(self.url, transports=["websocket"], wait_timeout=WAIT, **kwargs)
@@ -94,14 +99,39 @@ class Tracker:
         return [e for e in self.events if e.name.startswith("payment-")]
 
 
-class Api:
-    """A thin JSON client for one server."""
+JWT_SECRET = "jwt-secret-for-tests-0123456789abcdef"
+PRODUCTION = {
+    "APP_ENV": "production", "STORAGE_BACKEND": "memory", "PAYMENT_PROVIDER": "sandbox",
+    "AUTH_MODE": "jwt", "JWT_SECRET": JWT_SECRET,
+}
 
-    def __init__(self, session: aiohttp.ClientSession, base_url: str) -> None:
+
+def user_token(sub: str, *, ttl: float = 3600, scope: str = "", secret: str = JWT_SECRET, **claims: Any) -> str:
+    """A bearer token as the merchant's auth service would issue it."""
+    import time
+
+    import jwt
+
+    payload: dict[str, Any] = {"sub": sub, "exp": int(time.time() + ttl), **claims}
+    if scope:
+        payload["scope"] = scope
+    return jwt.encode(payload, secret, algorithm="HS256")
+
+
+class Api:
+    """A thin JSON client for one server, optionally as one user."""
+
+    def __init__(self, session: aiohttp.ClientSession, base_url: str, token: str | None = None) -> None:
         self.session = session
         self.base_url = base_url.rstrip("/")
+        self.token = token
+
+    def as_user(self, token: str | None) -> "Api":
+        return Api(self.session, self.base_url, token)
 
     async def request(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any, Any]:
+        if self.token is not None:
+            kwargs["headers"] = {"Authorization": f"Bearer {self.token}", **(kwargs.get("headers") or {})}
         async with self.session.request(method, self.base_url + path, **kwargs) as resp:
             text = await resp.text()
             body: Any = None

@@ -8,7 +8,7 @@ from appkeys import DELIVERY
 from merchant.delivery import RETRY_SCHEDULE, retry_delay
 from merchant.message import decode_secret, sign
 from tests.conftest import Instance, StartInstance
-from tests.harness import eventually
+from tests.harness import PRODUCTION, eventually
 from tests.merchant_receiver import SECRET, MerchantReceiver, merchant_settings
 
 
@@ -94,8 +94,7 @@ async def test_debug_outbox_needs_debug_token_in_production(
     start_instance: StartInstance, merchant: MerchantReceiver
 ) -> None:
     instance = await start_instance(
-        APP_ENV="production", STORAGE_BACKEND="memory", PAYMENT_PROVIDER="sandbox", DEBUG_TOKEN="s3cret-debug",
-        **merchant_settings(merchant),
+        **PRODUCTION, DEBUG_TOKEN="s3cret-debug", **merchant_settings(merchant),
     )
     for path in ("/api/payment/debug/outbox", "/api/payment/debug/connections"):
         status, _, _ = await instance.api.request("GET", path)

@@ -16,7 +16,7 @@ from logs import make_handler
 from metrics import InstrumentedStorage, Metrics
 from tests.campay_fake import FakeCampay
 from tests.conftest import Instance, StartInstance, campay_settings
-from tests.harness import eventually
+from tests.harness import PRODUCTION, eventually
 
 TOKEN = "metrics-token-0123456789"
 
@@ -71,17 +71,17 @@ async def test_each_app_has_its_own_registry(start_instance: StartInstance) -> N
 
 
 async def test_metrics_are_404_in_production_without_token_or_public(start_instance: StartInstance) -> None:
-    closed = await start_instance(APP_ENV="production")
+    closed = await start_instance(**PRODUCTION)
     status, body, _ = await closed.api.request("GET", "/metrics")
     assert status == 404 and body["error"]["code"] == "not_found"
 
-    tokened = await start_instance(APP_ENV="production", METRICS_TOKEN=TOKEN)
+    tokened = await start_instance(**PRODUCTION, METRICS_TOKEN=TOKEN)
     for auth in ({}, {"Authorization": "Bearer wrong-token-0123456789"}):
         status, _, _ = await tokened.api.request("GET", "/metrics", headers=auth)
         assert status == 404
     assert value(await scrape(tokened, Authorization=f"Bearer {TOKEN}"), "paytrack_connected_sockets") == 0
 
-    public = await start_instance(APP_ENV="production", METRICS_PUBLIC=True)
+    public = await start_instance(**PRODUCTION, METRICS_PUBLIC=True)
     assert value(await scrape(public), "paytrack_connected_sockets") == 0
 
 
@@ -203,3 +203,21 @@ async def test_lines_logged_deep_inside_a_webhook_carry_its_reference(
     assert renewal["reference"] == ref and len(renewal["request_id"]) == 32
     accepted = next(l for l in json_log.refresh() if l["event"] == "webhook accepted")
     assert accepted["request_id"] == renewal["request_id"] and accepted["outcome"] == "applied"
+
+
+@pytest.mark.redis
+async def test_redis_reachability_and_storage_failures_during_an_outage(
+    start_redis_instance: StartInstance, redis_server: Any
+) -> None:
+    instance = await start_redis_instance(REDIS_KEY_PREFIX="metrics:")
+    await instance.api.initiate(order_id="m-redis")
+    samples = await scrape(instance)
+    assert value(samples, "paytrack_redis_up") == 1
+    assert value(samples, "paytrack_payments_total", status="PENDING") == 1
+
+    redis_server.stop()
+    await instance.api.request("GET", "/api/payment/status/m-redis")  # served from memory, Redis failing
+    samples = await scrape(instance)
+    assert value(samples, "paytrack_redis_up") == 0
+    failures = {labels: v for (name, labels), v in samples.items() if name == "paytrack_storage_errors_total"}
+    assert sum(failures.values()) >= 1, samples

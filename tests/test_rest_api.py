@@ -9,6 +9,7 @@ import pytest
 
 from appkeys import SIO
 from tests.conftest import Instance, StartInstance
+from tests.harness import PRODUCTION, user_token
 
 
 async def snapshot(instance: Instance) -> dict[str, Any]:
@@ -203,14 +204,13 @@ async def test_simulate_is_404_when_disabled(start_instance: StartInstance) -> N
 
 
 async def test_simulate_is_404_in_production_unless_enabled(start_instance: StartInstance) -> None:
-    closed = await start_instance(APP_ENV="production", STORAGE_BACKEND="memory", PAYMENT_PROVIDER="sandbox")
+    closed = await start_instance(**PRODUCTION)
     status, _, _ = await closed.api.simulate("any", "SUCCESSFUL")
     assert status == 404
-    opened = await start_instance(
-        APP_ENV="production", STORAGE_BACKEND="memory", PAYMENT_PROVIDER="sandbox", SIMULATE_ENABLED=True
-    )
-    _, payment, _ = await opened.api.initiate(order_id="o-prod")
-    status, body, _ = await opened.api.simulate(payment["reference"], "SUCCESSFUL")
+    opened = await start_instance(**PRODUCTION, SIMULATE_ENABLED=True)
+    api = opened.api.as_user(user_token("user-1"))
+    _, payment, _ = await api.initiate(order_id="o-prod")
+    status, body, _ = await api.simulate(payment["reference"], "SUCCESSFUL")
     assert status == 200 and body["applied"] is True
 
 

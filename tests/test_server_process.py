@@ -13,6 +13,7 @@ import aiohttp
 import pytest
 
 from settings import SettingsError, load_settings
+from tests.harness import PRODUCTION as PROD_SANDBOX
 from tests.harness import WAIT, eventually
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,12 +54,17 @@ async def test_invalid_setting_stops_start_with_one_line_naming_it(variable: str
 
 def test_production_defaults_to_redis_and_campay() -> None:
     settings = load_settings(
-        _env_file=None, APP_ENV="production", CAMPAY_PERMANENT_ACCESS_TOKEN="t", CAMPAY_WEBHOOK_KEY="k"
+        _env_file=None, APP_ENV="production", CAMPAY_PERMANENT_ACCESS_TOKEN="t", CAMPAY_WEBHOOK_KEY="k",
+        AUTH_MODE="jwt", JWT_SECRET="s",
     )
     assert settings.STORAGE_BACKEND.value == "redis" and settings.PAYMENT_PROVIDER.value == "campay"
     assert settings.SIMULATE_ENABLED is False
     with pytest.raises(SettingsError, match="CAMPAY_WEBHOOK_KEY is required"):
-        load_settings(_env_file=None, APP_ENV="production", CAMPAY_PERMANENT_ACCESS_TOKEN="t")
+        load_settings(_env_file=None, APP_ENV="production", CAMPAY_PERMANENT_ACCESS_TOKEN="t", AUTH_MODE="jwt", JWT_SECRET="s")
+    with pytest.raises(SettingsError, match="AUTH_MODE=none is refused in production"):
+        load_settings(_env_file=None, **{**PROD_SANDBOX, "AUTH_MODE": "none"})
+    with pytest.raises(SettingsError, match="AUTH_MODE must be jwt or introspect"):
+        load_settings(_env_file=None, **{k: v for k, v in PROD_SANDBOX.items() if k != "AUTH_MODE"})
     dev = load_settings(_env_file=None)
     assert dev.STORAGE_BACKEND.value == "memory" and dev.PAYMENT_PROVIDER.value == "sandbox"
     assert dev.SIMULATE_ENABLED is True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from tests.conftest import StartInstance
+from tests.harness import PRODUCTION
 
 
 async def test_page_is_served_in_development_with_a_strict_csp(start_instance: StartInstance) -> None:
@@ -29,11 +30,11 @@ async def test_page_assets_are_the_known_files_only(start_instance: StartInstanc
 
 
 async def test_page_is_404_in_production_unless_enabled(start_instance: StartInstance) -> None:
-    prod = await start_instance(APP_ENV="production")
+    prod = await start_instance(**PRODUCTION)
     for path in ("/payment-test", "/payment-test/static/payment-test.js"):
         status, body, _ = await prod.api.request("GET", path)
         assert status == 404 and body["error"]["code"] == "not_found"
-    enabled = await start_instance(APP_ENV="production", TEST_PAGE_ENABLED=True)
+    enabled = await start_instance(**PRODUCTION, TEST_PAGE_ENABLED=True)
     status, _, _ = await enabled.api.request("GET", "/payment-test")
     assert status == 200
     async with enabled.api.session.get(enabled.api.base_url + "/payment-test") as resp:

@@ -27,7 +27,7 @@ from webhooks.signature import SignatureError, verify_signature
 if TYPE_CHECKING:
     from metrics import Metrics
 
-log = logging.getLogger("paytrack.webhook")
+log = logging.getLogger("paytrack.audit")  # every webhook decision is an audit line
 
 
 def _to_int(value: Any) -> Any:

@@ -120,6 +120,12 @@ class Storage(Protocol):
     async def outbox_replay(self, entry_id: str, now: float) -> OutboxEntry | None:
         """Make a dead (or pending) entry due now with a fresh attempt count; None if unknown."""
 
+    # -- auth cache -------------------------------------------------------
+    async def auth_cache_get(self, key: str) -> str | None:
+        """A cached verified user by token hash (never the token itself)."""
+
+    async def auth_cache_set(self, key: str, value: str, ttl_seconds: float) -> None: ...
+
     # -- leases -------------------------------------------------------------
     async def acquire_lease(self, name: str, owner: str, ttl_seconds: float) -> bool:
         """True if `owner` now holds lease `name` (newly taken, or renewed because it already held it).

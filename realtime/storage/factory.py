@@ -2,20 +2,42 @@
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
 from clock import Clock
 from realtime.storage.base import Storage
 from realtime.storage.memory import MemoryStorage
 from settings import Settings, StorageBackend
 
 
-def create_storage(settings: Settings, clock: Clock) -> Storage:
-    if settings.STORAGE_BACKEND is StorageBackend.REDIS:
-        from realtime.storage.redis import RedisStorage  # imported lazily: development needs no redis
+def create_storage(  # type: ignore[no-untyped-def]
+    settings: Settings, clock: Clock, *, on_write_back=None, instrument: Callable[[Any], Any] | None = None
+) -> Storage:
+    """Memory for development; for Redis, Redis with a memory fallback (see `resilient.py`).
 
-        return RedisStorage.from_settings(settings, clock)
-    return MemoryStorage(
+    `on_write_back(payment)` is called after Redis comes back for each payment
+    whose change was made while it was away (never called on memory).
+    `instrument(backend)` wraps the backend that talks to the data (memory, or
+    the Redis primary) so its failures are counted even when the fallback
+    then serves the call.
+    """
+    wrap = instrument or (lambda backend: backend)
+    memory = MemoryStorage(
         clock,
         payment_ttl=settings.PAYMENT_TTL_SECONDS,
         client_ttl=settings.CLIENT_TTL_SECONDS,
         event_log_max=settings.EVENT_LOG_MAX,
     )
+    if settings.STORAGE_BACKEND is StorageBackend.REDIS:
+        # imported lazily: development needs no redis
+        from realtime.storage.redis import RedisStorage
+        from realtime.storage.resilient import ResilientStorage
+
+        return ResilientStorage(
+            wrap(RedisStorage.from_settings(settings, clock)),
+            memory,
+            clock,
+            reconnect_interval=settings.REDIS_RECONNECT_INTERVAL_SECONDS,
+            on_write_back=on_write_back,
+        )
+    return wrap(memory)

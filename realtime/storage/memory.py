@@ -98,6 +98,7 @@ class MemoryStorage:
         self._idempotency: ExpiringMap[IdempotencyRecord] = ExpiringMap(clock)
         self._clients: ExpiringMap[ClientRecord] = ExpiringMap(clock)
         self._leases: ExpiringMap[str] = ExpiringMap(clock)
+        self._auth_cache: ExpiringMap[str] = ExpiringMap(clock)
         # The outbox does not expire: an entry leaves only when delivered (or replayed from dead).
         self._outbox: dict[str, OutboxEntry] = {}
         self._sweeper: asyncio.Task[None] | None = None
@@ -119,7 +120,7 @@ class MemoryStorage:
     def sweep(self) -> int:
         maps = (
             self._payments, self._events, self._orders, self._order_locks, self._idempotency, self._clients,
-            self._leases,
+            self._leases, self._auth_cache,
         )
         return sum(m.sweep() for m in maps)
 
@@ -210,6 +211,20 @@ class MemoryStorage:
             claimed.append(entry)
         return claimed
 
+    def has_outbox(self) -> bool:
+        return bool(self._outbox)
+
+    def has_outbox_entry(self, entry_id: str) -> bool:
+        return entry_id in self._outbox
+
+    def take_outbox(self) -> list[OutboxEntry]:
+        """Remove and return every entry (for writing them back to Redis after an outage)."""
+        entries, self._outbox = list(self._outbox.values()), {}
+        return entries
+
+    async def restore_outbox(self, entries: list[OutboxEntry]) -> None:
+        self._enqueue(entries)
+
     async def outbox_delivered(self, entry_id: str) -> None:
         self._outbox.pop(entry_id, None)
 
@@ -236,6 +251,13 @@ class MemoryStorage:
         self._outbox[entry_id] = entry
         return entry
 
+    # -- auth cache -------------------------------------------------------
+    async def auth_cache_get(self, key: str) -> str | None:
+        return self._auth_cache.get(key)
+
+    async def auth_cache_set(self, key: str, value: str, ttl_seconds: float) -> None:
+        self._auth_cache.set(key, value, ttl_seconds)
+
     # -- leases -------------------------------------------------------------
     async def acquire_lease(self, name: str, owner: str, ttl_seconds: float) -> bool:
         holder = self._leases.get(name)
@@ -247,6 +269,19 @@ class MemoryStorage:
     async def release_lease(self, name: str, owner: str) -> None:
         if self._leases.get(name) == owner:
             self._leases.pop(name)
+
+    # -- mirror support (used by ResilientStorage, not part of Storage) ------
+    def mirror(self, payment: Payment, append: list[PaymentEvent] = ()) -> None:  # type: ignore[assignment]
+        """Hold a copy of a payment as another backend has it, appending `append` to its log."""
+        self._store_payment(payment)
+        known = {e.seq for e in self._events.get(payment.reference) or ()}
+        for event in append:
+            if event.seq not in known:
+                self._log_event(event)
+        self._events.touch(payment.reference, self._payment_ttl)
+
+    def events_of(self, reference: str) -> list[PaymentEvent]:
+        return list(self._events.get(reference) or ())
 
     # -- clients ----------------------------------------------------------
     async def add_client(self, client: ClientRecord) -> None:

@@ -1,0 +1,51 @@
+"""The Redis Socket.IO manager when Redis cannot be reached: local delivery never depends on it.
+
+No redis-server needed: the instance points at a port nobody listens on.
+"""
+
+from __future__ import annotations
+
+from appkeys import SIO
+from tests.conftest import StartInstance
+from tests.redis_server import free_port
+
+
+async def _unreachable_instance(start_instance: StartInstance):  # type: ignore[no-untyped-def]
+    return await start_instance(
+        STORAGE_BACKEND="redis",
+        REDIS_URL=f"redis://127.0.0.1:{free_port()}/0",
+        REDIS_RECONNECT_INTERVAL_SECONDS=0.1,
+        REDIS_TIMEOUT_SECONDS=0.5,
+    )
+
+
+async def test_without_redis_updates_still_reach_clients_on_the_same_instance(start_instance: StartInstance) -> None:
+    instance = await _unreachable_instance(start_instance)
+    status, body, _ = await instance.api.request("GET", "/health")
+    assert body["status"] == "degraded" and body["storage"]["redis_reachable"] is False
+
+    _, body, _ = await instance.api.initiate()
+    ref = body["reference"]
+    client = await instance.tracker()
+    await client.track(ref)
+    status, body, _ = await instance.api.simulate(ref, "SUCCESSFUL")
+    assert status == 200 and body["applied"] is True
+    await client.wait_for("payment-completed")
+    assert [e.name for e in client.payment_events()] == [
+        "payment-status", "payment-status", "payment-success", "payment-completed"
+    ]
+    assert instance.app[SIO].manager.dropped_publishes >= 3
+
+
+async def test_failed_publish_falls_back_to_local_delivery(start_instance: StartInstance) -> None:
+    """An emit the base class routed only through Redis is delivered locally when the publish fails."""
+    instance = await _unreachable_instance(start_instance)
+    manager = instance.app[SIO].manager
+    client = await instance.tracker()
+    await client.track("ref-x")
+    message = {"method": "emit", "event": "payment-status", "data": [{"reference": "ref-x", "seq": 7}],
+               "binary": False, "namespace": "/", "room": "payment:ref-x", "skip_sid": None,
+               "callback": None, "host_id": manager.host_id}
+    assert await manager._publish(message) is False
+    received = await client.wait_for("payment-status")
+    assert received[-1].data == {"reference": "ref-x", "seq": 7}

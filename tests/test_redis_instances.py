@@ -1,0 +1,137 @@
+"""Several instances on one Redis: shared payments, cross-instance events, one truth under races."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+
+import pytest
+
+from tests.conftest import Instance, StartInstance
+from tests.harness import eventually
+
+pytestmark = pytest.mark.redis
+
+_deployments = itertools.count()
+
+
+async def _pair(start_redis_instance: StartInstance) -> tuple[Instance, Instance]:
+    n = next(_deployments)
+    common = {"REDIS_KEY_PREFIX": f"pair{n}:", "SOCKETIO_CHANNEL": f"pair{n}"}
+    a = await start_redis_instance(INSTANCE_ID="a", **common)
+    b = await start_redis_instance(INSTANCE_ID="b", **common)
+    return a, b
+
+
+async def _initiated(instance: Instance, order_id: str = "order-1") -> str:
+    status, body, _ = await instance.api.initiate(order_id=order_id)
+    assert status == 201, body
+    return body["reference"]
+
+
+async def test_health_reports_redis_backend_reachable_with_latency(start_redis_instance: StartInstance) -> None:
+    instance = await start_redis_instance()
+    status, body, _ = await instance.api.request("GET", "/health")
+    assert status == 200 and body["status"] == "healthy"
+    storage = body["storage"]
+    assert storage["backend"] == "redis" and storage["redis_reachable"] is True and storage["latency_ms"] >= 0
+
+
+async def test_client_on_instance_b_gets_success_from_update_on_a(start_redis_instance: StartInstance) -> None:
+    a, b = await _pair(start_redis_instance)
+    ref = await _initiated(a)
+    client = await b.tracker()
+    ack = await client.track(ref)
+    assert ack["ok"] and ack["payment"]["reference"] == ref and ack["payment"]["status"] == "PENDING"
+    await client.wait_for("payment-status")
+
+    status, body, _ = await a.api.simulate(ref, "SUCCESSFUL")
+    assert status == 200 and body["applied"] is True
+
+    await client.wait_for("payment-completed")
+    names = [e.name for e in client.payment_events()]
+    assert names == ["payment-status", "payment-status", "payment-success", "payment-completed"]
+    assert [e.data["seq"] for e in client.payment_events()] == [1, 2, 2, 2]
+    assert client.named("payment-completed")[0].data["success"] is True
+
+
+async def test_payment_created_on_a_is_readable_on_b(start_redis_instance: StartInstance) -> None:
+    a, b = await _pair(start_redis_instance)
+    ref = await _initiated(a)
+    status, body, _ = await b.api.request("GET", "/api/payment/status/order-1")
+    assert status == 200 and body["reference"] == ref
+    # one PENDING payment per order, across instances
+    status, body, _ = await b.api.initiate(order_id="order-1")
+    assert status == 409 and body["error"]["code"] == "payment_pending"
+
+
+async def test_concurrent_updates_through_two_instances_apply_exactly_once(start_redis_instance: StartInstance) -> None:
+    a, b = await _pair(start_redis_instance)
+    ref = await _initiated(a)
+    watcher_a, watcher_b = await a.tracker(), await b.tracker()
+    for watcher in (watcher_a, watcher_b):
+        await watcher.track(ref)
+        await watcher.wait_for("payment-status")
+
+    calls = [
+        (a if i % 2 else b).api.simulate(ref, "SUCCESSFUL" if i % 4 < 2 else "FAILED") for i in range(30)
+    ]
+    results = await asyncio.gather(*calls)
+    assert all(status == 200 for status, _, _ in results)
+    applied = [body for _, body, _ in results if body["applied"]]
+    assert len(applied) == 1
+    winner = applied[0]["payment"]["status"]
+    assert all(body["outcome"] in ("duplicate", "regression") for _, body, _ in results if not body["applied"])
+
+    for watcher in (watcher_a, watcher_b):
+        await watcher.wait_for("payment-completed")
+        await watcher.barrier()
+        statuses = [e for e in watcher.named("payment-status")]
+        assert [e.data["seq"] for e in statuses] == [1, 2]  # strictly increasing, one change, no regression
+        assert statuses[-1].data["status"] == winner
+        assert len(watcher.named("payment-completed")) == 1
+    stored = await b.storage.get_payment(ref)
+    assert stored.seq == 2 and stored.status.value == winner
+
+
+async def test_reconnect_catch_up_with_last_seq_on_redis(start_redis_instance: StartInstance) -> None:
+    a, b = await _pair(start_redis_instance)
+    ref = await _initiated(a)
+    await a.api.simulate(ref, "FAILED", reason="insufficient funds")
+
+    caught_up = await b.tracker()
+    await caught_up.track(ref, last_seq=1)
+    await caught_up.wait_for("payment-completed")
+    assert [e.name for e in caught_up.payment_events()] == ["payment-status", "payment-failed", "payment-completed"]
+    assert [e.data["seq"] for e in caught_up.payment_events()] == [2, 2, 2]
+    assert caught_up.named("payment-failed")[0].data["reason"] == "insufficient funds"
+
+    current = await b.tracker()
+    await current.track(ref, last_seq=2)
+    await current.barrier()
+    assert current.payment_events() == []
+
+
+async def test_debug_connections_on_a_lists_client_on_b(start_redis_instance: StartInstance) -> None:
+    a, b = await _pair(start_redis_instance)
+    ref = await _initiated(a)
+    on_b = await b.tracker()
+    await on_b.track(ref)
+    on_a = await a.tracker()
+
+    status, body, _ = await a.api.request("GET", "/api/payment/debug/connections")
+    assert status == 200 and body["instance_id"] == "a" and body["count"] == 2
+    by_sid = {c["socket_id"]: c for c in body["connections"]}
+    assert by_sid[on_b.sid]["instance_id"] == "b" and by_sid[on_b.sid]["tracked"] == [ref]
+    assert by_sid[on_a.sid]["instance_id"] == "a"
+    status, body, _ = await a.api.request("GET", f"/api/payment/tracking/{ref}")
+    assert body["tracking_clients"] == 1
+
+    sid = on_b.sid
+    await on_b.disconnect()
+
+    async def gone() -> bool:
+        _, body, _ = await a.api.request("GET", "/api/payment/debug/connections")
+        return sid not in {c["socket_id"] for c in body["connections"]}
+
+    await eventually(gone)

@@ -1,0 +1,116 @@
+"""Redis going away and coming back: degraded mode on memory, local delivery, write-back."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import Instance, StartInstance
+from tests.harness import eventually
+from tests.redis_server import RedisServer
+
+pytestmark = pytest.mark.redis
+
+PREFIX = "outage:"
+
+
+async def _health(instance: Instance) -> dict:
+    status, body, _ = await instance.api.request("GET", "/health")
+    assert status == 200
+    return body
+
+
+async def _status_is(instance: Instance, wanted: str) -> bool:
+    return (await _health(instance))["status"] == wanted
+
+
+async def _stored_in_redis(redis_server: RedisServer, reference: str) -> dict | None:
+    plain = redis_server.client()
+    try:
+        raw = await plain.get(f"{PREFIX}payment:{reference}")
+    finally:
+        await plain.aclose()
+    return json.loads(raw) if raw else None
+
+
+async def test_outage_while_running_degrades_delivers_locally_and_writes_back(
+    start_redis_instance: StartInstance, redis_server: RedisServer
+) -> None:
+    instance = await start_redis_instance(REDIS_KEY_PREFIX=PREFIX)
+    status, body, _ = await instance.api.initiate()
+    ref = body["reference"]
+    client = await instance.tracker()
+    await client.track(ref)
+    await client.wait_for("payment-status")
+
+    redis_server.stop()
+    await eventually(lambda: _status_is(instance, "degraded"))
+    health = await _health(instance)
+    assert health["storage"]["redis_reachable"] is False and "memory" in health["storage"]["detail"]
+
+    status, body, _ = await instance.api.simulate(ref, "SUCCESSFUL")
+    assert status == 200 and body["applied"] is True and body["payment"]["seq"] == 2
+    await client.wait_for("payment-completed")
+    assert [e.name for e in client.payment_events()] == [
+        "payment-status", "payment-status", "payment-success", "payment-completed"
+    ]
+    status, body, _ = await instance.api.request("GET", "/api/payment/status/order-1")
+    assert status == 200 and body["status"] == "SUCCESSFUL"
+
+    await redis_server.start()  # same port
+    await eventually(lambda: _status_is(instance, "healthy"))
+    stored = await _stored_in_redis(redis_server, ref)
+    # Redis lost its data with the restart (no persistence); memory's record is the truth written back.
+    assert stored is not None and stored["status"] == "SUCCESSFUL" and stored["seq"] == 2
+    assert (await _health(instance))["storage"]["redis_reachable"] is True
+
+
+async def test_terminal_status_from_degraded_mode_wins_over_pending_in_redis(
+    start_redis_instance: StartInstance, redis_server: RedisServer
+) -> None:
+    instance = await start_redis_instance(REDIS_KEY_PREFIX=PREFIX)
+    _, body, _ = await instance.api.initiate()
+    ref = body["reference"]
+    await redis_server.save()  # Redis will come back holding the PENDING record
+    redis_server.stop()
+    await eventually(lambda: _status_is(instance, "degraded"))
+    status, body, _ = await instance.api.simulate(ref, "FAILED", reason="cancelled")
+    assert body["applied"] is True
+
+    await redis_server.start()
+    await eventually(lambda: _status_is(instance, "healthy"))
+    stored = await _stored_in_redis(redis_server, ref)
+    assert stored["status"] == "FAILED" and stored["reason"] == "cancelled" and stored["seq"] == 2
+    # and a later claim cannot undo it
+    status, body, _ = await instance.api.simulate(ref, "SUCCESSFUL")
+    assert body["applied"] is False and body["outcome"] == "regression"
+
+
+async def test_starting_with_redis_down_runs_degraded_then_writes_back(
+    start_redis_instance: StartInstance, redis_server: RedisServer
+) -> None:
+    redis_server.stop()
+    instance = await start_redis_instance(REDIS_KEY_PREFIX=PREFIX, INSTANCE_ID="solo")
+    health = await _health(instance)
+    assert health["status"] == "degraded" and health["storage"]["backend"] == "redis"
+    assert health["storage"]["redis_reachable"] is False
+
+    client = await instance.tracker()
+    status, body, _ = await instance.api.initiate(order_id="order-down")
+    assert status == 201
+    ref = body["reference"]
+    await client.track(ref)
+    await instance.api.simulate(ref, "SUCCESSFUL")
+    await client.wait_for("payment-completed")
+
+    await redis_server.start()
+    await eventually(lambda: _status_is(instance, "healthy"))
+    stored = await _stored_in_redis(redis_server, ref)
+    assert stored is not None and stored["status"] == "SUCCESSFUL" and stored["order_id"] == "order-down"
+    status, body, _ = await instance.api.request("GET", "/api/payment/debug/connections")
+    assert [(c["socket_id"], c["instance_id"], c["tracked"]) for c in body["connections"]] == [
+        (client.sid, "solo", [ref])
+    ]
+    status, body, _ = await instance.api.request("GET", "/api/payment/status/order-down")
+    assert status == 200 and body["status"] == "SUCCESSFUL"

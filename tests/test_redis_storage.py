@@ -1,0 +1,220 @@
+"""RedisStorage against a real redis-server: round-trips, expiry, atomic transitions, leases."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from datetime import datetime, timezone
+
+import pytest
+
+from clock import SystemClock
+from payments.model import Payment, PaymentStatus, StatusUpdate, UpdateSource
+from realtime.storage.base import ClientRecord, IdempotencyRecord
+from realtime.storage.memory import MemoryStorage
+from realtime.storage.redis import RedisStorage
+from tests.harness import eventually, make_settings
+from tests.redis_server import RedisServer
+
+pytestmark = pytest.mark.redis
+
+_prefixes = itertools.count()
+
+
+def _storage(redis_server: RedisServer, **overrides: object) -> RedisStorage:
+    settings = make_settings(
+        STORAGE_BACKEND="redis", REDIS_URL=redis_server.url, REDIS_KEY_PREFIX=f"t{next(_prefixes)}:", **overrides
+    )
+    return RedisStorage.from_settings(settings, SystemClock())
+
+
+def _payment(reference: str = "ref-1", order_id: str = "order-1") -> Payment:
+    now = datetime.now(timezone.utc)
+    return Payment(reference=reference, order_id=order_id, amount=500, phone_number="237671234567",
+                   operator="MTN", ussd_code="*126#", created_at=now, updated_at=now)
+
+
+def _update(status: str, reference: str = "ref-1", source: UpdateSource = UpdateSource.WEBHOOK) -> StatusUpdate:
+    return StatusUpdate(reference=reference, status=status, source=source)
+
+
+@pytest.fixture
+async def storage(redis_server: RedisServer):  # type: ignore[no-untyped-def]
+    store = _storage(redis_server)
+    await store.start()
+    yield store
+    await store.close()
+
+
+async def test_payment_round_trips_with_order_index_and_active_index(storage: RedisStorage, redis_server: RedisServer) -> None:
+    created = await storage.create_payment(_payment())
+    assert await storage.get_payment("ref-1") == created
+    assert await storage.get_order_payment("order-1") == created
+    assert await storage.active_references() == ["ref-1"]
+    assert [e.seq for e in await storage.events_after("ref-1", 0)] == [1]
+
+    result = await storage.transition(_update("SUCCESSFUL"), datetime.now(timezone.utc))
+    assert result.applied and result.payment.seq == 2
+    stored = await storage.get_payment("ref-1")
+    assert stored.status is PaymentStatus.SUCCESSFUL and stored.seq == 2
+    assert await storage.active_references() == []
+    assert [e.seq for e in await storage.events_after("ref-1", 1)] == [2]
+
+    plain = redis_server.client()
+    try:
+        prefix = storage._keys.prefix
+        assert 0 < await plain.ttl(f"{prefix}payment:ref-1") <= 3600
+        assert 0 < await plain.ttl(f"{prefix}events:ref-1") <= 3600
+    finally:
+        await plain.aclose()
+
+
+async def test_duplicates_and_regressions_change_nothing(storage: RedisStorage) -> None:
+    await storage.create_payment(_payment())
+    now = datetime.now(timezone.utc)
+    assert (await storage.transition(_update("FAILED"), now)).applied
+    assert (await storage.transition(_update("FAILED"), now)).outcome == "duplicate"
+    assert (await storage.transition(_update("SUCCESSFUL"), now)).outcome == "regression"
+    stored = await storage.get_payment("ref-1")
+    assert stored.status is PaymentStatus.FAILED and stored.seq == 2
+    unknown = await storage.transition(_update("SUCCESSFUL", "nope", UpdateSource.SIMULATION), now)
+    assert unknown.outcome == "unknown" and await storage.get_payment("nope") is None
+
+
+async def test_event_log_is_capped_and_orphans_are_adopted(redis_server: RedisServer) -> None:
+    storage = _storage(redis_server, EVENT_LOG_MAX=1)
+    try:
+        now = datetime.now(timezone.utc)
+        # The provider speaks first: a webhook creates an orphan, then completes it.
+        assert (await storage.transition(_update("PENDING", "orphan"), now)).outcome == "created_orphan"
+        assert (await storage.transition(_update("SUCCESSFUL", "orphan"), now)).applied
+        assert [e.seq for e in await storage.events_after("orphan", 0)] == [2]  # only the newest kept
+        merged = await storage.create_payment(_payment("orphan", "order-2"))
+        assert merged.status is PaymentStatus.SUCCESSFUL and merged.seq == 2
+        assert merged.order_id == "order-2" and not merged.orphan
+        assert await storage.get_order_payment("order-2") == merged
+    finally:
+        await storage.close()
+
+
+async def test_payments_and_clients_expire_in_redis(redis_server: RedisServer) -> None:
+    storage = _storage(redis_server, PAYMENT_TTL_SECONDS=1, CLIENT_TTL_SECONDS=1)
+    try:
+        await storage.create_payment(_payment())
+        now = datetime.now(timezone.utc)
+        await storage.add_client(ClientRecord(socket_id="s1", instance_id="a", connected_at=now))
+        await storage.track("s1", "ref-1")
+        assert await storage.tracker_count("ref-1") == 1 and len(await storage.list_clients()) == 1
+
+        async def gone() -> bool:
+            return (
+                await storage.get_payment("ref-1") is None
+                and await storage.get_order_payment("order-1") is None
+                and await storage.events_after("ref-1", 0) == []
+                and await storage.get_client("s1") is None
+            )
+
+        await eventually(gone, timeout=5, interval=0.1)
+        assert await storage.list_clients() == []
+        assert await storage.tracker_count("ref-1") == 0
+        assert await storage.active_references() == []  # pruned from the index
+        assert await storage.redis.zcard(storage._keys.active()) == 0
+    finally:
+        await storage.close()
+
+
+async def test_client_records_track_untrack_and_remove(storage: RedisStorage) -> None:
+    now = datetime.now(timezone.utc)
+    await storage.add_client(ClientRecord(socket_id="s1", instance_id="a", connected_at=now))
+    await storage.add_client(ClientRecord(socket_id="s2", instance_id="b", connected_at=now))
+    await storage.track("s1", "ref-1")
+    await storage.track("s1", "ref-1")
+    await storage.track("s2", "ref-1")
+    assert (await storage.get_client("s1")).tracked == ["ref-1"]
+    assert await storage.tracker_count("ref-1") == 2
+    await storage.untrack("s2", "ref-1")
+    assert await storage.tracker_count("ref-1") == 1
+    await storage.remove_client("s1")
+    assert await storage.tracker_count("ref-1") == 0
+    assert [c.socket_id for c in await storage.list_clients()] == ["s2"]
+    await storage.track("gone", "ref-1")  # unknown socket: nothing stored
+    assert await storage.get_client("gone") is None
+
+
+async def test_order_lock_and_idempotency(storage: RedisStorage) -> None:
+    assert await storage.acquire_order_lock("o", 5)
+    assert not await storage.acquire_order_lock("o", 5)
+    await storage.release_order_lock("o")
+    assert await storage.acquire_order_lock("o", 5)
+
+    assert await storage.claim_idempotency("k", "fp", 60) is None
+    again = await storage.claim_idempotency("k", "fp", 60)
+    assert again is not None and again.state == "in_progress"
+    await storage.complete_idempotency("k", IdempotencyRecord(fingerprint="fp", state="done", status_code=201, body={"x": 1}), 60)
+    done = await storage.claim_idempotency("k", "fp", 60)
+    assert done.state == "done" and done.body == {"x": 1}
+    await storage.release_idempotency("k")
+    assert await storage.claim_idempotency("k", "fp", 60) is None
+
+
+async def test_concurrent_transitions_have_exactly_one_winner(redis_server: RedisServer) -> None:
+    """Two storages (as two instances would have) race 40 terminal updates for one payment."""
+    first, second = _storage(redis_server), _storage(redis_server)
+    second._keys = first._keys  # same deployment, same prefix
+    try:
+        await first.create_payment(_payment())
+        now = datetime.now(timezone.utc)
+        updates = [
+            (first if i % 2 else second).transition(_update("SUCCESSFUL" if i % 3 else "FAILED"), now)
+            for i in range(40)
+        ]
+        results = await asyncio.gather(*updates)
+        winners = [r for r in results if r.applied]
+        assert len(winners) == 1
+        final = await first.get_payment("ref-1")
+        assert final.seq == 2 and final.status is winners[0].payment.status
+        assert all(r.outcome in ("duplicate", "regression") for r in results if not r.applied)
+        assert [e.seq for e in await first.events_after("ref-1", 0)] == [1, 2]
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_merge_never_moves_redis_backwards(storage: RedisStorage) -> None:
+    now = datetime.now(timezone.utc)
+    pending = await storage.create_payment(_payment())
+    local_success = pending.model_copy(update={"status": PaymentStatus.SUCCESSFUL, "seq": 2, "updated_at": now})
+    merged = await storage.merge_payment(local_success, [])
+    assert merged.status is PaymentStatus.SUCCESSFUL and merged.seq == 2
+    assert [e.seq for e in await storage.events_after("ref-1", 0)] == [1, 2]
+
+    local_failed = pending.model_copy(update={"status": PaymentStatus.FAILED, "seq": 2, "updated_at": now})
+    kept = await storage.merge_payment(local_failed, [])
+    assert kept.status is PaymentStatus.SUCCESSFUL
+    assert (await storage.merge_payment(pending, [])).status is PaymentStatus.SUCCESSFUL
+    assert (await storage.get_payment("ref-1")).status is PaymentStatus.SUCCESSFUL
+
+
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+async def test_lease_has_one_holder_renews_and_expires(backend: str, redis_server: RedisServer) -> None:
+    if backend == "redis":
+        a, b = _storage(redis_server), _storage(redis_server)
+        b._keys = a._keys
+    else:
+        shared = MemoryStorage(SystemClock(), payment_ttl=60, client_ttl=60, event_log_max=10)
+        a = b = shared  # one process, two owners
+    try:
+        assert await a.acquire_lease("reconciler", "instance-a", 0.3)
+        assert not await b.acquire_lease("reconciler", "instance-b", 0.3)
+        assert await a.acquire_lease("reconciler", "instance-a", 0.3)  # renew
+        await b.release_lease("reconciler", "instance-b")  # not the holder: no effect
+        assert not await b.acquire_lease("reconciler", "instance-b", 0.3)
+        # expiry is real time in Redis: poll until the unrenewed lease lapses
+        await eventually(lambda: b.acquire_lease("reconciler", "instance-b", 5), timeout=5, interval=0.05)
+        assert not await a.acquire_lease("reconciler", "instance-a", 5)
+        await b.release_lease("reconciler", "instance-b")
+        assert await a.acquire_lease("reconciler", "instance-a", 5)
+    finally:
+        if backend == "redis":
+            await a.close()
+            await b.close()
