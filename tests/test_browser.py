@@ -19,7 +19,7 @@ import pytest
 from app import create_app
 from clock import SystemClock
 from realtime.storage.factory import create_storage
-from tests.harness import WAIT, make_settings
+from tests.harness import PRODUCTION, WAIT, make_settings, user_token
 
 pytestmark = pytest.mark.browser
 
@@ -110,3 +110,19 @@ async def test_page_shows_a_precise_error_for_a_bad_phone(aiohttp_server, page) 
     await page.click("#pay")
     await page.wait_for_selector("#form-error:has-text('400')")
     assert "validation_error" in (await page.text_content("#form-error") or "")
+
+
+async def test_page_with_auth_connects_and_pays_once_given_a_token(aiohttp_server, page) -> None:  # type: ignore[no-untyped-def]
+    """Production with JWT auth: the page is refused until a token is typed, then works end to end."""
+    settings = make_settings(**PRODUCTION, TEST_PAGE_ENABLED=True, SIMULATE_ENABLED=True)
+    server = await aiohttp_server(create_app(settings), host="127.0.0.1")
+    await page.goto(str(server.make_url("/payment-test")))
+    await page.wait_for_selector('#connection[data-state="disconnected"]')  # refused: no token
+
+    await page.fill("#token", user_token("shopper-1"))
+    await page.dispatch_event("#token", "change")
+    await page.wait_for_selector('#connection[data-state="connected"]')
+    await page.click("#pay")
+    await page.wait_for_selector('#status[data-status="PENDING"][data-synced="true"]')
+    await page.click("#simulate-success")
+    await page.wait_for_selector('#status[data-status="SUCCESSFUL"][data-synced="true"]')

@@ -44,8 +44,12 @@
     $("simulate-failure").disabled = terminal;
   }
 
+  const token = () => $("token").value.trim();
+
   const socket = io({
     transports: ["websocket"],
+    // Called on every (re)connect, so a token typed later is used from the next connection on.
+    auth: (cb) => cb(token() ? { token: token() } : {}),
     reconnection: true,
     reconnectionDelay: 250,
     reconnectionDelayMax: 2000,
@@ -79,7 +83,8 @@
   async function post(path, body) {
     const response = await fetch(path, {
       method: "POST",
-      headers: { "Content-Type": "application/json" },
+      headers: Object.assign({ "Content-Type": "application/json" },
+                             token() ? { Authorization: `Bearer ${token()}` } : {}),
       body: JSON.stringify(body),
     });
     const payload = await response.json().catch(() => ({}));
@@ -125,6 +130,7 @@
       $("form-error").textContent = err.message;
     }
   }
+  $("token").addEventListener("change", () => { socket.disconnect(); socket.connect(); });
   $("simulate-success").addEventListener("click", () => simulate("SUCCESSFUL"));
   $("simulate-failure").addEventListener("click", () => simulate("FAILED"));
 
