@@ -60,7 +60,7 @@ async def test_metrics_count_sockets_tracking_payments_and_update_latency(instan
 def _connected(instance: Instance) -> float:
     from appkeys import METRICS
 
-    return instance.app[METRICS].connected_sockets._value.get()
+    return instance.app[METRICS].registry.get_sample_value("paytrack_connected_sockets")
 
 
 async def test_each_app_has_its_own_registry(start_instance: StartInstance) -> None:
