@@ -11,13 +11,13 @@ import asyncio
 import hashlib
 import json
 import logging
-from dataclasses import dataclass
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from clock import Clock
-from logs import bind
 from errors import ApiError, Conflict, NotFound, ProviderError, UnprocessableRequest
+from logs import bind
 from merchant.message import OutboxPolicy
 from payments.model import Payment, PaymentEvent, PaymentStatus, StatusUpdate, Transition, UpdateSource
 from payments.provider import CollectRequest, PaymentProvider
