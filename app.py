@@ -16,48 +16,69 @@ from aiohttp import web
 
 import debug.routes
 import health
+import metrics as metrics_routes
 import payments.routes
+import testpage.routes
 import webhooks.routes
-from appkeys import AUTHENTICATOR, CLOCK, LIMITER, DELIVERY, RECONCILER, SERVICE, SETTINGS, SIO, STORAGE, WEBHOOKS
+from appkeys import AUTHENTICATOR, CLOCK, DELIVERY, LIMITER, METRICS, RECONCILER, SERVICE, SETTINGS, SIO, STORAGE, WEBHOOKS
 from auth.authenticators import Authenticator, IntrospectionAuthenticator, JwtAuthenticator, NoAuth
 from clock import Clock, SystemClock
 from ratelimit import RateLimiter
 from errors import error_middleware
 from merchant.delivery import DeliveryWorker
 from merchant.message import OutboxPolicy, decode_secret
+from metrics import InstrumentedStorage, Metrics
 from payments.provider import PaymentProvider
 from payments.reconciler import ReconcilePolicy, Reconciler
 from payments.sandbox import SandboxProvider
 from payments.service import PaymentService
 from payments.model import Payment, PaymentEvent
-from realtime.events import register_handlers
+from realtime.events import register_handlers, tracked_payment_count
 from realtime.manager import create_client_manager
 from realtime.event_names import payment_room
 from realtime.notifier import SocketNotifier
 from realtime.server import create_sio
 from realtime.storage.base import Storage
 from realtime.storage.factory import create_storage
+from request_id import request_id_middleware, setup_request_id
 from settings import AuthMode, ProviderName, Settings, StorageBackend
 from webhooks.processor import WebhookProcessor
 
 log = logging.getLogger("paytrack")
 
 
-def create_provider(settings: Settings, clock: Clock) -> PaymentProvider:
+def create_provider(settings: Settings, clock: Clock, metrics: Metrics | None = None) -> PaymentProvider:
     if settings.PAYMENT_PROVIDER is ProviderName.SANDBOX:
         return SandboxProvider()
     from payments.campay import CampayProvider
 
-    return CampayProvider.from_settings(settings, clock)
+    return CampayProvider.from_settings(settings, clock, metrics)
 
 
-def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Application:
+def create_app(
+    settings: Settings,
+    *,
+    clock: Clock | None = None,
+    storage: Storage | None = None,
+    metrics: Metrics | None = None,
+) -> web.Application:
+    """Build one server instance.
+
+    `storage` may be passed in when it must outlive the app (a test restarting
+    a server on the same data, as Redis allows in production); `metrics` when
+    the caller wants the registry. Both default to new ones from settings.
+    """
     clock = clock or SystemClock()
-    app = web.Application(middlewares=[error_middleware], client_max_size=settings.MAX_BODY_BYTES)
+    metrics = metrics or Metrics()
+    app = web.Application(
+        middlewares=[request_id_middleware, error_middleware], client_max_size=settings.MAX_BODY_BYTES
+    )
+    setup_request_id(app)
 
-    provider = create_provider(settings, clock)
+    provider = create_provider(settings, clock, metrics)
     manager = create_client_manager(settings)
     sio = create_sio(settings, client_manager=manager)
+    metrics.count_tracked_with(lambda: tracked_payment_count(sio))
     notifier = SocketNotifier(sio)
 
     async def announce_write_back(payment: Payment) -> None:
@@ -68,7 +89,12 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Applica
                 await asyncio.wait_for(manager.listening.wait(), settings.REDIS_TIMEOUT_SECONDS)
         await notifier.send(PaymentEvent.of(payment), to=payment_room(payment.reference))
 
-    storage = create_storage(settings, clock, on_write_back=announce_write_back)
+    # Storage failures are counted where they happen: on the backend that talks to the data.
+    count_failures = lambda backend: InstrumentedStorage(backend, metrics)  # noqa: E731
+    if storage is not None:
+        storage = count_failures(storage)
+    else:
+        storage = create_storage(settings, clock, on_write_back=announce_write_back, instrument=count_failures)
     delivery = _create_delivery(settings, storage, clock)
     service = PaymentService(
         storage,
@@ -80,6 +106,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Applica
         on_outbox=delivery.wake if delivery else None,
         sandbox_autocomplete_seconds=settings.SANDBOX_AUTOCOMPLETE_SECONDS,
         sandbox_outcome=settings.SANDBOX_OUTCOME,
+        metrics=metrics,
     )
     reconciler = Reconciler(
         service,
@@ -99,6 +126,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Applica
         reconciler,
         webhook_key=settings.CAMPAY_WEBHOOK_KEY,
         verify_with_provider=settings.WEBHOOK_VERIFY_WITH_PROVIDER,
+        metrics=metrics,
     )
     authenticator = create_authenticator(settings, storage, clock)
     limiter = RateLimiter(
@@ -122,6 +150,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Applica
         max_tracked=settings.MAX_TRACKED_PER_SOCKET,
         token_warning_seconds=settings.TOKEN_EXPIRY_WARNING_SECONDS,
         trust_forwarded_for=settings.TRUST_FORWARDED_FOR,
+        metrics=metrics,
     )
 
     app[SETTINGS] = settings
@@ -133,6 +162,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Applica
     app[LIMITER] = limiter
     app[RECONCILER] = reconciler
     app[WEBHOOKS] = webhooks_processor
+    app[METRICS] = metrics
     if delivery is not None:
         app[DELIVERY] = delivery
 
@@ -170,8 +200,25 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Applica
     app.cleanup_ctx.append(lifetime)
     app.on_response_prepare.append(_security_headers)
 
+    async def close_sockets(app: web.Application) -> None:
+        """Close every Socket.IO connection at shutdown, so the server stops at once instead of
+        waiting out its shutdown timeout on open websockets; clients see a transport close and
+        reconnect (to this instance when it is back, or to another)."""
+        await sio.shutdown()
+        if sio.eio.sockets:  # engine.io refuses to close "all" of none
+            await sio.eio.disconnect()
+
+    app.on_shutdown.append(close_sockets)
+
     sio.attach(app, socketio_path="socket.io")
-    for table in (payments.routes.routes, webhooks.routes.routes, debug.routes.routes, health.routes):
+    for table in (
+        payments.routes.routes,
+        webhooks.routes.routes,
+        debug.routes.routes,
+        health.routes,
+        metrics_routes.routes,
+        testpage.routes.routes,
+    ):
         app.router.add_routes(table)
     _setup_cors(app, settings)
     return app

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from clock import Clock
     from ratelimit import RateLimiter
     from merchant.delivery import DeliveryWorker
+    from metrics import Metrics
     from payments.reconciler import Reconciler
     from payments.service import PaymentService
     from realtime.storage.base import Storage
@@ -27,5 +28,6 @@ SIO: web.AppKey["socketio.AsyncServer"] = web.AppKey("sio")
 RECONCILER: web.AppKey["Reconciler"] = web.AppKey("reconciler")
 WEBHOOKS: web.AppKey["WebhookProcessor"] = web.AppKey("webhooks")
 DELIVERY: web.AppKey["DeliveryWorker"] = web.AppKey("merchant_delivery")
+METRICS: web.AppKey["Metrics"] = web.AppKey("metrics")
 AUTHENTICATOR: web.AppKey["Authenticator"] = web.AppKey("authenticator")
 LIMITER: web.AppKey["RateLimiter"] = web.AppKey("rate_limiter")

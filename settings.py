@@ -124,6 +124,12 @@ class Settings(BaseSettings):
     # Bearer token for the debug endpoints in production (without it they are 404 there).
     DEBUG_TOKEN: str = ""
 
+    # The live checkout test page at /payment-test (default: on in development, off in production).
+    TEST_PAGE_ENABLED: bool | None = None
+    # /metrics: open in development; in production 404 unless public or scraped with this bearer token.
+    METRICS_TOKEN: str = Field("", max_length=256)
+    METRICS_PUBLIC: bool = False
+
     REDIS_URL: str = ""
     REDIS_HOST: str = "localhost"
     REDIS_PORT: int = Field(6379, gt=0, le=65535)
@@ -191,6 +197,13 @@ class Settings(BaseSettings):
             decode_secret(value)
         return value
 
+    @field_validator("METRICS_TOKEN")
+    @classmethod
+    def _check_metrics_token(cls, value: str) -> str:
+        if value and (len(value) < 16 or any(c.isspace() for c in value)):
+            raise ValueError("must be at least 16 characters with no whitespace")
+        return value
+
     @field_validator(
         "RATE_LIMIT_INITIATE_PER_USER", "RATE_LIMIT_INITIATE_PER_IP", "RATE_LIMIT_WEBHOOK_PER_IP",
         "RATE_LIMIT_CONNECT_PER_IP",
@@ -228,6 +241,8 @@ class Settings(BaseSettings):
             self.PAYMENT_PROVIDER = ProviderName.CAMPAY if production else ProviderName.SANDBOX
         if self.SIMULATE_ENABLED is None:
             self.SIMULATE_ENABLED = not production
+        if self.TEST_PAGE_ENABLED is None:
+            self.TEST_PAGE_ENABLED = not production
         if self.AUTH_MODE is None:
             if production:
                 raise ValueError("AUTH_MODE must be jwt or introspect in production")

@@ -11,8 +11,9 @@ the Idempotency-Key and the one-pending-payment-per-order rule upstream.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any, ContextManager
 
 import httpx
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
@@ -21,6 +22,9 @@ from clock import Clock
 from errors import ApiError, NotFound, ProviderError
 from payments.provider import CollectRequest, CollectResult, ProviderTransaction
 from settings import Settings
+
+if TYPE_CHECKING:
+    from metrics import Metrics
 
 log = logging.getLogger("paytrack.campay")
 
@@ -85,6 +89,7 @@ class CampayProvider:
         retry_attempts: int = 4,
         retry_base_seconds: float = 0.5,
         transport: httpx.AsyncBaseTransport | None = None,
+        metrics: "Metrics | None" = None,
     ) -> None:
         self._http = httpx.AsyncClient(
             base_url=base_url.rstrip("/") + "/",
@@ -101,9 +106,10 @@ class CampayProvider:
         self._token: str | None = None
         self._token_expires_at = 0.0
         self._token_lock = asyncio.Lock()
+        self._metrics = metrics
 
     @classmethod
-    def from_settings(cls, settings: Settings, clock: Clock) -> "CampayProvider":
+    def from_settings(cls, settings: Settings, clock: Clock, metrics: "Metrics | None" = None) -> "CampayProvider":
         return cls(
             settings.CAMPAY_API_URL,
             clock=clock,
@@ -113,7 +119,14 @@ class CampayProvider:
             timeout=settings.CAMPAY_TIMEOUT_SECONDS,
             retry_attempts=settings.CAMPAY_RETRY_ATTEMPTS,
             retry_base_seconds=settings.CAMPAY_RETRY_BASE_SECONDS,
+            metrics=metrics,
         )
+
+    def _observed(self, operation: str) -> ContextManager[None]:
+        """Latency and errors of one API operation, retries included, as the caller experiences it."""
+        if self._metrics is None:
+            return contextlib.nullcontext()
+        return self._metrics.provider_call(self.name, operation)
 
     async def close(self) -> None:
         await self._http.aclose()
@@ -202,6 +215,10 @@ class CampayProvider:
 
     # -- API ------------------------------------------------------------------------
     async def collect(self, request: CollectRequest) -> CollectResult:
+        with self._observed("collect"):
+            return await self._collect(request)
+
+    async def _collect(self, request: CollectRequest) -> CollectResult:
         body = await self._call(
             "POST",
             "collect/",
@@ -220,6 +237,10 @@ class CampayProvider:
         return CollectResult(reference=reference, ussd_code=body.get("ussd_code"), operator=body.get("operator"))
 
     async def get_transaction(self, reference: str) -> ProviderTransaction:
+        with self._observed("transaction"):
+            return await self._get_transaction(reference)
+
+    async def _get_transaction(self, reference: str) -> ProviderTransaction:
         body = await self._call("GET", f"transaction/{reference}/")
         if not body.get("status"):
             raise ProviderError("CamPay's transaction response has no status", code="provider_bad_response")

@@ -7,7 +7,7 @@ the notifier emits `PaymentEvent.payload()`.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from enum import Enum
 from typing import Any
 
@@ -34,9 +34,14 @@ class UpdateSource(str, Enum):
     SANDBOX = "sandbox"
 
 
+_ZERO = timedelta(0)
+
+
 def utc_iso(moment: datetime) -> str:
     """ISO 8601 in UTC with a `Z`, the one timestamp format on the wire."""
-    return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    if moment.tzinfo is not timezone.utc and moment.utcoffset() != _ZERO:  # hot path: skip the no-op
+        moment = moment.astimezone(timezone.utc)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def mask_phone(phone: str | None) -> str | None:
@@ -85,6 +90,9 @@ class Payment(BaseModel):
         if not reveal_phone:
             data["phone_number"] = mask_phone(self.phone_number)
         return data
+
+
+_TIMESTAMPS = {"created_at", "updated_at", "completed_at"}
 
 
 class StatusUpdate(BaseModel):

@@ -11,16 +11,21 @@ import asyncio
 import hashlib
 import json
 import logging
+import time
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from clock import Clock
 from errors import ApiError, Conflict, NotFound, ProviderError, UnprocessableRequest
+from logs import bind
 from merchant.message import OutboxPolicy
 from payments.model import Payment, PaymentEvent, PaymentStatus, StatusUpdate, Transition, UpdateSource
 from payments.provider import CollectRequest, PaymentProvider
 from payments.schemas import InitiateRequest
 from realtime.storage.base import IdempotencyRecord, Storage
+
+if TYPE_CHECKING:
+    from metrics import Metrics
 
 log = logging.getLogger("paytrack.payments")
 # One line per payment operation (initiate, applied or ignored transition), never a token or full phone.
@@ -64,6 +69,7 @@ class PaymentService:
         on_outbox: Callable[[], None] | None = None,
         sandbox_autocomplete_seconds: float | None = None,
         sandbox_outcome: str = "SUCCESSFUL",
+        metrics: "Metrics | None" = None,
     ) -> None:
         self.storage = storage
         self.provider = provider
@@ -75,28 +81,37 @@ class PaymentService:
         self._autocomplete = sandbox_autocomplete_seconds
         self._autocomplete_outcome = sandbox_outcome
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._metrics = metrics
 
     # -- the one update path -------------------------------------------------
     async def apply_update(self, update: StatusUpdate) -> Transition:
-        """Run the state machine atomically in storage, then notify if anything changed."""
-        now = self.clock.now()
-        transition = await self.storage.transition(
-            update, now, outbox=lambda t: self._outbox.for_transition(t, now) if self._outbox.enabled else []
-        )
-        audit.info(
-            "status update %s",
-            transition.outcome,
-            extra={
-                "reference": update.reference,
-                "source": update.source.value,
-                "claimed": update.status,
-                "previous": transition.previous_status.value if transition.previous_status else None,
-                "seq": transition.payment.seq if transition.payment else None,
-            },
-        )
-        if transition.applied:
-            await self.notifier.payment_changed(transition)
-            self._outbox_queued()
+        """Run the state machine atomically in storage, then notify if anything changed.
+
+        The update-to-emit latency metric covers exactly this: storage step plus emits.
+        """
+        started = time.perf_counter()
+        with bind(reference=update.reference):
+            now = self.clock.now()
+            transition = await self.storage.transition(
+                update, now, outbox=lambda t: self._outbox.for_transition(t, now) if self._outbox.enabled else []
+            )
+            audit.info(
+                "status update %s",
+                transition.outcome,
+                extra={
+                    "reference": update.reference,
+                    "source": update.source.value,
+                    "claimed": update.status,
+                    "previous": transition.previous_status.value if transition.previous_status else None,
+                    "seq": transition.payment.seq if transition.payment else None,
+                },
+            )
+            if transition.applied:
+                await self.notifier.payment_changed(transition)
+                self._outbox_queued()
+                if self._metrics is not None and transition.payment is not None:
+                    self._metrics.update_to_emit.observe(time.perf_counter() - started)
+                    self._metrics.payments.labels(transition.payment.status.value).inc()
         return transition
 
     def _outbox_queued(self) -> None:
@@ -202,6 +217,8 @@ class PaymentService:
             "payment initiated",
             extra={"reference": payment.reference, "order_id": payment.order_id, "user_id": owner_id},
         )
+        if self._metrics is not None:
+            self._metrics.payments.labels(payment.status.value).inc()
         await self.notifier.payment_initiated(payment)
         self._outbox_queued()
         self._schedule_sandbox_completion(payment)

@@ -7,7 +7,7 @@ A handler's return value is the client's ack. Bad payloads get
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import socketio
 from pydantic import BaseModel, ValidationError
@@ -16,6 +16,7 @@ from auth.access import can_view
 from auth.authenticators import Authenticator, Identity
 from clock import Clock
 from errors import ApiError, validation_details
+from logs import bind
 from payments.model import utc_iso
 from payments.schemas import RefreshTokenPayload, StopTrackingPayload, TrackPayload
 from payments.service import PaymentService
@@ -24,6 +25,9 @@ from realtime import event_names as ev
 from realtime.expiry import ExpiryTimers
 from realtime.notifier import SocketNotifier
 from realtime.storage.base import ClientRecord, Storage
+
+if TYPE_CHECKING:
+    from metrics import Metrics
 
 log = logging.getLogger("paytrack.realtime")
 audit = logging.getLogger("paytrack.audit")
@@ -58,6 +62,7 @@ def register_handlers(
     max_tracked: int,
     token_warning_seconds: float,
     trust_forwarded_for: bool = False,
+    metrics: "Metrics | None" = None,
 ) -> ExpiryTimers:
     auth_enabled = authenticator.mode != "none"
     identities: dict[str, Identity] = {}
@@ -91,6 +96,8 @@ def register_handlers(
             identities[sid] = identity
             timers.arm(sid, identity.expires_at)
         await storage.add_client(ClientRecord(socket_id=sid, instance_id=instance_id, connected_at=clock.now()))
+        if metrics is not None:
+            metrics.connected_sockets.inc()
         # Emitted from a task so it goes out after the CONNECT packet, not before.
         sio.start_background_task(
             sio.emit, ev.CONNECTED, {"socket_id": sid, "timestamp": utc_iso(clock.now())}, to=sid
@@ -99,6 +106,8 @@ def register_handlers(
     async def disconnect(sid: str, reason: Any = None) -> None:
         timers.cancel(sid)
         identities.pop(sid, None)
+        if metrics is not None:
+            metrics.connected_sockets.dec()
         await storage.remove_client(sid)
 
     async def track_payment(sid: str, data: Any = None) -> dict[str, Any]:
@@ -106,20 +115,23 @@ def register_handlers(
         if not isinstance(parsed, TrackPayload):
             return parsed  # type: ignore[return-value]
         reference = parsed.reference
-        identity = identities.get(sid)
-        payment = await storage.get_payment(reference)
-        if payment is not None and not can_view(identity, payment, auth_enabled=auth_enabled):
-            audit.warning("track refused: not the owner", extra={"reference": reference, "socket_id": sid})
-            return _error("forbidden", "this payment belongs to another user")
-        client = await storage.get_client(sid)
-        if client is not None and reference not in client.tracked and len(client.tracked) >= max_tracked:
-            return _error("too_many_tracked", f"a connection may track at most {max_tracked} payments")
-        # Join before reading, so a change applied in between is not missed
-        # (at worst it arrives twice, with the same seq).
-        await sio.enter_room(sid, ev.payment_room(reference))
-        await storage.track(sid, reference)
-        for event in await service.catch_up(reference, parsed.last_seq):
-            await notifier.send(event, to=sid)
+        with bind(reference=reference):
+            identity = identities.get(sid)
+            payment = await storage.get_payment(reference)
+            if payment is not None and not can_view(identity, payment, auth_enabled=auth_enabled):
+                audit.warning("track refused: not the owner", extra={"reference": reference, "socket_id": sid})
+                return _error("forbidden", "this payment belongs to another user")
+            client = await storage.get_client(sid)
+            if client is not None and reference not in client.tracked and len(client.tracked) >= max_tracked:
+                return _error("too_many_tracked", f"a connection may track at most {max_tracked} payments")
+            # Join before reading, so a change applied in between is not missed
+            # (at worst it arrives twice, with the same seq).
+            await sio.enter_room(sid, ev.payment_room(reference))
+            await storage.track(sid, reference)
+            catch_up = await service.catch_up(reference, parsed.last_seq)
+            for event in catch_up:
+                await notifier.send(event, to=sid)
+            log.debug("tracking", extra={"socket_id": sid, "last_seq": parsed.last_seq, "sent": len(catch_up)})
         return {"ok": True, "payment": payment.public() if payment else None}
 
     async def stop_tracking_payment(sid: str, data: Any = None) -> dict[str, Any]:
@@ -154,3 +166,10 @@ def register_handlers(
     sio.on(ev.STOP_TRACKING_PAYMENT, stop_tracking_payment)
     sio.on(ev.REFRESH_TOKEN, refresh_token)
     return timers
+
+
+def tracked_payment_count(sio: socketio.AsyncServer) -> int:
+    """Payments with at least one tracking socket on this instance (rooms live in the socket manager)."""
+    rooms = sio.manager.rooms.get("/", {})
+    prefix = ev.payment_room("")
+    return sum(1 for name, members in rooms.items() if name and name.startswith(prefix) and members)

@@ -111,18 +111,24 @@ def campay_settings(fake: FakeCampay, **overrides: Any) -> dict[str, Any]:
     }
 
 
-# -- CI guard: under CI=true a skipped Redis test is a failure, not a pass --------
-_skipped_redis: list[str] = []
+# -- CI guard: under CI=true a skipped Redis, browser or Node test is a failure, not a pass --
+# (.ci/run installs redis-server, chromium and the Node client, so a skip there means a broken setup.)
+_GUARDED = ("redis", "browser", "node")
+_skipped_guarded: list[str] = []
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    if report.skipped and "redis" in report.keywords:
-        _skipped_redis.append(report.nodeid)
+    if report.skipped and any(marker in report.keywords for marker in _GUARDED):
+        _skipped_guarded.append(report.nodeid)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes") and _skipped_redis:
-        print(f"\nCI: {len(_skipped_redis)} Redis test(s) were skipped; failing the run:", *_skipped_redis, sep="\n  ")
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes") and _skipped_guarded:
+        print(
+            f"\nCI: {len(_skipped_guarded)} Redis/browser/Node test(s) were skipped; failing the run:",
+            *_skipped_guarded,
+            sep="\n  ",
+        )
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 

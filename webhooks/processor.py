@@ -11,17 +11,21 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictStr
 
 from errors import ApiError, NotFound, ProviderError
+from logs import bind
 from payments.model import StatusUpdate, UpdateSource
 from payments.provider import PaymentProvider
 from payments.reconciler import Reconciler
 from payments.schemas import Reference
 from payments.service import PaymentService
 from webhooks.signature import SignatureError, verify_signature
+
+if TYPE_CHECKING:
+    from metrics import Metrics
 
 log = logging.getLogger("paytrack.audit")  # every webhook decision is an audit line
 
@@ -81,14 +85,34 @@ class WebhookProcessor:
         *,
         webhook_key: str,
         verify_with_provider: bool,
+        metrics: "Metrics | None" = None,
     ) -> None:
         self._service = service
         self._provider = provider
         self._reconciler = reconciler
         self._key = webhook_key
         self._verify = verify_with_provider
+        self._metrics = metrics
 
     async def process(self, hook: CampayWebhook, *, request_id: str | None = None) -> WebhookOutcome:
+        """Process one callback; its outcome (or `invalid_signature`) is counted in the metrics."""
+        with bind(reference=hook.reference):
+            try:
+                outcome = await self._process(hook, request_id=request_id)
+            except InvalidSignature:
+                self._count("invalid_signature")
+                raise
+            except ApiError as exc:
+                self._count(exc.code)
+                raise
+            self._count(outcome.outcome)
+            return outcome
+
+    def _count(self, outcome: str) -> None:
+        if self._metrics is not None:
+            self._metrics.webhooks.labels(outcome).inc()
+
+    async def _process(self, hook: CampayWebhook, *, request_id: str | None = None) -> WebhookOutcome:
         audit = {"reference": hook.reference, "claimed": hook.status, "request_id": request_id}
         try:
             verify_signature(hook.signature, self._key, reference=hook.reference)

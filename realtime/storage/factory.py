@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
 from clock import Clock
 from realtime.storage.base import Storage
 from realtime.storage.memory import MemoryStorage
 from settings import Settings, StorageBackend
 
 
-def create_storage(settings: Settings, clock: Clock, *, on_write_back=None) -> Storage:  # type: ignore[no-untyped-def]
+def create_storage(  # type: ignore[no-untyped-def]
+    settings: Settings, clock: Clock, *, on_write_back=None, instrument: Callable[[Any], Any] | None = None
+) -> Storage:
     """Memory for development; for Redis, Redis with a memory fallback (see `resilient.py`).
 
     `on_write_back(payment)` is called after Redis comes back for each payment
     whose change was made while it was away (never called on memory).
+    `instrument(backend)` wraps the backend that talks to the data (memory, or
+    the Redis primary) so its failures are counted even when the fallback
+    then serves the call.
     """
+    wrap = instrument or (lambda backend: backend)
     memory = MemoryStorage(
         clock,
         payment_ttl=settings.PAYMENT_TTL_SECONDS,
@@ -26,10 +34,10 @@ def create_storage(settings: Settings, clock: Clock, *, on_write_back=None) -> S
         from realtime.storage.resilient import ResilientStorage
 
         return ResilientStorage(
-            RedisStorage.from_settings(settings, clock),
+            wrap(RedisStorage.from_settings(settings, clock)),
             memory,
             clock,
             reconnect_interval=settings.REDIS_RECONNECT_INTERVAL_SECONDS,
             on_write_back=on_write_back,
         )
-    return memory
+    return wrap(memory)

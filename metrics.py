@@ -1,0 +1,159 @@
+"""Prometheus metrics: one `Metrics` object per app, on its own `CollectorRegistry`.
+
+Nothing is registered on prometheus-client's global default registry, so
+several apps in one process (the tests run many) never collide, and each
+app's `/metrics` shows only its own numbers. The code is instrumented at the
+few places where the facts are decided (the update path, the webhook
+processor, the provider client, the socket handlers, storage calls); each
+takes the `Metrics` object from `create_app`.
+
+`/metrics` is open in development. In production it answers 404 (like a route
+that does not exist) unless `METRICS_PUBLIC=true`, or the scraper sends
+`Authorization: Bearer $METRICS_TOKEN`. A METRICS_TOKEN, once set, is
+required in every environment.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import inspect
+import math
+import time
+from typing import Any, Callable, Iterator
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from appkeys import METRICS, SETTINGS, STORAGE
+from errors import ApiError
+
+# Update-to-emit runs in well under a millisecond in memory and a few with Redis.
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+_PROVIDER_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.connected_sockets = Gauge(
+            "paytrack_connected_sockets", "Socket.IO connections open on this instance", registry=r
+        )
+        self.tracked_payments = Gauge(
+            "paytrack_tracked_payments", "Payments tracked by at least one socket on this instance", registry=r
+        )
+        self.payments = Counter(
+            "paytrack_payments", "Payments that reached each status (PENDING at creation)", ["status"], registry=r
+        )
+        self.webhooks = Counter("paytrack_webhooks", "CamPay webhooks received, by outcome", ["outcome"], registry=r)
+        self.update_to_emit = Histogram(
+            "paytrack_update_to_emit_seconds",
+            "From a status update entering apply_update to its events being emitted",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.provider_latency = Histogram(
+            "paytrack_provider_request_seconds",
+            "Payment provider calls (with retries), by operation",
+            ["provider", "operation"],
+            buckets=_PROVIDER_BUCKETS,
+            registry=r,
+        )
+        self.provider_errors = Counter(
+            "paytrack_provider_errors", "Failed payment provider calls, by error code", ["provider", "operation", "code"],
+            registry=r,
+        )
+        self.storage_errors = Counter(
+            "paytrack_storage_errors", "Storage calls that raised, by operation", ["operation"], registry=r
+        )
+        self.redis_up = Gauge(
+            "paytrack_redis_up", "1 when Redis answers, 0 when it does not; NaN with the memory backend", registry=r
+        )
+        self.redis_up.set(math.nan)
+
+    def count_tracked_with(self, count: Callable[[], int]) -> None:
+        """Read the tracked-payments figure from `count` at scrape time (it lives in the socket manager)."""
+        self.tracked_payments.set_function(count)
+
+    @contextlib.contextmanager
+    def provider_call(self, provider: str, operation: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        except ApiError as exc:
+            self.provider_errors.labels(provider, operation, exc.code).inc()
+            raise
+        except Exception:
+            self.provider_errors.labels(provider, operation, "internal_error").inc()
+            raise
+        finally:
+            self.provider_latency.labels(provider, operation).observe(time.perf_counter() - start)
+
+    async def refresh(self, storage: Any) -> None:
+        """Figures read at scrape time rather than kept up to date on every call."""
+        health = await storage.health()
+        reachable = getattr(health, "redis_reachable", None)
+        self.redis_up.set(math.nan if reachable is None else float(bool(reachable)))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class InstrumentedStorage:
+    """The storage itself, except that a call that raises (anything but a domain error) is counted.
+
+    A thin proxy so no backend has to know about metrics; attributes that are
+    not coroutine functions pass through untouched.
+    """
+
+    def __init__(self, inner: Any, metrics: Metrics) -> None:
+        self._inner = inner
+        self._metrics = metrics
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._inner, name)
+        if not inspect.iscoroutinefunction(attr):
+            return attr
+        counter = self._metrics.storage_errors.labels(name)
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return await attr(*args, **kwargs)
+            except ApiError:
+                raise
+            except Exception:
+                counter.inc()
+                raise
+
+        setattr(self, name, call)  # resolved once per method
+        return call
+
+    @property
+    def inner(self) -> Any:
+        return self._inner
+
+
+routes = web.RouteTableDef()
+
+
+def _allowed(request: web.Request) -> bool:
+    settings = request.app[SETTINGS]
+    if settings.METRICS_PUBLIC:
+        return True
+    if settings.METRICS_TOKEN:
+        supplied = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        return hmac.compare_digest(supplied.encode(), settings.METRICS_TOKEN.encode())
+    return not settings.is_production
+
+
+@routes.get("/metrics")
+async def metrics(request: web.Request) -> web.Response:
+    if not _allowed(request):
+        raise web.HTTPNotFound()
+    m = request.app[METRICS]
+    await m.refresh(request.app[STORAGE])
+    response = web.Response(body=m.render(), headers={"Cache-Control": "no-store"})
+    response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
+    response.charset = "utf-8"
+    return response

@@ -1,0 +1,95 @@
+"""Interop with the official socket.io JavaScript client (npm `socket.io-client`, locked in tests/js).
+
+A Node process tracks a payment exactly as a checkout page does, and gets
+`payment-success` from a signed CamPay webhook handled by a real server.
+Skipped locally without node/npm; `.ci/run` runs `npm ci` in tests/js and
+under CI=true a skipped Node test fails the run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.campay_fake import FakeCampay
+from tests.conftest import StartInstance, campay_settings
+from tests.harness import WAIT
+
+pytestmark = pytest.mark.node
+
+JS = Path(__file__).parent / "js"
+VENDORED = Path(__file__).parent.parent / "testpage" / "static" / "vendor" / "socket.io.min.js"
+
+
+@pytest.fixture(scope="session")
+def node_client() -> Path:
+    """tests/js with its locked node_modules installed (`npm ci` once, if .ci/run has not already)."""
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if not node or not npm:
+        pytest.skip("JS interop test: node and npm are not installed (apt-get install nodejs npm)")
+    if not (JS / "node_modules" / "socket.io-client" / "package.json").exists():
+        import subprocess
+
+        done = subprocess.run(
+            [npm, "ci", "--no-audit", "--no-fund"], cwd=JS, capture_output=True, text=True, timeout=300
+        )
+        assert done.returncode == 0, f"npm ci in tests/js failed:\n{done.stderr[-2000:]}"
+    return JS
+
+
+async def _read_json_line(stream: asyncio.StreamReader) -> dict[str, Any]:
+    line = await asyncio.wait_for(stream.readline(), WAIT)
+    assert line, "the node client exited without saying anything"
+    return json.loads(line)
+
+
+async def test_official_js_client_gets_success_from_a_signed_webhook(
+    node_client: Path, start_instance: StartInstance, campay: FakeCampay, http: aiohttp.ClientSession
+) -> None:
+    live = await start_instance(**campay_settings(campay))
+    _, payment, _ = await live.api.initiate(order_id="js-order-1")
+    reference = payment["reference"]
+
+    proc = await asyncio.create_subprocess_exec(
+        "node", "track.mjs", live.url, reference, str(int(WAIT * 2000)),
+        cwd=node_client, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        before: list[dict[str, Any]] = []
+        while not before or before[-1]["step"] != "tracked":
+            before.append(await _read_json_line(proc.stdout))  # type: ignore[arg-type]
+            assert before[-1]["step"] in ("event", "tracked"), before
+        assert before[-1]["payment"]["status"] == "PENDING"
+        # On track, the current state arrives (before the ack: one ordered websocket).
+        assert [(e["event"], e["payload"].get("seq")) for e in before[:-1]] == [("connected", None), ("payment-status", 1)]
+
+        campay.set_status(reference, "SUCCESSFUL")
+        status, body = await campay.send_webhook(http, live.url, reference)
+        assert (status, body["outcome"]) == (200, "applied")
+
+        out, err = await asyncio.wait_for(proc.communicate(), WAIT * 2)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 0, err.decode()
+    events = [json.loads(line) for line in out.decode().splitlines()]
+    names = [e["event"] for e in events]
+    assert names == ["payment-status", "payment-success", "payment-completed"], events
+    assert all(e["payload"]["reference"] == reference and e["payload"]["seq"] == 2 for e in events)
+    assert events[-1]["payload"]["success"] is True
+
+
+def test_vendored_browser_client_is_the_locked_npm_release(node_client: Path) -> None:
+    """The page's vendored socket.io.min.js is byte-identical to the locked package's dist file."""
+    installed = node_client / "node_modules" / "socket.io-client" / "dist" / "socket.io.min.js"
+    locked = json.loads((node_client / "package-lock.json").read_text())["packages"]["node_modules/socket.io-client"]
+    assert hashlib.sha256(VENDORED.read_bytes()).digest() == hashlib.sha256(installed.read_bytes()).digest()
+    assert f"Socket.IO v{locked['version']}" in VENDORED.read_text()[:200]

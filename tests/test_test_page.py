@@ -1,0 +1,41 @@
+"""/payment-test over HTTP: served where it should be, with a strict CSP and only its own assets."""
+
+from __future__ import annotations
+
+from tests.conftest import StartInstance
+from tests.harness import PRODUCTION
+
+
+async def test_page_is_served_in_development_with_a_strict_csp(start_instance: StartInstance) -> None:
+    dev = await start_instance()
+    status, _, headers = await dev.api.request("GET", "/payment-test")
+    assert status == 200 and headers["Content-Type"].startswith("text/html")
+    csp = headers["Content-Security-Policy"]
+    assert "script-src 'self';" in csp and "'unsafe-inline'" not in csp and "frame-ancestors 'none'" in csp
+    assert headers["X-Content-Type-Options"] == "nosniff" and "X-Request-ID" in headers
+    async with dev.api.session.get(dev.api.base_url + "/payment-test") as resp:
+        page = await resp.text()
+    assert 'src="/payment-test/static/socket.io.min.js"' in page and 'data-simulate="true"' in page
+    assert "<script>" not in page  # nothing inline: the CSP would block it
+
+
+async def test_page_assets_are_the_known_files_only(start_instance: StartInstance) -> None:
+    dev = await start_instance()
+    async with dev.api.session.get(dev.api.base_url + "/payment-test/static/socket.io.min.js") as resp:
+        assert resp.status == 200 and resp.content_type == "application/javascript"
+        assert "Socket.IO v4.8.1" in (await resp.text())[:100]
+    for name in ("..%2Fsettings.py", "payment-test.html", "vendor%2FREADME.md"):
+        status, body, _ = await dev.api.request("GET", f"/payment-test/static/{name}")
+        assert status == 404 and body["error"]["code"] == "not_found"
+
+
+async def test_page_is_404_in_production_unless_enabled(start_instance: StartInstance) -> None:
+    prod = await start_instance(**PRODUCTION)
+    for path in ("/payment-test", "/payment-test/static/payment-test.js"):
+        status, body, _ = await prod.api.request("GET", path)
+        assert status == 404 and body["error"]["code"] == "not_found"
+    enabled = await start_instance(**PRODUCTION, TEST_PAGE_ENABLED=True)
+    status, _, _ = await enabled.api.request("GET", "/payment-test")
+    assert status == 200
+    async with enabled.api.session.get(enabled.api.base_url + "/payment-test") as resp:
+        assert 'data-simulate="false"' in await resp.text()  # no simulate buttons where simulate is closed
