@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import io
+import json
+import logging
 import os
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
 
 import aiohttp
 import pytest
@@ -12,6 +15,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from app import create_app
+from logs import make_handler
 from appkeys import SERVICE, STORAGE
 from clock import Clock
 from tests import campay_fake
@@ -109,6 +113,27 @@ def campay_settings(fake: FakeCampay, **overrides: Any) -> dict[str, Any]:
         "RECONCILE_ENABLED": False,
         **overrides,
     }
+
+
+@pytest.fixture
+def json_log() -> Iterator[list[dict[str, Any]]]:
+    """The server's real JSON log handler, writing to a buffer; yields the parsed lines so far."""
+    buffer = io.StringIO()
+    handler = make_handler(json_lines=True, instance_id="test-instance", stream=buffer)
+    root = logging.getLogger()
+    old_level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+
+    class View(list):  # re-parsed on each access so the test sees lines written so far
+        def refresh(self) -> "View":
+            self[:] = [json.loads(line) for line in buffer.getvalue().splitlines() if line.startswith("{")]
+            return self
+
+    view = View()
+    yield view
+    root.removeHandler(handler)
+    root.setLevel(old_level)
 
 
 # -- CI guard: under CI=true a skipped Redis, browser or Node test is a failure, not a pass --

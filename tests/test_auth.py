@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from typing import Any
 
@@ -268,28 +269,34 @@ async def test_amount_bounds_are_enforced(start_instance: StartInstance) -> None
 # -- hardening -----------------------------------------------------------------------------
 
 
-async def test_no_token_or_full_phone_number_in_the_logs(
-    prod: Instance, caplog: pytest.LogCaptureFixture
-) -> None:
-    import logging
-
-    caplog.set_level(logging.DEBUG)
+async def test_audit_lines_carry_request_ids_and_no_token_or_full_phone(prod: Instance, json_log: Any) -> None:
+    """Read the production JSON log itself, as an operator would."""
     alice, bob = user_token("alice"), user_token("bob")
-    _, payment, _ = await prod.api.as_user(alice).initiate(order_id="o-logs", phone="237699887766")
+    _, payment, _ = await prod.api.as_user(alice).initiate(
+        order_id="o-logs", phone="237699887766", headers={"X-Request-ID": "req-init"}
+    )
     ref = payment["reference"]
-    await prod.api.as_user(bob).request("GET", f"/api/payment/tracking/{ref}")  # refused: audited
+    await prod.api.as_user(bob).request("GET", f"/api/payment/tracking/{ref}", headers={"X-Request-ID": "req-peek"})
     await prod.api.as_user("not-a-jwt-token-value").initiate(order_id="o-logs-2")
-    await prod.api.request("POST", "/api/payment/webhook", json={"reference": ref, "status": "SUCCESSFUL",
-                                                                 "phone_number": "237699887766", "signature": "forged.sig.x"})
-    await prod.api.as_user(alice).simulate(ref, "SUCCESSFUL")
+    await prod.api.request(
+        "POST", "/api/payment/webhook", headers={"X-Request-ID": "req-forged"},
+        json={"reference": ref, "status": "SUCCESSFUL", "phone_number": "237699887766", "signature": "forged.sig.x"},
+    )
+    await prod.api.as_user(alice).request(
+        "POST", "/api/payment/test/simulate", json={"reference": ref, "status": "SUCCESSFUL"},
+        headers={"X-Request-ID": "req-sim"},
+    )
 
-    formatter = logging.Formatter()
-    dump = "\n".join(formatter.format(r) + " " + repr(vars(r)) for r in caplog.records)
+    lines = json_log.refresh()
+    dump = json.dumps(lines)
     for secret in (alice, bob, "not-a-jwt-token-value", "237699887766", "forged.sig.x"):
         assert secret not in dump
-    audit = [r.getMessage() for r in caplog.records if r.name == "paytrack.audit"]
-    assert "payment initiated" in audit and "access refused: not the owner" in audit
-    assert "webhook refused" in audit and "status update applied" in audit
+    audit = {line["event"]: line for line in lines if line["logger"] == "paytrack.audit"}
+    assert audit["payment initiated"]["request_id"] == "req-init" and audit["payment initiated"]["user_id"] == "alice"
+    assert audit["access refused: not the owner"]["request_id"] == "req-peek"
+    assert audit["webhook refused"]["request_id"] == "req-forged" and audit["webhook refused"]["why"]
+    assert audit["status update applied"]["request_id"] == "req-sim"
+    assert all(line["reference"] == ref for line in audit.values())
 
 
 async def test_security_headers_on_every_response(instance: Instance) -> None:

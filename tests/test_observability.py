@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import io
-import json
-import logging
 import math
-from typing import Any, Iterator
+from typing import Any
 
 import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from logs import make_handler
 from metrics import InstrumentedStorage, Metrics
 from tests.campay_fake import FakeCampay
 from tests.conftest import Instance, StartInstance, campay_settings
@@ -152,27 +148,6 @@ async def test_request_id_is_echoed_when_sane_and_generated_otherwise(instance: 
     assert status == 404 and body["error"]["code"] == "not_found" and len(headers["X-Request-ID"]) == 32
     status, _, headers = await instance.api.request("POST", "/api/payment/initiate", data=b"{", headers={"X-Request-ID": "r-400"})
     assert status == 400 and headers["X-Request-ID"] == "r-400"
-
-
-@pytest.fixture
-def json_log() -> Iterator[list[dict[str, Any]]]:
-    """The server's real JSON log handler, writing to a buffer; yields the parsed lines so far."""
-    buffer = io.StringIO()
-    handler = make_handler(json_lines=True, instance_id="test-instance", stream=buffer)
-    root = logging.getLogger()
-    old_level = root.level
-    root.addHandler(handler)
-    root.setLevel(logging.INFO)
-
-    class View(list):  # re-parsed on each access so the test sees lines written so far
-        def refresh(self) -> "View":
-            self[:] = [json.loads(line) for line in buffer.getvalue().splitlines() if line.startswith("{")]
-            return self
-
-    view = View()
-    yield view
-    root.removeHandler(handler)
-    root.setLevel(old_level)
 
 
 async def test_log_lines_carry_request_id_and_reference(instance: Instance, json_log: Any) -> None:
