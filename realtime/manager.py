@@ -43,6 +43,14 @@ from settings import Settings, StorageBackend
 log = logging.getLogger("paytrack.realtime.pubsub")
 
 
+class LocalManager(socketio.AsyncManager):
+    """In-memory rooms (one instance), with the same `emit_batch` as the Redis manager."""
+
+    async def emit_batch(self, events: list[tuple[str, Any]], *, room: str, namespace: str = "/") -> None:
+        for event, data in events:
+            await self.emit(event, data, namespace, room=room)
+
+
 class ResilientRedisManager(socketio.AsyncRedisManager):
     def __init__(
         self,
@@ -99,7 +107,30 @@ class ResilientRedisManager(socketio.AsyncRedisManager):
         return self._publisher
 
     # -- publishing ---------------------------------------------------------------
+    async def emit_batch(self, events: list[tuple[str, Any]], *, room: str, namespace: str = "/") -> None:
+        """Several emits to one room, in order, as ONE pub/sub message.
+
+        A status change is three events; publishing them separately made every
+        instance's listener parse three messages per change, which is what
+        capped cross-instance throughput. Local clients get them first, as
+        with `emit`. Other instances unpack the batch in `_handle_emit`.
+        """
+        messages = [
+            {"method": "emit", "event": event, "data": [data], "binary": False, "namespace": namespace,
+             "room": room, "skip_sid": None, "callback": None, "host_id": self.host_id}
+            for event, data in events
+        ]
+        for message in messages:
+            await super()._handle_emit(message)  # this instance's clients
+        batch = {"method": "emit", "batch": messages, "host_id": self.host_id}
+        self._delivered_here.add(id(batch))  # already delivered here: a failed publish must not repeat it
+        await self._publish(batch)
+
     async def _handle_emit(self, message: dict[str, Any]) -> None:
+        if "batch" in message:  # from another instance's emit_batch
+            for single in message["batch"]:
+                await super()._handle_emit(single)
+            return
         if message.get("host_id") == self.host_id:
             self._delivered_here.add(id(message))
         await super()._handle_emit(message)

@@ -7,6 +7,8 @@ carry the same seq, so a client can drop anything it has already seen.
 
 from __future__ import annotations
 
+from typing import Any
+
 import socketio
 
 from payments.model import Payment, PaymentEvent, PaymentStatus, Transition
@@ -26,11 +28,15 @@ class SocketNotifier:
             await self.send(transition.event, to=ev.payment_room(transition.event.reference))
 
     async def send(self, event: PaymentEvent, *, to: str) -> None:
-        """Emit the full sequence for one event to a room or a socket id."""
+        """Emit the full sequence for one event to a room or a socket id.
+
+        The events go out as one batch (`emit_batch` on our managers), so with
+        several instances a change is one pub/sub message, not three.
+        """
         payload = event.payload()
-        await self._sio.emit(ev.PAYMENT_STATUS, payload, to=to)
-        if event.status is PaymentStatus.PENDING:
-            return
-        success = event.status is PaymentStatus.SUCCESSFUL
-        await self._sio.emit(ev.PAYMENT_SUCCESS if success else ev.PAYMENT_FAILED, payload, to=to)
-        await self._sio.emit(ev.PAYMENT_COMPLETED, {**payload, "success": success}, to=to)
+        events: list[tuple[str, Any]] = [(ev.PAYMENT_STATUS, payload)]
+        if event.status is not PaymentStatus.PENDING:
+            success = event.status is PaymentStatus.SUCCESSFUL
+            events.append((ev.PAYMENT_SUCCESS if success else ev.PAYMENT_FAILED, payload))
+            events.append((ev.PAYMENT_COMPLETED, {**payload, "success": success}))
+        await self._sio.manager.emit_batch(events, room=to)

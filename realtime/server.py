@@ -6,6 +6,7 @@ from typing import Any, Callable
 
 import socketio
 
+from realtime.manager import LocalManager
 from settings import Settings
 
 
@@ -28,7 +29,7 @@ def create_sio(settings: Settings, client_manager: socketio.AsyncManager | None 
     return socketio.AsyncServer(
         async_mode="aiohttp",
         cors_allowed_origins=origin_checker(settings.FRONTEND_URL),
-        client_manager=client_manager,
+        client_manager=client_manager or LocalManager(),
         logger=False,
         engineio_logger=False,
         max_http_buffer_size=settings.MAX_BODY_BYTES,

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import itertools
 
 import pytest
 
+from appkeys import SETTINGS
 from tests.conftest import Instance, StartInstance
 from tests.harness import eventually
 
@@ -135,3 +137,43 @@ async def test_debug_connections_on_a_lists_client_on_b(start_redis_instance: St
         return sid not in {c["socket_id"] for c in body["connections"]}
 
     await eventually(gone)
+
+
+async def test_one_status_change_is_one_pubsub_message_delivered_in_order(
+    redis_server, start_redis_instance: StartInstance  # type: ignore[no-untyped-def]
+) -> None:
+    a, b = await _pair(start_redis_instance)
+    ref = await _initiated(a)
+    watcher = await b.tracker()
+    await watcher.track(ref)
+    await watcher.wait_for("payment-status")
+
+    listener = redis_server.client()
+    pubsub = listener.pubsub(ignore_subscribe_messages=True)
+    await pubsub.subscribe(a.app[SETTINGS].SOCKETIO_CHANNEL)
+    try:
+        await a.api.simulate(ref, "SUCCESSFUL")
+        done = await watcher.wait_for("payment-completed")
+        message = await _next_message(pubsub)
+        assert [m["event"] for m in json.loads(message["data"])["batch"]] == [
+            "payment-status", "payment-success", "payment-completed"
+        ]
+        with pytest.raises(asyncio.TimeoutError):  # and nothing else for this change
+            await _next_message(pubsub, timeout=0.3)
+    finally:
+        await pubsub.aclose()
+        await listener.aclose()
+    assert [e.name for e in watcher.payment_events()][-3:] == ["payment-status", "payment-success", "payment-completed"]
+    assert done[0].data["seq"] == 2
+
+
+async def _next_message(pubsub, timeout: float = 5.0):  # type: ignore[no-untyped-def]
+    """The next published message (get_message returns None for the subscribe confirmation)."""
+
+    async def loop():  # type: ignore[no-untyped-def]
+        while True:
+            message = await pubsub.get_message(timeout=timeout)
+            if message is not None:
+                return message
+
+    return await asyncio.wait_for(loop(), timeout)
