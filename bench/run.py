@@ -337,7 +337,7 @@ def table(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
         ("server RSS before/after (MiB)", None, None),
         ("memory per connection (KiB)", "kib_per_conn", "{:.1f}"),
         ("... incl. its tracked payments (KiB)", "kib_per_conn_tracking", "{:.1f}"),
-        (f"updates/s offered / achieved", None, None),
+        ("updates/s offered / achieved", None, None),
         ("update-to-client p50 (ms)", "p50_ms", "{:.2f}"),
         ("update-to-client p95 (ms)", "p95_ms", "{:.2f}"),
         ("update-to-client p99 (ms)", "p99_ms", "{:.2f}"),

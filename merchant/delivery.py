@@ -15,6 +15,7 @@ import random
 
 import httpx
 
+from background import cancel_and_wait
 from clock import Clock
 from merchant.message import OutboxEntry, sign
 from realtime.storage.base import Storage
@@ -112,9 +113,6 @@ class DeliveryWorker:
         self._task = asyncio.create_task(self._loop(), name="merchant-delivery")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         await self._http.aclose()

@@ -15,6 +15,7 @@ import contextlib
 import logging
 from dataclasses import dataclass
 
+from background import cancel_and_wait
 from clock import Clock
 from errors import ApiError
 from payments.model import PaymentStatus, Transition, UpdateSource
@@ -107,10 +108,7 @@ class Reconciler:
         self._task = asyncio.create_task(self._loop(), name="reconciler")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         with contextlib.suppress(Exception):
             await self._storage.release_lease(LEASE_NAME, self._instance_id)

@@ -10,11 +10,11 @@ periodic sweep frees their memory.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections import deque
 from datetime import datetime
 from typing import Generic, Iterator, TypeVar
 
+from background import cancel_and_wait
 from clock import Clock
 from merchant.message import OutboxEntry
 from payments.model import Payment, PaymentEvent, PaymentStatus, StatusUpdate, Transition
@@ -107,10 +107,7 @@ class MemoryStorage:
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="memory-storage-sweep")
 
     async def close(self) -> None:
-        if self._sweeper:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
+        await cancel_and_wait(self._sweeper)
 
     async def _sweep_forever(self) -> None:
         while True:

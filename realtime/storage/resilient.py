@@ -36,6 +36,7 @@ from typing import Awaitable, Callable, TypeVar
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from background import cancel_and_wait
 from clock import Clock
 from merchant.message import OutboxEntry
 from payments.model import Payment, PaymentEvent, StatusUpdate, Transition
@@ -94,10 +95,7 @@ class ResilientStorage:
         self._watcher = asyncio.create_task(self._watch(), name="redis-storage-watch")
 
     async def close(self) -> None:
-        if self._watcher:
-            self._watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watcher
+        await cancel_and_wait(self._watcher)
         if not self._healthy and self._has_pending_writes():
             with contextlib.suppress(*OUTAGE_ERRORS):
                 await asyncio.wait_for(self._recover(), 5)  # last chance before the memory copy is gone
