@@ -22,6 +22,7 @@ from tests import campay_fake
 from tests.campay_fake import FakeCampay
 from tests.merchant_receiver import MerchantReceiver
 from tests.harness import Api, Tracker, make_settings
+from tests.auth_service import auth_service  # noqa: F401 - fixture
 from tests.redis_server import redis_server  # noqa: F401 - fixture
 
 

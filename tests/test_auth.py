@@ -10,13 +10,13 @@ from typing import Any
 import jwt
 import pytest
 import socketio
-from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from auth.authenticators import token_cache_key
 from tests.campay_fake import unsigned_token
 from tests.conftest import Instance, StartInstance
+from tests.auth_service import AuthService
 from tests.harness import JWT_SECRET, PRODUCTION, WAIT, user_token
 
 
@@ -163,35 +163,6 @@ async def test_refresh_token_keeps_the_socket(start_instance: StartInstance) -> 
 
 
 # -- introspection ------------------------------------------------------------------------
-
-
-class AuthService:
-    """The merchant's auth service: answers GET with the user for known tokens, 401 otherwise."""
-
-    def __init__(self) -> None:
-        self.users = {"opaque-alice": {"sub": "alice", "scope": ""}}
-        self.calls = 0
-        self.down = False
-
-    def app(self) -> web.Application:
-        app = web.Application()
-        app.router.add_get("/introspect", self.handle)
-        return app
-
-    async def handle(self, request: web.Request) -> web.Response:
-        self.calls += 1
-        if self.down:
-            return web.json_response({"message": "down"}, status=503)
-        token = request.headers.get("Authorization", "").removeprefix("Bearer ")
-        user = self.users.get(token)
-        return web.json_response(user, status=200) if user else web.json_response({}, status=401)
-
-
-@pytest.fixture
-async def auth_service(aiohttp_server) -> tuple[AuthService, str]:  # type: ignore[no-untyped-def]
-    service = AuthService()
-    server = await aiohttp_server(service.app())
-    return service, str(server.make_url("/introspect"))
 
 
 async def test_introspection_caches_only_the_hash_and_survives_an_auth_outage(

@@ -7,7 +7,7 @@ import pytest
 from auth.authenticators import token_cache_key
 from tests.conftest import StartInstance
 from tests.harness import PRODUCTION
-from tests.test_auth import AuthService, auth_service  # noqa: F401 - fixture
+from tests.auth_service import AuthService
 
 pytestmark = pytest.mark.redis
 
