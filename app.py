@@ -95,7 +95,7 @@ def create_app(
         storage = count_failures(storage)
     else:
         storage = create_storage(settings, clock, on_write_back=announce_write_back, instrument=count_failures)
-    delivery = _create_delivery(settings, storage, clock)
+    delivery = _create_delivery(settings, storage, clock, metrics)
     service = PaymentService(
         storage,
         provider,
@@ -251,7 +251,7 @@ def create_authenticator(settings: Settings, storage: Storage, clock: Clock) -> 
     return NoAuth()
 
 
-def _create_delivery(settings: Settings, storage: Storage, clock: Clock) -> DeliveryWorker | None:
+def _create_delivery(settings: Settings, storage: Storage, clock: Clock, metrics: Metrics) -> DeliveryWorker | None:
     """The merchant webhook worker, or None when no MERCHANT_WEBHOOK_URL is set."""
     if not settings.MERCHANT_WEBHOOK_URL:
         return None
@@ -263,6 +263,7 @@ def _create_delivery(settings: Settings, storage: Storage, clock: Clock) -> Deli
         max_attempts=settings.MERCHANT_WEBHOOK_MAX_ATTEMPTS,
         retry_scale=settings.MERCHANT_WEBHOOK_RETRY_SCALE,
         poll_interval=settings.MERCHANT_WEBHOOK_POLL_SECONDS,
+        metrics=metrics,
     )
 
 

@@ -47,6 +47,12 @@ class Metrics:
             "paytrack_payments", "Payments that reached each status (PENDING at creation)", ["status"], registry=r
         )
         self.webhooks = Counter("paytrack_webhooks", "CamPay webhooks received, by outcome", ["outcome"], registry=r)
+        self.merchant_deliveries = Counter(
+            "paytrack_merchant_deliveries",
+            "Merchant webhook delivery attempts, by outcome (delivered, retry, dead)",
+            ["outcome"],
+            registry=r,
+        )
         self.update_to_emit = Histogram(
             "paytrack_update_to_emit_seconds",
             "From a status update entering apply_update to its events being emitted",

@@ -18,6 +18,7 @@ import httpx
 from background import cancel_and_wait
 from clock import Clock
 from merchant.message import OutboxEntry, sign
+from metrics import Metrics
 from realtime.storage.base import Storage
 
 log = logging.getLogger("paytrack.merchant")
@@ -45,7 +46,9 @@ class DeliveryWorker:
         poll_interval: float = 1.0,
         concurrency: int = 16,
         transport: httpx.AsyncBaseTransport | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
+        self._metrics = metrics
         self._storage = storage
         self._clock = clock
         self._secret = secret
@@ -86,17 +89,24 @@ class DeliveryWorker:
             error = f"{exc.__class__.__name__}: {exc}"[:300]
         context = {"message_id": entry.message_id, "url": entry.url, "attempt": attempts, "type": entry.type}
         if error is None:
+            self._count("delivered")
             await self._storage.outbox_delivered(entry.id)
             log.info("merchant webhook delivered", extra=context)
             return True
         if attempts >= self._max_attempts:
+            self._count("dead")
             await self._storage.outbox_kill(entry.id, attempts, error)
             log.error("merchant webhook dead-lettered", extra={**context, "error": error})
             return False
+        self._count("retry")
         next_at = self._clock.now().timestamp() + retry_delay(attempts, self._retry_scale)
         await self._storage.outbox_reschedule(entry.id, attempts, next_at, error)
         log.warning("merchant webhook failed; will retry", extra={**context, "error": error})
         return False
+
+    def _count(self, outcome: str) -> None:
+        if self._metrics is not None:
+            self._metrics.merchant_deliveries.labels(outcome).inc()
 
     async def _loop(self) -> None:
         while True:

@@ -17,7 +17,7 @@ from auth.authenticators import token_cache_key
 from tests.campay_fake import unsigned_token
 from tests.conftest import Instance, StartInstance
 from tests.auth_service import AuthService
-from tests.harness import JWT_SECRET, PRODUCTION, WAIT, user_token
+from tests.harness import JWT_SECRET, PRODUCTION, WAIT, eventually, user_token
 
 
 def _rsa_pair() -> tuple[str, str]:
@@ -203,6 +203,19 @@ async def test_initiate_rate_limit_returns_429_with_retry_after(start_instance: 
     assert await instance.storage.get_order_payment("o-r3") is None
     other = instance.api.as_user(user_token("bob"))
     assert (await other.initiate(order_id="o-r4"))[0] == 201  # per user: bob is not slowed down
+
+
+async def test_rate_limit_recovers_after_retry_after(start_instance: StartInstance) -> None:
+    instance = await start_instance(**PRODUCTION, RATE_LIMIT_INITIATE_PER_USER="1/second")
+    api = instance.api.as_user(user_token("alice"))
+    assert (await api.initiate(order_id="o-rec-1"))[0] == 201
+    status, _, headers = await api.initiate(order_id="o-rec-2")
+    assert status == 429 and headers["Retry-After"] == "1"
+
+    async def allowed_again() -> bool:  # the window is real time: poll, bounded
+        return (await api.initiate(order_id="o-rec-2"))[0] == 201
+
+    assert await eventually(allowed_again, timeout=WAIT, interval=0.25)
 
 
 async def test_track_limit_per_socket(start_instance: StartInstance) -> None:

@@ -150,3 +150,17 @@ def test_retry_schedule_spans_about_a_day() -> None:
     assert len(RETRY_SCHEDULE) == 11 and 20 * 3600 <= total <= 24 * 3600
     assert 0.9 * 5 <= retry_delay(1, 1.0) <= 1.1 * 5
     assert retry_delay(50, 1.0) <= 1.1 * RETRY_SCHEDULE[-1]
+
+
+async def test_deliveries_are_counted_by_outcome(start_instance: StartInstance, merchant: MerchantReceiver) -> None:
+    merchant.responses = [500]
+    instance = await start_instance(**merchant_settings(merchant))
+    await _paid(instance, "order-metrics")
+    await merchant.wait_for(accepted=1)
+    await eventually(lambda: _outbox_empty(instance))
+    status, _, _ = await instance.api.request("GET", "/metrics")
+    async with instance.api.session.get(instance.url + "metrics") as resp:
+        text = await resp.text()
+    assert status == 200
+    assert 'paytrack_merchant_deliveries_total{outcome="retry"} 1.0' in text
+    assert 'paytrack_merchant_deliveries_total{outcome="delivered"} 1.0' in text
