@@ -38,6 +38,7 @@ class FakeCampay:
         self.token_expires_in = token_expires_in
         self.transactions: dict[str, dict[str, Any]] = {}
         self.calls: Counter[str] = Counter()
+        self.transaction_tokens: list[str] = []  # the token behind each status call (which caller asked)
         self.valid_tokens: set[str] = set()
         # endpoint name -> queue of HTTP statuses to answer with before behaving normally
         self.fail_next: dict[str, list[int]] = defaultdict(list)
@@ -170,6 +171,7 @@ class FakeCampay:
 
     async def _transaction(self, request: web.Request) -> web.Response:
         self.calls["transaction"] += 1
+        self.transaction_tokens.append(request.headers.get("Authorization", ""))
         if not self._authorized(request):
             return web.json_response({"detail": "Invalid token."}, status=401)
         if (failure := self._injected_failure("transaction")) is not None:

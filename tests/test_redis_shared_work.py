@@ -1,11 +1,12 @@
-"""Merchant outbox and shared limits on a real redis-server: durable across restarts, once across instances."""
+"""Shared work on a real redis-server: the merchant outbox (durable, once across instances),
+rate limits, and the reconciler lease."""
 
 from __future__ import annotations
 
 import pytest
 
 from appkeys import DELIVERY
-from tests.conftest import StartInstance
+from tests.conftest import StartInstance, campay_settings
 from tests.harness import JWT_SECRET, eventually, user_token
 from tests.merchant_receiver import MerchantReceiver, merchant_settings
 
@@ -94,3 +95,16 @@ async def test_merchant_message_from_an_outage_is_still_delivered(
     await merchant.wait_for(accepted=1)
     assert merchant.accepted[0].body["data"]["status"] == "SUCCESSFUL"
     await eventually(lambda: _empty(instance))
+
+
+async def test_reconciler_sweeps_on_one_instance_at_a_time(
+    start_redis_instance: StartInstance, campay  # type: ignore[no-untyped-def]
+) -> None:
+    campay.valid_tokens |= {"token-a", "token-b"}
+    fast = {"RECONCILE_ENABLED": True, "RECONCILE_AFTER_SECONDS": 0, "RECONCILE_INTERVAL_SECONDS": 0.05}
+    a = await start_redis_instance(**campay_settings(campay, CAMPAY_PERMANENT_ACCESS_TOKEN="token-a", **fast), INSTANCE_ID="a")
+    await start_redis_instance(**campay_settings(campay, CAMPAY_PERMANENT_ACCESS_TOKEN="token-b", **fast), INSTANCE_ID="b")
+    status, _, _ = await a.api.initiate(order_id="o-sweep")
+    assert status == 201
+    await eventually(lambda: len(campay.transaction_tokens) >= 10)  # many sweeps of the PENDING payment
+    assert len(set(campay.transaction_tokens)) == 1  # ... all by the lease holder
