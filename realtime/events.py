@@ -160,11 +160,16 @@ def register_handlers(
         expires = utc_iso(identity.expires_at) if identity.expires_at else None
         return {"ok": True, "expires_at": expires}
 
+    async def unknown_event(event: str, sid: str, *data: Any) -> dict[str, Any]:
+        """Any other event: a clear ack error instead of silence (a client waiting on an ack would hang)."""
+        return _error("unknown_event", f"unknown event {str(event)[:64]!r}; see docs/API.md for the events")
+
     sio.on("connect", connect)
     sio.on("disconnect", disconnect)
     sio.on(ev.TRACK_PAYMENT, track_payment)
     sio.on(ev.STOP_TRACKING_PAYMENT, stop_tracking_payment)
     sio.on(ev.REFRESH_TOKEN, refresh_token)
+    sio.on("*", unknown_event)
     return timers
 
 

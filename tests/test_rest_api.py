@@ -240,3 +240,11 @@ async def test_malformed_stop_tracking_acks_error(instance: Instance) -> None:
     client = await instance.tracker()
     ack = await client.call("stop-tracking-payment", {"reference": {"nested": True}})
     assert ack["ok"] is False and ack["error"]["code"] == "invalid_payload"
+
+
+async def test_unknown_socket_event_acks_an_error(instance: Instance) -> None:
+    client = await instance.tracker()
+    ack = await client.call("track-payments", {"reference": "r"})
+    assert ack["ok"] is False and ack["error"]["code"] == "unknown_event"
+    ack = await client.call("track-payment", b"\x00\x01binary")
+    assert ack["ok"] is False and ack["error"]["code"] == "invalid_payload"

@@ -23,7 +23,12 @@ async def _fields(request: web.Request) -> dict[str, Any]:
     if request.method == "GET":
         return dict(request.query)
     if request.content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
-        form = await request.post()
+        try:
+            form = await request.post()
+        except web.HTTPException:
+            raise  # e.g. 413 for an oversize body
+        except Exception as exc:  # aiohttp's form parser raises assorted errors on a malformed body
+            raise InvalidRequest(f"malformed form body ({type(exc).__name__})", code="invalid_form") from None
         return {k: v for k, v in form.items() if isinstance(v, str)}
     if request.content_type == "application/json" or not request.content_type:
         return await read_json_object(request)
