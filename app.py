@@ -102,6 +102,7 @@ def create_app(
         notifier,
         clock,
         idempotency_ttl=settings.PAYMENT_TTL_SECONDS,
+        order_lock_seconds=_slowest_collect_seconds(settings) + 5,
         outbox=OutboxPolicy(settings.MERCHANT_WEBHOOK_URL, settings.MERCHANT_WEBHOOK_EVENTS),
         on_outbox=delivery.wake if delivery else None,
         sandbox_autocomplete_seconds=settings.SANDBOX_AUTOCOMPLETE_SECONDS,
@@ -249,6 +250,13 @@ def create_authenticator(settings: Settings, storage: Storage, clock: Clock) -> 
             settings.AUTH_SERVICE_URL, storage, clock, cache_ttl=settings.AUTH_CACHE_TTL_SECONDS
         )
     return NoAuth()
+
+
+def _slowest_collect_seconds(settings: Settings) -> float:
+    """Every attempt timing out, plus the longest backoff waits between them (payments/campay.py)."""
+    attempts = settings.CAMPAY_RETRY_ATTEMPTS
+    max_wait = max(settings.CAMPAY_RETRY_BASE_SECONDS * 16, 0.01) + settings.CAMPAY_RETRY_BASE_SECONDS
+    return attempts * settings.CAMPAY_TIMEOUT_SECONDS + (attempts - 1) * max_wait
 
 
 def _create_delivery(settings: Settings, storage: Storage, clock: Clock, metrics: Metrics) -> DeliveryWorker | None:

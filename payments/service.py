@@ -31,9 +31,9 @@ log = logging.getLogger("paytrack.payments")
 # One line per payment operation (initiate, applied or ignored transition), never a token or full phone.
 audit = logging.getLogger("paytrack.audit")
 
-# How long an order stays locked while its collect call is in flight; longer
-# than the provider timeout so a slow call cannot be overtaken by a second one.
-ORDER_LOCK_SECONDS = 30.0
+# Errors that say "not now" rather than answering the request: a retry with the
+# same Idempotency-Key must be able to try again, so they are not remembered.
+_TRANSIENT_CODES = {"initiation_in_progress"}
 
 
 class Notifier(Protocol):
@@ -65,6 +65,7 @@ class PaymentService:
         clock: Clock,
         *,
         idempotency_ttl: float,
+        order_lock_seconds: float = 30.0,
         outbox: OutboxPolicy | None = None,
         on_outbox: Callable[[], None] | None = None,
         sandbox_autocomplete_seconds: float | None = None,
@@ -76,6 +77,9 @@ class PaymentService:
         self.notifier = notifier
         self.clock = clock
         self._idempotency_ttl = idempotency_ttl
+        # Longer than the slowest collect (all attempts), so an in-flight call
+        # cannot be overtaken by a second initiate for the same order.
+        self._order_lock_seconds = order_lock_seconds
         self._outbox = outbox or OutboxPolicy([], [])
         self._on_outbox = on_outbox
         self._autocomplete = sandbox_autocomplete_seconds
@@ -149,7 +153,7 @@ class PaymentService:
         try:
             result = await self._initiate_once(request, owner_id)
         except ApiError as exc:
-            if isinstance(exc, ProviderError) and exc.retry_safe:
+            if (isinstance(exc, ProviderError) and exc.retry_safe) or exc.code in _TRANSIENT_CODES:
                 # The provider never received the request: a retry may try again.
                 await self.storage.release_idempotency(idempotency_key)
                 raise
@@ -170,7 +174,7 @@ class PaymentService:
         return result
 
     async def _initiate_once(self, request: InitiateRequest, owner_id: str | None) -> InitiateResult:
-        if not await self.storage.acquire_order_lock(request.order_id, ORDER_LOCK_SECONDS):
+        if not await self.storage.acquire_order_lock(request.order_id, self._order_lock_seconds):
             raise Conflict(
                 f"a payment for order {request.order_id} is being initiated right now",
                 code="initiation_in_progress",

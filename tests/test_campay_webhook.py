@@ -12,6 +12,7 @@ from appkeys import RECONCILER
 from clock import ManualClock
 from tests.campay_fake import WEBHOOK_KEY, FakeCampay, unsigned_token
 from tests.conftest import Instance, StartInstance, campay_settings
+from tests.harness import eventually
 
 
 @pytest.fixture
@@ -320,3 +321,21 @@ async def test_fake_control_route_settles_and_sends_signed_webhook(
         body = await resp.json()
     assert body == {"webhook_status": 200, "webhook_answer": {"received": True, "outcome": "applied"}}
     assert await _state(live, ref) == ("SUCCESSFUL", 2)
+
+
+async def test_in_progress_conflict_is_not_remembered_under_the_idempotency_key(
+    live: Instance, campay: FakeCampay
+) -> None:
+    import asyncio
+
+    campay.collect_gate = asyncio.Event()  # the first collect hangs at CamPay until released
+    first = asyncio.create_task(live.api.initiate(order_id="o-busy", headers={"Idempotency-Key": "k1"}))
+    await eventually(lambda: campay.calls["collect"] == 1)
+    status, body, _ = await live.api.initiate(order_id="o-busy", headers={"Idempotency-Key": "k2"})
+    assert status == 409 and body["error"]["code"] == "initiation_in_progress"
+    campay.collect_gate.set()
+    assert (await first)[0] == 201
+    status, body, headers = await live.api.initiate(order_id="o-busy", headers={"Idempotency-Key": "k2"})
+    assert status == 409 and body["error"]["code"] == "payment_pending"  # answered afresh, not replayed
+    assert "Idempotent-Replayed" not in headers
+    assert campay.calls["collect"] == 1
