@@ -97,3 +97,17 @@ async def test_server_serves_and_shuts_down_cleanly(sig: signal.Signals) -> None
         _, err = await asyncio.wait_for(proc.communicate(), WAIT * 2)
     assert proc.returncode == 0, err.decode()
     assert "Traceback" not in err.decode()
+
+
+def test_every_setting_is_documented_in_env_example_and_readme() -> None:
+    import re
+
+    from settings import Settings
+
+    env = (ROOT / ".env.example").read_text()
+    readme = (ROOT / "README.md").read_text()
+    missing = [
+        name for name in Settings.model_fields
+        if not re.search(rf"^#?\s*{name}=", env, re.M) or f"`{name}`" not in readme
+    ]
+    assert missing == []
