@@ -10,7 +10,7 @@ from aiohttp import web
 
 from appkeys import CLOCK, DELIVERY, SERVICE, SETTINGS, STORAGE
 from errors import NotFound, read_json_object
-from payments.model import StatusUpdate, Transition, UpdateSource
+from payments.model import StatusUpdate, UpdateSource
 from payments.schemas import SimulateRequest
 
 routes = web.RouteTableDef()
@@ -59,17 +59,13 @@ async def simulate(request: web.Request) -> web.Response:
         reference=body.reference, status=body.status, reason=body.reason, source=UpdateSource.SIMULATION
     )
 
-    async def apply() -> Transition:
-        settle = getattr(service.provider, "settle", None)
-        if settle is not None:  # the sandbox remembers the outcome, as CamPay would
-            settle(body.reference, body.status, body.reason)
-        return await service.apply_update(update)
-
     if body.delay_ms:
-        service.run_in_background(_after(body.delay_ms / 1000, apply), name=f"simulate-{body.reference}")
+        service.run_in_background(
+            _after(body.delay_ms / 1000, lambda: service.apply_simulated(update)), name=f"simulate-{body.reference}"
+        )
         return web.json_response({"scheduled": True, "reference": body.reference, "delay_ms": body.delay_ms}, status=202)
 
-    transition = await apply()
+    transition = await service.apply_simulated(update)
     if transition.payment is None:  # expired between the check and the update
         raise NotFound(f"no payment with reference {body.reference}", code="payment_not_found")
     return web.json_response(

@@ -228,16 +228,24 @@ class PaymentService:
         self._schedule_sandbox_completion(payment)
         return InitiateResult(201, payment.public(reveal_phone=True))
 
+    async def apply_simulated(self, update: StatusUpdate) -> Transition:
+        """A made-up outcome (simulate endpoint, sandbox timer), through the one update path.
+
+        The sandbox provider is told first, as CamPay would know the outcome,
+        so a later provider poll agrees with what was simulated.
+        """
+        settle = getattr(self.provider, "settle", None)
+        if settle is not None:
+            settle(update.reference, update.status, update.reason)
+        return await self.apply_update(update)
+
     def _schedule_sandbox_completion(self, payment: Payment) -> None:
         if self._autocomplete is None or self.provider.name != "sandbox":
             return
 
         async def complete() -> None:
             await asyncio.sleep(self._autocomplete or 0)
-            settle = getattr(self.provider, "settle", None)
-            if settle is not None:
-                settle(payment.reference, self._autocomplete_outcome)
-            await self.apply_update(
+            await self.apply_simulated(
                 StatusUpdate(
                     reference=payment.reference,
                     status=self._autocomplete_outcome,

@@ -94,11 +94,15 @@ class WebhookProcessor:
         self._verify = verify_with_provider
         self._metrics = metrics
 
-    async def process(self, hook: CampayWebhook, *, request_id: str | None = None) -> WebhookOutcome:
-        """Process one callback; its outcome (or `invalid_signature`) is counted in the metrics."""
+    async def process(self, hook: CampayWebhook) -> WebhookOutcome:
+        """Process one callback; its outcome (or `invalid_signature`) is counted in the metrics.
+
+        Log lines get the request id from the logging context the request-id
+        middleware binds, and the reference from the `bind` below.
+        """
         with bind(reference=hook.reference):
             try:
-                outcome = await self._process(hook, request_id=request_id)
+                outcome = await self._process(hook)
             except InvalidSignature:
                 self._count("invalid_signature")
                 raise
@@ -112,8 +116,8 @@ class WebhookProcessor:
         if self._metrics is not None:
             self._metrics.webhooks.labels(outcome).inc()
 
-    async def _process(self, hook: CampayWebhook, *, request_id: str | None = None) -> WebhookOutcome:
-        audit = {"reference": hook.reference, "claimed": hook.status, "request_id": request_id}
+    async def _process(self, hook: CampayWebhook) -> WebhookOutcome:
+        audit = {"reference": hook.reference, "claimed": hook.status}
         try:
             verify_signature(hook.signature, self._key, reference=hook.reference)
         except SignatureError as exc:

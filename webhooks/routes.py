@@ -13,7 +13,6 @@ from aiohttp import web
 from appkeys import LIMITER, WEBHOOKS
 from auth.http import client_ip
 from errors import InvalidRequest, read_json_object
-from request_id import current_request_id
 from webhooks.processor import CampayWebhook
 
 routes = web.RouteTableDef()
@@ -44,5 +43,5 @@ async def _fields(request: web.Request) -> dict[str, Any]:
 async def webhook(request: web.Request) -> web.Response:
     await request.app[LIMITER].check("webhook_ip", client_ip(request))
     hook = CampayWebhook.model_validate(await _fields(request))
-    outcome = await request.app[WEBHOOKS].process(hook, request_id=current_request_id())
+    outcome = await request.app[WEBHOOKS].process(hook)
     return web.json_response(outcome.body(), status=outcome.status_code)

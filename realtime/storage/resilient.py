@@ -142,6 +142,7 @@ class ResilientStorage:
             clients, self._dirty_clients = self._dirty_clients, set()
             removed, self._removed_clients = self._removed_clients, set()
             lost: set[str] = set()  # references whose local status lost to Redis's
+            outbox: list[OutboxEntry] = []
             try:
                 for ref in sorted(payments):
                     local = await self.fallback.get_payment(ref)
@@ -166,8 +167,7 @@ class ResilientStorage:
                         await self.primary.add_client(client)
                     clients.discard(sid)
             except BaseException:
-                if "outbox" in locals() and outbox:
-                    await self.fallback.restore_outbox(outbox)
+                await self.fallback.restore_outbox(outbox)  # not written yet: keep them here
                 self._dirty_payments |= payments
                 self._dirty_clients |= clients
                 self._removed_clients |= removed
