@@ -6,8 +6,6 @@ are fully independent, which is what lets the tests run several instances.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from typing import AsyncIterator
 
@@ -32,11 +30,11 @@ from payments.provider import PaymentProvider
 from payments.reconciler import ReconcilePolicy, Reconciler
 from payments.sandbox import SandboxProvider
 from payments.service import PaymentService
-from payments.model import Payment, PaymentEvent
-from realtime.events import register_handlers, tracked_payment_count
-from realtime.manager import create_client_manager
-from realtime.event_names import payment_room
+from realtime.delivery import LocalDelivery, Resync
+from realtime.events import register_handlers
+from realtime.manager import ResilientRedisManager, create_client_manager
 from realtime.notifier import SocketNotifier
+from realtime.sessions import Sessions
 from realtime.server import create_sio
 from realtime.storage.base import Storage
 from realtime.storage.factory import create_storage
@@ -78,23 +76,31 @@ def create_app(
     provider = create_provider(settings, clock, metrics)
     manager = create_client_manager(settings)
     sio = create_sio(settings, client_manager=manager)
-    metrics.count_tracked_with(lambda: tracked_payment_count(sio))
-    notifier = SocketNotifier(sio)
+    sessions = Sessions(max_tracked=settings.MAX_TRACKED_PER_SOCKET, auth_enabled=settings.AUTH_MODE is not AuthMode.NONE)
+    socket_delivery = LocalDelivery(sio, sessions)
+    manager.on_payment = socket_delivery.deliver
+    notifier = SocketNotifier(manager.publish_payment)
+    metrics.count_tracked_with(sessions.tracked_payment_count)
 
-    async def announce_write_back(payment: Payment) -> None:
-        # A change made while Redis was away reached only this instance's
-        # clients; now that pub/sub is back, tell every instance's (deduped by seq).
-        if manager is not None:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(manager.listening.wait(), settings.REDIS_TIMEOUT_SECONDS)
-        await notifier.send(PaymentEvent.of(payment), to=payment_room(payment.reference))
+    async def announce_recovered(references: list[str]) -> None:
+        """Redis is back: what it now holds for the payments changed meanwhile goes to every instance
+        (re-read, never the local copy), and this instance's sockets are resynced."""
+        for reference in references:
+            payment = await storage.get_payment(reference)
+            if payment is not None:
+                await notifier.announce(payment)
+        resync.request()
 
     # Storage failures are counted where they happen: on the backend that talks to the data.
     count_failures = lambda backend: InstrumentedStorage(backend, metrics)  # noqa: E731
     if storage is not None:
         storage = count_failures(storage)
     else:
-        storage = create_storage(settings, clock, on_write_back=announce_write_back, instrument=count_failures)
+        storage = create_storage(settings, clock, on_recovered=announce_recovered, instrument=count_failures)
+    resync = Resync(sessions, socket_delivery, storage, interval=settings.RESYNC_INTERVAL_SECONDS)
+    if isinstance(manager, ResilientRedisManager):
+        manager.on_listening = resync.request
+        manager.storage_healthy = lambda: bool(getattr(storage, "healthy", True))
     delivery = _create_delivery(settings, storage, clock, metrics)
     service = PaymentService(
         storage,
@@ -143,7 +149,8 @@ def create_app(
         sio,
         service=service,
         storage=storage,
-        notifier=notifier,
+        sessions=sessions,
+        delivery=socket_delivery,
         clock=clock,
         instance_id=settings.INSTANCE_ID,
         authenticator=authenticator,
@@ -169,8 +176,9 @@ def create_app(
 
     async def lifetime(app: web.Application) -> AsyncIterator[None]:
         await storage.start()
-        if manager is not None:
+        if isinstance(manager, ResilientRedisManager):
             await manager.start(sio, wait=settings.REDIS_TIMEOUT_SECONDS)
+        resync.start()
         if settings.RECONCILE_ENABLED:
             reconciler.start()
         if delivery is not None:
@@ -187,6 +195,7 @@ def create_app(
         try:
             yield
         finally:
+            await resync.stop()
             await reconciler.stop()
             await expiry_timers.close()
             await authenticator.close()
@@ -194,7 +203,7 @@ def create_app(
                 await delivery.stop()
             await service.close()
             await provider.close()
-            if manager is not None:
+            if isinstance(manager, ResilientRedisManager):
                 await manager.close()
             await storage.close()
 

@@ -63,6 +63,18 @@ class ProviderError(ApiError):
     retry_safe = False
 
 
+class Busy(ApiError):
+    """A shared resource (a connection pool) stayed full for its whole wait: back-pressure, not an outage.
+
+    The caller is told to come back shortly (503 with `Retry-After`); nothing was changed.
+    """
+
+    status, code = 503, "busy"
+
+    def __init__(self, message: str = "the server is busy; retry shortly", *, retry_after: int = 1) -> None:
+        super().__init__(message, retry_after=retry_after)
+
+
 def validation_details(exc: ValidationError) -> list[dict[str, Any]]:
     """Pydantic's errors as `[{field, message}]`, without echoing the input back."""
     details = []

@@ -145,6 +145,13 @@ class Settings(BaseSettings):
     REDIS_TIMEOUT_SECONDS: float = Field(2.0, gt=0, le=60)
     # PING interval on idle Redis connections (the pub/sub listener has no read timeout).
     REDIS_HEALTH_CHECK_INTERVAL_SECONDS: int = Field(15, ge=1, le=3600)
+    # Connections per Redis pool (storage, rate limiter, publisher). A burst beyond it waits up to
+    # REDIS_POOL_TIMEOUT_SECONDS for a free connection, then gets 503 `busy`: back-pressure, not an outage.
+    REDIS_POOL_SIZE: int = Field(50, ge=1, le=10_000)
+    REDIS_POOL_TIMEOUT_SECONDS: float = Field(2.0, gt=0, le=60)
+    # How often each instance re-reads the payments its sockets track and still wait on, and sends
+    # what a socket has not seen (a safety net for pub/sub messages lost without a reconnect).
+    RESYNC_INTERVAL_SECONDS: float = Field(10.0, gt=0, le=3600)
 
     @field_validator("FRONTEND_URL", mode="before")
     @classmethod

@@ -1,4 +1,4 @@
-"""Who may see which payment: its owner, an admin, or anyone when auth is off."""
+"""Who may see which payment: its owner or an admin; anyone when auth is off."""
 
 from __future__ import annotations
 
@@ -6,14 +6,25 @@ from auth.authenticators import Identity
 from payments.model import Payment
 
 
-def can_view(identity: Identity | None, payment: Payment, *, auth_enabled: bool) -> bool:
-    """True if `identity` may read or follow `payment`.
+def may_see(identity: Identity | None, owner_id: str | None, orphan: bool, *, auth_enabled: bool) -> bool:
+    """True if `identity` may read or follow a payment owned by `owner_id`.
 
-    A payment with no owner (one the provider told us about first) can be
-    followed by any authenticated caller: its reference is the secret.
+    A record the provider told us about before (or without) our initiation
+    (an orphan) is private: only an admin may read it until our initiation
+    adopts it, so a replayed or stray webhook can never expose a payment to
+    whoever holds its reference.
     """
     if not auth_enabled:
         return True
     if identity is None:
         return False
-    return identity.is_admin or payment.owner_id is None or payment.owner_id == identity.user_id
+    if identity.is_admin:
+        return True
+    if orphan:
+        return False
+    return owner_id is None or owner_id == identity.user_id
+
+
+def can_view(identity: Identity | None, payment: Payment, *, auth_enabled: bool) -> bool:
+    """`may_see` for a stored payment."""
+    return may_see(identity, payment.owner_id, payment.orphan, auth_enabled=auth_enabled)

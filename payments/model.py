@@ -36,6 +36,9 @@ class UpdateSource(str, Enum):
 
 _ZERO = timedelta(0)
 
+# The reason a payment fails when the provider confirms a different amount or currency than was initiated.
+AMOUNT_MISMATCH = "amount_mismatch"
+
 
 def utc_iso(moment: datetime) -> str:
     """ISO 8601 in UTC with a `Z`, the one timestamp format on the wire."""
@@ -79,10 +82,16 @@ class Payment(BaseModel):
     orphan: bool = False
     # The authenticated user who initiated it (None without auth, or for an orphan).
     owner_id: str | None = None
+    # What the provider itself reported (kept when it contradicts the initiation: amount_mismatch).
+    provider_amount: int | None = None
+    provider_currency: str | None = None
 
     def public(self, *, reveal_phone: bool = False) -> dict[str, Any]:
         """The REST representation: snake_case JSON, phone masked unless asked."""
-        data = self.model_dump(mode="json", exclude={"owner_id"})
+        data = self.model_dump(mode="json", exclude={"owner_id", "provider_amount", "provider_currency"})
+        if self.reason == AMOUNT_MISMATCH:
+            data["provider_amount"] = self.provider_amount
+            data["provider_currency"] = self.provider_currency
         data["timestamp"] = utc_iso(self.updated_at)
         data["created_at"] = utc_iso(self.created_at)
         data["updated_at"] = utc_iso(self.updated_at)
@@ -90,9 +99,6 @@ class Payment(BaseModel):
         if not reveal_phone:
             data["phone_number"] = mask_phone(self.phone_number)
         return data
-
-
-_TIMESTAMPS = {"created_at", "updated_at", "completed_at"}
 
 
 class StatusUpdate(BaseModel):

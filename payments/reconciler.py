@@ -14,11 +14,12 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass
+from typing import AsyncIterator
 
 from background import cancel_and_wait
 from clock import Clock
-from errors import ApiError
-from payments.model import PaymentStatus, Transition, UpdateSource
+from errors import ApiError, NotFound
+from payments.model import Transition, UpdateSource
 from payments.provider import PaymentProvider
 from payments.service import PaymentService
 from realtime.storage.base import Storage
@@ -26,6 +27,9 @@ from realtime.storage.base import Storage
 log = logging.getLogger("paytrack.reconciler")
 
 LEASE_NAME = "reconciler"
+PAGE_SIZE = 200  # due references read from storage at a time
+CONCURRENCY = 8  # provider checks in flight at once
+_RETRY = object()  # a check that failed for now (provider unreachable, busy)
 
 
 @dataclass(frozen=True)
@@ -67,28 +71,55 @@ class Reconciler:
         return await self._service.apply_update(tx.to_update(UpdateSource.PROVIDER_POLL))
 
     async def run_once(self, *, include_due: bool = True) -> list[Transition]:
-        """One pass: requested references, plus (when holding the lease) every due one."""
-        now = self._clock.now()
+        """One pass: requested references, plus (when holding the lease) every due one.
+
+        Due payments are read from storage in pages of creation time, oldest
+        first, with a cursor, so every PENDING payment inside the window is
+        asked about on every pass however many abandoned ones lie around it.
+        """
         requested, self._requested = self._requested, set()
         results: list[Transition] = []
-        candidates = [*requested, *(await self._storage.active_references() if include_due else [])]
-        for reference in dict.fromkeys(candidates):
-            payment = await self._storage.get_payment(reference)
-            if payment is None or payment.status is not PaymentStatus.PENDING:
-                continue
-            age = (now - payment.created_at).total_seconds()
-            due = reference in requested or self._policy.after_seconds <= age <= self._policy.max_age_seconds
-            if not due:
-                continue
-            try:
-                results.append(await self.refresh(reference))
-            except ApiError as exc:
-                log.warning(
-                    "provider check failed", extra={"reference": reference, "error": exc.code, "detail": exc.message}
-                )
-                if reference in requested:
-                    self._requested.add(reference)  # keep trying until the provider answers
+        await self._check_all(sorted(requested), results, keep_asking=True)
+        if include_due:
+            now = self._clock.now().timestamp()
+            async for page in self._due_pages(now - self._policy.max_age_seconds, now - self._policy.after_seconds):
+                await self._check_all([ref for ref in page if ref not in requested], results, keep_asking=False)
         return results
+
+    async def _due_pages(self, start: float, end: float) -> AsyncIterator[list[str]]:
+        """PENDING references created in [start, end], a page at a time; the cursor is (score, refs seen at it)."""
+        cursor, seen_at_cursor = start, set[str]()
+        while True:
+            limit = PAGE_SIZE + len(seen_at_cursor)
+            rows = await self._storage.pending_page(cursor, end, limit)
+            fresh = [(ref, score) for ref, score in rows if not (score == cursor and ref in seen_at_cursor)]
+            if fresh:
+                yield [ref for ref, _ in fresh]
+            if len(rows) < limit or not fresh:
+                return
+            last = fresh[-1][1]
+            seen_at_cursor = {ref for ref, score in rows if score == last} | (seen_at_cursor if last == cursor else set())
+            cursor = last
+
+    async def _check_all(self, references: list[str], results: list[Transition], *, keep_asking: bool) -> None:
+        for start in range(0, len(references), CONCURRENCY):
+            batch = references[start:start + CONCURRENCY]
+            outcomes = await asyncio.gather(*(self._check(ref) for ref in batch))
+            for reference, outcome in zip(batch, outcomes):
+                if isinstance(outcome, Transition):
+                    results.append(outcome)
+                elif outcome is _RETRY and keep_asking:
+                    self._requested.add(reference)  # keep trying until the provider answers
+
+    async def _check(self, reference: str) -> Transition | object:
+        try:
+            return await self.refresh(reference)
+        except NotFound:
+            log.warning("provider does not know this reference; not asking again", extra={"reference": reference})
+            return None
+        except ApiError as exc:
+            log.warning("provider check failed", extra={"reference": reference, "error": exc.code, "detail": exc.message})
+            return _RETRY
 
     async def _loop(self) -> None:
         ttl = self._policy.interval_seconds * 3

@@ -19,7 +19,7 @@ from clock import Clock
 from errors import ApiError, Conflict, NotFound, ProviderError, UnprocessableRequest
 from logs import bind
 from merchant.message import OutboxPolicy
-from payments.model import Payment, PaymentEvent, PaymentStatus, StatusUpdate, Transition, UpdateSource
+from payments.model import AMOUNT_MISMATCH, Payment, PaymentEvent, PaymentStatus, StatusUpdate, Transition, UpdateSource
 from payments.provider import CollectRequest, PaymentProvider
 from payments.schemas import InitiateRequest
 from realtime.storage.base import IdempotencyRecord, Storage
@@ -99,6 +99,7 @@ class PaymentService:
             transition = await self.storage.transition(
                 update, now, outbox=lambda t: self._outbox.for_transition(t, now) if self._outbox.enabled else []
             )
+            stored = transition.payment
             audit.info(
                 "status update %s",
                 transition.outcome,
@@ -107,7 +108,11 @@ class PaymentService:
                     "source": update.source.value,
                     "claimed": update.status,
                     "previous": transition.previous_status.value if transition.previous_status else None,
-                    "seq": transition.payment.seq if transition.payment else None,
+                    "seq": stored.seq if stored else None,
+                    "reason": stored.reason if stored and transition.applied else None,
+                    # CamPay's own figures, when they contradict the initiation (reason amount_mismatch)
+                    "provider_amount": update.amount if stored and stored.reason == AMOUNT_MISMATCH else None,
+                    "provider_currency": update.currency if stored and stored.reason == AMOUNT_MISMATCH else None,
                 },
             )
             if transition.applied:

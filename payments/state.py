@@ -1,21 +1,47 @@
-"""The payment state machine, as one pure function.
+"""The payment state rule, as two pure functions: `decide` for a status claim, `merge` for two copies.
 
 PENDING -> SUCCESSFUL and PENDING -> FAILED are the only moves. A terminal
-payment never changes again; a repeated status is a duplicate, any other move
-is a regression. Both are no-ops. Storage backends call `decide` inside their
-atomic step, so the rule lives here once and nowhere else.
+payment never changes status again; a repeated status is a duplicate, any
+other move is a regression. Both are no-ops.
+
+`seq` is one total order per payment: every applied change, and every merge
+that changes anything, takes a seq above every copy it saw, so two different
+states never share a seq and a client can drop anything not newer than what
+it holds.
+
+Every storage backend runs these inside its atomic step (a live update, a
+write-back after an outage, an initiation that meets a record the provider
+created first), so the rule lives here once and nowhere else.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 
-from payments.model import Payment, PaymentEvent, PaymentStatus, StatusUpdate, Transition, UpdateSource
+from payments.model import (
+    AMOUNT_MISMATCH,
+    Payment,
+    PaymentEvent,
+    PaymentStatus,
+    StatusUpdate,
+    Transition,
+    UpdateSource,
+)
 
 # Sources allowed to create a record for a reference we never initiated: the
 # provider speaking first (webhook before our initiate returned, or a payment
-# started elsewhere) must not be lost.
+# started elsewhere) must not be lost. Such a record is private (see auth.access).
 _ORPHAN_SOURCES = {UpdateSource.WEBHOOK, UpdateSource.PROVIDER_POLL}
+
+# Fields that come from our initiation; a merge never drops them.
+_INITIATION_FIELDS = (
+    "order_id", "amount", "currency", "phone_number", "description", "ussd_code", "provider", "owner_id",
+)
+# Fields the provider reports; a merge keeps whichever copy has them.
+_PROVIDER_FIELDS = ("operator", "operator_reference", "provider_amount", "provider_currency")
+# What makes two copies the same state (seq and timestamps aside).
+_STATE_FIELDS = (*_INITIATION_FIELDS, *_PROVIDER_FIELDS, "status", "reason", "orphan", "completed_at")
 
 
 def normalize_status(raw: str, reason: str | None) -> tuple[PaymentStatus, str | None]:
@@ -30,20 +56,37 @@ def normalize_status(raw: str, reason: str | None) -> tuple[PaymentStatus, str |
     return PaymentStatus.FAILED, reason or f"provider status {word or 'missing'}"
 
 
+def _confirmed_amount(payment: Payment, amount: int | None, currency: str | None) -> bool:
+    """False when the provider reports another amount or currency than this initiated payment asked for."""
+    if payment.orphan:
+        return True  # nothing initiated to compare with (yet): checked again when it is adopted
+    if amount is not None and payment.amount is not None and amount != payment.amount:
+        return False
+    return not (currency and payment.currency and currency.upper() != payment.currency.upper())
+
+
 def decide(current: Payment | None, update: StatusUpdate, now: datetime) -> Transition:
-    """Apply `update` to `current` and say what happened. Never mutates `current`."""
+    """Apply `update` to `current` and say what happened. Never mutates `current`.
+
+    A SUCCESSFUL claim whose amount or currency differs from the initiation
+    becomes FAILED with reason `amount_mismatch`: the shopper paid something
+    other than what the order asked for.
+    """
     status, reason = normalize_status(update.status, update.reason)
 
     if current is None:
         if update.source not in _ORPHAN_SOURCES:
             return Transition(applied=False, payment=None, outcome="unknown")
+        # Never indexed under an order (the claim's order id is not ours to trust) and owned by nobody:
+        # readable by admins only, until our initiation adopts it.
         payment = Payment(
             reference=update.reference,
-            order_id=update.external_reference,
             amount=update.amount,
             currency=update.currency or "XAF",
             operator=update.operator,
             operator_reference=update.operator_reference,
+            provider_amount=update.amount,
+            provider_currency=update.currency,
             provider="campay",
             status=status,
             reason=reason,
@@ -54,59 +97,81 @@ def decide(current: Payment | None, update: StatusUpdate, now: datetime) -> Tran
             orphan=True,
         )
         return Transition(
-            applied=True,
-            payment=payment,
-            previous_status=None,
-            outcome="created_orphan",
+            applied=True, payment=payment, previous_status=None, outcome="created_orphan",
             event=PaymentEvent.of(payment),
         )
 
-    if current.status is status:
-        return Transition(applied=False, payment=current, previous_status=current.status, outcome="duplicate")
     if current.status.is_terminal:
-        return Transition(applied=False, payment=current, previous_status=current.status, outcome="regression")
+        outcome = "duplicate" if current.status is status else "regression"
+        return Transition(applied=False, payment=current, previous_status=current.status, outcome=outcome)
+    if status is PaymentStatus.PENDING:
+        return Transition(applied=False, payment=current, previous_status=current.status, outcome="duplicate")
 
-    changes: dict[str, object] = {
-        "status": status,
-        "reason": reason,
-        "seq": current.seq + 1,
-        "updated_at": now,
-        "completed_at": now if status.is_terminal else None,
-    }
+    changes: dict[str, object] = {}
+    if status is PaymentStatus.SUCCESSFUL and not _confirmed_amount(current, update.amount, update.currency):
+        status, reason = PaymentStatus.FAILED, AMOUNT_MISMATCH
+    if update.amount is not None:
+        changes["provider_amount"] = update.amount
+    if update.currency:
+        changes["provider_currency"] = update.currency
+    changes.update(
+        status=status, reason=reason, seq=current.seq + 1, updated_at=now,
+        completed_at=now if status.is_terminal else None,
+    )
     if update.operator and not current.operator:
         changes["operator"] = update.operator
     if update.operator_reference:
         changes["operator_reference"] = update.operator_reference
-    if current.orphan and update.amount is not None and current.amount is None:
-        changes["amount"] = update.amount
     payment = current.model_copy(update=changes)
     return Transition(
-        applied=True,
-        payment=payment,
-        previous_status=current.status,
-        outcome="applied",
+        applied=True, payment=payment, previous_status=current.status, outcome="applied",
         event=PaymentEvent.of(payment),
     )
 
 
-def adopt_orphan(existing: Payment, fresh: Payment) -> Payment:
-    """Merge our initiation details into a record the provider created first.
+@dataclass(frozen=True)
+class Merge:
+    """The result of merging two copies: what to store, and whether it differs from the stored copy."""
 
-    The provider's status and seq win (they may already be terminal); the
-    order, amount, phone and USSD code come from our initiation.
+    payment: Payment
+    changed: bool
+
+
+def merge(stored: Payment | None, incoming: Payment, now: datetime) -> Merge:
+    """Combine the stored copy of a payment with another copy of it, by the same rule as `decide`.
+
+    Used when a change made during an outage is written back, and when our
+    initiation meets a record the provider created first (an orphan). In
+    either order:
+    - the initiation (owner, order, amount, phone, USSD code) comes from the
+      copy that has it, the stored one first; it is never dropped;
+    - a terminal status beats PENDING; of two terminal statuses the stored one
+      wins (the first one anybody stored);
+    - a SUCCESSFUL status is checked against the initiated amount, as in `decide`;
+    - if the result differs from the stored copy it gets seq
+      `max(stored.seq, incoming.seq) + 1`, so it is newer than both.
     """
-    return existing.model_copy(
-        update={
-            "order_id": fresh.order_id,
-            "amount": fresh.amount,
-            "currency": fresh.currency,
-            "phone_number": fresh.phone_number,
-            "description": fresh.description,
-            "ussd_code": fresh.ussd_code,
-            "operator": existing.operator or fresh.operator,
-            "provider": fresh.provider,
-            "owner_id": fresh.owner_id,
-            "created_at": min(existing.created_at, fresh.created_at),
-            "orphan": False,
-        }
-    )
+    if stored is None:
+        return Merge(incoming, changed=True)
+    owned, other = (incoming, stored) if stored.orphan and not incoming.orphan else (stored, incoming)
+    fields: dict[str, object] = {}
+    for name in _INITIATION_FIELDS:
+        fields[name] = getattr(owned, name) if getattr(owned, name) is not None else getattr(other, name)
+    for name in _PROVIDER_FIELDS:
+        fields[name] = getattr(stored, name) if getattr(stored, name) is not None else getattr(incoming, name)
+    fields["orphan"] = stored.orphan and incoming.orphan
+    fields["created_at"] = min(stored.created_at, incoming.created_at)
+
+    final = stored if stored.status.is_terminal or not incoming.status.is_terminal else incoming
+    status, reason, completed_at = final.status, final.reason, final.completed_at
+    if status is PaymentStatus.SUCCESSFUL and not fields["orphan"]:
+        candidate = stored.model_copy(update=fields)
+        if not _confirmed_amount(candidate, fields["provider_amount"], fields["provider_currency"]):  # type: ignore[arg-type]
+            status, reason = PaymentStatus.FAILED, AMOUNT_MISMATCH
+    fields.update(status=status, reason=reason, completed_at=completed_at)
+
+    if all(getattr(stored, name) == fields[name] for name in _STATE_FIELDS):
+        if fields["created_at"] == stored.created_at:
+            return Merge(stored, changed=False)
+    fields.update(seq=max(stored.seq, incoming.seq) + 1, updated_at=max(now, stored.updated_at))
+    return Merge(stored.model_copy(update=fields), changed=True)

@@ -13,7 +13,7 @@ import socketio
 from pydantic import BaseModel, ValidationError
 
 from auth.access import can_view
-from auth.authenticators import Authenticator, Identity
+from auth.authenticators import Authenticator
 from clock import Clock
 from errors import ApiError, validation_details
 from logs import bind
@@ -22,8 +22,9 @@ from payments.schemas import RefreshTokenPayload, StopTrackingPayload, TrackPayl
 from payments.service import PaymentService
 from ratelimit import RateLimiter
 from realtime import event_names as ev
+from realtime.delivery import LocalDelivery, message_for_event
 from realtime.expiry import ExpiryTimers
-from realtime.notifier import SocketNotifier
+from realtime.sessions import Sessions
 from realtime.storage.base import ClientRecord, Storage
 
 if TYPE_CHECKING:
@@ -54,7 +55,8 @@ def register_handlers(
     *,
     service: PaymentService,
     storage: Storage,
-    notifier: SocketNotifier,
+    sessions: Sessions,
+    delivery: LocalDelivery,
     clock: Clock,
     instance_id: str,
     authenticator: Authenticator,
@@ -65,10 +67,9 @@ def register_handlers(
     metrics: "Metrics | None" = None,
 ) -> ExpiryTimers:
     auth_enabled = authenticator.mode != "none"
-    identities: dict[str, Identity] = {}
 
     async def warn(sid: str, expires_at: Any) -> None:
-        await sio.emit(ev.TOKEN_EXPIRING, {"expires_at": utc_iso(expires_at)}, to=sid)
+        await sio.emit(ev.TOKEN_EXPIRING, {"expires_at": utc_iso(expires_at)}, to=sid, ignore_queue=True)
 
     async def expire(sid: str) -> None:
         log.info("socket token expired; disconnecting", extra={"socket_id": sid})
@@ -92,61 +93,83 @@ def register_handlers(
             audit.info("socket connection refused", extra={"why": exc.code, "socket_id": sid})
             # The client sees `connect_error` with err.message and err.data.code.
             raise socketio.exceptions.ConnectionRefusedError(exc.message, {"code": exc.code})
+        try:
+            await storage.add_client(ClientRecord(socket_id=sid, instance_id=instance_id, connected_at=clock.now()))
+        except ApiError as exc:  # busy: the client's reconnection will try again
+            raise socketio.exceptions.ConnectionRefusedError(exc.message, {"code": exc.code})
+        sessions.open(sid, identity)
         if identity is not None:
-            identities[sid] = identity
             timers.arm(sid, identity.expires_at)
-        await storage.add_client(ClientRecord(socket_id=sid, instance_id=instance_id, connected_at=clock.now()))
         if metrics is not None:
             metrics.connected_sockets.inc()
         # Emitted from a task so it goes out after the CONNECT packet, not before.
         sio.start_background_task(
-            sio.emit, ev.CONNECTED, {"socket_id": sid, "timestamp": utc_iso(clock.now())}, to=sid
+            sio.emit, ev.CONNECTED, {"socket_id": sid, "timestamp": utc_iso(clock.now())}, to=sid,
+            ignore_queue=True,
         )
 
     async def disconnect(sid: str, reason: Any = None) -> None:
         timers.cancel(sid)
-        identities.pop(sid, None)
+        sessions.close(sid)
         if metrics is not None:
             metrics.connected_sockets.dec()
-        await storage.remove_client(sid)
+        try:
+            await storage.remove_client(sid)
+        except ApiError:
+            log.info("socket record not removed (storage busy); it expires by itself", extra={"socket_id": sid})
 
     async def track_payment(sid: str, data: Any = None) -> dict[str, Any]:
+        """Follow a payment: its current state (or what was missed since `last_seq`) at once, then every change.
+
+        The socket is registered as a tracker before the state is read, so a
+        change applied in between is not missed; the per-socket gate
+        (realtime/sessions.py) makes sure nothing is sent twice or out of order.
+        A payment this socket may not see yet (unknown here, or a provider-made
+        record not adopted yet) answers `payment: null` and stays tracked: the
+        resync delivers it once it is stored and visible.
+        """
         parsed = _parse(TrackPayload, data)
         if not isinstance(parsed, TrackPayload):
             return parsed  # type: ignore[return-value]
         reference = parsed.reference
         with bind(reference=reference):
-            identity = identities.get(sid)
-            payment = await storage.get_payment(reference)
-            if payment is not None and not can_view(identity, payment, auth_enabled=auth_enabled):
-                audit.warning("track refused: not the owner", extra={"reference": reference, "socket_id": sid})
-                return _error("forbidden", "this payment belongs to another user")
-            client = await storage.get_client(sid)
-            if client is not None and reference not in client.tracked and len(client.tracked) >= max_tracked:
+            if not sessions.track(sid, reference, parsed.last_seq):
                 return _error("too_many_tracked", f"a connection may track at most {max_tracked} payments")
-            # Join before reading, so a change applied in between is not missed
-            # (at worst it arrives twice, with the same seq).
-            await sio.enter_room(sid, ev.payment_room(reference))
-            await storage.track(sid, reference)
-            catch_up = await service.catch_up(reference, parsed.last_seq)
-            for event in catch_up:
-                await notifier.send(event, to=sid)
-            log.debug("tracking", extra={"socket_id": sid, "last_seq": parsed.last_seq, "sent": len(catch_up)})
+            try:
+                payment = await storage.get_payment(reference)
+                if payment is not None and not can_view(sessions.identity(sid), payment, auth_enabled=auth_enabled):
+                    if not payment.orphan:
+                        sessions.untrack(sid, reference)
+                        audit.warning("track refused: not the owner", extra={"reference": reference, "socket_id": sid})
+                        return _error("forbidden", "this payment belongs to another user")
+                    payment = None  # private until adopted: indistinguishable from unknown
+                await storage.track(sid, reference)
+                sent = 0
+                if payment is not None:
+                    for event in await service.catch_up(reference, parsed.last_seq):
+                        sent += await delivery.deliver(message_for_event(event, payment), only=sid)
+            except ApiError as exc:
+                sessions.untrack(sid, reference)
+                return _error(exc.code, exc.message, **exc.extra)
+            log.debug("tracking", extra={"socket_id": sid, "last_seq": parsed.last_seq, "sent": sent})
         return {"ok": True, "payment": payment.public() if payment else None}
 
     async def stop_tracking_payment(sid: str, data: Any = None) -> dict[str, Any]:
         parsed = _parse(StopTrackingPayload, data)
         if not isinstance(parsed, StopTrackingPayload):
             return parsed  # type: ignore[return-value]
-        await sio.leave_room(sid, ev.payment_room(parsed.reference))
-        await storage.untrack(sid, parsed.reference)
+        sessions.untrack(sid, parsed.reference)
+        try:
+            await storage.untrack(sid, parsed.reference)
+        except ApiError as exc:
+            return _error(exc.code, exc.message, **exc.extra)
         return {"ok": True}
 
     async def refresh_token(sid: str, data: Any = None) -> dict[str, Any]:
         parsed = _parse(RefreshTokenPayload, data, shorthand="token")
         if not isinstance(parsed, RefreshTokenPayload):
             return parsed  # type: ignore[return-value]
-        current = identities.get(sid)
+        current = sessions.identity(sid)
         try:
             identity = await authenticator.authenticate(parsed.token)
         except ApiError as exc:
@@ -155,7 +178,7 @@ def register_handlers(
             return _error("auth_disabled", "authentication is off on this server")
         if identity.user_id != current.user_id:
             return _error("forbidden", "the new token is for a different user")
-        identities[sid] = identity
+        sessions.set_identity(sid, identity)
         timers.arm(sid, identity.expires_at)
         expires = utc_iso(identity.expires_at) if identity.expires_at else None
         return {"ok": True, "expires_at": expires}
@@ -171,10 +194,3 @@ def register_handlers(
     sio.on(ev.REFRESH_TOKEN, refresh_token)
     sio.on("*", unknown_event)
     return timers
-
-
-def tracked_payment_count(sio: socketio.AsyncServer) -> int:
-    """Payments with at least one tracking socket on this instance (rooms live in the socket manager)."""
-    rooms = sio.manager.rooms.get("/", {})
-    prefix = ev.payment_room("")
-    return sum(1 for name, members in rooms.items() if name and name.startswith(prefix) and members)

@@ -1,31 +1,25 @@
 """The Socket.IO client manager: in memory for one instance, Redis pub/sub for several.
 
-With `AsyncRedisManager`, an emit on any instance reaches clients on all of
-them. Its stock behaviour has three sharp edges during a Redis outage, which
-`ResilientRedisManager` handles:
+Payment updates travel as payment messages (realtime/delivery.py):
+`publish_payment` hands the message to this instance's `on_payment` (local
+delivery through the per-socket gate) and, with Redis, publishes it once for
+the other instances, whose listener hands it to their own `on_payment`.
 
-- Local delivery must not depend on Redis. `AsyncPubSubManager.emit` (5.11+)
-  delivers to this instance's clients first and then publishes for the
-  others; the stock `_publish` swallows failures, but only after redis-py's
-  retries (seconds per emit, and our notifier emits three events per
-  change). Here a publish is bounded by REDIS_TIMEOUT_SECONDS and, once one
-  fails, further publishes are skipped (and counted) for
-  REDIS_RECONNECT_INTERVAL_SECONDS (or until the listener is back), so a
-  checkout page on the same instance
-  still gets `payment-status`, `payment-success` and `payment-completed`
-  at once. If a future version stopped delivering locally before
-  publishing, `emit` below delivers locally itself when the publish fails.
-- Publishing uses its own connection, so a failed publish never replaces the
-  listener's connection under it.
-- The stock listener backs off up to 60 s; ours retries every
-  REDIS_RECONNECT_INTERVAL_SECONDS, and `listening` tells the app (and the
-  tests) when cross-instance delivery is live. The listener connection has
-  no read timeout; `health_check_interval` finds a dead one.
+With Redis, the stock `AsyncRedisManager` has sharp edges during an outage,
+which `ResilientRedisManager` handles:
 
-What an outage still costs: emits for clients on *other* instances are
-dropped while Redis is away (pub/sub has no memory). Those clients get the
-state back from the storage write-back re-announcement or when they
-re-track with `last_seq`.
+- Local delivery never depends on Redis: it happens before the publish, and
+  a publish is bounded by REDIS_TIMEOUT_SECONDS. After a failed publish,
+  further publishes are skipped for REDIS_RECONNECT_INTERVAL_SECONDS while
+  storage is also unhealthy (so an outage does not cost every update the
+  timeout); with storage healthy every publish is attempted.
+- Publishing uses its own connection pool, so a failed publish never replaces
+  the listener's connection under it.
+- The listener retries every REDIS_RECONNECT_INTERVAL_SECONDS (the stock one
+  backs off up to 60 s), `listening` tells when cross-instance delivery is
+  live, and `on_listening` is called after every (re)subscription so the app
+  resyncs its sockets: messages published while this listener was away are
+  never replayed by Redis.
 """
 
 from __future__ import annotations
@@ -33,22 +27,32 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 import socketio
 
+from realtime.delivery import PaymentMessage
 from realtime.redis_connection import connect
 from settings import Settings, StorageBackend
 
 log = logging.getLogger("paytrack.realtime.pubsub")
 
+PaymentHandler = Callable[[PaymentMessage], Awaitable[Any]]
+
+
+async def _nowhere(message: PaymentMessage) -> None:
+    return None
+
 
 class LocalManager(socketio.AsyncManager):
-    """In-memory rooms (one instance), with the same `emit_batch` as the Redis manager."""
+    """In-memory rooms (one instance), with the same `publish_payment` as the Redis manager."""
 
-    async def emit_batch(self, events: list[tuple[str, Any]], *, room: str, namespace: str = "/") -> None:
-        for event, data in events:
-            await self.emit(event, data, namespace, room=room)
+    def __init__(self) -> None:
+        super().__init__()
+        self.on_payment: PaymentHandler = _nowhere
+
+    async def publish_payment(self, message: PaymentMessage) -> None:
+        await self.on_payment(message)
 
 
 class ResilientRedisManager(socketio.AsyncRedisManager):
@@ -60,17 +64,23 @@ class ResilientRedisManager(socketio.AsyncRedisManager):
         timeout: float,
         reconnect_interval: float,
         health_check_interval: int,
+        pool_size: int,
+        pool_timeout: float,
     ) -> None:
         super().__init__(url, channel=channel, logger=log)
         self._timeout = timeout
         self._reconnect_interval = reconnect_interval
         self._health_check_interval = health_check_interval
+        self._pool_size = pool_size
+        self._pool_timeout = pool_timeout
         self._publisher: Any = None
         self._skip_publish_until = 0.0
         self.dropped_publishes = 0
         self.listening = asyncio.Event()
         self._first_attempt = asyncio.Event()  # set once the listener has tried Redis, either way
-        self._delivered_here: set[int] = set()  # ids of our own emit messages already delivered locally
+        self.on_payment: PaymentHandler = _nowhere
+        self.on_listening: Callable[[], None] = lambda: None
+        self.storage_healthy: Callable[[], bool] = lambda: True
 
     # -- connections ------------------------------------------------------------
     def _redis_connect(self) -> None:
@@ -103,69 +113,42 @@ class ResilientRedisManager(socketio.AsyncRedisManager):
                 socket_timeout=self._timeout,
                 connect_timeout=self._timeout,
                 health_check_interval=self._health_check_interval,
+                pool_size=self._pool_size,
+                pool_timeout=self._pool_timeout,
             )
         return self._publisher
 
-    # -- publishing ---------------------------------------------------------------
-    async def emit_batch(self, events: list[tuple[str, Any]], *, room: str, namespace: str = "/") -> None:
-        """Several emits to one room, in order, as ONE pub/sub message.
-
-        A status change is three events; publishing them separately made every
-        instance's listener parse three messages per change, which is what
-        capped cross-instance throughput. Local clients get them first, as
-        with `emit`. Other instances unpack the batch in `_handle_emit`.
-        """
-        messages = [
-            {"method": "emit", "event": event, "data": [data], "binary": False, "namespace": namespace,
-             "room": room, "skip_sid": None, "callback": None, "host_id": self.host_id}
-            for event, data in events
-        ]
-        for message in messages:
-            await super()._handle_emit(message)  # this instance's clients
-        batch = {"method": "emit", "batch": messages, "host_id": self.host_id}
-        self._delivered_here.add(id(batch))  # already delivered here: a failed publish must not repeat it
-        await self._publish(batch)
+    # -- payment messages ---------------------------------------------------------
+    async def publish_payment(self, message: PaymentMessage) -> None:
+        """This instance's sockets first, then ONE pub/sub message for the other instances."""
+        await self.on_payment(message)
+        await self._publish({"method": "emit", "paytrack": message, "host_id": self.host_id})
 
     async def _handle_emit(self, message: dict[str, Any]) -> None:
-        if "batch" in message:  # from another instance's emit_batch
-            for single in message["batch"]:
-                await super()._handle_emit(single)
+        if "paytrack" in message:  # another instance's payment message
+            await self.on_payment(message["paytrack"])
             return
-        if message.get("host_id") == self.host_id:
-            self._delivered_here.add(id(message))
         await super()._handle_emit(message)
 
     async def _publish(self, data: Any) -> bool:  # type: ignore[override]
         """Publish for the other instances; never raises, never blocks longer than the timeout."""
-        try:
-            return await self._publish_once(data)
-        finally:
-            self._delivered_here.discard(id(data))
-
-    async def _publish_once(self, data: dict[str, Any]) -> bool:
         loop = asyncio.get_running_loop()
-        if loop.time() < self._skip_publish_until and not self.listening.is_set():
+        if loop.time() < self._skip_publish_until and not self.storage_healthy():
             self.dropped_publishes += 1
-            return await self._fallback(data)
+            return False
         try:
             await asyncio.wait_for(
                 self._publisher_client().publish(self.channel, self.json.dumps(data)), self._timeout
             )
             return True
-        except Exception as exc:  # noqa: BLE001 - Redis away: deliver locally, tell the operator
+        except Exception as exc:  # noqa: BLE001 - Redis away: local delivery already happened
             self.dropped_publishes += 1
             self._skip_publish_until = loop.time() + self._reconnect_interval
             log.warning(
                 "Socket.IO publish failed: delivered to this instance's clients only",
                 extra={"error": f"{type(exc).__name__}: {exc}", "method": data.get("method")},
             )
-            return await self._fallback(data)
-
-    async def _fallback(self, data: dict[str, Any]) -> bool:
-        """Local delivery for an emit the base class meant to route through Redis only."""
-        if data.get("method") == "emit" and id(data) not in self._delivered_here:
-            await super()._handle_emit(data)  # the base's local delivery (AsyncManager.emit)
-        return False
+            return False
 
     # -- listening ----------------------------------------------------------------
     async def _redis_listen_with_retries(self):  # type: ignore[no-untyped-def]
@@ -178,6 +161,7 @@ class ResilientRedisManager(socketio.AsyncRedisManager):
                     log.info("Socket.IO pub/sub listening", extra={"channel": self.channel})
                 self.listening.set()
                 self._first_attempt.set()
+                self.on_listening()  # what was published while we were away is gone: resync
                 async for message in self.pubsub.listen():
                     yield message
             except asyncio.CancelledError:
@@ -222,14 +206,16 @@ class ResilientRedisManager(socketio.AsyncRedisManager):
             self._publisher = None
 
 
-def create_client_manager(settings: Settings) -> ResilientRedisManager | None:
-    """Redis pub/sub when storage is Redis (several instances share it); None means in-memory rooms."""
+def create_client_manager(settings: Settings) -> LocalManager | ResilientRedisManager:
+    """Redis pub/sub when storage is Redis (several instances share it), else in-memory rooms."""
     if settings.STORAGE_BACKEND is not StorageBackend.REDIS:
-        return None
+        return LocalManager()
     return ResilientRedisManager(
         settings.redis_url,
         channel=settings.SOCKETIO_CHANNEL,
         timeout=settings.REDIS_TIMEOUT_SECONDS,
         reconnect_interval=settings.REDIS_RECONNECT_INTERVAL_SECONDS,
         health_check_interval=settings.REDIS_HEALTH_CHECK_INTERVAL_SECONDS,
+        pool_size=settings.REDIS_POOL_SIZE,
+        pool_timeout=settings.REDIS_POOL_TIMEOUT_SECONDS,
     )

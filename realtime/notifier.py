@@ -1,42 +1,28 @@
-"""Turns payment events into Socket.IO emits, to a payment's room or to one socket.
+"""Turns stored payments into payment messages for every instance's sockets.
 
-The sequence for one change is fixed: `payment-status`, then for a terminal
-status `payment-success` or `payment-failed`, then `payment-completed`. All
-carry the same seq, so a client can drop anything it has already seen.
+What goes out is always the record as stored after the write (a transition's
+result, a created or merged record, a re-read after an outage), never a
+local copy; each instance's `LocalDelivery` then decides, per socket, what
+that socket has not seen yet.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-import socketio
-
-from payments.model import Payment, PaymentEvent, PaymentStatus, Transition
-from realtime import event_names as ev
+from payments.model import Payment, Transition
+from realtime.delivery import Publish, message_for
 
 
 class SocketNotifier:
-    def __init__(self, sio: socketio.AsyncServer) -> None:
-        self._sio = sio
+    def __init__(self, publish: Publish) -> None:
+        self._publish = publish
 
     async def payment_initiated(self, payment: Payment) -> None:
-        event = PaymentEvent.of(payment, with_ussd=True)
-        await self._sio.emit(ev.PAYMENT_INITIATED, event.payload(), room=ev.payment_room(payment.reference))
+        await self._publish(message_for(payment, initiated=True))
 
     async def payment_changed(self, transition: Transition) -> None:
-        if transition.event is not None:
-            await self.send(transition.event, to=ev.payment_room(transition.event.reference))
+        if transition.applied and transition.payment is not None:
+            await self._publish(message_for(transition.payment))
 
-    async def send(self, event: PaymentEvent, *, to: str) -> None:
-        """Emit the full sequence for one event to a room or a socket id.
-
-        The events go out as one batch (`emit_batch` on our managers), so with
-        several instances a change is one pub/sub message, not three.
-        """
-        payload = event.payload()
-        events: list[tuple[str, Any]] = [(ev.PAYMENT_STATUS, payload)]
-        if event.status is not PaymentStatus.PENDING:
-            success = event.status is PaymentStatus.SUCCESSFUL
-            events.append((ev.PAYMENT_SUCCESS if success else ev.PAYMENT_FAILED, payload))
-            events.append((ev.PAYMENT_COMPLETED, {**payload, "success": success}))
-        await self._sio.manager.emit_batch(events, room=to)
+    async def announce(self, payment: Payment) -> None:
+        """Tell every instance's sockets the stored state (after an outage's write-back)."""
+        await self._publish(message_for(payment))

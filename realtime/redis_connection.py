@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 from urllib.parse import urlparse
 
@@ -9,7 +10,32 @@ from redis import asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+
+class PoolExhausted(RedisError):
+    """Every connection of the pool stayed busy for the pool's whole timeout.
+
+    Deliberately not a `ConnectionError`: Redis itself is fine, we are just
+    asking too much of it at once. Callers answer "busy, retry" instead of
+    switching to degraded mode.
+    """
+
+
+class WaitingConnectionPool(aioredis.BlockingConnectionPool):
+    """redis-py's blocking pool (a burst waits for a free connection instead of failing at once),
+    raising `PoolExhausted` rather than a `ConnectionError` when the wait times out."""
+
+    async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().get_connection(*args, **kwargs)
+        except RedisConnectionError as exc:
+            if isinstance(exc.__cause__, asyncio.TimeoutError):
+                raise PoolExhausted(
+                    f"all {self.max_connections} Redis connections stayed busy for {self.timeout} s"
+                ) from None
+            raise
 
 
 def connect(
@@ -19,8 +45,13 @@ def connect(
     connect_timeout: float,
     health_check_interval: int,
     decode_responses: bool = True,
+    pool_size: int | None = None,
+    pool_timeout: float | None = None,
 ) -> aioredis.Redis:
     """A client for redis://, rediss:// (TLS), unix:// or redis+sentinel://[:pw@]h1:p1,h2:p2/db/service.
+
+    With `pool_size`, connections come from a `WaitingConnectionPool` of that
+    size whose callers wait up to `pool_timeout` for a free connection.
 
     One immediate retry lets a pooled connection that died with a Redis
     restart reconnect transparently. Anything longer is an outage that the
@@ -48,4 +79,7 @@ def connect(
             **connection,
         )
         return sentinel.master_for(service or "mymaster")
+    if pool_size is not None:
+        pool = WaitingConnectionPool.from_url(url, max_connections=pool_size, timeout=pool_timeout, **options)
+        return aioredis.Redis.from_pool(pool)  # closing the client closes its pool
     return aioredis.Redis.from_url(url, **options)

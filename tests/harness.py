@@ -166,3 +166,8 @@ async def eventually(check: Callable[[], Any], timeout: float = WAIT, interval: 
             await asyncio.sleep(interval)
 
     return await asyncio.wait_for(loop(), timeout)
+
+
+async def pending_references(storage: Any) -> list[str]:
+    """Every PENDING reference in `storage`, oldest first."""
+    return [reference for reference, _ in await storage.pending_page(0, float("inf"), 100_000)]

@@ -17,7 +17,7 @@ from auth.authenticators import token_cache_key
 from tests.campay_fake import unsigned_token
 from tests.conftest import Instance, StartInstance
 from tests.auth_service import AuthService
-from tests.harness import JWT_SECRET, PRODUCTION, WAIT, eventually, user_token
+from tests.harness import pending_references, JWT_SECRET, PRODUCTION, WAIT, eventually, user_token
 
 
 def _rsa_pair() -> tuple[str, str]:
@@ -62,7 +62,7 @@ JWT_REJECTS = [
 async def test_jwt_rejects_bad_tokens_on_rest_and_socket(prod: Instance, token: str | None, code: str) -> None:
     status, body, _ = await prod.api.as_user(token).initiate(order_id="o-auth")
     assert status == 401 and body["error"]["code"] == code
-    assert await prod.storage.active_references() == []
+    assert await pending_references(prod.storage) == []
     message = await _refused(prod, {"token": token} if token else None)
     assert code in message
 
@@ -298,4 +298,4 @@ async def test_length_limits(instance: Instance, payload: dict[str, Any]) -> Non
     body = {"order_id": "o-len", "amount": 100, "phone_number": "237671234567", **payload}
     status, answer, _ = await instance.api.request("POST", "/api/payment/initiate", json=body)
     assert status == 400 and answer["error"]["code"] == "validation_error"
-    assert await instance.storage.active_references() == []
+    assert await pending_references(instance.storage) == []

@@ -5,7 +5,13 @@ No redis-server needed: the instance points at a port nobody listens on.
 
 from __future__ import annotations
 
+import asyncio
+from datetime import datetime, timezone
+
 from appkeys import SIO
+from payments.model import Payment, PaymentStatus
+from realtime.delivery import message_for
+from tests.harness import WAIT
 from tests.conftest import StartInstance
 from tests.redis_server import free_port
 
@@ -34,18 +40,19 @@ async def test_without_redis_updates_still_reach_clients_on_the_same_instance(st
     assert [e.name for e in client.payment_events()] == [
         "payment-status", "payment-status", "payment-success", "payment-completed"
     ]
-    assert instance.app[SIO].manager.dropped_publishes >= 3
+    assert instance.app[SIO].manager.dropped_publishes >= 1  # one publish per change, not per event
 
 
-async def test_failed_publish_falls_back_to_local_delivery(start_instance: StartInstance) -> None:
-    """An emit the base class routed only through Redis is delivered locally when the publish fails."""
+async def test_payment_message_reaches_local_sockets_when_the_publish_fails(start_instance: StartInstance) -> None:
+    """Local delivery happens before, and never depends on, the publish for other instances."""
     instance = await _unreachable_instance(start_instance)
     manager = instance.app[SIO].manager
     client = await instance.tracker()
-    await client.track("ref-x")
-    message = {"method": "emit", "event": "payment-status", "data": [{"reference": "ref-x", "seq": 7}],
-               "binary": False, "namespace": "/", "room": "payment:ref-x", "skip_sid": None,
-               "callback": None, "host_id": manager.host_id}
-    assert await manager._publish(message) is False
-    received = await client.wait_for("payment-status")
-    assert received[-1].data == {"reference": "ref-x", "seq": 7}
+    ack = await client.track("ref-x")
+    assert ack == {"ok": True, "payment": None}
+    now = datetime.now(timezone.utc)
+    payment = Payment(reference="ref-x", status=PaymentStatus.SUCCESSFUL, seq=7, created_at=now, updated_at=now)
+    await asyncio.wait_for(manager.publish_payment(message_for(payment)), WAIT)
+    received = await client.wait_for("payment-completed")
+    assert received[-1].data["seq"] == 7 and received[-1].data["success"] is True
+    assert manager.dropped_publishes >= 1

@@ -81,7 +81,8 @@ async def test_terminal_status_from_degraded_mode_wins_over_pending_in_redis(
     await redis_server.start()
     await eventually(lambda: _status_is(instance, "healthy"))
     stored = await _stored_in_redis(redis_server, ref)
-    assert stored["status"] == "FAILED" and stored["reason"] == "cancelled" and stored["seq"] == 2
+    # merged by the state rule: seq above both copies (Redis's PENDING 1, memory's FAILED 2)
+    assert stored["status"] == "FAILED" and stored["reason"] == "cancelled" and stored["seq"] == 3
     # and a later claim cannot undo it
     status, body, _ = await instance.api.simulate(ref, "SUCCESSFUL")
     assert body["applied"] is False and body["outcome"] == "regression"

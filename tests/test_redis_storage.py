@@ -13,7 +13,7 @@ from payments.model import Payment, PaymentStatus, StatusUpdate, UpdateSource
 from realtime.storage.base import ClientRecord, IdempotencyRecord
 from realtime.storage.memory import MemoryStorage
 from realtime.storage.redis import RedisStorage
-from tests.harness import eventually, make_settings
+from tests.harness import pending_references, eventually, make_settings
 from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.redis
@@ -50,14 +50,14 @@ async def test_payment_round_trips_with_order_index_and_active_index(storage: Re
     created = await storage.create_payment(_payment())
     assert await storage.get_payment("ref-1") == created
     assert await storage.get_order_payment("order-1") == created
-    assert await storage.active_references() == ["ref-1"]
+    assert await pending_references(storage) == ["ref-1"]
     assert [e.seq for e in await storage.events_after("ref-1", 0)] == [1]
 
     result = await storage.transition(_update("SUCCESSFUL"), datetime.now(timezone.utc))
     assert result.applied and result.payment.seq == 2
     stored = await storage.get_payment("ref-1")
     assert stored.status is PaymentStatus.SUCCESSFUL and stored.seq == 2
-    assert await storage.active_references() == []
+    assert await pending_references(storage) == []
     assert [e.seq for e in await storage.events_after("ref-1", 1)] == [2]
 
     plain = redis_server.client()
@@ -90,7 +90,8 @@ async def test_event_log_is_capped_and_orphans_are_adopted(redis_server: RedisSe
         assert (await storage.transition(_update("SUCCESSFUL", "orphan"), now)).applied
         assert [e.seq for e in await storage.events_after("orphan", 0)] == [2]  # only the newest kept
         merged = await storage.create_payment(_payment("orphan", "order-2"))
-        assert merged.status is PaymentStatus.SUCCESSFUL and merged.seq == 2
+        # the provider's final status is kept, our initiation added, and seq moves past both copies
+        assert merged.status is PaymentStatus.SUCCESSFUL and merged.seq == 3
         assert merged.order_id == "order-2" and not merged.orphan
         assert await storage.get_order_payment("order-2") == merged
     finally:
@@ -117,7 +118,7 @@ async def test_payments_and_clients_expire_in_redis(redis_server: RedisServer) -
         await eventually(gone, timeout=5, interval=0.1)
         assert await storage.list_clients() == []
         assert await storage.tracker_count("ref-1") == 0
-        assert await storage.active_references() == []  # pruned from the index
+        assert await pending_references(storage) == []  # pruned from the index
         assert await storage.redis.zcard(storage._keys.active()) == 0
     finally:
         await storage.close()
@@ -184,14 +185,14 @@ async def test_merge_never_moves_redis_backwards(storage: RedisStorage) -> None:
     now = datetime.now(timezone.utc)
     pending = await storage.create_payment(_payment())
     local_success = pending.model_copy(update={"status": PaymentStatus.SUCCESSFUL, "seq": 2, "updated_at": now})
-    merged = await storage.merge_payment(local_success, [])
-    assert merged.status is PaymentStatus.SUCCESSFUL and merged.seq == 2
-    assert [e.seq for e in await storage.events_after("ref-1", 0)] == [1, 2]
+    merged = await storage.merge_payment(local_success, now)
+    assert merged.status is PaymentStatus.SUCCESSFUL and merged.seq == 3  # above both copies' seq
+    assert [e.seq for e in await storage.events_after("ref-1", 0)] == [1, 3]
 
     local_failed = pending.model_copy(update={"status": PaymentStatus.FAILED, "seq": 2, "updated_at": now})
-    kept = await storage.merge_payment(local_failed, [])
-    assert kept.status is PaymentStatus.SUCCESSFUL
-    assert (await storage.merge_payment(pending, [])).status is PaymentStatus.SUCCESSFUL
+    kept = await storage.merge_payment(local_failed, now)
+    assert kept.status is PaymentStatus.SUCCESSFUL and kept.seq == 3
+    assert (await storage.merge_payment(pending, now)).status is PaymentStatus.SUCCESSFUL
     assert (await storage.get_payment("ref-1")).status is PaymentStatus.SUCCESSFUL
 
 

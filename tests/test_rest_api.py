@@ -9,13 +9,13 @@ import pytest
 
 from appkeys import SIO
 from tests.conftest import Instance, StartInstance
-from tests.harness import PRODUCTION, user_token
+from tests.harness import pending_references, PRODUCTION, user_token
 
 
 async def snapshot(instance: Instance) -> dict[str, Any]:
     """Everything a bad request could have changed, through the storage protocol."""
     storage = instance.storage
-    refs = await storage.active_references()
+    refs = await pending_references(storage)
     payments = {r: (await storage.get_payment(r)).model_dump() for r in refs}
     clients = [c.model_dump() for c in await storage.list_clients()]
     return {"active": refs, "payments": payments, "clients": clients}
@@ -37,7 +37,7 @@ async def test_idempotency_key_replays_first_response_without_second_payment(ins
     assert status1 == status2 == 201
     assert body1 == body2
     assert h2.get("Idempotent-Replayed") == "true" and "Idempotent-Replayed" not in h1
-    assert await instance.storage.active_references() == [body1["reference"]]
+    assert await pending_references(instance.storage) == [body1["reference"]]
     sandbox = instance.service.provider
     assert len(sandbox._transactions) == 1  # one provider call
 
@@ -73,7 +73,7 @@ async def test_concurrent_initiates_for_one_order_create_one_payment(instance: I
     results = await asyncio.gather(*(instance.api.initiate(order_id="o-race") for _ in range(5)))
     statuses = sorted(r[0] for r in results)
     assert statuses == [201, 409, 409, 409, 409]
-    assert len(await instance.storage.active_references()) == 1
+    assert len(await pending_references(instance.storage)) == 1
 
 
 async def test_status_has_etag_and_304_until_it_changes(instance: Instance) -> None:

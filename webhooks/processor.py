@@ -124,34 +124,36 @@ class WebhookProcessor:
             log.warning("webhook refused", extra={**audit, "why": str(exc)})
             raise InvalidSignature(f"webhook signature rejected: {exc}") from None
 
-        update = StatusUpdate(
-            reference=hook.reference,
-            status=hook.status,
-            source=UpdateSource.WEBHOOK,
-            reason=hook.reason,
-            amount=hook.amount,
-            currency=hook.currency,
-            operator=hook.operator,
-            operator_reference=hook.operator_reference,
-            external_reference=hook.external_reference,
-        )
-        if self._verify:
+        if not self._verify:
+            # Trusting the signed callback itself (WEBHOOK_VERIFY_WITH_PROVIDER=false).
+            update = StatusUpdate(
+                reference=hook.reference,
+                status=hook.status,
+                source=UpdateSource.WEBHOOK,
+                reason=hook.reason,
+                amount=hook.amount,
+                currency=hook.currency,
+                operator=hook.operator,
+                operator_reference=hook.operator_reference,
+            )
+        else:
+            # CamPay's signature does not cover the callback's fields: what is applied is CamPay's own
+            # answer, and nothing from the body (amount, reason, external_reference, phone) is used.
             try:
                 tx = await self._provider.get_transaction(hook.reference)
             except NotFound:
                 log.warning("webhook for a reference the provider does not know", extra=audit)
                 return WebhookOutcome(200, "unknown_to_provider")
             except ProviderError as exc:
-                # Keep it (an unknown reference becomes a PENDING record) and let the reconciler confirm.
-                await self._service.apply_update(update.model_copy(update={"status": "PENDING"}))
+                # Keep a PENDING record (private if we never initiated it) so the reconciler's sweep
+                # covers it even if this instance stops, and re-check it soon.
+                await self._service.apply_update(
+                    StatusUpdate(reference=hook.reference, status="PENDING", source=UpdateSource.WEBHOOK)
+                )
                 self._reconciler.request_check(hook.reference)
                 log.warning("webhook accepted, provider unreachable: verification deferred", extra={**audit, "error": exc.code})
                 return WebhookOutcome(202, "verification_pending")
-            claimed = update
-            update = tx.to_update(UpdateSource.WEBHOOK)
-            update = update.model_copy(
-                update={k: v for k, v in claimed.model_dump().items() if getattr(update, k) is None and v is not None}
-            )
+            update = tx.to_update(UpdateSource.WEBHOOK).model_copy(update={"reference": hook.reference})
             if tx.status.upper() == "PENDING" and hook.status.upper() != "PENDING":
                 # The claim is not confirmed yet: record nothing new, re-check soon.
                 await self._service.apply_update(update)

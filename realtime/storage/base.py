@@ -58,15 +58,26 @@ class Storage(Protocol):
 
     # -- payments ---------------------------------------------------------
     async def create_payment(self, payment: Payment, outbox: list[OutboxEntry] | None = None) -> Payment:
-        """Store a new payment (seq 1), index it by order and as active, log its first event,
-        and queue `outbox` entries, all in one step.
+        """Store a new payment (seq 1), point its order at it, index it as active, log its first
+        event, and queue `outbox` entries, all in one step.
 
         If a record for the reference already exists because the provider spoke
-        first (an orphan), the stored one keeps its status and seq and gains the
-        order details; the merged record is returned.
+        first (an orphan), the two are combined by `payments.state.merge` (the
+        provider's terminal status is kept, our initiation is added, seq moves
+        past both); what is stored is returned.
+        """
+
+    async def merge_payment(self, payment: Payment, now: datetime) -> Payment:
+        """Atomically combine `payment` with the stored copy by `payments.state.merge`, log the
+        merged state as an event if anything changed, and return what is stored afterwards.
+
+        Never points an order at this payment if the order is held by another one.
         """
 
     async def get_payment(self, reference: str) -> Payment | None: ...
+
+    async def get_payments(self, references: list[str]) -> list[Payment | None]:
+        """Several payments in one round trip, in the order asked (None where unknown)."""
 
     async def get_order_payment(self, order_id: str) -> Payment | None:
         """The most recent payment created for `order_id`."""
@@ -82,8 +93,9 @@ class Storage(Protocol):
     async def events_after(self, reference: str, seq: int) -> list[PaymentEvent]:
         """Logged events with a seq greater than `seq`, oldest first (bounded log)."""
 
-    async def active_references(self, limit: int = 1000) -> list[str]:
-        """References still PENDING, oldest first."""
+    async def pending_page(self, start: float, end: float, limit: int) -> list[tuple[str, float]]:
+        """Up to `limit` PENDING references created in [start, end] (unix seconds) with their
+        creation time, oldest first (ties by reference), so a caller can page with a cursor."""
 
     # -- initiation guards ---------------------------------------------
     async def acquire_order_lock(self, order_id: str, ttl_seconds: float) -> bool:

@@ -11,12 +11,13 @@ from settings import Settings, StorageBackend
 
 
 def create_storage(  # type: ignore[no-untyped-def]
-    settings: Settings, clock: Clock, *, on_write_back=None, instrument: Callable[[Any], Any] | None = None
+    settings: Settings, clock: Clock, *, on_recovered=None, instrument: Callable[[Any], Any] | None = None
 ) -> Storage:
     """Memory for development; for Redis, Redis with a memory fallback (see `resilient.py`).
 
-    `on_write_back(payment)` is called after Redis comes back for each payment
-    whose change was made while it was away (never called on memory).
+    `on_recovered(references)` is called each time Redis comes back, with the
+    payments whose change made while it was away was written back (never
+    called on memory).
     `instrument(backend)` wraps the backend that talks to the data (memory, or
     the Redis primary) so its failures are counted even when the fallback
     then serves the call.
@@ -38,6 +39,6 @@ def create_storage(  # type: ignore[no-untyped-def]
             memory,
             clock,
             reconnect_interval=settings.REDIS_RECONNECT_INTERVAL_SECONDS,
-            on_write_back=on_write_back,
+            on_recovered=on_recovered,
         )
     return wrap(memory)

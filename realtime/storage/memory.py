@@ -18,7 +18,7 @@ from background import cancel_and_wait
 from clock import Clock
 from merchant.message import OutboxEntry
 from payments.model import Payment, PaymentEvent, PaymentStatus, StatusUpdate, Transition
-from payments.state import adopt_orphan, decide
+from payments.state import decide, merge
 from realtime.storage.base import ClientRecord, IdempotencyRecord, OutboxFor, StorageHealth
 
 V = TypeVar("V")
@@ -125,10 +125,18 @@ class MemoryStorage:
         return StorageHealth(backend=self.backend, status="healthy")
 
     # -- payments ---------------------------------------------------------
-    def _store_payment(self, payment: Payment) -> None:
+    def _store_payment(self, payment: Payment, *, claim_order: bool = False) -> None:
+        """Store `payment` and keep its order index entry alive.
+
+        Only a new initiation (`claim_order`) points an order at a payment that
+        another payment holds; anything else (a transition, a write-back) writes
+        the entry only if it is free or already ours, so an order never points
+        back at an older payment. Orphans are never indexed.
+        """
         self._payments.set(payment.reference, payment, self._payment_ttl)
-        if payment.order_id:
-            self._orders.set(payment.order_id, payment.reference, self._payment_ttl)
+        if payment.order_id and not payment.orphan:
+            if claim_order or self._orders.get(payment.order_id) in (None, payment.reference):
+                self._orders.set(payment.order_id, payment.reference, self._payment_ttl)
 
     def _log_event(self, event: PaymentEvent) -> None:
         log = self._events.get(event.reference) or deque(maxlen=self._event_log_max)
@@ -139,16 +147,28 @@ class MemoryStorage:
         self._enqueue(outbox or [])
         existing = self._payments.get(payment.reference)
         if existing is not None:
-            payment = adopt_orphan(existing, payment)
-            self._store_payment(payment)
-            self._events.touch(payment.reference, self._payment_ttl)
-            return payment
-        self._store_payment(payment)
+            return self._merge(existing, payment, payment.updated_at, claim_order=True)
+        self._store_payment(payment, claim_order=True)
         self._log_event(PaymentEvent.of(payment, with_ussd=True))
         return payment
 
+    def _merge(self, stored: Payment | None, incoming: Payment, now: datetime, *, claim_order: bool = False) -> Payment:
+        result = merge(stored, incoming, now)
+        if not result.changed:
+            return result.payment
+        self._store_payment(result.payment, claim_order=claim_order)
+        self._log_event(PaymentEvent.of(result.payment, with_ussd=claim_order))
+        return result.payment
+
+    async def merge_payment(self, payment: Payment, now: datetime) -> Payment:
+        """`payments.state.merge` of `payment` into the stored copy; returns what is stored afterwards."""
+        return self._merge(self._payments.get(payment.reference), payment, now)
+
     async def get_payment(self, reference: str) -> Payment | None:
         return self._payments.get(reference)
+
+    async def get_payments(self, references: list[str]) -> list[Payment | None]:
+        return [self._payments.get(reference) for reference in references]
 
     async def get_order_payment(self, order_id: str) -> Payment | None:
         reference = self._orders.get(order_id)
@@ -166,10 +186,13 @@ class MemoryStorage:
     async def events_after(self, reference: str, seq: int) -> list[PaymentEvent]:
         return [e for e in self._events.get(reference) or () if e.seq > seq]
 
-    async def active_references(self, limit: int = 1000) -> list[str]:
-        pending = [p for _, p in self._payments.items() if p.status is PaymentStatus.PENDING]
-        pending.sort(key=lambda p: p.created_at)
-        return [p.reference for p in pending[:limit]]
+    async def pending_page(self, start: float, end: float, limit: int) -> list[tuple[str, float]]:
+        pending = [
+            (p.reference, p.created_at.timestamp()) for _, p in self._payments.items()
+            if p.status is PaymentStatus.PENDING and start <= p.created_at.timestamp() <= end
+        ]
+        pending.sort(key=lambda item: (item[1], item[0]))
+        return pending[:limit]
 
     # -- initiation guards ---------------------------------------------
     async def acquire_order_lock(self, order_id: str, ttl_seconds: float) -> bool:

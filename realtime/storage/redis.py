@@ -28,7 +28,7 @@ from redis.exceptions import WatchError
 from clock import Clock
 from merchant.message import OutboxEntry
 from payments.model import Payment, PaymentEvent, PaymentStatus, StatusUpdate, Transition
-from payments.state import adopt_orphan, decide
+from payments.state import decide, merge
 from realtime.storage.base import ClientRecord, IdempotencyRecord, OutboxFor, StorageHealth
 from realtime.redis_connection import connect
 from realtime.storage.keys import RedisKeys
@@ -68,6 +68,17 @@ end
 return redis.call('HMGET', KEYS[2], unpack(ids))
 """
 
+# Point an order at a payment: a new initiation always (ARGV[3] == '1'); anything else only if the
+# entry is free or already this payment's, so a write-back never re-points an order at an older payment.
+_INDEX_ORDER = """
+local holder = redis.call('GET', KEYS[1])
+if ARGV[3] == '1' or not holder or holder == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+  return 1
+end
+return 0
+"""
+
 _RELEASE_LEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
@@ -98,6 +109,7 @@ class RedisStorage:
         self._acquire_lease = client.register_script(_ACQUIRE_LEASE)
         self._release_lease = client.register_script(_RELEASE_LEASE)
         self._claim_outbox = client.register_script(_CLAIM_OUTBOX)
+        self._index_order = client.register_script(_INDEX_ORDER)
 
     @classmethod
     def from_settings(cls, settings: Settings, clock: Clock) -> "RedisStorage":
@@ -106,6 +118,8 @@ class RedisStorage:
             socket_timeout=settings.REDIS_TIMEOUT_SECONDS,
             connect_timeout=settings.REDIS_TIMEOUT_SECONDS,
             health_check_interval=settings.REDIS_HEALTH_CHECK_INTERVAL_SECONDS,
+            pool_size=settings.REDIS_POOL_SIZE,
+            pool_timeout=settings.REDIS_POOL_TIMEOUT_SECONDS,
         )
         return cls(
             client,
@@ -149,13 +163,20 @@ class RedisStorage:
                     await asyncio.sleep(random.uniform(0, 0.002 * (tries + 1)))
         raise RuntimeError(f"gave up after {MAX_WATCH_ATTEMPTS} conflicting writes to {watch}")
 
-    def _queue_store(self, pipe: Any, payment: Payment) -> None:
-        """Queue the writes that make `payment` the stored truth, TTLs and indexes included."""
+    async def _queue_store(self, pipe: Any, payment: Payment, *, claim_order: bool = False) -> None:
+        """Queue the writes that make `payment` the stored truth, TTLs and indexes included.
+
+        Orphans are never indexed by order; see `_INDEX_ORDER` for who may point an order at a payment.
+        """
         k = self._keys
         pipe.set(k.payment(payment.reference), payment.model_dump_json(), ex=self._payment_ttl)
         pipe.expire(k.events(payment.reference), self._payment_ttl)
-        if payment.order_id:
-            pipe.set(k.order(payment.order_id), payment.reference, ex=self._payment_ttl)
+        if payment.order_id and not payment.orphan:
+            await self._index_order(
+                keys=[k.order(payment.order_id)],
+                args=[payment.reference, self._payment_ttl, "1" if claim_order else "0"],
+                client=pipe,
+            )
         if payment.status is PaymentStatus.PENDING:
             pipe.zadd(k.active(), {payment.reference: payment.created_at.timestamp()})
         else:
@@ -182,26 +203,16 @@ class RedisStorage:
 
     # -- payments ---------------------------------------------------------
     async def create_payment(self, payment: Payment, outbox: list[OutboxEntry] | None = None) -> Payment:
-        key = self._keys.payment(payment.reference)
-
-        async def attempt(pipe: Any) -> Payment:
-            existing = self._payment(await pipe.get(key))
-            pipe.multi()
-            self._queue_outbox(pipe, outbox or [])
-            if existing is not None:
-                merged = adopt_orphan(existing, payment)
-                self._queue_store(pipe, merged)
-                await pipe.execute()
-                return merged
-            self._queue_store(pipe, payment)
-            self._queue_events(pipe, payment.reference, [PaymentEvent.of(payment, with_ussd=True)])
-            await pipe.execute()
-            return payment
-
-        return await self._optimistic([key], attempt)
+        return await self._merge(payment, payment.updated_at, outbox=outbox or [], claim_order=True)
 
     async def get_payment(self, reference: str) -> Payment | None:
         return self._payment(await self.redis.get(self._keys.payment(reference)))
+
+    async def get_payments(self, references: list[str]) -> list[Payment | None]:
+        if not references:
+            return []
+        raws = await self.redis.mget([self._keys.payment(reference) for reference in references])
+        return [self._payment(raw) for raw in raws]
 
     async def get_order_payment(self, order_id: str) -> Payment | None:
         reference = await self.redis.get(self._keys.order(order_id))
@@ -216,7 +227,7 @@ class RedisStorage:
                 await pipe.unwatch()
                 return result
             pipe.multi()
-            self._queue_store(pipe, result.payment)
+            await self._queue_store(pipe, result.payment)
             self._queue_events(pipe, update.reference, [result.event])
             if outbox is not None:
                 self._queue_outbox(pipe, outbox(result))
@@ -225,40 +236,26 @@ class RedisStorage:
 
         return await self._optimistic([key], attempt)
 
-    async def merge_payment(self, payment: Payment, events: list[PaymentEvent]) -> Payment:
-        """Write back a payment changed while Redis was unreachable, never moving Redis backwards.
+    async def merge_payment(self, payment: Payment, now: datetime) -> Payment:
+        """`payments.state.merge` of `payment` into what Redis holds, atomically; returns what Redis
+        holds afterwards. Used to write back a change made while Redis was unreachable."""
+        return await self._merge(payment, now, outbox=[], claim_order=False)
 
-        Redis keeps its record if it is already terminal (the first terminal
-        status anyone stored wins) or at least as far along; otherwise ours
-        replaces it, with a seq above both, and our events it has not seen are
-        appended to its log. Returns what Redis holds afterwards.
-        """
+    async def _merge(
+        self, payment: Payment, now: datetime, *, outbox: list[OutboxEntry], claim_order: bool
+    ) -> Payment:
         key = self._keys.payment(payment.reference)
 
         async def attempt(pipe: Any) -> Payment:
-            current = self._payment(await pipe.get(key))
-            if current is not None and (current.status.is_terminal or not payment.status.is_terminal):
-                await pipe.unwatch()
-                if current.status.is_terminal and payment.status.is_terminal and current.status != payment.status:
-                    log.warning(
-                        "write-back conflict: Redis already has another terminal status; Redis wins",
-                        extra={"reference": payment.reference, "redis": current.status.value,
-                               "local": payment.status.value},
-                    )
-                return current
-            merged = payment
-            fresh = events
-            if current is not None:
-                merged = adopt_orphan(payment, current) if payment.orphan and not current.orphan else payment
-                merged = merged.model_copy(update={"seq": max(payment.seq, current.seq + 1)})
-                fresh = [e for e in events if e.seq > current.seq]
-                if fresh:
-                    fresh[-1] = fresh[-1].model_copy(update={"seq": merged.seq})
+            stored = self._payment(await pipe.get(key))
+            result = merge(stored, payment, now)
             pipe.multi()
-            self._queue_store(pipe, merged)
-            self._queue_events(pipe, payment.reference, fresh or [PaymentEvent.of(merged)])
+            self._queue_outbox(pipe, outbox)
+            if result.changed:
+                await self._queue_store(pipe, result.payment, claim_order=claim_order)
+                self._queue_events(pipe, payment.reference, [PaymentEvent.of(result.payment, with_ussd=claim_order)])
             await pipe.execute()
-            return merged
+            return result.payment
 
         return await self._optimistic([key], attempt)
 
@@ -267,19 +264,22 @@ class RedisStorage:
         events = [PaymentEvent.model_validate_json(r) for r in raw]
         return [e for e in events if e.seq > seq]
 
-    async def active_references(self, limit: int = 1000) -> list[str]:
-        """PENDING references, oldest first; index entries whose payment expired are pruned."""
-        refs: list[str] = await self.redis.zrange(self._keys.active(), 0, limit - 1)
-        if not refs:
+    async def pending_page(self, start: float, end: float, limit: int) -> list[tuple[str, float]]:
+        """PENDING references created in [start, end] (unix seconds), oldest first, with their creation
+        time; index entries whose payment expired are pruned."""
+        rows: list[tuple[str, float]] = await self.redis.zrangebyscore(
+            self._keys.active(), start, end, start=0, num=limit, withscores=True
+        )
+        if not rows:
             return []
         async with self.redis.pipeline(transaction=False) as pipe:
-            for ref in refs:
+            for ref, _ in rows:
                 pipe.exists(self._keys.payment(ref))
             alive = await pipe.execute()
-        gone = [ref for ref, ok in zip(refs, alive) if not ok]
+        gone = [ref for (ref, _), ok in zip(rows, alive) if not ok]
         if gone:
             await self.redis.zrem(self._keys.active(), *gone)
-        return [ref for ref, ok in zip(refs, alive) if ok]
+        return [(ref, score) for (ref, score), ok in zip(rows, alive) if ok]
 
     # -- initiation guards ---------------------------------------------
     async def acquire_order_lock(self, order_id: str, ttl_seconds: float) -> bool:

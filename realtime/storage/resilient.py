@@ -16,9 +16,12 @@
   never moves Redis backwards (our terminal status replaces a PENDING one;
   a terminal status already in Redis is kept), client records are written
   back, and only when nothing is left to write does the storage switch back
-  to Redis. `on_write_back` is then called with each payment whose local
-  change reached Redis, so it can be re-announced to clients on other
-  instances (they deduplicate by seq).
+  to Redis. `on_recovered` is then called with the references written back,
+  so the app can re-read them and announce what Redis now holds to every
+  instance, and resync this instance's sockets.
+- Back-pressure is not an outage: when the Redis pool stays full for its
+  whole timeout (`PoolExhausted`), the call fails with `Busy` (503, retry)
+  and the storage stays healthy.
 
 Leases and initiation guards are local while degraded: two instances may
 each believe they hold a lease until Redis returns. Their holders must be
@@ -38,10 +41,12 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from background import cancel_and_wait
 from clock import Clock
+from errors import Busy
 from merchant.message import OutboxEntry
 from payments.model import Payment, PaymentEvent, StatusUpdate, Transition
 from realtime.storage.base import ClientRecord, IdempotencyRecord, OutboxFor, StorageHealth
 from realtime.storage.memory import MemoryStorage
+from realtime.redis_connection import PoolExhausted
 from realtime.storage.redis import RedisStorage
 
 log = logging.getLogger("paytrack.storage")
@@ -51,7 +56,7 @@ T = TypeVar("T")
 # What "Redis is unreachable" looks like; anything else is a bug and propagates.
 OUTAGE_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError, asyncio.TimeoutError)
 
-WriteBackListener = Callable[[Payment], Awaitable[None]]
+RecoveryListener = Callable[[list[str]], Awaitable[None]]
 
 
 class ResilientStorage:
@@ -64,13 +69,13 @@ class ResilientStorage:
         clock: Clock,
         *,
         reconnect_interval: float,
-        on_write_back: WriteBackListener | None = None,
+        on_recovered: RecoveryListener | None = None,
     ) -> None:
         self.primary = primary
         self.fallback = fallback
         self._clock = clock
         self._interval = reconnect_interval
-        self._on_write_back = on_write_back
+        self._on_recovered = on_recovered
         self._healthy = False
         self._down_since: datetime | None = None
         self._last_error = "not started"
@@ -128,6 +133,8 @@ class ResilientStorage:
                     await self.primary.ping()
                 else:
                     await self._recover()
+            except PoolExhausted:
+                pass  # busy, not away
             except OUTAGE_ERRORS as exc:
                 self._degrade(exc)
             except Exception:  # a bug must not stop reconnection for good
@@ -136,7 +143,7 @@ class ResilientStorage:
     async def _recover(self) -> None:
         """Write back everything changed while degraded, then switch to Redis. Raises while Redis is away."""
         await self.primary.ping()
-        written: list[Payment] = []
+        written: list[str] = []
         while self._has_pending_writes():
             payments, self._dirty_payments = self._dirty_payments, set()
             clients, self._dirty_clients = self._dirty_clients, set()
@@ -148,12 +155,11 @@ class ResilientStorage:
                     local = await self.fallback.get_payment(ref)
                     if local is None:
                         continue  # expired while we waited
-                    stored = await self.primary.merge_payment(local, self.fallback.events_of(ref))
+                    stored = await self.primary.merge_payment(local, self._clock.now())
                     self.fallback.mirror(stored)
                     payments.discard(ref)
-                    if stored.status is local.status:
-                        written.append(stored)
-                    else:
+                    written.append(ref)
+                    if stored.status is not local.status:
                         lost.add(ref)
                 # Merchant messages queued while degraded: kept unless their status lost the merge.
                 outbox = [e for e in self.fallback.take_outbox() if e.reference not in lost]
@@ -179,17 +185,18 @@ class ResilientStorage:
             extra={"payments": len(written), "down_since": self._down_since.isoformat() if self._down_since else None},
         )
         self._down_since = None
-        if self._on_write_back is not None:
-            for payment in written:
-                try:
-                    await self._on_write_back(payment)
-                except Exception:
-                    log.exception("storage: write-back listener failed", extra={"reference": payment.reference})
+        if self._on_recovered is not None:
+            try:
+                await self._on_recovered(written)
+            except Exception:
+                log.exception("storage: recovery listener failed")
 
     async def health(self) -> StorageHealth:
         if self._healthy:
             try:
                 latency = await self.primary.ping()
+            except PoolExhausted:
+                raise Busy() from None
             except OUTAGE_ERRORS as exc:
                 self._degrade(exc)
             else:
@@ -218,6 +225,8 @@ class ResilientStorage:
         if self._healthy:
             try:
                 return await on_redis(), True
+            except PoolExhausted:
+                raise Busy() from None
             except OUTAGE_ERRORS as exc:
                 self._degrade(exc)
         return await on_memory(), False
@@ -240,6 +249,12 @@ class ResilientStorage:
         if on_redis and payment is not None and reference not in self._dirty_payments:
             self.fallback.mirror(payment)
         return payment
+
+    async def get_payments(self, references: list[str]) -> list[Payment | None]:
+        payments, _ = await self._call(
+            lambda: self.primary.get_payments(references), lambda: self.fallback.get_payments(references)
+        )
+        return payments
 
     async def get_order_payment(self, order_id: str) -> Payment | None:
         payment, _ = await self._call(
@@ -264,11 +279,21 @@ class ResilientStorage:
         )
         return events
 
-    async def active_references(self, limit: int = 1000) -> list[str]:
-        refs, _ = await self._call(
-            lambda: self.primary.active_references(limit), lambda: self.fallback.active_references(limit)
+    async def pending_page(self, start: float, end: float, limit: int) -> list[tuple[str, float]]:
+        rows, _ = await self._call(
+            lambda: self.primary.pending_page(start, end, limit), lambda: self.fallback.pending_page(start, end, limit)
         )
-        return refs
+        return rows
+
+    async def merge_payment(self, payment: Payment, now: datetime) -> Payment:
+        stored, on_redis = await self._call(
+            lambda: self.primary.merge_payment(payment, now), lambda: self.fallback.merge_payment(payment, now)
+        )
+        if on_redis:
+            self.fallback.mirror(stored)
+        else:
+            self._dirty_payments.add(stored.reference)
+        return stored
 
     # -- initiation guards ---------------------------------------------
     async def acquire_order_lock(self, order_id: str, ttl_seconds: float) -> bool:

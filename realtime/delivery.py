@@ -1,0 +1,179 @@
+"""From a stored payment to the sockets of this instance that track it, through the per-socket gate.
+
+A payment message (`PaymentMessage`) is the record as stored, reduced to
+what delivery needs; it is what the notifier publishes to every instance and
+what each instance hands to `LocalDelivery.deliver` for its own sockets.
+For one state the sequence is fixed: `payment-status`, then for a final
+status `payment-success` or `payment-failed`, then `payment-completed`, all
+with the same `seq`; `Sessions.admit` decides per socket how much of it goes
+out (see realtime/sessions.py).
+
+`Resync` is the repair path: it re-reads every payment a socket here still
+waits on and delivers what the socket has not seen. It runs after storage
+recovers, after every (re)subscription of the pub/sub listener, and every
+RESYNC_INTERVAL_SECONDS, so a client converges to the stored state after any
+lost message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any, Awaitable, Callable, Protocol, TypedDict
+
+import socketio
+from engineio import packet as eio_packet
+from socketio import packet as sio_packet
+
+from background import cancel_and_wait
+from errors import ApiError
+from payments.model import Payment, PaymentEvent, PaymentStatus
+from realtime import event_names as ev
+from realtime.sessions import Admission, Sessions
+
+log = logging.getLogger("paytrack.realtime")
+
+
+class PaymentMessage(TypedDict):
+    reference: str
+    seq: int
+    status: str
+    owner_id: str | None
+    orphan: bool
+    initiated: bool  # the payment was just created: `payment-initiated` (with the USSD code) instead
+    payload: dict[str, Any]
+
+
+def message_for(payment: Payment, *, initiated: bool = False) -> PaymentMessage:
+    """The message for `payment` as stored."""
+    return {
+        "reference": payment.reference,
+        "seq": payment.seq,
+        "status": payment.status.value,
+        "owner_id": payment.owner_id,
+        "orphan": payment.orphan,
+        "initiated": initiated,
+        "payload": PaymentEvent.of(payment, with_ussd=initiated).payload(),
+    }
+
+
+def message_for_event(event: PaymentEvent, payment: Payment) -> PaymentMessage:
+    """A logged event of `payment` (catch-up), with the payment's current audience."""
+    return {
+        "reference": event.reference,
+        "seq": event.seq,
+        "status": event.status.value,
+        "owner_id": payment.owner_id,
+        "orphan": payment.orphan,
+        "initiated": False,
+        "payload": event.payload(),
+    }
+
+
+def _events(message: PaymentMessage) -> list[tuple[str, Any]]:
+    payload = message["payload"]
+    if message["initiated"]:
+        return [(ev.PAYMENT_INITIATED, payload)]
+    events: list[tuple[str, Any]] = [(ev.PAYMENT_STATUS, payload)]
+    if message["status"] != PaymentStatus.PENDING.value:
+        success = message["status"] == PaymentStatus.SUCCESSFUL.value
+        events.append((ev.PAYMENT_SUCCESS if success else ev.PAYMENT_FAILED, payload))
+        events.append((ev.PAYMENT_COMPLETED, {**payload, "success": success}))
+    return events
+
+
+class LocalDelivery:
+    """Sends payment messages to this instance's sockets, each packet encoded once for all of them."""
+
+    def __init__(self, sio: socketio.AsyncServer, sessions: Sessions) -> None:
+        self._sio = sio
+        self._sessions = sessions
+
+    async def deliver(self, message: PaymentMessage, *, only: str | None = None) -> int:
+        """Deliver to every socket here tracking the payment (or to `only`); returns how many got it."""
+        sids = (only,) if only is not None else self._sessions.trackers(message["reference"])
+        if not sids:
+            return 0
+        terminal = message["status"] != PaymentStatus.PENDING.value
+        packets: list[eio_packet.Packet] | None = None
+        sent = 0
+        for sid in sids:
+            admission = self._sessions.admit(
+                sid, message["reference"], message["seq"], terminal,
+                owner_id=message["owner_id"], orphan=message["orphan"],
+            )
+            if admission is Admission.NONE:
+                continue
+            eio_sid = self._sio.manager.eio_sid_from_sid(sid, "/")
+            if eio_sid is None:
+                continue
+            if packets is None:
+                packets = [self._encode(name, data) for name, data in _events(message)]
+            for pkt in packets if admission is Admission.FULL else packets[:1]:
+                await self._sio._send_eio_packet(eio_sid, pkt)  # the manager's own way to send an encoded packet
+            sent += 1
+        return sent
+
+    def _encode(self, event: str, data: Any) -> eio_packet.Packet:
+        pkt = self._sio.packet_class(sio_packet.EVENT, namespace="/", data=[event, data])
+        return eio_packet.Packet(eio_packet.MESSAGE, pkt.encode())
+
+
+class PaymentReader(Protocol):
+    async def get_payments(self, references: list[str]) -> list[Payment | None]: ...
+
+
+class Resync:
+    """Re-reads what this instance's sockets wait on and delivers what each has not seen."""
+
+    BATCH = 200
+
+    def __init__(
+        self, sessions: Sessions, delivery: LocalDelivery, storage: PaymentReader, *, interval: float
+    ) -> None:
+        self._sessions = sessions
+        self._delivery = delivery
+        self._storage = storage
+        self._interval = interval
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def request(self) -> None:
+        """Run a pass soon (storage recovered, pub/sub resubscribed)."""
+        self._wake.set()
+
+    async def run_once(self) -> int:
+        """One pass; returns how many sockets were sent something."""
+        references = self._sessions.waiting()
+        sent = 0
+        for start in range(0, len(references), self.BATCH):
+            batch = references[start:start + self.BATCH]
+            for payment in await self._storage.get_payments(batch):
+                if payment is not None:
+                    sent += await self._delivery.deliver(message_for(payment))
+        if sent:
+            log.info("resync: sent missed payment states", extra={"sockets": sent, "payments": len(references)})
+        return sent
+
+    async def _loop(self) -> None:
+        while True:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._interval)
+            self._wake.clear()
+            try:
+                await self.run_once()
+            except ApiError as exc:  # busy: the next pass will do
+                log.debug("resync skipped", extra={"error": exc.code})
+            except Exception:
+                log.exception("resync pass failed")
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="socket-resync")
+
+    async def stop(self) -> None:
+        await cancel_and_wait(self._task)
+        self._task = None
+
+
+Publish = Callable[[PaymentMessage], Awaitable[None]]

@@ -1,0 +1,139 @@
+"""What this instance knows about its own sockets: who each one is, what it tracks, what it has been sent.
+
+This registry is what keeps the per-connection guarantee of docs/API.md,
+whatever order messages arrive in (live emits, pub/sub from other instances,
+catch-up on `track-payment`, resync after an outage):
+
+- `admit` lets an event through to a socket only if its `seq` is above the
+  highest this socket has been sent for that payment, so a socket never sees
+  `seq` go down or a terminal payment go back to PENDING;
+- once a socket has been sent a terminal status, later (higher-seq) states of
+  that payment reach it as `payment-status` only, so `payment-success` /
+  `payment-failed` and `payment-completed` arrive at most once per connection;
+- nobody is sent a payment they may not see (`auth.access.may_see`).
+
+Everything here is synchronous: a check and its update happen without an
+await in between, so concurrent handlers on the loop cannot both pass a cap.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from auth.access import may_see
+from auth.authenticators import Identity
+
+
+class Admission(enum.Enum):
+    NONE = "none"  # already seen (or not this socket's to see)
+    STATUS = "status"  # newer state of a payment whose outcome this socket already has: payment-status only
+    FULL = "full"  # the whole sequence for this state
+
+
+@dataclass(slots=True)
+class Seen:
+    """The newest state of one payment sent to one socket."""
+
+    seq: int = 0
+    terminal: bool = False
+
+
+@dataclass(slots=True)
+class SocketSession:
+    identity: Identity | None
+    tracked: dict[str, Seen] = field(default_factory=dict)
+
+
+class Sessions:
+    def __init__(self, *, max_tracked: int, auth_enabled: bool) -> None:
+        self._max_tracked = max_tracked
+        self._auth_enabled = auth_enabled
+        self._sessions: dict[str, SocketSession] = {}
+        self._trackers: dict[str, set[str]] = {}  # reference -> sids of this instance tracking it
+
+    # -- lifetime -----------------------------------------------------------
+    def open(self, sid: str, identity: Identity | None) -> None:
+        self._sessions[sid] = SocketSession(identity)
+
+    def close(self, sid: str) -> None:
+        session = self._sessions.pop(sid, None)
+        for reference in session.tracked if session else ():
+            self._drop_tracker(reference, sid)
+
+    def identity(self, sid: str) -> Identity | None:
+        session = self._sessions.get(sid)
+        return session.identity if session else None
+
+    def set_identity(self, sid: str, identity: Identity) -> None:
+        session = self._sessions.get(sid)
+        if session is not None:
+            session.identity = identity
+
+    def __contains__(self, sid: object) -> bool:
+        return sid in self._sessions
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    # -- tracking -------------------------------------------------------------
+    def track(self, sid: str, reference: str, last_seq: int | None) -> bool:
+        """Record that `sid` follows `reference`, having seen up to `last_seq`; False if over the cap."""
+        session = self._sessions.get(sid)
+        if session is None:
+            return False
+        seen = session.tracked.get(reference)
+        if seen is None:
+            if len(session.tracked) >= self._max_tracked:
+                return False
+            seen = session.tracked[reference] = Seen()
+            self._trackers.setdefault(reference, set()).add(sid)
+        if last_seq is not None and last_seq > seen.seq:
+            seen.seq = last_seq
+        return True
+
+    def untrack(self, sid: str, reference: str) -> None:
+        session = self._sessions.get(sid)
+        if session is not None and session.tracked.pop(reference, None) is not None:
+            self._drop_tracker(reference, sid)
+
+    def _drop_tracker(self, reference: str, sid: str) -> None:
+        sids = self._trackers.get(reference)
+        if sids is not None:
+            sids.discard(sid)
+            if not sids:
+                del self._trackers[reference]
+
+    def trackers(self, reference: str) -> tuple[str, ...]:
+        return tuple(self._trackers.get(reference, ()))
+
+    def tracked_payment_count(self) -> int:
+        return len(self._trackers)
+
+    def waiting(self) -> list[str]:
+        """References some socket here tracks and has not been sent a final status for."""
+        return [
+            reference for reference, sids in self._trackers.items()
+            if any(not self._sessions[sid].tracked[reference].terminal for sid in sids)
+        ]
+
+    # -- the gate ---------------------------------------------------------------
+    def admit(
+        self, sid: str, reference: str, seq: int, terminal: bool, *, owner_id: str | None, orphan: bool
+    ) -> Admission:
+        """May `sid` be sent this state of `reference`, and how much of it? Records it as sent."""
+        session = self._sessions.get(sid)
+        if session is None:
+            return Admission.NONE
+        seen = session.tracked.get(reference)
+        if seen is None or seq <= seen.seq:
+            return Admission.NONE
+        if not may_see(session.identity, owner_id, orphan, auth_enabled=self._auth_enabled):
+            return Admission.NONE
+        if seen.terminal and not terminal:
+            return Admission.NONE  # never PENDING after a final status, whatever its seq
+        seen.seq = seq
+        if seen.terminal:
+            return Admission.STATUS
+        seen.terminal = terminal
+        return Admission.FULL
