@@ -113,6 +113,8 @@ async def tracking(request: web.Request) -> web.Response:
     payment = await request.app[SERVICE].get_payment(reference)
     if not can_view(identity, payment, auth_enabled=_auth_enabled(request)):
         _refusal(request, identity, payment.reference)
+        if payment.orphan:  # a record we never initiated is private: as if it did not exist
+            raise NotFound(f"no payment with reference {reference}", code="payment_not_found")
         raise ApiError("this payment belongs to another user", code="forbidden", status=403)
     trackers = await request.app[STORAGE].tracker_count(reference)
     return web.json_response(

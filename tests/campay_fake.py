@@ -67,7 +67,9 @@ class FakeCampay:
         self.valid_tokens.clear()
 
     def webhook_fields(self, reference: str, *, status: str | None = None, key: str = WEBHOOK_KEY,
-                       signature: str | None = ..., claims: dict[str, Any] | None = None) -> dict[str, str]:  # type: ignore[assignment]
+                       signature: str | None = ..., claims: dict[str, Any] | None = None,  # type: ignore[assignment]
+                       **overrides: str) -> dict[str, str]:
+        """CamPay's callback fields for `reference`, signed; `overrides` replace any field (a lying body)."""
         tx = self.transactions.get(reference, {})
         fields = {
             "status": status or tx.get("status", "SUCCESSFUL"),
@@ -80,6 +82,7 @@ class FakeCampay:
             "external_reference": tx.get("external_reference") or "",
             "phone_number": "237671234567",
             "endpoint": "collect",
+            **overrides,
         }
         if signature is ...:
             signature = jwt.encode(claims if claims is not None else {"reference": reference}, key, algorithm="HS256")

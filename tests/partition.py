@@ -1,0 +1,65 @@
+"""A TCP proxy in front of Redis that a test can cut and heal: a network partition for one instance.
+
+Stopping redis-server takes it away from every instance at once; cutting the
+proxy takes it away from the one instance whose REDIS_URL points here, while
+the others keep working. That is the fault that makes two copies of one
+payment diverge, and what the state rule's merge must reconcile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+
+class PartitionProxy:
+    def __init__(self, target_port: int) -> None:
+        self._target_port = target_port
+        self._server: asyncio.base_events.Server | None = None
+        self._open: set[asyncio.StreamWriter] = set()
+        self.cut_off = False
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def _serve(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        if self.cut_off:
+            client_writer.close()
+            return
+        try:
+            upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", self._target_port)
+        except OSError:
+            client_writer.close()
+            return
+        self._open |= {client_writer, upstream_writer}
+
+        async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(Exception):
+                while data := await reader.read(65536):
+                    writer.write(data)
+                    await writer.drain()
+            writer.close()
+
+        await asyncio.gather(pipe(client_reader, upstream_writer), pipe(upstream_reader, client_writer))
+        self._open -= {client_writer, upstream_writer}
+
+    def cut(self) -> None:
+        """Drop every open connection and refuse new ones."""
+        self.cut_off = True
+        for writer in list(self._open):
+            writer.close()
+
+    def heal(self) -> None:
+        self.cut_off = False
+
+    async def close(self) -> None:
+        self.cut()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
