@@ -1,0 +1,157 @@
+"""The state rule (`decide`, `merge`) on its own, and the same cases run through every storage backend.
+
+The contract half runs each case on memory, on Redis and on the resilient
+wrapper (Redis with its memory fallback), so no backend can carry a second
+version of the rule.
+"""
+
+from __future__ import annotations
+
+import itertools
+from datetime import datetime, timedelta, timezone
+from typing import Any, AsyncIterator
+
+import pytest
+
+from clock import ManualClock
+from payments.model import AMOUNT_MISMATCH, Payment, PaymentStatus, StatusUpdate, UpdateSource
+from payments.state import decide, merge
+from realtime.storage.memory import MemoryStorage
+from realtime.storage.redis import RedisStorage
+from realtime.storage.resilient import ResilientStorage
+from tests.harness import make_settings
+from tests.redis_server import RedisServer
+
+T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+LATER = T0 + timedelta(seconds=5)
+_prefixes = itertools.count()
+
+
+def owned(status: PaymentStatus = PaymentStatus.PENDING, seq: int = 1, **fields: Any) -> Payment:
+    """A payment we initiated, as stored."""
+    base: dict[str, Any] = {
+        "reference": "ref-1", "order_id": "order-1", "amount": 500, "currency": "XAF", "owner_id": "alice",
+        "phone_number": "237671234567", "ussd_code": "*126#", "provider": "campay", "status": status, "seq": seq,
+        "created_at": T0, "updated_at": T0, "completed_at": T0 if status.is_terminal else None,
+        "reason": "failed" if status is PaymentStatus.FAILED else None,
+    }
+    return Payment(**{**base, **fields})
+
+
+def orphan(status: PaymentStatus = PaymentStatus.SUCCESSFUL, seq: int = 1, amount: int = 500) -> Payment:
+    """The record an instance made from a webhook for a reference it did not know."""
+    return decide(None, update(status.value, amount=amount), T0).payment  # type: ignore[return-value]
+
+
+def update(status: str, source: UpdateSource = UpdateSource.WEBHOOK, **fields: Any) -> StatusUpdate:
+    return StatusUpdate(reference="ref-1", status=status, source=source, **fields)
+
+
+# -- decide ------------------------------------------------------------------------------------
+
+def test_pending_moves_to_a_final_status_once_and_never_back() -> None:
+    done = decide(owned(), update("SUCCESSFUL", amount=500, currency="XAF"), LATER)
+    assert done.applied and done.payment.status is PaymentStatus.SUCCESSFUL and done.payment.seq == 2
+    for claim in ("SUCCESSFUL", "FAILED", "PENDING"):
+        again = decide(done.payment, update(claim), LATER)
+        assert not again.applied and again.payment == done.payment
+    assert decide(owned(), update("PENDING"), LATER).outcome == "duplicate"
+
+
+def test_a_confirmed_amount_or_currency_other_than_the_initiated_one_fails_the_payment() -> None:
+    for claim in ({"amount": 499}, {"currency": "EUR"}):
+        result = decide(owned(), update("SUCCESSFUL", **claim), LATER)
+        assert result.payment.status is PaymentStatus.FAILED and result.payment.reason == AMOUNT_MISMATCH
+    assert decide(owned(), update("SUCCESSFUL", amount=500), LATER).payment.status is PaymentStatus.SUCCESSFUL
+
+
+def test_a_record_made_from_the_provider_is_private_and_names_no_order() -> None:
+    made = decide(None, update("SUCCESSFUL", amount=900, external_reference="someone-elses-order"), T0).payment
+    assert made.orphan and made.order_id is None and made.owner_id is None and made.seq == 1
+    assert decide(None, update("SUCCESSFUL", UpdateSource.SIMULATION), T0).outcome == "unknown"
+
+
+# -- merge -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("first,second", [(owned(), orphan()), (orphan(), owned())], ids=["owned-first", "orphan-first"])
+def test_merging_an_orphan_and_an_owned_copy_keeps_the_owner_and_the_final_status(first: Payment, second: Payment) -> None:
+    result = merge(first, second, LATER)
+    merged = result.payment
+    assert result.changed and not merged.orphan
+    assert (merged.owner_id, merged.order_id, merged.phone_number, merged.ussd_code) == (
+        "alice", "order-1", "237671234567", "*126#"
+    )
+    assert merged.status is PaymentStatus.SUCCESSFUL and merged.seq == 2  # max(1, 1) + 1
+
+
+def test_merge_checks_the_orphans_amount_against_the_initiation() -> None:
+    merged = merge(owned(), orphan(amount=5), LATER).payment
+    assert merged.status is PaymentStatus.FAILED and merged.reason == AMOUNT_MISMATCH and merged.provider_amount == 5
+
+
+def test_merge_takes_a_seq_above_both_copies_only_when_something_changed() -> None:
+    stored = owned(PaymentStatus.PENDING, seq=1)
+    ahead = owned(PaymentStatus.SUCCESSFUL, seq=4)
+    result = merge(stored, ahead, LATER)
+    assert result.changed and result.payment.status is PaymentStatus.SUCCESSFUL and result.payment.seq == 5
+    same = merge(result.payment, result.payment, LATER)
+    assert not same.changed and same.payment == result.payment
+    behind = merge(result.payment, owned(PaymentStatus.PENDING, seq=1), LATER)
+    assert not behind.changed and behind.payment.seq == 5
+
+
+def test_of_two_final_statuses_the_stored_one_wins_in_either_order() -> None:
+    success, failure = owned(PaymentStatus.SUCCESSFUL, seq=2), owned(PaymentStatus.FAILED, seq=2)
+    assert merge(success, failure, LATER).payment.status is PaymentStatus.SUCCESSFUL
+    assert merge(failure, success, LATER).payment.status is PaymentStatus.FAILED
+    assert merge(success, owned(PaymentStatus.PENDING, seq=9), LATER).payment.status is PaymentStatus.SUCCESSFUL
+
+
+# -- the same rule through every backend ---------------------------------------------------------
+
+@pytest.fixture(params=["memory", "redis", "resilient"])
+async def storage(request: pytest.FixtureRequest, redis_server: RedisServer) -> AsyncIterator[Any]:
+    clock = ManualClock(T0)
+    memory = MemoryStorage(clock, payment_ttl=3600, client_ttl=3600, event_log_max=50)
+    if request.param == "memory":
+        yield memory
+        return
+    settings = make_settings(REDIS_URL=redis_server.url, REDIS_KEY_PREFIX=f"rule{next(_prefixes)}:")
+    primary = RedisStorage.from_settings(settings, clock)
+    if request.param == "redis":
+        await primary.start()
+        yield primary
+        await primary.close()
+        return
+    resilient = ResilientStorage(primary, memory, clock, reconnect_interval=0.05)
+    await resilient.start()
+    yield resilient
+    await resilient.close()
+
+
+@pytest.mark.redis
+async def test_every_backend_adopts_an_orphan_and_points_the_order_at_it(storage: Any) -> None:
+    made = await storage.transition(update("SUCCESSFUL", amount=500, external_reference="order-x"), T0)
+    assert made.outcome == "created_orphan" and await storage.get_order_payment("order-x") is None
+    adopted = await storage.create_payment(owned(created_at=LATER, updated_at=LATER))
+    assert adopted.owner_id == "alice" and adopted.status is PaymentStatus.SUCCESSFUL and adopted.seq == 2
+    assert await storage.get_order_payment("order-1") == adopted == await storage.get_payment("ref-1")
+    assert [e.seq for e in await storage.events_after("ref-1", 0)] == [1, 2]
+
+
+@pytest.mark.redis
+async def test_every_backend_merges_a_write_back_by_the_rule(storage: Any) -> None:
+    await storage.create_payment(owned())
+    stored = await storage.merge_payment(orphan(), LATER)  # a degraded instance's record from a webhook
+    assert stored.owner_id == "alice" and stored.status is PaymentStatus.SUCCESSFUL and stored.seq == 2
+    again = await storage.merge_payment(owned(PaymentStatus.FAILED, seq=2), LATER)  # the other final status loses
+    assert again == stored and await storage.get_payment("ref-1") == stored
+    assert [e.seq for e in await storage.events_after("ref-1", 0)] == [1, 2]
+
+
+@pytest.mark.redis
+async def test_a_write_back_never_points_an_order_at_an_older_payment(storage: Any) -> None:
+    await storage.create_payment(owned(PaymentStatus.FAILED))  # an old attempt for order-1 ...
+    await storage.create_payment(owned(reference="ref-2"))  # ... and the new one
+    await storage.merge_payment(owned(PaymentStatus.FAILED, seq=3), LATER)  # the old one written back late
+    assert (await storage.get_order_payment("order-1")).reference == "ref-2"
