@@ -111,3 +111,38 @@ def test_every_setting_is_documented_in_env_example_and_readme() -> None:
         if not re.search(rf"^#?\s*{name}=", env, re.M) or f"`{name}`" not in readme
     ]
     assert missing == []
+
+
+@pytest.mark.redis
+async def test_a_burst_then_shutdown_on_redis_logs_no_error(redis_server) -> None:  # type: ignore[no-untyped-def]
+    """A full pool is back-pressure: no degraded mode, and no error line at shutdown either."""
+    port = free_port()
+    proc = await run_server(
+        "--host", "127.0.0.1", "--port", str(port), STORAGE_BACKEND="redis", REDIS_URL=redis_server.url,
+        REDIS_POOL_SIZE="2", REDIS_POOL_TIMEOUT_SECONDS="0.5",
+    )
+    try:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+
+            async def health() -> tuple[int, str]:
+                try:
+                    async with http.get(f"http://127.0.0.1:{port}/health") as resp:
+                        body = await resp.json()
+                        return resp.status, body.get("status") or body["error"]["code"]
+                except aiohttp.ClientConnectionError:
+                    return 0, "down"
+
+            assert await eventually(lambda: _is_healthy(health), timeout=WAIT * 2, interval=0.05)
+            answers = await asyncio.gather(*(health() for _ in range(500)))
+            assert set(answers) <= {(200, "healthy"), (503, "busy")}, set(answers)
+            assert await health() == (200, "healthy")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = await asyncio.wait_for(proc.communicate(), WAIT * 2)
+    log = err.decode()
+    assert proc.returncode == 0, log
+    assert "Traceback" not in log and " ERROR " not in log and "DEGRADED" not in log, log
+
+
+async def _is_healthy(health) -> bool:  # type: ignore[no-untyped-def]
+    return (await health()) == (200, "healthy")
