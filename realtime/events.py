@@ -93,11 +93,12 @@ def register_handlers(
             audit.info("socket connection refused", extra={"why": exc.code, "socket_id": sid})
             # The client sees `connect_error` with err.message and err.data.code.
             raise socketio.exceptions.ConnectionRefusedError(exc.message, {"code": exc.code})
+        sessions.open(sid, identity)  # before any await: a disconnect meanwhile finds it and closes it
         try:
             await storage.add_client(ClientRecord(socket_id=sid, instance_id=instance_id, connected_at=clock.now()))
         except ApiError as exc:  # busy: the client's reconnection will try again
+            sessions.close(sid)
             raise socketio.exceptions.ConnectionRefusedError(exc.message, {"code": exc.code})
-        sessions.open(sid, identity)
         if identity is not None:
             timers.arm(sid, identity.expires_at)
         if metrics is not None:
