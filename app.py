@@ -23,7 +23,7 @@ import webhooks.routes
 from appkeys import AUTHENTICATOR, CLOCK, DELIVERY, LIMITER, METRICS, RECONCILER, SERVICE, SETTINGS, SIO, STORAGE, WEBHOOKS
 from auth.authenticators import Authenticator, IntrospectionAuthenticator, JwtAuthenticator, NoAuth
 from clock import Clock, SystemClock
-from ratelimit import RateLimiter
+from ratelimit import Limit, RateLimiter
 from errors import error_middleware
 from merchant.delivery import DeliveryWorker
 from merchant.message import OutboxPolicy, decode_secret
@@ -41,7 +41,7 @@ from realtime.server import create_sio
 from realtime.storage.base import Storage
 from realtime.storage.factory import create_storage
 from request_id import request_id_middleware, setup_request_id
-from settings import AuthMode, ProviderName, Settings, StorageBackend
+from settings import AuthMode, ProviderName, Settings
 from webhooks.processor import WebhookProcessor
 
 log = logging.getLogger("paytrack")
@@ -130,14 +130,14 @@ def create_app(
         metrics=metrics,
     )
     authenticator = create_authenticator(settings, storage, clock)
-    limiter = RateLimiter(
+    limiter = RateLimiter.from_settings(
+        settings,
         {
-            "initiate_user": settings.RATE_LIMIT_INITIATE_PER_USER,
-            "initiate_ip": settings.RATE_LIMIT_INITIATE_PER_IP,
-            "webhook_ip": settings.RATE_LIMIT_WEBHOOK_PER_IP,
-            "connect_ip": settings.RATE_LIMIT_CONNECT_PER_IP,
+            "initiate_user": Limit(settings.RATE_LIMIT_INITIATE_PER_USER, on_outage="closed"),
+            "initiate_ip": Limit(settings.RATE_LIMIT_INITIATE_PER_IP, on_outage="closed"),
+            "webhook_ip": Limit(settings.RATE_LIMIT_WEBHOOK_PER_IP, on_outage="open"),
+            "connect_ip": Limit(settings.RATE_LIMIT_CONNECT_PER_IP, on_outage="local"),
         },
-        redis_url=settings.redis_url if settings.STORAGE_BACKEND is StorageBackend.REDIS else None,
     )
     expiry_timers = register_handlers(
         sio,
@@ -190,6 +190,7 @@ def create_app(
             await reconciler.stop()
             await expiry_timers.close()
             await authenticator.close()
+            await limiter.close()
             if delivery is not None:
                 await delivery.stop()
             await service.close()

@@ -145,6 +145,9 @@ class Settings(BaseSettings):
     REDIS_TIMEOUT_SECONDS: float = Field(2.0, gt=0, le=60)
     # PING interval on idle Redis connections (the pub/sub listener has no read timeout).
     REDIS_HEALTH_CHECK_INTERVAL_SECONDS: int = Field(15, ge=1, le=3600)
+    # Connections per Redis pool (the rate limiter's has its own), and how long a burst waits for one.
+    REDIS_POOL_SIZE: int = Field(50, ge=1, le=10_000)
+    REDIS_POOL_TIMEOUT_SECONDS: float = Field(2.0, gt=0, le=60)
 
     @field_validator("FRONTEND_URL", mode="before")
     @classmethod

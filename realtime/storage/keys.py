@@ -66,3 +66,10 @@ class RedisKeys:
     def auth_cache(self, token_hash: str) -> str:
         """A verified user for a SHA-256 of a bearer token (never the token itself)."""
         return f"{self.prefix}auth:{token_hash}"
+
+    def rate_limits(self) -> str:
+        """Prefix of the rate limiter's counters (the `limits` library appends `:LIMITER/...`).
+
+        Each counter is a capped list of hit times that expires one window after its last hit.
+        """
+        return f"{self.prefix}ratelimit"

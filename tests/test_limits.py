@@ -1,0 +1,110 @@
+"""Abuse limits that hold: counted atomically under concurrency, on memory and on Redis, and a clear
+policy for when the counter store is unreachable (initiate fails closed, webhooks fail open)."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import pytest
+import socketio
+
+from tests.campay_fake import FakeCampay
+from tests.conftest import Instance, StartInstance, campay_settings
+from tests.harness import PRODUCTION, WAIT, user_token
+from tests.redis_server import RedisServer
+
+
+async def refused_code(instance: Instance, **connect: Any) -> str:
+    """Connect a real client and expect `connect_error`; returns its `data.code`."""
+    client = socketio.AsyncClient(reconnection=False)
+    errors: list[Any] = []
+    client.on("connect_error", lambda data: errors.append(data))
+    with pytest.raises(socketio.exceptions.ConnectionError):
+        await client.connect(instance.url, transports=["websocket"], wait_timeout=WAIT, **connect)
+    assert len(errors) == 1, errors
+    return str(errors[0]["data"]["code"])
+
+
+@dataclass
+class Backend:
+    name: str
+    start: StartInstance
+    redis: RedisServer | None = None
+
+    async def limit_redis_clients(self, count: int) -> None:
+        """Make Redis refuse connections past `count`, as a busy production Redis does."""
+        if self.redis is not None:
+            client = self.redis.client()
+            try:
+                await client.config_set("maxclients", count)
+            finally:
+                await client.aclose()
+
+
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+def backend(request: pytest.FixtureRequest, start_instance: StartInstance) -> Backend:
+    """Instances on memory, or on the test's own Redis: every limit must behave the same on both."""
+    if request.param == "memory":
+        return Backend("memory", start_instance)
+    start_redis: StartInstance = request.getfixturevalue("start_redis_instance")
+
+    async def on_redis(clock: Any = None, **settings: Any) -> Instance:
+        return await start_redis(clock, **{**settings, "STORAGE_BACKEND": "redis"})
+
+    return Backend("redis", on_redis, request.getfixturevalue("redis_server"))
+
+
+async def test_200_concurrent_initiates_accept_exactly_the_limit(backend: Backend) -> None:
+    instance = await backend.start(
+        **PRODUCTION, RATE_LIMIT_INITIATE_PER_USER="10/minute", RATE_LIMIT_INITIATE_PER_IP="1000/minute",
+        REDIS_POOL_SIZE=10,
+    )
+    await backend.limit_redis_clients(40)
+    api = instance.api.as_user(user_token("alice"))
+    results = await asyncio.gather(*(api.initiate(order_id=f"o-burst-{i}") for i in range(200)))
+    statuses = sorted(status for status, _, _ in results)
+    assert statuses.count(201) == 10 and statuses.count(429) == 190, statuses
+
+
+# -- when the counter store is unreachable: a policy per limit ---------------------------------
+
+
+@pytest.mark.redis
+async def test_initiate_fails_closed_with_503_and_retry_after_when_the_limit_store_is_unreachable(
+    start_redis_instance: StartInstance, redis_server: RedisServer
+) -> None:
+    instance = await start_redis_instance(**{**PRODUCTION, "STORAGE_BACKEND": "redis"})
+    api = instance.api.as_user(user_token("alice"))
+    assert (await api.initiate(order_id="o-before"))[0] == 201
+    redis_server.stop()
+    status, body, headers = await api.initiate(order_id="o-during")
+    assert status == 503 and body["error"]["code"] == "rate_limit_unavailable", body
+    assert int(headers["Retry-After"]) >= 1
+    assert await instance.storage.get_order_payment("o-during") is None  # no USSD push was sent
+
+
+@pytest.mark.redis
+async def test_webhook_is_not_refused_when_the_limit_store_is_unreachable(
+    start_redis_instance: StartInstance, redis_server: RedisServer, campay: FakeCampay, http: aiohttp.ClientSession
+) -> None:
+    instance = await start_redis_instance(**campay_settings(campay, STORAGE_BACKEND="redis"))
+    _, payment, _ = await instance.api.initiate(order_id="o-hook")
+    campay.set_status(payment["reference"], "SUCCESSFUL")
+    redis_server.stop()
+    status, body = await campay.send_webhook(http, instance.url, payment["reference"])
+    assert status == 200 and body["outcome"] == "applied", body
+    assert (await instance.storage.get_payment(payment["reference"])).status.value == "SUCCESSFUL"
+
+
+@pytest.mark.redis
+async def test_socket_connects_are_counted_on_this_instance_when_the_limit_store_is_unreachable(
+    start_redis_instance: StartInstance, redis_server: RedisServer
+) -> None:
+    instance = await start_redis_instance(RATE_LIMIT_CONNECT_PER_IP="2/minute")
+    redis_server.stop()
+    await instance.tracker()
+    await instance.tracker()
+    assert await refused_code(instance) == "rate_limited"
