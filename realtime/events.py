@@ -14,6 +14,7 @@ from pydantic import BaseModel, ValidationError
 
 from auth.access import can_view
 from auth.authenticators import Authenticator, Identity
+from client_address import socket_client_address
 from clock import Clock
 from errors import ApiError, validation_details
 from logs import bind
@@ -77,11 +78,7 @@ def register_handlers(
     timers = ExpiryTimers(clock, warning_seconds=token_warning_seconds, warn=warn, expire=expire)
 
     def remote_ip(environ: dict[str, Any]) -> str:
-        if trust_forwarded_for:
-            first = environ.get("HTTP_X_FORWARDED_FOR", "").split(",")[0].strip()
-            if first:
-                return first
-        return str(environ.get("REMOTE_ADDR") or "unknown")
+        return socket_client_address(environ, trust_forwarded=trust_forwarded_for)
 
     async def connect(sid: str, environ: dict[str, Any], auth: Any = None) -> None:
         try:
