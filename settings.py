@@ -118,6 +118,10 @@ class Settings(BaseSettings):
     RATE_LIMIT_WEBHOOK_PER_IP: str = "600/minute"
     RATE_LIMIT_CONNECT_PER_IP: str = "120/minute"
     MAX_TRACKED_PER_SOCKET: int = Field(50, gt=0)
+    # Engine.IO sessions that have not sent Socket.IO's CONNECT: at most this many per address
+    # (429 over it), each closed after SOCKET_CONNECT_TIMEOUT_SECONDS.
+    MAX_ANONYMOUS_SESSIONS_PER_IP: int = Field(20, gt=0, le=10_000)
+    SOCKET_CONNECT_TIMEOUT_SECONDS: float = Field(5.0, gt=0, le=120)
     # Take the client IP from X-Forwarded-For (only behind a proxy you control).
     TRUST_FORWARDED_FOR: bool = False
 
