@@ -24,7 +24,7 @@ from appkeys import AUTHENTICATOR, CLOCK, DELIVERY, LIMITER, METRICS, RECONCILER
 from auth.authenticators import Authenticator, IntrospectionAuthenticator, JwtAuthenticator, NoAuth
 from clock import Clock, SystemClock
 from ratelimit import Limit, RateLimiter
-from errors import error_middleware
+from errors import ascii_headers_middleware, error_middleware
 from merchant.delivery import DeliveryWorker
 from merchant.message import OutboxPolicy, decode_secret
 from metrics import InstrumentedStorage, Metrics
@@ -71,7 +71,8 @@ def create_app(
     clock = clock or SystemClock()
     metrics = metrics or Metrics()
     app = web.Application(
-        middlewares=[request_id_middleware, error_middleware], client_max_size=settings.MAX_BODY_BYTES
+        middlewares=[request_id_middleware, error_middleware, ascii_headers_middleware],
+        client_max_size=settings.MAX_BODY_BYTES,
     )
     setup_request_id(app)
 

@@ -89,6 +89,10 @@ def register_handlers(
             audit.info("socket connection refused", extra={"why": exc.code, "socket_id": sid})
             # The client sees `connect_error` with err.message and err.data.code.
             raise socketio.exceptions.ConnectionRefusedError(exc.message, {"code": exc.code})
+        except Exception:
+            # Never leave a client waiting for an answer to its CONNECT.
+            log.exception("socket connect failed", extra={"socket_id": sid})
+            raise socketio.exceptions.ConnectionRefusedError("internal error", {"code": "internal_error"}) from None
         if identity is not None:
             identities[sid] = identity
             timers.arm(sid, identity.expires_at)
