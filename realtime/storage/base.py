@@ -38,10 +38,14 @@ class IdempotencyRecord(BaseModel):
 
 
 class StorageHealth(BaseModel):
+    """`reason` (the class of the last failure, e.g. `ConnectionError`) is safe to show anyone;
+    `detail` may name hosts and ports, so `/health` shows it only with debug access."""
+
     backend: str
     status: Literal["healthy", "degraded"]
     redis_reachable: bool | None = None
     latency_ms: float | None = None
+    reason: str | None = None
     detail: str | None = None
 
 

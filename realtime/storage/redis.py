@@ -133,7 +133,10 @@ class RedisStorage:
         try:
             latency = await self.ping()
         except Exception as exc:  # noqa: BLE001 - any failure means "not reachable"
-            return StorageHealth(backend=self.backend, status="degraded", redis_reachable=False, detail=str(exc))
+            return StorageHealth(
+                backend=self.backend, status="degraded", redis_reachable=False, reason=type(exc).__name__,
+                detail=str(exc),
+            )
         return StorageHealth(backend=self.backend, status="healthy", redis_reachable=True, latency_ms=round(latency, 2))
 
     # -- helpers -------------------------------------------------------------

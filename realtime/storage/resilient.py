@@ -74,6 +74,7 @@ class ResilientStorage:
         self._healthy = False
         self._down_since: datetime | None = None
         self._last_error = "not started"
+        self._last_reason = "NotStarted"  # the failure's class: shown on /health to anyone
         self._dirty_payments: set[str] = set()
         self._dirty_clients: set[str] = set()
         self._removed_clients: set[str] = set()
@@ -109,6 +110,7 @@ class ResilientStorage:
 
     def _degrade(self, exc: BaseException) -> None:
         self._last_error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        self._last_reason = type(exc).__name__
         if self._healthy or self._down_since is None:
             self._down_since = self._clock.now()
             log.error(
@@ -206,6 +208,7 @@ class ResilientStorage:
             status="degraded",
             redis_reachable=reachable,
             latency_ms=latency,
+            reason=self._last_reason,
             detail=(
                 f"running on memory since {since} ({self._last_error}); "
                 f"{len(self._dirty_payments)} payment change(s) waiting for write-back"
