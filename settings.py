@@ -98,6 +98,9 @@ class Settings(BaseSettings):
     MERCHANT_WEBHOOK_MAX_ATTEMPTS: int = Field(12, ge=1, le=50)
     MERCHANT_WEBHOOK_RETRY_SCALE: float = Field(1.0, gt=0, le=10)
     MERCHANT_WEBHOOK_POLL_SECONDS: float = Field(1.0, gt=0, le=60)
+    # Dead-lettered messages are kept this long (for replay), and at most this many (oldest dropped).
+    MERCHANT_DEAD_LETTER_TTL_SECONDS: float = Field(7 * 86400, gt=0)
+    MERCHANT_DEAD_LETTER_MAX: int = Field(10_000, ge=1, le=1_000_000)
 
     # Who may call: none (development only), jwt (verified locally), introspect (asked of AUTH_SERVICE_URL).
     AUTH_MODE: AuthMode | None = None

@@ -4,7 +4,6 @@ policy for when the counter store is unreachable (initiate fails closed, webhook
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -12,7 +11,7 @@ import pytest
 import socketio
 
 from tests.campay_fake import FakeCampay
-from tests.conftest import Instance, StartInstance, campay_settings
+from tests.conftest import Backend, Instance, StartInstance, campay_settings
 from tests.harness import PRODUCTION, WAIT, user_token
 from tests.redis_server import RedisServer
 
@@ -26,35 +25,6 @@ async def refused_code(instance: Instance, **connect: Any) -> str:
         await client.connect(instance.url, transports=["websocket"], wait_timeout=WAIT, **connect)
     assert len(errors) == 1, errors
     return str(errors[0]["data"]["code"])
-
-
-@dataclass
-class Backend:
-    name: str
-    start: StartInstance
-    redis: RedisServer | None = None
-
-    async def limit_redis_clients(self, count: int) -> None:
-        """Make Redis refuse connections past `count`, as a busy production Redis does."""
-        if self.redis is not None:
-            client = self.redis.client()
-            try:
-                await client.config_set("maxclients", count)
-            finally:
-                await client.aclose()
-
-
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
-def backend(request: pytest.FixtureRequest, start_instance: StartInstance) -> Backend:
-    """Instances on memory, or on the test's own Redis: every limit must behave the same on both."""
-    if request.param == "memory":
-        return Backend("memory", start_instance)
-    start_redis: StartInstance = request.getfixturevalue("start_redis_instance")
-
-    async def on_redis(clock: Any = None, **settings: Any) -> Instance:
-        return await start_redis(clock, **{**settings, "STORAGE_BACKEND": "redis"})
-
-    return Backend("redis", on_redis, request.getfixturevalue("redis_server"))
 
 
 async def test_200_concurrent_initiates_accept_exactly_the_limit(backend: Backend) -> None:

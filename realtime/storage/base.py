@@ -115,8 +115,13 @@ class Storage(Protocol):
 
     async def outbox_reschedule(self, entry_id: str, attempts: int, next_attempt_at: float, error: str) -> None: ...
 
-    async def outbox_kill(self, entry_id: str, attempts: int, error: str) -> None:
-        """Move an entry to the dead-letter list."""
+    async def outbox_kill(self, entry_id: str, attempts: int, error: str) -> int:
+        """Move an entry to the dead-letter list; returns how many of the oldest dead letters were
+        dropped to keep the list within its cap.
+
+        Dead letters are kept for the backend's dead-letter TTL (then `outbox_list`, `outbox_claim`
+        and the next kill drop them) and at most its dead-letter cap of them.
+        """
 
     async def outbox_list(self) -> list[OutboxEntry]:
         """Pending and dead entries, oldest first."""

@@ -327,11 +327,11 @@ class ResilientStorage:
             lambda: self.primary.outbox_reschedule(entry_id, attempts, next_attempt_at, error), _nothing
         )
 
-    async def outbox_kill(self, entry_id: str, attempts: int, error: str) -> None:
+    async def outbox_kill(self, entry_id: str, attempts: int, error: str) -> int:
         if self.fallback.has_outbox_entry(entry_id):
-            await self.fallback.outbox_kill(entry_id, attempts, error)
-            return
-        await self._call(lambda: self.primary.outbox_kill(entry_id, attempts, error), _nothing)
+            return await self.fallback.outbox_kill(entry_id, attempts, error)
+        dropped, _ = await self._call(lambda: self.primary.outbox_kill(entry_id, attempts, error), _zero)
+        return dropped
 
     async def outbox_list(self) -> list[OutboxEntry]:
         entries, on_redis = await self._call(self.primary.outbox_list, self.fallback.outbox_list)
@@ -417,3 +417,7 @@ async def _nothing() -> None:
 
 async def _none() -> None:
     return None
+
+
+async def _zero() -> int:
+    return 0
