@@ -36,12 +36,13 @@ from payments.model import Payment, PaymentEvent
 from realtime.events import register_handlers, tracked_payment_count
 from realtime.manager import create_client_manager
 from realtime.event_names import payment_room
+from realtime.heartbeat import Heartbeat
 from realtime.notifier import SocketNotifier
 from realtime.server import create_sio
 from realtime.storage.base import Storage
 from realtime.storage.factory import create_storage
 from request_id import request_id_middleware, setup_request_id
-from settings import AuthMode, ProviderName, Settings
+from settings import AuthMode, ProviderName, Settings, StorageBackend
 from webhooks.processor import WebhookProcessor
 
 log = logging.getLogger("paytrack")
@@ -97,6 +98,11 @@ def create_app(
     else:
         storage = create_storage(settings, clock, on_write_back=announce_write_back, instrument=count_failures)
     delivery = _create_delivery(settings, storage, clock, metrics)
+    heartbeat = (
+        Heartbeat(storage, settings.INSTANCE_ID, interval=settings.INSTANCE_HEARTBEAT_SECONDS)
+        if settings.STORAGE_BACKEND is StorageBackend.REDIS
+        else None
+    )
     service = PaymentService(
         storage,
         provider,
@@ -170,6 +176,8 @@ def create_app(
 
     async def lifetime(app: web.Application) -> AsyncIterator[None]:
         await storage.start()
+        if heartbeat is not None:
+            await heartbeat.start()
         if manager is not None:
             await manager.start(sio, wait=settings.REDIS_TIMEOUT_SECONDS)
         if settings.RECONCILE_ENABLED:
@@ -189,6 +197,8 @@ def create_app(
             yield
         finally:
             await reconciler.stop()
+            if heartbeat is not None:
+                await heartbeat.stop()
             await expiry_timers.close()
             await authenticator.close()
             await limiter.close()

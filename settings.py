@@ -57,6 +57,9 @@ class Settings(BaseSettings):
     HOST: str = "0.0.0.0"
     PORT: int = Field(5000, ge=0, le=65535)
     INSTANCE_ID: str = Field(default_factory=_default_instance_id)
+    # How often this instance refreshes its heartbeat in Redis; after three missed beats the
+    # connections it recorded count as a crashed instance's and are removed.
+    INSTANCE_HEARTBEAT_SECONDS: float = Field(10.0, gt=0, le=300)
     LOG_LEVEL: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     # Comma-separated list of origins allowed by CORS and by Socket.IO.

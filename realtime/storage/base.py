@@ -158,6 +158,14 @@ class Storage(Protocol):
 
     async def untrack(self, socket_id: str, reference: str) -> None: ...
 
-    async def list_clients(self) -> list[ClientRecord]: ...
+    async def list_clients(self) -> list[ClientRecord]:
+        """Connections of every live instance. Records of an instance whose heartbeat has lapsed
+        (it crashed, so no disconnect handler ran) are removed, not listed."""
 
-    async def tracker_count(self, reference: str) -> int: ...
+    async def tracker_count(self, reference: str) -> int:
+        """Connections of live instances tracking `reference`."""
+
+    async def heartbeat(self, instance_id: str, ttl_seconds: float) -> bool:
+        """Mark `instance_id` alive for `ttl_seconds`; False if its previous heartbeat had lapsed
+        (or it had none), in which case its connections may have been removed as a crashed
+        instance's and the caller should record them again."""

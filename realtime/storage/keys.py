@@ -48,6 +48,11 @@ class RedisKeys:
         """Set of socket ids tracking `reference` (pruned of expired clients when counted)."""
         return f"{self.prefix}trackers:{reference}"
 
+    def instance(self, instance_id: str) -> str:
+        """An instance's heartbeat: refreshed every INSTANCE_HEARTBEAT_SECONDS, expires after three
+        missed beats. Connections recorded by an instance without one are gone (it crashed)."""
+        return f"{self.prefix}instance:{instance_id}"
+
     def lease(self, name: str) -> str:
         return f"{self.prefix}lease:{name}"
 

@@ -336,3 +336,7 @@ class MemoryStorage:
 
     async def tracker_count(self, reference: str) -> int:
         return sum(1 for _, c in self._clients.items() if reference in c.tracked)
+
+    async def heartbeat(self, instance_id: str, ttl_seconds: float) -> bool:
+        """One process, one instance: its connections die with it, nothing to mark."""
+        return True

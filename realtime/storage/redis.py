@@ -488,7 +488,8 @@ class RedisStorage:
         )
 
     async def list_clients(self) -> list[ClientRecord]:
-        """Every instance's connections; index entries whose record expired are pruned."""
+        """Every live instance's connections; index entries whose record expired are pruned, and
+        records of instances without a heartbeat are removed."""
         index = self._keys.clients()
         await self.redis.zremrangebyscore(index, "-inf", self._clock.now().timestamp())
         sids: list[str] = await self.redis.zrange(index, 0, -1)
@@ -498,7 +499,7 @@ class RedisStorage:
         gone = [sid for sid, raw in zip(sids, raws) if raw is None]
         if gone:
             await self.redis.zrem(index, *gone)
-        clients = [ClientRecord.model_validate_json(raw) for raw in raws if raw]
+        clients = await self._of_live_instances([ClientRecord.model_validate_json(raw) for raw in raws if raw])
         return sorted(clients, key=lambda c: c.connected_at)
 
     async def tracker_count(self, reference: str) -> int:
@@ -506,8 +507,27 @@ class RedisStorage:
         sids: list[str] = list(await self.redis.smembers(key))
         if not sids:
             return 0
-        alive = await self.redis.mget([self._keys.client(s) for s in sids])
-        gone = [sid for sid, raw in zip(sids, alive) if raw is None]
+        raws = await self.redis.mget([self._keys.client(s) for s in sids])
+        gone = [sid for sid, raw in zip(sids, raws) if raw is None]
         if gone:
             await self.redis.srem(key, *gone)
-        return len(sids) - len(gone)
+        return len(await self._of_live_instances([ClientRecord.model_validate_json(raw) for raw in raws if raw]))
+
+    async def _of_live_instances(self, clients: list[ClientRecord]) -> list[ClientRecord]:
+        """`clients` whose instance has a heartbeat; the others' records are removed (their instance crashed)."""
+        instances = sorted({c.instance_id for c in clients})
+        if not instances:
+            return clients
+        beats = await self.redis.mget([self._keys.instance(i) for i in instances])
+        dead = {i for i, beat in zip(instances, beats) if beat is None}
+        for client in clients:
+            if client.instance_id in dead:
+                await self.remove_client(client.socket_id)
+        if dead:
+            log.warning("removed connections of instances without a heartbeat", extra={"instances": sorted(dead)})
+        return [c for c in clients if c.instance_id not in dead]
+
+    async def heartbeat(self, instance_id: str, ttl_seconds: float) -> bool:
+        beat = self._clock.now().isoformat()
+        previous = await self.redis.set(self._keys.instance(instance_id), beat, px=max(1, int(ttl_seconds * 1000)), get=True)
+        return previous is not None

@@ -79,6 +79,7 @@ class ResilientStorage:
         self._dirty_clients: set[str] = set()
         self._removed_clients: set[str] = set()
         self._watcher: asyncio.Task[None] | None = None
+        self._instance_beat: tuple[str, float] | None = None  # (instance id, ttl) of our heartbeat
 
     @property
     def healthy(self) -> bool:
@@ -138,6 +139,10 @@ class ResilientStorage:
     async def _recover(self) -> None:
         """Write back everything changed while degraded, then switch to Redis. Raises while Redis is away."""
         await self.primary.ping()
+        if self._instance_beat is not None and not await self.primary.heartbeat(*self._instance_beat):
+            # Our heartbeat lapsed while Redis was away: other instances may have removed our
+            # connections as a crashed instance's. Write every one of them back.
+            self._dirty_clients |= {c.socket_id for c in await self.fallback.list_clients()}
         written: list[Payment] = []
         while self._has_pending_writes():
             payments, self._dirty_payments = self._dirty_payments, set()
@@ -409,6 +414,25 @@ class ResilientStorage:
             lambda: self.primary.tracker_count(reference), lambda: self.fallback.tracker_count(reference)
         )
         return count
+
+    async def heartbeat(self, instance_id: str, ttl_seconds: float) -> bool:
+        """On Redis while healthy (while degraded, `_recover` beats first thing when Redis is back).
+
+        If our heartbeat had lapsed (a stalled loop), other instances may have removed our
+        connections as a crashed instance's: they are recorded again from memory.
+        """
+        self._instance_beat = (instance_id, ttl_seconds)
+        if not self._healthy:
+            return True
+        try:
+            alive = await self.primary.heartbeat(instance_id, ttl_seconds)
+            if not alive:
+                for client in await self.fallback.list_clients():
+                    await self.primary.add_client(client)
+            return alive
+        except OUTAGE_ERRORS as exc:
+            self._degrade(exc)
+            return True
 
 
 async def _nothing() -> None:
