@@ -39,6 +39,38 @@ async def test_200_concurrent_initiates_accept_exactly_the_limit(backend: Backen
     assert statuses.count(201) == 10 and statuses.count(429) == 190, statuses
 
 
+async def test_200_concurrent_webhooks_from_one_address_accept_exactly_the_limit(backend: Backend) -> None:
+    instance = await backend.start(RATE_LIMIT_WEBHOOK_PER_IP="20/minute", REDIS_POOL_SIZE=10)
+    await backend.limit_redis_clients(40)
+    fields = {"reference": "r-burst", "status": "SUCCESSFUL"}  # unsigned: 401 once past the limiter
+    results = await asyncio.gather(
+        *(instance.api.request("POST", "/api/payment/webhook", json=fields) for _ in range(200))
+    )
+    statuses = sorted(status for status, _, _ in results)
+    assert statuses.count(401) == 20 and statuses.count(429) == 180, statuses
+
+
+async def test_50_concurrent_socket_connects_from_one_address_accept_exactly_the_limit(backend: Backend) -> None:
+    instance = await backend.start(
+        RATE_LIMIT_CONNECT_PER_IP="10/minute", MAX_ANONYMOUS_SESSIONS_PER_IP=100, REDIS_POOL_SIZE=10
+    )
+    await backend.limit_redis_clients(30)
+    codes = await asyncio.gather(*(_connect_or_refusal(instance) for _ in range(50)))
+    assert codes.count(None) == 10 and codes.count("rate_limited") == 40, codes
+
+
+async def _connect_or_refusal(instance: Instance) -> str | None:
+    client = socketio.AsyncClient(reconnection=False)
+    errors: list[Any] = []
+    client.on("connect_error", lambda data: errors.append(data))
+    try:
+        await client.connect(instance.url, transports=["websocket"], wait_timeout=WAIT)
+    except socketio.exceptions.ConnectionError:
+        return str(errors[0]["data"]["code"]) if errors and isinstance(errors[0], dict) else "handshake"
+    await client.disconnect()
+    return None
+
+
 # -- when the counter store is unreachable: a policy per limit ---------------------------------
 
 
