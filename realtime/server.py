@@ -4,8 +4,10 @@
 anonymous Engine.IO sessions (`realtime/sessions.py`): its Engine.IO server
 refuses a handshake over the per-address cap with 429, and the Socket.IO
 layer tells the counter when a session connects or closes. Both hook in by
-subclassing the documented extension points (`_engineio_server_class`, the
-Engine.IO event handlers), not by patching the libraries.
+subclassing: `_engineio_server_class`, Engine.IO's `_handle_connect` and the
+Socket.IO server's Engine.IO event handlers are methods the libraries call
+on `self` (python-socketio 5.x, python-engineio 4.x). They are not public
+API, so tests/test_socket_sessions.py exercises every hook over a real socket.
 """
 
 from __future__ import annotations

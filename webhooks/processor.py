@@ -32,6 +32,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("paytrack.audit")  # every webhook decision is an audit line
 
 
+# Larger than any mobile-money amount; a bigger claim is treated as no claim.
+_MAX_AMOUNT = 10**12
+
+
 def _to_int(value: Any) -> int | None:
     """CamPay's amount, leniently: "100", "100.00", 100 and 100.0 are 100; anything else ("", "99.5",
     "lots", a number too large to be an amount) is None rather than a reason to refuse.
@@ -56,10 +60,6 @@ def _to_int(value: Any) -> int | None:
     if not number.is_finite() or number != number.to_integral_value() or not 0 <= number <= _MAX_AMOUNT:
         return None
     return int(number)
-
-
-# Larger than any mobile-money amount; a bigger claim is treated as no claim.
-_MAX_AMOUNT = 10**12
 
 
 ShortText = Annotated[StrictStr, Field(max_length=255)]
