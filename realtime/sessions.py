@@ -47,9 +47,6 @@ class AnonymousSessions:
         self._by_sid: dict[str, _Reservation] = {}
         self._closing: set[asyncio.Task[None]] = set()
 
-    def count(self, address: str) -> int:
-        return self._counts[address]
-
     def reserve(self, environ: dict[str, Any]) -> bool:
         """Count a new handshake against its address; False (and nothing counted) when over the cap."""
         address = socket_client_address(environ, trust_forwarded=self._trust_forwarded)

@@ -528,6 +528,9 @@ class RedisStorage:
         return [c for c in clients if c.instance_id not in dead]
 
     async def heartbeat(self, instance_id: str, ttl_seconds: float) -> bool:
-        beat = self._clock.now().isoformat()
-        previous = await self.redis.set(self._keys.instance(instance_id), beat, px=max(1, int(ttl_seconds * 1000)), get=True)
-        return previous is not None
+        key = self._keys.instance(instance_id)
+        async with self.redis.pipeline(transaction=True) as pipe:  # EXISTS + SET, not SET GET (Redis 6.2+)
+            pipe.exists(key)
+            pipe.set(key, self._clock.now().isoformat(), px=max(1, int(ttl_seconds * 1000)))
+            existed, _ = await pipe.execute()
+        return bool(existed)
