@@ -85,6 +85,7 @@ def register_handlers(
             await limiter.check("connect_ip", remote_ip(environ))
             token = auth.get("token") if isinstance(auth, dict) else None
             identity = await authenticator.authenticate(token if isinstance(token, str) else None)
+            await storage.add_client(ClientRecord(socket_id=sid, instance_id=instance_id, connected_at=clock.now()))
         except ApiError as exc:
             audit.info("socket connection refused", extra={"why": exc.code, "socket_id": sid})
             # The client sees `connect_error` with err.message and err.data.code.
@@ -96,7 +97,6 @@ def register_handlers(
         if identity is not None:
             identities[sid] = identity
             timers.arm(sid, identity.expires_at)
-        await storage.add_client(ClientRecord(socket_id=sid, instance_id=instance_id, connected_at=clock.now()))
         if metrics is not None:
             metrics.connected_sockets.inc()
         # Emitted from a task so it goes out after the CONNECT packet, not before.
