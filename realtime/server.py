@@ -24,7 +24,7 @@ from aiohttp import web
 from client_address import own_origin
 from errors import ApiError
 from realtime.manager import LocalManager
-from realtime.sessions import AnonymousSessions
+from realtime.handshakes import AnonymousSessions
 from settings import Settings
 
 
