@@ -21,8 +21,8 @@ import webhooks.routes
 from appkeys import AUTHENTICATOR, CLOCK, DELIVERY, LIMITER, METRICS, RECONCILER, SERVICE, SETTINGS, SIO, STORAGE, WEBHOOKS
 from auth.authenticators import Authenticator, IntrospectionAuthenticator, JwtAuthenticator, NoAuth
 from clock import Clock, SystemClock
-from ratelimit import RateLimiter
-from errors import error_middleware
+from ratelimit import Limit, RateLimiter
+from errors import ascii_headers_middleware, error_middleware
 from merchant.delivery import DeliveryWorker
 from merchant.message import OutboxPolicy, decode_secret
 from metrics import InstrumentedStorage, Metrics
@@ -33,6 +33,7 @@ from payments.service import PaymentService
 from realtime.delivery import LocalDelivery, Resync
 from realtime.events import register_handlers
 from realtime.manager import ResilientRedisManager, create_client_manager
+from realtime.heartbeat import Heartbeat
 from realtime.notifier import SocketNotifier
 from realtime.sessions import Sessions
 from realtime.server import create_sio
@@ -69,7 +70,8 @@ def create_app(
     clock = clock or SystemClock()
     metrics = metrics or Metrics()
     app = web.Application(
-        middlewares=[request_id_middleware, error_middleware], client_max_size=settings.MAX_BODY_BYTES
+        middlewares=[request_id_middleware, error_middleware, ascii_headers_middleware],
+        client_max_size=settings.MAX_BODY_BYTES,
     )
     setup_request_id(app)
 
@@ -102,6 +104,11 @@ def create_app(
         manager.on_listening = resync.request
         manager.storage_healthy = lambda: bool(getattr(storage, "healthy", True))
     delivery = _create_delivery(settings, storage, clock, metrics)
+    heartbeat = (
+        Heartbeat(storage, settings.INSTANCE_ID, interval=settings.INSTANCE_HEARTBEAT_SECONDS)
+        if settings.STORAGE_BACKEND is StorageBackend.REDIS
+        else None
+    )
     service = PaymentService(
         storage,
         provider,
@@ -136,14 +143,14 @@ def create_app(
         metrics=metrics,
     )
     authenticator = create_authenticator(settings, storage, clock)
-    limiter = RateLimiter(
+    limiter = RateLimiter.from_settings(
+        settings,
         {
-            "initiate_user": settings.RATE_LIMIT_INITIATE_PER_USER,
-            "initiate_ip": settings.RATE_LIMIT_INITIATE_PER_IP,
-            "webhook_ip": settings.RATE_LIMIT_WEBHOOK_PER_IP,
-            "connect_ip": settings.RATE_LIMIT_CONNECT_PER_IP,
+            "initiate_user": Limit(settings.RATE_LIMIT_INITIATE_PER_USER, on_outage="closed"),
+            "initiate_ip": Limit(settings.RATE_LIMIT_INITIATE_PER_IP, on_outage="closed"),
+            "webhook_ip": Limit(settings.RATE_LIMIT_WEBHOOK_PER_IP, on_outage="open"),
+            "connect_ip": Limit(settings.RATE_LIMIT_CONNECT_PER_IP, on_outage="local"),
         },
-        redis_url=settings.redis_url if settings.STORAGE_BACKEND is StorageBackend.REDIS else None,
     )
     expiry_timers = register_handlers(
         sio,
@@ -176,6 +183,8 @@ def create_app(
 
     async def lifetime(app: web.Application) -> AsyncIterator[None]:
         await storage.start()
+        if heartbeat is not None:
+            await heartbeat.start()
         if isinstance(manager, ResilientRedisManager):
             await manager.start(sio, wait=settings.REDIS_TIMEOUT_SECONDS)
         resync.start()
@@ -197,8 +206,11 @@ def create_app(
         finally:
             await resync.stop()
             await reconciler.stop()
+            if heartbeat is not None:
+                await heartbeat.stop()
             await expiry_timers.close()
             await authenticator.close()
+            await limiter.close()
             if delivery is not None:
                 await delivery.stop()
             await service.close()

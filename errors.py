@@ -84,18 +84,81 @@ def validation_details(exc: ValidationError) -> list[dict[str, Any]]:
     return details
 
 
+# Bounds on what a JSON body may contain. Every payload we accept is a flat object of short
+# fields; anything near these bounds is an attack on the parser, not a payment.
+MAX_JSON_DEPTH = 32
+MAX_JSON_NUMBER_CHARS = 64
+
+
+def _invalid_json(message: str) -> InvalidRequest:
+    return InvalidRequest(message, code="invalid_json")
+
+
+def _bounded(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    def check(text: str) -> Any:
+        if len(text) > MAX_JSON_NUMBER_CHARS:
+            raise _invalid_json(f"request body has a number longer than {MAX_JSON_NUMBER_CHARS} characters")
+        return parse(text)
+
+    return check
+
+
+def _refuse_constant(name: str) -> Any:
+    raise _invalid_json(f"request body is not valid JSON: {name} is not a JSON value")
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth of parsed JSON, without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else None
+        if children is not None:
+            deepest = max(deepest, depth)
+            stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def parse_json(raw: bytes) -> Any:
+    """Strict, bounded JSON: numbers of at most MAX_JSON_NUMBER_CHARS characters, nesting of at most
+    MAX_JSON_DEPTH, no NaN/Infinity. Raises InvalidRequest (400 `invalid_json`) otherwise, so a
+    5,000-digit number or a 30,000-deep array never reaches the int parser, the recursion limit or pydantic.
+    """
+    try:
+        data = json.loads(
+            raw, parse_int=_bounded(int), parse_float=_bounded(float), parse_constant=_refuse_constant
+        )
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise _invalid_json(f"request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise _invalid_json(f"request body nests deeper than {MAX_JSON_DEPTH} levels") from None
+    if _depth(data) > MAX_JSON_DEPTH:
+        raise _invalid_json(f"request body nests deeper than {MAX_JSON_DEPTH} levels")
+    return data
+
+
 async def read_json_object(request: web.Request) -> dict[str, Any]:
-    """The request body as a JSON object, or an InvalidRequest naming what is wrong."""
+    """The request body as a JSON object (see `parse_json`), or an InvalidRequest naming what is wrong."""
     raw = await request.read()
     if not raw:
-        raise InvalidRequest("request body is empty; a JSON object is required", code="invalid_json")
-    try:
-        data = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidRequest(f"request body is not valid JSON: {exc}", code="invalid_json") from None
+        raise _invalid_json("request body is empty; a JSON object is required")
+    data = parse_json(raw)
     if not isinstance(data, dict):
-        raise InvalidRequest("request body must be a JSON object", code="invalid_json")
+        raise _invalid_json("request body must be a JSON object")
     return data
+
+
+@web.middleware
+async def ascii_headers_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """400 `invalid_header` for any header that is not ASCII, before a handler decodes, hashes or
+    forwards it (a raw 0xFF in `Authorization` or `Idempotency-Key` once reached the token check)."""
+    for name, value in request.raw_headers:
+        if not (name.isascii() and value.isascii()):
+            printable = name.decode("ascii", "replace")
+            raise InvalidRequest(f"header {printable} must be ASCII", code="invalid_header")
+    return await handler(request)
 
 
 _HTTP_CODES = {

@@ -53,6 +53,11 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
+        self.dead_letters_dropped = Counter(
+            "paytrack_merchant_dead_letters_dropped",
+            "Dead-lettered merchant messages dropped, oldest first, to stay within MERCHANT_DEAD_LETTER_MAX",
+            registry=r,
+        )
         self.update_to_emit = Histogram(
             "paytrack_update_to_emit_seconds",
             "From a status update entering apply_update to its events being emitted",

@@ -1,9 +1,21 @@
 """Abuse limits on top of the `limits` library: one named rate per kind of action.
 
-Counters live in Redis when Redis is the backend (so every instance shares
-them) and in memory otherwise. If the counter store is unreachable the
-request is let through and the failure logged: a Redis outage must not turn
-into refusing honest shoppers.
+Every hit is one atomic step in the counter store (the moving-window Lua
+script on Redis, a per-key lock in memory), so N concurrent requests accept
+exactly the limit, on every instance together when Redis is the backend.
+
+The Redis counters use their own blocking connection pool (REDIS_POOL_SIZE
+connections, a burst waits up to REDIS_POOL_TIMEOUT_SECONDS for one), so a
+burst queues instead of opening a connection per request until Redis refuses
+them. What happens when the counter store cannot answer (down, or the pool
+wait timed out) is decided per limit, never by accident:
+
+- `closed`: refuse with 503 `rate_limit_unavailable` and `Retry-After`
+  (initiate: every accepted initiate is a real USSD push to a phone);
+- `open`: let the request through and log it (CamPay's callbacks: our outage
+  must never make us refuse a payment result);
+- `local`: count on this instance's memory until the store answers again
+  (socket connects: checkout pages keep connecting, a flood is still bounded).
 """
 
 from __future__ import annotations
@@ -11,14 +23,24 @@ from __future__ import annotations
 import logging
 import math
 import time
+from dataclasses import dataclass
+from typing import Literal
 
 from limits import RateLimitItem, parse
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from limits.aio.strategies import MovingWindowRateLimiter
+from limits.errors import StorageError
+from redis.asyncio import BlockingConnectionPool
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from errors import ApiError
+from realtime.storage.keys import RedisKeys
+from settings import Settings, StorageBackend
 
 log = logging.getLogger("paytrack.ratelimit")
+
+OnOutage = Literal["closed", "open", "local"]
 
 
 class RateLimited(ApiError):
@@ -29,28 +51,105 @@ class RateLimited(ApiError):
         self.retry_after = retry_after
 
 
+class RateLimitUnavailable(ApiError):
+    """The counter store could not answer and this limit fails closed: try again shortly."""
+
+    status, code = 503, "rate_limit_unavailable"
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message, retry_after=retry_after)
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class Limit:
+    rate: str
+    on_outage: OnOutage
+
+
 class RateLimiter:
-    def __init__(self, rates: dict[str, str], *, redis_url: str | None = None, prefix: str = "paytrack") -> None:
-        self._items: dict[str, RateLimitItem] = {name: parse(rate) for name, rate in rates.items()}
-        storage: Storage
-        if redis_url:
-            scheme, rest = redis_url.split("://", 1)
-            storage = RedisStorage(f"async+{scheme}://{rest}", implementation="redispy", key_prefix=f"{prefix}rl")
-        else:
-            storage = MemoryStorage()
-        self._storage = storage
-        self._limiter = MovingWindowRateLimiter(storage)
+    def __init__(
+        self,
+        limits: dict[str, Limit],
+        *,
+        storage: Storage | None = None,
+        outage_retry_after: int = 2,
+        pool: BlockingConnectionPool | None = None,
+    ) -> None:
+        self._items: dict[str, RateLimitItem] = {name: parse(limit.rate) for name, limit in limits.items()}
+        self._on_outage: dict[str, OnOutage] = {name: limit.on_outage for name, limit in limits.items()}
+        self._limiter = MovingWindowRateLimiter(storage or MemoryStorage())
+        self._local = MovingWindowRateLimiter(MemoryStorage())  # the `local` fallback
+        self._outage_retry_after = outage_retry_after
+        self._pool = pool
+
+    @classmethod
+    def from_settings(cls, settings: Settings, limits: dict[str, Limit]) -> "RateLimiter":
+        """Counters in Redis (under REDIS_KEY_PREFIX) when Redis is the backend, else in memory."""
+        retry_after = max(1, math.ceil(settings.REDIS_RECONNECT_INTERVAL_SECONDS))
+        if settings.STORAGE_BACKEND is not StorageBackend.REDIS:
+            return cls(limits, outage_retry_after=retry_after)
+        url = settings.redis_url
+        prefix = RedisKeys(settings.REDIS_KEY_PREFIX).rate_limits()
+        if url.startswith("redis+sentinel://"):
+            from limits.aio.storage import RedisSentinelStorage
+
+            sentinel = RedisSentinelStorage(
+                "async+" + url, implementation="redispy", key_prefix=prefix, wrap_exceptions=True,
+                socket_timeout=settings.REDIS_TIMEOUT_SECONDS,
+            )
+            return cls(limits, storage=sentinel, outage_retry_after=retry_after)
+        pool = BlockingConnectionPool.from_url(
+            url,
+            max_connections=settings.REDIS_POOL_SIZE,
+            timeout=settings.REDIS_POOL_TIMEOUT_SECONDS,
+            socket_timeout=settings.REDIS_TIMEOUT_SECONDS,
+            socket_connect_timeout=settings.REDIS_TIMEOUT_SECONDS,
+            retry=Retry(NoBackoff(), 1),
+        )
+        storage = RedisStorage(
+            "async+redis://", implementation="redispy", key_prefix=prefix, wrap_exceptions=True,
+            connection_pool=pool,
+        )
+        return cls(limits, storage=storage, outage_retry_after=retry_after, pool=pool)
 
     async def check(self, name: str, *identifiers: str) -> None:
-        """Count one hit for `name` by `identifiers`; raise RateLimited when over the rate."""
+        """Count one hit for `name` by `identifiers`; raise RateLimited when over the rate.
+
+        When the store cannot answer, the limit's `on_outage` policy decides
+        (see the module docstring); a hit the store has refused stays refused.
+        """
         item = self._items[name]
+        limiter = self._limiter
         try:
-            allowed = await self._limiter.hit(item, name, *identifiers)
-            if allowed:
+            allowed = await limiter.hit(item, name, *identifiers)
+        except StorageError as exc:
+            policy = self._on_outage[name]
+            log.warning(
+                "rate limit store unreachable", extra={"limit": name, "policy": policy, "error": _describe(exc)}
+            )
+            if policy == "closed":
+                raise RateLimitUnavailable(
+                    "the rate limit store is unreachable; retry shortly", retry_after=self._outage_retry_after
+                ) from None
+            if policy == "open":
                 return
-            stats = await self._limiter.get_window_stats(item, name, *identifiers)
-            retry_after = max(1, math.ceil(stats.reset_time - time.time()))
-        except Exception as exc:  # the counter store is down: fail open, loudly
-            log.warning("rate limit store unreachable; allowing", extra={"limit": name, "error": str(exc)})
+            limiter = self._local
+            allowed = await limiter.hit(item, name, *identifiers)
+        if allowed:
             return
+        try:
+            stats = await limiter.get_window_stats(item, name, *identifiers)
+            retry_after = max(1, math.ceil(stats.reset_time - time.time()))
+        except StorageError:
+            retry_after = item.get_expiry()
         raise RateLimited(f"too many requests ({item}); retry in {retry_after} s", retry_after=retry_after)
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.aclose()
+
+
+def _describe(exc: StorageError) -> str:
+    inner = exc.storage_error
+    return f"{type(inner).__name__}: {inner}" if str(inner) else type(inner).__name__

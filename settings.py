@@ -57,6 +57,9 @@ class Settings(BaseSettings):
     HOST: str = "0.0.0.0"
     PORT: int = Field(5000, ge=0, le=65535)
     INSTANCE_ID: str = Field(default_factory=_default_instance_id)
+    # How often this instance refreshes its heartbeat in Redis; after three missed beats the
+    # connections it recorded count as a crashed instance's and are removed.
+    INSTANCE_HEARTBEAT_SECONDS: float = Field(10.0, gt=0, le=300)
     LOG_LEVEL: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     # Comma-separated list of origins allowed by CORS and by Socket.IO.
@@ -98,6 +101,9 @@ class Settings(BaseSettings):
     MERCHANT_WEBHOOK_MAX_ATTEMPTS: int = Field(12, ge=1, le=50)
     MERCHANT_WEBHOOK_RETRY_SCALE: float = Field(1.0, gt=0, le=10)
     MERCHANT_WEBHOOK_POLL_SECONDS: float = Field(1.0, gt=0, le=60)
+    # Dead-lettered messages are kept this long (for replay), and at most this many (oldest dropped).
+    MERCHANT_DEAD_LETTER_TTL_SECONDS: float = Field(7 * 86400, gt=0)
+    MERCHANT_DEAD_LETTER_MAX: int = Field(10_000, ge=1, le=1_000_000)
 
     # Who may call: none (development only), jwt (verified locally), introspect (asked of AUTH_SERVICE_URL).
     AUTH_MODE: AuthMode | None = None
@@ -118,6 +124,10 @@ class Settings(BaseSettings):
     RATE_LIMIT_WEBHOOK_PER_IP: str = "600/minute"
     RATE_LIMIT_CONNECT_PER_IP: str = "120/minute"
     MAX_TRACKED_PER_SOCKET: int = Field(50, gt=0)
+    # Engine.IO sessions that have not sent Socket.IO's CONNECT: at most this many per address
+    # (429 over it), each closed after SOCKET_CONNECT_TIMEOUT_SECONDS.
+    MAX_ANONYMOUS_SESSIONS_PER_IP: int = Field(20, gt=0, le=10_000)
+    SOCKET_CONNECT_TIMEOUT_SECONDS: float = Field(5.0, gt=0, le=120)
     # Take the client IP from X-Forwarded-For (only behind a proxy you control).
     TRUST_FORWARDED_FOR: bool = False
 

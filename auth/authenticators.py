@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 from datetime import datetime, timezone
 from typing import Any, Protocol
 
@@ -50,6 +51,24 @@ class Authenticator(Protocol):
         """The caller's identity; None only in mode `none` (nobody is checked)."""
 
     async def close(self) -> None: ...
+
+
+# RFC 6750's b64token: what a bearer token may be made of, in JWT and opaque form alike.
+_TOKEN_SYNTAX = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+
+
+def _well_formed(token: str | None) -> str:
+    """The token, if it is present and made of bearer-token characters; else 401.
+
+    Checked before anything decodes, hashes or forwards it: a lone UTF-16
+    surrogate from a socket's auth payload once raised deep inside the JWT
+    library and the client never heard back.
+    """
+    if not token:
+        raise Unauthenticated("a bearer token is required")
+    if len(token) > 8192 or not _TOKEN_SYNTAX.fullmatch(token):
+        raise Unauthenticated("the token is malformed", code="invalid_token")
+    return token
 
 
 def _scopes(claims: dict[str, Any]) -> frozenset[str]:
@@ -97,8 +116,7 @@ class JwtAuthenticator:
         self._issuer = issuer or None
 
     async def authenticate(self, token: str | None) -> Identity:
-        if not token:
-            raise Unauthenticated("a bearer token is required")
+        token = _well_formed(token)
         try:
             claims = jwt.decode(
                 token,
@@ -175,8 +193,7 @@ class IntrospectionAuthenticator:
         return identity
 
     async def authenticate(self, token: str | None) -> Identity:
-        if not token:
-            raise Unauthenticated("a bearer token is required")
+        token = _well_formed(token)
         key = token_cache_key(token)
         cached = await self._cached(key)
         if cached is not None:

@@ -6,6 +6,7 @@ from aiohttp import web
 
 from appkeys import AUTHENTICATOR, SETTINGS
 from auth.authenticators import Identity, bearer_token
+from client_address import client_address
 
 
 async def identify(request: web.Request) -> Identity | None:
@@ -14,9 +15,5 @@ async def identify(request: web.Request) -> Identity | None:
 
 
 def client_ip(request: web.Request) -> str:
-    if request.app[SETTINGS].TRUST_FORWARDED_FOR:
-        forwarded = request.headers.get("X-Forwarded-For", "")
-        first = forwarded.split(",")[0].strip()
-        if first:
-            return first
-    return request.remote or "unknown"
+    """The caller's address per TRUST_FORWARDED_FOR (the same rule sockets use; see `client_address`)."""
+    return client_address(request, trust_forwarded=request.app[SETTINGS].TRUST_FORWARDED_FOR)

@@ -16,17 +16,19 @@ from payments.schemas import SimulateRequest
 routes = web.RouteTableDef()
 
 
-def require_debug_access(request: web.Request) -> None:
-    """Open in development; in production only with `Authorization: Bearer <DEBUG_TOKEN>`.
-
-    Without the token the endpoints answer 404, like routes that do not
-    exist, so production does not advertise them.
-    """
+def has_debug_access(request: web.Request) -> bool:
+    """Always in development; in production only with `Authorization: Bearer <DEBUG_TOKEN>`."""
     settings = request.app[SETTINGS]
     if not settings.is_production:
-        return
+        return True
     supplied = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-    if not settings.DEBUG_TOKEN or not hmac.compare_digest(supplied.encode(), settings.DEBUG_TOKEN.encode()):
+    return bool(settings.DEBUG_TOKEN) and hmac.compare_digest(supplied.encode(), settings.DEBUG_TOKEN.encode())
+
+
+def require_debug_access(request: web.Request) -> None:
+    """Without debug access the endpoints answer 404, like routes that do not exist, so
+    production does not advertise them."""
+    if not has_debug_access(request):
         raise web.HTTPNotFound()
 
 

@@ -95,8 +95,12 @@ class DeliveryWorker:
             return True
         if attempts >= self._max_attempts:
             self._count("dead")
-            await self._storage.outbox_kill(entry.id, attempts, error)
+            dropped = await self._storage.outbox_kill(entry.id, attempts, error)
             log.error("merchant webhook dead-lettered", extra={**context, "error": error})
+            if dropped:
+                if self._metrics is not None:
+                    self._metrics.dead_letters_dropped.inc(dropped)
+                log.warning("dead-letter list full: oldest dropped", extra={"dropped": dropped})
             return False
         self._count("retry")
         next_at = self._clock.now().timestamp() + retry_delay(attempts, self._retry_scale)

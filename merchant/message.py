@@ -39,6 +39,7 @@ class OutboxEntry(BaseModel):
     last_error: str | None = None
     state: Literal["pending", "dead"] = "pending"
     claimed_until: float = 0.0
+    dead_at: float | None = None  # unix seconds; dead letters expire MERCHANT_DEAD_LETTER_TTL_SECONDS after it
 
     @property
     def reference(self) -> str:

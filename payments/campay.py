@@ -20,6 +20,7 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 
 from clock import Clock
 from errors import ApiError, NotFound, ProviderError
+from payments.operators import normalise_operator
 from payments.provider import CollectRequest, CollectResult, ProviderTransaction
 from settings import Settings
 
@@ -234,7 +235,9 @@ class CampayProvider:
         reference = body.get("reference")
         if not isinstance(reference, str) or not reference:
             raise ProviderError("CamPay's collect response has no reference", code="provider_bad_response")
-        return CollectResult(reference=reference, ussd_code=body.get("ussd_code"), operator=body.get("operator"))
+        return CollectResult(
+            reference=reference, ussd_code=body.get("ussd_code"), operator=normalise_operator(body.get("operator"))
+        )
 
     async def get_transaction(self, reference: str) -> ProviderTransaction:
         with self._observed("transaction"):
@@ -254,7 +257,7 @@ class CampayProvider:
             status=str(body.get("status") or ""),
             amount=amount,
             currency=body.get("currency"),
-            operator=body.get("operator"),
+            operator=normalise_operator(body.get("operator")),
             code=body.get("code"),
             operator_reference=body.get("operator_reference"),
             external_reference=body.get("external_reference"),

@@ -6,11 +6,13 @@ Pydantic's errors become 400 `validation_error` with per-field details.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
 
 REFERENCE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
+_CAMEROON_NUMBER = re.compile(r"237[0-9]{9}")
 
 Reference = Annotated[StrictStr, Field(min_length=1, max_length=64, pattern=REFERENCE_PATTERN)]
 OrderId = Annotated[StrictStr, Field(min_length=1, max_length=64, pattern=REFERENCE_PATTERN)]
@@ -31,8 +33,9 @@ class InitiateRequest(_Strict):
     @classmethod
     def _phone(cls, value: str) -> str:
         digits = value.removeprefix("+").replace(" ", "")
-        if not digits.isdigit() or not digits.startswith("237") or len(digits) != 12:
-            raise ValueError("must be a Cameroon number with country code: 237 followed by 9 digits")
+        # [0-9], not isdigit(): Arabic-Indic, fullwidth or superscript digits are digits to Python, not to CamPay.
+        if not _CAMEROON_NUMBER.fullmatch(digits):
+            raise ValueError("must be a Cameroon number with country code: 237 followed by 9 digits (0-9)")
         return digits
 
 

@@ -51,6 +51,16 @@ class InitiateResult:
     replayed: bool = False
 
 
+def idempotency_scope(owner_id: str | None, key: str) -> str:
+    """Where a caller's Idempotency-Key is stored: a SHA-256 of the JSON array [user, key].
+
+    The encoding is unambiguous whatever either part contains (`u` + `k1:z`
+    and `u:k1` + `z` once shared one entry, and one user got the other's
+    response), and the stored name is fixed-length ASCII.
+    """
+    return hashlib.sha256(json.dumps([owner_id, key]).encode()).hexdigest()
+
+
 def _fingerprint(request: InitiateRequest) -> str:
     canonical = json.dumps(request.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
@@ -138,7 +148,7 @@ class PaymentService:
         """
         if idempotency_key is None:
             return await self._initiate_once(request, owner_id)
-        idempotency_key = f"{owner_id or '-'}:{idempotency_key}"
+        idempotency_key = idempotency_scope(owner_id, idempotency_key)
 
         fingerprint = _fingerprint(request)
         existing = await self.storage.claim_idempotency(idempotency_key, fingerprint, self._idempotency_ttl)

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ValidationError
 
 from auth.access import can_view
 from auth.authenticators import Authenticator
+from client_address import socket_client_address
 from clock import Clock
 from errors import ApiError, validation_details
 from logs import bind
@@ -78,27 +79,25 @@ def register_handlers(
     timers = ExpiryTimers(clock, warning_seconds=token_warning_seconds, warn=warn, expire=expire)
 
     def remote_ip(environ: dict[str, Any]) -> str:
-        if trust_forwarded_for:
-            first = environ.get("HTTP_X_FORWARDED_FOR", "").split(",")[0].strip()
-            if first:
-                return first
-        return str(environ.get("REMOTE_ADDR") or "unknown")
+        return socket_client_address(environ, trust_forwarded=trust_forwarded_for)
 
     async def connect(sid: str, environ: dict[str, Any], auth: Any = None) -> None:
         try:
             await limiter.check("connect_ip", remote_ip(environ))
             token = auth.get("token") if isinstance(auth, dict) else None
             identity = await authenticator.authenticate(token if isinstance(token, str) else None)
+            sessions.open(sid, identity)  # before the next await: a disconnect meanwhile finds it and closes it
+            await storage.add_client(ClientRecord(socket_id=sid, instance_id=instance_id, connected_at=clock.now()))
         except ApiError as exc:
+            sessions.close(sid)
             audit.info("socket connection refused", extra={"why": exc.code, "socket_id": sid})
             # The client sees `connect_error` with err.message and err.data.code.
             raise socketio.exceptions.ConnectionRefusedError(exc.message, {"code": exc.code})
-        sessions.open(sid, identity)  # before any await: a disconnect meanwhile finds it and closes it
-        try:
-            await storage.add_client(ClientRecord(socket_id=sid, instance_id=instance_id, connected_at=clock.now()))
-        except ApiError as exc:  # busy: the client's reconnection will try again
+        except Exception:
             sessions.close(sid)
-            raise socketio.exceptions.ConnectionRefusedError(exc.message, {"code": exc.code})
+            # Never leave a client waiting for an answer to its CONNECT.
+            log.exception("socket connect failed", extra={"socket_id": sid})
+            raise socketio.exceptions.ConnectionRefusedError("internal error", {"code": "internal_error"}) from None
         if identity is not None:
             timers.arm(sid, identity.expires_at)
         if metrics is not None:

@@ -1,34 +1,133 @@
-"""Builds the Socket.IO server for the app factory."""
+"""Builds the Socket.IO server for the app factory.
+
+`PaytrackSocketServer` is python-socketio's `AsyncServer` plus the bounds on
+anonymous Engine.IO sessions (`realtime/sessions.py`): its Engine.IO server
+refuses a handshake over the per-address cap with 429, and the Socket.IO
+layer tells the counter when a session connects or closes. Both hook in by
+subclassing: `_engineio_server_class`, Engine.IO's `_handle_connect` and the
+Socket.IO server's Engine.IO event handlers are methods the libraries call
+on `self` (python-socketio 5.x, python-engineio 4.x). They are not public
+API, so tests/test_socket_sessions.py exercises every hook over a real socket.
+"""
 
 from __future__ import annotations
 
+import functools
+import json
+import math
 from typing import Any, Callable
 
+import engineio
 import socketio
+from aiohttp import web
 
+from client_address import own_origin
+from errors import ApiError
 from realtime.manager import LocalManager
+from realtime.handshakes import AnonymousSessions
 from settings import Settings
 
 
-def origin_checker(allowed: list[str]) -> Callable[[str | None, dict[str, Any]], bool]:
-    """Allow FRONTEND_URL origins, plus the server's own origin (its test page)."""
+def origin_checker(
+    allowed: list[str], *, trust_forwarded: bool = False
+) -> Callable[[str | None, dict[str, Any]], bool]:
+    """Allow FRONTEND_URL origins, plus the server's own origin (its test page).
+
+    The own origin is the scheme and Host the connection arrived with;
+    `X-Forwarded-Proto`/`X-Forwarded-Host` replace them only behind a trusted
+    proxy (TRUST_FORWARDED_FOR), or any page could claim to be ours.
+    """
     allow_all = "*" in allowed
     allowed_set = set(allowed)
 
     def check(origin: str | None, environ: dict[str, Any]) -> bool:
         if origin is None or allow_all or origin in allowed_set:
             return True
-        scheme = environ.get("HTTP_X_FORWARDED_PROTO", environ.get("wsgi.url_scheme", "http")).split(",")[0].strip()
-        host = environ.get("HTTP_X_FORWARDED_HOST", environ.get("HTTP_HOST", "")).split(",")[0].strip()
-        return origin == f"{scheme}://{host}"
+        request = environ.get("aiohttp.request")
+        if not isinstance(request, web.BaseRequest):
+            return False
+        return origin == own_origin(request, trust_forwarded=trust_forwarded)
 
     return check
 
 
+class GuardedEngineIO(engineio.AsyncServer):
+    """Engine.IO server that counts each new session against its address before creating it."""
+
+    def __init__(self, *, sessions: AnonymousSessions, **kwargs: Any) -> None:
+        self.anonymous = sessions
+        super().__init__(**kwargs)
+
+    async def _handle_connect(self, environ: dict[str, Any], transport: str, jsonp_index: int | None = None) -> Any:
+        if not self.anonymous.reserve(environ):
+            return self._too_many_sessions()
+        try:
+            return await super()._handle_connect(environ, transport, jsonp_index)
+        finally:
+            self.anonymous.handshake_done(environ)
+
+    def _too_many_sessions(self) -> dict[str, Any]:
+        retry_after = max(1, math.ceil(self.anonymous.connect_timeout))
+        body = ApiError(
+            f"too many sessions from this address that have not connected (max {self.anonymous.per_address})",
+            code="too_many_sessions",
+            retry_after=retry_after,
+        ).body()
+        return {
+            "status": "429 TOO MANY REQUESTS",
+            "headers": [("Content-Type", "application/json"), ("Retry-After", str(retry_after))],
+            "response": json.dumps(body).encode(),
+        }
+
+
+class PaytrackSocketServer(socketio.AsyncServer):
+    """`socketio.AsyncServer` that bounds anonymous sessions (see the module docstring)."""
+
+    def __init__(self, *, sessions: AnonymousSessions, **kwargs: Any) -> None:
+        self.anonymous = sessions
+        super().__init__(**kwargs)
+
+    def _engineio_server_class(self) -> Any:
+        return functools.partial(GuardedEngineIO, sessions=self.anonymous)
+
+    async def _handle_eio_connect(self, eio_sid: str, environ: dict[str, Any]) -> Any:
+        result = await super()._handle_eio_connect(eio_sid, environ)
+        self.anonymous.opened(eio_sid, environ, close=lambda sid: self._close_anonymous(sid, environ))
+        return result
+
+    async def _close_anonymous(self, eio_sid: str, environ: dict[str, Any]) -> None:
+        """Close a session that never connected, and its websocket with it.
+
+        Engine.IO's own close only queues a CLOSE packet and waits for the
+        client to hang up, which a client that ignores the protocol never
+        does; so the connection under a websocket session is closed too.
+        """
+        await self.eio.disconnect(eio_sid)
+        request = environ.get("aiohttp.request")
+        if environ.get("HTTP_UPGRADE", "").lower() == "websocket" and isinstance(request, web.BaseRequest):
+            if request.transport is not None:
+                request.transport.close()
+
+    async def _handle_connect(self, eio_sid: str, namespace: str | None, data: Any) -> None:
+        await super()._handle_connect(eio_sid, namespace, data)
+        if self.manager.sid_from_eio_sid(eio_sid, namespace or "/") is not None:
+            self.anonymous.connected(eio_sid)
+
+    async def _handle_eio_disconnect(self, eio_sid: str, reason: Any) -> None:
+        self.anonymous.closed(eio_sid)
+        await super()._handle_eio_disconnect(eio_sid, reason)
+
+
 def create_sio(settings: Settings, client_manager: socketio.AsyncManager | None = None) -> socketio.AsyncServer:
-    return socketio.AsyncServer(
+    sessions = AnonymousSessions(
+        per_address=settings.MAX_ANONYMOUS_SESSIONS_PER_IP,
+        connect_timeout=settings.SOCKET_CONNECT_TIMEOUT_SECONDS,
+        trust_forwarded=settings.TRUST_FORWARDED_FOR,
+    )
+    return PaytrackSocketServer(
+        sessions=sessions,
         async_mode="aiohttp",
-        cors_allowed_origins=origin_checker(settings.FRONTEND_URL),
+        cors_allowed_origins=origin_checker(settings.FRONTEND_URL, trust_forwarded=settings.TRUST_FORWARDED_FOR),
         client_manager=client_manager or LocalManager(),
         logger=False,
         engineio_logger=False,

@@ -12,16 +12,35 @@ import asyncio
 import base64
 import json
 import uuid
+import warnings
 from collections import Counter, defaultdict
 from typing import Any
 
 import aiohttp
 import jwt
+from jwt.warnings import InsecureKeyLengthWarning
 from aiohttp import web
 
 USERNAME = "campay-user"
 PASSWORD = "campay-pass"
 WEBHOOK_KEY = "campay-webhook-key-for-tests-0123456789abcdef"
+
+
+# Cameroon's mobile numbering plan, as the regulator (ART, Agence de Régulation des
+# Télécommunications) set it: 9-digit national numbers since 21 November 2014 (ART's
+# communication to the ITU of 6.X.2014: 67 and 650-654 MTN, 69 and 655-659 Orange, 66 Nexttel);
+# the 68 block was later split MTN 680-684, Orange 685-689. Kept separate from
+# payments/operators.py on purpose: the fake stands in for CamPay, and a test checks the two agree.
+_PREFIXES = {
+    **{p: "MTN" for p in ("67", "650", "651", "652", "653", "654", "680", "681", "682", "683", "684")},
+    **{p: "ORANGE" for p in ("69", "655", "656", "657", "658", "659", "685", "686", "687", "688", "689")},
+}
+
+
+def operator_for(phone: str) -> str | None:
+    """The operator CamPay collects a 2376XXXXXXXX number through, or None (not MTN or Orange)."""
+    national = phone[3:]
+    return _PREFIXES.get(national[:2]) or _PREFIXES.get(national[:3])
 
 
 def unsigned_token(claims: dict[str, Any]) -> str:
@@ -68,10 +87,10 @@ class FakeCampay:
 
     def webhook_fields(self, reference: str, *, status: str | None = None, key: str = WEBHOOK_KEY,
                        signature: str | None = ..., claims: dict[str, Any] | None = None,  # type: ignore[assignment]
-                       **overrides: str) -> dict[str, str]:
-        """CamPay's callback fields for `reference`, signed; `overrides` replace any field (a lying body)."""
+                       algorithm: str = "HS256", fields: dict[str, str] | None = None) -> dict[str, str]:
+        """The callback CamPay would send; `fields` overrides any of them (shapes seen in the wild)."""
         tx = self.transactions.get(reference, {})
-        fields = {
+        callback = {
             "status": status or tx.get("status", "SUCCESSFUL"),
             "reference": reference,
             "amount": str(tx.get("amount", 100)),
@@ -82,13 +101,15 @@ class FakeCampay:
             "external_reference": tx.get("external_reference") or "",
             "phone_number": "237671234567",
             "endpoint": "collect",
-            **overrides,
+            **(fields or {}),
         }
         if signature is ...:
-            signature = jwt.encode(claims if claims is not None else {"reference": reference}, key, algorithm="HS256")
+            with warnings.catch_warnings():  # CamPay's keys are what they are: HS512 with a 45-byte key is real
+                warnings.simplefilter("ignore", InsecureKeyLengthWarning)
+                signature = jwt.encode(claims if claims is not None else {"reference": reference}, key, algorithm=algorithm)
         if signature is not None:
-            fields["signature"] = signature
-        return fields
+            callback["signature"] = signature
+        return callback
 
     async def send_webhook(self, session: aiohttp.ClientSession, server_url: str, reference: str, *,
                            method: str = "POST", form: bool = False, **field_kwargs: Any) -> tuple[int, Any]:
@@ -161,7 +182,7 @@ class FakeCampay:
         phone, amount = str(body.get("from", "")), str(body.get("amount", ""))
         if not (phone.startswith("237") and len(phone) == 12 and phone.isdigit()):
             return web.json_response({"message": "Invalid phone number", "error_code": "ER101"}, status=400)
-        operator = {"67": "MTN", "65": "MTN", "68": "MTN", "69": "ORANGE"}.get(phone[3:5])
+        operator = operator_for(phone)
         if operator is None:
             return web.json_response({"message": "Unsupported operator", "error_code": "ER102"}, status=400)
         if not amount.isdigit() or int(amount) <= 0:

@@ -23,7 +23,7 @@ from tests.campay_fake import FakeCampay
 from tests.merchant_receiver import MerchantReceiver
 from tests.harness import Api, Tracker, make_settings
 from tests.auth_service import auth_service  # noqa: F401 - fixture
-from tests.redis_server import redis_server  # noqa: F401 - fixture
+from tests.redis_server import RedisServer, redis_server  # noqa: F401 - fixture
 
 
 @dataclass
@@ -177,3 +177,32 @@ async def start_redis_instance(redis_server, start_instance: StartInstance) -> S
         return await start_instance(clock, **settings)
 
     return start
+
+
+@dataclass
+class Backend:
+    name: str
+    start: StartInstance
+    redis: RedisServer | None = None
+
+    async def limit_redis_clients(self, count: int) -> None:
+        """Make Redis refuse connections past `count`, as a busy production Redis does."""
+        if self.redis is not None:
+            client = self.redis.client()
+            try:
+                await client.config_set("maxclients", count)
+            finally:
+                await client.aclose()
+
+
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+def backend(request: pytest.FixtureRequest, start_instance: StartInstance) -> Backend:
+    """Instances on memory, or on the test's own Redis: for behaviour that must be the same on both."""
+    if request.param == "memory":
+        return Backend("memory", start_instance)
+    start_redis: StartInstance = request.getfixturevalue("start_redis_instance")
+
+    async def on_redis(clock: Any = None, **settings: Any) -> Instance:
+        return await start_redis(clock, **{**settings, "STORAGE_BACKEND": "redis"})
+
+    return Backend("redis", on_redis, request.getfixturevalue("redis_server"))

@@ -10,7 +10,9 @@ import pytest
 
 from appkeys import RECONCILER
 from clock import ManualClock
+from payments.operators import operator_for
 from tests.campay_fake import WEBHOOK_KEY, FakeCampay, unsigned_token
+from tests.campay_fake import operator_for as campay_operator_for
 from tests.conftest import Instance, StartInstance, campay_settings
 from tests.harness import pending_references, eventually
 
@@ -146,9 +148,23 @@ FORGERIES = [
     pytest.param({"signature": None}, id="missing"),
     pytest.param({"claims": {"reference": "someone-elses-payment"}}, id="reference-mismatch"),
     pytest.param({"signature": "alg-none"}, id="alg-none"),
-    pytest.param({"signature": "hs512"}, id="hs512"),
+    pytest.param({"signature": "hs512"}, id="hs512-other-key"),
+    pytest.param({"signature": "alg-confusion"}, id="rs256-header-hmac-signed"),
     pytest.param({"signature": "expired"}, id="expired"),
 ]
+
+
+def _rs256_confusion(claims: dict[str, Any], key: str) -> str:
+    import base64
+    import hashlib
+    import hmac
+    import json
+
+    def b64(raw: bytes) -> str:
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+    signing_input = f"{b64(json.dumps({'alg': 'RS256', 'typ': 'JWT'}).encode())}.{b64(json.dumps(claims).encode())}"
+    return f"{signing_input}.{b64(hmac.new(key.encode(), signing_input.encode(), hashlib.sha256).digest())}"
 
 
 @pytest.mark.parametrize("forgery", FORGERIES)
@@ -164,6 +180,8 @@ async def test_forged_webhook_is_401_and_changes_nothing(
         forgery = {"signature": unsigned_token({"reference": ref})}
     elif forgery.get("signature") == "hs512":
         forgery = {"signature": jwt.encode({"reference": ref}, WEBHOOK_KEY * 2, algorithm="HS512")}
+    elif forgery.get("signature") == "alg-confusion":  # RS256 in the header, HMAC'd with the key as "public key"
+        forgery = {"signature": _rs256_confusion({"reference": ref}, WEBHOOK_KEY)}
     elif forgery.get("signature") == "expired":
         forgery = {"signature": jwt.encode({"reference": ref, "exp": 1_000_000_000}, WEBHOOK_KEY, algorithm="HS256")}
     transaction_calls = campay.calls["transaction"]
@@ -252,7 +270,7 @@ async def test_webhook_when_campay_is_unreachable_is_accepted_and_reconciled(
 @pytest.mark.parametrize(
     "fields, code",
     [({"status": "SUCCESSFUL"}, "validation_error"), ({"reference": "r1"}, "validation_error"),
-     ({"reference": "r1", "status": "SUCCESSFUL", "amount": "lots"}, "validation_error")],
+     ({"reference": "r1", "status": "S" * 40}, "validation_error")],
 )
 async def test_malformed_webhook_is_400(live: Instance, fields: dict[str, str], code: str) -> None:
     status, body, _ = await live.api.request("POST", "/api/payment/webhook", json=fields)
@@ -340,3 +358,70 @@ async def test_in_progress_conflict_is_not_remembered_under_the_idempotency_key(
     assert status == 409 and body["error"]["code"] == "payment_pending"  # answered afresh, not replayed
     assert "Idempotent-Replayed" not in headers
     assert campay.calls["collect"] == 1
+
+
+# -- every shape CamPay sends -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "method, amount",
+    [("POST", ""), ("GET", ""), ("POST", "99.5"), ("GET", "100.00"), ("POST", "500.0"), ("POST", "lots"),
+     ("POST", "9" * 400)],
+    ids=["empty-json", "empty-query", "decimal", "decimal-zeros-query", "float-string", "not-a-number", "huge"],
+)
+async def test_callback_amount_in_any_shape_is_accepted_and_campays_amount_applies(
+    live: Instance, campay: FakeCampay, http: aiohttp.ClientSession, method: str, amount: str
+) -> None:
+    ref = (await _pay(live, amount=500))["reference"]
+    campay.set_status(ref, "SUCCESSFUL")
+    status, body = await campay.send_webhook(http, live.url, ref, method=method, fields={"amount": amount})
+    assert status == 200 and body["outcome"] == "applied", body
+    payment = await live.storage.get_payment(ref)
+    assert payment.status.value == "SUCCESSFUL" and payment.amount == 500  # CamPay's answer, not the callback's
+
+
+async def test_odd_amount_is_never_a_reason_to_answer_before_the_signature_check(live: Instance) -> None:
+    fields = {"reference": "r1", "status": "SUCCESSFUL", "amount": "99.5"}  # and no signature
+    status, body, _ = await live.api.request("GET", "/api/payment/webhook", params=fields)
+    assert status == 401 and body["error"]["code"] == "invalid_signature"
+
+
+@pytest.mark.parametrize("algorithm", ["HS256", "HS384", "HS512"])
+async def test_signatures_with_every_hmac_algorithm_are_accepted(
+    live: Instance, campay: FakeCampay, http: aiohttp.ClientSession, algorithm: str
+) -> None:
+    ref = (await _pay(live))["reference"]
+    campay.set_status(ref, "SUCCESSFUL")
+    status, body = await campay.send_webhook(http, live.url, ref, algorithm=algorithm)
+    assert status == 200 and body["outcome"] == "applied", body
+
+
+@pytest.mark.parametrize("verify", [True, False], ids=["verified", "unverified"])
+@pytest.mark.parametrize("casing", ["mtn", "Mtn", "orange", "Orange", "ORANGE"])
+async def test_operator_in_any_casing_is_stored_upper_case(
+    start_instance: StartInstance, campay: FakeCampay, http: aiohttp.ClientSession, casing: str, verify: bool
+) -> None:
+    instance = await start_instance(**campay_settings(campay, WEBHOOK_VERIFY_WITH_PROVIDER=verify))
+    campay.add_transaction("demo-ref-1", status="SUCCESSFUL", amount=700)
+    campay.transactions["demo-ref-1"]["operator"] = casing  # the demo API's casing
+    status, body = await campay.send_webhook(http, instance.url, "demo-ref-1", fields={"operator": casing})
+    assert status == 200 and body["outcome"] == "created_orphan", body
+    assert (await instance.storage.get_payment("demo-ref-1")).operator == casing.upper()
+
+
+def test_operators_and_the_fake_campay_agree_on_the_numbering_plan() -> None:
+    for prefix in range(600, 700):
+        phone = f"237{prefix}123456"
+        assert operator_for(phone) == campay_operator_for(phone), phone
+    assert operator_for("237655123456") == "ORANGE" and operator_for("237654123456") == "MTN"
+    assert operator_for("237685123456") == "ORANGE" and operator_for("237684123456") == "MTN"
+    assert operator_for("237661234567") is None  # Nexttel: not collected through CamPay
+
+
+@pytest.mark.parametrize("phone, operator, ussd", [("237655123456", "ORANGE", "#150*50#"),
+                                                   ("237653123456", "MTN", "*126#")])
+async def test_payment_operator_follows_the_numbering_plan(
+    live: Instance, phone: str, operator: str, ussd: str
+) -> None:
+    payment = await _pay(live, phone=phone)
+    assert payment["operator"] == operator and payment["ussd_code"] == ussd

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime, timezone
 
 from appkeys import DELIVERY
+from clock import ManualClock
 from merchant.delivery import RETRY_SCHEDULE, retry_delay
 from merchant.message import decode_secret, sign
-from tests.conftest import Instance, StartInstance
+from tests.conftest import Backend, Instance, StartInstance
 from tests.harness import PRODUCTION, eventually
 from tests.merchant_receiver import SECRET, MerchantReceiver, merchant_settings
 
@@ -164,3 +166,46 @@ async def test_deliveries_are_counted_by_outcome(start_instance: StartInstance, 
     assert status == 200
     assert 'paytrack_merchant_deliveries_total{outcome="retry"} 1.0' in text
     assert 'paytrack_merchant_deliveries_total{outcome="delivered"} 1.0' in text
+
+
+# -- dead letters: kept for MERCHANT_DEAD_LETTER_TTL_SECONDS, at most MERCHANT_DEAD_LETTER_MAX -----
+
+
+async def _dead(instance: Instance) -> list[dict]:
+    return [e.summary() for e in await instance.storage.outbox_list() if e.state == "dead"]
+
+
+async def test_dead_letters_beyond_the_cap_drop_the_oldest_and_are_counted(
+    backend: Backend, merchant: MerchantReceiver
+) -> None:
+    merchant.always_fail = True
+    instance = await backend.start(
+        **merchant_settings(merchant, MERCHANT_WEBHOOK_MAX_ATTEMPTS=1, MERCHANT_DEAD_LETTER_MAX=2)
+    )
+    refs = []
+    for i in range(3):
+        refs.append(await _paid(instance, f"order-dead-{i}"))
+        await eventually(lambda: _has_dead(instance, refs[-1]))
+    assert sorted(e["reference"] for e in await _dead(instance)) == sorted(refs[1:])  # the oldest went
+    async with instance.api.session.get(instance.url + "metrics") as resp:
+        assert 'paytrack_merchant_dead_letters_dropped_total 1.0' in await resp.text()
+
+
+async def _has_dead(instance: Instance, reference: str) -> bool:
+    return any(e["reference"] == reference for e in await _dead(instance))
+
+
+async def test_dead_letters_expire_after_the_dead_letter_ttl(backend: Backend, merchant: MerchantReceiver) -> None:
+    merchant.always_fail = True
+    clock = ManualClock(datetime.now(timezone.utc))
+    instance = await backend.start(
+        clock, **merchant_settings(merchant, MERCHANT_WEBHOOK_MAX_ATTEMPTS=1, MERCHANT_DEAD_LETTER_TTL_SECONDS=3600)
+    )
+    ref = await _paid(instance, "order-expiring")
+    await eventually(lambda: _has_dead(instance, ref))
+    clock.advance(3599)
+    assert await _has_dead(instance, ref)
+    clock.advance(2)
+    assert await _dead(instance) == []
+    status, body, _ = await instance.api.request("GET", "/api/payment/debug/outbox")
+    assert status == 200 and body["dead"] == []

@@ -17,6 +17,7 @@ import pytest
 
 from appkeys import RECONCILER, STORAGE
 from clock import ManualClock
+from payments.schemas import InitiateRequest
 from tests.campay_fake import FakeCampay
 from tests.conftest import Instance, StartInstance, campay_settings
 from tests.harness import JWT_SECRET, WAIT, eventually, user_token
@@ -82,9 +83,12 @@ async def test_write_back_never_drops_the_owner_for_a_record_made_from_a_webhook
     """Cause 2: A initiates while cut off; the webhook lands on B, which makes a record of its own."""
     a, b = await _pair(start_redis_instance, proxy, **JWT, **campay_settings(campay))
     await _cut(proxy, a)
-    status, body, _ = await a.api.as_user(ALICE).initiate(order_id="order-7")
-    assert status == 201, body
-    ref = body["reference"]
+    # (over HTTP, initiate fails closed while its rate-limit counters in Redis are unreachable;
+    # an initiate already past its limit check when the partition starts goes on like this)
+    result = await a.service.initiate(
+        InitiateRequest(order_id="order-7", amount=500, phone_number="237671234567"), None, owner_id="alice"
+    )
+    ref = result.body["reference"]
     campay.set_status(ref, "SUCCESSFUL")
     status, answer = await campay.send_webhook(http, b.url, ref)
     assert status == 200 and answer["outcome"] == "created_orphan"
@@ -183,7 +187,7 @@ async def test_unverified_webhook_fields_never_repoint_an_order_or_set_an_amount
     campay.set_status(mine["reference"], "SUCCESSFUL")
     # A genuine callback whose body lies about the amount, the reason and the order.
     status, answer = await campay.send_webhook(
-        http, instance.url, mine["reference"], status="SUCCESSFUL", amount="1", reason="fake"
+        http, instance.url, mine["reference"], status="SUCCESSFUL", fields={"amount": "1", "reason": "fake"}
     )
     assert status == 200 and answer["outcome"] == "applied"
     stored = await instance.storage.get_payment(mine["reference"])

@@ -7,10 +7,13 @@ import json
 import itertools
 
 import pytest
+import socketio
 
 from appkeys import SETTINGS
 from tests.conftest import Instance, StartInstance
-from tests.harness import eventually
+from tests.harness import WAIT, Tracker, eventually
+from tests.redis_server import RedisServer
+from tests.test_server_process import free_port, run_server
 
 pytestmark = pytest.mark.redis
 
@@ -176,3 +179,74 @@ async def _next_message(pubsub, timeout: float = 5.0):  # type: ignore[no-untype
                 return message
 
     return await asyncio.wait_for(loop(), timeout)
+
+
+async def test_connections_of_a_crashed_instance_leave_the_debug_view_and_redis(
+    redis_server: RedisServer, start_redis_instance: StartInstance
+) -> None:
+    """Instance b is a real `server.py` process killed with SIGKILL: no disconnect handler ever runs."""
+    common = {"REDIS_KEY_PREFIX": "crash:", "SOCKETIO_CHANNEL": "crash"}
+    a = await start_redis_instance(INSTANCE_ID="a", **common)
+    ref = await _initiated(a)
+    on_a = await a.tracker()
+    await on_a.track(ref)
+
+    port = free_port()
+    b = await run_server(
+        "--host", "127.0.0.1", "--port", str(port), STORAGE_BACKEND="redis", REDIS_URL=redis_server.url,
+        INSTANCE_ID="b", INSTANCE_HEARTBEAT_SECONDS="0.2", **common,
+    )
+    try:
+        on_b = Tracker(f"http://127.0.0.1:{port}")
+        await eventually(lambda: _connects(on_b), timeout=WAIT * 2, interval=0.1)
+        await on_b.track(ref)
+        ghost = on_b.sid
+        assert await _listed(a) == {on_a.sid: "a", ghost: "b"}
+    finally:
+        b.kill()
+        await b.wait()
+
+    await eventually(lambda: _listed_exactly(a, {on_a.sid: "a"}))
+    client = redis_server.client()
+    try:
+        assert await client.exists(f"crash:client:{ghost}") == 0  # the record itself is gone
+    finally:
+        await client.aclose()
+    status, body, _ = await a.api.request("GET", f"/api/payment/tracking/{ref}")
+    assert status == 200 and body["tracking_clients"] == 1
+
+
+async def _connects(tracker: Tracker) -> bool:
+    try:
+        await tracker.connect()
+    except socketio.exceptions.ConnectionError:
+        return False
+    return True
+
+
+async def _listed(instance: Instance) -> dict[str, str]:
+    status, body, _ = await instance.api.request("GET", "/api/payment/debug/connections")
+    assert status == 200
+    return {c["socket_id"]: c["instance_id"] for c in body["connections"]}
+
+
+async def _listed_exactly(instance: Instance, expected: dict[str, str]) -> bool:
+    return await _listed(instance) == expected
+
+
+async def test_a_live_instance_whose_heartbeat_lapsed_records_its_connections_again(
+    redis_server: RedisServer, start_redis_instance: StartInstance
+) -> None:
+    """A stalled loop (or a long Redis outage) lets the heartbeat lapse; others then remove our records."""
+    a = await start_redis_instance(INSTANCE_ID="a", REDIS_KEY_PREFIX="stall:", INSTANCE_HEARTBEAT_SECONDS=60)
+    client = await a.tracker()
+    await client.track("ref-stall")
+    plain = redis_server.client()
+    try:
+        await plain.delete("stall:instance:a")
+    finally:
+        await plain.aclose()
+    assert await _listed(a) == {}  # taken for a crashed instance's connections and removed ...
+    assert await a.storage.heartbeat("a", 180) is False  # ... until the next beat (what the timer calls)
+    assert await _listed(a) == {client.sid: "a"}  # ... records them again
+    assert (await a.storage.get_client(client.sid)).tracked == ["ref-stall"]

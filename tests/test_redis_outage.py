@@ -6,8 +6,9 @@ import json
 
 import pytest
 
+from payments.schemas import InitiateRequest
 from tests.conftest import Instance, StartInstance
-from tests.harness import eventually
+from tests.harness import PRODUCTION, eventually
 from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.redis
@@ -98,9 +99,14 @@ async def test_starting_with_redis_down_runs_degraded_then_writes_back(
     assert health["storage"]["redis_reachable"] is False
 
     client = await instance.tracker()
-    status, body, _ = await instance.api.initiate(order_id="order-down")
-    assert status == 201
-    ref = body["reference"]
+    # Initiate over HTTP fails closed while the rate-limit counters (in Redis) cannot be read ...
+    status, body, headers = await instance.api.initiate(order_id="order-down")
+    assert status == 503 and body["error"]["code"] == "rate_limit_unavailable" and headers["Retry-After"]
+    # ... but what storage is given while degraded (here a payment created by the service) is kept.
+    result = await instance.service.initiate(
+        InitiateRequest(order_id="order-down", amount=500, phone_number="237671234567"), None
+    )
+    ref = result.body["reference"]
     await client.track(ref)
     await instance.api.simulate(ref, "SUCCESSFUL")
     await client.wait_for("payment-completed")
@@ -115,3 +121,22 @@ async def test_starting_with_redis_down_runs_degraded_then_writes_back(
     ]
     status, body, _ = await instance.api.request("GET", "/api/payment/status/order-down")
     assert status == 200 and body["status"] == "SUCCESSFUL"
+
+
+async def test_anonymous_health_names_the_reason_class_but_no_address_while_degraded(
+    start_redis_instance: StartInstance, redis_server: RedisServer
+) -> None:
+    debug = {"Authorization": "Bearer debug-token-for-tests-0123"}
+    instance = await start_redis_instance(**{**PRODUCTION, "STORAGE_BACKEND": "redis"}, DEBUG_TOKEN=debug["Authorization"][7:])
+    redis_server.stop()
+    await eventually(lambda: _status_is(instance, "degraded"))
+
+    status, body, _ = await instance.api.request("GET", "/health")
+    text = json.dumps(body)
+    assert status == 200 and body["status"] == "degraded"
+    assert body["storage"]["redis_reachable"] is False and body["storage"]["reason"] == "ConnectionError"
+    assert "detail" not in body["storage"]
+    assert "127.0.0.1" not in text and str(redis_server.port) not in text
+
+    _, behind_token, _ = await instance.api.request("GET", "/health", headers=debug)
+    assert "memory" in behind_token["storage"]["detail"]  # the operator still gets the full story

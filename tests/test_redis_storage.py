@@ -103,6 +103,7 @@ async def test_payments_and_clients_expire_in_redis(redis_server: RedisServer) -
     try:
         await storage.create_payment(_payment())
         now = datetime.now(timezone.utc)
+        await storage.heartbeat("a", 60)  # instance a is alive: its connections count
         await storage.add_client(ClientRecord(socket_id="s1", instance_id="a", connected_at=now))
         await storage.track("s1", "ref-1")
         assert await storage.tracker_count("ref-1") == 1 and len(await storage.list_clients()) == 1
@@ -126,6 +127,8 @@ async def test_payments_and_clients_expire_in_redis(redis_server: RedisServer) -
 
 async def test_client_records_track_untrack_and_remove(storage: RedisStorage) -> None:
     now = datetime.now(timezone.utc)
+    for instance in ("a", "b"):
+        await storage.heartbeat(instance, 60)  # live instances: their connections count
     await storage.add_client(ClientRecord(socket_id="s1", instance_id="a", connected_at=now))
     await storage.add_client(ClientRecord(socket_id="s2", instance_id="b", connected_at=now))
     await storage.track("s1", "ref-1")

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictStr
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictStr
 
 from errors import ApiError, NotFound, ProviderError
 from logs import bind
 from payments.model import StatusUpdate, UpdateSource
+from payments.operators import normalise_operator
 from payments.provider import PaymentProvider
 from payments.reconciler import Reconciler
 from payments.schemas import Reference
@@ -30,15 +32,34 @@ if TYPE_CHECKING:
 log = logging.getLogger("paytrack.audit")  # every webhook decision is an audit line
 
 
-def _to_int(value: Any) -> Any:
-    """CamPay sends amounts as strings ("100", sometimes "100.0")."""
-    if isinstance(value, str) and value.strip():
-        try:
-            number = float(value)
-        except ValueError:
-            return value
-        return int(number) if number.is_integer() else value
-    return value
+# Larger than any mobile-money amount; a bigger claim is treated as no claim.
+_MAX_AMOUNT = 10**12
+
+
+def _to_int(value: Any) -> int | None:
+    """CamPay's amount, leniently: "100", "100.00", 100 and 100.0 are 100; anything else ("", "99.5",
+    "lots", a number too large to be an amount) is None rather than a reason to refuse.
+
+    Never a 400: the callback is judged by its signature first, and the amount that gets
+    applied is CamPay's own answer to `GET /transaction/`, not this claim.
+    """
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if 0 <= value <= _MAX_AMOUNT else None
+    if isinstance(value, str):
+        value = value.strip()
+        if not value or len(value) > 32:
+            return None
+    if not isinstance(value, (str, float)):
+        return None
+    try:
+        number = Decimal(value)
+    except (InvalidOperation, ValueError):
+        return None
+    if not number.is_finite() or number != number.to_integral_value() or not 0 <= number <= _MAX_AMOUNT:
+        return None
+    return int(number)
 
 
 ShortText = Annotated[StrictStr, Field(max_length=255)]
@@ -54,7 +75,7 @@ class CampayWebhook(BaseModel):
     signature: Annotated[StrictStr, Field(max_length=4096)] | None = None
     amount: Annotated[int | None, BeforeValidator(_to_int)] = None
     currency: ShortText | None = None
-    operator: ShortText | None = None
+    operator: Annotated[ShortText | None, AfterValidator(normalise_operator)] = None
     code: ShortText | None = None
     operator_reference: ShortText | None = None
     external_reference: ShortText | None = None

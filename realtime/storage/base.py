@@ -38,10 +38,14 @@ class IdempotencyRecord(BaseModel):
 
 
 class StorageHealth(BaseModel):
+    """`reason` (the class of the last failure, e.g. `ConnectionError`) is safe to show anyone;
+    `detail` may name hosts and ports, so `/health` shows it only with debug access."""
+
     backend: str
     status: Literal["healthy", "degraded"]
     redis_reachable: bool | None = None
     latency_ms: float | None = None
+    reason: str | None = None
     detail: str | None = None
 
 
@@ -123,8 +127,13 @@ class Storage(Protocol):
 
     async def outbox_reschedule(self, entry_id: str, attempts: int, next_attempt_at: float, error: str) -> None: ...
 
-    async def outbox_kill(self, entry_id: str, attempts: int, error: str) -> None:
-        """Move an entry to the dead-letter list."""
+    async def outbox_kill(self, entry_id: str, attempts: int, error: str) -> int:
+        """Move an entry to the dead-letter list; returns how many of the oldest dead letters were
+        dropped to keep the list within its cap.
+
+        Dead letters are kept for the backend's dead-letter TTL (then `outbox_list`, `outbox_claim`
+        and the next kill drop them) and at most its dead-letter cap of them.
+        """
 
     async def outbox_list(self) -> list[OutboxEntry]:
         """Pending and dead entries, oldest first."""
@@ -161,6 +170,14 @@ class Storage(Protocol):
 
     async def untrack(self, socket_id: str, reference: str) -> None: ...
 
-    async def list_clients(self) -> list[ClientRecord]: ...
+    async def list_clients(self) -> list[ClientRecord]:
+        """Connections of every live instance. Records of an instance whose heartbeat has lapsed
+        (it crashed, so no disconnect handler ran) are removed, not listed."""
 
-    async def tracker_count(self, reference: str) -> int: ...
+    async def tracker_count(self, reference: str) -> int:
+        """Connections of live instances tracking `reference`."""
+
+    async def heartbeat(self, instance_id: str, ttl_seconds: float) -> bool:
+        """Mark `instance_id` alive for `ttl_seconds`; False if its previous heartbeat had lapsed
+        (or it had none), in which case its connections may have been removed as a crashed
+        instance's and the caller should record them again."""

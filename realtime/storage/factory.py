@@ -28,6 +28,8 @@ def create_storage(  # type: ignore[no-untyped-def]
         payment_ttl=settings.PAYMENT_TTL_SECONDS,
         client_ttl=settings.CLIENT_TTL_SECONDS,
         event_log_max=settings.EVENT_LOG_MAX,
+        dead_letter_ttl=settings.MERCHANT_DEAD_LETTER_TTL_SECONDS,
+        dead_letter_max=settings.MERCHANT_DEAD_LETTER_MAX,
     )
     if settings.STORAGE_BACKEND is StorageBackend.REDIS:
         # imported lazily: development needs no redis

@@ -2,7 +2,9 @@
 
 Keeping them here means a prefix change (two deployments sharing one Redis,
 or one test per prefix) cannot miss a key, and `redis-cli --scan` shows the
-whole layout at a glance.
+whole layout at a glance. Every key expires by itself, except the few listed
+by `without_ttl`, each of whose docstrings says why it does not and what
+keeps it bounded (tests/test_redis_keys.py checks both after real traffic).
 """
 
 from __future__ import annotations
@@ -23,17 +25,24 @@ class RedisKeys:
         return f"{self.prefix}events:{reference}"
 
     def order(self, order_id: str) -> str:
-        """The reference of the order's latest payment."""
+        """The reference of the order's latest payment; expires with the payment."""
         return f"{self.prefix}order:{order_id}"
 
     def active(self) -> str:
-        """Sorted set of PENDING references scored by creation time (no KEYS needed)."""
+        """Sorted set of PENDING references scored by creation time (no KEYS needed).
+
+        No TTL: an index over payments, not data of its own; a member leaves when its payment
+        settles, or is pruned when read once its payment has expired.
+        """
         return f"{self.prefix}active"
 
     def order_lock(self, order_id: str) -> str:
+        """Held while an initiate for the order runs; expires after the slowest collect could take."""
         return f"{self.prefix}lock:order:{order_id}"
 
     def idempotency(self, key: str) -> str:
+        """The first response to an Idempotency-Key (`key` is a hash of user and key); expires
+        with PAYMENT_TTL_SECONDS."""
         return f"{self.prefix}idempotency:{key}"
 
     def client(self, socket_id: str) -> str:
@@ -41,28 +50,61 @@ class RedisKeys:
         return f"{self.prefix}client:{socket_id}"
 
     def clients(self) -> str:
-        """Sorted set of socket ids scored by their record's expiry time, for listing without KEYS."""
+        """Sorted set of socket ids scored by their record's expiry time, for listing without KEYS.
+
+        No TTL: an index; members are pruned when listed once their record has expired, and with
+        their record when their instance's heartbeat has lapsed.
+        """
         return f"{self.prefix}clients"
 
     def trackers(self, reference: str) -> str:
-        """Set of socket ids tracking `reference` (pruned of expired clients when counted)."""
+        """Set of socket ids tracking `reference` (pruned of expired clients when counted);
+        expires CLIENT_TTL_SECONDS after the last track."""
         return f"{self.prefix}trackers:{reference}"
 
+    def instance(self, instance_id: str) -> str:
+        """An instance's heartbeat: refreshed every INSTANCE_HEARTBEAT_SECONDS, expires after three
+        missed beats. Connections recorded by an instance without one are gone (it crashed)."""
+        return f"{self.prefix}instance:{instance_id}"
+
     def lease(self, name: str) -> str:
+        """Who holds lease `name` (e.g. the reconciler's sweep); expires unless its holder renews it."""
         return f"{self.prefix}lease:{name}"
 
     def outbox_entries(self) -> str:
-        """Hash of merchant outbox entries (id -> JSON); entries leave only when delivered."""
+        """Hash of merchant outbox entries (id -> JSON).
+
+        No TTL: a pending message must never vanish undelivered. Entries leave when delivered;
+        dead letters are dropped MERCHANT_DEAD_LETTER_TTL_SECONDS after they died, and the
+        oldest first past MERCHANT_DEAD_LETTER_MAX.
+        """
         return f"{self.prefix}outbox:entries"
 
     def outbox_due(self) -> str:
-        """Sorted set of pending entry ids scored by when they are next due (a claim pushes it forward)."""
+        """Sorted set of pending entry ids scored by when they are next due (a claim pushes it forward).
+
+        No TTL: the index of `outbox_entries`' pending entries, bounded by them.
+        """
         return f"{self.prefix}outbox:due"
 
     def outbox_dead(self) -> str:
-        """Sorted set of dead-lettered entry ids scored by creation time."""
+        """Sorted set of dead-lettered entry ids scored by when they died.
+
+        No TTL: the index of `outbox_entries`' dead letters, pruned with them (by age and count).
+        """
         return f"{self.prefix}outbox:dead"
 
     def auth_cache(self, token_hash: str) -> str:
         """A verified user for a SHA-256 of a bearer token (never the token itself)."""
         return f"{self.prefix}auth:{token_hash}"
+
+    def rate_limits(self) -> str:
+        """Prefix of the rate limiter's counters (the `limits` library appends `:LIMITER/...`).
+
+        Each counter is a capped list of hit times that expires one window after its last hit.
+        """
+        return f"{self.prefix}ratelimit"
+
+    def without_ttl(self) -> frozenset[str]:
+        """The keys that never expire; each one's docstring says why, and what bounds it."""
+        return frozenset({self.active(), self.clients(), self.outbox_entries(), self.outbox_due(), self.outbox_dead()})

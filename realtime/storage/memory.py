@@ -85,12 +85,16 @@ class MemoryStorage:
         client_ttl: float,
         event_log_max: int,
         sweep_interval: float = 30.0,
+        dead_letter_ttl: float = 7 * 86400,
+        dead_letter_max: int = 10_000,
     ) -> None:
         self._clock = clock
         self._payment_ttl = payment_ttl
         self._client_ttl = client_ttl
         self._event_log_max = event_log_max
         self._sweep_interval = sweep_interval
+        self._dead_letter_ttl = dead_letter_ttl
+        self._dead_letter_max = dead_letter_max
         self._payments: ExpiringMap[Payment] = ExpiringMap(clock)
         self._events: ExpiringMap[deque[PaymentEvent]] = ExpiringMap(clock)
         self._orders: ExpiringMap[str] = ExpiringMap(clock)
@@ -99,7 +103,8 @@ class MemoryStorage:
         self._clients: ExpiringMap[ClientRecord] = ExpiringMap(clock)
         self._leases: ExpiringMap[str] = ExpiringMap(clock)
         self._auth_cache: ExpiringMap[str] = ExpiringMap(clock)
-        # The outbox does not expire: an entry leaves only when delivered (or replayed from dead).
+        # Pending entries do not expire: one leaves only when delivered. Dead letters are
+        # dropped after the dead-letter TTL, and the oldest first past the dead-letter cap.
         self._outbox: dict[str, OutboxEntry] = {}
         self._sweeper: asyncio.Task[None] | None = None
 
@@ -218,7 +223,21 @@ class MemoryStorage:
         for entry in entries:
             self._outbox.setdefault(entry.id, entry)  # same id = same message: never queued twice
 
+    def _prune_dead(self) -> int:
+        """Drop expired dead letters, then the oldest past the cap; returns how many the cap took."""
+        cutoff = self._clock.now().timestamp() - self._dead_letter_ttl
+        dead = sorted(
+            (e for e in self._outbox.values() if e.state == "dead"), key=lambda e: e.dead_at or e.created_at
+        )
+        expired = [e for e in dead if (e.dead_at or e.created_at) < cutoff]
+        kept = dead[len(expired):]
+        over = kept[: max(0, len(kept) - self._dead_letter_max)]
+        for entry in (*expired, *over):
+            del self._outbox[entry.id]
+        return len(over)
+
     async def outbox_claim(self, now: float, limit: int, lease_seconds: float) -> list[OutboxEntry]:
+        self._prune_dead()
         due = [
             e for e in self._outbox.values()
             if e.state == "pending" and e.next_attempt_at <= now and e.claimed_until <= now
@@ -254,20 +273,27 @@ class MemoryStorage:
                 update={"attempts": attempts, "next_attempt_at": next_attempt_at, "last_error": error, "claimed_until": 0.0}
             )
 
-    async def outbox_kill(self, entry_id: str, attempts: int, error: str) -> None:
+    async def outbox_kill(self, entry_id: str, attempts: int, error: str) -> int:
         if entry_id in self._outbox:
             self._outbox[entry_id] = self._outbox[entry_id].model_copy(
-                update={"attempts": attempts, "last_error": error, "state": "dead", "claimed_until": 0.0}
+                update={
+                    "attempts": attempts, "last_error": error, "state": "dead", "claimed_until": 0.0,
+                    "dead_at": self._clock.now().timestamp(),
+                }
             )
+        return self._prune_dead()
 
     async def outbox_list(self) -> list[OutboxEntry]:
+        self._prune_dead()
         return sorted(self._outbox.values(), key=lambda e: e.created_at)
 
     async def outbox_replay(self, entry_id: str, now: float) -> OutboxEntry | None:
         entry = self._outbox.get(entry_id)
         if entry is None:
             return None
-        entry = entry.model_copy(update={"state": "pending", "attempts": 0, "next_attempt_at": now, "claimed_until": 0.0})
+        entry = entry.model_copy(
+            update={"state": "pending", "attempts": 0, "next_attempt_at": now, "claimed_until": 0.0, "dead_at": None}
+        )
         self._outbox[entry_id] = entry
         return entry
 
@@ -333,3 +359,7 @@ class MemoryStorage:
 
     async def tracker_count(self, reference: str) -> int:
         return sum(1 for _, c in self._clients.items() if reference in c.tracked)
+
+    async def heartbeat(self, instance_id: str, ttl_seconds: float) -> bool:
+        """One process, one instance: its connections die with it, nothing to mark."""
+        return True

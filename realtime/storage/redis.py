@@ -79,6 +79,25 @@ end
 return 0
 """
 
+# Drop dead letters that died before ARGV[1], then the oldest past ARGV[2] of them (scores are
+# times of death); their entries leave the hash with them. Returns how many the cap dropped.
+_PRUNE_DEAD = """
+local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[1])
+local over = redis.call('ZCARD', KEYS[1]) - #expired - tonumber(ARGV[2])
+local capped = {}
+if over > 0 then
+  capped = redis.call('ZRANGE', KEYS[1], #expired, #expired + over - 1)
+end
+for _, ids in ipairs({expired, capped}) do
+  for i = 1, #ids, 500 do
+    local chunk = {unpack(ids, i, math.min(i + 499, #ids))}
+    redis.call('ZREM', KEYS[1], unpack(chunk))
+    redis.call('HDEL', KEYS[2], unpack(chunk))
+  end
+end
+return #capped
+"""
+
 _RELEASE_LEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
@@ -99,8 +118,12 @@ class RedisStorage:
         payment_ttl: int,
         client_ttl: int,
         event_log_max: int,
+        dead_letter_ttl: float = 7 * 86400,
+        dead_letter_max: int = 10_000,
     ) -> None:
         self.redis = client
+        self._dead_letter_ttl = dead_letter_ttl
+        self._dead_letter_max = dead_letter_max
         self._clock = clock
         self._keys = keys
         self._payment_ttl = payment_ttl
@@ -110,6 +133,7 @@ class RedisStorage:
         self._release_lease = client.register_script(_RELEASE_LEASE)
         self._claim_outbox = client.register_script(_CLAIM_OUTBOX)
         self._index_order = client.register_script(_INDEX_ORDER)
+        self._prune_dead_script = client.register_script(_PRUNE_DEAD)
 
     @classmethod
     def from_settings(cls, settings: Settings, clock: Clock) -> "RedisStorage":
@@ -128,6 +152,8 @@ class RedisStorage:
             payment_ttl=settings.PAYMENT_TTL_SECONDS,
             client_ttl=settings.CLIENT_TTL_SECONDS,
             event_log_max=settings.EVENT_LOG_MAX,
+            dead_letter_ttl=settings.MERCHANT_DEAD_LETTER_TTL_SECONDS,
+            dead_letter_max=settings.MERCHANT_DEAD_LETTER_MAX,
         )
 
     async def start(self) -> None:
@@ -147,7 +173,10 @@ class RedisStorage:
         try:
             latency = await self.ping()
         except Exception as exc:  # noqa: BLE001 - any failure means "not reachable"
-            return StorageHealth(backend=self.backend, status="degraded", redis_reachable=False, detail=str(exc))
+            return StorageHealth(
+                backend=self.backend, status="degraded", redis_reachable=False, reason=type(exc).__name__,
+                detail=str(exc),
+            )
         return StorageHealth(backend=self.backend, status="healthy", redis_reachable=True, latency_ms=round(latency, 2))
 
     # -- helpers -------------------------------------------------------------
@@ -312,7 +341,16 @@ class RedisStorage:
                 due=None if entry.state == "dead" else entry.next_attempt_at,
             )
 
+    async def _prune_dead(self) -> int:
+        """Expired dead letters out, then the oldest past the cap; returns how many the cap took."""
+        k = self._keys
+        cutoff = self._clock.now().timestamp() - self._dead_letter_ttl
+        return int(
+            await self._prune_dead_script(keys=[k.outbox_dead(), k.outbox_entries()], args=[cutoff, self._dead_letter_max])
+        )
+
     async def outbox_claim(self, now: float, limit: int, lease_seconds: float) -> list[OutboxEntry]:
+        await self._prune_dead()
         k = self._keys
         raws = await self._claim_outbox(keys=[k.outbox_due(), k.outbox_entries()], args=[now, limit, now + lease_seconds])
         entries = [OutboxEntry.model_validate_json(raw) for raw in raws if raw]
@@ -336,7 +374,7 @@ class RedisStorage:
             pipe.hset(k.outbox_entries(), entry.id, entry.model_dump_json())
             if due is None:
                 pipe.zrem(k.outbox_due(), entry.id)
-                pipe.zadd(k.outbox_dead(), {entry.id: entry.created_at})
+                pipe.zadd(k.outbox_dead(), {entry.id: entry.dead_at or entry.created_at})
             else:
                 pipe.zrem(k.outbox_dead(), entry.id)
                 pipe.zadd(k.outbox_due(), {entry.id: due})
@@ -348,13 +386,20 @@ class RedisStorage:
             entry = entry.model_copy(update={"attempts": attempts, "next_attempt_at": next_attempt_at, "last_error": error})
             await self._outbox_write(entry, due=next_attempt_at)
 
-    async def outbox_kill(self, entry_id: str, attempts: int, error: str) -> None:
+    async def outbox_kill(self, entry_id: str, attempts: int, error: str) -> int:
         entry = await self._outbox_entry(entry_id)
         if entry is not None:
-            entry = entry.model_copy(update={"attempts": attempts, "last_error": error, "state": "dead"})
+            entry = entry.model_copy(
+                update={
+                    "attempts": attempts, "last_error": error, "state": "dead",
+                    "dead_at": self._clock.now().timestamp(),
+                }
+            )
             await self._outbox_write(entry, due=None)
+        return await self._prune_dead()
 
     async def outbox_list(self) -> list[OutboxEntry]:
+        await self._prune_dead()
         raws = await self.redis.hvals(self._keys.outbox_entries())
         return sorted((OutboxEntry.model_validate_json(r) for r in raws), key=lambda e: e.created_at)
 
@@ -362,7 +407,9 @@ class RedisStorage:
         entry = await self._outbox_entry(entry_id)
         if entry is None:
             return None
-        entry = entry.model_copy(update={"state": "pending", "attempts": 0, "next_attempt_at": now, "claimed_until": 0.0})
+        entry = entry.model_copy(
+            update={"state": "pending", "attempts": 0, "next_attempt_at": now, "claimed_until": 0.0, "dead_at": None}
+        )
         await self._outbox_write(entry, due=now)
         return entry
 
@@ -441,7 +488,8 @@ class RedisStorage:
         )
 
     async def list_clients(self) -> list[ClientRecord]:
-        """Every instance's connections; index entries whose record expired are pruned."""
+        """Every live instance's connections; index entries whose record expired are pruned, and
+        records of instances without a heartbeat are removed."""
         index = self._keys.clients()
         await self.redis.zremrangebyscore(index, "-inf", self._clock.now().timestamp())
         sids: list[str] = await self.redis.zrange(index, 0, -1)
@@ -451,7 +499,7 @@ class RedisStorage:
         gone = [sid for sid, raw in zip(sids, raws) if raw is None]
         if gone:
             await self.redis.zrem(index, *gone)
-        clients = [ClientRecord.model_validate_json(raw) for raw in raws if raw]
+        clients = await self._of_live_instances([ClientRecord.model_validate_json(raw) for raw in raws if raw])
         return sorted(clients, key=lambda c: c.connected_at)
 
     async def tracker_count(self, reference: str) -> int:
@@ -459,8 +507,30 @@ class RedisStorage:
         sids: list[str] = list(await self.redis.smembers(key))
         if not sids:
             return 0
-        alive = await self.redis.mget([self._keys.client(s) for s in sids])
-        gone = [sid for sid, raw in zip(sids, alive) if raw is None]
+        raws = await self.redis.mget([self._keys.client(s) for s in sids])
+        gone = [sid for sid, raw in zip(sids, raws) if raw is None]
         if gone:
             await self.redis.srem(key, *gone)
-        return len(sids) - len(gone)
+        return len(await self._of_live_instances([ClientRecord.model_validate_json(raw) for raw in raws if raw]))
+
+    async def _of_live_instances(self, clients: list[ClientRecord]) -> list[ClientRecord]:
+        """`clients` whose instance has a heartbeat; the others' records are removed (their instance crashed)."""
+        instances = sorted({c.instance_id for c in clients})
+        if not instances:
+            return clients
+        beats = await self.redis.mget([self._keys.instance(i) for i in instances])
+        dead = {i for i, beat in zip(instances, beats) if beat is None}
+        for client in clients:
+            if client.instance_id in dead:
+                await self.remove_client(client.socket_id)
+        if dead:
+            log.warning("removed connections of instances without a heartbeat", extra={"instances": sorted(dead)})
+        return [c for c in clients if c.instance_id not in dead]
+
+    async def heartbeat(self, instance_id: str, ttl_seconds: float) -> bool:
+        key = self._keys.instance(instance_id)
+        async with self.redis.pipeline(transaction=True) as pipe:  # EXISTS + SET, not SET GET (Redis 6.2+)
+            pipe.exists(key)
+            pipe.set(key, self._clock.now().isoformat(), px=max(1, int(ttl_seconds * 1000)))
+            existed, _ = await pipe.execute()
+        return bool(existed)

@@ -79,10 +79,12 @@ class ResilientStorage:
         self._healthy = False
         self._down_since: datetime | None = None
         self._last_error = "not started"
+        self._last_reason = "NotStarted"  # the failure's class: shown on /health to anyone
         self._dirty_payments: set[str] = set()
         self._dirty_clients: set[str] = set()
         self._removed_clients: set[str] = set()
         self._watcher: asyncio.Task[None] | None = None
+        self._instance_beat: tuple[str, float] | None = None  # (instance id, ttl) of our heartbeat
 
     @property
     def healthy(self) -> bool:
@@ -114,6 +116,7 @@ class ResilientStorage:
 
     def _degrade(self, exc: BaseException) -> None:
         self._last_error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        self._last_reason = type(exc).__name__
         if self._healthy or self._down_since is None:
             self._down_since = self._clock.now()
             log.error(
@@ -143,6 +146,10 @@ class ResilientStorage:
     async def _recover(self) -> None:
         """Write back everything changed while degraded, then switch to Redis. Raises while Redis is away."""
         await self.primary.ping()
+        if self._instance_beat is not None and not await self.primary.heartbeat(*self._instance_beat):
+            # Our heartbeat lapsed while Redis was away: other instances may have removed our
+            # connections as a crashed instance's. Write every one of them back.
+            self._dirty_clients |= {c.socket_id for c in await self.fallback.list_clients()}
         written: list[str] = []
         while self._has_pending_writes():
             payments, self._dirty_payments = self._dirty_payments, set()
@@ -213,6 +220,7 @@ class ResilientStorage:
             status="degraded",
             redis_reachable=reachable,
             latency_ms=latency,
+            reason=self._last_reason,
             detail=(
                 f"running on memory since {since} ({self._last_error}); "
                 f"{len(self._dirty_payments)} payment change(s) waiting for write-back"
@@ -349,11 +357,11 @@ class ResilientStorage:
             lambda: self.primary.outbox_reschedule(entry_id, attempts, next_attempt_at, error), _nothing
         )
 
-    async def outbox_kill(self, entry_id: str, attempts: int, error: str) -> None:
+    async def outbox_kill(self, entry_id: str, attempts: int, error: str) -> int:
         if self.fallback.has_outbox_entry(entry_id):
-            await self.fallback.outbox_kill(entry_id, attempts, error)
-            return
-        await self._call(lambda: self.primary.outbox_kill(entry_id, attempts, error), _nothing)
+            return await self.fallback.outbox_kill(entry_id, attempts, error)
+        dropped, _ = await self._call(lambda: self.primary.outbox_kill(entry_id, attempts, error), _zero)
+        return dropped
 
     async def outbox_list(self) -> list[OutboxEntry]:
         entries, on_redis = await self._call(self.primary.outbox_list, self.fallback.outbox_list)
@@ -432,6 +440,25 @@ class ResilientStorage:
         )
         return count
 
+    async def heartbeat(self, instance_id: str, ttl_seconds: float) -> bool:
+        """On Redis while healthy (while degraded, `_recover` beats first thing when Redis is back).
+
+        If our heartbeat had lapsed (a stalled loop), other instances may have removed our
+        connections as a crashed instance's: they are recorded again from memory.
+        """
+        self._instance_beat = (instance_id, ttl_seconds)
+        if not self._healthy:
+            return True
+        try:
+            alive = await self.primary.heartbeat(instance_id, ttl_seconds)
+            if not alive:
+                for client in await self.fallback.list_clients():
+                    await self.primary.add_client(client)
+            return alive
+        except OUTAGE_ERRORS as exc:
+            self._degrade(exc)
+            return True
+
 
 async def _nothing() -> None:
     return None
@@ -439,3 +466,7 @@ async def _nothing() -> None:
 
 async def _none() -> None:
     return None
+
+
+async def _zero() -> int:
+    return 0

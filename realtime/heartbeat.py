@@ -1,0 +1,53 @@
+"""This instance's heartbeat in shared storage, so others can tell its connections are real.
+
+A crashed instance runs no disconnect handler: its connection records would
+stay listed (and counted as trackers) until their own TTL, a day later. Each
+instance instead refreshes a heartbeat key every INSTANCE_HEARTBEAT_SECONDS
+that expires after three missed beats; records of an instance without one
+are removed when connections are listed or counted (`Storage.list_clients`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from background import cancel_and_wait
+from realtime.storage.base import Storage
+
+log = logging.getLogger("paytrack.realtime")
+
+MISSED_BEATS = 3  # the key outlives this many intervals, so one slow beat is not a death
+
+
+class Heartbeat:
+    def __init__(self, storage: Storage, instance_id: str, *, interval: float) -> None:
+        self._storage = storage
+        self._instance_id = instance_id
+        self._interval = interval
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def ttl(self) -> float:
+        return self._interval * MISSED_BEATS
+
+    async def beat(self) -> None:
+        """One refresh; a storage failure is logged, and the next beat tries again."""
+        try:
+            await self._storage.heartbeat(self._instance_id, self.ttl)
+        except Exception:  # noqa: BLE001 - never let the loop die
+            log.exception("instance heartbeat failed")
+
+    async def start(self) -> None:
+        """Beat once now (before this instance serves a connection), then every interval."""
+        await self.beat()
+        self._task = asyncio.create_task(self._loop(), name="instance-heartbeat")
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            await self.beat()
+
+    async def stop(self) -> None:
+        await cancel_and_wait(self._task)
+        self._task = None
