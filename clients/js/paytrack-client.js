@@ -490,6 +490,7 @@ export class PaymentTracker {
     const sid = socket.id;
     const payload = { reference: entry.reference, last_seq: entry.seq };
     socket.timeout(this.#options.ackTimeoutMs).emit("track-payment", payload, (err, ack) => {
+      if (this.#closed) return;
       const answer = err ? { ok: false, error: { code: "timeout", message: "no answer to track-payment" } } : ack;
       this.#emit("event", "ack:track-payment", { reference: entry.reference, ...answer });
       if (this.#entries.get(entry.reference) !== entry || entry.final) return;
@@ -562,6 +563,7 @@ export class PaymentTracker {
     const socket = this.#socket;
     if (!token || this.#closed || !socket.connected) return; // the next connect asks again
     socket.timeout(this.#options.ackTimeoutMs).emit("refresh-token", { token }, (err, ack) => {
+      if (this.#closed) return;
       const answer = err ? { ok: false, error: { code: "timeout", message: "no answer to refresh-token" } } : ack;
       this.#emit("event", "ack:refresh-token", answer);
       if (!answer?.ok) {
