@@ -641,11 +641,15 @@ export class PaymentTracker {
       if (data?.payment) this.#apply(entry, data.payment, "rest");
       return true;
     }
+    if (response.status >= 500) return false; // "offline" says it; no error event every round
+    if (response.status === 404) {
+      this.#markUnknown(entry);
+      return true;
+    }
     const error = this.#errorFrom(response, data, entry.reference);
-    if (response.status === 404) this.#markUnknown(entry);
-    else if (response.status === 403) this.#fail(entry, error);
-    if (response.status !== 404) this.#emit("error", error);
-    return response.status < 500;
+    this.#emit("error", error);
+    if (response.status === 403) this.#fail(entry, error);
+    return true;
   }
 
   async _refresh(entry) {

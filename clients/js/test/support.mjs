@@ -3,6 +3,7 @@
 import { spawn } from "node:child_process";
 import { createHmac } from "node:crypto";
 import { existsSync } from "node:fs";
+import http from "node:http";
 import net from "node:net";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -298,4 +299,58 @@ export function jwt(sub, ttlSeconds, secret = JWT_SECRET) {
   const body = b64({ sub, exp: Math.floor(Date.now() / 1000) + ttlSeconds });
   const signature = createHmac("sha256", secret).update(`${head}.${body}`).digest("base64url");
   return `${head}.${body}.${signature}`;
+}
+
+/**
+ * An HTTP proxy in front of `target` that can refuse websocket upgrades, as some corporate
+ * proxies do. Logs every HTTP request with its If-None-Match and the status it got.
+ */
+export async function startProxy(target) {
+  const { hostname, port } = new URL(target);
+  const proxy = { allowUpgrades: false, requests: [], upgrades: 0, sockets: new Set() };
+  const server = http.createServer((req, res) => {
+    const entry = { method: req.method, url: req.url, ifNoneMatch: req.headers["if-none-match"] ?? null, status: null };
+    proxy.requests.push(entry);
+    const upstream = http.request({ host: hostname, port, method: req.method, path: req.url, headers: req.headers }, (answer) => {
+      entry.status = answer.statusCode;
+      res.writeHead(answer.statusCode, answer.headers);
+      answer.pipe(res);
+    });
+    upstream.on("error", () => {
+      entry.status = 502;
+      res.writeHead(502).end();
+    });
+    req.pipe(upstream);
+  });
+  server.on("connection", (socket) => {
+    proxy.sockets.add(socket);
+    socket.on("close", () => proxy.sockets.delete(socket));
+  });
+  server.on("upgrade", (req, socket, head) => {
+    proxy.upgrades += 1;
+    if (!proxy.allowUpgrades) {
+      socket.end("HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+      return;
+    }
+    const upstream = net.connect(Number(port), hostname, () => {
+      let head_ = `${req.method} ${req.url} HTTP/1.1\r\n`;
+      for (let i = 0; i < req.rawHeaders.length; i += 2) head_ += `${req.rawHeaders[i]}: ${req.rawHeaders[i + 1]}\r\n`;
+      upstream.write(`${head_}\r\n`);
+      if (head.length) upstream.write(head);
+      upstream.pipe(socket);
+      socket.pipe(upstream);
+    });
+    proxy.sockets.add(upstream);
+    upstream.on("close", () => proxy.sockets.delete(upstream));
+    upstream.on("error", () => socket.destroy());
+    socket.on("error", () => upstream.destroy());
+  });
+  await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
+  proxy.url = `http://127.0.0.1:${server.address().port}`;
+  proxy.close = () =>
+    new Promise((resolve) => {
+      for (const socket of proxy.sockets) socket.destroy();
+      server.close(() => resolve());
+    });
+  return proxy;
 }
