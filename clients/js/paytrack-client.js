@@ -714,10 +714,11 @@ export class PaymentTracker {
     }
     const connected = this.#socket?.connected;
     const due = [...this.#entries.values()].filter((e) => !e.final && (!connected || e.restOnly));
-    let reached = due.length === 0; // nothing to ask: no news is not an outage
+    let reached = false;
     for (const result of await Promise.all(due.map((e) => this.#read(e)))) reached ||= result;
     if (!this.#polling || this.#closed) return;
-    if (!this.#socket?.connected) this.#setState(reached ? "polling" : "offline");
+    // With nothing to ask, the last answer stands.
+    if (due.length > 0 && !this.#socket?.connected) this.#setState(reached ? "polling" : "offline");
     this.#pollTimer = setTimeout(() => this.#pollRound(), this.#options.fallbackPollMs);
   }
 
