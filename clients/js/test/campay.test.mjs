@@ -1,6 +1,6 @@
 // Against a real server talking to the CamPay fake (tests/campay_fake.py, as a process):
 // refresh() asks CamPay now; and a payment the server forgot (memory storage, restarted)
-// is reported unknown, then completed when CamPay's webhook teaches the server again.
+// is reported unknown. (How a final status learned again afterwards is accepted: seq-guard.test.mjs.)
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 
@@ -38,7 +38,7 @@ test("refresh() asks the server to check with CamPay now and applies the answer 
   assert.deepEqual(rec.named("update").map((c) => [c.args[0].status, c.args[0].seq]), [["PENDING", 1], ["SUCCESSFUL", 2]]);
 });
 
-test("a payment forgotten by a restarted server is reported unknown, then completed by CamPay's webhook", async (t) => {
+test("a payment forgotten by a restarted server (memory storage) is reported unknown with what was last known", async (t) => {
   const tracker = new PaymentTracker({ url: server.url, fallbackAfterMs: 60_000, reconnectDelayMs: 50, reconnectDelayMaxMs: 200 });
   t.after(() => tracker.close());
   await stateReached(tracker, "connected");
@@ -50,19 +50,8 @@ test("a payment forgotten by a restarted server is reported unknown, then comple
   await server.kill();
   await server.start(); // memory storage: it no longer knows the payment
   await rec.waitFor("unknown");
-  assert.equal(rec.named("unknown")[0].args[0].lastKnown.status, "PENDING");
+  assert.deepEqual(rec.named("unknown").map((c) => [c.args[0].reference, c.args[0].lastKnown.status]), [[payment.reference, "PENDING"]]);
   assert.equal(tracking.payment.status, "PENDING", "the last known state stays readable");
-
-  // CamPay's signed webhook for a reference the server does not know creates it (seq 1, SUCCESSFUL).
-  const response = await fetch(`${campay.url}/_fake/transactions/${payment.reference}`, {
-    method: "POST",
-    headers: { "Content-Type": "application/json" },
-    body: JSON.stringify({ status: "SUCCESSFUL", webhook_url: server.url }),
-  });
-  const answer = await response.json();
-  assert.equal(answer.webhook_answer.outcome, "created_orphan");
-  const final = await within(tracking.done, "done");
-  assert.equal(final.status, "SUCCESSFUL");
-  assert.equal(rec.named("success").length, 1);
-  assert.deepEqual(rec.named("update").map((c) => c.args[0].status), ["PENDING", "SUCCESSFUL"]);
+  assert.equal(rec.named("update").length, 1);
+  assert.equal(tracker.state, "connected");
 });

@@ -76,6 +76,24 @@ const scenarios = {
     change(socket, at(ref, "SUCCESSFUL", 2));
     socket.emit("test-barrier", { reference: ref });
   },
+  // A server that lost its history (memory storage, restarted): it answers null, then learns the
+  // outcome again from the provider with its own count restarted at seq 1.
+  forgot(socket, data, ack, seen) {
+    const ref = data.reference;
+    if (seen.length === 1) {
+      ack({ ok: true, payment: at(ref, "PENDING", 3) });
+      setTimeout(() => socket.disconnect(true), 10);
+      return;
+    }
+    ack({ ok: true, payment: null });
+    setTimeout(() => {
+      change(socket, at(ref, "PENDING", 1)); // not news: still PENDING
+      change(socket, at(ref, "SUCCESSFUL", 1, { orphan: true }));
+      change(socket, at(ref, "FAILED", 2)); // after the final status, nothing
+      change(socket, at(ref, "PENDING", 3));
+      socket.emit("test-barrier", { reference: ref });
+    }, 10);
+  },
 };
 
 let io;
@@ -154,4 +172,18 @@ test("after the server drops the connection the client re-tracks with last_seq a
   assert.deepEqual(rec.named("update").map((c) => [c.args[0].status, c.args[0].seq]), [["PENDING", 1], ["SUCCESSFUL", 2]]);
   assert.equal(rec.named("success").length, 1);
   assert.deepEqual(states, ["connected", "connecting", "connected"]);
+});
+
+test("after the server forgot a payment, the final status it learns again is accepted once, and nothing after it", async (t) => {
+  const tracker = newTracker(t);
+  const rec = new Recorder();
+  const barrier = rawEvent(tracker, (name, data) => name === "test-barrier" && data.reference === "forgot-1");
+  const tracking = tracker.track("forgot-1", rec.handlers());
+  await barrier;
+  const final = await within(tracking.done, "done");
+  assert.equal(final.status, "SUCCESSFUL");
+  assert.deepEqual(rec.named("unknown").map((c) => c.args[0].lastKnown.seq), [3]);
+  assert.deepEqual(rec.named("update").map((c) => [c.args[0].status, c.args[0].seq]), [["PENDING", 3], ["SUCCESSFUL", 1]]);
+  assert.equal(rec.named("success").length, 1);
+  assert.equal(rec.named("failure").length, 0);
 });
