@@ -233,7 +233,8 @@ export class PaymentTracker {
    * @param {object} options see paytrack-client.d.ts (PaymentTrackerOptions)
    */
   constructor(options = {}) {
-    this.#options = { ...DEFAULTS, ...options };
+    const given = Object.fromEntries(Object.entries(options).filter(([, value]) => value !== undefined));
+    this.#options = { ...DEFAULTS, ...given };
     const base = options.url ?? globalThis.location?.origin;
     if (!base) throw new TypeError("PaymentTracker: `url` (the paytrack server) is required outside a browser page");
     const url = new URL(base, globalThis.location?.href);
