@@ -36,7 +36,7 @@ test("with websockets refused it polls with If-None-Match, then goes back to the
   const states = [];
   tracker.on("connection", (s) => states.push(s));
   await stateReached(tracker, "polling");
-  assert.ok(proxy.upgrades >= 1, "the socket tried and was refused");
+  await eventually(() => proxy.upgrades >= 1, { what: "the socket to try and be refused" });
 
   // A payment followed over REST only.
   const first = await tracker.initiate(paymentBody("poll"));
