@@ -16,6 +16,7 @@ import debug.routes
 import health
 import metrics as metrics_routes
 import payments.routes
+import sdk.routes
 import testpage.routes
 import webhooks.routes
 from appkeys import AUTHENTICATOR, CLOCK, DELIVERY, LIMITER, METRICS, RECONCILER, SERVICE, SETTINGS, SIO, STORAGE, WEBHOOKS
@@ -240,6 +241,7 @@ def create_app(
         health.routes,
         metrics_routes.routes,
         testpage.routes.routes,
+        sdk.routes.routes,
     ):
         app.router.add_routes(table)
     _setup_cors(app, settings)
@@ -300,7 +302,7 @@ def _setup_cors(app: web.Application, settings: Settings) -> None:
     """CORS for the browser-facing REST routes; Socket.IO checks origins itself."""
     options = aiohttp_cors.ResourceOptions(
         allow_credentials="*" not in settings.FRONTEND_URL,
-        expose_headers=("ETag", "Idempotent-Replayed", "X-Request-ID", "Retry-After"),
+        expose_headers=("ETag", "Idempotent-Replayed", "X-Request-ID", "Retry-After", "X-Provider-Refresh"),
         allow_headers=("Content-Type", "Authorization", "Idempotency-Key", "If-None-Match", "X-Request-ID"),
         allow_methods=("GET", "POST"),
     )

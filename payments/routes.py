@@ -117,6 +117,8 @@ async def tracking(request: web.Request) -> web.Response:
             raise NotFound(f"no payment with reference {reference}", code="payment_not_found")
         raise ApiError("this payment belongs to another user", code="forbidden", status=403)
     trackers = await request.app[STORAGE].tracker_count(reference)
-    return web.json_response(
-        {"payment": payment.public(), "tracking_clients": trackers}, headers={"Cache-Control": "no-store"}
-    )
+    body = {"payment": payment.public(), "tracking_clients": trackers}
+    headers = {"Cache-Control": "no-store", "ETag": _etag(body)}
+    if _matches(request.headers.get("If-None-Match"), headers["ETag"]):
+        return web.Response(status=304, headers=headers)  # a polling client's cheap "nothing new"
+    return web.json_response(body, headers=headers)

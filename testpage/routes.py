@@ -1,4 +1,4 @@
-"""`/payment-test`: a live checkout page on the official socket.io browser client.
+"""`/payment-test`: a live checkout page on the official checkout client (`/sdk/`).
 
 For developers: start a sandbox payment, watch its events arrive, simulate
 the provider's answer. Served in development, or anywhere with
@@ -24,7 +24,6 @@ STATIC = Path(__file__).parent / "static"
 _ASSETS = {
     "payment-test.js": ("payment-test.js", "application/javascript"),
     "payment-test.css": ("payment-test.css", "text/css"),
-    "socket.io.min.js": ("vendor/socket.io.min.js", "application/javascript"),
 }
 _HOST = re.compile(r"[A-Za-z0-9.\-]+(:\d{1,5})?|\[[0-9A-Fa-f:]+\](:\d{1,5})?")
 

@@ -1,8 +1,9 @@
 """The checkout test page in a real browser: headless Debian Chromium driven by Playwright.
 
-The page runs the official socket.io client (vendored), so this proves the
-whole path a merchant's page takes: REST initiate, `track-payment`, live
-events, and recovery after the server restarts on the same port. Skipped
+The page runs the official checkout client from `/sdk/paytrack-client.js`
+(on the vendored official socket.io client), so this proves the whole path a
+merchant's page takes: REST initiate, `track-payment`, live events, and
+recovery after the server restarts on the same port. Skipped
 when no browser is installed (install Debian's `chromium`); `.ci/run`
 installs it, and under CI=true a skipped browser test fails the run.
 """
@@ -65,7 +66,7 @@ async def page(tmp_path: Path) -> AsyncIterator[Any]:
             await context.close()
 
 
-async def test_page_pays_shows_success_live_and_again_after_server_restart(aiohttp_server, http, page) -> None:  # type: ignore[no-untyped-def]
+async def test_page_reconnects_after_a_server_restart_and_shows_success_live(aiohttp_server, http, page) -> None:  # type: ignore[no-untyped-def]
     settings = make_settings()
     # Storage outlives the process here as Redis does in production: the restarted server knows the payment.
     storage = create_storage(settings, SystemClock())
@@ -83,24 +84,45 @@ async def test_page_pays_shows_success_live_and_again_after_server_restart(aioht
     await page.wait_for_selector('#status[data-status="PENDING"][data-synced="true"]')
     reference = await page.text_content("#reference")
     assert reference and await page.text_content("#ussd")
-    await page.click("#simulate-success")
-    await page.wait_for_selector('#status[data-status="SUCCESSFUL"][data-synced="true"]')
-    assert await page.text_content("#status") == "SUCCESSFUL"
-    assert await page.locator('#log li[data-event="payment-success"]').count() == 1
+    await page.wait_for_selector('#log li[data-event="ack:track-payment"]')
 
     await first.close()
     await page.wait_for_selector('#status[data-synced="false"]')
-    assert await page.get_attribute("#connection", "data-state") in ("disconnected", "connecting")
+    assert await page.get_attribute("#connection", "data-state") in ("connecting", "polling", "offline")
 
     second = await aiohttp_server(create_app(settings, storage=storage), host="127.0.0.1", port=port)
     await page.wait_for_selector('#connection[data-state="connected"]', timeout=3 * MS)
-    await page.wait_for_selector('#status[data-status="SUCCESSFUL"][data-synced="true"]')
-    assert await page.locator('#log li[data-event="track-payment ack"]').count() >= 2
-
+    await page.wait_for_selector('#status[data-status="PENDING"][data-synced="true"]')
+    assert await page.locator('#log li[data-event="ack:track-payment"]').count() >= 2  # re-tracked
     async with http.get(str(second.make_url(f"/api/payment/tracking/{reference}"))) as resp:
         tracking = await resp.json()
     assert resp.status == 200 and tracking["tracking_clients"] >= 1, tracking
+
+    await page.click("#simulate-success")  # on the new server
+    await page.wait_for_selector('#status[data-status="SUCCESSFUL"][data-synced="true"]')
+    assert await page.text_content("#status") == "SUCCESSFUL"
+    assert await page.locator('#log li[data-event="payment-success"]').count() == 1
+    assert await page.is_disabled("#simulate-success")
     assert page.console_errors == [], page.console_errors  # CSP violations and script errors land here
+
+
+async def test_page_says_the_payment_is_no_longer_known_after_a_restart_on_memory_storage(aiohttp_server, page) -> None:  # type: ignore[no-untyped-def]
+    """Memory storage dies with the process: the re-track answers `payment: null`, and the page says so."""
+    settings = make_settings()
+    first = await aiohttp_server(create_app(settings), host="127.0.0.1", shutdown_timeout=1.0)
+    await page.goto(str(first.make_url("/payment-test")))
+    await page.click("#pay")
+    await page.wait_for_selector('#status[data-status="PENDING"][data-synced="true"]')
+    assert not await page.is_disabled("#simulate-success")
+
+    port = first.port
+    await first.close()
+    await aiohttp_server(create_app(settings), host="127.0.0.1", port=port)  # a new, empty memory store
+    await page.wait_for_selector('#status[data-known="false"]', timeout=3 * MS)
+    assert await page.text_content("#status-note") == "server restarted, this payment is no longer known"
+    assert await page.is_disabled("#simulate-success") and await page.is_disabled("#simulate-failure")
+    assert await page.get_attribute("#connection", "data-state") == "connected"
+    assert page.console_errors == [], page.console_errors
 
 
 async def test_page_shows_a_precise_error_for_a_bad_phone(aiohttp_server, page) -> None:  # type: ignore[no-untyped-def]
@@ -109,7 +131,8 @@ async def test_page_shows_a_precise_error_for_a_bad_phone(aiohttp_server, page) 
     await page.fill("#phone", "12")
     await page.click("#pay")
     await page.wait_for_selector("#form-error:has-text('400')")
-    assert "validation_error" in (await page.text_content("#form-error") or "")
+    shown = await page.text_content("#form-error") or ""
+    assert "validation_error" in shown and "phone_number: " in shown, shown  # the field the server named
 
 
 async def test_page_with_auth_connects_and_pays_once_given_a_token(aiohttp_server, page) -> None:  # type: ignore[no-untyped-def]
@@ -117,7 +140,8 @@ async def test_page_with_auth_connects_and_pays_once_given_a_token(aiohttp_serve
     settings = make_settings(**PRODUCTION, TEST_PAGE_ENABLED=True, SIMULATE_ENABLED=True)
     server = await aiohttp_server(create_app(settings), host="127.0.0.1")
     await page.goto(str(server.make_url("/payment-test")))
-    await page.wait_for_selector('#connection[data-state="disconnected"]')  # refused: no token
+    await page.wait_for_selector('#connection[data-error="unauthenticated"]')  # refused: no token
+    assert await page.get_attribute("#connection", "data-state") != "connected"
 
     await page.fill("#token", user_token("shopper-1"))
     await page.dispatch_event("#token", "change")
@@ -126,3 +150,81 @@ async def test_page_with_auth_connects_and_pays_once_given_a_token(aiohttp_serve
     await page.wait_for_selector('#status[data-status="PENDING"][data-synced="true"]')
     await page.click("#simulate-success")
     await page.wait_for_selector('#status[data-status="SUCCESSFUL"][data-synced="true"]')
+
+
+# A merchant's own checkout page on its own origin: nothing but the client, imported from paytrack's /sdk/.
+MERCHANT_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>shop checkout</title><link rel="icon" href="data:,"></head>
+<body data-status="" data-successes="0" data-states="">
+<p id="status"></p>
+<script type="module">
+  const params = new URLSearchParams(location.search);
+  const server = params.get("server");
+  const { PaymentTracker } = await import(server + "/sdk/paytrack-client.js");
+  const tracker = new PaymentTracker({ url: server });
+  const states = [];
+  tracker.on("connection", (s) => { states.push(s); document.body.dataset.states = states.join(","); });
+  const tracking = tracker.track(params.get("ref"), {
+    onUpdate: (p) => { document.body.dataset.status = p.status; document.getElementById("status").textContent = `${p.status} ${p.seq}`; },
+    onSuccess: () => { document.body.dataset.successes = String(Number(document.body.dataset.successes) + 1); },
+  });
+  tracking.done.then((p) => { document.body.dataset.done = p.status; });
+</script>
+</body></html>"""
+
+
+async def test_sdk_on_a_plain_page_shares_a_completion_with_a_tab_that_never_tracked_over_its_socket(
+    aiohttp_server, http, page  # type: ignore[no-untyped-def]
+) -> None:
+    from aiohttp import web
+
+    from tests.harness import Api, eventually
+
+    async def checkout(request: web.Request) -> web.Response:
+        return web.Response(text=MERCHANT_PAGE, content_type="text/html")
+
+    shop_app = web.Application()
+    shop_app.router.add_get("/checkout", checkout)
+    shop = await aiohttp_server(shop_app, host="127.0.0.1")
+    shop_origin = f"http://127.0.0.1:{shop.port}"
+    paytrack = await aiohttp_server(create_app(make_settings(FRONTEND_URL=shop_origin)), host="127.0.0.1")
+    server = str(paytrack.make_url("/")).rstrip("/")
+    api = Api(http, server)
+    _, payment, _ = await api.initiate(order_id="two-tabs-1")
+    reference = payment["reference"]
+    url = f"{shop_origin}/checkout?server={server}&ref={reference}"
+
+    async def trackers() -> int:
+        _, body, _ = await api.request("GET", f"/api/payment/tracking/{reference}")
+        return body["tracking_clients"]
+
+    first = page
+    await first.goto(url)
+    await first.wait_for_selector('body[data-status="PENDING"]')
+    assert await eventually(lambda: trackers()) == 1
+    # Back on the page: every pending payment is re-read once.
+    async with first.expect_request(lambda r: f"/api/payment/tracking/{reference}" in r.url):
+        await first.evaluate("window.dispatchEvent(new Event('focus'))")
+
+    # The second tab of the same origin reaches nothing of paytrack: no websocket, no REST.
+    second = await first.context.new_page()
+    second.set_default_timeout(MS)
+
+    async def refuse(ws: Any) -> None:
+        await ws.close()
+
+    await second.route_web_socket(lambda url: True, refuse)
+    await second.route(lambda url: "/api/payment/" in url, lambda route: route.abort())
+    await second.goto(url)
+    await second.wait_for_selector('body[data-status="PENDING"]')  # answered by the first tab
+    assert await trackers() == 1, "the second tab did not track over a socket of its own"
+
+    status, _, _ = await api.simulate(reference, "SUCCESSFUL")
+    assert status == 200
+    await first.wait_for_selector('body[data-done="SUCCESSFUL"]')
+    await second.wait_for_selector('body[data-done="SUCCESSFUL"]')
+    assert await second.get_attribute("body", "data-successes") == "1"
+    assert await second.text_content("#status") == "SUCCESSFUL 2"
+    assert "connected" not in (await second.get_attribute("body", "data-states") or "").split(",")
+    assert await first.get_attribute("body", "data-successes") == "1"
+    assert first.console_errors == [], first.console_errors  # CORS and module loading worked cross-origin

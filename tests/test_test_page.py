@@ -15,16 +15,17 @@ async def test_page_is_served_in_development_with_a_strict_csp(start_instance: S
     assert headers["X-Content-Type-Options"] == "nosniff" and "X-Request-ID" in headers
     async with dev.api.session.get(dev.api.base_url + "/payment-test") as resp:
         page = await resp.text()
-    assert 'src="/payment-test/static/socket.io.min.js"' in page and 'data-simulate="true"' in page
+    assert '<script type="module" src="/payment-test/static/payment-test.js">' in page and 'data-simulate="true"' in page
     assert "<script>" not in page  # nothing inline: the CSP would block it
 
 
 async def test_page_assets_are_the_known_files_only(start_instance: StartInstance) -> None:
     dev = await start_instance()
-    async with dev.api.session.get(dev.api.base_url + "/payment-test/static/socket.io.min.js") as resp:
+    async with dev.api.session.get(dev.api.base_url + "/payment-test/static/payment-test.js") as resp:
         assert resp.status == 200 and resp.content_type == "application/javascript"
-        assert "Socket.IO v4.8.1" in (await resp.text())[:100]
-    for name in ("..%2Fsettings.py", "payment-test.html", "vendor%2FREADME.md"):
+        # The page is built on the official checkout client, served beside it.
+        assert 'from "/sdk/paytrack-client.js"' in await resp.text()
+    for name in ("..%2Fsettings.py", "payment-test.html", "socket.io.min.js", "vendor%2FREADME.md"):
         status, body, _ = await dev.api.request("GET", f"/payment-test/static/{name}")
         assert status == 404 and body["error"]["code"] == "not_found"
 

@@ -1,138 +1,158 @@
-// paytrack checkout test page: the integration a merchant's page needs, with the official
-// socket.io client. Track with last_seq, re-track on every (re)connect, never trust a
-// status shown while disconnected until the server has confirmed it again.
-(function () {
-  "use strict";
-  const $ = (id) => document.getElementById(id);
-  const simulateEnabled = document.body.dataset.simulate === "true";
+// paytrack checkout test page, built on the official checkout client (/sdk/paytrack-client.js,
+// which runs the official socket.io client underneath): exactly what a merchant's page would
+// do. The client keeps the guarantees (seq order, re-track with last_seq after a reconnect,
+// REST polling when the socket is down, token refresh); this page only shows what it reports.
+import { PaymentTracker, PaytrackError } from "/sdk/paytrack-client.js";
 
-  let reference = null;
-  let lastSeq = 0;
+const $ = (id) => document.getElementById(id);
+const simulateEnabled = document.body.dataset.simulate === "true";
+const token = () => $("token").value.trim();
 
-  function logEvent(name, data) {
-    const li = document.createElement("li");
-    li.dataset.event = name;
-    li.textContent = `${new Date().toISOString().slice(11, 23)} ${name} ${data === undefined ? "" : JSON.stringify(data)}`;
-    $("log").prepend(li);
+let current = null; // { reference, tracking }
+
+function logEvent(name, data) {
+  const li = document.createElement("li");
+  li.dataset.event = name;
+  li.textContent = `${new Date().toISOString().slice(11, 23)} ${name} ${data === undefined ? "" : JSON.stringify(data)}`;
+  $("log").prepend(li);
+}
+
+/** "400 validation_error: request validation failed" and one line per field the server named. */
+function describe(err) {
+  const head = [err.status, err.code].filter(Boolean).join(" ");
+  const fields = err.fieldMessages && err.fieldMessages.length ? `\n${err.fieldMessages.join("\n")}` : "";
+  return `${head}: ${err.message}${fields}`;
+}
+
+function showError(err) {
+  $("form-error").textContent = describe(err);
+}
+
+function pending() {
+  return current !== null && $("status").dataset.status === "PENDING";
+}
+
+function updateSimulate() {
+  const open = $("status").dataset.status === "PENDING" && $("status").dataset.known !== "false";
+  $("simulate-success").disabled = !open;
+  $("simulate-failure").disabled = !open;
+}
+
+function setNote(text) {
+  $("status-note").textContent = text;
+}
+
+function markSynced() {
+  $("status").dataset.synced = "true";
+  if ($("status").dataset.known !== "false") setNote("");
+}
+
+function render(payment) {
+  if (!current || payment.reference !== current.reference) return;
+  $("status").textContent = payment.status + (payment.reason ? ` (${payment.reason})` : "");
+  $("status").dataset.status = payment.status;
+  $("status").dataset.known = "true";
+  if (payment.ussd_code) $("ussd").textContent = payment.ussd_code;
+  markSynced();
+  updateSimulate();
+}
+
+function unknown({ lastKnown }) {
+  $("status").dataset.known = "false";
+  $("status").dataset.synced = "true";
+  setNote(lastKnown
+    ? "server restarted, this payment is no longer known"
+    : "the server does not know this payment (yet)");
+  updateSimulate();
+}
+
+function setConnection(state) {
+  $("connection").dataset.state = state;
+  $("connection").textContent = state;
+  if (state !== "connected") $("socket-id").textContent = "";
+  if (state === "connected") $("connection").dataset.error = "";
+  if ((state === "connecting" || state === "offline") && pending()) {
+    $("status").dataset.synced = "false";
+    if ($("status").dataset.known !== "false") setNote("(last known; reconnecting)");
   }
+}
 
-  function setConnection(state, detail) {
-    $("connection").dataset.state = state;
-    $("connection").textContent = detail ? `${state} (${detail})` : state;
-    $("socket-id").textContent = state === "connected" && socket.id ? `socket ${socket.id}` : "";
-    if (state !== "connected") {
-      $("status").dataset.synced = "false";
-      if (reference) $("status-note").textContent = "(last known; reconnecting)";
-    }
-  }
+const tracker = new PaymentTracker({
+  url: window.location.origin,
+  token: () => token() || null,
+  reconnectDelayMs: 250,
+  reconnectDelayMaxMs: 2000,
+});
+tracker.on("connection", setConnection);
+tracker.on("event", (name, data) => {
+  logEvent(name, data);
+  if (name === "connected" && data && data.socket_id) $("socket-id").textContent = `socket ${data.socket_id}`;
+  // A re-track the server answered with the payment confirms what is shown, even if nothing changed.
+  if (name === "ack:track-payment" && data.ok && data.payment && current && data.reference === current.reference) markSynced();
+});
+tracker.on("error", (err) => {
+  logEvent("error", { code: err.code, message: err.message, reference: err.reference });
+  if (!err.reference) $("connection").dataset.error = err.code; // refused connections: unauthenticated, ...
+  else if (current && err.reference === current.reference) showError(err);
+});
 
-  function render(payment, synced) {
-    if (!payment || payment.reference !== reference) return;
-    if (typeof payment.seq === "number") {
-      if (payment.seq < lastSeq) return; // older than what is shown
-      lastSeq = payment.seq;
-    }
-    $("status").textContent = payment.status + (payment.reason ? ` (${payment.reason})` : "");
-    $("status").dataset.status = payment.status;
-    if (payment.ussd_code) $("ussd").textContent = payment.ussd_code;
-    if (synced) {
-      $("status").dataset.synced = "true";
-      $("status-note").textContent = "";
-    }
-    const terminal = payment.status !== "PENDING";
-    $("simulate-success").disabled = terminal;
-    $("simulate-failure").disabled = terminal;
-  }
-
-  const token = () => $("token").value.trim();
-
-  const socket = io({
-    transports: ["websocket"],
-    // Called on every (re)connect, so a token typed later is used from the next connection on.
-    auth: (cb) => cb(token() ? { token: token() } : {}),
-    reconnection: true,
-    reconnectionDelay: 250,
-    reconnectionDelayMax: 2000,
-  });
-
-  function track() {
-    if (!reference || !socket.connected) return;
-    const ref = reference;
-    socket.timeout(5000).emit("track-payment", { reference: ref, last_seq: lastSeq }, (err, ack) => {
-      if (err) { logEvent("track-payment timeout"); return; }
-      logEvent("track-payment ack", ack);
-      if (ack.ok && ack.payment && ref === reference) render(ack.payment, true);
+async function post(path, body) {
+  const headers = { "Content-Type": "application/json" };
+  if (token()) headers.Authorization = `Bearer ${token()}`;
+  const response = await fetch(path, { method: "POST", headers, body: JSON.stringify(body) });
+  const payload = await response.json().catch(() => ({}));
+  if (!response.ok) {
+    const error = payload.error || {};
+    throw new PaytrackError(error.code || `http_${response.status}`, error.message || response.statusText, {
+      status: response.status,
+      details: error.details,
     });
   }
+  return payload;
+}
 
-  socket.on("connect", () => { setConnection("connected"); track(); });
-  socket.on("disconnect", (reason) => {
-    setConnection("disconnected", reason);
-    // The client reconnects by itself after a transport loss, but not after the
-    // server closed the session on purpose (e.g. shutting down): do it here.
-    if (reason === "io server disconnect") setTimeout(() => socket.connect(), 500);
-  });
-  socket.on("connect_error", (err) => setConnection("disconnected", err.message));
-  socket.io.on("reconnect_attempt", (n) => setConnection("connecting", `attempt ${n}`));
-
-  socket.onAny((name, data) => {
-    logEvent(name, data);
-    if (name.startsWith("payment-") && data && data.reference === reference) render(data, true);
-  });
-
-  async function post(path, body) {
-    const response = await fetch(path, {
-      method: "POST",
-      headers: Object.assign({ "Content-Type": "application/json" },
-                             token() ? { Authorization: `Bearer ${token()}` } : {}),
-      body: JSON.stringify(body),
+$("pay-form").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  $("form-error").textContent = "";
+  $("pay").disabled = true;
+  try {
+    const payment = await tracker.initiate({
+      order_id: $("order-id").value.trim(),
+      amount: Number($("amount").value),
+      phone_number: $("phone").value.trim(),
     });
-    const payload = await response.json().catch(() => ({}));
-    if (!response.ok) {
-      const error = payload.error || {};
-      throw new Error(`${response.status} ${error.code || ""}: ${error.message || response.statusText}`);
-    }
-    return payload;
+    logEvent("initiated", payment);
+    if (current) current.tracking.stop();
+    current = { reference: payment.reference, tracking: null };
+    $("payment").hidden = false;
+    $("reference").textContent = payment.reference;
+    $("ussd").textContent = payment.ussd_code || "-";
+    $("status").dataset.known = "true";
+    $("simulate").hidden = !simulateEnabled;
+    current.tracking = tracker.track(payment.reference, {
+      onUpdate: render,
+      onUnknown: unknown,
+      onStuck: () => setNote("still pending after 5 minutes: ask the shopper to check their phone, or retry"),
+    });
+    current.tracking.done.catch(() => {}); // stopped when a new payment starts
+  } catch (err) {
+    showError(err);
+  } finally {
+    $("pay").disabled = false;
   }
+});
 
-  $("pay-form").addEventListener("submit", async (e) => {
-    e.preventDefault();
-    $("form-error").textContent = "";
-    $("pay").disabled = true;
-    try {
-      const payment = await post("/api/payment/initiate", {
-        order_id: $("order-id").value.trim(),
-        amount: Number($("amount").value),
-        phone_number: $("phone").value.trim(),
-      });
-      logEvent("initiated", payment);
-      reference = payment.reference;
-      lastSeq = 0;
-      $("payment").hidden = false;
-      $("reference").textContent = reference;
-      $("ussd").textContent = payment.ussd_code || "-";
-      render(payment, socket.connected);
-      $("simulate").hidden = !simulateEnabled;
-      track();
-    } catch (err) {
-      $("form-error").textContent = err.message;
-    } finally {
-      $("pay").disabled = false;
-    }
-  });
-
-  async function simulate(status) {
-    $("form-error").textContent = "";
-    try {
-      const result = await post("/api/payment/test/simulate", { reference, status });
-      logEvent("simulate", { status, outcome: result.outcome });
-    } catch (err) {
-      $("form-error").textContent = err.message;
-    }
+async function simulate(status) {
+  $("form-error").textContent = "";
+  try {
+    const result = await post("/api/payment/test/simulate", { reference: current.reference, status });
+    logEvent("simulate", { status, outcome: result.outcome });
+  } catch (err) {
+    showError(err);
   }
-  $("token").addEventListener("change", () => { socket.disconnect(); socket.connect(); });
-  $("simulate-success").addEventListener("click", () => simulate("SUCCESSFUL"));
-  $("simulate-failure").addEventListener("click", () => simulate("FAILED"));
+}
 
-  $("order-id").value = `order-${Date.now().toString(36)}`;
-})();
+$("token").addEventListener("change", () => tracker.reconnect());
+$("simulate-success").addEventListener("click", () => simulate("SUCCESSFUL"));
+$("simulate-failure").addEventListener("click", () => simulate("FAILED"));
+$("order-id").value = `order-${Date.now().toString(36)}`;

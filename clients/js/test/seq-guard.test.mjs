@@ -1,0 +1,189 @@
+// A misbehaving server cannot break the client's guarantees. The real server no longer replays
+// old events, so this one case uses a tiny socket.io server (the official Node package) that
+// replays an older seq, a PENDING after a final status, duplicates and contradictions.
+import assert from "node:assert/strict";
+import http from "node:http";
+import { after, before, test } from "node:test";
+import { Server } from "socket.io";
+
+import { PaymentTracker } from "../paytrack-client.js";
+import { Recorder, rawEvent, within } from "./support.mjs";
+
+const at = (reference, status, seq, extra = {}) => ({
+  reference,
+  order_id: `order-${reference}`,
+  status,
+  amount: 500,
+  currency: "XAF",
+  operator: "MTN",
+  seq,
+  timestamp: new Date().toISOString(),
+  ...(status === "FAILED" ? { reason: "failed" } : {}),
+  ...extra,
+});
+
+// The three events the server sends for one change, in its order.
+function change(socket, payment) {
+  socket.emit("payment-status", payment);
+  if (payment.status !== "PENDING") {
+    const success = payment.status === "SUCCESSFUL";
+    socket.emit(success ? "payment-success" : "payment-failed", payment);
+    socket.emit("payment-completed", { ...payment, success });
+  }
+}
+
+const scenarios = {
+  // Success, then replays of everything and a contradiction after the final status.
+  replay(socket, data, ack) {
+    const ref = data.reference;
+    ack({ ok: true, payment: at(ref, "PENDING", 1) });
+    change(socket, at(ref, "SUCCESSFUL", 2));
+    change(socket, at(ref, "PENDING", 1)); // older seq
+    change(socket, at(ref, "SUCCESSFUL", 2)); // the same change again
+    socket.emit("payment-completed", { ...at(ref, "SUCCESSFUL", 2), success: true });
+    socket.emit("payment-success", at(ref, "SUCCESSFUL", 2));
+    change(socket, at(ref, "FAILED", 3)); // a contradiction with a higher seq
+    change(socket, at(ref, "PENDING", 4)); // PENDING after a final status
+    socket.emit("test-barrier", { reference: ref });
+  },
+  // While PENDING: an older seq, a duplicate, then a failure and a same-seq contradiction.
+  older(socket, data, ack) {
+    const ref = data.reference;
+    ack({ ok: true, payment: at(ref, "PENDING", 1) });
+    change(socket, at(ref, "PENDING", 3));
+    change(socket, at(ref, "PENDING", 2)); // older
+    change(socket, at(ref, "PENDING", 3)); // duplicate
+    socket.emit("payment-status", { ...at(ref, "SUCCESSFUL", 9), seq: "9" }); // malformed seq
+    socket.emit("payment-status", { ...at(ref, "WEIRD", 10) }); // unknown status
+    socket.emit("payment-status", { ...at("someone-else", "SUCCESSFUL", 11) }); // another payment
+    change(socket, at(ref, "FAILED", 4, { reason: "amount_mismatch" }));
+    change(socket, at(ref, "SUCCESSFUL", 4)); // same seq, other final status
+    change(socket, at(ref, "PENDING", 5));
+    socket.emit("test-barrier", { reference: ref });
+  },
+  // The server drops the connection; the client must come back with last_seq and ignore the replay.
+  reconnect(socket, data, ack, seen) {
+    const ref = data.reference;
+    if (seen.length === 1) {
+      ack({ ok: true, payment: at(ref, "PENDING", 1) });
+      setTimeout(() => socket.disconnect(true), 10); // "io server disconnect": no automatic reconnect
+      return;
+    }
+    ack({ ok: true, payment: at(ref, "PENDING", 1) });
+    change(socket, at(ref, "PENDING", 1)); // a server that ignores last_seq and replays from the start
+    change(socket, at(ref, "SUCCESSFUL", 2));
+    change(socket, at(ref, "PENDING", 1));
+    change(socket, at(ref, "SUCCESSFUL", 2));
+    socket.emit("test-barrier", { reference: ref });
+  },
+  // A server that lost its history (memory storage, restarted): it answers null, then learns the
+  // outcome again from the provider with its own count restarted at seq 1.
+  forgot(socket, data, ack, seen) {
+    const ref = data.reference;
+    if (seen.length === 1) {
+      ack({ ok: true, payment: at(ref, "PENDING", 3) });
+      setTimeout(() => socket.disconnect(true), 10);
+      return;
+    }
+    ack({ ok: true, payment: null });
+    setTimeout(() => {
+      change(socket, at(ref, "PENDING", 1)); // not news: still PENDING
+      change(socket, at(ref, "SUCCESSFUL", 1, { orphan: true }));
+      change(socket, at(ref, "FAILED", 2)); // after the final status, nothing
+      change(socket, at(ref, "PENDING", 3));
+      socket.emit("test-barrier", { reference: ref });
+    }, 10);
+  },
+};
+
+let io;
+let url;
+const trackCalls = [];
+before(async () => {
+  const httpServer = http.createServer();
+  io = new Server(httpServer, { transports: ["websocket"] });
+  io.on("connection", (socket) => {
+    socket.on("track-payment", (data, ack) => {
+      trackCalls.push(data);
+      const seen = trackCalls.filter((c) => c.reference === data.reference);
+      scenarios[data.reference.split("-")[0]](socket, data, ack, seen);
+    });
+    socket.on("stop-tracking-payment", (data, ack) => ack?.({ ok: true }));
+  });
+  await new Promise((resolve) => httpServer.listen(0, "127.0.0.1", resolve));
+  url = `http://127.0.0.1:${httpServer.address().port}`;
+});
+after(() => io?.close());
+
+function newTracker(t) {
+  const tracker = new PaymentTracker({ url, reconnectDelayMs: 20, reconnectDelayMaxMs: 100 });
+  t.after(() => tracker.close());
+  return tracker;
+}
+
+test("a replayed older seq or a PENDING after the final status never reaches onUpdate", async (t) => {
+  const tracker = newTracker(t);
+  const rec = new Recorder();
+  const second = new Recorder();
+  const barrier = rawEvent(tracker, (name, data) => name === "test-barrier" && data.reference === "replay-1");
+  const tracking = tracker.track("replay-1", rec.handlers());
+  const again = tracker.track("replay-1", second.handlers()); // two handles on one payment
+  let resolved = 0;
+  tracking.done.then(() => resolved++, () => {});
+  again.done.then(() => resolved++, () => {});
+  await barrier;
+  await within(Promise.all([tracking.done, again.done]), "done");
+
+  for (const r of [rec, second]) {
+    assert.deepEqual(r.named("update").map((c) => [c.args[0].status, c.args[0].seq]), [["PENDING", 1], ["SUCCESSFUL", 2]]);
+    assert.equal(r.named("success").length, 1);
+    assert.equal(r.named("failure").length, 0);
+  }
+  assert.equal(resolved, 2, "each done resolved exactly once");
+  assert.equal(tracking.payment.status, "SUCCESSFUL");
+  assert.equal("success" in tracking.payment, false, "payment-completed's flag is not part of the payment");
+});
+
+test("while PENDING, an older or malformed event is ignored and the first final status wins", async (t) => {
+  const tracker = newTracker(t);
+  const rec = new Recorder();
+  const barrier = rawEvent(tracker, (name, data) => name === "test-barrier" && data.reference === "older-1");
+  const tracking = tracker.track("older-1", rec.handlers());
+  await barrier;
+  const final = await within(tracking.done, "done");
+  assert.equal(final.status, "FAILED");
+  assert.equal(final.reason, "amount_mismatch");
+  assert.deepEqual(rec.named("update").map((c) => [c.args[0].status, c.args[0].seq]), [["PENDING", 1], ["PENDING", 3], ["FAILED", 4]]);
+  assert.equal(rec.named("failure").length, 1);
+  assert.equal(rec.named("success").length, 0);
+});
+
+test("after the server drops the connection the client re-tracks with last_seq and applies only what is new", async (t) => {
+  const tracker = newTracker(t);
+  const rec = new Recorder();
+  const states = [];
+  tracker.on("connection", (s) => states.push(s));
+  const barrier = rawEvent(tracker, (name, data) => name === "test-barrier" && data.reference === "reconnect-1");
+  const tracking = tracker.track("reconnect-1", rec.handlers());
+  await barrier;
+  await within(tracking.done, "done");
+  const calls = trackCalls.filter((c) => c.reference === "reconnect-1");
+  assert.deepEqual(calls.map((c) => c.last_seq), [0, 1], "the re-track carried the last seq seen");
+  assert.deepEqual(rec.named("update").map((c) => [c.args[0].status, c.args[0].seq]), [["PENDING", 1], ["SUCCESSFUL", 2]]);
+  assert.equal(rec.named("success").length, 1);
+  assert.deepEqual(states, ["connected", "connecting", "connected"]);
+});
+
+test("after the server forgot a payment, the final status it learns again is accepted once, and nothing after it", async (t) => {
+  const tracker = newTracker(t);
+  const rec = new Recorder();
+  const barrier = rawEvent(tracker, (name, data) => name === "test-barrier" && data.reference === "forgot-1");
+  const tracking = tracker.track("forgot-1", rec.handlers());
+  await barrier;
+  const final = await within(tracking.done, "done");
+  assert.equal(final.status, "SUCCESSFUL");
+  assert.deepEqual(rec.named("unknown").map((c) => c.args[0].lastKnown.seq), [3]);
+  assert.deepEqual(rec.named("update").map((c) => [c.args[0].status, c.args[0].seq]), [["PENDING", 3], ["SUCCESSFUL", 1]]);
+  assert.equal(rec.named("success").length, 1);
+  assert.equal(rec.named("failure").length, 0);
+});

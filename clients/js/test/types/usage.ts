@@ -1,0 +1,32 @@
+// Compiled (not run) by `npm run typecheck`: the declarations describe the documented usage.
+import PaymentTrackerDefault, { PaymentTracker, PaytrackError, VERSION, type ConnectionState, type Payment } from "paytrack-client";
+
+const tracker: PaymentTracker = new PaymentTracker({
+  url: "https://pay.example.com",
+  token: async ({ reason }) => (reason === "rejected" ? "fresh" : "cached"),
+  fallbackPollMs: 3000,
+  stuckAfterMs: 120_000,
+});
+const also: PaymentTracker = new PaymentTrackerDefault();
+const off: () => void = tracker.on("connection", (state: ConnectionState) => void state);
+tracker.on("error", (err: PaytrackError) => console.log(err.code, err.message, err.fieldMessages, err.status));
+tracker.on("event", (name: string, data: unknown) => void [name, data]);
+off();
+
+async function checkout(): Promise<void> {
+  const payment: Payment = await tracker.initiate({ order_id: "o-1", amount: 500, phone_number: "237671234567" }, { idempotencyKey: "k" });
+  const t = tracker.track(payment.reference, {
+    onUpdate: (p) => console.log(p.status, p.seq),
+    onSuccess: (p) => console.log(p.operator_reference),
+    onFailure: (p) => console.log(p.reason),
+    onStuck: (p) => console.log(p?.status),
+    onUnknown: ({ reference, lastKnown }) => console.log(reference, lastKnown?.seq),
+  });
+  const final: Payment = await t.done;
+  const now: Payment | null = await t.refresh();
+  console.log(final.status === "SUCCESSFUL", now, t.payment, t.reference, VERSION, also.state);
+  t.stop();
+  tracker.reconnect();
+  tracker.close();
+}
+void checkout;
