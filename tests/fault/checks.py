@@ -51,13 +51,13 @@ CATEGORIES: dict[str, str] = {
     "owner_lost": "a record lost its owner, order id, phone or USSD code (or is gone)",
     "amount_changed": "the stored amount is not the initiated one",
     "order_hijacked": "the order index points to another payment",
-    "forged_accepted": "a webhook with a bad signature was not refused with 401",
+    "forged_accepted": "a webhook with a bad signature was accepted (2xx) instead of refused with 401",
     "forged_applied": "something from a forged or unverified webhook body was stored or shown",
     "http_5xx": "a request was answered with a 5xx",
     "initiate_failed": "a payment could not be initiated",
     "not_healthy_again": "an instance did not report healthy by the deadline after Redis was back",
     "no_http_answer": "a running instance did not answer a request (refused, reset or 15 s timeout)",
-    "connect_failed": "a running instance refused or failed a page's Socket.IO connect",
+    "connect_failed": "a running instance refused, failed or did not answer (5 s) a page's Socket.IO connect",
     "track_unanswered": "track-payment not acked within 5 s on a connection that stayed open",
 }
 
@@ -301,7 +301,7 @@ def evaluate(result: RunResult) -> Report:
     # -- the webhooks and every answer ---------------------------------------------------------
     for r in result.http:
         kind = r.kind.removeprefix("webhook:").removeprefix("unknown_")
-        if r.kind.startswith("webhook:") and kind in BAD_SIGNATURE_KINDS and r.status is not None and r.status != 401:
+        if r.kind.startswith("webhook:") and kind in BAD_SIGNATURE_KINDS and r.status is not None and 200 <= r.status < 300:
             report.add("forged_accepted", f"{r.kind} for {r.reference} on {r.instance}: {r.status} {r.detail}")
         if r.status is not None and r.status >= 500:
             report.add("http_5xx", f"{r.kind} on {r.instance} at t={result.at(r.at):.2f}s: {r.status} {r.detail}")

@@ -139,7 +139,10 @@ class CheckoutPage:
                     url, transports=["websocket"], auth={"token": self.token}, wait_timeout=CONNECT_TIMEOUT
                 )
             except Exception as exc:  # noqa: BLE001 - refused, reset, timed out: try again
-                self.connect_failures.append(ConnectFailure(time.monotonic(), name, f"{type(exc).__name__}: {exc}"))
+                error = f"{type(exc).__name__}: {exc}"
+                if "Unexpected connection error" in error:  # python-socketio's words for this
+                    error = f"the server did not answer the Socket.IO CONNECT within {CONNECT_TIMEOUT:.0f} s ({error})"
+                self.connect_failures.append(ConnectFailure(time.monotonic(), name, error))
                 await self._discard(sio)
                 continue
             conn = Connection(conn_id, name, time.monotonic())

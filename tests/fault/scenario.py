@@ -326,7 +326,7 @@ class Driver:
         killed_at = time.monotonic()
         await victim.kill()
         self.mark(f"SIGKILL {victim.name}")
-        took = await victim.start(self.http, on_status=self._health_status)
+        took = await victim.start(self.http, on_status=self._health_status(victim.name))
         self.down.append((victim.name, killed_at, time.monotonic()))
         self.mark(f"{victim.name} restarted on port {victim.port} (healthy after {took:.1f} s)")
 
@@ -344,10 +344,13 @@ class Driver:
 
         async def one(srv: ServerProcess) -> None:
             try:
-                await srv.wait_healthy(self.http, timeout=3600, on_status=self._health_status)
+                await srv.wait_healthy(self.http, timeout=3600, on_status=self._health_status(srv.name))
             except asyncio.CancelledError:
                 self.unhealthy_detail[srv.name] = srv.last_health
                 raise
+            except Exception as exc:  # noqa: BLE001 - e.g. the process exited: a finding, not a harness crash
+                self.unhealthy_detail[srv.name] = str(exc).splitlines()[0]
+                return
             self.healthy_again[srv.name] = time.monotonic()
             self.mark(f"{srv.name} reports healthy")
 
@@ -363,9 +366,15 @@ class Driver:
         with contextlib.suppress(asyncio.CancelledError):
             await self.health_watch
 
-    def _health_status(self, status: int) -> None:
-        if status >= 500:
-            self.records.append(HttpRecord("health", "?", time.monotonic(), status))
+    def _health_status(self, instance: str) -> Callable[[int], None]:
+        """Counts a 5xx from `/health` polls like any other answer."""
+
+        def record(status: int) -> None:
+            if status >= 500:
+                now = time.monotonic()
+                self.records.append(HttpRecord("health", instance, now, status, started=now))
+
+        return record
 
     # -- convergence ---------------------------------------------------------------------------
     def pages_on_truth(self) -> bool:
