@@ -61,6 +61,8 @@ class FakeCampay:
         self.valid_tokens: set[str] = set()
         # endpoint name -> queue of HTTP statuses to answer with before behaving normally
         self.fail_next: dict[str, list[int]] = defaultdict(list)
+        # endpoint names answering 503 for as long as they are in this set (an outage of some length)
+        self.unavailable: set[str] = set()
         self.collect_error: str | None = None
         # when set, collect records the call and then waits for this event (to force client timeouts)
         self.collect_gate: asyncio.Event | None = None
@@ -148,6 +150,8 @@ class FakeCampay:
         return web.json_response(self.transactions[reference])
 
     def _injected_failure(self, endpoint: str) -> web.Response | None:
+        if endpoint in self.unavailable:
+            return web.json_response({"message": "service unavailable"}, status=503)
         if self.fail_next[endpoint]:
             status = self.fail_next[endpoint].pop(0)
             return web.json_response({"message": "injected failure"}, status=status)

@@ -3,6 +3,12 @@
 Restarting reuses the same port, so clients configured with its URL see an
 outage and a recovery exactly as they would in production. No fakeredis: the
 point is to test against Redis's real semantics (WATCH, expiry, pub/sub).
+
+By default it keeps nothing on disk, so a restart comes back empty (a test
+that wants the data back calls `save` first). With `persistent=True` it runs
+with an append-only file fsynced on every write, as a production Redis is
+usually configured: a kill and a start come back holding every acknowledged
+write, whatever moment the kill hit.
 """
 
 from __future__ import annotations
@@ -28,9 +34,10 @@ def free_port() -> int:
 
 
 class RedisServer:
-    def __init__(self, binary: str, workdir: Path) -> None:
+    def __init__(self, binary: str, workdir: Path, *, persistent: bool = False) -> None:
         self.binary = binary
         self.workdir = workdir
+        self.persistent = persistent
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -44,8 +51,9 @@ class RedisServer:
 
     async def start(self) -> None:
         assert self.proc is None, "already running"
+        persistence = ["--appendonly", "yes", "--appendfsync", "always"] if self.persistent else ["--appendonly", "no"]
         self.proc = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", *persistence,
              "--dir", str(self.workdir), "--logfile", str(self.workdir / "redis.log")],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )

@@ -1,0 +1,383 @@
+"""What a fault-injection run's records say: every violation of the guarantee, and the figures.
+
+The guarantee (issue 11, docs/API.md), for every page tracking a payment:
+
+- on one connection, the `payment-status` events of a payment carry strictly
+  increasing `seq`; a terminal status is never followed by PENDING or by the
+  other terminal status (not on any later connection either);
+- `payment-success`/`payment-failed` and `payment-completed` at most once per
+  connection; after a re-track with `last_seq`, only what it missed;
+- by the deadline (5 s after storage and pub/sub are back, plus one
+  reconciler interval for dropped webhooks) the page shows CamPay's truth;
+
+and for the data: Redis holds CamPay's truth for every payment, every payment
+initiated over REST keeps its owner, order id, phone, USSD code and amount and
+its order still points to it, no forged webhook changes anything, and no
+request is answered with a 5xx.
+
+All violations are collected, not just the first, so one failing run shows
+the whole picture.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from tests.fault.clients import TRACK_ACK_TIMEOUT, CheckoutPage, EventRecord
+from tests.fault.plan import BAD_SIGNATURE_KINDS, PaymentRun
+from tests.fault.scenario import RunResult
+
+TERMINAL = {"SUCCESSFUL", "FAILED"}
+PAYMENT_EVENTS = {"payment-initiated", "payment-status", "payment-success", "payment-failed", "payment-completed"}
+FORGED_REASON = "forged reason"
+
+# Each violation category, as the report names it.
+CATEGORIES: dict[str, str] = {
+    "not_converged": "page not showing CamPay's truth by the deadline",
+    "seq_decrease": "payment-status seq went down on one connection",
+    "seq_repeat": "payment-status seq repeated on one connection",
+    "backward": "PENDING shown after a terminal status",
+    "other_terminal": "the other terminal status shown after a terminal one",
+    "wrong_terminal": "a terminal status contradicting CamPay's truth reached a page",
+    "duplicate_completion": "payment-completed more than once on one connection",
+    "duplicate_outcome": "payment-success/payment-failed more than once on one connection",
+    "resent_after_retrack": "after track-payment with last_seq, an event with seq <= last_seq",
+    "foreign_event": "a page received an event for a payment it does not track",
+    "track_refused": "track-payment refused for the payment's owner",
+    "stored_mismatch": "Redis does not hold CamPay's truth",
+    "owner_lost": "a record lost its owner, order id, phone or USSD code (or is gone)",
+    "amount_changed": "the stored amount is not the initiated one",
+    "order_hijacked": "the order index points to another payment",
+    "forged_accepted": "a webhook with a bad signature was accepted (2xx) instead of refused with 401",
+    "forged_applied": "something from a forged or unverified webhook body was stored or shown",
+    "http_5xx": "a request was answered with a 5xx",
+    "initiate_failed": "a payment could not be initiated",
+    "not_healthy_again": "an instance did not report healthy by the deadline after Redis was back",
+    "no_http_answer": "a running instance did not answer a request (refused, reset or 15 s timeout)",
+    "connect_failed": "a running instance refused, failed or did not answer (5 s) a page's Socket.IO connect",
+    "track_unanswered": "track-payment not acked within 5 s on a connection that stayed open",
+}
+
+
+@dataclass
+class Report:
+    figures: list[tuple[str, str]] = field(default_factory=list)
+    violations: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
+
+    @property
+    def ok(self) -> bool:
+        return not any(self.violations.values())
+
+    def add(self, category: str, example: str) -> None:
+        assert category in CATEGORIES, category
+        self.violations[category].append(example)
+
+    def figures_text(self) -> str:
+        width = max((len(name) for name, _ in self.figures), default=0)
+        return "\n".join(f"  {name:<{width}}  {value}" for name, value in self.figures)
+
+    def violations_text(self, examples: int = 3) -> str:
+        lines = []
+        for category, found in self.violations.items():
+            if not found:
+                continue
+            lines.append(f"  {category} ({CATEGORIES[category]}): {len(found)}")
+            lines.extend(f"      e.g. {example}" for example in found[:examples])
+        return "\n".join(lines) or "  none"
+
+    def text(self, examples: int = 3) -> str:
+        return f"figures:\n{self.figures_text()}\nviolations:\n{self.violations_text(examples)}"
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (no interpolation), q in [0, 100]."""
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), int(-(-q * len(ordered) // 100))))
+    return ordered[rank - 1]
+
+
+def _status_events(events: list[EventRecord]) -> list[EventRecord]:
+    return [e for e in events if e.name == "payment-status" and isinstance(e.payload, dict)]
+
+
+def _describe(e: EventRecord, result: RunResult) -> str:
+    p = e.payload if isinstance(e.payload, dict) else {}
+    return f"{e.name} {p.get('status')} seq={p.get('seq')} at t={result.at(e.at):.2f}s"
+
+
+def _shown_at(page: CheckoutPage, cutoff: float) -> dict[str, Any] | None:
+    shown = None
+    for e in _status_events(page.events):
+        if e.at <= cutoff:
+            shown = e.payload
+    return shown
+
+
+def _connected_at(page: CheckoutPage, moment: float) -> bool:
+    return any(c.opened_at <= moment and (c.closed_at is None or c.closed_at > moment) for c in page.connections)
+
+
+def _settled_since(page: CheckoutPage, truth: str, cutoff: float) -> float | None:
+    """When the page started showing `truth` for good (as of `cutoff`), or None if it does not show it."""
+    since = None
+    for e in _status_events(page.events):
+        if e.at > cutoff:
+            break
+        if e.payload.get("status") == truth:
+            since = since if since is not None else e.at
+        else:
+            since = None
+    return since
+
+
+def _check_page(report: Report, result: RunResult, p: PaymentRun, page: CheckoutPage, tally: Counter[str]) -> None:
+    who = f"{page.page_id} ({p.reference})"
+    by_conn: dict[str, list[EventRecord]] = defaultdict(list)
+    for e in page.events:
+        by_conn[e.conn].append(e)
+    first_track: dict[str, int] = {}
+    for track in page.tracks:
+        first_track.setdefault(track.conn, track.last_seq or 0)
+    flagged: set[str] = set()
+
+    def once(category: str, example: str) -> None:
+        tally[category + ":events"] += 1
+        if category not in flagged:
+            flagged.add(category)
+            report.add(category, example)
+
+    for conn, events in by_conn.items():
+        previous: EventRecord | None = None
+        counts: Counter[str] = Counter()
+        last_seq = first_track.get(conn, 0)
+        for e in events:
+            if e.name not in PAYMENT_EVENTS:
+                continue
+            payload = e.payload if isinstance(e.payload, dict) else {}
+            if payload.get("reference") != page.reference:
+                once("foreign_event", f"{who} on {conn}: {_describe(e, result)} for {payload.get('reference')}")
+                continue
+            counts[e.name] += 1
+            seq = payload.get("seq", 0)
+            if last_seq and seq <= last_seq and e.name in ("payment-status", "payment-completed"):
+                once("resent_after_retrack", f"{who} on {conn} tracked with last_seq={last_seq}, got {_describe(e, result)}")
+            if e.name != "payment-status":
+                continue
+            if previous is not None:
+                before = previous.payload.get("seq", 0)
+                if seq < before:
+                    once("seq_decrease", f"{who} on {conn}: {_describe(e, result)} after {_describe(previous, result)}")
+                elif seq == before:
+                    once("seq_repeat", f"{who} on {conn}: {_describe(e, result)} after {_describe(previous, result)}")
+            previous = e
+        if counts["payment-completed"] > 1:
+            tally["extra_completions"] += counts["payment-completed"] - 1
+            once("duplicate_completion", f"{who} on {conn}: payment-completed x{counts['payment-completed']}")
+        if counts["payment-success"] + counts["payment-failed"] > 1:
+            once("duplicate_outcome", f"{who} on {conn}: success x{counts['payment-success']}, failed x{counts['payment-failed']}")
+
+    # Across the page's whole life (every connection, in the order received).
+    terminal: EventRecord | None = None
+    for e in page.events:
+        if e.name not in PAYMENT_EVENTS - {"payment-initiated"} or not isinstance(e.payload, dict):
+            continue
+        if e.payload.get("reference") != page.reference:
+            continue
+        status = e.payload.get("status")
+        if status in TERMINAL and status != p.truth:
+            once("wrong_terminal", f"{who}: {_describe(e, result)} but CamPay says {p.truth}")
+        if e.payload.get("reason") == FORGED_REASON:
+            once("forged_applied", f"{who}: {_describe(e, result)} shows the forged webhook's reason")
+        if e.name != "payment-status":
+            continue
+        if terminal is not None and status == "PENDING":
+            once("backward", f"{who}: {_describe(e, result)} after {_describe(terminal, result)} "
+                             f"({'same' if e.conn == terminal.conn else 'a later'} connection)")
+        elif terminal is not None and status in TERMINAL and status != terminal.payload.get("status"):
+            once("other_terminal", f"{who}: {_describe(e, result)} after {_describe(terminal, result)}")
+        if status in TERMINAL and terminal is None:
+            terminal = e
+    closed = {c.conn_id: c.closed_at for c in page.connections}
+    for track in page.tracks:
+        if track.ack is not None and track.error and track.error != "timeout":
+            once("track_refused", f"{who}: track-payment on {track.conn} acked {track.ack}")
+        if track.error == "timeout" and (closed.get(track.conn) or float("inf")) > track.sent_at + TRACK_ACK_TIMEOUT:
+            once("track_unanswered", f"{who}: track-payment sent on {track.conn} at t={result.at(track.sent_at):.2f}s")
+    for failure in page.connect_failures:
+        if not result.was_down(failure.instance, failure.at):
+            once("connect_failed", f"{who} to {failure.instance} at t={result.at(failure.at):.2f}s: {failure.error[:200]}")
+    for category in flagged:
+        tally[category] += 1
+
+
+def _log_errors(lines: list[str]) -> Counter[str]:
+    """error-level lines and tracebacks, by message."""
+    found: Counter[str] = Counter()
+    for line in lines:
+        if line.startswith("{"):
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if entry.get("level") in ("error", "critical") or "exception" in entry:
+                found[str(entry.get("event"))[:90]] += 1
+        elif "Traceback" in line:
+            found["Traceback (not a JSON line)"] += 1
+    return found
+
+
+def evaluate(result: RunResult) -> Report:
+    report = Report()
+    s = result.scenario
+    tally: Counter[str] = Counter()
+    initiated = [p for p in result.payments if p.reference]
+    for p in result.payments:
+        if p.reference is None:
+            report.add("initiate_failed", f"{p.order_id}: {p.initiate_error}")
+
+    # -- the pages ------------------------------------------------------------------------
+    cutoff = result.converged_at or result.deadline
+    converge_times: list[float] = []
+    converged = 0
+    for p, page in result.pages:
+        _check_page(report, result, p, page, tally)
+        shown = _shown_at(page, cutoff)
+        if (shown or {}).get("status") == p.truth:
+            converged += 1
+            since = _settled_since(page, p.truth, cutoff)
+            if since is not None and p.truth_set_at is not None:
+                converge_times.append(max(0.0, since - p.truth_set_at))
+        else:
+            nulls = sum(1 for t in page.tracks if isinstance(t.ack, dict) and t.ack.get("ok") and t.ack.get("payment") is None)
+            stored = (result.stored.get(p.reference or "") or {}).get("status")
+            report.add(
+                "not_converged",
+                f"{page.page_id} ({p.reference}) shows {(shown or {}).get('status')} seq={(shown or {}).get('seq')}, "
+                f"CamPay {p.truth} since t={result.at(p.truth_set_at or 0):.2f}s, Redis {stored}; "
+                f"{'connected' if _connected_at(page, cutoff) else 'NOT connected'} at the deadline, "
+                f"{len(page.connections)} connection(s), "
+                f"{len(page.tracks)} track(s), {nulls} acked payment=null, delivery {p.delivery}",
+            )
+
+    for name, at in result.healthy_again.items():
+        if at is None or at > result.deadline:
+            report.add("not_healthy_again", f"instance {name}, last /health: {result.unhealthy_detail.get(name, '?')[:300]}")
+
+    # -- the data --------------------------------------------------------------------------
+    without_owner = 0
+    for p in initiated:
+        record = result.stored.get(p.reference or "")
+        if record is None:
+            without_owner += 1
+            how = f"initiate answered {p.initiate_answers[-1:]}"
+            report.add("owner_lost", f"{p.reference}: no record in Redis ({how})")
+            report.add("stored_mismatch", f"{p.reference}: no record in Redis (CamPay {p.truth}; {how})")
+            continue
+        if record.get("status") != p.truth:
+            report.add("stored_mismatch", f"{p.reference}: Redis {record.get('status')} seq={record.get('seq')}, CamPay {p.truth}")
+        lost = [name for name, want in (("owner_id", p.user), ("order_id", p.order_id), ("phone_number", p.phone))
+                if record.get(name) != want]
+        if not record.get("ussd_code") or (p.ussd_code and record.get("ussd_code") != p.ussd_code):
+            lost.append("ussd_code")
+        if lost:
+            without_owner += 1
+            report.add("owner_lost", f"{p.reference}: {', '.join(f'{n}={record.get(n)!r}' for n in lost)} "
+                                     f"(orphan={record.get('orphan')}, status {record.get('status')}, seq {record.get('seq')})")
+        if record.get("amount") != p.amount:
+            report.add("amount_changed", f"{p.reference}: amount {record.get('amount')}, initiated {p.amount}")
+        if record.get("reason") == FORGED_REASON:
+            report.add("forged_applied", f"{p.reference}: stored reason is the forged webhook's")
+        pointed = result.order_index.get(p.order_id)
+        if pointed != p.reference:
+            collected_for = result.campay_orders.get(pointed or "")
+            how = ("a second CamPay collect for the same order" if collected_for == p.order_id
+                   else f"CamPay collected it for {collected_for}")
+            report.add("order_hijacked", f"{p.order_id} -> {pointed} ({how}), should be {p.reference}; "
+                                         f"our initiate attempts: {p.initiate_answers}")
+
+    # -- the webhooks and every answer ---------------------------------------------------------
+    for r in result.http:
+        kind = r.kind.removeprefix("webhook:").removeprefix("unknown_")
+        if r.kind.startswith("webhook:") and kind in BAD_SIGNATURE_KINDS and r.status is not None and 200 <= r.status < 300:
+            report.add("forged_accepted", f"{r.kind} for {r.reference} on {r.instance}: {r.status} {r.detail}")
+        if r.status is not None and r.status >= 500:
+            report.add("http_5xx", f"{r.kind} on {r.instance} at t={result.at(r.at):.2f}s: {r.status} {r.detail}")
+        if r.status is None and not result.was_down(r.instance, r.at):
+            report.add("no_http_answer", f"{r.kind} on {r.instance} sent at t={result.at(r.started):.2f}s: {r.detail}")
+    for forged in result.forged_unknown:
+        if result.forged_stored.get(forged.reference):
+            report.add("forged_applied", f"forged {forged.kind} webhook for unknown {forged.reference} created a record")
+    for p in initiated:
+        lies = [h for h in p.webhooks if h.kind == "lying_status"]
+        record = result.stored.get(p.reference or "") or {}
+        if lies and record.get("status") == p.opposite:
+            report.add("forged_applied", f"{p.reference}: Redis holds the lying webhook's {p.opposite}, CamPay says {p.truth}")
+
+    # -- figures -------------------------------------------------------------------------------
+    pages = len(result.pages)
+    f = report.figures
+    f.append(("payments initiated", f"{len(initiated)}/{s.payments} (by {s.users} users; "
+                                    f"{sum(p.initiated_via != '201' for p in initiated)} found by a retried initiate)"))
+    f.append(("run", f"T={s.duration:.0f} s storm, {result.wall_seconds:.1f} s wall in all"))
+    f.append(("clients converged", f"{converged}/{pages}"))
+    if converge_times:
+        f.append(("time to converge p50/p99/max", " / ".join(f"{percentile(converge_times, q):.2f} s" for q in (50, 99, 100))
+                  + " (from CamPay's outcome to the page showing it for good)"))
+    back = result.back_at
+    if result.converged_at is not None:
+        f.append(("all pages and Redis on the truth", f"{result.converged_at - back:+.2f} s after Redis answered again "
+                                                       f"(bound {result.deadline - back:.1f} s)"))
+    else:
+        f.append(("all pages and Redis on the truth", f"NOT by the deadline ({result.deadline - back:.1f} s after Redis answered again)"))
+    f.append(("instances healthy again", ", ".join(
+        f"{name} {'+%.2f s' % (at - back) if at is not None else 'NOT by the deadline'}"
+        for name, at in result.healthy_again.items())))
+    f.append(("backward transitions", f"{tally['backward'] + tally['other_terminal']} clients "
+                                      f"({tally['backward:events'] + tally['other_terminal:events']} events)"))
+    f.append(("duplicate completions", f"{tally['duplicate_completion']} clients "
+                                       f"({tally['extra_completions']} extra payment-completed on one connection)"))
+    f.append(("seq decreases", f"{tally['seq_decrease']} clients ({tally['seq_decrease:events']} events)"))
+    f.append(("seq repeats", f"{tally['seq_repeat']} clients ({tally['seq_repeat:events']} events)"))
+    f.append(("resent after re-track", f"{tally['resent_after_retrack']} clients ({tally['resent_after_retrack:events']} events)"))
+    f.append(("wrong terminal shown", f"{tally['wrong_terminal']} clients"))
+    f.append(("records without owner", f"{without_owner}/{len(initiated)}"))
+    f.append(("stored status != CamPay", str(len(report.violations.get("stored_mismatch", [])))))
+    statuses = Counter(f"{r.kind} {r.status}" for r in result.http if r.status is not None and r.status >= 500)
+    f.append(("HTTP 5xx", f"{sum(statuses.values())}" + (f" ({', '.join(f'{k}: {n}' for k, n in statuses.items())})" if statuses else "")))
+    forged_sent = [r for r in result.http if r.kind.removeprefix("webhook:").removeprefix("unknown_") in {*BAD_SIGNATURE_KINDS, "lying_status"}]
+    f.append(("forged applied", f"{len(report.violations.get('forged_applied', [])) + len(report.violations.get('forged_accepted', []))} "
+                                f"(of {len(forged_sent)} forged webhooks; "
+                                f"{sum(r.status == 401 for r in forged_sent)} refused with 401)"))
+    # context
+    f.append(("CamPay API calls", ", ".join(f"{k} {n}" for k, n in sorted(result.campay_calls.items()))
+              + f"; {sum(1 for ref in result.campay_orders if ref not in result.stored)} collects the driver never got a reference for"))
+    kinds = Counter(r.kind.removeprefix("webhook:") for r in result.http if r.kind.startswith("webhook:") and r.status is not None)
+    f.append(("webhooks answered", ", ".join(f"{k} {n}" for k, n in sorted(kinds.items()))))
+    deliveries = Counter(p.delivery for p in initiated)
+    f.append(("CamPay deliveries planned", ", ".join(f"{k} {n}" for k, n in sorted(deliveries.items()))))
+    outcomes = Counter(f"{r.status} {r.detail}" for r in result.http if r.kind in ("webhook:final", "webhook:duplicate", "webhook:stale_pending") and r.status)
+    f.append(("genuine webhook answers", ", ".join(f"{k}: {n}" for k, n in outcomes.most_common())))
+    no_answer = Counter(r.kind.split(":")[0] for r in result.http if r.status is None)
+    f.append(("requests with no HTTP answer (retried)", ", ".join(f"{k} {n}" for k, n in no_answer.items()) or "0"))
+    all_tracks = [t for _, page in result.pages for t in page.tracks]
+    f.append(("track-payment calls", f"{len(all_tracks)}: {sum(t.error == 'timeout' for t in all_tracks)} ack timeouts, "
+                                     f"{sum(bool(t.error) and t.error.startswith('disconnected') for t in all_tracks)} cut by a disconnect, "
+                                     f"{sum(isinstance(t.ack, dict) and t.ack.get('ok') and t.ack.get('payment') is None for t in all_tracks)} acked payment=null"))
+    conns = [c for _, page in result.pages for c in page.connections]
+    f.append(("connections", f"{len(conns)} ({Counter(c.ended_by for c in conns)['dropped']} dropped by the server side, "
+                             f"{Counter(c.ended_by for c in conns)['planned']} planned reconnects; "
+                             f"{sum(len(page.connect_failures) for _, page in result.pages)} refused connects retried)"))
+    if result.loop_lags:
+        worst = sorted(result.lag_spikes, key=lambda spike: -spike[1])[:3]
+        f.append(("driver event-loop lag p99/max", f"{percentile(result.loop_lags, 99) * 1000:.0f} ms / "
+                                                   f"{max(result.loop_lags) * 1000:.0f} ms (if high, the driver itself was a bottleneck)"
+                  + (f"; worst at {', '.join(f't={t:.1f}s' for t, _ in worst)}" if worst else "")))
+    f.append(("timeline", "; ".join(f"{t:.1f}s {what}" for t, what in result.timeline)))
+    for name, lines in result.log_lines.items():
+        errors = _log_errors(lines)
+        top = ", ".join(f"{n}x {msg!r}" for msg, n in errors.most_common(4))
+        f.append((f"error lines in instance {name}'s log", f"{sum(errors.values())}" + (f": {top}" if top else "")))
+    return report

@@ -1,0 +1,517 @@
+"""The driver that plays a fault-injection plan on real processes, and what it records.
+
+Timeline of a run of length T (`Scenario.duration`), from the first initiation:
+
+- payments are initiated over REST at random times in [0, 0.6 T], each by one
+  of several JWT users, on a random instance; one or two checkout pages per
+  payment start tracking as soon as the initiate answers;
+- CamPay's true outcome of each payment is set in the fake at a random time
+  1 to 12 s after its initiation (at most 0.3 T later, and by 0.85 T at the
+  latest: the shopper answering the USSD prompt) and CamPay's signed webhook
+  is sent to a random instance: 20 % dropped, 20 % sent twice, 10 % out of
+  order (a stale PENDING after the final one, or the final one delayed past a
+  stale PENDING), the rest once; forged webhooks are mixed in;
+- 0.15 T: CamPay's status API answers 503 for `campay_outage` seconds;
+- 0.3 T: instance `b` is SIGKILLed and restarted on the same port;
+- 0.5 T: redis-server is killed and started again `redis_outage` s later
+  (append-only file fsynced on every write: it comes back with its data);
+- some pages disconnect and reconnect on purpose at a random time.
+
+After T the driver waits at most until `max(back, storm end) +
+RECONCILE_INTERVAL + 5 s`, where "back" is the moment redis-server answers
+again, for every page to show CamPay's truth and Redis to hold it (see
+`RunResult.deadline`), and for both instances to say `healthy`. The
+reconciler's interval is in the bound because a dropped webhook is only found
+by its next pass; 5 s is the guarantee of issue 11. How long an instance takes
+to notice Redis is back (REDIS_RECONNECT_INTERVAL_SECONDS=0.2) and to write
+back is the server's business and counts against it.
+
+Everything is recorded; `checks.evaluate` turns the records into verdicts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import resource
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import aiohttp
+import jwt
+from aiohttp.test_utils import TestServer
+
+from realtime.storage.keys import RedisKeys
+from tests.campay_fake import FakeCampay, unsigned_token
+from tests.fault.clients import CheckoutPage, wait_any
+from tests.fault.plan import FORGED_KINDS, KEY_PREFIX, PaymentRun, Scenario, WebhookPlan, plan_payments
+from tests.fault.processes import ServerProcess
+from tests.redis_server import REDIS_SERVER, RedisServer, free_port
+
+HTTP_TIMEOUT = aiohttp.ClientTimeout(total=15)
+
+
+# -- what happened ------------------------------------------------------------------------
+
+
+@dataclass
+class HttpRecord:
+    kind: str  # "initiate", "webhook:<plan kind>", "health"
+    instance: str
+    at: float
+    status: int | None  # None: no HTTP answer (connection refused or reset, timeout)
+    detail: str = ""  # outcome or error code, or the connection error
+    reference: str | None = None
+    started: float = 0.0
+
+
+@dataclass
+class ForgedUnknown:
+    reference: str
+    kind: str
+    victim_order: str
+
+
+@dataclass
+class RunResult:
+    scenario: Scenario
+    payments: list[PaymentRun]
+    pages: list[tuple[PaymentRun, CheckoutPage]]
+    http: list[HttpRecord]
+    forged_unknown: list[ForgedUnknown]
+    timeline: list[tuple[float, str]]  # (seconds after t0, what happened)
+    t0: float
+    back_at: float  # monotonic: redis-server answers again after its outage
+    healthy_again: dict[str, float | None]  # instance -> monotonic time it said `healthy` after the outage
+    unhealthy_detail: dict[str, str]  # instance -> its last /health answer, if not healthy by the deadline
+    storm_done_at: float  # monotonic: every planned initiation, outcome and webhook done
+    deadline: float  # monotonic: by then every page must show CamPay's truth
+    converged_at: float | None  # monotonic: when every page and Redis first all held the truth
+    stored: dict[str, dict[str, Any] | None]  # reference -> the payment JSON in Redis
+    order_index: dict[str, str | None]  # order_id -> reference in Redis
+    forged_stored: dict[str, bool]  # forged unknown reference -> a record exists in Redis
+    campay_orders: dict[str, str | None]  # every CamPay transaction -> the order id it was collected for
+    campay_calls: dict[str, int]  # CamPay API calls by endpoint (token, collect, transaction)
+    log_tails: dict[str, str]
+    log_lines: dict[str, list[str]]
+    loop_lags: list[float] = field(default_factory=list)  # the driver's event-loop lateness, every 0.1 s
+    lag_spikes: list[tuple[float, float]] = field(default_factory=list)  # (seconds after t0, lateness) > 100 ms
+    down: list[tuple[str, float, float]] = field(default_factory=list)  # (instance, from, to) while killed
+    wall_seconds: float = 0.0
+
+    def at(self, moment: float) -> float:
+        return moment - self.t0
+
+    def was_down(self, instance: str, moment: float) -> bool:
+        """Was `instance` killed (and not yet restarted) at `moment`? Then no answer is expected."""
+        return any(name == instance and start <= moment <= end for name, start, end in self.down)
+
+
+# -- the driver ------------------------------------------------------------------------------
+
+
+class Driver:
+    """Plays shoppers, checkout pages, CamPay and the operator's bad day, and records it all."""
+
+    def __init__(
+        self, s: Scenario, fake: FakeCampay, servers: list[ServerProcess], redis: RedisServer,
+        http: aiohttp.ClientSession, sockets: aiohttp.ClientSession, progress: Callable[[str], None],
+    ) -> None:
+        self.s = s
+        self.fake = fake
+        self.servers = servers
+        self.redis = redis
+        self.http = http
+        self.sockets = sockets
+        self.progress = progress
+        self.rng = random.Random(s.seed + 1)
+        self.records: list[HttpRecord] = []
+        self.timeline: list[tuple[float, str]] = []
+        self.pages: list[tuple[PaymentRun, CheckoutPage]] = []
+        self.page_tasks: list[asyncio.Task[None]] = []
+        self.forged_unknown: list[ForgedUnknown] = []
+        self.stop_pages = asyncio.Event()
+        self.changed = asyncio.Event()
+        self.t0 = 0.0
+        self.back_at = 0.0
+        self.healthy_again: dict[str, float | None] = {srv.name: None for srv in servers}
+        self.unhealthy_detail: dict[str, str] = {}
+        self.health_watch: asyncio.Task[Any] | None = None
+        self.loop_lags: list[float] = []
+        self.lag_spikes: list[tuple[float, float]] = []  # (seconds after t0, lag) above 100 ms
+        self.down: list[tuple[str, float, float]] = []  # (instance, from, to): killed and not yet restarted
+
+    async def watch_loop_lag(self) -> None:
+        """How late this process's event loop wakes up: if the driver itself is overloaded, its
+        clients read events late, and the figures must say so rather than blame the servers."""
+        while True:
+            before = time.monotonic()
+            await asyncio.sleep(0.1)
+            self.loop_lags.append(time.monotonic() - before - 0.1)
+            if self.loop_lags[-1] > 0.1:
+                self.lag_spikes.append((before + 0.1 - self.t0, self.loop_lags[-1]))
+
+    def instances(self) -> list[tuple[str, str]]:
+        return [(srv.name, srv.url) for srv in self.servers]
+
+    def mark(self, what: str) -> None:
+        self.timeline.append((time.monotonic() - self.t0, what))
+        self.progress(f"  t={time.monotonic() - self.t0:6.2f}s  {what}")
+
+    async def sleep_until(self, moment: float) -> None:
+        """Wait for a planned moment of the scenario (the plan's clock, not a synchronisation)."""
+        await asyncio.sleep(max(0.0, moment - time.monotonic()))
+
+    # -- HTTP with records -------------------------------------------------------------------
+    async def _request(self, kind: str, method: str, path: str, *, reference: str | None = None,
+                       **kwargs: Any) -> tuple[HttpRecord, Any, Any]:
+        """One request to a random instance. No answer (refused, reset, timeout) is recorded with status None."""
+        name, url = self.rng.choice(self.instances())
+        started = time.monotonic()
+        try:
+            async with self.http.request(method, url + path, timeout=HTTP_TIMEOUT, **kwargs) as resp:
+                text = await resp.text()
+                try:
+                    body = json.loads(text) if text else None
+                except ValueError:
+                    body = text[:200]
+                detail = ""
+                if isinstance(body, dict):
+                    detail = str(body.get("outcome") or (body.get("error") or {}).get("code") or "")
+                record = HttpRecord(kind, name, time.monotonic(), resp.status, detail, reference, started)
+                self.records.append(record)
+                return record, body, resp.headers
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            record = HttpRecord(kind, name, time.monotonic(), None, f"{type(exc).__name__}: {exc}"[:200], reference, started)
+            self.records.append(record)
+            return record, None, None
+
+    # -- shoppers ----------------------------------------------------------------------------
+    async def initiate(self, p: PaymentRun) -> None:
+        """Initiate as the shopper's checkout backend would: retried on no answer, 409 in progress, 429, 5xx.
+
+        No Idempotency-Key: a crashed instance's in-progress claim would block a retry for the key's TTL.
+        A retry that finds the first attempt's payment (409 payment_pending) adopts its reference.
+        """
+        await self.sleep_until(self.t0 + p.init_at)
+        give_up = time.monotonic() + 45
+        body_json = {"order_id": p.order_id, "amount": p.amount, "phone_number": p.phone}
+        headers = {"Authorization": f"Bearer {p.token}"}
+        last = ""
+        while time.monotonic() < give_up:
+            record, body, resp_headers = await self._request(
+                "initiate", "POST", "/api/payment/initiate", json=body_json, headers=headers
+            )
+            error = body.get("error", {}) if isinstance(body, dict) else {}
+            p.initiate_answers.append(f"{record.instance} t={record.at - self.t0:.1f}s: {record.status} {record.detail}"[:120])
+            if record.status == 201 and isinstance(body, dict):
+                p.reference, p.ussd_code, p.initiated_via = body["reference"], body.get("ussd_code"), "201"
+                break
+            if record.status == 409 and error.get("code") == "payment_pending" and error.get("reference"):
+                p.reference, p.initiated_via = error["reference"], "409 payment_pending"
+                break
+            last = f"{record.status} {record.detail}"
+            retry_after = float((resp_headers or {}).get("Retry-After", 0) or 0)
+            await asyncio.sleep(max(retry_after, self.rng.uniform(0.1, 0.4)))
+        if p.reference is None:
+            p.initiate_error = last or "no answer"
+            p.initiated.set()
+            return
+        record.reference = p.reference
+        p.initiated_at = time.monotonic()
+        p.initiated.set()
+        for n in range(p.pages):
+            planned = p.reconnects[n]
+            page = CheckoutPage(
+                f"p{p.index}.{n}", p.reference, p.token, instances=self.instances, http=self.sockets,
+                rng=random.Random(self.rng.random()),
+                reconnect_at=None if planned is None else max(self.t0 + planned, time.monotonic() + 0.5),
+                on_event=self.changed.set,
+            )
+            self.pages.append((p, page))
+            self.page_tasks.append(asyncio.create_task(page.run(self.stop_pages), name=page.page_id))
+
+    # -- CamPay -------------------------------------------------------------------------------
+    async def settle(self, p: PaymentRun) -> None:
+        """Set CamPay's truth at the planned time and send the payment's webhooks as planned.
+
+        CamPay's own webhooks are timed from the moment the truth is set; forged ones from the
+        planned moment, so some arrive while CamPay still says PENDING.
+        """
+        await p.initiated.wait()
+        if p.reference is None or p.initiated_at is None:
+            return
+        forged = [hook for hook in p.webhooks if hook.kind in FORGED_KINDS]
+        genuine = [hook for hook in p.webhooks if hook.kind not in FORGED_KINDS]
+        await asyncio.gather(
+            self._truth_then(p, genuine),
+            *(self.webhook(p, hook, max(self.t0 + p.truth_at + hook.offset, p.initiated_at)) for hook in forged),
+        )
+
+    async def _truth_then(self, p: PaymentRun, hooks: list[WebhookPlan]) -> None:
+        assert p.reference is not None and p.initiated_at is not None
+        await self.sleep_until(max(self.t0 + p.truth_at, p.initiated_at + 0.2))
+        self.fake.set_status(p.reference, p.truth, "insufficient funds" if p.truth == "FAILED" else None)
+        p.truth_set_at = time.monotonic()
+        await asyncio.gather(*(self.webhook(p, hook, p.truth_set_at + hook.offset) for hook in hooks))
+
+    def _fields(self, p: PaymentRun, hook: WebhookPlan) -> dict[str, str]:
+        assert p.reference is not None
+        if hook.kind == "wrong_key":
+            return self.fake.webhook_fields(p.reference, status=p.opposite, key="not-campays-key-0123456789abcdef0123")
+        if hook.kind == "alg_none":
+            return self.fake.webhook_fields(p.reference, status=p.opposite,
+                                            signature=unsigned_token({"reference": p.reference}))
+        if hook.kind == "reference_mismatch":  # CamPay's genuine signature, for another reference
+            return self.fake.webhook_fields(p.reference, status=p.opposite, claims={"reference": str(uuid.uuid4())})
+        if hook.kind == "lying_status":  # genuinely signed (the signature does not cover the status), lying body
+            victim = self.rng.choice(self.pages)[0].order_id if self.pages else "order-x"
+            fields = self.fake.webhook_fields(p.reference, status=p.opposite)
+            fields.update(external_reference=victim, amount="1", reason="forged reason")
+            return fields
+        return self.fake.webhook_fields(p.reference, status=hook.claim)
+
+    async def webhook(self, p: PaymentRun, hook: WebhookPlan, moment: float) -> None:
+        await self.sleep_until(moment)
+        await self.send_webhook(self._fields(p, hook), f"webhook:{hook.kind}", p.reference)
+
+    async def send_webhook(self, fields: dict[str, str], kind: str, reference: str | None) -> None:
+        """GET (query), POST JSON or POST form, like CamPay's configurable callback.
+
+        With no HTTP answer (the instance is down) CamPay's retry goes to another instance (a load balancer).
+        An HTTP answer, even a 5xx, is recorded and not retried: the reconciler must cover what is lost.
+        """
+        style = self.rng.choice(("GET", "POST", "FORM"))
+        for _ in range(10):
+            if style == "GET":
+                record, _, _ = await self._request(kind, "GET", "/api/payment/webhook", params=fields, reference=reference)
+            elif style == "FORM":
+                record, _, _ = await self._request(kind, "POST", "/api/payment/webhook", data=fields, reference=reference)
+            else:
+                record, _, _ = await self._request(kind, "POST", "/api/payment/webhook", json=fields, reference=reference)
+            if record.status is not None:
+                return
+            await asyncio.sleep(self.rng.uniform(0.1, 0.3))
+
+    async def forge_unknown(self, moment: float, victim: PaymentRun) -> None:
+        """A forged webhook for a reference nobody initiated, pointing at a real order."""
+        await self.sleep_until(moment)
+        reference, kind = str(uuid.uuid4()), self.rng.choice(("wrong_key", "alg_none"))
+        self.forged_unknown.append(ForgedUnknown(reference, kind, victim.order_id))
+        if kind == "wrong_key":
+            signature = jwt.encode({"reference": reference}, "not-campays-key-0123456789abcdef0123", algorithm="HS256")
+        else:
+            signature = unsigned_token({"reference": reference})
+        fields = self.fake.webhook_fields(reference, status="SUCCESSFUL", signature=signature)
+        fields["external_reference"] = victim.order_id
+        await self.send_webhook(fields, f"webhook:unknown_{kind}", reference)
+
+    # -- the operator's bad day -------------------------------------------------------------
+    async def faults(self) -> None:
+        T = self.s.duration
+        await self.sleep_until(self.t0 + 0.15 * T)
+        self.fake.unavailable.add("transaction")
+        self.mark("CamPay status API answers 503")
+        await asyncio.sleep(self.s.campay_outage)  # the outage's length, not a synchronisation
+        self.fake.unavailable.discard("transaction")
+        self.mark("CamPay status API back")
+
+        await self.sleep_until(self.t0 + 0.3 * T)
+        victim = self.servers[1]
+        killed_at = time.monotonic()
+        await victim.kill()
+        self.mark(f"SIGKILL {victim.name}")
+        took = await victim.start(self.http, on_status=self._health_status(victim.name))
+        self.down.append((victim.name, killed_at, time.monotonic()))
+        self.mark(f"{victim.name} restarted on port {victim.port} (healthy after {took:.1f} s)")
+
+        await self.sleep_until(self.t0 + 0.5 * T)
+        await asyncio.to_thread(self.redis.stop)  # kill and reap without blocking the clients' loop
+        self.mark("redis-server killed")
+        await asyncio.sleep(self.s.redis_outage)  # the outage's length, not a synchronisation
+        await self.redis.start()
+        self.back_at = time.monotonic()
+        self.mark("redis-server answers again (same port, same append-only file)")
+        self.health_watch = asyncio.create_task(self._watch_recovery())
+
+    async def _watch_recovery(self) -> None:
+        """When each instance says `healthy` again; cancelled at the deadline (what it last said is kept)."""
+
+        async def one(srv: ServerProcess) -> None:
+            try:
+                await srv.wait_healthy(self.http, timeout=3600, on_status=self._health_status(srv.name))
+            except asyncio.CancelledError:
+                self.unhealthy_detail[srv.name] = srv.last_health
+                raise
+            except Exception as exc:  # noqa: BLE001 - e.g. the process exited: a finding, not a harness crash
+                self.unhealthy_detail[srv.name] = str(exc).splitlines()[0]
+                return
+            self.healthy_again[srv.name] = time.monotonic()
+            self.mark(f"{srv.name} reports healthy")
+
+        await asyncio.gather(*(one(srv) for srv in self.servers))
+
+    async def recovered_by(self, deadline: float) -> None:
+        """Give the instances until `deadline` to say `healthy`; whoever has not is recorded as such."""
+        if self.health_watch is None:
+            return
+        with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+            await asyncio.wait_for(asyncio.shield(self.health_watch), max(0.0, deadline - time.monotonic()))
+        self.health_watch.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.health_watch
+
+    def _health_status(self, instance: str) -> Callable[[int], None]:
+        """Counts a 5xx from `/health` polls like any other answer."""
+
+        def record(status: int) -> None:
+            if status >= 500:
+                now = time.monotonic()
+                self.records.append(HttpRecord("health", instance, now, status, started=now))
+
+        return record
+
+    # -- convergence ---------------------------------------------------------------------------
+    def pages_on_truth(self) -> bool:
+        return all((page.shown or {}).get("status") == p.truth for p, page in self.pages)
+
+    async def stored_on_truth(self, payments: list[PaymentRun]) -> bool:
+        stored = await read_stored(self.redis, [p.reference for p in payments if p.reference])
+        return all((stored.get(p.reference) or {}).get("status") == p.truth for p in payments if p.reference)
+
+    async def wait_converged(self, payments: list[PaymentRun], deadline: float) -> float | None:
+        """Until every page shows CamPay's truth and Redis holds it, or `deadline`; when it happened."""
+        while True:
+            self.changed.clear()
+            if self.pages_on_truth():
+                with contextlib.suppress(Exception):
+                    if await self.stored_on_truth(payments):
+                        return time.monotonic()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            await wait_any(self.changed, timeout=min(0.25, remaining))
+
+
+async def read_stored(redis: RedisServer, references: list[str]) -> dict[str, dict[str, Any] | None]:
+    """The payment records as Redis holds them (key names from realtime/storage/keys.py)."""
+    if not references:
+        return {}
+    keys = RedisKeys(KEY_PREFIX)
+    client = redis.client()
+    try:
+        raws = await client.mget([keys.payment(ref) for ref in references])
+    finally:
+        await client.aclose()
+    return {ref: (json.loads(raw) if raw else None) for ref, raw in zip(references, raws)}
+
+
+async def read_order_index(redis: RedisServer, order_ids: list[str]) -> dict[str, str | None]:
+    if not order_ids:
+        return {}
+    keys = RedisKeys(KEY_PREFIX)
+    client = redis.client()
+    try:
+        refs = await client.mget([keys.order(order_id) for order_id in order_ids])
+    finally:
+        await client.aclose()
+    return dict(zip(order_ids, refs))
+
+
+def raise_fd_limit() -> None:
+    """Thousands of websocket clients need thousands of descriptors in this process."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else 1 << 16
+    if soft < target:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
+async def run_scenario(s: Scenario, workdir: Path, *, progress: Callable[[str], None] = lambda _: None) -> RunResult:
+    """Start Redis, the CamPay fake and two servers; play `s`; record everything; tear it all down."""
+    if REDIS_SERVER is None:
+        raise RuntimeError("redis-server binary not found")
+    raise_fd_limit()
+    started = time.monotonic()
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "redis").mkdir(exist_ok=True)
+    redis = RedisServer(REDIS_SERVER, workdir / "redis", persistent=True)
+    fake = FakeCampay()
+    campay = TestServer(fake.app(), host="127.0.0.1")
+    servers: list[ServerProcess] = []
+    http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=200))
+    sockets = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+    driver: Driver | None = None
+    try:
+        await redis.start()
+        await campay.start_server()
+        fake.url = str(campay.make_url("/api"))
+        settings = s.server_settings(redis_url=redis.url, campay_url=fake.url)
+        servers = [ServerProcess(name, free_port(), settings, workdir) for name in ("a", "b")]
+        await asyncio.gather(*(srv.start(http) for srv in servers))
+        progress(f"redis-server on {redis.port}, CamPay fake on {fake.url}, "
+                 f"instances a on {servers[0].port} and b on {servers[1].port}")
+
+        rng = random.Random(s.seed)
+        payments = plan_payments(s, rng)
+        driver = Driver(s, fake, servers, redis, http, sockets, progress)
+        driver.t0 = time.monotonic()
+        driver.mark(f"storm starts: {s.payments} payments over {s.duration:.0f} s")
+        work = [driver.initiate(p) for p in payments] + [driver.settle(p) for p in payments]
+        for _ in range(max(1, s.payments // 20)):
+            work.append(driver.forge_unknown(driver.t0 + rng.uniform(0.1, 0.9) * s.duration, rng.choice(payments)))
+        faults = asyncio.create_task(driver.faults())
+        lag_watch = asyncio.create_task(driver.watch_loop_lag())
+        storm = asyncio.gather(*work)
+        # Bounded: initiations give up after 45 s, webhooks after 10 attempts of at most 15 s.
+        await asyncio.wait_for(storm, s.duration + 120)
+        storm_done = time.monotonic()
+        driver.mark("every initiation, CamPay outcome and webhook done")
+        await asyncio.wait_for(faults, s.duration + 120)
+        deadline = max(driver.back_at, storm_done) + s.reconcile_interval + s.converge_within
+        converged_at = await driver.wait_converged(payments, deadline)
+        await driver.recovered_by(deadline)
+        driver.mark("pages and Redis on CamPay's truth" if converged_at else "deadline passed without convergence")
+
+        lag_watch.cancel()
+        driver.stop_pages.set()
+        await asyncio.wait_for(asyncio.gather(*driver.page_tasks, return_exceptions=True), 30)
+        references = [p.reference for p in payments if p.reference]
+        stored = await read_stored(redis, references)
+        order_index = await read_order_index(redis, [p.order_id for p in payments if p.reference])
+        forged = await read_stored(redis, [f.reference for f in driver.forged_unknown])
+        await asyncio.gather(*(srv.stop() for srv in servers))  # a clean shutdown, whose log lines count too
+        return RunResult(
+            scenario=s, payments=payments, pages=driver.pages, http=driver.records,
+            forged_unknown=driver.forged_unknown, timeline=driver.timeline, t0=driver.t0,
+            back_at=driver.back_at, healthy_again=driver.healthy_again, unhealthy_detail=driver.unhealthy_detail,
+            storm_done_at=storm_done, deadline=deadline, converged_at=converged_at,
+            stored=stored, order_index=order_index,
+            forged_stored={ref: value is not None for ref, value in forged.items()},
+            campay_orders={ref: tx.get("external_reference") for ref, tx in fake.transactions.items()},
+            campay_calls=dict(fake.calls),
+            log_tails={srv.name: srv.log_tail(lines=8, files=1) for srv in servers},
+            log_lines={srv.name: srv.log_lines() for srv in servers},
+            loop_lags=driver.loop_lags, lag_spikes=driver.lag_spikes, down=driver.down,
+            wall_seconds=time.monotonic() - started,
+        )
+    except BaseException:
+        for srv in servers:
+            progress(srv.log_tail())
+        raise
+    finally:
+        if driver is not None:
+            driver.stop_pages.set()
+            for task in driver.page_tasks:
+                task.cancel()
+            await asyncio.gather(*driver.page_tasks, return_exceptions=True)
+        await asyncio.gather(*(srv.stop() for srv in servers), return_exceptions=True)
+        redis.stop()
+        await campay.close()
+        await http.close()
+        await sockets.close()
