@@ -53,7 +53,7 @@ CATEGORIES: dict[str, str] = {
     "order_hijacked": "the order index points to another payment",
     "forged_accepted": "a webhook with a bad signature was accepted (2xx) instead of refused with 401",
     "forged_applied": "something from a forged or unverified webhook body was stored or shown",
-    "http_5xx": "a request was answered with a 5xx",
+    "http_5xx": "a request was answered with a 5xx (other than 503 back-pressure with Retry-After)",
     "initiate_failed": "a payment could not be initiated",
     "not_healthy_again": "an instance did not report healthy by the deadline after Redis was back",
     "no_http_answer": "a running instance did not answer a request (refused, reset or 15 s timeout)",
@@ -303,7 +303,7 @@ def evaluate(result: RunResult) -> Report:
         kind = r.kind.removeprefix("webhook:").removeprefix("unknown_")
         if r.kind.startswith("webhook:") and kind in BAD_SIGNATURE_KINDS and r.status is not None and 200 <= r.status < 300:
             report.add("forged_accepted", f"{r.kind} for {r.reference} on {r.instance}: {r.status} {r.detail}")
-        if r.status is not None and r.status >= 500:
+        if r.status is not None and r.status >= 500 and not _back_pressure(r):
             report.add("http_5xx", f"{r.kind} on {r.instance} at t={result.at(r.at):.2f}s: {r.status} {r.detail}")
         if r.status is None and not result.was_down(r.instance, r.at):
             report.add("no_http_answer", f"{r.kind} on {r.instance} sent at t={result.at(r.started):.2f}s: {r.detail}")
@@ -345,8 +345,12 @@ def evaluate(result: RunResult) -> Report:
     f.append(("wrong terminal shown", f"{tally['wrong_terminal']} clients"))
     f.append(("records without owner", f"{without_owner}/{len(initiated)}"))
     f.append(("stored status != CamPay", str(len(report.violations.get("stored_mismatch", [])))))
-    statuses = Counter(f"{r.kind} {r.status}" for r in result.http if r.status is not None and r.status >= 500)
+    statuses = Counter(f"{r.kind} {r.status}" for r in result.http
+                       if r.status is not None and r.status >= 500 and not _back_pressure(r))
     f.append(("HTTP 5xx", f"{sum(statuses.values())}" + (f" ({', '.join(f'{k}: {n}' for k, n in statuses.items())})" if statuses else "")))
+    pressure = Counter(f"{r.kind} {r.detail}" for r in result.http if _back_pressure(r))
+    f.append(("503 back-pressure, Retry-After", f"{sum(pressure.values())}"
+              + (f" ({', '.join(f'{k}: {n}' for k, n in pressure.items())})" if pressure else "")))
     forged_sent = [r for r in result.http if r.kind.removeprefix("webhook:").removeprefix("unknown_") in {*BAD_SIGNATURE_KINDS, "lying_status"}]
     f.append(("forged applied", f"{len(report.violations.get('forged_applied', [])) + len(report.violations.get('forged_accepted', []))} "
                                 f"(of {len(forged_sent)} forged webhooks; "
@@ -381,3 +385,12 @@ def evaluate(result: RunResult) -> Report:
         top = ", ".join(f"{n}x {msg!r}" for msg, n in errors.most_common(4))
         f.append((f"error lines in instance {name}'s log", f"{sum(errors.values())}" + (f": {top}" if top else "")))
     return report
+
+
+# 503 with Retry-After for these codes is back-pressure, which the brief allows: storage busy, or
+# initiate's rate-limit counters unreachable (it fails closed rather than send uncounted USSD pushes).
+BACK_PRESSURE_CODES = {"busy", "rate_limit_unavailable"}
+
+
+def _back_pressure(record: Any) -> bool:
+    return record.status == 503 and record.detail in BACK_PRESSURE_CODES and bool(record.retry_after)

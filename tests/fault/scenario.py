@@ -68,6 +68,7 @@ class HttpRecord:
     detail: str = ""  # outcome or error code, or the connection error
     reference: str | None = None
     started: float = 0.0
+    retry_after: str | None = None  # the Retry-After header, if any
 
 
 @dataclass
@@ -183,7 +184,10 @@ class Driver:
                 detail = ""
                 if isinstance(body, dict):
                     detail = str(body.get("outcome") or (body.get("error") or {}).get("code") or "")
-                record = HttpRecord(kind, name, time.monotonic(), resp.status, detail, reference, started)
+                record = HttpRecord(
+                    kind, name, time.monotonic(), resp.status, detail, reference, started,
+                    resp.headers.get("Retry-After"),
+                )
                 self.records.append(record)
                 return record, body, resp.headers
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
