@@ -37,7 +37,7 @@ from realtime.events import register_handlers, tracked_payment_count
 from realtime.manager import create_client_manager
 from realtime.event_names import payment_room
 from realtime.notifier import SocketNotifier
-from realtime.server import create_sio
+from realtime.server import close_connections, create_sio
 from realtime.storage.base import Storage
 from realtime.storage.factory import create_storage
 from request_id import request_id_middleware, setup_request_id
@@ -45,6 +45,11 @@ from settings import AuthMode, ProviderName, Settings, StorageBackend
 from webhooks.processor import WebhookProcessor
 
 log = logging.getLogger("paytrack")
+
+# Shares of SHUTDOWN_TIMEOUT_SECONDS: closing sockets, then letting in-flight requests finish;
+# what is left closes pools and background tasks.
+SOCKETS_SHARE = 0.25
+REQUESTS_SHARE = 0.5
 
 
 def create_provider(settings: Settings, clock: Clock, metrics: Metrics | None = None) -> PaymentProvider:
@@ -202,12 +207,10 @@ def create_app(
     app.on_response_prepare.append(_security_headers)
 
     async def close_sockets(app: web.Application) -> None:
-        """Close every Socket.IO connection at shutdown, so the server stops at once instead of
-        waiting out its shutdown timeout on open websockets; clients see a transport close and
-        reconnect (to this instance when it is back, or to another)."""
-        await sio.shutdown()
-        if sio.eio.sockets:  # engine.io refuses to close "all" of none
-            await sio.eio.disconnect()
+        """At shutdown (new connections already refused), close every Socket.IO connection so its
+        client reconnects to another instance, within a quarter of SHUTDOWN_TIMEOUT_SECONDS;
+        in-flight requests then get half of it (server.py) and closing pools the rest."""
+        await close_connections(sio, settings.SHUTDOWN_TIMEOUT_SECONDS * SOCKETS_SHARE)
 
     app.on_shutdown.append(close_sockets)
 

@@ -1,22 +1,37 @@
-"""Entry point: `python server.py [--host H] [--port P]`.
+"""Entry point: `python server.py [--host H] [--port P] [--check]`.
 
 Reads settings (environment and `.env`), builds the app with `create_app`,
-and serves it until Ctrl-C or SIGTERM, both of which shut down cleanly
-through the app's cleanup context.
+and serves it until Ctrl-C or SIGTERM. Either stops the process within
+SHUTDOWN_TIMEOUT_SECONDS: new connections are refused at once, Socket.IO
+connections are closed so their clients reconnect to another instance,
+in-flight requests may finish, then pools close through the app's cleanup
+context; a process still running at the bound exits anyway.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import logging
+import os
 import resource
 import sys
+import threading
 
 from aiohttp import web
 
-from app import create_app
-from logs import configure_logging
-from settings import SettingsError, load_settings
+from app import REQUESTS_SHARE, create_app
+from logs import AccessLogger, configure_logging
+from settings import Settings, SettingsError, load_settings
+
+log = logging.getLogger("paytrack")
+
+EPILOG = """\
+Every other setting comes from the environment or a .env file in the working
+directory (environment wins; an empty value means unset). All of them, with
+their defaults, are in the settings table of README.md and in .env.example.
+`--check` prints every problem at once (exit 2), or the effective settings.
+"""
 
 
 # The cyclic GC's generation thresholds (CPython's default is 700, 10, 10). Each request or update
@@ -41,12 +56,47 @@ def raise_fd_limit() -> int:
     return soft
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="paytrack: real-time payment tracking server")
-    parser.add_argument("--host", help="interface to bind (overrides HOST)")
-    parser.add_argument("--port", type=int, help="port to bind (overrides PORT)")
-    args = parser.parse_args(argv)
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="server.py",
+        description="paytrack: real-time payment tracking server",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--host", help="interface to bind (overrides HOST; default 127.0.0.1 in development, 0.0.0.0 in production)")
+    parser.add_argument("--port", type=int, help="port to bind (overrides PORT; default 5000)")
+    parser.add_argument(
+        "--check", action="store_true", help="validate the configuration and print it (secrets masked), then exit"
+    )
+    return parser.parse_args(argv)
 
+
+def check(settings: Settings) -> None:
+    print("configuration OK; effective settings:")
+    for name, value in settings.effective().items():
+        print(f"{name}={value}")
+
+
+def start_shutdown_watchdog(settings: Settings) -> None:
+    """Past SHUTDOWN_TIMEOUT_SECONDS after shutdown began, exit whatever is still running.
+
+    A thread, not a task: it must fire even if the event loop is stuck.
+    """
+
+    def overdue() -> None:
+        log.error("shutdown took longer than SHUTDOWN_TIMEOUT_SECONDS; exiting now",
+                  extra={"timeout_seconds": settings.SHUTDOWN_TIMEOUT_SECONDS})
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        os._exit(1)
+
+    timer = threading.Timer(settings.SHUTDOWN_TIMEOUT_SECONDS, overdue)
+    timer.daemon = True
+    timer.start()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     overrides: dict[str, object] = {}
     if args.host:
         overrides["HOST"] = args.host
@@ -55,12 +105,26 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_settings(**overrides)
     except SettingsError as exc:
-        print(f"paytrack: {exc}", file=sys.stderr)
+        print(f"paytrack: {exc.report()}", file=sys.stdout if args.check else sys.stderr)
         return 2
+    if args.check:
+        check(settings)
+        return 0
 
     raise_fd_limit()
     configure_logging(settings.LOG_LEVEL, json_lines=settings.is_production, instance_id=settings.INSTANCE_ID)
     app = create_app(settings)
+
+    async def shutting_down(app: web.Application) -> None:
+        log.info("shutting down", extra={"timeout_seconds": settings.SHUTDOWN_TIMEOUT_SECONDS})
+        start_shutdown_watchdog(settings)
+
+    app.on_shutdown.insert(0, shutting_down)
+
+    async def listening(app: web.Application) -> None:
+        log.info("listening", extra={"url": f"http://{settings.HOST}:{settings.PORT}"})
+
+    app.on_startup.append(listening)
     # Everything loaded so far lives as long as the process: keep it out of the collector's full
     # passes, which otherwise pause the loop for longer the more there is (docs/PERFORMANCE.md).
     gc.collect()
@@ -70,8 +134,9 @@ def main(argv: list[str] | None = None) -> int:
         app,
         host=settings.HOST,
         port=settings.PORT,
-        print=lambda msg: print(msg, file=sys.stderr),
-        shutdown_timeout=5.0,
+        print=None,
+        access_log_class=AccessLogger,
+        shutdown_timeout=settings.SHUTDOWN_TIMEOUT_SECONDS * REQUESTS_SHARE,
     )
     return 0
 
