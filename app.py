@@ -46,10 +46,11 @@ from webhooks.processor import WebhookProcessor
 
 log = logging.getLogger("paytrack")
 
-# Shares of SHUTDOWN_TIMEOUT_SECONDS: closing sockets, then letting in-flight requests finish;
-# what is left closes pools and background tasks.
+# Shares of SHUTDOWN_TIMEOUT_SECONDS: closing sockets, then letting in-flight requests finish
+# (aiohttp waits that long, then as long again for the cancelled ones); what is left closes pools
+# and background tasks.
 SOCKETS_SHARE = 0.25
-REQUESTS_SHARE = 0.5
+REQUESTS_SHARE = 0.3
 
 
 def create_provider(settings: Settings, clock: Clock, metrics: Metrics | None = None) -> PaymentProvider:
@@ -207,9 +208,9 @@ def create_app(
     app.on_response_prepare.append(_security_headers)
 
     async def close_sockets(app: web.Application) -> None:
-        """At shutdown (new connections already refused), close every Socket.IO connection so its
-        client reconnects to another instance, within a quarter of SHUTDOWN_TIMEOUT_SECONDS;
-        in-flight requests then get half of it (server.py) and closing pools the rest."""
+        """At shutdown, close every Socket.IO connection still open so its client reconnects to
+        another instance. `server.py` has done so already, before aiohttp stopped reading from
+        connections (the order that lets websocket closes complete); this covers any other runner."""
         await close_connections(sio, settings.SHUTDOWN_TIMEOUT_SECONDS * SOCKETS_SHARE)
 
     app.on_shutdown.append(close_sockets)

@@ -11,17 +11,21 @@ context; a process still running at the bound exits anyway.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import gc
 import logging
 import os
 import resource
+import signal
 import sys
 import threading
 
 from aiohttp import web
 
-from app import REQUESTS_SHARE, create_app
+from app import REQUESTS_SHARE, SOCKETS_SHARE, create_app
+from appkeys import SIO
 from logs import AccessLogger, configure_logging
+from realtime.server import close_connections
 from settings import Settings, SettingsError, load_settings
 
 log = logging.getLogger("paytrack")
@@ -114,30 +118,51 @@ def main(argv: list[str] | None = None) -> int:
     raise_fd_limit()
     configure_logging(settings.LOG_LEVEL, json_lines=settings.is_production, instance_id=settings.INSTANCE_ID)
     app = create_app(settings)
-
-    async def shutting_down(app: web.Application) -> None:
-        log.info("shutting down", extra={"timeout_seconds": settings.SHUTDOWN_TIMEOUT_SECONDS})
-        start_shutdown_watchdog(settings)
-
-    app.on_shutdown.insert(0, shutting_down)
-
-    async def listening(app: web.Application) -> None:
-        log.info("listening", extra={"url": f"http://{settings.HOST}:{settings.PORT}"})
-
-    app.on_startup.append(listening)
     # Everything loaded so far lives as long as the process: keep it out of the collector's full
     # passes, which otherwise pause the loop for longer the more there is (docs/PERFORMANCE.md).
     gc.collect()
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
-    web.run_app(
+    return asyncio.run(serve(app, settings))
+
+
+async def serve(app: web.Application, settings: Settings) -> int:
+    """Serve until SIGTERM or SIGINT, then stop in order, within SHUTDOWN_TIMEOUT_SECONDS.
+
+    Not `web.run_app`: its shutdown first stops reading from every open
+    connection, so a websocket client's answer to our close never arrives and
+    each open socket holds the process until the timeout. Here sockets are
+    closed while their connections are still read, right after the listener
+    stops (so a reconnecting client reaches another instance).
+    """
+    runner = web.AppRunner(
         app,
-        host=settings.HOST,
-        port=settings.PORT,
-        print=None,
+        handle_signals=False,
         access_log_class=AccessLogger,
         shutdown_timeout=settings.SHUTDOWN_TIMEOUT_SECONDS * REQUESTS_SHARE,
     )
+    await runner.setup()
+    site = web.TCPSite(runner, settings.HOST, settings.PORT)
+    try:
+        await site.start()
+    except OSError as exc:
+        log.error("cannot listen", extra={"host": settings.HOST, "port": settings.PORT, "error": str(exc)})
+        await runner.cleanup()
+        return 1
+    log.info("listening", extra={"url": f"http://{settings.HOST}:{settings.PORT}"})
+
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    await stopping.wait()
+
+    log.info("shutting down", extra={"timeout_seconds": settings.SHUTDOWN_TIMEOUT_SECONDS})
+    start_shutdown_watchdog(settings)
+    await site.stop()  # new connections are refused from here on
+    await close_connections(app[SIO], settings.SHUTDOWN_TIMEOUT_SECONDS * SOCKETS_SHARE)
+    await runner.cleanup()  # in-flight requests finish (or are cancelled), then pools and tasks close
+    log.info("stopped")
     return 0
 
 

@@ -50,8 +50,9 @@ async def close_connections(sio: socketio.AsyncServer, timeout: float) -> None:
     client that stopped polling) is abandoned too. Clients see a transport
     close, not a server disconnect, so they reconnect by themselves.
     """
-    await sio.shutdown()
     eio = sio.eio
+    if eio.service_task_handle is not None:  # Engine.IO's ping checker; its shutdown is not repeatable
+        await sio.shutdown()
     sessions = list(eio.sockets.values())
     eio.sockets.clear()
     handshaken = [s for s in sessions if sio.manager.sid_from_eio_sid(s.sid, "/") is not None]

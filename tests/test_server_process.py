@@ -15,8 +15,10 @@ import aiohttp
 import pytest
 
 from settings import SettingsError, load_settings
+from tests import campay_fake
+from tests.campay_fake import FakeCampay
 from tests.harness import PRODUCTION as PROD_SANDBOX
-from tests.harness import WAIT, eventually
+from tests.harness import WAIT, Tracker, eventually
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -240,3 +242,64 @@ async def test_help_lists_the_flags_and_points_at_the_settings_table() -> None:
     for flag in ("--host", "--port", "--check"):
         assert flag in text
     assert "README.md" in text and ".env.example" in text
+
+
+# -- graceful stop ------------------------------------------------------------------------------
+
+
+async def test_sigterm_with_an_abandoned_polling_handshake_stops_within_the_bound() -> None:
+    """A client that opened an Engine.IO session and vanished must not keep a stopping server alive
+    (a rolling deploy or `systemctl stop` would hang until killed)."""
+    port, bound = free_port(), 3.0
+    proc = await run_server("--port", str(port), SHUTDOWN_TIMEOUT_SECONDS=str(bound))
+    try:
+        await wait_healthy(port, proc)
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"http://127.0.0.1:{port}/socket.io/?EIO=4&transport=polling") as resp:
+                assert resp.status == 200 and '"sid"' in await resp.text()
+            tracker = await Tracker(f"http://127.0.0.1:{port}").connect()
+            proc.send_signal(signal.SIGTERM)
+            await asyncio.wait_for(tracker.disconnected.wait(), bound)  # told to go, so it reconnects elsewhere
+        await asyncio.wait_for(proc.wait(), bound + 2)
+    finally:
+        out, err = await stop(proc)
+    assert proc.returncode == 0, (out + err).decode()
+    assert "Traceback" not in (out + err).decode()
+
+
+async def test_sigterm_lets_an_in_flight_request_finish(aiohttp_server) -> None:  # type: ignore[no-untyped-def]
+    campay = FakeCampay()
+    campay.url = str((await aiohttp_server(campay.app())).make_url("/api"))
+    campay.collect_gate = asyncio.Event()
+    port = free_port()
+    proc = await run_server(
+        "--port", str(port), PAYMENT_PROVIDER="campay", CAMPAY_API_URL=campay.url,
+        CAMPAY_USERNAME=campay_fake.USERNAME, CAMPAY_APP_PASSWORD=campay_fake.PASSWORD,
+        CAMPAY_WEBHOOK_KEY=campay_fake.WEBHOOK_KEY, SHUTDOWN_TIMEOUT_SECONDS="8",
+    )
+    try:
+        await wait_healthy(port, proc)
+        async with aiohttp.ClientSession() as http:
+            initiate = asyncio.ensure_future(http.post(
+                f"http://127.0.0.1:{port}/api/payment/initiate",
+                json={"order_id": "o-inflight", "amount": 100, "phone_number": "237671234567"},
+            ))
+            await eventually(lambda: campay.calls["collect"] == 1)  # the request is inside the server
+            proc.send_signal(signal.SIGTERM)
+
+            async def refusing() -> bool:  # shutdown has begun: no new connections
+                try:
+                    async with aiohttp.ClientSession() as fresh, fresh.get(f"http://127.0.0.1:{port}/health"):
+                        return False
+                except aiohttp.ClientConnectionError:
+                    return True
+
+            await eventually(refusing, interval=0.05)
+            campay.collect_gate.set()
+            async with await asyncio.wait_for(initiate, WAIT) as resp:
+                assert resp.status == 201, await resp.text()
+        await asyncio.wait_for(proc.wait(), WAIT * 2)
+    finally:
+        campay.collect_gate.set()
+        out, err = await stop(proc)
+    assert proc.returncode == 0, (out + err).decode()
