@@ -88,6 +88,7 @@ class Reconciler:
                 )
                 if reference in requested:
                     self._requested.add(reference)  # keep trying until the provider answers
+        log.debug("reconcile pass", extra={"checked": len(results), "applied": sum(t.applied for t in results)})
         return results
 
     async def _loop(self) -> None:

@@ -99,7 +99,10 @@ class PaymentService:
             transition = await self.storage.transition(
                 update, now, outbox=lambda t: self._outbox.for_transition(t, now) if self._outbox.enabled else []
             )
-            audit.info(
+            # A provider poll that changes nothing repeats every reconcile pass: detail, not audit.
+            quiet = update.source is UpdateSource.PROVIDER_POLL and not transition.applied
+            audit.log(
+                logging.DEBUG if quiet else logging.INFO,
                 "status update %s",
                 transition.outcome,
                 extra={
