@@ -135,6 +135,10 @@ async def serve(app: web.Application, settings: Settings) -> int:
     closed while their connections are still read, right after the listener
     stops (so a reconnecting client reaches another instance).
     """
+    stopping = asyncio.Event()  # set by SIGTERM or SIGINT, even one that arrives while starting
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
     runner = web.AppRunner(
         app,
         handle_signals=False,
@@ -151,10 +155,6 @@ async def serve(app: web.Application, settings: Settings) -> int:
         return 1
     log.info("listening", extra={"url": f"http://{settings.HOST}:{settings.PORT}"})
 
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stopping.set)
     await stopping.wait()
 
     log.info("shutting down", extra={"timeout_seconds": settings.SHUTDOWN_TIMEOUT_SECONDS})
