@@ -37,7 +37,7 @@ from realtime.manager import ResilientRedisManager, create_client_manager
 from realtime.heartbeat import Heartbeat
 from realtime.notifier import SocketNotifier
 from realtime.sessions import Sessions
-from realtime.server import create_sio
+from realtime.server import close_connections, create_sio
 from realtime.storage.base import Storage
 from realtime.storage.factory import create_storage
 from request_id import request_id_middleware, setup_request_id
@@ -45,6 +45,12 @@ from settings import AuthMode, ProviderName, Settings, StorageBackend
 from webhooks.processor import WebhookProcessor
 
 log = logging.getLogger("paytrack")
+
+# Shares of SHUTDOWN_TIMEOUT_SECONDS: closing sockets, then letting in-flight requests finish
+# (aiohttp waits that long, then as long again for the cancelled ones); what is left closes pools
+# and background tasks.
+SOCKETS_SHARE = 0.25
+REQUESTS_SHARE = 0.3
 
 
 def create_provider(settings: Settings, clock: Clock, metrics: Metrics | None = None) -> PaymentProvider:
@@ -224,12 +230,10 @@ def create_app(
     app.on_response_prepare.append(_security_headers)
 
     async def close_sockets(app: web.Application) -> None:
-        """Close every Socket.IO connection at shutdown, so the server stops at once instead of
-        waiting out its shutdown timeout on open websockets; clients see a transport close and
-        reconnect (to this instance when it is back, or to another)."""
-        await sio.shutdown()
-        if sio.eio.sockets:  # engine.io refuses to close "all" of none
-            await sio.eio.disconnect()
+        """At shutdown, close every Socket.IO connection still open so its client reconnects to
+        another instance. `server.py` has done so already, before aiohttp stopped reading from
+        connections (the order that lets websocket closes complete); this covers any other runner."""
+        await close_connections(sio, settings.SHUTDOWN_TIMEOUT_SECONDS * SOCKETS_SHARE)
 
     app.on_shutdown.append(close_sockets)
 

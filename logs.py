@@ -1,4 +1,10 @@
-"""Logging setup: readable lines in development, JSON lines in production.
+"""Logging setup: readable lines in development, JSON lines in production, on stdout.
+
+Every logger in the process (ours, aiohttp's access log, python-socketio and
+python-engineio, httpx, Python warnings) writes through the one root handler,
+so in production each line on stdout is exactly one JSON object and nothing is
+printed twice. Libraries that log every packet or request at INFO are kept at
+a quieter level unless LOG_LEVEL=DEBUG.
 
 Context (reference, order_id, source, ...) is passed with `extra=` and shows
 up as fields, never interpolated into the message. Context that a whole
@@ -12,9 +18,13 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from contextvars import ContextVar
 from datetime import datetime, timezone
 from typing import IO, Any
+
+from aiohttp.abc import AbstractAccessLogger
+from aiohttp.web import BaseRequest, StreamResponse
 
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
 
@@ -99,8 +109,47 @@ def make_handler(*, json_lines: bool, instance_id: str, stream: IO[str] | None =
     return handler
 
 
-def configure_logging(level: str, *, json_lines: bool, instance_id: str) -> None:
+# Libraries and the level they log at unless LOG_LEVEL=DEBUG: httpx logs every request at INFO,
+# python-socketio and python-engineio every packet at INFO and a client's protocol errors at ERROR.
+QUIET_LIBRARIES = {"httpx": logging.WARNING, "httpcore": logging.WARNING, "socketio": logging.ERROR, "engineio": logging.ERROR}
+
+
+def configure_logging(level: str, *, json_lines: bool, instance_id: str, stream: IO[str] | None = None) -> None:
     root = logging.getLogger()
-    root.handlers[:] = [make_handler(json_lines=json_lines, instance_id=instance_id)]
+    root.handlers[:] = [make_handler(json_lines=json_lines, instance_id=instance_id, stream=stream or sys.stdout)]
     root.setLevel(level)
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    logging.captureWarnings(True)  # warnings.warn (PyJWT's key-length warning, deprecations) become log lines
+    for name, quiet_level in QUIET_LIBRARIES.items():
+        logging.getLogger(name).setLevel(logging.DEBUG if level == "DEBUG" else quiet_level)
+    logging.getLogger("aiohttp.access").setLevel(logging.NOTSET)
+
+
+class AccessLogger(AbstractAccessLogger):
+    """aiohttp's access log as fields (never the query string: a GET webhook carries its signature there).
+
+    Health checks, metric scrapes and successful Socket.IO polls repeat all day and say nothing
+    new, so they are logged at DEBUG; every other request at INFO.
+    """
+
+    QUIET_PATHS = frozenset({"/health", "/metrics"})
+
+    def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
+        quiet = request.path in self.QUIET_PATHS or (request.path.startswith("/socket.io/") and response.status < 400)
+        level = logging.DEBUG if quiet else logging.INFO
+        if not self.logger.isEnabledFor(level):
+            return
+        self.logger.log(
+            level,
+            "%s %s %s",
+            request.method,
+            request.path,
+            response.status,
+            extra={
+                "method": request.method,
+                "path": request.path,
+                "status": response.status,
+                "duration_ms": round(time * 1000, 1),
+                "remote": request.remote,
+                "request_id": response.headers.get("X-Request-ID"),
+            },
+        )

@@ -20,12 +20,13 @@ import hmac
 import inspect
 import math
 import time
+from datetime import datetime
 from typing import Any, Callable, Iterator
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from appkeys import METRICS, SETTINGS, STORAGE
+from appkeys import CLOCK, METRICS, SETTINGS, STORAGE
 from errors import ApiError
 
 # Update-to-emit runs in well under a millisecond in memory and a few with Redis.
@@ -82,6 +83,11 @@ class Metrics:
             "paytrack_redis_up", "1 when Redis answers, 0 when it does not; NaN with the memory backend", registry=r
         )
         self.redis_up.set(math.nan)
+        self.oldest_pending_age = Gauge(
+            "paytrack_oldest_pending_payment_age_seconds",
+            "Age of the oldest payment still PENDING (0 when none), shared by every instance on one Redis",
+            registry=r,
+        )
 
     def count_tracked_with(self, count: Callable[[], int]) -> None:
         """Read the tracked-payments figure from `count` at scrape time (it lives in the socket manager)."""
@@ -101,14 +107,28 @@ class Metrics:
         finally:
             self.provider_latency.labels(provider, operation).observe(time.perf_counter() - start)
 
-    async def refresh(self, storage: Any) -> None:
+    async def refresh(self, storage: Any, now: datetime) -> None:
         """Figures read at scrape time rather than kept up to date on every call."""
         health = await storage.health()
         reachable = getattr(health, "redis_reachable", None)
         self.redis_up.set(math.nan if reachable is None else float(bool(reachable)))
+        try:
+            self.oldest_pending_age.set(await _oldest_pending_age(storage, now))
+        except Exception:  # storage away: say "unknown" rather than fail the scrape
+            self.oldest_pending_age.set(math.nan)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+async def _oldest_pending_age(storage: Any, now: datetime) -> float:
+    """Seconds since the oldest PENDING payment was created (the pending index is ordered by creation).
+
+    A payment still PENDING past RECONCILE_MAX_AGE_SECONDS is one the reconciler gave up on:
+    deploy/prometheus/alerts.yml alerts on it.
+    """
+    oldest = await storage.pending_page(0, now.timestamp(), 1)
+    return max(0.0, now.timestamp() - oldest[0][1]) if oldest else 0.0
 
 
 class InstrumentedStorage:
@@ -163,7 +183,7 @@ async def metrics(request: web.Request) -> web.Response:
     if not _allowed(request):
         raise web.HTTPNotFound()
     m = request.app[METRICS]
-    await m.refresh(request.app[STORAGE])
+    await m.refresh(request.app[STORAGE], request.app[CLOCK].now())
     response = web.Response(body=m.render(), headers={"Cache-Control": "no-store"})
     response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
     response.charset = "utf-8"

@@ -1,22 +1,41 @@
-"""Entry point: `python server.py [--host H] [--port P]`.
+"""Entry point: `python server.py [--host H] [--port P] [--check]`.
 
 Reads settings (environment and `.env`), builds the app with `create_app`,
-and serves it until Ctrl-C or SIGTERM, both of which shut down cleanly
-through the app's cleanup context.
+and serves it until Ctrl-C or SIGTERM. Either stops the process within
+SHUTDOWN_TIMEOUT_SECONDS: new connections are refused at once, Socket.IO
+connections are closed so their clients reconnect to another instance,
+in-flight requests may finish, then pools close through the app's cleanup
+context; a process still running at the bound exits anyway.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import gc
+import logging
+import os
 import resource
+import signal
 import sys
+import threading
 
 from aiohttp import web
 
-from app import create_app
-from logs import configure_logging
-from settings import SettingsError, load_settings
+from app import REQUESTS_SHARE, SOCKETS_SHARE, create_app
+from appkeys import SIO
+from logs import AccessLogger, configure_logging
+from realtime.server import close_connections
+from settings import Settings, SettingsError, load_settings
+
+log = logging.getLogger("paytrack")
+
+EPILOG = """\
+Every other setting comes from the environment or a .env file in the working
+directory (environment wins; an empty value means unset). All of them, with
+their defaults, are in the settings table of README.md and in .env.example.
+`--check` prints every problem at once (exit 2), or the effective settings.
+"""
 
 
 # The cyclic GC's generation thresholds (CPython's default is 700, 10, 10). Each request or update
@@ -41,12 +60,47 @@ def raise_fd_limit() -> int:
     return soft
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="paytrack: real-time payment tracking server")
-    parser.add_argument("--host", help="interface to bind (overrides HOST)")
-    parser.add_argument("--port", type=int, help="port to bind (overrides PORT)")
-    args = parser.parse_args(argv)
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="server.py",
+        description="paytrack: real-time payment tracking server",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--host", help="interface to bind (overrides HOST; default 127.0.0.1 in development, 0.0.0.0 in production)")
+    parser.add_argument("--port", type=int, help="port to bind (overrides PORT; default 5000)")
+    parser.add_argument(
+        "--check", action="store_true", help="validate the configuration and print it (secrets masked), then exit"
+    )
+    return parser.parse_args(argv)
 
+
+def check(settings: Settings) -> None:
+    print("configuration OK; effective settings:")
+    for name, value in settings.effective().items():
+        print(f"{name}={value}")
+
+
+def start_shutdown_watchdog(settings: Settings) -> None:
+    """Past SHUTDOWN_TIMEOUT_SECONDS after shutdown began, exit whatever is still running.
+
+    A thread, not a task: it must fire even if the event loop is stuck.
+    """
+
+    def overdue() -> None:
+        log.error("shutdown took longer than SHUTDOWN_TIMEOUT_SECONDS; exiting now",
+                  extra={"timeout_seconds": settings.SHUTDOWN_TIMEOUT_SECONDS})
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        os._exit(1)
+
+    timer = threading.Timer(settings.SHUTDOWN_TIMEOUT_SECONDS, overdue)
+    timer.daemon = True
+    timer.start()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     overrides: dict[str, object] = {}
     if args.host:
         overrides["HOST"] = args.host
@@ -55,8 +109,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_settings(**overrides)
     except SettingsError as exc:
-        print(f"paytrack: {exc}", file=sys.stderr)
+        print(f"paytrack: {exc.report()}", file=sys.stdout if args.check else sys.stderr)
         return 2
+    if args.check:
+        check(settings)
+        return 0
 
     raise_fd_limit()
     configure_logging(settings.LOG_LEVEL, json_lines=settings.is_production, instance_id=settings.INSTANCE_ID)
@@ -66,13 +123,46 @@ def main(argv: list[str] | None = None) -> int:
     gc.collect()
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
-    web.run_app(
+    return asyncio.run(serve(app, settings))
+
+
+async def serve(app: web.Application, settings: Settings) -> int:
+    """Serve until SIGTERM or SIGINT, then stop in order, within SHUTDOWN_TIMEOUT_SECONDS.
+
+    Not `web.run_app`: its shutdown first stops reading from every open
+    connection, so a websocket client's answer to our close never arrives and
+    each open socket holds the process until the timeout. Here sockets are
+    closed while their connections are still read, right after the listener
+    stops (so a reconnecting client reaches another instance).
+    """
+    stopping = asyncio.Event()  # set by SIGTERM or SIGINT, even one that arrives while starting
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    runner = web.AppRunner(
         app,
-        host=settings.HOST,
-        port=settings.PORT,
-        print=lambda msg: print(msg, file=sys.stderr),
-        shutdown_timeout=5.0,
+        handle_signals=False,
+        access_log_class=AccessLogger,
+        shutdown_timeout=settings.SHUTDOWN_TIMEOUT_SECONDS * REQUESTS_SHARE,
     )
+    await runner.setup()
+    site = web.TCPSite(runner, settings.HOST, settings.PORT)
+    try:
+        await site.start()
+    except OSError as exc:
+        log.error("cannot listen", extra={"host": settings.HOST, "port": settings.PORT, "error": str(exc)})
+        await runner.cleanup()
+        return 1
+    log.info("listening", extra={"url": f"http://{settings.HOST}:{settings.PORT}"})
+
+    await stopping.wait()
+
+    log.info("shutting down", extra={"timeout_seconds": settings.SHUTDOWN_TIMEOUT_SECONDS})
+    start_shutdown_watchdog(settings)
+    await site.stop()  # new connections are refused from here on
+    await close_connections(app[SIO], settings.SHUTDOWN_TIMEOUT_SECONDS * SOCKETS_SHARE)
+    await runner.cleanup()  # in-flight requests finish (or are cancelled), then pools and tasks close
+    log.info("stopped")
     return 0
 
 

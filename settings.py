@@ -1,20 +1,26 @@
 """Configuration, read once at start from the environment and `.env`.
 
 Every setting the server reads is declared here (and documented in
-`.env.example`), so a typo or a bad value stops the server at start with a
-message naming the variable instead of failing later on a live payment.
+`.env.example` and the README's settings table), so a typo or a bad value
+stops the server at start with a message naming the variable instead of
+failing later on a live payment. Every problem is reported in one run
+(`python server.py --check` lists them without starting), and an empty value
+means "unset" in the environment and in `.env` alike, so a copied
+`.env.example` starts as it is.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 import uuid
+from dataclasses import dataclass
 from enum import Enum
-from typing import Annotated, Literal
-from urllib.parse import quote
+from typing import Annotated, Any, Literal
+from urllib.parse import quote, urlsplit, urlunsplit
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, IPvAnyNetwork, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -43,6 +49,35 @@ def _default_instance_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
+# HS256 keys shorter than the SHA-256 output are refused in production (RFC 7518 section 3.2).
+MIN_PRODUCTION_SECRET_BYTES = 32
+
+# Shown masked by `--check`; never echoed in a problem report.
+SECRET_SETTINGS = frozenset({
+    "CAMPAY_APP_PASSWORD", "CAMPAY_PERMANENT_ACCESS_TOKEN", "CAMPAY_WEBHOOK_KEY", "MERCHANT_WEBHOOK_SECRET",
+    "JWT_SECRET", "DEBUG_TOKEN", "METRICS_TOKEN", "REDIS_PASSWORD", "REDIS_URL",
+})
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with the configuration: the variable, and what it needs to be."""
+
+    variable: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.variable}: {self.message}"
+
+
+class ConfigurationProblems(ValueError):
+    """Every cross-setting problem found in one pass (carried through pydantic's error)."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        super().__init__("; ".join(map(str, problems)))
+        self.problems = problems
+
+
 class Settings(BaseSettings):
     """All server settings. Field names are the environment variable names."""
 
@@ -51,16 +86,22 @@ class Settings(BaseSettings):
         env_file_encoding="utf-8",
         case_sensitive=False,
         extra="ignore",
+        # `NAME=` means unset (the default applies), in `.env` and in the environment alike.
+        env_ignore_empty=True,
     )
 
     APP_ENV: AppEnv = AppEnv.DEVELOPMENT
-    HOST: str = "0.0.0.0"
+    # Default: 127.0.0.1 in development (the simulate endpoint settles any payment, so it must not
+    # be reachable from the network), 0.0.0.0 in production (behind the load balancer).
+    HOST: str | None = None
     PORT: int = Field(5000, ge=0, le=65535)
     INSTANCE_ID: str = Field(default_factory=_default_instance_id)
     # How often this instance refreshes its heartbeat in Redis; after three missed beats the
     # connections it recorded count as a crashed instance's and are removed.
     INSTANCE_HEARTBEAT_SECONDS: float = Field(10.0, gt=0, le=300)
     LOG_LEVEL: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # SIGTERM / Ctrl-C: the process is gone within this many seconds, whatever its clients do.
+    SHUTDOWN_TIMEOUT_SECONDS: float = Field(10.0, gt=0, le=300)
 
     # Comma-separated list of origins allowed by CORS and by Socket.IO.
     FRONTEND_URL: Annotated[list[str], NoDecode] = ["http://localhost:3000"]
@@ -82,6 +123,8 @@ class Settings(BaseSettings):
     CAMPAY_APP_PASSWORD: str = ""
     CAMPAY_PERMANENT_ACCESS_TOKEN: str = ""
     CAMPAY_WEBHOOK_KEY: str = ""
+    # Addresses or CIDR ranges CamPay's callbacks may come from (empty: any; the signature still decides).
+    CAMPAY_WEBHOOK_ALLOWED_IPS: Annotated[list[IPvAnyNetwork], NoDecode] = []
 
     CAMPAY_TIMEOUT_SECONDS: float = Field(10.0, gt=0, le=120)
     CAMPAY_RETRY_ATTEMPTS: int = Field(4, ge=1, le=10)
@@ -188,6 +231,21 @@ class Settings(BaseSettings):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
+    @field_validator("CAMPAY_WEBHOOK_ALLOWED_IPS", mode="before")
+    @classmethod
+    def _split_networks(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        networks = []
+        for part in (p.strip() for p in value.split(",")):
+            if not part:
+                continue
+            try:
+                networks.append(ipaddress.ip_network(part, strict=False))
+            except ValueError:
+                raise ValueError(f"{part!r} is not an IP address or CIDR range (e.g. 203.0.113.7, 203.0.113.0/24)") from None
+        return networks
+
     @field_validator("MERCHANT_WEBHOOK_URL")
     @classmethod
     def _check_merchant_urls(cls, value: list[str]) -> list[str]:
@@ -251,7 +309,13 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _environment_defaults(self) -> "Settings":
+        """Fill the defaults that depend on APP_ENV, then check the rules that span settings.
+
+        Every broken rule is collected before raising, so one run names them all.
+        """
         production = self.APP_ENV is AppEnv.PRODUCTION
+        if self.HOST is None:
+            self.HOST = "0.0.0.0" if production else "127.0.0.1"
         if self.STORAGE_BACKEND is None:
             self.STORAGE_BACKEND = StorageBackend.REDIS if production else StorageBackend.MEMORY
         if self.PAYMENT_PROVIDER is None:
@@ -260,28 +324,45 @@ class Settings(BaseSettings):
             self.SIMULATE_ENABLED = not production
         if self.TEST_PAGE_ENABLED is None:
             self.TEST_PAGE_ENABLED = not production
+        problems: list[Problem] = []
+
+        def problem(variable: str, message: str) -> None:
+            problems.append(Problem(variable, message))
+
         if self.AUTH_MODE is None:
             if production:
-                raise ValueError("AUTH_MODE must be jwt or introspect in production")
+                problem("AUTH_MODE", "AUTH_MODE must be jwt or introspect in production")
             self.AUTH_MODE = AuthMode.NONE
-        if production and self.AUTH_MODE is AuthMode.NONE:
-            raise ValueError("AUTH_MODE=none is refused in production; use jwt or introspect")
+        elif production and self.AUTH_MODE is AuthMode.NONE:
+            problem("AUTH_MODE", "AUTH_MODE=none is refused in production; use jwt or introspect")
         if self.AUTH_MODE is AuthMode.JWT and not (self.JWT_SECRET or self.JWT_PUBLIC_KEY):
-            raise ValueError("JWT_SECRET or JWT_PUBLIC_KEY is required when AUTH_MODE=jwt")
+            problem("JWT_SECRET", "JWT_SECRET or JWT_PUBLIC_KEY is required when AUTH_MODE=jwt")
         if self.AUTH_MODE is AuthMode.INTROSPECT and not self.AUTH_SERVICE_URL.startswith(("http://", "https://")):
-            raise ValueError("AUTH_SERVICE_URL (http or https) is required when AUTH_MODE=introspect")
+            problem("AUTH_SERVICE_URL", "AUTH_SERVICE_URL (http or https) is required when AUTH_MODE=introspect")
         if self.MIN_AMOUNT > self.MAX_AMOUNT:
-            raise ValueError("MIN_AMOUNT must not exceed MAX_AMOUNT")
+            problem("MIN_AMOUNT", "MIN_AMOUNT must not exceed MAX_AMOUNT")
         if self.MERCHANT_WEBHOOK_URL and not self.MERCHANT_WEBHOOK_SECRET:
-            raise ValueError("MERCHANT_WEBHOOK_SECRET is required when MERCHANT_WEBHOOK_URL is set")
+            problem("MERCHANT_WEBHOOK_SECRET", "MERCHANT_WEBHOOK_SECRET is required when MERCHANT_WEBHOOK_URL is set")
         if self.PAYMENT_PROVIDER is ProviderName.CAMPAY:
             if not self.CAMPAY_PERMANENT_ACCESS_TOKEN and not (self.CAMPAY_USERNAME and self.CAMPAY_APP_PASSWORD):
-                raise ValueError(
+                problem(
+                    "CAMPAY_APP_PASSWORD" if self.CAMPAY_USERNAME else "CAMPAY_PERMANENT_ACCESS_TOKEN",
                     "CAMPAY_PERMANENT_ACCESS_TOKEN or CAMPAY_USERNAME and CAMPAY_APP_PASSWORD are required "
-                    "when PAYMENT_PROVIDER=campay"
+                    "when PAYMENT_PROVIDER=campay",
                 )
             if not self.CAMPAY_WEBHOOK_KEY:
-                raise ValueError("CAMPAY_WEBHOOK_KEY is required when PAYMENT_PROVIDER=campay")
+                problem("CAMPAY_WEBHOOK_KEY", "CAMPAY_WEBHOOK_KEY is required when PAYMENT_PROVIDER=campay")
+        if production:
+            for name in ("JWT_SECRET", "CAMPAY_WEBHOOK_KEY"):
+                value: str = getattr(self, name)
+                if value and len(value.encode()) < MIN_PRODUCTION_SECRET_BYTES:
+                    problem(
+                        name,
+                        f"must be at least {MIN_PRODUCTION_SECRET_BYTES} bytes in production (an HS256 key "
+                        "shorter than the hash can be guessed offline from one signed token)",
+                    )
+        if problems:
+            raise ConfigurationProblems(problems)
         return self
 
     @property
@@ -297,22 +378,88 @@ class Settings(BaseSettings):
         return f"redis://{auth}{self.REDIS_HOST}:{self.REDIS_PORT}/{self.REDIS_DB}"
 
 
+    def effective(self) -> dict[str, str]:
+        """Every setting as an operator would write it in `.env`, secrets masked (for `--check`)."""
+        shown: dict[str, str] = {}
+        for name in type(self).model_fields:
+            shown[name] = _masked(name, getattr(self, name))
+        return shown
+
+
+def _plain(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, Enum):
+        return str(value.value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return ",".join(_plain(v) for v in value)
+    return str(value)
+
+
+def _masked(name: str, value: object) -> str:
+    text = _plain(value)
+    if name not in SECRET_SETTINGS or not text:
+        return text
+    if name == "REDIS_URL":
+        parts = urlsplit(text)
+        if parts.password is None:
+            return text
+        host = parts.netloc.rsplit("@", 1)[1]
+        user = parts.username or ""
+        return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    return f"****** (set, {len(text.encode())} bytes)"
+
+
 class SettingsError(Exception):
-    """Raised with a one-line, human-readable message naming the bad variable."""
+    """Every problem in the configuration, each naming its variable and what it expects."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        super().__init__("; ".join(map(str, problems)))
+        self.problems = problems
+
+    def report(self) -> str:
+        count = len(self.problems)
+        lines = [f"{count} configuration problem{'s' if count != 1 else ''} (settings: README.md, .env.example):"]
+        lines += [f"  {p}" for p in self.problems]
+        return "\n".join(lines)
 
 
-def load_settings(**overrides: object) -> Settings:
-    """Build settings from the environment, `.env` and `overrides`.
+def _problems(exc: ValidationError) -> list[Problem]:
+    problems: list[Problem] = []
+    for err in exc.errors(include_url=False):
+        carried = (err.get("ctx") or {}).get("error")
+        if isinstance(carried, ConfigurationProblems):
+            problems.extend(carried.problems)
+            continue
+        variable = str(err["loc"][0]) if err["loc"] else "configuration"
+        message = err["msg"].removeprefix("Value error, ")
+        given = err.get("input")
+        if variable not in SECRET_SETTINGS and isinstance(given, (str, int, float)) and err["type"] != "missing":
+            message += f" (got {given!r})"
+        problems.append(Problem(variable, message))
+    return problems
 
-    Turns pydantic's multi-line report into one line per the brief: the first
-    failing variable, its value problem, nothing else.
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build settings from the environment, `.env` and `overrides`, or raise every problem at once.
+
+    Pydantic checks each variable first and runs the rules that span settings
+    only when they all pass; so when some fail, the rules are run again with
+    those variables at their defaults, and what they find about the others is
+    reported in the same run.
     """
     try:
         return Settings(**overrides)
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            message = err["msg"].removeprefix("Value error, ")
-            name = ".".join(str(part) for part in err["loc"])
-            problems.append(f"{name}: {message}" if name else message)
-        raise SettingsError("invalid setting " + "; ".join(problems)) from None
+        problems = _problems(exc)
+    invalid = {p.variable for p in problems}
+    fields = Settings.model_fields
+    defaults = {name: fields[name].get_default(call_default_factory=True) for name in invalid if name in fields}
+    if defaults:
+        try:
+            Settings(**{**overrides, **defaults})
+        except ValidationError as again:
+            problems += [p for p in _problems(again) if p.variable not in invalid]
+    raise SettingsError(problems)

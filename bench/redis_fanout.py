@@ -72,7 +72,7 @@ def start_server(name: str, port: int, redis_port: int, log: Path) -> subprocess
         HOST="127.0.0.1", PORT=str(port), PAYMENT_TTL_SECONDS="600", CLIENT_TTL_SECONDS="600",
     )
     return subprocess.Popen([sys.executable, "server.py"], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=log.open("wb"))
+                            stdout=log.open("wb"), stderr=subprocess.STDOUT)
 
 
 def percentile(sorted_values: list[float], p: float) -> float:

@@ -1,11 +1,13 @@
-"""Developer endpoints: who is connected, and a simulator that drives the real update path."""
+"""Developer endpoints: who is connected, the OpenAPI document, and a simulator that drives the real update path."""
 
 from __future__ import annotations
 
 import asyncio
 import hmac
-from typing import Awaitable, Callable
+from pathlib import Path
+from typing import Any, Awaitable, Callable
 
+import yaml
 from aiohttp import web
 
 from appkeys import CLOCK, DELIVERY, SERVICE, SETTINGS, STORAGE
@@ -14,6 +16,8 @@ from payments.model import StatusUpdate, UpdateSource
 from payments.schemas import SimulateRequest
 
 routes = web.RouteTableDef()
+
+OPENAPI_DOCUMENT = Path(__file__).resolve().parent.parent / "docs" / "openapi.yaml"
 
 
 def has_debug_access(request: web.Request) -> bool:
@@ -105,3 +109,16 @@ async def replay(request: web.Request) -> web.Response:
     if worker is not None:
         worker.wake()
     return web.json_response({"replayed": entry.summary()})
+
+
+def load_openapi(path: Path = OPENAPI_DOCUMENT) -> dict[str, Any]:
+    """The REST contract as written in docs/openapi.yaml (one document, served and tested)."""
+    with path.open(encoding="utf-8") as document:
+        return yaml.safe_load(document)
+
+
+@routes.get("/openapi.json")
+async def openapi(request: web.Request) -> web.Response:
+    """The OpenAPI 3.1 document, where the debug endpoints are open (it lists them)."""
+    require_debug_access(request)
+    return web.json_response(load_openapi(), headers={"Cache-Control": "no-store"})

@@ -84,6 +84,7 @@ class Reconciler:
             now = self._clock.now().timestamp()
             async for page in self._due_pages(now - self._policy.max_age_seconds, now - self._policy.after_seconds):
                 await self._check_all([ref for ref in page if ref not in requested], results, keep_asking=False)
+        log.debug("reconcile pass", extra={"checked": len(results), "applied": sum(t.applied for t in results)})
         return results
 
     async def _due_pages(self, start: float, end: float) -> AsyncIterator[list[str]]:

@@ -2,6 +2,10 @@
 
 Strict types: `"100"` or `100.5` is not an amount, `true` is not a number.
 Pydantic's errors become 400 `validation_error` with per-field details.
+Inputs also accept the camelCase names that checkout code written for the
+original Node server sends (`orderId`, `phoneNumber`, `paymentReference`,
+`lastSeq`); the snake_case name wins when both are given, and responses are
+always snake_case.
 """
 
 from __future__ import annotations
@@ -23,9 +27,9 @@ class _Strict(BaseModel):
 
 
 class InitiateRequest(_Strict):
-    order_id: OrderId
+    order_id: OrderId = Field(validation_alias=AliasChoices("order_id", "orderId"))
     amount: Annotated[StrictInt, Field(gt=0, le=10_000_000)]
-    phone_number: StrictStr
+    phone_number: StrictStr = Field(validation_alias=AliasChoices("phone_number", "phoneNumber"))
     currency: Literal["XAF"] = "XAF"
     description: Annotated[StrictStr, Field(max_length=255)] | None = None
 
@@ -51,7 +55,7 @@ class StopTrackingPayload(_Strict):
 
 
 class SimulateRequest(_Strict):
-    reference: Reference
+    reference: Reference = Field(validation_alias=AliasChoices("reference", "paymentReference"))
     status: Literal["SUCCESSFUL", "FAILED"]
     reason: Annotated[StrictStr, Field(max_length=255)] | None = None
     delay_ms: Annotated[StrictInt, Field(ge=0, le=60_000)] = 0

@@ -110,7 +110,10 @@ class PaymentService:
                 update, now, outbox=lambda t: self._outbox.for_transition(t, now) if self._outbox.enabled else []
             )
             stored = transition.payment
-            audit.info(
+            # A provider poll that changes nothing repeats every reconcile pass: detail, not audit.
+            quiet = update.source is UpdateSource.PROVIDER_POLL and not transition.applied
+            audit.log(
+                logging.DEBUG if quiet else logging.INFO,
                 "status update %s",
                 transition.outcome,
                 extra={

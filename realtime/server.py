@@ -1,7 +1,7 @@
-"""Builds the Socket.IO server for the app factory.
+"""Builds the Socket.IO server for the app factory, and closes its connections at shutdown.
 
 `PaytrackSocketServer` is python-socketio's `AsyncServer` plus the bounds on
-anonymous Engine.IO sessions (`realtime/sessions.py`): its Engine.IO server
+anonymous Engine.IO sessions (`realtime/handshakes.py`): its Engine.IO server
 refuses a handshake over the per-address cap with 429, and the Socket.IO
 layer tells the counter when a session connects or closes. Both hook in by
 subclassing: `_engineio_server_class`, Engine.IO's `_handle_connect` and the
@@ -12,8 +12,10 @@ API, so tests/test_socket_sessions.py exercises every hook over a real socket.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
+import logging
 import math
 from typing import Any, Callable
 
@@ -129,7 +131,37 @@ def create_sio(settings: Settings, client_manager: socketio.AsyncManager | None 
         async_mode="aiohttp",
         cors_allowed_origins=origin_checker(settings.FRONTEND_URL, trust_forwarded=settings.TRUST_FORWARDED_FOR),
         client_manager=client_manager or LocalManager(),
-        logger=False,
-        engineio_logger=False,
+        # Logger objects rather than True/False: with a bool the libraries attach a stderr handler
+        # of their own, and every line they log comes out twice, once not as JSON (logs.py sets levels).
+        logger=logging.getLogger("socketio.server"),
+        engineio_logger=logging.getLogger("engineio.server"),
         max_http_buffer_size=settings.MAX_BODY_BYTES,
     )
+
+
+async def close_connections(sio: socketio.AsyncServer, timeout: float) -> None:
+    """Close every Engine.IO session so its client reconnects elsewhere, waiting at most `timeout`.
+
+    An Engine.IO close waits until the client has read the CLOSE packet. A
+    session whose client never finished the Socket.IO handshake (an abandoned
+    `GET /socket.io/?EIO=4&transport=polling`) never reads anything, so it is
+    aborted at once; any other session still open after `timeout` (a polling
+    client that stopped polling) is abandoned too. Clients see a transport
+    close, not a server disconnect, so they reconnect by themselves.
+    """
+    eio = sio.eio
+    if eio.service_task_handle is not None:  # Engine.IO's ping checker; its shutdown is not repeatable
+        await sio.shutdown()
+    sessions = list(eio.sockets.values())
+    eio.sockets.clear()
+    handshaken = [s for s in sessions if sio.manager.sid_from_eio_sid(s.sid, "/") is not None]
+    for session in sessions:
+        if session not in handshaken:
+            await session.close(wait=False, abort=True)
+            session.queue.put_nowait(None)  # a poll still waiting on this session returns now
+    if not handshaken:
+        return
+    closing = [asyncio.ensure_future(s.close(reason=eio.reason.SERVER_DISCONNECT)) for s in handshaken]
+    _, late = await asyncio.wait(closing, timeout=timeout)
+    for task in late:
+        task.cancel()

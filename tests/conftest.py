@@ -137,9 +137,10 @@ def json_log() -> Iterator[list[dict[str, Any]]]:
     root.setLevel(old_level)
 
 
-# -- CI guard: under CI=true a skipped Redis, browser or Node test is a failure, not a pass --
-# (.ci/run installs redis-server, chromium and the Node client, so a skip there means a broken setup.)
-_GUARDED = ("redis", "browser", "node")
+# -- CI guard: under CI=true a skipped Redis, browser, Node, nginx or promtool test is a failure --
+# (.ci/run installs redis-server, chromium, the Node client, nginx and prometheus, so a skip there
+# means a broken setup.)
+_GUARDED = ("redis", "browser", "node", "nginx", "promtool")
 _skipped_guarded: list[str] = []
 
 
@@ -151,7 +152,7 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if os.environ.get("CI", "").lower() in ("1", "true", "yes") and _skipped_guarded:
         print(
-            f"\nCI: {len(_skipped_guarded)} Redis/browser/Node test(s) were skipped; failing the run:",
+            f"\nCI: {len(_skipped_guarded)} Redis/browser/Node/nginx/promtool test(s) were skipped; failing the run:",
             *_skipped_guarded,
             sep="\n  ",
         )

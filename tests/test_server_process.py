@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
+import shutil
 import signal
 import socket
 import sys
@@ -13,8 +15,10 @@ import aiohttp
 import pytest
 
 from settings import SettingsError, load_settings
+from tests import campay_fake
+from tests.campay_fake import FakeCampay
 from tests.harness import PRODUCTION as PROD_SANDBOX
-from tests.harness import WAIT, eventually
+from tests.harness import WAIT, Tracker, eventually
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -44,23 +48,26 @@ async def run_server(*args: str, **env: str) -> asyncio.subprocess.Process:
     [("PORT", "not-a-port"), ("STORAGE_BACKEND", "mongo"), ("PAYMENT_TTL_SECONDS", "-1"),
      ("FRONTEND_URL", "shop.example"), ("REDIS_URL", "http://redis")],
 )
-async def test_invalid_setting_stops_start_with_one_line_naming_it(variable: str, value: str) -> None:
+async def test_invalid_setting_stops_start_with_a_line_naming_it(variable: str, value: str) -> None:
     proc = await run_server(**{variable: value})
     _, err = await asyncio.wait_for(proc.communicate(), WAIT * 2)
     assert proc.returncode == 2
-    lines = err.decode().strip().splitlines()
-    assert len(lines) == 1 and variable in lines[0] and "Traceback" not in lines[0]
+    report = err.decode()
+    assert "Traceback" not in report
+    assert [line.strip() for line in report.splitlines() if line.startswith(" ")] == [
+        line.strip() for line in report.splitlines() if line.strip().startswith(f"{variable}:")
+    ] != []
 
 
 def test_production_defaults_to_redis_and_campay() -> None:
     settings = load_settings(
-        _env_file=None, APP_ENV="production", CAMPAY_PERMANENT_ACCESS_TOKEN="t", CAMPAY_WEBHOOK_KEY="k",
-        AUTH_MODE="jwt", JWT_SECRET="s",
+        _env_file=None, APP_ENV="production", CAMPAY_PERMANENT_ACCESS_TOKEN="t", CAMPAY_WEBHOOK_KEY="k" * 32,
+        AUTH_MODE="jwt", JWT_SECRET="s" * 32,
     )
     assert settings.STORAGE_BACKEND.value == "redis" and settings.PAYMENT_PROVIDER.value == "campay"
     assert settings.SIMULATE_ENABLED is False
     with pytest.raises(SettingsError, match="CAMPAY_WEBHOOK_KEY is required"):
-        load_settings(_env_file=None, APP_ENV="production", CAMPAY_PERMANENT_ACCESS_TOKEN="t", AUTH_MODE="jwt", JWT_SECRET="s")
+        load_settings(_env_file=None, APP_ENV="production", CAMPAY_PERMANENT_ACCESS_TOKEN="t", AUTH_MODE="jwt", JWT_SECRET="s" * 32)
     with pytest.raises(SettingsError, match="AUTH_MODE=none is refused in production"):
         load_settings(_env_file=None, **{**PROD_SANDBOX, "AUTH_MODE": "none"})
     with pytest.raises(SettingsError, match="AUTH_MODE must be jwt or introspect"):
@@ -138,11 +145,196 @@ async def test_a_burst_then_shutdown_on_redis_logs_no_error(redis_server) -> Non
             assert await health() == (200, "healthy")
     finally:
         proc.send_signal(signal.SIGTERM)
-        _, err = await asyncio.wait_for(proc.communicate(), WAIT * 2)
-    log = err.decode()
-    assert proc.returncode == 0, log
-    assert "Traceback" not in log and " ERROR " not in log and "DEGRADED" not in log, log
+        out, err = await asyncio.wait_for(proc.communicate(), WAIT * 2)
+    log = (out + err).decode()  # log lines go to stdout
+    assert "paytrack started" in log and proc.returncode == 0, log
+    assert "Traceback" not in log and "ERROR" not in log and "DEGRADED" not in log, log
 
 
 async def _is_healthy(health) -> bool:  # type: ignore[no-untyped-def]
     return (await health()) == (200, "healthy")
+
+
+# -- configuration an operator starts from ---------------------------------------------------
+
+
+async def wait_healthy(port: int, proc: asyncio.subprocess.Process) -> None:
+    async with aiohttp.ClientSession() as http:
+
+        async def healthy() -> bool:
+            if proc.returncode is not None:
+                raise AssertionError(f"server exited with {proc.returncode}")
+            try:
+                async with http.get(f"http://127.0.0.1:{port}/health") as resp:
+                    return resp.status == 200
+            except aiohttp.ClientConnectionError:
+                return False
+
+        await eventually(healthy, timeout=WAIT * 2, interval=0.05)
+
+
+async def stop(proc: asyncio.subprocess.Process) -> tuple[bytes, bytes]:
+    if proc.returncode is None:
+        proc.send_signal(signal.SIGTERM)
+    return await asyncio.wait_for(proc.communicate(), WAIT * 3)
+
+
+async def test_env_example_copied_to_env_starts_the_server_unchanged(tmp_path: Path) -> None:
+    """`cp .env.example .env && python server.py`: empty values mean unset, every default is valid."""
+    shutil.copy(ROOT / ".env.example", tmp_path / ".env")
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, str(ROOT / "server.py"), "--port", str(port),
+        cwd=tmp_path, env=clean_env(), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        await wait_healthy(port, proc)
+    finally:
+        out, err = await stop(proc)
+    assert proc.returncode == 0, (out + err).decode()
+
+
+def test_empty_values_mean_unset_in_the_environment_and_in_env_files(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text("TEST_PAGE_ENABLED=\nPAYMENT_TTL_SECONDS=\nSTORAGE_BACKEND=\n")
+    os.environ["SIMULATE_ENABLED"] = ""
+    try:
+        settings = load_settings(_env_file=env_file)
+    finally:
+        del os.environ["SIMULATE_ENABLED"]
+    assert settings.TEST_PAGE_ENABLED is True and settings.SIMULATE_ENABLED is True
+    assert settings.PAYMENT_TTL_SECONDS == 3600 and settings.STORAGE_BACKEND.value == "memory"
+
+
+def test_development_listens_on_loopback_and_production_on_every_interface() -> None:
+    assert load_settings(_env_file=None).HOST == "127.0.0.1"
+    assert load_settings(_env_file=None, **PROD_SANDBOX).HOST == "0.0.0.0"
+    assert load_settings(_env_file=None, HOST="0.0.0.0").HOST == "0.0.0.0"
+
+
+BROKEN_PRODUCTION = {
+    "APP_ENV": "production",
+    "PORT": "eighty",
+    "STORAGE_BACKEND": "mongo",
+    "JWT_SECRET": "tiny-jwt-value",
+    "AUTH_MODE": "jwt",
+    "CAMPAY_USERNAME": "merchant",  # and no password or token
+    "MERCHANT_WEBHOOK_URL": "https://shop.example/hooks",  # and no secret
+    "FRONTEND_URL": "shop.example",
+}
+
+
+async def test_check_names_every_problem_of_a_broken_production_configuration_in_one_run() -> None:
+    proc = await run_server("--check", **BROKEN_PRODUCTION)
+    out, err = await asyncio.wait_for(proc.communicate(), WAIT * 2)
+    report = (out + err).decode()
+    assert proc.returncode != 0, report
+    assert "Traceback" not in report
+    for variable in ("PORT", "STORAGE_BACKEND", "JWT_SECRET", "CAMPAY_APP_PASSWORD", "CAMPAY_WEBHOOK_KEY",
+                     "MERCHANT_WEBHOOK_SECRET", "FRONTEND_URL"):
+        assert re.search(rf"^\s*{variable}\b.*:", report, re.M), f"{variable} not reported:\n{report}"
+    assert "32 bytes" in report  # what a short JWT_SECRET needs
+    assert "tiny-jwt-value" not in report  # a secret's value is never echoed
+
+
+async def test_check_prints_the_effective_settings_with_secrets_masked() -> None:
+    secret = "s" * 40
+    proc = await run_server("--check", **{**{k: str(v) for k, v in PROD_SANDBOX.items()}, "JWT_SECRET": secret,
+                                          "REDIS_URL": "redis://:hunter2-password@cache:6379/0"})
+    out, err = await asyncio.wait_for(proc.communicate(), WAIT * 2)
+    report = out.decode()
+    assert proc.returncode == 0, (out + err).decode()
+    assert secret not in report and "hunter2-password" not in report
+    assert re.search(r"^APP_ENV\s*=\s*production$", report, re.M)
+    assert re.search(r"^HOST\s*=\s*0\.0\.0\.0$", report, re.M)
+    assert re.search(r"^JWT_SECRET\s*=\s*\S*\*+", report, re.M)
+    assert "redis://:***@cache:6379/0" in report
+
+
+async def test_normal_start_reports_every_problem_at_once() -> None:
+    proc = await run_server(**BROKEN_PRODUCTION)
+    _, err = await asyncio.wait_for(proc.communicate(), WAIT * 2)
+    report = err.decode()
+    assert proc.returncode == 2 and "Traceback" not in report
+    for variable in ("PORT", "STORAGE_BACKEND", "JWT_SECRET", "CAMPAY_WEBHOOK_KEY", "MERCHANT_WEBHOOK_SECRET"):
+        assert variable in report
+
+
+def test_short_secrets_are_refused_in_production_only() -> None:
+    campay = {"PAYMENT_PROVIDER": "campay", "CAMPAY_PERMANENT_ACCESS_TOKEN": "t"}
+    with pytest.raises(SettingsError) as refused:
+        load_settings(_env_file=None, **{**PROD_SANDBOX, **campay, "JWT_SECRET": "x" * 31, "CAMPAY_WEBHOOK_KEY": "k" * 31})
+    assert {p.variable for p in refused.value.problems} == {"JWT_SECRET", "CAMPAY_WEBHOOK_KEY"}
+    load_settings(_env_file=None, **{**PROD_SANDBOX, **campay, "JWT_SECRET": "x" * 32, "CAMPAY_WEBHOOK_KEY": "k" * 32})
+    load_settings(_env_file=None, AUTH_MODE="jwt", JWT_SECRET="dev-secret", **campay, CAMPAY_WEBHOOK_KEY="k")
+
+
+async def test_help_lists_the_flags_and_points_at_the_settings_table() -> None:
+    proc = await run_server("--help")
+    out, _ = await asyncio.wait_for(proc.communicate(), WAIT * 2)
+    text = out.decode()
+    assert proc.returncode == 0
+    for flag in ("--host", "--port", "--check"):
+        assert flag in text
+    assert "README.md" in text and ".env.example" in text
+
+
+# -- graceful stop ------------------------------------------------------------------------------
+
+
+async def test_sigterm_with_an_abandoned_polling_handshake_stops_within_the_bound() -> None:
+    """A client that opened an Engine.IO session and vanished must not keep a stopping server alive
+    (a rolling deploy or `systemctl stop` would hang until killed)."""
+    port, bound = free_port(), 3.0
+    proc = await run_server("--port", str(port), SHUTDOWN_TIMEOUT_SECONDS=str(bound))
+    try:
+        await wait_healthy(port, proc)
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"http://127.0.0.1:{port}/socket.io/?EIO=4&transport=polling") as resp:
+                assert resp.status == 200 and '"sid"' in await resp.text()
+            tracker = await Tracker(f"http://127.0.0.1:{port}").connect()
+            proc.send_signal(signal.SIGTERM)
+            await asyncio.wait_for(tracker.disconnected.wait(), bound)  # told to go, so it reconnects elsewhere
+        await asyncio.wait_for(proc.wait(), bound + 2)
+    finally:
+        out, err = await stop(proc)
+    assert proc.returncode == 0, (out + err).decode()
+    assert "Traceback" not in (out + err).decode()
+
+
+async def test_sigterm_lets_an_in_flight_request_finish(aiohttp_server) -> None:  # type: ignore[no-untyped-def]
+    campay = FakeCampay()
+    campay.url = str((await aiohttp_server(campay.app())).make_url("/api"))
+    campay.collect_gate = asyncio.Event()
+    port = free_port()
+    proc = await run_server(
+        "--port", str(port), PAYMENT_PROVIDER="campay", CAMPAY_API_URL=campay.url,
+        CAMPAY_USERNAME=campay_fake.USERNAME, CAMPAY_APP_PASSWORD=campay_fake.PASSWORD,
+        CAMPAY_WEBHOOK_KEY=campay_fake.WEBHOOK_KEY, SHUTDOWN_TIMEOUT_SECONDS="8",
+    )
+    try:
+        await wait_healthy(port, proc)
+        async with aiohttp.ClientSession() as http:
+            initiate = asyncio.ensure_future(http.post(
+                f"http://127.0.0.1:{port}/api/payment/initiate",
+                json={"order_id": "o-inflight", "amount": 100, "phone_number": "237671234567"},
+            ))
+            await eventually(lambda: campay.calls["collect"] == 1)  # the request is inside the server
+            proc.send_signal(signal.SIGTERM)
+
+            async def refusing() -> bool:  # shutdown has begun: no new connections
+                try:
+                    async with aiohttp.ClientSession() as fresh, fresh.get(f"http://127.0.0.1:{port}/health"):
+                        return False
+                except aiohttp.ClientConnectionError:
+                    return True
+
+            await eventually(refusing, interval=0.05)
+            campay.collect_gate.set()
+            async with await asyncio.wait_for(initiate, WAIT) as resp:
+                assert resp.status == 201, await resp.text()
+        await asyncio.wait_for(proc.wait(), WAIT * 2)
+    finally:
+        campay.collect_gate.set()
+        out, err = await stop(proc)
+    assert proc.returncode == 0, (out + err).decode()

@@ -6,16 +6,19 @@ handler; the fields and their checks are the same.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from aiohttp import web
 
-from appkeys import LIMITER, WEBHOOKS
+from appkeys import LIMITER, METRICS, SETTINGS, WEBHOOKS
 from auth.http import client_ip
-from errors import InvalidRequest, read_json_object
+from errors import ApiError, InvalidRequest, read_json_object
+from webhooks.allowlist import source_allowed
 from webhooks.processor import CampayWebhook
 
 routes = web.RouteTableDef()
+audit = logging.getLogger("paytrack.audit")
 
 
 async def _fields(request: web.Request) -> dict[str, Any]:
@@ -41,7 +44,12 @@ async def _fields(request: web.Request) -> dict[str, Any]:
 @routes.get("/api/payment/webhook")
 @routes.post("/api/payment/webhook")
 async def webhook(request: web.Request) -> web.Response:
-    await request.app[LIMITER].check("webhook_ip", client_ip(request))
+    source = client_ip(request)
+    if not source_allowed(source, request.app[SETTINGS].CAMPAY_WEBHOOK_ALLOWED_IPS):
+        audit.warning("webhook refused", extra={"why": "source address not in CAMPAY_WEBHOOK_ALLOWED_IPS", "source": source})
+        request.app[METRICS].webhooks.labels("forbidden_source").inc()
+        raise ApiError("this address may not call the webhook", code="forbidden_source", status=403)
+    await request.app[LIMITER].check("webhook_ip", source)
     hook = CampayWebhook.model_validate(await _fields(request))
     outcome = await request.app[WEBHOOKS].process(hook)
     return web.json_response(outcome.body(), status=outcome.status_code)

@@ -1,0 +1,145 @@
+#!/usr/bin/env bash
+# A production-shaped paytrack on this machine: redis-server, several instances sharing it, and
+# nginx in front with deploy/nginx.conf (sticky long-polling, websocket upgrades), all on local
+# ports, all in a temporary directory. Prints the URL; Ctrl-C (or SIGTERM) stops everything.
+#
+# Needs redis-server and nginx (Debian packages redis-server, nginx) and the Quickstart's .venv.
+# No root, no system service: nginx runs with a generated config (`nginx -p <tmp> -c ...`).
+# Instances read settings from the environment as usual (e.g. PAYMENT_PROVIDER=campay ...);
+# the script sets only what makes them a cluster: Redis, ports, instance ids, forwarded addresses.
+set -euo pipefail
+
+usage() {
+  cat <<'EOF'
+usage: deploy/local-cluster.sh [--instances N] [--port PORT] [--instance-port PORT] [--redis-port PORT]
+
+  --instances N         paytrack instances to start (default 2, at least 2)
+  --port PORT           nginx listens on 127.0.0.1:PORT (default 8080); the URL to use
+  --instance-port PORT  first instance's port; the others follow (default 5001)
+  --redis-port PORT     the cluster's own redis-server (default 6390)
+
+Environment: PYTHON (default .venv/bin/python), NGINX (default nginx), REDIS_SERVER
+(default redis-server); any paytrack setting is passed to every instance.
+Stops everything on Ctrl-C or SIGTERM.
+EOF
+}
+
+instances=2
+port=8080
+instance_port=5001
+redis_port=6390
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --instances) instances="$2"; shift 2 ;;
+    --port) port="$2"; shift 2 ;;
+    --instance-port) instance_port="$2"; shift 2 ;;
+    --redis-port) redis_port="$2"; shift 2 ;;
+    -h|--help) usage; exit 0 ;;
+    *) echo "local-cluster: unknown argument $1" >&2; usage >&2; exit 2 ;;
+  esac
+done
+if [ "$instances" -lt 2 ]; then
+  echo "local-cluster: --instances must be at least 2" >&2
+  exit 2
+fi
+
+root="$(cd "$(dirname "$0")/.." && pwd)"
+python="${PYTHON:-$root/.venv/bin/python}"
+nginx_bin="${NGINX:-$(command -v nginx || echo /usr/sbin/nginx)}"
+redis_bin="${REDIS_SERVER:-$(command -v redis-server || echo /usr/bin/redis-server)}"
+for tool in "$python" "$nginx_bin" "$redis_bin"; do
+  if [ ! -x "$tool" ]; then
+    echo "local-cluster: $tool not found (see README: Production)" >&2
+    exit 1
+  fi
+done
+
+work="$(mktemp -d "${TMPDIR:-/tmp}/paytrack-cluster.XXXXXX")"
+chmod 755 "$work"  # nginx workers may run as another user when started by root
+pids=()
+
+stop_all() {
+  trap - INT TERM EXIT
+  echo "local-cluster: stopping" >&2
+  # Instances first (graceful: sockets closed, requests finished), then nginx, then Redis.
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  if [ -f "$work/nginx.pid" ]; then kill -QUIT "$(cat "$work/nginx.pid")" 2>/dev/null || true; fi
+  if [ -n "${nginx_pid:-}" ]; then wait "$nginx_pid" 2>/dev/null || true; fi
+  if [ -n "${redis_pid:-}" ]; then kill -TERM "$redis_pid" 2>/dev/null || true; wait "$redis_pid" 2>/dev/null || true; fi
+  rm -rf "$work"
+}
+trap 'stop_all; exit 130' INT
+trap 'stop_all; exit 143' TERM
+trap 'stop_all' EXIT
+
+wait_for_port() {  # wait_for_port PORT PID NAME: until something accepts on 127.0.0.1:PORT
+  for _ in $(seq 1 200); do
+    if ! kill -0 "$2" 2>/dev/null; then
+      echo "local-cluster: $3 exited; its log: $work/$3.log" >&2
+      tail -n 20 "$work/$3.log" >&2 || true
+      exit 1
+    fi
+    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+    sleep 0.05
+  done
+  echo "local-cluster: $3 did not listen on port $1" >&2
+  exit 1
+}
+
+"$redis_bin" --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" \
+  >"$work/redis.log" 2>&1 &
+redis_pid=$!
+wait_for_port "$redis_port" "$redis_pid" redis
+
+upstream=""
+for i in $(seq 0 $((instances - 1))); do
+  p=$((instance_port + i))
+  (
+    cd "$root"
+    export STORAGE_BACKEND=redis REDIS_URL="redis://127.0.0.1:$redis_port/0" TRUST_FORWARDED_FOR=true \
+      INSTANCE_ID="${INSTANCE_ID_PREFIX:-local}-$p"
+    exec "$python" server.py --host 127.0.0.1 --port "$p"
+  ) >"$work/instance-$p.log" 2>&1 &
+  pids+=($!)
+  upstream+="    server 127.0.0.1:$p max_fails=1 fail_timeout=5s;\n"
+done
+for i in $(seq 0 $((instances - 1))); do
+  wait_for_port $((instance_port + i)) "${pids[$i]}" "instance-$((instance_port + i))"
+done
+
+# deploy/nginx.conf as production runs it, minus TLS, with these instances and this port.
+awk -v servers="$upstream" -v listen="    listen 127.0.0.1:$port;" '
+  /# tls *$/ { next }
+  /# instance *$/ { if (!done[block]++) printf "%s", servers; next }
+  /^upstream / { block = $2 }
+  /^ *server_name / { print listen; print "    server_name localhost;"; next }
+  { print }
+' "$root/deploy/nginx.conf" >"$work/paytrack-site.conf"
+cat >"$work/nginx.conf" <<EOF
+worker_processes 1;
+pid $work/nginx.pid;
+error_log $work/nginx-error.log warn;
+events { worker_connections 1024; }
+http {
+    access_log $work/nginx-access.log;
+    client_body_temp_path $work/body;
+    proxy_temp_path $work/proxy;
+    fastcgi_temp_path $work/fastcgi;
+    uwsgi_temp_path $work/uwsgi;
+    scgi_temp_path $work/scgi;
+    include $work/paytrack-site.conf;
+}
+EOF
+"$nginx_bin" -p "$work" -c "$work/nginx.conf" -e "$work/nginx-error.log" -g "daemon off;" \
+  >"$work/nginx.log" 2>&1 &
+nginx_pid=$!
+wait_for_port "$port" "$nginx_pid" nginx
+
+echo "paytrack cluster: http://127.0.0.1:$port  ($instances instances on ports $instance_port-$((instance_port + instances - 1)), redis on $redis_port; logs in $work)"
+echo "Ctrl-C stops everything."
+# Until Ctrl-C, or until any part exits on its own (then everything stops).
+wait -n "${pids[@]}" "$nginx_pid" "$redis_pid" || true
+echo "local-cluster: a process exited on its own; the end of each log:" >&2
+for log in "$work"/*.log; do echo "== $log" >&2; tail -n 5 "$log" >&2; done
+exit 1
