@@ -13,20 +13,33 @@ import aiohttp_cors
 from aiohttp import web
 
 import debug.routes
-import health
-import metrics as metrics_routes
+import observability.health as health
+import observability.metrics as metrics_routes
 import payments.routes
+from payments.routes import TRACKERS
 import sdk.routes
 import testpage.routes
-import webhooks.routes
-from appkeys import AUTHENTICATOR, CLOCK, DELIVERY, LIMITER, METRICS, RECONCILER, SERVICE, SETTINGS, SIO, STORAGE, WEBHOOKS
+import webhooks.inbound.routes
+from core.clock import CLOCK
+from core.ratelimit import LIMITER
+from core.settings import SETTINGS
+from observability.metrics import METRICS
+from payments.access import AUTHENTICATOR
+from payments.reconciler import RECONCILER
+from payments.service import SERVICE
+from realtime.server import SIO
+from realtime.storage.base import STORAGE
+from webhooks.inbound.processor import WEBHOOKS
+from webhooks.outbound.delivery import DELIVERY
 from auth.authenticators import Authenticator, IntrospectionAuthenticator, JwtAuthenticator, NoAuth
-from clock import Clock, SystemClock
-from ratelimit import Limit, RateLimiter
-from errors import ascii_headers_middleware, error_middleware
-from merchant.delivery import DeliveryWorker
-from merchant.message import OutboxPolicy, decode_secret
-from metrics import InstrumentedStorage, Metrics
+from core.clock import Clock, SystemClock
+from core.ratelimit import Limit, RateLimiter
+from core.errors import ascii_headers_middleware, error_middleware
+from webhooks.outbound.delivery import DeliveryWorker
+from core.secrets import decode_secret
+from payments.outbox import OutboxPolicy
+from observability.health import PROBE
+from observability.metrics import InstrumentedStorage, Metrics
 from payments.provider import PaymentProvider
 from payments.reconciler import ReconcilePolicy, Reconciler
 from payments.sandbox import SandboxProvider
@@ -40,9 +53,10 @@ from realtime.sessions import Sessions
 from realtime.server import close_connections, create_sio
 from realtime.storage.base import Storage
 from realtime.storage.factory import create_storage
-from request_id import request_id_middleware, setup_request_id
-from settings import AuthMode, ProviderName, Settings, StorageBackend
-from webhooks.processor import WebhookProcessor
+from realtime.storage.keys import RedisKeys
+from observability.request_id import request_id_middleware, setup_request_id
+from core.settings import AuthMode, ProviderName, Settings, StorageBackend
+from webhooks.inbound.processor import WebhookProcessor
 
 log = logging.getLogger("paytrack")
 
@@ -158,6 +172,7 @@ def create_app(
             "webhook_ip": Limit(settings.RATE_LIMIT_WEBHOOK_PER_IP, on_outage="open"),
             "connect_ip": Limit(settings.RATE_LIMIT_CONNECT_PER_IP, on_outage="local"),
         },
+        key_prefix=RedisKeys(settings.REDIS_KEY_PREFIX).rate_limits(),
     )
     expiry_timers = register_handlers(
         sio,
@@ -178,6 +193,8 @@ def create_app(
     app[SETTINGS] = settings
     app[CLOCK] = clock
     app[STORAGE] = storage
+    app[PROBE] = storage
+    app[TRACKERS] = storage
     app[SERVICE] = service
     app[SIO] = sio
     app[AUTHENTICATOR] = authenticator
@@ -240,7 +257,7 @@ def create_app(
     sio.attach(app, socketio_path="socket.io")
     for table in (
         payments.routes.routes,
-        webhooks.routes.routes,
+        webhooks.inbound.routes.routes,
         debug.routes.routes,
         health.routes,
         metrics_routes.routes,

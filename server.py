@@ -23,10 +23,10 @@ import threading
 from aiohttp import web
 
 from app import REQUESTS_SHARE, SOCKETS_SHARE, create_app
-from appkeys import SIO
-from logs import AccessLogger, configure_logging
+from realtime.server import SIO
+from observability.logs import AccessLogger, configure_logging
 from realtime.server import close_connections
-from settings import Settings, SettingsError, load_settings
+from core.settings import Settings, SettingsError, load_settings
 
 log = logging.getLogger("paytrack")
 

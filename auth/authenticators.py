@@ -16,42 +16,12 @@ from typing import Any, Protocol
 
 import httpx
 import jwt
-from pydantic import BaseModel
 
-from clock import Clock
-from errors import ApiError
+from core.clock import Clock
+from core.errors import ApiError
+from payments.access import ADMIN_SCOPE, Authenticator, AuthUnavailable, Identity, Unauthenticated
 
 log = logging.getLogger("paytrack.auth")
-
-ADMIN_SCOPE = "payments:admin"
-
-
-class Identity(BaseModel):
-    user_id: str
-    scopes: frozenset[str] = frozenset()
-    expires_at: datetime | None = None
-
-    @property
-    def is_admin(self) -> bool:
-        return ADMIN_SCOPE in self.scopes
-
-
-class Unauthenticated(ApiError):
-    status, code = 401, "unauthenticated"
-
-
-class AuthUnavailable(ApiError):
-    status, code = 503, "auth_unavailable"
-
-
-class Authenticator(Protocol):
-    mode: str
-
-    async def authenticate(self, token: str | None) -> Identity | None:
-        """The caller's identity; None only in mode `none` (nobody is checked)."""
-
-    async def close(self) -> None: ...
-
 
 # RFC 6750's b64token: what a bearer token may be made of, in JWT and opaque form alike.
 _TOKEN_SYNTAX = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
@@ -229,16 +199,7 @@ class IntrospectionAuthenticator:
         await self._http.aclose()
 
 
-def bearer_token(header: str | None) -> str | None:
-    if not header:
-        return None
-    scheme, _, value = header.partition(" ")
-    if scheme.lower() != "bearer" or not value.strip():
-        return None
-    return value.strip()
-
-
 __all__ = [
     "ADMIN_SCOPE", "AuthUnavailable", "Authenticator", "Identity", "IntrospectionAuthenticator",
-    "JwtAuthenticator", "NoAuth", "Unauthenticated", "bearer_token", "token_cache_key",
+    "JwtAuthenticator", "NoAuth", "Unauthenticated", "token_cache_key",
 ]

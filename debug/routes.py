@@ -3,30 +3,25 @@
 from __future__ import annotations
 
 import asyncio
-import hmac
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 import yaml
 from aiohttp import web
 
-from appkeys import CLOCK, DELIVERY, SERVICE, SETTINGS, STORAGE
-from errors import NotFound, read_json_object
+from core.clock import CLOCK
+from core.http import has_debug_access
+from core.settings import SETTINGS
+from payments.service import SERVICE
+from realtime.storage.base import STORAGE
+from webhooks.outbound.delivery import DELIVERY
+from core.errors import NotFound, read_json_object
 from payments.model import StatusUpdate, UpdateSource
 from payments.schemas import SimulateRequest
 
 routes = web.RouteTableDef()
 
 OPENAPI_DOCUMENT = Path(__file__).resolve().parent.parent / "docs" / "openapi.yaml"
-
-
-def has_debug_access(request: web.Request) -> bool:
-    """Always in development; in production only with `Authorization: Bearer <DEBUG_TOKEN>`."""
-    settings = request.app[SETTINGS]
-    if not settings.is_production:
-        return True
-    supplied = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-    return bool(settings.DEBUG_TOKEN) and hmac.compare_digest(supplied.encode(), settings.DEBUG_TOKEN.encode())
 
 
 def require_debug_access(request: web.Request) -> None:

@@ -18,14 +18,14 @@ from typing import TYPE_CHECKING, Any, ContextManager
 import httpx
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
-from clock import Clock
-from errors import ApiError, NotFound, ProviderError
+from core.clock import Clock
+from core.errors import ApiError, NotFound, ProviderError
 from payments.operators import normalise_operator
 from payments.provider import CollectRequest, CollectResult, ProviderTransaction
-from settings import Settings
+from core.settings import Settings
 
 if TYPE_CHECKING:
-    from metrics import Metrics
+    from observability.metrics import Metrics
 
 log = logging.getLogger("paytrack.campay")
 

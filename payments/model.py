@@ -13,6 +13,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from core.clock import utc_iso
+
 
 class PaymentStatus(str, Enum):
     PENDING = "PENDING"
@@ -34,17 +36,9 @@ class UpdateSource(str, Enum):
     SANDBOX = "sandbox"
 
 
-_ZERO = timedelta(0)
 
 # The reason a payment fails when the provider confirms a different amount or currency than was initiated.
 AMOUNT_MISMATCH = "amount_mismatch"
-
-
-def utc_iso(moment: datetime) -> str:
-    """ISO 8601 in UTC with a `Z`, the one timestamp format on the wire."""
-    if moment.tzinfo is not timezone.utc and moment.utcoffset() != _ZERO:  # hot path: skip the no-op
-        moment = moment.astimezone(timezone.utc)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def mask_phone(phone: str | None) -> str | None:

@@ -10,19 +10,20 @@ instances it runs on one at a time, holding a lease in shared storage.
 
 from __future__ import annotations
 
+from aiohttp import web
 import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass
 from typing import AsyncIterator
 
-from background import cancel_and_wait
-from clock import Clock
-from errors import ApiError, NotFound
+from core.background import cancel_and_wait
+from core.clock import Clock
+from core.errors import ApiError, NotFound
 from payments.model import Transition, UpdateSource
 from payments.provider import PaymentProvider
 from payments.service import PaymentService
-from realtime.storage.base import Storage
+from payments.ports import ReconcilerStorage
 
 log = logging.getLogger("paytrack.reconciler")
 
@@ -43,7 +44,7 @@ class Reconciler:
     def __init__(
         self,
         service: PaymentService,
-        storage: Storage,
+        storage: ReconcilerStorage,
         provider: PaymentProvider,
         clock: Clock,
         policy: ReconcilePolicy,
@@ -144,3 +145,6 @@ class Reconciler:
         self._task = None
         with contextlib.suppress(Exception):
             await self._storage.release_lease(LEASE_NAME, self._instance_id)
+
+
+RECONCILER: web.AppKey[Reconciler] = web.AppKey("reconciler", Reconciler)

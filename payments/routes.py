@@ -8,16 +8,23 @@ import logging
 
 from aiohttp import web
 
-from appkeys import AUTHENTICATOR, LIMITER, RECONCILER, SERVICE, SETTINGS, STORAGE
-from auth.access import can_view
-from auth.authenticators import Identity
-from auth.http import client_ip, identify
-from errors import ApiError, InvalidRequest, NotFound, read_json_object
+from core.ratelimit import LIMITER
+from core.settings import SETTINGS
+from payments.access import AUTHENTICATOR, Identity, identify
+from payments.reconciler import RECONCILER
+from payments.service import SERVICE
+from payments.ports import TrackerCount
+from payments.access import can_view
+from core.http import client_ip
+from core.errors import ApiError, InvalidRequest, NotFound, read_json_object
 from payments.model import PaymentStatus
 from payments.schemas import InitiateRequest, OrderId, Reference
 from pydantic import TypeAdapter, ValidationError
 
 routes = web.RouteTableDef()
+
+# Who counts a payment's tracking sockets (the storage's client registry, set by the app).
+TRACKERS: web.AppKey[TrackerCount] = web.AppKey("trackers", TrackerCount)
 audit = logging.getLogger("paytrack.audit")
 
 _order_id = TypeAdapter(OrderId)
@@ -116,7 +123,7 @@ async def tracking(request: web.Request) -> web.Response:
         if payment.orphan:  # a record we never initiated is private: as if it did not exist
             raise NotFound(f"no payment with reference {reference}", code="payment_not_found")
         raise ApiError("this payment belongs to another user", code="forbidden", status=403)
-    trackers = await request.app[STORAGE].tracker_count(reference)
+    trackers = await request.app[TRACKERS].tracker_count(reference)
     body = {"payment": payment.public(), "tracking_clients": trackers}
     headers = {"Cache-Control": "no-store", "ETag": _etag(body)}
     if _matches(request.headers.get("If-None-Match"), headers["ETag"]):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import uuid
 
-from errors import ApiError, NotFound
+from core.errors import ApiError, NotFound
 from payments.operators import USSD_CODES, operator_for
 from payments.provider import CollectRequest, CollectResult, ProviderTransaction
 

@@ -7,25 +7,26 @@ the state machine atomically and then, only if something changed, notifies.
 
 from __future__ import annotations
 
+from aiohttp import web
 import asyncio
 import hashlib
 import json
 import logging
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable
 
-from clock import Clock
-from errors import ApiError, Conflict, NotFound, ProviderError, UnprocessableRequest
-from logs import bind
-from merchant.message import OutboxPolicy
+from core.clock import Clock
+from core.errors import ApiError, Conflict, NotFound, ProviderError, UnprocessableRequest
+from observability.logs import bind
+from payments.outbox import OutboxPolicy
 from payments.model import AMOUNT_MISMATCH, Payment, PaymentEvent, PaymentStatus, StatusUpdate, Transition, UpdateSource
 from payments.provider import CollectRequest, PaymentProvider
 from payments.schemas import InitiateRequest
-from realtime.storage.base import IdempotencyRecord, Storage
+from payments.ports import IdempotencyRecord, Notifier, ServiceStorage
 
 if TYPE_CHECKING:
-    from metrics import Metrics
+    from observability.metrics import Metrics
 
 log = logging.getLogger("paytrack.payments")
 # One line per payment operation (initiate, applied or ignored transition), never a token or full phone.
@@ -34,14 +35,6 @@ audit = logging.getLogger("paytrack.audit")
 # Errors that say "not now" rather than answering the request: a retry with the
 # same Idempotency-Key must be able to try again, so they are not remembered.
 _TRANSIENT_CODES = {"initiation_in_progress"}
-
-
-class Notifier(Protocol):
-    """Pushes payment events to the clients tracking them (Socket.IO in production)."""
-
-    async def payment_initiated(self, payment: Payment) -> None: ...
-
-    async def payment_changed(self, transition: Transition) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -69,7 +62,7 @@ def _fingerprint(request: InitiateRequest) -> str:
 class PaymentService:
     def __init__(
         self,
-        storage: Storage,
+        storage: ServiceStorage,
         provider: PaymentProvider,
         notifier: Notifier,
         clock: Clock,
@@ -323,3 +316,6 @@ class PaymentService:
         if not events or events[0].seq != last_seq + 1 or events[-1].seq != payment.seq:
             return [PaymentEvent.of(payment)]
         return events
+
+
+SERVICE: web.AppKey[PaymentService] = web.AppKey("payment_service", PaymentService)

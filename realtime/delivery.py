@@ -26,8 +26,8 @@ import socketio
 from engineio import packet as eio_packet
 from socketio import packet as sio_packet
 
-from background import cancel_and_wait
-from errors import ApiError
+from core.background import cancel_and_wait
+from core.errors import ApiError
 from payments.model import Payment, PaymentEvent, PaymentStatus
 from realtime import event_names as ev
 from realtime.sessions import Admission, Sessions

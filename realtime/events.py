@@ -12,16 +12,16 @@ from typing import TYPE_CHECKING, Any
 import socketio
 from pydantic import BaseModel, ValidationError
 
-from auth.access import can_view
-from auth.authenticators import Authenticator
-from client_address import socket_client_address
-from clock import Clock
-from errors import ApiError, validation_details
-from logs import bind
+from payments.access import can_view
+from payments.access import Authenticator
+from core.http import socket_client_address
+from core.clock import Clock
+from core.errors import ApiError, validation_details
+from observability.logs import bind
 from payments.model import utc_iso
 from payments.schemas import RefreshTokenPayload, StopTrackingPayload, TrackPayload
 from payments.service import PaymentService
-from ratelimit import RateLimiter
+from core.ratelimit import RateLimiter
 from realtime import event_names as ev
 from realtime.delivery import LocalDelivery, message_for_event
 from realtime.expiry import ExpiryTimers
@@ -29,7 +29,7 @@ from realtime.sessions import Sessions
 from realtime.storage.base import ClientRecord, Storage
 
 if TYPE_CHECKING:
-    from metrics import Metrics
+    from observability.metrics import Metrics
 
 log = logging.getLogger("paytrack.realtime")
 audit = logging.getLogger("paytrack.audit")

@@ -7,7 +7,7 @@ import contextlib
 from datetime import datetime
 from typing import Awaitable, Callable
 
-from clock import Clock
+from core.clock import Clock
 
 
 class ExpiryTimers:

@@ -22,7 +22,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
-from client_address import socket_client_address
+from core.http import socket_client_address
 
 log = logging.getLogger("paytrack.realtime")
 audit = logging.getLogger("paytrack.audit")

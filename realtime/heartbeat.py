@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from background import cancel_and_wait
+from core.background import cancel_and_wait
 from realtime.storage.base import Storage
 
 log = logging.getLogger("paytrack.realtime")

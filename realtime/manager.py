@@ -33,7 +33,7 @@ import socketio
 
 from realtime.delivery import PaymentMessage
 from realtime.redis_connection import connect
-from settings import Settings, StorageBackend
+from core.settings import Settings, StorageBackend
 
 log = logging.getLogger("paytrack.realtime.pubsub")
 

@@ -23,11 +23,11 @@ import engineio
 import socketio
 from aiohttp import web
 
-from client_address import own_origin
-from errors import ApiError
+from core.http import own_origin
+from core.errors import ApiError
 from realtime.manager import LocalManager
 from realtime.handshakes import AnonymousSessions
-from settings import Settings
+from core.settings import Settings
 
 
 def origin_checker(
@@ -165,3 +165,6 @@ async def close_connections(sio: socketio.AsyncServer, timeout: float) -> None:
     _, late = await asyncio.wait(closing, timeout=timeout)
     for task in late:
         task.cancel()
+
+
+SIO: web.AppKey[socketio.AsyncServer] = web.AppKey("sio", socketio.AsyncServer)

@@ -21,8 +21,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from auth.access import may_see
-from auth.authenticators import Identity
+from payments.access import Identity, may_see
 
 
 class Admission(enum.Enum):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from appkeys import SETTINGS
+from core.settings import SETTINGS
 
 routes = web.RouteTableDef()
 

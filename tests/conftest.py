@@ -15,9 +15,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from app import create_app
-from logs import make_handler
-from appkeys import SERVICE, STORAGE
-from clock import Clock
+from observability.logs import make_handler
+from payments.service import SERVICE
+from realtime.storage.base import STORAGE
+from core.clock import Clock
 from tests import campay_fake
 from tests.campay_fake import FakeCampay
 from tests.merchant_receiver import MerchantReceiver

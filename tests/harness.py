@@ -12,7 +12,7 @@ from typing import Any, Callable
 import aiohttp
 import socketio
 
-from settings import Settings
+from core.settings import Settings
 
 WAIT = 5.0  # seconds; every wait in the suite is bounded by this
 

@@ -18,7 +18,7 @@ from typing import Any, AsyncIterator
 import pytest
 
 from app import create_app
-from clock import SystemClock
+from core.clock import SystemClock
 from realtime.storage.factory import create_storage
 from tests.harness import PRODUCTION, WAIT, make_settings, user_token
 

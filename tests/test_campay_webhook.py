@@ -8,8 +8,8 @@ import aiohttp
 import jwt
 import pytest
 
-from appkeys import RECONCILER
-from clock import ManualClock
+from payments.reconciler import RECONCILER
+from core.clock import ManualClock
 from payments.operators import operator_for
 from tests.campay_fake import WEBHOOK_KEY, FakeCampay, unsigned_token
 from tests.campay_fake import operator_for as campay_operator_for

@@ -15,7 +15,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from clock import ManualClock
+from core.clock import ManualClock
 from tests.conftest import StartInstance
 from tests.harness import WAIT
 from tests.test_server_process import ROOT, clean_env

@@ -11,7 +11,7 @@ from typing import Any
 import aiohttp
 import socketio
 
-from logs import configure_logging
+from observability.logs import configure_logging
 from tests.conftest import Instance, StartInstance, campay_settings
 from tests.campay_fake import FakeCampay
 from tests.harness import WAIT, eventually

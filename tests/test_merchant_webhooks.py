@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 from datetime import datetime, timezone
 
-from appkeys import DELIVERY
-from clock import ManualClock
-from merchant.delivery import RETRY_SCHEDULE, retry_delay
-from merchant.message import decode_secret, sign
+from webhooks.outbound.delivery import DELIVERY
+from core.clock import ManualClock
+from webhooks.outbound.delivery import RETRY_SCHEDULE, retry_delay
+from core.secrets import decode_secret
+from webhooks.outbound.signing import sign
 from tests.conftest import Backend, Instance, StartInstance
 from tests.harness import PRODUCTION, eventually
 from tests.merchant_receiver import SECRET, MerchantReceiver, merchant_settings

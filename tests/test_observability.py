@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from metrics import InstrumentedStorage, Metrics
+from observability.metrics import InstrumentedStorage, Metrics
 from tests.campay_fake import FakeCampay
 from tests.conftest import Instance, StartInstance, campay_settings
 from tests.harness import PRODUCTION, eventually
@@ -54,7 +54,7 @@ async def test_metrics_count_sockets_tracking_payments_and_update_latency(instan
 
 
 def _connected(instance: Instance) -> float:
-    from appkeys import METRICS
+    from observability.metrics import METRICS
 
     return instance.app[METRICS].registry.get_sample_value("paytrack_connected_sockets")
 
@@ -82,7 +82,7 @@ async def test_metrics_are_404_in_production_without_token_or_public(start_insta
 
 
 def test_metrics_token_must_be_long_enough() -> None:
-    from settings import SettingsError, load_settings
+    from core.settings import SettingsError, load_settings
 
     with pytest.raises(SettingsError, match="METRICS_TOKEN"):
         load_settings(_env_file=None, METRICS_TOKEN="short")

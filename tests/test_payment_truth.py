@@ -15,8 +15,9 @@ from typing import Any, AsyncIterator
 import aiohttp
 import pytest
 
-from appkeys import RECONCILER, STORAGE
-from clock import ManualClock
+from payments.reconciler import RECONCILER
+from realtime.storage.base import STORAGE
+from core.clock import ManualClock
 from payments.schemas import InitiateRequest
 from tests.campay_fake import FakeCampay
 from tests.conftest import Instance, StartInstance, campay_settings
@@ -31,6 +32,7 @@ JWT = {"AUTH_MODE": "jwt", "JWT_SECRET": JWT_SECRET}
 
 @pytest.fixture
 async def proxy(redis_server: RedisServer) -> AsyncIterator[PartitionProxy]:
+    """Requested before the instances, so it outlives them: their shutdown never meets a closed proxy."""
     partition = PartitionProxy(redis_server.port)
     await partition.start()
     yield partition
@@ -77,7 +79,7 @@ async def _stored(redis_server: RedisServer, instance: Instance, reference: str)
 
 @pytest.mark.redis
 async def test_write_back_never_drops_the_owner_for_a_record_made_from_a_webhook(
-    start_redis_instance: StartInstance, proxy: PartitionProxy, redis_server: RedisServer,
+    proxy: PartitionProxy, start_redis_instance: StartInstance, redis_server: RedisServer,
     campay: FakeCampay, http: aiohttp.ClientSession,
 ) -> None:
     """Cause 2: A initiates while cut off; the webhook lands on B, which makes a record of its own."""
@@ -107,7 +109,7 @@ async def test_write_back_never_drops_the_owner_for_a_record_made_from_a_webhook
 
 @pytest.mark.redis
 async def test_a_page_that_tracked_during_an_outage_ends_on_the_stored_state(
-    start_redis_instance: StartInstance, proxy: PartitionProxy, campay: FakeCampay, http: aiohttp.ClientSession,
+    proxy: PartitionProxy, start_redis_instance: StartInstance, campay: FakeCampay, http: aiohttp.ClientSession,
 ) -> None:
     """Cause 3: a track answered `payment: null` while degraded, and the publish A missed, are followed up."""
     a, b = await _pair(start_redis_instance, proxy, **JWT, **campay_settings(campay))
@@ -262,7 +264,7 @@ async def test_reconciler_asks_about_a_new_payment_behind_1000_abandoned_ones(
 
 async def test_no_client_receives_a_state_twice_or_an_older_one(start_instance: StartInstance) -> None:
     """Duplicate and stale messages (a late pub/sub message, a write-back re-announcement) are dropped per socket."""
-    from appkeys import SIO
+    from realtime.server import SIO
     from payments.model import PaymentStatus
     from realtime.delivery import message_for
 

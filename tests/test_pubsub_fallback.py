@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 from datetime import datetime, timezone
 
-from appkeys import SIO
+from realtime.server import SIO
 from payments.model import Payment, PaymentStatus
 from realtime.delivery import message_for
 from tests.harness import WAIT

@@ -9,7 +9,7 @@ import itertools
 import pytest
 import socketio
 
-from appkeys import SETTINGS
+from core.settings import SETTINGS
 from tests.conftest import Instance, StartInstance
 from tests.harness import WAIT, Tracker, eventually
 from tests.redis_server import RedisServer

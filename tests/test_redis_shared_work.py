@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from appkeys import DELIVERY
+from webhooks.outbound.delivery import DELIVERY
 from tests.conftest import StartInstance, campay_settings
 from tests.harness import JWT_SECRET, eventually, user_token
 from tests.merchant_receiver import MerchantReceiver, merchant_settings

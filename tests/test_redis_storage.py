@@ -8,9 +8,10 @@ from datetime import datetime, timezone
 
 import pytest
 
-from clock import SystemClock
+from core.clock import SystemClock
 from payments.model import Payment, PaymentStatus, StatusUpdate, UpdateSource
-from realtime.storage.base import ClientRecord, IdempotencyRecord
+from payments.ports import IdempotencyRecord
+from realtime.storage.base import ClientRecord
 from realtime.storage.memory import MemoryStorage
 from realtime.storage.redis import RedisStorage
 from tests.harness import pending_references, eventually, make_settings

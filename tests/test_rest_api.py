@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from appkeys import SIO
+from realtime.server import SIO
 from tests.conftest import Instance, StartInstance
 from tests.harness import pending_references, PRODUCTION, user_token
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from settings import SettingsError, load_settings
+from core.settings import SettingsError, load_settings
 from tests import campay_fake
 from tests.campay_fake import FakeCampay
 from tests.harness import PRODUCTION as PROD_SANDBOX
@@ -109,7 +109,7 @@ async def test_server_serves_and_shuts_down_cleanly(sig: signal.Signals) -> None
 def test_every_setting_is_documented_in_env_example_and_readme() -> None:
     import re
 
-    from settings import Settings
+    from core.settings import Settings
 
     env = (ROOT / ".env.example").read_text()
     readme = (ROOT / "README.md").read_text()

@@ -13,7 +13,7 @@ from typing import Any, AsyncIterator
 
 import pytest
 
-from clock import ManualClock
+from core.clock import ManualClock
 from payments.model import AMOUNT_MISMATCH, Payment, PaymentStatus, StatusUpdate, UpdateSource
 from payments.state import decide, merge
 from realtime.storage.memory import MemoryStorage

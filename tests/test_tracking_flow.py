@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from clock import ManualClock
+from core.clock import ManualClock
 from tests.conftest import Instance, StartInstance
 from tests.harness import eventually
 

@@ -7,7 +7,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from settings import SettingsError, load_settings
+from core.settings import SettingsError, load_settings
 from tests.campay_fake import FakeCampay
 from tests.conftest import StartInstance, campay_settings
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from clock import Clock
+from core.clock import Clock
 from realtime.storage.base import Storage
 from realtime.storage.memory import MemoryStorage
-from settings import Settings, StorageBackend
+from core.settings import Settings, StorageBackend
 
 
 def create_storage(  # type: ignore[no-untyped-def]

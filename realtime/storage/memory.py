@@ -14,12 +14,14 @@ from collections import deque
 from datetime import datetime
 from typing import Generic, Iterator, TypeVar
 
-from background import cancel_and_wait
-from clock import Clock
-from merchant.message import OutboxEntry
+from core.background import cancel_and_wait
+from core.clock import Clock
+from payments.outbox import OutboxEntry
 from payments.model import Payment, PaymentEvent, PaymentStatus, StatusUpdate, Transition
 from payments.state import decide, merge
-from realtime.storage.base import ClientRecord, IdempotencyRecord, OutboxFor, StorageHealth
+from observability.health import StorageHealth
+from payments.ports import IdempotencyRecord
+from realtime.storage.base import ClientRecord, OutboxFor
 
 V = TypeVar("V")
 

@@ -25,14 +25,16 @@ from typing import Any, Awaitable, Callable, TypeVar
 from redis import asyncio as aioredis
 from redis.exceptions import WatchError
 
-from clock import Clock
-from merchant.message import OutboxEntry
+from core.clock import Clock
+from payments.outbox import OutboxEntry
 from payments.model import Payment, PaymentEvent, PaymentStatus, StatusUpdate, Transition
 from payments.state import decide, merge
-from realtime.storage.base import ClientRecord, IdempotencyRecord, OutboxFor, StorageHealth
+from observability.health import StorageHealth
+from payments.ports import IdempotencyRecord
+from realtime.storage.base import ClientRecord, OutboxFor
 from realtime.redis_connection import connect
 from realtime.storage.keys import RedisKeys
-from settings import Settings
+from core.settings import Settings
 
 log = logging.getLogger("paytrack.storage.redis")
 

@@ -39,12 +39,14 @@ from typing import Awaitable, Callable, TypeVar
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from background import cancel_and_wait
-from clock import Clock
-from errors import Busy
-from merchant.message import OutboxEntry
+from core.background import cancel_and_wait
+from core.clock import Clock
+from core.errors import Busy
+from payments.outbox import OutboxEntry
 from payments.model import Payment, PaymentEvent, StatusUpdate, Transition
-from realtime.storage.base import ClientRecord, IdempotencyRecord, OutboxFor, StorageHealth
+from observability.health import StorageHealth
+from payments.ports import IdempotencyRecord
+from realtime.storage.base import ClientRecord, OutboxFor
 from realtime.storage.memory import MemoryStorage
 from realtime.redis_connection import PoolExhausted
 from realtime.storage.redis import RedisStorage

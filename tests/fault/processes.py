@@ -20,7 +20,7 @@ from typing import Any, Callable, Optional
 
 import aiohttp
 
-from settings import Settings
+from core.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVER = ROOT / "server.py"

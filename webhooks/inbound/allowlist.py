@@ -3,7 +3,7 @@
 Payment teams usually add a source check beside the signature: a leaked
 webhook key alone is then not enough to reach the update path from anywhere.
 The address is the request's client address as the rest of the server sees
-it (`auth.http.client_ip`, which honours `TRUST_FORWARDED_FOR`). An empty list
+it (`core.http.client_ip`, which honours `TRUST_FORWARDED_FOR`). An empty list
 allows every source; the signature and the provider check still decide.
 """
 

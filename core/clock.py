@@ -6,6 +6,18 @@ import time
 from datetime import datetime, timedelta, timezone
 from typing import Protocol
 
+from aiohttp import web
+
+
+_ZERO = timedelta(0)
+
+
+def utc_iso(moment: datetime) -> str:
+    """ISO 8601 in UTC with a `Z`, the one timestamp format on the wire."""
+    if moment.tzinfo is not timezone.utc and moment.utcoffset() != _ZERO:  # hot path: skip the no-op
+        moment = moment.astimezone(timezone.utc)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
 
 class Clock(Protocol):
     def now(self) -> datetime:
@@ -39,3 +51,6 @@ class ManualClock:
     def advance(self, seconds: float) -> None:
         self._wall += timedelta(seconds=seconds)
         self._mono += seconds
+
+
+CLOCK: web.AppKey[Clock] = web.AppKey("clock", Clock)

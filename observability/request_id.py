@@ -16,7 +16,7 @@ from typing import Awaitable, Callable
 
 from aiohttp import web
 
-from logs import bind, bound
+from observability.logs import bind, bound
 
 HEADER = "X-Request-ID"
 _SANE = re.compile(r"[A-Za-z0-9._:\-]{1,128}")

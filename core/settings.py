@@ -20,7 +20,9 @@ from enum import Enum
 from typing import Annotated, Any, Literal
 from urllib.parse import quote, urlsplit, urlunsplit
 
+from aiohttp import web
 from pydantic import Field, IPvAnyNetwork, ValidationError, field_validator, model_validator
+from core.secrets import decode_secret
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -267,8 +269,6 @@ class Settings(BaseSettings):
     @classmethod
     def _check_merchant_secret(cls, value: str) -> str:
         if value:
-            from merchant.message import decode_secret
-
             decode_secret(value)
         return value
 
@@ -463,3 +463,6 @@ def load_settings(**overrides: Any) -> Settings:
         except ValidationError as again:
             problems += [p for p in _problems(again) if p.variable not in invalid]
     raise SettingsError(problems)
+
+
+SETTINGS: web.AppKey[Settings] = web.AppKey("settings", Settings)

@@ -14,7 +14,7 @@ from typing import Any, Awaitable, Callable
 from aiohttp import web
 from pydantic import ValidationError
 
-from appkeys import SETTINGS
+from core.settings import SETTINGS
 
 log = logging.getLogger("paytrack.http")
 

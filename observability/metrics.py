@@ -16,7 +16,6 @@ required in every environment.
 from __future__ import annotations
 
 import contextlib
-import hmac
 import inspect
 import math
 import time
@@ -26,8 +25,11 @@ from typing import Any, Callable, Iterator
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from appkeys import CLOCK, METRICS, SETTINGS, STORAGE
-from errors import ApiError
+from core.clock import CLOCK
+from core.settings import SETTINGS
+from core.http import bearer_matches
+from observability.health import PROBE, StorageProbe
+from core.errors import ApiError
 
 # Update-to-emit runs in well under a millisecond in memory and a few with Redis.
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -107,7 +109,7 @@ class Metrics:
         finally:
             self.provider_latency.labels(provider, operation).observe(time.perf_counter() - start)
 
-    async def refresh(self, storage: Any, now: datetime) -> None:
+    async def refresh(self, storage: StorageProbe, now: datetime) -> None:
         """Figures read at scrape time rather than kept up to date on every call."""
         health = await storage.health()
         reachable = getattr(health, "redis_reachable", None)
@@ -121,7 +123,7 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-async def _oldest_pending_age(storage: Any, now: datetime) -> float:
+async def _oldest_pending_age(storage: StorageProbe, now: datetime) -> float:
     """Seconds since the oldest PENDING payment was created (the pending index is ordered by creation).
 
     A payment still PENDING past RECONCILE_MAX_AGE_SECONDS is one the reconciler gave up on:
@@ -173,8 +175,7 @@ def _allowed(request: web.Request) -> bool:
     if settings.METRICS_PUBLIC:
         return True
     if settings.METRICS_TOKEN:
-        supplied = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-        return hmac.compare_digest(supplied.encode(), settings.METRICS_TOKEN.encode())
+        return bearer_matches(request, settings.METRICS_TOKEN)
     return not settings.is_production
 
 
@@ -183,8 +184,11 @@ async def metrics(request: web.Request) -> web.Response:
     if not _allowed(request):
         raise web.HTTPNotFound()
     m = request.app[METRICS]
-    await m.refresh(request.app[STORAGE], request.app[CLOCK].now())
+    await m.refresh(request.app[PROBE], request.app[CLOCK].now())
     response = web.Response(body=m.render(), headers={"Cache-Control": "no-store"})
     response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
     response.charset = "utf-8"
     return response
+
+
+METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)

@@ -9,6 +9,7 @@ CamPay outage delays a status, it never drops one.
 
 from __future__ import annotations
 
+from aiohttp import web
 import logging
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
@@ -16,18 +17,18 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictStr
 
-from errors import ApiError, NotFound, ProviderError
-from logs import bind
+from core.errors import ApiError, NotFound, ProviderError
+from observability.logs import bind
 from payments.model import StatusUpdate, UpdateSource
 from payments.operators import normalise_operator
 from payments.provider import PaymentProvider
 from payments.reconciler import Reconciler
 from payments.schemas import Reference
 from payments.service import PaymentService
-from webhooks.signature import SignatureError, verify_signature
+from webhooks.inbound.signature import SignatureError, verify_signature
 
 if TYPE_CHECKING:
-    from metrics import Metrics
+    from observability.metrics import Metrics
 
 log = logging.getLogger("paytrack.audit")  # every webhook decision is an audit line
 
@@ -185,3 +186,6 @@ class WebhookProcessor:
         transition = await self._service.apply_update(update)
         log.info("webhook accepted", extra={**audit, "outcome": transition.outcome})
         return WebhookOutcome(200, transition.outcome)
+
+
+WEBHOOKS: web.AppKey[WebhookProcessor] = web.AppKey("webhooks", WebhookProcessor)

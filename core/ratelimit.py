@@ -20,6 +20,7 @@ wait timed out) is decided per limit, never by accident:
 
 from __future__ import annotations
 
+from aiohttp import web
 import logging
 import math
 import time
@@ -34,9 +35,8 @@ from redis.asyncio import BlockingConnectionPool
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from errors import ApiError
-from realtime.storage.keys import RedisKeys
-from settings import Settings, StorageBackend
+from core.errors import ApiError
+from core.settings import Settings, StorageBackend
 
 log = logging.getLogger("paytrack.ratelimit")
 
@@ -84,13 +84,13 @@ class RateLimiter:
         self._pool = pool
 
     @classmethod
-    def from_settings(cls, settings: Settings, limits: dict[str, Limit]) -> "RateLimiter":
-        """Counters in Redis (under REDIS_KEY_PREFIX) when Redis is the backend, else in memory."""
+    def from_settings(cls, settings: Settings, limits: dict[str, Limit], *, key_prefix: str) -> "RateLimiter":
+        """Counters in Redis under `key_prefix` when Redis is the backend, else in memory."""
         retry_after = max(1, math.ceil(settings.REDIS_RECONNECT_INTERVAL_SECONDS))
         if settings.STORAGE_BACKEND is not StorageBackend.REDIS:
             return cls(limits, outage_retry_after=retry_after)
         url = settings.redis_url
-        prefix = RedisKeys(settings.REDIS_KEY_PREFIX).rate_limits()
+        prefix = key_prefix
         if url.startswith("redis+sentinel://"):
             from limits.aio.storage import RedisSentinelStorage
 
@@ -153,3 +153,6 @@ class RateLimiter:
 def _describe(exc: StorageError) -> str:
     inner = exc.storage_error
     return f"{type(inner).__name__}: {inner}" if str(inner) else type(inner).__name__
+
+
+LIMITER: web.AppKey[RateLimiter] = web.AppKey("rate_limiter", RateLimiter)

@@ -15,10 +15,13 @@ the real request under `environ['aiohttp.request']`, which is what counts.
 
 from __future__ import annotations
 
+import hmac
 import ipaddress
 from typing import Any
 
 from aiohttp import web
+
+from core.settings import SETTINGS
 
 UNKNOWN = "unknown"
 
@@ -57,3 +60,30 @@ def own_origin(request: web.BaseRequest, *, trust_forwarded: bool) -> str:
         scheme = _last_hop(request, "X-Forwarded-Proto") or scheme
         host = _last_hop(request, "X-Forwarded-Host") or host
     return f"{scheme}://{host}"
+
+
+def bearer_token(header: str | None) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header value, or None."""
+    if not header:
+        return None
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        return None
+    return value.strip()
+
+
+def client_ip(request: web.Request) -> str:
+    """The caller's address per TRUST_FORWARDED_FOR (the same rule sockets use; see `client_address`)."""
+    return client_address(request, trust_forwarded=request.app[SETTINGS].TRUST_FORWARDED_FOR)
+
+
+def bearer_matches(request: web.BaseRequest, secret: str) -> bool:
+    """True if the request carries `Authorization: Bearer <secret>` (compared in constant time)."""
+    supplied = bearer_token(request.headers.get("Authorization")) or ""
+    return bool(secret) and hmac.compare_digest(supplied.encode(), secret.encode())
+
+
+def has_debug_access(request: web.Request) -> bool:
+    """Always in development; in production only with `Authorization: Bearer <DEBUG_TOKEN>`."""
+    settings = request.app[SETTINGS]
+    return not settings.is_production or bearer_matches(request, settings.DEBUG_TOKEN)

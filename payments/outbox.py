@@ -1,4 +1,4 @@
-"""Outbound webhooks to the merchant's backend: the message, its outbox entry, its signature.
+"""Outbound webhooks to the merchant's backend: which messages a payment change produces, and their outbox entries.
 
 Messages follow the Standard Webhooks specification, so merchants can verify
 them with the `standardwebhooks` library or ten lines of `hmac`:
@@ -9,10 +9,6 @@ produce it produces the same id, and it stays the same across retries.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
-import hmac
 import json
 from datetime import datetime
 from typing import Any, Literal
@@ -49,23 +45,6 @@ class OutboxEntry(BaseModel):
         data = self.model_dump(exclude={"body"})
         data["reference"] = self.reference
         return data
-
-
-def decode_secret(secret: str) -> bytes:
-    """`whsec_<base64>` or plain base64, as the spec and its libraries accept."""
-    raw = secret.removeprefix("whsec_")
-    try:
-        key = base64.b64decode(raw + "=" * (-len(raw) % 4), validate=True)
-    except (binascii.Error, ValueError):
-        raise ValueError("must be base64 (optionally prefixed with whsec_)") from None
-    if len(key) < 16:
-        raise ValueError("must decode to at least 16 bytes")
-    return key
-
-
-def sign(key: bytes, message_id: str, timestamp: int, body: str) -> str:
-    digest = hmac.new(key, f"{message_id}.{timestamp}.{body}".encode(), hashlib.sha256).digest()
-    return "v1," + base64.b64encode(digest).decode()
 
 
 def _event_type(payment: Payment) -> EventType:

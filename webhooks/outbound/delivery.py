@@ -8,6 +8,7 @@ Deliveries run in their own tasks, so a slow merchant never delays Socket.IO.
 
 from __future__ import annotations
 
+from aiohttp import web
 import asyncio
 import contextlib
 import logging
@@ -15,11 +16,12 @@ import random
 
 import httpx
 
-from background import cancel_and_wait
-from clock import Clock
-from merchant.message import OutboxEntry, sign
-from metrics import Metrics
-from realtime.storage.base import Storage
+from core.background import cancel_and_wait
+from core.clock import Clock
+from payments.outbox import OutboxEntry
+from webhooks.outbound.signing import sign
+from observability.metrics import Metrics
+from payments.ports import OutboxStore
 
 log = logging.getLogger("paytrack.merchant")
 
@@ -36,7 +38,7 @@ def retry_delay(attempts: int, scale: float) -> float:
 class DeliveryWorker:
     def __init__(
         self,
-        storage: Storage,
+        storage: OutboxStore,
         clock: Clock,
         *,
         secret: bytes,
@@ -130,3 +132,6 @@ class DeliveryWorker:
         await cancel_and_wait(self._task)
         self._task = None
         await self._http.aclose()
+
+
+DELIVERY: web.AppKey[DeliveryWorker] = web.AppKey("merchant_delivery", DeliveryWorker)

@@ -11,11 +11,14 @@ from typing import Any
 
 from aiohttp import web
 
-from appkeys import LIMITER, METRICS, SETTINGS, WEBHOOKS
-from auth.http import client_ip
-from errors import ApiError, InvalidRequest, read_json_object
-from webhooks.allowlist import source_allowed
-from webhooks.processor import CampayWebhook
+from core.ratelimit import LIMITER
+from core.settings import SETTINGS
+from observability.metrics import METRICS
+from webhooks.inbound.processor import WEBHOOKS
+from core.http import client_ip
+from core.errors import ApiError, InvalidRequest, read_json_object
+from webhooks.inbound.allowlist import source_allowed
+from webhooks.inbound.processor import CampayWebhook
 
 routes = web.RouteTableDef()
 audit = logging.getLogger("paytrack.audit")

@@ -1,0 +1,1 @@
+"""The innermost layer: settings, time, errors, background tasks, HTTP request facts. Imports nothing of ours."""

@@ -1,0 +1,1 @@
+"""Logs, metrics, request ids and health: how an operator sees the server. Imports only core."""

@@ -1,0 +1,155 @@
+"""The ports of the payments layer: what payments needs from storage and from the socket side.
+
+Payments imports neither storage nor Socket.IO. It states here, one small
+protocol per role, what it needs; realtime/storage/ implements the storage
+roles (memory, Redis, and Redis with a memory fallback) and realtime/ the
+`Notifier`. Each method's docstring states the guarantee an adapter must keep.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Callable, Literal, Protocol
+
+from pydantic import BaseModel
+
+from payments.model import Payment, PaymentEvent, StatusUpdate, Transition
+from payments.outbox import OutboxEntry
+
+# Given an applied transition, the outbox entries to write in the same atomic step.
+OutboxFor = Callable[[Transition], list[OutboxEntry]]
+
+
+class IdempotencyRecord(BaseModel):
+    """The first response to a request carrying an `Idempotency-Key`."""
+
+    fingerprint: str
+    state: Literal["in_progress", "done"]
+    status_code: int | None = None
+    body: dict[str, Any] | None = None
+
+
+class PaymentStore(Protocol):
+    """Payments, their event logs and indexes; every write is one atomic step."""
+
+    async def create_payment(self, payment: Payment, outbox: list[OutboxEntry] | None = None) -> Payment:
+        """Store a new payment (seq 1), point its order at it, index it as active, log its first
+        event, and queue `outbox` entries, all in one step.
+
+        If a record for the reference already exists because the provider spoke
+        first (an orphan), the two are combined by `payments.state.merge` (the
+        provider's terminal status is kept, our initiation is added, seq moves
+        past both); what is stored is returned.
+        """
+
+    async def merge_payment(self, payment: Payment, now: datetime) -> Payment:
+        """Atomically combine `payment` with the stored copy by `payments.state.merge`, log the
+        merged state as an event if anything changed, and return what is stored afterwards.
+
+        Never points an order at this payment if the order is held by another one.
+        """
+
+    async def get_payment(self, reference: str) -> Payment | None: ...
+
+    async def get_payments(self, references: list[str]) -> list[Payment | None]:
+        """Several payments in one round trip, in the order asked (None where unknown)."""
+
+    async def get_order_payment(self, order_id: str) -> Payment | None:
+        """The most recent payment created for `order_id`."""
+
+    async def transition(self, update: StatusUpdate, now: datetime, outbox: OutboxFor | None = None) -> Transition:
+        """Atomically: read, `payments.state.decide`, write, bump seq, log the event, refresh TTL,
+        and queue `outbox(transition)` entries when the transition applied.
+
+        Two concurrent calls for one reference are serialised: at most one of
+        them moves a PENDING payment to a terminal status.
+        """
+
+    async def events_after(self, reference: str, seq: int) -> list[PaymentEvent]:
+        """Logged events with a seq greater than `seq`, oldest first (bounded log)."""
+
+    async def pending_page(self, start: float, end: float, limit: int) -> list[tuple[str, float]]:
+        """Up to `limit` PENDING references created in [start, end] (unix seconds) with their
+        creation time, oldest first (ties by reference), so a caller can page with a cursor."""
+
+
+class IdempotencyStore(Protocol):
+    """The first response to each `Idempotency-Key`, per caller."""
+
+    async def claim_idempotency(self, key: str, fingerprint: str, ttl_seconds: float) -> IdempotencyRecord | None:
+        """Claim `key` for a new request; None if claimed, else the existing record."""
+
+    async def complete_idempotency(self, key: str, record: IdempotencyRecord, ttl_seconds: float) -> None: ...
+
+    async def release_idempotency(self, key: str) -> None: ...
+
+
+class LockService(Protocol):
+    """Locks that expire by themselves: one initiation per order, one reconciler sweep at a time."""
+
+    async def acquire_order_lock(self, order_id: str, ttl_seconds: float) -> bool:
+        """True if this caller now holds the order's initiation lock (expires by itself)."""
+
+    async def release_order_lock(self, order_id: str) -> None: ...
+
+    async def acquire_lease(self, name: str, owner: str, ttl_seconds: float) -> bool:
+        """True if `owner` now holds lease `name` (newly taken, or renewed because it already held it).
+
+        A lease expires by itself after `ttl_seconds`, so a crashed holder
+        cannot keep it; work guarded by it runs on one instance at a time.
+        """
+
+    async def release_lease(self, name: str, owner: str) -> None:
+        """Give the lease up, only if `owner` holds it."""
+
+
+class OutboxStore(Protocol):
+    """The merchant outbox: entries queued with the change that produced them, claimed with a lease."""
+
+    async def outbox_claim(self, now: float, limit: int, lease_seconds: float) -> list[OutboxEntry]:
+        """Pending entries due at `now` and not claimed by anyone, now claimed for `lease_seconds`.
+
+        Safe with several workers: an entry is handed to one claimer at a time;
+        a claimer that dies loses the claim when the lease runs out.
+        """
+
+    async def outbox_delivered(self, entry_id: str) -> None:
+        """Remove a delivered entry."""
+
+    async def outbox_reschedule(self, entry_id: str, attempts: int, next_attempt_at: float, error: str) -> None: ...
+
+    async def outbox_kill(self, entry_id: str, attempts: int, error: str) -> int:
+        """Move an entry to the dead-letter list; returns how many of the oldest dead letters were
+        dropped to keep the list within its cap.
+
+        Dead letters are kept for the backend's dead-letter TTL (then `outbox_list`, `outbox_claim`
+        and the next kill drop them) and at most its dead-letter cap of them.
+        """
+
+    async def outbox_list(self) -> list[OutboxEntry]:
+        """Pending and dead entries, oldest first."""
+
+    async def outbox_replay(self, entry_id: str, now: float) -> OutboxEntry | None:
+        """Make a dead (or pending) entry due now with a fresh attempt count; None if unknown."""
+
+
+class TrackerCount(Protocol):
+    """How many sockets (on every instance) track a payment; shown by `GET /tracking/{reference}`."""
+
+    async def tracker_count(self, reference: str) -> int: ...
+
+
+class Notifier(Protocol):
+    """Pushes payment states to the clients tracking them (Socket.IO in production)."""
+
+    async def payment_initiated(self, payment: Payment) -> None: ...
+
+    async def payment_changed(self, transition: Transition) -> None: ...
+
+
+class ServiceStorage(PaymentStore, IdempotencyStore, LockService, Protocol):
+    """What the payment service needs."""
+
+
+class ReconcilerStorage(PaymentStore, LockService, Protocol):
+    """What the reconciler needs."""

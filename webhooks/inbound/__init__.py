@@ -1,0 +1,1 @@
+"""CamPay's callback: signature, source allowlist, provider verification, then the one update path."""

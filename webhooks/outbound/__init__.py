@@ -1,0 +1,1 @@
+"""Signed webhooks to the merchant's backend, delivered from the durable outbox."""
