@@ -7,7 +7,7 @@ are fully independent, which is what lets the tests run several instances.
 from __future__ import annotations
 
 import logging
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 import aiohttp_cors
 from aiohttp import web
@@ -16,47 +16,37 @@ import debug.routes
 import observability.health as health
 import observability.metrics as metrics_routes
 import payments.routes
-from payments.routes import TRACKERS
 import sdk.routes
 import testpage.routes
 import webhooks.inbound.routes
-from core.clock import CLOCK
-from core.ratelimit import LIMITER
-from core.settings import SETTINGS
-from observability.metrics import METRICS
-from payments.access import AUTHENTICATOR
-from payments.reconciler import RECONCILER
-from payments.service import SERVICE
-from realtime.server import SIO
-from realtime.storage.base import STORAGE
-from webhooks.inbound.processor import WEBHOOKS
-from webhooks.outbound.delivery import DELIVERY
 from auth.authenticators import Authenticator, IntrospectionAuthenticator, JwtAuthenticator, NoAuth
-from core.clock import Clock, SystemClock
-from core.ratelimit import Limit, RateLimiter
+from core.clock import CLOCK, Clock, SystemClock
 from core.errors import ascii_headers_middleware, error_middleware
-from webhooks.outbound.delivery import DeliveryWorker
+from core.ratelimit import LIMITER, Limit, RateLimiter
 from core.secrets import decode_secret
-from payments.outbox import OutboxPolicy
+from core.settings import SETTINGS, AuthMode, ProviderName, Settings, StorageBackend
 from observability.health import PROBE
-from observability.metrics import InstrumentedStorage, Metrics
+from observability.metrics import METRICS, InstrumentedStorage, Metrics
+from observability.request_id import request_id_middleware, setup_request_id
+from payments.access import AUTHENTICATOR
+from payments.outbox import OutboxPolicy
 from payments.provider import PaymentProvider
-from payments.reconciler import ReconcilePolicy, Reconciler
+from payments.reconciler import RECONCILER, ReconcilePolicy, Reconciler
+from payments.routes import TRACKERS
 from payments.sandbox import SandboxProvider
-from payments.service import PaymentService
+from payments.service import SERVICE, PaymentService
 from realtime.delivery import LocalDelivery, Resync
 from realtime.events import register_handlers
-from realtime.manager import ResilientRedisManager, create_client_manager
 from realtime.heartbeat import Heartbeat
+from realtime.manager import ResilientRedisManager, create_client_manager
 from realtime.notifier import SocketNotifier
+from realtime.server import SIO, close_connections, create_sio
 from realtime.sessions import Sessions
-from realtime.server import close_connections, create_sio
-from realtime.storage.base import Storage
+from realtime.storage.base import STORAGE, Storage
 from realtime.storage.factory import create_storage
 from realtime.storage.keys import RedisKeys
-from observability.request_id import request_id_middleware, setup_request_id
-from core.settings import AuthMode, ProviderName, Settings, StorageBackend
-from webhooks.inbound.processor import WebhookProcessor
+from webhooks.inbound.processor import WEBHOOKS, WebhookProcessor
+from webhooks.outbound.delivery import DELIVERY, DeliveryWorker
 
 log = logging.getLogger("paytrack")
 
@@ -99,7 +89,9 @@ def create_app(
     provider = create_provider(settings, clock, metrics)
     manager = create_client_manager(settings)
     sio = create_sio(settings, client_manager=manager)
-    sessions = Sessions(max_tracked=settings.MAX_TRACKED_PER_SOCKET, auth_enabled=settings.AUTH_MODE is not AuthMode.NONE)
+    sessions = Sessions(
+        max_tracked=settings.MAX_TRACKED_PER_SOCKET, auth_enabled=settings.AUTH_MODE is not AuthMode.NONE
+    )
     socket_delivery = LocalDelivery(sio, sessions)
     manager.on_payment = socket_delivery.deliver
     notifier = SocketNotifier(manager.publish_payment)

@@ -23,10 +23,9 @@ import threading
 from aiohttp import web
 
 from app import REQUESTS_SHARE, SOCKETS_SHARE, create_app
-from realtime.server import SIO
-from observability.logs import AccessLogger, configure_logging
-from realtime.server import close_connections
 from core.settings import Settings, SettingsError, load_settings
+from observability.logs import AccessLogger, configure_logging
+from realtime.server import SIO, close_connections
 
 log = logging.getLogger("paytrack")
 
@@ -67,7 +66,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--host", help="interface to bind (overrides HOST; default 127.0.0.1 in development, 0.0.0.0 in production)")
+    parser.add_argument(
+        "--host", help="interface to bind (overrides HOST; default 127.0.0.1 in development, 0.0.0.0 in production)"
+    )
     parser.add_argument("--port", type=int, help="port to bind (overrides PORT; default 5000)")
     parser.add_argument(
         "--check", action="store_true", help="validate the configuration and print it (secrets masked), then exit"
@@ -88,8 +89,10 @@ def start_shutdown_watchdog(settings: Settings) -> None:
     """
 
     def overdue() -> None:
-        log.error("shutdown took longer than SHUTDOWN_TIMEOUT_SECONDS; exiting now",
-                  extra={"timeout_seconds": settings.SHUTDOWN_TIMEOUT_SECONDS})
+        log.error(
+            "shutdown took longer than SHUTDOWN_TIMEOUT_SECONDS; exiting now",
+            extra={"timeout_seconds": settings.SHUTDOWN_TIMEOUT_SECONDS},
+        )
         for handler in logging.getLogger().handlers:
             handler.flush()
         os._exit(1)

@@ -11,14 +11,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import httpx
 import jwt
 
 from core.clock import Clock
-from core.errors import ApiError
 from payments.access import ADMIN_SCOPE, Authenticator, AuthUnavailable, Identity, Unauthenticated
 
 log = logging.getLogger("paytrack.auth")
@@ -53,7 +52,7 @@ def _scopes(claims: dict[str, Any]) -> frozenset[str]:
 def _expiry(claims: dict[str, Any]) -> datetime | None:
     exp = claims.get("exp")
     if isinstance(exp, (int, float)):
-        return datetime.fromtimestamp(exp, timezone.utc)
+        return datetime.fromtimestamp(exp, UTC)
     return None
 
 
@@ -200,6 +199,13 @@ class IntrospectionAuthenticator:
 
 
 __all__ = [
-    "ADMIN_SCOPE", "AuthUnavailable", "Authenticator", "Identity", "IntrospectionAuthenticator",
-    "JwtAuthenticator", "NoAuth", "Unauthenticated", "token_cache_key",
+    "ADMIN_SCOPE",
+    "AuthUnavailable",
+    "Authenticator",
+    "Identity",
+    "IntrospectionAuthenticator",
+    "JwtAuthenticator",
+    "NoAuth",
+    "Unauthenticated",
+    "token_cache_key",
 ]

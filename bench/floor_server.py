@@ -13,14 +13,14 @@ import argparse
 import gc
 import sys
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import socketio
 from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from server import GC_THRESHOLDS, raise_fd_limit  # noqa: E402
+from server import GC_THRESHOLDS, raise_fd_limit
 
 
 def create_floor_app(redis_url: str | None = None) -> web.Application:
@@ -41,8 +41,12 @@ def create_floor_app(redis_url: str | None = None) -> web.Application:
     async def simulate(request: web.Request) -> web.Response:
         body = await request.json()
         ref, status = body["reference"], body["status"]
-        payload = {"reference": ref, "status": status, "seq": 2,
-                   "timestamp": datetime.now(timezone.utc).isoformat(timespec="milliseconds")}
+        payload = {
+            "reference": ref,
+            "status": status,
+            "seq": 2,
+            "timestamp": datetime.now(UTC).isoformat(timespec="milliseconds"),
+        }
         room = f"payment:{ref}"
         await sio.emit("payment-status", payload, to=room)
         await sio.emit("payment-success" if status == "SUCCESSFUL" else "payment-failed", payload, to=room)

@@ -45,7 +45,7 @@ async def wait_until(check: Any, timeout: float, what: str) -> None:
         try:
             if await check():
                 return
-        except Exception:  # noqa: BLE001 - not up yet
+        except Exception:
             pass
         await asyncio.sleep(0.05)
     raise TimeoutError(f"timed out waiting for {what}")
@@ -56,7 +56,8 @@ def start_redis(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     proc = subprocess.Popen(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(workdir)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     return proc, port
 
@@ -65,14 +66,24 @@ def start_server(name: str, port: int, redis_port: int, log: Path) -> subprocess
     env = {k: v for k, v in os.environ.items() if not k.startswith(("APP_", "STORAGE_", "PAYMENT_", "REDIS_"))}
     env.update(
         # development mode (auth off) with production storage; limits raised so the bench is not throttled
-        APP_ENV="development", STORAGE_BACKEND="redis", PAYMENT_PROVIDER="sandbox", SIMULATE_ENABLED="true",
-        RATE_LIMIT_INITIATE_PER_IP="1000000/minute", RATE_LIMIT_CONNECT_PER_IP="1000000/minute",
+        APP_ENV="development",
+        STORAGE_BACKEND="redis",
+        PAYMENT_PROVIDER="sandbox",
+        SIMULATE_ENABLED="true",
+        RATE_LIMIT_INITIATE_PER_IP="1000000/minute",
+        RATE_LIMIT_CONNECT_PER_IP="1000000/minute",
         RECONCILE_ENABLED="false",
-        REDIS_URL=f"redis://127.0.0.1:{redis_port}/0", INSTANCE_ID=name, LOG_LEVEL="WARNING",
-        HOST="127.0.0.1", PORT=str(port), PAYMENT_TTL_SECONDS="600", CLIENT_TTL_SECONDS="600",
+        REDIS_URL=f"redis://127.0.0.1:{redis_port}/0",
+        INSTANCE_ID=name,
+        LOG_LEVEL="WARNING",
+        HOST="127.0.0.1",
+        PORT=str(port),
+        PAYMENT_TTL_SECONDS="600",
+        CLIENT_TTL_SECONDS="600",
     )
-    return subprocess.Popen([sys.executable, "server.py"], cwd=ROOT, env=env,
-                            stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        [sys.executable, "server.py"], cwd=ROOT, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT
+    )
 
 
 def percentile(sorted_values: list[float], p: float) -> float:
@@ -90,10 +101,14 @@ async def run(args: argparse.Namespace) -> int:
     clients: list[socketio.AsyncClient] = []
     try:
         # Websockets hold a pooled connection for their lifetime: they get their own unlimited pool.
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=args.concurrency)) as http, \
-                aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as ws_http:
-            servers = [start_server(f"bench-{n}", p, redis_port, workdir / f"{n}.log")
-                       for n, p in zip("ab", ports)]
+        async with (
+            aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=args.concurrency)) as http,
+            aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as ws_http,
+        ):
+            servers = [
+                start_server(f"bench-{n}", p, redis_port, workdir / f"{n}.log")
+                for n, p in zip("ab", ports, strict=False)
+            ]
             urls = [f"http://127.0.0.1:{p}" for p in ports]
 
             async def healthy(url: str) -> bool:
@@ -159,8 +174,9 @@ async def run(args: argparse.Namespace) -> int:
                 async with limit:
                     sent_at[ref] = time.perf_counter()
                     target = (i + 1) % 2 if args.route == "cross" else i % 2
-                    async with http.post(urls[target] + "/api/payment/test/simulate",
-                                         json={"reference": ref, "status": "SUCCESSFUL"}) as resp:
+                    async with http.post(
+                        urls[target] + "/api/payment/test/simulate", json={"reference": ref, "status": "SUCCESSFUL"}
+                    ) as resp:
                         assert resp.status == 200, await resp.text()
                     answered.append((time.perf_counter() - sent_at[ref]) * 1000)
 
@@ -169,24 +185,28 @@ async def run(args: argparse.Namespace) -> int:
             applied = time.perf_counter() - started
             try:
                 await asyncio.wait_for(all_done.wait(), args.timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             delivered = time.perf_counter() - started
 
-            latencies = sorted(
-                (t - sent_at[ref]) * 1000 for ref, times in received.items() for t in times
-            )
+            latencies = sorted((t - sent_at[ref]) * 1000 for ref, times in received.items() for t in times)
             missing = sum(expected.values()) - len(latencies)
-            print(f"\nroute={args.route} clients={len(clients)} updates={len(refs)} instances=2 redis=1 (loopback, {os.cpu_count()} CPUs)")
+            print(
+                f"\nroute={args.route} clients={len(clients)} updates={len(refs)} instances=2 redis=1 (loopback, {os.cpu_count()} CPUs)"
+            )
             print(f"updates applied: {len(refs) / applied:.0f} updates/s ({applied:.2f}s for {len(refs)})")
             answered.sort()
-            print(f"simulate response time (ms): p50={percentile(answered, 50):.1f} "
-                  f"p95={percentile(answered, 95):.1f} max={answered[-1]:.1f}")
+            print(
+                f"simulate response time (ms): p50={percentile(answered, 50):.1f} "
+                f"p95={percentile(answered, 95):.1f} max={answered[-1]:.1f}"
+            )
             print(f"all deliveries done in {delivered:.2f}s; deliveries={len(latencies)} missing={missing}")
-            print("latency update-sent -> payment-completed (ms): "
-                  f"p50={percentile(latencies, 50):.1f} p95={percentile(latencies, 95):.1f} "
-                  f"p99={percentile(latencies, 99):.1f} max={max(latencies, default=float('nan')):.1f} "
-                  f"mean={statistics.fmean(latencies) if latencies else float('nan'):.1f}")
+            print(
+                "latency update-sent -> payment-completed (ms): "
+                f"p50={percentile(latencies, 50):.1f} p95={percentile(latencies, 95):.1f} "
+                f"p99={percentile(latencies, 99):.1f} max={max(latencies, default=float('nan')):.1f} "
+                f"mean={statistics.fmean(latencies) if latencies else float('nan'):.1f}"
+            )
             await asyncio.wait_for(
                 asyncio.gather(*(c.disconnect() for c in clients), return_exceptions=True), args.timeout
             )
@@ -211,9 +231,13 @@ def main() -> int:
     parser.add_argument("--updates", type=int, default=2000, help="payments initiated and then simulated")
     parser.add_argument("--batch", type=int, default=100, help="clients connected concurrently per batch")
     parser.add_argument("--concurrency", type=int, default=50, help="HTTP requests in flight")
-    parser.add_argument("--route", choices=["cross", "local"], default="cross",
-                        help="cross: every update is sent to the instance its trackers are NOT on (all delivery "
-                             "through Redis pub/sub); local: to the instance they are on")
+    parser.add_argument(
+        "--route",
+        choices=["cross", "local"],
+        default="cross",
+        help="cross: every update is sent to the instance its trackers are NOT on (all delivery "
+        "through Redis pub/sub); local: to the instance they are on",
+    )
     parser.add_argument("--timeout", type=float, default=120, help="bound on each phase, seconds")
     args = parser.parse_args()
     if not (1 <= args.clients <= 5000 and 1 <= args.updates <= 20000):

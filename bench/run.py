@@ -84,7 +84,7 @@ def pct(values: list[float], p: float) -> float:
     if not values:
         return float("nan")
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
 # -- processes ---------------------------------------------------------------------------
@@ -110,7 +110,7 @@ class Processes:
         for proc in reversed(self.procs):
             try:
                 await asyncio.wait_for(proc.wait(), 10)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 proc.kill()
                 await proc.wait()
         self.procs.clear()
@@ -138,8 +138,17 @@ async def start_redis(procs: Processes) -> str:
     port = free_port()
     workdir = tempfile.mkdtemp(prefix="bench-redis-")
     proc = await procs.start(
-        "redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-        "--dir", workdir,
+        "redis-server",
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        workdir,
     )
     for _ in range(100):
         try:
@@ -148,13 +157,14 @@ async def start_redis(procs: Processes) -> str:
             return f"redis://127.0.0.1:{port}/0"
         except OSError:
             if proc.returncode is not None:
-                raise RuntimeError("redis-server exited")
+                raise RuntimeError("redis-server exited") from None
             await asyncio.sleep(0.05)
     raise RuntimeError("redis-server did not start")
 
 
-async def start_servers(target: str, args: argparse.Namespace, procs: Processes, http: aiohttp.ClientSession,
-                        redis_url: str | None) -> list[tuple[str, int]]:
+async def start_servers(
+    target: str, args: argparse.Namespace, procs: Processes, http: aiohttp.ClientSession, redis_url: str | None
+) -> list[tuple[str, int]]:
     """(url, pid) of each instance of `target`, healthy."""
     servers = []
     for i in range(args.instances):
@@ -162,11 +172,17 @@ async def start_servers(target: str, args: argparse.Namespace, procs: Processes,
         if target == "paytrack":
             env = {
                 **{k: v for k, v in os.environ.items() if not k.startswith(("APP_", "STORAGE_", "PAYMENT_", "REDIS_"))},
-                "APP_ENV": "development", "PAYMENT_PROVIDER": "sandbox", "SIMULATE_ENABLED": "true",
-                "STORAGE_BACKEND": args.storage, "LOG_LEVEL": "WARNING", "FRONTEND_URL": "*",
-                "INSTANCE_ID": f"bench-{i}", "RECONCILE_ENABLED": "false",
+                "APP_ENV": "development",
+                "PAYMENT_PROVIDER": "sandbox",
+                "SIMULATE_ENABLED": "true",
+                "STORAGE_BACKEND": args.storage,
+                "LOG_LEVEL": "WARNING",
+                "FRONTEND_URL": "*",
+                "INSTANCE_ID": f"bench-{i}",
+                "RECONCILE_ENABLED": "false",
                 # One loopback address opens every connection and payment: lift the per-IP limits.
-                "RATE_LIMIT_INITIATE_PER_IP": "1000000/minute", "RATE_LIMIT_CONNECT_PER_IP": "1000000/minute",
+                "RATE_LIMIT_INITIATE_PER_IP": "1000000/minute",
+                "RATE_LIMIT_CONNECT_PER_IP": "1000000/minute",
                 "RATE_LIMIT_INITIATE_PER_USER": "1000000/minute",
             }
             if redis_url:
@@ -228,7 +244,9 @@ async def bounded(items: list[Any], limit: int, fn: Any) -> list[Any]:
 
 async def simulate(http: aiohttp.ClientSession, url: str, reference: str, run: Run) -> None:
     run.sent_at[reference] = time.perf_counter()
-    async with http.post(url + "/api/payment/test/simulate", json={"reference": reference, "status": "SUCCESSFUL"}) as r:
+    async with http.post(
+        url + "/api/payment/test/simulate", json={"reference": reference, "status": "SUCCESSFUL"}
+    ) as r:
         if r.status != 200:
             raise RuntimeError(f"simulate answered {r.status}: {await r.text()}")
         await r.read()
@@ -259,8 +277,10 @@ async def bench_target(target: str, args: argparse.Namespace) -> dict[str, Any]:
             payments = args.rate_updates + args.saturation_updates
 
             async def initiate(j: int) -> str:
-                async with http.post(urls[j % len(urls)] + "/api/payment/initiate",
-                                     json={"order_id": f"bench-{j}", "amount": 100, "phone_number": "237671234567"}) as r:
+                async with http.post(
+                    urls[j % len(urls)] + "/api/payment/initiate",
+                    json={"order_id": f"bench-{j}", "amount": 100, "phone_number": "237671234567"},
+                ) as r:
                     body = await r.json()
                     if r.status != 201:
                         raise RuntimeError(f"initiate answered {r.status}: {body}")
@@ -302,25 +322,35 @@ async def bench_target(target: str, args: argparse.Namespace) -> dict[str, Any]:
             rate_latencies = run.latencies
 
             # 2. saturation, closed loop
-            sat_refs = refs[args.rate_updates:]
+            sat_refs = refs[args.rate_updates :]
             run = Run(expected=len(sat_refs))
             run_ref[0] = run
             cpu_before = sum(cpu_seconds(pid) for _, pid in servers)
             start = time.perf_counter()
-            await bounded(list(enumerate(sat_refs)), HTTP_CONCURRENCY,
-                          lambda kr: simulate(http, urls[kr[0] % len(urls)], kr[1], run))
+            await bounded(
+                list(enumerate(sat_refs)),
+                HTTP_CONCURRENCY,
+                lambda kr: simulate(http, urls[kr[0] % len(urls)], kr[1], run),
+            )
             await asyncio.wait_for(run.all_delivered.wait(), 60)
             saturation = len(sat_refs) / (time.perf_counter() - start)
             cpu_per_update = (sum(cpu_seconds(pid) for _, pid in servers) - cpu_before) / len(sat_refs)
 
             return {
-                "target": target, "clients": args.clients, "held": held, "connect_s": connect_s,
-                "rss_before_mib": before / 1024, "rss_after_mib": after / 1024,
+                "target": target,
+                "clients": args.clients,
+                "held": held,
+                "connect_s": connect_s,
+                "rss_before_mib": before / 1024,
+                "rss_after_mib": after / 1024,
                 "kib_per_conn": (connected - before) / args.clients,
                 "kib_per_conn_tracking": (after - before) / args.clients,
-                "rate": args.rate, "achieved_rate": achieved,
-                "p50_ms": pct(rate_latencies, 50) * 1000, "p95_ms": pct(rate_latencies, 95) * 1000,
-                "p99_ms": pct(rate_latencies, 99) * 1000, "mean_ms": statistics.fmean(rate_latencies) * 1000,
+                "rate": args.rate,
+                "achieved_rate": achieved,
+                "p50_ms": pct(rate_latencies, 50) * 1000,
+                "p95_ms": pct(rate_latencies, 95) * 1000,
+                "p99_ms": pct(rate_latencies, 99) * 1000,
+                "mean_ms": statistics.fmean(rate_latencies) * 1000,
                 "saturation_per_s": saturation,
                 "cpu_us_per_update": cpu_per_update * 1e6,
             }
@@ -345,10 +375,12 @@ def table(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
         ("server CPU per update at saturation (µs)", "cpu_us_per_update", "{:.0f}"),
     ]
     names = [r["target"] for r in results]
-    lines = [f"storage={args.storage} instances={args.instances} clients={args.clients} "
-             f"rate={args.rate}/s x {args.rate_updates} updates, saturation {args.saturation_updates} updates",
-             "| figure | " + " | ".join(names) + (" | ratio |" if len(results) == 2 else " |"),
-             "|---|" + "---|" * len(results) + ("---|" if len(results) == 2 else "")]
+    lines = [
+        f"storage={args.storage} instances={args.instances} clients={args.clients} "
+        f"rate={args.rate}/s x {args.rate_updates} updates, saturation {args.saturation_updates} updates",
+        "| figure | " + " | ".join(names) + (" | ratio |" if len(results) == 2 else " |"),
+        "|---|" + "---|" * len(results) + ("---|" if len(results) == 2 else ""),
+    ]
     for label, key, fmt in rows:
         if key is None and label.startswith("server RSS"):
             cells = [f"{r['rss_before_mib']:.0f} / {r['rss_after_mib']:.0f}" for r in results]
@@ -391,7 +423,7 @@ def main() -> int:
         parser.error("several instances need --storage redis (they share payments and rooms through Redis)")
     try:
         return asyncio.run(asyncio.wait_for(main_async(args), args.time_limit))
-    except asyncio.TimeoutError:
+    except TimeoutError:
         print(f"bench: stopped after the {args.time_limit:.0f} s time limit", file=sys.stderr)
         return 1
 

@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 from aiohttp import web
-
 
 _ZERO = timedelta(0)
 
 
 def utc_iso(moment: datetime) -> str:
     """ISO 8601 in UTC with a `Z`, the one timestamp format on the wire."""
-    if moment.tzinfo is not timezone.utc and moment.utcoffset() != _ZERO:  # hot path: skip the no-op
-        moment = moment.astimezone(timezone.utc)
+    if moment.tzinfo is not UTC and moment.utcoffset() != _ZERO:  # hot path: skip the no-op
+        moment = moment.astimezone(UTC)
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
@@ -29,7 +28,7 @@ class Clock(Protocol):
 
 class SystemClock:
     def now(self) -> datetime:
-        return datetime.now(timezone.utc)
+        return datetime.now(UTC)
 
     def monotonic(self) -> float:
         return time.monotonic()
@@ -39,7 +38,7 @@ class ManualClock:
     """A clock that only moves when told to; tests use it to expire records instantly."""
 
     def __init__(self, start: datetime | None = None) -> None:
-        self._wall = start or datetime(2026, 1, 1, tzinfo=timezone.utc)
+        self._wall = start or datetime(2026, 1, 1, tzinfo=UTC)
         self._mono = 1000.0
 
     def now(self) -> datetime:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 from pydantic import ValidationError
@@ -125,9 +126,7 @@ def parse_json(raw: bytes) -> Any:
     5,000-digit number or a 30,000-deep array never reaches the int parser, the recursion limit or pydantic.
     """
     try:
-        data = json.loads(
-            raw, parse_int=_bounded(int), parse_float=_bounded(float), parse_constant=_refuse_constant
-        )
+        data = json.loads(raw, parse_int=_bounded(int), parse_float=_bounded(float), parse_constant=_refuse_constant)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise _invalid_json(f"request body is not valid JSON: {exc}") from None
     except RecursionError:

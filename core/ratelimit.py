@@ -20,13 +20,13 @@ wait timed out) is decided per limit, never by accident:
 
 from __future__ import annotations
 
-from aiohttp import web
 import logging
 import math
 import time
 from dataclasses import dataclass
 from typing import Literal
 
+from aiohttp import web
 from limits import RateLimitItem, parse
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from limits.aio.strategies import MovingWindowRateLimiter
@@ -84,7 +84,7 @@ class RateLimiter:
         self._pool = pool
 
     @classmethod
-    def from_settings(cls, settings: Settings, limits: dict[str, Limit], *, key_prefix: str) -> "RateLimiter":
+    def from_settings(cls, settings: Settings, limits: dict[str, Limit], *, key_prefix: str) -> RateLimiter:
         """Counters in Redis under `key_prefix` when Redis is the backend, else in memory."""
         retry_after = max(1, math.ceil(settings.REDIS_RECONNECT_INTERVAL_SECONDS))
         if settings.STORAGE_BACKEND is not StorageBackend.REDIS:
@@ -95,7 +95,10 @@ class RateLimiter:
             from limits.aio.storage import RedisSentinelStorage
 
             sentinel = RedisSentinelStorage(
-                "async+" + url, implementation="redispy", key_prefix=prefix, wrap_exceptions=True,
+                "async+" + url,
+                implementation="redispy",
+                key_prefix=prefix,
+                wrap_exceptions=True,
                 socket_timeout=settings.REDIS_TIMEOUT_SECONDS,
             )
             return cls(limits, storage=sentinel, outage_retry_after=retry_after)
@@ -108,7 +111,10 @@ class RateLimiter:
             retry=Retry(NoBackoff(), 1),
         )
         storage = RedisStorage(
-            "async+redis://", implementation="redispy", key_prefix=prefix, wrap_exceptions=True,
+            "async+redis://",
+            implementation="redispy",
+            key_prefix=prefix,
+            wrap_exceptions=True,
             connection_pool=pool,
         )
         return cls(limits, storage=storage, outage_retry_after=retry_after, pool=pool)

@@ -22,8 +22,9 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 from aiohttp import web
 from pydantic import Field, IPvAnyNetwork, ValidationError, field_validator, model_validator
-from core.secrets import decode_secret
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from core.secrets import decode_secret
 
 
 class AppEnv(str, Enum):
@@ -55,10 +56,19 @@ def _default_instance_id() -> str:
 MIN_PRODUCTION_SECRET_BYTES = 32
 
 # Shown masked by `--check`; never echoed in a problem report.
-SECRET_SETTINGS = frozenset({
-    "CAMPAY_APP_PASSWORD", "CAMPAY_PERMANENT_ACCESS_TOKEN", "CAMPAY_WEBHOOK_KEY", "MERCHANT_WEBHOOK_SECRET",
-    "JWT_SECRET", "DEBUG_TOKEN", "METRICS_TOKEN", "REDIS_PASSWORD", "REDIS_URL",
-})
+SECRET_SETTINGS = frozenset(
+    {
+        "CAMPAY_APP_PASSWORD",
+        "CAMPAY_PERMANENT_ACCESS_TOKEN",
+        "CAMPAY_WEBHOOK_KEY",
+        "MERCHANT_WEBHOOK_SECRET",
+        "JWT_SECRET",
+        "DEBUG_TOKEN",
+        "METRICS_TOKEN",
+        "REDIS_PASSWORD",
+        "REDIS_URL",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -245,7 +255,9 @@ class Settings(BaseSettings):
             try:
                 networks.append(ipaddress.ip_network(part, strict=False))
             except ValueError:
-                raise ValueError(f"{part!r} is not an IP address or CIDR range (e.g. 203.0.113.7, 203.0.113.0/24)") from None
+                raise ValueError(
+                    f"{part!r} is not an IP address or CIDR range (e.g. 203.0.113.7, 203.0.113.0/24)"
+                ) from None
         return networks
 
     @field_validator("MERCHANT_WEBHOOK_URL")
@@ -280,7 +292,9 @@ class Settings(BaseSettings):
         return value
 
     @field_validator(
-        "RATE_LIMIT_INITIATE_PER_USER", "RATE_LIMIT_INITIATE_PER_IP", "RATE_LIMIT_WEBHOOK_PER_IP",
+        "RATE_LIMIT_INITIATE_PER_USER",
+        "RATE_LIMIT_INITIATE_PER_IP",
+        "RATE_LIMIT_WEBHOOK_PER_IP",
         "RATE_LIMIT_CONNECT_PER_IP",
     )
     @classmethod
@@ -308,7 +322,7 @@ class Settings(BaseSettings):
         return value.rstrip("/")
 
     @model_validator(mode="after")
-    def _environment_defaults(self) -> "Settings":
+    def _environment_defaults(self) -> Settings:
         """Fill the defaults that depend on APP_ENV, then check the rules that span settings.
 
         Every broken rule is collected before raising, so one run names them all.
@@ -376,7 +390,6 @@ class Settings(BaseSettings):
             return self.REDIS_URL
         auth = f":{quote(self.REDIS_PASSWORD, safe='')}@" if self.REDIS_PASSWORD else ""
         return f"redis://{auth}{self.REDIS_HOST}:{self.REDIS_PORT}/{self.REDIS_DB}"
-
 
     def effective(self) -> dict[str, str]:
         """Every setting as an operator would write it in `.env`, secrets masked (for `--check`)."""

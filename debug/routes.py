@@ -3,21 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import yaml
 from aiohttp import web
 
 from core.clock import CLOCK
+from core.errors import NotFound, read_json_object
 from core.http import has_debug_access
 from core.settings import SETTINGS
+from payments.model import StatusUpdate, UpdateSource
+from payments.schemas import SimulateRequest
 from payments.service import SERVICE
 from realtime.storage.base import STORAGE
 from webhooks.outbound.delivery import DELIVERY
-from core.errors import NotFound, read_json_object
-from payments.model import StatusUpdate, UpdateSource
-from payments.schemas import SimulateRequest
 
 routes = web.RouteTableDef()
 
@@ -64,7 +65,9 @@ async def simulate(request: web.Request) -> web.Response:
         service.run_in_background(
             _after(body.delay_ms / 1000, lambda: service.apply_simulated(update)), name=f"simulate-{body.reference}"
         )
-        return web.json_response({"scheduled": True, "reference": body.reference, "delay_ms": body.delay_ms}, status=202)
+        return web.json_response(
+            {"scheduled": True, "reference": body.reference, "delay_ms": body.delay_ms}, status=202
+        )
 
     transition = await service.apply_simulated(update)
     if transition.payment is None:  # expired between the check and the update

@@ -8,7 +8,6 @@ with `Authorization: Bearer $DEBUG_TOKEN`).
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Literal, Protocol
 
 from aiohttp import web

@@ -20,7 +20,7 @@ import json
 import logging
 import sys
 from contextvars import ContextVar
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import IO, Any
 
 from aiohttp.abc import AbstractAccessLogger
@@ -29,7 +29,7 @@ from aiohttp.web import BaseRequest, StreamResponse
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
 
 # Fields bound for the current task and what it starts (asyncio copies contextvars into new tasks).
-_context: ContextVar[dict[str, Any]] = ContextVar("paytrack_log_context", default={})
+_context: ContextVar[dict[str, Any]] = ContextVar("paytrack_log_context", default={})  # noqa: B039 - never mutated: `bind` sets a new dict
 
 
 class bind:
@@ -76,7 +76,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, object] = {
-            "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
             "logger": record.name,
             "event": record.getMessage(),
@@ -111,7 +111,12 @@ def make_handler(*, json_lines: bool, instance_id: str, stream: IO[str] | None =
 
 # Libraries and the level they log at unless LOG_LEVEL=DEBUG: httpx logs every request at INFO,
 # python-socketio and python-engineio every packet at INFO and a client's protocol errors at ERROR.
-QUIET_LIBRARIES = {"httpx": logging.WARNING, "httpcore": logging.WARNING, "socketio": logging.ERROR, "engineio": logging.ERROR}
+QUIET_LIBRARIES = {
+    "httpx": logging.WARNING,
+    "httpcore": logging.WARNING,
+    "socketio": logging.ERROR,
+    "engineio": logging.ERROR,
+}
 
 
 def configure_logging(level: str, *, json_lines: bool, instance_id: str, stream: IO[str] | None = None) -> None:

@@ -19,17 +19,18 @@ import contextlib
 import inspect
 import math
 import time
+from collections.abc import Callable, Iterator
 from datetime import datetime
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from core.clock import CLOCK
-from core.settings import SETTINGS
-from core.http import bearer_matches
-from observability.health import PROBE, StorageProbe
 from core.errors import ApiError
+from core.http import bearer_matches
+from core.settings import SETTINGS
+from observability.health import PROBE, StorageProbe
 
 # Update-to-emit runs in well under a millisecond in memory and a few with Redis.
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -75,7 +76,9 @@ class Metrics:
             registry=r,
         )
         self.provider_errors = Counter(
-            "paytrack_provider_errors", "Failed payment provider calls, by error code", ["provider", "operation", "code"],
+            "paytrack_provider_errors",
+            "Failed payment provider calls, by error code",
+            ["provider", "operation", "code"],
             registry=r,
         )
         self.storage_errors = Counter(

@@ -13,16 +13,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import TYPE_CHECKING, Any, ContextManager
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from core.clock import Clock
 from core.errors import ApiError, NotFound, ProviderError
+from core.settings import Settings
 from payments.operators import normalise_operator
 from payments.provider import CollectRequest, CollectResult, ProviderTransaction
-from core.settings import Settings
 
 if TYPE_CHECKING:
     from observability.metrics import Metrics
@@ -90,7 +91,7 @@ class CampayProvider:
         retry_attempts: int = 4,
         retry_base_seconds: float = 0.5,
         transport: httpx.AsyncBaseTransport | None = None,
-        metrics: "Metrics | None" = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._http = httpx.AsyncClient(
             base_url=base_url.rstrip("/") + "/",
@@ -110,7 +111,7 @@ class CampayProvider:
         self._metrics = metrics
 
     @classmethod
-    def from_settings(cls, settings: Settings, clock: Clock, metrics: "Metrics | None" = None) -> "CampayProvider":
+    def from_settings(cls, settings: Settings, clock: Clock, metrics: Metrics | None = None) -> CampayProvider:
         return cls(
             settings.CAMPAY_API_URL,
             clock=clock,
@@ -123,7 +124,7 @@ class CampayProvider:
             metrics=metrics,
         )
 
-    def _observed(self, operation: str) -> ContextManager[None]:
+    def _observed(self, operation: str) -> AbstractContextManager[None]:
         """Latency and errors of one API operation, retries included, as the caller experiences it."""
         if self._metrics is None:
             return contextlib.nullcontext()
@@ -136,7 +137,9 @@ class CampayProvider:
     def _retrying(self, *, only_unsent: bool = False) -> AsyncRetrying:
         return AsyncRetrying(
             stop=stop_after_attempt(self._retry_attempts),
-            wait=wait_exponential_jitter(multiplier=self._retry_base, max=max(self._retry_base * 16, 0.01), jitter=self._retry_base),
+            wait=wait_exponential_jitter(
+                multiplier=self._retry_base, max=max(self._retry_base * 16, 0.01), jitter=self._retry_base
+            ),
             retry=retry_if_exception(_is_never_sent if only_unsent else _is_transient),
             reraise=True,
         )

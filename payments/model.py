@@ -7,7 +7,7 @@ the notifier emits `PaymentEvent.payload()`.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 from enum import Enum
 from typing import Any
 
@@ -34,7 +34,6 @@ class UpdateSource(str, Enum):
     PROVIDER_POLL = "provider_poll"
     SIMULATION = "simulation"
     SANDBOX = "sandbox"
-
 
 
 # The reason a payment fails when the provider confirms a different amount or currency than was initiated.
@@ -124,7 +123,7 @@ class PaymentEvent(BaseModel):
     ussd_code: str | None = None
 
     @classmethod
-    def of(cls, payment: Payment, *, with_ussd: bool = False) -> "PaymentEvent":
+    def of(cls, payment: Payment, *, with_ussd: bool = False) -> PaymentEvent:
         return cls(
             reference=payment.reference,
             order_id=payment.order_id,

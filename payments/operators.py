@@ -22,7 +22,7 @@ def normalise_operator(value: object) -> str | None:
 
 
 def operator_for(phone_number: str) -> str | None:
-    """"MTN", "ORANGE" or None for a number in 2376XXXXXXXX form."""
+    """ "MTN", "ORANGE" or None for a number in 2376XXXXXXXX form."""
     if not (phone_number.startswith("237") and len(phone_number) == 12):
         return None
     national = phone_number[3:]

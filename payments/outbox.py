@@ -85,8 +85,13 @@ class OutboxPolicy:
         at = now.timestamp()
         return [
             OutboxEntry(
-                id=f"{message_id}.{index}", message_id=message_id, type=event_type, url=url, body=body,
-                created_at=at, next_attempt_at=at,
+                id=f"{message_id}.{index}",
+                message_id=message_id,
+                type=event_type,
+                url=url,
+                body=body,
+                created_at=at,
+                next_attempt_at=at,
             )
             for index, url in enumerate(self.urls)
         ]

@@ -8,8 +8,9 @@ roles (memory, Redis, and Redis with a memory fallback) and realtime/ the
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
-from typing import Any, Callable, Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel
 

@@ -10,20 +10,21 @@ instances it runs on one at a time, holding a lease in shared storage.
 
 from __future__ import annotations
 
-from aiohttp import web
 import asyncio
 import contextlib
 import logging
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import AsyncIterator
+
+from aiohttp import web
 
 from core.background import cancel_and_wait
 from core.clock import Clock
 from core.errors import ApiError, NotFound
 from payments.model import Transition, UpdateSource
+from payments.ports import ReconcilerStorage
 from payments.provider import PaymentProvider
 from payments.service import PaymentService
-from payments.ports import ReconcilerStorage
 
 log = logging.getLogger("paytrack.reconciler")
 
@@ -100,14 +101,16 @@ class Reconciler:
             if len(rows) < limit or not fresh:
                 return
             last = fresh[-1][1]
-            seen_at_cursor = {ref for ref, score in rows if score == last} | (seen_at_cursor if last == cursor else set())
+            seen_at_cursor = {ref for ref, score in rows if score == last} | (
+                seen_at_cursor if last == cursor else set()
+            )
             cursor = last
 
     async def _check_all(self, references: list[str], results: list[Transition], *, keep_asking: bool) -> None:
         for start in range(0, len(references), CONCURRENCY):
-            batch = references[start:start + CONCURRENCY]
+            batch = references[start : start + CONCURRENCY]
             outcomes = await asyncio.gather(*(self._check(ref) for ref in batch))
-            for reference, outcome in zip(batch, outcomes):
+            for reference, outcome in zip(batch, outcomes, strict=False):
                 if isinstance(outcome, Transition):
                     results.append(outcome)
                 elif outcome is _RETRY and keep_asking:
@@ -120,7 +123,9 @@ class Reconciler:
             log.warning("provider does not know this reference; not asking again", extra={"reference": reference})
             return None
         except ApiError as exc:
-            log.warning("provider check failed", extra={"reference": reference, "error": exc.code, "detail": exc.message})
+            log.warning(
+                "provider check failed", extra={"reference": reference, "error": exc.code, "detail": exc.message}
+            )
             return _RETRY
 
     async def _loop(self) -> None:

@@ -7,19 +7,18 @@ import json
 import logging
 
 from aiohttp import web
+from pydantic import TypeAdapter, ValidationError
 
+from core.errors import ApiError, InvalidRequest, NotFound, read_json_object
+from core.http import client_ip
 from core.ratelimit import LIMITER
 from core.settings import SETTINGS
-from payments.access import AUTHENTICATOR, Identity, identify
-from payments.reconciler import RECONCILER
-from payments.service import SERVICE
-from payments.ports import TrackerCount
-from payments.access import can_view
-from core.http import client_ip
-from core.errors import ApiError, InvalidRequest, NotFound, read_json_object
+from payments.access import AUTHENTICATOR, Identity, can_view, identify
 from payments.model import PaymentStatus
+from payments.ports import TrackerCount
+from payments.reconciler import RECONCILER
 from payments.schemas import InitiateRequest, OrderId, Reference
-from pydantic import TypeAdapter, ValidationError
+from payments.service import SERVICE
 
 routes = web.RouteTableDef()
 
@@ -36,7 +35,9 @@ def _path_param(request: web.Request, name: str, adapter: TypeAdapter[str]) -> s
     try:
         return adapter.validate_python(value)
     except ValidationError:
-        raise InvalidRequest(f"{name} is malformed (1-64 letters, digits, '_', '-', '.', ':')", code="invalid_" + name)
+        raise InvalidRequest(
+            f"{name} is malformed (1-64 letters, digits, '_', '-', '.', ':')", code="invalid_" + name
+        ) from None
 
 
 @routes.post("/api/payment/initiate")
@@ -52,7 +53,9 @@ async def initiate(request: web.Request) -> web.Response:
         raise InvalidRequest(
             "request validation failed",
             code="validation_error",
-            details=[{"field": "amount", "message": f"must be between {settings.MIN_AMOUNT} and {settings.MAX_AMOUNT}"}],
+            details=[
+                {"field": "amount", "message": f"must be between {settings.MIN_AMOUNT} and {settings.MAX_AMOUNT}"}
+            ],
         )
     key = request.headers.get("Idempotency-Key")
     if key is not None and not (1 <= len(key) <= 255):

@@ -7,23 +7,25 @@ the state machine atomically and then, only if something changed, notifies.
 
 from __future__ import annotations
 
-from aiohttp import web
 import asyncio
 import hashlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
 
 from core.clock import Clock
 from core.errors import ApiError, Conflict, NotFound, ProviderError, UnprocessableRequest
 from observability.logs import bind
-from payments.outbox import OutboxPolicy
 from payments.model import AMOUNT_MISMATCH, Payment, PaymentEvent, PaymentStatus, StatusUpdate, Transition, UpdateSource
+from payments.outbox import OutboxPolicy
+from payments.ports import IdempotencyRecord, Notifier, ServiceStorage
 from payments.provider import CollectRequest, PaymentProvider
 from payments.schemas import InitiateRequest
-from payments.ports import IdempotencyRecord, Notifier, ServiceStorage
 
 if TYPE_CHECKING:
     from observability.metrics import Metrics
@@ -73,7 +75,7 @@ class PaymentService:
         on_outbox: Callable[[], None] | None = None,
         sandbox_autocomplete_seconds: float | None = None,
         sandbox_outcome: str = "SUCCESSFUL",
-        metrics: "Metrics | None" = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.storage = storage
         self.provider = provider
@@ -170,9 +172,7 @@ class PaymentService:
                 raise
             # Definite answers, and failures where the provider may have acted
             # (a timeout), are remembered: a retry must not send a second collect.
-            record = IdempotencyRecord(
-                fingerprint=fingerprint, state="done", status_code=exc.status, body=exc.body()
-            )
+            record = IdempotencyRecord(fingerprint=fingerprint, state="done", status_code=exc.status, body=exc.body())
             await self.storage.complete_idempotency(idempotency_key, record, self._idempotency_ttl)
             raise
         except BaseException:

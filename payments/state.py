@@ -36,7 +36,14 @@ _ORPHAN_SOURCES = {UpdateSource.WEBHOOK, UpdateSource.PROVIDER_POLL}
 
 # Fields that come from our initiation; a merge never drops them.
 _INITIATION_FIELDS = (
-    "order_id", "amount", "currency", "phone_number", "description", "ussd_code", "provider", "owner_id",
+    "order_id",
+    "amount",
+    "currency",
+    "phone_number",
+    "description",
+    "ussd_code",
+    "provider",
+    "owner_id",
 )
 # Fields the provider reports; a merge keeps whichever copy has them.
 _PROVIDER_FIELDS = ("operator", "operator_reference", "provider_amount", "provider_currency")
@@ -97,7 +104,10 @@ def decide(current: Payment | None, update: StatusUpdate, now: datetime) -> Tran
             orphan=True,
         )
         return Transition(
-            applied=True, payment=payment, previous_status=None, outcome="created_orphan",
+            applied=True,
+            payment=payment,
+            previous_status=None,
+            outcome="created_orphan",
             event=PaymentEvent.of(payment),
         )
 
@@ -115,7 +125,10 @@ def decide(current: Payment | None, update: StatusUpdate, now: datetime) -> Tran
     if update.currency:
         changes["provider_currency"] = update.currency
     changes.update(
-        status=status, reason=reason, seq=current.seq + 1, updated_at=now,
+        status=status,
+        reason=reason,
+        seq=current.seq + 1,
+        updated_at=now,
         completed_at=now if status.is_terminal else None,
     )
     if update.operator and not current.operator:
@@ -124,7 +137,10 @@ def decide(current: Payment | None, update: StatusUpdate, now: datetime) -> Tran
         changes["operator_reference"] = update.operator_reference
     payment = current.model_copy(update=changes)
     return Transition(
-        applied=True, payment=payment, previous_status=current.status, outcome="applied",
+        applied=True,
+        payment=payment,
+        previous_status=current.status,
+        outcome="applied",
         event=PaymentEvent.of(payment),
     )
 

@@ -20,7 +20,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any, Awaitable, Callable, Protocol, TypedDict
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, TypedDict
 
 import socketio
 from engineio import packet as eio_packet
@@ -100,8 +101,12 @@ class LocalDelivery:
         sent = 0
         for sid in sids:
             admission = self._sessions.admit(
-                sid, message["reference"], message["seq"], terminal,
-                owner_id=message["owner_id"], orphan=message["orphan"],
+                sid,
+                message["reference"],
+                message["seq"],
+                terminal,
+                owner_id=message["owner_id"],
+                orphan=message["orphan"],
             )
             if admission is Admission.NONE:
                 continue
@@ -129,9 +134,7 @@ class Resync:
 
     BATCH = 200
 
-    def __init__(
-        self, sessions: Sessions, delivery: LocalDelivery, storage: PaymentReader, *, interval: float
-    ) -> None:
+    def __init__(self, sessions: Sessions, delivery: LocalDelivery, storage: PaymentReader, *, interval: float) -> None:
         self._sessions = sessions
         self._delivery = delivery
         self._storage = storage
@@ -148,7 +151,7 @@ class Resync:
         references = self._sessions.waiting()
         sent = 0
         for start in range(0, len(references), self.BATCH):
-            batch = references[start:start + self.BATCH]
+            batch = references[start : start + self.BATCH]
             for payment in await self._storage.get_payments(batch):
                 if payment is not None:
                     sent += await self._delivery.deliver(message_for(payment))

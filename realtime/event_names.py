@@ -17,6 +17,7 @@ def payment_room(reference: str) -> str:
     """The room every socket tracking `reference` joins, on every instance."""
     return f"payment:{reference}"
 
+
 # authentication on long-lived sockets
 REFRESH_TOKEN = "refresh-token"  # client -> server
 TOKEN_EXPIRING = "token-expiring"  # server -> client

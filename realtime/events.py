@@ -12,16 +12,15 @@ from typing import TYPE_CHECKING, Any
 import socketio
 from pydantic import BaseModel, ValidationError
 
-from payments.access import can_view
-from payments.access import Authenticator
-from core.http import socket_client_address
 from core.clock import Clock
 from core.errors import ApiError, validation_details
+from core.http import socket_client_address
+from core.ratelimit import RateLimiter
 from observability.logs import bind
+from payments.access import Authenticator, can_view
 from payments.model import utc_iso
 from payments.schemas import RefreshTokenPayload, StopTrackingPayload, TrackPayload
 from payments.service import PaymentService
-from core.ratelimit import RateLimiter
 from realtime import event_names as ev
 from realtime.delivery import LocalDelivery, message_for_event
 from realtime.expiry import ExpiryTimers
@@ -44,7 +43,7 @@ def _parse(model: type[BaseModel], data: Any, *, shorthand: str = "reference") -
     if isinstance(data, str):
         data = {shorthand: data}  # `socket.emit('track-payment', ref)` is common in checkout code
     if not isinstance(data, dict):
-        return _error("invalid_payload", "payload must be an object like {\"reference\": \"...\"}")
+        return _error("invalid_payload", 'payload must be an object like {"reference": "..."}')
     try:
         return model.model_validate(data)
     except ValidationError as exc:
@@ -65,7 +64,7 @@ def register_handlers(
     max_tracked: int,
     token_warning_seconds: float,
     trust_forwarded_for: bool = False,
-    metrics: "Metrics | None" = None,
+    metrics: Metrics | None = None,
 ) -> ExpiryTimers:
     auth_enabled = authenticator.mode != "none"
 
@@ -92,7 +91,7 @@ def register_handlers(
             sessions.close(sid)
             audit.info("socket connection refused", extra={"why": exc.code, "socket_id": sid})
             # The client sees `connect_error` with err.message and err.data.code.
-            raise socketio.exceptions.ConnectionRefusedError(exc.message, {"code": exc.code})
+            raise socketio.exceptions.ConnectionRefusedError(exc.message, {"code": exc.code}) from None
         except Exception:
             sessions.close(sid)
             # Never leave a client waiting for an answer to its CONNECT.
@@ -104,7 +103,10 @@ def register_handlers(
             metrics.connected_sockets.inc()
         # Emitted from a task so it goes out after the CONNECT packet, not before.
         sio.start_background_task(
-            sio.emit, ev.CONNECTED, {"socket_id": sid, "timestamp": utc_iso(clock.now())}, to=sid,
+            sio.emit,
+            ev.CONNECTED,
+            {"socket_id": sid, "timestamp": utc_iso(clock.now())},
+            to=sid,
             ignore_queue=True,
         )
 

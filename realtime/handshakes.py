@@ -19,8 +19,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from core.http import socket_client_address
 
@@ -64,9 +65,7 @@ class AnonymousSessions:
             return
         reservation.eio_sid = eio_sid
         self._by_sid[eio_sid] = reservation
-        reservation.timer = asyncio.get_running_loop().call_later(
-            self.connect_timeout, self._expire, eio_sid, close
-        )
+        reservation.timer = asyncio.get_running_loop().call_later(self.connect_timeout, self._expire, eio_sid, close)
 
     def handshake_done(self, environ: dict[str, Any]) -> None:
         """The handshake request ended; if it never became a session, give its place back."""

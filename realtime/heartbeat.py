@@ -35,7 +35,7 @@ class Heartbeat:
         """One refresh; a storage failure is logged, and the next beat tries again."""
         try:
             await self._storage.heartbeat(self._instance_id, self.ttl)
-        except Exception:  # noqa: BLE001 - never let the loop die
+        except Exception:
             log.exception("instance heartbeat failed")
 
     async def start(self) -> None:

@@ -27,13 +27,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import socketio
 
+from core.settings import Settings, StorageBackend
 from realtime.delivery import PaymentMessage
 from realtime.redis_connection import connect
-from core.settings import Settings, StorageBackend
 
 log = logging.getLogger("paytrack.realtime.pubsub")
 
@@ -137,11 +138,9 @@ class ResilientRedisManager(socketio.AsyncRedisManager):
             self.dropped_publishes += 1
             return False
         try:
-            await asyncio.wait_for(
-                self._publisher_client().publish(self.channel, self.json.dumps(data)), self._timeout
-            )
+            await asyncio.wait_for(self._publisher_client().publish(self.channel, self.json.dumps(data)), self._timeout)
             return True
-        except Exception as exc:  # noqa: BLE001 - Redis away: local delivery already happened
+        except Exception as exc:
             self.dropped_publishes += 1
             self._skip_publish_until = loop.time() + self._reconnect_interval
             log.warning(
@@ -166,7 +165,7 @@ class ResilientRedisManager(socketio.AsyncRedisManager):
                     yield message
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 if self.listening.is_set():
                     log.error(
                         "Socket.IO pub/sub lost Redis: other instances' emits will not arrive until it is back",

@@ -17,17 +17,18 @@ import functools
 import json
 import logging
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import engineio
 import socketio
 from aiohttp import web
 
-from core.http import own_origin
 from core.errors import ApiError
-from realtime.manager import LocalManager
-from realtime.handshakes import AnonymousSessions
+from core.http import own_origin
 from core.settings import Settings
+from realtime.handshakes import AnonymousSessions
+from realtime.manager import LocalManager
 
 
 def origin_checker(

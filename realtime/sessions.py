@@ -112,7 +112,8 @@ class Sessions:
     def waiting(self) -> list[str]:
         """References some socket here tracks and has not been sent a final status for."""
         return [
-            reference for reference, sids in self._trackers.items()
+            reference
+            for reference, sids in self._trackers.items()
             if any(not self._sessions[sid].tracked[reference].terminal for sid in sids)
         ]
 

@@ -50,7 +50,9 @@ async def payment_test_page(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     page = (STATIC / "payment-test.html").read_text(encoding="utf-8")
     page = page.replace("{{simulate}}", "true" if settings.SIMULATE_ENABLED else "false")
-    page = page.replace("{{provider}}", html.escape(settings.PAYMENT_PROVIDER.value if settings.PAYMENT_PROVIDER else ""))
+    page = page.replace(
+        "{{provider}}", html.escape(settings.PAYMENT_PROVIDER.value if settings.PAYMENT_PROVIDER else "")
+    )
     return web.Response(
         text=page,
         content_type="text/html",

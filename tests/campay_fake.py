@@ -18,8 +18,8 @@ from typing import Any
 
 import aiohttp
 import jwt
-from jwt.warnings import InsecureKeyLengthWarning
 from aiohttp import web
+from jwt.warnings import InsecureKeyLengthWarning
 
 USERNAME = "campay-user"
 PASSWORD = "campay-pass"
@@ -77,19 +77,34 @@ class FakeCampay:
         if status == "SUCCESSFUL":
             tx["operator_reference"] = f"OP{uuid.uuid4().hex[:10].upper()}"
 
-    def add_transaction(self, reference: str, status: str = "PENDING", amount: int = 100, external_reference: str | None = None) -> None:
+    def add_transaction(
+        self, reference: str, status: str = "PENDING", amount: int = 100, external_reference: str | None = None
+    ) -> None:
         self.transactions[reference] = {
-            "reference": reference, "status": status, "amount": amount, "currency": "XAF",
-            "operator": "MTN", "code": f"CP{reference[:6]}", "operator_reference": None,
+            "reference": reference,
+            "status": status,
+            "amount": amount,
+            "currency": "XAF",
+            "operator": "MTN",
+            "code": f"CP{reference[:6]}",
+            "operator_reference": None,
             "external_reference": external_reference,
         }
 
     def revoke_tokens(self) -> None:
         self.valid_tokens.clear()
 
-    def webhook_fields(self, reference: str, *, status: str | None = None, key: str = WEBHOOK_KEY,
-                       signature: str | None = ..., claims: dict[str, Any] | None = None,  # type: ignore[assignment]
-                       algorithm: str = "HS256", fields: dict[str, str] | None = None) -> dict[str, str]:
+    def webhook_fields(
+        self,
+        reference: str,
+        *,
+        status: str | None = None,
+        key: str = WEBHOOK_KEY,
+        signature: str | None = ...,
+        claims: dict[str, Any] | None = None,  # type: ignore[assignment]
+        algorithm: str = "HS256",
+        fields: dict[str, str] | None = None,
+    ) -> dict[str, str]:
         """The callback CamPay would send; `fields` overrides any of them (shapes seen in the wild)."""
         tx = self.transactions.get(reference, {})
         callback = {
@@ -108,13 +123,23 @@ class FakeCampay:
         if signature is ...:
             with warnings.catch_warnings():  # CamPay's keys are what they are: HS512 with a 45-byte key is real
                 warnings.simplefilter("ignore", InsecureKeyLengthWarning)
-                signature = jwt.encode(claims if claims is not None else {"reference": reference}, key, algorithm=algorithm)
+                signature = jwt.encode(
+                    claims if claims is not None else {"reference": reference}, key, algorithm=algorithm
+                )
         if signature is not None:
             callback["signature"] = signature
         return callback
 
-    async def send_webhook(self, session: aiohttp.ClientSession, server_url: str, reference: str, *,
-                           method: str = "POST", form: bool = False, **field_kwargs: Any) -> tuple[int, Any]:
+    async def send_webhook(
+        self,
+        session: aiohttp.ClientSession,
+        server_url: str,
+        reference: str,
+        *,
+        method: str = "POST",
+        form: bool = False,
+        **field_kwargs: Any,
+    ) -> tuple[int, Any]:
         fields = self.webhook_fields(reference, **field_kwargs)
         url = server_url.rstrip("/") + "/api/payment/webhook"
         if method == "GET":
@@ -221,6 +246,6 @@ if __name__ == "__main__":
         f"  PAYMENT_PROVIDER=campay CAMPAY_API_URL=http://127.0.0.1:{port}/api "
         f"CAMPAY_USERNAME={USERNAME} CAMPAY_APP_PASSWORD={PASSWORD} CAMPAY_WEBHOOK_KEY={WEBHOOK_KEY}\n"
         f"  complete a payment: curl -XPOST localhost:{port}/_fake/transactions/<ref> "
-        "-d '{\"status\": \"SUCCESSFUL\", \"webhook_url\": \"http://localhost:5000\"}'"
+        '-d \'{"status": "SUCCESSFUL", "webhook_url": "http://localhost:5000"}\''
     )
     web.run_app(FakeCampay().app(), host="127.0.0.1", port=port, print=None)

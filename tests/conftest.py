@@ -6,8 +6,9 @@ import io
 import json
 import logging
 import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
 
 import aiohttp
 import pytest
@@ -15,16 +16,16 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from app import create_app
+from core.clock import Clock
 from observability.logs import make_handler
 from payments.service import SERVICE
 from realtime.storage.base import STORAGE
-from core.clock import Clock
 from tests import campay_fake
-from tests.campay_fake import FakeCampay
-from tests.merchant_receiver import MerchantReceiver
-from tests.harness import Api, Tracker, make_settings
 from tests.auth_service import auth_service  # noqa: F401 - fixture
-from tests.redis_server import RedisServer, redis_server  # noqa: F401 - fixture
+from tests.campay_fake import FakeCampay
+from tests.harness import Api, Tracker, make_settings
+from tests.merchant_receiver import MerchantReceiver
+from tests.redis_server import RedisServer, redis_server  # noqa: F401 - fixture (used by name)
 
 
 @dataclass
@@ -128,7 +129,7 @@ def json_log() -> Iterator[list[dict[str, Any]]]:
     root.setLevel(logging.INFO)
 
     class View(list):  # re-parsed on each access so the test sees lines written so far
-        def refresh(self) -> "View":
+        def refresh(self) -> View:
             self[:] = [json.loads(line) for line in buffer.getvalue().splitlines() if line.startswith("{")]
             return self
 

@@ -6,8 +6,9 @@ Every wait has a timeout; nothing sleeps for an event that can be awaited.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import aiohttp
 import socketio
@@ -50,7 +51,7 @@ class Tracker:
         async def _disconnected(*reason: Any) -> None:
             self.disconnected.set()
 
-    async def connect(self, **kwargs: Any) -> "Tracker":
+    async def connect(self, **kwargs: Any) -> Tracker:
         await self.sio.connect(self.url, transports=["websocket"], wait_timeout=WAIT, **kwargs)
         await self.wait_for("connected")
         return self
@@ -101,8 +102,11 @@ class Tracker:
 
 JWT_SECRET = "jwt-secret-for-tests-0123456789abcdef"
 PRODUCTION = {
-    "APP_ENV": "production", "STORAGE_BACKEND": "memory", "PAYMENT_PROVIDER": "sandbox",
-    "AUTH_MODE": "jwt", "JWT_SECRET": JWT_SECRET,
+    "APP_ENV": "production",
+    "STORAGE_BACKEND": "memory",
+    "PAYMENT_PROVIDER": "sandbox",
+    "AUTH_MODE": "jwt",
+    "JWT_SECRET": JWT_SECRET,
 }
 
 
@@ -126,7 +130,7 @@ class Api:
         self.base_url = base_url.rstrip("/")
         self.token = token
 
-    def as_user(self, token: str | None) -> "Api":
+    def as_user(self, token: str | None) -> Api:
         return Api(self.session, self.base_url, token)
 
     async def request(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any, Any]:

@@ -16,15 +16,17 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
 
 from tests.harness import eventually
 
-REDIS_SERVER = shutil.which("redis-server") or ("/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None)
+REDIS_SERVER = shutil.which("redis-server") or (
+    "/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None
+)
 
 
 def free_port() -> int:
@@ -53,9 +55,22 @@ class RedisServer:
         assert self.proc is None, "already running"
         persistence = ["--appendonly", "yes", "--appendfsync", "always"] if self.persistent else ["--appendonly", "no"]
         self.proc = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", *persistence,
-             "--dir", str(self.workdir), "--logfile", str(self.workdir / "redis.log")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                *persistence,
+                "--dir",
+                str(self.workdir),
+                "--logfile",
+                str(self.workdir / "redis.log"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         await eventually(self._answers, timeout=10, interval=0.02)
 
@@ -65,7 +80,7 @@ class RedisServer:
         client = aioredis.Redis(port=self.port, socket_connect_timeout=0.5, socket_timeout=0.5)
         try:
             return bool(await client.ping())
-        except Exception:  # noqa: BLE001 - not up yet
+        except Exception:
             return False
         finally:
             await client.aclose()

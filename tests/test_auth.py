@@ -14,10 +14,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from auth.authenticators import token_cache_key
+from tests.auth_service import AuthService
 from tests.campay_fake import unsigned_token
 from tests.conftest import Instance, StartInstance
-from tests.auth_service import AuthService
-from tests.harness import pending_references, JWT_SECRET, PRODUCTION, WAIT, eventually, user_token
+from tests.harness import JWT_SECRET, PRODUCTION, WAIT, eventually, pending_references, user_token
 
 
 def _rsa_pair() -> tuple[str, str]:
@@ -25,9 +25,11 @@ def _rsa_pair() -> tuple[str, str]:
     private = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     ).decode()
-    public = key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    ).decode()
+    public = (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
     return private, public
 
 
@@ -52,7 +54,9 @@ async def _refused(instance: Instance, auth: Any) -> str:
 JWT_REJECTS = [
     pytest.param(None, "unauthenticated", id="missing"),
     pytest.param(user_token("u1", ttl=-120), "token_expired", id="expired"),
-    pytest.param(user_token("u1", secret="another-secret-that-is-long-enough-x"), "invalid_token", id="wrong-signature"),
+    pytest.param(
+        user_token("u1", secret="another-secret-that-is-long-enough-x"), "invalid_token", id="wrong-signature"
+    ),
     pytest.param(unsigned_token({"sub": "u1", "exp": int(time.time()) + 600}), "invalid_token", id="alg-none"),
     pytest.param("garbage", "invalid_token", id="garbage"),
 ]
@@ -71,7 +75,10 @@ async def test_jwt_audience_and_issuer_are_enforced(start_instance: StartInstanc
     instance = await start_instance(**PRODUCTION, JWT_AUDIENCE="paytrack", JWT_ISSUER="https://auth.shop")
     good = user_token("u1", aud="paytrack", iss="https://auth.shop")
     assert (await instance.api.as_user(good).initiate(order_id="o-aud"))[0] == 201
-    for bad in (user_token("u1", aud="other", iss="https://auth.shop"), user_token("u1", aud="paytrack", iss="https://evil")):
+    for bad in (
+        user_token("u1", aud="other", iss="https://auth.shop"),
+        user_token("u1", aud="paytrack", iss="https://evil"),
+    ):
         status, body, _ = await instance.api.as_user(bad).initiate(order_id="o-aud-2")
         assert status == 401 and body["error"]["code"] == "invalid_token"
 
@@ -238,7 +245,7 @@ async def test_webhook_rate_limit_per_ip(start_instance: StartInstance) -> None:
     instance = await start_instance(RATE_LIMIT_WEBHOOK_PER_IP="1/minute")
     fields = {"reference": "r1", "status": "SUCCESSFUL"}
     await instance.api.request("POST", "/api/payment/webhook", json=fields)
-    status, body, headers = await instance.api.request("POST", "/api/payment/webhook", json=fields)
+    status, _body, headers = await instance.api.request("POST", "/api/payment/webhook", json=fields)
     assert status == 429 and "Retry-After" in headers
 
 
@@ -263,11 +270,15 @@ async def test_audit_lines_carry_request_ids_and_no_token_or_full_phone(prod: In
     await prod.api.as_user(bob).request("GET", f"/api/payment/tracking/{ref}", headers={"X-Request-ID": "req-peek"})
     await prod.api.as_user("not-a-jwt-token-value").initiate(order_id="o-logs-2")
     await prod.api.request(
-        "POST", "/api/payment/webhook", headers={"X-Request-ID": "req-forged"},
+        "POST",
+        "/api/payment/webhook",
+        headers={"X-Request-ID": "req-forged"},
         json={"reference": ref, "status": "SUCCESSFUL", "phone_number": "237699887766", "signature": "forged.sig.x"},
     )
     await prod.api.as_user(alice).request(
-        "POST", "/api/payment/test/simulate", json={"reference": ref, "status": "SUCCESSFUL"},
+        "POST",
+        "/api/payment/test/simulate",
+        json={"reference": ref, "status": "SUCCESSFUL"},
         headers={"X-Request-ID": "req-sim"},
     )
 

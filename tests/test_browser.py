@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -174,7 +175,9 @@ MERCHANT_PAGE = """<!doctype html>
 
 
 async def test_sdk_on_a_plain_page_shares_a_completion_with_a_tab_that_never_tracked_over_its_socket(
-    aiohttp_server, http, page  # type: ignore[no-untyped-def]
+    aiohttp_server,
+    http,
+    page,  # type: ignore[no-untyped-def]
 ) -> None:
     from aiohttp import web
 

@@ -8,13 +8,13 @@ import aiohttp
 import jwt
 import pytest
 
-from payments.reconciler import RECONCILER
 from core.clock import ManualClock
 from payments.operators import operator_for
+from payments.reconciler import RECONCILER
 from tests.campay_fake import WEBHOOK_KEY, FakeCampay, unsigned_token
 from tests.campay_fake import operator_for as campay_operator_for
 from tests.conftest import Instance, StartInstance, campay_settings
-from tests.harness import pending_references, eventually
+from tests.harness import eventually, pending_references
 
 
 @pytest.fixture
@@ -46,8 +46,12 @@ async def test_initiate_calls_campay_collect(live: Instance, campay: FakeCampay)
 
 @pytest.mark.parametrize(
     "provider_code, status, code",
-    [("ER101", 400, "invalid_phone_number"), ("ER102", 400, "unsupported_operator"),
-     ("ER201", 400, "invalid_amount"), ("ER301", 402, "insufficient_balance")],
+    [
+        ("ER101", 400, "invalid_phone_number"),
+        ("ER102", 400, "unsupported_operator"),
+        ("ER201", 400, "invalid_amount"),
+        ("ER301", 402, "insufficient_balance"),
+    ],
 )
 async def test_campay_error_codes_map_to_4xx(
     live: Instance, campay: FakeCampay, provider_code: str, status: int, code: str
@@ -127,7 +131,9 @@ async def test_refresh_that_cannot_reach_campay_returns_stored_state(live: Insta
 # -- webhooks ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("method, form", [("POST", False), ("POST", True), ("GET", False)], ids=["post-json", "post-form", "get"])
+@pytest.mark.parametrize(
+    "method, form", [("POST", False), ("POST", True), ("GET", False)], ids=["post-json", "post-form", "get"]
+)
 async def test_signed_webhook_drives_tracking_client_to_success(
     live: Instance, campay: FakeCampay, http: aiohttp.ClientSession, method: str, form: bool
 ) -> None:
@@ -139,7 +145,12 @@ async def test_signed_webhook_drives_tracking_client_to_success(
     assert status == 200 and body == {"received": True, "outcome": "applied"}
     done = await client.wait_for("payment-completed")
     assert done[0].data["success"] is True and done[0].data["seq"] == 2
-    assert [e.name for e in client.payment_events()] == ["payment-status", "payment-status", "payment-success", "payment-completed"]
+    assert [e.name for e in client.payment_events()] == [
+        "payment-status",
+        "payment-status",
+        "payment-success",
+        "payment-completed",
+    ]
 
 
 FORGERIES = [
@@ -269,8 +280,11 @@ async def test_webhook_when_campay_is_unreachable_is_accepted_and_reconciled(
 
 @pytest.mark.parametrize(
     "fields, code",
-    [({"status": "SUCCESSFUL"}, "validation_error"), ({"reference": "r1"}, "validation_error"),
-     ({"reference": "r1", "status": "S" * 40}, "validation_error")],
+    [
+        ({"status": "SUCCESSFUL"}, "validation_error"),
+        ({"reference": "r1"}, "validation_error"),
+        ({"reference": "r1", "status": "S" * 40}, "validation_error"),
+    ],
 )
 async def test_malformed_webhook_is_400(live: Instance, fields: dict[str, str], code: str) -> None:
     status, body, _ = await live.api.request("POST", "/api/payment/webhook", json=fields)
@@ -335,8 +349,10 @@ async def test_fake_control_route_settles_and_sends_signed_webhook(
     live: Instance, campay: FakeCampay, http: aiohttp.ClientSession
 ) -> None:
     ref = (await _pay(live))["reference"]
-    async with http.post(f"{campay.url.removesuffix('/api')}/_fake/transactions/{ref}",
-                         json={"status": "SUCCESSFUL", "webhook_url": live.url}) as resp:
+    async with http.post(
+        f"{campay.url.removesuffix('/api')}/_fake/transactions/{ref}",
+        json={"status": "SUCCESSFUL", "webhook_url": live.url},
+    ) as resp:
         body = await resp.json()
     assert body == {"webhook_status": 200, "webhook_answer": {"received": True, "outcome": "applied"}}
     assert await _state(live, ref) == ("SUCCESSFUL", 2)
@@ -365,8 +381,15 @@ async def test_in_progress_conflict_is_not_remembered_under_the_idempotency_key(
 
 @pytest.mark.parametrize(
     "method, amount",
-    [("POST", ""), ("GET", ""), ("POST", "99.5"), ("GET", "100.00"), ("POST", "500.0"), ("POST", "lots"),
-     ("POST", "9" * 400)],
+    [
+        ("POST", ""),
+        ("GET", ""),
+        ("POST", "99.5"),
+        ("GET", "100.00"),
+        ("POST", "500.0"),
+        ("POST", "lots"),
+        ("POST", "9" * 400),
+    ],
     ids=["empty-json", "empty-query", "decimal", "decimal-zeros-query", "float-string", "not-a-number", "huge"],
 )
 async def test_callback_amount_in_any_shape_is_accepted_and_campays_amount_applies(
@@ -418,8 +441,9 @@ def test_operators_and_the_fake_campay_agree_on_the_numbering_plan() -> None:
     assert operator_for("237661234567") is None  # Nexttel: not collected through CamPay
 
 
-@pytest.mark.parametrize("phone, operator, ussd", [("237655123456", "ORANGE", "#150*50#"),
-                                                   ("237653123456", "MTN", "*126#")])
+@pytest.mark.parametrize(
+    "phone, operator, ussd", [("237655123456", "ORANGE", "#150*50#"), ("237653123456", "MTN", "*126#")]
+)
 async def test_payment_operator_follows_the_numbering_plan(
     live: Instance, phone: str, operator: str, ussd: str
 ) -> None:

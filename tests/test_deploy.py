@@ -39,29 +39,43 @@ async def _exported_names(start_instance: StartInstance) -> set[str]:
     async with instance.api.session.get(instance.url + "metrics") as resp:
         assert resp.status == 200
         text = await resp.text()
-    suffixes = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_sum", "_count", "_created"),
-                "gauge": ("",)}
-    return {family.name + suffix for family in text_string_to_metric_families(text)
-            for suffix in suffixes.get(family.type, ("",))}
+    suffixes = {
+        "counter": ("_total", "_created"),
+        "histogram": ("_bucket", "_sum", "_count", "_created"),
+        "gauge": ("",),
+    }
+    return {
+        family.name + suffix
+        for family in text_string_to_metric_families(text)
+        for suffix in suffixes.get(family.type, ("",))
+    }
 
 
 async def test_alerts_and_dashboard_use_only_metrics_the_server_exports(start_instance: StartInstance) -> None:
     exported = await _exported_names(start_instance)
-    used = {name for expr in _alert_expressions() + _dashboard_expressions() for name in re.findall(r"paytrack_\w+", expr)}
+    used = {
+        name for expr in _alert_expressions() + _dashboard_expressions() for name in re.findall(r"paytrack_\w+", expr)
+    }
     assert used and used <= exported, sorted(used - exported)
     # and every exported metric has a panel
     dashboard = " ".join(_dashboard_expressions())
-    families = {re.sub(r"_(total|bucket|sum|count|created)$", "", name) for name in exported if name.startswith("paytrack_")}
+    families = {
+        re.sub(r"_(total|bucket|sum|count|created)$", "", name) for name in exported if name.startswith("paytrack_")
+    }
     assert [f for f in sorted(families) if f not in dashboard] == []
 
 
 @pytest.mark.promtool
-@pytest.mark.skipif(PROMTOOL is None, reason="promtool not found (Debian package prometheus; CI installs it via .ci/run)")
+@pytest.mark.skipif(
+    PROMTOOL is None, reason="promtool not found (Debian package prometheus; CI installs it via .ci/run)"
+)
 def test_alert_rules_pass_promtool_check_and_their_unit_tests() -> None:
     folder = DEPLOY / "prometheus"
     check = subprocess.run([str(PROMTOOL), "check", "rules", "alerts.yml"], cwd=folder, capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
-    unit = subprocess.run([str(PROMTOOL), "test", "rules", "alerts_test.yml"], cwd=folder, capture_output=True, text=True)
+    unit = subprocess.run(
+        [str(PROMTOOL), "test", "rules", "alerts_test.yml"], cwd=folder, capture_output=True, text=True
+    )
     assert unit.returncode == 0, unit.stdout + unit.stderr
 
 
@@ -93,8 +107,13 @@ async def test_production_environment_file_lacks_nothing_but_its_secrets(tmp_pat
     async def check(env_file: str) -> tuple[int, str]:
         (tmp_path / ".env").write_text(env_file)
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, str(ROOT / "server.py"), "--check", cwd=tmp_path, env=clean_env(),
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            sys.executable,
+            str(ROOT / "server.py"),
+            "--check",
+            cwd=tmp_path,
+            env=clean_env(),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
         )
         out, _ = await asyncio.wait_for(proc.communicate(), WAIT * 2)
         return proc.returncode or 0, out.decode()
@@ -105,10 +124,12 @@ async def test_production_environment_file_lacks_nothing_but_its_secrets(tmp_pat
     named = set(re.findall(r"^  ([A-Z_]+):", report, re.M))
     assert named == {"CAMPAY_PERMANENT_ACCESS_TOKEN", "CAMPAY_WEBHOOK_KEY", "JWT_SECRET"}, report
 
-    filled = (shipped.replace("CAMPAY_USERNAME=\n", "CAMPAY_USERNAME=merchant-app\n")
-              .replace("CAMPAY_APP_PASSWORD=\n", "CAMPAY_APP_PASSWORD=app-password\n")
-              .replace("CAMPAY_WEBHOOK_KEY=\n", f"CAMPAY_WEBHOOK_KEY={'k' * 40}\n")
-              .replace("JWT_SECRET=\n", f"JWT_SECRET={'j' * 40}\n"))
+    filled = (
+        shipped.replace("CAMPAY_USERNAME=\n", "CAMPAY_USERNAME=merchant-app\n")
+        .replace("CAMPAY_APP_PASSWORD=\n", "CAMPAY_APP_PASSWORD=app-password\n")
+        .replace("CAMPAY_WEBHOOK_KEY=\n", f"CAMPAY_WEBHOOK_KEY={'k' * 40}\n")
+        .replace("JWT_SECRET=\n", f"JWT_SECRET={'j' * 40}\n")
+    )
     code, report = await check(filled)
     assert code == 0, report
     assert "APP_ENV=production" in report and "TRUST_FORWARDED_FOR=true" in report

@@ -10,9 +10,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.harness import pending_references
 from tests.conftest import Instance, StartInstance
-from tests.harness import PRODUCTION, WAIT, user_token
+from tests.harness import PRODUCTION, WAIT, pending_references, user_token
 from tests.test_limits import refused_code
 from tests.test_rest_api import snapshot
 
@@ -49,7 +48,9 @@ async def test_huge_numbers_and_deep_nesting_are_400_before_validation(
     instance: Instance, path: str, body: bytes
 ) -> None:
     before = await snapshot(instance)
-    status, answer, _ = await instance.api.request("POST", path, data=body, headers={"Content-Type": "application/json"})
+    status, answer, _ = await instance.api.request(
+        "POST", path, data=body, headers={"Content-Type": "application/json"}
+    )
     assert status == 400 and answer["error"]["code"] == "invalid_json", answer
     assert await snapshot(instance) == before
 
@@ -65,8 +66,12 @@ async def test_a_non_ascii_header_byte_is_400(start_instance: StartInstance, hea
     body = json.dumps(VALID).encode()
     auth = b"" if header == "Authorization" else b"Authorization: Bearer " + user_token("alice").encode() + b"\r\n"
     head = (
-        b"POST /api/payment/initiate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" + auth
-        + header.encode() + b": " + (b"Bearer " if header == "Authorization" else b"") + b"k\xff\xfe-1\r\n"
+        b"POST /api/payment/initiate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + auth
+        + header.encode()
+        + b": "
+        + (b"Bearer " if header == "Authorization" else b"")
+        + b"k\xff\xfe-1\r\n"
     )
     status, answer = await raw_request(instance, head, body)
     assert status == 400 and answer["error"]["code"] == "invalid_header", answer
@@ -100,8 +105,12 @@ async def test_idempotency_keys_of_two_users_never_collide(start_instance: Start
 
 @pytest.mark.parametrize(
     "phone",
-    ["23767\u0661\u0662\u0663\u0664\u0665\u0666\u0667", "23767\uff11\uff12\uff13\uff14\uff15\uff16\uff17",
-     "\u0662\u0663\u0667671234567", "23767123456\u00b2"],
+    [
+        "23767\u0661\u0662\u0663\u0664\u0665\u0666\u0667",
+        "23767\uff11\uff12\uff13\uff14\uff15\uff16\uff17",
+        "\u0662\u0663\u0667671234567",
+        "23767123456\u00b2",
+    ],
     ids=["arabic-indic", "fullwidth", "arabic-country-code", "superscript"],
 )
 async def test_phone_numbers_with_non_ascii_digits_are_refused(instance: Instance, phone: str) -> None:

@@ -56,8 +56,14 @@ async def test_official_js_client_gets_success_from_a_signed_webhook(
     reference = payment["reference"]
 
     proc = await asyncio.create_subprocess_exec(
-        "node", "track.mjs", live.url, reference, str(int(WAIT * 2000)),
-        cwd=node_client, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        "node",
+        "track.mjs",
+        live.url,
+        reference,
+        str(int(WAIT * 2000)),
+        cwd=node_client,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     try:
         before: list[dict[str, Any]] = []
@@ -66,7 +72,10 @@ async def test_official_js_client_gets_success_from_a_signed_webhook(
             assert before[-1]["step"] in ("event", "tracked"), before
         assert before[-1]["payment"]["status"] == "PENDING"
         # On track, the current state arrives (before the ack: one ordered websocket).
-        assert [(e["event"], e["payload"].get("seq")) for e in before[:-1]] == [("connected", None), ("payment-status", 1)]
+        assert [(e["event"], e["payload"].get("seq")) for e in before[:-1]] == [
+            ("connected", None),
+            ("payment-status", 1),
+        ]
 
         campay.set_status(reference, "SUCCESSFUL")
         status, body = await campay.send_webhook(http, live.url, reference)
@@ -83,4 +92,3 @@ async def test_official_js_client_gets_success_from_a_signed_webhook(
     assert names == ["payment-status", "payment-success", "payment-completed"], events
     assert all(e["payload"]["reference"] == reference and e["payload"]["seq"] == 2 for e in events)
     assert events[-1]["payload"]["success"] is True
-

@@ -29,7 +29,9 @@ async def refused_code(instance: Instance, **connect: Any) -> str:
 
 async def test_200_concurrent_initiates_accept_exactly_the_limit(backend: Backend) -> None:
     instance = await backend.start(
-        **PRODUCTION, RATE_LIMIT_INITIATE_PER_USER="10/minute", RATE_LIMIT_INITIATE_PER_IP="1000/minute",
+        **PRODUCTION,
+        RATE_LIMIT_INITIATE_PER_USER="10/minute",
+        RATE_LIMIT_INITIATE_PER_IP="1000/minute",
         REDIS_POOL_SIZE=10,
     )
     await backend.limit_redis_clients(40)

@@ -67,7 +67,7 @@ class PollingPage:
         async def _gone(*reason: Any) -> None:
             self.disconnected.set()
 
-    async def connect(self) -> "PollingPage":
+    async def connect(self) -> PollingPage:
         await self.sio.connect(self.url, transports=["polling"], wait_timeout=WAIT)
         return self
 
@@ -98,23 +98,43 @@ async def where(http: aiohttp.ClientSession, url: str, socket_id: str) -> str:
 async def test_cluster_script_serves_polling_and_websocket_pages_on_different_instances(campay: FakeCampay) -> None:
     nginx_port, redis_port, first = free_port(), free_port(), consecutive_free_ports(2)
     env = clean_env(
-        PYTHON=sys.executable, NGINX=str(NGINX), REDIS_SERVER=str(REDIS_SERVER),
-        PAYMENT_PROVIDER="campay", CAMPAY_API_URL=campay.url, CAMPAY_USERNAME=campay_fake.USERNAME,
-        CAMPAY_APP_PASSWORD=campay_fake.PASSWORD, CAMPAY_WEBHOOK_KEY=campay_fake.WEBHOOK_KEY,
-        CAMPAY_RETRY_BASE_SECONDS="0.01", RECONCILE_ENABLED="false", SHUTDOWN_TIMEOUT_SECONDS="3",
+        PYTHON=sys.executable,
+        NGINX=str(NGINX),
+        REDIS_SERVER=str(REDIS_SERVER),
+        PAYMENT_PROVIDER="campay",
+        CAMPAY_API_URL=campay.url,
+        CAMPAY_USERNAME=campay_fake.USERNAME,
+        CAMPAY_APP_PASSWORD=campay_fake.PASSWORD,
+        CAMPAY_WEBHOOK_KEY=campay_fake.WEBHOOK_KEY,
+        CAMPAY_RETRY_BASE_SECONDS="0.01",
+        RECONCILE_ENABLED="false",
+        SHUTDOWN_TIMEOUT_SECONDS="3",
     )
     proc = await asyncio.create_subprocess_exec(
-        "bash", str(ROOT / "deploy" / "local-cluster.sh"), "--instances", "2", "--port", str(nginx_port),
-        "--instance-port", str(first), "--redis-port", str(redis_port),
-        cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        "bash",
+        str(ROOT / "deploy" / "local-cluster.sh"),
+        "--instances",
+        "2",
+        "--port",
+        str(nginx_port),
+        "--instance-port",
+        str(first),
+        "--redis-port",
+        str(redis_port),
+        cwd=ROOT,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     pages: list[Tracker] = []
     polling: PollingPage | None = None
     try:
         url = await asyncio.wait_for(read_url(proc), 60)
         async with aiohttp.ClientSession() as http:
-            async with http.post(f"{url}/api/payment/initiate",
-                                 json={"order_id": "o-cluster", "amount": 100, "phone_number": "237671234567"}) as resp:
+            async with http.post(
+                f"{url}/api/payment/initiate",
+                json={"order_id": "o-cluster", "amount": 100, "phone_number": "237671234567"},
+            ) as resp:
                 assert resp.status == 201, await resp.text()
                 reference = (await resp.json())["reference"]
 
@@ -142,7 +162,7 @@ async def test_cluster_script_serves_polling_and_websocket_pages_on_different_in
             await asyncio.wait_for(polling.completed.wait(), WAIT)
             done = await page.wait_for("payment-completed")
             assert done[0].data["success"] is True
-            assert [e.data for e in polling.events if e.name == "payment-completed"][0]["success"] is True
+            assert next(e.data for e in polling.events if e.name == "payment-completed")["success"] is True
     finally:
         for page in pages:
             await page.disconnect()

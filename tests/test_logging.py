@@ -12,8 +12,8 @@ import aiohttp
 import socketio
 
 from observability.logs import configure_logging
-from tests.conftest import Instance, StartInstance, campay_settings
 from tests.campay_fake import FakeCampay
+from tests.conftest import Instance, StartInstance, campay_settings
 from tests.harness import WAIT, eventually
 from tests.test_server_process import free_port, run_server, stop, wait_healthy
 
@@ -24,17 +24,28 @@ async def test_production_log_is_one_json_object_per_line_and_nothing_twice(auth
     service, introspect_url = auth_service
     port = free_port()
     proc = await run_server(
-        "--port", str(port), "--host", "127.0.0.1",
-        APP_ENV="production", STORAGE_BACKEND="memory", PAYMENT_PROVIDER="sandbox", SIMULATE_ENABLED="true",
-        AUTH_MODE="introspect", AUTH_SERVICE_URL=introspect_url, LOG_LEVEL="INFO",
+        "--port",
+        str(port),
+        "--host",
+        "127.0.0.1",
+        APP_ENV="production",
+        STORAGE_BACKEND="memory",
+        PAYMENT_PROVIDER="sandbox",
+        SIMULATE_ENABLED="true",
+        AUTH_MODE="introspect",
+        AUTH_SERVICE_URL=introspect_url,
+        LOG_LEVEL="INFO",
     )
     base = f"http://127.0.0.1:{port}"
     alice = {"Authorization": "Bearer opaque-alice"}
     try:
         await wait_healthy(port, proc)
         async with aiohttp.ClientSession() as http:
-            async with http.post(f"{base}/api/payment/initiate", headers=alice,
-                                 json={"order_id": "o-log", "amount": 100, "phone_number": "237671234567"}) as resp:
+            async with http.post(
+                f"{base}/api/payment/initiate",
+                headers=alice,
+                json={"order_id": "o-log", "amount": 100, "phone_number": "237671234567"},
+            ) as resp:
                 assert resp.status == 201
                 reference = (await resp.json())["reference"]
             async with http.post(f"{base}/api/payment/initiate", headers=alice, data=b"{not json") as resp:
@@ -46,8 +57,11 @@ async def test_production_log_is_one_json_object_per_line_and_nothing_twice(auth
             await page.connect(base, transports=["websocket"], auth={"token": "opaque-alice"}, wait_timeout=WAIT)
             ack = await page.call("track-payment", {"reference": reference}, timeout=WAIT)
             assert ack["ok"] is True
-            async with http.post(f"{base}/api/payment/test/simulate", headers=alice,
-                                 json={"reference": reference, "status": "SUCCESSFUL"}) as resp:
+            async with http.post(
+                f"{base}/api/payment/test/simulate",
+                headers=alice,
+                json={"reference": reference, "status": "SUCCESSFUL"},
+            ) as resp:
                 assert resp.status == 200
             await page.disconnect()
         assert service.calls >= 1  # introspection went out over httpx
@@ -65,7 +79,8 @@ async def test_production_log_is_one_json_object_per_line_and_nothing_twice(auth
     assert "httpx" not in loggers  # one line per outgoing request is DEBUG detail
     access = [e for e in entries if e["logger"] == "aiohttp.access"]
     assert {(e["method"], e["path"], e["status"]) for e in access} >= {
-        ("POST", "/api/payment/initiate", 201), ("POST", "/api/payment/initiate", 400),
+        ("POST", "/api/payment/initiate", 201),
+        ("POST", "/api/payment/initiate", 400),
     }
     assert all("opaque-alice" not in line for line in lines)
 
@@ -78,7 +93,7 @@ def test_python_warnings_become_json_log_lines() -> None:
         configure_logging("INFO", json_lines=True, instance_id="i-1", stream=stream)
         with warnings.catch_warnings():
             warnings.simplefilter("always")
-            warnings.warn("the key is too short", UserWarning)
+            warnings.warn("the key is too short", UserWarning, stacklevel=2)
     finally:
         logging.captureWarnings(False)
         root.handlers[:], level = saved

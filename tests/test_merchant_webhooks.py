@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
-from webhooks.outbound.delivery import DELIVERY
 from core.clock import ManualClock
-from webhooks.outbound.delivery import RETRY_SCHEDULE, retry_delay
 from core.secrets import decode_secret
-from webhooks.outbound.signing import sign
 from tests.conftest import Backend, Instance, StartInstance
 from tests.harness import PRODUCTION, eventually
 from tests.merchant_receiver import SECRET, MerchantReceiver, merchant_settings
+from webhooks.outbound.delivery import DELIVERY, RETRY_SCHEDULE, retry_delay
+from webhooks.outbound.signing import sign
 
 
 async def _paid(instance: Instance, order_id: str, outcome: str = "SUCCESSFUL") -> str:
@@ -97,7 +96,9 @@ async def test_debug_outbox_needs_debug_token_in_production(
     start_instance: StartInstance, merchant: MerchantReceiver
 ) -> None:
     instance = await start_instance(
-        **PRODUCTION, DEBUG_TOKEN="s3cret-debug", **merchant_settings(merchant),
+        **PRODUCTION,
+        DEBUG_TOKEN="s3cret-debug",
+        **merchant_settings(merchant),
     )
     for path in ("/api/payment/debug/outbox", "/api/payment/debug/connections"):
         status, _, _ = await instance.api.request("GET", path)
@@ -144,7 +145,9 @@ def test_signature_matches_the_specs_example() -> None:
     # The Standard Webhooks specification's published test vector.
     key = decode_secret("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
     body = '{"test": 2432232314}'
-    assert sign(key, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, body) == "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+    assert (
+        sign(key, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, body) == "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+    )
     assert decode_secret(SECRET) == decode_secret(SECRET.removeprefix("whsec_"))
 
 
@@ -189,7 +192,7 @@ async def test_dead_letters_beyond_the_cap_drop_the_oldest_and_are_counted(
         await eventually(lambda: _has_dead(instance, refs[-1]))
     assert sorted(e["reference"] for e in await _dead(instance)) == sorted(refs[1:])  # the oldest went
     async with instance.api.session.get(instance.url + "metrics") as resp:
-        assert 'paytrack_merchant_dead_letters_dropped_total 1.0' in await resp.text()
+        assert "paytrack_merchant_dead_letters_dropped_total 1.0" in await resp.text()
 
 
 async def _has_dead(instance: Instance, reference: str) -> bool:
@@ -198,7 +201,7 @@ async def _has_dead(instance: Instance, reference: str) -> bool:
 
 async def test_dead_letters_expire_after_the_dead_letter_ttl(backend: Backend, merchant: MerchantReceiver) -> None:
     merchant.always_fail = True
-    clock = ManualClock(datetime.now(timezone.utc))
+    clock = ManualClock(datetime.now(UTC))
     instance = await backend.start(
         clock, **merchant_settings(merchant, MERCHANT_WEBHOOK_MAX_ATTEMPTS=1, MERCHANT_DEAD_LETTER_TTL_SECONDS=3600)
     )

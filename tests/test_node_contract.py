@@ -37,7 +37,8 @@ async def test_a_missing_field_is_named_by_its_snake_case_name(instance: Instanc
 
 async def test_snake_case_wins_when_both_are_sent(instance: Instance) -> None:
     status, payment, _ = await instance.api.request(
-        "POST", "/api/payment/initiate",
+        "POST",
+        "/api/payment/initiate",
         json={"order_id": "o-snake", "orderId": "o-camel-ignored", "amount": 500, "phone_number": "237671234567"},
     )
     assert status == 201 and payment["order_id"] == "o-snake"

@@ -111,9 +111,16 @@ async def test_webhook_outcomes_and_provider_calls_are_counted(
     assert value(samples, "paytrack_webhooks_total", outcome="verification_pending") == 1
     assert value(samples, "paytrack_provider_request_seconds_count", provider="campay", operation="collect") == 2
     assert value(samples, "paytrack_provider_request_seconds_count", provider="campay", operation="transaction") == 3
-    assert value(
-        samples, "paytrack_provider_errors_total", provider="campay", operation="transaction", code="provider_unavailable"
-    ) == 1
+    assert (
+        value(
+            samples,
+            "paytrack_provider_errors_total",
+            provider="campay",
+            operation="transaction",
+            code="provider_unavailable",
+        )
+        == 1
+    )
 
 
 class _UnreachableBackend:
@@ -132,7 +139,7 @@ async def test_storage_failures_are_counted_by_operation() -> None:
     for _ in range(2):
         with pytest.raises(ConnectionError):
             await storage.get_payment("ref-1")
-    assert "paytrack_storage_errors_total{operation=\"get_payment\"} 2.0" in metrics.render().decode()
+    assert 'paytrack_storage_errors_total{operation="get_payment"} 2.0' in metrics.render().decode()
 
 
 # -- request ids and log fields --------------------------------------------------------
@@ -146,7 +153,9 @@ async def test_request_id_is_echoed_when_sane_and_generated_otherwise(instance: 
         assert headers["X-Request-ID"] != bad and len(headers["X-Request-ID"]) == 32
     status, body, headers = await instance.api.request("GET", "/no/such/route")
     assert status == 404 and body["error"]["code"] == "not_found" and len(headers["X-Request-ID"]) == 32
-    status, _, headers = await instance.api.request("POST", "/api/payment/initiate", data=b"{", headers={"X-Request-ID": "r-400"})
+    status, _, headers = await instance.api.request(
+        "POST", "/api/payment/initiate", data=b"{", headers={"X-Request-ID": "r-400"}
+    )
     assert status == 400 and headers["X-Request-ID"] == "r-400"
 
 
@@ -154,14 +163,16 @@ async def test_log_lines_carry_request_id_and_reference(instance: Instance, json
     _, payment, _ = await instance.api.initiate(order_id="log-1", headers={"X-Request-ID": "req-initiate"})
     ref = payment["reference"]
     await instance.api.request(
-        "POST", "/api/payment/test/simulate", json={"reference": ref, "status": "SUCCESSFUL"},
+        "POST",
+        "/api/payment/test/simulate",
+        json={"reference": ref, "status": "SUCCESSFUL"},
         headers={"X-Request-ID": "req-simulate"},
     )
     lines = json_log.refresh()
-    initiated = next(l for l in lines if l["event"] == "payment initiated")
+    initiated = next(line for line in lines if line["event"] == "payment initiated")
     assert initiated["request_id"] == "req-initiate" and initiated["reference"] == ref
     assert initiated["instance"] == "test-instance" and initiated["level"] == "info"
-    applied = next(l for l in lines if l["event"] == "status update applied")
+    applied = next(line for line in lines if line["event"] == "status update applied")
     assert applied["request_id"] == "req-simulate" and applied["reference"] == ref and applied["seq"] == 2
 
 
@@ -174,9 +185,9 @@ async def test_lines_logged_deep_inside_a_webhook_carry_its_reference(
     campay.set_status(ref, "SUCCESSFUL")
     campay.revoke_tokens()  # the provider client logs its token renewal while verifying this webhook
     assert (await campay.send_webhook(http, live.url, ref))[0] == 200
-    renewal = next(l for l in json_log.refresh() if l["event"] == "CamPay token rejected; renewing once")
+    renewal = next(line for line in json_log.refresh() if line["event"] == "CamPay token rejected; renewing once")
     assert renewal["reference"] == ref and len(renewal["request_id"]) == 32
-    accepted = next(l for l in json_log.refresh() if l["event"] == "webhook accepted")
+    accepted = next(line for line in json_log.refresh() if line["event"] == "webhook accepted")
     assert accepted["request_id"] == renewal["request_id"] and accepted["outcome"] == "applied"
 
 

@@ -45,11 +45,17 @@ def _schemathesis() -> list[str]:
     return [str(binary)] if binary.exists() else [shutil.which("schemathesis") or "schemathesis"]
 
 
-CHECKS = ",".join([
-    "not_a_server_error", "status_code_conformance", "content_type_conformance",
-    "response_headers_conformance", "response_schema_conformance", "use_after_free",
-    "ensure_resource_availability",
-])
+CHECKS = ",".join(
+    [
+        "not_a_server_error",
+        "status_code_conformance",
+        "content_type_conformance",
+        "response_headers_conformance",
+        "response_schema_conformance",
+        "use_after_free",
+        "ensure_resource_availability",
+    ]
+)
 
 
 @pytest.mark.slow
@@ -62,25 +68,51 @@ async def test_schemathesis_finds_no_server_error_and_no_response_outside_the_do
     content type, header and body as documented (development: everything open; production: as a
     signed-in user, debug surfaces closed)."""
     port = free_port()
-    env = {"RATE_LIMIT_INITIATE_PER_IP": "100000/minute", "RATE_LIMIT_INITIATE_PER_USER": "100000/minute",
-           "RATE_LIMIT_WEBHOOK_PER_IP": "100000/minute"}
+    env = {
+        "RATE_LIMIT_INITIATE_PER_IP": "100000/minute",
+        "RATE_LIMIT_INITIATE_PER_USER": "100000/minute",
+        "RATE_LIMIT_WEBHOOK_PER_IP": "100000/minute",
+    }
     headers: list[str] = []
     if environment == "production":
         env.update({k: str(v) for k, v in PRODUCTION.items()})
         env["JWT_SECRET"] = JWT_SECRET
         headers = ["-H", f"Authorization: Bearer {user_token('schemathesis')}"]
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "server.py", "--host", "127.0.0.1", "--port", str(port),
-        cwd=ROOT, env=clean_env(**env), stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "server.py",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        cwd=ROOT,
+        env=clean_env(**env),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
     )
     try:
         await wait_healthy(port, proc)
         run = await asyncio.create_subprocess_exec(
-            *_schemathesis(), "run", str(OPENAPI_DOCUMENT), "--url", f"http://127.0.0.1:{port}",
-            "--checks", CHECKS, "--max-examples", "25", "--workers", "1", "--seed", "1",
-            "--request-timeout", "10", *headers,
-            cwd=tmp_path, env={**os.environ, "NO_COLOR": "1", "SCHEMATHESIS_TELEMETRY": "false"},
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            *_schemathesis(),
+            "run",
+            str(OPENAPI_DOCUMENT),
+            "--url",
+            f"http://127.0.0.1:{port}",
+            "--checks",
+            CHECKS,
+            "--max-examples",
+            "25",
+            "--workers",
+            "1",
+            "--seed",
+            "1",
+            "--request-timeout",
+            "10",
+            *headers,
+            cwd=tmp_path,
+            env={**os.environ, "NO_COLOR": "1", "SCHEMATHESIS_TELEMETRY": "false"},
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
         )
         report, _ = await asyncio.wait_for(run.communicate(), 240)
     finally:

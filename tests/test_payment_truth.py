@@ -10,15 +10,16 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 import pytest
 
-from payments.reconciler import RECONCILER
-from realtime.storage.base import STORAGE
 from core.clock import ManualClock
+from payments.reconciler import RECONCILER
 from payments.schemas import InitiateRequest
+from realtime.storage.base import STORAGE
 from tests.campay_fake import FakeCampay
 from tests.conftest import Instance, StartInstance, campay_settings
 from tests.harness import JWT_SECRET, WAIT, eventually, user_token
@@ -39,7 +40,9 @@ async def proxy(redis_server: RedisServer) -> AsyncIterator[PartitionProxy]:
     await partition.close()
 
 
-async def _pair(start_redis_instance: StartInstance, proxy: PartitionProxy, **settings: Any) -> tuple[Instance, Instance]:
+async def _pair(
+    start_redis_instance: StartInstance, proxy: PartitionProxy, **settings: Any
+) -> tuple[Instance, Instance]:
     """A (through the cuttable proxy) and B (direct), one deployment on one Redis."""
     n = next(_deployments)
     common = {"REDIS_KEY_PREFIX": f"truth{n}:", "SOCKETIO_CHANNEL": f"truth{n}", **settings}
@@ -79,8 +82,11 @@ async def _stored(redis_server: RedisServer, instance: Instance, reference: str)
 
 @pytest.mark.redis
 async def test_write_back_never_drops_the_owner_for_a_record_made_from_a_webhook(
-    proxy: PartitionProxy, start_redis_instance: StartInstance, redis_server: RedisServer,
-    campay: FakeCampay, http: aiohttp.ClientSession,
+    proxy: PartitionProxy,
+    start_redis_instance: StartInstance,
+    redis_server: RedisServer,
+    campay: FakeCampay,
+    http: aiohttp.ClientSession,
 ) -> None:
     """Cause 2: A initiates while cut off; the webhook lands on B, which makes a record of its own."""
     a, b = await _pair(start_redis_instance, proxy, **JWT, **campay_settings(campay))
@@ -109,7 +115,10 @@ async def test_write_back_never_drops_the_owner_for_a_record_made_from_a_webhook
 
 @pytest.mark.redis
 async def test_a_page_that_tracked_during_an_outage_ends_on_the_stored_state(
-    proxy: PartitionProxy, start_redis_instance: StartInstance, campay: FakeCampay, http: aiohttp.ClientSession,
+    proxy: PartitionProxy,
+    start_redis_instance: StartInstance,
+    campay: FakeCampay,
+    http: aiohttp.ClientSession,
 ) -> None:
     """Cause 3: a track answered `payment: null` while degraded, and the publish A missed, are followed up."""
     a, b = await _pair(start_redis_instance, proxy, **JWT, **campay_settings(campay))
@@ -133,7 +142,8 @@ async def test_a_page_that_tracked_during_an_outage_ends_on_the_stored_state(
 
 @pytest.mark.redis
 async def test_a_burst_beyond_the_pool_waits_or_is_told_busy_and_never_degrades(
-    start_redis_instance: StartInstance, http: aiohttp.ClientSession,
+    start_redis_instance: StartInstance,
+    http: aiohttp.ClientSession,
 ) -> None:
     """Cause 4: 500 concurrent /health and 300 concurrent track-payment on one socket, pool of 2."""
     instance = await start_redis_instance(REDIS_POOL_SIZE=2, REDIS_POOL_TIMEOUT_SECONDS=0.5)
@@ -159,7 +169,9 @@ async def test_a_burst_beyond_the_pool_waits_or_is_told_busy_and_never_degrades(
 
 
 async def test_provider_amount_different_from_the_initiated_one_fails_the_payment(
-    start_instance: StartInstance, campay: FakeCampay, http: aiohttp.ClientSession,
+    start_instance: StartInstance,
+    campay: FakeCampay,
+    http: aiohttp.ClientSession,
 ) -> None:
     instance = await start_instance(**campay_settings(campay))
     _, body, _ = await instance.api.initiate(amount=500)
@@ -180,7 +192,9 @@ async def test_provider_amount_different_from_the_initiated_one_fails_the_paymen
 
 
 async def test_unverified_webhook_fields_never_repoint_an_order_or_set_an_amount(
-    start_instance: StartInstance, campay: FakeCampay, http: aiohttp.ClientSession,
+    start_instance: StartInstance,
+    campay: FakeCampay,
+    http: aiohttp.ClientSession,
 ) -> None:
     """The callback body is not signed by CamPay: only its answer to GET /transaction/ is applied."""
     instance = await start_instance(**JWT, **campay_settings(campay))
@@ -212,7 +226,9 @@ async def test_unverified_webhook_fields_never_repoint_an_order_or_set_an_amount
 
 
 async def test_a_genuine_webhook_replayed_after_expiry_does_not_bring_back_a_public_record(
-    start_instance: StartInstance, campay: FakeCampay, http: aiohttp.ClientSession,
+    start_instance: StartInstance,
+    campay: FakeCampay,
+    http: aiohttp.ClientSession,
 ) -> None:
     clock = ManualClock()
     instance = await start_instance(clock, **JWT, **campay_settings(campay), PAYMENT_TTL_SECONDS=60)
@@ -236,11 +252,15 @@ async def test_a_genuine_webhook_replayed_after_expiry_does_not_bring_back_a_pub
 
 
 async def test_reconciler_asks_about_a_new_payment_behind_1000_abandoned_ones(
-    start_instance: StartInstance, campay: FakeCampay,
+    start_instance: StartInstance,
+    campay: FakeCampay,
 ) -> None:
     clock = ManualClock()
     instance = await start_instance(
-        clock, **campay_settings(campay), RECONCILE_AFTER_SECONDS=60, RECONCILE_MAX_AGE_SECONDS=900,
+        clock,
+        **campay_settings(campay),
+        RECONCILE_AFTER_SECONDS=60,
+        RECONCILE_MAX_AGE_SECONDS=900,
         RATE_LIMIT_INITIATE_PER_IP="100000/minute",
     )
     storage = instance.storage
@@ -264,9 +284,9 @@ async def test_reconciler_asks_about_a_new_payment_behind_1000_abandoned_ones(
 
 async def test_no_client_receives_a_state_twice_or_an_older_one(start_instance: StartInstance) -> None:
     """Duplicate and stale messages (a late pub/sub message, a write-back re-announcement) are dropped per socket."""
-    from realtime.server import SIO
     from payments.model import PaymentStatus
     from realtime.delivery import message_for
+    from realtime.server import SIO
 
     instance = await start_instance()
     _, body, _ = await instance.api.initiate()
@@ -285,7 +305,8 @@ async def test_no_client_receives_a_state_twice_or_an_older_one(start_instance: 
     events = [(e.name, e.data["seq"], e.data["status"]) for e in page.payment_events()]
     assert events == [
         ("payment-status", 1, "PENDING"),
-        ("payment-status", 2, "SUCCESSFUL"), ("payment-success", 2, "SUCCESSFUL"),
+        ("payment-status", 2, "SUCCESSFUL"),
+        ("payment-success", 2, "SUCCESSFUL"),
         ("payment-completed", 2, "SUCCESSFUL"),
         ("payment-status", 3, "SUCCESSFUL"),  # a newer state of a settled payment: status only, no second completion
     ]

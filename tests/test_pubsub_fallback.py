@@ -6,14 +6,14 @@ No redis-server needed: the instance points at a port nobody listens on.
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
-from realtime.server import SIO
 from payments.model import Payment, PaymentStatus
-from realtime.delivery import message_for
-from tests.harness import WAIT
 from payments.schemas import InitiateRequest
+from realtime.delivery import message_for
+from realtime.server import SIO
 from tests.conftest import StartInstance
+from tests.harness import WAIT
 from tests.redis_server import free_port
 
 
@@ -42,7 +42,10 @@ async def test_without_redis_updates_still_reach_clients_on_the_same_instance(st
     assert status == 200 and body["applied"] is True
     await client.wait_for("payment-completed")
     assert [e.name for e in client.payment_events()] == [
-        "payment-status", "payment-status", "payment-success", "payment-completed"
+        "payment-status",
+        "payment-status",
+        "payment-success",
+        "payment-completed",
     ]
     assert instance.app[SIO].manager.dropped_publishes >= 1  # one publish per change, not per event
 
@@ -54,7 +57,7 @@ async def test_payment_message_reaches_local_sockets_when_the_publish_fails(star
     client = await instance.tracker()
     ack = await client.track("ref-x")
     assert ack == {"ok": True, "payment": None}
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     payment = Payment(reference="ref-x", status=PaymentStatus.SUCCESSFUL, seq=7, created_at=now, updated_at=now)
     await asyncio.wait_for(manager.publish_payment(message_for(payment)), WAIT)
     received = await client.wait_for("payment-completed")

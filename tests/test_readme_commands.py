@@ -51,9 +51,7 @@ def test_readme_commands_use_the_quickstart_interpreter() -> None:
     }
 
 
-@pytest.mark.parametrize(
-    "command", [c for c in COMMANDS if entry_point(c) is not None and "pytest" not in c]
-)
+@pytest.mark.parametrize("command", [c for c in COMMANDS if entry_point(c) is not None and "pytest" not in c])
 def test_readme_command_runs(command: str) -> None:
     argv = entry_point(command)
     assert argv is not None
@@ -69,5 +67,11 @@ def test_every_readme_program_is_covered() -> None:
         argv = entry_point(command)
         if argv is not None:
             programs.add(" ".join(argv[1:-1]) if "python" in argv[0] else str(ROOT.joinpath(argv[0]).relative_to(ROOT)))
-    for expected in ("server.py", "-m bench.run", "-m bench.redis_fanout", "-m tests.campay_fake", "deploy/local-cluster.sh"):
+    for expected in (
+        "server.py",
+        "-m bench.run",
+        "-m bench.redis_fanout",
+        "-m tests.campay_fake",
+        "deploy/local-cluster.sh",
+    ):
         assert expected in programs, programs

@@ -5,15 +5,17 @@ from __future__ import annotations
 import pytest
 
 from auth.authenticators import token_cache_key
+from tests.auth_service import AuthService
 from tests.conftest import StartInstance
 from tests.harness import PRODUCTION
-from tests.auth_service import AuthService
 
 pytestmark = pytest.mark.redis
 
 
 async def test_introspection_cache_in_redis_survives_outages_both_ways(
-    redis_server, start_redis_instance: StartInstance, auth_service: tuple[AuthService, str]  # type: ignore[no-untyped-def]
+    redis_server,
+    start_redis_instance: StartInstance,
+    auth_service: tuple[AuthService, str],  # type: ignore[no-untyped-def]
 ) -> None:
     service, url = auth_service
     instance = await start_redis_instance(

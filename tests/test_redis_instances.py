@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import itertools
+import json
 
 import pytest
 import socketio
@@ -78,9 +78,7 @@ async def test_concurrent_updates_through_two_instances_apply_exactly_once(start
         await watcher.track(ref)
         await watcher.wait_for("payment-status")
 
-    calls = [
-        (a if i % 2 else b).api.simulate(ref, "SUCCESSFUL" if i % 4 < 2 else "FAILED") for i in range(30)
-    ]
+    calls = [(a if i % 2 else b).api.simulate(ref, "SUCCESSFUL" if i % 4 < 2 else "FAILED") for i in range(30)]
     results = await asyncio.gather(*calls)
     assert all(status == 200 for status, _, _ in results)
     applied = [body for _, body, _ in results if body["applied"]]
@@ -143,7 +141,8 @@ async def test_debug_connections_on_a_lists_client_on_b(start_redis_instance: St
 
 
 async def test_one_status_change_is_one_pubsub_message_delivered_in_order(
-    redis_server, start_redis_instance: StartInstance  # type: ignore[no-untyped-def]
+    redis_server,
+    start_redis_instance: StartInstance,  # type: ignore[no-untyped-def]
 ) -> None:
     a, b = await _pair(start_redis_instance)
     ref = await _initiated(a)
@@ -193,8 +192,15 @@ async def test_connections_of_a_crashed_instance_leave_the_debug_view_and_redis(
 
     port = free_port()
     b = await run_server(
-        "--host", "127.0.0.1", "--port", str(port), STORAGE_BACKEND="redis", REDIS_URL=redis_server.url,
-        INSTANCE_ID="b", INSTANCE_HEARTBEAT_SECONDS="0.2", **common,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        STORAGE_BACKEND="redis",
+        REDIS_URL=redis_server.url,
+        INSTANCE_ID="b",
+        INSTANCE_HEARTBEAT_SECONDS="0.2",
+        **common,
     )
     try:
         on_b = Tracker(f"http://127.0.0.1:{port}")

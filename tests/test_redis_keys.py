@@ -33,7 +33,9 @@ async def test_every_key_is_under_the_prefix_and_expires_or_is_documented_not_to
             **PRODUCTION,
             **campay_settings(campay, RECONCILE_ENABLED=True, RECONCILE_INTERVAL_SECONDS=0.05),
             **merchant_settings(merchant, MERCHANT_WEBHOOK_MAX_ATTEMPTS=1),
-            "STORAGE_BACKEND": "redis", "AUTH_MODE": "introspect", "AUTH_SERVICE_URL": auth_url,
+            "STORAGE_BACKEND": "redis",
+            "AUTH_MODE": "introspect",
+            "AUTH_SERVICE_URL": auth_url,
             "REDIS_KEY_PREFIX": PREFIX,
         }
     )
@@ -56,9 +58,20 @@ async def test_every_key_is_under_the_prefix_and_expires_or_is_documented_not_to
         keys = sorted([key async for key in plain.scan_iter(count=1000)])
         assert keys, "the traffic wrote nothing to Redis?"
         assert [k for k in keys if not k.startswith(PREFIX)] == []
-        kinds = {k[len(PREFIX):].split(":")[0] for k in keys}
-        assert {"ratelimit", "payment", "events", "order", "idempotency", "client", "trackers", "auth",
-                "instance", "lease", "outbox"} <= kinds, kinds
+        kinds = {k[len(PREFIX) :].split(":")[0] for k in keys}
+        assert {
+            "ratelimit",
+            "payment",
+            "events",
+            "order",
+            "idempotency",
+            "client",
+            "trackers",
+            "auth",
+            "instance",
+            "lease",
+            "outbox",
+        } <= kinds, kinds
         documented = RedisKeys(PREFIX).without_ttl()
         for key in keys:
             ttl = await plain.pttl(key)

@@ -54,7 +54,10 @@ async def test_outage_while_running_degrades_delivers_locally_and_writes_back(
     assert status == 200 and body["applied"] is True and body["payment"]["seq"] == 2
     await client.wait_for("payment-completed")
     assert [e.name for e in client.payment_events()] == [
-        "payment-status", "payment-status", "payment-success", "payment-completed"
+        "payment-status",
+        "payment-status",
+        "payment-success",
+        "payment-completed",
     ]
     status, body, _ = await instance.api.request("GET", "/api/payment/status/order-1")
     assert status == 200 and body["status"] == "SUCCESSFUL"
@@ -76,7 +79,7 @@ async def test_terminal_status_from_degraded_mode_wins_over_pending_in_redis(
     await redis_server.save()  # Redis will come back holding the PENDING record
     redis_server.stop()
     await eventually(lambda: _status_is(instance, "degraded"))
-    status, body, _ = await instance.api.simulate(ref, "FAILED", reason="cancelled")
+    _, body, _ = await instance.api.simulate(ref, "FAILED", reason="cancelled")
     assert body["applied"] is True
 
     await redis_server.start()
@@ -85,7 +88,7 @@ async def test_terminal_status_from_degraded_mode_wins_over_pending_in_redis(
     # merged by the state rule: seq above both copies (Redis's PENDING 1, memory's FAILED 2)
     assert stored["status"] == "FAILED" and stored["reason"] == "cancelled" and stored["seq"] == 3
     # and a later claim cannot undo it
-    status, body, _ = await instance.api.simulate(ref, "SUCCESSFUL")
+    _status, body, _ = await instance.api.simulate(ref, "SUCCESSFUL")
     assert body["applied"] is False and body["outcome"] == "regression"
 
 
@@ -127,7 +130,9 @@ async def test_anonymous_health_names_the_reason_class_but_no_address_while_degr
     start_redis_instance: StartInstance, redis_server: RedisServer
 ) -> None:
     debug = {"Authorization": "Bearer debug-token-for-tests-0123"}
-    instance = await start_redis_instance(**{**PRODUCTION, "STORAGE_BACKEND": "redis"}, DEBUG_TOKEN=debug["Authorization"][7:])
+    instance = await start_redis_instance(
+        **{**PRODUCTION, "STORAGE_BACKEND": "redis"}, DEBUG_TOKEN=debug["Authorization"][7:]
+    )
     redis_server.stop()
     await eventually(lambda: _status_is(instance, "degraded"))
 

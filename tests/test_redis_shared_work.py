@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from webhooks.outbound.delivery import DELIVERY
 from tests.conftest import StartInstance, campay_settings
 from tests.harness import JWT_SECRET, eventually, user_token
 from tests.merchant_receiver import MerchantReceiver, merchant_settings
+from webhooks.outbound.delivery import DELIVERY
 
 pytestmark = pytest.mark.redis
 
@@ -77,12 +77,14 @@ async def test_rate_limits_are_shared_by_instances(start_redis_instance: StartIn
     token = user_token("alice")
     assert (await a.api.as_user(token).initiate(order_id="o-rl-1"))[0] == 201
     assert (await b.api.as_user(token).initiate(order_id="o-rl-2"))[0] == 201
-    status, body, headers = await a.api.as_user(token).initiate(order_id="o-rl-3")
+    status, _body, headers = await a.api.as_user(token).initiate(order_id="o-rl-3")
     assert status == 429 and "Retry-After" in headers
 
 
 async def test_merchant_message_from_an_outage_is_still_delivered(
-    redis_server, start_redis_instance: StartInstance, merchant: MerchantReceiver  # type: ignore[no-untyped-def]
+    redis_server,
+    start_redis_instance: StartInstance,
+    merchant: MerchantReceiver,  # type: ignore[no-untyped-def]
 ) -> None:
     merchant.responses = [500]  # the first attempt fails, so the message is still queued when Redis returns
     instance = await start_redis_instance(**merchant_settings(merchant, MERCHANT_WEBHOOK_RETRY_SCALE=0.05))
@@ -98,12 +100,17 @@ async def test_merchant_message_from_an_outage_is_still_delivered(
 
 
 async def test_reconciler_sweeps_on_one_instance_at_a_time(
-    start_redis_instance: StartInstance, campay  # type: ignore[no-untyped-def]
+    start_redis_instance: StartInstance,
+    campay,  # type: ignore[no-untyped-def]
 ) -> None:
     campay.valid_tokens |= {"token-a", "token-b"}
     fast = {"RECONCILE_ENABLED": True, "RECONCILE_AFTER_SECONDS": 0, "RECONCILE_INTERVAL_SECONDS": 0.05}
-    a = await start_redis_instance(**campay_settings(campay, CAMPAY_PERMANENT_ACCESS_TOKEN="token-a", **fast), INSTANCE_ID="a")
-    await start_redis_instance(**campay_settings(campay, CAMPAY_PERMANENT_ACCESS_TOKEN="token-b", **fast), INSTANCE_ID="b")
+    a = await start_redis_instance(
+        **campay_settings(campay, CAMPAY_PERMANENT_ACCESS_TOKEN="token-a", **fast), INSTANCE_ID="a"
+    )
+    await start_redis_instance(
+        **campay_settings(campay, CAMPAY_PERMANENT_ACCESS_TOKEN="token-b", **fast), INSTANCE_ID="b"
+    )
     status, _, _ = await a.api.initiate(order_id="o-sweep")
     assert status == 201
     await eventually(lambda: len(campay.transaction_tokens) >= 10)  # many sweeps of the PENDING payment

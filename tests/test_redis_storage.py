@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -14,7 +14,7 @@ from payments.ports import IdempotencyRecord
 from realtime.storage.base import ClientRecord
 from realtime.storage.memory import MemoryStorage
 from realtime.storage.redis import RedisStorage
-from tests.harness import pending_references, eventually, make_settings
+from tests.harness import eventually, make_settings, pending_references
 from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.redis
@@ -30,9 +30,17 @@ def _storage(redis_server: RedisServer, **overrides: object) -> RedisStorage:
 
 
 def _payment(reference: str = "ref-1", order_id: str = "order-1") -> Payment:
-    now = datetime.now(timezone.utc)
-    return Payment(reference=reference, order_id=order_id, amount=500, phone_number="237671234567",
-                   operator="MTN", ussd_code="*126#", created_at=now, updated_at=now)
+    now = datetime.now(UTC)
+    return Payment(
+        reference=reference,
+        order_id=order_id,
+        amount=500,
+        phone_number="237671234567",
+        operator="MTN",
+        ussd_code="*126#",
+        created_at=now,
+        updated_at=now,
+    )
 
 
 def _update(status: str, reference: str = "ref-1", source: UpdateSource = UpdateSource.WEBHOOK) -> StatusUpdate:
@@ -47,14 +55,16 @@ async def storage(redis_server: RedisServer):  # type: ignore[no-untyped-def]
     await store.close()
 
 
-async def test_payment_round_trips_with_order_index_and_active_index(storage: RedisStorage, redis_server: RedisServer) -> None:
+async def test_payment_round_trips_with_order_index_and_active_index(
+    storage: RedisStorage, redis_server: RedisServer
+) -> None:
     created = await storage.create_payment(_payment())
     assert await storage.get_payment("ref-1") == created
     assert await storage.get_order_payment("order-1") == created
     assert await pending_references(storage) == ["ref-1"]
     assert [e.seq for e in await storage.events_after("ref-1", 0)] == [1]
 
-    result = await storage.transition(_update("SUCCESSFUL"), datetime.now(timezone.utc))
+    result = await storage.transition(_update("SUCCESSFUL"), datetime.now(UTC))
     assert result.applied and result.payment.seq == 2
     stored = await storage.get_payment("ref-1")
     assert stored.status is PaymentStatus.SUCCESSFUL and stored.seq == 2
@@ -72,7 +82,7 @@ async def test_payment_round_trips_with_order_index_and_active_index(storage: Re
 
 async def test_duplicates_and_regressions_change_nothing(storage: RedisStorage) -> None:
     await storage.create_payment(_payment())
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     assert (await storage.transition(_update("FAILED"), now)).applied
     assert (await storage.transition(_update("FAILED"), now)).outcome == "duplicate"
     assert (await storage.transition(_update("SUCCESSFUL"), now)).outcome == "regression"
@@ -85,7 +95,7 @@ async def test_duplicates_and_regressions_change_nothing(storage: RedisStorage) 
 async def test_event_log_is_capped_and_orphans_are_adopted(redis_server: RedisServer) -> None:
     storage = _storage(redis_server, EVENT_LOG_MAX=1)
     try:
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         # The provider speaks first: a webhook creates an orphan, then completes it.
         assert (await storage.transition(_update("PENDING", "orphan"), now)).outcome == "created_orphan"
         assert (await storage.transition(_update("SUCCESSFUL", "orphan"), now)).applied
@@ -103,7 +113,7 @@ async def test_payments_and_clients_expire_in_redis(redis_server: RedisServer) -
     storage = _storage(redis_server, PAYMENT_TTL_SECONDS=1, CLIENT_TTL_SECONDS=1)
     try:
         await storage.create_payment(_payment())
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         await storage.heartbeat("a", 60)  # instance a is alive: its connections count
         await storage.add_client(ClientRecord(socket_id="s1", instance_id="a", connected_at=now))
         await storage.track("s1", "ref-1")
@@ -127,7 +137,7 @@ async def test_payments_and_clients_expire_in_redis(redis_server: RedisServer) -
 
 
 async def test_client_records_track_untrack_and_remove(storage: RedisStorage) -> None:
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     for instance in ("a", "b"):
         await storage.heartbeat(instance, 60)  # live instances: their connections count
     await storage.add_client(ClientRecord(socket_id="s1", instance_id="a", connected_at=now))
@@ -155,7 +165,9 @@ async def test_order_lock_and_idempotency(storage: RedisStorage) -> None:
     assert await storage.claim_idempotency("k", "fp", 60) is None
     again = await storage.claim_idempotency("k", "fp", 60)
     assert again is not None and again.state == "in_progress"
-    await storage.complete_idempotency("k", IdempotencyRecord(fingerprint="fp", state="done", status_code=201, body={"x": 1}), 60)
+    await storage.complete_idempotency(
+        "k", IdempotencyRecord(fingerprint="fp", state="done", status_code=201, body={"x": 1}), 60
+    )
     done = await storage.claim_idempotency("k", "fp", 60)
     assert done.state == "done" and done.body == {"x": 1}
     await storage.release_idempotency("k")
@@ -168,7 +180,7 @@ async def test_concurrent_transitions_have_exactly_one_winner(redis_server: Redi
     second._keys = first._keys  # same deployment, same prefix
     try:
         await first.create_payment(_payment())
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         updates = [
             (first if i % 2 else second).transition(_update("SUCCESSFUL" if i % 3 else "FAILED"), now)
             for i in range(40)
@@ -186,7 +198,7 @@ async def test_concurrent_transitions_have_exactly_one_winner(redis_server: Redi
 
 
 async def test_merge_never_moves_redis_backwards(storage: RedisStorage) -> None:
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     pending = await storage.create_payment(_payment())
     local_success = pending.model_copy(update={"status": PaymentStatus.SUCCESSFUL, "seq": 2, "updated_at": now})
     merged = await storage.merge_payment(local_success, now)

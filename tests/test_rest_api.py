@@ -9,7 +9,7 @@ import pytest
 
 from realtime.server import SIO
 from tests.conftest import Instance, StartInstance
-from tests.harness import pending_references, PRODUCTION, user_token
+from tests.harness import PRODUCTION, pending_references, user_token
 
 
 async def snapshot(instance: Instance) -> dict[str, Any]:
@@ -22,7 +22,7 @@ async def snapshot(instance: Instance) -> dict[str, Any]:
 
 
 async def test_initiate_returns_201_with_pending_payment(instance: Instance) -> None:
-    status, body, headers = await instance.api.initiate(order_id="o-201", amount=1500, phone="237691234567")
+    status, body, _headers = await instance.api.initiate(order_id="o-201", amount=1500, phone="237691234567")
     assert status == 201
     assert body["status"] == "PENDING" and body["order_id"] == "o-201" and body["amount"] == 1500
     assert body["operator"] == "ORANGE" and body["ussd_code"] == "#150*50#"
@@ -119,16 +119,40 @@ BAD_INITIATE_BODIES = [
     pytest.param(b"", "invalid_json", id="empty-body"),
     pytest.param(b"[1, 2]", "invalid_json", id="array-body"),
     pytest.param(b'{"amount": 100, "phone_number": "237671234567"}', "validation_error", id="missing-order"),
-    pytest.param(b'{"order_id": "o", "amount": "100", "phone_number": "237671234567"}', "validation_error", id="amount-string"),
-    pytest.param(b'{"order_id": "o", "amount": 10.5, "phone_number": "237671234567"}', "validation_error", id="amount-decimal"),
-    pytest.param(b'{"order_id": "o", "amount": true, "phone_number": "237671234567"}', "validation_error", id="amount-bool"),
-    pytest.param(b'{"order_id": "o", "amount": 0, "phone_number": "237671234567"}', "validation_error", id="amount-zero"),
-    pytest.param(b'{"order_id": "o", "amount": -5, "phone_number": "237671234567"}', "validation_error", id="amount-negative"),
-    pytest.param(b'{"order_id": "o", "amount": 100, "phone_number": "671234567"}', "validation_error", id="phone-no-country"),
-    pytest.param(b'{"order_id": "o", "amount": 100, "phone_number": 237671234567}', "validation_error", id="phone-number-type"),
-    pytest.param(b'{"order_id": "o", "amount": 100, "phone_number": "237671234567", "currency": "EUR"}', "validation_error", id="currency"),
-    pytest.param(b'{"order_id": "' + b"x" * 65 + b'", "amount": 100, "phone_number": "237671234567"}', "validation_error", id="order-too-long"),
-    pytest.param(b'{"order_id": "o", "amount": 100, "phone_number": "237661234567"}', "unsupported_operator", id="nexttel-number"),
+    pytest.param(
+        b'{"order_id": "o", "amount": "100", "phone_number": "237671234567"}', "validation_error", id="amount-string"
+    ),
+    pytest.param(
+        b'{"order_id": "o", "amount": 10.5, "phone_number": "237671234567"}', "validation_error", id="amount-decimal"
+    ),
+    pytest.param(
+        b'{"order_id": "o", "amount": true, "phone_number": "237671234567"}', "validation_error", id="amount-bool"
+    ),
+    pytest.param(
+        b'{"order_id": "o", "amount": 0, "phone_number": "237671234567"}', "validation_error", id="amount-zero"
+    ),
+    pytest.param(
+        b'{"order_id": "o", "amount": -5, "phone_number": "237671234567"}', "validation_error", id="amount-negative"
+    ),
+    pytest.param(
+        b'{"order_id": "o", "amount": 100, "phone_number": "671234567"}', "validation_error", id="phone-no-country"
+    ),
+    pytest.param(
+        b'{"order_id": "o", "amount": 100, "phone_number": 237671234567}', "validation_error", id="phone-number-type"
+    ),
+    pytest.param(
+        b'{"order_id": "o", "amount": 100, "phone_number": "237671234567", "currency": "EUR"}',
+        "validation_error",
+        id="currency",
+    ),
+    pytest.param(
+        b'{"order_id": "' + b"x" * 65 + b'", "amount": 100, "phone_number": "237671234567"}',
+        "validation_error",
+        id="order-too-long",
+    ),
+    pytest.param(
+        b'{"order_id": "o", "amount": 100, "phone_number": "237661234567"}', "unsupported_operator", id="nexttel-number"
+    ),
 ]
 
 

@@ -30,7 +30,9 @@ CLIENT = ROOT / "clients" / "js"
 VENDORED = ROOT / "sdk" / "vendor" / "socket.io.esm.min.js"
 
 
-async def test_client_is_served_with_its_socketio_import_pointed_at_the_sibling_build(start_instance: StartInstance) -> None:
+async def test_client_is_served_with_its_socketio_import_pointed_at_the_sibling_build(
+    start_instance: StartInstance,
+) -> None:
     live = await start_instance(**PRODUCTION)  # served everywhere: merchants' pages load it in production
     async with live.api.session.get(live.api.base_url + "/sdk/paytrack-client.js") as resp:
         served = await resp.text()
@@ -138,9 +140,20 @@ def test_checkout_client_in_node(client_js: Path, name: str, tmp_path: Path) -> 
     tap = tmp_path / "report.tap"
     env = {**os.environ, "PAYTRACK_PYTHON": sys.executable, "PAYTRACK_REDIS_SERVER": REDIS_SERVER or ""}
     done = subprocess.run(
-        ["node", "--test", "--test-reporter=spec", "--test-reporter-destination=stdout",
-         "--test-reporter=tap", f"--test-reporter-destination={tap}", f"test/{name}"],
-        cwd=client_js, env=env, capture_output=True, text=True, timeout=220,
+        [
+            "node",
+            "--test",
+            "--test-reporter=spec",
+            "--test-reporter-destination=stdout",
+            "--test-reporter=tap",
+            f"--test-reporter-destination={tap}",
+            f"test/{name}",
+        ],
+        cwd=client_js,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=220,
     )
     report = done.stdout[-6000:] + done.stderr[-3000:]
     counts = _tap_counts(tap.read_text() if tap.exists() else "")
@@ -153,7 +166,10 @@ def test_checkout_client_in_node(client_js: Path, name: str, tmp_path: Path) -> 
 def test_type_declarations_describe_the_documented_usage(client_js: Path) -> None:
     done = subprocess.run(
         ["node", "node_modules/typescript/bin/tsc", "-p", "test/tsconfig.json"],
-        cwd=client_js, capture_output=True, text=True, timeout=110,
+        cwd=client_js,
+        capture_output=True,
+        text=True,
+        timeout=110,
     )
     assert done.returncode == 0, done.stdout + done.stderr
 

@@ -37,16 +37,25 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 async def run_server(*args: str, **env: str) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
-        sys.executable, "server.py", *args,
-        cwd=ROOT, env=clean_env(**env),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "server.py",
+        *args,
+        cwd=ROOT,
+        env=clean_env(**env),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
 
 
 @pytest.mark.parametrize(
     "variable, value",
-    [("PORT", "not-a-port"), ("STORAGE_BACKEND", "mongo"), ("PAYMENT_TTL_SECONDS", "-1"),
-     ("FRONTEND_URL", "shop.example"), ("REDIS_URL", "http://redis")],
+    [
+        ("PORT", "not-a-port"),
+        ("STORAGE_BACKEND", "mongo"),
+        ("PAYMENT_TTL_SECONDS", "-1"),
+        ("FRONTEND_URL", "shop.example"),
+        ("REDIS_URL", "http://redis"),
+    ],
 )
 async def test_invalid_setting_stops_start_with_a_line_naming_it(variable: str, value: str) -> None:
     proc = await run_server(**{variable: value})
@@ -54,20 +63,32 @@ async def test_invalid_setting_stops_start_with_a_line_naming_it(variable: str, 
     assert proc.returncode == 2
     report = err.decode()
     assert "Traceback" not in report
-    assert [line.strip() for line in report.splitlines() if line.startswith(" ")] == [
-        line.strip() for line in report.splitlines() if line.strip().startswith(f"{variable}:")
-    ] != []
+    assert (
+        [line.strip() for line in report.splitlines() if line.startswith(" ")]
+        == [line.strip() for line in report.splitlines() if line.strip().startswith(f"{variable}:")]
+        != []
+    )
 
 
 def test_production_defaults_to_redis_and_campay() -> None:
     settings = load_settings(
-        _env_file=None, APP_ENV="production", CAMPAY_PERMANENT_ACCESS_TOKEN="t", CAMPAY_WEBHOOK_KEY="k" * 32,
-        AUTH_MODE="jwt", JWT_SECRET="s" * 32,
+        _env_file=None,
+        APP_ENV="production",
+        CAMPAY_PERMANENT_ACCESS_TOKEN="t",
+        CAMPAY_WEBHOOK_KEY="k" * 32,
+        AUTH_MODE="jwt",
+        JWT_SECRET="s" * 32,
     )
     assert settings.STORAGE_BACKEND.value == "redis" and settings.PAYMENT_PROVIDER.value == "campay"
     assert settings.SIMULATE_ENABLED is False
     with pytest.raises(SettingsError, match="CAMPAY_WEBHOOK_KEY is required"):
-        load_settings(_env_file=None, APP_ENV="production", CAMPAY_PERMANENT_ACCESS_TOKEN="t", AUTH_MODE="jwt", JWT_SECRET="s" * 32)
+        load_settings(
+            _env_file=None,
+            APP_ENV="production",
+            CAMPAY_PERMANENT_ACCESS_TOKEN="t",
+            AUTH_MODE="jwt",
+            JWT_SECRET="s" * 32,
+        )
     with pytest.raises(SettingsError, match="AUTH_MODE=none is refused in production"):
         load_settings(_env_file=None, **{**PROD_SANDBOX, "AUTH_MODE": "none"})
     with pytest.raises(SettingsError, match="AUTH_MODE must be jwt or introspect"):
@@ -114,7 +135,8 @@ def test_every_setting_is_documented_in_env_example_and_readme() -> None:
     env = (ROOT / ".env.example").read_text()
     readme = (ROOT / "README.md").read_text()
     missing = [
-        name for name in Settings.model_fields
+        name
+        for name in Settings.model_fields
         if not re.search(rf"^#?\s*{name}=", env, re.M) or f"`{name}`" not in readme
     ]
     assert missing == []
@@ -125,8 +147,14 @@ async def test_a_burst_then_shutdown_on_redis_logs_no_error(redis_server) -> Non
     """A full pool is back-pressure: no degraded mode, and no error line at shutdown either."""
     port = free_port()
     proc = await run_server(
-        "--host", "127.0.0.1", "--port", str(port), STORAGE_BACKEND="redis", REDIS_URL=redis_server.url,
-        REDIS_POOL_SIZE="2", REDIS_POOL_TIMEOUT_SECONDS="0.5",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        STORAGE_BACKEND="redis",
+        REDIS_URL=redis_server.url,
+        REDIS_POOL_SIZE="2",
+        REDIS_POOL_TIMEOUT_SECONDS="0.5",
     )
     try:
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
@@ -184,8 +212,14 @@ async def test_env_example_copied_to_env_starts_the_server_unchanged(tmp_path: P
     shutil.copy(ROOT / ".env.example", tmp_path / ".env")
     port = free_port()
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, str(ROOT / "server.py"), "--port", str(port),
-        cwd=tmp_path, env=clean_env(), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        str(ROOT / "server.py"),
+        "--port",
+        str(port),
+        cwd=tmp_path,
+        env=clean_env(),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     try:
         await wait_healthy(port, proc)
@@ -230,8 +264,15 @@ async def test_check_names_every_problem_of_a_broken_production_configuration_in
     report = (out + err).decode()
     assert proc.returncode != 0, report
     assert "Traceback" not in report
-    for variable in ("PORT", "STORAGE_BACKEND", "JWT_SECRET", "CAMPAY_APP_PASSWORD", "CAMPAY_WEBHOOK_KEY",
-                     "MERCHANT_WEBHOOK_SECRET", "FRONTEND_URL"):
+    for variable in (
+        "PORT",
+        "STORAGE_BACKEND",
+        "JWT_SECRET",
+        "CAMPAY_APP_PASSWORD",
+        "CAMPAY_WEBHOOK_KEY",
+        "MERCHANT_WEBHOOK_SECRET",
+        "FRONTEND_URL",
+    ):
         assert re.search(rf"^\s*{variable}\b.*:", report, re.M), f"{variable} not reported:\n{report}"
     assert "32 bytes" in report  # what a short JWT_SECRET needs
     assert "tiny-jwt-value" not in report  # a secret's value is never echoed
@@ -239,8 +280,14 @@ async def test_check_names_every_problem_of_a_broken_production_configuration_in
 
 async def test_check_prints_the_effective_settings_with_secrets_masked() -> None:
     secret = "s" * 40
-    proc = await run_server("--check", **{**{k: str(v) for k, v in PROD_SANDBOX.items()}, "JWT_SECRET": secret,
-                                          "REDIS_URL": "redis://:hunter2-password@cache:6379/0"})
+    proc = await run_server(
+        "--check",
+        **{
+            **{k: str(v) for k, v in PROD_SANDBOX.items()},
+            "JWT_SECRET": secret,
+            "REDIS_URL": "redis://:hunter2-password@cache:6379/0",
+        },
+    )
     out, err = await asyncio.wait_for(proc.communicate(), WAIT * 2)
     report = out.decode()
     assert proc.returncode == 0, (out + err).decode()
@@ -263,7 +310,9 @@ async def test_normal_start_reports_every_problem_at_once() -> None:
 def test_short_secrets_are_refused_in_production_only() -> None:
     campay = {"PAYMENT_PROVIDER": "campay", "CAMPAY_PERMANENT_ACCESS_TOKEN": "t"}
     with pytest.raises(SettingsError) as refused:
-        load_settings(_env_file=None, **{**PROD_SANDBOX, **campay, "JWT_SECRET": "x" * 31, "CAMPAY_WEBHOOK_KEY": "k" * 31})
+        load_settings(
+            _env_file=None, **{**PROD_SANDBOX, **campay, "JWT_SECRET": "x" * 31, "CAMPAY_WEBHOOK_KEY": "k" * 31}
+        )
     assert {p.variable for p in refused.value.problems} == {"JWT_SECRET", "CAMPAY_WEBHOOK_KEY"}
     load_settings(_env_file=None, **{**PROD_SANDBOX, **campay, "JWT_SECRET": "x" * 32, "CAMPAY_WEBHOOK_KEY": "k" * 32})
     load_settings(_env_file=None, AUTH_MODE="jwt", JWT_SECRET="dev-secret", **campay, CAMPAY_WEBHOOK_KEY="k")
@@ -308,17 +357,24 @@ async def test_sigterm_lets_an_in_flight_request_finish(aiohttp_server) -> None:
     campay.collect_gate = asyncio.Event()
     port = free_port()
     proc = await run_server(
-        "--port", str(port), PAYMENT_PROVIDER="campay", CAMPAY_API_URL=campay.url,
-        CAMPAY_USERNAME=campay_fake.USERNAME, CAMPAY_APP_PASSWORD=campay_fake.PASSWORD,
-        CAMPAY_WEBHOOK_KEY=campay_fake.WEBHOOK_KEY, SHUTDOWN_TIMEOUT_SECONDS="8",
+        "--port",
+        str(port),
+        PAYMENT_PROVIDER="campay",
+        CAMPAY_API_URL=campay.url,
+        CAMPAY_USERNAME=campay_fake.USERNAME,
+        CAMPAY_APP_PASSWORD=campay_fake.PASSWORD,
+        CAMPAY_WEBHOOK_KEY=campay_fake.WEBHOOK_KEY,
+        SHUTDOWN_TIMEOUT_SECONDS="8",
     )
     try:
         await wait_healthy(port, proc)
         async with aiohttp.ClientSession() as http:
-            initiate = asyncio.ensure_future(http.post(
-                f"http://127.0.0.1:{port}/api/payment/initiate",
-                json={"order_id": "o-inflight", "amount": 100, "phone_number": "237671234567"},
-            ))
+            initiate = asyncio.ensure_future(
+                http.post(
+                    f"http://127.0.0.1:{port}/api/payment/initiate",
+                    json={"order_id": "o-inflight", "amount": 100, "phone_number": "237671234567"},
+                )
+            )
             await eventually(lambda: campay.calls["collect"] == 1)  # the request is inside the server
             proc.send_signal(signal.SIGTERM)
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 import pytest
@@ -43,7 +44,9 @@ async def _closed_by_server(ws: aiohttp.ClientWebSocketResponse) -> None:
 
 
 async def test_sessions_that_never_send_connect_are_closed_after_the_connect_timeout(
-    start_instance: StartInstance, raw_sessions: Any, sessions: Any  # noqa: F811
+    start_instance: StartInstance,
+    raw_sessions: Any,
+    sessions: Any,
 ) -> None:
     instance = await start_instance(SOCKET_CONNECT_TIMEOUT_SECONDS=0.5)
     ws = await raw_sessions(instance, sessions("127.0.0.2"))
@@ -52,7 +55,9 @@ async def test_sessions_that_never_send_connect_are_closed_after_the_connect_tim
 
 
 async def test_anonymous_sessions_over_the_per_address_cap_are_refused_with_429(
-    start_instance: StartInstance, raw_sessions: Any, sessions: Any  # noqa: F811
+    start_instance: StartInstance,
+    raw_sessions: Any,
+    sessions: Any,
 ) -> None:
     instance = await start_instance(MAX_ANONYMOUS_SESSIONS_PER_IP=3, SOCKET_CONNECT_TIMEOUT_SECONDS=30)
     attacker = sessions("127.0.0.2")

@@ -8,8 +8,9 @@ version of the rule.
 from __future__ import annotations
 
 import itertools
-from datetime import datetime, timedelta, timezone
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -22,7 +23,7 @@ from realtime.storage.resilient import ResilientStorage
 from tests.harness import make_settings
 from tests.redis_server import RedisServer
 
-T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
 LATER = T0 + timedelta(seconds=5)
 _prefixes = itertools.count()
 
@@ -30,9 +31,19 @@ _prefixes = itertools.count()
 def owned(status: PaymentStatus = PaymentStatus.PENDING, seq: int = 1, **fields: Any) -> Payment:
     """A payment we initiated, as stored."""
     base: dict[str, Any] = {
-        "reference": "ref-1", "order_id": "order-1", "amount": 500, "currency": "XAF", "owner_id": "alice",
-        "phone_number": "237671234567", "ussd_code": "*126#", "provider": "campay", "status": status, "seq": seq,
-        "created_at": T0, "updated_at": T0, "completed_at": T0 if status.is_terminal else None,
+        "reference": "ref-1",
+        "order_id": "order-1",
+        "amount": 500,
+        "currency": "XAF",
+        "owner_id": "alice",
+        "phone_number": "237671234567",
+        "ussd_code": "*126#",
+        "provider": "campay",
+        "status": status,
+        "seq": seq,
+        "created_at": T0,
+        "updated_at": T0,
+        "completed_at": T0 if status.is_terminal else None,
         "reason": "failed" if status is PaymentStatus.FAILED else None,
     }
     return Payment(**{**base, **fields})
@@ -48,6 +59,7 @@ def update(status: str, source: UpdateSource = UpdateSource.WEBHOOK, **fields: A
 
 
 # -- decide ------------------------------------------------------------------------------------
+
 
 def test_pending_moves_to_a_final_status_once_and_never_back() -> None:
     done = decide(owned(), update("SUCCESSFUL", amount=500, currency="XAF"), LATER)
@@ -73,13 +85,21 @@ def test_a_record_made_from_the_provider_is_private_and_names_no_order() -> None
 
 # -- merge -------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("first,second", [(owned(), orphan()), (orphan(), owned())], ids=["owned-first", "orphan-first"])
-def test_merging_an_orphan_and_an_owned_copy_keeps_the_owner_and_the_final_status(first: Payment, second: Payment) -> None:
+
+@pytest.mark.parametrize(
+    "first,second", [(owned(), orphan()), (orphan(), owned())], ids=["owned-first", "orphan-first"]
+)
+def test_merging_an_orphan_and_an_owned_copy_keeps_the_owner_and_the_final_status(
+    first: Payment, second: Payment
+) -> None:
     result = merge(first, second, LATER)
     merged = result.payment
     assert result.changed and not merged.orphan
     assert (merged.owner_id, merged.order_id, merged.phone_number, merged.ussd_code) == (
-        "alice", "order-1", "237671234567", "*126#"
+        "alice",
+        "order-1",
+        "237671234567",
+        "*126#",
     )
     assert merged.status is PaymentStatus.SUCCESSFUL and merged.seq == 2  # max(1, 1) + 1
 
@@ -108,6 +128,7 @@ def test_of_two_final_statuses_the_stored_one_wins_in_either_order() -> None:
 
 
 # -- the same rule through every backend ---------------------------------------------------------
+
 
 @pytest.fixture(params=["memory", "redis", "resilient"])
 async def storage(request: pytest.FixtureRequest, redis_server: RedisServer) -> AsyncIterator[Any]:

@@ -15,7 +15,9 @@ async def test_page_is_served_in_development_with_a_strict_csp(start_instance: S
     assert headers["X-Content-Type-Options"] == "nosniff" and "X-Request-ID" in headers
     async with dev.api.session.get(dev.api.base_url + "/payment-test") as resp:
         page = await resp.text()
-    assert '<script type="module" src="/payment-test/static/payment-test.js">' in page and 'data-simulate="true"' in page
+    assert (
+        '<script type="module" src="/payment-test/static/payment-test.js">' in page and 'data-simulate="true"' in page
+    )
     assert "<script>" not in page  # nothing inline: the CSP would block it
 
 

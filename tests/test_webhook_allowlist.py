@@ -42,9 +42,13 @@ async def test_webhook_from_an_address_outside_the_allowlist_is_403_and_changes_
 async def test_allowlist_checks_the_forwarded_client_address_behind_a_trusted_proxy(
     start_instance: StartInstance, campay: FakeCampay, forwarded_for: str, expected: int
 ) -> None:
-    instance = await start_instance(**campay_settings(
-        campay, CAMPAY_WEBHOOK_ALLOWED_IPS="203.0.113.0/24,2001:db8::7", TRUST_FORWARDED_FOR=True,
-    ))
+    instance = await start_instance(
+        **campay_settings(
+            campay,
+            CAMPAY_WEBHOOK_ALLOWED_IPS="203.0.113.0/24,2001:db8::7",
+            TRUST_FORWARDED_FOR=True,
+        )
+    )
     reference = await _pending(instance)
     campay.set_status(reference, "SUCCESSFUL")
     # The entry our proxy appended is the last one; the first was sent by the caller and proves nothing.

@@ -13,11 +13,10 @@ from typing import Protocol
 from aiohttp import web
 from pydantic import BaseModel
 
-from auth.authenticators import AuthCache
 from observability.health import StorageHealth
 from payments.ports import IdempotencyStore, LockService, OutboxFor, OutboxStore, PaymentStore, TrackerCount
 
-__all__ = ["STORAGE", "ClientRecord", "ClientRegistry", "OutboxFor", "Storage"]
+__all__ = ["STORAGE", "AuthCacheStore", "ClientRecord", "ClientRegistry", "OutboxFor", "Storage"]
 
 
 class ClientRecord(BaseModel):
@@ -56,7 +55,15 @@ class ClientRegistry(TrackerCount, Protocol):
         instance's and the caller should record them again."""
 
 
-class Storage(PaymentStore, IdempotencyStore, LockService, OutboxStore, ClientRegistry, AuthCache, Protocol):
+class AuthCacheStore(Protocol):
+    """Verified users by token hash (never the token itself): the store behind auth's `AuthCache` port."""
+
+    async def auth_cache_get(self, key: str) -> str | None: ...
+
+    async def auth_cache_set(self, key: str, value: str, ttl_seconds: float) -> None: ...
+
+
+class Storage(PaymentStore, IdempotencyStore, LockService, OutboxStore, ClientRegistry, AuthCacheStore, Protocol):
     backend: str
 
     async def start(self) -> None:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from core.clock import Clock
+from core.settings import Settings, StorageBackend
 from realtime.storage.base import Storage
 from realtime.storage.memory import MemoryStorage
-from core.settings import Settings, StorageBackend
 
 
 def create_storage(  # type: ignore[no-untyped-def]

@@ -11,16 +11,17 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Iterator
 from datetime import datetime
-from typing import Generic, Iterator, TypeVar
+from typing import Generic, TypeVar
 
 from core.background import cancel_and_wait
 from core.clock import Clock
-from payments.outbox import OutboxEntry
-from payments.model import Payment, PaymentEvent, PaymentStatus, StatusUpdate, Transition
-from payments.state import decide, merge
 from observability.health import StorageHealth
+from payments.model import Payment, PaymentEvent, PaymentStatus, StatusUpdate, Transition
+from payments.outbox import OutboxEntry
 from payments.ports import IdempotencyRecord
+from payments.state import decide, merge
 from realtime.storage.base import ClientRecord, OutboxFor
 
 V = TypeVar("V")
@@ -123,8 +124,14 @@ class MemoryStorage:
 
     def sweep(self) -> int:
         maps = (
-            self._payments, self._events, self._orders, self._order_locks, self._idempotency, self._clients,
-            self._leases, self._auth_cache,
+            self._payments,
+            self._events,
+            self._orders,
+            self._order_locks,
+            self._idempotency,
+            self._clients,
+            self._leases,
+            self._auth_cache,
         )
         return sum(m.sweep() for m in maps)
 
@@ -195,7 +202,8 @@ class MemoryStorage:
 
     async def pending_page(self, start: float, end: float, limit: int) -> list[tuple[str, float]]:
         pending = [
-            (p.reference, p.created_at.timestamp()) for _, p in self._payments.items()
+            (p.reference, p.created_at.timestamp())
+            for _, p in self._payments.items()
             if p.status is PaymentStatus.PENDING and start <= p.created_at.timestamp() <= end
         ]
         pending.sort(key=lambda item: (item[1], item[0]))
@@ -228,11 +236,9 @@ class MemoryStorage:
     def _prune_dead(self) -> int:
         """Drop expired dead letters, then the oldest past the cap; returns how many the cap took."""
         cutoff = self._clock.now().timestamp() - self._dead_letter_ttl
-        dead = sorted(
-            (e for e in self._outbox.values() if e.state == "dead"), key=lambda e: e.dead_at or e.created_at
-        )
+        dead = sorted((e for e in self._outbox.values() if e.state == "dead"), key=lambda e: e.dead_at or e.created_at)
         expired = [e for e in dead if (e.dead_at or e.created_at) < cutoff]
-        kept = dead[len(expired):]
+        kept = dead[len(expired) :]
         over = kept[: max(0, len(kept) - self._dead_letter_max)]
         for entry in (*expired, *over):
             del self._outbox[entry.id]
@@ -241,7 +247,8 @@ class MemoryStorage:
     async def outbox_claim(self, now: float, limit: int, lease_seconds: float) -> list[OutboxEntry]:
         self._prune_dead()
         due = [
-            e for e in self._outbox.values()
+            e
+            for e in self._outbox.values()
             if e.state == "pending" and e.next_attempt_at <= now and e.claimed_until <= now
         ]
         due.sort(key=lambda e: e.next_attempt_at)
@@ -272,14 +279,22 @@ class MemoryStorage:
     async def outbox_reschedule(self, entry_id: str, attempts: int, next_attempt_at: float, error: str) -> None:
         if entry_id in self._outbox:
             self._outbox[entry_id] = self._outbox[entry_id].model_copy(
-                update={"attempts": attempts, "next_attempt_at": next_attempt_at, "last_error": error, "claimed_until": 0.0}
+                update={
+                    "attempts": attempts,
+                    "next_attempt_at": next_attempt_at,
+                    "last_error": error,
+                    "claimed_until": 0.0,
+                }
             )
 
     async def outbox_kill(self, entry_id: str, attempts: int, error: str) -> int:
         if entry_id in self._outbox:
             self._outbox[entry_id] = self._outbox[entry_id].model_copy(
                 update={
-                    "attempts": attempts, "last_error": error, "state": "dead", "claimed_until": 0.0,
+                    "attempts": attempts,
+                    "last_error": error,
+                    "state": "dead",
+                    "claimed_until": 0.0,
                     "dead_at": self._clock.now().timestamp(),
                 }
             )

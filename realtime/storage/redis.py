@@ -19,22 +19,23 @@ import asyncio
 import logging
 import random
 import time
+from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import Any, Awaitable, Callable, TypeVar
+from typing import Any, TypeVar
 
 from redis import asyncio as aioredis
 from redis.exceptions import WatchError
 
 from core.clock import Clock
-from payments.outbox import OutboxEntry
-from payments.model import Payment, PaymentEvent, PaymentStatus, StatusUpdate, Transition
-from payments.state import decide, merge
-from observability.health import StorageHealth
-from payments.ports import IdempotencyRecord
-from realtime.storage.base import ClientRecord, OutboxFor
-from realtime.redis_connection import connect
-from realtime.storage.keys import RedisKeys
 from core.settings import Settings
+from observability.health import StorageHealth
+from payments.model import Payment, PaymentEvent, PaymentStatus, StatusUpdate, Transition
+from payments.outbox import OutboxEntry
+from payments.ports import IdempotencyRecord
+from payments.state import decide, merge
+from realtime.redis_connection import connect
+from realtime.storage.base import ClientRecord, OutboxFor
+from realtime.storage.keys import RedisKeys
 
 log = logging.getLogger("paytrack.storage.redis")
 
@@ -138,7 +139,7 @@ class RedisStorage:
         self._prune_dead_script = client.register_script(_PRUNE_DEAD)
 
     @classmethod
-    def from_settings(cls, settings: Settings, clock: Clock) -> "RedisStorage":
+    def from_settings(cls, settings: Settings, clock: Clock) -> RedisStorage:
         client = connect(
             settings.redis_url,
             socket_timeout=settings.REDIS_TIMEOUT_SECONDS,
@@ -174,9 +175,12 @@ class RedisStorage:
     async def health(self) -> StorageHealth:
         try:
             latency = await self.ping()
-        except Exception as exc:  # noqa: BLE001 - any failure means "not reachable"
+        except Exception as exc:
             return StorageHealth(
-                backend=self.backend, status="degraded", redis_reachable=False, reason=type(exc).__name__,
+                backend=self.backend,
+                status="degraded",
+                redis_reachable=False,
+                reason=type(exc).__name__,
                 detail=str(exc),
             )
         return StorageHealth(backend=self.backend, status="healthy", redis_reachable=True, latency_ms=round(latency, 2))
@@ -272,9 +276,7 @@ class RedisStorage:
         holds afterwards. Used to write back a change made while Redis was unreachable."""
         return await self._merge(payment, now, outbox=[], claim_order=False)
 
-    async def _merge(
-        self, payment: Payment, now: datetime, *, outbox: list[OutboxEntry], claim_order: bool
-    ) -> Payment:
+    async def _merge(self, payment: Payment, now: datetime, *, outbox: list[OutboxEntry], claim_order: bool) -> Payment:
         key = self._keys.payment(payment.reference)
 
         async def attempt(pipe: Any) -> Payment:
@@ -307,10 +309,10 @@ class RedisStorage:
             for ref, _ in rows:
                 pipe.exists(self._keys.payment(ref))
             alive = await pipe.execute()
-        gone = [ref for (ref, _), ok in zip(rows, alive) if not ok]
+        gone = [ref for (ref, _), ok in zip(rows, alive, strict=False) if not ok]
         if gone:
             await self.redis.zrem(self._keys.active(), *gone)
-        return [(ref, score) for (ref, score), ok in zip(rows, alive) if ok]
+        return [(ref, score) for (ref, score), ok in zip(rows, alive, strict=False) if ok]
 
     # -- initiation guards ---------------------------------------------
     async def acquire_order_lock(self, order_id: str, ttl_seconds: float) -> bool:
@@ -348,13 +350,17 @@ class RedisStorage:
         k = self._keys
         cutoff = self._clock.now().timestamp() - self._dead_letter_ttl
         return int(
-            await self._prune_dead_script(keys=[k.outbox_dead(), k.outbox_entries()], args=[cutoff, self._dead_letter_max])
+            await self._prune_dead_script(
+                keys=[k.outbox_dead(), k.outbox_entries()], args=[cutoff, self._dead_letter_max]
+            )
         )
 
     async def outbox_claim(self, now: float, limit: int, lease_seconds: float) -> list[OutboxEntry]:
         await self._prune_dead()
         k = self._keys
-        raws = await self._claim_outbox(keys=[k.outbox_due(), k.outbox_entries()], args=[now, limit, now + lease_seconds])
+        raws = await self._claim_outbox(
+            keys=[k.outbox_due(), k.outbox_entries()], args=[now, limit, now + lease_seconds]
+        )
         entries = [OutboxEntry.model_validate_json(raw) for raw in raws if raw]
         return [e.model_copy(update={"claimed_until": now + lease_seconds}) for e in entries]
 
@@ -385,7 +391,9 @@ class RedisStorage:
     async def outbox_reschedule(self, entry_id: str, attempts: int, next_attempt_at: float, error: str) -> None:
         entry = await self._outbox_entry(entry_id)
         if entry is not None:
-            entry = entry.model_copy(update={"attempts": attempts, "next_attempt_at": next_attempt_at, "last_error": error})
+            entry = entry.model_copy(
+                update={"attempts": attempts, "next_attempt_at": next_attempt_at, "last_error": error}
+            )
             await self._outbox_write(entry, due=next_attempt_at)
 
     async def outbox_kill(self, entry_id: str, attempts: int, error: str) -> int:
@@ -393,7 +401,9 @@ class RedisStorage:
         if entry is not None:
             entry = entry.model_copy(
                 update={
-                    "attempts": attempts, "last_error": error, "state": "dead",
+                    "attempts": attempts,
+                    "last_error": error,
+                    "state": "dead",
                     "dead_at": self._clock.now().timestamp(),
                 }
             )
@@ -459,7 +469,9 @@ class RedisStorage:
         raw = await self.redis.get(self._keys.client(socket_id))
         return ClientRecord.model_validate_json(raw) if raw else None
 
-    async def _update_client(self, socket_id: str, change: Callable[[ClientRecord], ClientRecord]) -> ClientRecord | None:
+    async def _update_client(
+        self, socket_id: str, change: Callable[[ClientRecord], ClientRecord]
+    ) -> ClientRecord | None:
         key = self._keys.client(socket_id)
 
         async def attempt(pipe: Any) -> ClientRecord | None:
@@ -498,7 +510,7 @@ class RedisStorage:
         if not sids:
             return []
         raws = await self.redis.mget([self._keys.client(s) for s in sids])
-        gone = [sid for sid, raw in zip(sids, raws) if raw is None]
+        gone = [sid for sid, raw in zip(sids, raws, strict=False) if raw is None]
         if gone:
             await self.redis.zrem(index, *gone)
         clients = await self._of_live_instances([ClientRecord.model_validate_json(raw) for raw in raws if raw])
@@ -510,7 +522,7 @@ class RedisStorage:
         if not sids:
             return 0
         raws = await self.redis.mget([self._keys.client(s) for s in sids])
-        gone = [sid for sid, raw in zip(sids, raws) if raw is None]
+        gone = [sid for sid, raw in zip(sids, raws, strict=False) if raw is None]
         if gone:
             await self.redis.srem(key, *gone)
         return len(await self._of_live_instances([ClientRecord.model_validate_json(raw) for raw in raws if raw]))
@@ -521,7 +533,7 @@ class RedisStorage:
         if not instances:
             return clients
         beats = await self.redis.mget([self._keys.instance(i) for i in instances])
-        dead = {i for i, beat in zip(instances, beats) if beat is None}
+        dead = {i for i, beat in zip(instances, beats, strict=False) if beat is None}
         for client in clients:
             if client.instance_id in dead:
                 await self.remove_client(client.socket_id)

@@ -33,8 +33,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import Awaitable, Callable, TypeVar
+from typing import TypeVar
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -42,13 +43,13 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from core.background import cancel_and_wait
 from core.clock import Clock
 from core.errors import Busy
-from payments.outbox import OutboxEntry
-from payments.model import Payment, PaymentEvent, StatusUpdate, Transition
 from observability.health import StorageHealth
+from payments.model import Payment, PaymentEvent, StatusUpdate, Transition
+from payments.outbox import OutboxEntry
 from payments.ports import IdempotencyRecord
+from realtime.redis_connection import PoolExhausted
 from realtime.storage.base import ClientRecord, OutboxFor
 from realtime.storage.memory import MemoryStorage
-from realtime.redis_connection import PoolExhausted
 from realtime.storage.redis import RedisStorage
 
 log = logging.getLogger("paytrack.storage")
@@ -230,7 +231,9 @@ class ResilientStorage:
         )
 
     # -- routing ----------------------------------------------------------------
-    async def _call(self, on_redis: Callable[[], Awaitable[T]], on_memory: Callable[[], Awaitable[T]]) -> tuple[T, bool]:
+    async def _call(
+        self, on_redis: Callable[[], Awaitable[T]], on_memory: Callable[[], Awaitable[T]]
+    ) -> tuple[T, bool]:
         """Run on Redis while healthy, else (or if Redis just failed) on memory; says which ran."""
         if self._healthy:
             try:
@@ -332,9 +335,7 @@ class ResilientStorage:
         )
 
     async def release_idempotency(self, key: str) -> None:
-        await self._call(
-            lambda: self.primary.release_idempotency(key), lambda: self.fallback.release_idempotency(key)
-        )
+        await self._call(lambda: self.primary.release_idempotency(key), lambda: self.fallback.release_idempotency(key))
 
     # -- merchant outbox: on Redis while healthy, in memory while degraded (written back on recovery)
     async def outbox_claim(self, now: float, limit: int, lease_seconds: float) -> list[OutboxEntry]:
@@ -355,9 +356,7 @@ class ResilientStorage:
         if self.fallback.has_outbox_entry(entry_id):
             await self.fallback.outbox_reschedule(entry_id, attempts, next_attempt_at, error)
             return
-        await self._call(
-            lambda: self.primary.outbox_reschedule(entry_id, attempts, next_attempt_at, error), _nothing
-        )
+        await self._call(lambda: self.primary.outbox_reschedule(entry_id, attempts, next_attempt_at, error), _nothing)
 
     async def outbox_kill(self, entry_id: str, attempts: int, error: str) -> int:
         if self.fallback.has_outbox_entry(entry_id):

@@ -163,7 +163,10 @@ def _check_page(report: Report, result: RunResult, p: PaymentRun, page: Checkout
             counts[e.name] += 1
             seq = payload.get("seq", 0)
             if last_seq and seq <= last_seq and e.name in ("payment-status", "payment-completed"):
-                once("resent_after_retrack", f"{who} on {conn} tracked with last_seq={last_seq}, got {_describe(e, result)}")
+                once(
+                    "resent_after_retrack",
+                    f"{who} on {conn} tracked with last_seq={last_seq}, got {_describe(e, result)}",
+                )
             if e.name != "payment-status":
                 continue
             if previous is not None:
@@ -177,7 +180,10 @@ def _check_page(report: Report, result: RunResult, p: PaymentRun, page: Checkout
             tally["extra_completions"] += counts["payment-completed"] - 1
             once("duplicate_completion", f"{who} on {conn}: payment-completed x{counts['payment-completed']}")
         if counts["payment-success"] + counts["payment-failed"] > 1:
-            once("duplicate_outcome", f"{who} on {conn}: success x{counts['payment-success']}, failed x{counts['payment-failed']}")
+            once(
+                "duplicate_outcome",
+                f"{who} on {conn}: success x{counts['payment-success']}, failed x{counts['payment-failed']}",
+            )
 
     # Across the page's whole life (every connection, in the order received).
     terminal: EventRecord | None = None
@@ -194,8 +200,11 @@ def _check_page(report: Report, result: RunResult, p: PaymentRun, page: Checkout
         if e.name != "payment-status":
             continue
         if terminal is not None and status == "PENDING":
-            once("backward", f"{who}: {_describe(e, result)} after {_describe(terminal, result)} "
-                             f"({'same' if e.conn == terminal.conn else 'a later'} connection)")
+            once(
+                "backward",
+                f"{who}: {_describe(e, result)} after {_describe(terminal, result)} "
+                f"({'same' if e.conn == terminal.conn else 'a later'} connection)",
+            )
         elif terminal is not None and status in TERMINAL and status != terminal.payload.get("status"):
             once("other_terminal", f"{who}: {_describe(e, result)} after {_describe(terminal, result)}")
         if status in TERMINAL and terminal is None:
@@ -208,7 +217,10 @@ def _check_page(report: Report, result: RunResult, p: PaymentRun, page: Checkout
             once("track_unanswered", f"{who}: track-payment sent on {track.conn} at t={result.at(track.sent_at):.2f}s")
     for failure in page.connect_failures:
         if not result.was_down(failure.instance, failure.at):
-            once("connect_failed", f"{who} to {failure.instance} at t={result.at(failure.at):.2f}s: {failure.error[:200]}")
+            once(
+                "connect_failed",
+                f"{who} to {failure.instance} at t={result.at(failure.at):.2f}s: {failure.error[:200]}",
+            )
     for category in flagged:
         tally[category] += 1
 
@@ -251,7 +263,9 @@ def evaluate(result: RunResult) -> Report:
             if since is not None and p.truth_set_at is not None:
                 converge_times.append(max(0.0, since - p.truth_set_at))
         else:
-            nulls = sum(1 for t in page.tracks if isinstance(t.ack, dict) and t.ack.get("ok") and t.ack.get("payment") is None)
+            nulls = sum(
+                1 for t in page.tracks if isinstance(t.ack, dict) and t.ack.get("ok") and t.ack.get("payment") is None
+            )
             stored = (result.stored.get(p.reference or "") or {}).get("status")
             report.add(
                 "not_converged",
@@ -264,7 +278,9 @@ def evaluate(result: RunResult) -> Report:
 
     for name, at in result.healthy_again.items():
         if at is None or at > result.deadline:
-            report.add("not_healthy_again", f"instance {name}, last /health: {result.unhealthy_detail.get(name, '?')[:300]}")
+            report.add(
+                "not_healthy_again", f"instance {name}, last /health: {result.unhealthy_detail.get(name, '?')[:300]}"
+            )
 
     # -- the data --------------------------------------------------------------------------
     without_owner = 0
@@ -277,15 +293,24 @@ def evaluate(result: RunResult) -> Report:
             report.add("stored_mismatch", f"{p.reference}: no record in Redis (CamPay {p.truth}; {how})")
             continue
         if record.get("status") != p.truth:
-            report.add("stored_mismatch", f"{p.reference}: Redis {record.get('status')} seq={record.get('seq')}, CamPay {p.truth}")
-        lost = [name for name, want in (("owner_id", p.user), ("order_id", p.order_id), ("phone_number", p.phone))
-                if record.get(name) != want]
+            report.add(
+                "stored_mismatch",
+                f"{p.reference}: Redis {record.get('status')} seq={record.get('seq')}, CamPay {p.truth}",
+            )
+        lost = [
+            name
+            for name, want in (("owner_id", p.user), ("order_id", p.order_id), ("phone_number", p.phone))
+            if record.get(name) != want
+        ]
         if not record.get("ussd_code") or (p.ussd_code and record.get("ussd_code") != p.ussd_code):
             lost.append("ussd_code")
         if lost:
             without_owner += 1
-            report.add("owner_lost", f"{p.reference}: {', '.join(f'{n}={record.get(n)!r}' for n in lost)} "
-                                     f"(orphan={record.get('orphan')}, status {record.get('status')}, seq {record.get('seq')})")
+            report.add(
+                "owner_lost",
+                f"{p.reference}: {', '.join(f'{n}={record.get(n)!r}' for n in lost)} "
+                f"(orphan={record.get('orphan')}, status {record.get('status')}, seq {record.get('seq')})",
+            )
         if record.get("amount") != p.amount:
             report.add("amount_changed", f"{p.reference}: amount {record.get('amount')}, initiated {p.amount}")
         if record.get("reason") == FORGED_REASON:
@@ -293,15 +318,26 @@ def evaluate(result: RunResult) -> Report:
         pointed = result.order_index.get(p.order_id)
         if pointed != p.reference:
             collected_for = result.campay_orders.get(pointed or "")
-            how = ("a second CamPay collect for the same order" if collected_for == p.order_id
-                   else f"CamPay collected it for {collected_for}")
-            report.add("order_hijacked", f"{p.order_id} -> {pointed} ({how}), should be {p.reference}; "
-                                         f"our initiate attempts: {p.initiate_answers}")
+            how = (
+                "a second CamPay collect for the same order"
+                if collected_for == p.order_id
+                else f"CamPay collected it for {collected_for}"
+            )
+            report.add(
+                "order_hijacked",
+                f"{p.order_id} -> {pointed} ({how}), should be {p.reference}; "
+                f"our initiate attempts: {p.initiate_answers}",
+            )
 
     # -- the webhooks and every answer ---------------------------------------------------------
     for r in result.http:
         kind = r.kind.removeprefix("webhook:").removeprefix("unknown_")
-        if r.kind.startswith("webhook:") and kind in BAD_SIGNATURE_KINDS and r.status is not None and 200 <= r.status < 300:
+        if (
+            r.kind.startswith("webhook:")
+            and kind in BAD_SIGNATURE_KINDS
+            and r.status is not None
+            and 200 <= r.status < 300
+        ):
             report.add("forged_accepted", f"{r.kind} for {r.reference} on {r.instance}: {r.status} {r.detail}")
         if r.status is not None and r.status >= 500 and not _back_pressure(r):
             report.add("http_5xx", f"{r.kind} on {r.instance} at t={result.at(r.at):.2f}s: {r.status} {r.detail}")
@@ -309,76 +345,170 @@ def evaluate(result: RunResult) -> Report:
             report.add("no_http_answer", f"{r.kind} on {r.instance} sent at t={result.at(r.started):.2f}s: {r.detail}")
     for forged in result.forged_unknown:
         if result.forged_stored.get(forged.reference):
-            report.add("forged_applied", f"forged {forged.kind} webhook for unknown {forged.reference} created a record")
+            report.add(
+                "forged_applied", f"forged {forged.kind} webhook for unknown {forged.reference} created a record"
+            )
     for p in initiated:
         lies = [h for h in p.webhooks if h.kind == "lying_status"]
         record = result.stored.get(p.reference or "") or {}
         if lies and record.get("status") == p.opposite:
-            report.add("forged_applied", f"{p.reference}: Redis holds the lying webhook's {p.opposite}, CamPay says {p.truth}")
+            report.add(
+                "forged_applied", f"{p.reference}: Redis holds the lying webhook's {p.opposite}, CamPay says {p.truth}"
+            )
 
     # -- figures -------------------------------------------------------------------------------
     pages = len(result.pages)
     f = report.figures
-    f.append(("payments initiated", f"{len(initiated)}/{s.payments} (by {s.users} users; "
-                                    f"{sum(p.initiated_via != '201' for p in initiated)} found by a retried initiate)"))
+    f.append(
+        (
+            "payments initiated",
+            f"{len(initiated)}/{s.payments} (by {s.users} users; "
+            f"{sum(p.initiated_via != '201' for p in initiated)} found by a retried initiate)",
+        )
+    )
     f.append(("run", f"T={s.duration:.0f} s storm, {result.wall_seconds:.1f} s wall in all"))
     f.append(("clients converged", f"{converged}/{pages}"))
     if converge_times:
-        f.append(("time to converge p50/p99/max", " / ".join(f"{percentile(converge_times, q):.2f} s" for q in (50, 99, 100))
-                  + " (from CamPay's outcome to the page showing it for good)"))
+        f.append(
+            (
+                "time to converge p50/p99/max",
+                " / ".join(f"{percentile(converge_times, q):.2f} s" for q in (50, 99, 100))
+                + " (from CamPay's outcome to the page showing it for good)",
+            )
+        )
     back = result.back_at
     if result.converged_at is not None:
-        f.append(("all pages and Redis on the truth", f"{result.converged_at - back:+.2f} s after Redis answered again "
-                                                       f"(bound {result.deadline - back:.1f} s)"))
+        f.append(
+            (
+                "all pages and Redis on the truth",
+                f"{result.converged_at - back:+.2f} s after Redis answered again "
+                f"(bound {result.deadline - back:.1f} s)",
+            )
+        )
     else:
-        f.append(("all pages and Redis on the truth", f"NOT by the deadline ({result.deadline - back:.1f} s after Redis answered again)"))
-    f.append(("instances healthy again", ", ".join(
-        f"{name} {'+%.2f s' % (at - back) if at is not None else 'NOT by the deadline'}"
-        for name, at in result.healthy_again.items())))
-    f.append(("backward transitions", f"{tally['backward'] + tally['other_terminal']} clients "
-                                      f"({tally['backward:events'] + tally['other_terminal:events']} events)"))
-    f.append(("duplicate completions", f"{tally['duplicate_completion']} clients "
-                                       f"({tally['extra_completions']} extra payment-completed on one connection)"))
+        f.append(
+            (
+                "all pages and Redis on the truth",
+                f"NOT by the deadline ({result.deadline - back:.1f} s after Redis answered again)",
+            )
+        )
+    f.append(
+        (
+            "instances healthy again",
+            ", ".join(
+                f"{name} {'+%.2f s' % (at - back) if at is not None else 'NOT by the deadline'}"
+                for name, at in result.healthy_again.items()
+            ),
+        )
+    )
+    f.append(
+        (
+            "backward transitions",
+            f"{tally['backward'] + tally['other_terminal']} clients "
+            f"({tally['backward:events'] + tally['other_terminal:events']} events)",
+        )
+    )
+    f.append(
+        (
+            "duplicate completions",
+            f"{tally['duplicate_completion']} clients "
+            f"({tally['extra_completions']} extra payment-completed on one connection)",
+        )
+    )
     f.append(("seq decreases", f"{tally['seq_decrease']} clients ({tally['seq_decrease:events']} events)"))
     f.append(("seq repeats", f"{tally['seq_repeat']} clients ({tally['seq_repeat:events']} events)"))
-    f.append(("resent after re-track", f"{tally['resent_after_retrack']} clients ({tally['resent_after_retrack:events']} events)"))
+    f.append(
+        (
+            "resent after re-track",
+            f"{tally['resent_after_retrack']} clients ({tally['resent_after_retrack:events']} events)",
+        )
+    )
     f.append(("wrong terminal shown", f"{tally['wrong_terminal']} clients"))
     f.append(("records without owner", f"{without_owner}/{len(initiated)}"))
     f.append(("stored status != CamPay", str(len(report.violations.get("stored_mismatch", [])))))
-    statuses = Counter(f"{r.kind} {r.status}" for r in result.http
-                       if r.status is not None and r.status >= 500 and not _back_pressure(r))
-    f.append(("HTTP 5xx", f"{sum(statuses.values())}" + (f" ({', '.join(f'{k}: {n}' for k, n in statuses.items())})" if statuses else "")))
+    statuses = Counter(
+        f"{r.kind} {r.status}"
+        for r in result.http
+        if r.status is not None and r.status >= 500 and not _back_pressure(r)
+    )
+    f.append(
+        (
+            "HTTP 5xx",
+            f"{sum(statuses.values())}"
+            + (f" ({', '.join(f'{k}: {n}' for k, n in statuses.items())})" if statuses else ""),
+        )
+    )
     pressure = Counter(f"{r.kind} {r.detail}" for r in result.http if _back_pressure(r))
-    f.append(("503 back-pressure, Retry-After", f"{sum(pressure.values())}"
-              + (f" ({', '.join(f'{k}: {n}' for k, n in pressure.items())})" if pressure else "")))
-    forged_sent = [r for r in result.http if r.kind.removeprefix("webhook:").removeprefix("unknown_") in {*BAD_SIGNATURE_KINDS, "lying_status"}]
-    f.append(("forged applied", f"{len(report.violations.get('forged_applied', [])) + len(report.violations.get('forged_accepted', []))} "
-                                f"(of {len(forged_sent)} forged webhooks; "
-                                f"{sum(r.status == 401 for r in forged_sent)} refused with 401)"))
+    f.append(
+        (
+            "503 back-pressure, Retry-After",
+            f"{sum(pressure.values())}"
+            + (f" ({', '.join(f'{k}: {n}' for k, n in pressure.items())})" if pressure else ""),
+        )
+    )
+    forged_sent = [
+        r
+        for r in result.http
+        if r.kind.removeprefix("webhook:").removeprefix("unknown_") in {*BAD_SIGNATURE_KINDS, "lying_status"}
+    ]
+    f.append(
+        (
+            "forged applied",
+            f"{len(report.violations.get('forged_applied', [])) + len(report.violations.get('forged_accepted', []))} "
+            f"(of {len(forged_sent)} forged webhooks; "
+            f"{sum(r.status == 401 for r in forged_sent)} refused with 401)",
+        )
+    )
     # context
-    f.append(("CamPay API calls", ", ".join(f"{k} {n}" for k, n in sorted(result.campay_calls.items()))
-              + f"; {sum(1 for ref in result.campay_orders if ref not in result.stored)} collects the driver never got a reference for"))
-    kinds = Counter(r.kind.removeprefix("webhook:") for r in result.http if r.kind.startswith("webhook:") and r.status is not None)
+    f.append(
+        (
+            "CamPay API calls",
+            ", ".join(f"{k} {n}" for k, n in sorted(result.campay_calls.items()))
+            + f"; {sum(1 for ref in result.campay_orders if ref not in result.stored)} collects the driver never got a reference for",
+        )
+    )
+    kinds = Counter(
+        r.kind.removeprefix("webhook:") for r in result.http if r.kind.startswith("webhook:") and r.status is not None
+    )
     f.append(("webhooks answered", ", ".join(f"{k} {n}" for k, n in sorted(kinds.items()))))
     deliveries = Counter(p.delivery for p in initiated)
     f.append(("CamPay deliveries planned", ", ".join(f"{k} {n}" for k, n in sorted(deliveries.items()))))
-    outcomes = Counter(f"{r.status} {r.detail}" for r in result.http if r.kind in ("webhook:final", "webhook:duplicate", "webhook:stale_pending") and r.status)
+    outcomes = Counter(
+        f"{r.status} {r.detail}"
+        for r in result.http
+        if r.kind in ("webhook:final", "webhook:duplicate", "webhook:stale_pending") and r.status
+    )
     f.append(("genuine webhook answers", ", ".join(f"{k}: {n}" for k, n in outcomes.most_common())))
     no_answer = Counter(r.kind.split(":")[0] for r in result.http if r.status is None)
     f.append(("requests with no HTTP answer (retried)", ", ".join(f"{k} {n}" for k, n in no_answer.items()) or "0"))
     all_tracks = [t for _, page in result.pages for t in page.tracks]
-    f.append(("track-payment calls", f"{len(all_tracks)}: {sum(t.error == 'timeout' for t in all_tracks)} ack timeouts, "
-                                     f"{sum(bool(t.error) and t.error.startswith('disconnected') for t in all_tracks)} cut by a disconnect, "
-                                     f"{sum(isinstance(t.ack, dict) and t.ack.get('ok') and t.ack.get('payment') is None for t in all_tracks)} acked payment=null"))
+    f.append(
+        (
+            "track-payment calls",
+            f"{len(all_tracks)}: {sum(t.error == 'timeout' for t in all_tracks)} ack timeouts, "
+            f"{sum(bool(t.error) and t.error.startswith('disconnected') for t in all_tracks)} cut by a disconnect, "
+            f"{sum(isinstance(t.ack, dict) and t.ack.get('ok') and t.ack.get('payment') is None for t in all_tracks)} acked payment=null",
+        )
+    )
     conns = [c for _, page in result.pages for c in page.connections]
-    f.append(("connections", f"{len(conns)} ({Counter(c.ended_by for c in conns)['dropped']} dropped by the server side, "
-                             f"{Counter(c.ended_by for c in conns)['planned']} planned reconnects; "
-                             f"{sum(len(page.connect_failures) for _, page in result.pages)} refused connects retried)"))
+    f.append(
+        (
+            "connections",
+            f"{len(conns)} ({Counter(c.ended_by for c in conns)['dropped']} dropped by the server side, "
+            f"{Counter(c.ended_by for c in conns)['planned']} planned reconnects; "
+            f"{sum(len(page.connect_failures) for _, page in result.pages)} refused connects retried)",
+        )
+    )
     if result.loop_lags:
         worst = sorted(result.lag_spikes, key=lambda spike: -spike[1])[:3]
-        f.append(("driver event-loop lag p99/max", f"{percentile(result.loop_lags, 99) * 1000:.0f} ms / "
-                                                   f"{max(result.loop_lags) * 1000:.0f} ms (if high, the driver itself was a bottleneck)"
-                  + (f"; worst at {', '.join(f't={t:.1f}s' for t, _ in worst)}" if worst else "")))
+        f.append(
+            (
+                "driver event-loop lag p99/max",
+                f"{percentile(result.loop_lags, 99) * 1000:.0f} ms / "
+                f"{max(result.loop_lags) * 1000:.0f} ms (if high, the driver itself was a bottleneck)"
+                + (f"; worst at {', '.join(f't={t:.1f}s' for t, _ in worst)}" if worst else ""),
+            )
+        )
     f.append(("timeline", "; ".join(f"{t:.1f}s {what}" for t, what in result.timeline)))
     for name, lines in result.log_lines.items():
         errors = _log_errors(lines)

@@ -21,8 +21,9 @@ import asyncio
 import contextlib
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import aiohttp
 import socketio
@@ -109,7 +110,9 @@ class CheckoutPage:
     # -- what the page shows ------------------------------------------------------
     @property
     def last_seq(self) -> int:
-        seqs = [e.payload.get("seq", 0) for e in self.events if e.name == "payment-status" and isinstance(e.payload, dict)]
+        seqs = [
+            e.payload.get("seq", 0) for e in self.events if e.name == "payment-status" and isinstance(e.payload, dict)
+        ]
         return max(seqs, default=0)
 
     @property
@@ -138,7 +141,7 @@ class CheckoutPage:
                 await sio.connect(
                     url, transports=["websocket"], auth={"token": self.token}, wait_timeout=CONNECT_TIMEOUT
                 )
-            except Exception as exc:  # noqa: BLE001 - refused, reset, timed out: try again
+            except Exception as exc:
                 error = f"{type(exc).__name__}: {exc}"
                 if "Unexpected connection error" in error:  # python-socketio's words for this
                     error = f"the server did not answer the Socket.IO CONNECT within {CONNECT_TIMEOUT:.0f} s ({error})"
@@ -179,7 +182,7 @@ class CheckoutPage:
             except socketio.exceptions.TimeoutError:
                 record.error = "timeout"
                 continue
-            except Exception as exc:  # noqa: BLE001 - the connection went away under the call
+            except Exception as exc:
                 record.error = f"disconnected: {type(exc).__name__}"
                 break
             record.ack, record.acked_at = ack, time.monotonic()

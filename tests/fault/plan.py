@@ -43,7 +43,7 @@ class Scenario:
     converge_within: float = 5.0  # the guarantee: every page on the stored state 5 s after storage is back
 
     @classmethod
-    def scaled(cls, payments: int, **overrides: Any) -> "Scenario":
+    def scaled(cls, payments: int, **overrides: Any) -> Scenario:
         """About 25 payments a second, at least 16 s and at most two minutes (the issue's runs).
 
         The reconciler starts asking about a payment after a tenth of the run (2 to 10 s): every
@@ -51,8 +51,11 @@ class Scenario:
         and thousands of payments waiting for their shopper are not all polled every second.
         """
         duration = min(120.0, max(16.0, payments / 25))
-        settings: dict[str, Any] = {"payments": payments, "duration": duration,
-                                    "reconcile_after": min(10.0, max(2.0, duration / 10))}
+        settings: dict[str, Any] = {
+            "payments": payments,
+            "duration": duration,
+            "reconcile_after": min(10.0, max(2.0, duration / 10)),
+        }
         settings.update(overrides)
         return cls(**settings)
 
@@ -143,15 +146,23 @@ def plan_payments(s: Scenario, rng: random.Random) -> list[PaymentRun]:
         elif r < s.drop_share + s.twice_share:
             delivery = "twice"
             first = rng.uniform(0, 0.3)
-            hooks += [WebhookPlan(first, truth, "final"), WebhookPlan(first + rng.uniform(0.3, 2.0), truth, "duplicate")]
+            hooks += [
+                WebhookPlan(first, truth, "final"),
+                WebhookPlan(first + rng.uniform(0.3, 2.0), truth, "duplicate"),
+            ]
         elif r < s.drop_share + s.twice_share + s.reorder_share:
             delivery = "reordered"
             if rng.random() < 0.5:  # a stale PENDING arrives after the final one
                 final = rng.uniform(0, 0.3)
-                hooks += [WebhookPlan(final, truth, "final"), WebhookPlan(final + rng.uniform(0.05, 1.0), "PENDING", "stale_pending")]
+                hooks += [
+                    WebhookPlan(final, truth, "final"),
+                    WebhookPlan(final + rng.uniform(0.05, 1.0), "PENDING", "stale_pending"),
+                ]
             else:  # the final one is delayed past a later PENDING
-                hooks += [WebhookPlan(rng.uniform(0, 0.3), "PENDING", "stale_pending"),
-                          WebhookPlan(rng.uniform(1.0, 3.0), truth, "final")]
+                hooks += [
+                    WebhookPlan(rng.uniform(0, 0.3), "PENDING", "stale_pending"),
+                    WebhookPlan(rng.uniform(1.0, 3.0), truth, "final"),
+                ]
         else:
             delivery = "once"
             hooks.append(WebhookPlan(rng.uniform(0, 0.3), truth, "final"))
@@ -159,14 +170,25 @@ def plan_payments(s: Scenario, rng: random.Random) -> list[PaymentRun]:
             kind = rng.choice(FORGED_KINDS)
             hooks.append(WebhookPlan(rng.uniform(-0.5, 2.0), "", kind))
         pages = 2 if rng.random() < s.second_page_share else 1
-        reconnects = [rng.uniform(0.1 * T, 0.9 * T) if rng.random() < s.planned_reconnect_share else None for _ in range(pages)]
+        reconnects = [
+            rng.uniform(0.1 * T, 0.9 * T) if rng.random() < s.planned_reconnect_share else None for _ in range(pages)
+        ]
         user = f"user-{i % s.users:02d}"
         runs.append(
             PaymentRun(
-                index=i, user=user, token=user_token(user, ttl=3600), order_id=f"order-{i:05d}-{uuid.uuid4().hex[:6]}",
-                phone=f"2376{rng.choice('5789')}{rng.randrange(10**7):07d}", amount=rng.randrange(100, 50_000),
-                init_at=init_at, truth=truth, truth_at=truth_at, delivery=delivery, webhooks=hooks,
-                pages=pages, reconnects=reconnects,
+                index=i,
+                user=user,
+                token=user_token(user, ttl=3600),
+                order_id=f"order-{i:05d}-{uuid.uuid4().hex[:6]}",
+                phone=f"2376{rng.choice('5789')}{rng.randrange(10**7):07d}",
+                amount=rng.randrange(100, 50_000),
+                init_at=init_at,
+                truth=truth,
+                truth_at=truth_at,
+                delivery=delivery,
+                webhooks=hooks,
+                pages=pages,
+                reconnects=reconnects,
             )
         )
     return runs

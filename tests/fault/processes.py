@@ -15,8 +15,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import aiohttp
 
@@ -25,7 +26,7 @@ from core.settings import Settings
 ROOT = Path(__file__).resolve().parents[2]
 SERVER = ROOT / "server.py"
 
-StatusSink = Optional[Callable[[int], None]]
+StatusSink = Callable[[int], None] | None
 
 
 def server_environment(settings: dict[str, Any]) -> dict[str, str]:
@@ -99,7 +100,7 @@ class ServerProcess:
                     last = f"{resp.status} {body}"
                     if resp.status == 200 and isinstance(body, dict) and body.get("status") == "healthy":
                         return
-            except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+            except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
                 last = f"{type(exc).__name__}: {exc}"
             self.last_health = last
             await asyncio.sleep(0.05)

@@ -38,7 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.duration:
         scenario = dataclasses.replace(scenario, duration=args.duration)
     workdir = Path(tempfile.mkdtemp(prefix="paytrack-fault-"))
-    print(f"fault injection: {scenario.payments} payments over {scenario.duration:.0f} s; work dir {workdir}", flush=True)
+    print(
+        f"fault injection: {scenario.payments} payments over {scenario.duration:.0f} s; work dir {workdir}", flush=True
+    )
     try:
         result = asyncio.run(run_scenario(scenario, workdir, progress=lambda line: print(line, flush=True)))
     finally:

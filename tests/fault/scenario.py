@@ -38,9 +38,10 @@ import random
 import resource
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import aiohttp
 import jwt
@@ -120,8 +121,14 @@ class Driver:
     """Plays shoppers, checkout pages, CamPay and the operator's bad day, and records it all."""
 
     def __init__(
-        self, s: Scenario, fake: FakeCampay, servers: list[ServerProcess], redis: RedisServer,
-        http: aiohttp.ClientSession, sockets: aiohttp.ClientSession, progress: Callable[[str], None],
+        self,
+        s: Scenario,
+        fake: FakeCampay,
+        servers: list[ServerProcess],
+        redis: RedisServer,
+        http: aiohttp.ClientSession,
+        sockets: aiohttp.ClientSession,
+        progress: Callable[[str], None],
     ) -> None:
         self.s = s
         self.fake = fake
@@ -169,8 +176,9 @@ class Driver:
         await asyncio.sleep(max(0.0, moment - time.monotonic()))
 
     # -- HTTP with records -------------------------------------------------------------------
-    async def _request(self, kind: str, method: str, path: str, *, reference: str | None = None,
-                       **kwargs: Any) -> tuple[HttpRecord, Any, Any]:
+    async def _request(
+        self, kind: str, method: str, path: str, *, reference: str | None = None, **kwargs: Any
+    ) -> tuple[HttpRecord, Any, Any]:
         """One request to a random instance. No answer (refused, reset, timeout) is recorded with status None."""
         name, url = self.rng.choice(self.instances())
         started = time.monotonic()
@@ -185,13 +193,21 @@ class Driver:
                 if isinstance(body, dict):
                     detail = str(body.get("outcome") or (body.get("error") or {}).get("code") or "")
                 record = HttpRecord(
-                    kind, name, time.monotonic(), resp.status, detail, reference, started,
+                    kind,
+                    name,
+                    time.monotonic(),
+                    resp.status,
+                    detail,
+                    reference,
+                    started,
                     resp.headers.get("Retry-After"),
                 )
                 self.records.append(record)
                 return record, body, resp.headers
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            record = HttpRecord(kind, name, time.monotonic(), None, f"{type(exc).__name__}: {exc}"[:200], reference, started)
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            record = HttpRecord(
+                kind, name, time.monotonic(), None, f"{type(exc).__name__}: {exc}"[:200], reference, started
+            )
             self.records.append(record)
             return record, None, None
 
@@ -212,7 +228,9 @@ class Driver:
                 "initiate", "POST", "/api/payment/initiate", json=body_json, headers=headers
             )
             error = body.get("error", {}) if isinstance(body, dict) else {}
-            p.initiate_answers.append(f"{record.instance} t={record.at - self.t0:.1f}s: {record.status} {record.detail}"[:120])
+            p.initiate_answers.append(
+                f"{record.instance} t={record.at - self.t0:.1f}s: {record.status} {record.detail}"[:120]
+            )
             if record.status == 201 and isinstance(body, dict):
                 p.reference, p.ussd_code, p.initiated_via = body["reference"], body.get("ussd_code"), "201"
                 break
@@ -232,7 +250,11 @@ class Driver:
         for n in range(p.pages):
             planned = p.reconnects[n]
             page = CheckoutPage(
-                f"p{p.index}.{n}", p.reference, p.token, instances=self.instances, http=self.sockets,
+                f"p{p.index}.{n}",
+                p.reference,
+                p.token,
+                instances=self.instances,
+                http=self.sockets,
                 rng=random.Random(self.rng.random()),
                 reconnect_at=None if planned is None else max(self.t0 + planned, time.monotonic() + 0.5),
                 on_event=self.changed.set,
@@ -269,8 +291,9 @@ class Driver:
         if hook.kind == "wrong_key":
             return self.fake.webhook_fields(p.reference, status=p.opposite, key="not-campays-key-0123456789abcdef0123")
         if hook.kind == "alg_none":
-            return self.fake.webhook_fields(p.reference, status=p.opposite,
-                                            signature=unsigned_token({"reference": p.reference}))
+            return self.fake.webhook_fields(
+                p.reference, status=p.opposite, signature=unsigned_token({"reference": p.reference})
+            )
         if hook.kind == "reference_mismatch":  # CamPay's genuine signature, for another reference
             return self.fake.webhook_fields(p.reference, status=p.opposite, claims={"reference": str(uuid.uuid4())})
         if hook.kind == "lying_status":  # genuinely signed (the signature does not cover the status), lying body
@@ -293,11 +316,17 @@ class Driver:
         style = self.rng.choice(("GET", "POST", "FORM"))
         for _ in range(10):
             if style == "GET":
-                record, _, _ = await self._request(kind, "GET", "/api/payment/webhook", params=fields, reference=reference)
+                record, _, _ = await self._request(
+                    kind, "GET", "/api/payment/webhook", params=fields, reference=reference
+                )
             elif style == "FORM":
-                record, _, _ = await self._request(kind, "POST", "/api/payment/webhook", data=fields, reference=reference)
+                record, _, _ = await self._request(
+                    kind, "POST", "/api/payment/webhook", data=fields, reference=reference
+                )
             else:
-                record, _, _ = await self._request(kind, "POST", "/api/payment/webhook", json=fields, reference=reference)
+                record, _, _ = await self._request(
+                    kind, "POST", "/api/payment/webhook", json=fields, reference=reference
+                )
             if record.status is not None:
                 return
             await asyncio.sleep(self.rng.uniform(0.1, 0.3))
@@ -352,7 +381,7 @@ class Driver:
             except asyncio.CancelledError:
                 self.unhealthy_detail[srv.name] = srv.last_health
                 raise
-            except Exception as exc:  # noqa: BLE001 - e.g. the process exited: a finding, not a harness crash
+            except Exception as exc:
                 self.unhealthy_detail[srv.name] = str(exc).splitlines()[0]
                 return
             self.healthy_again[srv.name] = time.monotonic()
@@ -412,7 +441,7 @@ async def read_stored(redis: RedisServer, references: list[str]) -> dict[str, di
         raws = await client.mget([keys.payment(ref) for ref in references])
     finally:
         await client.aclose()
-    return {ref: (json.loads(raw) if raw else None) for ref, raw in zip(references, raws)}
+    return {ref: (json.loads(raw) if raw else None) for ref, raw in zip(references, raws, strict=False)}
 
 
 async def read_order_index(redis: RedisServer, order_ids: list[str]) -> dict[str, str | None]:
@@ -424,7 +453,7 @@ async def read_order_index(redis: RedisServer, order_ids: list[str]) -> dict[str
         refs = await client.mget([keys.order(order_id) for order_id in order_ids])
     finally:
         await client.aclose()
-    return dict(zip(order_ids, refs))
+    return dict(zip(order_ids, refs, strict=False))
 
 
 def raise_fd_limit() -> None:
@@ -458,8 +487,10 @@ async def run_scenario(s: Scenario, workdir: Path, *, progress: Callable[[str], 
         settings = s.server_settings(redis_url=redis.url, campay_url=fake.url)
         servers = [ServerProcess(name, free_port(), settings, workdir) for name in ("a", "b")]
         await asyncio.gather(*(srv.start(http) for srv in servers))
-        progress(f"redis-server on {redis.port}, CamPay fake on {fake.url}, "
-                 f"instances a on {servers[0].port} and b on {servers[1].port}")
+        progress(
+            f"redis-server on {redis.port}, CamPay fake on {fake.url}, "
+            f"instances a on {servers[0].port} and b on {servers[1].port}"
+        )
 
         rng = random.Random(s.seed)
         payments = plan_payments(s, rng)
@@ -491,17 +522,29 @@ async def run_scenario(s: Scenario, workdir: Path, *, progress: Callable[[str], 
         forged = await read_stored(redis, [f.reference for f in driver.forged_unknown])
         await asyncio.gather(*(srv.stop() for srv in servers))  # a clean shutdown, whose log lines count too
         return RunResult(
-            scenario=s, payments=payments, pages=driver.pages, http=driver.records,
-            forged_unknown=driver.forged_unknown, timeline=driver.timeline, t0=driver.t0,
-            back_at=driver.back_at, healthy_again=driver.healthy_again, unhealthy_detail=driver.unhealthy_detail,
-            storm_done_at=storm_done, deadline=deadline, converged_at=converged_at,
-            stored=stored, order_index=order_index,
+            scenario=s,
+            payments=payments,
+            pages=driver.pages,
+            http=driver.records,
+            forged_unknown=driver.forged_unknown,
+            timeline=driver.timeline,
+            t0=driver.t0,
+            back_at=driver.back_at,
+            healthy_again=driver.healthy_again,
+            unhealthy_detail=driver.unhealthy_detail,
+            storm_done_at=storm_done,
+            deadline=deadline,
+            converged_at=converged_at,
+            stored=stored,
+            order_index=order_index,
             forged_stored={ref: value is not None for ref, value in forged.items()},
             campay_orders={ref: tx.get("external_reference") for ref, tx in fake.transactions.items()},
             campay_calls=dict(fake.calls),
             log_tails={srv.name: srv.log_tail(lines=8, files=1) for srv in servers},
             log_lines={srv.name: srv.log_lines() for srv in servers},
-            loop_lags=driver.loop_lags, lag_spikes=driver.lag_spikes, down=driver.down,
+            loop_lags=driver.loop_lags,
+            lag_spikes=driver.lag_spikes,
+            down=driver.down,
             wall_seconds=time.monotonic() - started,
         )
     except BaseException:

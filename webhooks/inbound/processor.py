@@ -9,12 +9,12 @@ CamPay outage delays a status, it never drops one.
 
 from __future__ import annotations
 
-from aiohttp import web
 import logging
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Annotated, Any
 
+from aiohttp import web
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictStr
 
 from core.errors import ApiError, NotFound, ProviderError
@@ -107,7 +107,7 @@ class WebhookProcessor:
         *,
         webhook_key: str,
         verify_with_provider: bool,
-        metrics: "Metrics | None" = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._service = service
         self._provider = provider
@@ -173,7 +173,9 @@ class WebhookProcessor:
                     StatusUpdate(reference=hook.reference, status="PENDING", source=UpdateSource.WEBHOOK)
                 )
                 self._reconciler.request_check(hook.reference)
-                log.warning("webhook accepted, provider unreachable: verification deferred", extra={**audit, "error": exc.code})
+                log.warning(
+                    "webhook accepted, provider unreachable: verification deferred", extra={**audit, "error": exc.code}
+                )
                 return WebhookOutcome(202, "verification_pending")
             update = tx.to_update(UpdateSource.WEBHOOK).model_copy(update={"reference": hook.reference})
             if tx.status.upper() == "PENDING" and hook.status.upper() != "PENDING":

@@ -11,14 +11,13 @@ from typing import Any
 
 from aiohttp import web
 
+from core.errors import ApiError, InvalidRequest, read_json_object
+from core.http import client_ip
 from core.ratelimit import LIMITER
 from core.settings import SETTINGS
 from observability.metrics import METRICS
-from webhooks.inbound.processor import WEBHOOKS
-from core.http import client_ip
-from core.errors import ApiError, InvalidRequest, read_json_object
 from webhooks.inbound.allowlist import source_allowed
-from webhooks.inbound.processor import CampayWebhook
+from webhooks.inbound.processor import WEBHOOKS, CampayWebhook
 
 routes = web.RouteTableDef()
 audit = logging.getLogger("paytrack.audit")
@@ -49,7 +48,9 @@ async def _fields(request: web.Request) -> dict[str, Any]:
 async def webhook(request: web.Request) -> web.Response:
     source = client_ip(request)
     if not source_allowed(source, request.app[SETTINGS].CAMPAY_WEBHOOK_ALLOWED_IPS):
-        audit.warning("webhook refused", extra={"why": "source address not in CAMPAY_WEBHOOK_ALLOWED_IPS", "source": source})
+        audit.warning(
+            "webhook refused", extra={"why": "source address not in CAMPAY_WEBHOOK_ALLOWED_IPS", "source": source}
+        )
         request.app[METRICS].webhooks.labels("forbidden_source").inc()
         raise ApiError("this address may not call the webhook", code="forbidden_source", status=403)
     await request.app[LIMITER].check("webhook_ip", source)

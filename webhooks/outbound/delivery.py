@@ -8,20 +8,20 @@ Deliveries run in their own tasks, so a slow merchant never delays Socket.IO.
 
 from __future__ import annotations
 
-from aiohttp import web
 import asyncio
 import contextlib
 import logging
 import random
 
 import httpx
+from aiohttp import web
 
 from core.background import cancel_and_wait
 from core.clock import Clock
-from payments.outbox import OutboxEntry
-from webhooks.outbound.signing import sign
 from observability.metrics import Metrics
+from payments.outbox import OutboxEntry
 from payments.ports import OutboxStore
+from webhooks.outbound.signing import sign
 
 log = logging.getLogger("paytrack.merchant")
 
