@@ -98,6 +98,7 @@ def create_app(
     metrics.count_tracked_with(sessions.tracked_payment_count)
 
     async def announce_recovered(references: list[str]) -> None:
+        assert storage is not None
         """Redis is back: what it now holds for the payments changed meanwhile goes to every instance
         (re-read, never the local copy), and this instance's sockets are resynced."""
         for reference in references:

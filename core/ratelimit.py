@@ -115,7 +115,7 @@ class RateLimiter:
             implementation="redispy",
             key_prefix=prefix,
             wrap_exceptions=True,
-            connection_pool=pool,
+            connection_pool=pool,  # type: ignore[arg-type]  # `limits` types its **options narrowly
         )
         return cls(limits, storage=storage, outage_retry_after=retry_after, pool=pool)
 

@@ -15,7 +15,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from payments.model import Payment, PaymentStatus, Transition, utc_iso
+from core.clock import utc_iso
+from payments.model import Payment, PaymentStatus, Transition
 
 EventType = Literal["payment.succeeded", "payment.failed", "payment.initiated"]
 ALL_EVENT_TYPES: tuple[str, ...] = ("payment.succeeded", "payment.failed", "payment.initiated")

@@ -12,13 +12,12 @@ from typing import TYPE_CHECKING, Any
 import socketio
 from pydantic import BaseModel, ValidationError
 
-from core.clock import Clock
+from core.clock import Clock, utc_iso
 from core.errors import ApiError, validation_details
 from core.http import socket_client_address
 from core.ratelimit import RateLimiter
 from observability.logs import bind
 from payments.access import Authenticator, can_view
-from payments.model import utc_iso
 from payments.schemas import RefreshTokenPayload, StopTrackingPayload, TrackPayload
 from payments.service import PaymentService
 from realtime import event_names as ev

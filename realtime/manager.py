@@ -57,6 +57,9 @@ class LocalManager(socketio.AsyncManager):
 
 
 class ResilientRedisManager(socketio.AsyncRedisManager):
+    redis: Any  # the listener's client and pubsub; None while reconnecting
+    pubsub: Any
+
     def __init__(
         self,
         url: str,
@@ -131,7 +134,7 @@ class ResilientRedisManager(socketio.AsyncRedisManager):
             return
         await super()._handle_emit(message)
 
-    async def _publish(self, data: Any) -> bool:  # type: ignore[override]
+    async def _publish(self, data: Any) -> bool:
         """Publish for the other instances; never raises, never blocks longer than the timeout."""
         loop = asyncio.get_running_loop()
         if loop.time() < self._skip_publish_until and not self.storage_healthy():
@@ -150,7 +153,7 @@ class ResilientRedisManager(socketio.AsyncRedisManager):
             return False
 
     # -- listening ----------------------------------------------------------------
-    async def _redis_listen_with_retries(self):  # type: ignore[no-untyped-def]
+    async def _redis_listen_with_retries(self):  # python-socketio calls this hook
         while True:
             try:
                 await self._close_listener_connection()

@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core.clock import Clock
 from core.settings import Settings, StorageBackend
 from realtime.storage.base import Storage
 from realtime.storage.memory import MemoryStorage
 
+if TYPE_CHECKING:
+    from realtime.storage.resilient import RecoveryListener
 
-def create_storage(  # type: ignore[no-untyped-def]
-    settings: Settings, clock: Clock, *, on_recovered=None, instrument: Callable[[Any], Any] | None = None
+
+def create_storage(
+    settings: Settings,
+    clock: Clock,
+    *,
+    on_recovered: RecoveryListener | None = None,
+    instrument: Callable[[Any], Any] | None = None,
 ) -> Storage:
     """Memory for development; for Redis, Redis with a memory fallback (see `resilient.py`).
 

@@ -124,7 +124,8 @@ class RedisStorage:
         dead_letter_ttl: float = 7 * 86400,
         dead_letter_max: int = 10_000,
     ) -> None:
-        self.redis = client
+        # Any: redis-py types replies as bytes | str; this client decodes them (decode_responses=True).
+        self.redis: Any = client
         self._dead_letter_ttl = dead_letter_ttl
         self._dead_letter_max = dead_letter_max
         self._clock = clock

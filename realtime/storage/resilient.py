@@ -213,16 +213,17 @@ class ResilientStorage:
                 return StorageHealth(
                     backend=self.backend, status="healthy", redis_reachable=True, latency_ms=round(latency, 2)
                 )
-        reachable, latency = False, None
+        reachable = False
+        probe: float | None = None
         with contextlib.suppress(*OUTAGE_ERRORS):
-            latency = round(await asyncio.wait_for(self.primary.ping(), 1.0), 2)
+            probe = round(await asyncio.wait_for(self.primary.ping(), 1.0), 2)
             reachable = True
         since = self._down_since.isoformat() if self._down_since else "start"
         return StorageHealth(
             backend=self.backend,
             status="degraded",
             redis_reachable=reachable,
-            latency_ms=latency,
+            latency_ms=probe,
             reason=self._last_reason,
             detail=(
                 f"running on memory since {since} ({self._last_error}); "
