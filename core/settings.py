@@ -17,7 +17,7 @@ import socket
 import uuid
 from dataclasses import dataclass
 from enum import Enum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from aiohttp import web
@@ -25,6 +25,9 @@ from pydantic import Field, IPvAnyNetwork, ValidationError, field_validator, mod
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from core.secrets import decode_secret
+
+# The merchant webhook event types (MERCHANT_WEBHOOK_EVENTS); payments/outbox.py produces them.
+MerchantEvent = Literal["payment.succeeded", "payment.failed", "payment.initiated"]
 
 
 class AppEnv(str, Enum):
@@ -271,7 +274,7 @@ class Settings(BaseSettings):
     @field_validator("MERCHANT_WEBHOOK_EVENTS")
     @classmethod
     def _check_merchant_events(cls, value: list[str]) -> list[str]:
-        allowed = {"payment.succeeded", "payment.failed", "payment.initiated"}
+        allowed = set(get_args(MerchantEvent))
         unknown = [v for v in value if v not in allowed]
         if unknown:
             raise ValueError(f"unknown event type(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")

@@ -16,10 +16,10 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from core.clock import utc_iso
+from core.settings import MerchantEvent
 from payments.model import Payment, PaymentStatus, Transition
 
-EventType = Literal["payment.succeeded", "payment.failed", "payment.initiated"]
-ALL_EVENT_TYPES: tuple[str, ...] = ("payment.succeeded", "payment.failed", "payment.initiated")
+EventType = MerchantEvent
 
 
 class OutboxEntry(BaseModel):

@@ -57,9 +57,7 @@ async def payment_test_page(request: web.Request) -> web.Response:
         text=page,
         content_type="text/html",
         headers={
-            "Content-Security-Policy": content_security_policy(request.host),
-            "X-Content-Type-Options": "nosniff",
-            "Referrer-Policy": "no-referrer",
+            "Content-Security-Policy": content_security_policy(request.host),  # nosniff etc.: app-wide hook
             "Cache-Control": "no-store",
         },
     )
@@ -76,5 +74,5 @@ async def payment_test_asset(request: web.Request) -> web.StreamResponse:
         body=(STATIC / path).read_bytes(),
         content_type=content_type,
         charset="utf-8",
-        headers={"X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache"},
+        headers={"Cache-Control": "no-cache"},
     )
