@@ -211,7 +211,12 @@ def _check_page(report: Report, result: RunResult, p: PaymentRun, page: Checkout
             terminal = e
     closed = {c.conn_id: c.closed_at for c in page.connections}
     for track in page.tracks:
-        if track.ack is not None and track.error and track.error != "timeout":
+        if (
+            track.ack is not None
+            and track.error
+            and track.error != "timeout"
+            and track.error not in BACK_PRESSURE_CODES
+        ):
             once("track_refused", f"{who}: track-payment on {track.conn} acked {track.ack}")
         if track.error == "timeout" and (closed.get(track.conn) or float("inf")) > track.sent_at + TRACK_ACK_TIMEOUT:
             once("track_unanswered", f"{who}: track-payment sent on {track.conn} at t={result.at(track.sent_at):.2f}s")
