@@ -1,0 +1,65 @@
+"""The outbox policy on its own: which merchant messages a payment change produces, and what they say."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+from payments.model import AMOUNT_MISMATCH, Payment, PaymentStatus, StatusUpdate, UpdateSource
+from payments.outbox import OutboxPolicy
+from payments.state import decide
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+URLS = ["https://shop.example/hooks", "https://erp.example/paytrack"]
+
+
+def _payment(**fields: object) -> Payment:
+    base: dict[str, object] = {
+        "reference": "ref-1",
+        "order_id": "order-1",
+        "amount": 500,
+        "phone_number": "237671234567",
+        "owner_id": "alice",
+        "created_at": T0,
+        "updated_at": T0,
+    }
+    return Payment(**{**base, **fields})  # type: ignore[arg-type]
+
+
+def test_a_final_status_makes_one_entry_per_url_with_one_message_id() -> None:
+    policy = OutboxPolicy(URLS, ["payment.succeeded", "payment.failed"])
+    done = decide(_payment(), StatusUpdate(reference="ref-1", status="SUCCESSFUL", source=UpdateSource.WEBHOOK), T0)
+    entries = policy.for_transition(done, T0 + timedelta(seconds=1))
+    assert [e.url for e in entries] == URLS and [e.id for e in entries] == ["msg_ref-1_2.0", "msg_ref-1_2.1"]
+    assert {e.message_id for e in entries} == {"msg_ref-1_2"} and {e.type for e in entries} == {"payment.succeeded"}
+    assert entries[0].body == entries[1].body  # serialised once: every attempt signs the same bytes
+    message = json.loads(entries[0].body)
+    assert message["id"] == "msg_ref-1_2" and message["type"] == "payment.succeeded"
+    assert message["data"]["seq"] == 2 and message["data"]["phone_number"] == "2376XXXX4567"  # masked
+    assert "owner_id" not in message["data"]
+
+
+def test_only_the_configured_event_types_are_queued() -> None:
+    policy = OutboxPolicy(URLS, ["payment.failed"])
+    assert policy.entries_for(_payment(), T0) == []  # initiated: not asked for
+    assert policy.entries_for(_payment(status=PaymentStatus.SUCCESSFUL, seq=2), T0) == []
+    assert len(policy.entries_for(_payment(status=PaymentStatus.FAILED, reason="x", seq=2), T0)) == 2
+    assert OutboxPolicy([], ["payment.failed"]).entries_for(_payment(status=PaymentStatus.FAILED, seq=2), T0) == []
+    assert not OutboxPolicy([], ["payment.failed"]).enabled
+
+
+def test_nothing_is_queued_for_a_change_that_did_not_apply() -> None:
+    policy = OutboxPolicy(URLS, ["payment.succeeded", "payment.failed"])
+    done = _payment(status=PaymentStatus.SUCCESSFUL, seq=2)
+    duplicate = decide(done, StatusUpdate(reference="ref-1", status="SUCCESSFUL", source=UpdateSource.WEBHOOK), T0)
+    assert not duplicate.applied and policy.for_transition(duplicate, T0) == []
+
+
+def test_an_amount_mismatch_message_carries_campays_figures() -> None:
+    policy = OutboxPolicy(URLS[:1], ["payment.failed"])
+    update = StatusUpdate(reference="ref-1", status="SUCCESSFUL", source=UpdateSource.WEBHOOK, amount=5, currency="XAF")
+    failed = decide(_payment(), update, T0)
+    (entry,) = policy.for_transition(failed, T0)
+    data = json.loads(entry.body)["data"]
+    assert entry.type == "payment.failed" and data["reason"] == AMOUNT_MISMATCH
+    assert data["amount"] == 500 and data["provider_amount"] == 5 and data["provider_currency"] == "XAF"
