@@ -162,9 +162,15 @@ def merge(stored: Payment | None, incoming: Payment, now: datetime) -> Merge:
     - the initiation (owner, order, amount, phone, USSD code) comes from the
       copy that has it, the stored one first; it is never dropped;
     - a terminal status beats PENDING; of two terminal statuses the stored one
-      wins (the first one anybody stored);
-    - a SUCCESSFUL status is checked against the initiated amount, as in `decide`;
-    - if the result differs from the stored copy it gets seq
+      wins (the first one anybody stored), and an owned terminal status is
+      never changed again;
+    - a SUCCESSFUL status that becomes ours here (from the other copy, or from
+      a provider-made record our initiation now adopts) is checked against the
+      initiated amount, as in `decide`;
+    - a record nobody initiated shows what the provider said (its amount and
+      currency), whichever copy said it;
+    - if the result differs from the stored copy, or from an incoming copy at
+      least as far along (a socket may have been shown that copy), it gets seq
       `max(stored.seq, incoming.seq) + 1`, so it is newer than both.
     """
     if stored is None:
@@ -177,17 +183,29 @@ def merge(stored: Payment | None, incoming: Payment, now: datetime) -> Merge:
         fields[name] = getattr(stored, name) if getattr(stored, name) is not None else getattr(incoming, name)
     fields["orphan"] = stored.orphan and incoming.orphan
     fields["created_at"] = min(stored.created_at, incoming.created_at)
+    if fields["orphan"]:  # nothing initiated: the record says what the provider said
+        if fields["provider_amount"] is not None:
+            fields["amount"] = fields["provider_amount"]
+        if fields["provider_currency"]:
+            fields["currency"] = fields["provider_currency"]
 
+    settled = stored.status.is_terminal and not stored.orphan  # an owned final status stays as it is
     final = stored if stored.status.is_terminal or not incoming.status.is_terminal else incoming
     status, reason, completed_at = final.status, final.reason, final.completed_at
-    if status is PaymentStatus.SUCCESSFUL and not fields["orphan"]:
+    if status is PaymentStatus.SUCCESSFUL and not fields["orphan"] and not settled:
         candidate = stored.model_copy(update=fields)
         if not _confirmed_amount(candidate, fields["provider_amount"], fields["provider_currency"]):  # type: ignore[arg-type]
             status, reason = PaymentStatus.FAILED, AMOUNT_MISMATCH
     fields.update(status=status, reason=reason, completed_at=completed_at)
 
-    if all(getattr(stored, name) == fields[name] for name in _STATE_FIELDS):
-        if fields["created_at"] == stored.created_at:
-            return Merge(stored, changed=False)
+    def same_state(copy: Payment) -> bool:
+        return all(getattr(copy, name) == fields[name] for name in _STATE_FIELDS)
+
+    # A copy at least as far along that a socket may have been shown needs a newer seq to be replaced
+    # there, unless it holds the other final status (the one truth makes that impossible; it stays lost).
+    contradicts = incoming.status.is_terminal and incoming.status is not status
+    behind_incoming = incoming.seq >= stored.seq and not same_state(incoming) and not contradicts
+    if same_state(stored) and fields["created_at"] == stored.created_at and not behind_incoming:
+        return Merge(stored, changed=False)
     fields.update(seq=max(stored.seq, incoming.seq) + 1, updated_at=max(now, stored.updated_at))
     return Merge(stored.model_copy(update=fields), changed=True)

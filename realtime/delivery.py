@@ -107,6 +107,7 @@ class LocalDelivery:
                 terminal,
                 owner_id=message["owner_id"],
                 orphan=message["orphan"],
+                status=message["status"],
             )
             if admission is Admission.NONE:
                 continue

@@ -36,6 +36,7 @@ class Seen:
 
     seq: int = 0
     terminal: bool = False
+    status: str | None = None  # the final status sent, once there is one
 
 
 @dataclass(slots=True)
@@ -119,7 +120,15 @@ class Sessions:
 
     # -- the gate ---------------------------------------------------------------
     def admit(
-        self, sid: str, reference: str, seq: int, terminal: bool, *, owner_id: str | None, orphan: bool
+        self,
+        sid: str,
+        reference: str,
+        seq: int,
+        terminal: bool,
+        *,
+        owner_id: str | None,
+        orphan: bool,
+        status: str | None = None,
     ) -> Admission:
         """May `sid` be sent this state of `reference`, and how much of it? Records it as sent."""
         session = self._sessions.get(sid)
@@ -130,10 +139,12 @@ class Sessions:
             return Admission.NONE
         if not may_see(session.identity, owner_id, orphan, auth_enabled=self._auth_enabled):
             return Admission.NONE
-        if seen.terminal and not terminal:
-            return Admission.NONE  # never PENDING after a final status, whatever its seq
+        if seen.terminal and (not terminal or (status is not None and status != seen.status)):
+            return Admission.NONE  # never PENDING, nor the other final status, after a final status
         seen.seq = seq
         if seen.terminal:
             return Admission.STATUS
         seen.terminal = terminal
+        if terminal:
+            seen.status = status
         return Admission.FULL
