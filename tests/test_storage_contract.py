@@ -20,16 +20,16 @@ from typing import Any
 import pytest
 
 from core.clock import ManualClock
-from payments.model import Payment, PaymentStatus, StatusUpdate, Transition, UpdateSource
+from payments.model import PaymentStatus, StatusUpdate, Transition, UpdateSource
 from payments.outbox import OutboxEntry
 from payments.ports import IdempotencyRecord
-from payments.state import decide
 from realtime.storage.base import ClientRecord
 from realtime.storage.memory import MemoryStorage
 from realtime.storage.redis import RedisStorage
 from realtime.storage.resilient import ResilientStorage
 from tests.harness import eventually, make_settings, pending_references
 from tests.redis_server import RedisServer
+from tests.test_state_rule import orphan, owned  # a payment we initiated / one made from a webhook
 
 pytestmark = pytest.mark.redis
 
@@ -106,30 +106,6 @@ async def resilient(redis_server: RedisServer) -> AsyncIterator[Backend]:
         await chosen.storage.close()
 
 
-def owned(reference: str = "ref-1", status: PaymentStatus = PaymentStatus.PENDING, **fields: Any) -> Payment:
-    """A payment we initiated, as stored."""
-    base: dict[str, Any] = {
-        "reference": reference,
-        "order_id": "order-1",
-        "amount": 500,
-        "currency": "XAF",
-        "owner_id": "alice",
-        "phone_number": "237671234567",
-        "ussd_code": "*126#",
-        "provider": "campay",
-        "status": status,
-        "created_at": T0,
-        "updated_at": T0,
-        "completed_at": T0 if status.is_terminal else None,
-    }
-    return Payment(**{**base, **fields})
-
-
-def orphan(status: PaymentStatus = PaymentStatus.SUCCESSFUL, amount: int = 500) -> Payment:
-    """The record an instance made from a webhook for a reference it did not know."""
-    return decide(None, update(status.value, amount=amount), T0).payment  # type: ignore[return-value]
-
-
 def update(status: str, reference: str = "ref-1", **fields: Any) -> StatusUpdate:
     return StatusUpdate(reference=reference, status=status, source=UpdateSource.WEBHOOK, **fields)
 
@@ -169,8 +145,8 @@ async def test_a_created_payment_reads_back_by_reference_order_and_batch(backend
 
 
 async def test_the_newest_initiation_holds_the_order(backend: Backend) -> None:
-    await backend.storage.create_payment(owned("ref-1"))
-    await backend.storage.create_payment(owned("ref-2"))
+    await backend.storage.create_payment(owned(reference="ref-1"))
+    await backend.storage.create_payment(owned(reference="ref-2"))
     assert (await backend.storage.get_order_payment("order-1")).reference == "ref-2"
 
 
@@ -207,8 +183,8 @@ async def test_pending_page_lists_pending_payments_oldest_first_with_a_cursor(ba
     s = backend.storage
     for i, ref in enumerate(["ref-c", "ref-a", "ref-b"]):
         at = T0 + timedelta(seconds=i // 2)  # ref-a and ref-b created in the same second
-        await s.create_payment(owned(ref, order_id=f"order-{ref}", created_at=at, updated_at=at))
-    await s.create_payment(owned("ref-d", order_id="order-d", created_at=LATER, updated_at=LATER))
+        await s.create_payment(owned(reference=ref, order_id=f"order-{ref}", created_at=at, updated_at=at))
+    await s.create_payment(owned(reference="ref-d", order_id="order-d", created_at=LATER, updated_at=LATER))
     await s.transition(update("FAILED", reference="ref-d"), LATER)
     start, end = T0.timestamp(), LATER.timestamp()
     everything = [("ref-a", start), ("ref-c", start), ("ref-b", start + 1)]  # ties by reference; not ref-d
@@ -244,7 +220,7 @@ async def test_every_backend_merges_a_write_back_by_the_rule(backend: Backend) -
 async def test_a_write_back_never_points_an_order_at_an_older_payment(backend: Backend) -> None:
     s = backend.storage
     await s.create_payment(owned(status=PaymentStatus.FAILED))  # an old attempt for order-1 ...
-    await s.create_payment(owned("ref-2"))  # ... and the new one
+    await s.create_payment(owned(reference="ref-2"))  # ... and the new one
     await s.merge_payment(owned(status=PaymentStatus.FAILED, seq=3), LATER)  # the old one written back late
     assert (await s.get_order_payment("order-1")).reference == "ref-2"
 
