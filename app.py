@@ -26,7 +26,7 @@ from core.ratelimit import LIMITER, Limit, RateLimiter
 from core.secrets import decode_secret
 from core.settings import SETTINGS, AuthMode, ProviderName, Settings, StorageBackend
 from observability.health import PROBE
-from observability.metrics import METRICS, InstrumentedStorage, Metrics
+from observability.metrics import METRICS, Metrics, instrument
 from observability.request_id import request_id_middleware, setup_request_id
 from payments.access import AUTHENTICATOR
 from payments.outbox import OutboxPolicy
@@ -108,7 +108,7 @@ def create_app(
         resync.request()
 
     # Storage failures are counted where they happen: on the backend that talks to the data.
-    count_failures = lambda backend: InstrumentedStorage(backend, metrics)  # noqa: E731
+    count_failures = lambda backend: instrument(backend, metrics)  # noqa: E731
     if storage is not None:
         storage = count_failures(storage)
     else:

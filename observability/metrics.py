@@ -21,7 +21,7 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
-from typing import Any
+from typing import Any, Generic, TypeVar, cast
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -31,6 +31,8 @@ from core.errors import ApiError
 from core.http import bearer_matches
 from core.settings import SETTINGS
 from observability.health import PROBE, StorageProbe
+
+S = TypeVar("S")  # what an InstrumentedStorage wraps
 
 # Update-to-emit runs in well under a millisecond in memory and a few with Redis.
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -136,14 +138,15 @@ async def _oldest_pending_age(storage: StorageProbe, now: datetime) -> float:
     return max(0.0, now.timestamp() - oldest[0][1]) if oldest else 0.0
 
 
-class InstrumentedStorage:
+class InstrumentedStorage(Generic[S]):
     """The storage itself, except that a call that raises (anything but a domain error) is counted.
 
     A thin proxy so no backend has to know about metrics; attributes that are
-    not coroutine functions pass through untouched.
+    not coroutine functions pass through untouched. Generic over what it
+    wraps: `instrument(backend, metrics)` returns it typed as the backend.
     """
 
-    def __init__(self, inner: Any, metrics: Metrics) -> None:
+    def __init__(self, inner: S, metrics: Metrics) -> None:
         self._inner = inner
         self._metrics = metrics
 
@@ -166,8 +169,13 @@ class InstrumentedStorage:
         return call
 
     @property
-    def inner(self) -> Any:
+    def inner(self) -> S:
         return self._inner
+
+
+def instrument(inner: S, metrics: Metrics) -> S:
+    """`inner` with its failing calls counted, typed as `inner` (the proxy has every method it has)."""
+    return cast(S, InstrumentedStorage(inner, metrics))
 
 
 routes = web.RouteTableDef()

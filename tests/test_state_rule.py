@@ -1,31 +1,21 @@
-"""The state rule (`decide`, `merge`) on its own, and the same cases run through every storage backend.
+"""The state rule (`decide`, `merge`) on its own.
 
-The contract half runs each case on memory, on Redis and on the resilient
-wrapper (Redis with its memory fallback), so no backend can carry a second
-version of the rule.
+The same rule through every storage backend (memory, Redis and the resilient
+wrapper) is part of the storage contract, tests/test_storage_contract.py.
 """
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
-from core.clock import ManualClock
 from payments.model import AMOUNT_MISMATCH, Payment, PaymentStatus, StatusUpdate, UpdateSource
 from payments.state import decide, merge
-from realtime.storage.memory import MemoryStorage
-from realtime.storage.redis import RedisStorage
-from realtime.storage.resilient import ResilientStorage
-from tests.harness import make_settings
-from tests.redis_server import RedisServer
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 LATER = T0 + timedelta(seconds=5)
-_prefixes = itertools.count()
 
 
 def owned(status: PaymentStatus = PaymentStatus.PENDING, seq: int = 1, **fields: Any) -> Payment:
@@ -125,54 +115,3 @@ def test_of_two_final_statuses_the_stored_one_wins_in_either_order() -> None:
     assert merge(success, failure, LATER).payment.status is PaymentStatus.SUCCESSFUL
     assert merge(failure, success, LATER).payment.status is PaymentStatus.FAILED
     assert merge(success, owned(PaymentStatus.PENDING, seq=9), LATER).payment.status is PaymentStatus.SUCCESSFUL
-
-
-# -- the same rule through every backend ---------------------------------------------------------
-
-
-@pytest.fixture(params=["memory", "redis", "resilient"])
-async def storage(request: pytest.FixtureRequest, redis_server: RedisServer) -> AsyncIterator[Any]:
-    clock = ManualClock(T0)
-    memory = MemoryStorage(clock, payment_ttl=3600, client_ttl=3600, event_log_max=50)
-    if request.param == "memory":
-        yield memory
-        return
-    settings = make_settings(REDIS_URL=redis_server.url, REDIS_KEY_PREFIX=f"rule{next(_prefixes)}:")
-    primary = RedisStorage.from_settings(settings, clock)
-    if request.param == "redis":
-        await primary.start()
-        yield primary
-        await primary.close()
-        return
-    resilient = ResilientStorage(primary, memory, clock, reconnect_interval=0.05)
-    await resilient.start()
-    yield resilient
-    await resilient.close()
-
-
-@pytest.mark.redis
-async def test_every_backend_adopts_an_orphan_and_points_the_order_at_it(storage: Any) -> None:
-    made = await storage.transition(update("SUCCESSFUL", amount=500, external_reference="order-x"), T0)
-    assert made.outcome == "created_orphan" and await storage.get_order_payment("order-x") is None
-    adopted = await storage.create_payment(owned(created_at=LATER, updated_at=LATER))
-    assert adopted.owner_id == "alice" and adopted.status is PaymentStatus.SUCCESSFUL and adopted.seq == 2
-    assert await storage.get_order_payment("order-1") == adopted == await storage.get_payment("ref-1")
-    assert [e.seq for e in await storage.events_after("ref-1", 0)] == [1, 2]
-
-
-@pytest.mark.redis
-async def test_every_backend_merges_a_write_back_by_the_rule(storage: Any) -> None:
-    await storage.create_payment(owned())
-    stored = await storage.merge_payment(orphan(), LATER)  # a degraded instance's record from a webhook
-    assert stored.owner_id == "alice" and stored.status is PaymentStatus.SUCCESSFUL and stored.seq == 2
-    again = await storage.merge_payment(owned(PaymentStatus.FAILED, seq=2), LATER)  # the other final status loses
-    assert again == stored and await storage.get_payment("ref-1") == stored
-    assert [e.seq for e in await storage.events_after("ref-1", 0)] == [1, 2]
-
-
-@pytest.mark.redis
-async def test_a_write_back_never_points_an_order_at_an_older_payment(storage: Any) -> None:
-    await storage.create_payment(owned(PaymentStatus.FAILED))  # an old attempt for order-1 ...
-    await storage.create_payment(owned(reference="ref-2"))  # ... and the new one
-    await storage.merge_payment(owned(PaymentStatus.FAILED, seq=3), LATER)  # the old one written back late
-    assert (await storage.get_order_payment("order-1")).reference == "ref-2"

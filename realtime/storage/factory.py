@@ -21,7 +21,7 @@ def create_storage(
     on_recovered: RecoveryListener | None = None,
     instrument: Callable[[Any], Any] | None = None,
 ) -> Storage:
-    """Memory for development; for Redis, Redis with a memory fallback (see `resilient.py`).
+    """Memory for development; for Redis, Redis with a memory fallback (see `resilient/`).
 
     `on_recovered(references)` is called each time Redis comes back, with the
     payments whose change made while it was away was written back (never

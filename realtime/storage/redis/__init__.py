@@ -1,0 +1,121 @@
+"""Redis storage: every role on redis-py's asyncio client, shared by every instance.
+
+Key names come from `keys.RedisKeys`; one module per role, `RedisStorage`
+assembles them around one `RedisContext` (client, keys, TTLs, the WATCH helper).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from redis import asyncio as aioredis
+
+from core.clock import Clock
+from core.settings import Settings
+from observability.health import StorageHealth
+from payments.outbox import OutboxEntry
+from realtime.redis_connection import connect
+from realtime.storage.composite import CompositeStorage
+from realtime.storage.keys import RedisKeys
+from realtime.storage.redis.auth import RedisAuthCache
+from realtime.storage.redis.clients import RedisClients
+from realtime.storage.redis.context import RedisContext
+from realtime.storage.redis.idempotency import RedisIdempotency
+from realtime.storage.redis.locks import RedisLocks
+from realtime.storage.redis.outbox import RedisOutbox
+from realtime.storage.redis.payments import RedisPayments
+
+__all__ = ["RedisStorage"]
+
+
+class RedisStorage(CompositeStorage):
+    backend = "redis"
+    outbox: RedisOutbox
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        clock: Clock,
+        *,
+        keys: RedisKeys,
+        payment_ttl: int,
+        client_ttl: int,
+        event_log_max: int,
+        dead_letter_ttl: float = 7 * 86400,
+        dead_letter_max: int = 10_000,
+    ) -> None:
+        self._ctx = RedisContext(
+            client, clock, keys, payment_ttl, client_ttl, event_log_max, dead_letter_ttl, dead_letter_max
+        )
+        super().__init__(
+            payments=RedisPayments(self._ctx),
+            clients=RedisClients(self._ctx),
+            idempotency=RedisIdempotency(self._ctx),
+            outbox=RedisOutbox(self._ctx),
+            locks=RedisLocks(self._ctx),
+            auth=RedisAuthCache(self._ctx),
+        )
+
+    @classmethod
+    def from_settings(cls, settings: Settings, clock: Clock) -> RedisStorage:
+        client = connect(
+            settings.redis_url,
+            socket_timeout=settings.REDIS_TIMEOUT_SECONDS,
+            connect_timeout=settings.REDIS_TIMEOUT_SECONDS,
+            health_check_interval=settings.REDIS_HEALTH_CHECK_INTERVAL_SECONDS,
+            pool_size=settings.REDIS_POOL_SIZE,
+            pool_timeout=settings.REDIS_POOL_TIMEOUT_SECONDS,
+        )
+        return cls(
+            client,
+            clock,
+            keys=RedisKeys(settings.REDIS_KEY_PREFIX),
+            payment_ttl=settings.PAYMENT_TTL_SECONDS,
+            client_ttl=settings.CLIENT_TTL_SECONDS,
+            event_log_max=settings.EVENT_LOG_MAX,
+            dead_letter_ttl=settings.MERCHANT_DEAD_LETTER_TTL_SECONDS,
+            dead_letter_max=settings.MERCHANT_DEAD_LETTER_MAX,
+        )
+
+    @property
+    def redis(self) -> Any:
+        return self._ctx.redis
+
+    @property
+    def _keys(self) -> RedisKeys:
+        return self._ctx.keys
+
+    @_keys.setter
+    def _keys(self, keys: RedisKeys) -> None:
+        """Point every role at another prefix (tests sharing one namespace between two storages)."""
+        self._ctx.keys = keys
+
+    async def start(self) -> None:
+        """Fails (with the redis-py error) if Redis cannot be reached, so the caller can degrade."""
+        await self.redis.ping()
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+    async def ping(self) -> float:
+        """Round-trip time in milliseconds; raises if Redis is unreachable."""
+        started = time.perf_counter()
+        await self.redis.ping()
+        return (time.perf_counter() - started) * 1000
+
+    async def health(self) -> StorageHealth:
+        try:
+            latency = await self.ping()
+        except Exception as exc:
+            return StorageHealth(
+                backend=self.backend,
+                status="degraded",
+                redis_reachable=False,
+                reason=type(exc).__name__,
+                detail=str(exc),
+            )
+        return StorageHealth(backend=self.backend, status="healthy", redis_reachable=True, latency_ms=round(latency, 2))
+
+    async def restore_outbox(self, entries: list[OutboxEntry]) -> None:
+        await self.outbox.restore_outbox(entries)

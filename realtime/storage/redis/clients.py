@@ -1,0 +1,122 @@
+"""Every instance's Socket.IO connections on Redis: a record per socket with a TTL, a sorted set of
+socket ids by expiry, a set of trackers per payment, and a heartbeat key per instance.
+
+An instance that crashes runs no disconnect handler; its heartbeat lapses,
+and the next reader removes its connections (`_of_live_instances`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from realtime.storage.base import ClientRecord
+from realtime.storage.redis.context import RedisContext, ttl_ms
+
+log = logging.getLogger("paytrack.storage.redis")
+
+
+class RedisClients:
+    def __init__(self, ctx: RedisContext) -> None:
+        self._ctx = ctx
+
+    def _queue_client(self, pipe: Any, client: ClientRecord) -> None:
+        k, ttl = self._ctx.keys, self._ctx.client_ttl
+        pipe.set(k.client(client.socket_id), client.model_dump_json(), ex=ttl)
+        pipe.zadd(k.clients(), {client.socket_id: self._ctx.clock.now().timestamp() + ttl})
+        for ref in client.tracked:
+            pipe.sadd(k.trackers(ref), client.socket_id)
+            pipe.expire(k.trackers(ref), ttl)
+
+    async def add_client(self, client: ClientRecord) -> None:
+        async with self._ctx.redis.pipeline(transaction=True) as pipe:
+            self._queue_client(pipe, client)
+            await pipe.execute()
+
+    async def remove_client(self, socket_id: str) -> None:
+        k = self._ctx.keys
+        client = await self.get_client(socket_id)
+        async with self._ctx.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(k.client(socket_id))
+            pipe.zrem(k.clients(), socket_id)
+            for ref in client.tracked if client else ():
+                pipe.srem(k.trackers(ref), socket_id)
+            await pipe.execute()
+
+    async def get_client(self, socket_id: str) -> ClientRecord | None:
+        raw = await self._ctx.redis.get(self._ctx.keys.client(socket_id))
+        return ClientRecord.model_validate_json(raw) if raw else None
+
+    async def _update_client(self, socket_id: str, change: Callable[[ClientRecord], ClientRecord]) -> None:
+        key = self._ctx.keys.client(socket_id)
+
+        async def attempt(pipe: Any) -> None:
+            raw = await pipe.get(key)
+            if not raw:
+                await pipe.unwatch()
+                return
+            before = ClientRecord.model_validate_json(raw)
+            after = change(before)
+            pipe.multi()
+            self._queue_client(pipe, after)
+            for ref in set(before.tracked) - set(after.tracked):
+                pipe.srem(self._ctx.keys.trackers(ref), socket_id)
+            await pipe.execute()
+
+        await self._ctx.optimistic([key], attempt)
+
+    async def track(self, socket_id: str, reference: str) -> None:
+        await self._update_client(
+            socket_id,
+            lambda c: c if reference in c.tracked else c.model_copy(update={"tracked": [*c.tracked, reference]}),
+        )
+
+    async def untrack(self, socket_id: str, reference: str) -> None:
+        await self._update_client(
+            socket_id, lambda c: c.model_copy(update={"tracked": [r for r in c.tracked if r != reference]})
+        )
+
+    async def _records(self, sids: list[str], index: str, drop: Callable[..., Any]) -> list[ClientRecord]:
+        """The records of `sids` whose instance is alive; ids whose record expired leave `index` by `drop`."""
+        if not sids:
+            return []
+        raws = await self._ctx.redis.mget([self._ctx.keys.client(s) for s in sids])
+        gone = [sid for sid, raw in zip(sids, raws, strict=False) if raw is None]
+        if gone:
+            await drop(index, *gone)
+        return await self._of_live_instances([ClientRecord.model_validate_json(raw) for raw in raws if raw])
+
+    async def list_clients(self) -> list[ClientRecord]:
+        """Every live instance's connections; index entries whose record expired are pruned, and
+        records of instances without a heartbeat are removed."""
+        redis, index = self._ctx.redis, self._ctx.keys.clients()
+        await redis.zremrangebyscore(index, "-inf", self._ctx.clock.now().timestamp())
+        clients = await self._records(await redis.zrange(index, 0, -1), index, redis.zrem)
+        return sorted(clients, key=lambda c: c.connected_at)
+
+    async def tracker_count(self, reference: str) -> int:
+        redis, key = self._ctx.redis, self._ctx.keys.trackers(reference)
+        return len(await self._records(list(await redis.smembers(key)), key, redis.srem))
+
+    async def _of_live_instances(self, clients: list[ClientRecord]) -> list[ClientRecord]:
+        """`clients` whose instance has a heartbeat; the others' records are removed (their instance crashed)."""
+        instances = sorted({c.instance_id for c in clients})
+        if not instances:
+            return clients
+        beats = await self._ctx.redis.mget([self._ctx.keys.instance(i) for i in instances])
+        dead = {i for i, beat in zip(instances, beats, strict=False) if beat is None}
+        for client in clients:
+            if client.instance_id in dead:
+                await self.remove_client(client.socket_id)
+        if dead:
+            log.warning("removed connections of instances without a heartbeat", extra={"instances": sorted(dead)})
+        return [c for c in clients if c.instance_id not in dead]
+
+    async def heartbeat(self, instance_id: str, ttl_seconds: float) -> bool:
+        key = self._ctx.keys.instance(instance_id)
+        async with self._ctx.redis.pipeline(transaction=True) as pipe:  # EXISTS + SET, not SET GET (Redis 6.2+)
+            pipe.exists(key)
+            pipe.set(key, self._ctx.clock.now().isoformat(), px=ttl_ms(ttl_seconds))
+            existed, _ = await pipe.execute()
+        return bool(existed)

@@ -1,0 +1,50 @@
+"""What every Redis role shares: the client, the key names, the clock, the TTLs, and the WATCH helper."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from redis.exceptions import WatchError
+
+from core.clock import Clock
+from realtime.storage.keys import RedisKeys
+
+T = TypeVar("T")
+
+# Optimistic transactions retry on contention; this many lost races in a row
+# means something is badly wrong, and failing loudly beats spinning forever.
+MAX_WATCH_ATTEMPTS = 50
+
+
+@dataclass
+class RedisContext:
+    # Any: redis-py types replies as bytes | str; this client decodes them (decode_responses=True).
+    redis: Any
+    clock: Clock
+    keys: RedisKeys
+    payment_ttl: int
+    client_ttl: int
+    event_log_max: int
+    dead_letter_ttl: float
+    dead_letter_max: int
+
+    async def optimistic(self, watch: list[str], attempt: Callable[[Any], Awaitable[T]]) -> T:
+        """Run `attempt(pipe)` under WATCH until its MULTI/EXEC commits; retried on WatchError."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for tries in range(MAX_WATCH_ATTEMPTS):
+                try:
+                    await pipe.watch(*watch)
+                    return await attempt(pipe)
+                except WatchError:
+                    await pipe.reset()
+                    await asyncio.sleep(random.uniform(0, 0.002 * (tries + 1)))
+        raise RuntimeError(f"gave up after {MAX_WATCH_ATTEMPTS} conflicting writes to {watch}")
+
+
+def ttl_ms(seconds: float) -> int:
+    """A TTL in whole milliseconds, at least 1 (Redis refuses 0)."""
+    return max(1, int(seconds * 1000))

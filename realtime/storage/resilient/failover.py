@@ -1,0 +1,275 @@
+"""The one generic resilient wrapper: a primary (Redis) while it answers, a fallback (memory) while not.
+
+`Failover` holds the one piece of state every role shares, whether the
+primary is healthy, and runs the recovery loop. `resilient(protocol,
+primary, fallback, failover, policy)` wraps one role: every method of
+`protocol` is generated once from a `Route`:
+
+- EITHER (the default): the primary while healthy; the fallback while degraded
+  or when the primary has just failed with an outage.
+- BOTH: the fallback always, then the primary while healthy (so the fallback is
+  current when an outage starts).
+- LOCAL_FIRST: the fallback if it holds the item (`policy.holds`), else the
+  primary while healthy, else `policy.defaults[name]`.
+
+What a role must remember while degraded and how it writes that back is its
+`RolePolicy` (resilient/policies.py); nothing here knows about payments.
+An outage is a redis ConnectionError/TimeoutError or an OSError; a full pool
+(`PoolExhausted`) is back-pressure, not an outage, and becomes `Busy` (503,
+retry) with the storage still healthy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+from collections.abc import Awaitable, Callable, Collection, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from enum import Enum
+from typing import Any, ClassVar, TypeVar
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from core.background import cancel_and_wait
+from core.clock import Clock
+from core.errors import Busy
+from observability.health import StorageHealth
+from realtime.redis_connection import PoolExhausted
+from realtime.storage.composite import protocol_methods
+
+log = logging.getLogger("paytrack.storage")
+
+R = TypeVar("R")
+T = TypeVar("T")
+
+# What "Redis is unreachable" looks like; anything else is a bug and propagates.
+OUTAGE_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError, asyncio.TimeoutError)
+
+RecoveryListener = Callable[[list[str]], Awaitable[None]]
+
+
+class Route(Enum):
+    EITHER = "either"
+    BOTH = "both"
+    LOCAL_FIRST = "local_first"
+
+
+@dataclass(frozen=True)
+class Call:
+    """One call of a role method, its arguments by name (as the protocol names them)."""
+
+    name: str
+    args: Mapping[str, Any]
+
+
+class RolePolicy:
+    """What a role does beyond routing; the default is nothing (locks, idempotency, auth cache)."""
+
+    routes: ClassVar[Mapping[str, Route]] = {}
+    defaults: ClassVar[Mapping[str, Any]] = {}  # LOCAL_FIRST results while neither side can answer
+
+    async def after(self, call: Call, result: Any, on_primary: bool) -> Any:
+        """Remember or mirror what `call` did; returns the result the caller gets."""
+        return result
+
+    def holds(self, call: Call) -> bool:
+        """For LOCAL_FIRST routes: whether the fallback holds what `call` is about."""
+        return False
+
+    async def recovering(self) -> None:
+        """The primary answers again; runs before the first write-back."""
+
+    def pending(self) -> bool:
+        """Whether anything is left to write back."""
+        return False
+
+    async def write_back(self) -> list[str]:
+        """Write back what was remembered (re-remembering what was not written, then raising, if the
+        primary fails again); returns the payment references written."""
+        return []
+
+
+class Failover:
+    """Whether the primary is healthy, the recovery loop, and /health while degraded."""
+
+    def __init__(
+        self,
+        primary: Any,
+        fallback: Any,
+        clock: Clock,
+        *,
+        reconnect_interval: float,
+        on_recovered: RecoveryListener | None = None,
+    ) -> None:
+        self.primary = primary  # needs start, close, ping
+        self.fallback = fallback  # needs start, close
+        self._clock = clock
+        self._interval = reconnect_interval
+        self._on_recovered = on_recovered
+        self.policies: list[RolePolicy] = []  # in write-back order
+        self.waiting: Callable[[], Collection[str]] = tuple  # payments changed and not yet written back
+        self.healthy = False
+        self._down_since: datetime | None = None
+        self._last_error = "not started"
+        self._last_reason = "NotStarted"  # the failure's class: shown on /health to anyone
+        self._watcher: asyncio.Task[None] | None = None
+
+    # -- calls ------------------------------------------------------------------------------------
+    async def on_primary(self, call: Callable[[], Awaitable[T]]) -> tuple[bool, T | None]:
+        """(True, result) if the primary is healthy and answered; (False, None) if not (an outage degrades)."""
+        if self.healthy:
+            try:
+                return True, await call()
+            except PoolExhausted:
+                raise Busy() from None
+            except OUTAGE_ERRORS as exc:
+                self.degrade(exc)
+        return False, None
+
+    def degrade(self, exc: BaseException) -> None:
+        self._last_error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        self._last_reason = type(exc).__name__
+        if self.healthy or self._down_since is None:
+            self._down_since = self._clock.now()
+            log.error(
+                "REDIS UNREACHABLE: storage is DEGRADED, running on this instance's memory until Redis is back",
+                extra={"error": self._last_error},
+            )
+        self.healthy = False
+
+    # -- lifetime -----------------------------------------------------------------------------------
+    async def start(self) -> None:
+        await self.fallback.start()
+        try:
+            await asyncio.wait_for(self.primary.start(), self._interval + 5)
+            self.healthy = True
+            log.info("storage: connected to Redis")
+        except OUTAGE_ERRORS as exc:
+            self.degrade(exc)
+        self._watcher = asyncio.create_task(self._watch(), name="redis-storage-watch")
+
+    async def close(self) -> None:
+        await cancel_and_wait(self._watcher)
+        if not self.healthy and self._pending():
+            with contextlib.suppress(*OUTAGE_ERRORS):
+                await asyncio.wait_for(self.recover(), 5)  # last chance before the memory copy is gone
+            if not self.healthy:
+                log.error(
+                    "storage: shutting down with changes Redis never received",
+                    extra={"payments": sorted(self.waiting())},
+                )
+        await self.fallback.close()
+        await self.primary.close()
+
+    def _pending(self) -> bool:
+        return any(policy.pending() for policy in self.policies)
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            try:
+                if self.healthy:
+                    await self.primary.ping()
+                else:
+                    await self.recover()
+            except PoolExhausted:
+                pass  # busy, not away
+            except OUTAGE_ERRORS as exc:
+                self.degrade(exc)
+            except Exception:  # a bug must not stop reconnection for good
+                log.exception("storage: unexpected error while checking Redis")
+
+    async def recover(self) -> None:
+        """Write back everything changed while degraded, then switch to the primary. Raises while it is away."""
+        await self.primary.ping()
+        for policy in self.policies:
+            await policy.recovering()
+        written: list[str] = []
+        while self._pending():
+            for policy in self.policies:
+                written += await policy.write_back()
+        # Nothing awaited between the last check and this line: no change can slip in unwritten.
+        self.healthy = True
+        log.warning(
+            "storage: Redis is back; degraded-mode changes written back",
+            extra={"payments": len(written), "down_since": self._down_since.isoformat() if self._down_since else None},
+        )
+        self._down_since = None
+        if self._on_recovered is not None:
+            try:
+                await self._on_recovered(written)
+            except Exception:
+                log.exception("storage: recovery listener failed")
+
+    async def health(self, backend: str) -> StorageHealth:
+        ok, latency = await self.on_primary(self.primary.ping)
+        if ok:
+            return StorageHealth(
+                backend=backend, status="healthy", redis_reachable=True, latency_ms=round(latency or 0.0, 2)
+            )
+        reachable = False
+        probe: float | None = None
+        with contextlib.suppress(*OUTAGE_ERRORS):
+            probe = round(await asyncio.wait_for(self.primary.ping(), 1.0), 2)
+            reachable = True
+        since = self._down_since.isoformat() if self._down_since else "start"
+        return StorageHealth(
+            backend=backend,
+            status="degraded",
+            redis_reachable=reachable,
+            latency_ms=probe,
+            reason=self._last_reason,
+            detail=(
+                f"running on memory since {since} ({self._last_error}); "
+                f"{len(self.waiting())} payment change(s) waiting for write-back"
+            ),
+        )
+
+
+class _ResilientRole:
+    """One role over a primary and a fallback; its methods are generated from the role's protocol."""
+
+    def __init__(self, protocol: type, primary: Any, fallback: Any, failover: Failover, policy: RolePolicy) -> None:
+        self._primary = primary
+        self._fallback = fallback
+        self._failover = failover
+        self._policy = policy
+        for name in protocol_methods(protocol):
+            signature = inspect.signature(getattr(protocol, name))
+            setattr(self, name, self._method(name, signature, policy.routes.get(name, Route.EITHER)))
+
+    def _method(self, name: str, signature: inspect.Signature, route: Route) -> Callable[..., Awaitable[Any]]:
+        policy, failover = self._policy, self._failover
+
+        async def method(*args: Any, **kwargs: Any) -> Any:
+            call = Call(name, signature.bind(self, *args, **kwargs).arguments)
+            primary = getattr(self._primary, name)
+            fallback = getattr(self._fallback, name)
+            if route is Route.LOCAL_FIRST and policy.holds(call):
+                return await fallback(*args, **kwargs)
+            local = await fallback(*args, **kwargs) if route is Route.BOTH else None
+
+            async def on_primary() -> Any:
+                return await policy.after(call, await primary(*args, **kwargs), True)
+
+            ok, result = await failover.on_primary(on_primary)
+            if ok:
+                return result
+            if route is Route.LOCAL_FIRST:
+                return policy.defaults.get(name)
+            if route is Route.EITHER:
+                local = await fallback(*args, **kwargs)
+            return await policy.after(call, local, False)
+
+        method.__name__ = name
+        return method
+
+
+def resilient(protocol: type, primary: R, fallback: R, failover: Failover, policy: RolePolicy | None = None) -> R:
+    """`protocol`'s role on `primary` while it is healthy, on `fallback` while not (see the module docstring)."""
+    role = _ResilientRole(protocol, primary, fallback, failover, policy or RolePolicy())
+    return role  # type: ignore[return-value]  # every method of `protocol` is bound in __init__

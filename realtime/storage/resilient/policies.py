@@ -1,0 +1,182 @@
+"""The role-specific parts of the resilient storage: what each role remembers while Redis is away, what
+it mirrors into memory while Redis answers, and how it writes back.
+
+Locks, idempotency and the auth cache need none (the default `RolePolicy`):
+they are local while degraded. Two instances may each believe they hold a
+lease until Redis returns; their holders must be idempotent (the reconciler
+is: the state machine ignores duplicates).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from typing import Any, ClassVar
+
+from core.clock import Clock
+from payments.model import Payment, PaymentEvent, Transition
+from payments.outbox import OutboxEntry
+from realtime.storage.memory import MemoryStorage
+from realtime.storage.resilient.failover import Call, RolePolicy, Route
+
+_PAYMENT_WRITES = ("create_payment", "merge_payment", "transition")
+
+
+class PaymentsPolicy(RolePolicy):
+    """Payments this instance sees are mirrored into memory, so the fallback already knows the payments
+    its checkout pages wait on; every payment changed while degraded is written back with
+    `merge_payment`, an atomic merge that never moves Redis backwards."""
+
+    def __init__(self, primary: Any, fallback: MemoryStorage, clock: Clock) -> None:
+        self._primary = primary
+        self._memory = fallback.payments
+        self._clock = clock
+        self.dirty: set[str] = set()
+        self.lost: set[str] = set()  # written back, but the local status lost the merge to Redis's
+
+    async def after(self, call: Call, result: Any, on_primary: bool) -> Any:
+        if call.name == "get_payment" and on_primary and result is not None and result.reference not in self.dirty:
+            self._memory.mirror(result)
+        if call.name not in _PAYMENT_WRITES:
+            return result
+        payment: Payment | None = result.payment if isinstance(result, Transition) else result
+        if payment is None or (isinstance(result, Transition) and not result.applied):
+            return result
+        if not on_primary:
+            self.dirty.add(payment.reference)
+        elif isinstance(result, Transition):
+            self._memory.mirror(payment, [result.event] if result.event else [])
+        elif call.name == "create_payment":
+            self._memory.mirror(payment, [PaymentEvent.of(payment, with_ussd=True)])
+        else:
+            self._memory.mirror(payment)
+        return result
+
+    def pending(self) -> bool:
+        return bool(self.dirty)
+
+    def waiting(self) -> Collection[str]:
+        return self.dirty
+
+    async def write_back(self) -> list[str]:
+        payments, self.dirty = self.dirty, set()
+        self.lost = set()
+        written: list[str] = []
+        try:
+            for ref in sorted(payments):
+                local = await self._memory.get_payment(ref)
+                if local is not None:  # else it expired while we waited
+                    stored = await self._primary.merge_payment(local, self._clock.now())
+                    self._memory.mirror(stored)
+                    written.append(ref)
+                    if stored.status is not local.status:
+                        self.lost.add(ref)
+                payments.discard(ref)
+        except BaseException:
+            self.dirty |= payments
+            raise
+        return written
+
+
+class OutboxPolicy(RolePolicy):
+    """Entries queued while degraded stay in memory and are written back, unless their payment's status
+    lost the merge (then the message would announce a status that is not the truth). An entry still in
+    memory is handled there; claims and lists while healthy include memory's leftovers."""
+
+    routes: ClassVar = {
+        "outbox_delivered": Route.BOTH,
+        "outbox_reschedule": Route.LOCAL_FIRST,
+        "outbox_kill": Route.LOCAL_FIRST,
+        "outbox_replay": Route.LOCAL_FIRST,
+    }
+    defaults: ClassVar = {"outbox_kill": 0}
+
+    def __init__(self, primary: Any, fallback: MemoryStorage, payments: PaymentsPolicy) -> None:
+        self._primary = primary
+        self._memory = fallback.outbox
+        self._payments = payments
+
+    def holds(self, call: Call) -> bool:
+        return self._memory.has_outbox_entry(call.args["entry_id"])
+
+    async def after(self, call: Call, result: Any, on_primary: bool) -> Any:
+        if not (on_primary and self._memory.has_outbox()):
+            return result
+        if call.name == "outbox_list":
+            return result + await self._memory.outbox_list()
+        if call.name == "outbox_claim" and len(result) < call.args["limit"]:
+            # Left in memory by an outage that has just ended: still deliver them.
+            more = call.args["limit"] - len(result)
+            return result + await self._memory.outbox_claim(call.args["now"], more, call.args["lease_seconds"])
+        return result
+
+    def pending(self) -> bool:
+        return self._memory.has_outbox()
+
+    async def write_back(self) -> list[str]:
+        entries: list[OutboxEntry] = [e for e in self._memory.take_outbox() if e.reference not in self._payments.lost]
+        try:
+            await self._primary.restore_outbox(entries)
+        except BaseException:
+            await self._memory.restore_outbox(entries)  # not written yet: keep them here
+            raise
+        return []
+
+
+class ClientsPolicy(RolePolicy):
+    """Client records are written to both while healthy, so the fallback is current; those touched while
+    degraded are written back, and so is every one of ours if our heartbeat lapsed meanwhile (other
+    instances may have removed our connections as a crashed instance's)."""
+
+    routes: ClassVar = {name: Route.BOTH for name in ("add_client", "remove_client", "track", "untrack")}
+
+    def __init__(self, primary: Any, fallback: MemoryStorage) -> None:
+        self._primary = primary
+        self._memory = fallback.clients
+        self.dirty: set[str] = set()
+        self.removed: set[str] = set()
+        self._beat: tuple[str, float] | None = None  # (instance id, ttl) of our heartbeat
+
+    async def after(self, call: Call, result: Any, on_primary: bool) -> Any:
+        if call.name == "heartbeat":
+            self._beat = (call.args["instance_id"], call.args["ttl_seconds"])
+            if on_primary and not result:
+                await self._write_all()
+        elif not on_primary and call.name in self.routes:
+            client = call.args.get("client")
+            socket_id = client.socket_id if client is not None else call.args["socket_id"]
+            if call.name == "remove_client":
+                self.dirty.discard(socket_id)
+                self.removed.add(socket_id)
+            else:
+                self.dirty.add(socket_id)
+        return result
+
+    async def _write_all(self) -> None:
+        for client in await self._memory.list_clients():
+            await self._primary.add_client(client)
+
+    async def recovering(self) -> None:
+        # While degraded the heartbeat beat only memory: beat Redis first thing.
+        if self._beat is not None and not await self._primary.heartbeat(*self._beat):
+            self.dirty |= {c.socket_id for c in await self._memory.list_clients()}
+
+    def pending(self) -> bool:
+        return bool(self.dirty or self.removed)
+
+    async def write_back(self) -> list[str]:
+        clients, self.dirty = self.dirty, set()
+        removed, self.removed = self.removed, set()
+        try:
+            for sid in sorted(removed):
+                await self._primary.remove_client(sid)
+                removed.discard(sid)
+            for sid in sorted(clients):
+                client = await self._memory.get_client(sid)
+                if client is not None:
+                    await self._primary.add_client(client)
+                clients.discard(sid)
+        except BaseException:
+            self.dirty |= clients
+            self.removed |= removed
+            raise
+        return []

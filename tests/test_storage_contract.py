@@ -1,0 +1,451 @@
+"""One contract for every storage role, run on memory, on Redis and on the resilient wrapper.
+
+Each test states a guarantee from the role protocols' docstrings
+(payments/ports.py, realtime/storage/base.py) and runs it on all three
+backends, so no backend can carry its own version of a rule. The last tests
+stop the test's redis-server in the middle of a sequence, keep calling the
+resilient wrapper, restart Redis and check what was written back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from core.clock import ManualClock
+from payments.model import PaymentStatus, StatusUpdate, Transition, UpdateSource
+from payments.outbox import OutboxEntry
+from payments.ports import IdempotencyRecord
+from realtime.storage.base import ClientRecord
+from realtime.storage.memory import MemoryStorage
+from realtime.storage.redis import RedisStorage
+from realtime.storage.resilient import ResilientStorage
+from tests.harness import eventually, make_settings, pending_references
+from tests.redis_server import RedisServer
+from tests.test_state_rule import orphan, owned  # a payment we initiated / one made from a webhook
+
+pytestmark = pytest.mark.redis
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+LATER = T0 + timedelta(seconds=5)
+DEAD_LETTER_MAX = 2
+_prefixes = itertools.count()
+
+
+@dataclass
+class Backend:
+    name: str
+    storage: Any
+    clock: ManualClock
+    redis_server: RedisServer
+    prefix: str = ""
+    recovered: list[list[str]] = field(default_factory=list)  # what on_recovered was called with
+
+
+def _memory(clock: ManualClock) -> MemoryStorage:
+    return MemoryStorage(clock, payment_ttl=3600, client_ttl=3600, event_log_max=50, dead_letter_max=DEAD_LETTER_MAX)
+
+
+def _redis(redis_server: RedisServer, clock: ManualClock, prefix: str) -> RedisStorage:
+    settings = make_settings(
+        REDIS_URL=redis_server.url,
+        REDIS_KEY_PREFIX=prefix,
+        REDIS_TIMEOUT_SECONDS=1.0,
+        MERCHANT_DEAD_LETTER_MAX=DEAD_LETTER_MAX,
+    )
+    return RedisStorage.from_settings(settings, clock)
+
+
+async def _open(kind: str, redis_server: RedisServer) -> Backend:
+    clock = ManualClock(T0)
+    prefix = f"contract{next(_prefixes)}:"
+    chosen = Backend(kind, None, clock, redis_server, prefix)
+    if kind == "memory":
+        chosen.storage = _memory(clock)
+    elif kind == "redis":
+        chosen.storage = _redis(redis_server, clock, prefix)
+    else:
+
+        async def on_recovered(references: list[str]) -> None:
+            chosen.recovered.append(references)
+
+        chosen.storage = ResilientStorage(
+            _redis(redis_server, clock, prefix),
+            _memory(clock),
+            clock,
+            reconnect_interval=0.05,
+            on_recovered=on_recovered,
+        )
+    await chosen.storage.start()
+    return chosen
+
+
+@pytest.fixture(params=["memory", "redis", "resilient"])
+async def backend(request: pytest.FixtureRequest, redis_server: RedisServer) -> AsyncIterator[Backend]:
+    chosen = await _open(request.param, redis_server)
+    try:
+        yield chosen
+    finally:
+        await chosen.storage.close()
+
+
+@pytest.fixture
+async def resilient(redis_server: RedisServer) -> AsyncIterator[Backend]:
+    """The resilient wrapper alone, for the tests that stop Redis in the middle."""
+    chosen = await _open("resilient", redis_server)
+    try:
+        yield chosen
+    finally:
+        await chosen.storage.close()
+
+
+def update(status: str, reference: str = "ref-1", **fields: Any) -> StatusUpdate:
+    return StatusUpdate(reference=reference, status=status, source=UpdateSource.WEBHOOK, **fields)
+
+
+def entry(entry_id: str, reference: str = "ref-1", due: float = 0.0, created: float = 0.0) -> OutboxEntry:
+    body = json.dumps({"type": "payment.completed", "data": {"reference": reference}})
+    return OutboxEntry(
+        id=entry_id,
+        message_id=entry_id,
+        type="payment.completed",
+        url="https://merchant.example/hook",
+        body=body,
+        created_at=created,
+        next_attempt_at=due,
+    )
+
+
+def entries_for(transition: Transition) -> list[OutboxEntry]:
+    """An `OutboxFor`: one message per applied transition, its id naming the seq."""
+    assert transition.payment is not None
+    return [entry(f"{transition.payment.reference}:{transition.payment.seq}", transition.payment.reference)]
+
+
+# -- PaymentStore --------------------------------------------------------------------------------
+
+
+async def test_a_created_payment_reads_back_by_reference_order_and_batch(backend: Backend) -> None:
+    s = backend.storage
+    stored = await s.create_payment(owned())
+    assert stored == owned() and stored.seq == 1
+    assert await s.get_payment("ref-1") == stored == await s.get_order_payment("order-1")
+    assert await s.get_payments(["nope", "ref-1"]) == [None, stored]
+    assert await s.get_payments([]) == []
+    assert await s.get_payment("nope") is None and await s.get_order_payment("nope") is None
+    assert [e.seq for e in await s.events_after("ref-1", 0)] == [1]
+    assert await s.events_after("ref-1", 1) == []
+
+
+async def test_the_newest_initiation_holds_the_order(backend: Backend) -> None:
+    await backend.storage.create_payment(owned(reference="ref-1"))
+    await backend.storage.create_payment(owned(reference="ref-2"))
+    assert (await backend.storage.get_order_payment("order-1")).reference == "ref-2"
+
+
+async def test_a_transition_applies_once_bumps_seq_logs_and_queues_its_outbox(backend: Backend) -> None:
+    s = backend.storage
+    await s.create_payment(owned())
+    done = await s.transition(update("SUCCESSFUL", amount=500, currency="XAF"), LATER, entries_for)
+    assert done.applied and done.payment.status is PaymentStatus.SUCCESSFUL and done.payment.seq == 2
+    assert await s.get_payment("ref-1") == done.payment
+    again = await s.transition(update("FAILED"), LATER, entries_for)
+    assert not again.applied and (await s.get_payment("ref-1")).status is PaymentStatus.SUCCESSFUL
+    assert [e.seq for e in await s.events_after("ref-1", 0)] == [1, 2]
+    assert [e.id for e in await s.outbox_list()] == ["ref-1:2"]  # the refused one queued nothing
+
+
+async def test_of_two_concurrent_transitions_at_most_one_completes_a_payment(backend: Backend) -> None:
+    s = backend.storage
+    await s.create_payment(owned())
+    results = await asyncio.gather(*(s.transition(update(status), LATER) for status in ("SUCCESSFUL", "FAILED") * 5))
+    assert sum(r.applied for r in results) == 1
+    final = await s.get_payment("ref-1")
+    assert final.status.is_terminal and final.seq == 2
+    assert [e.seq for e in await s.events_after("ref-1", 0)] == [1, 2]
+
+
+async def test_create_payment_queues_its_outbox_once_per_entry_id(backend: Backend) -> None:
+    s = backend.storage
+    await s.create_payment(owned(), [entry("m-1")])
+    await s.create_payment(owned(), [entry("m-1")])  # the same message again: never queued twice
+    assert [e.id for e in await s.outbox_list()] == ["m-1"]
+
+
+async def test_pending_page_lists_pending_payments_oldest_first_with_a_cursor(backend: Backend) -> None:
+    s = backend.storage
+    for i, ref in enumerate(["ref-c", "ref-a", "ref-b"]):
+        at = T0 + timedelta(seconds=i // 2)  # ref-a and ref-b created in the same second
+        await s.create_payment(owned(reference=ref, order_id=f"order-{ref}", created_at=at, updated_at=at))
+    await s.create_payment(owned(reference="ref-d", order_id="order-d", created_at=LATER, updated_at=LATER))
+    await s.transition(update("FAILED", reference="ref-d"), LATER)
+    start, end = T0.timestamp(), LATER.timestamp()
+    everything = [("ref-a", start), ("ref-c", start), ("ref-b", start + 1)]  # ties by reference; not ref-d
+    assert await s.pending_page(start, end, 10) == everything
+    assert await s.pending_page(start, end, 2) == everything[:2]
+    assert await s.pending_page(start + 1, end, 10) == [("ref-b", start + 1)]
+    assert await pending_references(s) == [r for r, _ in await s.pending_page(0, float("inf"), 10)]
+
+
+# The state rule through every backend (the pure rule is tested in tests/test_state_rule.py).
+
+
+async def test_every_backend_adopts_an_orphan_and_points_the_order_at_it(backend: Backend) -> None:
+    s = backend.storage
+    made = await s.transition(update("SUCCESSFUL", amount=500, external_reference="order-x"), T0)
+    assert made.outcome == "created_orphan" and await s.get_order_payment("order-x") is None
+    adopted = await s.create_payment(owned(created_at=LATER, updated_at=LATER))
+    assert adopted.owner_id == "alice" and adopted.status is PaymentStatus.SUCCESSFUL and adopted.seq == 2
+    assert await s.get_order_payment("order-1") == adopted == await s.get_payment("ref-1")
+    assert [e.seq for e in await s.events_after("ref-1", 0)] == [1, 2]
+
+
+async def test_every_backend_merges_a_write_back_by_the_rule(backend: Backend) -> None:
+    s = backend.storage
+    await s.create_payment(owned())
+    stored = await s.merge_payment(orphan(), LATER)  # a degraded instance's record from a webhook
+    assert stored.owner_id == "alice" and stored.status is PaymentStatus.SUCCESSFUL and stored.seq == 2
+    again = await s.merge_payment(owned(status=PaymentStatus.FAILED, seq=2), LATER)  # the other final status loses
+    assert again == stored and await s.get_payment("ref-1") == stored
+    assert [e.seq for e in await s.events_after("ref-1", 0)] == [1, 2]
+
+
+async def test_a_write_back_never_points_an_order_at_an_older_payment(backend: Backend) -> None:
+    s = backend.storage
+    await s.create_payment(owned(status=PaymentStatus.FAILED))  # an old attempt for order-1 ...
+    await s.create_payment(owned(reference="ref-2"))  # ... and the new one
+    await s.merge_payment(owned(status=PaymentStatus.FAILED, seq=3), LATER)  # the old one written back late
+    assert (await s.get_order_payment("order-1")).reference == "ref-2"
+
+
+# -- IdempotencyStore ----------------------------------------------------------------------------
+
+
+async def test_an_idempotency_key_is_claimed_once_completed_and_released(backend: Backend) -> None:
+    s = backend.storage
+    assert await s.claim_idempotency("k1", "fp", 60) is None
+    claimed = await s.claim_idempotency("k1", "other", 60)
+    assert claimed == IdempotencyRecord(fingerprint="fp", state="in_progress")
+    done = IdempotencyRecord(fingerprint="fp", state="done", status_code=200, body={"ok": True})
+    await s.complete_idempotency("k1", done, 60)
+    assert await s.claim_idempotency("k1", "fp", 60) == done
+    await s.release_idempotency("k1")
+    assert await s.claim_idempotency("k1", "fp", 60) is None
+
+
+# -- LockService ---------------------------------------------------------------------------------
+
+
+async def test_an_order_lock_has_one_holder_until_released(backend: Backend) -> None:
+    s = backend.storage
+    assert await s.acquire_order_lock("order-1", 60)
+    assert not await s.acquire_order_lock("order-1", 60)
+    assert await s.acquire_order_lock("order-2", 60)
+    await s.release_order_lock("order-1")
+    assert await s.acquire_order_lock("order-1", 60)
+
+
+async def test_a_lease_has_one_owner_who_renews_and_alone_releases_it(backend: Backend) -> None:
+    s = backend.storage
+    assert await s.acquire_lease("reconciler", "a", 60)
+    assert not await s.acquire_lease("reconciler", "b", 60)
+    assert await s.acquire_lease("reconciler", "a", 60)  # renewed
+    await s.release_lease("reconciler", "b")  # not the holder: no effect
+    assert not await s.acquire_lease("reconciler", "b", 60)
+    await s.release_lease("reconciler", "a")
+    assert await s.acquire_lease("reconciler", "b", 60)
+
+
+# -- OutboxStore ---------------------------------------------------------------------------------
+
+
+async def test_an_outbox_entry_is_claimed_by_one_claimer_until_its_lease_runs_out(backend: Backend) -> None:
+    s = backend.storage
+    await s.create_payment(owned(), [entry("m-1", due=100), entry("m-2", due=200), entry("m-3", due=900)])
+    claimed = await s.outbox_claim(now=300, limit=10, lease_seconds=30)
+    assert [e.id for e in claimed] == ["m-1", "m-2"] and all(e.claimed_until == 330 for e in claimed)
+    assert await s.outbox_claim(now=310, limit=10, lease_seconds=30) == []  # still leased
+    assert [e.id for e in await s.outbox_claim(now=331, limit=1, lease_seconds=30)] == ["m-1"]  # lease ran out
+
+
+async def test_outbox_reschedule_kill_replay_and_delivered(backend: Backend) -> None:
+    s = backend.storage
+    await s.create_payment(owned(), [entry("m-1", due=100)])
+    await s.outbox_claim(now=100, limit=10, lease_seconds=30)
+    await s.outbox_reschedule("m-1", 1, 500, "HTTP 500")
+    assert await s.outbox_claim(now=499, limit=10, lease_seconds=30) == []
+    (again,) = await s.outbox_claim(now=500, limit=10, lease_seconds=30)
+    assert (again.attempts, again.last_error) == (1, "HTTP 500")
+
+    assert await s.outbox_kill("m-1", 2, "gave up") == 0
+    (dead,) = await s.outbox_list()
+    assert dead.state == "dead" and dead.attempts == 2 and dead.dead_at == backend.clock.now().timestamp()
+    assert await s.outbox_claim(now=10_000, limit=10, lease_seconds=30) == []
+
+    replayed = await s.outbox_replay("m-1", 1000)
+    assert replayed is not None and (replayed.state, replayed.attempts, replayed.next_attempt_at) == (
+        "pending",
+        0,
+        1000,
+    )
+    assert [e.id for e in await s.outbox_claim(now=1000, limit=10, lease_seconds=30)] == ["m-1"]
+    await s.outbox_delivered("m-1")
+    assert await s.outbox_list() == [] and await s.outbox_replay("m-1", 1000) is None
+    await s.outbox_reschedule("nope", 1, 1, "x")  # unknown ids change nothing
+    assert await s.outbox_kill("nope", 1, "x") == 0 and await s.outbox_list() == []
+
+
+async def test_dead_letters_are_capped_oldest_first_and_expire(backend: Backend) -> None:
+    s = backend.storage
+    ids = [f"m-{i}" for i in range(DEAD_LETTER_MAX + 1)]
+    await s.create_payment(owned(), [entry(i, created=n) for n, i in enumerate(ids)])
+    dropped = 0
+    for n, entry_id in enumerate(ids):
+        backend.clock.advance(1)  # each dies a second after the previous one
+        dropped += await s.outbox_kill(entry_id, n, "gave up")
+    assert dropped == 1 and [e.id for e in await s.outbox_list()] == ids[1:]
+    backend.clock.advance(7 * 86400 + 60)  # past the default dead-letter TTL
+    assert await s.outbox_list() == []
+
+
+# -- ClientRegistry ------------------------------------------------------------------------------
+
+
+def client(socket_id: str, instance_id: str = "i-1", at: int = 0) -> ClientRecord:
+    return ClientRecord(socket_id=socket_id, instance_id=instance_id, connected_at=T0 + timedelta(seconds=at))
+
+
+async def test_clients_are_listed_tracked_counted_and_removed(backend: Backend) -> None:
+    s = backend.storage
+    await s.heartbeat("i-1", 60)
+    await s.add_client(client("s2", at=2))
+    await s.add_client(client("s1", at=1))
+    await s.track("s1", "ref-1")
+    await s.track("s1", "ref-1")  # tracked once
+    await s.track("s2", "ref-1")
+    await s.track("nobody", "ref-1")  # an unknown socket changes nothing
+    assert (await s.get_client("s1")).tracked == ["ref-1"]
+    assert [c.socket_id for c in await s.list_clients()] == ["s1", "s2"]
+    assert await s.tracker_count("ref-1") == 2 and await s.tracker_count("ref-2") == 0
+    await s.untrack("s2", "ref-1")
+    assert await s.tracker_count("ref-1") == 1 and (await s.get_client("s2")).tracked == []
+    await s.remove_client("s1")
+    assert await s.get_client("s1") is None and await s.tracker_count("ref-1") == 0
+    assert [c.socket_id for c in await s.list_clients()] == ["s2"]
+
+
+async def test_a_heartbeat_keeps_an_instance_alive(backend: Backend) -> None:
+    s = backend.storage
+    first = await s.heartbeat("i-1", 60)
+    assert first is (backend.name == "memory")  # memory has nothing to lapse; Redis had no beat yet
+    assert await s.heartbeat("i-1", 60)
+
+
+async def test_connections_of_an_instance_without_a_heartbeat_are_removed_not_listed(backend: Backend) -> None:
+    if backend.name == "memory":
+        pytest.skip("one process, one instance: its connections die with it")
+    s = backend.storage
+    await s.heartbeat("alive", 60)
+    await s.add_client(client("s1", "alive"))
+    await s.add_client(client("s2", "crashed"))  # an instance that never beat (or whose beat lapsed)
+    await s.track("s2", "ref-1")
+    assert [c.socket_id for c in await s.list_clients()] == ["s1"]
+    assert await s.tracker_count("ref-1") == 0
+
+
+# -- AuthCacheStore ------------------------------------------------------------------------------
+
+
+async def test_the_auth_cache_returns_what_was_set(backend: Backend) -> None:
+    s = backend.storage
+    assert await s.auth_cache_get("h1") is None
+    await s.auth_cache_set("h1", '{"user": "alice"}', 60)
+    assert await s.auth_cache_get("h1") == '{"user": "alice"}'
+
+
+# -- the resilient wrapper with Redis gone in the middle -------------------------------------------
+
+
+async def _in_redis(backend: Backend) -> RedisStorage:
+    """A plain Redis storage on the same keys, to see what Redis itself holds."""
+    plain = _redis(backend.redis_server, backend.clock, backend.prefix)
+    await plain.start()
+    return plain
+
+
+async def test_a_sequence_across_a_redis_outage_is_written_back_when_redis_returns(resilient: Backend) -> None:
+    s, server = resilient.storage, resilient.redis_server
+    await s.heartbeat("i-1", 60)
+    await s.create_payment(owned())
+    await s.add_client(client("s-gone"))
+    await server.save()  # Redis comes back holding what it had: the PENDING payment
+    server.stop()
+
+    # Every role keeps answering, from memory, and the failure says degraded.
+    done = await s.transition(update("SUCCESSFUL", amount=500, currency="XAF"), LATER, entries_for)
+    assert done.applied and not s.healthy
+    assert (await s.health()).status == "degraded"
+    assert (await s.get_payment("ref-1")).status is PaymentStatus.SUCCESSFUL
+    assert [e.seq for e in await s.events_after("ref-1", 0)] == [1, 2]  # the log was mirrored before
+    await s.add_client(client("s-new", at=1))
+    await s.track("s-new", "ref-1")
+    await s.remove_client("s-gone")
+    assert [c.socket_id for c in await s.list_clients()] == ["s-new"]
+    assert await s.claim_idempotency("k1", "fp", 60) is None
+    assert await s.acquire_lease("reconciler", "a", 60)
+    await s.auth_cache_set("h1", "alice", 60)
+    assert await s.auth_cache_get("h1") == "alice"
+    assert [e.id for e in await s.outbox_list()] == ["ref-1:2"]
+
+    await server.start()
+    await eventually(lambda: s.healthy, timeout=10)
+    assert resilient.recovered == [["ref-1"]]
+    plain = await _in_redis(resilient)
+    try:
+        in_redis = await plain.get_payment("ref-1")
+        assert in_redis.status is PaymentStatus.SUCCESSFUL and in_redis.seq == 3  # merged above both copies
+        assert [e.id for e in await plain.outbox_list()] == ["ref-1:2"]
+        assert await plain.get_client("s-gone") is None
+        assert (await plain.get_client("s-new")).tracked == ["ref-1"]
+        assert await plain.tracker_count("ref-1") == 1
+    finally:
+        await plain.close()
+    # Healthy again: calls go to Redis, and the written-back entry is handed out once.
+    assert [e.id for e in await s.outbox_claim(now=10_000, limit=10, lease_seconds=30)] == ["ref-1:2"]
+    assert await s.outbox_claim(now=10_000, limit=10, lease_seconds=30) == []
+
+
+async def test_a_status_that_lost_the_merge_during_an_outage_sends_no_message(resilient: Backend) -> None:
+    s, server = resilient.storage, resilient.redis_server
+    await s.create_payment(owned())
+    other = await _in_redis(resilient)  # another instance, which hears SUCCESSFUL from the provider
+    try:
+        await other.transition(update("SUCCESSFUL", amount=500, currency="XAF"), LATER)
+        await server.save()
+        server.stop()
+        failed = await s.transition(update("FAILED"), LATER, entries_for)  # this one, degraded, hears FAILED
+        assert failed.applied and [e.id for e in await s.outbox_list()] == ["ref-1:2"]
+        await server.start()
+        await eventually(lambda: s.healthy, timeout=10)
+        assert (await other.get_payment("ref-1")).status is PaymentStatus.SUCCESSFUL  # the first final status kept
+        assert await other.outbox_list() == [] and await s.outbox_list() == []  # FAILED is never announced
+    finally:
+        await other.close()
+
+
+async def test_a_call_that_meets_the_outage_is_answered_from_memory(resilient: Backend) -> None:
+    s, server = resilient.storage, resilient.redis_server
+    await s.create_payment(owned())
+    assert s.healthy
+    server.stop()
+    # The storage still believes Redis is there: the first call meets the outage, degrades, and is
+    # answered from the mirrored copy.
+    assert (await s.get_payment("ref-1")) == owned() and not s.healthy
+    assert (await s.health()).redis_reachable is False
