@@ -96,6 +96,16 @@ async def backend(request: pytest.FixtureRequest, redis_server: RedisServer) -> 
         await chosen.storage.close()
 
 
+@pytest.fixture(params=["redis", "resilient"])
+async def shared_backend(request: pytest.FixtureRequest, redis_server: RedisServer) -> AsyncIterator[Backend]:
+    """The backends several instances share (memory is one process: its connections die with it)."""
+    chosen = await _open(request.param, redis_server)
+    try:
+        yield chosen
+    finally:
+        await chosen.storage.close()
+
+
 @pytest.fixture
 async def resilient(redis_server: RedisServer) -> AsyncIterator[Backend]:
     """The resilient wrapper alone, for the tests that stop Redis in the middle."""
@@ -348,10 +358,10 @@ async def test_a_heartbeat_keeps_an_instance_alive(backend: Backend) -> None:
     assert await s.heartbeat("i-1", 60)
 
 
-async def test_connections_of_an_instance_without_a_heartbeat_are_removed_not_listed(backend: Backend) -> None:
-    if backend.name == "memory":
-        pytest.skip("one process, one instance: its connections die with it")
-    s = backend.storage
+async def test_connections_of_an_instance_without_a_heartbeat_are_removed_not_listed(
+    shared_backend: Backend,
+) -> None:
+    s = shared_backend.storage
     await s.heartbeat("alive", 60)
     await s.add_client(client("s1", "alive"))
     await s.add_client(client("s2", "crashed"))  # an instance that never beat (or whose beat lapsed)
