@@ -36,7 +36,7 @@ when the rule is fixed the xfail turns into a failure and must be removed.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -45,12 +45,14 @@ from hypothesis import strategies as st
 
 from payments.access import Identity
 from payments.model import AMOUNT_MISMATCH, Payment, PaymentStatus, StatusUpdate, UpdateSource
+from payments.state import _INITIATION_FIELDS as INITIATION_FIELDS
+from payments.state import _PROVIDER_FIELDS as PROVIDER_FIELDS
 from payments.state import decide, merge
 from realtime.sessions import Admission, Sessions
+from tests.test_state_rule import T0, owned
 
 pytestmark = pytest.mark.slow
 
-T0 = datetime(2026, 1, 1, tzinfo=UTC)
 REF = "ref-1"
 COPIES = 3
 # Fixed and derandomized, so CI runs the same examples every time.
@@ -59,41 +61,19 @@ PAIRS = settings(max_examples=60, derandomize=True, deadline=None, suppress_heal
 RULE = settings(max_examples=120, derandomize=True, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 GATE = settings(max_examples=200, derandomize=True, deadline=None)
 
-INITIATION_FIELDS = (
-    "order_id",
-    "amount",
-    "currency",
-    "phone_number",
-    "description",
-    "ussd_code",
-    "provider",
-    "owner_id",
-)
-# A merge must never drop these once a copy holds them (the brief's "owner/order/phone/ussd").
+# Who initiated it and for what: a merge must never drop or alter these once a copy holds them.
 NEVER_DROPPED = ("owner_id", "order_id", "phone_number", "ussd_code")
-PROVIDER_FIELDS = ("operator", "operator_reference", "provider_amount", "provider_currency")
+
+
+def known_gap(reason: str) -> pytest.MarkDecorator:
+    """A promise the rule makes that does not hold today: turns into a failure once it does."""
+    return pytest.mark.xfail(strict=True, reason=reason)
 
 
 def state(payment: Payment) -> tuple[Any, ...]:
     """What makes two copies the same state: everything but seq and timestamps."""
     return tuple(
         getattr(payment, name) for name in (*INITIATION_FIELDS, *PROVIDER_FIELDS, "status", "reason", "orphan")
-    )
-
-
-def initiation(amount: int = 500) -> Payment:
-    """Our record of the payment as `initiate` stores it."""
-    return Payment(
-        reference=REF,
-        order_id="order-1",
-        amount=amount,
-        currency="XAF",
-        owner_id="alice",
-        phone_number="237671234567",
-        ussd_code="*126#",
-        provider="campay",
-        created_at=T0,
-        updated_at=T0,
     )
 
 
@@ -166,7 +146,7 @@ def histories(
     """
     truth = draw(truths)
     init = draw(st.booleans()) if initiated is None else initiated
-    facts: list[Fact] = [initiation()] if init else []
+    facts: list[Fact] = [owned()] if init else []
     facts += draw(st.lists(claims(truth, with_amount=with_amount, complete=complete), min_size=1, max_size=4))
     if complete:
         facts.append(truth.complete())
@@ -315,41 +295,38 @@ def test_merge_in_either_order_agrees_on_status_and_initiation(data: st.DataObje
 # -- counterexamples hypothesis found: promises that do not hold today ----------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a SUCCESSFUL confirmed without an amount is re-checked by a later merge and becomes FAILED: "
-    "a final status changes, and a socket that had payment-success is sent FAILED (docs/API.md guarantee 1)",
+@known_gap(
+    "a SUCCESSFUL confirmed without an amount is re-checked by a later merge and becomes FAILED: "
+    "a final status changes, and a socket that had payment-success is sent FAILED (docs/API.md guarantee 1)"
 )
 def test_a_success_confirmed_without_an_amount_stays_successful_after_a_write_back() -> None:
     truth = Truth("SUCCESSFUL", 5, "XAF", "MTN", "op-1", None)
-    redis = decide(initiation(), truth.claim("SUCCESSFUL"), T0).payment  # the provider's answer had no amount
+    redis = decide(owned(), truth.claim("SUCCESSFUL"), T0).payment  # the provider's answer had no amount
     assert redis is not None and redis.status is PaymentStatus.SUCCESSFUL
     degraded = decide(None, truth.claim("SUCCESSFUL", frozenset({"amount"})), T0).payment  # another instance
     assert degraded is not None and degraded.orphan
     assert merge(redis, degraded, T0).payment.status is PaymentStatus.SUCCESSFUL
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="seq is one order per lineage, not across copies that never met: two copies that each took "
-    "a change can hold different states at the same seq, and an unchanged merge keeps the lower seq",
+@known_gap(
+    "seq is one order per lineage, not across copies that never met: two copies that each took "
+    "a change can hold different states at the same seq, and an unchanged merge keeps the lower seq"
 )
 def test_two_different_states_never_share_a_seq_across_copies() -> None:
     truth = Truth("SUCCESSFUL", 500, "XAF", "MTN", "op-1", None)
-    a = decide(initiation(), truth.complete(), T0).payment  # copy 0: initiated, then SUCCESSFUL: seq 2
+    a = decide(owned(), truth.complete(), T0).payment  # copy 0: initiated, then SUCCESSFUL: seq 2
     orphan = decide(None, truth.claim("PENDING", frozenset({"operator"})), T0).payment  # copy 1: a webhook first,
     assert a is not None and orphan is not None
-    b = merge(orphan, initiation(), T0).payment  # then the same initiation (retried there): PENDING at seq 2
+    b = merge(orphan, owned(), T0).payment  # then the same initiation (retried there): PENDING at seq 2
     assert (a.seq, a.status, b.seq, b.status) == (2, PaymentStatus.SUCCESSFUL, 2, PaymentStatus.PENDING)
     final = merge(a, b, T0).payment  # the write-back: nothing new for copy 0, so it stays at seq 2
     # A socket shown `b` (PENDING, seq 2) drops `final` (SUCCESSFUL, seq 2) as not newer.
     assert final.seq > b.seq
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="an orphan made from a claim without a currency gets the default XAF, which then wins a merge "
-    "over the currency another copy was told, so two orphans merge differently in each order",
+@known_gap(
+    "an orphan made from a claim without a currency gets the default XAF, which then wins a merge "
+    "over the currency another copy was told, so two orphans merge differently in each order"
 )
 def test_two_orphans_merge_to_the_same_currency_in_either_order() -> None:
     truth = Truth("SUCCESSFUL", 500, "EUR", "MTN", "op-1", None)
