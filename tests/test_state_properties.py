@@ -13,9 +13,8 @@ client is guaranteed"), and what is tested here:
 - on every copy `seq` never goes down, and a copy whose state changes gets a
   new, higher `seq`; a merge that changes anything is newer than both inputs;
 - a merge never drops or alters the initiation (owner, order, phone, USSD);
-- a final status of a payment we initiated never changes — provided every
-  final claim says which amount and currency were paid (see the tests
-  below for what happens when one does not);
+- a final status of a payment we initiated never changes, even when a final
+  claim did not say which amount or currency was paid;
 - every schedule of the same facts (with our initiation among them) ends in
   the same status and initiation fields, and in the same whole state when
   every final claim names every detail (otherwise the first final claim
