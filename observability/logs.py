@@ -26,6 +26,9 @@ from typing import IO, Any
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web import BaseRequest, StreamResponse
 
+from core.http import client_address
+from core.settings import SETTINGS
+
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
 
 # Fields bound for the current task and what it starts (asyncio copies contextvars into new tasks).
@@ -154,7 +157,13 @@ class AccessLogger(AbstractAccessLogger):
                 "path": request.path,
                 "status": response.status,
                 "duration_ms": round(time * 1000, 1),
-                "remote": request.remote,
+                "remote": client_address(request, trust_forwarded=_trusts_forwarded(request)),
                 "request_id": response.headers.get("X-Request-ID"),
             },
         )
+
+
+def _trusts_forwarded(request: BaseRequest) -> bool:
+    """TRUST_FORWARDED_FOR of the app serving `request` (the access log runs outside the handler)."""
+    settings = request.app.get(SETTINGS) if hasattr(request, "app") else None
+    return bool(settings and settings.TRUST_FORWARDED_FOR)
