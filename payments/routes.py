@@ -14,7 +14,7 @@ from core.http import client_ip
 from core.ratelimit import LIMITER
 from core.settings import SETTINGS
 from payments.access import AUTHENTICATOR, Identity, can_view, identify
-from payments.model import PaymentStatus
+from payments.model import Payment, PaymentStatus
 from payments.ports import TrackerCount
 from payments.reconciler import RECONCILER
 from payments.schemas import InitiateRequest, OrderId, Reference
@@ -90,16 +90,34 @@ def _matches(if_none_match: str | None, etag: str) -> bool:
     return "*" in candidates or etag in candidates
 
 
+def _visible(request: web.Request, identity: Identity | None, payment: Payment, not_visible: ApiError) -> Payment:
+    """`payment` if the caller may see it; else an audit line and `not_visible` (a private record: 404)."""
+    if can_view(identity, payment, auth_enabled=_auth_enabled(request)):
+        return payment
+    _refusal(request, identity, payment.reference)
+    if payment.orphan:  # a record we never initiated is private: as if it did not exist
+        raise NotFound(f"no payment with reference {payment.reference}", code="payment_not_found")
+    raise not_visible
+
+
+def _json_with_etag(body: dict[str, object], headers: dict[str, str], request: web.Request) -> web.Response:
+    """The body with its ETag, or 304 when the caller already holds it (a polling client's cheap "nothing new")."""
+    headers = {"Cache-Control": "no-store", **headers, "ETag": _etag(body)}
+    if _matches(request.headers.get("If-None-Match"), headers["ETag"]):
+        return web.Response(status=304, headers=headers)
+    return web.json_response(body, headers=headers)
+
+
 @routes.get("/api/payment/status/{order_id}")
 async def order_status(request: web.Request) -> web.Response:
     identity = await identify(request)
     order_id = _path_param(request, "order_id", _order_id)
     payment = await request.app[SERVICE].get_order_payment(order_id)
-    if not can_view(identity, payment, auth_enabled=_auth_enabled(request)):
-        _refusal(request, identity, payment.reference)
-        # 404, not 403: order ids are guessable, so existence itself is not revealed.
-        raise NotFound(f"no payment for order {order_id}", code="payment_not_found")
-    headers = {"Cache-Control": "no-store"}
+    # 404, not 403: order ids are guessable, so existence itself is not revealed.
+    payment = _visible(
+        request, identity, payment, NotFound(f"no payment for order {order_id}", code="payment_not_found")
+    )
+    headers: dict[str, str] = {}
     if request.query.get("refresh", "").lower() in ("1", "true", "yes") and payment.status is PaymentStatus.PENDING:
         try:
             transition = await request.app[RECONCILER].refresh(payment.reference)
@@ -108,12 +126,7 @@ async def order_status(request: web.Request) -> web.Response:
         except ApiError as exc:
             # The stored state is still the best answer; say the refresh failed.
             headers["X-Provider-Refresh"] = f"failed; {exc.code}"
-    body = payment.public()
-    etag = _etag(body)
-    headers["ETag"] = etag
-    if _matches(request.headers.get("If-None-Match"), etag):
-        return web.Response(status=304, headers=headers)
-    return web.json_response(body, headers=headers)
+    return _json_with_etag(payment.public(), headers, request)
 
 
 @routes.get("/api/payment/tracking/{reference}")
@@ -121,14 +134,7 @@ async def tracking(request: web.Request) -> web.Response:
     identity = await identify(request)
     reference = _path_param(request, "reference", _reference)
     payment = await request.app[SERVICE].get_payment(reference)
-    if not can_view(identity, payment, auth_enabled=_auth_enabled(request)):
-        _refusal(request, identity, payment.reference)
-        if payment.orphan:  # a record we never initiated is private: as if it did not exist
-            raise NotFound(f"no payment with reference {reference}", code="payment_not_found")
-        raise ApiError("this payment belongs to another user", code="forbidden", status=403)
+    forbidden = ApiError("this payment belongs to another user", code="forbidden", status=403)
+    payment = _visible(request, identity, payment, forbidden)
     trackers = await request.app[TRACKERS].tracker_count(reference)
-    body = {"payment": payment.public(), "tracking_clients": trackers}
-    headers = {"Cache-Control": "no-store", "ETag": _etag(body)}
-    if _matches(request.headers.get("If-None-Match"), headers["ETag"]):
-        return web.Response(status=304, headers=headers)  # a polling client's cheap "nothing new"
-    return web.json_response(body, headers=headers)
+    return _json_with_etag({"payment": payment.public(), "tracking_clients": trackers}, {}, request)
