@@ -39,7 +39,7 @@ from realtime.events import PaymentNamespace
 from realtime.heartbeat import heartbeat_ctx
 from realtime.manager import ResilientRedisManager, create_client_manager, pubsub_ctx
 from realtime.notifier import SocketNotifier
-from realtime.server import SIO, close_connections, create_sio
+from realtime.server import SIO, closing_sockets, create_sio
 from realtime.sessions import Sessions
 from realtime.storage.base import STORAGE, Storage
 from realtime.storage.factory import create_storage
@@ -174,14 +174,8 @@ def create_app(
         ]
     )
     app.on_response_prepare.append(_security_headers)
-
-    async def close_sockets(app: web.Application) -> None:
-        """At shutdown, close every Socket.IO connection still open so its client reconnects to
-        another instance. `server.py` has done so already, before aiohttp stopped reading from
-        connections (the order that lets websocket closes complete); this covers any other runner."""
-        await close_connections(sio, settings.SHUTDOWN_TIMEOUT_SECONDS * SOCKETS_SHARE)
-
-    app.on_shutdown.append(close_sockets)
+    # `server.py` closes sockets itself, before aiohttp stops reading from connections; this covers any other runner.
+    app.on_shutdown.append(closing_sockets(sio, settings.SHUTDOWN_TIMEOUT_SECONDS * SOCKETS_SHARE))
 
     sio.attach(app, socketio_path="socket.io")
     for table in (
