@@ -55,6 +55,17 @@ log = logging.getLogger("paytrack")
 SOCKETS_SHARE = 0.25
 REQUESTS_SHARE = 0.3
 
+# Every package's REST routes (Socket.IO attaches its own at /socket.io/).
+ROUTES = (
+    payments.routes.routes,
+    webhooks.inbound.routes.routes,
+    debug.routes.routes,
+    health.routes,
+    metrics_routes.routes,
+    testpage.routes.routes,
+    sdk.routes.routes,
+)
+
 
 def create_app(
     settings: Settings,
@@ -178,15 +189,7 @@ def create_app(
     app.on_shutdown.append(closing_sockets(sio, settings.SHUTDOWN_TIMEOUT_SECONDS * SOCKETS_SHARE))
 
     sio.attach(app, socketio_path="socket.io")
-    for table in (
-        payments.routes.routes,
-        webhooks.inbound.routes.routes,
-        debug.routes.routes,
-        health.routes,
-        metrics_routes.routes,
-        testpage.routes.routes,
-        sdk.routes.routes,
-    ):
+    for table in ROUTES:
         app.router.add_routes(table)
     _setup_cors(app, settings)
     return app
