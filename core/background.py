@@ -25,11 +25,15 @@ CleanupContext = Callable[[web.Application], AsyncIterator[None]]
 
 async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
     """Cancel `task` and wait until it has finished, so a shutdown leaves nothing running."""
-    if task is None or task is asyncio.current_task():
+    current = asyncio.current_task()
+    if task is None or task is current:
         return
     task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
+    try:
         await task
+    except asyncio.CancelledError:
+        if current is not None and current.cancelling():
+            raise  # the caller itself is being cancelled: that must not be swallowed here
 
 
 class PeriodicWorker:
@@ -58,32 +62,46 @@ class PeriodicWorker:
         self._failed = failed
         self._wait_first = wait_first
         self._wake = asyncio.Event()
+        self._stopping = False
         self._task: asyncio.Task[None] | None = None
 
     def wake(self) -> None:
         self._wake.set()
 
     def start(self) -> None:
+        self._stopping = False
         self._task = asyncio.create_task(self._loop(), name=self._name)
 
     async def stop(self) -> None:
+        """Cancel the pass in flight and end the loop.
+
+        The flag ends the loop even when the cancel does not arrive: a library
+        under `work` may swallow a `CancelledError` (and the pass then returns
+        as if it had finished), and the loop must not go on to the next pass.
+        """
+        self._stopping = True
+        self._wake.set()
         await cancel_and_wait(self._task)
         self._task = None
 
     async def _loop(self) -> None:
         if self._wait_first:
             await self._sleep()
-        while True:
+        while not self._stopping:
             self._wake.clear()
             try:
                 await self._work()
             except Exception:  # the loop must survive anything one pass meets
                 self._log.exception(self._failed)
-            await self._sleep()
+            if not self._stopping:
+                await self._sleep()
 
     async def _sleep(self) -> None:
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), self._interval)
+        # Not `asyncio.wait_for`: on Python 3.11 it swallows a cancel that arrives as the wake does
+        # (the event set, the waiting task not yet resumed), and `stop` would then wait forever.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._interval):
+                await self._wake.wait()
 
 
 class OwnedTasks:

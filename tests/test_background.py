@@ -94,3 +94,19 @@ async def test_components_start_in_list_order_and_stop_in_reverse() -> None:
     await server.start_server()
     await server.close()
     assert journal == ["start worker", "stop worker", "close pool"]
+
+
+async def test_stop_ends_the_worker_even_when_its_pass_swallows_the_cancel() -> None:
+    inside = asyncio.Event()
+
+    async def work() -> None:
+        inside.set()
+        try:
+            await asyncio.sleep(LONG)
+        except asyncio.CancelledError:
+            pass  # as some client libraries do: the pass then returns as if it had finished
+
+    worker = PeriodicWorker("test", work, interval=LONG, log=logging.getLogger("test"), failed="x")
+    worker.start()
+    await asyncio.wait_for(inside.wait(), 5)
+    await asyncio.wait_for(worker.stop(), 5)
