@@ -19,34 +19,33 @@ import payments.routes
 import sdk.routes
 import testpage.routes
 import webhooks.inbound.routes
-from auth.authenticators import Authenticator, IntrospectionAuthenticator, JwtAuthenticator, NoAuth
+from auth.authenticators import create_authenticator
+from core.background import CleanupContext, closing, opened, running
 from core.clock import CLOCK, Clock, SystemClock
 from core.errors import ascii_headers_middleware, error_middleware
 from core.ratelimit import LIMITER, Limit, RateLimiter
-from core.secrets import decode_secret
-from core.settings import SETTINGS, AuthMode, ProviderName, Settings, StorageBackend
+from core.settings import SETTINGS, AuthMode, Settings
 from observability.health import PROBE
 from observability.metrics import METRICS, Metrics, instrument
 from observability.request_id import request_id_middleware, setup_request_id
 from payments.access import AUTHENTICATOR
 from payments.outbox import OutboxPolicy
-from payments.provider import PaymentProvider
+from payments.providers import create_provider
 from payments.reconciler import RECONCILER, ReconcilePolicy, Reconciler
 from payments.routes import TRACKERS
-from payments.sandbox import SandboxProvider
 from payments.service import SERVICE, PaymentService
 from realtime.delivery import LocalDelivery, Resync
-from realtime.events import register_handlers
-from realtime.heartbeat import Heartbeat
-from realtime.manager import ResilientRedisManager, create_client_manager
+from realtime.events import PaymentNamespace
+from realtime.heartbeat import heartbeat_ctx
+from realtime.manager import ResilientRedisManager, create_client_manager, pubsub_ctx
 from realtime.notifier import SocketNotifier
-from realtime.server import SIO, close_connections, create_sio
+from realtime.server import SIO, closing_sockets, create_sio
 from realtime.sessions import Sessions
 from realtime.storage.base import STORAGE, Storage
 from realtime.storage.factory import create_storage
 from realtime.storage.keys import RedisKeys
 from webhooks.inbound.processor import WEBHOOKS, WebhookProcessor
-from webhooks.outbound.delivery import DELIVERY, DeliveryWorker
+from webhooks.outbound.delivery import DELIVERY, create_delivery
 
 log = logging.getLogger("paytrack")
 
@@ -56,13 +55,16 @@ log = logging.getLogger("paytrack")
 SOCKETS_SHARE = 0.25
 REQUESTS_SHARE = 0.3
 
-
-def create_provider(settings: Settings, clock: Clock, metrics: Metrics | None = None) -> PaymentProvider:
-    if settings.PAYMENT_PROVIDER is ProviderName.SANDBOX:
-        return SandboxProvider()
-    from payments.campay import CampayProvider
-
-    return CampayProvider.from_settings(settings, clock, metrics)
+# Every package's REST routes (Socket.IO attaches its own at /socket.io/).
+ROUTES = (
+    payments.routes.routes,
+    webhooks.inbound.routes.routes,
+    debug.routes.routes,
+    health.routes,
+    metrics_routes.routes,
+    testpage.routes.routes,
+    sdk.routes.routes,
+)
 
 
 def create_app(
@@ -72,11 +74,13 @@ def create_app(
     storage: Storage | None = None,
     metrics: Metrics | None = None,
 ) -> web.Application:
-    """Build one server instance.
+    """Build one server instance: its components, then their lifetimes in start order.
 
     `storage` may be passed in when it must outlive the app (a test restarting
     a server on the same data, as Redis allows in production); `metrics` when
     the caller wants the registry. Both default to new ones from settings.
+    Each entry of `app.cleanup_ctx` opens one component at startup and closes
+    it at cleanup, in reverse order: workers stop before what they use closes.
     """
     clock = clock or SystemClock()
     metrics = metrics or Metrics()
@@ -94,17 +98,12 @@ def create_app(
     )
     socket_delivery = LocalDelivery(sio, sessions)
     manager.on_payment = socket_delivery.deliver
-    notifier = SocketNotifier(manager.publish_payment)
     metrics.count_tracked_with(sessions.tracked_payment_count)
 
     async def announce_recovered(references: list[str]) -> None:
-        assert storage is not None
-        """Redis is back: what it now holds for the payments changed meanwhile goes to every instance
-        (re-read, never the local copy), and this instance's sockets are resynced."""
-        for reference in references:
-            payment = await storage.get_payment(reference)
-            if payment is not None:
-                await notifier.announce(payment)
+        """Redis is back: what it now holds for the payments changed meanwhile goes to every instance,
+        and this instance's sockets are resynced."""
+        await service.announce(references)
         resync.request()
 
     # Storage failures are counted where they happen: on the backend that talks to the data.
@@ -117,71 +116,35 @@ def create_app(
     if isinstance(manager, ResilientRedisManager):
         manager.on_listening = resync.request
         manager.storage_healthy = lambda: bool(getattr(storage, "healthy", True))
-    delivery = _create_delivery(settings, storage, clock, metrics)
-    heartbeat = (
-        Heartbeat(storage, settings.INSTANCE_ID, interval=settings.INSTANCE_HEARTBEAT_SECONDS)
-        if settings.STORAGE_BACKEND is StorageBackend.REDIS
-        else None
-    )
+    delivery = create_delivery(settings, storage, clock, metrics)
     service = PaymentService(
         storage,
         provider,
-        notifier,
+        SocketNotifier(manager.publish_payment),
         clock,
         idempotency_ttl=settings.PAYMENT_TTL_SECONDS,
         order_lock_seconds=_slowest_collect_seconds(settings) + 5,
         outbox=OutboxPolicy(settings.MERCHANT_WEBHOOK_URL, settings.MERCHANT_WEBHOOK_EVENTS),
         on_outbox=delivery.wake if delivery else None,
-        sandbox_autocomplete_seconds=settings.SANDBOX_AUTOCOMPLETE_SECONDS,
-        sandbox_outcome=settings.SANDBOX_OUTCOME,
         metrics=metrics,
     )
     reconciler = Reconciler(
-        service,
-        storage,
-        provider,
-        clock,
-        ReconcilePolicy(
-            after_seconds=settings.RECONCILE_AFTER_SECONDS,
-            interval_seconds=settings.RECONCILE_INTERVAL_SECONDS,
-            max_age_seconds=settings.RECONCILE_MAX_AGE_SECONDS,
-        ),
-        instance_id=settings.INSTANCE_ID,
-    )
-    webhooks_processor = WebhookProcessor(
-        service,
-        provider,
-        reconciler,
-        webhook_key=settings.CAMPAY_WEBHOOK_KEY,
-        verify_with_provider=settings.WEBHOOK_VERIFY_WITH_PROVIDER,
-        metrics=metrics,
+        service, storage, provider, clock, _reconcile_policy(settings), instance_id=settings.INSTANCE_ID
     )
     authenticator = create_authenticator(settings, storage, clock)
-    limiter = RateLimiter.from_settings(
-        settings,
-        {
-            "initiate_user": Limit(settings.RATE_LIMIT_INITIATE_PER_USER, on_outage="closed"),
-            "initiate_ip": Limit(settings.RATE_LIMIT_INITIATE_PER_IP, on_outage="closed"),
-            "webhook_ip": Limit(settings.RATE_LIMIT_WEBHOOK_PER_IP, on_outage="open"),
-            "connect_ip": Limit(settings.RATE_LIMIT_CONNECT_PER_IP, on_outage="local"),
-        },
-        key_prefix=RedisKeys(settings.REDIS_KEY_PREFIX).rate_limits(),
-    )
-    expiry_timers = register_handlers(
-        sio,
+    limiter = _create_limiter(settings)
+    namespace = PaymentNamespace(
         service=service,
         storage=storage,
         sessions=sessions,
         delivery=socket_delivery,
-        clock=clock,
-        instance_id=settings.INSTANCE_ID,
         authenticator=authenticator,
         limiter=limiter,
-        max_tracked=settings.MAX_TRACKED_PER_SOCKET,
-        token_warning_seconds=settings.TOKEN_EXPIRY_WARNING_SECONDS,
-        trust_forwarded_for=settings.TRUST_FORWARDED_FOR,
+        clock=clock,
+        settings=settings,
         metrics=metrics,
     )
+    sio.register_namespace(namespace)
 
     app[SETTINGS] = settings
     app[CLOCK] = clock
@@ -193,73 +156,61 @@ def create_app(
     app[AUTHENTICATOR] = authenticator
     app[LIMITER] = limiter
     app[RECONCILER] = reconciler
-    app[WEBHOOKS] = webhooks_processor
+    app[WEBHOOKS] = WebhookProcessor(
+        service,
+        provider,
+        reconciler,
+        webhook_key=settings.CAMPAY_WEBHOOK_KEY,
+        verify_with_provider=settings.WEBHOOK_VERIFY_WITH_PROVIDER,
+        metrics=metrics,
+    )
     app[METRICS] = metrics
     if delivery is not None:
         app[DELIVERY] = delivery
 
+    app.cleanup_ctx.extend(
+        [
+            opened(storage),
+            heartbeat_ctx(storage, settings),
+            pubsub_ctx(manager, sio, wait=settings.REDIS_TIMEOUT_SECONDS),
+            closing(provider),  # and the sandbox's auto-complete timers
+            closing(service),  # its background tasks (delayed simulations)
+            closing(authenticator),
+            closing(limiter),
+            closing(namespace),  # token-expiry timers
+            running(delivery),
+            running(reconciler if settings.RECONCILE_ENABLED else None),
+            running(resync),
+            _log_started(settings, storage.backend, provider.name),
+        ]
+    )
+    app.on_response_prepare.append(_security_headers)
+    # `server.py` closes sockets itself, before aiohttp stops reading from connections; this covers any other runner.
+    app.on_shutdown.append(closing_sockets(sio, settings.SHUTDOWN_TIMEOUT_SECONDS * SOCKETS_SHARE))
+
+    sio.attach(app, socketio_path="socket.io")
+    for table in ROUTES:
+        app.router.add_routes(table)
+    _setup_cors(app, settings)
+    return app
+
+
+def _log_started(settings: Settings, storage: str, provider: str) -> CleanupContext:
+    """One line once every component above it has started."""
+
     async def lifetime(app: web.Application) -> AsyncIterator[None]:
-        await storage.start()
-        if heartbeat is not None:
-            await heartbeat.start()
-        if isinstance(manager, ResilientRedisManager):
-            await manager.start(sio, wait=settings.REDIS_TIMEOUT_SECONDS)
-        resync.start()
-        if settings.RECONCILE_ENABLED:
-            reconciler.start()
-        if delivery is not None:
-            delivery.start()
         log.info(
             "paytrack started",
             extra={
                 "instance": settings.INSTANCE_ID,
                 "env": settings.APP_ENV.value,
-                "storage": storage.backend,
-                "provider": provider.name,
+                "storage": storage,
+                "provider": provider,
             },
         )
-        try:
-            yield
-        finally:
-            await resync.stop()
-            await reconciler.stop()
-            if heartbeat is not None:
-                await heartbeat.stop()
-            await expiry_timers.close()
-            await authenticator.close()
-            await limiter.close()
-            if delivery is not None:
-                await delivery.stop()
-            await service.close()
-            await provider.close()
-            if isinstance(manager, ResilientRedisManager):
-                await manager.close()
-            await storage.close()
+        yield
 
-    app.cleanup_ctx.append(lifetime)
-    app.on_response_prepare.append(_security_headers)
-
-    async def close_sockets(app: web.Application) -> None:
-        """At shutdown, close every Socket.IO connection still open so its client reconnects to
-        another instance. `server.py` has done so already, before aiohttp stopped reading from
-        connections (the order that lets websocket closes complete); this covers any other runner."""
-        await close_connections(sio, settings.SHUTDOWN_TIMEOUT_SECONDS * SOCKETS_SHARE)
-
-    app.on_shutdown.append(close_sockets)
-
-    sio.attach(app, socketio_path="socket.io")
-    for table in (
-        payments.routes.routes,
-        webhooks.inbound.routes.routes,
-        debug.routes.routes,
-        health.routes,
-        metrics_routes.routes,
-        testpage.routes.routes,
-        sdk.routes.routes,
-    ):
-        app.router.add_routes(table)
-    _setup_cors(app, settings)
-    return app
+    return lifetime
 
 
 async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
@@ -274,21 +225,6 @@ async def _security_headers(request: web.Request, response: web.StreamResponse) 
         )
 
 
-def create_authenticator(settings: Settings, storage: Storage, clock: Clock) -> Authenticator:
-    if settings.AUTH_MODE is AuthMode.JWT:
-        return JwtAuthenticator(
-            secret=settings.JWT_SECRET,
-            public_key=settings.JWT_PUBLIC_KEY,
-            audience=settings.JWT_AUDIENCE,
-            issuer=settings.JWT_ISSUER,
-        )
-    if settings.AUTH_MODE is AuthMode.INTROSPECT:
-        return IntrospectionAuthenticator(
-            settings.AUTH_SERVICE_URL, storage, clock, cache_ttl=settings.AUTH_CACHE_TTL_SECONDS
-        )
-    return NoAuth()
-
-
 def _slowest_collect_seconds(settings: Settings) -> float:
     """Every attempt timing out, plus the longest backoff waits between them (payments/campay.py)."""
     attempts = settings.CAMPAY_RETRY_ATTEMPTS
@@ -296,19 +232,24 @@ def _slowest_collect_seconds(settings: Settings) -> float:
     return attempts * settings.CAMPAY_TIMEOUT_SECONDS + (attempts - 1) * max_wait
 
 
-def _create_delivery(settings: Settings, storage: Storage, clock: Clock, metrics: Metrics) -> DeliveryWorker | None:
-    """The merchant webhook worker, or None when no MERCHANT_WEBHOOK_URL is set."""
-    if not settings.MERCHANT_WEBHOOK_URL:
-        return None
-    return DeliveryWorker(
-        storage,
-        clock,
-        secret=decode_secret(settings.MERCHANT_WEBHOOK_SECRET),
-        timeout=settings.MERCHANT_WEBHOOK_TIMEOUT_SECONDS,
-        max_attempts=settings.MERCHANT_WEBHOOK_MAX_ATTEMPTS,
-        retry_scale=settings.MERCHANT_WEBHOOK_RETRY_SCALE,
-        poll_interval=settings.MERCHANT_WEBHOOK_POLL_SECONDS,
-        metrics=metrics,
+def _reconcile_policy(settings: Settings) -> ReconcilePolicy:
+    return ReconcilePolicy(
+        after_seconds=settings.RECONCILE_AFTER_SECONDS,
+        interval_seconds=settings.RECONCILE_INTERVAL_SECONDS,
+        max_age_seconds=settings.RECONCILE_MAX_AGE_SECONDS,
+    )
+
+
+def _create_limiter(settings: Settings) -> RateLimiter:
+    return RateLimiter.from_settings(
+        settings,
+        {
+            "initiate_user": Limit(settings.RATE_LIMIT_INITIATE_PER_USER, on_outage="closed"),
+            "initiate_ip": Limit(settings.RATE_LIMIT_INITIATE_PER_IP, on_outage="closed"),
+            "webhook_ip": Limit(settings.RATE_LIMIT_WEBHOOK_PER_IP, on_outage="open"),
+            "connect_ip": Limit(settings.RATE_LIMIT_CONNECT_PER_IP, on_outage="local"),
+        },
+        key_prefix=RedisKeys(settings.REDIS_KEY_PREFIX).rate_limits(),
     )
 
 

@@ -18,6 +18,7 @@ import httpx
 import jwt
 
 from core.clock import Clock
+from core.settings import AuthMode, Settings
 from payments.access import ADMIN_SCOPE, Authenticator, AuthUnavailable, Identity, Unauthenticated
 
 log = logging.getLogger("paytrack.auth")
@@ -209,3 +210,19 @@ __all__ = [
     "Unauthenticated",
     "token_cache_key",
 ]
+
+
+def create_authenticator(settings: Settings, cache: AuthCache, clock: Clock) -> Authenticator:
+    """The authenticator AUTH_MODE names; introspection answers are cached in `cache` (shared storage)."""
+    if settings.AUTH_MODE is AuthMode.JWT:
+        return JwtAuthenticator(
+            secret=settings.JWT_SECRET,
+            public_key=settings.JWT_PUBLIC_KEY,
+            audience=settings.JWT_AUDIENCE,
+            issuer=settings.JWT_ISSUER,
+        )
+    if settings.AUTH_MODE is AuthMode.INTROSPECT:
+        return IntrospectionAuthenticator(
+            settings.AUTH_SERVICE_URL, cache, clock, cache_ttl=settings.AUTH_CACHE_TTL_SECONDS
+        )
+    return NoAuth()

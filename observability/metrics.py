@@ -5,7 +5,9 @@ several apps in one process (the tests run many) never collide, and each
 app's `/metrics` shows only its own numbers. The code is instrumented at the
 few places where the facts are decided (the update path, the webhook
 processor, the provider client, the socket handlers, storage calls); each
-takes the `Metrics` object from `create_app`.
+takes the `Metrics` object from `create_app`. A component built without one
+(a test, a tool) counts into a `Metrics()` of its own that nobody scrapes:
+that is the no-op, so no code ever checks for a missing one.
 
 `/metrics` is open in development. In production it answers 404 (like a route
 that does not exist) unless `METRICS_PUBLIC=true`, or the scraper sends

@@ -11,10 +11,9 @@ the Idempotency-Key and the one-pending-payment-per-order rule upstream.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
@@ -22,11 +21,10 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 from core.clock import Clock
 from core.errors import ApiError, NotFound, ProviderError
 from core.settings import Settings
+from observability.metrics import Metrics
+from payments.model import Payment, StatusUpdate
 from payments.operators import normalise_operator
-from payments.provider import CollectRequest, CollectResult, ProviderTransaction
-
-if TYPE_CHECKING:
-    from observability.metrics import Metrics
+from payments.provider import ApplyUpdate, CollectRequest, CollectResult, ProviderTransaction
 
 log = logging.getLogger("paytrack.campay")
 
@@ -108,7 +106,7 @@ class CampayProvider:
         self._token: str | None = None
         self._token_expires_at = 0.0
         self._token_lock = asyncio.Lock()
-        self._metrics = metrics
+        self._metrics = metrics or Metrics()
 
     @classmethod
     def from_settings(cls, settings: Settings, clock: Clock, metrics: Metrics | None = None) -> CampayProvider:
@@ -126,9 +124,13 @@ class CampayProvider:
 
     def _observed(self, operation: str) -> AbstractContextManager[None]:
         """Latency and errors of one API operation, retries included, as the caller experiences it."""
-        if self._metrics is None:
-            return contextlib.nullcontext()
         return self._metrics.provider_call(self.name, operation)
+
+    def payment_stored(self, payment: Payment, apply: ApplyUpdate) -> None:
+        """Nothing to do: CamPay's outcome arrives as a webhook (or a reconciler poll)."""
+
+    def record_simulated(self, update: StatusUpdate) -> None:
+        """Nothing to record: CamPay's book is CamPay's."""
 
     async def close(self) -> None:
         await self._http.aclose()

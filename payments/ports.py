@@ -147,6 +147,9 @@ class Notifier(Protocol):
 
     async def payment_changed(self, transition: Transition) -> None: ...
 
+    async def announce(self, payment: Payment) -> None:
+        """The stored state again, for every tracker (after an outage's write-back)."""
+
 
 class ServiceStorage(PaymentStore, IdempotencyStore, LockService, Protocol):
     """What the payment service needs."""

@@ -1,12 +1,22 @@
-"""What the payment service needs from a provider (CamPay or the sandbox)."""
+"""What the payment service needs from a provider (CamPay or the sandbox).
+
+Besides collecting and answering status questions, a provider hears of two
+moments, so the service never needs to know which provider it has: a
+collected payment is stored (the sandbox starts its auto-complete timer), and
+a made-up outcome is applied (the sandbox records it as its own truth). CamPay
+has nothing to do at either: its outcomes arrive as webhooks.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from pydantic import BaseModel
 
-from payments.model import StatusUpdate, UpdateSource
+from payments.model import Payment, StatusUpdate, Transition, UpdateSource
+
+ApplyUpdate = Callable[[StatusUpdate], Awaitable[Transition]]
 
 
 class CollectRequest(BaseModel):
@@ -59,5 +69,12 @@ class PaymentProvider(Protocol):
 
     async def get_transaction(self, reference: str) -> ProviderTransaction:
         """The provider's current status for `reference`."""
+
+    def payment_stored(self, payment: Payment, apply: ApplyUpdate) -> None:
+        """`payment`, collected by this provider, is stored; an outcome the provider decides by itself
+        later goes through `apply` (the service's one update path)."""
+
+    def record_simulated(self, update: StatusUpdate) -> None:
+        """A made-up outcome is about to be applied; a provider keeping its own book records it."""
 
     async def close(self) -> None: ...

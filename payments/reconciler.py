@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from core.background import cancel_and_wait
+from core.background import PeriodicWorker
 from core.clock import Clock
 from core.errors import ApiError, NotFound
 from payments.model import Transition, UpdateSource
@@ -59,13 +59,14 @@ class Reconciler:
         self._policy = policy
         self._instance_id = instance_id
         self._requested: set[str] = set()
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._worker = PeriodicWorker(
+            "reconciler", self._pass, interval=policy.interval_seconds, log=log, failed="reconciler pass failed"
+        )
 
     def request_check(self, reference: str) -> None:
         """Ask for `reference` to be checked on the next pass, whatever its age, and run it soon."""
         self._requested.add(reference)
-        self._wake.set()
+        self._worker.wake()
 
     async def refresh(self, reference: str) -> Transition:
         """Ask the provider now and apply its answer (used by `?refresh=true`)."""
@@ -128,26 +129,17 @@ class Reconciler:
             )
             return _RETRY
 
-    async def _loop(self) -> None:
-        ttl = self._policy.interval_seconds * 3
-        while True:
-            self._wake.clear()
-            try:
-                # Requested checks run on the instance that got the webhook;
-                # the sweep over every due payment only on the lease holder.
-                leader = await self._storage.acquire_lease(LEASE_NAME, self._instance_id, ttl)
-                await self.run_once(include_due=leader)
-            except Exception:  # the loop must survive anything one pass meets
-                log.exception("reconciler pass failed")
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._policy.interval_seconds)
+    async def _pass(self) -> None:
+        # Requested checks run on the instance that got the webhook;
+        # the sweep over every due payment only on the lease holder.
+        leader = await self._storage.acquire_lease(LEASE_NAME, self._instance_id, self._policy.interval_seconds * 3)
+        await self.run_once(include_due=leader)
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name="reconciler")
+        self._worker.start()
 
     async def stop(self) -> None:
-        await cancel_and_wait(self._task)
-        self._task = None
+        await self._worker.stop()
         with contextlib.suppress(Exception):
             await self._storage.release_lease(LEASE_NAME, self._instance_id)
 

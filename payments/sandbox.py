@@ -3,23 +3,34 @@
 It answers `collect` the way CamPay does (a UUID4 reference, a USSD code and
 the operator) and remembers what it was told, so reconciliation and status
 refreshes work in development too. Completion comes from the simulate
-endpoint, or from the service's auto-complete timer.
+endpoint, or from its own auto-complete timer (SANDBOX_AUTOCOMPLETE_SECONDS),
+which settles the payment here and applies the outcome through the service's
+one update path, as a shopper answering the USSD prompt would.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import uuid
 
+from core.background import OwnedTasks
 from core.errors import ApiError, NotFound
+from payments.model import Payment, StatusUpdate, UpdateSource
 from payments.operators import USSD_CODES, operator_for
-from payments.provider import CollectRequest, CollectResult, ProviderTransaction
+from payments.provider import ApplyUpdate, CollectRequest, CollectResult, ProviderTransaction
+
+log = logging.getLogger("paytrack.payments")
 
 
 class SandboxProvider:
     name = "sandbox"
 
-    def __init__(self) -> None:
+    def __init__(self, *, autocomplete_seconds: float | None = None, outcome: str = "SUCCESSFUL") -> None:
         self._transactions: dict[str, ProviderTransaction] = {}
+        self._autocomplete = autocomplete_seconds
+        self._outcome = outcome
+        self._timers = OwnedTasks(log)
 
     async def collect(self, request: CollectRequest) -> CollectResult:
         operator = operator_for(request.phone_number)
@@ -47,6 +58,25 @@ class SandboxProvider:
         if tx is not None:
             self._transactions[reference] = tx.model_copy(update={"status": status, "reason": reason})
 
+    def payment_stored(self, payment: Payment, apply: ApplyUpdate) -> None:
+        """Start the auto-complete timer, when one is set."""
+        if self._autocomplete is not None:
+            self._timers.start(self._complete(payment.reference, apply), name=f"sandbox-complete-{payment.reference}")
+
+    def record_simulated(self, update: StatusUpdate) -> None:
+        self.settle(update.reference, update.status, update.reason)
+
+    async def _complete(self, reference: str, apply: ApplyUpdate) -> None:
+        await asyncio.sleep(self._autocomplete or 0)
+        update = StatusUpdate(
+            reference=reference,
+            status=self._outcome,
+            source=UpdateSource.SANDBOX,
+            reason="sandbox auto-complete" if self._outcome == "FAILED" else None,
+        )
+        self.record_simulated(update)
+        await apply(update)
+
     async def get_transaction(self, reference: str) -> ProviderTransaction:
         tx = self._transactions.get(reference)
         if tx is None:
@@ -54,4 +84,5 @@ class SandboxProvider:
         return tx
 
     async def close(self) -> None:
+        await self._timers.close()
         self._transactions.clear()

@@ -3,6 +3,7 @@
 `apply_update` is the only way a payment's status changes. Webhooks, provider
 polls, simulations and the sandbox timer all call it; it asks storage to run
 the state machine atomically and then, only if something changed, notifies.
+`announce` tells every socket what storage holds after an outage's write-back.
 """
 
 from __future__ import annotations
@@ -12,23 +13,22 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 
+from core.background import OwnedTasks
 from core.clock import Clock
 from core.errors import ApiError, Conflict, NotFound, ProviderError, UnprocessableRequest
 from observability.logs import bind
+from observability.metrics import Metrics
 from payments.model import AMOUNT_MISMATCH, Payment, PaymentEvent, PaymentStatus, StatusUpdate, Transition, UpdateSource
 from payments.outbox import OutboxPolicy
 from payments.ports import IdempotencyRecord, Notifier, ServiceStorage
 from payments.provider import CollectRequest, PaymentProvider
 from payments.schemas import InitiateRequest
-
-if TYPE_CHECKING:
-    from observability.metrics import Metrics
 
 log = logging.getLogger("paytrack.payments")
 # One line per payment operation (initiate, applied or ignored transition), never a token or full phone.
@@ -73,8 +73,6 @@ class PaymentService:
         order_lock_seconds: float = 30.0,
         outbox: OutboxPolicy | None = None,
         on_outbox: Callable[[], None] | None = None,
-        sandbox_autocomplete_seconds: float | None = None,
-        sandbox_outcome: str = "SUCCESSFUL",
         metrics: Metrics | None = None,
     ) -> None:
         self.storage = storage
@@ -87,10 +85,8 @@ class PaymentService:
         self._order_lock_seconds = order_lock_seconds
         self._outbox = outbox or OutboxPolicy([], [])
         self._on_outbox = on_outbox
-        self._autocomplete = sandbox_autocomplete_seconds
-        self._autocomplete_outcome = sandbox_outcome
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._metrics = metrics
+        self._tasks = OwnedTasks(log)
+        self._metrics = metrics or Metrics()  # one nobody scrapes, when the caller keeps none
 
     # -- the one update path -------------------------------------------------
     async def apply_update(self, update: StatusUpdate) -> Transition:
@@ -126,7 +122,7 @@ class PaymentService:
             if transition.applied:
                 await self.notifier.payment_changed(transition)
                 self._outbox_queued()
-                if self._metrics is not None and transition.payment is not None:
+                if transition.payment is not None:
                     self._metrics.update_to_emit.observe(time.perf_counter() - started)
                     self._metrics.payments.labels(transition.payment.status.value).inc()
         return transition
@@ -232,58 +228,35 @@ class PaymentService:
             "payment initiated",
             extra={"reference": payment.reference, "order_id": payment.order_id, "user_id": owner_id},
         )
-        if self._metrics is not None:
-            self._metrics.payments.labels(payment.status.value).inc()
+        self._metrics.payments.labels(payment.status.value).inc()
         await self.notifier.payment_initiated(payment)
         self._outbox_queued()
-        self._schedule_sandbox_completion(payment)
+        self.provider.payment_stored(payment, self.apply_update)
         return InitiateResult(201, payment.public(reveal_phone=True))
 
     async def apply_simulated(self, update: StatusUpdate) -> Transition:
-        """A made-up outcome (simulate endpoint, sandbox timer), through the one update path.
+        """A made-up outcome (simulate endpoint), through the one update path.
 
-        The sandbox provider is told first, as CamPay would know the outcome,
-        so a later provider poll agrees with what was simulated.
+        The provider is told first (the sandbox records it, as CamPay would
+        know the outcome), so a later provider poll agrees with what was simulated.
         """
-        settle = getattr(self.provider, "settle", None)
-        if settle is not None:
-            settle(update.reference, update.status, update.reason)
+        self.provider.record_simulated(update)
         return await self.apply_update(update)
 
-    def _schedule_sandbox_completion(self, payment: Payment) -> None:
-        if self._autocomplete is None or self.provider.name != "sandbox":
-            return
+    async def announce(self, references: list[str]) -> None:
+        """Tell every instance's sockets what storage now holds for `references` (Redis is back and the
+        changes made meanwhile were written back): re-read, never a local copy."""
+        for reference in references:
+            payment = await self.storage.get_payment(reference)
+            if payment is not None:
+                await self.notifier.announce(payment)
 
-        async def complete() -> None:
-            await asyncio.sleep(self._autocomplete or 0)
-            await self.apply_simulated(
-                StatusUpdate(
-                    reference=payment.reference,
-                    status=self._autocomplete_outcome,
-                    source=UpdateSource.SANDBOX,
-                    reason="sandbox auto-complete" if self._autocomplete_outcome == "FAILED" else None,
-                )
-            )
-
-        self.run_in_background(complete(), name=f"sandbox-complete-{payment.reference}")
-
-    def run_in_background(self, coro: Any, *, name: str) -> asyncio.Task[Any]:
+    def run_in_background(self, coro: Coroutine[Any, Any, Any], *, name: str) -> asyncio.Task[Any]:
         """Start a task the service owns: kept referenced, logged on failure, cancelled on close."""
-        task = asyncio.create_task(coro, name=name)
-        self._tasks.add(task)
-
-        def done(t: asyncio.Task[Any]) -> None:
-            self._tasks.discard(t)
-            if not t.cancelled() and t.exception() is not None:
-                log.error("background task %s failed", name, exc_info=t.exception())
-
-        task.add_done_callback(done)
-        return task
+        return self._tasks.start(coro, name=name)
 
     async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._tasks.close()
 
     # -- reads ------------------------------------------------------------------
     async def get_payment(self, reference: str) -> Payment:

@@ -17,8 +17,6 @@ lost message.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypedDict
@@ -27,7 +25,7 @@ import socketio
 from engineio import packet as eio_packet
 from socketio import packet as sio_packet
 
-from core.background import cancel_and_wait
+from core.background import PeriodicWorker
 from core.errors import ApiError
 from payments.model import Payment, PaymentEvent, PaymentStatus
 from realtime import event_names as ev
@@ -139,13 +137,13 @@ class Resync:
         self._sessions = sessions
         self._delivery = delivery
         self._storage = storage
-        self._interval = interval
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._worker = PeriodicWorker(
+            "socket-resync", self._pass, interval=interval, log=log, failed="resync pass failed", wait_first=True
+        )
 
     def request(self) -> None:
         """Run a pass soon (storage recovered, pub/sub resubscribed)."""
-        self._wake.set()
+        self._worker.wake()
 
     async def run_once(self) -> int:
         """One pass; returns how many sockets were sent something."""
@@ -160,24 +158,17 @@ class Resync:
             log.info("resync: sent missed payment states", extra={"sockets": sent, "payments": len(references)})
         return sent
 
-    async def _loop(self) -> None:
-        while True:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._interval)
-            self._wake.clear()
-            try:
-                await self.run_once()
-            except ApiError as exc:  # busy: the next pass will do
-                log.debug("resync skipped", extra={"error": exc.code})
-            except Exception:
-                log.exception("resync pass failed")
+    async def _pass(self) -> None:
+        try:
+            await self.run_once()
+        except ApiError as exc:  # busy: the next pass will do
+            log.debug("resync skipped", extra={"error": exc.code})
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name="socket-resync")
+        self._worker.start()
 
     async def stop(self) -> None:
-        await cancel_and_wait(self._task)
-        self._task = None
+        await self._worker.stop()
 
 
 Publish = Callable[[PaymentMessage], Awaitable[None]]

@@ -1,13 +1,18 @@
 """Socket.IO handlers: parse the payload, call the service, return the ack.
 
-A handler's return value is the client's ack. Bad payloads get
-`{ok: false, error: {code, message, details}}` and change nothing.
+`PaymentNamespace` is python-socketio's class-based namespace for "/": its
+collaborators come in through `__init__`, and each client event has one
+method. A handler's return value is the client's ack. Bad payloads get
+`{ok: false, error: {code, message, details}}` and change nothing; an event
+this server does not know gets an `unknown_event` ack rather than silence.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any
 
 import socketio
 from pydantic import BaseModel, ValidationError
@@ -16,7 +21,9 @@ from core.clock import Clock, utc_iso
 from core.errors import ApiError, validation_details
 from core.http import socket_client_address
 from core.ratelimit import RateLimiter
+from core.settings import Settings
 from observability.logs import bind
+from observability.metrics import Metrics
 from payments.access import Authenticator, can_view
 from payments.schemas import RefreshTokenPayload, StopTrackingPayload, TrackPayload
 from payments.service import PaymentService
@@ -25,9 +32,6 @@ from realtime.delivery import LocalDelivery, message_for_event
 from realtime.expiry import ExpiryTimers
 from realtime.sessions import Sessions
 from realtime.storage.base import ClientRecord, Storage
-
-if TYPE_CHECKING:
-    from observability.metrics import Metrics
 
 log = logging.getLogger("paytrack.realtime")
 audit = logging.getLogger("paytrack.audit")
@@ -49,43 +53,82 @@ def _parse(model: type[BaseModel], data: Any, *, shorthand: str = "reference") -
         return _error("invalid_payload", "payload validation failed", details=validation_details(exc))
 
 
-def register_handlers(
-    sio: socketio.AsyncServer,
-    *,
-    service: PaymentService,
-    storage: Storage,
-    sessions: Sessions,
-    delivery: LocalDelivery,
-    clock: Clock,
-    instance_id: str,
-    authenticator: Authenticator,
-    limiter: RateLimiter,
-    max_tracked: int,
-    token_warning_seconds: float,
-    trust_forwarded_for: bool = False,
-    metrics: Metrics | None = None,
-) -> ExpiryTimers:
-    auth_enabled = authenticator.mode != "none"
+Handler = Callable[..., Awaitable[Any]]
 
-    async def warn(sid: str, expires_at: Any) -> None:
-        await sio.emit(ev.TOKEN_EXPIRING, {"expires_at": utc_iso(expires_at)}, to=sid, ignore_queue=True)
 
-    async def expire(sid: str) -> None:
+class PaymentNamespace(socketio.AsyncNamespace):
+    """The "/" namespace: connect, disconnect, and the client events of realtime/event_names.py.
+
+    python-socketio dispatches an event to the method `on_<event>`; the event
+    names contain dashes, so `trigger_event` maps them through one table instead.
+    """
+
+    def __init__(
+        self,
+        *,
+        service: PaymentService,
+        storage: Storage,
+        sessions: Sessions,
+        delivery: LocalDelivery,
+        authenticator: Authenticator,
+        limiter: RateLimiter,
+        clock: Clock,
+        settings: Settings,
+        metrics: Metrics | None = None,
+    ) -> None:
+        super().__init__("/")
+        self._service = service
+        self._storage = storage
+        self._sessions = sessions
+        self._delivery = delivery
+        self._authenticator = authenticator
+        self._limiter = limiter
+        self._clock = clock
+        self._metrics = metrics or Metrics()
+        self._instance_id = settings.INSTANCE_ID
+        self._max_tracked = settings.MAX_TRACKED_PER_SOCKET
+        self._trust_forwarded_for = settings.TRUST_FORWARDED_FOR
+        self._auth_enabled = authenticator.mode != "none"
+        self._timers = ExpiryTimers(
+            clock, warning_seconds=settings.TOKEN_EXPIRY_WARNING_SECONDS, warn=self._warn, expire=self._expire
+        )
+        self._handlers: dict[str, Handler] = {
+            "connect": self.on_connect,
+            "disconnect": self.on_disconnect,
+            ev.TRACK_PAYMENT: self.on_track_payment,
+            ev.STOP_TRACKING_PAYMENT: self.on_stop_tracking_payment,
+            ev.REFRESH_TOKEN: self.on_refresh_token,
+        }
+
+    async def trigger_event(self, event: Any, *args: Any) -> Any:
+        handler = self._handlers.get(event) if isinstance(event, str) else None
+        if handler is not None:
+            return await handler(*args)
+        return self.unknown_event(event)
+
+    async def close(self) -> None:
+        """Stop every token-expiry timer (at shutdown)."""
+        await self._timers.close()
+
+    async def _warn(self, sid: str, expires_at: datetime) -> None:
+        await self.server.emit(ev.TOKEN_EXPIRING, {"expires_at": utc_iso(expires_at)}, to=sid, ignore_queue=True)
+
+    async def _expire(self, sid: str) -> None:
         log.info("socket token expired; disconnecting", extra={"socket_id": sid})
-        await sio.disconnect(sid)
+        await self.server.disconnect(sid)
 
-    timers = ExpiryTimers(clock, warning_seconds=token_warning_seconds, warn=warn, expire=expire)
-
-    def remote_ip(environ: dict[str, Any]) -> str:
-        return socket_client_address(environ, trust_forwarded=trust_forwarded_for)
-
-    async def connect(sid: str, environ: dict[str, Any], auth: Any = None) -> None:
+    async def on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
+        sessions = self._sessions
         try:
-            await limiter.check("connect_ip", remote_ip(environ))
+            await self._limiter.check(
+                "connect_ip", socket_client_address(environ, trust_forwarded=self._trust_forwarded_for)
+            )
             token = auth.get("token") if isinstance(auth, dict) else None
-            identity = await authenticator.authenticate(token if isinstance(token, str) else None)
+            identity = await self._authenticator.authenticate(token if isinstance(token, str) else None)
             sessions.open(sid, identity)  # before the next await: a disconnect meanwhile finds it and closes it
-            await storage.add_client(ClientRecord(socket_id=sid, instance_id=instance_id, connected_at=clock.now()))
+            await self._storage.add_client(
+                ClientRecord(socket_id=sid, instance_id=self._instance_id, connected_at=self._clock.now())
+            )
         except ApiError as exc:
             sessions.close(sid)
             audit.info("socket connection refused", extra={"why": exc.code, "socket_id": sid})
@@ -97,29 +140,27 @@ def register_handlers(
             log.exception("socket connect failed", extra={"socket_id": sid})
             raise socketio.exceptions.ConnectionRefusedError("internal error", {"code": "internal_error"}) from None
         if identity is not None:
-            timers.arm(sid, identity.expires_at)
-        if metrics is not None:
-            metrics.connected_sockets.inc()
+            self._timers.arm(sid, identity.expires_at)
+        self._metrics.connected_sockets.inc()
         # Emitted from a task so it goes out after the CONNECT packet, not before.
-        sio.start_background_task(
-            sio.emit,
+        self.server.start_background_task(
+            self.server.emit,
             ev.CONNECTED,
-            {"socket_id": sid, "timestamp": utc_iso(clock.now())},
+            {"socket_id": sid, "timestamp": utc_iso(self._clock.now())},
             to=sid,
             ignore_queue=True,
         )
 
-    async def disconnect(sid: str, reason: Any = None) -> None:
-        timers.cancel(sid)
-        sessions.close(sid)
-        if metrics is not None:
-            metrics.connected_sockets.dec()
+    async def on_disconnect(self, sid: str, reason: Any = None) -> None:
+        self._timers.cancel(sid)
+        self._sessions.close(sid)
+        self._metrics.connected_sockets.dec()
         try:
-            await storage.remove_client(sid)
+            await self._storage.remove_client(sid)
         except ApiError:
             log.info("socket record not removed (storage busy); it expires by itself", extra={"socket_id": sid})
 
-    async def track_payment(sid: str, data: Any = None) -> dict[str, Any]:
+    async def on_track_payment(self, sid: str, data: Any = None) -> dict[str, Any]:
         """Follow a payment: its current state (or what was missed since `last_seq`) at once, then every change.
 
         The socket is registered as a tracker before the state is read, so a
@@ -133,65 +174,61 @@ def register_handlers(
         if not isinstance(parsed, TrackPayload):
             return parsed  # type: ignore[return-value]
         reference = parsed.reference
+        sessions = self._sessions
         with bind(reference=reference):
             if not sessions.track(sid, reference, parsed.last_seq):
-                return _error("too_many_tracked", f"a connection may track at most {max_tracked} payments")
+                return _error("too_many_tracked", f"a connection may track at most {self._max_tracked} payments")
             try:
-                payment = await storage.get_payment(reference)
-                if payment is not None and not can_view(sessions.identity(sid), payment, auth_enabled=auth_enabled):
+                payment = await self._storage.get_payment(reference)
+                if payment is not None and not can_view(
+                    sessions.identity(sid), payment, auth_enabled=self._auth_enabled
+                ):
                     if not payment.orphan:
                         sessions.untrack(sid, reference)
                         audit.warning("track refused: not the owner", extra={"reference": reference, "socket_id": sid})
                         return _error("forbidden", "this payment belongs to another user")
                     payment = None  # private until adopted: indistinguishable from unknown
-                await storage.track(sid, reference)
+                await self._storage.track(sid, reference)
                 sent = 0
                 if payment is not None:
-                    for event in await service.catch_up(reference, parsed.last_seq):
-                        sent += await delivery.deliver(message_for_event(event, payment), only=sid)
+                    for event in await self._service.catch_up(reference, parsed.last_seq):
+                        sent += await self._delivery.deliver(message_for_event(event, payment), only=sid)
             except ApiError as exc:
                 sessions.untrack(sid, reference)
                 return _error(exc.code, exc.message, **exc.extra)
             log.debug("tracking", extra={"socket_id": sid, "last_seq": parsed.last_seq, "sent": sent})
         return {"ok": True, "payment": payment.public() if payment else None}
 
-    async def stop_tracking_payment(sid: str, data: Any = None) -> dict[str, Any]:
+    async def on_stop_tracking_payment(self, sid: str, data: Any = None) -> dict[str, Any]:
         parsed = _parse(StopTrackingPayload, data)
         if not isinstance(parsed, StopTrackingPayload):
             return parsed  # type: ignore[return-value]
-        sessions.untrack(sid, parsed.reference)
+        self._sessions.untrack(sid, parsed.reference)
         try:
-            await storage.untrack(sid, parsed.reference)
+            await self._storage.untrack(sid, parsed.reference)
         except ApiError as exc:
             return _error(exc.code, exc.message, **exc.extra)
         return {"ok": True}
 
-    async def refresh_token(sid: str, data: Any = None) -> dict[str, Any]:
+    async def on_refresh_token(self, sid: str, data: Any = None) -> dict[str, Any]:
         parsed = _parse(RefreshTokenPayload, data, shorthand="token")
         if not isinstance(parsed, RefreshTokenPayload):
             return parsed  # type: ignore[return-value]
-        current = sessions.identity(sid)
+        current = self._sessions.identity(sid)
         try:
-            identity = await authenticator.authenticate(parsed.token)
+            identity = await self._authenticator.authenticate(parsed.token)
         except ApiError as exc:
             return _error(exc.code, exc.message)
         if identity is None or current is None:
             return _error("auth_disabled", "authentication is off on this server")
         if identity.user_id != current.user_id:
             return _error("forbidden", "the new token is for a different user")
-        sessions.set_identity(sid, identity)
-        timers.arm(sid, identity.expires_at)
+        self._sessions.set_identity(sid, identity)
+        self._timers.arm(sid, identity.expires_at)
         expires = utc_iso(identity.expires_at) if identity.expires_at else None
         return {"ok": True, "expires_at": expires}
 
-    async def unknown_event(event: str, sid: str, *data: Any) -> dict[str, Any]:
+    @staticmethod
+    def unknown_event(event: Any) -> dict[str, Any]:
         """Any other event: a clear ack error instead of silence (a client waiting on an ack would hang)."""
         return _error("unknown_event", f"unknown event {str(event)[:64]!r}; see docs/API.md for the events")
-
-    sio.on("connect", connect)
-    sio.on("disconnect", disconnect)
-    sio.on(ev.TRACK_PAYMENT, track_payment)
-    sio.on(ev.STOP_TRACKING_PAYMENT, stop_tracking_payment)
-    sio.on(ev.REFRESH_TOKEN, refresh_token)
-    sio.on("*", unknown_event)
-    return timers

@@ -9,10 +9,13 @@ are removed when connections are listed or counted (`Storage.list_clients`).
 
 from __future__ import annotations
 
-import asyncio
 import logging
+from collections.abc import AsyncIterator
 
-from core.background import cancel_and_wait
+from aiohttp import web
+
+from core.background import CleanupContext, PeriodicWorker
+from core.settings import Settings, StorageBackend
 from realtime.storage.base import Storage
 
 log = logging.getLogger("paytrack.realtime")
@@ -25,7 +28,14 @@ class Heartbeat:
         self._storage = storage
         self._instance_id = instance_id
         self._interval = interval
-        self._task: asyncio.Task[None] | None = None
+        self._worker = PeriodicWorker(
+            "instance-heartbeat",
+            self.beat,
+            interval=interval,
+            log=log,
+            failed="instance heartbeat failed",
+            wait_first=True,
+        )
 
     @property
     def ttl(self) -> float:
@@ -41,13 +51,22 @@ class Heartbeat:
     async def start(self) -> None:
         """Beat once now (before this instance serves a connection), then every interval."""
         await self.beat()
-        self._task = asyncio.create_task(self._loop(), name="instance-heartbeat")
-
-    async def _loop(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval)
-            await self.beat()
+        self._worker.start()
 
     async def stop(self) -> None:
-        await cancel_and_wait(self._task)
-        self._task = None
+        await self._worker.stop()
+
+
+def heartbeat_ctx(storage: Storage, settings: Settings) -> CleanupContext:
+    """With Redis, this instance beats while the app runs; in memory there is no other instance to tell."""
+
+    async def lifetime(app: web.Application) -> AsyncIterator[None]:
+        if settings.STORAGE_BACKEND is not StorageBackend.REDIS:
+            yield
+            return
+        heartbeat = Heartbeat(storage, settings.INSTANCE_ID, interval=settings.INSTANCE_HEARTBEAT_SECONDS)
+        await heartbeat.start()
+        yield
+        await heartbeat.stop()
+
+    return lifetime

@@ -27,11 +27,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import socketio
+from aiohttp import web
 
+from core.background import CleanupContext
 from core.settings import Settings, StorageBackend
 from realtime.delivery import PaymentMessage
 from realtime.redis_connection import connect
@@ -206,6 +208,23 @@ class ResilientRedisManager(socketio.AsyncRedisManager):
             with contextlib.suppress(Exception):
                 await self._publisher.aclose()
             self._publisher = None
+
+
+def pubsub_ctx(
+    manager: LocalManager | ResilientRedisManager, sio: socketio.AsyncServer, *, wait: float
+) -> CleanupContext:
+    """Redis pub/sub listens while the app runs (subscribed at start, waiting at most `wait`); in-memory rooms
+    need nothing."""
+
+    async def lifetime(app: web.Application) -> AsyncIterator[None]:
+        if not isinstance(manager, ResilientRedisManager):
+            yield
+            return
+        await manager.start(sio, wait=wait)
+        yield
+        await manager.close()
+
+    return lifetime
 
 
 def create_client_manager(settings: Settings) -> LocalManager | ResilientRedisManager:

@@ -17,7 +17,7 @@ import functools
 import json
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import engineio
@@ -166,6 +166,18 @@ async def close_connections(sio: socketio.AsyncServer, timeout: float) -> None:
     _, late = await asyncio.wait(closing, timeout=timeout)
     for task in late:
         task.cancel()
+
+
+def closing_sockets(sio: socketio.AsyncServer, timeout: float) -> Callable[[web.Application], Awaitable[None]]:
+    """An `app.on_shutdown` hook: close every Socket.IO connection still open, so its client reconnects
+    to another instance. `server.py` does so itself before aiohttp stops reading from connections (the
+    order that lets websocket closes complete); the hook covers any other runner (a second call finds
+    nothing left to close)."""
+
+    async def close_sockets(app: web.Application) -> None:
+        await close_connections(sio, timeout)
+
+    return close_sockets
 
 
 SIO: web.AppKey[socketio.AsyncServer] = web.AppKey("sio", socketio.AsyncServer)

@@ -12,13 +12,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 from aiohttp import web
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictStr
 
 from core.errors import ApiError, NotFound, ProviderError
 from observability.logs import bind
+from observability.metrics import Metrics
 from payments.model import StatusUpdate, UpdateSource
 from payments.operators import normalise_operator
 from payments.provider import PaymentProvider
@@ -26,9 +27,6 @@ from payments.reconciler import Reconciler
 from payments.schemas import Reference
 from payments.service import PaymentService
 from webhooks.inbound.signature import SignatureError, verify_signature
-
-if TYPE_CHECKING:
-    from observability.metrics import Metrics
 
 log = logging.getLogger("paytrack.audit")  # every webhook decision is an audit line
 
@@ -114,7 +112,7 @@ class WebhookProcessor:
         self._reconciler = reconciler
         self._key = webhook_key
         self._verify = verify_with_provider
-        self._metrics = metrics
+        self._metrics = metrics or Metrics()
 
     async def process(self, hook: CampayWebhook) -> WebhookOutcome:
         """Process one callback; its outcome (or `invalid_signature`) is counted in the metrics.
@@ -135,8 +133,7 @@ class WebhookProcessor:
             return outcome
 
     def _count(self, outcome: str) -> None:
-        if self._metrics is not None:
-            self._metrics.webhooks.labels(outcome).inc()
+        self._metrics.webhooks.labels(outcome).inc()
 
     async def _process(self, hook: CampayWebhook) -> WebhookOutcome:
         audit = {"reference": hook.reference, "claimed": hook.status}

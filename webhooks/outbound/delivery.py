@@ -9,15 +9,16 @@ Deliveries run in their own tasks, so a slow merchant never delays Socket.IO.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 
 import httpx
 from aiohttp import web
 
-from core.background import cancel_and_wait
+from core.background import PeriodicWorker
 from core.clock import Clock
+from core.secrets import decode_secret
+from core.settings import Settings
 from observability.metrics import Metrics
 from payments.outbox import OutboxEntry
 from payments.ports import OutboxStore
@@ -50,7 +51,7 @@ class DeliveryWorker:
         transport: httpx.AsyncBaseTransport | None = None,
         metrics: Metrics | None = None,
     ) -> None:
-        self._metrics = metrics
+        self._metrics = metrics or Metrics()
         self._storage = storage
         self._clock = clock
         self._secret = secret
@@ -60,12 +61,13 @@ class DeliveryWorker:
         self._poll_interval = poll_interval
         self._concurrency = concurrency
         self._http = httpx.AsyncClient(timeout=httpx.Timeout(timeout), transport=transport)
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._worker = PeriodicWorker(
+            "merchant-delivery", self._drain, interval=poll_interval, log=log, failed="merchant delivery pass failed"
+        )
 
     def wake(self) -> None:
         """New entries were queued: look now instead of at the next poll."""
-        self._wake.set()
+        self._worker.wake()
 
     async def run_once(self) -> int:
         """Claim what is due and deliver it; returns how many were delivered."""
@@ -100,8 +102,7 @@ class DeliveryWorker:
             dropped = await self._storage.outbox_kill(entry.id, attempts, error)
             log.error("merchant webhook dead-lettered", extra={**context, "error": error})
             if dropped:
-                if self._metrics is not None:
-                    self._metrics.dead_letters_dropped.inc(dropped)
+                self._metrics.dead_letters_dropped.inc(dropped)
                 log.warning("dead-letter list full: oldest dropped", extra={"dropped": dropped})
             return False
         self._count("retry")
@@ -111,27 +112,34 @@ class DeliveryWorker:
         return False
 
     def _count(self, outcome: str) -> None:
-        if self._metrics is not None:
-            self._metrics.merchant_deliveries.labels(outcome).inc()
+        self._metrics.merchant_deliveries.labels(outcome).inc()
 
-    async def _loop(self) -> None:
-        while True:
-            self._wake.clear()
-            try:
-                while await self.run_once():
-                    pass  # keep draining while there is work
-            except Exception:
-                log.exception("merchant delivery pass failed")
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._poll_interval)
+    async def _drain(self) -> None:
+        while await self.run_once():
+            pass  # keep draining while there is work
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name="merchant-delivery")
+        self._worker.start()
 
     async def stop(self) -> None:
-        await cancel_and_wait(self._task)
-        self._task = None
+        await self._worker.stop()
         await self._http.aclose()
+
+
+def create_delivery(settings: Settings, storage: OutboxStore, clock: Clock, metrics: Metrics) -> DeliveryWorker | None:
+    """The merchant webhook worker, or None when no MERCHANT_WEBHOOK_URL is set."""
+    if not settings.MERCHANT_WEBHOOK_URL:
+        return None
+    return DeliveryWorker(
+        storage,
+        clock,
+        secret=decode_secret(settings.MERCHANT_WEBHOOK_SECRET),
+        timeout=settings.MERCHANT_WEBHOOK_TIMEOUT_SECONDS,
+        max_attempts=settings.MERCHANT_WEBHOOK_MAX_ATTEMPTS,
+        retry_scale=settings.MERCHANT_WEBHOOK_RETRY_SCALE,
+        poll_interval=settings.MERCHANT_WEBHOOK_POLL_SECONDS,
+        metrics=metrics,
+    )
 
 
 DELIVERY: web.AppKey[DeliveryWorker] = web.AppKey("merchant_delivery", DeliveryWorker)
