@@ -1,0 +1,383 @@
+"""One measurement of one target, and a scenario run over several targets, alternating.
+
+For a target (bench/procs.py) with `instances` instances, `measure` does:
+
+1. memory: the servers' RSS (VmRSS) before any client, after N websocket
+   clients connected (spread evenly over the instances and over the
+   load-generator processes, bench/loadgen.py), and after the payments are
+   created and tracked; memory per connection = (connected - before) / N;
+2. idle: server CPU over a quiet window with every client connected (pings,
+   timers, resync: what holding the connections costs with no update);
+3. fixed rate (open loop): completions sent through
+   `POST /api/payment/test/simulate` at `rate` per second, each request sent
+   at its due time whether or not earlier ones have answered; latency is from
+   that due time to the tracking client receiving `payment-completed` (the
+   last of the three events), on one clock (CLOCK_MONOTONIC); server CPU time
+   (/proc/<pid>/stat, all instances) from the first request until every
+   client has its events, divided by the completions, is the CPU per
+   completion;
+4. saturation (closed loop): completions sent with `in_flight` requests
+   outstanding at all times; completions per second until every client has
+   its events, and CPU per completion at that load.
+
+Each payment is tracked by one client; a completion is one simulate call, and
+every target must deliver exactly `payment-status`, `payment-success`,
+`payment-completed` for it (checked: `events per completion`). With several
+instances, payment j's tracker is on instance j mod k and its completion goes
+to instance (j + j div k) mod k, so completions are spread evenly and 1/k of
+them are delivered locally, the rest across Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, AsyncContextManager, Callable
+
+import aiohttp
+
+from bench.loadgen import LoadGen
+from bench.procs import (
+    CLK_TCK, NODE_FLOOR, PAYTRACK, PYTHON_FLOOR, Processes, Server, cpu_seconds, raise_fd_limit, rss_kib,
+    start_redis, start_target,
+)
+
+
+@dataclass
+class Scenario:
+    clients: int = 1000
+    rate: float = 1000.0
+    rate_completions: int = 4000
+    saturation_completions: int = 4000
+    in_flight: int = 64
+    instances: int = 1
+    redis: bool = False  # storage (paytrack) and Socket.IO manager (Python floor) on one redis-server
+    clients_per_process: int = 2500
+    idle_seconds: float = 3.0
+    phase_timeout: float = 120.0
+
+    @property
+    def client_processes(self) -> int:
+        return max(1, math.ceil(self.clients / self.clients_per_process))
+
+    def label(self) -> str:
+        where = f"{self.instances} instance{'s' if self.instances > 1 else ''}" + (" on Redis" if self.redis else "")
+        return (f"{self.clients} clients, {where}, {self.rate:g} completions/s x {self.rate_completions}, "
+                f"saturation {self.saturation_completions} with {self.in_flight} in flight")
+
+
+@dataclass
+class Result:
+    target: str
+    clients: int
+    instances: int
+    held: int = 0
+    connect_s: float = 0.0
+    rss_before_mib: float = 0.0
+    rss_connected_mib: float = 0.0
+    rss_tracking_mib: float = 0.0
+    kib_per_conn: float = 0.0
+    kib_per_conn_tracking: float = 0.0
+    idle_cpu_ms_per_s: float = 0.0
+    rate: float = 0.0
+    achieved_rate: float = 0.0
+    p50_ms: float = math.nan
+    p95_ms: float = math.nan
+    p99_ms: float = math.nan
+    max_ms: float = math.nan
+    cpu_us_per_completion: float = math.nan
+    events_per_completion: float = math.nan
+    missing: int = 0
+    http_errors: int = 0
+    saturation_per_s: float = math.nan
+    saturation_cpu_us_per_completion: float = math.nan
+    redis_cpu_us_per_completion: float | None = None
+    instance_cpu_us_per_completion: list[float] = field(default_factory=list)
+    others_cores: float = math.nan  # CPU other processes of the machine used during the fixed-rate phase
+    load_average: float = math.nan  # 1-minute load average at the end of the fixed-rate phase
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def machine_busy_seconds() -> float:
+    """CPU time all processes of the machine have used (the `cpu` line of /proc/stat, idle and iowait left out)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    return (user + nice + system + irq + softirq + steal) / CLK_TCK
+
+
+def load_average() -> float:
+    return float(Path("/proc/loadavg").read_text().split()[0])
+
+
+def pct(ordered: list[float], p: float) -> float:
+    """Nearest-rank percentile of an ascending list."""
+    if not ordered:
+        return math.nan
+    return ordered[max(0, min(len(ordered) - 1, math.ceil(p / 100 * len(ordered)) - 1))]
+
+
+def tracker_instance(j: int, clients: int, instances: int) -> int:
+    return (j % clients) % instances
+
+
+def completion_instance(j: int, instances: int) -> int:
+    return (j + j // instances) % instances
+
+
+class Phase:
+    """Completions of one phase: when each was due, what the clients got, what the servers spent.
+
+    It also notes what the rest of the machine did meanwhile (all CPU time in
+    /proc/stat minus the bench's own processes): the cores are shared, and a
+    busy neighbour shows in latency and saturation, not in CPU per completion.
+    """
+
+    def __init__(self, pids: list[int], redis_pid: int | None, bench_pids: list[int]) -> None:
+        self.pids = pids
+        self.redis_pid = redis_pid
+        self.bench_pids = [*pids, *([redis_pid] if redis_pid else []), *bench_pids, os.getpid()]
+        self.due: dict[str, int] = {}
+        self.http_errors = 0
+        self.first_error = ""
+
+    def start_cpu(self) -> None:
+        self.cpu0 = [cpu_seconds(p) for p in self.pids]
+        self.redis0 = cpu_seconds(self.redis_pid) if self.redis_pid else 0.0
+        self.machine0 = machine_busy_seconds() - sum(cpu_seconds(p) for p in self.bench_pids)
+        self.t0 = time.monotonic()
+
+    def stop_cpu(self) -> None:
+        self.cpu = [cpu_seconds(p) - c for p, c in zip(self.pids, self.cpu0)]
+        self.redis_cpu = cpu_seconds(self.redis_pid) - self.redis0 if self.redis_pid else 0.0
+        others = machine_busy_seconds() - sum(cpu_seconds(p) for p in self.bench_pids) - self.machine0
+        self.elapsed = time.monotonic() - self.t0
+        self.others_cores = max(0.0, others / self.elapsed)
+
+    async def send(self, http: aiohttp.ClientSession, url: str, reference: str) -> None:
+        try:
+            async with http.post(url + "/api/payment/test/simulate",
+                                 json={"reference": reference, "status": "SUCCESSFUL"}) as resp:
+                await resp.read()
+                if resp.status != 200:
+                    self.http_errors += 1
+                    self.first_error = self.first_error or f"{resp.status}: {(await resp.text())[:200]}"
+        except aiohttp.ClientError as exc:
+            self.http_errors += 1
+            self.first_error = self.first_error or f"{type(exc).__name__}: {exc}"
+
+
+Hook = Callable[[Result, list[Server]], AsyncContextManager[Any]]
+
+
+@contextlib.asynccontextmanager
+async def _no_hook(result: Result, servers: list[Server]) -> Any:
+    yield None
+
+
+async def measure(target: str, sc: Scenario, *, during_rate: Hook = _no_hook) -> Result:
+    """Measure `target` in scenario `sc` (see the module docstring). Starts and stops everything it uses."""
+    raise_fd_limit()
+    result = Result(target=target, clients=sc.clients, instances=sc.instances, rate=sc.rate)
+    procs = Processes()
+    gens: list[LoadGen] = []
+    connector = aiohttp.TCPConnector(limit=max(512, sc.in_flight * 2))
+    async with aiohttp.ClientSession(connector=connector) as http:
+        try:
+            redis_url, redis_pid = await start_redis(procs) if sc.redis else (None, None)
+            servers = await start_target(target, sc.instances, redis_url, procs, http)
+            pids = [s.pid for s in servers]
+            k = len(servers)
+            gens = list(await asyncio.gather(*(LoadGen.start(procs, w) for w in range(sc.client_processes))))
+            await asyncio.sleep(0.5)
+            before = sum(rss_kib(p) for p in pids)
+
+            # Client i connects to instance i mod k and lives in load generator i mod W.
+            w_count = len(gens)
+            owned: list[list[int]] = [list(range(w, sc.clients, w_count)) for w in range(w_count)]
+            started = time.monotonic()
+            answers = await asyncio.gather(*(
+                gen.call("connect", sc.phase_timeout * 2, urls=[servers[i % k].url for i in own])
+                for gen, own in zip(gens, owned)
+            ))
+            result.connect_s = time.monotonic() - started
+            connected = sum(a["connected"] for a in answers)
+            for a in answers:
+                result.notes += [f"connect: {e}" for e in a["errors"]]
+            await asyncio.sleep(1.0)
+            after_connect = sum(rss_kib(p) for p in pids)
+
+            # Payments: j is created on (and later completed through) completion_instance(j), and tracked by
+            # client j mod N, which is on instance j mod N mod k.
+            total = sc.rate_completions + sc.saturation_completions
+            sem = asyncio.Semaphore(sc.in_flight)
+
+            async def initiate(j: int) -> str:
+                async with sem:
+                    url = servers[completion_instance(j, k)].url
+                    async with http.post(url + "/api/payment/initiate", json={
+                        "order_id": f"bench-{j:07d}", "amount": 100, "phone_number": "237671234567",
+                    }) as resp:
+                        body = await resp.json()
+                        if resp.status != 201:
+                            raise RuntimeError(f"{target}: initiate answered {resp.status}: {body}")
+                        return str(body["reference"])
+
+            refs = list(await asyncio.wait_for(asyncio.gather(*(initiate(j) for j in range(total))),
+                                               sc.phase_timeout * 2))
+            owner_gen = [(j % sc.clients) % w_count for j in range(total)]
+            local_index = [(j % sc.clients) // w_count for j in range(total)]
+            pairs: list[list[list[Any]]] = [[] for _ in gens]
+            for j, ref in enumerate(refs):
+                pairs[owner_gen[j]].append([local_index[j], ref])
+            answers = await asyncio.gather(*(
+                gen.call("track", sc.phase_timeout * 2, pairs=p) for gen, p in zip(gens, pairs)
+            ))
+            tracked = sum(a["tracked"] for a in answers)
+            for a in answers:
+                result.notes += [f"track: {e}" for e in a["errors"]]
+            if tracked != total:
+                result.notes.append(f"only {tracked} of {total} payments tracked")
+            await asyncio.sleep(1.0)
+            after_track = sum(rss_kib(p) for p in pids)
+            result.rss_before_mib = before / 1024
+            result.rss_connected_mib = after_connect / 1024
+            result.rss_tracking_mib = after_track / 1024
+            result.kib_per_conn = (after_connect - before) / max(1, connected)
+            result.kib_per_conn_tracking = (after_track - before) / max(1, connected)
+
+            # Idle: what holding the connections costs with nothing happening.
+            gen_pids = [gen.proc.pid for gen in gens]
+            idle = Phase(pids, None, gen_pids)
+            idle.start_cpu()
+            await asyncio.sleep(sc.idle_seconds)
+            idle.stop_cpu()
+            result.idle_cpu_ms_per_s = sum(idle.cpu) / idle.elapsed * 1000
+
+            async def run_phase(phase_refs: list[int], driver: Callable[[Phase], Any]) -> tuple[Phase, list[float], int]:
+                by_gen: list[list[str]] = [[] for _ in gens]
+                for j in phase_refs:
+                    by_gen[owner_gen[j]].append(refs[j])
+                await asyncio.gather(*(gen.call("phase", 30, references=r) for gen, r in zip(gens, by_gen)))
+                phase = Phase(pids, redis_pid, gen_pids)
+                phase.start_cpu()
+                await driver(phase)
+                waits = await asyncio.gather(*(gen.call("wait", sc.phase_timeout + 30, timeout=sc.phase_timeout)
+                                               for gen in gens))
+                phase.stop_cpu()
+                latencies, events = [], 0
+                for answer in waits:
+                    for reference, rec in answer["records"].items():
+                        events += rec[3] + rec[4] + rec[5]
+                        if rec[2]:
+                            latencies.append((rec[2] - phase.due[reference]) / 1e6)
+                latencies.sort()
+                return phase, latencies, events
+
+            # 3. fixed rate, open loop
+            rate_js = list(range(sc.rate_completions))
+
+            async def open_loop(phase: Phase) -> None:
+                interval_ns = int(1e9 / sc.rate)
+                start = time.monotonic_ns()
+                tasks = []
+                for n, j in enumerate(rate_js):
+                    due = start + n * interval_ns
+                    delay = (due - time.monotonic_ns()) / 1e9
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                    phase.due[refs[j]] = due
+                    tasks.append(asyncio.create_task(phase.send(http, servers[completion_instance(j, k)].url, refs[j])))
+                await asyncio.gather(*tasks)
+
+            async with during_rate(result, servers):
+                phase, latencies, events = await run_phase(rate_js, open_loop)
+            n = len(rate_js)
+            result.achieved_rate = n / phase.elapsed
+            result.p50_ms, result.p95_ms, result.p99_ms = (pct(latencies, p) for p in (50, 95, 99))
+            result.max_ms = latencies[-1] if latencies else math.nan
+            result.cpu_us_per_completion = sum(phase.cpu) / n * 1e6
+            # Each instance's CPU over the completions it handled (n / k each).
+            result.instance_cpu_us_per_completion = [c / (n / k) * 1e6 for c in phase.cpu]
+            result.redis_cpu_us_per_completion = phase.redis_cpu / n * 1e6 if redis_pid else None
+            result.others_cores = phase.others_cores
+            result.load_average = load_average()
+            result.events_per_completion = events / n
+            result.missing = n - len(latencies)
+            result.http_errors = phase.http_errors
+            if phase.first_error:
+                result.notes.append(f"simulate: {phase.first_error}")
+
+            # 4. saturation, closed loop
+            sat_js = list(range(sc.rate_completions, total))
+            queue = iter(sat_js)
+
+            async def closed_loop(phase: Phase) -> None:
+                async def lane() -> None:
+                    for j in queue:
+                        phase.due[refs[j]] = time.monotonic_ns()
+                        await phase.send(http, servers[completion_instance(j, k)].url, refs[j])
+
+                await asyncio.gather(*(lane() for _ in range(sc.in_flight)))
+
+            if sat_js:
+                phase, latencies, events = await run_phase(sat_js, closed_loop)
+                result.saturation_per_s = len(sat_js) / phase.elapsed
+                result.saturation_cpu_us_per_completion = sum(phase.cpu) / len(sat_js) * 1e6
+                result.missing += len(sat_js) - len(latencies)
+                result.http_errors += phase.http_errors
+                if phase.first_error:
+                    result.notes.append(f"simulate (saturation): {phase.first_error}")
+
+            result.held = sum(a["held"] for a in await asyncio.gather(*(gen.call("held", 30) for gen in gens)))
+            return result
+        finally:
+            await asyncio.gather(*(gen.quit() for gen in gens), return_exceptions=True)
+            await procs.stop_all()
+
+
+async def run_scenario(sc: Scenario, targets: list[str], repeat: int = 1, *,
+                       log: Callable[[str], None] = print) -> list[Result]:
+    """Every target `repeat` times, alternating (A B C A B C ...), so drift on the machine hits all alike."""
+    results = []
+    for r in range(repeat):
+        for target in targets:
+            log(f"bench: {target} ({sc.label()}){f' run {r + 1}/{repeat}' if repeat > 1 else ''} ...")
+            result = await measure(target, sc)
+            log(f"bench: {target}: held {result.held}/{result.clients}, "
+                f"{result.cpu_us_per_completion:.0f} µs CPU per completion, p99 {result.p99_ms:.2f} ms, "
+                f"saturation {result.saturation_per_s:.0f}/s")
+            results.append(result)
+    return results
+
+
+def median_results(results: list[Result]) -> list[Result]:
+    """One result per target: each figure the median of that target's runs (runs kept in order of targets)."""
+    by_target: dict[str, list[Result]] = {}
+    for r in results:
+        by_target.setdefault(r.target, []).append(r)
+    merged = []
+    for target, runs in by_target.items():
+        if len(runs) == 1:
+            merged.append(runs[0])
+            continue
+        base = runs[0].as_dict()
+        for key, value in base.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                values = sorted(getattr(r, key) for r in runs)
+                base[key] = values[len(values) // 2] if len(values) % 2 else sum(values[len(values) // 2 - 1:][:2]) / 2
+        base["instance_cpu_us_per_completion"] = runs[0].instance_cpu_us_per_completion
+        base["notes"] = [n for r in runs for n in r.notes] + [f"median of {len(runs)} runs"]
+        merged.append(Result(**base))
+    return merged
+
+
+DEFAULT_TARGETS = [PAYTRACK, PYTHON_FLOOR, NODE_FLOOR]
+REDIS_TARGETS = [PAYTRACK, PYTHON_FLOOR]
