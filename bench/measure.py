@@ -7,7 +7,9 @@ For a target (bench/procs.py) with `instances` instances, `measure` does:
    load-generator processes, bench/loadgen.py), and after the payments are
    created and tracked; memory per connection = (connected - before) / N;
 2. idle: server CPU over a quiet window with every client connected (pings,
-   timers, resync: what holding the connections costs with no update);
+   timers, resync: what holding the connections costs with no update); the
+   window is longer than the ping interval (25 s), so every socket is pinged
+   in it;
 3. fixed rate (open loop): completions sent through
    `POST /api/payment/test/simulate` at `rate` per second, each request sent
    at its due time whether or not earlier ones have answered; latency is from
@@ -22,7 +24,8 @@ For a target (bench/procs.py) with `instances` instances, `measure` does:
 
 Each payment is tracked by one client; a completion is one simulate call, and
 every target must deliver exactly `payment-status`, `payment-success`,
-`payment-completed` for it (checked: `events per completion`). With several
+`payment-completed` for it: a completion whose tracker did not get exactly
+one of each counts as missing. With several
 instances, payment j's tracker is on instance j mod k and its completion goes
 to instance (j + j div k) mod k, so completions are spread evenly and 1/k of
 them are delivered locally, the rest across Redis.
@@ -58,7 +61,8 @@ class Scenario:
     instances: int = 1
     redis: bool = False  # storage (paytrack) and Socket.IO manager (Python floor) on one redis-server
     clients_per_process: int = 2500
-    idle_seconds: float = 3.0
+    idle_seconds: float = 26.0  # one engine.io ping interval (25 s) and more, so every socket is pinged once
+    settle_seconds: float = 1.0  # pause before reading memory, so the servers have finished with what came in
     phase_timeout: float = 120.0
 
     @property
@@ -155,7 +159,7 @@ class Phase:
         self.t0 = time.monotonic()
 
     def stop_cpu(self) -> None:
-        self.cpu = [cpu_seconds(p) - c for p, c in zip(self.pids, self.cpu0)]
+        self.cpu = [cpu_seconds(p) - c for p, c in zip(self.pids, self.cpu0, strict=True)]
         self.redis_cpu = cpu_seconds(self.redis_pid) - self.redis0 if self.redis_pid else 0.0
         others = machine_busy_seconds() - sum(cpu_seconds(p) for p in self.bench_pids) - self.machine0
         self.elapsed = time.monotonic() - self.t0
@@ -182,165 +186,213 @@ async def _no_hook(result: Result, servers: list[Server]) -> Any:
     yield None
 
 
+@dataclass
+class PhaseOutcome:
+    phase: Phase
+    latencies_ms: list[float]  # ascending
+    events: int  # payment events received for the phase's completions
+    complete: int  # completions whose tracker got exactly one of each of the three events
+
+
+class Measurement:
+    """The steps of `measure`, on one set of processes (see the module docstring)."""
+
+    def __init__(self, target: str, sc: Scenario, procs: Processes, http: aiohttp.ClientSession) -> None:
+        self.target = target
+        self.sc = sc
+        self.procs = procs
+        self.http = http
+        self.result = Result(target=target, clients=sc.clients, instances=sc.instances, rate=sc.rate)
+        self.gens: list[LoadGen] = []
+        self.refs: list[str] = []
+
+    async def start(self) -> None:
+        sc = self.sc
+        self.redis_url, self.redis_pid = await start_redis(self.procs) if sc.redis else (None, None)
+        self.servers = await start_target(self.target, sc.instances, self.redis_url, self.procs, self.http)
+        self.pids = [s.pid for s in self.servers]
+        self.gens = list(await asyncio.gather(*(LoadGen.start(self.procs, w) for w in range(sc.client_processes))))
+        self.gen_pids = [gen.proc.pid for gen in self.gens]
+
+    def rss(self) -> int:
+        return sum(rss_kib(p) for p in self.pids)
+
+    def url(self, instance: int) -> str:
+        return self.servers[instance].url
+
+    # Client i connects to instance i mod k and lives in load generator i mod W, at index i div W there.
+    # Payment j is tracked by client j mod N and created on (and completed through) completion_instance(j).
+    def gen_of_payment(self, j: int) -> int:
+        return (j % self.sc.clients) % len(self.gens)
+
+    async def connect(self) -> int:
+        w, k = len(self.gens), len(self.servers)
+        started = time.monotonic()
+        answers = await asyncio.gather(*(
+            gen.call("connect", self.sc.phase_timeout * 2,
+                     urls=[self.url(i % k) for i in range(g, self.sc.clients, w)])
+            for g, gen in enumerate(self.gens)
+        ))
+        self.result.connect_s = time.monotonic() - started
+        self.result.notes += [f"connect: {e}" for a in answers for e in a["errors"]]
+        return sum(a["connected"] for a in answers)
+
+    async def create_and_track(self, total: int) -> None:
+        sem = asyncio.Semaphore(self.sc.in_flight)
+        k = len(self.servers)
+
+        async def initiate(j: int) -> str:
+            async with sem:
+                async with self.http.post(self.url(completion_instance(j, k)) + "/api/payment/initiate", json={
+                    "order_id": f"bench-{j:07d}", "amount": 100, "phone_number": "237671234567",
+                }) as resp:
+                    body = await resp.json()
+                    if resp.status != 201:
+                        raise RuntimeError(f"{self.target}: initiate answered {resp.status}: {body}")
+                    return str(body["reference"])
+
+        self.refs = list(await asyncio.wait_for(asyncio.gather(*(initiate(j) for j in range(total))),
+                                                self.sc.phase_timeout * 2))
+        pairs: list[list[list[Any]]] = [[] for _ in self.gens]
+        for j, ref in enumerate(self.refs):
+            pairs[self.gen_of_payment(j)].append([(j % self.sc.clients) // len(self.gens), ref])
+        answers = await asyncio.gather(*(
+            gen.call("track", self.sc.phase_timeout * 2, pairs=p) for gen, p in zip(self.gens, pairs, strict=True)
+        ))
+        self.result.notes += [f"track: {e}" for a in answers for e in a["errors"]]
+        tracked = sum(a["tracked"] for a in answers)
+        if tracked != total:
+            self.result.notes.append(f"only {tracked} of {total} payments tracked")
+
+    async def idle_cpu(self) -> float:
+        """Server CPU, ms per s, over a quiet window with every client connected."""
+        idle = Phase(self.pids, None, self.gen_pids)
+        idle.start_cpu()
+        await asyncio.sleep(self.sc.idle_seconds)
+        idle.stop_cpu()
+        return sum(idle.cpu) / idle.elapsed * 1000
+
+    async def run_phase(self, js: list[int], driver: Callable[[Phase], Any]) -> PhaseOutcome:
+        by_gen: list[list[str]] = [[] for _ in self.gens]
+        for j in js:
+            by_gen[self.gen_of_payment(j)].append(self.refs[j])
+        await asyncio.gather(*(gen.call("phase", 30, references=r) for gen, r in zip(self.gens, by_gen, strict=True)))
+        phase = Phase(self.pids, self.redis_pid, self.gen_pids)
+        phase.start_cpu()
+        await driver(phase)
+        waits = await asyncio.gather(*(gen.call("wait", self.sc.phase_timeout + 30, timeout=self.sc.phase_timeout)
+                                       for gen in self.gens))
+        phase.stop_cpu()
+        latencies, events, complete = [], 0, 0
+        for answer in waits:
+            for reference, rec in answer["records"].items():
+                events += rec[3] + rec[4] + rec[5]
+                complete += rec[3:6] == [1, 1, 1]
+                if rec[2]:
+                    latencies.append((rec[2] - phase.due[reference]) / 1e6)
+        latencies.sort()
+        return PhaseOutcome(phase, latencies, events, complete)
+
+    async def fixed_rate(self, js: list[int]) -> PhaseOutcome:
+        """Open loop: request n is sent at start + n / rate, whether or not earlier ones have answered."""
+        k = len(self.servers)
+
+        async def drive(phase: Phase) -> None:
+            interval_ns = int(1e9 / self.sc.rate)
+            start = time.monotonic_ns()
+            tasks = []
+            for n, j in enumerate(js):
+                due = start + n * interval_ns
+                delay = (due - time.monotonic_ns()) / 1e9
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                phase.due[self.refs[j]] = due
+                tasks.append(asyncio.create_task(phase.send(self.http, self.url(completion_instance(j, k)),
+                                                            self.refs[j])))
+            await asyncio.gather(*tasks)
+
+        return await self.run_phase(js, drive)
+
+    async def saturation(self, js: list[int]) -> PhaseOutcome:
+        """Closed loop: `in_flight` requests outstanding at all times."""
+        k = len(self.servers)
+        queue = iter(js)
+
+        async def drive(phase: Phase) -> None:
+            async def lane() -> None:
+                for j in queue:
+                    phase.due[self.refs[j]] = time.monotonic_ns()
+                    await phase.send(self.http, self.url(completion_instance(j, k)), self.refs[j])
+
+            await asyncio.gather(*(lane() for _ in range(self.sc.in_flight)))
+
+        return await self.run_phase(js, drive)
+
+    async def held(self) -> int:
+        return sum(a["held"] for a in await asyncio.gather(*(gen.call("held", 30) for gen in self.gens)))
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(gen.quit() for gen in self.gens), return_exceptions=True)
+
+
 async def measure(target: str, sc: Scenario, *, during_rate: Hook = _no_hook) -> Result:
     """Measure `target` in scenario `sc` (see the module docstring). Starts and stops everything it uses."""
     raise_fd_limit()
-    result = Result(target=target, clients=sc.clients, instances=sc.instances, rate=sc.rate)
     procs = Processes()
-    gens: list[LoadGen] = []
-    connector = aiohttp.TCPConnector(limit=max(512, sc.in_flight * 2))
-    async with aiohttp.ClientSession(connector=connector) as http:
-        try:
-            redis_url, redis_pid = await start_redis(procs) if sc.redis else (None, None)
-            servers = await start_target(target, sc.instances, redis_url, procs, http)
-            pids = [s.pid for s in servers]
-            k = len(servers)
-            gens = list(await asyncio.gather(*(LoadGen.start(procs, w) for w in range(sc.client_processes))))
-            await asyncio.sleep(0.5)
-            before = sum(rss_kib(p) for p in pids)
+    m: Measurement | None = None
+    try:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=max(512, sc.in_flight * 2))) as http:
+            m = Measurement(target, sc, procs, http)
+            r = m.result
+            await m.start()
+            await asyncio.sleep(sc.settle_seconds / 2)
+            before = m.rss()
+            connected = await m.connect()
+            await asyncio.sleep(sc.settle_seconds)
+            after_connect = m.rss()
+            await m.create_and_track(sc.rate_completions + sc.saturation_completions)
+            await asyncio.sleep(sc.settle_seconds)
+            after_track = m.rss()
+            r.rss_before_mib, r.rss_connected_mib, r.rss_tracking_mib = (v / 1024 for v in (before, after_connect,
+                                                                                            after_track))
+            r.kib_per_conn = (after_connect - before) / max(1, connected)
+            r.kib_per_conn_tracking = (after_track - before) / max(1, connected)
+            r.idle_cpu_ms_per_s = await m.idle_cpu()
 
-            # Client i connects to instance i mod k and lives in load generator i mod W.
-            w_count = len(gens)
-            owned: list[list[int]] = [list(range(w, sc.clients, w_count)) for w in range(w_count)]
-            started = time.monotonic()
-            answers = await asyncio.gather(*(
-                gen.call("connect", sc.phase_timeout * 2, urls=[servers[i % k].url for i in own])
-                for gen, own in zip(gens, owned)
-            ))
-            result.connect_s = time.monotonic() - started
-            connected = sum(a["connected"] for a in answers)
-            for a in answers:
-                result.notes += [f"connect: {e}" for e in a["errors"]]
-            await asyncio.sleep(1.0)
-            after_connect = sum(rss_kib(p) for p in pids)
-
-            # Payments: j is created on (and later completed through) completion_instance(j), and tracked by
-            # client j mod N, which is on instance j mod N mod k.
-            total = sc.rate_completions + sc.saturation_completions
-            sem = asyncio.Semaphore(sc.in_flight)
-
-            async def initiate(j: int) -> str:
-                async with sem:
-                    url = servers[completion_instance(j, k)].url
-                    async with http.post(url + "/api/payment/initiate", json={
-                        "order_id": f"bench-{j:07d}", "amount": 100, "phone_number": "237671234567",
-                    }) as resp:
-                        body = await resp.json()
-                        if resp.status != 201:
-                            raise RuntimeError(f"{target}: initiate answered {resp.status}: {body}")
-                        return str(body["reference"])
-
-            refs = list(await asyncio.wait_for(asyncio.gather(*(initiate(j) for j in range(total))),
-                                               sc.phase_timeout * 2))
-            owner_gen = [(j % sc.clients) % w_count for j in range(total)]
-            local_index = [(j % sc.clients) // w_count for j in range(total)]
-            pairs: list[list[list[Any]]] = [[] for _ in gens]
-            for j, ref in enumerate(refs):
-                pairs[owner_gen[j]].append([local_index[j], ref])
-            answers = await asyncio.gather(*(
-                gen.call("track", sc.phase_timeout * 2, pairs=p) for gen, p in zip(gens, pairs)
-            ))
-            tracked = sum(a["tracked"] for a in answers)
-            for a in answers:
-                result.notes += [f"track: {e}" for e in a["errors"]]
-            if tracked != total:
-                result.notes.append(f"only {tracked} of {total} payments tracked")
-            await asyncio.sleep(1.0)
-            after_track = sum(rss_kib(p) for p in pids)
-            result.rss_before_mib = before / 1024
-            result.rss_connected_mib = after_connect / 1024
-            result.rss_tracking_mib = after_track / 1024
-            result.kib_per_conn = (after_connect - before) / max(1, connected)
-            result.kib_per_conn_tracking = (after_track - before) / max(1, connected)
-
-            # Idle: what holding the connections costs with nothing happening.
-            gen_pids = [gen.proc.pid for gen in gens]
-            idle = Phase(pids, None, gen_pids)
-            idle.start_cpu()
-            await asyncio.sleep(sc.idle_seconds)
-            idle.stop_cpu()
-            result.idle_cpu_ms_per_s = sum(idle.cpu) / idle.elapsed * 1000
-
-            async def run_phase(phase_refs: list[int], driver: Callable[[Phase], Any]) -> tuple[Phase, list[float], int]:
-                by_gen: list[list[str]] = [[] for _ in gens]
-                for j in phase_refs:
-                    by_gen[owner_gen[j]].append(refs[j])
-                await asyncio.gather(*(gen.call("phase", 30, references=r) for gen, r in zip(gens, by_gen)))
-                phase = Phase(pids, redis_pid, gen_pids)
-                phase.start_cpu()
-                await driver(phase)
-                waits = await asyncio.gather(*(gen.call("wait", sc.phase_timeout + 30, timeout=sc.phase_timeout)
-                                               for gen in gens))
-                phase.stop_cpu()
-                latencies, events = [], 0
-                for answer in waits:
-                    for reference, rec in answer["records"].items():
-                        events += rec[3] + rec[4] + rec[5]
-                        if rec[2]:
-                            latencies.append((rec[2] - phase.due[reference]) / 1e6)
-                latencies.sort()
-                return phase, latencies, events
-
-            # 3. fixed rate, open loop
             rate_js = list(range(sc.rate_completions))
+            async with during_rate(r, m.servers):
+                out = await m.fixed_rate(rate_js)
+            n, k = len(rate_js), len(m.servers)
+            r.achieved_rate = n / out.phase.elapsed
+            r.p50_ms, r.p95_ms, r.p99_ms = (pct(out.latencies_ms, p) for p in (50, 95, 99))
+            r.max_ms = out.latencies_ms[-1] if out.latencies_ms else math.nan
+            r.cpu_us_per_completion = sum(out.phase.cpu) / n * 1e6
+            r.instance_cpu_us_per_completion = [c / (n / k) * 1e6 for c in out.phase.cpu]  # n / k completions each
+            r.redis_cpu_us_per_completion = out.phase.redis_cpu / n * 1e6 if m.redis_pid else None
+            r.others_cores = out.phase.others_cores
+            r.load_average = load_average()
+            events, complete, done = out.events, out.complete, n
+            r.http_errors = out.phase.http_errors
+            if out.phase.first_error:
+                r.notes.append(f"simulate: {out.phase.first_error}")
 
-            async def open_loop(phase: Phase) -> None:
-                interval_ns = int(1e9 / sc.rate)
-                start = time.monotonic_ns()
-                tasks = []
-                for n, j in enumerate(rate_js):
-                    due = start + n * interval_ns
-                    delay = (due - time.monotonic_ns()) / 1e9
-                    if delay > 0:
-                        await asyncio.sleep(delay)
-                    phase.due[refs[j]] = due
-                    tasks.append(asyncio.create_task(phase.send(http, servers[completion_instance(j, k)].url, refs[j])))
-                await asyncio.gather(*tasks)
-
-            async with during_rate(result, servers):
-                phase, latencies, events = await run_phase(rate_js, open_loop)
-            n = len(rate_js)
-            result.achieved_rate = n / phase.elapsed
-            result.p50_ms, result.p95_ms, result.p99_ms = (pct(latencies, p) for p in (50, 95, 99))
-            result.max_ms = latencies[-1] if latencies else math.nan
-            result.cpu_us_per_completion = sum(phase.cpu) / n * 1e6
-            # Each instance's CPU over the completions it handled (n / k each).
-            result.instance_cpu_us_per_completion = [c / (n / k) * 1e6 for c in phase.cpu]
-            result.redis_cpu_us_per_completion = phase.redis_cpu / n * 1e6 if redis_pid else None
-            result.others_cores = phase.others_cores
-            result.load_average = load_average()
-            result.events_per_completion = events / n
-            result.missing = n - len(latencies)
-            result.http_errors = phase.http_errors
-            if phase.first_error:
-                result.notes.append(f"simulate: {phase.first_error}")
-
-            # 4. saturation, closed loop
-            sat_js = list(range(sc.rate_completions, total))
-            queue = iter(sat_js)
-
-            async def closed_loop(phase: Phase) -> None:
-                async def lane() -> None:
-                    for j in queue:
-                        phase.due[refs[j]] = time.monotonic_ns()
-                        await phase.send(http, servers[completion_instance(j, k)].url, refs[j])
-
-                await asyncio.gather(*(lane() for _ in range(sc.in_flight)))
-
+            sat_js = list(range(sc.rate_completions, sc.rate_completions + sc.saturation_completions))
             if sat_js:
-                phase, latencies, events = await run_phase(sat_js, closed_loop)
-                result.saturation_per_s = len(sat_js) / phase.elapsed
-                result.saturation_cpu_us_per_completion = sum(phase.cpu) / len(sat_js) * 1e6
-                result.missing += len(sat_js) - len(latencies)
-                result.http_errors += phase.http_errors
-                if phase.first_error:
-                    result.notes.append(f"simulate (saturation): {phase.first_error}")
-
-            result.held = sum(a["held"] for a in await asyncio.gather(*(gen.call("held", 30) for gen in gens)))
-            return result
-        finally:
-            await asyncio.gather(*(gen.quit() for gen in gens), return_exceptions=True)
-            await procs.stop_all()
+                out = await m.saturation(sat_js)
+                r.saturation_per_s = len(sat_js) / out.phase.elapsed
+                r.saturation_cpu_us_per_completion = sum(out.phase.cpu) / len(sat_js) * 1e6
+                events, complete, done = events + out.events, complete + out.complete, done + len(sat_js)
+                r.http_errors += out.phase.http_errors
+                if out.phase.first_error:
+                    r.notes.append(f"simulate (saturation): {out.phase.first_error}")
+            r.events_per_completion = events / done
+            r.missing = done - complete
+            r.held = await m.held()
+            return r
+    finally:
+        if m is not None:
+            await m.stop()
+        await procs.stop_all()
 
 
 async def run_scenario(sc: Scenario, targets: list[str], repeat: int = 1, *,
@@ -364,7 +416,7 @@ def median_results(results: list[Result]) -> list[Result]:
     for r in results:
         by_target.setdefault(r.target, []).append(r)
     merged = []
-    for target, runs in by_target.items():
+    for runs in by_target.values():
         if len(runs) == 1:
             merged.append(runs[0])
             continue

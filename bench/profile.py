@@ -4,10 +4,16 @@
     python -m bench.profile --targets paytrack,python-floor   # the floor's profile beside it
 
 py-spy (PyPI, a sampling profiler that reads the process from outside, so the
-server runs unmodified) records with `--nonblocking` (it does not pause the
-server; a few stacks may be torn) and `--function` (samples grouped by
-function, not line). Idle samples (the loop waiting in epoll) are left out by
-py-spy, so a share is of the samples where the server was running Python.
+server runs unmodified) records with `--function` (samples grouped by
+function, not line). It pauses the server for each sample, which keeps every
+stack whole (`--nonblocking` tore about a fifth of them) at the cost of a
+little CPU, so the CPU per completion of a profiled run is not a
+measurement. Idle samples are left out, so a share is of the samples where the
+server was working: py-spy leaves out most of them itself, and those it
+misses while the process is paused (the loop waiting in `select`, the
+thread pool's worker waiting for a job; measured with `--idle`, they
+are the idle samples, and without them the busy counts match) are dropped
+here by their top frame.
 "Own" is the share where the function itself was on top of the stack,
 "total" the share where it was anywhere on the stack. Needs ptrace rights
 over the server (root, or kernel.yama.ptrace_scope = 0).
@@ -32,29 +38,36 @@ from bench.measure import Result, Scenario, measure
 from bench.procs import PAYTRACK, PYTHON_FLOOR, ROOT, Server, raise_fd_limit
 
 FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
+# A sample whose top frame is one of these is a thread waiting, not working.
+IDLE_TOP = re.compile(r"^(EpollSelector\.select \(selectors\.py\)|_worker \(stdlib/concurrent/futures/thread\.py\)|"
+                      r"_worker \(concurrent/futures/thread\.py\))$")
+# Under every sample: the entry point and the event loop's own run loop. Left out of the "total" view.
+PLUMBING = re.compile(r"^(<module>|main|run_app|BaseEventLoop\.(run_forever|run_until_complete|_run_once)|"
+                      r"Runner\.run|run|Handle\._run) \(")
 
 
 @dataclass
 class Profile:
     target: str
     samples: int = 0
+    idle_dropped: int = 0
     own: Counter[str] = field(default_factory=Counter)
     total: Counter[str] = field(default_factory=Counter)
 
     def top(self, n: int, by: str = "own") -> list[tuple[str, float, float]]:
-        """(function, own share, total share), hottest first. By total, the frames under nearly every
-        sample (the event loop's own run loop, `main`) are left out: they say nothing."""
+        """(function, own share, total share), hottest first. By total, the entry point and the event
+        loop's run loop (under every sample) are left out: they say nothing."""
         if not self.samples:
             return []
         if by == "own":
             names = [name for name, _ in self.own.most_common(n)]
         else:
-            names = [name for name, count in self.total.most_common()
-                     if count < 0.9 * self.samples][:n]
+            names = [name for name, _ in self.total.most_common() if not PLUMBING.match(name)][:n]
         return [(name, self.own[name] / self.samples, self.total[name] / self.samples) for name in names]
 
     def as_dict(self) -> dict[str, Any]:
-        return {"target": self.target, "samples": self.samples, "own": dict(self.own.most_common(60)),
+        return {"target": self.target, "samples": self.samples, "idle_dropped": self.idle_dropped,
+                "own": dict(self.own.most_common(60)),
                 "total": dict(self.total.most_common(60))}
 
 
@@ -89,6 +102,9 @@ def parse_collapsed(text: str, target: str) -> Profile:
             frames = frames[1:]
         if not frames:
             continue
+        if IDLE_TOP.match(frames[-1]):
+            profile.idle_dropped += n
+            continue
         profile.samples += n
         profile.own[frames[-1]] += n
         for name in set(frames):
@@ -104,7 +120,7 @@ def pyspy_binary() -> str:
     return found
 
 
-def recorder(into: dict[str, Profile], rate: int = 200) -> Any:
+def recorder(into: dict[str, Profile], rate: int = 250) -> Any:
     """A `during_rate` hook for `measure`: py-spy on the first instance while the fixed-rate phase runs."""
 
     @contextlib.asynccontextmanager
@@ -112,7 +128,7 @@ def recorder(into: dict[str, Profile], rate: int = 200) -> Any:
         out = Path(tempfile.mkdtemp(prefix="bench-pyspy-")) / "profile.txt"
         proc = await asyncio.create_subprocess_exec(
             pyspy_binary(), "record", "--pid", str(servers[0].pid), "--rate", str(rate), "--format", "raw",
-            "--function", "--nonblocking", "-o", str(out),
+            "--function", "-o", str(out),
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
         )
         await asyncio.sleep(1.0)  # attached before the first update
@@ -130,8 +146,8 @@ def recorder(into: dict[str, Profile], rate: int = 200) -> Any:
 
 
 def table(profile: Profile, n: int = 15, by: str = "own") -> str:
-    lines = [f"{profile.samples} samples of {profile.target} (py-spy, running samples only), "
-             f"top {n} by {'own' if by == 'own' else 'total (frames under 90 % or more of samples left out)'} "
+    lines = [f"{profile.samples} samples of {profile.target} (py-spy; {profile.idle_dropped} idle ones left out), "
+             f"top {n} by {'own' if by == 'own' else 'total (entry point and event loop left out)'} "
              "share:", "",
              "| # | function | own | total |", "|---|---|---|---|"]
     for i, (name, own, total) in enumerate(profile.top(n, by), 1):
@@ -152,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="py-spy profile of a target under load (loopback, bounded)")
     parser.add_argument("--clients", type=int, default=1000)
     parser.add_argument("--rate", type=float, default=1000)
-    parser.add_argument("--completions", type=int, default=8000)
+    parser.add_argument("--completions", type=int, default=10000)
     parser.add_argument("--targets", default=PAYTRACK, help=f"comma-separated: {PAYTRACK}, {PYTHON_FLOOR}")
     parser.add_argument("--top", type=int, default=15)
     args = parser.parse_args(argv)

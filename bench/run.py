@@ -43,7 +43,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeat", type=int, default=1, help="runs per target, alternating; medians are shown")
     parser.add_argument("--clients-per-process", type=int, default=2500,
                         help="websocket clients per load-generator process")
-    parser.add_argument("--idle-seconds", type=float, default=3.0, help="quiet window measuring idle CPU")
+    parser.add_argument("--idle-seconds", type=float, default=26.0,
+                        help="quiet window measuring idle CPU (longer than the 25 s ping interval)")
     parser.add_argument("--json", type=Path, help="also write every run's raw figures here")
     parser.add_argument("--time-limit", type=float, default=1800, help="seconds; the run stops itself after this")
     args = parser.parse_args(argv)

@@ -83,7 +83,8 @@ def instances_table(by_count: dict[int, list[Result]]) -> str:
             _spread(p), ratio(pc, _cpu(base[PAYTRACK])),
             _spread(f), ratio(fc, _cpu(base[PYTHON_FLOOR])),
             ratio(pc, fc),
-            f"{num(p and p.redis_cpu_us_per_completion, '{:.0f}')} / {num(f and f.redis_cpu_us_per_completion, '{:.0f}')}",
+            f"{num(p and p.redis_cpu_us_per_completion, '{:.0f}')} / "
+            f"{num(f and f.redis_cpu_us_per_completion, '{:.0f}')}",
             f"{num(p and p.p99_ms, '{:.2f}')} / {num(f and f.p99_ms, '{:.2f}')}",
             f"{p.held if p else 'n/a'} / {f.held if f else 'n/a'}",
             f"{p.missing if p else 'n/a'} / {f.missing if f else 'n/a'}",

@@ -86,6 +86,7 @@ for (const signal of ["SIGTERM", "SIGINT"]) {
   process.on(signal, () => {
     io.close();
     httpServer.close(() => process.exit(0));
+    httpServer.closeAllConnections();
     setTimeout(() => process.exit(0), 2000).unref();
   });
 }
