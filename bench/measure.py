@@ -51,6 +51,9 @@ from bench.procs import (
 )
 
 
+BENCH_PAYTRACK_SETTINGS = {"RESYNC_INTERVAL_SECONDS": "3600"}
+
+
 @dataclass
 class Scenario:
     clients: int = 1000
@@ -62,7 +65,12 @@ class Scenario:
     redis: bool = False  # storage (paytrack) and Socket.IO manager (Python floor) on one redis-server
     clients_per_process: int = 2500
     idle_seconds: float = 26.0  # one engine.io ping interval (25 s) and more, so every socket is pinged once
+    waiting_payments: int = 0  # payments created and tracked but never completed (beside the phases' own)
     settle_seconds: float = 1.0  # pause before reading memory, so the servers have finished with what came in
+    # paytrack settings on top of bench/procs.py's. Resync passes (re-reading every waiting payment every
+    # RESYNC_INTERVAL_SECONDS) cost in proportion to waiting payments, not completions, and would land in an
+    # update phase by chance: they are off here and measured on their own (bench/report.py, "resync").
+    paytrack_settings: dict[str, str] = field(default_factory=lambda: dict(BENCH_PAYTRACK_SETTINGS))
     phase_timeout: float = 120.0
 
     @property
@@ -71,8 +79,10 @@ class Scenario:
 
     def label(self) -> str:
         where = f"{self.instances} instance{'s' if self.instances > 1 else ''}" + (" on Redis" if self.redis else "")
+        changed = {k: v for k, v in self.paytrack_settings.items() if BENCH_PAYTRACK_SETTINGS.get(k) != v}
         return (f"{self.clients} clients, {where}, {self.rate:g} completions/s x {self.rate_completions}, "
-                f"saturation {self.saturation_completions} with {self.in_flight} in flight")
+                f"saturation {self.saturation_completions} with {self.in_flight} in flight"
+                + "".join(f", paytrack {k}={v}" for k, v in changed.items()))
 
 
 @dataclass
@@ -103,6 +113,7 @@ class Result:
     redis_cpu_us_per_completion: float | None = None
     instance_cpu_us_per_completion: list[float] = field(default_factory=list)
     others_cores: float = math.nan  # CPU other processes of the machine used during the fixed-rate phase
+    load_cores: float = math.nan  # CPU the bench's own clients and request sender used meanwhile
     load_average: float = math.nan  # 1-minute load average at the end of the fixed-rate phase
     notes: list[str] = field(default_factory=list)
 
@@ -147,7 +158,8 @@ class Phase:
     def __init__(self, pids: list[int], redis_pid: int | None, bench_pids: list[int]) -> None:
         self.pids = pids
         self.redis_pid = redis_pid
-        self.bench_pids = [*pids, *([redis_pid] if redis_pid else []), *bench_pids, os.getpid()]
+        self.load_pids = [*bench_pids, os.getpid()]  # the load generators and this process
+        self.bench_pids = [*pids, *([redis_pid] if redis_pid else []), *self.load_pids]
         self.due: dict[str, int] = {}
         self.http_errors = 0
         self.first_error = ""
@@ -156,14 +168,17 @@ class Phase:
         self.cpu0 = [cpu_seconds(p) for p in self.pids]
         self.redis0 = cpu_seconds(self.redis_pid) if self.redis_pid else 0.0
         self.machine0 = machine_busy_seconds() - sum(cpu_seconds(p) for p in self.bench_pids)
+        self.load0 = sum(cpu_seconds(p) for p in self.load_pids)
         self.t0 = time.monotonic()
 
     def stop_cpu(self) -> None:
         self.cpu = [cpu_seconds(p) - c for p, c in zip(self.pids, self.cpu0, strict=True)]
         self.redis_cpu = cpu_seconds(self.redis_pid) - self.redis0 if self.redis_pid else 0.0
         others = machine_busy_seconds() - sum(cpu_seconds(p) for p in self.bench_pids) - self.machine0
+        load = sum(cpu_seconds(p) for p in self.load_pids) - self.load0
         self.elapsed = time.monotonic() - self.t0
         self.others_cores = max(0.0, others / self.elapsed)
+        self.load_cores = load / self.elapsed
 
     async def send(self, http: aiohttp.ClientSession, url: str, reference: str) -> None:
         try:
@@ -209,7 +224,8 @@ class Measurement:
     async def start(self) -> None:
         sc = self.sc
         self.redis_url, self.redis_pid = await start_redis(self.procs) if sc.redis else (None, None)
-        self.servers = await start_target(self.target, sc.instances, self.redis_url, self.procs, self.http)
+        self.servers = await start_target(self.target, sc.instances, self.redis_url, self.procs, self.http,
+                                          sc.paytrack_settings)
         self.pids = [s.pid for s in self.servers]
         self.gens = list(await asyncio.gather(*(LoadGen.start(self.procs, w) for w in range(sc.client_processes))))
         self.gen_pids = [gen.proc.pid for gen in self.gens]
@@ -350,7 +366,7 @@ async def measure(target: str, sc: Scenario, *, during_rate: Hook = _no_hook) ->
             connected = await m.connect()
             await asyncio.sleep(sc.settle_seconds)
             after_connect = m.rss()
-            await m.create_and_track(sc.rate_completions + sc.saturation_completions)
+            await m.create_and_track(sc.rate_completions + sc.saturation_completions + sc.waiting_payments)
             await asyncio.sleep(sc.settle_seconds)
             after_track = m.rss()
             r.rss_before_mib, r.rss_connected_mib, r.rss_tracking_mib = (v / 1024 for v in (before, after_connect,
@@ -370,6 +386,7 @@ async def measure(target: str, sc: Scenario, *, during_rate: Hook = _no_hook) ->
             r.instance_cpu_us_per_completion = [c / (n / k) * 1e6 for c in out.phase.cpu]  # n / k completions each
             r.redis_cpu_us_per_completion = out.phase.redis_cpu / n * 1e6 if m.redis_pid else None
             r.others_cores = out.phase.others_cores
+            r.load_cores = out.phase.load_cores
             r.load_average = load_average()
             events, complete, done = out.events, out.complete, n
             r.http_errors = out.phase.http_errors

@@ -141,10 +141,10 @@ async def start_redis(procs: Processes) -> tuple[str, int]:
     raise RuntimeError("redis-server did not start in 10 s")
 
 
-def paytrack_env(index: int, redis_url: str | None) -> dict[str, str]:
+def paytrack_env(index: int, redis_url: str | None, settings: dict[str, str] | None = None) -> dict[str, str]:
     """paytrack as the bench runs it: development (auth off), sandbox provider, simulate path on,
-    memory storage (Redis with `redis_url`), and the limits that would throttle one loopback load
-    generator lifted through settings."""
+    memory storage (Redis with `redis_url`), the limits that would throttle one loopback load
+    generator lifted through settings, then `settings` (the scenario's own)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("APP_", "STORAGE_", "PAYMENT_", "REDIS_"))}
     env.update(
         APP_ENV="development", PAYMENT_PROVIDER="sandbox", SIMULATE_ENABLED="true",
@@ -159,6 +159,7 @@ def paytrack_env(index: int, redis_url: str | None) -> dict[str, str]:
     )
     if redis_url:
         env["REDIS_URL"] = redis_url
+    env.update(settings or {})
     return env
 
 
@@ -179,7 +180,7 @@ async def wait_healthy(http: aiohttp.ClientSession, url: str, proc: asyncio.subp
 
 
 async def start_target(target: str, instances: int, redis_url: str | None, procs: Processes,
-                       http: aiohttp.ClientSession) -> list[Server]:
+                       http: aiohttp.ClientSession, paytrack_settings: dict[str, str] | None = None) -> list[Server]:
     """`instances` healthy instances of `target` on free loopback ports."""
     servers = []
     for i in range(instances):
@@ -187,7 +188,7 @@ async def start_target(target: str, instances: int, redis_url: str | None, procs
         log = f"{target}-{i}.log"
         if target == PAYTRACK:
             cmd = [sys.executable, "server.py", "--host", "127.0.0.1", "--port", str(port)]
-            proc = await procs.start(*cmd, log=log, env=paytrack_env(i, redis_url))
+            proc = await procs.start(*cmd, log=log, env=paytrack_env(i, redis_url, paytrack_settings))
         elif target == PYTHON_FLOOR:
             cmd = [sys.executable, "bench/floor_server.py", "--port", str(port)]
             if redis_url:

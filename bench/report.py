@@ -56,6 +56,10 @@ def suite(small: bool) -> list[Step]:
             Step("one-20", "One instance, 20 clients", [Scenario(clients=20, **one)], DEFAULT_TARGETS),
             Step("instances", "Several instances on one Redis, 20 clients",
                  [Scenario(clients=20, instances=n, redis=True, **one) for n in (1, 2)], REDIS_TARGETS),
+            Step("resync", RESYNC_TITLE, [
+                Scenario(clients=20, rate=50, rate_completions=10, saturation_completions=0, waiting_payments=40,
+                         idle_seconds=1.0, settle_seconds=0.2, paytrack_settings={"RESYNC_INTERVAL_SECONDS": v})
+                for v in ("0.5", "3600")], [PAYTRACK]),
         ]
     one = dict(rate=1000, rate_completions=5000, saturation_completions=5000)
     return [
@@ -69,7 +73,14 @@ def suite(small: bool) -> list[Step]:
         Step("instances", "Several instances on one Redis, 1,000 clients spread over them",
              [Scenario(clients=1000, instances=n, redis=True, rate=200, rate_completions=3000,
                        saturation_completions=3000) for n in (1, 2, 4)], REDIS_TARGETS),
+        # paytrack alone, idle, with its default resync interval and with resync off (as in the steps above).
+        Step("resync", RESYNC_TITLE, [
+            Scenario(clients=1000, rate=1000, rate_completions=500, saturation_completions=0, waiting_payments=9500,
+                     paytrack_settings={"RESYNC_INTERVAL_SECONDS": v}) for v in ("10", "3600")], [PAYTRACK]),
     ]
+
+
+RESYNC_TITLE = "paytrack's resync passes, one instance, memory storage"
 
 
 def profile_scenario(small: bool) -> Scenario:
@@ -248,6 +259,9 @@ def render(raw: dict[str, Any]) -> str:
     ]
     for step in raw["steps"]:
         out += ["", f"### {step['title']}"]
+        if step["name"] == "resync":
+            out += ["", resync_table(step)]
+            continue
         if step["name"] == "instances":
             by_count = {run["scenario"]["instances"]: _results(run) for run in step["runs"]}
             out += ["", instances_table(by_count)]
@@ -275,6 +289,27 @@ def render(raw: dict[str, Any]) -> str:
                     "", profile_table(p, 15, "own"), "", profile_table(p, 15, "total")]
     out += ["", END]
     return "\n".join(out)
+
+
+def resync_table(step: dict[str, Any]) -> str:
+    """Idle CPU with and without resync passes: what a pass costs per waiting payment."""
+    rows = []
+    for run in step["runs"]:
+        sc, r = run["scenario"], _results(run)[0]
+        # Every payment the run created waits during the idle window (the phases come after it).
+        waiting = sc["waiting_payments"] + sc["saturation_completions"] + sc["rate_completions"]
+        interval = float(sc["paytrack_settings"]["RESYNC_INTERVAL_SECONDS"])
+        rows.append((interval, waiting, r.clients, r.idle_cpu_ms_per_s))
+    rows.sort()
+    lines = ["| RESYNC_INTERVAL_SECONDS | clients | waiting payments tracked | idle CPU (ms per s) |",
+             "|---|---|---|---|"]
+    lines += [f"| {i:g} | {c} | {w} | {cpu:.1f} |" for i, w, c, cpu in rows]
+    if len(rows) == 2:
+        (i, w, _, on), (_, _, _, off) = rows
+        lines += ["", f"A pass costs {(on - off) * i / w * 1000:.1f} µs of CPU per waiting payment "
+                      f"(({on:.1f} - {off:.1f}) ms per s x {i:g} s / {w} payments), measured over "
+                      f"{step['runs'][0]['scenario']['idle_seconds']:g} s of idle."]
+    return "\n".join(lines)
 
 
 def write_doc(doc: Path, section: str) -> None:

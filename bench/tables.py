@@ -46,6 +46,8 @@ ROWS: list[tuple[str, Cell, Callable[[Result], float] | None]] = [
     ("saturation (completions/s)", lambda r: num(r.saturation_per_s, "{:.0f}"), lambda r: r.saturation_per_s),
     ("CPU per completion at saturation (µs)", lambda r: num(r.saturation_cpu_us_per_completion, "{:.0f}"),
      lambda r: r.saturation_cpu_us_per_completion),
+    ("the bench's clients and request sender during the fixed rate (cores)",
+     lambda r: num(r.load_cores, "{:.2f}"), None),
     ("other processes on the machine during the fixed rate (cores)", lambda r: num(r.others_cores, "{:.2f}"),
      None),
 ]
