@@ -17,6 +17,11 @@ def num(value: float | None, fmt: str) -> str:
     return fmt.format(value)
 
 
+def sustained(r: Result) -> bool:
+    """Did the fixed-rate phase keep up with the offered rate (within 5 %)?"""
+    return r.achieved_rate >= 0.95 * r.rate
+
+
 def ratio(a: float | None, b: float | None) -> str:
     if a is None or b is None or not b or math.isnan(a) or math.isnan(b):
         return "n/a"
@@ -34,7 +39,8 @@ ROWS: list[tuple[str, Cell, Callable[[Result], float] | None]] = [
      lambda r: r.kib_per_conn_tracking),
     ("idle CPU holding the connections (ms per s)", lambda r: num(r.idle_cpu_ms_per_s, "{:.1f}"),
      lambda r: r.idle_cpu_ms_per_s),
-    ("completions/s offered / achieved", lambda r: f"{r.rate:g} / {r.achieved_rate:.0f}", None),
+    ("completions/s offered / achieved",
+     lambda r: f"{r.rate:g} / {r.achieved_rate:.0f}" + ("" if sustained(r) else " (not sustained)"), None),
     ("events per completion received", lambda r: num(r.events_per_completion, "{:.2f}"), None),
     ("completions missing / HTTP errors", lambda r: f"{r.missing} / {r.http_errors}", None),
     ("**CPU per completion at the fixed rate (µs)**", lambda r: num(r.cpu_us_per_completion, "{:.0f}"),
