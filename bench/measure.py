@@ -37,6 +37,7 @@ import asyncio
 import contextlib
 import math
 import os
+import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -439,9 +440,10 @@ def median_results(results: list[Result]) -> list[Result]:
             continue
         base = runs[0].as_dict()
         for key, value in base.items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                values = sorted(getattr(r, key) for r in runs)
-                base[key] = values[len(values) // 2] if len(values) % 2 else sum(values[len(values) // 2 - 1:][:2]) / 2
+            if isinstance(value, int) and not isinstance(value, bool):
+                base[key] = statistics.median_low(getattr(r, key) for r in runs)  # counts stay counts
+            elif isinstance(value, float):
+                base[key] = statistics.median(getattr(r, key) for r in runs)
         base["instance_cpu_us_per_completion"] = runs[0].instance_cpu_us_per_completion
         base["notes"] = [n for r in runs for n in r.notes] + [f"median of {len(runs)} runs"]
         merged.append(Result(**base))

@@ -54,7 +54,7 @@ class Profile:
     own: Counter[str] = field(default_factory=Counter)
     total: Counter[str] = field(default_factory=Counter)
 
-    def top(self, n: int, by: str = "own") -> list[tuple[str, float, float]]:
+    def top(self, n: int, by: str = "own") -> list[tuple[str, float, float | None]]:
         """(function, own share, total share), hottest first. By total, the entry point and the event
         loop's run loop (under every sample) are left out: they say nothing."""
         if not self.samples:
@@ -63,12 +63,13 @@ class Profile:
             names = [name for name, _ in self.own.most_common(n)]
         else:
             names = [name for name, _ in self.total.most_common() if not PLUMBING.match(name)][:n]
-        return [(name, self.own[name] / self.samples, self.total[name] / self.samples) for name in names]
+        # A saved profile may lack a function's total (older runs kept the top 60 only): None, not 0.
+        return [(name, self.own[name] / self.samples,
+                 self.total[name] / self.samples if name in self.total else None) for name in names]
 
     def as_dict(self) -> dict[str, Any]:
         return {"target": self.target, "samples": self.samples, "idle_dropped": self.idle_dropped,
-                "own": dict(self.own.most_common(60)),
-                "total": dict(self.total.most_common(60))}
+                "own": dict(self.own.most_common()), "total": dict(self.total.most_common())}
 
 
 def short_name(frame: str) -> str:
@@ -151,7 +152,7 @@ def table(profile: Profile, n: int = 15, by: str = "own") -> str:
              "share:", "",
              "| # | function | own | total |", "|---|---|---|---|"]
     for i, (name, own, total) in enumerate(profile.top(n, by), 1):
-        lines.append(f"| {i} | `{name}` | {own:.1%} | {total:.1%} |")
+        lines.append(f"| {i} | `{name}` | {own:.1%} | {'n/a' if total is None else f'{total:.1%}'} |")
     return "\n".join(lines)
 
 
