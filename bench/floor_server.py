@@ -1,10 +1,19 @@
-"""The floor: a bare aiohttp + python-socketio server that only joins rooms and emits.
+"""The Python floor: bare aiohttp + python-socketio doing the contract's three emits per completion.
 
-It answers the same three calls the bench makes (initiate, track-payment,
-simulate) with no storage, validation, state machine or logging, so
+It answers the same calls the bench makes of every target, with no storage
+(beyond what the payload repeats), validation, state machine or logging, so
 `paytrack / floor` shows what paytrack's own work costs on top of
-python-socketio. With `--redis-url` it uses python-socketio's own
-`AsyncRedisManager`, the floor for several instances.
+python-socketio:
+
+- `POST /api/payment/initiate` -> 201 `{reference, status: "PENDING", seq: 1}`;
+- socket `track-payment {reference}` -> joins the payment's room, acks `{ok: true}`;
+- `POST /api/payment/test/simulate {reference, status}` -> `payment-status`,
+  `payment-success` (or `payment-failed`), `payment-completed` to the room,
+  with the same fields as paytrack's payloads (docs/API.md);
+- `GET /health`.
+
+With `--redis-url` it uses python-socketio's own `AsyncRedisManager` (every
+emit published to every instance): the floor for several instances.
 """
 
 from __future__ import annotations
@@ -15,6 +24,7 @@ import sys
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import socketio
 from aiohttp import web
@@ -28,29 +38,40 @@ def create_floor_app(redis_url: str | None = None) -> web.Application:
     sio = socketio.AsyncServer(async_mode="aiohttp", cors_allowed_origins="*", client_manager=manager)
     app = web.Application()
     sio.attach(app)
+    payments: dict[str, tuple[Any, Any]] = {}  # reference -> (order_id, amount): what the payload repeats
 
-    async def track(sid: str, data: dict) -> dict:
-        await sio.enter_room(sid, f"payment:{data['reference']}")
+    async def track(sid: str, data: Any) -> dict[str, bool]:
+        reference = data if isinstance(data, str) else data["reference"]
+        await sio.enter_room(sid, f"payment:{reference}")
         return {"ok": True}
 
     sio.on("track-payment", track)
 
     async def initiate(request: web.Request) -> web.Response:
-        return web.json_response({"reference": str(uuid.uuid4()), "status": "PENDING", "seq": 1}, status=201)
+        body = await request.json()
+        reference = str(uuid.uuid4())
+        payments[reference] = (body.get("order_id"), body.get("amount"))
+        return web.json_response({"reference": reference, "status": "PENDING", "seq": 1}, status=201)
 
     async def simulate(request: web.Request) -> web.Response:
         body = await request.json()
-        ref, status = body["reference"], body["status"]
+        reference, status = body["reference"], body["status"]
+        order_id, amount = payments.pop(reference, (None, None))
         payload = {
-            "reference": ref,
+            "reference": reference,
+            "order_id": order_id,
             "status": status,
+            "amount": amount,
+            "currency": "XAF",
+            "operator": "MTN",
             "seq": 2,
-            "timestamp": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            "timestamp": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
         }
-        room = f"payment:{ref}"
+        success = status == "SUCCESSFUL"
+        room = f"payment:{reference}"
         await sio.emit("payment-status", payload, to=room)
-        await sio.emit("payment-success" if status == "SUCCESSFUL" else "payment-failed", payload, to=room)
-        await sio.emit("payment-completed", {**payload, "success": status == "SUCCESSFUL"}, to=room)
+        await sio.emit("payment-success" if success else "payment-failed", payload, to=room)
+        await sio.emit("payment-completed", {**payload, "success": success}, to=room)
         return web.json_response({"applied": True})
 
     async def health(request: web.Request) -> web.Response:

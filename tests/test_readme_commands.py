@@ -61,7 +61,7 @@ def test_readme_command_runs(command: str) -> None:
 
 
 def test_every_readme_program_is_covered() -> None:
-    """The four kinds of program the README tells a user to run are all among the commands tested."""
+    """The kinds of program the README tells a user to run are all among the commands tested."""
     programs = set()
     for command in COMMANDS:
         argv = entry_point(command)
@@ -70,7 +70,8 @@ def test_every_readme_program_is_covered() -> None:
     for expected in (
         "server.py",
         "-m bench.run",
-        "-m bench.redis_fanout",
+        "-m bench.report",
+        "-m bench.profile",
         "-m tests.campay_fake",
         "deploy/local-cluster.sh",
     ):

@@ -1,0 +1,84 @@
+"""The bench keeps working: a tiny run of the whole report (every target, one and two instances on Redis).
+
+It runs `python -m bench.report --small` as CI would run the real thing: real
+server processes (paytrack, the Python floor, the Node floor from bench/node,
+installed with `npm ci` by .ci/run or by the bench itself), real
+redis-server, real websocket clients in load-generator processes. It checks
+that every client was held, every completion delivered its three events, the
+figures are measurements (positive, finite), and the document's tables are
+written from them. It asserts no timing: the figures' size is the bench's
+business, not the test's.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.report import BEGIN, END
+
+ROOT = Path(__file__).resolve().parent.parent
+
+pytestmark = [pytest.mark.slow, pytest.mark.redis, pytest.mark.node]
+
+
+@pytest.mark.timeout(300)
+def test_a_tiny_bench_run_measures_every_target_and_writes_the_tables(tmp_path: Path) -> None:
+    if not (shutil.which("redis-server") or Path("/usr/bin/redis-server").exists()):
+        pytest.skip("redis-server is not installed")
+    if not (shutil.which("node") and shutil.which("npm")):
+        pytest.skip("the Node floor needs node and npm (apt-get install nodejs npm)")
+    doc = tmp_path / "PERFORMANCE.md"
+    doc.write_text(f"# before\n\n{BEGIN}\nold table\n{END}\n\n# after\n")
+    raw_path = tmp_path / "run.json"
+
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.report",
+            "--small",
+            "--no-profile",
+            "--doc",
+            str(doc),
+            "--json",
+            str(raw_path),
+            "--time-limit",
+            "240",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    raw = json.loads(raw_path.read_text())
+    results = [(run["scenario"], r) for step in raw["steps"] for run in step["runs"] for r in run["results"]]
+    assert {r["target"] for _, r in results} == {"paytrack", "python-floor", "node-floor"}
+    assert sorted({sc["instances"] for sc, _ in results}) == [1, 2]
+    for sc, r in results:
+        where = f"{r['target']} x{r['instances']}"
+        assert r["held"] == sc["clients"] == 20, where
+        assert (r["missing"], r["http_errors"]) == (0, 0), (where, r["notes"])
+        assert r["events_per_completion"] == 3.0, where  # status, success, completed: no more, no less
+        keys = ["cpu_us_per_completion", "p50_ms", "p99_ms", "kib_per_conn"]
+        keys += ["saturation_per_s"] if sc["saturation_completions"] else []
+        for key in keys:
+            assert math.isfinite(r[key]) and r[key] > 0, (where, key, r[key])
+        assert len(r["instance_cpu_us_per_completion"]) == r["instances"], where
+        if sc["redis"]:
+            assert r["redis_cpu_us_per_completion"] is not None, where
+
+    text = doc.read_text()
+    assert text.startswith("# before") and text.endswith("# after\n") and "old table" not in text
+    paytrack_1 = next(r for sc, r in results if r["target"] == "paytrack" and not sc["redis"])
+    assert f"| {paytrack_1['cpu_us_per_completion']:.0f} |" in text  # the table holds the measured figure
+    assert "| 2 | " in text  # the instances table has its 2-instance row
+    assert "A pass costs" in text  # the resync step compares resync on and off
