@@ -29,6 +29,7 @@ from observability.health import PROBE
 from observability.metrics import METRICS, Metrics, instrument
 from observability.request_id import request_id_middleware, setup_request_id
 from payments.access import AUTHENTICATOR
+from payments.campay import slowest_collect_seconds
 from payments.outbox import OutboxPolicy
 from payments.providers import create_provider
 from payments.reconciler import RECONCILER, ReconcilePolicy, Reconciler
@@ -123,7 +124,10 @@ def create_app(
         SocketNotifier(manager.publish_payment),
         clock,
         idempotency_ttl=settings.PAYMENT_TTL_SECONDS,
-        order_lock_seconds=_slowest_collect_seconds(settings) + 5,
+        order_lock_seconds=slowest_collect_seconds(
+            settings.CAMPAY_RETRY_ATTEMPTS, settings.CAMPAY_TIMEOUT_SECONDS, settings.CAMPAY_RETRY_BASE_SECONDS
+        )
+        + 5,
         outbox=OutboxPolicy(settings.MERCHANT_WEBHOOK_URL, settings.MERCHANT_WEBHOOK_EVENTS),
         on_outbox=delivery.wake if delivery else None,
         metrics=metrics,
@@ -223,13 +227,6 @@ async def _security_headers(request: web.Request, response: web.StreamResponse) 
             "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
             "connect-src 'self' ws: wss:; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'",
         )
-
-
-def _slowest_collect_seconds(settings: Settings) -> float:
-    """Every attempt timing out, plus the longest backoff waits between them (payments/campay.py)."""
-    attempts = settings.CAMPAY_RETRY_ATTEMPTS
-    max_wait = max(settings.CAMPAY_RETRY_BASE_SECONDS * 16, 0.01) + settings.CAMPAY_RETRY_BASE_SECONDS
-    return attempts * settings.CAMPAY_TIMEOUT_SECONDS + (attempts - 1) * max_wait
 
 
 def _reconcile_policy(settings: Settings) -> ReconcilePolicy:

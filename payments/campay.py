@@ -66,6 +66,17 @@ class ProviderTimeout(ProviderError):
     code = "provider_timeout"
 
 
+def _longest_wait(base: float) -> float:
+    """The cap of one backoff wait between retries (before jitter)."""
+    return max(base * 16, 0.01)
+
+
+def slowest_collect_seconds(attempts: int, timeout: float, base: float) -> float:
+    """A collect's worst case: every attempt timing out, plus the longest backoff (and jitter) between them.
+    The per-order initiation lock must outlive it, so no second collect can overtake one still in flight."""
+    return attempts * timeout + (attempts - 1) * (_longest_wait(base) + base)
+
+
 def _is_transient(exc: BaseException) -> bool:
     return isinstance(exc, TransientProviderError)
 
@@ -140,7 +151,7 @@ class CampayProvider:
         return AsyncRetrying(
             stop=stop_after_attempt(self._retry_attempts),
             wait=wait_exponential_jitter(
-                multiplier=self._retry_base, max=max(self._retry_base * 16, 0.01), jitter=self._retry_base
+                multiplier=self._retry_base, max=_longest_wait(self._retry_base), jitter=self._retry_base
             ),
             retry=retry_if_exception(_is_never_sent if only_unsent else _is_transient),
             reraise=True,

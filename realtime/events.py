@@ -38,7 +38,8 @@ audit = logging.getLogger("paytrack.audit")
 
 
 def _error(code: str, message: str, **extra: Any) -> dict[str, Any]:
-    return {"ok": False, "error": {"code": code, "message": message, **extra}}
+    """An ack refusal: the REST error envelope (core.errors.ApiError.body) with `ok: false`."""
+    return {"ok": False, **ApiError(message, code=code, **extra).body()}
 
 
 def _parse(model: type[BaseModel], data: Any, *, shorthand: str = "reference") -> BaseModel | dict[str, Any]:
