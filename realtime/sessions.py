@@ -43,6 +43,9 @@ class Seen:
 class SocketSession:
     identity: Identity | None
     tracked: dict[str, Seen] = field(default_factory=dict)
+    # What was sent for every payment this connection ever tracked (bounded): a stop, a failed track or
+    # a re-track must not make the gate forget, or a completion could go out twice on one connection.
+    sent: dict[str, Seen] = field(default_factory=dict)
 
 
 class Sessions:
@@ -86,11 +89,20 @@ class Sessions:
         if seen is None:
             if len(session.tracked) >= self._max_tracked:
                 return False
-            seen = session.tracked[reference] = Seen()
+            seen = session.sent.get(reference) or self._remember(session, reference)
+            session.tracked[reference] = seen
             self._trackers.setdefault(reference, set()).add(sid)
         if last_seq is not None and last_seq > seen.seq:
             seen.seq = last_seq
         return True
+
+    def _remember(self, session: SocketSession, reference: str) -> Seen:
+        """A new record of what this connection was sent; the oldest untracked ones go past a bound."""
+        if len(session.sent) >= 4 * self._max_tracked:
+            for old in [r for r in session.sent if r not in session.tracked][: len(session.sent) // 2]:
+                del session.sent[old]
+        seen = session.sent[reference] = Seen()
+        return seen
 
     def untrack(self, sid: str, reference: str) -> None:
         session = self._sessions.get(sid)

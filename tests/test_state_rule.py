@@ -115,3 +115,22 @@ def test_of_two_final_statuses_the_stored_one_wins_in_either_order() -> None:
     assert merge(success, failure, LATER).payment.status is PaymentStatus.SUCCESSFUL
     assert merge(failure, success, LATER).payment.status is PaymentStatus.FAILED
     assert merge(success, owned(PaymentStatus.PENDING, seq=9), LATER).payment.status is PaymentStatus.SUCCESSFUL
+
+
+def test_a_connection_is_sent_a_completion_once_even_across_stop_and_track_again() -> None:
+    """A failed or stopped track must not make the gate forget what this connection was already sent."""
+    from realtime.sessions import Admission, Sessions
+
+    sessions = Sessions(max_tracked=2, auth_enabled=False)
+    sessions.open("s1", None)
+    assert sessions.track("s1", "ref-1", None)
+    done = {"owner_id": None, "orphan": False, "status": "SUCCESSFUL"}
+    assert sessions.admit("s1", "ref-1", 2, True, **done) is Admission.FULL
+    sessions.untrack("s1", "ref-1")  # a busy ack, or stop-tracking-payment
+    assert sessions.track("s1", "ref-1", 1)  # asked again with an older last_seq
+    assert sessions.admit("s1", "ref-1", 2, True, **done) is Admission.NONE
+    assert sessions.admit("s1", "ref-1", 3, True, **done) is Admission.STATUS  # a later merge: status only
+    for n in range(20):  # the memory of what was sent stays bounded
+        sessions.track("s1", f"other-{n}", None)
+        sessions.untrack("s1", f"other-{n}")
+    assert sessions.track("s1", "ref-2", None)
