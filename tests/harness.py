@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -175,3 +176,21 @@ async def eventually(check: Callable[[], Any], timeout: float = WAIT, interval: 
 async def pending_references(storage: Any) -> list[str]:
     """Every PENDING reference in `storage`, oldest first."""
     return [reference for reference, _ in await storage.pending_page(0, float("inf"), 100_000)]
+
+
+def npm_installed(directory: Path, package: str, what: str) -> Path:
+    """`directory` with its locked node_modules (`npm ci` once, if .ci/run has not already); skips without Node."""
+    import shutil
+    import subprocess
+
+    import pytest
+
+    npm = shutil.which("npm")
+    if not shutil.which("node") or not npm:
+        pytest.skip(f"{what}: node and npm are not installed (apt-get install nodejs npm)")
+    if not (directory / "node_modules" / package / "package.json").exists():
+        done = subprocess.run(
+            [npm, "ci", "--no-audit", "--no-fund"], cwd=directory, capture_output=True, text=True, timeout=300
+        )
+        assert done.returncode == 0, f"npm ci in {directory} failed:\n{done.stderr[-2000:]}"
+    return directory

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ import pytest
 
 from tests.campay_fake import FakeCampay
 from tests.conftest import StartInstance, campay_settings
-from tests.harness import WAIT
+from tests.harness import WAIT, npm_installed
 
 pytestmark = pytest.mark.node
 
@@ -28,18 +27,8 @@ JS = Path(__file__).parent / "js"
 
 @pytest.fixture(scope="session")
 def node_client() -> Path:
-    """tests/js with its locked node_modules installed (`npm ci` once, if .ci/run has not already)."""
-    node, npm = shutil.which("node"), shutil.which("npm")
-    if not node or not npm:
-        pytest.skip("JS interop test: node and npm are not installed (apt-get install nodejs npm)")
-    if not (JS / "node_modules" / "socket.io-client" / "package.json").exists():
-        import subprocess
-
-        done = subprocess.run(
-            [npm, "ci", "--no-audit", "--no-fund"], cwd=JS, capture_output=True, text=True, timeout=300
-        )
-        assert done.returncode == 0, f"npm ci in tests/js failed:\n{done.stderr[-2000:]}"
-    return JS
+    """tests/js with its locked node_modules installed."""
+    return npm_installed(JS, "socket.io-client", "JS interop test")
 
 
 async def _read_json_line(stream: asyncio.StreamReader) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from core.settings import SETTINGS
 from tests.conftest import Instance, StartInstance
 from tests.harness import WAIT, Tracker, eventually
 from tests.redis_server import RedisServer
-from tests.test_server_process import free_port, run_server
+from tests.test_server_process import free_port, run_on_redis
 
 pytestmark = pytest.mark.redis
 
@@ -191,17 +191,7 @@ async def test_connections_of_a_crashed_instance_leave_the_debug_view_and_redis(
     await on_a.track(ref)
 
     port = free_port()
-    b = await run_server(
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        STORAGE_BACKEND="redis",
-        REDIS_URL=redis_server.url,
-        INSTANCE_ID="b",
-        INSTANCE_HEARTBEAT_SECONDS="0.2",
-        **common,
-    )
+    b = await run_on_redis(port, redis_server.url, INSTANCE_ID="b", INSTANCE_HEARTBEAT_SECONDS="0.2", **common)
     try:
         on_b = Tracker(f"http://127.0.0.1:{port}")
         await eventually(lambda: _connects(on_b), timeout=WAIT * 2, interval=0.1)

@@ -13,7 +13,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +21,7 @@ import pytest
 
 import sdk.routes
 from tests.conftest import StartInstance
-from tests.harness import PRODUCTION
+from tests.harness import PRODUCTION, npm_installed
 from tests.redis_server import REDIS_SERVER
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -109,16 +108,8 @@ async def test_tracking_answers_304_to_a_poll_that_has_seen_it(start_instance: S
 
 @pytest.fixture(scope="session")
 def client_js() -> Path:
-    """clients/js with its locked node_modules (`npm ci` once, if .ci/run has not already)."""
-    node, npm = shutil.which("node"), shutil.which("npm")
-    if not node or not npm:
-        pytest.skip("JS client tests: node and npm are not installed (apt-get install nodejs npm)")
-    if not (CLIENT / "node_modules" / "socket.io-client" / "package.json").exists():
-        done = subprocess.run(
-            [npm, "ci", "--no-audit", "--no-fund"], cwd=CLIENT, capture_output=True, text=True, timeout=300
-        )
-        assert done.returncode == 0, f"npm ci in clients/js failed:\n{done.stderr[-2000:]}"
-    return CLIENT
+    """clients/js with its locked node_modules."""
+    return npm_installed(CLIENT, "socket.io-client", "JS client tests")
 
 
 def _node_files() -> list[object]:

@@ -35,6 +35,13 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
+async def run_on_redis(port: int, redis_url: str, **env: str) -> asyncio.subprocess.Process:
+    """`server.py` on loopback at `port`, storing in the Redis at `redis_url`."""
+    return await run_server(
+        "--host", "127.0.0.1", "--port", str(port), STORAGE_BACKEND="redis", REDIS_URL=redis_url, **env
+    )
+
+
 async def run_server(*args: str, **env: str) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
         sys.executable,
@@ -146,16 +153,7 @@ def test_every_setting_is_documented_in_env_example_and_readme() -> None:
 async def test_a_burst_then_shutdown_on_redis_logs_no_error(redis_server) -> None:  # type: ignore[no-untyped-def]
     """A full pool is back-pressure: no degraded mode, and no error line at shutdown either."""
     port = free_port()
-    proc = await run_server(
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        STORAGE_BACKEND="redis",
-        REDIS_URL=redis_server.url,
-        REDIS_POOL_SIZE="2",
-        REDIS_POOL_TIMEOUT_SECONDS="0.5",
-    )
+    proc = await run_on_redis(port, redis_server.url, REDIS_POOL_SIZE="2", REDIS_POOL_TIMEOUT_SECONDS="0.5")
     try:
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
 
