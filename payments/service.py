@@ -271,16 +271,14 @@ class PaymentService:
             raise NotFound(f"no payment for order {order_id}", code="payment_not_found")
         return payment
 
-    async def catch_up(self, reference: str, last_seq: int | None) -> list[PaymentEvent]:
-        """The events a (re)connecting tracker has not seen, oldest first.
+    async def catch_up(self, payment: Payment, last_seq: int | None) -> list[PaymentEvent]:
+        """The events of `payment` (as just read) a (re)connecting tracker has not seen, oldest first.
 
         Without `last_seq`: just the current state. With it: every logged event
         after it, or the current state alone if the bounded log no longer
         reaches back that far.
         """
-        payment = await self.storage.get_payment(reference)
-        if payment is None:
-            return []
+        reference = payment.reference
         if last_seq is None:
             return [PaymentEvent.of(payment)]
         if last_seq >= payment.seq:

@@ -46,26 +46,18 @@ class PaymentMessage(TypedDict):
 
 def message_for(payment: Payment, *, initiated: bool = False) -> PaymentMessage:
     """The message for `payment` as stored."""
-    return {
-        "reference": payment.reference,
-        "seq": payment.seq,
-        "status": payment.status.value,
-        "owner_id": payment.owner_id,
-        "orphan": payment.orphan,
-        "initiated": initiated,
-        "payload": PaymentEvent.of(payment, with_ussd=initiated).payload(),
-    }
+    return message_for_event(PaymentEvent.of(payment, with_ussd=initiated), payment, initiated=initiated)
 
 
-def message_for_event(event: PaymentEvent, payment: Payment) -> PaymentMessage:
-    """A logged event of `payment` (catch-up), with the payment's current audience."""
+def message_for_event(event: PaymentEvent, payment: Payment, *, initiated: bool = False) -> PaymentMessage:
+    """The message for one state of `payment` (a logged event on catch-up), with the payment's current audience."""
     return {
         "reference": event.reference,
         "seq": event.seq,
         "status": event.status.value,
         "owner_id": payment.owner_id,
         "orphan": payment.orphan,
-        "initiated": False,
+        "initiated": initiated,
         "payload": event.payload(),
     }
 

@@ -192,7 +192,7 @@ class PaymentNamespace(socketio.AsyncNamespace):
                 await self._storage.track(sid, reference)
                 sent = 0
                 if payment is not None:
-                    for event in await self._service.catch_up(reference, parsed.last_seq):
+                    for event in await self._service.catch_up(payment, parsed.last_seq):
                         sent += await self._delivery.deliver(message_for_event(event, payment), only=sid)
             except ApiError as exc:
                 sessions.untrack(sid, reference)

@@ -36,7 +36,7 @@ from aiohttp import web
 from core.background import CleanupContext
 from core.settings import Settings, StorageBackend
 from realtime.delivery import PaymentMessage
-from realtime.redis_connection import connect
+from realtime.redis_connection import command_client, connect
 
 log = logging.getLogger("paytrack.realtime.pubsub")
 
@@ -70,15 +70,13 @@ class ResilientRedisManager(socketio.AsyncRedisManager):
         timeout: float,
         reconnect_interval: float,
         health_check_interval: int,
-        pool_size: int,
-        pool_timeout: float,
+        publisher: Callable[[], Any],
     ) -> None:
         super().__init__(url, channel=channel, logger=log)
         self._timeout = timeout
         self._reconnect_interval = reconnect_interval
         self._health_check_interval = health_check_interval
-        self._pool_size = pool_size
-        self._pool_timeout = pool_timeout
+        self._new_publisher = publisher  # opened on first publish; its own pool, never the listener's
         self._publisher: Any = None
         self._skip_publish_until = 0.0
         self.dropped_publishes = 0
@@ -114,14 +112,7 @@ class ResilientRedisManager(socketio.AsyncRedisManager):
 
     def _publisher_client(self) -> Any:
         if self._publisher is None:
-            self._publisher = connect(
-                self.redis_url,
-                socket_timeout=self._timeout,
-                connect_timeout=self._timeout,
-                health_check_interval=self._health_check_interval,
-                pool_size=self._pool_size,
-                pool_timeout=self._pool_timeout,
-            )
+            self._publisher = self._new_publisher()
         return self._publisher
 
     # -- payment messages ---------------------------------------------------------
@@ -237,6 +228,5 @@ def create_client_manager(settings: Settings) -> LocalManager | ResilientRedisMa
         timeout=settings.REDIS_TIMEOUT_SECONDS,
         reconnect_interval=settings.REDIS_RECONNECT_INTERVAL_SECONDS,
         health_check_interval=settings.REDIS_HEALTH_CHECK_INTERVAL_SECONDS,
-        pool_size=settings.REDIS_POOL_SIZE,
-        pool_timeout=settings.REDIS_POOL_TIMEOUT_SECONDS,
+        publisher=lambda: command_client(settings),
     )

@@ -13,6 +13,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from core.settings import Settings
+
 
 class PoolExhausted(RedisError):
     """Every connection of the pool stayed busy for the pool's whole timeout.
@@ -83,3 +85,16 @@ def connect(
         pool = WaitingConnectionPool.from_url(url, max_connections=pool_size, timeout=pool_timeout, **options)
         return aioredis.Redis.from_pool(pool)  # closing the client closes its pool
     return aioredis.Redis.from_url(url, **options)
+
+
+def command_client(settings: Settings) -> aioredis.Redis:
+    """A deployment's pooled client for commands (storage, the pub/sub publisher): bounded timeouts and a
+    `WaitingConnectionPool` of REDIS_POOL_SIZE, so a burst waits and then gets `PoolExhausted`."""
+    return connect(
+        settings.redis_url,
+        socket_timeout=settings.REDIS_TIMEOUT_SECONDS,
+        connect_timeout=settings.REDIS_TIMEOUT_SECONDS,
+        health_check_interval=settings.REDIS_HEALTH_CHECK_INTERVAL_SECONDS,
+        pool_size=settings.REDIS_POOL_SIZE,
+        pool_timeout=settings.REDIS_POOL_TIMEOUT_SECONDS,
+    )

@@ -15,7 +15,7 @@ from core.clock import Clock
 from core.settings import Settings
 from observability.health import StorageHealth
 from payments.outbox import OutboxEntry
-from realtime.redis_connection import connect
+from realtime.redis_connection import command_client
 from realtime.storage.composite import CompositeStorage
 from realtime.storage.keys import RedisKeys
 from realtime.storage.redis.auth import RedisAuthCache
@@ -59,16 +59,8 @@ class RedisStorage(CompositeStorage):
 
     @classmethod
     def from_settings(cls, settings: Settings, clock: Clock) -> RedisStorage:
-        client = connect(
-            settings.redis_url,
-            socket_timeout=settings.REDIS_TIMEOUT_SECONDS,
-            connect_timeout=settings.REDIS_TIMEOUT_SECONDS,
-            health_check_interval=settings.REDIS_HEALTH_CHECK_INTERVAL_SECONDS,
-            pool_size=settings.REDIS_POOL_SIZE,
-            pool_timeout=settings.REDIS_POOL_TIMEOUT_SECONDS,
-        )
         return cls(
-            client,
+            command_client(settings),
             clock,
             keys=RedisKeys(settings.REDIS_KEY_PREFIX),
             payment_ttl=settings.PAYMENT_TTL_SECONDS,
