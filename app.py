@@ -113,9 +113,12 @@ def create_app(
         storage = count_failures(storage)
     else:
         storage = create_storage(settings, clock, on_recovered=announce_recovered, instrument=count_failures)
-    resync = Resync(sessions, socket_delivery, storage, interval=settings.RESYNC_INTERVAL_SECONDS)
+    # With Redis, an instance receives only the messages of payments it follows (realtime/routes.py).
+    follow = manager.follow if isinstance(manager, ResilientRedisManager) else None
+    resync = Resync(sessions, socket_delivery, storage, interval=settings.RESYNC_INTERVAL_SECONDS, follow=follow)
     if isinstance(manager, ResilientRedisManager):
         manager.on_listening = resync.request
+        manager.on_follow_failed = resync.request
         manager.storage_healthy = lambda: bool(getattr(storage, "healthy", True))
     delivery = create_delivery(settings, storage, clock, metrics)
     service = PaymentService(
@@ -146,6 +149,7 @@ def create_app(
         limiter=limiter,
         clock=clock,
         settings=settings,
+        follow=follow,
         metrics=metrics,
     )
     sio.register_namespace(namespace)

@@ -12,7 +12,9 @@ out (see realtime/sessions.py).
 waits on and delivers what the socket has not seen. It runs after storage
 recovers, after every (re)subscription of the pub/sub listener, and every
 RESYNC_INTERVAL_SECONDS, so a client converges to the stored state after any
-lost message.
+lost message. Before re-reading, it follows those payments again
+(realtime/routes.py), so their later messages are routed here even if Redis
+lost the routes.
 """
 
 from __future__ import annotations
@@ -116,6 +118,9 @@ class LocalDelivery:
         return eio_packet.Packet(eio_packet.MESSAGE, pkt.encode())
 
 
+Follow = Callable[[list[str]], Awaitable[bool]]  # have these payments' messages routed here (the manager's)
+
+
 class PaymentReader(Protocol):
     async def get_payments(self, references: list[str]) -> list[Payment | None]: ...
 
@@ -125,8 +130,17 @@ class Resync:
 
     BATCH = 200
 
-    def __init__(self, sessions: Sessions, delivery: LocalDelivery, storage: PaymentReader, *, interval: float) -> None:
+    def __init__(
+        self,
+        sessions: Sessions,
+        delivery: LocalDelivery,
+        storage: PaymentReader,
+        *,
+        interval: float,
+        follow: Follow | None = None,
+    ) -> None:
         self._sessions = sessions
+        self._follow = follow
         self._delivery = delivery
         self._storage = storage
         self._worker = PeriodicWorker(
@@ -143,6 +157,8 @@ class Resync:
         sent = 0
         for start in range(0, len(references), self.BATCH):
             batch = references[start : start + self.BATCH]
+            if self._follow is not None:
+                await self._follow(batch)
             for payment in await self._storage.get_payments(batch):
                 if payment is not None:
                     sent += await self._delivery.deliver(message_for(payment))

@@ -28,7 +28,7 @@ from payments.access import Authenticator, can_view
 from payments.schemas import RefreshTokenPayload, StopTrackingPayload, TrackPayload
 from payments.service import PaymentService
 from realtime import event_names as ev
-from realtime.delivery import LocalDelivery, message_for_event
+from realtime.delivery import Follow, LocalDelivery, message_for_event
 from realtime.expiry import ExpiryTimers
 from realtime.sessions import Sessions
 from realtime.storage.base import ClientRecord, Storage
@@ -75,9 +75,11 @@ class PaymentNamespace(socketio.AsyncNamespace):
         limiter: RateLimiter,
         clock: Clock,
         settings: Settings,
+        follow: Follow | None = None,
         metrics: Metrics | None = None,
     ) -> None:
         super().__init__("/")
+        self._follow = follow
         self._service = service
         self._storage = storage
         self._sessions = sessions
@@ -180,6 +182,8 @@ class PaymentNamespace(socketio.AsyncNamespace):
             if not sessions.track(sid, reference, parsed.last_seq):
                 return _error("too_many_tracked", f"a connection may track at most {self._max_tracked} payments")
             try:
+                if self._follow is not None:
+                    await self._follow([reference])  # before the read: see realtime/routes.py
                 payment = await self._storage.get_payment(reference)
                 if payment is not None and not can_view(
                     sessions.identity(sid), payment, auth_enabled=self._auth_enabled

@@ -2,8 +2,11 @@
 
 Payment updates travel as payment messages (realtime/delivery.py):
 `publish_payment` hands the message to this instance's `on_payment` (local
-delivery through the per-socket gate) and, with Redis, publishes it once for
-the other instances, whose listener hands it to their own `on_payment`.
+delivery through the per-socket gate) and, with Redis, publishes it only to
+the other instances whose sockets track that payment (realtime/routes.py:
+`follow` before reading a tracked payment, a channel per process), whose
+listener hands it to their own `on_payment`. The shared channel is still
+read, for python-socketio's own messages.
 
 With Redis, the stock `AsyncRedisManager` has sharp edges during an outage,
 which `ResilientRedisManager` handles:
@@ -37,6 +40,8 @@ from core.background import CleanupContext
 from core.settings import Settings, StorageBackend
 from realtime.delivery import PaymentMessage
 from realtime.redis_connection import command_client, connect
+from realtime.routes import PaymentRoutes
+from realtime.storage.keys import RedisKeys
 
 log = logging.getLogger("paytrack.realtime.pubsub")
 
@@ -71,6 +76,8 @@ class ResilientRedisManager(socketio.AsyncRedisManager):
         reconnect_interval: float,
         health_check_interval: int,
         publisher: Callable[[], Any],
+        routes_key: Callable[[str], str],
+        routes_ttl: int,
     ) -> None:
         super().__init__(url, channel=channel, logger=log)
         self._timeout = timeout
@@ -78,12 +85,18 @@ class ResilientRedisManager(socketio.AsyncRedisManager):
         self._health_check_interval = health_check_interval
         self._new_publisher = publisher  # opened on first publish; its own pool, never the listener's
         self._publisher: Any = None
+        self._routes_key = routes_key
+        self._routes_ttl = routes_ttl
+        self._routes: PaymentRoutes | None = None
+        self.route_channel = f"{channel}:{self.host_id}"  # where other instances publish for our sockets
+        self.received_payments = 0  # payment messages from other instances (tests and bench read it)
         self._skip_publish_until = 0.0
         self.dropped_publishes = 0
         self.listening = asyncio.Event()
         self._first_attempt = asyncio.Event()  # set once the listener has tried Redis, either way
         self.on_payment: PaymentHandler = _nowhere
         self.on_listening: Callable[[], None] = lambda: None
+        self.on_follow_failed: Callable[[], None] = lambda: None
         self.storage_healthy: Callable[[], bool] = lambda: True
 
     # -- connections ------------------------------------------------------------
@@ -115,26 +128,58 @@ class ResilientRedisManager(socketio.AsyncRedisManager):
             self._publisher = self._new_publisher()
         return self._publisher
 
+    def _payment_routes(self) -> PaymentRoutes:
+        if self._routes is None:
+            self._routes = PaymentRoutes(
+                self._publisher_client(), key=self._routes_key, channel=self.channel, ttl_seconds=self._routes_ttl
+            )
+        return self._routes
+
     # -- payment messages ---------------------------------------------------------
+    async def follow(self, references: list[str]) -> bool:
+        """Have `references`' messages routed to this process (before reading them; see realtime/routes.py).
+
+        Never raises: tracking works without Redis. On failure the resync is
+        asked for, which follows every waiting payment again before re-reading it.
+        """
+        try:
+            await asyncio.wait_for(self._payment_routes().follow(self.host_id, references), self._timeout)
+            return True
+        except Exception as exc:
+            log.warning(
+                "could not register for payments' messages: the resync will repair",
+                extra={"error": f"{type(exc).__name__}: {exc}", "payments": len(references)},
+            )
+            self.on_follow_failed()
+            return False
+
     async def publish_payment(self, message: PaymentMessage) -> None:
-        """This instance's sockets first, then ONE pub/sub message for the other instances."""
+        """This instance's sockets first, then one message to each other instance tracking the payment."""
         await self.on_payment(message)
-        await self._publish({"method": "emit", "paytrack": message, "host_id": self.host_id})
+        data = {"method": "emit", "paytrack": message, "host_id": self.host_id}
+        await self._publish(data, routed=message["reference"])
 
     async def _handle_emit(self, message: dict[str, Any]) -> None:
         if "paytrack" in message:  # another instance's payment message
+            self.received_payments += 1
             await self.on_payment(message["paytrack"])
             return
         await super()._handle_emit(message)
 
-    async def _publish(self, data: Any) -> bool:
-        """Publish for the other instances; never raises, never blocks longer than the timeout."""
+    async def _publish(self, data: Any, routed: str | None = None) -> bool:
+        """Publish for the other instances (those following payment `routed`, or all); never raises,
+        never blocks longer than the timeout."""
         loop = asyncio.get_running_loop()
         if loop.time() < self._skip_publish_until and not self.storage_healthy():
             self.dropped_publishes += 1
             return False
         try:
-            await asyncio.wait_for(self._publisher_client().publish(self.channel, self.json.dumps(data)), self._timeout)
+            text = self.json.dumps(data)
+            if routed is None:
+                sending = self._publisher_client().publish(self.channel, text)
+            else:
+                sending = self._payment_routes().publish(self.host_id, routed, text)
+            await asyncio.wait_for(sending, self._timeout)
             return True
         except Exception as exc:
             self.dropped_publishes += 1
@@ -146,12 +191,18 @@ class ResilientRedisManager(socketio.AsyncRedisManager):
             return False
 
     # -- listening ----------------------------------------------------------------
+    async def _listen(self):  # python-socketio calls this hook; the stock one reads the shared channel only
+        channels = {self.channel.encode(), self.route_channel.encode()}
+        async for message in self._redis_listen_with_retries():
+            if message["channel"] in channels and message["type"] == "message" and "data" in message:
+                yield message["data"]
+
     async def _redis_listen_with_retries(self):  # python-socketio calls this hook
         while True:
             try:
                 await self._close_listener_connection()
                 self._redis_connect()
-                await self.pubsub.subscribe(self.channel)
+                await self.pubsub.subscribe(self.channel, self.route_channel)
                 if not self.listening.is_set():
                     log.info("Socket.IO pub/sub listening", extra={"channel": self.channel})
                 self.listening.set()
@@ -229,4 +280,6 @@ def create_client_manager(settings: Settings) -> LocalManager | ResilientRedisMa
         reconnect_interval=settings.REDIS_RECONNECT_INTERVAL_SECONDS,
         health_check_interval=settings.REDIS_HEALTH_CHECK_INTERVAL_SECONDS,
         publisher=lambda: command_client(settings),
+        routes_key=RedisKeys(settings.REDIS_KEY_PREFIX).routes,
+        routes_ttl=settings.CLIENT_TTL_SECONDS,
     )

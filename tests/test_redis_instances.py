@@ -10,6 +10,7 @@ import pytest
 import socketio
 
 from core.settings import SETTINGS
+from realtime.server import SIO
 from tests.conftest import Instance, StartInstance
 from tests.harness import WAIT, Tracker, eventually
 from tests.redis_server import RedisServer
@@ -152,7 +153,7 @@ async def test_one_status_change_is_one_pubsub_message_delivered_in_order(
 
     listener = redis_server.client()
     pubsub = listener.pubsub(ignore_subscribe_messages=True)
-    await pubsub.subscribe(a.app[SETTINGS].SOCKETIO_CHANNEL)
+    await pubsub.subscribe(_manager(b).route_channel)  # routed to b, whose socket tracks the payment
     try:
         await a.api.simulate(ref, "SUCCESSFUL")
         done = await watcher.wait_for("payment-completed")
@@ -246,3 +247,73 @@ async def test_a_live_instance_whose_heartbeat_lapsed_records_its_connections_ag
     assert await a.storage.heartbeat("a", 180) is False  # ... until the next beat (what the timer calls)
     assert await _listed(a) == {client.sid: "a"}  # ... records them again
     assert (await a.storage.get_client(client.sid)).tracked == ["ref-stall"]
+
+
+def _manager(instance: Instance):  # type: ignore[no-untyped-def]
+    return instance.app[SIO].manager
+
+
+async def _trio(start_redis_instance: StartInstance, **settings: object) -> tuple[Instance, Instance, Instance]:
+    n = next(_deployments)
+    common = {"REDIS_KEY_PREFIX": f"trio{n}:", "SOCKETIO_CHANNEL": f"trio{n}", **settings}
+    return (
+        await start_redis_instance(INSTANCE_ID="a", **common),
+        await start_redis_instance(INSTANCE_ID="b", **common),
+        await start_redis_instance(INSTANCE_ID="c", **common),
+    )
+
+
+async def test_payment_messages_reach_only_the_instances_tracking_the_payment(
+    start_redis_instance: StartInstance, redis_server: RedisServer
+) -> None:
+    """Not every emit to every instance: an instance with no socket tracking a payment gets none of its
+    messages, so each instance's work per update does not grow with the number of instances."""
+    a, b, c = await _trio(start_redis_instance)
+    on_b, on_c = await b.tracker(), await c.tracker()
+    first, second = await _initiated(a, "order-1"), await _initiated(a, "order-2")
+    await on_b.track(first)
+    await on_c.track(second)
+
+    redis = redis_server.client()
+    try:
+        prefix = a.app[SETTINGS].REDIS_KEY_PREFIX
+        assert await redis.smembers(f"{prefix}routes:{first}") == {_manager(b).host_id}
+        assert await redis.smembers(f"{prefix}routes:{second}") == {_manager(c).host_id}
+        assert 0 < await redis.ttl(f"{prefix}routes:{first}") <= a.app[SETTINGS].CLIENT_TTL_SECONDS
+    finally:
+        await redis.aclose()
+
+    assert (await a.api.simulate(first, "SUCCESSFUL"))[0] == 200
+    await on_b.wait_for("payment-completed")
+    # Published after the first, to c: once it has arrived, anything sent to c for `first` has too.
+    assert (await a.api.simulate(second, "FAILED"))[0] == 200
+    await on_c.wait_for("payment-completed")
+    assert _manager(b).received_payments == 1
+    assert _manager(c).received_payments == 1  # `second` only
+    assert _manager(a).received_payments == 0
+
+
+async def test_an_instance_whose_route_was_lost_converges_and_follows_again(
+    start_redis_instance: StartInstance, redis_server: RedisServer
+) -> None:
+    """Redis lost the routes (restart without persistence, eviction): the resync re-reads what b's
+    socket waits on, and follows it again before reading, so later messages are routed to b."""
+    a, b, _ = await _trio(start_redis_instance, RESYNC_INTERVAL_SECONDS=0.2)
+    ref = await _initiated(a)
+    on_b = await b.tracker()
+    await on_b.track(ref)
+    await on_b.wait_for("payment-status")
+    key = f"{a.app[SETTINGS].REDIS_KEY_PREFIX}routes:{ref}"
+    redis = redis_server.client()
+    try:
+        assert await redis.delete(key) == 1
+        assert (await a.api.simulate(ref, "SUCCESSFUL"))[0] == 200
+        completed = await on_b.wait_for("payment-completed")  # by the resync: no message was routed to b
+        assert completed[0].data["seq"] == 2
+
+        async def followed_again() -> bool:
+            return await redis.smembers(key) == {_manager(b).host_id}
+
+        await eventually(followed_again)
+    finally:
+        await redis.aclose()

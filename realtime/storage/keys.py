@@ -62,6 +62,12 @@ class RedisKeys:
         expires CLIENT_TTL_SECONDS after the last track."""
         return f"{self.prefix}trackers:{reference}"
 
+    def routes(self, reference: str) -> str:
+        """Set of pub/sub route ids (one per server process) with sockets tracking `reference`: where
+        its payment messages are published (realtime/routes.py); expires CLIENT_TTL_SECONDS after the
+        last track or resync pass that refreshed it."""
+        return f"{self.prefix}routes:{reference}"
+
     def instance(self, instance_id: str) -> str:
         """An instance's heartbeat: refreshed every INSTANCE_HEARTBEAT_SECONDS, expires after three
         missed beats. Connections recorded by an instance without one are gone (it crashed)."""

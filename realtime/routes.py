@@ -1,0 +1,73 @@
+"""Where a payment's messages go between instances: only to the processes whose sockets track it.
+
+python-socketio's Redis manager publishes every emit on one channel that every
+instance reads, so each instance's work per update grows with the number of
+instances. Instead, each server process has a route id (its manager's
+`host_id`) and a channel of its own, `<SOCKETIO_CHANNEL>:<route id>`; a Redis
+set per payment (`RedisKeys.routes`) holds the route ids of the processes
+with a socket tracking it, and one script publishes a payment's message on
+the channels of that set's members except the sender's own (one round trip).
+
+Why no message is missed:
+
+- a process joins a payment's set (`follow`) *before* `track-payment` reads
+  the stored state. A change stored after that read is published after it,
+  by a script that then sees the member; a change stored before it is in
+  what the read returned (catch-up).
+- the resync (realtime/delivery.py) follows again every payment its sockets
+  still wait on before re-reading them: after a lost message, after the
+  listener resubscribes (a restarted Redis may have lost the sets), and every
+  RESYNC_INTERVAL_SECONDS, which also refreshes the sets' expiry.
+
+Members are not removed when the last local socket stops tracking: a removal
+racing a new track on the same process could drop a member a socket needs,
+and a stale member costs one ignored message (payments stop changing once
+final). Sets expire CLIENT_TTL_SECONDS after their last refresh, and a crashed
+process's route id (a fresh one per process) leaves with them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+# KEYS[1] the payment's routes set; ARGV: the sender's route id, the channel prefix, the message.
+PUBLISH_TO_ROUTES = """
+local published = 0
+for _, route in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+    if route ~= ARGV[1] then
+        redis.call('PUBLISH', ARGV[2] .. route, ARGV[3])
+        published = published + 1
+    end
+end
+return published
+"""
+
+
+class PaymentRoutes:
+    """The routes sets and the routed publish, on a Redis client the caller owns."""
+
+    def __init__(self, client: Any, *, key: Callable[[str], str], channel: str, ttl_seconds: int) -> None:
+        self._client = client
+        self._key = key
+        self._prefix = f"{channel}:"
+        self._ttl = ttl_seconds
+        self._publish = client.register_script(PUBLISH_TO_ROUTES)
+
+    def channel_of(self, route_id: str) -> str:
+        return self._prefix + route_id
+
+    async def follow(self, route_id: str, references: list[str]) -> None:
+        """Join the routes of `references` (and refresh their expiry), in one round trip."""
+        if not references:
+            return
+        async with self._client.pipeline(transaction=False) as pipe:
+            for reference in references:
+                key = self._key(reference)
+                pipe.sadd(key, route_id)
+                pipe.expire(key, self._ttl)
+            await pipe.execute()
+
+    async def publish(self, route_id: str, reference: str, message: str) -> int:
+        """Publish `message` to every other process following `reference`; returns how many."""
+        return int(await self._publish(keys=[self._key(reference)], args=[route_id, self._prefix, message]))
