@@ -19,6 +19,7 @@ import resource
 import signal
 import sys
 import threading
+from collections.abc import Callable
 
 from aiohttp import web
 
@@ -126,7 +127,20 @@ def main(argv: list[str] | None = None) -> int:
     gc.collect()
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
-    return asyncio.run(serve(app, settings))
+    with asyncio.Runner(loop_factory=event_loop_factory(settings)) as runner:
+        return runner.run(serve(app, settings))
+
+
+def event_loop_factory(settings: Settings) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop when the settings allow and it is installed: the same asyncio API, with the sockets,
+    timers and callbacks in C (docs/PERFORMANCE.md); otherwise asyncio's default loop (None)."""
+    if settings.EVENT_LOOP == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 async def serve(app: web.Application, settings: Settings) -> int:

@@ -15,6 +15,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import ValidationError
 
+from core.jsonio import json_response
 from core.settings import SETTINGS
 
 log = logging.getLogger("paytrack.http")
@@ -172,7 +173,7 @@ _HTTP_CODES = {
 
 
 def error_response(status: int, code: str, message: str, **extra: Any) -> web.Response:
-    return web.json_response(ApiError(message, code=code, **extra).body(), status=status)
+    return json_response(ApiError(message, code=code, **extra).body(), status=status)
 
 
 @web.middleware
@@ -182,7 +183,7 @@ async def error_middleware(
     try:
         return await handler(request)
     except ApiError as exc:
-        response = web.json_response(exc.body(), status=exc.status)
+        response = json_response(exc.body(), status=exc.status)
         if "retry_after" in exc.extra:
             response.headers["Retry-After"] = str(exc.extra["retry_after"])
         return response

@@ -115,6 +115,8 @@ class Settings(BaseSettings):
     # connections it recorded count as a crashed instance's and are removed.
     INSTANCE_HEARTBEAT_SECONDS: float = Field(10.0, gt=0, le=300)
     LOG_LEVEL: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # "auto": uvloop where it is installed (Linux, macOS), else asyncio's own loop; "asyncio" forces it.
+    EVENT_LOOP: Literal["auto", "asyncio"] = "auto"
     # SIGTERM / Ctrl-C: the process is gone within this many seconds, whatever its clients do.
     SHUTDOWN_TIMEOUT_SECONDS: float = Field(10.0, gt=0, le=300)
 

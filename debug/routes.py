@@ -13,6 +13,7 @@ from aiohttp import web
 from core.clock import CLOCK
 from core.errors import NotFound, read_json_object
 from core.http import has_debug_access
+from core.jsonio import json_response
 from core.settings import SETTINGS
 from payments.model import StatusUpdate, UpdateSource
 from payments.schemas import SimulateRequest
@@ -38,7 +39,7 @@ async def connections(request: web.Request) -> web.Response:
     storage = request.app[STORAGE]
     clients = await storage.list_clients()
     health = await storage.health()
-    return web.json_response(
+    return json_response(
         {
             "instance_id": request.app[SETTINGS].INSTANCE_ID,
             "storage": health.model_dump(mode="json", exclude_none=True),
@@ -65,14 +66,12 @@ async def simulate(request: web.Request) -> web.Response:
         service.run_in_background(
             _after(body.delay_ms / 1000, lambda: service.apply_simulated(update)), name=f"simulate-{body.reference}"
         )
-        return web.json_response(
-            {"scheduled": True, "reference": body.reference, "delay_ms": body.delay_ms}, status=202
-        )
+        return json_response({"scheduled": True, "reference": body.reference, "delay_ms": body.delay_ms}, status=202)
 
     transition = await service.apply_simulated(update)
     if transition.payment is None:  # expired between the check and the update
         raise NotFound(f"no payment with reference {body.reference}", code="payment_not_found")
-    return web.json_response(
+    return json_response(
         {"applied": transition.applied, "outcome": transition.outcome, "payment": transition.payment.public()}
     )
 
@@ -87,7 +86,7 @@ async def outbox(request: web.Request) -> web.Response:
     """Merchant webhook messages not yet delivered: pending (with attempts and last error) and dead."""
     require_debug_access(request)
     entries = await request.app[STORAGE].outbox_list()
-    return web.json_response(
+    return json_response(
         {
             "pending": [e.summary() for e in entries if e.state == "pending"],
             "dead": [e.summary() for e in entries if e.state == "dead"],
@@ -106,7 +105,7 @@ async def replay(request: web.Request) -> web.Response:
     worker = request.app.get(DELIVERY)
     if worker is not None:
         worker.wake()
-    return web.json_response({"replayed": entry.summary()})
+    return json_response({"replayed": entry.summary()})
 
 
 def load_openapi(path: Path = OPENAPI_DOCUMENT) -> dict[str, Any]:
@@ -119,4 +118,4 @@ def load_openapi(path: Path = OPENAPI_DOCUMENT) -> dict[str, Any]:
 async def openapi(request: web.Request) -> web.Response:
     """The OpenAPI 3.1 document, where the debug endpoints are open (it lists them)."""
     require_debug_access(request)
-    return web.json_response(load_openapi(), headers={"Cache-Control": "no-store"})
+    return json_response(load_openapi(), headers={"Cache-Control": "no-store"})

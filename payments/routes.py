@@ -11,6 +11,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from core.errors import ApiError, InvalidRequest, NotFound, read_json_object
 from core.http import client_ip
+from core.jsonio import json_response
 from core.ratelimit import LIMITER
 from core.settings import SETTINGS
 from payments.access import AUTHENTICATOR, Identity, can_view, identify
@@ -61,7 +62,7 @@ async def initiate(request: web.Request) -> web.Response:
     if key is not None and not (1 <= len(key) <= 255):
         raise InvalidRequest("Idempotency-Key must be 1-255 characters", code="invalid_idempotency_key")
     result = await request.app[SERVICE].initiate(body, key, owner_id=identity.user_id if identity else None)
-    response = web.json_response(result.body, status=result.status_code)
+    response = json_response(result.body, status=result.status_code)
     if result.replayed:
         response.headers["Idempotent-Replayed"] = "true"
     return response
@@ -105,7 +106,7 @@ def _json_with_etag(body: dict[str, object], headers: dict[str, str], request: w
     headers = {"Cache-Control": "no-store", **headers, "ETag": _etag(body)}
     if _matches(request.headers.get("If-None-Match"), headers["ETag"]):
         return web.Response(status=304, headers=headers)
-    return web.json_response(body, headers=headers)
+    return json_response(body, headers=headers)
 
 
 @routes.get("/api/payment/status/{order_id}")

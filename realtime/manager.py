@@ -37,6 +37,7 @@ import socketio
 from aiohttp import web
 
 from core.background import CleanupContext
+from core.jsonio import JsonModule
 from core.settings import Settings, StorageBackend
 from realtime.delivery import PaymentMessage
 from realtime.redis_connection import command_client, connect
@@ -79,7 +80,7 @@ class ResilientRedisManager(socketio.AsyncRedisManager):
         routes_key: Callable[[str], str],
         routes_ttl: int,
     ) -> None:
-        super().__init__(url, channel=channel, logger=log)
+        super().__init__(url, channel=channel, logger=log, json=JsonModule)
         self._timeout = timeout
         self._reconnect_interval = reconnect_interval
         self._health_check_interval = health_check_interval

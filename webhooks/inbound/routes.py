@@ -13,6 +13,7 @@ from aiohttp import web
 
 from core.errors import ApiError, InvalidRequest, read_json_object
 from core.http import client_ip
+from core.jsonio import json_response
 from core.ratelimit import LIMITER
 from core.settings import SETTINGS
 from observability.metrics import METRICS
@@ -56,4 +57,4 @@ async def webhook(request: web.Request) -> web.Response:
     await request.app[LIMITER].check("webhook_ip", source)
     hook = CampayWebhook.model_validate(await _fields(request))
     outcome = await request.app[WEBHOOKS].process(hook)
-    return web.json_response(outcome.body(), status=outcome.status_code)
+    return json_response(outcome.body(), status=outcome.status_code)

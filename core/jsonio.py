@@ -1,0 +1,55 @@
+"""JSON encoding for the hot paths: orjson when installed, the standard library otherwise.
+
+Every update is encoded as Socket.IO packets, a pub/sub message and an HTTP
+response; orjson encodes several times faster than `json`. `JsonModule` has
+the two functions python-socketio and python-engineio call on their `json`
+module (`dumps(obj, separators=...)` returning str, and `loads`), so it can
+be handed to them as that module (they set it on their packet classes, for
+the whole process). What orjson will not encode (an integer past 64 bits, a
+lone surrogate, a dict with non-string keys) falls back to `json`.
+
+Decoding stays the standard library's: what clients send is small, and
+orjson reads some hostile input differently (an integer past 64 bits
+becomes a float, a lone surrogate escape is refused outright), which would
+change what the handlers validate.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+
+try:
+    import orjson
+except ImportError:  # pragma: no cover - orjson is in requirements.txt; kept optional for odd platforms
+    orjson = None  # type: ignore[assignment]
+
+
+def dumps(obj: Any, **_: Any) -> str:
+    """Compact JSON text of `obj` (keyword arguments such as `separators` are accepted and ignored)."""
+    if orjson is not None:
+        try:
+            return orjson.dumps(obj).decode()
+        except TypeError:
+            pass
+    return json.dumps(obj, separators=(",", ":"))
+
+
+def loads(text: str | bytes, **_: Any) -> Any:
+    """The standard library's `json.loads` (see the module docstring)."""
+    return json.loads(text)
+
+
+class JsonModule:
+    """What python-socketio and python-engineio expect of their `json` argument."""
+
+    dumps = staticmethod(dumps)
+    loads = staticmethod(loads)
+    JSONDecodeError = json.JSONDecodeError
+
+
+def json_response(data: Any, *, status: int = 200, headers: Any = None) -> web.Response:
+    """`web.json_response` with the fast encoder."""
+    return web.json_response(data, status=status, headers=headers, dumps=dumps)
