@@ -81,7 +81,7 @@ class Payment(BaseModel):
 
     def public(self, *, reveal_phone: bool = False) -> dict[str, Any]:
         """The REST representation: snake_case JSON, phone masked unless asked."""
-        data = self.model_dump(mode="json", exclude={"owner_id", "provider_amount", "provider_currency"})
+        data = self.model_dump(mode="json", exclude=_NOT_PUBLIC_AS_DUMPED)
         if self.reason == AMOUNT_MISMATCH:
             data["provider_amount"] = self.provider_amount
             data["provider_currency"] = self.provider_currency
@@ -92,6 +92,17 @@ class Payment(BaseModel):
         if not reveal_phone:
             data["phone_number"] = mask_phone(self.phone_number)
         return data
+
+
+# Left out of `public()`'s dump: private fields, and the timestamps it formats itself (utc_iso).
+_NOT_PUBLIC_AS_DUMPED: set[str] = {
+    "owner_id",
+    "provider_amount",
+    "provider_currency",
+    "created_at",
+    "updated_at",
+    "completed_at",
+}
 
 
 class StatusUpdate(BaseModel):

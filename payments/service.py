@@ -100,25 +100,11 @@ class PaymentService:
             transition = await self.storage.transition(
                 update, now, outbox=lambda t: self._outbox.for_transition(t, now) if self._outbox.enabled else []
             )
-            stored = transition.payment
             # A provider poll that changes nothing repeats every reconcile pass: detail, not audit.
             quiet = update.source is UpdateSource.PROVIDER_POLL and not transition.applied
-            audit.log(
-                logging.DEBUG if quiet else logging.INFO,
-                "status update %s",
-                transition.outcome,
-                extra={
-                    "reference": update.reference,
-                    "source": update.source.value,
-                    "claimed": update.status,
-                    "previous": transition.previous_status.value if transition.previous_status else None,
-                    "seq": stored.seq if stored else None,
-                    "reason": stored.reason if stored and transition.applied else None,
-                    # CamPay's own figures, when they contradict the initiation (reason amount_mismatch)
-                    "provider_amount": update.amount if stored and stored.reason == AMOUNT_MISMATCH else None,
-                    "provider_currency": update.currency if stored and stored.reason == AMOUNT_MISMATCH else None,
-                },
-            )
+            level = logging.DEBUG if quiet else logging.INFO
+            if audit.isEnabledFor(level):  # the fields are built only for a line that is written
+                self._audit_update(level, update, transition)
             if transition.applied:
                 await self.notifier.payment_changed(transition)
                 self._outbox_queued()
@@ -126,6 +112,26 @@ class PaymentService:
                     self._metrics.update_to_emit.observe(time.perf_counter() - started)
                     self._metrics.payments.labels(transition.payment.status.value).inc()
         return transition
+
+    @staticmethod
+    def _audit_update(level: int, update: StatusUpdate, transition: Transition) -> None:
+        stored = transition.payment
+        audit.log(
+            level,
+            "status update %s",
+            transition.outcome,
+            extra={
+                "reference": update.reference,
+                "source": update.source.value,
+                "claimed": update.status,
+                "previous": transition.previous_status.value if transition.previous_status else None,
+                "seq": stored.seq if stored else None,
+                "reason": stored.reason if stored and transition.applied else None,
+                # CamPay's own figures, when they contradict the initiation (reason amount_mismatch)
+                "provider_amount": update.amount if stored and stored.reason == AMOUNT_MISMATCH else None,
+                "provider_currency": update.currency if stored and stored.reason == AMOUNT_MISMATCH else None,
+            },
+        )
 
     def _outbox_queued(self) -> None:
         if self._outbox.enabled and self._on_outbox is not None:

@@ -29,6 +29,7 @@ from socketio import packet as sio_packet
 
 from core.background import PeriodicWorker
 from core.errors import ApiError
+from core.jsonio import dumps
 from payments.model import Payment, PaymentEvent, PaymentStatus
 from realtime import event_names as ev
 from realtime.sessions import Admission, Sessions
@@ -113,9 +114,12 @@ class LocalDelivery:
             sent += 1
         return sent
 
-    def _encode(self, event: str, data: Any) -> eio_packet.Packet:
-        pkt = self._sio.packet_class(sio_packet.EVENT, namespace="/", data=[event, data])
-        return eio_packet.Packet(eio_packet.MESSAGE, pkt.encode())
+    @staticmethod
+    def _encode(event: str, data: Any) -> eio_packet.Packet:
+        """The Socket.IO EVENT packet for the "/" namespace, without an ack id: its type digit, then the
+        JSON array. Written out rather than through `socketio.packet.Packet`, whose constructor walks the
+        data looking for bytes (a payment message never has any) on every packet."""
+        return eio_packet.Packet(eio_packet.MESSAGE, f"{sio_packet.EVENT}{dumps([event, data])}")
 
 
 Follow = Callable[[list[str]], Awaitable[bool]]  # have these payments' messages routed here (the manager's)
