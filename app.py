@@ -40,7 +40,7 @@ from realtime.events import PaymentNamespace
 from realtime.heartbeat import heartbeat_ctx
 from realtime.manager import ResilientRedisManager, create_client_manager, pubsub_ctx
 from realtime.notifier import SocketNotifier
-from realtime.server import SIO, closing_sockets, create_sio
+from realtime.server import SIO, SOCKETIO_PATH, closing_sockets, create_sio, websocket_upgrade_passthrough
 from realtime.sessions import Sessions
 from realtime.storage.base import STORAGE, Storage
 from realtime.storage.factory import create_storage
@@ -86,7 +86,7 @@ def create_app(
     clock = clock or SystemClock()
     metrics = metrics or Metrics()
     app = web.Application(
-        middlewares=[request_id_middleware, error_middleware, ascii_headers_middleware],
+        middlewares=[websocket_upgrade_passthrough, request_id_middleware, error_middleware, ascii_headers_middleware],
         client_max_size=settings.MAX_BODY_BYTES,
     )
     setup_request_id(app)
@@ -196,7 +196,7 @@ def create_app(
     # `server.py` closes sockets itself, before aiohttp stops reading from connections; this covers any other runner.
     app.on_shutdown.append(closing_sockets(sio, settings.SHUTDOWN_TIMEOUT_SECONDS * SOCKETS_SHARE))
 
-    sio.attach(app, socketio_path="socket.io")
+    sio.attach(app, socketio_path=SOCKETIO_PATH)
     for table in ROUTES:
         app.router.add_routes(table)
     _setup_cors(app, settings)
@@ -222,7 +222,12 @@ def _log_started(settings: Settings, storage: str, provider: str) -> CleanupCont
 
 
 async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
-    """Headers every response carries; HTML additionally gets a strict Content-Security-Policy."""
+    """Headers every response carries; HTML additionally gets a strict Content-Security-Policy.
+
+    Not a websocket's 101: there is no content for them to govern, and the response lives as long as
+    the connection, so the grown header map would cost about 440 bytes per open socket."""
+    if isinstance(response, web.WebSocketResponse):
+        return
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
     response.headers.setdefault("Referrer-Policy", "no-referrer")
     if response.content_type == "text/html":

@@ -31,7 +31,7 @@ audit = logging.getLogger("paytrack.audit")
 _RESERVATION = "paytrack.anonymous_session"  # environ key carrying a handshake's reservation
 
 
-@dataclass
+@dataclass(slots=True)
 class _Reservation:
     address: str
     eio_sid: str | None = None
