@@ -9,9 +9,10 @@ one instance with memory storage at 1,000, 5,000 and 10,000 clients
 (paytrack, the Python floor, the Node floor); 1, 2 and 4 instances on one
 redis-server (paytrack, the Python floor with python-socketio's Redis
 manager); and a py-spy profile of paytrack and the Python floor at 1,000
-clients and 1,000 completions/s. The raw figures go to the JSON file, the
-tables between the `bench:results` markers of the document; nothing else in
-the document is touched.
+clients and 1,000 completions/s (`--rate` sets the one-instance steps' rate
+and the profile's). The raw figures go to the JSON file, the tables between
+the `bench:results` markers of the document; nothing else in the document is
+touched.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ class Step:
     targets: list[str]
 
 
-def suite(small: bool) -> list[Step]:
+def suite(small: bool, rate: int = 1000) -> list[Step]:
     if small:  # the smoke test's scale: every code path, seconds per target
         one = dict(
             rate=50, rate_completions=30, saturation_completions=30, idle_seconds=0.2, in_flight=8, settle_seconds=0.2
@@ -81,7 +82,7 @@ def suite(small: bool) -> list[Step]:
                 [PAYTRACK],
             ),
         ]
-    one = dict(rate=1000, rate_completions=5000, saturation_completions=5000)
+    one = dict(rate=rate, rate_completions=5000, saturation_completions=5000)
     return [
         Step(
             "one-1000", "One instance, memory storage, 1,000 clients", [Scenario(clients=1000, **one)], DEFAULT_TARGETS
@@ -92,7 +93,7 @@ def suite(small: bool) -> list[Step]:
         Step(
             "one-10000",
             "One instance, memory storage, 10,000 clients",
-            [Scenario(clients=10000, rate=1000, rate_completions=5000, saturation_completions=5000)],
+            [Scenario(clients=10000, **one)],
             DEFAULT_TARGETS,
         ),
         Step(
@@ -129,12 +130,12 @@ def suite(small: bool) -> list[Step]:
 RESYNC_TITLE = "paytrack's resync passes, one instance, memory storage"
 
 
-def profile_scenario(small: bool) -> Scenario:
+def profile_scenario(small: bool, rate: int = 1000) -> Scenario:
     if small:
         return Scenario(
             clients=20, rate=50, rate_completions=50, saturation_completions=0, idle_seconds=0.2, settle_seconds=0.2
         )
-    return Scenario(clients=1000, rate=1000, rate_completions=10000, saturation_completions=0, idle_seconds=0.5)
+    return Scenario(clients=1000, rate=rate, rate_completions=10000, saturation_completions=0, idle_seconds=0.5)
 
 
 # -- the machine -------------------------------------------------------------------------------
@@ -185,10 +186,10 @@ def log(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-async def run_all(small: bool, profile: bool) -> dict[str, Any]:
+async def run_all(small: bool, profile: bool, rate: int = 1000) -> dict[str, Any]:
     started = dt.datetime.now(dt.UTC)
     steps = []
-    for step in suite(small):
+    for step in suite(small, rate):
         runs = []
         for sc in step.scenarios:
             results = await run_scenario(sc, step.targets, log=log)
@@ -198,7 +199,7 @@ async def run_all(small: bool, profile: bool) -> dict[str, Any]:
     profile_note = ""
     if profile:
         try:
-            found, results = await profile_targets(profile_scenario(small), [PAYTRACK, PYTHON_FLOOR])
+            found, results = await profile_targets(profile_scenario(small, rate), [PAYTRACK, PYTHON_FLOOR])
             profiles = [{**found[r.target].as_dict(), "result": r.as_dict()} for r in results]
         except Exception as exc:
             profile_note = f"not profiled: {type(exc).__name__}: {exc}"
@@ -206,10 +207,10 @@ async def run_all(small: bool, profile: bool) -> dict[str, Any]:
     return {
         "started": started.isoformat(timespec="seconds"),
         "finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "command": COMMAND + (" --small" if small else ""),
+        "command": COMMAND + (" --small" if small else "") + (f" --rate {rate}" if rate != 1000 else ""),
         "machine": machine(),
         "steps": steps,
-        "profile_scenario": profile_scenario(small).label() if profile else None,
+        "profile_scenario": profile_scenario(small, rate).label() if profile else None,
         "profiles": profiles,
         "profile_note": profile_note,
     }
@@ -312,9 +313,11 @@ def targets_table(raw: dict[str, Any]) -> str:
         r is not None and sustained(r)
         for r in (_find(one.get("one-1000", []), PAYTRACK), _find(one.get("one-1000", []), PYTHON_FLOOR))
     )
+    rate = one_rate(steps)
     rows.append(
         (
-            "update-to-client p99 within 1.5x the Python floor's, 1,000 clients at 1,000 completions/s",
+            f"update-to-client p99 within 1.5x the Python floor's, 1,000 clients at {rate:,} completions/s"
+            + ("" if rate == 1000 else " (the target says 1,000/s: see the command)"),
             f"{v:.2f}x ({fig('one-1000', PAYTRACK, 'p99_ms'):.1f} vs {fig('one-1000', PYTHON_FLOOR, 'p99_ms'):.1f} ms)",
             busy("one-1000", PAYTRACK, PYTHON_FLOOR)
             or (_verdict(v, 1.5) if kept_up or math.isnan(v) else "not measurable on this run (rate not sustained)"),
@@ -345,6 +348,12 @@ def targets_table(raw: dict[str, Any]) -> str:
     lines = ["| target | this run | |", "|---|---|---|"]
     lines += [f"| {a} | {b.replace('nanx', 'n/a').replace('nan', 'n/a')} | {c} |" for a, b, c in rows]
     return "\n".join(lines)
+
+
+def one_rate(steps: dict[str, Any]) -> int:
+    """The fixed rate of the 1,000-client step (`--rate`)."""
+    runs = steps.get("one-1000", {}).get("runs") or [{"scenario": {"rate": 1000}}]
+    return int(runs[0]["scenario"]["rate"])
 
 
 def _mean(values: list[float]) -> float:
@@ -447,6 +456,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--from-json", type=Path, help="render a saved run instead of running")
     parser.add_argument("--small", action="store_true", help="a tiny run (seconds per target): the smoke test")
     parser.add_argument("--no-profile", action="store_true", help="leave out the py-spy profile")
+    parser.add_argument(
+        "--rate",
+        type=int,
+        default=1000,
+        help="completions/s of the one-instance steps' fixed-rate phase and of the profile (default 1000; "
+        "a machine whose servers saturate below it measures an overload, not the update path)",
+    )
     parser.add_argument("--doc", type=Path, default=DOC)
     parser.add_argument("--json", type=Path, default=RUN_JSON, help="where the raw figures of the run go")
     parser.add_argument("--time-limit", type=float, default=3600, help="seconds; the run stops itself after this")
@@ -456,7 +472,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         raise_fd_limit()
         try:
-            raw = asyncio.run(asyncio.wait_for(run_all(args.small, not args.no_profile), args.time_limit))
+            raw = asyncio.run(asyncio.wait_for(run_all(args.small, not args.no_profile, args.rate), args.time_limit))
         except TimeoutError:
             log(f"bench: stopped after the {args.time_limit:.0f} s time limit; the document is unchanged")
             return 1
