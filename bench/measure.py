@@ -135,7 +135,8 @@ class Result:
 
 
 def machine_busy_seconds() -> float:
-    """CPU time all processes of the machine have used (the `cpu` line of /proc/stat, idle and iowait left out)."""
+    """CPU time all processes of the machine have used, and what the hypervisor took from it (steal): the `cpu`
+    line of /proc/stat, idle and iowait left out."""
     fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
     return (user + nice + system + irq + softirq + steal) / CLK_TCK

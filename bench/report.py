@@ -262,7 +262,11 @@ def targets_table(raw: dict[str, Any]) -> str:
         """'' if the machine was quiet enough during these runs, else why not."""
         others = [fig(name, t, "others_cores") for t in targets]
         worst = max((o for o in others if not math.isnan(o)), default=math.nan)
-        return f"not measurable on this run (other processes used {worst:.2f} cores)" if worst > BUSY_CORES else ""
+        return (
+            f"not measurable on this run (other processes and steal took {worst:.2f} cores)"
+            if worst > BUSY_CORES
+            else ""
+        )
 
     cpu = "cpu_us_per_completion"
     for name, n in (("one-1000", "1,000"), ("one-5000", "5,000")):
@@ -372,7 +376,7 @@ def render(raw: dict[str, Any]) -> str:
         f"Python {m['python']} (python-socketio {m['python_socketio']}, python-engineio {m['python_engineio']}, "
         f"aiohttp {m['aiohttp']}); Node {m['node']} (socket.io {m['node_socket_io']}); {m['redis_server']}. "
         "The cores are shared with the bench's own clients and with whatever else runs on the machine: the "
-        "last row of each table says how much CPU other processes used meanwhile.",
+        "last row of each table says how much CPU other processes and the hypervisor (steal time) took meanwhile.",
     ]
     for step in raw["steps"]:
         out += ["", f"### {step['title']}"]

@@ -76,7 +76,11 @@ ROWS: list[tuple[str, Cell, Callable[[Result], float] | None]] = [
         lambda r: num(r.load_cores, "{:.2f}"),
         None,
     ),
-    ("other processes on the machine during the fixed rate (cores)", lambda r: num(r.others_cores, "{:.2f}"), None),
+    (
+        "other processes and the hypervisor (steal) during the fixed rate (cores)",
+        lambda r: num(r.others_cores, "{:.2f}"),
+        None,
+    ),
 ]
 
 

@@ -90,6 +90,7 @@ class ResilientRedisManager(socketio.AsyncRedisManager):
         self._routes_ttl = routes_ttl
         self._routes: PaymentRoutes | None = None
         self.route_channel = f"{channel}:{self.host_id}"  # where other instances publish for our sockets
+        self._follow_failing = False
         self.received_payments = 0  # payment messages from other instances (tests and bench read it)
         self._skip_publish_until = 0.0
         self.dropped_publishes = 0
@@ -140,19 +141,26 @@ class ResilientRedisManager(socketio.AsyncRedisManager):
     async def follow(self, references: list[str]) -> bool:
         """Have `references`' messages routed to this process (before reading them; see realtime/routes.py).
 
-        Never raises: tracking works without Redis. On failure the resync is
-        asked for, which follows every waiting payment again before re-reading it.
+        Never raises and never waits on a Redis known to be away: tracking
+        works without Redis, and when storage recovers (or the listener
+        resubscribes) the resync follows every waiting payment before
+        re-reading it. Any other failure asks for that resync at once.
         """
+        if not self.storage_healthy():
+            return False
         try:
             await asyncio.wait_for(self._payment_routes().follow(self.host_id, references), self._timeout)
-            return True
         except Exception as exc:
-            log.warning(
-                "could not register for payments' messages: the resync will repair",
-                extra={"error": f"{type(exc).__name__}: {exc}", "payments": len(references)},
-            )
+            if not self._follow_failing:  # once per run of failures, not once per track
+                log.warning(
+                    "could not register for payments' messages: the resync will repair",
+                    extra={"error": f"{type(exc).__name__}: {exc}", "payments": len(references)},
+                )
+            self._follow_failing = True
             self.on_follow_failed()
             return False
+        self._follow_failing = False
+        return True
 
     async def publish_payment(self, message: PaymentMessage) -> None:
         """This instance's sockets first, then one message to each other instance tracking the payment."""

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from payments.schemas import InitiateRequest
+from realtime.server import SIO
 from tests.conftest import Instance, StartInstance
 from tests.harness import PRODUCTION, eventually
 from tests.redis_server import RedisServer
@@ -145,3 +146,45 @@ async def test_anonymous_health_names_the_reason_class_but_no_address_while_degr
 
     _, behind_token, _ = await instance.api.request("GET", "/health", headers=debug)
     assert "memory" in behind_token["storage"]["detail"]  # the operator still gets the full story
+
+
+async def test_a_payment_tracked_during_an_outage_is_routed_once_redis_is_back(
+    start_redis_instance: StartInstance, redis_server: RedisServer
+) -> None:
+    """b's socket tracks while Redis is away (so b cannot join the payment's routes, and a restarted Redis
+    has lost every routes set anyway); once Redis answers, b's resync follows what its sockets wait on, and
+    a later change made on a reaches b's socket as a message (the periodic resync is off here)."""
+    common = {"REDIS_KEY_PREFIX": "reroute:", "SOCKETIO_CHANNEL": "reroute", "RESYNC_INTERVAL_SECONDS": 3600}
+    a = await start_redis_instance(INSTANCE_ID="a", **common)
+    b = await start_redis_instance(INSTANCE_ID="b", **common)
+    status, body, _ = await a.api.initiate()
+    ref = body["reference"]
+    assert status == 201
+
+    redis_server.stop()
+    await eventually(lambda: _status_is(b, "degraded"))
+    client = await b.tracker()
+    ack = await client.track(ref)
+    assert ack["ok"] is True  # tracking works without Redis (b has not seen the payment: it was made on a)
+
+    await redis_server.start()  # same port, no data: the payment and its routes are gone
+    await eventually(lambda: _status_is(a, "healthy"))
+    await eventually(lambda: _status_is(b, "healthy"))
+    # a wrote back what its memory held (the payment), so it exists again in Redis
+    await eventually(lambda: _stored_in_redis(redis_server, ref))
+    manager = b.app[SIO].manager
+    plain = redis_server.client()
+    try:
+
+        async def b_follows() -> bool:
+            return manager.host_id in await plain.smembers(f"reroute:routes:{ref}")
+
+        await eventually(b_follows)
+    finally:
+        await plain.aclose()
+    received = manager.received_payments
+    status, body, _ = await a.api.simulate(ref, "SUCCESSFUL")
+    assert status == 200 and body["applied"] is True
+    completed = await client.wait_for("payment-completed")
+    assert completed[-1].data["reference"] == ref
+    assert manager.received_payments > received  # it came as a routed message, not by a resync pass
