@@ -91,6 +91,7 @@ class ResilientRedisManager(socketio.AsyncRedisManager):
         self._routes: PaymentRoutes | None = None
         self.route_channel = f"{channel}:{self.host_id}"  # where other instances publish for our sockets
         self._follow_failing = False
+        self._closing = False
         self.received_payments = 0  # payment messages from other instances (tests and bench read it)
         self._skip_publish_until = 0.0
         self.dropped_publishes = 0
@@ -149,7 +150,8 @@ class ResilientRedisManager(socketio.AsyncRedisManager):
         if not self.storage_healthy():
             return False
         try:
-            await asyncio.wait_for(self._payment_routes().follow(self.host_id, references), self._timeout)
+            async with asyncio.timeout(self._timeout):  # not wait_for: on 3.11 it can swallow a cancel
+                await self._payment_routes().follow(self.host_id, references)
         except Exception as exc:
             if not self._follow_failing:  # once per run of failures, not once per track
                 log.warning(
@@ -188,7 +190,8 @@ class ResilientRedisManager(socketio.AsyncRedisManager):
                 sending = self._publisher_client().publish(self.channel, text)
             else:
                 sending = self._payment_routes().publish(self.host_id, routed, text)
-            await asyncio.wait_for(sending, self._timeout)
+            async with asyncio.timeout(self._timeout):
+                await sending
             return True
         except Exception as exc:
             self.dropped_publishes += 1
@@ -207,7 +210,7 @@ class ResilientRedisManager(socketio.AsyncRedisManager):
                 yield message["data"]
 
     async def _redis_listen_with_retries(self):  # python-socketio calls this hook
-        while True:
+        while not self._closing:
             try:
                 await self._close_listener_connection()
                 self._redis_connect()
@@ -222,6 +225,8 @@ class ResilientRedisManager(socketio.AsyncRedisManager):
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                if self._closing:
+                    return
                 if self.listening.is_set():
                     log.error(
                         "Socket.IO pub/sub lost Redis: other instances' emits will not arrive until it is back",
@@ -249,11 +254,18 @@ class ResilientRedisManager(socketio.AsyncRedisManager):
             log.error("Socket.IO pub/sub could not reach Redis at start; retrying in the background")
 
     async def close(self) -> None:
+        """Stop the listener, then close both connections; bounded even if a library swallows the cancel
+        (closing the listener's connection then ends its loop)."""
+        self._closing = True
         thread = getattr(self, "thread", None)
         if thread is not None:
             thread.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await thread
+            done, _ = await asyncio.wait({thread}, timeout=self._timeout)
+            if not done:
+                await self._close_listener_connection()
+                done, _ = await asyncio.wait({thread}, timeout=self._timeout)
+            if not done:
+                log.warning("Socket.IO pub/sub listener did not stop; leaving it to the process exit")
         await self._close_listener_connection()
         if self._publisher is not None:
             with contextlib.suppress(Exception):
