@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
@@ -9,7 +10,7 @@ import pytest
 from payments.schemas import InitiateRequest
 from realtime.server import SIO
 from tests.conftest import Instance, StartInstance
-from tests.harness import PRODUCTION, eventually
+from tests.harness import PRODUCTION, WAIT, eventually
 from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.redis
@@ -183,6 +184,7 @@ async def test_a_payment_tracked_during_an_outage_is_routed_once_redis_is_back(
     finally:
         await plain.aclose()
     await client.wait_for("payment-status")  # by b's resync, which read it after following
+    await asyncio.wait_for(manager.listening.wait(), WAIT)  # b's listener has resubscribed too
     received = manager.received_payments
     status, body, _ = await a.api.simulate(ref, "SUCCESSFUL")
     assert status == 200 and body["applied"] is True
