@@ -154,11 +154,18 @@ async def ascii_headers_middleware(
 ) -> web.StreamResponse:
     """400 `invalid_header` for any header that is not ASCII, before a handler decodes, hashes or
     forwards it (a raw 0xFF in `Authorization` or `Idempotency-Key` once reached the token check)."""
+    name = non_ascii_header(request)
+    if name is not None:
+        raise InvalidRequest(f"header {name} must be ASCII", code="invalid_header")
+    return await handler(request)
+
+
+def non_ascii_header(request: web.BaseRequest) -> str | None:
+    """The (printable) name of the first header whose name or value is not ASCII, or None."""
     for name, value in request.raw_headers:
         if not (name.isascii() and value.isascii()):
-            printable = name.decode("ascii", "replace")
-            raise InvalidRequest(f"header {printable} must be ASCII", code="invalid_header")
-    return await handler(request)
+            return name.decode("ascii", "replace")
+    return None
 
 
 _HTTP_CODES = {

@@ -41,7 +41,7 @@ from core.jsonio import JsonModule
 from core.settings import Settings, StorageBackend
 from realtime.delivery import PaymentMessage
 from realtime.redis_connection import command_client, connect
-from realtime.routes import PaymentRoutes
+from realtime.routes import PaymentRoutes, route_channel
 from realtime.storage.keys import RedisKeys
 
 log = logging.getLogger("paytrack.realtime.pubsub")
@@ -89,7 +89,7 @@ class ResilientRedisManager(socketio.AsyncRedisManager):
         self._routes_key = routes_key
         self._routes_ttl = routes_ttl
         self._routes: PaymentRoutes | None = None
-        self.route_channel = f"{channel}:{self.host_id}"  # where other instances publish for our sockets
+        self.route_channel = route_channel(channel, self.host_id)  # where other instances publish for our sockets
         self._follow_failing = False
         self._closing = False
         self.received_payments = 0  # payment messages from other instances (tests and bench read it)

@@ -44,18 +44,20 @@ return published
 """
 
 
+def route_channel(channel: str, route_id: str) -> str:
+    """The channel a process reads for the payments it follows: `<SOCKETIO_CHANNEL>:<route id>`."""
+    return f"{channel}:{route_id}"
+
+
 class PaymentRoutes:
     """The routes sets and the routed publish, on a Redis client the caller owns."""
 
     def __init__(self, client: Any, *, key: Callable[[str], str], channel: str, ttl_seconds: int) -> None:
         self._client = client
         self._key = key
-        self._prefix = f"{channel}:"
+        self._prefix = route_channel(channel, "")  # the script appends each member's route id
         self._ttl = ttl_seconds
         self._publish = client.register_script(PUBLISH_TO_ROUTES)
-
-    def channel_of(self, route_id: str) -> str:
-        return self._prefix + route_id
 
     async def follow(self, route_id: str, references: list[str]) -> None:
         """Join the routes of `references` (and refresh their expiry), in one round trip."""

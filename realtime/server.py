@@ -24,7 +24,7 @@ import engineio
 import socketio
 from aiohttp import web
 
-from core.errors import ApiError
+from core.errors import ApiError, non_ascii_header
 from core.http import own_origin
 from core.jsonio import JsonModule
 from core.settings import Settings
@@ -104,7 +104,7 @@ def websocket_upgrade_passthrough(
     if (
         request.path == f"/{SOCKETIO_PATH}/"
         and request.headers.get("Upgrade", "").lower() == "websocket"
-        and all(name.isascii() and value.isascii() for name, value in request.raw_headers)
+        and non_ascii_header(request) is None
     ):
         return request.match_info.handler(request)
     return handler(request)
