@@ -22,7 +22,7 @@ import webhooks.inbound.routes
 from auth.authenticators import create_authenticator
 from core.background import CleanupContext, closing, opened, running
 from core.clock import CLOCK, Clock, SystemClock
-from core.errors import ascii_headers_middleware, error_middleware
+from core.errors import error_middleware
 from core.ratelimit import LIMITER, Limit, RateLimiter
 from core.settings import SETTINGS, AuthMode, Settings
 from observability.health import PROBE
@@ -86,7 +86,7 @@ def create_app(
     clock = clock or SystemClock()
     metrics = metrics or Metrics()
     app = web.Application(
-        middlewares=[websocket_upgrade_passthrough, request_id_middleware, error_middleware, ascii_headers_middleware],
+        middlewares=[websocket_upgrade_passthrough, request_id_middleware, error_middleware],
         client_max_size=settings.MAX_BODY_BYTES,
     )
     setup_request_id(app)

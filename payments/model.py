@@ -85,10 +85,14 @@ class Payment(BaseModel):
         if self.reason == AMOUNT_MISMATCH:
             data["provider_amount"] = self.provider_amount
             data["provider_currency"] = self.provider_currency
-        data["timestamp"] = utc_iso(self.updated_at)
-        data["created_at"] = utc_iso(self.created_at)
-        data["updated_at"] = utc_iso(self.updated_at)
-        data["completed_at"] = utc_iso(self.completed_at) if self.completed_at else None
+        updated = utc_iso(self.updated_at)  # formatted once: a final update sets three of the four to it
+
+        def stamp(moment: datetime) -> str:
+            return updated if moment == self.updated_at else utc_iso(moment)
+
+        data["timestamp"] = data["updated_at"] = updated
+        data["created_at"] = stamp(self.created_at)
+        data["completed_at"] = stamp(self.completed_at) if self.completed_at else None
         if not reveal_phone:
             data["phone_number"] = mask_phone(self.phone_number)
         return data

@@ -9,7 +9,7 @@ that socket has not seen yet.
 from __future__ import annotations
 
 from payments.model import Payment, Transition
-from realtime.delivery import Publish, message_for
+from realtime.delivery import Publish, message_for, message_for_event
 
 
 class SocketNotifier:
@@ -21,7 +21,11 @@ class SocketNotifier:
 
     async def payment_changed(self, transition: Transition) -> None:
         if transition.applied and transition.payment is not None:
-            await self._publish(message_for(transition.payment))
+            # The transition's event is this stored state already; building it again cost a model per update.
+            event = transition.event
+            await self._publish(
+                message_for(transition.payment) if event is None else message_for_event(event, transition.payment)
+            )
 
     async def announce(self, payment: Payment) -> None:
         """Tell every instance's sockets the stored state (after an outage's write-back)."""
