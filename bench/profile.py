@@ -2,6 +2,7 @@
 
     python -m bench.profile --clients 1000 --rate 1000 --completions 8000
     python -m bench.profile --targets paytrack,python-floor   # the floor's profile beside it
+    python -m bench.profile --redis --rate 300                # storage and pub/sub on a redis-server
 
 py-spy (PyPI, a sampling profiler that reads the process from outside, so the
 server runs unmodified) records with `--function` (samples grouped by
@@ -198,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--completions", type=int, default=10000)
     parser.add_argument("--targets", default=PAYTRACK, help=f"comma-separated: {PAYTRACK}, {PYTHON_FLOOR}")
     parser.add_argument("--top", type=int, default=15)
+    parser.add_argument("--redis", action="store_true", help="one instance on a redis-server (as bench.run --redis)")
     args = parser.parse_args(argv)
     if not (1 <= args.clients <= 10000 and 1 <= args.completions <= 50000):
         parser.error("bounds: clients 1..10000, completions 1..50000")
@@ -208,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         rate_completions=args.completions,
         saturation_completions=0,
         idle_seconds=0.5,
+        redis=args.redis,
     )
     profiles, results = asyncio.run(profile_targets(sc, args.targets.split(",")))
     for result in results:

@@ -27,14 +27,19 @@ except ImportError:  # pragma: no cover - orjson is in requirements.txt; kept op
     orjson = None  # type: ignore[assignment]
 
 
-def dumps(obj: Any, **_: Any) -> str:
-    """Compact JSON text of `obj` (keyword arguments such as `separators` are accepted and ignored)."""
+def dumps_bytes(obj: Any) -> bytes:
+    """Compact JSON of `obj`, UTF-8 encoded."""
     if orjson is not None:
         try:
-            return orjson.dumps(obj).decode()
+            return orjson.dumps(obj)
         except TypeError:
             pass
-    return json.dumps(obj, separators=(",", ":"))
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+def dumps(obj: Any, **_: Any) -> str:
+    """Compact JSON text of `obj` (keyword arguments such as `separators` are accepted and ignored)."""
+    return dumps_bytes(obj).decode()
 
 
 def loads(text: str | bytes, **_: Any) -> Any:
@@ -51,5 +56,8 @@ class JsonModule:
 
 
 def json_response(data: Any, *, status: int = 200, headers: Any = None) -> web.Response:
-    """`web.json_response` with the fast encoder."""
-    return web.json_response(data, status=status, headers=headers, dumps=dumps)
+    """What `web.json_response` answers (`application/json; charset=utf-8`), with the fast encoder's bytes
+    as the body rather than text aiohttp would encode again."""
+    return web.Response(
+        body=dumps_bytes(data), status=status, headers=headers, content_type="application/json", charset="utf-8"
+    )

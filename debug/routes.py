@@ -57,19 +57,19 @@ async def simulate(request: web.Request) -> web.Response:
         raise web.HTTPNotFound()
     body = SimulateRequest.model_validate(await read_json_object(request))
     service = request.app[SERVICE]
-    await service.get_payment(body.reference)  # 404 for an unknown reference, before anything is scheduled
     update = StatusUpdate(
         reference=body.reference, status=body.status, reason=body.reason, source=UpdateSource.SIMULATION
     )
 
     if body.delay_ms:
+        await service.get_payment(body.reference)  # 404 for an unknown reference, before anything is scheduled
         service.run_in_background(
             _after(body.delay_ms / 1000, lambda: service.apply_simulated(update)), name=f"simulate-{body.reference}"
         )
         return json_response({"scheduled": True, "reference": body.reference, "delay_ms": body.delay_ms}, status=202)
 
     transition = await service.apply_simulated(update)
-    if transition.payment is None:  # expired between the check and the update
+    if transition.payment is None:  # unknown (or expired): the state rule refused to invent it
         raise NotFound(f"no payment with reference {body.reference}", code="payment_not_found")
     return json_response(
         {"applied": transition.applied, "outcome": transition.outcome, "payment": transition.payment.public()}

@@ -10,8 +10,8 @@ websocket's upgrade request, so their log lines carry that request's id.
 
 from __future__ import annotations
 
+import random
 import re
-import secrets
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -25,7 +25,9 @@ _SANE = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 def accept_or_generate(supplied: str | None) -> str:
     if supplied and _SANE.fullmatch(supplied):
         return supplied
-    return secrets.token_hex(16)  # 32 hex digits, as a uuid4's hex, at a seventh of the cost
+    # 32 random hex digits, as a uuid4's hex, at an eighth of its cost. A correlation id, not a secret
+    # (a caller may choose its own), so the fast generator is the right one.
+    return f"{random.getrandbits(128):032x}"
 
 
 def current_request_id() -> str | None:

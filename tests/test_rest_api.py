@@ -205,6 +205,7 @@ async def test_lookup_errors(instance: Instance, method: str, path: str, expecte
     "payload, expected_status, code",
     [
         ({"reference": "unknown-ref", "status": "SUCCESSFUL"}, 404, "payment_not_found"),
+        ({"reference": "unknown-ref", "status": "FAILED", "delay_ms": 10}, 404, "payment_not_found"),
         ({"reference": "r", "status": "PAID"}, 400, "validation_error"),
         ({"status": "SUCCESSFUL"}, 400, "validation_error"),
         ({"reference": "r", "status": "SUCCESSFUL", "delay_ms": -1}, 400, "validation_error"),
