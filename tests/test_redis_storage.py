@@ -80,6 +80,32 @@ async def test_payment_round_trips_with_order_index_and_active_index(
         await plain.aclose()
 
 
+async def test_a_transition_is_one_transaction_with_no_script_lookups(
+    storage: RedisStorage, redis_server: RedisServer
+) -> None:
+    """The order index is refreshed by a script inside the transaction. Queued as a registered script,
+    redis-py asked Redis `SCRIPT EXISTS` before every such transaction: a round trip per update."""
+    await storage.create_payment(_payment())
+    await storage.create_payment(_payment("ref-2", "order-2"))
+    plain = redis_server.client()
+    try:
+        before = await plain.info("commandstats")
+        assert (await storage.transition(_update("SUCCESSFUL"), datetime.now(UTC))).applied
+        assert (await storage.transition(_update("FAILED", "ref-2"), datetime.now(UTC))).applied
+        after = await plain.info("commandstats")
+        # and the order index still lives as long as the payment
+        assert 0 < await plain.ttl(f"{storage._keys.prefix}order:order-1") <= 3600
+    finally:
+        await plain.aclose()
+
+    def calls(name: str) -> int:
+        return after.get(f"cmdstat_{name}", {}).get("calls", 0) - before.get(f"cmdstat_{name}", {}).get("calls", 0)
+
+    assert calls("script|exists") == calls("script") == 0
+    assert calls("exec") == 2 and calls("watch") == 2
+    assert await storage.get_order_payment("order-1") is not None
+
+
 async def test_duplicates_and_regressions_change_nothing(storage: RedisStorage) -> None:
     await storage.create_payment(_payment())
     now = datetime.now(UTC)

@@ -30,9 +30,8 @@ def _payment(raw: str | None) -> Payment | None:
 class RedisPayments:
     def __init__(self, ctx: RedisContext) -> None:
         self._ctx = ctx
-        self._index_order = ctx.redis.register_script(scripts.INDEX_ORDER)
 
-    async def _queue_store(self, pipe: Any, payment: Payment, *, claim_order: bool = False) -> None:
+    def _queue_store(self, pipe: Any, payment: Payment, *, claim_order: bool = False) -> None:
         """Queue the writes that make `payment` the stored truth, TTLs and indexes included.
 
         Orphans are never indexed by order; see `scripts.INDEX_ORDER` for who may point an order at a payment.
@@ -41,10 +40,11 @@ class RedisPayments:
         pipe.set(k.payment(payment.reference), payment.model_dump_json(), ex=ttl)
         pipe.expire(k.events(payment.reference), ttl)
         if payment.order_id and not payment.orphan:
-            await self._index_order(
-                keys=[k.order(payment.order_id)],
-                args=[payment.reference, ttl, "1" if claim_order else "0"],
-                client=pipe,
+            # EVAL with the script's text, not a registered script: queued in a pipeline, redis-py sends a
+            # registered script's `SCRIPT EXISTS` first, one more round trip per update. Redis compiles
+            # the text once and keeps it.
+            pipe.eval(
+                scripts.INDEX_ORDER, 1, k.order(payment.order_id), payment.reference, ttl, "1" if claim_order else "0"
             )
         if payment.status is PaymentStatus.PENDING:
             pipe.zadd(k.active(), {payment.reference: payment.created_at.timestamp()})
@@ -71,7 +71,7 @@ class RedisPayments:
             pipe.multi()
             queue_outbox(pipe, self._ctx.keys, outbox)
             if result.changed:
-                await self._queue_store(pipe, result.payment, claim_order=claim_order)
+                self._queue_store(pipe, result.payment, claim_order=claim_order)
                 self._queue_event(pipe, PaymentEvent.of(result.payment, with_ussd=claim_order))
             await pipe.execute()
             return result.payment
@@ -100,7 +100,7 @@ class RedisPayments:
                 await pipe.unwatch()
                 return result
             pipe.multi()
-            await self._queue_store(pipe, result.payment)
+            self._queue_store(pipe, result.payment)
             self._queue_event(pipe, result.event)
             if outbox is not None:
                 queue_outbox(pipe, self._ctx.keys, outbox(result))
