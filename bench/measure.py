@@ -130,6 +130,15 @@ class Result:
     load_average: float = math.nan  # 1-minute load average at the end of the fixed-rate phase
     notes: list[str] = field(default_factory=list)
 
+    @property
+    def update_cpu_us_per_completion(self) -> float:
+        """CPU per completion at the fixed rate less what holding the connections costs meanwhile (the idle
+        CPU over the same time: engine.io pings and timers): the update path's own cost, whose growth with
+        the connections is the one that matters."""
+        if not self.achieved_rate or math.isnan(self.cpu_us_per_completion):
+            return math.nan
+        return self.cpu_us_per_completion - self.idle_cpu_ms_per_s * 1000 / self.achieved_rate
+
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 

@@ -61,6 +61,11 @@ ROWS: list[tuple[str, Cell, Callable[[Result], float] | None]] = [
         lambda r: num(r.cpu_us_per_completion, "{:.0f}"),
         lambda r: r.cpu_us_per_completion,
     ),
+    (
+        "... less the idle CPU of holding the connections meanwhile (µs)",
+        lambda r: num(r.update_cpu_us_per_completion, "{:.0f}"),
+        lambda r: r.update_cpu_us_per_completion,
+    ),
     ("update-to-client p50 (ms)", lambda r: num(r.p50_ms, "{:.2f}"), lambda r: r.p50_ms),
     ("update-to-client p95 (ms)", lambda r: num(r.p95_ms, "{:.2f}"), lambda r: r.p95_ms),
     ("update-to-client p99 (ms)", lambda r: num(r.p99_ms, "{:.2f}"), lambda r: r.p99_ms),
