@@ -3,6 +3,7 @@
     python -m bench.profile --clients 1000 --rate 1000 --completions 8000
     python -m bench.profile --targets paytrack,python-floor   # the floor's profile beside it
     python -m bench.profile --redis --rate 300                # storage and pub/sub on a redis-server
+    python -m bench.profile --instances 4 --rate 200          # the first of 4 instances on one redis-server
 
 py-spy (PyPI, a sampling profiler that reads the process from outside, so the
 server runs unmodified) records with `--function` (samples grouped by
@@ -200,9 +201,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--targets", default=PAYTRACK, help=f"comma-separated: {PAYTRACK}, {PYTHON_FLOOR}")
     parser.add_argument("--top", type=int, default=15)
     parser.add_argument("--redis", action="store_true", help="one instance on a redis-server (as bench.run --redis)")
+    parser.add_argument(
+        "--instances", type=int, default=1, help="instances on one redis-server (the first one is profiled)"
+    )
     args = parser.parse_args(argv)
-    if not (1 <= args.clients <= 10000 and 1 <= args.completions <= 50000):
-        parser.error("bounds: clients 1..10000, completions 1..50000")
+    if not (1 <= args.clients <= 10000 and 1 <= args.completions <= 50000 and 1 <= args.instances <= 8):
+        parser.error("bounds: clients 1..10000, completions 1..50000, instances 1..8")
     raise_fd_limit()
     sc = Scenario(
         clients=args.clients,
@@ -210,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
         rate_completions=args.completions,
         saturation_completions=0,
         idle_seconds=0.5,
-        redis=args.redis,
+        redis=args.redis or args.instances > 1,
+        instances=args.instances,
     )
     profiles, results = asyncio.run(profile_targets(sc, args.targets.split(",")))
     for result in results:
