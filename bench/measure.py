@@ -483,7 +483,9 @@ def median_results(results: list[Result]) -> list[Result]:
                 base[key] = statistics.median_low(getattr(r, key) for r in runs)  # counts stay counts
             elif isinstance(value, float):
                 base[key] = statistics.median(getattr(r, key) for r in runs)
-        base["instance_cpu_us_per_completion"] = runs[0].instance_cpu_us_per_completion
+        # Each instance's figures as one run measured them: the run whose mean over instances is the median.
+        per_run = sorted(runs, key=lambda r: statistics.fmean(r.instance_cpu_us_per_completion or [math.nan]))
+        base["instance_cpu_us_per_completion"] = per_run[(len(per_run) - 1) // 2].instance_cpu_us_per_completion
         base["notes"] = [n for r in runs for n in r.notes] + [f"median of {len(runs)} runs"]
         merged.append(Result(**base))
     return merged
