@@ -52,8 +52,9 @@ class Step:
 
 def suite(small: bool, rate: int = 1000) -> list[Step]:
     if small:  # the smoke test's scale: every code path, seconds per target
+        # Enough completions that each target's CPU spans several of /proc's 10 ms ticks (30 once measured 0).
         one = dict(
-            rate=50, rate_completions=30, saturation_completions=30, idle_seconds=0.2, in_flight=8, settle_seconds=0.2
+            rate=200, rate_completions=300, saturation_completions=30, idle_seconds=0.2, in_flight=8, settle_seconds=0.2
         )
         return [
             Step("one-20", "One instance, 20 clients", [Scenario(clients=20, **one)], DEFAULT_TARGETS),
