@@ -163,7 +163,7 @@ async def serve(app: web.Application, settings: Settings) -> int:
         shutdown_timeout=settings.SHUTDOWN_TIMEOUT_SECONDS * REQUESTS_SHARE,
     )
     await runner.setup()
-    site = web.TCPSite(runner, settings.HOST, settings.PORT)
+    site = web.TCPSite(runner, settings.HOST, settings.PORT, backlog=settings.LISTEN_BACKLOG)
     try:
         await site.start()
     except OSError as exc:

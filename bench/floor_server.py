@@ -30,7 +30,11 @@ import socketio
 from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from core.settings import Settings
 from server import GC_THRESHOLDS, raise_fd_limit
+
+# paytrack's listen backlog (aiohttp's own default is 128): the same process settings, like for like.
+LISTEN_BACKLOG: int = Settings.model_fields["LISTEN_BACKLOG"].default
 
 
 def create_floor_app(redis_url: str | None = None) -> web.Application:
@@ -94,7 +98,7 @@ def main() -> None:
     gc.collect()
     gc.freeze()  # the same process settings as server.py, so the comparison is of code, like for like
     gc.set_threshold(*GC_THRESHOLDS)
-    web.run_app(app, host=args.host, port=args.port, print=None, shutdown_timeout=2)
+    web.run_app(app, host=args.host, port=args.port, print=None, shutdown_timeout=2, backlog=LISTEN_BACKLOG)
 
 
 if __name__ == "__main__":

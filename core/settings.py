@@ -119,6 +119,9 @@ class Settings(BaseSettings):
     EVENT_LOOP: Literal["auto", "asyncio"] = "auto"
     # SIGTERM / Ctrl-C: the process is gone within this many seconds, whatever its clients do.
     SHUTDOWN_TIMEOUT_SECONDS: float = Field(10.0, gt=0, le=300)
+    # Connections the kernel queues for us before dropping SYNs (capped by net.core.somaxconn). Every client
+    # of a restarted instance reconnects at once; a dropped SYN costs its client a 1 s, then 3 s, retransmit.
+    LISTEN_BACKLOG: int = Field(1024, ge=1, le=65535)
 
     # Comma-separated list of origins allowed by CORS and by Socket.IO.
     FRONTEND_URL: Annotated[list[str], NoDecode] = ["http://localhost:3000"]

@@ -134,6 +134,36 @@ async def test_server_serves_and_shuts_down_cleanly(sig: signal.Signals) -> None
     assert "Traceback" not in err.decode()
 
 
+@pytest.mark.skipif(shutil.which("ss") is None, reason="needs ss (iproute2) to read a listening socket's backlog")
+@pytest.mark.parametrize("configured", [None, "300"])
+async def test_listen_backlog_takes_a_reconnect_storm(configured: str | None) -> None:
+    """Every client of a restarted instance reconnects at once. Past the listen backlog the kernel drops
+    their SYNs and each dropped client waits a 1 s (then 3 s) retransmit: aiohttp's default of 128 did this
+    to the bench's request sender (`netstat -s`: "times the listen queue of a socket overflowed")."""
+    port = free_port()
+    env = {} if configured is None else {"LISTEN_BACKLOG": configured}
+    proc = await run_server("--host", "127.0.0.1", "--port", str(port), **env)
+    try:
+        async with aiohttp.ClientSession() as http:
+
+            async def healthy() -> bool:
+                try:
+                    async with http.get(f"http://127.0.0.1:{port}/health") as resp:
+                        return resp.status == 200
+                except aiohttp.ClientConnectionError:
+                    return False
+
+            assert await eventually(healthy, timeout=WAIT * 2, interval=0.05)
+        ss = await asyncio.create_subprocess_exec("ss", "-ltnH", f"sport = :{port}", stdout=asyncio.subprocess.PIPE)
+        out, _ = await asyncio.wait_for(ss.communicate(), WAIT)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(proc.communicate(), WAIT * 2)
+    backlog = int(out.decode().split()[2])  # a listening socket's Send-Q is its backlog
+    somaxconn = int(Path("/proc/sys/net/core/somaxconn").read_text())  # the kernel's cap on any backlog
+    assert backlog == min(int(configured or 1024), somaxconn)
+
+
 def test_every_setting_is_documented_in_env_example_and_readme() -> None:
     import re
 

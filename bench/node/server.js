@@ -81,7 +81,8 @@ io.on("connection", (socket) => {
   });
 });
 
-httpServer.listen(Number(args.port), args.host);
+// The listen backlog paytrack and the Python floor use (paytrack's LISTEN_BACKLOG default; Node's own is 511).
+httpServer.listen(Number(args.port), args.host, 1024);
 for (const signal of ["SIGTERM", "SIGINT"]) {
   process.on(signal, () => {
     io.close();
