@@ -43,7 +43,10 @@ their defaults, are in the settings table of README.md and in .env.example.
 # oldest generation all the time, and a full pass over every open connection's objects (about half a
 # second at 5,000 connections) runs every few seconds under load. Larger thresholds make young
 # collections rarer, so far less is promoted and full passes become rare (docs/PERFORMANCE.md).
-GC_THRESHOLDS = (50_000, 20, 100)
+# Not too large either: a young collection walks everything allocated since the last one, and with
+# (50_000, 20, 100) a middle-generation pass walked about 900,000 objects at 5,000 connections and
+# stopped the loop for 0.55 s (gc.callbacks, in the bench's fixed-rate phase); with these, 40-50 ms.
+GC_THRESHOLDS = (20_000, 5, 100)
 
 
 def raise_fd_limit() -> int:
