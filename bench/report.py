@@ -382,7 +382,8 @@ def render(raw: dict[str, Any]) -> str:
         f"commit `{m['commit']}`; raw figures in `docs/{RUN_JSON.name}`."
         + (
             f" Every scenario ran {raw['repeat']} times, the targets alternating; each figure is the median of"
-            " its runs (an instance's figures are those of the run whose mean is the median)."
+            " its runs (an instance's figures are those of one run: the one whose mean over instances is the"
+            " median, the lower of the two middle ones for an even count)."
             if raw.get("repeat", 1) > 1
             else ""
         ),
