@@ -30,11 +30,7 @@ import socketio
 from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from core.settings import Settings
 from server import GC_THRESHOLDS, raise_fd_limit
-
-# paytrack's listen backlog (aiohttp's own default is 128): the same process settings, like for like.
-LISTEN_BACKLOG: int = Settings.model_fields["LISTEN_BACKLOG"].default
 
 
 def create_floor_app(redis_url: str | None = None) -> web.Application:
@@ -92,13 +88,14 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--redis-url")
+    parser.add_argument("--backlog", type=int, default=128, help="listen backlog (the bench passes paytrack's)")
     args = parser.parse_args()
     raise_fd_limit()
     app = create_floor_app(args.redis_url)
     gc.collect()
     gc.freeze()  # the same process settings as server.py, so the comparison is of code, like for like
     gc.set_threshold(*GC_THRESHOLDS)
-    web.run_app(app, host=args.host, port=args.port, print=None, shutdown_timeout=2, backlog=LISTEN_BACKLOG)
+    web.run_app(app, host=args.host, port=args.port, print=None, shutdown_timeout=2, backlog=args.backlog)
 
 
 if __name__ == "__main__":

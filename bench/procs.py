@@ -22,8 +22,12 @@ from pathlib import Path
 
 import aiohttp
 
+from core.settings import Settings
+
 ROOT = Path(__file__).resolve().parent.parent
 NODE_DIR = ROOT / "bench" / "node"
+# paytrack's listen backlog, given to both floors too (aiohttp's own default is 128, Node's 511): like for like.
+LISTEN_BACKLOG: int = Settings.model_fields["LISTEN_BACKLOG"].default
 
 PAYTRACK = "paytrack"
 PYTHON_FLOOR = "python-floor"
@@ -227,7 +231,7 @@ async def start_target(
             cmd = [sys.executable, "server.py", "--host", "127.0.0.1", "--port", str(port)]
             proc = await procs.start(*cmd, log=log, env=paytrack_env(i, redis_url, paytrack_settings))
         elif target == PYTHON_FLOOR:
-            cmd = [sys.executable, "bench/floor_server.py", "--port", str(port)]
+            cmd = [sys.executable, "bench/floor_server.py", "--port", str(port), "--backlog", str(LISTEN_BACKLOG)]
             if redis_url:
                 cmd += ["--redis-url", redis_url]
             proc = await procs.start(*cmd, log=log)
@@ -235,7 +239,9 @@ async def start_target(
             if redis_url:
                 raise ValueError("the Node floor runs as one instance (no Redis adapter)")
             ensure_node_floor()
-            proc = await procs.start("node", str(NODE_DIR / "server.js"), "--port", str(port), log=log)
+            proc = await procs.start(
+                "node", str(NODE_DIR / "server.js"), "--port", str(port), "--backlog", str(LISTEN_BACKLOG), log=log
+            )
         else:
             raise ValueError(f"unknown target {target!r}; one of {', '.join(TARGETS)}")
         url = f"http://127.0.0.1:{port}"

@@ -144,21 +144,11 @@ async def test_listen_backlog_takes_a_reconnect_storm(configured: str | None) ->
     env = {} if configured is None else {"LISTEN_BACKLOG": configured}
     proc = await run_server("--host", "127.0.0.1", "--port", str(port), **env)
     try:
-        async with aiohttp.ClientSession() as http:
-
-            async def healthy() -> bool:
-                try:
-                    async with http.get(f"http://127.0.0.1:{port}/health") as resp:
-                        return resp.status == 200
-                except aiohttp.ClientConnectionError:
-                    return False
-
-            assert await eventually(healthy, timeout=WAIT * 2, interval=0.05)
+        await wait_healthy(port, proc)
         ss = await asyncio.create_subprocess_exec("ss", "-ltnH", f"sport = :{port}", stdout=asyncio.subprocess.PIPE)
         out, _ = await asyncio.wait_for(ss.communicate(), WAIT)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        await asyncio.wait_for(proc.communicate(), WAIT * 2)
+        await stop(proc)
     backlog = int(out.decode().split()[2])  # a listening socket's Send-Q is its backlog
     somaxconn = int(Path("/proc/sys/net/core/somaxconn").read_text())  # the kernel's cap on any backlog
     assert backlog == min(int(configured or 1024), somaxconn)

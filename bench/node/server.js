@@ -9,7 +9,7 @@
 //   GET  /health                      -> {status: "healthy"}
 //
 // The payloads have the same fields as paytrack's (docs/API.md), so every target sends the same
-// bytes per completion. Usage: node server.js --port P [--host 127.0.0.1]
+// bytes per completion. Usage: node server.js --port P [--host 127.0.0.1] [--backlog N]
 
 import { randomUUID } from "node:crypto";
 import http from "node:http";
@@ -17,10 +17,14 @@ import { parseArgs } from "node:util";
 import { Server } from "socket.io";
 
 const { values: args } = parseArgs({
-  options: { port: { type: "string" }, host: { type: "string", default: "127.0.0.1" } },
+  options: {
+    port: { type: "string" },
+    host: { type: "string", default: "127.0.0.1" },
+    backlog: { type: "string", default: "511" }, // Node's own; the bench passes paytrack's
+  },
 });
 if (!args.port) {
-  console.error("usage: node server.js --port P [--host H]");
+  console.error("usage: node server.js --port P [--host H] [--backlog N]");
   process.exit(2);
 }
 
@@ -81,8 +85,7 @@ io.on("connection", (socket) => {
   });
 });
 
-// The listen backlog paytrack and the Python floor use (paytrack's LISTEN_BACKLOG default; Node's own is 511).
-httpServer.listen(Number(args.port), args.host, 1024);
+httpServer.listen(Number(args.port), args.host, Number(args.backlog));
 for (const signal of ["SIGTERM", "SIGINT"]) {
   process.on(signal, () => {
     io.close();
