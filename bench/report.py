@@ -52,7 +52,7 @@ class Step:
 
 def suite(small: bool, rate: int = 1000) -> list[Step]:
     if small:  # the smoke test's scale: every code path, seconds per target
-        # Enough completions that each target's CPU spans several of /proc's 10 ms ticks (30 once measured 0).
+        # Enough completions that each target's CPU spans several of /proc's 10 ms ticks.
         one = dict(
             rate=200, rate_completions=300, saturation_completions=30, idle_seconds=0.2, in_flight=8, settle_seconds=0.2
         )
@@ -70,8 +70,8 @@ def suite(small: bool, rate: int = 1000) -> list[Step]:
                 [
                     Scenario(
                         clients=20,
-                        rate=50,
-                        rate_completions=10,
+                        rate=200,
+                        rate_completions=300,  # several /proc ticks of CPU, as above (10 often measured 0)
                         saturation_completions=0,
                         waiting_payments=40,
                         idle_seconds=1.0,
