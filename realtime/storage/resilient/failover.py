@@ -34,7 +34,7 @@ from typing import Any, ClassVar, TypeVar
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from core.background import cancel_and_wait
+from core.background import PeriodicWorker
 from core.clock import Clock
 from core.errors import Busy
 from observability.health import StorageHealth
@@ -116,7 +116,16 @@ class Failover:
         self._down_since: datetime | None = None
         self._last_error = "not started"
         self._last_reason = "NotStarted"  # the failure's class: shown on /health to anyone
-        self._watcher: asyncio.Task[None] | None = None
+        # A PeriodicWorker, not a bare `while True` task: its stop flag ends the loop even when the
+        # Redis client swallows the cancel that arrives during a ping (tests/test_failover.py).
+        self._watcher = PeriodicWorker(
+            "redis-storage-watch",
+            self._check,
+            interval=reconnect_interval,
+            log=log,
+            failed="storage: unexpected error while checking Redis",
+            wait_first=True,
+        )
 
     # -- calls ------------------------------------------------------------------------------------
     async def on_primary(self, call: Callable[[], Awaitable[T]]) -> tuple[bool, T | None]:
@@ -150,10 +159,10 @@ class Failover:
             log.info("storage: connected to Redis")
         except OUTAGE_ERRORS as exc:
             self.degrade(exc)
-        self._watcher = asyncio.create_task(self._watch(), name="redis-storage-watch")
+        self._watcher.start()
 
     async def close(self) -> None:
-        await cancel_and_wait(self._watcher)
+        await self._watcher.stop()
         if not self.healthy and self._pending():
             with contextlib.suppress(*OUTAGE_ERRORS):
                 await asyncio.wait_for(self.recover(), 5)  # last chance before the memory copy is gone
@@ -168,20 +177,21 @@ class Failover:
     def _pending(self) -> bool:
         return any(policy.pending() for policy in self.policies)
 
-    async def _watch(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval)
-            try:
-                if self.healthy:
-                    await self.primary.ping()
-                else:
-                    await self.recover()
-            except PoolExhausted:
-                pass  # busy, not away
-            except OUTAGE_ERRORS as exc:
-                self.degrade(exc)
-            except Exception:  # a bug must not stop reconnection for good
-                log.exception("storage: unexpected error while checking Redis")
+    async def _check(self) -> None:
+        """One pass of the watcher: ping while healthy, try to recover while not.
+
+        Anything else a pass raises is logged by the worker, and the next pass runs anyway:
+        a bug must not stop reconnection for good.
+        """
+        try:
+            if self.healthy:
+                await self.primary.ping()
+            else:
+                await self.recover()
+        except PoolExhausted:
+            pass  # busy, not away
+        except OUTAGE_ERRORS as exc:
+            self.degrade(exc)
 
     async def recover(self) -> None:
         """Write back everything changed while degraded, then switch to the primary. Raises while it is away."""
