@@ -178,6 +178,7 @@ def create_app(
 
     app.cleanup_ctx.extend(
         [
+            metrics.gc_pauses(),
             opened(storage),
             heartbeat_ctx(storage, settings),
             pubsub_ctx(manager, sio, wait=settings.REDIS_TIMEOUT_SECONDS),

@@ -18,16 +18,18 @@ required in every environment.
 from __future__ import annotations
 
 import contextlib
+import gc
 import inspect
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import datetime
 from typing import Any, Generic, TypeVar, cast
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from core.background import CleanupContext
 from core.clock import CLOCK
 from core.errors import ApiError
 from core.http import bearer_matches
@@ -39,6 +41,9 @@ S = TypeVar("S")  # what an InstrumentedStorage wraps
 # Update-to-emit runs in well under a millisecond in memory and a few with Redis.
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 _PROVIDER_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# A young pass takes well under a millisecond with few objects; with thousands of sockets, passes of
+# 40-300 ms were seen (docs/PERFORMANCE.md), and a full one several hundred.
+_GC_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
 class Metrics:
@@ -92,11 +97,42 @@ class Metrics:
             "paytrack_redis_up", "1 when Redis answers, 0 when it does not; NaN with the memory backend", registry=r
         )
         self.redis_up.set(math.nan)
+        self.gc_pause = Histogram(
+            "paytrack_gc_pause_seconds",
+            "Python garbage-collector passes, by generation (0 young, 2 full); each one stops the event loop",
+            ["generation"],
+            buckets=_GC_BUCKETS,
+            registry=r,
+        )
         self.oldest_pending_age = Gauge(
             "paytrack_oldest_pending_payment_age_seconds",
             "Age of the oldest payment still PENDING (0 when none), shared by every instance on one Redis",
             registry=r,
         )
+
+    def gc_pauses(self) -> CleanupContext:
+        """Times every garbage-collector pass while the app runs.
+
+        A pass stops the whole process, so it lands on every update in flight: this histogram is
+        what tells a latency spike caused by the collector from one caused by the code. The
+        callback list is process-wide, so it is added at startup and removed at cleanup.
+        """
+        by_generation = [self.gc_pause.labels(str(generation)) for generation in range(3)]
+        started = 0.0
+
+        def timed(phase: str, info: dict[str, int]) -> None:
+            nonlocal started
+            if phase == "start":
+                started = time.perf_counter()
+            else:
+                by_generation[info["generation"]].observe(time.perf_counter() - started)
+
+        async def lifetime(app: web.Application) -> AsyncIterator[None]:
+            gc.callbacks.append(timed)
+            yield
+            gc.callbacks.remove(timed)
+
+        return lifetime
 
     def count_tracked_with(self, count: Callable[[], int]) -> None:
         """Read the tracked-payments figure from `count` at scrape time (it lives in the socket manager)."""

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import gc
 import math
 from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from observability.metrics import InstrumentedStorage, Metrics
@@ -207,3 +209,23 @@ async def test_redis_reachability_and_storage_failures_during_an_outage(
     assert value(samples, "paytrack_redis_up") == 0
     failures = {labels: v for (name, labels), v in samples.items() if name == "paytrack_storage_errors_total"}
     assert sum(failures.values()) >= 1, samples
+
+
+async def test_metrics_time_each_garbage_collector_pass_by_generation(instance: Instance) -> None:
+    before = value(await scrape(instance), "paytrack_gc_pause_seconds_count", generation="2") or 0.0
+    gc.collect()  # one full pass, timed like any other
+    after = value(await scrape(instance), "paytrack_gc_pause_seconds_count", generation="2")
+    assert after is not None and after >= before + 1
+
+
+async def test_the_collector_timer_is_removed_at_cleanup() -> None:
+    metrics = Metrics()
+    lifetime = metrics.gc_pauses()(web.Application())
+    await anext(lifetime)
+    gc.collect(0)
+    timed = metrics.registry.get_sample_value("paytrack_gc_pause_seconds_count", {"generation": "0"})
+    assert timed is not None and timed >= 1
+    with pytest.raises(StopAsyncIteration):
+        await anext(lifetime)
+    gc.collect(0)
+    assert metrics.registry.get_sample_value("paytrack_gc_pause_seconds_count", {"generation": "0"}) == timed
