@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 
@@ -52,6 +51,6 @@ class ExpiryTimers:
         self._tasks.clear()
         for task in tasks:
             task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        # `gather` rather than suppressing each CancelledError: the timers' own cancels are results
+        # here, but a cancel of this close (a shutdown that ran out of time) still propagates.
+        await asyncio.gather(*tasks, return_exceptions=True)
