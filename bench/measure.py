@@ -65,6 +65,25 @@ from bench.procs import (
 BENCH_PAYTRACK_SETTINGS = {"RESYNC_INTERVAL_SECONDS": "3600"}
 
 
+def collector_pauses(servers: list[Server], start: float, end: float) -> tuple[float, float]:
+    """(longest pass in ms, collector ms per second per instance) of the passes that ended in [start, end].
+
+    Read from each server's bench/gcprobe log (CLOCK_MONOTONIC, as `start` and `end`); NaN for a
+    target without one (the Node floor) or a server the probe did not load in.
+    """
+    logs = [s.gc_log for s in servers]
+    if not logs or any(log is None or not log.exists() for log in logs):  # the probe creates it at start
+        return math.nan, math.nan
+    longest, total = 0.0, 0.0
+    for log in logs:
+        assert log is not None
+        for line in log.read_text().splitlines():
+            ended, seconds, _generation = line.split()
+            if start <= float(ended) <= end:
+                longest, total = max(longest, float(seconds)), total + float(seconds)
+    return longest * 1000, total * 1000 / (end - start) / len(servers)
+
+
 @dataclass
 class Scenario:
     clients: int = 1000
@@ -117,6 +136,8 @@ class Result:
     p95_ms: float = math.nan
     p99_ms: float = math.nan
     max_ms: float = math.nan
+    gc_longest_pause_ms: float = math.nan  # the longest collector pass that ended in the fixed-rate phase
+    gc_ms_per_s: float = math.nan  # collector time per second of that phase (mean over instances)
     cpu_us_per_completion: float = math.nan
     events_per_completion: float = math.nan
     missing: int = 0
@@ -419,6 +440,9 @@ async def measure(target: str, sc: Scenario, *, during_rate: Hook = _no_hook) ->
             r.achieved_rate = n / out.phase.elapsed
             r.p50_ms, r.p95_ms, r.p99_ms = (pct(out.latencies_ms, p) for p in (50, 95, 99))
             r.max_ms = out.latencies_ms[-1] if out.latencies_ms else math.nan
+            r.gc_longest_pause_ms, r.gc_ms_per_s = collector_pauses(
+                m.servers, out.phase.t0, out.phase.t0 + out.phase.elapsed
+            )
             r.cpu_us_per_completion = sum(out.phase.cpu) / n * 1e6
             r.instance_cpu_us_per_completion = [c / (n / k) * 1e6 for c in out.phase.cpu]  # n / k completions each
             r.redis_cpu_us_per_completion = out.phase.redis_cpu / n * 1e6 if m.redis_pid else None

@@ -83,6 +83,16 @@ class Server:
 
     url: str
     pid: int
+    gc_log: Path | None = None  # its collector passes (bench/gcprobe); None for the Node floor
+
+
+GC_PROBE = ROOT / "bench" / "gcprobe"
+
+
+def gc_probe_env(env: dict[str, str], gc_log: Path) -> dict[str, str]:
+    """`env` with the collector probe loaded at start, logging to `gc_log`."""
+    path = os.pathsep.join(p for p in (str(GC_PROBE), env.get("PYTHONPATH", "")) if p)
+    return {**env, "PYTHONPATH": path, "BENCH_GC_LOG": str(gc_log)}
 
 
 class Processes:
@@ -227,18 +237,21 @@ async def start_target(
     for i in range(instances):
         port = free_port()
         log = f"{target}-{i}.log"
+        gc_log: Path | None = procs.workdir / f"{target}-{i}.gc"
         if target == PAYTRACK:
             cmd = [sys.executable, "server.py", "--host", "127.0.0.1", "--port", str(port)]
-            proc = await procs.start(*cmd, log=log, env=paytrack_env(i, redis_url, paytrack_settings))
+            env = gc_probe_env(paytrack_env(i, redis_url, paytrack_settings), gc_log)
+            proc = await procs.start(*cmd, log=log, env=env)
         elif target == PYTHON_FLOOR:
             cmd = [sys.executable, "bench/floor_server.py", "--port", str(port), "--backlog", str(LISTEN_BACKLOG)]
             if redis_url:
                 cmd += ["--redis-url", redis_url]
-            proc = await procs.start(*cmd, log=log)
+            proc = await procs.start(*cmd, log=log, env=gc_probe_env(dict(os.environ), gc_log))
         elif target == NODE_FLOOR:
             if redis_url:
                 raise ValueError("the Node floor runs as one instance (no Redis adapter)")
             ensure_node_floor()
+            gc_log = None
             proc = await procs.start(
                 "node", str(NODE_DIR / "server.js"), "--port", str(port), "--backlog", str(LISTEN_BACKLOG), log=log
             )
@@ -246,5 +259,5 @@ async def start_target(
             raise ValueError(f"unknown target {target!r}; one of {', '.join(TARGETS)}")
         url = f"http://127.0.0.1:{port}"
         await wait_healthy(http, url, proc, procs, log)
-        servers.append(Server(url, proc.pid))
+        servers.append(Server(url, proc.pid, gc_log))
     return servers

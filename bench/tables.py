@@ -70,6 +70,16 @@ ROWS: list[tuple[str, Cell, Callable[[Result], float] | None]] = [
     ("update-to-client p95 (ms)", lambda r: num(r.p95_ms, "{:.2f}"), lambda r: r.p95_ms),
     ("update-to-client p99 (ms)", lambda r: num(r.p99_ms, "{:.2f}"), lambda r: r.p99_ms),
     ("update-to-client max (ms)", lambda r: num(r.max_ms, "{:.2f}"), lambda r: r.max_ms),
+    (
+        "longest garbage-collector pause in the fixed-rate phase (ms)",
+        lambda r: num(r.gc_longest_pause_ms, "{:.1f}"),
+        lambda r: r.gc_longest_pause_ms,
+    ),
+    (
+        "garbage-collector time in the fixed-rate phase (ms per s)",
+        lambda r: num(r.gc_ms_per_s, "{:.1f}"),
+        lambda r: r.gc_ms_per_s,
+    ),
     ("saturation (completions/s)", lambda r: num(r.saturation_per_s, "{:.0f}"), lambda r: r.saturation_per_s),
     (
         "CPU per completion at saturation (µs)",

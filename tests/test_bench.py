@@ -73,6 +73,9 @@ def test_a_tiny_bench_run_measures_every_target_and_writes_the_tables(tmp_path: 
         for key in keys:
             assert math.isfinite(r[key]) and r[key] > 0, (where, key, r[key])
         assert len(r["instance_cpu_us_per_completion"]) == r["instances"], where
+        # the collector probe loaded in both Python servers (0 when no pass of 1 ms or more fell in the phase)
+        probed = r["target"] != "node-floor"
+        assert math.isfinite(r["gc_ms_per_s"]) is probed and math.isfinite(r["gc_longest_pause_ms"]) is probed, where
         if sc["redis"]:
             assert r["redis_cpu_us_per_completion"] is not None, where
 
@@ -82,3 +85,4 @@ def test_a_tiny_bench_run_measures_every_target_and_writes_the_tables(tmp_path: 
     assert f"| {paytrack_1['cpu_us_per_completion']:.0f} |" in text  # the table holds the measured figure
     assert "| 2 | " in text  # the instances table has its 2-instance row
     assert "A pass costs" in text  # the resync step compares resync on and off
+    assert "longest garbage-collector pause in the fixed-rate phase (ms)" in text
