@@ -41,8 +41,8 @@ S = TypeVar("S")  # what an InstrumentedStorage wraps
 # Update-to-emit runs in well under a millisecond in memory and a few with Redis.
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 _PROVIDER_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-# A young pass takes well under a millisecond with few objects; with thousands of sockets, passes of
-# 40-300 ms were seen (docs/PERFORMANCE.md), and a full one several hundred.
+# A young pass takes well under a millisecond with few objects; with thousands of sockets the bench
+# shows passes of tens to hundreds of milliseconds (docs/PERFORMANCE.md, the collector rows).
 _GC_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
