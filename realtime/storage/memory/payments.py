@@ -3,11 +3,18 @@
 Every method runs without awaiting in the middle, so each one is atomic with
 respect to other coroutines on the loop: that is what makes `transition` safe
 here without a lock.
+
+The event logs hold each event as its JSON (as Redis does), keyed by `seq`:
+a completion then adds no object the garbage collector counts. A log of
+models grew the collector's young count by three objects per completion,
+and that growth is what triggers its passes; each pass walks every object
+engine.io created for its sockets since the last, tens of milliseconds at
+thousands of sockets (docs/PERFORMANCE.md). Logs are decoded only on
+catch-up, which is rare.
 """
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Iterable
 from datetime import datetime
 
@@ -26,7 +33,7 @@ class MemoryPayments:
         self._payment_ttl = payment_ttl
         self._event_log_max = event_log_max
         self._payments: ExpiringMap[Payment] = ExpiringMap(clock)
-        self._events: ExpiringMap[deque[PaymentEvent]] = ExpiringMap(clock)
+        self._events: ExpiringMap[dict[int, str]] = ExpiringMap(clock)  # seq -> the event's JSON, in order
         self._orders: ExpiringMap[str] = ExpiringMap(clock)
         self.maps = (self._payments, self._events, self._orders)
 
@@ -44,8 +51,12 @@ class MemoryPayments:
                 self._orders.set(payment.order_id, payment.reference, self._payment_ttl)
 
     def _log_event(self, event: PaymentEvent) -> None:
-        log = self._events.get(event.reference) or deque(maxlen=self._event_log_max)
-        log.append(event)
+        log = self._events.get(event.reference)
+        if log is None:
+            log = {}
+        log[event.seq] = event.model_dump_json()
+        while len(log) > self._event_log_max:
+            del log[next(iter(log))]  # the oldest, like a bounded deque
         self._events.set(event.reference, log, self._payment_ttl)
 
     def _merge(self, incoming: Payment, now: datetime, *, claim_order: bool) -> Payment:
@@ -82,7 +93,8 @@ class MemoryPayments:
         return result
 
     async def events_after(self, reference: str, seq: int) -> list[PaymentEvent]:
-        return [e for e in self._events.get(reference) or () if e.seq > seq]
+        log = self._events.get(reference) or {}
+        return [PaymentEvent.model_validate_json(raw) for at, raw in log.items() if at > seq]
 
     async def pending_page(self, start: float, end: float, limit: int) -> list[tuple[str, float]]:
         pending = [
@@ -97,11 +109,11 @@ class MemoryPayments:
     def mirror(self, payment: Payment, append: Iterable[PaymentEvent] = ()) -> None:
         """Hold a copy of a payment as another backend has it, appending `append` to its log."""
         self._store(payment)
-        known = {e.seq for e in self._events.get(payment.reference) or ()}
+        known = self._events.get(payment.reference) or {}
         for event in append:
             if event.seq not in known:
                 self._log_event(event)
         self._events.touch(payment.reference, self._payment_ttl)
 
     def events_of(self, reference: str) -> list[PaymentEvent]:
-        return list(self._events.get(reference) or ())
+        return [PaymentEvent.model_validate_json(raw) for raw in (self._events.get(reference) or {}).values()]
