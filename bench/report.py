@@ -8,7 +8,8 @@ The steps, each with every target in one process-fresh run, alternating:
 one instance with memory storage at 1,000, 5,000 and 10,000 clients
 (paytrack, the Python floor, the Node floor); 1, 2 and 4 instances on one
 redis-server (paytrack, the Python floor with python-socketio's Redis
-manager); and a py-spy profile of paytrack and the Python floor at 1,000
+manager), once at the same total rate and once at the same rate per
+instance; and a py-spy profile of paytrack and the Python floor at 1,000
 clients and 1,000 completions/s (`--rate` sets the one-instance steps' rate
 and the profile's). The raw figures go to the JSON file, the tables between
 the `bench:results` markers of the document; nothing else in the document is
@@ -65,6 +66,20 @@ def suite(small: bool, rate: int = 1000) -> list[Step]:
                 REDIS_TARGETS,
             ),
             Step(
+                "instances-per-instance-rate",
+                "Several instances on one Redis, 20 clients, the same rate per instance",
+                [
+                    Scenario(
+                        clients=20,
+                        instances=n,
+                        redis=True,
+                        **{**one, "rate": 200 * n, "rate_completions": 300 * n, "saturation_completions": 0},
+                    )
+                    for n in (1, 2)
+                ],
+                REDIS_TARGETS,
+            ),
+            Step(
                 "resync",
                 RESYNC_TITLE,
                 [
@@ -103,6 +118,25 @@ def suite(small: bool, rate: int = 1000) -> list[Step]:
             [
                 Scenario(
                     clients=1000, instances=n, redis=True, rate=200, rate_completions=3000, saturation_completions=3000
+                )
+                for n in (1, 2, 4)
+            ],
+            REDIS_TARGETS,
+        ),
+        # The same, but each instance receives 200 completions/s (as when instances are added for load):
+        # above, each of 4 instances gets a quarter of the rate, and a process woken for fewer requests at
+        # a time costs more per request whatever its routing.
+        Step(
+            "instances-per-instance-rate",
+            "Several instances on one Redis, 1,000 clients spread over them, 200 completions/s per instance",
+            [
+                Scenario(
+                    clients=1000,
+                    instances=n,
+                    redis=True,
+                    rate=200 * n,
+                    rate_completions=3000 * n,
+                    saturation_completions=0,  # measured in the step above
                 )
                 for n in (1, 2, 4)
             ],
@@ -346,15 +380,26 @@ def targets_table(raw: dict[str, Any]) -> str:
             _verdict(v, 1.1),
         )
     )
-    if "instances" in steps:
-        by_count = {run["scenario"]["instances"]: _results(run) for run in steps["instances"]["runs"]}
+    for name, how in (
+        ("instances", "the same total rate (200 completions/s spread over them)"),
+        ("instances-per-instance-rate", "the same rate per instance (200 completions/s each)"),
+    ):
+        if name not in steps:
+            continue
+        by_count = {run["scenario"]["instances"]: _results(run) for run in steps[name]["runs"]}
         p = {c: _find(rs, PAYTRACK) for c, rs in by_count.items()}
+        f = {c: _find(rs, PYTHON_FLOOR) for c, rs in by_count.items()}
         if p.get(1) and p.get(4):
             v = _ratio(_mean(p[4].instance_cpu_us_per_completion), _mean(p[1].instance_cpu_us_per_completion))
+            floor = (
+                _ratio(_mean(f[4].instance_cpu_us_per_completion), _mean(f[1].instance_cpu_us_per_completion))
+                if f.get(1) and f.get(4)
+                else math.nan
+            )
             rows.append(
                 (
-                    "4 instances: per-instance CPU per completion at most 1.25x the 1-instance figure",
-                    f"{v:.2f}x",
+                    f"4 instances: per-instance CPU per completion at most 1.25x the 1-instance figure, at {how}",
+                    f"{v:.2f}x (Python floor {floor:.2f}x)",
                     _verdict(v, 1.25),
                 )
             )
@@ -399,7 +444,7 @@ def render(raw: dict[str, Any]) -> str:
         if step["name"] == "resync":
             out += ["", resync_table(step)]
             continue
-        if step["name"] == "instances":
+        if step["name"].startswith("instances"):
             by_count = {run["scenario"]["instances"]: _results(run) for run in step["runs"]}
             out += ["", instances_table(by_count)]
         for run in step["runs"]:

@@ -3,6 +3,7 @@
     python -m bench.run --clients 1000 --rate 1000                 # paytrack, Python floor, Node floor
     python -m bench.run --clients 5000 --rate 1000 --repeat 2      # A B C A B C, medians
     python -m bench.run --clients 1000 --rate 300 --instances 1,2,4  # one redis-server, 1/2/4 instances
+    python -m bench.run --clients 1000 --rate 200 --instances 1,2,4 --rate-per-instance  # 200/s each
 
 Targets: `paytrack` (server.py, memory storage, or Redis with several
 instances), `python-floor` (bench/floor_server.py: aiohttp + python-socketio,
@@ -39,6 +40,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--clients", type=int, default=1000, help="websocket clients held open (N)")
     parser.add_argument("--rate", type=float, default=1000, help="completions per second in the fixed-rate phase")
     parser.add_argument("--rate-completions", type=int, default=4000, help="completions in the fixed-rate phase")
+    parser.add_argument(
+        "--rate-per-instance",
+        action="store_true",
+        help="--rate and --rate-completions are per instance (k instances get k times both), as when "
+        "instances are added for load; without it they are spread over the instances",
+    )
     parser.add_argument(
         "--saturation-completions", type=int, default=4000, help="completions in the saturation phase (0: skip it)"
     )
@@ -101,10 +108,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def scenario(args: argparse.Namespace, instances: int) -> Scenario:
+    scale = instances if args.rate_per_instance else 1
     return Scenario(
         clients=args.clients,
-        rate=args.rate,
-        rate_completions=args.rate_completions,
+        rate=args.rate * scale,
+        rate_completions=args.rate_completions * scale,
         saturation_completions=args.saturation_completions,
         in_flight=args.in_flight,
         instances=instances,

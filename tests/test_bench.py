@@ -84,5 +84,9 @@ def test_a_tiny_bench_run_measures_every_target_and_writes_the_tables(tmp_path: 
     paytrack_1 = next(r for sc, r in results if r["target"] == "paytrack" and not sc["redis"])
     assert f"| {paytrack_1['cpu_us_per_completion']:.0f} |" in text  # the table holds the measured figure
     assert "| 2 | " in text  # the instances table has its 2-instance row
+    # ... and again with the rate per instance held: 2 instances get twice the completions, each its share
+    scaled = next(step for step in raw["steps"] if step["name"] == "instances-per-instance-rate")
+    assert [(run["scenario"]["instances"], run["scenario"]["rate"]) for run in scaled["runs"]] == [(1, 200), (2, 400)]
+    assert text.count("| instances | paytrack: CPU per completion per instance") == 2
     assert "A pass costs" in text  # the resync step compares resync on and off
     assert "longest garbage-collector pause in the fixed-rate phase (ms)" in text
