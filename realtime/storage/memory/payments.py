@@ -15,6 +15,7 @@ catch-up, which is rare.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from datetime import datetime
 
@@ -92,9 +93,14 @@ class MemoryPayments:
                 self._outbox.enqueue(outbox(result))
         return result
 
-    async def events_after(self, reference: str, seq: int) -> list[PaymentEvent]:
+    def _logged(self, reference: str, after: float = -math.inf) -> list[PaymentEvent]:
+        """The logged events of `reference` with a seq above `after` (all by default), decoded, in the
+        order logged: the one place the log's JSON is read back."""
         log = self._events.get(reference) or {}
-        return [PaymentEvent.model_validate_json(raw) for at, raw in log.items() if at > seq]
+        return [PaymentEvent.model_validate_json(raw) for seq, raw in log.items() if seq > after]
+
+    async def events_after(self, reference: str, seq: int) -> list[PaymentEvent]:
+        return self._logged(reference, seq)
 
     async def pending_page(self, start: float, end: float, limit: int) -> list[tuple[str, float]]:
         pending = [
@@ -116,4 +122,4 @@ class MemoryPayments:
         self._events.touch(payment.reference, self._payment_ttl)
 
     def events_of(self, reference: str) -> list[PaymentEvent]:
-        return [PaymentEvent.model_validate_json(raw) for raw in (self._events.get(reference) or {}).values()]
+        return self._logged(reference)
