@@ -262,6 +262,11 @@ def _results(run: dict[str, Any]) -> list[Result]:
     return median_results([Result(**r) for r in run["results"]])
 
 
+def _by_instances(step: dict[str, Any]) -> dict[int, list[Result]]:
+    """An instances step's results by instance count."""
+    return {run["scenario"]["instances"]: _results(run) for run in step["runs"]}
+
+
 def _find(results: list[Result], target: str) -> Result | None:
     return next((r for r in results if r.target == target), None)
 
@@ -381,12 +386,13 @@ def targets_table(raw: dict[str, Any]) -> str:
         )
     )
     for name, how in (
-        ("instances", "the same total rate (200 completions/s spread over them)"),
-        ("instances-per-instance-rate", "the same rate per instance (200 completions/s each)"),
+        ("instances", "the same total rate ({:g} completions/s spread over them)"),
+        ("instances-per-instance-rate", "the same rate per instance ({:g} completions/s each)"),
     ):
         if name not in steps:
             continue
-        by_count = {run["scenario"]["instances"]: _results(run) for run in steps[name]["runs"]}
+        by_count = _by_instances(steps[name])
+        how = how.format(steps[name]["runs"][0]["scenario"]["rate"])  # the 1-instance run's rate, as run
         p = {c: _find(rs, PAYTRACK) for c, rs in by_count.items()}
         f = {c: _find(rs, PYTHON_FLOOR) for c, rs in by_count.items()}
         if p.get(1) and p.get(4):
@@ -445,8 +451,7 @@ def render(raw: dict[str, Any]) -> str:
             out += ["", resync_table(step)]
             continue
         if step["name"].startswith("instances"):
-            by_count = {run["scenario"]["instances"]: _results(run) for run in step["runs"]}
-            out += ["", instances_table(by_count)]
+            out += ["", instances_table(_by_instances(step))]
         for run in step["runs"]:
             results = _results(run)
             out += ["", f"{run['label']}:", "", comparison(results)]
