@@ -8,8 +8,11 @@ import math
 
 import aiohttp
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import server
+from core.errors import MAX_JSON_DEPTH, InvalidRequest, parse_json
 from core.jsonio import JsonModule, dumps, loads
 from core.settings import load_settings
 from tests.conftest import StartInstance
@@ -56,3 +59,28 @@ async def test_a_websocket_upgrade_with_a_non_ascii_header_is_still_refused(star
         with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
             await http.ws_connect(url, headers={"X-Note": "caf\u00e9".encode().decode("latin-1")})
         assert refused.value.status == 400
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(10**20), 10**20) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=8,
+)
+
+
+@given(json_values, st.sampled_from(["utf-8", "utf-8-sig", "utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-32-le"]))
+def test_bodies_are_read_as_json_loads_reads_them(value: object, encoding: str) -> None:
+    """`parse_json` answers the usual UTF-8 object without `json.detect_encoding`, and every other body
+    through it: whatever the encoding json.loads accepts, both read the same value."""
+    raw = json.dumps(value).encode(encoding)
+    assert parse_json(raw) == json.loads(raw)
+
+
+@pytest.mark.parametrize("depth", [1, 2, MAX_JSON_DEPTH])
+def test_nesting_up_to_the_bound_is_read_and_past_it_refused(depth: int) -> None:
+    def nested(levels: int) -> bytes:
+        return b'{"a":' * (levels - 1) + b'{"a":1}' + b"}" * (levels - 1)
+
+    assert parse_json(nested(depth)) == json.loads(nested(depth))
+    with pytest.raises(InvalidRequest, match="nests deeper"):
+        parse_json(nested(MAX_JSON_DEPTH + 1))
