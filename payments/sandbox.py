@@ -28,6 +28,7 @@ class SandboxProvider:
 
     def __init__(self, *, autocomplete_seconds: float | None = None, outcome: str = "SUCCESSFUL") -> None:
         self._transactions: dict[str, ProviderTransaction] = {}
+        self._settled: dict[str, tuple[str, str | None]] = {}  # reference -> (status, reason), see settle()
         self._autocomplete = autocomplete_seconds
         self._outcome = outcome
         self._timers = OwnedTasks(log)
@@ -53,10 +54,13 @@ class SandboxProvider:
         return CollectResult(reference=reference, ussd_code=USSD_CODES[operator], operator=operator)
 
     def settle(self, reference: str, status: str, reason: str | None = None) -> None:
-        """Record the sandbox's 'true' outcome, as CamPay would after the shopper answers."""
-        tx = self._transactions.get(reference)
-        if tx is not None:
-            self._transactions[reference] = tx.model_copy(update={"status": status, "reason": reason})
+        """Record the sandbox's 'true' outcome, as CamPay would after the shopper answers.
+
+        Kept beside the transaction and applied when it is read: every simulated update settles, and
+        reads (a provider poll) are rare, so the copy of the model is made then, not here.
+        """
+        if reference in self._transactions:
+            self._settled[reference] = (status, reason)
 
     def payment_stored(self, payment: Payment, apply: ApplyUpdate) -> None:
         """Start the auto-complete timer, when one is set."""
@@ -81,8 +85,10 @@ class SandboxProvider:
         tx = self._transactions.get(reference)
         if tx is None:
             raise NotFound(f"the sandbox has no transaction {reference}", code="unknown_reference")
-        return tx
+        settled = self._settled.get(reference)
+        return tx if settled is None else tx.model_copy(update={"status": settled[0], "reason": settled[1]})
 
     async def close(self) -> None:
         await self._timers.close()
         self._transactions.clear()
+        self._settled.clear()
