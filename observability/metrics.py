@@ -59,6 +59,7 @@ class Metrics:
         self.payments = Counter(
             "paytrack_payments", "Payments that reached each status (PENDING at creation)", ["status"], registry=r
         )
+        self._payments_by_status: dict[str, Counter] = {}  # see payment_reached
         self.webhooks = Counter("paytrack_webhooks", "CamPay webhooks received, by outcome", ["outcome"], registry=r)
         self.merchant_deliveries = Counter(
             "paytrack_merchant_deliveries",
@@ -133,6 +134,15 @@ class Metrics:
             gc.callbacks.remove(timed)
 
         return lifetime
+
+    def payment_reached(self, status: str) -> None:
+        """Count a payment reaching `status`. Every update does, so each status's child of the counter is
+        looked up once (`labels()` takes a lock and builds a key each time: about 1.2 µs with the
+        increment, against 0.35 µs without)."""
+        child = self._payments_by_status.get(status)
+        if child is None:
+            child = self._payments_by_status[status] = self.payments.labels(status)
+        child.inc()
 
     def count_tracked_with(self, count: Callable[[], int]) -> None:
         """Read the tracked-payments figure from `count` at scrape time (it lives in the socket manager)."""

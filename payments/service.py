@@ -110,7 +110,7 @@ class PaymentService:
                 self._outbox_queued()
                 if transition.payment is not None:
                     self._metrics.update_to_emit.observe(time.perf_counter() - started)
-                    self._metrics.payments.labels(transition.payment.status.value).inc()
+                    self._metrics.payment_reached(transition.payment.status.value)
         return transition
 
     @staticmethod
@@ -234,7 +234,7 @@ class PaymentService:
             "payment initiated",
             extra={"reference": payment.reference, "order_id": payment.order_id, "user_id": owner_id},
         )
-        self._metrics.payments.labels(payment.status.value).inc()
+        self._metrics.payment_reached(payment.status.value)
         await self.notifier.payment_initiated(payment)
         self._outbox_queued()
         self.provider.payment_stored(payment, self.apply_update)
