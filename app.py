@@ -27,7 +27,7 @@ from core.ratelimit import LIMITER, Limit, RateLimiter
 from core.settings import SETTINGS, AuthMode, Settings
 from observability.health import PROBE
 from observability.metrics import METRICS, Metrics, instrument
-from observability.request_id import request_id_middleware, setup_request_id
+from observability.request_id import request_id_middleware
 from payments.access import AUTHENTICATOR
 from payments.campay import slowest_collect_seconds
 from payments.outbox import OutboxPolicy
@@ -89,7 +89,6 @@ def create_app(
         middlewares=[websocket_upgrade_passthrough, request_id_middleware, error_middleware],
         client_max_size=settings.MAX_BODY_BYTES,
     )
-    setup_request_id(app)
 
     provider = create_provider(settings, clock, metrics)
     manager = create_client_manager(settings)

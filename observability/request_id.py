@@ -6,6 +6,12 @@ fresh one is generated. The id is bound in the logging context for the whole
 request, including tasks the request starts (asyncio copies the context).
 For a Socket.IO connection, events are handled in tasks started by the
 websocket's upgrade request, so their log lines carry that request's id.
+
+The header is set on the response the handlers return, which is every
+response here: no handler prepares its own (a websocket upgrade goes past the
+middlewares, realtime/server.py). A response-prepare signal would also cover
+a handler that streams, but it costs every request a coroutine call, for no
+response that exists.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from observability.logs import bind, bound
+from observability.logs import bind
 
 HEADER = "X-Request-ID"
 _SANE = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
@@ -30,10 +36,6 @@ def accept_or_generate(supplied: str | None) -> str:
     return f"{random.getrandbits(128):032x}"
 
 
-def current_request_id() -> str | None:
-    return bound("request_id")
-
-
 @web.middleware
 async def request_id_middleware(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -44,14 +46,3 @@ async def request_id_middleware(
     if not response.prepared:
         response.headers[HEADER] = request_id
     return response
-
-
-async def _on_prepare(request: web.Request, response: web.StreamResponse) -> None:
-    """Responses prepared inside the handler (websocket upgrades, streams) get the header here."""
-    request_id = current_request_id()
-    if request_id and HEADER not in response.headers:
-        response.headers[HEADER] = request_id
-
-
-def setup_request_id(app: web.Application) -> None:
-    app.on_response_prepare.append(_on_prepare)
