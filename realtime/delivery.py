@@ -19,6 +19,7 @@ lost the routes.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypedDict
@@ -65,16 +66,34 @@ def message_for_event(event: PaymentEvent, payment: Payment, *, initiated: bool 
     }
 
 
-def _events(message: PaymentMessage) -> list[tuple[str, Any]]:
-    payload = message["payload"]
+def _packets(message: PaymentMessage) -> list[eio_packet.Packet]:
+    """The Socket.IO EVENT packets for one state, in order (see the module docstring), for the "/"
+    namespace and without an ack id: the type digit, then the JSON array `[event, data]`.
+
+    Written out rather than through `socketio.packet.Packet`, whose constructor walks the data looking for
+    bytes (a payment message never has any) on every packet. The payload is encoded once for all three:
+    `payment-completed` carries it with `success` as its last key, as `{**payload, "success": ...}` would
+    be encoded. tests/test_delivery.py holds the text to python-socketio's own encoding.
+    """
+    payload = dumps(message["payload"])
     if message["initiated"]:
-        return [(ev.PAYMENT_INITIATED, payload)]
-    events: list[tuple[str, Any]] = [(ev.PAYMENT_STATUS, payload)]
+        return [_packet(ev.PAYMENT_INITIATED, payload)]
+    packets = [_packet(ev.PAYMENT_STATUS, payload)]
     if message["status"] != PaymentStatus.PENDING.value:
         success = message["status"] == PaymentStatus.SUCCESSFUL.value
-        events.append((ev.PAYMENT_SUCCESS if success else ev.PAYMENT_FAILED, payload))
-        events.append((ev.PAYMENT_COMPLETED, {**payload, "success": success}))
-    return events
+        packets.append(_packet(ev.PAYMENT_SUCCESS if success else ev.PAYMENT_FAILED, payload))
+        completed = f'{payload[:-1]}{"," if payload != "{}" else ""}"success":{"true" if success else "false"}}}'
+        packets.append(_packet(ev.PAYMENT_COMPLETED, completed))
+    return packets
+
+
+@functools.cache
+def _event_prefix(event: str) -> str:
+    return f"{sio_packet.EVENT}[{dumps(event)},"
+
+
+def _packet(event: str, data_json: str) -> eio_packet.Packet:
+    return eio_packet.Packet(eio_packet.MESSAGE, f"{_event_prefix(event)}{data_json}]")
 
 
 class LocalDelivery:
@@ -108,18 +127,11 @@ class LocalDelivery:
             if eio_sid is None:
                 continue
             if packets is None:
-                packets = [self._encode(name, data) for name, data in _events(message)]
+                packets = _packets(message)  # once, for every socket
             for pkt in packets if admission is Admission.FULL else packets[:1]:
                 await self._sio._send_eio_packet(eio_sid, pkt)  # the manager's own way to send an encoded packet
             sent += 1
         return sent
-
-    @staticmethod
-    def _encode(event: str, data: Any) -> eio_packet.Packet:
-        """The Socket.IO EVENT packet for the "/" namespace, without an ack id: its type digit, then the
-        JSON array. Written out rather than through `socketio.packet.Packet`, whose constructor walks the
-        data looking for bytes (a payment message never has any) on every packet."""
-        return eio_packet.Packet(eio_packet.MESSAGE, f"{sio_packet.EVENT}{dumps([event, data])}")
 
 
 Follow = Callable[[list[str]], Awaitable[bool]]  # have these payments' messages routed here (the manager's)
