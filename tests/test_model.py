@@ -1,4 +1,4 @@
-"""The payment's REST representation, held to what pydantic's JSON dump of the record gives."""
+"""The payment's REST representation and its stored JSON, held to what pydantic gives."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from core.clock import utc_iso
-from payments.model import AMOUNT_MISMATCH, Payment, PaymentStatus, mask_phone
+from core.jsonio import dumps_model
+from payments.model import AMOUNT_MISMATCH, Payment, PaymentEvent, PaymentStatus, mask_phone
 
 PRIVATE = {"owner_id", "provider_amount", "provider_currency"}
 START = datetime(2026, 1, 1, tzinfo=UTC)
@@ -68,3 +69,21 @@ def test_public_is_the_json_dump_without_private_fields(payment: Payment, reveal
     assert not PRIVATE & public.keys() or payment.reason == AMOUNT_MISMATCH
     # Plain JSON values: a str-valued enum would compare equal to its text above and still leak its type.
     assert all(type(value) in (str, int, bool, type(None)) for value in public.values())
+
+
+@given(payments())
+def test_stored_json_reads_back_as_the_same_record_and_event(payment: Payment) -> None:
+    """What storage writes (`dumps_model`: orjson from the fields) reads back to what was stored, as
+    pydantic's own JSON does."""
+    assert (
+        Payment.model_validate_json(dumps_model(payment))
+        == payment
+        == Payment.model_validate_json(payment.model_dump_json())
+    )
+    for event in (PaymentEvent.of(payment), PaymentEvent.of(payment, with_ussd=True)):
+        assert PaymentEvent.model_validate_json(dumps_model(event)) == event
+
+
+def test_what_orjson_refuses_is_stored_by_pydantic() -> None:
+    big = Payment(reference="r-big", amount=2**70, created_at=START, updated_at=START)
+    assert Payment.model_validate_json(dumps_model(big)) == big

@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from datetime import datetime
 
 from core.clock import Clock
+from core.jsonio import dumps_model
 from payments.model import Payment, PaymentEvent, PaymentStatus, StatusUpdate, Transition
 from payments.outbox import OutboxEntry
 from payments.ports import OutboxFor
@@ -34,7 +35,7 @@ class MemoryPayments:
         self._payment_ttl = payment_ttl
         self._event_log_max = event_log_max
         self._payments: ExpiringMap[Payment] = ExpiringMap(clock)
-        self._events: ExpiringMap[dict[int, str]] = ExpiringMap(clock)  # seq -> the event's JSON, in order
+        self._events: ExpiringMap[dict[int, bytes]] = ExpiringMap(clock)  # seq -> the event's JSON, in order
         self._orders: ExpiringMap[str] = ExpiringMap(clock)
         self.maps = (self._payments, self._events, self._orders)
 
@@ -55,7 +56,7 @@ class MemoryPayments:
         log = self._events.get(event.reference)
         if log is None:
             log = {}
-        log[event.seq] = event.model_dump_json()
+        log[event.seq] = dumps_model(event)
         while len(log) > self._event_log_max:
             del log[next(iter(log))]  # the oldest, like a bounded deque
         self._events.set(event.reference, log, self._payment_ttl)

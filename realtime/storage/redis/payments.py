@@ -14,6 +14,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from core.jsonio import dumps_model
 from payments.model import Payment, PaymentEvent, PaymentStatus, StatusUpdate, Transition
 from payments.outbox import OutboxEntry
 from payments.ports import OutboxFor
@@ -37,7 +38,7 @@ class RedisPayments:
         Orphans are never indexed by order; see `scripts.INDEX_ORDER` for who may point an order at a payment.
         """
         k, ttl = self._ctx.keys, self._ctx.payment_ttl
-        pipe.set(k.payment(payment.reference), payment.model_dump_json(), ex=ttl)
+        pipe.set(k.payment(payment.reference), dumps_model(payment), ex=ttl)
         pipe.expire(k.events(payment.reference), ttl)
         if payment.order_id and not payment.orphan:
             # EVAL with the script's text, not a registered script: queued in a pipeline, redis-py sends a
@@ -53,7 +54,7 @@ class RedisPayments:
 
     def _queue_event(self, pipe: Any, event: PaymentEvent) -> None:
         key = self._ctx.keys.events(event.reference)
-        pipe.rpush(key, event.model_dump_json())
+        pipe.rpush(key, dumps_model(event))
         pipe.ltrim(key, -self._ctx.event_log_max, -1)
         pipe.expire(key, self._ctx.payment_ttl)
 
