@@ -35,7 +35,7 @@ class MemoryPayments:
         self._payment_ttl = payment_ttl
         self._event_log_max = event_log_max
         self._payments: ExpiringMap[Payment] = ExpiringMap(clock)
-        self._events: ExpiringMap[dict[int, bytes]] = ExpiringMap(clock)  # seq -> the event's JSON, in order
+        self._events: ExpiringMap[dict[int, str]] = ExpiringMap(clock)  # seq -> the event's JSON, in order
         self._orders: ExpiringMap[str] = ExpiringMap(clock)
         self.maps = (self._payments, self._events, self._orders)
 
