@@ -87,3 +87,12 @@ def test_stored_json_reads_back_as_the_same_record_and_event(payment: Payment) -
 def test_what_orjson_refuses_is_stored_by_pydantic() -> None:
     big = Payment(reference="r-big", amount=2**70, created_at=START, updated_at=START)
     assert Payment.model_validate_json(dumps_model(big)) == big
+
+
+@given(
+    st.datetimes(min_value=datetime(2, 1, 1), max_value=datetime(9998, 12, 31), timezones=st.timezones()),
+)
+def test_timestamps_are_isoformat_in_utc_to_the_millisecond(moment: datetime) -> None:
+    utc = moment.astimezone(UTC)
+    assert utc_iso(moment) == utc.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    assert utc_iso(moment).endswith("Z") and len(utc_iso(moment)) == len("2026-01-01T00:00:00.000Z")
