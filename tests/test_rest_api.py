@@ -114,6 +114,20 @@ async def test_cors_preflight_allows_frontend_origin_only(start_instance: StartI
     assert status == 403 and "Access-Control-Allow-Origin" not in headers
 
 
+async def test_cors_headers_on_cross_origin_requests_only(start_instance: StartInstance) -> None:
+    """A request from an allowed origin is answered with the CORS headers (and the ones it may read); a
+    request without `Origin` (a server's) and one from another origin get none."""
+    instance = await start_instance(FRONTEND_URL="https://checkout.example")
+    await instance.api.initiate(order_id="cors-1")
+    path = "/api/payment/status/cors-1"
+    status, _, headers = await instance.api.request("GET", path, headers={"Origin": "https://checkout.example"})
+    assert status == 200 and headers["Access-Control-Allow-Origin"] == "https://checkout.example"
+    assert "X-Request-ID" in headers["Access-Control-Expose-Headers"]
+    for other in ({}, {"Origin": "https://evil.example"}):
+        status, _, headers = await instance.api.request("GET", path, headers=other)
+        assert status == 200 and not any(name.startswith("Access-Control-") for name in headers)
+
+
 BAD_INITIATE_BODIES = [
     pytest.param(b"{not json", "invalid_json", id="malformed-json"),
     pytest.param(b"", "invalid_json", id="empty-body"),
