@@ -111,8 +111,12 @@ def _refuse_constant(name: str) -> Any:
 
 def _depth(value: Any) -> int:
     """Nesting depth of parsed JSON, without recursion."""
-    if type(value) is dict and not any(type(child) in (dict, list) for child in value.values()):
-        return 1  # the common case, a flat object: at a quarter of the walk's cost
+    if type(value) is dict:  # the common case, a flat object: answered at a quarter of the walk's cost
+        for child in value.values():
+            if type(child) is dict or type(child) is list:
+                break
+        else:
+            return 1
     deepest, stack = 0, [(value, 1)]
     while stack:
         node, depth = stack.pop()
