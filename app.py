@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
 
 import aiohttp_cors
 from aiohttp import hdrs, web
@@ -282,7 +281,9 @@ def _setup_cors(app: web.Application, settings: Settings) -> None:
             cors.add(route)
 
 
-def _with_origin_only(receiver: Callable[[web.Request, web.StreamResponse], Awaitable[object]]) -> Any:
+def _with_origin_only(
+    receiver: Callable[[web.Request, web.StreamResponse], Awaitable[object]],
+) -> Callable[[web.Request, web.StreamResponse], Awaitable[None]]:
     """aiohttp-cors's response hook, called only for requests that carry `Origin`.
 
     Without `Origin` there is nothing for CORS to do (CORS 6.1.1), and aiohttp-cors returns without
