@@ -144,6 +144,9 @@ class Result:
     http_errors: int = 0
     saturation_per_s: float = math.nan
     saturation_cpu_us_per_completion: float = math.nan
+    # CPU the bench's own clients and request sender used per completion at saturation: they share the
+    # machine's cores with the server, so completions/s there is bounded by the sum of both.
+    saturation_load_cpu_us_per_completion: float = math.nan
     redis_cpu_us_per_completion: float | None = None
     instance_cpu_us_per_completion: list[float] = field(default_factory=list)
     others_cores: float = math.nan  # CPU other processes of the machine used during the fixed-rate phase
@@ -459,6 +462,7 @@ async def measure(target: str, sc: Scenario, *, during_rate: Hook = _no_hook) ->
                 out = await m.saturation(sat_js)
                 r.saturation_per_s = len(sat_js) / out.phase.elapsed
                 r.saturation_cpu_us_per_completion = sum(out.phase.cpu) / len(sat_js) * 1e6
+                r.saturation_load_cpu_us_per_completion = out.phase.load_cores * out.phase.elapsed / len(sat_js) * 1e6
                 events, complete, done = events + out.events, complete + out.complete, done + len(sat_js)
                 r.http_errors += out.phase.http_errors
                 if out.phase.first_error:
