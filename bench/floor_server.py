@@ -9,7 +9,10 @@ python-socketio:
 - socket `track-payment {reference}` -> joins the payment's room, acks `{ok: true}`;
 - `POST /api/payment/test/simulate {reference, status}` -> `payment-status`,
   `payment-success` (or `payment-failed`), `payment-completed` to the room,
-  with the same fields as paytrack's payloads (docs/API.md);
+  with the same fields as paytrack's payloads (docs/API.md), answered
+  `{"applied": true}` (with `BENCH_FLOOR_ANSWER=payment` in its environment:
+  the payment and headers paytrack's contract answers with, see
+  `contract_answer`);
 - `GET /health`.
 
 With `--redis-url` it uses python-socketio's own `AsyncRedisManager` (every
@@ -20,6 +23,8 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
+import random
 import sys
 import uuid
 from datetime import UTC, datetime
@@ -33,7 +38,33 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from server import GC_THRESHOLDS, raise_fd_limit
 
 
-def create_floor_app(redis_url: str | None = None) -> web.Application:
+def contract_answer(payload: dict[str, Any], success: bool) -> tuple[dict[str, Any], dict[str, str]]:
+    """The simulate call's answer as paytrack's contract gives it (docs/API.md): the payment, with the
+    request-id and security headers. Not the floor's default: with BENCH_FLOOR_ANSWER=payment only, to
+    measure what that answer costs the server and the bench (docs/PERFORMANCE.md)."""
+    stamp = payload["timestamp"]
+    payment = {
+        **payload,
+        "phone_number": "2376XXXX4567",
+        "description": None,
+        "ussd_code": "*126#",
+        "provider": "sandbox",
+        "reason": None if success else "failed",
+        "operator_reference": None,
+        "orphan": False,
+        "updated_at": stamp,
+        "created_at": stamp,
+        "completed_at": stamp,
+    }
+    headers = {
+        "X-Request-ID": f"{random.getrandbits(128):032x}",
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "no-referrer",
+    }
+    return {"applied": True, "outcome": "applied", "payment": payment}, headers
+
+
+def create_floor_app(redis_url: str | None = None, *, answer_payment: bool = False) -> web.Application:
     manager = socketio.AsyncRedisManager(redis_url) if redis_url else None
     sio = socketio.AsyncServer(async_mode="aiohttp", cors_allowed_origins="*", client_manager=manager)
     app = web.Application()
@@ -72,6 +103,9 @@ def create_floor_app(redis_url: str | None = None) -> web.Application:
         await sio.emit("payment-status", payload, to=room)
         await sio.emit("payment-success" if success else "payment-failed", payload, to=room)
         await sio.emit("payment-completed", {**payload, "success": success}, to=room)
+        if answer_payment:
+            answer, headers = contract_answer(payload, success)
+            return web.json_response(answer, headers=headers)
         return web.json_response({"applied": True})
 
     async def health(request: web.Request) -> web.Response:
@@ -91,7 +125,7 @@ def main() -> None:
     parser.add_argument("--backlog", type=int, default=128, help="listen backlog (the bench passes paytrack's)")
     args = parser.parse_args()
     raise_fd_limit()
-    app = create_floor_app(args.redis_url)
+    app = create_floor_app(args.redis_url, answer_payment=os.environ.get("BENCH_FLOOR_ANSWER") == "payment")
     gc.collect()
     gc.freeze()  # the same process settings as server.py, so the comparison is of code, like for like
     gc.set_threshold(*GC_THRESHOLDS)
