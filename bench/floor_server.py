@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import gc
 import os
-import random
 import sys
 import uuid
 from datetime import UTC, datetime
@@ -35,6 +34,8 @@ import socketio
 from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from observability.request_id import HEADER as REQUEST_ID_HEADER
+from observability.request_id import accept_or_generate
 from server import GC_THRESHOLDS, raise_fd_limit
 
 
@@ -57,7 +58,7 @@ def contract_answer(payload: dict[str, Any], success: bool) -> tuple[dict[str, A
         "completed_at": stamp,
     }
     headers = {
-        "X-Request-ID": f"{random.getrandbits(128):032x}",
+        REQUEST_ID_HEADER: accept_or_generate(None),  # a fresh id, as paytrack makes one
         "X-Content-Type-Options": "nosniff",
         "Referrer-Policy": "no-referrer",
     }
