@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import io
 import json
 import logging
@@ -209,3 +210,14 @@ def backend(request: pytest.FixtureRequest, start_instance: StartInstance) -> Ba
         return await start_redis(clock, **{**settings, "STORAGE_BACKEND": "redis"})
 
     return Backend("redis", on_redis, request.getfixturevalue("redis_server"))
+
+
+@pytest.fixture
+def collector_paused() -> Iterator[None]:
+    """The collector off, so its count only moves with what the code under test allocates and frees."""
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()

@@ -12,10 +12,7 @@ every few seconds under load (docs/PERFORMANCE.md).
 from __future__ import annotations
 
 import gc
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-
-import pytest
 
 from core.clock import ManualClock
 from payments.model import PaymentEvent, PaymentStatus, StatusUpdate, UpdateSource
@@ -31,17 +28,6 @@ def _storage(event_log_max: int = 50) -> MemoryStorage:
 
 def _update(reference: str, status: str = "SUCCESSFUL") -> StatusUpdate:
     return StatusUpdate(reference=reference, status=status, source=UpdateSource.WEBHOOK, amount=500, currency="XAF")
-
-
-@pytest.fixture
-def collector_paused() -> Iterator[None]:
-    """The collector off, so its count only moves with what the code under test allocates and frees."""
-    gc.collect()
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
 
 
 async def test_the_event_log_keeps_the_newest_events_as_they_were_logged() -> None:

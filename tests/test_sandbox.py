@@ -7,7 +7,6 @@ import gc
 from payments.model import StatusUpdate, UpdateSource
 from payments.provider import CollectRequest
 from payments.sandbox import SandboxProvider
-from tests.test_memory_storage import collector_paused  # noqa: F401 - fixture (used by name)
 
 
 async def _collected(sandbox: SandboxProvider, count: int) -> list[str]:
