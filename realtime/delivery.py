@@ -34,6 +34,7 @@ from core.jsonio import dumps
 from payments.model import Payment, PaymentEvent, PaymentStatus
 from realtime import event_names as ev
 from realtime.sessions import Admission, Sessions
+from realtime.websocket import FrameBatch
 
 log = logging.getLogger("paytrack.realtime")
 
@@ -87,6 +88,17 @@ def _packets(message: PaymentMessage) -> list[eio_packet.Packet]:
     return packets
 
 
+def _batch(packets: list[eio_packet.Packet]) -> eio_packet.Packet:
+    """The packets as one queued Engine.IO packet (`FrameBatch`, realtime/websocket.py): one write on a
+    websocket, the same payload as the packets one by one on long-polling."""
+    if len(packets) == 1:
+        return packets[0]
+    batch = FrameBatch([pkt.encode() for pkt in packets])
+    pkt = eio_packet.Packet(eio_packet.MESSAGE, batch)
+    pkt.encode_cache = batch  # what Engine.IO writes: its `encode` returns the cache as it is
+    return pkt
+
+
 @functools.cache
 def _event_prefix(event: str) -> str:
     return f"{sio_packet.EVENT}[{dumps(event)},"
@@ -97,7 +109,8 @@ def _packet(event: str, data_json: str) -> eio_packet.Packet:
 
 
 class LocalDelivery:
-    """Sends payment messages to this instance's sockets, each packet encoded once for all of them."""
+    """Sends payment messages to this instance's sockets, each packet encoded once for all of them, and a
+    socket's whole sequence queued as one batch (one websocket write, realtime/websocket.py)."""
 
     def __init__(self, sio: socketio.AsyncServer, sessions: Sessions) -> None:
         self._sio = sio
@@ -110,6 +123,7 @@ class LocalDelivery:
             return 0
         terminal = message["status"] != PaymentStatus.PENDING.value
         packets: list[eio_packet.Packet] | None = None
+        whole: eio_packet.Packet | None = None
         sent = 0
         for sid in sids:
             admission = self._sessions.admit(
@@ -126,10 +140,11 @@ class LocalDelivery:
             eio_sid = self._sio.manager.eio_sid_from_sid(sid, "/")
             if eio_sid is None:
                 continue
-            if packets is None:
+            if packets is None or whole is None:
                 packets = _packets(message)  # once, for every socket
-            for pkt in packets if admission is Admission.FULL else packets[:1]:
-                await self._sio._send_eio_packet(eio_sid, pkt)  # the manager's own way to send an encoded packet
+                whole = _batch(packets)
+            # The manager's own way to send an encoded packet.
+            await self._sio._send_eio_packet(eio_sid, whole if admission is Admission.FULL else packets[0])
             sent += 1
         return sent
 

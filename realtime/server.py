@@ -9,8 +9,8 @@ Socket.IO server's Engine.IO event handlers are methods the libraries call
 on `self` (python-socketio 5.x, python-engineio 4.x). They are not public
 API, so tests/test_socket_sessions.py exercises every hook over a real socket.
 Its Engine.IO server also takes its websocket class from
-`realtime/websocket.py` (one write per loop turn, no per-message deflate;
-tests/test_websocket.py).
+`realtime/websocket.py` (a batch of packets in one write, no per-message
+deflate; tests/test_websocket.py).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from core.jsonio import JsonModule
 from core.settings import Settings
 from realtime.handshakes import AnonymousSessions
 from realtime.manager import LocalManager
-from realtime.websocket import CoalescingWebSocket
+from realtime.websocket import BatchingWebSocket
 
 
 def origin_checker(
@@ -61,13 +61,13 @@ def origin_checker(
 
 class GuardedEngineIO(engineio.AsyncServer):
     """Engine.IO server that counts each new session against its address before creating it, and
-    writes websocket frames through `CoalescingWebSocket` (realtime/websocket.py)."""
+    sends websocket messages through `BatchingWebSocket` (realtime/websocket.py)."""
 
     def __init__(self, *, sessions: AnonymousSessions, **kwargs: Any) -> None:
         self.anonymous = sessions
         super().__init__(**kwargs)
         driver: dict[str, Any] = self._async  # type: ignore[has-type]  # set by engineio's untyped __init__
-        self._async = {**driver, "websocket": CoalescingWebSocket}  # the driver module's own dict is left as it is
+        self._async = {**driver, "websocket": BatchingWebSocket}  # the driver module's own dict is left as it is
 
     async def _handle_connect(self, environ: dict[str, Any], transport: str, jsonp_index: int | None = None) -> Any:
         if not self.anonymous.reserve(environ):

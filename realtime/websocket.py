@@ -1,24 +1,25 @@
-"""Engine.IO's websocket for aiohttp, writing the frames of one event-loop turn in one system call.
+"""Engine.IO's websocket for aiohttp, with packet batches written in one system call, and no deflate.
 
 A payment's final state is three Socket.IO packets (`payment-status`, the
-outcome, `payment-completed`), and Engine.IO's per-socket writer sends each as
-its own websocket message. Through aiohttp every message is one
-`transport.write`, and with the socket's buffer empty every write is a `send`
-system call at once: three per completion, each with the loopback's (or the
-NIC's) per-segment cost, and three wake-ups of the reader at the other end.
-Here the text frames a writer hands over within one turn of the loop are
-joined and written once, on the next turn (`loop.call_soon`). Engine.IO's
-writer drains its queue in one go, so one state's three packets leave as one
-write, in order.
+outcome, `payment-completed`). Engine.IO queues each on its own and its
+per-socket writer sends each as one websocket message: through aiohttp, one
+`transport.write` and, with the socket's buffer empty, one `send` system call
+per packet, three per completion, each waking the reader at the other end.
+
+`FrameBatch` carries several Engine.IO packets as one queued packet
+(realtime/delivery.py makes them). Its text is the packets joined by the
+record separator, which is exactly how Engine.IO v4 joins packets in a
+long-polling payload, so a polling client gets the same bytes it would have
+got from three queued packets. On a websocket, `BatchingWebSocket.send` writes
+one text frame per packet, all in one `transport.write`, in order.
 
 What does not change:
-- the frames themselves: unmasked text frames with FIN set, as aiohttp writes a
+- the frames: unmasked text frames with FIN set, as aiohttp writes a
   server's (RFC 6455 5.2; tests/test_websocket.py compares the bytes);
-- order: binary messages, and any message while the transport still holds
-  unsent bytes (a slow reader), go through aiohttp's own `send_*` (and its flow
-  control) after the pending frames are written;
-- closing: `close` writes what is pending before aiohttp's close frame, and a
-  send on a closing connection fails as aiohttp's does.
+- every other message (pings, acks, binary) goes through aiohttp's own
+  `send_*`, as Engine.IO's wrapper sends it, and so does a batch while the
+  transport still holds unsent bytes (a slow reader: aiohttp's flow control);
+- a send on a closing connection fails as aiohttp's does.
 
 The websocket is created without per-message deflate. aiohttp accepts it by
 default and browsers offer it: a zlib compressor per connection, 92 KiB
@@ -33,14 +34,15 @@ public API of python-engineio 4.x, so the tests drive it over real sockets.
 
 from __future__ import annotations
 
-import asyncio
 import struct
+from collections.abc import Sequence
 from typing import Any
 
 from aiohttp import web
 from engineio.async_drivers import aiohttp as eio_aiohttp
 
 _TEXT_FIN = 0x81  # FIN bit + opcode 1 (text); a server's frames carry no mask (RFC 6455 5.1)
+RECORD_SEPARATOR = "\x1e"  # between packets in an Engine.IO v4 polling payload; never raw in JSON text
 
 
 def text_frame(payload: bytes) -> bytes:
@@ -53,13 +55,23 @@ def text_frame(payload: bytes) -> bytes:
     return struct.pack("!BBQ", _TEXT_FIN, 127, length) + payload
 
 
-class CoalescingWebSocket(eio_aiohttp.WebSocket):
+class FrameBatch(str):
+    """Several encoded Engine.IO packets sent as one: the polling payload's text, with the packets kept."""
+
+    parts: tuple[str, ...]
+
+    def __new__(cls, parts: Sequence[str]) -> FrameBatch:
+        batch = super().__new__(cls, RECORD_SEPARATOR.join(parts))
+        batch.parts = tuple(parts)
+        return batch
+
+
+class BatchingWebSocket(eio_aiohttp.WebSocket):
     """Engine.IO's aiohttp websocket wrapper (see the module docstring)."""
 
     def __init__(self, handler: Any, server: Any) -> None:
         super().__init__(handler, server)
-        self._transport: asyncio.Transport | None = None
-        self._pending: list[bytes] | None = None
+        self._transport: Any = None
 
     async def __call__(self, environ: dict[str, Any]) -> web.WebSocketResponse:
         """As Engine.IO's own wrapper does, with per-message deflate off."""
@@ -72,30 +84,14 @@ class CoalescingWebSocket(eio_aiohttp.WebSocket):
         return self._sock
 
     async def send(self, message: str | bytes) -> None:
-        transport = self._transport
-        if (
-            isinstance(message, bytes)
-            or transport is None
-            or (self._pending is None and transport.get_write_buffer_size())
-        ):
-            self._flush()
+        if not isinstance(message, FrameBatch):
             await super().send(message)
+            return
+        transport = self._transport
+        if transport is None or transport.get_write_buffer_size():
+            for part in message.parts:
+                await super().send(part)
             return
         if transport.is_closing() or self._sock.closed:
             raise ConnectionResetError("Cannot write to closing transport")  # aiohttp's words
-        frame = text_frame(message.encode())
-        if self._pending is None:
-            self._pending = [frame]
-            asyncio.get_running_loop().call_soon(self._flush)
-        else:
-            self._pending.append(frame)
-
-    def _flush(self) -> None:
-        """Write the pending frames, in one call (nothing, if the connection is going away)."""
-        frames, self._pending = self._pending, None
-        if frames and self._transport is not None and not self._transport.is_closing():
-            self._transport.write(frames[0] if len(frames) == 1 else b"".join(frames))
-
-    async def close(self) -> None:
-        self._flush()
-        await super().close()
+        transport.write(b"".join([text_frame(part.encode()) for part in message.parts]))

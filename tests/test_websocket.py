@@ -1,5 +1,6 @@
-"""realtime/websocket.py over real loopback connections: aiohttp's frames, one write per loop turn, in order,
-pending frames written before the close, and no per-message deflate (in the app too)."""
+"""realtime/websocket.py over real connections: aiohttp's frames, a packet batch in one write and in order,
+other messages as aiohttp sends them, no per-message deflate (in the app too), and the same batch read as
+three packets by a long-polling client."""
 
 from __future__ import annotations
 
@@ -14,9 +15,12 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from engineio import packet as eio_packet
+from engineio import payload as eio_payload
 
-from realtime.websocket import CoalescingWebSocket, text_frame
-from tests.harness import WAIT
+from realtime.delivery import _batch
+from realtime.websocket import BatchingWebSocket, FrameBatch, text_frame
+from tests.harness import WAIT, Tracker
 
 Handler = Callable[[Any], Awaitable[None]]
 
@@ -46,8 +50,8 @@ async def read_exactly(reader: asyncio.StreamReader, n: int) -> bytes:
 
 
 class Served:
-    """A real aiohttp server whose one route runs `handler` on a `CoalescingWebSocket`, counting the writes
-    that go to the connection's transport after the handshake."""
+    """A real aiohttp server whose one route runs `handler` on a `BatchingWebSocket`, recording each write
+    that goes to the connection's transport after the handshake."""
 
     def __init__(self, handler: Handler) -> None:
         self.handler = handler
@@ -59,16 +63,16 @@ class Served:
         assert transport is not None
         real_write = transport.write
 
-        def counted(data: Any) -> None:
+        def recorded(data: Any) -> None:
             self.writes.append(bytes(data))
             real_write(data)
 
         async def handle(ws: Any) -> None:
-            transport.write = counted  # type: ignore[method-assign]  # from here on: the frames only
+            transport.write = recorded  # type: ignore[method-assign]  # from here on: the frames only
             with contextlib.suppress(OSError):  # Engine.IO's `wait` raises it when the client hangs up
                 await self.handler(ws)
 
-        ws = CoalescingWebSocket(handle, SimpleNamespace(max_http_buffer_size=1 << 20))
+        ws = BatchingWebSocket(handle, SimpleNamespace(max_http_buffer_size=1 << 20))
         try:
             return await ws({"aiohttp.request": request})
         finally:
@@ -105,77 +109,84 @@ async def test_text_frame_is_the_frame_aiohttp_writes(aiohttp_server, text: str)
     writer.close()
 
 
-async def test_the_frames_of_one_turn_leave_in_one_write_in_order(serve) -> None:  # type: ignore[no-untyped-def]
-    messages = ['42["payment-status",{}]', '42["payment-success",{}]', '42["payment-completed",{"success":true}]']
+PACKETS = ['42["payment-status",{}]', '42["payment-success",{}]', '42["payment-completed",{"success":true}]']
 
+
+async def test_a_batch_leaves_in_one_write_one_frame_per_packet_in_order(serve) -> None:  # type: ignore[no-untyped-def]
     async def handler(ws: Any) -> None:
-        for text in messages:
-            await ws.send(text)
+        await ws.send(FrameBatch(PACKETS))
         await ws.wait()  # until the client goes
 
     url, served = await serve(handler)
     reader, writer, head = await raw_upgrade(url)
     assert head.startswith("HTTP/1.1 101")
-    expected = b"".join(text_frame(m.encode()) for m in messages)
+    expected = b"".join(text_frame(p.encode()) for p in PACKETS)
     assert await read_exactly(reader, len(expected)) == expected
     assert served.writes == [expected]
     writer.close()
 
 
-async def test_binary_messages_keep_their_place(serve) -> None:  # type: ignore[no-untyped-def]
+async def test_other_messages_go_as_aiohttp_sends_them_in_order(serve) -> None:  # type: ignore[no-untyped-def]
     async def handler(ws: Any) -> None:
-        await ws.send("one")
+        await ws.send("2")  # an Engine.IO ping
+        await ws.send(FrameBatch(["4a", "4b"]))
         await ws.send(b"\x00\x01")
-        await ws.send("three")
+        await ws.send("3")
         await ws.wait()
 
     url, served = await serve(handler)
     reader, writer, _ = await raw_upgrade(url)
-    expected = text_frame(b"one") + b"\x82\x02\x00\x01" + text_frame(b"three")  # aiohttp's binary frame
+    batch = text_frame(b"4a") + text_frame(b"4b")
+    expected = text_frame(b"2") + batch + b"\x82\x02\x00\x01" + text_frame(b"3")  # aiohttp's binary frame
     assert await read_exactly(reader, len(expected)) == expected
+    assert served.writes[1] == batch  # the batch in one write, between aiohttp's own
     assert b"".join(served.writes) == expected
     writer.close()
 
 
-async def test_close_writes_the_pending_frames_first_and_later_sends_fail(serve) -> None:  # type: ignore[no-untyped-def]
+async def test_a_batch_on_a_closed_websocket_is_refused_as_aiohttp_refuses(serve) -> None:  # type: ignore[no-untyped-def]
     refused: list[BaseException] = []
 
     async def handler(ws: Any) -> None:
-        await ws.send("first")
-        await ws.send("second")
         await ws.close()
         try:
-            await ws.send("too late")
+            await ws.send(FrameBatch(PACKETS))
         except ConnectionResetError as exc:
             refused.append(exc)
 
     url, served = await serve(handler)
     reader, writer, _ = await raw_upgrade(url)
-    expected = text_frame(b"first") + text_frame(b"second")
-    assert await read_exactly(reader, len(expected)) == expected
-    opcode = (await read_exactly(reader, 2))[0]
-    assert opcode == 0x88  # FIN + close: after the pending frames, nothing else
+    assert (await read_exactly(reader, 2))[0] == 0x88  # FIN + close, and no frame before it
     writer.write(struct.pack("!BBI", 0x88, 0x80, 0))  # the client's (masked, empty) close, as a client answers
     await asyncio.wait_for(served.finished.wait(), WAIT)
     assert len(refused) == 1
+    assert not any(b"payment" in w for w in served.writes)
     writer.close()
 
 
 async def test_per_message_deflate_is_declined(serve) -> None:  # type: ignore[no-untyped-def]
     async def handler(ws: Any) -> None:
-        await ws.send("x" * 300)
+        await ws.send(FrameBatch(["4" + "x" * 300, "4y"]))
         await ws.wait()
 
     url, _ = await serve(handler)
     reader, writer, head = await raw_upgrade(url, extensions="permessage-deflate; client_max_window_bits")
     assert head.startswith("HTTP/1.1 101")
     assert "sec-websocket-extensions" not in head.lower()
-    expected = text_frame(b"x" * 300)
+    expected = text_frame(b"4" + b"x" * 300) + text_frame(b"4y")
     assert await read_exactly(reader, len(expected)) == expected  # RSV1 clear: not compressed
     writer.close()
 
 
-async def test_the_apps_socket_io_websocket_uses_it(instance) -> None:  # type: ignore[no-untyped-def]
+def test_a_batch_packet_is_the_polling_payload_of_its_packets() -> None:
+    packets = [eio_packet.Packet(eio_packet.MESSAGE, text[1:]) for text in PACKETS]
+    batch = _batch(packets)
+    assert isinstance(batch.encode(), FrameBatch) and batch.encode().parts == tuple(PACKETS)
+    assert eio_payload.Payload(packets=[batch]).encode() == eio_payload.Payload(packets=packets).encode()
+    assert _batch(packets[:1]) is packets[0]
+
+
+async def test_the_apps_socket_io_websocket_declines_deflate(instance) -> None:  # type: ignore[no-untyped-def]
     """A browser offers per-message deflate: the app declines it, and its first Engine.IO packet (open) comes
     as a plain text frame. aiohttp on its own would accept and compress."""
     url = instance.server.make_url("/socket.io/").with_query(EIO="4", transport="websocket")
@@ -186,3 +197,24 @@ async def test_the_apps_socket_io_websocket_uses_it(instance) -> None:  # type: 
     assert first == 0x81 and length < 126
     assert (await read_exactly(reader, length)).startswith(b'0{"sid":')  # Engine.IO's open packet
     writer.close()
+
+
+@pytest.mark.parametrize("transport", ["polling", "websocket"])
+async def test_a_completion_reaches_a_client_on_either_transport_in_order(instance, transport: str) -> None:  # type: ignore[no-untyped-def]
+    status, payment, _ = await instance.api.initiate(order_id="order-batch")
+    assert status == 201, payment
+    client = Tracker(instance.url)
+    instance.trackers.append(client)
+    await client.sio.connect(instance.url, transports=[transport], wait_timeout=WAIT)
+    await client.wait_for("connected")
+    assert client.sio.transport() == transport
+    await client.track(payment["reference"])
+    await client.wait_for("payment-status")
+    status, _, _ = await instance.api.simulate(payment["reference"], "SUCCESSFUL")
+    assert status == 200
+    await client.wait_for("payment-completed")
+    events = [(e.name, e.data["seq"]) for e in client.payment_events()]
+    assert events == [("payment-status", 1), ("payment-status", 2), ("payment-success", 2), ("payment-completed", 2)]
+    # python-engineio's polling client waits out its last long-poll (about 30 s) on a polite disconnect;
+    # hanging up is enough here.
+    await client.sio.eio.disconnect(abort=True)
