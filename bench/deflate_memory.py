@@ -15,23 +15,20 @@ import zlib
 
 from aiohttp.compression_utils import ZLibCompressor
 
+from bench.procs import rss_kib
+
 FRAME = b'42["payment-status",{"reference":"bf346161-d3c4-4398-af75-d6e222ce214a","status":"SUCCESSFUL"}]' * 4
 
 
-def resident_kib() -> float:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1024
-
-
 def main(count: int = 2000) -> None:
-    before = resident_kib()
+    before = rss_kib(os.getpid())
     kept = []
     for _ in range(count):
         compressor = ZLibCompressor(level=zlib.Z_BEST_SPEED, wbits=-15)
         compressor.compress_sync(FRAME)
         compressor.flush(zlib.Z_SYNC_FLUSH)
         kept.append(compressor)
-    print(f"{(resident_kib() - before) / count:.1f} KiB resident per compressor ({count} compressors)")
+    print(f"{(rss_kib(os.getpid()) - before) / count:.1f} KiB resident per compressor ({count} compressors)")
 
 
 if __name__ == "__main__":
