@@ -80,11 +80,10 @@ async def test_payment_round_trips_with_order_index_and_active_index(
         await plain.aclose()
 
 
-async def test_a_transition_is_one_transaction_with_no_script_lookups(
-    storage: RedisStorage, redis_server: RedisServer
-) -> None:
-    """The order index is refreshed by a script inside the transaction. Queued as a registered script,
-    redis-py asked Redis `SCRIPT EXISTS` before every such transaction: a round trip per update."""
+async def test_a_transition_is_one_read_and_one_script_call(storage: RedisStorage, redis_server: RedisServer) -> None:
+    """An applied transition costs two round trips: GET the payment, then one script that stores the
+    decided record only if the payment is still what was read (no WATCH, MULTI/EXEC or script lookups).
+    A duplicate costs the GET alone."""
     await storage.create_payment(_payment())
     await storage.create_payment(_payment("ref-2", "order-2"))
     plain = redis_server.client()
@@ -92,6 +91,7 @@ async def test_a_transition_is_one_transaction_with_no_script_lookups(
         before = await plain.info("commandstats")
         assert (await storage.transition(_update("SUCCESSFUL"), datetime.now(UTC))).applied
         assert (await storage.transition(_update("FAILED", "ref-2"), datetime.now(UTC))).applied
+        assert (await storage.transition(_update("FAILED", "ref-2"), datetime.now(UTC))).outcome == "duplicate"
         after = await plain.info("commandstats")
         # and the order index still lives as long as the payment
         assert 0 < await plain.ttl(f"{storage._keys.prefix}order:order-1") <= 3600
@@ -101,8 +101,10 @@ async def test_a_transition_is_one_transaction_with_no_script_lookups(
     def calls(name: str) -> int:
         return after.get(f"cmdstat_{name}", {}).get("calls", 0) - before.get(f"cmdstat_{name}", {}).get("calls", 0)
 
-    assert calls("script|exists") == calls("script") == 0
-    assert calls("exec") == 2 and calls("watch") == 2
+    assert calls("script|exists") == calls("script|load") == 0
+    assert calls("watch") == calls("multi") == calls("exec") == calls("eval") == 0
+    # three GETs from the client, and two inside each script call (the payment, its order's entry)
+    assert calls("evalsha") == 2 and calls("get") == 3 + 2 * 2
     assert await storage.get_order_payment("order-1") is not None
 
 

@@ -1,4 +1,5 @@
-"""What every Redis role shares: the client, the key names, the clock, the TTLs, and the WATCH helper."""
+"""What every Redis role shares: the client, the key names, the clock, the TTLs, and the WATCH helper
+(for the client records; payments use a compare-and-set script instead, redis/payments.py)."""
 
 from __future__ import annotations
 

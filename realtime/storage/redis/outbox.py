@@ -1,27 +1,17 @@
 """The merchant outbox on Redis: a hash of entries, a sorted set by due time and one of dead letters.
 
-Entries are queued in the same MULTI as the payment change that produced
-them (`queue_outbox`, called by `RedisPayments`); a claim pushes an entry's
+Entries are written by the same script as the payment change that produced
+them (`scripts.STORE_PAYMENT`, run by `RedisPayments`); a claim pushes an entry's
 due time forward by the lease, so no other worker sees it until the lease
 runs out and a dead claimer's entries come back by themselves.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 from payments.outbox import OutboxEntry
-from realtime.storage.keys import RedisKeys
 from realtime.storage.outbox_edits import killed, replayed, rescheduled
 from realtime.storage.redis import scripts
 from realtime.storage.redis.context import RedisContext
-
-
-def queue_outbox(pipe: Any, keys: RedisKeys, entries: list[OutboxEntry]) -> None:
-    """Queue outbox entries in the same MULTI as the change that produced them (never twice per id)."""
-    for entry in entries:
-        pipe.hsetnx(keys.outbox_entries(), entry.id, entry.model_dump_json())
-        pipe.zadd(keys.outbox_due(), {entry.id: entry.next_attempt_at}, nx=True)
 
 
 class RedisOutbox:

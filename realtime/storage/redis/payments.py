@@ -1,18 +1,23 @@
 """Payments on Redis: each payment a JSON string with a TTL, its event log a capped list expiring with
 it, an order index and a sorted set of PENDING references (so nothing ever needs KEYS).
 
-Every status change is one optimistic transaction: WATCH the payment, read
-it, run `payments.state.decide` in Python (the one copy of the rule), and
-MULTI/EXEC the new record, the seq, the event and the TTLs together. If
-another instance wrote the payment in between, EXEC fails and we decide
-again on the fresh value, so two concurrent webhooks can never both win or
-move a payment backwards.
+Every status change is a compare-and-set: GET the payment, run
+`payments.state.decide` (or `merge`) in Python, the one copy of the rule,
+and hand the result to one script (`scripts.STORE_PAYMENT`) that writes the
+record, its event, its indexes, TTLs and outbox entries together only if the
+payment is still the copy that was read. If another instance wrote it in
+between, the script writes nothing and returns the new copy, and we decide
+again on it; so two concurrent webhooks can never both win or move a payment
+backwards. Two round trips per change (one for a duplicate), where WATCH,
+GET and MULTI/EXEC took three.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from core.jsonio import dumps_model
 from payments.model import Payment, PaymentEvent, PaymentStatus, StatusUpdate, Transition
@@ -21,42 +26,72 @@ from payments.ports import OutboxFor
 from payments.state import decide, merge
 from realtime.storage.redis import scripts
 from realtime.storage.redis.context import RedisContext
-from realtime.storage.redis.outbox import queue_outbox
+
+T = TypeVar("T")
 
 
 def _payment(raw: str | None) -> Payment | None:
     return Payment.model_validate_json(raw) if raw else None
 
 
+@dataclass(frozen=True)
+class _Write:
+    """What one compare-and-set stores: the new record (None: outbox entries only) and what goes with it."""
+
+    payment: Payment | None
+    event: PaymentEvent | None = None
+    outbox: list[OutboxEntry] = field(default_factory=list)
+    claim_order: bool = False
+
+
+# Contention on one payment is a handful of webhooks and polls; this many lost races in a row means
+# something is badly wrong, and failing loudly beats spinning forever.
+MAX_STORE_ATTEMPTS = 50
+
+
 class RedisPayments:
     def __init__(self, ctx: RedisContext) -> None:
         self._ctx = ctx
+        self._store = ctx.redis.register_script(scripts.STORE_PAYMENT)
 
-    def _queue_store(self, pipe: Any, payment: Payment, *, claim_order: bool = False) -> None:
-        """Queue the writes that make `payment` the stored truth, TTLs and indexes included.
-
-        Orphans are never indexed by order; see `scripts.INDEX_ORDER` for who may point an order at a payment.
-        """
+    async def _compare_and_set(self, reference: str, step: Callable[[str | None], tuple[T, _Write | None]]) -> T:
+        """Run `step` on the stored copy and write what it returns if that copy is still stored; on a lost
+        race, again on the copy the script returned (no extra read). `step` returns (result, write)."""
         k, ttl = self._ctx.keys, self._ctx.payment_ttl
-        pipe.set(k.payment(payment.reference), dumps_model(payment), ex=ttl)
-        pipe.expire(k.events(payment.reference), ttl)
-        if payment.order_id and not payment.orphan:
-            # EVAL with the script's text, not a registered script: queued in a pipeline, redis-py sends a
-            # registered script's `SCRIPT EXISTS` first, one more round trip per update. Redis compiles
-            # the text once and keeps it.
-            pipe.eval(
-                scripts.INDEX_ORDER, 1, k.order(payment.order_id), payment.reference, ttl, "1" if claim_order else "0"
-            )
-        if payment.status is PaymentStatus.PENDING:
-            pipe.zadd(k.active(), {payment.reference: payment.created_at.timestamp()})
-        else:
-            pipe.zrem(k.active(), payment.reference)
-
-    def _queue_event(self, pipe: Any, event: PaymentEvent) -> None:
-        key = self._ctx.keys.events(event.reference)
-        pipe.rpush(key, dumps_model(event))
-        pipe.ltrim(key, -self._ctx.event_log_max, -1)
-        pipe.expire(key, self._ctx.payment_ttl)
+        raw: str | None = await self._ctx.redis.get(k.payment(reference))
+        for _ in range(MAX_STORE_ATTEMPTS):
+            result, write = step(raw)
+            if write is None:
+                return result
+            new = write.payment
+            order_mode, order_key = "", k.payment(reference)  # the key goes unused unless the order is indexed
+            if new is not None and new.order_id and not new.orphan:  # orphans are never indexed by order
+                order_mode, order_key = ("1" if write.claim_order else "0"), k.order(new.order_id)
+            args: list[Any] = [
+                raw or "",
+                dumps_model(new) if new is not None else "",
+                ttl,
+                reference,
+                order_mode,
+                new.created_at.timestamp() if new is not None and new.status is PaymentStatus.PENDING else "",
+                dumps_model(write.event) if write.event is not None else "",
+                self._ctx.event_log_max,
+            ]
+            for entry in write.outbox:
+                args += [entry.id, entry.model_dump_json(), entry.next_attempt_at]
+            keys = [
+                k.payment(reference),
+                k.events(reference),
+                order_key,
+                k.active(),
+                k.outbox_entries(),
+                k.outbox_due(),
+            ]
+            reply = await self._store(keys=keys, args=args)
+            if int(reply[0]) == 1:
+                return result
+            raw = reply[1] or None
+        raise RuntimeError(f"gave up after {MAX_STORE_ATTEMPTS} conflicting writes to payment {reference}")
 
     async def create_payment(self, payment: Payment, outbox: list[OutboxEntry] | None = None) -> Payment:
         return await self._merge(payment, payment.updated_at, outbox=outbox or [], claim_order=True)
@@ -65,19 +100,14 @@ class RedisPayments:
         return await self._merge(payment, now, outbox=[], claim_order=False)
 
     async def _merge(self, payment: Payment, now: datetime, *, outbox: list[OutboxEntry], claim_order: bool) -> Payment:
-        key = self._ctx.keys.payment(payment.reference)
-
-        async def attempt(pipe: Any) -> Payment:
-            result = merge(_payment(await pipe.get(key)), payment, now)
-            pipe.multi()
-            queue_outbox(pipe, self._ctx.keys, outbox)
+        def step(raw: str | None) -> tuple[Payment, _Write | None]:
+            result = merge(_payment(raw), payment, now)
             if result.changed:
-                self._queue_store(pipe, result.payment, claim_order=claim_order)
-                self._queue_event(pipe, PaymentEvent.of(result.payment, with_ussd=claim_order))
-            await pipe.execute()
-            return result.payment
+                event = PaymentEvent.of(result.payment, with_ussd=claim_order)
+                return result.payment, _Write(result.payment, event, outbox, claim_order)
+            return result.payment, (_Write(None, outbox=outbox) if outbox else None)
 
-        return await self._ctx.optimistic([key], attempt)
+        return await self._compare_and_set(payment.reference, step)
 
     async def get_payment(self, reference: str) -> Payment | None:
         return _payment(await self._ctx.redis.get(self._ctx.keys.payment(reference)))
@@ -93,22 +123,13 @@ class RedisPayments:
         return await self.get_payment(reference) if reference else None
 
     async def transition(self, update: StatusUpdate, now: datetime, outbox: OutboxFor | None = None) -> Transition:
-        key = self._ctx.keys.payment(update.reference)
-
-        async def attempt(pipe: Any) -> Transition:
-            result = decide(_payment(await pipe.get(key)), update, now)
+        def step(raw: str | None) -> tuple[Transition, _Write | None]:
+            result = decide(_payment(raw), update, now)
             if not (result.applied and result.payment is not None and result.event is not None):
-                await pipe.unwatch()
-                return result
-            pipe.multi()
-            self._queue_store(pipe, result.payment)
-            self._queue_event(pipe, result.event)
-            if outbox is not None:
-                queue_outbox(pipe, self._ctx.keys, outbox(result))
-            await pipe.execute()
-            return result
+                return result, None
+            return result, _Write(result.payment, result.event, outbox(result) if outbox is not None else [])
 
-        return await self._ctx.optimistic([key], attempt)
+        return await self._compare_and_set(update.reference, step)
 
     async def events_after(self, reference: str, seq: int) -> list[PaymentEvent]:
         raw = await self._ctx.redis.lrange(self._ctx.keys.events(reference), 0, -1)

@@ -26,17 +26,6 @@ end
 return redis.call('HMGET', KEYS[2], unpack(ids))
 """
 
-# Point an order at a payment: a new initiation always (ARGV[3] == '1'); anything else only if the
-# entry is free or already this payment's, so a write-back never re-points an order at an older payment.
-INDEX_ORDER = """
-local holder = redis.call('GET', KEYS[1])
-if ARGV[3] == '1' or not holder or holder == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-  return 1
-end
-return 0
-"""
-
 # Drop dead letters that died before ARGV[1], then the oldest past ARGV[2] of them (scores are
 # times of death); their entries leave the hash with them. Returns how many the cap dropped.
 PRUNE_DEAD = """
@@ -61,4 +50,44 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
 end
 return 0
+"""
+
+# Store a payment decided in Python (payments.state), but only if the stored copy is still the one the
+# decision read (ARGV[1], '' for none): compare-and-set, so the rule has one copy and the write one
+# round trip. Returns {1} when written, else {0, the stored copy ('' for none)} to decide again on.
+# KEYS: payment, its event log, its order's index entry, the PENDING index, outbox entries, outbox due.
+# ARGV: [1] expected copy, [2] new copy ('' stores nothing: outbox entries only), [3] TTL seconds,
+#   [4] reference, [5] order index: '1' point it here, '0' only if free or already here, '' leave it,
+#   [6] PENDING score ('' removes it from the index), [7] event ('' none), [8] event log cap,
+#   [9...] outbox entries as (id, JSON, due) triples, each written once per id.
+STORE_PAYMENT = """
+local current = redis.call('GET', KEYS[1])
+if (current or '') ~= ARGV[1] then
+  return {0, current or ''}
+end
+local ttl, reference = ARGV[3], ARGV[4]
+if ARGV[2] ~= '' then
+  redis.call('SET', KEYS[1], ARGV[2], 'EX', ttl)
+  if ARGV[5] ~= '' then
+    local holder = redis.call('GET', KEYS[3])
+    if ARGV[5] == '1' or not holder or holder == reference then
+      redis.call('SET', KEYS[3], reference, 'EX', ttl)
+    end
+  end
+  if ARGV[6] ~= '' then
+    redis.call('ZADD', KEYS[4], ARGV[6], reference)
+  else
+    redis.call('ZREM', KEYS[4], reference)
+  end
+  if ARGV[7] ~= '' then
+    redis.call('RPUSH', KEYS[2], ARGV[7])
+    redis.call('LTRIM', KEYS[2], -tonumber(ARGV[8]), -1)
+  end
+  redis.call('EXPIRE', KEYS[2], ttl)
+end
+for i = 9, #ARGV, 3 do
+  redis.call('HSETNX', KEYS[5], ARGV[i], ARGV[i + 1])
+  redis.call('ZADD', KEYS[6], 'NX', ARGV[i + 2], ARGV[i])
+end
+return {1}
 """
