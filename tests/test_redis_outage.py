@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 
 import pytest
 
@@ -192,3 +193,32 @@ async def test_a_payment_tracked_during_an_outage_is_routed_once_redis_is_back(
     assert completed[-1].data["reference"] == ref
     # The change was routed to b as a message (a resync pass b's recovery asked for may deliver it first).
     await eventually(lambda: manager.received_payments > received)
+
+
+async def test_a_redis_that_stops_answering_is_an_outage_after_the_timeout(
+    start_redis_instance: StartInstance, redis_server: RedisServer
+) -> None:
+    """Redis frozen (SIGSTOP: connections stay open, nothing answers), not gone: every call that was
+    waiting on it gives up after REDIS_TIMEOUT_SECONDS. The update is applied on memory and reaches
+    this instance's socket; the publish for other instances is abandoned and counted."""
+    instance = await start_redis_instance(REDIS_KEY_PREFIX=PREFIX, REDIS_TIMEOUT_SECONDS=0.5)
+    status, body, _ = await instance.api.initiate()
+    ref = body["reference"]
+    client = await instance.tracker()
+    await client.track(ref)
+    await client.wait_for("payment-status")
+    manager = instance.app[SIO].manager
+    assert redis_server.proc is not None
+    redis_server.proc.send_signal(signal.SIGSTOP)
+    try:
+        async with asyncio.timeout(WAIT):
+            status, body, _ = await instance.api.simulate(ref, "SUCCESSFUL")
+            assert status == 200 and body["applied"] is True and body["payment"]["status"] == "SUCCESSFUL"
+            await client.wait_for("payment-completed")
+            assert (await _health(instance))["status"] == "degraded"
+        assert manager.dropped_publishes >= 1
+    finally:
+        redis_server.proc.send_signal(signal.SIGCONT)
+    await eventually(lambda: _status_is(instance, "healthy"))
+    stored = await _stored_in_redis(redis_server, ref)
+    assert stored is not None and stored["status"] == "SUCCESSFUL"
