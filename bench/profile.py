@@ -204,6 +204,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--instances", type=int, default=1, help="instances on one redis-server (the first one is profiled)"
     )
+    parser.add_argument(
+        "--idle-seconds",
+        type=float,
+        default=0.5,
+        help="quiet window before the fixed rate (bench.run's is 26 s: every socket pinged once)",
+    )
     args = parser.parse_args(argv)
     if not (1 <= args.clients <= 10000 and 1 <= args.completions <= 50000 and 1 <= args.instances <= 8):
         parser.error("bounds: clients 1..10000, completions 1..50000, instances 1..8")
@@ -213,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         rate=args.rate,
         rate_completions=args.completions,
         saturation_completions=0,
-        idle_seconds=0.5,
+        idle_seconds=args.idle_seconds,
         redis=args.redis or args.instances > 1,
         instances=args.instances,
     )
