@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
@@ -106,6 +107,26 @@ async def test_a_transition_is_one_read_and_one_script_call(storage: RedisStorag
     # three GETs from the client, and two inside each script call (the payment, its order's entry)
     assert calls("evalsha") == 2 and calls("get") == 3 + 2 * 2
     assert await storage.get_order_payment("order-1") is not None
+
+
+async def test_a_change_whose_reply_was_lost_and_resent_is_still_applied(storage: RedisStorage) -> None:
+    """redis-py sends a command again once after a connection error or timeout (realtime/redis_connection.py).
+    If the first STORE_PAYMENT ran and only its reply was lost, the second finds our own copy stored: that
+    is our change, applied (it must be notified), not somebody else's that makes ours a duplicate."""
+    await storage.create_payment(_payment())
+    payments = storage.payments
+    real = payments._store
+
+    async def reply_lost_then_resent(**kwargs: Any) -> Any:
+        await real(**kwargs)  # ran; its reply never came back
+        return await real(**kwargs)  # redis-py's one retry
+
+    payments._store = reply_lost_then_resent
+    result = await storage.transition(_update("SUCCESSFUL"), datetime.now(UTC))
+    assert result.applied and result.outcome == "applied" and result.payment.seq == 2
+    stored = await storage.get_payment("ref-1")
+    assert stored == result.payment
+    assert [e.seq for e in await storage.events_after("ref-1", 0)] == [1, 2]  # one event, not two
 
 
 async def test_duplicates_and_regressions_change_nothing(storage: RedisStorage) -> None:

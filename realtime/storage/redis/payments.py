@@ -67,9 +67,10 @@ class RedisPayments:
             order_mode, order_key = "", k.payment(reference)  # the key goes unused unless the order is indexed
             if new is not None and new.order_id and not new.orphan:  # orphans are never indexed by order
                 order_mode, order_key = ("1" if write.claim_order else "0"), k.order(new.order_id)
+            written = dumps_model(new) if new is not None else ""
             args: list[Any] = [
                 raw or "",
-                dumps_model(new) if new is not None else "",
+                written,
                 ttl,
                 reference,
                 order_mode,
@@ -88,7 +89,9 @@ class RedisPayments:
                 k.outbox_due(),
             ]
             reply = await self._store(keys=keys, args=args)
-            if int(reply[0]) == 1:
+            if int(reply[0]) == 1 or (written and reply[1] == written):
+                # The second case: redis-py sent the script again after losing its reply (one retry on a
+                # connection error or timeout), and what it found stored is this very write.
                 return result
             raw = reply[1] or None
         raise RuntimeError(f"gave up after {MAX_STORE_ATTEMPTS} conflicting writes to payment {reference}")
