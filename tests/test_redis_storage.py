@@ -129,6 +129,34 @@ async def test_a_change_whose_reply_was_lost_and_resent_is_still_applied(storage
     assert [e.seq for e in await storage.events_after("ref-1", 0)] == [1, 2]  # one event, not two
 
 
+async def test_a_change_that_loses_the_race_decides_again_on_the_winner(
+    storage: RedisStorage, redis_server: RedisServer
+) -> None:
+    """Another instance stores FAILED between our read and our write: our script writes nothing and hands
+    back FAILED, and our SUCCESSFUL is decided again on it (a regression: nothing changes)."""
+    await storage.create_payment(_payment())
+    other = _storage(redis_server)
+    other._keys = storage._keys  # same deployment, same prefix
+    payments = storage.payments
+    real = payments._store
+    raced = []
+
+    async def the_other_instance_writes_first(**kwargs: Any) -> Any:
+        if not raced:
+            raced.append(await other.transition(_update("FAILED"), datetime.now(UTC)))
+        return await real(**kwargs)
+
+    payments._store = the_other_instance_writes_first
+    try:
+        result = await storage.transition(_update("SUCCESSFUL"), datetime.now(UTC))
+    finally:
+        await other.close()
+    assert raced[0].applied and raced[0].payment.status is PaymentStatus.FAILED
+    assert not result.applied and result.outcome == "regression"
+    assert result.payment == raced[0].payment == await storage.get_payment("ref-1")
+    assert [e.seq for e in await storage.events_after("ref-1", 0)] == [1, 2]
+
+
 async def test_duplicates_and_regressions_change_nothing(storage: RedisStorage) -> None:
     await storage.create_payment(_payment())
     now = datetime.now(UTC)
