@@ -57,7 +57,8 @@ return 0
 # round trip. Returns {1} when written, else {0, the stored copy ('' for none)} to decide again on.
 # KEYS: payment, its event log, its order's index entry, the PENDING index, outbox entries, outbox due.
 # ARGV: [1] expected copy, [2] new copy ('' stores nothing: outbox entries only), [3] TTL seconds,
-#   [4] reference, [5] order index: '1' point it here, '0' only if free or already here, '' leave it,
+#   [4] reference, [5] order index: '1' point it here (a new initiation), '0' only if free or already
+#   here (so a write-back never re-points an order at an older payment), '' leave it,
 #   [6] PENDING score ('' removes it from the index), [7] event ('' none), [8] event log cap,
 #   [9...] outbox entries as (id, JSON, due) triples, each written once per id.
 STORE_PAYMENT = """
