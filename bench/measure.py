@@ -33,6 +33,7 @@ them are delivered locally, the rest across Redis.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import math
@@ -63,6 +64,24 @@ from bench.procs import (
 )
 
 BENCH_PAYTRACK_SETTINGS = {"RESYNC_INTERVAL_SECONDS": "3600"}
+
+
+def add_paytrack_setting_option(parser: argparse.ArgumentParser, example: str) -> None:
+    """`--paytrack-setting NAME=VALUE` (repeatable), as bench.run and bench.profile take it."""
+    parser.add_argument(
+        "--paytrack-setting",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help=f"a paytrack setting on top of the bench's (repeatable), e.g. {example}",
+    )
+
+
+def paytrack_settings(parser: argparse.ArgumentParser, items: list[str]) -> dict[str, str]:
+    """The bench's paytrack settings with the `--paytrack-setting` items over them."""
+    if any("=" not in item for item in items):
+        parser.error("--paytrack-setting takes NAME=VALUE")
+    return {**BENCH_PAYTRACK_SETTINGS, **dict(item.split("=", 1) for item in items)}
 
 
 def collector_pauses(servers: list[Server], start: float, end: float) -> tuple[float, float]:

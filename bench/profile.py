@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.measure import BENCH_PAYTRACK_SETTINGS, Result, Scenario, measure
+from bench.measure import Result, Scenario, add_paytrack_setting_option, measure, paytrack_settings
 from bench.procs import PAYTRACK, PYTHON_FLOOR, ROOT, Server, raise_fd_limit
 
 FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
@@ -210,16 +210,9 @@ def main(argv: list[str] | None = None) -> int:
         default=0.5,
         help="quiet window before the fixed rate (bench.run's is 26 s: every socket pinged once)",
     )
-    parser.add_argument(
-        "--paytrack-setting",
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help="a paytrack setting on top of the bench's (repeatable), e.g. EVENT_LOOP=asyncio (py-spy sees its frames)",
-    )
+    add_paytrack_setting_option(parser, "EVENT_LOOP=asyncio (py-spy sees the loop's frames)")
     args = parser.parse_args(argv)
-    if any("=" not in item for item in args.paytrack_setting):
-        parser.error("--paytrack-setting takes NAME=VALUE")
+    settings = paytrack_settings(parser, args.paytrack_setting)
     if not (1 <= args.clients <= 10000 and 1 <= args.completions <= 50000 and 1 <= args.instances <= 8):
         parser.error("bounds: clients 1..10000, completions 1..50000, instances 1..8")
     raise_fd_limit()
@@ -229,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         rate_completions=args.completions,
         saturation_completions=0,
         idle_seconds=args.idle_seconds,
-        paytrack_settings={**BENCH_PAYTRACK_SETTINGS, **dict(item.split("=", 1) for item in args.paytrack_setting)},
+        paytrack_settings=settings,
         redis=args.redis or args.instances > 1,
         instances=args.instances,
     )

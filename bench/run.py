@@ -23,12 +23,13 @@ import sys
 from pathlib import Path
 
 from bench.measure import (
-    BENCH_PAYTRACK_SETTINGS,
     DEFAULT_TARGETS,
     REDIS_TARGETS,
     Result,
     Scenario,
+    add_paytrack_setting_option,
     median_results,
+    paytrack_settings,
     run_scenario,
 )
 from bench.procs import TARGETS, raise_fd_limit
@@ -71,20 +72,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=26.0,
         help="quiet window measuring idle CPU (longer than the 25 s ping interval)",
     )
-    parser.add_argument(
-        "--paytrack-setting",
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help="a paytrack setting on top of the bench's (repeatable), e.g. RESYNC_INTERVAL_SECONDS=10",
-    )
+    add_paytrack_setting_option(parser, "RESYNC_INTERVAL_SECONDS=10")
     parser.add_argument("--json", type=Path, help="also write every run's raw figures here")
     parser.add_argument("--time-limit", type=float, default=1800, help="seconds; the run stops itself after this")
     args = parser.parse_args(argv)
     args.instance_counts = [int(n) for n in args.instances.split(",")]
-    if any("=" not in item for item in args.paytrack_setting):
-        parser.error("--paytrack-setting takes NAME=VALUE")
-    args.paytrack_settings = dict(item.split("=", 1) for item in args.paytrack_setting)
+    args.paytrack_settings = paytrack_settings(parser, args.paytrack_setting)
     args.redis = args.redis or len(args.instance_counts) > 1 or max(args.instance_counts) > 1
     default = REDIS_TARGETS if args.redis else DEFAULT_TARGETS
     args.target_list = args.targets.split(",") if args.targets else default
@@ -119,7 +112,7 @@ def scenario(args: argparse.Namespace, instances: int) -> Scenario:
         redis=args.redis,
         clients_per_process=args.clients_per_process,
         idle_seconds=args.idle_seconds,
-        paytrack_settings={**BENCH_PAYTRACK_SETTINGS, **args.paytrack_settings},
+        paytrack_settings=args.paytrack_settings,
     )
 
 
