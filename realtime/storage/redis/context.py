@@ -16,9 +16,9 @@ from realtime.storage.keys import RedisKeys
 
 T = TypeVar("T")
 
-# Optimistic transactions retry on contention; this many lost races in a row
-# means something is badly wrong, and failing loudly beats spinning forever.
-MAX_WATCH_ATTEMPTS = 50
+# Optimistic writes (the WATCH helper here, the payments' compare-and-set) retry on contention; this
+# many lost races in a row means something is badly wrong, and failing loudly beats spinning forever.
+MAX_CONFLICTING_WRITES = 50
 
 
 @dataclass
@@ -36,14 +36,14 @@ class RedisContext:
     async def optimistic(self, watch: list[str], attempt: Callable[[Any], Awaitable[T]]) -> T:
         """Run `attempt(pipe)` under WATCH until its MULTI/EXEC commits; retried on WatchError."""
         async with self.redis.pipeline(transaction=True) as pipe:
-            for tries in range(MAX_WATCH_ATTEMPTS):
+            for tries in range(MAX_CONFLICTING_WRITES):
                 try:
                     await pipe.watch(*watch)
                     return await attempt(pipe)
                 except WatchError:
                     await pipe.reset()
                     await asyncio.sleep(random.uniform(0, 0.002 * (tries + 1)))
-        raise RuntimeError(f"gave up after {MAX_WATCH_ATTEMPTS} conflicting writes to {watch}")
+        raise RuntimeError(f"gave up after {MAX_CONFLICTING_WRITES} conflicting writes to {watch}")
 
 
 def ttl_ms(seconds: float) -> int:

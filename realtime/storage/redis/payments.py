@@ -25,7 +25,7 @@ from payments.outbox import OutboxEntry
 from payments.ports import OutboxFor
 from payments.state import decide, merge
 from realtime.storage.redis import scripts
-from realtime.storage.redis.context import RedisContext
+from realtime.storage.redis.context import MAX_CONFLICTING_WRITES, RedisContext
 
 T = TypeVar("T")
 
@@ -44,11 +44,6 @@ class _Write:
     claim_order: bool = False
 
 
-# Contention on one payment is a handful of webhooks and polls; this many lost races in a row means
-# something is badly wrong, and failing loudly beats spinning forever.
-MAX_STORE_ATTEMPTS = 50
-
-
 class RedisPayments:
     def __init__(self, ctx: RedisContext) -> None:
         self._ctx = ctx
@@ -59,7 +54,7 @@ class RedisPayments:
         race, again on the copy the script returned (no extra read). `step` returns (result, write)."""
         k, ttl = self._ctx.keys, self._ctx.payment_ttl
         raw: str | None = await self._ctx.redis.get(k.payment(reference))
-        for _ in range(MAX_STORE_ATTEMPTS):
+        for _ in range(MAX_CONFLICTING_WRITES):
             result, write = step(raw)
             if write is None:
                 return result
@@ -94,7 +89,7 @@ class RedisPayments:
                 # connection error or timeout), and what it found stored is this very write.
                 return result
             raw = reply[1] or None
-        raise RuntimeError(f"gave up after {MAX_STORE_ATTEMPTS} conflicting writes to payment {reference}")
+        raise RuntimeError(f"gave up after {MAX_CONFLICTING_WRITES} conflicting writes to payment {reference}")
 
     async def create_payment(self, payment: Payment, outbox: list[OutboxEntry] | None = None) -> Payment:
         return await self._merge(payment, payment.updated_at, outbox=outbox or [], claim_order=True)
