@@ -85,12 +85,17 @@ class BatchingWebSocket(eio_aiohttp.WebSocket):
 
     async def send(self, message: str | bytes) -> None:
         if not isinstance(message, FrameBatch):
-            await super().send(message)
+            # aiohttp's send_* as Engine.IO's wrapper calls them, without its per-message
+            # `inspect.iscoroutinefunction` (they are coroutines in every aiohttp 3.x).
+            if isinstance(message, str):
+                await self._sock.send_str(message)
+            else:
+                await self._sock.send_bytes(message)
             return
         transport = self._transport
         if transport is None or transport.get_write_buffer_size():
             for part in message.parts:
-                await super().send(part)
+                await self._sock.send_str(part)
             return
         if transport.is_closing() or self._sock.closed:
             raise ConnectionResetError("Cannot write to closing transport")  # aiohttp's words
