@@ -191,6 +191,12 @@ class Settings(BaseSettings):
     # (429 over it), each closed after SOCKET_CONNECT_TIMEOUT_SECONDS.
     MAX_ANONYMOUS_SESSIONS_PER_IP: int = Field(20, gt=0, le=10_000)
     SOCKET_CONNECT_TIMEOUT_SECONDS: float = Field(5.0, gt=0, le=120)
+    # Engine.IO's heartbeat, announced to every client: a PING this long after the last PONG, and a
+    # client that has not answered within the timeout is let go (Socket.IO's defaults, Node's too).
+    # Whole seconds: Engine.IO announces them in whole seconds. Keep the interval under your proxy's
+    # idle timeout (nginx's proxy_read_timeout is 60 s).
+    SOCKET_PING_INTERVAL_SECONDS: int = Field(25, ge=1, le=300)
+    SOCKET_PING_TIMEOUT_SECONDS: int = Field(20, ge=1, le=300)
     # Take the client IP from X-Forwarded-For (only behind a proxy you control).
     TRUST_FORWARDED_FOR: bool = False
 

@@ -10,7 +10,10 @@ on `self` (python-socketio 5.x, python-engineio 4.x). They are not public
 API, so tests/test_socket_sessions.py exercises every hook over a real socket.
 Its Engine.IO server also takes its websocket class from
 `realtime/websocket.py` (a batch of packets in one write, no per-message
-deflate; tests/test_websocket.py).
+deflate; tests/test_websocket.py), runs each session as a `LeanSession`
+(`realtime/engineio_session.py`: heartbeat and websocket loops without a task
+or timer per ping) and replaces Engine.IO's service task with one sweep per
+half ping timeout (tests/test_engineio_session.py).
 """
 
 from __future__ import annotations
@@ -20,17 +23,20 @@ import functools
 import json
 import logging
 import math
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import engineio
 import socketio
 from aiohttp import web
+from engineio import async_socket
 
 from core.errors import ApiError, non_ascii_header
 from core.http import own_origin
 from core.jsonio import JsonModule
 from core.settings import Settings
+from realtime.engineio_session import LeanSession
 from realtime.handshakes import AnonymousSessions
 from realtime.manager import LocalManager
 from realtime.websocket import BatchingWebSocket
@@ -59,15 +65,58 @@ def origin_checker(
     return check
 
 
+SWEEPS_PER_PING_TIMEOUT = 2  # a client that stops answering pings is let go within 1.5 ping timeouts
+
+
 class GuardedEngineIO(engineio.AsyncServer):
-    """Engine.IO server that counts each new session against its address before creating it, and
-    sends websocket messages through `BatchingWebSocket` (realtime/websocket.py)."""
+    """Engine.IO server that counts each new session against its address before creating it, runs
+    each session as a `LeanSession` (realtime/engineio_session.py), and sends websocket messages
+    through `BatchingWebSocket` (realtime/websocket.py)."""
 
     def __init__(self, *, sessions: AnonymousSessions, **kwargs: Any) -> None:
         self.anonymous = sessions
         super().__init__(**kwargs)
         driver: dict[str, Any] = self._async  # type: ignore[has-type]  # set by engineio's untyped __init__
         self._async = {**driver, "websocket": BatchingWebSocket}  # the driver module's own dict is left as it is
+        self._closing_stale: set[asyncio.Future[Any]] = set()
+
+    def adopt(self, eio_sid: str) -> None:
+        """Run session `eio_sid` as a `LeanSession`. Engine.IO creates its own session class in
+        `_handle_connect`; this is called from the connect event, before the session's first ping is
+        scheduled and before its transport loop starts. The subclass adds no constructor state (its
+        one attribute has a class default), so the swap is safe."""
+        session = self.sockets.get(eio_sid)
+        if session is not None and type(session) is async_socket.AsyncSocket:
+            session.__class__ = LeanSession
+
+    async def _service_task(self) -> None:
+        """Engine.IO's service task, as one synchronous sweep every half ping timeout.
+
+        Engine.IO's own visits every session once per ping timeout, each visit an `asyncio.wait_for`
+        that times out; this one closes the same sessions (closed ones forgotten, those whose client
+        missed a ping closed) without a task or timer per session. `shutdown` stops it the same way.
+        """
+        self.service_task_event = self.create_event()
+        interval = self.ping_timeout / SWEEPS_PER_PING_TIMEOUT
+        while not self.service_task_event.is_set():
+            try:
+                await asyncio.wait_for(self.service_task_event.wait(), timeout=interval)
+            except TimeoutError:
+                self.sweep_stale(time.time())
+
+    def sweep_stale(self, now: float) -> None:
+        for sid, session in list(self.sockets.items()):
+            if session.closed:
+                self.sockets.pop(sid, None)
+                continue
+            last_ping = session.last_ping  # when the unanswered PING went out; None once answered
+            if not session.closing and last_ping and now - last_ping > self.ping_timeout:
+                self.logger.info("%s: Client is gone, closing socket", sid)
+                closing = self.start_background_task(
+                    session.close, wait=False, abort=False, reason=self.reason.PING_TIMEOUT
+                )
+                self._closing_stale.add(closing)
+                closing.add_done_callback(self._closing_stale.discard)
 
     async def _handle_connect(self, environ: dict[str, Any], transport: str, jsonp_index: int | None = None) -> Any:
         if not self.anonymous.reserve(environ):
@@ -128,6 +177,7 @@ class PaytrackSocketServer(socketio.AsyncServer):
         return functools.partial(GuardedEngineIO, sessions=self.anonymous)
 
     async def _handle_eio_connect(self, eio_sid: str, environ: dict[str, Any]) -> Any:
+        self.eio.adopt(eio_sid)
         result = await super()._handle_eio_connect(eio_sid, environ)
         self.anonymous.opened(eio_sid, environ, close=lambda sid: self._close_anonymous(sid, environ))
         return result
@@ -171,6 +221,8 @@ def create_sio(settings: Settings, client_manager: socketio.AsyncManager | None 
         logger=logging.getLogger("socketio.server"),
         engineio_logger=logging.getLogger("engineio.server"),
         max_http_buffer_size=settings.MAX_BODY_BYTES,
+        ping_interval=settings.SOCKET_PING_INTERVAL_SECONDS,
+        ping_timeout=settings.SOCKET_PING_TIMEOUT_SECONDS,
         json=JsonModule,  # packets encoded by orjson (python-socketio sets it on its packet classes)
     )
 

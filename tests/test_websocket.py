@@ -20,7 +20,7 @@ from engineio import payload as eio_payload
 
 from realtime.delivery import _batch
 from realtime.websocket import BatchingWebSocket, FrameBatch, text_frame
-from tests.harness import WAIT, Tracker
+from tests.harness import WAIT, Tracker, eventually
 
 Handler = Callable[[Any], Awaitable[None]]
 
@@ -199,15 +199,16 @@ async def test_the_apps_socket_io_websocket_declines_deflate(instance) -> None: 
     writer.close()
 
 
-@pytest.mark.parametrize("transport", ["polling", "websocket"])
-async def test_a_completion_reaches_a_client_on_either_transport_in_order(instance, transport: str) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("transports", [["polling"], ["websocket"], ["polling", "websocket"]])
+async def test_a_completion_reaches_a_client_on_either_transport_in_order(instance, transports: list[str]) -> None:  # type: ignore[no-untyped-def]
+    """Long-polling, websocket, and long-polling upgraded to websocket (what browsers do by default)."""
     status, payment, _ = await instance.api.initiate(order_id="order-batch")
     assert status == 201, payment
     client = Tracker(instance.url)
     instance.trackers.append(client)
-    await client.sio.connect(instance.url, transports=[transport], wait_timeout=WAIT)
+    await client.sio.connect(instance.url, transports=transports, wait_timeout=WAIT)
     await client.wait_for("connected")
-    assert client.sio.transport() == transport
+    await eventually(lambda: client.sio.transport() == transports[-1])
     await client.track(payment["reference"])
     await client.wait_for("payment-status")
     status, _, _ = await instance.api.simulate(payment["reference"], "SUCCESSFUL")

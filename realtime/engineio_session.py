@@ -1,0 +1,176 @@
+"""Engine.IO's per-session loop with fewer tasks and timers: what an idle connection costs to hold.
+
+python-engineio 4.x (on Python 3.11, where `asyncio.wait_for` wraps what it
+waits on in a new Task) spends, for every session and every ping interval:
+
+- a Task that sleeps the ping interval and then queues the PING (`_send_ping`);
+- in the websocket writer, a Task, a future and a timer from `wait_for` around
+  each read of the send queue (`poll`);
+- in the websocket reader, a Task for each message received plus `wait_for`'s
+  own future and timer;
+- and its service task visits every session once per ping timeout, each visit
+  an `asyncio.wait_for` that times out (a Task, a timer, a TimeoutError).
+
+Idle connections are nothing but pings, so that is what holding them costs,
+and what made paytrack's CPU per update grow with its connection count
+(docs/PERFORMANCE.md). `LeanSession` keeps the protocol and its bounds and
+drops the machinery:
+
+- the ping is a timer (`loop.call_later`) that queues the PING itself;
+- the websocket writer reads its queue without a timeout: the reader ends the
+  session, then wakes the writer with the queue's `None`, as Engine.IO does;
+- the reader waits for each message under `asyncio.timeout` (a timer, no
+  Task), with Engine.IO's bound: a client silent for ping interval + ping
+  timeout is gone;
+- `sweep_stale` is the service task's check in one synchronous pass
+  (`GuardedEngineIO`, realtime/server.py, runs it every half ping timeout): a
+  session whose client has not answered the last ping within the ping timeout
+  is closed, as Engine.IO's `check_ping_timeout` closes it.
+
+Long-polling requests, the upgrade from polling and everything else are
+Engine.IO's own code. These are overrides of python-engineio 4.x methods that
+are not public API (`schedule_ping`, `_websocket_handler`); tests/
+test_engineio_session.py drives them over real sockets, and the rest of the
+suite runs on them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from engineio import async_socket, exceptions, packet
+
+
+class LeanSession(async_socket.AsyncSocket):
+    """An Engine.IO session (see the module docstring); the server adopts each one as it connects."""
+
+    # Set by Engine.IO's untyped constructor (engineio/base_socket.py); declared for the type checker.
+    server: Any
+    sid: str
+    queue: asyncio.Queue[Any]
+    last_ping: float | None  # when the unanswered PING went out; None once it is answered
+    connected: bool
+    upgrading: bool
+    upgraded: bool
+    closing: bool
+    closed: bool
+
+    _ping_timer: asyncio.TimerHandle | None = None
+
+    def schedule_ping(self) -> None:
+        """As Engine.IO's: the next PING a ping interval after the last PONG (or the handshake)."""
+        if self.last_ping:
+            self.last_ping = None
+            self._ping_timer = asyncio.get_running_loop().call_later(self.server.ping_interval, self._ping_due)
+
+    def _ping_due(self) -> None:
+        self._ping_timer = None
+        if self.closing or self.closed:
+            return
+        self.last_ping = time.time()
+        self.queue.put_nowait(packet.Packet(packet.PING))  # what `send` does, less its awaits (unbounded queue)
+
+    async def close(self, wait: bool = True, abort: bool = False, reason: Any = None) -> None:
+        if self._ping_timer is not None:
+            self._ping_timer.cancel()
+            self._ping_timer = None
+        await super().close(wait=wait, abort=abort, reason=reason)
+
+    async def _websocket_handler(self, ws: Any) -> None:
+        """Engine.IO's websocket handler: the upgrade probe as it is, then the lean read and write loops."""
+        if self.connected:
+            if not await self._upgrade_probe(ws):
+                return
+        else:
+            self.connected = True
+            self.upgraded = True
+        writer = asyncio.ensure_future(self._write_websocket(ws))
+        self.server.logger.info("%s: Upgrade to websocket successful", self.sid)
+        try:
+            await self._read_websocket(ws)
+        finally:
+            self.queue.put_nowait(None)  # wakes the writer, which then closes the websocket
+            try:
+                await writer
+            finally:
+                # Even when this handler is cancelled (aiohttp cancels it on a lost connection when
+                # `handler_cancellation` is on, and at shutdown): the session ends, and Socket.IO's
+                # disconnect runs, or the session would stay registered with no connection under it.
+                await self.close(wait=False, abort=True, reason=self.server.reason.TRANSPORT_CLOSE)
+
+    async def _read_websocket(self, ws: Any) -> None:
+        silence = self.server.ping_interval + self.server.ping_timeout
+        limit = self.server.max_http_buffer_size
+        while True:
+            try:
+                async with asyncio.timeout(silence):
+                    data = await ws.wait()
+            except Exception:  # closed, broken or silent for too long: the session ends, as in Engine.IO
+                return
+            if data is None or len(data) > limit:
+                return
+            try:
+                pkt = packet.Packet(encoded_packet=data)
+            except Exception:
+                self.server.logger.info("%s: Undecodable packet, closing", self.sid)
+                return
+            try:
+                await self.receive(pkt)
+            except exceptions.UnknownPacketError:
+                pass
+            except exceptions.SocketIsClosedError:
+                return
+            except Exception:
+                self.server.logger.exception("Unknown receive error")
+
+    async def _write_websocket(self, ws: Any) -> None:
+        """Send what is queued, in order, until the queue's `None`; then close the websocket."""
+        queue = self.queue
+        while True:
+            pkt = await queue.get()
+            queue.task_done()
+            if pkt is None:
+                break
+            packets = [pkt]
+            while not queue.empty():
+                pkt = queue.get_nowait()
+                queue.task_done()
+                if pkt is None:
+                    queue.put_nowait(None)  # sent after these, as Engine.IO's `poll` leaves it
+                    break
+                packets.append(pkt)
+            try:
+                for pkt in packets:
+                    await ws.send(pkt.encode())
+            except Exception:
+                break
+        await ws.close()
+
+    async def _upgrade_probe(self, ws: Any) -> bool:
+        """Engine.IO's upgrade of a polling session: `2probe`/`3probe`, then UPGRADE. True once upgraded."""
+        self.upgrading = True  # packet sends are held during the upgrade
+        try:
+            probe = await self._next_packet(ws)
+            if probe is None or probe.packet_type != packet.PING or probe.data != "probe":
+                self.server.logger.info("%s: Failed websocket upgrade, no PING packet", self.sid)
+                return False
+            await ws.send(packet.Packet(packet.PONG, data="probe").encode())
+            await self.queue.put(packet.Packet(packet.NOOP))  # ends the pending poll
+            upgrade = await self._next_packet(ws)
+            if upgrade is None or upgrade.packet_type != packet.UPGRADE:
+                self.server.logger.info("%s: Failed websocket upgrade, expected UPGRADE packet", self.sid)
+                return False
+            self.upgraded = True
+            return True
+        finally:
+            self.upgrading = False
+
+    @staticmethod
+    async def _next_packet(ws: Any) -> packet.Packet | None:
+        """The next packet, or None when the connection ends or what came does not decode."""
+        try:
+            return packet.Packet(encoded_packet=await ws.wait())
+        except Exception:
+            return None

@@ -1,0 +1,124 @@
+"""Engine.IO sessions as `LeanSession` runs them (realtime/engineio_session.py), over real sockets.
+
+The heartbeat (a ping a ping interval after each pong), a client that stops
+answering let go, a polling session that stops polling let go, and a packet
+that does not decode. The upgrade from polling: tests/test_websocket.py. Heartbeats are at their
+smallest (1 s) so that each test takes a few seconds of real time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+
+from realtime.engineio_session import LeanSession
+from realtime.server import SIO
+from tests.conftest import Instance, StartInstance
+from tests.harness import WAIT, eventually
+
+HANDSHAKE = "socket.io/?EIO=4&transport="
+FAST_HEARTBEAT = {"SOCKET_PING_INTERVAL_SECONDS": 1, "SOCKET_PING_TIMEOUT_SECONDS": 1}
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as client_session:
+        yield client_session
+
+
+async def _text(ws: aiohttp.ClientWebSocketResponse) -> str:
+    message = await asyncio.wait_for(ws.receive(), WAIT)
+    assert message.type is aiohttp.WSMsgType.TEXT, message
+    return str(message.data)
+
+
+async def _connected_websocket(instance: Instance, session: aiohttp.ClientSession) -> tuple[Any, dict[str, Any]]:
+    """A websocket session past Socket.IO's CONNECT; returns it and Engine.IO's OPEN packet."""
+    ws = await session.ws_connect(instance.url + HANDSHAKE + "websocket")
+    opened = await _text(ws)
+    assert opened.startswith("0{"), opened
+    await ws.send_str("40")
+    assert (await _text(ws)).startswith("40{"), "Socket.IO CONNECT not acknowledged"
+    assert (await _text(ws)).startswith('42["connected"'), "the server's connected event"
+    return ws, json.loads(opened[1:])
+
+
+def _session_gone(instance: Instance, eio_sid: str) -> bool:
+    """Socket.IO's disconnect ran, and Engine.IO's session is closed (the sweep forgets it later)."""
+    sio = instance.app[SIO]
+    session = sio.eio.sockets.get(eio_sid)
+    return (session is None or session.closed) and sio.manager.sid_from_eio_sid(eio_sid, "/") is None
+
+
+async def test_a_client_that_answers_is_pinged_after_each_pong_and_stays(
+    start_instance: StartInstance, session: aiohttp.ClientSession
+) -> None:
+    instance = await start_instance(**FAST_HEARTBEAT)
+    ws, opened = await _connected_websocket(instance, session)
+    assert (opened["pingInterval"], opened["pingTimeout"]) == (1000, 1000)
+    assert type(instance.app[SIO].eio.sockets[opened["sid"]]) is LeanSession
+    for _ in range(3):  # three whole cycles, so more than ping interval + timeout in all
+        assert await _text(ws) == "2"
+        await ws.send_str("3")
+    await ws.send_str('421["no-such-event"]')  # the session still works after them: the ack comes back
+    assert (await _text(ws)).startswith('431[{"ok":false')
+    assert not _session_gone(instance, opened["sid"])
+    await ws.close()
+
+
+async def test_a_websocket_client_that_stops_answering_pings_is_let_go(
+    start_instance: StartInstance, session: aiohttp.ClientSession
+) -> None:
+    instance = await start_instance(**FAST_HEARTBEAT)
+    ws, opened = await _connected_websocket(instance, session)
+    assert await _text(ws) == "2"  # not answered
+    received = []
+    while True:
+        message = await asyncio.wait_for(ws.receive(), WAIT)
+        if message.type is not aiohttp.WSMsgType.TEXT:
+            break
+        received.append(message.data)
+    assert message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED), message
+    # Which bound ends it is a race: the sweep (no PONG within the ping timeout: Engine.IO's CLOSE packet
+    # first) or the reader (nothing at all from the client for ping interval + ping timeout).
+    assert received in ([], ["1"]), received
+    await eventually(lambda: _session_gone(instance, opened["sid"]))
+
+
+async def test_a_polling_client_that_stops_polling_is_let_go(
+    start_instance: StartInstance, session: aiohttp.ClientSession
+) -> None:
+    instance = await start_instance(**FAST_HEARTBEAT)
+    async with session.get(instance.url + HANDSHAKE + "polling") as resp:
+        assert resp.status == 200
+        eio_sid = json.loads((await resp.text())[1:])["sid"]
+    polling = instance.url + HANDSHAKE + f"polling&sid={eio_sid}"
+    async with session.post(polling, data="40") as resp:
+        assert resp.status == 200
+    async with session.get(polling) as resp:
+        assert (await resp.text()).startswith("40{")
+    assert instance.app[SIO].manager.sid_from_eio_sid(eio_sid, "/") is not None
+    # No more polls: the ping is queued and never fetched, so never answered.
+    await eventually(lambda: _session_gone(instance, eio_sid), timeout=WAIT)
+
+
+@pytest.mark.parametrize("frame", ["x", "", "\u00e9t\u00e9"])
+async def test_a_packet_that_does_not_decode_ends_the_session_without_an_error(
+    instance: Instance, session: aiohttp.ClientSession, frame: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Engine.IO let the decode error out of its handler: aiohttp logged a traceback, and the session
+    waited out a ping timeout with its writer still running. Node's engine.io closes the transport."""
+    caplog.set_level(logging.INFO)
+    ws, opened = await _connected_websocket(instance, session)
+    await ws.send_str(frame)
+    message = await asyncio.wait_for(ws.receive(), WAIT)
+    assert message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED), message
+    await eventually(lambda: _session_gone(instance, opened["sid"]))
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not errors, [r.getMessage() for r in errors]
