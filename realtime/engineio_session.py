@@ -109,7 +109,7 @@ class LeanSession(async_socket.AsyncSocket):
                     data = await ws.wait()
             except Exception:  # closed, broken or silent for too long: the session ends, as in Engine.IO
                 return
-            if data is None or len(data) > limit:
+            if len(data) > limit:
                 return
             try:
                 pkt = packet.Packet(encoded_packet=data)
