@@ -79,6 +79,7 @@ def suite(small: bool, rate: int = 1000) -> list[Step]:
                 ],
                 REDIS_TARGETS,
             ),
+            alone_step(Scenario(clients=20, instances=2, redis=True, **one)),
             Step(
                 "resync",
                 RESYNC_TITLE,
@@ -142,6 +143,9 @@ def suite(small: bool, rate: int = 1000) -> list[Step]:
             ],
             REDIS_TARGETS,
         ),
+        alone_step(
+            Scenario(clients=1000, instances=4, redis=True, rate=200, rate_completions=3000, saturation_completions=0)
+        ),
         # paytrack alone, idle, with its default resync interval and with resync off (as in the steps above).
         Step(
             "resync",
@@ -163,6 +167,35 @@ def suite(small: bool, rate: int = 1000) -> list[Step]:
 
 
 RESYNC_TITLE = "paytrack's resync passes, one instance, memory storage"
+ALONE = "alone"
+
+
+def alone_step(several: Scenario) -> Step:
+    """One of `several`'s instances on its own: its share of the clients and of the completions, on the same
+    Redis, with no other instance.
+
+    Against the "instances" step this splits the k-instance ratio in two: what a process woken for 1/k of the
+    requests costs more per request (this run against 1 instance with everything), and what the other
+    instances add (k instances against this run): the routing and pub/sub delivery.
+    """
+    k = several.instances
+    return Step(
+        ALONE,
+        f"One of the {k} instances alone: {several.clients // k:,} clients and {several.rate / k:g} completions/s, "
+        "on Redis, no other instance",
+        [
+            Scenario(
+                clients=several.clients // k,
+                instances=1,
+                redis=True,
+                rate=several.rate / k,
+                rate_completions=several.rate_completions // k,
+                saturation_completions=0,
+                **{f: getattr(several, f) for f in ("idle_seconds", "in_flight", "settle_seconds")},
+            )
+        ],
+        REDIS_TARGETS,
+    )
 
 
 def profile_scenario(small: bool, rate: int = 1000) -> Scenario:
@@ -414,6 +447,39 @@ def targets_table(raw: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def alone_table(raw: dict[str, Any]) -> str:
+    """The k-instance ratio at the same total rate, split in two with the "alone" step (see `alone_step`):
+    k instances / 1 = (one of them alone / 1) x (k instances / one of them alone). '' without that step."""
+    steps = {s["name"]: s for s in raw["steps"]}
+    if ALONE not in steps or "instances" not in steps:
+        return ""
+    by_count = _by_instances(steps["instances"])
+    k = max(by_count)
+    alone = _results(steps[ALONE]["runs"][0])
+    sc = steps[ALONE]["runs"][0]["scenario"]
+    lines = [
+        f"| target | 1 instance (µs) | one of the {k} alone (µs) | {k} instances (µs) | one alone / 1 instance: "
+        f"a process woken for 1/{k} of the requests | {k} instances / one alone: what the other instances add "
+        f"| {k} instances / 1 instance |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for target in (PAYTRACK, PYTHON_FLOOR):
+        found = [_find(by_count[1], target), _find(alone, target), _find(by_count[k], target)]
+        if any(r is None for r in found):
+            continue
+        a, b, c = (_mean(r.instance_cpu_us_per_completion) for r in found if r is not None)
+        lines.append(
+            f"| {target} | {a:.0f} | {b:.0f} | {c:.0f} | {_ratio(b, a):.2f}x | {_ratio(c, b):.2f}x | {_ratio(c, a):.2f}x |"
+        )
+    lines += [
+        "",
+        f'"One of the {k} alone" is one instance with {sc["clients"]:,} clients at {sc["rate"]:g} completions/s:'
+        f" what each of the {k} instances holds and serves, without the other {k - 1}. The first ratio has no"
+        " routing in it at all; the second is what routing and delivery between instances cost.",
+    ]
+    return "\n".join(lines)
+
+
 def one_rate(steps: dict[str, Any]) -> int:
     """The fixed rate of the 1,000-client step (`--rate`)."""
     runs = steps.get("one-1000", {}).get("runs") or [{"scenario": {"rate": 1000}}]
@@ -459,6 +525,9 @@ def render(raw: dict[str, Any]) -> str:
             out += [f"- {n}" for n in notes]
     if raw["steps"]:
         out += ["", "### Targets of the performance issue, on this run", "", targets_table(raw)]
+    split = alone_table(raw)
+    if split:
+        out += ["", "### Where the instances ratio at the same total rate comes from", "", split]
     if raw.get("profiles") or raw.get("profile_note"):
         out += ["", "### Profile", ""]
         if raw.get("profile_note"):

@@ -65,7 +65,7 @@ def test_a_tiny_bench_run_measures_every_target_and_writes_the_tables(tmp_path: 
     assert sorted({sc["instances"] for sc, _ in results}) == [1, 2]
     for sc, r in results:
         where = f"{r['target']} x{r['instances']}"
-        assert r["held"] == sc["clients"] == 20, where
+        assert r["held"] == sc["clients"] in (20, 10), where  # 10: one of the two instances alone
         assert (r["missing"], r["http_errors"]) == (0, 0), (where, r["notes"])
         assert r["events_per_completion"] == 3.0, where  # status, success, completed: no more, no less
         keys = ["cpu_us_per_completion", "p50_ms", "p99_ms", "kib_per_conn"]
@@ -88,5 +88,11 @@ def test_a_tiny_bench_run_measures_every_target_and_writes_the_tables(tmp_path: 
     scaled = next(step for step in raw["steps"] if step["name"] == "instances-per-instance-rate")
     assert [(run["scenario"]["instances"], run["scenario"]["rate"]) for run in scaled["runs"]] == [(1, 200), (2, 400)]
     assert text.count("| instances | paytrack: CPU per completion per instance") == 2
+    # ... and one of the two instances alone (its 10 clients, its half of the rate), splitting the ratio in two
+    alone = next(step for step in raw["steps"] if step["name"] == "alone")
+    assert [
+        (run["scenario"]["instances"], run["scenario"]["clients"], run["scenario"]["rate"]) for run in alone["runs"]
+    ] == [(1, 10, 100)]
+    assert "| paytrack | " in text.split("### Where the instances ratio at the same total rate comes from", 1)[1]
     assert "A pass costs" in text  # the resync step compares resync on and off
     assert "longest garbage-collector pause in the fixed-rate phase (ms)" in text
