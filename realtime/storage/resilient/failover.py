@@ -26,7 +26,6 @@ import contextlib
 import inspect
 import logging
 from collections.abc import Awaitable, Callable, Collection, Mapping
-from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
 from typing import Any, ClassVar, TypeVar
@@ -58,12 +57,28 @@ class Route(Enum):
     LOCAL_FIRST = "local_first"
 
 
-@dataclass(frozen=True)
 class Call:
-    """One call of a role method, its arguments by name (as the protocol names them)."""
+    """One call of a role method, its arguments by name (as the protocol names them).
 
-    name: str
-    args: Mapping[str, Any]
+    The names are bound on first use of `args`: most calls (every payment read and write) go to a policy
+    that never reads them, and `inspect.Signature.bind` on every call showed in py-spy profiles of the
+    update path on Redis (`Signature._bind`, bench/profile.py).
+    """
+
+    __slots__ = ("_args", "_keywords", "_positional", "_signature", "name")
+
+    def __init__(self, name: str, signature: inspect.Signature, positional: tuple[Any, ...], keywords: dict[str, Any]):
+        self.name = name
+        self._signature = signature
+        self._positional = positional
+        self._keywords = keywords
+        self._args: Mapping[str, Any] | None = None
+
+    @property
+    def args(self) -> Mapping[str, Any]:
+        if self._args is None:
+            self._args = self._signature.bind(*self._positional, **self._keywords).arguments
+        return self._args
 
 
 class RolePolicy:
@@ -256,7 +271,7 @@ class _ResilientRole:
         policy, failover = self._policy, self._failover
 
         async def method(*args: Any, **kwargs: Any) -> Any:
-            call = Call(name, signature.bind(self, *args, **kwargs).arguments)
+            call = Call(name, signature, (self, *args), kwargs)
             primary = getattr(self._primary, name)
             fallback = getattr(self._fallback, name)
             if route is Route.LOCAL_FIRST and policy.holds(call):
