@@ -9,7 +9,9 @@ one instance with memory storage at 1,000, 5,000 and 10,000 clients
 (paytrack, the Python floor, the Node floor); 1, 2 and 4 instances on one
 redis-server (paytrack, the Python floor with python-socketio's Redis
 manager), once at the same total rate and once at the same rate per
-instance; and a py-spy profile of paytrack and the Python floor at 1,000
+instance, and one of the four alone (its share of the clients and of the
+rate, with no other instance), which splits the first ratio into what a
+less busy process costs and what the other instances add; and a py-spy profile of paytrack and the Python floor at 1,000
 clients and 1,000 completions/s (`--rate` sets the one-instance steps' rate
 and the profile's). The raw figures go to the JSON file, the tables between
 the `bench:results` markers of the document; nothing else in the document is
