@@ -17,7 +17,8 @@ For a target (bench/procs.py) with `instances` instances, `measure` does:
    last of the three events), on one clock (CLOCK_MONOTONIC); server CPU time
    (/proc/<pid>/stat, all instances) from the first request until every
    client has its events, divided by the completions, is the CPU per
-   completion;
+   completion; the servers' voluntary context switches over the same time,
+   divided likewise, are their wake-ups per completion;
 4. saturation (closed loop): completions sent with `in_flight` requests
    outstanding at all times; completions per second until every client has
    its events, and CPU per completion at that load.
@@ -59,6 +60,7 @@ from bench.procs import (
     cpu_seconds,
     raise_fd_limit,
     rss_kib,
+    sleeps,
     start_redis,
     start_target,
 )
@@ -168,6 +170,9 @@ class Result:
     saturation_load_cpu_us_per_completion: float = math.nan
     redis_cpu_us_per_completion: float | None = None
     instance_cpu_us_per_completion: list[float] = field(default_factory=list)
+    # Times the servers' threads slept and were woken during the fixed-rate phase, per completion (all
+    # instances): each wake-up pays to bring the process back onto a core, more so after a longer sleep.
+    wakeups_per_completion: float = math.nan
     others_cores: float = math.nan  # CPU other processes of the machine used during the fixed-rate phase
     load_cores: float = math.nan  # CPU the bench's own clients and request sender used meanwhile
     load_average: float = math.nan  # 1-minute load average at the end of the fixed-rate phase
@@ -232,6 +237,7 @@ class Phase:
 
     def start_cpu(self) -> None:
         self.cpu0 = [cpu_seconds(p) for p in self.pids]
+        self.sleeps0 = [sleeps(p) for p in self.pids]
         self.redis0 = cpu_seconds(self.redis_pid) if self.redis_pid else 0.0
         self.machine0 = machine_busy_seconds() - sum(cpu_seconds(p) for p in self.bench_pids)
         self.load0 = sum(cpu_seconds(p) for p in self.load_pids)
@@ -239,6 +245,7 @@ class Phase:
 
     def stop_cpu(self) -> None:
         self.cpu = [cpu_seconds(p) - c for p, c in zip(self.pids, self.cpu0, strict=True)]
+        self.sleeps = [sleeps(p) - s for p, s in zip(self.pids, self.sleeps0, strict=True)]
         self.redis_cpu = cpu_seconds(self.redis_pid) - self.redis0 if self.redis_pid else 0.0
         others = machine_busy_seconds() - sum(cpu_seconds(p) for p in self.bench_pids) - self.machine0
         load = sum(cpu_seconds(p) for p in self.load_pids) - self.load0
@@ -468,6 +475,7 @@ async def measure(target: str, sc: Scenario, *, during_rate: Hook = _no_hook) ->
             r.cpu_us_per_completion = sum(out.phase.cpu) / n * 1e6
             r.instance_cpu_us_per_completion = [c / (n / k) * 1e6 for c in out.phase.cpu]  # n / k completions each
             r.redis_cpu_us_per_completion = out.phase.redis_cpu / n * 1e6 if m.redis_pid else None
+            r.wakeups_per_completion = sum(out.phase.sleeps) / n
             r.others_cores = out.phase.others_cores
             r.load_cores = out.phase.load_cores
             r.load_average = load_average()

@@ -57,6 +57,23 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def sleeps(pid: int) -> int:
+    """How many times the process's threads went to sleep and were woken again: the voluntary context switches
+    of /proc/<pid>/task/*/status. An event-loop server sleeps in epoll_wait whenever it has nothing ready, so
+    this counts its wake-ups (a thread that ended meanwhile drops out of the sum)."""
+    total = 0
+    for status in Path(f"/proc/{pid}/task").glob("*/status"):
+        try:
+            text = status.read_text()
+        except (FileNotFoundError, ProcessLookupError):  # the thread ended between the glob and the read
+            continue
+        for line in text.splitlines():
+            if line.startswith("voluntary_ctxt_switches:"):
+                total += int(line.split()[1])
+                break
+    return total
+
+
 def rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):

@@ -479,7 +479,43 @@ def alone_table(raw: dict[str, Any]) -> str:
         f" what each of the {k} instances holds and serves, without the other {k - 1}. The first ratio has no"
         " routing in it at all; the second is what routing and delivery between instances cost.",
     ]
+    wakes = _wakeups_table(k, by_count, alone)
+    if wakes:
+        lines += ["", wakes]
     return "\n".join(lines)
+
+
+def _wakeups_table(k: int, by_count: dict[int, list[Result]], alone: list[Result]) -> str:
+    """Wake-ups per completion and CPU per wake-up in the same three runs: whether a ratio comes from more
+    wake-ups or from dearer ones. '' for a saved run from before the bench counted wake-ups."""
+    rows = []
+    for target in (PAYTRACK, PYTHON_FLOOR):
+        found = [_find(by_count[1], target), _find(alone, target), _find(by_count[k], target)]
+        runs = [r for r in found if r is not None]
+        if len(runs) < 3 or any(math.isnan(r.wakeups_per_completion) for r in runs):
+            continue
+        wakes = [r.wakeups_per_completion for r in runs]
+        per_wake = [
+            _mean(r.instance_cpu_us_per_completion) / w if w else math.nan for r, w in zip(runs, wakes, strict=True)
+        ]
+        rows.append(
+            f"| {target} | {wakes[0]:.2f} | {wakes[1]:.2f} | {wakes[2]:.2f} "
+            f"| {per_wake[0]:.0f} | {per_wake[1]:.0f} | {per_wake[2]:.0f} |"
+        )
+    if not rows:
+        return ""
+    return "\n".join(
+        [
+            f"| target | wake-ups per completion: 1 instance | one alone | {k} instances "
+            f"| CPU per wake-up (µs): 1 instance | one alone | {k} instances |",
+            "|---|---|---|---|---|---|---|",
+            *rows,
+            "",
+            "A wake-up is one voluntary context switch of a server's threads (/proc/<pid>/task/*/status): the"
+            " event loop slept in epoll_wait and was woken by a request, a Redis reply or a pub/sub message."
+            " CPU per wake-up is the CPU per completion above over those wake-ups.",
+        ]
+    )
 
 
 def one_rate(steps: dict[str, Any]) -> int:

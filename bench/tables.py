@@ -66,6 +66,11 @@ ROWS: list[tuple[str, Cell, Callable[[Result], float] | None]] = [
         lambda r: num(r.update_cpu_us_per_completion, "{:.0f}"),
         lambda r: r.update_cpu_us_per_completion,
     ),
+    (
+        "servers' wake-ups per completion at the fixed rate (voluntary context switches)",
+        lambda r: num(r.wakeups_per_completion, "{:.2f}"),
+        lambda r: r.wakeups_per_completion,
+    ),
     ("update-to-client p50 (ms)", lambda r: num(r.p50_ms, "{:.2f}"), lambda r: r.p50_ms),
     ("update-to-client p95 (ms)", lambda r: num(r.p95_ms, "{:.2f}"), lambda r: r.p95_ms),
     ("update-to-client p99 (ms)", lambda r: num(r.p99_ms, "{:.2f}"), lambda r: r.p99_ms),
@@ -134,6 +139,7 @@ def instances_table(by_count: dict[int, list[Result]]) -> str:
         "vs 1 instance",
         "paytrack / floor",
         "redis-server CPU per completion, paytrack / floor (µs)",
+        "servers' wake-ups per completion, paytrack / floor",
         "p99 paytrack / floor (ms)",
         "connections held, paytrack / floor",
         "missing, paytrack / floor",
@@ -154,6 +160,8 @@ def instances_table(by_count: dict[int, list[Result]]) -> str:
                     ratio(pc, fc),
                     f"{num(p and p.redis_cpu_us_per_completion, '{:.0f}')} / "
                     f"{num(f and f.redis_cpu_us_per_completion, '{:.0f}')}",
+                    f"{num(p and p.wakeups_per_completion, '{:.2f}')} / "
+                    f"{num(f and f.wakeups_per_completion, '{:.2f}')}",
                     f"{num(p and p.p99_ms, '{:.2f}')} / {num(f and f.p99_ms, '{:.2f}')}",
                     f"{p.held if p else 'n/a'} / {f.held if f else 'n/a'}",
                     f"{p.missing if p else 'n/a'} / {f.missing if f else 'n/a'}",

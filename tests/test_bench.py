@@ -68,7 +68,7 @@ def test_a_tiny_bench_run_measures_every_target_and_writes_the_tables(tmp_path: 
         assert r["held"] == sc["clients"] in (20, 10), where  # 10: one of the two instances alone
         assert (r["missing"], r["http_errors"]) == (0, 0), (where, r["notes"])
         assert r["events_per_completion"] == 3.0, where  # status, success, completed: no more, no less
-        keys = ["cpu_us_per_completion", "p50_ms", "p99_ms", "kib_per_conn"]
+        keys = ["cpu_us_per_completion", "wakeups_per_completion", "p50_ms", "p99_ms", "kib_per_conn"]
         keys += ["saturation_per_s"] if sc["saturation_completions"] else []
         for key in keys:
             assert math.isfinite(r[key]) and r[key] > 0, (where, key, r[key])
@@ -93,6 +93,10 @@ def test_a_tiny_bench_run_measures_every_target_and_writes_the_tables(tmp_path: 
     assert [
         (run["scenario"]["instances"], run["scenario"]["clients"], run["scenario"]["rate"]) for run in alone["runs"]
     ] == [(1, 10, 100)]
-    assert "| paytrack | " in text.split("### Where the instances ratio at the same total rate comes from", 1)[1]
+    split = text.split("### Where the instances ratio at the same total rate comes from", 1)[1]
+    assert "| paytrack | " in split
+    # ... with the three runs' wake-ups per completion and CPU per wake-up beside it
+    wakes = split.split("| target | wake-ups per completion: 1 instance", 1)[1].split("\n\n", 1)[0]
+    assert wakes.count("| paytrack | ") == wakes.count("| python-floor | ") == 1
     assert "A pass costs" in text  # the resync step compares resync on and off
     assert "longest garbage-collector pause in the fixed-rate phase (ms)" in text
