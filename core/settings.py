@@ -197,6 +197,10 @@ class Settings(BaseSettings):
     # idle timeout (nginx's proxy_read_timeout is 60 s).
     SOCKET_PING_INTERVAL_SECONDS: int = Field(25, ge=1, le=300)
     SOCKET_PING_TIMEOUT_SECONDS: int = Field(20, ge=1, le=300)
+    # A polling session's upgrade to websocket (Engine.IO's probe, then UPGRADE) that has not finished
+    # after this long is given up: its websocket is closed and the session goes on polling
+    # (Engine.IO's `upgradeTimeout`, 10 s in Node's engine.io).
+    SOCKET_UPGRADE_TIMEOUT_SECONDS: float = Field(10.0, gt=0, le=120)
     # Take the client IP from X-Forwarded-For (only behind a proxy you control).
     TRUST_FORWARDED_FOR: bool = False
 

@@ -25,13 +25,15 @@ drops the machinery:
 - `sweep_stale` is the service task's check in one synchronous pass
   (`GuardedEngineIO`, realtime/server.py, runs it every half ping timeout): a
   session whose client has not answered the last ping within the ping timeout
-  is closed, as Engine.IO's `check_ping_timeout` closes it.
+  is closed, as Engine.IO's `check_ping_timeout` closes it;
+- the upgrade from polling (the probe, then UPGRADE) is bounded by
+  SOCKET_UPGRADE_TIMEOUT_SECONDS, as Node's engine.io bounds it
+  (`upgradeTimeout`); python-engineio waits for it without a bound.
 
-Long-polling requests, the upgrade from polling and everything else are
-Engine.IO's own code. These are overrides of python-engineio 4.x methods that
-are not public API (`schedule_ping`, `_websocket_handler`); tests/
-test_engineio_session.py drives them over real sockets, and the rest of the
-suite runs on them.
+Long-polling requests and everything else are Engine.IO's own code. These
+are overrides of python-engineio 4.x methods that are not public API
+(`schedule_ping`, `_websocket_handler`); tests/test_engineio_session.py
+drives them over real sockets, and the rest of the suite runs on them.
 """
 
 from __future__ import annotations
@@ -149,23 +151,34 @@ class LeanSession(async_socket.AsyncSocket):
         await ws.close()
 
     async def _upgrade_probe(self, ws: Any) -> bool:
-        """Engine.IO's upgrade of a polling session: `2probe`/`3probe`, then UPGRADE. True once upgraded."""
+        """Engine.IO's upgrade of a polling session: `2probe`/`3probe`, then UPGRADE. True once upgraded.
+
+        Bounded by the server's `upgrade_timeout`, as Node's engine.io bounds it (`upgradeTimeout`):
+        while an upgrade is under way the polling transport answers every poll with a NOOP and holds
+        the session's packets, so an upgrade left unfinished (a client gone quiet, a proxy that passes
+        the upgrade but not the frames) would starve the session until its ping timeout. Given up,
+        the websocket is closed (the handler returns) and the session goes on polling.
+        """
         self.upgrading = True  # packet sends are held during the upgrade
         try:
-            probe = await self._next_packet(ws)
-            if probe is None or probe.packet_type != packet.PING or probe.data != "probe":
-                self.server.logger.info("%s: Failed websocket upgrade, no PING packet", self.sid)
-                return False
-            await ws.send(packet.Packet(packet.PONG, data="probe").encode())
-            await self.queue.put(packet.Packet(packet.NOOP))  # ends the pending poll
-            upgrade = await self._next_packet(ws)
-            if upgrade is None or upgrade.packet_type != packet.UPGRADE:
-                self.server.logger.info("%s: Failed websocket upgrade, expected UPGRADE packet", self.sid)
-                return False
-            self.upgraded = True
-            return True
+            async with asyncio.timeout(self.server.upgrade_timeout):
+                probe = await self._next_packet(ws)
+                if probe is None or probe.packet_type != packet.PING or probe.data != "probe":
+                    self.server.logger.info("%s: Failed websocket upgrade, no PING packet", self.sid)
+                    return False
+                await ws.send(packet.Packet(packet.PONG, data="probe").encode())
+                await self.queue.put(packet.Packet(packet.NOOP))  # ends the pending poll
+                upgrade = await self._next_packet(ws)
+                if upgrade is None or upgrade.packet_type != packet.UPGRADE:
+                    self.server.logger.info("%s: Failed websocket upgrade, expected UPGRADE packet", self.sid)
+                    return False
+        except TimeoutError:
+            self.server.logger.info("%s: Websocket upgrade not finished in time, going on polling", self.sid)
+            return False
         finally:
             self.upgrading = False
+        self.upgraded = True
+        return True
 
     @staticmethod
     async def _next_packet(ws: Any) -> packet.Packet | None:

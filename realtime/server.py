@@ -73,8 +73,9 @@ class GuardedEngineIO(engineio.AsyncServer):
     each session as a `LeanSession` (realtime/engineio_session.py), and sends websocket messages
     through `BatchingWebSocket` (realtime/websocket.py)."""
 
-    def __init__(self, *, sessions: AnonymousSessions, **kwargs: Any) -> None:
+    def __init__(self, *, sessions: AnonymousSessions, upgrade_timeout: float, **kwargs: Any) -> None:
         self.anonymous = sessions
+        self.upgrade_timeout = upgrade_timeout  # LeanSession gives up an upgrade unfinished after this long
         super().__init__(**kwargs)
         driver: dict[str, Any] = self._async  # type: ignore[has-type]  # set by engineio's untyped __init__
         self._async = {**driver, "websocket": BatchingWebSocket}  # the driver module's own dict is left as it is
@@ -169,12 +170,13 @@ def websocket_upgrade_passthrough(
 class PaytrackSocketServer(socketio.AsyncServer):
     """`socketio.AsyncServer` that bounds anonymous sessions (see the module docstring)."""
 
-    def __init__(self, *, sessions: AnonymousSessions, **kwargs: Any) -> None:
+    def __init__(self, *, sessions: AnonymousSessions, upgrade_timeout: float, **kwargs: Any) -> None:
         self.anonymous = sessions
+        self.upgrade_timeout = upgrade_timeout
         super().__init__(**kwargs)
 
     def _engineio_server_class(self) -> Any:
-        return functools.partial(GuardedEngineIO, sessions=self.anonymous)
+        return functools.partial(GuardedEngineIO, sessions=self.anonymous, upgrade_timeout=self.upgrade_timeout)
 
     async def _handle_eio_connect(self, eio_sid: str, environ: dict[str, Any]) -> Any:
         self.eio.adopt(eio_sid)
@@ -213,6 +215,7 @@ def create_sio(settings: Settings, client_manager: socketio.AsyncManager | None 
     )
     return PaytrackSocketServer(
         sessions=sessions,
+        upgrade_timeout=settings.SOCKET_UPGRADE_TIMEOUT_SECONDS,
         async_mode="aiohttp",
         cors_allowed_origins=origin_checker(settings.FRONTEND_URL, trust_forwarded=settings.TRUST_FORWARDED_FOR),
         client_manager=client_manager or LocalManager(),

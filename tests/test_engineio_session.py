@@ -1,9 +1,10 @@
 """Engine.IO sessions as `LeanSession` runs them (realtime/engineio_session.py), over real sockets.
 
 The heartbeat (a ping a ping interval after each pong), a client that stops
-answering let go, a polling session that stops polling let go, and a packet
-that does not decode. The upgrade from polling: tests/test_websocket.py. Heartbeats are at their
-smallest (1 s) so that each test takes a few seconds of real time.
+answering let go, a polling session that stops polling let go, a packet
+that does not decode, and an upgrade from polling that stalls. A whole upgrade from polling:
+tests/test_websocket.py. Heartbeats are at their smallest (1 s) so that each test takes a few
+seconds of real time.
 """
 
 from __future__ import annotations
@@ -122,3 +123,42 @@ async def test_a_packet_that_does_not_decode_ends_the_session_without_an_error(
     await eventually(lambda: _session_gone(instance, opened["sid"]))
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert not errors, [r.getMessage() for r in errors]
+
+
+@pytest.mark.parametrize("stall", ["before the probe", "after the probe"])
+async def test_an_upgrade_that_stalls_is_given_up_and_the_session_goes_on_polling(
+    start_instance: StartInstance, session: aiohttp.ClientSession, stall: str
+) -> None:
+    """Engine.IO's upgrade timeout (`upgradeTimeout`, 10 s in Node's engine.io): a websocket opened for a
+    polling session that does not finish the probe is closed, and the session goes on polling.
+
+    Without it the session held its packets for as long as that websocket stayed open: every poll was
+    answered NOOP at once (the client spinning, and getting no event), until the ping timeout ended the
+    session. A proxy that passes the upgrade but not the frames does this to a real page."""
+    instance = await start_instance(SOCKET_UPGRADE_TIMEOUT_SECONDS=1)
+    async with session.get(instance.url + HANDSHAKE + "polling") as resp:
+        eio_sid = json.loads((await resp.text())[1:])["sid"]
+    polling = instance.url + HANDSHAKE + f"polling&sid={eio_sid}"
+    async with session.post(polling, data="40") as resp:
+        assert resp.status == 200
+    async with session.get(polling) as resp:
+        assert (await resp.text()).startswith("40{")
+
+    ws = await session.ws_connect(instance.url + HANDSHAKE + f"websocket&sid={eio_sid}")
+    if stall == "after the probe":
+        await ws.send_str("2probe")
+        assert await _text(ws) == "3probe"
+    message = await asyncio.wait_for(ws.receive(), WAIT)  # nothing more is sent: the server gives up
+    assert message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED), message
+
+    # The session is still there, on polling, and answers: an unknown event's ack comes back by a poll.
+    async with session.post(polling, data='421["no-such-event"]') as resp:
+        assert resp.status == 200
+    received: list[str] = []
+    while not any(p.startswith("431[") for p in received) and len(received) < 3:
+        async with asyncio.timeout(WAIT), session.get(polling) as resp:  # a payload: packets split by \x1e
+            assert resp.status == 200
+            received += (await resp.text()).split("\x1e")
+    # Before the ack, at most the NOOP that ended the poll pending at the probe.
+    assert received[-1].startswith('431[{"ok":false') and set(received[:-1]) <= {"6"}, received
+    assert not _session_gone(instance, eio_sid)
