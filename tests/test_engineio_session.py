@@ -50,6 +50,19 @@ async def _connected_websocket(instance: Instance, session: aiohttp.ClientSessio
     return ws, json.loads(opened[1:])
 
 
+async def _connected_polling(instance: Instance, session: aiohttp.ClientSession) -> tuple[str, str]:
+    """A long-polling session past Socket.IO's CONNECT; returns its Engine.IO sid and its polling URL."""
+    async with session.get(instance.url + HANDSHAKE + "polling") as resp:
+        assert resp.status == 200
+        eio_sid = json.loads((await resp.text())[1:])["sid"]
+    polling = instance.url + HANDSHAKE + f"polling&sid={eio_sid}"
+    async with session.post(polling, data="40") as resp:
+        assert resp.status == 200
+    async with session.get(polling) as resp:
+        assert (await resp.text()).startswith("40{")
+    return eio_sid, polling
+
+
 def _session_gone(instance: Instance, eio_sid: str) -> bool:
     """Socket.IO's disconnect ran, and Engine.IO's session is closed (the sweep forgets it later)."""
     sio = instance.app[SIO]
@@ -96,14 +109,7 @@ async def test_a_polling_client_that_stops_polling_is_let_go(
     start_instance: StartInstance, session: aiohttp.ClientSession
 ) -> None:
     instance = await start_instance(**FAST_HEARTBEAT)
-    async with session.get(instance.url + HANDSHAKE + "polling") as resp:
-        assert resp.status == 200
-        eio_sid = json.loads((await resp.text())[1:])["sid"]
-    polling = instance.url + HANDSHAKE + f"polling&sid={eio_sid}"
-    async with session.post(polling, data="40") as resp:
-        assert resp.status == 200
-    async with session.get(polling) as resp:
-        assert (await resp.text()).startswith("40{")
+    eio_sid, _ = await _connected_polling(instance, session)
     assert instance.app[SIO].manager.sid_from_eio_sid(eio_sid, "/") is not None
     # No more polls: the ping is queued and never fetched, so never answered.
     await eventually(lambda: _session_gone(instance, eio_sid), timeout=WAIT)
@@ -136,13 +142,7 @@ async def test_an_upgrade_that_stalls_is_given_up_and_the_session_goes_on_pollin
     answered NOOP at once (the client spinning, and getting no event), until the ping timeout ended the
     session. A proxy that passes the upgrade but not the frames does this to a real page."""
     instance = await start_instance(SOCKET_UPGRADE_TIMEOUT_SECONDS=1)
-    async with session.get(instance.url + HANDSHAKE + "polling") as resp:
-        eio_sid = json.loads((await resp.text())[1:])["sid"]
-    polling = instance.url + HANDSHAKE + f"polling&sid={eio_sid}"
-    async with session.post(polling, data="40") as resp:
-        assert resp.status == 200
-    async with session.get(polling) as resp:
-        assert (await resp.text()).startswith("40{")
+    eio_sid, polling = await _connected_polling(instance, session)
 
     ws = await session.ws_connect(instance.url + HANDSHAKE + f"websocket&sid={eio_sid}")
     if stall == "after the probe":
