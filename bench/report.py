@@ -11,9 +11,10 @@ redis-server (paytrack, the Python floor with python-socketio's Redis
 manager), once at the same total rate and once at the same rate per
 instance, and one of the four alone (its share of the clients and of the
 rate, with no other instance), which splits the first ratio into what a
-less busy process costs and what the other instances add; and a py-spy profile of paytrack and the Python floor at 1,000
-clients and 1,000 completions/s (`--rate` sets the one-instance steps' rate
-and the profile's). The raw figures go to the JSON file, the tables between
+less busy process costs and what the other instances add; and a py-spy
+profile of paytrack and the Python floor at 1,000 clients and 1,000
+completions/s (`--rate` sets the one-instance steps' rate and the
+profile's). The raw figures go to the JSON file, the tables between
 the `bench:results` markers of the document; nothing else in the document is
 touched.
 """
@@ -37,7 +38,7 @@ from bench.measure import DEFAULT_TARGETS, REDIS_TARGETS, Result, Scenario, medi
 from bench.procs import NODE_DIR, NODE_FLOOR, PAYTRACK, PYTHON_FLOOR, ROOT, raise_fd_limit
 from bench.profile import Profile, profile_targets
 from bench.profile import table as profile_table
-from bench.tables import comparison, instances_table, num, sustained
+from bench.tables import comparison, find_result, instances_table, num, sustained
 
 BEGIN, END = "<!-- bench:results -->", "<!-- /bench:results -->"
 DOC = ROOT / "docs" / "PERFORMANCE.md"
@@ -302,10 +303,6 @@ def _by_instances(step: dict[str, Any]) -> dict[int, list[Result]]:
     return {run["scenario"]["instances"]: _results(run) for run in step["runs"]}
 
 
-def _find(results: list[Result], target: str) -> Result | None:
-    return next((r for r in results if r.target == target), None)
-
-
 def _ratio(a: float | None, b: float | None) -> float:
     if a is None or b is None or not b or math.isnan(a) or math.isnan(b):
         return math.nan
@@ -334,7 +331,7 @@ def targets_table(raw: dict[str, Any]) -> str:
     rows = []
 
     def fig(name: str, target: str, attr: str) -> float:
-        r = _find(one.get(name, []), target)
+        r = find_result(one.get(name, []), target)
         return getattr(r, attr) if r else math.nan
 
     def busy(name: str, *targets: str) -> str:
@@ -398,7 +395,7 @@ def targets_table(raw: dict[str, Any]) -> str:
     v = _ratio(fig("one-1000", PAYTRACK, "p99_ms"), fig("one-1000", PYTHON_FLOOR, "p99_ms"))
     kept_up = all(
         r is not None and sustained(r)
-        for r in (_find(one.get("one-1000", []), PAYTRACK), _find(one.get("one-1000", []), PYTHON_FLOOR))
+        for r in (find_result(one.get("one-1000", []), PAYTRACK), find_result(one.get("one-1000", []), PYTHON_FLOOR))
     )
     rate = one_rate(steps)
     rows.append(
@@ -428,8 +425,8 @@ def targets_table(raw: dict[str, Any]) -> str:
             continue
         by_count = _by_instances(steps[name])
         how = how.format(steps[name]["runs"][0]["scenario"]["rate"])  # the 1-instance run's rate, as run
-        p = {c: _find(rs, PAYTRACK) for c, rs in by_count.items()}
-        f = {c: _find(rs, PYTHON_FLOOR) for c, rs in by_count.items()}
+        p = {c: find_result(rs, PAYTRACK) for c, rs in by_count.items()}
+        f = {c: find_result(rs, PYTHON_FLOOR) for c, rs in by_count.items()}
         if p.get(1) and p.get(4):
             v = _ratio(_mean(p[4].instance_cpu_us_per_completion), _mean(p[1].instance_cpu_us_per_completion))
             floor = (
@@ -459,17 +456,15 @@ def alone_table(raw: dict[str, Any]) -> str:
     k = max(by_count)
     alone = _results(steps[ALONE]["runs"][0])
     sc = steps[ALONE]["runs"][0]["scenario"]
+    runs = _split_runs(by_count, alone, k)
     lines = [
         f"| target | 1 instance (µs) | one of the {k} alone (µs) | {k} instances (µs) | one alone / 1 instance: "
         f"a process woken for 1/{k} of the requests | {k} instances / one alone: what the other instances add "
         f"| {k} instances / 1 instance |",
         "|---|---|---|---|---|---|---|",
     ]
-    for target in (PAYTRACK, PYTHON_FLOOR):
-        found = [_find(by_count[1], target), _find(alone, target), _find(by_count[k], target)]
-        if any(r is None for r in found):
-            continue
-        a, b, c = (_mean(r.instance_cpu_us_per_completion) for r in found if r is not None)
+    for target, three in runs.items():
+        a, b, c = (_mean(r.instance_cpu_us_per_completion) for r in three)
         lines.append(
             f"| {target} | {a:.0f} | {b:.0f} | {c:.0f} | {_ratio(b, a):.2f}x | {_ratio(c, b):.2f}x | {_ratio(c, a):.2f}x |"
         )
@@ -479,24 +474,33 @@ def alone_table(raw: dict[str, Any]) -> str:
         f" what each of the {k} instances holds and serves, without the other {k - 1}. The first ratio has no"
         " routing in it at all; the second is what routing and delivery between instances cost.",
     ]
-    wakes = _wakeups_table(k, by_count, alone)
+    wakes = _wakeups_table(k, runs)
     if wakes:
         lines += ["", wakes]
     return "\n".join(lines)
 
 
-def _wakeups_table(k: int, by_count: dict[int, list[Result]], alone: list[Result]) -> str:
+def _split_runs(by_count: dict[int, list[Result]], alone: list[Result], k: int) -> dict[str, list[Result]]:
+    """Per target that has all three: its 1-instance, one-alone and k-instance results, in that order."""
+    runs = {}
+    for target in (PAYTRACK, PYTHON_FLOOR):
+        found = [find_result(by_count[1], target), find_result(alone, target), find_result(by_count[k], target)]
+        three = [r for r in found if r is not None]
+        if len(three) == 3:
+            runs[target] = three
+    return runs
+
+
+def _wakeups_table(k: int, runs: dict[str, list[Result]]) -> str:
     """Wake-ups per completion and CPU per wake-up in the same three runs: whether a ratio comes from more
     wake-ups or from dearer ones. '' for a saved run from before the bench counted wake-ups."""
     rows = []
-    for target in (PAYTRACK, PYTHON_FLOOR):
-        found = [_find(by_count[1], target), _find(alone, target), _find(by_count[k], target)]
-        runs = [r for r in found if r is not None]
-        if len(runs) < 3 or any(math.isnan(r.wakeups_per_completion) for r in runs):
+    for target, three in runs.items():
+        if any(math.isnan(r.wakeups_per_completion) for r in three):
             continue
-        wakes = [r.wakeups_per_completion for r in runs]
+        wakes = [r.wakeups_per_completion for r in three]
         per_wake = [
-            _mean(r.instance_cpu_us_per_completion) / w if w else math.nan for r, w in zip(runs, wakes, strict=True)
+            _mean(r.instance_cpu_us_per_completion) / w if w else math.nan for r, w in zip(three, wakes, strict=True)
         ]
         rows.append(
             f"| {target} | {wakes[0]:.2f} | {wakes[1]:.2f} | {wakes[2]:.2f} "

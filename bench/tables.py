@@ -130,7 +130,7 @@ def comparison(results: list[Result]) -> str:
 def instances_table(by_count: dict[int, list[Result]]) -> str:
     """Several instances on one Redis: per-instance CPU per completion as instances are added."""
     counts = sorted(by_count)
-    base = {t: _get(by_count[counts[0]], t) for t in (PAYTRACK, PYTHON_FLOOR)}
+    base = {t: find_result(by_count[counts[0]], t) for t in (PAYTRACK, PYTHON_FLOOR)}
     head = [
         "instances",
         "paytrack: CPU per completion per instance (µs)",
@@ -146,7 +146,7 @@ def instances_table(by_count: dict[int, list[Result]]) -> str:
     ]
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for count in counts:
-        p, f = _get(by_count[count], PAYTRACK), _get(by_count[count], PYTHON_FLOOR)
+        p, f = find_result(by_count[count], PAYTRACK), find_result(by_count[count], PYTHON_FLOOR)
         pc, fc = _cpu(p), _cpu(f)
         lines.append(
             "| "
@@ -172,7 +172,8 @@ def instances_table(by_count: dict[int, list[Result]]) -> str:
     return "\n".join(lines)
 
 
-def _get(results: list[Result], target: str) -> Result | None:
+def find_result(results: list[Result], target: str) -> Result | None:
+    """`target`'s result among `results`, or None when it did not run."""
     return next((r for r in results if r.target == target), None)
 
 
