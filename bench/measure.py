@@ -60,9 +60,9 @@ from bench.procs import (
     cpu_seconds,
     raise_fd_limit,
     rss_kib,
-    sleeps,
     start_redis,
     start_target,
+    wakeups,
 )
 
 BENCH_PAYTRACK_SETTINGS = {"RESYNC_INTERVAL_SECONDS": "3600"}
@@ -237,7 +237,7 @@ class Phase:
 
     def start_cpu(self) -> None:
         self.cpu0 = [cpu_seconds(p) for p in self.pids]
-        self.sleeps0 = [sleeps(p) for p in self.pids]
+        self.wakeups0 = [wakeups(p) for p in self.pids]
         self.redis0 = cpu_seconds(self.redis_pid) if self.redis_pid else 0.0
         self.machine0 = machine_busy_seconds() - sum(cpu_seconds(p) for p in self.bench_pids)
         self.load0 = sum(cpu_seconds(p) for p in self.load_pids)
@@ -245,7 +245,7 @@ class Phase:
 
     def stop_cpu(self) -> None:
         self.cpu = [cpu_seconds(p) - c for p, c in zip(self.pids, self.cpu0, strict=True)]
-        self.sleeps = [sleeps(p) - s for p, s in zip(self.pids, self.sleeps0, strict=True)]
+        self.wakeups = [wakeups(p) - w for p, w in zip(self.pids, self.wakeups0, strict=True)]
         self.redis_cpu = cpu_seconds(self.redis_pid) - self.redis0 if self.redis_pid else 0.0
         others = machine_busy_seconds() - sum(cpu_seconds(p) for p in self.bench_pids) - self.machine0
         load = sum(cpu_seconds(p) for p in self.load_pids) - self.load0
@@ -475,7 +475,7 @@ async def measure(target: str, sc: Scenario, *, during_rate: Hook = _no_hook) ->
             r.cpu_us_per_completion = sum(out.phase.cpu) / n * 1e6
             r.instance_cpu_us_per_completion = [c / (n / k) * 1e6 for c in out.phase.cpu]  # n / k completions each
             r.redis_cpu_us_per_completion = out.phase.redis_cpu / n * 1e6 if m.redis_pid else None
-            r.wakeups_per_completion = sum(out.phase.sleeps) / n
+            r.wakeups_per_completion = sum(out.phase.wakeups) / n
             r.others_cores = out.phase.others_cores
             r.load_cores = out.phase.load_cores
             r.load_average = load_average()

@@ -57,7 +57,7 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
-def sleeps(pid: int) -> int:
+def wakeups(pid: int) -> int:
     """How many times the process's threads went to sleep and were woken again: the voluntary context switches
     of /proc/<pid>/task/*/status. An event-loop server sleeps in epoll_wait whenever it has nothing ready, so
     this counts its wake-ups (a thread that ended meanwhile drops out of the sum)."""
