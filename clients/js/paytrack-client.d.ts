@@ -25,6 +25,10 @@ export interface Payment {
   completed_at?: string | null;
   operator_reference?: string | null;
   orphan?: boolean;
+  /** A duplicate successful payment of its order: the reference of the payment it duplicates (the merchant refunds this one). */
+  duplicate_of?: string | null;
+  /** GET /status/{order_id}: the order's other successful payments, which the merchant should refund. */
+  duplicate_payments?: string[];
   timestamp: string;
   [field: string]: unknown;
 }
@@ -63,8 +67,15 @@ export interface PaymentTrackerOptions {
   path?: string;
   /** Share what this tracker learns with other tabs of the origin (BroadcastChannel). Default: true in a browser page. */
   shareAcrossTabs?: boolean;
-  /** initiate() attempts on network failure, 429, 503 (same Idempotency-Key; default 3). */
+  /** initiate() attempts on network failure, 429, 503, `idempotency_in_progress` (same Idempotency-Key; default 3). */
   initiateAttempts?: number;
+  /**
+   * How long initiate() keeps asking again (same Idempotency-Key, after each Retry-After) while the
+   * server answers `initiation_unknown`: the first attempt may have reached CamPay and its outcome is
+   * not known yet (ms from the first such answer, default 120000). Past it, initiate() throws that
+   * error; ask again later with `err.idempotencyKey`, never with a new key.
+   */
+  initiateUnknownWaitMs?: number;
   /** fetch implementation (default globalThis.fetch). */
   fetch?: typeof fetch;
 }
@@ -111,22 +122,48 @@ export interface InitiateBody {
   [field: string]: unknown;
 }
 
+export interface InitiateRetry {
+  /** The attempt (1, 2, ...) whose answer is being retried. */
+  attempt: number;
+  /** How long initiate() waits before the next attempt (ms). */
+  waitMs: number;
+}
+
 export interface InitiateOptions {
   /** Sent as Idempotency-Key; a retry with the same key gets the first answer. Default: a random key per call. */
   idempotencyKey?: string;
+  /**
+   * Called before each automatic retry with the answer that caused it (`error.code` e.g.
+   * "initiation_unknown": waiting for CamPay to confirm the first attempt; "idempotency_in_progress",
+   * "rate_limited", "busy", "network_error").
+   */
+  onRetry?: (error: PaytrackError, retry: InitiateRetry) => void;
 }
 
 export declare class PaytrackError extends Error {
-  constructor(code: string, message?: string, extra?: { status?: number; reference?: string; details?: unknown; retryAfter?: number; cause?: unknown });
-  /** The server's error code ("validation_error", "forbidden", "too_many_tracked", ...) or the client's ("network_error", "stopped", "closed", "timeout"). */
+  constructor(
+    code: string,
+    message?: string,
+    extra?: { status?: number; reference?: string; details?: unknown; retryAfter?: number; idempotencyKey?: string; cause?: unknown },
+  );
+  /**
+   * The server's error code ("validation_error", "forbidden", "too_many_tracked", "order_paid",
+   * "initiation_unknown", ...) or the client's ("network_error", "stopped", "closed", "timeout").
+   */
   readonly code: string;
   /** HTTP status, for REST errors. */
   readonly status: number | null;
+  /**
+   * The payment concerned: the tracked one, or the one the server named (`payment_pending`: the
+   * order's PENDING payment; `order_paid`: its SUCCESSFUL payment).
+   */
   readonly reference: string | null;
   /** The server's details, e.g. [{field, message}] for a validation error. */
   readonly details: unknown;
   /** From Retry-After, in ms. */
   readonly retryAfter: number | null;
+  /** Errors thrown by initiate(): the Idempotency-Key it sent; ask again with it (e.g. after "initiation_unknown"). */
+  readonly idempotencyKey: string | null;
   /** "field: message" for every field the server named. */
   readonly fieldMessages: string[];
 }
@@ -145,7 +182,11 @@ export declare class PaymentTracker {
   on<E extends keyof PaymentTrackerEvents>(event: E, listener: PaymentTrackerEvents[E]): () => void;
   off<E extends keyof PaymentTrackerEvents>(event: E, listener: PaymentTrackerEvents[E]): void;
   track(reference: string, handlers?: TrackHandlers): Tracking;
-  /** POST /api/payment/initiate; throws PaytrackError with the server's code, message and details. */
+  /**
+   * POST /api/payment/initiate; throws PaytrackError with the server's code, message and details, and
+   * `idempotencyKey`. "order_paid" (with `reference`) is thrown at once; "initiation_unknown" only
+   * after `initiateUnknownWaitMs` of asking again with the same key.
+   */
   initiate(body: InitiateBody, options?: InitiateOptions): Promise<Payment>;
   /** Reconnect now, asking token() again (e.g. after the user signed in). */
   reconnect(): void;

@@ -30,6 +30,8 @@ const AUTH_CODES = new Set(["unauthenticated", "token_expired", "invalid_token"]
 // Ack error codes worth asking again for, after a pause.
 const RETRY_CODES = new Set(["busy", "rate_limited", "auth_unavailable", "timeout", "internal_error"]);
 const RE_READ_MIN_INTERVAL_MS = 1000;
+// initiation_unknown is asked again for up to a couple of minutes: never faster than this, whatever Retry-After says.
+const UNKNOWN_MIN_WAIT_MS = 250;
 
 const DEFAULTS = {
   path: "/socket.io",
@@ -42,6 +44,7 @@ const DEFAULTS = {
   reconnectDelayMs: 500,
   reconnectDelayMaxMs: 5000,
   initiateAttempts: 3,
+  initiateUnknownWaitMs: 120_000,
 };
 
 /** An error from the server (its `code` and `message`) or from the client itself. */
@@ -54,6 +57,7 @@ export class PaytrackError extends Error {
     this.reference = extra.reference ?? null;
     this.details = extra.details ?? null;
     this.retryAfter = extra.retryAfter ?? null;
+    this.idempotencyKey = extra.idempotencyKey ?? null;
     if (extra.cause !== undefined) this.cause = extra.cause;
   }
 
@@ -95,9 +99,9 @@ function randomKey() {
   return `${Date.now().toString(36)}-${Math.random().toString(36).slice(2)}${Math.random().toString(36).slice(2)}`;
 }
 
-function retryAfterMs(headers) {
+function retryAfterMs(headers, bodySeconds) {
   const value = headers && headers.get("Retry-After");
-  if (!value) return null;
+  if (!value) return Number.isFinite(bodySeconds) && bodySeconds >= 0 ? bodySeconds * 1000 : null;
   const seconds = Number(value);
   if (Number.isFinite(seconds)) return Math.max(0, seconds * 1000);
   const at = Date.parse(value);
@@ -294,20 +298,36 @@ export class PaymentTracker {
     return handle;
   }
 
-  /** POST /api/payment/initiate; retried with the same Idempotency-Key on network failure, 429, 503. */
-  async initiate(body, { idempotencyKey } = {}) {
+  /**
+   * POST /api/payment/initiate, every attempt with the same Idempotency-Key. Retried on network
+   * failure, 429, 503 and `idempotency_in_progress` (up to `initiateAttempts` attempts), and on
+   * `initiation_unknown` (the first attempt may have reached CamPay; its outcome is not known yet)
+   * for up to `initiateUnknownWaitMs`. Every error thrown carries the key (`err.idempotencyKey`):
+   * asking again later with it is safe, asking with a new one after `initiation_unknown` is not.
+   */
+  async initiate(body, { idempotencyKey, onRetry } = {}) {
     const key = idempotencyKey ?? randomKey();
     const attempts = Math.max(1, this.#options.initiateAttempts);
+    const { reconnectDelayMs, reconnectDelayMaxMs } = this.#options;
+    const withKey = (err) => {
+      if (err !== null && typeof err === "object" && !Object.isFrozen(err)) err.idempotencyKey = key;
+      return err;
+    };
+    let retries = 0; // ordinary retries (network, 429, 503, idempotency_in_progress), bounded by `attempts`
+    let unknownRetries = 0;
+    let unknownDeadline = null; // set by the first initiation_unknown
     for (let attempt = 1; ; attempt++) {
       let result;
       try {
         result = await this.#request("POST", "/api/payment/initiate", { json: body, headers: { "Idempotency-Key": key } });
       } catch (err) {
-        if (attempt < attempts && err.code === "network_error") {
-          await sleep(backoff(attempt - 1, this.#options.reconnectDelayMs, this.#options.reconnectDelayMaxMs));
+        if (retries + 1 < attempts && err?.code === "network_error") {
+          const wait = backoff(retries++, reconnectDelayMs, reconnectDelayMaxMs);
+          safeCall(onRetry, withKey(err), { attempt, waitMs: wait });
+          await sleep(wait);
           continue;
         }
-        throw err;
+        throw withKey(err);
       }
       const { response, data } = result;
       if (response.ok) {
@@ -319,14 +339,29 @@ export class PaymentTracker {
         }
         return data;
       }
-      const error = this.#errorFrom(response, data);
-      const retryable = response.status === 429 || response.status === 503 || error.code === "idempotency_in_progress";
-      const wait = error.retryAfter ?? backoff(attempt - 1, this.#options.reconnectDelayMs, this.#options.reconnectDelayMaxMs);
-      if (attempt < attempts && retryable && wait <= 10_000) {
+      const error = this.#errorFrom(response, data, undefined, key);
+      // Normal for tens of seconds (until CamPay's webhook tells the server); never a new key. Once
+      // in that wait, a replay still being prepared (idempotency_in_progress) counts against it too.
+      if (error.code === "initiation_unknown" || (unknownDeadline !== null && error.code === "idempotency_in_progress")) {
+        unknownDeadline ??= Date.now() + Math.max(0, this.#options.initiateUnknownWaitMs);
+        const left = unknownDeadline - Date.now();
+        if (left <= 0) throw error;
+        const asked = error.retryAfter ?? backoff(unknownRetries, reconnectDelayMs, reconnectDelayMaxMs);
+        const wait = Math.min(left, Math.max(UNKNOWN_MIN_WAIT_MS, asked));
+        unknownRetries++;
+        safeCall(onRetry, error, { attempt, waitMs: wait });
         await sleep(wait);
         continue;
       }
-      throw error;
+      const retryable = response.status === 429 || response.status === 503 || error.code === "idempotency_in_progress";
+      const wait = error.retryAfter ?? backoff(retries, reconnectDelayMs, reconnectDelayMaxMs);
+      if (retries + 1 < attempts && retryable && wait <= 10_000) {
+        retries++;
+        safeCall(onRetry, error, { attempt, waitMs: wait });
+        await sleep(wait);
+        continue;
+      }
+      throw error; // order_paid, payment_pending, validation errors, ...: final, never retried
     }
   }
 
@@ -606,13 +641,15 @@ export class PaymentTracker {
     return { response, data };
   }
 
-  #errorFrom(response, data, reference) {
+  #errorFrom(response, data, reference, idempotencyKey) {
     const error = data?.error ?? {};
     return new PaytrackError(error.code ?? `http_${response.status}`, error.message ?? response.statusText, {
       status: response.status,
-      reference,
+      // The payment the call was about, else the one the server named (payment_pending, order_paid).
+      reference: reference ?? (typeof error.reference === "string" ? error.reference : undefined),
       details: error.details,
-      retryAfter: retryAfterMs(response.headers),
+      retryAfter: retryAfterMs(response.headers, error.retry_after),
+      idempotencyKey,
     });
   }
 

@@ -2,13 +2,38 @@
 // which runs the official socket.io client underneath): exactly what a merchant's page would
 // do. The client keeps the guarantees (seq order, re-track with last_seq after a reconnect,
 // REST polling when the socket is down, token refresh); this page only shows what it reports.
+//
+// Never charging an order twice: once a payment is final, the order-id field gets a new order id,
+// so pressing Pay again starts a new order; `order_paid` says the order is already paid and does
+// the same. While the server cannot tell whether a first attempt reached CamPay
+// (`initiation_unknown`) the client asks again with the same Idempotency-Key; if it gives up, the
+// page keeps that key, and Pay with the same fields asks again with it (never with a new one).
 import { PaymentTracker, PaytrackError } from "/sdk/paytrack-client.js";
 
 const $ = (id) => document.getElementById(id);
 const simulateEnabled = document.body.dataset.simulate === "true";
 const token = () => $("token").value.trim();
 
-let current = null; // { reference, tracking }
+let current = null; // { reference, orderId, tracking }
+// The Idempotency-Key of an attempt whose outcome is not known (initiation_unknown, network
+// failure, ...), with the body it was sent with: Pay with the same fields asks again with it.
+let retained = null; // { body: string, key: string }
+const OUTCOME_UNKNOWN = new Set(["initiation_unknown", "idempotency_in_progress", "network_error"]);
+
+function randomPart() {
+  // getRandomValues works on plain http too (randomUUID needs a secure context).
+  return Array.from(crypto.getRandomValues(new Uint8Array(3)), (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+function newOrderId() {
+  $("order-id").value = `order-${Date.now().toString(36)}-${randomPart()}`;
+}
+
+/** An informational line under the form; `code` (data-code) says which case it is. */
+function formNote(text, code = "") {
+  $("form-note").textContent = text;
+  $("form-note").dataset.code = code;
+}
 
 function logEvent(name, data) {
   const li = document.createElement("li");
@@ -24,8 +49,8 @@ function describe(err) {
   return `${head}: ${err.message}${fields}`;
 }
 
-function showError(err) {
-  $("form-error").textContent = describe(err);
+function showError(err, hint = "") {
+  $("form-error").textContent = describe(err) + (hint ? `\n${hint}` : "");
 }
 
 function pending() {
@@ -111,32 +136,90 @@ async function post(path, body) {
   return payload;
 }
 
+/** The payment of `orderId` is final: Pay must start a new order, not pay this one again. */
+function orderFinished(orderId, payment) {
+  if ($("order-id").value.trim() !== orderId) return; // the field already holds another order
+  newOrderId();
+  logEvent("new-order", { finished: orderId, status: payment.status, order_id: $("order-id").value });
+  formNote(`Order ${orderId} is ${payment.status}: a new order id was filled in, so Pay starts a new order.`, "new_order");
+}
+
+/** Show and follow one payment (a new one, or the one that already paid the order). */
+function follow(reference, orderId, seed = {}) {
+  if (current) current.tracking.stop();
+  current = { reference, orderId, tracking: null };
+  $("payment").hidden = false;
+  $("reference").textContent = reference;
+  $("ussd").textContent = seed.ussd_code || "-";
+  $("status").textContent = "";
+  $("status").dataset.status = "";
+  $("status").dataset.synced = "false";
+  $("status").dataset.known = "true";
+  setNote("");
+  $("simulate").hidden = !simulateEnabled;
+  updateSimulate();
+  current.tracking = tracker.track(reference, {
+    onUpdate: render,
+    onUnknown: unknown,
+    onSuccess: (payment) => orderFinished(orderId, payment),
+    onFailure: (payment) => orderFinished(orderId, payment),
+    onStuck: () => setNote("still pending after 5 minutes: ask the shopper to check their phone, or retry"),
+  });
+  current.tracking.done.catch(() => {}); // stopped when a new payment starts
+}
+
+/** Called by the client before it asks again with the same key. */
+function initiateRetry(err, { waitMs }) {
+  logEvent("initiate-retry", { code: err.code, wait_ms: waitMs, idempotency_key: err.idempotencyKey });
+  const seconds = Math.ceil(waitMs / 1000);
+  if (err.code === "initiation_unknown") {
+    formNote(`Waiting for CamPay to confirm the first attempt (asking again in ${seconds} s with the same key)…`, err.code);
+  } else {
+    formNote(`${err.code}: asking again in ${seconds} s with the same key…`, err.code);
+  }
+}
+
 $("pay-form").addEventListener("submit", async (e) => {
   e.preventDefault();
   $("form-error").textContent = "";
+  formNote("");
   $("pay").disabled = true;
+  const body = {
+    order_id: $("order-id").value.trim(),
+    amount: Number($("amount").value),
+    phone_number: $("phone").value.trim(),
+  };
+  const sent = JSON.stringify(body);
+  const idempotencyKey = retained && retained.body === sent ? retained.key : undefined;
   try {
-    const payment = await tracker.initiate({
-      order_id: $("order-id").value.trim(),
-      amount: Number($("amount").value),
-      phone_number: $("phone").value.trim(),
-    });
+    const payment = await tracker.initiate(body, { idempotencyKey, onRetry: initiateRetry });
+    retained = null;
+    formNote("");
     logEvent("initiated", payment);
-    if (current) current.tracking.stop();
-    current = { reference: payment.reference, tracking: null };
-    $("payment").hidden = false;
-    $("reference").textContent = payment.reference;
-    $("ussd").textContent = payment.ussd_code || "-";
-    $("status").dataset.known = "true";
-    $("simulate").hidden = !simulateEnabled;
-    current.tracking = tracker.track(payment.reference, {
-      onUpdate: render,
-      onUnknown: unknown,
-      onStuck: () => setNote("still pending after 5 minutes: ask the shopper to check their phone, or retry"),
-    });
-    current.tracking.done.catch(() => {}); // stopped when a new payment starts
+    follow(payment.reference, body.order_id, payment);
   } catch (err) {
-    showError(err);
+    formNote("");
+    retained = null;
+    if (err.code === "order_paid") {
+      logEvent("order-paid", { order_id: body.order_id, reference: err.reference });
+      if ($("order-id").value.trim() === body.order_id) newOrderId();
+      formNote(
+        `Order ${body.order_id} is already paid (reference ${err.reference || "unknown"}). ` +
+          "A new order id was filled in: press Pay to start a new order.",
+        "order_paid",
+      );
+      if (err.reference) follow(err.reference, body.order_id);
+      return;
+    }
+    if (err.idempotencyKey && (OUTCOME_UNKNOWN.has(err.code) || !err.status || err.status >= 500)) {
+      retained = { body: sent, key: err.idempotencyKey }; // its outcome is not known: never a new key
+    }
+    showError(
+      err,
+      err.code === "initiation_unknown"
+        ? "CamPay has not confirmed the first attempt yet. Press Pay again later: it asks with the same key, so it cannot charge twice."
+        : "",
+    );
   } finally {
     $("pay").disabled = false;
   }
@@ -155,4 +238,4 @@ async function simulate(status) {
 $("token").addEventListener("change", () => tracker.reconnect());
 $("simulate-success").addEventListener("click", () => simulate("SUCCESSFUL"));
 $("simulate-failure").addEventListener("click", () => simulate("FAILED"));
-$("order-id").value = `order-${Date.now().toString(36)}`;
+newOrderId();

@@ -6,6 +6,8 @@ const tracker: PaymentTracker = new PaymentTracker({
   token: async ({ reason }) => (reason === "rejected" ? "fresh" : "cached"),
   fallbackPollMs: 3000,
   stuckAfterMs: 120_000,
+  initiateAttempts: 3,
+  initiateUnknownWaitMs: 120_000,
 });
 const also: PaymentTracker = new PaymentTrackerDefault();
 const off: () => void = tracker.on("connection", (state: ConnectionState) => void state);
@@ -25,8 +27,29 @@ async function checkout(): Promise<void> {
   const final: Payment = await t.done;
   const now: Payment | null = await t.refresh();
   console.log(final.status === "SUCCESSFUL", now, t.payment, t.reference, VERSION, also.state);
+  console.log(final.duplicate_of, final.duplicate_payments?.length);
   t.stop();
   tracker.reconnect();
   tracker.close();
 }
 void checkout;
+
+async function payOnce(key?: string): Promise<Payment | string> {
+  try {
+    return await tracker.initiate(
+      { order_id: "o-2", amount: 500, phone_number: "237671234567" },
+      {
+        idempotencyKey: key,
+        onRetry: (err: PaytrackError, { attempt, waitMs }) => console.log(err.code, err.idempotencyKey, attempt, waitMs),
+      },
+    );
+  } catch (err) {
+    if (err instanceof PaytrackError && err.code === "order_paid") return `paid: ${err.reference ?? ""}`;
+    if (err instanceof PaytrackError && err.code === "initiation_unknown") {
+      const again: string | null = err.idempotencyKey;
+      return again ?? "";
+    }
+    throw err;
+  }
+}
+void payOnce;
