@@ -29,12 +29,11 @@ from observability.health import PROBE
 from observability.metrics import METRICS, Metrics, instrument
 from observability.request_id import request_id_middleware
 from payments.access import AUTHENTICATOR
-from payments.campay import slowest_collect_seconds
 from payments.outbox import OutboxPolicy
 from payments.providers import create_provider
 from payments.reconciler import RECONCILER, ReconcilePolicy, Reconciler
 from payments.routes import TRACKERS
-from payments.service import SERVICE, PaymentService
+from payments.service import SERVICE, InitiationTimes, PaymentService
 from realtime.delivery import LocalDelivery, Resync
 from realtime.events import PaymentNamespace
 from realtime.heartbeat import heartbeat_ctx
@@ -125,11 +124,11 @@ def create_app(
         provider,
         SocketNotifier(manager.publish_payment),
         clock,
-        idempotency_ttl=settings.PAYMENT_TTL_SECONDS,
-        order_lock_seconds=slowest_collect_seconds(
-            settings.CAMPAY_RETRY_ATTEMPTS, settings.CAMPAY_TIMEOUT_SECONDS, settings.CAMPAY_RETRY_BASE_SECONDS
-        )
-        + 5,
+        times=InitiationTimes(
+            lease_seconds=settings.INITIATION_LEASE_SECONDS,
+            collect_lifetime_seconds=settings.COLLECT_LIFETIME_SECONDS,
+            idempotency_ttl_seconds=settings.PAYMENT_TTL_SECONDS,
+        ),
         outbox=OutboxPolicy(settings.MERCHANT_WEBHOOK_URL, settings.MERCHANT_WEBHOOK_EVENTS),
         on_outbox=delivery.wake if delivery else None,
         metrics=metrics,
@@ -254,8 +253,10 @@ def _create_limiter(settings: Settings) -> RateLimiter:
     return RateLimiter.from_settings(
         settings,
         {
-            "initiate_user": Limit(settings.RATE_LIMIT_INITIATE_PER_USER, on_outage="closed"),
-            "initiate_ip": Limit(settings.RATE_LIMIT_INITIATE_PER_IP, on_outage="closed"),
+            # Payments go on while Redis is away: counted per instance until it is back (a burst that
+            # fills the counters' pool is back-pressure: 503 busy, never counted on memory).
+            "initiate_user": Limit(settings.RATE_LIMIT_INITIATE_PER_USER, on_outage="local", busy_is_busy=True),
+            "initiate_ip": Limit(settings.RATE_LIMIT_INITIATE_PER_IP, on_outage="local", busy_is_busy=True),
             "webhook_ip": Limit(settings.RATE_LIMIT_WEBHOOK_PER_IP, on_outage="open"),
             "connect_ip": Limit(settings.RATE_LIMIT_CONNECT_PER_IP, on_outage="local"),
         },

@@ -63,6 +63,9 @@ class ProviderError(ApiError):
     # True only when the provider provably did not act (the request never
     # reached it): then an idempotent retry may call it again.
     retry_safe = False
+    # True when the provider answered without acting (it refused our credentials): nothing to retry now,
+    # but nothing happened either, so an initiation may start afresh later.
+    never_acted = False
 
 
 class Busy(ApiError):

@@ -10,16 +10,23 @@ burst queues instead of opening a connection per request until Redis refuses
 them. What happens when the counter store cannot answer (down, or the pool
 wait timed out) is decided per limit, never by accident:
 
-- `closed`: refuse with 503 `rate_limit_unavailable` and `Retry-After`
-  (initiate: every accepted initiate is a real USSD push to a phone);
+- `closed`: refuse with 503 `rate_limit_unavailable` and `Retry-After`;
 - `open`: let the request through and log it (CamPay's callbacks: our outage
   must never make us refuse a payment result);
 - `local`: count on this instance's memory until the store answers again
-  (socket connects: checkout pages keep connecting, a flood is still bounded).
+  (initiates: payments go on while Redis is away, each instance allowing the
+  same numbers; socket connects: checkout pages keep connecting, a flood is
+  still bounded).
+
+A limit may also say that back-pressure is not an outage (`busy_is_busy`): when
+the counters' pool stayed full for its whole wait, Redis is there and merely
+busy, so the caller gets 503 `busy` with `Retry-After` instead of the outage
+policy (initiate: never counted on memory because of a burst).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -34,8 +41,9 @@ from limits.errors import StorageError
 from redis.asyncio import BlockingConnectionPool
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 
-from core.errors import ApiError
+from core.errors import ApiError, Busy
 from core.settings import Settings, StorageBackend
 
 log = logging.getLogger("paytrack.ratelimit")
@@ -65,6 +73,7 @@ class RateLimitUnavailable(ApiError):
 class Limit:
     rate: str
     on_outage: OnOutage
+    busy_is_busy: bool = False  # a full counter pool answers 503 busy rather than the outage policy
 
 
 class RateLimiter:
@@ -78,6 +87,7 @@ class RateLimiter:
     ) -> None:
         self._items: dict[str, RateLimitItem] = {name: parse(limit.rate) for name, limit in limits.items()}
         self._on_outage: dict[str, OnOutage] = {name: limit.on_outage for name, limit in limits.items()}
+        self._busy_is_busy = {name for name, limit in limits.items() if limit.busy_is_busy}
         self._limiter = MovingWindowRateLimiter(storage or MemoryStorage())
         self._local = MovingWindowRateLimiter(MemoryStorage())  # the `local` fallback
         self._outage_retry_after = outage_retry_after
@@ -130,6 +140,8 @@ class RateLimiter:
         try:
             allowed = await limiter.hit(item, name, *identifiers)
         except StorageError as exc:
+            if name in self._busy_is_busy and _pool_exhausted(exc):
+                raise Busy(retry_after=self._outage_retry_after) from None
             policy = self._on_outage[name]
             log.warning(
                 "rate limit store unreachable", extra={"limit": name, "policy": policy, "error": _describe(exc)}
@@ -154,6 +166,13 @@ class RateLimiter:
     async def close(self) -> None:
         if self._pool is not None:
             await self._pool.aclose()
+
+
+def _pool_exhausted(exc: StorageError) -> bool:
+    """The counters' blocking pool stayed full for its whole wait (redis-py raises a ConnectionError caused
+    by the wait's timeout): back-pressure, with Redis itself reachable."""
+    inner = exc.storage_error
+    return isinstance(inner, RedisConnectionError) and isinstance(inner.__cause__, asyncio.TimeoutError)
 
 
 def _describe(exc: StorageError) -> str:

@@ -150,6 +150,12 @@ class Settings(BaseSettings):
     CAMPAY_RETRY_ATTEMPTS: int = Field(4, ge=1, le=10)
     CAMPAY_RETRY_BASE_SECONDS: float = Field(0.5, ge=0, le=30)
     WEBHOOK_VERIFY_WITH_PROVIDER: bool = True
+    # An initiation holds its order and its Idempotency-Key with leases this long, renewed every third of
+    # it while it runs (a slow collect keeps them); a crashed holder's lapse after at most this.
+    INITIATION_LEASE_SECONDS: float = Field(10.0, gt=0, le=300)
+    # How long a collect whose outcome is unknown (the instance died, CamPay did not answer) holds its order
+    # against a second collect, waiting for CamPay's callback to link it (payments/initiation.py).
+    COLLECT_LIFETIME_SECONDS: float = Field(600.0, gt=0, le=86400)
 
     RECONCILE_ENABLED: bool = True
     RECONCILE_AFTER_SECONDS: float = Field(60, ge=0)

@@ -22,6 +22,7 @@ from core.clock import Clock
 from core.errors import ApiError, NotFound, ProviderError
 from core.settings import Settings
 from observability.metrics import Metrics
+from payments.amounts import parse_amount
 from payments.model import Payment, StatusUpdate
 from payments.operators import normalise_operator
 from payments.provider import ApplyUpdate, CollectRequest, CollectResult, ProviderTransaction
@@ -69,12 +70,6 @@ class ProviderTimeout(ProviderError):
 def _longest_wait(base: float) -> float:
     """The cap of one backoff wait between retries (before jitter)."""
     return max(base * 16, 0.01)
-
-
-def slowest_collect_seconds(attempts: int, timeout: float, base: float) -> float:
-    """A collect's worst case: every attempt timing out, plus the longest backoff (and jitter) between them.
-    The per-order initiation lock must outlive it, so no second collect can overtake one still in flight."""
-    return attempts * timeout + (attempts - 1) * (_longest_wait(base) + base)
 
 
 def _is_transient(exc: BaseException) -> bool:
@@ -204,7 +199,9 @@ class CampayProvider:
         if response.status_code == 404:
             raise NotFound(str(message), code="provider_unknown_reference")
         if response.status_code == 401:
-            raise ProviderError("CamPay rejected our credentials", code="provider_auth_failed")
+            refused = ProviderError("CamPay rejected our credentials", code="provider_auth_failed")
+            refused.never_acted = True
+            raise refused
         status, code = CAMPAY_ERRORS.get(str(provider_code), (400, "provider_rejected"))
         raise ApiError(str(message), code=code, status=status, details={"provider_code": provider_code})
 
@@ -244,7 +241,7 @@ class CampayProvider:
                 "currency": request.currency,
                 "from": request.phone_number,
                 "description": request.description,
-                "external_reference": request.order_id,
+                "external_reference": request.external_reference,
             },
             only_unsent=True,
         )
@@ -263,16 +260,20 @@ class CampayProvider:
         body = await self._call("GET", f"transaction/{reference}/")
         if not body.get("status"):
             raise ProviderError("CamPay's transaction response has no status", code="provider_bad_response")
-        amount = body.get("amount")
-        try:
-            amount = int(float(amount)) if amount is not None else None
-        except (TypeError, ValueError):
-            amount = None
+        amount = parse_amount(body.get("amount"))
+        currency = body.get("currency")
+        if amount is None or not isinstance(currency, str):
+            # Never a reason to fail the check: the state rule keeps a SUCCESSFUL it cannot read PENDING.
+            log.warning(
+                "CamPay reported an amount or currency we cannot read",
+                extra={"reference": reference, "amount": str(body.get("amount"))[:32], "currency": str(currency)[:8]},
+            )
         return ProviderTransaction(
             reference=str(body.get("reference") or reference),
             status=str(body.get("status") or ""),
             amount=amount,
-            currency=body.get("currency"),
+            currency=currency if isinstance(currency, str) else None,
+            app_amount=parse_amount(body.get("app_amount")),
             operator=normalise_operator(body.get("operator")),
             code=body.get("code"),
             operator_reference=body.get("operator_reference"),

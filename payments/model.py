@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -79,6 +79,17 @@ class Payment(BaseModel):
     # What the provider itself reported (kept when it contradicts the initiation: amount_mismatch).
     provider_amount: int | None = None
     provider_currency: str | None = None
+    # What the merchant receives after the provider's fee, as the provider reported it (merchant webhook only).
+    app_amount: int | None = None
+    # The initiation's nonce, sent to the provider as its `external_reference`: how a provider record that
+    # reached us before our initiation finished (or without it: a crash) finds its order (payments/intents.py).
+    external_reference: str | None = None
+    # The seq at which this payment first reached its final status: a page that has seen it (its `last_seq` is
+    # at least this) has been told the outcome, whatever later re-announcements of the same status carry.
+    final_seq: int | None = None
+    # For a SUCCESSFUL payment of an order that another payment had already paid: that payment's reference.
+    # The merchant refunds this one (its webhook says so); the order shows it under `duplicate_payments`.
+    duplicate_of: str | None = None
 
     def public(self, *, reveal_phone: bool = False) -> dict[str, Any]:
         """The REST representation: snake_case JSON, phone masked unless asked.
@@ -111,6 +122,9 @@ _NOT_PUBLIC_AS_DUMPED: set[str] = {
     "owner_id",
     "provider_amount",
     "provider_currency",
+    "app_amount",
+    "external_reference",
+    "final_seq",
     "created_at",
     "updated_at",
     "completed_at",
@@ -128,7 +142,10 @@ class StatusUpdate(BaseModel):
     currency: str | None = None
     operator: str | None = None
     operator_reference: str | None = None
+    # The provider's record of which initiation this is (our nonce): set only from the provider's own
+    # answer (`ProviderTransaction.to_update`), never from a callback's body, which nobody signed.
     external_reference: str | None = None
+    app_amount: int | None = None
 
 
 class PaymentEvent(BaseModel):
@@ -192,3 +209,34 @@ class Transition:
     outcome: str  # applied | duplicate | regression | created_orphan | unknown
     previous_status: PaymentStatus | None = None
     event: PaymentEvent | None = None
+
+
+class InitiationIntent(BaseModel):
+    """What an initiation is about to ask the provider for, written down before the collect goes out.
+
+    The `nonce` travels to the provider as the collect's `external_reference`, so a provider record that
+    reaches us without our initiation (the instance died while the collect was in flight, or the
+    provider's callback beat its answer) carries it back: `PaymentService` then makes it this order's
+    payment, owned and announced as if the initiation had finished. Only the provider's own record
+    (`GET /transaction/`) links; a callback's body never does.
+
+    `pending` until the provider's reference is known (`resolved`); an intent whose collect the provider
+    refused, or that never reached it, is dropped. While pending it holds its order (no second collect);
+    that hold lapses after the collect's lifetime, the intent itself lives as long as its idempotency key.
+    """
+
+    nonce: str
+    order_id: str
+    owner_id: str | None = None
+    amount: int
+    currency: str
+    phone_number: str
+    description: str | None = None
+    provider: str
+    idempotency_scope: str | None = None  # the Idempotency-Key's scope (payments.service.idempotency_scope)
+    fingerprint: str | None = None
+    created_at: datetime
+    state: Literal["pending", "resolved"] = "pending"
+    reference: str | None = None
+    ussd_code: str | None = None
+    operator: str | None = None

@@ -3,8 +3,13 @@
 Messages follow the Standard Webhooks specification, so merchants can verify
 them with the `standardwebhooks` library or ten lines of `hmac`:
 `webhook-signature: v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">`.
-The message id is derived from (reference, seq), so every instance that might
-produce it produces the same id, and it stays the same across retries.
+The message id is derived from (reference, event type), so every instance and
+every path that might produce it (a live change, an initiation that meets a
+record CamPay reported first, a write-back, a callback replayed after the
+payment expired) produces the same id, and it stays the same across retries:
+a merchant deduplicating by `webhook-id` hears of each outcome once. A record
+nobody initiated (an orphan) produces no message: the merchant hears of it
+when an initiation adopts it, with what was stored then.
 """
 
 from __future__ import annotations
@@ -67,20 +72,16 @@ class OutboxPolicy:
     def enabled(self) -> bool:
         return bool(self.urls)
 
-    def entries_for(self, payment: Payment, now: datetime) -> list[OutboxEntry]:
-        if not self.urls:
+    def entries_for(self, payment: Payment, now: datetime, event_type: EventType | None = None) -> list[OutboxEntry]:
+        """The entries for one event of `payment` as stored (its status's event by default)."""
+        event_type = event_type or _event_type(payment)
+        if not self.urls or payment.orphan or event_type not in self.event_types:
             return []
-        event_type = _event_type(payment)
-        if event_type not in self.event_types:
-            return []
-        message_id = f"msg_{payment.reference}_{payment.seq}"
+        message_id = f"msg_{payment.reference}_{event_type.removeprefix('payment.')}"
+        data = payment.public()
+        data["app_amount"] = payment.app_amount  # the merchant's figure, not shown to the shopper
         body = json.dumps(
-            {
-                "id": message_id,
-                "type": event_type,
-                "created_at": utc_iso(now),
-                "data": payment.public(),
-            },
+            {"id": message_id, "type": event_type, "created_at": utc_iso(now), "data": data},
             separators=(",", ":"),
         )
         at = now.timestamp()
@@ -101,3 +102,12 @@ class OutboxPolicy:
         if not transition.applied or transition.payment is None:
             return []
         return self.entries_for(transition.payment, now)
+
+    def for_creation(self, payment: Payment, now: datetime) -> list[OutboxEntry]:
+        """What a finished initiation tells the merchant, from the record as stored: `payment.initiated`,
+        and the final event too when the provider had already settled it (the same ids whichever path
+        stored it, so nothing is told twice)."""
+        entries = self.entries_for(payment, now, "payment.initiated")
+        if payment.status is not PaymentStatus.PENDING:
+            entries += self.entries_for(payment, now)
+        return entries

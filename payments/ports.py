@@ -9,38 +9,57 @@ roles (memory, Redis, and Redis with a memory fallback) and realtime/ the
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel
 
-from payments.model import Payment, PaymentEvent, StatusUpdate, Transition
+from payments.model import InitiationIntent, Payment, PaymentEvent, StatusUpdate, Transition
 from payments.outbox import OutboxEntry
 
 # Given an applied transition, the outbox entries to write in the same atomic step.
 OutboxFor = Callable[[Transition], list[OutboxEntry]]
+# Given the record a creation stored (after merging with any copy already there), its outbox entries.
+CreationOutbox = Callable[[Payment], list[OutboxEntry]]
 
 
 class IdempotencyRecord(BaseModel):
-    """The first response to a request carrying an `Idempotency-Key`."""
+    """The first response to a request carrying an `Idempotency-Key`, or the claim of the one running.
+
+    An `in_progress` claim names the initiation's `nonce`: if its holder vanishes, the intent under that
+    nonce says whether a collect may have gone out (payments/model.py, `InitiationIntent`).
+    """
 
     fingerprint: str
     state: Literal["in_progress", "done"]
+    nonce: str | None = None
     status_code: int | None = None
     body: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class IdempotencyClaim:
+    """What `claim_idempotency` found: the key is now ours, or its record and whether a live holder has it."""
+
+    claimed: bool
+    existing: IdempotencyRecord | None = None
+    held: bool = False  # an in-progress claim whose holder still renews its lease
 
 
 class PaymentStore(Protocol):
     """Payments, their event logs and indexes; every write is one atomic step."""
 
-    async def create_payment(self, payment: Payment, outbox: list[OutboxEntry] | None = None) -> Payment:
+    async def create_payment(self, payment: Payment, outbox: CreationOutbox | None = None) -> Payment:
         """Store a new payment (seq 1), point its order at it, index it as active, log its first
-        event, and queue `outbox` entries, all in one step.
+        event, and queue `outbox(stored)` entries, all in one step.
 
         If a record for the reference already exists because the provider spoke
-        first (an orphan), the two are combined by `payments.state.merge` (the
-        provider's terminal status is kept, our initiation is added, seq moves
-        past both); what is stored is returned.
+        first (an orphan), or this initiation was stored already (a retry), the
+        two are combined by `payments.state.merge` (the provider's terminal
+        status is kept, our initiation is added, seq moves past both); what is
+        stored is returned, and the outbox entries are built from it. A
+        SUCCESSFUL result joins its order's paid list (`payments.state.settle_order`).
         """
 
     async def merge_payment(self, payment: Payment, now: datetime) -> Payment:
@@ -56,11 +75,15 @@ class PaymentStore(Protocol):
         """Several payments in one round trip, in the order asked (None where unknown)."""
 
     async def get_order_payment(self, order_id: str) -> Payment | None:
-        """The most recent payment created for `order_id`."""
+        """The payment that paid `order_id` if one did, else the most recent one created for it:
+        a later attempt never hides a paid order."""
+
+    async def order_paid(self, order_id: str) -> list[str]:
+        """The order's SUCCESSFUL payments, the one that paid it first; more than one is a duplicate charge."""
 
     async def transition(self, update: StatusUpdate, now: datetime, outbox: OutboxFor | None = None) -> Transition:
         """Atomically: read, `payments.state.decide`, write, bump seq, log the event, refresh TTL,
-        and queue `outbox(transition)` entries when the transition applied.
+        settle the order's paid list, and queue `outbox(transition)` entries when the transition applied.
 
         Two concurrent calls for one reference are serialised: at most one of
         them moves a PENDING payment to a terminal status.
@@ -75,23 +98,60 @@ class PaymentStore(Protocol):
 
 
 class IdempotencyStore(Protocol):
-    """The first response to each `Idempotency-Key`, per caller."""
+    """The first response to each `Idempotency-Key`, per caller, and the lease of the request running it.
 
-    async def claim_idempotency(self, key: str, fingerprint: str, ttl_seconds: float) -> IdempotencyRecord | None:
-        """Claim `key` for a new request; None if claimed, else the existing record."""
+    A claim is a long-lived record plus a short lease its holder renews; a holder that dies stops renewing,
+    and the next request with the key learns from the claim's intent what became of it.
+    """
 
-    async def complete_idempotency(self, key: str, record: IdempotencyRecord, ttl_seconds: float) -> None: ...
+    async def claim_idempotency(
+        self, key: str, record: IdempotencyRecord, owner: str, lease_seconds: float, ttl_seconds: float
+    ) -> IdempotencyClaim:
+        """Atomically: store `record` (an in-progress claim) and lease it to `owner` if `key` is free;
+        else say what is stored and whether its lease is held."""
 
-    async def release_idempotency(self, key: str) -> None: ...
+    async def take_over_idempotency(
+        self, key: str, expected: IdempotencyRecord, owner: str, lease_seconds: float
+    ) -> bool:
+        """Lease `key` to `owner` if `expected` is still its record and nobody holds its lease."""
+
+    async def renew_idempotency(self, key: str, owner: str, lease_seconds: float) -> bool:
+        """Extend `owner`'s lease; False if it is no longer `owner`'s."""
+
+    async def complete_idempotency(
+        self, key: str, record: IdempotencyRecord, ttl_seconds: float, *, nonce: str | None = None
+    ) -> bool:
+        """Store the final answer and end the lease. With `nonce`, only if the stored record is still the
+        in-progress claim of that initiation (a late linker never overwrites another answer)."""
+
+    async def release_idempotency(self, key: str, owner: str, *, forget: bool) -> None:
+        """End `owner`'s lease; with `forget`, delete the claim too (nothing reached the provider, a retry
+        may start afresh). Without it the claim stays, its intent answering for it."""
+
+
+class IntentStore(Protocol):
+    """Initiation intents, written before the collect and found again by their nonce."""
+
+    async def put_intent(self, intent: InitiationIntent, ttl_seconds: float, hold_seconds: float) -> bool:
+        """Store `intent` and make it hold its order for `hold_seconds`; False (nothing stored) if
+        another pending intent holds the order."""
+
+    async def get_intent(self, nonce: str) -> InitiationIntent | None: ...
+
+    async def order_intent(self, order_id: str) -> InitiationIntent | None:
+        """The pending intent holding `order_id`, if its hold has not lapsed."""
+
+    async def resolve_intent(
+        self, nonce: str, reference: str, ussd_code: str | None, operator: str | None
+    ) -> InitiationIntent | None:
+        """Record the provider's reference on the intent and free its order; the intent as now stored."""
+
+    async def drop_intent(self, nonce: str) -> None:
+        """Forget the intent and free its order: the provider refused the collect or never received it."""
 
 
 class LockService(Protocol):
-    """Locks that expire by themselves: one initiation per order, one reconciler sweep at a time."""
-
-    async def acquire_order_lock(self, order_id: str, ttl_seconds: float) -> bool:
-        """True if this caller now holds the order's initiation lock (expires by itself)."""
-
-    async def release_order_lock(self, order_id: str) -> None: ...
+    """Leases that expire by themselves unless renewed: one initiation per order, one reconciler sweep."""
 
     async def acquire_lease(self, name: str, owner: str, ttl_seconds: float) -> bool:
         """True if `owner` now holds lease `name` (newly taken, or renewed because it already held it).
@@ -151,7 +211,7 @@ class Notifier(Protocol):
         """The stored state again, for every tracker (after an outage's write-back)."""
 
 
-class ServiceStorage(PaymentStore, IdempotencyStore, LockService, Protocol):
+class ServiceStorage(PaymentStore, IdempotencyStore, IntentStore, LockService, Protocol):
     """What the payment service needs."""
 
 

@@ -25,6 +25,9 @@ class CollectRequest(BaseModel):
     currency: str
     phone_number: str
     description: str
+    # The initiation intent's nonce (payments/initiation.py): the provider keeps it on its record, which
+    # is how a collect whose answer we never stored finds its order again.
+    external_reference: str
 
 
 class CollectResult(BaseModel):
@@ -45,6 +48,7 @@ class ProviderTransaction(BaseModel):
     operator_reference: str | None = None
     external_reference: str | None = None
     reason: str | None = None
+    app_amount: int | None = None  # what the merchant receives after CamPay's fee
 
     def to_update(self, source: UpdateSource) -> StatusUpdate:
         """The provider's answer as a claim for the state machine."""
@@ -58,6 +62,7 @@ class ProviderTransaction(BaseModel):
             operator=self.operator,
             operator_reference=self.operator_reference,
             external_reference=self.external_reference,
+            app_amount=self.app_amount,
         )
 
 

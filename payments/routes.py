@@ -127,7 +127,11 @@ async def order_status(request: web.Request) -> web.Response:
         except ApiError as exc:
             # The stored state is still the best answer; say the refresh failed.
             headers["X-Provider-Refresh"] = f"failed; {exc.code}"
-    return _json_with_etag(payment.public(), headers, request)
+    body = payment.public()
+    duplicates = await request.app[SERVICE].duplicate_payments(payment)
+    if duplicates:  # the order was charged more than once: the merchant refunds these
+        body["duplicate_payments"] = duplicates
+    return _json_with_etag(body, headers, request)
 
 
 @routes.get("/api/payment/tracking/{reference}")

@@ -52,7 +52,7 @@ class SandboxProvider:
             amount=request.amount,
             currency=request.currency,
             operator=operator,
-            external_reference=request.order_id,
+            external_reference=request.external_reference,
         )
         return CollectResult(reference=reference, ussd_code=USSD_CODES[operator], operator=operator)
 

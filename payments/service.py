@@ -9,56 +9,43 @@ the state machine atomically and then, only if something changed, notifies.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import logging
 import time
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
 from core.background import OwnedTasks
 from core.clock import Clock
-from core.errors import ApiError, Conflict, NotFound, ProviderError, UnprocessableRequest
+from core.errors import NotFound
 from observability.logs import bind
 from observability.metrics import Metrics
-from payments.model import AMOUNT_MISMATCH, Payment, PaymentEvent, PaymentStatus, StatusUpdate, Transition, UpdateSource
+from payments.initiation import InitiateResult, InitiationTimes, Initiator, idempotency_scope
+from payments.model import (
+    AMOUNT_MISMATCH,
+    InitiationIntent,
+    Payment,
+    PaymentEvent,
+    PaymentStatus,
+    StatusUpdate,
+    Transition,
+    UpdateSource,
+)
 from payments.outbox import OutboxPolicy
 from payments.ports import IdempotencyRecord, Notifier, ServiceStorage
-from payments.provider import CollectRequest, PaymentProvider
+from payments.provider import CollectResult, PaymentProvider
 from payments.schemas import InitiateRequest
+from payments.state import known_status
+
+__all__ = ["SERVICE", "InitiateResult", "InitiationTimes", "PaymentService", "idempotency_scope"]
 
 log = logging.getLogger("paytrack.payments")
 # One line per payment operation (initiate, applied or ignored transition), never a token or full phone.
 audit = logging.getLogger("paytrack.audit")
 
-# Errors that say "not now" rather than answering the request: a retry with the
-# same Idempotency-Key must be able to try again, so they are not remembered.
-_TRANSIENT_CODES = {"initiation_in_progress"}
-
-
-@dataclass(frozen=True)
-class InitiateResult:
-    status_code: int
-    body: dict[str, Any]
-    replayed: bool = False
-
-
-def idempotency_scope(owner_id: str | None, key: str) -> str:
-    """Where a caller's Idempotency-Key is stored: a SHA-256 of the JSON array [user, key].
-
-    The encoding is unambiguous whatever either part contains (`u` + `k1:z`
-    and `u:k1` + `z` once shared one entry, and one user got the other's
-    response), and the stored name is fixed-length ASCII.
-    """
-    return hashlib.sha256(json.dumps([owner_id, key]).encode()).hexdigest()
-
-
-def _fingerprint(request: InitiateRequest) -> str:
-    canonical = json.dumps(request.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
+# Sources that speak for the provider: their record may carry an intent's nonce (payments/initiation.py).
+_PROVIDER_SOURCES = (UpdateSource.WEBHOOK, UpdateSource.PROVIDER_POLL)
 
 
 class PaymentService:
@@ -69,8 +56,7 @@ class PaymentService:
         notifier: Notifier,
         clock: Clock,
         *,
-        idempotency_ttl: float,
-        order_lock_seconds: float = 30.0,
+        times: InitiationTimes,
         outbox: OutboxPolicy | None = None,
         on_outbox: Callable[[], None] | None = None,
         metrics: Metrics | None = None,
@@ -79,23 +65,28 @@ class PaymentService:
         self.provider = provider
         self.notifier = notifier
         self.clock = clock
-        self._idempotency_ttl = idempotency_ttl
-        # Longer than the slowest collect (all attempts), so an in-flight call
-        # cannot be overtaken by a second initiate for the same order.
-        self._order_lock_seconds = order_lock_seconds
+        self._times = times
         self._outbox = outbox or OutboxPolicy([], [])
         self._on_outbox = on_outbox
         self._tasks = OwnedTasks(log)
         self._metrics = metrics or Metrics()  # one nobody scrapes, when the caller keeps none
+        self._initiator = Initiator(storage, provider, clock, self.adopt, times)
 
     # -- the one update path -------------------------------------------------
     async def apply_update(self, update: StatusUpdate) -> Transition:
         """Run the state machine atomically in storage, then notify if anything changed.
 
+        A provider record we hold no initiation for (an orphan), whose `external_reference` is an
+        initiation intent's nonce, is then adopted as that intent's order's payment (`adopt`).
         The update-to-emit latency metric covers exactly this: storage step plus emits.
         """
         started = time.perf_counter()
         with bind(reference=update.reference):
+            if not known_status(update.status):
+                log.warning(
+                    "provider status word unknown: the payment stays PENDING and is checked again",
+                    extra={"word": (update.status or "")[:32], "source": update.source.value},
+                )
             now = self.clock.now()
             transition = await self.storage.transition(
                 update, now, outbox=lambda t: self._outbox.for_transition(t, now) if self._outbox.enabled else []
@@ -103,6 +94,8 @@ class PaymentService:
             # A provider poll that changes nothing repeats every reconcile pass: detail, not audit.
             quiet = update.source is UpdateSource.PROVIDER_POLL and not transition.applied
             level = logging.DEBUG if quiet else logging.INFO
+            if transition.outcome == "unconfirmed":
+                level = logging.WARNING
             if audit.isEnabledFor(level):  # the fields are built only for a line that is written
                 self._audit_update(level, update, transition)
             if transition.applied:
@@ -111,7 +104,92 @@ class PaymentService:
                 if transition.payment is not None:
                     self._metrics.update_to_emit.observe(time.perf_counter() - started)
                     self._metrics.payment_reached(transition.payment.status.value)
+            stored = transition.payment
+            if (
+                stored is not None
+                and stored.orphan
+                and update.external_reference
+                and update.source in _PROVIDER_SOURCES
+            ):
+                return await self._link(update.external_reference, stored, transition)
         return transition
+
+    async def _link(self, nonce: str, orphan: Payment, transition: Transition) -> Transition:
+        """Adopt `orphan` if the provider's record of it names a pending intent (or one resolved to it)."""
+        intent = await self.storage.get_intent(nonce)
+        if intent is None or (intent.reference is not None and intent.reference != orphan.reference):
+            return transition
+        payment = await self.adopt(intent, orphan.reference, None)
+        audit.info(
+            "collect linked to its order by its intent",
+            extra={"reference": payment.reference, "order_id": payment.order_id, "user_id": payment.owner_id},
+        )
+        return Transition(
+            applied=True,
+            payment=payment,
+            outcome="linked",
+            previous_status=transition.previous_status,
+            event=PaymentEvent.of(payment),
+        )
+
+    async def adopt(self, intent: InitiationIntent, reference: str, collected: CollectResult | None) -> Payment:
+        """Store `reference` as the payment `intent` asked for, resolve the intent and answer its key.
+
+        The one way a collected payment is stored: right after the collect (`collected`), or later from
+        the provider's record (a callback or poll that names the intent's nonce, a retry that finds the
+        intent resolved). Merged with whatever is stored (an orphan the provider reported first: its
+        status is kept, the amount checked), announced to the order's pages and queued for the merchant
+        from the record as stored; a payment already adopted is only returned.
+        """
+        payment = await self.storage.get_payment(reference)
+        fresh = payment is None or payment.orphan
+        if fresh:
+            now = self.clock.now()
+            initiated = Payment(
+                reference=reference,
+                order_id=intent.order_id,
+                amount=intent.amount,
+                currency=intent.currency,
+                phone_number=intent.phone_number,
+                description=intent.description,
+                operator=collected.operator if collected else intent.operator,
+                ussd_code=collected.ussd_code if collected else intent.ussd_code,
+                provider=intent.provider,
+                owner_id=intent.owner_id,
+                external_reference=intent.nonce,
+                created_at=now,
+                updated_at=now,
+            )
+            payment = await self.storage.create_payment(
+                initiated, outbox=lambda stored: self._outbox.for_creation(stored, now)
+            )
+        assert payment is not None
+        await self.storage.resolve_intent(intent.nonce, reference, payment.ussd_code, payment.operator)
+        if intent.idempotency_scope and intent.fingerprint:
+            answer = IdempotencyRecord(
+                fingerprint=intent.fingerprint,
+                state="done",
+                nonce=intent.nonce,
+                status_code=201,
+                body=payment.public(reveal_phone=True),
+            )
+            await self.storage.complete_idempotency(
+                intent.idempotency_scope, answer, self._times.idempotency_ttl_seconds, nonce=intent.nonce
+            )
+        if fresh:
+            audit.info(
+                "payment initiated",
+                extra={"reference": payment.reference, "order_id": payment.order_id, "user_id": payment.owner_id},
+            )
+            self._metrics.payment_reached(payment.status.value)
+            if payment.status is PaymentStatus.PENDING:
+                await self.notifier.payment_initiated(payment)
+            else:  # the provider settled it before we stored it: the whole final sequence
+                await self.notifier.announce(payment)
+            self._outbox_queued()
+            if collected is not None:
+                self.provider.payment_stored(payment, self.apply_update)
+        return payment
 
     @staticmethod
     def _audit_update(level: int, update: StatusUpdate, transition: Transition) -> None:
@@ -141,104 +219,8 @@ class PaymentService:
     async def initiate(
         self, request: InitiateRequest, idempotency_key: str | None, *, owner_id: str | None = None
     ) -> InitiateResult:
-        """Start a collection, at most once per Idempotency-Key and one PENDING payment per order.
-
-        Idempotency keys are scoped to the caller, so one user's key can never
-        replay another user's response.
-        """
-        if idempotency_key is None:
-            return await self._initiate_once(request, owner_id)
-        idempotency_key = idempotency_scope(owner_id, idempotency_key)
-
-        fingerprint = _fingerprint(request)
-        existing = await self.storage.claim_idempotency(idempotency_key, fingerprint, self._idempotency_ttl)
-        if existing is not None:
-            if existing.fingerprint != fingerprint:
-                raise UnprocessableRequest(
-                    "this Idempotency-Key was used with a different request body",
-                    code="idempotency_key_reused",
-                )
-            if existing.state == "in_progress" or existing.status_code is None or existing.body is None:
-                raise Conflict(
-                    "a request with this Idempotency-Key is still being processed; retry shortly",
-                    code="idempotency_in_progress",
-                )
-            return InitiateResult(existing.status_code, existing.body, replayed=True)
-
-        try:
-            result = await self._initiate_once(request, owner_id)
-        except ApiError as exc:
-            if (isinstance(exc, ProviderError) and exc.retry_safe) or exc.code in _TRANSIENT_CODES:
-                # The provider never received the request: a retry may try again.
-                await self.storage.release_idempotency(idempotency_key)
-                raise
-            # Definite answers, and failures where the provider may have acted
-            # (a timeout), are remembered: a retry must not send a second collect.
-            record = IdempotencyRecord(fingerprint=fingerprint, state="done", status_code=exc.status, body=exc.body())
-            await self.storage.complete_idempotency(idempotency_key, record, self._idempotency_ttl)
-            raise
-        except BaseException:
-            await self.storage.release_idempotency(idempotency_key)
-            raise
-        record = IdempotencyRecord(
-            fingerprint=fingerprint, state="done", status_code=result.status_code, body=result.body
-        )
-        await self.storage.complete_idempotency(idempotency_key, record, self._idempotency_ttl)
-        return result
-
-    async def _initiate_once(self, request: InitiateRequest, owner_id: str | None) -> InitiateResult:
-        if not await self.storage.acquire_order_lock(request.order_id, self._order_lock_seconds):
-            raise Conflict(
-                f"a payment for order {request.order_id} is being initiated right now",
-                code="initiation_in_progress",
-            )
-        try:
-            current = await self.storage.get_order_payment(request.order_id)
-            if current is not None and current.owner_id is not None and current.owner_id != owner_id:
-                raise ApiError("this order belongs to another user", code="forbidden", status=403)
-            if current is not None and current.status is PaymentStatus.PENDING:
-                raise Conflict(
-                    f"order {request.order_id} already has a pending payment",
-                    code="payment_pending",
-                    reference=current.reference,
-                )
-            collected = await self.provider.collect(
-                CollectRequest(
-                    order_id=request.order_id,
-                    amount=request.amount,
-                    currency=request.currency,
-                    phone_number=request.phone_number,
-                    description=request.description or f"Payment for order {request.order_id}",
-                )
-            )
-            now = self.clock.now()
-            fresh = Payment(
-                reference=collected.reference,
-                order_id=request.order_id,
-                amount=request.amount,
-                currency=request.currency,
-                phone_number=request.phone_number,
-                description=request.description,
-                operator=collected.operator,
-                ussd_code=collected.ussd_code,
-                provider=self.provider.name,
-                owner_id=owner_id,
-                created_at=now,
-                updated_at=now,
-            )
-            payment = await self.storage.create_payment(fresh, outbox=self._outbox.entries_for(fresh, now))
-        finally:
-            await self.storage.release_order_lock(request.order_id)
-
-        audit.info(
-            "payment initiated",
-            extra={"reference": payment.reference, "order_id": payment.order_id, "user_id": owner_id},
-        )
-        self._metrics.payment_reached(payment.status.value)
-        await self.notifier.payment_initiated(payment)
-        self._outbox_queued()
-        self.provider.payment_stored(payment, self.apply_update)
-        return InitiateResult(201, payment.public(reveal_phone=True))
+        """Start a collection (payments/initiation.py): at most once per Idempotency-Key, one charge per order."""
+        return await self._initiator.initiate(request, idempotency_key, owner_id=owner_id)
 
     async def apply_simulated(self, update: StatusUpdate) -> Transition:
         """A made-up outcome (simulate endpoint), through the one update path.
@@ -272,10 +254,17 @@ class PaymentService:
         return payment
 
     async def get_order_payment(self, order_id: str) -> Payment:
+        """The payment that paid the order if one did (a later attempt never hides it), else its latest."""
         payment = await self.storage.get_order_payment(order_id)
         if payment is None:
             raise NotFound(f"no payment for order {order_id}", code="payment_not_found")
         return payment
+
+    async def duplicate_payments(self, payment: Payment) -> list[str]:
+        """The order's other SUCCESSFUL payments when `payment` paid it: charges the merchant should refund."""
+        if payment.status is not PaymentStatus.SUCCESSFUL or not payment.order_id or payment.duplicate_of:
+            return []
+        return [ref for ref in await self.storage.order_paid(payment.order_id) if ref != payment.reference]
 
     async def catch_up(self, payment: Payment, last_seq: int | None) -> list[PaymentEvent]:
         """The events of `payment` (as just read) a (re)connecting tracker has not seen, oldest first.

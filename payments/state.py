@@ -46,21 +46,51 @@ _INITIATION_FIELDS = (
     "owner_id",
 )
 # Fields the provider reports; a merge keeps whichever copy has them.
-_PROVIDER_FIELDS = ("operator", "operator_reference", "provider_amount", "provider_currency")
+_PROVIDER_FIELDS = (
+    "operator",
+    "operator_reference",
+    "provider_amount",
+    "provider_currency",
+    "app_amount",
+    "external_reference",
+    "duplicate_of",
+)
 # What makes two copies the same state (seq and timestamps aside).
-_STATE_FIELDS = (*_INITIATION_FIELDS, *_PROVIDER_FIELDS, "status", "reason", "orphan", "completed_at")
+_STATE_FIELDS = (*_INITIATION_FIELDS, *_PROVIDER_FIELDS, "status", "reason", "orphan", "completed_at", "final_seq")
+
+
+# The provider's status words we know. Any other word ("EXPIRED", a typo, a new state) says nothing we can
+# act on: the payment stays PENDING and the provider is asked again (never a final FAILED by guesswork).
+_WORDS: dict[str, PaymentStatus] = {
+    "PENDING": PaymentStatus.PENDING,
+    "SUCCESSFUL": PaymentStatus.SUCCESSFUL,
+    "SUCCESS": PaymentStatus.SUCCESSFUL,
+    "FAILED": PaymentStatus.FAILED,
+}
+
+# Sources whose SUCCESSFUL must carry the provider's own amount and currency to be believed.
+_PROVIDER_SOURCES = _ORPHAN_SOURCES
+
+
+def known_status(raw: str | None) -> bool:
+    """Whether `raw` is a status word of the provider's that we know (see `normalize_status`)."""
+    return (raw or "").strip().upper() in _WORDS
 
 
 def normalize_status(raw: str, reason: str | None) -> tuple[PaymentStatus, str | None]:
-    """Map a provider's status word to ours; anything unknown is a failure with a reason."""
-    word = (raw or "").strip().upper()
-    if word == "PENDING":
-        return PaymentStatus.PENDING, None
-    if word in ("SUCCESSFUL", "SUCCESS"):
-        return PaymentStatus.SUCCESSFUL, None
-    if word == "FAILED":
-        return PaymentStatus.FAILED, reason or "failed"
-    return PaymentStatus.FAILED, reason or f"provider status {word or 'missing'}"
+    """Map a provider's status word to ours; an unknown or missing word is PENDING (checked again later)."""
+    status = _WORDS.get((raw or "").strip().upper(), PaymentStatus.PENDING)
+    if status is PaymentStatus.FAILED:
+        return status, reason or "failed"
+    return status, None
+
+
+def unconfirmed(update: StatusUpdate) -> bool:
+    """A provider's SUCCESSFUL without an amount or currency we could read: not believed (stays PENDING).
+
+    Made-up outcomes (simulation, the sandbox's timer) are not the provider's word and are exempt.
+    """
+    return update.source in _PROVIDER_SOURCES and (update.amount is None or not update.currency)
 
 
 def _confirmed_amount(payment: Payment, amount: int | None, currency: str | None) -> bool:
@@ -77,7 +107,9 @@ def decide(current: Payment | None, update: StatusUpdate, now: datetime) -> Tran
 
     A SUCCESSFUL claim whose amount or currency differs from the initiation
     becomes FAILED with reason `amount_mismatch`: the shopper paid something
-    other than what the order asked for.
+    other than what the order asked for. Otherwise a provider's SUCCESSFUL that
+    carries no amount or currency we could read changes nothing (`unconfirmed`):
+    the payment stays PENDING until the provider says it readably.
     """
     status, reason = normalize_status(update.status, update.reason)
 
@@ -85,7 +117,8 @@ def decide(current: Payment | None, update: StatusUpdate, now: datetime) -> Tran
         if update.source not in _ORPHAN_SOURCES:
             return Transition(applied=False, payment=None, outcome="unknown")
         # Never indexed under an order (the claim's order id is not ours to trust) and owned by nobody:
-        # readable by admins only, until our initiation adopts it.
+        # readable by admins only, until our initiation (or its intent) adopts it. What the provider
+        # said is kept as said: its amount is judged when it becomes ours (`merge`).
         payment = Payment(
             reference=update.reference,
             amount=update.amount,
@@ -94,6 +127,8 @@ def decide(current: Payment | None, update: StatusUpdate, now: datetime) -> Tran
             operator_reference=update.operator_reference,
             provider_amount=update.amount,
             provider_currency=update.currency,
+            app_amount=update.app_amount,
+            external_reference=update.external_reference,
             provider="campay",
             status=status,
             reason=reason,
@@ -101,6 +136,7 @@ def decide(current: Payment | None, update: StatusUpdate, now: datetime) -> Tran
             created_at=now,
             updated_at=now,
             completed_at=now if status.is_terminal else None,
+            final_seq=1 if status.is_terminal else None,
             orphan=True,
         )
         return Transition(
@@ -119,17 +155,25 @@ def decide(current: Payment | None, update: StatusUpdate, now: datetime) -> Tran
 
     changes: dict[str, object] = {}
     if status is PaymentStatus.SUCCESSFUL and not _confirmed_amount(current, update.amount, update.currency):
-        status, reason = PaymentStatus.FAILED, AMOUNT_MISMATCH
+        status, reason = PaymentStatus.FAILED, AMOUNT_MISMATCH  # what it says, it says differently
+    elif status is PaymentStatus.SUCCESSFUL and not current.orphan and unconfirmed(update):
+        return Transition(applied=False, payment=current, previous_status=current.status, outcome="unconfirmed")
     if update.amount is not None:
         changes["provider_amount"] = update.amount
     if update.currency:
         changes["provider_currency"] = update.currency
+    if update.app_amount is not None:
+        changes["app_amount"] = update.app_amount
+    if update.external_reference and not current.external_reference:
+        changes["external_reference"] = update.external_reference
+    seq = current.seq + 1
     changes.update(
         status=status,
         reason=reason,
-        seq=current.seq + 1,
+        seq=seq,
         updated_at=now,
         completed_at=now if status.is_terminal else None,
+        final_seq=seq if status.is_terminal else None,
     )
     if update.operator and not current.operator:
         changes["operator"] = update.operator
@@ -166,7 +210,8 @@ def merge(stored: Payment | None, incoming: Payment, now: datetime) -> Merge:
       never changed again;
     - a SUCCESSFUL status that becomes ours here (from the other copy, or from
       a provider-made record our initiation now adopts) is checked against the
-      initiated amount, as in `decide`;
+      initiated amount, as in `decide`; a provider-made one without an amount
+      and currency we could read stays PENDING (to be asked about again);
     - a record nobody initiated shows what the provider said (its amount and
       currency), whichever copy said it;
     - if the result differs from the stored copy, or from an incoming copy at
@@ -196,7 +241,12 @@ def merge(stored: Payment | None, incoming: Payment, now: datetime) -> Merge:
         candidate = stored.model_copy(update=fields)
         if not _confirmed_amount(candidate, fields["provider_amount"], fields["provider_currency"]):  # type: ignore[arg-type]
             status, reason = PaymentStatus.FAILED, AMOUNT_MISMATCH
-    fields.update(status=status, reason=reason, completed_at=completed_at)
+        elif final.orphan and (fields["provider_amount"] is None or not fields["provider_currency"]):
+            # The provider's SUCCESSFUL, unreadable as to what was paid, becomes ours: not believed yet.
+            status, reason, completed_at = PaymentStatus.PENDING, None, None
+    fields.update(
+        status=status, reason=reason, completed_at=completed_at, final_seq=_final_seq(status, stored, incoming)
+    )
 
     def same_state(copy: Payment) -> bool:
         return all(getattr(copy, name) == fields[name] for name in _STATE_FIELDS)
@@ -207,5 +257,48 @@ def merge(stored: Payment | None, incoming: Payment, now: datetime) -> Merge:
     behind_incoming = incoming.seq >= stored.seq and not same_state(incoming) and not contradicts
     if same_state(stored) and fields["created_at"] == stored.created_at and not behind_incoming:
         return Merge(stored, changed=False)
-    fields.update(seq=max(stored.seq, incoming.seq) + 1, updated_at=max(now, stored.updated_at))
+    seq = max(stored.seq, incoming.seq) + 1
+    if status.is_terminal and fields["final_seq"] is None:  # final here for the first time (amount_mismatch)
+        fields["final_seq"] = seq
+    fields.update(seq=seq, updated_at=max(now, stored.updated_at))
     return Merge(stored.model_copy(update=fields), changed=True)
+
+
+def _final_seq(status: PaymentStatus, *copies: Payment) -> int | None:
+    """The earliest seq at which any copy showed `status` as final (None: not final, or final only now).
+
+    A copy from before `final_seq` existed counts from its own seq, which a page may have seen it at.
+    """
+    if not status.is_terminal:
+        return None
+    seen = [c.final_seq if c.final_seq is not None else c.seq for c in copies if c.status is status]
+    return min(seen, default=None)
+
+
+def settle_order(payment: Payment, paid: tuple[str, ...]) -> tuple[Payment, tuple[str, ...]]:
+    """`payment` as stored beside its order's paid list, and that list after it: one charge per order.
+
+    `paid` lists the order's SUCCESSFUL payments, the first one being the one that paid it. A SUCCESSFUL
+    payment joins the list; if another payment is first, this one is a duplicate charge (`duplicate_of`),
+    which the order shows and the merchant's webhook says, so it can be refunded. Anything else (pending,
+    failed, a record nobody initiated) leaves both as they are. Storage runs this inside the same atomic
+    step that stores the payment.
+    """
+    if payment.status is not PaymentStatus.SUCCESSFUL or payment.orphan or not payment.order_id:
+        return payment, paid
+    if payment.reference not in paid:
+        paid = (*paid, payment.reference)
+    first = paid[0]
+    if first != payment.reference and payment.duplicate_of != first:
+        payment = payment.model_copy(update={"duplicate_of": first})
+    return payment, paid
+
+
+def needs_order(payment: Payment | None) -> bool:
+    """Whether storing `payment` must read and update its order's paid list (`settle_order`)."""
+    return (
+        payment is not None
+        and payment.status is PaymentStatus.SUCCESSFUL
+        and not payment.orphan
+        and payment.order_id is not None
+    )

@@ -10,6 +10,10 @@ catch-up on `track-payment`, resync after an outage):
 - once a socket has been sent a terminal status, later (higher-seq) states of
   that payment reach it as `payment-status` only, so `payment-success` /
   `payment-failed` and `payment-completed` arrive at most once per connection;
+  and a page that re-tracks with a `last_seq` at or past the payment's final
+  state (or whose track ack carries it) has been told the outcome already, on
+  an earlier connection or by the ack: it counts as sent (`told_final`), so
+  the completion reaches a page once across reconnects too;
 - nobody is sent a payment they may not see (`auth.access.may_see`).
 
 Everything here is synchronous: a check and its update happen without an
@@ -103,6 +107,15 @@ class Sessions:
                 del session.sent[old]
         seen = session.sent[reference] = Seen()
         return seen
+
+    def told_final(self, sid: str, reference: str, seq: int, status: str) -> None:
+        """`sid`'s page already knows `reference` ended in `status` (at `seq`): its completion counts as sent."""
+        session = self._sessions.get(sid)
+        seen = session.tracked.get(reference) if session else None
+        if seen is None or seen.terminal:
+            return
+        seen.terminal, seen.status = True, status
+        seen.seq = max(seen.seq, seq)
 
     def untrack(self, sid: str, reference: str) -> None:
         session = self._sessions.get(sid)

@@ -4,6 +4,11 @@ Implements `POST /api/token/`, `POST /api/collect/` and
 `GET /api/transaction/{reference}/` with CamPay's shapes and error codes. A
 test sets a transaction's true status, makes calls fail or hang, revokes
 tokens, and fires webhooks (GET or POST) at a server, signed like CamPay's.
+
+Two ways to hang a collect: `collect_gate` blocks it *before* CamPay accepts it
+(no transaction exists yet), `hold_collects` holds its answer *after* CamPay
+accepted it (the transaction exists, the USSD prompt is on the shopper's phone,
+and a caller killed meanwhile never learns the reference).
 """
 
 from __future__ import annotations
@@ -11,9 +16,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import time
 import uuid
 import warnings
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -24,6 +31,12 @@ from jwt.warnings import InsecureKeyLengthWarning
 USERNAME = "campay-user"
 PASSWORD = "campay-pass"
 WEBHOOK_KEY = "campay-webhook-key-for-tests-0123456789abcdef"
+FEE_PERCENT = 2  # CamPay's fee: `app_amount` is what reaches the merchant's account
+
+
+def app_amount(amount: int) -> str:
+    """The amount after CamPay's fee, as a string like CamPay's own (`"980"` for 1000)."""
+    return str(amount - amount * FEE_PERCENT // 100)
 
 
 # Cameroon's mobile numbering plan, as the regulator (ART, Agence de Régulation des
@@ -64,8 +77,18 @@ class FakeCampay:
         # endpoint names answering 503 for as long as they are in this set (an outage of some length)
         self.unavailable: set[str] = set()
         self.collect_error: str | None = None
-        # when set, collect records the call and then waits for this event (to force client timeouts)
+        # when set, collect records the call and then waits for this event (to force client timeouts);
+        # nothing is created until it is set
         self.collect_gate: asyncio.Event | None = None
+        # when set (see `hold_collects`), a matching collect is accepted (its transaction created and
+        # recorded) and then its answer waits until `release_collects`
+        self.hold_if: Callable[[dict[str, Any]], bool] | None = None
+        self.held: list[str] = []  # references of accepted collects whose answer is (or was) held
+        self._releases: dict[str, asyncio.Event] = {}
+        # called with every transaction a collect creates (as recorded), before it is answered
+        self.on_collect: Callable[[dict[str, Any]], None] | None = None
+        self._created = asyncio.Event()  # set whenever a collect creates a transaction
+        self.created_at: dict[str, float] = {}  # reference -> time.monotonic() when it was created
         self.url = ""
 
     # -- test controls ------------------------------------------------------------
@@ -78,18 +101,65 @@ class FakeCampay:
             tx["operator_reference"] = f"OP{uuid.uuid4().hex[:10].upper()}"
 
     def add_transaction(
-        self, reference: str, status: str = "PENDING", amount: int = 100, external_reference: str | None = None
+        self,
+        reference: str,
+        status: str = "PENDING",
+        amount: int = 100,
+        external_reference: str | None = None,
+        *,
+        description: str | None = None,
+        phone_number: str | None = None,
+        currency: str = "XAF",
     ) -> None:
+        """A transaction as CamPay's `GET /transaction/` shows it: always with `amount` and `currency`,
+        `app_amount` (after CamPay's fee, a string), and the collect's `description` and
+        `external_reference` as the caller sent them."""
         self.transactions[reference] = {
             "reference": reference,
             "status": status,
             "amount": amount,
-            "currency": "XAF",
+            "app_amount": app_amount(amount),
+            "currency": currency,
             "operator": "MTN",
             "code": f"CP{reference[:6]}",
             "operator_reference": None,
             "external_reference": external_reference,
+            "description": description,
+            "phone_number": phone_number,
         }
+        self.created_at[reference] = time.monotonic()
+
+    def hold_collects(self, match: Callable[[dict[str, Any]], bool] | None = None) -> None:
+        """From now on, accept collects (all, or those whose JSON body `match`es) and hold their answer.
+
+        The transaction is created and recorded (`transactions`, `held`, `on_collect`) exactly as
+        usual: CamPay has it and the shopper's phone shows the prompt. Only the HTTP answer waits,
+        until `release_collects`; a caller that died meanwhile never gets it.
+        """
+        self.hold_if = match or (lambda _body: True)
+
+    def release_collects(self, references: list[str] | None = None) -> None:
+        """Answer the held collects (all of them, or those of `references`); with no `references`,
+        new collects are no longer held either."""
+        if references is None:
+            self.hold_if = None
+            references = list(self._releases)
+        for reference in references:
+            self._releases.setdefault(reference, asyncio.Event()).set()
+
+    async def wait_held(self, count: int, timeout: float) -> bool:
+        """Until `count` collects are held (True), or `timeout` seconds passed (False)."""
+        deadline = time.monotonic() + timeout
+        while len(self.held) < count:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            self._created.clear()
+            try:
+                await asyncio.wait_for(self._created.wait(), remaining)
+            except TimeoutError:
+                return len(self.held) >= count
+        return True
 
     def revoke_tokens(self) -> None:
         self.valid_tokens.clear()
@@ -100,8 +170,8 @@ class FakeCampay:
         *,
         status: str | None = None,
         key: str = WEBHOOK_KEY,
-        signature: str | None = ...,
-        claims: dict[str, Any] | None = None,  # type: ignore[assignment]
+        signature: str | None = ...,  # type: ignore[assignment]
+        claims: dict[str, Any] | None = None,
         algorithm: str = "HS256",
         fields: dict[str, str] | None = None,
     ) -> dict[str, str]:
@@ -116,8 +186,9 @@ class FakeCampay:
             "code": tx.get("code", "CP123"),
             "operator_reference": tx.get("operator_reference") or "OP123",
             "external_reference": tx.get("external_reference") or "",
-            "phone_number": "237671234567",
+            "phone_number": tx.get("phone_number") or "237671234567",
             "endpoint": "collect",
+            **({"app_amount": tx["app_amount"]} if tx.get("app_amount") else {}),
             **(fields or {}),
         }
         if signature is ...:
@@ -217,8 +288,25 @@ class FakeCampay:
         if not amount.isdigit() or int(amount) <= 0:
             return web.json_response({"message": "Invalid amount", "error_code": "ER201"}, status=400)
         reference = str(uuid.uuid4())
-        self.add_transaction(reference, amount=int(amount), external_reference=body.get("external_reference"))
-        self.transactions[reference]["operator"] = operator
+        description = body.get("description")
+        self.add_transaction(
+            reference,
+            amount=int(amount),
+            external_reference=body.get("external_reference"),
+            description=description if isinstance(description, str) else None,
+            phone_number=phone,
+            currency=str(body.get("currency") or "XAF"),
+        )
+        tx = self.transactions[reference]
+        tx["operator"] = operator
+        hold = self.hold_if is not None and self.hold_if(body)
+        if hold:
+            self.held.append(reference)
+        if self.on_collect is not None:
+            self.on_collect(tx)
+        self._created.set()
+        if hold:
+            await self._releases.setdefault(reference, asyncio.Event()).wait()
         ussd = "*126#" if operator == "MTN" else "#150*50#"
         return web.json_response({"reference": reference, "ussd_code": ussd, "operator": operator})
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +21,25 @@ class Delivery:
     message_id: str
     body: dict[str, Any]
     verified: bool
+    at: float = field(default_factory=time.monotonic)  # when it arrived
+
+    @property
+    def type(self) -> str | None:
+        return self.body.get("type") if isinstance(self.body, dict) else None
+
+    @property
+    def data(self) -> dict[str, Any]:
+        data = self.body.get("data") if isinstance(self.body, dict) else None
+        return data if isinstance(data, dict) else {}
+
+    def summary(self) -> str:
+        """`webhook-id type reference order status` (and `duplicate_of`), for a report line."""
+        d = self.data
+        dup = f" duplicate_of={d['duplicate_of']}" if d.get("duplicate_of") else ""
+        return (
+            f"{self.message_id} {self.type} ref={d.get('reference')} order={d.get('order_id')} "
+            f"status={d.get('status')}{dup}{'' if self.verified else ' UNVERIFIED'}"
+        )
 
 
 @dataclass
@@ -56,6 +77,20 @@ class MerchantReceiver:
             self.accepted.append(delivery)
             self._changed.set()
         return web.json_response({"ok": status < 300}, status=status)
+
+    async def wait_until(self, done: Callable[[], bool], timeout: float) -> bool:
+        """Until `done()` holds (True) or `timeout` seconds passed (False); `done` is asked on every arrival."""
+        deadline = time.monotonic() + timeout
+        while not done():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), remaining)
+            except TimeoutError:
+                return done()
+        return True
 
     async def wait_for(self, *, attempts: int = 0, accepted: int = 0, timeout: float = 5.0) -> None:
         async def loop() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import aiohttp
@@ -39,7 +40,12 @@ async def _state(instance: Instance, reference: str) -> tuple[str, int]:
 async def test_initiate_calls_campay_collect(live: Instance, campay: FakeCampay) -> None:
     payment = await _pay(live, amount=750)
     tx = campay.transactions[payment["reference"]]
-    assert tx["external_reference"] == "order-1" and tx["amount"] == 750
+    assert tx["amount"] == 750
+    # CamPay keeps the initiation's nonce, not the order id: its record finds the intent (and so the order).
+    nonce = tx["external_reference"]
+    assert re.fullmatch(r"[0-9a-f]{32}", nonce)
+    intent = await live.storage.get_intent(nonce)
+    assert (intent.order_id, intent.reference, intent.state) == ("order-1", payment["reference"], "resolved")
     assert payment["provider"] == "campay" and payment["ussd_code"] == "*126#" and payment["operator"] == "MTN"
     assert campay.calls["token"] == 1 and campay.calls["collect"] == 1
 
@@ -70,18 +76,35 @@ async def test_campay_5xx_on_collect_is_502_and_not_retried(live: Instance, camp
     assert campay.calls["collect"] == 1  # a 503 may have been processed: never re-sent blindly
 
 
-async def test_collect_that_times_out_is_not_sent_twice_for_one_idempotency_key(
-    start_instance: StartInstance, campay: FakeCampay
+async def test_a_collect_that_timed_out_is_never_sent_again_and_its_payment_reaches_its_order(
+    start_instance: StartInstance, campay: FakeCampay, http: aiohttp.ClientSession
 ) -> None:
-    import asyncio
-
+    """CamPay got the collect but its answer never came: the key keeps the intent, retries are told the
+    outcome is unknown (never a second collect), and CamPay's callback links the payment to its order."""
     instance = await start_instance(**campay_settings(campay, CAMPAY_TIMEOUT_SECONDS=0.3))
-    campay.collect_gate = asyncio.Event()
+    campay.hold_collects()  # CamPay accepts the collect (the shopper is asked); its answer is late
     headers = {"Idempotency-Key": "checkout-7"}
     status, body, _ = await instance.api.initiate(order_id="o-timeout", headers=headers)
     assert status == 502 and body["error"]["code"] == "provider_timeout"
-    status, body2, replay_headers = await instance.api.initiate(order_id="o-timeout", headers=headers)
-    assert status == 502 and body2 == body and replay_headers["Idempotent-Replayed"] == "true"
+    for retry_headers in (headers, {"Idempotency-Key": "another-press-of-pay"}, {}):
+        status, body, answer = await instance.api.initiate(order_id="o-timeout", headers=retry_headers)
+        assert status == 409 and body["error"]["code"] == "initiation_unknown", body
+        assert answer["Retry-After"] == "2"
+
+    campay.release_collects()
+    (reference,) = campay.transactions  # the shopper confirms the prompt: CamPay calls back
+
+    campay.set_status(reference, "SUCCESSFUL")
+    assert await campay.send_webhook(http, instance.url, reference) == (200, {"received": True, "outcome": "linked"})
+
+    status, replayed, answer = await instance.api.initiate(order_id="o-timeout", headers=headers)
+    assert status == 201 and answer["Idempotent-Replayed"] == "true"
+    assert replayed["reference"] == reference and replayed["status"] == "SUCCESSFUL"
+    assert replayed["order_id"] == "o-timeout" and replayed["phone_number"] == "237671234567"
+    status, order, _ = await instance.api.request("GET", "/api/payment/status/o-timeout")
+    assert status == 200 and order["reference"] == reference and order["status"] == "SUCCESSFUL"
+    status, again, _ = await instance.api.initiate(order_id="o-timeout", headers={"Idempotency-Key": "k-3"})
+    assert status == 409 and again["error"]["code"] == "order_paid" and again["error"]["reference"] == reference
     assert campay.calls["collect"] == 1
 
 

@@ -12,7 +12,7 @@ from core.clock import utc_iso
 from core.jsonio import dumps_model
 from payments.model import AMOUNT_MISMATCH, Payment, PaymentEvent, PaymentStatus, mask_phone
 
-PRIVATE = {"owner_id", "provider_amount", "provider_currency"}
+PRIVATE = {"owner_id", "provider_amount", "provider_currency", "app_amount", "external_reference", "final_seq"}
 START = datetime(2026, 1, 1, tzinfo=UTC)
 
 

@@ -28,13 +28,20 @@ def _payment(**fields: object) -> Payment:
 
 def test_a_final_status_makes_one_entry_per_url_with_one_message_id() -> None:
     policy = OutboxPolicy(URLS, ["payment.succeeded", "payment.failed"])
-    done = decide(_payment(), StatusUpdate(reference="ref-1", status="SUCCESSFUL", source=UpdateSource.WEBHOOK), T0)
+    claim = StatusUpdate(
+        reference="ref-1", status="SUCCESSFUL", source=UpdateSource.WEBHOOK, amount=500, currency="XAF", app_amount=490
+    )
+    done = decide(_payment(), claim, T0)
     entries = policy.for_transition(done, T0 + timedelta(seconds=1))
-    assert [e.url for e in entries] == URLS and [e.id for e in entries] == ["msg_ref-1_2.0", "msg_ref-1_2.1"]
-    assert {e.message_id for e in entries} == {"msg_ref-1_2"} and {e.type for e in entries} == {"payment.succeeded"}
+    ids = ["msg_ref-1_succeeded.0", "msg_ref-1_succeeded.1"]
+    assert [e.url for e in entries] == URLS and [e.id for e in entries] == ids
+    assert {e.message_id for e in entries} == {"msg_ref-1_succeeded"} and {e.type for e in entries} == {
+        "payment.succeeded"
+    }
     assert entries[0].body == entries[1].body  # serialised once: every attempt signs the same bytes
     message = json.loads(entries[0].body)
-    assert message["id"] == "msg_ref-1_2" and message["type"] == "payment.succeeded"
+    assert message["id"] == "msg_ref-1_succeeded" and message["type"] == "payment.succeeded"
+    assert message["data"]["app_amount"] == 490  # what the merchant receives after CamPay's fee
     assert message["data"]["seq"] == 2 and message["data"]["phone_number"] == "2376XXXX4567"  # masked
     assert "owner_id" not in message["data"]
 

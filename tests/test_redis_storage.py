@@ -45,7 +45,8 @@ def _payment(reference: str = "ref-1", order_id: str = "order-1") -> Payment:
 
 
 def _update(status: str, reference: str = "ref-1", source: UpdateSource = UpdateSource.WEBHOOK) -> StatusUpdate:
-    return StatusUpdate(reference=reference, status=status, source=source)
+    """CamPay's word, with the amount and currency it reports (a SUCCESSFUL without them is not believed)."""
+    return StatusUpdate(reference=reference, status=status, source=source, amount=500, currency="XAF")
 
 
 @pytest.fixture
@@ -84,7 +85,8 @@ async def test_payment_round_trips_with_order_index_and_active_index(
 async def test_a_transition_is_one_read_and_one_script_call(storage: RedisStorage, redis_server: RedisServer) -> None:
     """An applied transition costs two round trips: GET the payment, then one script that stores the
     decided record only if the payment is still what was read (no WATCH, MULTI/EXEC or script lookups).
-    A duplicate costs the GET alone."""
+    A SUCCESSFUL one costs a third, once per payment: the GET of its order's paid list, which the script
+    compares too (one charge per order). A duplicate costs the GET alone."""
     await storage.create_payment(_payment())
     await storage.create_payment(_payment("ref-2", "order-2"))
     plain = redis_server.client()
@@ -104,8 +106,9 @@ async def test_a_transition_is_one_read_and_one_script_call(storage: RedisStorag
 
     assert calls("script|exists") == calls("script|load") == 0
     assert calls("watch") == calls("multi") == calls("exec") == calls("eval") == 0
-    # three GETs from the client, and two inside each script call (the payment, its order's entry)
-    assert calls("evalsha") == 2 and calls("get") == 3 + 2 * 2
+    # four GETs from the client (the SUCCESSFUL one's paid list too), and inside each script call the
+    # payment and its order's entry, plus the paid list for the SUCCESSFUL one
+    assert calls("evalsha") == 2 and calls("get") == 4 + 3 + 2
     assert await storage.get_order_payment("order-1") is not None
 
 
@@ -233,22 +236,23 @@ async def test_client_records_track_untrack_and_remove(storage: RedisStorage) ->
     assert await storage.get_client("gone") is None
 
 
-async def test_order_lock_and_idempotency(storage: RedisStorage) -> None:
-    assert await storage.acquire_order_lock("o", 5)
-    assert not await storage.acquire_order_lock("o", 5)
-    await storage.release_order_lock("o")
-    assert await storage.acquire_order_lock("o", 5)
-
-    assert await storage.claim_idempotency("k", "fp", 60) is None
-    again = await storage.claim_idempotency("k", "fp", 60)
-    assert again is not None and again.state == "in_progress"
-    await storage.complete_idempotency(
-        "k", IdempotencyRecord(fingerprint="fp", state="done", status_code=201, body={"x": 1}), 60
-    )
-    done = await storage.claim_idempotency("k", "fp", 60)
-    assert done.state == "done" and done.body == {"x": 1}
-    await storage.release_idempotency("k")
-    assert await storage.claim_idempotency("k", "fp", 60) is None
+async def test_an_idempotency_claim_outlives_its_lease_which_expires_by_itself(
+    storage: RedisStorage, redis_server: RedisServer
+) -> None:
+    """The record lives as long as the key (PAYMENT_TTL); the lease beside it only as long as its holder
+    renews it, so a crashed holder's key is answered by its intent instead of blocking for an hour."""
+    claim = IdempotencyRecord(fingerprint="fp", state="in_progress", nonce="n-1")
+    assert (await storage.claim_idempotency("k", claim, "a", 5, 3600)).claimed
+    keys = storage._keys
+    plain = redis_server.client()
+    try:
+        assert 0 < await plain.pttl(keys.idempotency_lease("k")) <= 5000
+        assert 3_590_000 < await plain.pttl(keys.idempotency("k")) <= 3_600_000
+        assert await storage.renew_idempotency("k", "a", 60)
+        assert 5000 < await plain.pttl(keys.idempotency_lease("k")) <= 60_000
+        assert await plain.get(keys.idempotency_lease("k")) == "a"
+    finally:
+        await plain.aclose()
 
 
 async def test_concurrent_transitions_have_exactly_one_winner(redis_server: RedisServer) -> None:

@@ -13,7 +13,12 @@ async def _collected(sandbox: SandboxProvider, count: int) -> list[str]:
     references = []
     for i in range(count):
         request = CollectRequest(
-            order_id=f"order-{i}", amount=500, currency="XAF", phone_number="237670000000", description="x"
+            order_id=f"order-{i}",
+            amount=500,
+            currency="XAF",
+            phone_number="237670000000",
+            description="x",
+            external_reference=f"nonce-{i}",
         )
         references.append((await sandbox.collect(request)).reference)
     return references

@@ -361,14 +361,15 @@ def test_after_the_write_back_redis_is_newer_than_every_other_state_a_socket_cou
 # -- counterexamples hypothesis found: promises that do not hold today ----------------------------
 
 
-def test_a_success_confirmed_without_an_amount_stays_successful_after_a_write_back() -> None:
-    """Found as a counterexample: an owned success confirmed without an amount was re-checked by a later merge."""
+def test_a_success_without_an_amount_stays_pending_through_a_write_back() -> None:
+    """The provider's SUCCESSFUL without an amount is never believed (issue 31), whichever copy heard it:
+    the owned copy does not move, and a degraded instance's orphan copy merged into it does not move it."""
     truth = Truth("SUCCESSFUL", 5, "XAF", "MTN", "op-1", None)
-    redis = decide(owned(), truth.claim("SUCCESSFUL"), T0).payment  # the provider's answer had no amount
-    assert redis is not None and redis.status is PaymentStatus.SUCCESSFUL
-    degraded = decide(None, truth.claim("SUCCESSFUL", frozenset({"amount"})), T0).payment  # another instance
+    redis = decide(owned(), truth.claim("SUCCESSFUL"), T0)  # the provider's answer had no amount
+    assert not redis.applied and redis.outcome == "unconfirmed" and redis.payment == owned()
+    degraded = decide(None, truth.claim("SUCCESSFUL", frozenset({"currency"})), T0).payment  # another instance
     assert degraded is not None and degraded.orphan
-    assert merge(redis, degraded, T0).payment.status is PaymentStatus.SUCCESSFUL
+    assert merge(owned(), degraded, T0).payment.status is PaymentStatus.PENDING
 
 
 def test_two_different_states_never_share_a_seq_across_copies() -> None:

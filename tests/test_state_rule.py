@@ -41,7 +41,7 @@ def owned(status: PaymentStatus = PaymentStatus.PENDING, seq: int = 1, **fields:
 
 def orphan(status: PaymentStatus = PaymentStatus.SUCCESSFUL, seq: int = 1, amount: int = 500) -> Payment:
     """The record an instance made from a webhook for a reference it did not know."""
-    return decide(None, update(status.value, amount=amount), T0).payment  # type: ignore[return-value]
+    return decide(None, update(status.value, amount=amount, currency="XAF"), T0).payment  # type: ignore[return-value]
 
 
 def update(status: str, source: UpdateSource = UpdateSource.WEBHOOK, **fields: Any) -> StatusUpdate:
@@ -64,7 +64,27 @@ def test_a_confirmed_amount_or_currency_other_than_the_initiated_one_fails_the_p
     for claim in ({"amount": 499}, {"currency": "EUR"}):
         result = decide(owned(), update("SUCCESSFUL", **claim), LATER)
         assert result.payment.status is PaymentStatus.FAILED and result.payment.reason == AMOUNT_MISMATCH
-    assert decide(owned(), update("SUCCESSFUL", amount=500), LATER).payment.status is PaymentStatus.SUCCESSFUL
+    confirmed = update("SUCCESSFUL", amount=500, currency="XAF")
+    assert decide(owned(), confirmed, LATER).payment.status is PaymentStatus.SUCCESSFUL
+
+
+@pytest.mark.parametrize("claim", [{}, {"amount": 500}, {"currency": "XAF"}])
+def test_a_providers_success_without_a_readable_amount_and_currency_changes_nothing(claim: dict[str, Any]) -> None:
+    """CamPay's word is believed only with what was paid: an amount it sent as "1,000" or "inf" (read as
+    None) or left out never makes a payment SUCCESSFUL; it stays PENDING and is asked about again."""
+    result = decide(owned(), update("SUCCESSFUL", **claim), LATER)
+    assert not result.applied and result.outcome == "unconfirmed" and result.payment == owned()
+    made = decide(None, update("SUCCESSFUL", **claim), T0).payment  # a record nobody initiated ...
+    adopted = merge(made, owned(), LATER).payment  # ... that our initiation adopts stays PENDING
+    assert adopted.status is PaymentStatus.PENDING and not adopted.orphan and adopted.owner_id == "alice"
+    simulated = decide(owned(), update("SUCCESSFUL", UpdateSource.SIMULATION), LATER)  # not the provider's word
+    assert simulated.applied and simulated.payment.status is PaymentStatus.SUCCESSFUL
+
+
+def test_an_unknown_status_word_keeps_the_payment_pending() -> None:
+    for word in ("EXPIRED", "TIMEOUT", "", "successful-ish"):
+        result = decide(owned(), update(word, amount=500, currency="XAF"), LATER)
+        assert not result.applied and result.payment.status is PaymentStatus.PENDING, word
 
 
 def test_a_record_made_from_the_provider_is_private_and_names_no_order() -> None:

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from core.clock import ManualClock
-from payments.model import PaymentStatus, StatusUpdate, Transition, UpdateSource
+from payments.model import InitiationIntent, PaymentStatus, StatusUpdate, Transition, UpdateSource
 from payments.outbox import OutboxEntry
 from payments.ports import IdempotencyRecord
 from realtime.storage.base import ClientRecord
@@ -47,6 +47,12 @@ class Backend:
     redis_server: RedisServer
     prefix: str = ""
     recovered: list[list[str]] = field(default_factory=list)  # what on_recovered was called with
+
+    async def lapse(self, seconds: float) -> None:
+        """Let `seconds` pass for whatever expires keys: the manual clock in memory, real time in Redis."""
+        self.clock.advance(seconds)
+        if self.name != "memory":
+            await asyncio.sleep(seconds)
 
 
 def _memory(clock: ManualClock) -> MemoryStorage:
@@ -81,6 +87,7 @@ async def _open(kind: str, redis_server: RedisServer) -> Backend:
             _memory(clock),
             clock,
             reconnect_interval=0.05,
+            idempotency_ttl=3600,
             on_recovered=on_recovered,
         )
     await chosen.storage.start()
@@ -131,6 +138,11 @@ def entry(entry_id: str, reference: str = "ref-1", due: float = 0.0, created: fl
         created_at=created,
         next_attempt_at=due,
     )
+
+
+def queued(*entries: OutboxEntry) -> Any:
+    """A creation's outbox that queues `entries` (whatever was stored)."""
+    return lambda _stored: list(entries)
 
 
 def entries_for(transition: Transition) -> list[OutboxEntry]:
@@ -184,8 +196,8 @@ async def test_of_two_concurrent_transitions_at_most_one_completes_a_payment(bac
 
 async def test_create_payment_queues_its_outbox_once_per_entry_id(backend: Backend) -> None:
     s = backend.storage
-    await s.create_payment(owned(), [entry("m-1")])
-    await s.create_payment(owned(), [entry("m-1")])  # the same message again: never queued twice
+    await s.create_payment(owned(), queued(entry("m-1")))
+    await s.create_payment(owned(reference="ref-2"), queued(entry("m-1")))  # the same message: never queued twice
     assert [e.id for e in await s.outbox_list()] == ["m-1"]
 
 
@@ -209,7 +221,7 @@ async def test_pending_page_lists_pending_payments_oldest_first_with_a_cursor(ba
 
 async def test_every_backend_adopts_an_orphan_and_points_the_order_at_it(backend: Backend) -> None:
     s = backend.storage
-    made = await s.transition(update("SUCCESSFUL", amount=500, external_reference="order-x"), T0)
+    made = await s.transition(update("SUCCESSFUL", amount=500, currency="XAF", external_reference="order-x"), T0)
     assert made.outcome == "created_orphan" and await s.get_order_payment("order-x") is None
     adopted = await s.create_payment(owned(created_at=LATER, updated_at=LATER))
     assert adopted.owner_id == "alice" and adopted.status is PaymentStatus.SUCCESSFUL and adopted.seq == 2
@@ -240,26 +252,132 @@ async def test_a_write_back_never_points_an_order_at_an_older_payment(backend: B
 
 async def test_an_idempotency_key_is_claimed_once_completed_and_released(backend: Backend) -> None:
     s = backend.storage
-    assert await s.claim_idempotency("k1", "fp", 60) is None
-    claimed = await s.claim_idempotency("k1", "other", 60)
-    assert claimed == IdempotencyRecord(fingerprint="fp", state="in_progress")
+    claim = IdempotencyRecord(fingerprint="fp", state="in_progress", nonce="n-1")
+    assert (await s.claim_idempotency("k1", claim, "a", 60, 600)).claimed
+    seen = await s.claim_idempotency("k1", claim.model_copy(update={"nonce": "n-2"}), "b", 60, 600)
+    assert not seen.claimed and seen.existing == claim and seen.held
     done = IdempotencyRecord(fingerprint="fp", state="done", status_code=200, body={"ok": True})
-    await s.complete_idempotency("k1", done, 60)
-    assert await s.claim_idempotency("k1", "fp", 60) == done
-    await s.release_idempotency("k1")
-    assert await s.claim_idempotency("k1", "fp", 60) is None
+    assert await s.complete_idempotency("k1", done, 600)
+    again = await s.claim_idempotency("k1", claim, "b", 60, 600)
+    assert again.existing == done and not again.held  # completing ended the lease
+    await s.release_idempotency("k1", "a", forget=True)  # nobody's lease: changes nothing
+    assert (await s.claim_idempotency("k1", claim, "b", 60, 600)).existing == done
 
 
-# -- LockService ---------------------------------------------------------------------------------
-
-
-async def test_an_order_lock_has_one_holder_until_released(backend: Backend) -> None:
+async def test_a_claim_whose_holder_stopped_renewing_can_be_taken_over_once(backend: Backend) -> None:
     s = backend.storage
-    assert await s.acquire_order_lock("order-1", 60)
-    assert not await s.acquire_order_lock("order-1", 60)
-    assert await s.acquire_order_lock("order-2", 60)
-    await s.release_order_lock("order-1")
-    assert await s.acquire_order_lock("order-1", 60)
+    claim = IdempotencyRecord(fingerprint="fp", state="in_progress", nonce="n-1")
+    await s.claim_idempotency("k1", claim, "a", 0.2, 600)
+    assert not await s.take_over_idempotency("k1", claim, "b", 60)  # still held
+    assert await s.renew_idempotency("k1", "a", 0.2) and not await s.renew_idempotency("k1", "b", 0.2)
+    await backend.lapse(0.3)
+    seen = await s.claim_idempotency("k1", claim, "b", 60, 600)
+    assert seen.existing == claim and not seen.held
+    other = claim.model_copy(update={"nonce": "n-9"})
+    assert not await s.take_over_idempotency("k1", other, "b", 60)  # not the record seen
+    assert await s.take_over_idempotency("k1", claim, "b", 60)
+    assert not await s.take_over_idempotency("k1", claim, "c", 60)  # b holds it now
+    assert not await s.renew_idempotency("k1", "a", 60)
+
+
+async def test_only_the_holder_releases_a_claim_and_forgetting_frees_the_key(backend: Backend) -> None:
+    s = backend.storage
+    claim = IdempotencyRecord(fingerprint="fp", state="in_progress", nonce="n-1")
+    await s.claim_idempotency("k1", claim, "a", 60, 600)
+    await s.release_idempotency("k1", "b", forget=True)
+    assert (await s.claim_idempotency("k1", claim, "b", 60, 600)).held
+    await s.release_idempotency("k1", "a", forget=False)  # the outcome is unknown: the claim stays, unheld
+    kept = await s.claim_idempotency("k1", claim, "b", 60, 600)
+    assert kept.existing == claim and not kept.held
+    assert await s.take_over_idempotency("k1", claim, "b", 60)
+    await s.release_idempotency("k1", "b", forget=True)
+    assert (await s.claim_idempotency("k1", claim, "c", 60, 600)).claimed
+
+
+async def test_a_late_linker_completes_only_its_own_initiations_claim(backend: Backend) -> None:
+    s = backend.storage
+    claim = IdempotencyRecord(fingerprint="fp", state="in_progress", nonce="n-1")
+    await s.claim_idempotency("k1", claim, "a", 60, 600)
+    answer = IdempotencyRecord(fingerprint="fp", state="done", nonce="n-2", status_code=201, body={"r": 2})
+    assert not await s.complete_idempotency("k1", answer, 600, nonce="n-2")
+    mine = answer.model_copy(update={"nonce": "n-1", "body": {"r": 1}})
+    assert await s.complete_idempotency("k1", mine, 600, nonce="n-1")
+    assert not await s.complete_idempotency("k1", answer, 600, nonce="n-1")  # already answered
+    assert (await s.claim_idempotency("k1", claim, "b", 60, 600)).existing == mine
+
+
+# -- IntentStore ---------------------------------------------------------------------------------
+
+
+def intent(nonce: str = "n-1", order_id: str = "order-1", **fields: Any) -> InitiationIntent:
+    values: dict[str, Any] = {
+        "nonce": nonce,
+        "order_id": order_id,
+        "owner_id": "alice",
+        "amount": 500,
+        "currency": "XAF",
+        "phone_number": "237671234567",
+        "provider": "campay",
+        "created_at": T0,
+        **fields,
+    }
+    return InitiationIntent(**values)
+
+
+async def test_an_intent_holds_its_order_until_resolved_dropped_or_its_hold_lapses(backend: Backend) -> None:
+    s = backend.storage
+    assert await s.put_intent(intent("n-1"), 600, 60)
+    assert not await s.put_intent(intent("n-2"), 600, 60)  # the order is held
+    assert await s.get_intent("n-2") is None
+    assert (await s.order_intent("order-1")).nonce == "n-1"
+    resolved = await s.resolve_intent("n-1", "ref-1", "*126#", "MTN")
+    assert (resolved.state, resolved.reference, resolved.ussd_code) == ("resolved", "ref-1", "*126#")
+    assert await s.get_intent("n-1") == resolved and await s.order_intent("order-1") is None
+    assert await s.resolve_intent("n-1", "ref-other", None, None) == resolved  # one reference per nonce
+    assert await s.put_intent(intent("n-2"), 600, 0.2)
+    await s.drop_intent("n-2")
+    assert await s.get_intent("n-2") is None and await s.order_intent("order-1") is None
+    assert await s.put_intent(intent("n-3"), 600, 0.2)
+    await backend.lapse(0.3)
+    assert await s.order_intent("order-1") is None and (await s.get_intent("n-3")).state == "pending"
+    assert await s.put_intent(intent("n-4"), 600, 60)
+
+
+# -- the order's paid list -----------------------------------------------------------------------
+
+
+async def test_a_paid_order_shows_its_payer_and_a_second_success_is_a_duplicate(backend: Backend) -> None:
+    s = backend.storage
+    await s.create_payment(owned(reference="ref-1"))
+    await s.transition(update("SUCCESSFUL", reference="ref-1", amount=500, currency="XAF"), LATER)
+    await s.create_payment(owned(reference="ref-2", created_at=LATER, updated_at=LATER))  # a later attempt
+    assert (await s.get_order_payment("order-1")).reference == "ref-1"  # the paid one is never hidden
+    second = await s.transition(update("SUCCESSFUL", reference="ref-2", amount=500, currency="XAF"), LATER)
+    assert second.payment.duplicate_of == "ref-1" and (await s.get_payment("ref-2")).duplicate_of == "ref-1"
+    assert await s.order_paid("order-1") == ["ref-1", "ref-2"]
+    assert (await s.get_order_payment("order-1")).reference == "ref-1"
+    assert await s.order_paid("order-2") == []
+
+
+async def test_a_success_that_arrives_by_adoption_joins_the_paid_list(backend: Backend) -> None:
+    s = backend.storage
+    await s.transition(update("SUCCESSFUL", amount=500, currency="XAF"), T0)  # an orphan: no order yet
+    assert await s.order_paid("order-1") == []
+    adopted = await s.create_payment(owned(created_at=LATER, updated_at=LATER))
+    assert adopted.status is PaymentStatus.SUCCESSFUL and await s.order_paid("order-1") == ["ref-1"]
+
+
+async def test_a_creation_queues_the_entries_of_what_was_stored(backend: Backend) -> None:
+    s = backend.storage
+    await s.transition(update("SUCCESSFUL", amount=100, currency="XAF"), T0)  # CamPay says 100, we ask 500
+    seen: list[PaymentStatus] = []
+
+    def outbox(stored: Any) -> list[OutboxEntry]:
+        seen.append(stored.status)
+        return [entry(f"m-{stored.status.value}")]
+
+    await s.create_payment(owned(created_at=LATER, updated_at=LATER), outbox)
+    assert seen[-1] is PaymentStatus.FAILED and [e.id for e in await s.outbox_list()] == ["m-FAILED"]
 
 
 async def test_a_lease_has_one_owner_who_renews_and_alone_releases_it(backend: Backend) -> None:
@@ -278,7 +396,7 @@ async def test_a_lease_has_one_owner_who_renews_and_alone_releases_it(backend: B
 
 async def test_an_outbox_entry_is_claimed_by_one_claimer_until_its_lease_runs_out(backend: Backend) -> None:
     s = backend.storage
-    await s.create_payment(owned(), [entry("m-1", due=100), entry("m-2", due=200), entry("m-3", due=900)])
+    await s.create_payment(owned(), queued(entry("m-1", due=100), entry("m-2", due=200), entry("m-3", due=900)))
     claimed = await s.outbox_claim(now=300, limit=10, lease_seconds=30)
     assert [e.id for e in claimed] == ["m-1", "m-2"] and all(e.claimed_until == 330 for e in claimed)
     assert await s.outbox_claim(now=310, limit=10, lease_seconds=30) == []  # still leased
@@ -287,7 +405,7 @@ async def test_an_outbox_entry_is_claimed_by_one_claimer_until_its_lease_runs_ou
 
 async def test_outbox_reschedule_kill_replay_and_delivered(backend: Backend) -> None:
     s = backend.storage
-    await s.create_payment(owned(), [entry("m-1", due=100)])
+    await s.create_payment(owned(), queued(entry("m-1", due=100)))
     await s.outbox_claim(now=100, limit=10, lease_seconds=30)
     await s.outbox_reschedule("m-1", 1, 500, "HTTP 500")
     assert await s.outbox_claim(now=499, limit=10, lease_seconds=30) == []
@@ -315,7 +433,7 @@ async def test_outbox_reschedule_kill_replay_and_delivered(backend: Backend) -> 
 async def test_dead_letters_are_capped_oldest_first_and_expire(backend: Backend) -> None:
     s = backend.storage
     ids = [f"m-{i}" for i in range(DEAD_LETTER_MAX + 1)]
-    await s.create_payment(owned(), [entry(i, created=n) for n, i in enumerate(ids)])
+    await s.create_payment(owned(), queued(*(entry(i, created=n) for n, i in enumerate(ids))))
     dropped = 0
     for n, entry_id in enumerate(ids):
         backend.clock.advance(1)  # each dies a second after the previous one
@@ -408,7 +526,9 @@ async def test_a_sequence_across_a_redis_outage_is_written_back_when_redis_retur
     await s.track("s-new", "ref-1")
     await s.remove_client("s-gone")
     assert [c.socket_id for c in await s.list_clients()] == ["s-new"]
-    assert await s.claim_idempotency("k1", "fp", 60) is None
+    claim = IdempotencyRecord(fingerprint="fp", state="in_progress", nonce="n-1")
+    assert (await s.claim_idempotency("k1", claim, "a", 60, 600)).claimed
+    assert await s.put_intent(intent("n-1"), 600, 60)
     assert await s.acquire_lease("reconciler", "a", 60)
     await s.auth_cache_set("h1", "alice", 60)
     assert await s.auth_cache_get("h1") == "alice"
@@ -425,6 +545,11 @@ async def test_a_sequence_across_a_redis_outage_is_written_back_when_redis_retur
         assert await plain.get_client("s-gone") is None
         assert (await plain.get_client("s-new")).tracked == ["ref-1"]
         assert await plain.tracker_count("ref-1") == 1
+        # What a degraded initiation took is Redis's now: the key's claim, its intent holding the order,
+        # and its lease, so no other instance collects for either meanwhile.
+        assert (await plain.claim_idempotency("k1", claim, "b", 60, 600)).existing == claim
+        assert (await plain.order_intent("order-1")).nonce == "n-1"
+        assert not await plain.acquire_lease("reconciler", "b", 60)
     finally:
         await plain.close()
     # Healthy again: calls go to Redis, and the written-back entry is handed out once.
@@ -459,3 +584,23 @@ async def test_a_call_that_meets_the_outage_is_answered_from_memory(resilient: B
     # answered from the mirrored copy.
     assert (await s.get_payment("ref-1")) == owned() and not s.healthy
     assert (await s.health()).redis_reachable is False
+
+
+async def test_a_degraded_instance_knows_an_order_is_paid_by_a_payment_it_has_seen(resilient: Backend) -> None:
+    """Issue 31: ref-1 FAILED, then ref-2 (made on another instance) SUCCESSFUL; this instance read ref-2,
+    yet its memory's order entry still named ref-1, so while degraded the order read as FAILED and could
+    be collected again. The paid payment wins, and the newer payment holds the order."""
+    s, server = resilient.storage, resilient.redis_server
+    await s.create_payment(owned(reference="ref-1"))
+    await s.transition(update("FAILED", reference="ref-1"), LATER)
+    other = await _in_redis(resilient)
+    try:
+        await other.create_payment(owned(reference="ref-2", created_at=LATER, updated_at=LATER))
+        await other.transition(update("SUCCESSFUL", reference="ref-2", amount=500, currency="XAF"), LATER)
+    finally:
+        await other.close()
+    assert (await s.get_payment("ref-2")).status is PaymentStatus.SUCCESSFUL  # seen here (and mirrored)
+    server.stop()
+    paid = await s.get_order_payment("order-1")
+    assert not s.healthy and paid is not None and paid.reference == "ref-2"
+    assert await s.order_paid("order-1") == ["ref-2"]

@@ -14,7 +14,15 @@ from aiohttp import web
 from pydantic import BaseModel
 
 from observability.health import StorageHealth
-from payments.ports import IdempotencyStore, LockService, OutboxFor, OutboxStore, PaymentStore, TrackerCount
+from payments.ports import (
+    IdempotencyStore,
+    IntentStore,
+    LockService,
+    OutboxFor,
+    OutboxStore,
+    PaymentStore,
+    TrackerCount,
+)
 
 __all__ = ["STORAGE", "AuthCacheStore", "ClientRecord", "ClientRegistry", "OutboxFor", "Storage"]
 
@@ -63,7 +71,9 @@ class AuthCacheStore(Protocol):
     async def auth_cache_set(self, key: str, value: str, ttl_seconds: float) -> None: ...
 
 
-class Storage(PaymentStore, IdempotencyStore, LockService, OutboxStore, ClientRegistry, AuthCacheStore, Protocol):
+class Storage(
+    PaymentStore, IdempotencyStore, IntentStore, LockService, OutboxStore, ClientRegistry, AuthCacheStore, Protocol
+):
     backend: str
 
     async def start(self) -> None:

@@ -13,7 +13,7 @@ import inspect
 from typing import Any
 
 from observability.health import StorageHealth
-from payments.ports import IdempotencyStore, LockService, OutboxStore, PaymentStore
+from payments.ports import IdempotencyStore, IntentStore, LockService, OutboxStore, PaymentStore
 from realtime.storage.base import AuthCacheStore, ClientRegistry
 
 # The roles a storage is made of: attribute name -> the protocol that role implements.
@@ -21,6 +21,7 @@ ROLES: dict[str, type] = {
     "payments": PaymentStore,
     "clients": ClientRegistry,
     "idempotency": IdempotencyStore,
+    "intents": IntentStore,
     "outbox": OutboxStore,
     "locks": LockService,
     "auth": AuthCacheStore,
@@ -51,6 +52,7 @@ class CompositeStorage:
         payments: PaymentStore,
         clients: ClientRegistry,
         idempotency: IdempotencyStore,
+        intents: IntentStore,
         outbox: OutboxStore,
         locks: LockService,
         auth: AuthCacheStore,
@@ -58,6 +60,7 @@ class CompositeStorage:
         self.payments = payments
         self.clients = clients
         self.idempotency = idempotency
+        self.intents = intents
         self.outbox = outbox
         self.locks = locks
         self.auth = auth

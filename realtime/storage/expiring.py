@@ -49,6 +49,16 @@ class ExpiringMap(Generic[V]):
         now = self._clock.monotonic()
         return iter([(k, v) for k, (v, exp) in self._data.items() if exp > now])
 
+    def remaining_of(self, key: str) -> float:
+        """Seconds `key` has left (0 if gone)."""
+        item = self._data.get(key)
+        return max(0.0, item[1] - self._clock.monotonic()) if item else 0.0
+
+    def remaining(self) -> list[tuple[str, V, float]]:
+        """Every live entry with the seconds it has left."""
+        now = self._clock.monotonic()
+        return [(k, v, exp - now) for k, (v, exp) in self._data.items() if exp > now]
+
     def sweep(self) -> int:
         now = self._clock.monotonic()
         dead = [k for k, (_, exp) in self._data.items() if exp <= now]

@@ -49,6 +49,7 @@ def create_storage(
             memory,
             clock,
             reconnect_interval=settings.REDIS_RECONNECT_INTERVAL_SECONDS,
+            idempotency_ttl=settings.PAYMENT_TTL_SECONDS,
             on_recovered=on_recovered,
         )
     return wrap(memory)

@@ -28,6 +28,26 @@ class RedisKeys:
         """The reference of the order's latest payment; expires with the payment."""
         return f"{self.prefix}order:{order_id}"
 
+    def last_write(self, reference: str) -> str:
+        """The token of the last write to a payment (redis/payments.py: a write whose reply was lost tells
+        itself from an identical one another instance made); expires after 60 s."""
+        return f"{self.prefix}write:{reference}"
+
+    def order_paid(self, order_id: str) -> str:
+        """The order's SUCCESSFUL payments, space-separated, the one that paid it first (any other is a
+        duplicate charge); expires with the last of them to change."""
+        return f"{self.prefix}paid:{order_id}"
+
+    def intent(self, nonce: str) -> str:
+        """An initiation intent (JSON), written before its collect; expires with its idempotency key
+        (PAYMENT_TTL_SECONDS)."""
+        return f"{self.prefix}intent:{nonce}"
+
+    def order_hold(self, order_id: str) -> str:
+        """The nonce of the pending intent holding the order (no second collect meanwhile); freed when
+        the intent resolves, else expires after COLLECT_LIFETIME_SECONDS."""
+        return f"{self.prefix}intent-order:{order_id}"
+
     def active(self) -> str:
         """Sorted set of PENDING references scored by creation time (no KEYS needed).
 
@@ -36,14 +56,15 @@ class RedisKeys:
         """
         return f"{self.prefix}active"
 
-    def order_lock(self, order_id: str) -> str:
-        """Held while an initiate for the order runs; expires after the slowest collect could take."""
-        return f"{self.prefix}lock:order:{order_id}"
-
     def idempotency(self, key: str) -> str:
-        """The first response to an Idempotency-Key (`key` is a hash of user and key); expires
-        with PAYMENT_TTL_SECONDS."""
+        """The first response to an Idempotency-Key (`key` is a hash of user and key), or the claim of
+        the request running it; expires with PAYMENT_TTL_SECONDS."""
         return f"{self.prefix}idempotency:{key}"
+
+    def idempotency_lease(self, key: str) -> str:
+        """Who runs the request holding an Idempotency-Key's claim; expires unless its holder renews it
+        (INITIATION_LEASE_SECONDS)."""
+        return f"{self.prefix}idempotency-lease:{key}"
 
     def client(self, socket_id: str) -> str:
         """One connection's record as JSON; expires CLIENT_TTL_SECONDS after its last activity."""
@@ -74,7 +95,8 @@ class RedisKeys:
         return f"{self.prefix}instance:{instance_id}"
 
     def lease(self, name: str) -> str:
-        """Who holds lease `name` (e.g. the reconciler's sweep); expires unless its holder renews it."""
+        """Who holds lease `name` (the reconciler's sweep, `order:<id>` while an initiation for the order
+        runs); expires unless its holder renews it."""
         return f"{self.prefix}lease:{name}"
 
     def outbox_entries(self) -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any
 
 from aiohttp import web
@@ -20,7 +19,8 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 from core.errors import ApiError, NotFound, ProviderError
 from observability.logs import bind
 from observability.metrics import Metrics
-from payments.model import StatusUpdate, UpdateSource
+from payments.amounts import parse_amount
+from payments.model import PaymentStatus, StatusUpdate, Transition, UpdateSource
 from payments.operators import normalise_operator
 from payments.provider import PaymentProvider
 from payments.reconciler import Reconciler
@@ -29,36 +29,6 @@ from payments.service import PaymentService
 from webhooks.inbound.signature import SignatureError, verify_signature
 
 log = logging.getLogger("paytrack.audit")  # every webhook decision is an audit line
-
-
-# Larger than any mobile-money amount; a bigger claim is treated as no claim.
-_MAX_AMOUNT = 10**12
-
-
-def _to_int(value: Any) -> int | None:
-    """CamPay's amount, leniently: "100", "100.00", 100 and 100.0 are 100; anything else ("", "99.5",
-    "lots", a number too large to be an amount) is None rather than a reason to refuse.
-
-    Never a 400: the callback is judged by its signature first, and the amount that gets
-    applied is CamPay's own answer to `GET /transaction/`, not this claim.
-    """
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value if 0 <= value <= _MAX_AMOUNT else None
-    if isinstance(value, str):
-        value = value.strip()
-        if not value or len(value) > 32:
-            return None
-    if not isinstance(value, (str, float)):
-        return None
-    try:
-        number = Decimal(value)
-    except (InvalidOperation, ValueError):
-        return None
-    if not number.is_finite() or number != number.to_integral_value() or not 0 <= number <= _MAX_AMOUNT:
-        return None
-    return int(number)
 
 
 ShortText = Annotated[StrictStr, Field(max_length=255)]
@@ -72,7 +42,10 @@ class CampayWebhook(BaseModel):
     reference: Reference
     status: Annotated[StrictStr, Field(min_length=1, max_length=32)]
     signature: Annotated[StrictStr, Field(max_length=4096)] | None = None
-    amount: Annotated[int | None, BeforeValidator(_to_int)] = None
+    # Leniently: an amount we cannot read is None, never a 400 (the callback is judged by its signature,
+    # and what is applied is CamPay's own answer to GET /transaction/, not this claim).
+    amount: Annotated[int | None, BeforeValidator(parse_amount)] = None
+    app_amount: Annotated[int | None, BeforeValidator(parse_amount)] = None
     currency: ShortText | None = None
     operator: Annotated[ShortText | None, AfterValidator(normalise_operator)] = None
     code: ShortText | None = None
@@ -143,6 +116,11 @@ class WebhookProcessor:
             log.warning("webhook refused", extra={**audit, "why": str(exc)})
             raise InvalidSignature(f"webhook signature rejected: {exc}") from None
 
+        if (hook.endpoint or "").lower() == "withdraw":
+            # A payout's callback: paytrack makes none yet, and it is no collect of ours.
+            log.info("webhook for another CamPay endpoint ignored", extra={**audit, "endpoint": hook.endpoint})
+            return WebhookOutcome(200, "ignored_endpoint")
+
         if not self._verify:
             # Trusting the signed callback itself (WEBHOOK_VERIFY_WITH_PROVIDER=false).
             update = StatusUpdate(
@@ -154,6 +132,7 @@ class WebhookProcessor:
                 currency=hook.currency,
                 operator=hook.operator,
                 operator_reference=hook.operator_reference,
+                app_amount=hook.app_amount,
             )
         else:
             # CamPay's signature does not cover the callback's fields: what is applied is CamPay's own
@@ -183,8 +162,18 @@ class WebhookProcessor:
                 return WebhookOutcome(200, "not_confirmed")
 
         transition = await self._service.apply_update(update)
+        if _still_pending(update, transition):
+            # An unknown status word, or a SUCCESSFUL whose amount CamPay's record did not give readably.
+            self._reconciler.request_check(hook.reference)
         log.info("webhook accepted", extra={**audit, "outcome": transition.outcome})
         return WebhookOutcome(200, transition.outcome)
+
+
+def _still_pending(update: StatusUpdate, transition: Transition) -> bool:
+    """A final-sounding claim that left the payment PENDING: it must be asked about again soon."""
+    stored = transition.payment
+    claimed_final = (update.status or "").strip().upper() != "PENDING"
+    return claimed_final and (stored is None or stored.status is PaymentStatus.PENDING)
 
 
 WEBHOOKS: web.AppKey[WebhookProcessor] = web.AppKey("webhooks", WebhookProcessor)

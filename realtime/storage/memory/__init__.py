@@ -17,6 +17,7 @@ from realtime.storage.expiring import ExpiringMap
 from realtime.storage.memory.auth import MemoryAuthCache
 from realtime.storage.memory.clients import MemoryClients
 from realtime.storage.memory.idempotency import MemoryIdempotency
+from realtime.storage.memory.intents import MemoryIntents
 from realtime.storage.memory.locks import MemoryLocks
 from realtime.storage.memory.outbox import MemoryOutbox
 from realtime.storage.memory.payments import MemoryPayments
@@ -29,6 +30,9 @@ class MemoryStorage(CompositeStorage):
     payments: MemoryPayments
     clients: MemoryClients
     outbox: MemoryOutbox
+    idempotency: MemoryIdempotency
+    intents: MemoryIntents
+    locks: MemoryLocks
 
     def __init__(
         self,
@@ -45,10 +49,24 @@ class MemoryStorage(CompositeStorage):
         payments = MemoryPayments(clock, outbox, payment_ttl=payment_ttl, event_log_max=event_log_max)
         clients = MemoryClients(clock, client_ttl=client_ttl)
         idempotency, locks, auth = MemoryIdempotency(clock), MemoryLocks(clock), MemoryAuthCache(clock)
+        intents = MemoryIntents(clock)
         super().__init__(
-            payments=payments, clients=clients, idempotency=idempotency, outbox=outbox, locks=locks, auth=auth
+            payments=payments,
+            clients=clients,
+            idempotency=idempotency,
+            intents=intents,
+            outbox=outbox,
+            locks=locks,
+            auth=auth,
         )
-        self._maps: list[ExpiringMap[Any]] = [*payments.maps, *clients.maps, *idempotency.maps, *locks.maps, *auth.maps]
+        self._maps: list[ExpiringMap[Any]] = [
+            *payments.maps,
+            *clients.maps,
+            *idempotency.maps,
+            *intents.maps,
+            *locks.maps,
+            *auth.maps,
+        ]
         self._sweep_interval = sweep_interval
         self._sweeper: asyncio.Task[None] | None = None
 

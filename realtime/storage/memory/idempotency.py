@@ -1,25 +1,71 @@
-"""The first response to each `Idempotency-Key`, in memory."""
+"""The first response to each `Idempotency-Key`, and the lease of the request running it, in memory."""
 
 from __future__ import annotations
 
 from core.clock import Clock
-from payments.ports import IdempotencyRecord
+from payments.ports import IdempotencyClaim, IdempotencyRecord
 from realtime.storage.expiring import ExpiringMap
 
 
 class MemoryIdempotency:
     def __init__(self, clock: Clock) -> None:
         self._records: ExpiringMap[IdempotencyRecord] = ExpiringMap(clock)
-        self.maps = (self._records,)
+        self._leases: ExpiringMap[str] = ExpiringMap(clock)  # key -> the owner running it
+        self.maps = (self._records, self._leases)
 
-    async def claim_idempotency(self, key: str, fingerprint: str, ttl_seconds: float) -> IdempotencyRecord | None:
-        claim = IdempotencyRecord(fingerprint=fingerprint, state="in_progress")
-        if self._records.set_nx(key, claim, ttl_seconds):
-            return None
-        return self._records.get(key)
+    async def claim_idempotency(
+        self, key: str, record: IdempotencyRecord, owner: str, lease_seconds: float, ttl_seconds: float
+    ) -> IdempotencyClaim:
+        existing = self._records.get(key)
+        if existing is not None:
+            return IdempotencyClaim(False, existing, held=self._leases.get(key) is not None)
+        self._records.set(key, record, ttl_seconds)
+        self._leases.set(key, owner, lease_seconds)
+        return IdempotencyClaim(True)
 
-    async def complete_idempotency(self, key: str, record: IdempotencyRecord, ttl_seconds: float) -> None:
+    async def take_over_idempotency(
+        self, key: str, expected: IdempotencyRecord, owner: str, lease_seconds: float
+    ) -> bool:
+        if self._records.get(key) != expected or self._leases.get(key) is not None:
+            return False
+        self._leases.set(key, owner, lease_seconds)
+        return True
+
+    async def renew_idempotency(self, key: str, owner: str, lease_seconds: float) -> bool:
+        holder = self._leases.get(key)
+        if holder is not None and holder != owner:
+            return False
+        self._leases.set(key, owner, lease_seconds)
+        return True
+
+    async def complete_idempotency(
+        self, key: str, record: IdempotencyRecord, ttl_seconds: float, *, nonce: str | None = None
+    ) -> bool:
+        if nonce is not None:
+            current = self._records.get(key)
+            if current is None or current.state != "in_progress" or current.nonce != nonce:
+                return False
+        self._records.set(key, record, ttl_seconds)
+        self._leases.pop(key)
+        return True
+
+    async def release_idempotency(self, key: str, owner: str, *, forget: bool) -> None:
+        if self._leases.get(key) != owner:
+            return
+        self._leases.pop(key)
+        if forget:
+            self._records.pop(key)
+
+    # -- the fallback's side of a resilient storage --------------------------------------------
+    def restore(self, key: str, record: IdempotencyRecord, ttl_seconds: float) -> None:
+        """Hold `record` as another backend has it."""
         self._records.set(key, record, ttl_seconds)
 
-    async def release_idempotency(self, key: str) -> None:
+    def forget(self, key: str) -> None:
         self._records.pop(key)
+        self._leases.pop(key)
+
+    def record(self, key: str) -> tuple[IdempotencyRecord, float] | None:
+        """The record held for `key` and the seconds it has left."""
+        record = self._records.get(key)
+        return (record, self._records.remaining_of(key)) if record is not None else None

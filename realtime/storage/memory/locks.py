@@ -1,4 +1,4 @@
-"""Order locks and leases in memory: they expire by themselves, like Redis's."""
+"""Leases in memory: they expire by themselves, like Redis's."""
 
 from __future__ import annotations
 
@@ -8,15 +8,8 @@ from realtime.storage.expiring import ExpiringMap
 
 class MemoryLocks:
     def __init__(self, clock: Clock) -> None:
-        self._order_locks: ExpiringMap[bool] = ExpiringMap(clock)
         self._leases: ExpiringMap[str] = ExpiringMap(clock)
-        self.maps = (self._order_locks, self._leases)
-
-    async def acquire_order_lock(self, order_id: str, ttl_seconds: float) -> bool:
-        return self._order_locks.set_nx(order_id, True, ttl_seconds)
-
-    async def release_order_lock(self, order_id: str) -> None:
-        self._order_locks.pop(order_id)
+        self.maps = (self._leases,)
 
     async def acquire_lease(self, name: str, owner: str, ttl_seconds: float) -> bool:
         holder = self._leases.get(name)
@@ -28,3 +21,7 @@ class MemoryLocks:
     async def release_lease(self, name: str, owner: str) -> None:
         if self._leases.get(name) == owner:
             self._leases.pop(name)
+
+    def held(self) -> list[tuple[str, str, float]]:
+        """Every live lease as (name, owner, seconds left): what a write-back re-takes on the primary."""
+        return self._leases.remaining()

@@ -22,9 +22,8 @@ from datetime import datetime
 from core.clock import Clock
 from core.jsonio import dumps_model
 from payments.model import Payment, PaymentEvent, PaymentStatus, StatusUpdate, Transition
-from payments.outbox import OutboxEntry
-from payments.ports import OutboxFor
-from payments.state import decide, merge
+from payments.ports import CreationOutbox, OutboxFor
+from payments.state import decide, merge, settle_order
 from realtime.storage.expiring import ExpiringMap
 from realtime.storage.memory.outbox import MemoryOutbox
 
@@ -36,21 +35,50 @@ class MemoryPayments:
         self._event_log_max = event_log_max
         self._payments: ExpiringMap[Payment] = ExpiringMap(clock)
         self._events: ExpiringMap[dict[int, str]] = ExpiringMap(clock)  # seq -> the event's JSON, in order
+        # order -> "latest paid1 paid2 ...": its latest payment, then its SUCCESSFUL ones (the first paid it).
+        # One string, so settling an order replaces a value and adds nothing the collector counts.
         self._orders: ExpiringMap[str] = ExpiringMap(clock)
         self.maps = (self._payments, self._events, self._orders)
 
+    def _order(self, order_id: str) -> tuple[str | None, tuple[str, ...]]:
+        """The order's latest payment and its paid list."""
+        entry = self._orders.get(order_id)
+        if not entry:
+            return None, ()
+        latest, *paid = entry.split(" ")
+        return latest, tuple(paid)
+
+    def _settled(self, payment: Payment) -> Payment:
+        """`payment` with its order's paid list settled (`payments.state.settle_order`); stored by `_store`."""
+        if not payment.order_id or payment.orphan:
+            return payment
+        _, paid = self._order(payment.order_id)
+        return settle_order(payment, paid)[0]
+
     def _store(self, payment: Payment, *, claim_order: bool = False) -> None:
-        """Store `payment` and keep its order index entry alive.
+        """Store `payment` and keep its order's entry alive.
 
         Only a new initiation (`claim_order`) points an order at a payment that
-        another payment holds; anything else (a transition, a write-back) writes
-        the entry only if it is free or already ours, so an order never points
-        back at an older payment. Orphans are never indexed.
+        another payment holds; anything else (a transition, a write-back, a
+        mirror of Redis's copy) moves the pointer only if it is free, already
+        ours, or holds an older payment, so an order never points back at an
+        older payment. A SUCCESSFUL payment joins the paid list (a copy that
+        names who paid first puts that one first). Orphans are never indexed.
         """
         self._payments.set(payment.reference, payment, self._payment_ttl)
-        if payment.order_id and not payment.orphan:
-            if claim_order or self._orders.get(payment.order_id) in (None, payment.reference):
-                self._orders.set(payment.order_id, payment.reference, self._payment_ttl)
+        order = payment.order_id
+        if not order or payment.orphan:
+            return
+        latest, paid = self._order(order)
+        if latest != payment.reference:
+            held = self._payments.get(latest) if latest else None
+            if claim_order or held is None or held.created_at < payment.created_at:
+                latest = payment.reference
+        if payment.status is PaymentStatus.SUCCESSFUL:
+            if payment.duplicate_of and payment.duplicate_of not in paid:
+                paid = (payment.duplicate_of, *paid)
+            paid = settle_order(payment, paid)[1]
+        self._orders.set(order, " ".join((latest or payment.reference, *paid)), self._payment_ttl)
 
     def _log_event(self, event: PaymentEvent) -> None:
         log = self._events.get(event.reference)
@@ -61,16 +89,21 @@ class MemoryPayments:
             del log[next(iter(log))]  # the oldest, like a bounded deque
         self._events.set(event.reference, log, self._payment_ttl)
 
-    def _merge(self, incoming: Payment, now: datetime, *, claim_order: bool) -> Payment:
+    def _merge(
+        self, incoming: Payment, now: datetime, *, claim_order: bool, outbox: CreationOutbox | None = None
+    ) -> Payment:
         result = merge(self._payments.get(incoming.reference), incoming, now)
+        payment = result.payment
         if result.changed:
-            self._store(result.payment, claim_order=claim_order)
-            self._log_event(PaymentEvent.of(result.payment, with_ussd=claim_order))
-        return result.payment
+            payment = self._settled(payment)
+            self._store(payment, claim_order=claim_order)
+            self._log_event(PaymentEvent.of(payment, with_ussd=claim_order))
+        if outbox is not None:
+            self._outbox.enqueue(outbox(payment))
+        return payment
 
-    async def create_payment(self, payment: Payment, outbox: list[OutboxEntry] | None = None) -> Payment:
-        self._outbox.enqueue(outbox or [])
-        return self._merge(payment, payment.updated_at, claim_order=True)
+    async def create_payment(self, payment: Payment, outbox: CreationOutbox | None = None) -> Payment:
+        return self._merge(payment, payment.updated_at, claim_order=True, outbox=outbox)
 
     async def merge_payment(self, payment: Payment, now: datetime) -> Payment:
         return self._merge(payment, now, claim_order=False)
@@ -82,12 +115,17 @@ class MemoryPayments:
         return [self._payments.get(reference) for reference in references]
 
     async def get_order_payment(self, order_id: str) -> Payment | None:
-        reference = self._orders.get(order_id)
+        latest, paid = self._order(order_id)
+        reference = paid[0] if paid else latest
         return self._payments.get(reference) if reference else None
+
+    async def order_paid(self, order_id: str) -> list[str]:
+        return list(self._order(order_id)[1])
 
     async def transition(self, update: StatusUpdate, now: datetime, outbox: OutboxFor | None = None) -> Transition:
         result = decide(self._payments.get(update.reference), update, now)
         if result.applied and result.payment is not None and result.event is not None:
+            result.payment = self._settled(result.payment)
             self._store(result.payment)
             self._log_event(result.event)
             if outbox is not None:

@@ -14,7 +14,9 @@ from redis import asyncio as aioredis
 from core.clock import Clock
 from core.settings import Settings
 from observability.health import StorageHealth
+from payments.model import InitiationIntent
 from payments.outbox import OutboxEntry
+from payments.ports import IdempotencyRecord
 from realtime.redis_connection import command_client
 from realtime.storage.composite import CompositeStorage
 from realtime.storage.keys import RedisKeys
@@ -22,6 +24,7 @@ from realtime.storage.redis.auth import RedisAuthCache
 from realtime.storage.redis.clients import RedisClients
 from realtime.storage.redis.context import RedisContext
 from realtime.storage.redis.idempotency import RedisIdempotency
+from realtime.storage.redis.intents import RedisIntents
 from realtime.storage.redis.locks import RedisLocks
 from realtime.storage.redis.outbox import RedisOutbox
 from realtime.storage.redis.payments import RedisPayments
@@ -32,6 +35,8 @@ __all__ = ["RedisStorage"]
 class RedisStorage(CompositeStorage):
     backend = "redis"
     outbox: RedisOutbox
+    intents: RedisIntents
+    idempotency: RedisIdempotency
 
     def __init__(
         self,
@@ -52,6 +57,7 @@ class RedisStorage(CompositeStorage):
             payments=RedisPayments(self._ctx),
             clients=RedisClients(self._ctx),
             idempotency=RedisIdempotency(self._ctx),
+            intents=RedisIntents(self._ctx),
             outbox=RedisOutbox(self._ctx),
             locks=RedisLocks(self._ctx),
             auth=RedisAuthCache(self._ctx),
@@ -111,3 +117,9 @@ class RedisStorage(CompositeStorage):
 
     async def restore_outbox(self, entries: list[OutboxEntry]) -> None:
         await self.outbox.restore_outbox(entries)
+
+    async def restore_idempotency(self, key: str, record: IdempotencyRecord, ttl_seconds: float) -> str:
+        return await self.idempotency.restore_idempotency(key, record, ttl_seconds)
+
+    async def restore_intent(self, intent: InitiationIntent, ttl_seconds: float, hold_seconds: float) -> None:
+        await self.intents.restore_intent(intent, ttl_seconds, hold_seconds)

@@ -14,6 +14,7 @@ GET and MULTI/EXEC took three.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -22,8 +23,8 @@ from typing import Any, TypeVar
 from core.jsonio import dumps_model
 from payments.model import Payment, PaymentEvent, PaymentStatus, StatusUpdate, Transition
 from payments.outbox import OutboxEntry
-from payments.ports import OutboxFor
-from payments.state import decide, merge
+from payments.ports import CreationOutbox, OutboxFor
+from payments.state import decide, merge, needs_order, settle_order
 from realtime.storage.redis import scripts
 from realtime.storage.redis.context import MAX_CONFLICTING_WRITES, RedisContext
 
@@ -34,14 +35,25 @@ def _payment(raw: str | None) -> Payment | None:
     return Payment.model_validate_json(raw) if raw else None
 
 
+Paid = tuple[str, ...] | None  # an order's paid list as read (None: not read)
+
+
+def _settle(payment: Payment, paid: Paid) -> tuple[Payment, Paid]:
+    """`payments.state.settle_order` once the paid list has been read; as it is until then."""
+    if paid is None or not needs_order(payment):
+        return payment, None
+    return settle_order(payment, paid)
+
+
 @dataclass(frozen=True)
 class _Write:
-    """What one compare-and-set stores: the new record (None: outbox entries only) and what goes with it."""
+    """What one compare-and-set stores: the new record and what goes with it."""
 
-    payment: Payment | None
+    payment: Payment
     event: PaymentEvent | None = None
     outbox: list[OutboxEntry] = field(default_factory=list)
     claim_order: bool = False
+    paid: Paid = None  # the order's paid list after this write, when it was read
 
 
 class RedisPayments:
@@ -49,29 +61,48 @@ class RedisPayments:
         self._ctx = ctx
         self._store = ctx.redis.register_script(scripts.STORE_PAYMENT)
 
-    async def _compare_and_set(self, reference: str, step: Callable[[str | None], tuple[T, _Write | None]]) -> T:
+    async def _compare_and_set(self, reference: str, step: Callable[[str | None, Paid], tuple[T, _Write | None]]) -> T:
         """Run `step` on the stored copy and write what it returns if that copy is still stored; on a lost
-        race, again on the copy the script returned (no extra read). `step` returns (result, write)."""
+        race, again on the copy the script returned (no extra read). `step` returns (result, write).
+
+        A write that makes a payment SUCCESSFUL for an order needs the order's paid list: it is read
+        once, `step` decides again with it, and the script compares it as it compares the payment.
+        """
         k, ttl = self._ctx.keys, self._ctx.payment_ttl
         raw: str | None = await self._ctx.redis.get(k.payment(reference))
+        paid: Paid = None
+        paid_raw, paid_order = "", None
         for _ in range(MAX_CONFLICTING_WRITES):
-            result, write = step(raw)
+            result, write = step(raw, paid)
             if write is None:
                 return result
             new = write.payment
+            if new.order_id is not None and needs_order(new) and new.order_id != paid_order:
+                paid_order = new.order_id
+                paid_raw = await self._ctx.redis.get(k.order_paid(paid_order)) or ""
+                paid = tuple(paid_raw.split())
+                result, write = step(raw, paid)
+                if write is None:
+                    return result
+                new = write.payment
             order_mode, order_key = "", k.payment(reference)  # the key goes unused unless the order is indexed
-            if new is not None and new.order_id and not new.orphan:  # orphans are never indexed by order
+            if new.order_id and not new.orphan:  # orphans are never indexed by order
                 order_mode, order_key = ("1" if write.claim_order else "0"), k.order(new.order_id)
-            written = dumps_model(new) if new is not None else ""
+            written, token = dumps_model(new), secrets.token_hex(8)
+            compare_paid = write.paid is not None and paid_order is not None
             args: list[Any] = [
                 raw or "",
                 written,
                 ttl,
                 reference,
                 order_mode,
-                new.created_at.timestamp() if new is not None and new.status is PaymentStatus.PENDING else "",
+                new.created_at.timestamp() if new.status is PaymentStatus.PENDING else "",
                 dumps_model(write.event) if write.event is not None else "",
                 self._ctx.event_log_max,
+                "1" if compare_paid else "",
+                paid_raw if compare_paid else "",
+                " ".join(write.paid or ()),
+                token,
             ]
             for entry in write.outbox:
                 args += [entry.id, entry.model_dump_json(), entry.next_attempt_at]
@@ -82,28 +113,38 @@ class RedisPayments:
                 k.active(),
                 k.outbox_entries(),
                 k.outbox_due(),
+                k.order_paid(paid_order) if compare_paid and paid_order else order_key,
+                k.last_write(reference),
             ]
             reply = await self._store(keys=keys, args=args)
-            if int(reply[0]) == 1 or (written and reply[1] == written):
+            if int(reply[0]) == 1 or (reply[1] == written and reply[3] == token):
                 # The second case: redis-py sent the script again after losing its reply (one retry on a
-                # connection error or timeout), and what it found stored is this very write.
+                # connection error or timeout), and what it found stored is this very write (the token
+                # tells it from an identical decision another caller stored first).
                 return result
             raw = reply[1] or None
+            if compare_paid:
+                paid_raw = reply[2] or ""
+                paid = tuple(paid_raw.split())
         raise RuntimeError(f"gave up after {MAX_CONFLICTING_WRITES} conflicting writes to payment {reference}")
 
-    async def create_payment(self, payment: Payment, outbox: list[OutboxEntry] | None = None) -> Payment:
-        return await self._merge(payment, payment.updated_at, outbox=outbox or [], claim_order=True)
+    async def create_payment(self, payment: Payment, outbox: CreationOutbox | None = None) -> Payment:
+        return await self._merge(payment, payment.updated_at, outbox=outbox, claim_order=True)
 
     async def merge_payment(self, payment: Payment, now: datetime) -> Payment:
-        return await self._merge(payment, now, outbox=[], claim_order=False)
+        return await self._merge(payment, now, outbox=None, claim_order=False)
 
-    async def _merge(self, payment: Payment, now: datetime, *, outbox: list[OutboxEntry], claim_order: bool) -> Payment:
-        def step(raw: str | None) -> tuple[Payment, _Write | None]:
+    async def _merge(
+        self, payment: Payment, now: datetime, *, outbox: CreationOutbox | None, claim_order: bool
+    ) -> Payment:
+        def step(raw: str | None, paid: Paid) -> tuple[Payment, _Write | None]:
             result = merge(_payment(raw), payment, now)
-            if result.changed:
-                event = PaymentEvent.of(result.payment, with_ussd=claim_order)
-                return result.payment, _Write(result.payment, event, outbox, claim_order)
-            return result.payment, (_Write(None, outbox=outbox) if outbox else None)
+            if not result.changed:
+                return result.payment, None
+            stored, after = _settle(result.payment, paid)
+            event = PaymentEvent.of(stored, with_ussd=claim_order)
+            entries = outbox(stored) if outbox is not None else []
+            return stored, _Write(stored, event, entries, claim_order, after)
 
         return await self._compare_and_set(payment.reference, step)
 
@@ -117,15 +158,23 @@ class RedisPayments:
         return [_payment(raw) for raw in raws]
 
     async def get_order_payment(self, order_id: str) -> Payment | None:
-        reference = await self._ctx.redis.get(self._ctx.keys.order(order_id))
+        k = self._ctx.keys
+        paid, latest = await self._ctx.redis.mget([k.order_paid(order_id), k.order(order_id)])
+        reference = paid.split()[0] if paid else latest
         return await self.get_payment(reference) if reference else None
 
+    async def order_paid(self, order_id: str) -> list[str]:
+        paid = await self._ctx.redis.get(self._ctx.keys.order_paid(order_id))
+        return paid.split() if paid else []
+
     async def transition(self, update: StatusUpdate, now: datetime, outbox: OutboxFor | None = None) -> Transition:
-        def step(raw: str | None) -> tuple[Transition, _Write | None]:
+        def step(raw: str | None, paid: Paid) -> tuple[Transition, _Write | None]:
             result = decide(_payment(raw), update, now)
             if not (result.applied and result.payment is not None and result.event is not None):
                 return result, None
-            return result, _Write(result.payment, result.event, outbox(result) if outbox is not None else [])
+            result.payment, after = _settle(result.payment, paid)
+            entries = outbox(result) if outbox is not None else []
+            return result, _Write(result.payment, result.event, entries, paid=after)
 
         return await self._compare_and_set(update.reference, step)
 

@@ -53,18 +53,26 @@ return 0
 """
 
 # Store a payment decided in Python (payments.state), but only if the stored copy is still the one the
-# decision read (ARGV[1], '' for none): compare-and-set, so the rule has one copy and the write one
-# round trip. Returns {1} when written, else {0, the stored copy ('' for none)} to decide again on.
-# KEYS: payment, its event log, its order's index entry, the PENDING index, outbox entries, outbox due.
+# decision read (ARGV[1], '' for none), and, when the decision read its order's paid list, that list too:
+# compare-and-set, so the rule has one copy and the write one round trip. Returns {1} when written, else
+# {0, the stored copy ('' for none), the stored paid list ('' for none), the last write's token} to decide
+# again on (or, when the stored copy is this very write and the token this write's, to learn that a reply
+# redis-py lost was this write's success).
+# KEYS: payment, its event log, its order's index entry, the PENDING index, outbox entries, outbox due,
+#   its order's paid list, its last write's token.
 # ARGV: [1] expected copy, [2] new copy ('' stores nothing: outbox entries only), [3] TTL seconds,
 #   [4] reference, [5] order index: '1' point it here (a new initiation), '0' only if free or already
 #   here (so a write-back never re-points an order at an older payment), '' leave it,
 #   [6] PENDING score ('' removes it from the index), [7] event ('' none), [8] event log cap,
-#   [9...] outbox entries as (id, JSON, due) triples, each written once per id.
+#   [9] '1' when the paid list was read (compare it and write [11]), else '', [10] the paid list read,
+#   [11] the paid list to store, [12] this write's token (random), [13...] outbox entries as (id, JSON,
+#   due) triples, each written once per id.
 STORE_PAYMENT = """
 local current = redis.call('GET', KEYS[1])
-if (current or '') ~= ARGV[1] then
-  return {0, current or ''}
+local paid = ''
+if ARGV[9] == '1' then paid = redis.call('GET', KEYS[7]) or '' end
+if (current or '') ~= ARGV[1] or paid ~= ARGV[10] then
+  return {0, current or '', paid, redis.call('GET', KEYS[8]) or ''}
 end
 local ttl, reference = ARGV[3], ARGV[4]
 if ARGV[2] ~= '' then
@@ -85,10 +93,81 @@ if ARGV[2] ~= '' then
     redis.call('LTRIM', KEYS[2], -tonumber(ARGV[8]), -1)
   end
   redis.call('EXPIRE', KEYS[2], ttl)
+  redis.call('SET', KEYS[8], ARGV[12], 'EX', 60)
+  if ARGV[9] == '1' then
+    redis.call('SET', KEYS[7], ARGV[11], 'EX', ttl)
+  end
 end
-for i = 9, #ARGV, 3 do
+for i = 13, #ARGV, 3 do
   redis.call('HSETNX', KEYS[5], ARGV[i], ARGV[i + 1])
   redis.call('ZADD', KEYS[6], 'NX', ARGV[i + 2], ARGV[i])
 end
 return {1}
+"""
+
+# Claim an Idempotency-Key: the record and its lease together, or what is there and whether it is held.
+# KEYS: record, lease. ARGV: [1] record JSON, [2] owner, [3] lease ms, [4] record TTL ms.
+# Returns {1} when claimed, else {0, the stored record, 1 if its lease is held else 0}.
+CLAIM_IDEMPOTENCY = """
+local current = redis.call('GET', KEYS[1])
+if current then
+  return {0, current, redis.call('EXISTS', KEYS[2])}
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[4])
+redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+return {1}
+"""
+
+# Take over a claim whose holder stopped renewing: only if the record is still the one seen and the lease
+# is free. KEYS: record, lease. ARGV: [1] expected record JSON, [2] owner, [3] lease ms.
+TAKE_OVER_IDEMPOTENCY = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] or redis.call('EXISTS', KEYS[2]) == 1 then
+  return 0
+end
+redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+return 1
+"""
+
+# Store a key's final answer and end its lease; with a nonce (ARGV[3] ~= ''), only if the stored record is
+# still that initiation's in-progress claim. KEYS: record, lease. ARGV: [1] record JSON, [2] TTL ms, [3] nonce.
+COMPLETE_IDEMPOTENCY = """
+if ARGV[3] ~= '' then
+  local current = redis.call('GET', KEYS[1])
+  if not current then return 0 end
+  local record = cjson.decode(current)
+  if record.state ~= 'in_progress' or record.nonce ~= ARGV[3] then return 0 end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('DEL', KEYS[2])
+return 1
+"""
+
+# End a lease if `owner` holds it; with ARGV[2] == '1' delete the record too. KEYS: record, lease.
+RELEASE_IDEMPOTENCY = """
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[2])
+if ARGV[2] == '1' then redis.call('DEL', KEYS[1]) end
+return 1
+"""
+
+# Store an intent and make it hold its order, unless another intent holds it.
+# KEYS: intent, order hold. ARGV: [1] nonce, [2] intent JSON, [3] TTL ms, [4] hold ms.
+PUT_INTENT = """
+local holder = redis.call('GET', KEYS[2])
+if holder and holder ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[4])
+return 1
+"""
+
+# Replace an intent (keeping its TTL) and free its order if it holds it; ARGV[2] == '' drops the intent.
+# KEYS: intent, order hold. ARGV: [1] nonce, [2] new intent JSON or ''.
+SETTLE_INTENT = """
+if ARGV[2] == '' then
+  redis.call('DEL', KEYS[1])
+elseif redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL')
+end
+if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
+return 1
 """

@@ -32,12 +32,19 @@ from typing import Any
 
 from core.clock import Clock
 from observability.health import StorageHealth
-from payments.ports import IdempotencyStore, LockService, OutboxStore, PaymentStore
+from payments.ports import IdempotencyStore, IntentStore, LockService, OutboxStore, PaymentStore
 from realtime.storage.base import AuthCacheStore, ClientRegistry
 from realtime.storage.composite import CompositeStorage
 from realtime.storage.memory import MemoryStorage
 from realtime.storage.resilient.failover import OUTAGE_ERRORS, Failover, RecoveryListener, resilient
-from realtime.storage.resilient.policies import ClientsPolicy, OutboxPolicy, PaymentsPolicy
+from realtime.storage.resilient.policies import (
+    ClientsPolicy,
+    IdempotencyPolicy,
+    IntentsPolicy,
+    LocksPolicy,
+    OutboxPolicy,
+    PaymentsPolicy,
+)
 
 __all__ = ["OUTAGE_ERRORS", "RecoveryListener", "ResilientStorage"]
 
@@ -52,6 +59,7 @@ class ResilientStorage(CompositeStorage):
         clock: Clock,
         *,
         reconnect_interval: float,
+        idempotency_ttl: float,
         on_recovered: RecoveryListener | None = None,
     ) -> None:
         self.primary = primary
@@ -62,14 +70,18 @@ class ResilientStorage(CompositeStorage):
         payments = PaymentsPolicy(primary, fallback, clock)
         outbox = OutboxPolicy(primary, fallback, payments)
         clients = ClientsPolicy(primary, fallback)
-        failover.policies = [payments, outbox, clients]
+        idempotency = IdempotencyPolicy(primary, fallback, idempotency_ttl)
+        intents = IntentsPolicy(primary, fallback)
+        locks = LocksPolicy(primary, fallback)
+        failover.policies = [payments, intents, idempotency, locks, outbox, clients]
         failover.waiting = payments.waiting
         super().__init__(
             payments=resilient(PaymentStore, primary, fallback, failover, payments),
             clients=resilient(ClientRegistry, primary, fallback, failover, clients),
-            idempotency=resilient(IdempotencyStore, primary, fallback, failover),
+            idempotency=resilient(IdempotencyStore, primary, fallback, failover, idempotency),
+            intents=resilient(IntentStore, primary, fallback, failover, intents),
             outbox=resilient(OutboxStore, primary, fallback, failover, outbox),
-            locks=resilient(LockService, primary, fallback, failover),
+            locks=resilient(LockService, primary, fallback, failover, locks),
             auth=resilient(AuthCacheStore, primary, fallback, failover),
         )
 

@@ -1,14 +1,19 @@
 """The role-specific parts of the resilient storage: what each role remembers while Redis is away, what
 it mirrors into memory while Redis answers, and how it writes back.
 
-Locks, idempotency and the auth cache need none (the default `RolePolicy`):
-they are local while degraded. Two instances may each believe they hold a
-lease until Redis returns; their holders must be idempotent (the reconciler
-is: the state machine ignores duplicates).
+The auth cache needs none (the default `RolePolicy`): it is local while
+degraded. Idempotency keys, initiation intents and leases taken while
+degraded are written back, so a key answered or an order held on one
+instance's memory is answered and held on Redis too once it returns (a key
+then never collects twice across instances). Two instances may each believe
+they hold a lease until Redis returns; their holders must be idempotent (the
+reconciler is: the state machine ignores duplicates), and an initiation is
+also held by its intent.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Collection
 from typing import Any, ClassVar
 
@@ -17,6 +22,8 @@ from payments.model import Payment, PaymentEvent, Transition
 from payments.outbox import OutboxEntry
 from realtime.storage.memory import MemoryStorage
 from realtime.storage.resilient.failover import Call, RolePolicy, Route
+
+log = logging.getLogger("paytrack.storage")
 
 _PAYMENT_WRITES = ("create_payment", "merge_payment", "transition")
 
@@ -180,3 +187,112 @@ class ClientsPolicy(RolePolicy):
             self.removed |= removed
             raise
         return []
+
+
+class _Remembered(RolePolicy):
+    """What a role touched while degraded, by key, written back one key at a time by `_write_one`."""
+
+    def __init__(self) -> None:
+        self.dirty: set[str] = set()
+
+    def pending(self) -> bool:
+        return bool(self.dirty)
+
+    async def _write_one(self, key: str) -> None:
+        raise NotImplementedError
+
+    async def write_back(self) -> list[str]:
+        keys, self.dirty = self.dirty, set()
+        try:
+            for key in sorted(keys):
+                await self._write_one(key)
+                keys.discard(key)
+        except BaseException:
+            self.dirty |= keys
+            raise
+        return []
+
+
+class IdempotencyPolicy(_Remembered):
+    """Keys are mirrored into memory while Redis answers (an outage then still knows them); keys touched
+    while degraded are written back, a final answer beating an in-progress claim and Redis's own final
+    answer kept (a conflict is logged: two instances answered one key while apart)."""
+
+    def __init__(self, primary: Any, fallback: MemoryStorage, ttl_seconds: float) -> None:
+        super().__init__()
+        self._primary = primary
+        self._memory = fallback.idempotency
+        self._ttl = ttl_seconds
+
+    async def after(self, call: Call, result: Any, on_primary: bool) -> Any:
+        key = call.args["key"]
+        if not on_primary:
+            self.dirty.add(key)
+        elif call.name == "claim_idempotency":
+            record = call.args["record"] if result.claimed else result.existing
+            if record is not None:
+                self._memory.restore(key, record, self._ttl)
+        elif call.name == "complete_idempotency" and result:
+            self._memory.restore(key, call.args["record"], call.args["ttl_seconds"])
+        elif call.name == "release_idempotency" and call.args["forget"]:
+            self._memory.forget(key)
+        return result
+
+    async def _write_one(self, key: str) -> None:
+        held = self._memory.record(key)
+        if held is None:
+            return
+        outcome = await self._primary.restore_idempotency(key, *held)
+        if outcome == "conflict":
+            log.error(
+                "storage: an Idempotency-Key was answered differently on Redis and here while apart", extra={"key": key}
+            )
+
+
+class IntentsPolicy(_Remembered):
+    """Intents are written to memory too (an outage then still knows them); those written while degraded
+    are written back, a resolved intent beating a pending one and a pending one holding its order only
+    if nobody else does."""
+
+    routes: ClassVar = {name: Route.BOTH for name in ("put_intent", "resolve_intent", "drop_intent")}
+
+    def __init__(self, primary: Any, fallback: MemoryStorage) -> None:
+        super().__init__()
+        self._primary = primary
+        self._memory = fallback.intents
+
+    async def after(self, call: Call, result: Any, on_primary: bool) -> Any:
+        if not on_primary and call.name in self.routes:
+            self.dirty.add(call.args["intent"].nonce if call.name == "put_intent" else call.args["nonce"])
+        return result
+
+    async def _write_one(self, nonce: str) -> None:
+        intent = await self._memory.get_intent(nonce)
+        if intent is None:
+            await self._primary.drop_intent(nonce)
+            return
+        hold = self._memory.held_order(intent.order_id)
+        hold_seconds = hold[1] if hold is not None and hold[0] == nonce else 0.0
+        await self._primary.restore_intent(intent, self._memory.intent_ttl(nonce), hold_seconds)
+
+
+class LocksPolicy(_Remembered):
+    """Leases taken while degraded and still held are taken on Redis too when it returns (a holder that
+    meanwhile lost one to another instance is logged; its work is guarded by more than the lease)."""
+
+    def __init__(self, primary: Any, fallback: MemoryStorage) -> None:
+        super().__init__()
+        self._primary = primary
+        self._memory = fallback.locks
+
+    async def after(self, call: Call, result: Any, on_primary: bool) -> Any:
+        if not on_primary and call.name == "acquire_lease" and result:
+            self.dirty.add(call.args["name"])
+        return result
+
+    async def _write_one(self, name: str) -> None:
+        for held, owner, seconds in self._memory.held():
+            if held == name and not await self._primary.acquire_lease(name, owner, seconds):
+                log.warning(
+                    "storage: a lease taken while Redis was away is held by another instance", extra={"lease": name}
+                )

@@ -1,0 +1,330 @@
+"""Starting a collection: at most one collect per Idempotency-Key, one charge per order, and a trail
+written down before any money moves.
+
+The order of one initiation, and what a crash at each step leaves behind:
+
+1. Claim the Idempotency-Key (a long-lived record naming a fresh nonce, plus a short lease renewed while
+   this request runs). Crash: the lease lapses; a retry finds no intent under the nonce, so nothing can
+   have reached the provider, and it takes the claim over.
+2. Take the order's lease (renewed likewise; released only by its owner), then refuse a paid order
+   (`order_paid`), a pending payment (`payment_pending`) or another initiation whose outcome is unknown
+   (`initiation_unknown`).
+3. Write the intent (order, owner, amount, phone, the key's scope) under the nonce; it holds the order
+   for a collect's lifetime. Crash: the intent stays pending.
+4. Collect, with the nonce as the provider's `external_reference`. Crash, timeout, cancellation or any
+   failure that does not prove the provider never got the request: the intent stays pending, the key's
+   claim stays. A retry with the key gets 409 `initiation_unknown` with `Retry-After`; when the
+   provider's callback (or a poll of an orphan record) arrives, its record carries the nonce and
+   `PaymentService.apply_update` adopts it as this order's payment, completing the key, so the next
+   retry replays 201. A provider's refusal (a 4xx answer) drops the intent and is the key's answer; a
+   request that provably never reached it drops the intent and frees the key.
+5. Store the payment from the intent (`PaymentService.adopt`, the same step the callback path takes),
+   resolve the intent, complete the key. Crash: the intent is resolved or still pending; either way a
+   retry or the callback finishes the adoption.
+
+`busy` and cancellation are never a key's answer: before the collect they free the key, after it they
+leave the intent to answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from core.clock import Clock
+from core.errors import ApiError, Conflict, ProviderError, UnprocessableRequest
+from payments.model import InitiationIntent, Payment, PaymentStatus
+from payments.ports import IdempotencyRecord, ServiceStorage
+from payments.provider import CollectRequest, CollectResult, PaymentProvider
+from payments.schemas import InitiateRequest
+
+log = logging.getLogger("paytrack.payments")
+
+# Answers before the collect that say "not now" rather than answering the request: a retry with the same
+# Idempotency-Key must be able to try again, so they are not remembered.
+_TRANSIENT_CODES = {"initiation_in_progress", "initiation_unknown", "busy"}
+
+# Seconds a caller is told to wait before asking again about an initiation whose outcome is unknown.
+UNKNOWN_RETRY_AFTER = 2
+
+Adopt = Callable[[InitiationIntent, str, CollectResult | None], Awaitable[Payment]]
+
+
+@dataclass(frozen=True)
+class InitiateResult:
+    status_code: int
+    body: dict[str, Any]
+    replayed: bool = False
+
+
+@dataclass(frozen=True)
+class InitiationTimes:
+    """How long the leases and holds of an initiation last (settings: INITIATION_LEASE_SECONDS,
+    COLLECT_LIFETIME_SECONDS, PAYMENT_TTL_SECONDS)."""
+
+    lease_seconds: float
+    collect_lifetime_seconds: float
+    idempotency_ttl_seconds: float
+
+
+def idempotency_scope(owner_id: str | None, key: str) -> str:
+    """Where a caller's Idempotency-Key is stored: a SHA-256 of the JSON array [user, key].
+
+    The encoding is unambiguous whatever either part contains (`u` + `k1:z`
+    and `u:k1` + `z` once shared one entry, and one user got the other's
+    response), and the stored name is fixed-length ASCII.
+    """
+    return hashlib.sha256(json.dumps([owner_id, key]).encode()).hexdigest()
+
+
+def _fingerprint(request: InitiateRequest) -> str:
+    canonical = json.dumps(request.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def new_nonce() -> str:
+    """An intent's nonce: 128 random bits, hex (what the provider gets as `external_reference`)."""
+    return secrets.token_hex(16)
+
+
+def collect_outcome(exc: BaseException) -> Literal["not_sent", "refused", "unknown"]:
+    """What a failed collect says about the provider: it provably never got the request, it answered and
+    refused it (a 4xx), or anything else, which may have reached it and is treated as such."""
+    if isinstance(exc, ProviderError):
+        return "not_sent" if exc.retry_safe or exc.never_acted else "unknown"
+    if isinstance(exc, ApiError) and exc.status < 500:
+        return "refused"
+    return "unknown"
+
+
+@dataclass(frozen=True)
+class _Claim:
+    scope: str
+    fingerprint: str
+
+
+class Initiator:
+    """Runs initiations for `PaymentService`; `adopt` is the service's one way to store a collected payment."""
+
+    def __init__(
+        self,
+        storage: ServiceStorage,
+        provider: PaymentProvider,
+        clock: Clock,
+        adopt: Adopt,
+        times: InitiationTimes,
+    ) -> None:
+        self._storage = storage
+        self._provider = provider
+        self._clock = clock
+        self._adopt = adopt
+        self._times = times
+
+    async def initiate(
+        self, request: InitiateRequest, idempotency_key: str | None, *, owner_id: str | None
+    ) -> InitiateResult:
+        """Start a collection, at most once per Idempotency-Key and one PENDING payment per order.
+
+        Idempotency keys are scoped to the caller, so one user's key can never
+        replay another user's response.
+        """
+        owner, nonce = secrets.token_hex(16), new_nonce()
+        if idempotency_key is None:
+            return await self._run(request, owner_id, owner, nonce, None)
+        claim = _Claim(idempotency_scope(owner_id, idempotency_key), _fingerprint(request))
+        record = IdempotencyRecord(fingerprint=claim.fingerprint, state="in_progress", nonce=nonce)
+        times = self._times
+        found = await self._storage.claim_idempotency(
+            claim.scope, record, owner, times.lease_seconds, times.idempotency_ttl_seconds
+        )
+        if not found.claimed:
+            existing = found.existing
+            assert existing is not None
+            if existing.fingerprint != claim.fingerprint:
+                raise UnprocessableRequest(
+                    "this Idempotency-Key was used with a different request body", code="idempotency_key_reused"
+                )
+            if existing.state == "done" and existing.status_code is not None and existing.body is not None:
+                return InitiateResult(existing.status_code, existing.body, replayed=True)
+            if found.held:
+                raise Conflict(
+                    "a request with this Idempotency-Key is still being processed; retry shortly",
+                    code="idempotency_in_progress",
+                    retry_after=1,
+                )
+            replay = await self._outcome_of(existing)
+            if replay is not None:
+                return replay
+            # Its holder is gone and wrote no intent: nothing reached the provider. Carry on in its place.
+            if not await self._storage.take_over_idempotency(claim.scope, existing, owner, times.lease_seconds):
+                raise Conflict(
+                    "a request with this Idempotency-Key is still being processed; retry shortly",
+                    code="idempotency_in_progress",
+                    retry_after=1,
+                )
+            nonce = existing.nonce or nonce
+        return await self._run(request, owner_id, owner, nonce, claim)
+
+    async def _outcome_of(self, existing: IdempotencyRecord) -> InitiateResult | None:
+        """What became of a claim whose holder vanished: None if it never wrote an intent (nothing was
+        sent), the payment replayed if its intent was resolved, else `initiation_unknown`."""
+        intent = await self._storage.get_intent(existing.nonce) if existing.nonce else None
+        if intent is None:
+            return None
+        if intent.state == "resolved" and intent.reference:
+            payment = await self._adopt(intent, intent.reference, None)
+            return InitiateResult(201, payment.public(reveal_phone=True), replayed=True)
+        raise _unknown()
+
+    async def _run(
+        self, request: InitiateRequest, owner_id: str | None, owner: str, nonce: str, claim: _Claim | None
+    ) -> InitiateResult:
+        stage: Literal["before", "sent", "refused", "collected"] = "before"
+        collected: CollectResult | None = None
+        try:
+            async with self._leases(request.order_id, owner, claim):
+                intent = await self._write_intent(request, owner_id, nonce, claim)
+                stage = "sent"
+                try:
+                    collected = await self._provider.collect(
+                        CollectRequest(
+                            order_id=request.order_id,
+                            amount=request.amount,
+                            currency=request.currency,
+                            phone_number=request.phone_number,
+                            description=request.description or f"Payment for order {request.order_id}",
+                            external_reference=nonce,
+                        )
+                    )
+                except BaseException as exc:
+                    outcome = collect_outcome(exc)
+                    if outcome != "unknown":
+                        await self._storage.drop_intent(nonce)
+                        stage = "before" if outcome == "not_sent" else "refused"
+                    raise
+                stage = "collected"
+                payment = await self._adopt(intent, collected.reference, collected)
+        except BaseException as exc:
+            await self._after_failure(exc, stage, owner, nonce, claim, collected)
+            raise
+        return InitiateResult(201, payment.public(reveal_phone=True))
+
+    async def _write_intent(
+        self, request: InitiateRequest, owner_id: str | None, nonce: str, claim: _Claim | None
+    ) -> InitiationIntent:
+        """Refuse what the order's state forbids, then write the intent down (it holds the order)."""
+        order_id = request.order_id
+        current = await self._storage.get_order_payment(order_id)
+        if current is not None and current.owner_id is not None and current.owner_id != owner_id:
+            raise ApiError("this order belongs to another user", code="forbidden", status=403)
+        if current is not None and current.status is PaymentStatus.SUCCESSFUL:
+            raise Conflict(f"order {order_id} is already paid", code="order_paid", reference=current.reference)
+        if current is not None and current.status is PaymentStatus.PENDING:
+            raise Conflict(
+                f"order {order_id} already has a pending payment", code="payment_pending", reference=current.reference
+            )
+        intent = InitiationIntent(
+            nonce=nonce,
+            order_id=order_id,
+            owner_id=owner_id,
+            amount=request.amount,
+            currency=request.currency,
+            phone_number=request.phone_number,
+            description=request.description,
+            provider=self._provider.name,
+            idempotency_scope=claim.scope if claim else None,
+            fingerprint=claim.fingerprint if claim else None,
+            created_at=self._clock.now(),
+        )
+        held = await self._storage.order_intent(order_id)
+        if held is not None and held.nonce != nonce:
+            if held.owner_id is not None and held.owner_id != owner_id:
+                raise ApiError("this order belongs to another user", code="forbidden", status=403)
+            raise _unknown(order_id)
+        times = self._times
+        if not await self._storage.put_intent(intent, times.idempotency_ttl_seconds, times.collect_lifetime_seconds):
+            raise _unknown(order_id)
+        return intent
+
+    @contextlib.asynccontextmanager
+    async def _leases(self, order_id: str, owner: str, claim: _Claim | None) -> AsyncIterator[None]:
+        """The order's lease (and the key's, which the claim took) for the body, renewed every third of
+        their length, released only by their owner afterwards."""
+        storage, seconds = self._storage, self._times.lease_seconds
+        name = f"order:{order_id}"
+        if not await storage.acquire_lease(name, owner, seconds):
+            raise Conflict(
+                f"a payment for order {order_id} is being initiated right now",
+                code="initiation_in_progress",
+                retry_after=1,
+            )
+
+        async def renew() -> None:
+            while True:
+                await asyncio.sleep(seconds / 3)
+                renewals: list[Awaitable[bool]] = [storage.acquire_lease(name, owner, seconds)]
+                if claim is not None:
+                    renewals.append(storage.renew_idempotency(claim.scope, owner, seconds))
+                try:
+                    kept = await asyncio.gather(*renewals)
+                except Exception as exc:  # storage trouble: the intent still holds the order
+                    log.warning("initiation lease not renewed", extra={"order_id": order_id, "error": repr(exc)})
+                    continue
+                if not all(kept):
+                    log.error("initiation lease lost to another holder", extra={"order_id": order_id})
+
+        keeper = asyncio.create_task(renew(), name=f"initiation-lease-{order_id}")
+        try:
+            yield
+        finally:
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
+            with contextlib.suppress(Exception):
+                await storage.release_lease(name, owner)
+
+    async def _after_failure(
+        self,
+        exc: BaseException,
+        stage: str,
+        owner: str,
+        nonce: str,
+        claim: _Claim | None,
+        collected: CollectResult | None,
+    ) -> None:
+        """Leave the key and the intent saying what happened (best effort: storage may be what failed)."""
+        storage = self._storage
+        try:
+            if stage == "collected" and collected is not None:
+                # The provider has the payment; record its reference so a retry (or the callback) adopts it.
+                await storage.resolve_intent(nonce, collected.reference, collected.ussd_code, collected.operator)
+            if claim is None:
+                return
+            if stage in ("before", "refused") and isinstance(exc, ApiError):
+                remember = stage == "refused" or (exc.status < 500 and exc.code not in _TRANSIENT_CODES)
+                if remember:
+                    record = IdempotencyRecord(
+                        fingerprint=claim.fingerprint, state="done", status_code=exc.status, body=exc.body()
+                    )
+                    await storage.complete_idempotency(claim.scope, record, self._times.idempotency_ttl_seconds)
+                    return
+            # Before the collect, nothing happened: forget the claim. After it, the intent answers for it.
+            await storage.release_idempotency(claim.scope, owner, forget=stage == "before")
+        except Exception:
+            log.exception("initiation: could not record the outcome of a failed initiation", extra={"nonce": nonce})
+
+
+def _unknown(order_id: str | None = None) -> Conflict:
+    what = f"an initiation for order {order_id}" if order_id else "the first request with this Idempotency-Key"
+    return Conflict(
+        f"{what} may have reached CamPay and its outcome is not known yet; retry shortly with the same Idempotency-Key",
+        code="initiation_unknown",
+        retry_after=UNKNOWN_RETRY_AFTER,
+    )
