@@ -26,6 +26,7 @@ from tests.auth_service import auth_service  # noqa: F401 - fixture
 from tests.campay_fake import FakeCampay
 from tests.harness import Api, Tracker, make_settings
 from tests.merchant_receiver import MerchantReceiver
+from tests.partition import PartitionProxy
 from tests.redis_server import RedisServer, redis_server  # noqa: F401 - fixture (used by name)
 
 
@@ -181,6 +182,16 @@ async def start_redis_instance(redis_server, start_instance: StartInstance) -> S
         return await start_instance(clock, **settings)
 
     return start
+
+
+@pytest.fixture
+async def proxy(redis_server: RedisServer) -> AsyncIterator[PartitionProxy]:
+    """A cuttable proxy to the test's Redis (a partition of the instances that use it). Requested before
+    the instances, so it outlives them: their shutdown never meets a closed proxy."""
+    partition = PartitionProxy(redis_server.port)
+    await partition.start()
+    yield partition
+    await partition.close()
 
 
 @dataclass

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -22,7 +21,7 @@ from tests.conftest import Backend, Instance, StartInstance, campay_settings
 from tests.harness import WAIT, eventually
 from tests.merchant_receiver import MerchantReceiver, merchant_settings
 from tests.partition import PartitionProxy
-from tests.redis_server import RedisServer
+from tests.test_payment_truth import _is
 
 _deployments = itertools.count()
 
@@ -167,19 +166,6 @@ async def test_a_lease_shorter_than_the_collect_lets_no_second_collect_through(
 # -- idempotency across a degraded instance ----------------------------------------------------------
 
 
-@pytest.fixture
-async def proxy(redis_server: RedisServer) -> AsyncIterator[PartitionProxy]:
-    partition = PartitionProxy(redis_server.port)
-    await partition.start()
-    yield partition
-    await partition.close()
-
-
-async def _health(instance: Instance) -> str:
-    _, body, _ = await instance.api.request("GET", "/health")
-    return str(body.get("status"))
-
-
 @pytest.mark.redis
 async def test_the_same_key_on_a_degraded_and_a_healthy_instance_collects_once(
     start_redis_instance: StartInstance, proxy: PartitionProxy, campay: FakeCampay
@@ -198,10 +184,6 @@ async def test_the_same_key_on_a_degraded_and_a_healthy_instance_collects_once(
     status, on_b, answer = await b.api.initiate(order_id="o-split", headers=headers)
     assert status == 201 and answer["Idempotent-Replayed"] == "true" and on_b["reference"] == on_a["reference"]
     assert campay.calls["collect"] == 1
-
-
-async def _is(instance: Instance, status: str) -> bool:
-    return await _health(instance) == status
 
 
 # -- the merchant is told what was stored ------------------------------------------------------------

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -29,15 +28,6 @@ from tests.redis_server import RedisServer
 _deployments = itertools.count()
 ALICE, BOB, ADMIN = user_token("alice"), user_token("bob"), user_token("root", scope="payments:admin")
 JWT = {"AUTH_MODE": "jwt", "JWT_SECRET": JWT_SECRET}
-
-
-@pytest.fixture
-async def proxy(redis_server: RedisServer) -> AsyncIterator[PartitionProxy]:
-    """Requested before the instances, so it outlives them: their shutdown never meets a closed proxy."""
-    partition = PartitionProxy(redis_server.port)
-    await partition.start()
-    yield partition
-    await partition.close()
 
 
 async def _pair(
