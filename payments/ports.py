@@ -116,7 +116,8 @@ class IdempotencyStore(Protocol):
         """Lease `key` to `owner` if `expected` is still its record and nobody holds its lease."""
 
     async def renew_idempotency(self, key: str, owner: str, lease_seconds: float) -> bool:
-        """Extend `owner`'s lease; False if it is no longer `owner`'s."""
+        """Extend `owner`'s lease; False (and nothing changed) if it is no longer `owner`'s: ended by
+        completion, lapsed, or taken over."""
 
     async def complete_idempotency(
         self, key: str, record: IdempotencyRecord, ttl_seconds: float, *, nonce: str | None = None

@@ -302,3 +302,40 @@ async def test_app_amount_is_kept_and_sent_to_the_merchant(
     assert merchant.accepted[0].data["app_amount"] == 980
     _, order, _ = await instance.api.request("GET", "/api/payment/status/o-fee")
     assert "app_amount" not in order  # the merchant's figure, not the shopper's
+
+
+@pytest.mark.redis
+async def test_a_slow_collect_keeps_renewing_its_leases_and_releases_only_its_own(
+    start_redis_instance: StartInstance, campay: FakeCampay, redis_server: RedisServer
+) -> None:
+    """Leases of 0.3 s on the order and the key, a collect that takes longer: the leases are renewed while
+    it runs (seen as their time-to-live going back up), and gone when it ends."""
+    n = next(_deployments)
+    prefix = f"edges{n}:"
+    instance = await start_redis_instance(
+        **campay_settings(campay, REDIS_KEY_PREFIX=prefix, SOCKETIO_CHANNEL=f"edges{n}", INITIATION_LEASE_SECONDS=0.3)
+    )
+    campay.hold_collects()
+    initiation = asyncio.create_task(instance.api.initiate(order_id="o-renew", headers={"Idempotency-Key": "k-1"}))
+    assert await campay.wait_held(1, WAIT)
+    plain = redis_server.client()
+    order_lease = f"{prefix}lease:order:o-renew"
+    try:
+        renewals, last = 0, await plain.pttl(order_lease)
+
+        async def renewed_twice() -> bool:
+            nonlocal renewals, last
+            now = await plain.pttl(order_lease)
+            assert now > 0, "the order's lease lapsed during the collect"
+            renewals += now > last
+            last = now
+            return renewals >= 2
+
+        await eventually(renewed_twice, interval=0.02)
+        campay.release_collects()
+        status, _, _ = await asyncio.wait_for(initiation, WAIT)
+        assert status == 201
+        assert await plain.exists(order_lease) == 0
+        assert [key async for key in plain.scan_iter(f"{prefix}idempotency-lease:*")] == []
+    finally:
+        await plain.aclose()

@@ -258,6 +258,7 @@ async def test_an_idempotency_key_is_claimed_once_completed_and_released(backend
     assert not seen.claimed and seen.existing == claim and seen.held
     done = IdempotencyRecord(fingerprint="fp", state="done", status_code=200, body={"ok": True})
     assert await s.complete_idempotency("k1", done, 600)
+    assert not await s.renew_idempotency("k1", "a", 60)  # an ended lease is never taken again by renewing
     again = await s.claim_idempotency("k1", claim, "b", 60, 600)
     assert again.existing == done and not again.held  # completing ended the lease
     await s.release_idempotency("k1", "a", forget=True)  # nobody's lease: changes nothing

@@ -32,8 +32,7 @@ class MemoryIdempotency:
         return True
 
     async def renew_idempotency(self, key: str, owner: str, lease_seconds: float) -> bool:
-        holder = self._leases.get(key)
-        if holder is not None and holder != owner:
+        if self._leases.get(key) != owner:
             return False
         self._leases.set(key, owner, lease_seconds)
         return True

@@ -22,7 +22,7 @@ class RedisIdempotency:
         self._take_over = redis.register_script(scripts.TAKE_OVER_IDEMPOTENCY)
         self._complete = redis.register_script(scripts.COMPLETE_IDEMPOTENCY)
         self._release = redis.register_script(scripts.RELEASE_IDEMPOTENCY)
-        self._renew = redis.register_script(scripts.ACQUIRE_LEASE)
+        self._renew = redis.register_script(scripts.RENEW_LEASE)
 
     def _keys(self, key: str) -> list[str]:
         return [self._ctx.keys.idempotency(key), self._ctx.keys.idempotency_lease(key)]
@@ -48,7 +48,6 @@ class RedisIdempotency:
         return bool(reply)
 
     async def renew_idempotency(self, key: str, owner: str, lease_seconds: float) -> bool:
-        # Compare-and-renew; a lapsed lease nobody took over is simply taken again by its runner.
         lease = self._ctx.keys.idempotency_lease(key)
         return bool(await self._renew(keys=[lease], args=[owner, ttl_ms(lease_seconds)]))
 

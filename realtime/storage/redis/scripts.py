@@ -45,6 +45,15 @@ end
 return #capped
 """
 
+# Extend a lease only if `owner` still holds it (never take it again: a lease that ended, by completion or
+# by lapsing, stays ended). KEYS: lease. ARGV: [1] owner, [2] ms.
+RENEW_LEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
 RELEASE_LEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
