@@ -105,12 +105,15 @@ def create_app(
         await service.announce(references)
         resync.request()
 
+    merchant_outbox = OutboxPolicy(settings.MERCHANT_WEBHOOK_URL, settings.MERCHANT_WEBHOOK_EVENTS)
     # Storage failures are counted where they happen: on the backend that talks to the data.
     count_failures = lambda backend: instrument(backend, metrics)  # noqa: E731
     if storage is not None:
         storage = count_failures(storage)
     else:
-        storage = create_storage(settings, clock, on_recovered=announce_recovered, instrument=count_failures)
+        storage = create_storage(
+            settings, clock, on_recovered=announce_recovered, instrument=count_failures, outbox=merchant_outbox
+        )
     # With Redis, an instance receives only the messages of payments it follows (realtime/routes.py).
     follow = manager.follow if isinstance(manager, ResilientRedisManager) else None
     resync = Resync(sessions, socket_delivery, storage, interval=settings.RESYNC_INTERVAL_SECONDS, follow=follow)
@@ -129,7 +132,7 @@ def create_app(
             collect_lifetime_seconds=settings.COLLECT_LIFETIME_SECONDS,
             idempotency_ttl_seconds=settings.PAYMENT_TTL_SECONDS,
         ),
-        outbox=OutboxPolicy(settings.MERCHANT_WEBHOOK_URL, settings.MERCHANT_WEBHOOK_EVENTS),
+        outbox=merchant_outbox,
         on_outbox=delivery.wake if delivery else None,
         metrics=metrics,
     )

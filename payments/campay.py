@@ -22,10 +22,10 @@ from core.clock import Clock
 from core.errors import ApiError, NotFound, ProviderError
 from core.settings import Settings
 from observability.metrics import Metrics
-from payments.amounts import parse_amount
 from payments.model import Payment, StatusUpdate
 from payments.operators import normalise_operator
 from payments.provider import ApplyUpdate, CollectRequest, CollectResult, ProviderTransaction
+from payments.reported import as_text, parse_amount
 
 log = logging.getLogger("paytrack.campay")
 
@@ -156,7 +156,11 @@ class CampayProvider:
     async def _send(self, method: str, path: str, *, json: Any = None, auth: bool = True) -> httpx.Response:
         headers = {}
         if auth:
-            headers["Authorization"] = f"Token {await self._get_token()}"
+            try:
+                headers["Authorization"] = f"Token {await self._get_token()}"
+            except ProviderError as exc:
+                exc.never_acted = True  # failed at the token: the call itself never left
+                raise
         try:
             response = await self._http.request(method, path, json=json, headers=headers)
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
@@ -269,14 +273,15 @@ class CampayProvider:
                 extra={"reference": reference, "amount": str(body.get("amount"))[:32], "currency": str(currency)[:8]},
             )
         return ProviderTransaction(
-            reference=str(body.get("reference") or reference),
-            status=str(body.get("status") or ""),
+            reference=reference,  # the one we asked about, whatever the body says
+            status=as_text(body.get("status")) or "",
             amount=amount,
             currency=currency if isinstance(currency, str) else None,
             app_amount=parse_amount(body.get("app_amount")),
-            operator=normalise_operator(body.get("operator")),
-            code=body.get("code"),
-            operator_reference=body.get("operator_reference"),
-            external_reference=body.get("external_reference"),
-            reason=body.get("reason"),
+            operator=normalise_operator(as_text(body.get("operator"))),
+            code=as_text(body.get("code")),
+            operator_reference=as_text(body.get("operator_reference")),
+            external_reference=as_text(body.get("external_reference")),
+            reason=as_text(body.get("reason")),
         )
+

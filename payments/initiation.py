@@ -36,10 +36,11 @@ import logging
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, Literal
 
 from core.clock import Clock
-from core.errors import ApiError, Conflict, ProviderError, UnprocessableRequest
+from core.errors import ApiError, Busy, Conflict, ProviderError, UnprocessableRequest
 from payments.model import InitiationIntent, Payment, PaymentStatus
 from payments.ports import IdempotencyRecord, ServiceStorage
 from payments.provider import CollectRequest, CollectResult, PaymentProvider
@@ -49,7 +50,7 @@ log = logging.getLogger("paytrack.payments")
 
 # Answers before the collect that say "not now" rather than answering the request: a retry with the same
 # Idempotency-Key must be able to try again, so they are not remembered.
-_TRANSIENT_CODES = {"initiation_in_progress", "initiation_unknown", "busy"}
+_TRANSIENT_CODES = {"initiation_in_progress", "initiation_unknown", "initiation_expired", "busy", "payment_pending"}
 
 # Seconds a caller is told to wait before asking again about an initiation whose outcome is unknown.
 UNKNOWN_RETRY_AFTER = 2
@@ -174,23 +175,40 @@ class Initiator:
 
     async def _outcome_of(self, existing: IdempotencyRecord) -> InitiateResult | None:
         """What became of a claim whose holder vanished: None if it never wrote an intent (nothing was
-        sent), the payment replayed if its intent was resolved, else `initiation_unknown`."""
+        sent), the payment replayed if its intent was resolved or its payment stored, else
+        `initiation_unknown` (`initiation_expired` once CamPay has not reported it for a collect's
+        lifetime: the key is never collected again, a new one may start afresh)."""
         intent = await self._storage.get_intent(existing.nonce) if existing.nonce else None
         if intent is None:
             return None
-        if intent.state == "resolved" and intent.reference:
-            payment = await self._adopt(intent, intent.reference, None)
+        reference = intent.reference if intent.state == "resolved" else await self._stored_reference(intent)
+        if reference is not None:
+            payment = await self._adopt(intent, reference, None)
             return InitiateResult(201, payment.public(reveal_phone=True), replayed=True)
+        if self._clock.now() - intent.created_at > timedelta(seconds=self._times.collect_lifetime_seconds):
+            raise Conflict(
+                "CamPay never reported the first request with this Idempotency-Key within the collect's "
+                "lifetime; it will not be collected again: start again with a new key",
+                code="initiation_expired",
+            )
         raise _unknown()
+
+    async def _stored_reference(self, intent: InitiationIntent) -> str | None:
+        """The reference of `intent`'s payment if it was stored although the intent is still pending (its
+        request died between storing the payment and resolving the intent)."""
+        current = await self._storage.get_order_payment(intent.order_id)
+        return current.reference if current is not None and current.external_reference == intent.nonce else None
 
     async def _run(
         self, request: InitiateRequest, owner_id: str | None, owner: str, nonce: str, claim: _Claim | None
     ) -> InitiateResult:
-        stage: Literal["before", "sent", "refused", "collected"] = "before"
+        stage: Literal["before", "intent", "sent", "refused", "collected"] = "before"
         collected: CollectResult | None = None
         try:
             async with self._leases(request.order_id, owner, claim):
-                intent = await self._write_intent(request, owner_id, nonce, claim)
+                intent = await self._check_order(request, owner_id, nonce, claim)
+                stage = "intent"
+                await self._write_intent(intent, owner, claim)
                 stage = "sent"
                 try:
                     collected = await self._provider.collect(
@@ -216,10 +234,10 @@ class Initiator:
             raise
         return InitiateResult(201, payment.public(reveal_phone=True))
 
-    async def _write_intent(
+    async def _check_order(
         self, request: InitiateRequest, owner_id: str | None, nonce: str, claim: _Claim | None
     ) -> InitiationIntent:
-        """Refuse what the order's state forbids, then write the intent down (it holds the order)."""
+        """Refuse what the order's state forbids; the intent to write down if nothing does."""
         order_id = request.order_id
         current = await self._storage.get_order_payment(order_id)
         if current is not None and current.owner_id is not None and current.owner_id != owner_id:
@@ -245,13 +263,34 @@ class Initiator:
         )
         held = await self._storage.order_intent(order_id)
         if held is not None and held.nonce != nonce:
-            if held.owner_id is not None and held.owner_id != owner_id:
+            if current is not None and current.external_reference == held.nonce:
+                # Its payment is stored (its request died before resolving it): that payment, read above,
+                # decided; the intent is resolved now and holds the order no more.
+                await self._storage.resolve_intent(held.nonce, current.reference, current.ussd_code, current.operator)
+            elif held.owner_id is not None and held.owner_id != owner_id:
                 raise ApiError("this order belongs to another user", code="forbidden", status=403)
-            raise _unknown(order_id)
-        times = self._times
-        if not await self._storage.put_intent(intent, times.idempotency_ttl_seconds, times.collect_lifetime_seconds):
-            raise _unknown(order_id)
+            else:
+                raise _unknown(order_id)
         return intent
+
+    async def _write_intent(self, intent: InitiationIntent, owner: str, claim: _Claim | None) -> None:
+        """Write the intent down (it holds the order), then make sure it went where the leases are.
+
+        If storage switched between the claims and the intent (Redis lost: the intent went to this
+        instance's memory while the key and the order are leased on Redis), another instance would see
+        a claim with no intent and conclude nothing was sent: so nothing is sent. The leases are
+        renewed (never taken) on the storage that now answers; if either is not ours there, the intent
+        is dropped and the caller told to retry.
+        """
+        storage, times = self._storage, self._times
+        if not await storage.put_intent(intent, times.idempotency_ttl_seconds, times.collect_lifetime_seconds):
+            raise _unknown(intent.order_id)
+        kept = await storage.renew_lease(f"order:{intent.order_id}", owner, times.lease_seconds)
+        if kept and claim is not None:
+            kept = await storage.renew_idempotency(claim.scope, owner, times.lease_seconds)
+        if not kept:
+            await storage.drop_intent(intent.nonce)
+            raise Busy("storage changed while the payment was starting; nothing was sent, retry shortly")
 
     @contextlib.asynccontextmanager
     async def _leases(self, order_id: str, owner: str, claim: _Claim | None) -> AsyncIterator[None]:
@@ -269,7 +308,7 @@ class Initiator:
         async def renew() -> None:
             while True:
                 await asyncio.sleep(seconds / 3)
-                renewals: list[Awaitable[bool]] = [storage.acquire_lease(name, owner, seconds)]
+                renewals: list[Awaitable[bool]] = [storage.renew_lease(name, owner, seconds)]
                 if claim is not None:
                     renewals.append(storage.renew_idempotency(claim.scope, owner, seconds))
                 try:
@@ -277,8 +316,8 @@ class Initiator:
                 except Exception as exc:  # storage trouble: the intent still holds the order
                     log.warning("initiation lease not renewed", extra={"order_id": order_id, "error": repr(exc)})
                     continue
-                if not all(kept):
-                    log.error("initiation lease lost to another holder", extra={"order_id": order_id})
+                if not all(kept):  # storage switched, or the lease lapsed: the intent still holds the order
+                    log.warning("initiation lease not renewed: not held here", extra={"order_id": order_id})
 
         keeper = asyncio.create_task(renew(), name=f"initiation-lease-{order_id}")
         try:
@@ -305,6 +344,9 @@ class Initiator:
             if stage == "collected" and collected is not None:
                 # The provider has the payment; record its reference so a retry (or the callback) adopts it.
                 await storage.resolve_intent(nonce, collected.reference, collected.ussd_code, collected.operator)
+            if stage == "intent":  # the intent may be written; nothing was sent
+                await storage.drop_intent(nonce)
+                stage = "before"
             if claim is None:
                 return
             if stage in ("before", "refused") and isinstance(exc, ApiError):

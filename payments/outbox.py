@@ -14,6 +14,7 @@ when an initiation adopts it, with what was stored then.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from datetime import datetime
 from typing import Any, Literal
@@ -30,7 +31,7 @@ EventType = MerchantEvent
 class OutboxEntry(BaseModel):
     """One message for one merchant URL, with its delivery state."""
 
-    id: str  # delivery id: message id + URL index
+    id: str  # delivery id: message id + the URL's digest (stable when the URL list is reordered)
     message_id: str
     type: str
     url: str
@@ -51,6 +52,13 @@ class OutboxEntry(BaseModel):
         data = self.model_dump(exclude={"body"})
         data["reference"] = self.reference
         return data
+
+
+def _url_digest(url: str) -> str:
+    """A short name for a merchant URL in delivery ids: the same URL gets the same id whatever its place in
+    MERCHANT_WEBHOOK_URL (a deploy that reorders the list must not send a message to a URL twice, nor
+    leave one out because another URL's entry took its id)."""
+    return hashlib.sha256(url.encode()).hexdigest()[:12]
 
 
 def _event_type(payment: Payment) -> EventType:
@@ -87,7 +95,7 @@ class OutboxPolicy:
         at = now.timestamp()
         return [
             OutboxEntry(
-                id=f"{message_id}.{index}",
+                id=f"{message_id}.{_url_digest(url)}",
                 message_id=message_id,
                 type=event_type,
                 url=url,
@@ -95,7 +103,7 @@ class OutboxPolicy:
                 created_at=at,
                 next_attempt_at=at,
             )
-            for index, url in enumerate(self.urls)
+            for url in self.urls
         ]
 
     def for_transition(self, transition: Transition, now: datetime) -> list[OutboxEntry]:

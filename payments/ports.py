@@ -58,18 +58,25 @@ class PaymentStore(Protocol):
         first (an orphan), or this initiation was stored already (a retry), the
         two are combined by `payments.state.merge` (the provider's terminal
         status is kept, our initiation is added, seq moves past both); what is
-        stored is returned, and the outbox entries are built from it. A
+        stored is returned, and the outbox entries are built from it (queued only
+        when this makes the payment an initiated one: a retry queues nothing). A
         SUCCESSFUL result joins its order's paid list (`payments.state.settle_order`).
         """
 
-    async def merge_payment(self, payment: Payment, now: datetime) -> Payment:
+    async def merge_payment(self, payment: Payment, now: datetime, outbox: CreationOutbox | None = None) -> Payment:
         """Atomically combine `payment` with the stored copy by `payments.state.merge`, log the
         merged state as an event if anything changed, and return what is stored afterwards.
 
-        Never points an order at this payment if the order is held by another one.
+        Never points an order at this payment if the order is held by another one. When the merge makes
+        an initiated payment of what was stored as nobody's (an orphan, or nothing), `outbox(stored)` is
+        queued in the same step, as for a creation.
         """
 
     async def get_payment(self, reference: str) -> Payment | None: ...
+
+    async def payment_for_nonce(self, nonce: str) -> Payment | None:
+        """The record the provider reported with `nonce` as its external reference, if one is stored
+        that nobody initiated yet (an orphan): how an intent written back after an outage finds it."""
 
     async def get_payments(self, references: list[str]) -> list[Payment | None]:
         """Several payments in one round trip, in the order asked (None where unknown)."""
@@ -160,6 +167,10 @@ class LockService(Protocol):
         A lease expires by itself after `ttl_seconds`, so a crashed holder
         cannot keep it; work guarded by it runs on one instance at a time.
         """
+
+    async def renew_lease(self, name: str, owner: str, ttl_seconds: float) -> bool:
+        """Extend `owner`'s lease; False (and nothing changed) if `owner` does not hold it here: it lapsed,
+        was taken by another, or was taken on a storage this call no longer reaches."""
 
     async def release_lease(self, name: str, owner: str) -> None:
         """Give the lease up, only if `owner` holds it."""

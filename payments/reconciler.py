@@ -71,7 +71,9 @@ class Reconciler:
     async def refresh(self, reference: str) -> Transition:
         """Ask the provider now and apply its answer (used by `?refresh=true`)."""
         tx = await self._provider.get_transaction(reference)
-        return await self._service.apply_update(tx.to_update(UpdateSource.PROVIDER_POLL))
+        update = tx.to_update(UpdateSource.PROVIDER_POLL)
+        # The answer is about the reference asked, whatever reference its body names.
+        return await self._service.apply_update(update.model_copy(update={"reference": reference}))
 
     async def run_once(self, *, include_due: bool = True) -> list[Transition]:
         """One pass: requested references, plus (when holding the lease) every due one.

@@ -105,32 +105,26 @@ class PaymentService:
                     self._metrics.update_to_emit.observe(time.perf_counter() - started)
                     self._metrics.payment_reached(transition.payment.status.value)
             stored = transition.payment
-            if (
-                stored is not None
-                and stored.orphan
-                and update.external_reference
-                and update.source in _PROVIDER_SOURCES
-            ):
-                return await self._link(update.external_reference, stored, transition)
+            nonce = update.external_reference
+            if stored is not None and stored.orphan and nonce and update.source in _PROVIDER_SOURCES:
+                linked = await self._link(nonce, stored)
+                if linked is not None:
+                    event = PaymentEvent.of(linked)
+                    return Transition(True, linked, "linked", transition.previous_status, event)
         return transition
 
-    async def _link(self, nonce: str, orphan: Payment, transition: Transition) -> Transition:
-        """Adopt `orphan` if the provider's record of it names a pending intent (or one resolved to it)."""
+    async def _link(self, nonce: str, orphan: Payment) -> Payment | None:
+        """`orphan` adopted as its order's payment, if the provider's record of it names a pending intent
+        (or one resolved to it); None if it names none of ours."""
         intent = await self.storage.get_intent(nonce)
         if intent is None or (intent.reference is not None and intent.reference != orphan.reference):
-            return transition
+            return None
         payment = await self.adopt(intent, orphan.reference, None)
         audit.info(
             "collect linked to its order by its intent",
             extra={"reference": payment.reference, "order_id": payment.order_id, "user_id": payment.owner_id},
         )
-        return Transition(
-            applied=True,
-            payment=payment,
-            outcome="linked",
-            previous_status=transition.previous_status,
-            event=PaymentEvent.of(payment),
-        )
+        return payment
 
     async def adopt(self, intent: InitiationIntent, reference: str, collected: CollectResult | None) -> Payment:
         """Store `reference` as the payment `intent` asked for, resolve the intent and answer its key.
@@ -139,11 +133,14 @@ class PaymentService:
         the provider's record (a callback or poll that names the intent's nonce, a retry that finds the
         intent resolved). Merged with whatever is stored (an orphan the provider reported first: its
         status is kept, the amount checked), announced to the order's pages and queued for the merchant
-        from the record as stored; a payment already adopted is only returned.
+        from the record as stored; a payment already adopted is only returned (or, with the collect's
+        answer, given the USSD code the callback could not carry).
         """
         payment = await self.storage.get_payment(reference)
         fresh = payment is None or payment.orphan
-        if fresh:
+        # The collect's own answer adds what only it says (the USSD code) to a payment the provider's
+        # callback had already linked; without it, a payment adopted already is only returned.
+        if fresh or (collected is not None and payment is not None and payment.ussd_code is None):
             now = self.clock.now()
             initiated = Payment(
                 reference=reference,
@@ -233,9 +230,13 @@ class PaymentService:
 
     async def announce(self, references: list[str]) -> None:
         """Tell every instance's sockets what storage now holds for `references` (Redis is back and the
-        changes made meanwhile were written back): re-read, never a local copy."""
+        changes made meanwhile were written back): re-read, never a local copy. A record nobody initiated
+        whose provider record names an intent written back meanwhile is adopted first (`adopt` announces)."""
         for reference in references:
             payment = await self.storage.get_payment(reference)
+            if payment is not None and payment.orphan and payment.external_reference:
+                if await self._link(payment.external_reference, payment) is not None:
+                    continue
             if payment is not None:
                 await self.notifier.announce(payment)
 

@@ -265,13 +265,17 @@ def merge(stored: Payment | None, incoming: Payment, now: datetime) -> Merge:
 
 
 def _final_seq(status: PaymentStatus, *copies: Payment) -> int | None:
-    """The earliest seq at which any copy showed `status` as final (None: not final, or final only now).
+    """The earliest seq at which a page may have been shown `status` as final: the earliest of the copies
+    that show it, a record nobody initiated (an orphan, which no page sees) aside. None: not final, or
+    final only now.
 
     A copy from before `final_seq` existed counts from its own seq, which a page may have seen it at.
     """
     if not status.is_terminal:
         return None
-    seen = [c.final_seq if c.final_seq is not None else c.seq for c in copies if c.status is status]
+    seen = [
+        c.final_seq if c.final_seq is not None else c.seq for c in copies if c.status is status and not c.orphan
+    ]
     return min(seen, default=None)
 
 
@@ -292,6 +296,12 @@ def settle_order(payment: Payment, paid: tuple[str, ...]) -> tuple[Payment, tupl
     if first != payment.reference and payment.duplicate_of != first:
         payment = payment.model_copy(update={"duplicate_of": first})
     return payment, paid
+
+
+def adopts(stored: Payment | None, result: Payment) -> bool:
+    """Whether storing `result` over `stored` makes an initiated payment of what was nobody's: the moment
+    the merchant hears of it (a creation's outbox entries), once whatever path stores it."""
+    return not result.orphan and (stored is None or stored.orphan)
 
 
 def needs_order(payment: Payment | None) -> bool:

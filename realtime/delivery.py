@@ -46,6 +46,7 @@ class PaymentMessage(TypedDict):
     owner_id: str | None
     orphan: bool
     initiated: bool  # the payment was just created: `payment-initiated` (with the USSD code) instead
+    final_seq: int | None  # the earliest seq at which the payment showed its final status (payments.model)
     payload: dict[str, Any]
 
 
@@ -63,6 +64,7 @@ def message_for_event(event: PaymentEvent, payment: Payment, *, initiated: bool 
         "owner_id": payment.owner_id,
         "orphan": payment.orphan,
         "initiated": initiated,
+        "final_seq": payment.final_seq,
         "payload": event.payload(),
     }
 
@@ -134,6 +136,7 @@ class LocalDelivery:
                 owner_id=message["owner_id"],
                 orphan=message["orphan"],
                 status=message["status"],
+                final_seq=message.get("final_seq"),  # absent from an instance of the previous release
             )
             if admission is Admission.NONE:
                 continue

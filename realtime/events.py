@@ -196,15 +196,10 @@ class PaymentNamespace(socketio.AsyncNamespace):
                 await self._storage.track(sid, reference)
                 sent = 0
                 if payment is not None:
-                    final_seq = payment.final_seq if payment.final_seq is not None else payment.seq
-                    if payment.status.is_terminal and (parsed.last_seq or 0) >= final_seq:
-                        # The page saw the outcome on an earlier connection: never its completion again.
-                        sessions.told_final(sid, reference, parsed.last_seq or 0, payment.status.value)
+                    # A `last_seq` at or past the payment's final_seq told the page the outcome already
+                    # (the gate sends its completion no more: Sessions.admit).
                     for event in await self._service.catch_up(payment, parsed.last_seq):
                         sent += await self._delivery.deliver(message_for_event(event, payment), only=sid)
-                    if payment.status.is_terminal:
-                        # The ack carries the final state: whatever re-announces it later is status only.
-                        sessions.told_final(sid, reference, payment.seq, payment.status.value)
             except ApiError as exc:
                 sessions.untrack(sid, reference)
                 return _error(exc.code, exc.message, **exc.extra)

@@ -10,10 +10,11 @@ catch-up on `track-payment`, resync after an outage):
 - once a socket has been sent a terminal status, later (higher-seq) states of
   that payment reach it as `payment-status` only, so `payment-success` /
   `payment-failed` and `payment-completed` arrive at most once per connection;
-  and a page that re-tracks with a `last_seq` at or past the payment's final
-  state (or whose track ack carries it) has been told the outcome already, on
-  an earlier connection or by the ack: it counts as sent (`told_final`), so
-  the completion reaches a page once across reconnects too;
+  and a page that has been sent (or said with `last_seq` that it saw) a seq at
+  or past the payment's `final_seq` was told the outcome already, on an
+  earlier connection, on another instance or by a track ack: its later
+  states are `payment-status` only too, so the completion reaches a page once
+  across reconnects;
 - nobody is sent a payment they may not see (`auth.access.may_see`).
 
 Everything here is synchronous: a check and its update happen without an
@@ -108,15 +109,6 @@ class Sessions:
         seen = session.sent[reference] = Seen()
         return seen
 
-    def told_final(self, sid: str, reference: str, seq: int, status: str) -> None:
-        """`sid`'s page already knows `reference` ended in `status` (at `seq`): its completion counts as sent."""
-        session = self._sessions.get(sid)
-        seen = session.tracked.get(reference) if session else None
-        if seen is None or seen.terminal:
-            return
-        seen.terminal, seen.status = True, status
-        seen.seq = max(seen.seq, seq)
-
     def untrack(self, sid: str, reference: str) -> None:
         session = self._sessions.get(sid)
         if session is not None and session.tracked.pop(reference, None) is not None:
@@ -154,8 +146,13 @@ class Sessions:
         owner_id: str | None,
         orphan: bool,
         status: str | None = None,
+        final_seq: int | None = None,
     ) -> Admission:
-        """May `sid` be sent this state of `reference`, and how much of it? Records it as sent."""
+        """May `sid` be sent this state of `reference`, and how much of it? Records it as sent.
+
+        `final_seq` is the earliest seq at which the payment showed this final status (to any page): a
+        socket whose seq is already there was told the outcome, whatever it was sent on this connection.
+        """
         session = self._sessions.get(sid)
         if session is None:
             return Admission.NONE
@@ -166,8 +163,11 @@ class Sessions:
             return Admission.NONE
         if seen.terminal and (not terminal or (status is not None and status != seen.status)):
             return Admission.NONE  # never PENDING, nor the other final status, after a final status
+        told = terminal and final_seq is not None and seen.seq >= final_seq
         seen.seq = seq
-        if seen.terminal:
+        if seen.terminal or told:
+            seen.terminal = True
+            seen.status = seen.status or status
             return Admission.STATUS
         seen.terminal = terminal
         if terminal:

@@ -21,6 +21,7 @@ from tests.conftest import Backend, Instance, StartInstance, campay_settings
 from tests.harness import WAIT, eventually
 from tests.merchant_receiver import MerchantReceiver, merchant_settings
 from tests.partition import PartitionProxy
+from tests.redis_server import RedisServer
 from tests.test_payment_truth import _is
 
 _deployments = itertools.count()
@@ -204,6 +205,7 @@ async def test_a_webhook_that_beats_the_initiation_with_another_amount_tells_the
     campay.release_collects()
     status, created, _ = await asyncio.wait_for(initiation, WAIT)
     assert status == 201 and created["status"] == "FAILED" and created["reason"] == "amount_mismatch"
+    assert created["ussd_code"] == "*126#"  # the collect's own answer still adds what only it says
     await _settled_outbox(instance)
     assert [(d.type, d.data["status"], d.data["reason"], d.data["order_id"]) for d in merchant.accepted] == [
         ("payment.failed", "FAILED", "amount_mismatch", "o-race")
@@ -339,3 +341,14 @@ async def test_a_slow_collect_keeps_renewing_its_leases_and_releases_only_its_ow
         assert [key async for key in plain.scan_iter(f"{prefix}idempotency-lease:*")] == []
     finally:
         await plain.aclose()
+
+
+async def test_a_pending_refusal_is_not_a_keys_answer_once_that_payment_failed(instance: Instance) -> None:
+    """409 payment_pending says "not now": the same key may start the order's next attempt after the
+    pending payment failed (it was replayed for an hour)."""
+    _, first, _ = await instance.api.initiate(order_id="o-next")
+    status, body, _ = await instance.api.initiate(order_id="o-next", headers={"Idempotency-Key": "k-next"})
+    assert status == 409 and body["error"]["code"] == "payment_pending"
+    await instance.api.simulate(first["reference"], "FAILED")
+    status, body, _ = await instance.api.initiate(order_id="o-next", headers={"Idempotency-Key": "k-next"})
+    assert status == 201 and body["reference"] != first["reference"]

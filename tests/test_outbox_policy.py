@@ -33,8 +33,12 @@ def test_a_final_status_makes_one_entry_per_url_with_one_message_id() -> None:
     )
     done = decide(_payment(), claim, T0)
     entries = policy.for_transition(done, T0 + timedelta(seconds=1))
-    ids = ["msg_ref-1_succeeded.0", "msg_ref-1_succeeded.1"]
-    assert [e.url for e in entries] == URLS and [e.id for e in entries] == ids
+    assert [e.url for e in entries] == URLS
+    assert [e.id.rsplit(".", 1)[0] for e in entries] == ["msg_ref-1_succeeded"] * 2 and len(
+        {e.id for e in entries}
+    ) == 2
+    reordered = OutboxPolicy(URLS[::-1], ["payment.succeeded"]).for_transition(done, T0 + timedelta(seconds=1))
+    assert {e.url: e.id for e in reordered} == {e.url: e.id for e in entries}  # a URL keeps its delivery id
     assert {e.message_id for e in entries} == {"msg_ref-1_succeeded"} and {e.type for e in entries} == {
         "payment.succeeded"
     }

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from core.clock import Clock
 from core.settings import Settings, StorageBackend
+from payments.outbox import OutboxPolicy
 from realtime.storage.base import Storage
 from realtime.storage.memory import MemoryStorage
 
@@ -20,6 +21,7 @@ def create_storage(
     *,
     on_recovered: RecoveryListener | None = None,
     instrument: Callable[[Any], Any] | None = None,
+    outbox: OutboxPolicy | None = None,
 ) -> Storage:
     """Memory for development; for Redis, Redis with a memory fallback (see `resilient/`).
 
@@ -50,6 +52,7 @@ def create_storage(
             clock,
             reconnect_interval=settings.REDIS_RECONNECT_INTERVAL_SECONDS,
             idempotency_ttl=settings.PAYMENT_TTL_SECONDS,
+            merchant_outbox=(outbox or OutboxPolicy([], [])).for_creation,
             on_recovered=on_recovered,
         )
     return wrap(memory)

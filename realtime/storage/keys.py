@@ -33,6 +33,11 @@ class RedisKeys:
         itself from an identical one another instance made); expires after 60 s."""
         return f"{self.prefix}write:{reference}"
 
+    def nonce(self, nonce: str) -> str:
+        """The reference of a record nobody initiated whose provider record names `nonce` as its external
+        reference: how an initiation intent written back after an outage finds it; expires with it."""
+        return f"{self.prefix}nonce:{nonce}"
+
     def order_paid(self, order_id: str) -> str:
         """The order's SUCCESSFUL payments, space-separated, the one that paid it first (any other is a
         duplicate charge); expires with the last of them to change."""

@@ -19,11 +19,11 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 from core.errors import ApiError, NotFound, ProviderError
 from observability.logs import bind
 from observability.metrics import Metrics
-from payments.amounts import parse_amount
 from payments.model import PaymentStatus, StatusUpdate, Transition, UpdateSource
 from payments.operators import normalise_operator
 from payments.provider import PaymentProvider
 from payments.reconciler import Reconciler
+from payments.reported import as_text, parse_amount
 from payments.schemas import Reference
 from payments.service import PaymentService
 from webhooks.inbound.signature import SignatureError, verify_signature
@@ -31,7 +31,9 @@ from webhooks.inbound.signature import SignatureError, verify_signature
 log = logging.getLogger("paytrack.audit")  # every webhook decision is an audit line
 
 
-ShortText = Annotated[StrictStr, Field(max_length=255)]
+# A text field, leniently: CamPay's number where text was expected (an operator reference as 1234567) is
+# its digits, never a 400 that would leave the payment unsettled; still at most 255 characters.
+ShortText = Annotated[StrictStr, BeforeValidator(as_text), Field(max_length=255)]
 
 
 class CampayWebhook(BaseModel):
@@ -161,7 +163,13 @@ class WebhookProcessor:
                 log.info("webhook claim not confirmed by provider", extra={**audit, "provider": tx.status})
                 return WebhookOutcome(200, "not_confirmed")
 
-        transition = await self._service.apply_update(update)
+        try:
+            transition = await self._service.apply_update(update)
+        except BaseException:
+            # Stored or not, linked or not: the reconciler asks CamPay again (a record nobody initiated,
+            # once stored, is linked to its intent on that poll even if CamPay never calls back).
+            self._reconciler.request_check(hook.reference)
+            raise
         if _still_pending(update, transition):
             # An unknown status word, or a SUCCESSFUL whose amount CamPay's record did not give readably.
             self._reconciler.request_check(hook.reference)

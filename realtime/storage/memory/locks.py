@@ -18,6 +18,12 @@ class MemoryLocks:
         self._leases.set(name, owner, ttl_seconds)
         return True
 
+    async def renew_lease(self, name: str, owner: str, ttl_seconds: float) -> bool:
+        if self._leases.get(name) != owner:
+            return False
+        self._leases.set(name, owner, ttl_seconds)
+        return True
+
     async def release_lease(self, name: str, owner: str) -> None:
         if self._leases.get(name) == owner:
             self._leases.pop(name)

@@ -23,7 +23,7 @@ from core.clock import Clock
 from core.jsonio import dumps_model
 from payments.model import Payment, PaymentEvent, PaymentStatus, StatusUpdate, Transition
 from payments.ports import CreationOutbox, OutboxFor
-from payments.state import decide, merge, settle_order
+from payments.state import adopts, decide, merge, settle_order
 from realtime.storage.expiring import ExpiringMap
 from realtime.storage.memory.outbox import MemoryOutbox
 
@@ -38,7 +38,8 @@ class MemoryPayments:
         # order -> "latest paid1 paid2 ...": its latest payment, then its SUCCESSFUL ones (the first paid it).
         # One string, so settling an order replaces a value and adds nothing the collector counts.
         self._orders: ExpiringMap[str] = ExpiringMap(clock)
-        self.maps = (self._payments, self._events, self._orders)
+        self._nonces: ExpiringMap[str] = ExpiringMap(clock)  # an orphan's external reference -> its reference
+        self.maps = (self._payments, self._events, self._orders, self._nonces)
 
     def _order(self, order_id: str) -> tuple[str | None, tuple[str, ...]]:
         """The order's latest payment and its paid list."""
@@ -66,6 +67,8 @@ class MemoryPayments:
         names who paid first puts that one first). Orphans are never indexed.
         """
         self._payments.set(payment.reference, payment, self._payment_ttl)
+        if payment.orphan and payment.external_reference:
+            self._nonces.set(payment.external_reference, payment.reference, self._payment_ttl)
         order = payment.order_id
         if not order or payment.orphan:
             return
@@ -92,21 +95,27 @@ class MemoryPayments:
     def _merge(
         self, incoming: Payment, now: datetime, *, claim_order: bool, outbox: CreationOutbox | None = None
     ) -> Payment:
-        result = merge(self._payments.get(incoming.reference), incoming, now)
+        stored = self._payments.get(incoming.reference)
+        result = merge(stored, incoming, now)
         payment = result.payment
         if result.changed:
             payment = self._settled(payment)
             self._store(payment, claim_order=claim_order)
             self._log_event(PaymentEvent.of(payment, with_ussd=claim_order))
-        if outbox is not None:
-            self._outbox.enqueue(outbox(payment))
+            if outbox is not None and adopts(stored, payment):
+                self._outbox.enqueue(outbox(payment))
         return payment
 
     async def create_payment(self, payment: Payment, outbox: CreationOutbox | None = None) -> Payment:
         return self._merge(payment, payment.updated_at, claim_order=True, outbox=outbox)
 
-    async def merge_payment(self, payment: Payment, now: datetime) -> Payment:
-        return self._merge(payment, now, claim_order=False)
+    async def merge_payment(self, payment: Payment, now: datetime, outbox: CreationOutbox | None = None) -> Payment:
+        return self._merge(payment, now, claim_order=False, outbox=outbox)
+
+    async def payment_for_nonce(self, nonce: str) -> Payment | None:
+        reference = self._nonces.get(nonce)
+        payment = self._payments.get(reference) if reference else None
+        return payment if payment is not None and payment.orphan else None
 
     async def get_payment(self, reference: str) -> Payment | None:
         return self._payments.get(reference)
@@ -116,8 +125,11 @@ class MemoryPayments:
 
     async def get_order_payment(self, order_id: str) -> Payment | None:
         latest, paid = self._order(order_id)
-        reference = paid[0] if paid else latest
-        return self._payments.get(reference) if reference else None
+        for reference in (*paid, latest):  # the payer first; one that expired gives way to the next
+            payment = self._payments.get(reference) if reference else None
+            if payment is not None:
+                return payment
+        return None
 
     async def order_paid(self, order_id: str) -> list[str]:
         return list(self._order(order_id)[1])

@@ -24,7 +24,7 @@ from core.jsonio import dumps_model
 from payments.model import Payment, PaymentEvent, PaymentStatus, StatusUpdate, Transition
 from payments.outbox import OutboxEntry
 from payments.ports import CreationOutbox, OutboxFor
-from payments.state import decide, merge, needs_order, settle_order
+from payments.state import adopts, decide, merge, needs_order, settle_order
 from realtime.storage.redis import scripts
 from realtime.storage.redis.context import MAX_CONFLICTING_WRITES, RedisContext
 
@@ -121,6 +121,8 @@ class RedisPayments:
                 # The second case: redis-py sent the script again after losing its reply (one retry on a
                 # connection error or timeout), and what it found stored is this very write (the token
                 # tells it from an identical decision another caller stored first).
+                if new.orphan and new.external_reference:  # rare: a record nobody initiated (yet)
+                    await self._ctx.redis.set(k.nonce(new.external_reference), reference, ex=ttl)
                 return result
             raw = reply[1] or None
             if compare_paid:
@@ -131,25 +133,31 @@ class RedisPayments:
     async def create_payment(self, payment: Payment, outbox: CreationOutbox | None = None) -> Payment:
         return await self._merge(payment, payment.updated_at, outbox=outbox, claim_order=True)
 
-    async def merge_payment(self, payment: Payment, now: datetime) -> Payment:
-        return await self._merge(payment, now, outbox=None, claim_order=False)
+    async def merge_payment(self, payment: Payment, now: datetime, outbox: CreationOutbox | None = None) -> Payment:
+        return await self._merge(payment, now, outbox=outbox, claim_order=False)
 
     async def _merge(
         self, payment: Payment, now: datetime, *, outbox: CreationOutbox | None, claim_order: bool
     ) -> Payment:
         def step(raw: str | None, paid: Paid) -> tuple[Payment, _Write | None]:
-            result = merge(_payment(raw), payment, now)
+            previous = _payment(raw)
+            result = merge(previous, payment, now)
             if not result.changed:
                 return result.payment, None
             stored, after = _settle(result.payment, paid)
             event = PaymentEvent.of(stored, with_ussd=claim_order)
-            entries = outbox(stored) if outbox is not None else []
+            entries = outbox(stored) if outbox is not None and adopts(previous, stored) else []
             return stored, _Write(stored, event, entries, claim_order, after)
 
         return await self._compare_and_set(payment.reference, step)
 
     async def get_payment(self, reference: str) -> Payment | None:
         return _payment(await self._ctx.redis.get(self._ctx.keys.payment(reference)))
+
+    async def payment_for_nonce(self, nonce: str) -> Payment | None:
+        reference = await self._ctx.redis.get(self._ctx.keys.nonce(nonce))
+        payment = await self.get_payment(reference) if reference else None
+        return payment if payment is not None and payment.orphan else None
 
     async def get_payments(self, references: list[str]) -> list[Payment | None]:
         if not references:
@@ -160,8 +168,12 @@ class RedisPayments:
     async def get_order_payment(self, order_id: str) -> Payment | None:
         k = self._ctx.keys
         paid, latest = await self._ctx.redis.mget([k.order_paid(order_id), k.order(order_id)])
-        reference = paid.split()[0] if paid else latest
-        return await self.get_payment(reference) if reference else None
+        # The payer first; one that expired while a later success kept the list alive gives way to the next.
+        candidates = [*(paid.split() if paid else ()), *([latest] if latest else [])]
+        for payment in await self.get_payments(candidates):
+            if payment is not None:
+                return payment
+        return None
 
     async def order_paid(self, order_id: str) -> list[str]:
         paid = await self._ctx.redis.get(self._ctx.keys.order_paid(order_id))

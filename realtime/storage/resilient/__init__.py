@@ -39,6 +39,7 @@ from realtime.storage.memory import MemoryStorage
 from realtime.storage.resilient.failover import OUTAGE_ERRORS, Failover, RecoveryListener, resilient
 from realtime.storage.resilient.policies import (
     ClientsPolicy,
+    CreationOutboxFor,
     IdempotencyPolicy,
     IntentsPolicy,
     LocksPolicy,
@@ -60,6 +61,7 @@ class ResilientStorage(CompositeStorage):
         *,
         reconnect_interval: float,
         idempotency_ttl: float,
+        merchant_outbox: CreationOutboxFor = lambda _payment, _now: [],
         on_recovered: RecoveryListener | None = None,
     ) -> None:
         self.primary = primary
@@ -67,7 +69,7 @@ class ResilientStorage(CompositeStorage):
         self._failover = failover = Failover(
             primary, fallback, clock, reconnect_interval=reconnect_interval, on_recovered=on_recovered
         )
-        payments = PaymentsPolicy(primary, fallback, clock)
+        payments = PaymentsPolicy(primary, fallback, clock, merchant_outbox)
         outbox = OutboxPolicy(primary, fallback, payments)
         clients = ClientsPolicy(primary, fallback)
         idempotency = IdempotencyPolicy(primary, fallback, idempotency_ttl)

@@ -14,7 +14,8 @@ also held by its intent.
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection
+from collections.abc import Callable, Collection
+from datetime import datetime
 from typing import Any, ClassVar
 
 from core.clock import Clock
@@ -22,6 +23,9 @@ from payments.model import Payment, PaymentEvent, Transition
 from payments.outbox import OutboxEntry
 from realtime.storage.memory import MemoryStorage
 from realtime.storage.resilient.failover import Call, RolePolicy, Route
+
+# The merchant entries of a payment a write-back makes an initiated one (payments.outbox.OutboxPolicy.for_creation).
+CreationOutboxFor = Callable[[Payment, datetime], list[OutboxEntry]]
 
 log = logging.getLogger("paytrack.storage")
 
@@ -33,10 +37,11 @@ class PaymentsPolicy(RolePolicy):
     its checkout pages wait on; every payment changed while degraded is written back with
     `merge_payment`, an atomic merge that never moves Redis backwards."""
 
-    def __init__(self, primary: Any, fallback: MemoryStorage, clock: Clock) -> None:
+    def __init__(self, primary: Any, fallback: MemoryStorage, clock: Clock, outbox: CreationOutboxFor) -> None:
         self._primary = primary
         self._memory = fallback.payments
         self._clock = clock
+        self._outbox = outbox
         self.dirty: set[str] = set()
         self.lost: set[str] = set()  # written back, but the local status lost the merge to Redis's
 
@@ -58,6 +63,9 @@ class PaymentsPolicy(RolePolicy):
             self._memory.mirror(payment)
         return result
 
+    def _creation_outbox(self, payment: Payment) -> list[OutboxEntry]:
+        return self._outbox(payment, self._clock.now())
+
     def pending(self) -> bool:
         return bool(self.dirty)
 
@@ -72,7 +80,9 @@ class PaymentsPolicy(RolePolicy):
             for ref in sorted(payments):
                 local = await self._memory.get_payment(ref)
                 if local is not None:  # else it expired while we waited
-                    stored = await self._primary.merge_payment(local, self._clock.now())
+                    # An initiation this instance stored while CamPay's word reached Redis first (an
+                    # orphan there): the merge makes it the order's payment, and the merchant hears of it.
+                    stored = await self._primary.merge_payment(local, self._clock.now(), self._creation_outbox)
                     self._memory.mirror(stored)
                     written.append(ref)
                     if stored.status is not local.status:
@@ -228,6 +238,10 @@ class IdempotencyPolicy(_Remembered):
         key = call.args["key"]
         if not on_primary:
             self.dirty.add(key)
+            if call.name == "take_over_idempotency":
+                # Taking a claim over decides that its holder sent nothing (it wrote no intent), and only
+                # the shared storage can tell: the holder may have written its intent there.
+                return False
         elif call.name == "claim_idempotency":
             record = call.args["record"] if result.claimed else result.existing
             if record is not None:
@@ -252,7 +266,9 @@ class IdempotencyPolicy(_Remembered):
 class IntentsPolicy(_Remembered):
     """Intents are written to memory too (an outage then still knows them); those written while degraded
     are written back, a resolved intent beating a pending one and a pending one holding its order only
-    if nobody else does."""
+    if nobody else does. A pending one whose collect CamPay reported meanwhile to another instance (an
+    orphan on Redis naming its nonce) is returned with the written-back payments, so the recovery
+    listener links it (`PaymentService.announce`)."""
 
     routes: ClassVar = {name: Route.BOTH for name in ("put_intent", "resolve_intent", "drop_intent")}
 
@@ -260,6 +276,7 @@ class IntentsPolicy(_Remembered):
         super().__init__()
         self._primary = primary
         self._memory = fallback.intents
+        self.to_link: list[str] = []
 
     async def after(self, call: Call, result: Any, on_primary: bool) -> Any:
         if not on_primary and call.name in self.routes:
@@ -274,6 +291,15 @@ class IntentsPolicy(_Remembered):
         hold = self._memory.held_order(intent.order_id)
         hold_seconds = hold[1] if hold is not None and hold[0] == nonce else 0.0
         await self._primary.restore_intent(intent, self._memory.intent_ttl(nonce), hold_seconds)
+        if intent.state == "pending":
+            orphan = await self._primary.payment_for_nonce(nonce)
+            if orphan is not None:
+                self.to_link.append(orphan.reference)
+
+    async def write_back(self) -> list[str]:
+        self.to_link = []
+        await super().write_back()
+        return self.to_link
 
 
 class LocksPolicy(_Remembered):

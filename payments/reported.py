@@ -1,4 +1,5 @@
-"""Reading an amount a provider reports, which may come as 100, "100", "100.00" or something unreadable."""
+"""Reading what a provider reports, which is not always the type its documentation says: an amount as 100,
+"100", "100.00" or something unreadable, a reference as text or as a number."""
 
 from __future__ import annotations
 
@@ -33,3 +34,13 @@ def parse_amount(value: Any) -> int | None:
     if not number.is_finite() or number != number.to_integral_value() or not 0 <= number <= MAX_AMOUNT:
         return None
     return int(number)
+
+
+def as_text(value: Any) -> str | None:
+    """A text field as text: a number where a string was expected (an operator reference sent as 1234567)
+    is its digits; anything else that is not text (null, true, a list) is absent. Never raises."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    return None
