@@ -111,11 +111,16 @@ class OutboxPolicy:
             return []
         return self.entries_for(transition.payment, now)
 
-    def for_creation(self, payment: Payment, now: datetime) -> list[OutboxEntry]:
-        """What a finished initiation tells the merchant, from the record as stored: `payment.initiated`,
-        and the final event too when the provider had already settled it (the same ids whichever path
-        stored it, so nothing is told twice)."""
-        entries = self.entries_for(payment, now, "payment.initiated")
-        if payment.status is not PaymentStatus.PENDING:
-            entries += self.entries_for(payment, now)
-        return entries
+    def for_stored(self, payment: Payment, replaced: Payment | None, now: datetime) -> list[OutboxEntry]:
+        """What storing `payment` over `replaced` tells the merchant (a creation, or a merge of two copies),
+        from the record as stored: an initiated payment of what was nobody's (nothing, or an orphan) is
+        announced as a finished initiation is (`payment.initiated`, and its final event when the provider
+        had already settled it); a merge that settles an initiated payment sends its final event (the
+        copy that brought the status may have been an orphan, which queued nothing). The ids are the same
+        whichever path stores it, so nothing is told twice."""
+        if replaced is None or replaced.orphan:
+            entries = self.entries_for(payment, now, "payment.initiated")
+            return entries + (self.entries_for(payment, now) if payment.status.is_terminal else [])
+        if payment.status.is_terminal and not replaced.status.is_terminal:
+            return self.entries_for(payment, now)
+        return []

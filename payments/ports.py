@@ -20,8 +20,9 @@ from payments.outbox import OutboxEntry
 
 # Given an applied transition, the outbox entries to write in the same atomic step.
 OutboxFor = Callable[[Transition], list[OutboxEntry]]
-# Given the record a creation stored (after merging with any copy already there), its outbox entries.
-CreationOutbox = Callable[[Payment], list[OutboxEntry]]
+# Given the record a creation or a merge stored and the copy it replaced (None: nothing), the outbox
+# entries of what that told the merchant's backend (payments.outbox.OutboxPolicy.for_stored).
+MergeOutbox = Callable[[Payment, Payment | None], list[OutboxEntry]]
 
 
 class IdempotencyRecord(BaseModel):
@@ -50,26 +51,26 @@ class IdempotencyClaim:
 class PaymentStore(Protocol):
     """Payments, their event logs and indexes; every write is one atomic step."""
 
-    async def create_payment(self, payment: Payment, outbox: CreationOutbox | None = None) -> Payment:
+    async def create_payment(self, payment: Payment, outbox: MergeOutbox | None = None) -> Payment:
         """Store a new payment (seq 1), point its order at it, index it as active, log its first
-        event, and queue `outbox(stored)` entries, all in one step.
+        event, and queue `outbox(stored, replaced)` entries, all in one step.
 
         If a record for the reference already exists because the provider spoke
         first (an orphan), or this initiation was stored already (a retry), the
         two are combined by `payments.state.merge` (the provider's terminal
         status is kept, our initiation is added, seq moves past both); what is
-        stored is returned, and the outbox entries are built from it (queued only
-        when this makes the payment an initiated one: a retry queues nothing). A
+        stored is returned, and the outbox entries are built from it (a retry that
+        changes nothing queues nothing). A
         SUCCESSFUL result joins its order's paid list (`payments.state.settle_order`).
         """
 
-    async def merge_payment(self, payment: Payment, now: datetime, outbox: CreationOutbox | None = None) -> Payment:
+    async def merge_payment(self, payment: Payment, now: datetime, outbox: MergeOutbox | None = None) -> Payment:
         """Atomically combine `payment` with the stored copy by `payments.state.merge`, log the
         merged state as an event if anything changed, and return what is stored afterwards.
 
-        Never points an order at this payment if the order is held by another one. When the merge makes
-        an initiated payment of what was stored as nobody's (an orphan, or nothing), `outbox(stored)` is
-        queued in the same step, as for a creation.
+        Never points an order at this payment if the order is held by another one. When the merge
+        changes anything, `outbox(stored, replaced)` entries are queued in the same step (the merge
+        may make an initiated payment of an orphan, or settle one: the merchant hears of it then).
         """
 
     async def get_payment(self, reference: str) -> Payment | None: ...

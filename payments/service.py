@@ -158,7 +158,7 @@ class PaymentService:
                 updated_at=now,
             )
             payment = await self.storage.create_payment(
-                initiated, outbox=lambda stored: self._outbox.for_creation(stored, now)
+                initiated, outbox=lambda stored, replaced: self._outbox.for_stored(stored, replaced, now)
             )
         assert payment is not None
         await self.storage.resolve_intent(intent.nonce, reference, payment.ussd_code, payment.operator)

@@ -298,12 +298,6 @@ def settle_order(payment: Payment, paid: tuple[str, ...]) -> tuple[Payment, tupl
     return payment, paid
 
 
-def adopts(stored: Payment | None, result: Payment) -> bool:
-    """Whether storing `result` over `stored` makes an initiated payment of what was nobody's: the moment
-    the merchant hears of it (a creation's outbox entries), once whatever path stores it."""
-    return not result.orphan and (stored is None or stored.orphan)
-
-
 def needs_order(payment: Payment | None) -> bool:
     """Whether storing `payment` must read and update its order's paid list (`settle_order`)."""
     return (

@@ -21,7 +21,7 @@ import pytest
 
 from core.clock import ManualClock
 from payments.model import InitiationIntent, PaymentStatus, StatusUpdate, Transition, UpdateSource
-from payments.outbox import OutboxEntry
+from payments.outbox import OutboxEntry, OutboxPolicy
 from payments.ports import IdempotencyRecord
 from realtime.storage.base import ClientRecord
 from realtime.storage.memory import MemoryStorage
@@ -142,7 +142,7 @@ def entry(entry_id: str, reference: str = "ref-1", due: float = 0.0, created: fl
 
 def queued(*entries: OutboxEntry) -> Any:
     """A creation's outbox that queues `entries` (whatever was stored)."""
-    return lambda _stored: list(entries)
+    return lambda _stored, _replaced: list(entries)
 
 
 def entries_for(transition: Transition) -> list[OutboxEntry]:
@@ -373,7 +373,7 @@ async def test_a_creation_queues_the_entries_of_what_was_stored(backend: Backend
     await s.transition(update("SUCCESSFUL", amount=100, currency="XAF"), T0)  # CamPay says 100, we ask 500
     seen: list[PaymentStatus] = []
 
-    def outbox(stored: Any) -> list[OutboxEntry]:
+    def outbox(stored: Any, replaced: Any) -> list[OutboxEntry]:
         seen.append(stored.status)
         return [entry(f"m-{stored.status.value}")]
 
@@ -605,3 +605,20 @@ async def test_a_degraded_instance_knows_an_order_is_paid_by_a_payment_it_has_se
     paid = await s.get_order_payment("order-1")
     assert not s.healthy and paid is not None and paid.reference == "ref-2"
     assert await s.order_paid("order-1") == ["ref-2"]
+
+
+async def test_a_merge_that_settles_an_initiated_payment_queues_its_final_message(backend: Backend) -> None:
+    """A degraded instance heard CamPay's word as an orphan (which queues nothing) about a payment another
+    instance initiated on Redis: when its copy is written back, the merge settles the payment and the
+    merchant hears of it, from the record as stored."""
+    s = backend.storage
+    policy = OutboxPolicy(["https://merchant.example/hook"], ["payment.initiated", "payment.succeeded"])
+
+    def told(at: datetime) -> Any:
+        return lambda stored, replaced: policy.for_stored(stored, replaced, at)
+
+    await s.create_payment(owned(), told(T0))
+    await s.merge_payment(orphan(), LATER, told(LATER))
+    assert sorted(e.type for e in await s.outbox_list()) == ["payment.initiated", "payment.succeeded"]
+    await s.merge_payment(orphan(), LATER, told(LATER))  # the same copy again: nothing new to tell
+    assert len(await s.outbox_list()) == 2

@@ -52,7 +52,7 @@ def create_storage(
             clock,
             reconnect_interval=settings.REDIS_RECONNECT_INTERVAL_SECONDS,
             idempotency_ttl=settings.PAYMENT_TTL_SECONDS,
-            merchant_outbox=(outbox or OutboxPolicy([], [])).for_creation,
+            merchant_outbox=(outbox or OutboxPolicy([], [])).for_stored,
             on_recovered=on_recovered,
         )
     return wrap(memory)

@@ -22,8 +22,8 @@ from datetime import datetime
 from core.clock import Clock
 from core.jsonio import dumps_model
 from payments.model import Payment, PaymentEvent, PaymentStatus, StatusUpdate, Transition
-from payments.ports import CreationOutbox, OutboxFor
-from payments.state import adopts, decide, merge, settle_order
+from payments.ports import MergeOutbox, OutboxFor
+from payments.state import decide, merge, settle_order
 from realtime.storage.expiring import ExpiringMap
 from realtime.storage.memory.outbox import MemoryOutbox
 
@@ -93,7 +93,7 @@ class MemoryPayments:
         self._events.set(event.reference, log, self._payment_ttl)
 
     def _merge(
-        self, incoming: Payment, now: datetime, *, claim_order: bool, outbox: CreationOutbox | None = None
+        self, incoming: Payment, now: datetime, *, claim_order: bool, outbox: MergeOutbox | None = None
     ) -> Payment:
         stored = self._payments.get(incoming.reference)
         result = merge(stored, incoming, now)
@@ -102,14 +102,14 @@ class MemoryPayments:
             payment = self._settled(payment)
             self._store(payment, claim_order=claim_order)
             self._log_event(PaymentEvent.of(payment, with_ussd=claim_order))
-            if outbox is not None and adopts(stored, payment):
-                self._outbox.enqueue(outbox(payment))
+            if outbox is not None:
+                self._outbox.enqueue(outbox(payment, stored))
         return payment
 
-    async def create_payment(self, payment: Payment, outbox: CreationOutbox | None = None) -> Payment:
+    async def create_payment(self, payment: Payment, outbox: MergeOutbox | None = None) -> Payment:
         return self._merge(payment, payment.updated_at, claim_order=True, outbox=outbox)
 
-    async def merge_payment(self, payment: Payment, now: datetime, outbox: CreationOutbox | None = None) -> Payment:
+    async def merge_payment(self, payment: Payment, now: datetime, outbox: MergeOutbox | None = None) -> Payment:
         return self._merge(payment, now, claim_order=False, outbox=outbox)
 
     async def payment_for_nonce(self, nonce: str) -> Payment | None:

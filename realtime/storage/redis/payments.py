@@ -23,8 +23,8 @@ from typing import Any, TypeVar
 from core.jsonio import dumps_model
 from payments.model import Payment, PaymentEvent, PaymentStatus, StatusUpdate, Transition
 from payments.outbox import OutboxEntry
-from payments.ports import CreationOutbox, OutboxFor
-from payments.state import adopts, decide, merge, needs_order, settle_order
+from payments.ports import MergeOutbox, OutboxFor
+from payments.state import decide, merge, needs_order, settle_order
 from realtime.storage.redis import scripts
 from realtime.storage.redis.context import MAX_CONFLICTING_WRITES, RedisContext
 
@@ -130,14 +130,14 @@ class RedisPayments:
                 paid = tuple(paid_raw.split())
         raise RuntimeError(f"gave up after {MAX_CONFLICTING_WRITES} conflicting writes to payment {reference}")
 
-    async def create_payment(self, payment: Payment, outbox: CreationOutbox | None = None) -> Payment:
+    async def create_payment(self, payment: Payment, outbox: MergeOutbox | None = None) -> Payment:
         return await self._merge(payment, payment.updated_at, outbox=outbox, claim_order=True)
 
-    async def merge_payment(self, payment: Payment, now: datetime, outbox: CreationOutbox | None = None) -> Payment:
+    async def merge_payment(self, payment: Payment, now: datetime, outbox: MergeOutbox | None = None) -> Payment:
         return await self._merge(payment, now, outbox=outbox, claim_order=False)
 
     async def _merge(
-        self, payment: Payment, now: datetime, *, outbox: CreationOutbox | None, claim_order: bool
+        self, payment: Payment, now: datetime, *, outbox: MergeOutbox | None, claim_order: bool
     ) -> Payment:
         def step(raw: str | None, paid: Paid) -> tuple[Payment, _Write | None]:
             previous = _payment(raw)
@@ -146,7 +146,7 @@ class RedisPayments:
                 return result.payment, None
             stored, after = _settle(result.payment, paid)
             event = PaymentEvent.of(stored, with_ussd=claim_order)
-            entries = outbox(stored) if outbox is not None and adopts(previous, stored) else []
+            entries = outbox(stored, previous) if outbox is not None else []
             return stored, _Write(stored, event, entries, claim_order, after)
 
         return await self._compare_and_set(payment.reference, step)

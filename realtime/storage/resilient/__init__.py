@@ -39,12 +39,12 @@ from realtime.storage.memory import MemoryStorage
 from realtime.storage.resilient.failover import OUTAGE_ERRORS, Failover, RecoveryListener, resilient
 from realtime.storage.resilient.policies import (
     ClientsPolicy,
-    CreationOutboxFor,
     IdempotencyPolicy,
     IntentsPolicy,
     LocksPolicy,
     OutboxPolicy,
     PaymentsPolicy,
+    StoredOutboxFor,
 )
 
 __all__ = ["OUTAGE_ERRORS", "RecoveryListener", "ResilientStorage"]
@@ -61,7 +61,7 @@ class ResilientStorage(CompositeStorage):
         *,
         reconnect_interval: float,
         idempotency_ttl: float,
-        merchant_outbox: CreationOutboxFor = lambda _payment, _now: [],
+        merchant_outbox: StoredOutboxFor = lambda _payment, _replaced, _now: [],
         on_recovered: RecoveryListener | None = None,
     ) -> None:
         self.primary = primary

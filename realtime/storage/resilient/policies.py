@@ -24,8 +24,8 @@ from payments.outbox import OutboxEntry
 from realtime.storage.memory import MemoryStorage
 from realtime.storage.resilient.failover import Call, RolePolicy, Route
 
-# The merchant entries of a payment a write-back makes an initiated one (payments.outbox.OutboxPolicy.for_creation).
-CreationOutboxFor = Callable[[Payment, datetime], list[OutboxEntry]]
+# The merchant entries of what a write-back stored over what it replaced (payments.outbox.OutboxPolicy.for_stored).
+StoredOutboxFor = Callable[[Payment, Payment | None, datetime], list[OutboxEntry]]
 
 log = logging.getLogger("paytrack.storage")
 
@@ -37,7 +37,7 @@ class PaymentsPolicy(RolePolicy):
     its checkout pages wait on; every payment changed while degraded is written back with
     `merge_payment`, an atomic merge that never moves Redis backwards."""
 
-    def __init__(self, primary: Any, fallback: MemoryStorage, clock: Clock, outbox: CreationOutboxFor) -> None:
+    def __init__(self, primary: Any, fallback: MemoryStorage, clock: Clock, outbox: StoredOutboxFor) -> None:
         self._primary = primary
         self._memory = fallback.payments
         self._clock = clock
@@ -63,8 +63,8 @@ class PaymentsPolicy(RolePolicy):
             self._memory.mirror(payment)
         return result
 
-    def _creation_outbox(self, payment: Payment) -> list[OutboxEntry]:
-        return self._outbox(payment, self._clock.now())
+    def _stored_outbox(self, payment: Payment, replaced: Payment | None) -> list[OutboxEntry]:
+        return self._outbox(payment, replaced, self._clock.now())
 
     def pending(self) -> bool:
         return bool(self.dirty)
@@ -80,9 +80,10 @@ class PaymentsPolicy(RolePolicy):
             for ref in sorted(payments):
                 local = await self._memory.get_payment(ref)
                 if local is not None:  # else it expired while we waited
-                    # An initiation this instance stored while CamPay's word reached Redis first (an
-                    # orphan there): the merge makes it the order's payment, and the merchant hears of it.
-                    stored = await self._primary.merge_payment(local, self._clock.now(), self._creation_outbox)
+                    # What the merge tells the merchant that no queued entry does: an initiation this
+                    # instance stored while CamPay's word reached Redis first (an orphan there), or a
+                    # status this instance heard as an orphan of an initiation stored on Redis.
+                    stored = await self._primary.merge_payment(local, self._clock.now(), self._stored_outbox)
                     self._memory.mirror(stored)
                     written.append(ref)
                     if stored.status is not local.status:
