@@ -284,4 +284,3 @@ class CampayProvider:
             external_reference=as_text(body.get("external_reference")),
             reason=as_text(body.get("reason")),
         )
-

@@ -273,9 +273,7 @@ def _final_seq(status: PaymentStatus, *copies: Payment) -> int | None:
     """
     if not status.is_terminal:
         return None
-    seen = [
-        c.final_seq if c.final_seq is not None else c.seq for c in copies if c.status is status and not c.orphan
-    ]
+    seen = [c.final_seq if c.final_seq is not None else c.seq for c in copies if c.status is status and not c.orphan]
     return min(seen, default=None)
 
 
