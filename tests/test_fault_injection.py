@@ -1,15 +1,21 @@
-"""Issue 11's guarantee on real processes, under crashes, a Redis restart and lying or replayed webhooks.
+"""Issues 11 and 31 on real processes, under crashes, a Redis restart and lying or replayed webhooks.
 
-Two `server.py` processes share one real redis-server and the CamPay fake;
-about 220 payments by several JWT users, each tracked by one or two
+Two `server.py` processes share one real redis-server, the CamPay fake and a
+merchant receiver; about 220 payments by several JWT users, each initiated
+with one Idempotency-Key reused on every retry and tracked by one or two
 websocket pages (some reconnecting on purpose, all reconnecting when their
 instance dies); 20 % of CamPay's webhooks dropped, 20 % sent twice, 10 % out
-of order, forged ones mixed in; one instance SIGKILLed and restarted, Redis
-killed for five seconds, CamPay's status API answering 503 for three.
+of order, forged ones mixed in; one instance SIGKILLed (with four collects
+CamPay accepted but whose answers it held) and restarted, Redis killed for
+five seconds, CamPay's status API answering 503 for three. Checked: every
+page on CamPay's truth and never backwards, one outcome per page, no order
+collected twice, each crash payment's order showing its collect, one merchant
+message per outcome.
 The scenario and its checks live in tests/fault/ (see its docstrings);
 `python -m tests.fault.run --payments 500` runs it bigger and prints figures.
 
-Every wait inside is bounded; the whole test takes about 25 s.
+Every wait inside is bounded; the whole test takes about 30 s (40 s when the
+merchant messages it waits for do not all come).
 """
 
 from __future__ import annotations

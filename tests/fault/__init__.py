@@ -6,7 +6,10 @@ the shoppers (REST initiations with JWT users), their checkout pages (one or two
 Socket.IO clients per payment, re-tracking with `last_seq` on every reconnect)
 and CamPay (true outcomes, signed webhooks dropped, duplicated, reordered,
 forged). Meanwhile one server is SIGKILLed and restarted, Redis is stopped for
-about five seconds, and CamPay's status API answers 503 for a while.
+about five seconds, and CamPay's status API answers 503 for a while. Every
+initiate carries an Idempotency-Key; the kill catches "crash" payments whose
+collects CamPay accepted but whose answers it held (issue 31: every franc
+reaches its order), and a merchant receiver records the outbound webhooks.
 
 - `processes.py`: the server processes (start, readiness, SIGKILL, log tails).
 - `clients.py`: one checkout page (its connections and every event received).

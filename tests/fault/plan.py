@@ -3,7 +3,10 @@
 `Scenario` holds the knobs (and the settings the servers run with);
 `plan_payments` draws, from the seed, each payment's user, amount, true
 outcome, when it is settled and how its webhooks travel (dropped, twice,
-reordered, forged). The driver in `scenario.py` plays the plan.
+reordered, forged); `plan_crashes` draws the crash payments, initiated on the
+instance that is SIGKILLed while CamPay holds their collects' answers. Every
+payment has one Idempotency-Key, reused on every retry of its initiate. The
+driver in `scenario.py` plays the plan.
 """
 
 from __future__ import annotations
@@ -41,6 +44,31 @@ class Scenario:
     reconcile_after: float = 2.0
     reconcile_interval: float = 1.0
     converge_within: float = 5.0  # the guarantee: every page on the stored state 5 s after storage is back
+    # Crash payments: initiated on instance b while CamPay accepts their collects and holds the answers, then
+    # b is SIGKILLed (None: max(4, payments // 50)).
+    crash_collects: int | None = None
+    hold_bound: float = 10.0  # seconds to wait for every crash collect to be held at CamPay before the kill
+    # ... but kill at the latest this long after the first one was held: before the server's CamPay call times
+    # out (CAMPAY_TIMEOUT_SECONDS, 5 s), or it would answer the shopper itself
+    hold_max: float = 4.0
+    # INITIATION_LEASE_SECONDS: how long a dead instance's Idempotency-Key claim blocks a retry (409
+    # idempotency_in_progress) before the retry learns the intent (409 initiation_unknown); short so a run
+    # covers both answers.
+    initiation_lease: float = 3.0
+    # COLLECT_LIFETIME_SECONDS: how long an intent whose collect's fate is unknown (b died after writing
+    # it, maybe before its collect left) holds its order; past it the key answers initiation_expired and the
+    # shopper starts over with a new key. Longer than any confirmation the plan makes (0.3 T after the
+    # kill), so a collect CamPay did take is always linked first.
+    collect_lifetime: float = 0.0  # 0: max(30 s, 0.3 T + 15 s)
+    merchant_wait: float = 10.0  # seconds after convergence for the last merchant messages to arrive
+
+    @property
+    def collect_lifetime_seconds(self) -> float:
+        return self.collect_lifetime or max(30.0, 0.3 * self.duration + 15.0)
+
+    def __post_init__(self) -> None:
+        if self.crash_collects is None:
+            object.__setattr__(self, "crash_collects", max(4, self.payments // 50))
 
     @classmethod
     def scaled(cls, payments: int, **overrides: Any) -> Scenario:
@@ -59,10 +87,16 @@ class Scenario:
         settings.update(overrides)
         return cls(**settings)
 
-    def server_settings(self, *, redis_url: str, campay_url: str) -> dict[str, Any]:
-        """What a production deployment would set, with short intervals so a run covers them."""
+    def server_settings(
+        self, *, redis_url: str, campay_url: str, merchant: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """What a production deployment would set, with short intervals so a run covers them.
+
+        `merchant`: the MERCHANT_WEBHOOK_* settings (tests/merchant_receiver.py `merchant_settings`).
+        """
         generous = "100000/minute"  # every simulated shopper comes from 127.0.0.1
         return {
+            **(merchant or {}),
             "APP_ENV": "production",
             "LOG_LEVEL": "INFO",
             "AUTH_MODE": "jwt",
@@ -83,6 +117,8 @@ class Scenario:
             "RECONCILE_ENABLED": "true",
             "RECONCILE_AFTER_SECONDS": self.reconcile_after,
             "RECONCILE_INTERVAL_SECONDS": self.reconcile_interval,
+            "INITIATION_LEASE_SECONDS": self.initiation_lease,
+            "COLLECT_LIFETIME_SECONDS": self.collect_lifetime_seconds,
             "RATE_LIMIT_INITIATE_PER_USER": generous,
             "RATE_LIMIT_INITIATE_PER_IP": generous,
             "RATE_LIMIT_WEBHOOK_PER_IP": generous,
@@ -117,19 +153,36 @@ class PaymentRun:
     webhooks: list[WebhookPlan]
     pages: int
     reconnects: list[float | None]  # per page: planned reconnect time after t0, or None
+    idempotency_key: str = ""  # one per shopper and order, sent with every attempt (a checkout backend's)
+    crash: bool = False  # a crash payment: initiated on b while CamPay holds its collect's answer, b killed
+    confirm_after: float = 0.0  # crash payments: seconds after the kill when the shopper confirms the prompt
     # filled in while running
-    reference: str | None = None
+    reference: str | None = None  # what the initiate answered (201, replayed 201, or a 409 naming it)
     ussd_code: str | None = None
     initiated_at: float | None = None  # monotonic
-    initiated_via: str = ""  # "201" or "409 payment_pending" (a retried initiate found the first one)
+    # "201", "201 replayed" (the key's first answer, once known), "409 payment_pending" or "409 order_paid"
+    initiated_via: str = ""
     truth_set_at: float | None = None  # monotonic
     initiate_error: str | None = None
     initiate_answers: list[str] = field(default_factory=list)  # what each initiate attempt got
     initiated: asyncio.Event = field(default_factory=asyncio.Event)
+    # CamPay's side: every transaction its collects created (normally one), the first one's reference and
+    # when CamPay accepted it (the USSD prompt reaches the shopper's phone then, answer or no answer)
+    campay_references: list[str] = field(default_factory=list)
+    campay_reference: str | None = None
+    collected_at: float | None = None  # monotonic
+    collected: asyncio.Event = field(default_factory=asyncio.Event)
+    forced_webhook: bool = False  # the plan dropped its webhooks, but the server held no record to reconcile
 
     @property
     def opposite(self) -> str:
         return "SUCCESSFUL" if self.truth == "FAILED" else "FAILED"
+
+    @property
+    def description(self) -> str:
+        """Sent with every initiate; CamPay records it with the collect (how the fake's transactions
+        are told apart by order)."""
+        return f"Order {self.order_id}"
 
 
 def plan_payments(s: Scenario, rng: random.Random) -> list[PaymentRun]:
@@ -189,6 +242,58 @@ def plan_payments(s: Scenario, rng: random.Random) -> list[PaymentRun]:
                 webhooks=hooks,
                 pages=pages,
                 reconnects=reconnects,
+                idempotency_key=f"checkout-{uuid.uuid4().hex}",
+            )
+        )
+    return runs
+
+
+def plan_crashes(s: Scenario, rng: random.Random) -> list[PaymentRun]:
+    """The crash payments: initiated on b at the kill (the driver times them), each confirmed by its
+    shopper `confirm_after` seconds after the kill, its genuine webhook sent once or twice (never
+    dropped: the server holds no record of it until that webhook, so the reconciler cannot find it)."""
+    T = s.duration
+    runs = []
+    count = s.crash_collects or 0
+    # Confirmations spread evenly over [0.5 s, max(6 s, 0.3 T)] after the kill (one per slice, shuffled), so
+    # even four of them cover the CamPay outage's end, the dead instance's key lease (retries see
+    # idempotency_in_progress, then initiation_unknown) and the Redis outage; every fifth, from the second,
+    # is a FAILED payment.
+    low, high = 0.5, max(6.0, 0.3 * T)
+    slices = [low + (high - low) * (n + rng.random()) / max(1, count) for n in range(count)]
+    rng.shuffle(slices)
+    for n in range(count):
+        i = s.payments + n
+        truth = "FAILED" if n % 5 == 1 else "SUCCESSFUL"
+        confirm_after = slices[n]
+        hooks = [WebhookPlan(rng.uniform(0, 0.3), truth, "final")]
+        delivery = "once"
+        if rng.random() < s.twice_share:
+            delivery = "twice"
+            hooks.append(WebhookPlan(hooks[0].offset + rng.uniform(0.3, 2.0), truth, "duplicate"))
+        pages = 2 if rng.random() < s.second_page_share else 1
+        reconnects = [
+            rng.uniform(0.4 * T, 0.9 * T) if rng.random() < s.planned_reconnect_share else None for _ in range(pages)
+        ]
+        user = f"user-{i % s.users:02d}"
+        runs.append(
+            PaymentRun(
+                index=i,
+                user=user,
+                token=user_token(user, ttl=3600),
+                order_id=f"crash-{i:05d}-{uuid.uuid4().hex[:6]}",
+                phone=f"2376{rng.choice('5789')}{rng.randrange(10**7):07d}",
+                amount=rng.randrange(100, 50_000),
+                init_at=0.3 * T,
+                truth=truth,
+                truth_at=0.0,  # set from the kill: confirm_after
+                delivery=delivery,
+                webhooks=hooks,
+                pages=pages,
+                reconnects=reconnects,
+                idempotency_key=f"checkout-{uuid.uuid4().hex}",
+                crash=True,
+                confirm_after=confirm_after,
             )
         )
     return runs

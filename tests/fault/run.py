@@ -1,4 +1,4 @@
-"""Run the fault-injection scenario at any size and print the figures of issue 11.
+"""Run the fault-injection scenario at any size and print the figures of issues 11 and 31.
 
     .venv/bin/python -m tests.fault.run --payments 500
     .venv/bin/python -m tests.fault.run --payments 3000 --keep
