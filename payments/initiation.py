@@ -155,21 +155,13 @@ class Initiator:
             if existing.state == "done" and existing.status_code is not None and existing.body is not None:
                 return InitiateResult(existing.status_code, existing.body, replayed=True)
             if found.held:
-                raise Conflict(
-                    "a request with this Idempotency-Key is still being processed; retry shortly",
-                    code="idempotency_in_progress",
-                    retry_after=1,
-                )
+                raise _in_progress()
             replay = await self._outcome_of(existing)
             if replay is not None:
                 return replay
             # Its holder is gone and wrote no intent: nothing reached the provider. Carry on in its place.
             if not await self._storage.take_over_idempotency(claim.scope, existing, owner, times.lease_seconds):
-                raise Conflict(
-                    "a request with this Idempotency-Key is still being processed; retry shortly",
-                    code="idempotency_in_progress",
-                    retry_after=1,
-                )
+                raise _in_progress()
             nonce = existing.nonce or nonce
         return await self._run(request, owner_id, owner, nonce, claim)
 
@@ -241,7 +233,7 @@ class Initiator:
         order_id = request.order_id
         current = await self._storage.get_order_payment(order_id)
         if current is not None and current.owner_id is not None and current.owner_id != owner_id:
-            raise ApiError("this order belongs to another user", code="forbidden", status=403)
+            raise _forbidden()
         if current is not None and current.status is PaymentStatus.SUCCESSFUL:
             raise Conflict(f"order {order_id} is already paid", code="order_paid", reference=current.reference)
         if current is not None and current.status is PaymentStatus.PENDING:
@@ -268,7 +260,7 @@ class Initiator:
                 # decided; the intent is resolved now and holds the order no more.
                 await self._storage.resolve_intent(held.nonce, current.reference, current.ussd_code, current.operator)
             elif held.owner_id is not None and held.owner_id != owner_id:
-                raise ApiError("this order belongs to another user", code="forbidden", status=403)
+                raise _forbidden()
             else:
                 raise _unknown(order_id)
         return intent
@@ -285,7 +277,7 @@ class Initiator:
         storage, times = self._storage, self._times
         if not await storage.put_intent(intent, times.idempotency_ttl_seconds, times.collect_lifetime_seconds):
             raise _unknown(intent.order_id)
-        kept = await storage.renew_lease(f"order:{intent.order_id}", owner, times.lease_seconds)
+        kept = await storage.renew_lease(_order_lease(intent.order_id), owner, times.lease_seconds)
         if kept and claim is not None:
             kept = await storage.renew_idempotency(claim.scope, owner, times.lease_seconds)
         if not kept:
@@ -297,7 +289,7 @@ class Initiator:
         """The order's lease (and the key's, which the claim took) for the body, renewed every third of
         their length, released only by their owner afterwards."""
         storage, seconds = self._storage, self._times.lease_seconds
-        name = f"order:{order_id}"
+        name = _order_lease(order_id)
         if not await storage.acquire_lease(name, owner, seconds):
             raise Conflict(
                 f"a payment for order {order_id} is being initiated right now",
@@ -361,6 +353,23 @@ class Initiator:
             await storage.release_idempotency(claim.scope, owner, forget=stage == "before")
         except Exception:
             log.exception("initiation: could not record the outcome of a failed initiation", extra={"nonce": nonce})
+
+
+def _order_lease(order_id: str) -> str:
+    """The name of the lease an initiation holds on its order."""
+    return f"order:{order_id}"
+
+
+def _in_progress() -> Conflict:
+    return Conflict(
+        "a request with this Idempotency-Key is still being processed; retry shortly",
+        code="idempotency_in_progress",
+        retry_after=1,
+    )
+
+
+def _forbidden() -> ApiError:
+    return ApiError("this order belongs to another user", code="forbidden", status=403)
 
 
 def _unknown(order_id: str | None = None) -> Conflict:

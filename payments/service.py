@@ -36,16 +36,13 @@ from payments.outbox import OutboxPolicy
 from payments.ports import IdempotencyRecord, Notifier, ServiceStorage
 from payments.provider import CollectResult, PaymentProvider
 from payments.schemas import InitiateRequest
-from payments.state import known_status
+from payments.state import PROVIDER_SOURCES, known_status
 
 __all__ = ["SERVICE", "InitiateResult", "InitiationTimes", "PaymentService", "idempotency_scope"]
 
 log = logging.getLogger("paytrack.payments")
 # One line per payment operation (initiate, applied or ignored transition), never a token or full phone.
 audit = logging.getLogger("paytrack.audit")
-
-# Sources that speak for the provider: their record may carry an intent's nonce (payments/initiation.py).
-_PROVIDER_SOURCES = (UpdateSource.WEBHOOK, UpdateSource.PROVIDER_POLL)
 
 
 class PaymentService:
@@ -106,7 +103,7 @@ class PaymentService:
                     self._metrics.payment_reached(transition.payment.status.value)
             stored = transition.payment
             nonce = update.external_reference
-            if stored is not None and stored.orphan and nonce and update.source in _PROVIDER_SOURCES:
+            if stored is not None and stored.orphan and nonce and update.source in PROVIDER_SOURCES:
                 linked = await self._link(nonce, stored)
                 if linked is not None:
                     event = PaymentEvent.of(linked)
@@ -234,10 +231,10 @@ class PaymentService:
         whose provider record names an intent written back meanwhile is adopted first (`adopt` announces)."""
         for reference in references:
             payment = await self.storage.get_payment(reference)
-            if payment is not None and payment.orphan and payment.external_reference:
-                if await self._link(payment.external_reference, payment) is not None:
-                    continue
-            if payment is not None:
+            if payment is None:
+                continue
+            nonce = payment.external_reference
+            if not (payment.orphan and nonce and await self._link(nonce, payment) is not None):
                 await self.notifier.announce(payment)
 
     def run_in_background(self, coro: Coroutine[Any, Any, Any], *, name: str) -> asyncio.Task[Any]:

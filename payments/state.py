@@ -68,8 +68,9 @@ _WORDS: dict[str, PaymentStatus] = {
     "FAILED": PaymentStatus.FAILED,
 }
 
-# Sources whose SUCCESSFUL must carry the provider's own amount and currency to be believed.
-_PROVIDER_SOURCES = _ORPHAN_SOURCES
+# Sources that speak for the provider: a SUCCESSFUL of theirs must carry the provider's own amount and
+# currency to be believed, and their record may name an initiation intent (payments/initiation.py).
+PROVIDER_SOURCES = frozenset(_ORPHAN_SOURCES)
 
 
 def known_status(raw: str | None) -> bool:
@@ -90,7 +91,7 @@ def unconfirmed(update: StatusUpdate) -> bool:
 
     Made-up outcomes (simulation, the sandbox's timer) are not the provider's word and are exempt.
     """
-    return update.source in _PROVIDER_SOURCES and (update.amount is None or not update.currency)
+    return update.source in PROVIDER_SOURCES and (update.amount is None or not update.currency)
 
 
 def _confirmed_amount(payment: Payment, amount: int | None, currency: str | None) -> bool:
@@ -286,7 +287,7 @@ def settle_order(payment: Payment, paid: tuple[str, ...]) -> tuple[Payment, tupl
     failed, a record nobody initiated) leaves both as they are. Storage runs this inside the same atomic
     step that stores the payment.
     """
-    if payment.status is not PaymentStatus.SUCCESSFUL or payment.orphan or not payment.order_id:
+    if not needs_order(payment):
         return payment, paid
     if payment.reference not in paid:
         paid = (*paid, payment.reference)

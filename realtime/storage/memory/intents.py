@@ -58,9 +58,5 @@ class MemoryIntents:
         nonce = self._holds.get(order_id)
         return (nonce, self._holds.remaining_of(order_id)) if nonce else None
 
-    def restore(self, intent: InitiationIntent, ttl_seconds: float) -> None:
-        """Hold `intent` as another backend has it (no order hold: that stays the other backend's)."""
-        self._intents.set(intent.nonce, intent, ttl_seconds)
-
     def intent_ttl(self, nonce: str) -> float:
         return self._intents.remaining_of(nonce)
