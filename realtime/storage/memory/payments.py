@@ -49,39 +49,36 @@ class MemoryPayments:
         latest, *paid = entry.split(" ")
         return latest, tuple(paid)
 
-    def _settled(self, payment: Payment) -> Payment:
-        """`payment` with its order's paid list settled (`payments.state.settle_order`); stored by `_store`."""
-        if not payment.order_id or payment.orphan:
-            return payment
-        _, paid = self._order(payment.order_id)
-        return settle_order(payment, paid)[0]
+    def _store(self, payment: Payment, *, claim_order: bool = False, as_given: bool = False) -> Payment:
+        """Store `payment` and keep its order's entry alive; returns what was stored.
 
-    def _store(self, payment: Payment, *, claim_order: bool = False) -> None:
-        """Store `payment` and keep its order's entry alive.
-
-        Only a new initiation (`claim_order`) points an order at a payment that
-        another payment holds; anything else (a transition, a write-back, a
-        mirror of Redis's copy) moves the pointer only if it is free, already
-        ours, or holds an older payment, so an order never points back at an
-        older payment. A SUCCESSFUL payment joins the paid list (a copy that
-        names who paid first puts that one first). Orphans are never indexed.
+        A SUCCESSFUL payment joins its order's paid list and is settled against it
+        (`payments.state.settle_order`: `duplicate_of` when another paid first),
+        unless it is another backend's copy kept `as_given` (a mirror of Redis's,
+        whose `duplicate_of`, if any, puts that payer first here too). Only a new
+        initiation (`claim_order`) points an order at a payment that another
+        payment holds; anything else (a transition, a write-back, a mirror) moves
+        the pointer only if it is free, already ours, or holds an older payment,
+        so an order never points back at an older payment. Orphans are never
+        indexed by order.
         """
+        order = payment.order_id
+        if order and not payment.orphan:
+            latest, paid = self._order(order)
+            if latest != payment.reference:
+                held = self._payments.get(latest) if latest else None
+                if claim_order or held is None or held.created_at < payment.created_at:
+                    latest = payment.reference
+            if payment.status is PaymentStatus.SUCCESSFUL:
+                if payment.duplicate_of and payment.duplicate_of not in paid:
+                    paid = (payment.duplicate_of, *paid)
+                settled, paid = settle_order(payment, paid)
+                payment = payment if as_given else settled
+            self._orders.set(order, " ".join((latest or payment.reference, *paid)), self._payment_ttl)
         self._payments.set(payment.reference, payment, self._payment_ttl)
         if payment.orphan and payment.external_reference:
             self._nonces.set(payment.external_reference, payment.reference, self._payment_ttl)
-        order = payment.order_id
-        if not order or payment.orphan:
-            return
-        latest, paid = self._order(order)
-        if latest != payment.reference:
-            held = self._payments.get(latest) if latest else None
-            if claim_order or held is None or held.created_at < payment.created_at:
-                latest = payment.reference
-        if payment.status is PaymentStatus.SUCCESSFUL:
-            if payment.duplicate_of and payment.duplicate_of not in paid:
-                paid = (payment.duplicate_of, *paid)
-            paid = settle_order(payment, paid)[1]
-        self._orders.set(order, " ".join((latest or payment.reference, *paid)), self._payment_ttl)
+        return payment
 
     def _log_event(self, event: PaymentEvent) -> None:
         log = self._events.get(event.reference)
@@ -99,8 +96,7 @@ class MemoryPayments:
         result = merge(stored, incoming, now)
         payment = result.payment
         if result.changed:
-            payment = self._settled(payment)
-            self._store(payment, claim_order=claim_order)
+            payment = self._store(payment, claim_order=claim_order)
             self._log_event(PaymentEvent.of(payment, with_ussd=claim_order))
             if outbox is not None:
                 self._outbox.enqueue(outbox(payment, stored))
@@ -137,8 +133,7 @@ class MemoryPayments:
     async def transition(self, update: StatusUpdate, now: datetime, outbox: OutboxFor | None = None) -> Transition:
         result = decide(self._payments.get(update.reference), update, now)
         if result.applied and result.payment is not None and result.event is not None:
-            result.payment = self._settled(result.payment)
-            self._store(result.payment)
+            result.payment = self._store(result.payment)
             self._log_event(result.event)
             if outbox is not None:
                 self._outbox.enqueue(outbox(result))
@@ -165,7 +160,7 @@ class MemoryPayments:
     # -- the fallback's side of a resilient storage --------------------------------------------
     def mirror(self, payment: Payment, append: Iterable[PaymentEvent] = ()) -> None:
         """Hold a copy of a payment as another backend has it, appending `append` to its log."""
-        self._store(payment)
+        self._store(payment, as_given=True)
         known = self._events.get(payment.reference) or {}
         for event in append:
             if event.seq not in known:
