@@ -4,8 +4,8 @@ it mirrors into memory while Redis answers, and how it writes back.
 The auth cache needs none (the default `RolePolicy`): it is local while
 degraded. Idempotency keys, initiation intents and leases taken while
 degraded are written back, so a key answered or an order held on one
-instance's memory is answered and held on Redis too once it returns (a key
-then never collects twice across instances). Two instances may each believe
+instance's memory is answered and held on Redis too once it returns (an
+instance that never saw a key cannot know it while cut off: docs/API.md). Two instances may each believe
 they hold a lease until Redis returns; their holders must be idempotent (the
 reconciler is: the state machine ignores duplicates), and an initiation is
 also held by its intent.
@@ -32,17 +32,45 @@ log = logging.getLogger("paytrack.storage")
 _PAYMENT_WRITES = ("create_payment", "merge_payment", "transition")
 
 
-class PaymentsPolicy(RolePolicy):
+class _Remembered(RolePolicy):
+    """What a role touched while degraded, by key, written back one key at a time by `_write_one`, which
+    says the payment (if any) the recovery listener should re-read and announce."""
+
+    def __init__(self) -> None:
+        self.dirty: set[str] = set()
+
+    def pending(self) -> bool:
+        return bool(self.dirty)
+
+    async def _write_one(self, key: str) -> str | None:
+        raise NotImplementedError
+
+    async def write_back(self) -> list[str]:
+        keys, self.dirty = self.dirty, set()
+        written: list[str] = []
+        try:
+            for key in sorted(keys):
+                reference = await self._write_one(key)
+                if reference is not None:
+                    written.append(reference)
+                keys.discard(key)
+        except BaseException:
+            self.dirty |= keys  # not written yet: remembered for the next try
+            raise
+        return written
+
+
+class PaymentsPolicy(_Remembered):
     """Payments this instance sees are mirrored into memory, so the fallback already knows the payments
     its checkout pages wait on; every payment changed while degraded is written back with
     `merge_payment`, an atomic merge that never moves Redis backwards."""
 
     def __init__(self, primary: Any, fallback: MemoryStorage, clock: Clock, outbox: StoredOutboxFor) -> None:
+        super().__init__()
         self._primary = primary
         self._memory = fallback.payments
         self._clock = clock
         self._outbox = outbox
-        self.dirty: set[str] = set()
         self.lost: set[str] = set()  # written back, but the local status lost the merge to Redis's
 
     async def after(self, call: Call, result: Any, on_primary: bool) -> Any:
@@ -66,33 +94,25 @@ class PaymentsPolicy(RolePolicy):
     def _stored_outbox(self, payment: Payment, replaced: Payment | None) -> list[OutboxEntry]:
         return self._outbox(payment, replaced, self._clock.now())
 
-    def pending(self) -> bool:
-        return bool(self.dirty)
-
     def waiting(self) -> Collection[str]:
         return self.dirty
 
     async def write_back(self) -> list[str]:
-        payments, self.dirty = self.dirty, set()
         self.lost = set()
-        written: list[str] = []
-        try:
-            for ref in sorted(payments):
-                local = await self._memory.get_payment(ref)
-                if local is not None:  # else it expired while we waited
-                    # What the merge tells the merchant that no queued entry does: an initiation this
-                    # instance stored while CamPay's word reached Redis first (an orphan there), or a
-                    # status this instance heard as an orphan of an initiation stored on Redis.
-                    stored = await self._primary.merge_payment(local, self._clock.now(), self._stored_outbox)
-                    self._memory.mirror(stored)
-                    written.append(ref)
-                    if stored.status is not local.status:
-                        self.lost.add(ref)
-                payments.discard(ref)
-        except BaseException:
-            self.dirty |= payments
-            raise
-        return written
+        return await super().write_back()
+
+    async def _write_one(self, ref: str) -> str | None:
+        local = await self._memory.get_payment(ref)
+        if local is None:  # it expired while we waited
+            return None
+        # What the merge tells the merchant that no queued entry does: an initiation this instance stored
+        # while CamPay's word reached Redis first (an orphan there), or a status this instance heard as an
+        # orphan of an initiation stored on Redis.
+        stored = await self._primary.merge_payment(local, self._clock.now(), self._stored_outbox)
+        self._memory.mirror(stored)
+        if stored.status is not local.status:
+            self.lost.add(ref)
+        return ref
 
 
 class OutboxPolicy(RolePolicy):
@@ -200,30 +220,6 @@ class ClientsPolicy(RolePolicy):
         return []
 
 
-class _Remembered(RolePolicy):
-    """What a role touched while degraded, by key, written back one key at a time by `_write_one`."""
-
-    def __init__(self) -> None:
-        self.dirty: set[str] = set()
-
-    def pending(self) -> bool:
-        return bool(self.dirty)
-
-    async def _write_one(self, key: str) -> None:
-        raise NotImplementedError
-
-    async def write_back(self) -> list[str]:
-        keys, self.dirty = self.dirty, set()
-        try:
-            for key in sorted(keys):
-                await self._write_one(key)
-                keys.discard(key)
-        except BaseException:
-            self.dirty |= keys
-            raise
-        return []
-
-
 class IdempotencyPolicy(_Remembered):
     """Keys are mirrored into memory while Redis answers (an outage then still knows them); keys touched
     while degraded are written back, a final answer beating an in-progress claim and Redis's own final
@@ -253,15 +249,16 @@ class IdempotencyPolicy(_Remembered):
             self._memory.forget(key)
         return result
 
-    async def _write_one(self, key: str) -> None:
+    async def _write_one(self, key: str) -> str | None:
         held = self._memory.record(key)
         if held is None:
-            return
+            return None
         outcome = await self._primary.restore_idempotency(key, *held)
         if outcome == "conflict":
             log.error(
                 "storage: an Idempotency-Key was answered differently on Redis and here while apart", extra={"key": key}
             )
+        return None
 
 
 class IntentsPolicy(_Remembered):
@@ -277,30 +274,22 @@ class IntentsPolicy(_Remembered):
         super().__init__()
         self._primary = primary
         self._memory = fallback.intents
-        self.to_link: list[str] = []
 
     async def after(self, call: Call, result: Any, on_primary: bool) -> Any:
         if not on_primary and call.name in self.routes:
             self.dirty.add(call.args["intent"].nonce if call.name == "put_intent" else call.args["nonce"])
         return result
 
-    async def _write_one(self, nonce: str) -> None:
+    async def _write_one(self, nonce: str) -> str | None:
         intent = await self._memory.get_intent(nonce)
         if intent is None:
             await self._primary.drop_intent(nonce)
-            return
+            return None
         hold = self._memory.held_order(intent.order_id)
         hold_seconds = hold[1] if hold is not None and hold[0] == nonce else 0.0
         await self._primary.restore_intent(intent, self._memory.intent_ttl(nonce), hold_seconds)
-        if intent.state == "pending":
-            orphan = await self._primary.payment_for_nonce(nonce)
-            if orphan is not None:
-                self.to_link.append(orphan.reference)
-
-    async def write_back(self) -> list[str]:
-        self.to_link = []
-        await super().write_back()
-        return self.to_link
+        orphan = await self._primary.payment_for_nonce(nonce) if intent.state == "pending" else None
+        return orphan.reference if orphan is not None else None
 
 
 class LocksPolicy(_Remembered):
@@ -317,9 +306,10 @@ class LocksPolicy(_Remembered):
             self.dirty.add(call.args["name"])
         return result
 
-    async def _write_one(self, name: str) -> None:
+    async def _write_one(self, name: str) -> str | None:
         for held, owner, seconds in self._memory.held():
             if held == name and not await self._primary.acquire_lease(name, owner, seconds):
                 log.warning(
                     "storage: a lease taken while Redis was away is held by another instance", extra={"lease": name}
                 )
+        return None
