@@ -103,6 +103,24 @@ async def _split(start_redis_instance: StartInstance, proxy: PartitionProxy, cam
     return a, b
 
 
+async def _cut_off(proxy: PartitionProxy, a: Instance) -> None:
+    """A loses Redis (the partition), and says so."""
+    proxy.cut()
+    await eventually(lambda: _is(a, "degraded"))
+
+
+async def _paid_on_b_then_healed(
+    proxy: PartitionProxy, campay: FakeCampay, http: aiohttp.ClientSession, a: Instance, b: Instance, reference: str
+) -> None:
+    """The shopper pays; CamPay's callback lands on B, which stores it as nobody's (the initiation is in A's
+    memory); then A gets Redis back and writes back."""
+    campay.set_status(reference, "SUCCESSFUL")
+    status, hook = await campay.send_webhook(http, b.url, reference)
+    assert status == 200 and hook["outcome"] == "created_orphan", hook
+    proxy.heal()
+    await eventually(lambda: _is(a, "healthy"), timeout=10)
+
+
 @pytest.mark.redis
 async def test_merchant_hears_the_success_of_a_payment_settled_on_redis_while_its_initiator_was_cut_off(
     start_redis_instance: StartInstance,
@@ -115,16 +133,11 @@ async def test_merchant_hears_the_success_of_a_payment_settled_on_redis_while_it
     When A writes back, the merge makes the orphan the order's payment and the merchant hears of its
     success (orphans send nothing, so nobody else would)."""
     a, b = await _split(start_redis_instance, proxy, campay, **merchant_settings(merchant))
-    proxy.cut()
-    await eventually(lambda: _is(a, "degraded"))
+    await _cut_off(proxy, a)
     status, created, _ = await a.api.initiate(order_id="o-split-paid", headers={"Idempotency-Key": "k-9"})
     assert status == 201
     reference = created["reference"]
-    campay.set_status(reference, "SUCCESSFUL")
-    status, hook = await campay.send_webhook(http, b.url, reference)
-    assert status == 200 and hook["outcome"] == "created_orphan", hook
-    proxy.heal()
-    await eventually(lambda: _is(a, "healthy"), timeout=10)
+    await _paid_on_b_then_healed(proxy, campay, http, a, b, reference)
     stored = await b.storage.get_payment(reference)
     assert stored.status.value == "SUCCESSFUL" and not stored.orphan and stored.order_id == "o-split-paid"
     await eventually(lambda: _outbox_empty(a))
@@ -141,8 +154,7 @@ async def test_a_page_that_only_saw_pending_gets_the_completion_after_a_write_ba
     last_seq 1: the outcome was final at seq 1 only in the orphan copy, which no page sees, so the page
     gets its payment-success and payment-completed."""
     a, b = await _split(start_redis_instance, proxy, campay)
-    proxy.cut()
-    await eventually(lambda: _is(a, "degraded"))
+    await _cut_off(proxy, a)
     status, created, _ = await a.api.initiate(order_id="o-split-page")
     assert status == 201
     reference = created["reference"]
@@ -152,11 +164,7 @@ async def test_a_page_that_only_saw_pending_gets_the_completion_after_a_write_ba
     last_seq = max(e.data["seq"] for e in page.named("payment-status"))
     assert all(e.data["status"] == "PENDING" for e in page.payment_events())
     await page.disconnect()  # the page reloads
-    campay.set_status(reference, "SUCCESSFUL")
-    status, hook = await campay.send_webhook(http, b.url, reference)
-    assert status == 200 and hook["outcome"] == "created_orphan", hook
-    proxy.heal()
-    await eventually(lambda: _is(a, "healthy"), timeout=10)
+    await _paid_on_b_then_healed(proxy, campay, http, a, b, reference)
     stored = await b.storage.get_payment(reference)
     assert stored.status.value == "SUCCESSFUL" and not stored.orphan
     again = await b.tracker()
@@ -195,18 +203,13 @@ async def test_a_collect_whose_answer_was_lost_while_cut_off_is_linked_once_redi
     CamPay's callback lands on B (an orphan on Redis, nothing to link it to). When A writes the intent
     back, the orphan naming its nonce is linked: the order has its payment and the key replays it."""
     a, b = await _split(start_redis_instance, proxy, campay, CAMPAY_TIMEOUT_SECONDS=0.3)
-    proxy.cut()
-    await eventually(lambda: _is(a, "degraded"))
+    await _cut_off(proxy, a)
     campay.hold_collects()
     status, body, _ = await a.api.initiate(order_id="o-split-lost", headers={"Idempotency-Key": "k-lost"})
     assert status == 502 and body["error"]["code"] == "provider_timeout", body
     campay.release_collects()
     (reference,) = campay.transactions
-    campay.set_status(reference, "SUCCESSFUL")
-    status, hook = await campay.send_webhook(http, b.url, reference)
-    assert status == 200 and hook["outcome"] == "created_orphan", hook
-    proxy.heal()
-    await eventually(lambda: _is(a, "healthy"), timeout=10)
+    await _paid_on_b_then_healed(proxy, campay, http, a, b, reference)
 
     async def answered() -> bool:
         status, body, _ = await b.api.initiate(order_id="o-split-lost", headers={"Idempotency-Key": "k-lost"})
@@ -331,8 +334,7 @@ async def test_a_page_told_the_outcome_on_a_cut_off_instance_is_not_told_again_a
     reference = created["reference"]
     first = await a.tracker()
     await first.track(reference)
-    proxy.cut()
-    await eventually(lambda: _is(a, "degraded"))
+    await _cut_off(proxy, a)
     await a.api.simulate(reference, "SUCCESSFUL")  # CamPay's word, heard by A alone
     await first.wait_for("payment-completed")
     last_seq = max(e.data["seq"] for e in first.named("payment-status"))

@@ -222,30 +222,47 @@ def plan_payments(s: Scenario, rng: random.Random) -> list[PaymentRun]:
         if rng.random() < s.forged_share:
             kind = rng.choice(FORGED_KINDS)
             hooks.append(WebhookPlan(rng.uniform(-0.5, 2.0), "", kind))
-        pages = 2 if rng.random() < s.second_page_share else 1
-        reconnects = [
-            rng.uniform(0.1 * T, 0.9 * T) if rng.random() < s.planned_reconnect_share else None for _ in range(pages)
-        ]
-        user = f"user-{i % s.users:02d}"
         runs.append(
-            PaymentRun(
-                index=i,
-                user=user,
-                token=user_token(user, ttl=3600),
-                order_id=f"order-{i:05d}-{uuid.uuid4().hex[:6]}",
-                phone=f"2376{rng.choice('5789')}{rng.randrange(10**7):07d}",
-                amount=rng.randrange(100, 50_000),
+            _shopper(
+                s,
+                rng,
+                i,
+                "order",
+                reconnect_from=0.1,
                 init_at=init_at,
                 truth=truth,
                 truth_at=truth_at,
                 delivery=delivery,
                 webhooks=hooks,
-                pages=pages,
-                reconnects=reconnects,
-                idempotency_key=f"checkout-{uuid.uuid4().hex}",
             )
         )
     return runs
+
+
+def _shopper(s: Scenario, rng: random.Random, i: int, kind: str, *, reconnect_from: float, **plan: Any) -> PaymentRun:
+    """Shopper `i`'s payment of `plan`: who pays (one of `s.users`), for which order (`kind-<i>-<random>`),
+    from which phone, how much, with which Idempotency-Key, and how many pages track it (one or two, each
+    maybe reconnecting once between `reconnect_from` T and 0.9 T). Draws from `rng` in a fixed order, so a
+    seed plans the same run."""
+    T = s.duration
+    pages = 2 if rng.random() < s.second_page_share else 1
+    reconnects = [
+        rng.uniform(reconnect_from * T, 0.9 * T) if rng.random() < s.planned_reconnect_share else None
+        for _ in range(pages)
+    ]
+    user = f"user-{i % s.users:02d}"
+    return PaymentRun(
+        index=i,
+        user=user,
+        token=user_token(user, ttl=3600),
+        order_id=f"{kind}-{i:05d}-{uuid.uuid4().hex[:6]}",
+        phone=f"2376{rng.choice('5789')}{rng.randrange(10**7):07d}",
+        amount=rng.randrange(100, 50_000),
+        pages=pages,
+        reconnects=reconnects,
+        idempotency_key=f"checkout-{uuid.uuid4().hex}",
+        **plan,
+    )
 
 
 def plan_crashes(s: Scenario, rng: random.Random) -> list[PaymentRun]:
@@ -271,27 +288,18 @@ def plan_crashes(s: Scenario, rng: random.Random) -> list[PaymentRun]:
         if rng.random() < s.twice_share:
             delivery = "twice"
             hooks.append(WebhookPlan(hooks[0].offset + rng.uniform(0.3, 2.0), truth, "duplicate"))
-        pages = 2 if rng.random() < s.second_page_share else 1
-        reconnects = [
-            rng.uniform(0.4 * T, 0.9 * T) if rng.random() < s.planned_reconnect_share else None for _ in range(pages)
-        ]
-        user = f"user-{i % s.users:02d}"
         runs.append(
-            PaymentRun(
-                index=i,
-                user=user,
-                token=user_token(user, ttl=3600),
-                order_id=f"crash-{i:05d}-{uuid.uuid4().hex[:6]}",
-                phone=f"2376{rng.choice('5789')}{rng.randrange(10**7):07d}",
-                amount=rng.randrange(100, 50_000),
+            _shopper(
+                s,
+                rng,
+                i,
+                "crash",
+                reconnect_from=0.4,
                 init_at=0.3 * T,
                 truth=truth,
                 truth_at=0.0,  # set from the kill: confirm_after
                 delivery=delivery,
                 webhooks=hooks,
-                pages=pages,
-                reconnects=reconnects,
-                idempotency_key=f"checkout-{uuid.uuid4().hex}",
                 crash=True,
                 confirm_after=confirm_after,
             )
