@@ -21,6 +21,7 @@ import uuid
 import warnings
 from collections import Counter, defaultdict
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -65,17 +66,30 @@ def unsigned_token(claims: dict[str, Any]) -> str:
     return f"{b64({'alg': 'none', 'typ': 'JWT'})}.{b64(claims)}."
 
 
+@dataclass(frozen=True)
+class Lookup:
+    """One status call: whose token asked, about what, and when (time.monotonic()) it started and ended."""
+
+    token: str
+    reference: str
+    started: float
+    ended: float
+
+
 class FakeCampay:
     def __init__(self, *, token_expires_in: int = 3600) -> None:
         self.token_expires_in = token_expires_in
         self.transactions: dict[str, dict[str, Any]] = {}
         self.calls: Counter[str] = Counter()
         self.transaction_tokens: list[str] = []  # the token behind each status call (which caller asked)
+        self.transaction_delay = 0.0  # seconds each status call takes to answer (a slow CamPay)
+        self.lookups: list[Lookup] = []  # every status call answered, with when it started and ended
         self.valid_tokens: set[str] = set()
         # endpoint name -> queue of HTTP statuses to answer with before behaving normally
         self.fail_next: dict[str, list[int]] = defaultdict(list)
         # endpoint names answering 503 for as long as they are in this set (an outage of some length)
         self.unavailable: set[str] = set()
+        self.failing_references: set[str] = set()  # status calls about these answer 500 (CamPay's bug, not an outage)
         self.collect_error: str | None = None
         # when set, collect records the call and then waits for this event (to force client timeouts);
         # nothing is created until it is set
@@ -311,12 +325,24 @@ class FakeCampay:
         return web.json_response({"reference": reference, "ussd_code": ussd, "operator": operator})
 
     async def _transaction(self, request: web.Request) -> web.Response:
+        started = time.monotonic()
+        try:
+            return await self._answer_transaction(request)
+        finally:
+            token = request.headers.get("Authorization", "").removeprefix("Token ")
+            self.lookups.append(Lookup(token, request.match_info["reference"], started, time.monotonic()))
+
+    async def _answer_transaction(self, request: web.Request) -> web.Response:
         self.calls["transaction"] += 1
         self.transaction_tokens.append(request.headers.get("Authorization", ""))
+        if self.transaction_delay:
+            await asyncio.sleep(self.transaction_delay)
         if not self._authorized(request):
             return web.json_response({"detail": "Invalid token."}, status=401)
         if (failure := self._injected_failure("transaction")) is not None:
             return failure
+        if request.match_info["reference"] in self.failing_references:
+            return web.json_response({"message": "internal error"}, status=500)
         tx = self.transactions.get(request.match_info["reference"])
         if tx is None:
             return web.json_response({"message": "Transaction not found"}, status=404)

@@ -50,6 +50,7 @@ class MerchantReceiver:
     responses: list[int] = field(default_factory=list)
     always_fail: bool = False
     gate: asyncio.Event | None = None  # when set, each request waits for it (a slow merchant)
+    delay: float = 0.0  # seconds each request takes to answer (a slow merchant)
     attempts: list[Delivery] = field(default_factory=list)
     accepted: list[Delivery] = field(default_factory=list)
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -72,6 +73,8 @@ class MerchantReceiver:
         self._changed.set()
         if self.gate is not None:
             await self.gate.wait()
+        if self.delay:
+            await asyncio.sleep(self.delay)
         status = 500 if self.always_fail else (self.responses.pop(0) if self.responses else 200)
         if 200 <= status < 300:
             self.accepted.append(delivery)

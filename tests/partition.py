@@ -19,6 +19,10 @@ class PartitionProxy:
         self._open: set[asyncio.StreamWriter] = set()
         self.cut_off = False
         self.port = 0
+        self._flowing = asyncio.Event()  # cleared while stalled: bytes wait, connections stay open
+        self._flowing.set()
+        self._stall_on: bytes | None = None
+        self.stalled = asyncio.Event()  # set once a `stall_on` pattern was met
 
     @property
     def url(self) -> str:
@@ -39,14 +43,21 @@ class PartitionProxy:
             return
         self._open |= {client_writer, upstream_writer}
 
-        async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, to_redis: bool) -> None:
             with contextlib.suppress(Exception):
                 while data := await reader.read(65536):
+                    if to_redis and self._stall_on is not None and self._stall_on in data:
+                        self._stall_on = None
+                        self._flowing.clear()
+                        self.stalled.set()
+                    await self._flowing.wait()
                     writer.write(data)
                     await writer.drain()
             writer.close()
 
-        await asyncio.gather(pipe(client_reader, upstream_writer), pipe(upstream_reader, client_writer))
+        await asyncio.gather(
+            pipe(client_reader, upstream_writer, to_redis=True), pipe(upstream_reader, client_writer, to_redis=False)
+        )
         self._open -= {client_writer, upstream_writer}
 
     def cut(self) -> None:
@@ -58,7 +69,17 @@ class PartitionProxy:
     def heal(self) -> None:
         self.cut_off = False
 
+    def stall_on(self, pattern: bytes) -> None:
+        """Once a command containing `pattern` is sent, hold every byte both ways (that command's
+        included) until `resume`: a client stalled mid-work, slower than its leases, whose calls are not
+        lost but late (shorter than its Redis timeout, so it never sees an error)."""
+        self._stall_on = pattern
+
+    def resume(self) -> None:
+        self._flowing.set()
+
     async def close(self) -> None:
+        self.resume()
         self.cut()
         if self._server is not None:
             self._server.close()
