@@ -4,6 +4,8 @@
 - `PeriodicWorker`: one pass every `interval` seconds, or at once when woken
   (the reconciler, merchant delivery, the instance heartbeat, the socket
   resync); a pass that raises is logged and the next one runs anyway.
+- `renewing`: a lease kept alive while a piece of work runs (the reconciler's sweep,
+  an initiation's leases, the merchant outbox's claims).
 - `OwnedTasks`: one-off tasks kept referenced, logged on failure, cancelled on close.
 - `CleanupContext`, `opened`, `running` and `closing`: resource lifetimes for aiohttp's
   `app.cleanup_ctx`, so `create_app` lists components and start/stop order
@@ -15,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from typing import Any, Protocol
 
 from aiohttp import web
@@ -102,6 +104,51 @@ class PeriodicWorker:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self._interval):
                 await self._wake.wait()
+
+
+class Renewal:
+    """A lease being kept alive by `renewing`. `held` turns False for good once a renewal says the lease is
+    not ours any more (it lapsed and was taken, or storage switched): a lease that ended stays ended. A
+    renewal that fails with an error changes nothing: the lease may still be ours until it runs out, and
+    the next renewal asks again."""
+
+    def __init__(self) -> None:
+        self.held = True
+
+
+@contextlib.asynccontextmanager
+async def renewing(
+    renew: Callable[[], Awaitable[bool]],
+    *,
+    every: float,
+    log: logging.Logger,
+    what: str,
+    context: Mapping[str, Any] | None = None,
+) -> AsyncIterator[Renewal]:
+    """Call `renew` every `every` seconds while the body runs (a third of the lease is the usual pace: two
+    renewals can fail before it lapses), so a holder that is alive keeps its lease however long its work
+    takes, and one that dies loses it after one lease. Yields the `Renewal`; the work checks `held`
+    before each step it must not take without the lease."""
+    renewal = Renewal()
+    extra = dict(context or {})
+
+    async def loop() -> None:
+        while renewal.held:
+            await asyncio.sleep(every)
+            try:
+                kept = await renew()
+            except Exception as exc:
+                log.warning("%s not renewed", what, extra={**extra, "error": repr(exc)})
+                continue
+            if not kept:
+                renewal.held = False
+                log.warning("%s lost: no longer held here", what, extra=extra)
+
+    task = asyncio.create_task(loop(), name=f"renew {what}")
+    try:
+        yield renewal
+    finally:
+        await cancel_and_wait(task)
 
 
 class OwnedTasks:

@@ -35,6 +35,12 @@ class ExpiringMap(Generic[V]):
         self.set(key, value, ttl)
         return True
 
+    def replace(self, key: str, value: V) -> None:
+        """Change a live entry's value, keeping its expiry (Redis's SET ... KEEPTTL); nothing if gone."""
+        item = self._data.get(key)
+        if item is not None and item[1] > self._clock.monotonic():
+            self._data[key] = (value, item[1])
+
     def touch(self, key: str, ttl: float) -> None:
         value = self.get(key)
         if value is not None:
