@@ -137,7 +137,13 @@ def create_app(
         metrics=metrics,
     )
     reconciler = Reconciler(
-        service, storage, provider, clock, _reconcile_policy(settings), instance_id=settings.INSTANCE_ID
+        service,
+        storage,
+        provider,
+        clock,
+        _reconcile_policy(settings),
+        instance_id=settings.INSTANCE_ID,
+        metrics=metrics,
     )
     authenticator = create_authenticator(settings, storage, clock)
     limiter = _create_limiter(settings)

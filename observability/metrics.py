@@ -105,6 +105,16 @@ class Metrics:
             buckets=_GC_BUCKETS,
             registry=r,
         )
+        self.payments_abandoned = Counter(
+            "paytrack_payments_abandoned",
+            "Payments still PENDING when they left the reconcile window: nobody asks CamPay about them again",
+            registry=r,
+        )
+        self.provider_circuit_open = Gauge(
+            "paytrack_provider_circuit_open",
+            "1 while the reconciler spares a failing provider (one probe per interval from all instances)",
+            registry=r,
+        )
         self.oldest_pending_age = Gauge(
             "paytrack_oldest_pending_payment_age_seconds",
             "Age of the oldest payment still PENDING (0 when none), shared by every instance on one Redis",
@@ -179,8 +189,9 @@ class Metrics:
 async def _oldest_pending_age(storage: StorageProbe, now: datetime) -> float:
     """Seconds since the oldest PENDING payment was created (the pending index is ordered by creation).
 
-    A payment still PENDING past RECONCILE_MAX_AGE_SECONDS is one the reconciler gave up on:
-    deploy/prometheus/alerts.yml alerts on it.
+    The reconciler takes a payment still PENDING past RECONCILE_MAX_AGE_SECONDS out of the index and
+    counts it (`paytrack_payments_abandoned_total`, which deploy/prometheus/alerts.yml alerts on), so
+    this stays within the reconcile window and its interval.
     """
     oldest = await storage.pending_page(0, now.timestamp(), 1)
     return max(0.0, now.timestamp() - oldest[0][1]) if oldest else 0.0

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Literal
 
+from core.background import renewing
 from core.clock import Clock
 from core.errors import ApiError, Busy, Conflict, ProviderError, UnprocessableRequest
 from payments.model import InitiationIntent, Payment, PaymentStatus
@@ -159,10 +160,11 @@ class Initiator:
             replay = await self._outcome_of(existing)
             if replay is not None:
                 return replay
-            # Its holder is gone and wrote no intent: nothing reached the provider. Carry on in its place.
-            if not await self._storage.take_over_idempotency(claim.scope, existing, owner, times.lease_seconds):
+            # Its holder is gone and wrote no intent: nothing reached the provider. Carry on in its place,
+            # under a nonce of our own: a holder that was only slow then cannot pass for us in a late step.
+            taken = existing.model_copy(update={"nonce": nonce})
+            if not await self._storage.take_over_idempotency(claim.scope, existing, taken, owner, times.lease_seconds):
                 raise _in_progress()
-            nonce = existing.nonce or nonce
         return await self._run(request, owner_id, owner, nonce, claim)
 
     async def _outcome_of(self, existing: IdempotencyRecord) -> InitiateResult | None:
@@ -297,27 +299,19 @@ class Initiator:
                 retry_after=1,
             )
 
-        async def renew() -> None:
-            while True:
-                await asyncio.sleep(seconds / 3)
-                renewals: list[Awaitable[bool]] = [storage.renew_lease(name, owner, seconds)]
-                if claim is not None:
-                    renewals.append(storage.renew_idempotency(claim.scope, owner, seconds))
-                try:
-                    kept = await asyncio.gather(*renewals)
-                except Exception as exc:  # storage trouble: the intent still holds the order
-                    log.warning("initiation lease not renewed", extra={"order_id": order_id, "error": repr(exc)})
-                    continue
-                if not all(kept):  # storage switched, or the lease lapsed: the intent still holds the order
-                    log.warning("initiation lease not renewed: not held here", extra={"order_id": order_id})
+        async def renew() -> bool:
+            renewals: list[Awaitable[bool]] = [storage.renew_lease(name, owner, seconds)]
+            if claim is not None:
+                renewals.append(storage.renew_idempotency(claim.scope, owner, seconds))
+            # Not held (storage switched, or the lease lapsed): the intent still holds the order.
+            return all(await asyncio.gather(*renewals))
 
-        keeper = asyncio.create_task(renew(), name=f"initiation-lease-{order_id}")
         try:
-            yield
+            async with renewing(
+                renew, every=seconds / 3, log=log, what="initiation lease", context={"order_id": order_id}
+            ):
+                yield
         finally:
-            keeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await keeper
             with contextlib.suppress(Exception):
                 await storage.release_lease(name, owner)
 
@@ -347,7 +341,9 @@ class Initiator:
                     record = IdempotencyRecord(
                         fingerprint=claim.fingerprint, state="done", status_code=exc.status, body=exc.body()
                     )
-                    await storage.complete_idempotency(claim.scope, record, self._times.idempotency_ttl_seconds)
+                    # Fenced by the nonce: if the key was taken over meanwhile, the taker's answer stands.
+                    ttl = self._times.idempotency_ttl_seconds
+                    await storage.complete_idempotency(claim.scope, record, ttl, nonce=nonce)
                     return
             # Before the collect, nothing happened: forget the claim. After it, the intent answers for it.
             await storage.release_idempotency(claim.scope, owner, forget=stage == "before")

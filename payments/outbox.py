@@ -41,7 +41,8 @@ class OutboxEntry(BaseModel):
     next_attempt_at: float
     last_error: str | None = None
     state: Literal["pending", "dead"] = "pending"
-    claimed_until: float = 0.0
+    claimed_until: float = 0.0  # while claimed: unix seconds its claim lasts until (renewed while sending)
+    claimed_by: str | None = None  # while claimed: the claim's owner (one claim of one worker)
     dead_at: float | None = None  # unix seconds; dead letters expire MERCHANT_DEAD_LETTER_TTL_SECONDS after it
 
     @property

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, NamedTuple, Protocol
 
 from pydantic import BaseModel
 
@@ -104,6 +104,19 @@ class PaymentStore(Protocol):
         """Up to `limit` PENDING references created in [start, end] (unix seconds) with their
         creation time, oldest first (ties by reference), so a caller can page with a cursor."""
 
+    async def drop_stale_pending(self, before: float, limit: int) -> StalePending:
+        """Take up to `limit` members created before `before` (oldest first) out of the PENDING index, so
+        it cannot outgrow the reconcile window: `abandoned` are those whose record is still PENDING (no
+        reconciler will ask about them again; the record itself stays until it expires), `expired`
+        counts those whose record is gone."""
+
+
+class StalePending(NamedTuple):
+    """What one `drop_stale_pending` step took out of the PENDING index."""
+
+    abandoned: list[str]
+    expired: int
+
 
 class IdempotencyStore(Protocol):
     """The first response to each `Idempotency-Key`, per caller, and the lease of the request running it.
@@ -119,9 +132,12 @@ class IdempotencyStore(Protocol):
         else say what is stored and whether its lease is held."""
 
     async def take_over_idempotency(
-        self, key: str, expected: IdempotencyRecord, owner: str, lease_seconds: float
+        self, key: str, expected: IdempotencyRecord, replacement: IdempotencyRecord, owner: str, lease_seconds: float
     ) -> bool:
-        """Lease `key` to `owner` if `expected` is still its record and nobody holds its lease."""
+        """Lease `key` to `owner` and store `replacement` as its record (its TTL kept), if `expected` is still
+        its record and nobody holds its lease. The replacement names the taker's own nonce: a holder that
+        was only slow then finds none of its late steps matching (its intent cannot pass the order's hold,
+        its answer cannot complete the key), so it cannot undo the taker's work."""
 
     async def renew_idempotency(self, key: str, owner: str, lease_seconds: float) -> bool:
         """Extend `owner`'s lease; False (and nothing changed) if it is no longer `owner`'s: ended by
@@ -176,25 +192,48 @@ class LockService(Protocol):
     async def release_lease(self, name: str, owner: str) -> None:
         """Give the lease up, only if `owner` holds it."""
 
+    async def lease_holder(self, name: str) -> str | None:
+        """Who holds lease `name` now, if anyone (the reconciler reads whether the provider's circuit is
+        open this way)."""
+
 
 class OutboxStore(Protocol):
-    """The merchant outbox: entries queued with the change that produced them, claimed with a lease."""
+    """The merchant outbox: entries queued with the change that produced them, claimed with a fenced lease.
 
-    async def outbox_claim(self, now: float, limit: int, lease_seconds: float) -> list[OutboxEntry]:
-        """Pending entries due at `now` and not claimed by anyone, now claimed for `lease_seconds`.
+    A claim names its owner. Only the owner renews it, and only the owner's reschedule or kill takes
+    effect (checked in the same atomic step as the write), so a worker whose lease ran out while a slow
+    merchant answered cannot make an entry another worker is sending due again, or dead. A delivered
+    entry leaves a tombstone for the backend's payment TTL: the same message produced again (a
+    write-back of its payment, another instance's copy of the change) is never queued again.
+    """
+
+    async def outbox_claim(self, now: float, limit: int, lease_seconds: float, owner: str) -> list[OutboxEntry]:
+        """Pending entries due at `now` and not claimed by anyone, now claimed by `owner` for `lease_seconds`
+        (`claimed_by`, `claimed_until` set on what is returned).
 
         Safe with several workers: an entry is handed to one claimer at a time;
         a claimer that dies loses the claim when the lease runs out.
         """
 
+    async def outbox_renew(self, entry_id: str, owner: str, until: float) -> bool:
+        """Extend `owner`'s claim on a pending entry to `until`; False (nothing changed) if the claim is not
+        `owner`'s: another worker claimed it after the lease ran out, a replay started it afresh, it was
+        settled, or the claim was made on a storage this call no longer reaches."""
+
     async def outbox_delivered(self, entry_id: str) -> None:
-        """Remove a delivered entry."""
+        """Remove a delivered entry and leave its tombstone, whoever holds the claim: a delivery is a fact
+        (the merchant has the message), and any other sender's later reschedule then finds nothing."""
 
-    async def outbox_reschedule(self, entry_id: str, attempts: int, next_attempt_at: float, error: str) -> None: ...
+    async def outbox_reschedule(
+        self, entry_id: str, owner: str, attempts: int, next_attempt_at: float, error: str
+    ) -> bool:
+        """`owner`'s attempt failed: due again at `next_attempt_at`, claim ended. False (nothing changed)
+        unless `owner` holds the claim."""
 
-    async def outbox_kill(self, entry_id: str, attempts: int, error: str) -> int:
-        """Move an entry to the dead-letter list; returns how many of the oldest dead letters were
-        dropped to keep the list within its cap.
+    async def outbox_kill(self, entry_id: str, owner: str, attempts: int, error: str) -> int | None:
+        """`owner`'s last attempt failed: move the entry to the dead-letter list; returns how many of the
+        oldest dead letters were dropped to keep the list within its cap, or None (nothing changed)
+        unless `owner` holds the claim.
 
         Dead letters are kept for the backend's dead-letter TTL (then `outbox_list`, `outbox_claim`
         and the next kill drop them) and at most its dead-letter cap of them.
@@ -204,7 +243,8 @@ class OutboxStore(Protocol):
         """Pending and dead entries, oldest first."""
 
     async def outbox_replay(self, entry_id: str, now: float) -> OutboxEntry | None:
-        """Make a dead (or pending) entry due now with a fresh attempt count; None if unknown."""
+        """Make a dead (or pending) entry due now with a fresh attempt count, ending any claim on it (an
+        operator's explicit restart: the one edit that lowers attempts); None if unknown."""
 
 
 class TrackerCount(Protocol):

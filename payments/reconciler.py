@@ -4,26 +4,44 @@ Webhooks get lost: CamPay's call fails, our instance is restarting, the
 provider could not be reached to confirm one. Every `interval` seconds the
 reconciler asks the provider about each payment still PENDING that is older
 than `after` and younger than `max_age`, plus any reference a webhook asked it
-to re-check, and feeds the answer through the one update path. With several
-instances it runs on one at a time, holding a lease in shared storage.
+to re-check, and feeds the answer through the one update path.
+
+- **One sweep at a time, across instances.** The sweep over due payments runs
+  on the holder of a lease in shared storage, renewed every interval while
+  the sweep runs (`core.background.renewing`), so a long pass against a slow
+  provider keeps it, and a holder that dies loses it after one lease. A
+  sweep stops at the next batch once its lease is lost; on one instance a
+  lock keeps a second pass (a direct `run_once`) from running beside it.
+- **Wake-ups are coalesced.** `request_check` wakes the worker, and a woken
+  pass checks only what was requested: the sweep, and the retries of checks
+  that failed, run at most once per interval.
+- **The provider is spared during its outages** (`payments.circuit`): after
+  repeated failures, one probe per interval from the whole cluster.
+- **The index cannot leak.** Each leader pass takes one bounded step of
+  members past the window out of the PENDING index; a payment still PENDING
+  there is logged and counted (`paytrack_payments_abandoned_total`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
-from collections.abc import AsyncIterator
+import secrets
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 
 from aiohttp import web
 
-from core.background import PeriodicWorker
+from core.background import PeriodicWorker, Renewal, renewing
 from core.clock import Clock
-from core.errors import ApiError, NotFound
+from core.errors import ApiError, NotFound, ProviderError
+from observability.metrics import Metrics
+from payments.circuit import ProviderCircuit
 from payments.model import Transition, UpdateSource
 from payments.ports import ReconcilerStorage
-from payments.provider import PaymentProvider
+from payments.provider import PaymentProvider, ProviderTransaction
 from payments.service import PaymentService
 
 log = logging.getLogger("paytrack.reconciler")
@@ -31,6 +49,8 @@ log = logging.getLogger("paytrack.reconciler")
 LEASE_NAME = "reconciler"
 PAGE_SIZE = 200  # due references read from storage at a time
 CONCURRENCY = 8  # provider checks in flight at once
+STALE_STEP = 500  # members past the window taken out of the PENDING index per pass
+CIRCUIT_FAILURES = 5  # provider failures in a row (on one instance, about as many references) that open the circuit
 _RETRY = object()  # a check that failed for now (provider unreachable, busy)
 
 
@@ -39,6 +59,11 @@ class ReconcilePolicy:
     after_seconds: float
     interval_seconds: float
     max_age_seconds: float
+
+    @property
+    def lease_seconds(self) -> float:
+        """The sweep's lease: three intervals, renewed every interval while a sweep runs."""
+        return self.interval_seconds * 3
 
 
 class Reconciler:
@@ -51,14 +76,31 @@ class Reconciler:
         policy: ReconcilePolicy,
         *,
         instance_id: str,
+        metrics: Metrics | None = None,
     ) -> None:
         self._service = service
         self._storage = storage
         self._provider = provider
         self._clock = clock
         self._policy = policy
-        self._instance_id = instance_id
-        self._requested: set[str] = set()
+        self._metrics = metrics or Metrics()
+        # One owner per reconciler, fresh each start: a restarted instance never mistakes its predecessor's
+        # lease for its own.
+        self._owner = f"{instance_id}:{secrets.token_hex(4)}"
+        self._requested: set[str] = set()  # asked for by webhooks: checked on the next pass, woken or not
+        # Requested checks that failed or were not reached (circuit open, lease lost, an error): asked again
+        # on each full pass, in this order (a failed one moves to the end), with when each was first kept.
+        self._retrying: dict[str, float] = {}
+        self._probe_turn = 0  # which candidate the next probe asks about, in turn
+        self._next_full_pass = 0.0  # clock.monotonic() from which a pass may sweep and retry again
+        self._one_pass = asyncio.Lock()
+        self._circuit = ProviderCircuit(
+            storage,
+            failures=CIRCUIT_FAILURES,
+            probe_interval=policy.interval_seconds,
+            open_seconds=max(600.0, 20 * policy.interval_seconds),
+            metrics=self._metrics,
+        )
         self._worker = PeriodicWorker(
             "reconciler", self._pass, interval=policy.interval_seconds, log=log, failed="reconciler pass failed"
         )
@@ -70,27 +112,91 @@ class Reconciler:
 
     async def refresh(self, reference: str) -> Transition:
         """Ask the provider now and apply its answer (used by `?refresh=true`)."""
-        tx = await self._provider.get_transaction(reference)
+        return await self._apply(reference, await self._provider.get_transaction(reference))
+
+    async def _apply(self, reference: str, tx: ProviderTransaction) -> Transition:
         update = tx.to_update(UpdateSource.PROVIDER_POLL)
         # The answer is about the reference asked, whatever reference its body names.
         return await self._service.apply_update(update.model_copy(update={"reference": reference}))
 
-    async def run_once(self, *, include_due: bool = True) -> list[Transition]:
-        """One pass: requested references, plus (when holding the lease) every due one.
+    async def run_once(self, *, include_due: bool = True, lease: Renewal | None = None) -> list[Transition]:
+        """One pass: requested references (and, on a full pass, the retries), plus, with `include_due`,
+        every due one.
 
         Due payments are read from storage in pages of creation time, oldest
         first, with a cursor, so every PENDING payment inside the window is
         asked about on every pass however many abandoned ones lie around it.
+        The pass stops at the next batch once `lease` (the sweep's) is lost,
+        or once the provider's circuit is open (then it makes this interval's
+        probe, if the probe is its to make). A requested reference not checked,
+        whatever stopped the pass (an error included), is kept for a later one.
         """
-        requested, self._requested = self._requested, set()
-        results: list[Transition] = []
-        await self._check_all(sorted(requested), results, keep_asking=True)
-        if include_due:
+        async with self._one_pass:
+            full = include_due or self._clock.monotonic() >= self._next_full_pass
+            if full:
+                self._next_full_pass = self._clock.monotonic() + self._policy.interval_seconds
+                self._forget_old_retries()
+            todo = dict.fromkeys(self._requested)
+            self._requested = set()
+            if full:
+                todo.update(dict.fromkeys(self._retrying))
+            results: list[Transition] = []
             now = self._clock.now().timestamp()
-            async for page in self._due_pages(now - self._policy.max_age_seconds, now - self._policy.after_seconds):
-                await self._check_all([ref for ref in page if ref not in requested], results, keep_asking=False)
-        log.debug("reconcile pass", extra={"checked": len(results), "applied": sum(t.applied for t in results)})
-        return results
+            start, end = now - self._policy.max_age_seconds, now - self._policy.after_seconds
+            try:
+                await self._circuit.refresh()
+                if self._circuit.open and not await self._probe(todo, results, (start, end) if include_due else None):
+                    return results
+                if await self._check_all(todo, results, lease=lease) and include_due:
+                    await self._drop_stale(start)
+                    async for page in self._due_pages(start, end):
+                        if not await self._check_all(dict.fromkeys(page), results, lease=lease, requested=False):
+                            break
+            finally:
+                self._keep_for_later(todo)
+            log.debug("reconcile pass", extra={"checked": len(results), "applied": sum(t.applied for t in results)})
+            return results
+
+    def _keep_for_later(self, references: Iterable[str]) -> None:
+        """Requested references not checked (or failed): asked again on the next full pass, in turn."""
+        now = self._clock.monotonic()
+        for reference in references:
+            self._retrying[reference] = self._retrying.pop(reference, now)  # to the end, keeping its age
+
+    def _forget_old_retries(self) -> None:
+        """A requested reference the provider has not answered about for a whole reconcile window is not
+        asked about again (a PENDING payment among them is still swept, and counted when abandoned)."""
+        cutoff = self._clock.monotonic() - self._policy.max_age_seconds
+        for reference in [ref for ref, since in self._retrying.items() if since < cutoff]:
+            del self._retrying[reference]
+            log.warning(
+                "provider never answered about a requested reference; not asking again", extra={"reference": reference}
+            )
+
+    async def _probe(
+        self, todo: dict[str, None], results: list[Transition], window: tuple[float, float] | None
+    ) -> bool:
+        """While the circuit is open: this interval's one probe, if it is ours, about the next candidate in
+        turn (requested references, then the oldest due ones), so no one reference the provider keeps
+        failing on holds the circuit open. True once the circuit is closed."""
+        candidates = list(todo)
+        if window is not None:
+            candidates += [ref for ref, _ in await self._storage.pending_page(*window, CONCURRENCY) if ref not in todo]
+        if not candidates or not await self._circuit.take_probe():
+            return False
+        reference = candidates[self._probe_turn % len(candidates)]
+        self._probe_turn += 1
+        outcome = await self._check(reference)
+        self._settle(reference, outcome, results, requested=todo.pop(reference, 0) is None)
+        return not self._circuit.open
+
+    async def _drop_stale(self, before: float) -> None:
+        """One bounded step of members past the window out of the PENDING index, said out loud."""
+        stale = await self._storage.drop_stale_pending(before, STALE_STEP)
+        for reference in stale.abandoned:
+            log.warning("payment abandoned by the reconciler", extra={"reference": reference})
+        if stale.abandoned:
+            self._metrics.payments_abandoned.inc(len(stale.abandoned))
 
     async def _due_pages(self, start: float, end: float) -> AsyncIterator[list[str]]:
         """PENDING references created in [start, end], a page at a time; the cursor is (score, refs seen at it)."""
@@ -109,33 +215,67 @@ class Reconciler:
             )
             cursor = last
 
-    async def _check_all(self, references: list[str], results: list[Transition], *, keep_asking: bool) -> None:
-        for start in range(0, len(references), CONCURRENCY):
-            batch = references[start : start + CONCURRENCY]
+    async def _check_all(
+        self, references: dict[str, None], results: list[Transition], *, lease: Renewal | None, requested: bool = True
+    ) -> bool:
+        """Check `references` in batches, taking each out of `references` once checked; False when the pass
+        must stop (lease lost, or the circuit opened). A requested reference that failed for now is asked
+        again on the next full pass, until it answers."""
+        while references:
+            if (lease is not None and not lease.held) or self._circuit.open:
+                return False
+            batch = list(itertools.islice(references, CONCURRENCY))
             outcomes = await asyncio.gather(*(self._check(ref) for ref in batch))
-            for reference, outcome in zip(batch, outcomes, strict=False):
-                if isinstance(outcome, Transition):
-                    results.append(outcome)
-                elif outcome is _RETRY and keep_asking:
-                    self._requested.add(reference)  # keep trying until the provider answers
+            for reference, outcome in zip(batch, outcomes, strict=True):
+                del references[reference]
+                self._settle(reference, outcome, results, requested=requested)
+        return True
+
+    def _settle(
+        self, reference: str, outcome: Transition | object, results: list[Transition], *, requested: bool
+    ) -> None:
+        if isinstance(outcome, Transition):
+            results.append(outcome)
+        if requested and outcome is _RETRY:
+            self._keep_for_later([reference])
+        elif requested:
+            self._retrying.pop(reference, None)
 
     async def _check(self, reference: str) -> Transition | object:
         try:
-            return await self.refresh(reference)
+            tx = await self._provider.get_transaction(reference)
         except NotFound:
+            await self._circuit.succeeded()  # an answer: the provider is up
             log.warning("provider does not know this reference; not asking again", extra={"reference": reference})
             return None
         except ApiError as exc:
+            if isinstance(exc, ProviderError):
+                await self._circuit.failed(reference)
             log.warning(
                 "provider check failed", extra={"reference": reference, "error": exc.code, "detail": exc.message}
             )
             return _RETRY
+        await self._circuit.succeeded()
+        try:
+            return await self._apply(reference, tx)
+        except ApiError as exc:  # our storage (busy, away): not the provider's failure
+            log.warning("reconciled answer not stored", extra={"reference": reference, "error": exc.code})
+            return _RETRY
 
     async def _pass(self) -> None:
-        # Requested checks run on the instance that got the webhook;
-        # the sweep over every due payment only on the lease holder.
-        leader = await self._storage.acquire_lease(LEASE_NAME, self._instance_id, self._policy.interval_seconds * 3)
-        await self.run_once(include_due=leader)
+        # Requested checks run on the instance that got the webhook; the sweep over every due payment only
+        # on the lease holder, once per interval, with its lease renewed while it runs.
+        sweep_due = self._clock.monotonic() >= self._next_full_pass
+        leader = sweep_due and await self._storage.acquire_lease(LEASE_NAME, self._owner, self._policy.lease_seconds)
+        if not leader:
+            await self.run_once(include_due=False)
+            return
+
+        async def renew() -> bool:
+            return await self._storage.renew_lease(LEASE_NAME, self._owner, self._policy.lease_seconds)
+
+        async with renewing(renew, every=self._policy.interval_seconds, log=log, what="reconciler lease") as lease:
+            await self.run_once(include_due=True, lease=lease)
 
     def start(self) -> None:
         self._worker.start()
@@ -143,7 +283,7 @@ class Reconciler:
     async def stop(self) -> None:
         await self._worker.stop()
         with contextlib.suppress(Exception):
-            await self._storage.release_lease(LEASE_NAME, self._instance_id)
+            await self._storage.release_lease(LEASE_NAME, self._owner)
 
 
 RECONCILER: web.AppKey[Reconciler] = web.AppKey("reconciler", Reconciler)

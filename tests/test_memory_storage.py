@@ -56,3 +56,15 @@ async def test_a_completion_adds_nothing_the_garbage_collector_counts(collector_
     grown = gc.get_count()[0] - before
     # A log of models grew it by 3 per completion (1,500 here); what remains is the loop's own noise.
     assert grown < len(references) // 10, f"the collector's count grew by {grown} over {len(references)} completions"
+
+
+async def test_the_periodic_sweep_frees_the_pending_index_of_expired_payments() -> None:
+    """The PENDING index is bounded by the live payments even when no reconciler reads it
+    (RECONCILE_ENABLED=false): the storage's sweep drops the entries of expired payments."""
+    clock = ManualClock(T0)
+    storage = MemoryStorage(clock, payment_ttl=60, client_ttl=60, event_log_max=5)
+    await storage.create_payment(owned(reference="ref-1", order_id="order-1"))
+    clock.advance(61)
+    assert storage.sweep() >= 1
+    assert storage.payments.sweep_pending() == 0  # nothing of it left to free
+    assert await storage.pending_page(0, float("inf"), 10) == []

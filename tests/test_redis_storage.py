@@ -316,3 +316,14 @@ async def test_lease_has_one_holder_renews_and_expires(backend: str, redis_serve
         if backend == "redis":
             await a.close()
             await b.close()
+
+
+async def test_a_pending_page_is_filled_up_past_expired_members(storage: RedisStorage) -> None:
+    """A page that pruned expired members came back short, and the reconciler's cursor took a short page
+    for the end of the range: the live payments behind them were not asked about on that pass."""
+    for i in range(4):
+        await storage.create_payment(_payment(reference=f"ref-{i}", order_id=f"order-{i}"))
+    await storage.redis.delete(storage._ctx.keys.payment("ref-0"), storage._ctx.keys.payment("ref-1"))  # expired
+    page = await storage.pending_page(0, float("inf"), 2)
+    assert sorted(ref for ref, _ in page) == ["ref-2", "ref-3"]
+    assert await storage.redis.zcard(storage._ctx.keys.active()) == 2  # and the expired ones were pruned

@@ -216,6 +216,22 @@ async def test_pending_page_lists_pending_payments_oldest_first_with_a_cursor(ba
     assert await pending_references(s) == [r for r, _ in await s.pending_page(0, float("inf"), 10)]
 
 
+async def test_a_payment_past_the_window_leaves_the_pending_index(backend: Backend) -> None:
+    """Issue 32: members left the index only when their payment settled or when a reconciler page read
+    them, and pages read only the window: a payment PENDING past it stayed a member for good."""
+    s = backend.storage
+    for i, ref in enumerate(["ref-old-1", "ref-old-2", "ref-new"]):
+        at = T0 + timedelta(seconds=10 * i)
+        await s.create_payment(owned(reference=ref, order_id=f"order-{ref}", created_at=at, updated_at=at))
+    before = (T0 + timedelta(seconds=15)).timestamp()
+    first = await s.drop_stale_pending(before, limit=1)  # one bounded step at a time
+    assert first.abandoned == ["ref-old-1"] and first.expired == 0
+    assert (await s.drop_stale_pending(before, limit=10)).abandoned == ["ref-old-2"]
+    assert (await s.drop_stale_pending(before, limit=10)).abandoned == []
+    assert [r for r, _ in await s.pending_page(0, float("inf"), 10)] == ["ref-new"]
+    assert (await s.get_payment("ref-old-1")).status is PaymentStatus.PENDING  # the record itself stays
+
+
 # The state rule through every backend (the pure rule is tested in tests/test_state_rule.py).
 
 
@@ -269,16 +285,21 @@ async def test_a_claim_whose_holder_stopped_renewing_can_be_taken_over_once(back
     s = backend.storage
     claim = IdempotencyRecord(fingerprint="fp", state="in_progress", nonce="n-1")
     await s.claim_idempotency("k1", claim, "a", 0.2, 600)
-    assert not await s.take_over_idempotency("k1", claim, "b", 60)  # still held
+    assert not await s.take_over_idempotency("k1", claim, claim, "b", 60)  # still held
     assert await s.renew_idempotency("k1", "a", 0.2) and not await s.renew_idempotency("k1", "b", 0.2)
     await backend.lapse(0.3)
     seen = await s.claim_idempotency("k1", claim, "b", 60, 600)
     assert seen.existing == claim and not seen.held
     other = claim.model_copy(update={"nonce": "n-9"})
-    assert not await s.take_over_idempotency("k1", other, "b", 60)  # not the record seen
-    assert await s.take_over_idempotency("k1", claim, "b", 60)
-    assert not await s.take_over_idempotency("k1", claim, "c", 60)  # b holds it now
+    taken = claim.model_copy(update={"nonce": "n-b"})  # the taker's own nonce
+    assert not await s.take_over_idempotency("k1", other, taken, "b", 60)  # not the record seen
+    assert await s.take_over_idempotency("k1", claim, taken, "b", 60)
+    assert not await s.take_over_idempotency("k1", taken, taken, "c", 60)  # b holds it now
     assert not await s.renew_idempotency("k1", "a", 60)
+    assert (await s.claim_idempotency("k1", claim, "c", 60, 600)).existing == taken
+    # The slow holder's late answer under its own nonce changes nothing.
+    done = IdempotencyRecord(fingerprint="fp", state="done", status_code=201, body={"x": 1})
+    assert not await s.complete_idempotency("k1", done, 600, nonce="n-1")
 
 
 async def test_only_the_holder_releases_a_claim_and_forgetting_frees_the_key(backend: Backend) -> None:
@@ -290,7 +311,7 @@ async def test_only_the_holder_releases_a_claim_and_forgetting_frees_the_key(bac
     await s.release_idempotency("k1", "a", forget=False)  # the outcome is unknown: the claim stays, unheld
     kept = await s.claim_idempotency("k1", claim, "b", 60, 600)
     assert kept.existing == claim and not kept.held
-    assert await s.take_over_idempotency("k1", claim, "b", 60)
+    assert await s.take_over_idempotency("k1", claim, claim, "b", 60)
     await s.release_idempotency("k1", "b", forget=True)
     assert (await s.claim_idempotency("k1", claim, "c", 60, 600)).claimed
 
@@ -398,25 +419,39 @@ async def test_a_lease_has_one_owner_who_renews_and_alone_releases_it(backend: B
 async def test_an_outbox_entry_is_claimed_by_one_claimer_until_its_lease_runs_out(backend: Backend) -> None:
     s = backend.storage
     await s.create_payment(owned(), queued(entry("m-1", due=100), entry("m-2", due=200), entry("m-3", due=900)))
-    claimed = await s.outbox_claim(now=300, limit=10, lease_seconds=30)
+    claimed = await s.outbox_claim(now=300, limit=10, lease_seconds=30, owner="a")
     assert [e.id for e in claimed] == ["m-1", "m-2"] and all(e.claimed_until == 330 for e in claimed)
-    assert await s.outbox_claim(now=310, limit=10, lease_seconds=30) == []  # still leased
-    assert [e.id for e in await s.outbox_claim(now=331, limit=1, lease_seconds=30)] == ["m-1"]  # lease ran out
+    assert all(e.claimed_by == "a" for e in claimed)
+    assert await s.outbox_claim(now=310, limit=10, lease_seconds=30, owner="b") == []  # still leased
+    again = await s.outbox_claim(now=331, limit=1, lease_seconds=30, owner="b")  # lease ran out
+    assert [(e.id, e.claimed_by) for e in again] == [("m-1", "b")]
+
+
+async def test_a_claim_is_renewed_by_its_holder_alone(backend: Backend) -> None:
+    s = backend.storage
+    await s.create_payment(owned(), queued(entry("m-1", due=100)))
+    await s.outbox_claim(now=100, limit=10, lease_seconds=30, owner="a")
+    assert await s.outbox_renew("m-1", "a", until=200)  # still sending: the lease moves on
+    assert await s.outbox_claim(now=150, limit=10, lease_seconds=30, owner="b") == []
+    assert not await s.outbox_renew("m-1", "b", until=400)  # not b's to renew
+    assert not await s.outbox_renew("nope", "a", until=400)
+    assert [e.claimed_by for e in await s.outbox_claim(now=201, limit=10, lease_seconds=30, owner="b")] == ["b"]
+    assert not await s.outbox_renew("m-1", "a", until=400)  # a's claim ended when b took it
 
 
 async def test_outbox_reschedule_kill_replay_and_delivered(backend: Backend) -> None:
     s = backend.storage
     await s.create_payment(owned(), queued(entry("m-1", due=100)))
-    await s.outbox_claim(now=100, limit=10, lease_seconds=30)
-    await s.outbox_reschedule("m-1", 1, 500, "HTTP 500")
-    assert await s.outbox_claim(now=499, limit=10, lease_seconds=30) == []
-    (again,) = await s.outbox_claim(now=500, limit=10, lease_seconds=30)
+    await s.outbox_claim(now=100, limit=10, lease_seconds=30, owner="a")
+    assert await s.outbox_reschedule("m-1", "a", 1, 500, "HTTP 500")
+    assert await s.outbox_claim(now=499, limit=10, lease_seconds=30, owner="a") == []
+    (again,) = await s.outbox_claim(now=500, limit=10, lease_seconds=30, owner="b")
     assert (again.attempts, again.last_error) == (1, "HTTP 500")
 
-    assert await s.outbox_kill("m-1", 2, "gave up") == 0
+    assert await s.outbox_kill("m-1", "b", 2, "gave up") == 0
     (dead,) = await s.outbox_list()
     assert dead.state == "dead" and dead.attempts == 2 and dead.dead_at == backend.clock.now().timestamp()
-    assert await s.outbox_claim(now=10_000, limit=10, lease_seconds=30) == []
+    assert await s.outbox_claim(now=10_000, limit=10, lease_seconds=30, owner="a") == []
 
     replayed = await s.outbox_replay("m-1", 1000)
     assert replayed is not None and (replayed.state, replayed.attempts, replayed.next_attempt_at) == (
@@ -424,11 +459,109 @@ async def test_outbox_reschedule_kill_replay_and_delivered(backend: Backend) -> 
         0,
         1000,
     )
-    assert [e.id for e in await s.outbox_claim(now=1000, limit=10, lease_seconds=30)] == ["m-1"]
+    assert [e.id for e in await s.outbox_claim(now=1000, limit=10, lease_seconds=30, owner="c")] == ["m-1"]
     await s.outbox_delivered("m-1")
     assert await s.outbox_list() == [] and await s.outbox_replay("m-1", 1000) is None
-    await s.outbox_reschedule("nope", 1, 1, "x")  # unknown ids change nothing
-    assert await s.outbox_kill("nope", 1, "x") == 0 and await s.outbox_list() == []
+    assert not await s.outbox_reschedule("nope", "c", 1, 1, "x")  # unknown ids change nothing
+    assert await s.outbox_kill("nope", "c", 1, "x") is None and await s.outbox_list() == []
+
+
+async def test_a_slow_workers_failure_does_not_reschedule_anothers_claim(backend: Backend) -> None:
+    """Issue 32: reschedule and kill did not check who held the claim, so a worker whose lease had lapsed
+    (a merchant slower than the lease) made an entry another worker was sending due again, or dead."""
+    s = backend.storage
+    await s.create_payment(owned(), queued(entry("m-1", due=100)))
+    await s.outbox_claim(now=100, limit=10, lease_seconds=30, owner="slow")
+    (taken,) = await s.outbox_claim(now=131, limit=10, lease_seconds=30, owner="fast")  # slow's lease ran out
+    assert taken.claimed_by == "fast"
+    assert not await s.outbox_reschedule("m-1", "slow", 1, 140, "HTTP 500")
+    assert await s.outbox_kill("m-1", "slow", 12, "gave up") is None
+    (kept,) = await s.outbox_list()
+    assert (kept.state, kept.attempts, kept.last_error) == ("pending", 0, None)
+    assert await s.outbox_claim(now=150, limit=10, lease_seconds=30, owner="other") == []  # still fast's
+    assert await s.outbox_reschedule("m-1", "fast", 1, 170, "HTTP 502")
+    assert not await s.outbox_reschedule("m-1", "fast", 2, 170, "HTTP 502")  # a settled claim is spent
+
+
+async def test_a_replay_fences_out_the_worker_that_was_sending(backend: Backend) -> None:
+    s = backend.storage
+    await s.create_payment(owned(), queued(entry("m-1", due=100)))
+    await s.outbox_claim(now=100, limit=10, lease_seconds=30, owner="a")
+    await s.outbox_replay("m-1", 105)  # an operator's replay starts the entry afresh
+    assert not await s.outbox_reschedule("m-1", "a", 1, 500, "HTTP 500")
+    (fresh,) = await s.outbox_list()
+    assert (fresh.attempts, fresh.next_attempt_at) == (0, 105)
+
+
+async def test_a_delivered_message_is_never_queued_again(backend: Backend) -> None:
+    """Issue 32: the same message produced again after its delivery (a write-back of its payment, another
+    instance's copy of the change) was queued and sent a second time."""
+    s = backend.storage
+    await s.create_payment(owned(), queued(entry("m-1", due=100)))
+    await s.outbox_claim(now=100, limit=10, lease_seconds=30, owner="a")
+    await s.outbox_delivered("m-1")
+    await s.create_payment(owned(reference="ref-2"), queued(entry("m-1", due=100)))
+    await s.transition(update("FAILED", reference="ref-2"), LATER, lambda _t: [entry("m-1", "ref-2")])
+    assert await s.outbox_list() == []
+    assert not await s.outbox_reschedule("m-1", "a", 1, 500, "HTTP 500")  # nor does a late failure revive it
+
+
+def _plain(backend: Backend) -> Any:
+    """The outbox a write-back lands on (the resilient wrapper's Redis's)."""
+    return (backend.storage.primary if backend.name == "resilient" else backend.storage).outbox
+
+
+async def test_a_write_back_never_brings_back_a_delivered_entry(backend: Backend) -> None:
+    s, plain = backend.storage, _plain(backend)
+    await s.create_payment(owned(), queued(entry("m-1", due=100)))
+    await s.outbox_claim(now=100, limit=10, lease_seconds=30, owner="a")
+    await s.outbox_delivered("m-1")
+    await plain.restore_outbox([entry("m-1", due=100)])  # a degraded instance's copy of the same message
+    assert await s.outbox_list() == []
+
+
+async def test_a_write_back_keeps_attempts_and_death_monotonic(backend: Backend) -> None:
+    s, plain = backend.storage, _plain(backend)
+    await s.create_payment(owned(), queued(entry("m-dead", due=100), entry("m-tried", due=100)))
+    claimed = await s.outbox_claim(now=100, limit=10, lease_seconds=30, owner="a")
+    assert len(claimed) == 2
+    await s.outbox_kill("m-dead", "a", 5, "gave up")
+    await s.outbox_reschedule("m-tried", "a", 3, 900, "HTTP 500")
+    stale = [
+        entry("m-dead", due=100).model_copy(update={"attempts": 2}),
+        entry("m-tried", due=100).model_copy(update={"attempts": 1, "last_error": "HTTP 502"}),
+    ]
+    await plain.restore_outbox(stale)
+    by_id = {e.id: e for e in await s.outbox_list()}
+    assert (by_id["m-dead"].state, by_id["m-dead"].attempts) == ("dead", 5)
+    assert (by_id["m-tried"].state, by_id["m-tried"].attempts) == ("pending", 3)
+    assert await s.outbox_claim(now=899, limit=10, lease_seconds=30, owner="b") == []  # due when it was
+
+
+async def test_a_write_back_keeps_a_live_claim_already_on_the_stored_copy(backend: Backend) -> None:
+    """Found in review: Redis's write-back handed the claim to the incoming copy's owner, fencing out the
+    worker sending the entry now (its failure was then never recorded, and it was sent by two)."""
+    s, plain = backend.storage, _plain(backend)
+    now = backend.clock.now().timestamp()
+    await s.create_payment(owned(), queued(entry("m-1", due=now)))
+    await s.outbox_claim(now=now, limit=10, lease_seconds=30, owner="c")  # c sends until now + 30
+    other = entry("m-1", due=now).model_copy(update={"claimed_by": "a", "claimed_until": now + 10})
+    await plain.restore_outbox([other])
+    (listed,) = await s.outbox_list()
+    assert listed.claimed_by == "c"
+    assert await s.outbox_reschedule("m-1", "c", 1, now + 500, "HTTP 500")  # c's failure is recorded
+
+
+async def test_a_write_back_keeps_the_claim_of_an_entry_still_being_sent(backend: Backend) -> None:
+    """Issue 32: an entry a degraded instance was still sending was written back due, and another
+    instance sent it again; it comes back claimed by its sender, who settles it."""
+    s, plain = backend.storage, _plain(backend)
+    sending = entry("m-1", due=100).model_copy(update={"claimed_by": "a", "claimed_until": 400.0})
+    await plain.restore_outbox([sending])
+    assert await s.outbox_claim(now=300, limit=10, lease_seconds=30, owner="b") == []
+    assert await s.outbox_reschedule("m-1", "a", 1, 500, "HTTP 500")
+    (back,) = await s.outbox_claim(now=500, limit=10, lease_seconds=30, owner="b")
+    assert back.attempts == 1
 
 
 async def test_dead_letters_are_capped_oldest_first_and_expire(backend: Backend) -> None:
@@ -436,9 +569,10 @@ async def test_dead_letters_are_capped_oldest_first_and_expire(backend: Backend)
     ids = [f"m-{i}" for i in range(DEAD_LETTER_MAX + 1)]
     await s.create_payment(owned(), queued(*(entry(i, created=n) for n, i in enumerate(ids))))
     dropped = 0
+    await s.outbox_claim(now=0, limit=10, lease_seconds=30, owner="a")
     for n, entry_id in enumerate(ids):
         backend.clock.advance(1)  # each dies a second after the previous one
-        dropped += await s.outbox_kill(entry_id, n, "gave up")
+        dropped += await s.outbox_kill(entry_id, "a", n, "gave up") or 0
     assert dropped == 1 and [e.id for e in await s.outbox_list()] == ids[1:]
     backend.clock.advance(7 * 86400 + 60)  # past the default dead-letter TTL
     assert await s.outbox_list() == []
@@ -554,8 +688,8 @@ async def test_a_sequence_across_a_redis_outage_is_written_back_when_redis_retur
     finally:
         await plain.close()
     # Healthy again: calls go to Redis, and the written-back entry is handed out once.
-    assert [e.id for e in await s.outbox_claim(now=10_000, limit=10, lease_seconds=30)] == ["ref-1:2"]
-    assert await s.outbox_claim(now=10_000, limit=10, lease_seconds=30) == []
+    assert [e.id for e in await s.outbox_claim(now=10_000, limit=10, lease_seconds=30, owner="a")] == ["ref-1:2"]
+    assert await s.outbox_claim(now=10_000, limit=10, lease_seconds=30, owner="b") == []
 
 
 async def test_a_status_that_lost_the_merge_during_an_outage_sends_no_message(resilient: Backend) -> None:
@@ -622,3 +756,60 @@ async def test_a_merge_that_settles_an_initiated_payment_queues_its_final_messag
     assert sorted(e.type for e in await s.outbox_list()) == ["payment.initiated", "payment.succeeded"]
     await s.merge_payment(orphan(), LATER, told(LATER))  # the same copy again: nothing new to tell
     assert len(await s.outbox_list()) == 2
+
+
+async def test_a_delivery_made_while_redis_is_away_is_not_sent_again_after_it_returns(resilient: Backend) -> None:
+    """Found in review: an entry claimed on Redis and delivered while Redis was away was recorded in memory
+    only; once Redis returned, it handed the entry out again."""
+    s, server = resilient.storage, resilient.redis_server
+    await s.create_payment(owned(), queued(entry("m-1", due=100)))
+    await s.outbox_claim(now=100, limit=10, lease_seconds=30, owner="a")
+    await server.save()
+    server.stop()
+    await s.outbox_delivered("m-1")  # the merchant has it; Redis is away as it is recorded
+    assert not s.healthy
+    await server.start()
+    await eventually(lambda: s.healthy, timeout=10)
+    assert await s.outbox_claim(now=10_000, limit=10, lease_seconds=30, owner="b") == []
+    plain = await _in_redis(resilient)
+    try:
+        assert await plain.outbox_list() == []
+    finally:
+        await plain.close()
+
+
+async def test_the_memory_pending_index_of_a_healthy_instance_is_bounded_by_its_live_copies(
+    resilient: Backend,
+) -> None:
+    """Found in review: memory's PENDING index kept a member for every PENDING payment mirrored here and
+    settled elsewhere, for good, while Redis answered (nothing read it to prune it)."""
+    s = resilient.storage
+    other = await _in_redis(resilient)
+    try:
+        for i in range(5):
+            await s.create_payment(owned(reference=f"ref-{i}", order_id=f"order-{i}"))
+            await other.transition(update("SUCCESSFUL", reference=f"ref-{i}", amount=500, currency="XAF"), LATER)
+    finally:
+        await other.close()
+    resilient.clock.advance(3600 * 2)  # past the memory's payment TTL
+    s.fallback.sweep()
+    assert s.fallback.payments.sweep_pending() == 0  # the sweep freed every member
+
+
+async def test_a_degraded_instance_does_not_count_a_payment_settled_elsewhere_as_abandoned(
+    resilient: Backend,
+) -> None:
+    """Found in review: memory's copy of a payment settled on another instance is still PENDING, and a
+    degraded reconciler counted it abandoned (once per degraded instance). Only Redis's index counts."""
+    s, server = resilient.storage, resilient.redis_server
+    await s.create_payment(owned())
+    other = await _in_redis(resilient)
+    try:
+        await other.transition(update("SUCCESSFUL", amount=500, currency="XAF"), LATER)
+    finally:
+        await other.close()
+    resilient.clock.advance(1200)  # past the reconcile window (900 s), within the payment TTL
+    server.stop()
+    assert await s.get_payment("nope") is None and not s.healthy
+    stale = await s.drop_stale_pending(resilient.clock.now().timestamp() - 900, 500)
+    assert stale.abandoned == [] and stale.expired == 1

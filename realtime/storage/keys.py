@@ -57,7 +57,8 @@ class RedisKeys:
         """Sorted set of PENDING references scored by creation time (no KEYS needed).
 
         No TTL: an index over payments, not data of its own; a member leaves when its payment
-        settles, or is pruned when read once its payment has expired.
+        settles, is pruned when read once its payment has expired, and is taken out by the
+        reconciler once it is older than the reconcile window (`drop_stale_pending`).
         """
         return f"{self.prefix}active"
 
@@ -127,6 +128,24 @@ class RedisKeys:
         """
         return f"{self.prefix}outbox:dead"
 
+    def outbox_claims(self) -> str:
+        """Hash of claimed entry ids -> the claim's owner: the fence a reschedule or kill checks.
+
+        No TTL: one field per claimed entry of `outbox_entries`, removed when the claim is settled
+        (delivered, rescheduled, killed, replayed); a dead claimer's field is overwritten by the next
+        claim, and dropped with its entry.
+        """
+        return f"{self.prefix}outbox:claims"
+
+    def outbox_delivered(self) -> str:
+        """Sorted set of delivered entry ids scored by when they were delivered: tombstones, so the same
+        message produced again (a write-back, another instance's copy of the change) is never queued again.
+
+        No TTL: members older than PAYMENT_TTL_SECONDS (no record can produce the message again after
+        that) are pruned on every claim pass.
+        """
+        return f"{self.prefix}outbox:delivered"
+
     def auth_cache(self, token_hash: str) -> str:
         """A verified user for a SHA-256 of a bearer token (never the token itself)."""
         return f"{self.prefix}auth:{token_hash}"
@@ -140,4 +159,14 @@ class RedisKeys:
 
     def without_ttl(self) -> frozenset[str]:
         """The keys that never expire; each one's docstring says why, and what bounds it."""
-        return frozenset({self.active(), self.clients(), self.outbox_entries(), self.outbox_due(), self.outbox_dead()})
+        return frozenset(
+            {
+                self.active(),
+                self.clients(),
+                self.outbox_entries(),
+                self.outbox_due(),
+                self.outbox_dead(),
+                self.outbox_claims(),
+                self.outbox_delivered(),
+            }
+        )

@@ -4,6 +4,14 @@ One worker per instance; several are safe because each entry is claimed with
 a lease before it is sent. A delivery is any 2xx; anything else (an error
 status, a timeout, a refused connection) is retried on the schedule below.
 Deliveries run in their own tasks, so a slow merchant never delays Socket.IO.
+
+The claim holds while the worker is alive: each pass claims under a fresh
+owner, renews its claims every third of the lease while their sends run, and
+bounds each send by MERCHANT_WEBHOOK_TIMEOUT_SECONDS in all (httpx's timeout
+is per phase: a merchant trickling its answer would outlast it). A worker that
+dies stops renewing, and its entries come back after one lease. The storage
+fences the outcome: a failure is recorded only by the claim's owner, so a
+worker whose claim passed to another never reschedules or kills the entry.
 """
 
 from __future__ import annotations
@@ -11,11 +19,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import secrets
 
 import httpx
 from aiohttp import web
 
-from core.background import PeriodicWorker
+from core.background import PeriodicWorker, renewing
 from core.clock import Clock
 from core.secrets import decode_secret
 from core.settings import Settings
@@ -47,6 +56,7 @@ class DeliveryWorker:
         max_attempts: int,
         retry_scale: float = 1.0,
         poll_interval: float = 1.0,
+        lease_seconds: float | None = None,
         concurrency: int = 16,
         transport: httpx.AsyncBaseTransport | None = None,
         metrics: Metrics | None = None,
@@ -59,6 +69,7 @@ class DeliveryWorker:
         self._max_attempts = max_attempts
         self._retry_scale = retry_scale
         self._poll_interval = poll_interval
+        self._lease_seconds = timeout + 10 if lease_seconds is None else lease_seconds
         self._concurrency = concurrency
         self._http = httpx.AsyncClient(timeout=httpx.Timeout(timeout), transport=transport)
         self._worker = PeriodicWorker(
@@ -71,12 +82,29 @@ class DeliveryWorker:
 
     async def run_once(self) -> int:
         """Claim what is due and deliver it; returns how many were delivered."""
-        now = self._clock.now().timestamp()
-        entries = await self._storage.outbox_claim(now, self._concurrency, self._timeout + 10)
-        results = await asyncio.gather(*(self._deliver(e) for e in entries))
+        now, owner, lease = self._clock.now().timestamp(), secrets.token_hex(8), self._lease_seconds
+        entries = await self._storage.outbox_claim(now, self._concurrency, lease, owner)
+        if not entries:
+            return 0
+        sending = {entry.id for entry in entries}
+
+        async def renew() -> bool:
+            until = self._clock.now().timestamp() + lease
+            await asyncio.gather(*(self._storage.outbox_renew(entry_id, owner, until) for entry_id in list(sending)))
+            return True  # a claim lost to another worker is fenced at settlement; keep renewing the rest
+
+        async def deliver(entry: OutboxEntry) -> bool:
+            try:
+                return await self._deliver(entry, owner)
+            finally:
+                sending.discard(entry.id)
+
+        async with renewing(renew, every=lease / 3, log=log, what="merchant outbox claims"):
+            results = await asyncio.gather(*(deliver(e) for e in entries))
         return sum(results)
 
-    async def _deliver(self, entry: OutboxEntry) -> bool:
+    async def _post(self, entry: OutboxEntry) -> str | None:
+        """Send one attempt, bounded in all by the timeout; the error, or None when the merchant took it."""
         timestamp = int(self._clock.now().timestamp())
         headers = {
             "content-type": "application/json",
@@ -85,12 +113,18 @@ class DeliveryWorker:
             "webhook-signature": sign(self._secret, entry.message_id, timestamp, entry.body),
             "user-agent": "paytrack-webhooks/1",
         }
-        attempts = entry.attempts + 1
         try:
-            response = await self._http.post(entry.url, content=entry.body.encode(), headers=headers)
-            error = None if response.is_success else f"HTTP {response.status_code}"
+            async with asyncio.timeout(self._timeout):
+                response = await self._http.post(entry.url, content=entry.body.encode(), headers=headers)
+        except TimeoutError:
+            return f"no answer within {self._timeout:g} s"
         except httpx.HTTPError as exc:
-            error = f"{exc.__class__.__name__}: {exc}"[:300]
+            return f"{exc.__class__.__name__}: {exc}"[:300]
+        return None if response.is_success else f"HTTP {response.status_code}"
+
+    async def _deliver(self, entry: OutboxEntry, owner: str) -> bool:
+        attempts = entry.attempts + 1
+        error = await self._post(entry)
         context = {"message_id": entry.message_id, "url": entry.url, "attempt": attempts, "type": entry.type}
         if error is None:
             self._count("delivered")
@@ -98,16 +132,21 @@ class DeliveryWorker:
             log.info("merchant webhook delivered", extra=context)
             return True
         if attempts >= self._max_attempts:
+            dropped = await self._storage.outbox_kill(entry.id, owner, attempts, error)
+            if dropped is None:
+                log.warning("merchant webhook failed; its claim had passed on, so not dead-lettered", extra=context)
+                return False
             self._count("dead")
-            dropped = await self._storage.outbox_kill(entry.id, attempts, error)
             log.error("merchant webhook dead-lettered", extra={**context, "error": error})
             if dropped:
                 self._metrics.dead_letters_dropped.inc(dropped)
                 log.warning("dead-letter list full: oldest dropped", extra={"dropped": dropped})
             return False
-        self._count("retry")
         next_at = self._clock.now().timestamp() + retry_delay(attempts, self._retry_scale)
-        await self._storage.outbox_reschedule(entry.id, attempts, next_at, error)
+        if not await self._storage.outbox_reschedule(entry.id, owner, attempts, next_at, error):
+            log.warning("merchant webhook failed; its claim had passed on, so not rescheduled", extra=context)
+            return False
+        self._count("retry")
         log.warning("merchant webhook failed; will retry", extra={**context, "error": error})
         return False
 

@@ -45,7 +45,9 @@ class MemoryStorage(CompositeStorage):
         dead_letter_ttl: float = 7 * 86400,
         dead_letter_max: int = 10_000,
     ) -> None:
-        outbox = MemoryOutbox(clock, dead_letter_ttl=dead_letter_ttl, dead_letter_max=dead_letter_max)
+        outbox = MemoryOutbox(
+            clock, dead_letter_ttl=dead_letter_ttl, dead_letter_max=dead_letter_max, delivered_ttl=payment_ttl
+        )
         payments = MemoryPayments(clock, outbox, payment_ttl=payment_ttl, event_log_max=event_log_max)
         clients = MemoryClients(clock, client_ttl=client_ttl)
         idempotency, locks, auth = MemoryIdempotency(clock), MemoryLocks(clock), MemoryAuthCache(clock)
@@ -66,6 +68,7 @@ class MemoryStorage(CompositeStorage):
             *intents.maps,
             *locks.maps,
             *auth.maps,
+            *outbox.maps,
         ]
         self._sweep_interval = sweep_interval
         self._sweeper: asyncio.Task[None] | None = None
@@ -83,4 +86,4 @@ class MemoryStorage(CompositeStorage):
 
     def sweep(self) -> int:
         """Free the memory of expired entries (reads already ignore them)."""
-        return sum(m.sweep() for m in self._maps)
+        return sum(m.sweep() for m in self._maps) + self.payments.sweep_pending()

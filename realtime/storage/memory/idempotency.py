@@ -24,10 +24,11 @@ class MemoryIdempotency:
         return IdempotencyClaim(True)
 
     async def take_over_idempotency(
-        self, key: str, expected: IdempotencyRecord, owner: str, lease_seconds: float
+        self, key: str, expected: IdempotencyRecord, replacement: IdempotencyRecord, owner: str, lease_seconds: float
     ) -> bool:
         if self._records.get(key) != expected or self._leases.get(key) is not None:
             return False
+        self._records.replace(key, replacement)
         self._leases.set(key, owner, lease_seconds)
         return True
 

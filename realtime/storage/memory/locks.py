@@ -28,6 +28,9 @@ class MemoryLocks:
         if self._leases.get(name) == owner:
             self._leases.pop(name)
 
+    async def lease_holder(self, name: str) -> str | None:
+        return self._leases.get(name)
+
     def held(self) -> list[tuple[str, str, float]]:
         """Every live lease as (name, owner, seconds left): what a write-back re-takes on the primary."""
         return self._leases.remaining()

@@ -22,7 +22,7 @@ from datetime import datetime
 from core.clock import Clock
 from core.jsonio import dumps_model
 from payments.model import Payment, PaymentEvent, PaymentStatus, StatusUpdate, Transition
-from payments.ports import MergeOutbox, OutboxFor
+from payments.ports import MergeOutbox, OutboxFor, StalePending
 from payments.state import decide, merge, settle_order
 from realtime.storage.expiring import ExpiringMap
 from realtime.storage.memory.outbox import MemoryOutbox
@@ -39,6 +39,9 @@ class MemoryPayments:
         # One string, so settling an order replaces a value and adds nothing the collector counts.
         self._orders: ExpiringMap[str] = ExpiringMap(clock)
         self._nonces: ExpiringMap[str] = ExpiringMap(clock)  # an orphan's external reference -> its reference
+        # The PENDING index, as Redis keeps it: reference -> creation time. A member leaves when its payment
+        # settles, when a page finds its record expired, or when `drop_stale_pending` takes it.
+        self._pending: dict[str, float] = {}
         self.maps = (self._payments, self._events, self._orders, self._nonces)
 
     def _order(self, order_id: str) -> tuple[str | None, tuple[str, ...]]:
@@ -76,6 +79,10 @@ class MemoryPayments:
                 payment = payment if as_given else settled
             self._orders.set(order, " ".join((latest or payment.reference, *paid)), self._payment_ttl)
         self._payments.set(payment.reference, payment, self._payment_ttl)
+        if payment.status is PaymentStatus.PENDING:
+            self._pending[payment.reference] = payment.created_at.timestamp()
+        else:
+            self._pending.pop(payment.reference, None)
         if payment.orphan and payment.external_reference:
             self._nonces.set(payment.external_reference, payment.reference, self._payment_ttl)
         return payment
@@ -148,14 +155,37 @@ class MemoryPayments:
     async def events_after(self, reference: str, seq: int) -> list[PaymentEvent]:
         return self._logged(reference, seq)
 
+    def _pending_between(self, start: float, end: float) -> list[tuple[str, float]]:
+        return sorted(
+            ((ref, at) for ref, at in self._pending.items() if start <= at <= end), key=lambda r: (r[1], r[0])
+        )
+
     async def pending_page(self, start: float, end: float, limit: int) -> list[tuple[str, float]]:
-        pending = [
-            (p.reference, p.created_at.timestamp())
-            for _, p in self._payments.items()
-            if p.status is PaymentStatus.PENDING and start <= p.created_at.timestamp() <= end
-        ]
-        pending.sort(key=lambda item: (item[1], item[0]))
-        return pending[:limit]
+        page: list[tuple[str, float]] = []
+        for ref, at in self._pending_between(start, end):
+            if len(page) == limit:
+                break
+            if self._payments.get(ref) is None:
+                del self._pending[ref]  # expired: pruned when read, as on Redis
+            else:
+                page.append((ref, at))
+        return page
+
+    def sweep_pending(self) -> int:
+        """Free the index entries of expired payments (the storage's periodic sweep: so the index stays
+        bounded by the live payments even with no reconciler reading it)."""
+        gone = [ref for ref in self._pending if self._payments.get(ref) is None]
+        for ref in gone:
+            del self._pending[ref]
+        return len(gone)
+
+    async def drop_stale_pending(self, before: float, limit: int) -> StalePending:
+        stale = [ref for ref, at in self._pending_between(-math.inf, before) if at < before][:limit]
+        payments = [self._payments.get(ref) for ref in stale]
+        for ref in stale:
+            del self._pending[ref]
+        abandoned = [p.reference for p in payments if p is not None and p.status is PaymentStatus.PENDING]
+        return StalePending(abandoned, sum(p is None for p in payments))
 
     # -- the fallback's side of a resilient storage --------------------------------------------
     def mirror(self, payment: Payment, append: Iterable[PaymentEvent] = ()) -> None:

@@ -39,12 +39,11 @@ class RedisIdempotency:
         return IdempotencyClaim(False, IdempotencyRecord.model_validate_json(reply[1]), held=int(reply[2]) == 1)
 
     async def take_over_idempotency(
-        self, key: str, expected: IdempotencyRecord, owner: str, lease_seconds: float
+        self, key: str, expected: IdempotencyRecord, replacement: IdempotencyRecord, owner: str, lease_seconds: float
     ) -> bool:
         # `expected` came from this same JSON (claim_idempotency), so its dump is byte for byte what is stored.
-        reply = await self._take_over(
-            keys=self._keys(key), args=[expected.model_dump_json(), owner, ttl_ms(lease_seconds)]
-        )
+        args = [expected.model_dump_json(), owner, ttl_ms(lease_seconds), replacement.model_dump_json()]
+        reply = await self._take_over(keys=self._keys(key), args=args)
         return bool(reply)
 
     async def renew_idempotency(self, key: str, owner: str, lease_seconds: float) -> bool:

@@ -21,3 +21,7 @@ class RedisLocks:
 
     async def release_lease(self, name: str, owner: str) -> None:
         await self._release_lease(keys=[self._ctx.keys.lease(name)], args=[owner])
+
+    async def lease_holder(self, name: str) -> str | None:
+        holder: str | None = await self._ctx.redis.get(self._ctx.keys.lease(name))
+        return holder

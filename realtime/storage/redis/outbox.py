@@ -1,93 +1,158 @@
-"""The merchant outbox on Redis: a hash of entries, a sorted set by due time and one of dead letters.
+"""The merchant outbox on Redis: a hash of entries, a sorted set by due time, one of dead letters, the
+claims' owners, and the tombstones of delivered entries.
 
 Entries are written by the same script as the payment change that produced
-them (`scripts.STORE_PAYMENT`, run by `RedisPayments`); a claim pushes an entry's
-due time forward by the lease, so no other worker sees it until the lease
-runs out and a dead claimer's entries come back by themselves.
+them (`scripts.STORE_PAYMENT`, run by `RedisPayments`), never one delivered.
+A claim pushes an entry's due time forward by the lease and names its owner,
+so no other worker sees it until the lease runs out (a dead claimer's entries
+come back by themselves), and only the owner's renewal, reschedule or kill
+takes effect. Every other edit is decided in Python (`outbox_edits`) and
+written by one compare-and-set script (`scripts.OUTBOX_PUT`).
 """
 
 from __future__ import annotations
 
+from typing import Any, Literal
+
 from payments.outbox import OutboxEntry
-from realtime.storage.outbox_edits import killed, replayed, rescheduled
+from realtime.storage.outbox_edits import due_at, killed, merged, replayed, rescheduled, unclaimed
 from realtime.storage.redis import scripts
-from realtime.storage.redis.context import RedisContext
+from realtime.storage.redis.context import MAX_CONFLICTING_WRITES, RedisContext
+
+Placement = Literal["due", "dead"]
+KEEP_CLAIM = "="  # OUTBOX_PUT: leave the claim as it is
 
 
 class RedisOutbox:
     def __init__(self, ctx: RedisContext) -> None:
         self._ctx = ctx
-        self._claim = ctx.redis.register_script(scripts.CLAIM_OUTBOX)
-        self._prune_dead_script = ctx.redis.register_script(scripts.PRUNE_DEAD)
+        redis = ctx.redis
+        self._claim = redis.register_script(scripts.CLAIM_OUTBOX)
+        self._renew = redis.register_script(scripts.RENEW_OUTBOX_CLAIM)
+        self._put = redis.register_script(scripts.OUTBOX_PUT)
+        self._delivered = redis.register_script(scripts.OUTBOX_DELIVERED)
+        self._prune_dead_script = redis.register_script(scripts.PRUNE_DEAD)
+
+    def _keys(self) -> list[str]:
+        k = self._ctx.keys
+        return [k.outbox_entries(), k.outbox_due(), k.outbox_dead(), k.outbox_claims(), k.outbox_delivered()]
 
     async def _prune_dead(self) -> int:
-        """Expired dead letters out, then the oldest past the cap; returns how many the cap took."""
-        k = self._ctx.keys
-        cutoff = self._ctx.clock.now().timestamp() - self._ctx.dead_letter_ttl
-        return int(
-            await self._prune_dead_script(
-                keys=[k.outbox_dead(), k.outbox_entries()], args=[cutoff, self._ctx.dead_letter_max]
-            )
-        )
+        """Expired dead letters out, then the oldest past the cap, and old tombstones; returns how many
+        the cap took."""
+        k, now = self._ctx.keys, self._ctx.clock.now().timestamp()
+        cutoff, tombstones = now - self._ctx.dead_letter_ttl, now - self._ctx.payment_ttl
+        keys = [k.outbox_dead(), k.outbox_entries(), k.outbox_delivered()]
+        return int(await self._prune_dead_script(keys=keys, args=[cutoff, self._ctx.dead_letter_max, tombstones]))
 
-    async def _entry(self, entry_id: str) -> OutboxEntry | None:
-        raw = await self._ctx.redis.hget(self._ctx.keys.outbox_entries(), entry_id)
-        return OutboxEntry.model_validate_json(raw) if raw else None
+    async def _raw(self, entry_id: str) -> str | None:
+        raw: str | None = await self._ctx.redis.hget(self._ctx.keys.outbox_entries(), entry_id)
+        return raw
 
-    async def _write(self, entry: OutboxEntry, *, due: float | None) -> None:
-        """Store `entry`: due at `due`, or a dead letter when `due` is None."""
-        k = self._ctx.keys
-        async with self._ctx.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(k.outbox_entries(), entry.id, entry.model_dump_json())
-            if due is None:
-                pipe.zrem(k.outbox_due(), entry.id)
-                pipe.zadd(k.outbox_dead(), {entry.id: entry.dead_at or entry.created_at})
-            else:
-                pipe.zrem(k.outbox_dead(), entry.id)
-                pipe.zadd(k.outbox_due(), {entry.id: due})
-            await pipe.execute()
+    async def _put_edit(
+        self,
+        entry_id: str,
+        edit: Any,  # Callable[[OutboxEntry], tuple[OutboxEntry, Placement, float, str] | None]
+        *,
+        fence: str = "",
+        expected: str | None = None,
+    ) -> OutboxEntry | None:
+        """Read the entry (or use `expected`), decide with `edit` (None: nothing to write), and write it
+        unless the stored copy changed meanwhile (then decide again on the copy the script returned).
+        Returns what was written, or None if nothing was (fenced out, delivered, gone)."""
+        raw = await self._raw(entry_id) if expected is None else expected
+        for _ in range(MAX_CONFLICTING_WRITES):
+            decided = edit(OutboxEntry.model_validate_json(raw) if raw else None)
+            if decided is None:
+                return None
+            entry, placement, score, claim = decided
+            written = unclaimed(entry).model_dump_json()
+            args = [entry_id, raw or "", written, placement, score, fence, claim, self._ctx.clock.now().timestamp()]
+            reply = await self._put(keys=self._keys(), args=args)
+            if int(reply[0]) == 1:
+                return entry
+            if int(reply[0]) == 0:
+                return None
+            raw = reply[1]
+        raise RuntimeError(f"gave up after {MAX_CONFLICTING_WRITES} conflicting writes to outbox entry {entry_id}")
 
-    async def outbox_claim(self, now: float, limit: int, lease_seconds: float) -> list[OutboxEntry]:
+    async def outbox_claim(self, now: float, limit: int, lease_seconds: float, owner: str) -> list[OutboxEntry]:
         await self._prune_dead()
+        k, until = self._ctx.keys, now + lease_seconds
+        raws = await self._claim(
+            keys=[k.outbox_due(), k.outbox_entries(), k.outbox_claims()], args=[now, limit, until, owner]
+        )
+        claim = {"claimed_until": until, "claimed_by": owner}
+        return [OutboxEntry.model_validate_json(raw).model_copy(update=claim) for raw in raws]
+
+    async def outbox_renew(self, entry_id: str, owner: str, until: float) -> bool:
         k = self._ctx.keys
-        raws = await self._claim(keys=[k.outbox_due(), k.outbox_entries()], args=[now, limit, now + lease_seconds])
-        entries = [OutboxEntry.model_validate_json(raw) for raw in raws if raw]
-        return [e.model_copy(update={"claimed_until": now + lease_seconds}) for e in entries]
+        return bool(await self._renew(keys=[k.outbox_due(), k.outbox_claims()], args=[entry_id, owner, until]))
 
     async def outbox_delivered(self, entry_id: str) -> None:
-        k = self._ctx.keys
-        async with self._ctx.redis.pipeline(transaction=True) as pipe:
-            pipe.hdel(k.outbox_entries(), entry_id)
-            pipe.zrem(k.outbox_due(), entry_id)
-            pipe.zrem(k.outbox_dead(), entry_id)
-            await pipe.execute()
+        await self._delivered(keys=self._keys(), args=[entry_id, self._ctx.clock.now().timestamp()])
 
-    async def outbox_reschedule(self, entry_id: str, attempts: int, next_attempt_at: float, error: str) -> None:
-        entry = await self._entry(entry_id)
-        if entry is not None:
-            await self._write(rescheduled(entry, attempts, next_attempt_at, error), due=next_attempt_at)
+    async def outbox_reschedule(
+        self, entry_id: str, owner: str, attempts: int, next_attempt_at: float, error: str
+    ) -> bool:
+        def edit(entry: OutboxEntry | None) -> tuple[OutboxEntry, Placement, float, str] | None:
+            if entry is None or entry.state != "pending":
+                return None
+            return rescheduled(entry, attempts, next_attempt_at, error), "due", next_attempt_at, ""
 
-    async def outbox_kill(self, entry_id: str, attempts: int, error: str) -> int:
-        entry = await self._entry(entry_id)
-        if entry is not None:
-            await self._write(killed(entry, attempts, error, self._ctx.clock.now().timestamp()), due=None)
+        return await self._put_edit(entry_id, edit, fence=owner) is not None
+
+    async def outbox_kill(self, entry_id: str, owner: str, attempts: int, error: str) -> int | None:
+        now = self._ctx.clock.now().timestamp()
+
+        def edit(entry: OutboxEntry | None) -> tuple[OutboxEntry, Placement, float, str] | None:
+            if entry is None or entry.state != "pending":
+                return None
+            return killed(entry, attempts, error, now), "dead", now, ""
+
+        if await self._put_edit(entry_id, edit, fence=owner) is None:
+            return None
         return await self._prune_dead()
 
     async def outbox_list(self) -> list[OutboxEntry]:
+        """Every entry, with its claim (owner, and until when: its due time) where it has one."""
         await self._prune_dead()
-        raws = await self._ctx.redis.hvals(self._ctx.keys.outbox_entries())
-        return sorted((OutboxEntry.model_validate_json(r) for r in raws), key=lambda e: e.created_at)
+        k = self._ctx.keys
+        async with self._ctx.redis.pipeline(transaction=True) as pipe:
+            pipe.hvals(k.outbox_entries())
+            pipe.hgetall(k.outbox_claims())
+            pipe.zrange(k.outbox_due(), 0, -1, withscores=True)
+            raws, claims, due = await pipe.execute()
+        until = dict(due)
+        entries = []
+        for raw in raws:
+            entry = OutboxEntry.model_validate_json(raw)
+            if entry.id in claims and entry.state == "pending":
+                claim = {"claimed_by": claims[entry.id], "claimed_until": until.get(entry.id, 0.0)}
+                entry = entry.model_copy(update=claim)
+            entries.append(entry)
+        return sorted(entries, key=lambda e: e.created_at)
 
     async def outbox_replay(self, entry_id: str, now: float) -> OutboxEntry | None:
-        entry = await self._entry(entry_id)
-        if entry is None:
-            return None
-        entry = replayed(entry, now)
-        await self._write(entry, due=now)
-        return entry
+        def edit(entry: OutboxEntry | None) -> tuple[OutboxEntry, Placement, float, str] | None:
+            return None if entry is None else (replayed(entry, now), "due", now, "")
+
+        return await self._put_edit(entry_id, edit)
 
     async def restore_outbox(self, entries: list[OutboxEntry]) -> None:
-        """Write back entries kept in memory during an outage, in their state (pending or dead)."""
-        for entry in entries:
-            due = None if entry.state == "dead" else entry.next_attempt_at
-            await self._write(entry.model_copy(update={"claimed_until": 0.0}), due=due)
+        """Write back entries kept in memory during an outage: never one delivered meanwhile, and over a
+        stored copy without going back (`outbox_edits.merged`: death wins, attempts the higher count). An
+        entry still being sent here keeps its claim, so no other instance sends it until the claim ends,
+        and its sender settles it here."""
+        if not entries:
+            return
+        raws = await self._ctx.redis.hmget(self._ctx.keys.outbox_entries(), [e.id for e in entries])
+        for incoming, raw in zip(entries, raws, strict=True):
+
+            def edit(stored: OutboxEntry | None, incoming: OutboxEntry = incoming) -> tuple[Any, ...]:
+                entry = merged(stored, incoming)
+                if entry.state == "dead":
+                    return entry, "dead", entry.dead_at or entry.created_at, ""
+                return entry, "due", max(entry.next_attempt_at, due_at(incoming)), incoming.claimed_by or KEEP_CLAIM
+
+            await self._put_edit(incoming.id, edit, expected=raw or "")

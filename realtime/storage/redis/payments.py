@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 from core.jsonio import dumps_model
 from payments.model import Payment, PaymentEvent, PaymentStatus, StatusUpdate, Transition
 from payments.outbox import OutboxEntry
-from payments.ports import MergeOutbox, OutboxFor
+from payments.ports import MergeOutbox, OutboxFor, StalePending
 from payments.state import decide, merge, needs_order, settle_order
 from realtime.storage.redis import scripts
 from realtime.storage.redis.context import MAX_CONFLICTING_WRITES, RedisContext
@@ -115,6 +115,7 @@ class RedisPayments:
                 k.outbox_due(),
                 k.order_paid(paid_order) if compare_paid and paid_order else order_key,
                 k.last_write(reference),
+                k.outbox_delivered(),
             ]
             reply = await self._store(keys=keys, args=args)
             if int(reply[0]) == 1 or (reply[1] == written and reply[3] == token):
@@ -195,20 +196,39 @@ class RedisPayments:
         events = [PaymentEvent.model_validate_json(r) for r in raw]
         return [e for e in events if e.seq > seq]
 
+    async def drop_stale_pending(self, before: float, limit: int) -> StalePending:
+        redis, k = self._ctx.redis, self._ctx.keys
+        refs: list[str] = await redis.zrangebyscore(k.active(), "-inf", f"({before}", start=0, num=limit)
+        if not refs:
+            return StalePending([], 0)
+        payments = await self.get_payments(refs)
+        # A member whose payment settled meanwhile left the index in that write: removing it again is a no-op.
+        await redis.zrem(k.active(), *refs)
+        abandoned = [p.reference for p in payments if p is not None and p.status is PaymentStatus.PENDING]
+        return StalePending(abandoned, sum(p is None for p in payments))
+
     async def pending_page(self, start: float, end: float, limit: int) -> list[tuple[str, float]]:
         """PENDING references created in [start, end] (unix seconds), oldest first, with their creation
-        time; index entries whose payment expired are pruned."""
+        time; index entries whose payment expired are pruned, and the page is filled up past them (a short
+        page means the range is done: the reconciler's cursor stops at one)."""
         redis, k = self._ctx.redis, self._ctx.keys
-        rows: list[tuple[str, float]] = await redis.zrangebyscore(
-            k.active(), start, end, start=0, num=limit, withscores=True
-        )
-        if not rows:
-            return []
-        async with redis.pipeline(transaction=False) as pipe:
-            for ref, _ in rows:
-                pipe.exists(k.payment(ref))
-            alive = await pipe.execute()
-        gone = [ref for (ref, _), ok in zip(rows, alive, strict=False) if not ok]
-        if gone:
-            await redis.zrem(k.active(), *gone)
-        return [(ref, score) for (ref, score), ok in zip(rows, alive, strict=False) if ok]
+        page: list[tuple[str, float]] = []
+        while len(page) < limit:
+            # The live members read so far come first in the range (the expired ones are gone from it).
+            want = limit - len(page)
+            rows: list[tuple[str, float]] = await redis.zrangebyscore(
+                k.active(), start, end, start=len(page), num=want, withscores=True
+            )
+            if not rows:
+                break
+            async with redis.pipeline(transaction=False) as pipe:
+                for ref, _ in rows:
+                    pipe.exists(k.payment(ref))
+                alive = await pipe.execute()
+            gone = [ref for (ref, _), ok in zip(rows, alive, strict=True) if not ok]
+            if gone:
+                await redis.zrem(k.active(), *gone)
+            page += [(ref, score) for (ref, score), ok in zip(rows, alive, strict=True) if ok]
+            if len(rows) < want:
+                break
+        return page

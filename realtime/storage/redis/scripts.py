@@ -14,21 +14,95 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
 """
 
-# Claim due outbox entries: push each one's due time forward by the lease, so
-# no other worker sees it until the lease runs out (a dead claimer's entries
-# come back by themselves), and return the entries.
+# Claim due outbox entries for ARGV[4]: push each one's due time forward to the lease's end (ARGV[3]), so
+# no other worker sees it until the lease runs out (a dead claimer's entries come back by themselves), name
+# the claim's owner (the fence OUTBOX_PUT checks), and return the entries. An id whose entry is gone leaves
+# the index. KEYS: due, entries, claims. ARGV: [1] now, [2] limit, [3] lease end, [4] owner.
 CLAIM_OUTBOX = """
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
-if #ids == 0 then return {} end
+local claimed = {}
 for _, id in ipairs(ids) do
-  redis.call('ZADD', KEYS[1], ARGV[3], id)
+  local raw = redis.call('HGET', KEYS[2], id)
+  if raw then
+    redis.call('ZADD', KEYS[1], ARGV[3], id)
+    redis.call('HSET', KEYS[3], id, ARGV[4])
+    claimed[#claimed + 1] = raw
+  else
+    redis.call('ZREM', KEYS[1], id)
+    redis.call('HDEL', KEYS[3], id)
+  end
 end
-return redis.call('HMGET', KEYS[2], unpack(ids))
+return claimed
+"""
+
+# Extend ARGV[2]'s claim on a pending entry to ARGV[3] (never shorten it). KEYS: due, claims. ARGV: [1] id.
+RENEW_OUTBOX_CLAIM = """
+if redis.call('HGET', KEYS[2], ARGV[1]) ~= ARGV[2] or not redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+  return 0
+end
+redis.call('ZADD', KEYS[1], 'GT', ARGV[3], ARGV[1])
+return 1
+"""
+
+# Write an entry decided in Python (outbox_edits), if the stored copy is still the one the decision read
+# (ARGV[2]; '' for none) and, with a fence (ARGV[6] ~= ''), only while ARGV[6] holds the claim; never one
+# delivered. ARGV[4] places it: 'due' at score ARGV[5], or 'dead' at ARGV[5]. ARGV[7]: the claim
+# afterwards: '' ends it (and the entry is due at exactly ARGV[5]), '=' keeps it, else its new owner,
+# unless another owner's claim is still live at ARGV[8] (now), which is then kept; either way the entry
+# is then never due earlier than a later due time or live claim already there. Returns {1} written, {0}
+# refused (fenced out, delivered, gone), {2, stored copy} when the stored copy changed since it was read
+# (decide again on it).
+# KEYS: entries, due, dead, claims, delivered. ARGV: [1] id, [2] expected copy, [3] new copy, [4] placement,
+#   [5] score, [6] fence owner, [7] claim afterwards, [8] now.
+OUTBOX_PUT = """
+local id = ARGV[1]
+if redis.call('ZSCORE', KEYS[5], id) then return {0} end
+local holder = redis.call('HGET', KEYS[4], id)
+if ARGV[6] ~= '' and holder ~= ARGV[6] then return {0} end
+local current = redis.call('HGET', KEYS[1], id)
+if (current or '') ~= ARGV[2] then
+  if not current then return {0} end
+  return {2, current}
+end
+local claim = ARGV[7]
+if claim ~= '' and claim ~= '=' and holder and holder ~= claim then
+  local claimed_until = tonumber(redis.call('ZSCORE', KEYS[2], id) or '0')
+  if claimed_until > tonumber(ARGV[8]) then claim = '=' end
+end
+redis.call('HSET', KEYS[1], id, ARGV[3])
+if ARGV[4] == 'dead' then
+  redis.call('ZREM', KEYS[2], id)
+  redis.call('ZADD', KEYS[3], ARGV[5], id)
+  redis.call('HDEL', KEYS[4], id)
+  return {1}
+end
+redis.call('ZREM', KEYS[3], id)
+if claim == '' then
+  redis.call('ZADD', KEYS[2], ARGV[5], id)
+  redis.call('HDEL', KEYS[4], id)
+else
+  redis.call('ZADD', KEYS[2], 'GT', ARGV[5], id)
+  if claim ~= '=' then redis.call('HSET', KEYS[4], id, claim) end
+end
+return {1}
+"""
+
+# A delivered entry leaves, whoever holds its claim, and leaves a tombstone.
+# KEYS: entries, due, dead, claims, delivered. ARGV: [1] id, [2] now.
+OUTBOX_DELIVERED = """
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('HDEL', KEYS[4], ARGV[1])
+redis.call('ZADD', KEYS[5], ARGV[2], ARGV[1])
+return 1
 """
 
 # Drop dead letters that died before ARGV[1], then the oldest past ARGV[2] of them (scores are
-# times of death); their entries leave the hash with them. Returns how many the cap dropped.
+# times of death); their entries leave the hash with them. Tombstones of deliveries before ARGV[3] go too.
+# Returns how many the cap dropped. KEYS: dead, entries, delivered.
 PRUNE_DEAD = """
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', '(' .. ARGV[3])
 local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[1])
 local over = redis.call('ZCARD', KEYS[1]) - #expired - tonumber(ARGV[2])
 local capped = {}
@@ -68,14 +142,14 @@ return 0
 # again on (or, when the stored copy is this very write and the token this write's, to learn that a reply
 # redis-py lost was this write's success).
 # KEYS: payment, its event log, its order's index entry, the PENDING index, outbox entries, outbox due,
-#   its order's paid list, its last write's token.
+#   its order's paid list, its last write's token, the outbox's delivered tombstones.
 # ARGV: [1] expected copy, [2] new copy ('' stores nothing: outbox entries only), [3] TTL seconds,
 #   [4] reference, [5] order index: '1' point it here (a new initiation), '0' only if free or already
 #   here (so a write-back never re-points an order at an older payment), '' leave it,
 #   [6] PENDING score ('' removes it from the index), [7] event ('' none), [8] event log cap,
 #   [9] '1' when the paid list was read (compare it and write [11]), else '', [10] the paid list read,
 #   [11] the paid list to store, [12] this write's token (random), [13...] outbox entries as (id, JSON,
-#   due) triples, each written once per id.
+#   due) triples, each written once per id, and never one already delivered.
 STORE_PAYMENT = """
 local current = redis.call('GET', KEYS[1])
 local paid = ''
@@ -108,8 +182,10 @@ if ARGV[2] ~= '' then
   end
 end
 for i = 13, #ARGV, 3 do
-  redis.call('HSETNX', KEYS[5], ARGV[i], ARGV[i + 1])
-  redis.call('ZADD', KEYS[6], 'NX', ARGV[i + 2], ARGV[i])
+  if not redis.call('ZSCORE', KEYS[9], ARGV[i]) then
+    redis.call('HSETNX', KEYS[5], ARGV[i], ARGV[i + 1])
+    redis.call('ZADD', KEYS[6], 'NX', ARGV[i + 2], ARGV[i])
+  end
 end
 return {1}
 """
@@ -128,11 +204,13 @@ return {1}
 """
 
 # Take over a claim whose holder stopped renewing: only if the record is still the one seen and the lease
-# is free. KEYS: record, lease. ARGV: [1] expected record JSON, [2] owner, [3] lease ms.
+# is free; the record is replaced (naming the taker's nonce, its TTL kept).
+# KEYS: record, lease. ARGV: [1] expected record JSON, [2] owner, [3] lease ms, [4] replacement JSON.
 TAKE_OVER_IDEMPOTENCY = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] or redis.call('EXISTS', KEYS[2]) == 1 then
   return 0
 end
+redis.call('SET', KEYS[1], ARGV[4], 'KEEPTTL')
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
 return 1
 """

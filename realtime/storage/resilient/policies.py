@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 from core.clock import Clock
 from payments.model import Payment, PaymentEvent, Transition
 from payments.outbox import OutboxEntry
+from payments.ports import StalePending
 from realtime.storage.memory import MemoryStorage
 from realtime.storage.resilient.failover import Call, RolePolicy, Route
 
@@ -76,6 +77,11 @@ class PaymentsPolicy(_Remembered):
     async def after(self, call: Call, result: Any, on_primary: bool) -> Any:
         if call.name == "get_payment" and on_primary and result is not None and result.reference not in self.dirty:
             self._memory.mirror(result)
+        if call.name == "drop_stale_pending" and not on_primary:
+            # Memory's PENDING copies may have settled on another instance: this instance cannot tell an
+            # abandoned payment from one it did not hear about. A payment changed here is written back to
+            # Redis's index with its creation time, and Redis's reconciler counts it if it is abandoned.
+            return StalePending([], result.expired + len(result.abandoned))
         if call.name not in _PAYMENT_WRITES:
             return result
         payment: Payment | None = result.payment if isinstance(result, Transition) else result
@@ -118,25 +124,32 @@ class PaymentsPolicy(_Remembered):
 class OutboxPolicy(RolePolicy):
     """Entries queued while degraded stay in memory and are written back, unless their payment's status
     lost the merge (then the message would announce a status that is not the truth). An entry still in
-    memory is handled there; claims and lists while healthy include memory's leftovers."""
+    memory is handled there; claims and lists while healthy include memory's leftovers. A delivery is
+    recorded on both sides (memory's tombstone too). An entry being sent when it is written back keeps
+    its claim on Redis, and its sender's renewal, reschedule or kill then goes there."""
 
     routes: ClassVar = {
         "outbox_delivered": Route.BOTH,
+        "outbox_renew": Route.LOCAL_FIRST,
         "outbox_reschedule": Route.LOCAL_FIRST,
         "outbox_kill": Route.LOCAL_FIRST,
         "outbox_replay": Route.LOCAL_FIRST,
     }
-    defaults: ClassVar = {"outbox_kill": 0}
+    # While neither side can answer for an entry, nothing changes: the claim on Redis runs out by itself.
+    defaults: ClassVar = {"outbox_renew": False, "outbox_reschedule": False, "outbox_kill": None}
 
     def __init__(self, primary: Any, fallback: MemoryStorage, payments: PaymentsPolicy) -> None:
         self._primary = primary
         self._memory = fallback.outbox
         self._payments = payments
+        self._delivered: set[str] = set()  # deliveries Redis has not heard of (it was away as they were made)
 
     def holds(self, call: Call) -> bool:
         return self._memory.has_outbox_entry(call.args["entry_id"])
 
     async def after(self, call: Call, result: Any, on_primary: bool) -> Any:
+        if call.name == "outbox_delivered" and not on_primary:
+            self._delivered.add(call.args["entry_id"])  # else Redis would hand the entry out again
         if not (on_primary and self._memory.has_outbox()):
             return result
         if call.name == "outbox_list":
@@ -144,13 +157,18 @@ class OutboxPolicy(RolePolicy):
         if call.name == "outbox_claim" and len(result) < call.args["limit"]:
             # Left in memory by an outage that has just ended: still deliver them.
             more = call.args["limit"] - len(result)
-            return result + await self._memory.outbox_claim(call.args["now"], more, call.args["lease_seconds"])
+            args = call.args
+            return result + await self._memory.outbox_claim(args["now"], more, args["lease_seconds"], args["owner"])
         return result
 
     def pending(self) -> bool:
-        return self._memory.has_outbox()
+        return self._memory.has_outbox() or bool(self._delivered)
 
     async def write_back(self) -> list[str]:
+        while self._delivered:  # first, so that no write-back below brings one of them back
+            entry_id = next(iter(self._delivered))
+            await self._primary.outbox_delivered(entry_id)
+            self._delivered.discard(entry_id)
         entries: list[OutboxEntry] = [e for e in self._memory.take_outbox() if e.reference not in self._payments.lost]
         try:
             await self._primary.restore_outbox(entries)
@@ -243,6 +261,8 @@ class IdempotencyPolicy(_Remembered):
             record = call.args["record"] if result.claimed else result.existing
             if record is not None:
                 self._memory.restore(key, record, self._ttl)
+        elif call.name == "take_over_idempotency" and result:
+            self._memory.restore(key, call.args["replacement"], self._ttl)
         elif call.name == "complete_idempotency" and result:
             self._memory.restore(key, call.args["record"], call.args["ttl_seconds"])
         elif call.name == "release_idempotency" and call.args["forget"]:
