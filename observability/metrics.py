@@ -191,7 +191,8 @@ async def _oldest_pending_age(storage: StorageProbe, now: datetime) -> float:
 
     The reconciler takes a payment still PENDING past RECONCILE_MAX_AGE_SECONDS out of the index and
     counts it (`paytrack_payments_abandoned_total`, which deploy/prometheus/alerts.yml alerts on), so
-    this stays within the reconcile window and its interval.
+    this stays near the reconcile window while the reconciler sweeps (not while CamPay's circuit is
+    open, when no sweep runs).
     """
     oldest = await storage.pending_page(0, now.timestamp(), 1)
     return max(0.0, now.timestamp() - oldest[0][1]) if oldest else 0.0

@@ -177,11 +177,13 @@ class Reconciler:
         self, todo: dict[str, None], results: list[Transition], window: tuple[float, float] | None
     ) -> bool:
         """While the circuit is open: this interval's one probe, if it is ours, about the next candidate in
-        turn (requested references, then the oldest due ones), so no one reference the provider keeps
-        failing on holds the circuit open. True once the circuit is closed."""
-        candidates = list(todo)
+        turn (new requested references, the oldest due ones, then the ones already failing), so no
+        reference the provider keeps failing on holds the circuit open. True once the circuit is closed."""
+        # References already failing go last: the provider may be fine and failing on them alone.
+        candidates = [ref for ref in todo if ref not in self._retrying]
         if window is not None:
             candidates += [ref for ref, _ in await self._storage.pending_page(*window, CONCURRENCY) if ref not in todo]
+        candidates += [ref for ref in todo if ref in self._retrying]
         if not candidates or not await self._circuit.take_probe():
             return False
         reference = candidates[self._probe_turn % len(candidates)]
@@ -249,7 +251,9 @@ class Reconciler:
             log.warning("provider does not know this reference; not asking again", extra={"reference": reference})
             return None
         except ApiError as exc:
-            if isinstance(exc, ProviderError):
+            if isinstance(exc, ProviderError) and reference not in self._retrying:
+                # A reference already failing is its own trouble: counted, a few of them kept open a circuit
+                # (and held the sweep back) while the provider answered about everything else.
                 await self._circuit.failed(reference)
             log.warning(
                 "provider check failed", extra={"reference": reference, "error": exc.code, "detail": exc.message}

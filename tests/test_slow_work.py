@@ -178,6 +178,34 @@ async def test_one_reference_campay_keeps_failing_on_does_not_hold_the_circuit_o
     assert {lookup.reference for lookup in campay.lookups[before:]} == set(references)
 
 
+async def test_references_campay_keeps_failing_on_do_not_hold_the_sweep_back(
+    start_instance: StartInstance, campay: FakeCampay
+) -> None:
+    """Found in a second review: eight requested references CamPay kept failing on (while answering about
+    everything else) were re-checked before each sweep, reopened the circuit every pass, and the due
+    payments were asked about in a few passes out of ten."""
+    clock = ManualClock(datetime.now(UTC))
+    instance = await start_instance(clock, **campay_settings(campay, CAMPAY_RETRY_ATTEMPTS=1))
+    reconciler = instance.app[RECONCILER]
+    due = []
+    for i in range(16):
+        status, payment, _ = await instance.api.initiate(order_id=f"o-due-{i}")
+        assert status == 201
+        due.append(payment["reference"])
+    for i in range(8):
+        campay.add_transaction(f"failing-{i}")
+        campay.failing_references.add(f"failing-{i}")
+        reconciler.request_check(f"failing-{i}")
+    clock.advance(61)  # the due payments are old enough to be swept
+    passes = 20
+    for _ in range(passes):
+        await reconciler.run_once(include_due=True)
+        clock.advance(15.01)
+    asked = [lookup.reference for lookup in campay.lookups]
+    # The first pass opens the circuit (eight references failing), the next one's probe closes it.
+    assert min(asked.count(ref) for ref in due) >= passes - 1
+
+
 async def test_requested_checks_outlive_a_busy_storage_as_the_circuit_opens(
     start_instance: StartInstance, campay: FakeCampay
 ) -> None:
@@ -331,3 +359,30 @@ async def test_a_dead_workers_message_comes_back_after_one_lease(
         for worker, storage in zip(workers, storages, strict=True):
             await worker.stop()
             await storage.close()
+
+
+async def test_a_send_that_cannot_be_settled_leaves_the_others_settled_and_renewed(
+    redis_server: RedisServer, merchant: MerchantReceiver
+) -> None:
+    """Found in a second review: when settling one entry raised (storage busy as its failure was recorded),
+    the pass raised at once and the other sends ran on with nobody renewing their claims."""
+    prefix = f"slow{next(_prefixes)}:"
+    storage = await _worker_storage(redis_server, prefix)
+    worker = _worker(storage, merchant, lease_seconds=0.6)
+    try:
+        fails = _message(merchant, "msg_ref-1_failed")
+        fails = fails.model_copy(update={"url": merchant.url.replace("/hooks", "/missing")})  # 404: a retry
+        await storage.create_payment(owned(), lambda _stored, _replaced: [fails, _message(merchant)])
+
+        async def busy(*_args: Any) -> bool:
+            raise Busy("the Redis pool stayed full")
+
+        storage.outbox_reschedule = busy  # type: ignore[method-assign]
+        merchant.delay = 1.0  # the accepted send outlasts the lease: its claim must be renewed meanwhile
+        assert await worker.run_once() == 1
+        listed = await storage.outbox_list()
+        assert [e.id for e in listed] == ["msg_ref-1_failed"]  # comes back when its claim ends
+        assert [d.message_id for d in merchant.accepted] == ["msg_ref-1_succeeded"]
+    finally:
+        await worker.stop()
+        await storage.close()

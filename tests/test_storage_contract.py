@@ -552,6 +552,20 @@ async def test_a_write_back_keeps_a_live_claim_already_on_the_stored_copy(backen
     assert await s.outbox_reschedule("m-1", "c", 1, now + 500, "HTTP 500")  # c's failure is recorded
 
 
+async def test_a_write_back_ends_a_claim_that_lapsed(backend: Backend) -> None:
+    """Found in a second review: Redis kept a lapsed claim through a write-back (listed as claimed, its old
+    owner still able to reschedule); memory ended it. A claim nobody renews ends, on both."""
+    s, plain = backend.storage, _plain(backend)
+    now = backend.clock.now().timestamp()
+    await s.create_payment(owned(), queued(entry("m-1", due=now - 100)))
+    await s.outbox_claim(now=now - 100, limit=10, lease_seconds=30, owner="a")  # a's claim ended at now - 70
+    incoming = entry("m-1", due=now + 500).model_copy(update={"attempts": 1, "last_error": "HTTP 500"})
+    await plain.restore_outbox([incoming])
+    (listed,) = await s.outbox_list()
+    assert (listed.claimed_by, listed.attempts, listed.next_attempt_at) == (None, 1, now + 500)
+    assert not await s.outbox_reschedule("m-1", "a", 2, now + 900, "HTTP 502")
+
+
 async def test_a_write_back_keeps_the_claim_of_an_entry_still_being_sent(backend: Backend) -> None:
     """Issue 32: an entry a degraded instance was still sending was written back due, and another
     instance sent it again; it comes back claimed by its sender, who settles it."""
@@ -813,3 +827,18 @@ async def test_a_degraded_instance_does_not_count_a_payment_settled_elsewhere_as
     assert await s.get_payment("nope") is None and not s.healthy
     stale = await s.drop_stale_pending(resilient.clock.now().timestamp() - 900, 500)
     assert stale.abandoned == [] and stale.expired == 1
+
+
+async def test_a_take_over_is_refused_while_redis_is_away_and_changes_nothing(resilient: Backend) -> None:
+    """Only Redis can tell that a claim's holder wrote no intent. Found in a second review: while refused,
+    the take-over still replaced memory's copy of the record and leased it there."""
+    s, server = resilient.storage, resilient.redis_server
+    claim = IdempotencyRecord(fingerprint="fp", state="in_progress", nonce="n-1")
+    await s.claim_idempotency("k1", claim, "a", 0.2, 600)
+    await resilient.lapse(0.3)
+    server.stop()
+    taken = claim.model_copy(update={"nonce": "n-b"})
+    assert not await s.take_over_idempotency("k1", claim, taken, "b", 60)
+    assert not s.healthy
+    seen = await s.claim_idempotency("k1", claim, "c", 60, 600)  # answered from memory
+    assert seen.existing == claim and not seen.held

@@ -100,8 +100,15 @@ class DeliveryWorker:
                 sending.discard(entry.id)
 
         async with renewing(renew, every=lease / 3, log=log, what="merchant outbox claims"):
-            results = await asyncio.gather(*(deliver(e) for e in entries))
-        return sum(results)
+            # Every send ends inside the renewal: one that fails (storage busy as it is settled) must not
+            # leave the others running on claims nobody renews. Its entry comes back when its claim ends.
+            results = await asyncio.gather(*(deliver(e) for e in entries), return_exceptions=True)
+        for entry, result in zip(entries, results, strict=True):
+            if isinstance(result, BaseException) and not isinstance(result, Exception):
+                raise result  # a cancel (shutdown) goes on up
+            if isinstance(result, Exception):
+                log.error("merchant webhook not settled", extra={"message_id": entry.message_id}, exc_info=result)
+        return sum(result is True for result in results)
 
     async def _post(self, entry: OutboxEntry) -> str | None:
         """Send one attempt, bounded in all by the timeout; the error, or None when the merchant took it."""

@@ -47,9 +47,9 @@ return 1
 # Write an entry decided in Python (outbox_edits), if the stored copy is still the one the decision read
 # (ARGV[2]; '' for none) and, with a fence (ARGV[6] ~= ''), only while ARGV[6] holds the claim; never one
 # delivered. ARGV[4] places it: 'due' at score ARGV[5], or 'dead' at ARGV[5]. ARGV[7]: the claim
-# afterwards: '' ends it (and the entry is due at exactly ARGV[5]), '=' keeps it, else its new owner,
-# unless another owner's claim is still live at ARGV[8] (now), which is then kept; either way the entry
-# is then never due earlier than a later due time or live claim already there. Returns {1} written, {0}
+# afterwards: '' ends it (and the entry is due at exactly ARGV[5]), '=' keeps it if it is live at ARGV[8]
+# (now) and ends it if it lapsed, else its new owner, unless another owner's claim is still live, which is
+# then kept; either way the entry is then never due earlier than a later due time or live claim there. Returns {1} written, {0}
 # refused (fenced out, delivered, gone), {2, stored copy} when the stored copy changed since it was read
 # (decide again on it).
 # KEYS: entries, due, dead, claims, delivered. ARGV: [1] id, [2] expected copy, [3] new copy, [4] placement,
@@ -65,9 +65,13 @@ if (current or '') ~= ARGV[2] then
   return {2, current}
 end
 local claim = ARGV[7]
-if claim ~= '' and claim ~= '=' and holder and holder ~= claim then
-  local claimed_until = tonumber(redis.call('ZSCORE', KEYS[2], id) or '0')
-  if claimed_until > tonumber(ARGV[8]) then claim = '=' end
+if claim ~= '' and holder and holder ~= claim then
+  local live = tonumber(redis.call('ZSCORE', KEYS[2], id) or '0') > tonumber(ARGV[8])
+  if live then
+    claim = '='
+  elseif claim == '=' then
+    claim = '-'  -- a lapsed claim nobody took up: it ends here
+  end
 end
 redis.call('HSET', KEYS[1], id, ARGV[3])
 if ARGV[4] == 'dead' then
@@ -82,7 +86,11 @@ if claim == '' then
   redis.call('HDEL', KEYS[4], id)
 else
   redis.call('ZADD', KEYS[2], 'GT', ARGV[5], id)
-  if claim ~= '=' then redis.call('HSET', KEYS[4], id, claim) end
+  if claim == '-' then
+    redis.call('HDEL', KEYS[4], id)
+  elseif claim ~= '=' then
+    redis.call('HSET', KEYS[4], id, claim)
+  end
 end
 return {1}
 """

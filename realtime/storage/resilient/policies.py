@@ -243,6 +243,12 @@ class IdempotencyPolicy(_Remembered):
     while degraded are written back, a final answer beating an in-progress claim and Redis's own final
     answer kept (a conflict is logged: two instances answered one key while apart)."""
 
+    # Taking a claim over decides that its holder sent nothing (it wrote no intent), and only the shared
+    # storage can tell (the holder may have written its intent there): refused while Redis is away, and
+    # memory left untouched.
+    routes: ClassVar = {"take_over_idempotency": Route.LOCAL_FIRST}
+    defaults: ClassVar = {"take_over_idempotency": False}
+
     def __init__(self, primary: Any, fallback: MemoryStorage, ttl_seconds: float) -> None:
         super().__init__()
         self._primary = primary
@@ -253,10 +259,6 @@ class IdempotencyPolicy(_Remembered):
         key = call.args["key"]
         if not on_primary:
             self.dirty.add(key)
-            if call.name == "take_over_idempotency":
-                # Taking a claim over decides that its holder sent nothing (it wrote no intent), and only
-                # the shared storage can tell: the holder may have written its intent there.
-                return False
         elif call.name == "claim_idempotency":
             record = call.args["record"] if result.claimed else result.existing
             if record is not None:
