@@ -842,3 +842,37 @@ async def test_a_take_over_is_refused_while_redis_is_away_and_changes_nothing(re
     assert not s.healthy
     seen = await s.claim_idempotency("k1", claim, "c", 60, 600)  # answered from memory
     assert seen.existing == claim and not seen.held
+
+
+async def test_a_message_delivered_while_redis_was_away_is_not_queued_again_by_the_write_back(
+    redis_server: RedisServer,
+) -> None:
+    """The payments' write-back queues what its merge tells the merchant, and runs before the outbox's: a
+    message delivered from memory during the outage must find its tombstone on Redis by then (it is
+    written as the recovery starts), or another instance may send it again before the outbox's
+    write-back removes it. This checks the end state; the window itself is not observable from here."""
+    clock, prefix = ManualClock(T0), f"contract{next(_prefixes)}:"
+    told = lambda payment, _replaced, _now: [entry("m-1")] if payment.status is PaymentStatus.SUCCESSFUL else []  # noqa: E731
+    s = ResilientStorage(
+        _redis(redis_server, clock, prefix), _memory(clock), clock,
+        reconnect_interval=0.05, idempotency_ttl=3600, merchant_outbox=told,
+    )  # fmt: skip
+    await s.start()
+    try:
+        await s.create_payment(owned())
+        redis_server.stop()
+        done = await s.transition(update("SUCCESSFUL", amount=500, currency="XAF"), LATER, lambda _t: [entry("m-1")])
+        assert done.applied and not s.healthy
+        (claimed,) = await s.outbox_claim(now=100, limit=10, lease_seconds=30, owner="a")
+        await s.outbox_delivered(claimed.id)  # from memory, while Redis is away
+        await redis_server.start()
+        await eventually(lambda: s.healthy, timeout=10)
+        plain = _redis(redis_server, clock, prefix)
+        await plain.start()
+        try:
+            assert (await plain.get_payment("ref-1")).status is PaymentStatus.SUCCESSFUL  # written back
+            assert await plain.outbox_list() == []  # and its message not queued again
+        finally:
+            await plain.close()
+    finally:
+        await s.close()

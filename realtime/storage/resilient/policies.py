@@ -164,11 +164,19 @@ class OutboxPolicy(RolePolicy):
     def pending(self) -> bool:
         return self._memory.has_outbox() or bool(self._delivered)
 
-    async def write_back(self) -> list[str]:
-        while self._delivered:  # first, so that no write-back below brings one of them back
+    async def recovering(self) -> None:
+        """Before any write-back: the payments' write-back queues the messages their merge produces, and a
+        message delivered while Redis was away must find its tombstone there."""
+        await self._write_deliveries()
+
+    async def _write_deliveries(self) -> None:
+        while self._delivered:
             entry_id = next(iter(self._delivered))
             await self._primary.outbox_delivered(entry_id)
             self._delivered.discard(entry_id)
+
+    async def write_back(self) -> list[str]:
+        await self._write_deliveries()  # first, so that no write-back below brings one of them back
         entries: list[OutboxEntry] = [e for e in self._memory.take_outbox() if e.reference not in self._payments.lost]
         try:
             await self._primary.restore_outbox(entries)
