@@ -1,0 +1,220 @@
+"""A real Redis Cluster for tests: deploy/redis-cluster.sh's three primaries and three replicas, with the
+faults a cluster test needs (kill -9 a node, freeze one with SIGSTOP, start it again, fail over).
+
+The script is the one an operator uses, so the tests check it too. Each node is a redis-server process
+whose pid its INFO reports; a node started again reuses its directory (and so its nodes.conf: it rejoins
+with its old identity, as a restarted machine would).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "deploy" / "redis-cluster.sh"
+REDIS_SERVER = shutil.which("redis-server")
+REDIS_CLI = shutil.which("redis-cli")
+READY_TIMEOUT = 30.0
+# As deploy/redis-cluster.sh starts each node.
+NODE_OPTIONS = [
+    "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000",
+    "--appendonly", "no", "--save", "", "--daemonize", "no",
+]  # fmt: skip
+
+
+class RedisCluster:
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.url = ""
+        self.ports: list[int] = []  # primaries first, as the script printed them
+        self._script: subprocess.Popen[str] | None = None
+        self._restarted: dict[int, subprocess.Popen[bytes]] = {}
+        self._frozen: set[int] = set()
+
+    async def start(self) -> None:
+        self._script = subprocess.Popen(
+            ["bash", str(SCRIPT), "--dir", str(self.workdir)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        assert self._script.stdout is not None
+        deadline = time.monotonic() + READY_TIMEOUT
+        lines = []
+        while not self.ports:
+            line = await asyncio.wait_for(
+                asyncio.to_thread(self._script.stdout.readline), max(0.1, deadline - time.monotonic())
+            )
+            if not line:
+                raise RuntimeError("deploy/redis-cluster.sh stopped:\n" + "".join(lines))
+            lines.append(line)
+            if line.startswith("REDIS_CLUSTER_URL="):
+                self.url = line.split("=", 1)[1].strip()
+            elif line.startswith("REDIS_CLUSTER_NODES="):
+                self.ports = [int(p) for p in line.split("=", 1)[1].split()]
+
+    def client(self) -> aioredis.RedisCluster:
+        return aioredis.RedisCluster.from_url(self.url, decode_responses=True)
+
+    def node(self, port: int) -> aioredis.Redis:
+        """A plain connection to one node (CLUSTER, INFO, and what a cluster client would redirect)."""
+        return aioredis.Redis(host="127.0.0.1", port=port, decode_responses=True, socket_timeout=5)
+
+    async def _info(self, port: int, section: str) -> dict[str, str]:
+        node = self.node(port)
+        try:
+            text = await node.execute_command("INFO", section)
+        finally:
+            await node.aclose()
+        if isinstance(text, dict):
+            return {k: str(v) for k, v in text.items()}
+        return dict(line.split(":", 1) for line in str(text).splitlines() if ":" in line)
+
+    async def pid(self, port: int) -> int:
+        return int((await self._info(port, "server"))["process_id"])
+
+    async def role(self, port: int) -> str:
+        return (await self._info(port, "replication"))["role"]
+
+    async def primaries(self) -> list[int]:
+        return [port for port in self.ports if await self._alive(port) and await self.role(port) == "master"]
+
+    async def replica_of(self, primary: int) -> int:
+        """The port of `primary`'s replica."""
+        for port in self.ports:
+            if port == primary or not await self._alive(port):
+                continue
+            info = await self._info(port, "replication")
+            if info.get("role") == "slave" and int(info.get("master_port", 0)) == primary:
+                return port
+        raise LookupError(f"no replica of {primary}")
+
+    async def _alive(self, port: int) -> bool:
+        node = self.node(port)
+        try:
+            return bool(await node.ping())
+        except Exception:
+            return False
+        finally:
+            await node.aclose()
+
+    async def kill(self, port: int) -> None:
+        """kill -9: the node vanishes mid-work, with whatever its replica had not received."""
+        os.kill(await self.pid(port), signal.SIGKILL)
+
+    async def freeze(self, port: int) -> int:
+        """SIGSTOP: the node holds its connections and answers nothing (a replica falling behind)."""
+        pid = await self.pid(port)
+        os.kill(pid, signal.SIGSTOP)
+        self._frozen.add(pid)
+        return pid
+
+    def thaw(self, pid: int) -> None:
+        os.kill(pid, signal.SIGCONT)
+        self._frozen.discard(pid)
+
+    def restart(self, port: int) -> None:
+        """Start a node again in its own directory: it rejoins with its old identity (as a replica when
+        another node took its slots)."""
+        assert REDIS_SERVER is not None
+        node_dir = self.workdir / str(port)
+        self._restarted[port] = subprocess.Popen(
+            [
+                REDIS_SERVER,
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(node_dir),
+                *NODE_OPTIONS,
+                "--logfile",
+                str(node_dir / "redis.log"),
+            ],
+            start_new_session=True,
+        )
+
+    async def failover(self, replica: int, *, takeover: bool = False) -> None:
+        """CLUSTER FAILOVER on `replica` (planned: the primary hands over after the replica caught up), or
+        TAKEOVER (no agreement from anyone: what an operator does when the primary is gone)."""
+        node = self.node(replica)
+        try:
+            await node.execute_command("CLUSTER", "FAILOVER", *(["TAKEOVER"] if takeover else []))
+        finally:
+            await node.aclose()
+        await self.wait_role(replica, "master")
+
+    async def wait_role(self, port: int, role: str) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT
+        while await self.role(port) != role:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"node {port} is not a {role}")
+            await asyncio.sleep(0.05)
+
+    async def wait_ok(self) -> None:
+        """Until every live node says `cluster_state:ok`."""
+        deadline = time.monotonic() + READY_TIMEOUT
+        while True:
+            states = []
+            for port in self.ports:
+                if await self._alive(port):
+                    states.append((await self._cluster_info(port)).get("cluster_state"))
+            if states and all(state == "ok" for state in states):
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"cluster not ok: {states}")
+            await asyncio.sleep(0.1)
+
+    async def _cluster_info(self, port: int) -> dict[str, str]:
+        node = self.node(port)
+        try:
+            text = await node.execute_command("CLUSTER", "INFO")
+        finally:
+            await node.aclose()
+        if isinstance(text, dict):
+            return {k: str(v) for k, v in text.items()}
+        return dict(line.split(":", 1) for line in str(text).splitlines() if ":" in line)
+
+    async def stop(self) -> None:
+        for pid in self._frozen:  # a frozen node would not stop
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        for process in self._restarted.values():
+            process.kill()
+            process.wait()
+        if self._script is not None and self._script.poll() is None:
+            self._script.terminate()  # the script stops its nodes
+            try:
+                await asyncio.to_thread(self._script.wait, 15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self._script.pid, signal.SIGKILL)
+        for port in self.ports:  # a frozen node ignores SIGTERM until it is thawed
+            try:
+                pid = await asyncio.wait_for(self.pid(port), 1)
+            except Exception:
+                continue
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+async def redis_cluster(tmp_path: Path) -> AsyncIterator[RedisCluster]:
+    if REDIS_SERVER is None or REDIS_CLI is None:
+        pytest.skip("redis-server/redis-cli not found (Debian package redis-server; CI installs it via .ci/run)")
+    cluster = RedisCluster(tmp_path / "cluster")
+    try:
+        await cluster.start()
+        yield cluster
+    finally:
+        await cluster.stop()
