@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-ROOT = Path(__file__).resolve().parent.parent
-SCRIPT = ROOT / "deploy" / "redis-cluster.sh"
+from tests.deploy_script import DeployScript
+
 REDIS_SERVER = shutil.which("redis-server")
 REDIS_CLI = shutil.which("redis-cli")
 READY_TIMEOUT = 30.0
@@ -38,32 +38,14 @@ class RedisCluster:
         self.workdir = workdir
         self.url = ""
         self.ports: list[int] = []  # primaries first, as the script printed them
-        self._script: subprocess.Popen[str] | None = None
+        self._script = DeployScript("redis-cluster.sh", workdir)
         self._restarted: dict[int, subprocess.Popen[bytes]] = {}
         self._frozen: set[int] = set()
 
     async def start(self) -> None:
-        self._script = subprocess.Popen(
-            ["bash", str(SCRIPT), "--dir", str(self.workdir)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
-        assert self._script.stdout is not None
-        deadline = time.monotonic() + READY_TIMEOUT
-        lines = []
-        while not self.ports:
-            line = await asyncio.wait_for(
-                asyncio.to_thread(self._script.stdout.readline), max(0.1, deadline - time.monotonic())
-            )
-            if not line:
-                raise RuntimeError("deploy/redis-cluster.sh stopped:\n" + "".join(lines))
-            lines.append(line)
-            if line.startswith("REDIS_CLUSTER_URL="):
-                self.url = line.split("=", 1)[1].strip()
-            elif line.startswith("REDIS_CLUSTER_NODES="):
-                self.ports = [int(p) for p in line.split("=", 1)[1].split()]
+        values = await self._script.start(("REDIS_CLUSTER_URL", "REDIS_CLUSTER_NODES"), READY_TIMEOUT)
+        self.url = values["REDIS_CLUSTER_URL"]
+        self.ports = [int(p) for p in values["REDIS_CLUSTER_NODES"].split()]
 
     def client(self) -> aioredis.RedisCluster:
         return aioredis.RedisCluster.from_url(self.url, decode_responses=True)
@@ -109,6 +91,17 @@ class RedisCluster:
             return False
         finally:
             await node.aclose()
+
+    async def wait_replicated(self, primary: int) -> int:
+        """Until `primary`'s replica has everything the primary had when this was called; its port."""
+        replica = await self.replica_of(primary)
+        target = int((await self._info(primary, "replication"))["master_repl_offset"])
+        deadline = time.monotonic() + READY_TIMEOUT
+        while int((await self._info(replica, "replication")).get("slave_repl_offset", -1)) < target:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"replica {replica} did not catch up with {primary}")
+            await asyncio.sleep(0.05)
+        return replica
 
     async def kill(self, port: int) -> None:
         """kill -9: the node vanishes mid-work, with whatever its replica had not received."""
@@ -194,12 +187,7 @@ class RedisCluster:
         for process in self._restarted.values():
             process.kill()
             process.wait()
-        if self._script is not None and self._script.poll() is None:
-            self._script.terminate()  # the script stops its nodes
-            try:
-                await asyncio.to_thread(self._script.wait, 15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self._script.pid, signal.SIGKILL)
+        await self._script.stop()  # the script stops its nodes
         for port in self.ports:  # a frozen node ignores SIGTERM until it is thawed
             try:
                 pid = await asyncio.wait_for(self.pid(port), 1)

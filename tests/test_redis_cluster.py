@@ -5,8 +5,6 @@ replica taking over)."""
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 from redis.crc import key_slot
 
@@ -69,12 +67,11 @@ async def test_a_failover_after_the_replica_fell_behind_loses_acknowledged_write
     primary, and the ones its frozen replica never received are gone once the replica takes over."""
     primary = redis_cluster.ports[0]
     keys = _keys_on(await _slots_of(redis_cluster, primary), 300, "lost")
-    replica = await redis_cluster.replica_of(primary)
     client = redis_cluster.client()
     try:
         for key in keys[:100]:
-            await client.set(key, "before")  # reaches the replica
-        await asyncio.sleep(0.5)
+            await client.set(key, "before")
+        replica = await redis_cluster.wait_replicated(primary)  # these reached the replica
         frozen = await redis_cluster.freeze(replica)
         # Acknowledged by the primary alone; large enough (20 MB) that the replica cannot have them
         # waiting in its socket's kernel buffer either.

@@ -1,0 +1,82 @@
+"""A real Redis with Sentinel for tests: deploy/redis-sentinel.sh's primary, replica and three sentinels,
+with the two failovers an operator meets (a planned `SENTINEL FAILOVER`, and a primary killed)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+
+from tests.deploy_script import DeployScript
+
+READY_TIMEOUT = 30.0
+FAILOVER_TIMEOUT = 30.0
+
+
+class RedisSentinel:
+    def __init__(self, workdir: Path) -> None:
+        self._script = DeployScript("redis-sentinel.sh", workdir)
+        self.url = ""
+        self.servers: list[int] = []  # primary first, as started
+        self.sentinels: list[int] = []
+
+    async def start(self) -> None:
+        values = await self._script.start(("REDIS_URL", "REDIS_SENTINEL_NODES", "REDIS_SENTINELS"), READY_TIMEOUT)
+        self.url = values["REDIS_URL"]
+        self.servers = [int(p) for p in values["REDIS_SENTINEL_NODES"].split()]
+        self.sentinels = [int(p) for p in values["REDIS_SENTINELS"].split()]
+
+    async def primary(self) -> int:
+        """The port the sentinels name as the primary now."""
+        sentinel = aioredis.Redis(host="127.0.0.1", port=self.sentinels[0], decode_responses=True)
+        try:
+            _host, port = await sentinel.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", "mymaster")
+        finally:
+            await sentinel.aclose()
+        return int(port)
+
+    async def failover(self, *, kill: bool = False) -> int:
+        """Move the primary to the replica and wait until the sentinels name it; returns its port.
+        Planned (`SENTINEL FAILOVER`), or `kill`: the primary is killed -9 and the sentinels notice."""
+        before = await self.primary()
+        if kill:
+            node = aioredis.Redis(host="127.0.0.1", port=before, decode_responses=True)
+            try:
+                pid = int((await node.info("server"))["process_id"])
+            finally:
+                await node.aclose()
+            os.kill(pid, signal.SIGKILL)
+        else:
+            sentinel = aioredis.Redis(host="127.0.0.1", port=self.sentinels[0], decode_responses=True)
+            try:
+                await sentinel.execute_command("SENTINEL", "FAILOVER", "mymaster")
+            finally:
+                await sentinel.aclose()
+        deadline = time.monotonic() + FAILOVER_TIMEOUT
+        while (after := await self.primary()) == before:
+            if time.monotonic() > deadline:
+                raise TimeoutError("the sentinels did not fail over")
+            await asyncio.sleep(0.1)
+        return after
+
+    async def stop(self) -> None:
+        await self._script.stop()
+
+
+@pytest.fixture
+async def redis_sentinel(tmp_path: Path) -> AsyncIterator[RedisSentinel]:
+    if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
+        pytest.skip("redis-server/redis-cli not found (Debian package redis-server; CI installs it via .ci/run)")
+    sentinel = RedisSentinel(tmp_path / "sentinel")
+    try:
+        await sentinel.start()
+        yield sentinel
+    finally:
+        await sentinel.stop()
