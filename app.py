@@ -101,9 +101,13 @@ def create_app(
 
     async def announce_recovered(references: list[str]) -> None:
         """Redis is back: what it now holds for the payments changed meanwhile goes to every instance,
-        and this instance's sockets are resynced."""
+        and this instance's sockets are resynced. A status change no replica confirmed may have been lost
+        if that outage was a failover: the provider is asked about it again."""
         await service.announce(references)
         resync.request()
+        assert storage is not None  # built below, before Redis can recover
+        for reference in storage.take_unconfirmed():
+            reconciler.request_check(reference)
 
     merchant_outbox = OutboxPolicy(settings.MERCHANT_WEBHOOK_URL, settings.MERCHANT_WEBHOOK_EVENTS)
     # Storage failures are counted where they happen: on the backend that talks to the data.
@@ -158,6 +162,7 @@ def create_app(
         settings=settings,
         follow=follow,
         metrics=metrics,
+        recheck=reconciler.request_check,
     )
     sio.register_namespace(namespace)
 

@@ -232,6 +232,11 @@ class Settings(BaseSettings):
     REDIS_RECONNECT_INTERVAL_SECONDS: float = Field(2.0, gt=0, le=300)
     # Connect and command timeout for storage calls, and the bound on one pub/sub publish.
     REDIS_TIMEOUT_SECONDS: float = Field(2.0, gt=0, le=60)
+    # With replicas (Sentinel): after each status change, WAIT until this many replicas have it, for at most
+    # REDIS_WAIT_TIMEOUT_MS. A change no replica confirmed is published anyway, and asked of CamPay again
+    # once the instance has seen Redis fail over (the failover may have lost it). 0: no WAIT (one server).
+    REDIS_WAIT_REPLICAS: int = Field(0, ge=0, le=10)
+    REDIS_WAIT_TIMEOUT_MS: int = Field(100, ge=1, le=10_000)
     # PING interval on idle Redis connections (the pub/sub listener has no read timeout).
     REDIS_HEALTH_CHECK_INTERVAL_SECONDS: int = Field(15, ge=1, le=3600)
     # Connections per Redis pool (storage, rate limiter, publisher). A burst beyond it waits up to

@@ -77,9 +77,11 @@ class PaymentNamespace(socketio.AsyncNamespace):
         settings: Settings,
         follow: Follow | None = None,
         metrics: Metrics | None = None,
+        recheck: Callable[[str], None] | None = None,
     ) -> None:
         super().__init__("/")
         self._follow = follow
+        self._recheck = recheck
         self._service = service
         self._storage = storage
         self._sessions = sessions
@@ -195,6 +197,15 @@ class PaymentNamespace(socketio.AsyncNamespace):
                     payment = None  # private until adopted: indistinguishable from unknown
                 await self._storage.track(sid, reference)
                 sent = 0
+                if payment is not None and parsed.last_seq is not None and parsed.last_seq > payment.seq:
+                    # The page saw more than storage holds: a Redis failover lost writes. The page keeps what
+                    # it saw (nothing older is sent), and the provider is asked again for the truth.
+                    log.warning(
+                        "a page is ahead of the stored payment: asking the provider again",
+                        extra={"socket_id": sid, "last_seq": parsed.last_seq, "stored_seq": payment.seq},
+                    )
+                    if self._recheck is not None:
+                        self._recheck(reference)
                 if payment is not None:
                     # A `last_seq` at or past the payment's final_seq told the page the outcome already
                     # (the gate sends its completion no more: Sessions.admit).

@@ -4,6 +4,7 @@ with the two failovers an operator meets (a planned `SENTINEL FAILOVER`, and a p
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -47,12 +48,7 @@ class RedisSentinel:
         Planned (`SENTINEL FAILOVER`), or `kill`: the primary is killed -9 and the sentinels notice."""
         before = await self.primary()
         if kill:
-            node = aioredis.Redis(host="127.0.0.1", port=before, decode_responses=True)
-            try:
-                pid = int((await node.info("server"))["process_id"])
-            finally:
-                await node.aclose()
-            os.kill(pid, signal.SIGKILL)
+            os.kill(await self.pid(before), signal.SIGKILL)
         else:
             sentinel = aioredis.Redis(host="127.0.0.1", port=self.sentinels[0], decode_responses=True)
             try:
@@ -66,7 +62,33 @@ class RedisSentinel:
             await asyncio.sleep(0.1)
         return after
 
+    async def pid(self, port: int) -> int:
+        node = aioredis.Redis(host="127.0.0.1", port=port, decode_responses=True)
+        try:
+            return int((await node.info("server"))["process_id"])
+        finally:
+            await node.aclose()
+
+    async def fill_replication_stream(self, size: int) -> None:
+        """Write `size` bytes of filler to the primary: with its replica frozen, what follows cannot be
+        waiting in the replica's kernel socket buffer either (it would be read, and kept, once thawed)."""
+        node = aioredis.Redis(host="127.0.0.1", port=await self.primary(), decode_responses=True)
+        try:
+            chunk = "." * 100_000
+            for i in range(size // len(chunk)):
+                await node.set(f"filler:{i}", chunk, ex=600)
+        finally:
+            await node.aclose()
+
+    async def replica(self) -> int:
+        """The port of the server that is not the primary now."""
+        primary = await self.primary()
+        return next(port for port in self.servers if port != primary)
+
     async def stop(self) -> None:
+        for port in self.servers:  # a frozen server would not stop
+            with contextlib.suppress(Exception):
+                os.kill(await asyncio.wait_for(self.pid(port), 1), signal.SIGCONT)
         await self._script.stop()
 
 

@@ -6,11 +6,15 @@ the new primary holds every final status."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 from typing import Any
 
+import aiohttp
 import pytest
 
-from tests.conftest import Instance, StartInstance
+from tests.campay_fake import FakeCampay
+from tests.conftest import Instance, StartInstance, campay_settings
 from tests.harness import Tracker, eventually
 from tests.redis_sentinel import RedisSentinel, redis_sentinel  # noqa: F401 - fixture (used by name)
 
@@ -85,3 +89,61 @@ async def test_pages_keep_their_truth_through_a_sentinel_failover(
         assert len(page.named("payment-completed")) == 1, (reference, page.named("payment-completed"))
         stored = await a.storage.get_payment(reference)
         assert stored is not None and stored.status.value == truth[reference]
+
+
+async def test_a_status_the_failover_lost_is_brought_back_from_campay_without_a_page_going_back(
+    redis_sentinel: RedisSentinel, start_instance: StartInstance, campay: FakeCampay, http: aiohttp.ClientSession
+) -> None:
+    """Issue 33: the replica is frozen, CamPay's SUCCESSFUL is stored (acknowledged by the primary alone),
+    the primary is killed and the stale replica promoted: the write is gone, and only the reconciler's
+    sweep (after RECONCILE_AFTER_SECONDS, ten minutes here) would have found it. With REDIS_WAIT_REPLICAS
+    the write is known not to have reached a replica; once the instance has seen the failover it asks
+    CamPay again, and a page that re-tracks ahead of the stored record keeps what it saw."""
+    settings = campay_settings(
+        campay,
+        STORAGE_BACKEND="redis",
+        REDIS_URL=redis_sentinel.url,
+        REDIS_RECONNECT_INTERVAL_SECONDS=0.1,
+        REDIS_TIMEOUT_SECONDS=1.0,
+        REDIS_WAIT_REPLICAS=1,
+        REDIS_WAIT_TIMEOUT_MS=100,
+        RECONCILE_ENABLED=True,
+        RECONCILE_AFTER_SECONDS=600,
+        RECONCILE_INTERVAL_SECONDS=0.2,
+    )
+    a = await start_instance(**settings, INSTANCE_ID="a")
+    status, payment, _ = await a.api.initiate(order_id="o-lost-write")
+    assert status == 201
+    reference = payment["reference"]
+    page = await a.tracker()
+    await page.track(reference)
+
+    frozen = await redis_sentinel.pid(await redis_sentinel.replica())
+    os.kill(frozen, signal.SIGSTOP)  # the replica falls behind ...
+    try:
+        await redis_sentinel.fill_replication_stream(20_000_000)  # ... further than its socket buffers hold
+        campay.set_status(reference, "SUCCESSFUL")
+        assert (await campay.send_webhook(http, a.url, reference))[0] == 200
+        await page.wait_for("payment-completed")
+        primary = await redis_sentinel.primary()
+        os.kill(await redis_sentinel.pid(primary), signal.SIGKILL)  # the write dies with the primary
+    finally:
+        os.kill(frozen, signal.SIGCONT)
+    await eventually(lambda: _promoted(redis_sentinel, primary), timeout=30)
+
+    async def settled() -> bool:
+        stored = await a.storage.get_payment(reference)
+        return stored is not None and stored.status.value == "SUCCESSFUL" and a.storage.healthy
+
+    await eventually(settled, timeout=30)  # brought back from CamPay, not by the sweep
+    again = await a.tracker()
+    ack = await again.track(reference, last_seq=2)  # a page that saw SUCCESSFUL comes back
+    assert ack["ok"] and again.named("payment-status") == []  # nothing older is sent to it
+    await page.barrier()
+    seen = _statuses(page)
+    assert [seq for seq, _ in seen] == sorted(seq for seq, _ in seen)
+    assert [status for _, status in seen][-1] == "SUCCESSFUL" and len(page.named("payment-completed")) == 1
+
+
+async def _promoted(sentinel: RedisSentinel, old: int) -> bool:
+    return await sentinel.primary() != old

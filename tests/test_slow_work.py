@@ -241,6 +241,27 @@ async def _settled(instance: Instance, reference: str) -> bool:
     return payment is not None and payment.status.value == "SUCCESSFUL"
 
 
+async def test_a_page_ahead_of_the_stored_payment_keeps_its_state_and_campay_is_asked_again(
+    start_instance: StartInstance, campay: FakeCampay
+) -> None:
+    """Issue 33: a re-track whose last_seq is above the stored seq means storage lost writes (a Redis
+    failover): nothing older is sent to the page, and the reconciler asks CamPay at once rather than
+    when its sweep reaches the payment."""
+    settings = campay_settings(
+        campay, RECONCILE_ENABLED=True, RECONCILE_AFTER_SECONDS=600, RECONCILE_INTERVAL_SECONDS=0.1
+    )
+    instance = await start_instance(**settings)
+    status, payment, _ = await instance.api.initiate(order_id="o-ahead")
+    assert status == 201
+    reference = payment["reference"]
+    page = await instance.tracker()
+    ack = await page.track(reference, last_seq=3)  # it saw seq 3; storage holds seq 1
+    assert ack["ok"]
+    await eventually(lambda: any(lookup.reference == reference for lookup in campay.lookups), timeout=5)
+    await page.barrier()
+    assert page.named("payment-status") == []
+
+
 # -- the leases of an initiation -----------------------------------------------------------------------
 
 

@@ -84,5 +84,9 @@ class Storage(
 
     async def health(self) -> StorageHealth: ...
 
+    def take_unconfirmed(self) -> list[str]:
+        """Payments whose recent status change no replica confirmed (REDIS_WAIT_REPLICAS), to ask the
+        provider about again once Redis has been seen failing over; taken once. None without replicas."""
+
 
 STORAGE: web.AppKey[Storage] = web.AppKey("storage", Storage)

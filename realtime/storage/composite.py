@@ -74,6 +74,10 @@ class CompositeStorage:
         # unknown name; declared so that a type checker accepts `composite.get_payment(...)`.
         raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
 
+    def take_unconfirmed(self) -> list[str]:
+        """Nothing by default: only Redis with replicas has unconfirmed writes (see `Storage`)."""
+        return []
+
     async def start(self) -> None:
         """Open connections and background work; called once from the app's lifetime."""
 

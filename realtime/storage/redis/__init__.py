@@ -49,9 +49,20 @@ class RedisStorage(CompositeStorage):
         event_log_max: int,
         dead_letter_ttl: float = 7 * 86400,
         dead_letter_max: int = 10_000,
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = 100,
     ) -> None:
         self._ctx = RedisContext(
-            client, clock, keys, payment_ttl, client_ttl, event_log_max, dead_letter_ttl, dead_letter_max
+            client,
+            clock,
+            keys,
+            payment_ttl,
+            client_ttl,
+            event_log_max,
+            dead_letter_ttl,
+            dead_letter_max,
+            wait_replicas=wait_replicas,
+            wait_timeout_ms=wait_timeout_ms,
         )
         super().__init__(
             payments=RedisPayments(self._ctx),
@@ -74,6 +85,8 @@ class RedisStorage(CompositeStorage):
             event_log_max=settings.EVENT_LOG_MAX,
             dead_letter_ttl=settings.MERCHANT_DEAD_LETTER_TTL_SECONDS,
             dead_letter_max=settings.MERCHANT_DEAD_LETTER_MAX,
+            wait_replicas=settings.REDIS_WAIT_REPLICAS,
+            wait_timeout_ms=settings.REDIS_WAIT_TIMEOUT_MS,
         )
 
     @property
@@ -88,6 +101,11 @@ class RedisStorage(CompositeStorage):
     def _keys(self, keys: RedisKeys) -> None:
         """Point every role at another prefix (tests sharing one namespace between two storages)."""
         self._ctx.keys = keys
+
+    def take_unconfirmed(self) -> list[str]:
+        """Payments whose recent status change no replica confirmed (REDIS_WAIT_REPLICAS): to ask the
+        provider about again once a failover has been seen."""
+        return self._ctx.take_unconfirmed()
 
     async def start(self) -> None:
         """Fails (with the redis-py error) if Redis cannot be reached, so the caller can degrade."""

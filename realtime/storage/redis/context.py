@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from redis.exceptions import WatchError
@@ -19,6 +19,9 @@ T = TypeVar("T")
 # Optimistic writes (the WATCH helper here, the payments' compare-and-set) retry on contention; this
 # many lost races in a row means something is badly wrong, and failing loudly beats spinning forever.
 MAX_CONFLICTING_WRITES = 50
+# Unconfirmed status changes kept for a re-check after a failover: at most this many, this long.
+UNCONFIRMED_MAX = 10_000
+UNCONFIRMED_HORIZON_SECONDS = 120.0
 
 
 @dataclass
@@ -32,6 +35,24 @@ class RedisContext:
     event_log_max: int
     dead_letter_ttl: float
     dead_letter_max: int
+    wait_replicas: int = 0  # WAIT for this many replicas after a status change (0: no WAIT)
+    wait_timeout_ms: int = 100
+    # Payments whose last status change no replica confirmed: reference -> clock.monotonic() of the change.
+    unconfirmed: dict[str, float] = field(default_factory=dict)
+
+    def remember_unconfirmed(self, reference: str) -> None:
+        self.unconfirmed.pop(reference, None)
+        self.unconfirmed[reference] = self.clock.monotonic()
+        while len(self.unconfirmed) > UNCONFIRMED_MAX:
+            del self.unconfirmed[next(iter(self.unconfirmed))]  # the oldest
+
+    def take_unconfirmed(self) -> list[str]:
+        """The payments changed in the last UNCONFIRMED_HORIZON_SECONDS that no replica confirmed; forgotten
+        here once taken (a failover older than that has been seen by then: a lost write shows within it)."""
+        cutoff = self.clock.monotonic() - UNCONFIRMED_HORIZON_SECONDS
+        taken = [ref for ref, at in self.unconfirmed.items() if at >= cutoff]
+        self.unconfirmed.clear()
+        return taken
 
     async def optimistic(self, watch: list[str], attempt: Callable[[Any], Awaitable[T]]) -> T:
         """Run `attempt(pipe)` under WATCH until its MULTI/EXEC commits; retried on WatchError."""

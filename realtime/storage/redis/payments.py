@@ -117,8 +117,10 @@ class RedisPayments:
                 k.last_write(reference),
                 k.outbox_delivered(),
             ]
-            reply = await self._store(keys=keys, args=args)
+            reply, confirmed = await self._write(keys, args)
             if int(reply[0]) == 1 or (reply[1] == written and reply[3] == token):
+                if not confirmed:
+                    self._ctx.remember_unconfirmed(reference)
                 # The second case: redis-py sent the script again after losing its reply (one retry on a
                 # connection error or timeout), and what it found stored is this very write (the token
                 # tells it from an identical decision another caller stored first).
@@ -130,6 +132,18 @@ class RedisPayments:
                 paid_raw = reply[2] or ""
                 paid = tuple(paid_raw.split())
         raise RuntimeError(f"gave up after {MAX_CONFLICTING_WRITES} conflicting writes to payment {reference}")
+
+    async def _write(self, keys: list[str], args: list[Any]) -> tuple[Any, bool]:
+        """Run STORE_PAYMENT; with REDIS_WAIT_REPLICAS, WAIT on the same connection (a WAIT covers the writes
+        of its own connection only), so the second value says whether enough replicas have the change."""
+        ctx = self._ctx
+        if not ctx.wait_replicas:
+            return await self._store(keys=keys, args=args), True
+        async with ctx.redis.pipeline(transaction=False) as pipe:
+            await self._store(keys=keys, args=args, client=pipe)
+            pipe.execute_command("WAIT", ctx.wait_replicas, ctx.wait_timeout_ms)
+            reply, acknowledged = await pipe.execute()
+        return reply, int(acknowledged) >= ctx.wait_replicas
 
     async def create_payment(self, payment: Payment, outbox: MergeOutbox | None = None) -> Payment:
         return await self._merge(payment, payment.updated_at, outbox=outbox, claim_order=True)

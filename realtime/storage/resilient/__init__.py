@@ -91,6 +91,10 @@ class ResilientStorage(CompositeStorage):
     def healthy(self) -> bool:
         return self._failover.healthy
 
+    def take_unconfirmed(self) -> list[str]:
+        taken: list[str] = self.primary.take_unconfirmed()
+        return taken
+
     async def start(self) -> None:
         await self._failover.start()
 
