@@ -384,6 +384,12 @@ class Settings(BaseSettings):
             problem("AUTH_SERVICE_URL", "AUTH_SERVICE_URL (http or https) is required when AUTH_MODE=introspect")
         if self.MIN_AMOUNT > self.MAX_AMOUNT:
             problem("MIN_AMOUNT", "MIN_AMOUNT must not exceed MAX_AMOUNT")
+        if self.REDIS_WAIT_REPLICAS and self.REDIS_WAIT_TIMEOUT_MS >= self.REDIS_TIMEOUT_SECONDS * 1000 / 2:
+            problem(
+                "REDIS_WAIT_TIMEOUT_MS",
+                "REDIS_WAIT_TIMEOUT_MS must stay under half of REDIS_TIMEOUT_SECONDS: a WAIT that outlasts the "
+                "command timeout would read as Redis being away (degraded mode) whenever a replica is away",
+            )
         if self.MERCHANT_WEBHOOK_URL and not self.MERCHANT_WEBHOOK_SECRET:
             problem("MERCHANT_WEBHOOK_SECRET", "MERCHANT_WEBHOOK_SECRET is required when MERCHANT_WEBHOOK_URL is set")
         if self.PAYMENT_PROVIDER is ProviderName.CAMPAY:

@@ -10,6 +10,7 @@ this server does not know gets an `unknown_event` ack rather than silence.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
@@ -25,6 +26,7 @@ from core.settings import Settings
 from observability.logs import bind
 from observability.metrics import Metrics
 from payments.access import Authenticator, can_view
+from payments.model import Payment
 from payments.schemas import RefreshTokenPayload, StopTrackingPayload, TrackPayload
 from payments.service import PaymentService
 from realtime import event_names as ev
@@ -33,6 +35,7 @@ from realtime.expiry import ExpiryTimers
 from realtime.sessions import Sessions
 from realtime.storage.base import ClientRecord, Storage
 
+RECHECKS_REMEMBERED = 10_000  # payments a page asked to re-check recently (pruned past it)
 log = logging.getLogger("paytrack.realtime")
 audit = logging.getLogger("paytrack.audit")
 
@@ -82,6 +85,8 @@ class PaymentNamespace(socketio.AsyncNamespace):
         super().__init__("/")
         self._follow = follow
         self._recheck = recheck
+        self._recheck_every = settings.RECONCILE_INTERVAL_SECONDS
+        self._rechecked: dict[str, float] = {}  # reference -> clock.monotonic() before which it is not asked again
         self._service = service
         self._storage = storage
         self._sessions = sessions
@@ -198,14 +203,7 @@ class PaymentNamespace(socketio.AsyncNamespace):
                 await self._storage.track(sid, reference)
                 sent = 0
                 if payment is not None and parsed.last_seq is not None and parsed.last_seq > payment.seq:
-                    # The page saw more than storage holds: a Redis failover lost writes. The page keeps what
-                    # it saw (nothing older is sent), and the provider is asked again for the truth.
-                    log.warning(
-                        "a page is ahead of the stored payment: asking the provider again",
-                        extra={"socket_id": sid, "last_seq": parsed.last_seq, "stored_seq": payment.seq},
-                    )
-                    if self._recheck is not None:
-                        self._recheck(reference)
+                    self._page_ahead(sid, payment, parsed.last_seq)
                 if payment is not None:
                     # A `last_seq` at or past the payment's final_seq told the page the outcome already
                     # (the gate sends its completion no more: Sessions.admit).
@@ -216,6 +214,25 @@ class PaymentNamespace(socketio.AsyncNamespace):
                 return _error(exc.code, exc.message, **exc.extra)
             log.debug("tracking", extra={"socket_id": sid, "last_seq": parsed.last_seq, "sent": sent})
         return {"ok": True, "payment": payment.public() if payment else None}
+
+    def _page_ahead(self, sid: str, payment: Payment, last_seq: int) -> None:
+        """The page saw more than storage holds: a Redis failover lost writes (or the page says so falsely).
+        The page keeps what it saw (nothing older is sent). The provider is asked again for the truth, unless
+        the stored status is final already (its word cannot change it), and at most once per reconcile
+        interval per payment, so no page can make the server call the provider at will."""
+        log.warning(
+            "a page is ahead of the stored payment",
+            extra={"socket_id": sid, "last_seq": last_seq, "stored_seq": payment.seq},
+        )
+        if self._recheck is None or payment.status.is_terminal:
+            return
+        now = self._clock.monotonic()
+        if now < self._rechecked.get(payment.reference, -math.inf):
+            return
+        if len(self._rechecked) >= RECHECKS_REMEMBERED:
+            self._rechecked = {ref: until for ref, until in self._rechecked.items() if until > now}
+        self._rechecked[payment.reference] = now + self._recheck_every
+        self._recheck(payment.reference)
 
     async def on_stop_tracking_payment(self, sid: str, data: Any = None) -> dict[str, Any]:
         parsed = _parse(StopTrackingPayload, data)

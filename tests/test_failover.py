@@ -34,6 +34,11 @@ class _PingThatSwallowsTheCancel:
     async def close(self) -> None:
         pass
 
+    async def server_id(self) -> str:
+        """What the healthy watcher asks: the same call, as far as cancelling it goes."""
+        await self.ping()
+        return "primary-1"
+
     async def ping(self) -> float:
         self.pings += 1
         self.pinging.set()

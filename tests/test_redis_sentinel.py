@@ -12,6 +12,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import redis.asyncio as aioredis
 
 from tests.campay_fake import FakeCampay
 from tests.conftest import Instance, StartInstance, campay_settings
@@ -135,10 +136,14 @@ async def test_a_status_the_failover_lost_is_brought_back_from_campay_without_a_
         stored = await a.storage.get_payment(reference)
         return stored is not None and stored.status.value == "SUCCESSFUL" and a.storage.healthy
 
-    await eventually(settled, timeout=30)  # brought back from CamPay, not by the sweep
+    await eventually(settled, timeout=30)  # brought back, not by the sweep
+    # This instance's copy was written back over the stale one: a seq above what any page saw.
+    assert (await a.storage.get_payment(reference)).seq > 2
     again = await a.tracker()
     ack = await again.track(reference, last_seq=2)  # a page that saw SUCCESSFUL comes back
-    assert ack["ok"] and again.named("payment-status") == []  # nothing older is sent to it
+    await again.barrier()
+    assert ack["ok"] and all(seq > 2 and status == "SUCCESSFUL" for seq, status in _statuses(again))
+    assert again.named("payment-completed") == []  # it was told the outcome already
     await page.barrier()
     seen = _statuses(page)
     assert [seq for seq, _ in seen] == sorted(seq for seq, _ in seen)
@@ -147,3 +152,52 @@ async def test_a_status_the_failover_lost_is_brought_back_from_campay_without_a_
 
 async def _promoted(sentinel: RedisSentinel, old: int) -> bool:
     return await sentinel.primary() != old
+
+
+async def test_writes_a_planned_failover_lost_are_written_back_by_the_instance_that_made_them(
+    redis_sentinel: RedisSentinel, start_instance: StartInstance, campay: FakeCampay
+) -> None:
+    """Found in review: a planned failover lost a third of the payments created while it ran (the old
+    primary took writes until it was made a replica), and the instance saw no outage (its client
+    reconnected to the new primary within one retry), so nothing was written back or asked again. The
+    watcher now notices that the primary changed."""
+    settings = campay_settings(
+        campay,
+        STORAGE_BACKEND="redis",
+        REDIS_URL=redis_sentinel.url,
+        REDIS_TIMEOUT_SECONDS=1.0,
+        REDIS_RECONNECT_INTERVAL_SECONDS=0.1,
+        REDIS_WAIT_REPLICAS=1,
+        REDIS_WAIT_TIMEOUT_MS=100,
+        RATE_LIMIT_INITIATE_PER_USER="100000/minute",
+        RATE_LIMIT_INITIATE_PER_IP="100000/minute",
+    )
+    a = await start_instance(**settings, INSTANCE_ID="a")
+    created: list[str] = []
+    stop = asyncio.Event()
+
+    async def shoppers() -> None:
+        n = 0
+        while not stop.is_set():
+            n += 1
+            status, payment, _ = await a.api.initiate(order_id=f"o-planned-{n}")
+            if status == 201:
+                created.append(payment["reference"])
+            await asyncio.sleep(0.01)
+
+    running = asyncio.create_task(shoppers())
+    await eventually(lambda: len(created) >= 10, timeout=10)
+    new = await redis_sentinel.failover()
+    await eventually(lambda: len(created) >= 40, timeout=20)
+    stop.set()
+    await running
+    primary = aioredis.Redis(host="127.0.0.1", port=new, decode_responses=True)
+    keys = a.storage.primary._ctx.keys
+    try:
+
+        async def all_there() -> bool:
+            return all([await primary.exists(keys.payment(reference)) for reference in created])
+
+        await eventually(all_there, timeout=15)
+    finally:
+        await primary.aclose()

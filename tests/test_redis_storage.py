@@ -327,3 +327,22 @@ async def test_a_pending_page_is_filled_up_past_expired_members(storage: RedisSt
     page = await storage.pending_page(0, float("inf"), 2)
     assert sorted(ref for ref, _ in page) == ["ref-2", "ref-3"]
     assert await storage.redis.zcard(storage._ctx.keys.active()) == 2  # and the expired ones were pruned
+
+
+async def test_a_status_change_no_replica_confirmed_is_remembered_and_an_empty_script_cache_is_met(
+    redis_server: RedisServer,
+) -> None:
+    """With REDIS_WAIT_REPLICAS, a change WAIT saw no replica take is remembered for a re-check after a
+    failover; and a primary with no script cache (a promoted replica) answers NOSCRIPT once, then the
+    script is loaded and the change stored."""
+    store = _storage(redis_server, REDIS_WAIT_REPLICAS=1, REDIS_WAIT_TIMEOUT_MS=1)  # this Redis has no replica
+    await store.start()
+    try:
+        await store.create_payment(_payment())
+        await store.redis.script_flush()
+        result = await store.transition(_update("SUCCESSFUL"), datetime.now(UTC))
+        assert result.applied and (await store.get_payment("ref-1")).status is PaymentStatus.SUCCESSFUL
+        assert sorted(store.take_unconfirmed()) == ["ref-1"]
+        assert store.take_unconfirmed() == []  # taken once
+    finally:
+        await store.close()

@@ -13,12 +13,13 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from pydantic import ValidationError
 
 from core.settings import SettingsError, load_settings
 from tests import campay_fake
 from tests.campay_fake import FakeCampay
 from tests.harness import PRODUCTION as PROD_SANDBOX
-from tests.harness import WAIT, Tracker, eventually
+from tests.harness import WAIT, Tracker, eventually, make_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -412,3 +413,11 @@ async def test_sigterm_lets_an_in_flight_request_finish(aiohttp_server) -> None:
         campay.collect_gate.set()
         out, err = await stop(proc)
     assert proc.returncode == 0, (out + err).decode()
+
+
+def test_a_wait_for_replicas_must_end_well_before_the_command_timeout() -> None:
+    """Found in review: a WAIT longer than REDIS_TIMEOUT_SECONDS timed the write out whenever the replica was
+    away, and the instance went to degraded mode."""
+    with pytest.raises(ValidationError, match="REDIS_WAIT_TIMEOUT_MS"):
+        make_settings(REDIS_WAIT_REPLICAS=1, REDIS_WAIT_TIMEOUT_MS=1500, REDIS_TIMEOUT_SECONDS=1)
+    assert make_settings(REDIS_WAIT_REPLICAS=1, REDIS_WAIT_TIMEOUT_MS=100, REDIS_TIMEOUT_SECONDS=1)

@@ -407,3 +407,32 @@ async def test_a_send_that_cannot_be_settled_leaves_the_others_settled_and_renew
     finally:
         await worker.stop()
         await storage.close()
+
+
+async def test_no_page_can_make_the_server_ask_campay_at_will(
+    start_instance: StartInstance, campay: FakeCampay
+) -> None:
+    """Found in review: each re-track with a last_seq above the stored seq made a CamPay lookup (twenty
+    re-tracks, twenty lookups), final payments included. Now: never for a final payment (CamPay's word
+    cannot change it), and once per reconcile interval per payment."""
+    settings = campay_settings(
+        campay, RECONCILE_ENABLED=True, RECONCILE_AFTER_SECONDS=600, RECONCILE_INTERVAL_SECONDS=60
+    )
+    instance = await start_instance(**settings)
+    references = []
+    for order in ("o-pending", "o-paid"):
+        status, payment, _ = await instance.api.initiate(order_id=order)
+        assert status == 201
+        references.append(payment["reference"])
+    pending, paid = references
+    campay.set_status(paid, "SUCCESSFUL")
+    await instance.app[RECONCILER].refresh(paid)
+    before = len(campay.lookups)
+    page = await instance.tracker()
+    for _ in range(20):
+        for reference in references:
+            assert (await page.track(reference, last_seq=10**12))["ok"]
+    await eventually(lambda: any(lookup.reference == pending for lookup in campay.lookups[before:]), timeout=5)
+    await page.barrier()
+    asked = [lookup.reference for lookup in campay.lookups[before:]]
+    assert asked == [pending]

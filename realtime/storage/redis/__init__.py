@@ -114,6 +114,11 @@ class RedisStorage(CompositeStorage):
     async def close(self) -> None:
         await self.redis.aclose()
 
+    async def server_id(self) -> str:
+        """The answering server's run_id: it changes when another server takes over (or this one restarts)."""
+        info = await self.redis.info("server")
+        return str(info.get("run_id", ""))
+
     async def ping(self) -> float:
         """Round-trip time in milliseconds; raises if Redis is unreachable."""
         started = time.perf_counter()

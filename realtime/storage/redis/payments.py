@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
 
+from redis.exceptions import NoScriptError
+
 from core.jsonio import dumps_model
 from payments.model import Payment, PaymentEvent, PaymentStatus, StatusUpdate, Transition
 from payments.outbox import OutboxEntry
@@ -139,11 +141,21 @@ class RedisPayments:
         ctx = self._ctx
         if not ctx.wait_replicas:
             return await self._store(keys=keys, args=args), True
-        async with ctx.redis.pipeline(transaction=False) as pipe:
-            await self._store(keys=keys, args=args, client=pipe)
-            pipe.execute_command("WAIT", ctx.wait_replicas, ctx.wait_timeout_ms)
-            reply, acknowledged = await pipe.execute()
-        return reply, int(acknowledged) >= ctx.wait_replicas
+        for attempt in range(2):
+            # EVALSHA queued by hand: a script registered on a pipeline costs a SCRIPT EXISTS round trip
+            # on every execute; a promoted replica's empty script cache is met by loading it once here.
+            async with ctx.redis.pipeline(transaction=False) as pipe:
+                pipe.evalsha(self._store.sha, len(keys), *keys, *args)
+                pipe.execute_command("WAIT", ctx.wait_replicas, ctx.wait_timeout_ms)
+                try:
+                    reply, acknowledged = await pipe.execute()
+                except NoScriptError:
+                    if attempt:
+                        raise
+                    await ctx.redis.script_load(scripts.STORE_PAYMENT)
+                    continue
+            return reply, int(acknowledged) >= ctx.wait_replicas
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def create_payment(self, payment: Payment, outbox: MergeOutbox | None = None) -> Payment:
         return await self._merge(payment, payment.updated_at, outbox=outbox, claim_order=True)

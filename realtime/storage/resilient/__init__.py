@@ -69,7 +69,7 @@ class ResilientStorage(CompositeStorage):
         self._failover = failover = Failover(
             primary, fallback, clock, reconnect_interval=reconnect_interval, on_recovered=on_recovered
         )
-        payments = PaymentsPolicy(primary, fallback, clock, merchant_outbox)
+        self._payments = payments = PaymentsPolicy(primary, fallback, clock, merchant_outbox)
         outbox = OutboxPolicy(primary, fallback, payments)
         clients = ClientsPolicy(primary, fallback)
         idempotency = IdempotencyPolicy(primary, fallback, idempotency_ttl)
@@ -92,8 +92,9 @@ class ResilientStorage(CompositeStorage):
         return self._failover.healthy
 
     def take_unconfirmed(self) -> list[str]:
+        """Those the last recovery wrote back (policies.PaymentsPolicy.recovering), and any since."""
         taken: list[str] = self.primary.take_unconfirmed()
-        return taken
+        return sorted({*self._payments.take_unconfirmed(), *taken})
 
     async def start(self) -> None:
         await self._failover.start()

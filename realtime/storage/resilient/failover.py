@@ -131,6 +131,10 @@ class Failover:
         self._down_since: datetime | None = None
         self._last_error = "not started"
         self._last_reason = "NotStarted"  # the failure's class: shown on /health to anyone
+        # The primary's run_id: another one means a failover or a restart, which may have lost the last
+        # acknowledged writes even though this instance saw no outage (a planned Sentinel failover: the
+        # client reconnects to the new primary within its one retry).
+        self._primary_id: str | None = None
         # A PeriodicWorker, not a bare `while True` task: its stop flag ends the loop even when the
         # Redis client swallows the cancel that arrives during a ping (tests/test_failover.py).
         self._watcher = PeriodicWorker(
@@ -170,7 +174,7 @@ class Failover:
         await self.fallback.start()
         try:
             await asyncio.wait_for(self.primary.start(), self._interval + 5)
-            self.healthy = True
+            self.healthy = True  # the watcher's first pass learns the primary's run_id
             log.info("storage: connected to Redis")
         except OUTAGE_ERRORS as exc:
             self.degrade(exc)
@@ -200,7 +204,7 @@ class Failover:
         """
         try:
             if self.healthy:
-                await self.primary.ping()
+                await self._watch_primary()
             else:
                 await self.recover()
         except PoolExhausted:
@@ -208,15 +212,34 @@ class Failover:
         except OUTAGE_ERRORS as exc:
             self.degrade(exc)
 
-    async def recover(self) -> None:
-        """Write back everything changed while degraded, then switch to the primary. Raises while it is away."""
-        await self.primary.ping()
+    async def _watch_primary(self) -> None:
+        """A healthy pass: is it still the same primary? If not, what this instance wrote just before the
+        switch may be gone: the same write-back as after an outage runs (see `recover`)."""
+        primary_id = await self.primary.server_id()
+        switched = self._primary_id is not None and primary_id != self._primary_id
+        self._primary_id = primary_id
+        if switched:
+            log.warning("storage: Redis's primary changed (a failover or a restart); writing back recent changes")
+            written = await self._write_back()
+            if self._on_recovered is not None:
+                try:
+                    await self._on_recovered(written)
+                except Exception:
+                    log.exception("storage: recovery listener failed")
+
+    async def _write_back(self) -> list[str]:
         for policy in self.policies:
             await policy.recovering()
         written: list[str] = []
         while self._pending():
             for policy in self.policies:
                 written += await policy.write_back()
+        return written
+
+    async def recover(self) -> None:
+        """Write back everything changed while degraded, then switch to the primary. Raises while it is away."""
+        self._primary_id = await self.primary.server_id()
+        written = await self._write_back()
         # Nothing awaited between the last check and this line: no change can slip in unwritten.
         self.healthy = True
         log.warning(

@@ -73,6 +73,21 @@ class PaymentsPolicy(_Remembered):
         self._clock = clock
         self._outbox = outbox
         self.lost: set[str] = set()  # written back, but the local status lost the merge to Redis's
+        self.unconfirmed: set[str] = set()  # status changes no replica confirmed: to ask the provider again
+
+    async def recovering(self) -> None:
+        """A status change no replica confirmed may have died with a primary that failed over (the outage
+        this recovery ends may have been one). This instance's copy of it (mirrored when it was stored)
+        is written back like a change made while degraded: the merge never moves Redis backwards, and it
+        gives the record a seq above every copy, so no page that saw the lost change is held back by a
+        re-applied one reusing its seq. The provider is asked about them again too (`take_unconfirmed`)."""
+        unconfirmed = self._primary.take_unconfirmed()
+        self.dirty.update(unconfirmed)
+        self.unconfirmed.update(unconfirmed)
+
+    def take_unconfirmed(self) -> list[str]:
+        taken, self.unconfirmed = sorted(self.unconfirmed), set()
+        return taken
 
     async def after(self, call: Call, result: Any, on_primary: bool) -> Any:
         if call.name == "get_payment" and on_primary and result is not None and result.reference not in self.dirty:
