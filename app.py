@@ -140,6 +140,15 @@ def create_app(
         on_outbox=delivery.wake if delivery else None,
         metrics=metrics,
     )
+
+    def recheck_lost_write(reference: str) -> None:
+        """A page ahead of the stored payment: a sign of writes a Redis failover lost, but only while storage
+        is Redis. While degraded, memory's copies are behind by nature (they were mirrored before others
+        changed the payments on Redis) and converge when Redis returns; asking CamPay about each would flood
+        it and fill the write-back with changes Redis already has."""
+        if getattr(storage, "healthy", True):
+            reconciler.request_check(reference)
+
     reconciler = Reconciler(
         service,
         storage,
@@ -162,7 +171,7 @@ def create_app(
         settings=settings,
         follow=follow,
         metrics=metrics,
-        recheck=reconciler.request_check,
+        recheck=recheck_lost_write,
     )
     sio.register_namespace(namespace)
 

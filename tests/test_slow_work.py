@@ -436,3 +436,24 @@ async def test_no_page_can_make_the_server_ask_campay_at_will(
     await page.barrier()
     asked = [lookup.reference for lookup in campay.lookups[before:]]
     assert asked == [pending]
+
+
+async def test_a_page_ahead_of_a_degraded_instance_does_not_make_it_ask_campay(
+    start_redis_instance: StartInstance, campay: FakeCampay, redis_server: RedisServer
+) -> None:
+    """Found by the fault run at 3,000 payments: while Redis was away, every page re-tracking a payment
+    whose memory copy was behind Redis's (mirrored before another instance settled it) made the instance
+    ask CamPay (over a hundred a second), and each answer became a change to write back, so the instances
+    stayed degraded twice as long after Redis returned. Memory is behind by nature then: no re-check."""
+    settings = campay_settings(campay, RECONCILE_ENABLED=True, RECONCILE_AFTER_SECONDS=600)
+    instance = await start_redis_instance(**settings)
+    status, payment, _ = await instance.api.initiate(order_id="o-degraded-ahead")
+    assert status == 201
+    reference = payment["reference"]
+    redis_server.stop()
+    before = len(campay.lookups)
+    page = await instance.tracker()
+    assert (await page.track(reference, last_seq=5))["ok"]
+    assert not instance.storage.healthy
+    await instance.app[RECONCILER].run_once(include_due=False)  # what was requested is checked now
+    assert [lookup.reference for lookup in campay.lookups[before:]] == []
