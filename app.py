@@ -157,6 +157,7 @@ def create_app(
         _reconcile_policy(settings),
         instance_id=settings.INSTANCE_ID,
         metrics=metrics,
+        storage_healthy=lambda: bool(getattr(storage, "healthy", True)),
     )
     authenticator = create_authenticator(settings, storage, clock)
     limiter = _create_limiter(settings)

@@ -457,3 +457,28 @@ async def test_a_page_ahead_of_a_degraded_instance_does_not_make_it_ask_campay(
     assert not instance.storage.healthy
     await instance.app[RECONCILER].run_once(include_due=False)  # what was requested is checked now
     assert [lookup.reference for lookup in campay.lookups[before:]] == []
+
+
+async def test_a_degraded_instance_does_not_sweep_its_memory_copies(
+    start_redis_instance: StartInstance, campay: FakeCampay, redis_server: RedisServer
+) -> None:
+    """Found by the fault run at 3,000 payments: while Redis was away (and until the write-back ended), each
+    instance's reconciler swept its memory, whose copies of payments settled on Redis by others were behind,
+    and asked CamPay about each (100 to 160 a second), every answer one more change for the write-back, which
+    ran 17 s after Redis answered. Requested checks still run; the sweep waits for Redis."""
+    settings = campay_settings(
+        campay, RECONCILE_ENABLED=True, RECONCILE_AFTER_SECONDS=0, RECONCILE_INTERVAL_SECONDS=0.05
+    )
+    instance = await start_redis_instance(**settings)
+    reconciler = instance.app[RECONCILER]
+    status, payment, _ = await instance.api.initiate(order_id="o-degraded-sweep")
+    assert status == 201
+    reference = payment["reference"]
+    await eventually(lambda: any(lookup.reference == reference for lookup in campay.lookups), timeout=5)  # swept
+    await reconciler.stop()  # from here the test runs the pass itself
+    redis_server.stop()
+    assert await instance.storage.get_payment(reference) is not None and not instance.storage.healthy
+    before = len(campay.lookups)
+    reconciler._next_full_pass = 0.0  # the interval is up: this pass would sweep
+    await reconciler._pass()
+    assert campay.lookups[before:] == []  # degraded: no sweep over memory's copies
