@@ -32,54 +32,17 @@ while [ $# -gt 0 ]; do
   esac
 done
 
-server="${REDIS_SERVER:-redis-server}"
-cli="${REDIS_CLI:-redis-cli}"
-for tool in "$server" "$cli"; do
-  command -v "$tool" >/dev/null 2>&1 || { echo "redis-cluster: $tool not found (Debian package redis-server)" >&2; exit 1; }
-done
+name=redis-cluster
+# shellcheck source=deploy/redis-local.sh
+. "$(dirname "$0")/redis-local.sh"
 
 # Six ports whose cluster bus ports (port + 10000) are free too.
 if [ -n "$first_port" ]; then
   ports=()
   for i in 0 1 2 3 4 5; do ports+=($((first_port + i))); done
 else
-  read -r -a ports <<<"$(python3 - <<'PY'
-import socket
-def free(port):
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-found = []
-while len(found) < 6:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    if port + 10000 < 65536 and free(port + 10000) and port not in found:
-        found.append(port)
-print(" ".join(map(str, found)))
-PY
-)"
+  read -r -a ports <<<"$(free_ports 6 bus)"
 fi
-
-own_dir=0
-if [ -z "$dir" ]; then
-  dir="$(mktemp -d -t paytrack-redis-cluster.XXXXXX)"
-  own_dir=1
-fi
-mkdir -p "$dir"
-
-pids=()
-stop() {
-  trap - EXIT INT TERM
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  if [ "$own_dir" = 1 ]; then rm -rf "$dir"; fi
-}
-trap stop EXIT
-trap 'exit 0' INT TERM
 
 for port in "${ports[@]}"; do
   node_dir="$dir/$port"
@@ -90,13 +53,7 @@ for port in "${ports[@]}"; do
   pids+=($!)
 done
 
-for port in "${ports[@]}"; do
-  for _ in $(seq 100); do
-    "$cli" -p "$port" ping >/dev/null 2>&1 && break
-    sleep 0.05
-  done
-  "$cli" -p "$port" ping >/dev/null 2>&1 || { echo "redis-cluster: node $port did not start (see $dir/$port/redis.log)" >&2; exit 1; }
-done
+for port in "${ports[@]}"; do wait_ping "$port"; done
 
 addresses=()
 for port in "${ports[@]}"; do addresses+=("127.0.0.1:$port"); done
@@ -128,5 +85,4 @@ done
 echo "REDIS_CLUSTER_URL=redis://127.0.0.1:${primaries[0]}"
 echo "REDIS_CLUSTER_NODES=${primaries[*]} ${replicas[*]}"
 echo "redis-cluster: 3 primaries and 3 replicas ready in $dir; Ctrl-C stops them"
-# In the foreground until stopped; a node that exits (a test's kill -9, a crash) leaves the others running.
-while true; do sleep 1; done
+serve_forever

@@ -31,53 +31,14 @@ while [ $# -gt 0 ]; do
   esac
 done
 
-server="${REDIS_SERVER:-redis-server}"
-cli="${REDIS_CLI:-redis-cli}"
-for tool in "$server" "$cli"; do
-  command -v "$tool" >/dev/null 2>&1 || { echo "redis-sentinel: $tool not found (Debian package redis-server)" >&2; exit 1; }
-done
+name=redis-sentinel
+# shellcheck source=deploy/redis-local.sh
+. "$(dirname "$0")/redis-local.sh"
 
-read -r -a ports <<<"$(python3 - <<'PY'
-import socket
-found = []
-while len(found) < 5:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    if port not in found:
-        found.append(port)
-print(" ".join(map(str, found)))
-PY
-)"
+read -r -a ports <<<"$(free_ports 5)"
 primary=${ports[0]}
 replica=${ports[1]}
 sentinels=("${ports[@]:2:3}")
-
-own_dir=0
-if [ -z "$dir" ]; then
-  dir="$(mktemp -d -t paytrack-redis-sentinel.XXXXXX)"
-  own_dir=1
-fi
-mkdir -p "$dir"
-
-pids=()
-stop() {
-  trap - EXIT INT TERM
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  if [ "$own_dir" = 1 ]; then rm -rf "$dir"; fi
-}
-trap stop EXIT
-trap 'exit 0' INT TERM
-
-wait_ping() {
-  for _ in $(seq 100); do
-    "$cli" -p "$1" ping >/dev/null 2>&1 && return 0
-    sleep 0.05
-  done
-  echo "redis-sentinel: nothing answers on port $1 (see $dir)" >&2
-  exit 1
-}
 
 for port in "$primary" "$replica"; do
   mkdir -p "$dir/$port"
@@ -127,5 +88,4 @@ echo "REDIS_URL=redis+sentinel://$sentinel_hosts/0/mymaster"
 echo "REDIS_SENTINEL_NODES=$primary $replica"
 echo "REDIS_SENTINELS=${sentinels[*]}"
 echo "redis-sentinel: primary $primary, replica $replica, sentinels ${sentinels[*]} ready in $dir; Ctrl-C stops them"
-# In the foreground until stopped; a server that exits (a test's kill -9) leaves the others running.
-while true; do sleep 1; done
+serve_forever

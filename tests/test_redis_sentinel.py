@@ -92,6 +92,20 @@ async def test_pages_keep_their_truth_through_a_sentinel_failover(
         assert stored is not None and stored.status.value == truth[reference]
 
 
+def _waiting_for_the_replica(campay: FakeCampay, sentinel: RedisSentinel, **overrides: Any) -> dict[str, Any]:
+    """An instance on CamPay's fake and the Sentinel Redis, waiting for the replica after each payment write."""
+    return campay_settings(
+        campay,
+        STORAGE_BACKEND="redis",
+        REDIS_URL=sentinel.url,
+        REDIS_RECONNECT_INTERVAL_SECONDS=0.1,
+        REDIS_TIMEOUT_SECONDS=1.0,
+        REDIS_WAIT_REPLICAS=1,
+        REDIS_WAIT_TIMEOUT_MS=100,
+        **overrides,
+    )
+
+
 async def test_a_status_the_failover_lost_is_brought_back_from_campay_without_a_page_going_back(
     redis_sentinel: RedisSentinel, start_instance: StartInstance, campay: FakeCampay, http: aiohttp.ClientSession
 ) -> None:
@@ -100,14 +114,9 @@ async def test_a_status_the_failover_lost_is_brought_back_from_campay_without_a_
     sweep (after RECONCILE_AFTER_SECONDS, ten minutes here) would have found it. With REDIS_WAIT_REPLICAS
     the write is known not to have reached a replica; once the instance has seen the failover it asks
     CamPay again, and a page that re-tracks ahead of the stored record keeps what it saw."""
-    settings = campay_settings(
+    settings = _waiting_for_the_replica(
         campay,
-        STORAGE_BACKEND="redis",
-        REDIS_URL=redis_sentinel.url,
-        REDIS_RECONNECT_INTERVAL_SECONDS=0.1,
-        REDIS_TIMEOUT_SECONDS=1.0,
-        REDIS_WAIT_REPLICAS=1,
-        REDIS_WAIT_TIMEOUT_MS=100,
+        redis_sentinel,
         RECONCILE_ENABLED=True,
         RECONCILE_AFTER_SECONDS=600,
         RECONCILE_INTERVAL_SECONDS=0.2,
@@ -161,14 +170,9 @@ async def test_writes_a_planned_failover_lost_are_written_back_by_the_instance_t
     primary took writes until it was made a replica), and the instance saw no outage (its client
     reconnected to the new primary within one retry), so nothing was written back or asked again. The
     watcher now notices that the primary changed."""
-    settings = campay_settings(
+    settings = _waiting_for_the_replica(
         campay,
-        STORAGE_BACKEND="redis",
-        REDIS_URL=redis_sentinel.url,
-        REDIS_TIMEOUT_SECONDS=1.0,
-        REDIS_RECONNECT_INTERVAL_SECONDS=0.1,
-        REDIS_WAIT_REPLICAS=1,
-        REDIS_WAIT_TIMEOUT_MS=100,
+        redis_sentinel,
         RATE_LIMIT_INITIATE_PER_USER="100000/minute",
         RATE_LIMIT_INITIATE_PER_IP="100000/minute",
     )
