@@ -118,13 +118,19 @@ def create_app(
         storage = create_storage(
             settings, clock, on_recovered=announce_recovered, instrument=count_failures, outbox=merchant_outbox
         )
+
+    def storage_healthy() -> bool:
+        """Whether storage answers from Redis (memory alone is always healthy): one check for every component
+        that behaves differently while degraded."""
+        return bool(getattr(storage, "healthy", True))
+
     # With Redis, an instance receives only the messages of payments it follows (realtime/routes.py).
     follow = manager.follow if isinstance(manager, ResilientRedisManager) else None
     resync = Resync(sessions, socket_delivery, storage, interval=settings.RESYNC_INTERVAL_SECONDS, follow=follow)
     if isinstance(manager, ResilientRedisManager):
         manager.on_listening = resync.request
         manager.on_follow_failed = resync.request
-        manager.storage_healthy = lambda: bool(getattr(storage, "healthy", True))
+        manager.storage_healthy = storage_healthy
     delivery = create_delivery(settings, storage, clock, metrics)
     service = PaymentService(
         storage,
@@ -146,7 +152,7 @@ def create_app(
         is Redis. While degraded, memory's copies are behind by nature (they were mirrored before others
         changed the payments on Redis) and converge when Redis returns; asking CamPay about each would flood
         it and fill the write-back with changes Redis already has."""
-        if getattr(storage, "healthy", True):
+        if storage_healthy():
             reconciler.request_check(reference)
 
     reconciler = Reconciler(
@@ -157,7 +163,7 @@ def create_app(
         _reconcile_policy(settings),
         instance_id=settings.INSTANCE_ID,
         metrics=metrics,
-        storage_healthy=lambda: bool(getattr(storage, "healthy", True)),
+        storage_healthy=storage_healthy,
     )
     authenticator = create_authenticator(settings, storage, clock)
     limiter = _create_limiter(settings)

@@ -10,7 +10,6 @@ this server does not know gets an `unknown_event` ack rather than silence.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
@@ -34,6 +33,7 @@ from realtime.delivery import Follow, LocalDelivery, message_for_event
 from realtime.expiry import ExpiryTimers
 from realtime.sessions import Sessions
 from realtime.storage.base import ClientRecord, Storage
+from realtime.storage.expiring import ExpiringMap
 
 RECHECKS_REMEMBERED = 10_000  # payments a page asked to re-check recently (pruned past it)
 log = logging.getLogger("paytrack.realtime")
@@ -86,7 +86,7 @@ class PaymentNamespace(socketio.AsyncNamespace):
         self._follow = follow
         self._recheck = recheck
         self._recheck_every = settings.RECONCILE_INTERVAL_SECONDS
-        self._rechecked: dict[str, float] = {}  # reference -> clock.monotonic() before which it is not asked again
+        self._rechecked: ExpiringMap[bool] = ExpiringMap(clock)  # payments not to ask about again for an interval
         self._service = service
         self._storage = storage
         self._sessions = sessions
@@ -226,12 +226,11 @@ class PaymentNamespace(socketio.AsyncNamespace):
         )
         if self._recheck is None or payment.status.is_terminal:
             return
-        now = self._clock.monotonic()
-        if now < self._rechecked.get(payment.reference, -math.inf):
+        if self._rechecked.get(payment.reference) is not None:
             return
         if len(self._rechecked) >= RECHECKS_REMEMBERED:
-            self._rechecked = {ref: until for ref, until in self._rechecked.items() if until > now}
-        self._rechecked[payment.reference] = now + self._recheck_every
+            self._rechecked.sweep()
+        self._rechecked.set(payment.reference, True, self._recheck_every)
         self._recheck(payment.reference)
 
     async def on_stop_tracking_payment(self, sid: str, data: Any = None) -> dict[str, Any]:

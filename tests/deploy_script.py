@@ -1,5 +1,6 @@
 """Run one of deploy/'s local-Redis scripts for a test: start it in its own session, read the `KEY=value`
-lines it prints once ready, and stop it (and everything it started) at the end."""
+lines it prints once ready, and stop it (and everything it started) at the end; and ask one of the
+servers it started something (`on_port`, `server_info`, `server_pid`)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
+
+import redis.asyncio as aioredis
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -54,3 +58,24 @@ class DeployScript:
         except subprocess.TimeoutExpired:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
+
+
+async def on_port(port: int, *command: Any) -> Any:
+    """One command on a fresh connection to the local server on `port` (a node, a replica, a sentinel)."""
+    server = aioredis.Redis(host="127.0.0.1", port=port, decode_responses=True, socket_timeout=5)
+    try:
+        return await server.execute_command(*command)
+    finally:
+        await server.aclose()
+
+
+async def server_info(port: int, section: str, command: tuple[str, ...] = ("INFO",)) -> dict[str, str]:
+    """`INFO section` (or another `key:value` listing, such as `CLUSTER INFO`) of the server on `port`."""
+    text = await on_port(port, *command, *([section] if section else []))
+    if isinstance(text, dict):
+        return {k: str(v) for k, v in text.items()}
+    return dict(line.split(":", 1) for line in str(text).splitlines() if ":" in line)
+
+
+async def server_pid(port: int) -> int:
+    return int((await server_info(port, "server"))["process_id"])

@@ -14,14 +14,14 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
 
-from tests.deploy_script import DeployScript
+from tests.deploy_script import DeployScript, on_port, server_info, server_pid
+from tests.harness import eventually
 
 REDIS_SERVER = shutil.which("redis-server")
 REDIS_CLI = shutil.which("redis-cli")
@@ -55,17 +55,10 @@ class RedisCluster:
         return aioredis.Redis(host="127.0.0.1", port=port, decode_responses=True, socket_timeout=5)
 
     async def _info(self, port: int, section: str) -> dict[str, str]:
-        node = self.node(port)
-        try:
-            text = await node.execute_command("INFO", section)
-        finally:
-            await node.aclose()
-        if isinstance(text, dict):
-            return {k: str(v) for k, v in text.items()}
-        return dict(line.split(":", 1) for line in str(text).splitlines() if ":" in line)
+        return await server_info(port, section)
 
     async def pid(self, port: int) -> int:
-        return int((await self._info(port, "server"))["process_id"])
+        return await server_pid(port)
 
     async def role(self, port: int) -> str:
         return (await self._info(port, "replication"))["role"]
@@ -96,11 +89,11 @@ class RedisCluster:
         """Until `primary`'s replica has everything the primary had when this was called; its port."""
         replica = await self.replica_of(primary)
         target = int((await self._info(primary, "replication"))["master_repl_offset"])
-        deadline = time.monotonic() + READY_TIMEOUT
-        while int((await self._info(replica, "replication")).get("slave_repl_offset", -1)) < target:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"replica {replica} did not catch up with {primary}")
-            await asyncio.sleep(0.05)
+
+        async def caught_up() -> bool:
+            return int((await self._info(replica, "replication")).get("slave_repl_offset", -1)) >= target
+
+        await eventually(caught_up, timeout=READY_TIMEOUT, interval=0.05)
         return replica
 
     async def kill(self, port: int) -> None:
@@ -142,43 +135,27 @@ class RedisCluster:
     async def failover(self, replica: int, *, takeover: bool = False) -> None:
         """CLUSTER FAILOVER on `replica` (planned: the primary hands over after the replica caught up), or
         TAKEOVER (no agreement from anyone: what an operator does when the primary is gone)."""
-        node = self.node(replica)
-        try:
-            await node.execute_command("CLUSTER", "FAILOVER", *(["TAKEOVER"] if takeover else []))
-        finally:
-            await node.aclose()
+        await on_port(replica, "CLUSTER", "FAILOVER", *(["TAKEOVER"] if takeover else []))
         await self.wait_role(replica, "master")
 
     async def wait_role(self, port: int, role: str) -> None:
-        deadline = time.monotonic() + READY_TIMEOUT
-        while await self.role(port) != role:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"node {port} is not a {role}")
-            await asyncio.sleep(0.05)
+        async def has_role() -> bool:
+            return await self.role(port) == role
+
+        await eventually(has_role, timeout=READY_TIMEOUT, interval=0.05)
 
     async def wait_ok(self) -> None:
         """Until every live node says `cluster_state:ok`."""
-        deadline = time.monotonic() + READY_TIMEOUT
-        while True:
-            states = []
-            for port in self.ports:
-                if await self._alive(port):
-                    states.append((await self._cluster_info(port)).get("cluster_state"))
-            if states and all(state == "ok" for state in states):
-                return
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"cluster not ok: {states}")
-            await asyncio.sleep(0.1)
 
-    async def _cluster_info(self, port: int) -> dict[str, str]:
-        node = self.node(port)
-        try:
-            text = await node.execute_command("CLUSTER", "INFO")
-        finally:
-            await node.aclose()
-        if isinstance(text, dict):
-            return {k: str(v) for k, v in text.items()}
-        return dict(line.split(":", 1) for line in str(text).splitlines() if ":" in line)
+        async def ok() -> bool:
+            states = [
+                (await server_info(port, "", ("CLUSTER", "INFO"))).get("cluster_state")
+                for port in self.ports
+                if await self._alive(port)
+            ]
+            return bool(states) and all(state == "ok" for state in states)
+
+        await eventually(ok, timeout=READY_TIMEOUT, interval=0.1)
 
     async def stop(self) -> None:
         for pid in self._frozen:  # a frozen node would not stop

@@ -8,14 +8,14 @@ import contextlib
 import os
 import shutil
 import signal
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
 
-from tests.deploy_script import DeployScript
+from tests.deploy_script import DeployScript, on_port, server_pid
+from tests.harness import eventually
 
 READY_TIMEOUT = 30.0
 FAILOVER_TIMEOUT = 30.0
@@ -36,11 +36,7 @@ class RedisSentinel:
 
     async def primary(self) -> int:
         """The port the sentinels name as the primary now."""
-        sentinel = aioredis.Redis(host="127.0.0.1", port=self.sentinels[0], decode_responses=True)
-        try:
-            _host, port = await sentinel.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", "mymaster")
-        finally:
-            await sentinel.aclose()
+        _host, port = await on_port(self.sentinels[0], "SENTINEL", "GET-MASTER-ADDR-BY-NAME", "mymaster")
         return int(port)
 
     async def failover(self, *, kill: bool = False) -> int:
@@ -50,24 +46,17 @@ class RedisSentinel:
         if kill:
             os.kill(await self.pid(before), signal.SIGKILL)
         else:
-            sentinel = aioredis.Redis(host="127.0.0.1", port=self.sentinels[0], decode_responses=True)
-            try:
-                await sentinel.execute_command("SENTINEL", "FAILOVER", "mymaster")
-            finally:
-                await sentinel.aclose()
-        deadline = time.monotonic() + FAILOVER_TIMEOUT
-        while (after := await self.primary()) == before:
-            if time.monotonic() > deadline:
-                raise TimeoutError("the sentinels did not fail over")
-            await asyncio.sleep(0.1)
-        return after
+            await on_port(self.sentinels[0], "SENTINEL", "FAILOVER", "mymaster")
+
+        async def moved() -> int | None:
+            after = await self.primary()
+            return after if after != before else None
+
+        moved_to: int = await eventually(moved, timeout=FAILOVER_TIMEOUT, interval=0.1)
+        return moved_to
 
     async def pid(self, port: int) -> int:
-        node = aioredis.Redis(host="127.0.0.1", port=port, decode_responses=True)
-        try:
-            return int((await node.info("server"))["process_id"])
-        finally:
-            await node.aclose()
+        return await server_pid(port)
 
     async def fill_replication_stream(self, size: int) -> None:
         """Write `size` bytes of filler to the primary: with its replica frozen, what follows cannot be

@@ -220,12 +220,15 @@ class Failover:
         self._primary_id = primary_id
         if switched:
             log.warning("storage: Redis's primary changed (a failover or a restart); writing back recent changes")
-            written = await self._write_back()
-            if self._on_recovered is not None:
-                try:
-                    await self._on_recovered(written)
-                except Exception:
-                    log.exception("storage: recovery listener failed")
+            await self._announce(await self._write_back())
+
+    async def _announce(self, written: list[str]) -> None:
+        """Tell the recovery listener what was written back (a failure is logged: the write-back stands)."""
+        if self._on_recovered is not None:
+            try:
+                await self._on_recovered(written)
+            except Exception:
+                log.exception("storage: recovery listener failed")
 
     async def _write_back(self) -> list[str]:
         for policy in self.policies:
@@ -247,11 +250,7 @@ class Failover:
             extra={"payments": len(written), "down_since": self._down_since.isoformat() if self._down_since else None},
         )
         self._down_since = None
-        if self._on_recovered is not None:
-            try:
-                await self._on_recovered(written)
-            except Exception:
-                log.exception("storage: recovery listener failed")
+        await self._announce(written)
 
     async def health(self, backend: str) -> StorageHealth:
         ok, latency = await self.on_primary(self.primary.ping)
