@@ -32,6 +32,7 @@ import math
 import time
 from dataclasses import dataclass
 from typing import Literal
+from urllib.parse import urlparse
 
 from aiohttp import web
 from limits import RateLimitItem, parse
@@ -42,6 +43,7 @@ from redis.asyncio import BlockingConnectionPool
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import MaxConnectionsError
 
 from core.errors import ApiError, Busy
 from core.settings import Settings, StorageBackend
@@ -112,6 +114,21 @@ class RateLimiter:
                 socket_timeout=settings.REDIS_TIMEOUT_SECONDS,
             )
             return cls(limits, storage=sentinel, outage_retry_after=retry_after)
+        if settings.REDIS_CLUSTER:
+            from limits.aio.storage import RedisClusterStorage
+
+            parts = urlparse(url)
+            cluster = RedisClusterStorage(
+                f"async+redis+cluster://{parts.netloc}",
+                implementation="redispy",
+                key_prefix=prefix,
+                wrap_exceptions=True,
+                socket_timeout=settings.REDIS_TIMEOUT_SECONDS,
+                socket_connect_timeout=settings.REDIS_TIMEOUT_SECONDS,
+                max_connections=settings.REDIS_POOL_SIZE,  # per node; past it MaxConnectionsError: busy
+                ssl=parts.scheme == "rediss",
+            )
+            return cls(limits, storage=cluster, outage_retry_after=retry_after)
         pool = BlockingConnectionPool.from_url(
             url,
             max_connections=settings.REDIS_POOL_SIZE,
@@ -170,8 +187,11 @@ class RateLimiter:
 
 def _pool_exhausted(exc: StorageError) -> bool:
     """The counters' blocking pool stayed full for its whole wait (redis-py raises a ConnectionError caused
-    by the wait's timeout): back-pressure, with Redis itself reachable."""
+    by the wait's timeout), or a cluster node's connections are all in use: back-pressure, with Redis itself
+    reachable."""
     inner = exc.storage_error
+    if isinstance(inner, MaxConnectionsError):
+        return True
     return isinstance(inner, RedisConnectionError) and isinstance(inner.__cause__, asyncio.TimeoutError)
 
 

@@ -224,6 +224,8 @@ class Settings(BaseSettings):
     REDIS_PORT: int = Field(6379, gt=0, le=65535)
     REDIS_PASSWORD: str = ""
     REDIS_DB: int = Field(0, ge=0, le=15)
+    # REDIS_URL names one node of a Redis Cluster (redis:// or rediss://); the client discovers the rest.
+    REDIS_CLUSTER: bool = False
     # Prepended to every Redis key, so deployments (or tests) can share one Redis.
     REDIS_KEY_PREFIX: str = Field("paytrack:", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:{}-]+$")
     # Pub/sub channel the Socket.IO manager uses; the same on every instance of one deployment.
@@ -390,6 +392,8 @@ class Settings(BaseSettings):
                 "REDIS_WAIT_TIMEOUT_MS must stay under half of REDIS_TIMEOUT_SECONDS: a WAIT that outlasts the "
                 "command timeout would read as Redis being away (degraded mode) whenever a replica is away",
             )
+        if self.REDIS_CLUSTER and not self.redis_url.startswith(("redis://", "rediss://")):
+            problem("REDIS_CLUSTER", "REDIS_CLUSTER=true needs a redis:// or rediss:// REDIS_URL naming one node")
         if self.MERCHANT_WEBHOOK_URL and not self.MERCHANT_WEBHOOK_SECRET:
             problem("MERCHANT_WEBHOOK_SECRET", "MERCHANT_WEBHOOK_SECRET is required when MERCHANT_WEBHOOK_URL is set")
         if self.PAYMENT_PROVIDER is ProviderName.CAMPAY:

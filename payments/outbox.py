@@ -55,6 +55,13 @@ class OutboxEntry(BaseModel):
         return data
 
 
+def entry_reference(entry_id: str) -> str:
+    """The payment reference inside a delivery id (`msg_<reference>_<event>.<url digest>`, built by
+    `OutboxPolicy.entries_for`): storage keeps an entry beside its payment and finds it again by id."""
+    message_id = entry_id.rsplit(".", 1)[0]
+    return message_id.removeprefix("msg_").rsplit("_", 1)[0]
+
+
 def _url_digest(url: str) -> str:
     """A short name for a merchant URL in delivery ids: the same URL gets the same id whatever its place in
     MERCHANT_WEBHOOK_URL (a deploy that reorders the list must not send a message to a URL twice, nor

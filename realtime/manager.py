@@ -32,6 +32,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
+from urllib.parse import urlparse, urlunparse
 
 import socketio
 from aiohttp import web
@@ -47,6 +48,20 @@ from realtime.storage.keys import RedisKeys
 log = logging.getLogger("paytrack.realtime.pubsub")
 
 PaymentHandler = Callable[[PaymentMessage], Awaitable[Any]]
+
+
+MESSAGES = ("message", "smessage")  # a published message on a channel, or on a shard channel (cluster)
+
+
+class ShardSubscriptionLost(Exception):
+    """The node serving this process's shard channel unsubscribed it (a failover or a slot migration)."""
+
+
+def _node_url(url: str, host: str, port: int) -> str:
+    """`url` (scheme, credentials, options) pointed at one cluster node."""
+    parts = urlparse(url)
+    credentials = parts.netloc.rpartition("@")[0]
+    return urlunparse(parts._replace(netloc=f"{credentials}@{host}:{port}" if credentials else f"{host}:{port}"))
 
 
 async def _nowhere(message: PaymentMessage) -> None:
@@ -79,6 +94,7 @@ class ResilientRedisManager(socketio.AsyncRedisManager):
         publisher: Callable[[], Any],
         routes_key: Callable[[str], str],
         routes_ttl: int,
+        cluster: bool = False,
     ) -> None:
         super().__init__(url, channel=channel, logger=log, json=JsonModule)
         self._timeout = timeout
@@ -88,11 +104,13 @@ class ResilientRedisManager(socketio.AsyncRedisManager):
         self._publisher: Any = None
         self._routes_key = routes_key
         self._routes_ttl = routes_ttl
+        self._cluster = cluster
         self._routes: PaymentRoutes | None = None
         self.route_channel = route_channel(channel, self.host_id)  # where other instances publish for our sockets
         self._follow_failing = False
         self._closing = False
         self.received_payments = 0  # payment messages from other instances (tests and bench read it)
+        self.subscriptions = 0  # times the listener subscribed: each after the first was followed by a resync
         self._skip_publish_until = 0.0
         self.dropped_publishes = 0
         self.listening = asyncio.Event()
@@ -103,17 +121,38 @@ class ResilientRedisManager(socketio.AsyncRedisManager):
         self.storage_healthy: Callable[[], bool] = lambda: True
 
     # -- connections ------------------------------------------------------------
-    def _redis_connect(self) -> None:
-        """The listener's connection: no read timeout, health checks instead."""
+    def _redis_connect(self, url: str | None = None) -> None:
+        """The listener's connection: no read timeout, health checks instead. On a cluster it is a plain
+        connection to the node serving this process's channel, whose (un)subscribe messages are kept: the
+        node's `sunsubscribe` is how a lost shard subscription shows."""
         self.redis = connect(
-            self.redis_url,
+            url or self.redis_url,
             socket_timeout=None,
             connect_timeout=self._timeout,
             health_check_interval=self._health_check_interval,
             decode_responses=False,  # the stock listener compares channel names as bytes
         )
-        self.pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        self.pubsub = self.redis.pubsub(ignore_subscribe_messages=not self._cluster)
         self.connected = True
+
+    async def _subscribe(self, reconnecting: bool) -> None:
+        """Connect the listener and subscribe to the shared channel and this process's own.
+
+        On a cluster, this process's channel is a shard channel (SSUBSCRIBE: its messages reach only the
+        node serving its slot, where PUBLISH would be copied to every node). The cluster's topology is
+        read again after a failure, so a failover's new primary is found."""
+        if not self._cluster:
+            self._redis_connect()
+            await self.pubsub.subscribe(self.channel, self.route_channel)
+            return
+        client = self._publisher_client()
+        await client.initialize()
+        if reconnecting:
+            await client.nodes_manager.initialize()
+        node = client.get_node_from_key(self.route_channel)
+        self._redis_connect(_node_url(self.redis_url, node.host, node.port))
+        await self.pubsub.subscribe(self.channel)
+        await self.pubsub.ssubscribe(self.route_channel)
 
     async def _close_listener_connection(self) -> None:
         pubsub, client = self.pubsub, self.redis
@@ -134,7 +173,11 @@ class ResilientRedisManager(socketio.AsyncRedisManager):
     def _payment_routes(self) -> PaymentRoutes:
         if self._routes is None:
             self._routes = PaymentRoutes(
-                self._publisher_client(), key=self._routes_key, channel=self.channel, ttl_seconds=self._routes_ttl
+                self._publisher_client(),
+                key=self._routes_key,
+                channel=self.channel,
+                ttl_seconds=self._routes_ttl,
+                sharded=self._cluster,
             )
         return self._routes
 
@@ -206,21 +249,25 @@ class ResilientRedisManager(socketio.AsyncRedisManager):
     async def _listen(self):  # python-socketio calls this hook; the stock one reads the shared channel only
         channels = {self.channel.encode(), self.route_channel.encode()}
         async for message in self._redis_listen_with_retries():
-            if message["channel"] in channels and message["type"] == "message" and "data" in message:
+            if message["channel"] in channels and message["type"] in MESSAGES and "data" in message:
                 yield message["data"]
 
     async def _redis_listen_with_retries(self):  # python-socketio calls this hook
+        reconnecting = False
         while not self._closing:
             try:
                 await self._close_listener_connection()
-                self._redis_connect()
-                await self.pubsub.subscribe(self.channel, self.route_channel)
+                await self._subscribe(reconnecting)
+                reconnecting = True
+                self.subscriptions += 1
                 if not self.listening.is_set():
                     log.info("Socket.IO pub/sub listening", extra={"channel": self.channel})
                 self.listening.set()
                 self._first_attempt.set()
                 self.on_listening()  # what was published while we were away is gone: resync
                 async for message in self.pubsub.listen():
+                    if message["type"] == "sunsubscribe":
+                        raise ShardSubscriptionLost(f"{message['channel']!r}: its slot moved or its node stepped down")
                     yield message
             except asyncio.CancelledError:
                 raise
@@ -303,4 +350,5 @@ def create_client_manager(settings: Settings) -> LocalManager | ResilientRedisMa
         publisher=lambda: command_client(settings),
         routes_key=RedisKeys(settings.REDIS_KEY_PREFIX).routes,
         routes_ttl=settings.CLIENT_TTL_SECONDS,
+        cluster=settings.REDIS_CLUSTER,
     )

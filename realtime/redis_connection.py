@@ -8,9 +8,9 @@ from urllib.parse import urlparse
 
 from redis import asyncio as aioredis
 from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
+from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import MaxConnectionsError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from core.settings import Settings
@@ -23,6 +23,11 @@ class PoolExhausted(RedisError):
     asking too much of it at once. Callers answer "busy, retry" instead of
     switching to degraded mode.
     """
+
+
+# Back-pressure, not an outage: the pool stayed full (one server, Sentinel), or a node's connections are all
+# in use (a cluster client raises at once instead of waiting).
+BUSY_ERRORS: tuple[type[Exception], ...] = (PoolExhausted, MaxConnectionsError)
 
 
 class WaitingConnectionPool(aioredis.BlockingConnectionPool):
@@ -49,8 +54,11 @@ def connect(
     decode_responses: bool = True,
     pool_size: int | None = None,
     pool_timeout: float | None = None,
-) -> aioredis.Redis:
-    """A client for redis://, rediss:// (TLS), unix:// or redis+sentinel://[:pw@]h1:p1,h2:p2/db/service.
+    cluster: bool = False,
+) -> Any:
+    """A client for redis://, rediss:// (TLS), unix:// or redis+sentinel://[:pw@]h1:p1,h2:p2/db/service;
+    with `cluster`, a Redis Cluster client from the one node `url` names (it discovers the others, and
+    follows MOVED/ASK and a failover's new topology by itself).
 
     With `pool_size`, connections come from a `WaitingConnectionPool` of that
     size whose callers wait up to `pool_timeout` for a free connection.
@@ -69,6 +77,13 @@ def connect(
         "retry": Retry(NoBackoff(), 1),
         "retry_on_error": [RedisConnectionError, RedisTimeoutError, ConnectionError, OSError],
     }
+    if cluster:
+        # redis-py's cluster client retries a command over its whole topology (MOVED, ASK, TRYAGAIN,
+        # CLUSTERDOWN, a node gone): a few quick tries cover a slot moving; a failover (the cluster's node
+        # timeout, seconds) is an outage the caller learns about within the timeout, as on one server.
+        options["retry"] = Retry(ExponentialBackoff(cap=0.25, base=0.025), 3)
+        options.pop("retry_on_error")
+        return aioredis.RedisCluster.from_url(url, max_connections=pool_size or 2**31, **options)
     if urlparse(url).scheme == "redis+sentinel":
         from redis.asyncio.sentinel import Sentinel
         from socketio.redis_manager import parse_redis_sentinel_url  # the parser python-socketio itself uses
@@ -89,7 +104,8 @@ def connect(
 
 def command_client(settings: Settings) -> aioredis.Redis:
     """A deployment's pooled client for commands (storage, the pub/sub publisher): bounded timeouts and a
-    `WaitingConnectionPool` of REDIS_POOL_SIZE, so a burst waits and then gets `PoolExhausted`."""
+    `WaitingConnectionPool` of REDIS_POOL_SIZE, so a burst waits and then gets `PoolExhausted` (on a cluster,
+    REDIS_POOL_SIZE connections per node, and `MaxConnectionsError` at once past them)."""
     return connect(
         settings.redis_url,
         socket_timeout=settings.REDIS_TIMEOUT_SECONDS,
@@ -97,4 +113,5 @@ def command_client(settings: Settings) -> aioredis.Redis:
         health_check_interval=settings.REDIS_HEALTH_CHECK_INTERVAL_SECONDS,
         pool_size=settings.REDIS_POOL_SIZE,
         pool_timeout=settings.REDIS_POOL_TIMEOUT_SECONDS,
+        cluster=settings.REDIS_CLUSTER,
     )

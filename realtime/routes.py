@@ -19,6 +19,10 @@ Why no message is missed:
   listener resubscribes (a restarted Redis may have lost the sets), and every
   RESYNC_INTERVAL_SECONDS, which also refreshes the sets' expiry.
 
+On a Redis Cluster a script may only touch its own slot, and PUBLISH is copied to every node, so the
+publish reads the set and SPUBLISHes to each member's channel, a shard channel that only the node serving
+its slot carries (two round trips; the listener SSUBSCRIBEs, realtime/manager.py).
+
 Members are not removed when the last local socket stops tracking: a removal
 racing a new track on the same process could drop a member a socket needs,
 and a stale member costs one ignored message (payments stop changing once
@@ -52,8 +56,11 @@ def route_channel(channel: str, route_id: str) -> str:
 class PaymentRoutes:
     """The routes sets and the routed publish, on a Redis client the caller owns."""
 
-    def __init__(self, client: Any, *, key: Callable[[str], str], channel: str, ttl_seconds: int) -> None:
+    def __init__(
+        self, client: Any, *, key: Callable[[str], str], channel: str, ttl_seconds: int, sharded: bool = False
+    ) -> None:
         self._client = client
+        self._sharded = sharded
         self._key = key
         self._prefix = route_channel(channel, "")  # the script appends each member's route id
         self._ttl = ttl_seconds
@@ -72,4 +79,12 @@ class PaymentRoutes:
 
     async def publish(self, route_id: str, reference: str, message: str) -> int:
         """Publish `message` to every other process following `reference`; returns how many."""
-        return int(await self._publish(keys=[self._key(reference)], args=[route_id, self._prefix, message]))
+        if not self._sharded:
+            return int(await self._publish(keys=[self._key(reference)], args=[route_id, self._prefix, message]))
+        routes = [route for route in await self._client.smembers(self._key(reference)) if route != route_id]
+        if routes:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for route in routes:
+                    pipe.spublish(self._prefix + route, message)
+                await pipe.execute()
+        return len(routes)

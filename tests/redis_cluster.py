@@ -14,11 +14,14 @@ import os
 import shutil
 import signal
 import subprocess
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode
 
 from tests.deploy_script import DeployScript, on_port, server_info, server_pid
 from tests.harness import eventually
@@ -48,7 +51,9 @@ class RedisCluster:
         self.ports = [int(p) for p in values["REDIS_CLUSTER_NODES"].split()]
 
     def client(self) -> aioredis.RedisCluster:
-        return aioredis.RedisCluster.from_url(self.url, decode_responses=True)
+        """A cluster client that starts from every node (the one the URL names may be the one killed)."""
+        nodes = [ClusterNode("127.0.0.1", port) for port in self.ports]
+        return aioredis.RedisCluster(startup_nodes=nodes, decode_responses=True)
 
     def node(self, port: int) -> aioredis.Redis:
         """A plain connection to one node (CLUSTER, INFO, and what a cluster client would redirect)."""
@@ -183,3 +188,23 @@ async def redis_cluster(tmp_path: Path) -> AsyncIterator[RedisCluster]:
         yield cluster
     finally:
         await cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def shared_redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One cluster for every test that needs only its URL (each test under a key prefix of its own): the
+    storage contract runs on it without starting six servers per test."""
+    if REDIS_SERVER is None or REDIS_CLI is None:
+        pytest.skip("redis-server/redis-cli not found (Debian package redis-server; CI installs it via .ci/run)")
+    cluster = RedisCluster(tmp_path_factory.mktemp("shared-cluster"))
+
+    def run(step: Coroutine[Any, Any, None]) -> None:
+        """On a thread of its own: the fixture may be set up from inside a test's running event loop."""
+        with ThreadPoolExecutor(1) as thread:
+            thread.submit(asyncio.run, step).result()
+
+    run(cluster.start())
+    try:
+        yield cluster.url
+    finally:
+        run(cluster.stop())

@@ -338,7 +338,7 @@ async def test_a_slow_collect_keeps_renewing_its_leases_and_releases_only_its_ow
         status, _, _ = await asyncio.wait_for(initiation, WAIT)
         assert status == 201
         assert await plain.exists(order_lease) == 0
-        assert [key async for key in plain.scan_iter(f"{prefix}idempotency-lease:*")] == []
+        assert [key async for key in plain.scan_iter(f"{prefix}*idempotency-lease:*")] == []
     finally:
         await plain.aclose()
 

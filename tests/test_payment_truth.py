@@ -63,8 +63,7 @@ async def _is(instance: Instance, status: str) -> bool:
 async def _stored(redis_server: RedisServer, instance: Instance, reference: str) -> dict[str, Any] | None:
     client = redis_server.client()
     try:
-        prefix = instance.app[STORAGE].primary._keys.prefix
-        raw = await client.get(f"{prefix}payment:{reference}")
+        raw = await client.get(instance.app[STORAGE].primary._keys.payment(reference))
     finally:
         await client.aclose()
     return json.loads(raw) if raw else None

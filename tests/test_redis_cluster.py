@@ -5,10 +5,18 @@ replica taking over)."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 from redis.crc import key_slot
 
-from tests.redis_cluster import RedisCluster, redis_cluster  # noqa: F401 - fixture (used by name)
+from core.clock import SystemClock
+from payments.model import PaymentStatus, StatusUpdate, UpdateSource
+from realtime.storage.redis import RedisStorage
+from tests.harness import make_settings
+from tests.redis_cluster import RedisCluster, redis_cluster, shared_redis_cluster  # noqa: F401 - fixtures
+from tests.test_state_rule import owned
+from tests.test_storage_contract import intent as contract_intent
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
@@ -87,3 +95,40 @@ async def test_a_failover_after_the_replica_fell_behind_loses_acknowledged_write
     assert kept[:100] == ["before"] * 100
     lost = sum(value is None for value in kept[100:])
     assert lost > 0, "the failover lost none of the 200 acknowledged writes"
+
+
+async def test_every_storage_script_runs_again_after_the_script_caches_are_emptied(shared_redis_cluster: str) -> None:
+    """A promoted replica has no script cache (NOSCRIPT): every role's scripts load themselves again, on
+    whichever primary serves their keys, and the WAIT after a payment write goes to the payment's node."""
+    settings = make_settings(
+        REDIS_URL=shared_redis_cluster,
+        REDIS_CLUSTER=True,
+        REDIS_KEY_PREFIX="noscript:",
+        REDIS_WAIT_REPLICAS=1,
+        REDIS_WAIT_TIMEOUT_MS=500,
+        REDIS_TIMEOUT_SECONDS=2.0,
+    )
+    storage = RedisStorage.from_settings(settings, SystemClock())
+    now = datetime.now(UTC)
+    try:
+        await storage.start()
+        await storage.create_payment(owned(reference="ref-a", order_id="order-a"))
+        await storage.redis.execute_command("SCRIPT", "FLUSH", target_nodes=storage.redis.ALL_NODES)
+        done = await storage.transition(
+            StatusUpdate(
+                reference="ref-a", status="SUCCESSFUL", source=UpdateSource.WEBHOOK, amount=500, currency="XAF"
+            ),
+            now,
+        )
+        assert done.applied and done.payment.status is PaymentStatus.SUCCESSFUL
+        assert storage.take_unconfirmed() == []  # the replica of ref-a's primary confirmed it
+        assert await storage.order_paid("order-a") == ["ref-a"]
+        assert (await storage.get_order_payment("order-a")).reference == "ref-a"
+        await storage.redis.execute_command("SCRIPT", "FLUSH", target_nodes=storage.redis.ALL_NODES)
+        assert await storage.acquire_lease("lease-a", "me", 5)
+        intent = contract_intent(order_id="order-b")
+        assert await storage.put_intent(intent, 60, 30)
+        assert (await storage.order_intent("order-b")) == intent
+        assert await storage.outbox_claim(now.timestamp(), 10, 30, "me") == []
+    finally:
+        await storage.close()

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import re
+from typing import Any
+
 import aiohttp
 import pytest
+import redis.asyncio as aioredis
+from redis.crc import key_slot
 
-from realtime.storage.keys import RedisKeys
+from realtime.storage.keys import BUCKETS, RedisKeys, bucket
+from realtime.storage.redis import scripts
 from tests.auth_service import AuthService
 from tests.campay_fake import FakeCampay
 from tests.conftest import Instance, StartInstance, campay_settings
 from tests.harness import PRODUCTION, eventually
 from tests.merchant_receiver import MerchantReceiver, merchant_settings
+from tests.redis_cluster import shared_redis_cluster  # noqa: F401 - fixture (used by name)
 from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.redis
@@ -18,7 +25,10 @@ pytestmark = pytest.mark.redis
 PREFIX = "keys12:"
 
 
+@pytest.mark.parametrize("on", ["redis", "cluster"])
 async def test_every_key_is_under_the_prefix_and_expires_or_is_documented_not_to(
+    request: pytest.FixtureRequest,
+    on: str,
     redis_server: RedisServer,
     start_redis_instance: StartInstance,
     campay: FakeCampay,
@@ -37,6 +47,13 @@ async def test_every_key_is_under_the_prefix_and_expires_or_is_documented_not_to
             "AUTH_MODE": "introspect",
             "AUTH_SERVICE_URL": auth_url,
             "REDIS_KEY_PREFIX": PREFIX,
+            # On a cluster every script and transaction of this traffic must touch one slot, or Redis
+            # refuses it (CROSSSLOT, or "Script attempted to access keys that do not hash to the same slot").
+            **(
+                {"REDIS_URL": request.getfixturevalue("shared_redis_cluster"), "REDIS_CLUSTER": True}
+                if on == "cluster"
+                else {}
+            ),
         }
     )
     api = instance.api.as_user("opaque-alice")
@@ -53,12 +70,16 @@ async def test_every_key_is_under_the_prefix_and_expires_or_is_documented_not_to
     await merchant.wait_for(attempts=1)
     await eventually(lambda: _dead_lettered(instance))
 
-    plain = redis_server.client()
+    plain: Any = redis_server.client()
+    if on == "cluster":
+        plain = aioredis.RedisCluster.from_url(request.getfixturevalue("shared_redis_cluster"), decode_responses=True)
     try:
-        keys = sorted([key async for key in plain.scan_iter(count=1000)])
+        keys = sorted([key async for key in plain.scan_iter(match=f"{PREFIX}*", count=1000)])
         assert keys, "the traffic wrote nothing to Redis?"
-        assert [k for k in keys if not k.startswith(PREFIX)] == []
-        kinds = {k[len(PREFIX) :].split(":")[0] for k in keys}
+        if on == "redis":  # the cluster is shared with other tests, each under a prefix of its own
+            assert [k async for k in plain.scan_iter(count=1000) if not k.startswith(PREFIX)] == []
+        # a key a script touches with others carries its bucket's hash tag after the prefix
+        kinds = {re.sub(r"^\{b\d+\}:", "", k[len(PREFIX) :]).split(":")[0] for k in keys}
         assert {
             "ratelimit",
             "payment",
@@ -82,3 +103,40 @@ async def test_every_key_is_under_the_prefix_and_expires_or_is_documented_not_to
 
 async def _dead_lettered(instance: Instance) -> bool:
     return any(e.state == "dead" for e in await instance.storage.outbox_list())
+
+
+def _slot(key: str) -> int:
+    return key_slot(key.encode())
+
+
+def test_the_keys_each_script_touches_together_hash_to_one_slot() -> None:
+    """Redis Cluster runs a script or a MULTI only on keys of one slot (issue 33): a payment's record, event
+    log and write token, its bucket's PENDING index and outbox (STORE_PAYMENT, the outbox scripts); an
+    order's latest payment and paid list (read together); an Idempotency-Key's record and lease."""
+    k = RedisKeys(PREFIX)
+    for reference in ["ref-1", "a" * 64, "9f1c2b4e-5d6a-4b7c-8d9e-0f1a2b3c4d5e", "{odd}ref", "x}y{z"]:
+        number = bucket(reference)
+        together = [
+            k.payment(reference),
+            k.events(reference),
+            k.last_write(reference),
+            k.active(number),
+            *(key(number) for key in (k.outbox_entries, k.outbox_due, k.outbox_dead, k.outbox_claims)),
+            k.outbox_delivered(number),
+        ]
+        assert len({_slot(key) for key in together}) == 1, together
+        assert len({_slot(k.order(reference)), _slot(k.order_paid(reference))}) == 1
+        assert len({_slot(k.idempotency(reference)), _slot(k.idempotency_lease(reference))}) == 1
+    # and the buckets spread over the keyspace: sixteen slots, not one
+    assert len({_slot(k.active(n)) for n in range(BUCKETS)}) == BUCKETS
+
+
+def test_no_storage_script_publishes() -> None:
+    """A script may only touch its own slot: one that PUBLISHes (copied to every node) or SPUBLISHes to
+    another slot's channel is a cross-slot trap on a cluster. Storage scripts never publish; the routed
+    publish (realtime/routes.py) uses its script only on one server, and SPUBLISH from the client on a
+    cluster."""
+    sources = {name: value for name, value in vars(scripts).items() if name.isupper() and isinstance(value, str)}
+    assert sources, "no scripts found"
+    for name, source in sources.items():
+        assert "PUBLISH" not in source.upper(), name

@@ -9,6 +9,7 @@ import signal
 import pytest
 
 from realtime.server import SIO
+from realtime.storage.keys import RedisKeys
 from tests.conftest import Instance, StartInstance
 from tests.harness import PRODUCTION, WAIT, eventually
 from tests.redis_server import RedisServer
@@ -31,7 +32,7 @@ async def _status_is(instance: Instance, wanted: str) -> bool:
 async def _stored_in_redis(redis_server: RedisServer, reference: str) -> dict | None:
     plain = redis_server.client()
     try:
-        raw = await plain.get(f"{PREFIX}payment:{reference}")
+        raw = await plain.get(RedisKeys(PREFIX).payment(reference))
     finally:
         await plain.aclose()
     return json.loads(raw) if raw else None

@@ -15,29 +15,13 @@ import pytest
 import redis.asyncio as aioredis
 
 from tests.campay_fake import FakeCampay
-from tests.conftest import Instance, StartInstance, campay_settings
-from tests.harness import Tracker, eventually
+from tests.conftest import StartInstance, campay_settings
+from tests.failover_pages import check_pages, settle, statuses, wait_on_truth
+from tests.harness import eventually
 from tests.redis_sentinel import RedisSentinel, redis_sentinel  # noqa: F401 - fixture (used by name)
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 PAYMENTS = 12
-
-
-def _statuses(page: Tracker) -> list[tuple[int, str]]:
-    """(seq, status) of every payment-status the page received, in order."""
-    return [(e.data["seq"], e.data["status"]) for e in page.named("payment-status")]
-
-
-async def _settle(instance: Instance, reference: str, status: str) -> None:
-    """Simulate the outcome, as a caller would: retried while the instance answers 503 (busy, or storage
-    changing under it)."""
-
-    async def done() -> bool:
-        code, body, _ = await instance.api.simulate(reference, status)
-        assert code in (200, 503), body
-        return code == 200
-
-    await eventually(done, timeout=30, interval=0.2)
 
 
 @pytest.mark.parametrize("kill", [False, True], ids=["planned", "primary-killed"])
@@ -63,33 +47,16 @@ async def test_pages_keep_their_truth_through_a_sentinel_failover(
         truth[reference] = "SUCCESSFUL" if i % 3 else "FAILED"
     first, second = pages[: PAYMENTS // 2], pages[PAYMENTS // 2 :]
     for i, (reference, _) in enumerate(first):
-        await _settle(a if i % 2 else b, reference, truth[reference])
+        await settle(a if i % 2 else b, reference, truth[reference])
 
     old = await redis_sentinel.primary()
     new = await redis_sentinel.failover(kill=kill)
     assert new != old
     for i, (reference, _) in enumerate(second):
-        await _settle(a if i % 2 else b, reference, truth[reference])
+        await settle(a if i % 2 else b, reference, truth[reference])
 
-    for reference, page in pages:
-        await page.wait_until(
-            lambda events, ref=reference: any(
-                e.name == "payment-status" and e.data["status"] == truth[ref] for e in events
-            ),
-            timeout=30,
-        )
-    for instance in (a, b):
-        await eventually(lambda inst=instance: inst.storage.healthy, timeout=30)
-    await asyncio.sleep(0)  # let any emit in flight land before the checks below
-    for reference, page in pages:
-        await page.barrier()
-        seen = _statuses(page)
-        assert [seq for seq, _ in seen] == sorted(seq for seq, _ in seen), (reference, seen)  # seq never down
-        finals = [status for _, status in seen if status != "PENDING"]
-        assert set(finals) == {truth[reference]}, (reference, seen)  # never another final status
-        assert len(page.named("payment-completed")) == 1, (reference, page.named("payment-completed"))
-        stored = await a.storage.get_payment(reference)
-        assert stored is not None and stored.status.value == truth[reference]
+    await wait_on_truth(pages, truth)
+    await check_pages(pages, truth, [a, b])
 
 
 def _waiting_for_the_replica(campay: FakeCampay, sentinel: RedisSentinel, **overrides: Any) -> dict[str, Any]:
@@ -151,10 +118,10 @@ async def test_a_status_the_failover_lost_is_brought_back_from_campay_without_a_
     again = await a.tracker()
     ack = await again.track(reference, last_seq=2)  # a page that saw SUCCESSFUL comes back
     await again.barrier()
-    assert ack["ok"] and all(seq > 2 and status == "SUCCESSFUL" for seq, status in _statuses(again))
+    assert ack["ok"] and all(seq > 2 and status == "SUCCESSFUL" for seq, status in statuses(again))
     assert again.named("payment-completed") == []  # it was told the outcome already
     await page.barrier()
-    seen = _statuses(page)
+    seen = statuses(page)
     assert [seq for seq, _ in seen] == sorted(seq for seq, _ in seen)
     assert [status for _, status in seen][-1] == "SUCCESSFUL" and len(page.named("payment-completed")) == 1
 

@@ -13,6 +13,7 @@ from core.clock import SystemClock
 from payments.model import Payment, PaymentStatus, StatusUpdate, UpdateSource
 from payments.ports import IdempotencyRecord
 from realtime.storage.base import ClientRecord
+from realtime.storage.keys import BUCKETS, bucket
 from realtime.storage.memory import MemoryStorage
 from realtime.storage.redis import RedisStorage
 from tests.harness import eventually, make_settings, pending_references
@@ -75,20 +76,22 @@ async def test_payment_round_trips_with_order_index_and_active_index(
 
     plain = redis_server.client()
     try:
-        prefix = storage._keys.prefix
-        assert 0 < await plain.ttl(f"{prefix}payment:ref-1") <= 3600
-        assert 0 < await plain.ttl(f"{prefix}events:ref-1") <= 3600
+        assert 0 < await plain.ttl(storage._keys.payment("ref-1")) <= 3600
+        assert 0 < await plain.ttl(storage._keys.events("ref-1")) <= 3600
     finally:
         await plain.aclose()
 
 
 async def test_a_transition_is_one_read_and_one_script_call(storage: RedisStorage, redis_server: RedisServer) -> None:
-    """An applied transition costs two round trips: GET the payment, then one script that stores the
-    decided record only if the payment is still what was read (no WATCH, MULTI/EXEC or script lookups).
-    A SUCCESSFUL one costs a third, once per payment: the GET of its order's paid list, which the script
-    compares too (one charge per order). A duplicate costs the GET alone."""
+    """An applied transition costs two round trips: GET the payment, then one pipeline of the script that
+    stores the decided record only if the payment is still what was read and the one that points its order
+    at it (no WATCH, MULTI/EXEC or script lookups). A SUCCESSFUL one costs a third, once per payment: the
+    script that puts it on its order's paid list and returns the list (one charge per order). A duplicate
+    costs the GET alone."""
     await storage.create_payment(_payment())
     await storage.create_payment(_payment("ref-2", "order-2"))
+    await storage.create_payment(_payment("ref-0", "order-0"))
+    assert (await storage.transition(_update("SUCCESSFUL", "ref-0"), datetime.now(UTC))).applied  # scripts loaded
     plain = redis_server.client()
     try:
         before = await plain.info("commandstats")
@@ -97,7 +100,7 @@ async def test_a_transition_is_one_read_and_one_script_call(storage: RedisStorag
         assert (await storage.transition(_update("FAILED", "ref-2"), datetime.now(UTC))).outcome == "duplicate"
         after = await plain.info("commandstats")
         # and the order index still lives as long as the payment
-        assert 0 < await plain.ttl(f"{storage._keys.prefix}order:order-1") <= 3600
+        assert 0 < await plain.ttl(storage._keys.order("order-1")) <= 3600
     finally:
         await plain.aclose()
 
@@ -106,9 +109,9 @@ async def test_a_transition_is_one_read_and_one_script_call(storage: RedisStorag
 
     assert calls("script|exists") == calls("script|load") == 0
     assert calls("watch") == calls("multi") == calls("exec") == calls("eval") == 0
-    # four GETs from the client (the SUCCESSFUL one's paid list too), and inside each script call the
-    # payment and its order's entry, plus the paid list for the SUCCESSFUL one
-    assert calls("evalsha") == 2 and calls("get") == 4 + 3 + 2
+    # three GETs from the client; the paid list's script, and two pairs of STORE_PAYMENT and ORDER_POINT,
+    # each of which GETs once
+    assert calls("evalsha") == 1 + 2 + 2 and calls("get") == 3 + 1 + 2 + 2
     assert await storage.get_order_payment("order-1") is not None
 
 
@@ -118,13 +121,13 @@ async def test_a_change_whose_reply_was_lost_and_resent_is_still_applied(storage
     is our change, applied (it must be notified), not somebody else's that makes ours a duplicate."""
     await storage.create_payment(_payment())
     payments = storage.payments
-    real = payments._store
+    real = payments._write
 
-    async def reply_lost_then_resent(**kwargs: Any) -> Any:
-        await real(**kwargs)  # ran; its reply never came back
-        return await real(**kwargs)  # redis-py's one retry
+    async def reply_lost_then_resent(*args: Any) -> Any:
+        await real(*args)  # ran; its reply never came back
+        return await real(*args)  # redis-py's one retry
 
-    payments._store = reply_lost_then_resent
+    payments._write = reply_lost_then_resent  # type: ignore[method-assign]
     result = await storage.transition(_update("SUCCESSFUL"), datetime.now(UTC))
     assert result.applied and result.outcome == "applied" and result.payment.seq == 2
     stored = await storage.get_payment("ref-1")
@@ -141,15 +144,15 @@ async def test_a_change_that_loses_the_race_decides_again_on_the_winner(
     other = _storage(redis_server)
     other._keys = storage._keys  # same deployment, same prefix
     payments = storage.payments
-    real = payments._store
+    real = payments._write
     raced = []
 
-    async def the_other_instance_writes_first(**kwargs: Any) -> Any:
+    async def the_other_instance_writes_first(*args: Any) -> Any:
         if not raced:
             raced.append(await other.transition(_update("FAILED"), datetime.now(UTC)))
-        return await real(**kwargs)
+        return await real(*args)
 
-    payments._store = the_other_instance_writes_first
+    payments._write = the_other_instance_writes_first  # type: ignore[method-assign]
     try:
         result = await storage.transition(_update("SUCCESSFUL"), datetime.now(UTC))
     finally:
@@ -211,7 +214,7 @@ async def test_payments_and_clients_expire_in_redis(redis_server: RedisServer) -
         assert await storage.list_clients() == []
         assert await storage.tracker_count("ref-1") == 0
         assert await pending_references(storage) == []  # pruned from the index
-        assert await storage.redis.zcard(storage._keys.active()) == 0
+        assert await storage.redis.zcard(storage._keys.active(bucket("ref-1"))) == 0
     finally:
         await storage.close()
 
@@ -326,7 +329,9 @@ async def test_a_pending_page_is_filled_up_past_expired_members(storage: RedisSt
     await storage.redis.delete(storage._ctx.keys.payment("ref-0"), storage._ctx.keys.payment("ref-1"))  # expired
     page = await storage.pending_page(0, float("inf"), 2)
     assert sorted(ref for ref, _ in page) == ["ref-2", "ref-3"]
-    assert await storage.redis.zcard(storage._ctx.keys.active()) == 2  # and the expired ones were pruned
+    k = storage._ctx.keys
+    indexed = [await storage.redis.zcard(k.active(n)) for n in range(BUCKETS)]
+    assert sum(indexed) == 2  # and the expired ones were pruned
 
 
 async def test_a_status_change_no_replica_confirmed_is_remembered_and_an_empty_script_cache_is_met(

@@ -19,6 +19,7 @@ from core.errors import Busy
 from core.secrets import decode_secret
 from payments.outbox import OutboxEntry
 from payments.reconciler import CIRCUIT_FAILURES, RECONCILER
+from realtime.storage.keys import RedisKeys, bucket
 from realtime.storage.redis import RedisStorage
 from tests.campay_fake import FakeCampay
 from tests.conftest import Instance, StartInstance, campay_settings
@@ -72,14 +73,15 @@ async def test_a_payment_past_the_reconcile_window_leaves_the_index_with_a_log_l
     status, payment, _ = await instance.api.initiate(order_id="o-abandoned")
     assert status == 201
     reference = payment["reference"]
-    redis = redis_server.client()
+    keys, redis = RedisKeys(prefix), redis_server.client()
+    index = keys.active(bucket(reference))
     try:
-        await eventually(lambda: _zcard_is(redis, prefix + "active", 0), timeout=10)
+        await eventually(lambda: _zcard_is(redis, index, 0), timeout=10)
         assert await _metric(instance, "paytrack_payments_abandoned_total") == 1
         lines = [line for line in json_log.refresh() if line.get("event") == "payment abandoned by the reconciler"]
         assert [line["reference"] for line in lines] == [reference]
-        await eventually(lambda: _gone(redis, prefix + "payment:" + reference), timeout=10)  # expired
-        assert await redis.zcard(prefix + "active") == 0  # and nothing of it is left in the index
+        await eventually(lambda: _gone(redis, keys.payment(reference)), timeout=10)  # expired
+        assert await redis.zcard(index) == 0  # and nothing of it is left in the index
     finally:
         await redis.aclose()
 

@@ -28,6 +28,7 @@ from realtime.storage.memory import MemoryStorage
 from realtime.storage.redis import RedisStorage
 from realtime.storage.resilient import ResilientStorage
 from tests.harness import eventually, make_settings, pending_references
+from tests.redis_cluster import shared_redis_cluster  # noqa: F401 - fixture (used by name)
 from tests.redis_server import RedisServer
 from tests.test_state_rule import orphan, owned  # a payment we initiated / one made from a webhook
 
@@ -59,9 +60,10 @@ def _memory(clock: ManualClock) -> MemoryStorage:
     return MemoryStorage(clock, payment_ttl=3600, client_ttl=3600, event_log_max=50, dead_letter_max=DEAD_LETTER_MAX)
 
 
-def _redis(redis_server: RedisServer, clock: ManualClock, prefix: str) -> RedisStorage:
+def _redis(url: str, clock: ManualClock, prefix: str, *, cluster: bool = False) -> RedisStorage:
     settings = make_settings(
-        REDIS_URL=redis_server.url,
+        REDIS_URL=url,
+        REDIS_CLUSTER=cluster,
         REDIS_KEY_PREFIX=prefix,
         REDIS_TIMEOUT_SECONDS=1.0,
         MERCHANT_DEAD_LETTER_MAX=DEAD_LETTER_MAX,
@@ -69,21 +71,24 @@ def _redis(redis_server: RedisServer, clock: ManualClock, prefix: str) -> RedisS
     return RedisStorage.from_settings(settings, clock)
 
 
-async def _open(kind: str, redis_server: RedisServer) -> Backend:
+async def _open(kind: str, redis_server: RedisServer, request: pytest.FixtureRequest | None = None) -> Backend:
     clock = ManualClock(T0)
     prefix = f"contract{next(_prefixes)}:"
     chosen = Backend(kind, None, clock, redis_server, prefix)
     if kind == "memory":
         chosen.storage = _memory(clock)
     elif kind == "redis":
-        chosen.storage = _redis(redis_server, clock, prefix)
+        chosen.storage = _redis(redis_server.url, clock, prefix)
+    elif kind == "cluster":  # Redis Cluster: three primaries, three replicas (issue 33)
+        assert request is not None
+        chosen.storage = _redis(request.getfixturevalue("shared_redis_cluster"), clock, prefix, cluster=True)
     else:
 
         async def on_recovered(references: list[str]) -> None:
             chosen.recovered.append(references)
 
         chosen.storage = ResilientStorage(
-            _redis(redis_server, clock, prefix),
+            _redis(redis_server.url, clock, prefix),
             _memory(clock),
             clock,
             reconnect_interval=0.05,
@@ -94,19 +99,19 @@ async def _open(kind: str, redis_server: RedisServer) -> Backend:
     return chosen
 
 
-@pytest.fixture(params=["memory", "redis", "resilient"])
+@pytest.fixture(params=["memory", "redis", "resilient", "cluster"])
 async def backend(request: pytest.FixtureRequest, redis_server: RedisServer) -> AsyncIterator[Backend]:
-    chosen = await _open(request.param, redis_server)
+    chosen = await _open(request.param, redis_server, request)
     try:
         yield chosen
     finally:
         await chosen.storage.close()
 
 
-@pytest.fixture(params=["redis", "resilient"])
+@pytest.fixture(params=["redis", "resilient", "cluster"])
 async def shared_backend(request: pytest.FixtureRequest, redis_server: RedisServer) -> AsyncIterator[Backend]:
     """The backends several instances share (memory is one process: its connections die with it)."""
-    chosen = await _open(request.param, redis_server)
+    chosen = await _open(request.param, redis_server, request)
     try:
         yield chosen
     finally:
@@ -127,8 +132,15 @@ def update(status: str, reference: str = "ref-1", **fields: Any) -> StatusUpdate
     return StatusUpdate(reference=reference, status=status, source=UpdateSource.WEBHOOK, **fields)
 
 
-def entry(entry_id: str, reference: str = "ref-1", due: float = 0.0, created: float = 0.0) -> OutboxEntry:
+def mid(name: str, reference: str = "ref-1") -> str:
+    """The id of message `name` of payment `reference`: an id names its payment, as real ones do
+    (`payments.outbox.entry_reference`), which is how Redis keeps an entry in its payment's bucket."""
+    return f"msg_{reference}_{name}"
+
+
+def entry(name: str, reference: str = "ref-1", due: float = 0.0, created: float = 0.0) -> OutboxEntry:
     body = json.dumps({"type": "payment.completed", "data": {"reference": reference}})
+    entry_id = mid(name, reference)
     return OutboxEntry(
         id=entry_id,
         message_id=entry_id,
@@ -148,7 +160,7 @@ def queued(*entries: OutboxEntry) -> Any:
 def entries_for(transition: Transition) -> list[OutboxEntry]:
     """An `OutboxFor`: one message per applied transition, its id naming the seq."""
     assert transition.payment is not None
-    return [entry(f"{transition.payment.reference}:{transition.payment.seq}", transition.payment.reference)]
+    return [entry(f"seq{transition.payment.seq}", transition.payment.reference)]
 
 
 # -- PaymentStore --------------------------------------------------------------------------------
@@ -181,7 +193,7 @@ async def test_a_transition_applies_once_bumps_seq_logs_and_queues_its_outbox(ba
     again = await s.transition(update("FAILED"), LATER, entries_for)
     assert not again.applied and (await s.get_payment("ref-1")).status is PaymentStatus.SUCCESSFUL
     assert [e.seq for e in await s.events_after("ref-1", 0)] == [1, 2]
-    assert [e.id for e in await s.outbox_list()] == ["ref-1:2"]  # the refused one queued nothing
+    assert [e.id for e in await s.outbox_list()] == [mid("seq2")]  # the refused one queued nothing
 
 
 async def test_of_two_concurrent_transitions_at_most_one_completes_a_payment(backend: Backend) -> None:
@@ -197,8 +209,8 @@ async def test_of_two_concurrent_transitions_at_most_one_completes_a_payment(bac
 async def test_create_payment_queues_its_outbox_once_per_entry_id(backend: Backend) -> None:
     s = backend.storage
     await s.create_payment(owned(), queued(entry("m-1")))
-    await s.create_payment(owned(reference="ref-2"), queued(entry("m-1")))  # the same message: never queued twice
-    assert [e.id for e in await s.outbox_list()] == ["m-1"]
+    await s.transition(update("FAILED"), LATER, lambda _t: [entry("m-1")])  # the same message: never queued twice
+    assert [e.id for e in await s.outbox_list()] == [mid("m-1")]
 
 
 async def test_pending_page_lists_pending_payments_oldest_first_with_a_cursor(backend: Backend) -> None:
@@ -399,7 +411,7 @@ async def test_a_creation_queues_the_entries_of_what_was_stored(backend: Backend
         return [entry(f"m-{stored.status.value}")]
 
     await s.create_payment(owned(created_at=LATER, updated_at=LATER), outbox)
-    assert seen[-1] is PaymentStatus.FAILED and [e.id for e in await s.outbox_list()] == ["m-FAILED"]
+    assert seen[-1] is PaymentStatus.FAILED and [e.id for e in await s.outbox_list()] == [mid("m-FAILED")]
 
 
 async def test_a_lease_has_one_owner_who_renews_and_alone_releases_it(backend: Backend) -> None:
@@ -420,48 +432,48 @@ async def test_an_outbox_entry_is_claimed_by_one_claimer_until_its_lease_runs_ou
     s = backend.storage
     await s.create_payment(owned(), queued(entry("m-1", due=100), entry("m-2", due=200), entry("m-3", due=900)))
     claimed = await s.outbox_claim(now=300, limit=10, lease_seconds=30, owner="a")
-    assert [e.id for e in claimed] == ["m-1", "m-2"] and all(e.claimed_until == 330 for e in claimed)
+    assert [e.id for e in claimed] == [mid("m-1"), mid("m-2")] and all(e.claimed_until == 330 for e in claimed)
     assert all(e.claimed_by == "a" for e in claimed)
     assert await s.outbox_claim(now=310, limit=10, lease_seconds=30, owner="b") == []  # still leased
     again = await s.outbox_claim(now=331, limit=1, lease_seconds=30, owner="b")  # lease ran out
-    assert [(e.id, e.claimed_by) for e in again] == [("m-1", "b")]
+    assert [(e.id, e.claimed_by) for e in again] == [(mid("m-1"), "b")]
 
 
 async def test_a_claim_is_renewed_by_its_holder_alone(backend: Backend) -> None:
     s = backend.storage
     await s.create_payment(owned(), queued(entry("m-1", due=100)))
     await s.outbox_claim(now=100, limit=10, lease_seconds=30, owner="a")
-    assert await s.outbox_renew("m-1", "a", until=200)  # still sending: the lease moves on
+    assert await s.outbox_renew(mid("m-1"), "a", until=200)  # still sending: the lease moves on
     assert await s.outbox_claim(now=150, limit=10, lease_seconds=30, owner="b") == []
-    assert not await s.outbox_renew("m-1", "b", until=400)  # not b's to renew
+    assert not await s.outbox_renew(mid("m-1"), "b", until=400)  # not b's to renew
     assert not await s.outbox_renew("nope", "a", until=400)
     assert [e.claimed_by for e in await s.outbox_claim(now=201, limit=10, lease_seconds=30, owner="b")] == ["b"]
-    assert not await s.outbox_renew("m-1", "a", until=400)  # a's claim ended when b took it
+    assert not await s.outbox_renew(mid("m-1"), "a", until=400)  # a's claim ended when b took it
 
 
 async def test_outbox_reschedule_kill_replay_and_delivered(backend: Backend) -> None:
     s = backend.storage
     await s.create_payment(owned(), queued(entry("m-1", due=100)))
     await s.outbox_claim(now=100, limit=10, lease_seconds=30, owner="a")
-    assert await s.outbox_reschedule("m-1", "a", 1, 500, "HTTP 500")
+    assert await s.outbox_reschedule(mid("m-1"), "a", 1, 500, "HTTP 500")
     assert await s.outbox_claim(now=499, limit=10, lease_seconds=30, owner="a") == []
     (again,) = await s.outbox_claim(now=500, limit=10, lease_seconds=30, owner="b")
     assert (again.attempts, again.last_error) == (1, "HTTP 500")
 
-    assert await s.outbox_kill("m-1", "b", 2, "gave up") == 0
+    assert await s.outbox_kill(mid("m-1"), "b", 2, "gave up") == 0
     (dead,) = await s.outbox_list()
     assert dead.state == "dead" and dead.attempts == 2 and dead.dead_at == backend.clock.now().timestamp()
     assert await s.outbox_claim(now=10_000, limit=10, lease_seconds=30, owner="a") == []
 
-    replayed = await s.outbox_replay("m-1", 1000)
+    replayed = await s.outbox_replay(mid("m-1"), 1000)
     assert replayed is not None and (replayed.state, replayed.attempts, replayed.next_attempt_at) == (
         "pending",
         0,
         1000,
     )
-    assert [e.id for e in await s.outbox_claim(now=1000, limit=10, lease_seconds=30, owner="c")] == ["m-1"]
-    await s.outbox_delivered("m-1")
-    assert await s.outbox_list() == [] and await s.outbox_replay("m-1", 1000) is None
+    assert [e.id for e in await s.outbox_claim(now=1000, limit=10, lease_seconds=30, owner="c")] == [mid("m-1")]
+    await s.outbox_delivered(mid("m-1"))
+    assert await s.outbox_list() == [] and await s.outbox_replay(mid("m-1"), 1000) is None
     assert not await s.outbox_reschedule("nope", "c", 1, 1, "x")  # unknown ids change nothing
     assert await s.outbox_kill("nope", "c", 1, "x") is None and await s.outbox_list() == []
 
@@ -474,21 +486,21 @@ async def test_a_slow_workers_failure_does_not_reschedule_anothers_claim(backend
     await s.outbox_claim(now=100, limit=10, lease_seconds=30, owner="slow")
     (taken,) = await s.outbox_claim(now=131, limit=10, lease_seconds=30, owner="fast")  # slow's lease ran out
     assert taken.claimed_by == "fast"
-    assert not await s.outbox_reschedule("m-1", "slow", 1, 140, "HTTP 500")
-    assert await s.outbox_kill("m-1", "slow", 12, "gave up") is None
+    assert not await s.outbox_reschedule(mid("m-1"), "slow", 1, 140, "HTTP 500")
+    assert await s.outbox_kill(mid("m-1"), "slow", 12, "gave up") is None
     (kept,) = await s.outbox_list()
     assert (kept.state, kept.attempts, kept.last_error) == ("pending", 0, None)
     assert await s.outbox_claim(now=150, limit=10, lease_seconds=30, owner="other") == []  # still fast's
-    assert await s.outbox_reschedule("m-1", "fast", 1, 170, "HTTP 502")
-    assert not await s.outbox_reschedule("m-1", "fast", 2, 170, "HTTP 502")  # a settled claim is spent
+    assert await s.outbox_reschedule(mid("m-1"), "fast", 1, 170, "HTTP 502")
+    assert not await s.outbox_reschedule(mid("m-1"), "fast", 2, 170, "HTTP 502")  # a settled claim is spent
 
 
 async def test_a_replay_fences_out_the_worker_that_was_sending(backend: Backend) -> None:
     s = backend.storage
     await s.create_payment(owned(), queued(entry("m-1", due=100)))
     await s.outbox_claim(now=100, limit=10, lease_seconds=30, owner="a")
-    await s.outbox_replay("m-1", 105)  # an operator's replay starts the entry afresh
-    assert not await s.outbox_reschedule("m-1", "a", 1, 500, "HTTP 500")
+    await s.outbox_replay(mid("m-1"), 105)  # an operator's replay starts the entry afresh
+    assert not await s.outbox_reschedule(mid("m-1"), "a", 1, 500, "HTTP 500")
     (fresh,) = await s.outbox_list()
     assert (fresh.attempts, fresh.next_attempt_at) == (0, 105)
 
@@ -499,11 +511,10 @@ async def test_a_delivered_message_is_never_queued_again(backend: Backend) -> No
     s = backend.storage
     await s.create_payment(owned(), queued(entry("m-1", due=100)))
     await s.outbox_claim(now=100, limit=10, lease_seconds=30, owner="a")
-    await s.outbox_delivered("m-1")
-    await s.create_payment(owned(reference="ref-2"), queued(entry("m-1", due=100)))
-    await s.transition(update("FAILED", reference="ref-2"), LATER, lambda _t: [entry("m-1", "ref-2")])
+    await s.outbox_delivered(mid("m-1"))
+    await s.transition(update("FAILED"), LATER, lambda _t: [entry("m-1")])
     assert await s.outbox_list() == []
-    assert not await s.outbox_reschedule("m-1", "a", 1, 500, "HTTP 500")  # nor does a late failure revive it
+    assert not await s.outbox_reschedule(mid("m-1"), "a", 1, 500, "HTTP 500")  # nor does a late failure revive it
 
 
 def _plain(backend: Backend) -> Any:
@@ -515,7 +526,7 @@ async def test_a_write_back_never_brings_back_a_delivered_entry(backend: Backend
     s, plain = backend.storage, _plain(backend)
     await s.create_payment(owned(), queued(entry("m-1", due=100)))
     await s.outbox_claim(now=100, limit=10, lease_seconds=30, owner="a")
-    await s.outbox_delivered("m-1")
+    await s.outbox_delivered(mid("m-1"))
     await plain.restore_outbox([entry("m-1", due=100)])  # a degraded instance's copy of the same message
     assert await s.outbox_list() == []
 
@@ -525,16 +536,16 @@ async def test_a_write_back_keeps_attempts_and_death_monotonic(backend: Backend)
     await s.create_payment(owned(), queued(entry("m-dead", due=100), entry("m-tried", due=100)))
     claimed = await s.outbox_claim(now=100, limit=10, lease_seconds=30, owner="a")
     assert len(claimed) == 2
-    await s.outbox_kill("m-dead", "a", 5, "gave up")
-    await s.outbox_reschedule("m-tried", "a", 3, 900, "HTTP 500")
+    await s.outbox_kill(mid("m-dead"), "a", 5, "gave up")
+    await s.outbox_reschedule(mid("m-tried"), "a", 3, 900, "HTTP 500")
     stale = [
         entry("m-dead", due=100).model_copy(update={"attempts": 2}),
         entry("m-tried", due=100).model_copy(update={"attempts": 1, "last_error": "HTTP 502"}),
     ]
     await plain.restore_outbox(stale)
     by_id = {e.id: e for e in await s.outbox_list()}
-    assert (by_id["m-dead"].state, by_id["m-dead"].attempts) == ("dead", 5)
-    assert (by_id["m-tried"].state, by_id["m-tried"].attempts) == ("pending", 3)
+    assert (by_id[mid("m-dead")].state, by_id[mid("m-dead")].attempts) == ("dead", 5)
+    assert (by_id[mid("m-tried")].state, by_id[mid("m-tried")].attempts) == ("pending", 3)
     assert await s.outbox_claim(now=899, limit=10, lease_seconds=30, owner="b") == []  # due when it was
 
 
@@ -549,7 +560,7 @@ async def test_a_write_back_keeps_a_live_claim_already_on_the_stored_copy(backen
     await plain.restore_outbox([other])
     (listed,) = await s.outbox_list()
     assert listed.claimed_by == "c"
-    assert await s.outbox_reschedule("m-1", "c", 1, now + 500, "HTTP 500")  # c's failure is recorded
+    assert await s.outbox_reschedule(mid("m-1"), "c", 1, now + 500, "HTTP 500")  # c's failure is recorded
 
 
 async def test_a_write_back_ends_a_claim_that_lapsed(backend: Backend) -> None:
@@ -563,7 +574,7 @@ async def test_a_write_back_ends_a_claim_that_lapsed(backend: Backend) -> None:
     await plain.restore_outbox([incoming])
     (listed,) = await s.outbox_list()
     assert (listed.claimed_by, listed.attempts, listed.next_attempt_at) == (None, 1, now + 500)
-    assert not await s.outbox_reschedule("m-1", "a", 2, now + 900, "HTTP 502")
+    assert not await s.outbox_reschedule(mid("m-1"), "a", 2, now + 900, "HTTP 502")
 
 
 async def test_a_write_back_keeps_the_claim_of_an_entry_still_being_sent(backend: Backend) -> None:
@@ -573,15 +584,18 @@ async def test_a_write_back_keeps_the_claim_of_an_entry_still_being_sent(backend
     sending = entry("m-1", due=100).model_copy(update={"claimed_by": "a", "claimed_until": 400.0})
     await plain.restore_outbox([sending])
     assert await s.outbox_claim(now=300, limit=10, lease_seconds=30, owner="b") == []
-    assert await s.outbox_reschedule("m-1", "a", 1, 500, "HTTP 500")
+    assert await s.outbox_reschedule(mid("m-1"), "a", 1, 500, "HTTP 500")
     (back,) = await s.outbox_claim(now=500, limit=10, lease_seconds=30, owner="b")
     assert back.attempts == 1
 
 
 async def test_dead_letters_are_capped_oldest_first_and_expire(backend: Backend) -> None:
     s = backend.storage
-    ids = [f"m-{i}" for i in range(DEAD_LETTER_MAX + 1)]
-    await s.create_payment(owned(), queued(*(entry(i, created=n) for n, i in enumerate(ids))))
+    # one payment per message: on Redis they fall in different buckets, and the cap counts over all of them
+    refs = [f"ref-{i}" for i in range(DEAD_LETTER_MAX + 1)]
+    ids = [mid("m", ref) for ref in refs]
+    for n, ref in enumerate(refs):
+        await s.create_payment(owned(reference=ref, order_id=f"order-{ref}"), queued(entry("m", ref, created=n)))
     dropped = 0
     await s.outbox_claim(now=0, limit=10, lease_seconds=30, owner="a")
     for n, entry_id in enumerate(ids):
@@ -652,7 +666,7 @@ async def test_the_auth_cache_returns_what_was_set(backend: Backend) -> None:
 
 async def _in_redis(backend: Backend) -> RedisStorage:
     """A plain Redis storage on the same keys, to see what Redis itself holds."""
-    plain = _redis(backend.redis_server, backend.clock, backend.prefix)
+    plain = _redis(backend.redis_server.url, backend.clock, backend.prefix)
     await plain.start()
     return plain
 
@@ -681,7 +695,7 @@ async def test_a_sequence_across_a_redis_outage_is_written_back_when_redis_retur
     assert await s.acquire_lease("reconciler", "a", 60)
     await s.auth_cache_set("h1", "alice", 60)
     assert await s.auth_cache_get("h1") == "alice"
-    assert [e.id for e in await s.outbox_list()] == ["ref-1:2"]
+    assert [e.id for e in await s.outbox_list()] == [mid("seq2")]
 
     await server.start()
     await eventually(lambda: s.healthy, timeout=10)
@@ -690,7 +704,7 @@ async def test_a_sequence_across_a_redis_outage_is_written_back_when_redis_retur
     try:
         in_redis = await plain.get_payment("ref-1")
         assert in_redis.status is PaymentStatus.SUCCESSFUL and in_redis.seq == 3  # merged above both copies
-        assert [e.id for e in await plain.outbox_list()] == ["ref-1:2"]
+        assert [e.id for e in await plain.outbox_list()] == [mid("seq2")]
         assert await plain.get_client("s-gone") is None
         assert (await plain.get_client("s-new")).tracked == ["ref-1"]
         assert await plain.tracker_count("ref-1") == 1
@@ -702,7 +716,7 @@ async def test_a_sequence_across_a_redis_outage_is_written_back_when_redis_retur
     finally:
         await plain.close()
     # Healthy again: calls go to Redis, and the written-back entry is handed out once.
-    assert [e.id for e in await s.outbox_claim(now=10_000, limit=10, lease_seconds=30, owner="a")] == ["ref-1:2"]
+    assert [e.id for e in await s.outbox_claim(now=10_000, limit=10, lease_seconds=30, owner="a")] == [mid("seq2")]
     assert await s.outbox_claim(now=10_000, limit=10, lease_seconds=30, owner="b") == []
 
 
@@ -715,7 +729,7 @@ async def test_a_status_that_lost_the_merge_during_an_outage_sends_no_message(re
         await server.save()
         server.stop()
         failed = await s.transition(update("FAILED"), LATER, entries_for)  # this one, degraded, hears FAILED
-        assert failed.applied and [e.id for e in await s.outbox_list()] == ["ref-1:2"]
+        assert failed.applied and [e.id for e in await s.outbox_list()] == [mid("seq2")]
         await server.start()
         await eventually(lambda: s.healthy, timeout=10)
         assert (await other.get_payment("ref-1")).status is PaymentStatus.SUCCESSFUL  # the first final status kept
@@ -780,7 +794,7 @@ async def test_a_delivery_made_while_redis_is_away_is_not_sent_again_after_it_re
     await s.outbox_claim(now=100, limit=10, lease_seconds=30, owner="a")
     await server.save()
     server.stop()
-    await s.outbox_delivered("m-1")  # the merchant has it; Redis is away as it is recorded
+    await s.outbox_delivered(mid("m-1"))  # the merchant has it; Redis is away as it is recorded
     assert not s.healthy
     await server.start()
     await eventually(lambda: s.healthy, timeout=10)
@@ -854,7 +868,7 @@ async def test_a_message_delivered_while_redis_was_away_is_not_queued_again_by_t
     clock, prefix = ManualClock(T0), f"contract{next(_prefixes)}:"
     told = lambda payment, _replaced, _now: [entry("m-1")] if payment.status is PaymentStatus.SUCCESSFUL else []  # noqa: E731
     s = ResilientStorage(
-        _redis(redis_server, clock, prefix), _memory(clock), clock,
+        _redis(redis_server.url, clock, prefix), _memory(clock), clock,
         reconnect_interval=0.05, idempotency_ttl=3600, merchant_outbox=told,
     )  # fmt: skip
     await s.start()
@@ -867,7 +881,7 @@ async def test_a_message_delivered_while_redis_was_away_is_not_queued_again_by_t
         await s.outbox_delivered(claimed.id)  # from memory, while Redis is away
         await redis_server.start()
         await eventually(lambda: s.healthy, timeout=10)
-        plain = _redis(redis_server, clock, prefix)
+        plain = _redis(redis_server.url, clock, prefix)
         await plain.start()
         try:
             assert (await plain.get_payment("ref-1")).status is PaymentStatus.SUCCESSFUL  # written back

@@ -5,33 +5,65 @@ or one test per prefix) cannot miss a key, and `redis-cli --scan` shows the
 whole layout at a glance. Every key expires by itself, except the few listed
 by `without_ttl`, each of whose docstrings says why it does not and what
 keeps it bounded (tests/test_redis_keys.py checks both after real traffic).
+
+Redis Cluster runs a script or a MULTI only when all its keys hash to one
+slot, so every key a script or transaction touches together carries the same
+hash tag, `{bN}`: one of BUCKETS buckets, chosen by `bucket(name)` of the
+payment's reference (its record, event log, last write token, and the
+bucket's PENDING index and outbox), of the order id (the order's latest
+payment and paid list), or of an Idempotency-Key (its record and lease).
+The indexes that were one set (PENDING payments, the outbox's due, dead,
+claimed and delivered entries) are one per bucket, and the workers page
+through all of them. A key without a tag is only ever used alone. On one
+Redis server the tags change nothing but the names.
+
+BUCKETS is fixed: changing it moves every key (a migration, not a setting).
+Sixteen spreads the payments over up to sixteen primaries, while a worker's
+idle pass over every bucket stays one pipelined round trip of sixteen tiny
+commands. A prefix holding its own `{...}` puts every key in one slot.
 """
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
+
+BUCKETS = 16
+
+
+def bucket(name: str) -> int:
+    """The bucket of a reference, an order id or an Idempotency-Key: stable across processes and versions
+    (CRC-32, not Python's salted hash)."""
+    return zlib.crc32(name.encode()) % BUCKETS
 
 
 @dataclass(frozen=True)
 class RedisKeys:
     prefix: str = "paytrack:"
 
+    def _in(self, name: str) -> str:
+        """The prefix and hash tag of `name`'s bucket: every key under it shares one cluster slot."""
+        return self.in_bucket(bucket(name))
+
+    def in_bucket(self, number: int) -> str:
+        return f"{self.prefix}{{b{number}}}:"
+
     def payment(self, reference: str) -> str:
         """The payment as JSON; expires PAYMENT_TTL_SECONDS after its last change."""
-        return f"{self.prefix}payment:{reference}"
+        return f"{self._in(reference)}payment:{reference}"
 
     def events(self, reference: str) -> str:
         """The payment's bounded event log (a capped list); expires with the payment."""
-        return f"{self.prefix}events:{reference}"
+        return f"{self._in(reference)}events:{reference}"
 
     def order(self, order_id: str) -> str:
         """The reference of the order's latest payment; expires with the payment."""
-        return f"{self.prefix}order:{order_id}"
+        return f"{self._in(order_id)}order:{order_id}"
 
     def last_write(self, reference: str) -> str:
         """The token of the last write to a payment (redis/payments.py: a write whose reply was lost tells
         itself from an identical one another instance made); expires after 60 s."""
-        return f"{self.prefix}write:{reference}"
+        return f"{self._in(reference)}write:{reference}"
 
     def nonce(self, nonce: str) -> str:
         """The reference of a record nobody initiated whose provider record names `nonce` as its external
@@ -41,7 +73,7 @@ class RedisKeys:
     def order_paid(self, order_id: str) -> str:
         """The order's SUCCESSFUL payments, space-separated, the one that paid it first (any other is a
         duplicate charge); expires with the last of them to change."""
-        return f"{self.prefix}paid:{order_id}"
+        return f"{self._in(order_id)}paid:{order_id}"
 
     def intent(self, nonce: str) -> str:
         """An initiation intent (JSON), written before its collect; expires with its idempotency key
@@ -53,24 +85,24 @@ class RedisKeys:
         the intent resolves, else expires after COLLECT_LIFETIME_SECONDS."""
         return f"{self.prefix}intent-order:{order_id}"
 
-    def active(self) -> str:
-        """Sorted set of PENDING references scored by creation time (no KEYS needed).
+    def active(self, number: int) -> str:
+        """Bucket `number`'s sorted set of PENDING references scored by creation time (no KEYS needed).
 
         No TTL: an index over payments, not data of its own; a member leaves when its payment
         settles, is pruned when read once its payment has expired, and is taken out by the
         reconciler once it is older than the reconcile window (`drop_stale_pending`).
         """
-        return f"{self.prefix}active"
+        return f"{self.in_bucket(number)}active"
 
     def idempotency(self, key: str) -> str:
         """The first response to an Idempotency-Key (`key` is a hash of user and key), or the claim of
         the request running it; expires with PAYMENT_TTL_SECONDS."""
-        return f"{self.prefix}idempotency:{key}"
+        return f"{self._in(key)}idempotency:{key}"
 
     def idempotency_lease(self, key: str) -> str:
         """Who runs the request holding an Idempotency-Key's claim; expires unless its holder renews it
         (INITIATION_LEASE_SECONDS)."""
-        return f"{self.prefix}idempotency-lease:{key}"
+        return f"{self._in(key)}idempotency-lease:{key}"
 
     def client(self, socket_id: str) -> str:
         """One connection's record as JSON; expires CLIENT_TTL_SECONDS after its last activity."""
@@ -105,46 +137,46 @@ class RedisKeys:
         runs); expires unless its holder renews it."""
         return f"{self.prefix}lease:{name}"
 
-    def outbox_entries(self) -> str:
-        """Hash of merchant outbox entries (id -> JSON).
+    def outbox_entries(self, number: int) -> str:
+        """Bucket `number`'s hash of merchant outbox entries (id -> JSON): the entries of its payments.
 
         No TTL: a pending message must never vanish undelivered. Entries leave when delivered;
         dead letters are dropped MERCHANT_DEAD_LETTER_TTL_SECONDS after they died, and the
         oldest first past MERCHANT_DEAD_LETTER_MAX.
         """
-        return f"{self.prefix}outbox:entries"
+        return f"{self.in_bucket(number)}outbox:entries"
 
-    def outbox_due(self) -> str:
+    def outbox_due(self, number: int) -> str:
         """Sorted set of pending entry ids scored by when they are next due (a claim pushes it forward).
 
         No TTL: the index of `outbox_entries`' pending entries, bounded by them.
         """
-        return f"{self.prefix}outbox:due"
+        return f"{self.in_bucket(number)}outbox:due"
 
-    def outbox_dead(self) -> str:
+    def outbox_dead(self, number: int) -> str:
         """Sorted set of dead-lettered entry ids scored by when they died.
 
         No TTL: the index of `outbox_entries`' dead letters, pruned with them (by age and count).
         """
-        return f"{self.prefix}outbox:dead"
+        return f"{self.in_bucket(number)}outbox:dead"
 
-    def outbox_claims(self) -> str:
+    def outbox_claims(self, number: int) -> str:
         """Hash of claimed entry ids -> the claim's owner: the fence a reschedule or kill checks.
 
         No TTL: one field per claimed entry of `outbox_entries`, removed when the claim is settled
         (delivered, rescheduled, killed, replayed); a dead claimer's field is overwritten by the next
         claim, and dropped with its entry.
         """
-        return f"{self.prefix}outbox:claims"
+        return f"{self.in_bucket(number)}outbox:claims"
 
-    def outbox_delivered(self) -> str:
+    def outbox_delivered(self, number: int) -> str:
         """Sorted set of delivered entry ids scored by when they were delivered: tombstones, so the same
         message produced again (a write-back, another instance's copy of the change) is never queued again.
 
         No TTL: members older than PAYMENT_TTL_SECONDS (no record can produce the message again after
         that) are pruned on every claim pass.
         """
-        return f"{self.prefix}outbox:delivered"
+        return f"{self.in_bucket(number)}outbox:delivered"
 
     def auth_cache(self, token_hash: str) -> str:
         """A verified user for a SHA-256 of a bearer token (never the token itself)."""
@@ -159,14 +191,12 @@ class RedisKeys:
 
     def without_ttl(self) -> frozenset[str]:
         """The keys that never expire; each one's docstring says why, and what bounds it."""
-        return frozenset(
-            {
-                self.active(),
-                self.clients(),
-                self.outbox_entries(),
-                self.outbox_due(),
-                self.outbox_dead(),
-                self.outbox_claims(),
-                self.outbox_delivered(),
-            }
+        per_bucket = (
+            self.active,
+            self.outbox_entries,
+            self.outbox_due,
+            self.outbox_dead,
+            self.outbox_claims,
+            self.outbox_delivered,
         )
+        return frozenset({self.clients(), *(key(n) for key in per_bucket for n in range(BUCKETS))})

@@ -115,7 +115,11 @@ class RedisStorage(CompositeStorage):
         await self.redis.aclose()
 
     async def server_id(self) -> str:
-        """The answering server's run_id: it changes when another server takes over (or this one restarts)."""
+        """The answering server's run_id: it changes when another server takes over (or this one restarts).
+        On a cluster, every primary's, sorted: it changes when any shard fails over."""
+        if self._ctx.cluster:
+            replies = await self.redis.info("server", target_nodes=self.redis.PRIMARIES)
+            return " ".join(sorted(str(info.get("run_id", "")) for info in replies.values()))
         info = await self.redis.info("server")
         return str(info.get("run_id", ""))
 

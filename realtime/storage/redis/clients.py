@@ -3,6 +3,10 @@ socket ids by expiry, a set of trackers per payment, and a heartbeat key per ins
 
 An instance that crashes runs no disconnect handler; its heartbeat lapses,
 and the next reader removes its connections (`_of_live_instances`).
+
+The record is the truth and the sets are indexes over it: on a cluster they hash to other slots, so they
+are written beside the record in one round trip but not atomically with it, and a reader checks each
+member against its record (a member whose record is gone, or no longer tracks the payment, is dropped).
 """
 
 from __future__ import annotations
@@ -21,23 +25,26 @@ class RedisClients:
     def __init__(self, ctx: RedisContext) -> None:
         self._ctx = ctx
 
-    def _queue_client(self, pipe: Any, client: ClientRecord) -> None:
+    def _queue_record(self, pipe: Any, client: ClientRecord) -> None:
+        pipe.set(self._ctx.keys.client(client.socket_id), client.model_dump_json(), ex=self._ctx.client_ttl)
+
+    def _queue_indexes(self, pipe: Any, client: ClientRecord) -> None:
         k, ttl = self._ctx.keys, self._ctx.client_ttl
-        pipe.set(k.client(client.socket_id), client.model_dump_json(), ex=ttl)
         pipe.zadd(k.clients(), {client.socket_id: self._ctx.clock.now().timestamp() + ttl})
         for ref in client.tracked:
             pipe.sadd(k.trackers(ref), client.socket_id)
             pipe.expire(k.trackers(ref), ttl)
 
     async def add_client(self, client: ClientRecord) -> None:
-        async with self._ctx.redis.pipeline(transaction=True) as pipe:
-            self._queue_client(pipe, client)
+        async with self._ctx.redis.pipeline(transaction=False) as pipe:
+            self._queue_record(pipe, client)
+            self._queue_indexes(pipe, client)
             await pipe.execute()
 
     async def remove_client(self, socket_id: str) -> None:
         k = self._ctx.keys
         client = await self.get_client(socket_id)
-        async with self._ctx.redis.pipeline(transaction=True) as pipe:
+        async with self._ctx.redis.pipeline(transaction=False) as pipe:
             pipe.delete(k.client(socket_id))
             pipe.zrem(k.clients(), socket_id)
             for ref in client.tracked if client else ():
@@ -51,20 +58,27 @@ class RedisClients:
     async def _update_client(self, socket_id: str, change: Callable[[ClientRecord], ClientRecord]) -> None:
         key = self._ctx.keys.client(socket_id)
 
-        async def attempt(pipe: Any) -> None:
+        async def attempt(pipe: Any) -> tuple[ClientRecord, ClientRecord] | None:
             raw = await pipe.get(key)
             if not raw:
                 await pipe.unwatch()
-                return
+                return None
             before = ClientRecord.model_validate_json(raw)
             after = change(before)
             pipe.multi()
-            self._queue_client(pipe, after)
+            self._queue_record(pipe, after)
+            await pipe.execute()
+            return before, after
+
+        changed = await self._ctx.optimistic([key], attempt)
+        if changed is None:
+            return
+        before, after = changed
+        async with self._ctx.redis.pipeline(transaction=False) as pipe:
+            self._queue_indexes(pipe, after)
             for ref in set(before.tracked) - set(after.tracked):
                 pipe.srem(self._ctx.keys.trackers(ref), socket_id)
             await pipe.execute()
-
-        await self._ctx.optimistic([key], attempt)
 
     async def track(self, socket_id: str, reference: str) -> None:
         await self._update_client(
@@ -81,7 +95,7 @@ class RedisClients:
         """The records of `sids` whose instance is alive; ids whose record expired leave `index` by `drop`."""
         if not sids:
             return []
-        raws = await self._ctx.redis.mget([self._ctx.keys.client(s) for s in sids])
+        raws = await self._ctx.get_many([self._ctx.keys.client(s) for s in sids])
         gone = [sid for sid, raw in zip(sids, raws, strict=False) if raw is None]
         if gone:
             await drop(index, *gone)
@@ -97,14 +111,15 @@ class RedisClients:
 
     async def tracker_count(self, reference: str) -> int:
         redis, key = self._ctx.redis, self._ctx.keys.trackers(reference)
-        return len(await self._records(list(await redis.smembers(key)), key, redis.srem))
+        records = await self._records(list(await redis.smembers(key)), key, redis.srem)
+        return sum(reference in record.tracked for record in records)
 
     async def _of_live_instances(self, clients: list[ClientRecord]) -> list[ClientRecord]:
         """`clients` whose instance has a heartbeat; the others' records are removed (their instance crashed)."""
         instances = sorted({c.instance_id for c in clients})
         if not instances:
             return clients
-        beats = await self._ctx.redis.mget([self._ctx.keys.instance(i) for i in instances])
+        beats = await self._ctx.get_many([self._ctx.keys.instance(i) for i in instances])
         dead = {i for i, beat in zip(instances, beats, strict=False) if beat is None}
         for client in clients:
             if client.instance_id in dead:

@@ -9,12 +9,15 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from redis.exceptions import WatchError
+from redis.asyncio.cluster import RedisCluster
+from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError, WatchError
 
 from core.clock import Clock
 from realtime.storage.keys import RedisKeys
 
 T = TypeVar("T")
+ScriptCall = tuple[AsyncScript, list[str], list[Any]]  # a registered script, its keys, its arguments
 
 # Optimistic writes (the WATCH helper here, the payments' compare-and-set) retry on contention; this
 # many lost races in a row means something is badly wrong, and failing loudly beats spinning forever.
@@ -39,6 +42,45 @@ class RedisContext:
     wait_timeout_ms: int = 100
     # Payments whose last status change no replica confirmed: reference -> clock.monotonic() of the change.
     unconfirmed: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def cluster(self) -> bool:
+        """Whether the client is a Redis Cluster client (multi-key reads then split by slot)."""
+        return isinstance(self.redis, RedisCluster)
+
+    async def get_many(self, keys: list[str]) -> list[Any]:
+        """GET of `keys` in one round trip per node: MGET on one server; on a cluster, redis-py's
+        `mget_nonatomic` (the keys of one payment, order or socket each hash to their own slot)."""
+        if not keys:
+            return []
+        if self.cluster:
+            return list(await self.redis.mget_nonatomic(keys))
+        return list(await self.redis.mget(keys))
+
+    async def run_scripts(self, calls: list[ScriptCall], *, wait_on: str | None = None) -> list[Any]:
+        """Run scripts in one pipelined round trip (per node, on a cluster) and return their replies.
+
+        Queued by hand as EVALSHA (redis-py's pipelined scripts cost a SCRIPT EXISTS round trip on every
+        execute); a NOSCRIPT (a promoted replica's empty script cache) loads them, on a cluster into every
+        primary, and runs the pipeline again, once. With `wait_on` and REDIS_WAIT_REPLICAS, a WAIT follows on
+        the connection that took the writes to `wait_on`'s node (redis-py would send a keyless command to a
+        default node of a cluster), and its reply is the last one.
+        """
+        for attempt in range(2):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for script, keys, args in calls:
+                    pipe.evalsha(script.sha, len(keys), *keys, *args)
+                if wait_on is not None and self.wait_replicas:
+                    route = {"target_nodes": self.redis.get_node_from_key(wait_on)} if self.cluster else {}
+                    pipe.execute_command("WAIT", self.wait_replicas, self.wait_timeout_ms, **route)
+                try:
+                    return list(await pipe.execute())
+                except NoScriptError:
+                    if attempt:
+                        raise
+            for source in {call[0].script for call in calls}:
+                await self.redis.script_load(source)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def remember_unconfirmed(self, reference: str) -> None:
         self.unconfirmed.pop(reference, None)

@@ -1,4 +1,9 @@
-"""Initiation intents on Redis: `intent:<nonce>` (JSON) and `intent-order:<order>` (the nonce holding it)."""
+"""Initiation intents on Redis: `intent:<nonce>` (JSON) and `intent-order:<order>` (the nonce holding it).
+
+The two keys hash to different slots, so each step is ordered to be safe when it stops halfway: an intent
+first holds its order, then is written (a hold without an intent only delays the order's next collect
+until COLLECT_LIFETIME_SECONDS); it is settled first, then frees the order.
+"""
 
 from __future__ import annotations
 
@@ -14,15 +19,26 @@ def _intent(raw: str | None) -> InitiationIntent | None:
 class RedisIntents:
     def __init__(self, ctx: RedisContext) -> None:
         self._ctx = ctx
-        self._put = ctx.redis.register_script(scripts.PUT_INTENT)
+        self._hold = ctx.redis.register_script(scripts.HOLD_ORDER)
         self._settle = ctx.redis.register_script(scripts.SETTLE_INTENT)
+        self._release = ctx.redis.register_script(scripts.RELEASE_ORDER)
 
-    def _keys(self, intent: InitiationIntent) -> list[str]:
-        return [self._ctx.keys.intent(intent.nonce), self._ctx.keys.order_hold(intent.order_id)]
+    async def _put(self, intent: InitiationIntent, ttl_seconds: float, hold_seconds: float) -> bool:
+        """Hold the order for the intent, then write it; False (nothing written) if another intent holds it."""
+        k = self._ctx.keys
+        if not await self._hold(keys=[k.order_hold(intent.order_id)], args=[intent.nonce, ttl_ms(hold_seconds)]):
+            return False
+        await self._ctx.redis.set(k.intent(intent.nonce), intent.model_dump_json(), px=ttl_ms(ttl_seconds))
+        return True
+
+    async def _settle_and_release(self, intent: InitiationIntent, written: str) -> None:
+        """Replace the intent with `written` ('' drops it), then free its order if it holds it."""
+        k = self._ctx.keys
+        await self._settle(keys=[k.intent(intent.nonce)], args=[written])
+        await self._release(keys=[k.order_hold(intent.order_id)], args=[intent.nonce])
 
     async def put_intent(self, intent: InitiationIntent, ttl_seconds: float, hold_seconds: float) -> bool:
-        args = [intent.nonce, intent.model_dump_json(), ttl_ms(ttl_seconds), ttl_ms(hold_seconds)]
-        return bool(await self._put(keys=self._keys(intent), args=args))
+        return await self._put(intent, ttl_seconds, hold_seconds)
 
     async def get_intent(self, nonce: str) -> InitiationIntent | None:
         return _intent(await self._ctx.redis.get(self._ctx.keys.intent(nonce)))
@@ -43,13 +59,13 @@ class RedisIntents:
                 update={"state": "resolved", "reference": reference, "ussd_code": ussd_code, "operator": operator}
             )
         # Resolving twice writes the same thing (one reference per nonce: the provider's record links it).
-        await self._settle(keys=self._keys(intent), args=[nonce, intent.model_dump_json()])
+        await self._settle_and_release(intent, intent.model_dump_json())
         return intent
 
     async def drop_intent(self, nonce: str) -> None:
         intent = await self.get_intent(nonce)
         if intent is not None:
-            await self._settle(keys=self._keys(intent), args=[nonce, ""])
+            await self._settle_and_release(intent, "")
 
     async def restore_intent(self, intent: InitiationIntent, ttl_seconds: float, hold_seconds: float) -> None:
         """Write back an intent kept in memory while Redis was away: a resolved one replaces a pending
@@ -58,12 +74,10 @@ class RedisIntents:
         if stored is not None and (stored.state == "resolved" or intent.state == "pending"):
             return
         raw = intent.model_dump_json()
-        if intent.state == "pending" and hold_seconds > 0:
-            args = [intent.nonce, raw, ttl_ms(ttl_seconds), ttl_ms(hold_seconds)]
-            if await self._put(keys=self._keys(intent), args=args):
-                return
+        if intent.state == "pending" and hold_seconds > 0 and await self._put(intent, ttl_seconds, hold_seconds):
+            return
         # Resolved, or another intent holds the order meanwhile (both collected: the order's paid list
         # will say so if both succeed): stored without a hold.
         await self._ctx.redis.set(self._ctx.keys.intent(intent.nonce), raw, px=ttl_ms(ttl_seconds))
         if intent.state == "resolved":
-            await self._settle(keys=self._keys(intent), args=[intent.nonce, raw])
+            await self._settle_and_release(intent, raw)

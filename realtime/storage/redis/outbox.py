@@ -1,5 +1,10 @@
-"""The merchant outbox on Redis: a hash of entries, a sorted set by due time, one of dead letters, the
-claims' owners, and the tombstones of delivered entries.
+"""The merchant outbox on Redis: per bucket (keys.py), a hash of entries, a sorted set by due time, one of
+dead letters, the claims' owners, and the tombstones of delivered entries.
+
+An entry lives in its payment's bucket (its id names the payment: `payments.outbox.entry_reference`), so
+the script that stores a payment change writes its entries too. A claim pass asks every bucket how many
+entries are due (one pipelined round trip) and claims from the buckets that have some, starting at a
+rotating bucket so none waits behind the others; the dead-letter cap counts over every bucket.
 
 Entries are written by the same script as the payment change that produced
 them (`scripts.STORE_PAYMENT`, run by `RedisPayments`), never one delivered.
@@ -12,15 +17,23 @@ written by one compare-and-set script (`scripts.OUTBOX_PUT`).
 
 from __future__ import annotations
 
+import heapq
+import itertools
+from collections import defaultdict
 from typing import Any, Literal
 
-from payments.outbox import OutboxEntry
+from payments.outbox import OutboxEntry, entry_reference
+from realtime.storage.keys import BUCKETS, bucket
 from realtime.storage.outbox_edits import due_at, killed, merged, replayed, rescheduled, unclaimed
 from realtime.storage.redis import scripts
 from realtime.storage.redis.context import MAX_CONFLICTING_WRITES, RedisContext
 
 Placement = Literal["due", "dead"]
 KEEP_CLAIM = "="  # OUTBOX_PUT: leave the claim as it is
+
+
+def _bucket(entry_id: str) -> int:
+    return bucket(entry_reference(entry_id))
 
 
 class RedisOutbox:
@@ -31,22 +44,46 @@ class RedisOutbox:
         self._renew = redis.register_script(scripts.RENEW_OUTBOX_CLAIM)
         self._put = redis.register_script(scripts.OUTBOX_PUT)
         self._delivered = redis.register_script(scripts.OUTBOX_DELIVERED)
-        self._prune_dead_script = redis.register_script(scripts.PRUNE_DEAD)
+        self._prune_expired = redis.register_script(scripts.PRUNE_DEAD)
+        self._drop_dead = redis.register_script(scripts.DROP_DEAD)
+        self._start = itertools.count()  # the bucket a claim pass starts at
 
-    def _keys(self) -> list[str]:
+    def _keys(self, number: int) -> list[str]:
         k = self._ctx.keys
-        return [k.outbox_entries(), k.outbox_due(), k.outbox_dead(), k.outbox_claims(), k.outbox_delivered()]
+        return [
+            k.outbox_entries(number),
+            k.outbox_due(number),
+            k.outbox_dead(number),
+            k.outbox_claims(number),
+            k.outbox_delivered(number),
+        ]
 
     async def _prune_dead(self) -> int:
-        """Expired dead letters out, then the oldest past the cap, and old tombstones; returns how many
-        the cap took."""
+        """Expired dead letters out of every bucket, then the oldest past the cap over all of them, and old
+        tombstones; returns how many the cap took."""
         k, now = self._ctx.keys, self._ctx.clock.now().timestamp()
         cutoff, tombstones = now - self._ctx.dead_letter_ttl, now - self._ctx.payment_ttl
-        keys = [k.outbox_dead(), k.outbox_entries(), k.outbox_delivered()]
-        return int(await self._prune_dead_script(keys=keys, args=[cutoff, self._ctx.dead_letter_max, tombstones]))
+        prune = [
+            (self._prune_expired, [k.outbox_dead(n), k.outbox_entries(n), k.outbox_delivered(n)], [cutoff, tombstones])
+            for n in range(BUCKETS)
+        ]
+        left = [int(count) for count in await self._ctx.run_scripts(prune)]
+        over = sum(left) - self._ctx.dead_letter_max
+        if over <= 0:
+            return 0
+        async with self._ctx.redis.pipeline(transaction=False) as pipe:
+            for n in range(BUCKETS):
+                pipe.zrange(k.outbox_dead(n), 0, over - 1, withscores=True)
+            oldest = await pipe.execute()
+        rows = heapq.nsmallest(over, ((score, id_, n) for n, ids in enumerate(oldest) for id_, score in ids))
+        by_bucket: dict[int, list[str]] = defaultdict(list)
+        for _, id_, n in rows:
+            by_bucket[n].append(id_)
+        drops = [(self._drop_dead, [k.outbox_dead(n), k.outbox_entries(n)], list(ids)) for n, ids in by_bucket.items()]
+        return sum(int(dropped) for dropped in await self._ctx.run_scripts(drops))
 
     async def _raw(self, entry_id: str) -> str | None:
-        raw: str | None = await self._ctx.redis.hget(self._ctx.keys.outbox_entries(), entry_id)
+        raw: str | None = await self._ctx.redis.hget(self._ctx.keys.outbox_entries(_bucket(entry_id)), entry_id)
         return raw
 
     async def _put_edit(
@@ -68,7 +105,7 @@ class RedisOutbox:
             entry, placement, score, claim = decided
             written = unclaimed(entry).model_dump_json()
             args = [entry_id, raw or "", written, placement, score, fence, claim, self._ctx.clock.now().timestamp()]
-            reply = await self._put(keys=self._keys(), args=args)
+            reply = await self._put(keys=self._keys(_bucket(entry_id)), args=args)
             if int(reply[0]) == 1:
                 return entry
             if int(reply[0]) == 0:
@@ -79,18 +116,25 @@ class RedisOutbox:
     async def outbox_claim(self, now: float, limit: int, lease_seconds: float, owner: str) -> list[OutboxEntry]:
         await self._prune_dead()
         k, until = self._ctx.keys, now + lease_seconds
-        raws = await self._claim(
-            keys=[k.outbox_due(), k.outbox_entries(), k.outbox_claims()], args=[now, limit, until, owner]
-        )
+        async with self._ctx.redis.pipeline(transaction=False) as pipe:
+            for n in range(BUCKETS):
+                pipe.zcount(k.outbox_due(n), "-inf", now)
+            due = await pipe.execute()
+        first = next(self._start) % BUCKETS
+        raws: list[str] = []
+        for n in [*range(first, BUCKETS), *range(first)]:
+            if due[n] and len(raws) < limit:
+                keys = [k.outbox_due(n), k.outbox_entries(n), k.outbox_claims(n)]
+                raws += await self._claim(keys=keys, args=[now, limit - len(raws), until, owner])
         claim = {"claimed_until": until, "claimed_by": owner}
         return [OutboxEntry.model_validate_json(raw).model_copy(update=claim) for raw in raws]
 
     async def outbox_renew(self, entry_id: str, owner: str, until: float) -> bool:
-        k = self._ctx.keys
-        return bool(await self._renew(keys=[k.outbox_due(), k.outbox_claims()], args=[entry_id, owner, until]))
+        k, n = self._ctx.keys, _bucket(entry_id)
+        return bool(await self._renew(keys=[k.outbox_due(n), k.outbox_claims(n)], args=[entry_id, owner, until]))
 
     async def outbox_delivered(self, entry_id: str) -> None:
-        await self._delivered(keys=self._keys(), args=[entry_id, self._ctx.clock.now().timestamp()])
+        await self._delivered(keys=self._keys(_bucket(entry_id)), args=[entry_id, self._ctx.clock.now().timestamp()])
 
     async def outbox_reschedule(
         self, entry_id: str, owner: str, attempts: int, next_attempt_at: float, error: str
@@ -118,19 +162,21 @@ class RedisOutbox:
         """Every entry, with its claim (owner, and until when: its due time) where it has one."""
         await self._prune_dead()
         k = self._ctx.keys
-        async with self._ctx.redis.pipeline(transaction=True) as pipe:
-            pipe.hvals(k.outbox_entries())
-            pipe.hgetall(k.outbox_claims())
-            pipe.zrange(k.outbox_due(), 0, -1, withscores=True)
-            raws, claims, due = await pipe.execute()
-        until = dict(due)
+        async with self._ctx.redis.pipeline(transaction=False) as pipe:
+            for n in range(BUCKETS):
+                pipe.hvals(k.outbox_entries(n))
+                pipe.hgetall(k.outbox_claims(n))
+                pipe.zrange(k.outbox_due(n), 0, -1, withscores=True)
+            replies = await pipe.execute()
         entries = []
-        for raw in raws:
-            entry = OutboxEntry.model_validate_json(raw)
-            if entry.id in claims and entry.state == "pending":
-                claim = {"claimed_by": claims[entry.id], "claimed_until": until.get(entry.id, 0.0)}
-                entry = entry.model_copy(update=claim)
-            entries.append(entry)
+        for raws, claims, due in zip(*[iter(replies)] * 3, strict=True):
+            until = dict(due)
+            for raw in raws:
+                entry = OutboxEntry.model_validate_json(raw)
+                if entry.id in claims and entry.state == "pending":
+                    claim = {"claimed_by": claims[entry.id], "claimed_until": until.get(entry.id, 0.0)}
+                    entry = entry.model_copy(update=claim)
+                entries.append(entry)
         return sorted(entries, key=lambda e: e.created_at)
 
     async def outbox_replay(self, entry_id: str, now: float) -> OutboxEntry | None:
@@ -146,8 +192,8 @@ class RedisOutbox:
         and its sender settles it here."""
         if not entries:
             return
-        raws = await self._ctx.redis.hmget(self._ctx.keys.outbox_entries(), [e.id for e in entries])
-        for incoming, raw in zip(entries, raws, strict=True):
+        for incoming in entries:
+            raw = await self._raw(incoming.id)
 
             def edit(stored: OutboxEntry | None, incoming: OutboxEntry = incoming) -> tuple[Any, ...]:
                 entry = merged(stored, incoming)

@@ -106,25 +106,31 @@ redis.call('ZADD', KEYS[5], ARGV[2], ARGV[1])
 return 1
 """
 
-# Drop dead letters that died before ARGV[1], then the oldest past ARGV[2] of them (scores are
-# times of death); their entries leave the hash with them. Tombstones of deliveries before ARGV[3] go too.
-# Returns how many the cap dropped. KEYS: dead, entries, delivered.
+# In one bucket: drop dead letters that died before ARGV[1] (their entries leave the hash with them) and
+# tombstones of deliveries before ARGV[2]; returns how many dead letters are left.
+# KEYS: dead, entries, delivered.
 PRUNE_DEAD = """
-redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', '(' .. ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', '(' .. ARGV[2])
 local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[1])
-local over = redis.call('ZCARD', KEYS[1]) - #expired - tonumber(ARGV[2])
-local capped = {}
-if over > 0 then
-  capped = redis.call('ZRANGE', KEYS[1], #expired, #expired + over - 1)
+for i = 1, #expired, 500 do
+  local chunk = {unpack(expired, i, math.min(i + 499, #expired))}
+  redis.call('ZREM', KEYS[1], unpack(chunk))
+  redis.call('HDEL', KEYS[2], unpack(chunk))
 end
-for _, ids in ipairs({expired, capped}) do
-  for i = 1, #ids, 500 do
-    local chunk = {unpack(ids, i, math.min(i + 499, #ids))}
-    redis.call('ZREM', KEYS[1], unpack(chunk))
-    redis.call('HDEL', KEYS[2], unpack(chunk))
+return redis.call('ZCARD', KEYS[1])
+"""
+
+# In one bucket: drop the dead letters ARGV names (the oldest past the cap, chosen over every bucket) if
+# they are still dead letters; returns how many it dropped. KEYS: dead, entries.
+DROP_DEAD = """
+local dropped = 0
+for _, id in ipairs(ARGV) do
+  if redis.call('ZREM', KEYS[1], id) == 1 then
+    redis.call('HDEL', KEYS[2], id)
+    dropped = dropped + 1
   end
 end
-return #capped
+return dropped
 """
 
 # Extend a lease only if `owner` still holds it (never take it again: a lease that ended, by completion or
@@ -144,58 +150,73 @@ return 0
 """
 
 # Store a payment decided in Python (payments.state), but only if the stored copy is still the one the
-# decision read (ARGV[1], '' for none), and, when the decision read its order's paid list, that list too:
-# compare-and-set, so the rule has one copy and the write one round trip. Returns {1} when written, else
-# {0, the stored copy ('' for none), the stored paid list ('' for none), the last write's token} to decide
-# again on (or, when the stored copy is this very write and the token this write's, to learn that a reply
-# redis-py lost was this write's success).
-# KEYS: payment, its event log, its order's index entry, the PENDING index, outbox entries, outbox due,
-#   its order's paid list, its last write's token, the outbox's delivered tombstones.
+# decision read (ARGV[1], '' for none): compare-and-set, so the rule has one copy and the write one round
+# trip. Every key is in the payment's bucket (keys.py); its order's keys are in the order's bucket, written
+# by ORDER_PAID before and ORDER_POINT beside this script. Returns {1} when written, else {0, the stored copy
+# ('' for none), the last write's token} to decide again on (or, when the stored copy is this very write and
+# the token this write's, to learn that a reply redis-py lost was this write's success).
+# KEYS: payment, its event log, the bucket's PENDING index, outbox entries, outbox due, the payment's last
+#   write's token, the outbox's delivered tombstones.
 # ARGV: [1] expected copy, [2] new copy ('' stores nothing: outbox entries only), [3] TTL seconds,
-#   [4] reference, [5] order index: '1' point it here (a new initiation), '0' only if free or already
-#   here (so a write-back never re-points an order at an older payment), '' leave it,
-#   [6] PENDING score ('' removes it from the index), [7] event ('' none), [8] event log cap,
-#   [9] '1' when the paid list was read (compare it and write [11]), else '', [10] the paid list read,
-#   [11] the paid list to store, [12] this write's token (random), [13...] outbox entries as (id, JSON,
-#   due) triples, each written once per id, and never one already delivered.
+#   [4] reference, [5] PENDING score ('' removes it from the index), [6] event ('' none), [7] event log cap,
+#   [8] this write's token (random), [9...] outbox entries as (id, JSON, due) triples, each written once
+#   per id, and never one already delivered.
 STORE_PAYMENT = """
 local current = redis.call('GET', KEYS[1])
-local paid = ''
-if ARGV[9] == '1' then paid = redis.call('GET', KEYS[7]) or '' end
-if (current or '') ~= ARGV[1] or paid ~= ARGV[10] then
-  return {0, current or '', paid, redis.call('GET', KEYS[8]) or ''}
+if (current or '') ~= ARGV[1] then
+  return {0, current or '', redis.call('GET', KEYS[6]) or ''}
 end
 local ttl, reference = ARGV[3], ARGV[4]
 if ARGV[2] ~= '' then
   redis.call('SET', KEYS[1], ARGV[2], 'EX', ttl)
   if ARGV[5] ~= '' then
-    local holder = redis.call('GET', KEYS[3])
-    if ARGV[5] == '1' or not holder or holder == reference then
-      redis.call('SET', KEYS[3], reference, 'EX', ttl)
-    end
+    redis.call('ZADD', KEYS[3], ARGV[5], reference)
+  else
+    redis.call('ZREM', KEYS[3], reference)
   end
   if ARGV[6] ~= '' then
-    redis.call('ZADD', KEYS[4], ARGV[6], reference)
-  else
-    redis.call('ZREM', KEYS[4], reference)
-  end
-  if ARGV[7] ~= '' then
-    redis.call('RPUSH', KEYS[2], ARGV[7])
-    redis.call('LTRIM', KEYS[2], -tonumber(ARGV[8]), -1)
+    redis.call('RPUSH', KEYS[2], ARGV[6])
+    redis.call('LTRIM', KEYS[2], -tonumber(ARGV[7]), -1)
   end
   redis.call('EXPIRE', KEYS[2], ttl)
-  redis.call('SET', KEYS[8], ARGV[12], 'EX', 60)
-  if ARGV[9] == '1' then
-    redis.call('SET', KEYS[7], ARGV[11], 'EX', ttl)
-  end
+  redis.call('SET', KEYS[6], ARGV[8], 'EX', 60)
 end
-for i = 13, #ARGV, 3 do
-  if not redis.call('ZSCORE', KEYS[9], ARGV[i]) then
-    redis.call('HSETNX', KEYS[5], ARGV[i], ARGV[i + 1])
-    redis.call('ZADD', KEYS[6], 'NX', ARGV[i + 2], ARGV[i])
+for i = 9, #ARGV, 3 do
+  if not redis.call('ZSCORE', KEYS[7], ARGV[i]) then
+    redis.call('HSETNX', KEYS[4], ARGV[i], ARGV[i + 1])
+    redis.call('ZADD', KEYS[5], 'NX', ARGV[i + 2], ARGV[i])
   end
 end
 return {1}
+"""
+
+# Put ARGV[1] on its order's paid list (space-separated references, the payer first) unless it is there, and
+# return the list; it expires ARGV[2] seconds after the last payment to join or be stored SUCCESSFUL again.
+# Runs before the payment is stored SUCCESSFUL (the payment's and the order's keys may be on two nodes), so a
+# crash between the two leaves a member whose record is not SUCCESSFUL yet: readers check the records.
+# KEYS: the order's paid list.
+ORDER_PAID = """
+local paid = redis.call('GET', KEYS[1]) or ''
+local found = false
+for reference in string.gmatch(paid, '%S+') do
+  if reference == ARGV[1] then found = true end
+end
+if not found then
+  paid = (paid == '' and ARGV[1]) or (paid .. ' ' .. ARGV[1])
+end
+redis.call('SET', KEYS[1], paid, 'EX', ARGV[2])
+return paid
+"""
+
+# Point an order at payment ARGV[1]: ARGV[2] '1' always (a new initiation), '0' only if free or already here
+# (so a write-back never re-points an order at an older payment); expires ARGV[3] seconds after.
+# KEYS: the order's latest payment.
+ORDER_POINT = """
+local holder = redis.call('GET', KEYS[1])
+if ARGV[2] == '1' or not holder or holder == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
+end
+return 1
 """
 
 # Claim an Idempotency-Key: the record and its lease together, or what is there and whether it is held.
@@ -245,24 +266,28 @@ if ARGV[2] == '1' then redis.call('DEL', KEYS[1]) end
 return 1
 """
 
-# Store an intent and make it hold its order, unless another intent holds it.
-# KEYS: intent, order hold. ARGV: [1] nonce, [2] intent JSON, [3] TTL ms, [4] hold ms.
-PUT_INTENT = """
-local holder = redis.call('GET', KEYS[2])
+# Make nonce ARGV[1] hold its order unless another intent's nonce does (the first step of storing an intent;
+# the intent itself is a key of its own, on whichever node its nonce hashes to). KEYS: the order's hold.
+# ARGV: [1] nonce, [2] hold ms. Returns 1 when held by ARGV[1].
+HOLD_ORDER = """
+local holder = redis.call('GET', KEYS[1])
 if holder and holder ~= ARGV[1] then return 0 end
-redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[4])
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
 """
 
-# Replace an intent (keeping its TTL) and free its order if it holds it; ARGV[2] == '' drops the intent.
-# KEYS: intent, order hold. ARGV: [1] nonce, [2] new intent JSON or ''.
+# Replace an intent keeping its TTL (ARGV[1]), or drop it (''). KEYS: intent.
 SETTLE_INTENT = """
-if ARGV[2] == '' then
+if ARGV[1] == '' then
   redis.call('DEL', KEYS[1])
 elseif redis.call('EXISTS', KEYS[1]) == 1 then
-  redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL')
+  redis.call('SET', KEYS[1], ARGV[1], 'KEEPTTL')
 end
-if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
 return 1
+"""
+
+# Free an order if nonce ARGV[1] holds it. KEYS: the order's hold.
+RELEASE_ORDER = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
 """

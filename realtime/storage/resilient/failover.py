@@ -37,7 +37,7 @@ from core.background import PeriodicWorker
 from core.clock import Clock
 from core.errors import Busy
 from observability.health import StorageHealth
-from realtime.redis_connection import PoolExhausted
+from realtime.redis_connection import BUSY_ERRORS
 from realtime.storage.composite import protocol_methods
 
 log = logging.getLogger("paytrack.storage")
@@ -152,7 +152,7 @@ class Failover:
         if self.healthy:
             try:
                 return True, await call()
-            except PoolExhausted:
+            except BUSY_ERRORS:
                 raise Busy() from None
             except OUTAGE_ERRORS as exc:
                 self.degrade(exc)
@@ -207,7 +207,7 @@ class Failover:
                 await self._watch_primary()
             else:
                 await self.recover()
-        except PoolExhausted:
+        except BUSY_ERRORS:
             pass  # busy, not away
         except OUTAGE_ERRORS as exc:
             self.degrade(exc)
