@@ -61,6 +61,7 @@ from bench.procs import (
     raise_fd_limit,
     rss_kib,
     start_redis,
+    start_redis_cluster,
     start_target,
     wakeups,
 )
@@ -114,6 +115,7 @@ class Scenario:
     in_flight: int = 64
     instances: int = 1
     redis: bool = False  # storage (paytrack) and Socket.IO manager (Python floor) on one redis-server
+    redis_cluster: bool = False  # paytrack on a Redis Cluster of three primaries and three replicas instead
     clients_per_process: int = 2500
     idle_seconds: float = 26.0  # one engine.io ping interval (25 s) and more, so every socket is pinged once
     waiting_payments: int = 0  # payments created and tracked but never completed (beside the phases' own)
@@ -129,7 +131,9 @@ class Scenario:
         return max(1, math.ceil(self.clients / self.clients_per_process))
 
     def label(self) -> str:
-        where = f"{self.instances} instance{'s' if self.instances > 1 else ''}" + (" on Redis" if self.redis else "")
+        where = f"{self.instances} instance{'s' if self.instances > 1 else ''}" + (
+            " on a Redis Cluster (3+3)" if self.redis_cluster else " on Redis" if self.redis else ""
+        )
         changed = {k: v for k, v in self.paytrack_settings.items() if BENCH_PAYTRACK_SETTINGS.get(k) != v}
         return (
             f"{self.clients} clients, {where}, {self.rate:g} completions/s x {self.rate_completions}, "
@@ -226,11 +230,11 @@ class Phase:
     busy neighbour shows in latency and saturation, not in CPU per completion.
     """
 
-    def __init__(self, pids: list[int], redis_pid: int | None, bench_pids: list[int]) -> None:
+    def __init__(self, pids: list[int], redis_pids: list[int], bench_pids: list[int]) -> None:
         self.pids = pids
-        self.redis_pid = redis_pid
+        self.redis_pids = redis_pids  # one redis-server, or every node of a cluster
         self.load_pids = [*bench_pids, os.getpid()]  # the load generators and this process
-        self.bench_pids = [*pids, *([redis_pid] if redis_pid else []), *self.load_pids]
+        self.bench_pids = [*pids, *redis_pids, *self.load_pids]
         self.due: dict[str, int] = {}
         self.http_errors = 0
         self.first_error = ""
@@ -238,7 +242,7 @@ class Phase:
     def start_cpu(self) -> None:
         self.cpu0 = [cpu_seconds(p) for p in self.pids]
         self.wakeups0 = [wakeups(p) for p in self.pids]
-        self.redis0 = cpu_seconds(self.redis_pid) if self.redis_pid else 0.0
+        self.redis0 = sum(cpu_seconds(p) for p in self.redis_pids)
         self.machine0 = machine_busy_seconds() - sum(cpu_seconds(p) for p in self.bench_pids)
         self.load0 = sum(cpu_seconds(p) for p in self.load_pids)
         self.t0 = time.monotonic()
@@ -246,7 +250,7 @@ class Phase:
     def stop_cpu(self) -> None:
         self.cpu = [cpu_seconds(p) - c for p, c in zip(self.pids, self.cpu0, strict=True)]
         self.wakeups = [wakeups(p) - w for p, w in zip(self.pids, self.wakeups0, strict=True)]
-        self.redis_cpu = cpu_seconds(self.redis_pid) - self.redis0 if self.redis_pid else 0.0
+        self.redis_cpu = sum(cpu_seconds(p) for p in self.redis_pids) - self.redis0
         others = machine_busy_seconds() - sum(cpu_seconds(p) for p in self.bench_pids) - self.machine0
         load = sum(cpu_seconds(p) for p in self.load_pids) - self.load0
         self.elapsed = time.monotonic() - self.t0
@@ -297,7 +301,13 @@ class Measurement:
 
     async def start(self) -> None:
         sc = self.sc
-        self.redis_url, self.redis_pid = await start_redis(self.procs) if sc.redis else (None, None)
+        self.redis_url: str | None = None
+        self.redis_pids: list[int] = []
+        if sc.redis_cluster:
+            self.redis_url, self.redis_pids = await start_redis_cluster(self.procs)
+        elif sc.redis:
+            self.redis_url, pid = await start_redis(self.procs)
+            self.redis_pids = [pid]
         self.servers = await start_target(
             self.target, sc.instances, self.redis_url, self.procs, self.http, sc.paytrack_settings
         )
@@ -377,7 +387,7 @@ class Measurement:
         for j in js:
             by_gen[self.gen_of_payment(j)].append(self.refs[j])
         await asyncio.gather(*(gen.call("phase", 30, references=r) for gen, r in zip(self.gens, by_gen, strict=True)))
-        phase = Phase(self.pids, self.redis_pid, self.gen_pids)
+        phase = Phase(self.pids, self.redis_pids, self.gen_pids)
         phase.start_cpu()
         await driver(phase)
         waits = await asyncio.gather(
@@ -474,7 +484,7 @@ async def measure(target: str, sc: Scenario, *, during_rate: Hook = _no_hook) ->
             )
             r.cpu_us_per_completion = sum(out.phase.cpu) / n * 1e6
             r.instance_cpu_us_per_completion = [c / (n / k) * 1e6 for c in out.phase.cpu]  # n / k completions each
-            r.redis_cpu_us_per_completion = out.phase.redis_cpu / n * 1e6 if m.redis_pid else None
+            r.redis_cpu_us_per_completion = out.phase.redis_cpu / n * 1e6 if m.redis_pids else None
             r.wakeups_per_completion = sum(out.phase.wakeups) / n
             r.others_cores = out.phase.others_cores
             r.load_cores = out.phase.load_cores

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
+from redis import asyncio as aioredis
 
 from core.settings import Settings
 
@@ -189,6 +190,31 @@ async def start_redis(procs: Processes) -> tuple[str, int]:
                 raise RuntimeError(f"redis-server exited: {procs.log_tail('redis.log')}") from None
             await asyncio.sleep(0.05)
     raise RuntimeError("redis-server did not start in 10 s")
+
+
+async def start_redis_cluster(procs: Processes) -> tuple[str, list[int]]:
+    """deploy/redis-cluster.sh's three primaries and three replicas on free ports: (url, every node's pid).
+    The script stays in the foreground and stops its nodes when it is stopped."""
+    proc = await procs.start(
+        "bash", str(ROOT / "deploy" / "redis-cluster.sh"), log="redis-cluster.log", stdout=asyncio.subprocess.PIPE
+    )
+    assert proc.stdout is not None
+    values: dict[str, str] = {}
+    async with asyncio.timeout(60):
+        while "REDIS_CLUSTER_NODES" not in values:
+            line = (await proc.stdout.readline()).decode()
+            if not line:
+                raise RuntimeError(f"redis-cluster.sh exited: {procs.log_tail('redis-cluster.log')}")
+            name, _, value = line.strip().partition("=")
+            values[name] = value
+    pids = []
+    for port in values["REDIS_CLUSTER_NODES"].split():
+        node = aioredis.Redis(host="127.0.0.1", port=int(port))
+        try:
+            pids.append(int((await node.info("server"))["process_id"]))
+        finally:
+            await node.aclose()
+    return values["REDIS_CLUSTER_URL"], pids
 
 
 def paytrack_env(index: int, redis_url: str | None, settings: dict[str, str] | None = None) -> dict[str, str]:

@@ -59,6 +59,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--redis", action="store_true", help="Redis even for one instance")
     parser.add_argument(
+        "--redis-cluster",
+        action="store_true",
+        help="paytrack on a Redis Cluster of three primaries and three replicas (deploy/redis-cluster.sh); "
+        "Redis CPU is every node's",
+    )
+    parser.add_argument(
         "--targets",
         help=f"comma-separated, of {', '.join(TARGETS)} (default: all three; paytrack and python-floor on Redis)",
     )
@@ -78,14 +84,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     args.instance_counts = [int(n) for n in args.instances.split(",")]
     args.paytrack_settings = paytrack_settings(parser, args.paytrack_setting)
-    args.redis = args.redis or len(args.instance_counts) > 1 or max(args.instance_counts) > 1
-    default = REDIS_TARGETS if args.redis else DEFAULT_TARGETS
+    args.redis = args.redis or args.redis_cluster or len(args.instance_counts) > 1 or max(args.instance_counts) > 1
+    if args.redis_cluster:
+        args.paytrack_settings = {**args.paytrack_settings, "REDIS_CLUSTER": "true"}
+    default = ["paytrack"] if args.redis_cluster else REDIS_TARGETS if args.redis else DEFAULT_TARGETS
     args.target_list = args.targets.split(",") if args.targets else default
     unknown = set(args.target_list) - set(TARGETS)
     if unknown:
         parser.error(f"unknown target(s) {', '.join(sorted(unknown))}")
     if args.redis and "node-floor" in args.target_list:
         parser.error("the Node floor runs as one instance without Redis")
+    if args.redis_cluster and args.target_list != ["paytrack"]:
+        parser.error("on a Redis Cluster only paytrack runs (python-socketio's Redis manager has no cluster mode)")
     if not (
         1 <= args.clients <= 20000
         and 0 < args.rate_completions <= 100_000
@@ -110,6 +120,7 @@ def scenario(args: argparse.Namespace, instances: int) -> Scenario:
         in_flight=args.in_flight,
         instances=instances,
         redis=args.redis,
+        redis_cluster=args.redis_cluster,
         clients_per_process=args.clients_per_process,
         idle_seconds=args.idle_seconds,
         paytrack_settings=args.paytrack_settings,

@@ -12,11 +12,14 @@ set -euo pipefail
 usage() {
   cat <<'EOF'
 usage: deploy/local-cluster.sh [--instances N] [--port PORT] [--instance-port PORT] [--redis-port PORT]
+                               [--redis-cluster]
 
   --instances N         paytrack instances to start (default 2, at least 2)
   --port PORT           nginx listens on 127.0.0.1:PORT (default 8080); the URL to use
   --instance-port PORT  first instance's port; the others follow (default 5001)
   --redis-port PORT     the cluster's own redis-server (default 6390)
+  --redis-cluster       a Redis Cluster of three primaries and three replicas instead (deploy/redis-cluster.sh,
+                        on free ports), with REDIS_CLUSTER=true and REDIS_WAIT_REPLICAS=1
 
 Environment: PYTHON (default .venv/bin/python), NGINX (default nginx), REDIS_SERVER
 (default redis-server); any paytrack setting is passed to every instance.
@@ -28,12 +31,14 @@ instances=2
 port=8080
 instance_port=5001
 redis_port=6390
+redis_cluster=false
 while [ $# -gt 0 ]; do
   case "$1" in
     --instances) instances="$2"; shift 2 ;;
     --port) port="$2"; shift 2 ;;
     --instance-port) instance_port="$2"; shift 2 ;;
     --redis-port) redis_port="$2"; shift 2 ;;
+    --redis-cluster) redis_cluster=true; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "local-cluster: unknown argument $1" >&2; usage >&2; exit 2 ;;
   esac
@@ -87,17 +92,42 @@ wait_for_port() {  # wait_for_port PORT PID NAME: until something accepts on 127
   exit 1
 }
 
-"$redis_bin" --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" \
-  >"$work/redis.log" 2>&1 &
-redis_pid=$!
-wait_for_port "$redis_port" "$redis_pid" redis
+if [ "$redis_cluster" = true ]; then
+  # The script prints its URL once the cluster is ok, and stops its nodes when it is stopped.
+  REDIS_SERVER="$redis_bin" "$root/deploy/redis-cluster.sh" >"$work/redis.log" 2>&1 &
+  redis_pid=$!
+  redis_url=""
+  for _ in $(seq 1 600); do
+    redis_url="$(sed -n 's/^REDIS_CLUSTER_URL=//p' "$work/redis.log")"
+    if [ -n "$redis_url" ]; then break; fi
+    if ! kill -0 "$redis_pid" 2>/dev/null; then
+      echo "local-cluster: deploy/redis-cluster.sh exited; its log: $work/redis.log" >&2
+      tail -n 20 "$work/redis.log" >&2 || true
+      exit 1
+    fi
+    sleep 0.1
+  done
+  if [ -z "$redis_url" ]; then
+    echo "local-cluster: the Redis Cluster was not ready in 60 s; its log: $work/redis.log" >&2
+    exit 1
+  fi
+  export REDIS_CLUSTER=true REDIS_WAIT_REPLICAS="${REDIS_WAIT_REPLICAS:-1}"
+  redis_where="a Redis Cluster at $redis_url"
+else
+  "$redis_bin" --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" \
+    >"$work/redis.log" 2>&1 &
+  redis_pid=$!
+  wait_for_port "$redis_port" "$redis_pid" redis
+  redis_url="redis://127.0.0.1:$redis_port/0"
+  redis_where="redis on $redis_port"
+fi
 
 upstream=""
 for i in $(seq 0 $((instances - 1))); do
   p=$((instance_port + i))
   (
     cd "$root"
-    export STORAGE_BACKEND=redis REDIS_URL="redis://127.0.0.1:$redis_port/0" TRUST_FORWARDED_FOR=true \
+    export STORAGE_BACKEND=redis REDIS_URL="$redis_url" TRUST_FORWARDED_FOR=true \
       INSTANCE_ID="${INSTANCE_ID_PREFIX:-local}-$p"
     exec "$python" server.py --host 127.0.0.1 --port "$p"
   ) >"$work/instance-$p.log" 2>&1 &
@@ -136,7 +166,7 @@ EOF
 nginx_pid=$!
 wait_for_port "$port" "$nginx_pid" nginx
 
-echo "paytrack cluster: http://127.0.0.1:$port  ($instances instances on ports $instance_port-$((instance_port + instances - 1)), redis on $redis_port; logs in $work)"
+echo "paytrack cluster: http://127.0.0.1:$port  ($instances instances on ports $instance_port-$((instance_port + instances - 1)), $redis_where; logs in $work)"
 echo "Ctrl-C stops everything."
 # Until Ctrl-C, or until any part exits on its own (then everything stops).
 wait -n "${pids[@]}" "$nginx_pid" "$redis_pid" || true

@@ -72,14 +72,15 @@ class PollingPage:
         return self
 
 
-async def read_url(proc: asyncio.subprocess.Process) -> str:
+async def read_url(proc: asyncio.subprocess.Process) -> tuple[str, str]:
+    """The URL the script prints once everything is up, and that whole line."""
     assert proc.stdout is not None
     while True:
         line = (await proc.stdout.readline()).decode()
         if not line:
             raise AssertionError(f"local-cluster.sh exited with {await proc.wait()}")
         if match := re.search(r"paytrack cluster: (http://127\.0\.0\.1:\d+)", line):
-            return match.group(1)
+            return match.group(1), line
 
 
 async def where(http: aiohttp.ClientSession, url: str, socket_id: str) -> str:
@@ -95,8 +96,13 @@ async def where(http: aiohttp.ClientSession, url: str, socket_id: str) -> str:
 
 @pytest.mark.skipif(NGINX is None, reason="nginx not found (Debian package nginx; CI installs it via .ci/run)")
 @pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server not found (CI installs it via .ci/run)")
-async def test_cluster_script_serves_polling_and_websocket_pages_on_different_instances(campay: FakeCampay) -> None:
+@pytest.mark.parametrize("redis", ["redis-server", "redis-cluster"])
+async def test_cluster_script_serves_polling_and_websocket_pages_on_different_instances(
+    campay: FakeCampay, redis: str
+) -> None:
+    """On one redis-server, and with --redis-cluster on three primaries and three replicas (issue 33)."""
     nginx_port, redis_port, first = free_port(), free_port(), consecutive_free_ports(2)
+    where_redis = ["--redis-port", str(redis_port)] if redis == "redis-server" else ["--redis-cluster"]
     env = clean_env(
         PYTHON=sys.executable,
         NGINX=str(NGINX),
@@ -119,8 +125,7 @@ async def test_cluster_script_serves_polling_and_websocket_pages_on_different_in
         str(nginx_port),
         "--instance-port",
         str(first),
-        "--redis-port",
-        str(redis_port),
+        *where_redis,
         cwd=ROOT,
         env=env,
         stdout=asyncio.subprocess.PIPE,
@@ -129,7 +134,11 @@ async def test_cluster_script_serves_polling_and_websocket_pages_on_different_in
     pages: list[Tracker] = []
     polling: PollingPage | None = None
     try:
-        url = await asyncio.wait_for(read_url(proc), 60)
+        url, started = await asyncio.wait_for(read_url(proc), 60)
+        if redis == "redis-cluster":
+            found = re.search(r"a Redis Cluster at redis://127\.0\.0\.1:(\d+)", started)
+            assert found, started
+            redis_port = int(found.group(1))  # one of its nodes: refused too once the script stops
         async with aiohttp.ClientSession() as http:
             async with http.post(
                 f"{url}/api/payment/initiate",

@@ -439,7 +439,15 @@ def evaluate(result: RunResult) -> Report:
             + ")",
         )
     )
-    f.append(("run", f"T={s.duration:.0f} s storm, {result.wall_seconds:.1f} s wall in all"))
+    f.append(("run", f"T={s.duration:.0f} s storm, {result.wall_seconds:.1f} s wall in all, on {result.redis_label}"))
+    if result.lost_writes is not None:
+        f.append(
+            (
+                "writes the failover lost",
+                f"{result.lost_writes} payment records the killed primary held were missing or behind on the "
+                "replica that took over (brought back by re-checks with CamPay: see the convergence below)",
+            )
+        )
     f.append(("clients converged", f"{converged}/{pages}"))
     if converge_times:
         f.append(

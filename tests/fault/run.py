@@ -2,6 +2,7 @@
 
     .venv/bin/python -m tests.fault.run --payments 500
     .venv/bin/python -m tests.fault.run --payments 3000 --keep
+    .venv/bin/python -m tests.fault.run --payments 500 --cluster
 
 Everything runs on this machine's loopback: one redis-server, two server.py
 processes, the CamPay fake and every client in this process. The storm lasts
@@ -32,6 +33,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--examples", type=int, default=5, help="examples printed per violation category")
     parser.add_argument("--keep", action="store_true", help="keep the work dir (server logs, Redis files)")
+    parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="on a Redis Cluster (3+3), whose fault is a failover that loses acknowledged writes (issue 33)",
+    )
     args = parser.parse_args(argv)
 
     scenario = Scenario.scaled(args.payments, seed=args.seed)
@@ -42,7 +48,9 @@ def main(argv: list[str] | None = None) -> int:
         f"fault injection: {scenario.payments} payments over {scenario.duration:.0f} s; work dir {workdir}", flush=True
     )
     try:
-        result = asyncio.run(run_scenario(scenario, workdir, progress=lambda line: print(line, flush=True)))
+        result = asyncio.run(
+            run_scenario(scenario, workdir, progress=lambda line: print(line, flush=True), cluster=args.cluster)
+        )
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)

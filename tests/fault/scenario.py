@@ -79,8 +79,9 @@ from tests.fault.plan import (
     plan_payments,
 )
 from tests.fault.processes import ServerProcess
+from tests.fault.stores import ClusterStore, StandaloneStore, Store
 from tests.merchant_receiver import Delivery, MerchantReceiver, merchant_settings
-from tests.redis_server import REDIS_SERVER, RedisServer, free_port
+from tests.redis_server import free_port
 
 HTTP_TIMEOUT = aiohttp.ClientTimeout(total=15)
 INITIATE_GIVE_UP = 20.0  # seconds a shopper's checkout backend keeps retrying one initiate past the collect lifetime
@@ -170,6 +171,8 @@ class RunResult:
     kill_at: float | None = None  # monotonic: the SIGKILL of b (the crash phase's)
     held_at_kill: int = 0  # crash collects CamPay had accepted and was holding the answer of at the kill
     redis_down: tuple[float, float] | None = None  # monotonic (killed, answers again)
+    redis_label: str = "redis-server"
+    lost_writes: int | None = None  # payment records the cluster failover lost (None: one server)
     wall_seconds: float = 0.0
 
     def at(self, moment: float) -> float:
@@ -191,7 +194,7 @@ class Driver:
         s: Scenario,
         fake: FakeCampay,
         servers: list[ServerProcess],
-        redis: RedisServer,
+        redis: Store,
         http: aiohttp.ClientSession,
         sockets: aiohttp.ClientSession,
         progress: Callable[[str], None],
@@ -570,13 +573,7 @@ class Driver:
         self.mark(f"{victim.name} restarted on port {victim.port} (healthy after {took:.1f} s)")
 
         await self.sleep_until(self.t0 + 0.5 * T)
-        await asyncio.to_thread(self.redis.stop)  # kill and reap without blocking the clients' loop
-        self.redis_down_at = time.monotonic()
-        self.mark("redis-server killed")
-        await asyncio.sleep(self.s.redis_outage)  # the outage's length, not a synchronisation
-        await self.redis.start()
-        self.back_at = time.monotonic()
-        self.mark("redis-server answers again (same port, same append-only file)")
+        self.redis_down_at, self.back_at = await self.redis.fault(self.s.redis_outage, self.mark)
         self.health_watch = asyncio.create_task(self._watch_recovery())
 
     async def _crash_collects_held(self) -> bool:
@@ -675,46 +672,25 @@ class Driver:
             await wait_any(self.changed, timeout=min(0.25, remaining))
 
 
-async def read_stored(redis: RedisServer, references: list[str]) -> dict[str, dict[str, Any] | None]:
+async def read_stored(store: Store, references: list[str]) -> dict[str, dict[str, Any] | None]:
     """The payment records as Redis holds them (key names from realtime/storage/keys.py)."""
-    if not references:
-        return {}
     keys = RedisKeys(KEY_PREFIX)
-    client = redis.client()
-    try:
-        raws = await client.mget([keys.payment(ref) for ref in references])
-    finally:
-        await client.aclose()
-    return {ref: (json.loads(raw) if raw else None) for ref, raw in zip(references, raws, strict=False)}
+    raws = await store.get_many([keys.payment(ref) for ref in references])
+    return {ref: (json.loads(raw) if raw else None) for ref, raw in zip(references, raws, strict=True)}
 
 
-async def read_order_index(redis: RedisServer, order_ids: list[str]) -> dict[str, str | None]:
-    if not order_ids:
-        return {}
+async def read_order_index(store: Store, order_ids: list[str]) -> dict[str, str | None]:
     keys = RedisKeys(KEY_PREFIX)
-    client = redis.client()
-    try:
-        refs = await client.mget([keys.order(order_id) for order_id in order_ids])
-    finally:
-        await client.aclose()
-    return {
-        order_id: ref.decode() if isinstance(ref, bytes) else ref
-        for order_id, ref in zip(order_ids, refs, strict=False)
-    }
+    refs = await store.get_many([keys.order(order_id) for order_id in order_ids])
+    return dict(zip(order_ids, refs, strict=True))
 
 
-async def read_intent_orders(redis: RedisServer, nonces: list[str]) -> dict[str, str | None]:
+async def read_intent_orders(store: Store, nonces: list[str]) -> dict[str, str | None]:
     """nonce -> the order of the initiation intent `intent:{nonce}` Redis holds (None: no such intent)."""
-    if not nonces:
-        return {}
     keys = RedisKeys(KEY_PREFIX)
-    client = redis.client()
-    try:
-        raws = await client.mget([keys.intent(nonce) for nonce in nonces])
-    finally:
-        await client.aclose()
+    raws = await store.get_many([keys.intent(nonce) for nonce in nonces])
     orders: dict[str, str | None] = {}
-    for nonce, raw in zip(nonces, raws, strict=False):
+    for nonce, raw in zip(nonces, raws, strict=True):
         try:
             intent = json.loads(raw) if raw else None
         except ValueError:
@@ -741,15 +717,15 @@ def raise_fd_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
-async def run_scenario(s: Scenario, workdir: Path, *, progress: Callable[[str], None] = lambda _: None) -> RunResult:
-    """Start Redis, the CamPay fake and two servers; play `s`; record everything; tear it all down."""
-    if REDIS_SERVER is None:
-        raise RuntimeError("redis-server binary not found")
+async def run_scenario(
+    s: Scenario, workdir: Path, *, progress: Callable[[str], None] = lambda _: None, cluster: bool = False
+) -> RunResult:
+    """Start Redis (one server, or a cluster), the CamPay fake and two servers; play `s`; record everything;
+    tear it all down."""
     raise_fd_limit()
     started = time.monotonic()
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "redis").mkdir(exist_ok=True)
-    redis = RedisServer(REDIS_SERVER, workdir / "redis", persistent=True)
+    redis: Store = ClusterStore(workdir, KEY_PREFIX) if cluster else StandaloneStore(workdir)
     fake = FakeCampay()
     campay = TestServer(fake.app(), host="127.0.0.1")
     receiver = MerchantReceiver()
@@ -765,11 +741,14 @@ async def run_scenario(s: Scenario, workdir: Path, *, progress: Callable[[str], 
         await merchant.start_server()
         receiver.url = str(merchant.make_url("/hooks"))
         merchant_env = merchant_settings(receiver, MERCHANT_WEBHOOK_POLL_SECONDS=0.2)
-        settings = s.server_settings(redis_url=redis.url, campay_url=fake.url, merchant=merchant_env)
+        settings = {
+            **s.server_settings(redis_url="", campay_url=fake.url, merchant=merchant_env),
+            **redis.settings(),
+        }
         servers = [ServerProcess(name, free_port(), settings, workdir) for name in ("a", "b")]
         await asyncio.gather(*(srv.start(http) for srv in servers))
         progress(
-            f"redis-server on {redis.port}, CamPay fake on {fake.url}, "
+            f"{redis.label} on {redis.settings()['REDIS_URL']}, CamPay fake on {fake.url}, "
             f"instances a on {servers[0].port} and b on {servers[1].port}"
         )
 
@@ -863,6 +842,8 @@ async def run_scenario(s: Scenario, workdir: Path, *, progress: Callable[[str], 
             kill_at=driver.kill_at,
             held_at_kill=driver.held_at_kill,
             redis_down=(driver.redis_down_at, driver.back_at) if driver.redis_down_at else None,
+            redis_label=redis.label,
+            lost_writes=redis.lost_writes,
             wall_seconds=time.monotonic() - started,
         )
     except BaseException:
@@ -876,7 +857,7 @@ async def run_scenario(s: Scenario, workdir: Path, *, progress: Callable[[str], 
                 task.cancel()
             await asyncio.gather(*driver.page_tasks, *driver.prompt_tasks, return_exceptions=True)
         await asyncio.gather(*(srv.stop() for srv in servers), return_exceptions=True)
-        redis.stop()
+        await redis.stop()
         fake.release_collects()
         await campay.close()
         await merchant.close()
