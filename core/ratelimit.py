@@ -125,7 +125,8 @@ class RateLimiter:
                 wrap_exceptions=True,
                 socket_timeout=settings.REDIS_TIMEOUT_SECONDS,
                 socket_connect_timeout=settings.REDIS_TIMEOUT_SECONDS,
-                max_connections=settings.REDIS_POOL_SIZE,  # per node; past it MaxConnectionsError: busy
+                # redis-py's cluster client raises MaxConnectionsError at once past a node's cap (no waiting):
+                # unbounded here; the counters' calls are bounded by the requests the instance takes.
                 ssl=parts.scheme == "rediss",
             )
             return cls(limits, storage=cluster, outage_retry_after=retry_after)

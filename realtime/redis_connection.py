@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlparse
 
@@ -25,8 +27,8 @@ class PoolExhausted(RedisError):
     """
 
 
-# Back-pressure, not an outage: the pool stayed full (one server, Sentinel), or a node's connections are all
-# in use (a cluster client raises at once instead of waiting).
+# Back-pressure, not an outage: the pool stayed full, or a cluster node's connections are all in use (which
+# `WaitingRedisCluster` keeps from happening; a client built otherwise raises it at once).
 BUSY_ERRORS: tuple[type[Exception], ...] = (PoolExhausted, MaxConnectionsError)
 
 
@@ -43,6 +45,51 @@ class WaitingConnectionPool(aioredis.BlockingConnectionPool):
                     f"all {self.max_connections} Redis connections stayed busy for {self.timeout} s"
                 ) from None
             raise
+
+
+class WaitingRedisCluster(aioredis.RedisCluster):
+    """redis-py's cluster client, on which a burst waits for a free connection instead of failing.
+
+    Its nodes raise `MaxConnectionsError` at once when all their connections are busy; here at most
+    `max_connections` commands or pipelines are in flight per client (so no node ever runs out), and a
+    caller past that waits up to `pool_timeout` for its turn, then gets `PoolExhausted`: back-pressure, as
+    with `WaitingConnectionPool` on one server.
+    """
+
+    def __init__(self, *args: Any, pool_timeout: float | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._most = int(kwargs.get("max_connections", 2**31))
+        self._in_flight = asyncio.Semaphore(self._most)
+        self._pool_timeout = pool_timeout
+
+    @contextlib.asynccontextmanager
+    async def _turn(self) -> AsyncIterator[None]:
+        try:
+            async with asyncio.timeout(self._pool_timeout):
+                await self._in_flight.acquire()
+        except TimeoutError:
+            raise PoolExhausted(
+                f"{self._most} Redis Cluster calls stayed in flight for {self._pool_timeout} s"
+            ) from None
+        try:
+            yield
+        finally:
+            self._in_flight.release()
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        async with self._turn():
+            return await super().execute_command(*args, **kwargs)
+
+    def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> Any:
+        pipe = super().pipeline(transaction, shard_hint)
+        execute = pipe.execute
+
+        async def in_turn(*args: Any, **kwargs: Any) -> Any:
+            async with self._turn():
+                return await execute(*args, **kwargs)
+
+        pipe.execute = in_turn  # type: ignore[method-assign]  # the one call that takes a turn
+        return pipe
 
 
 def connect(
@@ -83,7 +130,9 @@ def connect(
         # timeout, seconds) is an outage the caller learns about within the timeout, as on one server.
         options["retry"] = Retry(ExponentialBackoff(cap=0.25, base=0.025), 3)
         options.pop("retry_on_error")
-        return aioredis.RedisCluster.from_url(url, max_connections=pool_size or 2**31, **options)
+        return WaitingRedisCluster.from_url(
+            url, max_connections=pool_size or 2**31, pool_timeout=pool_timeout, **options
+        )
     if urlparse(url).scheme == "redis+sentinel":
         from redis.asyncio.sentinel import Sentinel
         from socketio.redis_manager import parse_redis_sentinel_url  # the parser python-socketio itself uses
@@ -104,8 +153,8 @@ def connect(
 
 def command_client(settings: Settings) -> aioredis.Redis:
     """A deployment's pooled client for commands (storage, the pub/sub publisher): bounded timeouts and a
-    `WaitingConnectionPool` of REDIS_POOL_SIZE, so a burst waits and then gets `PoolExhausted` (on a cluster,
-    REDIS_POOL_SIZE connections per node, and `MaxConnectionsError` at once past them)."""
+    `WaitingConnectionPool` of REDIS_POOL_SIZE (on a cluster, `WaitingRedisCluster`: REDIS_POOL_SIZE calls in
+    flight), so a burst waits and then gets `PoolExhausted`."""
     return connect(
         settings.redis_url,
         socket_timeout=settings.REDIS_TIMEOUT_SECONDS,

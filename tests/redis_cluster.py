@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode
+from redis.crc import key_slot
 
 from tests.deploy_script import DeployScript, on_port, server_info, server_pid
 from tests.harness import eventually
@@ -80,6 +81,36 @@ class RedisCluster:
             if info.get("role") == "slave" and int(info.get("master_port", 0)) == primary:
                 return port
         raise LookupError(f"no replica of {primary}")
+
+    async def slots_of(self, primary: int) -> list[tuple[int, int]]:
+        """The slot ranges `primary` serves."""
+        node = self.node(primary)
+        try:
+            shards = await node.execute_command("CLUSTER", "SLOTS")
+        finally:
+            await node.aclose()
+        return [(int(start), int(end)) for start, end, owner, *_ in shards if int(owner[1]) == primary]
+
+    async def keys_on(self, primary: int, count: int, prefix: str) -> list[str]:
+        """`count` keys whose slots `primary` serves (one primary's share of the keyspace)."""
+        ranges = await self.slots_of(primary)
+        keys, n = [], 0
+        while len(keys) < count:
+            key = f"{prefix}:{n}"
+            if any(start <= key_slot(key.encode()) <= end for start, end in ranges):
+                keys.append(key)
+            n += 1
+        return keys
+
+    async def fill_replication(self, primary: int, megabytes: int = 20) -> None:
+        """Write `megabytes` of filler to `primary`: with its replica frozen, that much fills the replication
+        link's kernel buffers, so the writes after it wait in the primary's memory (and die with it)."""
+        node = self.node(primary)
+        try:
+            for key in await self.keys_on(primary, megabytes, "filler"):
+                await node.set(key, "x" * 1_000_000)
+        finally:
+            await node.aclose()
 
     async def _alive(self, port: int) -> bool:
         node = self.node(port)
@@ -142,6 +173,14 @@ class RedisCluster:
         TAKEOVER (no agreement from anyone: what an operator does when the primary is gone)."""
         await on_port(replica, "CLUSTER", "FAILOVER", *(["TAKEOVER"] if takeover else []))
         await self.wait_role(replica, "master")
+
+    async def wait_link_down(self, replica: int) -> None:
+        """Until `replica` says its link to its primary is down (it has read what reached it)."""
+
+        async def down() -> bool:
+            return (await self._info(replica, "replication")).get("master_link_status") == "down"
+
+        await eventually(down, timeout=READY_TIMEOUT, interval=0.05)
 
     async def wait_role(self, port: int, role: str) -> None:
         async def has_role() -> bool:

@@ -5,13 +5,14 @@ replica taking over)."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 
 import pytest
-from redis.crc import key_slot
 
 from core.clock import SystemClock
 from payments.model import PaymentStatus, StatusUpdate, UpdateSource
+from realtime.redis_connection import PoolExhausted
 from realtime.storage.redis import RedisStorage
 from tests.harness import make_settings
 from tests.redis_cluster import RedisCluster, redis_cluster, shared_redis_cluster  # noqa: F401 - fixtures
@@ -19,26 +20,6 @@ from tests.test_state_rule import owned
 from tests.test_storage_contract import intent as contract_intent
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
-
-
-async def _slots_of(cluster: RedisCluster, primary: int) -> list[tuple[int, int]]:
-    node = cluster.node(primary)
-    try:
-        shards = await node.execute_command("CLUSTER", "SLOTS")
-    finally:
-        await node.aclose()
-    return [(int(start), int(end)) for start, end, owner, *_ in shards if int(owner[1]) == primary]
-
-
-def _keys_on(ranges: list[tuple[int, int]], count: int, prefix: str) -> list[str]:
-    """`count` keys whose slots `ranges` hold (one primary's share of the keyspace)."""
-    keys, n = [], 0
-    while len(keys) < count:
-        key = f"{prefix}:{n}"
-        if any(start <= key_slot(key.encode()) <= end for start, end in ranges):
-            keys.append(key)
-        n += 1
-    return keys
 
 
 async def test_the_script_starts_three_primaries_each_with_a_replica(redis_cluster: RedisCluster) -> None:
@@ -56,7 +37,7 @@ async def test_the_script_starts_three_primaries_each_with_a_replica(redis_clust
 
 async def test_a_planned_failover_loses_nothing(redis_cluster: RedisCluster) -> None:
     primary = redis_cluster.ports[0]
-    keys = _keys_on(await _slots_of(redis_cluster, primary), 200, "planned")
+    keys = await redis_cluster.keys_on(primary, 200, "planned")
     client = redis_cluster.client()
     try:
         for key in keys:
@@ -74,7 +55,7 @@ async def test_a_failover_after_the_replica_fell_behind_loses_acknowledged_write
     """The fault the cluster work must keep the truth through: every write below was acknowledged by its
     primary, and the ones its frozen replica never received are gone once the replica takes over."""
     primary = redis_cluster.ports[0]
-    keys = _keys_on(await _slots_of(redis_cluster, primary), 300, "lost")
+    keys = await redis_cluster.keys_on(primary, 300, "lost")
     client = redis_cluster.client()
     try:
         for key in keys[:100]:
@@ -132,3 +113,74 @@ async def test_every_storage_script_runs_again_after_the_script_caches_are_empti
         assert await storage.outbox_claim(now.timestamp(), 10, 30, "me") == []
     finally:
         await storage.close()
+
+
+async def test_a_payment_write_is_confirmed_only_when_the_order_keys_node_confirmed_it_too(
+    redis_cluster: RedisCluster,
+) -> None:
+    """Issue 33: the WAIT after a payment write went to the payment's node only. The order's keys (its
+    latest payment, its paid list) are on the order's node: when that node's replica is behind, the write
+    is not confirmed, and the payment must be on the list to re-check after a failover."""
+    storage = RedisStorage.from_settings(
+        make_settings(
+            REDIS_URL=redis_cluster.url,
+            REDIS_CLUSTER=True,
+            REDIS_KEY_PREFIX="waits:",
+            REDIS_WAIT_REPLICAS=1,
+            REDIS_WAIT_TIMEOUT_MS=200,
+            REDIS_TIMEOUT_SECONDS=2.0,
+        ),
+        SystemClock(),
+    )
+    await storage.start()
+    try:
+        k = storage._ctx.keys
+        await storage.redis.initialize()
+        node = storage.redis.get_node_from_key
+        reference = "ref-w"
+        order = next(
+            f"order-{n}" for n in range(1000) if node(k.order(f"order-{n}")).port != node(k.payment(reference)).port
+        )
+        frozen = await redis_cluster.freeze(await redis_cluster.replica_of(node(k.order(order)).port))
+        try:
+            await storage.create_payment(owned(reference=reference, order_id=order))
+            assert storage.take_unconfirmed() == [reference]  # the order's node had no replica to confirm
+        finally:
+            redis_cluster.thaw(frozen)
+    finally:
+        await storage.close()
+
+
+async def test_a_burst_past_the_pool_waits_on_a_cluster_and_then_is_busy(shared_redis_cluster: str) -> None:
+    """redis-py's cluster client raised MaxConnectionsError at once when a node's connections were all in
+    use: a burst of socket disconnects or webhooks met 'storage busy' where one server's pool makes it wait.
+    Now a burst waits for its turn (REDIS_POOL_TIMEOUT_SECONDS), and only past that is it `PoolExhausted`
+    (503 busy), never an outage."""
+    settings = make_settings(
+        REDIS_URL=shared_redis_cluster, REDIS_CLUSTER=True, REDIS_KEY_PREFIX="burst:", REDIS_POOL_SIZE=2
+    )
+    storage = RedisStorage.from_settings(settings, SystemClock())
+    try:
+        await storage.start()
+        await storage.create_payment(owned(reference="ref-b", order_id="order-b"))
+        burst = await asyncio.gather(*(storage.get_payment("ref-b") for _ in range(200)))
+        assert all(p is not None and p.reference == "ref-b" for p in burst)
+    finally:
+        await storage.close()
+    held = RedisStorage.from_settings(
+        make_settings(
+            REDIS_URL=shared_redis_cluster,
+            REDIS_CLUSTER=True,
+            REDIS_POOL_SIZE=1,
+            REDIS_POOL_TIMEOUT_SECONDS=0.2,
+        ),
+        SystemClock(),
+    )
+    try:
+        blocking = asyncio.create_task(held.redis.execute_command("BLPOP", "burst:never", 1))  # holds the one turn
+        await asyncio.sleep(0)
+        with pytest.raises(PoolExhausted):
+            await held.get_payment("ref-b")
+        await blocking
+    finally:
+        await held.close()

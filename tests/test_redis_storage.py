@@ -351,3 +351,17 @@ async def test_a_status_change_no_replica_confirmed_is_remembered_and_an_empty_s
         assert store.take_unconfirmed() == []  # taken once
     finally:
         await store.close()
+
+
+async def test_a_write_back_restores_the_order_keys_a_failover_lost(storage: RedisStorage) -> None:
+    """Issue 33: an order's latest payment and paid list live in the order's bucket, on a cluster often
+    another node than the payment's. A failover can lose them while the payment's record survives; the
+    write-back of the payment (the same copy: nothing to change in it) must put them back."""
+    await storage.create_payment(_payment())
+    done = await storage.transition(_update("SUCCESSFUL"), datetime.now(UTC))
+    k = storage._ctx.keys
+    await storage.redis.delete(k.order("order-1"), k.order_paid("order-1"))  # what the failover lost
+    assert await storage.get_order_payment("order-1") is None
+    await storage.merge_payment(done.payment, datetime.now(UTC))  # the instance's copy, written back
+    assert await storage.get_order_payment("order-1") == done.payment
+    assert await storage.order_paid("order-1") == ["ref-1"]

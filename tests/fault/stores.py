@@ -112,9 +112,10 @@ class ClusterStore:
             await client.aclose()
 
     async def _payments_on(self, port: int) -> dict[str, int]:
-        """Every payment record one node holds: key -> seq."""
+        """Every payment record one node holds (a replica too: READONLY): key -> seq."""
         node = self.cluster.node(port)
         try:
+            await node.execute_command("READONLY")
             keys = [key async for key in node.scan_iter(match=f"{self.keys.prefix}*payment:*", count=1000)]
             raws = [await node.get(key) for key in keys]  # one slot each: no MGET across them
         finally:
@@ -125,19 +126,21 @@ class ClusterStore:
         primary = (await self.cluster.primaries())[0]
         replica = await self.cluster.replica_of(primary)
         frozen = await self.cluster.freeze(replica)
-        mark(f"replica {replica} frozen: primary {primary} acknowledges writes alone")
+        await self.cluster.fill_replication(primary)  # so what follows stays in the primary's memory
+        mark(f"replica {replica} frozen behind: primary {primary} acknowledges writes alone")
         await asyncio.sleep(outage)  # the writes it misses, not a synchronisation
         held = await self._payments_on(primary)
         await self.cluster.kill(primary)
         down = time.monotonic()
         mark(f"primary {primary} killed -9 holding {len(held)} payment records")
         self.cluster.thaw(frozen)
+        await self.cluster.wait_link_down(replica)  # it has read whatever reached it before the kill
+        kept = await self._payments_on(replica)  # before it takes writes: what the failover keeps
         await self.cluster.failover(replica, takeover=True)
         await self.cluster.wait_ok()
         back = time.monotonic()
-        after = await self._payments_on(replica)
-        self.lost_writes = sum(after.get(key, 0) < seq for key, seq in held.items())
-        mark(f"replica {replica} took over: {self.lost_writes} of those payment records lost or behind")
+        self.lost_writes = sum(kept.get(key, 0) < seq for key, seq in held.items())
+        mark(f"replica {replica} took over without {self.lost_writes} of those records' last writes")
         self.cluster.restart(primary)  # it rejoins as the new primary's replica
         return down, back
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -57,29 +57,40 @@ class RedisContext:
             return list(await self.redis.mget_nonatomic(keys))
         return list(await self.redis.mget(keys))
 
-    async def run_scripts(self, calls: list[ScriptCall], *, wait_on: str | None = None) -> list[Any]:
-        """Run scripts in one pipelined round trip (per node, on a cluster) and return their replies.
+    async def run_scripts(self, calls: list[ScriptCall], *, wait_on: Sequence[str] = ()) -> tuple[list[Any], bool]:
+        """Run scripts in one pipelined round trip (per node, on a cluster): their replies, and whether
+        REDIS_WAIT_REPLICAS replicas confirmed the writes to the keys `wait_on` names (True without WAIT).
 
         Queued by hand as EVALSHA (redis-py's pipelined scripts cost a SCRIPT EXISTS round trip on every
         execute); a NOSCRIPT (a promoted replica's empty script cache) loads them, on a cluster into every
-        primary, and runs the pipeline again, once. With `wait_on` and REDIS_WAIT_REPLICAS, a WAIT follows on
-        the connection that took the writes to `wait_on`'s node (redis-py would send a keyless command to a
-        default node of a cluster), and its reply is the last one.
+        primary, and runs the pipeline again, once. A WAIT covers only its own connection's writes: on one
+        server one WAIT ends the pipeline; on a cluster one goes to each node serving a `wait_on` key
+        (redis-py would send a keyless command to a default node), where it shares the connection of that
+        node's commands in the pipeline.
         """
+        waits: list[dict[str, Any]] = []
+        if wait_on and self.wait_replicas:
+            if self.cluster:
+                nodes = {node.name: node for node in (self.redis.get_node_from_key(key) for key in wait_on)}
+                waits = [{"target_nodes": node} for node in nodes.values()]
+            else:
+                waits = [{}]
         for attempt in range(2):
             async with self.redis.pipeline(transaction=False) as pipe:
                 for script, keys, args in calls:
                     pipe.evalsha(script.sha, len(keys), *keys, *args)
-                if wait_on is not None and self.wait_replicas:
-                    route = {"target_nodes": self.redis.get_node_from_key(wait_on)} if self.cluster else {}
+                for route in waits:
                     pipe.execute_command("WAIT", self.wait_replicas, self.wait_timeout_ms, **route)
                 try:
-                    return list(await pipe.execute())
+                    replies = list(await pipe.execute())
                 except NoScriptError:
                     if attempt:
                         raise
-            for source in {call[0].script for call in calls}:
-                await self.redis.script_load(source)
+                    for source in {call[0].script for call in calls}:
+                        await self.redis.script_load(source)
+                    continue
+            acknowledged = replies[len(calls) :]
+            return replies[: len(calls)], all(int(count) >= self.wait_replicas for count in acknowledged)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def remember_unconfirmed(self, reference: str) -> None:

@@ -67,7 +67,7 @@ class RedisOutbox:
             (self._prune_expired, [k.outbox_dead(n), k.outbox_entries(n), k.outbox_delivered(n)], [cutoff, tombstones])
             for n in range(BUCKETS)
         ]
-        left = [int(count) for count in await self._ctx.run_scripts(prune)]
+        left = [int(count) for count in (await self._ctx.run_scripts(prune))[0]]
         over = sum(left) - self._ctx.dead_letter_max
         if over <= 0:
             return 0
@@ -80,7 +80,7 @@ class RedisOutbox:
         for _, id_, n in rows:
             by_bucket[n].append(id_)
         drops = [(self._drop_dead, [k.outbox_dead(n), k.outbox_entries(n)], list(ids)) for n, ids in by_bucket.items()]
-        return sum(int(dropped) for dropped in await self._ctx.run_scripts(drops))
+        return sum(int(dropped) for dropped in (await self._ctx.run_scripts(drops))[0])
 
     async def _raw(self, entry_id: str) -> str | None:
         raw: str | None = await self._ctx.redis.hget(self._ctx.keys.outbox_entries(_bucket(entry_id)), entry_id)

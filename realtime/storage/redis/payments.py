@@ -77,6 +77,7 @@ class RedisPayments:
         raw: str | None = await self._ctx.redis.get(k.payment(reference))
         paid: Paid = None
         paid_order: str | None = None
+        paid_confirmed = True
         for _ in range(MAX_CONFLICTING_WRITES):
             result, write = step(raw, paid)
             if write is None:
@@ -84,7 +85,10 @@ class RedisPayments:
             new = write.payment
             if needs_order(new) and new.order_id != paid_order:
                 paid_order = new.order_id
-                listed = await self._order_paid(keys=[k.order_paid(str(paid_order))], args=[reference, ttl])
+                paid_key = k.order_paid(str(paid_order))
+                (listed,), paid_confirmed = await self._ctx.run_scripts(
+                    [(self._order_paid, [paid_key], [reference, ttl])], wait_on=[paid_key]
+                )
                 paid = tuple(str(listed).split())
                 result, write = step(raw, paid)
                 if write is None:
@@ -120,7 +124,7 @@ class RedisPayments:
                 order = (k.order(new.order_id), "1" if write.claim_order else "0")
             reply, confirmed = await self._write(keys, args, reference, order)
             if int(reply[0]) == 1 or (reply[1] == written and reply[2] == token):
-                if not confirmed:
+                if not (confirmed and paid_confirmed):
                     self._ctx.remember_unconfirmed(reference)
                 # The second case: redis-py sent the script again after losing its reply (one retry on a
                 # connection error or timeout), and what it found stored is this very write (the token
@@ -145,8 +149,7 @@ class RedisPayments:
         calls: list[ScriptCall] = [(self._store, keys, args)]
         if order is not None:
             calls.append((self._point, [order[0]], [reference, order[1], ctx.payment_ttl]))
-        replies = await ctx.run_scripts(calls, wait_on=keys[0])
-        confirmed = not ctx.wait_replicas or int(replies[-1]) >= ctx.wait_replicas
+        replies, confirmed = await ctx.run_scripts(calls, wait_on=[keys[0], *([order[0]] if order else [])])
         return replies[0], confirmed
 
     async def create_payment(self, payment: Payment, outbox: MergeOutbox | None = None) -> Payment:
@@ -168,7 +171,23 @@ class RedisPayments:
             entries = outbox(stored, previous) if outbox is not None else []
             return stored, _Write(stored, event, entries, claim_order)
 
-        return await self._compare_and_set(payment.reference, step)
+        stored = await self._compare_and_set(payment.reference, step)
+        if not claim_order:
+            await self._restore_order(stored)
+        return stored
+
+    async def _restore_order(self, payment: Payment) -> None:
+        """Put `payment` back on its order's keys (they are in the order's bucket, on a cluster often another
+        node, which a failover may have rolled back while the payment's record survived): a write-back
+        restores them even when the record itself had nothing to change. Never re-points an order at an
+        older payment; the paid list only gains."""
+        if not payment.order_id or payment.orphan:
+            return
+        k, ttl = self._ctx.keys, self._ctx.payment_ttl
+        calls: list[ScriptCall] = [(self._point, [k.order(payment.order_id)], [payment.reference, "0", ttl])]
+        if needs_order(payment):
+            calls.append((self._order_paid, [k.order_paid(payment.order_id)], [payment.reference, ttl]))
+        await self._ctx.run_scripts(calls)
 
     async def get_payment(self, reference: str) -> Payment | None:
         return _payment(await self._ctx.redis.get(self._ctx.keys.payment(reference)))
