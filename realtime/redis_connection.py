@@ -11,8 +11,17 @@ from urllib.parse import urlparse
 from redis import asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.exceptions import (
+    AskError,
+    ClusterError,
+    MaxConnectionsError,
+    ReadOnlyError,
+    RedisClusterUnreachableError,
+    RedisError,
+    SlotNotCoveredError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import MaxConnectionsError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from core.settings import Settings
@@ -26,6 +35,23 @@ class PoolExhausted(RedisError):
     switching to degraded mode.
     """
 
+
+# What "Redis is away" looks like (anything else is a bug, and propagates): no connection or no answer in
+# time, and on a cluster a shard without a primary (CLUSTERDOWN, MASTERDOWN, a slot not served), the
+# topology still moving after redis-py's retries (TRYAGAIN, MOVED, ASK), or no node reachable at all; a
+# write refused by a primary a failover demoted (READONLY) too.
+OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    OSError,
+    asyncio.TimeoutError,
+    ClusterError,
+    TryAgainError,
+    AskError,
+    ReadOnlyError,
+    SlotNotCoveredError,
+    RedisClusterUnreachableError,
+)
 
 # Back-pressure, not an outage: the pool stayed full, or a cluster node's connections are all in use (which
 # `WaitingRedisCluster` keeps from happening; a client built otherwise raises it at once).

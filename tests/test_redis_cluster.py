@@ -7,14 +7,18 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
 from core.clock import SystemClock
 from payments.model import PaymentStatus, StatusUpdate, UpdateSource
 from realtime.redis_connection import PoolExhausted
+from realtime.storage.factory import create_storage
+from realtime.storage.keys import RedisKeys
 from realtime.storage.redis import RedisStorage
-from tests.harness import make_settings
+from tests.deploy_script import on_port
+from tests.harness import eventually, make_settings
 from tests.redis_cluster import RedisCluster, redis_cluster, shared_redis_cluster  # noqa: F401 - fixtures
 from tests.test_state_rule import owned
 from tests.test_storage_contract import intent as contract_intent
@@ -184,3 +188,45 @@ async def test_a_burst_past_the_pool_waits_on_a_cluster_and_then_is_busy(shared_
         await blocking
     finally:
         await held.close()
+
+
+async def test_a_shard_down_degrades_the_instance_instead_of_failing_its_calls(redis_cluster: RedisCluster) -> None:
+    """Found by the fault run on the cluster: with a shard's primary dead and no replica promoted yet,
+    the cluster answers CLUSTERDOWN, which was no outage to the storage wrapper: the call failed with a 500
+    (an initiation's answer lost after its collect, whose retry then collected again). A cluster that is
+    down is an outage: the instance runs on memory, and writes back once it is up."""
+    settings = make_settings(
+        STORAGE_BACKEND="redis",
+        REDIS_URL=redis_cluster.url,
+        REDIS_CLUSTER=True,
+        REDIS_KEY_PREFIX="down:",
+        REDIS_TIMEOUT_SECONDS=1.0,
+        REDIS_RECONNECT_INTERVAL_SECONDS=300,  # no watcher pass in between: the call meets the cluster down
+    )
+    storage: Any = create_storage(settings, SystemClock())
+    await storage.start()
+    try:
+        await storage.create_payment(owned(reference="ref-d", order_id="order-d"))
+        # The shard that goes down is not ref-d's: its node answers, with CLUSTERDOWN.
+        keys = RedisKeys("down:")
+        holder = storage.primary.redis.get_node_from_key(keys.payment("ref-d")).port
+        primary, other = next(p for p in await redis_cluster.primaries() if p != holder), holder
+        replica = await redis_cluster.replica_of(primary)
+        frozen = await redis_cluster.freeze(replica)  # it cannot take over: the shard is down
+        await redis_cluster.kill(primary)
+        try:
+
+            async def down() -> bool:
+                info = await on_port(other, "CLUSTER", "INFO")
+                return "cluster_state:fail" in str(info)
+
+            await eventually(down, timeout=30, interval=0.2)
+            done = await storage.transition(
+                StatusUpdate(reference="ref-d", status="FAILED", source=UpdateSource.WEBHOOK),
+                datetime.now(UTC),
+            )
+            assert done.applied and not storage.healthy  # served by memory, not a ClusterDownError
+        finally:
+            redis_cluster.thaw(frozen)
+    finally:
+        await storage.close()

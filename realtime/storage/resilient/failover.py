@@ -30,14 +30,11 @@ from datetime import datetime
 from enum import Enum
 from typing import Any, ClassVar, TypeVar
 
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
-
 from core.background import PeriodicWorker
 from core.clock import Clock
 from core.errors import Busy
 from observability.health import StorageHealth
-from realtime.redis_connection import BUSY_ERRORS
+from realtime.redis_connection import BUSY_ERRORS, OUTAGE_ERRORS
 from realtime.storage.composite import protocol_methods
 
 log = logging.getLogger("paytrack.storage")
@@ -45,8 +42,6 @@ log = logging.getLogger("paytrack.storage")
 R = TypeVar("R")
 T = TypeVar("T")
 
-# What "Redis is unreachable" looks like; anything else is a bug and propagates.
-OUTAGE_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError, asyncio.TimeoutError)
 
 RecoveryListener = Callable[[list[str]], Awaitable[None]]
 
