@@ -5,14 +5,20 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+from typing import Any
 
 import pytest
 
+from core.clock import SystemClock
+from payments.ports import IdempotencyRecord
 from realtime.server import SIO
+from realtime.storage.factory import create_storage
 from realtime.storage.keys import RedisKeys
+from realtime.storage.redis import RedisStorage
 from tests.conftest import Instance, StartInstance
-from tests.harness import PRODUCTION, WAIT, eventually
+from tests.harness import PRODUCTION, WAIT, eventually, make_settings
 from tests.redis_server import RedisServer
+from tests.test_storage_contract import intent
 
 pytestmark = pytest.mark.redis
 
@@ -218,3 +224,44 @@ async def test_a_redis_that_stops_answering_is_an_outage_after_the_timeout(
     await eventually(lambda: _status_is(instance, "healthy"))
     stored = await _stored_in_redis(redis_server, ref)
     assert stored is not None and stored["status"] == "SUCCESSFUL"
+
+
+async def test_an_intent_and_a_key_no_replica_confirmed_are_written_back_when_redis_lost_them(
+    redis_server: RedisServer,
+) -> None:
+    """Issue 33: only payment writes were waited for; an initiation intent or an Idempotency-Key answer that a
+    failover lost stayed lost (the fault run on a cluster: a collect whose intent was gone could not be linked
+    to its order, and the order was collected again once the key expired). With REDIS_WAIT_REPLICAS, each is
+    remembered when no replica confirmed it, and written back from this instance's copy after the outage or
+    failover. Here the one server has no replica (nothing is ever confirmed) and comes back empty from a
+    restart, as a promoted replica that never had them would."""
+    settings = make_settings(
+        STORAGE_BACKEND="redis",
+        REDIS_URL=redis_server.url,
+        REDIS_KEY_PREFIX="unconfirmed:",
+        REDIS_WAIT_REPLICAS=1,
+        REDIS_WAIT_TIMEOUT_MS=20,
+        REDIS_TIMEOUT_SECONDS=1.0,
+        REDIS_RECONNECT_INTERVAL_SECONDS=0.1,
+    )
+    storage: Any = create_storage(settings, SystemClock())
+    await storage.start()
+    plain = RedisStorage.from_settings(settings, SystemClock())
+    try:
+        held = intent(nonce="n-lost", order_id="order-lost")
+        assert await storage.put_intent(held, 3600, 600)
+        record = IdempotencyRecord(fingerprint="f", state="in_progress", nonce="n-lost")
+        assert (await storage.claim_idempotency("key-lost", record, "owner", 30, 3600)).claimed
+        await redis_server.restart()  # empty: the writes no replica had are gone
+
+        async def written_back() -> bool:
+            key_record = await plain.redis.get(plain._ctx.keys.idempotency("key-lost"))
+            intent_back = await plain.get_intent("n-lost") == held and await plain.order_intent("order-lost") == held
+            return intent_back and key_record is not None
+
+        await eventually(written_back, timeout=WAIT)
+        claim = await plain.claim_idempotency("key-lost", record, "someone-else", 30, 3600)
+        assert not claim.claimed and claim.existing == record  # the key is still this initiation's
+    finally:
+        await plain.close()
+        await storage.close()

@@ -9,13 +9,14 @@ from typing import Any
 
 import pytest
 
-from core.clock import SystemClock
+from core.clock import ManualClock, SystemClock
 from payments.model import Payment, PaymentStatus, StatusUpdate, UpdateSource
 from payments.ports import IdempotencyRecord
 from realtime.storage.base import ClientRecord
 from realtime.storage.keys import BUCKETS, bucket
 from realtime.storage.memory import MemoryStorage
 from realtime.storage.redis import RedisStorage
+from realtime.storage.redis.context import WAIT_PROBE_SECONDS
 from tests.harness import eventually, make_settings, pending_references
 from tests.redis_server import RedisServer
 
@@ -365,3 +366,39 @@ async def test_a_write_back_restores_the_order_keys_a_failover_lost(storage: Red
     await storage.merge_payment(done.payment, datetime.now(UTC))  # the instance's copy, written back
     assert await storage.get_order_payment("order-1") == done.payment
     assert await storage.order_paid("order-1") == ["ref-1"]
+
+
+async def test_while_no_replica_confirms_writes_probe_once_per_interval_and_are_remembered(
+    redis_server: RedisServer,
+) -> None:
+    """Issue 33: with the replica away, every write waited REDIS_WAIT_TIMEOUT_MS for it: an instance
+    writing back ninety payments after a failover (whose new primary had no replica yet) took seconds, and
+    the pages waited. A node whose replicas did not confirm is waited on once per probe interval; the
+    writes in between are not waited for, and are remembered as unconfirmed like the probe."""
+    clock = ManualClock()
+    settings = make_settings(
+        STORAGE_BACKEND="redis",
+        REDIS_URL=redis_server.url,
+        REDIS_KEY_PREFIX=f"t{next(_prefixes)}:",
+        REDIS_WAIT_REPLICAS=1,
+        REDIS_WAIT_TIMEOUT_MS=20,
+    )
+    storage = RedisStorage.from_settings(settings, clock)  # one server: no replica ever confirms
+    plain = redis_server.client()
+    try:
+        await storage.create_payment(_payment("ref-warm", "order-warm"))  # loads the scripts (NOSCRIPT once)
+        storage.take_unconfirmed()
+        clock.advance(WAIT_PROBE_SECONDS)
+        before = await plain.info("commandstats")
+        for i in range(10):
+            await storage.create_payment(_payment(f"ref-{i}", f"order-{i}"))
+        after = await plain.info("commandstats")
+        assert sorted(storage.take_unconfirmed()) == sorted(f"ref-{i}" for i in range(10))
+        waits = after["cmdstat_wait"]["calls"] - before.get("cmdstat_wait", {}).get("calls", 0)
+        assert waits == 1  # the probe; the clock did not move
+        clock.advance(WAIT_PROBE_SECONDS)
+        await storage.create_payment(_payment("ref-10", "order-10"))
+        assert (await plain.info("commandstats"))["cmdstat_wait"]["calls"] - after["cmdstat_wait"]["calls"] == 1
+    finally:
+        await plain.aclose()
+        await storage.close()

@@ -22,7 +22,7 @@ from realtime.storage.composite import CompositeStorage
 from realtime.storage.keys import RedisKeys
 from realtime.storage.redis.auth import RedisAuthCache
 from realtime.storage.redis.clients import RedisClients
-from realtime.storage.redis.context import RedisContext
+from realtime.storage.redis.context import RedisContext, Role
 from realtime.storage.redis.idempotency import RedisIdempotency
 from realtime.storage.redis.intents import RedisIntents
 from realtime.storage.redis.locks import RedisLocks
@@ -102,10 +102,10 @@ class RedisStorage(CompositeStorage):
         """Point every role at another prefix (tests sharing one namespace between two storages)."""
         self._ctx.keys = keys
 
-    def take_unconfirmed(self) -> list[str]:
-        """Payments whose recent status change no replica confirmed (REDIS_WAIT_REPLICAS): to ask the
-        provider about again once a failover has been seen."""
-        return self._ctx.take_unconfirmed()
+    def take_unconfirmed(self, role: Role = "payments") -> list[str]:
+        """Recent writes no replica confirmed (REDIS_WAIT_REPLICAS), once a failover has been seen: payments
+        to write back and ask the provider about again; intents and Idempotency-Keys (`role`) to write back."""
+        return self._ctx.take_unconfirmed(role)
 
     async def start(self) -> None:
         """Fails (with the redis-py error) if Redis cannot be reached, so the caller can degrade."""

@@ -7,7 +7,7 @@ import asyncio
 import random
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
@@ -18,6 +18,7 @@ from realtime.storage.keys import RedisKeys
 
 T = TypeVar("T")
 ScriptCall = tuple[AsyncScript, list[str], list[Any]]  # a registered script, its keys, its arguments
+Role = Literal["payments", "intents", "keys"]  # whose unconfirmed writes (RedisContext.unconfirmed)
 
 # Optimistic writes (the WATCH helper here, the payments' compare-and-set) retry on contention; this
 # many lost races in a row means something is badly wrong, and failing loudly beats spinning forever.
@@ -25,6 +26,8 @@ MAX_CONFLICTING_WRITES = 50
 # Unconfirmed status changes kept for a re-check after a failover: at most this many, this long.
 UNCONFIRMED_MAX = 10_000
 UNCONFIRMED_HORIZON_SECONDS = 120.0
+# While a node's replicas do not confirm, one write per this many seconds waits for them (the probe).
+WAIT_PROBE_SECONDS = 1.0
 
 
 @dataclass
@@ -40,8 +43,11 @@ class RedisContext:
     dead_letter_max: int
     wait_replicas: int = 0  # WAIT for this many replicas after a status change (0: no WAIT)
     wait_timeout_ms: int = 100
-    # Payments whose last status change no replica confirmed: reference -> clock.monotonic() of the change.
-    unconfirmed: dict[str, float] = field(default_factory=dict)
+    # Nodes whose replicas did not confirm the last WAIT: node name ('' on one server) -> when to probe again.
+    replicas_behind: dict[str, float] = field(default_factory=dict)
+    # Writes no replica confirmed, by role ("payments": references, "intents": nonces, "keys": Idempotency-Keys):
+    # name -> clock.monotonic() of the write.
+    unconfirmed: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @property
     def cluster(self) -> bool:
@@ -66,20 +72,31 @@ class RedisContext:
         primary, and runs the pipeline again, once. A WAIT covers only its own connection's writes: on one
         server one WAIT ends the pipeline; on a cluster one goes to each node serving a `wait_on` key
         (redis-py would send a keyless command to a default node), where it shares the connection of that
-        node's commands in the pipeline.
+        node's commands in the pipeline. A node whose replicas did not confirm is waited on again only once
+        per WAIT_PROBE_SECONDS (the writes in between report unconfirmed at once): with its replica away,
+        each write would otherwise wait the whole REDIS_WAIT_TIMEOUT_MS for nothing, and a write-back after
+        a failover, whose new primary has no replica yet, would take seconds.
         """
-        waits: list[dict[str, Any]] = []
+        waits: list[tuple[str, dict[str, Any]]] = []  # (node, routing) of each WAIT
+        confirmed = True
         if wait_on and self.wait_replicas:
             if self.cluster:
                 nodes = {node.name: node for node in (self.redis.get_node_from_key(key) for key in wait_on)}
-                waits = [{"target_nodes": node} for node in nodes.values()]
+                routes = [(name, {"target_nodes": node}) for name, node in nodes.items()]
             else:
-                waits = [{}]
+                routes = [("", {})]
+            now = self.clock.monotonic()
+            for name, route in routes:
+                if self.replicas_behind.get(name, 0.0) > now:
+                    confirmed = False  # known behind: not waited for, remembered by the caller
+                else:
+                    waits.append((name, route))
+                    self.replicas_behind[name] = now + WAIT_PROBE_SECONDS  # this WAIT is the probe
         for attempt in range(2):
             async with self.redis.pipeline(transaction=False) as pipe:
                 for script, keys, args in calls:
                     pipe.evalsha(script.sha, len(keys), *keys, *args)
-                for route in waits:
+                for _, route in waits:
                     pipe.execute_command("WAIT", self.wait_replicas, self.wait_timeout_ms, **route)
                 try:
                     replies = list(await pipe.execute())
@@ -89,23 +106,36 @@ class RedisContext:
                     for source in {call[0].script for call in calls}:
                         await self.redis.script_load(source)
                     continue
-            acknowledged = replies[len(calls) :]
-            return replies[: len(calls)], all(int(count) >= self.wait_replicas for count in acknowledged)
+            for (name, _), count in zip(waits, replies[len(calls) :], strict=True):
+                if int(count) >= self.wait_replicas:
+                    self.replicas_behind.pop(name, None)
+                else:
+                    confirmed = False
+            return replies[: len(calls)], confirmed
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def remember_unconfirmed(self, reference: str) -> None:
-        self.unconfirmed.pop(reference, None)
-        self.unconfirmed[reference] = self.clock.monotonic()
-        while len(self.unconfirmed) > UNCONFIRMED_MAX:
-            del self.unconfirmed[next(iter(self.unconfirmed))]  # the oldest
+    def remember_unconfirmed(self, name: str, role: Role = "payments") -> None:
+        writes = self.unconfirmed.setdefault(role, {})
+        writes.pop(name, None)
+        writes[name] = self.clock.monotonic()
+        while len(writes) > UNCONFIRMED_MAX:
+            del writes[next(iter(writes))]  # the oldest
 
-    def take_unconfirmed(self) -> list[str]:
-        """The payments changed in the last UNCONFIRMED_HORIZON_SECONDS that no replica confirmed; forgotten
+    def take_unconfirmed(self, role: Role = "payments") -> list[str]:
+        """The `role` writes of the last UNCONFIRMED_HORIZON_SECONDS that no replica confirmed; forgotten
         here once taken (a failover older than that has been seen by then: a lost write shows within it)."""
         cutoff = self.clock.monotonic() - UNCONFIRMED_HORIZON_SECONDS
-        taken = [ref for ref, at in self.unconfirmed.items() if at >= cutoff]
-        self.unconfirmed.clear()
-        return taken
+        writes = self.unconfirmed.pop(role, {})
+        return [name for name, at in writes.items() if at >= cutoff]
+
+    async def run_waited(self, call: ScriptCall, role: Role, name: str) -> Any:
+        """One script, followed by a WAIT on every node its keys are on (REDIS_WAIT_REPLICAS); its reply. A
+        write no replica confirmed is remembered under `role` and `name`, to be written back from this
+        instance's copy once a failover has been seen."""
+        (reply,), confirmed = await self.run_scripts([call], wait_on=call[1])
+        if not confirmed:
+            self.remember_unconfirmed(name, role)
+        return reply
 
     async def optimistic(self, watch: list[str], attempt: Callable[[Any], Awaitable[T]]) -> T:
         """Run `attempt(pipe)` under WATCH until its MULTI/EXEC commits; retried on WatchError."""

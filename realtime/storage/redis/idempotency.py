@@ -2,7 +2,9 @@
 
 The record (`idempotency:<key>`) lives PAYMENT_TTL_SECONDS; the lease beside it
 (`idempotency-lease:<key>`) lives only as long as its holder renews it. Each step that reads one and
-writes the other is one script (scripts.py), so two requests cannot both think the key is theirs.
+writes the other is one script (scripts.py), so two requests cannot both think the key is theirs; with
+REDIS_WAIT_REPLICAS each is waited for, and one no replica confirmed is written back after a failover
+(`RedisContext.run_waited`).
 """
 
 from __future__ import annotations
@@ -30,10 +32,8 @@ class RedisIdempotency:
     async def claim_idempotency(
         self, key: str, record: IdempotencyRecord, owner: str, lease_seconds: float, ttl_seconds: float
     ) -> IdempotencyClaim:
-        reply = await self._claim(
-            keys=self._keys(key),
-            args=[record.model_dump_json(), owner, ttl_ms(lease_seconds), ttl_ms(ttl_seconds)],
-        )
+        args = [record.model_dump_json(), owner, ttl_ms(lease_seconds), ttl_ms(ttl_seconds)]
+        reply = await self._ctx.run_waited((self._claim, self._keys(key), args), "keys", key)
         if int(reply[0]) == 1:
             return IdempotencyClaim(True)
         return IdempotencyClaim(False, IdempotencyRecord.model_validate_json(reply[1]), held=int(reply[2]) == 1)
@@ -43,8 +43,7 @@ class RedisIdempotency:
     ) -> bool:
         # `expected` came from this same JSON (claim_idempotency), so its dump is byte for byte what is stored.
         args = [expected.model_dump_json(), owner, ttl_ms(lease_seconds), replacement.model_dump_json()]
-        reply = await self._take_over(keys=self._keys(key), args=args)
-        return bool(reply)
+        return bool(await self._ctx.run_waited((self._take_over, self._keys(key), args), "keys", key))
 
     async def renew_idempotency(self, key: str, owner: str, lease_seconds: float) -> bool:
         lease = self._ctx.keys.idempotency_lease(key)
@@ -53,13 +52,11 @@ class RedisIdempotency:
     async def complete_idempotency(
         self, key: str, record: IdempotencyRecord, ttl_seconds: float, *, nonce: str | None = None
     ) -> bool:
-        reply = await self._complete(
-            keys=self._keys(key), args=[record.model_dump_json(), ttl_ms(ttl_seconds), nonce or ""]
-        )
-        return bool(reply)
+        args = [record.model_dump_json(), ttl_ms(ttl_seconds), nonce or ""]
+        return bool(await self._ctx.run_waited((self._complete, self._keys(key), args), "keys", key))
 
     async def release_idempotency(self, key: str, owner: str, *, forget: bool) -> None:
-        await self._release(keys=self._keys(key), args=[owner, "1" if forget else ""])
+        await self._ctx.run_waited((self._release, self._keys(key), [owner, "1" if forget else ""]), "keys", key)
 
     async def restore_idempotency(self, key: str, record: IdempotencyRecord, ttl_seconds: float) -> str:
         """Write back a record kept in memory while Redis was away; says what happened.

@@ -2,7 +2,9 @@
 
 The two keys hash to different slots, so each step is ordered to be safe when it stops halfway: an intent
 first holds its order, then is written (a hold without an intent only delays the order's next collect
-until COLLECT_LIFETIME_SECONDS); it is settled first, then frees the order.
+until COLLECT_LIFETIME_SECONDS); it is settled first, then frees the order. With REDIS_WAIT_REPLICAS each
+step is waited for, and an intent no replica confirmed is written back after a failover (the trail that
+links a collect to its order must survive it).
 """
 
 from __future__ import annotations
@@ -20,22 +22,25 @@ class RedisIntents:
     def __init__(self, ctx: RedisContext) -> None:
         self._ctx = ctx
         self._hold = ctx.redis.register_script(scripts.HOLD_ORDER)
+        self._write = ctx.redis.register_script(scripts.WRITE_INTENT)
         self._settle = ctx.redis.register_script(scripts.SETTLE_INTENT)
         self._release = ctx.redis.register_script(scripts.RELEASE_ORDER)
 
     async def _put(self, intent: InitiationIntent, ttl_seconds: float, hold_seconds: float) -> bool:
         """Hold the order for the intent, then write it; False (nothing written) if another intent holds it."""
-        k = self._ctx.keys
-        if not await self._hold(keys=[k.order_hold(intent.order_id)], args=[intent.nonce, ttl_ms(hold_seconds)]):
+        k, nonce = self._ctx.keys, intent.nonce
+        hold = (self._hold, [k.order_hold(intent.order_id)], [nonce, ttl_ms(hold_seconds)])
+        if not await self._ctx.run_waited(hold, "intents", nonce):
             return False
-        await self._ctx.redis.set(k.intent(intent.nonce), intent.model_dump_json(), px=ttl_ms(ttl_seconds))
+        write = (self._write, [k.intent(nonce)], [intent.model_dump_json(), ttl_ms(ttl_seconds)])
+        await self._ctx.run_waited(write, "intents", nonce)
         return True
 
     async def _settle_and_release(self, intent: InitiationIntent, written: str) -> None:
         """Replace the intent with `written` ('' drops it), then free its order if it holds it."""
-        k = self._ctx.keys
-        await self._settle(keys=[k.intent(intent.nonce)], args=[written])
-        await self._release(keys=[k.order_hold(intent.order_id)], args=[intent.nonce])
+        k, nonce = self._ctx.keys, intent.nonce
+        await self._ctx.run_waited((self._settle, [k.intent(nonce)], [written]), "intents", nonce)
+        await self._ctx.run_waited((self._release, [k.order_hold(intent.order_id)], [nonce]), "intents", nonce)
 
     async def put_intent(self, intent: InitiationIntent, ttl_seconds: float, hold_seconds: float) -> bool:
         return await self._put(intent, ttl_seconds, hold_seconds)
@@ -78,6 +83,7 @@ class RedisIntents:
             return
         # Resolved, or another intent holds the order meanwhile (both collected: the order's paid list
         # will say so if both succeed): stored without a hold.
-        await self._ctx.redis.set(self._ctx.keys.intent(intent.nonce), raw, px=ttl_ms(ttl_seconds))
+        write = (self._write, [self._ctx.keys.intent(intent.nonce)], [raw, ttl_ms(ttl_seconds)])
+        await self._ctx.run_waited(write, "intents", intent.nonce)
         if intent.state == "resolved":
             await self._settle_and_release(intent, raw)

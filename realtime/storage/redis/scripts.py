@@ -276,6 +276,13 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
 """
 
+# Write an intent (ARGV[1]) for ARGV[2] ms: a script so that the WAIT after it shares its connection.
+# KEYS: intent.
+WRITE_INTENT = """
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
 # Replace an intent keeping its TTL (ARGV[1]), or drop it (''). KEYS: intent.
 SETTLE_INTENT = """
 if ARGV[1] == '' then

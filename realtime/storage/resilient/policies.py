@@ -294,6 +294,11 @@ class IdempotencyPolicy(_Remembered):
             self._memory.forget(key)
         return result
 
+    async def recovering(self) -> None:
+        """A key's claim or answer no replica confirmed may have died with a failed-over primary: written
+        back from the copy mirrored here, like one made while degraded."""
+        self.dirty.update(self._primary.take_unconfirmed("keys"))
+
     async def _write_one(self, key: str) -> str | None:
         held = self._memory.record(key)
         if held is None:
@@ -324,6 +329,12 @@ class IntentsPolicy(_Remembered):
         if not on_primary and call.name in self.routes:
             self.dirty.add(call.args["intent"].nonce if call.name == "put_intent" else call.args["nonce"])
         return result
+
+    async def recovering(self) -> None:
+        """An intent no replica confirmed may have died with a failed-over primary, and with it the only
+        link from a collect to its order: written back from the copy kept here, like one written while
+        degraded (and an orphan naming it is linked)."""
+        self.dirty.update(self._primary.take_unconfirmed("intents"))
 
     async def _write_one(self, nonce: str) -> str | None:
         intent = await self._memory.get_intent(nonce)
