@@ -116,10 +116,17 @@ class RedisStorage(CompositeStorage):
 
     async def server_id(self) -> str:
         """The answering server's run_id: it changes when another server takes over (or this one restarts).
-        On a cluster, every primary's, sorted: it changes when any shard fails over."""
+
+        On a cluster, the cluster's current epoch, which every failover raises (as every node agrees once
+        it has heard), and every primary's run_id as this client knows them (a restart). The epoch matters:
+        between a primary's death and its replica's promotion the client's own view of the primaries can
+        change and then stay put, and a write made in that gap, which the promotion may lose, must be
+        written back when the promotion happens."""
         if self._ctx.cluster:
+            epoch = (await self.redis.cluster_info()).get("cluster_current_epoch", "")
             replies = await self.redis.info("server", target_nodes=self.redis.PRIMARIES)
-            return " ".join(sorted(str(info.get("run_id", "")) for info in replies.values()))
+            run_ids = " ".join(sorted(str(info.get("run_id", "")) for info in replies.values()))
+            return f"epoch {epoch}: {run_ids}"
         info = await self.redis.info("server")
         return str(info.get("run_id", ""))
 
