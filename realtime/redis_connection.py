@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlparse
@@ -73,6 +74,10 @@ class WaitingConnectionPool(aioredis.BlockingConnectionPool):
             raise
 
 
+# Whether the running task (or the task that started it) holds a WaitingRedisCluster turn.
+_HOLDING_TURN: contextvars.ContextVar[bool] = contextvars.ContextVar("paytrack_redis_turn", default=False)
+
+
 class WaitingRedisCluster(aioredis.RedisCluster):
     """redis-py's cluster client, on which a burst waits for a free connection instead of failing.
 
@@ -90,6 +95,12 @@ class WaitingRedisCluster(aioredis.RedisCluster):
 
     @contextlib.asynccontextmanager
     async def _turn(self) -> AsyncIterator[None]:
+        """One call in flight. A call made by redis-py inside a call that holds a turn (a pipeline re-sends
+        a command MOVED, ASK or TRYAGAIN redirected through `execute_command`) rides on that turn: waiting
+        for a second one would deadlock once every turn is held by such a pipeline."""
+        if _HOLDING_TURN.get():
+            yield
+            return
         try:
             async with asyncio.timeout(self._pool_timeout):
                 await self._in_flight.acquire()
@@ -97,9 +108,11 @@ class WaitingRedisCluster(aioredis.RedisCluster):
             raise PoolExhausted(
                 f"{self._most} Redis Cluster calls stayed in flight for {self._pool_timeout} s"
             ) from None
+        holding = _HOLDING_TURN.set(True)
         try:
             yield
         finally:
+            _HOLDING_TURN.reset(holding)
             self._in_flight.release()
 
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:

@@ -80,17 +80,13 @@ class RedisContext:
         waits: list[tuple[str, dict[str, Any]]] = []  # (node, routing) of each WAIT
         confirmed = True
         if wait_on and self.wait_replicas:
-            if self.cluster:
-                nodes = {node.name: node for node in (self.redis.get_node_from_key(key) for key in wait_on)}
-                routes = [(name, {"target_nodes": node}) for name, node in nodes.items()]
-            else:
-                routes = [("", {})]
+            nodes = self._nodes_of(wait_on)
             now = self.clock.monotonic()
-            for name, route in routes:
+            for name, node in nodes.items():
                 if self.replicas_behind.get(name, 0.0) > now:
                     confirmed = False  # known behind: not waited for, remembered by the caller
                 else:
-                    waits.append((name, route))
+                    waits.append((name, {"target_nodes": node} if node is not None else {}))
                     self.replicas_behind[name] = now + WAIT_PROBE_SECONDS  # this WAIT is the probe
         for attempt in range(2):
             async with self.redis.pipeline(transaction=False) as pipe:
@@ -98,21 +94,32 @@ class RedisContext:
                     pipe.evalsha(script.sha, len(keys), *keys, *args)
                 for _, route in waits:
                     pipe.execute_command("WAIT", self.wait_replicas, self.wait_timeout_ms, **route)
-                try:
-                    replies = list(await pipe.execute())
-                except NoScriptError:
-                    if attempt:
-                        raise
-                    for source in {call[0].script for call in calls}:
-                        await self.redis.script_load(source)
-                    continue
+                replies = list(await pipe.execute(raise_on_error=False))
+            failed = [reply for reply in replies[: len(calls)] if isinstance(reply, Exception)]
+            if any(isinstance(reply, NoScriptError) for reply in failed) and not attempt:
+                for source in {call[0].script for call in calls}:
+                    await self.redis.script_load(source)
+                continue
+            if failed:
+                raise failed[0]
             for (name, _), count in zip(waits, replies[len(calls) :], strict=True):
-                if int(count) >= self.wait_replicas:
+                # An error here (a WAIT sent to a primary a failover demoted) confirms nothing either.
+                if not isinstance(count, Exception) and int(count) >= self.wait_replicas:
                     self.replicas_behind.pop(name, None)
                 else:
                     confirmed = False
+            if waits and self._nodes_of(wait_on).keys() != dict(waits).keys():
+                # A write was redirected (MOVED: redis-py has re-mapped its slot) to a node its WAIT did not
+                # go to; the WAIT covered a connection that wrote nothing, and proves nothing.
+                confirmed = False
             return replies[: len(calls)], confirmed
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _nodes_of(self, keys: Sequence[str]) -> dict[str, Any]:
+        """The nodes serving `keys` as this client maps them: name -> node (on one server, '' -> None)."""
+        if not self.cluster:
+            return {"": None}
+        return {node.name: node for node in (self.redis.get_node_from_key(key) for key in keys)}
 
     def remember_unconfirmed(self, name: str, role: Role = "payments") -> None:
         writes = self.unconfirmed.setdefault(role, {})
@@ -128,12 +135,13 @@ class RedisContext:
         writes = self.unconfirmed.pop(role, {})
         return [name for name, at in writes.items() if at >= cutoff]
 
-    async def run_waited(self, call: ScriptCall, role: Role, name: str) -> Any:
+    async def run_waited(self, call: ScriptCall, role: Role, name: str, *, wrote: Callable[[Any], bool] = bool) -> Any:
         """One script, followed by a WAIT on every node its keys are on (REDIS_WAIT_REPLICAS); its reply. A
         write no replica confirmed is remembered under `role` and `name`, to be written back from this
-        instance's copy once a failover has been seen."""
+        instance's copy once a failover has been seen; a script that wrote nothing (`wrote(reply)` false: a
+        hold refused, a claim already taken) is not, so its refusal is never written back as a success."""
         (reply,), confirmed = await self.run_scripts([call], wait_on=call[1])
-        if not confirmed:
+        if not confirmed and wrote(reply):
             self.remember_unconfirmed(name, role)
         return reply
 

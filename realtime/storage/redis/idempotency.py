@@ -33,7 +33,9 @@ class RedisIdempotency:
         self, key: str, record: IdempotencyRecord, owner: str, lease_seconds: float, ttl_seconds: float
     ) -> IdempotencyClaim:
         args = [record.model_dump_json(), owner, ttl_ms(lease_seconds), ttl_ms(ttl_seconds)]
-        reply = await self._ctx.run_waited((self._claim, self._keys(key), args), "keys", key)
+        reply = await self._ctx.run_waited(
+            (self._claim, self._keys(key), args), "keys", key, wrote=lambda reply: int(reply[0]) == 1
+        )
         if int(reply[0]) == 1:
             return IdempotencyClaim(True)
         return IdempotencyClaim(False, IdempotencyRecord.model_validate_json(reply[1]), held=int(reply[2]) == 1)

@@ -89,7 +89,7 @@ class RedisPayments:
                 (listed,), paid_confirmed = await self._ctx.run_scripts(
                     [(self._order_paid, [paid_key], [reference, ttl])], wait_on=[paid_key]
                 )
-                paid = tuple(str(listed).split())
+                paid = await self._contenders(reference, str(listed).split())
                 result, write = step(raw, paid)
                 if write is None:
                     return result
@@ -134,6 +134,21 @@ class RedisPayments:
                 return result
             raw = reply[1] or None
         raise RuntimeError(f"gave up after {MAX_CONFLICTING_WRITES} conflicting writes to payment {reference}")
+
+    async def _contenders(self, reference: str, members: list[str]) -> tuple[str, ...]:
+        """The paid list as the payer is decided on it: `reference` and the members that paid or still may
+        (SUCCESSFUL or PENDING). A member that FAILED, or whose record is gone, got onto the list by an
+        ORDER_PAID whose SUCCESSFUL write then never landed (a crash, or a compare-and-set lost to a final
+        status), and never charged the order: it must not make this payment a duplicate of it."""
+        others = [member for member in members if member != reference]
+        if not others:
+            return tuple(members)
+        records = dict(zip(others, await self.get_payments(others), strict=True))
+        return tuple(
+            member
+            for member in members
+            if member == reference or ((p := records[member]) is not None and p.status is not PaymentStatus.FAILED)
+        )
 
     async def _write(
         self, keys: list[str], args: list[Any], reference: str, order: tuple[str, str] | None

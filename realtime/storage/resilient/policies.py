@@ -328,6 +328,10 @@ class IntentsPolicy(_Remembered):
     async def after(self, call: Call, result: Any, on_primary: bool) -> Any:
         if not on_primary and call.name in self.routes:
             self.dirty.add(call.args["intent"].nonce if call.name == "put_intent" else call.args["nonce"])
+        elif call.name == "put_intent" and not result:
+            # Redis refused it (another intent holds the order): memory's copy must not outlive the refusal,
+            # to be written back or to hold the order here while degraded.
+            await self._memory.drop_intent(call.args["intent"].nonce)
         return result
 
     async def recovering(self) -> None:

@@ -1,4 +1,5 @@
-"""Review of issue 33: the order's paid list is written (ORDER_PAID) before the payment's SUCCESSFUL record.
+"""The order's paid list is written (ORDER_PAID) before the payment's SUCCESSFUL record (issue 33, from its
+review): a member that never became SUCCESSFUL must not make the order's real payer a duplicate.
 
 A member whose SUCCESSFUL write never landed (a crash between the two round trips, or -- without any crash --
 a compare-and-set lost to a FAILED that made the SUCCESSFUL no longer apply) stays first on the list. The
@@ -16,10 +17,10 @@ import pytest
 
 from payments.model import PaymentStatus, StatusUpdate, UpdateSource
 from realtime.storage.redis import scripts
-from tests.test_state_rule import owned
-from tests.test_storage_contract import Backend, _open
 from tests.redis_cluster import shared_redis_cluster  # noqa: F401
 from tests.redis_server import RedisServer
+from tests.test_state_rule import owned
+from tests.test_storage_contract import Backend, _open
 
 pytestmark = pytest.mark.redis
 
@@ -28,7 +29,9 @@ LATER = T0 + timedelta(seconds=5)
 
 
 def success(reference: str) -> StatusUpdate:
-    return StatusUpdate(reference=reference, status="SUCCESSFUL", source=UpdateSource.WEBHOOK, amount=500, currency="XAF")
+    return StatusUpdate(
+        reference=reference, status="SUCCESSFUL", source=UpdateSource.WEBHOOK, amount=500, currency="XAF"
+    )
 
 
 def failed(reference: str) -> StatusUpdate:
@@ -109,4 +112,6 @@ async def test_a_success_that_lost_its_race_to_a_failure_does_not_make_the_next_
     done = await two.transition(success("ref-b"), LATER)
     assert (await one.get_order_payment("order-1")).reference == "ref-b"
     assert await one.order_paid("order-1") == ["ref-b"]
-    assert done.payment.duplicate_of is None, f"the order's only charge stored as duplicate_of {done.payment.duplicate_of}"
+    assert done.payment.duplicate_of is None, (
+        f"the order's only charge stored as duplicate_of {done.payment.duplicate_of}"
+    )

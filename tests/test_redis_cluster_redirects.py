@@ -1,4 +1,4 @@
-"""Review of issue 33: the first payment write after a cluster failover, when the client's slot map is stale.
+"""The first writes after a cluster failover, when the client's slot map is stale (issue 33, from its review).
 
 The client still maps the payment's slot to the old primary (now a replica). run_scripts routes the WAIT
 with target_nodes=<old primary> and the EVALSHA by key to the same node; the EVALSHA gets MOVED and is
@@ -24,7 +24,9 @@ pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
 
 def success(reference: str) -> StatusUpdate:
-    return StatusUpdate(reference=reference, status="SUCCESSFUL", source=UpdateSource.WEBHOOK, amount=500, currency="XAF")
+    return StatusUpdate(
+        reference=reference, status="SUCCESSFUL", source=UpdateSource.WEBHOOK, amount=500, currency="XAF"
+    )
 
 
 def _storage(cluster: RedisCluster, **overrides: Any) -> RedisStorage:
@@ -86,7 +88,9 @@ async def test_the_first_waited_claim_after_a_failover_is_not_a_bug(redis_cluste
         await _fail_over_node_of(redis_cluster, storage, storage._ctx.keys.idempotency("key-2"))
         claim = await storage.claim_idempotency("key-2", CLAIM, "me", 30, 3600)
         assert claim.claimed
-        assert storage.take_unconfirmed("keys") == []  # the new primary's replica confirmed it
+        # Redirected by MOVED and re-sent on another connection, which no WAIT in the pipeline covers: it
+        # counts as unconfirmed (written back after the next failover; harmless if it was not lost).
+        assert storage.take_unconfirmed("keys") == ["key-2"]
     finally:
         await storage.close()
 
