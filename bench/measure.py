@@ -376,7 +376,7 @@ class Measurement:
 
     async def idle_cpu(self) -> float:
         """Server CPU, ms per s, over a quiet window with every client connected."""
-        idle = Phase(self.pids, None, self.gen_pids)
+        idle = Phase(self.pids, [], self.gen_pids)
         idle.start_cpu()
         await asyncio.sleep(self.sc.idle_seconds)
         idle.stop_cpu()

@@ -67,5 +67,5 @@ wait_ping() {
 
 # Stay in the foreground until stopped; a server that exits (a test's kill -9) leaves the others running.
 serve_forever() {
-  while true; do sleep 1; done
+  while true; do sleep 1 & wait $!; done  # `wait` lets a signal's trap run at once, `sleep` would not
 }

@@ -45,11 +45,13 @@ class RedisCluster:
         self._script = DeployScript("redis-cluster.sh", workdir)
         self._restarted: dict[int, subprocess.Popen[bytes]] = {}
         self._frozen: set[int] = set()
+        self._pids: list[int] = []  # every node the script started
 
     async def start(self) -> None:
         values = await self._script.start(("REDIS_CLUSTER_URL", "REDIS_CLUSTER_NODES"), READY_TIMEOUT)
         self.url = values["REDIS_CLUSTER_URL"]
         self.ports = [int(p) for p in values["REDIS_CLUSTER_NODES"].split()]
+        self._pids = [await self.pid(port) for port in self.ports]
 
     def client(self) -> aioredis.RedisCluster:
         """A cluster client that starts from every node (the one the URL names may be the one killed)."""
@@ -209,12 +211,9 @@ class RedisCluster:
             process.kill()
             process.wait()
         await self._script.stop()  # the script stops its nodes
-        for port in self.ports:  # a frozen node ignores SIGTERM until it is thawed
-            try:
-                pid = await asyncio.wait_for(self.pid(port), 1)
-            except Exception:
-                continue
-            os.kill(pid, signal.SIGKILL)
+        for pid in self._pids:  # any that outlived it (a node frozen when it was told to stop)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 @pytest.fixture
