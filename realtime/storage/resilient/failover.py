@@ -213,7 +213,7 @@ class Failover:
         primary_id = await self.primary.server_id()
         switched = self._primary_id is not None and primary_id != self._primary_id
         self._primary_id = primary_id
-        if switched:
+        if switched and self.healthy:  # degraded meanwhile: `recover` writes everything back, this included
             log.warning("storage: Redis's primary changed (a failover or a restart); writing back recent changes")
             await self._announce(await self._write_back())
 

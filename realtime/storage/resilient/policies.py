@@ -13,6 +13,7 @@ also held by its intent.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Collection
 from datetime import datetime
@@ -31,6 +32,8 @@ StoredOutboxFor = Callable[[Payment, Payment | None, datetime], list[OutboxEntry
 log = logging.getLogger("paytrack.storage")
 
 _PAYMENT_WRITES = ("create_payment", "merge_payment", "transition")
+# Keys written back at once: enough to keep a connection pool busy, few enough to leave room for live calls.
+WRITE_BACK_CONCURRENCY = 16
 
 
 class _Remembered(RolePolicy):
@@ -47,14 +50,26 @@ class _Remembered(RolePolicy):
         raise NotImplementedError
 
     async def write_back(self) -> list[str]:
+        """Every remembered key, WRITE_BACK_CONCURRENCY at a time (each is its own atomic step on Redis): one
+        at a time, an outage's or a failover's backlog at 3,000 payments took half a minute, during which
+        the instance stayed on memory and the backlog grew."""
         keys, self.dirty = self.dirty, set()
         written: list[str] = []
+        ordered = sorted(keys)
         try:
-            for key in sorted(keys):
-                reference = await self._write_one(key)
-                if reference is not None:
-                    written.append(reference)
-                keys.discard(key)
+            for start in range(0, len(ordered), WRITE_BACK_CONCURRENCY):
+                batch = ordered[start : start + WRITE_BACK_CONCURRENCY]
+                results = await asyncio.gather(*(self._write_one(key) for key in batch), return_exceptions=True)
+                failure: BaseException | None = None
+                for key, result in zip(batch, results, strict=True):
+                    if isinstance(result, BaseException):
+                        failure = failure or result
+                        continue
+                    if result is not None:
+                        written.append(result)
+                    keys.discard(key)
+                if failure is not None:
+                    raise failure
         except BaseException:
             self.dirty |= keys  # not written yet: remembered for the next try
             raise
