@@ -202,6 +202,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top", type=int, default=15)
     parser.add_argument("--redis", action="store_true", help="one instance on a redis-server (as bench.run --redis)")
     parser.add_argument(
+        "--redis-cluster", action="store_true", help="on a Redis Cluster of 3+3 nodes (as bench.run --redis-cluster)"
+    )
+    parser.add_argument(
         "--instances", type=int, default=1, help="instances on one redis-server (the first one is profiled)"
     )
     parser.add_argument(
@@ -213,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     add_paytrack_setting_option(parser, "EVENT_LOOP=asyncio (py-spy sees the loop's frames)")
     args = parser.parse_args(argv)
     settings = paytrack_settings(parser, args.paytrack_setting)
+    if args.redis_cluster:
+        settings = {**settings, "REDIS_CLUSTER": "true"}
     if not (1 <= args.clients <= 10000 and 1 <= args.completions <= 50000 and 1 <= args.instances <= 8):
         parser.error("bounds: clients 1..10000, completions 1..50000, instances 1..8")
     raise_fd_limit()
@@ -223,7 +228,8 @@ def main(argv: list[str] | None = None) -> int:
         saturation_completions=0,
         idle_seconds=args.idle_seconds,
         paytrack_settings=settings,
-        redis=args.redis or args.instances > 1,
+        redis=args.redis or args.redis_cluster or args.instances > 1,
+        redis_cluster=args.redis_cluster,
         instances=args.instances,
     )
     profiles, results = asyncio.run(profile_targets(sc, args.targets.split(",")))
