@@ -43,8 +43,10 @@ class RedisContext:
     dead_letter_max: int
     wait_replicas: int = 0  # WAIT for this many replicas after a status change (0: no WAIT)
     wait_timeout_ms: int = 100
-    # Nodes whose replicas did not confirm the last WAIT: node name ('' on one server) -> when to probe again.
+    # Nodes whose replicas did not confirm the last WAIT: node name ('' on one server) -> when to probe again;
+    # and those a probe is in flight to.
     replicas_behind: dict[str, float] = field(default_factory=dict)
+    _probing: set[str] = field(default_factory=set)
     # Writes no replica confirmed, by role ("payments": references, "intents": nonces, "keys": Idempotency-Keys):
     # name -> clock.monotonic() of the write.
     unconfirmed: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -72,8 +74,9 @@ class RedisContext:
         primary, and runs the pipeline again, once. A WAIT covers only its own connection's writes: on one
         server one WAIT ends the pipeline; on a cluster one goes to each node serving a `wait_on` key
         (redis-py would send a keyless command to a default node), where it shares the connection of that
-        node's commands in the pipeline. A node whose replicas did not confirm is waited on again only once
-        per WAIT_PROBE_SECONDS (the writes in between report unconfirmed at once): with its replica away,
+        node's commands in the pipeline. Every write to a node whose replicas confirm waits; once a WAIT
+        there under-confirms, the node is waited on again only by one probe per WAIT_PROBE_SECONDS (the
+        writes in between, and beside the probe, report unconfirmed at once): with its replica away,
         each write would otherwise wait the whole REDIS_WAIT_TIMEOUT_MS for nothing, and a write-back after
         a failover, whose new primary has no replica yet, would take seconds.
         """
@@ -83,11 +86,13 @@ class RedisContext:
             nodes = self._nodes_of(wait_on)
             now = self.clock.monotonic()
             for name, node in nodes.items():
-                if self.replicas_behind.get(name, 0.0) > now:
-                    confirmed = False  # known behind: not waited for, remembered by the caller
-                else:
-                    waits.append((name, {"target_nodes": node} if node is not None else {}))
-                    self.replicas_behind[name] = now + WAIT_PROBE_SECONDS  # this WAIT is the probe
+                behind_until = self.replicas_behind.get(name)
+                if behind_until is not None and (behind_until > now or name in self._probing):
+                    confirmed = False  # known behind (or being probed): not waited for, remembered by the caller
+                    continue
+                if behind_until is not None:
+                    self._probing.add(name)  # this WAIT is the probe
+                waits.append((name, {"target_nodes": node} if node is not None else {}))
         for attempt in range(2):
             async with self.redis.pipeline(transaction=False) as pipe:
                 for script, keys, args in calls:
@@ -103,11 +108,13 @@ class RedisContext:
             if failed:
                 raise failed[0]
             for (name, _), count in zip(waits, replies[len(calls) :], strict=True):
+                self._probing.discard(name)
                 # An error here (a WAIT sent to a primary a failover demoted) confirms nothing either.
                 if not isinstance(count, Exception) and int(count) >= self.wait_replicas:
                     self.replicas_behind.pop(name, None)
                 else:
                     confirmed = False
+                    self.replicas_behind[name] = self.clock.monotonic() + WAIT_PROBE_SECONDS
             if waits and self._nodes_of(wait_on).keys() != dict(waits).keys():
                 # A write was redirected (MOVED: redis-py has re-mapped its slot) to a node its WAIT did not
                 # go to; the WAIT covered a connection that wrote nothing, and proves nothing.

@@ -211,11 +211,18 @@ class Failover:
         """A healthy pass: is it still the same primary? If not, what this instance wrote just before the
         switch may be gone: the same write-back as after an outage runs (see `recover`)."""
         primary_id = await self.primary.server_id()
-        switched = self._primary_id is not None and primary_id != self._primary_id
-        self._primary_id = primary_id
-        if switched and self.healthy:  # degraded meanwhile: `recover` writes everything back, this included
+        if self._primary_id is None:
+            self._primary_id = primary_id
+            return
+        switched = primary_id != self._primary_id
+        if not self.healthy or not (switched or self._pending()):
+            return  # degraded meanwhile: `recover` writes everything back, this included
+        if switched:
             log.warning("storage: Redis's primary changed (a failover or a restart); writing back recent changes")
-            await self._announce(await self._write_back())
+        # Left unfinished by a busy pool or an error, the write-back is tried again on the next pass: the
+        # switch is taken as seen only once it is done, and what it left remembered is written meanwhile.
+        await self._announce(await self._write_back())
+        self._primary_id = primary_id
 
     async def _announce(self, written: list[str]) -> None:
         """Tell the recovery listener what was written back (a failure is logged: the write-back stands)."""
