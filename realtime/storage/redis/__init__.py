@@ -32,6 +32,13 @@ from realtime.storage.redis.payments import RedisPayments
 __all__ = ["RedisStorage"]
 
 
+def _per_node(replies: Any) -> list[dict[str, Any]]:
+    """A cluster command's replies as a list: redis-py returns one node's reply as is, several as a dict."""
+    if isinstance(replies, dict) and replies and all(isinstance(v, dict) for v in replies.values()):
+        return list(replies.values())
+    return [replies]
+
+
 class RedisStorage(CompositeStorage):
     backend = "redis"
     outbox: RedisOutbox
@@ -123,7 +130,9 @@ class RedisStorage(CompositeStorage):
         change and then stay put, and a write made in that gap, which the promotion may lose, must be
         written back when the promotion happens."""
         if self._ctx.cluster:
-            epoch = (await self.redis.cluster_info()).get("cluster_current_epoch", "")
+            # The highest epoch any primary has heard of: one still catching up by gossip cannot take it back.
+            infos = await self.redis.cluster_info(target_nodes=self.redis.PRIMARIES)
+            epoch = max(int(info.get("cluster_current_epoch", 0)) for info in _per_node(infos))
             replies = await self.redis.info("server", target_nodes=self.redis.PRIMARIES)
             run_ids = " ".join(sorted(str(info.get("run_id", "")) for info in replies.values()))
             return f"epoch {epoch}: {run_ids}"
