@@ -44,6 +44,10 @@ async def test_pages_keep_their_truth_when_the_primary_serving_an_instance_chann
         "REDIS_CLUSTER": True,
         "REDIS_RECONNECT_INTERVAL_SECONDS": 0.1,
         "REDIS_TIMEOUT_SECONDS": 1.0,
+        # A kill -9 can lose what the replica had not received yet: with a WAIT, such a write is known and
+        # written back once the failover is seen (without one it would be gone, and its page with it).
+        "REDIS_WAIT_REPLICAS": 1,
+        "REDIS_WAIT_TIMEOUT_MS": 100,
     }
     a = await start_instance(**settings, INSTANCE_ID="a")
     b = await start_instance(**settings, INSTANCE_ID="b")
@@ -76,6 +80,10 @@ async def test_pages_keep_their_truth_when_the_primary_serving_an_instance_chann
     await eventually(lambda: listener.subscriptions > subscribed and listener.listening.is_set(), timeout=WAIT)
     assert await _serving(redis_cluster, listener.route_channel) == replica
 
+    async def all_stored() -> bool:
+        return all([await a.storage.get_payment(reference) is not None for reference, _ in pages])
+
+    await eventually(all_stored, timeout=WAIT)  # a payment the failover lost is back from its instance's copy
     received = listener.received_payments
     for reference, _ in second:
         await settle(a, reference, truth[reference])
