@@ -226,6 +226,10 @@ class Settings(BaseSettings):
     REDIS_DB: int = Field(0, ge=0, le=15)
     # REDIS_URL names one node of a Redis Cluster (redis:// or rediss://); the client discovers the rest.
     REDIS_CLUSTER: bool = False
+    # On a cluster, how long a call about a shard whose primary is gone waits for its replica to be promoted
+    # before the instance gives up on Redis and runs on memory (degraded). About twice the cluster's
+    # `cluster-node-timeout` plus a second or two: the recipe's 2 s node timeout fails over in 3 to 4 s.
+    REDIS_CLUSTER_FAILOVER_WAIT_SECONDS: float = Field(6.0, ge=0, le=120)
     # Prepended to every Redis key, so deployments (or tests) can share one Redis.
     REDIS_KEY_PREFIX: str = Field("paytrack:", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:{}-]+$")
     # Pub/sub channel the Socket.IO manager uses; the same on every instance of one deployment.

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A local Redis Cluster of three primaries and three replicas on this machine, in a temporary
 # directory, for development and the tests: free ports (each node's cluster bus on its port + 10000),
-# `cluster-node-timeout 2000` (a failover within a few seconds), nothing kept on disk after it stops.
+# `cluster-node-timeout 2000` (a failover within a few seconds), `cluster-require-full-coverage no` (a shard
+# without a primary stops only its own slots), nothing kept on disk after it stops.
 # Waits until `cluster_state:ok` and every replica's link to its primary is up, then prints
 #   REDIS_CLUSTER_URL=redis://127.0.0.1:<port>
 #   REDIS_CLUSTER_NODES=<port> <port> ... (primaries first)
@@ -48,7 +49,7 @@ for port in "${ports[@]}"; do
   node_dir="$dir/$port"
   mkdir -p "$node_dir"
   "$server" --port "$port" --bind 127.0.0.1 --dir "$node_dir" \
-    --cluster-enabled yes --cluster-config-file nodes.conf --cluster-node-timeout 2000 \
+    --cluster-enabled yes --cluster-config-file nodes.conf --cluster-node-timeout 2000 --cluster-require-full-coverage no \
     --appendonly no --save '' --daemonize no --logfile "$node_dir/redis.log" &
   pids+=($!)
 done

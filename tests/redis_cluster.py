@@ -32,7 +32,7 @@ REDIS_CLI = shutil.which("redis-cli")
 READY_TIMEOUT = 30.0
 # As deploy/redis-cluster.sh starts each node.
 NODE_OPTIONS = [
-    "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000",
+    "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000", "--cluster-require-full-coverage", "no",
     "--appendonly", "no", "--save", "", "--daemonize", "no",
 ]  # fmt: skip
 

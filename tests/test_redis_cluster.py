@@ -190,37 +190,40 @@ async def test_a_burst_past_the_pool_waits_on_a_cluster_and_then_is_busy(shared_
         await held.close()
 
 
-async def test_a_shard_down_degrades_the_instance_instead_of_failing_its_calls(redis_cluster: RedisCluster) -> None:
-    """Found by the fault run on the cluster: with a shard's primary dead and no replica promoted yet,
-    the cluster answers CLUSTERDOWN, which was no outage to the storage wrapper: the call failed with a 500
-    (an initiation's answer lost after its collect, whose retry then collected again). A cluster that is
-    down is an outage: the instance runs on memory, and writes back once it is up."""
+async def test_a_shard_down_past_the_failover_wait_degrades_the_instance_instead_of_failing_its_calls(
+    redis_cluster: RedisCluster,
+) -> None:
+    """Found by the fault run on the cluster: with a shard's primary dead and no replica promoted, the
+    cluster answered CLUSTERDOWN, which was no outage to the storage wrapper: the call failed with a 500
+    (an initiation's answer lost after its collect, whose retry then collected again). A shard that stays
+    down past REDIS_CLUSTER_FAILOVER_WAIT_SECONDS is an outage: the instance runs on memory, and writes
+    back once the cluster is whole again."""
     settings = make_settings(
         STORAGE_BACKEND="redis",
         REDIS_URL=redis_cluster.url,
         REDIS_CLUSTER=True,
         REDIS_KEY_PREFIX="down:",
         REDIS_TIMEOUT_SECONDS=1.0,
-        REDIS_RECONNECT_INTERVAL_SECONDS=300,  # no watcher pass in between: the call meets the cluster down
+        REDIS_RECONNECT_INTERVAL_SECONDS=300,  # no watcher pass in between: the call meets the shard down
+        REDIS_CLUSTER_FAILOVER_WAIT_SECONDS=1.0,
     )
     storage: Any = create_storage(settings, SystemClock())
     await storage.start()
     try:
         await storage.create_payment(owned(reference="ref-d", order_id="order-d"))
-        # The shard that goes down is not ref-d's: its node answers, with CLUSTERDOWN.
         keys = RedisKeys("down:")
-        holder = storage.primary.redis.get_node_from_key(keys.payment("ref-d")).port
-        primary, other = next(p for p in await redis_cluster.primaries() if p != holder), holder
+        primary = storage.primary.redis.get_node_from_key(keys.payment("ref-d")).port
+        other = next(p for p in await redis_cluster.primaries() if p != primary)
         replica = await redis_cluster.replica_of(primary)
-        frozen = await redis_cluster.freeze(replica)  # it cannot take over: the shard is down
+        frozen = await redis_cluster.freeze(replica)  # it cannot take over: the shard stays down
         await redis_cluster.kill(primary)
         try:
 
-            async def down() -> bool:
-                info = await on_port(other, "CLUSTER", "INFO")
-                return "cluster_state:fail" in str(info)
+            async def marked_failed() -> bool:
+                nodes = str(await on_port(other, "CLUSTER", "NODES"))
+                return any(f":{primary}@" in line and "fail" in line for line in nodes.splitlines())
 
-            await eventually(down, timeout=30, interval=0.2)
+            await eventually(marked_failed, timeout=30, interval=0.2)
             done = await storage.transition(
                 StatusUpdate(reference="ref-d", status="FAILED", source=UpdateSource.WEBHOOK),
                 datetime.now(UTC),
@@ -228,5 +231,67 @@ async def test_a_shard_down_degrades_the_instance_instead_of_failing_its_calls(r
             assert done.applied and not storage.healthy  # served by memory, not a ClusterDownError
         finally:
             redis_cluster.thaw(frozen)
+    finally:
+        await storage.close()
+
+
+async def test_a_shard_failing_over_makes_only_its_calls_wait_and_the_instance_stays_on_redis(
+    redis_cluster: RedisCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A failover is a cluster's routine, not an outage: with a shard's primary killed -9 and its replica
+    promoted by the cluster itself (after its node timeout, 2 s here), a call about a payment on that
+    shard waits for the new primary (REDIS_CLUSTER_FAILOVER_WAIT_SECONDS) instead of flipping the whole
+    instance onto memory, where an initiation on a key another instance holds would collect blind; the
+    payments on the other shards go on meanwhile. Before, the first call that met the dead node made the
+    instance degraded."""
+    settings = make_settings(
+        STORAGE_BACKEND="redis",
+        REDIS_URL=redis_cluster.url,
+        REDIS_CLUSTER=True,
+        REDIS_KEY_PREFIX="ride:",
+        REDIS_TIMEOUT_SECONDS=1.0,
+        REDIS_RECONNECT_INTERVAL_SECONDS=0.5,  # the watcher's passes meet the dead node too
+        REDIS_CLUSTER_FAILOVER_WAIT_SECONDS=30,
+    )
+    storage: Any = create_storage(settings, SystemClock())
+    await storage.start()
+    try:
+        keys = RedisKeys("ride:")
+        primary = (await redis_cluster.primaries())[0]
+        refs: dict[bool, str] = {}
+
+        def on_primary(key: str) -> bool:
+            return bool(storage.primary.redis.get_node_from_key(key).port == primary)
+
+        for i in range(200):  # one payment on the shard that fails, one whose every key is elsewhere
+            ref, order = f"ref-{i}", f"order-{i}"
+            order_keys = (keys.order(order), keys.order_paid(order), keys.order_hold(order))
+            where = on_primary(keys.payment(ref)) if not any(map(on_primary, order_keys)) else None
+            if where is not None and where not in refs:
+                refs[where] = ref
+                await storage.create_payment(owned(reference=ref, order_id=order))
+            if len(refs) == 2:
+                break
+        failing, other = refs[True], refs[False]
+        await redis_cluster.wait_replicated(primary)  # its replica has `failing`: nothing is lost
+        caplog.clear()
+        await redis_cluster.kill(primary)
+
+        def update(ref: str, status: str) -> Any:
+            return storage.transition(
+                StatusUpdate(
+                    reference=ref, status=status, source=UpdateSource.PROVIDER_POLL, amount=500, currency="XAF"
+                ),
+                datetime.now(UTC),
+            )
+
+        waiting = asyncio.create_task(update(failing, "FAILED"))
+        went_on = await asyncio.wait_for(update(other, "SUCCESSFUL"), 10)
+        assert went_on.applied and not waiting.done()  # the other shard did not wait for the failover
+        done = await asyncio.wait_for(waiting, 60)
+        assert done.applied and storage.healthy
+        assert (await storage.primary.get_payment(failing)).status is PaymentStatus.FAILED  # on Redis
+        assert (await storage.primary.get_payment(other)).status is PaymentStatus.SUCCESSFUL
+        assert not [r for r in caplog.records if "DEGRADED" in r.getMessage()]
     finally:
         await storage.close()

@@ -51,6 +51,7 @@ def create_storage(
             memory,
             clock,
             reconnect_interval=settings.REDIS_RECONNECT_INTERVAL_SECONDS,
+            ride_out=settings.REDIS_CLUSTER_FAILOVER_WAIT_SECONDS if settings.REDIS_CLUSTER else 0.0,
             idempotency_ttl=settings.PAYMENT_TTL_SECONDS,
             merchant_outbox=(outbox or OutboxPolicy([], [])).for_stored,
             on_recovered=on_recovered,

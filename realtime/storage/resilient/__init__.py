@@ -21,6 +21,10 @@
   called with the references written back, so the app can re-read them and
   announce what Redis now holds to every instance, and resync this
   instance's sockets.
+- A Redis Cluster's failover is not an outage either: a call that fails is
+  tried again for up to REDIS_CLUSTER_FAILOVER_WAIT_SECONDS (the shard's
+  replica is being promoted; the other shards answer meanwhile) before it
+  degrades the instance.
 - Back-pressure is not an outage: when the Redis pool stays full for its
   whole timeout (`PoolExhausted`), the call fails with `Busy` (503, retry)
   and the storage stays healthy.
@@ -60,6 +64,7 @@ class ResilientStorage(CompositeStorage):
         clock: Clock,
         *,
         reconnect_interval: float,
+        ride_out: float = 0.0,
         idempotency_ttl: float,
         merchant_outbox: StoredOutboxFor = lambda _payment, _replaced, _now: [],
         on_recovered: RecoveryListener | None = None,
@@ -67,7 +72,12 @@ class ResilientStorage(CompositeStorage):
         self.primary = primary
         self.fallback = fallback
         self._failover = failover = Failover(
-            primary, fallback, clock, reconnect_interval=reconnect_interval, on_recovered=on_recovered
+            primary,
+            fallback,
+            clock,
+            reconnect_interval=reconnect_interval,
+            on_recovered=on_recovered,
+            ride_out=ride_out,
         )
         self._payments = payments = PaymentsPolicy(primary, fallback, clock, merchant_outbox)
         outbox = OutboxPolicy(primary, fallback, payments)

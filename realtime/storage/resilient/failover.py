@@ -25,6 +25,8 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import random
+import time
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from datetime import datetime
 from enum import Enum
@@ -44,6 +46,10 @@ T = TypeVar("T")
 
 
 RecoveryListener = Callable[[list[str]], Awaitable[None]]
+
+# The ride-out's backoff between tries (with jitter): a failover takes seconds, a slot move milliseconds.
+_RIDE_OUT_FIRST_DELAY = 0.05
+_RIDE_OUT_MAX_DELAY = 0.5
 
 
 class Route(Enum):
@@ -102,6 +108,11 @@ class RolePolicy:
         primary fails again); returns the payment references written."""
         return []
 
+    def retried(self, call: Call, result: Any) -> Any:
+        """`call` reached the primary only after a failed try (a cluster shard failing over): the failed
+        try may have run on the old primary. Returns the result the caller gets."""
+        return result
+
 
 class Failover:
     """Whether the primary is healthy, the recovery loop, and /health while degraded."""
@@ -114,12 +125,16 @@ class Failover:
         *,
         reconnect_interval: float,
         on_recovered: RecoveryListener | None = None,
+        ride_out: float = 0.0,
     ) -> None:
         self.primary = primary  # needs start, close, ping
         self.fallback = fallback  # needs start, close
         self._clock = clock
         self._interval = reconnect_interval
         self._on_recovered = on_recovered
+        # How long a call keeps trying the primary before an outage degrades the instance (a cluster's
+        # failover: its other shards answer meanwhile, and the failing shard's promoted replica soon does).
+        self._ride_out = ride_out
         self.policies: list[RolePolicy] = []  # in write-back order
         self.waiting: Callable[[], Collection[str]] = tuple  # payments changed and not yet written back
         self.healthy = False
@@ -142,15 +157,36 @@ class Failover:
         )
 
     # -- calls ------------------------------------------------------------------------------------
-    async def on_primary(self, call: Callable[[], Awaitable[T]]) -> tuple[bool, T | None]:
-        """(True, result) if the primary is healthy and answered; (False, None) if not (an outage degrades)."""
-        if self.healthy:
+    async def on_primary(self, call: Callable[[], Awaitable[T]], *, ride_out: bool = True) -> tuple[bool, T | None]:
+        """(True, result) if the primary is healthy and answered; (False, None) if not (an outage degrades).
+
+        With a ride-out (a cluster), an outage is tried again, backing off, for up to that long before it
+        degrades the instance: one shard failing over is the cluster's routine, and degrading for it would
+        move every payment onto memory (where an initiation on a key another instance holds collects
+        blind) while the other shards answer. Only the calls that reach the failing shard wait. A call that
+        another call's outage degraded meanwhile stops waiting and goes to memory.
+        """
+        deadline: float | None = None
+        delay = _RIDE_OUT_FIRST_DELAY
+        while self.healthy:
             try:
                 return True, await call()
             except BUSY_ERRORS:
                 raise Busy() from None
             except OUTAGE_ERRORS as exc:
-                self.degrade(exc)
+                now = time.monotonic()
+                if deadline is None:
+                    deadline = now + (self._ride_out if ride_out else 0.0)
+                    if deadline > now:
+                        log.warning(
+                            "storage: a Redis call failed; waiting for the cluster to fail over before degrading",
+                            extra={"error": f"{type(exc).__name__}: {exc}", "wait_seconds": self._ride_out},
+                        )
+                if now >= deadline or not self.healthy:
+                    self.degrade(exc)
+                    break
+                await asyncio.sleep(min(delay * random.uniform(0.5, 1.0), deadline - now))
+                delay = min(delay * 2, _RIDE_OUT_MAX_DELAY)
         return False, None
 
     def degrade(self, exc: BaseException) -> None:
@@ -199,11 +235,13 @@ class Failover:
         """
         try:
             if self.healthy:
-                await self._watch_primary()
+                await self.on_primary(self._watch_primary)  # a cluster's failover is waited for here too
             else:
                 await self.recover()
+        except Busy:
+            pass  # busy, not away (on_primary turned the pool's error into Busy)
         except BUSY_ERRORS:
-            pass  # busy, not away
+            pass
         except OUTAGE_ERRORS as exc:
             self.degrade(exc)
 
@@ -255,10 +293,32 @@ class Failover:
         await self._announce(written)
 
     async def health(self, backend: str) -> StorageHealth:
-        ok, latency = await self.on_primary(self.primary.ping)
-        if ok:
+        riding_out: str | None = None  # a cluster node's failure, which calls are waiting out
+        reason = ""
+        if self.healthy:
+            # Never waited out: /health answers at once (a load balancer's check has a timeout of its own).
+            try:
+                latency = await self.primary.ping()
+                return StorageHealth(
+                    backend=backend, status="healthy", redis_reachable=True, latency_ms=round(latency, 2)
+                )
+            except BUSY_ERRORS:
+                raise Busy() from None
+            except OUTAGE_ERRORS as exc:
+                if not self._ride_out:
+                    self.degrade(exc)
+                riding_out = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                reason = type(exc).__name__
+        if riding_out is not None and self.healthy:
             return StorageHealth(
-                backend=backend, status="healthy", redis_reachable=True, latency_ms=round(latency or 0.0, 2)
+                backend=backend,
+                status="degraded",
+                redis_reachable=False,
+                reason=reason,
+                detail=(
+                    f"a Redis Cluster node does not answer ({riding_out}); calls about its shard wait up to "
+                    f"{self._ride_out:g} s for a failover before this instance runs on memory"
+                ),
             )
         reachable = False
         probe: float | None = None
@@ -302,8 +362,13 @@ class _ResilientRole:
                 return await fallback(*args, **kwargs)
             local = await fallback(*args, **kwargs) if route is Route.BOTH else None
 
+            tries = 0
+
             async def on_primary() -> Any:
-                return await policy.after(call, await primary(*args, **kwargs), True)
+                nonlocal tries
+                tries += 1
+                result = await primary(*args, **kwargs)
+                return await policy.after(call, policy.retried(call, result) if tries > 1 else result, True)
 
             ok, result = await failover.on_primary(on_primary)
             if ok:

@@ -104,6 +104,17 @@ class PaymentsPolicy(_Remembered):
         taken, self.unconfirmed = sorted(self.unconfirmed), set()
         return taken
 
+    def retried(self, call: Call, result: Any) -> Any:
+        """A status change that reached Redis only on a second try (a shard failing over) and changed
+        nothing there may have been made by the first try, whose answer was lost with the old primary: its
+        notification would then never go out. The record as stored is written back and announced like an
+        outage's (the watcher's next pass), and the provider is asked again."""
+        if call.name == "transition" and isinstance(result, Transition) and not result.applied and result.payment:
+            self._memory.mirror(result.payment)
+            self.dirty.add(result.payment.reference)
+            self.unconfirmed.add(result.payment.reference)
+        return result
+
     async def after(self, call: Call, result: Any, on_primary: bool) -> Any:
         if call.name == "get_payment" and on_primary and result is not None and result.reference not in self.dirty:
             self._memory.mirror(result)
