@@ -295,3 +295,71 @@ async def test_a_shard_failing_over_makes_only_its_calls_wait_and_the_instance_s
         assert not [r for r in caplog.records if "DEGRADED" in r.getMessage()]
     finally:
         await storage.close()
+
+
+async def test_a_primary_killed_during_the_wait_after_a_change_leaves_it_applied_and_unconfirmed(
+    redis_cluster: RedisCluster,
+) -> None:
+    """A status change ran on a primary that was killed -9 while the WAIT after it was still waiting: the
+    change is applied and announced (its replica has it), the instance stays on Redis through the
+    failover (the watcher's passes wait for it too), and the change counts as unconfirmed: written back
+    and asked of CamPay again, since a replica that had not received it would have lost it."""
+    announced: list[str] = []
+
+    async def on_recovered(references: list[str]) -> None:
+        announced.extend(references)
+
+    common = {
+        "STORAGE_BACKEND": "redis",
+        "REDIS_URL": redis_cluster.url,
+        "REDIS_CLUSTER": True,
+        "REDIS_KEY_PREFIX": "made:",
+        "REDIS_TIMEOUT_SECONDS": 10.0,
+        "REDIS_RECONNECT_INTERVAL_SECONDS": 0.5,
+        "REDIS_CLUSTER_FAILOVER_WAIT_SECONDS": 30,
+    }
+    setup: Any = create_storage(make_settings(**common), SystemClock())
+    # Two replicas asked of a shard that has one: the WAIT after the change always waits its whole 4 s,
+    # long enough to kill the primary after the change ran and before it answered.
+    storage: Any = create_storage(
+        make_settings(**common, REDIS_WAIT_REPLICAS=2, REDIS_WAIT_TIMEOUT_MS=4000),
+        SystemClock(),
+        on_recovered=on_recovered,
+    )
+    await setup.start()
+    await storage.start()
+    try:
+        await setup.create_payment(owned(reference="ref-m", order_id="order-m"))
+        primary = storage.primary.redis.get_node_from_key(RedisKeys("made:").payment("ref-m")).port
+        replica = await redis_cluster.wait_replicated(primary)
+        change = asyncio.create_task(
+            storage.transition(
+                StatusUpdate(reference="ref-m", status="FAILED", source=UpdateSource.PROVIDER_POLL), datetime.now(UTC)
+            )
+        )
+        reader = redis_cluster.node(replica)
+        try:
+            await reader.execute_command("READONLY")
+
+            async def replica_has_it() -> bool:
+                raw = await reader.get(RedisKeys("made:").payment("ref-m"))
+                return raw is not None and '"FAILED"' in str(raw)
+
+            await eventually(replica_has_it, timeout=4, interval=0.01)
+        finally:
+            await reader.aclose()
+        assert not change.done()  # still in its WAIT
+        await redis_cluster.kill(primary)
+        done = await asyncio.wait_for(change, 60)
+        assert done.applied and done.payment.status is PaymentStatus.FAILED
+        await redis_cluster.wait_role(replica, "master")
+
+        async def written_back() -> bool:  # the watcher's pass after the failover, on the promoted replica
+            return "ref-m" in announced
+
+        await eventually(written_back, timeout=30, interval=0.1)
+        assert storage.healthy and "ref-m" in storage.take_unconfirmed()
+        assert (await storage.primary.get_payment("ref-m")).status is PaymentStatus.FAILED
+    finally:
+        await storage.close()
+        await setup.close()

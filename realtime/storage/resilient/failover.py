@@ -205,7 +205,10 @@ class Failover:
         await self.fallback.start()
         try:
             await asyncio.wait_for(self.primary.start(), self._interval + 5)
-            self.healthy = True  # the watcher's first pass learns the primary's run_id
+            # Learnt now, not by the watcher's first pass: a failover before that pass would otherwise be
+            # taken for the primary this instance started on, and what it lost never written back.
+            self._primary_id = await asyncio.wait_for(self.primary.server_id(), self._interval + 5)
+            self.healthy = True
             log.info("storage: connected to Redis")
         except OUTAGE_ERRORS as exc:
             self.degrade(exc)
