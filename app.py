@@ -45,6 +45,7 @@ from realtime.storage.base import STORAGE, Storage
 from realtime.storage.factory import create_storage
 from realtime.storage.keys import RedisKeys
 from webhooks.inbound.processor import WEBHOOKS, WebhookProcessor
+from webhooks.inbound.signature import SignatureRules
 from webhooks.outbound.delivery import DELIVERY, create_delivery
 
 log = logging.getLogger("paytrack")
@@ -196,7 +197,12 @@ def create_app(
         service,
         provider,
         reconciler,
-        webhook_key=settings.CAMPAY_WEBHOOK_KEY,
+        clock,
+        signature_rules=SignatureRules(
+            key=settings.CAMPAY_WEBHOOK_KEY,
+            max_age_seconds=settings.CAMPAY_WEBHOOK_MAX_AGE_SECONDS,
+            binds_status=settings.CAMPAY_WEBHOOK_SIGNATURE_BINDS_STATUS,
+        ),
         verify_with_provider=settings.WEBHOOK_VERIFY_WITH_PROVIDER,
         metrics=metrics,
     )

@@ -143,6 +143,12 @@ class Settings(BaseSettings):
     CAMPAY_APP_PASSWORD: str = ""
     CAMPAY_PERMANENT_ACCESS_TOKEN: str = ""
     CAMPAY_WEBHOOK_KEY: str = ""
+    # A callback's signature carrying `iat` (CamPay's do) is accepted this long after it was issued, plus
+    # 30 s for the two clocks; past it, 401 `signature_expired` (a captured signature is not good for ever).
+    CAMPAY_WEBHOOK_MAX_AGE_SECONDS: float = Field(300.0, gt=0, le=86400)
+    # Set only if your CamPay app's signatures carry a `status` claim: it is then required and must match
+    # the callback's. Needed for WEBHOOK_VERIFY_WITH_PROVIDER=false in production.
+    CAMPAY_WEBHOOK_SIGNATURE_BINDS_STATUS: bool = False
     # Addresses or CIDR ranges CamPay's callbacks may come from (empty: any; the signature still decides).
     CAMPAY_WEBHOOK_ALLOWED_IPS: Annotated[list[IPvAnyNetwork], NoDecode] = []
 
@@ -409,6 +415,14 @@ class Settings(BaseSettings):
                 )
             if not self.CAMPAY_WEBHOOK_KEY:
                 problem("CAMPAY_WEBHOOK_KEY", "CAMPAY_WEBHOOK_KEY is required when PAYMENT_PROVIDER=campay")
+        if production and not self.WEBHOOK_VERIFY_WITH_PROVIDER and not self.CAMPAY_WEBHOOK_SIGNATURE_BINDS_STATUS:
+            problem(
+                "WEBHOOK_VERIFY_WITH_PROVIDER",
+                "WEBHOOK_VERIFY_WITH_PROVIDER=false is refused in production: CamPay's signature binds the "
+                "reference but not the status, so the status applied would be whatever the callback (or "
+                "anyone replaying its signature) claims. Keep it true (CamPay's own answer is applied), or set "
+                "CAMPAY_WEBHOOK_SIGNATURE_BINDS_STATUS=true if your CamPay signatures carry a status claim",
+            )
         if production:
             for name in ("JWT_SECRET", "CAMPAY_WEBHOOK_KEY"):
                 value: str = getattr(self, name)

@@ -30,7 +30,7 @@ from payments.schemas import RefreshTokenPayload, StopTrackingPayload, TrackPayl
 from payments.service import PaymentService
 from realtime import event_names as ev
 from realtime.delivery import Follow, LocalDelivery, message_for_event
-from realtime.expiry import ExpiryTimers
+from realtime.expiry import ExpiryTimers, refuse_expired
 from realtime.sessions import Sessions
 from realtime.storage.base import ClientRecord, Storage
 from realtime.storage.expiring import ExpiringMap
@@ -135,6 +135,7 @@ class PaymentNamespace(socketio.AsyncNamespace):
             )
             token = auth.get("token") if isinstance(auth, dict) else None
             identity = await self._authenticator.authenticate(token if isinstance(token, str) else None)
+            refuse_expired(identity, self._clock)
             sessions.open(sid, identity)  # before the next await: a disconnect meanwhile finds it and closes it
             await self._storage.add_client(
                 ClientRecord(socket_id=sid, instance_id=self._instance_id, connected_at=self._clock.now())
@@ -251,6 +252,7 @@ class PaymentNamespace(socketio.AsyncNamespace):
         current = self._sessions.identity(sid)
         try:
             identity = await self._authenticator.authenticate(parsed.token)
+            refuse_expired(identity, self._clock)
         except ApiError as exc:
             return _error(exc.code, exc.message)
         if identity is None or current is None:

@@ -1,4 +1,12 @@
-"""Token expiry on long-lived sockets: warn a minute before, disconnect at expiry unless refreshed."""
+"""Token expiry on long-lived sockets: warn a minute before, disconnect at expiry unless refreshed.
+
+A socket is admitted (at connect or `refresh-token`) only with a token that has not expired on this
+server's clock, the clock the timers run on. The JWT check allows 30 s of leeway for the issuer's
+clock; a socket cannot use it: its timer cuts at `exp`, so a token past `exp` but inside the leeway
+would be acked and then cut at once, with no `token-expiring` in between. It is refused with
+`token_expired` instead, which tells the client to fetch a fresh token (what the official client
+does). A one-shot REST request keeps the leeway: nothing cuts it afterwards.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +15,13 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 
 from core.clock import Clock
+from payments.access import Identity, Unauthenticated
+
+
+def refuse_expired(identity: Identity | None, clock: Clock) -> None:
+    """Raise `token_expired` if `identity`'s token has expired on `clock`: a socket would be cut at once."""
+    if identity is not None and identity.expires_at is not None and identity.expires_at <= clock.now():
+        raise Unauthenticated("the token has expired", code="token_expired")
 
 
 class ExpiryTimers:

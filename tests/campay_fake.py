@@ -29,6 +29,8 @@ import jwt
 from aiohttp import web
 from jwt.warnings import InsecureKeyLengthWarning
 
+from core.clock import Clock
+
 USERNAME = "campay-user"
 PASSWORD = "campay-pass"
 WEBHOOK_KEY = "campay-webhook-key-for-tests-0123456789abcdef"
@@ -103,6 +105,9 @@ class FakeCampay:
         self.on_collect: Callable[[dict[str, Any]], None] | None = None
         self._created = asyncio.Event()  # set whenever a collect creates a transaction
         self.created_at: dict[str, float] = {}  # reference -> time.monotonic() when it was created
+        # CamPay's clock, for the `iat` of the webhooks it signs: the server's ManualClock in tests that move
+        # time (the server checks a signature's age on its own clock), else the system's.
+        self.clock: Clock | None = None
         self.url = ""
 
     # -- test controls ------------------------------------------------------------
@@ -178,6 +183,11 @@ class FakeCampay:
     def revoke_tokens(self) -> None:
         self.valid_tokens.clear()
 
+    def signature_claims(self, reference: str) -> dict[str, Any]:
+        """What CamPay's webhook signature says: the payment it is about, and when it was issued."""
+        issued = self.clock.now().timestamp() if self.clock is not None else time.time()
+        return {"reference": reference, "iat": int(issued)}
+
     def webhook_fields(
         self,
         reference: str,
@@ -189,7 +199,9 @@ class FakeCampay:
         algorithm: str = "HS256",
         fields: dict[str, str] | None = None,
     ) -> dict[str, str]:
-        """The callback CamPay would send; `fields` overrides any of them (shapes seen in the wild)."""
+        """The callback CamPay would send; `fields` overrides any of them (shapes seen in the wild).
+
+        Signed over `signature_claims` unless `claims` (or a ready `signature`) is given."""
         tx = self.transactions.get(reference, {})
         callback = {
             "status": status or tx.get("status", "SUCCESSFUL"),
@@ -209,7 +221,7 @@ class FakeCampay:
             with warnings.catch_warnings():  # CamPay's keys are what they are: HS512 with a 45-byte key is real
                 warnings.simplefilter("ignore", InsecureKeyLengthWarning)
                 signature = jwt.encode(
-                    claims if claims is not None else {"reference": reference}, key, algorithm=algorithm
+                    claims if claims is not None else self.signature_claims(reference), key, algorithm=algorithm
                 )
         if signature is not None:
             callback["signature"] = signature

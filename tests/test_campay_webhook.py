@@ -177,14 +177,17 @@ async def test_signed_webhook_drives_tracking_client_to_success(
 
 
 FORGERIES = [
-    pytest.param({"signature": "not-a-jwt"}, id="malformed"),
-    pytest.param({"key": "some-other-key-that-is-long-enough-for-hs256"}, id="other-key"),
-    pytest.param({"signature": None}, id="missing"),
-    pytest.param({"claims": {"reference": "someone-elses-payment"}}, id="reference-mismatch"),
-    pytest.param({"signature": "alg-none"}, id="alg-none"),
-    pytest.param({"signature": "hs512"}, id="hs512-other-key"),
-    pytest.param({"signature": "alg-confusion"}, id="rs256-header-hmac-signed"),
-    pytest.param({"signature": "expired"}, id="expired"),
+    pytest.param({"signature": "not-a-jwt"}, "invalid_signature", id="malformed"),
+    pytest.param({"key": "some-other-key-that-is-long-enough-for-hs256"}, "invalid_signature", id="other-key"),
+    pytest.param({"signature": None}, "invalid_signature", id="missing"),
+    pytest.param(
+        {"claims": {"reference": "someone-elses-payment"}}, "signature_reference_mismatch", id="reference-mismatch"
+    ),
+    pytest.param({"claims": {"status": "SUCCESSFUL"}}, "signature_unbound", id="no-reference-claim"),
+    pytest.param({"signature": "alg-none"}, "invalid_signature", id="alg-none"),
+    pytest.param({"signature": "hs512"}, "invalid_signature", id="hs512-other-key"),
+    pytest.param({"signature": "alg-confusion"}, "invalid_signature", id="rs256-header-hmac-signed"),
+    pytest.param({"signature": "expired"}, "signature_expired", id="expired"),
 ]
 
 
@@ -201,9 +204,9 @@ def _rs256_confusion(claims: dict[str, Any], key: str) -> str:
     return f"{signing_input}.{b64(hmac.new(key.encode(), signing_input.encode(), hashlib.sha256).digest())}"
 
 
-@pytest.mark.parametrize("forgery", FORGERIES)
+@pytest.mark.parametrize("forgery, code", FORGERIES)
 async def test_forged_webhook_is_401_and_changes_nothing(
-    live: Instance, campay: FakeCampay, http: aiohttp.ClientSession, forgery: dict[str, Any]
+    live: Instance, campay: FakeCampay, http: aiohttp.ClientSession, forgery: dict[str, Any], code: str
 ) -> None:
     ref = (await _pay(live))["reference"]
     client = await live.tracker()
@@ -220,7 +223,7 @@ async def test_forged_webhook_is_401_and_changes_nothing(
         forgery = {"signature": jwt.encode({"reference": ref, "exp": 1_000_000_000}, WEBHOOK_KEY, algorithm="HS256")}
     transaction_calls = campay.calls["transaction"]
     status, body = await campay.send_webhook(http, live.url, ref, **forgery)
-    assert status == 401 and body["error"]["code"] == "invalid_signature"
+    assert status == 401 and body["error"]["code"] == code
     assert await _state(live, ref) == ("PENDING", 1)
     assert campay.calls["transaction"] == transaction_calls  # refused before asking anyone
     await client.barrier()

@@ -61,6 +61,7 @@ async def test_an_order_charged_twice_says_so_and_the_merchant_hears_the_duplica
     callback came after all), the order shows the first success as its payment and the other under
     `duplicate_payments`, and the merchant's webhook for the other carries `duplicate_of` to refund it."""
     clock = ManualClock()
+    campay.clock = clock  # CamPay signs its callbacks on the clock the server checks them with
     settings = campay_settings(campay, CAMPAY_TIMEOUT_SECONDS=0.3, COLLECT_LIFETIME_SECONDS=60)
     instance = await start_instance(clock, **settings, **merchant_settings(merchant))
     campay.hold_collects()
@@ -216,6 +217,7 @@ async def test_a_callback_replayed_after_the_payment_expired_tells_the_merchant_
     start_instance: StartInstance, campay: FakeCampay, merchant: MerchantReceiver, http: aiohttp.ClientSession
 ) -> None:
     clock = ManualClock()
+    campay.clock = clock  # CamPay signs its callbacks on the clock the server checks them with
     instance = await start_instance(clock, **campay_settings(campay, **merchant_settings(merchant)))
     _, payment, _ = await instance.api.initiate(order_id="o-replay")
     reference = payment["reference"]

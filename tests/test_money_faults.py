@@ -69,6 +69,7 @@ async def test_key_is_answered_after_adopt_stored_the_payment_but_could_not_reso
     """The request dies right after storing the payment, before resolving its intent: a retry with the key
     still gets the payment (its intent is pending, but the order's payment carries its nonce)."""
     clock = ManualClock()
+    campay.clock = clock  # CamPay signs its callbacks on the clock the server checks them with
     instance = await start_instance(clock, **campay_settings(campay))
     storage = instance.storage
     real_resolve = storage.resolve_intent

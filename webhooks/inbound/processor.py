@@ -1,10 +1,13 @@
 """Turns a CamPay callback into at most one status change, and only if it is genuine.
 
-Order of trust: the signature first (a bad one changes nothing), then, because
-CamPay's signature does not cover the status, the provider's own answer to
-`GET /transaction/{reference}/` is what gets applied. If the provider cannot be
-reached the webhook is still accepted and the reconciler re-checks it, so a
-CamPay outage delays a status, it never drops one.
+Order of trust: the signature first (a bad one, one for another reference or
+one past its age changes nothing and asks nobody: `signature.py`), then,
+because CamPay's signature does not cover the status, the provider's own
+answer to `GET /transaction/{reference}/` is what gets applied. If the
+provider cannot be reached, the reconciler re-checks the reference until it
+answers, so a CamPay outage delays a status, it never drops one; meanwhile
+nothing is stored for a reference paytrack does not hold (CamPay has not
+confirmed it exists), and the sender is told to come back (503).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Annotated, Any
 from aiohttp import web
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictStr
 
+from core.clock import Clock
 from core.errors import ApiError, NotFound, ProviderError
 from observability.logs import bind
 from observability.metrics import Metrics
@@ -26,7 +30,7 @@ from payments.reconciler import Reconciler
 from payments.reported import as_text, parse_amount
 from payments.schemas import Reference
 from payments.service import PaymentService
-from webhooks.inbound.signature import SignatureError, verify_signature
+from webhooks.inbound.signature import SignatureError, SignatureRules, verify_signature
 
 log = logging.getLogger("paytrack.audit")  # every webhook decision is an audit line
 
@@ -59,7 +63,20 @@ class CampayWebhook(BaseModel):
 
 
 class InvalidSignature(ApiError):
+    """401; the code is the signature check's (`invalid_signature`, `signature_expired`, ...)."""
+
     status, code = 401, "invalid_signature"
+
+
+# What a callback CamPay could not be asked about is told: come back in this long (CamPay's retries,
+# if it makes any, are its own; the reconciler asks CamPay about the reference meanwhile anyway).
+VERIFICATION_RETRY_AFTER_SECONDS = 60
+
+
+class VerificationUnavailable(ApiError):
+    """503: a callback for a reference paytrack does not hold, while CamPay cannot confirm it exists."""
+
+    status, code = 503, "verification_unavailable"
 
 
 @dataclass(frozen=True)
@@ -77,15 +94,17 @@ class WebhookProcessor:
         service: PaymentService,
         provider: PaymentProvider,
         reconciler: Reconciler,
+        clock: Clock,
         *,
-        webhook_key: str,
+        signature_rules: SignatureRules,
         verify_with_provider: bool,
         metrics: Metrics | None = None,
     ) -> None:
         self._service = service
         self._provider = provider
         self._reconciler = reconciler
-        self._key = webhook_key
+        self._clock = clock
+        self._rules = signature_rules
         self._verify = verify_with_provider
         self._metrics = metrics or Metrics()
 
@@ -98,9 +117,6 @@ class WebhookProcessor:
         with bind(reference=hook.reference):
             try:
                 outcome = await self._process(hook)
-            except InvalidSignature:
-                self._count("invalid_signature")
-                raise
             except ApiError as exc:
                 self._count(exc.code)
                 raise
@@ -113,10 +129,16 @@ class WebhookProcessor:
     async def _process(self, hook: CampayWebhook) -> WebhookOutcome:
         audit = {"reference": hook.reference, "claimed": hook.status}
         try:
-            verify_signature(hook.signature, self._key, reference=hook.reference)
+            verify_signature(
+                hook.signature,
+                self._rules,
+                reference=hook.reference,
+                status=hook.status,
+                now=self._clock.now().timestamp(),
+            )
         except SignatureError as exc:
-            log.warning("webhook refused", extra={**audit, "why": str(exc)})
-            raise InvalidSignature(f"webhook signature rejected: {exc}") from None
+            log.warning("webhook refused", extra={**audit, "why": str(exc), "code": exc.code})
+            raise InvalidSignature(f"webhook signature rejected: {exc}", code=exc.code) from None
 
         if (hook.endpoint or "").lower() == "withdraw":
             # A payout's callback: paytrack makes none yet, and it is no collect of ours.
@@ -145,16 +167,7 @@ class WebhookProcessor:
                 log.warning("webhook for a reference the provider does not know", extra=audit)
                 return WebhookOutcome(200, "unknown_to_provider")
             except ProviderError as exc:
-                # Keep a PENDING record (private if we never initiated it) so the reconciler's sweep
-                # covers it even if this instance stops, and re-check it soon.
-                await self._service.apply_update(
-                    StatusUpdate(reference=hook.reference, status="PENDING", source=UpdateSource.WEBHOOK)
-                )
-                self._reconciler.request_check(hook.reference)
-                log.warning(
-                    "webhook accepted, provider unreachable: verification deferred", extra={**audit, "error": exc.code}
-                )
-                return WebhookOutcome(202, "verification_pending")
+                return await self._unverified(hook, exc, audit)
             update = tx.to_update(UpdateSource.WEBHOOK).model_copy(update={"reference": hook.reference})
             if tx.status.upper() == "PENDING" and hook.status.upper() != "PENDING":
                 # The claim is not confirmed yet: record nothing new, re-check soon.
@@ -175,6 +188,30 @@ class WebhookProcessor:
             self._reconciler.request_check(hook.reference)
         log.info("webhook accepted", extra={**audit, "outcome": transition.outcome})
         return WebhookOutcome(200, transition.outcome)
+
+    async def _unverified(self, hook: CampayWebhook, error: ProviderError, audit: dict[str, Any]) -> WebhookOutcome:
+        """CamPay could not be asked: the reconciler asks again until it answers. A payment we hold stays
+        as it is (its sweep covers it while PENDING) and the callback is accepted (202). A reference we do
+        not hold gets no record: only CamPay's answer may create one (a callback alone proves nothing about
+        its payment, and an orphan PENDING made from it would be the sender's choice). The sender is told
+        to come back (503); the check asked for lives in this instance's memory only."""
+        self._reconciler.request_check(hook.reference)
+        try:
+            await self._service.get_payment(hook.reference)
+        except NotFound:
+            log.warning(
+                "webhook for a reference we do not hold, provider unreachable: nothing stored, asked again later",
+                extra={**audit, "error": error.code},
+            )
+            raise VerificationUnavailable(
+                "CamPay could not be asked about this reference; nothing was stored. It is asked again "
+                "when CamPay answers; send the callback again later",
+                retry_after=VERIFICATION_RETRY_AFTER_SECONDS,
+            ) from None
+        log.warning(
+            "webhook accepted, provider unreachable: verification deferred", extra={**audit, "error": error.code}
+        )
+        return WebhookOutcome(202, "verification_pending")
 
 
 def _still_pending(update: StatusUpdate, transition: Transition) -> bool:
