@@ -1,6 +1,6 @@
 """The production recipe, run as written: deploy/local-cluster.sh (Redis, two instances, nginx with
-deploy/nginx.conf), a long-polling page and a websocket page on different instances, one signed
-CamPay webhook to one instance, both pages complete."""
+deploy/nginx.conf), a long-polling page and a websocket page (with the Origin a browser sends for the
+printed URL) on different instances, one signed CamPay webhook to one instance, both pages complete."""
 
 from __future__ import annotations
 
@@ -78,7 +78,8 @@ async def read_url(proc: asyncio.subprocess.Process) -> tuple[str, str]:
     while True:
         line = (await proc.stdout.readline()).decode()
         if not line:
-            raise AssertionError(f"local-cluster.sh exited with {await proc.wait()}")
+            err = (await proc.stderr.read()).decode() if proc.stderr else ""
+            raise AssertionError(f"local-cluster.sh exited with {await proc.wait()}:\n{err}")
         if match := re.search(r"paytrack cluster: (http://127\.0\.0\.1:\d+)", line):
             return match.group(1), line
 
@@ -115,6 +116,8 @@ async def test_cluster_script_serves_polling_and_websocket_pages_on_different_in
         CAMPAY_RETRY_BASE_SECONDS="0.01",
         RECONCILE_ENABLED="false",
         SHUTDOWN_TIMEOUT_SECONDS="3",
+        # Not the page's origin: the page is let in as the site's own, from what nginx forwards.
+        FRONTEND_URL="https://shop.example",
     )
     proc = await asyncio.create_subprocess_exec(
         "bash",
@@ -153,9 +156,11 @@ async def test_cluster_script_serves_polling_and_websocket_pages_on_different_in
 
             # A websocket page goes to the least busy instance: the polling page holds a long-poll
             # open on its own, so the next websocket lands on the other (tried a few times to be sure).
+            # It is a page opened at the URL the script printed: its browser sends that as Origin.
             for _ in range(5):
-                page = await Tracker(url).connect()
+                page = await Tracker(url).connect(headers={"Origin": url})
                 pages.append(page)
+                assert page.sio.transport() == "websocket"
                 websocket_instance = await where(http, url, page.sid)
                 if websocket_instance != polling_instance:
                     break
