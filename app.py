@@ -22,7 +22,9 @@ import webhooks.inbound.routes
 from auth.authenticators import create_authenticator
 from core.background import CleanupContext, closing, opened, running
 from core.clock import CLOCK, Clock, SystemClock
+from core.cors import PolicyRouterAdapter
 from core.errors import error_middleware
+from core.origins import OriginPolicy
 from core.ratelimit import LIMITER, Limit, RateLimiter
 from core.settings import SETTINGS, AuthMode, Settings
 from observability.health import PROBE
@@ -309,7 +311,8 @@ def _setup_cors(app: web.Application, settings: Settings) -> None:
         allow_methods=("GET", "POST"),
     )
     receivers = len(app.on_response_prepare)
-    cors = aiohttp_cors.setup(app, defaults={origin: options for origin in settings.FRONTEND_URL})
+    policy = OriginPolicy.from_settings(settings)
+    cors = aiohttp_cors.CorsConfig(app, router_adapter=PolicyRouterAdapter(app.router, policy, options))
     if len(app.on_response_prepare) == receivers + 1:  # aiohttp-cors 0.8 adds one; otherwise left as it is
         app.on_response_prepare[-1] = _with_origin_only(app.on_response_prepare[-1])
     for route in list(app.router.routes()):

@@ -123,8 +123,10 @@ class Settings(BaseSettings):
     # of a restarted instance reconnects at once; a dropped SYN costs its client a 1 s, then 3 s, retransmit.
     LISTEN_BACKLOG: int = Field(1024, ge=1, le=65535)
 
-    # Comma-separated list of origins allowed by CORS and by Socket.IO.
-    FRONTEND_URL: Annotated[list[str], NoDecode] = ["http://localhost:3000"]
+    # Comma-separated list of the page origins allowed by CORS and by Socket.IO ("*": any), besides the
+    # server's own. Unset: in development any page on this machine (localhost, 127.0.0.0/8, [::1], any
+    # port); in production none but the server's own (core/origins.py).
+    FRONTEND_URL: Annotated[list[str], NoDecode] = []
 
     STORAGE_BACKEND: StorageBackend | None = None
     PAYMENT_TTL_SECONDS: int = Field(3600, gt=0)

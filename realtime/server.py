@@ -33,8 +33,8 @@ from aiohttp import web
 from engineio import async_socket
 
 from core.errors import ApiError, non_ascii_header
-from core.http import own_origin
 from core.jsonio import JsonModule
+from core.origins import OriginPolicy
 from core.settings import Settings
 from realtime.engineio_session import LeanSession
 from realtime.handshakes import AnonymousSessions
@@ -42,25 +42,17 @@ from realtime.manager import LocalManager
 from realtime.websocket import BatchingWebSocket
 
 
-def origin_checker(
-    allowed: list[str], *, trust_forwarded: bool = False
-) -> Callable[[str | None, dict[str, Any]], bool]:
-    """Allow FRONTEND_URL origins, plus the server's own origin (its test page).
+def origin_checker(policy: OriginPolicy) -> Callable[[str | None, dict[str, Any]], bool]:
+    """Engine.IO's origin check by the server's `OriginPolicy` (the same rule as REST CORS).
 
-    The own origin is the scheme and Host the connection arrived with;
-    `X-Forwarded-Proto`/`X-Forwarded-Host` replace them only behind a trusted
-    proxy (TRUST_FORWARDED_FOR), or any page could claim to be ours.
+    A handshake without `Origin` is not a browser page (a server, a native app): nothing to check.
     """
-    allow_all = "*" in allowed
-    allowed_set = set(allowed)
 
     def check(origin: str | None, environ: dict[str, Any]) -> bool:
-        if origin is None or allow_all or origin in allowed_set:
+        if origin is None:
             return True
         request = environ.get("aiohttp.request")
-        if not isinstance(request, web.BaseRequest):
-            return False
-        return origin == own_origin(request, trust_forwarded=trust_forwarded)
+        return policy.accepts(origin, request if isinstance(request, web.BaseRequest) else None)
 
     return check
 
@@ -217,7 +209,7 @@ def create_sio(settings: Settings, client_manager: socketio.AsyncManager | None 
         sessions=sessions,
         upgrade_timeout=settings.SOCKET_UPGRADE_TIMEOUT_SECONDS,
         async_mode="aiohttp",
-        cors_allowed_origins=origin_checker(settings.FRONTEND_URL, trust_forwarded=settings.TRUST_FORWARDED_FOR),
+        cors_allowed_origins=origin_checker(OriginPolicy.from_settings(settings)),
         client_manager=client_manager or LocalManager(),
         # Logger objects rather than True/False: with a bool the libraries attach a stderr handler
         # of their own, and every line they log comes out twice, once not as JSON (logs.py sets levels).

@@ -1,0 +1,76 @@
+"""Which pages may talk to the server: one rule for Socket.IO handshakes and REST CORS alike.
+
+FRONTEND_URL's origins and the server's own; in development with FRONTEND_URL unset, any page served
+from this machine (localhost, 127.0.0.0/8 or [::1], any port, http or https), which is where a
+developer's checkout runs (`npm run dev` on localhost:5173, a page on 127.0.0.1:3000).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.conftest import Instance, StartInstance
+from tests.harness import PRODUCTION
+from tests.test_client_address import connect
+
+LOOPBACK_PAGES = [
+    "http://localhost:3000",
+    "http://127.0.0.1:3000",
+    "http://localhost:5173",
+    "http://127.0.0.2:8080",
+    "http://[::1]:5173",
+    "https://localhost",
+    "http://LOCALHOST:4000",
+]
+OTHER_PAGES = [
+    "https://evil.example",
+    "http://localhost.evil.example",
+    "http://127.0.0.1.nip.io:3000",
+    "http://192.168.1.20:3000",
+    "http://10.0.0.1",
+    "file://localhost",
+    "null",
+    "http://localhost:3000/path",
+    "http://user@localhost:3000",
+]
+
+
+async def accepted(instance: Instance, origin: str) -> tuple[bool, bool]:
+    """(a websocket from `origin` gets past the origin check, a CORS preflight from `origin` is allowed)."""
+    refusal = await connect(instance, headers={"Origin": origin})
+    socket_ok = refusal is None or not refusal.startswith("handshake refused")  # e.g. no token, in production
+    preflight = {"Origin": origin, "Access-Control-Request-Method": "POST"}
+    status, _, headers = await instance.api.request("OPTIONS", "/api/payment/initiate", headers=preflight)
+    cors_ok = status == 200 and headers.get("Access-Control-Allow-Origin") == origin
+    return socket_ok, cors_ok
+
+
+@pytest.mark.parametrize("origin", LOOPBACK_PAGES)
+async def test_development_accepts_any_page_on_this_machine(start_instance: StartInstance, origin: str) -> None:
+    instance = await start_instance()  # development, FRONTEND_URL unset
+    assert await accepted(instance, origin) == (True, True)
+
+
+@pytest.mark.parametrize("origin", OTHER_PAGES)
+async def test_development_refuses_pages_elsewhere(start_instance: StartInstance, origin: str) -> None:
+    instance = await start_instance()
+    assert await accepted(instance, origin) == (False, False)
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [{"FRONTEND_URL": "http://localhost:3000"}, PRODUCTION],
+    ids=["frontend-url-set", "production"],
+)
+async def test_a_set_frontend_url_or_production_accepts_only_what_it_names(
+    start_instance: StartInstance, settings: dict[str, Any]
+) -> None:
+    """FRONTEND_URL, once set, says exactly which pages (plus the server's own); production has no loopback rule."""
+    instance = await start_instance(**settings)
+    named = settings.get("FRONTEND_URL")
+    for origin in ("http://localhost:5173", "http://127.0.0.1:3000"):
+        assert await accepted(instance, origin) == (False, False), origin
+    if named:
+        assert await accepted(instance, named) == (True, True)
