@@ -47,7 +47,7 @@ async def page(tmp_path: Path) -> AsyncIterator[Any]:
     try:
         from playwright.async_api import async_playwright
     except ImportError:
-        pytest.skip("browser test: playwright is not installed (pip install -r requirements-dev.txt)")
+        pytest.skip("browser test: playwright is not installed (pip install --require-hashes -r requirements-dev.lock)")
     async with async_playwright() as pw:
         context = await pw.chromium.launch_persistent_context(
             str(tmp_path / "chromium-profile"),  # a fresh, empty profile for every test
