@@ -131,7 +131,7 @@ def pyspy_binary() -> str:
     candidate = Path(sys.executable).parent / "py-spy"
     found = str(candidate) if candidate.exists() else shutil.which("py-spy")
     if not found:
-        raise RuntimeError("py-spy is not installed (pip install -r requirements-dev.txt)")
+        raise RuntimeError("py-spy is not installed (pip install --require-hashes -r requirements-dev.lock)")
     return found
 
 

@@ -31,6 +31,7 @@ from payments.service import PaymentService
 from realtime import event_names as ev
 from realtime.delivery import Follow, LocalDelivery, message_for_event
 from realtime.expiry import ExpiryTimers, refuse_expired
+from realtime.refusals import log_handshake_refused
 from realtime.sessions import Sessions
 from realtime.storage.base import ClientRecord, Storage
 from realtime.storage.expiring import ExpiringMap
@@ -142,7 +143,9 @@ class PaymentNamespace(socketio.AsyncNamespace):
             )
         except ApiError as exc:
             sessions.close(sid)
-            audit.info("socket connection refused", extra={"why": exc.code, "socket_id": sid})
+            log_handshake_refused(
+                exc.code, environ, trust_forwarded=self._trust_forwarded_for, level=logging.INFO, socket_id=sid
+            )
             # The client sees `connect_error` with err.message and err.data.code.
             raise socketio.exceptions.ConnectionRefusedError(exc.message, {"code": exc.code}) from None
         except Exception:

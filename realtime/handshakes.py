@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from core.http import socket_client_address
+from realtime.refusals import log_handshake_refused
 
 log = logging.getLogger("paytrack.realtime")
-audit = logging.getLogger("paytrack.audit")
 
 _RESERVATION = "paytrack.anonymous_session"  # environ key carrying a handshake's reservation
 
@@ -52,7 +52,7 @@ class AnonymousSessions:
         """Count a new handshake against its address; False (and nothing counted) when over the cap."""
         address = socket_client_address(environ, trust_forwarded=self._trust_forwarded)
         if self._counts[address] >= self.per_address:
-            audit.warning("socket handshake refused: too many anonymous sessions", extra={"client": address})
+            log_handshake_refused("too_many_sessions", environ, trust_forwarded=self._trust_forwarded)
             return False
         self._counts[address] += 1
         environ[_RESERVATION] = _Reservation(address)

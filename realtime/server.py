@@ -39,6 +39,7 @@ from core.settings import Settings
 from realtime.engineio_session import LeanSession
 from realtime.handshakes import AnonymousSessions
 from realtime.manager import LocalManager
+from realtime.refusals import ENGINEIO_ORIGIN_LINE_FILTER, logging_refusals
 from realtime.websocket import BatchingWebSocket
 
 
@@ -205,16 +206,21 @@ def create_sio(settings: Settings, client_manager: socketio.AsyncManager | None 
         connect_timeout=settings.SOCKET_CONNECT_TIMEOUT_SECONDS,
         trust_forwarded=settings.TRUST_FORWARDED_FOR,
     )
+    engineio_logger = logging.getLogger("engineio.server")
+    engineio_logger.addFilter(ENGINEIO_ORIGIN_LINE_FILTER)  # one object: adding it again is a no-op
     return PaytrackSocketServer(
         sessions=sessions,
         upgrade_timeout=settings.SOCKET_UPGRADE_TIMEOUT_SECONDS,
         async_mode="aiohttp",
-        cors_allowed_origins=origin_checker(OriginPolicy.from_settings(settings)),
+        cors_allowed_origins=logging_refusals(
+            origin_checker(OriginPolicy.from_settings(settings)),
+            trust_forwarded=settings.TRUST_FORWARDED_FOR,
+        ),
         client_manager=client_manager or LocalManager(),
         # Logger objects rather than True/False: with a bool the libraries attach a stderr handler
         # of their own, and every line they log comes out twice, once not as JSON (logs.py sets levels).
         logger=logging.getLogger("socketio.server"),
-        engineio_logger=logging.getLogger("engineio.server"),
+        engineio_logger=engineio_logger,
         max_http_buffer_size=settings.MAX_BODY_BYTES,
         ping_interval=settings.SOCKET_PING_INTERVAL_SECONDS,
         ping_timeout=settings.SOCKET_PING_TIMEOUT_SECONDS,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import jwt
@@ -150,6 +151,20 @@ async def test_expiring_token_warns_then_disconnects(start_instance: StartInstan
     warning = await client.wait_for("token-expiring")
     assert warning[0].data["expires_at"].endswith("Z") and client.sio.connected
     await asyncio.wait_for(client.disconnected.wait(), WAIT)
+
+
+async def test_refresh_token_without_authentication_acks_auth_disabled_as_documented(
+    start_instance: StartInstance,
+) -> None:
+    """AUTH_MODE=none has no token to refresh: the ack says so with a code docs/API.md lists."""
+    instance = await start_instance()  # development: AUTH_MODE=none
+    client = await instance.tracker()
+    ack = await client.call("refresh-token", {"token": user_token("alice")})
+    assert ack["ok"] is False and ack["error"]["code"] == "auth_disabled"
+    assert client.sio.connected
+    api_doc = (Path(__file__).resolve().parent.parent / "docs" / "API.md").read_text()
+    refresh = api_doc.split("`refresh-token` `{token}`", 1)[1].split("\n\n", 1)[0]
+    assert "`auth_disabled`" in refresh, refresh
 
 
 async def test_refresh_token_keeps_the_socket(start_instance: StartInstance) -> None:

@@ -47,7 +47,7 @@ async def page(tmp_path: Path) -> AsyncIterator[Any]:
     try:
         from playwright.async_api import async_playwright
     except ImportError:
-        pytest.skip("browser test: playwright is not installed (pip install -r requirements-dev.txt)")
+        pytest.skip("browser test: playwright is not installed (pip install --require-hashes -r requirements-dev.lock)")
     async with async_playwright() as pw:
         context = await pw.chromium.launch_persistent_context(
             str(tmp_path / "chromium-profile"),  # a fresh, empty profile for every test
@@ -124,6 +124,72 @@ async def test_page_says_the_payment_is_no_longer_known_after_a_restart_on_memor
     assert await page.is_disabled("#simulate-success") and await page.is_disabled("#simulate-failure")
     assert await page.get_attribute("#connection", "data-state") == "connected"
     assert page.console_errors == [], page.console_errors
+
+
+async def test_page_shows_a_failure_once_with_its_reason_only_when_it_adds_one(aiohttp_server, http, page) -> None:  # type: ignore[no-untyped-def]
+    server = await aiohttp_server(create_app(make_settings()), host="127.0.0.1")
+    await page.goto(str(server.make_url("/payment-test")))
+    await page.click("#pay")
+    await page.wait_for_selector('#status[data-status="PENDING"][data-synced="true"]')
+    await page.click("#simulate-failure")  # no reason given: the server stores "failed"
+    await page.wait_for_selector('#status[data-status="FAILED"]')
+    assert await page.text_content("#status") == "FAILED"
+
+    await page.click("#pay")  # the order id was renewed: a new order
+    await page.wait_for_selector('#status[data-status="PENDING"][data-synced="true"]')
+    reference = await page.text_content("#reference")
+    async with http.post(
+        str(server.make_url("/api/payment/test/simulate")),
+        json={"reference": reference, "status": "FAILED", "reason": "declined by the shopper"},
+    ) as resp:
+        assert resp.status == 200
+    await page.wait_for_selector('#status[data-status="FAILED"]')
+    assert await page.text_content("#status") == "FAILED (declined by the shopper)"
+    assert page.console_errors == [], page.console_errors
+
+
+async def test_page_on_the_rest_fallback_logs_what_rest_brought_and_offers_no_simulation_offline(  # type: ignore[no-untyped-def]
+    aiohttp_server, http, page
+) -> None:
+    """Websockets blocked: the page polls REST. A change REST brings appears in its event log like a
+    socket event would; while REST is unreachable too (offline) the simulate buttons are disabled,
+    and enabled again once the server answers."""
+    server = await aiohttp_server(create_app(make_settings()), host="127.0.0.1")
+
+    async def refuse(ws: Any) -> None:
+        await ws.close()
+
+    await page.route_web_socket(lambda url: True, refuse)
+    await page.goto(str(server.make_url("/payment-test")))
+    await page.wait_for_selector('#connection[data-state="polling"]', timeout=3 * MS)
+    await page.click("#pay")
+    await page.wait_for_selector('#status[data-status="PENDING"][data-synced="true"]')
+    reference = await page.text_content("#reference")
+    assert not await page.is_disabled("#simulate-success")
+
+    async def abort(route: Any) -> None:
+        await route.abort()
+
+    def rest(url: str) -> bool:
+        return "/api/payment/" in url
+
+    await page.route(rest, abort)
+    await page.wait_for_selector('#connection[data-state="offline"]', timeout=3 * MS)
+    assert await page.is_disabled("#simulate-success") and await page.is_disabled("#simulate-failure")
+
+    await page.unroute(rest, abort)
+    await page.wait_for_selector('#connection[data-state="polling"]', timeout=3 * MS)
+    assert not await page.is_disabled("#simulate-success")
+    async with http.post(
+        str(server.make_url("/api/payment/test/simulate")), json={"reference": reference, "status": "SUCCESSFUL"}
+    ) as resp:
+        assert resp.status == 200  # by another hand: only the page's REST poll can bring it
+    await page.wait_for_selector('#status[data-status="SUCCESSFUL"][data-synced="true"]', timeout=3 * MS)
+    # The REST answer that brought it, logged as the socket's events are (the client's "event" stream).
+    from_rest = page.locator('#log li[data-event="rest:tracking"]', has_text='"status":"SUCCESSFUL"')
+    assert await from_rest.count() == 1, await page.locator("#log li").all_text_contents()
+    aborted_by_this_test = "Failed to load resource: net::ERR_FAILED"
+    assert [e for e in page.console_errors if e != aborted_by_this_test] == [], page.console_errors
 
 
 async def test_page_shows_a_precise_error_for_a_bad_phone(aiohttp_server, page) -> None:  # type: ignore[no-untyped-def]

@@ -9,12 +9,13 @@ import warnings
 from typing import Any
 
 import aiohttp
+import pytest
 import socketio
 
 from observability.logs import configure_logging
 from tests.campay_fake import FakeCampay
 from tests.conftest import Instance, StartInstance, campay_settings
-from tests.harness import WAIT, eventually
+from tests.harness import PRODUCTION, WAIT, eventually
 from tests.test_server_process import free_port, run_server, stop, wait_healthy
 
 
@@ -122,3 +123,57 @@ async def test_idle_reconciler_writes_no_audit_lines_for_unchanged_payments(
 
     (line,) = await eventually(applied)
     assert line["source"] == "provider_poll" and line["reference"] == reference
+
+
+async def test_each_refused_socket_handshake_is_logged_once_with_why_and_the_origin_or_address() -> None:
+    """A bare `GET /socket.io/ 400` tells an operator nothing: every refusal (an origin not accepted,
+    the address over its anonymous-session cap, a CONNECT refused for its token) leaves exactly one
+    line that says why and names the origin or the address, however many times it happens."""
+    port = free_port()
+    proc = await run_server(
+        "--port",
+        str(port),
+        "--host",
+        "127.0.0.1",
+        **{k: str(v) for k, v in PRODUCTION.items()},
+        FRONTEND_URL="https://shop.example",
+        MAX_ANONYMOUS_SESSIONS_PER_IP="2",
+        LOG_LEVEL="INFO",
+    )
+    base = f"http://127.0.0.1:{port}"
+    handshake = f"{base}/socket.io/?EIO=4&transport=polling"
+    evil = "http://evil.example"
+    try:
+        await wait_healthy(port, proc)
+        async with aiohttp.ClientSession() as http:
+            for _ in range(2):  # Engine.IO's own line said it once per process, then went quiet
+                async with http.get(handshake, headers={"Origin": evil}) as resp:
+                    assert resp.status == 400
+            page = socketio.AsyncClient(reconnection=False)
+            with pytest.raises(socketio.exceptions.ConnectionError):
+                await page.connect(base, transports=["polling"], auth={}, wait_timeout=WAIT)  # no token
+            await page.disconnect()
+            capped = 0
+            for _ in range(6):  # sessions that never send CONNECT, until the cap of 2 refuses one
+                async with http.get(handshake) as resp:
+                    assert resp.status in (200, 429)
+                    capped += resp.status == 429
+                if capped:
+                    break
+            assert capped == 1
+    finally:
+        out, _ = await stop(proc)
+    entries = [json.loads(line) for line in out.decode().splitlines()]
+    refusals = [e for e in entries if e["event"] == "socket handshake refused"]
+    by_why: dict[str, list[dict[str, Any]]] = {}
+    for entry in refusals:
+        by_why.setdefault(entry.get("why", "?"), []).append(entry)
+    assert sorted(by_why) == ["origin_not_accepted", "too_many_sessions", "unauthenticated"], refusals
+    origin = by_why["origin_not_accepted"]
+    assert len(origin) == 2 and all(e["origin"] == evil and e["client"] == "127.0.0.1" for e in origin), origin
+    (cap,) = by_why["too_many_sessions"]
+    assert cap["client"] == "127.0.0.1" and cap["level"] == "warning", cap
+    (auth,) = by_why["unauthenticated"]
+    assert auth["client"] == "127.0.0.1" and auth.get("socket_id"), auth
+    # One line per refusal: nothing else names the refused origin (Engine.IO's own error is not repeated).
+    assert [e for e in entries if evil in json.dumps(e) and e not in origin] == []

@@ -7,11 +7,14 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from debug.routes import OPENAPI_DOCUMENT, load_openapi
-from tests.conftest import StartInstance
+from realtime.storage.base import STORAGE
+from tests.campay_fake import FakeCampay
+from tests.conftest import StartInstance, campay_settings
 from tests.harness import JWT_SECRET, PRODUCTION, user_token
 from tests.test_server_process import ROOT, clean_env, free_port, stop, wait_healthy
 
@@ -118,3 +121,111 @@ async def test_schemathesis_finds_no_server_error_and_no_response_outside_the_do
     finally:
         await stop(proc)
     assert run.returncode == 0, report.decode()[-6000:]
+
+
+def _operation(path: str, method: str) -> dict[str, Any]:
+    operation: dict[str, Any] = load_openapi()["paths"][path][method]
+    return operation
+
+
+async def test_conditional_reads_answer_304_and_the_document_says_so(start_instance: StartInstance) -> None:
+    """Both reads a polling page repeats send an ETag and answer If-None-Match with 304: the document
+    lists the header, the 304 and the ETag on both (schemathesis then checks them too)."""
+    instance = await start_instance()
+    status, payment, _ = await instance.api.initiate(order_id="o-etag")
+    assert status == 201
+    reads = {
+        "/api/payment/status/{order_id}": "/api/payment/status/o-etag",
+        "/api/payment/tracking/{reference}": f"/api/payment/tracking/{payment['reference']}",
+    }
+    for documented, url in reads.items():
+        status, _, headers = await instance.api.request("GET", url)
+        assert status == 200 and headers["ETag"], (url, status)
+        status, body, again = await instance.api.request("GET", url, headers={"If-None-Match": headers["ETag"]})
+        assert (status, body, again["ETag"]) == (304, None, headers["ETag"]), url
+        operation = _operation(documented, "get")
+        assert "304" in operation["responses"], f"GET {documented} answers 304, the document lists no 304"
+        assert "ETag" in operation["responses"]["200"].get("headers", {}), documented
+        assert "ETag" in operation["responses"]["304"].get("headers", {}), documented
+        assert {"name": "If-None-Match", "in": "header"}.items() <= next(
+            (p for p in operation.get("parameters", []) if p.get("name") == "If-None-Match"), {}
+        ).items(), documented
+
+
+async def test_the_webhook_by_get_reads_no_body_so_documents_no_body_errors(start_instance: StartInstance) -> None:
+    """GET /webhook takes its fields from the query string and never reads a body: an oversize body
+    of an unsupported type changes nothing (no 413, no 415), so the document lists neither for GET.
+    POST does read one, and answers both, as documented."""
+    instance = await start_instance(MAX_BODY_BYTES=1024)
+    too_big = b"x" * 4096
+    get = await instance.api.request(
+        "GET",
+        "/api/payment/webhook?reference=no-such-payment&status=SUCCESSFUL",
+        data=too_big,
+        headers={"Content-Type": "text/plain"},
+    )
+    assert get[0] not in (413, 415) and get[0] < 500, get
+    get_responses = _operation("/api/payment/webhook", "get")["responses"]
+    assert str(get[0]) in get_responses
+    assert {"413", "415"} & set(get_responses) == set(), "GET /webhook cannot answer 413 or 415"
+
+    post_responses = _operation("/api/payment/webhook", "post")["responses"]
+    for body, content_type, expected in ((b"reference=x", "text/plain", 415), (too_big, "application/json", 413)):
+        status, answer, _ = await instance.api.request(
+            "POST", "/api/payment/webhook", data=body, headers={"Content-Type": content_type}
+        )
+        assert status == expected and str(status) in post_responses, (status, answer)
+
+
+@pytest.mark.redis
+async def test_every_answer_while_redis_is_busy_is_documented(
+    start_redis_instance: StartInstance, campay: FakeCampay
+) -> None:
+    """With every storage connection in use, each operation of the document is called once: whatever
+    it answers (503 `busy` where it needs storage) is a status the document lists for it, never a 5xx
+    it does not list."""
+    instance = await start_redis_instance(
+        **campay_settings(campay, SIMULATE_ENABLED=True, REDIS_POOL_SIZE=1, REDIS_POOL_TIMEOUT_SECONDS=0.1)
+    )
+    _, payment, _ = await instance.api.initiate(order_id="o-busy-doc")
+    reference = payment["reference"]
+    signed = campay.webhook_fields(reference, status="SUCCESSFUL")  # past the signature check, to storage
+    calls: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {
+        ("/api/payment/initiate", "post"): (
+            "/api/payment/initiate",
+            {"json": {"order_id": "o-busy-2", "amount": 500, "phone_number": "237671234567"}},
+        ),
+        ("/api/payment/status/{order_id}", "get"): ("/api/payment/status/o-busy-doc", {}),
+        ("/api/payment/tracking/{reference}", "get"): (f"/api/payment/tracking/{reference}", {}),
+        ("/api/payment/webhook", "get"): ("/api/payment/webhook", {"params": signed}),
+        ("/api/payment/webhook", "post"): ("/api/payment/webhook", {"json": signed}),
+        ("/api/payment/test/simulate", "post"): (
+            "/api/payment/test/simulate",
+            {"json": {"reference": reference, "status": "SUCCESSFUL"}},
+        ),
+        ("/api/payment/debug/connections", "get"): ("/api/payment/debug/connections", {}),
+        ("/api/payment/debug/outbox", "get"): ("/api/payment/debug/outbox", {}),
+        ("/api/payment/debug/outbox/{entry_id}/replay", "post"): ("/api/payment/debug/outbox/e-1/replay", {}),
+        ("/health", "get"): ("/health", {}),
+        ("/metrics", "get"): ("/metrics", {}),
+        ("/openapi.json", "get"): ("/openapi.json", {}),
+    }
+    documented = {(path, method) for path, ops in load_openapi()["paths"].items() for method in ops}
+    assert set(calls) == documented
+
+    pool = instance.app[STORAGE].primary.redis.connection_pool
+    held = await pool.get_connection()  # a burst elsewhere holds the only storage connection
+    answers = {}
+    try:
+        for (path, method), (url, kwargs) in calls.items():
+            status, body, _ = await instance.api.request(method.upper(), url, **kwargs)
+            answers[(path, method)] = (status, body)
+    finally:
+        await pool.release(held)
+    assert any(status == 503 for status, _ in answers.values()), answers  # the pool was indeed busy
+    undocumented = {
+        f"{method.upper()} {path}": status
+        for (path, method), (status, _) in answers.items()
+        if str(status) not in _operation(path, method)["responses"]
+    }
+    assert undocumented == {}, answers

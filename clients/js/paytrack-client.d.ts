@@ -171,7 +171,8 @@ export declare class PaytrackError extends Error {
 export interface PaymentTrackerEvents {
   connection: (state: ConnectionState) => void;
   error: (error: PaytrackError) => void;
-  /** Every raw server event, and acks as "ack:track-payment" / "ack:refresh-token", for logging. */
+  /** Every raw server event, acks as "ack:track-payment" / "ack:refresh-token", and REST reads that
+   * brought something new as "rest:tracking" (GET /tracking's body) / "rest:status" (refresh()'s GET /status body), for logging. */
   event: (name: string, data: unknown) => void;
 }
 

@@ -259,7 +259,8 @@ export class PaymentTracker {
 
   /**
    * Events: "connection" (state), "error" (PaytrackError), "event" (name, data): every raw
-   * server event and ack, for logging.
+   * server event and ack, and every REST read that brought something new ("rest:tracking",
+   * "rest:status"), for logging.
    */
   on(event, listener) {
     if (!this.#listeners.has(event)) this.#listeners.set(event, new Set());
@@ -676,6 +677,8 @@ export class PaymentTracker {
     if (response.status === 304) return true;
     if (response.ok) {
       entry.etag = response.headers.get("ETag");
+      // A 200 only when something changed (If-None-Match): logged like a socket event, 304s are not.
+      this.#emit("event", "rest:tracking", { reference: entry.reference, ...data });
       if (data?.payment) this.#apply(entry, data.payment, "rest");
       return true;
     }
@@ -697,6 +700,7 @@ export class PaymentTracker {
     if (!orderId) return entry.payment; // not known (yet), or an orphan without an order: nothing to refresh by
     const { response, data } = await this.#request("GET", `/api/payment/status/${encodeURIComponent(orderId)}?refresh=true`);
     if (!response.ok) throw this.#errorFrom(response, data, entry.reference);
+    this.#emit("event", "rest:status", data);
     if (data?.reference === entry.reference) this.#apply(entry, data, "rest");
     else await this.#read(entry); // the order has a newer payment; read ours
     const outcome = response.headers.get("X-Provider-Refresh") || "";

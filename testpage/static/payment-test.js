@@ -57,8 +57,14 @@ function pending() {
   return current !== null && $("status").dataset.status === "PENDING";
 }
 
+// Simulating needs the server: over the socket, or over REST while polling. Not while connecting or offline.
+const REACHABLE = new Set(["connected", "polling"]);
+
 function updateSimulate() {
-  const open = $("status").dataset.status === "PENDING" && $("status").dataset.known !== "false";
+  const open =
+    REACHABLE.has($("connection").dataset.state) &&
+    $("status").dataset.status === "PENDING" &&
+    $("status").dataset.known !== "false";
   $("simulate-success").disabled = !open;
   $("simulate-failure").disabled = !open;
 }
@@ -72,9 +78,15 @@ function markSynced() {
   if ($("status").dataset.known !== "false") setNote("");
 }
 
+/** "FAILED (declined by the shopper)"; a reason that only restates the status ("failed") is not repeated. */
+function statusText(payment) {
+  const reason = payment.reason && payment.reason.toLowerCase() !== payment.status.toLowerCase() ? payment.reason : "";
+  return reason ? `${payment.status} (${reason})` : payment.status;
+}
+
 function render(payment) {
   if (!current || payment.reference !== current.reference) return;
-  $("status").textContent = payment.status + (payment.reason ? ` (${payment.reason})` : "");
+  $("status").textContent = statusText(payment);
   $("status").dataset.status = payment.status;
   $("status").dataset.known = "true";
   if (payment.ussd_code) $("ussd").textContent = payment.ussd_code;
@@ -100,6 +112,7 @@ function setConnection(state) {
     $("status").dataset.synced = "false";
     if ($("status").dataset.known !== "false") setNote("(last known; reconnecting)");
   }
+  updateSimulate();
 }
 
 const tracker = new PaymentTracker({

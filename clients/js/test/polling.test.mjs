@@ -35,6 +35,10 @@ test("with websockets refused it polls with If-None-Match, then goes back to the
   t.after(() => tracker.close());
   const states = [];
   tracker.on("connection", (s) => states.push(s));
+  const restReads = []; // what the "event" stream reports of REST, for a page's log
+  tracker.on("event", (name, data) => {
+    if (name === "rest:tracking") restReads.push(data);
+  });
   await stateReached(tracker, "polling");
   await eventually(() => proxy.upgrades >= 1, { what: "the socket to try and be refused" });
 
@@ -51,6 +55,10 @@ test("with websockets refused it polls with If-None-Match, then goes back to the
   assert.deepEqual(rec.named("update").map((c) => [c.args[0].status, c.args[0].seq]), [["PENDING", 1], ["SUCCESSFUL", 2]]);
   assert.equal(rec.named("success").length, 1);
   assert.ok(!states.includes("connected"));
+  // Each 200 read is reported once, with its body (a 304 brought nothing and is not): the change REST brought is there.
+  const firstReads = restReads.filter((d) => d.reference === first.reference);
+  assert.equal(firstReads.length, trackingReads(first.reference).filter((r) => r.status === 200).length);
+  assert.equal(firstReads.at(-1).payment.status, "SUCCESSFUL");
 
   // A second payment, tracked while polling; then the proxy lets websockets through.
   const second = await tracker.initiate(paymentBody("poll"));
