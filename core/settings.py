@@ -24,7 +24,8 @@ from aiohttp import web
 from pydantic import Field, IPvAnyNetwork, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from core.secrets import decode_secret
+from core.addresses import literal_refusals
+from core.secrets import endpoint_secrets
 
 # The merchant webhook event types (MERCHANT_WEBHOOK_EVENTS); payments/outbox.py produces them.
 MerchantEvent = Literal["payment.succeeded", "payment.failed", "payment.initiated"]
@@ -170,12 +171,18 @@ class Settings(BaseSettings):
     RECONCILE_INTERVAL_SECONDS: float = Field(15, gt=0)
     RECONCILE_MAX_AGE_SECONDS: float = Field(900, gt=0)
 
-    # Outbound webhooks to the merchant's backend (none = off).
+    # Outbound webhooks to the merchant's backend (none = off), per the Standard Webhooks specification.
     MERCHANT_WEBHOOK_URL: Annotated[list[str], NoDecode] = []
+    # One entry per URL, comma-separated in the same order; an entry is one `whsec_` secret, or during a
+    # rotation several, space-separated (each message then carries every one's signature). core/secrets.py.
     MERCHANT_WEBHOOK_SECRET: str = ""
     MERCHANT_WEBHOOK_EVENTS: Annotated[list[str], NoDecode] = ["payment.succeeded", "payment.failed"]
-    MERCHANT_WEBHOOK_TIMEOUT_SECONDS: float = Field(10.0, gt=0, le=60)
-    MERCHANT_WEBHOOK_MAX_ATTEMPTS: int = Field(12, ge=1, le=50)
+    # Per attempt, in all; the specification recommends 15 to 30 s, so a merchant has time to answer.
+    MERCHANT_WEBHOOK_TIMEOUT_SECONDS: float = Field(15.0, ge=15, le=30)
+    # Ten attempts span about three days (webhooks/outbound/delivery.py, RETRY_SCHEDULE).
+    MERCHANT_WEBHOOK_MAX_ATTEMPTS: int = Field(10, ge=1, le=50)
+    # Production sends only to https endpoints at public addresses; true lifts both (local tests only).
+    MERCHANT_WEBHOOK_ALLOW_PRIVATE: bool = False
     MERCHANT_WEBHOOK_RETRY_SCALE: float = Field(1.0, gt=0, le=10)
     MERCHANT_WEBHOOK_POLL_SECONDS: float = Field(1.0, gt=0, le=60)
     # Dead-lettered messages are kept this long (for replay), and at most this many (oldest dropped).
@@ -309,6 +316,9 @@ class Settings(BaseSettings):
         for url in value:
             if not url.startswith(("http://", "https://")):
                 raise ValueError(f"{url!r} is not an http(s) URL")
+        repeated = sorted({url for url in value if value.count(url) > 1})
+        if repeated:
+            raise ValueError(f"{', '.join(repeated)} listed more than once")
         return value
 
     @field_validator("MERCHANT_WEBHOOK_EVENTS")
@@ -324,7 +334,7 @@ class Settings(BaseSettings):
     @classmethod
     def _check_merchant_secret(cls, value: str) -> str:
         if value:
-            decode_secret(value)
+            endpoint_secrets(value)
         return value
 
     @field_validator("METRICS_TOKEN")
@@ -408,6 +418,20 @@ class Settings(BaseSettings):
             problem("REDIS_CLUSTER", "REDIS_CLUSTER=true needs a redis:// or rediss:// REDIS_URL naming one node")
         if self.MERCHANT_WEBHOOK_URL and not self.MERCHANT_WEBHOOK_SECRET:
             problem("MERCHANT_WEBHOOK_SECRET", "MERCHANT_WEBHOOK_SECRET is required when MERCHANT_WEBHOOK_URL is set")
+        elif self.MERCHANT_WEBHOOK_URL:
+            given, urls = len(endpoint_secrets(self.MERCHANT_WEBHOOK_SECRET)), len(self.MERCHANT_WEBHOOK_URL)
+            if given != urls:
+                problem(
+                    "MERCHANT_WEBHOOK_SECRET",
+                    f"gives secrets for {given} endpoint{'s' if given != 1 else ''} and there "
+                    f"{'are' if urls != 1 else 'is'} {urls} MERCHANT_WEBHOOK_URL{'s' if urls != 1 else ''}: give each "
+                    "URL its own secret, in the same order, comma-separated (during a rotation, one URL's secrets "
+                    "space-separated)",
+                )
+        if production and not self.MERCHANT_WEBHOOK_ALLOW_PRIVATE:
+            for url in self.MERCHANT_WEBHOOK_URL:
+                for refusal in literal_refusals(url):
+                    problem("MERCHANT_WEBHOOK_URL", refusal)
         if self.PAYMENT_PROVIDER is ProviderName.CAMPAY:
             if not self.CAMPAY_PERMANENT_ACCESS_TOKEN and not (self.CAMPAY_USERNAME and self.CAMPAY_APP_PASSWORD):
                 problem(
@@ -441,6 +465,19 @@ class Settings(BaseSettings):
     @property
     def is_production(self) -> bool:
         return self.APP_ENV is AppEnv.PRODUCTION
+
+    @property
+    def merchant_endpoints(self) -> dict[str, tuple[bytes, ...]]:
+        """Each MERCHANT_WEBHOOK_URL and the keys that sign its messages (two or more during a rotation)."""
+        if not self.MERCHANT_WEBHOOK_URL:
+            return {}
+        keys = endpoint_secrets(self.MERCHANT_WEBHOOK_SECRET)
+        return dict(zip(self.MERCHANT_WEBHOOK_URL, keys, strict=True))
+
+    @property
+    def merchant_public_only(self) -> bool:
+        """Whether merchant webhooks may go to public addresses only (production, unless allowed)."""
+        return self.is_production and not self.MERCHANT_WEBHOOK_ALLOW_PRIVATE
 
     @property
     def redis_url(self) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from realtime.storage.base import STORAGE
 from webhooks.outbound.delivery import DELIVERY
 
 routes = web.RouteTableDef()
+log = logging.getLogger("paytrack.merchant")
 
 OPENAPI_DOCUMENT = Path(__file__).resolve().parent.parent / "docs" / "openapi.yaml"
 
@@ -83,16 +85,33 @@ async def _after(seconds: float, action: Callable[[], Awaitable[object]]) -> Non
 
 @routes.get("/api/payment/debug/outbox")
 async def outbox(request: web.Request) -> web.Response:
-    """Merchant webhook messages not yet delivered: pending (with attempts and last error) and dead."""
+    """Merchant webhook messages not yet delivered: pending (with attempts and last error) and dead; and the
+    endpoints disabled by a 410 Gone, to which nothing is sent until they are enabled."""
     require_debug_access(request)
-    entries = await request.app[STORAGE].outbox_list()
+    storage = request.app[STORAGE]
+    entries = await storage.outbox_list()
+    disabled = await storage.endpoints_disabled()
     return json_response(
         {
             "pending": [e.summary() for e in entries if e.state == "pending"],
             "dead": [e.summary() for e in entries if e.state == "dead"],
+            "disabled_endpoints": [e.model_dump() for e in disabled],
         },
         headers={"Cache-Control": "no-store"},
     )
+
+
+@routes.post("/api/payment/debug/outbox/endpoints/{endpoint_id}/enable")
+async def enable_endpoint(request: web.Request) -> web.Response:
+    """An operator's answer to a 410 Gone: send to the endpoint again (its dead letters stay dead; replay
+    the ones still wanted)."""
+    require_debug_access(request)
+    endpoint_id = request.match_info["endpoint_id"]
+    enabled = await request.app[STORAGE].endpoint_enable(endpoint_id)
+    if enabled is None:
+        raise NotFound(f"no disabled merchant endpoint {endpoint_id}", code="endpoint_not_disabled")
+    log.warning("merchant endpoint enabled", extra={"endpoint_id": endpoint_id, "url": enabled.url})
+    return json_response({"enabled": enabled.model_dump()})
 
 
 @routes.post("/api/payment/debug/outbox/{entry_id}/replay")

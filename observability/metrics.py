@@ -63,8 +63,15 @@ class Metrics:
         self.webhooks = Counter("paytrack_webhooks", "CamPay webhooks received, by outcome", ["outcome"], registry=r)
         self.merchant_deliveries = Counter(
             "paytrack_merchant_deliveries",
-            "Merchant webhook delivery attempts, by outcome (delivered, retry, dead)",
+            "Merchant webhook messages by what became of them: delivered, retry, dead (attempts used up), gone "
+            "(answered 410 Gone), skipped (dead-lettered unsent: the endpoint is disabled)",
             ["outcome"],
+            registry=r,
+        )
+        self.merchant_endpoints_disabled = Counter(
+            "paytrack_merchant_endpoints_disabled",
+            "Merchant endpoints this instance disabled because they answered 410 Gone (every instance then "
+            "stops sending to them, until an operator enables them)",
             registry=r,
         )
         self.dead_letters_dropped = Counter(

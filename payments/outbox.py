@@ -3,7 +3,8 @@
 Messages follow the Standard Webhooks specification, so merchants can verify
 them with the `standardwebhooks` library or ten lines of `hmac`:
 `webhook-signature: v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">`.
-The message id is derived from (reference, event type), so every instance and
+The message id is derived from (reference, event type), with no `.` in it
+(the signed content is `.`-delimited: `message_id`), so every instance and
 every path that might produce it (a live change, an initiation that meets a
 record CamPay reported first, a write-back, a callback replayed after the
 payment expired) produces the same id, and it stays the same across retries:
@@ -27,11 +28,14 @@ from payments.model import Payment, PaymentStatus, Transition
 
 EventType = MerchantEvent
 
+# Written for a reference's `.` in a message id: `~` is no reference's character (payments/schemas.py).
+DOT = "~"
+
 
 class OutboxEntry(BaseModel):
     """One message for one merchant URL, with its delivery state."""
 
-    id: str  # delivery id: message id + the URL's digest (stable when the URL list is reordered)
+    id: str  # delivery id: message id + "." + the endpoint id (stable when the URL list is reordered)
     message_id: str
     type: str
     url: str
@@ -49,23 +53,48 @@ class OutboxEntry(BaseModel):
     def reference(self) -> str:
         return str(json.loads(self.body)["data"]["reference"])
 
+    @property
+    def webhook_id(self) -> str:
+        """The `webhook-id` header: the message id, which holds no `.`. An entry queued by a version that
+        kept a reference's `.` in its id is sent with the id this version gives the same message."""
+        return self.message_id.replace(".", DOT)
+
     def summary(self) -> dict[str, Any]:
         data = self.model_dump(exclude={"body"})
         data["reference"] = self.reference
         return data
 
 
+class DisabledEndpoint(BaseModel):
+    """A merchant endpoint that answered 410 Gone: no message is sent to it until an operator enables it."""
+
+    endpoint_id: str  # `endpoint_id(url)`
+    url: str
+    disabled_at: float  # unix seconds
+    reason: str  # what disabled it: "HTTP 410 Gone"
+    message_id: str  # the message whose answer it was
+
+
+def message_id(reference: str, event_type: str) -> str:
+    """`msg_<reference>_<event>`, the same from every path and instance that produces the message.
+
+    The Standard Webhooks signature covers `{id}.{timestamp}.{body}`, and the specification asks that the id
+    hold no `.` (with one, two different ids and timestamps could sign the same bytes); a reference may hold
+    one, so it is written `~` there (`entry_reference` reads it back)."""
+    return f"msg_{reference.replace('.', DOT)}_{event_type.removeprefix('payment.')}"
+
+
 def entry_reference(entry_id: str) -> str:
-    """The payment reference inside a delivery id (`msg_<reference>_<event>.<url digest>`, built by
+    """The payment reference inside a delivery id (`<message id>.<endpoint id>`, built by
     `OutboxPolicy.entries_for`): storage keeps an entry beside its payment and finds it again by id."""
-    message_id = entry_id.rsplit(".", 1)[0]
-    return message_id.removeprefix("msg_").rsplit("_", 1)[0]
+    message = entry_id.rsplit(".", 1)[0]
+    return message.removeprefix("msg_").rsplit("_", 1)[0].replace(DOT, ".")
 
 
-def _url_digest(url: str) -> str:
-    """A short name for a merchant URL in delivery ids: the same URL gets the same id whatever its place in
-    MERCHANT_WEBHOOK_URL (a deploy that reorders the list must not send a message to a URL twice, nor
-    leave one out because another URL's entry took its id)."""
+def endpoint_id(url: str) -> str:
+    """A short name for a merchant URL, in delivery ids and wherever an endpoint is named (the debug view):
+    the same URL gets the same id whatever its place in MERCHANT_WEBHOOK_URL (a deploy that reorders the
+    list must not send a message to a URL twice, nor leave one out because another URL's entry took its id)."""
     return hashlib.sha256(url.encode()).hexdigest()[:12]
 
 
@@ -93,18 +122,18 @@ class OutboxPolicy:
         event_type = event_type or _event_type(payment)
         if not self.urls or payment.orphan or event_type not in self.event_types:
             return []
-        message_id = f"msg_{payment.reference}_{event_type.removeprefix('payment.')}"
+        message = message_id(payment.reference, event_type)
         data = payment.public()
         data["app_amount"] = payment.app_amount  # the merchant's figure, not shown to the shopper
         body = json.dumps(
-            {"id": message_id, "type": event_type, "created_at": utc_iso(now), "data": data},
+            {"id": message, "type": event_type, "created_at": utc_iso(now), "data": data},
             separators=(",", ":"),
         )
         at = now.timestamp()
         return [
             OutboxEntry(
-                id=f"{message_id}.{_url_digest(url)}",
-                message_id=message_id,
+                id=f"{message}.{endpoint_id(url)}",
+                message_id=message,
                 type=event_type,
                 url=url,
                 body=body,

@@ -16,7 +16,7 @@ from typing import Any, Literal, NamedTuple, Protocol
 from pydantic import BaseModel
 
 from payments.model import InitiationIntent, Payment, PaymentEvent, StatusUpdate, Transition
-from payments.outbox import OutboxEntry
+from payments.outbox import DisabledEndpoint, OutboxEntry
 
 # Given an applied transition, the outbox entries to write in the same atomic step.
 OutboxFor = Callable[[Transition], list[OutboxEntry]]
@@ -245,6 +245,19 @@ class OutboxStore(Protocol):
     async def outbox_replay(self, entry_id: str, now: float) -> OutboxEntry | None:
         """Make a dead (or pending) entry due now with a fresh attempt count, ending any claim on it (an
         operator's explicit restart: the one edit that lowers attempts); None if unknown."""
+
+
+class EndpointStore(Protocol):
+    """Merchant endpoints disabled by a 410 Gone, for every instance alike, until an operator enables them."""
+
+    async def endpoint_disable(self, endpoint: DisabledEndpoint) -> bool:
+        """Record `endpoint` as disabled; False (the first record kept) if it already was."""
+
+    async def endpoint_enable(self, endpoint_id: str) -> DisabledEndpoint | None:
+        """Forget that `endpoint_id` was disabled; its record, or None if it was not."""
+
+    async def endpoints_disabled(self) -> list[DisabledEndpoint]:
+        """Every disabled endpoint, the earliest disabled first."""
 
 
 class TrackerCount(Protocol):

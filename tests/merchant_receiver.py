@@ -16,12 +16,19 @@ from standardwebhooks.webhooks import Webhook
 SECRET = "whsec_" + base64.b64encode(b"merchant-secret-for-tests-32byte").decode()
 
 
+def make_secret(label: str, size: int = 32) -> str:
+    """A signing secret in the Standard Webhooks form, distinct per label (tests need several)."""
+    return "whsec_" + base64.b64encode(label.encode().ljust(size, b"-")[:size]).decode()
+
+
 @dataclass
 class Delivery:
     message_id: str
     body: dict[str, Any]
     verified: bool
     at: float = field(default_factory=time.monotonic)  # when it arrived
+    raw: bytes = b""  # the body as received, for a test's own verifiers
+    headers: dict[str, str] = field(default_factory=dict)
 
     @property
     def type(self) -> str | None:
@@ -44,10 +51,13 @@ class Delivery:
 
 @dataclass
 class MerchantReceiver:
-    """Answers with `responses` in turn (then 200), or never accepts when `always_fail` is set."""
+    """Answers with `responses` in turn (then 200), or never accepts when `always_fail` is set.
+
+    A response is a status, or a status and the headers to answer with (`Retry-After`).
+    """
 
     secret: str = SECRET
-    responses: list[int] = field(default_factory=list)
+    responses: list[int | tuple[int, dict[str, str]]] = field(default_factory=list)
     always_fail: bool = False
     gate: asyncio.Event | None = None  # when set, each request waits for it (a slow merchant)
     delay: float = 0.0  # seconds each request takes to answer (a slow merchant)
@@ -68,18 +78,25 @@ class MerchantReceiver:
             verified = True
         except Exception:
             verified = False
-        delivery = Delivery(request.headers.get("webhook-id", ""), json.loads(raw), verified)
+        delivery = Delivery(
+            request.headers.get("webhook-id", ""),
+            json.loads(raw),
+            verified,
+            raw=raw,
+            headers={k.lower(): v for k, v in request.headers.items()},
+        )
         self.attempts.append(delivery)
         self._changed.set()
         if self.gate is not None:
             await self.gate.wait()
         if self.delay:
             await asyncio.sleep(self.delay)
-        status = 500 if self.always_fail else (self.responses.pop(0) if self.responses else 200)
+        response = 500 if self.always_fail else (self.responses.pop(0) if self.responses else 200)
+        status, headers = response if isinstance(response, tuple) else (response, {})
         if 200 <= status < 300:
             self.accepted.append(delivery)
             self._changed.set()
-        return web.json_response({"ok": status < 300}, status=status)
+        return web.json_response({"ok": status < 300}, status=status, headers=headers)
 
     async def wait_until(self, done: Callable[[], bool], timeout: float) -> bool:
         """Until `done()` holds (True) or `timeout` seconds passed (False); `done` is asked on every arrival."""
@@ -110,8 +127,10 @@ def merchant_settings(receiver: MerchantReceiver, **overrides: Any) -> dict[str,
         "MERCHANT_WEBHOOK_SECRET": receiver.secret,
         "MERCHANT_WEBHOOK_RETRY_SCALE": 0.001,  # 5 ms, 30 ms, ... instead of 5 s, 30 s
         "MERCHANT_WEBHOOK_POLL_SECONDS": 0.02,
+        # The receiver listens on 127.0.0.1 over plain HTTP: allowed in production only with this.
+        "MERCHANT_WEBHOOK_ALLOW_PRIVATE": True,
         **overrides,
     }
 
 
-__all__ = ["SECRET", "MerchantReceiver", "merchant_settings"]
+__all__ = ["SECRET", "MerchantReceiver", "make_secret", "merchant_settings"]

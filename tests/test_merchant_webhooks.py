@@ -5,10 +5,14 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime
 
+import pytest
+from pydantic import ValidationError
+
 from core.clock import ManualClock
 from core.secrets import decode_secret
+from core.settings import Settings
 from tests.conftest import Backend, Instance, StartInstance
-from tests.harness import PRODUCTION, eventually
+from tests.harness import PRODUCTION, eventually, make_settings
 from tests.merchant_receiver import SECRET, MerchantReceiver, merchant_settings
 from webhooks.outbound.delivery import DELIVERY, RETRY_SCHEDULE, retry_delay
 from webhooks.outbound.signing import sign
@@ -148,14 +152,28 @@ def test_signature_matches_the_specs_example() -> None:
     assert (
         sign(key, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, body) == "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
     )
-    assert decode_secret(SECRET) == decode_secret(SECRET.removeprefix("whsec_"))
+    with pytest.raises(ValueError, match="must start with whsec_"):  # the spec's serialisation only
+        decode_secret(SECRET.removeprefix("whsec_"))
 
 
-def test_retry_schedule_spans_about_a_day() -> None:
-    total = sum(RETRY_SCHEDULE)  # 11 waits between 12 attempts
-    assert len(RETRY_SCHEDULE) == 11 and 20 * 3600 <= total <= 24 * 3600
+def test_retry_schedule_spans_about_three_days() -> None:
+    """The specification's example schedule: ten attempts over about three days, then the dead-letter list."""
+    total = sum(RETRY_SCHEDULE)  # 9 waits between 10 attempts
+    assert len(RETRY_SCHEDULE) == 9 and 72 * 3600 <= total <= 78 * 3600
+    assert Settings.model_fields["MERCHANT_WEBHOOK_MAX_ATTEMPTS"].default == len(RETRY_SCHEDULE) + 1
     assert 0.9 * 5 <= retry_delay(1, 1.0) <= 1.1 * 5
-    assert retry_delay(50, 1.0) <= 1.1 * RETRY_SCHEDULE[-1]
+    assert retry_delay(50, 1.0) <= 1.1 * RETRY_SCHEDULE[-1] == 1.1 * 86400
+
+
+@pytest.mark.parametrize(("seconds", "accepted"), [(14.9, False), (15, True), (30, True), (30.1, False)])
+def test_the_attempt_timeout_is_15_to_30_seconds(seconds: float, accepted: bool) -> None:
+    assert Settings.model_fields["MERCHANT_WEBHOOK_TIMEOUT_SECONDS"].default == 15
+    try:
+        make_settings(MERCHANT_WEBHOOK_TIMEOUT_SECONDS=seconds)
+    except ValidationError as exc:
+        assert not accepted and exc.errors()[0]["loc"] == ("MERCHANT_WEBHOOK_TIMEOUT_SECONDS",)
+    else:
+        assert accepted
 
 
 async def test_deliveries_are_counted_by_outcome(start_instance: StartInstance, merchant: MerchantReceiver) -> None:

@@ -330,7 +330,7 @@ def _worker(storage: RedisStorage, merchant: MerchantReceiver, lease_seconds: fl
     return DeliveryWorker(
         storage,
         SystemClock(),
-        secret=decode_secret(merchant.secret),
+        endpoints={merchant.url: [decode_secret(merchant.secret)]},
         timeout=10,
         max_attempts=3,
         lease_seconds=lease_seconds,

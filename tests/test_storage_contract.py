@@ -21,7 +21,7 @@ import pytest
 
 from core.clock import ManualClock
 from payments.model import InitiationIntent, PaymentStatus, StatusUpdate, Transition, UpdateSource
-from payments.outbox import OutboxEntry, OutboxPolicy
+from payments.outbox import DisabledEndpoint, OutboxEntry, OutboxPolicy, endpoint_id
 from payments.ports import IdempotencyRecord
 from realtime.storage.base import ClientRecord
 from realtime.storage.memory import MemoryStorage
@@ -661,6 +661,52 @@ async def test_the_auth_cache_returns_what_was_set(backend: Backend) -> None:
     assert await s.auth_cache_get("h1") == '{"user": "alice"}'
 
 
+# -- EndpointStore -------------------------------------------------------------------------------
+
+
+def gone(url: str = "https://merchant.example/hook", at: float = 1.0, message: str = "msg_ref-1_succeeded") -> Any:
+    """The record of `url` answering 410 Gone to `message` at `at`."""
+    return DisabledEndpoint(
+        endpoint_id=endpoint_id(url), url=url, disabled_at=at, reason="HTTP 410 Gone", message_id=message
+    )
+
+
+async def test_a_disabled_endpoint_is_listed_until_enabled_and_its_first_record_is_kept(backend: Backend) -> None:
+    s = backend.storage
+    assert await s.endpoints_disabled() == []
+    first, other = gone(at=2.0), gone("https://erp.example/hook", at=1.0)
+    assert await s.endpoint_disable(first)
+    assert not await s.endpoint_disable(gone(at=3.0, message="msg_ref-2_failed"))  # already: the first stays
+    assert await s.endpoint_disable(other)
+    assert await s.endpoints_disabled() == [other, first]  # the earliest disabled first
+    assert await s.endpoint_enable(first.endpoint_id) == first
+    assert await s.endpoint_enable(first.endpoint_id) is None
+    assert await s.endpoints_disabled() == [other]
+
+
+async def _twin(backend: Backend, request: pytest.FixtureRequest) -> RedisStorage:
+    """Another instance's plain Redis storage on the same keys (the cluster's for the cluster backend)."""
+    url = request.getfixturevalue("shared_redis_cluster") if backend.name == "cluster" else backend.redis_server.url
+    twin = _redis(url, backend.clock, backend.prefix, cluster=backend.name == "cluster")
+    await twin.start()
+    return twin
+
+
+async def test_an_endpoint_disabled_by_one_instance_is_disabled_for_every_instance(
+    shared_backend: Backend, request: pytest.FixtureRequest
+) -> None:
+    s = shared_backend.storage
+    twin = await _twin(shared_backend, request)
+    try:
+        assert await twin.endpoint_disable(gone())
+        assert await s.endpoints_disabled() == [gone()]
+        assert not await s.endpoint_disable(gone(at=5.0))
+        assert await s.endpoint_enable(gone().endpoint_id) == gone()
+        assert await twin.endpoints_disabled() == []
+    finally:
+        await twin.close()
+
+
 # -- the resilient wrapper with Redis gone in the middle -------------------------------------------
 
 
@@ -718,6 +764,26 @@ async def test_a_sequence_across_a_redis_outage_is_written_back_when_redis_retur
     # Healthy again: calls go to Redis, and the written-back entry is handed out once.
     assert [e.id for e in await s.outbox_claim(now=10_000, limit=10, lease_seconds=30, owner="a")] == [mid("seq2")]
     assert await s.outbox_claim(now=10_000, limit=10, lease_seconds=30, owner="b") == []
+
+
+async def test_endpoints_disabled_and_enabled_while_redis_is_away_are_written_back(resilient: Backend) -> None:
+    s, server = resilient.storage, resilient.redis_server
+    seen, enabled_later = gone("https://seen.example/hook", at=1.0), gone("https://back.example/hook", at=2.0)
+    assert await s.endpoint_disable(seen) and await s.endpoint_disable(enabled_later)
+    assert await s.endpoints_disabled() == [seen, enabled_later]  # read while healthy: known to memory too
+    await server.save()
+    server.stop()
+    assert await s.endpoints_disabled() == [seen, enabled_later] and not s.healthy  # still sends nothing there
+    while_away = gone("https://new.example/hook", at=4.0)
+    assert await s.endpoint_disable(while_away)
+    assert await s.endpoint_enable(enabled_later.endpoint_id) == enabled_later
+    await server.start()
+    await eventually(lambda: s.healthy, timeout=10)
+    plain = await _in_redis(resilient)
+    try:
+        assert await plain.endpoints_disabled() == [seen, while_away]
+    finally:
+        await plain.close()
 
 
 async def test_a_status_that_lost_the_merge_during_an_outage_sends_no_message(resilient: Backend) -> None:

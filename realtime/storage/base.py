@@ -15,6 +15,7 @@ from pydantic import BaseModel
 
 from observability.health import StorageHealth
 from payments.ports import (
+    EndpointStore,
     IdempotencyStore,
     IntentStore,
     LockService,
@@ -72,7 +73,15 @@ class AuthCacheStore(Protocol):
 
 
 class Storage(
-    PaymentStore, IdempotencyStore, IntentStore, LockService, OutboxStore, ClientRegistry, AuthCacheStore, Protocol
+    PaymentStore,
+    IdempotencyStore,
+    IntentStore,
+    LockService,
+    OutboxStore,
+    EndpointStore,
+    ClientRegistry,
+    AuthCacheStore,
+    Protocol,
 ):
     backend: str
 

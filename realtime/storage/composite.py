@@ -2,7 +2,7 @@
 
 The app, the debug routes and the tests call `storage.get_payment(...)`,
 `storage.list_clients()`, `storage.outbox_list()`: one object. Each backend is
-built from six small role objects instead; `CompositeStorage` binds each
+built from eight small role objects instead; `CompositeStorage` binds each
 protocol method of each role to the composite when it is built (generated
 from the protocols, not written out), so a role gains a method in one place.
 """
@@ -13,7 +13,7 @@ import inspect
 from typing import Any
 
 from observability.health import StorageHealth
-from payments.ports import IdempotencyStore, IntentStore, LockService, OutboxStore, PaymentStore
+from payments.ports import EndpointStore, IdempotencyStore, IntentStore, LockService, OutboxStore, PaymentStore
 from realtime.storage.base import AuthCacheStore, ClientRegistry
 
 # The roles a storage is made of: attribute name -> the protocol that role implements.
@@ -25,6 +25,7 @@ ROLES: dict[str, type] = {
     "outbox": OutboxStore,
     "locks": LockService,
     "auth": AuthCacheStore,
+    "endpoints": EndpointStore,
 }
 
 
@@ -56,6 +57,7 @@ class CompositeStorage:
         outbox: OutboxStore,
         locks: LockService,
         auth: AuthCacheStore,
+        endpoints: EndpointStore,
     ) -> None:
         self.payments = payments
         self.clients = clients
@@ -64,6 +66,7 @@ class CompositeStorage:
         self.outbox = outbox
         self.locks = locks
         self.auth = auth
+        self.endpoints = endpoints
         for role, protocol in ROLES.items():
             implementation = getattr(self, role)
             for name in protocol_methods(protocol):

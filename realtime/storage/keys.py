@@ -178,6 +178,15 @@ class RedisKeys:
         """
         return f"{self.in_bucket(number)}outbox:delivered"
 
+    def endpoints_disabled(self) -> str:
+        """Hash of disabled merchant endpoints (endpoint id -> JSON): every instance stops sending to one
+        that answered 410 Gone. Hash-tagged `{endpoints}`: its own slot on a cluster, like a bucket's keys.
+
+        No TTL: an endpoint stays disabled until an operator enables it. One field per merchant URL that
+        answered 410, removed when it is enabled.
+        """
+        return f"{self.prefix}{{endpoints}}:disabled"
+
     def auth_cache(self, token_hash: str) -> str:
         """A verified user for a SHA-256 of a bearer token (never the token itself)."""
         return f"{self.prefix}auth:{token_hash}"
@@ -199,4 +208,6 @@ class RedisKeys:
             self.outbox_claims,
             self.outbox_delivered,
         )
-        return frozenset({self.clients(), *(key(n) for key in per_bucket for n in range(BUCKETS))})
+        return frozenset(
+            {self.clients(), self.endpoints_disabled(), *(key(n) for key in per_bucket for n in range(BUCKETS))}
+        )

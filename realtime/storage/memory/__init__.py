@@ -16,6 +16,7 @@ from realtime.storage.composite import CompositeStorage
 from realtime.storage.expiring import ExpiringMap
 from realtime.storage.memory.auth import MemoryAuthCache
 from realtime.storage.memory.clients import MemoryClients
+from realtime.storage.memory.endpoints import MemoryEndpoints
 from realtime.storage.memory.idempotency import MemoryIdempotency
 from realtime.storage.memory.intents import MemoryIntents
 from realtime.storage.memory.locks import MemoryLocks
@@ -33,6 +34,7 @@ class MemoryStorage(CompositeStorage):
     idempotency: MemoryIdempotency
     intents: MemoryIntents
     locks: MemoryLocks
+    endpoints: MemoryEndpoints
 
     def __init__(
         self,
@@ -60,6 +62,7 @@ class MemoryStorage(CompositeStorage):
             outbox=outbox,
             locks=locks,
             auth=auth,
+            endpoints=MemoryEndpoints(),
         )
         self._maps: list[ExpiringMap[Any]] = [
             *payments.maps,

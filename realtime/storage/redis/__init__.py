@@ -23,6 +23,7 @@ from realtime.storage.keys import RedisKeys
 from realtime.storage.redis.auth import RedisAuthCache
 from realtime.storage.redis.clients import RedisClients
 from realtime.storage.redis.context import RedisContext, Role
+from realtime.storage.redis.endpoints import RedisEndpoints
 from realtime.storage.redis.idempotency import RedisIdempotency
 from realtime.storage.redis.intents import RedisIntents
 from realtime.storage.redis.locks import RedisLocks
@@ -79,6 +80,7 @@ class RedisStorage(CompositeStorage):
             outbox=RedisOutbox(self._ctx),
             locks=RedisLocks(self._ctx),
             auth=RedisAuthCache(self._ctx),
+            endpoints=RedisEndpoints(self._ctx),
         )
 
     @classmethod

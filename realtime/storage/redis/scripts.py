@@ -298,3 +298,11 @@ RELEASE_ORDER = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+
+# Enable a merchant endpoint: its record and its removal in one step (an endpoint disabled again meanwhile,
+# a fresh 410, is not removed under the record an operator read). KEYS: disabled endpoints. ARGV: [1] id.
+ENABLE_ENDPOINT = """
+local record = redis.call('HGET', KEYS[1], ARGV[1])
+if record then redis.call('HDEL', KEYS[1], ARGV[1]) end
+return record
+"""

@@ -36,13 +36,14 @@ from typing import Any
 
 from core.clock import Clock
 from observability.health import StorageHealth
-from payments.ports import IdempotencyStore, IntentStore, LockService, OutboxStore, PaymentStore
+from payments.ports import EndpointStore, IdempotencyStore, IntentStore, LockService, OutboxStore, PaymentStore
 from realtime.storage.base import AuthCacheStore, ClientRegistry
 from realtime.storage.composite import CompositeStorage
 from realtime.storage.memory import MemoryStorage
 from realtime.storage.resilient.failover import OUTAGE_ERRORS, Failover, RecoveryListener, resilient
 from realtime.storage.resilient.policies import (
     ClientsPolicy,
+    EndpointsPolicy,
     IdempotencyPolicy,
     IntentsPolicy,
     LocksPolicy,
@@ -85,7 +86,8 @@ class ResilientStorage(CompositeStorage):
         idempotency = IdempotencyPolicy(primary, fallback, idempotency_ttl)
         intents = IntentsPolicy(primary, fallback)
         locks = LocksPolicy(primary, fallback)
-        failover.policies = [payments, intents, idempotency, locks, outbox, clients]
+        endpoints = EndpointsPolicy(primary, fallback)
+        failover.policies = [payments, intents, idempotency, locks, outbox, clients, endpoints]
         failover.waiting = payments.waiting
         super().__init__(
             payments=resilient(PaymentStore, primary, fallback, failover, payments),
@@ -95,6 +97,7 @@ class ResilientStorage(CompositeStorage):
             outbox=resilient(OutboxStore, primary, fallback, failover, outbox),
             locks=resilient(LockService, primary, fallback, failover, locks),
             auth=resilient(AuthCacheStore, primary, fallback, failover),
+            endpoints=resilient(EndpointStore, primary, fallback, failover, endpoints),
         )
 
     @property

@@ -399,3 +399,33 @@ class LocksPolicy(_Remembered):
                     "storage: a lease taken while Redis was away is held by another instance", extra={"lease": name}
                 )
         return None
+
+
+class EndpointsPolicy(_Remembered):
+    """Disabled merchant endpoints read from Redis are mirrored into memory, so a degraded instance still
+    sends nothing to them; one disabled or enabled while Redis is away changes memory and is written back
+    (a disable keeps a record Redis already has; an enable removes Redis's)."""
+
+    routes: ClassVar = {"endpoint_disable": Route.BOTH, "endpoint_enable": Route.BOTH}
+
+    def __init__(self, primary: Any, fallback: MemoryStorage) -> None:
+        super().__init__()
+        self._primary = primary
+        self._memory = fallback.endpoints
+
+    async def after(self, call: Call, result: Any, on_primary: bool) -> Any:
+        if call.name == "endpoints_disabled" and on_primary:
+            self._memory.mirror(result, keep=self.dirty)
+        elif call.name == "endpoint_disable" and not on_primary:
+            self.dirty.add(call.args["endpoint"].endpoint_id)
+        elif call.name == "endpoint_enable" and not on_primary:
+            self.dirty.add(call.args["endpoint_id"])
+        return result
+
+    async def _write_one(self, endpoint_id: str) -> str | None:
+        record = self._memory.get(endpoint_id)
+        if record is None:
+            await self._primary.endpoint_enable(endpoint_id)
+        else:
+            await self._primary.endpoint_disable(record)
+        return None
