@@ -244,7 +244,8 @@ async def test_a_live_instance_whose_heartbeat_lapsed_records_its_connections_ag
     finally:
         await plain.aclose()
     assert await _listed(a) == {}  # taken for a crashed instance's connections and removed ...
-    assert await a.storage.heartbeat("a", 180) is False  # ... until the next beat (what the timer calls)
+    boot_id = _manager(a).host_id  # the process's boot id, which is also its route id
+    assert await a.storage.heartbeat("a", boot_id, 180) is None  # ... until the next beat (what the timer calls)
     assert await _listed(a) == {client.sid: "a"}  # ... records them again
     assert (await a.storage.get_client(client.sid)).tracked == ["ref-stall"]
 
