@@ -13,6 +13,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+import socketio
 from pydantic import ValidationError
 
 from core.settings import SettingsError, load_settings
@@ -413,6 +414,32 @@ async def test_sigterm_closes_every_socket_cleanly_and_the_process_exits_by_itse
         out, err = await stop(proc)
     assert proc.returncode == 0, (out + err).decode()
     assert "Traceback" not in (out + err).decode()
+
+
+async def test_a_client_told_to_go_by_a_stop_reconnects_by_itself() -> None:
+    """python-socketio's client took Engine.IO's CLOSE packet for a server disconnect and stayed away; a
+    closed websocket is a transport close, after which it reconnects (here to the same port, restarted)."""
+    port = free_port()
+    first = await run_server("--port", str(port))
+    second = None
+    client = socketio.AsyncClient(reconnection_delay=0.1, reconnection_delay_max=0.5)
+    connects = asyncio.Queue[None]()
+    client.on("connect", lambda: connects.put_nowait(None))
+    try:
+        await wait_healthy(port, first)
+        await client.connect(f"http://127.0.0.1:{port}", transports=["websocket"], wait_timeout=WAIT)
+        await asyncio.wait_for(connects.get(), WAIT)
+        first.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(first.wait(), WAIT * 3)  # how soon is the other tests' business
+        second = await run_server("--port", str(port))
+        await wait_healthy(port, second)
+        await asyncio.wait_for(connects.get(), WAIT * 2)
+    finally:
+        await client.disconnect()
+        await stop(first)
+        if second is not None:
+            await stop(second)
+    assert first.returncode == 0
 
 
 async def test_sigterm_with_a_websocket_that_never_answers_still_exits_by_itself() -> None:
