@@ -43,7 +43,7 @@ from realtime.manager import ResilientRedisManager, create_client_manager, pubsu
 from realtime.notifier import SocketNotifier
 from realtime.server import SIO, SOCKETIO_PATH, closing_sockets, create_sio, websocket_upgrade_passthrough
 from realtime.sessions import Sessions
-from realtime.storage.base import STORAGE, Storage
+from realtime.storage.base import STORAGE, Incarnation, Storage
 from realtime.storage.factory import create_storage
 from realtime.storage.keys import RedisKeys
 from webhooks.inbound.processor import WEBHOOKS, WebhookProcessor
@@ -93,7 +93,8 @@ def create_app(
     )
 
     provider = create_provider(settings, clock, metrics)
-    manager = create_client_manager(settings)
+    incarnation = Incarnation(settings.INSTANCE_ID)  # this process of the instance: a new boot id each start
+    manager = create_client_manager(settings, incarnation)
     sio = create_sio(settings, client_manager=manager)
     sessions = Sessions(
         max_tracked=settings.MAX_TRACKED_PER_SOCKET, auth_enabled=settings.AUTH_MODE is not AuthMode.NONE
@@ -179,6 +180,7 @@ def create_app(
         limiter=limiter,
         clock=clock,
         settings=settings,
+        incarnation=incarnation,
         follow=follow,
         metrics=metrics,
         recheck=recheck_lost_write,
@@ -216,7 +218,7 @@ def create_app(
         [
             metrics.gc_pauses(),
             opened(storage),
-            heartbeat_ctx(storage, settings),
+            heartbeat_ctx(storage, settings, incarnation),
             pubsub_ctx(manager, sio, wait=settings.REDIS_TIMEOUT_SECONDS),
             closing(provider),  # and the sandbox's auto-complete timers
             closing(service),  # its background tasks (delayed simulations)
@@ -226,7 +228,7 @@ def create_app(
             running(delivery),
             running(reconciler if settings.RECONCILE_ENABLED else None),
             running(resync),
-            _log_started(settings, storage.backend, provider.name),
+            _log_started(settings, incarnation, storage.backend, provider.name),
         ]
     )
     app.on_response_prepare.append(_security_headers)
@@ -240,7 +242,7 @@ def create_app(
     return app
 
 
-def _log_started(settings: Settings, storage: str, provider: str) -> CleanupContext:
+def _log_started(settings: Settings, incarnation: Incarnation, storage: str, provider: str) -> CleanupContext:
     """One line once every component above it has started."""
 
     async def lifetime(app: web.Application) -> AsyncIterator[None]:
@@ -248,6 +250,7 @@ def _log_started(settings: Settings, storage: str, provider: str) -> CleanupCont
             "paytrack started",
             extra={
                 "instance": settings.INSTANCE_ID,
+                "boot_id": incarnation.boot_id,
                 "env": settings.APP_ENV.value,
                 "storage": storage,
                 "provider": provider,

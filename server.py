@@ -152,8 +152,10 @@ async def serve(app: web.Application, settings: Settings) -> int:
     Not `web.run_app`: its shutdown first stops reading from every open
     connection, so a websocket client's answer to our close never arrives and
     each open socket holds the process until the timeout. Here sockets are
-    closed while their connections are still read, right after the listener
-    stops (so a reconnecting client reaches another instance).
+    closed, and their closing handshakes waited for, while their connections
+    are still read, right after the listener stops (so a reconnecting client
+    reaches another instance); `runner.cleanup()` is the step that stops
+    reading (`close_connections` says why that order matters).
     """
     stopping = asyncio.Event()  # set by SIGTERM or SIGINT, even one that arrives while starting
     loop = asyncio.get_running_loop()

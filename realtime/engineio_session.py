@@ -60,6 +60,7 @@ class LeanSession(async_socket.AsyncSocket):
     closed: bool
 
     _ping_timer: asyncio.TimerHandle | None = None
+    websocket: Any = None  # its websocket (realtime/websocket.py), once it has one: how a stop waits for it
 
     def schedule_ping(self) -> None:
         """As Engine.IO's: the next PING a ping interval after the last PONG (or the handshake)."""
@@ -82,25 +83,29 @@ class LeanSession(async_socket.AsyncSocket):
 
     async def _websocket_handler(self, ws: Any) -> None:
         """Engine.IO's websocket handler: the upgrade probe as it is, then the lean read and write loops."""
-        if self.connected:
-            if not await self._upgrade_probe(ws):
-                return
-        else:
-            self.connected = True
-            self.upgraded = True
-        writer = asyncio.ensure_future(self._write_websocket(ws))
-        self.server.logger.info("%s: Upgrade to websocket successful", self.sid)
+        self.websocket = ws  # forgotten when it ends: the two refer to each other
         try:
-            await self._read_websocket(ws)
-        finally:
-            self.queue.put_nowait(None)  # wakes the writer, which then closes the websocket
+            if self.connected:
+                if not await self._upgrade_probe(ws):
+                    return
+            else:
+                self.connected = True
+                self.upgraded = True
+            writer = asyncio.ensure_future(self._write_websocket(ws))
+            self.server.logger.info("%s: Upgrade to websocket successful", self.sid)
             try:
-                await writer
+                await self._read_websocket(ws)
             finally:
-                # Even when this handler is cancelled (aiohttp cancels it on a lost connection when
-                # `handler_cancellation` is on, and at shutdown): the session ends, and Socket.IO's
-                # disconnect runs, or the session would stay registered with no connection under it.
-                await self.close(wait=False, abort=True, reason=self.server.reason.TRANSPORT_CLOSE)
+                self.queue.put_nowait(None)  # wakes the writer, which then closes the websocket
+                try:
+                    await writer
+                finally:
+                    # Even when this handler is cancelled (aiohttp cancels it on a lost connection when
+                    # `handler_cancellation` is on, and at shutdown): the session ends, and Socket.IO's
+                    # disconnect runs, or the session would stay registered with no connection under it.
+                    await self.close(wait=False, abort=True, reason=self.server.reason.TRANSPORT_CLOSE)
+        finally:
+            self.websocket = None
 
     async def _read_websocket(self, ws: Any) -> None:
         silence = self.server.ping_interval + self.server.ping_timeout

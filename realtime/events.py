@@ -33,7 +33,7 @@ from realtime.delivery import Follow, LocalDelivery, message_for_event
 from realtime.expiry import ExpiryTimers, refuse_expired
 from realtime.refusals import log_handshake_refused
 from realtime.sessions import Sessions
-from realtime.storage.base import ClientRecord, Storage
+from realtime.storage.base import ClientRecord, Incarnation, Storage
 from realtime.storage.expiring import ExpiringMap
 
 RECHECKS_REMEMBERED = 10_000  # payments a page asked to re-check recently (pruned past it)
@@ -79,6 +79,7 @@ class PaymentNamespace(socketio.AsyncNamespace):
         limiter: RateLimiter,
         clock: Clock,
         settings: Settings,
+        incarnation: Incarnation,
         follow: Follow | None = None,
         metrics: Metrics | None = None,
         recheck: Callable[[str], None] | None = None,
@@ -96,7 +97,7 @@ class PaymentNamespace(socketio.AsyncNamespace):
         self._limiter = limiter
         self._clock = clock
         self._metrics = metrics or Metrics()
-        self._instance_id = settings.INSTANCE_ID
+        self._incarnation = incarnation
         self._max_tracked = settings.MAX_TRACKED_PER_SOCKET
         self._trust_forwarded_for = settings.TRUST_FORWARDED_FOR
         self._auth_enabled = authenticator.mode != "none"
@@ -139,7 +140,12 @@ class PaymentNamespace(socketio.AsyncNamespace):
             refuse_expired(identity, self._clock)
             sessions.open(sid, identity)  # before the next await: a disconnect meanwhile finds it and closes it
             await self._storage.add_client(
-                ClientRecord(socket_id=sid, instance_id=self._instance_id, connected_at=self._clock.now())
+                ClientRecord(
+                    socket_id=sid,
+                    instance_id=self._incarnation.instance_id,
+                    boot_id=self._incarnation.boot_id,
+                    connected_at=self._clock.now(),
+                )
             )
         except ApiError as exc:
             sessions.close(sid)

@@ -43,6 +43,7 @@ from core.settings import Settings, StorageBackend
 from realtime.delivery import PaymentMessage
 from realtime.redis_connection import command_client, connect
 from realtime.routes import PaymentRoutes, route_channel
+from realtime.storage.base import Incarnation
 from realtime.storage.keys import RedisKeys
 
 log = logging.getLogger("paytrack.realtime.pubsub")
@@ -94,9 +95,11 @@ class ResilientRedisManager(socketio.AsyncRedisManager):
         publisher: Callable[[], Any],
         routes_key: Callable[[str], str],
         routes_ttl: int,
+        route_id: str,
         cluster: bool = False,
     ) -> None:
         super().__init__(url, channel=channel, logger=log, json=JsonModule)
+        self.host_id = route_id  # this process's boot id: what its routes and its channel are named by
         self._timeout = timeout
         self._reconnect_interval = reconnect_interval
         self._health_check_interval = health_check_interval
@@ -337,8 +340,9 @@ def pubsub_ctx(
     return lifetime
 
 
-def create_client_manager(settings: Settings) -> LocalManager | ResilientRedisManager:
-    """Redis pub/sub when storage is Redis (several instances share it), else in-memory rooms."""
+def create_client_manager(settings: Settings, incarnation: Incarnation) -> LocalManager | ResilientRedisManager:
+    """Redis pub/sub when storage is Redis (several instances share it), else in-memory rooms. The process's
+    route id is its boot id, so a successor can remove a killed process's routes (`Storage.take_over`)."""
     if settings.STORAGE_BACKEND is not StorageBackend.REDIS:
         return LocalManager()
     return ResilientRedisManager(
@@ -350,5 +354,6 @@ def create_client_manager(settings: Settings) -> LocalManager | ResilientRedisMa
         publisher=lambda: command_client(settings),
         routes_key=RedisKeys(settings.REDIS_KEY_PREFIX).routes,
         routes_ttl=settings.CLIENT_TTL_SECONDS,
+        route_id=incarnation.boot_id,
         cluster=settings.REDIS_CLUSTER,
     )

@@ -3,7 +3,7 @@
 python-socketio's Redis manager publishes every emit on one channel that every
 instance reads, so each instance's work per update grows with the number of
 instances. Instead, each server process has a route id (its manager's
-`host_id`) and a channel of its own, `<SOCKETIO_CHANNEL>:<route id>`; a Redis
+`host_id`: the process's boot id, `realtime.storage.base.Incarnation`) and a channel of its own, `<SOCKETIO_CHANNEL>:<route id>`; a Redis
 set per payment (`RedisKeys.routes`) holds the route ids of the processes
 with a socket tracking it, and one script publishes a payment's message on
 the channels of that set's members except the sender's own (one round trip).
@@ -27,7 +27,9 @@ Members are not removed when the last local socket stops tracking: a removal
 racing a new track on the same process could drop a member a socket needs,
 and a stale member costs one ignored message (payments stop changing once
 final). Sets expire CLIENT_TTL_SECONDS after their last refresh, and a crashed
-process's route id (a fresh one per process) leaves with them.
+process's route id (a fresh one per process) leaves with them; sooner when it
+is restarted under the same INSTANCE_ID: the new process removes it from the
+sets of the payments its predecessor's sockets tracked (`Storage.take_over`).
 """
 
 from __future__ import annotations

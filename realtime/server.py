@@ -29,7 +29,7 @@ from typing import Any
 
 import engineio
 import socketio
-from aiohttp import web
+from aiohttp import WSCloseCode, web
 from engineio import async_socket
 
 from core.errors import ApiError, non_ascii_header
@@ -78,7 +78,7 @@ class GuardedEngineIO(engineio.AsyncServer):
         """Run session `eio_sid` as a `LeanSession`. Engine.IO creates its own session class in
         `_handle_connect`; this is called from the connect event, before the session's first ping is
         scheduled and before its transport loop starts. The subclass adds no constructor state (its
-        one attribute has a class default), so the swap is safe."""
+        attributes have class defaults), so the swap is safe."""
         session = self.sockets.get(eio_sid)
         if session is not None and type(session) is async_socket.AsyncSocket:
             session.__class__ = LeanSession
@@ -228,42 +228,77 @@ def create_sio(settings: Settings, client_manager: socketio.AsyncManager | None 
     )
 
 
-async def close_connections(sio: socketio.AsyncServer, timeout: float) -> None:
-    """Close every Engine.IO session so its client reconnects elsewhere, waiting at most `timeout`.
+async def close_connections(sio: socketio.AsyncServer, timeout: float, *, still_read: bool = True) -> None:
+    """Close every Engine.IO session so its client reconnects elsewhere, within `timeout`.
 
-    An Engine.IO close waits until the client has read the CLOSE packet. A
-    session whose client never finished the Socket.IO handshake (an abandoned
+    A websocket session is closed as Node's engine.io closes one: by the
+    websocket's own closing handshake, with 1001 (going away). The JS client
+    ignores Engine.IO's CLOSE packet on a websocket (engine.io-client 6 reads it
+    on long-polling only), so a websocket that was only sent one stayed open
+    until aiohttp's shutdown timeout cut it; and python-engineio's client takes
+    that packet for a server disconnect and does not reconnect. A long-polling
+    session is sent the CLOSE packet, which its pending poll returns; a session
+    whose client never finished the Socket.IO handshake (an abandoned
     `GET /socket.io/?EIO=4&transport=polling`) never reads anything, so it is
-    aborted at once; any other session still open after `timeout` (a polling
-    client that stopped polling) is abandoned too. Clients see a transport
-    close, not a server disconnect, so they reconnect by themselves.
+    aborted at once. Clients see a transport close, not a server disconnect,
+    so they reconnect by themselves.
+
+    The closing handshakes are waited for while aiohttp still reads the
+    connections (`still_read`): once the runner's cleanup has begun, aiohttp
+    drops every byte a connection receives (`RequestHandler.data_received`
+    after `Server.pre_shutdown`), so a client's answer arriving then is lost
+    and each websocket held the stop until aiohttp's shutdown timeout. Whatever
+    is still open when `timeout` is up (a client that does not answer, a
+    polling client that stopped polling), or everything once reading has
+    stopped, is dropped.
     """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
     eio = sio.eio
     if eio.service_task_handle is not None:  # Engine.IO's ping checker; its shutdown is not repeatable
         await sio.shutdown()
     sessions = list(eio.sockets.values())
     eio.sockets.clear()
-    handshaken = [s for s in sessions if sio.manager.sid_from_eio_sid(s.sid, "/") is not None]
+    websockets = {s: ws for s in sessions if (ws := getattr(s, "websocket", None)) is not None and not ws.ended()}
+    closing = []
     for session in sessions:
-        if session not in handshaken:
+        if sio.manager.sid_from_eio_sid(session.sid, "/") is None:
             await session.close(wait=False, abort=True)
-            session.queue.put_nowait(None)  # a poll still waiting on this session returns now
-    if not handshaken:
-        return
-    closing = [asyncio.ensure_future(s.close(reason=eio.reason.SERVER_DISCONNECT)) for s in handshaken]
-    _, late = await asyncio.wait(closing, timeout=timeout)
-    for task in late:
-        task.cancel()
+            session.queue.put_nowait(None)  # a poll still waiting returns now; a websocket's writer closes it
+        elif session in websockets and session.upgraded:
+            closing.append(asyncio.ensure_future(_going_away(session, websockets[session])))
+        else:
+            closing.append(asyncio.ensure_future(session.close(reason=eio.reason.SERVER_DISCONNECT)))
+    if closing:
+        _, late = await asyncio.wait(closing, timeout=timeout)
+        for task in late:
+            task.cancel()
+    if websockets and still_read:
+        handlers = [ws.task for ws in websockets.values() if not ws.ended()]
+        if handlers:
+            await asyncio.wait(handlers, timeout=max(0.0, deadline - loop.time()))
+    for ws in websockets.values():
+        if not ws.ended():
+            ws.drop()
+
+
+async def _going_away(session: Any, ws: BatchingWebSocket) -> None:
+    """End a websocket session: Socket.IO's disconnect runs, then its writer sends what is queued and
+    starts the closing handshake with 1001."""
+    ws.close_code = WSCloseCode.GOING_AWAY
+    await session.close(wait=False, abort=True, reason=session.server.reason.SERVER_DISCONNECT)
+    session.queue.put_nowait(None)
 
 
 def closing_sockets(sio: socketio.AsyncServer, timeout: float) -> Callable[[web.Application], Awaitable[None]]:
     """An `app.on_shutdown` hook: close every Socket.IO connection still open, so its client reconnects
     to another instance. `server.py` does so itself before aiohttp stops reading from connections (the
     order that lets websocket closes complete); the hook covers any other runner (a second call finds
-    nothing left to close)."""
+    nothing left to close), which calls it once aiohttp reads no more: its websockets are told to go,
+    then dropped."""
 
     async def close_sockets(app: web.Application) -> None:
-        await close_connections(sio, timeout)
+        await close_connections(sio, timeout, still_read=False)
 
     return close_sockets
 

@@ -34,11 +34,12 @@ public API of python-engineio 4.x, so the tests drive it over real sockets.
 
 from __future__ import annotations
 
+import asyncio
 import struct
 from collections.abc import Sequence
 from typing import Any
 
-from aiohttp import web
+from aiohttp import WSCloseCode, web
 from engineio.async_drivers import aiohttp as eio_aiohttp
 
 _TEXT_FIN = 0x81  # FIN bit + opcode 1 (text); a server's frames carry no mask (RFC 6455 5.1)
@@ -72,16 +73,34 @@ class BatchingWebSocket(eio_aiohttp.WebSocket):
     def __init__(self, handler: Any, server: Any) -> None:
         super().__init__(handler, server)
         self._transport: Any = None
+        self.task: asyncio.Task[Any] | None = None  # the request's handler: done once the connection is
+        self.close_code = WSCloseCode.OK  # what its closing handshake says; GOING_AWAY when the server stops
 
     async def __call__(self, environ: dict[str, Any]) -> web.WebSocketResponse:
         """As Engine.IO's own wrapper does, with per-message deflate off."""
         request: web.BaseRequest = environ["aiohttp.request"]
+        self.task = asyncio.current_task()
         self._sock = web.WebSocketResponse(max_msg_size=self.server.max_http_buffer_size, compress=False)
         await self._sock.prepare(request)
         self._transport = request.transport
         self.environ = environ
         await self.handler(self)
         return self._sock
+
+    async def close(self) -> None:
+        """Start the closing handshake (Engine.IO's writer calls this when its session ends) with `close_code`."""
+        await self._sock.close(code=self.close_code)
+
+    def ended(self) -> bool:
+        """Whether its connection is over: the handler returned (closing handshake done, or the connection
+        lost), or never ran."""
+        return self.task is None or self.task.done()
+
+    def drop(self) -> None:
+        """Close the connection under it, without waiting for the client's closing handshake (what was
+        written is still sent first). The websocket's reader then sees the connection end."""
+        if self._transport is not None:
+            self._transport.close()
 
     async def send(self, message: str | bytes) -> None:
         if not isinstance(message, FrameBatch):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ import pytest
 from tests.campay_fake import FakeCampay
 from tests.conftest import StartInstance, campay_settings
 from tests.harness import WAIT, npm_installed
+from tests.test_server_process import free_port, run_server, stop, wait_healthy
 
 pytestmark = pytest.mark.node
 
@@ -81,3 +83,36 @@ async def test_official_js_client_gets_success_from_a_signed_webhook(
     assert names == ["payment-status", "payment-success", "payment-completed"], events
     assert all(e["payload"]["reference"] == reference and e["payload"]["seq"] == 2 for e in events)
     assert events[-1]["payload"]["success"] is True
+
+
+async def test_official_js_client_is_closed_at_once_when_the_server_stops(node_client: Path) -> None:
+    """engine.io-client reads Engine.IO's CLOSE packet only on long-polling: on a websocket only the closing
+    handshake ends it. Every page sees a transport close (so it reconnects, to another instance), and the
+    process exits by itself with 0. The bound is large on purpose: it is not what ends the sockets here."""
+    port = free_port()
+    server = await run_server("--port", str(port), SHUTDOWN_TIMEOUT_SECONDS="60")
+    pages = None
+    try:
+        await wait_healthy(port, server)
+        pages = await asyncio.create_subprocess_exec(
+            "node",
+            "hold.mjs",
+            f"http://127.0.0.1:{port}",
+            "3",
+            str(int(WAIT * 1000)),
+            cwd=node_client,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        assert (await _read_json_line(pages.stdout)) == {"step": "connected"}  # type: ignore[arg-type]
+        server.send_signal(signal.SIGTERM)
+        out, err = await asyncio.wait_for(pages.communicate(), WAIT * 2)
+        steps = [json.loads(line) for line in out.decode().splitlines()]
+        assert steps == [{"step": "disconnect", "reason": "transport close"}] * 3, (steps, err.decode())
+        await asyncio.wait_for(server.wait(), WAIT)
+    finally:
+        if pages is not None and pages.returncode is None:
+            pages.kill()
+            await pages.wait()
+        out, err = await stop(server)
+    assert server.returncode == 0, (out + err).decode()

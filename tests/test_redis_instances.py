@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+from typing import Any
 
 import pytest
 import socketio
@@ -244,7 +245,8 @@ async def test_a_live_instance_whose_heartbeat_lapsed_records_its_connections_ag
     finally:
         await plain.aclose()
     assert await _listed(a) == {}  # taken for a crashed instance's connections and removed ...
-    assert await a.storage.heartbeat("a", 180) is False  # ... until the next beat (what the timer calls)
+    boot_id = _manager(a).host_id  # the process's boot id, which is also its route id
+    assert await a.storage.heartbeat("a", boot_id, 180) is None  # ... until the next beat (what the timer calls)
     assert await _listed(a) == {client.sid: "a"}  # ... records them again
     assert (await a.storage.get_client(client.sid)).tracked == ["ref-stall"]
 
@@ -317,3 +319,17 @@ async def test_an_instance_whose_route_was_lost_converges_and_follows_again(
         await eventually(followed_again)
     finally:
         await redis.aclose()
+
+
+async def test_two_processes_beating_under_one_instance_id_are_told_of(
+    start_redis_instance: StartInstance, json_log: list[dict[str, Any]]
+) -> None:
+    """Each would take the other's connections for a dead process's: a misconfiguration said loudly."""
+    common = {"INSTANCE_ID": "same", "REDIS_KEY_PREFIX": "dup:", "INSTANCE_HEARTBEAT_SECONDS": 0.1}
+    await start_redis_instance(**common)
+    await start_redis_instance(**common)
+
+    def told() -> bool:
+        return any("another process beats under this INSTANCE_ID" in line["event"] for line in json_log.refresh())
+
+    await eventually(told)

@@ -12,7 +12,7 @@ import pytest
 from core.clock import ManualClock, SystemClock
 from payments.model import Payment, PaymentStatus, StatusUpdate, UpdateSource
 from payments.ports import IdempotencyRecord
-from realtime.storage.base import ClientRecord
+from realtime.storage.base import ClientRecord, Incarnation
 from realtime.storage.keys import BUCKETS, bucket
 from realtime.storage.memory import MemoryStorage
 from realtime.storage.redis import RedisStorage
@@ -198,8 +198,8 @@ async def test_payments_and_clients_expire_in_redis(redis_server: RedisServer) -
     try:
         await storage.create_payment(_payment())
         now = datetime.now(UTC)
-        await storage.heartbeat("a", 60)  # instance a is alive: its connections count
-        await storage.add_client(ClientRecord(socket_id="s1", instance_id="a", connected_at=now))
+        await storage.heartbeat("a", "boot-a", 60)  # instance a's process is alive: its connections count
+        await storage.add_client(ClientRecord(socket_id="s1", instance_id="a", boot_id="boot-a", connected_at=now))
         await storage.track("s1", "ref-1")
         assert await storage.tracker_count("ref-1") == 1 and len(await storage.list_clients()) == 1
 
@@ -223,9 +223,9 @@ async def test_payments_and_clients_expire_in_redis(redis_server: RedisServer) -
 async def test_client_records_track_untrack_and_remove(storage: RedisStorage) -> None:
     now = datetime.now(UTC)
     for instance in ("a", "b"):
-        await storage.heartbeat(instance, 60)  # live instances: their connections count
-    await storage.add_client(ClientRecord(socket_id="s1", instance_id="a", connected_at=now))
-    await storage.add_client(ClientRecord(socket_id="s2", instance_id="b", connected_at=now))
+        await storage.heartbeat(instance, f"boot-{instance}", 60)  # live processes: their connections count
+    await storage.add_client(ClientRecord(socket_id="s1", instance_id="a", boot_id="boot-a", connected_at=now))
+    await storage.add_client(ClientRecord(socket_id="s2", instance_id="b", boot_id="boot-b", connected_at=now))
     await storage.track("s1", "ref-1")
     await storage.track("s1", "ref-1")
     await storage.track("s2", "ref-1")
@@ -402,3 +402,14 @@ async def test_while_no_replica_confirms_writes_probe_once_per_interval_and_are_
     finally:
         await plain.aclose()
         await storage.close()
+
+
+async def test_records_without_a_boot_id_live_while_their_instance_beats_without_one(storage: RedisStorage) -> None:
+    """A rolling upgrade: a process of the previous version records no boot id and beats with a timestamp;
+    its connections count until its instance's heartbeat names a process (it was restarted on this one)."""
+    now = datetime.now(UTC)
+    await storage.redis.set(storage._keys.instance("old"), now.isoformat(), ex=60)  # as that version beats
+    await storage.add_client(ClientRecord(socket_id="s1", instance_id="old", connected_at=now))
+    assert [c.socket_id for c in await storage.list_clients()] == ["s1"]
+    await storage.heartbeat("old", Incarnation("old").boot_id, 60)
+    assert await storage.list_clients() == []

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+import socketio
 from pydantic import ValidationError
 
 from core.settings import SettingsError, load_settings
@@ -368,6 +369,93 @@ async def test_sigterm_with_an_abandoned_polling_handshake_stops_within_the_boun
         out, err = await stop(proc)
     assert proc.returncode == 0, (out + err).decode()
     assert "Traceback" not in (out + err).decode()
+
+
+async def _socketio_websocket(http: aiohttp.ClientSession, port: int) -> aiohttp.ClientWebSocketResponse:
+    """A Socket.IO connection over a websocket, spoken by hand so the test sees how it is closed."""
+    ws = await http.ws_connect(
+        f"http://127.0.0.1:{port}/socket.io/?EIO=4&transport=websocket",
+        timeout=aiohttp.ClientWSTimeout(ws_receive=WAIT, ws_close=WAIT),
+    )
+    assert (await ws.receive_str()).startswith("0")  # Engine.IO OPEN
+    await ws.send_str("40")  # Socket.IO CONNECT to "/"
+    assert (await ws.receive_str()).startswith("40")
+    return ws
+
+
+async def _closing_frame(ws: aiohttp.ClientWebSocketResponse) -> aiohttp.WSMessage:
+    """The websocket's close frame from the server (messages before it are skipped); aiohttp answers it."""
+    while True:
+        message = await ws.receive()  # bounded by ws_receive
+        if message.type is not aiohttp.WSMsgType.TEXT:
+            return message
+
+
+async def test_sigterm_closes_every_socket_cleanly_and_the_process_exits_by_itself() -> None:
+    """A rolling restart waits on each instance's stop: every client sees its connection closed, each
+    websocket by its closing handshake with 1001 (going away, which the official JS client needs: it
+    ignores Engine.IO's CLOSE packet on a websocket), and the process then exits by itself, with 0.
+
+    The bound is large on purpose: it is not what ends the sockets here."""
+    port = free_port()
+    proc = await run_server("--port", str(port), SHUTDOWN_TIMEOUT_SECONDS="60")
+    try:
+        await wait_healthy(port, proc)
+        url = f"http://127.0.0.1:{port}"
+        trackers = [await Tracker(url).connect() for _ in range(5)]
+        async with aiohttp.ClientSession() as http:
+            pages = [await _socketio_websocket(http, port) for _ in range(3)]
+            proc.send_signal(signal.SIGTERM)
+            await asyncio.gather(*(asyncio.wait_for(t.disconnected.wait(), WAIT) for t in trackers))
+            closes = await asyncio.gather(*(_closing_frame(ws) for ws in pages))
+            assert [(m.type, m.data) for m in closes] == [(aiohttp.WSMsgType.CLOSE, 1001)] * len(pages)
+        await asyncio.wait_for(proc.wait(), WAIT)
+    finally:
+        out, err = await stop(proc)
+    assert proc.returncode == 0, (out + err).decode()
+    assert "Traceback" not in (out + err).decode()
+
+
+async def test_a_client_told_to_go_by_a_stop_reconnects_by_itself() -> None:
+    """python-socketio's client took Engine.IO's CLOSE packet for a server disconnect and stayed away; a
+    closed websocket is a transport close, after which it reconnects (here to the same port, restarted)."""
+    port = free_port()
+    first = await run_server("--port", str(port))
+    second = None
+    client = socketio.AsyncClient(reconnection_delay=0.1, reconnection_delay_max=0.5)
+    connects = asyncio.Queue[None]()
+    client.on("connect", lambda: connects.put_nowait(None))
+    try:
+        await wait_healthy(port, first)
+        await client.connect(f"http://127.0.0.1:{port}", transports=["websocket"], wait_timeout=WAIT)
+        await asyncio.wait_for(connects.get(), WAIT)
+        first.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(first.wait(), WAIT * 3)  # how soon is the other tests' business
+        second = await run_server("--port", str(port))
+        await wait_healthy(port, second)
+        await asyncio.wait_for(connects.get(), WAIT * 2)
+    finally:
+        await client.disconnect()
+        await stop(first)
+        if second is not None:
+            await stop(second)
+    assert first.returncode == 0
+
+
+async def test_sigterm_with_a_websocket_that_never_answers_still_exits_by_itself() -> None:
+    """A client that reads nothing never answers the close: its connection is dropped at the sockets'
+    share of the bound, and the process exits with 0 before the watchdog would (which exits with 1)."""
+    port = free_port()
+    proc = await run_server("--port", str(port), SHUTDOWN_TIMEOUT_SECONDS="4")
+    try:
+        await wait_healthy(port, proc)
+        async with aiohttp.ClientSession() as http:
+            await _socketio_websocket(http, port)  # from here on it reads nothing
+            proc.send_signal(signal.SIGTERM)
+            await asyncio.wait_for(proc.wait(), 4 + WAIT)
+    finally:
+        out, err = await stop(proc)
+    assert proc.returncode == 0, (out + err).decode()
 
 
 async def test_sigterm_lets_an_in_flight_request_finish(aiohttp_server) -> None:  # type: ignore[no-untyped-def]

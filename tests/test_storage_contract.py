@@ -609,13 +609,19 @@ async def test_dead_letters_are_capped_oldest_first_and_expire(backend: Backend)
 # -- ClientRegistry ------------------------------------------------------------------------------
 
 
-def client(socket_id: str, instance_id: str = "i-1", at: int = 0) -> ClientRecord:
-    return ClientRecord(socket_id=socket_id, instance_id=instance_id, connected_at=T0 + timedelta(seconds=at))
+def client(socket_id: str, instance_id: str = "i-1", at: int = 0, boot_id: str = "") -> ClientRecord:
+    """A connection of process `boot_id` (by default `boot-<instance id>`) of `instance_id`."""
+    return ClientRecord(
+        socket_id=socket_id,
+        instance_id=instance_id,
+        boot_id=boot_id or f"boot-{instance_id}",
+        connected_at=T0 + timedelta(seconds=at),
+    )
 
 
 async def test_clients_are_listed_tracked_counted_and_removed(backend: Backend) -> None:
     s = backend.storage
-    await s.heartbeat("i-1", 60)
+    await s.heartbeat("i-1", "boot-i-1", 60)
     await s.add_client(client("s2", at=2))
     await s.add_client(client("s1", at=1))
     await s.track("s1", "ref-1")
@@ -634,21 +640,70 @@ async def test_clients_are_listed_tracked_counted_and_removed(backend: Backend) 
 
 async def test_a_heartbeat_keeps_an_instance_alive(backend: Backend) -> None:
     s = backend.storage
-    first = await s.heartbeat("i-1", 60)
-    assert first is (backend.name == "memory")  # memory has nothing to lapse; Redis had no beat yet
-    assert await s.heartbeat("i-1", 60)
+    first = await s.heartbeat("i-1", "boot-i-1", 60)
+    assert first == ("boot-i-1" if backend.name == "memory" else None)  # memory has nothing to lapse; Redis no beat yet
+    assert await s.heartbeat("i-1", "boot-i-1", 60) == "boot-i-1"
 
 
 async def test_connections_of_an_instance_without_a_heartbeat_are_removed_not_listed(
     shared_backend: Backend,
 ) -> None:
     s = shared_backend.storage
-    await s.heartbeat("alive", 60)
+    await s.heartbeat("alive", "boot-alive", 60)
     await s.add_client(client("s1", "alive"))
     await s.add_client(client("s2", "crashed"))  # an instance that never beat (or whose beat lapsed)
     await s.track("s2", "ref-1")
     assert [c.socket_id for c in await s.list_clients()] == ["s1"]
     assert await s.tracker_count("ref-1") == 0
+
+
+async def test_a_heartbeat_naming_another_process_of_the_instance_ends_the_earlier_ones(
+    shared_backend: Backend,
+) -> None:
+    """An instance restarted under the same INSTANCE_ID: its heartbeat never lapses, the boot id in it
+    tells the dead process's connections from the new one's."""
+    s = shared_backend.storage
+    assert await s.heartbeat("i-1", "boot-old", 60) is None
+    await s.add_client(client("s-old", boot_id="boot-old"))
+    await s.track("s-old", "ref-1")
+    assert await s.heartbeat("i-1", "boot-new", 60) == "boot-old"  # the restarted process's first beat
+    await s.add_client(client("s-new", boot_id="boot-new", at=1))
+    await s.track("s-new", "ref-1")
+    assert [c.socket_id for c in await s.list_clients()] == ["s-new"]
+    assert await s.tracker_count("ref-1") == 1
+    assert await s.get_client("s-old") is None  # removed, not only hidden
+
+
+async def test_take_over_removes_what_other_processes_of_the_instance_recorded(backend: Backend) -> None:
+    s = backend.storage
+    await s.heartbeat("i-1", "boot-new", 60)
+    await s.heartbeat("i-2", "boot-i-2", 60)
+    await s.add_client(client("s-old", boot_id="boot-old"))
+    await s.add_client(client("s-older", boot_id="boot-older", at=1))
+    await s.add_client(client("s-new", boot_id="boot-new", at=2))
+    await s.add_client(client("s-other", "i-2", at=3))
+    for sid in ("s-old", "s-new", "s-other"):
+        await s.track(sid, "ref-1")
+
+    taken = await s.take_over("i-1", "boot-new")
+    assert sorted(c.socket_id for c in taken) == ["s-old", "s-older"]
+    assert await s.get_client("s-old") is None and await s.get_client("s-older") is None
+    assert [c.socket_id for c in await s.list_clients()] == ["s-new", "s-other"]
+    assert await s.tracker_count("ref-1") == 2
+    assert await s.take_over("i-1", "boot-new") == []  # nothing left to take
+
+
+async def test_take_over_removes_the_earlier_process_routes_on_redis(shared_backend: Backend) -> None:
+    """The routes sets (realtime/routes.py) hold route ids, which are boot ids: the dead process's go, the
+    others stay."""
+    s = shared_backend.storage
+    redis = (s.primary if shared_backend.name == "resilient" else s).redis  # the storage's own client
+    routes = f"{shared_backend.prefix}routes:ref-1"
+    await redis.sadd(routes, "boot-old", "boot-i-2")
+    await s.add_client(client("s-old", boot_id="boot-old"))
+    await s.track("s-old", "ref-1")
+    await s.take_over("i-1", "boot-new")
+    assert await redis.smembers(routes) == {"boot-i-2"}
 
 
 # -- AuthCacheStore ------------------------------------------------------------------------------
@@ -717,9 +772,29 @@ async def _in_redis(backend: Backend) -> RedisStorage:
     return plain
 
 
+async def test_a_take_over_redis_missed_at_start_runs_when_redis_returns(resilient: Backend) -> None:
+    """A process restarted while Redis is away: its predecessor's connections are removed once Redis answers."""
+    s, server = resilient.storage, resilient.redis_server
+    old = await _in_redis(resilient)  # the killed process, on the same keys
+    try:
+        await old.heartbeat("i-1", "boot-old", 60)
+        await old.add_client(client("s-old", boot_id="boot-old"))
+        await old.track("s-old", "ref-1")
+        await server.save()
+        server.stop()
+        await s.heartbeat("i-1", "boot-new", 60)  # the new process starts: Redis is away
+        assert await s.take_over("i-1", "boot-new") == [] and not s.healthy
+        await server.start()
+        await eventually(lambda: s.healthy, timeout=10)
+        assert await old.get_client("s-old") is None
+        assert await old.tracker_count("ref-1") == 0
+    finally:
+        await old.close()
+
+
 async def test_a_sequence_across_a_redis_outage_is_written_back_when_redis_returns(resilient: Backend) -> None:
     s, server = resilient.storage, resilient.redis_server
-    await s.heartbeat("i-1", 60)
+    await s.heartbeat("i-1", "boot-i-1", 60)
     await s.create_payment(owned())
     await s.add_client(client("s-gone"))
     await server.save()  # Redis comes back holding what it had: the PENDING payment

@@ -7,6 +7,8 @@ guarantee a backend must keep.
 
 from __future__ import annotations
 
+import uuid
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
@@ -25,7 +27,18 @@ from payments.ports import (
     TrackerCount,
 )
 
-__all__ = ["STORAGE", "AuthCacheStore", "ClientRecord", "ClientRegistry", "OutboxFor", "Storage"]
+__all__ = ["STORAGE", "AuthCacheStore", "ClientRecord", "ClientRegistry", "Incarnation", "OutboxFor", "Storage"]
+
+
+@dataclass(frozen=True)
+class Incarnation:
+    """One process of an instance. INSTANCE_ID names the instance and outlives its process (the systemd
+    unit restarts a crashed one as `<host>-<port>` again); `boot_id` is new at every start, so what a
+    killed process left behind is told from what its successor owns. The boot id is also the process's
+    pub/sub route id (realtime/routes.py)."""
+
+    instance_id: str
+    boot_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
 
 class ClientRecord(BaseModel):
@@ -35,6 +48,7 @@ class ClientRecord(BaseModel):
     instance_id: str
     connected_at: datetime
     tracked: list[str] = []
+    boot_id: str = ""  # the process (`Incarnation`) holding it; "" in records written before boot ids
 
 
 class ClientRegistry(TrackerCount, Protocol):
@@ -52,16 +66,23 @@ class ClientRegistry(TrackerCount, Protocol):
     async def untrack(self, socket_id: str, reference: str) -> None: ...
 
     async def list_clients(self) -> list[ClientRecord]:
-        """Connections of every live instance. Records of an instance whose heartbeat has lapsed
-        (it crashed, so no disconnect handler ran) are removed, not listed."""
+        """Connections of every live process. Records of a process whose heartbeat has lapsed (it
+        crashed, so no disconnect handler ran), or whose instance's heartbeat names another process
+        (it was restarted), are removed, not listed."""
 
     async def tracker_count(self, reference: str) -> int:
-        """Connections of live instances tracking `reference`."""
+        """Connections of live processes tracking `reference`."""
 
-    async def heartbeat(self, instance_id: str, ttl_seconds: float) -> bool:
-        """Mark `instance_id` alive for `ttl_seconds`; False if its previous heartbeat had lapsed
-        (or it had none), in which case its connections may have been removed as a crashed
-        instance's and the caller should record them again."""
+    async def heartbeat(self, instance_id: str, boot_id: str, ttl_seconds: float) -> str | None:
+        """Mark process `boot_id` of `instance_id` alive for `ttl_seconds`, and so every other process of
+        that instance dead. Returns the boot id the heartbeat named before (None if it had lapsed or there
+        was none): when it is not `boot_id`, this process's connections may have been removed as a dead
+        process's, and the caller should record them again."""
+
+    async def take_over(self, instance_id: str, boot_id: str) -> list[ClientRecord]:
+        """At the start of process `boot_id`, before it serves: remove the connections every other process
+        of `instance_id` recorded (its predecessor, killed before its disconnect handlers ran), with their
+        tracker entries and their routes (realtime/routes.py), and return them."""
 
 
 class AuthCacheStore(Protocol):

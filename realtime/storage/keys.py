@@ -128,9 +128,16 @@ class RedisKeys:
         return f"{self.prefix}routes:{reference}"
 
     def instance(self, instance_id: str) -> str:
-        """An instance's heartbeat: refreshed every INSTANCE_HEARTBEAT_SECONDS, expires after three
-        missed beats. Connections recorded by an instance without one are gone (it crashed)."""
+        """An instance's heartbeat, holding the boot id of its live process: refreshed every
+        INSTANCE_HEARTBEAT_SECONDS, expires after three missed beats. Connections recorded by a process it
+        does not name are gone (the process crashed, or was restarted under the same INSTANCE_ID)."""
         return f"{self.prefix}instance:{instance_id}"
+
+    def instance_clients(self, instance_id: str) -> str:
+        """Sorted set of the socket ids an instance's processes recorded, scored by their record's expiry:
+        how a restarted process finds its predecessor's connections without reading everyone's.
+        Expires CLIENT_TTL_SECONDS after the last connection or track recorded."""
+        return f"{self.prefix}instance-clients:{instance_id}"
 
     def lease(self, name: str) -> str:
         """Who holds lease `name` (the reconciler's sweep, `order:<id>` while an initiation for the order

@@ -40,6 +40,14 @@ class MemoryClients:
     async def tracker_count(self, reference: str) -> int:
         return sum(1 for _, c in self._clients.items() if reference in c.tracked)
 
-    async def heartbeat(self, instance_id: str, ttl_seconds: float) -> bool:
+    async def heartbeat(self, instance_id: str, boot_id: str, ttl_seconds: float) -> str | None:
         """One process, one instance: its connections die with it, nothing to mark."""
-        return True
+        return boot_id
+
+    async def take_over(self, instance_id: str, boot_id: str) -> list[ClientRecord]:
+        """Memory dies with its process, so only a store two apps were built on (as tests build them)
+        holds another process's connections; the resilient storage's fallback mirrors this process's alone."""
+        theirs = [c for _, c in self._clients.items() if c.instance_id == instance_id and c.boot_id != boot_id]
+        for client in theirs:
+            self._clients.pop(client.socket_id)
+        return theirs

@@ -1,8 +1,13 @@
 """Every instance's Socket.IO connections on Redis: a record per socket with a TTL, a sorted set of
-socket ids by expiry, a set of trackers per payment, and a heartbeat key per instance.
+socket ids by expiry (all of them, and each instance's), a set of trackers per payment, and a heartbeat
+key per instance naming its live process.
 
-An instance that crashes runs no disconnect handler; its heartbeat lapses,
-and the next reader removes its connections (`_of_live_instances`).
+A process that crashes runs no disconnect handler. Its records name its
+process (`ClientRecord.boot_id`), and the next reader removes those whose
+process the instance's heartbeat does not name (`_of_live_processes`): the
+heartbeat lapsed (the instance is gone), or it names the process restarted
+under the same INSTANCE_ID, which also removes them itself as it starts
+(`take_over`), routes included.
 
 The record is the truth and the sets are indexes over it: on a cluster they hash to other slots, so they
 are written beside the record in one round trip but not atomically with it, and a reader checks each
@@ -12,6 +17,7 @@ member against its record (a member whose record is gone, or no longer tracks th
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -19,6 +25,22 @@ from realtime.storage.base import ClientRecord
 from realtime.storage.redis.context import RedisContext, ttl_ms
 
 log = logging.getLogger("paytrack.storage.redis")
+
+_BOOT_ID = re.compile(r"[0-9a-f]{32}")  # an `Incarnation` boot id; a heartbeat written before them holds a timestamp
+
+
+def _alive(client: ClientRecord, beat: str | None) -> bool:
+    """Whether the heartbeat of `client`'s instance (`beat`: the value it holds) names `client`'s process.
+
+    A record written before boot ids has none: it lives while its instance beats the way it did then
+    (with a timestamp), so a rolling upgrade does not take the old processes' connections for dead; a
+    beat naming a process is a restarted instance's, and such records are then its predecessor's.
+    """
+    if beat is None:
+        return False
+    if client.boot_id:
+        return beat == client.boot_id
+    return _BOOT_ID.fullmatch(beat) is None
 
 
 class RedisClients:
@@ -30,10 +52,22 @@ class RedisClients:
 
     def _queue_indexes(self, pipe: Any, client: ClientRecord) -> None:
         k, ttl = self._ctx.keys, self._ctx.client_ttl
-        pipe.zadd(k.clients(), {client.socket_id: self._ctx.clock.now().timestamp() + ttl})
+        expiry = {client.socket_id: self._ctx.clock.now().timestamp() + ttl}
+        pipe.zadd(k.clients(), expiry)
+        pipe.zadd(k.instance_clients(client.instance_id), expiry)
+        pipe.expire(k.instance_clients(client.instance_id), ttl)
         for ref in client.tracked:
             pipe.sadd(k.trackers(ref), client.socket_id)
             pipe.expire(k.trackers(ref), ttl)
+
+    def _queue_removal(self, pipe: Any, client: ClientRecord) -> None:
+        """Forget `client`: its record, and its entries in the indexes over records."""
+        k = self._ctx.keys
+        pipe.delete(k.client(client.socket_id))
+        pipe.zrem(k.clients(), client.socket_id)
+        pipe.zrem(k.instance_clients(client.instance_id), client.socket_id)
+        for ref in client.tracked:
+            pipe.srem(k.trackers(ref), client.socket_id)
 
     async def add_client(self, client: ClientRecord) -> None:
         async with self._ctx.redis.pipeline(transaction=False) as pipe:
@@ -45,10 +79,11 @@ class RedisClients:
         k = self._ctx.keys
         client = await self.get_client(socket_id)
         async with self._ctx.redis.pipeline(transaction=False) as pipe:
-            pipe.delete(k.client(socket_id))
-            pipe.zrem(k.clients(), socket_id)
-            for ref in client.tracked if client else ():
-                pipe.srem(k.trackers(ref), socket_id)
+            if client is None:
+                pipe.delete(k.client(socket_id))
+                pipe.zrem(k.clients(), socket_id)
+            else:
+                self._queue_removal(pipe, client)
             await pipe.execute()
 
     async def get_client(self, socket_id: str) -> ClientRecord | None:
@@ -92,18 +127,18 @@ class RedisClients:
         )
 
     async def _records(self, sids: list[str], index: str, drop: Callable[..., Any]) -> list[ClientRecord]:
-        """The records of `sids` whose instance is alive; ids whose record expired leave `index` by `drop`."""
+        """The records of `sids` whose process is alive; ids whose record expired leave `index` by `drop`."""
         if not sids:
             return []
         raws = await self._ctx.get_many([self._ctx.keys.client(s) for s in sids])
         gone = [sid for sid, raw in zip(sids, raws, strict=False) if raw is None]
         if gone:
             await drop(index, *gone)
-        return await self._of_live_instances([ClientRecord.model_validate_json(raw) for raw in raws if raw])
+        return await self._of_live_processes([ClientRecord.model_validate_json(raw) for raw in raws if raw])
 
     async def list_clients(self) -> list[ClientRecord]:
-        """Every live instance's connections; index entries whose record expired are pruned, and
-        records of instances without a heartbeat are removed."""
+        """Every live process's connections; index entries whose record expired are pruned, and
+        records of processes their instance's heartbeat does not name are removed."""
         redis, index = self._ctx.redis, self._ctx.keys.clients()
         await redis.zremrangebyscore(index, "-inf", self._ctx.clock.now().timestamp())
         clients = await self._records(await redis.zrange(index, 0, -1), index, redis.zrem)
@@ -114,24 +149,50 @@ class RedisClients:
         records = await self._records(list(await redis.smembers(key)), key, redis.srem)
         return sum(reference in record.tracked for record in records)
 
-    async def _of_live_instances(self, clients: list[ClientRecord]) -> list[ClientRecord]:
-        """`clients` whose instance has a heartbeat; the others' records are removed (their instance crashed)."""
+    async def _of_live_processes(self, clients: list[ClientRecord]) -> list[ClientRecord]:
+        """`clients` whose process their instance's heartbeat names; the others' records are removed (their
+        process crashed, or was restarted)."""
         instances = sorted({c.instance_id for c in clients})
         if not instances:
             return clients
-        beats = await self._ctx.get_many([self._ctx.keys.instance(i) for i in instances])
-        dead = {i for i, beat in zip(instances, beats, strict=False) if beat is None}
-        for client in clients:
-            if client.instance_id in dead:
-                await self.remove_client(client.socket_id)
+        values = await self._ctx.get_many([self._ctx.keys.instance(i) for i in instances])
+        beats = dict(zip(instances, values, strict=True))
+        dead = [c for c in clients if not _alive(c, beats[c.instance_id])]
         if dead:
-            log.warning("removed connections of instances without a heartbeat", extra={"instances": sorted(dead)})
-        return [c for c in clients if c.instance_id not in dead]
+            async with self._ctx.redis.pipeline(transaction=False) as pipe:
+                for client in dead:
+                    self._queue_removal(pipe, client)
+                await pipe.execute()
+            log.warning(
+                "removed connections of processes that are gone",
+                extra={"instances": sorted({c.instance_id for c in dead}), "connections": len(dead)},
+            )
+        return [c for c in clients if _alive(c, beats[c.instance_id])]
 
-    async def heartbeat(self, instance_id: str, ttl_seconds: float) -> bool:
+    async def heartbeat(self, instance_id: str, boot_id: str, ttl_seconds: float) -> str | None:
         key = self._ctx.keys.instance(instance_id)
-        async with self._ctx.redis.pipeline(transaction=True) as pipe:  # EXISTS + SET, not SET GET (Redis 6.2+)
-            pipe.exists(key)
-            pipe.set(key, self._ctx.clock.now().isoformat(), px=ttl_ms(ttl_seconds))
-            existed, _ = await pipe.execute()
-        return bool(existed)
+        async with self._ctx.redis.pipeline(transaction=True) as pipe:  # GET + SET, not SET GET (Redis 6.2+)
+            pipe.get(key)
+            pipe.set(key, boot_id, px=ttl_ms(ttl_seconds))
+            before, _ = await pipe.execute()
+        return before or None
+
+    async def take_over(self, instance_id: str, boot_id: str) -> list[ClientRecord]:
+        redis, k = self._ctx.redis, self._ctx.keys
+        index = k.instance_clients(instance_id)
+        sids = list(await redis.zrange(index, 0, -1))
+        raws = await self._ctx.get_many([k.client(s) for s in sids])
+        records = [ClientRecord.model_validate_json(raw) for raw in raws if raw]
+        theirs = [c for c in records if c.instance_id == instance_id and c.boot_id != boot_id]
+        expired = [sid for sid, raw in zip(sids, raws, strict=True) if raw is None]
+        if not (theirs or expired):
+            return []
+        async with redis.pipeline(transaction=False) as pipe:
+            for client in theirs:
+                self._queue_removal(pipe, client)
+                for ref in client.tracked if client.boot_id else ():
+                    pipe.srem(k.routes(ref), client.boot_id)  # its process's route id (realtime/routes.py)
+            if expired:
+                pipe.zrem(index, *expired)
+            await pipe.execute()
+        return theirs

@@ -229,8 +229,9 @@ class OutboxPolicy(RolePolicy):
 
 class ClientsPolicy(RolePolicy):
     """Client records are written to both while healthy, so the fallback is current; those touched while
-    degraded are written back, and so is every one of ours if our heartbeat lapsed meanwhile (other
-    instances may have removed our connections as a crashed instance's)."""
+    degraded are written back, and so is every one of ours if our heartbeat lapsed meanwhile or named
+    another process (other instances may have removed our connections as a dead process's). A take-over
+    that ran on memory (Redis away when the process started) runs on Redis when it is back."""
 
     routes: ClassVar = {name: Route.BOTH for name in ("add_client", "remove_client", "track", "untrack")}
 
@@ -239,13 +240,17 @@ class ClientsPolicy(RolePolicy):
         self._memory = fallback.clients
         self.dirty: set[str] = set()
         self.removed: set[str] = set()
-        self._beat: tuple[str, float] | None = None  # (instance id, ttl) of our heartbeat
+        self._beat: tuple[str, str, float] | None = None  # (instance id, boot id, ttl) of our heartbeat
+        self._take_over: tuple[str, str] | None = None  # (instance id, boot id) of a take-over Redis missed
 
     async def after(self, call: Call, result: Any, on_primary: bool) -> Any:
         if call.name == "heartbeat":
-            self._beat = (call.args["instance_id"], call.args["ttl_seconds"])
-            if on_primary and not result:
+            args = call.args
+            self._beat = (args["instance_id"], args["boot_id"], args["ttl_seconds"])
+            if on_primary and result != args["boot_id"]:
                 await self._write_all()
+        elif call.name == "take_over" and not on_primary:
+            self._take_over = (call.args["instance_id"], call.args["boot_id"])
         elif not on_primary and call.name in self.routes:
             client = call.args.get("client")
             socket_id = client.socket_id if client is not None else call.args["socket_id"]
@@ -262,8 +267,16 @@ class ClientsPolicy(RolePolicy):
 
     async def recovering(self) -> None:
         # While degraded the heartbeat beat only memory: beat Redis first thing.
-        if self._beat is not None and not await self._primary.heartbeat(*self._beat):
+        if self._beat is not None and await self._primary.heartbeat(*self._beat) != self._beat[1]:
             self.dirty |= {c.socket_id for c in await self._memory.list_clients()}
+        if self._take_over is not None:
+            removed = await self._primary.take_over(*self._take_over)
+            self._take_over = None
+            if removed:
+                log.warning(
+                    "removed the connections an earlier process of this instance left",
+                    extra={"instance": removed[0].instance_id, "connections": len(removed)},
+                )
 
     def pending(self) -> bool:
         return bool(self.dirty or self.removed)
