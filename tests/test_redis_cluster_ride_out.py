@@ -1,0 +1,148 @@
+"""A review of the cluster failover ride-out (REDIS_CLUSTER_FAILOVER_WAIT_SECONDS): a call that meets a shard
+without a primary is run again, whole, once the replica is promoted. Each test here is a storage call whose
+first try did part or all of its work before the failure, which the run again must not misread.
+
+Real 3+3 clusters (tests/redis_cluster.py), killed with -9; nothing mocked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from core.clock import SystemClock
+from payments.ports import IdempotencyRecord
+from realtime.storage.factory import create_storage
+from realtime.storage.keys import RedisKeys
+from realtime.storage.redis import scripts
+from tests.deploy_script import on_port
+from tests.harness import eventually, make_settings
+from tests.redis_cluster import RedisCluster, redis_cluster  # noqa: F401 - fixture
+from tests.test_state_rule import owned
+
+pytestmark = [pytest.mark.redis, pytest.mark.slow]
+
+
+def _riding_out(redis_cluster: RedisCluster, prefix: str, **settings: Any) -> Any:
+    """A resilient storage on the cluster that rides a failover out (30 s: the cluster's own takes seconds)."""
+    return create_storage(
+        make_settings(
+            STORAGE_BACKEND="redis",
+            REDIS_URL=redis_cluster.url,
+            REDIS_CLUSTER=True,
+            REDIS_KEY_PREFIX=prefix,
+            REDIS_RECONNECT_INTERVAL_SECONDS=0.5,
+            REDIS_CLUSTER_FAILOVER_WAIT_SECONDS=30,
+            **{"REDIS_TIMEOUT_SECONDS": 1.0, **settings},
+        ),
+        SystemClock(),
+    )
+
+
+async def test_a_payment_created_while_its_orders_shard_fails_over_is_its_orders_payment(
+    redis_cluster: RedisCluster,
+) -> None:
+    """create_payment writes the payment on its shard and points its order at it on the order's shard, in
+    one pipelined round trip. With the order's primary killed, the payment's write lands and the order's
+    pointer does not; the ride-out runs create_payment again after the failover, finds the payment stored
+    as it would store it (nothing to change), and returned without pointing the order: the order has no
+    payment (GET /api/orders/<id>/payment 404s, and a second initiation for the order is not refused as
+    `payment_pending`)."""
+    storage: Any = _riding_out(redis_cluster, "point:")
+    await storage.start()
+    try:
+        keys = RedisKeys("point:")
+        node = storage.primary.redis.get_node_from_key
+        order_primary = (await redis_cluster.primaries())[0]
+
+        def orders_elsewhere(n: int) -> bool:
+            order_keys = (keys.order(f"order-{n}"), keys.order_paid(f"order-{n}"), keys.order_hold(f"order-{n}"))
+            return node(keys.payment(f"ref-{n}")).port != order_primary and all(
+                node(key).port == order_primary for key in order_keys
+            )
+
+        n = next(n for n in range(10_000) if orders_elsewhere(n))
+        reference, order = f"ref-{n}", f"order-{n}"
+        await redis_cluster.wait_replicated(order_primary)
+        await redis_cluster.kill(order_primary)
+
+        created = await asyncio.wait_for(storage.create_payment(owned(reference=reference, order_id=order)), 60)
+        assert created.reference == reference and storage.healthy  # rode the failover out, on Redis
+        assert (await storage.primary.get_payment(reference)) is not None
+        found = await storage.get_order_payment(order)
+        assert found is not None and found.reference == reference, "the order does not point at its new payment"
+    finally:
+        await storage.close()
+
+
+async def test_an_idempotency_claim_whose_reply_was_lost_is_still_the_claimers(redis_cluster: RedisCluster) -> None:
+    """claim_idempotency reached a primary that stalled (1.5 s, under the cluster's node timeout: no
+    failover) for longer than REDIS_TIMEOUT_SECONDS: the client gave up on it and tried again, and once the
+    primary went on, it ran the first try's claim, then the next try's, which found this very claim under
+    this very owner, held. The caller was told the key was someone else's (the initiation answers 409
+    `idempotency_in_progress` to its own request, and the shopper's retries get the same until the lease
+    it holds itself lapses). redis-py's own retries can do it in a short stall; the ride-out's, in one of
+    up to REDIS_CLUSTER_FAILOVER_WAIT_SECONDS."""
+    storage: Any = _riding_out(redis_cluster, "claim:", REDIS_TIMEOUT_SECONDS=0.3)
+    await storage.start()
+    try:
+        key = "scope-1"
+        primary = storage.primary.redis.get_node_from_key(RedisKeys("claim:").idempotency(key)).port
+        # Loaded beforehand: the first try must run its claim, not meet NOSCRIPT, once the primary goes on.
+        await storage.primary.redis.script_load(scripts.CLAIM_IDEMPOTENCY)
+        stall = asyncio.create_task(on_port(primary, "EVAL", _BUSY_FOR, 0, 1.5))
+        await eventually(lambda: _stalled(redis_cluster, primary), timeout=10)
+        record = IdempotencyRecord(fingerprint="f-1", state="in_progress", nonce="nonce-1")
+        found = await asyncio.wait_for(storage.claim_idempotency(key, record, "owner-1", 60, 600), 60)
+        await stall
+        assert storage.healthy  # rode the stall out, on Redis
+        assert found.claimed, f"its own claim was reported as another holder's: {found}"
+    finally:
+        await storage.close()
+
+
+async def test_an_idempotency_take_over_whose_reply_was_lost_is_still_the_takers(redis_cluster: RedisCluster) -> None:
+    """The same for take_over_idempotency: the first try replaced the vanished holder's claim with this
+    request's and took the lease; the next try found the record no longer the one it expected and said
+    the take-over failed (409 `idempotency_in_progress`, again until this request's own lease lapses)."""
+    storage: Any = _riding_out(redis_cluster, "take:", REDIS_TIMEOUT_SECONDS=0.3)
+    await storage.start()
+    try:
+        key = "scope-1"
+        primary = storage.primary.redis.get_node_from_key(RedisKeys("take:").idempotency(key)).port
+        vanished = IdempotencyRecord(fingerprint="f-1", state="in_progress", nonce="nonce-0")
+        assert (await storage.claim_idempotency(key, vanished, "owner-0", 60, 600)).claimed
+        await storage.release_idempotency(key, "owner-0", forget=False)  # its holder is gone, its record stays
+        await storage.primary.redis.script_load(scripts.TAKE_OVER_IDEMPOTENCY)
+        stall = asyncio.create_task(on_port(primary, "EVAL", _BUSY_FOR, 0, 1.5))
+        await eventually(lambda: _stalled(redis_cluster, primary), timeout=10)
+        taken = vanished.model_copy(update={"nonce": "nonce-1"})
+        took = await asyncio.wait_for(storage.take_over_idempotency(key, vanished, taken, "owner-1", 60), 60)
+        await stall
+        assert storage.healthy  # rode the stall out, on Redis
+        assert took, "its own take-over was reported as lost"
+    finally:
+        await storage.close()
+
+
+# Keeps the node busy for ARGV[1] seconds: it reads no socket meanwhile (under busy-reply-threshold, 5 s).
+_BUSY_FOR = """
+local function now() local t = redis.call('TIME') return tonumber(t[1]) + tonumber(t[2]) / 1e6 end
+local start = now()
+repeat until now() - start > tonumber(ARGV[1])
+return 1
+"""
+
+
+async def _stalled(redis_cluster: RedisCluster, port: int) -> bool:
+    """Whether the node at `port` leaves a PING unanswered for 0.1 s (busy: the stall has begun)."""
+    node = redis_cluster.node(port)
+    try:
+        await asyncio.wait_for(node.ping(), 0.1)
+        return False
+    except TimeoutError:
+        return True
+    finally:
+        await node.aclose()
