@@ -146,3 +146,23 @@ async def _stalled(redis_cluster: RedisCluster, port: int) -> bool:
         return True
     finally:
         await node.aclose()
+
+
+async def test_an_instance_started_while_a_shard_fails_over_rides_it_out_instead_of_starting_degraded(
+    redis_cluster: RedisCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The watcher now learns the cluster's primaries at start (server_id: INFO on every primary), which a
+    primary killed -9 and not yet replaced fails: the instance started on memory, every shard's payments
+    with it, until a watcher pass after the failover. A failover is ridden out by every call and pass, so
+    by the start too."""
+    named = int(redis_cluster.url.rsplit(":", 1)[1])  # the node REDIS_URL names, which the client starts from
+    primary = next(port for port in await redis_cluster.primaries() if port != named)
+    await redis_cluster.wait_replicated(primary)
+    await redis_cluster.kill(primary)
+    storage: Any = _riding_out(redis_cluster, "start:")
+    await storage.start()
+    try:
+        assert storage.healthy, f"started degraded: {storage._failover._last_error}"
+        assert not [r for r in caplog.records if "DEGRADED" in r.getMessage()]
+    finally:
+        await storage.close()
