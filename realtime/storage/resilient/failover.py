@@ -205,13 +205,20 @@ class Failover:
         await self.fallback.start()
         try:
             await asyncio.wait_for(self.primary.start(), self._interval + 5)
-            # Learnt now, not by the watcher's first pass: a failover before that pass would otherwise be
-            # taken for the primary this instance started on, and what it lost never written back.
-            self._primary_id = await asyncio.wait_for(self.primary.server_id(), self._interval + 5)
-            self.healthy = True
-            log.info("storage: connected to Redis")
         except OUTAGE_ERRORS as exc:
             self.degrade(exc)
+        else:
+            self.healthy = True
+            # Learnt now, not by the watcher's first pass: a failover before that pass would otherwise be
+            # taken for the primary this instance started on, and what it lost never written back. A
+            # cluster's failover under way (a primary that does not answer INFO) is ridden out as by any
+            # call: this instance has written nothing yet, and starts on the promoted replica.
+            ok, primary_id = await self.on_primary(
+                lambda: asyncio.wait_for(self.primary.server_id(), self._interval + 5)
+            )
+            if ok:
+                self._primary_id = primary_id
+                log.info("storage: connected to Redis")
         self._watcher.start()
 
     async def close(self) -> None:
