@@ -166,3 +166,84 @@ async def test_an_instance_started_while_a_shard_fails_over_rides_it_out_instead
         assert not [r for r in caplog.records if "DEGRADED" in r.getMessage()]
     finally:
         await storage.close()
+
+
+async def test_calls_riding_out_a_killed_primary_leave_turns_for_the_healthy_shards(
+    redis_cluster: RedisCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A call riding a failover out tries the dead shard again and again, and each try holds one of the
+    client's REDIS_POOL_SIZE turns (WaitingRedisCluster) for as long as redis-py's own retries and topology
+    refreshes take. A killed node refuses connections at once: ten times as many calls on it as turns
+    leave a call about a healthy shard its turn within REDIS_POOL_TIMEOUT_SECONDS (an attack that held)."""
+    storage: Any = _riding_out(redis_cluster, "turns:", REDIS_POOL_SIZE=4, REDIS_POOL_TIMEOUT_SECONDS=1.0)
+    await storage.start()
+    riding: list[asyncio.Task[Any]] = []
+    try:
+        keys = RedisKeys("turns:")
+        node = storage.primary.redis.get_node_from_key
+        primary = (await redis_cluster.primaries())[0]
+        on_it = [f"ref-{n}" for n in range(2000) if node(keys.payment(f"ref-{n}")).port == primary][:40]
+        healthy = next(f"ref-{n}" for n in range(2000) if node(keys.payment(f"ref-{n}")).port != primary)
+        await storage.create_payment(owned(reference=healthy, order_id="order-h"))
+        replica = await redis_cluster.wait_replicated(primary)
+        caplog.clear()
+        await redis_cluster.kill(primary)
+        riding = [asyncio.create_task(storage.get_payment(ref)) for ref in on_it]
+
+        def riding_out() -> bool:  # twice as many calls as turns have met the dead node and wait for its replica
+            met = [r for r in caplog.records if "waiting for the cluster to fail over" in r.getMessage()]
+            return len(met) >= 8
+
+        await eventually(riding_out, timeout=20)
+        found = await storage.get_payment(healthy)
+        assert found is not None and found.reference == healthy
+        assert await redis_cluster.role(replica) == "slave"  # all of it while the failover was under way
+    finally:
+        await asyncio.wait_for(asyncio.gather(*riding, return_exceptions=True), 60)
+        await storage.close()
+
+
+async def test_calls_riding_out_a_frozen_primary_leave_turns_for_the_healthy_shards(
+    redis_cluster: RedisCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A primary that stops answering (frozen: a hung machine, a partition) is failed over by the cluster
+    like a killed one, but each try of a call about it holds its turn (WaitingRedisCluster) for redis-py's
+    whole retry: REDIS_TIMEOUT_SECONDS a try, four tries. Once such calls have failed once (where the
+    instance used to degrade, and serve every shard from memory), the ride-out sends them back: with as
+    many of them as turns, they hold every turn again, and a call about a healthy shard is refused as
+    busy (503) after REDIS_POOL_TIMEOUT_SECONDS instead of going on. The nodes run with Redis's default
+    cluster-node-timeout (15 s, not the recipe's 2 s): the failover comes after all of it, as it would there."""
+    storage: Any = _riding_out(
+        redis_cluster, "frozen:", REDIS_TIMEOUT_SECONDS=0.5, REDIS_POOL_SIZE=4, REDIS_POOL_TIMEOUT_SECONDS=1.0
+    )
+    await storage.start()
+    riding: list[asyncio.Task[Any]] = []
+    frozen: int | None = None
+    try:
+        keys = RedisKeys("frozen:")
+        node = storage.primary.redis.get_node_from_key
+        primary = (await redis_cluster.primaries())[0]
+        on_it = [f"ref-{n}" for n in range(2000) if node(keys.payment(f"ref-{n}")).port == primary][:4]
+        healthy = next(f"ref-{n}" for n in range(2000) if node(keys.payment(f"ref-{n}")).port != primary)
+        await storage.create_payment(owned(reference=healthy, order_id="order-h"))
+        replica = await redis_cluster.wait_replicated(primary)
+        for port in redis_cluster.ports:
+            await on_port(port, "CONFIG", "SET", "cluster-node-timeout", "15000")
+        caplog.clear()
+        frozen = await redis_cluster.freeze(primary)
+        riding = [asyncio.create_task(storage.get_payment(ref)) for ref in on_it]
+        turns = storage.primary.redis._in_flight
+
+        def riding_out() -> bool:  # they have failed once, and hold every turn again
+            met = [r for r in caplog.records if "waiting for the cluster to fail over" in r.getMessage()]
+            return len(met) == len(on_it) and turns.locked()
+
+        await eventually(riding_out, timeout=20, interval=0.001)
+        found = await storage.get_payment(healthy)
+        assert found is not None and found.reference == healthy
+        assert await redis_cluster.role(replica) == "slave"  # all of it while the failover was under way
+    finally:
+        if frozen is not None:
+            redis_cluster.thaw(frozen)
+        await asyncio.wait_for(asyncio.gather(*riding, return_exceptions=True), 60)
+        await storage.close()
