@@ -8,11 +8,13 @@ Real 3+3 clusters (tests/redis_cluster.py), killed with -9; nothing mocked.
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
 from core.clock import SystemClock
+from payments.model import StatusUpdate, UpdateSource
 from payments.ports import IdempotencyRecord
 from realtime.storage.factory import create_storage
 from realtime.storage.keys import RedisKeys
@@ -247,3 +249,50 @@ async def test_calls_riding_out_a_frozen_primary_leave_turns_for_the_healthy_sha
             redis_cluster.thaw(frozen)
         await asyncio.wait_for(asyncio.gather(*riding, return_exceptions=True), 60)
         await storage.close()
+
+
+async def test_a_call_riding_a_failover_out_when_the_storage_closes_does_not_write_after_it(
+    redis_cluster: RedisCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    """close() while a call rides a failover out (the shard's replica frozen: no failover before close):
+    the call went on trying after close, reopened the closed Redis client (a client nobody closes again:
+    its connections leak), and wrote its change to Redis once the replica was promoted, after the storage
+    had logged what it had and closed."""
+    storage: Any = _riding_out(redis_cluster, "close:")
+    await storage.start()
+    frozen: int | None = None
+    try:
+        named = int(redis_cluster.url.rsplit(":", 1)[1])
+        primary = next(port for port in await redis_cluster.primaries() if port != named)
+        keys = RedisKeys("close:")
+        node = storage.primary.redis.get_node_from_key
+        reference = next(f"ref-{n}" for n in range(2000) if node(keys.payment(f"ref-{n}")).port == primary)
+        await storage.create_payment(owned(reference=reference, order_id="order-c"))
+        replica = await redis_cluster.wait_replicated(primary)
+        frozen = await redis_cluster.freeze(replica)  # the shard stays down until the test lets it fail over
+        caplog.clear()
+        await redis_cluster.kill(primary)
+        rider = asyncio.create_task(
+            storage.transition(
+                StatusUpdate(reference=reference, status="FAILED", source=UpdateSource.PROVIDER_POLL),
+                datetime.now(UTC),
+            )
+        )
+
+        def riding_out() -> bool:
+            return any("waiting for the cluster to fail over" in r.getMessage() for r in caplog.records)
+
+        await eventually(riding_out, timeout=20)
+    finally:
+        await storage.close()
+        if frozen is not None:
+            redis_cluster.thaw(frozen)
+    await redis_cluster.failover(replica, takeover=True)
+    await redis_cluster.wait_ok()
+    await asyncio.wait_for(asyncio.gather(rider, return_exceptions=True), 60)
+    reader = redis_cluster.client()
+    try:
+        raw = await reader.get(keys.payment(reference))
+    finally:
+        await reader.aclose()
+    assert raw is not None and '"PENDING"' in raw, "a call still riding out at close wrote to Redis after it"
