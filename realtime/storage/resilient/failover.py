@@ -145,6 +145,7 @@ class Failover:
         # acknowledged writes even though this instance saw no outage (a planned Sentinel failover: the
         # client reconnects to the new primary within its one retry).
         self._primary_id: str | None = None
+        self._closed = False  # close() has begun: no call goes to the primary any more
         # A PeriodicWorker, not a bare `while True` task: its stop flag ends the loop even when the
         # Redis client swallows the cancel that arrives during a ping (tests/test_failover.py).
         self._watcher = PeriodicWorker(
@@ -169,6 +170,10 @@ class Failover:
         deadline: float | None = None
         delay = _RIDE_OUT_FIRST_DELAY
         while self.healthy:
+            if self._closed:
+                # A call still riding a failover out at close (or made after it) must not reopen the closed
+                # client and write where nobody writes back from any more: the caller retries elsewhere.
+                raise Busy("storage is closing; retry shortly")
             try:
                 return True, await call()
             except BUSY_ERRORS:
@@ -222,6 +227,7 @@ class Failover:
         self._watcher.start()
 
     async def close(self) -> None:
+        self._closed = True
         await self._watcher.stop()
         if not self.healthy and self._pending():
             with contextlib.suppress(*OUTAGE_ERRORS):
