@@ -23,6 +23,7 @@ from tests.deploy_script import on_port
 from tests.harness import eventually, make_settings
 from tests.redis_cluster import RedisCluster, redis_cluster  # noqa: F401 - fixture
 from tests.test_state_rule import owned
+from tests.test_storage_contract import intent as contract_intent
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
@@ -296,3 +297,35 @@ async def test_a_call_riding_a_failover_out_when_the_storage_closes_does_not_wri
     finally:
         await reader.aclose()
     assert raw is not None and '"PENDING"' in raw, "a call still riding out at close wrote to Redis after it"
+
+
+async def test_an_intent_dropped_while_its_orders_shard_fails_over_frees_its_order(
+    redis_cluster: RedisCluster,
+) -> None:
+    """drop_intent deletes the intent (its nonce's shard), then frees the order it holds (the order's shard).
+    With the order's primary killed, the first try deleted the intent and could not free the order; the
+    ride-out's second try found no intent, so no order to free, and returned: the hold stays on a nonce
+    with no intent, and every initiation for the order is refused (409 initiation_unknown) until it
+    lapses (COLLECT_LIFETIME_SECONDS, 10 min). A drop follows a collect refused or never sent: the
+    order's next try is the shopper's."""
+    storage: Any = _riding_out(redis_cluster, "drop:")
+    await storage.start()
+    try:
+        keys = RedisKeys("drop:")
+        node = storage.primary.redis.get_node_from_key
+        order_primary = (await redis_cluster.primaries())[0]
+        n = next(
+            n
+            for n in range(10_000)
+            if node(keys.order_hold(f"order-{n}")).port == order_primary
+            and node(keys.intent(f"nonce-{n}")).port != order_primary
+        )
+        order, nonce = f"order-{n}", f"nonce-{n}"
+        assert await storage.put_intent(contract_intent(nonce, order), 600, 600)
+        await redis_cluster.wait_replicated(order_primary)
+        await redis_cluster.kill(order_primary)
+        await asyncio.wait_for(storage.drop_intent(nonce), 60)
+        assert storage.healthy and await storage.primary.get_intent(nonce) is None  # rode it out, on Redis
+        assert await storage.put_intent(contract_intent("nonce-next", order), 600, 600), "the order is still held"
+    finally:
+        await storage.close()
