@@ -282,6 +282,8 @@ async def test_an_idempotency_key_is_claimed_once_completed_and_released(backend
     s = backend.storage
     claim = IdempotencyRecord(fingerprint="fp", state="in_progress", nonce="n-1")
     assert (await s.claim_idempotency("k1", claim, "a", 60, 600)).claimed
+    # Run again by its holder (a retry after a lost reply): still its own, not another holder's.
+    assert (await s.claim_idempotency("k1", claim, "a", 60, 600)).claimed
     seen = await s.claim_idempotency("k1", claim.model_copy(update={"nonce": "n-2"}), "b", 60, 600)
     assert not seen.claimed and seen.existing == claim and seen.held
     done = IdempotencyRecord(fingerprint="fp", state="done", status_code=200, body={"ok": True})
@@ -306,6 +308,7 @@ async def test_a_claim_whose_holder_stopped_renewing_can_be_taken_over_once(back
     taken = claim.model_copy(update={"nonce": "n-b"})  # the taker's own nonce
     assert not await s.take_over_idempotency("k1", other, taken, "b", 60)  # not the record seen
     assert await s.take_over_idempotency("k1", claim, taken, "b", 60)
+    assert await s.take_over_idempotency("k1", claim, taken, "b", 60)  # run again by its taker: still b's
     assert not await s.take_over_idempotency("k1", taken, taken, "c", 60)  # b holds it now
     assert not await s.renew_idempotency("k1", "a", 60)
     assert (await s.claim_idempotency("k1", claim, "c", 60, 600)).existing == taken

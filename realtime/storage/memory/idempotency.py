@@ -18,7 +18,10 @@ class MemoryIdempotency:
     ) -> IdempotencyClaim:
         existing = self._records.get(key)
         if existing is not None:
-            return IdempotencyClaim(False, existing, held=self._leases.get(key) is not None)
+            held = self._leases.get(key)
+            if existing == record and held == owner:
+                return IdempotencyClaim(True)  # this very claim, run again (as on Redis, after a lost reply)
+            return IdempotencyClaim(False, existing, held=held is not None)
         self._records.set(key, record, ttl_seconds)
         self._leases.set(key, owner, lease_seconds)
         return IdempotencyClaim(True)
@@ -26,7 +29,10 @@ class MemoryIdempotency:
     async def take_over_idempotency(
         self, key: str, expected: IdempotencyRecord, replacement: IdempotencyRecord, owner: str, lease_seconds: float
     ) -> bool:
-        if self._records.get(key) != expected or self._leases.get(key) is not None:
+        current, held = self._records.get(key), self._leases.get(key)
+        if current == replacement and held == owner:
+            return True  # taken already by this very take-over, run again (as on Redis)
+        if current != expected or held is not None:
             return False
         self._records.replace(key, replacement)
         self._leases.set(key, owner, lease_seconds)

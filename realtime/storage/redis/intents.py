@@ -2,9 +2,11 @@
 
 The two keys hash to different slots, so each step is ordered to be safe when it stops halfway: an intent
 first holds its order, then is written (a hold without an intent only delays the order's next collect
-until COLLECT_LIFETIME_SECONDS); it is settled first, then frees the order. With REDIS_WAIT_REPLICAS each
-step is waited for, and an intent no replica confirmed is written back after a failover (the trail that
-links a collect to its order must survive it).
+until COLLECT_LIFETIME_SECONDS); it is resolved first, then frees the order; a dropped one (nothing was
+sent) frees its order first, then goes, so that a drop run again after stopping halfway (a cluster
+failover's ride-out, on the order's shard) still finds the intent and with it the order to free. With
+REDIS_WAIT_REPLICAS each step is waited for, and an intent no replica confirmed is written back after a
+failover (the trail that links a collect to its order must survive it).
 """
 
 from __future__ import annotations
@@ -69,8 +71,13 @@ class RedisIntents:
 
     async def drop_intent(self, nonce: str) -> None:
         intent = await self.get_intent(nonce)
-        if intent is not None:
-            await self._settle_and_release(intent, "")
+        if intent is None:
+            return
+        # The order first (the module docstring): deleted first, an intent whose order could not be freed
+        # would leave nothing naming the order, and the order held until its hold lapses.
+        k = self._ctx.keys
+        await self._ctx.run_waited((self._release, [k.order_hold(intent.order_id)], [nonce]), "intents", nonce)
+        await self._ctx.run_waited((self._settle, [k.intent(nonce)], [""]), "intents", nonce)
 
     async def restore_intent(self, intent: InitiationIntent, ttl_seconds: float, hold_seconds: float) -> None:
         """Write back an intent kept in memory while Redis was away: a resolved one replaces a pending

@@ -176,10 +176,14 @@ class RedisPayments:
     async def _merge(
         self, payment: Payment, now: datetime, *, outbox: MergeOutbox | None, claim_order: bool
     ) -> Payment:
+        unchanged = False  # what the last decision found: the record stored is already the merge
+
         def step(raw: str | None, paid: Paid) -> tuple[Payment, _Write | None]:
+            nonlocal unchanged
             previous = _payment(raw)
             result = merge(previous, payment, now)
-            if not result.changed:
+            unchanged = not result.changed
+            if unchanged:
                 return result.payment, None
             stored = _settle(result.payment, paid)
             event = PaymentEvent.of(stored, with_ussd=claim_order)
@@ -187,19 +191,24 @@ class RedisPayments:
             return stored, _Write(stored, event, entries, claim_order)
 
         stored = await self._compare_and_set(payment.reference, step)
-        if not claim_order:
-            await self._restore_order(stored)
+        if not claim_order or unchanged:
+            # A creation that finds itself stored is one run again (redis-py's retry, a cluster failover's
+            # ride-out) after a try whose record landed and whose order write, on the order's node, may not
+            # have: the order is pointed at it as the first try meant to.
+            await self._restore_order(stored, repoint=claim_order)
         return stored
 
-    async def _restore_order(self, payment: Payment) -> None:
+    async def _restore_order(self, payment: Payment, *, repoint: bool = False) -> None:
         """Put `payment` back on its order's keys (they are in the order's bucket, on a cluster often another
         node, which a failover may have rolled back while the payment's record survived): a write-back
         restores them even when the record itself had nothing to change. Never re-points an order at an
-        older payment; the paid list only gains."""
+        older payment (unless `repoint`: a creation's, which points it whatever it pointed at); the paid
+        list only gains."""
         if not payment.order_id or payment.orphan:
             return
         k, ttl = self._ctx.keys, self._ctx.payment_ttl
-        calls: list[ScriptCall] = [(self._point, [k.order(payment.order_id)], [payment.reference, "0", ttl])]
+        point = "1" if repoint else "0"
+        calls: list[ScriptCall] = [(self._point, [k.order(payment.order_id)], [payment.reference, point, ttl])]
         if needs_order(payment):
             calls.append((self._order_paid, [k.order_paid(payment.order_id)], [payment.reference, ttl]))
         await self._ctx.run_scripts(calls)

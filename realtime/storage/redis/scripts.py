@@ -220,11 +220,14 @@ return 1
 """
 
 # Claim an Idempotency-Key: the record and its lease together, or what is there and whether it is held.
+# This very claim (the record, under this owner's lease) is claimed already: a try whose reply was lost (a
+# timeout, a node failing over) made it, and the caller runs it again (redis-py's retry, the ride-out's).
 # KEYS: record, lease. ARGV: [1] record JSON, [2] owner, [3] lease ms, [4] record TTL ms.
 # Returns {1} when claimed, else {0, the stored record, 1 if its lease is held else 0}.
 CLAIM_IDEMPOTENCY = """
 local current = redis.call('GET', KEYS[1])
 if current then
+  if current == ARGV[1] and redis.call('GET', KEYS[2]) == ARGV[2] then return {1} end
   return {0, current, redis.call('EXISTS', KEYS[2])}
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[4])
@@ -233,10 +236,13 @@ return {1}
 """
 
 # Take over a claim whose holder stopped renewing: only if the record is still the one seen and the lease
-# is free; the record is replaced (naming the taker's nonce, its TTL kept).
+# is free; the record is replaced (naming the taker's nonce, its TTL kept). Taken already when the record
+# is the replacement under the taker's lease (a try whose reply was lost, run again).
 # KEYS: record, lease. ARGV: [1] expected record JSON, [2] owner, [3] lease ms, [4] replacement JSON.
 TAKE_OVER_IDEMPOTENCY = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] or redis.call('EXISTS', KEYS[2]) == 1 then
+local current = redis.call('GET', KEYS[1])
+if current == ARGV[4] and redis.call('GET', KEYS[2]) == ARGV[2] then return 1 end
+if current ~= ARGV[1] or redis.call('EXISTS', KEYS[2]) == 1 then
   return 0
 end
 redis.call('SET', KEYS[1], ARGV[4], 'KEEPTTL')

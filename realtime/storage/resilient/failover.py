@@ -145,6 +145,7 @@ class Failover:
         # acknowledged writes even though this instance saw no outage (a planned Sentinel failover: the
         # client reconnects to the new primary within its one retry).
         self._primary_id: str | None = None
+        self._closed = False  # close() has begun: no call goes to the primary any more
         # A PeriodicWorker, not a bare `while True` task: its stop flag ends the loop even when the
         # Redis client swallows the cancel that arrives during a ping (tests/test_failover.py).
         self._watcher = PeriodicWorker(
@@ -169,6 +170,10 @@ class Failover:
         deadline: float | None = None
         delay = _RIDE_OUT_FIRST_DELAY
         while self.healthy:
+            if self._closed:
+                # A call still riding a failover out at close (or made after it) must not reopen the closed
+                # client and write where nobody writes back from any more: the caller retries elsewhere.
+                raise Busy("storage is closing; retry shortly")
             try:
                 return True, await call()
             except BUSY_ERRORS:
@@ -205,16 +210,24 @@ class Failover:
         await self.fallback.start()
         try:
             await asyncio.wait_for(self.primary.start(), self._interval + 5)
-            # Learnt now, not by the watcher's first pass: a failover before that pass would otherwise be
-            # taken for the primary this instance started on, and what it lost never written back.
-            self._primary_id = await asyncio.wait_for(self.primary.server_id(), self._interval + 5)
-            self.healthy = True
-            log.info("storage: connected to Redis")
         except OUTAGE_ERRORS as exc:
             self.degrade(exc)
+        else:
+            self.healthy = True
+            # Learnt now, not by the watcher's first pass: a failover before that pass would otherwise be
+            # taken for the primary this instance started on, and what it lost never written back. A
+            # cluster's failover under way (a primary that does not answer INFO) is ridden out as by any
+            # call: this instance has written nothing yet, and starts on the promoted replica.
+            ok, primary_id = await self.on_primary(
+                lambda: asyncio.wait_for(self.primary.server_id(), self._interval + 5)
+            )
+            if ok:
+                self._primary_id = primary_id
+                log.info("storage: connected to Redis")
         self._watcher.start()
 
     async def close(self) -> None:
+        self._closed = True
         await self._watcher.stop()
         if not self.healthy and self._pending():
             with contextlib.suppress(*OUTAGE_ERRORS):

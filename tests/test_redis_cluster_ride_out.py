@@ -1,0 +1,331 @@
+"""A review of the cluster failover ride-out (REDIS_CLUSTER_FAILOVER_WAIT_SECONDS): a call that meets a shard
+without a primary is run again, whole, once the replica is promoted. Each test here is a storage call whose
+first try did part or all of its work before the failure, which the run again must not misread.
+
+Real 3+3 clusters (tests/redis_cluster.py), killed with -9; nothing mocked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from core.clock import SystemClock
+from payments.model import StatusUpdate, UpdateSource
+from payments.ports import IdempotencyRecord
+from realtime.storage.factory import create_storage
+from realtime.storage.keys import RedisKeys
+from realtime.storage.redis import scripts
+from tests.deploy_script import on_port
+from tests.harness import eventually, make_settings
+from tests.redis_cluster import RedisCluster, redis_cluster  # noqa: F401 - fixture
+from tests.test_state_rule import owned
+from tests.test_storage_contract import intent as contract_intent
+
+pytestmark = [pytest.mark.redis, pytest.mark.slow]
+
+
+def _riding_out(redis_cluster: RedisCluster, prefix: str, **settings: Any) -> Any:
+    """A resilient storage on the cluster that rides a failover out (30 s: the cluster's own takes seconds)."""
+    return create_storage(
+        make_settings(
+            STORAGE_BACKEND="redis",
+            REDIS_URL=redis_cluster.url,
+            REDIS_CLUSTER=True,
+            REDIS_KEY_PREFIX=prefix,
+            REDIS_RECONNECT_INTERVAL_SECONDS=0.5,
+            REDIS_CLUSTER_FAILOVER_WAIT_SECONDS=30,
+            **{"REDIS_TIMEOUT_SECONDS": 1.0, **settings},
+        ),
+        SystemClock(),
+    )
+
+
+async def test_a_payment_created_while_its_orders_shard_fails_over_is_its_orders_payment(
+    redis_cluster: RedisCluster,
+) -> None:
+    """create_payment writes the payment on its shard and points its order at it on the order's shard, in
+    one pipelined round trip. With the order's primary killed, the payment's write lands and the order's
+    pointer does not; the ride-out runs create_payment again after the failover, finds the payment stored
+    as it would store it (nothing to change), and returned without pointing the order: the order has no
+    payment (GET /api/orders/<id>/payment 404s, and a second initiation for the order is not refused as
+    `payment_pending`)."""
+    storage: Any = _riding_out(redis_cluster, "point:")
+    await storage.start()
+    try:
+        keys = RedisKeys("point:")
+        node = storage.primary.redis.get_node_from_key
+        order_primary = (await redis_cluster.primaries())[0]
+
+        def orders_elsewhere(n: int) -> bool:
+            order_keys = (keys.order(f"order-{n}"), keys.order_paid(f"order-{n}"), keys.order_hold(f"order-{n}"))
+            return node(keys.payment(f"ref-{n}")).port != order_primary and all(
+                node(key).port == order_primary for key in order_keys
+            )
+
+        n = next(n for n in range(10_000) if orders_elsewhere(n))
+        reference, order = f"ref-{n}", f"order-{n}"
+        await redis_cluster.wait_replicated(order_primary)
+        await redis_cluster.kill(order_primary)
+
+        created = await asyncio.wait_for(storage.create_payment(owned(reference=reference, order_id=order)), 60)
+        assert created.reference == reference and storage.healthy  # rode the failover out, on Redis
+        assert (await storage.primary.get_payment(reference)) is not None
+        found = await storage.get_order_payment(order)
+        assert found is not None and found.reference == reference, "the order does not point at its new payment"
+    finally:
+        await storage.close()
+
+
+async def test_an_idempotency_claim_whose_reply_was_lost_is_still_the_claimers(redis_cluster: RedisCluster) -> None:
+    """claim_idempotency reached a primary that stalled (1.5 s, under the cluster's node timeout: no
+    failover) for longer than REDIS_TIMEOUT_SECONDS: the client gave up on it and tried again, and once the
+    primary went on, it ran the first try's claim, then the next try's, which found this very claim under
+    this very owner, held. The caller was told the key was someone else's (the initiation answers 409
+    `idempotency_in_progress` to its own request, and the shopper's retries get the same until the lease
+    it holds itself lapses). redis-py's own retries can do it in a short stall; the ride-out's, in one of
+    up to REDIS_CLUSTER_FAILOVER_WAIT_SECONDS."""
+    storage: Any = _riding_out(redis_cluster, "claim:", REDIS_TIMEOUT_SECONDS=0.3)
+    await storage.start()
+    try:
+        key = "scope-1"
+        primary = storage.primary.redis.get_node_from_key(RedisKeys("claim:").idempotency(key)).port
+        # Loaded beforehand: the first try must run its claim, not meet NOSCRIPT, once the primary goes on.
+        await storage.primary.redis.script_load(scripts.CLAIM_IDEMPOTENCY)
+        stall = asyncio.create_task(on_port(primary, "EVAL", _BUSY_FOR, 0, 1.5))
+        await eventually(lambda: _stalled(redis_cluster, primary), timeout=10)
+        record = IdempotencyRecord(fingerprint="f-1", state="in_progress", nonce="nonce-1")
+        found = await asyncio.wait_for(storage.claim_idempotency(key, record, "owner-1", 60, 600), 60)
+        await stall
+        assert storage.healthy  # rode the stall out, on Redis
+        assert found.claimed, f"its own claim was reported as another holder's: {found}"
+    finally:
+        await storage.close()
+
+
+async def test_an_idempotency_take_over_whose_reply_was_lost_is_still_the_takers(redis_cluster: RedisCluster) -> None:
+    """The same for take_over_idempotency: the first try replaced the vanished holder's claim with this
+    request's and took the lease; the next try found the record no longer the one it expected and said
+    the take-over failed (409 `idempotency_in_progress`, again until this request's own lease lapses)."""
+    storage: Any = _riding_out(redis_cluster, "take:", REDIS_TIMEOUT_SECONDS=0.3)
+    await storage.start()
+    try:
+        key = "scope-1"
+        primary = storage.primary.redis.get_node_from_key(RedisKeys("take:").idempotency(key)).port
+        vanished = IdempotencyRecord(fingerprint="f-1", state="in_progress", nonce="nonce-0")
+        assert (await storage.claim_idempotency(key, vanished, "owner-0", 60, 600)).claimed
+        await storage.release_idempotency(key, "owner-0", forget=False)  # its holder is gone, its record stays
+        await storage.primary.redis.script_load(scripts.TAKE_OVER_IDEMPOTENCY)
+        stall = asyncio.create_task(on_port(primary, "EVAL", _BUSY_FOR, 0, 1.5))
+        await eventually(lambda: _stalled(redis_cluster, primary), timeout=10)
+        taken = vanished.model_copy(update={"nonce": "nonce-1"})
+        took = await asyncio.wait_for(storage.take_over_idempotency(key, vanished, taken, "owner-1", 60), 60)
+        await stall
+        assert storage.healthy  # rode the stall out, on Redis
+        assert took, "its own take-over was reported as lost"
+    finally:
+        await storage.close()
+
+
+# Keeps the node busy for ARGV[1] seconds: it reads no socket meanwhile (under busy-reply-threshold, 5 s).
+_BUSY_FOR = """
+local function now() local t = redis.call('TIME') return tonumber(t[1]) + tonumber(t[2]) / 1e6 end
+local start = now()
+repeat until now() - start > tonumber(ARGV[1])
+return 1
+"""
+
+
+async def _stalled(redis_cluster: RedisCluster, port: int) -> bool:
+    """Whether the node at `port` leaves a PING unanswered for 0.1 s (busy: the stall has begun)."""
+    node = redis_cluster.node(port)
+    try:
+        await asyncio.wait_for(node.ping(), 0.1)
+        return False
+    except TimeoutError:
+        return True
+    finally:
+        await node.aclose()
+
+
+async def test_an_instance_started_while_a_shard_fails_over_rides_it_out_instead_of_starting_degraded(
+    redis_cluster: RedisCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The watcher now learns the cluster's primaries at start (server_id: INFO on every primary), which a
+    primary killed -9 and not yet replaced fails: the instance started on memory, every shard's payments
+    with it, until a watcher pass after the failover. A failover is ridden out by every call and pass, so
+    by the start too."""
+    named = int(redis_cluster.url.rsplit(":", 1)[1])  # the node REDIS_URL names, which the client starts from
+    primary = next(port for port in await redis_cluster.primaries() if port != named)
+    await redis_cluster.wait_replicated(primary)
+    await redis_cluster.kill(primary)
+    storage: Any = _riding_out(redis_cluster, "start:")
+    await storage.start()
+    try:
+        assert storage.healthy, f"started degraded: {storage._failover._last_error}"
+        assert not [r for r in caplog.records if "DEGRADED" in r.getMessage()]
+    finally:
+        await storage.close()
+
+
+async def test_calls_riding_out_a_killed_primary_leave_turns_for_the_healthy_shards(
+    redis_cluster: RedisCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A call riding a failover out tries the dead shard again and again, and each try holds one of the
+    client's REDIS_POOL_SIZE turns (WaitingRedisCluster) for as long as redis-py's own retries and topology
+    refreshes take. A killed node refuses connections at once: ten times as many calls on it as turns
+    leave a call about a healthy shard its turn within REDIS_POOL_TIMEOUT_SECONDS (an attack that held)."""
+    storage: Any = _riding_out(redis_cluster, "turns:", REDIS_POOL_SIZE=4, REDIS_POOL_TIMEOUT_SECONDS=1.0)
+    await storage.start()
+    riding: list[asyncio.Task[Any]] = []
+    try:
+        keys = RedisKeys("turns:")
+        node = storage.primary.redis.get_node_from_key
+        primary = (await redis_cluster.primaries())[0]
+        on_it = [f"ref-{n}" for n in range(2000) if node(keys.payment(f"ref-{n}")).port == primary][:40]
+        healthy = next(f"ref-{n}" for n in range(2000) if node(keys.payment(f"ref-{n}")).port != primary)
+        await storage.create_payment(owned(reference=healthy, order_id="order-h"))
+        replica = await redis_cluster.wait_replicated(primary)
+        caplog.clear()
+        await redis_cluster.kill(primary)
+        riding = [asyncio.create_task(storage.get_payment(ref)) for ref in on_it]
+
+        def riding_out() -> bool:  # twice as many calls as turns have met the dead node and wait for its replica
+            met = [r for r in caplog.records if "waiting for the cluster to fail over" in r.getMessage()]
+            return len(met) >= 8
+
+        await eventually(riding_out, timeout=20)
+        found = await storage.get_payment(healthy)
+        assert found is not None and found.reference == healthy
+        assert await redis_cluster.role(replica) == "slave"  # all of it while the failover was under way
+    finally:
+        await asyncio.wait_for(asyncio.gather(*riding, return_exceptions=True), 60)
+        await storage.close()
+
+
+async def test_calls_riding_out_a_frozen_primary_leave_turns_for_the_healthy_shards(
+    redis_cluster: RedisCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A primary that stops answering (frozen: a hung machine, a partition) is failed over by the cluster
+    like a killed one, but each try of a call about it holds its turn (WaitingRedisCluster) for redis-py's
+    whole retry: REDIS_TIMEOUT_SECONDS a try, four tries. Once such calls have failed once (where the
+    instance used to degrade, and serve every shard from memory), the ride-out sends them back: with as
+    many of them as turns, they hold every turn again, and a call about a healthy shard is refused as
+    busy (503) after REDIS_POOL_TIMEOUT_SECONDS instead of going on. The nodes run with Redis's default
+    cluster-node-timeout (15 s, not the recipe's 2 s): the failover comes after all of it, as it would there."""
+    storage: Any = _riding_out(
+        redis_cluster, "frozen:", REDIS_TIMEOUT_SECONDS=0.5, REDIS_POOL_SIZE=4, REDIS_POOL_TIMEOUT_SECONDS=1.0
+    )
+    await storage.start()
+    riding: list[asyncio.Task[Any]] = []
+    frozen: int | None = None
+    try:
+        keys = RedisKeys("frozen:")
+        node = storage.primary.redis.get_node_from_key
+        primary = (await redis_cluster.primaries())[0]
+        on_it = [f"ref-{n}" for n in range(2000) if node(keys.payment(f"ref-{n}")).port == primary][:4]
+        healthy = next(f"ref-{n}" for n in range(2000) if node(keys.payment(f"ref-{n}")).port != primary)
+        await storage.create_payment(owned(reference=healthy, order_id="order-h"))
+        replica = await redis_cluster.wait_replicated(primary)
+        for port in redis_cluster.ports:
+            await on_port(port, "CONFIG", "SET", "cluster-node-timeout", "15000")
+        caplog.clear()
+        frozen = await redis_cluster.freeze(primary)
+        riding = [asyncio.create_task(storage.get_payment(ref)) for ref in on_it]
+        turns = storage.primary.redis._in_flight
+
+        def riding_out() -> bool:  # they have failed once, and hold every turn again
+            met = [r for r in caplog.records if "waiting for the cluster to fail over" in r.getMessage()]
+            return len(met) == len(on_it) and turns.locked()
+
+        await eventually(riding_out, timeout=20, interval=0.001)
+        found = await storage.get_payment(healthy)
+        assert found is not None and found.reference == healthy
+        assert await redis_cluster.role(replica) == "slave"  # all of it while the failover was under way
+    finally:
+        if frozen is not None:
+            redis_cluster.thaw(frozen)
+        await asyncio.wait_for(asyncio.gather(*riding, return_exceptions=True), 60)
+        await storage.close()
+
+
+async def test_a_call_riding_a_failover_out_when_the_storage_closes_does_not_write_after_it(
+    redis_cluster: RedisCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    """close() while a call rides a failover out (the shard's replica frozen: no failover before close):
+    the call went on trying after close, reopened the closed Redis client (a client nobody closes again:
+    its connections leak), and wrote its change to Redis once the replica was promoted, after the storage
+    had logged what it had and closed."""
+    storage: Any = _riding_out(redis_cluster, "close:")
+    await storage.start()
+    frozen: int | None = None
+    try:
+        named = int(redis_cluster.url.rsplit(":", 1)[1])
+        primary = next(port for port in await redis_cluster.primaries() if port != named)
+        keys = RedisKeys("close:")
+        node = storage.primary.redis.get_node_from_key
+        reference = next(f"ref-{n}" for n in range(2000) if node(keys.payment(f"ref-{n}")).port == primary)
+        await storage.create_payment(owned(reference=reference, order_id="order-c"))
+        replica = await redis_cluster.wait_replicated(primary)
+        frozen = await redis_cluster.freeze(replica)  # the shard stays down until the test lets it fail over
+        caplog.clear()
+        await redis_cluster.kill(primary)
+        rider = asyncio.create_task(
+            storage.transition(
+                StatusUpdate(reference=reference, status="FAILED", source=UpdateSource.PROVIDER_POLL),
+                datetime.now(UTC),
+            )
+        )
+
+        def riding_out() -> bool:
+            return any("waiting for the cluster to fail over" in r.getMessage() for r in caplog.records)
+
+        await eventually(riding_out, timeout=20)
+    finally:
+        await storage.close()
+        if frozen is not None:
+            redis_cluster.thaw(frozen)
+    await redis_cluster.failover(replica, takeover=True)
+    await redis_cluster.wait_ok()
+    await asyncio.wait_for(asyncio.gather(rider, return_exceptions=True), 60)
+    reader = redis_cluster.client()
+    try:
+        raw = await reader.get(keys.payment(reference))
+    finally:
+        await reader.aclose()
+    assert raw is not None and '"PENDING"' in raw, "a call still riding out at close wrote to Redis after it"
+
+
+async def test_an_intent_dropped_while_its_orders_shard_fails_over_frees_its_order(
+    redis_cluster: RedisCluster,
+) -> None:
+    """drop_intent deletes the intent (its nonce's shard), then frees the order it holds (the order's shard).
+    With the order's primary killed, the first try deleted the intent and could not free the order; the
+    ride-out's second try found no intent, so no order to free, and returned: the hold stays on a nonce
+    with no intent, and every initiation for the order is refused (409 initiation_unknown) until it
+    lapses (COLLECT_LIFETIME_SECONDS, 10 min). A drop follows a collect refused or never sent: the
+    order's next try is the shopper's."""
+    storage: Any = _riding_out(redis_cluster, "drop:")
+    await storage.start()
+    try:
+        keys = RedisKeys("drop:")
+        node = storage.primary.redis.get_node_from_key
+        order_primary = (await redis_cluster.primaries())[0]
+        n = next(
+            n
+            for n in range(10_000)
+            if node(keys.order_hold(f"order-{n}")).port == order_primary
+            and node(keys.intent(f"nonce-{n}")).port != order_primary
+        )
+        order, nonce = f"order-{n}", f"nonce-{n}"
+        assert await storage.put_intent(contract_intent(nonce, order), 600, 600)
+        await redis_cluster.wait_replicated(order_primary)
+        await redis_cluster.kill(order_primary)
+        await asyncio.wait_for(storage.drop_intent(nonce), 60)
+        assert storage.healthy and await storage.primary.get_intent(nonce) is None  # rode it out, on Redis
+        assert await storage.put_intent(contract_intent("nonce-next", order), 600, 600), "the order is still held"
+    finally:
+        await storage.close()
