@@ -32,6 +32,8 @@ from datetime import datetime
 from enum import Enum
 from typing import Any, ClassVar, TypeVar
 
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
 from core.background import PeriodicWorker
 from core.clock import Clock
 from core.errors import Busy
@@ -46,6 +48,9 @@ T = TypeVar("T")
 
 
 RecoveryListener = Callable[[list[str]], Awaitable[None]]
+
+# What a try that waited its whole timeout raises (redis-py's own, asyncio's, the socket's).
+TIMEOUT_ERRORS: tuple[type[BaseException], ...] = (RedisTimeoutError, asyncio.TimeoutError, TimeoutError)
 
 # The ride-out's backoff between tries (with jitter): a failover takes seconds, a slot move milliseconds.
 _RIDE_OUT_FIRST_DELAY = 0.05
@@ -181,7 +186,12 @@ class Failover:
             except OUTAGE_ERRORS as exc:
                 now = time.monotonic()
                 if deadline is None:
-                    deadline = now + (self._ride_out if ride_out else 0.0)
+                    # A timeout is not waited out: its try held a turn of the pool (WaitingRedisCluster) for the
+                    # whole timeout, redis-py's retries included, and calls riding a hung or cut-off node out
+                    # would take every turn again and again, leaving none for the healthy shards (503 busy).
+                    # Refused connections and the cluster's own refusals come back at once.
+                    rides = ride_out and not isinstance(exc, TIMEOUT_ERRORS)
+                    deadline = now + (self._ride_out if rides else 0.0)
                     if deadline > now:
                         log.warning(
                             "storage: a Redis call failed; waiting for the cluster to fail over before degrading",
