@@ -407,17 +407,21 @@ async def raw_merchant() -> AsyncIterator[Callable[[bytes], Awaitable[RawMerchan
         await merchant.stop()
 
 
-@pytest.mark.parametrize("digit", ["\N{SUPERSCRIPT TWO}", "\N{CIRCLED DIGIT NINE}"])
-async def test_a_retry_after_in_digits_that_are_not_ascii_is_a_failed_attempt_like_any_other(
-    start_instance: StartInstance, raw_merchant: Callable[[bytes], Awaitable[RawMerchant]], digit: str
+@pytest.mark.parametrize(
+    "retry_after",
+    ["\N{SUPERSCRIPT TWO}", "\N{CIRCLED DIGIT NINE}", "Wed, 21 Oct 2099 07:28:00 +99999999999999999999"],
+    ids=["superscript-two", "circled-nine", "date-with-a-huge-offset"],
+)
+async def test_a_retry_after_python_cannot_read_is_a_failed_attempt_like_any_other(
+    start_instance: StartInstance, raw_merchant: Callable[[bytes], Awaitable[RawMerchant]], retry_after: str
 ) -> None:
-    """A 503 whose Retry-After is a character Python calls a digit but no number (`²`, `⑨`: str.isdigit
-    says yes, float() says no) says nothing usable: the attempt is counted and rescheduled on the schedule,
-    like `soon`. It must not escape the attempt, which then stays claimed with no attempt counted, and is
-    sent again each time its claim runs out, for ever, never dead-lettered."""
+    """A 503 whose Retry-After Python's parsers choke on (`²`, `⑨`: str.isdigit says yes, float() says
+    ValueError; a date whose offset overflows a C int: OverflowError) says nothing usable: the attempt is
+    counted and rescheduled on the schedule, like `soon`. It must not escape the attempt, which then stays
+    claimed with no attempt counted, and is sent again each time its claim runs out, never dead-lettered."""
     merchant = await raw_merchant(
         b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: "
-        + digit.encode()
+        + retry_after.encode()
         + b"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     )
     clock = ManualClock(T0)  # stands still: one attempt, then the rescheduled entry is read
