@@ -26,11 +26,13 @@ from core.clock import ManualClock, SystemClock
 from core.secrets import decode_secret
 from core.settings import SettingsError, load_settings
 from payments.model import Payment, PaymentStatus
-from payments.outbox import OutboxPolicy, endpoint_id, entry_reference
+from payments.outbox import DisabledEndpoint, OutboxPolicy, endpoint_id, entry_reference
 from realtime.storage.memory import MemoryStorage
+from realtime.storage.redis import RedisStorage
 from tests.conftest import Instance, StartInstance
-from tests.harness import JWT_SECRET, PRODUCTION, eventually, user_token
+from tests.harness import JWT_SECRET, PRODUCTION, eventually, make_settings, user_token
 from tests.merchant_receiver import SECRET, MerchantReceiver, make_secret, merchant_settings
+from tests.redis_server import RedisServer
 from webhooks.outbound.delivery import DeliveryWorker
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -437,3 +439,38 @@ async def test_a_retry_after_python_cannot_read_is_a_failed_attempt_like_any_oth
     assert merchant.requests == 1
     assert entry.last_error == "HTTP 503"
     assert T0.timestamp() < entry.next_attempt_at < T0.timestamp() + 1  # the schedule's first step, scaled
+
+
+@pytest.mark.redis
+async def test_an_endpoint_another_instance_disabled_stays_disabled_here_while_redis_is_away(
+    start_redis_instance: StartInstance, redis_server: RedisServer, merchant: MerchantReceiver
+) -> None:
+    """Instance B hears a 410 and disables the endpoint on Redis while this instance, A, has nothing to send
+    (so it reads no list). Redis goes away; A, on memory, queues a message for that endpoint. A must still
+    know the endpoint is disabled (the storage mirrors the list read from Redis): the message is dead-lettered
+    unsent, not delivered to an endpoint its merchant said is gone."""
+    a = await start_redis_instance(**merchant_settings(merchant), REDIS_KEY_PREFIX="gone-while-away:")
+    b = RedisStorage.from_settings(
+        make_settings(REDIS_URL=redis_server.url, REDIS_KEY_PREFIX="gone-while-away:", REDIS_TIMEOUT_SECONDS=1.0),
+        SystemClock(),
+    )
+    await b.start()
+    gone = DisabledEndpoint(
+        endpoint_id=endpoint_id(merchant.url),
+        url=merchant.url,
+        disabled_at=datetime.now(UTC).timestamp(),
+        reason="HTTP 410 Gone",
+        message_id="msg_elsewhere_succeeded",
+    )
+    try:
+        assert await b.endpoint_disable(gone)  # what B's worker does on a 410
+    finally:
+        await b.close()
+    fallback = a.storage.fallback  # A's memory: what A goes by while Redis is away
+    await eventually(lambda: fallback.endpoints.get(gone.endpoint_id) is not None)
+
+    redis_server.stop()
+    reference = await _paid(a, "order-while-away")
+    dead = await eventually(lambda: _dead_entry(a, reference))
+    assert dead["attempts"] == 0 and dead["last_error"].startswith("endpoint disabled")
+    assert merchant.attempts == []
