@@ -137,3 +137,16 @@ async def test_an_ipv6_client_cannot_dodge_the_per_address_limits_by_rotating_th
     neighbour = "2001:db8:1:3::1"  # the next /64: someone else
     assert (await instance.api.initiate(order_id="o-v6-next", headers={"X-Forwarded-For": neighbour}))[0] == 201
     assert await connect(instance, headers={"X-Forwarded-For": neighbour}) is None
+
+
+async def test_the_webhook_limit_counts_an_ipv6_sender_by_its_64(start_instance: StartInstance) -> None:
+    """RATE_LIMIT_WEBHOOK_PER_IP too: the limit is counted before the callback is read, so each try here is
+    refused for its missing fields until the /64 is over the limit."""
+    instance = await start_instance(RATE_LIMIT_WEBHOOK_PER_IP="2/minute", TRUST_FORWARDED_FOR=True)
+    statuses = []
+    for address in ("2001:db8:1:2::1", "2001:db8:1:2::2", "2001:db8:1:2::3", "2001:db8:1:3::1"):
+        status, _, _ = await instance.api.request(
+            "POST", "/api/payment/webhook", json={}, headers={"X-Forwarded-For": address}
+        )
+        statuses.append(status)
+    assert statuses == [400, 400, 429, 400]  # the last from the next /64: someone else
