@@ -45,6 +45,24 @@ def client_address(request: web.BaseRequest, *, trust_forwarded: bool) -> str:
     return request.remote or UNKNOWN
 
 
+def limited_address(address: str) -> str:
+    """What the per-address limits count for `address`: an IPv4 address itself, an IPv6 address's /64.
+
+    One IPv6 client holds a whole /64 (its router hands the prefix out, and privacy addresses rotate
+    within it by design): counted per address, it would have 2**64 of them and no limit would hold.
+    An IPv4-mapped address counts as its IPv4 address. Anything else (`unknown`) is counted as it is.
+    """
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return address
+
+
 def socket_client_address(environ: dict[str, Any], *, trust_forwarded: bool) -> str:
     """`client_address` of the request that opened a Socket.IO connection."""
     request = environ.get("aiohttp.request")

@@ -282,8 +282,18 @@ class Settings(BaseSettings):
     @classmethod
     def _check_origins(cls, value: list[str]) -> list[str]:
         for origin in value:
-            if origin != "*" and not origin.startswith(("http://", "https://")):
+            if origin == "*":
+                continue
+            if not origin.startswith(("http://", "https://")):
                 raise ValueError(f"{origin!r} is not an http(s) origin")
+            # What a browser sends as Origin has none of these: an entry with one would never match (a page
+            # URL where its origin was meant), and its page be refused by a server that started fine.
+            parts = urlsplit(origin)
+            if parts.path or parts.query or parts.fragment or "@" in parts.netloc or not parts.hostname:
+                raise ValueError(
+                    f"{origin!r} is not an origin: give scheme://host[:port] as a browser sends it (no path, "
+                    "query or user info)"
+                )
         return value
 
     @field_validator("MERCHANT_WEBHOOK_URL", "MERCHANT_WEBHOOK_EVENTS", mode="before")

@@ -10,7 +10,7 @@ from aiohttp import web
 from pydantic import TypeAdapter, ValidationError
 
 from core.errors import ApiError, InvalidRequest, NotFound, read_json_object
-from core.http import client_ip
+from core.http import client_ip, limited_address
 from core.jsonio import json_response
 from core.ratelimit import LIMITER
 from core.settings import SETTINGS
@@ -45,7 +45,7 @@ def _path_param(request: web.Request, name: str, adapter: TypeAdapter[str]) -> s
 async def initiate(request: web.Request) -> web.Response:
     identity = await identify(request)
     limiter = request.app[LIMITER]
-    await limiter.check("initiate_ip", client_ip(request))
+    await limiter.check("initiate_ip", limited_address(client_ip(request)))
     if identity is not None:
         await limiter.check("initiate_user", identity.user_id)
     body = InitiateRequest.model_validate(await read_json_object(request))

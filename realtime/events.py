@@ -19,7 +19,7 @@ from pydantic import BaseModel, ValidationError
 
 from core.clock import Clock, utc_iso
 from core.errors import ApiError, validation_details
-from core.http import socket_client_address
+from core.http import limited_address, socket_client_address
 from core.ratelimit import RateLimiter
 from core.settings import Settings
 from observability.logs import bind
@@ -133,7 +133,7 @@ class PaymentNamespace(socketio.AsyncNamespace):
         sessions = self._sessions
         try:
             await self._limiter.check(
-                "connect_ip", socket_client_address(environ, trust_forwarded=self._trust_forwarded_for)
+                "connect_ip", limited_address(socket_client_address(environ, trust_forwarded=self._trust_forwarded_for))
             )
             token = auth.get("token") if isinstance(auth, dict) else None
             identity = await self._authenticator.authenticate(token if isinstance(token, str) else None)

@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from core.http import socket_client_address
+from core.http import limited_address, socket_client_address
 from realtime.refusals import log_handshake_refused
 
 log = logging.getLogger("paytrack.realtime")
@@ -50,7 +50,7 @@ class AnonymousSessions:
 
     def reserve(self, environ: dict[str, Any]) -> bool:
         """Count a new handshake against its address; False (and nothing counted) when over the cap."""
-        address = socket_client_address(environ, trust_forwarded=self._trust_forwarded)
+        address = limited_address(socket_client_address(environ, trust_forwarded=self._trust_forwarded))
         if self._counts[address] >= self.per_address:
             log_handshake_refused("too_many_sessions", environ, trust_forwarded=self._trust_forwarded)
             return False

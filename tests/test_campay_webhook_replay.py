@@ -201,3 +201,23 @@ async def test_when_the_signature_binds_the_status_a_callback_is_applied_only_wi
     stored = (await instance.storage.get_payment(reference)).status.value
     assert stored == ("SUCCESSFUL" if expected[0] == 200 else "PENDING")
     assert campay.calls["transaction"] == 0
+
+
+@pytest.mark.parametrize("claim", ["iat", "exp", "nbf"])
+async def test_a_time_claim_too_large_for_a_float_is_a_401_not_a_500(
+    live: Instance, campay: FakeCampay, http: aiohttp.ClientSession, claim: str
+) -> None:
+    """JSON numbers have no bound: a signed `iat` of 10**400 is an int Python cannot turn into a float
+    (OverflowError), which the time check let escape as a 500 and a traceback. It is no number of seconds:
+    refused like a string would be, and nothing asked or stored."""
+    reference = await _pending(live)
+    campay.set_status(reference, "SUCCESSFUL")
+    lookups = campay.calls["transaction"]
+    signature = _signed({"reference": reference, claim: 10**400})
+
+    status, body = await campay.send_webhook(http, live.url, reference, signature=signature)
+
+    assert status == 401 and body["error"]["code"] == "invalid_signature", body
+    assert f"{claim} claim is not a number of seconds" in body["error"]["message"]
+    assert (await live.storage.get_payment(reference)).status.value == "PENDING"
+    assert campay.calls["transaction"] == lookups

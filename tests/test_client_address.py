@@ -114,3 +114,39 @@ async def test_origin_check_believes_x_forwarded_host_only_behind_a_trusted_prox
     else:
         assert refusal is not None and "handshake refused" in refusal
     assert await connect(instance, headers={"Origin": "https://shop.example"}) is None
+
+
+async def test_an_ipv6_client_cannot_dodge_the_per_address_limits_by_rotating_through_its_64(
+    start_instance: StartInstance,
+) -> None:
+    """deploy/nginx.conf listens on [::]:443 too. An IPv6 client holds a whole /64 (its router hands the
+    prefix out; privacy addresses rotate within it by design): counted per /128, it gets 2**64 fresh
+    addresses, and RATE_LIMIT_INITIATE_PER_IP and RATE_LIMIT_CONNECT_PER_IP limit nothing. Counted per /64,
+    one client is one address; another /64 is another client. The hop is what the recipe's nginx writes."""
+    instance = await start_instance(
+        RATE_LIMIT_INITIATE_PER_IP="2/minute", RATE_LIMIT_CONNECT_PER_IP="2/minute", TRUST_FORWARDED_FOR=True
+    )
+    one_client = [f"2001:db8:1:2::{i:x}" for i in range(1, 4)]  # three addresses of one /64
+    statuses = []
+    for i, address in enumerate(one_client):
+        status, _, _ = await instance.api.initiate(order_id=f"o-v6-{i}", headers={"X-Forwarded-For": address})
+        statuses.append(status)
+    assert statuses == [201, 201, 429]
+    refusals = [await connect(instance, headers={"X-Forwarded-For": address}) for address in one_client]
+    assert refusals == [None, None, "rate_limited"]
+    neighbour = "2001:db8:1:3::1"  # the next /64: someone else
+    assert (await instance.api.initiate(order_id="o-v6-next", headers={"X-Forwarded-For": neighbour}))[0] == 201
+    assert await connect(instance, headers={"X-Forwarded-For": neighbour}) is None
+
+
+async def test_the_webhook_limit_counts_an_ipv6_sender_by_its_64(start_instance: StartInstance) -> None:
+    """RATE_LIMIT_WEBHOOK_PER_IP too: the limit is counted before the callback is read, so each try here is
+    refused for its missing fields until the /64 is over the limit."""
+    instance = await start_instance(RATE_LIMIT_WEBHOOK_PER_IP="2/minute", TRUST_FORWARDED_FOR=True)
+    statuses = []
+    for address in ("2001:db8:1:2::1", "2001:db8:1:2::2", "2001:db8:1:2::3", "2001:db8:1:3::1"):
+        status, _, _ = await instance.api.request(
+            "POST", "/api/payment/webhook", json={}, headers={"X-Forwarded-For": address}
+        )
+        statuses.append(status)
+    assert statuses == [400, 400, 429, 400]  # the last from the next /64: someone else

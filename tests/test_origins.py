@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from core.settings import SettingsError, load_settings
 from tests.conftest import Instance, StartInstance
 from tests.harness import PRODUCTION
 from tests.test_client_address import connect
@@ -74,3 +75,18 @@ async def test_a_set_frontend_url_or_production_accepts_only_what_it_names(
         assert await accepted(instance, origin) == (False, False), origin
     if named:
         assert await accepted(instance, named) == (True, True)
+
+
+@pytest.mark.parametrize(
+    "entry",
+    ["https://shop.example/checkout", "https://shop.example/?from=mail", "https://buyer@shop.example"],
+    ids=["a-page-url", "a-query", "user-info"],
+)
+def test_a_frontend_url_entry_no_page_could_send_as_its_origin_is_refused_at_start(entry: str) -> None:
+    """A browser's Origin is `scheme://host[:port]`; an entry with a path, a query or user info is never
+    equal to one, so the policy drops it without a word and the page it was meant for is refused (socket and
+    CORS alike) by a server that started fine. The name invites a page URL: refused at start, saying why."""
+    with pytest.raises(SettingsError) as refused:
+        load_settings(_env_file=None, FRONTEND_URL=f"https://erp.example,{entry}")
+    (problem,) = refused.value.problems
+    assert problem.variable == "FRONTEND_URL" and entry in str(problem), problem

@@ -82,3 +82,31 @@ async def test_anonymous_sessions_over_the_per_address_cap_are_refused_with_429(
 async def _until_admitted(instance: Instance, session: aiohttp.ClientSession) -> None:
     while await connect(instance, session) is not None:
         await asyncio.sleep(0.05)
+
+
+async def test_the_anonymous_session_cap_counts_an_ipv6_client_by_its_64(
+    start_instance: StartInstance, http: aiohttp.ClientSession
+) -> None:
+    """Behind the recipe's nginx (TRUST_FORWARDED_FOR), a client rotating through the addresses of its /64
+    is one client to MAX_ANONYMOUS_SESSIONS_PER_IP, as it is to the rate limits (tests/test_client_address.py)."""
+    instance = await start_instance(
+        MAX_ANONYMOUS_SESSIONS_PER_IP=2, SOCKET_CONNECT_TIMEOUT_SECONDS=30, TRUST_FORWARDED_FOR=True
+    )
+    opened = []
+    try:
+        for address in ("2001:db8:1:2::1", "2001:db8:1:2::2"):
+            ws = await http.ws_connect(instance.url + HANDSHAKE + "websocket", headers={"X-Forwarded-For": address})
+            opened.append(ws)
+            first = await asyncio.wait_for(ws.receive(), WAIT)
+            assert first.type is aiohttp.WSMsgType.TEXT and first.data.startswith("0{"), first  # Engine.IO OPEN
+        async with http.get(
+            instance.url + HANDSHAKE + "polling", headers={"X-Forwarded-For": "2001:db8:1:2::3"}
+        ) as resp:
+            assert resp.status == 429 and (await resp.json())["error"]["code"] == "too_many_sessions"
+        async with http.get(
+            instance.url + HANDSHAKE + "polling", headers={"X-Forwarded-For": "2001:db8:1:3::1"}
+        ) as resp:
+            assert resp.status == 200  # the next /64: someone else
+    finally:
+        for ws in opened:
+            await ws.close()

@@ -8,11 +8,12 @@ attempt; and in production only https endpoints that are not loopback, private o
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from ipaddress import ip_address
@@ -25,11 +26,13 @@ from core.clock import ManualClock, SystemClock
 from core.secrets import decode_secret
 from core.settings import SettingsError, load_settings
 from payments.model import Payment, PaymentStatus
-from payments.outbox import OutboxPolicy, endpoint_id, entry_reference
+from payments.outbox import DisabledEndpoint, OutboxPolicy, endpoint_id, entry_reference
 from realtime.storage.memory import MemoryStorage
+from realtime.storage.redis import RedisStorage
 from tests.conftest import Instance, StartInstance
-from tests.harness import JWT_SECRET, PRODUCTION, eventually, user_token
+from tests.harness import JWT_SECRET, PRODUCTION, eventually, make_settings, user_token
 from tests.merchant_receiver import SECRET, MerchantReceiver, make_secret, merchant_settings
+from tests.redis_server import RedisServer
 from webhooks.outbound.delivery import DeliveryWorker
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -349,3 +352,125 @@ async def test_production_refuses_at_send_time_a_name_that_resolves_to_a_private
     assert merchant.attempts == []  # nothing reached the receiver
     refused = [r for r in caplog.records if r.getMessage() == "merchant webhook refused: endpoint is not public"]
     assert refused and getattr(refused[0], "url", None) == url
+
+
+class RawMerchant:
+    """A merchant endpoint that answers every request with the same raw bytes, whatever HTTP it breaks: what
+    an aiohttp server would not send (a header value outside ASCII) a merchant's proxy may."""
+
+    def __init__(self, answer: bytes) -> None:
+        self.answer = answer
+        self.requests = 0
+        self._server: asyncio.Server | None = None
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None
+        return f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}/hooks"
+
+    async def start(self) -> RawMerchant:
+        self._server = await asyncio.start_server(self._answer, "127.0.0.1", 0)
+        return self
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = next(
+                (
+                    int(line.split(b":", 1)[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length:")
+                ),
+                0,
+            )
+            await reader.readexactly(length)
+            self.requests += 1
+            writer.write(self.answer)
+            await writer.drain()
+        finally:
+            writer.close()
+
+
+@pytest.fixture
+async def raw_merchant() -> AsyncIterator[Callable[[bytes], Awaitable[RawMerchant]]]:
+    started: list[RawMerchant] = []
+
+    async def start(answer: bytes) -> RawMerchant:
+        started.append(await RawMerchant(answer).start())
+        return started[-1]
+
+    yield start
+    for merchant in started:
+        await merchant.stop()
+
+
+@pytest.mark.parametrize(
+    "retry_after",
+    ["\N{SUPERSCRIPT TWO}", "\N{CIRCLED DIGIT NINE}", "Wed, 21 Oct 2099 07:28:00 +99999999999999999999"],
+    ids=["superscript-two", "circled-nine", "date-with-a-huge-offset"],
+)
+async def test_a_retry_after_python_cannot_read_is_a_failed_attempt_like_any_other(
+    start_instance: StartInstance, raw_merchant: Callable[[bytes], Awaitable[RawMerchant]], retry_after: str
+) -> None:
+    """A 503 whose Retry-After Python's parsers choke on (`²`, `⑨`: str.isdigit says yes, float() says
+    ValueError; a date whose offset overflows a C int: OverflowError) says nothing usable: the attempt is
+    counted and rescheduled on the schedule, like `soon`. It must not escape the attempt, which then stays
+    claimed with no attempt counted, and is sent again each time its claim runs out, never dead-lettered."""
+    merchant = await raw_merchant(
+        b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: "
+        + retry_after.encode()
+        + b"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    clock = ManualClock(T0)  # stands still: one attempt, then the rescheduled entry is read
+    instance = await start_instance(
+        clock,
+        MERCHANT_WEBHOOK_URL=merchant.url,
+        MERCHANT_WEBHOOK_SECRET=SECRET,
+        MERCHANT_WEBHOOK_RETRY_SCALE=0.001,
+        MERCHANT_WEBHOOK_POLL_SECONDS=0.02,
+    )
+    await _paid(instance, "order-retry-after-not-ascii")
+    entry = await eventually(lambda: _retried(instance))
+    assert merchant.requests == 1
+    assert entry.last_error == "HTTP 503"
+    assert T0.timestamp() < entry.next_attempt_at < T0.timestamp() + 1  # the schedule's first step, scaled
+
+
+@pytest.mark.redis
+async def test_an_endpoint_another_instance_disabled_stays_disabled_here_while_redis_is_away(
+    start_redis_instance: StartInstance, redis_server: RedisServer, merchant: MerchantReceiver
+) -> None:
+    """Instance B hears a 410 and disables the endpoint on Redis while this instance, A, has nothing to send
+    (so it reads no list). Redis goes away; A, on memory, queues a message for that endpoint. A must still
+    know the endpoint is disabled (the storage mirrors the list read from Redis): the message is dead-lettered
+    unsent, not delivered to an endpoint its merchant said is gone."""
+    a = await start_redis_instance(**merchant_settings(merchant), REDIS_KEY_PREFIX="gone-while-away:")
+    b = RedisStorage.from_settings(
+        make_settings(REDIS_URL=redis_server.url, REDIS_KEY_PREFIX="gone-while-away:", REDIS_TIMEOUT_SECONDS=1.0),
+        SystemClock(),
+    )
+    await b.start()
+    gone = DisabledEndpoint(
+        endpoint_id=endpoint_id(merchant.url),
+        url=merchant.url,
+        disabled_at=datetime.now(UTC).timestamp(),
+        reason="HTTP 410 Gone",
+        message_id="msg_elsewhere_succeeded",
+    )
+    try:
+        assert await b.endpoint_disable(gone)  # what B's worker does on a 410
+    finally:
+        await b.close()
+    fallback = a.storage.fallback  # A's memory: what A goes by while Redis is away
+    await eventually(lambda: fallback.endpoints.get(gone.endpoint_id) is not None)
+
+    redis_server.stop()
+    reference = await _paid(a, "order-while-away")
+    dead = await eventually(lambda: _dead_entry(a, reference))
+    assert dead["attempts"] == 0 and dead["last_error"].startswith("endpoint disabled")
+    assert merchant.attempts == []

@@ -12,7 +12,7 @@ from typing import Any
 from aiohttp import web
 
 from core.errors import ApiError, InvalidRequest, read_json_object
-from core.http import client_ip
+from core.http import client_ip, limited_address
 from core.jsonio import json_response
 from core.ratelimit import LIMITER
 from core.settings import SETTINGS
@@ -54,7 +54,7 @@ async def webhook(request: web.Request) -> web.Response:
         )
         request.app[METRICS].webhooks.labels("forbidden_source").inc()
         raise ApiError("this address may not call the webhook", code="forbidden_source", status=403)
-    await request.app[LIMITER].check("webhook_ip", source)
+    await request.app[LIMITER].check("webhook_ip", limited_address(source))
     hook = CampayWebhook.model_validate(await _fields(request))
     outcome = await request.app[WEBHOOKS].process(hook)
     return json_response(outcome.body(), status=outcome.status_code)

@@ -123,6 +123,9 @@ def _time_claim(claims: dict[str, Any], name: str) -> float | None:
     value = claims.get(name)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise SignatureError(f"signature's {name} claim is not a number of seconds")
-    return float(value)
+    try:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError
+        return float(value)
+    except (ValueError, OverflowError):  # OverflowError: an int no float holds (JSON numbers have no bound)
+        raise SignatureError(f"signature's {name} claim is not a number of seconds") from None

@@ -117,11 +117,14 @@ class DeliveryWorker:
 
     async def run_once(self) -> int:
         """Claim what is due and deliver it; returns how many were delivered."""
+        # Read on every pass, even one with nothing to send: the resilient storage mirrors what it reads from
+        # Redis, and an idle instance that never read it would send to an endpoint another instance heard a
+        # 410 from as soon as Redis went away and it ran on memory.
+        disabled = {e.endpoint_id: e for e in await self._storage.endpoints_disabled()}
         now, owner, lease = self._clock.now().timestamp(), secrets.token_hex(8), self._lease_seconds
         entries = await self._storage.outbox_claim(now, self._concurrency, lease, owner)
         if not entries:
             return 0
-        disabled = {e.endpoint_id: e for e in await self._storage.endpoints_disabled()}
         sending = {entry.id for entry in entries}
 
         async def renew() -> bool:

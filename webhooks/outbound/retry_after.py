@@ -2,7 +2,8 @@
 
 Either delay-seconds or an HTTP date. The wait is bounded (`RETRY_AFTER_MAX_SECONDS`): a merchant's header
 must not park a message for longer than the retry schedule's longest step. A value that says nothing usable
-(not a number or a date, negative, a date already past) gives None, and the schedule alone decides.
+(not a number or a date, negative, a date already past, digits outside ASCII, an offset no clock has) gives
+None, and the schedule alone decides.
 """
 
 from __future__ import annotations
@@ -19,12 +20,12 @@ def retry_after_seconds(value: str | None, now: datetime) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # RFC 9110's DIGIT: `²` and `٣` are str digits, not delay-seconds
         seconds = float(value)
     else:
         try:
             when = parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
+        except (TypeError, ValueError, IndexError, OverflowError):  # OverflowError: an offset of 10**20 hours
             return None
         if when.tzinfo is None:  # RFC 9110 dates are GMT; "-0000" parses as naive
             return None
