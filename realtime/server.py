@@ -180,11 +180,13 @@ class PaytrackSocketServer(socketio.AsyncServer):
     async def _close_anonymous(self, eio_sid: str, environ: dict[str, Any]) -> None:
         """Close a session that never connected, and its websocket with it.
 
-        Engine.IO's own close only queues a CLOSE packet and waits for the
-        client to hang up, which a client that ignores the protocol never
-        does; so the connection under a websocket session is closed too.
+        Not Engine.IO's `disconnect`, which waits until the client has taken the CLOSE: an abandoned
+        polling handshake never polls again, and each one's session and task were held for good. A
+        websocket client that ignores the protocol never hangs up either, so its connection is closed.
         """
-        await self.eio.disconnect(eio_sid)
+        session = self.eio.sockets.get(eio_sid)
+        if session is not None:
+            await session.close(wait=False, reason=self.eio.reason.SERVER_DISCONNECT)
         request = environ.get("aiohttp.request")
         if environ.get("HTTP_UPGRADE", "").lower() == "websocket" and isinstance(request, web.BaseRequest):
             if request.transport is not None:
