@@ -30,19 +30,50 @@ drops the machinery:
   SOCKET_UPGRADE_TIMEOUT_SECONDS, as Node's engine.io bounds it
   (`upgradeTimeout`); python-engineio waits for it without a bound.
 
-Long-polling requests and everything else are Engine.IO's own code. These
-are overrides of python-engineio 4.x methods that are not public API
-(`schedule_ping`, `_websocket_handler`); tests/test_engineio_session.py
-drives them over real sockets, and the rest of the suite runs on them.
+And it holds against clients that stop, stall or vanish (issue 35;
+tests/test_misbehaving_clients.py), where python-engineio does not:
+
+- a socket's send queue is bounded (SOCKET_MAX_QUEUED_PACKETS): a client
+  that stops reading while it keeps calling is cut off, where Engine.IO's
+  queue grew with every ack;
+- a session that closes takes its websocket with it: CLOSE is queued even
+  after a missed pong (Engine.IO's `send` dropped it), the writer sends what
+  is queued and closes the websocket, the reader stops, and a connection
+  still open CLOSE_GRACE_SECONDS later (a client that does not read) is
+  dropped; a close that waits for the client waits at most Engine.IO's
+  silence bound, so one for a client that never polls again ends.
+
+These are overrides of python-engineio 4.x methods that are not public API
+(`schedule_ping`, `send`, `close`, `_websocket_handler`); tests/test_engineio_session.py and
+tests/test_misbehaving_clients.py drive them over real sockets, and the rest
+of the suite runs on them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import time
 from typing import Any
 
 from engineio import async_socket, exceptions, packet
+
+log = logging.getLogger("paytrack.realtime")
+
+# How long a closing websocket has to send what is queued (CLOSE last) and close, before its connection
+# is dropped: a client that reads takes a few milliseconds; one that does not never will.
+CLOSE_GRACE_SECONDS = 1.0
+
+
+class PacketQueue(asyncio.Queue[Any]):
+    """Engine.IO's send queue (unbounded, as `create_queue` makes it) that can drop what it holds."""
+
+    def discard(self) -> None:
+        """Drop what is queued (nobody will send it), marking each taken so that a `join` returns."""
+        while not self.empty():
+            self.get_nowait()
+            self.task_done()
 
 
 class LeanSession(async_socket.AsyncSocket):
@@ -51,7 +82,7 @@ class LeanSession(async_socket.AsyncSocket):
     # Set by Engine.IO's untyped constructor (engineio/base_socket.py); declared for the type checker.
     server: Any
     sid: str
-    queue: asyncio.Queue[Any]
+    queue: PacketQueue  # `GuardedEngineIO.create_queue`
     last_ping: float | None  # when the unanswered PING went out; None once it is answered
     connected: bool
     upgrading: bool
@@ -60,6 +91,8 @@ class LeanSession(async_socket.AsyncSocket):
     closed: bool
 
     _ping_timer: asyncio.TimerHandle | None = None
+    _websocket: Any = None  # the BatchingWebSocket while this session's websocket loops run
+    _cut_timer: asyncio.TimerHandle | None = None  # drops that websocket's connection if it does not close
 
     def schedule_ping(self) -> None:
         """As Engine.IO's: the next PING a ping interval after the last PONG (or the handshake)."""
@@ -74,44 +107,119 @@ class LeanSession(async_socket.AsyncSocket):
         self.last_ping = time.time()
         self.queue.put_nowait(packet.Packet(packet.PING))  # what `send` does, less its awaits (unbounded queue)
 
+    def _silence(self) -> float:
+        """Engine.IO's bound on a client that sends or takes nothing: ping interval + ping timeout."""
+        return float(self.server.ping_interval + self.server.ping_timeout)
+
+    async def send(self, pkt: packet.Packet) -> None:
+        """Engine.IO's send, bounded: a socket with SOCKET_MAX_QUEUED_PACKETS already queued is closed.
+
+        Packets queue up when the client does not take them: a websocket client that stopped reading
+        (once the kernel's buffers between the two are full) or a polling client that stopped polling.
+        Engine.IO's queue grew with every packet for as long as such a client kept calling.
+        """
+        if not await self.check_ping_timeout():
+            return
+        if self.queue.qsize() >= self.server.max_queued_packets:
+            await self._cut_off()
+            return
+        self.queue.put_nowait(pkt)  # the queue is unbounded: what `await queue.put` does, without the await
+        self.server.logger.info(
+            "%s: Sending packet %s data %s",
+            self.sid,
+            packet.packet_names[pkt.packet_type],
+            pkt.data if not isinstance(pkt.data, bytes) else "<binary>",
+        )
+
+    async def _cut_off(self) -> None:
+        """The client takes nothing: drop what is queued and its connection now, and end the session (no
+        CLOSE, which it would not read: its client sees a transport error, and reconnects)."""
+        log.warning(
+            "socket closed: its client is not reading",
+            extra={"eio_sid": self.sid, "queued_packets": self.queue.qsize()},
+        )
+        self.queue.discard()
+        if self._websocket is not None:
+            self._websocket.abort()
+        await self.close(wait=False, abort=True, reason=self.server.reason.TRANSPORT_ERROR)
+
     async def close(self, wait: bool = True, abort: bool = False, reason: Any = None) -> None:
+        """Engine.IO's close (Socket.IO's disconnect runs, CLOSE is queued unless `abort`), except that:
+
+        - CLOSE is queued as it is: Engine.IO queued it through `send`, which drops every packet once
+          the ping timeout has passed, so a session closed for a missed pong told its client nothing;
+        - on a websocket the connection goes with the session: the writer sends what is queued, CLOSE
+          last, then closes the websocket, and the connection is dropped if it is still open
+          CLOSE_GRACE_SECONDS later. Before, the writer went on waiting and the reader on reading a
+          closed session (whose events went nowhere) for as long as the client kept talking;
+        - `wait` (until the client has taken what is queued) waits at most ping interval + ping
+          timeout: a polling client that never polls again never takes it, and Engine.IO's
+          `disconnect` waited for it for good, with the session.
+        """
         if self._ping_timer is not None:
             self._ping_timer.cancel()
             self._ping_timer = None
-        await super().close(wait=wait, abort=abort, reason=reason)
+        if self.closed or self.closing:
+            return
+        self.closing = True
+        await self.server._trigger_event(
+            "disconnect", self.sid, reason or self.server.reason.SERVER_DISCONNECT, run_async=False
+        )
+        if not abort:
+            self.queue.put_nowait(packet.Packet(packet.CLOSE))
+        self.closed = True
+        if self._websocket is not None:
+            self.queue.put_nowait(None)  # the writer sends what is before it, then closes the websocket
+            self._cut_later()
+        if wait:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._silence()):
+                    await self.queue.join()
+
+    def _cut_later(self) -> None:
+        """Drop the websocket's connection CLOSE_GRACE_SECONDS from now unless it has closed by then."""
+        if self._cut_timer is None and self._websocket is not None:
+            self._cut_timer = asyncio.get_running_loop().call_later(CLOSE_GRACE_SECONDS, self._websocket.abort)
 
     async def _websocket_handler(self, ws: Any) -> None:
-        """Engine.IO's websocket handler: the upgrade probe as it is, then the lean read and write loops."""
+        """Engine.IO's websocket handler: the upgrade probe, then the lean read and write loops."""
         if self.connected:
             if not await self._upgrade_probe(ws):
                 return
         else:
             self.connected = True
             self.upgraded = True
+        self._websocket = ws
         writer = asyncio.ensure_future(self._write_websocket(ws))
         self.server.logger.info("%s: Upgrade to websocket successful", self.sid)
         try:
             await self._read_websocket(ws)
         finally:
             self.queue.put_nowait(None)  # wakes the writer, which then closes the websocket
+            self._cut_later()  # and if it cannot (a client that does not read), the connection is dropped
             try:
                 await writer
             finally:
+                if self._cut_timer is not None:
+                    self._cut_timer.cancel()
+                    self._cut_timer = None
+                self._websocket = None
                 # Even when this handler is cancelled (aiohttp cancels it on a lost connection when
                 # `handler_cancellation` is on, and at shutdown): the session ends, and Socket.IO's
                 # disconnect runs, or the session would stay registered with no connection under it.
                 await self.close(wait=False, abort=True, reason=self.server.reason.TRANSPORT_CLOSE)
+                self.queue.discard()  # never to be sent; and a close waiting for them returns
 
     async def _read_websocket(self, ws: Any) -> None:
-        silence = self.server.ping_interval + self.server.ping_timeout
+        silence = self._silence()
         limit = self.server.max_http_buffer_size
-        while True:
+        while not self.closed:
             try:
                 async with asyncio.timeout(silence):
                     data = await ws.wait()
             except Exception:  # closed, broken or silent for too long: the session ends, as in Engine.IO
                 return
-            if len(data) > limit:
+            if len(data) > limit or self.closed:  # a closed session reads no more
                 return
             try:
                 pkt = packet.Packet(encoded_packet=data)

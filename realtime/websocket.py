@@ -83,6 +83,11 @@ class BatchingWebSocket(eio_aiohttp.WebSocket):
         await self.handler(self)
         return self._sock
 
+    def abort(self) -> None:
+        """Drop the connection now, unsent bytes and all (a client that does not read never takes them)."""
+        if self._transport is not None:
+            self._transport.abort()
+
     async def send(self, message: str | bytes) -> None:
         if not isinstance(message, FrameBatch):
             # aiohttp's send_* as Engine.IO's wrapper calls them, without its per-message

@@ -12,13 +12,20 @@ exposes (`/metrics`); timings are never asserted, and every wait is bounded.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import socket
+import struct
+from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
+import pytest
 
+from realtime.server import SIO
 from tests.conftest import Instance, StartInstance
 from tests.harness import WAIT, eventually
-from tests.test_engineio_session import HANDSHAKE
+from tests.test_engineio_session import FAST_HEARTBEAT, HANDSHAKE, _connected_websocket, _text
 from tests.test_observability import scrape, value
 
 # An unknown event is acked with an error that names it (up to 64 characters): a call with a known,
@@ -69,3 +76,190 @@ async def test_abandoned_polling_handshakes_leave_no_task_behind(start_instance:
 
 async def _no_sockets(instance: Instance) -> bool:
     return await connected_sockets(instance) == 0
+
+
+# -- 2. a client that stops reading -----------------------------------------------------------
+
+
+class StalledSocketIO:
+    """A Socket.IO client over a websocket on a bare TCP socket, written by hand so that it can stop
+    reading: its receive buffer is small and, once connected, it reads nothing, so what the server
+    sends piles up in the kernel's buffers and then in the server."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.calls = 0
+
+    @classmethod
+    async def connect(cls, instance: Instance, *, receive_buffer: int = 4096) -> StalledSocketIO:
+        url = instance.server.make_url("/socket.io/").with_query(EIO="4", transport="websocket")
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)  # before connect: the window
+        sock.setblocking(False)
+        await asyncio.wait_for(asyncio.get_running_loop().sock_connect(sock, (url.host, url.port)), WAIT)
+        # A small read limit: once stopped, the stream stops taking bytes from the socket almost at once.
+        reader, writer = await asyncio.open_connection(sock=sock, limit=receive_buffer)
+        client = cls(reader, writer)
+        writer.write(
+            (
+                f"GET {url.raw_path_qs} HTTP/1.1\r\nHost: {url.host}:{url.port}\r\nUpgrade: websocket\r\n"
+                "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                "Sec-WebSocket-Version: 13\r\n\r\n"
+            ).encode()
+        )
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), WAIT)
+        assert head.startswith(b"HTTP/1.1 101"), head
+        assert (await client.read_text()).startswith("0{"), "Engine.IO's OPEN"
+        client.send("40")
+        assert (await client.read_text()).startswith("40{"), "Socket.IO CONNECT not acknowledged"
+        assert (await client.read_text()).startswith('42["connected"'), "the server's connected event"
+        return client
+
+    async def read_text(self) -> str:
+        """One unmasked text frame from the server (only while connecting: afterwards it reads nothing)."""
+        first, second = await asyncio.wait_for(self.reader.readexactly(2), WAIT)
+        assert first == 0x81, f"not a final text frame: {first:#x}"
+        length = second & 0x7F
+        if length == 126:
+            (length,) = struct.unpack("!H", await self.reader.readexactly(2))
+        elif length == 127:
+            (length,) = struct.unpack("!Q", await self.reader.readexactly(8))
+        return (await asyncio.wait_for(self.reader.readexactly(length), WAIT)).decode()
+
+    def send(self, text: str) -> None:
+        """One text frame, masked as a client's must be (with a zero key, which leaves the bytes as they are)."""
+        if self.writer.transport.is_closing():
+            raise ConnectionResetError("the connection was dropped")
+        data = text.encode()
+        head = bytes((0x81, 0x80 | len(data))) if len(data) < 126 else struct.pack("!BBH", 0x81, 0x80 | 126, len(data))
+        self.writer.write(head + b"\0\0\0\0" + data)
+
+    async def call(self, count: int) -> None:
+        """`count` acked calls, as fast as the connection takes them (fewer if it is dropped meanwhile)."""
+        with contextlib.suppress(ConnectionError):
+            for _ in range(count):
+                self.send(f'42{self.calls + 1}["{CALL_EVENT}"]')
+                self.calls += 1
+            await asyncio.wait_for(self.writer.drain(), WAIT)
+
+    async def cut(self) -> bool:
+        """True once the server has dropped the connection. Without reading, a client learns it when a
+        write fails (the server's reset comes back); so this writes one Engine.IO NOOP."""
+        try:
+            self.send("6")
+            await asyncio.wait_for(self.writer.drain(), WAIT)
+        except (ConnectionError, OSError):
+            return True
+        return self.writer.is_closing()
+
+    def close(self) -> None:
+        self.writer.transport.abort()
+
+
+@pytest.fixture
+async def stalled() -> AsyncIterator[Any]:
+    clients: list[StalledSocketIO] = []
+
+    async def connect(instance: Instance) -> StalledSocketIO:
+        client = await StalledSocketIO.connect(instance)
+        clients.append(client)
+        return client
+
+    yield connect
+    for client in clients:
+        client.close()
+
+
+def _session_of(instance: Instance, connected_before: set[str]) -> Any:
+    """The one Engine.IO session opened since `connected_before` was taken."""
+    sessions = [s for sid, s in instance.app[SIO].eio.sockets.items() if sid not in connected_before]
+    assert len(sessions) == 1, sessions
+    return sessions[0]
+
+
+async def test_a_client_that_stops_reading_is_cut_off_when_its_queue_is_full(
+    start_instance: StartInstance, stalled: Any
+) -> None:
+    """It keeps calling (and would answer pings blindly); the server queues each ack for it. Once the
+    kernel's buffers are full, the acks pile up in the socket's queue: past SOCKET_MAX_QUEUED_PACKETS
+    the socket is closed and its connection dropped. Engine.IO's queue had no bound: the server's
+    memory grew with every call."""
+    instance = await start_instance(SOCKET_MAX_QUEUED_PACKETS=50)
+    client = await stalled(instance)
+    assert await connected_sockets(instance) == 1
+
+    # The buffers between the two hold about 17,000 of these acks on loopback (the server's send buffer
+    # grows to megabytes whatever the client's window): up to 60,000, so that without a bound the queue
+    # would hold tens of thousands.
+    while client.calls < 60_000 and not await client.cut():
+        await client.call(500)
+    with contextlib.suppress(TimeoutError):
+        await eventually(client.cut, interval=0.05)
+    assert await client.cut(), f"the connection is still open after {client.calls} unread acks"
+    await eventually(lambda: _no_sockets(instance))
+
+
+async def test_a_frozen_client_loses_its_connection_when_its_session_times_out(
+    start_instance: StartInstance, stalled: Any
+) -> None:
+    """A client that froze with the server's writes pending (a suspended laptop, a wedged proxy): its
+    session times out (no pong) and Socket.IO lets it go, and the TCP connection goes too. Before, the
+    websocket writer waited for ever to write into the full connection, and held it and its memory."""
+    instance = await start_instance(SOCKET_PING_INTERVAL_SECONDS=3, SOCKET_PING_TIMEOUT_SECONDS=1)
+    before = set(instance.app[SIO].eio.sockets)
+    client = await stalled(instance)
+    session = _session_of(instance, before)
+    while session.queue.qsize() == 0 and client.calls < 60_000:  # until the server's writer is stuck
+        await client.call(500)
+    assert session.queue.qsize() > 0, "the connection never filled up"
+
+    await eventually(lambda: _no_sockets(instance), timeout=2 * WAIT)  # the ping timeout, then the sweep
+    with contextlib.suppress(TimeoutError):
+        await eventually(client.cut, interval=0.05)
+    assert await client.cut(), "the session timed out, but its connection is still open"
+
+
+# -- 3. a late pong after traffic ----------------------------------------------------------------
+
+
+async def test_a_late_pong_after_traffic_gets_the_websocket_closed(
+    start_instance: StartInstance, http: aiohttp.ClientSession
+) -> None:
+    """A client sends an event as its first ping comes, answers the ping after the timeout and
+    goes on sending. The session is closed for the missed pong, and its websocket must close too.
+    Before, the close queued no CLOSE packet (Engine.IO's `send` drops packets once the ping timeout
+    has passed), the reader went on reading a dead session, and the websocket stayed open, every
+    event it carried silently dropped: only the client's own timer ended it."""
+    instance = await start_instance(**FAST_HEARTBEAT)
+    ws, _ = await _connected_websocket(instance, http)
+    assert await _text(ws) == "2"  # the ping, not answered in time
+    await ws.send_str(f'421["{CALL_EVENT}"]')  # but traffic, answered: the client is not silent
+    assert (await _text(ws)).startswith('431[{"ok":false')
+    await eventually(lambda: _no_sockets(instance))  # the session timed out
+
+    async def keep_talking() -> None:
+        """The late pong, then an event every 100 ms, as a page that has not noticed would."""
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await ws.send_str("3")
+            calls = 1
+            while True:
+                calls += 1
+                await ws.send_str(f'42{calls}["{CALL_EVENT}"]')
+                await asyncio.sleep(0.1)
+
+    talking = asyncio.ensure_future(keep_talking())
+    try:
+        received = []
+        try:
+            async with asyncio.timeout(WAIT):
+                while (message := await ws.receive()).type is aiohttp.WSMsgType.TEXT:
+                    received.append(message.data)
+        except TimeoutError:
+            pytest.fail(f"the websocket is still open {WAIT} s after its session timed out (received {received})")
+        assert message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING)
+        assert received in ([], ["1"]), received  # Engine.IO's CLOSE at most; no ack for a dead session
+    finally:
+        talking.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await talking
