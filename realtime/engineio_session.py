@@ -41,10 +41,16 @@ tests/test_misbehaving_clients.py), where python-engineio does not:
   is queued and closes the websocket, the reader stops, and a connection
   still open CLOSE_GRACE_SECONDS later (a client that does not read) is
   dropped; a close that waits for the client waits at most Engine.IO's
-  silence bound, so one for a client that never polls again ends.
+  silence bound, so one for a client that never polls again ends;
+- an upgrade holds the session's packets back only from the probe on, not
+  from the moment its websocket opens (until the probe, polling goes on as
+  in Node's engine.io), so a probe that never arrives holds nothing back;
+  from the probe, polls are answered NOOP at most every
+  NOOP_INTERVAL_SECONDS, as Node's `check` does, not at once.
 
 These are overrides of python-engineio 4.x methods that are not public API
-(`schedule_ping`, `send`, `close`, `_websocket_handler`); tests/test_engineio_session.py and
+(`schedule_ping`, `send`, `close`, `handle_get_request`,
+`_websocket_handler`); tests/test_engineio_session.py and
 tests/test_misbehaving_clients.py drive them over real sockets, and the rest
 of the suite runs on them.
 """
@@ -64,6 +70,10 @@ log = logging.getLogger("paytrack.realtime")
 # How long a closing websocket has to send what is queued (CLOSE last) and close, before its connection
 # is dropped: a client that reads takes a few milliseconds; one that does not never will.
 CLOSE_GRACE_SECONDS = 1.0
+# While an upgrade is under way, a poll is answered NOOP no sooner than this after the last one: Node's
+# engine.io writes one every 100 ms (`checkIntervalTimer`), where python-engineio answered at once and a
+# client that kept polling spun.
+NOOP_INTERVAL_SECONDS = 0.1
 
 
 class PacketQueue(asyncio.Queue[Any]):
@@ -93,6 +103,7 @@ class LeanSession(async_socket.AsyncSocket):
     _ping_timer: asyncio.TimerHandle | None = None
     _websocket: Any = None  # the BatchingWebSocket while this session's websocket loops run
     _cut_timer: asyncio.TimerHandle | None = None  # drops that websocket's connection if it does not close
+    _next_noop: float = 0.0  # loop time before which no NOOP answers a poll during an upgrade
 
     def schedule_ping(self) -> None:
         """As Engine.IO's: the next PING a ping interval after the last PONG (or the handshake)."""
@@ -181,6 +192,26 @@ class LeanSession(async_socket.AsyncSocket):
         if self._cut_timer is None and self._websocket is not None:
             self._cut_timer = asyncio.get_running_loop().call_later(CLOSE_GRACE_SECONDS, self._websocket.abort)
 
+    async def handle_get_request(self, environ: dict[str, Any]) -> Any:
+        """Engine.IO's GET, except that while an upgrade is under way a poll is answered NOOP no sooner
+        than NOOP_INTERVAL_SECONDS after the last one (Engine.IO answered at once, and a client that
+        kept polling spun); an upgrade that ends meanwhile leaves the poll to Engine.IO's own answer."""
+        if self.upgrading and not self._asks_to_upgrade(environ):
+            loop = asyncio.get_running_loop()
+            now = loop.time()
+            due = max(now, self._next_noop)
+            self._next_noop = due + NOOP_INTERVAL_SECONDS
+            if due > now:
+                await asyncio.sleep(due - now)
+            if self.upgrading:
+                return [packet.Packet(packet.NOOP)]
+        return await super().handle_get_request(environ)
+
+    def _asks_to_upgrade(self, environ: dict[str, Any]) -> bool:
+        """Engine.IO's test for a request to upgrade this session's transport."""
+        connection = [part.strip() for part in environ.get("HTTP_CONNECTION", "").lower().split(",")]
+        return "upgrade" in connection and environ.get("HTTP_UPGRADE", "").lower() in self.upgrade_protocols
+
     async def _websocket_handler(self, ws: Any) -> None:
         """Engine.IO's websocket handler: the upgrade probe, then the lean read and write loops."""
         if self.connected:
@@ -262,20 +293,25 @@ class LeanSession(async_socket.AsyncSocket):
         """Engine.IO's upgrade of a polling session: `2probe`/`3probe`, then UPGRADE. True once upgraded.
 
         Bounded by the server's `upgrade_timeout`, as Node's engine.io bounds it (`upgradeTimeout`):
-        while an upgrade is under way the polling transport answers every poll with a NOOP and holds
-        the session's packets, so an upgrade left unfinished (a client gone quiet, a proxy that passes
+        once the probe has come, the polling transport answers polls with NOOPs and holds the
+        session's packets, so an upgrade left unfinished (a client gone quiet, a proxy that passes
         the upgrade but not the frames) would starve the session until its ping timeout. Given up,
         the websocket is closed (the handler returns) and the session goes on polling.
         """
-        self.upgrading = True  # packet sends are held during the upgrade
         try:
             async with asyncio.timeout(self.server.upgrade_timeout):
                 probe = await self._next_packet(ws)
                 if probe is None or probe.packet_type != packet.PING or probe.data != "probe":
                     self.server.logger.info("%s: Failed websocket upgrade, no PING packet", self.sid)
                     return False
+                # Marked only now: polls are answered NOOP (paced) and the session's packets held for
+                # the websocket. Until the probe, polling goes on as usual, as in Node's engine.io
+                # (which starts its NOOPs at the probe); marked when the websocket opened (as
+                # python-engineio did), a probe that never came held everything back, `connect` too.
+                self.upgrading = True
+                self._next_noop = asyncio.get_running_loop().time() + NOOP_INTERVAL_SECONDS
                 await ws.send(packet.Packet(packet.PONG, data="probe").encode())
-                await self.queue.put(packet.Packet(packet.NOOP))  # ends the pending poll
+                self.queue.put_nowait(packet.Packet(packet.NOOP))  # ends the pending poll
                 upgrade = await self._next_packet(ws)
                 if upgrade is None or upgrade.packet_type != packet.UPGRADE:
                     self.server.logger.info("%s: Failed websocket upgrade, expected UPGRADE packet", self.sid)

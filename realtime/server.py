@@ -64,8 +64,8 @@ SWEEPS_PER_PING_TIMEOUT = 2  # a client that stops answering pings is let go wit
 class GuardedEngineIO(engineio.AsyncServer):
     """Engine.IO server that counts each new session against its address before creating it, runs
     each session as a `LeanSession` (realtime/engineio_session.py: bounded send queue, transport
-    closed with the session), and sends websocket messages through `BatchingWebSocket`
-    (realtime/websocket.py)."""
+    closed with the session, paced NOOPs while upgrading), and sends websocket messages through
+    `BatchingWebSocket` (realtime/websocket.py)."""
 
     def __init__(
         self, *, sessions: AnonymousSessions, upgrade_timeout: float, max_queued_packets: int, **kwargs: Any

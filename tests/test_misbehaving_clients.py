@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import socket
 import struct
 from collections.abc import AsyncIterator
@@ -25,7 +26,7 @@ import pytest
 from realtime.server import SIO
 from tests.conftest import Instance, StartInstance
 from tests.harness import WAIT, eventually
-from tests.test_engineio_session import FAST_HEARTBEAT, HANDSHAKE, _connected_websocket, _text
+from tests.test_engineio_session import FAST_HEARTBEAT, HANDSHAKE, _connected_polling, _connected_websocket, _text
 from tests.test_observability import scrape, value
 
 # An unknown event is acked with an error that names it (up to 64 characters): a call with a known,
@@ -263,3 +264,71 @@ async def test_a_late_pong_after_traffic_gets_the_websocket_closed(
         talking.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await talking
+
+
+# -- 4. a stalled upgrade ----------------------------------------------------------------------
+
+
+async def _poll(http: aiohttp.ClientSession, polling: str) -> list[str]:
+    async with asyncio.timeout(WAIT), http.get(polling) as resp:
+        assert resp.status == 200
+        return (await resp.text()).split("\x1e")  # a payload: packets split by the record separator
+
+
+async def test_a_probe_that_never_arrives_does_not_hold_the_connect_back(
+    start_instance: StartInstance, http: aiohttp.ClientSession
+) -> None:
+    """The official JS client whose websocket frames never arrive (a proxy that passes the upgrade but
+    not the frames): it goes on polling and sends CONNECT there. Its `connect` comes with the next
+    poll. Before, the upgrade was marked as soon as the websocket opened, and until the upgrade
+    timeout every poll was answered at once with a NOOP: thousands of polls, and no `connect`."""
+    instance = await start_instance()  # the upgrade timeout as shipped (10 s)
+    async with http.get(instance.url + HANDSHAKE + "polling") as resp:
+        eio_sid = json.loads((await resp.text())[1:])["sid"]
+    polling = instance.url + HANDSHAKE + f"polling&sid={eio_sid}"
+    ws = await http.ws_connect(instance.url + HANDSHAKE + f"websocket&sid={eio_sid}")  # the probe never comes
+
+    async with http.post(polling, data="40") as resp:
+        assert resp.status == 200
+    polls = 0
+    received: list[str] = []
+    while not any(p.startswith("40") for p in received) and polls < 100:
+        received += await _poll(http, polling)
+        polls += 1
+    assert polls == 1, f"CONNECT answered after {polls} polls: {received[:5]}..."
+    assert received[0].startswith('40{"sid":'), received
+    await ws.close()
+
+
+async def test_a_stalled_upgrade_answers_polls_no_faster_than_node_does(
+    start_instance: StartInstance, http: aiohttp.ClientSession
+) -> None:
+    """A client that sent the probe and never the UPGRADE, and keeps polling meanwhile. While the
+    upgrade is under way the polling transport answers NOOP, and (as Node's engine.io) no faster than
+    once every 100 ms: in the 1 s upgrade timeout here, about ten polls. Before, every poll was
+    answered at once: the client spun, thousands of requests in that second."""
+    instance = await start_instance(SOCKET_UPGRADE_TIMEOUT_SECONDS=1)
+    eio_sid, polling = await _connected_polling(instance, http)
+    ws = await http.ws_connect(instance.url + HANDSHAKE + f"websocket&sid={eio_sid}")
+    await ws.send_str("2probe")
+    assert await _text(ws) == "3probe"
+    given_up = asyncio.ensure_future(ws.receive())  # the server closes it at the upgrade timeout
+
+    noops = 0
+    while not given_up.done() and noops < 5_000:
+        received = await _poll(http, polling)
+        assert received == ["6"], received  # the session's packets are held for the websocket
+        noops += 1
+    message = await asyncio.wait_for(given_up, WAIT)
+    assert message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED), message
+    # One NOOP per 100 ms makes ten in the second the upgrade waits; a machine slower than this one
+    # only makes fewer. Three times that leaves room for a late timer, and is far from a spin.
+    assert noops <= 30, f"{noops} polls answered while the upgrade stalled"
+
+    # Given up, the session goes on polling: an unknown event's ack comes back by a poll.
+    async with http.post(polling, data=f'421["{CALL_EVENT}"]') as resp:
+        assert resp.status == 200
+    received = []
+    while not any(p.startswith("431[") for p in received) and len(received) < 3:
+        received += await _poll(http, polling)
+    assert received[-1].startswith('431[{"ok":false'), received
