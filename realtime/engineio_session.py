@@ -46,10 +46,12 @@ tests/test_misbehaving_clients.py), where python-engineio does not:
   from the moment its websocket opens (until the probe, polling goes on as
   in Node's engine.io), so a probe that never arrives holds nothing back;
   from the probe, polls are answered NOOP at most every
-  NOOP_INTERVAL_SECONDS, as Node's `check` does, not at once.
+  NOOP_INTERVAL_SECONDS, as Node's `check` does, not at once;
+- a poll answers at most MAX_PACKETS_PER_PAYLOAD packets, which every
+  official client parses; the rest wait for the next poll.
 
 These are overrides of python-engineio 4.x methods that are not public API
-(`schedule_ping`, `send`, `close`, `handle_get_request`,
+(`schedule_ping`, `send`, `close`, `poll`, `handle_get_request`,
 `_websocket_handler`); tests/test_engineio_session.py and
 tests/test_misbehaving_clients.py drive them over real sockets, and the rest
 of the suite runs on them.
@@ -58,12 +60,15 @@ of the suite runs on them.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
 from typing import Any
 
 from engineio import async_socket, exceptions, packet
+
+from realtime.websocket import MAX_PACKETS_PER_PAYLOAD, FrameBatch
 
 log = logging.getLogger("paytrack.realtime")
 
@@ -77,13 +82,28 @@ NOOP_INTERVAL_SECONDS = 0.1
 
 
 class PacketQueue(asyncio.Queue[Any]):
-    """Engine.IO's send queue (unbounded, as `create_queue` makes it) that can drop what it holds."""
+    """Engine.IO's send queue (unbounded, as `create_queue` makes it) that shows its next packet without
+    taking it: a poll leaves a packet that does not fit its payload first in line for the next one."""
+
+    _queue: collections.deque[Any]
+
+    def _init(self, maxsize: int) -> None:
+        self._queue = collections.deque()  # what asyncio.Queue keeps, named here because `peek` reads it
+
+    def peek(self) -> Any:
+        return self._queue[0]
 
     def discard(self) -> None:
         """Drop what is queued (nobody will send it), marking each taken so that a `join` returns."""
         while not self.empty():
             self.get_nowait()
             self.task_done()
+
+
+def _packet_count(pkt: Any) -> int:
+    """How many Engine.IO packets `pkt` is in a polling payload (a batch is each of its packets)."""
+    data = pkt.data
+    return len(data.parts) if isinstance(data, FrameBatch) else 1
 
 
 class LeanSession(async_socket.AsyncSocket):
@@ -191,6 +211,32 @@ class LeanSession(async_socket.AsyncSocket):
         """Drop the websocket's connection CLOSE_GRACE_SECONDS from now unless it has closed by then."""
         if self._cut_timer is None and self._websocket is not None:
             self._cut_timer = asyncio.get_running_loop().call_later(CLOSE_GRACE_SECONDS, self._websocket.abort)
+
+    async def poll(self) -> list[packet.Packet]:
+        """Engine.IO's poll (what one long-polling response carries, waiting up to ping interval + ping
+        timeout for the first packet), with at most MAX_PACKETS_PER_PAYLOAD packets in it: python-engineio's
+        client refuses a payload of more, and dropped the connection with a burst in it (eight payments
+        completing at once are 24). The rest stay first in line for the next poll."""
+        queue = self.queue
+        try:
+            async with asyncio.timeout(self._silence()):
+                first = await queue.get()
+        except (TimeoutError, asyncio.CancelledError):  # as Engine.IO's: the poll ends the session
+            raise exceptions.QueueEmpty() from None
+        queue.task_done()
+        if first is None:
+            return []
+        packets = [first]
+        room = MAX_PACKETS_PER_PAYLOAD - _packet_count(first)
+        while not queue.empty():
+            pkt = queue.peek()
+            if pkt is None or _packet_count(pkt) > room:  # None stays too: the next poll ends on it
+                break
+            queue.get_nowait()
+            queue.task_done()
+            packets.append(pkt)
+            room -= _packet_count(pkt)
+        return packets
 
     async def handle_get_request(self, environ: dict[str, Any]) -> Any:
         """Engine.IO's GET, except that while an upgrade is under way a poll is answered NOOP no sooner

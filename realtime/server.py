@@ -64,8 +64,8 @@ SWEEPS_PER_PING_TIMEOUT = 2  # a client that stops answering pings is let go wit
 class GuardedEngineIO(engineio.AsyncServer):
     """Engine.IO server that counts each new session against its address before creating it, runs
     each session as a `LeanSession` (realtime/engineio_session.py: bounded send queue, transport
-    closed with the session, paced NOOPs while upgrading), and sends websocket messages through
-    `BatchingWebSocket` (realtime/websocket.py)."""
+    closed with the session, paced NOOPs while upgrading, polling payloads of at most 16 packets),
+    and sends websocket messages through `BatchingWebSocket` (realtime/websocket.py)."""
 
     def __init__(
         self, *, sessions: AnonymousSessions, upgrade_timeout: float, max_queued_packets: int, **kwargs: Any
@@ -79,7 +79,8 @@ class GuardedEngineIO(engineio.AsyncServer):
         self._closing_stale: set[asyncio.Future[Any]] = set()
 
     def create_queue(self, *args: Any, **kwargs: Any) -> PacketQueue:
-        """Each session's send queue (Engine.IO's own call): one that can drop what it holds."""
+        """Each session's send queue (Engine.IO's own call): one that a poll can look into, and a socket
+        that is cut off can empty."""
         return PacketQueue(*args, **kwargs)
 
     def adopt(self, eio_sid: str) -> None:

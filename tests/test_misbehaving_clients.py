@@ -22,10 +22,11 @@ from typing import Any
 
 import aiohttp
 import pytest
+from engineio import payload as eio_payload
 
 from realtime.server import SIO
 from tests.conftest import Instance, StartInstance
-from tests.harness import WAIT, eventually
+from tests.harness import WAIT, Tracker, eventually
 from tests.test_engineio_session import FAST_HEARTBEAT, HANDSHAKE, _connected_polling, _connected_websocket, _text
 from tests.test_observability import scrape, value
 
@@ -332,3 +333,56 @@ async def test_a_stalled_upgrade_answers_polls_no_faster_than_node_does(
     while not any(p.startswith("431[") for p in received) and len(received) < 3:
         received += await _poll(http, polling)
     assert received[-1].startswith('431[{"ok":false'), received
+
+
+# -- 5. many packets for a polling client ------------------------------------------------------------
+
+
+async def test_eight_completions_at_once_reach_a_python_socketio_polling_client(instance: Instance) -> None:
+    """Eight payments tracked by one long-polling python-socketio client complete together: 24 packets
+    wait for its next poll. python-engineio's client refuses a payload of more than 16 packets
+    (`Payload.max_decode_packets`): it got none of the outcomes, and a "transport error" disconnect."""
+    references = []
+    for n in range(8):
+        status, payment, _ = await instance.api.initiate(order_id=f"order-burst-{n}")
+        assert status == 201, payment
+        references.append(payment["reference"])
+    client = Tracker(instance.url)
+    instance.trackers.append(client)
+    await client.sio.connect(instance.url, transports=["polling"], wait_timeout=WAIT)
+    await client.wait_for("connected")
+    for reference in references:
+        await client.track(reference)
+    await client.wait_for("payment-status", count=8)
+
+    answers = await asyncio.gather(*(instance.api.simulate(r, "SUCCESSFUL") for r in references))
+    assert [status for status, _, _ in answers] == [200] * 8
+    with contextlib.suppress(TimeoutError):
+        await client.wait_for("payment-completed", count=8)
+    completed = len(client.named("payment-completed"))
+    assert completed == 8, f"{completed} of 8 completions (disconnected: {client.disconnected.is_set()})"
+    assert sorted(e.data["reference"] for e in client.named("payment-success")) == sorted(references)
+    assert not client.disconnected.is_set()
+    await client.sio.eio.disconnect(abort=True)  # a polite polling disconnect waits out its last poll
+
+
+async def test_a_poll_answers_at_most_sixteen_packets_and_the_rest_come_next(
+    instance: Instance, http: aiohttp.ClientSession
+) -> None:
+    """32 acks queued for a polling session (two payloads of 16 calls, Engine.IO's own maximum in one
+    request): each poll brings at most 16 packets, which every official client parses, in order."""
+    _, polling = await _connected_polling(instance, http)
+    for first in (1, 17):
+        calls = "\x1e".join(f'42{n}["{CALL_EVENT}"]' for n in range(first, first + 16))
+        async with http.post(polling, data=calls) as resp:
+            assert resp.status == 200
+    acks: list[int] = []
+    polls = 0
+    while len(acks) < 32 and polls < 10:
+        async with asyncio.timeout(WAIT), http.get(polling) as resp:
+            text = await resp.text()
+        packets = eio_payload.Payload(encoded_payload=text).packets  # python-engineio's client parser
+        assert len(packets) <= 16
+        acks += [int(p.data[1 : p.data.index("[")]) for p in packets if p.data.startswith("3")]
+        polls += 1
+    assert acks == list(range(1, 33))
