@@ -222,6 +222,10 @@ class Settings(BaseSettings):
     # after this long is given up: its websocket is closed and the session goes on polling
     # (Engine.IO's `upgradeTimeout`, 10 s in Node's engine.io).
     SOCKET_UPGRADE_TIMEOUT_SECONDS: float = Field(10.0, gt=0, le=120)
+    # Engine.IO packets queued for one socket whose client does not take them (a websocket client that
+    # stopped reading, a polling client that stopped polling): past this many the socket is closed and
+    # its connection dropped. A client that reads never comes near it; see docs/API.md.
+    SOCKET_MAX_QUEUED_PACKETS: int = Field(1000, ge=16, le=100_000)
     # Take the client IP from X-Forwarded-For (only behind a proxy you control).
     TRUST_FORWARDED_FOR: bool = False
 

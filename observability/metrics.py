@@ -17,6 +17,7 @@ required in every environment.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import inspect
@@ -122,6 +123,12 @@ class Metrics:
             "1 while the reconciler spares a failing provider (one probe per interval from all instances)",
             registry=r,
         )
+        self.event_loop_tasks = Gauge(
+            "paytrack_event_loop_tasks",
+            "Tasks alive on the server's event loop: flat while the load is, so a leak of tasks shows here",
+            registry=r,
+        )
+        self.event_loop_tasks.set_function(_live_tasks)
         self.oldest_pending_age = Gauge(
             "paytrack_oldest_pending_payment_age_seconds",
             "Age of the oldest payment still PENDING (0 when none), shared by every instance on one Redis",
@@ -191,6 +198,14 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def _live_tasks() -> float:
+    """Tasks not yet done on the running loop (the scrape runs on it); NaN when read outside one."""
+    try:
+        return float(len(asyncio.all_tasks()))
+    except RuntimeError:  # no running loop
+        return math.nan
 
 
 async def _oldest_pending_age(storage: StorageProbe, now: datetime) -> float:

@@ -36,7 +36,7 @@ from core.errors import ApiError, non_ascii_header
 from core.jsonio import JsonModule
 from core.origins import OriginPolicy
 from core.settings import Settings
-from realtime.engineio_session import LeanSession
+from realtime.engineio_session import LeanSession, PacketQueue
 from realtime.handshakes import AnonymousSessions
 from realtime.manager import LocalManager
 from realtime.refusals import ENGINEIO_ORIGIN_LINE_FILTER, logging_refusals
@@ -63,22 +63,31 @@ SWEEPS_PER_PING_TIMEOUT = 2  # a client that stops answering pings is let go wit
 
 class GuardedEngineIO(engineio.AsyncServer):
     """Engine.IO server that counts each new session against its address before creating it, runs
-    each session as a `LeanSession` (realtime/engineio_session.py), and sends websocket messages
-    through `BatchingWebSocket` (realtime/websocket.py)."""
+    each session as a `LeanSession` (realtime/engineio_session.py: bounded send queue, transport
+    closed with the session, paced NOOPs while upgrading, polling payloads of at most 16 packets),
+    and sends websocket messages through `BatchingWebSocket` (realtime/websocket.py)."""
 
-    def __init__(self, *, sessions: AnonymousSessions, upgrade_timeout: float, **kwargs: Any) -> None:
+    def __init__(
+        self, *, sessions: AnonymousSessions, upgrade_timeout: float, max_queued_packets: int, **kwargs: Any
+    ) -> None:
         self.anonymous = sessions
         self.upgrade_timeout = upgrade_timeout  # LeanSession gives up an upgrade unfinished after this long
+        self.max_queued_packets = max_queued_packets  # LeanSession closes a socket with this many queued
         super().__init__(**kwargs)
         driver: dict[str, Any] = self._async  # type: ignore[has-type]  # set by engineio's untyped __init__
         self._async = {**driver, "websocket": BatchingWebSocket}  # the driver module's own dict is left as it is
         self._closing_stale: set[asyncio.Future[Any]] = set()
 
+    def create_queue(self, *args: Any, **kwargs: Any) -> PacketQueue:
+        """Each session's send queue (Engine.IO's own call): one that a poll can look into, and a socket
+        that is cut off can empty."""
+        return PacketQueue(*args, **kwargs)
+
     def adopt(self, eio_sid: str) -> None:
         """Run session `eio_sid` as a `LeanSession`. Engine.IO creates its own session class in
         `_handle_connect`; this is called from the connect event, before the session's first ping is
         scheduled and before its transport loop starts. The subclass adds no constructor state (its
-        attributes have class defaults), so the swap is safe."""
+        attributes have class defaults, and its queue is this server's `create_queue`), so the swap is safe."""
         session = self.sockets.get(eio_sid)
         if session is not None and type(session) is async_socket.AsyncSocket:
             session.__class__ = LeanSession
@@ -163,32 +172,38 @@ def websocket_upgrade_passthrough(
 class PaytrackSocketServer(socketio.AsyncServer):
     """`socketio.AsyncServer` that bounds anonymous sessions (see the module docstring)."""
 
-    def __init__(self, *, sessions: AnonymousSessions, upgrade_timeout: float, **kwargs: Any) -> None:
+    def __init__(
+        self, *, sessions: AnonymousSessions, upgrade_timeout: float, max_queued_packets: int, **kwargs: Any
+    ) -> None:
         self.anonymous = sessions
         self.upgrade_timeout = upgrade_timeout
+        self.max_queued_packets = max_queued_packets
         super().__init__(**kwargs)
 
     def _engineio_server_class(self) -> Any:
-        return functools.partial(GuardedEngineIO, sessions=self.anonymous, upgrade_timeout=self.upgrade_timeout)
+        return functools.partial(
+            GuardedEngineIO,
+            sessions=self.anonymous,
+            upgrade_timeout=self.upgrade_timeout,
+            max_queued_packets=self.max_queued_packets,
+        )
 
     async def _handle_eio_connect(self, eio_sid: str, environ: dict[str, Any]) -> Any:
         self.eio.adopt(eio_sid)
         result = await super()._handle_eio_connect(eio_sid, environ)
-        self.anonymous.opened(eio_sid, environ, close=lambda sid: self._close_anonymous(sid, environ))
+        self.anonymous.opened(eio_sid, environ, close=self._close_anonymous)
         return result
 
-    async def _close_anonymous(self, eio_sid: str, environ: dict[str, Any]) -> None:
-        """Close a session that never connected, and its websocket with it.
+    async def _close_anonymous(self, eio_sid: str) -> None:
+        """Close a session that never connected: CLOSE is queued for a client still there, and a
+        websocket's connection goes with it (`LeanSession.close`).
 
-        Engine.IO's own close only queues a CLOSE packet and waits for the
-        client to hang up, which a client that ignores the protocol never
-        does; so the connection under a websocket session is closed too.
+        Not Engine.IO's `disconnect`, which waits until the client has taken the CLOSE: an abandoned
+        polling handshake never polls again, and each one's session and task were held for good.
         """
-        await self.eio.disconnect(eio_sid)
-        request = environ.get("aiohttp.request")
-        if environ.get("HTTP_UPGRADE", "").lower() == "websocket" and isinstance(request, web.BaseRequest):
-            if request.transport is not None:
-                request.transport.close()
+        session = self.eio.sockets.get(eio_sid)
+        if session is not None:
+            await session.close(wait=False, reason=self.eio.reason.SERVER_DISCONNECT)
 
     async def _handle_connect(self, eio_sid: str, namespace: str | None, data: Any) -> None:
         await super()._handle_connect(eio_sid, namespace, data)
@@ -211,6 +226,7 @@ def create_sio(settings: Settings, client_manager: socketio.AsyncManager | None 
     return PaytrackSocketServer(
         sessions=sessions,
         upgrade_timeout=settings.SOCKET_UPGRADE_TIMEOUT_SECONDS,
+        max_queued_packets=settings.SOCKET_MAX_QUEUED_PACKETS,
         async_mode="aiohttp",
         cors_allowed_origins=logging_refusals(
             origin_checker(OriginPolicy.from_settings(settings)),

@@ -44,6 +44,11 @@ from engineio.async_drivers import aiohttp as eio_aiohttp
 
 _TEXT_FIN = 0x81  # FIN bit + opcode 1 (text); a server's frames carry no mask (RFC 6455 5.1)
 RECORD_SEPARATOR = "\x1e"  # between packets in an Engine.IO v4 polling payload; never raw in JSON text
+# The most packets in one long-polling payload that every official client parses: python-engineio's
+# client refuses more (`engineio.payload.Payload.max_decode_packets`, 16 by default since its 3.x
+# releases, 4.15.1 included) and drops the connection; the JS client has no such limit. A poll answers
+# at most this many (realtime/engineio_session.py `LeanSession.poll`).
+MAX_PACKETS_PER_PAYLOAD = 16
 
 
 def text_frame(payload: bytes) -> bytes:
@@ -62,6 +67,8 @@ class FrameBatch(str):
     parts: tuple[str, ...]
 
     def __new__(cls, parts: Sequence[str]) -> FrameBatch:
+        if len(parts) > MAX_PACKETS_PER_PAYLOAD:  # one poll carries a batch whole, so it must fit in one
+            raise ValueError(f"a batch of {len(parts)} packets; at most {MAX_PACKETS_PER_PAYLOAD} fit a payload")
         batch = super().__new__(cls, RECORD_SEPARATOR.join(parts))
         batch.parts = tuple(parts)
         return batch
@@ -101,6 +108,11 @@ class BatchingWebSocket(eio_aiohttp.WebSocket):
         written is still sent first). The websocket's reader then sees the connection end."""
         if self._transport is not None:
             self._transport.close()
+
+    def abort(self) -> None:
+        """Drop the connection now, unsent bytes and all (a client that does not read never takes them)."""
+        if self._transport is not None:
+            self._transport.abort()
 
     async def send(self, message: str | bytes) -> None:
         if not isinstance(message, FrameBatch):

@@ -19,7 +19,7 @@ from engineio import packet as eio_packet
 from engineio import payload as eio_payload
 
 from realtime.delivery import _batch
-from realtime.websocket import BatchingWebSocket, FrameBatch, text_frame
+from realtime.websocket import MAX_PACKETS_PER_PAYLOAD, BatchingWebSocket, FrameBatch, text_frame
 from tests.harness import WAIT, Tracker, eventually
 
 Handler = Callable[[Any], Awaitable[None]]
@@ -184,6 +184,14 @@ def test_a_batch_packet_is_the_polling_payload_of_its_packets() -> None:
     assert isinstance(batch.encode(), FrameBatch) and batch.encode().parts == tuple(PACKETS)
     assert eio_payload.Payload(packets=[batch]).encode() == eio_payload.Payload(packets=packets).encode()
     assert _batch(packets[:1]) is packets[0]
+
+
+def test_a_batch_holds_no_more_packets_than_a_polling_payload_may_carry() -> None:
+    """A poll carries a batch whole, and python-engineio's client refuses a payload of more than 16 packets."""
+    assert FrameBatch(["4x"] * MAX_PACKETS_PER_PAYLOAD).parts == ("4x",) * MAX_PACKETS_PER_PAYLOAD
+    with pytest.raises(ValueError):
+        FrameBatch(["4x"] * (MAX_PACKETS_PER_PAYLOAD + 1))
+    assert MAX_PACKETS_PER_PAYLOAD <= eio_payload.Payload.max_decode_packets
 
 
 async def test_the_apps_socket_io_websocket_declines_deflate(instance) -> None:  # type: ignore[no-untyped-def]
