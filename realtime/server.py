@@ -252,7 +252,12 @@ async def close_connections(sio: socketio.AsyncServer, timeout: float, *, still_
     ignores Engine.IO's CLOSE packet on a websocket (engine.io-client 6 reads it
     on long-polling only), so a websocket that was only sent one stayed open
     until aiohttp's shutdown timeout cut it; and python-engineio's client takes
-    that packet for a server disconnect and does not reconnect. A long-polling
+    that packet for a server disconnect and does not reconnect. So is a session
+    whose upgrade to a websocket is under way: polls get only NOOPs meanwhile,
+    so a CLOSE packet would wait in its queue and go out on the websocket once
+    the client's UPGRADE came, and the websocket would stay open until
+    `timeout`; its writer instead starts after the UPGRADE with nothing to do
+    but the closing handshake. A long-polling
     session is sent the CLOSE packet, which its pending poll returns; a session
     whose client never finished the Socket.IO handshake (an abandoned
     `GET /socket.io/?EIO=4&transport=polling`) never reads anything, so it is
@@ -281,7 +286,7 @@ async def close_connections(sio: socketio.AsyncServer, timeout: float, *, still_
         if sio.manager.sid_from_eio_sid(session.sid, "/") is None:
             await session.close(wait=False, abort=True)
             session.queue.put_nowait(None)  # a poll still waiting returns now; a websocket's writer closes it
-        elif session in websockets and session.upgraded:
+        elif session in websockets:  # upgraded, or mid-upgrade: its writer starts once the client's UPGRADE comes
             closing.append(asyncio.ensure_future(_going_away(session, websockets[session])))
         else:
             closing.append(asyncio.ensure_future(session.close(reason=eio.reason.SERVER_DISCONNECT)))

@@ -205,3 +205,66 @@ async def test_a_restart_on_memory_storage_lists_no_connection_of_the_killed_pro
     finally:
         out, err = await stop(restarted)
     assert restarted.returncode == 0, (out + err).decode()
+
+
+async def test_a_restart_after_the_heartbeat_lapsed_still_removes_the_killed_process_route(
+    redis_server: RedisServer, start_redis_instance: StartInstance, http: aiohttp.ClientSession
+) -> None:
+    """A restart slower than three beats (a host reboot, a crash loop held back by systemd): meanwhile
+    another instance counts the payment's trackers and removes the dead process's records as a lapsed
+    process's. The restarted process must still take the dead route id out of the payment's routes set,
+    or every live instance keeps publishing each of the payment's updates to a channel nobody reads, for
+    as long as the payment has followers (each follow refreshes the set)."""
+    name = f"restart-{uuid.uuid4().hex[:8]}"
+    settings: dict[str, Any] = {
+        "REDIS_URL": redis_server.url,
+        "REDIS_KEY_PREFIX": f"{name}:",
+        "SOCKETIO_CHANNEL": name,
+    }
+    prefix = settings["REDIS_KEY_PREFIX"]
+    redis = redis_server.client()
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    api = Api(http, url)
+    other = await start_redis_instance(INSTANCE_ID="shop-2-5002", **settings)
+    env = {**_process_env(settings), "INSTANCE_HEARTBEAT_SECONDS": "0.5"}  # lapses 1.5 s after the kill
+
+    proc = await run_server("--host", "127.0.0.1", "--port", str(port), **env)
+    try:
+        await wait_healthy(port, proc)
+        status, body, _ = await api.initiate(order_id="order-restart-lapsed")
+        assert status == 201, body
+        reference = body["reference"]
+        ghost = await _connected(url)
+        assert (await ghost.track(reference))["ok"]
+        dead_sid = ghost.sid
+        dead_routes = set(await redis.smembers(f"{prefix}routes:{reference}"))
+        assert len(dead_routes) == 1
+    finally:
+        proc.kill()  # kill -9: no disconnect handler runs
+        await proc.wait()
+    await ghost.disconnect()
+    try:
+        there = await other.tracker()
+        assert (await there.track(reference))["ok"]  # a live follower on the other instance
+
+        # The other instance counts the payment: once the dead process's beat has lapsed, its record goes.
+        async def only_the_live_follower_counted() -> bool:
+            return await _tracking(other.api, reference) == 1
+
+        await eventually(only_the_live_follower_counted, timeout=WAIT * 2, interval=0.1)
+        assert not await redis.exists(f"{prefix}client:{dead_sid}")
+
+        restarted = await run_server("--host", "127.0.0.1", "--port", str(port), **env)
+        try:
+            await wait_healthy(port, restarted)
+
+            async def dead_routes_left() -> set[str]:
+                return set(await redis.smembers(f"{prefix}routes:{reference}")) & dead_routes
+
+            assert await settled(dead_routes_left, set()) == set()
+        finally:
+            out, err = await stop(restarted)
+        assert restarted.returncode == 0, (out + err).decode()
+    finally:
+        await redis.aclose()

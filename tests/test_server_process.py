@@ -458,6 +458,59 @@ async def test_sigterm_with_a_websocket_that_never_answers_still_exits_by_itself
     assert proc.returncode == 0, (out + err).decode()
 
 
+async def test_sigterm_while_a_client_is_upgrading_to_websocket_still_closes_it_with_1001(redis_server) -> None:  # type: ignore[no-untyped-def]
+    """A page mid-upgrade when the stop comes: it has sent `2probe` on its new websocket and been
+    answered `3probe`, and sends UPGRADE (`5`) as the official client does once its poll is paused, which
+    here reaches the server after the stop has ended its session. Its websocket must still be closed by
+    the closing handshake with 1001, as every other websocket is (the JS client ignores Engine.IO's CLOSE
+    packet on a websocket, and python-engineio's takes it for a server disconnect and never reconnects);
+    not held open until the sockets' share of the bound is up.
+
+    The bound is large on purpose: it is not what ends the socket here. Redis storage only so the test can
+    see when the stop has ended the session (its connection record is removed by the disconnect)."""
+    port = free_port()
+    prefix = "mid-upgrade:"
+    proc = await run_on_redis(port, redis_server.url, REDIS_KEY_PREFIX=prefix, SHUTDOWN_TIMEOUT_SECONDS="60")
+    redis = redis_server.client()
+    try:
+        await wait_healthy(port, proc)
+        base = f"http://127.0.0.1:{port}/socket.io/?EIO=4"
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=WAIT)) as http:
+            async with http.get(f"{base}&transport=polling") as resp:
+                opened = await resp.text()
+            assert opened.startswith("0"), opened
+            eio_sid = re.search(r'"sid":"([^"]+)"', opened).group(1)  # type: ignore[union-attr]
+            async with http.post(f"{base}&transport=polling&sid={eio_sid}", data="40") as resp:
+                assert resp.status == 200
+            async with http.get(f"{base}&transport=polling&sid={eio_sid}") as resp:
+                connected = await resp.text()
+            assert connected.startswith("40"), connected
+            sid = re.search(r'"sid":"([^"]+)"', connected).group(1)  # type: ignore[union-attr]
+            assert await redis.exists(f"{prefix}client:{sid}")
+
+            ws = await http.ws_connect(
+                f"{base}&transport=websocket&sid={eio_sid}",
+                timeout=aiohttp.ClientWSTimeout(ws_receive=WAIT, ws_close=WAIT),
+            )
+            await ws.send_str("2probe")
+            assert await ws.receive_str() == "3probe"
+
+            proc.send_signal(signal.SIGTERM)
+
+            async def session_ended() -> bool:
+                return not await redis.exists(f"{prefix}client:{sid}")
+
+            await eventually(session_ended, interval=0.02)
+            await ws.send_str("5")  # UPGRADE, as the client sends it once its polling is paused
+            close = await _closing_frame(ws)
+            assert (close.type, close.data) == (aiohttp.WSMsgType.CLOSE, 1001)
+        await asyncio.wait_for(proc.wait(), WAIT)
+    finally:
+        await redis.aclose()
+        out, err = await stop(proc)
+    assert proc.returncode == 0, (out + err).decode()
+
+
 async def test_sigterm_lets_an_in_flight_request_finish(aiohttp_server) -> None:  # type: ignore[no-untyped-def]
     campay = FakeCampay()
     campay.url = str((await aiohttp_server(campay.app())).make_url("/api"))
