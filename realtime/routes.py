@@ -29,7 +29,9 @@ and a stale member costs one ignored message (payments stop changing once
 final). Sets expire CLIENT_TTL_SECONDS after their last refresh, and a crashed
 process's route id (a fresh one per process) leaves with them; sooner when it
 is restarted under the same INSTANCE_ID: the new process removes it from the
-sets of the payments its predecessor's sockets tracked (`Storage.take_over`).
+sets of the payments its predecessor's sockets tracked (`Storage.take_over`),
+and any instance that finds a process's records dead (its heartbeat lapsed or
+names another process) removes them with its route id.
 """
 
 from __future__ import annotations

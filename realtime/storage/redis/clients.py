@@ -162,6 +162,14 @@ class RedisClients:
             async with self._ctx.redis.pipeline(transaction=False) as pipe:
                 for client in dead:
                     self._queue_removal(pipe, client)
+                    # Its process's route id too: once its records are gone, the take-over of a restart under
+                    # the same INSTANCE_ID can no longer find the payments they tracked, and every update would
+                    # go on being published to a channel nobody reads (found by review: a restart after the
+                    # heartbeat lapsed). A live process whose heartbeat only lapsed (cut off from Redis) follows
+                    # its payments again at its next resync (realtime/routes.py), within RESYNC_INTERVAL_SECONDS.
+                    if client.boot_id:
+                        for ref in client.tracked:
+                            pipe.srem(self._ctx.keys.routes(ref), client.boot_id)
                 await pipe.execute()
             log.warning(
                 "removed connections of processes that are gone",
