@@ -259,33 +259,39 @@ class LeanSession(async_socket.AsyncSocket):
         return "upgrade" in connection and environ.get("HTTP_UPGRADE", "").lower() in self.upgrade_protocols
 
     async def _websocket_handler(self, ws: Any) -> None:
-        """Engine.IO's websocket handler: the upgrade probe, then the lean read and write loops."""
-        if self.connected:
-            if not await self._upgrade_probe(ws):
-                return
-        else:
-            self.connected = True
-            self.upgraded = True
-        self.websocket = ws  # how a close and a stop reach it; forgotten when it ends (the two refer to each other)
-        writer = asyncio.ensure_future(self._write_websocket(ws))
-        self.server.logger.info("%s: Upgrade to websocket successful", self.sid)
+        """Engine.IO's websocket handler: the upgrade probe, then the lean read and write loops.
+
+        The session knows its websocket from the probe on: a stop ends a session mid-upgrade through it
+        (1001, no CLOSE packet: realtime/server.py `close_connections`), and a close drops it if it lingers.
+        """
+        self.websocket = ws  # forgotten when it ends: the two refer to each other
         try:
-            await self._read_websocket(ws)
-        finally:
-            self.queue.put_nowait(None)  # wakes the writer, which then closes the websocket
-            self._cut_later()  # and if it cannot (a client that does not read), the connection is dropped
+            if self.connected:
+                if not await self._upgrade_probe(ws):
+                    return
+            else:
+                self.connected = True
+                self.upgraded = True
+            writer = asyncio.ensure_future(self._write_websocket(ws))
+            self.server.logger.info("%s: Upgrade to websocket successful", self.sid)
             try:
-                await writer
+                await self._read_websocket(ws)
             finally:
-                if self._cut_timer is not None:
-                    self._cut_timer.cancel()
-                    self._cut_timer = None
-                self.websocket = None
-                # Even when this handler is cancelled (aiohttp cancels it on a lost connection when
-                # `handler_cancellation` is on, and at shutdown): the session ends, and Socket.IO's
-                # disconnect runs, or the session would stay registered with no connection under it.
-                await self.close(wait=False, abort=True, reason=self.server.reason.TRANSPORT_CLOSE)
-                self.queue.discard()  # never to be sent; and a close waiting for them returns
+                self.queue.put_nowait(None)  # wakes the writer, which then closes the websocket
+                self._cut_later()  # and if it cannot (a client that does not read), the connection is dropped
+                try:
+                    await writer
+                finally:
+                    # Even when this handler is cancelled (aiohttp cancels it on a lost connection when
+                    # `handler_cancellation` is on, and at shutdown): the session ends, and Socket.IO's
+                    # disconnect runs, or the session would stay registered with no connection under it.
+                    await self.close(wait=False, abort=True, reason=self.server.reason.TRANSPORT_CLOSE)
+                    self.queue.discard()  # never to be sent; and a close waiting for them returns
+        finally:
+            if self._cut_timer is not None:
+                self._cut_timer.cancel()
+                self._cut_timer = None
+            self.websocket = None
 
     async def _read_websocket(self, ws: Any) -> None:
         silence = self._silence()
