@@ -206,6 +206,10 @@ async def test_every_answer_while_redis_is_busy_is_documented(
         ("/api/payment/debug/connections", "get"): ("/api/payment/debug/connections", {}),
         ("/api/payment/debug/outbox", "get"): ("/api/payment/debug/outbox", {}),
         ("/api/payment/debug/outbox/{entry_id}/replay", "post"): ("/api/payment/debug/outbox/e-1/replay", {}),
+        ("/api/payment/debug/outbox/endpoints/{endpoint_id}/enable", "post"): (
+            "/api/payment/debug/outbox/endpoints/ep-1/enable",
+            {},
+        ),
         ("/health", "get"): ("/health", {}),
         ("/metrics", "get"): ("/metrics", {}),
         ("/openapi.json", "get"): ("/openapi.json", {}),
