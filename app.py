@@ -36,6 +36,7 @@ from payments.providers import create_provider
 from payments.reconciler import RECONCILER, ReconcilePolicy, Reconciler
 from payments.routes import TRACKERS
 from payments.service import SERVICE, InitiationTimes, PaymentService
+from realtime.calls import CallGate
 from realtime.delivery import LocalDelivery, Resync
 from realtime.events import PaymentNamespace
 from realtime.heartbeat import heartbeat_ctx
@@ -184,6 +185,7 @@ def create_app(
         follow=follow,
         metrics=metrics,
         recheck=recheck_lost_write,
+        calls=CallGate(settings.RATE_LIMIT_CALLS_PER_SOCKET),
     )
     sio.register_namespace(namespace)
 

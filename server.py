@@ -1,7 +1,9 @@
 """Entry point: `python server.py [--host H] [--port P] [--check]`.
 
-Reads settings (environment and `.env`), builds the app with `create_app`,
-and serves it until Ctrl-C or SIGTERM. Either stops the process within
+Refuses to start on python-engineio or python-socketio versions the server
+was not tested with (realtime/library_versions.py). Reads settings
+(environment and `.env`), builds the app with `create_app`, and serves it
+until Ctrl-C or SIGTERM. Either stops the process within
 SHUTDOWN_TIMEOUT_SECONDS: new connections are refused at once, Socket.IO
 connections are closed so their clients reconnect to another instance,
 in-flight requests may finish, then pools close through the app's cleanup
@@ -26,6 +28,7 @@ from aiohttp import web
 from app import REQUESTS_SHARE, SOCKETS_SHARE, create_app
 from core.settings import Settings, SettingsError, load_settings
 from observability.logs import AccessLogger, configure_logging
+from realtime.library_versions import refusal, untested_versions
 from realtime.server import SIO, close_connections
 
 log = logging.getLogger("paytrack")
@@ -108,6 +111,10 @@ def start_shutdown_watchdog(settings: Settings) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    untested = untested_versions()
+    if untested:  # before anything runs on them (exit 2: systemd's unit does not restart it)
+        print(refusal(untested), file=sys.stdout if args.check else sys.stderr)
+        return 2
     overrides: dict[str, object] = {}
     if args.host:
         overrides["HOST"] = args.host

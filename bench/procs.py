@@ -238,6 +238,7 @@ def paytrack_env(index: int, redis_url: str | None, settings: dict[str, str] | N
         RATE_LIMIT_INITIATE_PER_USER="100000000/minute",
         RATE_LIMIT_WEBHOOK_PER_IP="100000000/minute",
         MAX_TRACKED_PER_SOCKET="10000",
+        RATE_LIMIT_CALLS_PER_SOCKET="100000000/minute",  # a client may track many payments at once
         # The load generator opens its connections 50 at a time from one address.
         MAX_ANONYMOUS_SESSIONS_PER_IP="10000",
         # Enough pooled Redis connections for every request the load generator keeps in flight.

@@ -207,6 +207,10 @@ class Settings(BaseSettings):
     RATE_LIMIT_INITIATE_PER_IP: str = "30/minute"
     RATE_LIMIT_WEBHOOK_PER_IP: str = "600/minute"
     RATE_LIMIT_CONNECT_PER_IP: str = "120/minute"
+    # Calls (track-payment, stop-tracking-payment, refresh-token, ...) one socket may make; over it a call
+    # is answered `rate_limited` with `retry_after`. Room for a page re-tracking MAX_TRACKED_PER_SOCKET
+    # payments after a reconnect and stopping each as it settles.
+    RATE_LIMIT_CALLS_PER_SOCKET: str = "120/10 seconds"
     MAX_TRACKED_PER_SOCKET: int = Field(50, gt=0)
     # Engine.IO sessions that have not sent Socket.IO's CONNECT: at most this many per address
     # (429 over it), each closed after SOCKET_CONNECT_TIMEOUT_SECONDS.
@@ -363,6 +367,7 @@ class Settings(BaseSettings):
         "RATE_LIMIT_INITIATE_PER_IP",
         "RATE_LIMIT_WEBHOOK_PER_IP",
         "RATE_LIMIT_CONNECT_PER_IP",
+        "RATE_LIMIT_CALLS_PER_SOCKET",
     )
     @classmethod
     def _check_rate(cls, value: str) -> str:

@@ -5,6 +5,9 @@ collaborators come in through `__init__`, and each client event has one
 method. A handler's return value is the client's ack. Bad payloads get
 `{ok: false, error: {code, message, details}}` and change nothing; an event
 this server does not know gets an `unknown_event` ack rather than silence.
+Every client event goes through the `CallGate` (realtime/calls.py): a socket
+over its call rate is answered `rate_limited`, a handler that fails
+unexpectedly `internal_error`, so no call is left without an answer.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from payments.model import Payment
 from payments.schemas import RefreshTokenPayload, StopTrackingPayload, TrackPayload
 from payments.service import PaymentService
 from realtime import event_names as ev
+from realtime.calls import CallGate, ack_error
 from realtime.delivery import Follow, LocalDelivery, message_for_event
 from realtime.expiry import ExpiryTimers, refuse_expired
 from realtime.refusals import log_handshake_refused
@@ -41,21 +45,16 @@ log = logging.getLogger("paytrack.realtime")
 audit = logging.getLogger("paytrack.audit")
 
 
-def _error(code: str, message: str, **extra: Any) -> dict[str, Any]:
-    """An ack refusal: the REST error envelope (core.errors.ApiError.body) with `ok: false`."""
-    return {"ok": False, **ApiError(message, code=code, **extra).body()}
-
-
 def _parse(model: type[BaseModel], data: Any, *, shorthand: str = "reference") -> BaseModel | dict[str, Any]:
     """The validated payload, or the ack error to return instead."""
     if isinstance(data, str):
         data = {shorthand: data}  # `socket.emit('track-payment', ref)` is common in checkout code
     if not isinstance(data, dict):
-        return _error("invalid_payload", 'payload must be an object like {"reference": "..."}')
+        return ack_error("invalid_payload", 'payload must be an object like {"reference": "..."}')
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        return _error("invalid_payload", "payload validation failed", details=validation_details(exc))
+        return ack_error("invalid_payload", "payload validation failed", details=validation_details(exc))
 
 
 Handler = Callable[..., Awaitable[Any]]
@@ -83,8 +82,10 @@ class PaymentNamespace(socketio.AsyncNamespace):
         follow: Follow | None = None,
         metrics: Metrics | None = None,
         recheck: Callable[[str], None] | None = None,
+        calls: CallGate | None = None,
     ) -> None:
         super().__init__("/")
+        self._calls = calls or CallGate(settings.RATE_LIMIT_CALLS_PER_SOCKET)
         self._follow = follow
         self._recheck = recheck
         self._recheck_every = settings.RECONCILE_INTERVAL_SECONDS
@@ -104,23 +105,27 @@ class PaymentNamespace(socketio.AsyncNamespace):
         self._timers = ExpiryTimers(
             clock, warning_seconds=settings.TOKEN_EXPIRY_WARNING_SECONDS, warn=self._warn, expire=self._expire
         )
-        self._handlers: dict[str, Handler] = {
-            "connect": self.on_connect,
-            "disconnect": self.on_disconnect,
+        self._lifetime: dict[str, Handler] = {"connect": self.on_connect, "disconnect": self.on_disconnect}
+        self._calls_handled: dict[str, Handler] = {
             ev.TRACK_PAYMENT: self.on_track_payment,
             ev.STOP_TRACKING_PAYMENT: self.on_stop_tracking_payment,
             ev.REFRESH_TOKEN: self.on_refresh_token,
         }
 
     async def trigger_event(self, event: Any, *args: Any) -> Any:
-        handler = self._handlers.get(event) if isinstance(event, str) else None
-        if handler is not None:
-            return await handler(*args)
-        return self.unknown_event(event)
+        lifetime = self._lifetime.get(event) if isinstance(event, str) else None
+        if lifetime is not None:
+            return await lifetime(*args)
+        sid, *data = args
+        handler = self._calls_handled.get(event) if isinstance(event, str) else None
+        if handler is None:
+            return await self._calls.answer(sid, "unknown", self._unknown(event))
+        return await self._calls.answer(sid, event, lambda: handler(sid, *data))
 
     async def close(self) -> None:
-        """Stop every token-expiry timer (at shutdown)."""
+        """Stop every token-expiry timer and the call counters (at shutdown)."""
         await self._timers.close()
+        await self._calls.close()
 
     async def _warn(self, sid: str, expires_at: datetime) -> None:
         await self.server.emit(ev.TOKEN_EXPIRING, {"expires_at": utc_iso(expires_at)}, to=sid, ignore_queue=True)
@@ -153,7 +158,10 @@ class PaymentNamespace(socketio.AsyncNamespace):
                 exc.code, environ, trust_forwarded=self._trust_forwarded_for, level=logging.INFO, socket_id=sid
             )
             # The client sees `connect_error` with err.message and err.data.code.
-            raise socketio.exceptions.ConnectionRefusedError(exc.message, {"code": exc.code}) from None
+            refusal: dict[str, Any] = {"code": exc.code}
+            if exc.extra.get("retry_after") is not None:  # rate_limited: when to try again, in seconds
+                refusal["retry_after"] = exc.extra["retry_after"]
+            raise socketio.exceptions.ConnectionRefusedError(exc.message, refusal) from None
         except Exception:
             sessions.close(sid)
             # Never leave a client waiting for an answer to its CONNECT.
@@ -197,7 +205,7 @@ class PaymentNamespace(socketio.AsyncNamespace):
         sessions = self._sessions
         with bind(reference=reference):
             if not sessions.track(sid, reference, parsed.last_seq):
-                return _error("too_many_tracked", f"a connection may track at most {self._max_tracked} payments")
+                return ack_error("too_many_tracked", f"a connection may track at most {self._max_tracked} payments")
             try:
                 if self._follow is not None:
                     await self._follow([reference])  # before the read: see realtime/routes.py
@@ -208,7 +216,7 @@ class PaymentNamespace(socketio.AsyncNamespace):
                     if not payment.orphan:
                         sessions.untrack(sid, reference)
                         audit.warning("track refused: not the owner", extra={"reference": reference, "socket_id": sid})
-                        return _error("forbidden", "this payment belongs to another user")
+                        return ack_error("forbidden", "this payment belongs to another user")
                     payment = None  # private until adopted: indistinguishable from unknown
                 await self._storage.track(sid, reference)
                 sent = 0
@@ -221,7 +229,7 @@ class PaymentNamespace(socketio.AsyncNamespace):
                         sent += await self._delivery.deliver(message_for_event(event, payment), only=sid)
             except ApiError as exc:
                 sessions.untrack(sid, reference)
-                return _error(exc.code, exc.message, **exc.extra)
+                return ack_error(exc.code, exc.message, **exc.extra)
             log.debug("tracking", extra={"socket_id": sid, "last_seq": parsed.last_seq, "sent": sent})
         return {"ok": True, "payment": payment.public() if payment else None}
 
@@ -251,7 +259,7 @@ class PaymentNamespace(socketio.AsyncNamespace):
         try:
             await self._storage.untrack(sid, parsed.reference)
         except ApiError as exc:
-            return _error(exc.code, exc.message, **exc.extra)
+            return ack_error(exc.code, exc.message, **exc.extra)
         return {"ok": True}
 
     async def on_refresh_token(self, sid: str, data: Any = None) -> dict[str, Any]:
@@ -263,11 +271,11 @@ class PaymentNamespace(socketio.AsyncNamespace):
             identity = await self._authenticator.authenticate(parsed.token)
             refuse_expired(identity, self._clock)
         except ApiError as exc:
-            return _error(exc.code, exc.message)
+            return ack_error(exc.code, exc.message)
         if identity is None or current is None:
-            return _error("auth_disabled", "authentication is off on this server")
+            return ack_error("auth_disabled", "authentication is off on this server")
         if identity.user_id != current.user_id:
-            return _error("forbidden", "the new token is for a different user")
+            return ack_error("forbidden", "the new token is for a different user")
         self._sessions.set_identity(sid, identity)
         self._timers.arm(sid, identity.expires_at)
         expires = utc_iso(identity.expires_at) if identity.expires_at else None
@@ -276,4 +284,10 @@ class PaymentNamespace(socketio.AsyncNamespace):
     @staticmethod
     def unknown_event(event: Any) -> dict[str, Any]:
         """Any other event: a clear ack error instead of silence (a client waiting on an ack would hang)."""
-        return _error("unknown_event", f"unknown event {str(event)[:64]!r}; see docs/API.md for the events")
+        return ack_error("unknown_event", f"unknown event {str(event)[:64]!r}; see docs/API.md for the events")
+
+    def _unknown(self, event: Any) -> Callable[[], Awaitable[dict[str, Any]]]:
+        async def answer() -> dict[str, Any]:
+            return self.unknown_event(event)
+
+        return answer

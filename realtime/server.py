@@ -138,7 +138,12 @@ class GuardedEngineIO(engineio.AsyncServer):
         ).body()
         return {
             "status": "429 TOO MANY REQUESTS",
-            "headers": [("Content-Type", "application/json"), ("Retry-After", str(retry_after))],
+            # Exposed: a page on another origin reads it (the official client waits that long).
+            "headers": [
+                ("Content-Type", "application/json"),
+                ("Retry-After", str(retry_after)),
+                ("Access-Control-Expose-Headers", "Retry-After"),
+            ],
             "response": json.dumps(body).encode(),
         }
 

@@ -254,6 +254,13 @@ async def test_socket_connect_rate_limit_per_ip(start_instance: StartInstance) -
     await instance.tracker()
     await instance.tracker()
     assert "rate_limited" in await _refused(instance, None)
+    client = socketio.AsyncClient(reconnection=False)
+    refusals: list[Any] = []
+    client.on("connect_error", lambda data: refusals.append(data))
+    with pytest.raises(socketio.exceptions.ConnectionError):
+        await client.connect(instance.url, transports=["websocket"], wait_timeout=WAIT)
+    # When to try again, as REST's Retry-After says: a client behind a shared address waits that long.
+    assert refusals[0]["data"]["code"] == "rate_limited" and 1 <= refusals[0]["data"]["retry_after"] <= 60
 
 
 async def test_webhook_rate_limit_per_ip(start_instance: StartInstance) -> None:

@@ -18,12 +18,14 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from realtime.library_versions import TESTED
 from tests.test_server_process import ROOT
 
 README = (ROOT / "README.md").read_text()
 CI_RUN = (ROOT / ".ci" / "run").read_text()
 SERVER_LOCK = "requirements.lock"
 DEV_LOCK = "requirements-dev.lock"
+FLOOR_LOCK = "requirements-floor.lock"  # the lowest allowed Socket.IO libraries, over the dev lock (--no-deps)
 
 
 @dataclass(frozen=True)
@@ -105,7 +107,29 @@ def test_the_quickstart_and_ci_install_only_the_hash_pinned_locks() -> None:
         for arguments in installs:
             # --require-hashes: pip refuses the install if any package, however deep, comes without a hash.
             assert "--require-hashes" in arguments, command
+            if command in ci_lines and requirement_files(arguments) == [FLOOR_LOCK]:
+                # Only over the dev lock, in CI's second virtualenv, and only the two packages it pins.
+                assert "--no-deps" in arguments and ".venv-floor/" in command, command
+                continue
             assert requirement_files(arguments) == [lock], command
+
+
+def test_the_floor_lock_pins_the_lowest_tested_socketio_libraries_over_the_dev_lock() -> None:
+    """CI's second run (.ci/run) installs the dev lock, then these two, each checked against its hashes."""
+    floor = read_lock(FLOOR_LOCK)
+    assert {name: pin.version for name, pin in floor.items()} == {name: low for name, (low, _) in TESTED.items()}
+    for pin in floor.values():
+        assert pin.hashes and all(re.fullmatch(r"sha256:[0-9a-f]{64}", h) for h in pin.hashes), pin
+    dev = read_lock(DEV_LOCK)
+    assert {name: dev[name].version for name in floor} == {name: high for name, (_, high) in TESTED.items()}
+
+
+def test_ci_runs_the_floor_tests_that_exist() -> None:
+    listed = re.search(r"^floor_tests=\((.*?)\)$", CI_RUN, re.M | re.S)
+    assert listed, ".ci/run names no floor_tests"
+    files = listed.group(1).split()
+    assert files and all((ROOT / name).is_file() for name in files), files
+    assert '"${floor_tests[@]}"' in CI_RUN
 
 
 @pytest.mark.parametrize("lock", [SERVER_LOCK, DEV_LOCK])

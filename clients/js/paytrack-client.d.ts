@@ -160,7 +160,7 @@ export declare class PaytrackError extends Error {
   readonly reference: string | null;
   /** The server's details, e.g. [{field, message}] for a validation error. */
   readonly details: unknown;
-  /** From Retry-After, in ms. */
+  /** When the server said to come back (Retry-After, or an ack's or connect refusal's retry_after), in ms. */
   readonly retryAfter: number | null;
   /** Errors thrown by initiate(): the Idempotency-Key it sent; ask again with it (e.g. after "initiation_unknown"). */
   readonly idempotencyKey: string | null;

@@ -101,11 +101,53 @@ function randomKey() {
 
 function retryAfterMs(headers, bodySeconds) {
   const value = headers && headers.get("Retry-After");
-  if (!value) return Number.isFinite(bodySeconds) && bodySeconds >= 0 ? bodySeconds * 1000 : null;
+  if (!value) return secondsMs(bodySeconds);
+  return headerMs(value);
+}
+
+/** A Retry-After header's value (seconds or an HTTP date) in ms, or null. */
+function headerMs(value) {
+  if (!value) return null;
   const seconds = Number(value);
   if (Number.isFinite(seconds)) return Math.max(0, seconds * 1000);
   const at = Date.parse(value);
   return Number.isFinite(at) ? Math.max(0, at - Date.now()) : null;
+}
+
+/** A `retry_after` in seconds (an ack's, a connect refusal's) in ms, or null. */
+function secondsMs(seconds) {
+  return Number.isFinite(seconds) && seconds >= 0 ? seconds * 1000 : null;
+}
+
+/** Waiting as told, spread over up to half as long again: clients told the same wait do not all come back at once. */
+function jittered(ms) {
+  return Math.round(ms * (1 + Math.random() * 0.5));
+}
+
+/**
+ * The server refused the Engine.IO handshake with 429 (too many sessions from this address that have
+ * not connected yet): `{ retryAfterMs }`, or null for any other connect error. A polling handshake
+ * shows its status and Retry-After header (the XHR is engine.io-client's error context); a websocket
+ * handshake shows its status only under Node, in the message of the `ws` package's error, and not at
+ * all in a browser, where such a refusal looks like any failed connection.
+ */
+function handshakeRefusal(err) {
+  if (err?.type !== "TransportError") return null;
+  const described = err.description;
+  let status = typeof described === "number" ? described : null;
+  if (status === null) {
+    const message = String(described?.message ?? described?.error?.message ?? "");
+    const match = /Unexpected server response: (\d{3})/.exec(message);
+    if (match) status = Number(match[1]);
+  }
+  if (status !== 429) return null;
+  let header = null;
+  try {
+    header = typeof err.context?.getResponseHeader === "function" ? err.context.getResponseHeader("Retry-After") : null;
+  } catch {
+    header = null;
+  }
+  return { retryAfterMs: headerMs(header) };
 }
 
 /** One payment as this tracker knows it, shared by every handle that tracks it. */
@@ -491,12 +533,25 @@ export class PaymentTracker {
     socket.on("connect_error", (err) => {
       if (this.#closed) return;
       const code = err?.data?.code;
+      const refused = code ? null : handshakeRefusal(err);
       if (code) {
-        this.#emit("error", new PaytrackError(code, err.message, { details: err.data.details }));
+        const retryAfter = secondsMs(err.data.retry_after);
+        this.#emit("error", new PaytrackError(code, err.message, { details: err.data.details, retryAfter }));
         if (AUTH_CODES.has(code)) this.#token = null;
+      } else if (refused) {
+        this.#emit("error", new PaytrackError("too_many_sessions", "the server refused the connection for now (429)", {
+          status: 429,
+          retryAfter: refused.retryAfterMs,
+        }));
       }
       this.#armFallback();
-      if (!socket.active) this.#scheduleReconnect(AUTH_CODES.has(code) ? "rejected" : "connect");
+      if (refused) {
+        // socket.io would try again after its own delay, whatever the server asked: take the retry over.
+        socket.disconnect();
+        this.#scheduleReconnect("connect", refused.retryAfterMs);
+      } else if (!socket.active) {
+        this.#scheduleReconnect(AUTH_CODES.has(code) ? "rejected" : "connect", secondsMs(err?.data?.retry_after));
+      }
     });
     socket.onAny((name, data) => {
       this.#emit("event", name, data);
@@ -508,9 +563,11 @@ export class PaymentTracker {
     socket.on("token-expiring", (data) => this.#refreshToken(data?.expires_at));
   }
 
-  #scheduleReconnect(reason) {
+  /** Connect again after the backoff, and not before `askedMs` (what the server asked, with jitter) when given. */
+  #scheduleReconnect(reason, askedMs = null) {
     if (this.#closed || this.#reconnectTimer !== null) return;
-    const delay = backoff(this.#reconnectAttempts++, this.#options.reconnectDelayMs, this.#options.reconnectDelayMaxMs);
+    const ownDelay = backoff(this.#reconnectAttempts++, this.#options.reconnectDelayMs, this.#options.reconnectDelayMaxMs);
+    const delay = askedMs === null ? ownDelay : Math.max(ownDelay, jittered(askedMs));
     this.#reconnectTimer = setTimeout(() => {
       this.#reconnectTimer = null;
       if (this.#closed || this.#socket.connected || this.#socket.active) return;
@@ -540,6 +597,7 @@ export class PaymentTracker {
       const error = new PaytrackError(answer?.error?.code ?? "bad_ack", answer?.error?.message ?? "track-payment failed", {
         reference: entry.reference,
         details: answer?.error?.details,
+        retryAfter: secondsMs(answer?.error?.retry_after),
       });
       this.#emit("error", error);
       if (error.code === "too_many_tracked") {
@@ -547,7 +605,9 @@ export class PaymentTracker {
         this.#startPolling();
       } else if (RETRY_CODES.has(error.code)) {
         if (socket.connected && socket.id === sid) {
-          const delay = backoff(entry.trackAttempts++, this.#options.reconnectDelayMs, this.#options.reconnectDelayMaxMs);
+          const own = backoff(entry.trackAttempts++, this.#options.reconnectDelayMs, this.#options.reconnectDelayMaxMs);
+          const asked = secondsMs(answer?.error?.retry_after); // rate_limited, busy: not before the server said
+          const delay = asked === null ? own : Math.max(own, jittered(asked));
           entry.retryTimer = setTimeout(() => this.#trackOnSocket(entry), delay);
         } // otherwise the next connect re-tracks
       } else {

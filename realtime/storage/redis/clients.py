@@ -12,6 +12,10 @@ under the same INSTANCE_ID, which also removes them itself as it starts
 The record is the truth and the sets are indexes over it: on a cluster they hash to other slots, so they
 are written beside the record in one round trip but not atomically with it, and a reader checks each
 member against its record (a member whose record is gone, or no longer tracks the payment, is dropped).
+
+A record is changed under WATCH, and only by the instance holding its socket; that instance's own changes
+to one record take turns (`KeyedLocks`). A page that tracks many payments at once would otherwise set its
+calls racing each other on one WATCH until some gave up (tests/test_socket_calls.py).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from core.keyed_locks import KeyedLocks
 from realtime.storage.base import ClientRecord
 from realtime.storage.redis.context import RedisContext, ttl_ms
 
@@ -46,6 +51,7 @@ def _alive(client: ClientRecord, beat: str | None) -> bool:
 class RedisClients:
     def __init__(self, ctx: RedisContext) -> None:
         self._ctx = ctx
+        self._writing = KeyedLocks()  # one change at a time per record, from this instance
 
     def _queue_record(self, pipe: Any, client: ClientRecord) -> None:
         pipe.set(self._ctx.keys.client(client.socket_id), client.model_dump_json(), ex=self._ctx.client_ttl)
@@ -105,15 +111,16 @@ class RedisClients:
             await pipe.execute()
             return before, after
 
-        changed = await self._ctx.optimistic([key], attempt)
-        if changed is None:
-            return
-        before, after = changed
-        async with self._ctx.redis.pipeline(transaction=False) as pipe:
-            self._queue_indexes(pipe, after)
-            for ref in set(before.tracked) - set(after.tracked):
-                pipe.srem(self._ctx.keys.trackers(ref), socket_id)
-            await pipe.execute()
+        async with self._writing.held(socket_id):  # the indexes too: in the order the records were written
+            changed = await self._ctx.optimistic([key], attempt)
+            if changed is None:
+                return
+            before, after = changed
+            async with self._ctx.redis.pipeline(transaction=False) as pipe:
+                self._queue_indexes(pipe, after)
+                for ref in set(before.tracked) - set(after.tracked):
+                    pipe.srem(self._ctx.keys.trackers(ref), socket_id)
+                await pipe.execute()
 
     async def track(self, socket_id: str, reference: str) -> None:
         await self._update_client(
