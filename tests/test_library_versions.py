@@ -137,3 +137,11 @@ def test_requirements_txt_allows_exactly_the_tested_range() -> None:
 
 def test_the_installed_versions_are_tested() -> None:
     assert untested_versions() == []  # the suite runs on what the server would start on
+
+
+@pytest.mark.parametrize("engineio", ["4.15.1rc1", "4.14.0.dev0", "4.13.3a1"])
+def test_a_pre_release_inside_the_range_is_untested_too(engineio: str) -> None:
+    """A pre-release sorts between the tested releases, but CI never ran it (no lock pins one, and pip
+    installs one only when asked): a development snapshot of 4.15.1 is not 4.15.1."""
+    (problem,) = untested_versions(versions(python_engineio=engineio, python_socketio="5.18.1"))
+    assert problem.startswith(f"python-engineio {engineio} is installed")
