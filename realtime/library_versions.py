@@ -44,7 +44,9 @@ def untested_versions(version_of: Callable[[str], str] = metadata.version) -> li
             problems.append(f"{name} is not installed; the server was tested with {tested}")
             continue
         try:
-            inside = Version(lowest) <= Version(installed) <= Version(highest)
+            version = Version(installed)
+            # A pre-release sorts between tested releases, but none was tested (a 4.15.1rc1 is not 4.15.1).
+            inside = not version.is_prerelease and Version(lowest) <= version <= Version(highest)
         except InvalidVersion:
             inside = False
         if not inside:
