@@ -174,6 +174,23 @@ def websocket_upgrade_passthrough(
     return handler(request)
 
 
+class ClientEventName:
+    """The name of a client's event that is also one of Socket.IO's lifetime events (`connect`,
+    `disconnect`). python-socketio hands every client event to the namespace by its name, reserved or not
+    (`reserved_events` only guards the server's own `on()`), so a client's `42["disconnect"]` ran the
+    namespace's disconnect on a live socket, and `42["connect", ...]` its connect with the client's own
+    environ and auth (found by review). Not a `str`: no handler matches it, and it is answered as any
+    unknown event."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __str__(self) -> str:
+        return self.name
+
+
 class PaytrackSocketServer(socketio.AsyncServer):
     """`socketio.AsyncServer` that bounds anonymous sessions (see the module docstring)."""
 
@@ -192,6 +209,12 @@ class PaytrackSocketServer(socketio.AsyncServer):
             upgrade_timeout=self.upgrade_timeout,
             max_queued_packets=self.max_queued_packets,
         )
+
+    async def _handle_event(self, eio_sid: str, namespace: str | None, id: Any, data: list[Any]) -> None:
+        """A client's event; one named like a lifetime event is renamed out of their reach (`ClientEventName`)."""
+        if data and isinstance(data[0], str) and data[0] in self.reserved_events:
+            data = [ClientEventName(data[0]), *data[1:]]
+        await super()._handle_event(eio_sid, namespace, id, data)
 
     async def _handle_eio_connect(self, eio_sid: str, environ: dict[str, Any]) -> Any:
         self.eio.adopt(eio_sid)
