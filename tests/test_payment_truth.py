@@ -151,7 +151,8 @@ async def test_a_burst_beyond_the_pool_waits_or_is_told_busy_and_never_degrades(
 
     page = await instance.tracker()
     acks = await asyncio.gather(*(page.track(ref, last_seq=0) for _ in range(300)))
-    assert all(ack["ok"] or ack["error"]["code"] == "busy" for ack in acks), acks
+    # Past RATE_LIMIT_CALLS_PER_SOCKET (120 in 10 s) a call is answered rate_limited: an answer, not a drop.
+    assert all(ack["ok"] or ack["error"]["code"] in ("busy", "rate_limited") for ack in acks), acks
     assert any(ack["ok"] for ack in acks)
     assert await _health(instance) == "healthy"
     assert instance.app[STORAGE].healthy
