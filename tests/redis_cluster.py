@@ -24,8 +24,10 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode
 from redis.crc import key_slot
 
+from core.clock import SystemClock
+from realtime.storage.factory import create_storage
 from tests.deploy_script import DeployScript, on_port, server_info, server_pid
-from tests.harness import eventually
+from tests.harness import eventually, make_settings
 
 REDIS_SERVER = shutil.which("redis-server")
 REDIS_CLI = shutil.which("redis-cli")
@@ -214,6 +216,15 @@ class RedisCluster:
         for pid in self._pids:  # any that outlived it (a node frozen when it was told to stop)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+def cluster_storage(url: str, prefix: str, *, on_recovered: Any = None, **settings: Any) -> Any:
+    """A storage as an instance on the cluster at `url` has it (Redis with its memory fallback), its keys under
+    `prefix` (tests share clusters), with `settings` over the defaults."""
+    config = make_settings(
+        STORAGE_BACKEND="redis", REDIS_URL=url, REDIS_CLUSTER=True, REDIS_KEY_PREFIX=prefix, **settings
+    )
+    return create_storage(config, SystemClock(), on_recovered=on_recovered)
 
 
 @pytest.fixture

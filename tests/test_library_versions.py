@@ -24,7 +24,7 @@ from packaging.utils import canonicalize_name
 
 from realtime.library_versions import TESTED, untested_versions
 from tests.harness import WAIT
-from tests.test_server_process import ROOT, clean_env, free_port
+from tests.test_server_process import ROOT, free_port, run_server
 
 BELOW_THE_FLOOR = ("python-engineio", "4.12.3")  # a real release the overrides fail on (no WebSocket.server)
 
@@ -60,18 +60,7 @@ async def test_a_start_on_an_untested_engineio_is_refused_with_a_message_naming_
     name, version = BELOW_THE_FLOOR
     site = unpacked_release(name, version, tmp_path)
     port = free_port()
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "server.py",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        cwd=ROOT,
-        env=clean_env(PYTHONPATH=str(site)),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    proc = await run_server("--host", "127.0.0.1", "--port", str(port), PYTHONPATH=str(site))
     try:
         _, err = await asyncio.wait_for(proc.communicate(), WAIT * 3)
     except TimeoutError:

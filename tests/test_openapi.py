@@ -16,7 +16,7 @@ from realtime.storage.base import STORAGE
 from tests.campay_fake import FakeCampay
 from tests.conftest import StartInstance, campay_settings
 from tests.harness import JWT_SECRET, PRODUCTION, user_token
-from tests.test_server_process import ROOT, clean_env, free_port, stop, wait_healthy
+from tests.test_server_process import free_port, run_server, stop, wait_healthy
 
 DEBUG_TOKEN = "debug-token-for-tests-0123456789"
 
@@ -81,18 +81,7 @@ async def test_schemathesis_finds_no_server_error_and_no_response_outside_the_do
         env.update({k: str(v) for k, v in PRODUCTION.items()})
         env["JWT_SECRET"] = JWT_SECRET
         headers = ["-H", f"Authorization: Bearer {user_token('schemathesis')}"]
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "server.py",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        cwd=ROOT,
-        env=clean_env(**env),
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    proc = await run_server("--host", "127.0.0.1", "--port", str(port), stdout=asyncio.subprocess.DEVNULL, **env)
     try:
         await wait_healthy(port, proc)
         run = await asyncio.create_subprocess_exec(

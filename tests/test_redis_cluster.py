@@ -14,12 +14,11 @@ import pytest
 from core.clock import SystemClock
 from payments.model import PaymentStatus, StatusUpdate, UpdateSource
 from realtime.redis_connection import PoolExhausted
-from realtime.storage.factory import create_storage
 from realtime.storage.keys import RedisKeys
 from realtime.storage.redis import RedisStorage
 from tests.deploy_script import on_port
 from tests.harness import eventually, make_settings
-from tests.redis_cluster import RedisCluster, redis_cluster, shared_redis_cluster  # noqa: F401 - fixtures
+from tests.redis_cluster import RedisCluster, cluster_storage, redis_cluster, shared_redis_cluster  # noqa: F401 - fixtures
 from tests.test_state_rule import owned
 from tests.test_storage_contract import intent as contract_intent
 
@@ -198,16 +197,13 @@ async def test_a_shard_down_past_the_failover_wait_degrades_the_instance_instead
     (an initiation's answer lost after its collect, whose retry then collected again). A shard that stays
     down past REDIS_CLUSTER_FAILOVER_WAIT_SECONDS is an outage: the instance runs on memory, and writes
     back once the cluster is whole again."""
-    settings = make_settings(
-        STORAGE_BACKEND="redis",
-        REDIS_URL=redis_cluster.url,
-        REDIS_CLUSTER=True,
-        REDIS_KEY_PREFIX="down:",
+    storage: Any = cluster_storage(
+        redis_cluster.url,
+        "down:",
         REDIS_TIMEOUT_SECONDS=1.0,
         REDIS_RECONNECT_INTERVAL_SECONDS=300,  # no watcher pass in between: the call meets the shard down
         REDIS_CLUSTER_FAILOVER_WAIT_SECONDS=1.0,
     )
-    storage: Any = create_storage(settings, SystemClock())
     await storage.start()
     try:
         await storage.create_payment(owned(reference="ref-d", order_id="order-d"))
@@ -244,16 +240,13 @@ async def test_a_shard_failing_over_makes_only_its_calls_wait_and_the_instance_s
     instance onto memory, where an initiation on a key another instance holds would collect blind; the
     payments on the other shards go on meanwhile. Before, the first call that met the dead node made the
     instance degraded."""
-    settings = make_settings(
-        STORAGE_BACKEND="redis",
-        REDIS_URL=redis_cluster.url,
-        REDIS_CLUSTER=True,
-        REDIS_KEY_PREFIX="ride:",
+    storage: Any = cluster_storage(
+        redis_cluster.url,
+        "ride:",
         REDIS_TIMEOUT_SECONDS=1.0,
         REDIS_RECONNECT_INTERVAL_SECONDS=0.5,  # the watcher's passes meet the dead node too
         REDIS_CLUSTER_FAILOVER_WAIT_SECONDS=30,
     )
-    storage: Any = create_storage(settings, SystemClock())
     await storage.start()
     try:
         keys = RedisKeys("ride:")
@@ -309,22 +302,21 @@ async def test_a_primary_killed_during_the_wait_after_a_change_leaves_it_applied
     async def on_recovered(references: list[str]) -> None:
         announced.extend(references)
 
-    common = {
-        "STORAGE_BACKEND": "redis",
-        "REDIS_URL": redis_cluster.url,
-        "REDIS_CLUSTER": True,
-        "REDIS_KEY_PREFIX": "made:",
+    common: dict[str, Any] = {
         "REDIS_TIMEOUT_SECONDS": 10.0,
         "REDIS_RECONNECT_INTERVAL_SECONDS": 0.5,
         "REDIS_CLUSTER_FAILOVER_WAIT_SECONDS": 30,
     }
-    setup: Any = create_storage(make_settings(**common), SystemClock())
+    setup: Any = cluster_storage(redis_cluster.url, "made:", **common)
     # Two replicas asked of a shard that has one: the WAIT after the change always waits its whole 4 s,
     # long enough to kill the primary after the change ran and before it answered.
-    storage: Any = create_storage(
-        make_settings(**common, REDIS_WAIT_REPLICAS=2, REDIS_WAIT_TIMEOUT_MS=4000),
-        SystemClock(),
+    storage: Any = cluster_storage(
+        redis_cluster.url,
+        "made:",
         on_recovered=on_recovered,
+        **common,
+        REDIS_WAIT_REPLICAS=2,
+        REDIS_WAIT_TIMEOUT_MS=4000,
     )
     await setup.start()
     await storage.start()

@@ -13,13 +13,11 @@ from typing import Any
 
 import pytest
 
-from core.clock import SystemClock
 from payments.model import StatusUpdate, UpdateSource
-from realtime.storage.factory import create_storage
 from realtime.storage.keys import RedisKeys
 from tests.deploy_script import on_port
-from tests.harness import eventually, make_settings
-from tests.redis_cluster import RedisCluster, redis_cluster  # noqa: F401 - fixture
+from tests.harness import eventually
+from tests.redis_cluster import RedisCluster, cluster_storage, redis_cluster  # noqa: F401 - fixture
 from tests.test_state_rule import owned
 from tests.test_storage_contract import intent as contract_intent
 
@@ -28,18 +26,22 @@ pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
 def _riding_out(redis_cluster: RedisCluster, prefix: str, **settings: Any) -> Any:
     """A resilient storage on the cluster that rides a failover out (30 s: the cluster's own takes seconds)."""
-    return create_storage(
-        make_settings(
-            STORAGE_BACKEND="redis",
-            REDIS_URL=redis_cluster.url,
-            REDIS_CLUSTER=True,
-            REDIS_KEY_PREFIX=prefix,
-            REDIS_RECONNECT_INTERVAL_SECONDS=0.5,
-            REDIS_CLUSTER_FAILOVER_WAIT_SECONDS=30,
-            **{"REDIS_TIMEOUT_SECONDS": 1.0, **settings},
-        ),
-        SystemClock(),
+    return cluster_storage(
+        redis_cluster.url,
+        prefix,
+        REDIS_RECONNECT_INTERVAL_SECONDS=0.5,
+        REDIS_CLUSTER_FAILOVER_WAIT_SECONDS=30,
+        **{"REDIS_TIMEOUT_SECONDS": 1.0, **settings},
     )
+
+
+async def _on_and_off(storage: Any, prefix: str, primary: int, count: int) -> tuple[list[str], str]:
+    """`count` references whose payments live on `primary`, and one stored elsewhere (a healthy shard's)."""
+    keys, node = RedisKeys(prefix), storage.primary.redis.get_node_from_key
+    on_it = [f"ref-{n}" for n in range(2000) if node(keys.payment(f"ref-{n}")).port == primary][:count]
+    healthy = next(f"ref-{n}" for n in range(2000) if node(keys.payment(f"ref-{n}")).port != primary)
+    await storage.create_payment(owned(reference=healthy, order_id="order-h"))
+    return on_it, healthy
 
 
 async def test_a_payment_created_while_its_orders_shard_fails_over_is_its_orders_payment(
@@ -109,12 +111,8 @@ async def test_calls_riding_out_a_killed_primary_leave_turns_for_the_healthy_sha
     await storage.start()
     riding: list[asyncio.Task[Any]] = []
     try:
-        keys = RedisKeys("turns:")
-        node = storage.primary.redis.get_node_from_key
         primary = (await redis_cluster.primaries())[0]
-        on_it = [f"ref-{n}" for n in range(2000) if node(keys.payment(f"ref-{n}")).port == primary][:40]
-        healthy = next(f"ref-{n}" for n in range(2000) if node(keys.payment(f"ref-{n}")).port != primary)
-        await storage.create_payment(owned(reference=healthy, order_id="order-h"))
+        on_it, healthy = await _on_and_off(storage, "turns:", primary, 40)
         replica = await redis_cluster.wait_replicated(primary)
         caplog.clear()
         await redis_cluster.kill(primary)
@@ -148,12 +146,8 @@ async def test_calls_about_a_frozen_primary_leave_turns_for_the_healthy_shards(r
     riding: list[asyncio.Task[Any]] = []
     frozen: int | None = None
     try:
-        keys = RedisKeys("frozen:")
-        node = storage.primary.redis.get_node_from_key
         primary = (await redis_cluster.primaries())[0]
-        on_it = [f"ref-{n}" for n in range(2000) if node(keys.payment(f"ref-{n}")).port == primary][:4]
-        healthy = next(f"ref-{n}" for n in range(2000) if node(keys.payment(f"ref-{n}")).port != primary)
-        await storage.create_payment(owned(reference=healthy, order_id="order-h"))
+        on_it, healthy = await _on_and_off(storage, "frozen:", primary, 4)
         replica = await redis_cluster.wait_replicated(primary)
         for port in redis_cluster.ports:
             await on_port(port, "CONFIG", "SET", "cluster-node-timeout", "15000")

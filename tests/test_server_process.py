@@ -10,6 +10,7 @@ import signal
 import socket
 import sys
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -44,15 +45,18 @@ async def run_on_redis(port: int, redis_url: str, **env: str) -> asyncio.subproc
     )
 
 
-async def run_server(*args: str, **env: str) -> asyncio.subprocess.Process:
+async def run_server(
+    *args: str, stdout: Any = asyncio.subprocess.PIPE, stderr: Any = asyncio.subprocess.PIPE, **env: str
+) -> asyncio.subprocess.Process:
+    """`server.py` with `args`, in a clean environment plus `env`; its output to `stdout` and `stderr`."""
     return await asyncio.create_subprocess_exec(
         sys.executable,
         "server.py",
         *args,
         cwd=ROOT,
         env=clean_env(**env),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+        stdout=stdout,
+        stderr=stderr,
     )
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ from realtime.storage.memory import MemoryStorage
 from tests.conftest import StartInstance
 from tests.harness import WAIT, Api, Tracker, make_settings
 from tests.redis_server import RedisServer
-from tests.test_server_process import ROOT, clean_env, free_port, wait_healthy
+from tests.test_server_process import free_port, run_server, wait_healthy
 
 CALLS = 1_000
 ANSWER_WAIT = 30.0  # seconds for every call to be answered (the issue saw 135 of 1,000 unanswered after 20 s)
@@ -34,18 +33,10 @@ async def start_server_process(log: Path, **env: str) -> tuple[asyncio.subproces
     """`server.py` on a free port, its output in `log` (a pipe nobody reads could stall the server)."""
     port = free_port()
     with log.open("wb") as out:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "server.py",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            cwd=ROOT,
-            env=clean_env(LOG_LEVEL="WARNING", **env),
-            stdout=out,
-            stderr=asyncio.subprocess.STDOUT,
-        )
+        proc = await run_server(
+            "--host", "127.0.0.1", "--port", str(port), stdout=out, stderr=asyncio.subprocess.STDOUT,
+            **{"LOG_LEVEL": "WARNING", **env},
+        )  # fmt: skip
     await wait_healthy(port, proc)
     return proc, port
 
