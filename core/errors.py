@@ -232,14 +232,12 @@ async def error_middleware(
             if header in exc.headers:
                 response.headers[header] = exc.headers[header]
         return response
-    except ConnectionResetError:
-        if request.transport is not None and not request.transport.is_closing():
-            log.exception("unhandled error on %s %s", request.method, request.path)  # not the client's socket
-            return error_response(500, "internal_error", "internal server error")
-        # The client hung up while its request was read (its own timeout, under load): nobody to answer and
-        # nothing wrong here. nginx's 499 in the access log, an info line, no traceback.
-        log.info("client closed the connection before its request was read", extra={"path": request.path})
-        return error_response(499, "client_closed_request", "the client closed the connection")
-    except Exception:
+    except Exception as exc:
+        if isinstance(exc, ConnectionResetError) and (request.transport is None or request.transport.is_closing()):
+            # The client hung up while its request was read (its own timeout, under load): nobody to answer
+            # and nothing wrong here. nginx's 499 in the access log, an info line, no traceback. A reset from
+            # anywhere else (not the client's socket) is an unhandled error like any other.
+            log.info("client closed the connection before its request was read", extra={"path": request.path})
+            return error_response(499, "client_closed_request", "the client closed the connection")
         log.exception("unhandled error on %s %s", request.method, request.path)
         return error_response(500, "internal_error", "internal server error")
