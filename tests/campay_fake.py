@@ -1,9 +1,36 @@
 """An in-process CamPay: speaks CamPay's HTTP API over a real socket, and sends signed webhooks.
 
-Implements `POST /api/token/`, `POST /api/collect/` and
-`GET /api/transaction/{reference}/` with CamPay's shapes and error codes. A
-test sets a transaction's true status, makes calls fail or hang, revokes
-tokens, and fires webhooks (GET or POST) at a server, signed like CamPay's.
+Implements `POST /api/token/`, `POST /api/collect/`, `POST /api/get_payment_link/`,
+`POST /api/withdraw/`, `GET /api/balance/` and `GET /api/transaction/{reference}/`
+with CamPay's shapes and error codes. A test sets a transaction's true status,
+makes calls fail or hang, revokes tokens, opens a payment link as its payer
+would (by mobile money or by card), and fires webhooks (GET or POST, with the
+`endpoint` CamPay names: `collect` or `withdraw`) at a server, signed like CamPay's.
+
+Where each shape comes from (read from the SDKs with the `search` tool; "assumed" where none says):
+
+- collect, token, transaction, ER101/ER102/ER201/ER301: CamPay's API documentation (the Postman
+  collection 2391374/T1LV8PVA, whose error table says ER301 is "Insufficient balance. Trying to withdraw
+  an amount which is above your current balance for the specific carrier") and CamPay's own Python SDK
+  (CamPay/campay-python-sdk, src/campay/sdk.py).
+- `POST /get_payment_link/`: the request (`amount` as a string, `currency`, `description`,
+  `external_reference`, `redirect_url`) is CamPay's Python SDK's; `failure_redirect_url` and
+  `payment_options` (`MOMO` or `CARD`) are NdoleStudio/campay-go-sdk's (payment_link.go), also sent by
+  blessdarah/php-campay, melkishengue/nestjs-campay and the WooCommerce plugin in
+  common-repository/campay-api. The answer's `link` is in every SDK; its `reference` only in the Go SDK's
+  (its test stub answers `{link, reference}`), and is assumed here as in the issue. Both options at once
+  (`"MOMO,CARD"`) is assumed.
+- A link's transaction: `GET /transaction/{reference}/` answers 404 until the payer starts paying
+  (assumed, from the issue: no SDK shows a link's status call), then the collect's shape. A card payment
+  has `operator: null` and no `phone_number` (assumed: no source shows a card payment's record).
+- `POST /withdraw/`: the request (`amount`, `currency`, `to`, `description`, `external_reference`) is
+  CamPay's Python SDK's; the answer `{reference, status: "PENDING"}` is the Go SDK's stub (withdraw.go,
+  internal/stubs); the Python SDK reads `reference` and polls `GET /transaction/{reference}/` for the
+  outcome, as for a collect. ER301 as a 400 with `error_code` is assumed like the collect's errors.
+- `GET /balance/`: `{total_balance, mtn_balance, orange_balance, currency}` in the Python SDK's README,
+  the Go SDK (balance.go), CamPay's Android SDK and the NestJS module alike.
+- Callbacks: the fields of NdoleStudio/campay-go-sdk's callback.go, plus `endpoint` (`collect` or
+  `withdraw`) and `app_amount` from melkishengue/nestjs-campay's CampayTransaction type.
 
 Two ways to hang a collect: `collect_gate` blocks it *before* CamPay accepts it
 (no transaction exists yet), `hold_collects` holds its answer *after* CamPay
@@ -109,6 +136,18 @@ class FakeCampay:
         # time (the server checks a signature's age on its own clock), else the system's.
         self.clock: Clock | None = None
         self.url = ""
+        # payment links: reference -> what `get_payment_link` was asked (amount, options, redirect URLs,
+        # external reference); a link's transaction exists (`transactions`) only once its payer started
+        self.links: dict[str, dict[str, Any]] = {}
+        # withdrawals: what each `withdraw` asked (in order), and which references they made
+        self.withdrawals: list[dict[str, Any]] = []
+        self.withdraw_error: str | None = None  # a CamPay error code every withdraw answers with
+        self.endpoints: dict[str, str] = {}  # reference -> the endpoint CamPay's callback names
+        # The app's balance per carrier: a withdraw above the carrier's balance is ER301, one within it
+        # is taken from it (CamPay's error table: "above your current balance for the specific carrier").
+        self.balances: dict[str, int] = {"MTN": 1_000_000, "ORANGE": 1_000_000}
+        # when set (see `hold_withdraws`), a withdraw is accepted and its answer held like a collect's
+        self.hold_withdraw_if: Callable[[dict[str, Any]], bool] | None = None
 
     # -- test controls ------------------------------------------------------------
     def set_status(self, reference: str, status: str, reason: str | None = None) -> None:
@@ -180,6 +219,28 @@ class FakeCampay:
                 return len(self.held) >= count
         return True
 
+    def hold_withdraws(self, match: Callable[[dict[str, Any]], bool] | None = None) -> None:
+        """Like `hold_collects`, for withdrawals: CamPay accepts the payout (its transaction exists, the
+        money is on its way) and its answer waits until `release_collects`."""
+        self.hold_withdraw_if = match or (lambda _body: True)
+
+    def start_link(self, reference: str, *, method: str = "MOMO", phone: str = "237671234567") -> dict[str, Any]:
+        """The payer opens the link's page and starts paying, by mobile money (from `phone`) or by card:
+        from now on CamPay knows the transaction (PENDING), which it did not before."""
+        link = self.links[reference]
+        card = method == "CARD"
+        self.add_transaction(
+            reference,
+            amount=int(link["amount"]),
+            external_reference=link.get("external_reference"),
+            description=link.get("description"),
+            phone_number=None if card else phone,
+            currency=link.get("currency") or "XAF",
+        )
+        tx = self.transactions[reference]
+        tx["operator"] = None if card else operator_for(phone)
+        return tx
+
     def revoke_tokens(self) -> None:
         self.valid_tokens.clear()
 
@@ -213,7 +274,7 @@ class FakeCampay:
             "operator_reference": tx.get("operator_reference") or "OP123",
             "external_reference": tx.get("external_reference") or "",
             "phone_number": tx.get("phone_number") or "237671234567",
-            "endpoint": "collect",
+            "endpoint": self.endpoints.get(reference, "collect"),
             **({"app_amount": tx["app_amount"]} if tx.get("app_amount") else {}),
             **(fields or {}),
         }
@@ -253,17 +314,23 @@ class FakeCampay:
         app = web.Application()
         app.router.add_post("/api/token/", self._token)
         app.router.add_post("/api/collect/", self._collect)
+        app.router.add_post("/api/get_payment_link/", self._payment_link)
+        app.router.add_post("/api/withdraw/", self._withdraw)
+        app.router.add_get("/api/balance/", self._balance)
         app.router.add_get("/api/transaction/{reference}/", self._transaction)
         app.router.add_post("/_fake/transactions/{reference}", self._control)
         return app
 
     async def _control(self, request: web.Request) -> web.Response:
         """Local development: `{"status": "SUCCESSFUL", "webhook_url": "http://localhost:5000"}`
-        sets the true status and, when a URL is given, sends the signed webhook there."""
+        sets the true status and, when a URL is given, sends the signed webhook there. For a payment
+        link nobody opened yet, `"method": "MOMO"` or `"CARD"` first plays its payer starting to pay."""
         reference = request.match_info["reference"]
+        body = await request.json()
+        if reference in self.links and reference not in self.transactions:  # a link's payer starts paying
+            self.start_link(reference, method=str(body.get("method") or "MOMO"))
         if reference not in self.transactions:
             return web.json_response({"message": "Transaction not found"}, status=404)
-        body = await request.json()
         self.set_status(reference, body["status"], body.get("reason"))
         if body.get("webhook_url"):
             async with aiohttp.ClientSession() as session:
@@ -335,6 +402,78 @@ class FakeCampay:
             await self._releases.setdefault(reference, asyncio.Event()).wait()
         ussd = "*126#" if operator == "MTN" else "#150*50#"
         return web.json_response({"reference": reference, "ussd_code": ussd, "operator": operator})
+
+    async def _payment_link(self, request: web.Request) -> web.Response:
+        """CamPay's hosted page for one payment: nothing exists to ask about until its payer starts."""
+        self.calls["link"] += 1
+        if not self._authorized(request):
+            return web.json_response({"detail": "Invalid token."}, status=401)
+        if (failure := self._injected_failure("link")) is not None:
+            return failure
+        body = await request.json()
+        amount = str(body.get("amount", ""))
+        if not amount.isdigit() or int(amount) <= 0:
+            return web.json_response({"message": "Invalid amount", "error_code": "ER201"}, status=400)
+        options = {part.strip().upper() for part in str(body.get("payment_options") or "MOMO").split(",")}
+        if not options or not options <= {"MOMO", "CARD"}:
+            return web.json_response({"message": "Invalid payment options"}, status=400)
+        reference = str(uuid.uuid4())
+        self.links[reference] = {**body, "amount": int(amount), "options": sorted(options)}
+        link = f"{self.url.removesuffix('/api')}/pay/{reference}"
+        return web.json_response({"link": link, "reference": reference})
+
+    async def _withdraw(self, request: web.Request) -> web.Response:
+        self.calls["withdraw"] += 1
+        if not self._authorized(request):
+            return web.json_response({"detail": "Invalid token."}, status=401)
+        if (failure := self._injected_failure("withdraw")) is not None:
+            return failure
+        body = await request.json()
+        self.withdrawals.append(body)
+        if self.withdraw_error:
+            return web.json_response({"message": "Withdraw refused", "error_code": self.withdraw_error}, status=400)
+        phone, amount = str(body.get("to", "")), str(body.get("amount", ""))
+        if not (phone.startswith("237") and len(phone) == 12 and phone.isdigit()):
+            return web.json_response({"message": "Invalid phone number", "error_code": "ER101"}, status=400)
+        operator = operator_for(phone)
+        if operator is None:
+            return web.json_response({"message": "Unsupported operator", "error_code": "ER102"}, status=400)
+        if not amount.isdigit() or int(amount) <= 0:
+            return web.json_response({"message": "Invalid amount", "error_code": "ER201"}, status=400)
+        if int(amount) > self.balances.get(operator, 0):
+            return web.json_response({"message": "Insufficient balance", "error_code": "ER301"}, status=400)
+        self.balances[operator] -= int(amount)
+        reference = str(uuid.uuid4())
+        description = body.get("description")
+        self.add_transaction(
+            reference,
+            amount=int(amount),
+            external_reference=body.get("external_reference"),
+            description=description if isinstance(description, str) else None,
+            phone_number=phone,
+            currency=str(body.get("currency") or "XAF"),
+        )
+        tx = self.transactions[reference]
+        tx["operator"] = operator
+        self.endpoints[reference] = "withdraw"
+        hold = self.hold_withdraw_if is not None and self.hold_withdraw_if(body)
+        if hold:
+            self.held.append(reference)
+        self._created.set()
+        if hold:
+            await self._releases.setdefault(reference, asyncio.Event()).wait()
+        return web.json_response({"reference": reference, "status": "PENDING"})
+
+    async def _balance(self, request: web.Request) -> web.Response:
+        self.calls["balance"] += 1
+        if not self._authorized(request):
+            return web.json_response({"detail": "Invalid token."}, status=401)
+        if (failure := self._injected_failure("balance")) is not None:
+            return failure
+        mtn, orange = self.balances.get("MTN", 0), self.balances.get("ORANGE", 0)
+        return web.json_response(
+            {"total_balance": mtn + orange, "mtn_balance": mtn, "orange_balance": orange, "currency": "XAF"}
+        )
 
     async def _transaction(self, request: web.Request) -> web.Response:
         started = time.monotonic()
