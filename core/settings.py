@@ -28,7 +28,15 @@ from core.addresses import literal_refusals
 from core.secrets import endpoint_secrets
 
 # The merchant webhook event types (MERCHANT_WEBHOOK_EVENTS); payments/outbox.py produces them.
-MerchantEvent = Literal["payment.succeeded", "payment.failed", "payment.initiated"]
+MerchantEvent = Literal[
+    "payment.succeeded",
+    "payment.failed",
+    "payment.initiated",
+    "payment.expired",
+    "payment.refunded",
+    "payout.succeeded",
+    "payout.failed",
+]
 
 
 class AppEnv(str, Enum):
@@ -176,7 +184,14 @@ class Settings(BaseSettings):
     # One entry per URL, comma-separated in the same order; an entry is one `whsec_` secret, or during a
     # rotation several, space-separated (each message then carries every one's signature). core/secrets.py.
     MERCHANT_WEBHOOK_SECRET: str = ""
-    MERCHANT_WEBHOOK_EVENTS: Annotated[list[str], NoDecode] = ["payment.succeeded", "payment.failed"]
+    MERCHANT_WEBHOOK_EVENTS: Annotated[list[str], NoDecode] = [
+        "payment.succeeded",
+        "payment.failed",
+        "payment.expired",
+        "payment.refunded",
+        "payout.succeeded",
+        "payout.failed",
+    ]
     # Per attempt, in all; the specification recommends 15 to 30 s, so a merchant has time to answer.
     MERCHANT_WEBHOOK_TIMEOUT_SECONDS: float = Field(15.0, ge=15, le=30)
     # Ten attempts span about three days (webhooks/outbound/delivery.py, RETRY_SCHEDULE).

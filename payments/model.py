@@ -21,10 +21,19 @@ class PaymentStatus(str, Enum):
     PENDING = "PENDING"
     SUCCESSFUL = "SUCCESSFUL"
     FAILED = "FAILED"
+    # A payment link nobody started paying within its lifetime: CamPay never knew a transaction for it, so
+    # no money can have moved. Final like FAILED, and not a failure: nothing was tried (payments/state.py).
+    EXPIRED = "EXPIRED"
 
     @property
     def is_terminal(self) -> bool:
         return self is not PaymentStatus.PENDING
+
+
+# What a record is: a collect (a USSD push to a known phone), a payment through a CamPay payment link (the
+# payer chooses mobile money or a card on CamPay's page; the phone is not known before), or a payout (money
+# sent to a phone: a refund, or a merchant's disbursement). One state rule for all three.
+PaymentKind = Literal["collect", "link", "payout"]
 
 
 class UpdateSource(str, Enum):
@@ -35,6 +44,8 @@ class UpdateSource(str, Enum):
     PROVIDER_POLL = "provider_poll"
     SIMULATION = "simulation"
     SANDBOX = "sandbox"
+    # The link's lifetime passed and the provider still knows no transaction for it (payments/state.py).
+    LINK_EXPIRY = "link_expiry"
 
 
 # The reason a payment fails when the provider confirms a different amount or currency than was initiated.
@@ -90,6 +101,15 @@ class Payment(BaseModel):
     # For a SUCCESSFUL payment of an order that another payment had already paid: that payment's reference.
     # The merchant refunds this one (its webhook says so); the order shows it under `duplicate_payments`.
     duplicate_of: str | None = None
+    kind: PaymentKind = "collect"
+    # A link payment: CamPay's hosted page the payer opens, and when it stops being payable. `operator` stays
+    # None for a card payment (CamPay reports none), and until the payer has chosen how to pay.
+    link: str | None = None
+    link_expires_at: datetime | None = None
+    # A refunded payment names its refund payout; a refund payout names the payment it pays back. Each is
+    # set once and never changed (payments/state.py `merge` keeps the first), so a payment is refunded once.
+    refund_reference: str | None = None
+    refund_of: str | None = None
 
     def public(self, *, reveal_phone: bool = False) -> dict[str, Any]:
         """The REST representation: snake_case JSON, phone masked unless asked.
@@ -112,6 +132,7 @@ class Payment(BaseModel):
         data["timestamp"] = data["updated_at"] = updated
         data["created_at"] = stamp(self.created_at)
         data["completed_at"] = stamp(self.completed_at) if self.completed_at else None
+        data["link_expires_at"] = utc_iso(self.link_expires_at) if self.link_expires_at else None
         if not reveal_phone:
             data["phone_number"] = mask_phone(self.phone_number)
         return data
@@ -128,6 +149,7 @@ _NOT_PUBLIC_AS_DUMPED: set[str] = {
     "created_at",
     "updated_at",
     "completed_at",
+    "link_expires_at",
 }
 
 
@@ -146,6 +168,12 @@ class StatusUpdate(BaseModel):
     # answer (`ProviderTransaction.to_update`), never from a callback's body, which nobody signed.
     external_reference: str | None = None
     app_amount: int | None = None
+    # Which of CamPay's endpoints the claim is about, when its source says (a callback's `endpoint`): a
+    # withdraw's word never changes a collect or a link, nor a collect's a payout. None: the source asks
+    # about the reference it holds (a poll), or does not say.
+    endpoint: Literal["collect", "withdraw"] | None = None
+    # The payer's number, from the provider's own record only: a link payment learns its payer's phone so.
+    phone_number: str | None = None
 
 
 class PaymentEvent(BaseModel):
@@ -161,6 +189,7 @@ class PaymentEvent(BaseModel):
     timestamp: datetime
     reason: str | None = None
     ussd_code: str | None = None
+    kind: PaymentKind = "collect"
 
     @classmethod
     def of(cls, payment: Payment, *, with_ussd: bool = False) -> PaymentEvent:
@@ -175,6 +204,7 @@ class PaymentEvent(BaseModel):
             timestamp=payment.updated_at,
             reason=payment.reason,
             ussd_code=payment.ussd_code if with_ussd else None,
+            kind=payment.kind,
         )
 
     def payload(self) -> dict[str, Any]:
@@ -192,6 +222,8 @@ class PaymentEvent(BaseModel):
             data["reason"] = self.reason
         if self.ussd_code is not None:
             data["ussd_code"] = self.ussd_code
+        if self.kind != "collect":  # a link or a payout says so; a collect's payload is as it always was
+            data["kind"] = self.kind
         return data
 
 
@@ -206,7 +238,7 @@ class Transition:
 
     applied: bool
     payment: Payment | None
-    outcome: str  # applied | duplicate | regression | created_orphan | unknown
+    outcome: str  # applied | duplicate | regression | created_orphan | unknown | endpoint_mismatch | not_expired
     previous_status: PaymentStatus | None = None
     event: PaymentEvent | None = None
 
@@ -230,7 +262,7 @@ class InitiationIntent(BaseModel):
     owner_id: str | None = None
     amount: int
     currency: str
-    phone_number: str
+    phone_number: str | None = None  # None for a link: its payer's phone is not known before they pay
     description: str | None = None
     provider: str
     idempotency_scope: str | None = None  # the Idempotency-Key's scope (payments.service.idempotency_scope)
@@ -240,3 +272,12 @@ class InitiationIntent(BaseModel):
     reference: str | None = None
     ussd_code: str | None = None
     operator: str | None = None
+    # What the provider is asked for: a collect, a payment link (with its hosted page's options), or a
+    # payout (a refund of `refund_of` when set). Intents written by an earlier version are collects.
+    kind: PaymentKind = "collect"
+    link: str | None = None
+    link_expires_at: datetime | None = None
+    payment_options: str | None = None
+    redirect_url: str | None = None
+    failure_redirect_url: str | None = None
+    refund_of: str | None = None

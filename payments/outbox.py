@@ -80,8 +80,10 @@ def message_id(reference: str, event_type: str) -> str:
 
     The Standard Webhooks signature covers `{id}.{timestamp}.{body}`, and the specification asks that the id
     hold no `.` (with one, two different ids and timestamps could sign the same bytes); a reference may hold
-    one, so it is written `~` there (`entry_reference` reads it back)."""
-    return f"msg_{reference.replace('.', DOT)}_{event_type.removeprefix('payment.')}"
+    one, so it is written `~` there (`entry_reference` reads it back). A payment's events are named without
+    their `payment.` (`msg_<ref>_succeeded`), a payout's with a `-` (`msg_<ref>_payout-succeeded`): no `_`
+    after the reference, which `entry_reference` splits on."""
+    return f"msg_{reference.replace('.', DOT)}_{event_type.removeprefix('payment.').replace('.', '-')}"
 
 
 def entry_reference(entry_id: str) -> str:
@@ -98,12 +100,22 @@ def endpoint_id(url: str) -> str:
     return hashlib.sha256(url.encode()).hexdigest()[:12]
 
 
-def _event_type(payment: Payment) -> EventType:
-    if payment.status is PaymentStatus.SUCCESSFUL:
-        return "payment.succeeded"
-    if payment.status is PaymentStatus.FAILED:
-        return "payment.failed"
-    return "payment.initiated"
+def _event_types(payment: Payment) -> list[EventType]:
+    """What the merchant hears of `payment`'s status: a payment's outcome (or its start), a payout's outcome,
+    and for a refund that went through, `payment.refunded` too. A payout has no message of its start: its
+    own REST answer is that."""
+    status = payment.status
+    if payment.kind == "payout":
+        if status is PaymentStatus.SUCCESSFUL:
+            return ["payout.succeeded", "payment.refunded"] if payment.refund_of else ["payout.succeeded"]
+        return ["payout.failed"] if status is PaymentStatus.FAILED else []
+    if status is PaymentStatus.SUCCESSFUL:
+        return ["payment.succeeded"]
+    if status is PaymentStatus.FAILED:
+        return ["payment.failed"]
+    if status is PaymentStatus.EXPIRED:
+        return ["payment.expired"]
+    return ["payment.initiated"]
 
 
 class OutboxPolicy:
@@ -118,8 +130,9 @@ class OutboxPolicy:
         return bool(self.urls)
 
     def entries_for(self, payment: Payment, now: datetime, event_type: EventType | None = None) -> list[OutboxEntry]:
-        """The entries for one event of `payment` as stored (its status's event by default)."""
-        event_type = event_type or _event_type(payment)
+        """The entries for one event of `payment` as stored (by default, every event of its status)."""
+        if event_type is None:
+            return [entry for kind in _event_types(payment) for entry in self.entries_for(payment, now, kind)]
         if not self.urls or payment.orphan or event_type not in self.event_types:
             return []
         message = message_id(payment.reference, event_type)
@@ -156,7 +169,8 @@ class OutboxPolicy:
         copy that brought the status may have been an orphan, which queued nothing). The ids are the same
         whichever path stores it, so nothing is told twice."""
         if replaced is None or replaced.orphan:
-            entries = self.entries_for(payment, now, "payment.initiated")
+            started = payment.kind != "payout"  # a payout's start is its REST answer, not a message
+            entries = self.entries_for(payment, now, "payment.initiated") if started else []
             return entries + (self.entries_for(payment, now) if payment.status.is_terminal else [])
         if payment.status.is_terminal and not replaced.status.is_terminal:
             return self.entries_for(payment, now)

@@ -1,8 +1,12 @@
 """The payment state rule, as two pure functions: `decide` for a status claim, `merge` for two copies.
 
-PENDING -> SUCCESSFUL and PENDING -> FAILED are the only moves. A terminal
-payment never changes status again; a repeated status is a duplicate, any
-other move is a regression. Both are no-ops.
+PENDING -> SUCCESSFUL and PENDING -> FAILED are the only moves, and for a
+payment link PENDING -> EXPIRED, which only the link's own expiry decides
+(`UpdateSource.LINK_EXPIRY`, after its lifetime, when the provider still knows
+no transaction for it). A terminal payment never changes status again; a
+repeated status is a duplicate, any other move is a regression. Both are
+no-ops. A claim about another kind of record than the one stored (a withdraw's
+callback about a collect, a collect's about a payout) changes nothing either.
 
 `seq` is one total order per payment: every applied change, and every merge
 that changes anything, takes a seq above every copy it saw, so two different
@@ -44,6 +48,10 @@ _INITIATION_FIELDS = (
     "ussd_code",
     "provider",
     "owner_id",
+    "kind",
+    "link",
+    "link_expires_at",
+    "refund_of",
 )
 # Fields the provider reports; a merge keeps whichever copy has them.
 _PROVIDER_FIELDS = (
@@ -54,6 +62,7 @@ _PROVIDER_FIELDS = (
     "app_amount",
     "external_reference",
     "duplicate_of",
+    "refund_reference",
 )
 # What makes two copies the same state (seq and timestamps aside).
 _STATE_FIELDS = (*_INITIATION_FIELDS, *_PROVIDER_FIELDS, "status", "reason", "orphan", "completed_at", "final_seq")
@@ -103,6 +112,11 @@ def _confirmed_amount(payment: Payment, amount: int | None, currency: str | None
     return not (currency and payment.currency and currency.upper() != payment.currency.upper())
 
 
+def endpoint_of(kind: str) -> str:
+    """The CamPay endpoint whose callbacks speak about a record of `kind`: a payout is a withdraw's."""
+    return "withdraw" if kind == "payout" else "collect"
+
+
 def decide(current: Payment | None, update: StatusUpdate, now: datetime) -> Transition:
     """Apply `update` to `current` and say what happened. Never mutates `current`.
 
@@ -111,7 +125,19 @@ def decide(current: Payment | None, update: StatusUpdate, now: datetime) -> Tran
     other than what the order asked for. Otherwise a provider's SUCCESSFUL that
     carries no amount or currency we could read changes nothing (`unconfirmed`):
     the payment stays PENDING until the provider says it readably.
+
+    A claim naming the other endpoint than the stored record's (`endpoint_mismatch`) changes nothing: a
+    payout's callback never settles a collect, nor a collect's a payout. A link's expiry
+    (`UpdateSource.LINK_EXPIRY`) makes a PENDING link EXPIRED only once its lifetime has passed
+    (`not_expired` before); no provider's word ever makes anything EXPIRED.
     """
+    if current is not None and not current.orphan and update.endpoint is not None:
+        if update.endpoint != endpoint_of(current.kind):
+            return Transition(
+                applied=False, payment=current, previous_status=current.status, outcome="endpoint_mismatch"
+            )
+    if update.source is UpdateSource.LINK_EXPIRY:
+        return _expire(current, now)
     status, reason = normalize_status(update.status, update.reason)
 
     if current is None:
@@ -139,6 +165,7 @@ def decide(current: Payment | None, update: StatusUpdate, now: datetime) -> Tran
             completed_at=now if status.is_terminal else None,
             final_seq=1 if status.is_terminal else None,
             orphan=True,
+            kind="payout" if update.endpoint == "withdraw" else "collect",
         )
         return Transition(
             applied=True,
@@ -178,6 +205,8 @@ def decide(current: Payment | None, update: StatusUpdate, now: datetime) -> Tran
     )
     if update.operator and not current.operator:
         changes["operator"] = update.operator
+    if update.phone_number and not current.phone_number and current.kind == "link":
+        changes["phone_number"] = update.phone_number  # who paid the link (by mobile money): refundable there
     if update.operator_reference:
         changes["operator_reference"] = update.operator_reference
     payment = current.model_copy(update=changes)
@@ -187,6 +216,32 @@ def decide(current: Payment | None, update: StatusUpdate, now: datetime) -> Tran
         previous_status=current.status,
         outcome="applied",
         event=PaymentEvent.of(payment),
+    )
+
+
+def _expire(current: Payment | None, now: datetime) -> Transition:
+    """A PENDING link past its lifetime becomes EXPIRED (the caller has just heard the provider say it knows
+    no transaction for it); anything else stays as it is."""
+    if current is None:
+        return Transition(applied=False, payment=None, outcome="unknown")
+    if current.status.is_terminal:
+        outcome = "duplicate" if current.status is PaymentStatus.EXPIRED else "regression"
+        return Transition(applied=False, payment=current, previous_status=current.status, outcome=outcome)
+    if current.kind != "link" or current.link_expires_at is None or now < current.link_expires_at:
+        return Transition(applied=False, payment=current, previous_status=current.status, outcome="not_expired")
+    seq = current.seq + 1
+    payment = current.model_copy(
+        update={
+            "status": PaymentStatus.EXPIRED,
+            "reason": None,
+            "seq": seq,
+            "updated_at": now,
+            "completed_at": now,
+            "final_seq": seq,
+        }
+    )
+    return Transition(
+        applied=True, payment=payment, previous_status=current.status, outcome="applied", event=PaymentEvent.of(payment)
     )
 
 

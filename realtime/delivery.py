@@ -4,7 +4,8 @@ A payment message (`PaymentMessage`) is the record as stored, reduced to
 what delivery needs; it is what the notifier publishes to every instance and
 what each instance hands to `LocalDelivery.deliver` for its own sockets.
 For one state the sequence is fixed: `payment-status`, then for a final
-status `payment-success` or `payment-failed`, then `payment-completed`, all
+status `payment-success`, `payment-failed` or (a link nobody paid)
+`payment-expired`, then `payment-completed`, all
 with the same `seq`; `Sessions.admit` decides per socket how much of it goes
 out (see realtime/sessions.py).
 
@@ -84,10 +85,18 @@ def _packets(message: PaymentMessage) -> list[eio_packet.Packet]:
     packets = [_packet(ev.PAYMENT_STATUS, payload)]
     if message["status"] != PaymentStatus.PENDING.value:
         success = message["status"] == PaymentStatus.SUCCESSFUL.value
-        packets.append(_packet(ev.PAYMENT_SUCCESS if success else ev.PAYMENT_FAILED, payload))
+        packets.append(_packet(_FINAL_EVENTS.get(message["status"], ev.PAYMENT_FAILED), payload))
         completed = f'{payload[:-1]}{"," if payload != "{}" else ""}"success":{"true" if success else "false"}}}'
         packets.append(_packet(ev.PAYMENT_COMPLETED, completed))
     return packets
+
+
+# The event after `payment-status` for each final status.
+_FINAL_EVENTS = {
+    PaymentStatus.SUCCESSFUL.value: ev.PAYMENT_SUCCESS,
+    PaymentStatus.FAILED.value: ev.PAYMENT_FAILED,
+    PaymentStatus.EXPIRED.value: ev.PAYMENT_EXPIRED,
+}
 
 
 def _batch(packets: list[eio_packet.Packet]) -> eio_packet.Packet:

@@ -10,6 +10,7 @@ PAYMENT_INITIATED = "payment-initiated"
 PAYMENT_STATUS = "payment-status"
 PAYMENT_SUCCESS = "payment-success"
 PAYMENT_FAILED = "payment-failed"
+PAYMENT_EXPIRED = "payment-expired"  # a payment link nobody paid within its lifetime (never payment-failed)
 PAYMENT_COMPLETED = "payment-completed"
 
 

@@ -25,7 +25,8 @@ def expected_events(status: str, initiated: bool, payload: dict[str, Any]) -> li
     events = [[ev.PAYMENT_STATUS, payload]]
     if status != "PENDING":
         success = status == "SUCCESSFUL"
-        events.append([ev.PAYMENT_SUCCESS if success else ev.PAYMENT_FAILED, payload])
+        final = {"SUCCESSFUL": ev.PAYMENT_SUCCESS, "FAILED": ev.PAYMENT_FAILED, "EXPIRED": ev.PAYMENT_EXPIRED}
+        events.append([final[status], payload])
         events.append([ev.PAYMENT_COMPLETED, {**payload, "success": success}])
     return events
 
@@ -42,7 +43,7 @@ def message(status: str, initiated: bool, payload: dict[str, Any]) -> PaymentMes
     }
 
 
-@given(st.sampled_from(["PENDING", "SUCCESSFUL", "FAILED"]), st.booleans(), payloads)
+@given(st.sampled_from(["PENDING", "SUCCESSFUL", "FAILED", "EXPIRED"]), st.booleans(), payloads)
 def test_packets_decode_as_python_socketio_encodes_the_same_events(
     status: str, initiated: bool, payload: dict[str, Any]
 ) -> None:

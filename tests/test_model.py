@@ -25,6 +25,7 @@ def dumped(payment: Payment, *, reveal_phone: bool) -> dict[str, Any]:
     data["created_at"] = utc_iso(payment.created_at)
     data["updated_at"] = data["timestamp"] = utc_iso(payment.updated_at)
     data["completed_at"] = utc_iso(payment.completed_at) if payment.completed_at else None
+    data["link_expires_at"] = utc_iso(payment.link_expires_at) if payment.link_expires_at else None
     if not reveal_phone:
         data["phone_number"] = mask_phone(payment.phone_number)
     return data
@@ -59,6 +60,11 @@ def payments(draw: st.DrawFn) -> Payment:
         owner_id=draw(text),
         provider_amount=draw(st.none() | st.integers(1, 10**9)),
         provider_currency=draw(st.sampled_from([None, "XAF", "EUR"])),
+        kind=draw(st.sampled_from(["collect", "link", "payout"])),
+        link=draw(st.sampled_from([None, "https://pay.example/p/1"])),
+        link_expires_at=draw(st.none() | moments),
+        refund_reference=draw(text),
+        refund_of=draw(text),
     )
 
 

@@ -6,7 +6,7 @@ import json
 from datetime import UTC, datetime, timedelta
 
 from payments.model import AMOUNT_MISMATCH, Payment, PaymentStatus, StatusUpdate, UpdateSource
-from payments.outbox import OutboxPolicy
+from payments.outbox import OutboxPolicy, entry_reference
 from payments.state import decide
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -74,3 +74,45 @@ def test_an_amount_mismatch_message_carries_campays_figures() -> None:
     data = json.loads(entry.body)["data"]
     assert entry.type == "payment.failed" and data["reason"] == AMOUNT_MISMATCH
     assert data["amount"] == 500 and data["provider_amount"] == 5 and data["provider_currency"] == "XAF"
+
+
+ALL = [
+    "payment.initiated",
+    "payment.succeeded",
+    "payment.failed",
+    "payment.expired",
+    "payment.refunded",
+    "payout.succeeded",
+    "payout.failed",
+]
+
+
+def test_a_refund_payout_tells_payout_succeeded_and_payment_refunded_from_its_own_bucket() -> None:
+    policy = OutboxPolicy(URLS[:1], ALL)
+    payout = _payment(reference="pay.out-1", order_id=None, kind="payout", refund_of="ref-1", owner_id="shop")
+    assert policy.for_stored(payout, None, T0) == []  # a payout's start is its REST answer, not a message
+    claim = StatusUpdate(
+        reference="pay.out-1", status="SUCCESSFUL", source=UpdateSource.WEBHOOK, amount=500, currency="XAF"
+    )
+    entries = policy.for_transition(decide(payout, claim, T0), T0)
+    assert [(e.type, e.message_id) for e in entries] == [
+        ("payout.succeeded", "msg_pay~out-1_payout-succeeded"),
+        ("payment.refunded", "msg_pay~out-1_refunded"),
+    ]
+    for entry in entries:
+        assert "." not in entry.message_id and entry_reference(entry.id) == "pay.out-1"  # stored beside the payout
+    refunded = json.loads(entries[1].body)["data"]
+    assert refunded["reference"] == "pay.out-1" and refunded["refund_of"] == "ref-1" and refunded["kind"] == "payout"
+    failed = policy.for_transition(decide(payout, claim.model_copy(update={"status": "FAILED"}), T0), T0)
+    assert [e.type for e in failed] == ["payout.failed"]  # nothing was refunded
+    plain = _payment(reference="p-2", order_id=None, kind="payout")
+    assert [
+        e.type for e in policy.for_transition(decide(plain, claim.model_copy(update={"reference": "p-2"}), T0), T0)
+    ] == ["payout.succeeded"]
+
+
+def test_an_expired_link_tells_payment_expired_never_failed() -> None:
+    policy = OutboxPolicy(URLS[:1], ALL)
+    link = _payment(kind="link", phone_number=None, link_expires_at=T0)
+    expired = decide(link, StatusUpdate(reference="ref-1", status="EXPIRED", source=UpdateSource.LINK_EXPIRY), T0)
+    assert [e.type for e in policy.for_transition(expired, T0)] == ["payment.expired"]

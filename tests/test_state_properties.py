@@ -396,7 +396,11 @@ def test_two_orphans_merge_to_the_same_currency_in_either_order() -> None:
 
 # -- the per-socket gate ----------------------------------------------------------------------
 
-FINAL_EVENTS = {PaymentStatus.SUCCESSFUL: "payment-success", PaymentStatus.FAILED: "payment-failed"}
+FINAL_EVENTS = {
+    PaymentStatus.SUCCESSFUL: "payment-success",
+    PaymentStatus.FAILED: "payment-failed",
+    PaymentStatus.EXPIRED: "payment-expired",
+}
 
 
 def sent_to_socket(
@@ -450,7 +454,7 @@ def test_a_socket_sees_seq_rise_no_pending_after_a_final_status_and_one_completi
 def lawful_histories(draw: st.DrawFn) -> list[tuple[int, PaymentStatus]]:
     """States one payment goes through under the rule: PENDING states, then one final status (maybe re-merged)."""
     pending = draw(st.integers(1, 3))
-    final = draw(st.sampled_from([PaymentStatus.SUCCESSFUL, PaymentStatus.FAILED]))
+    final = draw(st.sampled_from([PaymentStatus.SUCCESSFUL, PaymentStatus.FAILED, PaymentStatus.EXPIRED]))
     finals = draw(st.integers(0, 2))
     return [(seq, PaymentStatus.PENDING) for seq in range(1, pending + 1)] + [
         (seq, final) for seq in range(pending + 1, pending + 1 + finals)

@@ -154,3 +154,66 @@ def test_a_connection_is_sent_a_completion_once_even_across_stop_and_track_again
         sessions.track("s1", f"other-{n}", None)
         sessions.untrack("s1", f"other-{n}")
     assert sessions.track("s1", "ref-2", None)
+
+
+# -- links, payouts and refunds (issue 37) -------------------------------------------------------------
+
+
+def link(**fields: Any) -> Payment:
+    """A payment link we initiated: no phone yet, payable until T0 + 600 s."""
+    return owned(kind="link", phone_number=None, ussd_code=None, link_expires_at=T0 + timedelta(seconds=600), **fields)
+
+
+def test_a_withdraws_word_never_settles_a_collect_nor_a_collects_a_payout() -> None:
+    for stored, endpoint in ((owned(), "withdraw"), (link(), "withdraw"), (owned(kind="payout"), "collect")):
+        claim = update("SUCCESSFUL", amount=500, currency="XAF", endpoint=endpoint)
+        result = decide(stored, claim, LATER)
+        assert (result.applied, result.outcome, result.payment) == (False, "endpoint_mismatch", stored)
+    payout = decide(owned(kind="payout"), update("SUCCESSFUL", amount=500, currency="XAF", endpoint="withdraw"), LATER)
+    assert payout.applied and payout.payment.status is PaymentStatus.SUCCESSFUL
+    unnamed = decide(owned(kind="payout"), update("FAILED"), LATER)  # a poll names no endpoint
+    assert unnamed.applied and unnamed.payment.status is PaymentStatus.FAILED
+
+
+def test_a_withdraws_record_nobody_initiated_is_a_payout_orphan() -> None:
+    made = decide(None, update("SUCCESSFUL", amount=500, currency="XAF", endpoint="withdraw"), T0).payment
+    assert made is not None and made.orphan and made.kind == "payout"
+    initiated = owned(kind="payout", order_id=None)
+    merged = merge(made, initiated, LATER).payment
+    assert merged.kind == "payout" and not merged.orphan and merged.status is PaymentStatus.SUCCESSFUL
+
+
+def test_a_link_expires_only_past_its_lifetime_and_only_by_its_expiry() -> None:
+    expiry = update("EXPIRED", source=UpdateSource.LINK_EXPIRY)
+    early = decide(link(), expiry, T0 + timedelta(seconds=599))
+    assert (early.applied, early.outcome) == (False, "not_expired")
+    late = decide(link(), expiry, T0 + timedelta(seconds=600))
+    assert late.applied and late.payment.status is PaymentStatus.EXPIRED
+    assert late.payment.seq == 2 and late.payment.final_seq == 2 and late.payment.reason is None
+    assert decide(owned(), expiry, LATER + timedelta(days=1)).outcome == "not_expired"  # a collect never expires
+    assert decide(late.payment, expiry, LATER + timedelta(days=1)).outcome == "duplicate"
+    paid = decide(link(), update("SUCCESSFUL", amount=500, currency="XAF"), LATER).payment
+    assert decide(paid, expiry, LATER + timedelta(days=1)).outcome == "regression"
+    # Nobody else's word makes anything EXPIRED: CamPay's "EXPIRED" leaves the link PENDING, asked again.
+    assert decide(link(), update("EXPIRED"), LATER + timedelta(days=1)).outcome == "duplicate"
+    assert decide(late.payment, update("SUCCESSFUL", amount=500, currency="XAF"), LATER).outcome == "regression"
+
+
+def test_a_link_learns_its_payers_phone_from_the_provider_and_a_card_payment_has_no_operator() -> None:
+    momo = decide(
+        link(), update("SUCCESSFUL", amount=500, currency="XAF", operator="MTN", phone_number="237671234567"), LATER
+    ).payment
+    assert momo.phone_number == "237671234567" and momo.operator == "MTN"
+    card = decide(link(), update("SUCCESSFUL", amount=500, currency="XAF"), LATER).payment
+    assert card.phone_number is None and card.operator is None
+    collect = decide(owned(), update("SUCCESSFUL", amount=500, currency="XAF", phone_number="237690000000"), LATER)
+    assert collect.payment.phone_number == "237671234567"  # a collect's phone is the one it was asked of
+
+
+def test_a_refund_link_is_set_once_whatever_copy_meets_it() -> None:
+    paid = owned(PaymentStatus.SUCCESSFUL, seq=2)
+    first = merge(paid, paid.model_copy(update={"refund_reference": "payout-1"}), LATER)
+    assert first.changed and first.payment.refund_reference == "payout-1" and first.payment.seq == 3
+    second = merge(first.payment, first.payment.model_copy(update={"refund_reference": "payout-2"}), LATER)
+    assert second.payment.refund_reference == "payout-1"
+    assert merge(first.payment, paid, LATER).payment.refund_reference == "payout-1"  # an older copy drops nothing

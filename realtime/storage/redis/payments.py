@@ -57,6 +57,10 @@ class _Write:
     claim_order: bool = False
 
 
+# A paid-list member that paid, or still may: its record is SUCCESSFUL, or PENDING (its write is late).
+_MAY_HAVE_PAID = frozenset({PaymentStatus.SUCCESSFUL, PaymentStatus.PENDING})
+
+
 class RedisPayments:
     def __init__(self, ctx: RedisContext) -> None:
         self._ctx = ctx
@@ -137,7 +141,7 @@ class RedisPayments:
 
     async def _contenders(self, reference: str, members: list[str]) -> tuple[str, ...]:
         """The paid list as the payer is decided on it: `reference` and the members that paid or still may
-        (SUCCESSFUL or PENDING). A member that FAILED, or whose record is gone, got onto the list by an
+        (SUCCESSFUL or PENDING). A member that FAILED or EXPIRED, or whose record is gone, got onto the list by an
         ORDER_PAID whose SUCCESSFUL write then never landed (a crash, or a compare-and-set lost to a final
         status), and never charged the order: it must not make this payment a duplicate of it."""
         others = [member for member in members if member != reference]
@@ -147,7 +151,7 @@ class RedisPayments:
         return tuple(
             member
             for member in members
-            if member == reference or ((p := records[member]) is not None and p.status is not PaymentStatus.FAILED)
+            if member == reference or ((p := records[member]) is not None and p.status in _MAY_HAVE_PAID)
         )
 
     async def _write(
