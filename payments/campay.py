@@ -1,11 +1,37 @@
-"""CamPay's HTTP API: token, collect, transaction status.
+"""CamPay's HTTP API: token, collect, payment link, withdraw, balance, transaction status.
 
 One `httpx.AsyncClient` per provider, made in the app's lifetime, with
-explicit timeouts. Idempotent calls (token, status) are retried on transient
-failures with exponential backoff and jitter; `collect` is retried only when
-the request provably never reached CamPay (connect failure, 429), because a
-second collect could charge the shopper twice. Everything else is protected by
-the Idempotency-Key and the one-pending-payment-per-order rule upstream.
+explicit timeouts. Idempotent calls (token, status, balance) are retried on
+transient failures with exponential backoff and jitter; `collect`, a payment
+link and `withdraw` are retried only when the request provably never reached
+CamPay (connect failure, 429), because a second one could charge the shopper
+twice (or pay a refund twice). Everything else is protected by the
+Idempotency-Key, the one-pending-payment-per-order rule and the payout intents
+upstream.
+
+The shapes, and where each is confirmed (tests/campay_fake.py, which plays CamPay in the tests, says the
+same for every one):
+
+- token, collect, `GET /transaction/{reference}/`, the error codes ER101, ER102, ER201 and ER301: CamPay's
+  API documentation (Postman collection 2391374/T1LV8PVA) and CamPay's own Python SDK
+  (CamPay/campay-python-sdk). How an error code is carried (`error_code` or `code` beside `message`) is
+  assumed from what the collect's refusals look like in the wild; ER301 on a withdraw likewise.
+- `POST /get_payment_link/`: the request as CamPay's Python SDK sends it (amount as a string, currency,
+  description, external_reference, redirect_url), with `failure_redirect_url` and `payment_options`
+  ("MOMO" or "CARD") as NdoleStudio/campay-go-sdk, blessdarah/php-campay and melkishengue/nestjs-campay send
+  them; "MOMO,CARD" together is assumed. The answer's `link` is in every SDK; its `reference` only in the
+  Go SDK's (payment_link.go and its test stub) and in the issue: without one the link cannot be tracked,
+  so an answer without it is `provider_bad_response` and the intent stays to link CamPay's record later.
+- A link's transaction answers 404 until its payer starts paying (assumed, from the issue); a card
+  payment's record has no operator (assumed: no source shows one).
+- `POST /withdraw/`: the request as CamPay's Python SDK sends it (amount, currency, `to`, description,
+  external_reference; "enable API withdrawal under app settings" first, its README says); the answer
+  `{reference, status: "PENDING"}` as the Go SDK's stub; the outcome through `GET /transaction/{reference}/`
+  (the Python SDK polls it for a withdrawal as for a collect) and the callback with `endpoint: "withdraw"`
+  (melkishengue/nestjs-campay's types carry `endpoint` and `app_amount`).
+- `GET /balance/`: `{total_balance, mtn_balance, orange_balance, currency}` in the Python SDK's README, the
+  Go SDK (numbers that may be fractional since its "int to float" change), CamPay's Android SDK and the
+  NestJS module.
 """
 
 from __future__ import annotations
@@ -24,7 +50,16 @@ from core.settings import Settings
 from observability.metrics import Metrics
 from payments.model import Payment, StatusUpdate
 from payments.operators import normalise_operator
-from payments.provider import ApplyUpdate, CollectRequest, CollectResult, ProviderTransaction
+from payments.provider import (
+    ApplyUpdate,
+    Balance,
+    CollectRequest,
+    CollectResult,
+    LinkRequest,
+    ProviderTransaction,
+    WithdrawRequest,
+    WithdrawResult,
+)
 from payments.reported import as_text, parse_amount
 
 log = logging.getLogger("paytrack.campay")
@@ -256,6 +291,68 @@ class CampayProvider:
             reference=reference, ussd_code=body.get("ussd_code"), operator=normalise_operator(body.get("operator"))
         )
 
+    async def payment_link(self, request: LinkRequest) -> CollectResult:
+        with self._observed("link"):
+            return await self._payment_link(request)
+
+    async def _payment_link(self, request: LinkRequest) -> CollectResult:
+        body: dict[str, Any] = {
+            "amount": str(request.amount),
+            "currency": request.currency,
+            "description": request.description,
+            "external_reference": request.external_reference,
+            "payment_options": request.payment_options,
+        }
+        if request.redirect_url:
+            body["redirect_url"] = request.redirect_url
+        if request.failure_redirect_url:
+            body["failure_redirect_url"] = request.failure_redirect_url
+        answer = await self._call("POST", "get_payment_link/", json=body, only_unsent=True)
+        link, reference = as_text(answer.get("link")), as_text(answer.get("reference"))
+        if not link or not reference:
+            raise ProviderError(
+                "CamPay's payment link answer has no link or no reference", code="provider_bad_response"
+            )
+        return CollectResult(reference=reference, link=link)
+
+    async def withdraw(self, request: WithdrawRequest) -> WithdrawResult:
+        with self._observed("withdraw"):
+            return await self._withdraw(request)
+
+    async def _withdraw(self, request: WithdrawRequest) -> WithdrawResult:
+        answer = await self._call(
+            "POST",
+            "withdraw/",
+            json={
+                "amount": str(request.amount),
+                "currency": request.currency,
+                "to": request.phone_number,
+                "description": request.description,
+                "external_reference": request.external_reference,
+            },
+            only_unsent=True,
+        )
+        reference = as_text(answer.get("reference"))
+        if not reference:
+            raise ProviderError("CamPay's withdraw answer has no reference", code="provider_bad_response")
+        return WithdrawResult(reference=reference, status=as_text(answer.get("status")))
+
+    async def balance(self) -> Balance:
+        with self._observed("balance"):
+            answer = await self._call("GET", "balance/")
+
+        def number(name: str) -> float | None:
+            value = answer.get(name)
+            return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+        currency = answer.get("currency")
+        return Balance(
+            total_balance=number("total_balance"),
+            mtn_balance=number("mtn_balance"),
+            orange_balance=number("orange_balance"),
+            currency=currency if isinstance(currency, str) else None,
+        )
+
     async def get_transaction(self, reference: str) -> ProviderTransaction:
         with self._observed("transaction"):
             return await self._get_transaction(reference)
@@ -283,4 +380,5 @@ class CampayProvider:
             operator_reference=as_text(body.get("operator_reference")),
             external_reference=as_text(body.get("external_reference")),
             reason=as_text(body.get("reason")),
+            phone_number=as_text(body.get("phone_number")),
         )

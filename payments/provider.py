@@ -1,6 +1,7 @@
 """What the payment service needs from a provider (CamPay or the sandbox).
 
-Besides collecting and answering status questions, a provider hears of two
+Besides collecting, making payment links, paying out and answering status
+and balance questions, a provider hears of two
 moments, so the service never needs to know which provider it has: a
 collected payment is stored (the sandbox starts its auto-complete timer), and
 a made-up outcome is applied (the sandbox records it as its own truth). CamPay
@@ -31,9 +32,51 @@ class CollectRequest(BaseModel):
 
 
 class CollectResult(BaseModel):
+    """What starting a payment gave: the provider's reference, and for a collect the USSD code and operator,
+    for a payment link the page its payer opens."""
+
     reference: str
     ussd_code: str | None = None
     operator: str | None = None
+    link: str | None = None
+
+
+class LinkRequest(BaseModel):
+    """A payment link (`POST /get_payment_link/`): CamPay's hosted page, where its payer chooses mobile money
+    or a card (`payment_options`) and pays; the phone is not known before."""
+
+    order_id: str
+    amount: int
+    currency: str
+    description: str
+    external_reference: str  # the intent's nonce, as for a collect
+    payment_options: str  # "MOMO", "CARD" or "MOMO,CARD"
+    redirect_url: str | None = None
+    failure_redirect_url: str | None = None
+
+
+class WithdrawRequest(BaseModel):
+    """A payout (`POST /withdraw/`) to a mobile-money number, from the app's balance."""
+
+    amount: int
+    currency: str
+    phone_number: str
+    description: str
+    external_reference: str  # the payout intent's nonce
+
+
+class WithdrawResult(BaseModel):
+    reference: str
+    status: str | None = None  # CamPay answers PENDING; the outcome comes as for a collect
+
+
+class Balance(BaseModel):
+    """The app's balance as CamPay reports it (`GET /balance/`); the figures are CamPay's, as numbers."""
+
+    total_balance: float | None = None
+    mtn_balance: float | None = None
+    orange_balance: float | None = None
+    currency: str | None = None
 
 
 class ProviderTransaction(BaseModel):
@@ -49,6 +92,8 @@ class ProviderTransaction(BaseModel):
     external_reference: str | None = None
     reason: str | None = None
     app_amount: int | None = None  # what the merchant receives after CamPay's fee
+    # The payer's number as the provider reports it: how a link payment (whose phone nobody knew) learns it.
+    phone_number: str | None = None
 
     def to_update(self, source: UpdateSource) -> StatusUpdate:
         """The provider's answer as a claim for the state machine."""
@@ -63,6 +108,7 @@ class ProviderTransaction(BaseModel):
             operator_reference=self.operator_reference,
             external_reference=self.external_reference,
             app_amount=self.app_amount,
+            phone_number=self.phone_number,
         )
 
 
@@ -72,8 +118,19 @@ class PaymentProvider(Protocol):
     async def collect(self, request: CollectRequest) -> CollectResult:
         """Ask the shopper's phone for the payment. Raises errors.ApiError subclasses."""
 
+    async def payment_link(self, request: LinkRequest) -> CollectResult:
+        """A hosted payment page for the payment (its `link` and `reference`). Raises errors.ApiError subclasses."""
+
+    async def withdraw(self, request: WithdrawRequest) -> WithdrawResult:
+        """Send money from the app's balance to a phone. Raises errors.ApiError subclasses (ER301, a short
+        balance, is 402 `insufficient_balance`)."""
+
+    async def balance(self) -> Balance:
+        """The app's balance."""
+
     async def get_transaction(self, reference: str) -> ProviderTransaction:
-        """The provider's current status for `reference`."""
+        """The provider's current status for `reference` (a collect's, a link's or a payout's); raises
+        `NotFound` when it knows no such transaction (a link nobody has started paying)."""
 
     def payment_stored(self, payment: Payment, apply: ApplyUpdate) -> None:
         """`payment`, collected by this provider, is stored; an outcome the provider decides by itself
