@@ -15,6 +15,7 @@ from aiohttp import hdrs, web
 import debug.routes
 import observability.health as health
 import observability.metrics as metrics_routes
+import payments.payout_routes
 import payments.routes
 import sdk.routes
 import testpage.routes
@@ -62,6 +63,7 @@ REQUESTS_SHARE = 0.3
 # Every package's REST routes (Socket.IO attaches its own at /socket.io/).
 ROUTES = (
     payments.routes.routes,
+    payments.payout_routes.routes,
     webhooks.inbound.routes.routes,
     debug.routes.routes,
     health.routes,
@@ -146,6 +148,7 @@ def create_app(
             lease_seconds=settings.INITIATION_LEASE_SECONDS,
             collect_lifetime_seconds=settings.COLLECT_LIFETIME_SECONDS,
             idempotency_ttl_seconds=settings.PAYMENT_TTL_SECONDS,
+            link_lifetime_seconds=settings.link_lifetime,
         ),
         outbox=merchant_outbox,
         on_outbox=delivery.wake if delivery else None,
@@ -289,6 +292,7 @@ def _reconcile_policy(settings: Settings) -> ReconcilePolicy:
         after_seconds=settings.RECONCILE_AFTER_SECONDS,
         interval_seconds=settings.RECONCILE_INTERVAL_SECONDS,
         max_age_seconds=settings.RECONCILE_MAX_AGE_SECONDS,
+        link_interval_seconds=settings.LINK_RECONCILE_INTERVAL_SECONDS,
     )
 
 

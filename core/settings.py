@@ -173,6 +173,14 @@ class Settings(BaseSettings):
     # How long a collect whose outcome is unknown (the instance died, CamPay did not answer) holds its order
     # against a second collect, waiting for CamPay's callback to link it (payments/initiation.py).
     COLLECT_LIFETIME_SECONDS: float = Field(600.0, gt=0, le=86400)
+    # How long a payment link (POST /api/payment/link) can be paid: at least CamPay's own link lifetime
+    # (CamPay documents none; 600 s is assumed). Past it, a link CamPay still knows no transaction for is
+    # EXPIRED (never FAILED); one its payer started is asked about until CamPay says how it ended. Default:
+    # 600, or half of RECONCILE_MAX_AGE_SECONDS if that is less (it must stay under it).
+    LINK_LIFETIME_SECONDS: float | None = Field(None, gt=0, le=86400)
+    # How often the reconciler asks CamPay about a link nobody has started paying (CamPay answers "not
+    # found" until then): slower than RECONCILE_INTERVAL_SECONDS, since a payer may take minutes.
+    LINK_RECONCILE_INTERVAL_SECONDS: float = Field(60.0, gt=0, le=3600)
 
     RECONCILE_ENABLED: bool = True
     RECONCILE_AFTER_SECONDS: float = Field(60, ge=0)
@@ -440,6 +448,14 @@ class Settings(BaseSettings):
             problem("JWT_SECRET", "JWT_SECRET or JWT_PUBLIC_KEY is required when AUTH_MODE=jwt")
         if self.AUTH_MODE is AuthMode.INTROSPECT and not self.AUTH_SERVICE_URL.startswith(("http://", "https://")):
             problem("AUTH_SERVICE_URL", "AUTH_SERVICE_URL (http or https) is required when AUTH_MODE=introspect")
+        if self.LINK_LIFETIME_SECONDS is None:
+            self.LINK_LIFETIME_SECONDS = min(600.0, self.RECONCILE_MAX_AGE_SECONDS / 2)
+        if self.RECONCILE_ENABLED and self.LINK_LIFETIME_SECONDS >= self.RECONCILE_MAX_AGE_SECONDS:
+            problem(
+                "LINK_LIFETIME_SECONDS",
+                "LINK_LIFETIME_SECONDS must stay under RECONCILE_MAX_AGE_SECONDS: the reconciler stops asking "
+                "about a payment that old, and a link nobody paid would stay PENDING instead of EXPIRED",
+            )
         if self.MIN_AMOUNT > self.MAX_AMOUNT:
             problem("MIN_AMOUNT", "MIN_AMOUNT must not exceed MAX_AMOUNT")
         if self.REDIS_WAIT_REPLICAS and self.REDIS_WAIT_TIMEOUT_MS >= self.REDIS_TIMEOUT_SECONDS * 1000 / 2:
@@ -499,6 +515,11 @@ class Settings(BaseSettings):
     @property
     def is_production(self) -> bool:
         return self.APP_ENV is AppEnv.PRODUCTION
+
+    @property
+    def link_lifetime(self) -> float:
+        """LINK_LIFETIME_SECONDS as set, or its default (filled in when the settings are read)."""
+        return self.LINK_LIFETIME_SECONDS if self.LINK_LIFETIME_SECONDS is not None else 600.0
 
     @property
     def merchant_endpoints(self) -> dict[str, tuple[bytes, ...]]:

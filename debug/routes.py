@@ -127,6 +127,41 @@ async def replay(request: web.Request) -> web.Response:
     return json_response({"replayed": entry.summary()})
 
 
+@routes.get("/api/payment/debug/payouts")
+async def payouts(request: web.Request) -> web.Response:
+    """Payouts still PENDING (a refund's or a merchant's), oldest first, each as stored (private fields too:
+    `external_reference` is the nonce of its intent, `owner_id` who made it)."""
+    require_debug_access(request)
+    storage = request.app[STORAGE]
+    pending = [reference for reference, _ in await storage.pending_page(0, float("inf"), 1000)]
+    records = [p for p in await storage.get_payments(pending) if p is not None and p.kind == "payout"]
+    return json_response(
+        {"pending": [p.model_dump(mode="json") for p in records]}, headers={"Cache-Control": "no-store"}
+    )
+
+
+@routes.get("/api/payment/debug/payouts/{reference}")
+async def payout_trail(request: web.Request) -> web.Response:
+    """One payout's trail: the record as stored, the intent written before CamPay was asked (found by the
+    nonce CamPay kept as `external_reference`), and the payment a refund pays back."""
+    require_debug_access(request)
+    storage = request.app[STORAGE]
+    reference = request.match_info["reference"]
+    payout = await storage.get_payment(reference)
+    if payout is None or payout.kind != "payout":
+        raise NotFound(f"no payout with reference {reference}", code="payout_not_found")
+    intent = await storage.get_intent(payout.external_reference) if payout.external_reference else None
+    refunded = await storage.get_payment(payout.refund_of) if payout.refund_of else None
+    return json_response(
+        {
+            "payout": payout.model_dump(mode="json"),
+            "intent": intent.model_dump(mode="json") if intent else None,
+            "refund_of": refunded.model_dump(mode="json") if refunded else None,
+        },
+        headers={"Cache-Control": "no-store"},
+    )
+
+
 def load_openapi(path: Path = OPENAPI_DOCUMENT) -> dict[str, Any]:
     """The REST contract as written in docs/openapi.yaml (one document, served and tested)."""
     with path.open(encoding="utf-8") as document:

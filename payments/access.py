@@ -18,6 +18,8 @@ from core.http import bearer_token
 from payments.model import Payment
 
 ADMIN_SCOPE = "payments:admin"
+# A merchant backend's scope for moving money out (payouts, refunds); a shopper's token never has it.
+PAYOUT_SCOPE = "payouts:write"
 
 
 class Identity(BaseModel):
@@ -28,6 +30,11 @@ class Identity(BaseModel):
     @property
     def is_admin(self) -> bool:
         return ADMIN_SCOPE in self.scopes
+
+    @property
+    def may_pay_out(self) -> bool:
+        """An admin, or a merchant backend whose token carries `payouts:write`: the only callers of payouts."""
+        return self.is_admin or PAYOUT_SCOPE in self.scopes
 
 
 class Unauthenticated(ApiError):

@@ -1,5 +1,9 @@
-"""Starting a collection: at most one collect per Idempotency-Key, one charge per order, and a trail
-written down before any money moves.
+"""Starting a collection (a collect, or a payment link): at most one per Idempotency-Key, one charge per
+order, and a trail written down before any money moves.
+
+A payment link takes the same steps as a collect: the provider's hosted page is asked for instead of a
+USSD push (`get_payment_link` rather than `collect`), with the same nonce as its `external_reference`, so
+a link whose answer was lost reaches its order the same way.
 
 The order of one initiation, and what a crash at each step leaves behind:
 
@@ -44,8 +48,11 @@ from core.clock import Clock
 from core.errors import ApiError, Busy, Conflict, ProviderError, UnprocessableRequest
 from payments.model import InitiationIntent, Payment, PaymentStatus
 from payments.ports import IdempotencyRecord, ServiceStorage
-from payments.provider import CollectRequest, CollectResult, PaymentProvider
-from payments.schemas import InitiateRequest
+from payments.provider import CollectRequest, CollectResult, LinkRequest, PaymentProvider
+from payments.schemas import InitiateRequest, PaymentLinkRequest
+
+# What a checkout backend asks to start: a collect (a USSD push to a phone), or a payment link.
+StartRequest = InitiateRequest | PaymentLinkRequest
 
 log = logging.getLogger("paytrack.payments")
 
@@ -74,6 +81,7 @@ class InitiationTimes:
     lease_seconds: float
     collect_lifetime_seconds: float
     idempotency_ttl_seconds: float
+    link_lifetime_seconds: float = 900.0  # LINK_LIFETIME_SECONDS: how long a payment link can be paid
 
 
 def idempotency_scope(owner_id: str | None, key: str) -> str:
@@ -86,8 +94,13 @@ def idempotency_scope(owner_id: str | None, key: str) -> str:
     return hashlib.sha256(json.dumps([owner_id, key]).encode()).hexdigest()
 
 
-def _fingerprint(request: InitiateRequest) -> str:
-    canonical = json.dumps(request.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+def _fingerprint(request: StartRequest) -> str:
+    """The request's body, canonical: a key reused with another body is refused. A link's names its kind
+    (a collect's is as it always was, so a key claimed before links existed still replays)."""
+    body = request.model_dump(mode="json")
+    if isinstance(request, PaymentLinkRequest):
+        body["kind"] = "link"
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -130,7 +143,7 @@ class Initiator:
         self._times = times
 
     async def initiate(
-        self, request: InitiateRequest, idempotency_key: str | None, *, owner_id: str | None
+        self, request: StartRequest, idempotency_key: str | None, *, owner_id: str | None
     ) -> InitiateResult:
         """Start a collection, at most once per Idempotency-Key and one PENDING payment per order.
 
@@ -193,8 +206,35 @@ class Initiator:
         current = await self._storage.get_order_payment(intent.order_id)
         return current.reference if current is not None and current.external_reference == intent.nonce else None
 
+    async def _start(self, request: StartRequest, nonce: str) -> CollectResult:
+        """The provider call that may move money: the collect, or the payment link."""
+        description = request.description or f"Payment for order {request.order_id}"
+        if isinstance(request, PaymentLinkRequest):
+            return await self._provider.payment_link(
+                LinkRequest(
+                    order_id=request.order_id,
+                    amount=request.amount,
+                    currency=request.currency,
+                    description=description,
+                    external_reference=nonce,
+                    payment_options=request.payment_options,
+                    redirect_url=request.redirect_url,
+                    failure_redirect_url=request.failure_redirect_url,
+                )
+            )
+        return await self._provider.collect(
+            CollectRequest(
+                order_id=request.order_id,
+                amount=request.amount,
+                currency=request.currency,
+                phone_number=request.phone_number,
+                description=description,
+                external_reference=nonce,
+            )
+        )
+
     async def _run(
-        self, request: InitiateRequest, owner_id: str | None, owner: str, nonce: str, claim: _Claim | None
+        self, request: StartRequest, owner_id: str | None, owner: str, nonce: str, claim: _Claim | None
     ) -> InitiateResult:
         stage: Literal["before", "intent", "sent", "refused", "collected"] = "before"
         collected: CollectResult | None = None
@@ -205,16 +245,7 @@ class Initiator:
                 await self._write_intent(intent, owner, claim)
                 stage = "sent"
                 try:
-                    collected = await self._provider.collect(
-                        CollectRequest(
-                            order_id=request.order_id,
-                            amount=request.amount,
-                            currency=request.currency,
-                            phone_number=request.phone_number,
-                            description=request.description or f"Payment for order {request.order_id}",
-                            external_reference=nonce,
-                        )
-                    )
+                    collected = await self._start(request, nonce)
                 except BaseException as exc:
                     outcome = collect_outcome(exc)
                     if outcome != "unknown":
@@ -229,7 +260,7 @@ class Initiator:
         return InitiateResult(201, payment.public(reveal_phone=True))
 
     async def _check_order(
-        self, request: InitiateRequest, owner_id: str | None, nonce: str, claim: _Claim | None
+        self, request: StartRequest, owner_id: str | None, nonce: str, claim: _Claim | None
     ) -> InitiationIntent:
         """Refuse what the order's state forbids; the intent to write down if nothing does."""
         order_id = request.order_id
@@ -242,19 +273,26 @@ class Initiator:
             raise Conflict(
                 f"order {order_id} already has a pending payment", code="payment_pending", reference=current.reference
             )
+        now = self._clock.now()
         intent = InitiationIntent(
             nonce=nonce,
             order_id=order_id,
             owner_id=owner_id,
             amount=request.amount,
             currency=request.currency,
-            phone_number=request.phone_number,
+            phone_number=None if isinstance(request, PaymentLinkRequest) else request.phone_number,
             description=request.description,
             provider=self._provider.name,
             idempotency_scope=claim.scope if claim else None,
             fingerprint=claim.fingerprint if claim else None,
-            created_at=self._clock.now(),
+            created_at=now,
+            kind="link" if isinstance(request, PaymentLinkRequest) else "collect",
         )
+        if isinstance(request, PaymentLinkRequest):
+            intent.link_expires_at = now + timedelta(seconds=self._times.link_lifetime_seconds)
+            intent.payment_options = request.payment_options
+            intent.redirect_url = request.redirect_url
+            intent.failure_redirect_url = request.failure_redirect_url
         held = await self._storage.order_intent(order_id)
         if held is not None and held.nonce != nonce:
             if current is not None and current.external_reference == held.nonce:

@@ -17,6 +17,11 @@ to re-check, and feeds the answer through the one update path.
   that failed, run at most once per interval.
 - **The provider is spared during its outages** (`payments.circuit`): after
   repeated failures, one probe per interval from the whole cluster.
+- **A link nobody has started paying is not a lost payment.** CamPay answers "not found" for a payment
+  link's reference until its payer starts paying: while the link is valid that means "not started", and
+  the sweep asks again only every `link_interval` (its pages show "waiting for the payer"); once its
+  lifetime has passed it is EXPIRED (`UpdateSource.LINK_EXPIRY`, through the one update path), never
+  FAILED. A link its payer started is asked about like any payment.
 - **The index cannot leak.** Each leader pass takes one bounded step of
   members past the window out of the PENDING index; a payment still PENDING
   there is logged and counted (`paytrack_payments_abandoned_total`).
@@ -39,7 +44,7 @@ from core.clock import Clock
 from core.errors import ApiError, NotFound, ProviderError
 from observability.metrics import Metrics
 from payments.circuit import ProviderCircuit
-from payments.model import Transition, UpdateSource
+from payments.model import StatusUpdate, Transition, UpdateSource
 from payments.ports import ReconcilerStorage
 from payments.provider import PaymentProvider, ProviderTransaction
 from payments.service import PaymentService
@@ -59,6 +64,7 @@ class ReconcilePolicy:
     after_seconds: float
     interval_seconds: float
     max_age_seconds: float
+    link_interval_seconds: float = 60.0  # a link nobody started paying is asked about this often
 
     @property
     def lease_seconds(self) -> float:
@@ -93,6 +99,9 @@ class Reconciler:
         # Requested checks that failed or were not reached (circuit open, lease lost, an error): asked again
         # on each full pass, in this order (a failed one moves to the end), with when each was first kept.
         self._retrying: dict[str, float] = {}
+        # Links CamPay knows no transaction for yet (nobody started paying), each with when (unix seconds) the
+        # sweep asks about it again: at the slower link pace, and no later than its expiry.
+        self._links_waiting: dict[str, float] = {}
         self._probe_turn = 0  # which candidate the next probe asks about, in turn
         self._next_full_pass = 0.0  # clock.monotonic() from which a pass may sweep and retry again
         self._one_pass = asyncio.Lock()
@@ -152,7 +161,8 @@ class Reconciler:
                 if await self._check_all(todo, results, lease=lease) and include_due:
                     await self._drop_stale(start)
                     async for page in self._due_pages(start, end):
-                        if not await self._check_all(dict.fromkeys(page), results, lease=lease, requested=False):
+                        due = dict.fromkeys(ref for ref in page if self._links_waiting.get(ref, 0.0) <= now)
+                        if not await self._check_all(due, results, lease=lease, requested=False):
                             break
             finally:
                 self._keep_for_later(todo)
@@ -167,7 +177,11 @@ class Reconciler:
 
     def _forget_old_retries(self) -> None:
         """A requested reference the provider has not answered about for a whole reconcile window is not
-        asked about again (a PENDING payment among them is still swept, and counted when abandoned)."""
+        asked about again (a PENDING payment among them is still swept, and counted when abandoned); a link
+        waiting for its payer that long ago is forgotten (it settled, or left the window)."""
+        stale = self._clock.now().timestamp() - self._policy.max_age_seconds
+        for reference in [ref for ref, at in self._links_waiting.items() if at < stale]:
+            del self._links_waiting[reference]
         cutoff = self._clock.monotonic() - self._policy.max_age_seconds
         for reference in [ref for ref, since in self._retrying.items() if since < cutoff]:
             del self._retrying[reference]
@@ -250,8 +264,11 @@ class Reconciler:
             tx = await self._provider.get_transaction(reference)
         except NotFound:
             await self._circuit.succeeded()  # an answer: the provider is up
-            log.warning("provider does not know this reference; not asking again", extra={"reference": reference})
-            return None
+            try:
+                return await self._not_found(reference)
+            except ApiError as exc:  # our storage (busy, away)
+                log.warning("not-found answer not stored", extra={"reference": reference, "error": exc.code})
+                return _RETRY
         except ApiError as exc:
             if isinstance(exc, ProviderError) and reference not in self._retrying:
                 # A reference already failing is its own trouble: counted, a few of them kept open a circuit
@@ -262,11 +279,32 @@ class Reconciler:
             )
             return _RETRY
         await self._circuit.succeeded()
+        self._links_waiting.pop(reference, None)  # a link its payer started: asked about like any payment
         try:
             return await self._apply(reference, tx)
         except ApiError as exc:  # our storage (busy, away): not the provider's failure
             log.warning("reconciled answer not stored", extra={"reference": reference, "error": exc.code})
             return _RETRY
+
+    async def _not_found(self, reference: str) -> Transition | None:
+        """The provider knows no transaction `reference`: for a PENDING link, "nobody started paying" (asked
+        again at the link pace) until its lifetime has passed, then EXPIRED; for anything else, nothing to do."""
+        payment = await self._storage.get_payment(reference)
+        if payment is None or payment.kind != "link" or payment.status.is_terminal:
+            self._links_waiting.pop(reference, None)
+            log.warning("provider does not know this reference; not asking again", extra={"reference": reference})
+            return None
+        now = self._clock.now()
+        if payment.link_expires_at is not None and now >= payment.link_expires_at:
+            self._links_waiting.pop(reference, None)
+            expiry = StatusUpdate(reference=reference, status="EXPIRED", source=UpdateSource.LINK_EXPIRY)
+            return await self._service.apply_update(expiry)
+        again = now.timestamp() + self._policy.link_interval_seconds
+        if payment.link_expires_at is not None:
+            again = min(again, payment.link_expires_at.timestamp())
+        self._links_waiting[reference] = again
+        log.debug("link not started by its payer yet", extra={"reference": reference})
+        return None
 
     async def _pass(self) -> None:
         # Requested checks run on the instance that got the webhook; the sweep over every due payment only

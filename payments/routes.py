@@ -1,4 +1,5 @@
-"""REST endpoints for checkout backends: initiate, status by order, tracking by reference."""
+"""REST endpoints for checkout backends: initiate (a collect or a payment link), status by order, tracking
+by reference."""
 
 from __future__ import annotations
 
@@ -10,15 +11,16 @@ from aiohttp import web
 from pydantic import TypeAdapter, ValidationError
 
 from core.errors import ApiError, InvalidRequest, NotFound, read_json_object
-from core.http import client_ip, limited_address
+from core.http import client_ip, limited_address, own_origin
 from core.jsonio import json_response
 from core.ratelimit import LIMITER
 from core.settings import SETTINGS
 from payments.access import AUTHENTICATOR, Identity, can_view, identify
+from payments.initiation import StartRequest
 from payments.model import Payment, PaymentStatus
 from payments.ports import TrackerCount
 from payments.reconciler import RECONCILER
-from payments.schemas import InitiateRequest, OrderId, Reference
+from payments.schemas import InitiateRequest, OrderId, PaymentLinkRequest, Reference
 from payments.service import SERVICE
 
 routes = web.RouteTableDef()
@@ -41,16 +43,43 @@ def _path_param(request: web.Request, name: str, adapter: TypeAdapter[str]) -> s
         ) from None
 
 
+def reference_param(request: web.Request) -> str:
+    """The `{reference}` of the path, validated (400 `invalid_reference`)."""
+    return _path_param(request, "reference", _reference)
+
+
 @routes.post("/api/payment/initiate")
 async def initiate(request: web.Request) -> web.Response:
+    """A collect: CamPay pushes a USSD prompt to the shopper's phone."""
+    return await _start(request, InitiateRequest)
+
+
+@routes.post("/api/payment/link")
+async def payment_link(request: web.Request) -> web.Response:
+    """A payment link: CamPay's hosted page, where the payer pays by mobile money or card. The same
+    authentication, ownership, limits, Idempotency-Key, intent and order rules as a collect."""
+    return await _start(request, PaymentLinkRequest)
+
+
+async def _start(request: web.Request, shape: type[InitiateRequest] | type[PaymentLinkRequest]) -> web.Response:
     identity = await identify(request)
     limiter = request.app[LIMITER]
     await limiter.check("initiate_ip", limited_address(client_ip(request)))
     if identity is not None:
         await limiter.check("initiate_user", identity.user_id)
-    body = InitiateRequest.model_validate(await read_json_object(request))
+    body: StartRequest = shape.model_validate(await read_json_object(request))
+    check_amount(request, body.amount)
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not (1 <= len(key) <= 255):
+        raise InvalidRequest("Idempotency-Key must be 1-255 characters", code="invalid_idempotency_key")
+    result = await request.app[SERVICE].initiate(body, key, owner_id=identity.user_id if identity else None)
+    return answer(request, result.status_code, result.body, replayed=result.replayed)
+
+
+def check_amount(request: web.Request, amount: int) -> None:
+    """400 `validation_error` for an amount outside MIN_AMOUNT..MAX_AMOUNT."""
     settings = request.app[SETTINGS]
-    if not settings.MIN_AMOUNT <= body.amount <= settings.MAX_AMOUNT:
+    if not settings.MIN_AMOUNT <= amount <= settings.MAX_AMOUNT:
         raise InvalidRequest(
             "request validation failed",
             code="validation_error",
@@ -58,12 +87,17 @@ async def initiate(request: web.Request) -> web.Response:
                 {"field": "amount", "message": f"must be between {settings.MIN_AMOUNT} and {settings.MAX_AMOUNT}"}
             ],
         )
-    key = request.headers.get("Idempotency-Key")
-    if key is not None and not (1 <= len(key) <= 255):
-        raise InvalidRequest("Idempotency-Key must be 1-255 characters", code="invalid_idempotency_key")
-    result = await request.app[SERVICE].initiate(body, key, owner_id=identity.user_id if identity else None)
-    response = json_response(result.body, status=result.status_code)
-    if result.replayed:
+
+
+def answer(request: web.Request, status: int, body: dict[str, object], *, replayed: bool) -> web.Response:
+    """A payment (or payout) answer; a link on this server (the sandbox's stand-in page for CamPay's) made
+    absolute, as the caller reached the server."""
+    link = body.get("link")
+    if isinstance(link, str) and link.startswith("/"):
+        origin = own_origin(request, trust_forwarded=request.app[SETTINGS].TRUST_FORWARDED_FOR)
+        body = {**body, "link": origin + link}
+    response = json_response(body, status=status)
+    if replayed:
         response.headers["Idempotent-Replayed"] = "true"
     return response
 

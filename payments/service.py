@@ -1,7 +1,8 @@
-"""The payment service: initiation, and the one path every status change takes.
+"""The payment service: initiation (collects and payment links), payouts and refunds, and the one path
+every status change takes.
 
-`apply_update` is the only way a payment's status changes. Webhooks, provider
-polls, simulations and the sandbox timer all call it; it asks storage to run
+`apply_update` is the only way a payment's (or a payout's) status changes. Webhooks, provider
+polls, simulations, link expiries and the sandbox timer all call it; it asks storage to run
 the state machine atomically and then, only if something changed, notifies.
 `announce` tells every socket what storage holds after an outage's write-back.
 """
@@ -21,7 +22,7 @@ from core.clock import Clock
 from core.errors import NotFound
 from observability.logs import bind
 from observability.metrics import Metrics
-from payments.initiation import InitiateResult, InitiationTimes, Initiator, idempotency_scope
+from payments.initiation import InitiateResult, InitiationTimes, Initiator, StartRequest, idempotency_scope
 from payments.model import (
     AMOUNT_MISMATCH,
     InitiationIntent,
@@ -33,9 +34,10 @@ from payments.model import (
     UpdateSource,
 )
 from payments.outbox import OutboxPolicy
+from payments.payouts import Payouts
 from payments.ports import IdempotencyRecord, Notifier, ServiceStorage
-from payments.provider import CollectResult, PaymentProvider
-from payments.schemas import InitiateRequest
+from payments.provider import Balance, CollectResult, PaymentProvider
+from payments.schemas import PayoutRequest
 from payments.state import PROVIDER_SOURCES, known_status
 
 __all__ = ["SERVICE", "InitiateResult", "InitiationTimes", "PaymentService", "idempotency_scope"]
@@ -68,6 +70,7 @@ class PaymentService:
         self._tasks = OwnedTasks(log)
         self._metrics = metrics or Metrics()  # one nobody scrapes, when the caller keeps none
         self._initiator = Initiator(storage, provider, clock, self.adopt, times)
+        self._payouts = Payouts(storage, provider, clock, self.adopt, times)
 
     # -- the one update path -------------------------------------------------
     async def apply_update(self, update: StatusUpdate) -> Transition:
@@ -91,8 +94,13 @@ class PaymentService:
             # A provider poll that changes nothing repeats every reconcile pass: detail, not audit.
             quiet = update.source is UpdateSource.PROVIDER_POLL and not transition.applied
             level = logging.DEBUG if quiet else logging.INFO
-            if transition.outcome == "unconfirmed":
+            if transition.outcome in ("unconfirmed", "endpoint_mismatch"):
                 level = logging.WARNING
+            if _money_after_expiry(update, transition):
+                log.error(
+                    "the provider reports a payment for a link that expired: money the order does not show",
+                    extra={"reference": update.reference, "claimed": update.status},
+                )
             if audit.isEnabledFor(level):  # the fields are built only for a line that is written
                 self._audit_update(level, update, transition)
             if transition.applied:
@@ -135,13 +143,14 @@ class PaymentService:
         """
         payment = await self.storage.get_payment(reference)
         fresh = payment is None or payment.orphan
-        # The collect's own answer adds what only it says (the USSD code) to a payment the provider's
-        # callback had already linked; without it, a payment adopted already is only returned.
-        if fresh or (collected is not None and payment is not None and payment.ussd_code is None):
+        # The collect's own answer adds what only it says (the USSD code, a link's page) to a payment the
+        # provider's callback had already linked; without it, a payment adopted already is only returned.
+        missing = payment is not None and (payment.link is None if intent.kind == "link" else payment.ussd_code is None)
+        if fresh or (collected is not None and intent.kind != "payout" and missing):
             now = self.clock.now()
             initiated = Payment(
                 reference=reference,
-                order_id=intent.order_id,
+                order_id=intent.order_id if intent.kind != "payout" else None,  # a payout is no order's
                 amount=intent.amount,
                 currency=intent.currency,
                 phone_number=intent.phone_number,
@@ -153,11 +162,17 @@ class PaymentService:
                 external_reference=intent.nonce,
                 created_at=now,
                 updated_at=now,
+                kind=intent.kind,
+                link=collected.link if collected else intent.link,
+                link_expires_at=intent.link_expires_at,
+                refund_of=intent.refund_of,
             )
             payment = await self.storage.create_payment(
                 initiated, outbox=lambda stored, replaced: self._outbox.for_stored(stored, replaced, now)
             )
         assert payment is not None
+        if payment.refund_of is not None:
+            await self._link_refund(payment)
         await self.storage.resolve_intent(intent.nonce, reference, payment.ussd_code, payment.operator)
         if intent.idempotency_scope and intent.fingerprint:
             answer = IdempotencyRecord(
@@ -185,6 +200,23 @@ class PaymentService:
                 self.provider.payment_stored(payment, self.apply_update)
         return payment
 
+    async def _link_refund(self, payout: Payment) -> None:
+        """The refunded payment names its refund (`refund_reference`), as the payout names it (`refund_of`):
+        set once, kept by the state rule's merge whatever copy meets it later, and announced to its pages."""
+        assert payout.refund_of is not None
+        payment = await self.storage.get_payment(payout.refund_of)
+        if payment is None or payment.refund_reference == payout.reference:
+            return
+        if payment.refund_reference is not None:
+            log.error(
+                "a second refund payout for one payment",
+                extra={"reference": payment.reference, "refund": payment.refund_reference, "other": payout.reference},
+            )
+            return
+        linked = payment.model_copy(update={"refund_reference": payout.reference})
+        stored = await self.storage.merge_payment(linked, self.clock.now())
+        await self.notifier.announce(stored)
+
     @staticmethod
     def _audit_update(level: int, update: StatusUpdate, transition: Transition) -> None:
         stored = transition.payment
@@ -211,10 +243,23 @@ class PaymentService:
 
     # -- initiation -------------------------------------------------------------
     async def initiate(
-        self, request: InitiateRequest, idempotency_key: str | None, *, owner_id: str | None = None
+        self, request: StartRequest, idempotency_key: str | None, *, owner_id: str | None = None
     ) -> InitiateResult:
-        """Start a collection (payments/initiation.py): at most once per Idempotency-Key, one charge per order."""
+        """Start a collection, a collect or a payment link (payments/initiation.py): at most once per
+        Idempotency-Key, one charge per order."""
         return await self._initiator.initiate(request, idempotency_key, owner_id=owner_id)
+
+    async def payout(self, request: PayoutRequest, idempotency_key: str, *, owner_id: str | None) -> InitiateResult:
+        """Pay money out to a phone (payments/payouts.py), at most once per Idempotency-Key."""
+        return await self._payouts.payout(request, idempotency_key, owner_id=owner_id)
+
+    async def refund(self, reference: str, *, owner_id: str | None) -> InitiateResult:
+        """Pay a SUCCESSFUL payment back to its phone, once (payments/payouts.py)."""
+        return await self._payouts.refund(reference, owner_id=owner_id)
+
+    async def balance(self) -> Balance:
+        """The app's balance at the provider."""
+        return await self.provider.balance()
 
     async def apply_simulated(self, update: StatusUpdate) -> Transition:
         """A made-up outcome (simulate endpoint), through the one update path.
@@ -280,6 +325,17 @@ class PaymentService:
         if not events or events[0].seq != last_seq + 1 or events[-1].seq != payment.seq:
             return [PaymentEvent.of(payment)]
         return events
+
+
+def _money_after_expiry(update: StatusUpdate, transition: Transition) -> bool:
+    """The provider's SUCCESSFUL for a link already EXPIRED here: the one case a final status hides money."""
+    stored = transition.payment
+    return (
+        transition.outcome == "regression"
+        and stored is not None
+        and stored.status is PaymentStatus.EXPIRED
+        and update.status.strip().upper() in ("SUCCESSFUL", "SUCCESS")
+    )
 
 
 SERVICE: web.AppKey[PaymentService] = web.AppKey("payment_service", PaymentService)

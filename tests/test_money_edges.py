@@ -276,20 +276,29 @@ async def test_an_unknown_status_word_keeps_the_payment_pending_and_asks_again(
     assert words == ["EXPIRED"]
 
 
-async def test_a_payout_callback_is_answered_and_changes_nothing(
+async def test_a_withdraw_callback_never_touches_a_collect(
     start_instance: StartInstance, campay: FakeCampay, http: aiohttp.ClientSession
 ) -> None:
+    """A callback naming CamPay's withdraw endpoint is about a payout: for a collect's reference it changes
+    nothing (even with CamPay's own record saying SUCCESSFUL), and the collect's own callback still settles
+    it. Another endpoint's callback (airtime) is ignored; a withdraw CamPay does not know stores nothing."""
     instance = await start_instance(**campay_settings(campay))
     _, payment, _ = await instance.api.initiate(order_id="o-payout")
     reference = payment["reference"]
     campay.set_status(reference, "SUCCESSFUL")
     status, body = await campay.send_webhook(http, instance.url, reference, fields={"endpoint": "withdraw"})
+    assert (status, body["outcome"]) == (200, "endpoint_mismatch")
+    stored = await instance.storage.get_payment(reference)
+    assert stored.status.value == "PENDING" and stored.seq == 1
+    status, body = await campay.send_webhook(http, instance.url, reference, fields={"endpoint": "airtime"})
     assert (status, body["outcome"]) == (200, "ignored_endpoint")
-    unknown = "0b6c4a8e-0000-4000-8000-000000000001"  # a payout reference we never saw
+    unknown = "0b6c4a8e-0000-4000-8000-000000000001"  # a payout reference CamPay never made
     status, body = await campay.send_webhook(http, instance.url, unknown, fields={"endpoint": "withdraw"})
-    assert (status, body["outcome"]) == (200, "ignored_endpoint")
-    assert (await instance.storage.get_payment(reference)).status.value == "PENDING"
+    assert (status, body["outcome"]) == (200, "unknown_to_provider")
     assert await instance.storage.get_payment(unknown) is None
+    status, body = await campay.send_webhook(http, instance.url, reference)  # the collect's own callback
+    assert (status, body["outcome"]) == (200, "applied")
+    assert (await instance.storage.get_payment(reference)).status.value == "SUCCESSFUL"
 
 
 async def test_app_amount_is_kept_and_sent_to_the_merchant(

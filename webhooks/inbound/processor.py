@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from aiohttp import web
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictStr
@@ -140,10 +140,16 @@ class WebhookProcessor:
             log.warning("webhook refused", extra={**audit, "why": str(exc), "code": exc.code})
             raise InvalidSignature(f"webhook signature rejected: {exc}", code=exc.code) from None
 
-        if (hook.endpoint or "").lower() == "withdraw":
-            # A payout's callback: paytrack makes none yet, and it is no collect of ours.
+        endpoint = (hook.endpoint or "").strip().lower() or None
+        if endpoint not in (None, "collect", "withdraw"):
+            # Another CamPay product's callback (airtime, say): nothing paytrack made or holds.
             log.info("webhook for another CamPay endpoint ignored", extra={**audit, "endpoint": hook.endpoint})
             return WebhookOutcome(200, "ignored_endpoint")
+        named: Literal["collect", "withdraw"] | None = None
+        if endpoint == "withdraw":
+            named = "withdraw"
+        elif endpoint == "collect":
+            named = "collect"
 
         if not self._verify:
             # Trusting the signed callback itself (WEBHOOK_VERIFY_WITH_PROVIDER=false).
@@ -157,6 +163,7 @@ class WebhookProcessor:
                 operator=hook.operator,
                 operator_reference=hook.operator_reference,
                 app_amount=hook.app_amount,
+                endpoint=named,
             )
         else:
             # CamPay's signature does not cover the callback's fields: what is applied is CamPay's own
@@ -168,7 +175,11 @@ class WebhookProcessor:
                 return WebhookOutcome(200, "unknown_to_provider")
             except ProviderError as exc:
                 return await self._unverified(hook, exc, audit)
-            update = tx.to_update(UpdateSource.WEBHOOK).model_copy(update={"reference": hook.reference})
+            # The callback's `endpoint` (a withdraw's or a collect's) says which kind of record it may change:
+            # unsigned, it can only make the state rule refuse (`endpoint_mismatch`), never change another kind.
+            update = tx.to_update(UpdateSource.WEBHOOK).model_copy(
+                update={"reference": hook.reference, "endpoint": named}
+            )
             if tx.status.upper() == "PENDING" and hook.status.upper() != "PENDING":
                 # The claim is not confirmed yet: record nothing new, re-check soon.
                 await self._service.apply_update(update)
@@ -186,6 +197,12 @@ class WebhookProcessor:
         if _still_pending(update, transition):
             # An unknown status word, or a SUCCESSFUL whose amount CamPay's record did not give readably.
             self._reconciler.request_check(hook.reference)
+        if transition.outcome == "endpoint_mismatch":
+            log.warning(
+                "webhook names another CamPay endpoint than the record it is about: nothing changed",
+                extra={**audit, "endpoint": endpoint, "kind": transition.payment.kind if transition.payment else None},
+            )
+            return WebhookOutcome(200, transition.outcome)
         log.info("webhook accepted", extra={**audit, "outcome": transition.outcome})
         return WebhookOutcome(200, transition.outcome)
 

@@ -1,0 +1,270 @@
+"""Paying money out: a merchant's payout to a phone, and the refund of a SUCCESSFUL payment to its payer.
+
+CamPay has no refund call: a refund is a payout (`POST /withdraw/`) of the payment's amount to the phone it
+came from. A payout moves money, so it takes the same care as a collect (payments/initiation.py):
+
+1. Claim its Idempotency-Key (a payout's own key, required; a refund's key is the payment itself, shared by
+   every caller, so a payment is refunded once however many ask at once). A claim whose holder is gone is
+   answered by its intent: none written (nothing was sent: taken over), resolved (the payout, replayed), or
+   pending (`payout_unknown`: CamPay may have it; its record comes back with the nonce).
+2. For a refund, check the payment: SUCCESSFUL, a phone to pay back to (a card payment has none), not
+   refunded already.
+3. Write the intent (amount, phone, the refunded payment) under a fresh nonce before any money moves.
+4. Withdraw, with the nonce as CamPay's `external_reference`. A refusal (ER301, a short balance, is 402
+   `insufficient_balance`) or a request that provably never left drops the intent and frees the key:
+   nothing is left half done, and the same request may be made again (after a top-up). Anything else (a
+   timeout, a crash) leaves the intent pending: CamPay's callback (`endpoint: withdraw`) or a retry finds
+   the payout by its nonce (`PaymentService.adopt`).
+5. Store the payout (its own record, kind `payout`, through the one state rule: PENDING, then SUCCESSFUL or
+   FAILED), link a refund both ways (the payout's `refund_of`, the payment's `refund_reference`), resolve
+   the intent and store the key's answer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from core.background import renewing
+from core.clock import Clock
+from core.errors import ApiError, Conflict, NotFound, UnprocessableRequest
+from payments.initiation import InitiateResult, InitiationTimes, collect_outcome, new_nonce
+from payments.model import InitiationIntent, Payment, PaymentStatus
+from payments.ports import IdempotencyRecord, ServiceStorage
+from payments.provider import CollectResult, PaymentProvider, WithdrawRequest
+from payments.schemas import PayoutRequest
+
+log = logging.getLogger("paytrack.payments")
+audit = logging.getLogger("paytrack.audit")
+
+Adopt = Callable[[InitiationIntent, str, CollectResult | None], Awaitable[Payment]]
+
+# Seconds a caller is told to wait before asking again about a payout whose outcome is unknown.
+UNKNOWN_RETRY_AFTER = 2
+
+
+@dataclass(frozen=True)
+class _Claim:
+    scope: str
+    fingerprint: str
+
+
+def payout_scope(owner_id: str | None, key: str) -> str:
+    """Where a caller's payout Idempotency-Key is stored: a SHA-256 of the JSON array ["payout", user, key],
+    which no initiation's key (a two-element array, `idempotency_scope`) can name."""
+    return hashlib.sha256(json.dumps(["payout", owner_id, key]).encode()).hexdigest()
+
+
+def refund_scope(reference: str) -> str:
+    """The one key every refund request of payment `reference` shares, whoever asks."""
+    return hashlib.sha256(json.dumps(["refund", None, reference]).encode()).hexdigest()
+
+
+def _fingerprint(body: dict[str, object]) -> str:
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+class Payouts:
+    """Runs payouts and refunds for `PaymentService`; `adopt` is the service's one way to store a record the
+    provider has (a collect, a link, a payout alike)."""
+
+    def __init__(
+        self, storage: ServiceStorage, provider: PaymentProvider, clock: Clock, adopt: Adopt, times: InitiationTimes
+    ) -> None:
+        self._storage = storage
+        self._provider = provider
+        self._clock = clock
+        self._adopt = adopt
+        self._times = times
+
+    async def payout(self, request: PayoutRequest, idempotency_key: str, *, owner_id: str | None) -> InitiateResult:
+        """Pay `request.amount` to `request.phone_number`, at most once per Idempotency-Key (scoped to the caller,
+        in a namespace of its own: a payout's key never answers for an initiation)."""
+        claim = _Claim(payout_scope(owner_id, idempotency_key), _fingerprint(request.model_dump()))
+        intent = self._intent(
+            amount=request.amount,
+            currency=request.currency,
+            phone_number=request.phone_number,
+            description=request.description,
+            owner_id=owner_id,
+            hold=f"payout:{claim.scope}",
+            claim=claim,
+        )
+        return await self._run(claim, intent, refund=None)
+
+    async def refund(self, reference: str, *, owner_id: str | None) -> InitiateResult:
+        """Pay back payment `reference` in full to the phone it was paid from, once: every caller's request
+        for it shares one key, so two at once make one payout, and a later one replays it."""
+        claim = _Claim(refund_scope(reference), _fingerprint({"refund_of": reference}))
+        payment = await self._storage.get_payment(reference)
+        if payment is None or payment.orphan:
+            raise NotFound(f"no payment with reference {reference}", code="payment_not_found")
+        intent = self._intent(
+            amount=payment.amount or 0,
+            currency=payment.currency,
+            phone_number=payment.phone_number,
+            description=f"Refund of payment {reference}"
+            + (f" for order {payment.order_id}" if payment.order_id else ""),
+            owner_id=owner_id,
+            hold=f"refund:{reference}",
+            claim=claim,
+            refund_of=reference,
+        )
+        return await self._run(claim, intent, refund=reference)
+
+    def _intent(
+        self,
+        *,
+        amount: int,
+        currency: str,
+        phone_number: str | None,
+        description: str | None,
+        owner_id: str | None,
+        hold: str,
+        claim: _Claim,
+        refund_of: str | None = None,
+    ) -> InitiationIntent:
+        return InitiationIntent(
+            nonce="",  # the attempt's own, set when it runs
+            order_id=hold,  # what the intent holds while pending: the refunded payment, or the payout's key
+            owner_id=owner_id,
+            amount=amount,
+            currency=currency,
+            phone_number=phone_number,
+            description=description,
+            provider=self._provider.name,
+            idempotency_scope=claim.scope,
+            fingerprint=claim.fingerprint,
+            created_at=self._clock.now(),
+            kind="payout",
+            refund_of=refund_of,
+        )
+
+    async def _run(self, claim: _Claim, intent: InitiationIntent, *, refund: str | None) -> InitiateResult:
+        owner, nonce = secrets.token_hex(16), new_nonce()
+        times, storage = self._times, self._storage
+        record = IdempotencyRecord(fingerprint=claim.fingerprint, state="in_progress", nonce=nonce)
+        found = await storage.claim_idempotency(
+            claim.scope, record, owner, times.lease_seconds, times.idempotency_ttl_seconds
+        )
+        if not found.claimed:
+            existing = found.existing
+            assert existing is not None
+            if existing.fingerprint != claim.fingerprint:
+                raise UnprocessableRequest(
+                    "this Idempotency-Key was used with a different request body", code="idempotency_key_reused"
+                )
+            if existing.state == "done" and existing.status_code is not None and existing.body is not None:
+                return InitiateResult(existing.status_code, existing.body, replayed=True)
+            if found.held:
+                raise _in_progress(refund)
+            replay = await self._outcome_of(existing)
+            if replay is not None:
+                return replay
+            taken = existing.model_copy(update={"nonce": nonce})  # nothing was sent: carry on in its place
+            if not await storage.take_over_idempotency(claim.scope, existing, taken, owner, times.lease_seconds):
+                raise _in_progress(refund)
+        intent = intent.model_copy(update={"nonce": nonce, "created_at": self._clock.now()})
+        sent = False
+        try:
+            async with renewing(
+                lambda: storage.renew_idempotency(claim.scope, owner, times.lease_seconds),
+                every=times.lease_seconds / 3,
+                log=log,
+                what="payout lease",
+                context={"refund_of": refund},
+            ):
+                if refund is not None:
+                    await self._check_refundable(refund)
+                if not await storage.put_intent(intent, times.idempotency_ttl_seconds, times.collect_lifetime_seconds):
+                    raise _unknown(refund)
+                sent = True
+                try:
+                    paid = await self._provider.withdraw(
+                        WithdrawRequest(
+                            amount=intent.amount,
+                            currency=intent.currency,
+                            phone_number=intent.phone_number or "",
+                            description=intent.description or "Payout",
+                            external_reference=nonce,
+                        )
+                    )
+                except BaseException as exc:
+                    if collect_outcome(exc) != "unknown":  # refused, or never sent: nothing moved
+                        await storage.drop_intent(nonce)
+                        sent = False
+                    raise
+                payout = await self._adopt(intent, paid.reference, CollectResult(reference=paid.reference))
+        except BaseException:
+            try:
+                # Nothing sent: the key is free for the same request again (after a top-up, say). Sent, outcome
+                # unknown: the claim stays, its intent answers for it until CamPay's record links the payout.
+                await storage.release_idempotency(claim.scope, owner, forget=not sent)
+            except Exception:
+                log.exception("payout: could not release its key", extra={"refund_of": refund})
+            raise
+        audit.info(
+            "payout made",
+            extra={
+                "reference": payout.reference,
+                "refund_of": refund,
+                "amount": payout.amount,
+                "user_id": intent.owner_id,
+            },
+        )
+        return InitiateResult(201, payout.public(reveal_phone=True))
+
+    async def _check_refundable(self, reference: str) -> None:
+        """Refuse a refund of what cannot be refunded: anything but a SUCCESSFUL payment with a phone, or one
+        refunded already (its refund's key may have expired, its link never does)."""
+        payment = await self._storage.get_payment(reference)
+        if payment is None or payment.orphan:
+            raise NotFound(f"no payment with reference {reference}", code="payment_not_found")
+        if payment.refund_reference is not None:
+            raise Conflict(
+                f"payment {reference} is refunded already",
+                code="already_refunded",
+                refund_reference=payment.refund_reference,
+            )
+        if payment.kind == "payout":
+            raise Conflict("a payout is not refunded; make a payout instead", code="refund_not_allowed")
+        if payment.status is not PaymentStatus.SUCCESSFUL:
+            raise Conflict(
+                f"only a SUCCESSFUL payment is refunded; this one is {payment.status.value}",
+                code="refund_not_allowed",
+                payment_status=payment.status.value,
+            )
+        if not payment.phone_number:
+            raise Conflict(
+                "this payment has no phone to pay back to (paid by card): refund it outside paytrack",
+                code="refund_not_possible",
+            )
+
+    async def _outcome_of(self, existing: IdempotencyRecord) -> InitiateResult | None:
+        """What became of a claim whose holder vanished: None if it wrote no intent (nothing was sent), the
+        payout replayed if its intent was resolved, else `payout_unknown` until CamPay's record links it."""
+        intent = await self._storage.get_intent(existing.nonce) if existing.nonce else None
+        if intent is None:
+            return None
+        if intent.state == "resolved" and intent.reference is not None:
+            payout = await self._adopt(intent, intent.reference, None)
+            return InitiateResult(201, payout.public(reveal_phone=True), replayed=True)
+        raise _unknown(intent.refund_of)
+
+
+def _in_progress(refund: str | None) -> Conflict:
+    what = f"a refund of payment {refund}" if refund else "a request with this Idempotency-Key"
+    return Conflict(f"{what} is being processed right now; retry shortly", code="payout_in_progress", retry_after=1)
+
+
+def _unknown(refund: str | None) -> ApiError:
+    what = f"the refund of payment {refund}" if refund else "the first request with this Idempotency-Key"
+    return Conflict(
+        f"{what} may have reached CamPay and its outcome is not known yet; retry shortly (never with another key)",
+        code="payout_unknown",
+        retry_after=UNKNOWN_RETRY_AFTER,
+    )

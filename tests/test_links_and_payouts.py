@@ -1,0 +1,489 @@
+"""Payment links and payouts (issue 37), each on real parts: servers on free ports, the CamPay fake over HTTP
+(links that CamPay does not know until their payer starts, withdrawals, ER301, callbacks naming their
+endpoint), real Socket.IO clients, a merchant receiver verifying signatures, and a real redis-server where
+the backend says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from typing import Any
+
+import aiohttp
+
+from core.clock import ManualClock
+from payments.payouts import refund_scope
+from payments.reconciler import RECONCILER
+from tests.campay_fake import FakeCampay
+from tests.conftest import Backend, Instance, StartInstance, campay_settings
+from tests.harness import JWT_SECRET, WAIT, eventually, user_token
+from tests.merchant_receiver import MerchantReceiver, merchant_settings
+
+_deployments = itertools.count()
+
+ALL_EVENTS = (
+    "payment.initiated,payment.succeeded,payment.failed,payment.expired,payment.refunded,payout.succeeded,payout.failed"
+)
+
+
+def _isolated(backend: Backend, **settings: Any) -> dict[str, Any]:
+    """Settings of one deployment: on Redis, its own key prefix and channel (tests share the server)."""
+    if backend.name != "redis":
+        return settings
+    n = next(_deployments)
+    return {"REDIS_KEY_PREFIX": f"links{n}:", "SOCKETIO_CHANNEL": f"links{n}", **settings}
+
+
+async def _link(instance: Instance, order_id: str, amount: int = 500, **extra: Any) -> tuple[int, Any]:
+    status, body, _ = await instance.api.request(
+        "POST", "/api/payment/link", json={"order_id": order_id, "amount": amount, **extra}
+    )
+    return status, body
+
+
+async def _paid_collect(instance: Instance, campay: FakeCampay, http: aiohttp.ClientSession, order_id: str) -> str:
+    """A collect the shopper paid (CamPay's callback applied): its reference."""
+    status, payment, _ = await instance.api.initiate(order_id=order_id)
+    assert status == 201, payment
+    reference = payment["reference"]
+    campay.set_status(reference, "SUCCESSFUL")
+    assert (await campay.send_webhook(http, instance.url, reference))[1]["outcome"] == "applied"
+    return reference
+
+
+async def _refund(instance: Instance, reference: str) -> tuple[int, Any]:
+    status, body, _ = await instance.api.request("POST", f"/api/payment/{reference}/refund")
+    return status, body
+
+
+# -- payment links ---------------------------------------------------------------------------------------
+
+
+async def test_a_link_paid_by_card_settles_its_order_with_no_operator(
+    backend: Backend, campay: FakeCampay, merchant: MerchantReceiver, http: aiohttp.ClientSession
+) -> None:
+    instance = await backend.start(
+        **_isolated(
+            backend, **campay_settings(campay), **merchant_settings(merchant, MERCHANT_WEBHOOK_EVENTS=ALL_EVENTS)
+        )
+    )
+    status, body = await _link(instance, "o-card", 1000, payment_options="CARD", redirect_url="https://shop.example/ok")
+    assert status == 201, body
+    reference = body["reference"]
+    assert body["kind"] == "link" and body["status"] == "PENDING" and body["link"].endswith(f"/pay/{reference}")
+    assert body["operator"] is None and body["phone_number"] is None and body["link_expires_at"]
+    asked = campay.links[reference]
+    assert (
+        asked["external_reference"]
+        and asked["options"] == ["CARD"]
+        and asked["redirect_url"] == "https://shop.example/ok"
+    )
+
+    page = await instance.tracker()
+    ack = await page.track(reference)
+    assert ack["ok"] and ack["payment"]["kind"] == "link"
+    campay.start_link(reference, method="CARD")  # the payer opens CamPay's page and pays by card
+    campay.set_status(reference, "SUCCESSFUL")
+    assert (await campay.send_webhook(http, instance.url, reference))[1]["outcome"] == "applied"
+
+    (success,) = await page.wait_for("payment-success")
+    assert success.data["status"] == "SUCCESSFUL" and success.data["operator"] is None
+    assert success.data["kind"] == "link"
+    _, order, _ = await instance.api.request("GET", "/api/payment/status/o-card")
+    assert order["reference"] == reference and order["status"] == "SUCCESSFUL" and order["operator"] is None
+    assert await merchant.wait_until(lambda: any(d.type == "payment.succeeded" for d in merchant.accepted), WAIT)
+    told = next(d for d in merchant.accepted if d.type == "payment.succeeded")
+    assert told.verified and told.data["reference"] == reference and told.data["app_amount"] == 980
+    status, again = await _link(instance, "o-card")
+    assert status == 409 and again["error"]["code"] == "order_paid"  # the order rule is the collect's
+    assert campay.calls["link"] == 1
+
+
+async def test_a_link_is_initiated_as_a_collect_is(start_instance: StartInstance, campay: FakeCampay) -> None:
+    """Idempotency-Key replay, a pending payment holding its order, refused bodies and CamPay's refusal."""
+    instance = await start_instance(**campay_settings(campay))
+    key = {"Idempotency-Key": "link-k1"}
+    status, first, _ = await instance.api.request(
+        "POST", "/api/payment/link", json={"order_id": "o-k", "amount": 500}, headers=key
+    )
+    assert status == 201
+    status, replay, headers = await instance.api.request(
+        "POST", "/api/payment/link", json={"order_id": "o-k", "amount": 500}, headers=key
+    )
+    assert status == 201 and headers["Idempotent-Replayed"] == "true" and replay["reference"] == first["reference"]
+    status, other, _ = await instance.api.request(
+        "POST", "/api/payment/link", json={"order_id": "o-k", "amount": 700}, headers=key
+    )
+    assert status == 422 and other["error"]["code"] == "idempotency_key_reused"
+    status, collect, _ = await instance.api.initiate(order_id="o-k")
+    assert status == 409 and collect["error"]["code"] == "payment_pending"  # the link holds its order
+    for bad in (
+        {"order_id": "o-b", "amount": 5, "payment_options": "CASH"},
+        {"order_id": "o-b", "amount": 5, "redirect_url": "javascript:alert(1)"},
+        {"order_id": "o-b", "amount": "5"},
+    ):
+        status, refused = await _link(instance, "x", **{k: v for k, v in bad.items() if k != "order_id"})
+        assert status == 400 and refused["error"]["code"] == "validation_error", (bad, refused)
+    campay.fail_next["link"] = [400]
+    status, refused = await _link(instance, "o-refused")
+    assert status == 400 and refused["error"]["code"] == "provider_rejected"
+    assert await instance.storage.order_intent("o-refused") is None  # CamPay refused: nothing held
+    assert campay.calls["link"] == 2
+
+
+async def test_a_link_nobody_opened_expires_after_its_lifetime_never_failed(
+    start_instance: StartInstance, campay: FakeCampay, merchant: MerchantReceiver
+) -> None:
+    """CamPay answers 404 for a link's reference until its payer starts: while the link is valid that is
+    "not started" (asked again at the slower link pace), past its lifetime the payment is EXPIRED, its page
+    is told so (payment-expired, never payment-failed) and the order may be paid anew."""
+    clock = ManualClock()
+    campay.clock = clock
+    settings = campay_settings(
+        campay,
+        RECONCILE_AFTER_SECONDS=0,
+        RECONCILE_INTERVAL_SECONDS=10,
+        LINK_RECONCILE_INTERVAL_SECONDS=60,
+        LINK_LIFETIME_SECONDS=300,
+        **merchant_settings(merchant, MERCHANT_WEBHOOK_EVENTS=ALL_EVENTS),
+    )
+    instance = await start_instance(clock, **settings)
+    reconciler = instance.app[RECONCILER]
+    _, link = await _link(instance, "o-never")
+    _, collect, _ = await instance.api.initiate(order_id="o-collect")
+    reference = link["reference"]
+    page = await instance.tracker()
+    await page.track(reference)
+
+    def asked(ref: str) -> int:
+        return sum(lookup.reference == ref for lookup in campay.lookups)
+
+    for _ in range(6):  # a minute of passes, one every RECONCILE_INTERVAL_SECONDS
+        await reconciler.run_once()
+        clock.advance(10)
+    assert asked(collect["reference"]) == 6  # a collect is asked about on every pass
+    assert asked(reference) == 1  # a link nobody started: once a LINK_RECONCILE_INTERVAL_SECONDS
+    await reconciler.run_once()
+    assert asked(reference) == 2
+    assert (await instance.storage.get_payment(reference)).status.value == "PENDING"
+    clock.advance(300)  # past the link's lifetime
+    await reconciler.run_once()
+    stored = await instance.storage.get_payment(reference)
+    assert stored.status.value == "EXPIRED" and stored.reason is None
+
+    await page.wait_for("payment-completed")
+    names = [e.name for e in page.payment_events()]
+    assert names[-3:] == ["payment-status", "payment-expired", "payment-completed"] and "payment-failed" not in names
+    assert page.named("payment-completed")[0].data["success"] is False
+    assert await merchant.wait_until(lambda: any(d.type == "payment.expired" for d in merchant.accepted), WAIT)
+    assert not any(d.type == "payment.failed" for d in merchant.attempts)
+    status, fresh = await _link(instance, "o-never")
+    assert status == 201 and fresh["reference"] != reference  # an expired link frees its order
+
+
+async def test_a_link_its_payer_started_is_never_expired_nor_failed_by_the_clock(
+    start_instance: StartInstance, campay: FakeCampay, http: aiohttp.ClientSession
+) -> None:
+    clock = ManualClock()
+    campay.clock = clock
+    settings = campay_settings(campay, RECONCILE_AFTER_SECONDS=0, LINK_LIFETIME_SECONDS=300)
+    instance = await start_instance(clock, **settings)
+    reconciler = instance.app[RECONCILER]
+    _, link = await _link(instance, "o-started")
+    reference = link["reference"]
+    campay.start_link(reference, method="MOMO", phone="237691234567")  # the payer started, by Orange Money
+    clock.advance(400)  # past the link's lifetime, the payer still typing the PIN
+    await reconciler.run_once()
+    assert (await instance.storage.get_payment(reference)).status.value == "PENDING"
+    campay.set_status(reference, "SUCCESSFUL")
+    await reconciler.run_once()
+    stored = await instance.storage.get_payment(reference)
+    assert stored.status.value == "SUCCESSFUL" and stored.operator == "ORANGE"
+    assert stored.phone_number == "237691234567"  # from CamPay's record: a refund has a phone to go to
+
+
+async def test_a_link_paid_while_its_page_was_away_reaches_it_after_the_reconnect(
+    backend: Backend, campay: FakeCampay, http: aiohttp.ClientSession
+) -> None:
+    instance = await backend.start(**_isolated(backend, **campay_settings(campay)))
+    _, link = await _link(instance, "o-away")
+    reference = link["reference"]
+    page = await instance.tracker()
+    ack = await page.track(reference)
+    last_seq = ack["payment"]["seq"]
+    await page.disconnect()  # the shopper's page went to CamPay's hosted page, or lost its network
+
+    campay.start_link(reference, method="MOMO", phone="237671234567")
+    campay.set_status(reference, "SUCCESSFUL")
+    assert (await campay.send_webhook(http, instance.url, reference))[1]["outcome"] == "applied"
+
+    back = await instance.tracker()  # the redirect back to the shop: the page re-tracks with what it saw
+    ack = await back.track(reference, last_seq=last_seq)
+    assert ack["ok"] and ack["payment"]["status"] == "SUCCESSFUL"
+    await back.wait_for("payment-completed")
+    events = [(e.name, e.data["seq"]) for e in back.payment_events()]
+    assert events == [("payment-status", 2), ("payment-success", 2), ("payment-completed", 2)]
+    assert back.named("payment-success")[0].data["operator"] == "MTN"
+
+
+# -- payouts and refunds ---------------------------------------------------------------------------------
+
+
+async def test_a_refund_pays_the_phone_back_once_and_links_both_ways(
+    backend: Backend, campay: FakeCampay, merchant: MerchantReceiver, http: aiohttp.ClientSession
+) -> None:
+    events = merchant_settings(merchant, MERCHANT_WEBHOOK_EVENTS="payout.succeeded,payment.refunded")
+    instance = await backend.start(**_isolated(backend, **campay_settings(campay), **events))
+    paid = await _paid_collect(instance, campay, http, "o-refund")
+    status, payout = await _refund(instance, paid)
+    assert status == 201, payout
+    assert payout["kind"] == "payout" and payout["refund_of"] == paid and payout["status"] == "PENDING"
+    assert payout["amount"] == 500 and payout["phone_number"] == "237671234567" and payout["order_id"] is None
+    (asked,) = campay.withdrawals
+    assert asked["to"] == "237671234567" and asked["amount"] == "500" and asked["external_reference"]
+    refunded = await instance.storage.get_payment(paid)
+    assert refunded.refund_reference == payout["reference"] and refunded.status.value == "SUCCESSFUL"
+
+    campay.set_status(payout["reference"], "SUCCESSFUL")
+    status, hook = await campay.send_webhook(http, instance.url, payout["reference"])  # endpoint: withdraw
+    assert (status, hook["outcome"]) == (200, "applied")
+    status, stored, _ = await instance.api.request("GET", f"/api/payouts/{payout['reference']}")
+    assert status == 200 and stored["status"] == "SUCCESSFUL" and stored["refund_of"] == paid
+    assert await merchant.wait_until(lambda: len(merchant.accepted) >= 2, WAIT)
+    told = sorted((d.type, d.data["reference"], d.data.get("refund_of")) for d in merchant.accepted)
+    assert told == [("payment.refunded", payout["reference"], paid), ("payout.succeeded", payout["reference"], paid)]
+    assert all(d.verified for d in merchant.accepted)
+
+    status, again = await _refund(instance, paid)  # asked again: the same payout, never a second one
+    assert status == 201 and again["reference"] == payout["reference"] and len(campay.withdrawals) == 1
+    _, order, _ = await instance.api.request("GET", "/api/payment/status/o-refund")
+    assert order["status"] == "SUCCESSFUL" and order["refund_reference"] == payout["reference"]
+
+
+async def test_er301_is_a_402_and_leaves_nothing_half_done(
+    start_instance: StartInstance, campay: FakeCampay, http: aiohttp.ClientSession
+) -> None:
+    instance = await start_instance(**campay_settings(campay))
+    paid = await _paid_collect(instance, campay, http, "o-short")
+    campay.balances["MTN"] = 300  # less than the 500 to pay back
+    status, body = await _refund(instance, paid)
+    assert status == 402, body
+    assert body["error"]["code"] == "insufficient_balance" and body["error"]["details"] == {"provider_code": "ER301"}
+    assert (await instance.storage.get_payment(paid)).refund_reference is None
+    assert await instance.storage.order_intent(f"refund:{paid}") is None  # the intent was dropped
+    claim = await instance.storage.claim_idempotency(refund_scope(paid), _probe_record(), "probe", 1, 1)
+    assert claim.claimed  # the refund's key is free: nothing remembers the refusal as its answer
+    await instance.storage.release_idempotency(refund_scope(paid), "probe", forget=True)
+    assert [p for p in await instance.storage.get_payments(list(campay.transactions)) if p and p.kind == "payout"] == []
+
+    campay.balances["MTN"] = 10_000  # the merchant tops the balance up: the same refund goes through
+    status, payout = await _refund(instance, paid)
+    assert status == 201 and payout["refund_of"] == paid
+    assert len(campay.withdrawals) == 2 and campay.calls["withdraw"] == 2
+
+
+def _probe_record():  # type: ignore[no-untyped-def]
+    from payments.ports import IdempotencyRecord
+
+    return IdempotencyRecord(fingerprint="probe", state="in_progress", nonce="probe")
+
+
+async def test_a_refund_requested_twice_at_once_makes_one_payout(
+    backend: Backend, campay: FakeCampay, http: aiohttp.ClientSession
+) -> None:
+    instance = await backend.start(**_isolated(backend, **campay_settings(campay)))
+    paid = await _paid_collect(instance, campay, http, "o-twice")
+    campay.hold_withdraws()  # the first withdraw is in CamPay's hands while the second request arrives
+    first = asyncio.create_task(_refund(instance, paid))
+    assert await campay.wait_held(1, WAIT)
+    second = await _refund(instance, paid)
+    assert second[0] == 409 and second[1]["error"]["code"] == "payout_in_progress", second
+    campay.release_collects()
+    status, payout = await asyncio.wait_for(first, WAIT)
+    assert status == 201
+    status, again = await _refund(instance, paid)
+    assert status == 201 and again["reference"] == payout["reference"]
+    assert campay.calls["withdraw"] == 1 and len(campay.withdrawals) == 1
+
+
+async def test_what_cannot_be_refunded_is_refused_and_sends_nothing(
+    start_instance: StartInstance, campay: FakeCampay, http: aiohttp.ClientSession
+) -> None:
+    instance = await start_instance(**campay_settings(campay))
+    _, pending, _ = await instance.api.initiate(order_id="o-pending")
+    status, body = await _refund(instance, pending["reference"])
+    assert status == 409 and body["error"]["code"] == "refund_not_allowed", body
+    _, card = await _link(instance, "o-card-refund")
+    campay.start_link(card["reference"], method="CARD")
+    campay.set_status(card["reference"], "SUCCESSFUL")
+    await campay.send_webhook(http, instance.url, card["reference"])
+    status, body = await _refund(instance, card["reference"])
+    assert status == 409 and body["error"]["code"] == "refund_not_possible"  # a card has no phone to pay
+    status, body = await _refund(instance, "no-such-payment")
+    assert status == 404 and body["error"]["code"] == "payment_not_found"
+    assert campay.calls["withdraw"] == 0
+    status, again = await _refund(instance, pending["reference"])  # refused: the key stays free
+    assert status == 409 and again["error"]["code"] == "refund_not_allowed"
+
+
+async def test_a_shoppers_token_is_refused_on_every_payout_route(
+    start_instance: StartInstance, campay: FakeCampay, http: aiohttp.ClientSession
+) -> None:
+    auth = {"AUTH_MODE": "jwt", "JWT_SECRET": JWT_SECRET}
+    instance = await start_instance(**campay_settings(campay, **auth))
+    shopper = instance.api.as_user(user_token("alice"))
+    status, payment, _ = await shopper.initiate(order_id="o-alice")
+    assert status == 201
+    campay.set_status(payment["reference"], "SUCCESSFUL")
+    await campay.send_webhook(http, instance.url, payment["reference"])
+    payout_body = {"amount": 100, "phone_number": "237671234567"}
+    key = {"Idempotency-Key": "p-1"}
+    for method, path, kwargs in (
+        ("POST", "/api/payouts", {"json": payout_body, "headers": key}),
+        ("POST", f"/api/payment/{payment['reference']}/refund", {}),
+        ("GET", "/api/payouts/anything", {}),
+        ("GET", "/api/balance", {}),
+    ):
+        status, body, _ = await shopper.request(method, path, **kwargs)
+        assert status == 403 and body["error"]["code"] == "forbidden", (path, body)
+        status, body, _ = await instance.api.request(method, path, **kwargs)  # no token at all
+        assert status == 401, (path, body)
+    assert campay.calls["withdraw"] == 0 and campay.calls["balance"] == 0
+
+    backend = instance.api.as_user(user_token("shop-backend", scope="payouts:write"))
+    status, body, _ = await backend.request("POST", "/api/payouts", json=payout_body)
+    assert status == 400 and body["error"]["code"] == "idempotency_key_required"
+    status, paid_out, _ = await backend.request("POST", "/api/payouts", json=payout_body, headers=key)
+    assert status == 201 and paid_out["kind"] == "payout" and paid_out["refund_of"] is None
+    status, replay, headers = await backend.request("POST", "/api/payouts", json=payout_body, headers=key)
+    assert status == 201 and replay["reference"] == paid_out["reference"] and headers["Idempotent-Replayed"] == "true"
+    status, body, _ = await backend.request("GET", "/api/balance")
+    assert status == 403  # the balance is for admins
+    admin = instance.api.as_user(user_token("ops", scope="payments:admin"))
+    status, balance, _ = await admin.request("GET", "/api/balance")
+    assert status == 200 and balance == {
+        "total_balance": 1_999_900.0,
+        "mtn_balance": 999_900.0,
+        "orange_balance": 1_000_000.0,
+        "currency": "XAF",
+    }
+    status, refund, _ = await admin.request("POST", f"/api/payment/{payment['reference']}/refund")
+    assert status == 201 and refund["refund_of"] == payment["reference"]
+    assert campay.calls["withdraw"] == 2
+
+
+# -- a crash after the intent, before or after CamPay answers ----------------------------------------------
+
+
+async def test_a_refund_whose_withdraw_answer_was_lost_is_linked_by_campays_record(
+    start_instance: StartInstance, campay: FakeCampay, http: aiohttp.ClientSession
+) -> None:
+    """CamPay took the withdraw but its answer never came (a timeout, as a crash would lose it): the intent
+    stays, retries are told the outcome is unknown (never a second payout), and CamPay's callback, naming
+    the intent's nonce, makes it this refund's payout, linked both ways."""
+    instance = await start_instance(**campay_settings(campay, CAMPAY_TIMEOUT_SECONDS=0.3))
+    paid = await _paid_collect(instance, campay, http, "o-lost")
+    campay.hold_withdraws()
+    status, body = await _refund(instance, paid)
+    assert status == 502 and body["error"]["code"] == "provider_timeout"
+    status, body = await _refund(instance, paid)
+    assert status == 409 and body["error"]["code"] == "payout_unknown", body
+    campay.release_collects()
+    (nonce,) = [w["external_reference"] for w in campay.withdrawals]
+    (reference,) = [ref for ref, tx in campay.transactions.items() if tx["external_reference"] == nonce]
+    campay.set_status(reference, "SUCCESSFUL")
+    status, hook = await campay.send_webhook(http, instance.url, reference)
+    assert (status, hook["outcome"]) == (200, "linked")
+    payout = await instance.storage.get_payment(reference)
+    assert payout.kind == "payout" and payout.refund_of == paid and payout.status.value == "SUCCESSFUL"
+    assert (await instance.storage.get_payment(paid)).refund_reference == reference
+    status, replay = await _refund(instance, paid)
+    assert status == 201 and replay["reference"] == reference
+    _, trail, _ = await instance.api.request("GET", f"/api/payment/debug/payouts/{reference}")
+    assert trail["payout"]["external_reference"] == nonce == trail["intent"]["nonce"]
+    assert trail["intent"]["kind"] == "payout" and trail["intent"]["state"] == "resolved"
+    assert trail["refund_of"]["reference"] == paid and campay.calls["withdraw"] == 1
+
+
+async def test_a_payout_stored_nowhere_after_campay_answered_is_linked_by_its_callback(
+    start_instance: StartInstance, campay: FakeCampay, http: aiohttp.ClientSession
+) -> None:
+    """CamPay answered the withdraw, and the instance died before storing the payout (here: the store
+    fails): the caller learns nothing, CamPay's callback links CamPay's record to its intent, and the next
+    request with the key replays the payout."""
+    clock = ManualClock()
+    campay.clock = clock
+    instance = await start_instance(clock, **campay_settings(campay))
+    storage = instance.storage
+    real_create = storage.create_payment
+
+    async def dies(*args: Any, **kwargs: Any) -> Any:
+        raise ConnectionError("the instance died right after CamPay answered the withdraw")
+
+    storage.create_payment = dies
+    key = {"Idempotency-Key": "pay-supplier-7"}
+    body = {"amount": 2500, "phone_number": "237671234567", "description": "supplier"}
+    try:
+        status, answer, _ = await instance.api.request("POST", "/api/payouts", json=body, headers=key)
+    finally:
+        storage.create_payment = real_create
+    assert status == 500, answer
+    (reference,) = [ref for ref in campay.transactions if campay.endpoints.get(ref) == "withdraw"]
+    assert await storage.get_payment(reference) is None  # nothing stored: only the intent tells
+    clock.advance(60)  # the dead request's lease has lapsed
+    status, answer, _ = await instance.api.request("POST", "/api/payouts", json=body, headers=key)
+    assert status == 409 and answer["error"]["code"] == "payout_unknown"
+    status, hook = await campay.send_webhook(http, instance.url, reference, status="PENDING")
+    assert (status, hook["outcome"]) == (200, "linked")
+    status, answer, headers = await instance.api.request("POST", "/api/payouts", json=body, headers=key)
+    assert status == 201 and answer["reference"] == reference and headers["Idempotent-Replayed"] == "true"
+    assert answer["kind"] == "payout" and answer["status"] == "PENDING"
+    _, pending, _ = await instance.api.request("GET", "/api/payment/debug/payouts")
+    assert [p["reference"] for p in pending["pending"]] == [reference]
+    assert campay.calls["withdraw"] == 1
+    campay.set_status(reference, "FAILED", "declined")
+    await campay.send_webhook(http, instance.url, reference)
+    assert (await storage.get_payment(reference)).status.value == "FAILED"
+
+
+async def test_a_collect_callback_never_touches_a_payout(
+    start_instance: StartInstance, campay: FakeCampay, http: aiohttp.ClientSession
+) -> None:
+    instance = await start_instance(**campay_settings(campay))
+    headers = {"Idempotency-Key": "p-9"}
+    status, payout, _ = await instance.api.request(
+        "POST", "/api/payouts", json={"amount": 100, "phone_number": "237671234567"}, headers=headers
+    )
+    assert status == 201
+    campay.set_status(payout["reference"], "SUCCESSFUL")
+    status, hook = await campay.send_webhook(http, instance.url, payout["reference"], fields={"endpoint": "collect"})
+    assert (status, hook["outcome"]) == (200, "endpoint_mismatch")
+    assert (await instance.storage.get_payment(payout["reference"])).status.value == "PENDING"
+
+
+async def test_the_sandbox_refunds_a_paid_payment_and_completes_the_payout(instance: Instance) -> None:
+    """Development without CamPay: the sandbox's balance is what its payments brought in."""
+    status, payment, _ = await instance.api.initiate(order_id="o-sandbox")
+    reference = payment["reference"]
+    status, body = await _refund(instance, reference)
+    assert status == 409 and body["error"]["code"] == "refund_not_allowed"
+    await instance.api.simulate(reference, "SUCCESSFUL")
+    status, balance, _ = await instance.api.request("GET", "/api/balance")
+    assert status == 200 and balance["mtn_balance"] == 500
+    status, payout = await _refund(instance, reference)
+    assert status == 201, payout
+    await eventually(lambda: _settled(instance, payout["reference"]))
+    status, again = await _refund(instance, reference)
+    assert status == 201 and again["reference"] == payout["reference"]
+    _, balance, _ = await instance.api.request("GET", "/api/balance")
+    assert balance["mtn_balance"] == 0
+    status, body, _ = await instance.api.request(
+        "POST", "/api/payouts", json={"amount": 1, "phone_number": "237671234567"}, headers={"Idempotency-Key": "k"}
+    )
+    assert status == 402 and body["error"]["code"] == "insufficient_balance"
+
+
+async def _settled(instance: Instance, reference: str) -> bool:
+    payout = await instance.storage.get_payment(reference)
+    return payout is not None and payout.status.value == "SUCCESSFUL"
