@@ -15,9 +15,10 @@ came from. A payout moves money, so it takes the same care as a collect (payment
    nothing is left half done, and the same request may be made again (after a top-up). Anything else (a
    timeout, a crash) leaves the intent pending: CamPay's callback (`endpoint: withdraw`) or a retry finds
    the payout by its nonce (`PaymentService.adopt`).
-5. Store the payout (its own record, kind `payout`, through the one state rule: PENDING, then SUCCESSFUL or
-   FAILED), link a refund both ways (the payout's `refund_of`, the payment's `refund_reference`), resolve
-   the intent and store the key's answer.
+5. Record CamPay's reference on the intent, then store the payout (its own record, kind `payout`, through
+   the one state rule: PENDING, then SUCCESSFUL or FAILED), link a refund both ways (the payout's
+   `refund_of`, the payment's `refund_reference`) and store the key's answer. A crash after the intent got
+   its reference is finished by the next request with the key; before, by CamPay's callback.
 """
 
 from __future__ import annotations
@@ -198,6 +199,9 @@ class Payouts:
                         await storage.drop_intent(nonce)
                         sent = False
                     raise
+                # CamPay's reference goes on the intent before anything else: a crash from here on leaves a
+                # resolved intent, from which the next request with the key stores and replays the payout.
+                await storage.resolve_intent(nonce, paid.reference, None, None)
                 payout = await self._adopt(intent, paid.reference, CollectResult(reference=paid.reference))
         except BaseException:
             try:

@@ -104,6 +104,8 @@ class PaymentService:
             if audit.isEnabledFor(level):  # the fields are built only for a line that is written
                 self._audit_update(level, update, transition)
             if transition.applied:
+                if transition.payment is not None and transition.payment.refund_of is not None:
+                    await self._link_refund(transition.payment)  # a crash may have left its payment unlinked
                 await self.notifier.payment_changed(transition)
                 self._outbox_queued()
                 if transition.payment is not None:

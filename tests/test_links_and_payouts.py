@@ -406,12 +406,12 @@ async def test_a_refund_whose_withdraw_answer_was_lost_is_linked_by_campays_reco
     assert trail["refund_of"]["reference"] == paid and campay.calls["withdraw"] == 1
 
 
-async def test_a_payout_stored_nowhere_after_campay_answered_is_linked_by_its_callback(
+async def test_a_payout_stored_nowhere_after_campay_answered_is_stored_by_the_next_request_with_its_key(
     start_instance: StartInstance, campay: FakeCampay, http: aiohttp.ClientSession
 ) -> None:
     """CamPay answered the withdraw, and the instance died before storing the payout (here: the store
-    fails): the caller learns nothing, CamPay's callback links CamPay's record to its intent, and the next
-    request with the key replays the payout."""
+    fails): the caller learns nothing, but CamPay's reference is on the intent already, so the next request
+    with the key stores the payout and replays it; CamPay's callback then settles it."""
     clock = ManualClock()
     campay.clock = clock
     instance = await start_instance(clock, **campay_settings(campay))
@@ -431,20 +431,20 @@ async def test_a_payout_stored_nowhere_after_campay_answered_is_linked_by_its_ca
     assert status == 500, answer
     (reference,) = [ref for ref in campay.transactions if campay.endpoints.get(ref) == "withdraw"]
     assert await storage.get_payment(reference) is None  # nothing stored: only the intent tells
+    nonce = campay.transactions[reference]["external_reference"]
+    trail = await storage.get_intent(nonce)
+    assert trail is not None and trail.state == "resolved" and trail.reference == reference
     clock.advance(60)  # the dead request's lease has lapsed
-    status, answer, _ = await instance.api.request("POST", "/api/payouts", json=body, headers=key)
-    assert status == 409 and answer["error"]["code"] == "payout_unknown"
-    status, hook = await campay.send_webhook(http, instance.url, reference, status="PENDING")
-    assert (status, hook["outcome"]) == (200, "linked")
     status, answer, headers = await instance.api.request("POST", "/api/payouts", json=body, headers=key)
     assert status == 201 and answer["reference"] == reference and headers["Idempotent-Replayed"] == "true"
-    assert answer["kind"] == "payout" and answer["status"] == "PENDING"
+    assert answer["kind"] == "payout" and answer["status"] == "PENDING" and answer["amount"] == 2500
     _, pending, _ = await instance.api.request("GET", "/api/payment/debug/payouts")
     assert [p["reference"] for p in pending["pending"]] == [reference]
-    assert campay.calls["withdraw"] == 1
+    assert pending["pending"][0]["external_reference"] == nonce  # the trail from CamPay's record to the payout
     campay.set_status(reference, "FAILED", "declined")
-    await campay.send_webhook(http, instance.url, reference)
+    assert (await campay.send_webhook(http, instance.url, reference))[1]["outcome"] == "applied"
     assert (await storage.get_payment(reference)).status.value == "FAILED"
+    assert campay.calls["withdraw"] == 1
 
 
 async def test_a_collect_callback_never_touches_a_payout(

@@ -380,6 +380,95 @@ async def test_an_intent_holds_its_order_until_resolved_dropped_or_its_hold_laps
     assert await s.put_intent(intent("n-4"), 600, 60)
 
 
+# -- links, payouts and refunds (issue 37) ---------------------------------------------------------
+
+ALL_MERCHANT_EVENTS = [
+    "payment.succeeded",
+    "payment.failed",
+    "payment.expired",
+    "payment.refunded",
+    "payout.succeeded",
+    "payout.failed",
+]
+
+
+def payout(reference: str = "pay.out-1", **fields: Any) -> Any:
+    """A refund's payout as the service stores it: its own record, no order, naming the payment it pays back."""
+    return owned(reference=reference, order_id=None, kind="payout", refund_of="ref-1", ussd_code=None, **fields)
+
+
+async def test_a_payout_is_a_record_of_its_own_settled_by_a_withdraws_word_only(backend: Backend) -> None:
+    """Stored, indexed PENDING, changed by the one rule, its merchant messages queued in its own bucket and
+    handed out and settled by id; no order ever points at it, and a collect's callback changes nothing."""
+    s = backend.storage
+    policy = OutboxPolicy(["https://merchant.example/hooks"], ALL_MERCHANT_EVENTS)
+    stored = await s.create_payment(payout(), lambda st, rep: policy.for_stored(st, rep, T0))
+    assert stored.kind == "payout" and stored.refund_of == "ref-1" and stored.order_id is None
+    assert await pending_references(s) == ["pay.out-1"] and await s.outbox_list() == []
+    settle = update("SUCCESSFUL", reference="pay.out-1", amount=500, currency="XAF")
+    refused = await s.transition(settle.model_copy(update={"endpoint": "collect"}), LATER)
+    assert (refused.applied, refused.outcome) == (False, "endpoint_mismatch")
+    done = await s.transition(
+        settle.model_copy(update={"endpoint": "withdraw"}), LATER, lambda t: policy.for_transition(t, LATER)
+    )
+    assert done.applied and (await s.get_payment("pay.out-1")).status is PaymentStatus.SUCCESSFUL
+    assert await pending_references(s) == [] and await s.get_order_payment("order-1") is None
+    queued_ids = sorted(e.message_id for e in await s.outbox_list())
+    assert queued_ids == ["msg_pay~out-1_payout-succeeded", "msg_pay~out-1_refunded"]
+    claimed = await s.outbox_claim(now=LATER.timestamp(), limit=10, lease_seconds=30, owner="w")
+    assert sorted(e.message_id for e in claimed) == queued_ids
+    for claimed_entry in claimed:
+        await s.outbox_delivered(claimed_entry.id)
+    assert await s.outbox_list() == []
+    assert [e.seq for e in await s.events_after("pay.out-1", 0)] == [1, 2]
+
+
+async def test_a_refund_link_is_set_once_and_logged_on_every_backend(backend: Backend) -> None:
+    s = backend.storage
+    await s.create_payment(owned())
+    paid = (await s.transition(update("SUCCESSFUL", amount=500, currency="XAF"), LATER)).payment
+    linked = await s.merge_payment(paid.model_copy(update={"refund_reference": "pay-1"}), LATER)
+    assert linked.refund_reference == "pay-1" and linked.seq == 3 and linked.status is PaymentStatus.SUCCESSFUL
+    again = await s.merge_payment(linked.model_copy(update={"refund_reference": "pay-2"}), LATER)
+    assert again.refund_reference == "pay-1" == (await s.get_payment("ref-1")).refund_reference
+    assert [e.seq for e in await s.events_after("ref-1", 0)][:3] == [1, 2, 3]
+    assert await s.order_paid("order-1") == ["ref-1"]  # still the order's one payment
+
+
+async def test_a_link_leaves_the_pending_index_only_when_its_expiry_applies(backend: Backend) -> None:
+    s = backend.storage
+    link = owned(kind="link", phone_number=None, ussd_code=None, link_expires_at=T0 + timedelta(seconds=600))
+    await s.create_payment(link)
+    expiry = StatusUpdate(reference="ref-1", status="EXPIRED", source=UpdateSource.LINK_EXPIRY)
+    early = await s.transition(expiry, LATER)
+    assert (early.applied, early.outcome) == (False, "not_expired") and await pending_references(s) == ["ref-1"]
+    expired = await s.transition(expiry, T0 + timedelta(seconds=600))
+    assert expired.applied and (await s.get_payment("ref-1")).status is PaymentStatus.EXPIRED
+    assert await pending_references(s) == [] and await s.order_paid("order-1") == []
+    late = await s.transition(update("SUCCESSFUL", amount=500, currency="XAF"), T0 + timedelta(seconds=700))
+    assert late.outcome == "regression" and (await s.get_payment("ref-1")).status is PaymentStatus.EXPIRED
+
+
+async def test_a_payout_intent_holds_its_refund_and_reads_back_whole(backend: Backend) -> None:
+    s = backend.storage
+    refund = intent("n-r1", order_id="refund:ref-1", kind="payout", refund_of="ref-1")
+    assert await s.put_intent(refund, 600, 60)
+    assert not await s.put_intent(intent("n-r2", order_id="refund:ref-1", kind="payout"), 600, 60)
+    assert await s.get_intent("n-r1") == refund and (await s.order_intent("refund:ref-1")).nonce == "n-r1"
+    link = intent(
+        "n-l1",
+        phone_number=None,
+        kind="link",
+        payment_options="MOMO,CARD",
+        link_expires_at=T0 + timedelta(seconds=600),
+        redirect_url="https://shop.example/back",
+    )
+    assert await s.put_intent(link, 600, 60) and await s.get_intent("n-l1") == link
+    resolved = await s.resolve_intent("n-r1", "pay-1", None, "MTN")
+    assert resolved is not None and resolved.kind == "payout" and resolved.refund_of == "ref-1"
+    assert await s.order_intent("refund:ref-1") is None
+
+
 # -- the order's paid list -----------------------------------------------------------------------
 
 
@@ -842,6 +931,27 @@ async def test_a_sequence_across_a_redis_outage_is_written_back_when_redis_retur
     # Healthy again: calls go to Redis, and the written-back entry is handed out once.
     assert [e.id for e in await s.outbox_claim(now=10_000, limit=10, lease_seconds=30, owner="a")] == [mid("seq2")]
     assert await s.outbox_claim(now=10_000, limit=10, lease_seconds=30, owner="b") == []
+
+
+async def test_a_refund_made_while_redis_is_away_is_written_back_linked_both_ways(resilient: Backend) -> None:
+    s, server = resilient.storage, resilient.redis_server
+    await s.create_payment(owned())
+    paid = (await s.transition(update("SUCCESSFUL", amount=500, currency="XAF"), LATER)).payment
+    await server.save()
+    server.stop()
+    await s.create_payment(payout())  # the refund, made on this instance's memory
+    linked = await s.merge_payment(paid.model_copy(update={"refund_reference": "pay.out-1"}), LATER)
+    assert not s.healthy and linked.refund_reference == "pay.out-1"
+    await server.start()
+    await eventually(lambda: s.healthy, timeout=10)
+    plain = await _in_redis(resilient)
+    try:
+        assert (await plain.get_payment("ref-1")).refund_reference == "pay.out-1"
+        stored = await plain.get_payment("pay.out-1")
+        assert stored.kind == "payout" and stored.refund_of == "ref-1" and stored.status is PaymentStatus.PENDING
+        assert await pending_references(plain) == ["pay.out-1"]
+    finally:
+        await plain.close()
 
 
 async def test_endpoints_disabled_and_enabled_while_redis_is_away_are_written_back(resilient: Backend) -> None:

@@ -10,7 +10,8 @@ Redis Cluster runs a script or a MULTI only when all its keys hash to one
 slot, so every key a script or transaction touches together carries the same
 hash tag, `{bN}`: one of BUCKETS buckets, chosen by `bucket(name)` of the
 payment's reference (its record, event log, last write token, and the
-bucket's PENDING index and outbox), of the order id (the order's latest
+bucket's PENDING index and outbox; a payout is a record like a payment's, its
+merchant messages `payout.*` and `payment.refunded` named after it), of the order id (the order's latest
 payment and paid list), or of an Idempotency-Key (its record and lease).
 The indexes that were one set (PENDING payments, the outbox's due, dead,
 claimed and delivered entries) are one per bucket, and the workers page
@@ -76,13 +77,14 @@ class RedisKeys:
         return f"{self._in(order_id)}paid:{order_id}"
 
     def intent(self, nonce: str) -> str:
-        """An initiation intent (JSON), written before its collect; expires with its idempotency key
-        (PAYMENT_TTL_SECONDS)."""
+        """An initiation intent (JSON), written before its collect, payment link or payout; expires with its
+        idempotency key (PAYMENT_TTL_SECONDS)."""
         return f"{self.prefix}intent:{nonce}"
 
     def order_hold(self, order_id: str) -> str:
-        """The nonce of the pending intent holding the order (no second collect meanwhile); freed when
-        the intent resolves, else expires after COLLECT_LIFETIME_SECONDS."""
+        """The nonce of the pending intent holding the order (no second collect meanwhile), or for a payout
+        what it holds (`refund:<reference>`: no second refund of that payment); freed when the intent
+        resolves, else expires after COLLECT_LIFETIME_SECONDS."""
         return f"{self.prefix}intent-order:{order_id}"
 
     def active(self, number: int) -> str:
