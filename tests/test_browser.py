@@ -297,3 +297,34 @@ async def test_sdk_on_a_plain_page_shares_a_completion_with_a_tab_that_never_tra
     assert "connected" not in (await second.get_attribute("body", "data-states") or "").split(",")
     assert await first.get_attribute("body", "data-successes") == "1"
     assert first.console_errors == [], first.console_errors  # CORS and module loading worked cross-origin
+
+
+async def test_page_pays_by_link_on_the_sandbox_stand_in_then_refunds_it(aiohttp_server, page) -> None:  # type: ignore[no-untyped-def]
+    """Pay by link: the page shows the link and waits for the payer; the payer pays by card on the
+    sandbox's stand-in for CamPay's page (another tab); the page shows SUCCESSFUL live, and its Refund
+    button pays it back: refused for a card payment (no phone to pay), made and settled for mobile money."""
+    server = await aiohttp_server(create_app(make_settings()), host="127.0.0.1")
+    await page.goto(str(server.make_url("/payment-test")))
+    for method in ("card", "momo"):
+        await page.click("#pay-link")
+        await page.wait_for_selector('#status[data-status="PENDING"][data-synced="true"]')
+        assert await page.text_content("#status-note") == "waiting for the payer"
+        assert await page.is_hidden("#dial") and await page.is_visible("#link-row")
+        async with page.context.expect_page() as opened:
+            await page.click("#link")
+        payer = await opened.value
+        await payer.wait_for_load_state()
+        await payer.click("#pay-card" if method == "card" else "#pay-momo")
+        await payer.wait_for_selector('#link-result[data-status="SUCCESSFUL"]')
+        await payer.close()
+        await page.wait_for_selector('#status[data-status="SUCCESSFUL"]')
+        assert await page.text_content("#status-note") == ""
+        await page.click("#refund")
+        if method == "card":
+            await page.wait_for_selector("#form-error:has-text('refund_not_possible')")
+        else:
+            await page.wait_for_selector('#refund-status[data-status="SUCCESSFUL"]')
+    # The browser reports the card refund's refusal (409) as a failed resource load; nothing else failed.
+    assert page.console_errors == ["Failed to load resource: the server responded with a status of 409 (Conflict)"], (
+        page.console_errors
+    )

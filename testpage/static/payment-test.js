@@ -8,6 +8,11 @@
 // the same. While the server cannot tell whether a first attempt reached CamPay
 // (`initiation_unknown`) the client asks again with the same Idempotency-Key; if it gives up, the
 // page keeps that key, and Pay with the same fields asks again with it (never with a new one).
+//
+// Pay by link asks for a CamPay payment link instead of a USSD push: the page shows the link (in the
+// sandbox, the server's stand-in for CamPay's page) and tracks the payment while its payer pays there;
+// until then it says it is waiting for the payer, and a link nobody paid in time shows EXPIRED. A
+// successful sandbox payment can be refunded (a payout back to its phone), whose status is tracked too.
 import { PaymentTracker, PaytrackError } from "/sdk/paytrack-client.js";
 
 const $ = (id) => document.getElementById(id);
@@ -73,9 +78,14 @@ function setNote(text) {
   $("status-note").textContent = text;
 }
 
+/** What the note says of a known, current payment: a link not paid yet waits for its payer. */
+function quietNote() {
+  return current && current.kind === "link" && $("status").dataset.status === "PENDING" ? "waiting for the payer" : "";
+}
+
 function markSynced() {
   $("status").dataset.synced = "true";
-  if ($("status").dataset.known !== "false") setNote("");
+  if ($("status").dataset.known !== "false") setNote(quietNote());
 }
 
 /** "FAILED (declined by the shopper)"; a reason that only restates the status ("failed") is not repeated. */
@@ -92,6 +102,14 @@ function render(payment) {
   if (payment.ussd_code) $("ussd").textContent = payment.ussd_code;
   markSynced();
   updateSimulate();
+  updateRefund();
+}
+
+/** A refund is offered for a successful sandbox payment not refunded yet. */
+function updateRefund() {
+  const open = simulateEnabled && current !== null && $("status").dataset.status === "SUCCESSFUL";
+  $("refund-row").hidden = !open;
+  $("refund").disabled = !open || current.refunded === true;
 }
 
 function unknown({ lastKnown }) {
@@ -124,6 +142,12 @@ const tracker = new PaymentTracker({
 tracker.on("connection", setConnection);
 tracker.on("event", (name, data) => {
   logEvent(name, data);
+  // A link nobody paid in time: a final status the page shows itself (never payment-failed).
+  if (name === "payment-status" && data && data.status === "EXPIRED" && current && data.reference === current.reference) {
+    render(data);
+    setNote("the payment link expired: nobody paid it");
+    orderFinished(current.orderId, data);
+  }
   if (name === "connected" && data && data.socket_id) $("socket-id").textContent = `socket ${data.socket_id}`;
   // A re-track the server answered with the payment confirms what is shown, even if nothing changed.
   if (name === "ack:track-payment" && data.ok && data.payment && current && data.reference === current.reference) markSynced();
@@ -160,10 +184,17 @@ function orderFinished(orderId, payment) {
 /** Show and follow one payment (a new one, or the one that already paid the order). */
 function follow(reference, orderId, seed = {}) {
   if (current) current.tracking.stop();
-  current = { reference, orderId, tracking: null };
+  if (current && current.refundTracking) current.refundTracking.stop();
+  current = { reference, orderId, tracking: null, kind: seed.kind || "collect", refunded: Boolean(seed.refund_reference) };
   $("payment").hidden = false;
   $("reference").textContent = reference;
   $("ussd").textContent = seed.ussd_code || "-";
+  $("dial").hidden = current.kind === "link";
+  $("link-row").hidden = current.kind !== "link";
+  $("link").href = seed.link || "#";
+  $("refund-status").textContent = "";
+  $("refund-status").dataset.status = "";
+  updateRefund();
   $("status").textContent = "";
   $("status").dataset.status = "";
   $("status").dataset.synced = "false";
@@ -248,6 +279,73 @@ async function simulate(status) {
   }
 }
 
+function randomKey(prefix) {
+  return `${prefix}-${Date.now().toString(36)}-${randomPart()}${randomPart()}`;
+}
+
+/** Pay by link: the same order rules as Pay; the page then waits for the payer on the link's page. */
+async function payByLink() {
+  $("form-error").textContent = "";
+  formNote("");
+  $("pay-link").disabled = true;
+  const body = { order_id: $("order-id").value.trim(), amount: Number($("amount").value), payment_options: "MOMO,CARD" };
+  const sent = JSON.stringify(body);
+  const key = retained && retained.body === sent ? retained.key : randomKey("link");
+  try {
+    const payment = await postWithKey("/api/payment/link", body, key);
+    retained = null;
+    logEvent("link", payment);
+    follow(payment.reference, body.order_id, payment);
+  } catch (err) {
+    if (OUTCOME_UNKNOWN.has(err.code) || !err.status || err.status >= 500) retained = { body: sent, key };
+    if (err.code === "order_paid" && $("order-id").value.trim() === body.order_id) newOrderId();
+    showError(err);
+  } finally {
+    $("pay-link").disabled = false;
+  }
+}
+
+async function postWithKey(path, body, key) {
+  const headers = { "Content-Type": "application/json", "Idempotency-Key": key };
+  if (token()) headers.Authorization = `Bearer ${token()}`;
+  const response = await fetch(path, { method: "POST", headers, body: JSON.stringify(body) });
+  const payload = await response.json().catch(() => ({}));
+  if (!response.ok) {
+    const error = payload.error || {};
+    throw new PaytrackError(error.code || `http_${response.status}`, error.message || response.statusText, {
+      status: response.status,
+      details: error.details,
+      reference: error.reference,
+    });
+  }
+  return payload;
+}
+
+function renderRefund(payout) {
+  $("refund-status").textContent = `refund ${payout.reference}: ${payout.status}`;
+  $("refund-status").dataset.status = payout.status;
+}
+
+/** Pay the successful payment back to its phone (a payout), and follow the payout's status. */
+async function refund() {
+  $("form-error").textContent = "";
+  $("refund").disabled = true;
+  const followed = current;
+  try {
+    const payout = await post(`/api/payment/${encodeURIComponent(followed.reference)}/refund`, {});
+    logEvent("refund", payout);
+    followed.refunded = true;
+    renderRefund(payout);
+    followed.refundTracking = tracker.track(payout.reference, { onUpdate: renderRefund });
+    followed.refundTracking.done.catch(() => {});
+  } catch (err) {
+    showError(err);
+    updateRefund();
+  }
+}
+
+$("pay-link").addEventListener("click", payByLink);
+$("refund").addEventListener("click", refund);
 $("token").addEventListener("change", () => tracker.reconnect());
 $("simulate-success").addEventListener("click", () => simulate("SUCCESSFUL"));
 $("simulate-failure").addEventListener("click", () => simulate("FAILED"));
