@@ -156,6 +156,8 @@ def decide(current: Payment | None, update: StatusUpdate, now: datetime) -> Tran
             provider_currency=update.currency,
             app_amount=update.app_amount,
             external_reference=update.external_reference,
+            # The payer's number as the provider's record gives it: a link adopting this record learns it so.
+            phone_number=update.phone_number,
             provider="campay",
             status=status,
             reason=reason,

@@ -130,6 +130,8 @@ class FakeCampay:
         self._releases: dict[str, asyncio.Event] = {}
         # called with every transaction a collect creates (as recorded), before it is answered
         self.on_collect: Callable[[dict[str, Any]], None] | None = None
+        # called with every payment link made (what it asked, and its `reference`), before it is answered
+        self.on_link: Callable[[dict[str, Any]], None] | None = None
         self._created = asyncio.Event()  # set whenever a collect creates a transaction
         self.created_at: dict[str, float] = {}  # reference -> time.monotonic() when it was created
         # CamPay's clock, for the `iat` of the webhooks it signs: the server's ManualClock in tests that move
@@ -273,11 +275,13 @@ class FakeCampay:
             "code": tx.get("code", "CP123"),
             "operator_reference": tx.get("operator_reference") or "OP123",
             "external_reference": tx.get("external_reference") or "",
-            "phone_number": tx.get("phone_number") or "237671234567",
+            "phone_number": tx.get("phone_number", "237671234567"),
             "endpoint": self.endpoints.get(reference, "collect"),
             **({"app_amount": tx["app_amount"]} if tx.get("app_amount") else {}),
             **(fields or {}),
         }
+        # A card payment has no operator and no phone: absent from its callback (assumed, like its record).
+        callback = {name: value for name, value in callback.items() if value is not None}
         if signature is ...:
             with warnings.catch_warnings():  # CamPay's keys are what they are: HS512 with a 45-byte key is real
                 warnings.simplefilter("ignore", InsecureKeyLengthWarning)
@@ -419,6 +423,8 @@ class FakeCampay:
             return web.json_response({"message": "Invalid payment options"}, status=400)
         reference = str(uuid.uuid4())
         self.links[reference] = {**body, "amount": int(amount), "options": sorted(options)}
+        if self.on_link is not None:
+            self.on_link({**self.links[reference], "reference": reference})
         link = f"{self.url.removesuffix('/api')}/pay/{reference}"
         return web.json_response({"link": link, "reference": reference})
 

@@ -1,7 +1,9 @@
 """Issues 11 and 31 on real processes, under crashes, a Redis restart and lying or replayed webhooks.
 
 Two `server.py` processes share one real redis-server, the CamPay fake and a
-merchant receiver; about 220 payments by several JWT users, each initiated
+merchant receiver; about 220 payments by several JWT users (a fifth of them
+CamPay payment links, unknown to CamPay until their payer starts paying, by
+mobile money or card), each initiated
 with one Idempotency-Key reused on every retry and tracked by one or two
 websocket pages (some reconnecting on purpose, all reconnecting when their
 instance dies); 20 % of CamPay's webhooks dropped, 20 % sent twice, 10 % out

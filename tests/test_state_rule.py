@@ -217,3 +217,15 @@ def test_a_refund_link_is_set_once_whatever_copy_meets_it() -> None:
     second = merge(first.payment, first.payment.model_copy(update={"refund_reference": "payout-2"}), LATER)
     assert second.payment.refund_reference == "payout-1"
     assert merge(first.payment, paid, LATER).payment.refund_reference == "payout-1"  # an older copy drops nothing
+
+
+def test_a_link_adopting_a_record_the_provider_reported_first_learns_its_payers_phone() -> None:
+    """An instance that never saw the link (Redis away) stores CamPay's word as nobody's: the payer's phone
+    from CamPay's record goes with it, and the link's write-back merge keeps it."""
+    reported = decide(
+        None, update("SUCCESSFUL", amount=500, currency="XAF", phone_number="237691234567", operator="ORANGE"), T0
+    ).payment
+    assert reported is not None and reported.orphan and reported.phone_number == "237691234567"
+    merged = merge(link(), reported, LATER).payment
+    assert merged.kind == "link" and merged.phone_number == "237691234567" and not merged.orphan
+    assert merge(owned(), reported, LATER).payment.phone_number == "237671234567"  # a collect keeps its own

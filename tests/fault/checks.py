@@ -352,13 +352,19 @@ def evaluate(result: RunResult) -> Report:
             )
         lost = [
             name
-            for name, want in (("owner_id", p.user), ("order_id", p.order_id), ("phone_number", p.phone))
+            for name, want in (("owner_id", p.user), ("order_id", p.order_id), ("phone_number", p.stored_phone))
             if record.get(name) != want
         ]
         # A payment whose collect answer never reached the server (adopted from CamPay's record: its 201 is a
         # replay without a USSD code) has no USSD code to keep; every other one keeps the one it was answered.
+        # A link has none (its payer pays on CamPay's page), and learns its payer's phone from CamPay's record.
         adopted_without_ussd = p.initiated_via != "201" and not p.ussd_code
-        if (not record.get("ussd_code") and not adopted_without_ussd) or (
+        if p.link is not None:
+            if record.get("kind") != "link" or record.get("ussd_code") is not None:
+                lost.append("kind")
+            if p.link == "CARD" and record.get("operator") is not None:
+                lost.append("operator")
+        elif (not record.get("ussd_code") and not adopted_without_ussd) or (
             p.ussd_code and record.get("ussd_code") != p.ussd_code
         ):
             lost.append("ussd_code")
@@ -437,6 +443,15 @@ def evaluate(result: RunResult) -> Report:
                 f"{k} {n}" for k, n in Counter(p.initiated_via for p in initiated if p.initiated_via != "201").items()
             )
             + ")",
+        )
+    )
+    links = [p for p in initiated if p.link is not None]
+    f.append(
+        (
+            "payment links",
+            f"{len(links)} of them ({sum(p.link == 'CARD' for p in links)} paid by card), CamPay knowing no "
+            f"transaction for each until its payer started; {sum(p.delivery == 'dropped' for p in links)} with "
+            "every webhook dropped",
         )
     )
     f.append(("run", f"T={s.duration:.0f} s storm, {result.wall_seconds:.1f} s wall in all, on {result.redis_label}"))

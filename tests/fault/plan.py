@@ -39,6 +39,10 @@ class Scenario:
     twice_share: float = 0.2
     reorder_share: float = 0.1
     forged_share: float = 0.15  # payments that also get one forged webhook
+    # Payments started as CamPay payment links (POST /api/payment/link) rather than collects: CamPay knows
+    # no transaction for one until its payer starts paying at the truth's moment, half by mobile money and
+    # half by card (no phone, no operator); dropped webhooks and the rest as for a collect.
+    link_share: float = 0.2
     campay_outage: float = 3.0
     redis_outage: float = 5.0
     reconcile_after: float = 2.0
@@ -119,6 +123,8 @@ class Scenario:
             "RECONCILE_INTERVAL_SECONDS": self.reconcile_interval,
             "INITIATION_LEASE_SECONDS": self.initiation_lease,
             "COLLECT_LIFETIME_SECONDS": self.collect_lifetime_seconds,
+            # A link nobody has started paying is asked about at this pace: within the convergence bound.
+            "LINK_RECONCILE_INTERVAL_SECONDS": 2 * self.reconcile_interval,
             "RATE_LIMIT_INITIATE_PER_USER": generous,
             "RATE_LIMIT_INITIATE_PER_IP": generous,
             "RATE_LIMIT_WEBHOOK_PER_IP": generous,
@@ -155,6 +161,7 @@ class PaymentRun:
     reconnects: list[float | None]  # per page: planned reconnect time after t0, or None
     idempotency_key: str = ""  # one per shopper and order, sent with every attempt (a checkout backend's)
     crash: bool = False  # a crash payment: initiated on b while CamPay holds its collect's answer, b killed
+    link: str | None = None  # a payment link, paid by "MOMO" (from `phone`) or "CARD"; None: a collect
     confirm_after: float = 0.0  # crash payments: seconds after the kill when the shopper confirms the prompt
     # filled in while running
     reference: str | None = None  # what the initiate answered (201, replayed 201, or a 409 naming it)
@@ -173,6 +180,11 @@ class PaymentRun:
     collected_at: float | None = None  # monotonic
     collected: asyncio.Event = field(default_factory=asyncio.Event)
     forced_webhook: bool = False  # the plan dropped its webhooks, but the server held no record to reconcile
+
+    @property
+    def stored_phone(self) -> str | None:
+        """The phone its record must end with: the collect's, a link's mobile-money payer's, none for a card."""
+        return None if self.link == "CARD" else self.phone
 
     @property
     def opposite(self) -> str:
@@ -236,6 +248,10 @@ def plan_payments(s: Scenario, rng: random.Random) -> list[PaymentRun]:
                 webhooks=hooks,
             )
         )
+    links = random.Random(s.seed + 3)  # its own draws: a seed plans the same collects as before links existed
+    for run in runs:
+        if links.random() < s.link_share:
+            run.link = links.choice(("MOMO", "CARD"))
     return runs
 
 

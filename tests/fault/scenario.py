@@ -3,7 +3,9 @@
 Timeline of a run of length T (`Scenario.duration`), from the first initiation:
 
 - payments are initiated over REST at random times in [0, 0.6 T], each by one
-  of several JWT users, on a random instance, with one Idempotency-Key per
+  of several JWT users (a share of them as CamPay payment links, whose payer
+  starts paying, by mobile money or card, when CamPay's truth is set: CamPay
+  knows no transaction for the link before), on a random instance, with one Idempotency-Key per
   payment reused on every retry (no answer, 5xx, 429, 409 in progress or
   `initiation_unknown`, after `Retry-After`); one or two checkout pages per
   payment start tracking as soon as the shopper learns its reference;
@@ -231,6 +233,7 @@ class Driver:
         self.held_at_kill = 0
         self.redis_down_at = 0.0
         fake.on_collect = self._collected
+        fake.on_link = self._collected  # a link is "collected" when CamPay makes it; its transaction comes later
 
     def plan(self, payments: list[PaymentRun], crashes: list[PaymentRun]) -> None:
         """Learn every payment's description, so CamPay's transactions can be told apart by order."""
@@ -254,9 +257,15 @@ class Driver:
         elif p.truth_set_at is not None:
             self.prompt_tasks.append(asyncio.create_task(self._answer_prompt(p, tx["reference"])))
 
+    def _start_link(self, p: PaymentRun, reference: str) -> None:
+        """A link's payer opens CamPay's page and starts paying: only now does CamPay know a transaction."""
+        if p.link is not None and reference not in self.fake.transactions and reference in self.fake.links:
+            self.fake.start_link(reference, method=p.link, phone=p.phone)
+
     async def _answer_prompt(self, p: PaymentRun, reference: str) -> None:
         """A later prompt for an order: answered like the first, its webhook sent once (at least once)."""
         await self.sleep_until(time.monotonic() + self.rng.uniform(0.2, 1.0))  # the shopper's reaction time
+        self._start_link(p, reference)
         self.fake.set_status(reference, p.truth, "insufficient funds" if p.truth == "FAILED" else None)
         await self.send_webhook(self.fake.webhook_fields(reference, status=p.truth), "webhook:second_prompt", reference)
 
@@ -349,12 +358,15 @@ class Driver:
         else:
             await self.sleep_until(self.t0 + p.init_at)
         give_up = time.monotonic() + self.s.collect_lifetime_seconds + INITIATE_GIVE_UP
-        body_json = {"order_id": p.order_id, "amount": p.amount, "phone_number": p.phone, "description": p.description}
+        body_json: dict[str, Any] = {"order_id": p.order_id, "amount": p.amount, "description": p.description}
+        path = "/api/payment/link" if p.link else "/api/payment/initiate"
+        if not p.link:
+            body_json["phone_number"] = p.phone
         headers = {"Authorization": f"Bearer {p.token}", "Idempotency-Key": p.idempotency_key}
         last = ""
         while time.monotonic() < give_up:
             record, body, resp_headers = await self._request(
-                "initiate", "POST", "/api/payment/initiate", json=body_json, headers=headers, instance=first_instance
+                "initiate", "POST", path, json=body_json, headers=headers, instance=first_instance
             )
             first_instance = None
             error = body.get("error", {}) if isinstance(body, dict) else {}
@@ -447,6 +459,7 @@ class Driver:
         else:
             moment = self.t0 + p.truth_at
         await self.sleep_until(max(moment, p.collected_at + 0.2))
+        self._start_link(p, p.campay_reference)
         self.fake.set_status(p.campay_reference, p.truth, "insufficient funds" if p.truth == "FAILED" else None)
         p.truth_set_at = time.monotonic()
         for later in p.campay_references[1:]:  # collected twice already: that prompt is answered too
