@@ -7,6 +7,7 @@ are fully independent, which is what lets the tests run several instances.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp_cors
@@ -45,7 +46,7 @@ from realtime.notifier import SocketNotifier
 from realtime.server import SIO, SOCKETIO_PATH, closing_sockets, create_sio, websocket_upgrade_passthrough
 from realtime.sessions import Sessions
 from realtime.storage.base import STORAGE, Incarnation, Storage
-from realtime.storage.factory import create_storage
+from realtime.storage.factory import create_counters, create_storage
 from realtime.storage.keys import RedisKeys
 from webhooks.inbound.processor import WEBHOOKS, WebhookProcessor
 from webhooks.inbound.signature import SignatureRules
@@ -293,8 +294,7 @@ def _reconcile_policy(settings: Settings) -> ReconcilePolicy:
 
 
 def _create_limiter(settings: Settings) -> RateLimiter:
-    return RateLimiter.from_settings(
-        settings,
+    return RateLimiter(
         {
             # Payments go on while Redis is away: counted per instance until it is back (a burst that
             # fills the counters' pool is back-pressure: 503 busy, never counted on memory).
@@ -303,7 +303,8 @@ def _create_limiter(settings: Settings) -> RateLimiter:
             "webhook_ip": Limit(settings.RATE_LIMIT_WEBHOOK_PER_IP, on_outage="open"),
             "connect_ip": Limit(settings.RATE_LIMIT_CONNECT_PER_IP, on_outage="local"),
         },
-        key_prefix=RedisKeys(settings.REDIS_KEY_PREFIX).rate_limits(),
+        counters=create_counters(settings, key_prefix=RedisKeys(settings.REDIS_KEY_PREFIX).rate_limits()),
+        outage_retry_after=max(1, math.ceil(settings.REDIS_RECONNECT_INTERVAL_SECONDS)),
     )
 
 
