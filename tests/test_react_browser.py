@@ -1,7 +1,7 @@
 """The React binding and the example checkout in a real browser (headless Chromium, playwright).
 
-The example (examples/checkout-react) is built with `vite build` once per module, served by a
-real `vite preview` process that proxies /api and /socket.io to a real `server.py` process (the
+The example (examples/checkout-react) is built with `vite build` once per module (as it ships,
+and with React's development build, where StrictMode acts), served by a real `vite preview` process that proxies /api and /socket.io to a real `server.py` process (the
 development server: sandbox provider, simulate open), and driven as a shopper would: a payment
 that succeeds, one that fails and is paid on the retry, and a server restart mid-payment that
 ends on the truth with one completion shown. The build's second page (checks/) mounts
@@ -50,23 +50,37 @@ NETWORK_NOISE = ("WebSocket connection to", "Failed to load resource")
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The example, built as CI would ship it, with the sandbox's simulate buttons."""
+def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The example built twice by `vite build`, both with the sandbox's simulate buttons: as it
+    ships ("production"), and with React's development build ("development", NODE_ENV=development),
+    the only one in which StrictMode mounts, unmounts and mounts again: the checks page needs it."""
     npm_installed(ROOT / "clients" / "js", "socket.io-client", "React example")
     npm_installed(ROOT / "clients" / "react", "react", "React example")
     npm_installed(EXAMPLE, "vite", "React example")
-    out = tmp_path_factory.mktemp("checkout-react") / "dist"
-    done = subprocess.run(
-        ["node", "node_modules/vite/bin/vite.js", "build", "--outDir", str(out), "--emptyOutDir", "--logLevel", "warn"],
-        cwd=EXAMPLE,
-        env={**os.environ, "VITE_PAYTRACK_SIMULATE": "true"},
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert (out / "index.html").exists() and (out / "checks" / "index.html").exists()
-    return out
+    outputs = {}
+    for mode in ("production", "development"):
+        out = tmp_path_factory.mktemp(f"checkout-react-{mode}") / "dist"
+        done = subprocess.run(
+            [
+                "node",
+                "node_modules/vite/bin/vite.js",
+                "build",
+                "--outDir",
+                str(out),
+                "--emptyOutDir",
+                "--logLevel",
+                "warn",
+            ],
+            cwd=EXAMPLE,
+            env={**os.environ, "VITE_PAYTRACK_SIMULATE": "true", "NODE_ENV": mode},
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        assert (out / "index.html").exists() and (out / "checks" / "index.html").exists()
+        outputs[mode] = out
+    return outputs
 
 
 class Paytrack:
@@ -109,12 +123,13 @@ class Preview:
 
 
 @pytest.fixture
-async def serve(built: Path, tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
-    """`await serve(**paytrack_env)`: a paytrack process and the built example in front of it."""
+async def serve(built: dict[str, Path], tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
+    """`await serve(build, **paytrack_env)`: a paytrack process, and the example's `build`
+    ("production" or "development") in front of it."""
     log = (tmp_path / "processes.log").open("wb")
     started: list[Any] = []
 
-    async def start(**env: str) -> tuple[Paytrack, Preview]:
+    async def start(build: str = "production", **env: str) -> tuple[Paytrack, Preview]:
         paytrack = await Paytrack(log, **env).start()
         started.append(paytrack)
         port = free_port()
@@ -123,7 +138,7 @@ async def serve(built: Path, tmp_path: Path) -> AsyncIterator[Callable[..., Any]
             "node_modules/vite/bin/vite.js",
             "preview",
             "--outDir",
-            str(built),
+            str(built[build]),
             "--host",
             "127.0.0.1",
             "--port",
@@ -358,7 +373,7 @@ async def barrier(page: Any, relay: Relay, name: str) -> None:
 
 
 async def test_strict_mode_double_mount_tracks_once(serve, http, page) -> None:  # type: ignore[no-untyped-def]
-    paytrack, preview = await serve()
+    paytrack, preview = await serve("development")
     relay = await Relay().install(page)
     await open_checks(page, preview)
     # Connected first: a second track or a stop would now reach the socket, not wait for it.
@@ -374,7 +389,7 @@ async def test_strict_mode_double_mount_tracks_once(serve, http, page) -> None: 
 
 
 async def test_unmount_during_a_pending_ack_leaves_no_track(serve, http, page) -> None:  # type: ignore[no-untyped-def]
-    paytrack, preview = await serve()
+    paytrack, preview = await serve("development")
     relay = await Relay().install(page)
     await open_checks(page, preview)
     await page.wait_for_selector('#connection[data-state="connected"]')
@@ -403,7 +418,7 @@ async def test_unmount_during_a_pending_ack_leaves_no_track(serve, http, page) -
 @NEEDS_CLIENT_STATES
 async def test_a_refused_origin_surfaces_origin_not_allowed(serve, page) -> None:  # type: ignore[no-untyped-def]
     """The page talks to paytrack directly from an origin FRONTEND_URL does not list."""
-    paytrack, preview = await serve(FRONTEND_URL="https://shop.example")
+    paytrack, preview = await serve("development", FRONTEND_URL="https://shop.example")
     await open_checks(page, preview, f"?server={paytrack.url}")
     await page.wait_for_selector('#connection[data-error="origin_not_allowed"]', timeout=3 * MS)
     assert await page.get_attribute("#connection", "data-state") != "connected"
@@ -413,7 +428,7 @@ async def test_a_refused_origin_surfaces_origin_not_allowed(serve, page) -> None
 async def test_online_and_pageshow_from_the_back_forward_cache_retrack_at_once(serve, http, page) -> None:  # type: ignore[no-untyped-def]
     """With a reconnect backoff of a minute, only the page's own signals can bring the socket back
     within the test's wait: the browser's `online` event, and `pageshow` from the back/forward cache."""
-    paytrack, preview = await serve()
+    paytrack, preview = await serve("development")
     relay = await Relay().install(page)
     await open_checks(page, preview, "?reconnectDelayMs=60000&reconnectDelayMaxMs=60000")
     await page.wait_for_selector('#connection[data-state="connected"]')
@@ -433,3 +448,120 @@ async def test_online_and_pageshow_from_the_back_forward_cache_retrack_at_once(s
         await page.wait_for_selector('#connection[data-state="connected"]')
         await eventually(lambda n=n: relay.calls("track-payment", reference) == n)
         assert await tracking_clients(http, paytrack.url, reference) == 1
+
+
+# -- fast refresh ------------------------------------------------------------------------------------
+
+REFRESH_MAIN = """\
+import { StrictMode, useEffect, useState } from "react";
+import { createRoot } from "react-dom/client";
+import { PaytrackProvider, useConnection } from "paytrack-react";
+import { Follow } from "./Follow.jsx";
+
+function Page() {
+  const [followed, setFollowed] = useState([]);
+  const { state } = useConnection();
+  useEffect(() => {
+    window.checks = { follow: (reference) => setFollowed((list) => [...list, reference]) };
+    document.body.dataset.ready = "true";
+  }, []);
+  return (
+    <>
+      <p id="connection" data-state={state}>{state}</p>
+      <ul id="followed">{followed.map((reference) => <Follow key={reference} reference={reference} />)}</ul>
+    </>
+  );
+}
+
+createRoot(document.getElementById("root")).render(
+  <StrictMode><PaytrackProvider url={window.location.origin} options={{ shareAcrossTabs: false }}><Page /></PaytrackProvider></StrictMode>,
+);
+"""
+REFRESH_FOLLOW = """\
+import { usePayment } from "paytrack-react";
+
+export function Follow({ reference }) {
+  const { status } = usePayment(reference);
+  return <li data-reference={reference} data-status={status} data-version="VERSION">{reference}: {status}</li>;
+}
+"""
+REFRESH_SERVER = """\
+// Vite's dev server (with React's fast refresh) on this directory, proxying paytrack.
+import react from "@vitejs/plugin-react";
+import { createServer } from "vite";
+
+const [root, port, paytrack, repository] = process.argv.slice(2);
+const server = await createServer({
+  root,
+  configFile: false,
+  cacheDir: `${root}/.vite-cache`,
+  logLevel: "warn",
+  plugins: [react()],
+  resolve: { dedupe: ["react", "react-dom"] },
+  server: {
+    host: "127.0.0.1",
+    port: Number(port),
+    strictPort: true,
+    fs: { allow: [root, repository] },
+    proxy: { "/api": { target: paytrack }, "/socket.io": { target: paytrack, ws: true } },
+  },
+});
+await server.listen();
+console.log("listening");
+"""
+
+
+async def test_fast_refresh_of_a_following_component_tracks_once(built, tmp_path, http, page) -> None:  # type: ignore[no-untyped-def]
+    """Editing the component that follows a payment, under Vite's dev server: React's fast refresh
+    runs its effects again (a new subscription), and the payment is neither stopped nor tracked again."""
+    app = tmp_path / "refresh-app"
+    app.mkdir()
+    (app / "node_modules").symlink_to(EXAMPLE / "node_modules")  # react, vite, paytrack-react as the example has them
+    (app / "index.html").write_text(
+        '<!doctype html><html><head><link rel="icon" href="data:,"></head><body><div id="root"></div>'
+        '<script type="module" src="/main.jsx"></script></body></html>'
+    )
+    (app / "main.jsx").write_text(REFRESH_MAIN)
+    (app / "Follow.jsx").write_text(REFRESH_FOLLOW.replace("VERSION", "1"))
+    (app / "serve.mjs").write_text(REFRESH_SERVER)
+
+    with (tmp_path / "processes.log").open("wb") as log:
+        paytrack = await Paytrack(log).start()
+        port = free_port()
+        dev = await asyncio.create_subprocess_exec(
+            "node", "serve.mjs", str(app), str(port), paytrack.url, str(ROOT), cwd=app, stdout=log, stderr=log
+        )
+        try:
+            async with aiohttp.ClientSession() as probe:
+
+                async def serving() -> bool:
+                    assert dev.returncode is None, f"vite exited with {dev.returncode}"
+                    try:
+                        async with probe.get(f"http://127.0.0.1:{port}/") as resp:
+                            return resp.status == 200
+                    except aiohttp.ClientConnectionError:
+                        return False
+
+                await eventually(serving, timeout=WAIT * 4, interval=0.05)
+            relay = await Relay().install(page)
+            await page.goto(f"http://127.0.0.1:{port}/", timeout=6 * MS)  # the first load optimizes dependencies
+            await page.wait_for_selector('body[data-ready="true"]', timeout=6 * MS)
+            await page.wait_for_selector('#connection[data-state="connected"]')
+            reference = await initiate(http, paytrack.url, "react-refresh-1")
+            await follow(page, reference)
+            await page.wait_for_selector(f'li[data-reference="{reference}"][data-status="PENDING"][data-version="1"]')
+
+            await page.evaluate("window.beforeTheEdit = true")  # a full reload would lose it
+            (app / "Follow.jsx").write_text(REFRESH_FOLLOW.replace("VERSION", "2"))  # the developer saves an edit
+            await page.wait_for_selector(f'li[data-reference="{reference}"][data-status="PENDING"][data-version="2"]')
+            await barrier(page, relay, "barrier-refresh")
+            assert relay.calls("track-payment", reference) == 1
+            assert relay.calls("stop-tracking-payment", reference) == 0
+            assert await tracking_clients(http, paytrack.url, reference) == 1
+            assert await page.evaluate("window.beforeTheEdit") is True, "a fast refresh, not a reload"
+            assert page_errors(page) == [], page.console_errors
+        finally:
+            if dev.returncode is None:
+                dev.kill()
+                await dev.wait()
+            await paytrack.kill()
