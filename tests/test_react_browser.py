@@ -376,6 +376,7 @@ async def test_strict_mode_double_mount_tracks_once(serve, http, page) -> None: 
     paytrack, preview = await serve("development")
     relay = await Relay().install(page)
     await open_checks(page, preview)
+    assert await page.get_attribute("body", "data-effect-runs") == "2", "StrictMode mounts twice in this build"
     # Connected first: a second track or a stop would now reach the socket, not wait for it.
     await page.wait_for_selector('#connection[data-state="connected"]')
     reference = await initiate(http, paytrack.url, "react-strict-1")

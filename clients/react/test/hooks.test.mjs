@@ -3,7 +3,7 @@
 // the server has it, onSuccess once, and nothing left on the server after unmount.
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
-import { createElement as h, StrictMode, useState } from "react";
+import { createElement as h, StrictMode, useEffect, useState } from "react";
 import TestRenderer from "react-test-renderer";
 import { createPaytrackStore, PaytrackProvider, useConnection, useInitiatePayment, usePayment } from "../src/index.js";
 import {
@@ -79,8 +79,16 @@ test("under StrictMode a mounted usePayment tracks once, shows the server's stat
     await connectionReached(store, "connected"); // so a second track would reach the socket
     const reference = await initiated("hook-strict");
     const options = { onSuccess: (p) => successes.push(p.seq) };
-    const tree = h(StrictMode, null, h(PaytrackProvider, { store }, h(Probe, { reference, seen: probe, options })));
+    let effectRuns = 0;
+    function Witness() {
+      useEffect(() => {
+        effectRuns += 1;
+      }, []);
+      return null;
+    }
+    const tree = h(StrictMode, null, h(PaytrackProvider, { store }, h(Witness), h(Probe, { reference, seen: probe, options })));
     const renderer = await render(tree);
+    assert.equal(effectRuns, 2, "StrictMode ran the effects twice (React's development build)");
     await until(() => probe.last.status === "PENDING", "PENDING");
     await until(() => seen.count(seen.acks, reference) >= 1, "the track's ack");
     assert.equal(seen.count(seen.tracks, reference), 1);

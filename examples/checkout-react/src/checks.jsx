@@ -28,6 +28,8 @@ function Checks() {
   const [followed, setFollowed] = useState([]);
   const connection = useConnection();
   useEffect(() => {
+    // 2 in React's development build under StrictMode (mounted, unmounted, mounted again): the tests check it.
+    document.body.dataset.effectRuns = String(Number(document.body.dataset.effectRuns ?? 0) + 1);
     window.checks = {
       follow: (reference) => setFollowed((list) => (list.includes(reference) ? list : [...list, reference])),
       unfollow: (reference) => setFollowed((list) => list.filter((r) => r !== reference)),
