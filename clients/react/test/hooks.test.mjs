@@ -195,3 +195,25 @@ test("useInitiatePayment starts a payment that usePayment then follows", async (
   assert.equal(probe.last.payment.reference, initiation.reference);
   await act(async () => renderer.unmount());
 });
+
+test("a provider given another url closes the first server's tracker and follows on the new one", async () => {
+  const other = await startServer();
+  try {
+    const reference = await initiated("provider-url");
+    const baseline = await connectionCount(server.url);
+    const probe = { renders: [], last: null };
+    const tree = (url) => h(StrictMode, null, h(PaytrackProvider, { url }, h(Probe, { reference, seen: probe })));
+    const renderer = await render(tree(server.url));
+    await until(() => probe.last.status === "PENDING", "PENDING on the first server");
+    assert.equal(await connectionCount(server.url), baseline + 1);
+
+    await act(async () => renderer.update(tree(other.url)));
+    await until(() => probe.last.status === "unknown", "the second server does not know it");
+    await eventually(async () => (await connectionCount(server.url)) === baseline, { what: "the first tracker closed" });
+    assert.equal(await connectionCount(other.url), 1);
+    await act(async () => renderer.unmount());
+    await eventually(async () => (await connectionCount(other.url)) === 0, { what: "the second tracker closed" });
+  } finally {
+    await other.kill();
+  }
+});
