@@ -7,6 +7,7 @@ are fully independent, which is what lets the tests run several instances.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp_cors
@@ -27,29 +28,25 @@ from core.cors import PolicyRouterAdapter
 from core.errors import error_middleware
 from core.origins import OriginPolicy
 from core.ratelimit import LIMITER, Limit, RateLimiter
-from core.settings import SETTINGS, AuthMode, Settings
+from core.settings import SETTINGS, Settings
 from observability.health import PROBE
 from observability.metrics import METRICS, Metrics, instrument
 from observability.request_id import request_id_middleware
 from payments.access import AUTHENTICATOR
+from payments.component import Payments
 from payments.outbox import OutboxPolicy
-from payments.providers import create_provider
-from payments.reconciler import RECONCILER, ReconcilePolicy, Reconciler
+from payments.reconciler import RECONCILER
 from payments.routes import TRACKERS
-from payments.service import SERVICE, InitiationTimes, PaymentService
-from realtime.calls import CallGate
-from realtime.delivery import LocalDelivery, Resync
-from realtime.events import PaymentNamespace
+from payments.service import SERVICE
+from realtime.component import Realtime
 from realtime.heartbeat import heartbeat_ctx
-from realtime.manager import ResilientRedisManager, create_client_manager, pubsub_ctx
+from realtime.manager import create_client_manager, pubsub_ctx
 from realtime.notifier import SocketNotifier
-from realtime.server import SIO, SOCKETIO_PATH, closing_sockets, create_sio, websocket_upgrade_passthrough
-from realtime.sessions import Sessions
+from realtime.server import SIO, SOCKETIO_PATH, closing_sockets, websocket_upgrade_passthrough
 from realtime.storage.base import STORAGE, Incarnation, Storage
-from realtime.storage.factory import create_storage
+from realtime.storage.factory import create_counters, create_storage
 from realtime.storage.keys import RedisKeys
 from webhooks.inbound.processor import WEBHOOKS, WebhookProcessor
-from webhooks.inbound.signature import SignatureRules
 from webhooks.outbound.delivery import DELIVERY, create_delivery
 
 log = logging.getLogger("paytrack")
@@ -90,161 +87,77 @@ def create_app(
     """
     clock = clock or SystemClock()
     metrics = metrics or Metrics()
+    incarnation = Incarnation(settings.INSTANCE_ID)  # this process of the instance: a new boot id each start
+    manager = create_client_manager(settings, incarnation)
+    outbox = OutboxPolicy(settings.MERCHANT_WEBHOOK_URL, settings.MERCHANT_WEBHOOK_EVENTS)
+    storage = _open_storage(settings, clock, metrics, outbox, given=storage)
+    delivery = create_delivery(settings, storage, clock, metrics)
+    notifier = SocketNotifier(manager.publish_payment)
+    payments = Payments.build(
+        settings, storage, notifier, clock, metrics, outbox=outbox, on_outbox=delivery.wake if delivery else None
+    )
+    authenticator = create_authenticator(settings, storage, clock)
+    limiter = _create_limiter(settings)
+    realtime = Realtime(
+        settings,
+        manager,
+        storage=storage,
+        service=payments.service,
+        authenticator=authenticator,
+        limiter=limiter,
+        clock=clock,
+        incarnation=incarnation,
+        metrics=metrics,
+        recheck=payments.reconciler.recheck_lost_write,
+    )
+
     app = web.Application(
         middlewares=[websocket_upgrade_passthrough, request_id_middleware, error_middleware],
         client_max_size=settings.MAX_BODY_BYTES,
     )
-
-    provider = create_provider(settings, clock, metrics)
-    incarnation = Incarnation(settings.INSTANCE_ID)  # this process of the instance: a new boot id each start
-    manager = create_client_manager(settings, incarnation)
-    sio = create_sio(settings, client_manager=manager)
-    sessions = Sessions(
-        max_tracked=settings.MAX_TRACKED_PER_SOCKET, auth_enabled=settings.AUTH_MODE is not AuthMode.NONE
-    )
-    socket_delivery = LocalDelivery(sio, sessions)
-    manager.on_payment = socket_delivery.deliver
-    metrics.count_tracked_with(sessions.tracked_payment_count)
-
-    async def announce_recovered(references: list[str]) -> None:
-        """Redis is back: what it now holds for the payments changed meanwhile goes to every instance,
-        and this instance's sockets are resynced. A status change no replica confirmed may have been lost
-        if that outage was a failover: the provider is asked about it again."""
-        await service.announce(references)
-        resync.request()
-        assert storage is not None  # built below, before Redis can recover
-        for reference in storage.take_unconfirmed():
-            reconciler.request_check(reference)
-
-    merchant_outbox = OutboxPolicy(settings.MERCHANT_WEBHOOK_URL, settings.MERCHANT_WEBHOOK_EVENTS)
-    # Storage failures are counted where they happen: on the backend that talks to the data.
-    count_failures = lambda backend: instrument(backend, metrics)  # noqa: E731
-    if storage is not None:
-        storage = count_failures(storage)
-    else:
-        storage = create_storage(
-            settings, clock, on_recovered=announce_recovered, instrument=count_failures, outbox=merchant_outbox
-        )
-
-    def storage_healthy() -> bool:
-        """Whether storage answers from Redis (memory alone is always healthy): one check for every component
-        that behaves differently while degraded."""
-        return bool(getattr(storage, "healthy", True))
-
-    # With Redis, an instance receives only the messages of payments it follows (realtime/routes.py).
-    follow = manager.follow if isinstance(manager, ResilientRedisManager) else None
-    resync = Resync(sessions, socket_delivery, storage, interval=settings.RESYNC_INTERVAL_SECONDS, follow=follow)
-    if isinstance(manager, ResilientRedisManager):
-        manager.on_listening = resync.request
-        manager.on_follow_failed = resync.request
-        manager.storage_healthy = storage_healthy
-    delivery = create_delivery(settings, storage, clock, metrics)
-    service = PaymentService(
-        storage,
-        provider,
-        SocketNotifier(manager.publish_payment),
-        clock,
-        times=InitiationTimes(
-            lease_seconds=settings.INITIATION_LEASE_SECONDS,
-            collect_lifetime_seconds=settings.COLLECT_LIFETIME_SECONDS,
-            idempotency_ttl_seconds=settings.PAYMENT_TTL_SECONDS,
-            link_lifetime_seconds=settings.link_lifetime,
-        ),
-        outbox=merchant_outbox,
-        on_outbox=delivery.wake if delivery else None,
-        metrics=metrics,
-    )
-
-    def recheck_lost_write(reference: str) -> None:
-        """A page ahead of the stored payment: a sign of writes a Redis failover lost, but only while storage
-        is Redis. While degraded, memory's copies are behind by nature (they were mirrored before others
-        changed the payments on Redis) and converge when Redis returns; asking CamPay about each would flood
-        it and fill the write-back with changes Redis already has."""
-        if storage_healthy():
-            reconciler.request_check(reference)
-
-    reconciler = Reconciler(
-        service,
-        storage,
-        provider,
-        clock,
-        _reconcile_policy(settings),
-        instance_id=settings.INSTANCE_ID,
-        metrics=metrics,
-        storage_healthy=storage_healthy,
-    )
-    authenticator = create_authenticator(settings, storage, clock)
-    limiter = _create_limiter(settings)
-    namespace = PaymentNamespace(
-        service=service,
-        storage=storage,
-        sessions=sessions,
-        delivery=socket_delivery,
-        authenticator=authenticator,
-        limiter=limiter,
-        clock=clock,
-        settings=settings,
-        incarnation=incarnation,
-        follow=follow,
-        metrics=metrics,
-        recheck=recheck_lost_write,
-        calls=CallGate(settings.RATE_LIMIT_CALLS_PER_SOCKET),
-    )
-    sio.register_namespace(namespace)
-
-    app[SETTINGS] = settings
-    app[CLOCK] = clock
-    app[STORAGE] = storage
-    app[PROBE] = storage
-    app[TRACKERS] = storage
-    app[SERVICE] = service
-    app[SIO] = sio
-    app[AUTHENTICATOR] = authenticator
-    app[LIMITER] = limiter
-    app[RECONCILER] = reconciler
-    app[WEBHOOKS] = WebhookProcessor(
-        service,
-        provider,
-        reconciler,
-        clock,
-        signature_rules=SignatureRules(
-            key=settings.CAMPAY_WEBHOOK_KEY,
-            max_age_seconds=settings.CAMPAY_WEBHOOK_MAX_AGE_SECONDS,
-            binds_status=settings.CAMPAY_WEBHOOK_SIGNATURE_BINDS_STATUS,
-        ),
-        verify_with_provider=settings.WEBHOOK_VERIFY_WITH_PROVIDER,
-        metrics=metrics,
-    )
-    app[METRICS] = metrics
+    app[SETTINGS], app[CLOCK], app[METRICS] = settings, clock, metrics
+    app[STORAGE] = app[PROBE] = app[TRACKERS] = storage
+    app[SERVICE], app[RECONCILER] = payments.service, payments.reconciler
+    app[SIO], app[AUTHENTICATOR], app[LIMITER] = realtime.sio, authenticator, limiter
+    app[WEBHOOKS] = WebhookProcessor.from_settings(settings, payments, clock, metrics)
     if delivery is not None:
         app[DELIVERY] = delivery
-
     app.cleanup_ctx.extend(
         [
             metrics.gc_pauses(),
             opened(storage),
             heartbeat_ctx(storage, settings, incarnation),
-            pubsub_ctx(manager, sio, wait=settings.REDIS_TIMEOUT_SECONDS),
-            closing(provider),  # and the sandbox's auto-complete timers
-            closing(service),  # its background tasks (delayed simulations)
+            pubsub_ctx(manager, realtime.sio, wait=settings.REDIS_TIMEOUT_SECONDS),
+            closing(payments.provider),  # and the sandbox's auto-complete timers
+            closing(payments.service),  # its background tasks (delayed simulations)
             closing(authenticator),
             closing(limiter),
-            closing(namespace),  # token-expiry timers
+            closing(realtime.namespace),  # token-expiry timers
             running(delivery),
-            running(reconciler if settings.RECONCILE_ENABLED else None),
-            running(resync),
-            _log_started(settings, incarnation, storage.backend, provider.name),
+            running(payments.reconciler if settings.RECONCILE_ENABLED else None),
+            running(realtime.resync),
+            _log_started(settings, incarnation, storage.backend, payments.provider.name),
         ]
     )
     app.on_response_prepare.append(_security_headers)
     # `server.py` closes sockets itself, before aiohttp stops reading from connections; this covers any other runner.
-    app.on_shutdown.append(closing_sockets(sio, settings.SHUTDOWN_TIMEOUT_SECONDS * SOCKETS_SHARE))
-
-    sio.attach(app, socketio_path=SOCKETIO_PATH)
+    app.on_shutdown.append(closing_sockets(realtime.sio, settings.SHUTDOWN_TIMEOUT_SECONDS * SOCKETS_SHARE))
+    realtime.sio.attach(app, socketio_path=SOCKETIO_PATH)
     for table in ROUTES:
         app.router.add_routes(table)
     _setup_cors(app, settings)
     return app
+
+
+def _open_storage(
+    settings: Settings, clock: Clock, metrics: Metrics, outbox: OutboxPolicy, *, given: Storage | None
+) -> Storage:
+    """`given`, or a new storage from settings; either way its failures are counted where they happen, on
+    the backend that talks to the data (with Redis, the primary under the memory fallback)."""
+    count_failures = lambda backend: instrument(backend, metrics)  # noqa: E731
+    if given is not None:
+        return count_failures(given)
+    return create_storage(settings, clock, instrument=count_failures, outbox=outbox)
 
 
 def _log_started(settings: Settings, incarnation: Incarnation, storage: str, provider: str) -> CleanupContext:
@@ -287,18 +200,8 @@ async def _security_headers(request: web.Request, response: web.StreamResponse) 
         )
 
 
-def _reconcile_policy(settings: Settings) -> ReconcilePolicy:
-    return ReconcilePolicy(
-        after_seconds=settings.RECONCILE_AFTER_SECONDS,
-        interval_seconds=settings.RECONCILE_INTERVAL_SECONDS,
-        max_age_seconds=settings.RECONCILE_MAX_AGE_SECONDS,
-        link_interval_seconds=settings.LINK_RECONCILE_INTERVAL_SECONDS,
-    )
-
-
 def _create_limiter(settings: Settings) -> RateLimiter:
-    return RateLimiter.from_settings(
-        settings,
+    return RateLimiter(
         {
             # Payments go on while Redis is away: counted per instance until it is back (a burst that
             # fills the counters' pool is back-pressure: 503 busy, never counted on memory).
@@ -307,7 +210,8 @@ def _create_limiter(settings: Settings) -> RateLimiter:
             "webhook_ip": Limit(settings.RATE_LIMIT_WEBHOOK_PER_IP, on_outage="open"),
             "connect_ip": Limit(settings.RATE_LIMIT_CONNECT_PER_IP, on_outage="local"),
         },
-        key_prefix=RedisKeys(settings.REDIS_KEY_PREFIX).rate_limits(),
+        counters=create_counters(settings, key_prefix=RedisKeys(settings.REDIS_KEY_PREFIX).rate_limits()),
+        outage_retry_after=max(1, math.ceil(settings.REDIS_RECONNECT_INTERVAL_SECONDS)),
     )
 
 

@@ -8,7 +8,7 @@ roles (memory, Redis, and Redis with a memory fallback) and realtime/ the
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, NamedTuple, Protocol
@@ -281,5 +281,21 @@ class ServiceStorage(PaymentStore, IdempotencyStore, IntentStore, LockService, P
     """What the payment service needs."""
 
 
-class ReconcilerStorage(PaymentStore, LockService, Protocol):
+class SharedBackend(Protocol):
+    """What payments need to know of the storage's shared backend (Redis): whether calls reach it, and what
+    to do when it comes back after an outage or a failover (storage/base.py's `Storage` has both)."""
+
+    @property
+    def healthy(self) -> bool: ...
+
+    def when_recovered(self, listener: Callable[[list[str]], Awaitable[None]]) -> None: ...
+
+    def take_unconfirmed(self) -> list[str]: ...
+
+
+class ReconcilerStorage(PaymentStore, LockService, SharedBackend, Protocol):
     """What the reconciler needs."""
+
+
+class PaymentsStorage(ServiceStorage, ReconcilerStorage, Protocol):
+    """All the storage the payments component uses (the app's storage has every part)."""

@@ -34,7 +34,7 @@ import contextlib
 import itertools
 import logging
 import secrets
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -83,7 +83,6 @@ class Reconciler:
         *,
         instance_id: str,
         metrics: Metrics | None = None,
-        storage_healthy: Callable[[], bool] = lambda: True,
     ) -> None:
         self._service = service
         self._storage = storage
@@ -91,7 +90,6 @@ class Reconciler:
         self._clock = clock
         self._policy = policy
         self._metrics = metrics or Metrics()
-        self._storage_healthy = storage_healthy
         # One owner per reconciler, fresh each start: a restarted instance never mistakes its predecessor's
         # lease for its own.
         self._owner = f"{instance_id}:{secrets.token_hex(4)}"
@@ -120,6 +118,20 @@ class Reconciler:
         """Ask for `reference` to be checked on the next pass, whatever its age, and run it soon."""
         self._requested.add(reference)
         self._worker.wake()
+
+    def recheck_lost_write(self, reference: str) -> None:
+        """A page is ahead of the stored payment: a sign of writes a Redis failover lost, but only while
+        storage is Redis. While degraded, memory's copies are behind by nature (they were mirrored before
+        others changed the payments on Redis) and converge when Redis returns; asking the provider about each
+        would flood it and fill the write-back with changes Redis already has."""
+        if self._storage.healthy:
+            self.request_check(reference)
+
+    async def recheck_unconfirmed(self, _written_back: list[str]) -> None:
+        """Redis is back (a recovery listener): a status change no replica confirmed may have been lost if
+        that outage was a failover, so the provider is asked about each again."""
+        for reference in self._storage.take_unconfirmed():
+            self.request_check(reference)
 
     async def refresh(self, reference: str) -> Transition:
         """Ask the provider now and apply its answer (used by `?refresh=true`)."""
@@ -313,7 +325,7 @@ class Reconciler:
         # settled on Redis are behind by nature, and asking the provider about each one only adds changes for
         # the write-back to carry (at 3,000 payments, over a hundred a second, keeping the instance degraded
         # longer after Redis answered). Redis's index is swept again once it is back.
-        sweep_due = self._clock.monotonic() >= self._next_full_pass and self._storage_healthy()
+        sweep_due = self._clock.monotonic() >= self._next_full_pass and self._storage.healthy
         leader = sweep_due and await self._storage.acquire_lease(LEASE_NAME, self._owner, self._policy.lease_seconds)
         if not leader:
             await self.run_once(include_due=False)

@@ -130,7 +130,7 @@ async def test_a_full_counter_pool_is_back_pressure_for_initiate_not_an_outage(
         **{**PRODUCTION, "STORAGE_BACKEND": "redis", "REDIS_POOL_SIZE": 1, "REDIS_POOL_TIMEOUT_SECONDS": 0.1}
     )
     api = instance.api.as_user(user_token("alice"))
-    pool = instance.app[LIMITER]._pool
+    pool = instance.app[LIMITER]._counters.close.__self__  # the counters' own BlockingConnectionPool
     held = await pool.get_connection()  # a burst elsewhere holds the only connection
     try:
         status, body, headers = await api.initiate(order_id="o-busy")

@@ -8,6 +8,7 @@ guarantee a backend must keep.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
@@ -39,6 +40,10 @@ class Incarnation:
 
     instance_id: str
     boot_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+
+# Called with the payments whose change made while the shared backend was away was written back.
+RecoveryListener = Callable[[list[str]], Awaitable[None]]
 
 
 class ClientRecord(BaseModel):
@@ -105,6 +110,15 @@ class Storage(
     Protocol,
 ):
     backend: str
+
+    @property
+    def healthy(self) -> bool:
+        """Whether calls are answered from the shared backend (Redis); always true for memory alone. The one
+        check for every component that behaves differently while degraded."""
+
+    def when_recovered(self, listener: RecoveryListener) -> None:
+        """Call `listener(references)` each time the shared backend comes back, with the payments whose change
+        made while it was away was written back (listeners run in the order given; never called on memory)."""
 
     async def start(self) -> None:
         """Open connections and background work; called once from the app's lifetime."""

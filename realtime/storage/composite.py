@@ -14,7 +14,7 @@ from typing import Any
 
 from observability.health import StorageHealth
 from payments.ports import EndpointStore, IdempotencyStore, IntentStore, LockService, OutboxStore, PaymentStore
-from realtime.storage.base import AuthCacheStore, ClientRegistry
+from realtime.storage.base import AuthCacheStore, ClientRegistry, RecoveryListener
 
 # The roles a storage is made of: attribute name -> the protocol that role implements.
 ROLES: dict[str, type] = {
@@ -76,6 +76,14 @@ class CompositeStorage:
         # The delegated methods are bound in __init__, so at run time this is reached only for an
         # unknown name; declared so that a type checker accepts `composite.get_payment(...)`.
         raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
+
+    @property
+    def healthy(self) -> bool:
+        """A backend with no fallback answers from its own data, or fails: never degraded."""
+        return True
+
+    def when_recovered(self, listener: RecoveryListener) -> None:
+        """Nothing to recover by default: only Redis with a memory fallback is ever away and back."""
 
     def take_unconfirmed(self) -> list[str]:
         """Nothing by default: only Redis with replicas has unconfirmed writes (see `Storage`)."""

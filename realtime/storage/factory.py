@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from core.clock import Clock
+from core.ratelimit import Counters
 from core.settings import Settings, StorageBackend
 from payments.outbox import OutboxPolicy
 from realtime.storage.base import Storage
@@ -57,3 +58,13 @@ def create_storage(
             on_recovered=on_recovered,
         )
     return wrap(memory)
+
+
+def create_counters(settings: Settings, *, key_prefix: str) -> Counters | None:
+    """The rate limiter's counters shared by every instance (Redis, under `key_prefix`), or None: each
+    instance counts in its own memory (development)."""
+    if settings.STORAGE_BACKEND is not StorageBackend.REDIS:
+        return None
+    from realtime.storage.counters import redis_counters  # lazily, like the storage: development needs no redis
+
+    return redis_counters(settings, key_prefix=key_prefix)

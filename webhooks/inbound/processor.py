@@ -21,8 +21,10 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 
 from core.clock import Clock
 from core.errors import ApiError, NotFound, ProviderError
+from core.settings import Settings
 from observability.logs import bind
 from observability.metrics import Metrics
+from payments.component import Payments
 from payments.model import PaymentStatus, StatusUpdate, Transition, UpdateSource
 from payments.operators import normalise_operator
 from payments.provider import PaymentProvider
@@ -107,6 +109,23 @@ class WebhookProcessor:
         self._rules = signature_rules
         self._verify = verify_with_provider
         self._metrics = metrics or Metrics()
+
+    @classmethod
+    def from_settings(cls, settings: Settings, payments: Payments, clock: Clock, metrics: Metrics) -> WebhookProcessor:
+        """CamPay's callbacks, checked by the signature rules the settings give, onto the payments component."""
+        return cls(
+            payments.service,
+            payments.provider,
+            payments.reconciler,
+            clock,
+            signature_rules=SignatureRules(
+                key=settings.CAMPAY_WEBHOOK_KEY,
+                max_age_seconds=settings.CAMPAY_WEBHOOK_MAX_AGE_SECONDS,
+                binds_status=settings.CAMPAY_WEBHOOK_SIGNATURE_BINDS_STATUS,
+            ),
+            verify_with_provider=settings.WEBHOOK_VERIFY_WITH_PROVIDER,
+            metrics=metrics,
+        )
 
     async def process(self, hook: CampayWebhook) -> WebhookOutcome:
         """Process one callback; its outcome (or `invalid_signature`) is counted in the metrics.

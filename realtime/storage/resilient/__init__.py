@@ -104,6 +104,9 @@ class ResilientStorage(CompositeStorage):
     def healthy(self) -> bool:
         return self._failover.healthy
 
+    def when_recovered(self, listener: RecoveryListener) -> None:
+        self._failover.listen(listener)
+
     def take_unconfirmed(self) -> list[str]:
         """Those the last recovery wrote back (policies.PaymentsPolicy.recovering), and any since."""
         taken: list[str] = self.primary.take_unconfirmed()

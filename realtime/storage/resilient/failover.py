@@ -39,6 +39,7 @@ from core.clock import Clock
 from core.errors import Busy
 from observability.health import StorageHealth
 from realtime.redis_connection import BUSY_ERRORS, OUTAGE_ERRORS
+from realtime.storage.base import RecoveryListener
 from realtime.storage.composite import protocol_methods
 
 log = logging.getLogger("paytrack.storage")
@@ -46,8 +47,6 @@ log = logging.getLogger("paytrack.storage")
 R = TypeVar("R")
 T = TypeVar("T")
 
-
-RecoveryListener = Callable[[list[str]], Awaitable[None]]
 
 # What a try that waited its whole timeout raises (redis-py's own, asyncio's, the socket's).
 TIMEOUT_ERRORS: tuple[type[BaseException], ...] = (RedisTimeoutError, asyncio.TimeoutError, TimeoutError)
@@ -136,7 +135,7 @@ class Failover:
         self.fallback = fallback  # needs start, close
         self._clock = clock
         self._interval = reconnect_interval
-        self._on_recovered = on_recovered
+        self._recovery_listeners: list[RecoveryListener] = [on_recovered] if on_recovered is not None else []
         # How long a call keeps trying the primary before an outage degrades the instance (a cluster's
         # failover: its other shards answer meanwhile, and the failing shard's promoted replica soon does).
         self._ride_out = ride_out
@@ -288,11 +287,16 @@ class Failover:
         await self._announce(await self._write_back())
         self._primary_id = primary_id
 
+    def listen(self, listener: RecoveryListener) -> None:
+        """Add a recovery listener, called after those added before it."""
+        self._recovery_listeners.append(listener)
+
     async def _announce(self, written: list[str]) -> None:
-        """Tell the recovery listener what was written back (a failure is logged: the write-back stands)."""
-        if self._on_recovered is not None:
+        """Tell the recovery listeners what was written back (a failure is logged: the write-back stands and
+        the next listener is still told)."""
+        for listener in self._recovery_listeners:
             try:
-                await self._on_recovered(written)
+                await listener(written)
             except Exception:
                 log.exception("storage: recovery listener failed")
 

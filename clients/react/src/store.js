@@ -1,0 +1,243 @@
+// The store behind the hooks: one PaymentTracker, created on first use in the browser, shared by
+// every component under one <PaytrackProvider>, with snapshots shaped for useSyncExternalStore.
+//
+// Why a store and not a tracker per hook: React mounts, unmounts and mounts again (StrictMode's
+// double effects, fast refresh, a reference that changes), and every one of those would otherwise
+// be a track-payment and a stop-tracking-payment on the socket. Here each reference is counted:
+// the first user tracks it, the last one to leave stops it, and the stop waits `releaseDelayMs`
+// (a macrotask by default) so that an unmount that is immediately followed by a mount again
+// (StrictMode) neither stops nor tracks twice. The tracker itself is closed the same way.
+//
+// Nothing here runs on the server: the tracker is created only by subscribe() (called from
+// effects) and initiate() (called from event handlers), never while rendering.
+import { PaymentTracker, PaytrackError } from "paytrack-client";
+
+const FINAL = new Set(["SUCCESSFUL", "FAILED"]);
+// Our own doing: the store stopped the handle or closed the tracker. Not an error to show.
+const OWN_ENDINGS = new Set(["stopped", "closed"]);
+
+/** What server rendering and the first client render show: no socket yet. */
+export const INITIAL_CONNECTION = Object.freeze({ state: "connecting", nextAttemptAt: null, error: null });
+/** No reference to follow. */
+export const IDLE_PAYMENT = Object.freeze({ payment: null, status: "idle", error: null });
+/** Following a reference whose first state has not arrived yet. */
+export const LOADING_PAYMENT = Object.freeze({ payment: null, status: "loading", error: null });
+
+function noop() {}
+
+/**
+ * The connection snapshot for a state, reading `nextAttemptAt` from the event's info or the tracker
+ * (a client without it: null).
+ */
+function connectionOf(state, info, tracker, error) {
+  const at = info && "nextAttemptAt" in info ? info.nextAttemptAt : tracker?.nextAttemptAt;
+  return Object.freeze({ state, nextAttemptAt: Number.isFinite(at) ? at : null, error: error ?? null });
+}
+
+function sameConnection(a, b) {
+  return a.state === b.state && a.nextAttemptAt === b.nextAttemptAt && a.error === b.error;
+}
+
+/** One reference as the store follows it: its users, its tracker handle and its current snapshot. */
+class Entry {
+  constructor(reference) {
+    this.reference = reference;
+    this.users = 0;
+    this.handle = null;
+    this.snapshot = LOADING_PAYMENT;
+    this.listeners = new Set();
+    this.releaseTimer = null;
+  }
+}
+
+/**
+ * A store for one paytrack server. `options` are PaymentTracker's (url, token, fallbackPollMs, ...)
+ * plus `releaseDelayMs` (how long a reference nobody uses any more, or the tracker once the provider
+ * is gone, is kept before it is stopped; default 0: the next macrotask). `createTracker` builds the
+ * tracker (default `new PaymentTracker(options)`), for a page that needs its own.
+ */
+export function createPaytrackStore(options = {}, { createTracker = (trackerOptions) => new PaymentTracker(trackerOptions) } = {}) {
+  const { releaseDelayMs = 0, ...trackerOptions } = options;
+  let tracker = null;
+  let closed = false;
+  let connection = INITIAL_CONNECTION;
+  const connectionListeners = new Set();
+  const entries = new Map();
+  let holders = 0; // providers (or others) that keep the tracker open; see retain()
+  let closeTimer = null;
+  let unlisten = [];
+
+  function setConnection(next) {
+    if (sameConnection(connection, next)) return;
+    connection = next;
+    for (const listener of [...connectionListeners]) listener();
+  }
+
+  function ensureTracker() {
+    if (tracker !== null || closed) return tracker;
+    tracker = createTracker(trackerOptions);
+    const offConnection = tracker.on("connection", (state, info) => {
+      // A connection made is the answer to the last refusal; anything else keeps showing it.
+      const error = state === "connected" ? null : connection.error;
+      setConnection(connectionOf(state, info, tracker, error));
+    });
+    const offError = tracker.on("error", (error) => {
+      if (error?.reference) {
+        const entry = entries.get(error.reference);
+        if (entry && entry.handle) setPayment(entry, { ...entry.snapshot, error });
+      } else {
+        setConnection(connectionOf(tracker.state, null, tracker, error));
+      }
+    });
+    unlisten = [offConnection, offError];
+    setConnection(connectionOf(tracker.state, null, tracker, null));
+    return tracker;
+  }
+
+  function setPayment(entry, next) {
+    const current = entry.snapshot;
+    if (current.payment === next.payment && current.status === next.status && current.error === next.error) return;
+    entry.snapshot = Object.freeze({ payment: next.payment, status: next.status, error: next.error });
+    for (const listener of [...entry.listeners]) listener();
+  }
+
+  function start(entry) {
+    const live = ensureTracker();
+    if (live === null) return;
+    let handle;
+    try {
+      handle = live.track(entry.reference, {
+        onUpdate: (payment) => setPayment(entry, { payment, status: payment.status, error: null }),
+        onUnknown: ({ lastKnown }) => {
+          if (FINAL.has(entry.snapshot.status)) return;
+          setPayment(entry, { payment: lastKnown ?? entry.snapshot.payment, status: "unknown", error: null });
+        },
+      });
+    } catch (error) {
+      setPayment(entry, { ...entry.snapshot, error });
+      return;
+    }
+    entry.handle = handle;
+    handle.done.catch((error) => {
+      if (entry.handle === handle && !OWN_ENDINGS.has(error?.code)) setPayment(entry, { ...entry.snapshot, error });
+    });
+  }
+
+  function stop(entry) {
+    entries.delete(entry.reference);
+    const handle = entry.handle;
+    entry.handle = null;
+    handle?.stop();
+  }
+
+  function release(entry) {
+    entry.users -= 1;
+    if (entry.users > 0 || entry.releaseTimer !== null) return;
+    entry.releaseTimer = setTimeout(() => {
+      entry.releaseTimer = null;
+      if (entry.users === 0 && entries.get(entry.reference) === entry) stop(entry);
+    }, releaseDelayMs);
+  }
+
+  function close() {
+    if (closed) return;
+    closed = true;
+    clearTimeout(closeTimer);
+    closeTimer = null;
+    for (const entry of entries.values()) {
+      clearTimeout(entry.releaseTimer);
+      entry.releaseTimer = null;
+      entry.handle = null;
+    }
+    entries.clear();
+    for (const off of unlisten) off();
+    unlisten = [];
+    tracker?.close();
+    tracker = null;
+    setConnection(Object.freeze({ state: "offline", nextAttemptAt: null, error: connection.error }));
+  }
+
+  return {
+    /** The tracker if one was created (never on the server), else null. */
+    get tracker() {
+      return tracker;
+    },
+
+    get closed() {
+      return closed;
+    },
+
+    getConnection() {
+      return connection;
+    },
+
+    subscribeConnection(listener) {
+      ensureTracker();
+      connectionListeners.add(listener);
+      return () => connectionListeners.delete(listener);
+    },
+
+    /** The snapshot for `reference`: the same object until something about it changes. */
+    getPayment(reference) {
+      if (!reference) return IDLE_PAYMENT;
+      return entries.get(reference)?.snapshot ?? LOADING_PAYMENT;
+    },
+
+    /** Follow `reference` for as long as the returned function has not been called. */
+    subscribePayment(reference, listener) {
+      if (!reference || closed) return noop;
+      let entry = entries.get(reference);
+      if (entry === undefined) {
+        entry = new Entry(reference);
+        entries.set(reference, entry);
+      }
+      clearTimeout(entry.releaseTimer);
+      entry.releaseTimer = null;
+      entry.users += 1;
+      entry.listeners.add(listener);
+      if (entry.handle === null) start(entry);
+      let subscribed = true;
+      return () => {
+        if (!subscribed) return;
+        subscribed = false;
+        entry.listeners.delete(listener);
+        release(entry);
+      };
+    },
+
+    /** Ask the server to check with the provider now (Tracking.refresh); null if `reference` is not followed. */
+    refresh(reference) {
+      const handle = reference ? entries.get(reference)?.handle : null;
+      return handle ? handle.refresh() : Promise.resolve(null);
+    },
+
+    /** POST /api/payment/initiate through the shared tracker (PaymentTracker.initiate). */
+    initiate(body, initiateOptions) {
+      const live = ensureTracker();
+      if (live === null) return Promise.reject(new PaytrackError("closed", "this paytrack store is closed"));
+      return live.initiate(body, initiateOptions);
+    },
+
+    /** Keep the tracker open (a mounted provider). Undone by the function returned. */
+    retain() {
+      holders += 1;
+      clearTimeout(closeTimer);
+      closeTimer = null;
+      let held = true;
+      return () => {
+        if (!held) return;
+        held = false;
+        holders -= 1;
+        if (holders > 0 || closed) return;
+        clearTimeout(closeTimer);
+        closeTimer = setTimeout(() => {
+          closeTimer = null;
+          if (holders === 0) close();
+        }, releaseDelayMs);
+      };
+    },
+
+    /** Stop everything now: every reference, the tracker and its socket. */
+    close,
+  };
+}
