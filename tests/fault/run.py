@@ -5,7 +5,9 @@
     .venv/bin/python -m tests.fault.run --payments 500 --cluster
 
 Everything runs on this machine's loopback: one redis-server, two server.py
-processes, the CamPay fake and every client in this process. The storm lasts
+processes, the CamPay fake and every client in this process. A fifth of the
+payments are CamPay payment links (half paid by card), unknown to CamPay until
+their payer starts paying. The storm lasts
 payments/25 seconds (16 s at least, two minutes at most) unless --duration
 says otherwise; the whole run is bounded (each phase has a timeout).
 Exit status: 0 when no violation was found, 1 otherwise.
