@@ -32,7 +32,7 @@ CHROMIUM_ARGS = [
 ]
 MS = int(WAIT * 1000)
 
-ServePages = Callable[[dict[str, str]], Awaitable[str]]
+ServePages = Callable[[dict[str, Any]], Awaitable[str]]
 
 
 @pytest.fixture
@@ -62,16 +62,22 @@ async def chromium_page(tmp_path: Path) -> AsyncIterator[Any]:
 
 @pytest.fixture
 async def shop_server(aiohttp_server: Any) -> ServePages:
-    """Serves `{path: html}` from a server of its own (another origin than paytrack's); returns its base URL."""
+    """Serves `pages` from a server of its own (another origin than paytrack's); returns its base URL.
 
-    async def serve(pages: dict[str, str]) -> str:
+    `pages` maps a path to an HTML page, or to `(content_type, body)`; it is read at each request, so
+    a test may fill it in once it knows the addresses the pages need.
+    """
+
+    async def serve(pages: dict[str, Any]) -> str:
+        async def page(request: web.Request) -> web.Response:
+            found = pages.get(request.path)
+            if found is None:
+                raise web.HTTPNotFound()
+            content_type, body = found if isinstance(found, tuple) else ("text/html", found)
+            return web.Response(text=body, content_type=content_type)
+
         app = web.Application()
-        for path, html in pages.items():
-
-            async def page(request: web.Request, html: str = html) -> web.Response:
-                return web.Response(text=html, content_type="text/html")
-
-            app.router.add_get(path, page)
+        app.router.add_get("/{tail:.*}", page)
         server = await aiohttp_server(app, host="127.0.0.1")
         return f"http://127.0.0.1:{server.port}"
 
