@@ -190,6 +190,7 @@ class Entry {
     this.restOnly = false;
     this.ackFailed = false;
     this.tracking = false; // a track-payment awaits its answer
+    this.asked = false; // a track-payment went out for it (the server may hold a slot for it)
     this.retryTimer = null;
     this.trackAttempts = 0;
     // REST: one read at a time, and its own polling loop while the socket does not cover it.
@@ -581,7 +582,7 @@ export class PaymentTracker {
     entry.handles.clear();
     this.#remember(this.#finals, entry.reference, entry.payment, FINALS_KEPT);
     if (this.#closed) return;
-    if (this.#socket?.connected) this.#socket.emit("stop-tracking-payment", { reference: entry.reference });
+    if (entry.asked && this.#socket?.connected) this.#socket.emit("stop-tracking-payment", { reference: entry.reference });
     this.#pollDue();
     this.#updateState();
   }
@@ -791,6 +792,7 @@ export class PaymentTracker {
     clearTimeout(entry.retryTimer);
     entry.retryTimer = null;
     entry.tracking = true;
+    entry.asked = true;
     const sid = socket.id;
     const payload = { reference: entry.reference, last_seq: entry.seq };
     socket.timeout(this.#options.ackTimeoutMs).emit("track-payment", payload, (err, ack) => {
