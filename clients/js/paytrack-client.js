@@ -677,7 +677,7 @@ export class PaymentTracker {
       if (code && AUTH_CODES.has(code)) {
         reason = "rejected";
         this.#tokenRefused(this.#socketTokenGen);
-        this.#say("unauthenticated", "the server refused the token at connect", { reason: code, details: err.data.details });
+        this.#say("unauthenticated", `the server refused the token at connect: ${err.message}`, { reason: code, details: err.data.details });
       } else if (code) {
         asked = secondsMs(err.data.retry_after);
         this.#emit("error", new PaytrackError(code, err.message, { details: err.data.details, retryAfter: asked }));
