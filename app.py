@@ -18,6 +18,7 @@ import observability.health as health
 import observability.metrics as metrics_routes
 import payments.payout_routes
 import payments.routes
+import sdk.origin
 import sdk.routes
 import testpage.routes
 import webhooks.inbound.routes
@@ -26,7 +27,7 @@ from core.background import CleanupContext, closing, opened, running
 from core.clock import CLOCK, Clock, SystemClock
 from core.cors import PolicyRouterAdapter
 from core.errors import error_middleware
-from core.origins import OriginPolicy
+from core.origins import ORIGINS, OriginPolicy
 from core.ratelimit import LIMITER, Limit, RateLimiter
 from core.settings import SETTINGS, Settings
 from observability.health import PROBE
@@ -67,6 +68,7 @@ ROUTES = (
     metrics_routes.routes,
     testpage.routes.routes,
     sdk.routes.routes,
+    sdk.origin.routes,
 )
 
 
@@ -116,6 +118,7 @@ def create_app(
         client_max_size=settings.MAX_BODY_BYTES,
     )
     app[SETTINGS], app[CLOCK], app[METRICS] = settings, clock, metrics
+    app[ORIGINS] = OriginPolicy.from_settings(settings)
     app[STORAGE] = app[PROBE] = app[TRACKERS] = storage
     app[SERVICE], app[RECONCILER] = payments.service, payments.reconciler
     app[SIO], app[AUTHENTICATOR], app[LIMITER] = realtime.sio, authenticator, limiter
@@ -145,7 +148,7 @@ def create_app(
     realtime.sio.attach(app, socketio_path=SOCKETIO_PATH)
     for table in ROUTES:
         app.router.add_routes(table)
-    _setup_cors(app, settings)
+    _setup_cors(app, settings, app[ORIGINS])
     return app
 
 
@@ -215,7 +218,7 @@ def _create_limiter(settings: Settings) -> RateLimiter:
     )
 
 
-def _setup_cors(app: web.Application, settings: Settings) -> None:
+def _setup_cors(app: web.Application, settings: Settings, policy: OriginPolicy) -> None:
     """CORS for the browser-facing REST routes; Socket.IO checks origins itself."""
     options = aiohttp_cors.ResourceOptions(
         allow_credentials="*" not in settings.FRONTEND_URL,
@@ -224,7 +227,6 @@ def _setup_cors(app: web.Application, settings: Settings) -> None:
         allow_methods=("GET", "POST"),
     )
     receivers = len(app.on_response_prepare)
-    policy = OriginPolicy.from_settings(settings)
     cors = aiohttp_cors.CorsConfig(app, router_adapter=PolicyRouterAdapter(app.router, policy, options))
     if len(app.on_response_prepare) == receivers + 1:  # aiohttp-cors 0.8 adds one; otherwise left as it is
         app.on_response_prepare[-1] = _with_origin_only(app.on_response_prepare[-1])

@@ -84,3 +84,6 @@ class OriginPolicy:
         return request is not None and page == normalised_origin(
             own_origin(request, trust_forwarded=self._trust_forwarded)
         )
+
+
+ORIGINS: web.AppKey[OriginPolicy] = web.AppKey("origin_policy", OriginPolicy)

@@ -15,7 +15,7 @@ import socketio
 from observability.logs import configure_logging
 from tests.campay_fake import FakeCampay
 from tests.conftest import Instance, StartInstance, campay_settings
-from tests.harness import PRODUCTION, WAIT, eventually
+from tests.harness import PRODUCTION, WAIT, eventually, user_token
 from tests.test_server_process import free_port, run_server, stop, wait_healthy
 
 
@@ -177,3 +177,51 @@ async def test_each_refused_socket_handshake_is_logged_once_with_why_and_the_ori
     assert auth["client"] == "127.0.0.1" and auth.get("socket_id"), auth
     # One line per refusal: nothing else names the refused origin (Engine.IO's own error is not repeated).
     assert [e for e in entries if evil in json.dumps(e) and e not in origin] == []
+
+
+async def test_each_refused_websocket_handshake_is_logged_once_too() -> None:
+    """The official client connects over the websocket transport only: a refused origin, an address over
+    its cap and a CONNECT refused for a bad or expired token, each over a websocket, leave one line each
+    with why and the origin or the address, at the server's default log level."""
+    port = free_port()
+    proc = await run_server(
+        "--port",
+        str(port),
+        "--host",
+        "127.0.0.1",
+        **{k: str(v) for k, v in PRODUCTION.items()},
+        FRONTEND_URL="https://shop.example",
+        MAX_ANONYMOUS_SESSIONS_PER_IP="1",
+    )
+    base = f"http://127.0.0.1:{port}"
+    websocket = f"ws://127.0.0.1:{port}/socket.io/?EIO=4&transport=websocket"
+    evil = "http://evil.example"
+    try:
+        await wait_healthy(port, proc)
+        async with aiohttp.ClientSession() as http:
+            with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                await http.ws_connect(websocket, headers={"Origin": evil})
+            assert refused.value.status == 400
+            for token in (user_token("shopper", secret="not-the-servers-secret-0123456789"), user_token("s", ttl=-60)):
+                page = socketio.AsyncClient(reconnection=False)
+                with pytest.raises(socketio.exceptions.ConnectionError):
+                    await page.connect(base, transports=["websocket"], auth={"token": token}, wait_timeout=WAIT)
+                await page.disconnect()
+            async with http.get(f"{base}/socket.io/?EIO=4&transport=polling") as resp:  # the address's one slot
+                assert resp.status == 200
+            with pytest.raises(aiohttp.WSServerHandshakeError) as capped:
+                await http.ws_connect(websocket)
+            assert capped.value.status == 429
+    finally:
+        out, _ = await stop(proc)
+    entries = [json.loads(line) for line in out.decode().splitlines()]
+    refusals = [e for e in entries if e["event"] == "socket handshake refused"]
+    assert sorted(e["why"] for e in refusals) == [
+        "invalid_token",
+        "origin_not_accepted",
+        "token_expired",
+        "too_many_sessions",
+    ], refusals
+    assert all(e["client"] == "127.0.0.1" for e in refusals), refusals
+    (origin,) = [e for e in refusals if e["why"] == "origin_not_accepted"]
+    assert origin["origin"] == evil

@@ -209,6 +209,7 @@ async def test_every_answer_while_redis_is_busy_is_documented(
             "/api/payment/debug/outbox/endpoints/ep-1/enable",
             {},
         ),
+        ("/api/origin", "get"): ("/api/origin", {"headers": {"Origin": "https://shop.example"}}),
         ("/health", "get"): ("/health", {}),
         ("/metrics", "get"): ("/metrics", {}),
         ("/openapi.json", "get"): ("/openapi.json", {}),

@@ -90,3 +90,38 @@ def test_a_frontend_url_entry_no_page_could_send_as_its_origin_is_refused_at_sta
         load_settings(_env_file=None, FRONTEND_URL=f"https://erp.example,{entry}")
     (problem,) = refused.value.problems
     assert problem.variable == "FRONTEND_URL" and entry in str(problem), problem
+
+
+async def origin_check(instance: Instance, origin: str | None) -> tuple[int, Any, Any]:
+    return await instance.api.request("GET", "/api/origin", headers={"Origin": origin} if origin else {})
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [{}, {"FRONTEND_URL": "http://localhost:3000"}, PRODUCTION],
+    ids=["development", "frontend-url-set", "production"],
+)
+async def test_the_origin_check_tells_any_page_whether_its_handshakes_are_accepted(
+    start_instance: StartInstance, settings: dict[str, Any]
+) -> None:
+    """A browser shows a page neither why a websocket handshake failed nor why a cross-origin fetch did, so
+    a refused origin looks like a server that is down. `GET /api/origin` is readable by every page (`*`,
+    without credentials, no token even in production) and says what the handshake's origin check says."""
+    instance = await start_instance(**settings)
+    for origin in [*LOOPBACK_PAGES, *OTHER_PAGES, "http://localhost:3000"]:
+        socket_ok, _ = await accepted(instance, origin)
+        status, body, headers = await origin_check(instance, origin)
+        assert status == 200 and body == {"origin": origin, "accepted": socket_ok}, (origin, body)
+        assert headers["Access-Control-Allow-Origin"] == "*" and "Access-Control-Allow-Credentials" not in headers
+        assert headers["Cache-Control"] == "no-store" and headers["Vary"] == "Origin"
+
+
+async def test_the_origin_check_accepts_the_servers_own_origin_and_a_request_without_one(
+    start_instance: StartInstance,
+) -> None:
+    instance = await start_instance(**PRODUCTION)
+    own = instance.api.base_url  # a page served by the server itself (the test page, a proxied checkout)
+    assert (await origin_check(instance, own))[1] == {"origin": own, "accepted": True}
+    assert (await origin_check(instance, None))[1] == {"origin": None, "accepted": True}  # not a browser page
+    status, body, _ = await origin_check(instance, "x" * 5000)
+    assert status == 200 and body["accepted"] is False and len(body["origin"]) == 256  # echoed, bounded

@@ -176,3 +176,28 @@ def test_vendored_socketio_build_is_the_locked_npm_release(client_js: Path) -> N
     ]
     assert locks[0] == locks[1], f"clients/js and tests/js lock different socket.io-client versions: {locks}"
     assert f"Socket.IO v{locks[0]}" in VENDORED.read_text()[:200]
+
+
+PACKED = ["CHANGELOG.md", "README.md", "package.json", "paytrack-client.d.ts", "paytrack-client.js"]
+
+
+@pytest.mark.node
+@pytest.mark.timeout(120)
+def test_the_package_packs_exactly_the_client_its_types_and_its_notes(client_js: Path) -> None:
+    """What `npm publish` would ship: no tests, no lockfile, no node_modules; one version everywhere."""
+    done = subprocess.run(
+        ["npm", "pack", "--dry-run", "--json", "--ignore-scripts"],
+        cwd=client_js,
+        capture_output=True,
+        text=True,
+        timeout=110,
+    )
+    assert done.returncode == 0, done.stderr
+    (pack,) = json.loads(done.stdout)
+    assert sorted(file["path"] for file in pack["files"]) == PACKED
+    version = json.loads((client_js / "package.json").read_text())["version"]
+    assert pack["name"] == "paytrack-client" and pack["version"] == version
+    assert f'export const VERSION = "{version}";' in (client_js / "paytrack-client.js").read_text()
+    assert f"\n## {version}\n" in (client_js / "CHANGELOG.md").read_text(), (
+        "the changelog says what this version changed"
+    )

@@ -33,14 +33,28 @@ export interface Payment {
   [field: string]: unknown;
 }
 
-export type ConnectionState = "connecting" | "connected" | "polling" | "offline";
+/**
+ * - "connecting": the first connection attempt is under way;
+ * - "connected": the socket is up (while REST still covers the payments, until the connection
+ *   answered a track-payment, "polling" is shown instead);
+ * - "reconnecting": the socket is down and is tried again at `nextAttemptAt`; REST has not taken over yet;
+ * - "polling": the socket is down (or not proven), REST answers: updates still arrive, a few seconds late;
+ * - "offline": neither the socket nor REST answers (server away, origin refused, every token refused), or closed.
+ */
+export type ConnectionState = "connecting" | "connected" | "reconnecting" | "polling" | "offline";
+
+export interface ConnectionInfo {
+  /** When the next connection attempt starts (epoch ms), or null when none is waiting. */
+  nextAttemptAt: number | null;
+}
 
 export interface TokenContext {
   /**
    * "connect": a (re)connect or a first REST call; "expiring": the server said the current
-   * token expires soon; "rejected": the server refused the last token (ask for a new one).
+   * token expires soon; "rejected": the server refused the last token (ask for a new one);
+   * "expired": the server ended the session, as it does when the token runs out (give a fresh one).
    */
-  reason: "connect" | "expiring" | "rejected";
+  reason: "connect" | "expiring" | "rejected" | "expired";
   /** With "expiring": when the current token expires (ISO 8601). */
   expiresAt: string | null;
 }
@@ -50,15 +64,21 @@ export interface PaymentTrackerOptions {
   url?: string;
   /** Bearer token for the socket (`auth: {token}`) and REST calls; asked at connect and before expiry. */
   token?: ((context: TokenContext) => string | null | undefined | Promise<string | null | undefined>) | null;
-  /** REST polling interval while the socket is down (ms, default 3000; 0 turns polling off). */
+  /** REST polling interval per payment while the socket does not cover it (ms, default 3000, ±25 % at random; 0 turns polling off). */
   fallbackPollMs?: number;
-  /** How long the socket may be down before polling starts (ms, default 4000). */
+  /** The longest wait between reads while they fail (ms, default 30000): the interval doubles per failure up to it. */
+  fallbackPollMaxMs?: number;
+  /** How long the socket may be down, or up without answering a track-payment, before polling starts (ms, default 4000, plus up to half as long again at random). */
   fallbackAfterMs?: number;
   /** onStuck fires when a payment is still PENDING this long after track() (ms, default 300000). */
   stuckAfterMs?: number;
   /** How long to wait for an ack (ms, default 5000). */
   ackTimeoutMs?: number;
-  /** Reconnect backoff bounds (ms, defaults 500 and 5000, ±50 % jitter). */
+  /** Timeout of a REST read (GET /tracking, GET /api/origin) and of a socket handshake (ms, default 10000). */
+  requestTimeoutMs?: number;
+  /** Timeout of the calls that may wait for CamPay: initiate() attempts and refresh() (ms, default 60000). */
+  providerTimeoutMs?: number;
+  /** Reconnect backoff bounds (ms, defaults 500 and 5000, ±50 % jitter); it starts over only once a connection answered a track-payment. */
   reconnectDelayMs?: number;
   reconnectDelayMaxMs?: number;
   /** socket.io transports (default ["websocket"]: no sticky sessions needed; REST polling covers blocked websockets). */
@@ -67,7 +87,7 @@ export interface PaymentTrackerOptions {
   path?: string;
   /** Share what this tracker learns with other tabs of the origin (BroadcastChannel). Default: true in a browser page. */
   shareAcrossTabs?: boolean;
-  /** initiate() attempts on network failure, 429, 503, `idempotency_in_progress` (same Idempotency-Key; default 3). */
+  /** initiate() attempts on network failure, timeout, 429, 503, `idempotency_in_progress` (same Idempotency-Key; default 3). */
   initiateAttempts?: number;
   /**
    * How long initiate() keeps asking again (same Idempotency-Key, after each Retry-After) while the
@@ -95,7 +115,7 @@ export interface TrackHandlers {
   onFailure?: (payment: Payment) => void;
   /** Once, if still not final `stuckAfterMs` after track(). */
   onStuck?: (payment: Payment | null) => void;
-  /** The server does not know this payment (not yet, or it lost it after a restart); events may still follow. */
+  /** The server does not know this payment (not yet, or it lost it after a restart); events may still follow. A handle tracking it later is told too. */
   onUnknown?: (info: UnknownInfo) => void;
   /** Overrides the tracker's stuckAfterMs for this handle. */
   stuckAfterMs?: number;
@@ -105,7 +125,10 @@ export interface Tracking {
   readonly reference: string;
   /** The latest accepted state, or null before the first. */
   readonly payment: Payment | null;
-  /** Resolves once with the final payment; rejects with a PaytrackError (code "forbidden", "stopped", "closed", ...). */
+  /**
+   * Resolves once with the final payment, before onSuccess/onFailure run; rejects with a PaytrackError
+   * only for "forbidden", "invalid_payload", "stopped" and "closed" (never for a payment that may still succeed).
+   */
   readonly done: Promise<Payment>;
   /** Stop following; `done` rejects with code "stopped" if it had not settled. */
   stop(): void;
@@ -144,13 +167,17 @@ export declare class PaytrackError extends Error {
   constructor(
     code: string,
     message?: string,
-    extra?: { status?: number; reference?: string; details?: unknown; retryAfter?: number; idempotencyKey?: string; cause?: unknown },
+    extra?: { reason?: string; status?: number; reference?: string; details?: unknown; retryAfter?: number; idempotencyKey?: string; cause?: unknown },
   );
   /**
    * The server's error code ("validation_error", "forbidden", "too_many_tracked", "order_paid",
    * "initiation_unknown", ...) or the client's ("network_error", "stopped", "closed", "timeout").
+   * Connection errors on `on("error")`: "origin_not_allowed" (the server refuses this page's origin),
+   * "unauthenticated" (the token was refused; `reason` says how), "unreachable" (the server cannot be reached).
    */
   readonly code: string;
+  /** A finer reason where `code` is a category: for "unauthenticated", the server's code ("invalid_token", "token_expired", ...). */
+  readonly reason: string | null;
   /** HTTP status, for REST errors. */
   readonly status: number | null;
   /**
@@ -169,7 +196,7 @@ export declare class PaytrackError extends Error {
 }
 
 export interface PaymentTrackerEvents {
-  connection: (state: ConnectionState) => void;
+  connection: (state: ConnectionState, info: ConnectionInfo) => void;
   error: (error: PaytrackError) => void;
   /** Every raw server event, acks as "ack:track-payment" / "ack:refresh-token", and REST reads that
    * brought something new as "rest:tracking" (GET /tracking's body) / "rest:status" (refresh()'s GET /status body), for logging. */
@@ -179,6 +206,8 @@ export interface PaymentTrackerEvents {
 export declare class PaymentTracker {
   constructor(options?: PaymentTrackerOptions);
   readonly state: ConnectionState;
+  /** When the next connection attempt starts (epoch ms), or null when none is waiting (as the last "connection" event said). */
+  readonly nextAttemptAt: number | null;
   /** Returns a function that removes the listener. */
   on<E extends keyof PaymentTrackerEvents>(event: E, listener: PaymentTrackerEvents[E]): () => void;
   off<E extends keyof PaymentTrackerEvents>(event: E, listener: PaymentTrackerEvents[E]): void;
@@ -191,7 +220,7 @@ export declare class PaymentTracker {
   initiate(body: InitiateBody, options?: InitiateOptions): Promise<Payment>;
   /** Reconnect now, asking token() again (e.g. after the user signed in). */
   reconnect(): void;
-  /** Disconnect and stop; pending `done` promises reject with code "closed". */
+  /** Disconnect and stop; pending `done` promises reject with code "closed", and initiate() asks nothing more. */
   close(): void;
 }
 

@@ -4,14 +4,20 @@
 // keeps these guarantees whatever the network or the server does:
 //   - onUpdate sees each payment's states in strictly increasing `seq`, and never
 //     PENDING (or anything else) after a final status;
-//   - onSuccess / onFailure and `done` fire exactly once per tracked payment;
+//   - onSuccess / onFailure and `done` fire exactly once per tracked payment, `done`
+//     first; a payment that may still succeed never rejects `done` (only `forbidden`,
+//     `invalid_payload`, `stopped` and `closed` do);
 //   - after a disconnect it reconnects with backoff and re-tracks every active
-//     payment with its `last_seq`, so what was missed is applied;
-//   - when the socket cannot connect, or stays down past `fallbackAfterMs`, it polls
-//     GET /api/payment/tracking/{reference} (If-None-Match) and returns to the
-//     socket as soon as it connects again;
-//   - `token()` is asked at every connect and before the token expires
-//     (`token-expiring` -> `refresh-token`); an auth refusal reconnects with a fresh one.
+//     payment with its `last_seq`, so what was missed is applied. The backoff starts
+//     over only once a connection proved itself (a track-payment answered), so a
+//     proxy that accepts sockets and drops them meets a slower and slower client;
+//   - until a connection proved itself, or when a payment's track was refused for
+//     now, it reads GET /api/payment/tracking/{reference} (If-None-Match) with
+//     jitter, and backs off while those reads fail; every REST call has a timeout;
+//   - `token()` is asked at every connect, before the token expires
+//     (`token-expiring` -> `refresh-token`), and once per refused token, however many
+//     calls were refused with it;
+//   - a final status another tab reports is applied only once the server confirms it.
 // Every update, whatever brought it (socket, REST, another tab), goes through one
 // rule: PaymentTracker#apply. See docs/CLIENT.md.
 //
@@ -20,27 +26,40 @@
 // at its copy of socket.io-client's ESM build, so a page can import it as is.
 import { io } from "socket.io-client";
 
-export const VERSION = "0.1.0";
+export const VERSION = "0.2.0";
 
-const SERVER_EVENTS = ["payment-initiated", "payment-status", "payment-success", "payment-failed", "payment-completed"];
+const SERVER_EVENTS = new Set(["payment-initiated", "payment-status", "payment-success", "payment-failed", "payment-completed"]);
 const STATUSES = new Set(["PENDING", "SUCCESSFUL", "FAILED"]);
 const FINAL = new Set(["SUCCESSFUL", "FAILED"]);
-// connect_error / refresh codes that a new token may cure.
+// Connect refusals and REST 401 codes that a new token may cure.
 const AUTH_CODES = new Set(["unauthenticated", "token_expired", "invalid_token"]);
-// Ack error codes worth asking again for, after a pause.
-const RETRY_CODES = new Set(["busy", "rate_limited", "auth_unavailable", "timeout", "internal_error"]);
+// track-payment answers that end the tracking of a payment: asking again cannot change them. Any other
+// error (busy, rate_limited, timeout, service_unavailable, an empty ack, a code this version does not
+// know) is asked again with backoff, and REST covers the payment meanwhile.
+const FINAL_ACK_CODES = new Set(["forbidden", "invalid_payload"]);
 const RE_READ_MIN_INTERVAL_MS = 1000;
 // initiation_unknown is asked again for up to a couple of minutes: never faster than this, whatever Retry-After says.
 const UNKNOWN_MIN_WAIT_MS = 250;
+// setTimeout takes a signed 32-bit delay: anything longer fires at once.
+const MAX_TIMER_MS = 2 ** 31 - 1;
+// A connection that stays up this long proved itself even with nothing to track (no ack to wait for).
+const PROVEN_AFTER_MS = 10_000;
+// Final payments remembered after their handles are let go: a later track() or another tab's question is answered at once.
+const FINALS_KEPT = 100;
+const INITIATED_KEPT = 50;
+const NO_HANDLERS = Object.freeze({});
 
 const DEFAULTS = {
   path: "/socket.io",
   transports: ["websocket"],
   token: null,
   fallbackPollMs: 3000,
+  fallbackPollMaxMs: 30_000,
   fallbackAfterMs: 4000,
   stuckAfterMs: 5 * 60 * 1000,
   ackTimeoutMs: 5000,
+  requestTimeoutMs: 10_000,
+  providerTimeoutMs: 60_000,
   reconnectDelayMs: 500,
   reconnectDelayMaxMs: 5000,
   initiateAttempts: 3,
@@ -53,6 +72,7 @@ export class PaytrackError extends Error {
     super(message || code);
     this.name = "PaytrackError";
     this.code = code;
+    this.reason = extra.reason ?? null;
     this.status = extra.status ?? null;
     this.reference = extra.reference ?? null;
     this.details = extra.details ?? null;
@@ -81,13 +101,20 @@ function safeCall(fn, ...args) {
   }
 }
 
-function sleep(ms) {
-  return new Promise((resolve) => setTimeout(resolve, ms));
+/** The k-th wait of an exponential backoff, ±50 % at random (as socket.io's own reconnection). */
+function backoff(attempt, base, max) {
+  const exp = Math.min(max, base * 2 ** Math.min(attempt, 30));
+  return Math.round(exp * (0.5 + Math.random()));
 }
 
-function backoff(attempt, base, max) {
-  const exp = Math.min(max, base * 2 ** Math.min(attempt, 16));
-  return Math.round(exp * (0.5 + Math.random())); // ±50 % jitter, as socket.io's own reconnection
+/** Waiting as told, spread over up to half as long again: clients told the same wait do not all come back at once. */
+function jittered(ms) {
+  return Math.round(ms * (1 + Math.random() * 0.5));
+}
+
+/** An interval ±25 % at random, so pages that started together drift apart. */
+function spread(ms) {
+  return Math.round(ms * (0.75 + Math.random() * 0.5));
 }
 
 function randomKey() {
@@ -117,11 +144,6 @@ function headerMs(value) {
 /** A `retry_after` in seconds (an ack's, a connect refusal's) in ms, or null. */
 function secondsMs(seconds) {
   return Number.isFinite(seconds) && seconds >= 0 ? seconds * 1000 : null;
-}
-
-/** Waiting as told, spread over up to half as long again: clients told the same wait do not all come back at once. */
-function jittered(ms) {
-  return Math.round(ms * (1 + Math.random() * 0.5));
 }
 
 /**
@@ -161,11 +183,21 @@ class Entry {
     this.unknown = false; // the server's last word: it does not know this payment
     this.forgotten = false; // ... after it had known it (server lost its history)
     this.etag = null; // of the last REST read
-    this.restOnly = false; // the socket refused to track it (too_many_tracked): REST keeps it current
     this.handles = new Set();
+    // The socket: answered on this connection (acked), refused for good here (restOnly: too_many_tracked),
+    // or refused for now (ackFailed: asked again after retryTimer). REST covers it unless acked.
+    this.acked = false;
+    this.restOnly = false;
+    this.ackFailed = false;
+    this.tracking = false; // a track-payment awaits its answer
+    this.asked = false; // a track-payment went out for it (the server may hold a slot for it)
     this.retryTimer = null;
     this.trackAttempts = 0;
-    this.reading = null; // in-flight REST read
+    // REST: one read at a time, and its own polling loop while the socket does not cover it.
+    this.reading = null;
+    this.polling = false;
+    this.pollTimer = null;
+    this.pollFailures = 0;
   }
 }
 
@@ -184,7 +216,7 @@ class Tracking {
   constructor(tracker, entry, handlers, stuckAfterMs) {
     this.#tracker = tracker;
     this.#entry = entry;
-    this.#handlers = handlers;
+    this.#handlers = handlers ?? NO_HANDLERS;
     this.reference = entry.reference;
     this.done = new Promise((resolve, reject) => {
       this.#resolve = resolve;
@@ -195,7 +227,7 @@ class Tracking {
       this.#stuckTimer = setTimeout(() => {
         this.#stuckTimer = null;
         if (!this.#settled && !this.#stopped && !this.#entry.final) safeCall(this.#handlers.onStuck, this.#entry.payment);
-      }, stuckAfterMs);
+      }, Math.min(stuckAfterMs, MAX_TIMER_MS));
     }
   }
 
@@ -217,22 +249,30 @@ class Tracking {
   }
 
   // -- called by the tracker -------------------------------------------------------------
+  /**
+   * Hands the entry's latest state to the page. A final state settles `done` before any handler runs,
+   * and its onSuccess/onFailure runs even if onUpdate stopped the handle or closed the tracker; the
+   * handlers are then let go (the page may keep the handle, not its closures).
+   */
   _deliver() {
     const entry = this.#entry;
     if (this.#stopped || entry.version <= this.#seen || entry.payment === null) return;
     this.#seen = entry.version;
     const payment = entry.payment;
-    safeCall(this.#handlers.onUpdate, payment);
-    if (entry.final && !this.#settled) {
+    const handlers = this.#handlers;
+    const settling = entry.final && !this.#settled;
+    if (settling) {
       this.#settled = true;
       this.#clearStuck();
-      safeCall(payment.status === "SUCCESSFUL" ? this.#handlers.onSuccess : this.#handlers.onFailure, payment);
+      this.#handlers = NO_HANDLERS;
       this.#resolve(payment);
     }
+    safeCall(handlers.onUpdate, payment);
+    if (settling) safeCall(payment.status === "SUCCESSFUL" ? handlers.onSuccess : handlers.onFailure, payment);
   }
 
   _unknown(lastKnown) {
-    if (!this.#stopped) safeCall(this.#handlers.onUnknown, { reference: this.reference, lastKnown });
+    if (!this.#stopped && !this.#settled) safeCall(this.#handlers.onUnknown, { reference: this.reference, lastKnown });
   }
 
   _end(error) {
@@ -241,6 +281,7 @@ class Tracking {
     this.#clearStuck();
     if (!this.#settled) {
       this.#settled = true;
+      this.#handlers = NO_HANDLERS;
       this.#reject(error);
     }
   }
@@ -259,18 +300,42 @@ export class PaymentTracker {
   #listeners = new Map();
   #entries = new Map();
   #initiated = new Map(); // reference -> payment from initiate(), seeds a later track()
-  #socket = null;
-  #state = "connecting";
+  #finals = new Map(); // reference -> final payment, for a later track() and other tabs' questions
   #closed = false;
-  #everConnected = false;
-  #fallbackTimer = null;
-  #polling = false;
-  #pollTimer = null;
+  #inflight = new Set(); // the AbortControllers of the requests in flight, aborted by close()
+  #pauses = new Set(); // initiate()'s waits, ended by close()
+  // Connection, as shown to the page.
+  #state = "connecting";
+  #nextAttemptAt = null; // the reconnect timer's
+  #shownAttemptAt = null; // ... as last told to the page
+  #lost = false; // a connection attempt failed or a connection dropped since the start
+  // The socket. socket.io's own reconnection is off: it starts its backoff over at every connect.
+  #socket = null;
+  #connecting = false; // an attempt is under way
+  #watchdog = null; // ends an attempt the server never answers
   #reconnectTimer = null;
-  #reconnectAttempts = 0;
+  #reconnectAttempts = 0; // reset only by a proven connection
+  #proven = false; // this connection answered a track-payment (or stayed up PROVEN_AFTER_MS)
+  #provenTimer = null;
+  // REST fallback.
+  #fallbackTimer = null;
+  #restMode = false; // the socket did not prove itself within fallbackAfterMs: REST covers every payment
+  #restHealthy = null; // the last REST outcome: true answered, false failed, null none yet
+  #probing = false; // with nothing to read, the REST mode checks the server is there (GET /api/origin)
+  #probeTimer = null;
+  #probeFailures = 0;
+  #diagnosis = null; // {promise, at}: is the server there, and does it accept this page's origin?
+  #reported = new Set(); // connection error codes said once per episode (origin_not_allowed, unreachable, unauthenticated)
+  // Tokens: every token is one generation; a refused generation is asked anew once, shared by every caller.
   #tokenReason = "connect";
-  #token = null; // the last token token() gave, for REST calls
+  #token = null;
+  #tokenGen = 0;
   #tokenPromise = null;
+  #refusedGen = -1;
+  #refusals = 0; // refused generations in a row
+  #nextRefreshAt = 0;
+  #socketTokenGen = -1;
+  // Page.
   #channel = null;
   #lastReRead = 0;
   #unlisten = [];
@@ -290,19 +355,25 @@ export class PaymentTracker {
     if (!this.#fetch) throw new TypeError("PaymentTracker: no fetch() available; pass `fetch`");
     this.#setupSharing();
     this.#setupPageEvents();
-    this.#connect();
+    this.#createSocket();
     this.#armFallback();
+    this.#attempt();
   }
 
-  /** "connecting" | "connected" | "polling" | "offline" */
+  /** "connecting" | "connected" | "reconnecting" | "polling" | "offline" */
   get state() {
     return this.#state;
   }
 
+  /** When the next connection attempt starts (epoch ms), or null when none is waiting. */
+  get nextAttemptAt() {
+    return this.#shownAttemptAt;
+  }
+
   /**
-   * Events: "connection" (state), "error" (PaytrackError), "event" (name, data): every raw
-   * server event and ack, and every REST read that brought something new ("rest:tracking",
-   * "rest:status"), for logging.
+   * Events: "connection" (state, {nextAttemptAt}), "error" (PaytrackError), "event" (name, data):
+   * every raw server event and ack, and every REST read that brought something new
+   * ("rest:tracking", "rest:status"), for logging.
    */
   on(event, listener) {
     if (!this.#listeners.has(event)) this.#listeners.set(event, new Set());
@@ -325,49 +396,62 @@ export class PaymentTracker {
     if (fresh) {
       entry = new Entry(reference);
       this.#entries.set(reference, entry);
-      const seed = this.#initiated.get(reference);
-      if (seed) this.#apply(entry, seed, "initiate");
+      const seed = this.#finals.get(reference) ?? this.#initiated.get(reference);
+      if (seed) this.#apply(entry, seed, "memory");
     }
-    const handle = new Tracking(this, entry, handlers, handlers.stuckAfterMs ?? this.#options.stuckAfterMs);
+    const handle = new Tracking(this, entry, handlers, handlers?.stuckAfterMs ?? this.#options.stuckAfterMs);
     entry.handles.add(handle);
-    if (fresh) {
+    if (fresh && !entry.final) {
       this.#trackOnSocket(entry);
       this.#post({ type: "ask", reference });
-      // Already on REST: read the state now rather than at the next poll.
-      if (this.#state === "polling" || this.#state === "offline") this.#read(entry);
+      this.#pollDue(); // already on REST: read it now rather than at the next poll
+      this.#updateState();
     }
     // After track() returns, so handlers may use the handle they were given.
-    queueMicrotask(() => handle._deliver());
+    queueMicrotask(() => {
+      handle._deliver();
+      if (!fresh && entry.unknown) handle._unknown(entry.payment); // the others were told when it happened
+    });
     return handle;
   }
 
   /**
    * POST /api/payment/initiate, every attempt with the same Idempotency-Key. Retried on network
-   * failure, 429, 503 and `idempotency_in_progress` (up to `initiateAttempts` attempts), and on
+   * failure, timeout, 429, 503 and `idempotency_in_progress` (up to `initiateAttempts` attempts), and on
    * `initiation_unknown` (the first attempt may have reached CamPay; its outcome is not known yet)
    * for up to `initiateUnknownWaitMs`. Every error thrown carries the key (`err.idempotencyKey`):
    * asking again later with it is safe, asking with a new one after `initiation_unknown` is not.
+   * After close() it asks nothing more and throws `closed`.
    */
   async initiate(body, { idempotencyKey, onRetry } = {}) {
     const key = idempotencyKey ?? randomKey();
     const attempts = Math.max(1, this.#options.initiateAttempts);
-    const { reconnectDelayMs, reconnectDelayMaxMs } = this.#options;
+    const { reconnectDelayMs, reconnectDelayMaxMs, providerTimeoutMs } = this.#options;
     const withKey = (err) => {
       if (err !== null && typeof err === "object" && !Object.isFrozen(err)) err.idempotencyKey = key;
       return err;
     };
-    let retries = 0; // ordinary retries (network, 429, 503, idempotency_in_progress), bounded by `attempts`
+    const pause = (ms) => this.#pause(ms).catch((err) => {
+      throw withKey(err);
+    });
+    let retries = 0; // ordinary retries (network, timeout, 429, 503, idempotency_in_progress), bounded by `attempts`
     let unknownRetries = 0;
     let unknownDeadline = null; // set by the first initiation_unknown
     for (let attempt = 1; ; attempt++) {
+      if (this.#closed) throw withKey(this.#closedError());
       let result;
       try {
-        result = await this.#request("POST", "/api/payment/initiate", { json: body, headers: { "Idempotency-Key": key } });
+        result = await this.#request("POST", "/api/payment/initiate", {
+          json: body,
+          headers: { "Idempotency-Key": key },
+          timeoutMs: providerTimeoutMs,
+        });
       } catch (err) {
-        if (retries + 1 < attempts && err?.code === "network_error") {
+        // A timed-out attempt may have reached the server: asking again with the same key is what makes that safe.
+        if (retries + 1 < attempts && (err?.code === "network_error" || err?.code === "timeout")) {
           const wait = backoff(retries++, reconnectDelayMs, reconnectDelayMaxMs);
           safeCall(onRetry, withKey(err), { attempt, waitMs: wait });
-          await sleep(wait);
+          await pause(wait);
           continue;
         }
         throw withKey(err);
@@ -375,8 +459,7 @@ export class PaymentTracker {
       const { response, data } = result;
       if (response.ok) {
         if (data && typeof data.reference === "string") {
-          this.#initiated.set(data.reference, data);
-          if (this.#initiated.size > 50) this.#initiated.delete(this.#initiated.keys().next().value);
+          this.#remember(this.#initiated, data.reference, data, INITIATED_KEPT);
           const entry = this.#entries.get(data.reference);
           if (entry) this.#apply(entry, data, "initiate");
         }
@@ -393,7 +476,7 @@ export class PaymentTracker {
         const wait = Math.min(left, Math.max(UNKNOWN_MIN_WAIT_MS, asked));
         unknownRetries++;
         safeCall(onRetry, error, { attempt, waitMs: wait });
-        await sleep(wait);
+        await pause(wait);
         continue;
       }
       const retryable = response.status === 429 || response.status === 503 || error.code === "idempotency_in_progress";
@@ -401,28 +484,35 @@ export class PaymentTracker {
       if (retries + 1 < attempts && retryable && wait <= 10_000) {
         retries++;
         safeCall(onRetry, error, { attempt, waitMs: wait });
-        await sleep(wait);
+        await pause(wait);
         continue;
       }
       throw error; // order_paid, payment_pending, validation errors, ...: final, never retried
     }
   }
 
-  /** Reconnect now (e.g. after the user signed in, so token() has something new to say). */
+  /** Reconnect now, asking token() again (e.g. after the user signed in, so token() has something new to say). */
   reconnect() {
     if (this.#closed || !this.#socket) return;
     this.#tokenReason = "connect";
-    this.#socket.disconnect();
-    this.#socket.connect();
+    this.#refusals = 0;
+    this.#nextRefreshAt = 0;
+    this.#reported.delete("unauthenticated");
+    this.#endAttempt();
+    if (this.#socket.connected) this.#socket.disconnect(); // its disconnect event sees "io client disconnect"
+    this.#attempt();
   }
 
   /** Disconnect and stop everything; pending `done` promises reject with code "closed". */
   close() {
     if (this.#closed) return;
     this.#closed = true;
-    clearTimeout(this.#fallbackTimer);
-    clearTimeout(this.#pollTimer);
-    clearTimeout(this.#reconnectTimer);
+    for (const timer of [this.#fallbackTimer, this.#reconnectTimer, this.#watchdog, this.#provenTimer, this.#probeTimer]) clearTimeout(timer);
+    this.#nextAttemptAt = null;
+    for (const controller of this.#inflight) controller.abort();
+    this.#inflight.clear();
+    for (const pause of this.#pauses) pause();
+    this.#pauses.clear();
     for (const off of this.#unlisten) off();
     this.#unlisten = [];
     if (this.#socket) {
@@ -432,11 +522,13 @@ export class PaymentTracker {
     }
     this.#channel?.close();
     this.#channel = null;
-    for (const entry of this.#entries.values()) {
-      clearTimeout(entry.retryTimer);
-      for (const handle of entry.handles) handle._end(new PaytrackError("closed", "the tracker was closed", { reference: entry.reference }));
-    }
+    const entries = [...this.#entries.values()];
     this.#entries.clear();
+    for (const entry of entries) {
+      this.#clearEntryTimers(entry);
+      for (const handle of entry.handles) handle._end(new PaytrackError("closed", "the tracker was closed", { reference: entry.reference }));
+      entry.handles.clear();
+    }
     this.#setState("offline");
     this.#listeners.clear();
   }
@@ -446,7 +538,9 @@ export class PaymentTracker {
    * Accept `incoming` for `entry` only if it moves forward: a valid status with a higher
    * seq, and nothing at all once the payment is final. The one exception: after the server
    * said it no longer knows the payment (it lost its history), a final status it learns
-   * again is accepted even though its count restarted. Returns true if accepted.
+   * again is accepted even though its count restarted. A final status from another tab is
+   * not accepted here: it makes the tracker ask the server, whose answer comes through here.
+   * Returns true if accepted.
    */
   #apply(entry, incoming, source) {
     if (!incoming || typeof incoming !== "object" || incoming.reference !== entry.reference) return false;
@@ -455,15 +549,19 @@ export class PaymentTracker {
     if (entry.final) return false;
     const relearned = entry.forgotten && FINAL.has(status);
     if (seq <= entry.seq && !relearned) return false;
+    if (source === "tab" && FINAL.has(status)) {
+      this.#confirm(entry);
+      return false;
+    }
     const { success, ...fields } = incoming; // payment-completed's flag is implied by the status
     entry.payment = Object.freeze({ ...(entry.payment ?? {}), ...fields });
     entry.seq = Math.max(entry.seq, seq);
     entry.version += 1;
     entry.unknown = false;
     if (FINAL.has(status)) entry.final = true;
-    for (const handle of entry.handles) handle._deliver();
-    if (entry.final) this.#settle(entry);
-    if (source !== "tab") this.#post({ type: "update", reference: entry.reference, payment: entry.payment });
+    if (source !== "tab" && source !== "memory") this.#post({ type: "update", reference: entry.reference, payment: entry.payment });
+    for (const handle of [...entry.handles]) handle._deliver();
+    if (entry.final) this.#release(entry);
     return true;
   }
 
@@ -471,31 +569,63 @@ export class PaymentTracker {
     if (entry.unknown || entry.final) return;
     entry.unknown = true;
     if (entry.payment !== null) entry.forgotten = true;
-    for (const handle of entry.handles) handle._unknown(entry.payment);
+    for (const handle of [...entry.handles]) handle._unknown(entry.payment);
   }
 
-  /** A final payment needs nothing more from the server: free its slot on the socket. */
-  #settle(entry) {
+  /**
+   * A final payment needs nothing more: free its slot on the socket and let it go. Its handles keep
+   * what they were given; the tracker keeps only the payment, in a bounded memory of finals.
+   */
+  #release(entry) {
+    this.#clearEntryTimers(entry);
+    if (this.#entries.get(entry.reference) === entry) this.#entries.delete(entry.reference);
+    entry.handles.clear();
+    this.#remember(this.#finals, entry.reference, entry.payment, FINALS_KEPT);
+    if (this.#closed) return;
+    if (entry.asked && this.#socket?.connected) this.#socket.emit("stop-tracking-payment", { reference: entry.reference });
+    this.#pollDue();
+    this.#updateState();
+  }
+
+  #remember(map, reference, payment, kept) {
+    map.delete(reference);
+    map.set(reference, payment);
+    if (map.size > kept) map.delete(map.keys().next().value);
+  }
+
+  #clearEntryTimers(entry) {
     clearTimeout(entry.retryTimer);
-    if (this.#socket?.connected) this.#socket.emit("stop-tracking-payment", { reference: entry.reference });
+    clearTimeout(entry.pollTimer);
+    entry.retryTimer = null;
+    entry.pollTimer = null;
+    entry.polling = false;
+  }
+
+  /** Another tab says this payment is final: ask the server (a re-track if the socket covers it, else a read). */
+  #confirm(entry) {
+    if (entry.final || entry.tracking || entry.reading) return;
+    if (this.#socket?.connected && entry.acked) this.#trackOnSocket(entry);
+    else this.#read(entry);
   }
 
   // -- socket ---------------------------------------------------------------------------
-  #connect() {
+  #createSocket() {
     const socket = io(this.#origin, {
       path: `${this.#basePath}${this.#options.path}`,
       transports: this.#options.transports,
       forceNew: true,
-      reconnection: true,
-      reconnectionDelay: this.#options.reconnectDelayMs,
-      reconnectionDelayMax: this.#options.reconnectDelayMaxMs,
-      randomizationFactor: 0.5,
+      autoConnect: false,
+      reconnection: false, // see #scheduleReconnect
+      timeout: this.#options.requestTimeoutMs,
       auth: (cb) => {
         const reason = this.#tokenReason;
         this.#tokenReason = "connect";
         if (!this.#options.token) return cb({});
         this.#freshToken(reason).then(
-          (token) => cb(token ? { token } : {}),
+          ({ token, gen }) => {
+            this.#socketTokenGen = gen;
+            cb(token ? { token } : {});
+          },
           (err) => {
             this.#emit("error", new PaytrackError("token_unavailable", `token() failed: ${err?.message ?? err}`, { cause: err }));
             cb({});
@@ -506,56 +636,71 @@ export class PaymentTracker {
     this.#socket = socket;
 
     socket.on("connect", () => {
-      this.#everConnected = true;
-      this.#reconnectAttempts = 0;
-      clearTimeout(this.#reconnectTimer);
-      this.#reconnectTimer = null;
-      for (const entry of this.#entries.values()) entry.restOnly = false; // a new connection, new slots
-      this.#stopPolling();
-      this.#setState("connected");
+      this.#endAttempt();
+      this.#lost = false;
+      this.#proven = false;
+      this.#diagnosis = null;
+      this.#forget("unreachable", "origin_not_allowed");
+      if (this.#options.token && this.#socketTokenGen === this.#tokenGen) this.#tokenAccepted();
+      clearTimeout(this.#provenTimer);
+      this.#provenTimer = setTimeout(() => this.#proved(), PROVEN_AFTER_MS);
       for (const entry of this.#entries.values()) {
-        entry.trackAttempts = 0;
-        this.#trackOnSocket(entry);
+        entry.restOnly = false; // a new connection, new slots
+        entry.acked = false;
       }
+      this.#updateState();
+      for (const entry of this.#entries.values()) this.#trackOnSocket(entry);
     });
     socket.on("disconnect", (reason) => {
       if (this.#closed) return;
-      if (this.#polling) {
-        this.#setState("polling"); // already polling for rest-only payments: now for all
-      } else {
-        this.#setState("connecting");
-        this.#armFallback();
+      clearTimeout(this.#provenTimer);
+      this.#provenTimer = null;
+      this.#proven = false;
+      for (const entry of this.#entries.values()) {
+        entry.acked = false;
+        clearTimeout(entry.retryTimer); // asked again on the next connection
+        entry.retryTimer = null;
       }
-      // The client reconnects by itself after a transport loss; after the server closed the
-      // session (token expiry, shutdown) it does not: do it here.
-      if (!socket.active) this.#scheduleReconnect(reason === "io server disconnect" ? "expired" : "connect");
+      this.#lost = true;
+      this.#armFallback();
+      this.#pollDue();
+      if (reason === "io client disconnect") return this.#updateState(); // ours: reconnect() or a watchdog
+      // The server ended the session on purpose: at token expiry, or a shutdown.
+      this.#scheduleReconnect(reason === "io server disconnect" ? "expired" : "connect");
     });
     socket.on("connect_error", (err) => {
-      if (this.#closed) return;
+      if (this.#closed || !this.#connecting) return;
+      this.#endAttempt();
       const code = err?.data?.code;
-      const refused = code ? null : handshakeRefusal(err);
-      if (code) {
-        const retryAfter = secondsMs(err.data.retry_after);
-        this.#emit("error", new PaytrackError(code, err.message, { details: err.data.details, retryAfter }));
-        if (AUTH_CODES.has(code)) this.#token = null;
-      } else if (refused) {
-        this.#emit("error", new PaytrackError("too_many_sessions", "the server refused the connection for now (429)", {
-          status: 429,
-          retryAfter: refused.retryAfterMs,
-        }));
+      let asked = null;
+      let reason = "connect";
+      if (code && AUTH_CODES.has(code)) {
+        reason = "rejected";
+        this.#tokenRefused(this.#socketTokenGen);
+        this.#say("unauthenticated", `the server refused the token at connect: ${err.message}`, { reason: code, details: err.data.details });
+      } else if (code) {
+        asked = secondsMs(err.data.retry_after);
+        this.#emit("error", new PaytrackError(code, err.message, { details: err.data.details, retryAfter: asked }));
+      } else {
+        const refused = handshakeRefusal(err);
+        if (refused) {
+          asked = refused.retryAfterMs;
+          this.#emit("error", new PaytrackError("too_many_sessions", "the server refused the connection for now (429)", {
+            status: 429,
+            retryAfter: asked,
+          }));
+        } else if (this.#restHealthy !== true) {
+          this.#diagnose(); // a refused origin looks like this in a browser; so does a server that is away
+        } // (REST answering says both are fine: a proxy without websockets, most likely)
       }
+      socket.disconnect(); // the next attempt is a new handshake
+      this.#lost = true;
       this.#armFallback();
-      if (refused) {
-        // socket.io would try again after its own delay, whatever the server asked: take the retry over.
-        socket.disconnect();
-        this.#scheduleReconnect("connect", refused.retryAfterMs);
-      } else if (!socket.active) {
-        this.#scheduleReconnect(AUTH_CODES.has(code) ? "rejected" : "connect", secondsMs(err?.data?.retry_after));
-      }
+      this.#scheduleReconnect(reason, asked);
     });
     socket.onAny((name, data) => {
       this.#emit("event", name, data);
-      if (SERVER_EVENTS.includes(name)) {
+      if (SERVER_EVENTS.has(name)) {
         const entry = data && this.#entries.get(data.reference);
         if (entry) this.#apply(entry, data, "socket");
       }
@@ -563,84 +708,168 @@ export class PaymentTracker {
     socket.on("token-expiring", (data) => this.#refreshToken(data?.expires_at));
   }
 
-  /** Connect again after the backoff, and not before `askedMs` (what the server asked, with jitter) when given. */
+  /** Start one connection attempt now. */
+  #attempt() {
+    const socket = this.#socket;
+    if (this.#closed || socket.connected || this.#connecting) return;
+    clearTimeout(this.#reconnectTimer);
+    this.#reconnectTimer = null;
+    this.#nextAttemptAt = null;
+    this.#connecting = true;
+    // socket.io bounds the handshake (its `timeout`); nothing bounds the wait for the CONNECT's answer.
+    this.#watchdog = setTimeout(() => {
+      this.#watchdog = null;
+      if (!this.#connecting || socket.connected) return;
+      this.#endAttempt();
+      socket.disconnect();
+      this.#lost = true;
+      this.#armFallback();
+      this.#scheduleReconnect("connect");
+    }, this.#options.requestTimeoutMs + this.#options.ackTimeoutMs);
+    socket.connect();
+    this.#updateState();
+  }
+
+  #endAttempt() {
+    this.#connecting = false;
+    clearTimeout(this.#watchdog);
+    this.#watchdog = null;
+  }
+
+  /**
+   * Connect again after the backoff, and not before `askedMs` (what the server asked, with jitter) when
+   * given. The backoff grows with every attempt until a connection proves itself (#proved).
+   */
   #scheduleReconnect(reason, askedMs = null) {
-    if (this.#closed || this.#reconnectTimer !== null) return;
-    const ownDelay = backoff(this.#reconnectAttempts++, this.#options.reconnectDelayMs, this.#options.reconnectDelayMaxMs);
-    const delay = askedMs === null ? ownDelay : Math.max(ownDelay, jittered(askedMs));
+    if (this.#closed || this.#reconnectTimer !== null || this.#connecting) return;
+    const own = backoff(this.#reconnectAttempts++, this.#options.reconnectDelayMs, this.#options.reconnectDelayMaxMs);
+    const delay = askedMs === null ? own : Math.max(own, jittered(askedMs));
+    if (this.#tokenReason !== "rejected") this.#tokenReason = reason;
+    this.#nextAttemptAt = Date.now() + delay;
     this.#reconnectTimer = setTimeout(() => {
       this.#reconnectTimer = null;
-      if (this.#closed || this.#socket.connected || this.#socket.active) return;
-      this.#tokenReason = reason;
-      this.#socket.connect();
+      this.#attempt();
     }, delay);
+    this.#updateState();
+  }
+
+  /** Now, not at nextAttemptAt (the browser is back online, the page came back from the back/forward cache). */
+  #retryNow() {
+    if (this.#closed) return;
+    if (!this.#socket.connected) this.#attempt();
+    for (const entry of this.#entries.values()) {
+      if (entry.pollTimer === null || !this.#due(entry)) continue;
+      clearTimeout(entry.pollTimer);
+      entry.pollTimer = null;
+      this.#pollEntry(entry);
+    }
+    if (this.#probeTimer !== null) {
+      clearTimeout(this.#probeTimer);
+      this.#probeNow();
+    }
+  }
+
+  /**
+   * This connection works: a track-payment was answered, or it stayed up PROVEN_AFTER_MS. Only now does
+   * the backoff start over and the REST fallback stand down.
+   */
+  #proved() {
+    if (this.#proven || this.#closed || !this.#socket?.connected) return;
+    this.#proven = true;
+    this.#reconnectAttempts = 0;
+    clearTimeout(this.#provenTimer);
+    clearTimeout(this.#fallbackTimer);
+    this.#provenTimer = null;
+    this.#fallbackTimer = null;
+    this.#restMode = false;
+    this.#pollDue();
+    this.#updateState();
   }
 
   #trackOnSocket(entry) {
     const socket = this.#socket;
-    if (!socket?.connected || entry.final || entry.restOnly || !this.#entries.has(entry.reference)) return;
+    if (!socket?.connected || entry.final || entry.restOnly || this.#entries.get(entry.reference) !== entry) return;
     clearTimeout(entry.retryTimer);
     entry.retryTimer = null;
+    entry.tracking = true;
+    entry.asked = true;
     const sid = socket.id;
     const payload = { reference: entry.reference, last_seq: entry.seq };
     socket.timeout(this.#options.ackTimeoutMs).emit("track-payment", payload, (err, ack) => {
+      entry.tracking = false;
       if (this.#closed) return;
+      const current = socket.connected && socket.id === sid;
+      if (err && !current) return; // the connection went before the answer: the next one re-tracks
       const answer = err ? { ok: false, error: { code: "timeout", message: "no answer to track-payment" } } : ack;
-      this.#emit("event", "ack:track-payment", { reference: entry.reference, ...answer });
+      this.#emit("event", "ack:track-payment", { reference: entry.reference, ...(answer ?? {}) });
       if (this.#entries.get(entry.reference) !== entry || entry.final) return;
-      if (answer?.ok) {
-        entry.trackAttempts = 0;
+      if (answer?.ok === true) {
         if (answer.payment) this.#apply(entry, answer.payment, "socket");
         else this.#markUnknown(entry);
+        if (entry.final || !current) return;
+        entry.acked = true;
+        entry.ackFailed = false;
+        entry.trackAttempts = 0;
+        this.#proved();
+        this.#pollDue();
         return;
       }
-      const error = new PaytrackError(answer?.error?.code ?? "bad_ack", answer?.error?.message ?? "track-payment failed", {
+      const error = new PaytrackError(answer?.error?.code ?? "bad_ack", answer?.error?.message ?? "track-payment answered without a result", {
         reference: entry.reference,
         details: answer?.error?.details,
         retryAfter: secondsMs(answer?.error?.retry_after),
       });
       this.#emit("error", error);
+      if (FINAL_ACK_CODES.has(error.code)) {
+        this.#fail(entry, error); // forbidden, invalid_payload: asking again cannot help
+        return;
+      }
       if (error.code === "too_many_tracked") {
-        entry.restOnly = true; // REST keeps it current; see #pollingWanted
-        this.#startPolling();
-      } else if (RETRY_CODES.has(error.code)) {
-        if (socket.connected && socket.id === sid) {
+        entry.restOnly = true; // this connection has no slot for it: REST keeps it current
+      } else {
+        entry.ackFailed = true; // asked again with backoff; REST covers it meanwhile
+        if (current) {
           const own = backoff(entry.trackAttempts++, this.#options.reconnectDelayMs, this.#options.reconnectDelayMaxMs);
-          const asked = secondsMs(answer?.error?.retry_after); // rate_limited, busy: not before the server said
-          const delay = asked === null ? own : Math.max(own, jittered(asked));
+          const delay = error.retryAfter === null ? own : Math.max(own, jittered(error.retryAfter)); // not before the server said
           entry.retryTimer = setTimeout(() => this.#trackOnSocket(entry), delay);
         } // otherwise the next connect re-tracks
-      } else {
-        this.#fail(entry, error); // forbidden, invalid_payload: asking again cannot help
       }
+      this.#pollDue();
+      this.#updateState();
     });
   }
 
   #fail(entry, error) {
-    clearTimeout(entry.retryTimer);
+    this.#clearEntryTimers(entry);
     this.#entries.delete(entry.reference);
     for (const handle of entry.handles) handle._end(error);
     entry.handles.clear();
+    this.#pollDue();
+    this.#updateState();
   }
 
   _detach(entry, handle) {
     entry.handles.delete(handle);
     if (entry.handles.size > 0 || this.#entries.get(entry.reference) !== entry) return;
     this.#entries.delete(entry.reference);
-    clearTimeout(entry.retryTimer);
+    this.#clearEntryTimers(entry);
+    if (this.#closed) return;
     if (!entry.final && this.#socket?.connected) this.#socket.emit("stop-tracking-payment", { reference: entry.reference });
+    this.#pollDue();
+    this.#updateState();
   }
 
   // -- tokens --------------------------------------------------------------------------
-  /** Ask the page's token() once; concurrent askers share the answer. */
+  /** Ask the page's token() once; concurrent askers share the answer: `{token, gen}`. */
   #freshToken(reason, expiresAt) {
-    if (!this.#options.token) return Promise.resolve(null);
+    if (!this.#options.token) return Promise.resolve({ token: null, gen: this.#tokenGen });
     if (!this.#tokenPromise) {
       this.#tokenPromise = Promise.resolve()
         .then(() => this.#options.token({ reason, expiresAt: expiresAt ?? null }))
         .then((token) => {
           this.#token = typeof token === "string" && token ? token : null;
-          return this.#token;
+          this.#tokenGen += 1;
+          return { token: this.#token, gen: this.#tokenGen };
         })
         .finally(() => {
           this.#tokenPromise = null;
@@ -649,10 +878,45 @@ export class PaymentTracker {
     return this.#tokenPromise;
   }
 
+  /**
+   * The token for a REST call: the current one unless the server refused it; then a new one, asked
+   * once for every caller waiting on it, and, when new tokens keep being refused, no sooner than a
+   * backoff after the last (meanwhile the call fails as `unauthenticated` without going out).
+   */
+  #restToken() {
+    if (this.#tokenGen > 0 && !this.#tokenPromise && this.#refusedGen !== this.#tokenGen) {
+      return Promise.resolve({ token: this.#token, gen: this.#tokenGen });
+    }
+    if (this.#tokenGen > 0 && !this.#tokenPromise && Date.now() < this.#nextRefreshAt) {
+      return Promise.reject(new PaytrackError("unauthenticated", "the server refused the token; token() is asked again later"));
+    }
+    return this.#freshToken(this.#tokenGen === 0 ? "connect" : "rejected").catch((err) => {
+      throw new PaytrackError("token_unavailable", `token() failed: ${err?.message ?? err}`, { cause: err });
+    });
+  }
+
+  /** The server refused the token of generation `gen`. True when a call refused with it may try again. */
+  #tokenRefused(gen) {
+    if (gen !== this.#tokenGen) return true; // a newer token exists already
+    if (this.#refusedGen === gen) return false;
+    this.#refusedGen = gen;
+    this.#refusals += 1;
+    // The first refusal is asked about at once; a fresh token refused too waits like a failing poll.
+    const wait = this.#refusals > 1 ? backoff(this.#refusals - 2, this.#options.fallbackPollMs, this.#options.fallbackPollMaxMs) : 0;
+    this.#nextRefreshAt = Date.now() + wait;
+    return this.#refusals === 1;
+  }
+
+  #tokenAccepted() {
+    this.#refusals = 0;
+    this.#nextRefreshAt = 0;
+    this.#forget("unauthenticated");
+  }
+
   async #refreshToken(expiresAt) {
     let token;
     try {
-      token = await this.#freshToken("expiring", expiresAt);
+      ({ token } = await this.#freshToken("expiring", expiresAt));
     } catch (err) {
       this.#emit("error", new PaytrackError("token_unavailable", `token() failed: ${err?.message ?? err}`, { cause: err }));
       return;
@@ -671,33 +935,60 @@ export class PaymentTracker {
   }
 
   // -- REST ----------------------------------------------------------------------------
-  async #request(method, path, { json, headers = {}, retried = false } = {}) {
-    const all = { Accept: "application/json", ...headers };
-    if (json !== undefined) all["Content-Type"] = "application/json";
-    let token = null;
-    if (this.#options.token) {
-      token = this.#token ?? (await this.#freshToken("connect"));
-      if (token) all.Authorization = `Bearer ${token}`;
-    }
+  /**
+   * One HTTP call, given up after `timeoutMs` (token() included) or at close(). Throws a PaytrackError:
+   * `timeout`, `network_error` (a browser also says this for a CORS refusal), `closed`, or
+   * `unauthenticated` while a refused token waits to be asked again. A 401 for the token asks token()
+   * (once per refused token, see #restToken) and tries once more.
+   */
+  async #request(method, path, { json, headers = {}, timeoutMs, retried = false, auth = true } = {}) {
+    if (this.#closed) throw this.#closedError();
+    const controller = new AbortController();
+    let timedOut = false;
+    const timer = setTimeout(() => {
+      timedOut = true;
+      controller.abort();
+    }, Math.min(timeoutMs ?? this.#options.requestTimeoutMs, MAX_TIMER_MS));
+    this.#inflight.add(controller);
+    const aborted = new Promise((_, reject) => controller.signal.addEventListener("abort", () => reject(new Error("aborted"))));
+    aborted.catch(() => {});
+    let used = null;
     let response;
+    let data = null;
     try {
+      const all = { Accept: "application/json", ...headers };
+      if (json !== undefined) all["Content-Type"] = "application/json";
+      if (auth && this.#options.token) {
+        used = await Promise.race([this.#restToken(), aborted]);
+        if (used.token) all.Authorization = `Bearer ${used.token}`;
+      }
       response = await this.#fetch(`${this.#origin}${this.#basePath}${path}`, {
         method,
         headers: all,
         body: json === undefined ? undefined : JSON.stringify(json),
         cache: "no-store",
+        signal: controller.signal,
+        ...(auth ? {} : { credentials: "omit" }),
       });
+      if (response.status !== 304 && (response.headers.get("Content-Type") || "").includes("json")) {
+        data = await Promise.race([response.json().catch(() => null), aborted]);
+      }
     } catch (err) {
+      if (this.#closed) throw this.#closedError();
+      if (timedOut) throw new PaytrackError("timeout", `no answer from the paytrack server within ${timeoutMs ?? this.#options.requestTimeoutMs} ms`);
+      if (err instanceof PaytrackError) throw err;
       throw new PaytrackError("network_error", `cannot reach the paytrack server: ${err?.message ?? err}`, { cause: err });
+    } finally {
+      clearTimeout(timer);
+      this.#inflight.delete(controller);
     }
-    let data = null;
-    if (response.status !== 304 && (response.headers.get("Content-Type") || "").includes("json")) {
-      data = await response.json().catch(() => null);
-    }
-    if (response.status === 401 && this.#options.token && !retried && AUTH_CODES.has(data?.error?.code)) {
-      this.#token = null;
-      await this.#freshToken("rejected");
-      return this.#request(method, path, { json, headers, retried: true });
+    if (used !== null) {
+      if (response.status === 401 && AUTH_CODES.has(data?.error?.code)) {
+        const again = this.#tokenRefused(used.gen);
+        if (again && !retried) return this.#request(method, path, { json, headers, timeoutMs, retried: true, auth });
+      } else if (used.gen === this.#tokenGen) {
+        this.#tokenAccepted();
+      }
     }
     return { response, data };
   }
@@ -714,7 +1005,7 @@ export class PaymentTracker {
     });
   }
 
-  /** GET /tracking/{reference} with If-None-Match; one read at a time per payment. Resolves true if the server answered. */
+  /** GET /tracking/{reference} with If-None-Match; one read at a time per payment. Resolves `{ok, retryAfter}`. */
   #read(entry) {
     if (!entry.reading) {
       entry.reading = this.#readOnce(entry).finally(() => {
@@ -730,27 +1021,96 @@ export class PaymentTracker {
     try {
       result = await this.#request("GET", `/api/payment/tracking/${encodeURIComponent(entry.reference)}`, { headers });
     } catch (err) {
-      return false;
+      if (err?.code === "unauthenticated") {
+        // Nothing went out: the refused token is asked again at #nextRefreshAt, and every payment reads then.
+        this.#restRefused();
+        return { ok: false, until: this.#nextRefreshAt };
+      }
+      if (err?.code === "token_unavailable") this.#emit("error", err);
+      if (err?.code !== "closed") this.#restFailed(err?.code === "network_error" || err?.code === "timeout");
+      return { ok: false };
     }
     const { response, data } = result;
-    if (this.#entries.get(entry.reference) !== entry) return true;
-    if (response.status === 304) return true;
+    if (response.status === 401) {
+      this.#restRefused();
+      return { ok: false };
+    }
+    if (response.status === 429 || response.status === 503) {
+      // Back-pressure, not an outage: the state stays as it was; ask again when told.
+      return { ok: false, retryAfter: retryAfterMs(response.headers, data?.error?.retry_after) };
+    }
+    if (response.status >= 500) {
+      this.#restFailed(false); // "offline" says it; no error event every round
+      return { ok: false };
+    }
+    this.#restAnswered();
+    if (this.#entries.get(entry.reference) !== entry || response.status === 304) return { ok: true };
     if (response.ok) {
       entry.etag = response.headers.get("ETag");
       // A 200 only when something changed (If-None-Match): logged like a socket event, 304s are not.
       this.#emit("event", "rest:tracking", { reference: entry.reference, ...data });
       if (data?.payment) this.#apply(entry, data.payment, "rest");
-      return true;
+      return { ok: true };
     }
-    if (response.status >= 500) return false; // "offline" says it; no error event every round
     if (response.status === 404) {
       this.#markUnknown(entry);
-      return true;
+      return { ok: true };
     }
     const error = this.#errorFrom(response, data, entry.reference);
     this.#emit("error", error);
     if (response.status === 403) this.#fail(entry, error);
-    return true;
+    return { ok: true };
+  }
+
+  #restAnswered() {
+    this.#forget("unreachable", "origin_not_allowed");
+    this.#setRestHealthy(true);
+  }
+
+  #restFailed(unreached) {
+    if (unreached) this.#diagnose(); // origin refused, or the server away?
+    this.#setRestHealthy(false);
+  }
+
+  #restRefused() {
+    this.#say("unauthenticated", "the server refuses the token for REST calls");
+    this.#setRestHealthy(false);
+  }
+
+  #setRestHealthy(healthy) {
+    this.#restHealthy = healthy;
+    this.#updateState();
+  }
+
+  /**
+   * GET /api/origin: whether the server is there and accepts this page's origin. A browser shows a
+   * page neither why a websocket handshake failed nor why a cross-origin fetch did; this one call is
+   * answered to any origin, without credentials. Says `origin_not_allowed` or `unreachable` on
+   * on("error") (once per episode). Resolves "accepted", "refused", "unreachable" or "reachable" (a
+   * server without the endpoint). One check at a time; a verdict is reused for reconnectDelayMaxMs.
+   */
+  #diagnose({ fresh = false } = {}) {
+    const now = Date.now();
+    const last = this.#diagnosis;
+    if (last && (last.pending || (!fresh && now - last.at < this.#options.reconnectDelayMaxMs))) return last.promise;
+    const diagnosis = { pending: true, at: now, promise: null };
+    diagnosis.promise = this.#request("GET", "/api/origin", { auth: false })
+      .then(({ response, data }) => {
+        if (!response.ok) return "reachable";
+        return data?.accepted === false ? "refused" : "accepted";
+      }, (err) => (err?.code === "closed" ? "closed" : "unreachable"))
+      .then((verdict) => {
+        diagnosis.pending = false;
+        diagnosis.at = Date.now();
+        if (verdict === "refused") {
+          this.#say("origin_not_allowed", `the paytrack server does not accept pages of ${globalThis.location?.origin ?? "this origin"} (add it to FRONTEND_URL)`);
+        } else if (verdict === "unreachable") {
+          this.#say("unreachable", `the paytrack server at ${this.#origin} cannot be reached`);
+        }
+        return verdict;
+      });
+    this.#diagnosis = diagnosis;
+    return diagnosis.promise;
   }
 
   async _refresh(entry) {
@@ -758,7 +1118,9 @@ export class PaymentTracker {
     if (!entry.payment?.order_id) await this.#read(entry);
     const orderId = entry.payment?.order_id;
     if (!orderId) return entry.payment; // not known (yet), or an orphan without an order: nothing to refresh by
-    const { response, data } = await this.#request("GET", `/api/payment/status/${encodeURIComponent(orderId)}?refresh=true`);
+    const { response, data } = await this.#request("GET", `/api/payment/status/${encodeURIComponent(orderId)}?refresh=true`, {
+      timeoutMs: this.#options.providerTimeoutMs,
+    });
     if (!response.ok) throw this.#errorFrom(response, data, entry.reference);
     this.#emit("event", "rest:status", data);
     if (data?.reference === entry.reference) this.#apply(entry, data, "rest");
@@ -771,77 +1133,161 @@ export class PaymentTracker {
     return entry.payment;
   }
 
-  // -- polling fallback ----------------------------------------------------------------
-  /** After `fallbackAfterMs` without a socket, poll over REST. */
-  #armFallback() {
-    if (this.#closed || this.#fallbackTimer !== null || this.#polling) return;
-    this.#fallbackTimer = setTimeout(() => {
-      this.#fallbackTimer = null;
-      if (!this.#socket?.connected) this.#startPolling();
-    }, this.#options.fallbackAfterMs);
+  /** A wait inside initiate(); close() ends it with `closed`. */
+  #pause(ms) {
+    if (this.#closed) return Promise.reject(this.#closedError());
+    return new Promise((resolve, reject) => {
+      const stop = () => {
+        clearTimeout(timer);
+        reject(this.#closedError());
+      };
+      const timer = setTimeout(() => {
+        this.#pauses.delete(stop);
+        resolve();
+      }, Math.min(ms, MAX_TIMER_MS));
+      this.#pauses.add(stop);
+    });
   }
 
-  #pollingWanted() {
-    if (this.#closed) return false;
-    if (!this.#socket?.connected) return true;
-    for (const entry of this.#entries.values()) if (entry.restOnly && !entry.final) return true;
+  #closedError() {
+    return new PaytrackError("closed", "the tracker was closed");
+  }
+
+  // -- polling fallback ----------------------------------------------------------------
+  /** After `fallbackAfterMs` (and up to half as long again) without a proven socket, REST covers every payment. */
+  #armFallback() {
+    if (this.#closed || this.#fallbackTimer !== null || this.#restMode || this.#proven) return;
+    this.#fallbackTimer = setTimeout(() => {
+      this.#fallbackTimer = null;
+      if (this.#proven || this.#closed) return;
+      // Connected with nothing to follow: nothing to cover, and track() will prove or fail the socket.
+      if (this.#socket?.connected && !this.#hasActive()) return;
+      this.#restMode = true;
+      this.#restHealthy = null;
+      this.#pollDue();
+      this.#updateState();
+    }, jittered(this.#options.fallbackAfterMs));
+  }
+
+  #hasActive() {
+    for (const entry of this.#entries.values()) if (!entry.final) return true;
     return false;
   }
 
-  #startPolling() {
-    if (this.#closed || this.#polling) return;
-    if (!(this.#options.fallbackPollMs > 0)) {
-      if (!this.#socket?.connected) this.#setState("offline");
+  /** Whether REST must keep this payment current: the socket has not answered for it on this connection. */
+  #due(entry) {
+    if (entry.final || this.#closed || this.#entries.get(entry.reference) !== entry) return false;
+    if (entry.restOnly || entry.ackFailed) return true;
+    return this.#restMode && !(this.#socket?.connected && entry.acked);
+  }
+
+  /** Starts the polling loop of every payment that needs one, stops those no longer needed. */
+  #pollDue() {
+    if (this.#closed) return;
+    const polling = this.#options.fallbackPollMs > 0;
+    let anyDue = false;
+    for (const entry of this.#entries.values()) {
+      if (polling && this.#due(entry)) {
+        anyDue = true;
+        if (!entry.polling) {
+          entry.polling = true;
+          this.#pollEntry(entry);
+        }
+      } else if (entry.polling && entry.pollTimer !== null) {
+        clearTimeout(entry.pollTimer);
+        entry.pollTimer = null;
+        entry.polling = false;
+        entry.pollFailures = 0;
+      }
+    }
+    const probe = polling && this.#restMode && !anyDue && !this.#socket?.connected;
+    if (probe && !this.#probing) {
+      this.#probing = true;
+      this.#probeNow();
+    } else if (!probe && this.#probing && this.#probeTimer !== null) {
+      clearTimeout(this.#probeTimer);
+      this.#probeTimer = null;
+      this.#probing = false;
+    }
+  }
+
+  /** One payment's polling loop: read, then wait the interval (jittered) or, after failures, the backoff. */
+  async #pollEntry(entry) {
+    entry.pollTimer = null;
+    if (!this.#due(entry)) {
+      entry.polling = false;
+      entry.pollFailures = 0;
       return;
     }
-    this.#polling = true;
-    if (!this.#socket?.connected) this.#setState("polling");
-    this.#pollRound();
-  }
-
-  #stopPolling() {
-    clearTimeout(this.#fallbackTimer);
-    this.#fallbackTimer = null;
-    if (this.#pollingWanted() && this.#polling) return; // rest-only payments still need it
-    this.#polling = false;
-    clearTimeout(this.#pollTimer);
-    this.#pollTimer = null;
-  }
-
-  async #pollRound() {
-    this.#pollTimer = null;
-    if (!this.#polling || !this.#pollingWanted()) {
-      this.#polling = false;
+    const outcome = await this.#read(entry);
+    if (!entry.polling || entry.pollTimer !== null) return; // stopped, or restarted meanwhile
+    if (!this.#due(entry)) {
+      entry.polling = false;
+      entry.pollFailures = 0;
       return;
     }
-    const connected = this.#socket?.connected;
-    const due = [...this.#entries.values()].filter((e) => !e.final && (!connected || e.restOnly));
-    let reached = false;
-    for (const result of await Promise.all(due.map((e) => this.#read(e)))) reached ||= result;
-    if (!this.#polling || this.#closed) return;
-    // With nothing to ask, the last answer stands.
-    if (due.length > 0 && !this.#socket?.connected) this.#setState(reached ? "polling" : "offline");
-    this.#pollTimer = setTimeout(() => this.#pollRound(), this.#options.fallbackPollMs);
+    const { fallbackPollMs, fallbackPollMaxMs } = this.#options;
+    entry.pollFailures = outcome.ok ? 0 : entry.pollFailures + 1;
+    let delay = entry.pollFailures === 0 ? spread(fallbackPollMs) : backoff(entry.pollFailures, fallbackPollMs, fallbackPollMaxMs);
+    if (outcome.retryAfter) delay = Math.max(delay, jittered(outcome.retryAfter));
+    if (outcome.until) delay = Math.max(0, outcome.until - Date.now()); // together, on one new token
+    entry.pollTimer = setTimeout(() => this.#pollEntry(entry), Math.min(delay, MAX_TIMER_MS));
   }
 
+  /** With no payment to read, REST mode still learns whether the server answers (polling) or not (offline). */
+  async #probeNow() {
+    this.#probeTimer = null;
+    const verdict = await this.#diagnose({ fresh: true });
+    if (this.#closed || !this.#probing || this.#probeTimer !== null) return;
+    const answered = verdict === "accepted" || verdict === "reachable";
+    if (!this.#restMode || this.#socket?.connected || this.#hasDue()) {
+      this.#probing = false;
+      return;
+    }
+    this.#setRestHealthy(answered);
+    this.#probeFailures = answered ? 0 : this.#probeFailures + 1;
+    const { fallbackPollMs, fallbackPollMaxMs } = this.#options;
+    const delay = answered ? spread(fallbackPollMs) : backoff(this.#probeFailures, fallbackPollMs, fallbackPollMaxMs);
+    this.#probeTimer = setTimeout(() => this.#probeNow(), delay);
+  }
 
-  // -- page: visibility, focus, other tabs -----------------------------------------------
+  #hasDue() {
+    for (const entry of this.#entries.values()) if (this.#due(entry)) return true;
+    return false;
+  }
+
+  // -- page: visibility, focus, network, back/forward cache, other tabs -----------------
   #setupPageEvents() {
     const doc = globalThis.document;
     const win = globalThis.window;
     if (!doc || !win || typeof win.addEventListener !== "function") return;
-    const reRead = () => {
+    const reRead = (force = false) => {
       if (doc.visibilityState === "hidden") return;
       const now = Date.now();
-      if (now - this.#lastReRead < RE_READ_MIN_INTERVAL_MS) return; // focus and visibilitychange come together
+      if (!force && now - this.#lastReRead < RE_READ_MIN_INTERVAL_MS) return; // focus and visibilitychange come together
       this.#lastReRead = now;
-      for (const entry of this.#entries.values()) if (!entry.final) this.#read(entry);
+      for (const entry of [...this.#entries.values()]) {
+        if (entry.final) continue;
+        if (this.#socket?.connected && entry.acked) this.#trackOnSocket(entry); // its ack brings the current state
+        else this.#read(entry);
+      }
     };
-    doc.addEventListener("visibilitychange", reRead);
-    win.addEventListener("focus", reRead);
+    const onVisible = () => reRead();
+    const onOnline = () => this.#retryNow();
+    const onPageShow = (event) => {
+      if (!event.persisted) return; // back from the back/forward cache: timers and sockets were frozen
+      this.#retryNow();
+      reRead(true);
+    };
+    doc.addEventListener("visibilitychange", onVisible);
+    win.addEventListener("focus", onVisible);
+    win.addEventListener("online", onOnline);
+    win.addEventListener("pageshow", onPageShow);
     this.#unlisten.push(
-      () => doc.removeEventListener("visibilitychange", reRead),
-      () => win.removeEventListener("focus", reRead),
+      () => doc.removeEventListener("visibilitychange", onVisible),
+      () => win.removeEventListener("focus", onVisible),
+      () => win.removeEventListener("online", onOnline),
+      () => win.removeEventListener("pageshow", onPageShow),
     );
   }
 
@@ -853,9 +1299,11 @@ export class PaymentTracker {
       const message = event.data;
       if (!message || typeof message.reference !== "string") return;
       const entry = this.#entries.get(message.reference);
-      if (!entry) return;
-      if (message.type === "update") this.#apply(entry, message.payment, "tab");
-      else if (message.type === "ask" && entry.payment) this.#post({ type: "update", reference: entry.reference, payment: entry.payment });
+      if (message.type === "update" && entry) this.#apply(entry, message.payment, "tab");
+      else if (message.type === "ask") {
+        const known = entry?.payment ?? this.#finals.get(message.reference);
+        if (known) this.#post({ type: "update", reference: message.reference, payment: known });
+      }
     };
     channel.unref?.(); // Node: an open channel must not keep the process alive
     this.#channel = channel;
@@ -869,11 +1317,37 @@ export class PaymentTracker {
     }
   }
 
-  // -- events --------------------------------------------------------------------------
+  // -- state and events ----------------------------------------------------------------
+  /** What the page is shown, from what the tracker knows now. */
+  #updateState() {
+    if (this.#closed) return;
+    const connected = Boolean(this.#socket?.connected);
+    let state;
+    if (connected && (this.#proven || !this.#restMode || !this.#hasActive())) state = "connected";
+    else if (this.#restMode && this.#options.fallbackPollMs > 0 && this.#restHealthy === true) state = "polling";
+    else if (connected) state = "connected";
+    else if (this.#restMode && (this.#restHealthy === false || !(this.#options.fallbackPollMs > 0))) state = "offline";
+    else state = this.#lost ? "reconnecting" : "connecting";
+    this.#setState(state);
+  }
+
   #setState(state) {
-    if (state === this.#state) return;
+    const nextAttemptAt = this.#closed ? null : this.#nextAttemptAt;
+    if (state === this.#state && nextAttemptAt === this.#shownAttemptAt) return;
     this.#state = state;
-    this.#emit("connection", state);
+    this.#shownAttemptAt = nextAttemptAt;
+    this.#emit("connection", state, { nextAttemptAt });
+  }
+
+  /** An error about the connection, said once until the condition clears (#forget). */
+  #say(code, message, extra = {}) {
+    if (this.#reported.has(code)) return;
+    this.#reported.add(code);
+    this.#emit("error", new PaytrackError(code, message, extra));
+  }
+
+  #forget(...codes) {
+    for (const code of codes) this.#reported.delete(code);
   }
 
   #emit(event, ...args) {

@@ -62,7 +62,7 @@ function pending() {
   return current !== null && $("status").dataset.status === "PENDING";
 }
 
-// Simulating needs the server: over the socket, or over REST while polling. Not while connecting or offline.
+// Simulating needs the server: over the socket, or over REST while polling. Not while (re)connecting or offline.
 const REACHABLE = new Set(["connected", "polling"]);
 
 function updateSimulate() {
@@ -121,12 +121,12 @@ function unknown({ lastKnown }) {
   updateSimulate();
 }
 
-function setConnection(state) {
+function setConnection(state, { nextAttemptAt } = {}) {
   $("connection").dataset.state = state;
-  $("connection").textContent = state;
+  $("connection").textContent = nextAttemptAt ? `${state} (next attempt at ${new Date(nextAttemptAt).toLocaleTimeString()})` : state;
   if (state !== "connected") $("socket-id").textContent = "";
   if (state === "connected") $("connection").dataset.error = "";
-  if ((state === "connecting" || state === "offline") && pending()) {
+  if ((state === "connecting" || state === "reconnecting" || state === "offline") && pending()) {
     $("status").dataset.synced = "false";
     if ($("status").dataset.known !== "false") setNote("(last known; reconnecting)");
   }

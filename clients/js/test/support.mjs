@@ -91,6 +91,11 @@ export class Recorder {
   }
 }
 
+/** The states a page was shown, each once in a row (a "connection" event also comes when only nextAttemptAt changed). */
+export function distinct(states) {
+  return states.filter((s, i) => s !== states[i - 1]);
+}
+
 /** Waits for the tracker's "connection" state to become `state`. */
 export function stateReached(tracker, state, timeoutMs = WAIT_MS) {
   if (tracker.state === state) return Promise.resolve();

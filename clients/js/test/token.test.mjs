@@ -79,7 +79,8 @@ test("a connect refused for its token is retried with a fresh one", async (t) =>
   tracker.on("error", (e) => errors.push(e));
   await stateReached(tracker, "connected");
   assert.deepEqual(asked, ["connect", "rejected"]);
-  assert.deepEqual(errors.map((e) => e.code), ["invalid_token"]);
+  // A refused token is `unauthenticated` for the page, with the server's code as the reason.
+  assert.deepEqual(errors.map((e) => [e.code, e.reason]), [["unauthenticated", "invalid_token"]]);
   assert.ok(errors[0].message);
 });
 

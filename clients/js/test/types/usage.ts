@@ -1,17 +1,29 @@
 // Compiled (not run) by `npm run typecheck`: the declarations describe the documented usage.
-import PaymentTrackerDefault, { PaymentTracker, PaytrackError, VERSION, type ConnectionState, type Payment } from "paytrack-client";
+import PaymentTrackerDefault, { PaymentTracker, PaytrackError, VERSION, type ConnectionInfo, type ConnectionState, type Payment } from "paytrack-client";
 
 const tracker: PaymentTracker = new PaymentTracker({
   url: "https://pay.example.com",
-  token: async ({ reason }) => (reason === "rejected" ? "fresh" : "cached"),
+  token: async ({ reason }) => (reason === "rejected" || reason === "expired" ? "fresh" : "cached"),
   fallbackPollMs: 3000,
+  fallbackPollMaxMs: 30_000,
+  requestTimeoutMs: 10_000,
+  providerTimeoutMs: 60_000,
   stuckAfterMs: 120_000,
   initiateAttempts: 3,
   initiateUnknownWaitMs: 120_000,
 });
 const also: PaymentTracker = new PaymentTrackerDefault();
-const off: () => void = tracker.on("connection", (state: ConnectionState) => void state);
-tracker.on("error", (err: PaytrackError) => console.log(err.code, err.message, err.fieldMessages, err.status));
+const off: () => void = tracker.on("connection", (state: ConnectionState, info: ConnectionInfo) => {
+  const next: number | null = info.nextAttemptAt;
+  if (state === "reconnecting" && next !== null) console.log(`again in ${Math.round((next - Date.now()) / 1000)} s`);
+});
+const shown: [ConnectionState, number | null] = [tracker.state, tracker.nextAttemptAt];
+void shown;
+tracker.on("error", (err: PaytrackError) => {
+  if (err.code === "origin_not_allowed" || err.code === "unreachable") console.log(err.message);
+  if (err.code === "unauthenticated") console.log(err.reason);
+  console.log(err.code, err.message, err.fieldMessages, err.status);
+});
 tracker.on("event", (name: string, data: unknown) => void [name, data]);
 off();
 

@@ -1,0 +1,141 @@
+"""The official client's connection behaviour in Chromium, on a merchant's page of its own origin.
+
+What only a browser shows: a refused origin (the websocket handshake and the CORS fetch fail with no
+reason a page can read, so the client asks `GET /api/origin`), and the page events the client
+answers at once: `online`, `pageshow` from the back/forward cache, `visibilitychange`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import urlencode
+
+import pytest
+
+from app import create_app
+from core.clock import SystemClock
+from realtime.storage.factory import create_storage
+from tests.chromium import ServePages, chromium_page, shop_server  # noqa: F401 - fixtures
+from tests.harness import Api, eventually, make_settings
+from tests.test_server_process import free_port
+
+pytestmark = pytest.mark.browser
+
+CLIENT_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>checkout</title><link rel="icon" href="data:,"></head>
+<body data-state="" data-errors="" data-acks="0">
+<script type="module">
+  const params = new URLSearchParams(location.search);
+  const server = params.get("server");
+  const { PaymentTracker } = await import(server + "/sdk/paytrack-client.js");
+  const url = params.get("tracker") || server; // the paytrack the tracker talks to (default: the one serving the client)
+  const tracker = new PaymentTracker({ url, ...JSON.parse(params.get("options") || "{}") });
+  const seen = { states: [], errors: [], acks: 0 };
+  tracker.on("connection", (state, info) => {
+    seen.states.push([state, info.nextAttemptAt]);
+    document.body.dataset.state = state;
+  });
+  tracker.on("error", (err) => {
+    seen.errors.push(err.code);
+    document.body.dataset.errors = seen.errors.join(",");
+  });
+  tracker.on("event", (name, data) => {
+    if (name === "ack:track-payment" && data.ok) document.body.dataset.acks = String(++seen.acks);
+  });
+  window.paytrack = { tracker, seen };
+  if (params.get("ref")) tracker.track(params.get("ref"), { onUpdate: (p) => (document.body.dataset.status = p.status) });
+</script>
+</body></html>"""
+
+
+def page_url(shop: str, server: str, ref: str | None = None, tracker: str | None = None, **options: Any) -> str:
+    query = {"server": server, "options": json.dumps(options)}
+    query.update({"ref": ref} if ref else {})
+    query.update({"tracker": tracker} if tracker else {})
+    return f"{shop}/checkout?{urlencode(query)}"
+
+
+async def test_a_page_whose_origin_the_server_refuses_hears_origin_not_allowed(
+    aiohttp_server: Any,
+    chromium_page: Any,
+    shop_server: ServePages,
+) -> None:
+    shop = await shop_server({"/checkout": CLIENT_PAGE})
+    paytrack = await aiohttp_server(create_app(make_settings(FRONTEND_URL="https://shop.example")), host="127.0.0.1")
+    server = str(paytrack.make_url("/")).rstrip("/")
+    options = {"fallbackAfterMs": 100, "reconnectDelayMs": 100, "reconnectDelayMaxMs": 400}
+    await chromium_page.goto(page_url(shop, server, "0b6a3c52-0000-4000-8000-000000000036", **options))
+    await chromium_page.wait_for_selector('body[data-errors*="origin_not_allowed"]', state="attached")
+    await chromium_page.wait_for_selector('body[data-state="offline"]', state="attached")
+    errors = await chromium_page.evaluate("window.paytrack.seen.errors")
+    assert errors == ["origin_not_allowed"], errors  # once, and not taken for a server that is down
+
+
+async def test_a_page_whose_server_is_down_hears_unreachable(
+    aiohttp_server: Any,
+    chromium_page: Any,
+    shop_server: ServePages,
+) -> None:
+    shop = await shop_server({"/checkout": CLIENT_PAGE})
+    paytrack = await aiohttp_server(create_app(make_settings()), host="127.0.0.1")  # serves the client only
+    server = str(paytrack.make_url("/")).rstrip("/")
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    options = {"fallbackAfterMs": 100, "reconnectDelayMs": 100, "reconnectDelayMaxMs": 400}
+    await chromium_page.goto(page_url(shop, server, "0b6a3c52-0000-4000-8000-000000000037", tracker=nowhere, **options))
+    await chromium_page.wait_for_selector('body[data-errors*="unreachable"]', state="attached")
+    await chromium_page.wait_for_selector('body[data-state="offline"]', state="attached")
+    errors = await chromium_page.evaluate("window.paytrack.seen.errors")
+    assert errors == ["unreachable"], errors
+
+
+async def test_online_pageshow_and_visibilitychange_act_at_once(
+    aiohttp_server: Any,
+    http: Any,
+    chromium_page: Any,
+    shop_server: ServePages,
+) -> None:
+    """The next scheduled attempt is a minute away: only the browser's events can bring the page back sooner."""
+    page = chromium_page
+    shop = await shop_server({"/checkout": CLIENT_PAGE})
+    settings = make_settings()
+    storage = create_storage(settings, SystemClock())  # outlives each server, as Redis does
+    port = free_port()
+
+    async def start() -> Any:
+        return await aiohttp_server(
+            create_app(settings, storage=storage), host="127.0.0.1", port=port, shutdown_timeout=1.0
+        )
+
+    paytrack = await start()
+    server = str(paytrack.make_url("/")).rstrip("/")
+    _, payment, _ = await Api(http, server).initiate(order_id="page-events-1")
+    sent: list[str] = []
+    page.on("websocket", lambda ws: ws.on("framesent", lambda payload: sent.append(str(payload))))
+    options = {"reconnectDelayMs": 60_000, "reconnectDelayMaxMs": 60_000, "fallbackAfterMs": 600_000}
+    await page.goto(page_url(shop, server, payment["reference"], **options))
+    await page.wait_for_selector('body[data-acks="1"][data-state="connected"]', state="attached")
+
+    tracks = sum("track-payment" in frame for frame in sent)
+    await page.evaluate("document.dispatchEvent(new Event('visibilitychange'))")  # shown again: re-read
+    await eventually(lambda: sum("track-payment" in frame for frame in sent) > tracks)
+    await page.wait_for_selector('body[data-acks="2"]', state="attached")
+
+    for n, wake in enumerate(
+        [
+            "window.dispatchEvent(new Event('online'))",
+            "window.dispatchEvent(new PageTransitionEvent('pageshow', {persisted: true}))",
+        ],
+        start=3,
+    ):
+        await paytrack.close()
+        await page.wait_for_selector('body[data-state="reconnecting"]', state="attached")
+        wait_ms = await page.evaluate("window.paytrack.tracker.nextAttemptAt - Date.now()")
+        assert wait_ms > 20_000, wait_ms  # the backoff's own next attempt is far off
+        paytrack = await start()
+        await page.evaluate(wake)
+        await page.wait_for_selector(
+            f'body[data-acks="{n}"][data-state="connected"]', state="attached"
+        )  # connected and re-tracked
+    states = [state for state, _ in await page.evaluate("window.paytrack.seen.states")]
+    assert "offline" not in states and "polling" not in states, states
