@@ -8,10 +8,6 @@ ends on the truth with one completion shown. The build's second page (checks/) m
 `usePayment` components under StrictMode on demand; every Socket.IO frame between page and
 server passes through a relay (playwright's WebSocket routing), which counts what the page sent
 and can hold back or cut what the server answers.
-
-Two tests need the client's connection states (issue 36: `origin_not_allowed`, an immediate
-re-track on `online` and `pageshow`); while clients/js does not report them yet they are
-expected to fail (strict xfail: one that passes without them is an error), see NEEDS_CLIENT_STATES.
 """
 
 from __future__ import annotations
@@ -36,15 +32,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.node]
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "checkout-react"
-CLIENT_SOURCE = ROOT / "clients" / "js" / "paytrack-client.js"
 
-# The client's connection states of issue 36 (clients/js, another change): `nextAttemptAt` is part of them.
-CLIENT_REPORTS_STATES = "nextAttemptAt" in CLIENT_SOURCE.read_text(encoding="utf-8")
-NEEDS_CLIENT_STATES = pytest.mark.xfail(
-    not CLIENT_REPORTS_STATES,
-    reason="needs paytrack-client's connection states and error codes (issue 36, clients/js)",
-    strict=True,
-)
 # What Chromium logs by itself while the server is away (not the page's doing).
 NETWORK_NOISE = ("WebSocket connection to", "Failed to load resource")
 
@@ -416,7 +404,6 @@ async def test_unmount_during_a_pending_ack_leaves_no_track(serve, http, page) -
     assert page_errors(page) == [], page.console_errors
 
 
-@NEEDS_CLIENT_STATES
 async def test_a_refused_origin_surfaces_origin_not_allowed(serve, page) -> None:  # type: ignore[no-untyped-def]
     """The page talks to paytrack directly from an origin FRONTEND_URL does not list."""
     paytrack, preview = await serve("development", FRONTEND_URL="https://shop.example")
@@ -425,7 +412,6 @@ async def test_a_refused_origin_surfaces_origin_not_allowed(serve, page) -> None
     assert await page.get_attribute("#connection", "data-state") != "connected"
 
 
-@NEEDS_CLIENT_STATES
 async def test_online_and_pageshow_from_the_back_forward_cache_retrack_at_once(serve, http, page) -> None:  # type: ignore[no-untyped-def]
     """With a reconnect backoff of a minute, only the page's own signals can bring the socket back
     within the test's wait: the browser's `online` event, and `pageshow` from the back/forward cache."""
