@@ -91,7 +91,7 @@ AVAILABILITY = frozenset({"no_http_answer", "connect_failed", "track_unanswered"
 class Report:
     figures: list[tuple[str, str]] = field(default_factory=list)
     violations: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
-    # Orders collected again while Redis was down by an instance that had never seen their key (the cost
+    # Orders collected again while their instance was cut off from Redis, by one that had never seen their key (the cost
     # of payments going on during an outage; docs/API.md): a figure, not a violation.
     blind_second_collects: list[str] = field(default_factory=list)
 
@@ -601,7 +601,7 @@ def evaluate(result: RunResult) -> Report:
             "orders collected twice",
             f"{collected_twice} (CamPay transactions grouped by their intent's order"
             + (f"; {unattributed} transactions with no order found" if unattributed else "")
-            + f"; of them {len(report.blind_second_collects)} while Redis was down, by an instance that had "
+            + f"; of them {len(report.blind_second_collects)} while their instance was cut off from Redis, by one that had "
             + "never seen the key"
             + (f": {', '.join(report.blind_second_collects[:5])}" if report.blind_second_collects else "")
             + ")",
@@ -741,18 +741,22 @@ def _attempts(result: RunResult, p: PaymentRun) -> list[tuple[str, float, str]]:
 
 
 def _blind_while_redis_down(result: RunResult, p: PaymentRun, tx: Any) -> bool:
-    """Was `tx` collected while redis-server was down, by an instance that had received no earlier attempt
-    with this key since it (re)started (so its memory held nothing of the key or the order)?"""
+    """Was `tx` collected while its instance was cut off from Redis (from redis-server going down until that
+    instance said `healthy` again: an instance runs on its memory until its watcher has seen Redis back and
+    written back, seconds after redis-server answers on a loaded machine), by an instance that had received
+    no earlier attempt with this key since it (re)started (so its memory held nothing of the key or the
+    order)? The end of the window is when the driver saw `/health` say healthy: a poll after the switch."""
     if result.redis_down is None:
         return False
     down, back = result.redis_down
-    if not down <= tx.created_at <= back:
-        return False
     attempts = _attempts(result, p)
     answered = [a for a in attempts if a[1] + 0.1 >= tx.created_at and a[2].startswith("201")]
     if not answered:
         return False
     instance, at, _ = answered[0]
+    cut_off_until = max(back, result.healthy_again.get(instance) or back)
+    if not down <= tx.created_at <= cut_off_until:
+        return False
     started = max((end for name, _, end in result.down if name == instance and end <= at), default=float("-inf"))
     return not any(name == instance and started <= when < tx.created_at - 0.1 for name, when, _ in attempts)
 
