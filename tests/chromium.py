@@ -1,9 +1,11 @@
 """Headless Debian Chromium driven by Playwright, for tests of pages that run the official client.
 
 The same launch as tests/test_browser.py (a fresh profile per test, no sandbox as root in a
-container, no background traffic); skipped without a browser or without playwright, and under
-CI=true a skipped browser test fails the run. `chromium_page` is the fixture; `shop_server`
-serves pages from an origin of their own, as a merchant's checkout is.
+container, no background traffic), except that Chromium's popup blocker stays on, as in a shopper's
+browser (Playwright turns it off by default): a page that opens a payment link must do it in a way
+the blocker lets through. Skipped without a browser or without playwright, and under CI=true a
+skipped browser test fails the run. `chromium_page` is the fixture; `shop_server` serves pages from
+an origin of their own, as a merchant's checkout is.
 """
 
 from __future__ import annotations
@@ -46,7 +48,11 @@ async def chromium_page(tmp_path: Path) -> AsyncIterator[Any]:
         pytest.skip("browser test: playwright is not installed (pip install --require-hashes -r requirements-dev.lock)")
     async with async_playwright() as pw:
         context = await pw.chromium.launch_persistent_context(
-            str(tmp_path / "chromium-profile"), executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+            str(tmp_path / "chromium-profile"),
+            executable_path=CHROMIUM,
+            headless=True,
+            args=CHROMIUM_ARGS,
+            ignore_default_args=["--disable-popup-blocking"],
         )
         try:
             page = context.pages[0] if context.pages else await context.new_page()

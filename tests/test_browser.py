@@ -306,6 +306,28 @@ async def test_sdk_on_a_plain_page_shares_a_completion_with_a_tab_that_never_tra
     assert first.console_errors == [], first.console_errors  # CORS and module loading worked cross-origin
 
 
+async def test_page_shows_a_link_nobody_paid_as_expired_and_starts_a_new_order(aiohttp_server, page) -> None:  # type: ignore[no-untyped-def]
+    """A link left unpaid past its lifetime: the page shows EXPIRED with its note (the client's onExpired,
+    never a failure) and fills in a new order id, as for any final payment."""
+    settings = make_settings(
+        LINK_LIFETIME_SECONDS=2,
+        RECONCILE_AFTER_SECONDS=0,
+        RECONCILE_INTERVAL_SECONDS=0.2,
+        LINK_RECONCILE_INTERVAL_SECONDS=0.2,
+    )
+    server = await aiohttp_server(create_app(settings), host="127.0.0.1")
+    await page.goto(str(server.make_url("/payment-test")))
+    order_id = await page.input_value("#order-id")
+    await page.click("#pay-link")
+    await page.wait_for_selector('#status[data-status="PENDING"][data-synced="true"]')
+    assert await page.text_content("#status-note") == "waiting for the payer"
+    await page.wait_for_selector('#status[data-status="EXPIRED"]')
+    assert await page.text_content("#status-note") == "the payment link expired: nobody paid it"
+    assert await page.input_value("#order-id") != order_id
+    assert await page.get_attribute("#form-note", "data-code") == "new_order"
+    assert page.console_errors == [], page.console_errors
+
+
 async def test_page_pays_by_link_on_the_sandbox_stand_in_then_refunds_it(aiohttp_server, page) -> None:  # type: ignore[no-untyped-def]
     """Pay by link: the page shows the link and waits for the payer; the payer pays by card on the
     sandbox's stand-in for CamPay's page (another tab); the page shows SUCCESSFUL live, and its Refund

@@ -18,6 +18,7 @@ from core.clock import SystemClock
 from realtime.storage.factory import create_storage
 from tests.chromium import ServePages, chromium_page, shop_server  # noqa: F401 - fixtures
 from tests.harness import Api, eventually, make_settings
+from tests.test_client_docs import examples, page_for
 from tests.test_server_process import free_port
 
 pytestmark = pytest.mark.browser
@@ -139,3 +140,41 @@ async def test_online_pageshow_and_visibilitychange_act_at_once(
         )  # connected and re-tracked
     states = [state for state, _ in await page.evaluate("window.paytrack.seen.states")]
     assert "offline" not in states and "polling" not in states, states
+
+
+async def test_a_link_page_whose_window_is_blocked_redirects_to_the_link_and_tracks_it_on_return(
+    aiohttp_server: Any,
+    chromium_page: Any,
+    shop_server: ServePages,
+) -> None:
+    """docs/CLIENT.md's pay-by-link page, its Pay clicked by a script (no user activation, so Chromium's
+    popup blocker refuses the window, as it refuses any window.open without one): the tab goes to the
+    link, the payer pays by card, the link's page sends them back to redirect_url, and the page tracks
+    the payment there to SUCCESSFUL. (A real click, which gets its window: tests/test_client_docs.py.)"""
+    page = chromium_page
+    (example,) = [e for e in examples() if e.name == "pay-by-link"]
+    pages: dict[str, Any] = {}
+    shop = await shop_server(pages)
+    paytrack = await aiohttp_server(create_app(make_settings(FRONTEND_URL=shop)), host="127.0.0.1")
+    server = str(paytrack.make_url("/")).rstrip("/")
+    # After the example's module (module scripts run in order); once per tab, not again on the return.
+    clicker = """<script type="module">
+  if (!sessionStorage.getItem("clicked")) {
+    sessionStorage.setItem("clicked", "1");
+    sessionStorage.setItem("blocked", String(window.open("about:blank", "_blank") === null));
+    document.getElementById("pay").click();
+  }
+</script>"""
+    pages["/checkout"] = page_for(example, server).replace("</body>", clicker + "\n</body>")
+
+    await page.goto(f"{shop}/checkout")
+    await page.wait_for_url("**/payment-test/link/*")
+    assert await page.evaluate("location.origin") == server  # this tab went to the link
+    await page.click("#pay-card")
+    await page.wait_for_url(f"{shop}/checkout")  # the link's page sent the payer back
+    assert await page.evaluate("sessionStorage.getItem('blocked')") == "true", "the popup blocker is on"
+    await page.wait_for_function("document.getElementById('status').textContent === 'Paid by card'")
+    await page.wait_for_function("window.__console.includes('settled SUCCESSFUL')")
+    assert await page.evaluate("sessionStorage.getItem('paytrack-link')") is None
+    assert len(page.context.pages) == 1, "no window was opened"
+    assert page.console_errors == [], page.console_errors

@@ -84,11 +84,30 @@ async def connection_state(run: Run) -> None:
     await run.page.wait_for_function("document.body.lastElementChild.textContent === 'Live'")
 
 
+async def pay_by_link(run: Run) -> None:
+    """A click on Pay: the window the click opened (the popup blocker is on) goes to order-44's link, the
+    payer pays by card there, and the page shows it paid by card."""
+    async with run.page.context.expect_page() as opened:
+        await run.page.click("#pay")
+    payer = await opened.value
+    await payer.wait_for_url("**/payment-test/link/*")
+    await run.page.wait_for_function("document.getElementById('status').textContent === 'Waiting for the payer…'")
+    status, payment, _ = await run.api.request("GET", "/api/payment/status/order-44")
+    assert status == 200 and payment["kind"] == "link" and payment["status"] == "PENDING", payment
+    assert payer.url.endswith(f"/payment-test/link/{payment['reference']}"), payer.url
+    await payer.click("#pay-card")
+    await payer.wait_for_selector('#link-result[data-status="SUCCESSFUL"]')
+    await run.page.wait_for_function("document.getElementById('status').textContent === 'Paid by card'")
+    await run.page.wait_for_function("window.__console.includes('settled SUCCESSFUL')")
+    assert await payer.evaluate("window.opener") is None, "the payment page has no handle on the shop's page"
+
+
 DRIVERS: dict[str, tuple[Driver, bool]] = {  # name: (driver, with authentication)
     "plain-page": (plain_page, True),
     "bundler-import": (bundler_import, False),
     "initiate": (initiate, False),
     "connection-state": (connection_state, False),
+    "pay-by-link": (pay_by_link, False),
 }
 
 

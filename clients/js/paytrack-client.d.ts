@@ -2,22 +2,57 @@
 
 export declare const VERSION: string;
 
-export type PaymentStatus = "PENDING" | "SUCCESSFUL" | "FAILED";
+/**
+ * PENDING, then one final status: SUCCESSFUL, FAILED, or EXPIRED (a payment link nobody paid within
+ * its lifetime). EXPIRED is final but no failure of the payer's money: nobody paid, nothing was taken,
+ * and the order is free for a new attempt. A final status never changes.
+ */
+export type PaymentStatus = "PENDING" | "SUCCESSFUL" | "FAILED" | "EXPIRED";
+
+/**
+ * "collect": a USSD push to a known phone (initiate()); "link": a payment through CamPay's hosted page
+ * (payByLink()), paid by mobile money or by card; "payout": money out (a refund or a merchant's payout).
+ */
+export type PaymentKind = "collect" | "link" | "payout";
 
 /** A payment as the server reports it (REST shape; socket events carry a subset, merged in). */
 export interface Payment {
   reference: string;
+  /** null for a payout. */
   order_id: string | null;
+  /**
+   * A link (`kind === "link"`) is PENDING from its creation until its payer has paid on the link's
+   * page: while PENDING and `link_expires_at` is ahead, it is waiting for the payer (show that, not
+   * "check your phone"). Nobody paid by `link_expires_at`: EXPIRED.
+   */
   status: PaymentStatus;
   /** Strictly increasing per payment: 1 at creation, +1 for every change the server applied. */
   seq: number;
   amount: number | null;
   currency: string;
+  /**
+   * "MTN" or "ORANGE"; null for a card payment (CamPay reports no operator for a card), and for a
+   * link until its payer has paid.
+   */
   operator: string | null;
-  /** FAILED only: why (e.g. "amount_mismatch"). */
+  /** FAILED only: why (e.g. "amount_mismatch"). Never set for EXPIRED. */
   reason?: string | null;
+  /** A collect's code to dial; null for a link and a payout. */
   ussd_code?: string | null;
+  /** Masked except in initiate()'s answer; null for a link until a mobile-money payer has paid, and for a card. */
   phone_number?: string | null;
+  /** Absent in events of a collect (the default). */
+  kind?: PaymentKind;
+  /** A link: the page to open (a new window, or a redirect) where the payer pays; null otherwise. */
+  link?: string | null;
+  /** A link: until when it can be paid (ISO 8601); past it, a link nobody paid is EXPIRED. */
+  link_expires_at?: string | null;
+  /** What the merchant receives after CamPay's fee, once CamPay said. */
+  app_amount?: number | null;
+  /** A refunded payment: its refund's payout. */
+  refund_reference?: string | null;
+  /** A refund's payout: the payment it pays back. */
+  refund_of?: string | null;
   description?: string | null;
   provider?: string;
   created_at?: string;
@@ -76,7 +111,7 @@ export interface PaymentTrackerOptions {
   ackTimeoutMs?: number;
   /** Timeout of a REST read (GET /tracking, GET /api/origin) and of a socket handshake (ms, default 10000). */
   requestTimeoutMs?: number;
-  /** Timeout of the calls that may wait for CamPay: initiate() attempts and refresh() (ms, default 60000). */
+  /** Timeout of the calls that may wait for CamPay: initiate() and payByLink() attempts, and refresh() (ms, default 60000). */
   providerTimeoutMs?: number;
   /** Reconnect backoff bounds (ms, defaults 500 and 5000, ±50 % jitter); it starts over only once a connection answered a track-payment. */
   reconnectDelayMs?: number;
@@ -87,12 +122,12 @@ export interface PaymentTrackerOptions {
   path?: string;
   /** Share what this tracker learns with other tabs of the origin (BroadcastChannel). Default: true in a browser page. */
   shareAcrossTabs?: boolean;
-  /** initiate() attempts on network failure, timeout, 429, 503, `idempotency_in_progress` (same Idempotency-Key; default 3). */
+  /** initiate() and payByLink() attempts on network failure, timeout, 429, 503, `idempotency_in_progress` (same Idempotency-Key; default 3). */
   initiateAttempts?: number;
   /**
-   * How long initiate() keeps asking again (same Idempotency-Key, after each Retry-After) while the
+   * How long initiate() and payByLink() keep asking again (same Idempotency-Key, after each Retry-After) while the
    * server answers `initiation_unknown`: the first attempt may have reached CamPay and its outcome is
-   * not known yet (ms from the first such answer, default 120000). Past it, initiate() throws that
+   * not known yet (ms from the first such answer, default 120000). Past it, they throw that
    * error; ask again later with `err.idempotencyKey`, never with a new key.
    */
   initiateUnknownWaitMs?: number;
@@ -111,8 +146,13 @@ export interface TrackHandlers {
   onUpdate?: (payment: Payment) => void;
   /** Once, when the payment reaches SUCCESSFUL. */
   onSuccess?: (payment: Payment) => void;
-  /** Once, when the payment reaches FAILED. */
+  /** Once, when the payment reaches FAILED. Never for EXPIRED. */
   onFailure?: (payment: Payment) => void;
+  /**
+   * Once, when a payment link reaches EXPIRED: nobody paid it within its lifetime. Final (`done`
+   * resolves with it), but not a failure: no money moved; offer a new link (the order is free).
+   */
+  onExpired?: (payment: Payment) => void;
   /** Once, if still not final `stuckAfterMs` after track(). */
   onStuck?: (payment: Payment | null) => void;
   /** The server does not know this payment (not yet, or it lost it after a restart); events may still follow. A handle tracking it later is told too. */
@@ -126,7 +166,7 @@ export interface Tracking {
   /** The latest accepted state, or null before the first. */
   readonly payment: Payment | null;
   /**
-   * Resolves once with the final payment, before onSuccess/onFailure run; rejects with a PaytrackError
+   * Resolves once with the final payment (SUCCESSFUL, FAILED or EXPIRED), before onSuccess/onFailure/onExpired run; rejects with a PaytrackError
    * only for "forbidden", "invalid_payload", "stopped" and "closed" (never for a payment that may still succeed).
    */
   readonly done: Promise<Payment>;
@@ -142,6 +182,21 @@ export interface InitiateBody {
   phone_number: string;
   currency?: string;
   description?: string;
+  [field: string]: unknown;
+}
+
+/** POST /api/payment/link's body: no phone (the payer gives theirs, or a card, on the link's page). */
+export interface PayByLinkBody {
+  order_id: string;
+  amount: number;
+  currency?: string;
+  description?: string;
+  /** What the link's page offers (default both). */
+  payment_options?: "MOMO" | "CARD" | "MOMO,CARD";
+  /** Where CamPay's page sends the payer after paying (http(s)). */
+  redirect_url?: string;
+  /** Where it sends the payer after a failed payment. */
+  failure_redirect_url?: string;
   [field: string]: unknown;
 }
 
@@ -189,7 +244,7 @@ export declare class PaytrackError extends Error {
   readonly details: unknown;
   /** When the server said to come back (Retry-After, or an ack's or connect refusal's retry_after), in ms. */
   readonly retryAfter: number | null;
-  /** Errors thrown by initiate(): the Idempotency-Key it sent; ask again with it (e.g. after "initiation_unknown"). */
+  /** Errors thrown by initiate() and payByLink(): the Idempotency-Key it sent; ask again with it (e.g. after "initiation_unknown"). */
   readonly idempotencyKey: string | null;
   /** "field: message" for every field the server named. */
   readonly fieldMessages: string[];
@@ -218,6 +273,13 @@ export declare class PaymentTracker {
    * after `initiateUnknownWaitMs` of asking again with the same key.
    */
   initiate(body: InitiateBody, options?: InitiateOptions): Promise<Payment>;
+  /**
+   * POST /api/payment/link: the payment (`kind: "link"`, PENDING, `link` to open, `link_expires_at`,
+   * `operator` and `phone_number` null until the payer has paid). The same Idempotency-Key, retries and
+   * errors as initiate(). Open `link` in a window the page opened inside the click, or redirect to it
+   * (docs/CLIENT.md, "Pay by link"), then track the reference.
+   */
+  payByLink(body: PayByLinkBody, options?: InitiateOptions): Promise<Payment>;
   /** Reconnect now, asking token() again (e.g. after the user signed in). */
   reconnect(): void;
   /** Disconnect and stop; pending `done` promises reject with code "closed", and initiate() asks nothing more. */

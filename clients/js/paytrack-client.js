@@ -4,8 +4,8 @@
 // keeps these guarantees whatever the network or the server does:
 //   - onUpdate sees each payment's states in strictly increasing `seq`, and never
 //     PENDING (or anything else) after a final status;
-//   - onSuccess / onFailure and `done` fire exactly once per tracked payment, `done`
-//     first; a payment that may still succeed never rejects `done` (only `forbidden`,
+//   - onSuccess / onFailure / onExpired and `done` fire exactly once per tracked payment,
+//     `done` first; a payment that may still succeed never rejects `done` (only `forbidden`,
 //     `invalid_payload`, `stopped` and `closed` do);
 //   - after a disconnect it reconnects with backoff and re-tracks every active
 //     payment with its `last_seq`, so what was missed is applied. The backoff starts
@@ -26,11 +26,21 @@
 // at its copy of socket.io-client's ESM build, so a page can import it as is.
 import { io } from "socket.io-client";
 
-export const VERSION = "0.2.0";
+export const VERSION = "0.3.0";
 
-const SERVER_EVENTS = new Set(["payment-initiated", "payment-status", "payment-success", "payment-failed", "payment-completed"]);
-const STATUSES = new Set(["PENDING", "SUCCESSFUL", "FAILED"]);
-const FINAL = new Set(["SUCCESSFUL", "FAILED"]);
+const SERVER_EVENTS = new Set([
+  "payment-initiated",
+  "payment-status",
+  "payment-success",
+  "payment-failed",
+  "payment-expired",
+  "payment-completed",
+]);
+const STATUSES = new Set(["PENDING", "SUCCESSFUL", "FAILED", "EXPIRED"]);
+// EXPIRED: a payment link nobody paid within its lifetime. Final, and not a failure of anyone's money.
+const FINAL = new Set(["SUCCESSFUL", "FAILED", "EXPIRED"]);
+// The final status each handler is for.
+const SETTLED_HANDLER = { SUCCESSFUL: "onSuccess", FAILED: "onFailure", EXPIRED: "onExpired" };
 // Connect refusals and REST 401 codes that a new token may cure.
 const AUTH_CODES = new Set(["unauthenticated", "token_expired", "invalid_token"]);
 // track-payment answers that end the tracking of a payment: asking again cannot change them. Any other
@@ -251,8 +261,8 @@ class Tracking {
   // -- called by the tracker -------------------------------------------------------------
   /**
    * Hands the entry's latest state to the page. A final state settles `done` before any handler runs,
-   * and its onSuccess/onFailure runs even if onUpdate stopped the handle or closed the tracker; the
-   * handlers are then let go (the page may keep the handle, not its closures).
+   * and its onSuccess/onFailure/onExpired runs even if onUpdate stopped the handle or closed the
+   * tracker; the handlers are then let go (the page may keep the handle, not its closures).
    */
   _deliver() {
     const entry = this.#entry;
@@ -268,7 +278,7 @@ class Tracking {
       this.#resolve(payment);
     }
     safeCall(handlers.onUpdate, payment);
-    if (settling) safeCall(payment.status === "SUCCESSFUL" ? handlers.onSuccess : handlers.onFailure, payment);
+    if (settling) safeCall(handlers[SETTLED_HANDLER[payment.status]], payment);
   }
 
   _unknown(lastKnown) {
@@ -299,7 +309,7 @@ export class PaymentTracker {
   #fetch;
   #listeners = new Map();
   #entries = new Map();
-  #initiated = new Map(); // reference -> payment from initiate(), seeds a later track()
+  #initiated = new Map(); // reference -> payment from initiate() or payByLink(), seeds a later track()
   #finals = new Map(); // reference -> final payment, for a later track() and other tabs' questions
   #closed = false;
   #inflight = new Set(); // the AbortControllers of the requests in flight, aborted by close()
@@ -423,7 +433,23 @@ export class PaymentTracker {
    * asking again later with it is safe, asking with a new one after `initiation_unknown` is not.
    * After close() it asks nothing more and throws `closed`.
    */
-  async initiate(body, { idempotencyKey, onRetry } = {}) {
+  initiate(body, options = {}) {
+    return this.#start("/api/payment/initiate", body, options);
+  }
+
+  /**
+   * POST /api/payment/link: a payment through CamPay's hosted page, where the payer chooses mobile
+   * money or a card. Resolves with the payment (`kind: "link"`, PENDING, with the `link` to open and
+   * `link_expires_at`); the same Idempotency-Key and retry rules as initiate(), and the same errors
+   * (`order_paid`, `payment_pending`, `initiation_unknown`, ...). How a page opens the link without a
+   * popup blocker stopping it: docs/CLIENT.md, "Pay by link".
+   */
+  payByLink(body, options = {}) {
+    return this.#start("/api/payment/link", body, options);
+  }
+
+  /** One payment started at `path` (initiate or link), every attempt with one Idempotency-Key. */
+  async #start(path, body, { idempotencyKey, onRetry } = {}) {
     const key = idempotencyKey ?? randomKey();
     const attempts = Math.max(1, this.#options.initiateAttempts);
     const { reconnectDelayMs, reconnectDelayMaxMs, providerTimeoutMs } = this.#options;
@@ -441,7 +467,7 @@ export class PaymentTracker {
       if (this.#closed) throw withKey(this.#closedError());
       let result;
       try {
-        result = await this.#request("POST", "/api/payment/initiate", {
+        result = await this.#request("POST", path, {
           json: body,
           headers: { "Idempotency-Key": key },
           timeoutMs: providerTimeoutMs,

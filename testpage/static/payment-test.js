@@ -142,12 +142,6 @@ const tracker = new PaymentTracker({
 tracker.on("connection", setConnection);
 tracker.on("event", (name, data) => {
   logEvent(name, data);
-  // A link nobody paid in time: a final status the page shows itself (never payment-failed).
-  if (name === "payment-status" && data && data.status === "EXPIRED" && current && data.reference === current.reference) {
-    render(data);
-    setNote("the payment link expired: nobody paid it");
-    orderFinished(current.orderId, data);
-  }
   if (name === "connected" && data && data.socket_id) $("socket-id").textContent = `socket ${data.socket_id}`;
   // A re-track the server answered with the payment confirms what is shown, even if nothing changed.
   if (name === "ack:track-payment" && data.ok && data.payment && current && data.reference === current.reference) markSynced();
@@ -207,6 +201,11 @@ function follow(reference, orderId, seed = {}) {
     onUnknown: unknown,
     onSuccess: (payment) => orderFinished(orderId, payment),
     onFailure: (payment) => orderFinished(orderId, payment),
+    // A link nobody paid in time: final, and not a failure (never payment-failed).
+    onExpired: (payment) => {
+      setNote("the payment link expired: nobody paid it");
+      orderFinished(orderId, payment);
+    },
     onStuck: () => setNote("still pending after 5 minutes: ask the shopper to check their phone, or retry"),
   });
   current.tracking.done.catch(() => {}); // stopped when a new payment starts
@@ -279,10 +278,6 @@ async function simulate(status) {
   }
 }
 
-function randomKey(prefix) {
-  return `${prefix}-${Date.now().toString(36)}-${randomPart()}${randomPart()}`;
-}
-
 /** Pay by link: the same order rules as Pay; the page then waits for the payer on the link's page. */
 async function payByLink() {
   $("form-error").textContent = "";
@@ -290,35 +285,24 @@ async function payByLink() {
   $("pay-link").disabled = true;
   const body = { order_id: $("order-id").value.trim(), amount: Number($("amount").value), payment_options: "MOMO,CARD" };
   const sent = JSON.stringify(body);
-  const key = retained && retained.body === sent ? retained.key : randomKey("link");
+  const idempotencyKey = retained && retained.body === sent ? retained.key : undefined;
   try {
-    const payment = await postWithKey("/api/payment/link", body, key);
+    const payment = await tracker.payByLink(body, { idempotencyKey, onRetry: initiateRetry });
     retained = null;
+    formNote("");
     logEvent("link", payment);
     follow(payment.reference, body.order_id, payment);
   } catch (err) {
-    if (OUTCOME_UNKNOWN.has(err.code) || !err.status || err.status >= 500) retained = { body: sent, key };
+    formNote("");
+    retained = null;
+    if (err.idempotencyKey && (OUTCOME_UNKNOWN.has(err.code) || !err.status || err.status >= 500)) {
+      retained = { body: sent, key: err.idempotencyKey }; // its outcome is not known: never a new key
+    }
     if (err.code === "order_paid" && $("order-id").value.trim() === body.order_id) newOrderId();
     showError(err);
   } finally {
     $("pay-link").disabled = false;
   }
-}
-
-async function postWithKey(path, body, key) {
-  const headers = { "Content-Type": "application/json", "Idempotency-Key": key };
-  if (token()) headers.Authorization = `Bearer ${token()}`;
-  const response = await fetch(path, { method: "POST", headers, body: JSON.stringify(body) });
-  const payload = await response.json().catch(() => ({}));
-  if (!response.ok) {
-    const error = payload.error || {};
-    throw new PaytrackError(error.code || `http_${response.status}`, error.message || response.statusText, {
-      status: response.status,
-      details: error.details,
-      reference: error.reference,
-    });
-  }
-  return payload;
 }
 
 function renderRefund(payout) {

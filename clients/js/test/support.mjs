@@ -281,6 +281,18 @@ export async function api(baseUrl, method, urlPath, body, token) {
   return { status: response.status, body: text ? JSON.parse(text) : null, headers: response.headers };
 }
 
+/**
+ * The payer on the sandbox's stand-in for CamPay's hosted page (`link`, as POST /api/payment/link
+ * answered it): pays by "CARD" or "MOMO" (from `phone_number`), or declines (`outcome: "FAILED"`).
+ */
+export async function payLink(link, method, { outcome = "SUCCESSFUL", phone_number = "237671234567" } = {}) {
+  const body = { method, outcome, ...(method === "MOMO" ? { phone_number } : {}) };
+  const response = await fetch(`${link}/pay`, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
+  const answer = await response.json();
+  if (!response.ok) throw new Error(`the stand-in refused: ${response.status} ${JSON.stringify(answer)}`);
+  return answer;
+}
+
 export async function simulate(baseUrl, reference, status, extra = {}) {
   const result = await api(baseUrl, "POST", "/api/payment/test/simulate", { reference, status, ...extra });
   if (result.status !== 200) throw new Error(`simulate failed: ${result.status} ${JSON.stringify(result.body)}`);
@@ -308,16 +320,34 @@ export function jwt(sub, ttlSeconds, secret = JWT_SECRET) {
 
 /**
  * An HTTP proxy in front of `target` that can refuse websocket upgrades, as some corporate
- * proxies do. Logs every HTTP request with its If-None-Match and the status it got.
+ * proxies do. Logs every HTTP request with its If-None-Match and Idempotency-Key, the status it
+ * got and whether the server said it replayed it. `proxy.loseAnswer(entry)`, when set and true for
+ * a request, lets the request reach the server and then cuts the page's connection instead of
+ * passing the answer on (an answer lost on the way back: `entry.lost`).
  */
 export async function startProxy(target) {
   const { hostname, port } = new URL(target);
-  const proxy = { allowUpgrades: false, requests: [], upgrades: 0, sockets: new Set() };
+  const proxy = { allowUpgrades: false, requests: [], upgrades: 0, sockets: new Set(), loseAnswer: null };
   const server = http.createServer((req, res) => {
-    const entry = { method: req.method, url: req.url, ifNoneMatch: req.headers["if-none-match"] ?? null, status: null };
+    const entry = {
+      method: req.method,
+      url: req.url,
+      ifNoneMatch: req.headers["if-none-match"] ?? null,
+      idempotencyKey: req.headers["idempotency-key"] ?? null,
+      status: null,
+      replayed: false,
+      lost: false,
+    };
     proxy.requests.push(entry);
     const upstream = http.request({ host: hostname, port, method: req.method, path: req.url, headers: req.headers }, (answer) => {
       entry.status = answer.statusCode;
+      entry.replayed = answer.headers["idempotent-replayed"] === "true";
+      if (proxy.loseAnswer?.(entry)) {
+        entry.lost = true;
+        answer.resume();
+        answer.on("end", () => req.socket.destroy());
+        return;
+      }
       res.writeHead(answer.statusCode, answer.headers);
       answer.pipe(res);
     });
@@ -352,6 +382,10 @@ export async function startProxy(target) {
   });
   await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
   proxy.url = `http://127.0.0.1:${server.address().port}`;
+  /** Cut every connection through the proxy (a network drop); it keeps listening. */
+  proxy.cut = () => {
+    for (const socket of proxy.sockets) socket.destroy();
+  };
   proxy.close = () =>
     new Promise((resolve) => {
       for (const socket of proxy.sockets) socket.destroy();

@@ -3,7 +3,9 @@ import type { ReactNode, JSX } from "react";
 import type {
   InitiateBody,
   InitiateRetry,
+  PayByLinkBody,
   Payment,
+  PaymentKind,
   PaymentStatus,
   PaymentTracker,
   PaymentTrackerOptions,
@@ -12,7 +14,7 @@ import type {
 } from "paytrack-client";
 
 export { PaytrackError } from "paytrack-client";
-export type { Payment, PaymentStatus, InitiateBody } from "paytrack-client";
+export type { Payment, PaymentKind, PaymentStatus, InitiateBody, PayByLinkBody } from "paytrack-client";
 
 export declare const VERSION: string;
 
@@ -35,7 +37,9 @@ export interface ConnectionSnapshot {
 
 /**
  * "idle": no reference; "loading": following, no state yet; "unknown": the server does not know
- * the payment (`payment` keeps the last state known); otherwise the payment's own status.
+ * the payment (`payment` keeps the last state known); otherwise the payment's own status. A PENDING
+ * payment whose `kind` is "link" is waiting for its payer on the link's page until
+ * `link_expires_at`; EXPIRED means nobody paid it (final, not a failure).
  */
 export type PaymentViewStatus = PaymentStatus | "idle" | "loading" | "unknown";
 
@@ -49,8 +53,10 @@ export interface PaymentSnapshot {
 export interface UsePaymentOptions {
   /** Once per reference, after the render that shows SUCCESSFUL. */
   onSuccess?: (payment: Payment) => void;
-  /** Once per reference, after the render that shows FAILED. */
+  /** Once per reference, after the render that shows FAILED (never for EXPIRED). */
   onFailure?: (payment: Payment) => void;
+  /** Once per reference, after the render that shows EXPIRED: a payment link nobody paid in its lifetime. */
+  onExpired?: (payment: Payment) => void;
 }
 
 export interface UsePaymentResult extends PaymentSnapshot {
@@ -63,7 +69,7 @@ export type InitiationState = "idle" | "initiating" | "initiated" | "payment_pen
 
 export interface InitiationSnapshot {
   readonly state: InitiationState;
-  /** "initiated": the new payment. */
+  /** "initiated": the new payment (from usePayByLink: `kind: "link"`, with `link` and `link_expires_at`). */
   readonly payment: Payment | null;
   /** "initiated": the new payment; "payment_pending": the order's PENDING payment; "order_paid": the payment that paid it. */
   readonly reference: string | null;
@@ -86,6 +92,16 @@ export interface UseInitiatePaymentResult extends InitiationSnapshot {
    */
   initiate(body: InitiateBody, options?: InitiateCallOptions): Promise<InitiationSnapshot>;
   /** Forget the attempt: back to "idle", and the next initiate gets a fresh key. */
+  reset(): void;
+}
+
+export interface UsePayByLinkResult extends InitiationSnapshot {
+  /**
+   * Ask for a payment link for `body` (POST /api/payment/link). Never rejects: resolves with the
+   * state it ends in; the same Idempotency-Key rules as useInitiatePayment's `initiate`.
+   */
+  payByLink(body: PayByLinkBody, options?: InitiateCallOptions): Promise<InitiationSnapshot>;
+  /** Forget the attempt: back to "idle", and the next payByLink gets a fresh key. */
   reset(): void;
 }
 
@@ -112,6 +128,7 @@ export interface PaytrackStore {
   subscribePayment(reference: string | null | undefined, listener: () => void): () => void;
   refresh(reference: string | null | undefined): Promise<Payment | null>;
   initiate(body: InitiateBody, options?: { idempotencyKey?: string; onRetry?: InitiateCallOptions["onRetry"] }): Promise<Payment>;
+  payByLink(body: PayByLinkBody, options?: { idempotencyKey?: string; onRetry?: InitiateCallOptions["onRetry"] }): Promise<Payment>;
   /** Keep the tracker open; the function returned lets go (the last one closes it after `releaseDelayMs`). */
   retain(): () => void;
   close(): void;
@@ -136,3 +153,4 @@ export declare function usePaytrackStore(): PaytrackStore;
 export declare function useConnection(): ConnectionSnapshot;
 export declare function usePayment(reference: string | null | undefined, options?: UsePaymentOptions): UsePaymentResult;
 export declare function useInitiatePayment(): UseInitiatePaymentResult;
+export declare function usePayByLink(): UsePayByLinkResult;

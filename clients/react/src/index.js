@@ -3,6 +3,7 @@
 //   <PaytrackProvider url="https://pay.example.com" token={getToken}>   one tracker, one socket
 //     usePayment(reference)   -> { payment, status, connection, error, refresh }
 //     useInitiatePayment()    -> { state, payment, reference, error, idempotencyKey, initiate, reset }
+//     usePayByLink()          -> { state, payment, reference, error, idempotencyKey, payByLink, reset }
 //     useConnection()         -> { state, nextAttemptAt, error }
 //
 // Built on useSyncExternalStore over the store in store.js: snapshots are stable objects, tracks
@@ -16,7 +17,7 @@ import { createPaytrackStore, IDLE_PAYMENT, INITIAL_CONNECTION, LOADING_PAYMENT 
 export { createPaytrackStore } from "./store.js";
 export { PaytrackError } from "paytrack-client";
 
-export const VERSION = "0.1.0";
+export const VERSION = "0.2.0";
 
 const PaytrackContext = createContext(null);
 
@@ -70,11 +71,14 @@ function serverConnection() {
   return INITIAL_CONNECTION;
 }
 
+// The once-callback of each final status. EXPIRED (a link nobody paid) is final, not a failure.
+const SETTLED_HANDLER = { SUCCESSFUL: "onSuccess", FAILED: "onFailure", EXPIRED: "onExpired" };
+
 /**
  * Follow `reference` (nothing while it is null or empty). `status` is the payment's
- * ("PENDING" | "SUCCESSFUL" | "FAILED") or "idle" (no reference), "loading" (no state yet),
- * "unknown" (the server does not know it; `payment` keeps the last known state).
- * `options.onSuccess` / `options.onFailure` run once per reference, after the render that shows it.
+ * ("PENDING" | "SUCCESSFUL" | "FAILED" | "EXPIRED") or "idle" (no reference), "loading" (no state
+ * yet), "unknown" (the server does not know it; `payment` keeps the last known state).
+ * `options.onSuccess` / `onFailure` / `onExpired` run once per reference, after the render that shows it.
  */
 export function usePayment(reference, options = {}) {
   const store = usePaytrackStore();
@@ -96,9 +100,9 @@ export function usePayment(reference, options = {}) {
   });
   useEffect(() => {
     const { status, payment } = snapshot;
-    if (ref === null || reported.current === ref || (status !== "SUCCESSFUL" && status !== "FAILED")) return;
+    if (ref === null || reported.current === ref || !Object.hasOwn(SETTLED_HANDLER, status)) return;
     reported.current = ref; // a ref survives StrictMode's second run of this effect: called once
-    const handler = status === "SUCCESSFUL" ? handlers.current.onSuccess : handlers.current.onFailure;
+    const handler = handlers.current[SETTLED_HANDLER[status]];
     if (typeof handler === "function") handler(payment);
   }, [ref, snapshot]);
 
@@ -117,16 +121,32 @@ export function usePayment(reference, options = {}) {
  * `order_paid`, `payment_pending`) or another body gets a fresh key; `reset()` forgets the attempt.
  */
 export function useInitiatePayment() {
+  const { state, start, reset } = useInitiation(false);
+  return useMemo(() => ({ ...state, initiate: start, reset }), [state, start, reset]);
+}
+
+/**
+ * Start payment links (POST /api/payment/link: CamPay's hosted page, mobile money or card):
+ * `payByLink(body)` with useInitiatePayment's states and its one Idempotency-Key per attempt.
+ * "initiated" has the new link payment (`payment.link` to open, `payment.link_expires_at`); open
+ * a window inside the click and point it at the link once it arrives (README, "Pay by link").
+ */
+export function usePayByLink() {
+  const { state, start, reset } = useInitiation(true);
+  return useMemo(() => ({ ...state, payByLink: start, reset }), [state, start, reset]);
+}
+
+function useInitiation(link) {
   const store = usePaytrackStore();
   const [state, setState] = useState(IDLE_INITIATION);
   // In state, not useMemo: fast refresh re-runs memos, and the unsettled attempt's key must survive it.
   const [holder] = useState(() => ({ store: null, initiation: null }));
   if (holder.store !== store) {
     holder.store = store;
-    holder.initiation = createInitiation(store, setState);
+    holder.initiation = createInitiation(store, setState, { link });
   }
   const initiation = holder.initiation;
-  const initiate = useCallback((body, options) => initiation.initiate(body, options), [initiation]);
+  const start = useCallback((body, options) => initiation.initiate(body, options), [initiation]);
   const reset = useCallback(() => initiation.reset(), [initiation]);
-  return useMemo(() => ({ ...state, initiate, reset }), [state, initiate, reset]);
+  return { state, start, reset };
 }

@@ -1,5 +1,6 @@
-// useInitiatePayment's logic, without React: which Idempotency-Key an initiate carries, and which
-// answers are states rather than errors.
+// useInitiatePayment's and usePayByLink's logic, without React: which Idempotency-Key a call
+// carries, and which answers are states rather than errors. A payment link (store.payByLink) follows
+// the same rules as a collect (store.initiate): the server answers both alike.
 //
 // One *attempt* is one intent to pay for one body. Every call for it carries the same
 // Idempotency-Key, so pressing Pay again after an answer that was lost or not final (a network
@@ -36,10 +37,10 @@ function bodyKey(body) {
 }
 
 /**
- * Initiations through `store` (its `initiate(body, options)`), reporting each state to `onState`.
- * `initiate()` never rejects: every outcome is a state.
+ * Initiations through `store`, reporting each state to `onState`: each goes to `store.initiate`, or
+ * with `{link: true}` to `store.payByLink`. `initiate()` never rejects: every outcome is a state.
  */
-export function createInitiation(store, onState, { newKey = randomKey } = {}) {
+export function createInitiation(store, onState, { newKey = randomKey, link = false } = {}) {
   let attempt = null; // { body: string, key: string } of the attempt not yet settled
   let inflight = null;
   let current = IDLE_INITIATION;
@@ -52,7 +53,8 @@ export function createInitiation(store, onState, { newKey = randomKey } = {}) {
 
   async function run(body, key, onRetry) {
     try {
-      const payment = await store.initiate(body, { idempotencyKey: key, onRetry });
+      const options = { idempotencyKey: key, onRetry };
+      const payment = await (link ? store.payByLink(body, options) : store.initiate(body, options));
       attempt = null;
       return set({ state: "initiated", payment, reference: payment?.reference ?? null, idempotencyKey: key });
     } catch (error) {

@@ -12,7 +12,7 @@
 // effects) and initiate() (called from event handlers), never while rendering.
 import { PaymentTracker, PaytrackError } from "paytrack-client";
 
-const FINAL = new Set(["SUCCESSFUL", "FAILED"]);
+const FINAL = new Set(["SUCCESSFUL", "FAILED", "EXPIRED"]);
 // Our own doing: the store stopped the handle or closed the tracker. Not an error to show.
 const OWN_ENDINGS = new Set(["stopped", "closed"]);
 
@@ -216,6 +216,13 @@ export function createPaytrackStore(options = {}, { createTracker = (trackerOpti
       const live = ensureTracker();
       if (live === null) return Promise.reject(new PaytrackError("closed", "this paytrack store is closed"));
       return live.initiate(body, initiateOptions);
+    },
+
+    /** POST /api/payment/link through the shared tracker (PaymentTracker.payByLink). */
+    payByLink(body, linkOptions) {
+      const live = ensureTracker();
+      if (live === null) return Promise.reject(new PaytrackError("closed", "this paytrack store is closed"));
+      return live.payByLink(body, linkOptions);
     },
 
     /** Keep the tracker open (a mounted provider). Undone by the function returned. */

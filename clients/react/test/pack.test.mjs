@@ -6,6 +6,7 @@ import { readFileSync } from "node:fs";
 import path from "node:path";
 import { test } from "node:test";
 import { fileURLToPath } from "node:url";
+import { PaymentTracker } from "paytrack-client";
 import { VERSION } from "../src/index.js";
 
 const PACKAGE = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
@@ -36,4 +37,11 @@ test("the version is the same in package.json, VERSION and the CHANGELOG's newes
   const newest = /^## (\S+)/m.exec(changelog);
   assert.ok(newest, "the CHANGELOG has a version heading");
   assert.equal(newest[1], manifest.version);
+});
+
+test("the client it depends on has what usePayByLink and onExpired need (paytrack-client 0.3.0 or later)", () => {
+  const client = JSON.parse(readFileSync(path.join(PACKAGE, "..", "js", "package.json"), "utf8"));
+  const [major, minor] = client.version.split(".").map(Number);
+  assert.ok(major > 0 || minor >= 3, `paytrack-client ${client.version}`);
+  assert.equal(typeof PaymentTracker.prototype.payByLink, "function");
 });

@@ -1,5 +1,14 @@
 // Compiled (not run) by `npm run typecheck`: the declarations describe the documented usage.
-import PaymentTrackerDefault, { PaymentTracker, PaytrackError, VERSION, type ConnectionInfo, type ConnectionState, type Payment } from "paytrack-client";
+import PaymentTrackerDefault, {
+  PaymentTracker,
+  PaytrackError,
+  VERSION,
+  type ConnectionInfo,
+  type ConnectionState,
+  type Payment,
+  type PaymentKind,
+  type PaymentStatus,
+} from "paytrack-client";
 
 const tracker: PaymentTracker = new PaymentTracker({
   url: "https://pay.example.com",
@@ -65,3 +74,25 @@ async function payOnce(key?: string): Promise<Payment | string> {
   }
 }
 void payOnce;
+
+async function payByLink(): Promise<void> {
+  // Opened inside the click, so no popup blocker stops it; pointed at the link once it arrives.
+  const opened: Window | null = window.open("", "_blank");
+  const payment: Payment = await tracker.payByLink(
+    { order_id: "o-3", amount: 500, payment_options: "MOMO,CARD", redirect_url: "https://shop.example/back" },
+    { idempotencyKey: "k-link", onRetry: (err, { waitMs }) => console.log(err.code, waitMs) },
+  );
+  const kind: PaymentKind | undefined = payment.kind;
+  const link: string | null | undefined = payment.link;
+  const until: string | null | undefined = payment.link_expires_at;
+  if (opened && link) opened.location.href = link;
+  const waitingForPayer = kind === "link" && payment.status === "PENDING";
+  const t = tracker.track(payment.reference, {
+    onSuccess: (p) => console.log(p.operator ?? "card"),
+    onExpired: (p: Payment) => console.log(p.status === "EXPIRED", p.link_expires_at),
+  });
+  const final: Payment = await t.done;
+  const status: PaymentStatus = final.status;
+  console.log(waitingForPayer, until, status === "EXPIRED", final.app_amount, final.refund_reference, final.refund_of);
+}
+void payByLink;

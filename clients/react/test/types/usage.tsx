@@ -7,12 +7,14 @@ import {
   PaytrackProvider,
   useConnection,
   useInitiatePayment,
+  usePayByLink,
   usePayment,
   usePaytrackStore,
   VERSION,
   type ConnectionState,
   type InitiationSnapshot,
   type Payment,
+  type PaymentKind,
 } from "paytrack-react";
 
 const version: string = VERSION;
@@ -73,3 +75,31 @@ export function App({ token }: { token: () => Promise<string> }) {
 }
 
 void version;
+
+function PayByLink({ orderId, amount }: { orderId: string; amount: number }) {
+  const link = usePayByLink();
+  const { payment, status } = usePayment(link.reference, {
+    onExpired: (p: Payment) => console.log(p.status === "EXPIRED", p.link_expires_at),
+  });
+  async function pay() {
+    const payer = window.open("", "_blank");
+    if (payer) payer.opener = null;
+    const result: InitiationSnapshot = await link.payByLink(
+      { order_id: orderId, amount, payment_options: "CARD", redirect_url: "https://shop.example/back" },
+      { onRetry: (err) => console.log(err.code) },
+    );
+    if (result.state !== "initiated") payer?.close();
+    else if (payer && result.payment?.link) payer.location.href = result.payment.link;
+    // @ts-expect-error payment_options is "MOMO", "CARD" or "MOMO,CARD"
+    await link.payByLink({ order_id: orderId, amount, payment_options: "CASH" });
+  }
+  const kind: PaymentKind | undefined = payment?.kind;
+  const waiting = status === "PENDING" && kind === "link";
+  const expired: boolean = status === "EXPIRED";
+  return (
+    <button onClick={pay} disabled={link.state === "initiating"}>
+      {waiting ? "Waiting for the payer" : expired ? "New link" : "Pay"} {link.idempotencyKey}
+    </button>
+  );
+}
+void PayByLink;
