@@ -90,16 +90,22 @@ def check_amount(request: web.Request, amount: int) -> None:
 
 
 def answer(request: web.Request, status: int, body: dict[str, object], *, replayed: bool) -> web.Response:
-    """A payment (or payout) answer; a link on this server (the sandbox's stand-in page for CamPay's) made
-    absolute, as the caller reached the server."""
-    link = body.get("link")
-    if isinstance(link, str) and link.startswith("/"):
-        origin = own_origin(request, trust_forwarded=request.app[SETTINGS].TRUST_FORWARDED_FOR)
-        body = {**body, "link": origin + link}
-    response = json_response(body, status=status)
+    """A payment (or payout) answer (`with_absolute_link`)."""
+    response = json_response(with_absolute_link(request, body), status=status)
     if replayed:
         response.headers["Idempotent-Replayed"] = "true"
     return response
+
+
+def with_absolute_link(request: web.Request, body: dict[str, object]) -> dict[str, object]:
+    """`body` with a link on this server (the sandbox's stand-in page for CamPay's) made absolute, as the
+    caller reached the server: in every answer that carries a payment, so a page re-reading over REST gets
+    the same link as the one that created it."""
+    link = body.get("link")
+    if isinstance(link, str) and link.startswith("/"):
+        origin = own_origin(request, trust_forwarded=request.app[SETTINGS].TRUST_FORWARDED_FOR)
+        return {**body, "link": origin + link}
+    return body
 
 
 def _refusal(request: web.Request, identity: Identity | None, reference: str) -> None:
@@ -161,7 +167,7 @@ async def order_status(request: web.Request) -> web.Response:
         except ApiError as exc:
             # The stored state is still the best answer; say the refresh failed.
             headers["X-Provider-Refresh"] = f"failed; {exc.code}"
-    body = payment.public()
+    body = with_absolute_link(request, payment.public())
     duplicates = await request.app[SERVICE].duplicate_payments(payment)
     if duplicates:  # the order was charged more than once: the merchant refunds these
         body["duplicate_payments"] = duplicates
@@ -176,4 +182,5 @@ async def tracking(request: web.Request) -> web.Response:
     forbidden = ApiError("this payment belongs to another user", code="forbidden", status=403)
     payment = _visible(request, identity, payment, forbidden)
     trackers = await request.app[TRACKERS].tracker_count(reference)
-    return _json_with_etag({"payment": payment.public(), "tracking_clients": trackers}, {}, request)
+    body = {"payment": with_absolute_link(request, payment.public()), "tracking_clients": trackers}
+    return _json_with_etag(body, {}, request)

@@ -487,3 +487,13 @@ async def test_the_sandbox_refunds_a_paid_payment_and_completes_the_payout(insta
 async def _settled(instance: Instance, reference: str) -> bool:
     payout = await instance.storage.get_payment(reference)
     return payout is not None and payout.status.value == "SUCCESSFUL"
+
+
+async def test_a_sandbox_link_is_absolute_in_every_answer_not_only_the_first(instance: Instance) -> None:
+    """The sandbox's stand-in page is on this server: POST /link, GET /tracking and GET /status all give the
+    link as the caller reached the server (a page that re-reads over REST must not get a relative one)."""
+    status, created = await _link(instance, "o-absolute")
+    assert status == 201 and created["link"].startswith(instance.url), created
+    _, tracked, _ = await instance.api.request("GET", f"/api/payment/tracking/{created['reference']}")
+    _, by_order, _ = await instance.api.request("GET", "/api/payment/status/o-absolute")
+    assert (tracked["payment"]["link"], by_order["link"]) == (created["link"], created["link"])
