@@ -9,7 +9,12 @@ came from. A payout moves money, so it takes the same care as a collect (payment
    pending (`payout_unknown`: CamPay may have it; its record comes back with the nonce).
 2. For a refund, check the payment: SUCCESSFUL, a phone to pay back to (a card payment has none), not
    refunded already.
-3. Write the intent (amount, phone, the refunded payment) under a fresh nonce before any money moves.
+3. Write the intent (amount, phone, the refunded payment) under a fresh nonce before any money moves, only
+   while the shared storage (Redis) answers, and check that the key is still this request's there once the
+   intent is written. An instance on its own memory knows neither the keys nor the refunds other instances
+   made, and an intent that reached only its memory leaves Redis a claim without an intent, which another
+   instance takes over as "nothing sent": either way money would go out twice. Refused with 503
+   `storage_unavailable` (nothing sent) until Redis answers again.
 4. Withdraw, with the nonce as CamPay's `external_reference`. A refusal (ER301, a short balance, is 402
    `insufficient_balance`) or a request that provably never left drops the intent and frees the key:
    nothing is left half done, and the same request may be made again (after a top-up). Anything else (a
@@ -35,7 +40,7 @@ from core.clock import Clock
 from core.errors import ApiError, Conflict, NotFound, UnprocessableRequest
 from payments.initiation import InitiateResult, InitiationTimes, collect_outcome, new_nonce
 from payments.model import InitiationIntent, Payment, PaymentStatus
-from payments.ports import IdempotencyRecord, ServiceStorage
+from payments.ports import IdempotencyRecord, PaymentsStorage
 from payments.provider import CollectResult, PaymentProvider, WithdrawRequest
 from payments.schemas import PayoutRequest
 
@@ -74,7 +79,7 @@ class Payouts:
     provider has (a collect, a link, a payout alike)."""
 
     def __init__(
-        self, storage: ServiceStorage, provider: PaymentProvider, clock: Clock, adopt: Adopt, times: InitiationTimes
+        self, storage: PaymentsStorage, provider: PaymentProvider, clock: Clock, adopt: Adopt, times: InitiationTimes
     ) -> None:
         self._storage = storage
         self._provider = provider
@@ -181,8 +186,15 @@ class Payouts:
             ):
                 if refund is not None:
                     await self._check_refundable(refund)
+                if not storage.healthy:
+                    raise _shared_storage_away(refund)
                 if not await storage.put_intent(intent, times.idempotency_ttl_seconds, times.collect_lifetime_seconds):
                     raise _unknown(refund)
+                if not storage.healthy or not await storage.renew_idempotency(claim.scope, owner, times.lease_seconds):
+                    # The intent went to this instance's memory (Redis went away meanwhile), or the key is no
+                    # longer ours: another instance would find the claim without its intent and pay again.
+                    await storage.drop_intent(nonce)
+                    raise _shared_storage_away(refund)
                 sent = True
                 try:
                     paid = await self._provider.withdraw(
@@ -263,6 +275,17 @@ class Payouts:
 def _in_progress(refund: str | None) -> Conflict:
     what = f"a refund of payment {refund}" if refund else "a request with this Idempotency-Key"
     return Conflict(f"{what} is being processed right now; retry shortly", code="payout_in_progress", retry_after=1)
+
+
+def _shared_storage_away(refund: str | None) -> ApiError:
+    what = f"the refund of payment {refund}" if refund else "this payout"
+    return ApiError(
+        f"shared storage (Redis) is away: {what} is not decided on one instance's memory, which cannot know "
+        "what other instances paid out; nothing was sent, retry shortly",
+        code="storage_unavailable",
+        status=503,
+        retry_after=UNKNOWN_RETRY_AFTER,
+    )
 
 
 def _unknown(refund: str | None) -> ApiError:

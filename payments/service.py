@@ -35,7 +35,7 @@ from payments.model import (
 )
 from payments.outbox import OutboxPolicy
 from payments.payouts import Payouts
-from payments.ports import IdempotencyRecord, Notifier, ServiceStorage
+from payments.ports import IdempotencyRecord, Notifier, PaymentsStorage
 from payments.provider import Balance, CollectResult, PaymentProvider
 from payments.schemas import PayoutRequest
 from payments.state import PROVIDER_SOURCES, known_status
@@ -50,7 +50,7 @@ audit = logging.getLogger("paytrack.audit")
 class PaymentService:
     def __init__(
         self,
-        storage: ServiceStorage,
+        storage: PaymentsStorage,
         provider: PaymentProvider,
         notifier: Notifier,
         clock: Clock,

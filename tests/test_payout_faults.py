@@ -1,0 +1,101 @@
+"""Payouts and refunds (issue 37) under the faults a peer brings: Redis away from one or every instance
+mid-refund, two instances answering one refund, a crash between CamPay's withdraw and storing its payout,
+CamPay's record contradicting what was asked. Real parts only: servers on free ports, a real redis-server
+(stopped and started), a cuttable proxy in front of it for one instance, the CamPay fake over HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.campay_fake import FakeCampay
+from tests.conftest import Instance, StartInstance, campay_settings
+from tests.harness import WAIT, eventually
+from tests.partition import PartitionProxy
+from tests.redis_server import RedisServer
+
+_deployments = itertools.count()
+
+
+def _deployment(**settings: Any) -> dict[str, Any]:
+    """One deployment's own key prefix and channel on the shared test Redis."""
+    n = next(_deployments)
+    return {"REDIS_KEY_PREFIX": f"payfault{n}:", "SOCKETIO_CHANNEL": f"payfault{n}", **settings}
+
+
+async def _status_is(instance: Instance, wanted: str) -> bool:
+    _, body, _ = await instance.api.request("GET", "/health")
+    return bool(body["status"] == wanted)
+
+
+async def _paid_collect(instance: Instance, campay: FakeCampay, http: aiohttp.ClientSession, order_id: str) -> str:
+    status, payment, _ = await instance.api.initiate(order_id=order_id)
+    assert status == 201, payment
+    reference = payment["reference"]
+    campay.set_status(reference, "SUCCESSFUL")
+    assert (await campay.send_webhook(http, instance.url, reference))[1]["outcome"] == "applied"
+    return str(reference)
+
+
+async def _refund(instance: Instance, reference: str) -> tuple[int, Any]:
+    status, body, _ = await instance.api.request("POST", f"/api/payment/{reference}/refund")
+    return status, body
+
+
+@pytest.mark.redis
+async def test_a_refund_made_on_one_instance_is_never_paid_again_by_another_while_redis_is_away(
+    start_redis_instance: StartInstance, redis_server: RedisServer, campay: FakeCampay, http: aiohttp.ClientSession
+) -> None:
+    """a refunds a payment; b had read the payment before (its memory mirrors it, without the refund). Redis
+    goes away: b knows neither the refund's key nor its link, so a refund asked of b must not withdraw a
+    second time (it is refused until Redis answers again: money out is never decided on one instance's memory)."""
+    common = _deployment(**campay_settings(campay))
+    a = await start_redis_instance(INSTANCE_ID="a", **common)
+    b = await start_redis_instance(INSTANCE_ID="b", **common)
+    paid = await _paid_collect(a, campay, http, "o-two-instances")
+    status, seen, _ = await b.api.request("GET", f"/api/payment/tracking/{paid}")  # b's memory mirrors it now
+    assert status == 200 and seen["payment"]["status"] == "SUCCESSFUL"
+    status, payout = await _refund(a, paid)
+    assert status == 201, payout
+
+    redis_server.stop()
+    await eventually(lambda: _status_is(b, "degraded"))
+    status, body = await _refund(b, paid)
+    assert status != 201, body
+    assert status == 503 and body["error"]["code"] == "storage_unavailable", body
+    assert campay.calls["withdraw"] == 1 and len(campay.withdrawals) == 1
+
+
+@pytest.mark.redis
+async def test_a_refund_whose_instance_loses_redis_after_claiming_its_key_is_never_paid_twice(
+    start_redis_instance: StartInstance, proxy: PartitionProxy, campay: FakeCampay, http: aiohttp.ClientSession
+) -> None:
+    """a claims the refund's key on Redis, then is cut off just as it writes the intent: the intent lands in
+    a's memory only. b, still on Redis, sees a claim whose holder is gone and no intent, so it concludes
+    nothing was sent and takes the key over. Unless a stops there (as an initiation does: the key is no
+    longer a's on the storage that answers), CamPay is asked to pay the phone back twice."""
+    common = _deployment(**campay_settings(campay), INITIATION_LEASE_SECONDS=1)
+    a = await start_redis_instance(INSTANCE_ID="a", REDIS_URL=proxy.url, **common)
+    b = await start_redis_instance(INSTANCE_ID="b", **common)
+    paid = await _paid_collect(b, campay, http, "o-cut-mid-refund")
+
+    proxy.stall_on(b"intent-order:refund:")  # the intent's hold of the refunded payment, on its way to Redis
+    first = asyncio.create_task(_refund(a, paid))
+    await asyncio.wait_for(proxy.stalled.wait(), WAIT)
+    proxy.cut()  # a's write never reaches Redis
+    proxy.resume()
+    status, body = await asyncio.wait_for(first, WAIT)
+    assert await _status_is(a, "degraded")
+
+    async def b_answers() -> tuple[int, Any] | None:
+        answer = await _refund(b, paid)
+        return None if answer[1].get("error", {}).get("code") == "payout_in_progress" else answer
+
+    status_b, body_b = await eventually(b_answers, timeout=WAIT)  # once a's lease on the key has lapsed
+    made = [s for s in (status, status_b) if s == 201]
+    assert len(campay.withdrawals) == len(made) == 1, (status, body, status_b, body_b, campay.withdrawals)
