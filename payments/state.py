@@ -112,6 +112,15 @@ def _confirmed_amount(payment: Payment, amount: int | None, currency: str | None
     return not (currency and payment.currency and currency.upper() != payment.currency.upper())
 
 
+def _mismatched(kind: str) -> tuple[PaymentStatus, str]:
+    """The provider's SUCCESSFUL for another amount or currency than was asked. Money in (a collect, a link):
+    FAILED, the order was not paid what it asked. Money out (a payout): SUCCESSFUL all the same, the money
+    left the balance, and a payout told FAILED would be paid again; the reason shows the provider's figures."""
+    if kind == "payout":
+        return PaymentStatus.SUCCESSFUL, AMOUNT_MISMATCH
+    return PaymentStatus.FAILED, AMOUNT_MISMATCH
+
+
 def endpoint_of(kind: str) -> str:
     """The CamPay endpoint whose callbacks speak about a record of `kind`: a payout is a withdraw's."""
     return "withdraw" if kind == "payout" else "collect"
@@ -122,7 +131,8 @@ def decide(current: Payment | None, update: StatusUpdate, now: datetime) -> Tran
 
     A SUCCESSFUL claim whose amount or currency differs from the initiation
     becomes FAILED with reason `amount_mismatch`: the shopper paid something
-    other than what the order asked for. Otherwise a provider's SUCCESSFUL that
+    other than what the order asked for (a payout's stays SUCCESSFUL with that
+    reason: the money left, `_mismatched`). Otherwise a provider's SUCCESSFUL that
     carries no amount or currency we could read changes nothing (`unconfirmed`):
     the payment stays PENDING until the provider says it readably.
 
@@ -185,7 +195,7 @@ def decide(current: Payment | None, update: StatusUpdate, now: datetime) -> Tran
 
     changes: dict[str, object] = {}
     if status is PaymentStatus.SUCCESSFUL and not _confirmed_amount(current, update.amount, update.currency):
-        status, reason = PaymentStatus.FAILED, AMOUNT_MISMATCH  # what it says, it says differently
+        status, reason = _mismatched(current.kind)  # what it says, it says differently
     elif status is PaymentStatus.SUCCESSFUL and not current.orphan and unconfirmed(update):
         return Transition(applied=False, payment=current, previous_status=current.status, outcome="unconfirmed")
     if update.amount is not None:
@@ -298,7 +308,7 @@ def merge(stored: Payment | None, incoming: Payment, now: datetime) -> Merge:
     if status is PaymentStatus.SUCCESSFUL and not fields["orphan"] and not settled:
         candidate = stored.model_copy(update=fields)
         if not _confirmed_amount(candidate, fields["provider_amount"], fields["provider_currency"]):  # type: ignore[arg-type]
-            status, reason = PaymentStatus.FAILED, AMOUNT_MISMATCH
+            status, reason = _mismatched(candidate.kind)
         elif final.orphan and (fields["provider_amount"] is None or not fields["provider_currency"]):
             # The provider's SUCCESSFUL, unreadable as to what was paid, becomes ours: not believed yet.
             status, reason, completed_at = PaymentStatus.PENDING, None, None

@@ -183,6 +183,24 @@ def test_a_withdraws_record_nobody_initiated_is_a_payout_orphan() -> None:
     assert merged.kind == "payout" and not merged.orphan and merged.status is PaymentStatus.SUCCESSFUL
 
 
+def test_a_payout_the_provider_confirms_for_another_amount_stays_successful_in_decide_and_merge() -> None:
+    """Money out that left the balance is never FAILED (a payout told FAILED is paid again); the reason shows
+    the provider's figures. Money in for another amount stays FAILED."""
+    claim = update("SUCCESSFUL", amount=510, currency="XAF", endpoint="withdraw")
+    paid = decide(owned(kind="payout", order_id=None), claim, LATER).payment
+    assert paid is not None and paid.status is PaymentStatus.SUCCESSFUL and paid.reason == AMOUNT_MISMATCH
+    assert paid.provider_amount == 510 and paid.final_seq == paid.seq == 2
+    reported = decide(None, claim, T0).payment  # CamPay's record first (its withdraw's answer lost), then adopted
+    assert reported is not None
+    for merged in (
+        merge(reported, owned(kind="payout", order_id=None), LATER).payment,
+        merge(owned(kind="payout", order_id=None), reported, LATER).payment,
+    ):
+        assert merged.status is PaymentStatus.SUCCESSFUL and merged.reason == AMOUNT_MISMATCH and not merged.orphan
+    collect = decide(owned(), update("SUCCESSFUL", amount=510, currency="XAF"), LATER).payment
+    assert collect is not None and collect.status is PaymentStatus.FAILED and collect.reason == AMOUNT_MISMATCH
+
+
 def test_a_link_expires_only_past_its_lifetime_and_only_by_its_expiry() -> None:
     expiry = update("EXPIRED", source=UpdateSource.LINK_EXPIRY)
     early = decide(link(), expiry, T0 + timedelta(seconds=599))
