@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -17,10 +18,11 @@ from core.clock import ManualClock
 from payments.reconciler import RECONCILER
 from tests.campay_fake import FakeCampay
 from tests.conftest import Instance, StartInstance, campay_settings
-from tests.harness import WAIT, eventually
+from tests.harness import PRODUCTION, WAIT, eventually, user_token
 from tests.merchant_receiver import MerchantReceiver, merchant_settings
 from tests.partition import PartitionProxy
 from tests.redis_server import RedisServer
+from tests.test_server_process import free_port, run_on_redis, stop, wait_healthy
 
 _deployments = itertools.count()
 
@@ -178,3 +180,131 @@ async def test_a_refund_campay_reports_paid_with_another_amount_is_never_told_fa
     assert await merchant.wait_until(lambda: len(merchant.accepted) >= 2, WAIT)
     assert sorted(d.type for d in merchant.accepted) == ["payment.refunded", "payout.succeeded"]
     assert all(d.data["provider_amount"] == 510 for d in merchant.accepted)
+
+
+# -- who may see a payout -----------------------------------------------------------------------------------
+
+
+async def test_a_refund_is_readable_by_neither_its_shopper_nor_the_debug_views_in_production(
+    start_instance: StartInstance, campay: FakeCampay, http: aiohttp.ClientSession
+) -> None:
+    """The shopper whose payment was refunded sees `refund_reference` on it, and nothing of the payout
+    (its phone in full, who made it): not by REST, not by a socket. In production the debug views of
+    payouts answer 404 to every token but DEBUG_TOKEN."""
+    debug = "debug-token-for-tests-0123456789abcdef"
+    instance = await start_instance(**{**PRODUCTION, **campay_settings(campay, DEBUG_TOKEN=debug)})
+    alice = instance.api.as_user(user_token("alice"))
+    status, payment, _ = await alice.initiate(order_id="o-alice-refunded")
+    assert status == 201, payment
+    reference = payment["reference"]
+    campay.set_status(reference, "SUCCESSFUL")
+    await campay.send_webhook(http, instance.url, reference)
+    shop = instance.api.as_user(user_token("shop-backend", scope="payouts:write"))
+    status, payout, _ = await shop.request("POST", f"/api/payment/{reference}/refund")
+    assert status == 201, payout
+    refund = payout["reference"]
+
+    status, mine, _ = await alice.request("GET", f"/api/payment/tracking/{reference}")
+    assert status == 200 and mine["payment"]["refund_reference"] == refund
+    status, body, _ = await alice.request("GET", f"/api/payment/tracking/{refund}")
+    assert status == 403 and body["error"]["code"] == "forbidden"
+    page = await instance.tracker(auth={"token": user_token("alice")})
+    ack = await page.track(refund)
+    assert not ack["ok"] and ack["error"]["code"] == "forbidden", ack
+    for token in (user_token("alice"), user_token("shop-backend", scope="payouts:write"), None):
+        for path in ("/api/payment/debug/payouts", f"/api/payment/debug/payouts/{refund}"):
+            status, _, _ = await instance.api.as_user(token).request("GET", path)
+            assert status == 404, (path, status)
+    status, trail, _ = await instance.api.as_user(debug).request("GET", f"/api/payment/debug/payouts/{refund}")
+    assert status == 200 and trail["payout"]["refund_of"] == reference
+
+
+# -- a server process killed between CamPay's withdraw and storing its payout --------------------------------
+
+
+def _server_env(campay: FakeCampay, prefix: str) -> dict[str, str]:
+    settings = campay_settings(campay, INITIATION_LEASE_SECONDS=1, REDIS_KEY_PREFIX=prefix, SOCKETIO_CHANNEL=prefix)
+    return {name: str(value) for name, value in settings.items()}
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize(
+    ("killed_while", "first_answer"),
+    [
+        # CamPay answered; the intent was on its way to being resolved with CamPay's reference.
+        pytest.param(b'"state":"resolved"', 409, id="resolving-the-intent"),
+        # The intent has CamPay's reference; the payout record was on its way to Redis.
+        pytest.param(
+            b'"kind":"payout","link":null,"link_expires_at":null,"refund_reference"', 201, id="storing-the-payout"
+        ),
+    ],
+)
+async def test_a_refund_whose_server_is_killed_after_campay_paid_is_finished_once_by_the_next_process(
+    redis_server: RedisServer,
+    proxy: PartitionProxy,
+    campay: FakeCampay,
+    http: aiohttp.ClientSession,
+    tmp_path: Path,
+    killed_while: bytes,
+    first_answer: int,
+) -> None:
+    """`server.py` is SIGKILLed while CamPay has paid the phone back: mid-write to Redis (held by the proxy).
+    The next process never pays again: the refund answers payout_unknown (or payout_in_progress while the
+    dead one's lease lasts) until it can answer with the payout, which CamPay's callback or the resolved
+    intent brings, linked both ways; one withdrawal in all."""
+    env = _server_env(campay, f"killed{next(_deployments)}:")
+    first_port, second_port = free_port(), free_port()
+    log = (tmp_path / "first.log").open("wb")
+    first = await run_on_redis(first_port, proxy.url, stdout=log, stderr=log, **env)
+    second: asyncio.subprocess.Process | None = None
+    try:
+        await wait_healthy(first_port, first)
+        url = f"http://127.0.0.1:{first_port}"
+        async with http.post(f"{url}/api/payment/initiate", json=_collect("o-killed")) as resp:
+            payment = await resp.json()
+        paid = payment["reference"]
+        campay.set_status(paid, "SUCCESSFUL")
+        assert (await campay.send_webhook(http, url, paid))[1]["outcome"] == "applied"
+
+        proxy.stall_on(killed_while)
+        refund = asyncio.create_task(http.post(f"{url}/api/payment/{paid}/refund"))
+        await asyncio.wait_for(proxy.stalled.wait(), WAIT)
+        first.kill()
+        await first.wait()
+        refund.cancel()
+        proxy.cut()
+        proxy.resume()
+        (withdrawn,) = [ref for ref, endpoint in campay.endpoints.items() if endpoint == "withdraw"]
+
+        second = await run_on_redis(second_port, redis_server.url, stdout=log, stderr=log, **env)
+        await wait_healthy(second_port, second)
+        url = f"http://127.0.0.1:{second_port}"
+
+        async def refund_answer() -> tuple[int, Any]:
+            async with http.post(f"{url}/api/payment/{paid}/refund") as resp:
+                return resp.status, await resp.json()
+
+        async def past_the_lease() -> tuple[int, Any] | None:
+            answer = await refund_answer()
+            return None if answer[1].get("error", {}).get("code") == "payout_in_progress" else answer
+
+        status, body = await eventually(past_the_lease, timeout=WAIT)
+        assert status == first_answer, body
+        if status == 409:  # CamPay's reference never reached the intent: its callback links the payout
+            assert body["error"]["code"] == "payout_unknown", body
+            campay.set_status(withdrawn, "SUCCESSFUL")
+            assert (await campay.send_webhook(http, url, withdrawn))[1]["outcome"] == "linked"
+            status, body = await refund_answer()
+        assert status == 201 and body["reference"] == withdrawn and body["refund_of"] == paid, body
+        async with http.get(f"{url}/api/payment/tracking/{paid}") as resp:
+            assert (await resp.json())["payment"]["refund_reference"] == withdrawn
+        assert campay.calls["withdraw"] == 1 and len(campay.withdrawals) == 1
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.returncode is None:
+                await stop(proc)
+        log.close()
+
+
+def _collect(order_id: str) -> dict[str, Any]:
+    return {"order_id": order_id, "amount": 500, "phone_number": "237671234567"}
