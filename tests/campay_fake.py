@@ -150,6 +150,8 @@ class FakeCampay:
         self.balances: dict[str, int] = {"MTN": 1_000_000, "ORANGE": 1_000_000}
         # when set (see `hold_withdraws`), a withdraw is accepted and its answer held like a collect's
         self.hold_withdraw_if: Callable[[dict[str, Any]], bool] | None = None
+        # a lying CamPay: the withdraw is made under its own reference, and its answer names this one instead
+        self.withdraw_answers_reference: str | None = None
 
     # -- test controls ------------------------------------------------------------
     def set_status(self, reference: str, status: str, reason: str | None = None) -> None:
@@ -468,7 +470,7 @@ class FakeCampay:
         self._created.set()
         if hold:
             await self._releases.setdefault(reference, asyncio.Event()).wait()
-        return web.json_response({"reference": reference, "status": "PENDING"})
+        return web.json_response({"reference": self.withdraw_answers_reference or reference, "status": "PENDING"})
 
     async def _balance(self, request: web.Request) -> web.Response:
         self.calls["balance"] += 1

@@ -47,6 +47,13 @@ async def _paid_collect(instance: Instance, campay: FakeCampay, http: aiohttp.Cl
     return str(reference)
 
 
+def _outbox_empty(instance: Instance) -> Any:
+    async def empty() -> bool:
+        return await instance.storage.outbox_list() == []
+
+    return empty
+
+
 async def _refund(instance: Instance, reference: str) -> tuple[int, Any]:
     status, body, _ = await instance.api.request("POST", f"/api/payment/{reference}/refund")
     return status, body
@@ -308,3 +315,56 @@ async def test_a_refund_whose_server_is_killed_after_campay_paid_is_finished_onc
 
 def _collect(order_id: str) -> dict[str, Any]:
     return {"order_id": order_id, "amount": 500, "phone_number": "237671234567"}
+
+
+async def test_a_withdraw_answer_naming_another_payment_is_never_taken_for_the_refund(
+    start_instance: StartInstance, campay: FakeCampay, http: aiohttp.ClientSession
+) -> None:
+    """CamPay makes the payout under its own reference but its answer names a reference paytrack already
+    holds for another order's payment. That payment is not this refund's payout: the refund must not answer
+    201 with it (a merchant would read "refunded"), nor replay it. The outcome is unknown until CamPay's own
+    record, which carries the intent's nonce, links the real payout."""
+    instance = await start_instance(**campay_settings(campay))
+    paid = await _paid_collect(instance, campay, http, "o-lied-to")
+    other = await _paid_collect(instance, campay, http, "o-someone-else")
+    campay.withdraw_answers_reference = other
+    status, body = await _refund(instance, paid)
+    assert status == 502 and body["error"]["code"] == "provider_bad_response", body
+    status, body = await _refund(instance, paid)
+    assert status == 409 and body["error"]["code"] == "payout_unknown", body
+    stored_other = await instance.storage.get_payment(other)
+    assert stored_other.kind == "collect" and stored_other.refund_of is None and stored_other.refund_reference is None
+
+    (real,) = [ref for ref, endpoint in campay.endpoints.items() if endpoint == "withdraw"]
+    campay.set_status(real, "SUCCESSFUL")
+    assert (await campay.send_webhook(http, instance.url, real))[1]["outcome"] == "linked"
+    status, payout = await _refund(instance, paid)
+    assert status == 201 and payout["reference"] == real and payout["refund_of"] == paid, payout
+    assert (await instance.storage.get_payment(paid)).refund_reference == real
+    assert campay.calls["withdraw"] == 1
+
+
+async def test_a_withdraw_callback_that_beats_its_answer_makes_one_linked_payout_told_once(
+    start_instance: StartInstance, campay: FakeCampay, http: aiohttp.ClientSession, merchant: MerchantReceiver
+) -> None:
+    """CamPay's callback for the payout arrives while the withdraw's answer is still on its way: the callback
+    links the payout by the intent's nonce, the request then answers with that same payout, and the merchant
+    hears payout.succeeded and payment.refunded once each."""
+    events = "payout.succeeded,payout.failed,payment.refunded"
+    instance = await start_instance(
+        **campay_settings(campay, **merchant_settings(merchant, MERCHANT_WEBHOOK_EVENTS=events))
+    )
+    paid = await _paid_collect(instance, campay, http, "o-callback-first")
+    campay.hold_withdraws()
+    first = asyncio.create_task(_refund(instance, paid))
+    assert await campay.wait_held(1, WAIT)
+    (real,) = [ref for ref, endpoint in campay.endpoints.items() if endpoint == "withdraw"]
+    campay.set_status(real, "SUCCESSFUL")
+    assert (await campay.send_webhook(http, instance.url, real))[1]["outcome"] == "linked"
+    campay.release_collects()
+    status, payout = await asyncio.wait_for(first, WAIT)
+    assert status == 201 and payout["reference"] == real and payout["status"] == "SUCCESSFUL", payout
+    assert (await instance.storage.get_payment(paid)).refund_reference == real
+    assert await merchant.wait_until(lambda: len(merchant.accepted) >= 2, WAIT)
+    await eventually(_outbox_empty(instance))  # delivered, and nothing else queued for the merchant
+    assert sorted(d.type for d in merchant.attempts) == ["payment.refunded", "payout.succeeded"]
