@@ -21,7 +21,9 @@ The order of one initiation, and what a crash at each step leaves behind:
    provider's callback (or a poll of an orphan record) arrives, its record carries the nonce and
    `PaymentService.apply_update` adopts it as this order's payment, completing the key, so the next
    retry replays 201. A provider's refusal (a 4xx answer) drops the intent and is the key's answer; a
-   request that provably never reached it drops the intent and frees the key.
+   request that provably never reached it drops the intent and frees the key. An answer naming a reference
+   stored for another initiation is not this one's (502 `provider_bad_response`): the intent stays pending
+   as after a timeout, until the provider's record of the real payment links it.
 5. Store the payment from the intent (`PaymentService.adopt`, the same step the callback path takes),
    resolve the intent, complete the key. Crash: the intent is resolved or still pending; either way a
    retry or the callback finishes the adoption.
@@ -117,6 +119,25 @@ def collect_outcome(exc: BaseException) -> Literal["not_sent", "refused", "unkno
     if isinstance(exc, ApiError) and exc.status < 500:
         return "refused"
     return "unknown"
+
+
+async def check_provider_answer(storage: ServiceStorage, nonce: str, reference: str, call: str) -> None:
+    """Refuse a provider's answer (to a collect, a payment link, a withdraw) naming a reference stored for another
+    initiation: another order's payment, another payout. Adopted, it would be this initiation's, its key
+    replaying it (and a link's page or a USSD code merged into it). The money may move all the same under the
+    provider's real reference: the caller leaves the intent pending, and the provider's own record of it,
+    which carries `nonce`, links it (`PaymentService.apply_update`)."""
+    stored = await storage.get_payment(reference)
+    if stored is None or stored.orphan or stored.external_reference == nonce:
+        return
+    log.error(
+        "the provider's answer names a reference held for another initiation; left to the provider's own record",
+        extra={"reference": reference, "call": call, "kind": stored.kind, "nonce": nonce},
+    )
+    raise ProviderError(
+        f"CamPay's {call} answer names a reference that is not this request's; its outcome is not known yet",
+        code="provider_bad_response",
+    )
 
 
 @dataclass(frozen=True)
@@ -252,6 +273,8 @@ class Initiator:
                         await self._storage.drop_intent(nonce)
                         stage = "before" if outcome == "not_sent" else "refused"
                     raise
+                call = "payment link" if isinstance(request, PaymentLinkRequest) else "collect"
+                await check_provider_answer(self._storage, nonce, collected.reference, call)
                 stage = "collected"
                 payment = await self._adopt(intent, collected.reference, collected)
         except BaseException as exc:

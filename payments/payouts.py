@@ -37,8 +37,8 @@ from dataclasses import dataclass
 
 from core.background import renewing
 from core.clock import Clock
-from core.errors import ApiError, Conflict, NotFound, ProviderError, UnprocessableRequest
-from payments.initiation import InitiateResult, InitiationTimes, collect_outcome, new_nonce
+from core.errors import ApiError, Conflict, NotFound, UnprocessableRequest
+from payments.initiation import InitiateResult, InitiationTimes, check_provider_answer, collect_outcome, new_nonce
 from payments.model import InitiationIntent, Payment, PaymentStatus
 from payments.ports import IdempotencyRecord, PaymentsStorage
 from payments.provider import CollectResult, PaymentProvider, WithdrawRequest
@@ -211,7 +211,8 @@ class Payouts:
                         await storage.drop_intent(nonce)
                         sent = False
                     raise
-                await self._check_answer(nonce, paid.reference)
+                # A reference held for another initiation is not this payout's (the intent stays pending).
+                await check_provider_answer(storage, nonce, paid.reference, "withdraw")
                 # CamPay's reference goes on the intent before anything else: a crash from here on leaves a
                 # resolved intent, from which the next request with the key stores and replays the payout.
                 await storage.resolve_intent(nonce, paid.reference, None, None)
@@ -234,23 +235,6 @@ class Payouts:
             },
         )
         return InitiateResult(201, payout.public(reveal_phone=True))
-
-    async def _check_answer(self, nonce: str, reference: str) -> None:
-        """Refuse a withdraw answer naming a reference stored for another initiation (another order's payment,
-        another payout): adopted, it would be this payout, and its key would replay it. The money may have left
-        all the same: the intent stays pending (`payout_unknown`) until CamPay's own record, which carries the
-        nonce, links the real payout."""
-        stored = await self._storage.get_payment(reference)
-        if stored is None or stored.orphan or stored.external_reference == nonce:
-            return
-        log.error(
-            "CamPay's withdraw answer names a reference held for something else; its payout is left to CamPay's record",
-            extra={"reference": reference, "kind": stored.kind, "nonce": nonce},
-        )
-        raise ProviderError(
-            "CamPay's withdraw answer names a reference that is not this payout's; its outcome is not known yet",
-            code="provider_bad_response",
-        )
 
     async def _check_refundable(self, reference: str) -> None:
         """Refuse a refund of what cannot be refunded: anything but a SUCCESSFUL payment with a phone, or one

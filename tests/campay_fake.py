@@ -150,8 +150,9 @@ class FakeCampay:
         self.balances: dict[str, int] = {"MTN": 1_000_000, "ORANGE": 1_000_000}
         # when set (see `hold_withdraws`), a withdraw is accepted and its answer held like a collect's
         self.hold_withdraw_if: Callable[[dict[str, Any]], bool] | None = None
-        # a lying CamPay: the withdraw is made under its own reference, and its answer names this one instead
-        self.withdraw_answers_reference: str | None = None
+        # a lying CamPay: endpoint ("collect", "link" or "withdraw") -> the reference its answers name instead of
+        # the one CamPay made (the transaction, the link or the payout exists under its own)
+        self.answers_reference: dict[str, str] = {}
 
     # -- test controls ------------------------------------------------------------
     def set_status(self, reference: str, status: str, reason: str | None = None) -> None:
@@ -407,7 +408,8 @@ class FakeCampay:
         if hold:
             await self._releases.setdefault(reference, asyncio.Event()).wait()
         ussd = "*126#" if operator == "MTN" else "#150*50#"
-        return web.json_response({"reference": reference, "ussd_code": ussd, "operator": operator})
+        answered = self.answers_reference.get("collect", reference)
+        return web.json_response({"reference": answered, "ussd_code": ussd, "operator": operator})
 
     async def _payment_link(self, request: web.Request) -> web.Response:
         """CamPay's hosted page for one payment: nothing exists to ask about until its payer starts."""
@@ -428,7 +430,7 @@ class FakeCampay:
         if self.on_link is not None:
             self.on_link({**self.links[reference], "reference": reference})
         link = f"{self.url.removesuffix('/api')}/pay/{reference}"
-        return web.json_response({"link": link, "reference": reference})
+        return web.json_response({"link": link, "reference": self.answers_reference.get("link", reference)})
 
     async def _withdraw(self, request: web.Request) -> web.Response:
         self.calls["withdraw"] += 1
@@ -470,7 +472,7 @@ class FakeCampay:
         self._created.set()
         if hold:
             await self._releases.setdefault(reference, asyncio.Event()).wait()
-        return web.json_response({"reference": self.withdraw_answers_reference or reference, "status": "PENDING"})
+        return web.json_response({"reference": self.answers_reference.get("withdraw", reference), "status": "PENDING"})
 
     async def _balance(self, request: web.Request) -> web.Response:
         self.calls["balance"] += 1

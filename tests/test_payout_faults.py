@@ -327,7 +327,7 @@ async def test_a_withdraw_answer_naming_another_payment_is_never_taken_for_the_r
     instance = await start_instance(**campay_settings(campay))
     paid = await _paid_collect(instance, campay, http, "o-lied-to")
     other = await _paid_collect(instance, campay, http, "o-someone-else")
-    campay.withdraw_answers_reference = other
+    campay.answers_reference["withdraw"] = other
     status, body = await _refund(instance, paid)
     assert status == 502 and body["error"]["code"] == "provider_bad_response", body
     status, body = await _refund(instance, paid)
@@ -368,3 +368,25 @@ async def test_a_withdraw_callback_that_beats_its_answer_makes_one_linked_payout
     assert await merchant.wait_until(lambda: len(merchant.accepted) >= 2, WAIT)
     await eventually(_outbox_empty(instance))  # delivered, and nothing else queued for the merchant
     assert sorted(d.type for d in merchant.attempts) == ["payment.refunded", "payout.succeeded"]
+
+
+@pytest.mark.parametrize("kind", ["link", "collect"])
+async def test_a_start_answer_naming_another_orders_payment_is_never_this_orders(
+    start_instance: StartInstance, campay: FakeCampay, http: aiohttp.ClientSession, kind: str
+) -> None:
+    """The same lie on the way in: CamPay's answer to a payment link (or a collect) names another order's
+    payment. Adopted, the new order would be answered with the other order's SUCCESSFUL payment, and a link's
+    page merged into that payment's record. Refused: 502, nothing of the other payment changed."""
+    instance = await start_instance(**campay_settings(campay))
+    other = await _paid_collect(instance, campay, http, "o-paid-before")
+    before = await instance.storage.get_payment(other)
+    campay.answers_reference[kind] = other
+    path = "/api/payment/link" if kind == "link" else "/api/payment/initiate"
+    body = {"order_id": "o-new", "amount": 500}
+    if kind == "collect":
+        body["phone_number"] = "237671234567"
+    status, answer, _ = await instance.api.request("POST", path, json=body)
+    assert status == 502 and answer["error"]["code"] == "provider_bad_response", answer
+    assert await instance.storage.get_payment(other) == before
+    status, order, _ = await instance.api.request("GET", "/api/payment/status/o-new")
+    assert status == 404 or order["reference"] != other, order
