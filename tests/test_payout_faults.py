@@ -390,3 +390,69 @@ async def test_a_start_answer_naming_another_orders_payment_is_never_this_orders
     assert await instance.storage.get_payment(other) == before
     status, order, _ = await instance.api.request("GET", "/api/payment/status/o-new")
     assert status == 404 or order["reference"] != other, order
+
+
+@pytest.mark.redis
+async def test_a_refund_settled_while_redis_is_away_tells_the_merchant_once_after_the_write_back(
+    start_redis_instance: StartInstance,
+    redis_server: RedisServer,
+    campay: FakeCampay,
+    merchant: MerchantReceiver,
+    http: aiohttp.ClientSession,
+) -> None:
+    """The refund's payout is PENDING on Redis; Redis goes away; CamPay's withdraw callback settles it on this
+    instance's memory and the merchant is told there. Redis comes back holding the PENDING payout: the
+    write-back's merge settles it there too, and the merchant is not told again (nor left untold)."""
+    events = "payout.succeeded,payout.failed,payment.refunded"
+    instance = await start_redis_instance(
+        **_deployment(**campay_settings(campay, **merchant_settings(merchant, MERCHANT_WEBHOOK_EVENTS=events)))
+    )
+    paid = await _paid_collect(instance, campay, http, "o-refund-outage")
+    status, payout = await _refund(instance, paid)
+    assert status == 201, payout
+    reference = payout["reference"]
+    await redis_server.save()  # Redis will come back with the PENDING payout
+    redis_server.stop()
+    await eventually(lambda: _status_is(instance, "degraded"))
+    campay.set_status(reference, "SUCCESSFUL")
+    assert (await campay.send_webhook(http, instance.url, reference))[1]["outcome"] == "applied"
+    assert await merchant.wait_until(lambda: len(merchant.accepted) >= 2, WAIT)
+
+    await redis_server.start()
+    await eventually(lambda: _status_is(instance, "healthy"), timeout=10)
+    stored = await instance.storage.get_payment(reference)
+    assert stored.status.value == "SUCCESSFUL" and stored.refund_of == paid
+    assert (await instance.storage.get_payment(paid)).refund_reference == reference
+    await eventually(_outbox_empty(instance))
+    told = sorted((d.type, d.data["reference"]) for d in merchant.attempts)
+    assert told == [("payment.refunded", reference), ("payout.succeeded", reference)], told
+
+
+@pytest.mark.redis
+async def test_a_refund_whose_redis_goes_away_while_campay_pays_is_written_back_linked_and_replayed(
+    start_redis_instance: StartInstance, redis_server: RedisServer, campay: FakeCampay, http: aiohttp.ClientSession
+) -> None:
+    """The intent is on Redis, CamPay is paying, and Redis goes away before the answer comes back: the payout,
+    its link and the key's answer are made on this instance's memory and written back when Redis returns,
+    so another instance then replays the same payout (never a second one) and reads the link both ways."""
+    common = _deployment(**campay_settings(campay))
+    a = await start_redis_instance(INSTANCE_ID="a", **common)
+    paid = await _paid_collect(a, campay, http, "o-outage-mid-withdraw")
+    campay.hold_withdraws()
+    first = asyncio.create_task(_refund(a, paid))
+    assert await campay.wait_held(1, WAIT)
+    await redis_server.save()  # Redis comes back with the pending intent and the claimed key
+    redis_server.stop()
+    await eventually(lambda: _status_is(a, "degraded"))
+    campay.release_collects()
+    status, payout = await asyncio.wait_for(first, WAIT)
+    assert status == 201, payout
+
+    await redis_server.start()
+    await eventually(lambda: _status_is(a, "healthy"), timeout=10)
+    b = await start_redis_instance(INSTANCE_ID="b", **common)
+    status, again = await _refund(b, paid)
+    assert status == 201 and again["reference"] == payout["reference"], again
+    assert (await b.storage.get_payment(paid)).refund_reference == payout["reference"]
+    assert (await b.storage.get_payment(payout["reference"])).refund_of == paid
+    assert campay.calls["withdraw"] == 1
