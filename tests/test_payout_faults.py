@@ -456,3 +456,69 @@ async def test_a_refund_whose_redis_goes_away_while_campay_pays_is_written_back_
     assert (await b.storage.get_payment(paid)).refund_reference == payout["reference"]
     assert (await b.storage.get_payment(payout["reference"])).refund_of == paid
     assert campay.calls["withdraw"] == 1
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="A refund is one key per payment and refund_reference is set once, whatever the payout's outcome: once "
+    "CamPay fails the refund's payout (nothing was paid), every later refund replays the FAILED payout (then, past "
+    "the key's TTL, already_refunded), so the payer can never be paid back through paytrack. Allowing another "
+    "attempt needs a key per attempt and a link that a FAILED payout gives up: not a local change.",
+)
+async def test_a_refund_whose_payout_campay_failed_can_be_asked_again(
+    start_instance: StartInstance, campay: FakeCampay, http: aiohttp.ClientSession
+) -> None:
+    instance = await start_instance(**campay_settings(campay))
+    paid = await _paid_collect(instance, campay, http, "o-refund-failed")
+    status, payout = await _refund(instance, paid)
+    assert status == 201, payout
+    campay.set_status(payout["reference"], "FAILED", "receiver wallet limit reached")
+    assert (await campay.send_webhook(http, instance.url, payout["reference"]))[1]["outcome"] == "applied"
+    status, again = await _refund(instance, paid)
+    assert status == 201 and again["reference"] != payout["reference"], again  # a new payout, nothing paid yet
+    assert campay.calls["withdraw"] == 2
+
+
+async def test_a_payout_refused_with_er301_is_made_by_the_same_key_after_a_top_up(
+    start_instance: StartInstance, campay: FakeCampay
+) -> None:
+    """ER301 leaves nothing behind a merchant's payout either: not the key's claim, not the intent's hold of the
+    key, so the same request with the same key goes through once the balance is topped up."""
+    instance = await start_instance(**campay_settings(campay))
+    campay.balances["ORANGE"] = 100
+    request = {"json": {"amount": 2500, "phone_number": "237691234567"}, "headers": {"Idempotency-Key": "supplier-9"}}
+    status, body, _ = await instance.api.request("POST", "/api/payouts", **request)
+    assert status == 402 and body["error"]["code"] == "insufficient_balance", body
+    campay.balances["ORANGE"] = 10_000
+    status, payout, headers = await instance.api.request("POST", "/api/payouts", **request)
+    assert status == 201 and payout["amount"] == 2500 and "Idempotent-Replayed" not in headers, payout
+    status, again, headers = await instance.api.request("POST", "/api/payouts", **request)
+    assert status == 201 and again["reference"] == payout["reference"] and headers["Idempotent-Replayed"] == "true"
+    assert campay.calls["withdraw"] == 2 and campay.balances["ORANGE"] == 7_500
+
+
+async def test_a_refunded_payments_page_is_told_the_link_once_and_never_completed_twice(
+    start_instance: StartInstance, campay: FakeCampay, http: aiohttp.ClientSession
+) -> None:
+    """The page that saw its payment succeed gets the refund's link as a newer payment-status (seq up), and no
+    second payment-success or payment-completed, neither when the refund is made nor when its payout settles."""
+    instance = await start_instance(**campay_settings(campay))
+    paid = await _paid_collect(instance, campay, http, "o-page-refund")
+    page = await instance.tracker()
+    await page.track(paid)
+    await page.wait_for("payment-completed")
+    status, payout = await _refund(instance, paid)
+    assert status == 201, payout
+    await page.wait_until(lambda evs: any(e.data.get("seq") == 3 for e in evs if e.name == "payment-status"))
+    campay.set_status(payout["reference"], "SUCCESSFUL")
+    assert (await campay.send_webhook(http, instance.url, payout["reference"]))[1]["outcome"] == "applied"
+    await page.barrier()
+    names = [(e.name, e.data["seq"]) for e in page.payment_events()]
+    assert names == [
+        ("payment-status", 2),
+        ("payment-success", 2),
+        ("payment-completed", 2),
+        ("payment-status", 3),
+    ], names
+    (linked,) = [e for e in page.named("payment-status") if e.data["seq"] == 3]
+    assert linked.data["status"] == "SUCCESSFUL" and linked.data["reference"] == paid
