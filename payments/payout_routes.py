@@ -72,9 +72,13 @@ async def get_payout(request: web.Request) -> web.Response:
     """A payout as stored (its status through the one state rule; `refund_of` for a refund)."""
     await _payer(request)
     reference = reference_param(request)
-    payout = await request.app[SERVICE].get_payment(reference)
+    not_found = NotFound(f"no payout with reference {reference}", code="payout_not_found")
+    try:
+        payout = await request.app[SERVICE].get_payment(reference)
+    except NotFound:
+        raise not_found from None
     if payout.kind != "payout" or payout.orphan:
-        raise NotFound(f"no payout with reference {reference}", code="payout_not_found")
+        raise not_found
     return json_response(payout.public(reveal_phone=True), headers={"Cache-Control": "no-store"})
 
 

@@ -522,3 +522,15 @@ async def test_a_refunded_payments_page_is_told_the_link_once_and_never_complete
     ], names
     (linked,) = [e for e in page.named("payment-status") if e.data["seq"] == 3]
     assert linked.data["status"] == "SUCCESSFUL" and linked.data["reference"] == paid
+
+
+async def test_a_payout_nobody_made_is_payout_not_found_as_documented(
+    start_instance: StartInstance, campay: FakeCampay, http: aiohttp.ClientSession
+) -> None:
+    """docs/API.md: `GET /api/payouts/{reference}` answers 404 `payout_not_found` for anything but a payout,
+    a reference nobody knows included (not the payments' `payment_not_found`)."""
+    instance = await start_instance(**campay_settings(campay))
+    paid = await _paid_collect(instance, campay, http, "o-not-a-payout")
+    for reference in (paid, "0b6c4a8e-0000-4000-8000-000000000009"):
+        status, body, _ = await instance.api.request("GET", f"/api/payouts/{reference}")
+        assert status == 404 and body["error"]["code"] == "payout_not_found", (reference, body)
