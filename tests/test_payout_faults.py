@@ -534,3 +534,47 @@ async def test_a_payout_nobody_made_is_payout_not_found_as_documented(
     for reference in (paid, "0b6c4a8e-0000-4000-8000-000000000009"):
         status, body, _ = await instance.api.request("GET", f"/api/payouts/{reference}")
         assert status == 404 and body["error"]["code"] == "payout_not_found", (reference, body)
+
+
+@pytest.mark.redis
+async def test_a_refund_cut_off_mid_withdraw_and_settled_on_the_other_instance_is_one_payout_told_once(
+    start_redis_instance: StartInstance,
+    proxy: PartitionProxy,
+    campay: FakeCampay,
+    merchant: MerchantReceiver,
+    http: aiohttp.ClientSession,
+) -> None:
+    """a sends the withdraw (its intent on Redis) and is cut off before CamPay answers: a stores the payout
+    in its memory. CamPay's callback lands on b, which links its record to the intent on Redis. When a heals
+    and writes back, there is one payout, linked both ways, the key answers it, and the merchant heard
+    payout.succeeded and payment.refunded once each."""
+    events = "payout.succeeded,payout.failed,payment.refunded"
+    common = _deployment(**campay_settings(campay, **merchant_settings(merchant, MERCHANT_WEBHOOK_EVENTS=events)))
+    a = await start_redis_instance(INSTANCE_ID="a", REDIS_URL=proxy.url, **common)
+    b = await start_redis_instance(INSTANCE_ID="b", **common)
+    paid = await _paid_collect(b, campay, http, "o-split-refund")
+    campay.hold_withdraws()
+    first = asyncio.create_task(_refund(a, paid))
+    assert await campay.wait_held(1, WAIT)
+    proxy.cut()
+    await eventually(lambda: _status_is(a, "degraded"))
+    campay.release_collects()
+    status, payout = await asyncio.wait_for(first, WAIT)
+    assert status == 201, payout
+    reference = payout["reference"]
+
+    campay.set_status(reference, "SUCCESSFUL")
+    assert (await campay.send_webhook(http, b.url, reference))[1]["outcome"] == "linked"
+    proxy.heal()
+    await eventually(lambda: _status_is(a, "healthy"), timeout=10)
+    for instance in (a, b):
+        status, again = await _refund(instance, paid)
+        assert status == 201 and again["reference"] == reference, again
+    stored = await b.storage.get_payment(reference)
+    assert stored.status.value == "SUCCESSFUL" and stored.refund_of == paid
+    assert (await b.storage.get_payment(paid)).refund_reference == reference
+    await eventually(_outbox_empty(a))
+    await eventually(_outbox_empty(b))
+    told = sorted((d.type, d.data["reference"]) for d in merchant.attempts)
+    assert told == [("payment.refunded", reference), ("payout.succeeded", reference)], told
+    assert campay.calls["withdraw"] == 1
