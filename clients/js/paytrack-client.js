@@ -334,6 +334,9 @@ export class PaymentTracker {
   #refusedGen = -1;
   #refusals = 0; // refused generations in a row
   #nextRefreshAt = 0;
+  #tokenFailures = 0; // token() calls in a row that threw or did not answer
+  #nextTokenAt = 0; // ... REST asks it again no sooner than this
+  #tokenTimer = null; // bounds the token() call under way
   #socketTokenGen = -1;
   // Page.
   #channel = null;
@@ -507,7 +510,7 @@ export class PaymentTracker {
   close() {
     if (this.#closed) return;
     this.#closed = true;
-    for (const timer of [this.#fallbackTimer, this.#reconnectTimer, this.#watchdog, this.#provenTimer, this.#probeTimer]) clearTimeout(timer);
+    for (const timer of [this.#fallbackTimer, this.#reconnectTimer, this.#watchdog, this.#provenTimer, this.#probeTimer, this.#tokenTimer]) clearTimeout(timer);
     this.#nextAttemptAt = null;
     for (const controller of this.#inflight) controller.abort();
     this.#inflight.clear();
@@ -626,10 +629,7 @@ export class PaymentTracker {
             this.#socketTokenGen = gen;
             cb(token ? { token } : {});
           },
-          (err) => {
-            this.#emit("error", new PaytrackError("token_unavailable", `token() failed: ${err?.message ?? err}`, { cause: err }));
-            cb({});
-          },
+          () => cb({}), // said on on("error") by #freshToken; the server decides whether it lets the page in without one
         );
       },
     });
@@ -860,18 +860,41 @@ export class PaymentTracker {
   }
 
   // -- tokens --------------------------------------------------------------------------
-  /** Ask the page's token() once; concurrent askers share the answer: `{token, gen}`. */
+  /**
+   * Ask the page's token() once; concurrent askers share the answer: `{token, gen}`. A token() that
+   * throws, or does not answer within requestTimeoutMs (a shop's token endpoint that hangs), fails
+   * every asker with `token_unavailable`, said once on on("error"); the next asker calls it anew
+   * (a hung call is never waited on again), REST only after a backoff (#restToken).
+   */
   #freshToken(reason, expiresAt) {
     if (!this.#options.token) return Promise.resolve({ token: null, gen: this.#tokenGen });
     if (!this.#tokenPromise) {
-      this.#tokenPromise = Promise.resolve()
-        .then(() => this.#options.token({ reason, expiresAt: expiresAt ?? null }))
-        .then((token) => {
-          this.#token = typeof token === "string" && token ? token : null;
-          this.#tokenGen += 1;
-          return { token: this.#token, gen: this.#tokenGen };
-        })
+      const limitMs = this.#options.requestTimeoutMs;
+      const late = new Promise((_, reject) => {
+        this.#tokenTimer = setTimeout(() => reject(new Error(`no answer within ${limitMs} ms`)), Math.min(limitMs, MAX_TIMER_MS));
+      });
+      const asked = Promise.resolve().then(() => this.#options.token({ reason, expiresAt: expiresAt ?? null }));
+      this.#tokenPromise = Promise.race([asked, late])
+        .then(
+          (token) => {
+            this.#token = typeof token === "string" && token ? token : null;
+            this.#tokenGen += 1;
+            this.#tokenFailures = 0;
+            this.#nextTokenAt = 0;
+            return { token: this.#token, gen: this.#tokenGen };
+          },
+          (err) => {
+            this.#tokenFailures += 1;
+            const wait = backoff(this.#tokenFailures - 1, this.#options.fallbackPollMs, this.#options.fallbackPollMaxMs);
+            this.#nextTokenAt = Date.now() + wait;
+            const error = new PaytrackError("token_unavailable", `token() failed: ${err?.message ?? err}`, { cause: err });
+            if (!this.#closed) this.#emit("error", error);
+            throw error;
+          },
+        )
         .finally(() => {
+          clearTimeout(this.#tokenTimer);
+          this.#tokenTimer = null;
           this.#tokenPromise = null;
         });
     }
@@ -887,12 +910,13 @@ export class PaymentTracker {
     if (this.#tokenGen > 0 && !this.#tokenPromise && this.#refusedGen !== this.#tokenGen) {
       return Promise.resolve({ token: this.#token, gen: this.#tokenGen });
     }
+    if (!this.#tokenPromise && Date.now() < this.#nextTokenAt) {
+      return Promise.reject(new PaytrackError("token_unavailable", "token() failed; it is asked again later"));
+    }
     if (this.#tokenGen > 0 && !this.#tokenPromise && Date.now() < this.#nextRefreshAt) {
       return Promise.reject(new PaytrackError("unauthenticated", "the server refused the token; token() is asked again later"));
     }
-    return this.#freshToken(this.#tokenGen === 0 ? "connect" : "rejected").catch((err) => {
-      throw new PaytrackError("token_unavailable", `token() failed: ${err?.message ?? err}`, { cause: err });
-    });
+    return this.#freshToken(this.#tokenGen === 0 ? "connect" : "rejected");
   }
 
   /** The server refused the token of generation `gen`. True when a call refused with it may try again. */
@@ -917,9 +941,8 @@ export class PaymentTracker {
     let token;
     try {
       ({ token } = await this.#freshToken("expiring", expiresAt));
-    } catch (err) {
-      this.#emit("error", new PaytrackError("token_unavailable", `token() failed: ${err?.message ?? err}`, { cause: err }));
-      return;
+    } catch {
+      return; // said by #freshToken; the reconnect at expiry asks again
     }
     const socket = this.#socket;
     if (!token || this.#closed || !socket.connected) return; // the next connect asks again
@@ -1026,7 +1049,11 @@ export class PaymentTracker {
         this.#restRefused();
         return { ok: false, until: this.#nextRefreshAt };
       }
-      if (err?.code === "token_unavailable") this.#emit("error", err);
+      if (err?.code === "token_unavailable") {
+        // Said once per failed token() call (#freshToken); every payment reads again when it is asked again.
+        this.#setRestHealthy(false);
+        return { ok: false, until: this.#nextTokenAt };
+      }
       if (err?.code !== "closed") this.#restFailed(err?.code === "network_error" || err?.code === "timeout");
       return { ok: false };
     }

@@ -1,0 +1,72 @@
+// More misbehaviour, found in review (issue 36): a token() that hangs or throws, another tab that
+// claims more than the server said, a server that answers a track and then drops the socket.
+import assert from "node:assert/strict";
+import { after, before, beforeEach, test } from "node:test";
+
+import { PaymentTracker } from "../paytrack-client.js";
+import { ack, payment, startScriptedServer } from "./scripted-server.mjs";
+import { Recorder, within } from "./support.mjs";
+
+let server;
+before(async () => {
+  server = await startScriptedServer();
+});
+beforeEach(() => server.reset());
+after(() => server?.close());
+
+const reads = (reference) => server.requests.filter((r) => r.path === `/api/payment/tracking/${reference}`);
+
+test("a token() that hangs once does not wedge the tracker: the next attempt asks token() again", async (t) => {
+  server.script.refuseConnect = (auth) => (auth.token ? null : { code: "unauthenticated", message: "a token is required" });
+  server.script.restAuth = (token) => token !== null;
+  server.set(payment("hang-token-1", "SUCCESSFUL", 2), { push: false });
+  const reasons = [];
+  const tracker = new PaymentTracker({
+    url: server.url,
+    token: ({ reason }) => {
+      reasons.push(reason);
+      return reasons.length === 1 ? new Promise(() => {}) : "good"; // the shop's token endpoint hangs once
+    },
+    requestTimeoutMs: 300,
+    ackTimeoutMs: 200,
+    reconnectDelayMs: 50,
+    reconnectDelayMaxMs: 200,
+    fallbackAfterMs: 100,
+    fallbackPollMs: 100,
+  });
+  t.after(() => tracker.close());
+  const handle = tracker.track("hang-token-1");
+  const final = await within(handle.done, "done, once token() answers again", 8_000);
+  assert.equal(final.status, "SUCCESSFUL");
+  assert.ok(reasons.length >= 2, `token() asked ${reasons.length} time(s)`);
+});
+
+test("a token() that keeps failing is asked once per connect attempt and once per shared REST round, not once per read", async (t) => {
+  server.script.refuseConnect = (auth) => (auth.token ? null : { code: "unauthenticated", message: "a token is required" });
+  server.script.restAuth = (token) => token !== null;
+  const payments = 20;
+  let tokens = 0;
+  const tracker = new PaymentTracker({
+    url: server.url,
+    token: () => {
+      tokens += 1;
+      throw new Error("the shop's token endpoint is down");
+    },
+    reconnectDelayMs: 50,
+    reconnectDelayMaxMs: 400,
+    fallbackAfterMs: 100,
+    fallbackPollMs: 100,
+    fallbackPollMaxMs: 400,
+  });
+  t.after(() => tracker.close());
+  const errors = [];
+  tracker.on("error", (err) => errors.push(err));
+  for (let i = 0; i < payments; i++) tracker.track(`token-down-${i}`);
+  await server.until(() => server.connections.length >= 8, "eight refused connects", 30_000);
+  const connects = server.connections.length;
+  // As for a refused token (scripted-rest.test.mjs): the socket's attempts ask it, and REST shares one
+  // ask per backoff step between all its payments rather than asking for every payment's read.
+  assert.ok(tokens <= 2 * connects + 4, `${tokens} token() calls for ${connects} connects and ${payments} payments`);
+  const unavailable = errors.filter((e) => e.code === "token_unavailable").length;
+  assert.ok(unavailable <= 2 * connects + 4, `${unavailable} token_unavailable errors for ${connects} connects`);
+});
