@@ -17,7 +17,7 @@
 //   - `token()` is asked at every connect, before the token expires
 //     (`token-expiring` -> `refresh-token`), and once per refused token, however many
 //     calls were refused with it;
-//   - a final status another tab reports is applied only once the server confirms it.
+//   - what another tab reports is applied only once the server confirms it.
 // Every update, whatever brought it (socket, REST, another tab), goes through one
 // rule: PaymentTracker#apply. See docs/CLIENT.md.
 //
@@ -541,8 +541,9 @@ export class PaymentTracker {
    * Accept `incoming` for `entry` only if it moves forward: a valid status with a higher
    * seq, and nothing at all once the payment is final. The one exception: after the server
    * said it no longer knows the payment (it lost its history), a final status it learns
-   * again is accepted even though its count restarted. A final status from another tab is
-   * not accepted here: it makes the tracker ask the server, whose answer comes through here.
+   * again is accepted even though its count restarted. Nothing from another tab is accepted
+   * here (a tab may hold a seq from before the server lost its history, or be a stale version):
+   * it makes the tracker ask the server, whose answer comes through here.
    * Returns true if accepted.
    */
   #apply(entry, incoming, source) {
@@ -552,8 +553,8 @@ export class PaymentTracker {
     if (entry.final) return false;
     const relearned = entry.forgotten && FINAL.has(status);
     if (seq <= entry.seq && !relearned) return false;
-    if (source === "tab" && FINAL.has(status)) {
-      this.#confirm(entry);
+    if (source === "tab") {
+      this.#confirm(entry); // another tab's word is a reason to ask the server, never the truth itself
       return false;
     }
     const { success, ...fields } = incoming; // payment-completed's flag is implied by the status
@@ -604,7 +605,7 @@ export class PaymentTracker {
     entry.polling = false;
   }
 
-  /** Another tab says this payment is final: ask the server (a re-track if the socket covers it, else a read). */
+  /** Another tab says this payment moved on: ask the server (a re-track if the socket covers it, else a read). */
   #confirm(entry) {
     if (entry.final || entry.tracking || entry.reading) return;
     if (this.#socket?.connected && entry.acked) this.#trackOnSocket(entry);

@@ -70,3 +70,22 @@ test("a token() that keeps failing is asked once per connect attempt and once pe
   const unavailable = errors.filter((e) => e.code === "token_unavailable").length;
   assert.ok(unavailable <= 2 * connects + 4, `${unavailable} token_unavailable errors for ${connects} connects`);
 });
+
+test("another tab's claim of a seq the server never gave is not shown and does not hide the server's final status", async (t) => {
+  // E.g. a tab still holding a payment from before the server lost its history answers this tab's
+  // "ask" with its old, higher seq; or a stale client version in another tab.
+  server.set(payment("tab-seq-1", "PENDING", 1), { push: false });
+  const tracker = new PaymentTracker({ url: server.url, reconnectDelayMs: 20, reconnectDelayMaxMs: 100, shareAcrossTabs: true });
+  t.after(() => tracker.close());
+  const rec = new Recorder();
+  const handle = tracker.track("tab-seq-1", rec.handlers());
+  await rec.waitFor("update");
+  const otherTab = new BroadcastChannel(`paytrack:${server.url}`);
+  t.after(() => otherTab.close());
+  otherTab.postMessage({ type: "update", reference: "tab-seq-1", payment: payment("tab-seq-1", "PENDING", 9, { amount: 1 }) });
+  await server.until(() => server.trackCalls.filter((c) => c.reference === "tab-seq-1").length >= 2, "the claim checked with the server");
+  server.set(payment("tab-seq-1", "SUCCESSFUL", 2)); // the truth, pushed on the socket
+  const final = await within(handle.done, "done with the server's final status");
+  assert.equal(final.status, "SUCCESSFUL");
+  assert.deepEqual(rec.named("update").map((c) => c.args[0].seq), [1, 2], "only what the server said was shown");
+});
