@@ -9,8 +9,9 @@
 //     `invalid_payload`, `stopped` and `closed` do);
 //   - after a disconnect it reconnects with backoff and re-tracks every active
 //     payment with its `last_seq`, so what was missed is applied. The backoff starts
-//     over only once a connection proved itself (a track-payment answered), so a
-//     proxy that accepts sockets and drops them meets a slower and slower client;
+//     over only once a connection stayed up for 10 s, so a proxy that accepts
+//     sockets and drops them (before or after a track-payment's answer) meets a
+//     slower and slower client;
 //   - until a connection proved itself, or when a payment's track was refused for
 //     now, it reads GET /api/payment/tracking/{reference} (If-None-Match) with
 //     jitter, and backs off while those reads fail; every REST call has a timeout;
@@ -314,7 +315,7 @@ export class PaymentTracker {
   #connecting = false; // an attempt is under way
   #watchdog = null; // ends an attempt the server never answers
   #reconnectTimer = null;
-  #reconnectAttempts = 0; // reset only by a proven connection
+  #reconnectAttempts = 0; // reset only by a connection that stayed up PROVEN_AFTER_MS
   #proven = false; // this connection answered a track-payment (or stayed up PROVEN_AFTER_MS)
   #provenTimer = null;
   // REST fallback.
@@ -644,7 +645,10 @@ export class PaymentTracker {
       this.#forget("unreachable", "origin_not_allowed");
       if (this.#options.token && this.#socketTokenGen === this.#tokenGen) this.#tokenAccepted();
       clearTimeout(this.#provenTimer);
-      this.#provenTimer = setTimeout(() => this.#proved(), PROVEN_AFTER_MS);
+      this.#provenTimer = setTimeout(() => {
+        this.#provenTimer = null;
+        this.#proved({ stayedUp: true });
+      }, PROVEN_AFTER_MS);
       for (const entry of this.#entries.values()) {
         entry.restOnly = false; // a new connection, new slots
         entry.acked = false;
@@ -739,7 +743,7 @@ export class PaymentTracker {
 
   /**
    * Connect again after the backoff, and not before `askedMs` (what the server asked, with jitter) when
-   * given. The backoff grows with every attempt until a connection proves itself (#proved).
+   * given. The backoff grows with every attempt until a connection stays up PROVEN_AFTER_MS (#proved).
    */
   #scheduleReconnect(reason, askedMs = null) {
     if (this.#closed || this.#reconnectTimer !== null || this.#connecting) return;
@@ -771,16 +775,16 @@ export class PaymentTracker {
   }
 
   /**
-   * This connection works: a track-payment was answered, or it stayed up PROVEN_AFTER_MS. Only now does
-   * the backoff start over and the REST fallback stand down.
+   * This connection works: a track-payment was answered, or it stayed up PROVEN_AFTER_MS. Now the REST
+   * fallback stands down. The backoff starts over only once it stayed up (`stayedUp`): a server that
+   * answers a track and then drops every connection must meet a slower and slower client too.
    */
-  #proved() {
-    if (this.#proven || this.#closed || !this.#socket?.connected) return;
+  #proved({ stayedUp = false } = {}) {
+    if (this.#closed || !this.#socket?.connected) return;
+    if (stayedUp) this.#reconnectAttempts = 0;
+    if (this.#proven) return;
     this.#proven = true;
-    this.#reconnectAttempts = 0;
-    clearTimeout(this.#provenTimer);
     clearTimeout(this.#fallbackTimer);
-    this.#provenTimer = null;
     this.#fallbackTimer = null;
     this.#restMode = false;
     this.#pollDue();

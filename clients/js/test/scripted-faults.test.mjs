@@ -89,3 +89,23 @@ test("another tab's claim of a seq the server never gave is not shown and does n
   assert.equal(final.status, "SUCCESSFUL");
   assert.deepEqual(rec.named("update").map((c) => c.args[0].seq), [1, 2], "only what the server said was shown");
 });
+
+test("a server that answers the track and then drops the socket: the backoff still grows", async (t) => {
+  // An instance that fails right after its first answer, a proxy that cuts every connection after a
+  // few frames: each connection answers a track-payment, none stays up.
+  server.script.connect = "drop-after-ack";
+  server.set(payment("ack-drop-1", "PENDING", 1), { push: false });
+  const base = 50;
+  const max = 800;
+  const tracker = new PaymentTracker({ url: server.url, reconnectDelayMs: base, reconnectDelayMaxMs: max });
+  t.after(() => tracker.close());
+  tracker.track("ack-drop-1");
+  await server.until(() => server.connections.length >= 6, "six connections", 20_000);
+  // As for a server that drops before answering (scripted-connection.test.mjs): the wait before
+  // connection k+1 is at least half the backoff's k-th step; an ack resetting it keeps every gap near `base`.
+  const at = server.connections.map((c) => c.at);
+  for (let k = 1; k < 5; k++) {
+    const least = Math.min(max, base * 2 ** k) * 0.5;
+    assert.ok(at[k + 1] - at[k] >= least - 2, `gap ${k}: ${at[k + 1] - at[k]} ms < ${least} ms: the backoff was reset by an answered track`);
+  }
+});

@@ -6,7 +6,9 @@
 //
 // Knobs (all on `server.script`, changeable while a test runs):
 //   handshake: "accept" | "refuse"   refuse: the Engine.IO handshake is answered 403, as for a refused origin
-//   connect: "accept" | "drop"       drop: accept the Socket.IO connection, then close its transport at once
+//   connect: "accept" | "drop" | "drop-after-ack"
+//                                    drop: accept the Socket.IO connection, then close its transport at once;
+//                                    drop-after-ack: close it right after answering its first track-payment
 //   refuseConnect: (auth) => null | {code, message}   refuse the CONNECT (the client sees connect_error)
 //   track: (ctx) => answer           what a track-payment is answered with (see `ack` below); default: ok
 //   rest: (ctx) => "ok" | "hang" | "reset" | {status, body, headers}   GET /api/payment/tracking/{reference}
@@ -210,6 +212,7 @@ export async function startScriptedServer({ port = 0 } = {}) {
         if (answer === undefined) callback();
         else callback(answer);
       }
+      if (server.script.connect === "drop-after-ack") setImmediate(() => socket.conn.close());
     });
     socket.on("stop-tracking-payment", (data, callback) => {
       socket.leave(data?.reference);
