@@ -342,6 +342,8 @@ export class PaymentTracker {
   // Page.
   #channel = null;
   #lastReRead = 0;
+  #lastRetryNow = 0;
+  #retryLater = null;
   #unlisten = [];
 
   /**
@@ -511,7 +513,7 @@ export class PaymentTracker {
   close() {
     if (this.#closed) return;
     this.#closed = true;
-    for (const timer of [this.#fallbackTimer, this.#reconnectTimer, this.#watchdog, this.#provenTimer, this.#probeTimer, this.#tokenTimer]) clearTimeout(timer);
+    for (const timer of [this.#fallbackTimer, this.#reconnectTimer, this.#watchdog, this.#provenTimer, this.#probeTimer, this.#tokenTimer, this.#retryLater]) clearTimeout(timer);
     this.#nextAttemptAt = null;
     for (const controller of this.#inflight) controller.abort();
     this.#inflight.clear();
@@ -758,9 +760,22 @@ export class PaymentTracker {
     this.#updateState();
   }
 
-  /** Now, not at nextAttemptAt (the browser is back online, the page came back from the back/forward cache). */
+  /**
+   * Now, not at nextAttemptAt (the browser is back online, the page came back from the back/forward
+   * cache). At most once per RE_READ_MIN_INTERVAL_MS: a network that flaps fires `online` after
+   * `online`, and each would be a connection attempt outside the backoff; one asked for sooner runs then.
+   */
   #retryNow() {
     if (this.#closed) return;
+    const wait = this.#lastRetryNow + RE_READ_MIN_INTERVAL_MS - Date.now();
+    if (wait > 0) {
+      this.#retryLater ??= setTimeout(() => {
+        this.#retryLater = null;
+        this.#retryNow();
+      }, wait);
+      return;
+    }
+    this.#lastRetryNow = Date.now();
     if (!this.#socket.connected) this.#attempt();
     for (const entry of this.#entries.values()) {
       if (entry.pollTimer === null || !this.#due(entry)) continue;

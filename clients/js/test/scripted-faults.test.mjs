@@ -109,3 +109,39 @@ test("a server that answers the track and then drops the socket: the backoff sti
     assert.ok(at[k + 1] - at[k] >= least - 2, `gap ${k}: ${at[k + 1] - at[k]} ms < ${least} ms: the backoff was reset by an answered track`);
   }
 });
+
+/** A page's window and document, as far as the tracker listens to them, for the trackers made in `fn`. */
+function asPage(fn) {
+  const window = new EventTarget();
+  const document = Object.assign(new EventTarget(), { visibilityState: "visible" });
+  const saved = [globalThis.window, globalThis.document];
+  globalThis.window = window;
+  globalThis.document = document;
+  try {
+    return { ...fn(), window, document };
+  } finally {
+    [globalThis.window, globalThis.document] = saved;
+  }
+}
+
+test("a storm of `online` events is not a connection attempt each: the immediate retry is bounded", async (t) => {
+  server.script.handshake = "refuse"; // every attempt fails at once, as while the network flaps
+  const { tracker, window } = asPage(() => ({
+    tracker: new PaymentTracker({ url: server.url, shareAcrossTabs: false, reconnectDelayMs: 60_000, reconnectDelayMaxMs: 60_000 }),
+  }));
+  t.after(() => tracker.close());
+  tracker.on("error", () => {});
+  const handshakes = () => server.requests.filter((r) => r.path === "/socket.io/").length;
+  await server.until(() => handshakes() >= 1, "the first attempt");
+  const started = Date.now();
+  const before = handshakes();
+  // 60 `online` events over ~1.2 s; the backoff's own next attempt is a minute away.
+  for (let i = 0; i < 60; i++) {
+    window.dispatchEvent(new Event("online"));
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+  await server.until(() => handshakes() > before, "the immediate retry");
+  const seconds = (Date.now() - started) / 1000;
+  const attempts = handshakes() - before;
+  assert.ok(attempts <= Math.ceil(seconds) + 1, `${attempts} connection attempts in ${seconds} s of online events`);
+});
