@@ -38,6 +38,20 @@ ServePages = Callable[[dict[str, Any]], Awaitable[str]]
 @pytest.fixture
 async def chromium_page(tmp_path: Path) -> AsyncIterator[Any]:
     """A page in a fresh Chromium profile; `page.console_errors` collects console errors and page errors."""
+    async for page in _chromium_page(tmp_path, ignore_default_args=[]):
+        yield page
+
+
+@pytest.fixture
+async def chromium_page_with_bfcache(tmp_path: Path) -> AsyncIterator[Any]:
+    """`chromium_page` with the back/forward cache on (Playwright turns it off by default), so that going
+    back restores the page as it was, its frozen timers and sockets included, as a shopper's browser does.
+    Going back then fires no `load`: use `page.go_back(wait_until="commit")`."""
+    async for page in _chromium_page(tmp_path, ignore_default_args=["--disable-back-forward-cache"]):
+        yield page
+
+
+async def _chromium_page(tmp_path: Path, *, ignore_default_args: list[str]) -> AsyncIterator[Any]:
     if not (Path(CHROMIUM).exists() or shutil.which(CHROMIUM)):
         pytest.skip(f"browser test: no Chromium at {CHROMIUM} (apt-get install chromium, or set PAYTRACK_CHROMIUM)")
     try:
@@ -46,7 +60,11 @@ async def chromium_page(tmp_path: Path) -> AsyncIterator[Any]:
         pytest.skip("browser test: playwright is not installed (pip install --require-hashes -r requirements-dev.lock)")
     async with async_playwright() as pw:
         context = await pw.chromium.launch_persistent_context(
-            str(tmp_path / "chromium-profile"), executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+            str(tmp_path / "chromium-profile"),
+            executable_path=CHROMIUM,
+            headless=True,
+            args=CHROMIUM_ARGS,
+            ignore_default_args=ignore_default_args,
         )
         try:
             page = context.pages[0] if context.pages else await context.new_page()

@@ -1323,6 +1323,10 @@ export class PaymentTracker {
     const onOnline = () => this.#retryNow();
     const onPageShow = (event) => {
       if (!event.persisted) return; // back from the back/forward cache: timers and sockets were frozen
+      // The browser closed the socket when it froze the page but tells the page only after this event
+      // (and one it kept open may be long gone at the server): a socket that looks connected is
+      // replaced now, or its late close would leave the page waiting for the backoff's next attempt.
+      if (this.#socket?.connected) this.#socket.disconnect();
       this.#retryNow();
       reRead(true);
     };
