@@ -42,7 +42,7 @@ export type PaymentViewStatus = PaymentStatus | "idle" | "loading" | "unknown";
 export interface PaymentSnapshot {
   readonly payment: Payment | null;
   readonly status: PaymentViewStatus;
-  /** This payment's last error (e.g. "forbidden", "too_many_tracked"); cleared by the next update. */
+  /** This payment's last error (e.g. "forbidden", "too_many_tracked", "busy"); cleared by the next update or by the server answering a track of it. */
   readonly error: PaytrackError | null;
 }
 

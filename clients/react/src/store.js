@@ -89,7 +89,14 @@ export function createPaytrackStore(options = {}, { createTracker = (trackerOpti
         setConnection(connectionOf(tracker.state, null, tracker, error));
       }
     });
-    unlisten = [offConnection, offError];
+    // A payment's error from a track refused for now (busy, rate_limited, a timeout) is over once the
+    // server answers a track of it: the page must not keep showing it while the payment is followed.
+    const offEvent = tracker.on("event", (name, data) => {
+      if (name !== "ack:track-payment" || data?.ok !== true) return;
+      const entry = entries.get(data.reference);
+      if (entry && entry.handle && entry.snapshot.error !== null) setPayment(entry, { ...entry.snapshot, error: null });
+    });
+    unlisten = [offConnection, offError, offEvent];
     setConnection(connectionOf(tracker.state, null, tracker, null));
     return tracker;
   }
