@@ -16,7 +16,7 @@
 //   status: same, for GET /api/payment/status/{order_id}
 //   initiate: (ctx) => {status, body, headers} | "hang"       POST /api/payment/initiate
 //   restAuth: (token) => true | false  false: 401 invalid_token (every REST route)
-//   origin: (origin) => {accepted} | "missing"                GET /api/origin
+//   origin: (origin) => {accepted} | "missing" | "reset" | "hang"   GET /api/origin
 // Records: connections, trackCalls, requests (every HTTP request with its path, token and time).
 import http from "node:http";
 import { Server } from "socket.io";
@@ -140,6 +140,7 @@ export async function startScriptedServer({ port = 0 } = {}) {
     };
     if (url.pathname === "/api/origin") {
       const verdict = server.script.origin(entry.origin);
+      if (verdict === "reset" || verdict === "hang") return answer(verdict);
       if (verdict === "missing") return answer({ status: 404, body: { error: { code: "not_found", message: "no such route" } } });
       return answer({ status: 200, body: { origin: entry.origin, ...verdict }, headers: { "Access-Control-Allow-Origin": "*" } });
     }

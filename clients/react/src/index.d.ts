@@ -28,7 +28,8 @@ export interface ConnectionSnapshot {
   readonly nextAttemptAt: number | null;
   /**
    * The last refusal of the connection (`code` e.g. "origin_not_allowed", "unauthenticated",
-   * "unreachable", "rate_limited"), kept until the tracker connects; null otherwise.
+   * "unreachable", "rate_limited"), kept until the tracker connects ("unreachable" and
+   * "origin_not_allowed" only until REST answers: "polling"); null otherwise.
    */
   readonly error: PaytrackError | null;
 }
