@@ -339,6 +339,8 @@ export class PaymentTracker {
   #nextTokenAt = 0; // ... REST asks it again no sooner than this
   #tokenTimer = null; // bounds the token() call under way
   #socketTokenGen = -1;
+  #socketToken = null; // the token the socket's session holds
+  #expiringAnswered = null; // the expires_at of the token-expiring answered on this connection
   // Page.
   #channel = null;
   #lastReRead = 0;
@@ -631,6 +633,7 @@ export class PaymentTracker {
         this.#freshToken(reason).then(
           ({ token, gen }) => {
             this.#socketTokenGen = gen;
+            this.#socketToken = token;
             cb(token ? { token } : {});
           },
           () => cb({}), // said on on("error") by #freshToken; the server decides whether it lets the page in without one
@@ -641,6 +644,7 @@ export class PaymentTracker {
 
     socket.on("connect", () => {
       this.#endAttempt();
+      this.#expiringAnswered = null;
       this.#lost = false;
       this.#proven = false;
       this.#diagnosis = null;
@@ -712,7 +716,15 @@ export class PaymentTracker {
         if (entry) this.#apply(entry, data, "socket");
       }
     });
-    socket.on("token-expiring", (data) => this.#refreshToken(data?.expires_at));
+    socket.on("token-expiring", (data) => {
+      // Once per expiry and connection: a refresh that did not move the expiry (a shop handing out its
+      // cached token) is warned about again at once, and answering each warning would be a loop of
+      // token() calls and refresh-tokens. The server ends the session at expiry; the reconnect asks anew.
+      const expiresAt = data?.expires_at ?? null;
+      if (expiresAt !== null && expiresAt === this.#expiringAnswered) return;
+      this.#expiringAnswered = expiresAt;
+      this.#refreshToken(expiresAt);
+    });
   }
 
   /** Start one connection attempt now. */
@@ -966,10 +978,12 @@ export class PaymentTracker {
     }
     const socket = this.#socket;
     if (!token || this.#closed || !socket.connected) return; // the next connect asks again
+    if (token === this.#socketToken) return; // nothing new to say: the session ends at expiry and the reconnect asks again
     socket.timeout(this.#options.ackTimeoutMs).emit("refresh-token", { token }, (err, ack) => {
       if (this.#closed) return;
       const answer = err ? { ok: false, error: { code: "timeout", message: "no answer to refresh-token" } } : ack;
       this.#emit("event", "ack:refresh-token", answer);
+      if (answer?.ok && socket.connected) this.#socketToken = token;
       if (!answer?.ok) {
         // The server disconnects at expiry; the reconnect then asks token() again.
         this.#emit("error", new PaytrackError(answer?.error?.code ?? "bad_ack", answer?.error?.message ?? "refresh-token failed"));

@@ -5,7 +5,7 @@ import { after, before, beforeEach, test } from "node:test";
 
 import { PaymentTracker } from "../paytrack-client.js";
 import { ack, payment, startScriptedServer } from "./scripted-server.mjs";
-import { Recorder, within } from "./support.mjs";
+import { Recorder, eventually, stateReached, within } from "./support.mjs";
 
 let server;
 before(async () => {
@@ -144,4 +144,35 @@ test("a storm of `online` events is not a connection attempt each: the immediate
   const seconds = (Date.now() - started) / 1000;
   const attempts = handshakes() - before;
   assert.ok(attempts <= Math.ceil(seconds) + 1, `${attempts} connection attempts in ${seconds} s of online events`);
+});
+
+test("a server that warns again after every refresh-token (the expiry unchanged): token() is asked once per expiry", async (t) => {
+  // paytrack before its fix, or any server re-arming its warning inside the window: each answer to a
+  // warning brought the next warning at once, a loop of token() calls and refresh-tokens.
+  const expiresAt = new Date(Date.now() + 30_000).toISOString();
+  const refreshes = [];
+  const warnAgain = (socket) =>
+    socket.on("refresh-token", () => {
+      refreshes.push(Date.now());
+      socket.emit("token-expiring", { expires_at: expiresAt });
+    });
+  server.io.on("connection", warnAgain);
+  t.after(() => server.io.off("connection", warnAgain));
+  const asked = [];
+  let issued = 0;
+  const tracker = new PaymentTracker({
+    url: server.url,
+    token: ({ reason }) => {
+      asked.push(reason);
+      return `token-${++issued}`; // a new token every time: the refresh always has something to send
+    },
+  });
+  t.after(() => tracker.close());
+  await stateReached(tracker, "connected");
+  for (const socket of await server.io.fetchSockets()) socket.emit("token-expiring", { expires_at: expiresAt });
+  await eventually(() => refreshes.length >= 1, { what: "the refresh-token" });
+  const settled = Date.now();
+  await new Promise((resolve) => setTimeout(resolve, 500)); // a loop would have gone round many times by now
+  assert.deepEqual(asked, ["connect", "expiring"], `token() asked ${asked.length} times`);
+  assert.equal(refreshes.length, 1, `${refreshes.length} refresh-tokens in ${Date.now() - settled} ms`);
 });
