@@ -219,6 +219,11 @@ class PaymentNamespace(socketio.AsyncNamespace):
                         return ack_error("forbidden", "this payment belongs to another user")
                     payment = None  # private until adopted: indistinguishable from unknown
                 await self._storage.track(sid, reference)
+                if not sessions.tracks(sid, reference):
+                    # A stop-tracking-payment ran while this call awaited storage (each event is a task of
+                    # its own) and found nothing there to remove: undo the registration it overtook.
+                    await self._storage.untrack(sid, reference)
+                    return {"ok": True, "payment": payment.public() if payment else None}
                 sent = 0
                 if payment is not None and parsed.last_seq is not None and parsed.last_seq > payment.seq:
                     self._page_ahead(sid, payment, parsed.last_seq)

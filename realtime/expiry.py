@@ -25,7 +25,12 @@ def refuse_expired(identity: Identity | None, clock: Clock) -> None:
 
 
 class ExpiryTimers:
-    """One timer task per socket; re-armed when the socket refreshes its token."""
+    """One timer task per socket; re-armed when the socket refreshes its token.
+
+    A socket is warned once per expiry: a refresh that keeps the expiry (a page answering the warning
+    with the token it already has, e.g. a shop's cached one) re-arms the timer inside the warning
+    window, and warning it again at once would be a loop of warnings and refreshes.
+    """
 
     def __init__(
         self,
@@ -40,9 +45,10 @@ class ExpiryTimers:
         self._warn = warn
         self._expire = expire
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._warned: dict[str, datetime] = {}  # the expiry each socket was last warned about
 
     def arm(self, sid: str, expires_at: datetime | None) -> None:
-        self.cancel(sid)
+        self._stop(sid)
         if expires_at is not None:
             self._tasks[sid] = asyncio.create_task(self._run(sid, expires_at), name=f"token-expiry-{sid}")
 
@@ -51,12 +57,20 @@ class ExpiryTimers:
         if remaining > self._warning:
             await asyncio.sleep(remaining - self._warning)
         if remaining > 0:
-            await self._warn(sid, expires_at)
+            if self._warned.get(sid) != expires_at:
+                self._warned[sid] = expires_at
+                await self._warn(sid, expires_at)
             await asyncio.sleep(max(0.0, (expires_at - self._clock.now()).total_seconds()))
         self._tasks.pop(sid, None)
+        self._warned.pop(sid, None)
         await self._expire(sid)
 
     def cancel(self, sid: str) -> None:
+        """The socket is gone: its timer stops and its warning is forgotten."""
+        self._stop(sid)
+        self._warned.pop(sid, None)
+
+    def _stop(self, sid: str) -> None:
         task = self._tasks.pop(sid, None)
         if task is not None and task is not asyncio.current_task():
             task.cancel()
@@ -64,6 +78,7 @@ class ExpiryTimers:
     async def close(self) -> None:
         tasks = list(self._tasks.values())
         self._tasks.clear()
+        self._warned.clear()
         for task in tasks:
             task.cancel()
         # `gather` rather than suppressing each CancelledError: the timers' own cancels are results

@@ -109,6 +109,11 @@ class Sessions:
         seen = session.sent[reference] = Seen()
         return seen
 
+    def tracks(self, sid: str, reference: str) -> bool:
+        """Whether `sid` follows `reference` now."""
+        session = self._sessions.get(sid)
+        return session is not None and reference in session.tracked
+
     def untrack(self, sid: str, reference: str) -> None:
         session = self._sessions.get(sid)
         if session is not None and session.tracked.pop(reference, None) is not None:

@@ -40,6 +40,20 @@ ServePages = Callable[[dict[str, Any]], Awaitable[str]]
 @pytest.fixture
 async def chromium_page(tmp_path: Path) -> AsyncIterator[Any]:
     """A page in a fresh Chromium profile; `page.console_errors` collects console errors and page errors."""
+    async for page in _chromium_page(tmp_path, ignore_default_args=[]):
+        yield page
+
+
+@pytest.fixture
+async def chromium_page_with_bfcache(tmp_path: Path) -> AsyncIterator[Any]:
+    """`chromium_page` with the back/forward cache on (Playwright turns it off by default), so that going
+    back restores the page as it was, its frozen timers and sockets included, as a shopper's browser does.
+    Going back then fires no `load`: use `page.go_back(wait_until="commit")`."""
+    async for page in _chromium_page(tmp_path, ignore_default_args=["--disable-back-forward-cache"]):
+        yield page
+
+
+async def _chromium_page(tmp_path: Path, *, ignore_default_args: list[str]) -> AsyncIterator[Any]:
     if not (Path(CHROMIUM).exists() or shutil.which(CHROMIUM)):
         pytest.skip(f"browser test: no Chromium at {CHROMIUM} (apt-get install chromium, or set PAYTRACK_CHROMIUM)")
     try:
@@ -52,7 +66,7 @@ async def chromium_page(tmp_path: Path) -> AsyncIterator[Any]:
             executable_path=CHROMIUM,
             headless=True,
             args=CHROMIUM_ARGS,
-            ignore_default_args=["--disable-popup-blocking"],
+            ignore_default_args=["--disable-popup-blocking", *ignore_default_args],
         )
         try:
             page = context.pages[0] if context.pages else await context.new_page()

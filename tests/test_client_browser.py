@@ -16,7 +16,7 @@ import pytest
 from app import create_app
 from core.clock import SystemClock
 from realtime.storage.factory import create_storage
-from tests.chromium import ServePages, chromium_page, shop_server  # noqa: F401 - fixtures
+from tests.chromium import ServePages, chromium_page, chromium_page_with_bfcache, shop_server  # noqa: F401 - fixtures
 from tests.harness import Api, eventually, make_settings
 from tests.test_client_docs import examples, page_for
 from tests.test_server_process import free_port
@@ -178,3 +178,41 @@ async def test_a_link_page_whose_window_is_blocked_redirects_to_the_link_and_tra
     assert await page.evaluate("sessionStorage.getItem('paytrack-link')") is None
     assert len(page.context.pages) == 1, "no window was opened"
     assert page.console_errors == [], page.console_errors
+
+
+async def test_a_page_restored_from_the_back_forward_cache_catches_up_at_once(
+    aiohttp_server: Any,
+    http: Any,
+    chromium_page_with_bfcache: Any,
+    shop_server: ServePages,
+) -> None:
+    """A real back/forward navigation, not a dispatched event: the shopper leaves the checkout, the payment
+    completes meanwhile, the shopper goes back. Chromium restores the page with its timers as they were
+    (the backoff's own next attempt a minute away) and its socket closed; the page shows the success once."""
+    page = chromium_page_with_bfcache
+    shown = "addEventListener('pageshow', (e) => { seen.shown = (seen.shown || '') + (e.persisted ? 'P' : 'N'); });"
+    checkout = CLIENT_PAGE.replace(
+        "window.paytrack = { tracker, seen };", f"window.paytrack = {{ tracker, seen }}; {shown}"
+    )
+    checkout = checkout.replace(
+        "onUpdate: (p) => (document.body.dataset.status = p.status)",
+        "onUpdate: (p) => { document.body.dataset.status = p.status; seen.updates = [...(seen.updates || []), p.status]; }",
+    )
+    shop = await shop_server({"/checkout": checkout, "/elsewhere": "<!doctype html><title>elsewhere</title>"})
+    paytrack = await aiohttp_server(create_app(make_settings()), host="127.0.0.1")
+    server = str(paytrack.make_url("/")).rstrip("/")
+    api = Api(http, server)
+    _, payment, _ = await api.initiate(order_id="bfcache-1")
+    options = {"reconnectDelayMs": 60_000, "reconnectDelayMaxMs": 60_000, "fallbackAfterMs": 600_000}
+    await page.goto(page_url(shop, server, payment["reference"], **options))
+    await page.wait_for_selector('body[data-acks="1"][data-state="connected"]', state="attached")
+    await page.evaluate("window.leftAt = 'checkout'")
+
+    await page.goto(f"{shop}/elsewhere")
+    await api.simulate(payment["reference"], "SUCCESSFUL")
+    await page.go_back(wait_until="commit")  # a page restored from the cache fires no `load`
+    await page.wait_for_selector('body[data-status="SUCCESSFUL"]', state="attached")
+    assert await page.evaluate("window.leftAt") == "checkout", "not restored from the back/forward cache"
+    assert await page.evaluate("window.paytrack.seen.shown") == "P"  # (the first pageshow came before the module ran)
+    assert await page.evaluate("window.paytrack.seen.updates") == ["PENDING", "SUCCESSFUL"]
+    assert await page.evaluate("window.paytrack.tracker.state") == "connected"

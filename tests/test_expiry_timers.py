@@ -59,3 +59,38 @@ async def test_close_cancelled_while_a_timer_winds_down_is_cancelled_too() -> No
     closing.cancel()
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(closing, 5)
+
+
+async def test_a_refresh_that_keeps_the_expiry_is_not_warned_about_again() -> None:
+    """A page that answers `token-expiring` with the token it has (a shop's cached token) re-arms the timer
+    with the same expiry, inside the warning window: warning it again at once would be a loop of warnings
+    and refreshes, as fast as the page answers. Warned once per expiry; a new expiry is warned again."""
+    warned: list[datetime] = []
+    expired = asyncio.Event()
+
+    async def warn(sid: str, expires_at: datetime) -> None:
+        warned.append(expires_at)
+
+    async def expire(sid: str) -> None:
+        expired.set()
+
+    clock = SystemClock()
+    timers = ExpiryTimers(clock, warning_seconds=LONG, warn=warn, expire=expire)
+    try:
+        first = clock.now() + timedelta(seconds=1)
+        timers.arm("a", first)
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        assert warned == [first]
+        for _ in range(3):  # refreshed with the same token, three times
+            timers.arm("a", first)
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+        later = first + timedelta(seconds=1)
+        timers.arm("a", later)  # a new token: its own warning
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        await asyncio.wait_for(expired.wait(), 5)
+        assert warned == [first, later]
+    finally:
+        await timers.close()

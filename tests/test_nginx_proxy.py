@@ -131,3 +131,38 @@ async def test_plain_http_is_sent_to_https(aiohttp_server: Any, start_site: Star
     ):
         assert resp.status == 301
         assert resp.headers["Location"] == f"https://{SITE}/payment-test?x=1"
+
+
+async def test_the_origin_check_behind_the_recipe_agrees_with_the_handshake(
+    start_instance: StartInstance, start_site: StartSite
+) -> None:
+    """`GET /api/origin` through nginx: the site's own pages (their Origin is the address nginx was
+    reached at, learnt from Host and X-Forwarded-Proto) and FRONTEND_URL's shop are accepted, a stranger
+    is refused even when it forges X-Forwarded-Host, and the open CORS and no-store headers arrive."""
+    instance = await start_instance(TRUST_FORWARDED_FOR=True, FRONTEND_URL="https://shop.example")
+    site = await start_site([instance.server.port])
+    cases = [
+        (site.origin, {}, True),
+        ("https://shop.example", {}, True),
+        ("https://evil.example", {"X-Forwarded-Host": "evil.example"}, False),
+        (f"http://{SITE}:{site.https_port}", {}, False),  # the site's address over plain http: not its origin
+    ]
+    async with site.session() as http:
+        for origin, extra, expected in cases:
+            async with http.get(f"{site.origin}/api/origin", headers={"Origin": origin, **extra}) as resp:
+                assert resp.status == 200, await resp.text()
+                assert await resp.json() == {"origin": origin, "accepted": expected}, origin
+                assert resp.headers["Access-Control-Allow-Origin"] == "*"
+                assert "Access-Control-Allow-Credentials" not in resp.headers
+                assert resp.headers["Cache-Control"] == "no-store"
+            page = socketio.AsyncClient(reconnection=False, http_session=http)
+            try:
+                await page.connect(
+                    site.origin, headers={"Origin": origin, **extra}, transports=["websocket"], wait_timeout=WAIT
+                )
+                handshake = True
+            except socketio.exceptions.ConnectionError:
+                handshake = False
+            finally:
+                await page.disconnect()
+            assert handshake is expected, origin

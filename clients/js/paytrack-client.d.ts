@@ -97,7 +97,7 @@ export interface TokenContext {
 export interface PaymentTrackerOptions {
   /** The paytrack server, e.g. "https://pay.example.com" (a path prefix is kept). Default: the page's origin. */
   url?: string;
-  /** Bearer token for the socket (`auth: {token}`) and REST calls; asked at connect and before expiry. */
+  /** Bearer token for the socket (`auth: {token}`) and REST calls; asked at connect and before expiry. A call that throws or does not answer within `requestTimeoutMs` is `token_unavailable`. */
   token?: ((context: TokenContext) => string | null | undefined | Promise<string | null | undefined>) | null;
   /** REST polling interval per payment while the socket does not cover it (ms, default 3000, ±25 % at random; 0 turns polling off). */
   fallbackPollMs?: number;

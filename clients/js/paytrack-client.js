@@ -9,15 +9,16 @@
 //     `invalid_payload`, `stopped` and `closed` do);
 //   - after a disconnect it reconnects with backoff and re-tracks every active
 //     payment with its `last_seq`, so what was missed is applied. The backoff starts
-//     over only once a connection proved itself (a track-payment answered), so a
-//     proxy that accepts sockets and drops them meets a slower and slower client;
+//     over only once a connection stayed up for 10 s, so a proxy that accepts
+//     sockets and drops them (before or after a track-payment's answer) meets a
+//     slower and slower client;
 //   - until a connection proved itself, or when a payment's track was refused for
 //     now, it reads GET /api/payment/tracking/{reference} (If-None-Match) with
 //     jitter, and backs off while those reads fail; every REST call has a timeout;
 //   - `token()` is asked at every connect, before the token expires
 //     (`token-expiring` -> `refresh-token`), and once per refused token, however many
 //     calls were refused with it;
-//   - a final status another tab reports is applied only once the server confirms it.
+//   - what another tab reports is applied only once the server confirms it.
 // Every update, whatever brought it (socket, REST, another tab), goes through one
 // rule: PaymentTracker#apply. See docs/CLIENT.md.
 //
@@ -324,7 +325,7 @@ export class PaymentTracker {
   #connecting = false; // an attempt is under way
   #watchdog = null; // ends an attempt the server never answers
   #reconnectTimer = null;
-  #reconnectAttempts = 0; // reset only by a proven connection
+  #reconnectAttempts = 0; // reset only by a connection that stayed up PROVEN_AFTER_MS
   #proven = false; // this connection answered a track-payment (or stayed up PROVEN_AFTER_MS)
   #provenTimer = null;
   // REST fallback.
@@ -344,10 +345,17 @@ export class PaymentTracker {
   #refusedGen = -1;
   #refusals = 0; // refused generations in a row
   #nextRefreshAt = 0;
+  #tokenFailures = 0; // token() calls in a row that threw or did not answer
+  #nextTokenAt = 0; // ... REST asks it again no sooner than this
+  #tokenTimer = null; // bounds the token() call under way
   #socketTokenGen = -1;
+  #socketToken = null; // the token the socket's session holds
+  #expiringAnswered = null; // the expires_at of the token-expiring answered on this connection
   // Page.
   #channel = null;
   #lastReRead = 0;
+  #lastRetryNow = 0;
+  #retryLater = null;
   #unlisten = [];
 
   /**
@@ -533,7 +541,7 @@ export class PaymentTracker {
   close() {
     if (this.#closed) return;
     this.#closed = true;
-    for (const timer of [this.#fallbackTimer, this.#reconnectTimer, this.#watchdog, this.#provenTimer, this.#probeTimer]) clearTimeout(timer);
+    for (const timer of [this.#fallbackTimer, this.#reconnectTimer, this.#watchdog, this.#provenTimer, this.#probeTimer, this.#tokenTimer, this.#retryLater]) clearTimeout(timer);
     this.#nextAttemptAt = null;
     for (const controller of this.#inflight) controller.abort();
     this.#inflight.clear();
@@ -564,8 +572,9 @@ export class PaymentTracker {
    * Accept `incoming` for `entry` only if it moves forward: a valid status with a higher
    * seq, and nothing at all once the payment is final. The one exception: after the server
    * said it no longer knows the payment (it lost its history), a final status it learns
-   * again is accepted even though its count restarted. A final status from another tab is
-   * not accepted here: it makes the tracker ask the server, whose answer comes through here.
+   * again is accepted even though its count restarted. Nothing from another tab is accepted
+   * here (a tab may hold a seq from before the server lost its history, or be a stale version):
+   * it makes the tracker ask the server, whose answer comes through here.
    * Returns true if accepted.
    */
   #apply(entry, incoming, source) {
@@ -575,8 +584,8 @@ export class PaymentTracker {
     if (entry.final) return false;
     const relearned = entry.forgotten && FINAL.has(status);
     if (seq <= entry.seq && !relearned) return false;
-    if (source === "tab" && FINAL.has(status)) {
-      this.#confirm(entry);
+    if (source === "tab") {
+      this.#confirm(entry); // another tab's word is a reason to ask the server, never the truth itself
       return false;
     }
     const { success, ...fields } = incoming; // payment-completed's flag is implied by the status
@@ -627,7 +636,7 @@ export class PaymentTracker {
     entry.polling = false;
   }
 
-  /** Another tab says this payment is final: ask the server (a re-track if the socket covers it, else a read). */
+  /** Another tab says this payment moved on: ask the server (a re-track if the socket covers it, else a read). */
   #confirm(entry) {
     if (entry.final || entry.tracking || entry.reading) return;
     if (this.#socket?.connected && entry.acked) this.#trackOnSocket(entry);
@@ -650,12 +659,10 @@ export class PaymentTracker {
         this.#freshToken(reason).then(
           ({ token, gen }) => {
             this.#socketTokenGen = gen;
+            this.#socketToken = token;
             cb(token ? { token } : {});
           },
-          (err) => {
-            this.#emit("error", new PaytrackError("token_unavailable", `token() failed: ${err?.message ?? err}`, { cause: err }));
-            cb({});
-          },
+          () => cb({}), // said on on("error") by #freshToken; the server decides whether it lets the page in without one
         );
       },
     });
@@ -663,13 +670,17 @@ export class PaymentTracker {
 
     socket.on("connect", () => {
       this.#endAttempt();
+      this.#expiringAnswered = null;
       this.#lost = false;
       this.#proven = false;
       this.#diagnosis = null;
       this.#forget("unreachable", "origin_not_allowed");
       if (this.#options.token && this.#socketTokenGen === this.#tokenGen) this.#tokenAccepted();
       clearTimeout(this.#provenTimer);
-      this.#provenTimer = setTimeout(() => this.#proved(), PROVEN_AFTER_MS);
+      this.#provenTimer = setTimeout(() => {
+        this.#provenTimer = null;
+        this.#proved({ stayedUp: true });
+      }, PROVEN_AFTER_MS);
       for (const entry of this.#entries.values()) {
         entry.restOnly = false; // a new connection, new slots
         entry.acked = false;
@@ -731,7 +742,15 @@ export class PaymentTracker {
         if (entry) this.#apply(entry, data, "socket");
       }
     });
-    socket.on("token-expiring", (data) => this.#refreshToken(data?.expires_at));
+    socket.on("token-expiring", (data) => {
+      // Once per expiry and connection: a refresh that did not move the expiry (a shop handing out its
+      // cached token) is warned about again at once, and answering each warning would be a loop of
+      // token() calls and refresh-tokens. The server ends the session at expiry; the reconnect asks anew.
+      const expiresAt = data?.expires_at ?? null;
+      if (expiresAt !== null && expiresAt === this.#expiringAnswered) return;
+      this.#expiringAnswered = expiresAt;
+      this.#refreshToken(expiresAt);
+    });
   }
 
   /** Start one connection attempt now. */
@@ -764,7 +783,7 @@ export class PaymentTracker {
 
   /**
    * Connect again after the backoff, and not before `askedMs` (what the server asked, with jitter) when
-   * given. The backoff grows with every attempt until a connection proves itself (#proved).
+   * given. The backoff grows with every attempt until a connection stays up PROVEN_AFTER_MS (#proved).
    */
   #scheduleReconnect(reason, askedMs = null) {
     if (this.#closed || this.#reconnectTimer !== null || this.#connecting) return;
@@ -779,9 +798,22 @@ export class PaymentTracker {
     this.#updateState();
   }
 
-  /** Now, not at nextAttemptAt (the browser is back online, the page came back from the back/forward cache). */
+  /**
+   * Now, not at nextAttemptAt (the browser is back online, the page came back from the back/forward
+   * cache). At most once per RE_READ_MIN_INTERVAL_MS: a network that flaps fires `online` after
+   * `online`, and each would be a connection attempt outside the backoff; one asked for sooner runs then.
+   */
   #retryNow() {
     if (this.#closed) return;
+    const wait = this.#lastRetryNow + RE_READ_MIN_INTERVAL_MS - Date.now();
+    if (wait > 0) {
+      this.#retryLater ??= setTimeout(() => {
+        this.#retryLater = null;
+        this.#retryNow();
+      }, wait);
+      return;
+    }
+    this.#lastRetryNow = Date.now();
     if (!this.#socket.connected) this.#attempt();
     for (const entry of this.#entries.values()) {
       if (entry.pollTimer === null || !this.#due(entry)) continue;
@@ -796,16 +828,16 @@ export class PaymentTracker {
   }
 
   /**
-   * This connection works: a track-payment was answered, or it stayed up PROVEN_AFTER_MS. Only now does
-   * the backoff start over and the REST fallback stand down.
+   * This connection works: a track-payment was answered, or it stayed up PROVEN_AFTER_MS. Now the REST
+   * fallback stands down. The backoff starts over only once it stayed up (`stayedUp`): a server that
+   * answers a track and then drops every connection must meet a slower and slower client too.
    */
-  #proved() {
-    if (this.#proven || this.#closed || !this.#socket?.connected) return;
+  #proved({ stayedUp = false } = {}) {
+    if (this.#closed || !this.#socket?.connected) return;
+    if (stayedUp) this.#reconnectAttempts = 0;
+    if (this.#proven) return;
     this.#proven = true;
-    this.#reconnectAttempts = 0;
-    clearTimeout(this.#provenTimer);
     clearTimeout(this.#fallbackTimer);
-    this.#provenTimer = null;
     this.#fallbackTimer = null;
     this.#restMode = false;
     this.#pollDue();
@@ -886,18 +918,41 @@ export class PaymentTracker {
   }
 
   // -- tokens --------------------------------------------------------------------------
-  /** Ask the page's token() once; concurrent askers share the answer: `{token, gen}`. */
+  /**
+   * Ask the page's token() once; concurrent askers share the answer: `{token, gen}`. A token() that
+   * throws, or does not answer within requestTimeoutMs (a shop's token endpoint that hangs), fails
+   * every asker with `token_unavailable`, said once on on("error"); the next asker calls it anew
+   * (a hung call is never waited on again), REST only after a backoff (#restToken).
+   */
   #freshToken(reason, expiresAt) {
     if (!this.#options.token) return Promise.resolve({ token: null, gen: this.#tokenGen });
     if (!this.#tokenPromise) {
-      this.#tokenPromise = Promise.resolve()
-        .then(() => this.#options.token({ reason, expiresAt: expiresAt ?? null }))
-        .then((token) => {
-          this.#token = typeof token === "string" && token ? token : null;
-          this.#tokenGen += 1;
-          return { token: this.#token, gen: this.#tokenGen };
-        })
+      const limitMs = this.#options.requestTimeoutMs;
+      const late = new Promise((_, reject) => {
+        this.#tokenTimer = setTimeout(() => reject(new Error(`no answer within ${limitMs} ms`)), Math.min(limitMs, MAX_TIMER_MS));
+      });
+      const asked = Promise.resolve().then(() => this.#options.token({ reason, expiresAt: expiresAt ?? null }));
+      this.#tokenPromise = Promise.race([asked, late])
+        .then(
+          (token) => {
+            this.#token = typeof token === "string" && token ? token : null;
+            this.#tokenGen += 1;
+            this.#tokenFailures = 0;
+            this.#nextTokenAt = 0;
+            return { token: this.#token, gen: this.#tokenGen };
+          },
+          (err) => {
+            this.#tokenFailures += 1;
+            const wait = backoff(this.#tokenFailures - 1, this.#options.fallbackPollMs, this.#options.fallbackPollMaxMs);
+            this.#nextTokenAt = Date.now() + wait;
+            const error = new PaytrackError("token_unavailable", `token() failed: ${err?.message ?? err}`, { cause: err });
+            if (!this.#closed) this.#emit("error", error);
+            throw error;
+          },
+        )
         .finally(() => {
+          clearTimeout(this.#tokenTimer);
+          this.#tokenTimer = null;
           this.#tokenPromise = null;
         });
     }
@@ -913,12 +968,13 @@ export class PaymentTracker {
     if (this.#tokenGen > 0 && !this.#tokenPromise && this.#refusedGen !== this.#tokenGen) {
       return Promise.resolve({ token: this.#token, gen: this.#tokenGen });
     }
+    if (!this.#tokenPromise && Date.now() < this.#nextTokenAt) {
+      return Promise.reject(new PaytrackError("token_unavailable", "token() failed; it is asked again later"));
+    }
     if (this.#tokenGen > 0 && !this.#tokenPromise && Date.now() < this.#nextRefreshAt) {
       return Promise.reject(new PaytrackError("unauthenticated", "the server refused the token; token() is asked again later"));
     }
-    return this.#freshToken(this.#tokenGen === 0 ? "connect" : "rejected").catch((err) => {
-      throw new PaytrackError("token_unavailable", `token() failed: ${err?.message ?? err}`, { cause: err });
-    });
+    return this.#freshToken(this.#tokenGen === 0 ? "connect" : "rejected");
   }
 
   /** The server refused the token of generation `gen`. True when a call refused with it may try again. */
@@ -943,16 +999,17 @@ export class PaymentTracker {
     let token;
     try {
       ({ token } = await this.#freshToken("expiring", expiresAt));
-    } catch (err) {
-      this.#emit("error", new PaytrackError("token_unavailable", `token() failed: ${err?.message ?? err}`, { cause: err }));
-      return;
+    } catch {
+      return; // said by #freshToken; the reconnect at expiry asks again
     }
     const socket = this.#socket;
     if (!token || this.#closed || !socket.connected) return; // the next connect asks again
+    if (token === this.#socketToken) return; // nothing new to say: the session ends at expiry and the reconnect asks again
     socket.timeout(this.#options.ackTimeoutMs).emit("refresh-token", { token }, (err, ack) => {
       if (this.#closed) return;
       const answer = err ? { ok: false, error: { code: "timeout", message: "no answer to refresh-token" } } : ack;
       this.#emit("event", "ack:refresh-token", answer);
+      if (answer?.ok && socket.connected) this.#socketToken = token;
       if (!answer?.ok) {
         // The server disconnects at expiry; the reconnect then asks token() again.
         this.#emit("error", new PaytrackError(answer?.error?.code ?? "bad_ack", answer?.error?.message ?? "refresh-token failed"));
@@ -1052,7 +1109,11 @@ export class PaymentTracker {
         this.#restRefused();
         return { ok: false, until: this.#nextRefreshAt };
       }
-      if (err?.code === "token_unavailable") this.#emit("error", err);
+      if (err?.code === "token_unavailable") {
+        // Said once per failed token() call (#freshToken); every payment reads again when it is asked again.
+        this.#setRestHealthy(false);
+        return { ok: false, until: this.#nextTokenAt };
+      }
       if (err?.code !== "closed") this.#restFailed(err?.code === "network_error" || err?.code === "timeout");
       return { ok: false };
     }
@@ -1302,6 +1363,10 @@ export class PaymentTracker {
     const onOnline = () => this.#retryNow();
     const onPageShow = (event) => {
       if (!event.persisted) return; // back from the back/forward cache: timers and sockets were frozen
+      // The browser closed the socket when it froze the page but tells the page only after this event
+      // (and one it kept open may be long gone at the server): a socket that looks connected is
+      // replaced now, or its late close would leave the page waiting for the backoff's next attempt.
+      if (this.#socket?.connected) this.#socket.disconnect();
       this.#retryNow();
       reRead(true);
     };

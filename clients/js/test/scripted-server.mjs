@@ -6,7 +6,9 @@
 //
 // Knobs (all on `server.script`, changeable while a test runs):
 //   handshake: "accept" | "refuse"   refuse: the Engine.IO handshake is answered 403, as for a refused origin
-//   connect: "accept" | "drop"       drop: accept the Socket.IO connection, then close its transport at once
+//   connect: "accept" | "drop" | "drop-after-ack"
+//                                    drop: accept the Socket.IO connection, then close its transport at once;
+//                                    drop-after-ack: close it right after answering its first track-payment
 //   refuseConnect: (auth) => null | {code, message}   refuse the CONNECT (the client sees connect_error)
 //   track: (ctx) => answer           what a track-payment is answered with (see `ack` below); default: ok
 //   rest: (ctx) => "ok" | "hang" | "reset" | {status, body, headers}   GET /api/payment/tracking/{reference}
@@ -14,7 +16,7 @@
 //   status: same, for GET /api/payment/status/{order_id}
 //   initiate: (ctx) => {status, body, headers} | "hang"       POST /api/payment/initiate
 //   restAuth: (token) => true | false  false: 401 invalid_token (every REST route)
-//   origin: (origin) => {accepted} | "missing"                GET /api/origin
+//   origin: (origin) => {accepted} | "missing" | "reset" | "hang"   GET /api/origin
 // Records: connections, trackCalls, requests (every HTTP request with its path, token and time).
 import http from "node:http";
 import { Server } from "socket.io";
@@ -138,6 +140,7 @@ export async function startScriptedServer({ port = 0 } = {}) {
     };
     if (url.pathname === "/api/origin") {
       const verdict = server.script.origin(entry.origin);
+      if (verdict === "reset" || verdict === "hang") return answer(verdict);
       if (verdict === "missing") return answer({ status: 404, body: { error: { code: "not_found", message: "no such route" } } });
       return answer({ status: 200, body: { origin: entry.origin, ...verdict }, headers: { "Access-Control-Allow-Origin": "*" } });
     }
@@ -210,6 +213,7 @@ export async function startScriptedServer({ port = 0 } = {}) {
         if (answer === undefined) callback();
         else callback(answer);
       }
+      if (server.script.connect === "drop-after-ack") setImmediate(() => socket.conn.close());
     });
     socket.on("stop-tracking-payment", (data, callback) => {
       socket.leave(data?.reference);

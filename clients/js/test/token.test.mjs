@@ -5,7 +5,7 @@ import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 
 import { PaymentTracker } from "../paytrack-client.js";
-import { JWT_SECRET, Recorder, jwt, rawEvent, simulate, startServer, stateReached, within } from "./support.mjs";
+import { JWT_SECRET, Recorder, eventually, jwt, rawEvent, simulate, startServer, stateReached, within } from "./support.mjs";
 
 const WARNING_SECONDS = 2;
 let server;
@@ -99,4 +99,27 @@ test("tracking another user's payment is refused with the server's code", async 
   await assert.rejects(within(tracking.done, "done"), (err) => err.code === "forbidden");
   assert.deepEqual(errors.map((e) => [e.code, e.reference]), [["forbidden", payment.reference]]);
   assert.equal(tracking.payment, null, "nothing of it was shown");
+});
+
+test("a shop that hands out its cached token until it expires: one token() call per token-expiring, no loop", async (t) => {
+  // The shop's backend keeps one token for its whole life (a common cache). Refreshing with it changes
+  // nothing on the server, whose warning time has passed already.
+  const ttl = WARNING_SECONDS + 2;
+  let cached = null;
+  const asked = [];
+  const token = ({ reason }) => {
+    asked.push(reason);
+    if (!cached || cached.expiresAt - Date.now() < 500) cached = { token: jwt("shopper-cache", ttl), expiresAt: Date.now() + ttl * 1000 };
+    return cached.token;
+  };
+  const tracker = new PaymentTracker({ url: server.url, token });
+  t.after(() => tracker.close());
+  const refreshes = [];
+  tracker.on("event", (name, data) => name === "ack:refresh-token" && refreshes.push(data));
+  await stateReached(tracker, "connected");
+  await eventually(() => asked.includes("expiring"), { what: "the first token-expiring" });
+  const firstWarning = Date.now();
+  await new Promise((resolve) => setTimeout(resolve, 1000)); // inside the warning window, before expiry
+  const inWindow = asked.slice(asked.indexOf("expiring"));
+  assert.ok(inWindow.length <= 2, `${inWindow.length} token() calls (${refreshes.length} refresh-token) in the ${Date.now() - firstWarning} ms after the first token-expiring`);
 });

@@ -30,7 +30,8 @@ export interface ConnectionSnapshot {
   readonly nextAttemptAt: number | null;
   /**
    * The last refusal of the connection (`code` e.g. "origin_not_allowed", "unauthenticated",
-   * "unreachable", "rate_limited"), kept until the tracker connects; null otherwise.
+   * "unreachable", "rate_limited"), kept until the tracker connects ("unreachable" and
+   * "origin_not_allowed" only until REST answers: "polling"); null otherwise.
    */
   readonly error: PaytrackError | null;
 }
@@ -46,7 +47,7 @@ export type PaymentViewStatus = PaymentStatus | "idle" | "loading" | "unknown";
 export interface PaymentSnapshot {
   readonly payment: Payment | null;
   readonly status: PaymentViewStatus;
-  /** This payment's last error (e.g. "forbidden", "too_many_tracked"); cleared by the next update. */
+  /** This payment's last error (e.g. "forbidden", "too_many_tracked", "busy"); cleared by the next update or by the server answering a track of it. */
   readonly error: PaytrackError | null;
 }
 

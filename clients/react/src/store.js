@@ -15,6 +15,8 @@ import { PaymentTracker, PaytrackError } from "paytrack-client";
 const FINAL = new Set(["SUCCESSFUL", "FAILED", "EXPIRED"]);
 // Our own doing: the store stopped the handle or closed the tracker. Not an error to show.
 const OWN_ENDINGS = new Set(["stopped", "closed"]);
+// Connection errors that a REST answer shows are over: the server is there and takes this page's origin.
+const ANSWERED_BY_REST = new Set(["unreachable", "origin_not_allowed"]);
 
 /** What server rendering and the first client render show: no socket yet. */
 export const INITIAL_CONNECTION = Object.freeze({ state: "connecting", nextAttemptAt: null, error: null });
@@ -77,8 +79,10 @@ export function createPaytrackStore(options = {}, { createTracker = (trackerOpti
     if (tracker !== null || closed) return tracker;
     tracker = createTracker(trackerOptions);
     const offConnection = tracker.on("connection", (state, info) => {
-      // A connection made is the answer to the last refusal; anything else keeps showing it.
-      const error = state === "connected" ? null : connection.error;
+      // A connection made is the answer to the last refusal; REST answering (polling: e.g. behind a proxy
+      // without websockets) is the answer to `unreachable` and `origin_not_allowed`; anything else keeps it.
+      const disproved = state === "connected" || (state === "polling" && ANSWERED_BY_REST.has(connection.error?.code));
+      const error = disproved ? null : connection.error;
       setConnection(connectionOf(state, info, tracker, error));
     });
     const offError = tracker.on("error", (error) => {
@@ -89,7 +93,14 @@ export function createPaytrackStore(options = {}, { createTracker = (trackerOpti
         setConnection(connectionOf(tracker.state, null, tracker, error));
       }
     });
-    unlisten = [offConnection, offError];
+    // A payment's error from a track refused for now (busy, rate_limited, a timeout) is over once the
+    // server answers a track of it: the page must not keep showing it while the payment is followed.
+    const offEvent = tracker.on("event", (name, data) => {
+      if (name !== "ack:track-payment" || data?.ok !== true) return;
+      const entry = entries.get(data.reference);
+      if (entry && entry.handle && entry.snapshot.error !== null) setPayment(entry, { ...entry.snapshot, error: null });
+    });
+    unlisten = [offConnection, offError, offEvent];
     setConnection(connectionOf(tracker.state, null, tracker, null));
     return tracker;
   }
