@@ -22,7 +22,7 @@ import shutil
 import signal
 import subprocess
 import warnings
-from collections.abc import Coroutine, Iterator
+from collections.abc import Coroutine, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -63,6 +63,7 @@ class RedisCluster:
         self._pid_of: dict[int, int] = {}  # port -> the pid of the process started last on it
         self._shards: list[tuple[frozenset[str], frozenset[int]]] = []  # (the shard's node ids, its slots)
         self.disturbed = False  # handed to a test that may have broken it since it was last made whole
+        self._not_whole = ""
 
     async def start(self) -> None:
         values = await self._script.start(("REDIS_CLUSTER_URL", "REDIS_CLUSTER_NODES"), READY_TIMEOUT)
@@ -70,7 +71,9 @@ class RedisCluster:
         self.ports = [int(p) for p in values["REDIS_CLUSTER_NODES"].split()]
         self._pids = [await self.pid(port) for port in self.ports]
         self._pid_of = dict(zip(self.ports, self._pids, strict=True))
-        self._shards = _shards_of(_layout(await self._nodes(self.ports[0])))
+        # What "whole" means from now on; the script returns once every node is ok, a moment before every node
+        # has heard who replicates whom.
+        self._shards = _shards_of(await eventually(self._agreed, timeout=READY_TIMEOUT, interval=0.05))
 
     def client(self) -> aioredis.RedisCluster:
         """A cluster client that starts from every node (the one the URL names may be the one killed)."""
@@ -244,7 +247,8 @@ class RedisCluster:
             pairs: list[tuple[int, int]] = await eventually(self._whole, timeout=READY_TIMEOUT, interval=0.05)
         except TimeoutError:
             warnings.warn(
-                f"the Redis Cluster in {self.workdir} was not whole again: a new one replaces it", stacklevel=1
+                f"the Redis Cluster in {self.workdir} was not whole again ({self._not_whole}): a new one replaces it",
+                stacklevel=1,
             )
             await self.stop()
             self.workdir = self.workdir.with_name(self.workdir.name + "-new")
@@ -266,29 +270,41 @@ class RedisCluster:
         """CLUSTER NODES as `port` sees it: the fields of each node's line."""
         return [line.split() for line in str(await on_port(port, "CLUSTER", "NODES")).splitlines() if line]
 
-    async def _whole(self) -> list[tuple[int, int]] | None:
-        """(primary, replica) ports, in slot order, once the cluster is whole; None until then."""
+    async def _agreed(self) -> list[Shard] | None:
+        """The shards, in slot order, once every node is ok, serves every slot, fails none and sees the same
+        three primaries each with one replica in sync; None until then (`_not_whole` says what is missing)."""
+        wanted = {"cluster_state": "ok", "cluster_slots_ok": str(SLOTS), "cluster_known_nodes": str(len(self.ports))}
         views = []
         for port in self.ports:
             info = await server_info(port, "", ("CLUSTER", "INFO"))
-            wanted = {
-                "cluster_state": "ok",
-                "cluster_slots_ok": str(SLOTS),
-                "cluster_known_nodes": str(len(self.ports)),
-            }
             if any(info.get(key) != value for key, value in wanted.items()):
+                self._not_whole = f"{port}: {info}"
                 return None
             nodes = await self._nodes(port)
             if any(_BAD_FLAGS & set(fields[2].split(",")) or fields[7] != "connected" for fields in nodes):
+                self._not_whole = f"{port} sees a node failing or unreachable: {nodes}"
                 return None
             views.append(_layout(nodes))
-        if any(view != views[0] for view in views) or set(_shards_of(views[0])) != set(self._shards):
+        if any(view != views[0] for view in views) or len(views[0]) != 3:
+            self._not_whole = f"the nodes do not see the same three primaries each with one replica: {views}"
             return None
-        shards = sorted(views[0], key=lambda shard: min(shard.slots))
+        shards = sorted(views[0], key=lambda shard: min(shard.slots, default=SLOTS))
         for shard in shards:
             info = await self._info(shard.replica_port, "replication")
             if info.get("master_link_status") != "up" or info.get("master_sync_in_progress") != "0":
+                self._not_whole = f"the replica {shard.replica_port} is not in sync: {info}"
                 return None
+        return shards
+
+    async def _whole(self) -> list[tuple[int, int]] | None:
+        """(primary, replica) ports, in slot order, once the cluster is agreed and each shard serves the slots
+        it served at the start."""
+        shards = await self._agreed()
+        if shards is None:
+            return None
+        if set(_shards_of(shards)) != set(self._shards):
+            self._not_whole = f"a slot moved: {_shards_of(shards)}"
+            return None
         return [(shard.primary_port, shard.replica_port) for shard in shards]
 
     async def stop(self) -> None:
@@ -340,7 +356,7 @@ def _layout(nodes: list[list[str]]) -> frozenset[Shard]:
     )
 
 
-def _shards_of(layout: frozenset[Shard]) -> list[tuple[frozenset[str], frozenset[int]]]:
+def _shards_of(layout: Iterable[Shard]) -> list[tuple[frozenset[str], frozenset[int]]]:
     """Each shard as its two node ids and its slots, whichever of the two is the primary now."""
     return [(frozenset({shard.primary_id, shard.replica_id}), shard.slots) for shard in layout]
 
