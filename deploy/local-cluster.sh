@@ -17,12 +17,15 @@ set -euo pipefail
 
 usage() {
   cat <<'EOF'
-usage: deploy/local-cluster.sh [--instances N] [--port PORT] [--instance-port PORT] [--redis-port PORT]
-                               [--redis-cluster]
+usage: deploy/local-cluster.sh [--instances N] [--port PORT] [--instance-port PORT | --instance-ports P1,P2,...]
+                               [--redis-port PORT] [--redis-cluster]
 
   --instances N         paytrack instances to start (default 2, at least 2)
   --port PORT           nginx listens on 127.0.0.1:PORT (default 8080); the URL to use
   --instance-port PORT  first instance's port; the others follow (default 5001)
+  --instance-ports P1,P2,...
+                        each instance's port, one per instance, in any order (e.g. free ports a test
+                        picked one by one); sets the number of instances
   --redis-port PORT     the cluster's own redis-server (default 6390)
   --redis-cluster       a Redis Cluster of three primaries and three replicas instead (deploy/redis-cluster.sh,
                         on free ports), with REDIS_CLUSTER=true and REDIS_WAIT_REPLICAS=1
@@ -37,6 +40,7 @@ EOF
 instances=2
 port=8080
 instance_port=5001
+instance_ports=""
 redis_port=6390
 redis_cluster=false
 while [ $# -gt 0 ]; do
@@ -44,16 +48,31 @@ while [ $# -gt 0 ]; do
     --instances) instances="$2"; shift 2 ;;
     --port) port="$2"; shift 2 ;;
     --instance-port) instance_port="$2"; shift 2 ;;
+    --instance-ports) instance_ports="$2"; shift 2 ;;
     --redis-port) redis_port="$2"; shift 2 ;;
     --redis-cluster) redis_cluster=true; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "local-cluster: unknown argument $1" >&2; usage >&2; exit 2 ;;
   esac
 done
+# The instances' ports: the ones given, or `instances` ports from --instance-port on.
+if [ -n "$instance_ports" ]; then
+  IFS=, read -r -a ports <<<"$instance_ports"
+  instances=${#ports[@]}
+else
+  ports=()
+  for i in $(seq 0 $((instances - 1))); do ports+=($((instance_port + i))); done
+fi
 if [ "$instances" -lt 2 ]; then
-  echo "local-cluster: --instances must be at least 2" >&2
+  echo "local-cluster: at least 2 instances (--instances, or ports in --instance-ports)" >&2
   exit 2
 fi
+for p in "${ports[@]}"; do
+  if ! [[ "$p" =~ ^[0-9]+$ ]]; then
+    echo "local-cluster: $p is not a port" >&2
+    exit 2
+  fi
+done
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
 python="${PYTHON:-$root/.venv/bin/python}"
@@ -168,8 +187,7 @@ else
 fi
 
 upstream=""
-for i in $(seq 0 $((instances - 1))); do
-  p=$((instance_port + i))
+for p in "${ports[@]}"; do
   (
     cd "$run"  # no .env here
     export REDIS_URL="$redis_url" INSTANCE_ID="${INSTANCE_ID_PREFIX:-local}-$p"
@@ -178,8 +196,8 @@ for i in $(seq 0 $((instances - 1))); do
   pids+=($!)
   upstream+="    server 127.0.0.1:$p max_fails=1 fail_timeout=5s;\n"
 done
-for i in $(seq 0 $((instances - 1))); do
-  wait_for_port $((instance_port + i)) "${pids[$i]}" "instance-$((instance_port + i))"
+for i in "${!ports[@]}"; do
+  wait_for_port "${ports[$i]}" "${pids[$i]}" "instance-${ports[$i]}"
 done
 
 # deploy/nginx.conf as production runs it, minus TLS, with these instances and this port.
@@ -211,7 +229,7 @@ nginx_pid=$!
 wait_for_port "$port" "$nginx_pid" nginx
 
 echo "paytrack cluster: http://127.0.0.1:$port  ($mode, provider $provider, storage $storage: $redis_where;" \
-  "$instances instances on ports $instance_port-$((instance_port + instances - 1)); logs in $logs)"
+  "$instances instances on ports ${ports[*]}; logs in $logs)"
 echo "Ctrl-C stops everything."
 # Until Ctrl-C, or until any part exits on its own (then everything stops).
 wait -n "${pids[@]}" "$nginx_pid" "$redis_pid" || true

@@ -2,7 +2,9 @@
 # A local Redis Cluster of three primaries and three replicas on this machine, in a temporary
 # directory, for development and the tests: free ports (each node's cluster bus on its port + 10000),
 # `cluster-node-timeout 2000` (a failover within a few seconds), `cluster-require-full-coverage no` (a shard
-# without a primary stops only its own slots), nothing kept on disk after it stops.
+# without a primary stops only its own slots), `repl-diskless-sync-delay 0` (a replica's full sync starts at
+# once instead of after Redis's 5 s wait for other replicas: each primary has one), nothing kept on disk
+# after it stops.
 # Waits until `cluster_state:ok` and every replica's link to its primary is up, then prints
 #   REDIS_CLUSTER_URL=redis://127.0.0.1:<port>
 #   REDIS_CLUSTER_NODES=<port> <port> ... (primaries first)
@@ -50,7 +52,7 @@ for port in "${ports[@]}"; do
   mkdir -p "$node_dir"
   "$server" --port "$port" --bind 127.0.0.1 --dir "$node_dir" \
     --cluster-enabled yes --cluster-config-file nodes.conf --cluster-node-timeout 2000 --cluster-require-full-coverage no \
-    --appendonly no --save '' --daemonize no --logfile "$node_dir/redis.log" &
+    --repl-diskless-sync-delay 0 --appendonly no --save '' --daemonize no --logfile "$node_dir/redis.log" &
   pids+=($!)
 done
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A local Redis with Sentinel on this machine, in a temporary directory, for development and the tests:
 # one primary, one replica and three sentinels on free ports, the service named `mymaster`, a primary
-# judged down after 2 s (`down-after-milliseconds 2000`, quorum 2), append-only files on.
+# judged down after 2 s (`down-after-milliseconds 2000`, quorum 2), append-only files on, and
+# `repl-diskless-sync-delay 0` (a replica's full sync starts at once, not after Redis's 5 s wait for others).
 # Waits until the replica's link is up and every sentinel knows the primary, the replica and the other
 # sentinels, then prints
 #   REDIS_URL=redis+sentinel://127.0.0.1:<s1>,127.0.0.1:<s2>,127.0.0.1:<s3>/0/mymaster
@@ -44,7 +45,7 @@ for port in "$primary" "$replica"; do
   mkdir -p "$dir/$port"
   extra=()
   [ "$port" = "$replica" ] && extra=(--replicaof 127.0.0.1 "$primary")
-  "$server" --port "$port" --bind 127.0.0.1 --dir "$dir/$port" --appendonly yes --save '' \
+  "$server" --port "$port" --bind 127.0.0.1 --dir "$dir/$port" --appendonly yes --save '' --repl-diskless-sync-delay 0 \
     --daemonize no --logfile "$dir/$port/redis.log" "${extra[@]}" &
   pids+=($!)
   wait_ping "$port"

@@ -27,6 +27,11 @@ from tests.campay_fake import FakeCampay
 from tests.harness import Api, Tracker, make_settings
 from tests.merchant_receiver import MerchantReceiver
 from tests.partition import PartitionProxy
+from tests.redis_cluster import (  # noqa: F401 - fixtures, registered here once (a session's one cluster)
+    cluster_nodes,
+    redis_cluster,
+    shared_redis_cluster,
+)
 from tests.redis_server import RedisServer, redis_server  # noqa: F401 - fixture (used by name)
 
 

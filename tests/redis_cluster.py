@@ -4,6 +4,13 @@ faults a cluster test needs (kill -9 a node, freeze one with SIGSTOP, start it a
 The script is the one an operator uses, so the tests check it too. Each node is a redis-server process
 whose pid its INFO reports; a node started again reuses its directory (and so its nodes.conf: it rejoins
 with its old identity, as a restarted machine would).
+
+One cluster serves a whole test session (per xdist worker): starting six nodes and joining them takes
+seconds, and the cluster tests used to start one each. A test that breaks it (kills, freezes, fails over,
+reconfigures, moves a slot) gets it whole and empty again before the next test: `make_whole` thaws and
+restarts what the test stopped, waits until every node agrees on three primaries each with one replica in
+sync and every slot served, and flushes. The fixtures are registered once, in tests/conftest.py: a fixture
+imported into a test module is that module's own, and a session-scoped one would start a cluster per module.
 """
 
 from __future__ import annotations
@@ -14,8 +21,11 @@ import os
 import shutil
 import signal
 import subprocess
-from collections.abc import AsyncIterator, Coroutine, Iterator
+import warnings
+from collections.abc import Coroutine, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +42,12 @@ from tests.harness import eventually, make_settings
 REDIS_SERVER = shutil.which("redis-server")
 REDIS_CLI = shutil.which("redis-cli")
 READY_TIMEOUT = 30.0
+SLOTS = 16384
+NODE_TIMEOUT_MS = "2000"  # as deploy/redis-cluster.sh starts each node (a test may change it)
 # As deploy/redis-cluster.sh starts each node.
 NODE_OPTIONS = [
-    "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000", "--cluster-require-full-coverage", "no",
-    "--appendonly", "no", "--save", "", "--daemonize", "no",
+    "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", NODE_TIMEOUT_MS, "--cluster-require-full-coverage", "no",
+    "--repl-diskless-sync-delay", "0", "--appendonly", "no", "--save", "", "--daemonize", "no",
 ]  # fmt: skip
 
 
@@ -45,15 +57,23 @@ class RedisCluster:
         self.url = ""
         self.ports: list[int] = []  # primaries first, as the script printed them
         self._script = DeployScript("redis-cluster.sh", workdir)
-        self._restarted: dict[int, subprocess.Popen[bytes]] = {}
+        self._restarted: list[subprocess.Popen[bytes]] = []
         self._frozen: set[int] = set()
         self._pids: list[int] = []  # every node the script started
+        self._pid_of: dict[int, int] = {}  # port -> the pid of the process started last on it
+        self._shards: list[tuple[frozenset[str], frozenset[int]]] = []  # (the shard's node ids, its slots)
+        self.disturbed = False  # handed to a test that may have broken it since it was last made whole
+        self._not_whole = ""
 
     async def start(self) -> None:
         values = await self._script.start(("REDIS_CLUSTER_URL", "REDIS_CLUSTER_NODES"), READY_TIMEOUT)
         self.url = values["REDIS_CLUSTER_URL"]
         self.ports = [int(p) for p in values["REDIS_CLUSTER_NODES"].split()]
         self._pids = [await self.pid(port) for port in self.ports]
+        self._pid_of = dict(zip(self.ports, self._pids, strict=True))
+        # What "whole" means from now on; the script returns once every node is ok, a moment before every node
+        # has heard who replicates whom.
+        self._shards = _shards_of(await eventually(self._agreed, timeout=READY_TIMEOUT, interval=0.05))
 
     def client(self) -> aioredis.RedisCluster:
         """A cluster client that starts from every node (the one the URL names may be the one killed)."""
@@ -156,7 +176,7 @@ class RedisCluster:
         another node took its slots)."""
         assert REDIS_SERVER is not None
         node_dir = self.workdir / str(port)
-        self._restarted[port] = subprocess.Popen(
+        process = subprocess.Popen(
             [
                 REDIS_SERVER,
                 "--port",
@@ -171,6 +191,8 @@ class RedisCluster:
             ],
             start_new_session=True,
         )
+        self._restarted.append(process)
+        self._pid_of[port] = process.pid
 
     async def failover(self, replica: int, *, takeover: bool = False) -> None:
         """CLUSTER FAILOVER on `replica` (planned: the primary hands over after the replica caught up), or
@@ -205,17 +227,146 @@ class RedisCluster:
 
         await eventually(ok, timeout=READY_TIMEOUT, interval=0.1)
 
+    async def make_whole(self) -> None:
+        """The cluster as the script left it, whatever the last test did to it: frozen nodes thawed, killed
+        ones started again (each rejoins, as a replica if its replica took over), the script's node timeout
+        on every node; then, once every node sees the same three primaries, each with one replica in sync,
+        serving the slots their shard served at the start, and no node failing, emptied (keys and script
+        caches). `url` then names a primary and `ports` lists the primaries first, as after `start`. A
+        cluster not whole within READY_TIMEOUT is replaced by a new one (a test left what this cannot undo;
+        a test that moves a slot puts it back itself)."""
+        for pid in list(self._frozen):
+            self.thaw(pid)
+        try:
+            for port in self.ports:
+                if not _running(self._pid_of[port]):
+                    self.restart(port)
+            for port in self.ports:
+                await eventually(partial(self._alive, port), timeout=READY_TIMEOUT, interval=0.05)
+                await on_port(port, "CONFIG", "SET", "cluster-node-timeout", NODE_TIMEOUT_MS)
+            pairs: list[tuple[int, int]] = await eventually(self._whole, timeout=READY_TIMEOUT, interval=0.05)
+        except TimeoutError:
+            warnings.warn(
+                f"the Redis Cluster in {self.workdir} was not whole again ({self._not_whole}): a new one replaces it",
+                stacklevel=1,
+            )
+            await self.stop()
+            self.workdir = self.workdir.with_name(self.workdir.name + "-new")
+            self._script = DeployScript("redis-cluster.sh", self.workdir)
+            self._restarted, self._frozen = [], set()
+            await self.start()
+            pairs = [(port, await self.replica_of(port)) for port in self.ports[:3]]
+        for primary, _ in pairs:
+            await on_port(primary, "FLUSHALL")
+        for port in self.ports:
+            await on_port(port, "SCRIPT", "FLUSH")
+        for primary, _ in pairs:  # each replica has the flush too
+            assert await on_port(primary, "WAIT", 1, 10_000) == 1, f"the replica of {primary} did not take the flush"
+        self.ports = [primary for primary, _ in pairs] + [replica for _, replica in pairs]
+        self.url = f"redis://127.0.0.1:{self.ports[0]}"
+        self.disturbed = False
+
+    async def _nodes(self, port: int) -> list[list[str]]:
+        """CLUSTER NODES as `port` sees it: the fields of each node's line."""
+        return [line.split() for line in str(await on_port(port, "CLUSTER", "NODES")).splitlines() if line]
+
+    async def _agreed(self) -> list[Shard] | None:
+        """The shards, in slot order, once every node is ok, serves every slot, fails none and sees the same
+        three primaries each with one replica in sync; None until then (`_not_whole` says what is missing)."""
+        wanted = {"cluster_state": "ok", "cluster_slots_ok": str(SLOTS), "cluster_known_nodes": str(len(self.ports))}
+        views = []
+        for port in self.ports:
+            info = await server_info(port, "", ("CLUSTER", "INFO"))
+            if any(info.get(key) != value for key, value in wanted.items()):
+                self._not_whole = f"{port}: {info}"
+                return None
+            nodes = await self._nodes(port)
+            if any(_BAD_FLAGS & set(fields[2].split(",")) or fields[7] != "connected" for fields in nodes):
+                self._not_whole = f"{port} sees a node failing or unreachable: {nodes}"
+                return None
+            views.append(_layout(nodes))
+        if any(view != views[0] for view in views) or len(views[0]) != 3:
+            self._not_whole = f"the nodes do not see the same three primaries each with one replica: {views}"
+            return None
+        shards = sorted(views[0], key=lambda shard: min(shard.slots, default=SLOTS))
+        for shard in shards:
+            info = await self._info(shard.replica_port, "replication")
+            if info.get("master_link_status") != "up" or info.get("master_sync_in_progress") != "0":
+                self._not_whole = f"the replica {shard.replica_port} is not in sync: {info}"
+                return None
+        return shards
+
+    async def _whole(self) -> list[tuple[int, int]] | None:
+        """(primary, replica) ports, in slot order, once the cluster is agreed and each shard serves the slots
+        it served at the start."""
+        shards = await self._agreed()
+        if shards is None:
+            return None
+        if set(_shards_of(shards)) != set(self._shards):
+            self._not_whole = f"a slot moved: {_shards_of(shards)}"
+            return None
+        return [(shard.primary_port, shard.replica_port) for shard in shards]
+
     async def stop(self) -> None:
         for pid in self._frozen:  # a frozen node would not stop
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGCONT)
-        for process in self._restarted.values():
+        for process in self._restarted:
             process.kill()
             process.wait()
         await self._script.stop()  # the script stops its nodes
         for pid in self._pids:  # any that outlived it (a node frozen when it was told to stop)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+_BAD_FLAGS = {"fail", "fail?", "handshake", "noaddr"}
+
+
+@dataclass(frozen=True)
+class Shard:
+    """A primary and its replica, as one node sees them, and the slots the primary serves."""
+
+    primary_id: str
+    primary_port: int
+    replica_id: str
+    replica_port: int
+    slots: frozenset[int]
+
+
+def _layout(nodes: list[list[str]]) -> frozenset[Shard]:
+    """The shards in one node's CLUSTER NODES; a primary with no replica or more than one is left out (the
+    layout then differs from the start's)."""
+    ports = {fields[0]: int(fields[1].split("@")[0].rsplit(":", 1)[1]) for fields in nodes}
+    slots: dict[str, set[int]] = {}
+    replicas: dict[str, list[str]] = {}
+    for node_id, _, flags, primary, *rest in nodes:
+        if "master" in flags.split(","):
+            slots[node_id] = set()
+            for part in rest[4:]:
+                if not part.startswith("["):  # a slot being migrated or imported
+                    first, _, last = part.partition("-")
+                    slots[node_id].update(range(int(first), int(last or first) + 1))
+        else:
+            replicas.setdefault(primary, []).append(node_id)
+    return frozenset(
+        Shard(node_id, ports[node_id], replicas[node_id][0], ports[replicas[node_id][0]], frozenset(owned))
+        for node_id, owned in slots.items()
+        if len(replicas.get(node_id, [])) == 1
+    )
+
+
+def _shards_of(layout: Iterable[Shard]) -> list[tuple[frozenset[str], frozenset[int]]]:
+    """Each shard as its two node ids and its slots, whichever of the two is the primary now."""
+    return [(frozenset({shard.primary_id, shard.replica_id}), shard.slots) for shard in layout]
+
+
+def _running(pid: int) -> bool:
+    """Whether `pid` runs (a node killed -9 may stay a zombie until its parent, the script, reaps it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
 
 
 def cluster_storage(url: str, prefix: str, *, on_recovered: Any = None, **settings: Any) -> Any:
@@ -227,33 +378,40 @@ def cluster_storage(url: str, prefix: str, *, on_recovered: Any = None, **settin
     return create_storage(config, SystemClock(), on_recovered=on_recovered)
 
 
-@pytest.fixture
-async def redis_cluster(tmp_path: Path) -> AsyncIterator[RedisCluster]:
-    if REDIS_SERVER is None or REDIS_CLI is None:
-        pytest.skip("redis-server/redis-cli not found (Debian package redis-server; CI installs it via .ci/run)")
-    cluster = RedisCluster(tmp_path / "cluster")
-    try:
-        await cluster.start()
-        yield cluster
-    finally:
-        await cluster.stop()
+def _run(step: Coroutine[Any, Any, None]) -> None:
+    """On a thread of its own: a fixture may be set up from inside a test's running event loop (a test that
+    asks for it with request.getfixturevalue), and the cluster outlives every test's loop."""
+    with ThreadPoolExecutor(1) as thread:
+        thread.submit(asyncio.run, step).result()
 
 
 @pytest.fixture(scope="session")
-def shared_redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """One cluster for every test that needs only its URL (each test under a key prefix of its own): the
-    storage contract runs on it without starting six servers per test."""
+def cluster_nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    """The session's one cluster, started by the first test that needs it; use `redis_cluster` or
+    `shared_redis_cluster`, which hand it over whole."""
     if REDIS_SERVER is None or REDIS_CLI is None:
         pytest.skip("redis-server/redis-cli not found (Debian package redis-server; CI installs it via .ci/run)")
-    cluster = RedisCluster(tmp_path_factory.mktemp("shared-cluster"))
-
-    def run(step: Coroutine[Any, Any, None]) -> None:
-        """On a thread of its own: the fixture may be set up from inside a test's running event loop."""
-        with ThreadPoolExecutor(1) as thread:
-            thread.submit(asyncio.run, step).result()
-
-    run(cluster.start())
+    cluster = RedisCluster(tmp_path_factory.mktemp("cluster"))
+    _run(cluster.start())
     try:
-        yield cluster.url
+        yield cluster
     finally:
-        run(cluster.stop())
+        _run(cluster.stop())
+
+
+@pytest.fixture
+def redis_cluster(cluster_nodes: RedisCluster) -> RedisCluster:
+    """The cluster, whole and empty, for a test that may break it (kill, freeze, fail over, reconfigure):
+    the next test to use it gets it whole again."""
+    _run(cluster_nodes.make_whole())
+    cluster_nodes.disturbed = True
+    return cluster_nodes
+
+
+@pytest.fixture
+def shared_redis_cluster(cluster_nodes: RedisCluster) -> str:
+    """The cluster's URL, for a test that only uses it, under a key prefix of its own (the storage contract,
+    the key census): no flush between such tests, only after one that may have broken it."""
+    if cluster_nodes.disturbed:
+        _run(cluster_nodes.make_whole())
+    return cluster_nodes.url

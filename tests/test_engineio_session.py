@@ -141,7 +141,8 @@ async def test_an_upgrade_that_stalls_is_given_up_and_the_session_goes_on_pollin
     Without it the session held its packets for as long as that websocket stayed open: every poll was
     answered NOOP at once (the client spinning, and getting no event), until the ping timeout ended the
     session. A proxy that passes the upgrade but not the frames does this to a real page."""
-    instance = await start_instance(SOCKET_UPGRADE_TIMEOUT_SECONDS=1)
+    # The polling session it leaves is let go 0.25 s into teardown, not 2.5.
+    instance = await start_instance(SOCKET_UPGRADE_TIMEOUT_SECONDS=1, SHUTDOWN_TIMEOUT_SECONDS=1)
     eio_sid, polling = await _connected_polling(instance, session)
 
     ws = await session.ws_connect(instance.url + HANDSHAKE + f"websocket&sid={eio_sid}")

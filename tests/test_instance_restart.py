@@ -20,7 +20,6 @@ import redis.asyncio as aioredis
 
 from tests.conftest import StartInstance
 from tests.harness import WAIT, Api, Tracker, eventually
-from tests.redis_cluster import shared_redis_cluster  # noqa: F401 - fixture (used by name)
 from tests.redis_server import RedisServer
 from tests.test_server_process import free_port, run_server, stop, wait_healthy
 

@@ -5,6 +5,7 @@ printed URL) on different instances, one signed CamPay webhook to one instance, 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import shutil
 import signal
@@ -22,30 +23,11 @@ from tests import campay_fake
 from tests.campay_fake import FakeCampay
 from tests.harness import WAIT, Received, Tracker, eventually
 from tests.redis_server import REDIS_SERVER
-from tests.test_server_process import ROOT, clean_env, free_port
+from tests.test_server_process import ROOT, clean_env, free_port, free_ports
 
 NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis, pytest.mark.nginx, pytest.mark.timeout(120)]
-
-
-def consecutive_free_ports(count: int) -> int:
-    """The first of `count` consecutive ports that are free now."""
-    for _ in range(50):
-        base = free_port()
-        sockets = []
-        try:
-            for offset in range(count):
-                s = socket.socket()
-                sockets.append(s)
-                s.bind(("127.0.0.1", base + offset))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in sockets:
-                s.close()
-    raise RuntimeError("no consecutive free ports")
 
 
 class PollingPage:
@@ -110,7 +92,7 @@ async def test_cluster_script_serves_polling_and_websocket_pages_on_different_in
     campay: FakeCampay, redis: str
 ) -> None:
     """On one redis-server, and with --redis-cluster on three primaries and three replicas (issue 33)."""
-    nginx_port, redis_port, first = free_port(), free_port(), consecutive_free_ports(2)
+    nginx_port, redis_port, *instance_ports = free_ports(4)
     where_redis = ["--redis-port", str(redis_port)] if redis == "redis-server" else ["--redis-cluster"]
     env = clean_env(
         PYTHON=sys.executable,
@@ -130,12 +112,10 @@ async def test_cluster_script_serves_polling_and_websocket_pages_on_different_in
     proc = await asyncio.create_subprocess_exec(
         "bash",
         str(ROOT / "deploy" / "local-cluster.sh"),
-        "--instances",
-        "2",
         "--port",
         str(nginx_port),
-        "--instance-port",
-        str(first),
+        "--instance-ports",
+        ",".join(map(str, instance_ports)),
         *where_redis,
         cwd=ROOT,
         env=env,
@@ -207,7 +187,7 @@ async def test_cluster_script_serves_polling_and_websocket_pages_on_different_in
         writer.close()
         return False
 
-    for port in (nginx_port, redis_port, first, first + 1):
+    for port in (nginx_port, redis_port, *instance_ports):
         assert await refused(port), f"port {port} still served after Ctrl-C"
 
 
@@ -254,15 +234,20 @@ async def test_cluster_script_runs_development_whatever_the_repository_env_file_
     checkout: the cluster still starts in development on the sandbox, says so, and never calls the
     provider that file names. Its logs are still there after Ctrl-C, where it said."""
     clone = clone_with_env_file(tmp_path / "checkout", production_env_file(campay.url))
-    nginx_port, redis_port, first = free_port(), free_port(), consecutive_free_ports(2)
+    nginx_port, redis_port, first, second = free_ports(4)
+    # The port after the first instance's is taken, as the source port of some connection may be (Linux gives
+    # outgoing connections the even ports, bind(0) the odd ones): the script listens only where it is told.
+    neighbour = socket.socket()
+    with contextlib.suppress(OSError):  # taken already: so much the better
+        neighbour.bind(("127.0.0.1", first + 1))
     env = clean_env(PYTHON=sys.executable, NGINX=str(NGINX), REDIS_SERVER=str(REDIS_SERVER))
     proc = await asyncio.create_subprocess_exec(
         "bash",
         str(clone / "deploy" / "local-cluster.sh"),
         "--port",
         str(nginx_port),
-        "--instance-port",
-        str(first),
+        "--instance-ports",
+        f"{first},{second}",
         "--redis-port",
         str(redis_port),
         cwd=clone,
@@ -284,6 +269,7 @@ async def test_cluster_script_runs_development_whatever_the_repository_env_file_
             async with http.get(f"{url}/health") as resp:
                 assert (await resp.json())["storage"]["backend"] == "redis"
     finally:
+        neighbour.close()
         if proc.returncode is None:
             proc.send_signal(signal.SIGINT)
         _, err = await asyncio.wait_for(proc.communicate(), 30)

@@ -283,7 +283,8 @@ async def test_a_probe_that_never_arrives_does_not_hold_the_connect_back(
     not the frames): it goes on polling and sends CONNECT there. Its `connect` comes with the next
     poll. Before, the upgrade was marked as soon as the websocket opened, and until the upgrade
     timeout every poll was answered at once with a NOOP: thousands of polls, and no `connect`."""
-    instance = await start_instance()  # the upgrade timeout as shipped (10 s)
+    # The upgrade timeout as shipped (10 s); the polling session it leaves is let go 0.25 s into teardown, not 2.5.
+    instance = await start_instance(SHUTDOWN_TIMEOUT_SECONDS=1)
     async with http.get(instance.url + HANDSHAKE + "polling") as resp:
         eio_sid = json.loads((await resp.text())[1:])["sid"]
     polling = instance.url + HANDSHAKE + f"polling&sid={eio_sid}"
@@ -308,7 +309,8 @@ async def test_a_stalled_upgrade_answers_polls_no_faster_than_node_does(
     upgrade is under way the polling transport answers NOOP, and (as Node's engine.io) no faster than
     once every 100 ms: in the 1 s upgrade timeout here, about ten polls. Before, every poll was
     answered at once: the client spun, thousands of requests in that second."""
-    instance = await start_instance(SOCKET_UPGRADE_TIMEOUT_SECONDS=1)
+    # The polling session it leaves is let go 0.25 s into teardown, not 2.5.
+    instance = await start_instance(SOCKET_UPGRADE_TIMEOUT_SECONDS=1, SHUTDOWN_TIMEOUT_SECONDS=1)
     eio_sid, polling = await _connected_polling(instance, http)
     ws = await http.ws_connect(instance.url + HANDSHAKE + f"websocket&sid={eio_sid}")
     await ws.send_str("2probe")
@@ -367,10 +369,12 @@ async def test_eight_completions_at_once_reach_a_python_socketio_polling_client(
 
 
 async def test_a_poll_answers_at_most_sixteen_packets_and_the_rest_come_next(
-    instance: Instance, http: aiohttp.ClientSession
+    start_instance: StartInstance, http: aiohttp.ClientSession
 ) -> None:
     """32 acks queued for a polling session (two payloads of 16 calls, Engine.IO's own maximum in one
     request): each poll brings at most 16 packets, which every official client parses, in order."""
+    # The polling session it leaves is let go 0.25 s into teardown, not 2.5.
+    instance = await start_instance(SHUTDOWN_TIMEOUT_SECONDS=1)
     _, polling = await _connected_polling(instance, http)
     for first in (1, 17):
         calls = "\x1e".join(f'42{n}["{CALL_EVENT}"]' for n in range(first, first + 16))

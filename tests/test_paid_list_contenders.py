@@ -17,7 +17,6 @@ import pytest
 
 from payments.model import PaymentStatus, StatusUpdate, UpdateSource
 from realtime.storage.redis import scripts
-from tests.redis_cluster import shared_redis_cluster  # noqa: F401
 from tests.redis_server import RedisServer
 from tests.test_state_rule import owned
 from tests.test_storage_contract import Backend, _open

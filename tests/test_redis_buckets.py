@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 
 from realtime.storage.keys import bucket
-from tests.redis_cluster import shared_redis_cluster  # noqa: F401
 from tests.redis_server import RedisServer
 from tests.test_state_rule import owned
 from tests.test_storage_contract import T0, Backend, _open, entry, mid, queued

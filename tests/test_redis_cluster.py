@@ -18,7 +18,7 @@ from realtime.storage.keys import RedisKeys
 from realtime.storage.redis import RedisStorage
 from tests.deploy_script import on_port
 from tests.harness import eventually, make_settings
-from tests.redis_cluster import RedisCluster, cluster_storage, redis_cluster, shared_redis_cluster  # noqa: F401 - fixtures
+from tests.redis_cluster import RedisCluster, cluster_storage
 from tests.test_state_rule import owned
 from tests.test_storage_contract import intent as contract_intent
 

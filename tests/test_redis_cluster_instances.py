@@ -18,7 +18,7 @@ from realtime.server import SIO
 from tests.conftest import StartInstance
 from tests.failover_pages import WAIT, check_pages, settle, wait_on_truth
 from tests.harness import eventually
-from tests.redis_cluster import RedisCluster, redis_cluster  # noqa: F401 - fixture (used by name)
+from tests.redis_cluster import RedisCluster
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 PAYMENTS = 12

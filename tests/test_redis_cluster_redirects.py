@@ -17,7 +17,7 @@ from core.clock import SystemClock
 from payments.model import PaymentStatus, StatusUpdate, UpdateSource
 from realtime.storage.redis import RedisStorage
 from tests.harness import make_settings
-from tests.redis_cluster import RedisCluster, redis_cluster  # noqa: F401 - fixture
+from tests.redis_cluster import RedisCluster
 from tests.test_state_rule import owned
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
@@ -127,7 +127,7 @@ async def test_a_write_redirected_by_moved_is_not_reported_confirmed_by_a_wait_o
     owner's only replica is frozen and has none of it."""
     storage = _storage(redis_cluster, REDIS_WAIT_REPLICAS=1, REDIS_WAIT_TIMEOUT_MS=300)
     await storage.start()
-    frozen = None
+    frozen = moved = None
     try:
         await storage.redis.initialize()
         key = storage._ctx.keys.idempotency("key-m")
@@ -138,6 +138,7 @@ async def test_a_write_redirected_by_moved_is_not_reported_confirmed_by_a_wait_o
         new_id = await _node_id(new)
         for port in (new, old):  # an empty slot handed over (what redis-cli --cluster reshard ends with)
             await on_port(port, "CLUSTER", "SETSLOT", str(slot), "NODE", new_id)
+        moved = (slot, old, new)
         assert storage.redis.get_node_from_key(key).port == old  # the client has not noticed
         claim = await storage.claim_idempotency("key-m", CLAIM, "me", 30, 3600)
         assert claim.claimed
@@ -147,3 +148,16 @@ async def test_a_write_redirected_by_moved_is_not_reported_confirmed_by_a_wait_o
         if frozen is not None:
             redis_cluster.thaw(frozen)
         await storage.close()
+        if moved is not None:  # the slot back on its shard, for the next test on this cluster
+            await _hand_slot_back(redis_cluster, *moved)
+
+
+async def _hand_slot_back(cluster: RedisCluster, slot: int, old: int, new: int) -> None:
+    """The moved slot emptied and given back to `old` on every primary; `old` takes a new config epoch, so
+    every node (a replica that followed `new`'s claim too) takes its claim over `new`'s."""
+    for key in await on_port(new, "CLUSTER", "GETKEYSINSLOT", slot, 1000):
+        await on_port(new, "DEL", key)
+    old_id = await _node_id(old)
+    for port in await cluster.primaries():
+        await on_port(port, "CLUSTER", "SETSLOT", str(slot), "NODE", old_id)
+    await on_port(old, "CLUSTER", "BUMPEPOCH")

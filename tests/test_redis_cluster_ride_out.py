@@ -17,7 +17,7 @@ from payments.model import StatusUpdate, UpdateSource
 from realtime.storage.keys import RedisKeys
 from tests.deploy_script import on_port
 from tests.harness import eventually
-from tests.redis_cluster import RedisCluster, cluster_storage, redis_cluster  # noqa: F401 - fixture
+from tests.redis_cluster import RedisCluster, cluster_storage
 from tests.test_state_rule import owned
 from tests.test_storage_contract import intent as contract_intent
 

@@ -18,7 +18,6 @@ from tests.campay_fake import FakeCampay
 from tests.conftest import Instance, StartInstance, campay_settings
 from tests.harness import PRODUCTION, eventually
 from tests.merchant_receiver import MerchantReceiver, merchant_settings
-from tests.redis_cluster import shared_redis_cluster  # noqa: F401 - fixture (used by name)
 from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.redis

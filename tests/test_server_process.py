@@ -32,6 +32,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def free_ports(count: int) -> list[int]:
+    """`count` different free ports, each one the kernel picked (never a neighbour of one: Linux hands
+    bind(0) odd ports and outgoing connections even ones, so the port after a free one is the next
+    connection's likely source port)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:  # all held open together, so no two are the same
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
 def clean_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("APP_", "STORAGE_", "PAYMENT_", "REDIS_"))}
     env.update(extra)

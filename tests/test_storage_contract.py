@@ -28,7 +28,6 @@ from realtime.storage.memory import MemoryStorage
 from realtime.storage.redis import RedisStorage
 from realtime.storage.resilient import ResilientStorage
 from tests.harness import eventually, make_settings, pending_references
-from tests.redis_cluster import shared_redis_cluster  # noqa: F401 - fixture (used by name)
 from tests.redis_server import RedisServer
 from tests.test_state_rule import orphan, owned  # a payment we initiated / one made from a webhook
 

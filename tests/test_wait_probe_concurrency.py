@@ -12,7 +12,6 @@ import pytest
 from core.clock import SystemClock
 from realtime.storage.redis import RedisStorage
 from tests.harness import make_settings
-from tests.redis_cluster import shared_redis_cluster  # noqa: F401 - fixture
 from tests.test_state_rule import owned
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
