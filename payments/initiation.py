@@ -27,7 +27,8 @@ The order of one initiation, and what a crash at each step leaves behind:
    retry or the callback finishes the adoption.
 
 `busy` and cancellation are never a key's answer: before the collect they free the key, after it they
-leave the intent to answer.
+leave the intent to answer. `busy` is never the answer once the provider took the collect (it says nothing
+was sent): a failure to store what the provider answered is `initiation_unknown`.
 """
 
 from __future__ import annotations
@@ -256,6 +257,10 @@ class Initiator:
                 payment = await self._adopt(intent, collected.reference, collected)
         except BaseException as exc:
             await self._after_failure(exc, stage, owner, nonce, claim, collected)
+            if stage == "collected" and isinstance(exc, ApiError) and exc.status >= 500:
+                # The provider took it; only storing it failed (`busy`: a full pool). `busy` says nothing was
+                # sent, and a shopper told so may start over with a new key: the answer says it may be under way.
+                raise _recorded_later() from exc
             raise
         return InitiateResult(201, payment.public(reveal_phone=True))
 
@@ -399,6 +404,15 @@ def _in_progress() -> Conflict:
         "a request with this Idempotency-Key is still being processed; retry shortly",
         code="idempotency_in_progress",
         retry_after=1,
+    )
+
+
+def _recorded_later() -> Conflict:
+    return Conflict(
+        "CamPay took the collect but it could not be recorded yet; retry shortly with the same Idempotency-Key "
+        "(never a new one): the retry is answered the payment once it is recorded",
+        code="initiation_unknown",
+        retry_after=UNKNOWN_RETRY_AFTER,
     )
 
 
