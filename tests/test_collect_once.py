@@ -19,6 +19,8 @@ import pytest
 from tests.campay_fake import FakeCampay
 from tests.conftest import Instance, StartInstance, campay_settings
 from tests.harness import WAIT, eventually
+from tests.partition import PartitionProxy
+from tests.test_payment_truth import _is
 
 pytestmark = pytest.mark.redis
 
@@ -33,6 +35,29 @@ async def _pool_full(instance: Instance) -> AsyncIterator[None]:
     finally:
         for connection in held:
             await pool.release(connection)
+
+
+@contextlib.asynccontextmanager
+async def _write_back_held(instance: Instance) -> AsyncIterator[None]:
+    """The instance's write-back, once Redis answers again, stopped at its first payment until the body ends:
+    Redis answers, the instance still runs on memory (a write-back of thousands of changes, or a loaded
+    machine's, takes seconds to minutes)."""
+    primary = instance.storage.primary
+    real = primary.merge_payment
+    reached, go_on = asyncio.Event(), asyncio.Event()
+
+    async def held(*args: Any, **kwargs: Any) -> Any:
+        reached.set()
+        await go_on.wait()
+        return await real(*args, **kwargs)
+
+    primary.merge_payment = held  # the write-back's own call (policies.PaymentsPolicy), on the real storage
+    try:
+        await asyncio.wait_for(reached.wait(), WAIT)
+        yield
+    finally:
+        primary.merge_payment = real
+        go_on.set()
 
 
 async def _answer(instance: Instance, order_id: str, key: str) -> tuple[int, dict[str, Any]]:
@@ -72,3 +97,36 @@ async def test_a_collect_campay_took_is_never_answered_busy_and_its_retry_collec
     status, body = await _answer(instance, "o-busy-after", "k-busy-after")
     assert status == 201 and body["reference"] == reference, (status, body)
     assert campay.calls["collect"] == 1
+
+
+async def test_an_instance_still_writing_back_collects_nothing_for_a_key_or_an_order_redis_holds(
+    start_redis_instance: StartInstance, proxy: PartitionProxy, campay: FakeCampay
+) -> None:
+    """B collects for o-held (CamPay took it, its answer was lost: the intent holds the order on Redis) and
+    for o-pending (stored PENDING). A, cut off meanwhile, runs on memory, which never saw either. Redis
+    answers again while A is still writing back: A asks Redis before it collects, so the key's retry, a new
+    key for the held order and a new key for the pending one start nothing (they collected on A's memory)."""
+    common = {**campay_settings(campay, CAMPAY_TIMEOUT_SECONDS=0.3), "INITIATION_LEASE_SECONDS": 0.5}
+    a = await start_redis_instance(INSTANCE_ID="a", REDIS_URL=proxy.url, **common)
+    b = await start_redis_instance(INSTANCE_ID="b", **common)
+    campay.hold_collects()
+    status, body = await _answer(b, "o-held", "k-held")
+    assert (status, body["error"]["code"]) == (502, "provider_timeout"), body
+    campay.release_collects()
+    assert (await _answer(b, "o-pending", "k-pending"))[0] == 201
+    proxy.cut()
+    await eventually(lambda: _is(a, "degraded"))
+    assert (await _answer(a, "o-other", "k-other"))[0] == 201  # on A's memory: to be written back
+    proxy.heal()
+    async with _write_back_held(a):
+        assert not a.storage.healthy
+        answers = [
+            await _answer(a, "o-held", "k-held"),
+            await _answer(a, "o-held", "k-held-new"),
+            await _answer(a, "o-pending", "k-pending-new"),
+        ]
+    assert campay.calls["collect"] == 3, answers  # o-held's, o-pending's and o-other's: none more
+    codes = [(status, body.get("error", {}).get("code")) for status, body in answers]
+    assert codes[0] in ((409, "idempotency_in_progress"), (409, "initiation_unknown")), answers
+    assert codes[1:] == [(409, "initiation_unknown"), (409, "payment_pending")], answers
+    await eventually(lambda: _is(a, "healthy"), timeout=10)

@@ -8,7 +8,10 @@ instance's memory is answered and held on Redis too once it returns (an
 instance that never saw a key cannot know it while cut off: docs/API.md). Two instances may each believe
 they hold a lease until Redis returns; their holders must be idempotent (the
 reconciler is: the state machine ignores duplicates), and an initiation is
-also held by its intent.
+also held by its intent. Once Redis answers again, and until the write-back
+ends, what decides whether a collect may start (a key's claim, an order's
+hold or payment) is asked of Redis too when memory knows nothing of it
+(`Failover.peek`): Redis's answer stands where memory has none.
 """
 
 from __future__ import annotations
@@ -22,9 +25,9 @@ from typing import Any, ClassVar
 from core.clock import Clock
 from payments.model import Payment, PaymentEvent, Transition
 from payments.outbox import OutboxEntry
-from payments.ports import StalePending
+from payments.ports import IdempotencyClaim, StalePending
 from realtime.storage.memory import MemoryStorage
-from realtime.storage.resilient.failover import Call, RolePolicy, Route
+from realtime.storage.resilient.failover import Call, Failover, RolePolicy, Route
 
 # The merchant entries of what a write-back stored over what it replaced (payments.outbox.OutboxPolicy.for_stored).
 StoredOutboxFor = Callable[[Payment, Payment | None, datetime], list[OutboxEntry]]
@@ -81,12 +84,15 @@ class PaymentsPolicy(_Remembered):
     its checkout pages wait on; every payment changed while degraded is written back with
     `merge_payment`, an atomic merge that never moves Redis backwards."""
 
-    def __init__(self, primary: Any, fallback: MemoryStorage, clock: Clock, outbox: StoredOutboxFor) -> None:
+    def __init__(
+        self, primary: Any, fallback: MemoryStorage, clock: Clock, outbox: StoredOutboxFor, failover: Failover
+    ) -> None:
         super().__init__()
         self._primary = primary
         self._memory = fallback.payments
         self._clock = clock
         self._outbox = outbox
+        self._failover = failover
         self.lost: set[str] = set()  # written back, but the local status lost the merge to Redis's
         self.unconfirmed: set[str] = set()  # status changes no replica confirmed: to ask the provider again
 
@@ -118,6 +124,15 @@ class PaymentsPolicy(_Remembered):
     async def after(self, call: Call, result: Any, on_primary: bool) -> Any:
         if call.name == "get_payment" and on_primary and result is not None and result.reference not in self.dirty:
             self._memory.mirror(result)
+        if call.name == "get_order_payment" and not on_primary and result is None:
+            # An order this instance never saw may be paid or pending on Redis (an initiation decides on it).
+            order_id = call.args["order_id"]
+            asked, found = await self._failover.peek(lambda: self._primary.get_order_payment(order_id))
+            if asked and found is not None:
+                if found.reference in self.dirty:  # changed here meanwhile: this copy is the newer one
+                    return await self._memory.get_payment(found.reference) or found
+                self._memory.mirror(found)
+                return found
         if call.name == "drop_stale_pending" and not on_primary:
             # Memory's PENDING copies may have settled on another instance: this instance cannot tell an
             # abandoned payment from one it did not hear about. A payment changed here is written back to
@@ -311,16 +326,19 @@ class IdempotencyPolicy(_Remembered):
     routes: ClassVar = {"take_over_idempotency": Route.LOCAL_FIRST}
     defaults: ClassVar = {"take_over_idempotency": False}
 
-    def __init__(self, primary: Any, fallback: MemoryStorage, ttl_seconds: float) -> None:
+    def __init__(self, primary: Any, fallback: MemoryStorage, ttl_seconds: float, failover: Failover) -> None:
         super().__init__()
         self._primary = primary
         self._memory = fallback.idempotency
         self._ttl = ttl_seconds
+        self._failover = failover
 
     async def after(self, call: Call, result: Any, on_primary: bool) -> Any:
         key = call.args["key"]
         if not on_primary:
             self.dirty.add(key)
+            if call.name == "claim_idempotency" and result.claimed:
+                return await self._claimed_on_redis(key) or result
         elif call.name == "claim_idempotency":
             record = call.args["record"] if result.claimed else result.existing
             if record is not None:
@@ -332,6 +350,22 @@ class IdempotencyPolicy(_Remembered):
         elif call.name == "release_idempotency" and call.args["forget"]:
             self._memory.forget(key)
         return result
+
+    async def _claimed_on_redis(self, key: str) -> IdempotencyClaim | None:
+        """A key memory has just claimed, as Redis holds it if Redis answers and holds it: the claim made here
+        is undone and Redis's record kept here instead (so this instance, having now seen the key, never
+        takes it over while apart: `take_over_idempotency` is refused on memory)."""
+        try:
+            asked, found = await self._failover.peek(lambda: self._primary.idempotency_record(key))
+        except Exception:
+            self._memory.forget(key)  # nothing was decided: the claim goes with the call that failed
+            raise
+        if not asked or found is None:
+            return None
+        record, held = found
+        self._memory.forget(key)
+        self._memory.restore(key, record, self._ttl)
+        return IdempotencyClaim(False, record, held=held)
 
     async def recovering(self) -> None:
         """A key's claim or answer no replica confirmed may have died with a failed-over primary: written
@@ -359,12 +393,22 @@ class IntentsPolicy(_Remembered):
 
     routes: ClassVar = {name: Route.BOTH for name in ("put_intent", "resolve_intent", "drop_intent")}
 
-    def __init__(self, primary: Any, fallback: MemoryStorage) -> None:
+    def __init__(self, primary: Any, fallback: MemoryStorage, failover: Failover) -> None:
         super().__init__()
         self._primary = primary
         self._memory = fallback.intents
+        self._failover = failover
 
     async def after(self, call: Call, result: Any, on_primary: bool) -> Any:
+        if call.name == "order_intent" and not on_primary and result is None:
+            # Another instance's collect may hold the order on Redis (its answer lost, its outcome unknown).
+            order_id = call.args["order_id"]
+            asked, held = await self._failover.peek(lambda: self._primary.order_intent(order_id))
+            return held if asked else None
+        if not on_primary and call.name == "resolve_intent" and result is None:
+            # Memory never held it (an intent Redis holds, met through `peek`): nothing here to write back (a
+            # write-back of "not in memory" is a drop, which would unlink its collect from its order).
+            return result
         if not on_primary and call.name in self.routes:
             self.dirty.add(call.args["intent"].nonce if call.name == "put_intent" else call.args["nonce"])
         elif call.name == "put_intent" and not result:
