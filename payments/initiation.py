@@ -183,7 +183,7 @@ class Initiator:
 
     async def _outcome_of(self, existing: IdempotencyRecord) -> InitiateResult | None:
         """What became of a claim whose holder vanished: None if it never wrote an intent (nothing was
-        sent), the payment replayed if its intent was resolved or its payment stored, else
+        sent), the payment replayed if its intent was resolved or the provider's record of it stored, else
         `initiation_unknown` (`initiation_expired` once CamPay has not reported it for a collect's
         lifetime: the key is never collected again, a new one may start afresh)."""
         intent = await self._storage.get_intent(existing.nonce) if existing.nonce else None
@@ -202,10 +202,15 @@ class Initiator:
         raise _unknown()
 
     async def _stored_reference(self, intent: InitiationIntent) -> str | None:
-        """The reference of `intent`'s payment if it was stored although the intent is still pending (its
-        request died between storing the payment and resolving the intent)."""
+        """The reference of `intent`'s payment if it was stored although the intent is still pending: its
+        request died between storing the payment and resolving the intent, or the provider's record of it
+        is stored as nobody's (an orphan naming the nonce) and its link step has not run yet (it failed, or
+        waits behind an outage's write-back). Either way the provider reported it."""
         current = await self._storage.get_order_payment(intent.order_id)
-        return current.reference if current is not None and current.external_reference == intent.nonce else None
+        if current is not None and current.external_reference == intent.nonce:
+            return current.reference
+        orphan = await self._storage.payment_for_nonce(intent.nonce)
+        return orphan.reference if orphan is not None else None
 
     async def _start(self, request: StartRequest, nonce: str) -> CollectResult:
         """The provider call that may move money: the collect, or the payment link."""

@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from core.clock import ManualClock
 from tests.campay_fake import FakeCampay
 from tests.conftest import Instance, StartInstance, campay_settings
 from tests.harness import WAIT, eventually
@@ -130,3 +131,39 @@ async def test_an_instance_still_writing_back_collects_nothing_for_a_key_or_an_o
     assert codes[0] in ((409, "idempotency_in_progress"), (409, "initiation_unknown")), answers
     assert codes[1:] == [(409, "initiation_unknown"), (409, "payment_pending")], answers
     await eventually(lambda: _is(a, "healthy"), timeout=10)
+
+
+async def test_a_key_whose_collect_campay_reported_is_never_told_expired(
+    start_redis_instance: StartInstance, campay: FakeCampay, http: aiohttp.ClientSession
+) -> None:
+    """The collect's answer was lost; CamPay's callback came, but linking it to its intent failed (it stays
+    an orphan on Redis: the link step's storage call failed, as a busy pool or a slow write-back leaves it).
+    Past COLLECT_LIFETIME_SECONDS the key must not say `initiation_expired` (CamPay never reported it, a new
+    key may collect again): CamPay did report it, so the retry links it and replays it."""
+    clock = ManualClock()
+    campay.clock = clock  # CamPay signs its callbacks on the clock the server checks them with
+    instance = await start_redis_instance(
+        clock, **campay_settings(campay, CAMPAY_TIMEOUT_SECONDS=0.3, COLLECT_LIFETIME_SECONDS=60)
+    )
+    campay.hold_collects()
+    status, body = await _answer(instance, "o-reported", "k-reported")
+    assert (status, body["error"]["code"]) == (502, "provider_timeout"), body
+    campay.release_collects()
+    (reference,) = campay.transactions
+    campay.set_status(reference, "SUCCESSFUL")
+    storage = instance.storage
+    real = storage.get_intent
+
+    async def fails(*args: Any, **kwargs: Any) -> Any:
+        raise ConnectionError("gone at the link step")
+
+    storage.get_intent = fails
+    try:
+        hook, _ = await campay.send_webhook(http, instance.url, reference)
+    finally:
+        storage.get_intent = real
+    assert hook == 500 and (await storage.get_payment(reference)).orphan
+    clock.advance(120)  # past the collect's lifetime
+    status, body = await _answer(instance, "o-reported", "k-reported")
+    assert status == 201 and body["reference"] == reference, (status, body)
+    assert body["status"] == "SUCCESSFUL" and campay.calls["collect"] == 1
