@@ -133,18 +133,23 @@ async def test_an_instance_still_writing_back_collects_nothing_for_a_key_or_an_o
     await eventually(lambda: _is(a, "healthy"), timeout=10)
 
 
+@pytest.mark.parametrize("retried_on", ["the same instance", "an instance still writing back"])
 async def test_a_key_whose_collect_campay_reported_is_never_told_expired(
-    start_redis_instance: StartInstance, campay: FakeCampay, http: aiohttp.ClientSession
+    start_redis_instance: StartInstance,
+    proxy: PartitionProxy,
+    campay: FakeCampay,
+    http: aiohttp.ClientSession,
+    retried_on: str,
 ) -> None:
     """The collect's answer was lost; CamPay's callback came, but linking it to its intent failed (it stays
     an orphan on Redis: the link step's storage call failed, as a busy pool or a slow write-back leaves it).
     Past COLLECT_LIFETIME_SECONDS the key must not say `initiation_expired` (CamPay never reported it, a new
-    key may collect again): CamPay did report it, so the retry links it and replays it."""
+    key may collect again): CamPay did report it, so the retry links it and replays it, on any instance."""
     clock = ManualClock()
     campay.clock = clock  # CamPay signs its callbacks on the clock the server checks them with
-    instance = await start_redis_instance(
-        clock, **campay_settings(campay, CAMPAY_TIMEOUT_SECONDS=0.3, COLLECT_LIFETIME_SECONDS=60)
-    )
+    common = campay_settings(campay, CAMPAY_TIMEOUT_SECONDS=0.3, COLLECT_LIFETIME_SECONDS=60)
+    instance = await start_redis_instance(clock, **common)
+    other = await start_redis_instance(clock, INSTANCE_ID="a", REDIS_URL=proxy.url, **common)
     campay.hold_collects()
     status, body = await _answer(instance, "o-reported", "k-reported")
     assert (status, body["error"]["code"]) == (502, "provider_timeout"), body
@@ -164,6 +169,48 @@ async def test_a_key_whose_collect_campay_reported_is_never_told_expired(
         storage.get_intent = real
     assert hook == 500 and (await storage.get_payment(reference)).orphan
     clock.advance(120)  # past the collect's lifetime
-    status, body = await _answer(instance, "o-reported", "k-reported")
+    if retried_on == "the same instance":
+        status, body = await _answer(instance, "o-reported", "k-reported")
+    else:
+        proxy.cut()
+        await eventually(lambda: _is(other, "degraded"))
+        assert (await _answer(other, "o-other", "k-other"))[0] == 201  # on its memory: to be written back
+        proxy.heal()
+        async with _write_back_held(other):
+            status, body = await _answer(other, "o-reported", "k-reported")
     assert status == 201 and body["reference"] == reference, (status, body)
-    assert body["status"] == "SUCCESSFUL" and campay.calls["collect"] == 1
+    assert body["status"] == "SUCCESSFUL" and campay.calls["collect"] == (1 if retried_on == "the same instance" else 2)
+
+
+async def test_campays_word_on_an_instance_still_writing_back_reaches_the_key_on_redis(
+    start_redis_instance: StartInstance, proxy: PartitionProxy, campay: FakeCampay, http: aiohttp.ClientSession
+) -> None:
+    """B's collect lost its answer (its intent pending on Redis). CamPay's callback lands on A, which Redis
+    answers again while A still writes back: A links it to B's intent and resolves that intent on Redis, so
+    B's retry with the key, past the collect's lifetime, replays the payment instead of `initiation_expired`
+    (after which the shopper's new key collected again: CamPay's word had waited in A's memory)."""
+    clock = ManualClock()
+    campay.clock = clock
+    common = campay_settings(campay, CAMPAY_TIMEOUT_SECONDS=0.3, COLLECT_LIFETIME_SECONDS=60)
+    a = await start_redis_instance(clock, INSTANCE_ID="a", REDIS_URL=proxy.url, **common)
+    b = await start_redis_instance(clock, INSTANCE_ID="b", **common)
+    campay.hold_collects()
+    status, body = await _answer(b, "o-lost", "k-lost")
+    assert (status, body["error"]["code"]) == (502, "provider_timeout"), body
+    campay.release_collects()
+    (reference,) = campay.transactions
+    proxy.cut()
+    await eventually(lambda: _is(a, "degraded"))
+    assert (await _answer(a, "o-other", "k-other"))[0] == 201  # on A's memory: to be written back
+    proxy.heal()
+    async with _write_back_held(a):
+        campay.set_status(reference, "SUCCESSFUL")
+        hook, answer = await campay.send_webhook(http, a.url, reference)
+        assert hook == 200, answer
+        clock.advance(120)  # past the collect's lifetime
+        status, body = await _answer(b, "o-lost", "k-lost")
+    assert status == 201 and body["reference"] == reference, (answer, status, body)
+    assert campay.calls["collect"] == 2  # o-lost's and o-other's
+    await eventually(lambda: _is(a, "healthy"), timeout=10)
+    status, order, _ = await b.api.request("GET", "/api/payment/status/o-lost")
+    assert status == 200 and order["reference"] == reference and order["status"] == "SUCCESSFUL", order

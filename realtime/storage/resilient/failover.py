@@ -207,15 +207,16 @@ class Failover:
         return False, None
 
     async def peek(self, call: Callable[[], Awaitable[T]]) -> tuple[bool, T | None]:
-        """While degraded, the primary's answer to a read the fallback knew nothing about, if the primary has
-        answered again: (True, result), else (False, None).
+        """While degraded, the primary's answer about something the fallback knew nothing of, if the primary
+        has answered again: (True, result), else (False, None).
 
-        For the reads that decide whether money moves (a key's claim, an order's hold or payment): an
-        instance writing back after an outage (seconds to minutes on a loaded machine) still runs on its
-        memory, which knows only what this instance saw, while Redis already says another instance holds
-        the key or the order. Asked only once the watcher has seen the primary answer since the outage
-        began (never a wait per call while it is away); a failure stops the asking until the watcher sees
-        it answer again. A full pool is back-pressure (`Busy`), as on any call.
+        For what decides whether money moves (a key's claim, an order's hold or payment, the intent a
+        callback names, and that intent's resolution, which belongs where the intent is): an instance
+        writing back after an outage (seconds to minutes on a loaded machine) still runs on its memory,
+        which knows only what this instance saw, while Redis already says another instance holds the key
+        or the order. Asked only once the watcher has seen the primary answer since the outage began (never
+        a wait per call while it is away); a failure stops the asking until the watcher sees it answer
+        again. A full pool is back-pressure (`Busy`), as on any call.
         """
         if self.healthy or self._closed or not self._answering:
             return False, None

@@ -10,8 +10,10 @@ they hold a lease until Redis returns; their holders must be idempotent (the
 reconciler is: the state machine ignores duplicates), and an initiation is
 also held by its intent. Once Redis answers again, and until the write-back
 ends, what decides whether a collect may start (a key's claim, an order's
-hold or payment) is asked of Redis too when memory knows nothing of it
-(`Failover.peek`): Redis's answer stands where memory has none.
+hold or payment, the intent or orphan a callback or a retry names) is asked
+of Redis too when memory knows nothing of it, and an intent memory never held
+is resolved on Redis (`Failover.peek`): Redis's answer stands where memory
+has none.
 """
 
 from __future__ import annotations
@@ -124,10 +126,11 @@ class PaymentsPolicy(_Remembered):
     async def after(self, call: Call, result: Any, on_primary: bool) -> Any:
         if call.name == "get_payment" and on_primary and result is not None and result.reference not in self.dirty:
             self._memory.mirror(result)
-        if call.name == "get_order_payment" and not on_primary and result is None:
-            # An order this instance never saw may be paid or pending on Redis (an initiation decides on it).
-            order_id = call.args["order_id"]
-            asked, found = await self._failover.peek(lambda: self._primary.get_order_payment(order_id))
+        if call.name in ("get_order_payment", "payment_for_nonce") and not on_primary and result is None:
+            # An order this instance never saw may be paid or pending on Redis, a collect's answer lost on
+            # another instance may be stored there as nobody's (an initiation decides on either).
+            read, about = getattr(self._primary, call.name), call.args.get("order_id") or call.args["nonce"]
+            asked, found = await self._failover.peek(lambda: read(about))
             if asked and found is not None:
                 if found.reference in self.dirty:  # changed here meanwhile: this copy is the newer one
                     return await self._memory.get_payment(found.reference) or found
@@ -400,15 +403,8 @@ class IntentsPolicy(_Remembered):
         self._failover = failover
 
     async def after(self, call: Call, result: Any, on_primary: bool) -> Any:
-        if call.name == "order_intent" and not on_primary and result is None:
-            # Another instance's collect may hold the order on Redis (its answer lost, its outcome unknown).
-            order_id = call.args["order_id"]
-            asked, held = await self._failover.peek(lambda: self._primary.order_intent(order_id))
-            return held if asked else None
-        if not on_primary and call.name == "resolve_intent" and result is None:
-            # Memory never held it (an intent Redis holds, met through `peek`): nothing here to write back (a
-            # write-back of "not in memory" is a drop, which would unlink its collect from its order).
-            return result
+        if not on_primary and result is None and call.name in ("order_intent", "get_intent", "resolve_intent"):
+            return await self._on_redis(call)
         if not on_primary and call.name in self.routes:
             self.dirty.add(call.args["intent"].nonce if call.name == "put_intent" else call.args["nonce"])
         elif call.name == "put_intent" and not result:
@@ -416,6 +412,23 @@ class IntentsPolicy(_Remembered):
             # to be written back or to hold the order here while degraded.
             await self._memory.drop_intent(call.args["intent"].nonce)
         return result
+
+    async def _on_redis(self, call: Call) -> Any:
+        """An intent memory never held, on Redis if it answers (`Failover.peek`): the order's hold by another
+        instance's collect (its answer lost, its outcome unknown), the intent CamPay's callback names (so
+        that callback links its collect here), and its resolution, made on Redis where the intent is (a
+        write-back of "not in memory" would be a drop, unlinking the collect from its order; and another
+        instance asked about the key must learn it was linked)."""
+        args, primary = call.args, self._primary
+        if call.name == "order_intent":
+            asked, found = await self._failover.peek(lambda: primary.order_intent(args["order_id"]))
+        elif call.name == "get_intent":
+            asked, found = await self._failover.peek(lambda: primary.get_intent(args["nonce"]))
+        else:
+            asked, found = await self._failover.peek(
+                lambda: primary.resolve_intent(args["nonce"], args["reference"], args["ussd_code"], args["operator"])
+            )
+        return found if asked else None
 
     async def recovering(self) -> None:
         """An intent no replica confirmed may have died with a failed-over primary, and with it the only
