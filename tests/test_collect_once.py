@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -19,6 +20,7 @@ import pytest
 from core.clock import ManualClock
 from tests.campay_fake import FakeCampay
 from tests.conftest import Instance, StartInstance, campay_settings
+from tests.fault.checks import BLIND_CLAIM
 from tests.harness import WAIT, eventually
 from tests.partition import PartitionProxy
 from tests.test_payment_truth import _is
@@ -214,3 +216,23 @@ async def test_campays_word_on_an_instance_still_writing_back_reaches_the_key_on
     await eventually(lambda: _is(a, "healthy"), timeout=10)
     status, order, _ = await b.api.request("GET", "/api/payment/status/o-lost")
     assert status == 200 and order["reference"] == reference and order["status"] == "SUCCESSFUL", order
+
+
+async def test_an_instance_cut_off_names_each_key_it_claims_blind(
+    start_redis_instance: StartInstance, proxy: PartitionProxy, campay: FakeCampay, caplog: pytest.LogCaptureFixture
+) -> None:
+    """While Redis cannot be asked, a key the instance's memory never saw is claimed there and may be collected a
+    second time (docs/API.md's price): the instance logs it with the nonce CamPay gets as `external_reference`
+    (the fault run counts its blind collects by it). A key it saw is answered from memory, and not logged."""
+    a = await start_redis_instance(INSTANCE_ID="a", REDIS_URL=proxy.url, **campay_settings(campay))
+    assert (await _answer(a, "o-seen", "k-seen"))[0] == 201
+    proxy.cut()
+    await eventually(lambda: _is(a, "degraded"))
+    with caplog.at_level(logging.WARNING, logger="paytrack.storage"):
+        status, seen = await _answer(a, "o-seen", "k-seen")
+        assert status == 201 and seen["reference"] in campay.transactions
+        status, new = await _answer(a, "o-new", "k-new")
+        assert status == 201
+    blind = [getattr(r, "nonce", None) for r in caplog.records if r.getMessage().startswith(BLIND_CLAIM)]
+    assert blind == [campay.transactions[new["reference"]]["external_reference"]], blind
+    assert campay.calls["collect"] == 2

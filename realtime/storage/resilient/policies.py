@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 from core.clock import Clock
 from payments.model import Payment, PaymentEvent, Transition
 from payments.outbox import OutboxEntry
-from payments.ports import IdempotencyClaim, StalePending
+from payments.ports import IdempotencyClaim, IdempotencyRecord, StalePending
 from realtime.storage.memory import MemoryStorage
 from realtime.storage.resilient.failover import Call, Failover, RolePolicy, Route
 
@@ -341,7 +341,7 @@ class IdempotencyPolicy(_Remembered):
         if not on_primary:
             self.dirty.add(key)
             if call.name == "claim_idempotency" and result.claimed:
-                return await self._claimed_on_redis(key) or result
+                return await self._claimed_on_redis(key, call.args["record"]) or result
         elif call.name == "claim_idempotency":
             record = call.args["record"] if result.claimed else result.existing
             if record is not None:
@@ -354,15 +354,23 @@ class IdempotencyPolicy(_Remembered):
             self._memory.forget(key)
         return result
 
-    async def _claimed_on_redis(self, key: str) -> IdempotencyClaim | None:
+    async def _claimed_on_redis(self, key: str, claimed: IdempotencyRecord) -> IdempotencyClaim | None:
         """A key memory has just claimed, as Redis holds it if Redis answers and holds it: the claim made here
         is undone and Redis's record kept here instead (so this instance, having now seen the key, never
-        takes it over while apart: `take_over_idempotency` is refused on memory)."""
+        takes it over while apart: `take_over_idempotency` is refused on memory). When Redis cannot be
+        asked the claim stands, and is logged with its nonce (CamPay's `external_reference` of what it may
+        start): if another instance holds the key, this is the price docs/API.md states, a second collect."""
         try:
             asked, found = await self._failover.peek(lambda: self._primary.idempotency_record(key))
         except Exception:
             self._memory.forget(key)  # nothing was decided: the claim goes with the call that failed
             raise
+        if not asked:
+            log.warning(
+                "storage: an Idempotency-Key this instance never saw is claimed on its memory, Redis away: "
+                "if another instance holds it, this may collect a second time",
+                extra={"key": key, "nonce": claimed.nonce},
+            )
         if not asked or found is None:
             return None
         record, held = found
