@@ -236,3 +236,24 @@ async def test_an_instance_cut_off_names_each_key_it_claims_blind(
     blind = [getattr(r, "nonce", None) for r in caplog.records if r.getMessage().startswith(BLIND_CLAIM)]
     assert blind == [campay.transactions[new["reference"]]["external_reference"]], blind
     assert campay.calls["collect"] == 2
+
+
+async def test_an_instance_still_writing_back_starts_no_collect_redis_cannot_see(
+    start_redis_instance: StartInstance, proxy: PartitionProxy, campay: FakeCampay
+) -> None:
+    """A key nobody used yet reaches A, whose write-back runs (Redis answers, A still on memory), and then B,
+    healthy: a claim and an intent written on A's memory are invisible to B until the write-back, so both
+    collected. A now starts nothing on memory while Redis answers (503 busy, nothing sent): one collect."""
+    common = campay_settings(campay)
+    a = await start_redis_instance(INSTANCE_ID="a", REDIS_URL=proxy.url, **common)
+    b = await start_redis_instance(INSTANCE_ID="b", **common)
+    proxy.cut()
+    await eventually(lambda: _is(a, "degraded"))
+    assert (await _answer(a, "o-other", "k-other"))[0] == 201  # on A's memory: to be written back
+    proxy.heal()
+    async with _write_back_held(a):
+        on_a = await _answer(a, "o-fresh", "k-fresh")
+        on_b = await _answer(b, "o-fresh", "k-fresh")
+    assert campay.calls["collect"] == 2, (on_a, on_b)  # o-other's, and o-fresh's once
+    assert on_a[0] == 503 and on_a[1]["error"]["code"] == "busy", on_a
+    assert on_b[0] == 201, on_b

@@ -206,6 +206,12 @@ class Failover:
                 delay = min(delay * 2, _RIDE_OUT_MAX_DELAY)
         return False, None
 
+    @property
+    def answering(self) -> bool:
+        """Degraded, but the primary answers again: the write-back is under way (calls still go to the fallback,
+        which other instances cannot see)."""
+        return self._answering and not self.healthy
+
     async def peek(self, call: Callable[[], Awaitable[T]]) -> tuple[bool, T | None]:
         """While degraded, the primary's answer about something the fallback knew nothing of, if the primary
         has answered again: (True, result), else (False, None).

@@ -13,7 +13,8 @@ ends, what decides whether a collect may start (a key's claim, an order's
 hold or payment, the intent or orphan a callback or a retry names) is asked
 of Redis too when memory knows nothing of it, and an intent memory never held
 is resolved on Redis (`Failover.peek`): Redis's answer stands where memory
-has none.
+has none. No intent is written on memory then (`Busy`): the collect it lets
+start would be invisible to the other instances until the write-back.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from datetime import datetime
 from typing import Any, ClassVar
 
 from core.clock import Clock
+from core.errors import Busy
 from payments.model import Payment, PaymentEvent, Transition
 from payments.outbox import OutboxEntry
 from payments.ports import IdempotencyClaim, IdempotencyRecord, StalePending
@@ -413,6 +415,11 @@ class IntentsPolicy(_Remembered):
     async def after(self, call: Call, result: Any, on_primary: bool) -> Any:
         if not on_primary and result is None and call.name in ("order_intent", "get_intent", "resolve_intent"):
             return await self._on_redis(call)
+        if not on_primary and call.name == "put_intent" and result and self._failover.answering:
+            # Written here, it would let a collect start that no other instance can see until the write-back
+            # (they answer from Redis, and may start their own). Redis answers: a short wait, not a blind collect.
+            await self._memory.drop_intent(call.args["intent"].nonce)
+            raise Busy("storage is writing back after an outage; nothing was sent, retry shortly")
         if not on_primary and call.name in self.routes:
             self.dirty.add(call.args["intent"].nonce if call.name == "put_intent" else call.args["nonce"])
         elif call.name == "put_intent" and not result:
