@@ -19,7 +19,11 @@ request is answered with a 5xx (an initiate while Redis is down included).
 
 Every franc reaches its order (issue 31): no order is collected twice (CamPay's
 transactions grouped by the order of the intent named by their
-`external_reference`); each crash payment's order, read by its owner after
+`external_reference`), but for the two ways docs/API.md states, counted as
+figures: a collect an instance cut off from Redis started for a key it had
+never seen (it logs each such claim), and one under a new key after the first
+key said `initiation_expired` before CamPay's word about the first collect
+reached any instance; each crash payment's order, read by its owner after
 convergence, shows the reference CamPay collected for it and CamPay's truth
 (another user gets 404); every settled payment's merchant hears of its final
 status exactly once by message id, with its order id, and never of a
@@ -37,7 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tests.fault.clients import TRACK_ACK_TIMEOUT, CheckoutPage, EventRecord
-from tests.fault.plan import BAD_SIGNATURE_KINDS, PaymentRun
+from tests.fault.plan import BAD_SIGNATURE_KINDS, FORGED_KINDS, PaymentRun
 from tests.fault.scenario import RunResult
 
 TERMINAL = {"SUCCESSFUL", "FAILED"}
@@ -94,6 +98,13 @@ class Report:
     # Orders collected again while their instance was cut off from Redis, by one that had never seen their key (the cost
     # of payments going on during an outage; docs/API.md): a figure, not a violation.
     blind_second_collects: list[str] = field(default_factory=list)
+    # Orders collected again under a new key after the first key said `initiation_expired`, CamPay's word about the
+    # first collect having reached no instance within COLLECT_LIFETIME_SECONDS (docs/API.md): a figure too.
+    expired_second_collects: list[str] = field(default_factory=list)
+
+    def collected_twice_as_stated(self, order_id: str) -> bool:
+        """Whether `order_id` was collected twice in one of the ways docs/API.md states (either may have paid)."""
+        return order_id in self.blind_second_collects or order_id in self.expired_second_collects
 
     @property
     def ok(self) -> bool:
@@ -381,7 +392,7 @@ def evaluate(result: RunResult) -> Report:
         if record.get("reason") == FORGED_REASON:
             report.add("forged_applied", f"{p.reference}: stored reason is the forged webhook's")
         pointed = result.order_index.get(p.order_id)
-        blind = p.order_id in report.blind_second_collects and pointed in p.campay_references
+        blind = report.collected_twice_as_stated(p.order_id) and pointed in p.campay_references
         if pointed != p.reference and not blind:
             collected_for = result.campay_orders.get(pointed or "")
             how = (
@@ -604,6 +615,9 @@ def evaluate(result: RunResult) -> Report:
             + f"; of them {len(report.blind_second_collects)} while their instance was cut off from Redis, by one that had "
             + "never seen the key"
             + (f": {', '.join(report.blind_second_collects[:5])}" if report.blind_second_collects else "")
+            + f"; {len(report.expired_second_collects)} under a new key after the first said initiation_expired, "
+            + "CamPay's word about the first collect having reached no instance by then"
+            + (f": {', '.join(report.expired_second_collects[:5])}" if report.expired_second_collects else "")
             + ")",
         )
     )
@@ -767,13 +781,47 @@ def _blind_while_redis_down(result: RunResult, claims: dict[str, str], tx: Any) 
     return down <= tx.created_at <= cut_off_until
 
 
+def _expired_at(result: RunResult, p: PaymentRun) -> float | None:
+    """When the shopper was first answered `initiation_expired` (monotonic), if ever."""
+    for answer in p.initiate_answers:
+        head, _, what = answer.partition(": ")
+        if what.startswith("409 initiation_expired"):
+            try:
+                return result.t0 + float(head.partition(" t=")[2].rstrip("s"))
+            except ValueError:
+                return None
+    return None
+
+
+def _collected_again_after_expiry(result: RunResult, p: PaymentRun, first: Any, again: Any) -> bool:
+    """Was `again` collected under the shopper's new key after the first key said `initiation_expired`, with
+    CamPay's word about the `first` collect accepted (2xx) by no instance before that answer? Then the server
+    answered as docs/API.md states: CamPay had not reported the first collect within COLLECT_LIFETIME_SECONDS,
+    a new key starts afresh (the plan's lifetime outlasts its confirmations; a loaded machine can take longer to
+    take CamPay's callback)."""
+    expired = _expired_at(result, p)
+    if expired is None or again.created_at < expired:
+        return False
+    heard = [
+        r.at
+        for r in result.http
+        if r.kind.startswith("webhook:")
+        and r.kind.removeprefix("webhook:") not in FORGED_KINDS
+        and r.reference == first.reference
+        and r.status is not None
+        and 200 <= r.status < 300
+    ]
+    return not heard or min(heard) >= expired
+
+
 def _check_orders(report: Report, result: RunResult) -> int:
     """No order collected twice (CamPay's transactions by their intent's order), each transaction's intent
     names the order the shopper asked for, and every shopper was answered its own order's collect.
 
     An order collected twice where all collects but one were started blind by instances cut off from Redis is
     the stated price of payments during an outage (a figure). The blind one may be the first: a healthy
-    instance then finds on Redis nothing of a collect that waits in the cut-off instance's memory."""
+    instance then finds on Redis nothing of a collect that waits in the cut-off instance's memory. So is one
+    collected again after its first key expired before CamPay's word about the first collect came (a figure)."""
     claims = blind_claims(result)
     by_order: dict[str, list[Any]] = defaultdict(list)
     for tx in result.campay_transactions:
@@ -794,6 +842,10 @@ def _check_orders(report: Report, result: RunResult) -> int:
                 # Payments go on while Redis is away: an instance with no record of the key cannot tell a
                 # retry from a first request. Counted (a figure), documented, never hidden as "once".
                 report.blind_second_collects.append(order_id)
+                continue
+            first, *again = sorted(txs, key=lambda tx: tx.created_at)
+            if p is not None and len(again) == 1 and _collected_again_after_expiry(result, p, first, again[0]):
+                report.expired_second_collects.append(order_id)
                 continue
             report.add(
                 "second_collect",
@@ -819,7 +871,7 @@ def _check_crashes(report: Report, result: RunResult) -> None:
         p = payments[read.order_id]
         body = read.body if isinstance(read.body, dict) else {}
         if read.as_owner:
-            twice = read.order_id in report.blind_second_collects  # either collect may be the one that paid
+            twice = report.collected_twice_as_stated(read.order_id)  # either collect may be the one that paid
             shown = body.get("reference") in p.campay_references and body.get("status") == p.truth
             if read.status != 200 or not (_read_matches(read, result.payments) or (twice and shown)):
                 report.add(
