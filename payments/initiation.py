@@ -29,7 +29,8 @@ The order of one initiation, and what a crash at each step leaves behind:
    retry or the callback finishes the adoption.
 
 `busy` and cancellation are never a key's answer: before the collect they free the key, after it they
-leave the intent to answer.
+leave the intent to answer. `busy` is never the answer once the provider took the collect (it says nothing
+was sent): a failure to store what the provider answered is `initiation_unknown`.
 """
 
 from __future__ import annotations
@@ -203,7 +204,7 @@ class Initiator:
 
     async def _outcome_of(self, existing: IdempotencyRecord) -> InitiateResult | None:
         """What became of a claim whose holder vanished: None if it never wrote an intent (nothing was
-        sent), the payment replayed if its intent was resolved or its payment stored, else
+        sent), the payment replayed if its intent was resolved or the provider's record of it stored, else
         `initiation_unknown` (`initiation_expired` once CamPay has not reported it for a collect's
         lifetime: the key is never collected again, a new one may start afresh)."""
         intent = await self._storage.get_intent(existing.nonce) if existing.nonce else None
@@ -222,10 +223,15 @@ class Initiator:
         raise _unknown()
 
     async def _stored_reference(self, intent: InitiationIntent) -> str | None:
-        """The reference of `intent`'s payment if it was stored although the intent is still pending (its
-        request died between storing the payment and resolving the intent)."""
+        """The reference of `intent`'s payment if it was stored although the intent is still pending: its
+        request died between storing the payment and resolving the intent, or the provider's record of it
+        is stored as nobody's (an orphan naming the nonce) and its link step has not run yet (it failed, or
+        waits behind an outage's write-back). Either way the provider reported it."""
         current = await self._storage.get_order_payment(intent.order_id)
-        return current.reference if current is not None and current.external_reference == intent.nonce else None
+        if current is not None and current.external_reference == intent.nonce:
+            return current.reference
+        orphan = await self._storage.payment_for_nonce(intent.nonce)
+        return orphan.reference if orphan is not None else None
 
     async def _start(self, request: StartRequest, nonce: str) -> CollectResult:
         """The provider call that may move money: the collect, or the payment link."""
@@ -279,6 +285,10 @@ class Initiator:
                 payment = await self._adopt(intent, collected.reference, collected)
         except BaseException as exc:
             await self._after_failure(exc, stage, owner, nonce, claim, collected)
+            if stage == "collected" and isinstance(exc, ApiError) and exc.status >= 500:
+                # The provider took it; only storing it failed (`busy`: a full pool). `busy` says nothing was
+                # sent, and a shopper told so may start over with a new key: the answer says it may be under way.
+                raise _recorded_later() from exc
             raise
         return InitiateResult(201, payment.public(reveal_phone=True))
 
@@ -422,6 +432,15 @@ def _in_progress() -> Conflict:
         "a request with this Idempotency-Key is still being processed; retry shortly",
         code="idempotency_in_progress",
         retry_after=1,
+    )
+
+
+def _recorded_later() -> Conflict:
+    return Conflict(
+        "CamPay took the collect but it could not be recorded yet; retry shortly with the same Idempotency-Key "
+        "(never a new one): the retry is answered the payment once it is recorded",
+        code="initiation_unknown",
+        retry_after=UNKNOWN_RETRY_AFTER,
     )
 
 

@@ -19,7 +19,11 @@ request is answered with a 5xx (an initiate while Redis is down included).
 
 Every franc reaches its order (issue 31): no order is collected twice (CamPay's
 transactions grouped by the order of the intent named by their
-`external_reference`); each crash payment's order, read by its owner after
+`external_reference`), but for the two ways docs/API.md states, counted as
+figures: a collect an instance cut off from Redis started for a key it had
+never seen (it logs each such claim), and one under a new key after the first
+key said `initiation_expired` before CamPay's word about the first collect
+reached any instance; each crash payment's order, read by its owner after
 convergence, shows the reference CamPay collected for it and CamPay's truth
 (another user gets 404); every settled payment's merchant hears of its final
 status exactly once by message id, with its order id, and never of a
@@ -37,7 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tests.fault.clients import TRACK_ACK_TIMEOUT, CheckoutPage, EventRecord
-from tests.fault.plan import BAD_SIGNATURE_KINDS, PaymentRun
+from tests.fault.plan import BAD_SIGNATURE_KINDS, FORGED_KINDS, PaymentRun
 from tests.fault.scenario import RunResult
 
 TERMINAL = {"SUCCESSFUL", "FAILED"}
@@ -94,6 +98,13 @@ class Report:
     # Orders collected again while their instance was cut off from Redis, by one that had never seen their key (the cost
     # of payments going on during an outage; docs/API.md): a figure, not a violation.
     blind_second_collects: list[str] = field(default_factory=list)
+    # Orders collected again under a new key after the first key said `initiation_expired`, CamPay's word about the
+    # first collect having reached no instance within COLLECT_LIFETIME_SECONDS (docs/API.md): a figure too.
+    expired_second_collects: list[str] = field(default_factory=list)
+
+    def collected_twice_as_stated(self, order_id: str) -> bool:
+        """Whether `order_id` was collected twice in one of the ways docs/API.md states (either may have paid)."""
+        return order_id in self.blind_second_collects or order_id in self.expired_second_collects
 
     @property
     def ok(self) -> bool:
@@ -381,7 +392,7 @@ def evaluate(result: RunResult) -> Report:
         if record.get("reason") == FORGED_REASON:
             report.add("forged_applied", f"{p.reference}: stored reason is the forged webhook's")
         pointed = result.order_index.get(p.order_id)
-        blind = p.order_id in report.blind_second_collects and pointed in p.campay_references
+        blind = report.collected_twice_as_stated(p.order_id) and pointed in p.campay_references
         if pointed != p.reference and not blind:
             collected_for = result.campay_orders.get(pointed or "")
             how = (
@@ -604,6 +615,9 @@ def evaluate(result: RunResult) -> Report:
             + f"; of them {len(report.blind_second_collects)} while their instance was cut off from Redis, by one that had "
             + "never seen the key"
             + (f": {', '.join(report.blind_second_collects[:5])}" if report.blind_second_collects else "")
+            + f"; {len(report.expired_second_collects)} under a new key after the first said initiation_expired, "
+            + "CamPay's word about the first collect having reached no instance by then"
+            + (f": {', '.join(report.expired_second_collects[:5])}" if report.expired_second_collects else "")
             + ")",
         )
     )
@@ -727,43 +741,88 @@ def _read_matches(read: Any, payments: list[PaymentRun]) -> bool:
     )
 
 
-def _attempts(result: RunResult, p: PaymentRun) -> list[tuple[str, float, str]]:
-    """The shopper's initiate attempts as (instance, monotonic time answered, answer)."""
-    found = []
-    for answer in p.initiate_answers:
-        head, _, what = answer.partition(": ")
-        instance, _, at = head.partition(" t=")
-        try:
-            found.append((instance, result.t0 + float(at.rstrip("s")), what))
-        except ValueError:
-            continue
-    return found
+# What an instance logs when it claims an Idempotency-Key it never saw on its memory while Redis cannot be asked
+# (realtime/storage/resilient/policies.py): the claim's nonce is the `external_reference` of what it may collect.
+BLIND_CLAIM = "storage: an Idempotency-Key this instance never saw is claimed on its memory"
 
 
-def _blind_while_redis_down(result: RunResult, p: PaymentRun, tx: Any) -> bool:
-    """Was `tx` collected while its instance was cut off from Redis (from redis-server going down until that
-    instance said `healthy` again: an instance runs on its memory until its watcher has seen Redis back and
-    written back, seconds after redis-server answers on a loaded machine), by an instance that had received
-    no earlier attempt with this key since it (re)started (so its memory held nothing of the key or the
-    order)? The end of the window is when the driver saw `/health` say healthy: a poll after the switch."""
-    if result.redis_down is None:
+def blind_claims(result: RunResult) -> dict[str, str]:
+    """nonce -> instance, for every claim an instance made on its memory without being able to ask Redis."""
+    claims: dict[str, str] = {}
+    for instance, lines in result.log_lines.items():
+        for line in lines:
+            if BLIND_CLAIM not in line:
+                continue
+            try:
+                nonce = json.loads(line).get("nonce")
+            except ValueError:
+                continue
+            if isinstance(nonce, str):
+                claims[nonce] = instance
+    return claims
+
+
+def _blind_while_redis_down(result: RunResult, claims: dict[str, str], tx: Any) -> bool:
+    """Was `tx` started by an instance cut off from Redis, for a key its memory knew nothing of? The instance
+    says so when it claims the key (`BLIND_CLAIM`, naming the nonce CamPay got as `external_reference`), and
+    CamPay got the collect while that instance was cut off: from redis-server going down until the instance
+    said `healthy` again (an instance runs on its memory until its watcher has seen Redis back and written
+    back, seconds to a minute after redis-server answers on a loaded machine; the end is when the driver saw
+    `/health` say healthy, a poll after the switch).
+
+    Told by the instance, not guessed from the shopper's attempts: an attempt answered `busy` by the rate
+    limiter, or given up by the shopper while the instance still queued it, never showed the key to the
+    instance, and a request the shopper gave up on still collects, with no answer to tell which instance."""
+    instance = claims.get(tx.external_reference or "")
+    if instance is None or result.redis_down is None:
         return False
     down, back = result.redis_down
-    attempts = _attempts(result, p)
-    answered = [a for a in attempts if a[1] + 0.1 >= tx.created_at and a[2].startswith("201")]
-    if not answered:
-        return False
-    instance, at, _ = answered[0]
     cut_off_until = max(back, result.healthy_again.get(instance) or back)
-    if not down <= tx.created_at <= cut_off_until:
+    return down <= tx.created_at <= cut_off_until
+
+
+def _expired_at(result: RunResult, p: PaymentRun) -> float | None:
+    """When the shopper was first answered `initiation_expired` (monotonic), if ever."""
+    for answer in p.initiate_answers:
+        head, _, what = answer.partition(": ")
+        if what.startswith("409 initiation_expired"):
+            try:
+                return result.t0 + float(head.partition(" t=")[2].rstrip("s"))
+            except ValueError:
+                return None
+    return None
+
+
+def _collected_again_after_expiry(result: RunResult, p: PaymentRun, first: Any, again: Any) -> bool:
+    """Was `again` collected under the shopper's new key after the first key said `initiation_expired`, with
+    CamPay's word about the `first` collect accepted (2xx) by no instance before that answer? Then the server
+    answered as docs/API.md states: CamPay had not reported the first collect within COLLECT_LIFETIME_SECONDS,
+    a new key starts afresh (the plan's lifetime outlasts its confirmations; a loaded machine can take longer to
+    take CamPay's callback)."""
+    expired = _expired_at(result, p)
+    if expired is None or again.created_at < expired:
         return False
-    started = max((end for name, _, end in result.down if name == instance and end <= at), default=float("-inf"))
-    return not any(name == instance and started <= when < tx.created_at - 0.1 for name, when, _ in attempts)
+    heard = [
+        r.at
+        for r in result.http
+        if r.kind.startswith("webhook:")
+        and r.kind.removeprefix("webhook:") not in FORGED_KINDS
+        and r.reference == first.reference
+        and r.status is not None
+        and 200 <= r.status < 300
+    ]
+    return not heard or min(heard) >= expired
 
 
 def _check_orders(report: Report, result: RunResult) -> int:
     """No order collected twice (CamPay's transactions by their intent's order), each transaction's intent
-    names the order the shopper asked for, and every shopper was answered its own order's collect."""
+    names the order the shopper asked for, and every shopper was answered its own order's collect.
+
+    An order collected twice where all collects but one were started blind by instances cut off from Redis is
+    the stated price of payments during an outage (a figure). The blind one may be the first: a healthy
+    instance then finds on Redis nothing of a collect that waits in the cut-off instance's memory. So is one
+    collected again after its first key expired before CamPay's word about the first collect came (a figure)."""
+    claims = blind_claims(result)
     by_order: dict[str, list[Any]] = defaultdict(list)
     for tx in result.campay_transactions:
         if tx.order_by_intent and tx.order_by_description and tx.order_by_intent != tx.order_by_description:
@@ -778,11 +837,15 @@ def _check_orders(report: Report, result: RunResult) -> int:
     for order_id, txs in by_order.items():
         if len(txs) > 1:
             p = payments.get(order_id)
-            later = sorted(txs, key=lambda tx: tx.created_at)[1:]
-            if p is not None and all(_blind_while_redis_down(result, p, tx) for tx in later):
+            blind = sum(_blind_while_redis_down(result, claims, tx) for tx in txs)
+            if p is not None and len(txs) - blind <= 1:
                 # Payments go on while Redis is away: an instance with no record of the key cannot tell a
                 # retry from a first request. Counted (a figure), documented, never hidden as "once".
                 report.blind_second_collects.append(order_id)
+                continue
+            first, *again = sorted(txs, key=lambda tx: tx.created_at)
+            if p is not None and len(again) == 1 and _collected_again_after_expiry(result, p, first, again[0]):
+                report.expired_second_collects.append(order_id)
                 continue
             report.add(
                 "second_collect",
@@ -808,7 +871,7 @@ def _check_crashes(report: Report, result: RunResult) -> None:
         p = payments[read.order_id]
         body = read.body if isinstance(read.body, dict) else {}
         if read.as_owner:
-            twice = read.order_id in report.blind_second_collects  # either collect may be the one that paid
+            twice = report.collected_twice_as_stated(read.order_id)  # either collect may be the one that paid
             shown = body.get("reference") in p.campay_references and body.get("status") == p.truth
             if read.status != 200 or not (_read_matches(read, result.payments) or (twice and shown)):
                 report.add(

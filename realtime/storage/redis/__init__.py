@@ -163,6 +163,9 @@ class RedisStorage(CompositeStorage):
     async def restore_outbox(self, entries: list[OutboxEntry]) -> None:
         await self.outbox.restore_outbox(entries)
 
+    async def idempotency_record(self, key: str) -> tuple[IdempotencyRecord, bool] | None:
+        return await self.idempotency.idempotency_record(key)
+
     async def restore_idempotency(self, key: str, record: IdempotencyRecord, ttl_seconds: float) -> str:
         return await self.idempotency.restore_idempotency(key, record, ttl_seconds)
 

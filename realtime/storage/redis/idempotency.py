@@ -60,6 +60,12 @@ class RedisIdempotency:
     async def release_idempotency(self, key: str, owner: str, *, forget: bool) -> None:
         await self._ctx.run_waited((self._release, self._keys(key), [owner, "1" if forget else ""]), "keys", key)
 
+    async def idempotency_record(self, key: str) -> tuple[IdempotencyRecord, bool] | None:
+        """The record held for `key` and whether a request holds its lease; None if there is none. For an
+        instance running on memory while Redis answers again (the resilient wrapper's `peek`)."""
+        raw, holder = await self._ctx.get_many(self._keys(key))
+        return (IdempotencyRecord.model_validate_json(raw), holder is not None) if raw else None
+
     async def restore_idempotency(self, key: str, record: IdempotencyRecord, ttl_seconds: float) -> str:
         """Write back a record kept in memory while Redis was away; says what happened.
 

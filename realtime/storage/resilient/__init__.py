@@ -80,11 +80,11 @@ class ResilientStorage(CompositeStorage):
             on_recovered=on_recovered,
             ride_out=ride_out,
         )
-        self._payments = payments = PaymentsPolicy(primary, fallback, clock, merchant_outbox)
+        self._payments = payments = PaymentsPolicy(primary, fallback, clock, merchant_outbox, failover)
         outbox = OutboxPolicy(primary, fallback, payments)
         clients = ClientsPolicy(primary, fallback)
-        idempotency = IdempotencyPolicy(primary, fallback, idempotency_ttl)
-        intents = IntentsPolicy(primary, fallback)
+        idempotency = IdempotencyPolicy(primary, fallback, idempotency_ttl, failover)
+        intents = IntentsPolicy(primary, fallback, failover)
         locks = LocksPolicy(primary, fallback)
         endpoints = EndpointsPolicy(primary, fallback)
         failover.policies = [payments, intents, idempotency, locks, outbox, clients, endpoints]

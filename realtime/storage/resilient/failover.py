@@ -142,6 +142,9 @@ class Failover:
         self.policies: list[RolePolicy] = []  # in write-back order
         self.waiting: Callable[[], Collection[str]] = tuple  # payments changed and not yet written back
         self.healthy = False
+        # The primary answered the watcher since this instance degraded: the write-back is under way, and
+        # until it ends calls still go to the fallback (see `peek`).
+        self._answering = False
         self._down_since: datetime | None = None
         self._last_error = "not started"
         self._last_reason = "NotStarted"  # the failure's class: shown on /health to anyone
@@ -203,6 +206,34 @@ class Failover:
                 delay = min(delay * 2, _RIDE_OUT_MAX_DELAY)
         return False, None
 
+    @property
+    def answering(self) -> bool:
+        """Degraded, but the primary answers again: the write-back is under way (calls still go to the fallback,
+        which other instances cannot see)."""
+        return self._answering and not self.healthy
+
+    async def peek(self, call: Callable[[], Awaitable[T]]) -> tuple[bool, T | None]:
+        """While degraded, the primary's answer about something the fallback knew nothing of, if the primary
+        has answered again: (True, result), else (False, None).
+
+        For what decides whether money moves (a key's claim, an order's hold or payment, the intent a
+        callback names, and that intent's resolution, which belongs where the intent is): an instance
+        writing back after an outage (seconds to minutes on a loaded machine) still runs on its memory,
+        which knows only what this instance saw, while Redis already says another instance holds the key
+        or the order. Asked only once the watcher has seen the primary answer since the outage began (never
+        a wait per call while it is away); a failure stops the asking until the watcher sees it answer
+        again. A full pool is back-pressure (`Busy`), as on any call.
+        """
+        if self.healthy or self._closed or not self._answering:
+            return False, None
+        try:
+            return True, await call()
+        except BUSY_ERRORS:
+            raise Busy() from None
+        except OUTAGE_ERRORS:
+            self._answering = False
+            return False, None
+
     def degrade(self, exc: BaseException) -> None:
         self._last_error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         self._last_reason = type(exc).__name__
@@ -213,6 +244,7 @@ class Failover:
                 extra={"error": self._last_error},
             )
         self.healthy = False
+        self._answering = False
 
     # -- lifetime -----------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -312,6 +344,7 @@ class Failover:
     async def recover(self) -> None:
         """Write back everything changed while degraded, then switch to the primary. Raises while it is away."""
         self._primary_id = await self.primary.server_id()
+        self._answering = True
         written = await self._write_back()
         # Nothing awaited between the last check and this line: no change can slip in unwritten.
         self.healthy = True

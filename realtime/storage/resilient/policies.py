@@ -8,7 +8,13 @@ instance's memory is answered and held on Redis too once it returns (an
 instance that never saw a key cannot know it while cut off: docs/API.md). Two instances may each believe
 they hold a lease until Redis returns; their holders must be idempotent (the
 reconciler is: the state machine ignores duplicates), and an initiation is
-also held by its intent.
+also held by its intent. Once Redis answers again, and until the write-back
+ends, what decides whether a collect may start (a key's claim, an order's
+hold or payment, the intent or orphan a callback or a retry names) is asked
+of Redis too when memory knows nothing of it, and an intent memory never held
+is resolved on Redis (`Failover.peek`): Redis's answer stands where memory
+has none. No intent is written on memory then (`Busy`): the collect it lets
+start would be invisible to the other instances until the write-back.
 """
 
 from __future__ import annotations
@@ -20,11 +26,12 @@ from datetime import datetime
 from typing import Any, ClassVar
 
 from core.clock import Clock
+from core.errors import Busy
 from payments.model import Payment, PaymentEvent, Transition
 from payments.outbox import OutboxEntry
-from payments.ports import StalePending
+from payments.ports import IdempotencyClaim, IdempotencyRecord, StalePending
 from realtime.storage.memory import MemoryStorage
-from realtime.storage.resilient.failover import Call, RolePolicy, Route
+from realtime.storage.resilient.failover import Call, Failover, RolePolicy, Route
 
 # The merchant entries of what a write-back stored over what it replaced (payments.outbox.OutboxPolicy.for_stored).
 StoredOutboxFor = Callable[[Payment, Payment | None, datetime], list[OutboxEntry]]
@@ -81,12 +88,15 @@ class PaymentsPolicy(_Remembered):
     its checkout pages wait on; every payment changed while degraded is written back with
     `merge_payment`, an atomic merge that never moves Redis backwards."""
 
-    def __init__(self, primary: Any, fallback: MemoryStorage, clock: Clock, outbox: StoredOutboxFor) -> None:
+    def __init__(
+        self, primary: Any, fallback: MemoryStorage, clock: Clock, outbox: StoredOutboxFor, failover: Failover
+    ) -> None:
         super().__init__()
         self._primary = primary
         self._memory = fallback.payments
         self._clock = clock
         self._outbox = outbox
+        self._failover = failover
         self.lost: set[str] = set()  # written back, but the local status lost the merge to Redis's
         self.unconfirmed: set[str] = set()  # status changes no replica confirmed: to ask the provider again
 
@@ -118,6 +128,16 @@ class PaymentsPolicy(_Remembered):
     async def after(self, call: Call, result: Any, on_primary: bool) -> Any:
         if call.name == "get_payment" and on_primary and result is not None and result.reference not in self.dirty:
             self._memory.mirror(result)
+        if call.name in ("get_order_payment", "payment_for_nonce") and not on_primary and result is None:
+            # An order this instance never saw may be paid or pending on Redis, a collect's answer lost on
+            # another instance may be stored there as nobody's (an initiation decides on either).
+            read, about = getattr(self._primary, call.name), call.args.get("order_id") or call.args["nonce"]
+            asked, found = await self._failover.peek(lambda: read(about))
+            if asked and found is not None:
+                if found.reference in self.dirty:  # changed here meanwhile: this copy is the newer one
+                    return await self._memory.get_payment(found.reference) or found
+                self._memory.mirror(found)
+                return found
         if call.name == "drop_stale_pending" and not on_primary:
             # Memory's PENDING copies may have settled on another instance: this instance cannot tell an
             # abandoned payment from one it did not hear about. A payment changed here is written back to
@@ -311,16 +331,19 @@ class IdempotencyPolicy(_Remembered):
     routes: ClassVar = {"take_over_idempotency": Route.LOCAL_FIRST}
     defaults: ClassVar = {"take_over_idempotency": False}
 
-    def __init__(self, primary: Any, fallback: MemoryStorage, ttl_seconds: float) -> None:
+    def __init__(self, primary: Any, fallback: MemoryStorage, ttl_seconds: float, failover: Failover) -> None:
         super().__init__()
         self._primary = primary
         self._memory = fallback.idempotency
         self._ttl = ttl_seconds
+        self._failover = failover
 
     async def after(self, call: Call, result: Any, on_primary: bool) -> Any:
         key = call.args["key"]
         if not on_primary:
             self.dirty.add(key)
+            if call.name == "claim_idempotency" and result.claimed:
+                return await self._claimed_on_redis(key, call.args["record"]) or result
         elif call.name == "claim_idempotency":
             record = call.args["record"] if result.claimed else result.existing
             if record is not None:
@@ -332,6 +355,30 @@ class IdempotencyPolicy(_Remembered):
         elif call.name == "release_idempotency" and call.args["forget"]:
             self._memory.forget(key)
         return result
+
+    async def _claimed_on_redis(self, key: str, claimed: IdempotencyRecord) -> IdempotencyClaim | None:
+        """A key memory has just claimed, as Redis holds it if Redis answers and holds it: the claim made here
+        is undone and Redis's record kept here instead (so this instance, having now seen the key, never
+        takes it over while apart: `take_over_idempotency` is refused on memory). When Redis cannot be
+        asked the claim stands, and is logged with its nonce (CamPay's `external_reference` of what it may
+        start): if another instance holds the key, this is the price docs/API.md states, a second collect."""
+        try:
+            asked, found = await self._failover.peek(lambda: self._primary.idempotency_record(key))
+        except Exception:
+            self._memory.forget(key)  # nothing was decided: the claim goes with the call that failed
+            raise
+        if not asked:
+            log.warning(
+                "storage: an Idempotency-Key this instance never saw is claimed on its memory, Redis away: "
+                "if another instance holds it, this may collect a second time",
+                extra={"key": key, "nonce": claimed.nonce},
+            )
+        if not asked or found is None:
+            return None
+        record, held = found
+        self._memory.forget(key)
+        self._memory.restore(key, record, self._ttl)
+        return IdempotencyClaim(False, record, held=held)
 
     async def recovering(self) -> None:
         """A key's claim or answer no replica confirmed may have died with a failed-over primary: written
@@ -359,12 +406,20 @@ class IntentsPolicy(_Remembered):
 
     routes: ClassVar = {name: Route.BOTH for name in ("put_intent", "resolve_intent", "drop_intent")}
 
-    def __init__(self, primary: Any, fallback: MemoryStorage) -> None:
+    def __init__(self, primary: Any, fallback: MemoryStorage, failover: Failover) -> None:
         super().__init__()
         self._primary = primary
         self._memory = fallback.intents
+        self._failover = failover
 
     async def after(self, call: Call, result: Any, on_primary: bool) -> Any:
+        if not on_primary and result is None and call.name in ("order_intent", "get_intent", "resolve_intent"):
+            return await self._on_redis(call)
+        if not on_primary and call.name == "put_intent" and result and self._failover.answering:
+            # Written here, it would let a collect start that no other instance can see until the write-back
+            # (they answer from Redis, and may start their own). Redis answers: a short wait, not a blind collect.
+            await self._memory.drop_intent(call.args["intent"].nonce)
+            raise Busy("storage is writing back after an outage; nothing was sent, retry shortly")
         if not on_primary and call.name in self.routes:
             self.dirty.add(call.args["intent"].nonce if call.name == "put_intent" else call.args["nonce"])
         elif call.name == "put_intent" and not result:
@@ -372,6 +427,23 @@ class IntentsPolicy(_Remembered):
             # to be written back or to hold the order here while degraded.
             await self._memory.drop_intent(call.args["intent"].nonce)
         return result
+
+    async def _on_redis(self, call: Call) -> Any:
+        """An intent memory never held, on Redis if it answers (`Failover.peek`): the order's hold by another
+        instance's collect (its answer lost, its outcome unknown), the intent CamPay's callback names (so
+        that callback links its collect here), and its resolution, made on Redis where the intent is (a
+        write-back of "not in memory" would be a drop, unlinking the collect from its order; and another
+        instance asked about the key must learn it was linked)."""
+        args, primary = call.args, self._primary
+        if call.name == "order_intent":
+            asked, found = await self._failover.peek(lambda: primary.order_intent(args["order_id"]))
+        elif call.name == "get_intent":
+            asked, found = await self._failover.peek(lambda: primary.get_intent(args["nonce"]))
+        else:
+            asked, found = await self._failover.peek(
+                lambda: primary.resolve_intent(args["nonce"], args["reference"], args["ussd_code"], args["operator"])
+            )
+        return found if asked else None
 
     async def recovering(self) -> None:
         """An intent no replica confirmed may have died with a failed-over primary, and with it the only
