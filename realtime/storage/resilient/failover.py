@@ -112,9 +112,10 @@ class RolePolicy:
         primary fails again); returns the payment references written."""
         return []
 
-    # Whether the role goes back to the primary as soon as its own write-back is done, before the others'
-    # (`Failover._write_back`): the roles an initiation decides with, so that the instance is not refusing
-    # initiations (or starting them where no other instance can see) while its payments are written back.
+    # Whether the role goes back to the primary as soon as its own first write-back pass is done, before the
+    # others' (`Failover._write_back`): the roles an initiation decides with, so that the instance is not
+    # refusing initiations (or starting them where no other instance can see) while its payments are written
+    # back. The write-back's restores never move the primary backwards, so what a later pass writes is safe.
     goes_back_first: ClassVar[bool] = False
     back = False  # on the primary again although the instance is still writing back (reset when it degrades)
 
@@ -349,8 +350,11 @@ class Failover:
         while self._pending():
             for policy in self.policies:
                 written += await policy.write_back()
-                if policy.goes_back_first and not self.healthy and not policy.pending():
-                    policy.back = True  # nothing awaited since the check: no change slips in on memory
+                if policy.goes_back_first and not self.healthy:
+                    # What reached memory meanwhile (calls under way) is written by the next round: an
+                    # initiation's intent is refused on memory now, and its key's and order's leases are
+                    # renewed only where they are (on Redis from now), so none of it starts a collect.
+                    policy.back = True
         return written
 
     async def recover(self) -> None:
