@@ -18,6 +18,7 @@ import aiohttp
 import pytest
 
 from core.clock import ManualClock
+from payments.initiation import idempotency_scope
 from tests.campay_fake import FakeCampay
 from tests.conftest import Instance, StartInstance, campay_settings
 from tests.fault.checks import BLIND_CLAIM
@@ -41,12 +42,13 @@ async def _pool_full(instance: Instance) -> AsyncIterator[None]:
 
 
 @contextlib.asynccontextmanager
-async def _write_back_held(instance: Instance) -> AsyncIterator[None]:
-    """The instance's write-back, once Redis answers again, stopped at its first payment until the body ends:
-    Redis answers, the instance still runs on memory (a write-back of thousands of changes, or a loaded
-    machine's, takes seconds to minutes)."""
+async def _write_back_held(instance: Instance, at: str = "restore_intent") -> AsyncIterator[None]:
+    """The instance's write-back, once Redis answers again, stopped at its first call of `at` until the body
+    ends: Redis answers, the instance still runs on memory (a write-back of thousands of changes, or a loaded
+    machine's, takes seconds to a minute). `restore_intent` is its first step (intents, then keys and leases,
+    go back to Redis first); `merge_payment` comes once those are back on Redis."""
     primary = instance.storage.primary
-    real = primary.merge_payment
+    real = getattr(primary, at)
     reached, go_on = asyncio.Event(), asyncio.Event()
 
     async def held(*args: Any, **kwargs: Any) -> Any:
@@ -54,13 +56,19 @@ async def _write_back_held(instance: Instance) -> AsyncIterator[None]:
         await go_on.wait()
         return await real(*args, **kwargs)
 
-    primary.merge_payment = held  # the write-back's own call (policies.PaymentsPolicy), on the real storage
+    setattr(primary, at, held)  # the write-back's own call (resilient/policies.py), on the real storage
     try:
         await asyncio.wait_for(reached.wait(), WAIT)
         yield
     finally:
-        primary.merge_payment = real
+        setattr(primary, at, real)
         go_on.set()
+
+
+async def _lease_lapsed(instance: Instance, key: str) -> bool:
+    """The key's claim is on Redis and no request holds its lease any more."""
+    found = await instance.storage.primary.idempotency_record(idempotency_scope(None, key))
+    return found is not None and not found[1]
 
 
 async def _answer(instance: Instance, order_id: str, key: str) -> tuple[int, dict[str, Any]]:
@@ -257,3 +265,40 @@ async def test_an_instance_still_writing_back_starts_no_collect_redis_cannot_see
     assert campay.calls["collect"] == 2, (on_a, on_b)  # o-other's, and o-fresh's once
     assert on_a[0] == 503 and on_a[1]["error"]["code"] == "busy", on_a
     assert on_b[0] == 201, on_b
+
+
+async def test_an_instance_whose_keys_and_intents_are_written_back_takes_a_dead_claim_over_on_redis(
+    start_redis_instance: StartInstance, proxy: PartitionProxy, campay: FakeCampay
+) -> None:
+    """A claimed a key on Redis and lost Redis before its intent (it sent nothing: 503 busy); the claim waits on
+    Redis with no intent and no lease. Once A's intents, keys and leases are written back, while its payments
+    still are, those go to Redis again: the retry on A takes the claim over there and collects once (on memory
+    it could only say `idempotency_in_progress` until the whole write-back ended, a minute on a loaded
+    machine, and shoppers gave up), and B replays it."""
+    common = {**campay_settings(campay), "INITIATION_LEASE_SECONDS": 0.5}
+    a = await start_redis_instance(INSTANCE_ID="a", REDIS_URL=proxy.url, **common)
+    b = await start_redis_instance(INSTANCE_ID="b", **common)
+    storage = a.storage
+    real_acquire = storage.acquire_lease
+
+    async def partition_then_acquire(*args: Any, **kwargs: Any) -> Any:
+        proxy.cut()  # right after the claim, before the order lease and the intent
+        return await real_acquire(*args, **kwargs)
+
+    storage.acquire_lease = partition_then_acquire
+    try:
+        status, body = await _answer(a, "o-dead", "k-dead")
+    finally:
+        storage.acquire_lease = real_acquire
+    assert (status, body["error"]["code"]) == (503, "busy"), body
+    await eventually(lambda: _is(a, "degraded"))
+    assert (await _answer(a, "o-other", "k-other"))[0] == 201  # on A's memory: to be written back
+    await eventually(lambda: _lease_lapsed(b, "k-dead"), interval=0.05)  # INITIATION_LEASE_SECONDS after it
+    proxy.heal()
+    async with _write_back_held(a, at="merge_payment"):
+        assert not a.storage.healthy
+        status, on_a = await _answer(a, "o-dead", "k-dead")
+    assert status == 201, on_a
+    status, on_b = await _answer(b, "o-dead", "k-dead")
+    assert status == 201 and on_b["reference"] == on_a["reference"], on_b
+    assert campay.calls["collect"] == 2  # o-other's and o-dead's

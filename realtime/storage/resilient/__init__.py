@@ -17,7 +17,9 @@
   is written back with `merge_payment` (our terminal status replaces a
   PENDING one; a terminal status already in Redis is kept), outbox entries
   and client records are written back, and only when nothing is left to
-  write does the storage switch back to Redis. `on_recovered` is then
+  write does the storage switch back to Redis. The roles an initiation
+  decides with (intents, Idempotency-Keys, leases) are written back first and
+  each switches back as soon as its own write-back is done. `on_recovered` is then
   called with the references written back, so the app can re-read them and
   announce what Redis now holds to every instance, and resync this
   instance's sockets.
@@ -87,7 +89,9 @@ class ResilientStorage(CompositeStorage):
         intents = IntentsPolicy(primary, fallback, failover)
         locks = LocksPolicy(primary, fallback)
         endpoints = EndpointsPolicy(primary, fallback)
-        failover.policies = [payments, intents, idempotency, locks, outbox, clients, endpoints]
+        # The roles an initiation decides with first (each goes back to Redis once written back); intents before
+        # keys, so that no key's claim is on Redis before the intent that answers for it.
+        failover.policies = [intents, idempotency, locks, payments, outbox, clients, endpoints]
         failover.waiting = payments.waiting
         super().__init__(
             payments=resilient(PaymentStore, primary, fallback, failover, payments),

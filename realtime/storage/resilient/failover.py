@@ -112,6 +112,13 @@ class RolePolicy:
         primary fails again); returns the payment references written."""
         return []
 
+    # Whether the role goes back to the primary as soon as its own first write-back pass is done, before the
+    # others' (`Failover._write_back`): the roles an initiation decides with, so that the instance is not
+    # refusing initiations (or starting them where no other instance can see) while its payments are written
+    # back. The write-back's restores never move the primary backwards, so what a later pass writes is safe.
+    goes_back_first: ClassVar[bool] = False
+    back = False  # on the primary again although the instance is still writing back (reset when it degrades)
+
     def retried(self, call: Call, result: Any) -> Any:
         """`call` reached the primary only after a failed try (a cluster shard failing over): the failed
         try may have run on the old primary. Returns the result the caller gets."""
@@ -165,7 +172,9 @@ class Failover:
         )
 
     # -- calls ------------------------------------------------------------------------------------
-    async def on_primary(self, call: Callable[[], Awaitable[T]], *, ride_out: bool = True) -> tuple[bool, T | None]:
+    async def on_primary(
+        self, call: Callable[[], Awaitable[T]], *, ride_out: bool = True, role: RolePolicy | None = None
+    ) -> tuple[bool, T | None]:
         """(True, result) if the primary is healthy and answered; (False, None) if not (an outage degrades).
 
         With a ride-out (a cluster), an outage is tried again, backing off, for up to that long before it
@@ -176,7 +185,7 @@ class Failover:
         """
         deadline: float | None = None
         delay = _RIDE_OUT_FIRST_DELAY
-        while self.healthy:
+        while self.healthy or (role is not None and role.back):
             if self._closed:
                 # A call still riding a failover out at close (or made after it) must not reopen the closed
                 # client and write where nobody writes back from any more: the caller retries elsewhere.
@@ -245,6 +254,8 @@ class Failover:
             )
         self.healthy = False
         self._answering = False
+        for policy in self.policies:
+            policy.back = False
 
     # -- lifetime -----------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -339,6 +350,11 @@ class Failover:
         while self._pending():
             for policy in self.policies:
                 written += await policy.write_back()
+                if policy.goes_back_first and not self.healthy:
+                    # What reached memory meanwhile (calls under way) is written by the next round: an
+                    # initiation's intent is refused on memory now, and its key's and order's leases are
+                    # renewed only where they are (on Redis from now), so none of it starts a collect.
+                    policy.back = True
         return written
 
     async def recover(self) -> None:
@@ -348,6 +364,8 @@ class Failover:
         written = await self._write_back()
         # Nothing awaited between the last check and this line: no change can slip in unwritten.
         self.healthy = True
+        for policy in self.policies:
+            policy.back = False
         log.warning(
             "storage: Redis is back; degraded-mode changes written back",
             extra={"payments": len(written), "down_since": self._down_since.isoformat() if self._down_since else None},
@@ -433,7 +451,7 @@ class _ResilientRole:
                 result = await primary(*args, **kwargs)
                 return await policy.after(call, policy.retried(call, result) if tries > 1 else result, True)
 
-            ok, result = await failover.on_primary(on_primary)
+            ok, result = await failover.on_primary(on_primary, role=policy)
             if ok:
                 return result
             if route is Route.LOCAL_FIRST:

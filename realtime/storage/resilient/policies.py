@@ -325,6 +325,8 @@ class IdempotencyPolicy(_Remembered):
     while degraded are written back, a final answer beating an in-progress claim and Redis's own final
     answer kept (a conflict is logged: two instances answered one key while apart)."""
 
+    goes_back_first = True
+
     # Taking a claim over decides that its holder sent nothing (it wrote no intent), and only the shared
     # storage can tell (the holder may have written its intent there): refused while Redis is away, and
     # memory left untouched.
@@ -404,6 +406,8 @@ class IntentsPolicy(_Remembered):
     orphan on Redis naming its nonce) is returned with the written-back payments, so the recovery
     listener links it (`PaymentService.announce`)."""
 
+    goes_back_first = True
+
     routes: ClassVar = {name: Route.BOTH for name in ("put_intent", "resolve_intent", "drop_intent")}
 
     def __init__(self, primary: Any, fallback: MemoryStorage, failover: Failover) -> None:
@@ -466,6 +470,8 @@ class IntentsPolicy(_Remembered):
 class LocksPolicy(_Remembered):
     """Leases taken while degraded and still held are taken on Redis too when it returns (a holder that
     meanwhile lost one to another instance is logged; its work is guarded by more than the lease)."""
+
+    goes_back_first = True
 
     def __init__(self, primary: Any, fallback: MemoryStorage) -> None:
         super().__init__()
