@@ -285,9 +285,10 @@ class Initiator:
                 payment = await self._adopt(intent, collected.reference, collected)
         except BaseException as exc:
             await self._after_failure(exc, stage, owner, nonce, claim, collected)
-            if stage == "collected" and isinstance(exc, ApiError) and exc.status >= 500:
-                # The provider took it; only storing it failed (`busy`: a full pool). `busy` says nothing was
-                # sent, and a shopper told so may start over with a new key: the answer says it may be under way.
+            if _taken_not_stored(exc, collected):
+                # The provider took it; only checking or storing it failed (`busy`: a full pool). `busy` says
+                # nothing was sent, and a shopper told so may start over with a new key: the answer says it may be
+                # under way.
                 raise _recorded_later() from exc
             raise
         return InitiateResult(201, payment.public(reveal_phone=True))
@@ -432,6 +433,14 @@ def _in_progress() -> Conflict:
         "a request with this Idempotency-Key is still being processed; retry shortly",
         code="idempotency_in_progress",
         retry_after=1,
+    )
+
+
+def _taken_not_stored(exc: BaseException, collected: CollectResult | None) -> bool:
+    """The provider answered the collect, and our own side failed after (a full pool while checking its answer
+    or storing it): not the provider's bad answer (`ProviderError`, which stays a 502)."""
+    return (
+        collected is not None and isinstance(exc, ApiError) and exc.status >= 500 and not isinstance(exc, ProviderError)
     )
 
 
