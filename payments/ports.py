@@ -215,6 +215,12 @@ class OutboxStore(Protocol):
         a claimer that dies loses the claim when the lease runs out.
         """
 
+    async def outbox_release(self, owner: str, now: float) -> int:
+        """End `owner`'s claims on pending entries, which are due again at `now`; returns how many. For a
+        claim whose answer never reached its claimer (the storage went away as it answered): its entries
+        are sent now, not when the lease runs out. A claim asked again by its owner (the same call sent
+        again) returns what the owner holds already, so a lost answer to one that was retried loses nothing."""
+
     async def outbox_renew(self, entry_id: str, owner: str, until: float) -> bool:
         """Extend `owner`'s claim on a pending entry to `until`; False (nothing changed) if the claim is not
         `owner`'s: another worker claimed it after the lease ran out, a replay started it afresh, it was

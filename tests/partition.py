@@ -23,6 +23,9 @@ class PartitionProxy:
         self._flowing.set()
         self._stall_on: bytes | None = None
         self.stalled = asyncio.Event()  # set once a `stall_on` pattern was met
+        self._cut_on: bytes | None = None
+        self._cutting = False  # a `cut_on_reply_to` command reached Redis: its reply is not passed on
+        self.reply_cut = asyncio.Event()  # set once a `cut_on_reply_to` reply was dropped and the proxy cut
 
     @property
     def url(self) -> str:
@@ -50,6 +53,14 @@ class PartitionProxy:
                         self._stall_on = None
                         self._flowing.clear()
                         self.stalled.set()
+                    if to_redis and self._cut_on is not None and self._cut_on in data:
+                        self._cut_on = None
+                        self._cutting = True
+                    elif not to_redis and self._cutting:
+                        self._cutting = False
+                        self.cut()
+                        self.reply_cut.set()
+                        break
                     await self._flowing.wait()
                     writer.write(data)
                     await writer.drain()
@@ -74,6 +85,11 @@ class PartitionProxy:
         included) until `resume`: a client stalled mid-work, slower than its leases, whose calls are not
         lost but late (shorter than its Redis timeout, so it never sees an error)."""
         self._stall_on = pattern
+
+    def cut_on_reply_to(self, pattern: bytes) -> None:
+        """Once a command containing `pattern` reaches Redis, cut the proxy as Redis answers, dropping the
+        reply: a call Redis ran whose answer never came back (the server went away as it answered)."""
+        self._cut_on = pattern
 
     def resume(self) -> None:
         self._flowing.set()

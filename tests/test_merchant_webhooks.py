@@ -11,9 +11,13 @@ from pydantic import ValidationError
 from core.clock import ManualClock
 from core.secrets import decode_secret
 from core.settings import Settings
+from realtime.storage.redis import scripts
 from tests.conftest import Backend, Instance, StartInstance
-from tests.harness import PRODUCTION, eventually, make_settings
+from tests.harness import PRODUCTION, WAIT, eventually, make_settings
 from tests.merchant_receiver import SECRET, MerchantReceiver, merchant_settings
+from tests.partition import PartitionProxy
+from tests.redis_server import RedisServer
+from tests.test_payment_truth import _is
 from webhooks.outbound.delivery import DELIVERY, RETRY_SCHEDULE, retry_delay
 from webhooks.outbound.signing import sign
 
@@ -209,8 +213,46 @@ async def test_dead_letters_beyond_the_cap_drop_the_oldest_and_are_counted(
         refs.append(await _paid(instance, f"order-dead-{i}"))
         await eventually(lambda: _has_dead(instance, refs[-1]))
     assert sorted(e["reference"] for e in await _dead(instance)) == sorted(refs[1:])  # the oldest went
+    # The worker counts the drop after storage answers, so the letters can be seen before the count.
+    await eventually(lambda: _metrics_say(instance, "paytrack_merchant_dead_letters_dropped_total 1.0"))
+
+
+async def _metrics_say(instance: Instance, line: str) -> bool:
     async with instance.api.session.get(instance.url + "metrics") as resp:
-        assert "paytrack_merchant_dead_letters_dropped_total 1.0" in await resp.text()
+        return line in (await resp.text()).splitlines()
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("outage", ["retried at once", "degraded"])
+async def test_a_claim_redis_ran_but_never_answered_is_given_back_when_redis_is_back(
+    start_redis_instance: StartInstance,
+    proxy: PartitionProxy,
+    redis_server: RedisServer,
+    merchant: MerchantReceiver,
+    outage: str,
+) -> None:
+    """Redis took the claim and went away before its answer came back: the worker never had the entries, and
+    the claim held them for its whole lease (25 s by default) after Redis was back. The fault run saw
+    merchants wait that long for messages of payments settled just before Redis died. Either redis-py sends
+    the claim again on a new connection at once (the same owner: it gets what it claimed), or the instance
+    degrades and the claim is given back when Redis answers again. On a frozen clock the lease never runs
+    out: only a claim that reaches its claimer or is given back delivers the message."""
+    clock = ManualClock(datetime.now(UTC))
+    redis = redis_server.client()
+    claim = await redis.script_load(scripts.CLAIM_OUTBOX)  # so that the EVALSHA runs, not answered NOSCRIPT
+    await redis.aclose()
+    proxy.cut_on_reply_to(claim.encode())
+    instance = await start_redis_instance(clock, REDIS_URL=proxy.url, **merchant_settings(merchant))
+    ref = await _paid(instance, "order-claim-lost")
+    await asyncio.wait_for(proxy.reply_cut.wait(), WAIT)
+    if outage == "degraded":
+        await eventually(lambda: _is(instance, "degraded"))
+    proxy.heal()
+    await merchant.wait_for(accepted=1, timeout=WAIT)
+    assert [d.body["data"]["reference"] for d in merchant.accepted] == [ref]
+    await eventually(lambda: _is(instance, "healthy"))
+    assert await instance.app[DELIVERY].run_once() == 0  # nothing left claimed or due
+    assert len(merchant.attempts) == 1
 
 
 async def _has_dead(instance: Instance, reference: str) -> bool:

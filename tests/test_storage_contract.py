@@ -530,6 +530,27 @@ async def test_an_outbox_entry_is_claimed_by_one_claimer_until_its_lease_runs_ou
     assert [(e.id, e.claimed_by) for e in again] == [(mid("m-1"), "b")]
 
 
+async def test_a_claim_asked_again_by_its_owner_returns_what_it_holds_and_a_release_gives_it_back(
+    backend: Backend,
+) -> None:
+    """Both for a claim whose answer was lost (payments/ports.py, `OutboxStore.outbox_release`)."""
+    s = backend.storage
+    await s.create_payment(owned(), queued(entry("m-1", due=100), entry("m-2", due=100)))
+    first = await s.outbox_claim(now=100, limit=1, lease_seconds=30, owner="a")
+    assert await s.outbox_claim(now=101, limit=1, lease_seconds=30, owner="b") == [
+        e.model_copy(update={"claimed_by": "b", "claimed_until": 131})
+        for e in await s.outbox_list()
+        if e.id != first[0].id
+    ]
+    sent_again = await s.outbox_claim(now=102, limit=10, lease_seconds=30, owner="a")  # the same call again
+    assert [(e.id, e.claimed_by, e.claimed_until) for e in sent_again] == [(first[0].id, "a", 132)]
+    assert await s.outbox_release("a", now=103) == 1
+    assert await s.outbox_release("a", now=103) == 0
+    assert [(e.id, e.claimed_by) for e in await s.outbox_claim(now=103, limit=10, lease_seconds=30, owner="c")] == [
+        (first[0].id, "c")
+    ]  # due again at once; b's claim is b's still
+
+
 async def test_a_claim_is_renewed_by_its_holder_alone(backend: Backend) -> None:
     s = backend.storage
     await s.create_payment(owned(), queued(entry("m-1", due=100)))

@@ -55,10 +55,19 @@ class MemoryOutbox:
 
     async def outbox_claim(self, now: float, limit: int, lease_seconds: float, owner: str) -> list[OutboxEntry]:
         self._prune_dead()
-        due = [e for e in self._entries.values() if e.state == "pending" and due_at(e) <= now]
-        due.sort(key=lambda e: e.next_attempt_at)
+        pending = [e for e in self._entries.values() if e.state == "pending"]
+        held = [e for e in pending if e.claimed_by == owner]  # the same claim asked again (OutboxStore)
+        due = sorted(
+            (e for e in pending if e.claimed_by != owner and due_at(e) <= now), key=lambda e: e.next_attempt_at
+        )
         claim = {"claimed_until": now + lease_seconds, "claimed_by": owner}
-        return [self._edit(e.id, lambda e: e.model_copy(update=claim)) or e for e in due[:limit]]
+        return [self._edit(e.id, lambda e: e.model_copy(update=claim)) or e for e in [*held, *due][:limit]]
+
+    async def outbox_release(self, owner: str, now: float) -> int:
+        mine = [e.id for e in self._entries.values() if e.state == "pending" and e.claimed_by == owner]
+        for entry_id in mine:
+            self._edit(entry_id, lambda e: e.model_copy(update={"claimed_by": None, "claimed_until": 0.0}))
+        return len(mine)
 
     async def outbox_renew(self, entry_id: str, owner: str, until: float) -> bool:
         if self._claimed_by(entry_id, owner) is None:

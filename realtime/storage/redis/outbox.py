@@ -41,6 +41,7 @@ class RedisOutbox:
         self._ctx = ctx
         redis = ctx.redis
         self._claim = redis.register_script(scripts.CLAIM_OUTBOX)
+        self._release = redis.register_script(scripts.RELEASE_OUTBOX_CLAIMS)
         self._renew = redis.register_script(scripts.RENEW_OUTBOX_CLAIM)
         self._put = redis.register_script(scripts.OUTBOX_PUT)
         self._delivered = redis.register_script(scripts.OUTBOX_DELIVERED)
@@ -119,15 +120,22 @@ class RedisOutbox:
         async with self._ctx.redis.pipeline(transaction=False) as pipe:
             for n in range(BUCKETS):
                 pipe.zcount(k.outbox_due(n), "-inf", now)
-            due = await pipe.execute()
+                pipe.hvals(k.outbox_claims(n))  # the claims under way: few, and `owner` may hold some already
+            replies = await pipe.execute()
+        wanted = [bool(due) or owner in holders for due, holders in zip(replies[::2], replies[1::2], strict=True)]
         first = next(self._start) % BUCKETS
         raws: list[str] = []
         for n in [*range(first, BUCKETS), *range(first)]:
-            if due[n] and len(raws) < limit:
+            if wanted[n] and len(raws) < limit:
                 keys = [k.outbox_due(n), k.outbox_entries(n), k.outbox_claims(n)]
                 raws += await self._claim(keys=keys, args=[now, limit - len(raws), until, owner])
         claim = {"claimed_until": until, "claimed_by": owner}
         return [OutboxEntry.model_validate_json(raw).model_copy(update=claim) for raw in raws]
+
+    async def outbox_release(self, owner: str, now: float) -> int:
+        k = self._ctx.keys
+        releases = [(self._release, [k.outbox_due(n), k.outbox_claims(n)], [owner, now]) for n in range(BUCKETS)]
+        return sum(int(released) for released in (await self._ctx.run_scripts(releases))[0])
 
     async def outbox_renew(self, entry_id: str, owner: str, until: float) -> bool:
         k, n = self._ctx.keys, _bucket(entry_id)

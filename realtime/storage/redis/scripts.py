@@ -17,10 +17,23 @@ return 1
 # Claim due outbox entries for ARGV[4]: push each one's due time forward to the lease's end (ARGV[3]), so
 # no other worker sees it until the lease runs out (a dead claimer's entries come back by themselves), name
 # the claim's owner (the fence OUTBOX_PUT checks), and return the entries. An id whose entry is gone leaves
-# the index. KEYS: due, entries, claims. ARGV: [1] now, [2] limit, [3] lease end, [4] owner.
+# the index. Entries ARGV[4] holds already come first: an owner is one claim pass, so this is the same call
+# again (redis-py sends a command again on a new connection when the first one's answer was lost), and the
+# claims the lost answer carried must reach their claimer rather than wait out the lease unsent.
+# KEYS: due, entries, claims. ARGV: [1] now, [2] limit, [3] lease end, [4] owner.
 CLAIM_OUTBOX = """
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
 local claimed = {}
+local claims = redis.call('HGETALL', KEYS[3])
+for i = 1, #claims, 2 do
+  if claims[i + 1] == ARGV[4] then
+    local raw = redis.call('HGET', KEYS[2], claims[i])
+    if raw and redis.call('ZSCORE', KEYS[1], claims[i]) then
+      redis.call('ZADD', KEYS[1], ARGV[3], claims[i])
+      claimed[#claimed + 1] = raw
+    end
+  end
+end
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, math.max(0, tonumber(ARGV[2]) - #claimed))
 for _, id in ipairs(ids) do
   local raw = redis.call('HGET', KEYS[2], id)
   if raw then
@@ -33,6 +46,24 @@ for _, id in ipairs(ids) do
   end
 end
 return claimed
+"""
+
+# End ARGV[1]'s claims on the entries still pending, each due again at ARGV[2] (it was due when claimed): a
+# claimer that never got its claim's answer (Redis went away as it answered) gives the entries back rather
+# than leave them unsent for the lease. Returns how many. KEYS: due, claims.
+RELEASE_OUTBOX_CLAIMS = """
+local released = 0
+local claims = redis.call('HGETALL', KEYS[2])
+for i = 1, #claims, 2 do
+  if claims[i + 1] == ARGV[1] then
+    redis.call('HDEL', KEYS[2], claims[i])
+    if redis.call('ZSCORE', KEYS[1], claims[i]) then
+      redis.call('ZADD', KEYS[1], ARGV[2], claims[i])
+      released = released + 1
+    end
+  end
+end
+return released
 """
 
 # Extend ARGV[2]'s claim on a pending entry to ARGV[3] (never shorten it). KEYS: due, claims. ARGV: [1] id.

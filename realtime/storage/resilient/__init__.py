@@ -83,7 +83,7 @@ class ResilientStorage(CompositeStorage):
             ride_out=ride_out,
         )
         self._payments = payments = PaymentsPolicy(primary, fallback, clock, merchant_outbox, failover)
-        outbox = OutboxPolicy(primary, fallback, payments)
+        outbox = OutboxPolicy(primary, fallback, payments, clock)
         clients = ClientsPolicy(primary, fallback)
         idempotency = IdempotencyPolicy(primary, fallback, idempotency_ttl, failover)
         intents = IntentsPolicy(primary, fallback, failover)

@@ -119,6 +119,10 @@ class RolePolicy:
     goes_back_first: ClassVar[bool] = False
     back = False  # on the primary again although the instance is still writing back (reset when it degrades)
 
+    def unanswered(self, call: Call) -> None:
+        """`call` was sent to the primary, which went away before answering (the outage began with it): it
+        may have run there. Called before the call goes on to the fallback."""
+
     def retried(self, call: Call, result: Any) -> Any:
         """`call` reached the primary only after a failed try (a cluster shard failing over): the failed
         try may have run on the old primary. Returns the result the caller gets."""
@@ -454,6 +458,8 @@ class _ResilientRole:
             ok, result = await failover.on_primary(on_primary, role=policy)
             if ok:
                 return result
+            if tries:
+                policy.unanswered(call)
             if route is Route.LOCAL_FIRST:
                 return policy.defaults.get(name)
             if route is Route.EITHER:

@@ -199,11 +199,19 @@ class OutboxPolicy(RolePolicy):
     # While neither side can answer for an entry, nothing changes: the claim on Redis runs out by itself.
     defaults: ClassVar = {"outbox_renew": False, "outbox_reschedule": False, "outbox_kill": None}
 
-    def __init__(self, primary: Any, fallback: MemoryStorage, payments: PaymentsPolicy) -> None:
+    def __init__(self, primary: Any, fallback: MemoryStorage, payments: PaymentsPolicy, clock: Clock) -> None:
         self._primary = primary
         self._memory = fallback.outbox
         self._payments = payments
+        self._clock = clock
         self._delivered: set[str] = set()  # deliveries Redis has not heard of (it was away as they were made)
+        # Owners of claims Redis may have taken without the claimer hearing of it (the outage began with the
+        # claim): their entries would wait out the lease unsent. Given back once Redis answers again.
+        self._claims_in_doubt: set[str] = set()
+
+    def unanswered(self, call: Call) -> None:
+        if call.name == "outbox_claim":
+            self._claims_in_doubt.add(call.args["owner"])
 
     def holds(self, call: Call) -> bool:
         return self._memory.has_outbox_entry(call.args["entry_id"])
@@ -223,12 +231,25 @@ class OutboxPolicy(RolePolicy):
         return result
 
     def pending(self) -> bool:
-        return self._memory.has_outbox() or bool(self._delivered)
+        return self._memory.has_outbox() or bool(self._delivered) or bool(self._claims_in_doubt)
 
     async def recovering(self) -> None:
         """Before any write-back: the payments' write-back queues the messages their merge produces, and a
-        message delivered while Redis was away must find its tombstone there."""
+        message delivered while Redis was away must find its tombstone there. Claims whose answer was lost
+        are given back (`OutboxStore.outbox_release`)."""
         await self._write_deliveries()
+        await self._release_claims_in_doubt()
+
+    async def _release_claims_in_doubt(self) -> None:
+        while self._claims_in_doubt:
+            owner = next(iter(self._claims_in_doubt))
+            released = await self._primary.outbox_release(owner, self._clock.now().timestamp())
+            self._claims_in_doubt.discard(owner)
+            if released:
+                log.warning(
+                    "merchant outbox: claims whose answer Redis lost are due again",
+                    extra={"owner": owner, "entries": released},
+                )
 
     async def _write_deliveries(self) -> None:
         while self._delivered:
@@ -238,6 +259,7 @@ class OutboxPolicy(RolePolicy):
 
     async def write_back(self) -> list[str]:
         await self._write_deliveries()  # first, so that no write-back below brings one of them back
+        await self._release_claims_in_doubt()
         entries: list[OutboxEntry] = [e for e in self._memory.take_outbox() if e.reference not in self._payments.lost]
         try:
             await self._primary.restore_outbox(entries)
