@@ -183,6 +183,7 @@ class LeanSession(async_socket.AsyncSocket):
           last, then closes the websocket, and the connection is dropped if it is still open
           CLOSE_GRACE_SECONDS later. Before, the writer went on waiting and the reader on reading a
           closed session (whose events went nowhere) for as long as the client kept talking;
+        - a polling session's pending GET is answered when it closes, whoever closed it;
         - `wait` (until the client has taken what is queued) waits at most ping interval + ping
           timeout: a polling client that never polls again never takes it, and Engine.IO's
           `disconnect` waited for it for good, with the session.
@@ -199,8 +200,12 @@ class LeanSession(async_socket.AsyncSocket):
         if not abort:
             self.queue.put_nowait(packet.Packet(packet.CLOSE))
         self.closed = True
+        # The writer sends what is before it, then closes the websocket; a poll under way takes what is
+        # before it, or ends on it: closed by its client's CLOSE, the session queues nothing of its own,
+        # and a pending GET was answered only at ping interval + ping timeout (the client's `disconnect`
+        # waits for it, a refused CONNECT over polling included).
+        self.queue.put_nowait(None)
         if self.websocket is not None:
-            self.queue.put_nowait(None)  # the writer sends what is before it, then closes the websocket
             self._cut_later()
         if wait:
             with contextlib.suppress(TimeoutError):

@@ -115,6 +115,30 @@ async def test_a_polling_client_that_stops_polling_is_let_go(
     await eventually(lambda: _session_gone(instance, eio_sid), timeout=WAIT)
 
 
+async def test_a_poll_waiting_when_its_client_closes_the_session_is_answered_at_once(
+    start_instance: StartInstance, session: aiohttp.ClientSession
+) -> None:
+    """A polling client that leaves (Engine.IO's CLOSE, as python-socketio's `disconnect` and a refused
+    CONNECT's client send) waits for its pending GET to end before it is done. The session closed without a
+    CLOSE of its own to send (the client's CLOSE aborts it), so nothing woke that GET: it was answered only
+    when the ping interval and timeout had passed (45 s here), and every refused page over polling hung
+    that long. The heartbeat is at its default, longer than the wait."""
+    instance = await start_instance()
+    eio_sid, polling = await _connected_polling(instance, session)
+
+    async def pending_poll() -> tuple[int, str]:
+        async with session.get(polling) as resp:
+            return resp.status, await resp.text()
+
+    poll = asyncio.create_task(pending_poll())
+    await eventually(lambda: instance.app[SIO].eio.sockets[eio_sid].queue._getters)  # the GET waits
+    async with session.post(polling, data="1") as resp:
+        assert resp.status == 200
+    status, body = await asyncio.wait_for(poll, WAIT)
+    assert status in (200, 400) and "3" not in body, (status, body)  # no PONG-like leftovers, just the end
+    await eventually(lambda: _session_gone(instance, eio_sid), timeout=WAIT)
+
+
 @pytest.mark.parametrize("frame", ["x", "", "\u00e9t\u00e9"])
 async def test_a_packet_that_does_not_decode_ends_the_session_without_an_error(
     instance: Instance, session: aiohttp.ClientSession, frame: str, caplog: pytest.LogCaptureFixture
