@@ -34,6 +34,8 @@ from tests.redis_cluster import (  # noqa: F401 - fixtures, registered here once
 )
 from tests.redis_server import RedisServer, redis_server  # noqa: F401 - fixture (used by name)
 
+pytest_plugins = ["tests.solo"]  # `solo` tests run alone beside the xdist workers
+
 
 @dataclass
 class Instance:

@@ -25,7 +25,7 @@ from bench.report import BEGIN, END
 
 ROOT = Path(__file__).resolve().parent.parent
 
-pytestmark = [pytest.mark.slow, pytest.mark.redis, pytest.mark.node]
+pytestmark = [pytest.mark.solo, pytest.mark.slow, pytest.mark.redis, pytest.mark.node]
 
 
 @pytest.mark.timeout(300)

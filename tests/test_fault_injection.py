@@ -31,7 +31,7 @@ from tests.fault.plan import Scenario
 from tests.fault.scenario import run_scenario
 from tests.redis_server import REDIS_SERVER
 
-pytestmark = [pytest.mark.slow, pytest.mark.redis]
+pytestmark = [pytest.mark.solo, pytest.mark.slow, pytest.mark.redis]
 
 
 @pytest.mark.timeout(180)  # a safety net only: every phase of the run has its own bound

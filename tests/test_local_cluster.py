@@ -22,8 +22,9 @@ import socketio
 from tests import campay_fake
 from tests.campay_fake import FakeCampay
 from tests.harness import WAIT, Received, Tracker, eventually
+from tests.ports import free_port, free_ports
 from tests.redis_server import REDIS_SERVER
-from tests.test_server_process import ROOT, clean_env, free_port, free_ports
+from tests.test_server_process import ROOT, clean_env
 
 NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
 

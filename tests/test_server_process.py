@@ -7,7 +7,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,28 +21,9 @@ from tests import campay_fake
 from tests.campay_fake import FakeCampay
 from tests.harness import PRODUCTION as PROD_SANDBOX
 from tests.harness import WAIT, Tracker, eventually, make_settings
+from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def free_ports(count: int) -> list[int]:
-    """`count` different free ports, each one the kernel picked (never a neighbour of one: Linux hands
-    bind(0) odd ports and outgoing connections even ones, so the port after a free one is the next
-    connection's likely source port)."""
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:  # all held open together, so no two are the same
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 def clean_env(**extra: str) -> dict[str, str]:
