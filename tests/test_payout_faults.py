@@ -583,6 +583,75 @@ async def test_a_refund_whose_payout_campay_failed_can_be_asked_again(
     assert status == 201 and last["reference"] == second and campay.calls["withdraw"] == 2, last
 
 
+@pytest.mark.redis
+async def test_a_failed_refund_asked_again_of_two_instances_at_once_makes_one_new_payout(
+    start_redis_instance: StartInstance, campay: FakeCampay, http: aiohttp.ClientSession
+) -> None:
+    """The retry's key is the attempt's, on Redis: asked of a and b at once, one claims it and withdraws, the
+    other answers payout_in_progress, and both then replay the one new payout."""
+    common = _deployment(**campay_settings(campay))
+    a = await start_redis_instance(INSTANCE_ID="a", **common)
+    b = await start_redis_instance(INSTANCE_ID="b", **common)
+    paid = await _paid_collect(a, campay, http, "o-retry-two-instances")
+    status, payout = await _refund(a, paid)
+    assert status == 201, payout
+    failed = payout["reference"]
+    campay.set_status(failed, "FAILED", "receiver wallet limit reached")
+    assert (await campay.send_webhook(http, b.url, failed))[1]["outcome"] == "applied"
+
+    campay.hold_withdraws()
+    asked = [asyncio.create_task(_refund(instance, paid)) for instance in (a, b)]
+    assert await campay.wait_held(1, WAIT)
+    done, running = await asyncio.wait(asked, timeout=WAIT, return_when=asyncio.FIRST_COMPLETED)
+    ((status, body),) = [task.result() for task in done]
+    assert status == 409 and body["error"]["code"] == "payout_in_progress", body
+    campay.hold_withdraw_if = None
+    campay.release_collects()
+    ((status, second),) = [await asyncio.wait_for(task, WAIT) for task in running]
+    assert status == 201 and second["reference"] != failed and second["refund_of"] == paid, second
+    for instance in (a, b):
+        status, again = await _refund(instance, paid)
+        assert status == 201 and again["reference"] == second["reference"], again
+    assert campay.calls["withdraw"] == 2
+    assert (await b.storage.get_payment(paid)).refund_reference == second["reference"]
+
+
+@pytest.mark.redis
+async def test_a_refund_retry_whose_link_moved_while_redis_was_away_is_written_back_moved(
+    start_redis_instance: StartInstance, redis_server: RedisServer, campay: FakeCampay, http: aiohttp.ClientSession
+) -> None:
+    """The retry's intent is on Redis, CamPay is paying, and Redis goes away before the answer: the new payout
+    and the link's move are made on a's memory. Redis comes back holding the link to the FAILED payout; the
+    write-back's merge keeps the later attempt's link, so b replays the new payout, never a third one."""
+    common = _deployment(**campay_settings(campay))
+    a = await start_redis_instance(INSTANCE_ID="a", **common)
+    paid = await _paid_collect(a, campay, http, "o-retry-outage")
+    status, payout = await _refund(a, paid)
+    assert status == 201, payout
+    failed = payout["reference"]
+    campay.set_status(failed, "FAILED", "receiver wallet limit reached")
+    assert (await campay.send_webhook(http, a.url, failed))[1]["outcome"] == "applied"
+    campay.hold_withdraws()
+    retry = asyncio.create_task(_refund(a, paid))
+    assert await campay.wait_held(1, WAIT)
+    await redis_server.save()  # Redis comes back with the link to the FAILED payout and the attempt's claim
+    redis_server.stop()
+    await eventually(lambda: _status_is(a, "degraded"))
+    campay.hold_withdraw_if = None
+    campay.release_collects()
+    status, second = await asyncio.wait_for(retry, WAIT)
+    assert status == 201 and second["reference"] != failed, second
+
+    await redis_server.start()
+    await eventually(lambda: _status_is(a, "healthy"), timeout=10)
+    b = await start_redis_instance(INSTANCE_ID="b", **common)
+    status, again = await _refund(b, paid)
+    assert status == 201 and again["reference"] == second["reference"], again
+    assert (await b.storage.get_payment(paid)).refund_reference == second["reference"]
+    assert (await b.storage.get_payment(failed)).refund_of == paid
+    assert campay.calls["withdraw"] == 2
+
+
 async def test_a_payout_refused_with_er301_is_made_by_the_same_key_after_a_top_up(
     start_instance: StartInstance, campay: FakeCampay
 ) -> None:
