@@ -106,10 +106,16 @@ class Payment(BaseModel):
     # None for a card payment (CamPay reports none), and until the payer has chosen how to pay.
     link: str | None = None
     link_expires_at: datetime | None = None
-    # A refunded payment names its refund payout; a refund payout names the payment it pays back. Each is
-    # set once and never changed (payments/state.py `merge` keeps the first), so a payment is refunded once.
+    # A refunded payment names its refund payout; a refund payout names the payment it pays back. A payout's
+    # `refund_of` is set once. A payment's `refund_reference` names its latest refund attempt: it moves only
+    # from a FAILED payout (nothing was paid) to the next attempt's, so at most one refund payout of a payment
+    # is ever PENDING or SUCCESSFUL (payments/payouts.py).
     refund_reference: str | None = None
     refund_of: str | None = None
+    # Which refund attempt (0, 1, ...): a refund payout's own, and on a refunded payment the attempt of the
+    # payout `refund_reference` names. Private (not in `public()`): it orders the link's moves, so a merge
+    # (payments/state.py) keeps the later link whatever copy it meets, and names each attempt's key.
+    refund_attempt: int = 0
 
     def public(self, *, reveal_phone: bool = False) -> dict[str, Any]:
         """The REST representation: snake_case JSON, phone masked unless asked.
@@ -150,6 +156,7 @@ _NOT_PUBLIC_AS_DUMPED: set[str] = {
     "updated_at",
     "completed_at",
     "link_expires_at",
+    "refund_attempt",
 }
 
 
@@ -281,3 +288,4 @@ class InitiationIntent(BaseModel):
     redirect_url: str | None = None
     failure_redirect_url: str | None = None
     refund_of: str | None = None
+    refund_attempt: int = 0  # a refund's attempt: the payment's first refund is 0, one after a FAILED payout 1...

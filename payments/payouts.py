@@ -3,12 +3,13 @@
 CamPay has no refund call: a refund is a payout (`POST /withdraw/`) of the payment's amount to the phone it
 came from. A payout moves money, so it takes the same care as a collect (payments/initiation.py):
 
-1. Claim its Idempotency-Key (a payout's own key, required; a refund's key is the payment itself, shared by
-   every caller, so a payment is refunded once however many ask at once). A claim whose holder is gone is
-   answered by its intent: none written (nothing was sent: taken over), resolved (the payout, replayed), or
-   pending (`payout_unknown`: CamPay may have it; its record comes back with the nonce).
+1. Claim its Idempotency-Key (a payout's own key, required; a refund's key is the payment and the attempt,
+   shared by every caller, so a payment is refunded once however many ask at once: see "Refund attempts"
+   below). A claim whose holder is gone is answered by its intent: none written (nothing was sent: taken
+   over), resolved (the payout, replayed), or pending (`payout_unknown`: CamPay may have it; its record
+   comes back with the nonce).
 2. For a refund, check the payment: SUCCESSFUL, a phone to pay back to (a card payment has none), not
-   refunded already.
+   refunded already (its refund link names no payout, or the FAILED payout of the attempt before this one).
 3. Write the intent (amount, phone, the refunded payment) under a fresh nonce before any money moves, only
    while the shared storage (Redis) answers, and check that the key is still this request's there once the
    intent is written. An instance on its own memory knows neither the keys nor the refunds other instances
@@ -24,6 +25,34 @@ came from. A payout moves money, so it takes the same care as a collect (payment
    the one state rule: PENDING, then SUCCESSFUL or FAILED), link a refund both ways (the payout's
    `refund_of`, the payment's `refund_reference`) and store the key's answer. A crash after the intent got
    its reference is finished by the next request with the key; before, by CamPay's callback.
+
+Refund attempts. CamPay may FAIL a refund's payout (the receiver's wallet is full, say): nothing was paid, and
+the payer must still be paid back, so the refund may be asked again. Each attempt is numbered (the payment's
+first is 0) and has its own key, `refund_scope(reference, attempt)`; the payment's link names the latest
+attempt (`refund_reference`, `refund_attempt`), and a request picks its attempt from it: no link, attempt 0;
+a link to a FAILED payout, the next attempt; a link to a PENDING or SUCCESSFUL payout, that payout's attempt,
+whose key replays it (and past the key's lifetime, `already_refunded`). So every request at one moment
+shares one key, and two at once after a FAILED payout make one new payout (the other: `payout_in_progress`).
+
+The link moves only forward (the state rule's merge keeps the later attempt whatever copy it meets), and only
+from a FAILED payout, which is final: at most one refund payout of a payment is ever PENDING or SUCCESSFUL.
+What is written first, and what a crash at each await leaves:
+- the attempt's key is claimed before anything else. A crash before its intent leaves a claim with no
+  intent: the next request (it picks the same attempt: the link has not moved) takes it over, nothing sent;
+- the check (step 2) runs under the key's lease: the link names the FAILED payout of the attempt before, and
+  nothing but this attempt's payout, made under the key this request holds, can move it from there;
+- the intent (write-ahead, naming the payment and the attempt) is written before CamPay is asked, and holds
+  the payment (`refund:<reference>`, one pending refund intent per payment whatever the attempt). A crash
+  after it and before CamPay's reference reached it: `payout_unknown` until CamPay's record (which carries
+  the nonce) links the payout; the link still names the FAILED payout, so every request picks this
+  attempt's key, whose intent answers it: no second payout;
+- CamPay's reference goes on the intent, then the payout is stored (`refund_of`, `refund_attempt`), then the
+  payment's link moves to it, then the key's answer is stored. A crash between any two of these leaves a
+  resolved intent under a key the next request picks (the link has not moved yet, or has moved to this
+  very payout and its key is the same): it adopts the payout and moves the link (both idempotent), or
+  replays it. CamPay's callback for the payout does the same (`PaymentService.adopt`);
+- the failed payout keeps its record and its `refund_of`: the refund's history is its payouts, each told to
+  the merchant (`payout.failed`, then `payout.succeeded` and `payment.refunded` for the one that paid).
 """
 
 from __future__ import annotations
@@ -65,9 +94,12 @@ def payout_scope(owner_id: str | None, key: str) -> str:
     return hashlib.sha256(json.dumps(["payout", owner_id, key]).encode()).hexdigest()
 
 
-def refund_scope(reference: str) -> str:
-    """The one key every refund request of payment `reference` shares, whoever asks."""
-    return hashlib.sha256(json.dumps(["refund", None, reference]).encode()).hexdigest()
+def refund_scope(reference: str, attempt: int = 0) -> str:
+    """The one key every request for refund attempt `attempt` of payment `reference` shares, whoever asks.
+    Attempt 0's is the key every refund had before attempts were numbered (a refund in flight across an
+    upgrade keeps its key); a later attempt's is a four-element array, which no other key names."""
+    parts: list[object] = ["refund", None, reference] if attempt == 0 else ["refund", None, reference, attempt]
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
 
 def _fingerprint(body: dict[str, object]) -> str:
@@ -104,11 +136,13 @@ class Payouts:
 
     async def refund(self, reference: str, *, owner_id: str | None) -> InitiateResult:
         """Pay back payment `reference` in full to the phone it was paid from, once: every caller's request
-        for it shares one key, so two at once make one payout, and a later one replays it."""
-        claim = _Claim(refund_scope(reference), _fingerprint({"refund_of": reference}))
+        for it shares one key (its current attempt's), so two at once make one payout, and a later one
+        replays it; once CamPay has FAILED that payout, the next request makes the next attempt."""
         payment = await self._storage.get_payment(reference)
         if payment is None or payment.orphan:
             raise NotFound(f"no payment with reference {reference}", code="payment_not_found")
+        attempt = await self._attempt(payment)
+        claim = _Claim(refund_scope(reference, attempt), _fingerprint({"refund_of": reference}))
         intent = self._intent(
             amount=payment.amount or 0,
             currency=payment.currency,
@@ -119,8 +153,20 @@ class Payouts:
             hold=f"refund:{reference}",
             claim=claim,
             refund_of=reference,
+            refund_attempt=attempt,
         )
         return await self._run(claim, intent, refund=reference)
+
+    async def _attempt(self, payment: Payment) -> int:
+        """The refund attempt a request for `payment` is about: the one its link names, or the next one when
+        CamPay FAILED that attempt's payout (nothing was paid). 0 when it names none."""
+        if payment.refund_reference is None:
+            return payment.refund_attempt
+        return payment.refund_attempt + 1 if await self._failed(payment.refund_reference) else payment.refund_attempt
+
+    async def _failed(self, reference: str) -> bool:
+        payout = await self._storage.get_payment(reference)
+        return payout is not None and payout.kind == "payout" and payout.status is PaymentStatus.FAILED
 
     def _intent(
         self,
@@ -133,6 +179,7 @@ class Payouts:
         hold: str,
         claim: _Claim,
         refund_of: str | None = None,
+        refund_attempt: int = 0,
     ) -> InitiationIntent:
         return InitiationIntent(
             nonce="",  # the attempt's own, set when it runs
@@ -148,6 +195,7 @@ class Payouts:
             created_at=self._clock.now(),
             kind="payout",
             refund_of=refund_of,
+            refund_attempt=refund_attempt,
         )
 
     async def _run(self, claim: _Claim, intent: InitiationIntent, *, refund: str | None) -> InitiateResult:
@@ -185,7 +233,7 @@ class Payouts:
                 context={"refund_of": refund},
             ):
                 if refund is not None:
-                    await self._check_refundable(refund)
+                    await self._check_refundable(refund, intent.refund_attempt)
                 if not storage.healthy:
                     raise _shared_storage_away(refund)
                 if not await storage.put_intent(intent, times.idempotency_ttl_seconds, times.collect_lifetime_seconds):
@@ -236,18 +284,20 @@ class Payouts:
         )
         return InitiateResult(201, payout.public(reveal_phone=True))
 
-    async def _check_refundable(self, reference: str) -> None:
+    async def _check_refundable(self, reference: str, attempt: int) -> None:
         """Refuse a refund of what cannot be refunded: anything but a SUCCESSFUL payment with a phone, or one
-        refunded already (its refund's key may have expired, its link never does)."""
+        refunded already (its refund's key may have expired, its link never does). Run under the key of
+        refund attempt `attempt`, which the payment's link allows only while it names no payout (attempt 0)
+        or the FAILED payout of the attempt before: a link that moved on since the request read it (another
+        attempt's payout linked, or failed, meanwhile) is asked about again, never paid under this key."""
         payment = await self._storage.get_payment(reference)
         if payment is None or payment.orphan:
             raise NotFound(f"no payment with reference {reference}", code="payment_not_found")
-        if payment.refund_reference is not None:
-            raise Conflict(
-                f"payment {reference} is refunded already",
-                code="already_refunded",
-                refund_reference=payment.refund_reference,
-            )
+        linked = payment.refund_reference
+        if linked is not None and not await self._failed(linked):
+            raise Conflict(f"payment {reference} is refunded already", code="already_refunded", refund_reference=linked)
+        if await self._attempt(payment) != attempt:
+            raise _in_progress(reference)  # the link moved on since the request read it: ask again, pay nothing
         if payment.kind == "payout":
             raise Conflict("a payout is not refunded; make a payout instead", code="refund_not_allowed")
         if payment.status is not PaymentStatus.SUCCESSFUL:

@@ -168,6 +168,7 @@ class PaymentService:
                 link=collected.link if collected else intent.link,
                 link_expires_at=intent.link_expires_at,
                 refund_of=intent.refund_of,
+                refund_attempt=intent.refund_attempt,
             )
             payment = await self.storage.create_payment(
                 initiated, outbox=lambda stored, replaced: self._outbox.for_stored(stored, replaced, now)
@@ -203,19 +204,30 @@ class PaymentService:
         return payment
 
     async def _link_refund(self, payout: Payment) -> None:
-        """The refunded payment names its refund (`refund_reference`), as the payout names it (`refund_of`):
-        set once, kept by the state rule's merge whatever copy meets it later, and announced to its pages."""
+        """The refunded payment names its refund (`refund_reference`, `refund_attempt`), as the payout names it
+        (`refund_of`), announced to its pages. The link moves only to a later attempt, and only from a FAILED
+        payout (payments/payouts.py: each attempt is made only then); the state rule's merge keeps the later
+        attempt's link whatever copy meets it. An earlier attempt's payout (its FAILED callback, a replay)
+        leaves it where it is."""
         assert payout.refund_of is not None
         payment = await self.storage.get_payment(payout.refund_of)
         if payment is None or payment.refund_reference == payout.reference:
             return
-        if payment.refund_reference is not None:
-            log.error(
-                "a second refund payout for one payment",
-                extra={"reference": payment.reference, "refund": payment.refund_reference, "other": payout.reference},
-            )
-            return
-        linked = payment.model_copy(update={"refund_reference": payout.reference})
+        current = payment.refund_reference
+        if current is not None:
+            if payment.refund_attempt > payout.refund_attempt:
+                return  # an earlier attempt's payout: the link has moved on from it
+            previous = await self.storage.get_payment(current)
+            failed = previous is not None and previous.status is PaymentStatus.FAILED
+            if payment.refund_attempt == payout.refund_attempt or not failed:
+                log.error(
+                    "a second refund payout for one payment",
+                    extra={"reference": payment.reference, "refund": current, "other": payout.reference},
+                )
+                return
+        linked = payment.model_copy(
+            update={"refund_reference": payout.reference, "refund_attempt": payout.refund_attempt}
+        )
         stored = await self.storage.merge_payment(linked, self.clock.now())
         await self.notifier.announce(stored)
 

@@ -62,10 +62,19 @@ _PROVIDER_FIELDS = (
     "app_amount",
     "external_reference",
     "duplicate_of",
-    "refund_reference",
 )
 # What makes two copies the same state (seq and timestamps aside).
-_STATE_FIELDS = (*_INITIATION_FIELDS, *_PROVIDER_FIELDS, "status", "reason", "orphan", "completed_at", "final_seq")
+_STATE_FIELDS = (
+    *_INITIATION_FIELDS,
+    *_PROVIDER_FIELDS,
+    "refund_reference",
+    "refund_attempt",
+    "status",
+    "reason",
+    "orphan",
+    "completed_at",
+    "final_seq",
+)
 
 
 # The provider's status words we know. Any other word ("EXPIRED", a typo, a new state) says nothing we can
@@ -294,6 +303,7 @@ def merge(stored: Payment | None, incoming: Payment, now: datetime) -> Merge:
         fields[name] = getattr(owned, name) if getattr(owned, name) is not None else getattr(other, name)
     for name in _PROVIDER_FIELDS:
         fields[name] = getattr(stored, name) if getattr(stored, name) is not None else getattr(incoming, name)
+    fields.update(_refund_link(stored, incoming))
     fields["orphan"] = stored.orphan and incoming.orphan
     fields["created_at"] = min(stored.created_at, incoming.created_at)
     if fields["orphan"]:  # nothing initiated: the record says what the provider said
@@ -330,6 +340,21 @@ def merge(stored: Payment | None, incoming: Payment, now: datetime) -> Merge:
         fields["final_seq"] = seq
     fields.update(seq=seq, updated_at=max(now, stored.updated_at))
     return Merge(stored.model_copy(update=fields), changed=True)
+
+
+def _refund_link(stored: Payment, incoming: Payment) -> dict[str, object]:
+    """The refund link a merge keeps: the later attempt's, whichever copy holds it; of one attempt, the
+    stored copy's link first (an attempt has one payout: `refund_reference` of one attempt is set once).
+
+    A payment's link moves only forward, from a FAILED payout to the next attempt's (payments/payouts.py),
+    so an older copy (written back after an outage, or read before the move) never takes it back. A
+    payout's `refund_attempt` is its own (an initiation's; its record nobody initiated says 0), and it
+    names no `refund_reference`: the larger number is the right one there too.
+    """
+    later = incoming if incoming.refund_attempt > stored.refund_attempt else stored
+    earlier = stored if later is incoming else incoming
+    reference = later.refund_reference if later.refund_reference is not None else earlier.refund_reference
+    return {"refund_attempt": later.refund_attempt, "refund_reference": reference}
 
 
 def _final_seq(status: PaymentStatus, *copies: Payment) -> int | None:

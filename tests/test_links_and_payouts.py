@@ -14,6 +14,7 @@ import aiohttp
 
 from core.clock import ManualClock
 from payments.payouts import refund_scope
+from payments.ports import IdempotencyRecord
 from payments.reconciler import RECONCILER
 from tests.campay_fake import FakeCampay
 from tests.conftest import Backend, Instance, StartInstance, campay_settings
@@ -305,6 +306,117 @@ async def test_a_refund_requested_twice_at_once_makes_one_payout(
     status, again = await _refund(instance, paid)
     assert status == 201 and again["reference"] == payout["reference"]
     assert campay.calls["withdraw"] == 1 and len(campay.withdrawals) == 1
+
+
+# -- a refund whose payout CamPay FAILED, asked again ----------------------------------------------------
+
+
+async def _failed_refund(
+    instance: Instance, campay: FakeCampay, http: aiohttp.ClientSession, order_id: str
+) -> tuple[str, str]:
+    """A paid collect whose refund's payout CamPay FAILED (nothing was paid back): (payment, payout)."""
+    paid = await _paid_collect(instance, campay, http, order_id)
+    status, payout = await _refund(instance, paid)
+    assert status == 201, payout
+    campay.set_status(payout["reference"], "FAILED", "receiver wallet limit reached")
+    assert (await campay.send_webhook(http, instance.url, payout["reference"]))[1]["outcome"] == "applied"
+    return paid, payout["reference"]
+
+
+async def _linked(instance: Instance, paid: str) -> tuple[str | None, int]:
+    payment = await instance.storage.get_payment(paid)
+    return payment.refund_reference, payment.refund_attempt
+
+
+async def test_two_refunds_asked_at_once_after_a_failed_payout_make_one_new_payout(
+    backend: Backend, campay: FakeCampay, http: aiohttp.ClientSession
+) -> None:
+    """Both requests read the link to the FAILED payout, so both pick the next attempt's key: one claims it
+    and withdraws, the other is answered payout_in_progress while it runs, then replays it."""
+    instance = await backend.start(**_isolated(backend, **campay_settings(campay)))
+    paid, failed = await _failed_refund(instance, campay, http, "o-retry-twice")
+    campay.hold_withdraws()  # the new attempt's withdraw is in CamPay's hands while the other request runs
+    asked = [asyncio.create_task(_refund(instance, paid)) for _ in range(2)]
+    assert await campay.wait_held(1, WAIT)
+    done, running = await asyncio.wait(asked, timeout=WAIT, return_when=asyncio.FIRST_COMPLETED)
+    ((status, body),) = [task.result() for task in done]
+    assert status == 409 and body["error"]["code"] == "payout_in_progress", body
+    campay.hold_withdraw_if = None
+    campay.release_collects()
+    ((status, payout),) = [await asyncio.wait_for(task, WAIT) for task in running]
+    assert status == 201 and payout["reference"] != failed and payout["refund_of"] == paid, payout
+    status, again = await _refund(instance, paid)
+    assert status == 201 and again["reference"] == payout["reference"], again
+    assert campay.calls["withdraw"] == 2  # the failed attempt's and one new one
+    assert await _linked(instance, paid) == (payout["reference"], 1)
+    status, stored, _ = await instance.api.request("GET", f"/api/payouts/{failed}")  # the failed attempt stays
+    assert status == 200 and stored["status"] == "FAILED" and stored["refund_of"] == paid, stored
+
+
+async def test_a_retried_refund_while_its_payout_is_pending_is_replayed(
+    backend: Backend, campay: FakeCampay, http: aiohttp.ClientSession
+) -> None:
+    instance = await backend.start(**_isolated(backend, **campay_settings(campay)))
+    paid, failed = await _failed_refund(instance, campay, http, "o-retry-pending")
+    status, payout, headers = await instance.api.request("POST", f"/api/payment/{paid}/refund")
+    assert status == 201 and payout["status"] == "PENDING" and "Idempotent-Replayed" not in headers, payout
+    assert payout["reference"] != failed
+    status, again, headers = await instance.api.request("POST", f"/api/payment/{paid}/refund")
+    assert status == 201 and again["reference"] == payout["reference"], again
+    assert headers["Idempotent-Replayed"] == "true"
+    assert campay.calls["withdraw"] == 2
+    assert (await instance.storage.get_payment(payout["reference"])).refund_attempt == 1
+
+
+async def test_a_refund_paid_back_by_its_second_payout_is_never_paid_a_third_time(
+    backend: Backend, campay: FakeCampay, http: aiohttp.ClientSession
+) -> None:
+    """Once the second attempt's payout is SUCCESSFUL, a refund replays it (its key's answer) and, once that
+    key is gone, answers already_refunded naming it: never a third withdraw."""
+    instance = await backend.start(**_isolated(backend, **campay_settings(campay)))
+    paid, failed = await _failed_refund(instance, campay, http, "o-retry-paid")
+    status, payout = await _refund(instance, paid)
+    assert status == 201 and payout["reference"] != failed, payout
+    campay.set_status(payout["reference"], "SUCCESSFUL")
+    assert (await campay.send_webhook(http, instance.url, payout["reference"]))[1]["outcome"] == "applied"
+    status, again = await _refund(instance, paid)
+    assert status == 201 and again["reference"] == payout["reference"], again
+
+    # The attempt's key reaches the end of its lifetime (PAYMENT_TTL_SECONDS): made to, by storing its answer
+    # again with a lifetime of 50 ms. The link remains, and says the payment was paid back.
+    answer = IdempotencyRecord(fingerprint="expiring", state="done", nonce="expiring", status_code=201, body={})
+    await instance.storage.complete_idempotency(refund_scope(paid, 1), answer, 0.05)
+
+    async def refused() -> Any:
+        status, body = await _refund(instance, paid)
+        return body if status == 409 else None
+
+    body = await eventually(refused)
+    assert body["error"]["code"] == "already_refunded", body
+    assert body["error"]["refund_reference"] == payout["reference"], body
+    assert campay.calls["withdraw"] == 2 and await _linked(instance, paid) == (payout["reference"], 1)
+
+
+async def test_a_retried_refund_refused_with_er301_leaves_nothing_half_done_and_goes_through_after_a_top_up(
+    backend: Backend, campay: FakeCampay, http: aiohttp.ClientSession
+) -> None:
+    instance = await backend.start(**_isolated(backend, **campay_settings(campay)))
+    paid, failed = await _failed_refund(instance, campay, http, "o-retry-short")
+    campay.balances["MTN"] = 300  # less than the 500 to pay back
+    status, body = await _refund(instance, paid)
+    assert status == 402 and body["error"]["code"] == "insufficient_balance", body
+    assert await _linked(instance, paid) == (failed, 0)  # the link still names the failed attempt
+    assert await instance.storage.order_intent(f"refund:{paid}") is None  # the intent was dropped
+    claim = await instance.storage.claim_idempotency(refund_scope(paid, 1), _probe_record(), "probe", 1, 1)
+    assert claim.claimed  # the attempt's key is free: nothing remembers the refusal as its answer
+    await instance.storage.release_idempotency(refund_scope(paid, 1), "probe", forget=True)
+    payouts = [p for p in await instance.storage.get_payments(list(campay.transactions)) if p and p.kind == "payout"]
+    assert [p.reference for p in payouts] == [failed]
+
+    campay.balances["MTN"] = 10_000  # the merchant tops the balance up: the same retry goes through
+    status, payout = await _refund(instance, paid)
+    assert status == 201 and payout["reference"] != failed and payout["refund_of"] == paid, payout
+    assert campay.calls["withdraw"] == 3 and await _linked(instance, paid) == (payout["reference"], 1)
 
 
 async def test_what_cannot_be_refunded_is_refused_and_sends_nothing(

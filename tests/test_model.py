@@ -12,7 +12,15 @@ from core.clock import utc_iso
 from core.jsonio import dumps_model
 from payments.model import AMOUNT_MISMATCH, Payment, PaymentEvent, PaymentStatus, mask_phone
 
-PRIVATE = {"owner_id", "provider_amount", "provider_currency", "app_amount", "external_reference", "final_seq"}
+PRIVATE = {
+    "owner_id",
+    "provider_amount",
+    "provider_currency",
+    "app_amount",
+    "external_reference",
+    "final_seq",
+    "refund_attempt",
+}
 START = datetime(2026, 1, 1, tzinfo=UTC)
 
 
@@ -65,6 +73,7 @@ def payments(draw: st.DrawFn) -> Payment:
         link_expires_at=draw(st.none() | moments),
         refund_reference=draw(text),
         refund_of=draw(text),
+        refund_attempt=draw(st.integers(0, 5)),
     )
 
 

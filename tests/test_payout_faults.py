@@ -17,7 +17,7 @@ import pytest
 from core.clock import ManualClock
 from payments.reconciler import RECONCILER
 from tests.campay_fake import FakeCampay
-from tests.conftest import Instance, StartInstance, campay_settings
+from tests.conftest import Backend, Instance, StartInstance, campay_settings
 from tests.harness import PRODUCTION, WAIT, eventually, user_token
 from tests.merchant_receiver import MerchantReceiver, merchant_settings
 from tests.partition import PartitionProxy
@@ -317,6 +317,94 @@ def _collect(order_id: str) -> dict[str, Any]:
     return {"order_id": order_id, "amount": 500, "phone_number": "237671234567"}
 
 
+@pytest.mark.redis
+@pytest.mark.parametrize(
+    ("killed_while", "first_answer"),
+    [
+        # CamPay answered the second attempt; its intent was on its way to being resolved with the reference.
+        pytest.param(b'"state":"resolved"', 409, id="resolving-the-intent"),
+        # The intent has CamPay's reference; the new payout's record was on its way to Redis.
+        pytest.param(
+            b'"kind":"payout","link":null,"link_expires_at":null,"refund_reference"', 201, id="storing-the-payout"
+        ),
+        # The new payout is stored; the payment's link was moving to it from the FAILED one.
+        pytest.param(b'"refund_of":null,"refund_attempt":1', 201, id="moving-the-link"),
+    ],
+)
+async def test_a_refund_retry_whose_server_is_killed_mid_way_is_finished_once_by_the_next_process(
+    redis_server: RedisServer,
+    proxy: PartitionProxy,
+    campay: FakeCampay,
+    http: aiohttp.ClientSession,
+    tmp_path: Path,
+    killed_while: bytes,
+    first_answer: int,
+) -> None:
+    """CamPay FAILED the first refund payout; the retry's process is SIGKILLed after CamPay took the second
+    withdraw, at each step that follows it. The link still names the FAILED payout (or already the new one),
+    so the next process picks the same attempt's key, whose intent answers for it: it finishes that payout
+    and moves the link (or answers payout_unknown until CamPay's callback links it), never a third withdraw."""
+    env = _server_env(campay, f"killedretry{next(_deployments)}:")
+    first_port, second_port = free_port(), free_port()
+    log = (tmp_path / "first.log").open("wb")
+    first = await run_on_redis(first_port, proxy.url, stdout=log, stderr=log, **env)
+    second: asyncio.subprocess.Process | None = None
+    try:
+        await wait_healthy(first_port, first)
+        url = f"http://127.0.0.1:{first_port}"
+        async with http.post(f"{url}/api/payment/initiate", json=_collect("o-killed-retry")) as resp:
+            paid = (await resp.json())["reference"]
+        campay.set_status(paid, "SUCCESSFUL")
+        assert (await campay.send_webhook(http, url, paid))[1]["outcome"] == "applied"
+        async with http.post(f"{url}/api/payment/{paid}/refund") as resp:
+            assert resp.status == 201
+            failed = (await resp.json())["reference"]
+        campay.set_status(failed, "FAILED", "receiver wallet limit reached")
+        assert (await campay.send_webhook(http, url, failed))[1]["outcome"] == "applied"
+
+        proxy.stall_on(killed_while)
+        retry = asyncio.create_task(http.post(f"{url}/api/payment/{paid}/refund"))
+        await asyncio.wait_for(proxy.stalled.wait(), WAIT)
+        first.kill()
+        await first.wait()
+        retry.cancel()
+        proxy.cut()
+        proxy.resume()
+        (withdrawn,) = [ref for ref, endpoint in campay.endpoints.items() if endpoint == "withdraw" and ref != failed]
+
+        second = await run_on_redis(second_port, redis_server.url, stdout=log, stderr=log, **env)
+        await wait_healthy(second_port, second)
+        url = f"http://127.0.0.1:{second_port}"
+
+        async def refund_answer() -> tuple[int, Any]:
+            async with http.post(f"{url}/api/payment/{paid}/refund") as resp:
+                return resp.status, await resp.json()
+
+        async def past_the_lease() -> tuple[int, Any] | None:
+            answer = await refund_answer()
+            return None if answer[1].get("error", {}).get("code") == "payout_in_progress" else answer
+
+        status, body = await eventually(past_the_lease, timeout=WAIT)
+        assert status == first_answer, body
+        if status == 409:  # CamPay's reference never reached the intent: its callback links the payout
+            assert body["error"]["code"] == "payout_unknown", body
+            campay.set_status(withdrawn, "SUCCESSFUL")
+            assert (await campay.send_webhook(http, url, withdrawn))[1]["outcome"] == "linked"
+            status, body = await refund_answer()
+        assert status == 201 and body["reference"] == withdrawn and body["refund_of"] == paid, body
+        async with http.get(f"{url}/api/payment/tracking/{paid}") as resp:
+            assert (await resp.json())["payment"]["refund_reference"] == withdrawn
+        async with http.get(f"{url}/api/payouts/{failed}") as resp:
+            stored = await resp.json()
+            assert stored["status"] == "FAILED" and stored["refund_of"] == paid, stored
+        assert campay.calls["withdraw"] == 2 and len(campay.withdrawals) == 2
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.returncode is None:
+                await stop(proc)
+        log.close()
+
+
 async def test_a_withdraw_answer_naming_another_payment_is_never_taken_for_the_refund(
     start_instance: StartInstance, campay: FakeCampay, http: aiohttp.ClientSession
 ) -> None:
@@ -458,24 +546,109 @@ async def test_a_refund_whose_redis_goes_away_while_campay_pays_is_written_back_
     assert campay.calls["withdraw"] == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="A refund is one key per payment and refund_reference is set once, whatever the payout's outcome: once "
-    "CamPay fails the refund's payout (nothing was paid), every later refund replays the FAILED payout (then, past "
-    "the key's TTL, already_refunded), so the payer can never be paid back through paytrack. Allowing another "
-    "attempt needs a key per attempt and a link that a FAILED payout gives up: not a local change.",
-)
 async def test_a_refund_whose_payout_campay_failed_can_be_asked_again(
-    start_instance: StartInstance, campay: FakeCampay, http: aiohttp.ClientSession
+    backend: Backend, campay: FakeCampay, http: aiohttp.ClientSession, merchant: MerchantReceiver
 ) -> None:
-    instance = await start_instance(**campay_settings(campay))
+    """CamPay FAILED the refund's payout (nothing was paid back): the next refund request makes a new payout
+    (the next attempt, its own key and intent), the payment's link moves to it, the failed one stays readable
+    and still names the payment. The merchant hears payout.failed for the first, payout.succeeded and
+    payment.refunded for the second, each once. Failed before: every later request replayed the FAILED payout."""
+    events = "payout.succeeded,payout.failed,payment.refunded"
+    settings = campay_settings(campay, **merchant_settings(merchant, MERCHANT_WEBHOOK_EVENTS=events))
+    instance = await backend.start(**(_deployment(**settings) if backend.name == "redis" else settings))
     paid = await _paid_collect(instance, campay, http, "o-refund-failed")
     status, payout = await _refund(instance, paid)
     assert status == 201, payout
-    campay.set_status(payout["reference"], "FAILED", "receiver wallet limit reached")
-    assert (await campay.send_webhook(http, instance.url, payout["reference"]))[1]["outcome"] == "applied"
+    failed = payout["reference"]
+    campay.set_status(failed, "FAILED", "receiver wallet limit reached")
+    assert (await campay.send_webhook(http, instance.url, failed))[1]["outcome"] == "applied"
     status, again = await _refund(instance, paid)
-    assert status == 201 and again["reference"] != payout["reference"], again  # a new payout, nothing paid yet
+    assert status == 201 and again["reference"] != failed, again  # a new payout, nothing paid yet
+    assert again["refund_of"] == paid and again["status"] == "PENDING", again
+    assert campay.calls["withdraw"] == 2
+    second = again["reference"]
+    assert (await instance.storage.get_payment(paid)).refund_reference == second
+    status, stored, _ = await instance.api.request("GET", f"/api/payouts/{failed}")
+    assert status == 200 and stored["status"] == "FAILED" and stored["refund_of"] == paid, stored
+
+    campay.set_status(second, "SUCCESSFUL")
+    assert (await campay.send_webhook(http, instance.url, second))[1]["outcome"] == "applied"
+    assert await merchant.wait_until(lambda: len(merchant.accepted) >= 3, WAIT)
+    await eventually(_outbox_empty(instance))  # delivered, and nothing else queued for the merchant
+    told = sorted((d.type, d.data["reference"], d.data.get("refund_of")) for d in merchant.attempts)
+    assert told == sorted(
+        [("payout.failed", failed, paid), ("payment.refunded", second, paid), ("payout.succeeded", second, paid)]
+    ), told
+    status, last = await _refund(instance, paid)
+    assert status == 201 and last["reference"] == second and campay.calls["withdraw"] == 2, last
+
+
+@pytest.mark.redis
+async def test_a_failed_refund_asked_again_of_two_instances_at_once_makes_one_new_payout(
+    start_redis_instance: StartInstance, campay: FakeCampay, http: aiohttp.ClientSession
+) -> None:
+    """The retry's key is the attempt's, on Redis: asked of a and b at once, one claims it and withdraws, the
+    other answers payout_in_progress, and both then replay the one new payout."""
+    common = _deployment(**campay_settings(campay))
+    a = await start_redis_instance(INSTANCE_ID="a", **common)
+    b = await start_redis_instance(INSTANCE_ID="b", **common)
+    paid = await _paid_collect(a, campay, http, "o-retry-two-instances")
+    status, payout = await _refund(a, paid)
+    assert status == 201, payout
+    failed = payout["reference"]
+    campay.set_status(failed, "FAILED", "receiver wallet limit reached")
+    assert (await campay.send_webhook(http, b.url, failed))[1]["outcome"] == "applied"
+
+    campay.hold_withdraws()
+    asked = [asyncio.create_task(_refund(instance, paid)) for instance in (a, b)]
+    assert await campay.wait_held(1, WAIT)
+    done, running = await asyncio.wait(asked, timeout=WAIT, return_when=asyncio.FIRST_COMPLETED)
+    ((status, body),) = [task.result() for task in done]
+    assert status == 409 and body["error"]["code"] == "payout_in_progress", body
+    campay.hold_withdraw_if = None
+    campay.release_collects()
+    ((status, second),) = [await asyncio.wait_for(task, WAIT) for task in running]
+    assert status == 201 and second["reference"] != failed and second["refund_of"] == paid, second
+    for instance in (a, b):
+        status, again = await _refund(instance, paid)
+        assert status == 201 and again["reference"] == second["reference"], again
+    assert campay.calls["withdraw"] == 2
+    assert (await b.storage.get_payment(paid)).refund_reference == second["reference"]
+
+
+@pytest.mark.redis
+async def test_a_refund_retry_whose_link_moved_while_redis_was_away_is_written_back_moved(
+    start_redis_instance: StartInstance, redis_server: RedisServer, campay: FakeCampay, http: aiohttp.ClientSession
+) -> None:
+    """The retry's intent is on Redis, CamPay is paying, and Redis goes away before the answer: the new payout
+    and the link's move are made on a's memory. Redis comes back holding the link to the FAILED payout; the
+    write-back's merge keeps the later attempt's link, so b replays the new payout, never a third one."""
+    common = _deployment(**campay_settings(campay))
+    a = await start_redis_instance(INSTANCE_ID="a", **common)
+    paid = await _paid_collect(a, campay, http, "o-retry-outage")
+    status, payout = await _refund(a, paid)
+    assert status == 201, payout
+    failed = payout["reference"]
+    campay.set_status(failed, "FAILED", "receiver wallet limit reached")
+    assert (await campay.send_webhook(http, a.url, failed))[1]["outcome"] == "applied"
+    campay.hold_withdraws()
+    retry = asyncio.create_task(_refund(a, paid))
+    assert await campay.wait_held(1, WAIT)
+    await redis_server.save()  # Redis comes back with the link to the FAILED payout and the attempt's claim
+    redis_server.stop()
+    await eventually(lambda: _status_is(a, "degraded"))
+    campay.hold_withdraw_if = None
+    campay.release_collects()
+    status, second = await asyncio.wait_for(retry, WAIT)
+    assert status == 201 and second["reference"] != failed, second
+
+    await redis_server.start()
+    await eventually(lambda: _status_is(a, "healthy"), timeout=10)
+    b = await start_redis_instance(INSTANCE_ID="b", **common)
+    status, again = await _refund(b, paid)
+    assert status == 201 and again["reference"] == second["reference"], again
+    assert (await b.storage.get_payment(paid)).refund_reference == second["reference"]
+    assert (await b.storage.get_payment(failed)).refund_of == paid
     assert campay.calls["withdraw"] == 2
 
 

@@ -237,6 +237,24 @@ def test_a_refund_link_is_set_once_whatever_copy_meets_it() -> None:
     assert merge(first.payment, paid, LATER).payment.refund_reference == "payout-1"  # an older copy drops nothing
 
 
+def test_a_refund_link_moves_only_to_a_later_attempt_whatever_copy_meets_it() -> None:
+    """After CamPay FAILED attempt 0's payout, attempt 1's is linked: the later attempt's link wins in either
+    order (a copy written back after an outage may be the older one, or the newer), and both orders agree."""
+    paid = owned(PaymentStatus.SUCCESSFUL, seq=2)
+    first = paid.model_copy(update={"refund_reference": "payout-1", "seq": 3})
+    second = paid.model_copy(update={"refund_reference": "payout-2", "refund_attempt": 1, "seq": 4})
+    moved = merge(first, second, LATER)
+    assert moved.changed and (moved.payment.refund_reference, moved.payment.refund_attempt) == ("payout-2", 1)
+    assert moved.payment.seq == 5
+    kept = merge(second, first, LATER)
+    assert (kept.payment.refund_reference, kept.payment.refund_attempt) == ("payout-2", 1)
+    assert merge(second, paid, LATER).payment.refund_reference == "payout-2"  # an unlinked copy drops nothing
+    # A refund payout's own attempt is its initiation's: the record CamPay reported first (an orphan) says 0.
+    orphan = Payment(reference="payout-2", status=PaymentStatus.PENDING, orphan=True, created_at=T0, updated_at=T0)
+    payout = orphan.model_copy(update={"orphan": False, "kind": "payout", "refund_of": "p", "refund_attempt": 1})
+    assert merge(orphan, payout, LATER).payment.refund_attempt == 1
+
+
 def test_a_link_adopting_a_record_the_provider_reported_first_learns_its_payers_phone() -> None:
     """An instance that never saw the link (Redis away) stores CamPay's word as nobody's: the payer's phone
     from CamPay's record goes with it, and the link's write-back merge keeps it."""
