@@ -38,7 +38,7 @@ from payments.payouts import Payouts
 from payments.ports import IdempotencyRecord, Notifier, PaymentsStorage
 from payments.provider import Balance, CollectResult, PaymentProvider
 from payments.schemas import PayoutRequest
-from payments.state import PROVIDER_SOURCES, known_status
+from payments.state import PROVIDER_SOURCES, known_status, paid_after_expiry
 
 __all__ = ["SERVICE", "InitiateResult", "InitiationTimes", "PaymentService", "idempotency_scope"]
 
@@ -96,10 +96,11 @@ class PaymentService:
             level = logging.DEBUG if quiet else logging.INFO
             if transition.outcome in ("unconfirmed", "endpoint_mismatch"):
                 level = logging.WARNING
-            if _money_after_expiry(update, transition):
-                log.error(
-                    "the provider reports a payment for a link that expired: money the order does not show",
-                    extra={"reference": update.reference, "claimed": update.status},
+            if paid_after_expiry(transition):
+                # The one way out of a final status (payments/state.py): our expiry was a guess, the money is not.
+                log.warning(
+                    "paid after expiry: the provider reports a payment for a link that had expired here",
+                    extra={"reference": update.reference, "source": update.source.value},
                 )
             if audit.isEnabledFor(level):  # the fields are built only for a line that is written
                 self._audit_update(level, update, transition)
@@ -327,17 +328,6 @@ class PaymentService:
         if not events or events[0].seq != last_seq + 1 or events[-1].seq != payment.seq:
             return [PaymentEvent.of(payment)]
         return events
-
-
-def _money_after_expiry(update: StatusUpdate, transition: Transition) -> bool:
-    """The provider's SUCCESSFUL for a link already EXPIRED here: the one case a final status hides money."""
-    stored = transition.payment
-    return (
-        transition.outcome == "regression"
-        and stored is not None
-        and stored.status is PaymentStatus.EXPIRED
-        and update.status.strip().upper() in ("SUCCESSFUL", "SUCCESS")
-    )
 
 
 SERVICE: web.AppKey[PaymentService] = web.AppKey("payment_service", PaymentService)
