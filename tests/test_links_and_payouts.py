@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 from typing import Any
 
 import aiohttp
+import pytest
 
 from core.clock import ManualClock
 from payments.payouts import refund_scope
@@ -237,6 +239,30 @@ async def test_a_link_paid_after_its_expiry_tells_its_page_and_merchant_and_is_a
     assert not (await instance.app[RECONCILER].refresh(reference)).applied
     await page.barrier()
     assert len(page.named("payment-completed")) == 2
+
+
+async def test_a_link_paid_after_its_expiry_with_another_amount_stays_expired_and_is_logged(
+    start_instance: StartInstance, campay: FakeCampay, http: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Only CamPay's SUCCESSFUL for the amount asked ends an expiry: for another amount it would be FAILED
+    amount_mismatch, and a failure after an expiry changes nothing. That money is shown nowhere: an error."""
+    clock = ManualClock()
+    campay.clock = clock
+    instance = await start_instance(
+        clock, **campay_settings(campay, RECONCILE_AFTER_SECONDS=0, LINK_LIFETIME_SECONDS=300)
+    )
+    _, link = await _link(instance, "o-late-other")
+    reference = link["reference"]
+    clock.advance(301)
+    await instance.app[RECONCILER].run_once()
+    campay.start_link(reference, method="MOMO", phone="237671234567")
+    campay.transactions[reference]["amount"] = 450
+    campay.set_status(reference, "SUCCESSFUL")
+    with caplog.at_level(logging.ERROR, logger="paytrack.payments"):
+        assert (await campay.send_webhook(http, instance.url, reference))[1]["outcome"] == "regression"
+    assert (await instance.storage.get_payment(reference)).status.value == "EXPIRED"
+    logged = [r for r in caplog.records if "expired link with another amount" in r.getMessage()]
+    assert [getattr(r, "amount", None) for r in logged] == [450]
 
 
 async def test_a_link_its_payer_started_is_never_expired_nor_failed_by_the_clock(
