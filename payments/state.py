@@ -8,8 +8,9 @@ EXPIRED is our inference, not the provider's: CamPay is never told a link's
 lifetime, so its page stays payable, and money that reached it is the truth
 (`paid_after_expiry`). A failure after an expiry adds nothing (it stays
 EXPIRED). Nothing else leaves a final status: a repeated status is a
-duplicate, any other move is a regression. Both are no-ops. A claim about another kind of record than the one stored (a withdraw's
-callback about a collect, a collect's about a payout) changes nothing either.
+duplicate, any other move is a regression. Both are no-ops. A claim about
+another kind of record than the one stored (a withdraw's callback about a
+collect, a collect's about a payout) changes nothing either.
 
 `seq` is one total order per payment: every applied change, and every merge
 that changes anything, takes a seq above every copy it saw, so two different
