@@ -166,7 +166,8 @@ class OutboxPolicy:
         from the record as stored: an initiated payment of what was nobody's (nothing, or an orphan) is
         announced as a finished initiation is (`payment.initiated`, and its final event when the provider
         had already settled it); a merge that settles an initiated payment sends its final event (the
-        copy that brought the status may have been an orphan, which queued nothing). The ids are the same
+        copy that brought the status may have been an orphan, which queued nothing), and so does one that
+        makes an EXPIRED link SUCCESSFUL (payment.succeeded after payment.expired). The ids are the same
         whichever path stores it, so nothing is told twice."""
         if replaced is None or replaced.orphan:
             started = payment.kind != "payout"  # a payout's start is its REST answer, not a message
@@ -174,4 +175,6 @@ class OutboxPolicy:
             return entries + (self.entries_for(payment, now) if payment.status.is_terminal else [])
         if payment.status.is_terminal and not replaced.status.is_terminal:
             return self.entries_for(payment, now)
+        if payment.status is PaymentStatus.SUCCESSFUL and replaced.status is PaymentStatus.EXPIRED:
+            return self.entries_for(payment, now)  # a link paid after its expiry: payment.succeeded after .expired
         return []

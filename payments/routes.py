@@ -159,7 +159,9 @@ async def order_status(request: web.Request) -> web.Response:
         request, identity, payment, NotFound(f"no payment for order {order_id}", code="payment_not_found")
     )
     headers: dict[str, str] = {}
-    if request.query.get("refresh", "").lower() in ("1", "true", "yes") and payment.status is PaymentStatus.PENDING:
+    # An EXPIRED link is asked about too: CamPay's page stays payable past our expiry (payments/state.py).
+    refreshable = payment.status is PaymentStatus.PENDING or payment.status is PaymentStatus.EXPIRED
+    if request.query.get("refresh", "").lower() in ("1", "true", "yes") and refreshable:
         try:
             transition = await request.app[RECONCILER].refresh(payment.reference)
             payment = transition.payment or payment

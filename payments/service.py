@@ -38,7 +38,7 @@ from payments.payouts import Payouts
 from payments.ports import IdempotencyRecord, Notifier, PaymentsStorage
 from payments.provider import Balance, CollectResult, PaymentProvider
 from payments.schemas import PayoutRequest
-from payments.state import PROVIDER_SOURCES, known_status
+from payments.state import PROVIDER_SOURCES, known_status, paid_after_expiry
 
 __all__ = ["SERVICE", "InitiateResult", "InitiationTimes", "PaymentService", "idempotency_scope"]
 
@@ -96,10 +96,17 @@ class PaymentService:
             level = logging.DEBUG if quiet else logging.INFO
             if transition.outcome in ("unconfirmed", "endpoint_mismatch"):
                 level = logging.WARNING
-            if _money_after_expiry(update, transition):
+            if paid_after_expiry(transition):
+                # The one way out of a final status (payments/state.py): our expiry was a guess, the money is not.
+                log.warning(
+                    "paid after expiry: the provider reports a payment for a link that had expired here",
+                    extra={"reference": update.reference, "source": update.source.value},
+                )
+            elif _unbelieved_after_expiry(update, transition):
+                # Not believed (another amount than asked), so the link stays EXPIRED: an operator must look.
                 log.error(
-                    "the provider reports a payment for a link that expired: money the order does not show",
-                    extra={"reference": update.reference, "claimed": update.status},
+                    "the provider reports a payment for an expired link with another amount: it stays EXPIRED",
+                    extra={"reference": update.reference, "amount": update.amount, "currency": update.currency},
                 )
             if audit.isEnabledFor(level):  # the fields are built only for a line that is written
                 self._audit_update(level, update, transition)
@@ -341,8 +348,9 @@ class PaymentService:
         return events
 
 
-def _money_after_expiry(update: StatusUpdate, transition: Transition) -> bool:
-    """The provider's SUCCESSFUL for a link already EXPIRED here: the one case a final status hides money."""
+def _unbelieved_after_expiry(update: StatusUpdate, transition: Transition) -> bool:
+    """The provider's SUCCESSFUL, readable, for a link EXPIRED here that it left EXPIRED (another amount or
+    currency than asked): money the order does not show. An unreadable one (`unconfirmed`) is asked again."""
     stored = transition.payment
     return (
         transition.outcome == "regression"

@@ -3,10 +3,14 @@
 PENDING -> SUCCESSFUL and PENDING -> FAILED are the only moves, and for a
 payment link PENDING -> EXPIRED, which only the link's own expiry decides
 (`UpdateSource.LINK_EXPIRY`, after its lifetime, when the provider still knows
-no transaction for it). A terminal payment never changes status again; a
-repeated status is a duplicate, any other move is a regression. Both are
-no-ops. A claim about another kind of record than the one stored (a withdraw's
-callback about a collect, a collect's about a payout) changes nothing either.
+no transaction for it), and EXPIRED -> SUCCESSFUL on the provider's word.
+EXPIRED is our inference, not the provider's: CamPay is never told a link's
+lifetime, so its page stays payable, and money that reached it is the truth
+(`paid_after_expiry`). A failure after an expiry adds nothing (it stays
+EXPIRED). Nothing else leaves a final status: a repeated status is a
+duplicate, any other move is a regression. Both are no-ops. A claim about
+another kind of record than the one stored (a withdraw's callback about a
+collect, a collect's about a payout) changes nothing either.
 
 `seq` is one total order per payment: every applied change, and every merge
 that changes anything, takes a seq above every copy it saw, so two different
@@ -148,7 +152,10 @@ def decide(current: Payment | None, update: StatusUpdate, now: datetime) -> Tran
     A claim naming the other endpoint than the stored record's (`endpoint_mismatch`) changes nothing: a
     payout's callback never settles a collect, nor a collect's a payout. A link's expiry
     (`UpdateSource.LINK_EXPIRY`) makes a PENDING link EXPIRED only once its lifetime has passed
-    (`not_expired` before); no provider's word ever makes anything EXPIRED.
+    (`not_expired` before); no provider's word ever makes anything EXPIRED. An EXPIRED link the provider
+    reports SUCCESSFUL (with the amount asked) becomes SUCCESSFUL, with a new seq and final_seq: the one
+    way out of a final status (`paid_after_expiry`). Its FAILED, or a SUCCESSFUL for another amount, leaves
+    it EXPIRED (`regression`).
     """
     if current is not None and not current.orphan and update.endpoint is not None:
         if update.endpoint != endpoint_of(current.kind):
@@ -196,7 +203,8 @@ def decide(current: Payment | None, update: StatusUpdate, now: datetime) -> Tran
             event=PaymentEvent.of(payment),
         )
 
-    if current.status.is_terminal:
+    reopened = current.status is PaymentStatus.EXPIRED and status is PaymentStatus.SUCCESSFUL
+    if current.status.is_terminal and not (reopened and current.kind == "link"):
         outcome = "duplicate" if current.status is status else "regression"
         return Transition(applied=False, payment=current, previous_status=current.status, outcome=outcome)
     if status is PaymentStatus.PENDING:
@@ -204,6 +212,8 @@ def decide(current: Payment | None, update: StatusUpdate, now: datetime) -> Tran
 
     changes: dict[str, object] = {}
     if status is PaymentStatus.SUCCESSFUL and not _confirmed_amount(current, update.amount, update.currency):
+        if reopened:  # money for another amount than asked: FAILED amount_mismatch, which an expiry outranks
+            return Transition(applied=False, payment=current, previous_status=current.status, outcome="regression")
         status, reason = _mismatched(current.kind)  # what it says, it says differently
     elif status is PaymentStatus.SUCCESSFUL and not current.orphan and unconfirmed(update):
         return Transition(applied=False, payment=current, previous_status=current.status, outcome="unconfirmed")
@@ -284,7 +294,8 @@ def merge(stored: Payment | None, incoming: Payment, now: datetime) -> Merge:
       copy that has it, the stored one first; it is never dropped;
     - a terminal status beats PENDING; of two terminal statuses the stored one
       wins (the first one anybody stored), and an owned terminal status is
-      never changed again;
+      never changed again, but for a link's EXPIRED, which SUCCESSFUL beats in
+      either order (the provider took the money after our expiry: `decide`);
     - a SUCCESSFUL status that becomes ours here (from the other copy, or from
       a provider-made record our initiation now adopts) is checked against the
       initiated amount, as in `decide`; a provider-made one without an amount
@@ -293,7 +304,10 @@ def merge(stored: Payment | None, incoming: Payment, now: datetime) -> Merge:
       currency), whichever copy said it;
     - if the result differs from the stored copy, or from an incoming copy at
       least as far along (a socket may have been shown that copy), it gets seq
-      `max(stored.seq, incoming.seq) + 1`, so it is newer than both.
+      `max(stored.seq, incoming.seq) + 1`, so it is newer than both. Its
+      `final_seq` is the earliest seq a copy showed its final status at, unless
+      a copy showed another final status (EXPIRED) at or after it: then it is
+      final from this seq (a page shown EXPIRED there has not been told).
     """
     if stored is None:
         return Merge(incoming, changed=True)
@@ -314,6 +328,12 @@ def merge(stored: Payment | None, incoming: Payment, now: datetime) -> Merge:
 
     settled = stored.status.is_terminal and not stored.orphan  # an owned final status stays as it is
     final = stored if stored.status.is_terminal or not incoming.status.is_terminal else incoming
+    # A link's EXPIRED and the provider's SUCCESSFUL: the money it took beats our expiry, in either order.
+    expired = next((c for c in (stored, incoming) if c.status is PaymentStatus.EXPIRED and not c.orphan), None)
+    paid = incoming if expired is stored else stored
+    reopened = expired is not None and paid.status is PaymentStatus.SUCCESSFUL and fields["kind"] == "link"
+    if reopened:
+        final, settled = paid, not paid.orphan  # an owned SUCCESSFUL was checked when it was decided
     status, reason, completed_at = final.status, final.reason, final.completed_at
     if status is PaymentStatus.SUCCESSFUL and not fields["orphan"] and not settled:
         candidate = stored.model_copy(update=fields)
@@ -322,6 +342,11 @@ def merge(stored: Payment | None, incoming: Payment, now: datetime) -> Merge:
         elif final.orphan and (fields["provider_amount"] is None or not fields["provider_currency"]):
             # The provider's SUCCESSFUL, unreadable as to what was paid, becomes ours: not believed yet.
             status, reason, completed_at = PaymentStatus.PENDING, None, None
+    if expired is not None and (
+        status is PaymentStatus.PENDING or (reopened and status is not PaymentStatus.SUCCESSFUL)
+    ):
+        # Only the provider's believed SUCCESSFUL ends an expiry: not its word unread, nor for another amount.
+        status, reason, completed_at = expired.status, expired.reason, expired.completed_at
     fields.update(
         status=status, reason=reason, completed_at=completed_at, final_seq=_final_seq(status, stored, incoming)
     )
@@ -331,7 +356,10 @@ def merge(stored: Payment | None, incoming: Payment, now: datetime) -> Merge:
 
     # A copy at least as far along that a socket may have been shown needs a newer seq to be replaced
     # there, unless it holds the other final status (the one truth makes that impossible; it stays lost).
-    contradicts = incoming.status.is_terminal and incoming.status is not status
+    # (An expiry the provider's SUCCESSFUL beat is not another final status: its page is told the payment.)
+    contradicts = (
+        incoming.status.is_terminal and incoming.status is not status and not (reopened and incoming is expired)
+    )
     behind_incoming = incoming.seq >= stored.seq and not same_state(incoming) and not contradicts
     if same_state(stored) and fields["created_at"] == stored.created_at and not behind_incoming:
         return Merge(stored, changed=False)
@@ -360,14 +388,30 @@ def _refund_link(stored: Payment, incoming: Payment) -> dict[str, object]:
 def _final_seq(status: PaymentStatus, *copies: Payment) -> int | None:
     """The earliest seq at which a page may have been shown `status` as final: the earliest of the copies
     that show it, a record nobody initiated (an orphan, which no page sees) aside. None: not final, or
-    final only now.
+    final only now, which is also the case of a link paid after its expiry when a copy shows the expiry at
+    or after that earliest seq (every seq from `final_seq` on must show the final status).
 
     A copy from before `final_seq` existed counts from its own seq, which a page may have seen it at.
     """
     if not status.is_terminal:
         return None
     seen = [c.final_seq if c.final_seq is not None else c.seq for c in copies if c.status is status and not c.orphan]
-    return min(seen, default=None)
+    first = min(seen, default=None)
+    expired = [c.seq for c in copies if c.status is PaymentStatus.EXPIRED and status is not c.status and not c.orphan]
+    if first is not None and expired and max(expired) >= first:
+        return None  # a page shown the expiry at or past `first` has not been told the payment (link paid late)
+    return first
+
+
+def paid_after_expiry(transition: Transition) -> bool:
+    """Whether `transition` made an EXPIRED link SUCCESSFUL: the provider took the money after our expiry."""
+    stored = transition.payment
+    return (
+        transition.applied
+        and transition.previous_status is PaymentStatus.EXPIRED
+        and stored is not None
+        and stored.status is PaymentStatus.SUCCESSFUL
+    )
 
 
 def settle_order(payment: Payment, paid: tuple[str, ...]) -> tuple[Payment, tuple[str, ...]]:

@@ -28,7 +28,7 @@ from core.settings import Settings
 from observability.logs import bind
 from observability.metrics import Metrics
 from payments.access import Authenticator, can_view
-from payments.model import Payment
+from payments.model import Payment, PaymentStatus
 from payments.schemas import RefreshTokenPayload, StopTrackingPayload, TrackPayload
 from payments.service import PaymentService
 from realtime import event_names as ev
@@ -241,14 +241,14 @@ class PaymentNamespace(socketio.AsyncNamespace):
     def _page_ahead(self, sid: str, payment: Payment, last_seq: int) -> None:
         """The page saw more than storage holds: a Redis failover lost writes (or the page says so falsely).
         The page keeps what it saw (nothing older is sent). The provider is asked again for the truth, unless
-        the stored status is final already (its word cannot change it), and at most once per reconcile
+        the stored status is final already (its word cannot change it; an EXPIRED link it can), and at most once per reconcile
         interval per payment, so no page can make the server call the provider at will."""
         log.warning(
             "a page is ahead of the stored payment",
             extra={"socket_id": sid, "last_seq": last_seq, "stored_seq": payment.seq},
         )
-        if self._recheck is None or payment.status.is_terminal:
-            return
+        if self._recheck is None or (payment.status.is_terminal and payment.status is not PaymentStatus.EXPIRED):
+            return  # (an EXPIRED link may still be reported paid: payments/state.py)
         if self._rechecked.get(payment.reference) is not None:
             return
         if len(self._rechecked) >= RECHECKS_REMEMBERED:

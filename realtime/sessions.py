@@ -9,7 +9,9 @@ catch-up on `track-payment`, resync after an outage):
   `seq` go down or a terminal payment go back to PENDING;
 - once a socket has been sent a terminal status, later (higher-seq) states of
   that payment reach it as `payment-status` only, so `payment-success` /
-  `payment-failed` and `payment-completed` arrive at most once per connection;
+  `payment-failed` and `payment-completed` arrive at most once per connection
+  (but for a link's EXPIRED, which the provider's SUCCESSFUL may follow: then
+  `payment-success` and its `payment-completed` go out too, once);
   and a page that has been sent (or said with `last_seq` that it saw) a seq at
   or past the payment's `final_seq` was told the outcome already, on an
   earlier connection, on another instance or by a track ack: its later
@@ -27,6 +29,10 @@ import enum
 from dataclasses import dataclass, field
 
 from payments.access import Identity, may_see
+from payments.model import PaymentStatus
+
+_EXPIRED = PaymentStatus.EXPIRED.value
+_SUCCESSFUL = PaymentStatus.SUCCESSFUL.value
 
 
 class Admission(enum.Enum):
@@ -51,6 +57,11 @@ class SocketSession:
     # What was sent for every payment this connection ever tracked (bounded): a stop, a failed track or
     # a re-track must not make the gate forget, or a completion could go out twice on one connection.
     sent: dict[str, Seen] = field(default_factory=dict)
+
+
+def _open(seen: Seen) -> bool:
+    """Whether a socket's payment may still change for it: not final yet, or EXPIRED (a link paid late)."""
+    return not seen.terminal or seen.status == _EXPIRED
 
 
 class Sessions:
@@ -133,11 +144,12 @@ class Sessions:
         return len(self._trackers)
 
     def waiting(self) -> list[str]:
-        """References some socket here tracks and has not been sent a final status for."""
+        """References some socket here tracks and has not been sent a final status for, or was sent EXPIRED
+        for (a link may still be reported paid after its expiry: the resync must bring that too)."""
         return [
             reference
             for reference, sids in self._trackers.items()
-            if any(not self._sessions[sid].tracked[reference].terminal for sid in sids)
+            if any(_open(self._sessions[sid].tracked[reference]) for sid in sids)
         ]
 
     # -- the gate ---------------------------------------------------------------
@@ -166,11 +178,15 @@ class Sessions:
             return Admission.NONE
         if not may_see(session.identity, owner_id, orphan, auth_enabled=self._auth_enabled):
             return Admission.NONE
-        if seen.terminal and (not terminal or (status is not None and status != seen.status)):
+        # A link the provider reports paid after its expiry (payments/state.py): the one status after a final one.
+        reopened = seen.status == _EXPIRED and status == _SUCCESSFUL
+        if seen.terminal and not reopened and (not terminal or (status is not None and status != seen.status)):
             return Admission.NONE  # never PENDING, nor the other final status, after a final status
         told = terminal and final_seq is not None and seen.seq >= final_seq
         seen.seq = seq
-        if seen.terminal or told:
+        if reopened:
+            seen.status = status
+        if (seen.terminal and not reopened) or told:
             seen.terminal = True
             seen.status = seen.status or status
             return Admission.STATUS

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 from typing import Any
 
 import aiohttp
+import pytest
 
 from core.clock import ManualClock
 from payments.payouts import refund_scope
@@ -181,6 +183,87 @@ async def test_a_link_nobody_opened_expires_after_its_lifetime_never_failed(
     assert not any(d.type == "payment.failed" for d in merchant.attempts)
     status, fresh = await _link(instance, "o-never")
     assert status == 201 and fresh["reference"] != reference  # an expired link frees its order
+
+
+async def test_a_link_paid_after_its_expiry_tells_its_page_and_merchant_and_is_a_duplicate_if_reordered(
+    start_instance: StartInstance, campay: FakeCampay, merchant: MerchantReceiver, http: aiohttp.ClientSession
+) -> None:
+    """EXPIRED is our guess (CamPay's page stays payable: it is never told the lifetime); CamPay's SUCCESSFUL
+    after it is the truth. The page that was told payment-expired is told payment-success and completed at a
+    higher seq, the merchant hears payment.succeeded after payment.expired (each once), and an order paid
+    meanwhile by another payment shows the late one as a duplicate charge to refund (`duplicate_of`)."""
+    clock = ManualClock()
+    campay.clock = clock
+    settings = campay_settings(
+        campay,
+        RECONCILE_AFTER_SECONDS=0,
+        LINK_LIFETIME_SECONDS=300,
+        **merchant_settings(merchant, MERCHANT_WEBHOOK_EVENTS=ALL_EVENTS),
+    )
+    instance = await start_instance(clock, **settings)
+    _, link = await _link(instance, "o-late")
+    reference = link["reference"]
+    page = await instance.tracker()
+    await page.track(reference)
+    clock.advance(301)
+    await instance.app[RECONCILER].run_once()  # CamPay: 404, past the lifetime: EXPIRED
+    await page.wait_for("payment-completed")
+    expired_seq = page.named("payment-completed")[0].data["seq"]
+    fresh = await _paid_collect(instance, campay, http, "o-late")  # the shopper paid the order again, by a collect
+
+    campay.start_link(reference, method="MOMO", phone="237671234567")  # ... and the old link's page too
+    campay.set_status(reference, "SUCCESSFUL")
+    assert (await campay.send_webhook(http, instance.url, reference))[1]["outcome"] == "applied"
+
+    await page.wait_for("payment-completed", count=2)
+    late = [(e.name, e.data["status"]) for e in page.payment_events() if e.data["seq"] > expired_seq]
+    assert late == [
+        ("payment-status", "SUCCESSFUL"),
+        ("payment-success", "SUCCESSFUL"),
+        ("payment-completed", "SUCCESSFUL"),
+    ]
+    assert page.named("payment-completed")[-1].data["success"] is True
+    stored = await instance.storage.get_payment(reference)
+    assert stored.status.value == "SUCCESSFUL" and stored.duplicate_of == fresh
+    assert stored.final_seq == stored.seq > expired_seq
+    _, order, _ = await instance.api.request("GET", "/api/payment/status/o-late")
+    assert order["reference"] == fresh and order["duplicate_payments"] == [reference]
+    mine = lambda: [d for d in merchant.accepted if d.data["reference"] == reference]  # noqa: E731
+    assert await merchant.wait_until(lambda: any(d.type == "payment.succeeded" for d in mine()), WAIT)
+    types = [d.type for d in mine()]
+    assert types == ["payment.initiated", "payment.expired", "payment.succeeded"], types
+    succeeded = next(d for d in mine() if d.type == "payment.succeeded")
+    assert succeeded.data["duplicate_of"] == fresh
+    assert len({d.message_id for d in mine()}) == 3
+    # Told once: CamPay's callback again, and the reconciler's poll, change nothing.
+    assert (await campay.send_webhook(http, instance.url, reference))[1]["outcome"] == "duplicate"
+    assert not (await instance.app[RECONCILER].refresh(reference)).applied
+    await page.barrier()
+    assert len(page.named("payment-completed")) == 2
+
+
+async def test_a_link_paid_after_its_expiry_with_another_amount_stays_expired_and_is_logged(
+    start_instance: StartInstance, campay: FakeCampay, http: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Only CamPay's SUCCESSFUL for the amount asked ends an expiry: for another amount it would be FAILED
+    amount_mismatch, and a failure after an expiry changes nothing. That money is shown nowhere: an error."""
+    clock = ManualClock()
+    campay.clock = clock
+    instance = await start_instance(
+        clock, **campay_settings(campay, RECONCILE_AFTER_SECONDS=0, LINK_LIFETIME_SECONDS=300)
+    )
+    _, link = await _link(instance, "o-late-other")
+    reference = link["reference"]
+    clock.advance(301)
+    await instance.app[RECONCILER].run_once()
+    campay.start_link(reference, method="MOMO", phone="237671234567")
+    campay.transactions[reference]["amount"] = 450
+    campay.set_status(reference, "SUCCESSFUL")
+    with caplog.at_level(logging.ERROR, logger="paytrack.payments"):
+        assert (await campay.send_webhook(http, instance.url, reference))[1]["outcome"] == "regression"
+    assert (await instance.storage.get_payment(reference)).status.value == "EXPIRED"
+    logged = [r for r in caplog.records if "expired link with another amount" in r.getMessage()]
+    assert [getattr(r, "amount", None) for r in logged] == [450]
 
 
 async def test_a_link_its_payer_started_is_never_expired_nor_failed_by_the_clock(

@@ -116,15 +116,6 @@ async def test_a_refund_whose_instance_loses_redis_after_claiming_its_key_is_nev
 # -- a payment link CamPay reports paid after paytrack called it EXPIRED ------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="EXPIRED is final in the state rule, yet it is paytrack's inference from CamPay's 404 (CamPay is never "
-    "told the link's lifetime, so its page stays payable): a payer who pays after it (or between the 404 and the "
-    "expiry's write) is charged while the order shows EXPIRED, the merchant hears only payment.expired, the "
-    "order may be paid again, and the refund is refused (refund_not_allowed). CamPay's SUCCESSFUL is only "
-    "logged (service._money_after_expiry). Fixing it changes the state rule (EXPIRED -> SUCCESSFUL on the "
-    "provider's word for a link), merge, final_seq and the clients' 'settled' handling: the lead's call.",
-)
 async def test_a_link_campay_reports_paid_after_its_expiry_shows_the_payment_and_can_be_refunded(
     start_instance: StartInstance, campay: FakeCampay, merchant: MerchantReceiver, http: aiohttp.ClientSession
 ) -> None:

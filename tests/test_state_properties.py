@@ -14,7 +14,10 @@ client is guaranteed"), and what is tested here:
   new, higher `seq`; a merge that changes anything is newer than both inputs;
 - a merge never drops or alters the initiation (owner, order, phone, USSD);
 - a final status of a payment we initiated never changes, even when a final
-  claim did not say which amount or currency was paid;
+  claim did not say which amount or currency was paid, but for the one move
+  out of a final status (`moved_back`): a link's EXPIRED (our expiry's guess)
+  to SUCCESSFUL (the provider took the money after it), which every schedule
+  of a link the provider reports paid ends in, whatever the expiry did;
 - every schedule of the same facts (with our initiation among them) ends in
   the same status and initiation fields, and in the same whole state when
   every final claim names every detail (otherwise the first final claim
@@ -27,8 +30,9 @@ client is guaranteed"), and what is tested here:
   every other status/reason a socket could have been shown, which is what lets
   the resync converge every socket (docs/API.md guarantee 4);
 - the per-socket gate, whatever arrives in whatever order: strictly rising
-  `seq`, no PENDING after a final status, at most one completion, nobody
-  else's payment, and a socket ends on the newest state it was delivered.
+  `seq`, no PENDING after a final status, at most one completion (two for an
+  EXPIRED then SUCCESSFUL link, in that order), nobody else's payment, and a
+  socket ends on the newest state it was delivered.
 
 A copy that never saw our initiation holds an orphan (private, no owner); its
 amount and currency come from whichever claim created it, so orphans alone are
@@ -41,6 +45,7 @@ currency) are kept below as plain tests: the rule was fixed for them.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -69,6 +74,23 @@ GATE = settings(max_examples=200, derandomize=True, deadline=None)
 
 # Who initiated it and for what: a merge must never drop or alter these once a copy holds them.
 NEVER_DROPPED = ("owner_id", "order_id", "phone_number", "ussd_code")
+
+
+def moved_back(old: Payment, new: Payment) -> bool:
+    """Whether `new` leaves `old`'s final status (ours, not an orphan's) for another status: backwards.
+    The one move that is not is EXPIRED -> SUCCESSFUL for a link (payments/state.py)."""
+    if not old.status.is_terminal or old.orphan or new.status is old.status:
+        return False
+    return not (old.status is PaymentStatus.EXPIRED and new.status is PaymentStatus.SUCCESSFUL and old.kind == "link")
+
+
+def link_initiated() -> Payment:
+    """Our initiation of a payment link, its lifetime over from the start (its expiry applies whenever it comes)."""
+    return owned(kind="link", phone_number=None, ussd_code=None, link_expires_at=T0)
+
+
+# The link's expiry: the reconciler heard CamPay know no transaction for it, past its lifetime.
+EXPIRY = StatusUpdate(reference=REF, status="EXPIRED", source=UpdateSource.LINK_EXPIRY)
 
 
 def state(payment: Payment) -> tuple[Any, ...]:
@@ -139,19 +161,28 @@ Fact = Payment | StatusUpdate  # the initiation, or a provider claim
 
 @st.composite
 def histories(
-    draw: st.DrawFn, *, initiated: bool | None = None, with_amount: bool = False, complete: bool = False
+    draw: st.DrawFn,
+    *,
+    initiated: bool | None = None,
+    with_amount: bool = False,
+    complete: bool = False,
+    link: bool = False,
+    truth: st.SearchStrategy[Truth] = truths,
 ) -> tuple[Truth, list[Fact]]:
     """The facts about one payment: maybe our initiation, then provider claims about one truth.
 
     `complete`: every final claim names every detail, and at least one final claim is among them.
+    `link`: a payment link, whose expiry (once or twice) is among the facts, in any place.
     """
-    truth = draw(truths)
+    told = draw(truth)
     init = draw(st.booleans()) if initiated is None else initiated
-    facts: list[Fact] = [owned()] if init else []
-    facts += draw(st.lists(claims(truth, with_amount=with_amount, complete=complete), min_size=1, max_size=4))
+    facts: list[Fact] = [link_initiated() if link else owned()] if init else []
+    facts += draw(st.lists(claims(told, with_amount=with_amount, complete=complete), min_size=1, max_size=4))
     if complete:
-        facts.append(truth.complete())
-    return truth, facts
+        facts.append(told.complete())
+    if link:
+        facts += [EXPIRY] * draw(st.integers(1, 2))
+    return told, facts
 
 
 Step = tuple[str, int, int]  # ("deliver", fact, copy) or ("merge", from copy, into copy)
@@ -191,8 +222,8 @@ class Run:
             for name in NEVER_DROPPED:
                 if getattr(old, name) is not None:
                     assert getattr(new, name) == getattr(old, name), f"{name} dropped or altered: {old} -> {new}"
-            if final_is_fixed and old.status.is_terminal and not old.orphan:
-                assert new.status is old.status, f"final status changed on copy {index}: {old} -> {new}"
+            if final_is_fixed:
+                assert not moved_back(old, new), f"final status changed on copy {index}: {old} -> {new}"
         self.copies[index] = new
         self.held.append(new)
 
@@ -358,6 +389,64 @@ def test_after_the_write_back_redis_is_newer_than_every_other_state_a_socket_cou
             assert final.seq > shown.seq, f"a socket shown {shown} would never be sent {final}"
 
 
+# -- payment links: the expiry is our guess, the provider's SUCCESSFUL the truth ---------------------
+
+paid_as_asked = st.builds(
+    Truth,
+    status=st.just("SUCCESSFUL"),
+    amount=st.just(500),
+    currency=st.just("XAF"),
+    operator=st.sampled_from(["MTN", "ORANGE"]),
+    operator_reference=st.sampled_from(["op-1", "op-2"]),
+    reason=st.just(None),
+)
+
+
+@RULE
+@given(st.data())
+def test_a_links_final_status_moves_only_from_expired_to_successful(data: st.DataObject) -> None:
+    """The 'never backwards' property for links, whose expiry may come before, between or after the
+    provider's claims: a final status changes only from EXPIRED to SUCCESSFUL (`moved_back`)."""
+    _, facts = data.draw(histories(with_amount=True, link=True))
+    run = play(facts, data.draw(schedules(len(facts))), final_is_fixed=True)
+    for shown in run.held:  # a success is only ever final from a seq above every expiry a copy showed
+        if shown.status is PaymentStatus.SUCCESSFUL and not shown.orphan:
+            assert shown.final_seq is not None and shown.final_seq <= shown.seq
+
+
+@PAIRS
+@given(st.data())
+def test_a_link_the_provider_reports_paid_ends_successful_whatever_the_expiry_did(data: st.DataObject) -> None:
+    """Money that reached the provider is the truth: every schedule of a link's facts, its expiry anywhere
+    among them, ends SUCCESSFUL once the provider's believed SUCCESSFUL is among them."""
+    _, facts = data.draw(histories(initiated=True, complete=True, link=True, truth=paid_as_asked))
+    for _ in range(2):
+        final = play(facts, data.draw(schedules(len(facts)))).copies[0]
+        assert final is not None and final.status is PaymentStatus.SUCCESSFUL and final.kind == "link"
+        assert final.final_seq is not None and final.final_seq <= final.seq
+
+
+@RULE
+@given(st.data())
+def test_after_the_write_back_redis_is_newer_than_every_state_of_a_link_a_socket_could_be_shown(
+    data: st.DataObject,
+) -> None:
+    """The cluster property for links: a socket shown EXPIRED is sent the success Redis ends with (its seq
+    is higher), and none was told the success at a seq where another copy showed the expiry."""
+    _, facts = data.draw(histories(initiated=True, link=True))
+    final, held = play_cluster(facts, data.draw(cluster_schedules(facts)))
+    assert final is not None and not final.orphan
+    for shown in held:
+        if not shown.orphan and (shown.status, shown.reason, shown.order_id) != (
+            final.status,
+            final.reason,
+            final.order_id,
+        ):
+            assert final.seq > shown.seq, f"a socket shown {shown} would never be sent {final}"
+        if final.status is PaymentStatus.SUCCESSFUL and shown.status is PaymentStatus.EXPIRED:
+            assert final.final_seq is not None and final.final_seq > shown.seq, f"{shown} counted as told {final}"
+
+
 # -- counterexamples hypothesis found: promises that do not hold today ----------------------------
 
 
@@ -414,7 +503,9 @@ def sent_to_socket(
     assert sessions.track("sid", REF, last_seq)
     sent: list[tuple[str, int, PaymentStatus]] = []
     for seq, status, owner in deliveries:
-        admission = sessions.admit("sid", REF, seq, status.is_terminal, owner_id=owner, orphan=owner is None)
+        admission = sessions.admit(
+            "sid", REF, seq, status.is_terminal, owner_id=owner, orphan=owner is None, status=status.value
+        )
         if admission is Admission.NONE:
             continue
         sent.append(("payment-status", seq, status))
@@ -443,8 +534,14 @@ def test_a_socket_sees_seq_rise_no_pending_after_a_final_status_and_one_completi
     assert all(seq > (last_seq or 0) for seq in seqs), "nothing at or below last_seq"
     first_final = next((i for i, (_, status) in enumerate(statuses_sent) if status.is_terminal), len(statuses_sent))
     assert all(status.is_terminal for _, status in statuses_sent[first_final:]), "PENDING after a final status"
-    assert sum(name == "payment-completed" for name, _, _ in sent) <= 1
-    assert sum(name in FINAL_EVENTS.values() for name, _, _ in sent) <= 1
+    # After a final status only that status, or SUCCESSFUL after EXPIRED (a link paid after its expiry).
+    finals = [status for _, status in statuses_sent[first_final:]]
+    changes = [(a, b) for a, b in itertools.pairwise(finals) if a is not b]
+    assert changes in ([], [(PaymentStatus.EXPIRED, PaymentStatus.SUCCESSFUL)]), changes
+    completed = [status for name, _, status in sent if name == "payment-completed"]
+    assert len(completed) <= 1 or completed == [PaymentStatus.EXPIRED, PaymentStatus.SUCCESSFUL], completed
+    told = [status for name, _, status in sent if name in FINAL_EVENTS.values()]
+    assert told == completed
     if auth:  # bob's payment and an orphan are never sent to alice
         visible = {(seq, status) for seq, status, owner in deliveries if owner == "alice"}
         assert set(statuses_sent) <= visible
@@ -452,13 +549,18 @@ def test_a_socket_sees_seq_rise_no_pending_after_a_final_status_and_one_completi
 
 @st.composite
 def lawful_histories(draw: st.DrawFn) -> list[tuple[int, PaymentStatus]]:
-    """States one payment goes through under the rule: PENDING states, then one final status (maybe re-merged)."""
+    """States one payment goes through under the rule: PENDING states, then one final status (maybe re-merged),
+    or for a link EXPIRED then SUCCESSFUL (paid after its expiry)."""
     pending = draw(st.integers(1, 3))
     final = draw(st.sampled_from([PaymentStatus.SUCCESSFUL, PaymentStatus.FAILED, PaymentStatus.EXPIRED]))
     finals = draw(st.integers(0, 2))
-    return [(seq, PaymentStatus.PENDING) for seq in range(1, pending + 1)] + [
+    history = [(seq, PaymentStatus.PENDING) for seq in range(1, pending + 1)] + [
         (seq, final) for seq in range(pending + 1, pending + 1 + finals)
     ]
+    if final is PaymentStatus.EXPIRED and finals and draw(st.booleans()):
+        paid = draw(st.integers(1, 2))
+        history += [(seq, PaymentStatus.SUCCESSFUL) for seq in range(len(history) + 1, len(history) + 1 + paid)]
+    return history
 
 
 @GATE
@@ -470,5 +572,6 @@ def test_a_socket_ends_on_the_newest_state_it_was_delivered_and_completes_once(d
     sent = sent_to_socket(deliveries, None)
     newest = max(delivered)
     assert [(seq, status) for name, seq, status in sent if name == "payment-status"][-1] == newest
-    completions = [name for name, _, _ in sent if name == "payment-completed"]
-    assert len(completions) == (1 if newest[1].is_terminal else 0)
+    completions = [status for name, _, status in sent if name == "payment-completed"]
+    assert completions[-1:] == ([newest[1]] if newest[1].is_terminal else [])
+    assert len(completions) <= 1 or completions == [PaymentStatus.EXPIRED, PaymentStatus.SUCCESSFUL]

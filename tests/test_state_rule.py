@@ -214,7 +214,134 @@ def test_a_link_expires_only_past_its_lifetime_and_only_by_its_expiry() -> None:
     assert decide(paid, expiry, LATER + timedelta(days=1)).outcome == "regression"
     # Nobody else's word makes anything EXPIRED: CamPay's "EXPIRED" leaves the link PENDING, asked again.
     assert decide(link(), update("EXPIRED"), LATER + timedelta(days=1)).outcome == "duplicate"
-    assert decide(late.payment, update("SUCCESSFUL", amount=500, currency="XAF"), LATER).outcome == "regression"
+
+
+def expired_link(seq: int = 2) -> Payment:
+    """A link our expiry made EXPIRED at `seq` (CamPay knew no transaction for it then)."""
+    return link(status=PaymentStatus.EXPIRED, seq=seq, final_seq=seq)
+
+
+def test_a_link_the_provider_reports_paid_after_its_expiry_becomes_successful() -> None:
+    """EXPIRED is our guess, the provider's SUCCESSFUL the truth: the one move out of a final status, with a
+    new seq and final_seq (the page shown EXPIRED is told the payment)."""
+    paid = decide(expired_link(), update("SUCCESSFUL", amount=500, currency="XAF", operator="MTN"), LATER)
+    assert (paid.applied, paid.outcome, paid.previous_status) == (True, "applied", PaymentStatus.EXPIRED)
+    assert paid.payment.status is PaymentStatus.SUCCESSFUL and paid.payment.operator == "MTN"
+    assert paid.payment.seq == paid.payment.final_seq == 3 and paid.payment.completed_at == LATER
+    assert paid.event is not None and paid.event.status is PaymentStatus.SUCCESSFUL and paid.event.seq == 3
+    again = decide(paid.payment, update("SUCCESSFUL", amount=500, currency="XAF"), LATER)
+    assert (again.applied, again.outcome) == (False, "duplicate")
+    expiry = update("EXPIRED", source=UpdateSource.LINK_EXPIRY)
+    assert decide(paid.payment, expiry, LATER + timedelta(days=1)).outcome == "regression"  # never back
+
+
+def test_nothing_but_the_providers_believed_success_ends_an_expiry() -> None:
+    """A failure after the expiry adds nothing; a SUCCESSFUL for another amount (which would be FAILED
+    amount_mismatch) or without a readable amount is not believed; PENDING never comes back; and only a
+    link expires (a collect or payout holding EXPIRED, which the rule never makes, stays so)."""
+    stored = expired_link()
+    for claim, outcome in (
+        (update("FAILED"), "regression"),
+        (update("SUCCESSFUL", amount=499, currency="XAF"), "regression"),
+        (update("SUCCESSFUL", amount=500, currency="EUR"), "regression"),
+        (update("SUCCESSFUL", amount=500), "unconfirmed"),
+        (update("SUCCESSFUL"), "unconfirmed"),
+        (update("PENDING"), "regression"),
+    ):
+        result = decide(stored, claim, LATER)
+        assert (result.applied, result.outcome, result.payment) == (False, outcome, stored), claim
+    for kind in ("collect", "payout"):
+        other = owned(PaymentStatus.EXPIRED, seq=2, kind=kind, final_seq=2)
+        assert decide(other, update("SUCCESSFUL", amount=500, currency="XAF"), LATER).outcome == "regression"
+    for final in (PaymentStatus.SUCCESSFUL, PaymentStatus.FAILED):  # no other final status is ever left
+        done = link(status=final, seq=2, final_seq=2)
+        for claim in ("SUCCESSFUL", "FAILED", "PENDING"):
+            assert not decide(done, update(claim, amount=500, currency="XAF"), LATER).applied
+
+
+@pytest.mark.parametrize("order", ["expired-stored", "paid-stored"])
+def test_of_an_expiry_and_the_providers_success_the_success_wins_a_merge_in_either_order(order: str) -> None:
+    expired = expired_link(seq=2)
+    paid = decide(link(), update("SUCCESSFUL", amount=500, currency="XAF"), LATER).payment  # another copy, seq 2
+    assert paid is not None and paid.seq == 2
+    stored, incoming = (expired, paid) if order == "expired-stored" else (paid, expired)
+    result = merge(stored, incoming, LATER)
+    assert result.changed and result.payment.status is PaymentStatus.SUCCESSFUL and result.payment.reason is None
+    # A page was shown EXPIRED at seq 2: the success is final from the merge's seq on, which it is sent.
+    assert result.payment.seq == result.payment.final_seq == 3
+    assert merge(result.payment, expired, LATER).payment.status is PaymentStatus.SUCCESSFUL  # never the reverse
+
+
+def test_merging_an_expiry_with_a_success_shown_before_it_keeps_the_earliest_final_seq() -> None:
+    """The success came after the expiry (seq 3 over 2) on the copy being written back: a page shown
+    SUCCESSFUL at 3 was told; a page shown EXPIRED at 2 is below it, and is sent the merge."""
+    paid = decide(expired_link(seq=2), update("SUCCESSFUL", amount=500, currency="XAF"), LATER).payment
+    assert paid is not None and paid.final_seq == 3
+    written_back = merge(expired_link(seq=2), paid, LATER).payment
+    assert written_back.status is PaymentStatus.SUCCESSFUL and written_back.seq == 4 and written_back.final_seq == 3
+    # ... but an expiry at or past the success's final seq resets it: that page was never told the success.
+    later_expiry = merge(expired_link(seq=5), paid, LATER).payment
+    assert later_expiry.status is PaymentStatus.SUCCESSFUL and later_expiry.seq == later_expiry.final_seq == 6
+
+
+def test_an_orphans_success_ends_an_expiry_only_when_it_is_believed() -> None:
+    """A degraded instance stored CamPay's word as nobody's; written back over the EXPIRED link (either order)."""
+    for amount, currency, expected in (
+        (500, "XAF", PaymentStatus.SUCCESSFUL),
+        (499, "XAF", PaymentStatus.EXPIRED),  # another amount: FAILED amount_mismatch, which the expiry outranks
+        (None, None, PaymentStatus.EXPIRED),  # unreadable: not believed (never PENDING again either)
+    ):
+        reported = decide(None, update("SUCCESSFUL", amount=amount, currency=currency), T0).payment
+        assert reported is not None and reported.orphan
+        for stored, incoming in ((expired_link(), reported), (reported, expired_link())):
+            merged = merge(stored, incoming, LATER).payment
+            assert merged.status is expected and not merged.orphan and merged.kind == "link", (amount, stored)
+            assert merged.reason is None
+
+
+def test_an_expiry_and_a_failure_merge_as_two_final_statuses_do() -> None:
+    """A failure after an expiry adds nothing in `decide`; in a merge, the stored one of the two wins."""
+    failed = link(status=PaymentStatus.FAILED, seq=2, final_seq=2, reason="failed")
+    assert merge(expired_link(), failed, LATER).payment.status is PaymentStatus.EXPIRED
+    assert merge(failed, expired_link(), LATER).payment.status is PaymentStatus.FAILED
+
+
+def test_a_page_shown_an_expiry_is_sent_the_success_and_its_completion_once() -> None:
+    from realtime.sessions import Admission, Sessions
+
+    sessions = Sessions(max_tracked=2, auth_enabled=False)
+    sessions.open("s1", None)
+    assert sessions.track("s1", "ref-1", None)
+    common = {"owner_id": None, "orphan": False}
+    assert sessions.admit("s1", "ref-1", 2, True, status="EXPIRED", final_seq=2, **common) is Admission.FULL
+    assert sessions.waiting() == ["ref-1"]  # the resync still re-reads an expired link for this socket
+    assert sessions.admit("s1", "ref-1", 3, False, status="PENDING", **common) is Admission.NONE
+    assert sessions.admit("s1", "ref-1", 3, True, status="FAILED", final_seq=3, **common) is Admission.NONE
+    assert sessions.admit("s1", "ref-1", 3, True, status="SUCCESSFUL", final_seq=3, **common) is Admission.FULL
+    assert sessions.waiting() == []
+    assert sessions.admit("s1", "ref-1", 4, True, status="SUCCESSFUL", final_seq=3, **common) is Admission.STATUS
+    assert sessions.admit("s1", "ref-1", 5, True, status="EXPIRED", final_seq=2, **common) is Admission.NONE
+    # A page that said (last_seq) it saw the success already is sent no second completion.
+    sessions.open("s2", None)
+    assert sessions.track("s2", "ref-1", 2)
+    assert sessions.admit("s2", "ref-1", 2, True, status="EXPIRED", final_seq=2, **common) is Admission.NONE
+    assert sessions.track("s2", "ref-1", 3)
+    assert sessions.admit("s2", "ref-1", 4, True, status="SUCCESSFUL", final_seq=3, **common) is Admission.STATUS
+
+
+def test_the_merchant_hears_of_a_success_after_an_expiry_once_whichever_path_stores_it() -> None:
+    from payments.outbox import OutboxPolicy, message_id
+
+    policy = OutboxPolicy(["https://shop.example/hooks"], ["payment.expired", "payment.succeeded"])
+    expired = expired_link()
+    transition = decide(expired, update("SUCCESSFUL", amount=500, currency="XAF"), LATER)
+    live = policy.for_transition(transition, LATER)
+    assert [e.type for e in live] == ["payment.succeeded"]
+    assert live[0].message_id == message_id("ref-1", "payment.succeeded") != message_id("ref-1", "payment.expired")
+    assert transition.payment is not None
+    written_back = policy.for_stored(transition.payment, expired, LATER)  # the write-back's merge over Redis's
+    assert [e.id for e in written_back] == [e.id for e in live]
+    assert policy.for_stored(expired, transition.payment, LATER) == []  # the reverse never happens, nor is told
 
 
 def test_a_link_learns_its_payers_phone_from_the_provider_and_a_card_payment_has_no_operator() -> None:

@@ -23,6 +23,7 @@ from core.clock import ManualClock
 from payments.model import InitiationIntent, PaymentStatus, StatusUpdate, Transition, UpdateSource
 from payments.outbox import DisabledEndpoint, OutboxEntry, OutboxPolicy, endpoint_id
 from payments.ports import IdempotencyRecord
+from payments.state import decide
 from realtime.storage.base import ClientRecord
 from realtime.storage.memory import MemoryStorage
 from realtime.storage.redis import RedisStorage
@@ -1058,6 +1059,42 @@ async def test_a_merge_that_settles_an_initiated_payment_queues_its_final_messag
     assert sorted(e.type for e in await s.outbox_list()) == ["payment.initiated", "payment.succeeded"]
     await s.merge_payment(orphan(), LATER, told(LATER))  # the same copy again: nothing new to tell
     assert len(await s.outbox_list()) == 2
+
+
+async def test_a_link_paid_after_its_expiry_pays_its_order_by_transition_or_merge(backend: Backend) -> None:
+    """Issue 37's decision: CamPay's SUCCESSFUL after our expiry makes the link SUCCESSFUL on every backend,
+    live (a transition) or written back after an outage (a merge over the EXPIRED copy): it joins its order's
+    paid list (a duplicate charge if another payment paid first) and the merchant hears payment.succeeded."""
+    s = backend.storage
+    policy = OutboxPolicy(["https://merchant.example/hook"], ["payment.expired", "payment.succeeded"])
+    expiry = StatusUpdate(reference="ref-1", status="EXPIRED", source=UpdateSource.LINK_EXPIRY)
+
+    def link(reference: str) -> Any:
+        fields = {"kind": "link", "phone_number": None, "ussd_code": None, "link_expires_at": T0}
+        return owned(reference=reference, created_at=T0, updated_at=T0, **fields)
+
+    await s.create_payment(link("ref-1"))
+    assert (await s.transition(expiry, LATER)).payment.status is PaymentStatus.EXPIRED
+    assert await s.order_paid("order-1") == []
+    paid = await s.transition(
+        update("SUCCESSFUL", amount=500, currency="XAF"), LATER, outbox=lambda t: policy.for_transition(t, LATER)
+    )
+    assert paid.applied and paid.payment.status is PaymentStatus.SUCCESSFUL
+    assert paid.payment.seq == paid.payment.final_seq == 3
+    assert await s.order_paid("order-1") == ["ref-1"] and (await s.get_order_payment("order-1")).reference == "ref-1"
+    assert [e.type for e in await s.outbox_list()] == ["payment.succeeded"]
+
+    await s.create_payment(link("ref-2"))  # a second link for the order, which expired too
+    await s.transition(expiry.model_copy(update={"reference": "ref-2"}), LATER)
+    expired = await s.get_payment("ref-2")
+    degraded = decide(expired, update("SUCCESSFUL", reference="ref-2", amount=500, currency="XAF"), LATER).payment
+    assert degraded is not None  # a degraded instance's copy, paid after the expiry, written back
+    merged = await s.merge_payment(degraded, LATER, lambda stored, was: policy.for_stored(stored, was, LATER))
+    assert merged.status is PaymentStatus.SUCCESSFUL and merged.duplicate_of == "ref-1"
+    assert merged.seq > degraded.seq and merged.final_seq == degraded.final_seq == 3
+    assert await s.order_paid("order-1") == ["ref-1", "ref-2"]
+    assert sorted(e.id.split(".")[0] for e in await s.outbox_list()) == ["msg_ref-1_succeeded", "msg_ref-2_succeeded"]
+    assert await s.merge_payment(expired, LATER) == merged  # the expiry again, late: SUCCESSFUL stays
 
 
 async def test_a_delivery_made_while_redis_is_away_is_not_sent_again_after_it_returns(resilient: Backend) -> None:

@@ -4,8 +4,10 @@ export declare const VERSION: string;
 
 /**
  * PENDING, then one final status: SUCCESSFUL, FAILED, or EXPIRED (a payment link nobody paid within
- * its lifetime). EXPIRED is final but no failure of the payer's money: nobody paid, nothing was taken,
- * and the order is free for a new attempt. A final status never changes.
+ * its lifetime). EXPIRED is no failure of the payer's money: nobody paid, nothing was taken, and the
+ * order is free for a new attempt. A final status never changes, with one exception: EXPIRED is the
+ * server's guess (CamPay is never told the lifetime, so its page stays payable), and a link CamPay
+ * reports paid after it becomes SUCCESSFUL, at a higher seq.
  */
 export type PaymentStatus = "PENDING" | "SUCCESSFUL" | "FAILED" | "EXPIRED";
 
@@ -142,15 +144,17 @@ export interface UnknownInfo {
 }
 
 export interface TrackHandlers {
-  /** Every new state, in strictly increasing seq, never PENDING after a final status. */
+  /** Every new state, in strictly increasing seq, never PENDING after a final status (and after EXPIRED, only SUCCESSFUL). */
   onUpdate?: (payment: Payment) => void;
-  /** Once, when the payment reaches SUCCESSFUL. */
+  /** Once, when the payment reaches SUCCESSFUL (for a link paid after it expired: after onExpired). */
   onSuccess?: (payment: Payment) => void;
   /** Once, when the payment reaches FAILED. Never for EXPIRED. */
   onFailure?: (payment: Payment) => void;
   /**
    * Once, when a payment link reaches EXPIRED: nobody paid it within its lifetime. Final (`done`
-   * resolves with it), but not a failure: no money moved; offer a new link (the order is free).
+   * resolves with it), but not a failure: no money moved; offer a new link (the order is free). The
+   * link stays followed: if CamPay reports it paid after all, onUpdate and onSuccess run with SUCCESSFUL
+   * (the new link's order is then paid twice; the server names the duplicate to refund).
    */
   onExpired?: (payment: Payment) => void;
   /** Once, if still not final `stuckAfterMs` after track(). */
@@ -166,7 +170,8 @@ export interface Tracking {
   /** The latest accepted state, or null before the first. */
   readonly payment: Payment | null;
   /**
-   * Resolves once with the final payment (SUCCESSFUL, FAILED or EXPIRED), before onSuccess/onFailure/onExpired run; rejects with a PaytrackError
+   * Resolves once with the final payment (SUCCESSFUL, FAILED or EXPIRED), before onSuccess/onFailure/onExpired run (a
+   * SUCCESSFUL after EXPIRED comes by onUpdate and onSuccess: `done` stays resolved with EXPIRED); rejects with a PaytrackError
    * only for "forbidden", "invalid_payload", "stopped" and "closed" (never for a payment that may still succeed).
    */
   readonly done: Promise<Payment>;

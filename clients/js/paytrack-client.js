@@ -3,10 +3,13 @@
 // One PaymentTracker per page (or per server) follows any number of payments and
 // keeps these guarantees whatever the network or the server does:
 //   - onUpdate sees each payment's states in strictly increasing `seq`, and never
-//     PENDING (or anything else) after a final status;
+//     PENDING (or anything else) after a final status, but for SUCCESSFUL after EXPIRED: a link
+//     the provider reports paid after the server expired it (CamPay's page stays payable);
 //   - onSuccess / onFailure / onExpired and `done` fire exactly once per tracked payment,
 //     `done` first; a payment that may still succeed never rejects `done` (only `forbidden`,
-//     `invalid_payload`, `stopped` and `closed` do);
+//     `invalid_payload`, `stopped` and `closed` do). The one second call: onSuccess after
+//     onExpired for such a link (`done` stays resolved with EXPIRED). An EXPIRED link is
+//     followed on until the page stops it;
 //   - after a disconnect it reconnects with backoff and re-tracks every active
 //     payment with its `last_seq`, so what was missed is applied. The backoff starts
 //     over only once a connection stayed up for 10 s, so a proxy that accepts
@@ -27,7 +30,7 @@
 // at its copy of socket.io-client's ESM build, so a page can import it as is.
 import { io } from "socket.io-client";
 
-export const VERSION = "0.3.0";
+export const VERSION = "0.4.0";
 
 const SERVER_EVENTS = new Set([
   "payment-initiated",
@@ -38,8 +41,12 @@ const SERVER_EVENTS = new Set([
   "payment-completed",
 ]);
 const STATUSES = new Set(["PENDING", "SUCCESSFUL", "FAILED", "EXPIRED"]);
-// EXPIRED: a payment link nobody paid within its lifetime. Final, and not a failure of anyone's money.
-const FINAL = new Set(["SUCCESSFUL", "FAILED", "EXPIRED"]);
+// EXPIRED: a payment link nobody paid within its lifetime, as far as the server knows. It settles `done`
+// and is no failure of anyone's money, but it is the server's guess, not the provider's: CamPay's page
+// stays payable, and a later SUCCESSFUL (higher seq) is applied. So SETTLED holds it, FINAL (nothing
+// can change any more: the entry is let go) does not.
+const SETTLED = new Set(["SUCCESSFUL", "FAILED", "EXPIRED"]);
+const FINAL = new Set(["SUCCESSFUL", "FAILED"]);
 // The final status each handler is for.
 const SETTLED_HANDLER = { SUCCESSFUL: "onSuccess", FAILED: "onFailure", EXPIRED: "onExpired" };
 // Connect refusals and REST 401 codes that a new token may cure.
@@ -219,6 +226,7 @@ class Tracking {
   #handlers;
   #seen = 0;
   #settled = false;
+  #settledAs = null; // the status `done` settled with
   #stopped = false;
   #stuckTimer = null;
   #resolve;
@@ -263,7 +271,8 @@ class Tracking {
   /**
    * Hands the entry's latest state to the page. A final state settles `done` before any handler runs,
    * and its onSuccess/onFailure/onExpired runs even if onUpdate stopped the handle or closed the
-   * tracker; the handlers are then let go (the page may keep the handle, not its closures).
+   * tracker; the handlers are then let go (the page may keep the handle, not its closures). After
+   * EXPIRED they are kept: a SUCCESSFUL after it (a link paid late) runs onUpdate and onSuccess, once.
    */
   _deliver() {
     const entry = this.#entry;
@@ -271,15 +280,18 @@ class Tracking {
     this.#seen = entry.version;
     const payment = entry.payment;
     const handlers = this.#handlers;
-    const settling = entry.final && !this.#settled;
+    const status = payment.status;
+    const paidLate = this.#settledAs === "EXPIRED" && status === "SUCCESSFUL";
+    const settling = SETTLED.has(status) && (!this.#settled || paidLate);
     if (settling) {
+      if (!this.#settled) this.#resolve(payment);
       this.#settled = true;
+      this.#settledAs = status;
       this.#clearStuck();
-      this.#handlers = NO_HANDLERS;
-      this.#resolve(payment);
+      if (FINAL.has(status)) this.#handlers = NO_HANDLERS;
     }
     safeCall(handlers.onUpdate, payment);
-    if (settling) safeCall(handlers[SETTLED_HANDLER[payment.status]], payment);
+    if (settling) safeCall(handlers[SETTLED_HANDLER[status]], payment);
   }
 
   _unknown(lastKnown) {
@@ -290,9 +302,9 @@ class Tracking {
     if (this.#stopped) return;
     this.#stopped = true;
     this.#clearStuck();
+    this.#handlers = NO_HANDLERS;
     if (!this.#settled) {
       this.#settled = true;
-      this.#handlers = NO_HANDLERS;
       this.#reject(error);
     }
   }
@@ -570,8 +582,9 @@ export class PaymentTracker {
   // -- the one rule --------------------------------------------------------------------
   /**
    * Accept `incoming` for `entry` only if it moves forward: a valid status with a higher
-   * seq, and nothing at all once the payment is final. The one exception: after the server
-   * said it no longer knows the payment (it lost its history), a final status it learns
+   * seq, and nothing at all once the payment is final; after EXPIRED, only SUCCESSFUL (a link
+   * the provider reports paid after the server expired it). The one exception: after the server
+   * said it no longer knows the payment (it lost its history), a settled status it learns
    * again is accepted even though its count restarted. Nothing from another tab is accepted
    * here (a tab may hold a seq from before the server lost its history, or be a stale version):
    * it makes the tracker ask the server, whose answer comes through here.
@@ -582,7 +595,8 @@ export class PaymentTracker {
     const { seq, status } = incoming;
     if (!Number.isInteger(seq) || seq < 1 || !STATUSES.has(status)) return false;
     if (entry.final) return false;
-    const relearned = entry.forgotten && FINAL.has(status);
+    if (entry.payment?.status === "EXPIRED" && status !== "SUCCESSFUL") return false;
+    const relearned = entry.forgotten && SETTLED.has(status);
     if (seq <= entry.seq && !relearned) return false;
     if (source === "tab") {
       this.#confirm(entry); // another tab's word is a reason to ask the server, never the truth itself
@@ -609,7 +623,8 @@ export class PaymentTracker {
 
   /**
    * A final payment needs nothing more: free its slot on the socket and let it go. Its handles keep
-   * what they were given; the tracker keeps only the payment, in a bounded memory of finals.
+   * what they were given; the tracker keeps only the payment, in a bounded memory of finals. (An
+   * EXPIRED one is not final: it stays followed, on the socket or by REST, until its handles stop.)
    */
   #release(entry) {
     this.#clearEntryTimers(entry);

@@ -251,10 +251,12 @@ class WebhookProcessor:
 
 
 def _still_pending(update: StatusUpdate, transition: Transition) -> bool:
-    """A final-sounding claim that left the payment PENDING: it must be asked about again soon."""
+    """A final-sounding claim that left the payment PENDING, or a SUCCESSFUL not believed (`unconfirmed`,
+    which leaves an EXPIRED link EXPIRED): it must be asked about again soon."""
     stored = transition.payment
     claimed_final = (update.status or "").strip().upper() != "PENDING"
-    return claimed_final and (stored is None or stored.status is PaymentStatus.PENDING)
+    unsettled = stored is None or stored.status is PaymentStatus.PENDING or transition.outcome == "unconfirmed"
+    return claimed_final and unsettled
 
 
 WEBHOOKS: web.AppKey[WebhookProcessor] = web.AppKey("webhooks", WebhookProcessor)

@@ -1,6 +1,7 @@
 // Payment links (issue 37) against real server.py processes on the sandbox provider, whose
 // stand-in for CamPay's hosted page (/payment-test/link/<reference>) the payer pays on: a link paid
-// by card, a link nobody paid (EXPIRED: final, never a failure), payByLink's retry after an answer
+// by card, a link nobody paid (EXPIRED: never a failure), one paid after it expired (SUCCESSFUL
+// after EXPIRED: onSuccess after onExpired), payByLink's retry after an answer
 // lost on the way back (the same Idempotency-Key, one payment), and a link paid while the tracker
 // was disconnected (caught up by the re-track on reconnect).
 import assert from "node:assert/strict";
@@ -119,6 +120,43 @@ test("a link nobody paid: onExpired once and done resolves EXPIRED, never onFail
   const again = live.track(link.reference, later.handlers);
   assert.equal((await within(again.done, "done again")).status, "EXPIRED");
   await later.rec.waitFor("expired");
+});
+
+test("a link paid after it expired: onSuccess runs once after onExpired, done stays EXPIRED, on the socket and over REST", async (t) => {
+  // CamPay is never told a link's lifetime, so its page stays payable past the server's expiry; the
+  // server makes the link SUCCESSFUL when CamPay reports the payment (issue 37), at a higher seq.
+  const short = await startServer({
+    LINK_LIFETIME_SECONDS: "2",
+    RECONCILE_AFTER_SECONDS: "0",
+    RECONCILE_INTERVAL_SECONDS: "0.2",
+    LINK_RECONCILE_INTERVAL_SECONDS: "0.2",
+  });
+  t.after(() => short.kill());
+  const proxy = await startProxy(short.url); // refuses websockets: its tracker is on REST alone
+  t.after(() => proxy.close());
+  const { status, body: link } = await api(short.url, "POST", "/api/payment/link", { order_id: orderId("link-late"), amount: 500 });
+  assert.equal(status, 201, JSON.stringify(link));
+
+  const live = newTracker(t, short.url);
+  const rest = newTracker(t, proxy.url, { fallbackAfterMs: 50, fallbackPollMs: 200, reconnectDelayMs: 1000 });
+  const events = [];
+  live.on("event", (name, data) => events.push([name, data?.status]));
+  const sides = [recorded(), recorded()];
+  const trackings = [live.track(link.reference, sides[0].handlers), rest.track(link.reference, sides[1].handlers)];
+  for (const tracking of trackings) assert.equal((await within(tracking.done, "done", 20_000)).status, "EXPIRED");
+
+  assert.equal((await payLink(link.link, "MOMO")).status, "SUCCESSFUL"); // the payer paid on the still open page
+  for (const [i, { rec }] of sides.entries()) {
+    await rec.waitFor("success", 1, 20_000);
+    assert.deepEqual(rec.named("update").map((c) => c.args[0].status), ["PENDING", "EXPIRED", "SUCCESSFUL"], `tracker ${i}`);
+    assert.deepEqual([rec.named("expired").length, rec.named("success").length, rec.named("failure").length], [1, 1, 0]);
+    assert.equal(rec.named("success")[0].args[0].operator, "MTN");
+    assert.ok(rec.named("success")[0].args[0].seq > rec.named("expired")[0].args[0].seq);
+    assert.equal(trackings[i].payment.status, "SUCCESSFUL");
+    assert.equal((await trackings[i].done).status, "EXPIRED", "done settled once, with the first final status");
+  }
+  const told = events.filter(([name]) => name === "payment-completed").map(([, s]) => s);
+  assert.deepEqual(told, ["EXPIRED", "SUCCESSFUL"], "the server completed the payment again, once");
 });
 
 test("payByLink whose answer was lost asks again with the same key and gets the same payment", async (t) => {

@@ -27,7 +27,8 @@ function change(socket, payment) {
   socket.emit("payment-status", payment);
   if (payment.status !== "PENDING") {
     const success = payment.status === "SUCCESSFUL";
-    socket.emit(success ? "payment-success" : "payment-failed", payment);
+    const named = { SUCCESSFUL: "payment-success", EXPIRED: "payment-expired" }[payment.status] ?? "payment-failed";
+    socket.emit(named, payment);
     socket.emit("payment-completed", { ...payment, success });
   }
 }
@@ -59,6 +60,20 @@ const scenarios = {
     change(socket, at(ref, "FAILED", 4, { reason: "amount_mismatch" }));
     change(socket, at(ref, "SUCCESSFUL", 4)); // same seq, other final status
     change(socket, at(ref, "PENDING", 5));
+    socket.emit("test-barrier", { reference: ref });
+  },
+  // A link the server expired, then CamPay reported paid (issue 37): only a newer SUCCESSFUL leaves EXPIRED.
+  expired(socket, data, ack) {
+    const ref = data.reference;
+    ack({ ok: true, payment: at(ref, "PENDING", 1, { kind: "link" }) });
+    change(socket, at(ref, "EXPIRED", 2, { kind: "link" }));
+    change(socket, at(ref, "EXPIRED", 3, { kind: "link" })); // a re-announcement: nothing new
+    change(socket, at(ref, "PENDING", 4, { kind: "link" })); // PENDING after a final status
+    change(socket, at(ref, "FAILED", 5, { kind: "link" })); // a failure after the expiry adds nothing
+    change(socket, at(ref, "SUCCESSFUL", 2, { kind: "link" })); // not newer than the expiry
+    change(socket, at(ref, "SUCCESSFUL", 6, { kind: "link" })); // paid after the expiry
+    change(socket, at(ref, "EXPIRED", 7, { kind: "link" })); // and never back
+    change(socket, at(ref, "SUCCESSFUL", 8, { kind: "link" })); // final now: nothing more
     socket.emit("test-barrier", { reference: ref });
   },
   // The server drops the connection; the client must come back with last_seq and ignore the replay.
@@ -186,4 +201,28 @@ test("after the server forgot a payment, the final status it learns again is acc
   assert.deepEqual(rec.named("update").map((c) => [c.args[0].status, c.args[0].seq]), [["PENDING", 3], ["SUCCESSFUL", 1]]);
   assert.equal(rec.named("success").length, 1);
   assert.equal(rec.named("failure").length, 0);
+});
+
+test("after EXPIRED only a newer SUCCESSFUL is applied: done stays EXPIRED, onSuccess runs once after onExpired", async (t) => {
+  const tracker = newTracker(t);
+  const rec = new Recorder();
+  const late = new Recorder();
+  const barrier = rawEvent(tracker, (name, data) => name === "test-barrier" && data.reference === "expired-1");
+  const tracking = tracker.track("expired-1", rec.handlers({ onExpired: rec.handler("expired") }));
+  const settled = await within(tracking.done, "done");
+  assert.equal(settled.status, "EXPIRED");
+  await barrier;
+  assert.deepEqual(rec.named("update").map((c) => [c.args[0].status, c.args[0].seq]), [["PENDING", 1], ["EXPIRED", 2], ["SUCCESSFUL", 6]]);
+  assert.deepEqual([rec.named("expired").length, rec.named("success").length, rec.named("failure").length], [1, 1, 0]);
+  const order = rec.calls.filter((c) => c.name === "expired" || c.name === "success").map((c) => c.name);
+  assert.deepEqual(order, ["expired", "success"]);
+  assert.equal(tracking.payment.status, "SUCCESSFUL");
+  assert.equal((await tracking.done).status, "EXPIRED", "done settled once, with the first final status");
+  const expiredTracks = trackCalls.filter((c) => c.reference === "expired-1");
+  assert.equal(expiredTracks.length, 1, "followed on the same socket after EXPIRED, never re-tracked");
+  // A handle made after the success: settled SUCCESSFUL at once, from the tracker's memory of finals.
+  const again = tracker.track("expired-1", late.handlers({ onExpired: late.handler("expired") }));
+  assert.equal((await within(again.done, "done again")).status, "SUCCESSFUL");
+  await late.waitFor("success");
+  assert.equal(late.named("expired").length, 0);
 });

@@ -56,7 +56,10 @@ export interface UsePaymentOptions {
   onSuccess?: (payment: Payment) => void;
   /** Once per reference, after the render that shows FAILED (never for EXPIRED). */
   onFailure?: (payment: Payment) => void;
-  /** Once per reference, after the render that shows EXPIRED: a payment link nobody paid in its lifetime. */
+  /**
+   * Once per reference, after the render that shows EXPIRED: a payment link nobody paid in its lifetime.
+   * The server's guess, not CamPay's: a link paid after it turns SUCCESSFUL, and onSuccess runs then.
+   */
   onExpired?: (payment: Payment) => void;
 }
 

@@ -17,7 +17,7 @@ import { createPaytrackStore, IDLE_PAYMENT, INITIAL_CONNECTION, LOADING_PAYMENT 
 export { createPaytrackStore } from "./store.js";
 export { PaytrackError } from "paytrack-client";
 
-export const VERSION = "0.2.0";
+export const VERSION = "0.3.0";
 
 const PaytrackContext = createContext(null);
 
@@ -71,14 +71,16 @@ function serverConnection() {
   return INITIAL_CONNECTION;
 }
 
-// The once-callback of each final status. EXPIRED (a link nobody paid) is final, not a failure.
+// The once-callback of each final status. EXPIRED (a link nobody paid) is final, not a failure; but it is
+// the server's guess, and a link CamPay reports paid after it becomes SUCCESSFUL: onSuccess then follows.
 const SETTLED_HANDLER = { SUCCESSFUL: "onSuccess", FAILED: "onFailure", EXPIRED: "onExpired" };
 
 /**
  * Follow `reference` (nothing while it is null or empty). `status` is the payment's
  * ("PENDING" | "SUCCESSFUL" | "FAILED" | "EXPIRED") or "idle" (no reference), "loading" (no state
  * yet), "unknown" (the server does not know it; `payment` keeps the last known state).
- * `options.onSuccess` / `onFailure` / `onExpired` run once per reference, after the render that shows it.
+ * `options.onSuccess` / `onFailure` / `onExpired` run once per reference, after the render that shows it
+ * (a link paid after it expired: onExpired, then onSuccess).
  */
 export function usePayment(reference, options = {}) {
   const store = usePaytrackStore();
@@ -100,8 +102,10 @@ export function usePayment(reference, options = {}) {
   });
   useEffect(() => {
     const { status, payment } = snapshot;
-    if (ref === null || reported.current === ref || !Object.hasOwn(SETTLED_HANDLER, status)) return;
-    reported.current = ref; // a ref survives StrictMode's second run of this effect: called once
+    if (ref === null || !Object.hasOwn(SETTLED_HANDLER, status)) return;
+    const before = reported.current;
+    if (before?.ref === ref && !(before.status === "EXPIRED" && status === "SUCCESSFUL")) return;
+    reported.current = { ref, status }; // a ref survives StrictMode's second run of this effect: called once
     const handler = handlers.current[SETTLED_HANDLER[status]];
     if (typeof handler === "function") handler(payment);
   }, [ref, snapshot]);

@@ -1,7 +1,8 @@
 // Payment links (issue 37) through the hooks, in React's test renderer under StrictMode, against
 // real server.py processes on the sandbox provider (its stand-in for CamPay's hosted page is where
 // the payer pays): usePayByLink starts a link that usePayment follows to SUCCESSFUL (a card: no
-// operator), a link nobody paid ends EXPIRED with onExpired once (never onFailure), and
+// operator), a link nobody paid ends EXPIRED with onExpired once (never onFailure), one paid after
+// it expired turns SUCCESSFUL with onSuccess after onExpired, and
 // usePayByLink keeps one Idempotency-Key per attempt, as useInitiatePayment does.
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
@@ -105,6 +106,35 @@ test("a link nobody paid: usePayment shows EXPIRED and calls onExpired once, nev
     assert.equal(seen.payment.payment.status, "EXPIRED");
     assert.deepEqual(calls, [["expired", "EXPIRED"]]);
     assert.equal(renderer.toJSON().children.join(""), "EXPIRED");
+    await act(async () => renderer.unmount());
+  } finally {
+    await short.kill();
+  }
+});
+
+test("a link paid after it expired: usePayment shows SUCCESSFUL and calls onSuccess once after onExpired", async () => {
+  // CamPay is never told a link's lifetime: its page stays payable past the server's expiry, and the
+  // server makes the link SUCCESSFUL when CamPay reports the payment (issue 37).
+  const short = await startServer({
+    LINK_LIFETIME_SECONDS: "2",
+    RECONCILE_AFTER_SECONDS: "0",
+    RECONCILE_INTERVAL_SECONDS: "0.2",
+    LINK_RECONCILE_INTERVAL_SECONDS: "0.2",
+  });
+  try {
+    const seen = {};
+    const calls = [];
+    const renderer = await render(provider(short.url, checkout(seen, calls)));
+    await act(async () => {
+      await seen.link.payByLink({ order_id: orderId("react-late"), amount: 500 });
+    });
+    await until(() => seen.payment.status === "EXPIRED", "EXPIRED");
+    assert.deepEqual(calls, [["expired", "EXPIRED"]]);
+    assert.equal((await payLink(seen.link.payment.link, "MOMO")).status, "SUCCESSFUL");
+    await until(() => seen.payment.status === "SUCCESSFUL", "SUCCESSFUL");
+    await act(async () => {});
+    assert.deepEqual(calls, [["expired", "EXPIRED"], ["success", "SUCCESSFUL", "MTN"]]);
+    assert.equal(renderer.toJSON().children.join(""), "SUCCESSFUL");
     await act(async () => renderer.unmount());
   } finally {
     await short.kill();

@@ -39,9 +39,9 @@ test("the version is the same in package.json, VERSION and the CHANGELOG's newes
   assert.equal(newest[1], manifest.version);
 });
 
-test("the client it depends on has what usePayByLink and onExpired need (paytrack-client 0.3.0 or later)", () => {
+test("the client it depends on has what usePayByLink and a link paid after its expiry need (paytrack-client 0.4.0 or later)", () => {
   const client = JSON.parse(readFileSync(path.join(PACKAGE, "..", "js", "package.json"), "utf8"));
   const [major, minor] = client.version.split(".").map(Number);
-  assert.ok(major > 0 || minor >= 3, `paytrack-client ${client.version}`);
+  assert.ok(major > 0 || minor >= 4, `paytrack-client ${client.version}`);
   assert.equal(typeof PaymentTracker.prototype.payByLink, "function");
 });
