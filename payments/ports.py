@@ -242,7 +242,8 @@ class OutboxStore(Protocol):
         unless `owner` holds the claim.
 
         Dead letters are kept for the backend's dead-letter TTL (then `outbox_list`, `outbox_claim`
-        and the next kill drop them) and at most its dead-letter cap of them.
+        and the next kill drop them) and at most its dead-letter cap of them: the kill that passes the cap drops
+        the oldest and says how many (a list or a claim never does, so every drop is counted once, by that kill).
         """
 
     async def outbox_list(self) -> list[OutboxEntry]:

@@ -32,13 +32,14 @@ class MemoryOutbox:
             if self._delivered.get(entry.id) is None:  # delivered already: never queued again
                 self._entries.setdefault(entry.id, entry)  # same id = same message: never queued twice
 
-    def _prune_dead(self) -> int:
-        """Drop expired dead letters, then the oldest past the cap; returns how many the cap took."""
+    def _prune_dead(self, *, cap: bool = True) -> int:
+        """Drop expired dead letters, then (with `cap`: a kill, the one edit that grows the list, so that its
+        worker counts the drop) the oldest past the cap; returns how many the cap took."""
         cutoff = self._clock.now().timestamp() - self._dead_letter_ttl
         dead = sorted((e for e in self._entries.values() if e.state == "dead"), key=lambda e: e.dead_at or e.created_at)
         expired = [e for e in dead if (e.dead_at or e.created_at) < cutoff]
         kept = dead[len(expired) :]
-        over = kept[: max(0, len(kept) - self._dead_letter_max)]
+        over = kept[: max(0, len(kept) - self._dead_letter_max)] if cap else []
         for entry in (*expired, *over):
             del self._entries[entry.id]
         return len(over)
@@ -54,7 +55,7 @@ class MemoryOutbox:
         return entry if entry is not None and entry.state == "pending" and entry.claimed_by == owner else None
 
     async def outbox_claim(self, now: float, limit: int, lease_seconds: float, owner: str) -> list[OutboxEntry]:
-        self._prune_dead()
+        self._prune_dead(cap=False)
         pending = [e for e in self._entries.values() if e.state == "pending"]
         held = [e for e in pending if e.claimed_by == owner]  # the same claim asked again (OutboxStore)
         due = sorted(
@@ -95,7 +96,7 @@ class MemoryOutbox:
         return self._prune_dead()
 
     async def outbox_list(self) -> list[OutboxEntry]:
-        self._prune_dead()
+        self._prune_dead(cap=False)
         return sorted(self._entries.values(), key=lambda e: e.created_at)
 
     async def outbox_replay(self, entry_id: str, now: float) -> OutboxEntry | None:

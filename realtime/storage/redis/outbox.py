@@ -59,9 +59,11 @@ class RedisOutbox:
             k.outbox_delivered(number),
         ]
 
-    async def _prune_dead(self) -> int:
-        """Expired dead letters out of every bucket, then the oldest past the cap over all of them, and old
-        tombstones; returns how many the cap took."""
+    async def _prune_dead(self, *, cap: bool = True) -> int:
+        """Expired dead letters out of every bucket, then (with `cap`) the oldest past the cap over all of
+        them, and old tombstones; returns how many the cap took. Only a kill applies the cap (a kill is what
+        grows the list), so the drop is counted by the one worker whose kill made it: a claim or a list
+        that pruned between a kill's write and its own prune took the drop uncounted."""
         k, now = self._ctx.keys, self._ctx.clock.now().timestamp()
         cutoff, tombstones = now - self._ctx.dead_letter_ttl, now - self._ctx.payment_ttl
         prune = [
@@ -70,7 +72,7 @@ class RedisOutbox:
         ]
         left = [int(count) for count in (await self._ctx.run_scripts(prune))[0]]
         over = sum(left) - self._ctx.dead_letter_max
-        if over <= 0:
+        if not cap or over <= 0:
             return 0
         async with self._ctx.redis.pipeline(transaction=False) as pipe:
             for n in range(BUCKETS):
@@ -115,7 +117,7 @@ class RedisOutbox:
         raise RuntimeError(f"gave up after {MAX_CONFLICTING_WRITES} conflicting writes to outbox entry {entry_id}")
 
     async def outbox_claim(self, now: float, limit: int, lease_seconds: float, owner: str) -> list[OutboxEntry]:
-        await self._prune_dead()
+        await self._prune_dead(cap=False)
         k, until = self._ctx.keys, now + lease_seconds
         async with self._ctx.redis.pipeline(transaction=False) as pipe:
             for n in range(BUCKETS):
@@ -168,7 +170,7 @@ class RedisOutbox:
 
     async def outbox_list(self) -> list[OutboxEntry]:
         """Every entry, with its claim (owner, and until when: its due time) where it has one."""
-        await self._prune_dead()
+        await self._prune_dead(cap=False)
         k = self._ctx.keys
         async with self._ctx.redis.pipeline(transaction=False) as pipe:
             for n in range(BUCKETS):
