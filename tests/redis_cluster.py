@@ -266,6 +266,20 @@ class RedisCluster:
         self.url = f"redis://127.0.0.1:{self.ports[0]}"
         self.disturbed = False
 
+    async def describe(self) -> str:
+        """CLUSTER NODES and the replication role as each node that answers sees them (for a failure's message)."""
+        seen = []
+        for port in self.ports:
+            try:
+                nodes = await on_port(port, "CLUSTER", "NODES")
+                info = await self._info(port, "replication")
+            except Exception as exc:  # a node down is part of the picture
+                seen.append(f"{port}: {type(exc).__name__}: {exc}")
+                continue
+            role = {key: info.get(key) for key in ("role", "master_port", "master_link_status")}
+            seen.append(f"{port} {role}:\n{nodes}")
+        return "\n".join(seen)
+
     async def _nodes(self, port: int) -> list[list[str]]:
         """CLUSTER NODES as `port` sees it: the fields of each node's line."""
         return [line.split() for line in str(await on_port(port, "CLUSTER", "NODES")).splitlines() if line]

@@ -72,7 +72,10 @@ async def test_a_payment_created_while_its_orders_shard_fails_over_is_its_orders
         await redis_cluster.kill(order_primary)
 
         created = await asyncio.wait_for(storage.create_payment(owned(reference=reference, order_id=order)), 60)
-        assert created.reference == reference and storage.healthy  # rode the failover out, on Redis
+        assert created.reference == reference
+        # Rode the failover out, on Redis. It failed in two full runs of the suite (never alone, nor after the
+        # other cluster files): the shard did not fail over within the 30 s ride-out. What the survivors saw:
+        assert storage.healthy, await redis_cluster.describe()
         assert (await storage.primary.get_payment(reference)) is not None
         found = await storage.get_order_payment(order)
         assert found is not None and found.reference == reference, "the order does not point at its new payment"
