@@ -6,7 +6,7 @@ payment link PENDING -> EXPIRED, which only the link's own expiry decides
 no transaction for it). EXPIRED is our inference, not the provider's: CamPay
 is never told a link's lifetime, so its page stays payable, and money that
 reached it is the truth (`paid_after_expiry`). So an EXPIRED link leaves it on
-the provider's believed SUCCESSFUL, one of two ways, as a PENDING one would:
+the provider's SUCCESSFUL, judged as for a PENDING link, one of two ways:
 EXPIRED -> SUCCESSFUL for the amount and currency asked, EXPIRED -> FAILED
 `amount_mismatch` (with the provider's figures) for another. A plain failure
 after an expiry adds nothing (it stays EXPIRED). Nothing else leaves a final
