@@ -167,14 +167,15 @@ class OutboxPolicy:
         announced as a finished initiation is (`payment.initiated`, and its final event when the provider
         had already settled it); a merge that settles an initiated payment sends its final event (the
         copy that brought the status may have been an orphan, which queued nothing), and so does one that
-        makes an EXPIRED link SUCCESSFUL (payment.succeeded after payment.expired). The ids are the same
-        whichever path stores it, so nothing is told twice."""
+        takes an EXPIRED link out of its expiry (payment.succeeded after payment.expired, or payment.failed
+        with CamPay's figures when it was paid another amount). The ids are the same whichever path stores
+        it, so nothing is told twice."""
         if replaced is None or replaced.orphan:
             started = payment.kind != "payout"  # a payout's start is its REST answer, not a message
             entries = self.entries_for(payment, now, "payment.initiated") if started else []
             return entries + (self.entries_for(payment, now) if payment.status.is_terminal else [])
         if payment.status.is_terminal and not replaced.status.is_terminal:
             return self.entries_for(payment, now)
-        if payment.status is PaymentStatus.SUCCESSFUL and replaced.status is PaymentStatus.EXPIRED:
-            return self.entries_for(payment, now)  # a link paid after its expiry: payment.succeeded after .expired
+        if replaced.status is PaymentStatus.EXPIRED and payment.status is not PaymentStatus.EXPIRED:
+            return self.entries_for(payment, now)  # a link paid after its expiry: .succeeded or .failed after .expired
         return []

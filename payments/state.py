@@ -3,14 +3,17 @@
 PENDING -> SUCCESSFUL and PENDING -> FAILED are the only moves, and for a
 payment link PENDING -> EXPIRED, which only the link's own expiry decides
 (`UpdateSource.LINK_EXPIRY`, after its lifetime, when the provider still knows
-no transaction for it), and EXPIRED -> SUCCESSFUL on the provider's word.
-EXPIRED is our inference, not the provider's: CamPay is never told a link's
-lifetime, so its page stays payable, and money that reached it is the truth
-(`paid_after_expiry`). A failure after an expiry adds nothing (it stays
-EXPIRED). Nothing else leaves a final status: a repeated status is a
-duplicate, any other move is a regression. Both are no-ops. A claim about
-another kind of record than the one stored (a withdraw's callback about a
-collect, a collect's about a payout) changes nothing either.
+no transaction for it). EXPIRED is our inference, not the provider's: CamPay
+is never told a link's lifetime, so its page stays payable, and money that
+reached it is the truth (`paid_after_expiry`). So an EXPIRED link leaves it on
+the provider's SUCCESSFUL, judged as for a PENDING link, one of two ways:
+EXPIRED -> SUCCESSFUL for the amount and currency asked, EXPIRED -> FAILED
+`amount_mismatch` (with the provider's figures) for another. A plain failure
+after an expiry adds nothing (it stays EXPIRED). Nothing else leaves a final
+status: a repeated status is a duplicate, any other move is a regression.
+Both are no-ops. A claim about another kind of record than the one stored (a
+withdraw's callback about a collect, a collect's about a payout) changes
+nothing either.
 
 `seq` is one total order per payment: every applied change, and every merge
 that changes anything, takes a seq above every copy it saw, so two different
@@ -153,9 +156,13 @@ def decide(current: Payment | None, update: StatusUpdate, now: datetime) -> Tran
     payout's callback never settles a collect, nor a collect's a payout. A link's expiry
     (`UpdateSource.LINK_EXPIRY`) makes a PENDING link EXPIRED only once its lifetime has passed
     (`not_expired` before); no provider's word ever makes anything EXPIRED. An EXPIRED link the provider
-    reports SUCCESSFUL (with the amount asked) becomes SUCCESSFUL, with a new seq and final_seq: the one
-    way out of a final status (`paid_after_expiry`). Its FAILED, or a SUCCESSFUL for another amount, leaves
-    it EXPIRED (`regression`).
+    reports SUCCESSFUL becomes what a PENDING one would, with a new seq and final_seq: SUCCESSFUL for the
+    amount and currency asked, FAILED `amount_mismatch` with the provider's figures for another (the money
+    reached CamPay: the order and the merchant must show it). That is the one way out of a final status
+    (`paid_after_expiry`), on the provider's word only, judged as for a PENDING link (so that copies that
+    saw the expiry and copies that did not end the same): a figure read that differs from what was asked
+    fails it; a SUCCESSFUL whose figures do not differ but are not both read leaves it EXPIRED
+    (`unconfirmed`, asked again). Its FAILED changes nothing (`regression`).
     """
     if current is not None and not current.orphan and update.endpoint is not None:
         if update.endpoint != endpoint_of(current.kind):
@@ -203,8 +210,8 @@ def decide(current: Payment | None, update: StatusUpdate, now: datetime) -> Tran
             event=PaymentEvent.of(payment),
         )
 
-    reopened = current.status is PaymentStatus.EXPIRED and status is PaymentStatus.SUCCESSFUL
-    if current.status.is_terminal and not (reopened and current.kind == "link"):
+    reopened = current.status is PaymentStatus.EXPIRED and status is PaymentStatus.SUCCESSFUL and current.kind == "link"
+    if current.status.is_terminal and not reopened:
         outcome = "duplicate" if current.status is status else "regression"
         return Transition(applied=False, payment=current, previous_status=current.status, outcome=outcome)
     if status is PaymentStatus.PENDING:
@@ -212,9 +219,7 @@ def decide(current: Payment | None, update: StatusUpdate, now: datetime) -> Tran
 
     changes: dict[str, object] = {}
     if status is PaymentStatus.SUCCESSFUL and not _confirmed_amount(current, update.amount, update.currency):
-        if reopened:  # money for another amount than asked: FAILED amount_mismatch, which an expiry outranks
-            return Transition(applied=False, payment=current, previous_status=current.status, outcome="regression")
-        status, reason = _mismatched(current.kind)  # what it says, it says differently
+        status, reason = _mismatched(current.kind)  # what it says, it says differently (after an expiry too)
     elif status is PaymentStatus.SUCCESSFUL and not current.orphan and unconfirmed(update):
         return Transition(applied=False, payment=current, previous_status=current.status, outcome="unconfirmed")
     if update.amount is not None:
@@ -294,8 +299,16 @@ def merge(stored: Payment | None, incoming: Payment, now: datetime) -> Merge:
       copy that has it, the stored one first; it is never dropped;
     - a terminal status beats PENDING; of two terminal statuses the stored one
       wins (the first one anybody stored), and an owned terminal status is
-      never changed again, but for a link's EXPIRED, which SUCCESSFUL beats in
-      either order (the provider took the money after our expiry: `decide`);
+      never changed again, but for a link's EXPIRED, which the provider's word
+      that money reached it beats in either order (`decide`'s two ways out of
+      an expiry): a SUCCESSFUL, or a FAILED `amount_mismatch` (its SUCCESSFUL
+      for another amount); a plain FAILED does not (of it and the expiry, the
+      stored one wins). SUCCESSFUL and FAILED `amount_mismatch` are two
+      readings of that one word: CamPay has one transaction per link
+      reference, so one amount, and never says both. Copies that do disagree
+      so (a provider contradicting itself) keep the stored one, as any two
+      final statuses do: the merge stays deterministic, and it never moves a
+      final status but out of EXPIRED, so never backwards;
     - a SUCCESSFUL status that becomes ours here (from the other copy, or from
       a provider-made record our initiation now adopts) is checked against the
       initiated amount, as in `decide`; a provider-made one without an amount
@@ -328,24 +341,22 @@ def merge(stored: Payment | None, incoming: Payment, now: datetime) -> Merge:
 
     settled = stored.status.is_terminal and not stored.orphan  # an owned final status stays as it is
     final = stored if stored.status.is_terminal or not incoming.status.is_terminal else incoming
-    # A link's EXPIRED and the provider's SUCCESSFUL: the money it took beats our expiry, in either order.
+    # A link's EXPIRED and the provider's word that money reached it: the money beats our expiry, either order.
     expired = next((c for c in (stored, incoming) if c.status is PaymentStatus.EXPIRED and not c.orphan), None)
     paid = incoming if expired is stored else stored
-    reopened = expired is not None and paid.status is PaymentStatus.SUCCESSFUL and fields["kind"] == "link"
+    reopened = expired is not None and _provider_paid(paid) and fields["kind"] == "link"
     if reopened:
-        final, settled = paid, not paid.orphan  # an owned SUCCESSFUL was checked when it was decided
+        final, settled = paid, not paid.orphan  # an owned copy's status was judged when it was decided
     status, reason, completed_at = final.status, final.reason, final.completed_at
     if status is PaymentStatus.SUCCESSFUL and not fields["orphan"] and not settled:
         candidate = stored.model_copy(update=fields)
         if not _confirmed_amount(candidate, fields["provider_amount"], fields["provider_currency"]):  # type: ignore[arg-type]
-            status, reason = _mismatched(candidate.kind)
+            status, reason = _mismatched(candidate.kind)  # after an expiry too: FAILED with CamPay's figures
         elif final.orphan and (fields["provider_amount"] is None or not fields["provider_currency"]):
             # The provider's SUCCESSFUL, unreadable as to what was paid, becomes ours: not believed yet.
             status, reason, completed_at = PaymentStatus.PENDING, None, None
-    if expired is not None and (
-        status is PaymentStatus.PENDING or (reopened and status is not PaymentStatus.SUCCESSFUL)
-    ):
-        # Only the provider's believed SUCCESSFUL ends an expiry: not its word unread, nor for another amount.
+    if expired is not None and status is PaymentStatus.PENDING:
+        # Only the provider's believed word ends an expiry, never its word unread (nor does PENDING come back).
         status, reason, completed_at = expired.status, expired.reason, expired.completed_at
     fields.update(
         status=status, reason=reason, completed_at=completed_at, final_seq=_final_seq(status, stored, incoming)
@@ -368,6 +379,15 @@ def merge(stored: Payment | None, incoming: Payment, now: datetime) -> Merge:
         fields["final_seq"] = seq
     fields.update(seq=seq, updated_at=max(now, stored.updated_at))
     return Merge(stored.model_copy(update=fields), changed=True)
+
+
+def _provider_paid(copy: Payment) -> bool:
+    """Whether `copy` holds the provider's word that money reached it, which ends a link's expiry in a
+    merge: its SUCCESSFUL (an orphan's is judged against the initiation below, as in `decide`), or our
+    FAILED `amount_mismatch` (its SUCCESSFUL for another amount, judged when it was decided)."""
+    if copy.status is PaymentStatus.SUCCESSFUL:
+        return True
+    return copy.status is PaymentStatus.FAILED and copy.reason == AMOUNT_MISMATCH and not copy.orphan
 
 
 def _refund_link(stored: Payment, incoming: Payment) -> dict[str, object]:
@@ -404,13 +424,13 @@ def _final_seq(status: PaymentStatus, *copies: Payment) -> int | None:
 
 
 def paid_after_expiry(transition: Transition) -> bool:
-    """Whether `transition` made an EXPIRED link SUCCESSFUL: the provider took the money after our expiry."""
-    stored = transition.payment
+    """Whether `transition` took an EXPIRED link out of its expiry: the provider took money after it, for
+    the amount asked (SUCCESSFUL) or another (FAILED `amount_mismatch`, the only other way out)."""
     return (
         transition.applied
         and transition.previous_status is PaymentStatus.EXPIRED
-        and stored is not None
-        and stored.status is PaymentStatus.SUCCESSFUL
+        and transition.payment is not None
+        and transition.payment.status is not PaymentStatus.EXPIRED
     )
 
 

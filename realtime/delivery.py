@@ -146,6 +146,7 @@ class LocalDelivery:
                 orphan=message["orphan"],
                 status=message["status"],
                 final_seq=message.get("final_seq"),  # absent from an instance of the previous release
+                reason=message["payload"].get("reason"),  # a FAILED state's (only amount_mismatch follows EXPIRED)
             )
             if admission is Admission.NONE:
                 continue

@@ -10,8 +10,10 @@ catch-up on `track-payment`, resync after an outage):
 - once a socket has been sent a terminal status, later (higher-seq) states of
   that payment reach it as `payment-status` only, so `payment-success` /
   `payment-failed` and `payment-completed` arrive at most once per connection
-  (but for a link's EXPIRED, which the provider's SUCCESSFUL may follow: then
-  `payment-success` and its `payment-completed` go out too, once);
+  (but for a link's EXPIRED, which the provider's SUCCESSFUL may follow, or a
+  FAILED `amount_mismatch` when it paid another amount: then
+  `payment-success` or `payment-failed` and its `payment-completed` go out
+  too, once);
   and a page that has been sent (or said with `last_seq` that it saw) a seq at
   or past the payment's `final_seq` was told the outcome already, on an
   earlier connection, on another instance or by a track ack: its later
@@ -29,10 +31,17 @@ import enum
 from dataclasses import dataclass, field
 
 from payments.access import Identity, may_see
-from payments.model import PaymentStatus
+from payments.model import AMOUNT_MISMATCH, PaymentStatus
 
 _EXPIRED = PaymentStatus.EXPIRED.value
 _SUCCESSFUL = PaymentStatus.SUCCESSFUL.value
+_FAILED = PaymentStatus.FAILED.value
+
+
+def _after_expiry(status: str | None, reason: str | None) -> bool:
+    """Whether a state may follow an EXPIRED one on a page: the provider's word that the link was paid after
+    its expiry, for the amount asked (SUCCESSFUL) or another (FAILED amount_mismatch): payments/state.py."""
+    return status == _SUCCESSFUL or (status == _FAILED and reason == AMOUNT_MISMATCH)
 
 
 class Admission(enum.Enum):
@@ -164,11 +173,13 @@ class Sessions:
         orphan: bool,
         status: str | None = None,
         final_seq: int | None = None,
+        reason: str | None = None,
     ) -> Admission:
         """May `sid` be sent this state of `reference`, and how much of it? Records it as sent.
 
         `final_seq` is the earliest seq at which the payment showed this final status (to any page): a
         socket whose seq is already there was told the outcome, whatever it was sent on this connection.
+        `reason` is a FAILED state's: only `amount_mismatch` may follow an EXPIRED one (`_after_expiry`).
         """
         session = self._sessions.get(sid)
         if session is None:
@@ -178,8 +189,8 @@ class Sessions:
             return Admission.NONE
         if not may_see(session.identity, owner_id, orphan, auth_enabled=self._auth_enabled):
             return Admission.NONE
-        # A link the provider reports paid after its expiry (payments/state.py): the one status after a final one.
-        reopened = seen.status == _EXPIRED and status == _SUCCESSFUL
+        # A link the provider reports paid after its expiry (payments/state.py): the one move after a final status.
+        reopened = seen.status == _EXPIRED and _after_expiry(status, reason)
         if seen.terminal and not reopened and (not terminal or (status is not None and status != seen.status)):
             return Admission.NONE  # never PENDING, nor the other final status, after a final status
         told = terminal and final_seq is not None and seen.seq >= final_seq

@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import logging
 from typing import Any
 
 import aiohttp
-import pytest
 
 from core.clock import ManualClock
 from payments.payouts import refund_scope
@@ -242,28 +240,72 @@ async def test_a_link_paid_after_its_expiry_tells_its_page_and_merchant_and_is_a
     assert len(page.named("payment-completed")) == 2
 
 
-async def test_a_link_paid_after_its_expiry_with_another_amount_stays_expired_and_is_logged(
-    start_instance: StartInstance, campay: FakeCampay, http: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
+async def test_a_link_paid_another_amount_after_its_expiry_fails_and_tells_its_page_and_merchant_campays_figures(
+    start_instance: StartInstance, campay: FakeCampay, merchant: MerchantReceiver, http: aiohttp.ClientSession
 ) -> None:
-    """Only CamPay's SUCCESSFUL for the amount asked ends an expiry: for another amount it would be FAILED
-    amount_mismatch, and a failure after an expiry changes nothing. That money is shown nowhere: an error."""
+    """Money CamPay took after our expiry for another amount than asked: as for a PENDING link, FAILED
+    amount_mismatch with CamPay's figures. The page told payment-expired is told payment-failed and completed
+    at a higher seq (once), the order shows the failure with CamPay's figures, and the merchant hears
+    payment.failed after payment.expired, carrying them. A plain FAILED after an expiry changes nothing."""
     clock = ManualClock()
     campay.clock = clock
-    instance = await start_instance(
-        clock, **campay_settings(campay, RECONCILE_AFTER_SECONDS=0, LINK_LIFETIME_SECONDS=300)
+    settings = campay_settings(
+        campay,
+        RECONCILE_AFTER_SECONDS=0,
+        LINK_LIFETIME_SECONDS=300,
+        **merchant_settings(merchant, MERCHANT_WEBHOOK_EVENTS=ALL_EVENTS),
     )
+    instance = await start_instance(clock, **settings)
     _, link = await _link(instance, "o-late-other")
+    _, declined = await _link(instance, "o-late-declined")
     reference = link["reference"]
+    page = await instance.tracker()
+    await page.track(reference)
     clock.advance(301)
-    await instance.app[RECONCILER].run_once()
-    campay.start_link(reference, method="MOMO", phone="237671234567")
-    campay.transactions[reference]["amount"] = 450
+    await instance.app[RECONCILER].run_once()  # CamPay: 404 for both, past the lifetime: EXPIRED
+    await page.wait_for("payment-completed")
+    expired_seq = page.named("payment-completed")[0].data["seq"]
+    assert (await instance.storage.get_payment(declined["reference"])).status.value == "EXPIRED"
+
+    campay.start_link(reference, method="MOMO", phone="237671234567")  # the payer pays the old page ...
+    campay.transactions[reference]["amount"] = 450  # ... another amount than the link asked
     campay.set_status(reference, "SUCCESSFUL")
-    with caplog.at_level(logging.ERROR, logger="paytrack.payments"):
-        assert (await campay.send_webhook(http, instance.url, reference))[1]["outcome"] == "regression"
-    assert (await instance.storage.get_payment(reference)).status.value == "EXPIRED"
-    logged = [r for r in caplog.records if "expired link with another amount" in r.getMessage()]
-    assert [getattr(r, "amount", None) for r in logged] == [450]
+    assert (await campay.send_webhook(http, instance.url, reference))[1]["outcome"] == "applied"
+
+    await page.wait_for("payment-completed", count=2)
+    late = [(e.name, e.data["status"]) for e in page.payment_events() if e.data["seq"] > expired_seq]
+    assert late == [("payment-status", "FAILED"), ("payment-failed", "FAILED"), ("payment-completed", "FAILED")]
+    failed = page.named("payment-failed")[0].data
+    assert failed["reason"] == "amount_mismatch" and page.named("payment-completed")[-1].data["success"] is False
+    stored = await instance.storage.get_payment(reference)
+    assert (stored.status.value, stored.reason) == ("FAILED", "amount_mismatch")
+    assert (stored.amount, stored.provider_amount, stored.provider_currency) == (500, 450, "XAF")
+    assert stored.final_seq == stored.seq == failed["seq"] > expired_seq
+    _, order, _ = await instance.api.request("GET", "/api/payment/status/o-late-other")
+    assert (order["reference"], order["status"], order["reason"]) == (reference, "FAILED", "amount_mismatch")
+    assert (order["provider_amount"], order["provider_currency"]) == (450, "XAF")
+    mine = lambda: [d for d in merchant.accepted if d.data["reference"] == reference]  # noqa: E731
+    assert await merchant.wait_until(lambda: any(d.type == "payment.failed" for d in mine()), WAIT)
+    assert [d.type for d in mine()] == ["payment.initiated", "payment.expired", "payment.failed"]
+    told = next(d for d in mine() if d.type == "payment.failed").data
+    assert (told["status"], told["reason"], told["amount"]) == ("FAILED", "amount_mismatch", 500)
+    assert (told["provider_amount"], told["provider_currency"]) == (450, "XAF")
+    assert len({d.message_id for d in mine()}) == 3
+    # Told once: CamPay's callback again (a SUCCESSFUL over a FAILED: `regression`, as for a PENDING link's
+    # mismatch), and the reconciler's poll, change nothing.
+    assert (await campay.send_webhook(http, instance.url, reference))[1]["outcome"] == "regression"
+    assert not (await instance.app[RECONCILER].refresh(reference)).applied
+    assert await instance.storage.get_payment(reference) == stored
+
+    # The other link's payer declined on CamPay's page after the expiry: nothing was taken, it stays EXPIRED.
+    campay.start_link(declined["reference"], method="MOMO", phone="237671234567")
+    campay.set_status(declined["reference"], "FAILED", "declined")
+    assert (await campay.send_webhook(http, instance.url, declined["reference"]))[1]["outcome"] == "regression"
+    assert (await instance.storage.get_payment(declined["reference"])).status.value == "EXPIRED"
+    await page.barrier()
+    assert len(page.named("payment-completed")) == 2
+    theirs = [d.type for d in merchant.accepted if d.data["reference"] == declined["reference"]]
+    assert "payment.failed" not in theirs, theirs
 
 
 async def test_a_link_its_payer_started_is_never_expired_nor_failed_by_the_clock(

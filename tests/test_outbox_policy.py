@@ -76,6 +76,33 @@ def test_an_amount_mismatch_message_carries_campays_figures() -> None:
     assert data["amount"] == 500 and data["provider_amount"] == 5 and data["provider_currency"] == "XAF"
 
 
+def test_a_link_paid_another_amount_after_its_expiry_tells_payment_failed_with_campays_figures_once() -> None:
+    """CamPay's SUCCESSFUL for another amount after our expiry: FAILED amount_mismatch. The merchant heard
+    payment.expired; payment.failed was never sent for this link, so it is a new message (one id per
+    (reference, event)), carrying CamPay's figures, the same from the live path and a write-back's merge."""
+    policy = OutboxPolicy(URLS[:1], ["payment.expired", "payment.failed", "payment.succeeded"])
+    link = _payment(kind="link", phone_number=None, link_expires_at=T0)
+    expiry = StatusUpdate(reference="ref-1", status="EXPIRED", source=UpdateSource.LINK_EXPIRY)
+    expired = decide(link, expiry, T0 + timedelta(minutes=1))
+    assert [e.type for e in policy.for_transition(expired, T0)] == ["payment.expired"]
+    assert expired.payment is not None
+    claim = StatusUpdate(
+        reference="ref-1", status="SUCCESSFUL", source=UpdateSource.WEBHOOK, amount=450, currency="XAF"
+    )
+    failed = decide(expired.payment, claim, T0 + timedelta(minutes=2))
+    (live,) = policy.for_transition(failed, T0)
+    assert (live.type, live.message_id) == ("payment.failed", "msg_ref-1_failed")
+    data = json.loads(live.body)["data"]
+    assert (data["status"], data["reason"], data["amount"]) == ("FAILED", AMOUNT_MISMATCH, 500)
+    assert (data["provider_amount"], data["provider_currency"]) == (450, "XAF")
+    assert failed.payment is not None
+    written_back = policy.for_stored(failed.payment, expired.payment, T0)  # a degraded copy merged over Redis's
+    assert [e.id for e in written_back] == [live.id]
+    assert policy.for_stored(expired.payment, failed.payment, T0) == []  # never the reverse, nor told
+    plain = decide(expired.payment, StatusUpdate(reference="ref-1", status="FAILED", source=UpdateSource.WEBHOOK), T0)
+    assert not plain.applied and policy.for_transition(plain, T0) == []  # a plain failure adds nothing
+
+
 ALL = [
     "payment.initiated",
     "payment.succeeded",

@@ -16,8 +16,9 @@ client is guaranteed"), and what is tested here:
 - a final status of a payment we initiated never changes, even when a final
   claim did not say which amount or currency was paid, but for the one move
   out of a final status (`moved_back`): a link's EXPIRED (our expiry's guess)
-  to SUCCESSFUL (the provider took the money after it), which every schedule
-  of a link the provider reports paid ends in, whatever the expiry did;
+  to SUCCESSFUL (the provider took the money after it), or to FAILED
+  amount_mismatch (it took another amount), which every schedule of a link
+  the provider reports paid ends in, whatever the expiry did;
 - every schedule of the same facts (with our initiation among them) ends in
   the same status and initiation fields, and in the same whole state when
   every final claim names every detail (otherwise the first final claim
@@ -78,10 +79,14 @@ NEVER_DROPPED = ("owner_id", "order_id", "phone_number", "ussd_code")
 
 def moved_back(old: Payment, new: Payment) -> bool:
     """Whether `new` leaves `old`'s final status (ours, not an orphan's) for another status: backwards.
-    The one move that is not is EXPIRED -> SUCCESSFUL for a link (payments/state.py)."""
+    The one move that is not is a link's way out of EXPIRED on the provider's word that money reached it
+    (payments/state.py): to SUCCESSFUL, or to FAILED amount_mismatch (another amount than asked)."""
     if not old.status.is_terminal or old.orphan or new.status is old.status:
         return False
-    return not (old.status is PaymentStatus.EXPIRED and new.status is PaymentStatus.SUCCESSFUL and old.kind == "link")
+    paid = new.status is PaymentStatus.SUCCESSFUL or (
+        new.status is PaymentStatus.FAILED and new.reason == AMOUNT_MISMATCH
+    )
+    return not (old.status is PaymentStatus.EXPIRED and paid and old.kind == "link")
 
 
 def link_initiated() -> Payment:
@@ -426,6 +431,34 @@ def test_a_link_the_provider_reports_paid_ends_successful_whatever_the_expiry_di
         assert final.final_seq is not None and final.final_seq <= final.seq
 
 
+paid_another_amount = st.builds(
+    Truth,
+    status=st.just("SUCCESSFUL"),
+    amount=st.sampled_from([500, 5]),
+    currency=st.sampled_from(["XAF", "EUR"]),
+    operator=st.sampled_from(["MTN", "ORANGE"]),
+    operator_reference=st.sampled_from(["op-1", "op-2"]),
+    reason=st.just(None),
+).filter(lambda truth: (truth.amount, truth.currency) != (500, "XAF"))
+
+
+@PAIRS
+@given(st.data())
+def test_a_link_the_provider_reports_paid_another_amount_ends_failed_with_its_figures_whatever_the_expiry_did(
+    data: st.DataObject,
+) -> None:
+    """Money that reached the provider for another amount than asked: every schedule of a link's facts, its
+    expiry anywhere among them, ends FAILED amount_mismatch, final from a seq no expiry was shown at."""
+    truth, facts = data.draw(histories(initiated=True, complete=True, link=True, truth=paid_another_amount))
+    for _ in range(2):
+        run = play(facts, data.draw(schedules(len(facts))), final_is_fixed=True)
+        final = run.copies[0]
+        assert final is not None and final.kind == "link"
+        assert (final.status, final.reason) == (PaymentStatus.FAILED, AMOUNT_MISMATCH), final
+        assert final.provider_amount in (truth.amount, None) and final.provider_currency in (truth.currency, None)
+        assert final.final_seq is not None and final.final_seq <= final.seq
+
+
 @RULE
 @given(st.data())
 def test_after_the_write_back_redis_is_newer_than_every_state_of_a_link_a_socket_could_be_shown(
@@ -443,7 +476,7 @@ def test_after_the_write_back_redis_is_newer_than_every_state_of_a_link_a_socket
             final.order_id,
         ):
             assert final.seq > shown.seq, f"a socket shown {shown} would never be sent {final}"
-        if final.status is PaymentStatus.SUCCESSFUL and shown.status is PaymentStatus.EXPIRED:
+        if final.status is not PaymentStatus.EXPIRED and shown.status is PaymentStatus.EXPIRED:
             assert final.final_seq is not None and final.final_seq > shown.seq, f"{shown} counted as told {final}"
 
 

@@ -235,24 +235,61 @@ def test_a_link_the_provider_reports_paid_after_its_expiry_becomes_successful() 
     assert decide(paid.payment, expiry, LATER + timedelta(days=1)).outcome == "regression"  # never back
 
 
-def test_nothing_but_the_providers_believed_success_ends_an_expiry() -> None:
-    """A failure after the expiry adds nothing; a SUCCESSFUL for another amount (which would be FAILED
-    amount_mismatch) or without a readable amount is not believed; PENDING never comes back; and only a
-    link expires (a collect or payout holding EXPIRED, which the rule never makes, stays so)."""
+@pytest.mark.parametrize(("amount", "currency"), [(450, "XAF"), (500, "EUR"), (450, "eur")])
+def test_a_link_the_provider_reports_paid_another_amount_after_its_expiry_fails_with_its_figures(
+    amount: int, currency: str
+) -> None:
+    """Money reached CamPay, for another amount or currency than asked: as for a PENDING link, FAILED
+    amount_mismatch with CamPay's figures (the order and the merchant show it), at a new seq and final_seq."""
+    claim = update("SUCCESSFUL", amount=amount, currency=currency, operator="MTN", operator_reference="op-9")
+    failed = decide(expired_link(), claim, LATER)
+    assert (failed.applied, failed.outcome, failed.previous_status) == (True, "applied", PaymentStatus.EXPIRED)
+    stored = failed.payment
+    assert (stored.status, stored.reason) == (PaymentStatus.FAILED, AMOUNT_MISMATCH)
+    assert (stored.amount, stored.currency) == (500, "XAF")  # what was asked stays: CamPay's figures beside it
+    assert (stored.provider_amount, stored.provider_currency) == (amount, currency)
+    assert stored.operator == "MTN" and stored.operator_reference == "op-9"
+    assert stored.seq == stored.final_seq == 3 and stored.completed_at == LATER
+    assert failed.event is not None and failed.event.status is PaymentStatus.FAILED and failed.event.seq == 3
+    assert failed.event.payload()["reason"] == AMOUNT_MISMATCH
+    # Nothing moves it again: CamPay's word repeated, its FAILED, another SUCCESSFUL, the expiry.
+    for again in (claim, update("FAILED"), update("SUCCESSFUL", amount=500, currency="XAF")):
+        assert not decide(stored, again, LATER).applied, again
+    assert decide(stored, update("EXPIRED", source=UpdateSource.LINK_EXPIRY), LATER).outcome == "regression"
+    # A PENDING link told the same becomes the same (the rule after an expiry is the rule before it).
+    pending = decide(link(), claim, LATER).payment
+    assert pending is not None and (pending.status, pending.reason, pending.provider_amount) == (
+        stored.status,
+        stored.reason,
+        stored.provider_amount,
+    )
+
+
+def test_nothing_but_the_providers_word_that_money_reached_it_ends_an_expiry() -> None:
+    """A failure after the expiry adds nothing; a SUCCESSFUL whose figures are not both read is judged as
+    for a PENDING link (copies that saw the expiry and copies that did not must end the same): a figure
+    that differs fails it, one that does not is not believed; PENDING never comes back; and only a link
+    expires (a collect or payout holding EXPIRED, which the rule never makes, stays so)."""
     stored = expired_link()
     for claim, outcome in (
         (update("FAILED"), "regression"),
-        (update("SUCCESSFUL", amount=499, currency="XAF"), "regression"),
-        (update("SUCCESSFUL", amount=500, currency="EUR"), "regression"),
+        (update("FAILED", amount=450, currency="XAF"), "regression"),
         (update("SUCCESSFUL", amount=500), "unconfirmed"),
+        (update("SUCCESSFUL", currency="XAF"), "unconfirmed"),
         (update("SUCCESSFUL"), "unconfirmed"),
         (update("PENDING"), "regression"),
     ):
         result = decide(stored, claim, LATER)
         assert (result.applied, result.outcome, result.payment) == (False, outcome, stored), claim
+    for claim in (update("SUCCESSFUL", amount=499), update("SUCCESSFUL", currency="EUR")):
+        after, before = decide(stored, claim, LATER).payment, decide(link(), claim, LATER).payment
+        assert after is not None and before is not None
+        assert (after.status, after.reason) == (before.status, before.reason) == (PaymentStatus.FAILED, AMOUNT_MISMATCH)
+        assert (after.provider_amount, after.provider_currency) == (claim.amount, claim.currency)
     for kind in ("collect", "payout"):
         other = owned(PaymentStatus.EXPIRED, seq=2, kind=kind, final_seq=2)
-        assert decide(other, update("SUCCESSFUL", amount=500, currency="XAF"), LATER).outcome == "regression"
+        for amount in (500, 450):
+            assert decide(other, update("SUCCESSFUL", amount=amount, currency="XAF"), LATER).outcome == "regression"
     for final in (PaymentStatus.SUCCESSFUL, PaymentStatus.FAILED):  # no other final status is ever left
         done = link(status=final, seq=2, final_seq=2)
         for claim in ("SUCCESSFUL", "FAILED", "PENDING"):
@@ -288,15 +325,58 @@ def test_an_orphans_success_ends_an_expiry_only_when_it_is_believed() -> None:
     """A degraded instance stored CamPay's word as nobody's; written back over the EXPIRED link (either order)."""
     for amount, currency, expected in (
         (500, "XAF", PaymentStatus.SUCCESSFUL),
-        (499, "XAF", PaymentStatus.EXPIRED),  # another amount: FAILED amount_mismatch, which the expiry outranks
+        (499, "XAF", PaymentStatus.FAILED),  # another amount: FAILED amount_mismatch, as in `decide`
+        (500, "EUR", PaymentStatus.FAILED),  # another currency: the same
         (None, None, PaymentStatus.EXPIRED),  # unreadable: not believed (never PENDING again either)
+        (500, None, PaymentStatus.EXPIRED),  # half read, nothing differs: not believed either
+        (499, None, PaymentStatus.FAILED),  # half read, and what is read differs: as for a PENDING link
+        (None, "EUR", PaymentStatus.FAILED),
     ):
         reported = decide(None, update("SUCCESSFUL", amount=amount, currency=currency), T0).payment
         assert reported is not None and reported.orphan
         for stored, incoming in ((expired_link(), reported), (reported, expired_link())):
             merged = merge(stored, incoming, LATER).payment
             assert merged.status is expected and not merged.orphan and merged.kind == "link", (amount, stored)
-            assert merged.reason is None
+            if expected is PaymentStatus.FAILED:
+                assert merged.reason == AMOUNT_MISMATCH and (merged.amount, merged.currency) == (500, "XAF")
+                assert (merged.provider_amount, merged.provider_currency) == (amount, currency)
+                assert merged.seq == merged.final_seq == 3  # the page shown EXPIRED at 2 is sent the failure
+            else:
+                assert merged.reason is None
+
+
+@pytest.mark.parametrize("order", ["expired-stored", "failed-stored"])
+def test_of_an_expiry_and_a_failure_for_another_amount_the_failure_wins_a_merge_in_either_order(order: str) -> None:
+    """A copy that heard CamPay's SUCCESSFUL for another amount (FAILED amount_mismatch, before or after its
+    own expiry) and a copy that expired the link: the money CamPay took beats our expiry, with its figures."""
+    claim = update("SUCCESSFUL", amount=450, currency="XAF")
+    for failed in (decide(link(), claim, LATER).payment, decide(expired_link(), claim, LATER).payment):
+        assert failed is not None and failed.reason == AMOUNT_MISMATCH
+        expired = expired_link(seq=failed.seq)
+        stored, incoming = (expired, failed) if order == "expired-stored" else (failed, expired)
+        result = merge(stored, incoming, LATER)
+        merged = result.payment
+        assert result.changed and (merged.status, merged.reason) == (PaymentStatus.FAILED, AMOUNT_MISMATCH)
+        assert (merged.provider_amount, merged.provider_currency) == (450, "XAF")
+        assert merged.seq == failed.seq + 1 == merged.final_seq  # above the expiry a page may have been shown
+        assert merged.completed_at == failed.completed_at
+        for again in (expired, failed):  # never back, and the same result written back twice changes nothing
+            assert merge(merged, again, LATER).payment.status is PaymentStatus.FAILED
+        assert not merge(merged, merged, LATER).changed
+
+
+def test_of_a_success_and_a_failure_for_another_amount_the_stored_one_wins_as_two_final_statuses_do() -> None:
+    """CamPay has one transaction per link reference, one amount: its SUCCESSFUL as asked and for another
+    amount are two readings of one word it never says both ways. Copies that disagree so (a provider
+    contradicting itself) merge as any two final statuses do: the stored one stays, nothing moves back."""
+    paid = decide(expired_link(), update("SUCCESSFUL", amount=500, currency="XAF"), LATER).payment
+    failed = decide(expired_link(), update("SUCCESSFUL", amount=450, currency="XAF"), LATER).payment
+    assert paid is not None and failed is not None
+    assert merge(paid, failed, LATER).payment.status is PaymentStatus.SUCCESSFUL
+    assert merge(failed, paid, LATER).payment.status is PaymentStatus.FAILED
+    for stored in (paid, failed):  # and the expiry, in either order, moves neither
+        assert merge(stored, expired_link(), LATER).payment.status is stored.status
+        assert merge(expired_link(), stored, LATER).payment.status is stored.status
 
 
 def test_an_expiry_and_a_failure_merge_as_two_final_statuses_do() -> None:
@@ -327,6 +407,34 @@ def test_a_page_shown_an_expiry_is_sent_the_success_and_its_completion_once() ->
     assert sessions.admit("s2", "ref-1", 2, True, status="EXPIRED", final_seq=2, **common) is Admission.NONE
     assert sessions.track("s2", "ref-1", 3)
     assert sessions.admit("s2", "ref-1", 4, True, status="SUCCESSFUL", final_seq=3, **common) is Admission.STATUS
+
+
+def test_a_page_shown_an_expiry_is_sent_a_failure_for_another_amount_and_its_completion_once() -> None:
+    """CamPay's SUCCESSFUL for another amount after the expiry: FAILED amount_mismatch goes through the gate
+    as the success does (payment-failed and payment-completed once more); a plain FAILED never does."""
+    from realtime.sessions import Admission, Sessions
+
+    sessions = Sessions(max_tracked=2, auth_enabled=False)
+    sessions.open("s1", None)
+    assert sessions.track("s1", "ref-1", None)
+    common: dict[str, Any] = {"owner_id": None, "orphan": False}
+    assert sessions.admit("s1", "ref-1", 2, True, status="EXPIRED", final_seq=2, **common) is Admission.FULL
+    assert sessions.admit("s1", "ref-1", 3, True, status="FAILED", final_seq=3, reason="failed", **common) is (
+        Admission.NONE
+    )
+    assert sessions.admit("s1", "ref-1", 3, True, status="FAILED", final_seq=3, **common) is Admission.NONE
+    mismatch = {"status": "FAILED", "reason": AMOUNT_MISMATCH, **common}
+    assert sessions.admit("s1", "ref-1", 3, True, final_seq=3, **mismatch) is Admission.FULL
+    assert sessions.waiting() == []  # told its outcome: the resync re-reads it no more
+    assert sessions.admit("s1", "ref-1", 4, True, final_seq=3, **mismatch) is Admission.STATUS  # a merge's re-seq
+    for status in ("SUCCESSFUL", "EXPIRED", "PENDING"):  # nothing else after it
+        assert sessions.admit("s1", "ref-1", 5, status != "PENDING", status=status, **common) is Admission.NONE
+    # A page that said (last_seq) it saw the failure already is sent no second completion.
+    sessions.open("s2", None)
+    assert sessions.track("s2", "ref-1", 2)
+    assert sessions.admit("s2", "ref-1", 2, True, status="EXPIRED", final_seq=2, **common) is Admission.NONE
+    assert sessions.track("s2", "ref-1", 3)
+    assert sessions.admit("s2", "ref-1", 4, True, final_seq=3, **mismatch) is Admission.STATUS
 
 
 def test_the_merchant_hears_of_a_success_after_an_expiry_once_whichever_path_stores_it() -> None:

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from core.clock import ManualClock
-from payments.model import InitiationIntent, PaymentStatus, StatusUpdate, Transition, UpdateSource
+from payments.model import AMOUNT_MISMATCH, InitiationIntent, PaymentStatus, StatusUpdate, Transition, UpdateSource
 from payments.outbox import DisabledEndpoint, OutboxEntry, OutboxPolicy, endpoint_id
 from payments.ports import IdempotencyRecord
 from payments.state import decide
@@ -1099,6 +1099,56 @@ async def test_a_link_paid_after_its_expiry_pays_its_order_by_transition_or_merg
     assert await s.order_paid("order-1") == ["ref-1", "ref-2"]
     assert sorted(e.id.split(".")[0] for e in await s.outbox_list()) == ["msg_ref-1_succeeded", "msg_ref-2_succeeded"]
     assert await s.merge_payment(expired, LATER) == merged  # the expiry again, late: SUCCESSFUL stays
+
+
+async def test_a_link_paid_another_amount_after_its_expiry_fails_with_campays_figures_by_transition_or_merge(
+    backend: Backend,
+) -> None:
+    """CamPay's SUCCESSFUL for another amount after our expiry: FAILED amount_mismatch with CamPay's figures
+    on every backend, live (a transition) or written back after an outage (a merge over the EXPIRED copy, in
+    either order); the order is paid by neither (it stays free) and the merchant hears payment.failed once."""
+    s = backend.storage
+    policy = OutboxPolicy(["https://merchant.example/hook"], ["payment.expired", "payment.failed"])
+    expiry = StatusUpdate(reference="ref-1", status="EXPIRED", source=UpdateSource.LINK_EXPIRY)
+
+    def link(reference: str) -> Any:
+        fields = {"kind": "link", "phone_number": None, "ussd_code": None, "link_expires_at": T0}
+        return owned(reference=reference, created_at=T0, updated_at=T0, **fields)
+
+    await s.create_payment(link("ref-1"))
+    assert (await s.transition(expiry, LATER)).payment.status is PaymentStatus.EXPIRED
+    other = update("SUCCESSFUL", amount=450, currency="XAF", operator="MTN")
+    failed = await s.transition(other, LATER, outbox=lambda t: policy.for_transition(t, LATER))
+    assert failed.applied and failed.previous_status is PaymentStatus.EXPIRED
+    stored = await s.get_payment("ref-1")
+    assert stored == failed.payment and (stored.status, stored.reason) == (PaymentStatus.FAILED, AMOUNT_MISMATCH)
+    assert (stored.provider_amount, stored.provider_currency, stored.amount) == (450, "XAF", 500)
+    assert stored.seq == stored.final_seq == 3 and stored.completed_at == LATER
+    assert [e.type for e in await s.outbox_list()] == ["payment.failed"]
+    assert await s.order_paid("order-1") == []  # another amount paid nothing of the order
+    for again in (other, update("FAILED"), update("SUCCESSFUL", amount=500, currency="XAF"), expiry):
+        assert not (await s.transition(again, LATER)).applied, again
+    assert await s.get_payment("ref-1") == stored
+
+    # Written back after an outage: a degraded instance's copy heard CamPay, the stored one expired (or the
+    # reverse); the failure with CamPay's figures wins both ways, newer than both, told once.
+    for reference, degraded_expired in (("ref-2", False), ("ref-3", True)):
+        await s.create_payment(link(reference))
+        expired = (await s.transition(expiry.model_copy(update={"reference": reference}), LATER)).payment
+        claim = update("SUCCESSFUL", reference=reference, amount=450, currency="XAF")
+        if degraded_expired:  # Redis heard CamPay; the degraded copy only expired the link
+            copy = expired
+            stored_failed = (await s.transition(claim, LATER, outbox=lambda t: policy.for_transition(t, LATER))).payment
+            assert stored_failed.status is PaymentStatus.FAILED
+        else:
+            copy = decide(expired, claim, LATER).payment
+        merged = await s.merge_payment(copy, LATER, lambda stored, was: policy.for_stored(stored, was, LATER))
+        assert (merged.status, merged.reason, merged.provider_amount) == (PaymentStatus.FAILED, AMOUNT_MISMATCH, 450)
+        assert merged.final_seq is not None and merged.final_seq <= merged.seq
+        assert await s.merge_payment(expired, LATER) == merged  # the expiry again, late: the failure stays
+    failures = sorted(e.id.split(".")[0] for e in await s.outbox_list() if e.type == "payment.failed")
+    assert failures == ["msg_ref-1_failed", "msg_ref-2_failed", "msg_ref-3_failed"]
+    assert await s.order_paid("order-1") == []
 
 
 async def test_a_delivery_made_while_redis_is_away_is_not_sent_again_after_it_returns(resilient: Backend) -> None:

@@ -7,7 +7,8 @@ export declare const VERSION: string;
  * its lifetime). EXPIRED is no failure of the payer's money: nobody paid, nothing was taken, and the
  * order is free for a new attempt. A final status never changes, with one exception: EXPIRED is the
  * server's guess (CamPay is never told the lifetime, so its page stays payable), and a link CamPay
- * reports paid after it becomes SUCCESSFUL, at a higher seq.
+ * reports paid after it becomes SUCCESSFUL, at a higher seq (or FAILED, reason "amount_mismatch", when
+ * the payer paid another amount than asked).
  */
 export type PaymentStatus = "PENDING" | "SUCCESSFUL" | "FAILED" | "EXPIRED";
 
@@ -144,17 +145,18 @@ export interface UnknownInfo {
 }
 
 export interface TrackHandlers {
-  /** Every new state, in strictly increasing seq, never PENDING after a final status (and after EXPIRED, only SUCCESSFUL). */
+  /** Every new state, in strictly increasing seq, never PENDING after a final status (and after EXPIRED, only SUCCESSFUL or FAILED "amount_mismatch"). */
   onUpdate?: (payment: Payment) => void;
   /** Once, when the payment reaches SUCCESSFUL (for a link paid after it expired: after onExpired). */
   onSuccess?: (payment: Payment) => void;
-  /** Once, when the payment reaches FAILED. Never for EXPIRED. */
+  /** Once, when the payment reaches FAILED (for a link paid another amount after it expired: "amount_mismatch", after onExpired). Never for EXPIRED. */
   onFailure?: (payment: Payment) => void;
   /**
    * Once, when a payment link reaches EXPIRED: nobody paid it within its lifetime. Final (`done`
    * resolves with it), but not a failure: no money moved; offer a new link (the order is free). The
    * link stays followed: if CamPay reports it paid after all, onUpdate and onSuccess run with SUCCESSFUL
-   * (the new link's order is then paid twice; the server names the duplicate to refund).
+   * (the new link's order is then paid twice; the server names the duplicate to refund), or, paid
+   * another amount than asked, onUpdate and onFailure with FAILED "amount_mismatch".
    */
   onExpired?: (payment: Payment) => void;
   /** Once, if still not final `stuckAfterMs` after track(). */
@@ -171,7 +173,8 @@ export interface Tracking {
   readonly payment: Payment | null;
   /**
    * Resolves once with the final payment (SUCCESSFUL, FAILED or EXPIRED), before onSuccess/onFailure/onExpired run (a
-   * SUCCESSFUL after EXPIRED comes by onUpdate and onSuccess: `done` stays resolved with EXPIRED); rejects with a PaytrackError
+   * SUCCESSFUL or FAILED "amount_mismatch" after EXPIRED comes by onUpdate and onSuccess or onFailure: `done` stays resolved
+   * with EXPIRED); rejects with a PaytrackError
    * only for "forbidden", "invalid_payload", "stopped" and "closed" (never for a payment that may still succeed).
    */
   readonly done: Promise<Payment>;

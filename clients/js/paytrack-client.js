@@ -3,13 +3,14 @@
 // One PaymentTracker per page (or per server) follows any number of payments and
 // keeps these guarantees whatever the network or the server does:
 //   - onUpdate sees each payment's states in strictly increasing `seq`, and never
-//     PENDING (or anything else) after a final status, but for SUCCESSFUL after EXPIRED: a link
-//     the provider reports paid after the server expired it (CamPay's page stays payable);
+//     PENDING (or anything else) after a final status, but for SUCCESSFUL, or FAILED
+//     amount_mismatch, after EXPIRED: a link the provider reports paid (the amount asked, or
+//     another) after the server expired it (CamPay's page stays payable);
 //   - onSuccess / onFailure / onExpired and `done` fire exactly once per tracked payment,
 //     `done` first; a payment that may still succeed never rejects `done` (only `forbidden`,
-//     `invalid_payload`, `stopped` and `closed` do). The one second call: onSuccess after
-//     onExpired for such a link (`done` stays resolved with EXPIRED). An EXPIRED link is
-//     followed on until the page stops it;
+//     `invalid_payload`, `stopped` and `closed` do). The one second call: onSuccess (or
+//     onFailure, amount_mismatch) after onExpired for such a link (`done` stays resolved with
+//     EXPIRED). An EXPIRED link is followed on until the page stops it;
 //   - after a disconnect it reconnects with backoff and re-tracks every active
 //     payment with its `last_seq`, so what was missed is applied. The backoff starts
 //     over only once a connection stayed up for 10 s, so a proxy that accepts
@@ -30,7 +31,7 @@
 // at its copy of socket.io-client's ESM build, so a page can import it as is.
 import { io } from "socket.io-client";
 
-export const VERSION = "0.4.0";
+export const VERSION = "0.4.1";
 
 const SERVER_EVENTS = new Set([
   "payment-initiated",
@@ -43,10 +44,14 @@ const SERVER_EVENTS = new Set([
 const STATUSES = new Set(["PENDING", "SUCCESSFUL", "FAILED", "EXPIRED"]);
 // EXPIRED: a payment link nobody paid within its lifetime, as far as the server knows. It settles `done`
 // and is no failure of anyone's money, but it is the server's guess, not the provider's: CamPay's page
-// stays payable, and a later SUCCESSFUL (higher seq) is applied. So SETTLED holds it, FINAL (nothing
-// can change any more: the entry is let go) does not.
+// stays payable, and a later SUCCESSFUL (higher seq) is applied, or a FAILED amount_mismatch when the
+// payer paid another amount (`afterExpiry`). So SETTLED holds it, FINAL (nothing can change any more:
+// the entry is let go) does not.
 const SETTLED = new Set(["SUCCESSFUL", "FAILED", "EXPIRED"]);
 const FINAL = new Set(["SUCCESSFUL", "FAILED"]);
+// What may follow EXPIRED: CamPay's word that the link was paid after it, the amount asked (SUCCESSFUL)
+// or another (FAILED, reason amount_mismatch). A plain FAILED after it adds nothing (the server sends none).
+const afterExpiry = ({ status, reason }) => status === "SUCCESSFUL" || (status === "FAILED" && reason === "amount_mismatch");
 // The final status each handler is for.
 const SETTLED_HANDLER = { SUCCESSFUL: "onSuccess", FAILED: "onFailure", EXPIRED: "onExpired" };
 // Connect refusals and REST 401 codes that a new token may cure.
@@ -272,7 +277,8 @@ class Tracking {
    * Hands the entry's latest state to the page. A final state settles `done` before any handler runs,
    * and its onSuccess/onFailure/onExpired runs even if onUpdate stopped the handle or closed the
    * tracker; the handlers are then let go (the page may keep the handle, not its closures). After
-   * EXPIRED they are kept: a SUCCESSFUL after it (a link paid late) runs onUpdate and onSuccess, once.
+   * EXPIRED they are kept: a SUCCESSFUL after it (a link paid late) runs onUpdate and onSuccess, once, and a
+   * FAILED amount_mismatch (paid late, another amount) onUpdate and onFailure, once.
    */
   _deliver() {
     const entry = this.#entry;
@@ -281,7 +287,7 @@ class Tracking {
     const payment = entry.payment;
     const handlers = this.#handlers;
     const status = payment.status;
-    const paidLate = this.#settledAs === "EXPIRED" && status === "SUCCESSFUL";
+    const paidLate = this.#settledAs === "EXPIRED" && afterExpiry(payment);
     const settling = SETTLED.has(status) && (!this.#settled || paidLate);
     if (settling) {
       if (!this.#settled) this.#resolve(payment);
@@ -582,8 +588,9 @@ export class PaymentTracker {
   // -- the one rule --------------------------------------------------------------------
   /**
    * Accept `incoming` for `entry` only if it moves forward: a valid status with a higher
-   * seq, and nothing at all once the payment is final; after EXPIRED, only SUCCESSFUL (a link
-   * the provider reports paid after the server expired it). The one exception: after the server
+   * seq, and nothing at all once the payment is final; after EXPIRED, only SUCCESSFUL or FAILED
+   * amount_mismatch (a link the provider reports paid after the server expired it, the amount asked
+   * or another). The one exception: after the server
    * said it no longer knows the payment (it lost its history), a settled status it learns
    * again is accepted even though its count restarted. Nothing from another tab is accepted
    * here (a tab may hold a seq from before the server lost its history, or be a stale version):
@@ -595,7 +602,7 @@ export class PaymentTracker {
     const { seq, status } = incoming;
     if (!Number.isInteger(seq) || seq < 1 || !STATUSES.has(status)) return false;
     if (entry.final) return false;
-    if (entry.payment?.status === "EXPIRED" && status !== "SUCCESSFUL") return false;
+    if (entry.payment?.status === "EXPIRED" && !afterExpiry(incoming)) return false;
     const relearned = entry.forgotten && SETTLED.has(status);
     if (seq <= entry.seq && !relearned) return false;
     if (source === "tab") {

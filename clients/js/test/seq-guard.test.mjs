@@ -76,6 +76,20 @@ const scenarios = {
     change(socket, at(ref, "SUCCESSFUL", 8, { kind: "link" })); // final now: nothing more
     socket.emit("test-barrier", { reference: ref });
   },
+  // A link the server expired, then CamPay reported paid another amount than asked: FAILED amount_mismatch
+  // (CamPay's figures) is the other newer state that leaves EXPIRED; a plain FAILED never does.
+  mismatch(socket, data, ack) {
+    const ref = data.reference;
+    const link = { kind: "link" };
+    ack({ ok: true, payment: at(ref, "PENDING", 1, link) });
+    change(socket, at(ref, "EXPIRED", 2, link));
+    change(socket, at(ref, "FAILED", 3, link)); // a plain failure after the expiry adds nothing
+    change(socket, at(ref, "FAILED", 2, { ...link, reason: "amount_mismatch" })); // not newer than the expiry
+    change(socket, at(ref, "FAILED", 4, { ...link, reason: "amount_mismatch" }));
+    change(socket, at(ref, "SUCCESSFUL", 5, link)); // final now: nothing more
+    change(socket, at(ref, "EXPIRED", 6, link)); // and never back
+    socket.emit("test-barrier", { reference: ref });
+  },
   // The server drops the connection; the client must come back with last_seq and ignore the replay.
   reconnect(socket, data, ack, seen) {
     const ref = data.reference;
@@ -225,4 +239,21 @@ test("after EXPIRED only a newer SUCCESSFUL is applied: done stays EXPIRED, onSu
   assert.equal((await within(again.done, "done again")).status, "SUCCESSFUL");
   await late.waitFor("success");
   assert.equal(late.named("expired").length, 0);
+});
+
+test("after EXPIRED a newer FAILED amount_mismatch is applied: onFailure runs once after onExpired, a plain FAILED never", async (t) => {
+  const tracker = newTracker(t);
+  const rec = new Recorder();
+  const barrier = rawEvent(tracker, (name, data) => name === "test-barrier" && data.reference === "mismatch-1");
+  const tracking = tracker.track("mismatch-1", rec.handlers({ onExpired: rec.handler("expired") }));
+  assert.equal((await within(tracking.done, "done")).status, "EXPIRED");
+  await barrier;
+  const updates = rec.named("update").map((c) => [c.args[0].status, c.args[0].seq, c.args[0].reason]);
+  assert.deepEqual(updates, [["PENDING", 1, undefined], ["EXPIRED", 2, undefined], ["FAILED", 4, "amount_mismatch"]]);
+  assert.deepEqual([rec.named("expired").length, rec.named("failure").length, rec.named("success").length], [1, 1, 0]);
+  const order = rec.calls.filter((c) => c.name === "expired" || c.name === "failure").map((c) => c.name);
+  assert.deepEqual(order, ["expired", "failure"]);
+  assert.equal(rec.named("failure")[0].args[0].reason, "amount_mismatch");
+  assert.equal(tracking.payment.status, "FAILED");
+  assert.equal((await tracking.done).status, "EXPIRED", "done settled once, with the first final status");
 });
