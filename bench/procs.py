@@ -83,8 +83,10 @@ def rss_kib(pid: int) -> int:
 
 
 def ensure_node_floor() -> None:
-    """The bench's setup step for the Node floor: `npm ci` from the lockfile when not installed yet."""
-    if (NODE_DIR / "node_modules" / "socket.io" / "package.json").exists():
+    """The bench's setup step for the Node floor and the storm's pages (bench/node): `npm ci` from the lockfile
+    when not installed yet, or installed before the pages' socket.io-client was added."""
+    modules = NODE_DIR / "node_modules"
+    if all((modules / name / "package.json").exists() for name in ("socket.io", "socket.io-client")):
         return
     npm = shutil.which("npm")
     if npm is None or shutil.which("node") is None:

@@ -389,10 +389,9 @@ class StormRun:
     async def setup(self, http: aiohttp.ClientSession) -> list[str]:
         args = self.args
         self.redis_url: str | None = None
+        ensure_node_floor()  # the pages are Node processes whatever the target
         if self.target == PAYTRACK:
             self.redis_url, _ = await start_redis(self.procs)
-        else:
-            ensure_node_floor()
         for i in range(self.instances):
             started, _ = await self.start_instance(i, free_port())
             await wait_healthy(http, started.server.url, started.proc, self.procs, started.log)
