@@ -91,8 +91,25 @@ class BatchingWebSocket(eio_aiohttp.WebSocket):
         await self._sock.prepare(request)
         self._transport = request.transport
         self.environ = environ
-        await self.handler(self)
+        try:
+            await self.handler(self)
+        finally:
+            self._forget_tracebacks()
         return self._sock
+
+    def _forget_tracebacks(self) -> None:
+        """Drop the tracebacks of the errors that ended the connection, which aiohttp keeps on the websocket
+        and on its reader: their frames hold the websocket, so each ended connection was a reference cycle
+        (its request, transport and buffers with it) that only the collector could free, and never once the
+        connection had been frozen (server.py; tests/test_connection_garbage.py). The errors themselves stay."""
+        sock = self._sock
+        for holder in (sock, getattr(sock, "_reader", None)):
+            error = holder.exception() if holder is not None else None
+            seen: set[int] = set()
+            while error is not None and id(error) not in seen:
+                seen.add(id(error))
+                error.__traceback__ = None
+                error = error.__context__ or error.__cause__
 
     async def close(self) -> None:
         """Start the closing handshake (Engine.IO's writer calls this when its session ends) with `close_code`."""
