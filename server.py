@@ -26,6 +26,7 @@ from collections.abc import Callable
 from aiohttp import web
 
 from app import REQUESTS_SHARE, SOCKETS_SHARE, create_app
+from core.collector import CollectorKeeper, FreezePolicy
 from core.settings import Settings, SettingsError, load_settings
 from observability.logs import AccessLogger, configure_logging
 from realtime.library_versions import refusal, untested_versions
@@ -183,8 +184,16 @@ async def serve(app: web.Application, settings: Settings) -> int:
         await runner.cleanup()
         return 1
     log.info("listening", extra={"url": f"http://{settings.HOST}:{settings.PORT}"})
+    keeper = None
+    if settings.GC_FREEZE_AFTER_SESSIONS:
+        eio = app[SIO].eio
+        keeper = CollectorKeeper(lambda: eio.sessions_created, FreezePolicy(settings.GC_FREEZE_AFTER_SESSIONS))
+        keeper.start()
 
     await stopping.wait()
+
+    if keeper is not None:
+        await keeper.stop()
 
     log.info("shutting down", extra={"timeout_seconds": settings.SHUTDOWN_TIMEOUT_SECONDS})
     start_shutdown_watchdog(settings)

@@ -77,6 +77,7 @@ class GuardedEngineIO(engineio.AsyncServer):
         driver: dict[str, Any] = self._async  # type: ignore[has-type]  # set by engineio's untyped __init__
         self._async = {**driver, "websocket": BatchingWebSocket}  # the driver module's own dict is left as it is
         self._closing_stale: set[asyncio.Future[Any]] = set()
+        self.sessions_created = 0  # handshakes that made a session, since start (server.py's collector keeper)
 
     def create_queue(self, *args: Any, **kwargs: Any) -> PacketQueue:
         """Each session's send queue (Engine.IO's own call): one that a poll can look into, and a socket
@@ -124,6 +125,7 @@ class GuardedEngineIO(engineio.AsyncServer):
     async def _handle_connect(self, environ: dict[str, Any], transport: str, jsonp_index: int | None = None) -> Any:
         if not self.anonymous.reserve(environ):
             return self._too_many_sessions()
+        self.sessions_created += 1
         try:
             return await super()._handle_connect(environ, transport, jsonp_index)
         finally:
