@@ -242,6 +242,9 @@ class Settings(BaseSettings):
     # Engine.IO sessions that have not sent Socket.IO's CONNECT: at most this many per address
     # (429 over it), each closed after SOCKET_CONNECT_TIMEOUT_SECONDS.
     MAX_ANONYMOUS_SESSIONS_PER_IP: int = Field(20, gt=0, le=10_000)
+    # Sessions handshaken and not yet connected, every address: past this a new one's CONNECT is answered
+    # `busy` with `retry_after`, and past as many again refused ones a handshake gets 503 (realtime/handshakes.py).
+    SOCKET_MAX_CONNECTING: int = Field(256, gt=0, le=100_000)
     SOCKET_CONNECT_TIMEOUT_SECONDS: float = Field(5.0, gt=0, le=120)
     # Engine.IO's heartbeat, announced to every client: a PING this long after the last PONG, and a
     # client that has not answered within the timeout is let go (Socket.IO's defaults, Node's too).
