@@ -66,9 +66,10 @@ import logging
 import time
 from typing import Any
 
+from aiohttp import web
 from engineio import async_socket, exceptions, packet
 
-from realtime.websocket import MAX_PACKETS_PER_PAYLOAD, FrameBatch
+from realtime.websocket import MAX_PACKETS_PER_PAYLOAD, ClientGone, FrameBatch
 
 log = logging.getLogger("paytrack.realtime")
 
@@ -257,6 +258,18 @@ class LeanSession(async_socket.AsyncSocket):
             if self.upgrading:
                 return [packet.Packet(packet.NOOP)]
         return await super().handle_get_request(environ)
+
+    async def _upgrade_websocket(self, environ: dict[str, Any]) -> Any:
+        """Engine.IO's, except for a client gone before its upgrade was answered (`ClientGone`): a websocket-only
+        session, which never started, ends here (its Socket.IO disconnect runs, its place among the sessions
+        being taken in is given back); a polling session goes on polling. aiohttp gets a 499 nobody reads
+        (its write fails quietly, as for any client that left) instead of an error to log."""
+        try:
+            return await super()._upgrade_websocket(environ)
+        except ClientGone:
+            if not self.connected:
+                await self.close(wait=False, abort=True, reason=self.server.reason.TRANSPORT_CLOSE)
+            return web.Response(status=499)
 
     def _asks_to_upgrade(self, environ: dict[str, Any]) -> bool:
         """Engine.IO's test for a request to upgrade this session's transport."""

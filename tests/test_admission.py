@@ -12,7 +12,10 @@ once refused sessions fill the second bound too.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -122,3 +125,37 @@ async def test_the_official_socket_io_client_reads_the_busy_refusal_and_the_503(
     assert refused["event"] == "connect_error" and "503" in refused["description"], refused
     for writer in holding:
         writer.transport.abort()
+
+
+async def test_a_client_gone_before_its_upgrade_was_answered_is_let_go_quietly() -> None:
+    """In a storm a client's own timeout can run out while its upgrade waits for the server. The server then
+    finds the connection closed: nothing to answer and nothing wrong, so no error and no traceback (aiohttp
+    logged one for each, and formatting them took a tenth of the server's CPU in a storm), and the session,
+    which never started, does not hold a place among those being taken in."""
+    port = free_port()
+    proc = await run_server("--port", str(port), SOCKET_MAX_CONNECTING="1")
+    url = f"http://127.0.0.1:{port}"
+    try:
+        await wait_healthy(port, proc)
+        proc.send_signal(signal.SIGSTOP)  # a server too busy to read: the upgrades wait in the kernel
+        try:
+            for _ in range(3):
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(
+                    (
+                        f"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                        "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                        f"Sec-WebSocket-Key: {base64.b64encode(os.urandom(16)).decode()}\r\n\r\n"
+                    ).encode()
+                )
+                await writer.drain()
+                writer.close()  # ... and their clients give up
+        finally:
+            proc.send_signal(signal.SIGCONT)
+        client = socketio.AsyncClient(reconnection=False)
+        await client.connect(url, transports=["websocket"], wait_timeout=WAIT)  # its place is free
+        await client.disconnect()
+    finally:
+        out, err = await stop(proc)
+    log = (out + err).decode()
+    assert "Error handling request" not in log and "Traceback" not in log, log[-3000:]
