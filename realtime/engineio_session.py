@@ -123,6 +123,7 @@ class LeanSession(async_socket.AsyncSocket):
 
     _ping_timer: asyncio.TimerHandle | None = None
     websocket: Any = None  # the BatchingWebSocket while this session's websocket loops run (a stop waits for it)
+    _writing: bool = False  # the websocket writer is sending what it took from the queue
     _cut_timer: asyncio.TimerHandle | None = None  # drops that websocket's connection if it does not close
     _next_noop: float = 0.0  # loop time before which no NOOP answers a poll during an upgrade
 
@@ -162,6 +163,31 @@ class LeanSession(async_socket.AsyncSocket):
             packet.packet_names[pkt.packet_type],
             pkt.data if not isinstance(pkt.data, bytes) else "<binary>",
         )
+
+    def deliver(self, pkt: packet.Packet) -> bool:
+        """`send` for the update path, without an await: written to the websocket at once when it is idle
+        (upgraded, nothing queued, the writer not sending), else queued as `send` queues it. False when the
+        packet was dropped (the session is closing, its client missed a pong, or it takes nothing: cut off).
+
+        The queue and the writer task cost a task switch and three coroutines per packet: through
+        python-socketio's and Engine.IO's send, the session's queue, then the writer woken in a later turn
+        of the loop. Node's engine.io writes to its websocket from `send`. Order holds: nothing is written
+        here while anything queued before it is still unsent."""
+        if self.closed or self.closing:
+            return False
+        if self.last_ping and time.time() - self.last_ping > self.server.ping_timeout:
+            return False  # as Engine.IO's send drops it; the sweep closes the session (`sweep_stale`)
+        ws = self.websocket
+        if ws is not None and self.upgraded and not self._writing and self.queue.empty():
+            if ws.write_now(pkt.encode()):
+                return True
+        if self.queue.qsize() >= self.server.max_queued_packets:
+            cutting = asyncio.ensure_future(self._cut_off())
+            self.server._closing_stale.add(cutting)
+            cutting.add_done_callback(self.server._closing_stale.discard)
+            return False
+        self.queue.put_nowait(pkt)
+        return True
 
     async def _cut_off(self) -> None:
         """The client takes nothing: drop what is queued and its connection now, and end the session (no
@@ -352,11 +378,14 @@ class LeanSession(async_socket.AsyncSocket):
                     queue.put_nowait(None)  # sent after these, as Engine.IO's `poll` leaves it
                     break
                 packets.append(pkt)
+            self._writing = True  # `deliver` queues behind these meanwhile
             try:
                 for pkt in packets:
                     await ws.send(pkt.encode())
             except Exception:
                 break
+            finally:
+                self._writing = False
         await ws.close()
 
     async def _upgrade_probe(self, ws: Any) -> bool:

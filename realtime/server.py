@@ -80,6 +80,14 @@ class GuardedEngineIO(engineio.AsyncServer):
         self._closing_stale: set[asyncio.Future[Any]] = set()
         self.sessions_created = 0  # handshakes that made a session, since start (server.py's collector keeper)
 
+    def deliver(self, eio_sid: str, pkt: Any) -> bool:
+        """Send an encoded packet to one session without an await (`LeanSession.deliver`); False when there is
+        no such open session or it dropped the packet."""
+        session = self.sockets.get(eio_sid)
+        if not isinstance(session, LeanSession):  # gone, or not connected yet (adopted at its connect)
+            return False
+        return session.deliver(pkt)
+
     def create_queue(self, *args: Any, **kwargs: Any) -> PacketQueue:
         """Each session's send queue (Engine.IO's own call): one that a poll can look into, and a socket
         that is cut off can empty."""

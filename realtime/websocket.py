@@ -143,6 +143,17 @@ class BatchingWebSocket(eio_aiohttp.WebSocket):
         if self._transport is not None:
             self._transport.abort()
 
+    def write_now(self, message: str) -> bool:
+        """Write text `message` (a `FrameBatch`: its packets' frames) in one `transport.write`, now, if the
+        connection takes it at once: open, and nothing of it still unsent (aiohttp's flow control is then not
+        needed). False, and nothing written, otherwise: the caller queues it for the writer instead."""
+        transport = self._transport
+        if transport is None or transport.get_write_buffer_size() or transport.is_closing() or self._sock.closed:
+            return False
+        parts = message.parts if isinstance(message, FrameBatch) else (message,)
+        transport.write(b"".join([text_frame(part.encode()) for part in parts]))
+        return True
+
     async def send(self, message: str | bytes) -> None:
         if not isinstance(message, FrameBatch):
             # aiohttp's send_* as Engine.IO's wrapper calls them, without its per-message
