@@ -118,9 +118,10 @@ def gc_probe_env(env: dict[str, str], gc_log: Path) -> dict[str, str]:
 class Processes:
     """Subprocesses one measurement started; all stopped at the end, whatever happens."""
 
-    def __init__(self) -> None:
+    def __init__(self, keep: bool = False) -> None:
         self.procs: list[asyncio.subprocess.Process] = []
         self.workdir = Path(tempfile.mkdtemp(prefix="paytrack-bench-"))
+        self.keep = keep  # leave the logs in `workdir` after stopping
 
     async def start(
         self,
@@ -129,8 +130,12 @@ class Processes:
         env: dict[str, str] | None = None,
         stdin: int | None = None,
         stdout: int | None = None,
+        stdout_to_log: bool = False,
     ) -> asyncio.subprocess.Process:
+        """`cmd` with its stderr in `log` (and its stdout too with `stdout_to_log`: where server.py logs)."""
         with (self.workdir / log).open("wb") as err:
+            if stdout_to_log:
+                stdout = err.fileno()
             proc = await asyncio.create_subprocess_exec(
                 *cmd,
                 cwd=ROOT,
@@ -158,7 +163,8 @@ class Processes:
                 proc.kill()
                 await proc.wait()
         self.procs.clear()
-        shutil.rmtree(self.workdir, ignore_errors=True)
+        if not self.keep:
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 async def start_redis(procs: Processes) -> tuple[str, int]:
@@ -304,7 +310,7 @@ async def launch(
         cmd = [sys.executable, "server.py", "--host", "127.0.0.1", "--port", str(port)]
         assert gc_log is not None
         env = {**gc_probe_env(paytrack_env(index, redis_url, paytrack_settings), gc_log), **probes}
-        proc = await procs.start(*cmd, log=log, env=env)
+        proc = await procs.start(*cmd, log=log, env=env, stdout_to_log=True)
     elif target == PYTHON_FLOOR:
         cmd = [sys.executable, "bench/floor_server.py", "--port", str(port), "--backlog", str(LISTEN_BACKLOG)]
         if redis_url:

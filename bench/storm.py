@@ -316,7 +316,7 @@ class StormRun:
         self.scenario = scenario
         self.args = args
         self.instances = 2 if scenario == "failover" else 1
-        self.procs = Processes()
+        self.procs = Processes(keep=args.keep_logs)
         self.out = Outcome(target, scenario, args.pages, self.instances, args.rate, args.policy)
         self.launches: list[Launch] = []
         self.runs = [0] * self.instances
@@ -611,6 +611,8 @@ class StormRun:
         finally:
             await asyncio.gather(*(p.quit() for p in self.pages), return_exceptions=True)
             await self.procs.stop_all()
+            if self.args.keep_logs:
+                self.log(f"logs kept in {self.procs.workdir}")
 
 
 def fmt(value: float, spec: str = "{:.2f}") -> str:
@@ -716,6 +718,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--paytrack-setting", action="append", default=[], metavar="NAME=VALUE", help="a paytrack setting (repeatable)"
     )
     parser.add_argument("--json", type=Path, help="write every figure here")
+    parser.add_argument(
+        "--keep-logs", action="store_true", help="keep each run's server logs, collector and loop-stall logs"
+    )
     parser.add_argument("--time-limit", type=float, default=3600)
     args = parser.parse_args(argv)
     args.scenario_list = [s for s in args.scenarios.split(",") if s]
