@@ -275,6 +275,39 @@ async def test_a_sockets_records_cost_one_write_each_and_no_read(
     assert await storage.get_client("s1") is None and await storage.tracker_count("ref-2") == 0
 
 
+async def test_socket_records_written_together_go_in_one_pipeline(storage: RedisStorage) -> None:
+    """A storm's connects (and tracks, and disconnects) asked for together share a pipeline: one round trip
+    and one pooled connection for all of them, instead of one each."""
+    now = datetime.now(UTC)
+    await storage.heartbeat("a", "boot-a", 60)
+    redis = storage._ctx.redis
+    pipelines = 0
+    opened = redis.pipeline
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        nonlocal pipelines
+        pipelines += 1
+        return opened(*args, **kwargs)
+
+    redis.pipeline = counted
+    try:
+        sids = [f"s{i}" for i in range(200)]
+        await asyncio.gather(
+            *(
+                storage.add_client(ClientRecord(socket_id=s, instance_id="a", boot_id="boot-a", connected_at=now))
+                for s in sids
+            )
+        )
+        added = pipelines
+        await asyncio.gather(*(storage.track(s, f"ref-{s}") for s in sids))
+        tracked = pipelines - added
+    finally:
+        redis.pipeline = opened
+    assert (added, tracked) == (1, 1)
+    assert len(await storage.list_clients()) == 200
+    assert await storage.tracker_count("ref-s7") == 1
+
+
 async def test_a_socket_removed_while_its_track_waits_is_not_written_again(storage: RedisStorage) -> None:
     """A track and the disconnect of the same socket take turns: the record is not written back after it
     was removed."""

@@ -20,10 +20,16 @@ wrote, and changes or removes one of them with one pipeline of writes, without r
 storm is thousands of connects, tracks and disconnects at once, and the read and the WATCH ... EXEC of each
 were two thirds of their round trips (bench/storm.py). A record it did not write (written by an earlier
 process, or by an instance other than its own in a test) is changed as before, under WATCH, after reading it.
+
+Those writes are committed in groups (`_commit`): the ones asked for while a pipeline is in flight go out
+together in the next one, each caller waiting for the pipeline that carried its writes. Alone, a write is
+one round trip as before; in a storm of 2,000 pages dropped at once, a pipeline each held one of the pool's
+50 connections, the pool stayed full and 3,480 disconnects gave up (`busy`) while the reconnects waited.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from collections.abc import Callable
@@ -34,6 +40,8 @@ from realtime.storage.base import ClientRecord
 from realtime.storage.redis.context import RedisContext, ttl_ms
 
 log = logging.getLogger("paytrack.storage.redis")
+
+MAX_WRITES_PER_COMMIT = 500  # socket records' writes in one pipeline at most; the rest go in the next
 
 _BOOT_ID = re.compile(r"[0-9a-f]{32}")  # an `Incarnation` boot id; a heartbeat written before them holds a timestamp
 
@@ -52,11 +60,61 @@ def _alive(client: ClientRecord, beat: str | None) -> bool:
     return _BOOT_ID.fullmatch(beat) is None
 
 
+class _Commit:
+    """Writes that go to Redis in one pipeline, and the future their callers wait on."""
+
+    __slots__ = ("done", "writes")
+
+    def __init__(self) -> None:
+        self.writes: list[Callable[[Any], None]] = []
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.done.add_done_callback(_retrieved)
+
+
+def _retrieved(done: asyncio.Future[None]) -> None:
+    """Its exception is its callers' to raise (a caller cancelled meanwhile no longer waits for it)."""
+    if not done.cancelled():
+        done.exception()
+
+
 class RedisClients:
     def __init__(self, ctx: RedisContext) -> None:
         self._ctx = ctx
         self._writing = KeyedLocks()  # one change at a time per record, from this instance
         self._written: dict[str, ClientRecord] = {}  # socket id -> the record as this adapter last wrote it
+        self._next: _Commit | None = None  # writes asked for since the pipeline in flight left
+        self._committing: asyncio.Task[None] | None = None
+
+    async def _commit(self, writes: Callable[[Any], None]) -> None:
+        """Queue `writes` (commands added to a pipeline) in the next pipeline, and wait until Redis has it.
+        Callers whose writes must follow one another wait for each in turn (`KeyedLocks`)."""
+        commit = self._next
+        if commit is None or len(commit.writes) >= MAX_WRITES_PER_COMMIT:
+            commit = self._next = _Commit()
+        commit.writes.append(writes)
+        if self._committing is None:
+            self._committing = asyncio.ensure_future(self._send_commits())
+        await asyncio.shield(commit.done)
+
+    async def _send_commits(self) -> None:
+        """Send the waiting writes, one pipeline at a time, until none wait (each pipeline's writes in the
+        order they were asked for)."""
+        try:
+            while (commit := self._next) is not None:
+                self._next = None
+                try:
+                    async with self._ctx.redis.pipeline(transaction=False) as pipe:
+                        for writes in commit.writes:
+                            writes(pipe)
+                        await pipe.execute()
+                except BaseException as exc:
+                    commit.done.set_exception(exc)
+                    if not isinstance(exc, Exception):
+                        raise
+                else:
+                    commit.done.set_result(None)
+        finally:
+            self._committing = None
 
     def _queue_record(self, pipe: Any, client: ClientRecord) -> None:
         pipe.set(self._ctx.keys.client(client.socket_id), client.model_dump_json(), ex=self._ctx.client_ttl)
@@ -81,24 +139,27 @@ class RedisClients:
             pipe.srem(k.trackers(ref), client.socket_id)
 
     async def add_client(self, client: ClientRecord) -> None:
+        def writes(pipe: Any) -> None:
+            self._queue_record(pipe, client)
+            self._queue_indexes(pipe, client)
+
         async with self._writing.held(client.socket_id):
-            async with self._ctx.redis.pipeline(transaction=False) as pipe:
-                self._queue_record(pipe, client)
-                self._queue_indexes(pipe, client)
-                await pipe.execute()
+            await self._commit(writes)
             self._written[client.socket_id] = client
 
     async def remove_client(self, socket_id: str) -> None:
         k = self._ctx.keys
         async with self._writing.held(socket_id):
             client = self._written.pop(socket_id, None) or await self.get_client(socket_id)
-            async with self._ctx.redis.pipeline(transaction=False) as pipe:
+
+            def writes(pipe: Any) -> None:
                 if client is None:
                     pipe.delete(k.client(socket_id))
                     pipe.zrem(k.clients(), socket_id)
                 else:
                     self._queue_removal(pipe, client)
-                await pipe.execute()
+
+            await self._commit(writes)
 
     async def get_client(self, socket_id: str) -> ClientRecord | None:
         raw = await self._ctx.redis.get(self._ctx.keys.client(socket_id))
@@ -109,10 +170,12 @@ class RedisClients:
             before = self._written.get(socket_id)
             if before is not None:
                 after = change(before)
-                async with self._ctx.redis.pipeline(transaction=False) as pipe:
+
+                def writes(pipe: Any) -> None:
                     self._queue_record(pipe, after)
                     self._queue_index_changes(pipe, before, after)
-                    await pipe.execute()
+
+                await self._commit(writes)
                 self._written[socket_id] = after
                 return
             key = self._ctx.keys.client(socket_id)
