@@ -134,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(settings.LOG_LEVEL, json_lines=settings.is_production, instance_id=settings.INSTANCE_ID)
     app = create_app(settings)
     # Everything loaded so far lives as long as the process: keep it out of the collector's full
-    # passes, which otherwise pause the loop for longer the more there is (docs/PERFORMANCE.md).
+    # passes, which otherwise pause the loop for longer the more there is (docs/PERFORMANCE.md). Once
+    # serving, the collector keeper runs the collector instead (`serve`, core/collector.py).
     gc.collect()
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)

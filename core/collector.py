@@ -1,28 +1,37 @@
-"""The cyclic garbage collector kept off the open connections: what a burst leaves is frozen once it settles.
+"""The cyclic garbage collector run by the server, in passes small enough never to stall it.
 
 CPython's collector walks every object of the generations it collects, and
 each pass stops the whole process. A server holding 10,000 websockets keeps
 their objects alive for as long as its pages stay, and bursts put them there
-all at once: a connection burst, a reconnect storm, a burst of payments. Once
-promoted to the oldest generation they are walked by every full pass: one of
-896 ms at 10,000 connections right after they and their payments came in
-(docs/PERFORMANCE.md, before this keeper).
+all at once: a connection burst, a reconnect storm, a burst of payments. Left
+to itself the collector walked them: one full pass of 896 ms at 10,000
+connections right after they and their payments came in (docs/PERFORMANCE.md,
+before this keeper), and in a reconnect storm young passes of 100 to 410 ms
+and a middle one of 844 ms at 2,000 pages (`bench.storm --scenarios drop`).
+Young passes grow because the collector starts one after 20,000 more
+allocations than deallocations: while a storm's dead connections are freed
+and new ones made, the count stays low and the young generation fills.
 
-`gc.freeze()` moves every tracked object to the permanent generation, which no
-pass walks, in constant time. server.py freezes once after start; this keeper
-freezes again once each burst has settled: when at least `burst_connects`
-Engine.IO sessions were created, or `burst_passes` collector passes ran, since
-the last freeze, and the last `settle_seconds` saw fewer than
-`quiet_connects` new sessions and no pass. No collection runs first: a full
-one is the very pass to avoid, and a young one walks the burst too.
+So server.py freezes what start-up made and turns the automatic collector
+off, and this keeper runs it:
 
-What this costs: a frozen object that later dies is still freed by reference
-counting (a connection's objects, since its tracebacks are dropped), but one
-that dies in a reference cycle is never collected. The cycles alive in the
-young generations at a freeze are few (none per connection, tests above; a
-few dozen objects in all on Redis, counted with gc.DEBUG_SAVEALL), and
-freezes come once per burst, not per request: `python -m bench.storm
---scenarios drop --storms 3` measures the memory after each storm.
+- a young pass every `young_seconds`, which walks only what was made since
+  the last one and is still alive: bounded by time, not by a count a storm
+  keeps low;
+- once a burst has settled (`burst_connects` Engine.IO sessions created since
+  the last freeze, then `settle_seconds` with fewer than `quiet_connects` new
+  ones a second), `gc.freeze()`: every object alive, the burst's included,
+  moves to the permanent generation, which no pass walks, in constant time;
+- every `aged_seconds` with no burst, a pass of the middle generation (what
+  outlived its young pass since the last freeze: at a steady load, that
+  window's survivors), then a freeze: cycles that died after their young
+  pass are collected, and the survivors are set aside.
+
+What this costs: an object frozen is never collected if it later dies in a
+reference cycle (one freed by reference counting is freed as usual). A
+connection's objects are freed so (tests/test_connection_garbage.py);
+`python -m bench.storm --scenarios drop --storms 3` measures memory after
+each storm, the check that nothing else leaks this way.
 """
 
 from __future__ import annotations
@@ -39,70 +48,83 @@ log = logging.getLogger("paytrack")
 @dataclass(frozen=True)
 class FreezePolicy:
     burst_connects: int = 1000  # sessions created since the last freeze that make a burst
-    burst_passes: int = 10  # or collector passes (20,000 objects each at server.py's thresholds)
-    quiet_connects: int = 50  # fewer new sessions than this per sample: settled
+    quiet_connects: int = 50  # fewer new sessions than this per second: settled
     settle_seconds: float = 2.0  # settled for this long before freezing
-    sample_seconds: float = 1.0
-
-
-def collector_passes() -> int:
-    """Collector passes of every generation since the process started (gc.get_stats: three small dicts)."""
-    return sum(generation["collections"] for generation in gc.get_stats())
+    young_seconds: float = 0.25  # a young pass this often
+    aged_seconds: float = 30.0  # a middle-generation pass (then a freeze) this often, while no burst
 
 
 class CollectorKeeper:
-    """Freezes what a burst left once it has settled (see the module docstring).
+    """Runs the collector in bounded passes (see the module docstring).
 
-    `sessions_created` counts Engine.IO sessions since start; `passes`, `freeze` are the collector's
-    (arguments so the decision can be followed step by step in tests/test_collector.py)."""
+    `sessions_created` counts Engine.IO sessions since start; `collect` and `freeze` are the collector's
+    (arguments so that tests/test_collector.py can follow the decisions step by step)."""
 
     def __init__(
         self,
         sessions_created: Callable[[], int],
         policy: FreezePolicy | None = None,
         *,
-        passes: Callable[[], int] = collector_passes,
+        collect: Callable[[int], object] = gc.collect,
         freeze: Callable[[], None] = gc.freeze,
     ) -> None:
         self.policy = policy or FreezePolicy()
         self._sessions_created = sessions_created
-        self._passes = passes
+        self._collect = collect
         self._freeze = freeze
-        self._at_freeze = (sessions_created(), passes())
-        self._last = self._at_freeze
+        self._at_freeze = self._last = sessions_created()
         self._quiet_for = 0.0
+        self._since_aged = 0.0
         self.freezes = 0
         self._task: asyncio.Task[None] | None = None
 
-    def sample(self) -> bool:
-        """One look, `policy.sample_seconds` after the last: True when it froze."""
+    def tick(self) -> None:
+        """What the keeper does every `young_seconds`: a young pass."""
+        self._collect(0)
+
+    def sample(self, seconds: float) -> str | None:
+        """What it does every second or so (`seconds` since the last sample): freeze a settled burst, or
+        collect and freeze what aged at a steady load. Returns what it did: "burst", "aged" or None."""
         policy = self.policy
-        now = (self._sessions_created(), self._passes())
-        recent_sessions, recent_passes = now[0] - self._last[0], now[1] - self._last[1]
-        self._last = now
-        if recent_sessions < policy.quiet_connects and recent_passes == 0:
-            self._quiet_for += policy.sample_seconds
+        now = self._sessions_created()
+        recent, self._last = now - self._last, now
+        self._quiet_for = self._quiet_for + seconds if recent < policy.quiet_connects * seconds else 0.0
+        self._since_aged += seconds
+        sessions = now - self._at_freeze
+        if sessions >= policy.burst_connects:
+            if self._quiet_for < policy.settle_seconds:
+                return None
+            done = "burst"
+        elif self._since_aged >= policy.aged_seconds and self._quiet_for >= policy.settle_seconds:
+            self._collect(1)
+            done = "aged"
         else:
-            self._quiet_for = 0.0
-        sessions, passes = now[0] - self._at_freeze[0], now[1] - self._at_freeze[1]
-        burst = sessions >= policy.burst_connects or passes >= policy.burst_passes
-        if not (burst and self._quiet_for >= policy.settle_seconds):
-            return False
+            return None
         self._freeze()
         self.freezes += 1
-        self._at_freeze = (now[0], self._passes())
-        log.info(
-            "collector: froze what a burst left",
-            extra={"sessions_since_last": sessions, "passes_since_last": passes, "freezes": self.freezes},
-        )
-        return True
+        self._at_freeze = now
+        self._since_aged = 0.0
+        if done == "burst":
+            log.info(
+                "collector: froze what a burst left",
+                extra={"sessions_since_last": sessions, "freezes": self.freezes},
+            )
+        return done
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        last_sample = loop.time()
         while True:
-            await asyncio.sleep(self.policy.sample_seconds)
-            self.sample()
+            await asyncio.sleep(self.policy.young_seconds)
+            self.tick()
+            now = loop.time()
+            if now - last_sample >= 1.0:
+                self.sample(now - last_sample)
+                last_sample = now
 
     def start(self) -> None:
+        """Take the collector over from CPython's automatic passes (on again at `stop`)."""
+        gc.disable()
         self._task = asyncio.get_running_loop().create_task(self._run(), name="collector-keeper")
 
     async def stop(self) -> None:
@@ -110,3 +132,4 @@ class CollectorKeeper:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
+        gc.enable()

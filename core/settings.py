@@ -131,9 +131,9 @@ class Settings(BaseSettings):
     # Connections the kernel queues for us before dropping SYNs (capped by net.core.somaxconn). Every client
     # of a restarted instance reconnects at once; a dropped SYN costs its client a 1 s, then 3 s, retransmit.
     LISTEN_BACKLOG: int = Field(1024, ge=1, le=65535)
-    # After this many Engine.IO sessions were created since the last freeze (or ten collector passes ran),
-    # and things settled, what they left is frozen out of the collector's passes (core/collector.py); 0: only
-    # once, after start.
+    # The server runs the garbage collector itself, in passes bounded by time (core/collector.py): young
+    # passes four times a second, and what a burst of this many Engine.IO sessions left frozen out of every
+    # pass once it settles. 0: CPython's automatic collector instead.
     GC_FREEZE_AFTER_SESSIONS: int = Field(1000, ge=0)
 
     # Comma-separated list of the page origins allowed by CORS and by Socket.IO ("*": any), besides the

@@ -20,45 +20,55 @@ from tests.test_server_process import free_port, run_server, stop, wait_healthy
 class Counts:
     def __init__(self) -> None:
         self.sessions = 0
-        self.passes = 0
+        self.passes: list[int] = []  # the generation of each pass
         self.frozen = 0
+
+    def collect(self, generation: int) -> int:
+        self.passes.append(generation)
+        return 0
 
     def freeze(self) -> None:
         self.frozen += 1
 
 
 def keeper(counts: Counts) -> CollectorKeeper:
-    policy = FreezePolicy(burst_connects=100, burst_passes=10, quiet_connects=5, settle_seconds=2, sample_seconds=1)
-    return CollectorKeeper(lambda: counts.sessions, policy, passes=lambda: counts.passes, freeze=counts.freeze)
+    policy = FreezePolicy(burst_connects=100, quiet_connects=5, settle_seconds=2, young_seconds=0.25, aged_seconds=10)
+    return CollectorKeeper(lambda: counts.sessions, policy, collect=counts.collect, freeze=counts.freeze)
+
+
+def test_young_passes_come_by_the_clock() -> None:
+    counts = Counts()
+    keep = keeper(counts)
+    for _ in range(8):
+        keep.tick()
+    assert counts.passes == [0] * 8 and counts.frozen == 0
 
 
 def test_a_burst_is_frozen_once_it_has_settled_and_not_before() -> None:
     counts = Counts()
     keep = keeper(counts)
-    for _ in range(5):  # quiet, and no burst yet
-        assert not keep.sample()
     for step in (40, 40, 40):  # a burst of 120 sessions, still coming
         counts.sessions += step
-        assert not keep.sample()
-    counts.sessions += 2  # a trickle: quiet for one sample
-    assert not keep.sample()
-    assert keep.sample()  # quiet for two: frozen
-    assert counts.frozen == 1
-    for _ in range(5):  # nothing new since: not again
-        assert not keep.sample()
+        assert keep.sample(1.0) is None
+    counts.sessions += 2  # a trickle: quiet for one second
+    assert keep.sample(1.0) is None
+    assert keep.sample(1.0) == "burst"  # quiet for two: frozen, without a pass first
+    assert counts.frozen == 1 and counts.passes == []
+    for _ in range(5):  # nothing new since: not again (and no aged pass before its time)
+        assert keep.sample(1.0) is None
     assert counts.frozen == 1
 
 
-def test_a_burst_of_collector_passes_counts_too_and_any_pass_is_not_quiet() -> None:
+def test_what_ages_at_a_steady_load_is_collected_then_frozen_and_not_during_a_burst() -> None:
     counts = Counts()
     keep = keeper(counts)
-    counts.passes += 10  # ten young passes: 200,000 objects that outlived their first
-    assert not keep.sample()
-    counts.passes += 1
-    assert not keep.sample()
-    assert not keep.sample()  # one quiet sample
-    assert keep.sample()
-    assert counts.frozen == 1
+    results = [keep.sample(1.0) for _ in range(10)]
+    assert results[-1] == "aged" and results[:-1] == [None] * 9
+    assert counts.passes == [1] and counts.frozen == 1
+    for _ in range(12):  # a burst that never settles: no aged pass while it lasts
+        counts.sessions += 10
+        assert keep.sample(1.0) is None
+    assert counts.passes == [1] and counts.frozen == 1
 
 
 def test_sessions_that_keep_coming_are_never_taken_for_settled() -> None:
@@ -66,7 +76,7 @@ def test_sessions_that_keep_coming_are_never_taken_for_settled() -> None:
     keep = keeper(counts)
     for _ in range(20):
         counts.sessions += 10  # steady, above the quiet rate
-        assert not keep.sample()
+        assert keep.sample(1.0) is None
     assert counts.frozen == 0
 
 

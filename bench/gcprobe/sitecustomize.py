@@ -2,7 +2,8 @@
 
 When BENCH_GC_LOG names a file, every garbage-collector pass of 1 ms or more is
 appended to it as one line: the CLOCK_MONOTONIC time the pass ended, its
-duration in seconds, its generation. The bench reads the passes that ended
+duration in seconds, its generation, and how many unreachable objects it
+freed (reference cycles: what only the collector frees). The bench reads the passes that ended
 during the fixed-rate phase (bench/measure.py), so each table shows the
 collector pauses beside the latency they went into, for paytrack and the
 Python floor alike (the Node floor has no such hook: n/a).
@@ -36,7 +37,7 @@ if _PATH:
             return
         ended = time.monotonic()
         if ended - _started >= 0.001:
-            _out.write(f"{ended:.6f} {ended - _started:.6f} {info['generation']}\n")
+            _out.write(f"{ended:.6f} {ended - _started:.6f} {info['generation']} {info['collected']}\n")
 
     gc.callbacks.append(_timed)
 
