@@ -275,9 +275,9 @@ async def test_a_sockets_records_cost_one_write_each_and_no_read(
     assert await storage.get_client("s1") is None and await storage.tracker_count("ref-2") == 0
 
 
-async def test_socket_records_written_together_go_in_one_pipeline(storage: RedisStorage) -> None:
-    """A storm's connects (and tracks, and disconnects) asked for together share a pipeline: one round trip
-    and one pooled connection for all of them, instead of one each."""
+async def test_socket_records_written_together_share_pipelines_and_every_one_is_sent(storage: RedisStorage) -> None:
+    """A storm's connects (and tracks, and disconnects) asked for together share pipelines of up to 500:
+    a round trip and a pooled connection for hundreds of them, instead of one each; and every one is sent."""
     now = datetime.now(UTC)
     await storage.heartbeat("a", "boot-a", 60)
     redis = storage._ctx.redis
@@ -291,7 +291,7 @@ async def test_socket_records_written_together_go_in_one_pipeline(storage: Redis
 
     redis.pipeline = counted
     try:
-        sids = [f"s{i}" for i in range(200)]
+        sids = [f"s{i}" for i in range(1200)]  # more than one pipeline takes: three, each sent
         await asyncio.gather(
             *(
                 storage.add_client(ClientRecord(socket_id=s, instance_id="a", boot_id="boot-a", connected_at=now))
@@ -303,8 +303,8 @@ async def test_socket_records_written_together_go_in_one_pipeline(storage: Redis
         tracked = pipelines - added
     finally:
         redis.pipeline = opened
-    assert (added, tracked) == (1, 1)
-    assert len(await storage.list_clients()) == 200
+    assert (added, tracked) == (3, 3)
+    assert len(await storage.list_clients()) == 1200
     assert await storage.tracker_count("ref-s7") == 1
 
 

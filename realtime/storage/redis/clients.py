@@ -30,6 +30,7 @@ one round trip as before; in a storm of 2,000 pages dropped at once, a pipeline 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import re
 from collections.abc import Callable
@@ -82,15 +83,16 @@ class RedisClients:
         self._ctx = ctx
         self._writing = KeyedLocks()  # one change at a time per record, from this instance
         self._written: dict[str, ClientRecord] = {}  # socket id -> the record as this adapter last wrote it
-        self._next: _Commit | None = None  # writes asked for since the pipeline in flight left
+        self._waiting: collections.deque[_Commit] = collections.deque()  # pipelines to send, oldest first
         self._committing: asyncio.Task[None] | None = None
 
     async def _commit(self, writes: Callable[[Any], None]) -> None:
         """Queue `writes` (commands added to a pipeline) in the next pipeline, and wait until Redis has it.
         Callers whose writes must follow one another wait for each in turn (`KeyedLocks`)."""
-        commit = self._next
-        if commit is None or len(commit.writes) >= MAX_WRITES_PER_COMMIT:
-            commit = self._next = _Commit()
+        waiting = self._waiting
+        if not waiting or len(waiting[-1].writes) >= MAX_WRITES_PER_COMMIT:
+            waiting.append(_Commit())
+        commit = waiting[-1]
         commit.writes.append(writes)
         if self._committing is None:
             self._committing = asyncio.ensure_future(self._send_commits())
@@ -98,10 +100,10 @@ class RedisClients:
 
     async def _send_commits(self) -> None:
         """Send the waiting writes, one pipeline at a time, until none wait (each pipeline's writes in the
-        order they were asked for)."""
+        order they were asked for). A pipeline taken off the queue takes no more writes."""
         try:
-            while (commit := self._next) is not None:
-                self._next = None
+            while self._waiting:
+                commit = self._waiting.popleft()
                 try:
                     async with self._ctx.redis.pipeline(transaction=False) as pipe:
                         for writes in commit.writes:
