@@ -380,8 +380,7 @@ class LeanSession(async_socket.AsyncSocket):
                 packets.append(pkt)
             self._writing = True  # `deliver` queues behind these meanwhile
             try:
-                for pkt in packets:
-                    await ws.send(pkt.encode())
+                await ws.send_all([pkt.encode() for pkt in packets])
             except Exception:
                 break
             finally:

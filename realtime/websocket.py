@@ -143,16 +143,29 @@ class BatchingWebSocket(eio_aiohttp.WebSocket):
         if self._transport is not None:
             self._transport.abort()
 
-    def write_now(self, message: str) -> bool:
-        """Write text `message` (a `FrameBatch`: its packets' frames) in one `transport.write`, now, if the
-        connection takes it at once: open, and nothing of it still unsent (aiohttp's flow control is then not
-        needed). False, and nothing written, otherwise: the caller queues it for the writer instead."""
+    def write_now(self, *messages: str) -> bool:
+        """Write text `messages` (a `FrameBatch`: each of its packets) as frames in one `transport.write`, now,
+        if the connection takes them at once: open, and nothing of it still unsent (aiohttp's flow control is
+        then not needed). False, and nothing written, otherwise: the caller sends them another way."""
         transport = self._transport
         if transport is None or transport.get_write_buffer_size() or transport.is_closing() or self._sock.closed:
             return False
-        parts = message.parts if isinstance(message, FrameBatch) else (message,)
-        transport.write(b"".join([text_frame(part.encode()) for part in parts]))
+        frames = []
+        for message in messages:
+            for part in message.parts if isinstance(message, FrameBatch) else (message,):
+                frames.append(text_frame(part.encode()))
+        transport.write(b"".join(frames))
         return True
+
+    async def send_all(self, messages: list[str | bytes]) -> None:
+        """`send` each, in order; text ones that the connection takes at once leave in one write (a socket's
+        connect answer and its `connected` event, or an ack and what follows it, are one system call
+        instead of one each)."""
+        texts = [m for m in messages if isinstance(m, str)]
+        if len(messages) > 1 and len(texts) == len(messages) and self.write_now(*texts):
+            return
+        for message in messages:
+            await self.send(message)
 
     async def send(self, message: str | bytes) -> None:
         if not isinstance(message, FrameBatch):
