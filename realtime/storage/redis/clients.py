@@ -21,21 +21,20 @@ storm is thousands of connects, tracks and disconnects at once, and the read and
 were two thirds of their round trips (bench/storm.py). A record it did not write (written by an earlier
 process, or by an instance other than its own in a test) is changed as before, under WATCH, after reading it.
 
-Those writes are committed in groups (`_commit`): the ones asked for while a pipeline is in flight go out
-together in the next one, each caller waiting for the pipeline that carried its writes. Alone, a write is
+Those writes are committed in groups (`_commit`, core/group_commit.py): the ones asked for while a pipeline
+is in flight go out together in the next one, each caller waiting for the pipeline that carried its writes. Alone, a write is
 one round trip as before; in a storm of 2,000 pages dropped at once, a pipeline each held one of the pool's
 50 connections, the pool stayed full and 3,480 disconnects gave up (`busy`) while the reconnects waited.
 """
 
 from __future__ import annotations
 
-import asyncio
-import collections
 import logging
 import re
 from collections.abc import Callable
 from typing import Any
 
+from core.group_commit import GroupCommit
 from core.keyed_locks import KeyedLocks
 from realtime.storage.base import ClientRecord
 from realtime.storage.redis.context import RedisContext, ttl_ms
@@ -61,62 +60,23 @@ def _alive(client: ClientRecord, beat: str | None) -> bool:
     return _BOOT_ID.fullmatch(beat) is None
 
 
-class _Commit:
-    """Writes that go to Redis in one pipeline, and the future their callers wait on."""
-
-    __slots__ = ("done", "writes")
-
-    def __init__(self) -> None:
-        self.writes: list[Callable[[Any], None]] = []
-        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.done.add_done_callback(_retrieved)
-
-
-def _retrieved(done: asyncio.Future[None]) -> None:
-    """Its exception is its callers' to raise (a caller cancelled meanwhile no longer waits for it)."""
-    if not done.cancelled():
-        done.exception()
-
-
 class RedisClients:
     def __init__(self, ctx: RedisContext) -> None:
         self._ctx = ctx
         self._writing = KeyedLocks()  # one change at a time per record, from this instance
         self._written: dict[str, ClientRecord] = {}  # socket id -> the record as this adapter last wrote it
-        self._waiting: collections.deque[_Commit] = collections.deque()  # pipelines to send, oldest first
-        self._committing: asyncio.Task[None] | None = None
+        self._commits: GroupCommit[Callable[[Any], None]] = GroupCommit(self._send, max_items=MAX_WRITES_PER_COMMIT)
 
     async def _commit(self, writes: Callable[[Any], None]) -> None:
         """Queue `writes` (commands added to a pipeline) in the next pipeline, and wait until Redis has it.
         Callers whose writes must follow one another wait for each in turn (`KeyedLocks`)."""
-        waiting = self._waiting
-        if not waiting or len(waiting[-1].writes) >= MAX_WRITES_PER_COMMIT:
-            waiting.append(_Commit())
-        commit = waiting[-1]
-        commit.writes.append(writes)
-        if self._committing is None:
-            self._committing = asyncio.ensure_future(self._send_commits())
-        await asyncio.shield(commit.done)
+        await self._commits.submit(writes)
 
-    async def _send_commits(self) -> None:
-        """Send the waiting writes, one pipeline at a time, until none wait (each pipeline's writes in the
-        order they were asked for). A pipeline taken off the queue takes no more writes."""
-        try:
-            while self._waiting:
-                commit = self._waiting.popleft()
-                try:
-                    async with self._ctx.redis.pipeline(transaction=False) as pipe:
-                        for writes in commit.writes:
-                            writes(pipe)
-                        await pipe.execute()
-                except BaseException as exc:
-                    commit.done.set_exception(exc)
-                    if not isinstance(exc, Exception):
-                        raise
-                else:
-                    commit.done.set_result(None)
-        finally:
-            self._committing = None
+    async def _send(self, batch: list[Callable[[Any], None]]) -> None:
+        async with self._ctx.redis.pipeline(transaction=False) as pipe:
+            for writes in batch:
+                writes(pipe)
+            await pipe.execute()
 
     def _queue_record(self, pipe: Any, client: ClientRecord) -> None:
         pipe.set(self._ctx.keys.client(client.socket_id), client.model_dump_json(), ex=self._ctx.client_ttl)
