@@ -123,13 +123,14 @@ class CollectorKeeper:
                 last_sample = now
 
     def start(self) -> None:
-        """Take the collector over from CPython's automatic passes (on again at `stop`)."""
+        """Take the collector over from CPython's automatic passes, for the rest of the process."""
         gc.disable()
         self._task = asyncio.get_running_loop().create_task(self._run(), name="collector-keeper")
 
     async def stop(self) -> None:
+        """Stop the passes (at shutdown). The automatic collector stays off: turned on again, its first pass
+        would walk everything since the last freeze while the process is stopping."""
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
-        gc.enable()
