@@ -253,6 +253,7 @@ class Completions:
         self.tasks: set[asyncio.Task[None]] = set()
         self.stopping = asyncio.Event()  # no new outcomes
         self.abandoned = False  # and those not taken yet are not sent again
+        self.driver: asyncio.Task[None] | None = None  # `run`, once started
         self.ran_out = False
 
     async def run(self) -> None:
@@ -296,6 +297,13 @@ class Completions:
                 self.first_error = self.first_error or f"{type(exc).__name__}: {exc}"
             if tries % len(self.urls) == 0:
                 await asyncio.sleep(RESEND_SECONDS)
+
+    def halt(self) -> None:
+        """Stop at once: no new outcome, none sent again (a run that ended early)."""
+        self.stopping.set()
+        self.abandoned = True
+        for task in [*self.tasks, *([self.driver] if self.driver is not None else [])]:
+            task.cancel()
 
     async def stop(self, drain: float) -> None:
         """No new outcomes; those still being sent get `drain` seconds, then count as unsent."""
@@ -418,9 +426,18 @@ class StormRun:
         for j, reference in enumerate(references):
             shares[j % processes].append([reference, j % self.instances])  # page j's home: instance j mod k
         policy = {"kind": args.policy, "first_window_ms": args.first_window * 1000}
+        open_bound = max(120.0, args.pages * 0.1)  # seconds for every page to connect and track at first
         answers = await asyncio.gather(
             *(
-                p.call("open", 600, urls=self.urls, pages=share, concurrency=args.open_concurrency, policy=policy)
+                p.call(
+                    "open",
+                    open_bound + 60,
+                    urls=self.urls,
+                    pages=share,
+                    concurrency=args.open_concurrency,
+                    policy=policy,
+                    timeout_ms=open_bound * 1000,
+                )
                 for p, share in zip(self.pages, shares, strict=True)
             )
         )
@@ -579,7 +596,7 @@ class StormRun:
                 self.out.load_average_start = load_average()
                 references = await self.setup(http)
                 completions = Completions(http, self.urls, references, args.rate)
-                driver = asyncio.create_task(completions.run())
+                driver = completions.driver = asyncio.create_task(completions.run())
                 for number in range(1, args.storms + 1):
                     st = await self.storm(number, completions)
                     self.out.storms.append(st)
@@ -609,6 +626,8 @@ class StormRun:
                     out.notes.append("the completions ran out of PENDING payments before the end")
                 return out
         finally:
+            if completions is not None:  # nothing more sent, whatever ended the run
+                completions.halt()
             await asyncio.gather(*(p.quit() for p in self.pages), return_exceptions=True)
             await self.procs.stop_all()
             if self.args.keep_logs:
@@ -747,12 +766,25 @@ async def main_async(args: argparse.Namespace) -> list[Outcome]:
     return outcomes
 
 
+async def bounded(args: argparse.Namespace) -> list[Outcome]:
+    """`main_async` within the time limit, and stopped like it on SIGTERM or SIGINT: either way every process it
+    started is stopped (each run's `finally`)."""
+    task = asyncio.ensure_future(main_async(args))
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, task.cancel)
+    return await asyncio.wait_for(task, args.time_limit)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        outcomes = asyncio.run(asyncio.wait_for(main_async(args), args.time_limit))
+        outcomes = asyncio.run(bounded(args))
     except TimeoutError:
         print(f"storm: stopped after the {args.time_limit:.0f} s time limit", file=sys.stderr)
+        return 1
+    except asyncio.CancelledError:
+        print("storm: stopped by a signal", file=sys.stderr)
         return 1
     print(f"\n{args.pages} pages, completions at {args.rate:g}/s, reconnection policy {args.policy}\n")
     print(table(outcomes))
