@@ -25,7 +25,16 @@ off, and this keeper runs it:
 - every `aged_seconds` with no burst, a pass of the middle generation (what
   outlived its young pass since the last freeze: at a steady load, that
   window's survivors), then a freeze: cycles that died after their young
-  pass are collected, and the survivors are set aside.
+  pass are collected, and the survivors are set aside;
+- and such a pass at least every `longest_seconds`, burst or not: sessions
+  that keep coming faster than `quiet_connects` a second (a busy instance's
+  steady churn, a storm that never ends) never settle, and without it the
+  middle generation, with every cycle that died in it, grew for as long as
+  they came (tests/test_collector.py). That pass may be a long one; it is
+  the bound on memory.
+
+If the keeper's task ends on an error, CPython's automatic collector is
+turned on again: a process with neither would never collect a cycle.
 
 What this costs: an object frozen is never collected if it later dies in a
 reference cycle (one freed by reference counting is freed as usual). A
@@ -52,6 +61,7 @@ class FreezePolicy:
     settle_seconds: float = 2.0  # settled for this long before freezing
     young_seconds: float = 0.25  # a young pass this often
     aged_seconds: float = 30.0  # a middle-generation pass (then a freeze) this often, while no burst
+    longest_seconds: float = 120.0  # and such a pass at least this often, burst or not
 
 
 class CollectorKeeper:
@@ -91,7 +101,10 @@ class CollectorKeeper:
         self._quiet_for = self._quiet_for + seconds if recent < policy.quiet_connects * seconds else 0.0
         self._since_aged += seconds
         sessions = now - self._at_freeze
-        if sessions >= policy.burst_connects:
+        if self._since_aged >= policy.longest_seconds:
+            self._collect(1)  # unsettled for this long: the middle generation's dead cycles are collected anyway
+            done = "aged"
+        elif sessions >= policy.burst_connects:
             if self._quiet_for < policy.settle_seconds:
                 return None
             done = "burst"
@@ -126,6 +139,20 @@ class CollectorKeeper:
         """Take the collector over from CPython's automatic passes, for the rest of the process."""
         gc.disable()
         self._task = asyncio.get_running_loop().create_task(self._run(), name="collector-keeper")
+        self._task.add_done_callback(self._ended)
+
+    @staticmethod
+    def _ended(task: asyncio.Task[None]) -> None:
+        """The keeper stopped: at shutdown (cancelled), nothing to do; on an error, CPython's collector again."""
+        if task.cancelled():
+            return
+        error = task.exception()
+        gc.enable()
+        log.error(
+            "collector keeper stopped; the automatic collector is on again",
+            exc_info=error,
+            extra={"error": type(error).__name__ if error is not None else None},
+        )
 
     async def stop(self) -> None:
         """Stop the passes (at shutdown). The automatic collector stays off: turned on again, its first pass

@@ -8,6 +8,7 @@ serving them.
 from __future__ import annotations
 
 import asyncio
+import gc
 import re
 
 import socketio
@@ -78,6 +79,47 @@ def test_sessions_that_keep_coming_are_never_taken_for_settled() -> None:
         counts.sessions += 10  # steady, above the quiet rate
         assert keep.sample(1.0) is None
     assert counts.frozen == 0
+
+
+def test_sessions_that_never_settle_still_get_a_middle_generation_pass_now_and_then() -> None:
+    """A steady churn above the quiet rate never settles: without a bound, the middle generation (and every
+    cycle that died in it) was never collected for as long as it lasted."""
+    counts = Counts()
+    keep = keeper(counts)  # longest_seconds: the default 120
+    results = []
+    for _ in range(250):
+        counts.sessions += 10  # above the quiet rate, for good
+        results.append(keep.sample(1.0))
+    assert counts.passes == [1, 1]  # at 120 s and 240 s, and not in between
+    assert [i for i, r in enumerate(results) if r == "aged"] == [119, 239]
+    assert counts.frozen == 2
+
+
+async def test_the_automatic_collector_is_on_again_when_the_keeper_fails() -> None:
+    def failing(generation: int) -> int:
+        raise RuntimeError("a pass that failed")
+
+    policy = FreezePolicy(young_seconds=0.001)
+    keep = CollectorKeeper(lambda: 0, policy, collect=failing, freeze=lambda: None)
+    try:
+        keep.start()
+        assert not gc.isenabled()
+        assert keep._task is not None
+        await asyncio.wait([keep._task], timeout=WAIT)
+        assert keep._task.done()
+        assert gc.isenabled(), "the keeper is gone and the automatic collector still off"
+    finally:
+        gc.enable()
+
+
+async def test_a_keeper_stopped_at_shutdown_leaves_the_collector_as_the_server_left_it() -> None:
+    keep = CollectorKeeper(lambda: 0, FreezePolicy(young_seconds=0.001), collect=lambda g: 0, freeze=lambda: None)
+    try:
+        keep.start()
+        await keep.stop()
+        assert not gc.isenabled()  # off through the shutdown (see `stop`); the process ends after it
+    finally:
+        gc.enable()
 
 
 async def test_a_real_server_freezes_after_a_burst_and_goes_on_serving() -> None:
