@@ -39,7 +39,8 @@ class GroupCommit(Generic[T]):
         self._send = send
         self._max_items = max_items
         self._waiting: collections.deque[_Batch[T]] = collections.deque()  # oldest first
-        self._sender: asyncio.Task[None] | None = None
+        self._sender: asyncio.Future[None] | None = None
+        self._sending: _Batch[T] | None = None  # the batch of the send in flight
 
     async def submit(self, item: T) -> None:
         """Queue `item` for the next send and wait until it is done (callers whose items must follow one
@@ -51,6 +52,7 @@ class GroupCommit(Generic[T]):
         batch.items.append(item)
         if self._sender is None:
             self._sender = asyncio.ensure_future(self._send_all())
+            self._sender.add_done_callback(self._stopped)
         await asyncio.shield(batch.done)
 
     async def _send_all(self) -> None:
@@ -58,14 +60,33 @@ class GroupCommit(Generic[T]):
         more items."""
         try:
             while self._waiting:
-                batch = self._waiting.popleft()
+                batch = self._sending = self._waiting.popleft()
                 try:
                     await self._send(batch.items)
-                except BaseException as exc:
+                except Exception as exc:
                     batch.done.set_exception(exc)
-                    if not isinstance(exc, Exception):
-                        raise
                 else:
                     batch.done.set_result(None)
+                self._sending = None
+        except BaseException:
+            self._strand()  # stopped (cancelled) mid-send
+            raise
         finally:
             self._sender = None
+
+    def _stopped(self, sender: asyncio.Future[None]) -> None:
+        """A sender cancelled before it began never reached `_send_all`'s `finally`: it still holds the place
+        of the sender, and every caller would wait for good, with every later one."""
+        if self._sender is sender:
+            self._sender = None
+            self._strand()
+
+    def _strand(self) -> None:
+        """The sender stopped: the callers of the send in flight and of those waiting are answered with an
+        error, not left waiting (holding their sockets' turns, `KeyedLocks`) for a sender that is gone.
+        Whether the send in flight reached Redis is unknown: none of them is told it did."""
+        stranded = [b for b in (self._sending, *self._waiting) if b is not None and not b.done.done()]
+        self._sending = None
+        self._waiting.clear()
+        for batch in stranded:
+            batch.done.set_exception(ConnectionError("the group commit's sender stopped before this was sent"))

@@ -8,6 +8,7 @@ import asyncio
 import pytest
 
 from core.group_commit import GroupCommit
+from tests.harness import WAIT
 
 
 class Sink:
@@ -63,3 +64,25 @@ async def test_a_caller_that_stops_waiting_does_not_stop_the_send() -> None:
     sink.gate.set()
     await other
     assert sink.sends == [[1, 2]]
+
+
+@pytest.mark.parametrize("turns", [1, 3], ids=["before_it_began", "mid_send"])
+async def test_callers_are_answered_when_the_sender_is_stopped(turns: int) -> None:
+    """The sender is a task of its own: stopped (cancelled) during a send, the callers of that send and of
+    the sends waiting behind it were never answered, and held their sockets' turns (`KeyedLocks`) for good;
+    stopped before it began, no write was ever sent again."""
+    sink = Sink()
+    sink.gate.clear()
+    commits = GroupCommit(sink.send, max_items=1)
+    callers = [asyncio.ensure_future(commits.submit(i)) for i in range(3)]
+    for _ in range(turns):  # 1: the callers have queued and the sender exists; 3: it is in its first send
+        await asyncio.sleep(0)
+    assert commits._sender is not None
+    commits._sender.cancel()
+    done, pending = await asyncio.wait(callers, timeout=WAIT)
+    assert not pending, "callers left waiting after the sender stopped"
+    for caller in done:
+        assert isinstance(caller.exception(), ConnectionError)  # not told their writes were made
+    sink.gate.set()
+    await commits.submit(9)  # and the next write goes out as usual
+    assert sink.sends == [[9]]
