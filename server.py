@@ -26,6 +26,7 @@ from collections.abc import Callable
 from aiohttp import web
 
 from app import REQUESTS_SHARE, SOCKETS_SHARE, create_app
+from core.collector import CollectorKeeper, FreezePolicy
 from core.settings import Settings, SettingsError, load_settings
 from observability.logs import AccessLogger, configure_logging
 from realtime.library_versions import refusal, untested_versions
@@ -133,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(settings.LOG_LEVEL, json_lines=settings.is_production, instance_id=settings.INSTANCE_ID)
     app = create_app(settings)
     # Everything loaded so far lives as long as the process: keep it out of the collector's full
-    # passes, which otherwise pause the loop for longer the more there is (docs/PERFORMANCE.md).
+    # passes, which otherwise pause the loop for longer the more there is (docs/PERFORMANCE.md). Once
+    # serving, the collector keeper runs the collector instead (`serve`, core/collector.py).
     gc.collect()
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
@@ -183,8 +185,16 @@ async def serve(app: web.Application, settings: Settings) -> int:
         await runner.cleanup()
         return 1
     log.info("listening", extra={"url": f"http://{settings.HOST}:{settings.PORT}"})
+    keeper = None
+    if settings.GC_FREEZE_AFTER_SESSIONS:
+        eio = app[SIO].eio
+        keeper = CollectorKeeper(lambda: eio.sessions_created, FreezePolicy(settings.GC_FREEZE_AFTER_SESSIONS))
+        keeper.start()
 
     await stopping.wait()
+
+    if keeper is not None:
+        await keeper.stop()
 
     log.info("shutting down", extra={"timeout_seconds": settings.SHUTDOWN_TIMEOUT_SECONDS})
     start_shutdown_watchdog(settings)

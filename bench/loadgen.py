@@ -184,12 +184,12 @@ class LoadGen:
         self.log = log
 
     @classmethod
-    async def start(cls, procs: Processes, index: int) -> LoadGen:
+    async def start(cls, procs: Processes, index: int, command: list[str] | None = None) -> LoadGen:
+        """A `python -m bench.loadgen` worker, or `command` (another worker speaking the same line protocol:
+        bench/node/pages.js)."""
         log = f"loadgen-{index}.log"
         proc = await procs.start(
-            sys.executable,
-            "-m",
-            "bench.loadgen",
+            *(command or [sys.executable, "-m", "bench.loadgen"]),
             log=log,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,

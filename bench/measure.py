@@ -100,7 +100,7 @@ def collector_pauses(servers: list[Server], start: float, end: float) -> tuple[f
     for log in logs:
         assert log is not None
         for line in log.read_text().splitlines():
-            ended, seconds, _generation = line.split()
+            ended, seconds = line.split()[:2]  # then the generation and what the pass freed
             if start <= float(ended) <= end:
                 longest, total = max(longest, float(seconds)), total + float(seconds)
     return longest * 1000, total * 1000 / (end - start) / len(servers)

@@ -83,8 +83,10 @@ def rss_kib(pid: int) -> int:
 
 
 def ensure_node_floor() -> None:
-    """The bench's setup step for the Node floor: `npm ci` from the lockfile when not installed yet."""
-    if (NODE_DIR / "node_modules" / "socket.io" / "package.json").exists():
+    """The bench's setup step for the Node floor and the storm's pages (bench/node): `npm ci` from the lockfile
+    when not installed yet, or installed before the pages' socket.io-client was added."""
+    modules = NODE_DIR / "node_modules"
+    if all((modules / name / "package.json").exists() for name in ("socket.io", "socket.io-client")):
         return
     npm = shutil.which("npm")
     if npm is None or shutil.which("node") is None:
@@ -116,9 +118,10 @@ def gc_probe_env(env: dict[str, str], gc_log: Path) -> dict[str, str]:
 class Processes:
     """Subprocesses one measurement started; all stopped at the end, whatever happens."""
 
-    def __init__(self) -> None:
+    def __init__(self, keep: bool = False) -> None:
         self.procs: list[asyncio.subprocess.Process] = []
         self.workdir = Path(tempfile.mkdtemp(prefix="paytrack-bench-"))
+        self.keep = keep  # leave the logs in `workdir` after stopping
 
     async def start(
         self,
@@ -127,8 +130,12 @@ class Processes:
         env: dict[str, str] | None = None,
         stdin: int | None = None,
         stdout: int | None = None,
+        stdout_to_log: bool = False,
     ) -> asyncio.subprocess.Process:
+        """`cmd` with its stderr in `log` (and its stdout too with `stdout_to_log`: where server.py logs)."""
         with (self.workdir / log).open("wb") as err:
+            if stdout_to_log:
+                stdout = err.fileno()
             proc = await asyncio.create_subprocess_exec(
                 *cmd,
                 cwd=ROOT,
@@ -156,7 +163,8 @@ class Processes:
                 proc.kill()
                 await proc.wait()
         self.procs.clear()
-        shutil.rmtree(self.workdir, ignore_errors=True)
+        if not self.keep:
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 async def start_redis(procs: Processes) -> tuple[str, int]:
@@ -268,6 +276,67 @@ async def wait_healthy(
     raise RuntimeError(f"{url} did not become healthy in 30 s: {procs.log_tail(log)}")
 
 
+@dataclass
+class Launch:
+    """One instance of a target, started on a given port (bench/storm.py starts one again on the same port)."""
+
+    target: str
+    index: int
+    port: int
+    proc: asyncio.subprocess.Process
+    server: Server
+    log: str
+
+
+async def launch(
+    target: str,
+    index: int,
+    port: int,
+    redis_url: str | None,
+    procs: Processes,
+    paytrack_settings: dict[str, str] | None = None,
+    *,
+    run: int = 0,
+    loop_log: Path | None = None,
+) -> Launch:
+    """Start one instance of `target` on `port`, without waiting for it to answer. `run` numbers a start
+    again of the same instance (its own log files); `loop_log` turns on the event-loop stall probe
+    (bench/gcprobe/sitecustomize.py, or the Node floor's own)."""
+    suffix = f"-{run}" if run else ""
+    log = f"{target}-{index}{suffix}.log"
+    gc_log: Path | None = procs.workdir / f"{target}-{index}{suffix}.gc"
+    probes = {"BENCH_LOOP_LOG": str(loop_log)} if loop_log else {}
+    if target == PAYTRACK:
+        cmd = [sys.executable, "server.py", "--host", "127.0.0.1", "--port", str(port)]
+        assert gc_log is not None
+        env = {**gc_probe_env(paytrack_env(index, redis_url, paytrack_settings), gc_log), **probes}
+        proc = await procs.start(*cmd, log=log, env=env, stdout_to_log=True)
+    elif target == PYTHON_FLOOR:
+        cmd = [sys.executable, "bench/floor_server.py", "--port", str(port), "--backlog", str(LISTEN_BACKLOG)]
+        if redis_url:
+            cmd += ["--redis-url", redis_url]
+        assert gc_log is not None
+        proc = await procs.start(*cmd, log=log, env={**gc_probe_env(dict(os.environ), gc_log), **probes})
+    elif target == NODE_FLOOR:
+        if redis_url:
+            raise ValueError("the Node floor runs as one instance (no Redis adapter)")
+        ensure_node_floor()
+        gc_log = None
+        proc = await procs.start(
+            "node",
+            str(NODE_DIR / "server.js"),
+            "--port",
+            str(port),
+            "--backlog",
+            str(LISTEN_BACKLOG),
+            log=log,
+            env={**os.environ, **probes},
+        )
+    else:
+        raise ValueError(f"unknown target {target!r}; one of {', '.join(TARGETS)}")
+    return Launch(target, index, port, proc, Server(f"http://127.0.0.1:{port}", proc.pid, gc_log), log)
+
+
 async def start_target(
     target: str,
     instances: int,
@@ -279,29 +348,7 @@ async def start_target(
     """`instances` healthy instances of `target` on free loopback ports."""
     servers = []
     for i in range(instances):
-        port = free_port()
-        log = f"{target}-{i}.log"
-        gc_log: Path | None = procs.workdir / f"{target}-{i}.gc"
-        if target == PAYTRACK:
-            cmd = [sys.executable, "server.py", "--host", "127.0.0.1", "--port", str(port)]
-            env = gc_probe_env(paytrack_env(i, redis_url, paytrack_settings), gc_log)
-            proc = await procs.start(*cmd, log=log, env=env)
-        elif target == PYTHON_FLOOR:
-            cmd = [sys.executable, "bench/floor_server.py", "--port", str(port), "--backlog", str(LISTEN_BACKLOG)]
-            if redis_url:
-                cmd += ["--redis-url", redis_url]
-            proc = await procs.start(*cmd, log=log, env=gc_probe_env(dict(os.environ), gc_log))
-        elif target == NODE_FLOOR:
-            if redis_url:
-                raise ValueError("the Node floor runs as one instance (no Redis adapter)")
-            ensure_node_floor()
-            gc_log = None
-            proc = await procs.start(
-                "node", str(NODE_DIR / "server.js"), "--port", str(port), "--backlog", str(LISTEN_BACKLOG), log=log
-            )
-        else:
-            raise ValueError(f"unknown target {target!r}; one of {', '.join(TARGETS)}")
-        url = f"http://127.0.0.1:{port}"
-        await wait_healthy(http, url, proc, procs, log)
-        servers.append(Server(url, proc.pid, gc_log))
+        started = await launch(target, i, free_port(), redis_url, procs, paytrack_settings)
+        await wait_healthy(http, started.server.url, started.proc, procs, started.log)
+        servers.append(started.server)
     return servers

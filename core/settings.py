@@ -131,6 +131,10 @@ class Settings(BaseSettings):
     # Connections the kernel queues for us before dropping SYNs (capped by net.core.somaxconn). Every client
     # of a restarted instance reconnects at once; a dropped SYN costs its client a 1 s, then 3 s, retransmit.
     LISTEN_BACKLOG: int = Field(1024, ge=1, le=65535)
+    # The server runs the garbage collector itself, in passes bounded by time (core/collector.py): young
+    # passes four times a second, and what a burst of this many Engine.IO sessions left frozen out of every
+    # pass once it settles. 0: CPython's automatic collector instead.
+    GC_FREEZE_AFTER_SESSIONS: int = Field(1000, ge=0)
 
     # Comma-separated list of the page origins allowed by CORS and by Socket.IO ("*": any), besides the
     # server's own. Unset: in development any page on this machine (localhost, 127.0.0.0/8, [::1], any
@@ -238,6 +242,9 @@ class Settings(BaseSettings):
     # Engine.IO sessions that have not sent Socket.IO's CONNECT: at most this many per address
     # (429 over it), each closed after SOCKET_CONNECT_TIMEOUT_SECONDS.
     MAX_ANONYMOUS_SESSIONS_PER_IP: int = Field(20, gt=0, le=10_000)
+    # Sessions handshaken and not yet connected, every address: past this a new one's CONNECT is answered
+    # `busy` with `retry_after`, and past as many again refused ones a handshake gets 503 (realtime/handshakes.py).
+    SOCKET_MAX_CONNECTING: int = Field(256, gt=0, le=100_000)
     SOCKET_CONNECT_TIMEOUT_SECONDS: float = Field(5.0, gt=0, le=120)
     # Engine.IO's heartbeat, announced to every client: a PING this long after the last PONG, and a
     # client that has not answered within the timeout is let go (Socket.IO's defaults, Node's too).

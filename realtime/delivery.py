@@ -156,9 +156,11 @@ class LocalDelivery:
             if packets is None or whole is None:
                 packets = _packets(message)  # once, for every socket
                 whole = _batch(packets)
-            # The manager's own way to send an encoded packet.
-            await self._sio._send_eio_packet(eio_sid, whole if admission is Admission.FULL else packets[0])
-            sent += 1
+            # Straight to the Engine.IO session (realtime/engineio_session.py `LeanSession.deliver`): written now
+            # if its websocket is idle, else queued; python-socketio's `_send_eio_packet` would await three
+            # coroutines to queue it for the session's writer task.
+            if self._sio.eio.deliver(eio_sid, whole if admission is Admission.FULL else packets[0]):
+                sent += 1
         return sent
 
 

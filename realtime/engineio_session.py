@@ -66,9 +66,10 @@ import logging
 import time
 from typing import Any
 
+from aiohttp import web
 from engineio import async_socket, exceptions, packet
 
-from realtime.websocket import MAX_PACKETS_PER_PAYLOAD, FrameBatch
+from realtime.websocket import MAX_PACKETS_PER_PAYLOAD, ClientGone, FrameBatch
 
 log = logging.getLogger("paytrack.realtime")
 
@@ -122,6 +123,7 @@ class LeanSession(async_socket.AsyncSocket):
 
     _ping_timer: asyncio.TimerHandle | None = None
     websocket: Any = None  # the BatchingWebSocket while this session's websocket loops run (a stop waits for it)
+    _writing: bool = False  # the websocket writer is sending what it took from the queue
     _cut_timer: asyncio.TimerHandle | None = None  # drops that websocket's connection if it does not close
     _next_noop: float = 0.0  # loop time before which no NOOP answers a poll during an upgrade
 
@@ -161,6 +163,31 @@ class LeanSession(async_socket.AsyncSocket):
             packet.packet_names[pkt.packet_type],
             pkt.data if not isinstance(pkt.data, bytes) else "<binary>",
         )
+
+    def deliver(self, pkt: packet.Packet) -> bool:
+        """`send` for the update path, without an await: written to the websocket at once when it is idle
+        (upgraded, nothing queued, the writer not sending), else queued as `send` queues it. False when the
+        packet was dropped (the session is closing, its client missed a pong, or it takes nothing: cut off).
+
+        The queue and the writer task cost a task switch and three coroutines per packet: through
+        python-socketio's and Engine.IO's send, the session's queue, then the writer woken in a later turn
+        of the loop. Node's engine.io writes to its websocket from `send`. Order holds: nothing is written
+        here while anything queued before it is still unsent."""
+        if self.closed or self.closing:
+            return False
+        if self.last_ping and time.time() - self.last_ping > self.server.ping_timeout:
+            return False  # as Engine.IO's send drops it; the sweep closes the session (`sweep_stale`)
+        ws = self.websocket
+        if ws is not None and self.upgraded and not self._writing and self.queue.empty():
+            if ws.write_now(pkt.encode()):
+                return True
+        if self.queue.qsize() >= self.server.max_queued_packets:
+            cutting = asyncio.ensure_future(self._cut_off())
+            self.server._closing_stale.add(cutting)
+            cutting.add_done_callback(self.server._closing_stale.discard)
+            return False
+        self.queue.put_nowait(pkt)
+        return True
 
     async def _cut_off(self) -> None:
         """The client takes nothing: drop what is queued and its connection now, and end the session (no
@@ -258,6 +285,18 @@ class LeanSession(async_socket.AsyncSocket):
                 return [packet.Packet(packet.NOOP)]
         return await super().handle_get_request(environ)
 
+    async def _upgrade_websocket(self, environ: dict[str, Any]) -> Any:
+        """Engine.IO's, except for a client gone before its upgrade was answered (`ClientGone`): a websocket-only
+        session, which never started, ends here (its Socket.IO disconnect runs, its place among the sessions
+        being taken in is given back); a polling session goes on polling. aiohttp gets a 499 nobody reads
+        (its write fails quietly, as for any client that left) instead of an error to log."""
+        try:
+            return await super()._upgrade_websocket(environ)
+        except ClientGone:
+            if not self.connected:
+                await self.close(wait=False, abort=True, reason=self.server.reason.TRANSPORT_CLOSE)
+            return web.Response(status=499)
+
     def _asks_to_upgrade(self, environ: dict[str, Any]) -> bool:
         """Engine.IO's test for a request to upgrade this session's transport."""
         connection = [part.strip() for part in environ.get("HTTP_CONNECTION", "").lower().split(",")]
@@ -339,11 +378,13 @@ class LeanSession(async_socket.AsyncSocket):
                     queue.put_nowait(None)  # sent after these, as Engine.IO's `poll` leaves it
                     break
                 packets.append(pkt)
+            self._writing = True  # `deliver` queues behind these meanwhile
             try:
-                for pkt in packets:
-                    await ws.send(pkt.encode())
+                await ws.send_all([pkt.encode() for pkt in packets])
             except Exception:
                 break
+            finally:
+                self._writing = False
         await ws.close()
 
     async def _upgrade_probe(self, ws: Any) -> bool:

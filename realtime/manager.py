@@ -42,6 +42,7 @@ from core.jsonio import JsonModule
 from core.settings import Settings, StorageBackend
 from realtime.delivery import PaymentMessage
 from realtime.redis_connection import command_client, connect
+from realtime.rooms import IndexedRooms
 from realtime.routes import PaymentRoutes, route_channel
 from realtime.storage.base import Incarnation
 from realtime.storage.keys import RedisKeys
@@ -69,7 +70,7 @@ async def _nowhere(message: PaymentMessage) -> None:
     return None
 
 
-class LocalManager(socketio.AsyncManager):
+class LocalManager(IndexedRooms, socketio.AsyncManager):
     """In-memory rooms (one instance), with the same `publish_payment` as the Redis manager."""
 
     def __init__(self) -> None:
@@ -80,7 +81,7 @@ class LocalManager(socketio.AsyncManager):
         await self.on_payment(message)
 
 
-class ResilientRedisManager(socketio.AsyncRedisManager):
+class ResilientRedisManager(IndexedRooms, socketio.AsyncRedisManager):
     redis: Any  # the listener's client and pubsub; None while reconnecting
     pubsub: Any
 

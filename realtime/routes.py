@@ -39,6 +39,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from core.group_commit import GroupCommit
+
 # KEYS[1] the payment's routes set; ARGV: the sender's route id, the channel prefix, the message.
 PUBLISH_TO_ROUTES = """
 local published = 0
@@ -69,16 +71,21 @@ class PaymentRoutes:
         self._prefix = route_channel(channel, "")  # the script appends each member's route id
         self._ttl = ttl_seconds
         self._publish = client.register_script(PUBLISH_TO_ROUTES)
+        self._follows: GroupCommit[tuple[str, list[str]]] = GroupCommit(self._follow_all)
 
     async def follow(self, route_id: str, references: list[str]) -> None:
-        """Join the routes of `references` (and refresh their expiry), in one round trip."""
-        if not references:
-            return
+        """Join the routes of `references` (and refresh their expiry), in one round trip shared with the
+        follows asked for at the same time (a storm's tracks: core/group_commit.py)."""
+        if references:
+            await self._follows.submit((route_id, references))
+
+    async def _follow_all(self, follows: list[tuple[str, list[str]]]) -> None:
         async with self._client.pipeline(transaction=False) as pipe:
-            for reference in references:
-                key = self._key(reference)
-                pipe.sadd(key, route_id)
-                pipe.expire(key, self._ttl)
+            for route_id, references in follows:
+                for reference in references:
+                    key = self._key(reference)
+                    pipe.sadd(key, route_id)
+                    pipe.expire(key, self._ttl)
             await pipe.execute()
 
     async def publish(self, route_id: str, reference: str, message: str) -> int:

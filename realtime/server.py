@@ -31,13 +31,14 @@ import engineio
 import socketio
 from aiohttp import WSCloseCode, web
 from engineio import async_socket
+from socketio import packet
 
 from core.errors import ApiError, non_ascii_header
 from core.jsonio import JsonModule
 from core.origins import OriginPolicy
 from core.settings import Settings
 from realtime.engineio_session import LeanSession, PacketQueue
-from realtime.handshakes import AnonymousSessions
+from realtime.handshakes import AnonymousSessions, Handshake
 from realtime.manager import LocalManager
 from realtime.refusals import ENGINEIO_ORIGIN_LINE_FILTER, logging_refusals
 from realtime.websocket import BatchingWebSocket
@@ -77,6 +78,15 @@ class GuardedEngineIO(engineio.AsyncServer):
         driver: dict[str, Any] = self._async  # type: ignore[has-type]  # set by engineio's untyped __init__
         self._async = {**driver, "websocket": BatchingWebSocket}  # the driver module's own dict is left as it is
         self._closing_stale: set[asyncio.Future[Any]] = set()
+        self.sessions_created = 0  # handshakes that made a session, since start (server.py's collector keeper)
+
+    def deliver(self, eio_sid: str, pkt: Any) -> bool:
+        """Send an encoded packet to one session without an await (`LeanSession.deliver`); False when there is
+        no such open session or it dropped the packet."""
+        session = self.sockets.get(eio_sid)
+        if not isinstance(session, LeanSession):  # gone, or not connected yet (adopted at its connect)
+            return False
+        return session.deliver(pkt)
 
     def create_queue(self, *args: Any, **kwargs: Any) -> PacketQueue:
         """Each session's send queue (Engine.IO's own call): one that a poll can look into, and a socket
@@ -122,8 +132,12 @@ class GuardedEngineIO(engineio.AsyncServer):
                 closing.add_done_callback(self._closing_stale.discard)
 
     async def _handle_connect(self, environ: dict[str, Any], transport: str, jsonp_index: int | None = None) -> Any:
-        if not self.anonymous.reserve(environ):
+        verdict = self.anonymous.reserve(environ)
+        if verdict is Handshake.TOO_MANY_FROM_ADDRESS:
             return self._too_many_sessions()
+        if verdict is Handshake.OVERLOADED:
+            return self._overloaded()
+        self.sessions_created += 1
         try:
             return await super()._handle_connect(environ, transport, jsonp_index)
         finally:
@@ -131,21 +145,28 @@ class GuardedEngineIO(engineio.AsyncServer):
 
     def _too_many_sessions(self) -> dict[str, Any]:
         retry_after = max(1, math.ceil(self.anonymous.connect_timeout))
-        body = ApiError(
-            f"too many sessions from this address that have not connected (max {self.anonymous.per_address})",
-            code="too_many_sessions",
-            retry_after=retry_after,
-        ).body()
-        return {
-            "status": "429 TOO MANY REQUESTS",
-            # Exposed: a page on another origin reads it (the official client waits that long).
-            "headers": [
-                ("Content-Type", "application/json"),
-                ("Retry-After", str(retry_after)),
-                ("Access-Control-Expose-Headers", "Retry-After"),
-            ],
-            "response": json.dumps(body).encode(),
-        }
+        message = f"too many sessions from this address that have not connected (max {self.anonymous.per_address})"
+        return _refusal("429 TOO MANY REQUESTS", ApiError(message, code="too_many_sessions", retry_after=retry_after))
+
+    def _overloaded(self) -> dict[str, Any]:
+        """A handshake past twice SOCKET_MAX_CONNECTING: the cheapest refusal, before any session exists."""
+        retry_after = math.ceil(self.anonymous.busy_retry_after())
+        message = "more connections are coming in than this instance can take in at once; try again"
+        return _refusal("503 SERVICE UNAVAILABLE", ApiError(message, code="busy", retry_after=retry_after))
+
+
+def _refusal(status: str, error: ApiError) -> dict[str, Any]:
+    """Engine.IO's answer to a refused handshake: the error's JSON body, with its Retry-After exposed to pages
+    on other origins (the official client waits that long)."""
+    return {
+        "status": status,
+        "headers": [
+            ("Content-Type", "application/json"),
+            ("Retry-After", str(error.extra["retry_after"])),
+            ("Access-Control-Expose-Headers", "Retry-After"),
+        ],
+        "response": json.dumps(error.body()).encode(),
+    }
 
 
 SOCKETIO_PATH = "socket.io"  # where `attach` mounts Engine.IO: /socket.io/
@@ -234,9 +255,24 @@ class PaytrackSocketServer(socketio.AsyncServer):
             await session.close(wait=False, reason=self.eio.reason.SERVER_DISCONNECT)
 
     async def _handle_connect(self, eio_sid: str, namespace: str | None, data: Any) -> None:
+        if self.anonymous.refuses(self.environ.get(eio_sid, {})):
+            await self._refuse_busy(eio_sid, namespace or "/")
+            return
         await super()._handle_connect(eio_sid, namespace, data)
         if self.manager.sid_from_eio_sid(eio_sid, namespace or "/") is not None:
             self.anonymous.connected(eio_sid)
+
+    async def _refuse_busy(self, eio_sid: str, namespace: str) -> None:
+        """A CONNECT of a session opened past SOCKET_MAX_CONNECTING: `connect_error` busy with when to come back,
+        before anything of the connection is made. The client closes its session, or the anonymous session's
+        timeout does."""
+        refusal = {"code": "busy", "retry_after": self.anonymous.busy_retry_after()}
+        error = socketio.exceptions.ConnectionRefusedError(
+            "the server is busy taking in connections; try again", refusal
+        )
+        await self._send_packet(
+            eio_sid, self.packet_class(packet.CONNECT_ERROR, data=error.error_args, namespace=namespace)
+        )
 
     async def _handle_eio_disconnect(self, eio_sid: str, reason: Any) -> None:
         self.anonymous.closed(eio_sid)
@@ -248,6 +284,7 @@ def create_sio(settings: Settings, client_manager: socketio.AsyncManager | None 
         per_address=settings.MAX_ANONYMOUS_SESSIONS_PER_IP,
         connect_timeout=settings.SOCKET_CONNECT_TIMEOUT_SECONDS,
         trust_forwarded=settings.TRUST_FORWARDED_FOR,
+        max_connecting=settings.SOCKET_MAX_CONNECTING,
     )
     engineio_logger = logging.getLogger("engineio.server")
     engineio_logger.addFilter(ENGINEIO_ORIGIN_LINE_FILTER)  # one object: adding it again is a no-op

@@ -74,6 +74,13 @@ class FrameBatch(str):
         return batch
 
 
+class ClientGone(ConnectionResetError):
+    """The client closed its connection before its websocket upgrade was answered: in a storm, a client whose
+    own timeout ran out while the upgrade waited. Nobody to answer and nothing wrong here; aiohttp logged
+    each one as an unhandled error with its traceback, and formatting that (Python 3.11 parses the source
+    for its carets) took 11 % of the server's CPU in a 2,000-page reconnect storm (py-spy)."""
+
+
 class BatchingWebSocket(eio_aiohttp.WebSocket):
     """Engine.IO's aiohttp websocket wrapper (see the module docstring)."""
 
@@ -88,11 +95,33 @@ class BatchingWebSocket(eio_aiohttp.WebSocket):
         request: web.BaseRequest = environ["aiohttp.request"]
         self.task = asyncio.current_task()
         self._sock = web.WebSocketResponse(max_msg_size=self.server.max_http_buffer_size, compress=False)
-        await self._sock.prepare(request)
+        try:
+            await self._sock.prepare(request)
+        except ConnectionResetError:  # aiohttp's ClientConnectionResetError: the 101 could not be written
+            if request.transport is not None and not request.transport.is_closing():
+                raise
+            raise ClientGone from None
         self._transport = request.transport
         self.environ = environ
-        await self.handler(self)
+        try:
+            await self.handler(self)
+        finally:
+            self._forget_tracebacks()
         return self._sock
+
+    def _forget_tracebacks(self) -> None:
+        """Drop the tracebacks of the errors that ended the connection, which aiohttp keeps on the websocket
+        and on its reader: their frames hold the websocket, so each ended connection was a reference cycle
+        (its request, transport and buffers with it) that only the collector could free, and never once the
+        connection had been frozen (server.py; tests/test_connection_garbage.py). The errors themselves stay."""
+        sock = self._sock
+        for holder in (sock, getattr(sock, "_reader", None)):
+            error = holder.exception() if holder is not None else None
+            seen: set[int] = set()
+            while error is not None and id(error) not in seen:
+                seen.add(id(error))
+                error.__traceback__ = None
+                error = error.__context__ or error.__cause__
 
     async def close(self) -> None:
         """Start the closing handshake (Engine.IO's writer calls this when its session ends) with `close_code`."""
@@ -113,6 +142,30 @@ class BatchingWebSocket(eio_aiohttp.WebSocket):
         """Drop the connection now, unsent bytes and all (a client that does not read never takes them)."""
         if self._transport is not None:
             self._transport.abort()
+
+    def write_now(self, *messages: str) -> bool:
+        """Write text `messages` (a `FrameBatch`: each of its packets) as frames in one `transport.write`, now,
+        if the connection takes them at once: open, and nothing of it still unsent (aiohttp's flow control is
+        then not needed). False, and nothing written, otherwise: the caller sends them another way."""
+        transport = self._transport
+        if transport is None or transport.get_write_buffer_size() or transport.is_closing() or self._sock.closed:
+            return False
+        frames = []
+        for message in messages:
+            for part in message.parts if isinstance(message, FrameBatch) else (message,):
+                frames.append(text_frame(part.encode()))
+        transport.write(b"".join(frames))
+        return True
+
+    async def send_all(self, messages: list[str | bytes]) -> None:
+        """`send` each, in order; text ones that the connection takes at once leave in one write (a socket's
+        connect answer and its `connected` event, or an ack and what follows it, are one system call
+        instead of one each)."""
+        texts = [m for m in messages if isinstance(m, str)]
+        if len(messages) > 1 and len(texts) == len(messages) and self.write_now(*texts):
+            return
+        for message in messages:
+            await self.send(message)
 
     async def send(self, message: str | bytes) -> None:
         if not isinstance(message, FrameBatch):

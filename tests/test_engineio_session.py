@@ -17,6 +17,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from engineio import packet as eio_packet
 
 from realtime.engineio_session import LeanSession
 from realtime.server import SIO
@@ -187,3 +188,28 @@ async def test_an_upgrade_that_stalls_is_given_up_and_the_session_goes_on_pollin
     # Before the ack, at most the NOOP that ended the poll pending at the probe.
     assert received[-1].startswith('431[{"ok":false') and set(received[:-1]) <= {"6"}, received
     assert not _session_gone(instance, eio_sid)
+
+
+async def test_a_delivered_packet_never_overtakes_what_was_queued_before_it(
+    instance: Instance, session: aiohttp.ClientSession
+) -> None:
+    """`LeanSession.deliver` (the update path) writes to an idle websocket at once, and queues behind anything
+    still queued: what was sent first is received first (issue 38's direct write)."""
+    ws, opened = await _connected_websocket(instance, session)
+    lean = instance.app[SIO].eio.sockets[opened["sid"]]
+    await eventually(lambda: lean.upgraded and lean.websocket is not None and lean.queue.empty() and not lean._writing)
+
+    assert lean.deliver(eio_packet.Packet(eio_packet.MESSAGE, data='2["idle"]'))
+    assert lean.queue.empty(), "an idle websocket is written to at once, not through the queue"
+    assert await _text(ws) == '42["idle"]'
+
+    # Queued and not yet taken by the writer (no await in between): a delivery goes behind it.
+    lean.queue.put_nowait(eio_packet.Packet(eio_packet.MESSAGE, data='2["first"]'))
+    assert lean.deliver(eio_packet.Packet(eio_packet.MESSAGE, data='2["second"]'))
+    assert lean.deliver(eio_packet.Packet(eio_packet.MESSAGE, data='2["third"]'))
+    assert [await _text(ws) for _ in range(3)] == ['42["first"]', '42["second"]', '42["third"]']
+
+    # Once the session is closing nothing more goes out: delivered is refused, not written after its CLOSE.
+    await lean.close(wait=False)
+    assert not lean.deliver(eio_packet.Packet(eio_packet.MESSAGE, data='2["late"]'))
+    await ws.close()

@@ -240,6 +240,85 @@ async def test_client_records_track_untrack_and_remove(storage: RedisStorage) ->
     assert await storage.get_client("gone") is None
 
 
+async def test_a_sockets_records_cost_one_write_each_and_no_read(
+    storage: RedisStorage, redis_server: RedisServer
+) -> None:
+    """A connect, a track, an untrack and a disconnect of this instance's own socket each cost one pipeline
+    of writes: no WATCH, no GET of the record it wrote itself (a reconnect storm is thousands of these at
+    once: bench/storm.py). A record it did not write (another process's) is still read first."""
+    now = datetime.now(UTC)
+    await storage.heartbeat("a", "boot-a", 60)
+    await storage.add_client(ClientRecord(socket_id="warm", instance_id="a", boot_id="boot-a", connected_at=now))
+    plain = redis_server.client()
+    try:
+        before = await plain.info("commandstats")
+        await storage.add_client(ClientRecord(socket_id="s1", instance_id="a", boot_id="boot-a", connected_at=now))
+        await storage.track("s1", "ref-1")
+        await storage.track("s1", "ref-2")
+        await storage.untrack("s1", "ref-1")
+        after_tracks = await plain.info("commandstats")
+        assert (await storage.get_client("s1")).tracked == ["ref-2"]
+        assert await storage.tracker_count("ref-1") == 0 and await storage.tracker_count("ref-2") == 1
+        middle = await plain.info("commandstats")
+        await storage.remove_client("s1")
+        after = await plain.info("commandstats")
+    finally:
+        await plain.aclose()
+
+    def calls(name: str, since: dict[str, Any] = before, until: dict[str, Any] = after_tracks) -> int:
+        return until.get(f"cmdstat_{name}", {}).get("calls", 0) - since.get(f"cmdstat_{name}", {}).get("calls", 0)
+
+    assert calls("watch") == calls("multi") == calls("get") == 0
+    assert calls("set") == 4  # the record, once per change
+    assert calls("get", middle, after) == calls("watch", middle, after) == 0
+    assert calls("del", middle, after) == 1
+    assert await storage.get_client("s1") is None and await storage.tracker_count("ref-2") == 0
+
+
+async def test_socket_records_written_together_share_pipelines_and_every_one_is_sent(storage: RedisStorage) -> None:
+    """A storm's connects (and tracks, and disconnects) asked for together share pipelines of up to 500:
+    a round trip and a pooled connection for hundreds of them, instead of one each; and every one is sent."""
+    now = datetime.now(UTC)
+    await storage.heartbeat("a", "boot-a", 60)
+    redis = storage._ctx.redis
+    pipelines = 0
+    opened = redis.pipeline
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        nonlocal pipelines
+        pipelines += 1
+        return opened(*args, **kwargs)
+
+    redis.pipeline = counted
+    try:
+        sids = [f"s{i}" for i in range(1200)]  # more than one pipeline takes: three, each sent
+        await asyncio.gather(
+            *(
+                storage.add_client(ClientRecord(socket_id=s, instance_id="a", boot_id="boot-a", connected_at=now))
+                for s in sids
+            )
+        )
+        added = pipelines
+        await asyncio.gather(*(storage.track(s, f"ref-{s}") for s in sids))
+        tracked = pipelines - added
+    finally:
+        redis.pipeline = opened
+    assert (added, tracked) == (3, 3)
+    assert len(await storage.list_clients()) == 1200
+    assert await storage.tracker_count("ref-s7") == 1
+
+
+async def test_a_socket_removed_while_its_track_waits_is_not_written_again(storage: RedisStorage) -> None:
+    """A track and the disconnect of the same socket take turns: the record is not written back after it
+    was removed."""
+    now = datetime.now(UTC)
+    await storage.heartbeat("a", "boot-a", 60)
+    await storage.add_client(ClientRecord(socket_id="s1", instance_id="a", boot_id="boot-a", connected_at=now))
+    await asyncio.gather(storage.track("s1", "ref-1"), storage.remove_client("s1"), storage.track("s1", "ref-2"))
+    assert await storage.get_client("s1") is None
+    assert await storage.tracker_count("ref-1") == await storage.tracker_count("ref-2") == 0
+
+
 async def test_an_idempotency_claim_outlives_its_lease_which_expires_by_itself(
     storage: RedisStorage, redis_server: RedisServer
 ) -> None:

@@ -10,8 +10,13 @@
 //
 // The payloads have the same fields as paytrack's (docs/API.md), so every target sends the same
 // bytes per completion. Usage: node server.js --port P [--host 127.0.0.1] [--backlog N]
+//
+// With BENCH_LOOP_LOG naming a file, a timer runs every 10 ms and each time one fires 5 ms or more late
+// a line "<CLOCK_MONOTONIC seconds> <seconds late>" is appended: the event loop's stalls, written as
+// bench/gcprobe/sitecustomize.py writes the Python servers' (bench/storm.py reads both).
 
 import { randomUUID } from "node:crypto";
+import fs from "node:fs";
 import http from "node:http";
 import { parseArgs } from "node:util";
 import { Server } from "socket.io";
@@ -93,4 +98,15 @@ for (const signal of ["SIGTERM", "SIGINT"]) {
     httpServer.closeAllConnections();
     setTimeout(() => process.exit(0), 2000).unref();
   });
+}
+
+if (process.env.BENCH_LOOP_LOG) {
+  const fd = fs.openSync(process.env.BENCH_LOOP_LOG, "a");
+  const seconds = () => Number(process.hrtime.bigint()) / 1e9; // CLOCK_MONOTONIC, as Python's time.monotonic()
+  const tick = (due) => {
+    const fired = seconds();
+    if (fired - due >= 0.005) fs.writeSync(fd, `${fired.toFixed(6)} ${(fired - due).toFixed(6)}\n`);
+    setTimeout(tick, 10, seconds() + 0.01).unref();
+  };
+  tick(seconds());
 }

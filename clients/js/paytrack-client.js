@@ -170,11 +170,12 @@ function secondsMs(seconds) {
 }
 
 /**
- * The server refused the Engine.IO handshake with 429 (too many sessions from this address that have
- * not connected yet): `{ retryAfterMs }`, or null for any other connect error. A polling handshake
- * shows its status and Retry-After header (the XHR is engine.io-client's error context); a websocket
- * handshake shows its status only under Node, in the message of the `ws` package's error, and not at
- * all in a browser, where such a refusal looks like any failed connection.
+ * The server refused the Engine.IO handshake for now: 429 (too many sessions from this address that
+ * have not connected yet) or 503 (`busy`: more connections coming in at once than the instance can
+ * take in, a reconnect storm). `{ status, code, retryAfterMs }`, or null for any other connect error.
+ * A polling handshake shows its status and Retry-After header (the XHR is engine.io-client's error
+ * context); a websocket handshake shows its status only under Node, in the message of the `ws`
+ * package's error, and not at all in a browser, where such a refusal looks like any failed connection.
  */
 function handshakeRefusal(err) {
   if (err?.type !== "TransportError") return null;
@@ -185,14 +186,17 @@ function handshakeRefusal(err) {
     const match = /Unexpected server response: (\d{3})/.exec(message);
     if (match) status = Number(match[1]);
   }
-  if (status !== 429) return null;
+  if (status !== 429 && status !== 503) return null;
   let header = null;
+  let code = null;
   try {
     header = typeof err.context?.getResponseHeader === "function" ? err.context.getResponseHeader("Retry-After") : null;
+    code = JSON.parse(err.context?.responseText ?? "null")?.error?.code ?? null;
   } catch {
-    header = null;
+    header ??= null;
   }
-  return { retryAfterMs: headerMs(header) };
+  if (typeof code !== "string") code = status === 429 ? "too_many_sessions" : "service_unavailable";
+  return { status, code, retryAfterMs: headerMs(header) };
 }
 
 /** One payment as this tracker knows it, shared by every handle that tracks it. */
@@ -744,8 +748,8 @@ export class PaymentTracker {
         const refused = handshakeRefusal(err);
         if (refused) {
           asked = refused.retryAfterMs;
-          this.#emit("error", new PaytrackError("too_many_sessions", "the server refused the connection for now (429)", {
-            status: 429,
+          this.#emit("error", new PaytrackError(refused.code, `the server refused the connection for now (${refused.status})`, {
+            status: refused.status,
             retryAfter: asked,
           }));
         } else if (this.#restHealthy !== true) {
