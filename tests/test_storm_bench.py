@@ -24,7 +24,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
-pytestmark = [pytest.mark.slow, pytest.mark.redis, pytest.mark.node]
+pytestmark = [pytest.mark.solo, pytest.mark.slow, pytest.mark.redis, pytest.mark.node]
 
 
 def storm(tmp_path: Path, name: str, *args: str) -> list[dict[str, Any]]:
