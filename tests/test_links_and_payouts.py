@@ -692,3 +692,45 @@ async def test_a_sandbox_link_is_absolute_in_every_answer_not_only_the_first(ins
     _, tracked, _ = await instance.api.request("GET", f"/api/payment/tracking/{created['reference']}")
     _, by_order, _ = await instance.api.request("GET", "/api/payment/status/o-absolute")
     assert (tracked["payment"]["link"], by_order["link"]) == (created["link"], created["link"])
+
+
+# -- review of issue 37's refund retries (review37) ------------------------------------------------------
+
+
+async def test_a_failed_payouts_callback_twice_and_after_the_next_attempt_leaves_the_link_on_the_next(
+    backend: Backend, campay: FakeCampay, http: aiohttp.ClientSession
+) -> None:
+    """The FAILED callback of attempt 0, repeated (CamPay retries its callbacks) before and after attempt 1
+    is PENDING, changes nothing: the link stays on attempt 1's payout, and no third withdraw is made."""
+    instance = await backend.start(**_isolated(backend, **campay_settings(campay)))
+    paid, failed = await _failed_refund(instance, campay, http, "o-failed-twice")
+    assert (await campay.send_webhook(http, instance.url, failed))[1]["outcome"] == "duplicate"
+    status, payout = await _refund(instance, paid)
+    assert status == 201 and payout["reference"] != failed and payout["status"] == "PENDING", payout
+    assert (await campay.send_webhook(http, instance.url, failed))[1]["outcome"] == "duplicate"
+    assert await _linked(instance, paid) == (payout["reference"], 1)
+    status, again = await _refund(instance, paid)
+    assert status == 201 and again["reference"] == payout["reference"], again
+    assert campay.calls["withdraw"] == 2
+
+
+async def test_campay_reporting_a_failed_refund_payout_paid_after_the_next_attempt_is_an_error(
+    backend: Backend, campay: FakeCampay, http: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The worst outcome: attempt 0's payout, stored FAILED (so attempt 1 was paid), reported SUCCESSFUL by
+    CamPay afterwards. The state rule keeps FAILED (nothing leaves it), so the payer may have been paid
+    back twice and nothing in paytrack shows it: at the least an operator must be told (an error naming
+    the payment and both payouts), as dac3ba8 does for a link's money that stays hidden."""
+    instance = await backend.start(**_isolated(backend, **campay_settings(campay)))
+    paid, failed = await _failed_refund(instance, campay, http, "o-failed-then-paid")
+    status, payout = await _refund(instance, paid)
+    assert status == 201 and payout["reference"] != failed, payout
+    campay.set_status(payout["reference"], "SUCCESSFUL")
+    assert (await campay.send_webhook(http, instance.url, payout["reference"]))[1]["outcome"] == "applied"
+    campay.set_status(failed, "SUCCESSFUL")
+    with caplog.at_level(logging.ERROR, logger="paytrack.payments"):
+        assert (await campay.send_webhook(http, instance.url, failed))[1]["outcome"] == "regression"
+    assert (await instance.storage.get_payment(failed)).status.value == "FAILED"
+    assert await _linked(instance, paid) == (payout["reference"], 1)
+    logged = [r for r in caplog.records if r.levelno >= logging.ERROR and "FAILED payout" in r.getMessage()]
+    assert [(getattr(r, "reference", None), getattr(r, "refund_of", None)) for r in logged] == [(failed, paid)]
