@@ -392,3 +392,38 @@ def test_a_link_adopting_a_record_the_provider_reported_first_learns_its_payers_
     merged = merge(link(), reported, LATER).payment
     assert merged.kind == "link" and merged.phone_number == "237691234567" and not merged.orphan
     assert merge(owned(), reported, LATER).payment.phone_number == "237671234567"  # a collect keeps its own
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="review37: a second merge of a SUCCESSFUL copy (a write-back replayed, or a second instance's copy) "
+    "lowers final_seq back to that copy's, below the seq a page was shown EXPIRED at; such a page reconnecting "
+    "with that last_seq counts as told and never gets payment-success (_final_seq forgets the expiry the "
+    "first merge consumed)",
+)
+def test_a_success_merged_again_over_a_merged_expiry_never_lowers_final_seq_to_the_expired_seq() -> None:
+    """Redis stored the link EXPIRED at seq 2 (a page was shown it there); two copies on instances' memory
+    hold CamPay's SUCCESSFUL at seq 2 (or one copy, written back twice). Merging is idempotent in what it
+    tells pages: after the second merge the success is still final above seq 2."""
+    from realtime.sessions import Admission, Sessions
+
+    paid = decide(link(), update("SUCCESSFUL", amount=500, currency="XAF"), LATER).payment
+    assert paid is not None and paid.seq == paid.final_seq == 2
+    first = merge(expired_link(seq=2), paid, LATER).payment
+    assert first.status is PaymentStatus.SUCCESSFUL and first.seq == first.final_seq == 3
+    again = merge(first, paid, LATER)  # the same copy written back again, or another instance's twin copy
+    assert again.payment.final_seq is not None and again.payment.final_seq > 2, again.payment
+    sessions = Sessions(max_tracked=2, auth_enabled=False)
+    sessions.open("s1", None)
+    assert sessions.track("s1", paid.reference, 2)  # the page shown EXPIRED at seq 2 comes back
+    admitted = sessions.admit(
+        "s1",
+        paid.reference,
+        again.payment.seq,
+        True,
+        status="SUCCESSFUL",
+        final_seq=again.payment.final_seq,
+        owner_id=paid.owner_id,
+        orphan=False,
+    )
+    assert admitted is Admission.FULL
