@@ -427,3 +427,32 @@ def test_a_success_merged_again_over_a_merged_expiry_never_lowers_final_seq_to_t
         orphan=False,
     )
     assert admitted is Admission.FULL
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="review37: a page shown the degraded copy's SUCCESSFUL at the seq Redis holds EXPIRED at is sent "
+    "payment-success/payment-completed again after the merge (final_seq is raised past that seq for the page "
+    "shown EXPIRED, and last_seq cannot say which of the two a page saw); API.md's guarantee 2 excepts only a "
+    "page told EXPIRED",
+)
+def test_a_page_shown_the_success_at_the_expired_seq_is_not_told_it_again_after_the_merge() -> None:
+    from realtime.sessions import Admission, Sessions
+
+    paid = decide(link(), update("SUCCESSFUL", amount=500, currency="XAF"), LATER).payment  # instance a, seq 2
+    assert paid is not None and paid.seq == paid.final_seq == 2
+    merged = merge(expired_link(seq=2), paid, LATER).payment  # written back over Redis's EXPIRED at seq 2
+    sessions = Sessions(max_tracked=2, auth_enabled=False)
+    sessions.open("s1", None)
+    assert sessions.track("s1", paid.reference, 2)  # the page a showed SUCCESSFUL at seq 2 comes back
+    admitted = sessions.admit(
+        "s1",
+        paid.reference,
+        merged.seq,
+        True,
+        status="SUCCESSFUL",
+        final_seq=merged.final_seq,
+        owner_id=paid.owner_id,
+        orphan=False,
+    )
+    assert admitted is Admission.STATUS  # told already: no second payment-success
