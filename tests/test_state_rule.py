@@ -394,13 +394,6 @@ def test_a_link_adopting_a_record_the_provider_reported_first_learns_its_payers_
     assert merge(owned(), reported, LATER).payment.phone_number == "237671234567"  # a collect keeps its own
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review37: a second merge of a SUCCESSFUL copy (a write-back replayed, or a second instance's copy) "
-    "lowers final_seq back to that copy's, below the seq a page was shown EXPIRED at; such a page reconnecting "
-    "with that last_seq counts as told and never gets payment-success (_final_seq forgets the expiry the "
-    "first merge consumed)",
-)
 def test_a_success_merged_again_over_a_merged_expiry_never_lowers_final_seq_to_the_expired_seq() -> None:
     """Redis stored the link EXPIRED at seq 2 (a page was shown it there); two copies on instances' memory
     hold CamPay's SUCCESSFUL at seq 2 (or one copy, written back twice). Merging is idempotent in what it
@@ -427,6 +420,23 @@ def test_a_success_merged_again_over_a_merged_expiry_never_lowers_final_seq_to_t
         orphan=False,
     )
     assert admitted is Admission.FULL
+
+
+def test_a_success_written_back_never_counts_as_told_a_page_shown_pending_at_its_seq() -> None:
+    """Redis showed PENDING at seq 2 (a merge moved it there) and became SUCCESSFUL at 3; a degraded instance's
+    copy became SUCCESSFUL at its own seq 2. A page shown Redis's PENDING at 2 has not been told: the merge's
+    final_seq stays above 2 (before review37 it took the copy's 2, the earliest, and that page tracking with
+    last_seq 2 was sent payment-status only, never payment-success nor payment-completed)."""
+    pending_at_2 = owned(seq=2)
+    on_redis = decide(pending_at_2, update("SUCCESSFUL", amount=500, currency="XAF"), LATER).payment
+    degraded = decide(owned(), update("SUCCESSFUL", amount=500, currency="XAF"), LATER).payment
+    assert on_redis is not None and degraded is not None
+    assert (on_redis.seq, on_redis.final_seq, degraded.seq, degraded.final_seq) == (3, 3, 2, 2)
+    for stored, incoming in ((on_redis, degraded), (degraded, on_redis)):
+        merged = merge(stored, incoming, LATER)
+        assert merged.payment.status is PaymentStatus.SUCCESSFUL
+        assert merged.payment.final_seq is not None and merged.payment.final_seq > 2, (stored.seq, merged.payment)
+        assert merge(merged.payment, degraded, LATER).payment.final_seq == merged.payment.final_seq
 
 
 @pytest.mark.xfail(
