@@ -734,3 +734,42 @@ async def test_campay_reporting_a_failed_refund_payout_paid_after_the_next_attem
     assert await _linked(instance, paid) == (payout["reference"], 1)
     logged = [r for r in caplog.records if r.levelno >= logging.ERROR and "FAILED payout" in r.getMessage()]
     assert [(getattr(r, "reference", None), getattr(r, "refund_of", None)) for r in logged] == [(failed, paid)]
+
+
+async def test_a_late_paid_duplicate_link_is_refunded_to_its_payer_after_a_failed_payout_once(
+    start_instance: StartInstance, campay: FakeCampay, http: aiohttp.ClientSession
+) -> None:
+    """The two halves of issue 37's review together: a link paid after its expiry, its order paid meanwhile
+    by a collect (the link is the duplicate charge), refunded to the phone CamPay's record names; CamPay
+    FAILS the first payout, the retry pays it, and nothing makes a third withdraw."""
+    clock = ManualClock()
+    campay.clock = clock
+    instance = await start_instance(
+        clock, **campay_settings(campay, RECONCILE_AFTER_SECONDS=0, LINK_LIFETIME_SECONDS=300)
+    )
+    _, link = await _link(instance, "o-late-refund")
+    reference = link["reference"]
+    clock.advance(301)
+    await instance.app[RECONCILER].run_once()
+    assert (await instance.storage.get_payment(reference)).status.value == "EXPIRED"
+    fresh = await _paid_collect(instance, campay, http, "o-late-refund")
+    campay.start_link(reference, method="MOMO", phone="237671234567")
+    campay.set_status(reference, "SUCCESSFUL")
+    assert (await campay.send_webhook(http, instance.url, reference))[1]["outcome"] == "applied"
+    late = await instance.storage.get_payment(reference)
+    assert late.status.value == "SUCCESSFUL" and late.duplicate_of == fresh
+
+    status, first = await _refund(instance, reference)
+    assert status == 201 and first["refund_of"] == reference, first
+    assert campay.withdrawals[-1]["to"] == "237671234567"  # the payer's number from CamPay's record
+    campay.set_status(first["reference"], "FAILED", "receiver wallet limit reached")
+    assert (await campay.send_webhook(http, instance.url, first["reference"]))[1]["outcome"] == "applied"
+    status, second = await _refund(instance, reference)
+    assert status == 201 and second["reference"] != first["reference"], second
+    campay.set_status(second["reference"], "SUCCESSFUL")
+    assert (await campay.send_webhook(http, instance.url, second["reference"]))[1]["outcome"] == "applied"
+    status, again = await _refund(instance, reference)
+    assert status == 201 and again["reference"] == second["reference"], again
+    assert campay.calls["withdraw"] == 2 and await _linked(instance, reference) == (second["reference"], 1)
+    assert [w["to"] for w in campay.withdrawals] == ["237671234567", "237671234567"]
+    assert (await instance.storage.get_payment(fresh)).refund_reference is None  # the order's payment untouched
