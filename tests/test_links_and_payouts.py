@@ -773,3 +773,44 @@ async def test_a_late_paid_duplicate_link_is_refunded_to_its_payer_after_a_faile
     assert campay.calls["withdraw"] == 2 and await _linked(instance, reference) == (second["reference"], 1)
     assert [w["to"] for w in campay.withdrawals] == ["237671234567", "237671234567"]
     assert (await instance.storage.get_payment(fresh)).refund_reference is None  # the order's payment untouched
+
+
+async def test_a_late_success_by_webhook_and_refresh_at_once_is_told_once(
+    start_instance: StartInstance, campay: FakeCampay, merchant: MerchantReceiver, http: aiohttp.ClientSession
+) -> None:
+    """CamPay's callback and a page's ?refresh=true bring an EXPIRED link's SUCCESSFUL at the same moment:
+    one applies, the other is a duplicate; the page gets one payment-success and one more payment-completed,
+    the merchant one payment.succeeded (review of issue 37; held)."""
+    clock = ManualClock()
+    campay.clock = clock
+    settings = campay_settings(
+        campay,
+        RECONCILE_AFTER_SECONDS=0,
+        LINK_LIFETIME_SECONDS=300,
+        **merchant_settings(merchant, MERCHANT_WEBHOOK_EVENTS=ALL_EVENTS),
+    )
+    instance = await start_instance(clock, **settings)
+    _, link = await _link(instance, "o-late-race")
+    reference = link["reference"]
+    page = await instance.tracker()
+    await page.track(reference)
+    clock.advance(301)
+    await instance.app[RECONCILER].run_once()
+    await page.wait_for("payment-completed")
+    campay.start_link(reference, method="MOMO", phone="237671234567")
+    campay.set_status(reference, "SUCCESSFUL")
+    hook, (status, order, headers) = await asyncio.gather(
+        campay.send_webhook(http, instance.url, reference),
+        instance.api.request("GET", "/api/payment/status/o-late-race?refresh=true"),
+    )
+    assert status == 200 and order["status"] == "SUCCESSFUL" and headers["X-Provider-Refresh"] == "ok", order
+    assert hook[1]["outcome"] in ("applied", "duplicate"), hook
+    await page.wait_for("payment-completed", count=2)
+    await page.barrier()
+    assert len(page.named("payment-success")) == 1 and len(page.named("payment-completed")) == 2
+    seqs = [e.data["seq"] for e in page.named("payment-status")]
+    assert seqs == sorted(set(seqs)), seqs  # strictly increasing, no repeated seq
+    mine = lambda: [d for d in merchant.accepted if d.data["reference"] == reference]  # noqa: E731
+    assert await merchant.wait_until(lambda: any(d.type == "payment.succeeded" for d in mine()), WAIT)
+    await eventually(lambda: len(mine()) >= 3)
+    assert sorted(d.type for d in mine()) == ["payment.expired", "payment.initiated", "payment.succeeded"]
