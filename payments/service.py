@@ -110,6 +110,21 @@ class PaymentService:
                         "currency": update.currency,
                     },
                 )
+            elif _failed_payout_paid(update, transition):
+                # The state rule keeps FAILED (nothing leaves it), yet CamPay says the money left: if it was a
+                # refund, its next attempt may have paid the payer back a second time. An operator must look.
+                stored = transition.payment
+                assert stored is not None
+                log.error(
+                    "the provider reports a FAILED payout paid: it stays FAILED here, money may have left twice",
+                    extra={
+                        "reference": update.reference,
+                        "refund_of": stored.refund_of,
+                        "refund_attempt": stored.refund_attempt,
+                        "amount": update.amount,
+                        "currency": update.currency,
+                    },
+                )
             if audit.isEnabledFor(level):  # the fields are built only for a line that is written
                 self._audit_update(level, update, transition)
             if transition.applied:
@@ -348,6 +363,19 @@ class PaymentService:
         if not events or events[0].seq != last_seq + 1 or events[-1].seq != payment.seq:
             return [PaymentEvent.of(payment)]
         return events
+
+
+def _failed_payout_paid(update: StatusUpdate, transition: Transition) -> bool:
+    """The provider's SUCCESSFUL for a payout stored FAILED, which the state rule leaves FAILED: for a refund,
+    a later attempt was allowed because of that FAILED (payments/payouts.py), so the payer may be paid twice."""
+    stored = transition.payment
+    return (
+        transition.outcome == "regression"
+        and stored is not None
+        and stored.kind == "payout"
+        and stored.status is PaymentStatus.FAILED
+        and update.status.strip().upper() in ("SUCCESSFUL", "SUCCESS")
+    )
 
 
 SERVICE: web.AppKey[PaymentService] = web.AppKey("payment_service", PaymentService)

@@ -318,9 +318,10 @@ def merge(stored: Payment | None, incoming: Payment, now: datetime) -> Merge:
     - if the result differs from the stored copy, or from an incoming copy at
       least as far along (a socket may have been shown that copy), it gets seq
       `max(stored.seq, incoming.seq) + 1`, so it is newer than both. Its
-      `final_seq` is the earliest seq a copy showed its final status at, unless
-      a copy showed another final status (EXPIRED) at or after it: then it is
-      final from this seq (a page shown EXPIRED there has not been told).
+      `final_seq` is the first seq from which every copy shows the final
+      status: not below any copy's own final seq, nor at a seq a copy showed
+      PENDING or a link's EXPIRED at (a page shown that there has not been
+      told), so merging a copy again never lowers it (`_final_seq`).
     """
     if stored is None:
         return Merge(incoming, changed=True)
@@ -405,22 +406,34 @@ def _refund_link(stored: Payment, incoming: Payment) -> dict[str, object]:
     return {"refund_attempt": later.refund_attempt, "refund_reference": reference}
 
 
-def _final_seq(status: PaymentStatus, *copies: Payment) -> int | None:
-    """The earliest seq at which a page may have been shown `status` as final: the earliest of the copies
-    that show it, a record nobody initiated (an orphan, which no page sees) aside. None: not final, or
-    final only now, which is also the case of a link paid after its expiry when a copy shows the expiry at
-    or after that earliest seq (every seq from `final_seq` on must show the final status).
+# What a copy may show at a seq where the merged record is final with another status: a page shown it there
+# must still be sent the final status (`_final_seq`).
+_UNSETTLED = frozenset({PaymentStatus.PENDING, PaymentStatus.EXPIRED})
 
-    A copy from before `final_seq` existed counts from its own seq, which a page may have seen it at.
+
+def _final_seq(status: PaymentStatus, *copies: Payment) -> int | None:
+    """The earliest seq from which every copy shows `status` as final, a record nobody initiated (an orphan,
+    which no page sees) aside: a page that saw any seq from there on was told, whichever copy it saw. None
+    when no copy shows it (final only now: the merge's own seq).
+
+    A copy showing `status` showed it from its `final_seq` (from its own seq, for a copy from before
+    `final_seq` existed); below that, and at every seq of a copy still PENDING or showing a link's EXPIRED
+    (which the provider's SUCCESSFUL beats), a page was not told. So this is the highest of those
+    bounds, never the earliest final seq of one copy: a copy merged again (a write-back retried after a lost
+    answer, a second instance's twin copy) must not lower it below a seq another copy, or an earlier merge,
+    showed something else at.
     """
     if not status.is_terminal:
         return None
-    seen = [c.final_seq if c.final_seq is not None else c.seq for c in copies if c.status is status and not c.orphan]
-    first = min(seen, default=None)
-    expired = [c.seq for c in copies if c.status is PaymentStatus.EXPIRED and status is not c.status and not c.orphan]
-    if first is not None and expired and max(expired) >= first:
-        return None  # a page shown the expiry at or past `first` has not been told the payment (link paid late)
-    return first
+    owned = [c for c in copies if not c.orphan]
+    shown = [(c.final_seq if c.final_seq is not None else c.seq) for c in owned if c.status is status]
+    if not shown:
+        return None
+    # A copy showing FAILED or SUCCESSFUL against the other is not counted (the one truth leaves it lost:
+    # `merge`); a link's EXPIRED is (the provider's SUCCESSFUL beats it; a FAILED copy beside it is final
+    # above it too, as before).
+    unseen = [c.seq + 1 for c in owned if c.status is not status and c.status in _UNSETTLED]
+    return max(shown + unseen)
 
 
 def paid_after_expiry(transition: Transition) -> bool:

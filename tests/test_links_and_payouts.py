@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 from typing import Any
 
 import aiohttp
+import pytest
 
 from core.clock import ManualClock
 from payments.payouts import refund_scope
@@ -734,3 +736,125 @@ async def test_a_sandbox_link_is_absolute_in_every_answer_not_only_the_first(ins
     _, tracked, _ = await instance.api.request("GET", f"/api/payment/tracking/{created['reference']}")
     _, by_order, _ = await instance.api.request("GET", "/api/payment/status/o-absolute")
     assert (tracked["payment"]["link"], by_order["link"]) == (created["link"], created["link"])
+
+
+# -- review of issue 37's refund retries (review37) ------------------------------------------------------
+
+
+async def test_a_failed_payouts_callback_twice_and_after_the_next_attempt_leaves_the_link_on_the_next(
+    backend: Backend, campay: FakeCampay, http: aiohttp.ClientSession
+) -> None:
+    """The FAILED callback of attempt 0, repeated (CamPay retries its callbacks) before and after attempt 1
+    is PENDING, changes nothing: the link stays on attempt 1's payout, and no third withdraw is made."""
+    instance = await backend.start(**_isolated(backend, **campay_settings(campay)))
+    paid, failed = await _failed_refund(instance, campay, http, "o-failed-twice")
+    assert (await campay.send_webhook(http, instance.url, failed))[1]["outcome"] == "duplicate"
+    status, payout = await _refund(instance, paid)
+    assert status == 201 and payout["reference"] != failed and payout["status"] == "PENDING", payout
+    assert (await campay.send_webhook(http, instance.url, failed))[1]["outcome"] == "duplicate"
+    assert await _linked(instance, paid) == (payout["reference"], 1)
+    status, again = await _refund(instance, paid)
+    assert status == 201 and again["reference"] == payout["reference"], again
+    assert campay.calls["withdraw"] == 2
+
+
+async def test_campay_reporting_a_failed_refund_payout_paid_after_the_next_attempt_is_an_error(
+    backend: Backend, campay: FakeCampay, http: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The worst outcome: attempt 0's payout, stored FAILED (so attempt 1 was paid), reported SUCCESSFUL by
+    CamPay afterwards. The state rule keeps FAILED (nothing leaves it), so the payer may have been paid
+    back twice and nothing in paytrack shows it: at the least an operator must be told (an error naming
+    the payment and both payouts), as dac3ba8 does for a link's money that stays hidden."""
+    instance = await backend.start(**_isolated(backend, **campay_settings(campay)))
+    paid, failed = await _failed_refund(instance, campay, http, "o-failed-then-paid")
+    status, payout = await _refund(instance, paid)
+    assert status == 201 and payout["reference"] != failed, payout
+    campay.set_status(payout["reference"], "SUCCESSFUL")
+    assert (await campay.send_webhook(http, instance.url, payout["reference"]))[1]["outcome"] == "applied"
+    campay.set_status(failed, "SUCCESSFUL")
+    with caplog.at_level(logging.ERROR, logger="paytrack.payments"):
+        assert (await campay.send_webhook(http, instance.url, failed))[1]["outcome"] == "regression"
+    assert (await instance.storage.get_payment(failed)).status.value == "FAILED"
+    assert await _linked(instance, paid) == (payout["reference"], 1)
+    logged = [r for r in caplog.records if r.levelno >= logging.ERROR and "FAILED payout" in r.getMessage()]
+    assert [(getattr(r, "reference", None), getattr(r, "refund_of", None)) for r in logged] == [(failed, paid)]
+
+
+async def test_a_late_paid_duplicate_link_is_refunded_to_its_payer_after_a_failed_payout_once(
+    start_instance: StartInstance, campay: FakeCampay, http: aiohttp.ClientSession
+) -> None:
+    """The two halves of issue 37's review together: a link paid after its expiry, its order paid meanwhile
+    by a collect (the link is the duplicate charge), refunded to the phone CamPay's record names; CamPay
+    FAILS the first payout, the retry pays it, and nothing makes a third withdraw."""
+    clock = ManualClock()
+    campay.clock = clock
+    instance = await start_instance(
+        clock, **campay_settings(campay, RECONCILE_AFTER_SECONDS=0, LINK_LIFETIME_SECONDS=300)
+    )
+    _, link = await _link(instance, "o-late-refund")
+    reference = link["reference"]
+    clock.advance(301)
+    await instance.app[RECONCILER].run_once()
+    assert (await instance.storage.get_payment(reference)).status.value == "EXPIRED"
+    fresh = await _paid_collect(instance, campay, http, "o-late-refund")
+    campay.start_link(reference, method="MOMO", phone="237671234567")
+    campay.set_status(reference, "SUCCESSFUL")
+    assert (await campay.send_webhook(http, instance.url, reference))[1]["outcome"] == "applied"
+    late = await instance.storage.get_payment(reference)
+    assert late.status.value == "SUCCESSFUL" and late.duplicate_of == fresh
+
+    status, first = await _refund(instance, reference)
+    assert status == 201 and first["refund_of"] == reference, first
+    assert campay.withdrawals[-1]["to"] == "237671234567"  # the payer's number from CamPay's record
+    campay.set_status(first["reference"], "FAILED", "receiver wallet limit reached")
+    assert (await campay.send_webhook(http, instance.url, first["reference"]))[1]["outcome"] == "applied"
+    status, second = await _refund(instance, reference)
+    assert status == 201 and second["reference"] != first["reference"], second
+    campay.set_status(second["reference"], "SUCCESSFUL")
+    assert (await campay.send_webhook(http, instance.url, second["reference"]))[1]["outcome"] == "applied"
+    status, again = await _refund(instance, reference)
+    assert status == 201 and again["reference"] == second["reference"], again
+    assert campay.calls["withdraw"] == 2 and await _linked(instance, reference) == (second["reference"], 1)
+    assert [w["to"] for w in campay.withdrawals] == ["237671234567", "237671234567"]
+    assert (await instance.storage.get_payment(fresh)).refund_reference is None  # the order's payment untouched
+
+
+async def test_a_late_success_by_webhook_and_refresh_at_once_is_told_once(
+    start_instance: StartInstance, campay: FakeCampay, merchant: MerchantReceiver, http: aiohttp.ClientSession
+) -> None:
+    """CamPay's callback and a page's ?refresh=true bring an EXPIRED link's SUCCESSFUL at the same moment:
+    one applies, the other is a duplicate; the page gets one payment-success and one more payment-completed,
+    the merchant one payment.succeeded (review of issue 37; held)."""
+    clock = ManualClock()
+    campay.clock = clock
+    settings = campay_settings(
+        campay,
+        RECONCILE_AFTER_SECONDS=0,
+        LINK_LIFETIME_SECONDS=300,
+        **merchant_settings(merchant, MERCHANT_WEBHOOK_EVENTS=ALL_EVENTS),
+    )
+    instance = await start_instance(clock, **settings)
+    _, link = await _link(instance, "o-late-race")
+    reference = link["reference"]
+    page = await instance.tracker()
+    await page.track(reference)
+    clock.advance(301)
+    await instance.app[RECONCILER].run_once()
+    await page.wait_for("payment-completed")
+    campay.start_link(reference, method="MOMO", phone="237671234567")
+    campay.set_status(reference, "SUCCESSFUL")
+    hook, (status, order, headers) = await asyncio.gather(
+        campay.send_webhook(http, instance.url, reference),
+        instance.api.request("GET", "/api/payment/status/o-late-race?refresh=true"),
+    )
+    assert status == 200 and order["status"] == "SUCCESSFUL" and headers["X-Provider-Refresh"] == "ok", order
+    assert hook[1]["outcome"] in ("applied", "duplicate"), hook
+    await page.wait_for("payment-completed", count=2)
+    await page.barrier()
+    assert len(page.named("payment-success")) == 1 and len(page.named("payment-completed")) == 2
+    seqs = [e.data["seq"] for e in page.named("payment-status")]
+    assert seqs == sorted(set(seqs)), seqs  # strictly increasing, no repeated seq
+    mine = lambda: [d for d in merchant.accepted if d.data["reference"] == reference]  # noqa: E731
+    assert await merchant.wait_until(lambda: any(d.type == "payment.succeeded" for d in mine()), WAIT)
+    await eventually(lambda: len(mine()) >= 3)
+    assert sorted(d.type for d in mine()) == ["payment.expired", "payment.initiated", "payment.succeeded"]

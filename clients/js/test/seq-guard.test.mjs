@@ -123,6 +123,24 @@ const scenarios = {
       socket.emit("test-barrier", { reference: ref });
     }, 10);
   },
+  // review37: a link expired, the connection dropped, and the re-track's answer is the late SUCCESSFUL; the
+  // server then sends it live too, a stale SUCCESSFUL (not newer than the expiry) and the expiry again.
+  expiredback(socket, data, ack, seen) {
+    const ref = data.reference;
+    if (seen.length === 1) {
+      ack({ ok: true, payment: at(ref, "PENDING", 1, { kind: "link" }) });
+      change(socket, at(ref, "EXPIRED", 2, { kind: "link" }));
+      socket.emit("test-expired", { reference: ref });
+      setTimeout(() => socket.disconnect(true), 10);
+      return;
+    }
+    ack({ ok: true, payment: at(ref, "SUCCESSFUL", 3, { kind: "link" }) });
+    change(socket, at(ref, "SUCCESSFUL", 3, { kind: "link" })); // the same success, live
+    change(socket, at(ref, "SUCCESSFUL", 2, { kind: "link" })); // stale
+    change(socket, at(ref, "EXPIRED", 4, { kind: "link" })); // never back
+    change(socket, at(ref, "SUCCESSFUL", 5, { kind: "link" })); // a later merge: nothing new for the page
+    socket.emit("test-barrier", { reference: ref });
+  },
 };
 
 let io;
@@ -256,4 +274,20 @@ test("after EXPIRED a newer FAILED amount_mismatch is applied: onFailure runs on
   assert.equal(rec.named("failure")[0].args[0].reason, "amount_mismatch");
   assert.equal(tracking.payment.status, "FAILED");
   assert.equal((await tracking.done).status, "EXPIRED", "done settled once, with the first final status");
+});
+
+test("review37: an EXPIRED link re-tracked after a reconnect gets its late SUCCESSFUL once, stale ones ignored", async (t) => {
+  const tracker = newTracker(t);
+  const rec = new Recorder();
+  const expired = rawEvent(tracker, (name, data) => name === "test-expired" && data.reference === "expiredback-1");
+  const barrier = rawEvent(tracker, (name, data) => name === "test-barrier" && data.reference === "expiredback-1");
+  const tracking = tracker.track("expiredback-1", rec.handlers({ onExpired: rec.handler("expired") }));
+  await expired;
+  await barrier;
+  assert.equal((await within(tracking.done, "done")).status, "EXPIRED");
+  const calls = trackCalls.filter((c) => c.reference === "expiredback-1");
+  assert.deepEqual(calls.map((c) => c.last_seq), [0, 2], "an EXPIRED link is re-tracked with the expiry's seq");
+  assert.deepEqual(rec.named("update").map((c) => [c.args[0].status, c.args[0].seq]), [["PENDING", 1], ["EXPIRED", 2], ["SUCCESSFUL", 3]]);
+  assert.deepEqual([rec.named("expired").length, rec.named("success").length, rec.named("failure").length], [1, 1, 0]);
+  assert.equal(tracking.payment.status, "SUCCESSFUL");
 });
