@@ -71,7 +71,9 @@ class IndexedRooms:
         for room in list(self._rooms_of.get((namespace, sid), ())):
             self.basic_leave_room(sid, namespace, room)
         self.callbacks.pop(sid, None)
-        for pending in (self.pending_connect, self.pending_disconnect):
+        # The lowest python-socketio allowed (5.16) has no pending connects (its `connect` enters the rooms at once;
+        # `pre_connect` is never called): only the pending disconnects there.
+        for pending in (getattr(self, "pending_connect", {}), self.pending_disconnect):
             sids = pending.get(namespace)
             if sids is not None and sid in sids:
                 sids.remove(sid)
