@@ -346,6 +346,11 @@ class Shard:
     replica_id: str
     replica_port: int
     slots: frozenset[int]
+    # The primary's config epoch as this node sees it. Views must agree on it too: a replica that still holds
+    # an older epoch for its primary than the other primaries do is refused their votes ("slot epoch > request
+    # epoch"), and never takes over when the test kills its primary (seen once in a full run: the replica kept
+    # epoch 7 while the others knew 15, and the shard stayed down past the 30 s ride-out).
+    primary_epoch: int = 0
 
 
 def _layout(nodes: list[list[str]]) -> frozenset[Shard]:
@@ -353,10 +358,12 @@ def _layout(nodes: list[list[str]]) -> frozenset[Shard]:
     layout then differs from the start's)."""
     ports = {fields[0]: int(fields[1].split("@")[0].rsplit(":", 1)[1]) for fields in nodes}
     slots: dict[str, set[int]] = {}
+    epochs: dict[str, int] = {}
     replicas: dict[str, list[str]] = {}
     for node_id, _, flags, primary, *rest in nodes:
         if "master" in flags.split(","):
             slots[node_id] = set()
+            epochs[node_id] = int(rest[2])  # ping-sent, pong-received, config-epoch, link-state, slots...
             for part in rest[4:]:
                 if not part.startswith("["):  # a slot being migrated or imported
                     first, _, last = part.partition("-")
@@ -364,7 +371,14 @@ def _layout(nodes: list[list[str]]) -> frozenset[Shard]:
         else:
             replicas.setdefault(primary, []).append(node_id)
     return frozenset(
-        Shard(node_id, ports[node_id], replicas[node_id][0], ports[replicas[node_id][0]], frozenset(owned))
+        Shard(
+            node_id,
+            ports[node_id],
+            replicas[node_id][0],
+            ports[replicas[node_id][0]],
+            frozenset(owned),
+            epochs[node_id],
+        )
         for node_id, owned in slots.items()
         if len(replicas.get(node_id, [])) == 1
     )
