@@ -25,7 +25,8 @@ def _band() -> range:
     return range(start, start + size, 2)  # never two neighbours: a test may hold the port after one it got
 
 
-_next = itertools.cycle(_band())
+_BAND = _band()
+_next = itertools.cycle(_BAND)
 
 
 def _bindable(port: int) -> bool:
@@ -39,11 +40,11 @@ def _bindable(port: int) -> bool:
 
 def free_port() -> int:
     """A port nothing listens on, from this worker's band."""
-    for _ in range(len(_band())):
+    for _ in range(len(_BAND)):
         port = next(_next)
         if _bindable(port) and _bindable(port + 10000):
             return port
-    raise RuntimeError(f"no free port in {_band()}")
+    raise RuntimeError(f"no free port in {_BAND}")
 
 
 def free_ports(count: int) -> list[int]:

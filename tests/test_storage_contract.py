@@ -1065,6 +1065,12 @@ async def test_a_merge_that_settles_an_initiated_payment_queues_its_final_messag
     assert len(await s.outbox_list()) == 2
 
 
+def _expiring_link(reference: str) -> Any:
+    """A payment link of order-1 whose lifetime ends at T0."""
+    fields = {"kind": "link", "phone_number": None, "ussd_code": None, "link_expires_at": T0}
+    return owned(reference=reference, created_at=T0, updated_at=T0, **fields)
+
+
 async def test_a_link_paid_after_its_expiry_pays_its_order_by_transition_or_merge(backend: Backend) -> None:
     """Issue 37's decision: CamPay's SUCCESSFUL after our expiry makes the link SUCCESSFUL on every backend,
     live (a transition) or written back after an outage (a merge over the EXPIRED copy): it joins its order's
@@ -1073,11 +1079,7 @@ async def test_a_link_paid_after_its_expiry_pays_its_order_by_transition_or_merg
     policy = OutboxPolicy(["https://merchant.example/hook"], ["payment.expired", "payment.succeeded"])
     expiry = StatusUpdate(reference="ref-1", status="EXPIRED", source=UpdateSource.LINK_EXPIRY)
 
-    def link(reference: str) -> Any:
-        fields = {"kind": "link", "phone_number": None, "ussd_code": None, "link_expires_at": T0}
-        return owned(reference=reference, created_at=T0, updated_at=T0, **fields)
-
-    await s.create_payment(link("ref-1"))
+    await s.create_payment(_expiring_link("ref-1"))
     assert (await s.transition(expiry, LATER)).payment.status is PaymentStatus.EXPIRED
     assert await s.order_paid("order-1") == []
     paid = await s.transition(
@@ -1088,7 +1090,7 @@ async def test_a_link_paid_after_its_expiry_pays_its_order_by_transition_or_merg
     assert await s.order_paid("order-1") == ["ref-1"] and (await s.get_order_payment("order-1")).reference == "ref-1"
     assert [e.type for e in await s.outbox_list()] == ["payment.succeeded"]
 
-    await s.create_payment(link("ref-2"))  # a second link for the order, which expired too
+    await s.create_payment(_expiring_link("ref-2"))  # a second link for the order, which expired too
     await s.transition(expiry.model_copy(update={"reference": "ref-2"}), LATER)
     expired = await s.get_payment("ref-2")
     degraded = decide(expired, update("SUCCESSFUL", reference="ref-2", amount=500, currency="XAF"), LATER).payment
@@ -1111,11 +1113,7 @@ async def test_a_link_paid_another_amount_after_its_expiry_fails_with_campays_fi
     policy = OutboxPolicy(["https://merchant.example/hook"], ["payment.expired", "payment.failed"])
     expiry = StatusUpdate(reference="ref-1", status="EXPIRED", source=UpdateSource.LINK_EXPIRY)
 
-    def link(reference: str) -> Any:
-        fields = {"kind": "link", "phone_number": None, "ussd_code": None, "link_expires_at": T0}
-        return owned(reference=reference, created_at=T0, updated_at=T0, **fields)
-
-    await s.create_payment(link("ref-1"))
+    await s.create_payment(_expiring_link("ref-1"))
     assert (await s.transition(expiry, LATER)).payment.status is PaymentStatus.EXPIRED
     other = update("SUCCESSFUL", amount=450, currency="XAF", operator="MTN")
     failed = await s.transition(other, LATER, outbox=lambda t: policy.for_transition(t, LATER))
@@ -1133,7 +1131,7 @@ async def test_a_link_paid_another_amount_after_its_expiry_fails_with_campays_fi
     # Written back after an outage: a degraded instance's copy heard CamPay, the stored one expired (or the
     # reverse); the failure with CamPay's figures wins both ways, newer than both, told once.
     for reference, degraded_expired in (("ref-2", False), ("ref-3", True)):
-        await s.create_payment(link(reference))
+        await s.create_payment(_expiring_link(reference))
         expired = (await s.transition(expiry.model_copy(update={"reference": reference}), LATER)).payment
         claim = update("SUCCESSFUL", reference=reference, amount=450, currency="XAF")
         if degraded_expired:  # Redis heard CamPay; the degraded copy only expired the link

@@ -235,10 +235,8 @@ class OutboxPolicy(RolePolicy):
 
     async def recovering(self) -> None:
         """Before any write-back: the payments' write-back queues the messages their merge produces, and a
-        message delivered while Redis was away must find its tombstone there. Claims whose answer was lost
-        are given back (`OutboxStore.outbox_release`)."""
+        message delivered while Redis was away must find its tombstone there."""
         await self._write_deliveries()
-        await self._release_claims_in_doubt()
 
     async def _release_claims_in_doubt(self) -> None:
         while self._claims_in_doubt:
@@ -259,7 +257,7 @@ class OutboxPolicy(RolePolicy):
 
     async def write_back(self) -> list[str]:
         await self._write_deliveries()  # first, so that no write-back below brings one of them back
-        await self._release_claims_in_doubt()
+        await self._release_claims_in_doubt()  # claims whose answer was lost (`OutboxStore.outbox_release`)
         entries: list[OutboxEntry] = [e for e in self._memory.take_outbox() if e.reference not in self._payments.lost]
         try:
             await self._primary.restore_outbox(entries)
