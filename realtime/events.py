@@ -123,9 +123,8 @@ class PaymentNamespace(socketio.AsyncNamespace):
         return await self._calls.answer(sid, event, lambda: handler(sid, *data))
 
     async def close(self) -> None:
-        """Stop every token-expiry timer and the call counters (at shutdown)."""
+        """Stop every token-expiry timer (at shutdown)."""
         await self._timers.close()
-        await self._calls.close()
 
     async def _warn(self, sid: str, expires_at: datetime) -> None:
         await self.server.emit(ev.TOKEN_EXPIRING, {"expires_at": utc_iso(expires_at)}, to=sid, ignore_queue=True)
@@ -181,6 +180,7 @@ class PaymentNamespace(socketio.AsyncNamespace):
 
     async def on_disconnect(self, sid: str, reason: Any = None) -> None:
         self._timers.cancel(sid)
+        self._calls.forget(sid)
         self._sessions.close(sid)
         self._metrics.connected_sockets.dec()
         try:

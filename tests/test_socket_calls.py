@@ -18,6 +18,7 @@ import socketio
 
 from app import create_app
 from core.clock import SystemClock
+from realtime.calls import CallWindows
 from realtime.storage.memory import MemoryStorage
 from tests.conftest import StartInstance
 from tests.harness import WAIT, Api, Tracker, make_settings
@@ -154,3 +155,31 @@ async def test_a_socket_over_its_call_rate_is_answered_rate_limited_and_nothing_
     assert status == 200 and body["tracking_clients"] == 0  # the refused call was not run
     other = await live.tracker()  # the rate is per socket: another page of the same address is served
     assert (await other.track(references[3]))["ok"] is True
+
+
+def test_a_sockets_call_window_is_exact_and_says_when_to_come_back() -> None:
+    """A moving window of 3 calls a minute per socket: the 4th within the minute is refused with the
+    seconds until the oldest leaves; another socket is counted apart; once the oldest call is a minute
+    old, one more is let in."""
+    clock = [1000.0]
+    windows = CallWindows("3/minute", now=lambda: clock[0])
+    for _ in range(3):
+        assert windows.hit("a") == 0
+        clock[0] += 1.0  # calls at 1000, 1001, 1002
+    clock[0] = 1020.5
+    assert windows.hit("a") == 40  # the first call leaves the window at 1060: 39.5 s from now, rounded up
+    assert windows.hit("b") == 0  # per socket
+    clock[0] = 1060.0
+    assert windows.hit("a") == 0  # the first call has left; the refused one was never counted
+    assert windows.hit("a") == 1  # the second leaves at 1061
+
+
+def test_a_sockets_call_window_is_let_go_when_the_socket_goes() -> None:
+    """Counts die with their socket (limits' memory store kept one key per socket for the whole period,
+    and walked every key after each hit)."""
+    windows = CallWindows("120/10 seconds")
+    for sid in ("a", "b", "c"):
+        windows.hit(sid)
+    windows.forget("b")
+    windows.forget("never-called")
+    assert len(windows) == 2
