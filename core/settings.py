@@ -128,9 +128,11 @@ class Settings(BaseSettings):
     EVENT_LOOP: Literal["auto", "asyncio"] = "auto"
     # SIGTERM / Ctrl-C: the process is gone within this many seconds, whatever its clients do.
     SHUTDOWN_TIMEOUT_SECONDS: float = Field(10.0, gt=0, le=300)
-    # Connections the kernel queues for us before dropping SYNs (capped by net.core.somaxconn). Every client
-    # of a restarted instance reconnects at once; a dropped SYN costs its client a 1 s, then 3 s, retransmit.
-    LISTEN_BACKLOG: int = Field(1024, ge=1, le=65535)
+    # Connections the kernel queues for us before dropping SYNs (capped by net.core.somaxconn, 4096 on
+    # current Linux). Every client of a restarted instance reconnects at once; a dropped SYN costs its
+    # client a 1 s, then 3 s, then 7 s retransmit. In a 5,000-page drop storm 1024 overflowed 36,758 times
+    # and re-tracked in 20.8 s; 4096 overflowed 4,319 times, 12.8 s (docs/PERFORMANCE.md).
+    LISTEN_BACKLOG: int = Field(4096, ge=1, le=65535)
     # The server runs the garbage collector itself, in passes bounded by time (core/collector.py): young
     # passes four times a second, and what a burst of this many Engine.IO sessions left frozen out of every
     # pass once it settles. 0: CPython's automatic collector instead.

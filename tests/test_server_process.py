@@ -151,7 +151,7 @@ async def test_listen_backlog_takes_a_reconnect_storm(configured: str | None) ->
         await stop(proc)
     backlog = int(out.decode().split()[2])  # a listening socket's Send-Q is its backlog
     somaxconn = int(Path("/proc/sys/net/core/somaxconn").read_text())  # the kernel's cap on any backlog
-    assert backlog == min(int(configured or 1024), somaxconn)
+    assert backlog == min(int(configured or 4096), somaxconn)
 
 
 def test_every_setting_is_documented_in_env_example_and_readme() -> None:
