@@ -48,14 +48,11 @@ class Realtime:
         manager.on_payment = self.delivery.deliver
         metrics.count_tracked_with(self.sessions.tracked_payment_count)
         # With Redis, an instance receives only the messages of payments it follows (realtime/routes.py).
-        follow = manager.follow if isinstance(manager, ResilientRedisManager) else None
+        follow = manager.follow
         self.resync = Resync(
             self.sessions, self.delivery, storage, interval=settings.RESYNC_INTERVAL_SECONDS, follow=follow
         )
-        if isinstance(manager, ResilientRedisManager):
-            manager.on_listening = self.resync.request  # what was published while it was away is gone
-            manager.on_follow_failed = self.resync.request
-            manager.storage_healthy = lambda: storage.healthy
+        manager.resync_on_gaps(self.resync.request, storage_healthy=lambda: storage.healthy)
         storage.when_recovered(self._resync_everything)
         self.namespace = PaymentNamespace(
             service=payments.service,
