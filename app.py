@@ -7,10 +7,10 @@ are fully independent, which is what lets the tests run several instances.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp_cors
+import socketio
 from aiohttp import hdrs, web
 
 import debug.routes
@@ -28,7 +28,7 @@ from core.clock import CLOCK, Clock, SystemClock
 from core.cors import PolicyRouterAdapter
 from core.errors import error_middleware
 from core.origins import ORIGINS, OriginPolicy
-from core.ratelimit import LIMITER, Limit, RateLimiter
+from core.ratelimit import LIMITER, RateLimiter
 from core.settings import SETTINGS, Settings
 from observability.health import PROBE
 from observability.metrics import METRICS, Metrics, instrument
@@ -46,7 +46,6 @@ from realtime.notifier import SocketNotifier
 from realtime.server import SIO, SOCKETIO_PATH, closing_sockets, websocket_upgrade_passthrough
 from realtime.storage.base import STORAGE, Incarnation, Storage
 from realtime.storage.factory import create_counters, create_storage
-from realtime.storage.keys import RedisKeys
 from webhooks.inbound.processor import WEBHOOKS, WebhookProcessor
 from webhooks.outbound.delivery import DELIVERY, create_delivery
 
@@ -73,55 +72,32 @@ ROUTES = (
 
 
 def create_app(
-    settings: Settings,
-    *,
-    clock: Clock | None = None,
-    storage: Storage | None = None,
-    metrics: Metrics | None = None,
+    settings: Settings, *, clock: Clock | None = None, storage: Storage | None = None, metrics: Metrics | None = None
 ) -> web.Application:
     """Build one server instance: its components, then their lifetimes in start order.
 
-    `storage` may be passed in when it must outlive the app (a test restarting
-    a server on the same data, as Redis allows in production); `metrics` when
-    the caller wants the registry. Both default to new ones from settings.
-    Each entry of `app.cleanup_ctx` opens one component at startup and closes
-    it at cleanup, in reverse order: workers stop before what they use closes.
+    `storage` may be passed in when it must outlive the app (a test restarting a server on the same data,
+    as Redis allows in production); `metrics` when the caller wants the registry. Both default to new ones
+    from settings. Each entry of `app.cleanup_ctx` opens one component at startup and closes it at cleanup,
+    in reverse order: workers stop before what they use closes.
     """
-    clock = clock or SystemClock()
-    metrics = metrics or Metrics()
+    clock, metrics = clock or SystemClock(), metrics or Metrics()
     incarnation = Incarnation(settings.INSTANCE_ID)  # this process of the instance: a new boot id each start
-    manager = create_client_manager(settings, incarnation)
+    manager = create_client_manager(settings, incarnation)  # first: the payment service tells sockets through it
     outbox = OutboxPolicy(settings.MERCHANT_WEBHOOK_URL, settings.MERCHANT_WEBHOOK_EVENTS)
     storage = _open_storage(settings, clock, metrics, outbox, given=storage)
     delivery = create_delivery(settings, storage, clock, metrics)
     notifier = SocketNotifier(manager.publish_payment)
-    payments = Payments.build(
-        settings, storage, notifier, clock, metrics, outbox=outbox, on_outbox=delivery.wake if delivery else None
-    )
-    authenticator = create_authenticator(settings, storage, clock)
-    limiter = _create_limiter(settings)
+    payments = Payments.build(settings, storage, notifier, clock, metrics, outbox=outbox, outbox_worker=delivery)
+    auth = create_authenticator(settings, storage, clock)
+    limiter = RateLimiter.from_settings(settings, create_counters(settings))
     realtime = Realtime(
-        settings,
-        manager,
-        storage=storage,
-        service=payments.service,
-        authenticator=authenticator,
-        limiter=limiter,
-        clock=clock,
-        incarnation=incarnation,
-        metrics=metrics,
-        recheck=payments.reconciler.recheck_lost_write,
+        settings, manager, storage, payments, auth, limiter, clock=clock, incarnation=incarnation, metrics=metrics
     )
 
-    app = web.Application(
-        middlewares=[websocket_upgrade_passthrough, request_id_middleware, error_middleware],
-        client_max_size=settings.MAX_BODY_BYTES,
-    )
-    app[SETTINGS], app[CLOCK], app[METRICS] = settings, clock, metrics
-    app[ORIGINS] = OriginPolicy.from_settings(settings)
-    app[STORAGE] = app[PROBE] = app[TRACKERS] = storage
-    app[SERVICE], app[RECONCILER] = payments.service, payments.reconciler
-    app[SIO], app[AUTHENTICATOR], app[LIMITER] = realtime.sio, authenticator, limiter
+    app = _application(settings, clock, metrics, storage)
+    app[SERVICE], app[RECONCILER], app[SIO] = payments.service, payments.reconciler, realtime.sio
+    app[AUTHENTICATOR], app[LIMITER] = auth, limiter
     app[WEBHOOKS] = WebhookProcessor.from_settings(settings, payments, clock, metrics)
     if delivery is not None:
         app[DELIVERY] = delivery
@@ -133,7 +109,7 @@ def create_app(
             pubsub_ctx(manager, realtime.sio, wait=settings.REDIS_TIMEOUT_SECONDS),
             closing(payments.provider),  # and the sandbox's auto-complete timers
             closing(payments.service),  # its background tasks (delayed simulations)
-            closing(authenticator),
+            closing(auth),
             closing(limiter),
             closing(realtime.namespace),  # token-expiry timers
             running(delivery),
@@ -142,14 +118,31 @@ def create_app(
             _log_started(settings, incarnation, storage.backend, payments.provider.name),
         ]
     )
+    _serve_routes(app, settings, realtime.sio)
+    return app
+
+
+def _application(settings: Settings, clock: Clock, metrics: Metrics, storage: Storage) -> web.Application:
+    """The application with its middlewares, response headers, and what every package reads from it."""
+    app = web.Application(
+        middlewares=[websocket_upgrade_passthrough, request_id_middleware, error_middleware],
+        client_max_size=settings.MAX_BODY_BYTES,
+    )
+    app[SETTINGS], app[CLOCK], app[METRICS] = settings, clock, metrics
+    app[ORIGINS] = OriginPolicy.from_settings(settings)
+    app[STORAGE] = app[PROBE] = app[TRACKERS] = storage
     app.on_response_prepare.append(_security_headers)
+    return app
+
+
+def _serve_routes(app: web.Application, settings: Settings, sio: socketio.AsyncServer) -> None:
+    """Socket.IO at SOCKETIO_PATH, every package's REST routes, and CORS for the browser-facing ones."""
     # `server.py` closes sockets itself, before aiohttp stops reading from connections; this covers any other runner.
-    app.on_shutdown.append(closing_sockets(realtime.sio, settings.SHUTDOWN_TIMEOUT_SECONDS * SOCKETS_SHARE))
-    realtime.sio.attach(app, socketio_path=SOCKETIO_PATH)
+    app.on_shutdown.append(closing_sockets(sio, settings.SHUTDOWN_TIMEOUT_SECONDS * SOCKETS_SHARE))
+    sio.attach(app, socketio_path=SOCKETIO_PATH)
     for table in ROUTES:
         app.router.add_routes(table)
     _setup_cors(app, settings, app[ORIGINS])
-    return app
 
 
 def _open_storage(
@@ -201,21 +194,6 @@ async def _security_headers(request: web.Request, response: web.StreamResponse) 
             "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
             "connect-src 'self' ws: wss:; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'",
         )
-
-
-def _create_limiter(settings: Settings) -> RateLimiter:
-    return RateLimiter(
-        {
-            # Payments go on while Redis is away: counted per instance until it is back (a burst that
-            # fills the counters' pool is back-pressure: 503 busy, never counted on memory).
-            "initiate_user": Limit(settings.RATE_LIMIT_INITIATE_PER_USER, on_outage="local", busy_is_busy=True),
-            "initiate_ip": Limit(settings.RATE_LIMIT_INITIATE_PER_IP, on_outage="local", busy_is_busy=True),
-            "webhook_ip": Limit(settings.RATE_LIMIT_WEBHOOK_PER_IP, on_outage="open"),
-            "connect_ip": Limit(settings.RATE_LIMIT_CONNECT_PER_IP, on_outage="local"),
-        },
-        counters=create_counters(settings, key_prefix=RedisKeys(settings.REDIS_KEY_PREFIX).rate_limits()),
-        outage_retry_after=max(1, math.ceil(settings.REDIS_RECONNECT_INTERVAL_SECONDS)),
-    )
 
 
 def _setup_cors(app: web.Application, settings: Settings, policy: OriginPolicy) -> None:

@@ -40,6 +40,7 @@ from limits.aio.strategies import MovingWindowRateLimiter
 from limits.errors import StorageError
 
 from core.errors import ApiError, Busy
+from core.settings import Settings
 
 log = logging.getLogger("paytrack.ratelimit")
 
@@ -90,6 +91,22 @@ class Counters:
 
 
 class RateLimiter:
+    @classmethod
+    def from_settings(cls, settings: Settings, counters: Counters | None) -> RateLimiter:
+        """This server's limits, counted in `counters` (shared by every instance) or, without them, in memory."""
+        return cls(
+            {
+                # Payments go on while Redis is away: counted per instance until it is back (a burst that
+                # fills the counters' pool is back-pressure: 503 busy, never counted on memory).
+                "initiate_user": Limit(settings.RATE_LIMIT_INITIATE_PER_USER, on_outage="local", busy_is_busy=True),
+                "initiate_ip": Limit(settings.RATE_LIMIT_INITIATE_PER_IP, on_outage="local", busy_is_busy=True),
+                "webhook_ip": Limit(settings.RATE_LIMIT_WEBHOOK_PER_IP, on_outage="open"),
+                "connect_ip": Limit(settings.RATE_LIMIT_CONNECT_PER_IP, on_outage="local"),
+            },
+            counters=counters,
+            outage_retry_after=max(1, math.ceil(settings.REDIS_RECONNECT_INTERVAL_SECONDS)),
+        )
+
     def __init__(
         self,
         limits: dict[str, Limit],

@@ -7,14 +7,13 @@ app only lists the components and their lifetimes.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from core.clock import Clock
 from core.settings import Settings
 from observability.metrics import Metrics
 from payments.outbox import OutboxPolicy
-from payments.ports import Notifier, PaymentsStorage
+from payments.ports import Notifier, OutboxWorker, PaymentsStorage
 from payments.provider import PaymentProvider
 from payments.providers import create_provider
 from payments.reconciler import ReconcilePolicy, Reconciler
@@ -37,10 +36,11 @@ class Payments:
         metrics: Metrics,
         *,
         outbox: OutboxPolicy,
-        on_outbox: Callable[[], None] | None,
+        outbox_worker: OutboxWorker | None,
     ) -> Payments:
-        """The three, wired; once the shared backend is back, what was written back meanwhile is announced
-        to every instance and what no replica confirmed is asked of the provider again."""
+        """The three, wired; the service wakes `outbox_worker` (if any) when it has queued merchant webhooks.
+        Once the shared backend is back, what was written back meanwhile is announced to every instance and
+        what no replica confirmed is asked of the provider again."""
         provider = create_provider(settings, clock, metrics)
         service = PaymentService(
             storage,
@@ -54,7 +54,7 @@ class Payments:
                 link_lifetime_seconds=settings.link_lifetime,
             ),
             outbox=outbox,
-            on_outbox=on_outbox,
+            on_outbox=outbox_worker.wake if outbox_worker is not None else None,
             metrics=metrics,
         )
         reconciler = Reconciler(

@@ -50,7 +50,7 @@ from core.background import renewing
 from core.clock import Clock
 from core.errors import ApiError, Busy, Conflict, ProviderError, UnprocessableRequest
 from payments.model import InitiationIntent, Payment, PaymentStatus
-from payments.ports import IdempotencyRecord, ServiceStorage
+from payments.ports import IdempotencyRecord, IdempotencyStore, ServiceStorage
 from payments.provider import CollectRequest, CollectResult, LinkRequest, PaymentProvider
 from payments.schemas import InitiateRequest, PaymentLinkRequest
 
@@ -142,9 +142,51 @@ async def check_provider_answer(storage: ServiceStorage, nonce: str, reference: 
 
 
 @dataclass(frozen=True)
-class _Claim:
+class KeyClaim:
+    """An Idempotency-Key as stored (`scope`) and the body of the request it was first used with (`fingerprint`)."""
+
     scope: str
     fingerprint: str
+
+
+async def claim_key(
+    storage: IdempotencyStore,
+    claim: KeyClaim,
+    owner: str,
+    nonce: str,
+    times: InitiationTimes,
+    *,
+    outcome_of: Callable[[IdempotencyRecord], Awaitable[InitiateResult | None]],
+    in_progress: Callable[[], Conflict],
+) -> InitiateResult | None:
+    """Take `claim`'s key for this request, under `nonce` (None: it is ours, run the request), or answer as
+    the key's first request was answered: replayed once done, `in_progress()` while its holder still holds
+    it, 422 for another body, and `outcome_of` for a holder that vanished. One that is gone and wrote no
+    intent sent nothing: the key is carried on in its place, under our own nonce, so a holder that was only
+    slow cannot pass for us in a late step (payments and payouts alike)."""
+    record = IdempotencyRecord(fingerprint=claim.fingerprint, state="in_progress", nonce=nonce)
+    found = await storage.claim_idempotency(
+        claim.scope, record, owner, times.lease_seconds, times.idempotency_ttl_seconds
+    )
+    if found.claimed:
+        return None
+    existing = found.existing
+    assert existing is not None
+    if existing.fingerprint != claim.fingerprint:
+        raise UnprocessableRequest(
+            "this Idempotency-Key was used with a different request body", code="idempotency_key_reused"
+        )
+    if existing.state == "done" and existing.status_code is not None and existing.body is not None:
+        return InitiateResult(existing.status_code, existing.body, replayed=True)
+    if found.held:
+        raise in_progress()
+    replay = await outcome_of(existing)
+    if replay is not None:
+        return replay
+    taken = existing.model_copy(update={"nonce": nonce})
+    if not await storage.take_over_idempotency(claim.scope, existing, taken, owner, times.lease_seconds):
+        raise in_progress()
+    return None
 
 
 class Initiator:
@@ -175,31 +217,12 @@ class Initiator:
         owner, nonce = secrets.token_hex(16), new_nonce()
         if idempotency_key is None:
             return await self._run(request, owner_id, owner, nonce, None)
-        claim = _Claim(idempotency_scope(owner_id, idempotency_key), _fingerprint(request))
-        record = IdempotencyRecord(fingerprint=claim.fingerprint, state="in_progress", nonce=nonce)
-        times = self._times
-        found = await self._storage.claim_idempotency(
-            claim.scope, record, owner, times.lease_seconds, times.idempotency_ttl_seconds
+        claim = KeyClaim(idempotency_scope(owner_id, idempotency_key), _fingerprint(request))
+        answered = await claim_key(
+            self._storage, claim, owner, nonce, self._times, outcome_of=self._outcome_of, in_progress=_in_progress
         )
-        if not found.claimed:
-            existing = found.existing
-            assert existing is not None
-            if existing.fingerprint != claim.fingerprint:
-                raise UnprocessableRequest(
-                    "this Idempotency-Key was used with a different request body", code="idempotency_key_reused"
-                )
-            if existing.state == "done" and existing.status_code is not None and existing.body is not None:
-                return InitiateResult(existing.status_code, existing.body, replayed=True)
-            if found.held:
-                raise _in_progress()
-            replay = await self._outcome_of(existing)
-            if replay is not None:
-                return replay
-            # Its holder is gone and wrote no intent: nothing reached the provider. Carry on in its place,
-            # under a nonce of our own: a holder that was only slow then cannot pass for us in a late step.
-            taken = existing.model_copy(update={"nonce": nonce})
-            if not await self._storage.take_over_idempotency(claim.scope, existing, taken, owner, times.lease_seconds):
-                raise _in_progress()
+        if answered is not None:
+            return answered
         return await self._run(request, owner_id, owner, nonce, claim)
 
     async def _outcome_of(self, existing: IdempotencyRecord) -> InitiateResult | None:
@@ -261,7 +284,7 @@ class Initiator:
         )
 
     async def _run(
-        self, request: StartRequest, owner_id: str | None, owner: str, nonce: str, claim: _Claim | None
+        self, request: StartRequest, owner_id: str | None, owner: str, nonce: str, claim: KeyClaim | None
     ) -> InitiateResult:
         stage: Literal["before", "intent", "sent", "refused", "collected"] = "before"
         collected: CollectResult | None = None
@@ -294,7 +317,7 @@ class Initiator:
         return InitiateResult(201, payment.public(reveal_phone=True))
 
     async def _check_order(
-        self, request: StartRequest, owner_id: str | None, nonce: str, claim: _Claim | None
+        self, request: StartRequest, owner_id: str | None, nonce: str, claim: KeyClaim | None
     ) -> InitiationIntent:
         """Refuse what the order's state forbids; the intent to write down if nothing does."""
         order_id = request.order_id
@@ -339,7 +362,7 @@ class Initiator:
                 raise _unknown(order_id)
         return intent
 
-    async def _write_intent(self, intent: InitiationIntent, owner: str, claim: _Claim | None) -> None:
+    async def _write_intent(self, intent: InitiationIntent, owner: str, claim: KeyClaim | None) -> None:
         """Write the intent down (it holds the order), then make sure it went where the leases are.
 
         If storage switched between the claims and the intent (Redis lost: the intent went to this
@@ -359,7 +382,7 @@ class Initiator:
             raise Busy("storage changed while the payment was starting; nothing was sent, retry shortly")
 
     @contextlib.asynccontextmanager
-    async def _leases(self, order_id: str, owner: str, claim: _Claim | None) -> AsyncIterator[None]:
+    async def _leases(self, order_id: str, owner: str, claim: KeyClaim | None) -> AsyncIterator[None]:
         """The order's lease (and the key's, which the claim took) for the body, renewed every third of
         their length, released only by their owner afterwards."""
         storage, seconds = self._storage, self._times.lease_seconds
@@ -393,7 +416,7 @@ class Initiator:
         stage: str,
         owner: str,
         nonce: str,
-        claim: _Claim | None,
+        claim: KeyClaim | None,
         collected: CollectResult | None,
     ) -> None:
         """Leave the key and the intent saying what happened (best effort: storage may be what failed)."""

@@ -62,12 +62,19 @@ import json
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 
 from core.background import renewing
 from core.clock import Clock
-from core.errors import ApiError, Conflict, NotFound, UnprocessableRequest
-from payments.initiation import InitiateResult, InitiationTimes, check_provider_answer, collect_outcome, new_nonce
+from core.errors import ApiError, Conflict, NotFound
+from payments.initiation import (
+    InitiateResult,
+    InitiationTimes,
+    KeyClaim,
+    check_provider_answer,
+    claim_key,
+    collect_outcome,
+    new_nonce,
+)
 from payments.model import InitiationIntent, Payment, PaymentStatus
 from payments.ports import IdempotencyRecord, PaymentsStorage
 from payments.provider import CollectResult, PaymentProvider, WithdrawRequest
@@ -80,12 +87,6 @@ Adopt = Callable[[InitiationIntent, str, CollectResult | None], Awaitable[Paymen
 
 # Seconds a caller is told to wait before asking again about a payout whose outcome is unknown.
 UNKNOWN_RETRY_AFTER = 2
-
-
-@dataclass(frozen=True)
-class _Claim:
-    scope: str
-    fingerprint: str
 
 
 def payout_scope(owner_id: str | None, key: str) -> str:
@@ -122,7 +123,7 @@ class Payouts:
     async def payout(self, request: PayoutRequest, idempotency_key: str, *, owner_id: str | None) -> InitiateResult:
         """Pay `request.amount` to `request.phone_number`, at most once per Idempotency-Key (scoped to the caller,
         in a namespace of its own: a payout's key never answers for an initiation)."""
-        claim = _Claim(payout_scope(owner_id, idempotency_key), _fingerprint(request.model_dump()))
+        claim = KeyClaim(payout_scope(owner_id, idempotency_key), _fingerprint(request.model_dump()))
         intent = self._intent(
             amount=request.amount,
             currency=request.currency,
@@ -142,7 +143,7 @@ class Payouts:
         if payment is None or payment.orphan:
             raise NotFound(f"no payment with reference {reference}", code="payment_not_found")
         attempt = await self._attempt(payment)
-        claim = _Claim(refund_scope(reference, attempt), _fingerprint({"refund_of": reference}))
+        claim = KeyClaim(refund_scope(reference, attempt), _fingerprint({"refund_of": reference}))
         intent = self._intent(
             amount=payment.amount or 0,
             currency=payment.currency,
@@ -177,7 +178,7 @@ class Payouts:
         description: str | None,
         owner_id: str | None,
         hold: str,
-        claim: _Claim,
+        claim: KeyClaim,
         refund_of: str | None = None,
         refund_attempt: int = 0,
     ) -> InitiationIntent:
@@ -198,30 +199,14 @@ class Payouts:
             refund_attempt=refund_attempt,
         )
 
-    async def _run(self, claim: _Claim, intent: InitiationIntent, *, refund: str | None) -> InitiateResult:
+    async def _run(self, claim: KeyClaim, intent: InitiationIntent, *, refund: str | None) -> InitiateResult:
         owner, nonce = secrets.token_hex(16), new_nonce()
         times, storage = self._times, self._storage
-        record = IdempotencyRecord(fingerprint=claim.fingerprint, state="in_progress", nonce=nonce)
-        found = await storage.claim_idempotency(
-            claim.scope, record, owner, times.lease_seconds, times.idempotency_ttl_seconds
+        answered = await claim_key(
+            storage, claim, owner, nonce, times, outcome_of=self._outcome_of, in_progress=lambda: _in_progress(refund)
         )
-        if not found.claimed:
-            existing = found.existing
-            assert existing is not None
-            if existing.fingerprint != claim.fingerprint:
-                raise UnprocessableRequest(
-                    "this Idempotency-Key was used with a different request body", code="idempotency_key_reused"
-                )
-            if existing.state == "done" and existing.status_code is not None and existing.body is not None:
-                return InitiateResult(existing.status_code, existing.body, replayed=True)
-            if found.held:
-                raise _in_progress(refund)
-            replay = await self._outcome_of(existing)
-            if replay is not None:
-                return replay
-            taken = existing.model_copy(update={"nonce": nonce})  # nothing was sent: carry on in its place
-            if not await storage.take_over_idempotency(claim.scope, existing, taken, owner, times.lease_seconds):
-                raise _in_progress(refund)
+        if answered is not None:
+            return answered
         intent = intent.model_copy(update={"nonce": nonce, "created_at": self._clock.now()})
         sent = False
         try:

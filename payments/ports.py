@@ -284,6 +284,12 @@ class Notifier(Protocol):
         """The stored state again, for every tracker (after an outage's write-back)."""
 
 
+class OutboxWorker(Protocol):
+    """Delivers the merchant outbox's entries (webhooks/outbound); woken when the service has queued some."""
+
+    def wake(self) -> None: ...
+
+
 class ServiceStorage(PaymentStore, IdempotencyStore, IntentStore, LockService, Protocol):
     """What the payment service needs."""
 

@@ -61,23 +61,9 @@ class SandboxProvider:
         self._balance: dict[str, int] = {"MTN": 0, "ORANGE": 0}  # brought in by successful payments, less payouts
 
     async def collect(self, request: CollectRequest) -> CollectResult:
-        operator = operator_for(request.phone_number)
-        if operator is None:
-            raise ApiError(
-                "the phone number's operator is not supported (MTN or Orange Cameroon only)",
-                code="unsupported_operator",
-                status=400,
-                details={"provider_code": "ER102"},
-            )
+        operator = _supported_operator(request.phone_number)
         reference = str(uuid.uuid4())
-        self._transactions[reference] = ProviderTransaction(
-            reference=reference,
-            status="PENDING",
-            amount=request.amount,
-            currency=request.currency,
-            operator=operator,
-            external_reference=request.external_reference,
-        )
+        self._pending(reference, request, operator)
         return CollectResult(reference=reference, ussd_code=USSD_CODES[operator], operator=operator)
 
     async def payment_link(self, request: LinkRequest) -> CollectResult:
@@ -98,27 +84,12 @@ class SandboxProvider:
             return False
         card = method.upper() == "CARD"
         operator = None if card or phone_number is None else operator_for(phone_number)
-        self._transactions[reference] = ProviderTransaction(
-            reference=reference,
-            status="PENDING",
-            amount=request.amount,
-            currency=request.currency,
-            operator=operator,
-            external_reference=request.external_reference,
-            phone_number=None if card else phone_number,
-        )
+        self._pending(reference, request, operator, phone_number=None if card else phone_number)
         self.settle(reference, status, "declined by the payer" if status == "FAILED" else None)
         return True
 
     async def withdraw(self, request: WithdrawRequest) -> WithdrawResult:
-        operator = operator_for(request.phone_number)
-        if operator is None:
-            raise ApiError(
-                "the phone number's operator is not supported (MTN or Orange Cameroon only)",
-                code="unsupported_operator",
-                status=400,
-                details={"provider_code": "ER102"},
-            )
+        operator = _supported_operator(request.phone_number)
         if request.amount > self._balance[operator]:
             raise ApiError(
                 f"the sandbox's {operator} balance ({self._balance[operator]}) is below the payout",
@@ -129,6 +100,19 @@ class SandboxProvider:
         self._balance[operator] -= request.amount
         reference = str(uuid.uuid4())
         self._payouts.add(reference)
+        self._pending(reference, request, operator, phone_number=request.phone_number)
+        return WithdrawResult(reference=reference, status="PENDING")
+
+    def _pending(
+        self,
+        reference: str,
+        request: CollectRequest | LinkRequest | WithdrawRequest,
+        operator: str | None,
+        *,
+        phone_number: str | None = None,
+    ) -> None:
+        """The sandbox's record of a transaction just started (a collect, a paid link, a payout): PENDING
+        until it is settled."""
         self._transactions[reference] = ProviderTransaction(
             reference=reference,
             status="PENDING",
@@ -136,9 +120,8 @@ class SandboxProvider:
             currency=request.currency,
             operator=operator,
             external_reference=request.external_reference,
-            phone_number=request.phone_number,
+            phone_number=phone_number,
         )
-        return WithdrawResult(reference=reference, status="PENDING")
 
     async def balance(self) -> Balance:
         mtn, orange = self._balance["MTN"], self._balance["ORANGE"]
@@ -202,3 +185,16 @@ class SandboxProvider:
         self._settled_reasons.clear()
         self._links.clear()
         self._payouts.clear()
+
+
+def _supported_operator(phone_number: str) -> str:
+    """The number's operator; a number of any other is refused as CamPay refuses it (ER102)."""
+    operator = operator_for(phone_number)
+    if operator is None:
+        raise ApiError(
+            "the phone number's operator is not supported (MTN or Orange Cameroon only)",
+            code="unsupported_operator",
+            status=400,
+            details={"provider_code": "ER102"},
+        )
+    return operator

@@ -8,14 +8,12 @@ namespace) is built and wired here, so the app only lists the components.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from core.clock import Clock
 from core.ratelimit import RateLimiter
 from core.settings import AuthMode, Settings
 from observability.metrics import Metrics
 from payments.access import Authenticator
-from payments.service import PaymentService
+from payments.component import Payments
 from realtime.calls import CallGate
 from realtime.delivery import LocalDelivery, Resync
 from realtime.events import PaymentNamespace
@@ -32,15 +30,14 @@ class Realtime:
         self,
         settings: Settings,
         manager: LocalManager | ResilientRedisManager,
-        *,
         storage: Storage,
-        service: PaymentService,
+        payments: Payments,
         authenticator: Authenticator,
         limiter: RateLimiter,
+        *,
         clock: Clock,
         incarnation: Incarnation,
         metrics: Metrics,
-        recheck: Callable[[str], None],
     ) -> None:
         self.manager = manager
         self.sio = create_sio(settings, client_manager=manager)
@@ -51,17 +48,14 @@ class Realtime:
         manager.on_payment = self.delivery.deliver
         metrics.count_tracked_with(self.sessions.tracked_payment_count)
         # With Redis, an instance receives only the messages of payments it follows (realtime/routes.py).
-        follow = manager.follow if isinstance(manager, ResilientRedisManager) else None
+        follow = manager.follow
         self.resync = Resync(
             self.sessions, self.delivery, storage, interval=settings.RESYNC_INTERVAL_SECONDS, follow=follow
         )
-        if isinstance(manager, ResilientRedisManager):
-            manager.on_listening = self.resync.request  # what was published while it was away is gone
-            manager.on_follow_failed = self.resync.request
-            manager.storage_healthy = lambda: storage.healthy
+        manager.resync_on_gaps(self.resync.request, storage_healthy=lambda: storage.healthy)
         storage.when_recovered(self._resync_everything)
         self.namespace = PaymentNamespace(
-            service=service,
+            service=payments.service,
             storage=storage,
             sessions=self.sessions,
             delivery=self.delivery,
@@ -72,7 +66,7 @@ class Realtime:
             incarnation=incarnation,
             follow=follow,
             metrics=metrics,
-            recheck=recheck,
+            recheck=payments.reconciler.recheck_lost_write,
             calls=CallGate(settings.RATE_LIMIT_CALLS_PER_SOCKET),
         )
         self.sio.register_namespace(self.namespace)

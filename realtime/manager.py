@@ -40,7 +40,7 @@ from aiohttp import web
 from core.background import CleanupContext
 from core.jsonio import JsonModule
 from core.settings import Settings, StorageBackend
-from realtime.delivery import PaymentMessage
+from realtime.delivery import Follow, PaymentMessage
 from realtime.redis_connection import command_client, connect
 from realtime.rooms import IndexedRooms
 from realtime.routes import PaymentRoutes, route_channel
@@ -73,12 +73,23 @@ async def _nowhere(message: PaymentMessage) -> None:
 class LocalManager(IndexedRooms, socketio.AsyncManager):
     """In-memory rooms (one instance), with the same `publish_payment` as the Redis manager."""
 
+    follow: Follow | None = None  # one instance receives every message: nothing to have routed here
+
     def __init__(self) -> None:
         super().__init__()
         self.on_payment: PaymentHandler = _nowhere
 
     async def publish_payment(self, message: PaymentMessage) -> None:
         await self.on_payment(message)
+
+    def resync_on_gaps(self, resync: Callable[[], None], *, storage_healthy: Callable[[], bool]) -> None:
+        """Nothing published in memory is ever lost: no gap to resync after."""
+
+    async def start(self, server: socketio.AsyncServer, wait: float) -> None:
+        """In-memory rooms need nothing started (python-socketio initializes them on first use)."""
+
+    async def close(self) -> None:
+        """Nor anything closed."""
 
 
 class ResilientRedisManager(IndexedRooms, socketio.AsyncRedisManager):
@@ -287,6 +298,12 @@ class ResilientRedisManager(IndexedRooms, socketio.AsyncRedisManager):
                 self._first_attempt.set()
                 await asyncio.sleep(self._reconnect_interval)
 
+    def resync_on_gaps(self, resync: Callable[[], None], *, storage_healthy: Callable[[], bool]) -> None:
+        """`resync` after every (re)subscription, since what was published while the listener was away is
+        gone, and after a follow that failed; `storage_healthy` says whether to skip publishes in an outage."""
+        self.on_listening = self.on_follow_failed = resync
+        self.storage_healthy = storage_healthy
+
     # -- lifetime (driven by the app's cleanup context) ------------------------------
     async def start(self, server: socketio.AsyncServer, wait: float) -> None:
         """Start listening now rather than on the first connection, and wait (bounded) until subscribed.
@@ -331,9 +348,6 @@ def pubsub_ctx(
     need nothing."""
 
     async def lifetime(app: web.Application) -> AsyncIterator[None]:
-        if not isinstance(manager, ResilientRedisManager):
-            yield
-            return
         await manager.start(sio, wait=wait)
         yield
         await manager.close()

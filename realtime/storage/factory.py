@@ -10,6 +10,7 @@ from core.ratelimit import Counters
 from core.settings import Settings, StorageBackend
 from payments.outbox import OutboxPolicy
 from realtime.storage.base import Storage
+from realtime.storage.keys import RedisKeys
 from realtime.storage.memory import MemoryStorage
 
 if TYPE_CHECKING:
@@ -60,11 +61,11 @@ def create_storage(
     return wrap(memory)
 
 
-def create_counters(settings: Settings, *, key_prefix: str) -> Counters | None:
-    """The rate limiter's counters shared by every instance (Redis, under `key_prefix`), or None: each
-    instance counts in its own memory (development)."""
+def create_counters(settings: Settings) -> Counters | None:
+    """The rate limiter's counters shared by every instance (Redis, under the rate-limit key family), or
+    None: each instance counts in its own memory (development)."""
     if settings.STORAGE_BACKEND is not StorageBackend.REDIS:
         return None
     from realtime.storage.counters import redis_counters  # lazily, like the storage: development needs no redis
 
-    return redis_counters(settings, key_prefix=key_prefix)
+    return redis_counters(settings, key_prefix=RedisKeys(settings.REDIS_KEY_PREFIX).rate_limits())
