@@ -13,8 +13,11 @@ and can hold back or cut what the server answers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import re
+import signal as signals
 import subprocess
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -26,7 +29,7 @@ import pytest
 from tests.harness import WAIT, eventually, npm_installed
 from tests.redis_server import RedisServer
 from tests.test_browser import MS, page  # noqa: F401 - the Chromium page fixture
-from tests.test_server_process import free_port, run_server, wait_healthy
+from tests.test_server_process import clean_env, free_port, run_server, wait_healthy
 
 pytestmark = [pytest.mark.browser, pytest.mark.node]
 
@@ -335,6 +338,73 @@ async def test_example_rides_out_a_server_restart_mid_payment_and_ends_on_the_tr
     assert await page.locator("#completions li").count() == 1
     assert await page.get_attribute("#status", "data-status") == "SUCCESSFUL"
     assert page_errors(page) == [], page.console_errors
+
+
+async def test_the_readme_command_starts_the_checkout_and_ctrl_c_stops_it(http, page, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The example's README gives one command that starts it: run as written (from the repository's
+    root, in a shell), it starts paytrack's development server and Vite's dev server, the page it names
+    pays with the sandbox's simulate button, and Ctrl-C (SIGINT to the foreground process group, as a
+    terminal sends it) stops both."""
+    npm_installed(ROOT / "clients" / "js", "socket.io-client", "React example")
+    npm_installed(ROOT / "clients" / "react", "react", "React example")
+    npm_installed(EXAMPLE, "vite", "React example")
+    (block,) = re.findall(r"## Run it\n.*?```sh\n(.*?)\n```", (EXAMPLE / "README.md").read_text(), re.S)
+    (command,) = [line for line in block.splitlines() if line.strip()]
+    assert "npm start" in command, command
+
+    paytrack_port = free_port()
+    paytrack = f"http://127.0.0.1:{paytrack_port}"
+    output = tmp_path / "npm-start.log"
+    with output.open("wb") as log:
+        proc = await asyncio.create_subprocess_exec(
+            "bash",
+            "-c",
+            command,
+            cwd=ROOT,
+            env=clean_env(PAYTRACK_PORT=str(paytrack_port)),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: the terminal's, which Ctrl-C signals
+        )
+    try:
+
+        def opened() -> str | None:
+            assert proc.returncode is None, f"npm start exited with {proc.returncode}: {output.read_text()[-3000:]}"
+            found = re.search(r"checkout: open (http://\S+)", output.read_text())
+            return found[1] if found else None
+
+        url = await eventually(opened, timeout=WAIT * 6, interval=0.1)
+        assert f"(paytrack at {paytrack})" in output.read_text()
+
+        await page.goto(url, timeout=6 * MS)  # the dev server's first load optimizes dependencies
+        await page.wait_for_selector('#connection[data-state="connected"]', timeout=6 * MS)
+        await page.click("#pay")
+        await page.wait_for_selector('#status[data-status="PENDING"]')
+        reference = await page.text_content("#reference")
+        await page.click("#simulate-success")  # shown by the dev server without any build flag
+        await page.wait_for_selector('#status[data-status="SUCCESSFUL"]')
+        assert await page.locator("#completions li").count() == 1
+        async with http.get(f"{paytrack}/api/payment/tracking/{reference}") as resp:
+            assert (await resp.json())["payment"]["status"] == "SUCCESSFUL"  # the server the command started
+        assert page_errors(page) == [], page.console_errors
+
+        os.killpg(proc.pid, signals.SIGINT)
+        await asyncio.wait_for(proc.wait(), WAIT * 3)
+
+        async def stopped(address: str) -> bool:
+            try:
+                async with http.get(address, timeout=aiohttp.ClientTimeout(total=WAIT)):
+                    return False
+            except aiohttp.ClientConnectionError:
+                return True
+
+        for address in (paytrack, url):
+            await eventually(lambda address=address: stopped(address), timeout=WAIT * 3, interval=0.1)
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # whatever of the group is left: server.py, Vite
+            os.killpg(proc.pid, signals.SIGKILL)
+        if proc.returncode is None:
+            await proc.wait()
 
 
 # -- the binding, on the checks page ---------------------------------------------------------------
