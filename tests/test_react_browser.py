@@ -40,6 +40,13 @@ EXAMPLE = ROOT / "examples" / "checkout-react"
 NETWORK_NOISE = ("WebSocket connection to", "Failed to load resource")
 
 
+def vite(command: str, *args: str) -> list[str]:
+    """`vite <command> <args>` in the example, as the tests run it: beside the same command of another
+    xdist worker on the same project, which Vite 8 refuses unless told not to lock (each test builds to
+    and serves from a directory of its own, so nothing is shared but the project's sources)."""
+    return ["node", "node_modules/vite/bin/vite.js", command, *args, "--bypass-lock"]
+
+
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The example built twice by `vite build`, both with the sandbox's simulate buttons: as it
@@ -52,16 +59,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     for mode in ("production", "development"):
         out = tmp_path_factory.mktemp(f"checkout-react-{mode}") / "dist"
         done = subprocess.run(
-            [
-                "node",
-                "node_modules/vite/bin/vite.js",
-                "build",
-                "--outDir",
-                str(out),
-                "--emptyOutDir",
-                "--logLevel",
-                "warn",
-            ],
+            vite("build", "--outDir", str(out), "--emptyOutDir", "--logLevel", "warn"),
             cwd=EXAMPLE,
             env={**os.environ, "VITE_PAYTRACK_SIMULATE": "true", "NODE_ENV": mode},
             capture_output=True,
@@ -125,16 +123,7 @@ async def serve(built: dict[str, Path], tmp_path: Path) -> AsyncIterator[Callabl
         started.append(paytrack)
         port = free_port()
         proc = await asyncio.create_subprocess_exec(
-            "node",
-            "node_modules/vite/bin/vite.js",
-            "preview",
-            "--outDir",
-            str(built[build]),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--strictPort",
+            *vite("preview", "--outDir", str(built[build]), "--host", "127.0.0.1", "--port", str(port), "--strictPort"),
             cwd=EXAMPLE,
             env={**os.environ, "PAYTRACK_URL": paytrack.url},
             stdout=log,
@@ -405,6 +394,28 @@ async def test_the_readme_command_starts_the_checkout_and_ctrl_c_stops_it(http, 
             os.killpg(proc.pid, signals.SIGKILL)
         if proc.returncode is None:
             await proc.wait()
+
+
+async def test_two_workers_build_and_preview_the_example_side_by_side(serve, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The suite runs on several xdist workers, and each builds the example (the `built` fixture is per
+    worker) and serves it with `vite preview` (one per test) while another worker may do the same. Vite 8
+    refuses a second build or preview of one project while the first runs ("Found another Vite build
+    process for this project"), which made these tests fail or pass by the workers' timing."""
+    started = [
+        await asyncio.create_subprocess_exec(
+            *vite("build", "--outDir", str(tmp_path / f"dist-{n}"), "--emptyOutDir", "--logLevel", "warn"),
+            cwd=EXAMPLE,
+            env={**os.environ, "VITE_PAYTRACK_SIMULATE": "true"},
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        for n in range(2)
+    ]
+    outputs = await asyncio.wait_for(asyncio.gather(*(proc.communicate() for proc in started)), WAIT * 20)
+    assert [proc.returncode for proc in started] == [0, 0], [out.decode()[-2000:] for out, _ in outputs]
+    first = await serve()
+    second = await serve()  # a second `vite preview` of the project while the first serves
+    assert first[1].proc.returncode is None and second[1].proc.returncode is None
 
 
 # -- the binding, on the checks page ---------------------------------------------------------------
