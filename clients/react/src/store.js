@@ -110,6 +110,16 @@ export function createPaytrackStore(options = {}, { createTracker = (trackerOpti
     return tracker;
   }
 
+  /**
+   * The tracker for a call (initiate, payByLink). Closed after its last holder let go, the store opens a
+   * new one only for a holder (a provider shown again): a component that kept the store of a provider
+   * gone for good would otherwise open a socket nobody closes.
+   */
+  function trackerForCall() {
+    if (closed && holders === 0) return null;
+    return ensureTracker();
+  }
+
   function setPayment(entry, next) {
     const current = entry.snapshot;
     if (current.payment === next.payment && current.status === next.status && current.error === next.error) return;
@@ -236,14 +246,14 @@ export function createPaytrackStore(options = {}, { createTracker = (trackerOpti
 
     /** POST /api/payment/initiate through the shared tracker (PaymentTracker.initiate). */
     initiate(body, initiateOptions) {
-      const live = ensureTracker();
+      const live = trackerForCall();
       if (live === null) return Promise.reject(new PaytrackError("closed", "this paytrack store is closed"));
       return live.initiate(body, initiateOptions);
     },
 
     /** POST /api/payment/link through the shared tracker (PaymentTracker.payByLink). */
     payByLink(body, linkOptions) {
-      const live = ensureTracker();
+      const live = trackerForCall();
       if (live === null) return Promise.reject(new PaytrackError("closed", "this paytrack store is closed"));
       return live.payByLink(body, linkOptions);
     },

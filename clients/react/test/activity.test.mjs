@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 import { Activity, createElement as h, StrictMode, useState } from "react";
 import TestRenderer from "react-test-renderer";
-import { PaytrackProvider, useInitiatePayment, usePayment } from "../src/index.js";
+import { PaytrackProvider, useInitiatePayment, usePayment, usePaytrackStore } from "../src/index.js";
 import { api, connectionCount, eventually, nextTask, paymentBody, simulate, startServer, trackingClients } from "./support.mjs";
 
 const { act, create } = TestRenderer;
@@ -39,8 +39,9 @@ test("a provider hidden by <Activity> and shown again follows its payment again,
   assert.equal(status, 201, JSON.stringify(body));
   const reference = body.reference;
   const successes = [];
-  const seen = { last: null, pay: null };
+  const seen = { last: null, pay: null, store: null };
   function Probe() {
+    seen.store = usePaytrackStore();
     seen.pay = useInitiatePayment();
     seen.last = usePayment(reference, { onSuccess: (p) => successes.push(p.seq) });
     return h("p", null, `${seen.last.status} ${seen.last.connection.state}`);
@@ -79,4 +80,7 @@ test("a provider hidden by <Activity> and shown again follows its payment again,
   }
   await nextTask();
   await eventually(async () => (await connectionCount(server.url)) === baseline, { what: "the socket closed at unmount" });
+  // Unmounted for good: a store a component kept opens nothing again (no holder would ever close it).
+  await assert.rejects(seen.store.initiate(paymentBody("activity-late")), { code: "closed" });
+  assert.equal(seen.store.tracker, null);
 });
