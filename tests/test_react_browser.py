@@ -13,8 +13,11 @@ and can hold back or cut what the server answers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import re
+import signal as signals
 import subprocess
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -26,7 +29,7 @@ import pytest
 from tests.harness import WAIT, eventually, npm_installed
 from tests.redis_server import RedisServer
 from tests.test_browser import MS, page  # noqa: F401 - the Chromium page fixture
-from tests.test_server_process import free_port, run_server, wait_healthy
+from tests.test_server_process import clean_env, free_port, run_server, wait_healthy
 
 pytestmark = [pytest.mark.browser, pytest.mark.node]
 
@@ -35,6 +38,13 @@ EXAMPLE = ROOT / "examples" / "checkout-react"
 
 # What Chromium logs by itself while the server is away (not the page's doing).
 NETWORK_NOISE = ("WebSocket connection to", "Failed to load resource")
+
+
+def vite(command: str, *args: str) -> list[str]:
+    """`vite <command> <args>` in the example, as the tests run it: beside the same command of another
+    xdist worker on the same project, which Vite 8 refuses unless told not to lock (each test builds to
+    and serves from a directory of its own, so nothing is shared but the project's sources)."""
+    return ["node", "node_modules/vite/bin/vite.js", command, *args, "--bypass-lock"]
 
 
 @pytest.fixture(scope="module")
@@ -49,16 +59,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     for mode in ("production", "development"):
         out = tmp_path_factory.mktemp(f"checkout-react-{mode}") / "dist"
         done = subprocess.run(
-            [
-                "node",
-                "node_modules/vite/bin/vite.js",
-                "build",
-                "--outDir",
-                str(out),
-                "--emptyOutDir",
-                "--logLevel",
-                "warn",
-            ],
+            vite("build", "--outDir", str(out), "--emptyOutDir", "--logLevel", "warn"),
             cwd=EXAMPLE,
             env={**os.environ, "VITE_PAYTRACK_SIMULATE": "true", "NODE_ENV": mode},
             capture_output=True,
@@ -122,16 +123,7 @@ async def serve(built: dict[str, Path], tmp_path: Path) -> AsyncIterator[Callabl
         started.append(paytrack)
         port = free_port()
         proc = await asyncio.create_subprocess_exec(
-            "node",
-            "node_modules/vite/bin/vite.js",
-            "preview",
-            "--outDir",
-            str(built[build]),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--strictPort",
+            *vite("preview", "--outDir", str(built[build]), "--host", "127.0.0.1", "--port", str(port), "--strictPort"),
             cwd=EXAMPLE,
             env={**os.environ, "PAYTRACK_URL": paytrack.url},
             stdout=log,
@@ -335,6 +327,95 @@ async def test_example_rides_out_a_server_restart_mid_payment_and_ends_on_the_tr
     assert await page.locator("#completions li").count() == 1
     assert await page.get_attribute("#status", "data-status") == "SUCCESSFUL"
     assert page_errors(page) == [], page.console_errors
+
+
+async def test_the_readme_command_starts_the_checkout_and_ctrl_c_stops_it(http, page, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The example's README gives one command that starts it: run as written (from the repository's
+    root, in a shell), it starts paytrack's development server and Vite's dev server, the page it names
+    pays with the sandbox's simulate button, and Ctrl-C (SIGINT to the foreground process group, as a
+    terminal sends it) stops both."""
+    npm_installed(ROOT / "clients" / "js", "socket.io-client", "React example")
+    npm_installed(ROOT / "clients" / "react", "react", "React example")
+    npm_installed(EXAMPLE, "vite", "React example")
+    (block,) = re.findall(r"## Run it\n.*?```sh\n(.*?)\n```", (EXAMPLE / "README.md").read_text(), re.S)
+    (command,) = [line for line in block.splitlines() if line.strip()]
+    assert "npm start" in command, command
+
+    paytrack_port = free_port()
+    paytrack = f"http://127.0.0.1:{paytrack_port}"
+    output = tmp_path / "npm-start.log"
+    with output.open("wb") as log:
+        proc = await asyncio.create_subprocess_exec(
+            "bash",
+            "-c",
+            command,
+            cwd=ROOT,
+            env=clean_env(PAYTRACK_PORT=str(paytrack_port)),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: the terminal's, which Ctrl-C signals
+        )
+    try:
+
+        def opened() -> str | None:
+            assert proc.returncode is None, f"npm start exited with {proc.returncode}: {output.read_text()[-3000:]}"
+            found = re.search(r"checkout: open (http://\S+)", output.read_text())
+            return found[1] if found else None
+
+        url = await eventually(opened, timeout=WAIT * 6, interval=0.1)
+        assert f"(paytrack at {paytrack})" in output.read_text()
+
+        await page.goto(url, timeout=6 * MS)  # the dev server's first load optimizes dependencies
+        await page.wait_for_selector('#connection[data-state="connected"]', timeout=6 * MS)
+        await page.click("#pay")
+        await page.wait_for_selector('#status[data-status="PENDING"]')
+        reference = await page.text_content("#reference")
+        await page.click("#simulate-success")  # shown by the dev server without any build flag
+        await page.wait_for_selector('#status[data-status="SUCCESSFUL"]')
+        assert await page.locator("#completions li").count() == 1
+        async with http.get(f"{paytrack}/api/payment/tracking/{reference}") as resp:
+            assert (await resp.json())["payment"]["status"] == "SUCCESSFUL"  # the server the command started
+        assert page_errors(page) == [], page.console_errors
+
+        os.killpg(proc.pid, signals.SIGINT)
+        await asyncio.wait_for(proc.wait(), WAIT * 3)
+
+        async def stopped(address: str) -> bool:
+            try:
+                async with http.get(address, timeout=aiohttp.ClientTimeout(total=WAIT)):
+                    return False
+            except aiohttp.ClientConnectionError:
+                return True
+
+        for address in (paytrack, url):
+            await eventually(lambda address=address: stopped(address), timeout=WAIT * 3, interval=0.1)
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # whatever of the group is left: server.py, Vite
+            os.killpg(proc.pid, signals.SIGKILL)
+        if proc.returncode is None:
+            await proc.wait()
+
+
+async def test_two_workers_build_and_preview_the_example_side_by_side(serve, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The suite runs on several xdist workers, and each builds the example (the `built` fixture is per
+    worker) and serves it with `vite preview` (one per test) while another worker may do the same. Vite 8
+    refuses a second build or preview of one project while the first runs ("Found another Vite build
+    process for this project"), which made these tests fail or pass by the workers' timing."""
+    started = [
+        await asyncio.create_subprocess_exec(
+            *vite("build", "--outDir", str(tmp_path / f"dist-{n}"), "--emptyOutDir", "--logLevel", "warn"),
+            cwd=EXAMPLE,
+            env={**os.environ, "VITE_PAYTRACK_SIMULATE": "true"},
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        for n in range(2)
+    ]
+    outputs = await asyncio.wait_for(asyncio.gather(*(proc.communicate() for proc in started)), WAIT * 20)
+    assert [proc.returncode for proc in started] == [0, 0], [out.decode()[-2000:] for out, _ in outputs]
+    first = await serve()
+    second = await serve()  # a second `vite preview` of the project while the first serves
+    assert first[1].proc.returncode is None and second[1].proc.returncode is None
 
 
 # -- the binding, on the checks page ---------------------------------------------------------------

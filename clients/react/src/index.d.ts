@@ -125,6 +125,7 @@ export interface PaytrackStoreDependencies {
 export interface PaytrackStore {
   /** The tracker, once something subscribed or initiated in the browser; null before (and always on the server). */
   readonly tracker: PaymentTracker | null;
+  /** True once close() was called (for good), and while the tracker is closed after its last holder let go (a later subscription opens a new one). */
   readonly closed: boolean;
   getConnection(): ConnectionSnapshot;
   subscribeConnection(listener: () => void): () => void;

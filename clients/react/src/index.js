@@ -17,7 +17,7 @@ import { createPaytrackStore, IDLE_PAYMENT, INITIAL_CONNECTION, LOADING_PAYMENT 
 export { createPaytrackStore } from "./store.js";
 export { PaytrackError } from "paytrack-client";
 
-export const VERSION = "0.3.0";
+export const VERSION = "0.3.1";
 
 const PaytrackContext = createContext(null);
 

@@ -6,7 +6,10 @@
 // be a track-payment and a stop-tracking-payment on the socket. Here each reference is counted:
 // the first user tracks it, the last one to leave stops it, and the stop waits `releaseDelayMs`
 // (a macrotask by default) so that an unmount that is immediately followed by a mount again
-// (StrictMode) neither stops nor tracks twice. The tracker itself is closed the same way.
+// (StrictMode) neither stops nor tracks twice. The tracker itself is closed the same way, once its
+// last holder (the provider) let go; a subscription after that opens a new one: React destroys every
+// effect of a subtree that <Activity> hides (a tab or a route kept for later) and runs them again on
+// the same store when it is shown. Only close() is for good.
 //
 // Nothing here runs on the server: the tracker is created only by subscribe() (called from
 // effects) and initiate() (called from event handlers), never while rendering.
@@ -61,7 +64,8 @@ class Entry {
 export function createPaytrackStore(options = {}, { createTracker = (trackerOptions) => new PaymentTracker(trackerOptions) } = {}) {
   const { releaseDelayMs = 0, ...trackerOptions } = options;
   let tracker = null;
-  let closed = false;
+  let closed = false; // the tracker is closed: by close() (for good), or after its last holder let go
+  let ended = false; // close() was called: nothing opens a tracker again
   let connection = INITIAL_CONNECTION;
   const connectionListeners = new Set();
   const entries = new Map();
@@ -76,7 +80,8 @@ export function createPaytrackStore(options = {}, { createTracker = (trackerOpti
   }
 
   function ensureTracker() {
-    if (tracker !== null || closed) return tracker;
+    if (tracker !== null || ended) return tracker;
+    closed = false; // shown again after its last holder let go (<Activity>): a new tracker, a new socket
     tracker = createTracker(trackerOptions);
     const offConnection = tracker.on("connection", (state, info) => {
       // A connection made is the answer to the last refusal; REST answering (polling: e.g. behind a proxy
@@ -103,6 +108,16 @@ export function createPaytrackStore(options = {}, { createTracker = (trackerOpti
     unlisten = [offConnection, offError, offEvent];
     setConnection(connectionOf(tracker.state, null, tracker, null));
     return tracker;
+  }
+
+  /**
+   * The tracker for a call (initiate, payByLink). Closed after its last holder let go, the store opens a
+   * new one only for a holder (a provider shown again): a component that kept the store of a provider
+   * gone for good would otherwise open a socket nobody closes.
+   */
+  function trackerForCall() {
+    if (closed && holders === 0) return null;
+    return ensureTracker();
   }
 
   function setPayment(entry, next) {
@@ -150,7 +165,8 @@ export function createPaytrackStore(options = {}, { createTracker = (trackerOpti
     }, releaseDelayMs);
   }
 
-  function close() {
+  /** Close the tracker and let every reference go; a later subscription opens a new tracker unless `ended`. */
+  function shutDown() {
     if (closed) return;
     closed = true;
     clearTimeout(closeTimer);
@@ -168,12 +184,18 @@ export function createPaytrackStore(options = {}, { createTracker = (trackerOpti
     setConnection(Object.freeze({ state: "offline", nextAttemptAt: null, error: connection.error }));
   }
 
+  function close() {
+    ended = true;
+    shutDown();
+  }
+
   return {
-    /** The tracker if one was created (never on the server), else null. */
+    /** The tracker while one is open (never on the server), else null. */
     get tracker() {
       return tracker;
     },
 
+    /** True once close() was called, and while the tracker is closed after its last holder let go. */
     get closed() {
       return closed;
     },
@@ -196,7 +218,7 @@ export function createPaytrackStore(options = {}, { createTracker = (trackerOpti
 
     /** Follow `reference` for as long as the returned function has not been called. */
     subscribePayment(reference, listener) {
-      if (!reference || closed) return noop;
+      if (!reference || ended) return noop;
       let entry = entries.get(reference);
       if (entry === undefined) {
         entry = new Entry(reference);
@@ -224,14 +246,14 @@ export function createPaytrackStore(options = {}, { createTracker = (trackerOpti
 
     /** POST /api/payment/initiate through the shared tracker (PaymentTracker.initiate). */
     initiate(body, initiateOptions) {
-      const live = ensureTracker();
+      const live = trackerForCall();
       if (live === null) return Promise.reject(new PaytrackError("closed", "this paytrack store is closed"));
       return live.initiate(body, initiateOptions);
     },
 
     /** POST /api/payment/link through the shared tracker (PaymentTracker.payByLink). */
     payByLink(body, linkOptions) {
-      const live = ensureTracker();
+      const live = trackerForCall();
       if (live === null) return Promise.reject(new PaytrackError("closed", "this paytrack store is closed"));
       return live.payByLink(body, linkOptions);
     },
@@ -250,12 +272,12 @@ export function createPaytrackStore(options = {}, { createTracker = (trackerOpti
         clearTimeout(closeTimer);
         closeTimer = setTimeout(() => {
           closeTimer = null;
-          if (holders === 0) close();
+          if (holders === 0) shutDown();
         }, releaseDelayMs);
       };
     },
 
-    /** Stop everything now: every reference, the tracker and its socket. */
+    /** Stop everything now and for good: every reference, the tracker and its socket. */
     close,
   };
 }
