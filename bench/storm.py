@@ -3,7 +3,7 @@
     .venv/bin/python -m bench.storm --pages 10000                            # every scenario, paytrack and Node
     .venv/bin/python -m bench.storm --pages 10000 --scenarios restart --targets paytrack
     .venv/bin/python -m bench.storm --pages 10000 --scenarios drop --storms 3 --targets paytrack  # leak check
-    .venv/bin/python -m bench.storm --pages 200 --policy spread              # pages that spread their first retry
+    .venv/bin/python -m bench.storm --pages 200 --policy socketio            # pages on socket.io-client's own backoff
 
 `--pages` checkout pages (bench/node/pages.js: socket.io-client websockets in
 Node processes, `--pages-per-process` each) each track one PENDING payment.
@@ -24,8 +24,9 @@ sends a callback again). Then, `--storms` times, one of:
   same process holds through storm after storm (`--storms 3`).
 
 Every page reconnects by itself and re-tracks with `last_seq` (`--policy`:
-`socketio` is socket.io-client's backoff, what the official client does
-today; `spread` draws the first retry after a server's going-away close
+`socketio` is socket.io-client's backoff, what the official client did
+up to 0.4.1; `spread`, what it does from 0.5.0 (`goingAwayWindowMs`), draws
+the first retry after a server's going-away close
 from a wider window). Per storm it reports: the time from the new process
 listening (and from the stop) to 99 % and 100 % of the pages re-tracked;
 connects refused by the server (busy, with a retry hint; or a 429/503
@@ -723,7 +724,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--targets", default=f"{PAYTRACK},{NODE_FLOOR}", help=f"{PAYTRACK}, {NODE_FLOOR}")
     parser.add_argument("--storms", type=int, default=1, help="storms in a row on the same set-up")
     parser.add_argument("--rate", type=float, default=200, help="completions per second, throughout")
-    parser.add_argument("--policy", choices=("socketio", "spread"), default="socketio", help="the pages' reconnection")
+    parser.add_argument(
+        "--policy",
+        choices=("socketio", "spread"),
+        default="spread",
+        help="the pages' reconnection (spread: the official client's)",
+    )
     parser.add_argument("--first-window", type=float, default=3.0, help="seconds: --policy spread's first window")
     parser.add_argument("--pre-seconds", type=float, default=5.0, help="steady state before each storm")
     parser.add_argument("--after-seconds", type=float, default=10.0, help="window after 100 %% re-tracked")

@@ -20,11 +20,12 @@
 //
 // Reconnection (`policy`): a page reconnects after any close, as the official client does, by one of
 //   "socketio": socket.io-client's own backoff (reconnectionDelay 500 ms, max 5 s, randomization 0.5,
-//               doubling per failed attempt): what the official client does today; the first retry after
-//               a close lands 0.25 to 0.75 s after it;
+//               doubling per failed attempt): what the official client did up to 0.4.1; the first retry
+//               after a close lands 0.25 to 0.75 s after it;
 //   "spread":   the same, except that the first retry after a close the server started (the websocket's
 //               closing handshake with 1001, going away, as a graceful stop sends) lands uniformly in
-//               [0, first_window_ms], so that a whole instance's pages do not come back in the same half second.
+//               [0, first_window_ms], so that a whole instance's pages do not come back in the same half second
+//               (the official client from 0.5.0, goingAwayWindowMs, which keeps its backoff as a floor).
 // Either way a refusal that names a wait (a Socket.IO connect_error with data.retry_after, in seconds) is
 // honoured: the next attempt comes no sooner than that wait, spread over up to half as long again, and no
 // sooner than the page's own backoff. A connection refused by the kernel (no process listening) is tried on

@@ -119,6 +119,8 @@ export interface PaymentTrackerOptions {
   /** Reconnect backoff bounds (ms, defaults 500 and 5000, ±50 % jitter); it starts over only once a connection answered a track-payment. */
   reconnectDelayMs?: number;
   reconnectDelayMaxMs?: number;
+  /** After the server closes the websocket going away (1001: the instance is stopping), the first retry is drawn from [0, this] (ms, default 3000), so an instance's pages do not all reach the next one at once. */
+  goingAwayWindowMs?: number;
   /** socket.io transports (default ["websocket"]: no sticky sessions needed; REST polling covers blocked websockets). */
   transports?: Array<"websocket" | "polling" | "webtransport">;
   /** Socket.IO path on the server (default "/socket.io"). */

@@ -31,7 +31,7 @@
 // at its copy of socket.io-client's ESM build, so a page can import it as is.
 import { io } from "socket.io-client";
 
-export const VERSION = "0.4.1";
+export const VERSION = "0.5.0";
 
 const SERVER_EVENTS = new Set([
   "payment-initiated",
@@ -85,6 +85,7 @@ const DEFAULTS = {
   providerTimeoutMs: 60_000,
   reconnectDelayMs: 500,
   reconnectDelayMaxMs: 5000,
+  goingAwayWindowMs: 3000,
   initiateAttempts: 3,
   initiateUnknownWaitMs: 120_000,
 };
@@ -714,7 +715,7 @@ export class PaymentTracker {
       this.#updateState();
       for (const entry of this.#entries.values()) this.#trackOnSocket(entry);
     });
-    socket.on("disconnect", (reason) => {
+    socket.on("disconnect", (reason, details) => {
       if (this.#closed) return;
       clearTimeout(this.#provenTimer);
       this.#provenTimer = null;
@@ -729,7 +730,11 @@ export class PaymentTracker {
       this.#pollDue();
       if (reason === "io client disconnect") return this.#updateState(); // ours: reconnect() or a watchdog
       // The server ended the session on purpose: at token expiry, or a shutdown.
-      this.#scheduleReconnect(reason === "io server disconnect" ? "expired" : "connect");
+      if (reason === "io server disconnect") return this.#scheduleReconnect("expired");
+      // Its websocket's closing handshake with 1001, going away: the instance is stopping (a deploy), and
+      // every page on it comes back now. Spread over goingAwayWindowMs, they do not all reach the next
+      // process in the same half second (issue 38).
+      this.#scheduleReconnect("connect", null, details?.context?.code === 1001);
     });
     socket.on("connect_error", (err) => {
       if (this.#closed || !this.#connecting) return;
@@ -809,12 +814,14 @@ export class PaymentTracker {
 
   /**
    * Connect again after the backoff, and not before `askedMs` (what the server asked, with jitter) when
-   * given. The backoff grows with every attempt until a connection stays up PROVEN_AFTER_MS (#proved).
+   * given, nor before a draw from [0, goingAwayWindowMs] after the server's going-away close (`goingAway`).
+   * The backoff grows with every attempt until a connection stays up PROVEN_AFTER_MS (#proved).
    */
-  #scheduleReconnect(reason, askedMs = null) {
+  #scheduleReconnect(reason, askedMs = null, goingAway = false) {
     if (this.#closed || this.#reconnectTimer !== null || this.#connecting) return;
     const own = backoff(this.#reconnectAttempts++, this.#options.reconnectDelayMs, this.#options.reconnectDelayMaxMs);
-    const delay = askedMs === null ? own : Math.max(own, jittered(askedMs));
+    let delay = askedMs === null ? own : Math.max(own, jittered(askedMs));
+    if (goingAway) delay = Math.max(delay, Math.round(Math.random() * this.#options.goingAwayWindowMs));
     if (this.#tokenReason !== "rejected") this.#tokenReason = reason;
     this.#nextAttemptAt = Date.now() + delay;
     this.#reconnectTimer = setTimeout(() => {

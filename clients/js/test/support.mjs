@@ -198,6 +198,12 @@ export class ServerProcess {
     this.child = null;
   }
 
+  /** Stop it as a deploy does (SIGTERM): every websocket is closed with 1001, going away. */
+  async terminate() {
+    await stop(this.child, "SIGTERM");
+    this.child = null;
+  }
+
 
   get output() {
     return this.child?.output ?? "";
