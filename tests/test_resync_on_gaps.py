@@ -7,6 +7,7 @@ never received.
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 
@@ -52,3 +53,27 @@ async def test_a_page_gets_what_was_published_while_its_instances_listener_was_a
     await eventually(lambda: manager.subscriptions > resubscribed)
     completed = await page.wait_for("payment-completed", timeout=WAIT)
     assert completed[-1].data["reference"] == reference and completed[-1].data["status"] == "SUCCESSFUL"
+
+
+async def test_a_track_while_redis_is_away_asks_nothing_of_it_for_its_routes(
+    start_redis_instance: StartInstance, redis_server: RedisServer, json_log: Any
+) -> None:
+    """Degraded (the storage knows Redis is away), the manager does not try to follow a tracked payment's
+    route: the resync follows it once Redis is back. Fails if `resync_on_gaps` leaves `storage_healthy` out
+    (the follow is tried, fails and is logged, and each failure asks for another resync pass)."""
+    instance = await start_redis_instance(REDIS_KEY_PREFIX="gaps-away:", SOCKETIO_CHANNEL="gaps-away")
+    status, body, _ = await instance.api.initiate(order_id="o-away")
+    assert status == 201, body
+    redis_server.stop()
+
+    async def degraded() -> bool:
+        _, health, _ = await instance.api.request("GET", "/health")
+        return bool(health["status"] == "degraded")
+
+    await eventually(degraded)
+    page = await instance.tracker()
+    ack = await page.track(body["reference"])
+    assert ack["ok"] is True and ack["payment"]["status"] == "PENDING", ack
+    await page.barrier()
+    failed = [line for line in json_log.refresh() if line["event"].startswith("could not register for payments")]
+    assert failed == []
