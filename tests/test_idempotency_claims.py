@@ -137,12 +137,14 @@ async def test_a_key_in_progress_is_answered_in_its_kinds_words_and_sends_nothin
     instance = await _start(backend, campay)
     kind.hold(campay)  # the first request is in CamPay's hands while the second arrives
     first = asyncio.create_task(_post(instance, kind, "k-busy", kind.body()))
-    assert await campay.wait_held(1, WAIT)
-    status, second, headers = await _post(instance, kind, "k-busy", kind.body())
+    try:
+        assert await campay.wait_held(1, WAIT)
+        status, second, headers = await _post(instance, kind, "k-busy", kind.body())
+    finally:
+        kind.release(campay)  # even when the test fails: a held answer would hold the server's shutdown
     code, message = kind.in_progress
     assert (status, second["error"]["code"], second["error"]["message"]) == (409, code, message), second
     assert headers["Retry-After"] == "1"
-    kind.release(campay)
     status, done, _ = await asyncio.wait_for(first, WAIT)
     assert status == 201, done
     assert campay.calls[kind.provider_call] == 1
