@@ -139,3 +139,44 @@ async def test_a_full_counter_pool_is_back_pressure_for_initiate_not_an_outage(
     assert status == 503 and body["error"]["code"] == "busy" and int(headers["Retry-After"]) >= 1, body
     assert await instance.storage.get_order_payment("o-busy") is None  # no USSD push was sent
     assert (await api.initiate(order_id="o-busy"))[0] == 201
+
+
+@pytest.mark.redis
+async def test_a_full_counter_pool_says_to_come_back_after_one_reconnect_interval(
+    start_redis_instance: StartInstance,
+) -> None:
+    """The busy answer's Retry-After is the Redis reconnect interval, rounded up (issue 39's review: the policy
+    moved from the app into RateLimiter.from_settings)."""
+    instance = await start_redis_instance(
+        **{
+            **PRODUCTION,
+            "STORAGE_BACKEND": "redis",
+            "REDIS_POOL_SIZE": 1,
+            "REDIS_POOL_TIMEOUT_SECONDS": 0.1,
+            "REDIS_RECONNECT_INTERVAL_SECONDS": 2.5,
+        }
+    )
+    pool = instance.app[LIMITER]._counters.close.__self__  # the counters' own BlockingConnectionPool
+    held = await pool.get_connection()
+    try:
+        status, body, headers = await instance.api.as_user(user_token("alice")).initiate(order_id="o-busy-3")
+    finally:
+        await pool.release(held)
+    assert (status, body["error"]["code"], headers["Retry-After"]) == (503, "busy", "3"), body
+
+
+@pytest.mark.redis
+async def test_initiates_from_one_address_are_counted_on_this_instance_when_the_limit_store_is_unreachable(
+    start_redis_instance: StartInstance, redis_server: RedisServer
+) -> None:
+    """The per-address initiate limit goes on in memory as the per-user one does, whoever the users are."""
+    instance = await start_redis_instance(
+        **{**PRODUCTION, "STORAGE_BACKEND": "redis", "RATE_LIMIT_INITIATE_PER_IP": "2/minute"}
+    )
+    redis_server.stop()
+    for n in (1, 2):
+        status, body, _ = await instance.api.as_user(user_token(f"user-{n}")).initiate(order_id=f"o-ip-{n}")
+        assert status == 201, body
+    status, body, headers = await instance.api.as_user(user_token("user-3")).initiate(order_id="o-ip-3")
+    assert status == 429 and body["error"]["code"] == "rate_limited" and int(headers["Retry-After"]) >= 1, body
+    assert await instance.storage.get_order_payment("o-ip-3") is None

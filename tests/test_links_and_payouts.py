@@ -427,6 +427,7 @@ async def test_a_refund_requested_twice_at_once_makes_one_payout(
     assert await campay.wait_held(1, WAIT)
     second = await _refund(instance, paid)
     assert second[0] == 409 and second[1]["error"]["code"] == "payout_in_progress", second
+    assert second[1]["error"]["message"] == f"a refund of payment {paid} is being processed right now; retry shortly"
     campay.release_collects()
     status, payout = await asyncio.wait_for(first, WAIT)
     assert status == 201

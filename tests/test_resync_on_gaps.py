@@ -1,0 +1,79 @@
+"""What a pub/sub gap loses, a resync brings (issue 39's review: the Redis manager's `resync_on_gaps` wiring had
+no test of its own). Two instances on a real redis-server that keeps answering (it only refuses new connections
+for a moment), the periodic resync off: only the manager's own gap signal can bring a page what its instance
+never received.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from realtime.server import SIO
+from tests.conftest import StartInstance
+from tests.harness import WAIT, eventually
+from tests.redis_server import RedisServer
+
+pytestmark = pytest.mark.redis
+
+
+async def test_a_page_gets_what_was_published_while_its_instances_listener_was_away_after_it_resubscribes(
+    start_redis_instance: StartInstance, redis_server: RedisServer
+) -> None:
+    """The change is made on `a`, whose messages go to a channel `b` never listens on (as if `b`'s listener
+    had been away when it was published: the message is gone). Redis then drops every pub/sub connection and
+    refuses their immediate reconnect (redis-py's one transparent retry), so `b`'s listener sees the gap; once it
+    resubscribes, the resync it asks for brings the page the stored state. Fails if `on_listening` is not wired."""
+    common = {"REDIS_KEY_PREFIX": "gaps:", "RESYNC_INTERVAL_SECONDS": 3600}
+    a = await start_redis_instance(INSTANCE_ID="a", SOCKETIO_CHANNEL="gaps-lost", **common)
+    b = await start_redis_instance(INSTANCE_ID="b", SOCKETIO_CHANNEL="gaps", **common)
+    status, body, _ = await a.api.initiate(order_id="o-gap")
+    assert status == 201, body
+    reference = body["reference"]
+    page = await b.tracker()
+    ack = await page.track(reference)
+    assert ack["ok"] is True and ack["payment"]["status"] == "PENDING", ack
+    status, body, _ = await a.api.simulate(reference, "SUCCESSFUL")
+    assert status == 200 and body["applied"] is True  # published where b does not listen: lost for b's page
+
+    manager = b.app[SIO].manager
+    await asyncio.wait_for(manager.listening.wait(), WAIT)
+    resubscribed = manager.subscriptions
+    plain = redis_server.client()
+    try:
+        await plain.ping()  # its one connection, open before new ones are refused
+        await plain.config_set("maxclients", 1)  # the listeners' reconnect is refused: a gap they notice
+        assert await plain.client_kill_filter(_type="pubsub") >= 1
+        await eventually(lambda: not manager.listening.is_set())
+        await plain.config_set("maxclients", 10000)
+    finally:
+        await plain.aclose()
+    await eventually(lambda: manager.subscriptions > resubscribed)
+    completed = await page.wait_for("payment-completed", timeout=WAIT)
+    assert completed[-1].data["reference"] == reference and completed[-1].data["status"] == "SUCCESSFUL"
+
+
+async def test_a_track_while_redis_is_away_asks_nothing_of_it_for_its_routes(
+    start_redis_instance: StartInstance, redis_server: RedisServer, json_log: Any
+) -> None:
+    """Degraded (the storage knows Redis is away), the manager does not try to follow a tracked payment's
+    route: the resync follows it once Redis is back. Fails if `resync_on_gaps` leaves `storage_healthy` out
+    (the follow is tried, fails and is logged, and each failure asks for another resync pass)."""
+    instance = await start_redis_instance(REDIS_KEY_PREFIX="gaps-away:", SOCKETIO_CHANNEL="gaps-away")
+    status, body, _ = await instance.api.initiate(order_id="o-away")
+    assert status == 201, body
+    redis_server.stop()
+
+    async def degraded() -> bool:
+        _, health, _ = await instance.api.request("GET", "/health")
+        return bool(health["status"] == "degraded")
+
+    await eventually(degraded)
+    page = await instance.tracker()
+    ack = await page.track(body["reference"])
+    assert ack["ok"] is True and ack["payment"]["status"] == "PENDING", ack
+    await page.barrier()
+    failed = [line for line in json_log.refresh() if line["event"].startswith("could not register for payments")]
+    assert failed == []
