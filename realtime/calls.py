@@ -65,7 +65,9 @@ class CallWindows:
         window = self._windows.get(sid)
         if window is None:
             window = self._windows[sid] = deque(maxlen=self._amount)
-        elif len(window) == self._amount and now - window[0] < self._period:
+        while window and now - window[0] >= self._period:
+            window.popleft()  # out of the window: a socket holds only its calls of the last period
+        if len(window) == self._amount:
             return max(1, math.ceil(window[0] + self._period - now))
         window.append(now)
         return 0
@@ -74,7 +76,12 @@ class CallWindows:
         self._windows.pop(sid, None)
 
     def __len__(self) -> int:
+        """Sockets with a window held."""
         return len(self._windows)
+
+    def held(self, sid: str) -> int:
+        """Calls of `sid` held (those of the last period, at its last call)."""
+        return len(self._windows.get(sid, ()))
 
 
 class CallGate:

@@ -183,3 +183,13 @@ def test_a_sockets_call_window_is_let_go_when_the_socket_goes() -> None:
     windows.forget("b")
     windows.forget("never-called")
     assert len(windows) == 2
+
+
+def test_a_sockets_call_window_holds_only_the_last_period() -> None:
+    """A generous rate (the bench's 100,000,000 a minute) must not make a socket keep every call it ever made."""
+    clock = [0.0]
+    windows = CallWindows("100000000/minute", now=lambda: clock[0])
+    for _ in range(1000):
+        assert windows.hit("a") == 0
+        clock[0] += 1.0
+    assert windows.held("a") == 60  # the calls of the last minute, not all 1,000
