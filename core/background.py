@@ -1,9 +1,10 @@
 """Owning background work: the one way this code starts, repeats and stops a task.
 
 - `cancel_and_wait`: stop a task and wait until it has finished.
-- `PeriodicWorker`: one pass every `interval` seconds, or at once when woken
-  (the reconciler, merchant delivery, the instance heartbeat, the socket
-  resync); a pass that raises is logged and the next one runs anyway.
+- `PeriodicWorker`: one pass every `interval` seconds, or at once when woken,
+  or within a delay (`wake_in`: a retry after a failure) (the reconciler,
+  merchant delivery, the instance heartbeat, the socket resync); a pass that
+  raises is logged and the next one runs anyway.
 - `renewing`: a lease kept alive while a piece of work runs (the reconciler's sweep,
   an initiation's leases, the merchant outbox's claims).
 - `OwnedTasks`: one-off tasks kept referenced, logged on failure, cancelled on close.
@@ -42,7 +43,9 @@ class PeriodicWorker:
     """Runs `work` in a task of its own: every `interval` seconds, and soon after each `wake()`.
 
     A wake that arrives during a pass makes the next pass start right after
-    it, so nothing asked for is left waiting a whole interval. With
+    it, so nothing asked for is left waiting a whole interval. `wake_in`
+    asks for a pass within a delay instead (a retry that must not come at
+    once); any pass that starts first answers it. With
     `wait_first` the task waits before its first pass (the caller ran one
     already, or there is nothing to do at start).
     """
@@ -66,9 +69,26 @@ class PeriodicWorker:
         self._wake = asyncio.Event()
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None  # a `wake_in` not yet due
 
     def wake(self) -> None:
         self._wake.set()
+
+    def wake_in(self, delay: float) -> None:
+        """A pass within `delay` seconds: a wake already due sooner is kept, and a pass that starts before it
+        (woken, or its interval ended) answers it."""
+        if self._stopping:
+            return
+        loop = asyncio.get_running_loop()
+        if self._timer is not None and self._timer.when() <= loop.time() + delay:
+            return
+        self._cancel_timer()
+        self._timer = loop.call_later(delay, self._wake.set)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     def start(self) -> None:
         self._stopping = False
@@ -82,6 +102,7 @@ class PeriodicWorker:
         as if it had finished), and the loop must not go on to the next pass.
         """
         self._stopping = True
+        self._cancel_timer()
         self._wake.set()
         await cancel_and_wait(self._task)
         self._task = None
@@ -91,6 +112,7 @@ class PeriodicWorker:
             await self._sleep()
         while not self._stopping:
             self._wake.clear()
+            self._cancel_timer()  # this pass answers it; a wake_in during the pass sets a new one
             try:
                 await self._work()
             except Exception:  # the loop must survive anything one pass meets

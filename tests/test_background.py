@@ -1,4 +1,4 @@
-"""core/background.py: the periodic worker every loop uses, and component lifetimes in list order."""
+"""core/background.py: the periodic worker every loop uses, and component lifetimes in list order; core/backoff.py."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from core.background import PeriodicWorker, closing, running
+from core.backoff import Backoff
 
 LONG = 3600.0  # an interval no test waits out: every extra pass below comes from a wake
 
@@ -70,6 +71,36 @@ async def test_wait_first_runs_nothing_until_woken() -> None:
         await asyncio.wait_for(passes.get(), 5)
     finally:
         await worker.stop()
+
+
+async def test_wake_in_runs_a_pass_after_the_delay_and_keeps_the_sooner_of_two() -> None:
+    """With the interval out of reach, only the delayed wake can bring the second pass; the later `wake_in`
+    does not push back the one already due."""
+    passes = asyncio.Queue[None]()
+
+    async def work() -> None:
+        passes.put_nowait(None)
+
+    worker = PeriodicWorker("test", work, interval=LONG, log=logging.getLogger("test"), failed="x", wait_first=True)
+    worker.start()
+    try:
+        worker.wake_in(0.01)
+        worker.wake_in(LONG)
+        await asyncio.wait_for(passes.get(), 5)
+    finally:
+        await worker.stop()
+
+
+def test_backoff_doubles_after_each_failure_up_to_its_cap_with_jitter_and_starts_over_on_success() -> None:
+    backoff = Backoff(first=0.1, cap=1.0)
+    steps = []
+    for _ in range(6):
+        steps.append(backoff.delay())
+        backoff.failed()
+    for step, whole in zip(steps, [0.1, 0.2, 0.4, 0.8, 1.0, 1.0], strict=True):
+        assert whole / 2 <= step <= whole
+    backoff.succeeded()
+    assert 0.05 <= backoff.delay() <= 0.1
 
 
 async def test_components_start_in_list_order_and_stop_in_reverse() -> None:
