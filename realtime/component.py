@@ -52,7 +52,7 @@ class Realtime:
         self.resync = Resync(
             self.sessions, self.delivery, storage, interval=settings.RESYNC_INTERVAL_SECONDS, follow=follow
         )
-        manager.resync_on_gaps(self.resync.request, storage_healthy=lambda: storage.healthy)
+        manager.resync_on_gaps(self.resync.request, retry=self.resync.retry, storage_healthy=lambda: storage.healthy)
         storage.when_recovered(self._resync_everything)
         self.namespace = PaymentNamespace(
             service=payments.service,

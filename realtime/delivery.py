@@ -15,7 +15,8 @@ recovers, after every (re)subscription of the pub/sub listener, and every
 RESYNC_INTERVAL_SECONDS, so a client converges to the stored state after any
 lost message. Before re-reading, it follows those payments again
 (realtime/routes.py), so their later messages are routed here even if Redis
-lost the routes.
+lost the routes. A failed follow asks for a pass too, but after a backoff
+(`Resync.retry`), never at once.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from engineio import packet as eio_packet
 from socketio import packet as sio_packet
 
 from core.background import PeriodicWorker
+from core.backoff import Backoff
 from core.errors import ApiError
 from core.jsonio import dumps
 from payments.model import Payment, PaymentEvent, PaymentStatus
@@ -175,6 +177,7 @@ class Resync:
     """Re-reads what this instance's sockets wait on and delivers what each has not seen."""
 
     BATCH = 200
+    RETRY_FIRST_DELAY = 0.1  # seconds; the first retry after a failed follow (see `retry`)
 
     def __init__(
         self,
@@ -189,6 +192,7 @@ class Resync:
         self._follow = follow
         self._delivery = delivery
         self._storage = storage
+        self._retry = Backoff(first=self.RETRY_FIRST_DELAY, cap=interval)
         self._worker = PeriodicWorker(
             "socket-resync", self._pass, interval=interval, log=log, failed="resync pass failed", wait_first=True
         )
@@ -197,17 +201,36 @@ class Resync:
         """Run a pass soon (storage recovered, pub/sub resubscribed)."""
         self._worker.wake()
 
+    def retry(self) -> None:
+        """A follow failed (a track's, or a pass's own): run a pass again, after a backoff.
+
+        Not at once: a follow that keeps failing while storage looks healthy
+        (a routes key of the wrong type, Redis out of memory) fails again in
+        that pass, which asked for the next one, and so on, about 2,000 passes
+        a second against Redis. The delay starts at RETRY_FIRST_DELAY, doubles
+        after each pass whose follow failed, up to the periodic interval (a
+        retry never comes later than the periodic pass would), with jitter;
+        it starts over once a pass follows everything its sockets wait on.
+        However many follows fail meanwhile, one retry is pending at a time.
+        """
+        self._worker.wake_in(self._retry.delay())
+
     async def run_once(self) -> int:
         """One pass; returns how many sockets were sent something."""
         references = self._sessions.waiting()
         sent = 0
+        followed = True
         for start in range(0, len(references), self.BATCH):
             batch = references[start : start + self.BATCH]
-            if self._follow is not None:
-                await self._follow(batch)
+            if self._follow is not None and not await self._follow(batch):
+                followed = False
             for payment in await self._storage.get_payments(batch):
                 if payment is not None:
                     sent += await self._delivery.deliver(message_for(payment))
+        if followed:
+            self._retry.succeeded()
+        else:
+            self._retry.failed()
         if sent:
             log.info("resync: sent missed payment states", extra={"sockets": sent, "payments": len(references)})
         return sent

@@ -82,7 +82,9 @@ class LocalManager(IndexedRooms, socketio.AsyncManager):
     async def publish_payment(self, message: PaymentMessage) -> None:
         await self.on_payment(message)
 
-    def resync_on_gaps(self, resync: Callable[[], None], *, storage_healthy: Callable[[], bool]) -> None:
+    def resync_on_gaps(
+        self, resync: Callable[[], None], *, retry: Callable[[], None], storage_healthy: Callable[[], bool]
+    ) -> None:
         """Nothing published in memory is ever lost: no gap to resync after."""
 
     async def start(self, server: socketio.AsyncServer, wait: float) -> None:
@@ -203,7 +205,8 @@ class ResilientRedisManager(IndexedRooms, socketio.AsyncRedisManager):
         Never raises and never waits on a Redis known to be away: tracking
         works without Redis, and when storage recovers (or the listener
         resubscribes) the resync follows every waiting payment before
-        re-reading it. Any other failure asks for that resync at once.
+        re-reading it. Any other failure asks for that resync too, after a
+        backoff while follows keep failing (`on_follow_failed`).
         """
         if not self.storage_healthy():
             return False
@@ -298,10 +301,15 @@ class ResilientRedisManager(IndexedRooms, socketio.AsyncRedisManager):
                 self._first_attempt.set()
                 await asyncio.sleep(self._reconnect_interval)
 
-    def resync_on_gaps(self, resync: Callable[[], None], *, storage_healthy: Callable[[], bool]) -> None:
-        """`resync` after every (re)subscription, since what was published while the listener was away is
-        gone, and after a follow that failed; `storage_healthy` says whether to skip publishes in an outage."""
-        self.on_listening = self.on_follow_failed = resync
+    def resync_on_gaps(
+        self, resync: Callable[[], None], *, retry: Callable[[], None], storage_healthy: Callable[[], bool]
+    ) -> None:
+        """`resync` at once after every (re)subscription, since what was published while the listener was
+        away is gone; `retry` after a follow that failed (a resync after a backoff: a follow that keeps failing
+        must not become a loop against Redis); `storage_healthy` says whether to skip publishes and follows in
+        an outage."""
+        self.on_listening = resync
+        self.on_follow_failed = retry
         self.storage_healthy = storage_healthy
 
     # -- lifetime (driven by the app's cleanup context) ------------------------------

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from realtime.server import SIO
+from realtime.storage.keys import RedisKeys
 from tests.conftest import StartInstance
 from tests.harness import WAIT, eventually
 from tests.redis_server import RedisServer
@@ -77,3 +78,50 @@ async def test_a_track_while_redis_is_away_asks_nothing_of_it_for_its_routes(
     await page.barrier()
     failed = [line for line in json_log.refresh() if line["event"].startswith("could not register for payments")]
     assert failed == []
+
+
+async def test_a_follow_that_keeps_failing_backs_off_instead_of_hammering_redis_and_the_page_converges_after(
+    start_redis_instance: StartInstance, redis_server: RedisServer, json_log: Any
+) -> None:
+    """The payment's routes key is made a string (a WRONGTYPE error on every follow, with Redis and storage
+    healthy: the review's reproduction; a Redis out of memory refuses the SADD the same way). Each failed follow
+    asks for a resync pass, whose own follow fails: before the backoff that was a pass right after the last, about
+    2,000 a second (one SADD, EXPIRE and MGET each). The resync interval is 2 s, so the backoff (0.1 s doubling,
+    capped there) allows a handful of passes in the 2 s counted; fewer than 50 SADDs is far from both. Once the key
+    is removed, a change made on `a` reaches the page on `b` (the next pass follows the payment again)."""
+    common = {"REDIS_KEY_PREFIX": "loop:", "SOCKETIO_CHANNEL": "loop", "RESYNC_INTERVAL_SECONDS": 2}
+    a = await start_redis_instance(INSTANCE_ID="a", **common)
+    b = await start_redis_instance(INSTANCE_ID="b", **common)
+    status, body, _ = await a.api.initiate(order_id="o-loop")
+    assert status == 201, body
+    reference = body["reference"]
+    page = await b.tracker()
+    ack = await page.track(reference)
+    assert ack["ok"] is True and ack["payment"]["status"] == "PENDING", ack
+
+    routes = RedisKeys("loop:").routes(reference)
+    plain = redis_server.client()
+    try:
+        await plain.delete(routes)
+        await plain.set(routes, "not a set")
+        again = await b.tracker()  # its follow fails: a resync pass is asked for
+        ack = await again.track(reference)
+        assert ack["ok"] is True and ack["payment"]["status"] == "PENDING", ack
+
+        def follow_failed() -> bool:
+            return any(line["event"].startswith("could not register for payments") for line in json_log.refresh())
+
+        await eventually(follow_failed)
+        before = await plain.info("commandstats")
+        await asyncio.sleep(2)  # a fixed window to count in: the assertion is on counts, not on timings
+        after = await plain.info("commandstats")
+        sadds = after.get("cmdstat_sadd", {}).get("calls", 0) - before.get("cmdstat_sadd", {}).get("calls", 0)
+        assert sadds < 50, f"{sadds} SADDs in 2 s: a resync pass after each failed follow, at once"
+
+        await plain.delete(routes)
+    finally:
+        await plain.aclose()
+    status, body, _ = await a.api.simulate(reference, "SUCCESSFUL")
+    assert status == 200 and body["applied"] is True
+    completed = await page.wait_for("payment-completed", timeout=WAIT)
+    assert completed[-1].data["reference"] == reference and completed[-1].data["status"] == "SUCCESSFUL"
