@@ -92,15 +92,17 @@ export function usePayment(reference, options = {}) {
   const get = useCallback(() => store.getPayment(ref), [store, ref]);
   const getServer = useCallback(() => (ref ? LOADING_PAYMENT : IDLE_PAYMENT), [ref]);
   const live = useSyncExternalStore(subscribe, get, getServer);
-  // What this component last showed for `ref`. The store forgets a reference nobody follows, and its
-  // tracker once the provider's effects are gone (<Activity> hiding it); shown again, the store starts
-  // over at "loading" until the new socket's answer. The page keeps showing the state it knew meanwhile.
+  // What this component last showed for `ref` from this store. The store forgets a reference nobody
+  // follows, and its tracker once the provider's effects are gone (<Activity> hiding it); shown again, it
+  // starts over at "loading" until the new socket's answer. The page keeps showing the state it knew
+  // meanwhile. Another store (a new url: another server) starts from "loading".
   const shown = useRef(null);
-  const snapshot = live === LOADING_PAYMENT && shown.current?.ref === ref ? shown.current.snapshot : live;
+  const kept = shown.current;
+  const snapshot = live === LOADING_PAYMENT && kept?.ref === ref && kept.store === store ? kept.snapshot : live;
   useEffect(() => {
-    if (live !== LOADING_PAYMENT) shown.current = { ref, snapshot: live };
-    else if (shown.current?.ref !== ref) shown.current = null;
-  }, [ref, live]);
+    if (live !== LOADING_PAYMENT) shown.current = { store, ref, snapshot: live };
+    else if (shown.current?.ref !== ref || shown.current.store !== store) shown.current = null;
+  }, [store, ref, live]);
   const connection = useConnection();
   const refresh = useCallback(() => store.refresh(ref), [store, ref]);
 
