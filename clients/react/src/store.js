@@ -204,11 +204,14 @@ export function createPaytrackStore(options = {}, { createTracker = (trackerOpti
     unlisten = [];
     tracker?.close();
     tracker = null;
-    setConnection(Object.freeze({ state: "offline", nextAttemptAt: null, error: connection.error }));
+    // For good: offline. After the last holder let go, the next one to look (a provider shown again by
+    // <Activity>) opens a new tracker at once: it reads "connecting", not a flash of "offline".
+    setConnection(Object.freeze({ state: ended ? "offline" : "connecting", nextAttemptAt: null, error: connection.error }));
   }
 
   function close() {
     ended = true;
+    if (closed) setConnection(Object.freeze({ ...connection, state: "offline", nextAttemptAt: null }));
     shutDown();
   }
 

@@ -106,6 +106,7 @@ function activityTree(reference, seen, extra = null) {
     const result = usePayment(reference, { onSuccess: (p) => seen.successes.push(p.seq) });
     seen.last = result;
     seen.statuses.push(result.status);
+    seen.connections?.push(result.connection.state);
     return h("p", null, `${result.status} ${result.connection.state}`);
   }
   function Tabs() {
@@ -132,6 +133,27 @@ test("shown again after <Activity> hid it, usePayment shows the state it had, no
     await act(async () => seen.setMode("visible"));
     await until(() => seen.last.connection.state === "connected" && seen.last.status === "PENDING", "connected again");
     assert.ok(!seen.statuses.includes("loading"), `statuses after show: ${seen.statuses.join(", ")}`);
+  } finally {
+    await act(async () => renderer.unmount());
+  }
+});
+
+test("shown again after <Activity> hid it, the connection reads connecting, then connected, never offline", async () => {
+  const reference = await initiated("activity-connection");
+  const seen = { statuses: [], successes: [], connections: [] };
+  let renderer;
+  await act(async () => {
+    renderer = create(activityTree(reference, seen));
+  });
+  try {
+    await until(() => seen.last?.status === "PENDING" && seen.last.connection.state === "connected", "PENDING");
+    await act(async () => seen.setMode("hidden"));
+    await nextTask();
+    await eventually(async () => (await trackingClients(server.url, reference)) === 0, { what: "untracked while hidden" });
+    seen.connections.length = 0;
+    await act(async () => seen.setMode("visible"));
+    await until(() => seen.last.connection.state === "connected", "connected again");
+    assert.ok(!seen.connections.includes("offline"), `connection states after show: ${seen.connections.join(", ")}`);
   } finally {
     await act(async () => renderer.unmount());
   }
