@@ -134,7 +134,11 @@ export interface PaytrackStore {
   refresh(reference: string | null | undefined): Promise<Payment | null>;
   initiate(body: InitiateBody, options?: { idempotencyKey?: string; onRetry?: InitiateCallOptions["onRetry"] }): Promise<Payment>;
   payByLink(body: PayByLinkBody, options?: { idempotencyKey?: string; onRetry?: InitiateCallOptions["onRetry"] }): Promise<Payment>;
-  /** Keep the tracker open; the function returned lets go (the last one closes it after `releaseDelayMs`). */
+  /**
+   * Keep the tracker open; the function returned lets go (the last one closes it after `releaseDelayMs`,
+   * or once every initiate()/payByLink() still running has its answer). A call on a store closed that way
+   * waits `releaseDelayMs` for a holder to come back, then rejects with `closed`.
+   */
   retain(): () => void;
   close(): void;
 }

@@ -17,7 +17,7 @@ import { createPaytrackStore, IDLE_PAYMENT, INITIAL_CONNECTION, LOADING_PAYMENT 
 export { createPaytrackStore } from "./store.js";
 export { PaytrackError } from "paytrack-client";
 
-export const VERSION = "0.3.1";
+export const VERSION = "0.3.2";
 
 const PaytrackContext = createContext(null);
 
@@ -91,7 +91,18 @@ export function usePayment(reference, options = {}) {
   );
   const get = useCallback(() => store.getPayment(ref), [store, ref]);
   const getServer = useCallback(() => (ref ? LOADING_PAYMENT : IDLE_PAYMENT), [ref]);
-  const snapshot = useSyncExternalStore(subscribe, get, getServer);
+  const live = useSyncExternalStore(subscribe, get, getServer);
+  // What this component last showed for `ref` from this store. The store forgets a reference nobody
+  // follows, and its tracker once the provider's effects are gone (<Activity> hiding it); shown again, it
+  // starts over at "loading" until the new socket's answer. The page keeps showing the state it knew
+  // meanwhile. Another store (a new url: another server) starts from "loading".
+  const shown = useRef(null);
+  const kept = shown.current;
+  const snapshot = live === LOADING_PAYMENT && kept?.ref === ref && kept.store === store ? kept.snapshot : live;
+  useEffect(() => {
+    if (live !== LOADING_PAYMENT) shown.current = { store, ref, snapshot: live };
+    else if (shown.current?.ref !== ref || shown.current.store !== store) shown.current = null;
+  }, [store, ref, live]);
   const connection = useConnection();
   const refresh = useCallback(() => store.refresh(ref), [store, ref]);
 

@@ -71,6 +71,8 @@ export function createPaytrackStore(options = {}, { createTracker = (trackerOpti
   const entries = new Map();
   let holders = 0; // providers (or others) that keep the tracker open; see retain()
   let closeTimer = null;
+  let calls = 0; // initiate()/payByLink() calls not answered yet; see call()
+  let closeDue = false; // the last holder let go while calls ran: close once they are answered
   let unlisten = [];
 
   function setConnection(next) {
@@ -113,11 +115,31 @@ export function createPaytrackStore(options = {}, { createTracker = (trackerOpti
   /**
    * The tracker for a call (initiate, payByLink). Closed after its last holder let go, the store opens a
    * new one only for a holder (a provider shown again): a component that kept the store of a provider
-   * gone for good would otherwise open a socket nobody closes.
+   * gone for good would otherwise open a socket nobody closes. A holder coming back within
+   * `releaseDelayMs` counts: React runs a subtree's effects children first, so a child's effect that
+   * calls here when <Activity> shows it again runs before its provider's retain.
    */
-  function trackerForCall() {
-    if (closed && holders === 0) return null;
+  async function trackerForCall() {
+    if (closed && holders === 0 && !ended) await new Promise((resolve) => setTimeout(resolve, releaseDelayMs));
+    if (ended || (closed && holders === 0)) return null;
     return ensureTracker();
+  }
+
+  /**
+   * One call through the tracker. The tracker stays open until every call has its answer, even if its
+   * last holder let go meanwhile (Pay pressed, then the tab hidden by <Activity>): closing it would abort
+   * a POST that may have started the payment, and the page would show `closed` for it.
+   */
+  async function call(method, body, callOptions) {
+    const live = await trackerForCall();
+    if (live === null) throw new PaytrackError("closed", "this paytrack store is closed");
+    calls += 1;
+    try {
+      return await live[method](body, callOptions);
+    } finally {
+      calls -= 1;
+      if (calls === 0 && holders === 0 && closeDue) shutDown();
+    }
   }
 
   function setPayment(entry, next) {
@@ -167,6 +189,7 @@ export function createPaytrackStore(options = {}, { createTracker = (trackerOpti
 
   /** Close the tracker and let every reference go; a later subscription opens a new tracker unless `ended`. */
   function shutDown() {
+    closeDue = false;
     if (closed) return;
     closed = true;
     clearTimeout(closeTimer);
@@ -181,11 +204,14 @@ export function createPaytrackStore(options = {}, { createTracker = (trackerOpti
     unlisten = [];
     tracker?.close();
     tracker = null;
-    setConnection(Object.freeze({ state: "offline", nextAttemptAt: null, error: connection.error }));
+    // For good: offline. After the last holder let go, the next one to look (a provider shown again by
+    // <Activity>) opens a new tracker at once: it reads "connecting", not a flash of "offline".
+    setConnection(Object.freeze({ state: ended ? "offline" : "connecting", nextAttemptAt: null, error: connection.error }));
   }
 
   function close() {
     ended = true;
+    if (closed) setConnection(Object.freeze({ ...connection, state: "offline", nextAttemptAt: null }));
     shutDown();
   }
 
@@ -246,16 +272,12 @@ export function createPaytrackStore(options = {}, { createTracker = (trackerOpti
 
     /** POST /api/payment/initiate through the shared tracker (PaymentTracker.initiate). */
     initiate(body, initiateOptions) {
-      const live = trackerForCall();
-      if (live === null) return Promise.reject(new PaytrackError("closed", "this paytrack store is closed"));
-      return live.initiate(body, initiateOptions);
+      return call("initiate", body, initiateOptions);
     },
 
     /** POST /api/payment/link through the shared tracker (PaymentTracker.payByLink). */
     payByLink(body, linkOptions) {
-      const live = trackerForCall();
-      if (live === null) return Promise.reject(new PaytrackError("closed", "this paytrack store is closed"));
-      return live.payByLink(body, linkOptions);
+      return call("payByLink", body, linkOptions);
     },
 
     /** Keep the tracker open (a mounted provider). Undone by the function returned. */
@@ -263,6 +285,7 @@ export function createPaytrackStore(options = {}, { createTracker = (trackerOpti
       holders += 1;
       clearTimeout(closeTimer);
       closeTimer = null;
+      closeDue = false;
       let held = true;
       return () => {
         if (!held) return;
@@ -272,7 +295,9 @@ export function createPaytrackStore(options = {}, { createTracker = (trackerOpti
         clearTimeout(closeTimer);
         closeTimer = setTimeout(() => {
           closeTimer = null;
-          if (holders === 0) shutDown();
+          if (holders > 0) return;
+          if (calls > 0) closeDue = true;
+          else shutDown();
         }, releaseDelayMs);
       };
     },

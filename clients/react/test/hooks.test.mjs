@@ -207,8 +207,11 @@ test("a provider given another url closes the first server's tracker and follows
     await until(() => probe.last.status === "PENDING", "PENDING on the first server");
     assert.equal(await connectionCount(server.url), baseline + 1);
 
+    const before = probe.renders.length;
     await act(async () => renderer.update(tree(other.url)));
     await until(() => probe.last.status === "unknown", "the second server does not know it");
+    const shown = probe.renders.slice(before).map((result) => result.status);
+    assert.ok(!shown.includes("PENDING"), `the first server's state is not shown for the second: ${shown.join(", ")}`);
     await eventually(async () => (await connectionCount(server.url)) === baseline, { what: "the first tracker closed" });
     assert.equal(await connectionCount(other.url), 1);
     await act(async () => renderer.unmount());

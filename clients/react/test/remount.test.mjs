@@ -1,0 +1,266 @@
+// The provider's own store (no `store` prop) across React's remounts: a route change in one commit,
+// <Activity> hiding and showing, calls made around a close. What the page shows and what the server
+// holds (sockets, tracks), counted on the server.
+import assert from "node:assert/strict";
+import { after, before, test } from "node:test";
+import { Activity, createElement as h, StrictMode, useEffect, useState } from "react";
+import TestRenderer from "react-test-renderer";
+import { PaytrackProvider, useInitiatePayment, usePayment, usePaytrackStore } from "../src/index.js";
+import { api, connectionCount, eventually, nextTask, paymentBody, simulate, startServer, trackingClients } from "./support.mjs";
+
+const { act, create } = TestRenderer;
+globalThis.IS_REACT_ACT_ENVIRONMENT = true;
+const warn = console.error;
+const QUIET = ["react-test-renderer is deprecated", "was not wrapped in act(", "should be wrapped into act("];
+console.error = (...args) => {
+  if (typeof args[0] === "string" && QUIET.some((text) => args[0].includes(text))) return;
+  warn(...args);
+};
+
+let server;
+before(async () => {
+  server = await startServer();
+});
+after(async () => {
+  await server?.kill();
+});
+
+async function until(check, what) {
+  await eventually(async () => {
+    await act(async () => {});
+    return check();
+  }, { what });
+}
+
+async function initiated(prefix) {
+  const { status, body } = await api(server.url, "POST", "/api/payment/initiate", paymentBody(prefix));
+  assert.equal(status, 201, JSON.stringify(body));
+  return body.reference;
+}
+
+const OPTIONS = { shareAcrossTabs: false };
+
+import { afterEach, beforeEach } from "node:test";
+let baselineSockets = 0;
+beforeEach(async () => {
+  baselineSockets = await connectionCount(server.url);
+});
+afterEach(async () => {
+  await nextTask();
+  await eventually(async () => (await connectionCount(server.url)) === baselineSockets, { what: "no socket left after the test" });
+});
+
+test("a route change in one commit under StrictMode keeps the provider's socket and track, and shows no loading", async () => {
+  const baseline = await connectionCount(server.url);
+  const reference = await initiated("route");
+  const seen = { store: null, statuses: [], successes: [] };
+  function Payment({ name }) {
+    seen.store = usePaytrackStore();
+    const { status } = usePayment(reference, { onSuccess: (p) => seen.successes.push([name, p.seq]) });
+    seen.statuses.push(`${name}:${status}`);
+    return h("p", null, status);
+  }
+  function RouteA() {
+    return h(Payment, { name: "a" });
+  }
+  function RouteB() {
+    return h("div", null, h(Payment, { name: "b" }));
+  }
+  let go;
+  function App() {
+    const [route, set] = useState("a");
+    go = set;
+    return h(PaytrackProvider, { url: server.url, options: OPTIONS }, route === "a" ? h(RouteA) : h(RouteB));
+  }
+  let renderer;
+  await act(async () => {
+    renderer = create(h(StrictMode, null, h(App)));
+  });
+  try {
+    await until(() => seen.statuses.at(-1) === "a:PENDING" && seen.store.getConnection().state === "connected", "PENDING");
+    const tracker = seen.store.tracker;
+    seen.statuses.length = 0;
+    await act(async () => go("b"));
+    await nextTask();
+    await act(async () => {});
+    assert.equal(seen.store.tracker, tracker, "the same tracker");
+    assert.deepEqual([...new Set(seen.statuses)], ["b:PENDING"]);
+    assert.equal(await connectionCount(server.url), baseline + 1);
+    assert.equal(await trackingClients(server.url, reference), 1);
+    await simulate(server.url, reference, "SUCCESSFUL");
+    await until(() => seen.statuses.at(-1) === "b:SUCCESSFUL", "SUCCESSFUL");
+    await act(async () => {});
+    assert.deepEqual(seen.successes, [["b", 2]]);
+  } finally {
+    await act(async () => renderer.unmount());
+  }
+  await nextTask();
+  await eventually(async () => (await connectionCount(server.url)) === baseline, { what: "no socket left" });
+});
+
+/** A provider under <Activity>, with a probe that records every status it renders. */
+function activityTree(reference, seen, extra = null) {
+  function Probe() {
+    seen.store = usePaytrackStore();
+    seen.pay = useInitiatePayment();
+    const result = usePayment(reference, { onSuccess: (p) => seen.successes.push(p.seq) });
+    seen.last = result;
+    seen.statuses.push(result.status);
+    seen.connections?.push(result.connection.state);
+    return h("p", null, `${result.status} ${result.connection.state}`);
+  }
+  function Tabs() {
+    const [mode, set] = useState("visible");
+    seen.setMode = set;
+    return h(Activity, { mode }, h(PaytrackProvider, { url: server.url, options: OPTIONS }, extra, h(Probe)));
+  }
+  return h(StrictMode, null, h(Tabs));
+}
+
+test("shown again after <Activity> hid it, usePayment shows the state it had, not loading, while it re-tracks", async () => {
+  const reference = await initiated("activity-kept");
+  const seen = { statuses: [], successes: [] };
+  let renderer;
+  await act(async () => {
+    renderer = create(activityTree(reference, seen));
+  });
+  try {
+    await until(() => seen.last?.status === "PENDING" && seen.last.connection.state === "connected", "PENDING");
+    await act(async () => seen.setMode("hidden"));
+    await nextTask();
+    await eventually(async () => (await trackingClients(server.url, reference)) === 0, { what: "untracked while hidden" });
+    seen.statuses.length = 0;
+    await act(async () => seen.setMode("visible"));
+    await until(() => seen.last.connection.state === "connected" && seen.last.status === "PENDING", "connected again");
+    assert.ok(!seen.statuses.includes("loading"), `statuses after show: ${seen.statuses.join(", ")}`);
+  } finally {
+    await act(async () => renderer.unmount());
+  }
+});
+
+test("shown again after <Activity> hid it, the connection reads connecting, then connected, never offline", async () => {
+  const reference = await initiated("activity-connection");
+  const seen = { statuses: [], successes: [], connections: [] };
+  let renderer;
+  await act(async () => {
+    renderer = create(activityTree(reference, seen));
+  });
+  try {
+    await until(() => seen.last?.status === "PENDING" && seen.last.connection.state === "connected", "PENDING");
+    await act(async () => seen.setMode("hidden"));
+    await nextTask();
+    await eventually(async () => (await trackingClients(server.url, reference)) === 0, { what: "untracked while hidden" });
+    seen.connections.length = 0;
+    await act(async () => seen.setMode("visible"));
+    await until(() => seen.last.connection.state === "connected", "connected again");
+    assert.ok(!seen.connections.includes("offline"), `connection states after show: ${seen.connections.join(", ")}`);
+  } finally {
+    await act(async () => renderer.unmount());
+  }
+});
+
+test("a payment completed while hidden: shown again, SUCCESSFUL and onSuccess once", async () => {
+  const reference = await initiated("activity-done");
+  const seen = { statuses: [], successes: [] };
+  let renderer;
+  await act(async () => {
+    renderer = create(activityTree(reference, seen));
+  });
+  try {
+    await until(() => seen.last?.status === "PENDING" && seen.last.connection.state === "connected", "PENDING");
+    await act(async () => seen.setMode("hidden"));
+    await nextTask();
+    await eventually(async () => (await trackingClients(server.url, reference)) === 0, { what: "untracked while hidden" });
+    await simulate(server.url, reference, "SUCCESSFUL");
+    await act(async () => seen.setMode("visible"));
+    await until(() => seen.last.status === "SUCCESSFUL", "SUCCESSFUL");
+    await act(async () => {});
+    // Hidden and shown once more: the same final state, onSuccess not again.
+    await act(async () => seen.setMode("hidden"));
+    await nextTask();
+    await act(async () => seen.setMode("visible"));
+    await until(() => seen.last.status === "SUCCESSFUL" && seen.last.connection.state === "connected", "SUCCESSFUL again");
+    await act(async () => {});
+    assert.deepEqual(seen.successes, [2]);
+  } finally {
+    await act(async () => renderer.unmount());
+  }
+});
+
+test("a component that initiates in an effect when shown again gets its payment, not `closed`", async () => {
+  const reference = await initiated("activity-effect");
+  const seen = { statuses: [], successes: [], outcomes: [] };
+  let armed = false;
+  function AutoPay() {
+    const store = usePaytrackStore();
+    useEffect(() => {
+      if (!armed) return;
+      armed = false;
+      store.initiate(paymentBody("activity-effect-auto")).then(
+        (payment) => seen.outcomes.push(payment.status),
+        (error) => seen.outcomes.push(error.code),
+      );
+    });
+    return null;
+  }
+  let renderer;
+  // AutoPay first: its effect runs before the probe's subscription and the provider's retain.
+  await act(async () => {
+    renderer = create(activityTree(reference, seen, h(AutoPay)));
+  });
+  try {
+    await until(() => seen.last?.status === "PENDING" && seen.last.connection.state === "connected", "PENDING");
+    await act(async () => seen.setMode("hidden"));
+    await nextTask();
+    await eventually(async () => (await trackingClients(server.url, reference)) === 0, { what: "untracked while hidden" });
+    armed = true;
+    await act(async () => seen.setMode("visible"));
+    await until(() => seen.outcomes.length === 1, "the initiation's outcome");
+    assert.deepEqual(seen.outcomes, ["PENDING"]);
+  } finally {
+    await act(async () => renderer.unmount());
+  }
+});
+
+test("Pay pressed, then the tab hidden before the answer: shown again, the initiation is the payment, not an error", async () => {
+  const reference = await initiated("activity-inflight");
+  const seen = { statuses: [], successes: [] };
+  let renderer;
+  await act(async () => {
+    renderer = create(activityTree(reference, seen));
+  });
+  try {
+    await until(() => seen.last?.status === "PENDING" && seen.last.connection.state === "connected", "PENDING");
+    let pending;
+    await act(async () => {
+      pending = seen.pay.initiate(paymentBody("activity-inflight-pay"));
+      seen.setMode("hidden");
+    });
+    const outcome = await pending;
+    await act(async () => seen.setMode("visible"));
+    await until(() => seen.last.connection.state === "connected", "connected again");
+    assert.equal(outcome.state, "initiated", `${outcome.state} ${outcome.error?.code}`);
+  } finally {
+    await act(async () => renderer.unmount());
+  }
+});
+
+test("unmounted for good: no socket left on the server, even with a call in flight", async () => {
+  const baseline = await connectionCount(server.url);
+  const reference = await initiated("gone");
+  const seen = { statuses: [], successes: [] };
+  let renderer;
+  await act(async () => {
+    renderer = create(activityTree(reference, seen));
+  });
+  await until(() => seen.last?.status === "PENDING" && seen.last.connection.state === "connected", "PENDING");
+  let pending;
+  await act(async () => {
+    pending = seen.pay.initiate(paymentBody("gone-pay"));
+    renderer.unmount();
+  });
+  await pending;
+  await nextTask();
+  await eventually(async () => (await connectionCount(server.url)) === baseline, { what: "no socket left" });
+  assert.equal(seen.store.tracker, null);
+});
