@@ -232,7 +232,10 @@ def main(argv: list[str] | None = None) -> int:
         redis_cluster=args.redis_cluster,
         instances=args.instances,
     )
-    profiles, results = asyncio.run(profile_targets(sc, args.targets.split(",")))
+    targets = args.targets.split(",")
+    if unknown := [t for t in targets if t not in (PAYTRACK, PYTHON_FLOOR)]:
+        parser.error(f"cannot profile {', '.join(unknown)}: py-spy reads Python processes ({PAYTRACK}, {PYTHON_FLOOR})")
+    profiles, results = asyncio.run(profile_targets(sc, targets))
     for result in results:
         print(
             f"\n{result.target}: {result.achieved_rate:.0f} completions/s achieved, "
