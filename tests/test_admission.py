@@ -170,3 +170,46 @@ async def test_a_client_gone_before_its_upgrade_was_answered_is_let_go_quietly()
         out, err = await stop(proc)
     log = (out + err).decode()
     assert "Error handling request" not in log and "Traceback" not in log, log[-3000:]
+
+
+async def handshake_status(url: str) -> tuple[int, dict[str, Any], str]:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(
+            f"{url}/socket.io/", params={"EIO": "4", "transport": "polling"}, timeout=aiohttp.ClientTimeout(total=WAIT)
+        ) as response,
+    ):
+        return response.status, dict(response.headers), await response.text()
+
+
+@pytest.mark.parametrize("max_lag", ["0.5", "0"])
+async def test_a_handshake_that_finds_the_loop_behind_is_answered_503_at_once(max_lag: str) -> None:
+    """SOCKET_ADMIT_MAX_LAG_SECONDS: the server's process is stopped for 1.5 s (SIGSTOP, as a long stall
+    would), a handshake arrives meanwhile; when the loop runs again it is 1.5 s behind, and the handshake
+    is refused 503 busy with Retry-After instead of joining the queue. Off (0), it is admitted."""
+    port = free_port()
+    proc = await run_server("--port", str(port), SOCKET_ADMIT_MAX_LAG_SECONDS=max_lag, LOG_LEVEL="WARNING")
+    try:
+        await wait_healthy(port, proc)
+        url = f"http://127.0.0.1:{port}"
+        proc.send_signal(signal.SIGSTOP)
+        try:
+            pending = asyncio.ensure_future(handshake_status(url))
+            await asyncio.sleep(1.5)  # the stall itself: the server cannot run meanwhile
+        finally:
+            proc.send_signal(signal.SIGCONT)
+        status, headers, body = await asyncio.wait_for(pending, WAIT)
+        if max_lag == "0":
+            assert status == 200, (status, body)
+            return
+        assert status == 503, (status, body)
+        assert json.loads(body)["error"]["code"] == "busy"
+        assert int(headers["Retry-After"]) >= 1
+
+        # Once the loop keeps up again, handshakes are admitted.
+        async def admitted() -> bool:
+            return (await handshake_status(url))[0] == 200
+
+        await eventually(admitted)
+    finally:
+        await stop(proc)
