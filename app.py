@@ -115,7 +115,6 @@ def create_app(
             running(delivery),
             running(payments.reconciler if settings.RECONCILE_ENABLED else None),
             running(realtime.resync),
-            running(realtime.lag),
             _log_started(settings, incarnation, storage.backend, payments.provider.name),
         ]
     )

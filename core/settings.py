@@ -247,10 +247,6 @@ class Settings(BaseSettings):
     # Sessions handshaken and not yet connected, every address: past this a new one's CONNECT is answered
     # `busy` with `retry_after`, and past as many again refused ones a handshake gets 503 (realtime/handshakes.py).
     SOCKET_MAX_CONNECTING: int = Field(256, gt=0, le=100_000)
-    # A handshake that finds the event loop this many seconds behind is answered 503 `busy` with
-    # Retry-After at once: the connections queued ahead of it would make it wait past the client's own
-    # timeout (core/loop_lag.py). 0: off.
-    SOCKET_ADMIT_MAX_LAG_SECONDS: float = Field(0.0, ge=0, le=60)
     SOCKET_CONNECT_TIMEOUT_SECONDS: float = Field(5.0, gt=0, le=120)
     # Engine.IO's heartbeat, announced to every client: a PING this long after the last PONG, and a
     # client that has not answered within the timeout is let go (Socket.IO's defaults, Node's too).

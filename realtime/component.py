@@ -9,7 +9,6 @@ namespace) is built and wired here, so the app only lists the components.
 from __future__ import annotations
 
 from core.clock import Clock
-from core.loop_lag import LoopLag
 from core.ratelimit import RateLimiter
 from core.settings import AuthMode, Settings
 from observability.metrics import Metrics
@@ -41,9 +40,7 @@ class Realtime:
         metrics: Metrics,
     ) -> None:
         self.manager = manager
-        # How far behind the loop is, for the handshake's admission (SOCKET_ADMIT_MAX_LAG_SECONDS); None: off.
-        self.lag = LoopLag() if settings.SOCKET_ADMIT_MAX_LAG_SECONDS else None
-        self.sio = create_sio(settings, client_manager=manager, lag=self.lag)
+        self.sio = create_sio(settings, client_manager=manager)
         self.sessions = Sessions(
             max_tracked=settings.MAX_TRACKED_PER_SOCKET, auth_enabled=settings.AUTH_MODE is not AuthMode.NONE
         )

@@ -72,22 +72,11 @@ class _Reservation:
 
 class AnonymousSessions:
     def __init__(
-        self,
-        *,
-        per_address: int,
-        connect_timeout: float,
-        trust_forwarded: bool,
-        max_connecting: int = 1 << 30,
-        behind: Callable[[], float] = lambda: 0.0,
-        max_behind: float = 0.0,
+        self, *, per_address: int, connect_timeout: float, trust_forwarded: bool, max_connecting: int = 1 << 30
     ) -> None:
-        """`behind()` says how many seconds the event loop is behind (core/loop_lag.py); past `max_behind`
-        (when not 0) a handshake is refused 503 at once, whatever the counts."""
         self.per_address = per_address
         self.connect_timeout = connect_timeout
         self.max_connecting = max_connecting
-        self._behind = behind
-        self.max_behind = max_behind
         self._trust_forwarded = trust_forwarded
         self._counts: Counter[str] = Counter()
         self._connecting = 0  # admitted anonymous sessions, every address
@@ -105,7 +94,7 @@ class AnonymousSessions:
             log_handshake_refused("too_many_sessions", environ, trust_forwarded=self._trust_forwarded)
             return Handshake.TOO_MANY_FROM_ADDRESS
         refuse = self._connecting >= self.max_connecting
-        if (refuse and self._refusing >= self.max_connecting) or (self.max_behind and self._behind() > self.max_behind):
+        if refuse and self._refusing >= self.max_connecting:
             self.refused_overloaded += 1
             self._log_busy()
             return Handshake.OVERLOADED

@@ -35,7 +35,6 @@ from socketio import packet
 
 from core.errors import ApiError, non_ascii_header
 from core.jsonio import JsonModule
-from core.loop_lag import LoopLag
 from core.origins import OriginPolicy
 from core.settings import Settings
 from realtime.engineio_session import LeanSession, PacketQueue
@@ -280,16 +279,12 @@ class PaytrackSocketServer(socketio.AsyncServer):
         await super()._handle_eio_disconnect(eio_sid, reason)
 
 
-def create_sio(
-    settings: Settings, client_manager: socketio.AsyncManager | None = None, lag: LoopLag | None = None
-) -> socketio.AsyncServer:
+def create_sio(settings: Settings, client_manager: socketio.AsyncManager | None = None) -> socketio.AsyncServer:
     sessions = AnonymousSessions(
         per_address=settings.MAX_ANONYMOUS_SESSIONS_PER_IP,
         connect_timeout=settings.SOCKET_CONNECT_TIMEOUT_SECONDS,
         trust_forwarded=settings.TRUST_FORWARDED_FOR,
         max_connecting=settings.SOCKET_MAX_CONNECTING,
-        behind=lag.behind if lag is not None else lambda: 0.0,
-        max_behind=settings.SOCKET_ADMIT_MAX_LAG_SECONDS if lag is not None else 0.0,
     )
     engineio_logger = logging.getLogger("engineio.server")
     engineio_logger.addFilter(ENGINEIO_ORIGIN_LINE_FILTER)  # one object: adding it again is a no-op
