@@ -15,6 +15,7 @@ from realtime.server import SIO
 from realtime.storage.keys import RedisKeys
 from tests.conftest import StartInstance
 from tests.harness import WAIT, eventually
+from tests.partition import PartitionProxy
 from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.redis
@@ -54,6 +55,42 @@ async def test_a_page_gets_what_was_published_while_its_instances_listener_was_a
     await eventually(lambda: manager.subscriptions > resubscribed)
     completed = await page.wait_for("payment-completed", timeout=WAIT)
     assert completed[-1].data["reference"] == reference and completed[-1].data["status"] == "SUCCESSFUL"
+
+
+async def test_a_page_gets_what_was_published_while_redis_py_quietly_resubscribed_its_instances_listener(
+    proxy: PartitionProxy, start_redis_instance: StartInstance, redis_server: RedisServer
+) -> None:
+    """Redis, still up, drops the pub/sub connections (CLIENT KILL TYPE pubsub; a proxy's idle cut does the same).
+    redis-py's one transparent retry reconnects and resubscribes `b`'s listener without the manager seeing an
+    error. `b` reaches Redis through a proxy that holds its resubscribe (and nothing else happens on `b` meanwhile),
+    so the change made on `a` is published while `b` is subscribed to nothing: a gap as real as an outage's, only
+    shorter. The periodic resync is off; only the manager treating the reconnection as a gap (a resync once the
+    subscription is back) brings the page the stored state. Fails if a quiet reconnection goes unnoticed."""
+    common = {"REDIS_KEY_PREFIX": "quiet:", "SOCKETIO_CHANNEL": "quiet", "RESYNC_INTERVAL_SECONDS": 300}
+    a = await start_redis_instance(INSTANCE_ID="a", **common)
+    b = await start_redis_instance(INSTANCE_ID="b", REDIS_URL=proxy.url, **common)
+    status, body, _ = await a.api.initiate(order_id="o-quiet")
+    assert status == 201, body
+    reference = body["reference"]
+    page = await b.tracker()
+    ack = await page.track(reference)
+    assert ack["ok"] is True and ack["payment"]["status"] == "PENDING", ack
+    manager = b.app[SIO].manager
+    await asyncio.wait_for(manager.listening.wait(), WAIT)
+
+    proxy.stall_on(b"SUBSCRIBE")  # b's resubscribe waits in the proxy, Redis has not seen it
+    plain = redis_server.client()
+    try:
+        assert await plain.client_kill_filter(_type="pubsub") >= 2  # a's listener and b's
+        await asyncio.wait_for(proxy.stalled.wait(), WAIT)
+        status, body, _ = await a.api.simulate(reference, "SUCCESSFUL")
+        assert status == 200 and body["applied"] is True  # published while b listens on nothing: lost for b
+    finally:
+        proxy.resume()
+        await plain.aclose()
+    completed = await page.wait_for("payment-completed", timeout=10)
+    assert completed[-1].data["reference"] == reference and completed[-1].data["status"] == "SUCCESSFUL"
+    assert manager.listening.is_set()
 
 
 async def test_a_track_while_redis_is_away_asks_nothing_of_it_for_its_routes(
