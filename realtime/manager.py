@@ -22,7 +22,10 @@ which `ResilientRedisManager` handles:
   backs off up to 60 s), `listening` tells when cross-instance delivery is
   live, and `on_listening` is called after every (re)subscription so the app
   resyncs its sockets: messages published while this listener was away are
-  never replayed by Redis.
+  never replayed by Redis. That includes the quiet reconnections: when Redis
+  stays up but drops the connection (`CLIENT KILL`, a proxy's idle cut),
+  redis-py reconnects and resubscribes inside `listen()` without raising, and
+  what was published in between is lost all the same.
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ PaymentHandler = Callable[[PaymentMessage], Awaitable[Any]]
 
 
 MESSAGES = ("message", "smessage")  # a published message on a channel, or on a shard channel (cluster)
+SUBSCRIBED = ("subscribe", "ssubscribe")  # Redis's confirmation of a (shard) channel subscription
 
 
 class ShardSubscriptionLost(Exception):
@@ -128,6 +132,7 @@ class ResilientRedisManager(IndexedRooms, socketio.AsyncRedisManager):
         self._closing = False
         self.received_payments = 0  # payment messages from other instances (tests and bench read it)
         self.subscriptions = 0  # times the listener subscribed: each after the first was followed by a resync
+        self._reconnected = False  # redis-py reconnected the listener; resync once its channel is confirmed
         self._skip_publish_until = 0.0
         self.dropped_publishes = 0
         self.listening = asyncio.Event()
@@ -140,8 +145,9 @@ class ResilientRedisManager(IndexedRooms, socketio.AsyncRedisManager):
     # -- connections ------------------------------------------------------------
     def _redis_connect(self, url: str | None = None) -> None:
         """The listener's connection: no read timeout, health checks instead. On a cluster it is a plain
-        connection to the node serving this process's channel, whose (un)subscribe messages are kept: the
-        node's `sunsubscribe` is how a lost shard subscription shows."""
+        connection to the node serving this process's channel. Its (un)subscribe messages are kept: the
+        node's `sunsubscribe` is how a lost shard subscription shows, and the confirmation of this process's
+        channel after a quiet reconnection is when a resync can no longer miss anything."""
         self.redis = connect(
             url or self.redis_url,
             socket_timeout=None,
@@ -149,7 +155,7 @@ class ResilientRedisManager(IndexedRooms, socketio.AsyncRedisManager):
             health_check_interval=self._health_check_interval,
             decode_responses=False,  # the stock listener compares channel names as bytes
         )
-        self.pubsub = self.redis.pubsub(ignore_subscribe_messages=not self._cluster)
+        self.pubsub = self.redis.pubsub(ignore_subscribe_messages=False)
         self.connected = True
 
     async def _subscribe(self, reconnecting: bool) -> None:
@@ -157,19 +163,32 @@ class ResilientRedisManager(IndexedRooms, socketio.AsyncRedisManager):
 
         On a cluster, this process's channel is a shard channel (SSUBSCRIBE: its messages reach only the
         node serving its slot, where PUBLISH would be copied to every node). The cluster's topology is
-        read again after a failure, so a failover's new primary is found."""
+        read again after a failure, so a failover's new primary is found.
+
+        Then `_quietly_reconnected` is registered on the connection: redis-py calls it after each later
+        connect of that connection (its own resubscription runs first), i.e. after a reconnection inside
+        `listen()` that raises nothing here."""
+        self._reconnected = False
         if not self._cluster:
             self._redis_connect()
             await self.pubsub.subscribe(self.channel, self.route_channel)
-            return
-        client = self._publisher_client()
-        await client.initialize()
-        if reconnecting:
-            await client.nodes_manager.initialize()
-        node = client.get_node_from_key(self.route_channel)
-        self._redis_connect(_node_url(self.redis_url, node.host, node.port))
-        await self.pubsub.subscribe(self.channel)
-        await self.pubsub.ssubscribe(self.route_channel)
+        else:
+            client = self._publisher_client()
+            await client.initialize()
+            if reconnecting:
+                await client.nodes_manager.initialize()
+            node = client.get_node_from_key(self.route_channel)
+            self._redis_connect(_node_url(self.redis_url, node.host, node.port))
+            await self.pubsub.subscribe(self.channel)
+            await self.pubsub.ssubscribe(self.route_channel)
+        self.pubsub.connection.register_connect_callback(self._quietly_reconnected)
+
+    def _quietly_reconnected(self, connection: Any) -> None:
+        """redis-py reconnected the listener and sent its resubscription: what was published since the old
+        connection dropped is gone. The resync waits for Redis's confirmation of this process's channel
+        (`_redis_listen_with_retries`), so a change published after the resync's read is delivered."""
+        self._reconnected = True
+        log.warning("Socket.IO pub/sub connection dropped and reconnected: resyncing once resubscribed")
 
     async def _close_listener_connection(self) -> None:
         pubsub, client = self.pubsub, self.redis
@@ -177,6 +196,8 @@ class ResilientRedisManager(IndexedRooms, socketio.AsyncRedisManager):
         self.connected = False
         with contextlib.suppress(Exception):
             if pubsub is not None:
+                if pubsub.connection is not None:
+                    pubsub.connection.deregister_connect_callback(self._quietly_reconnected)
                 await pubsub.aclose()
         with contextlib.suppress(Exception):
             if client is not None:
@@ -266,12 +287,13 @@ class ResilientRedisManager(IndexedRooms, socketio.AsyncRedisManager):
     # -- listening ----------------------------------------------------------------
     async def _listen(self):  # python-socketio calls this hook; the stock one reads the shared channel only
         channels = {self.channel.encode(), self.route_channel.encode()}
-        async for message in self._redis_listen_with_retries():
+        async for message in self._redis_listen_with_retries():  # (un)subscribe confirmations are dropped here
             if message["channel"] in channels and message["type"] in MESSAGES and "data" in message:
                 yield message["data"]
 
     async def _redis_listen_with_retries(self):  # python-socketio calls this hook
         reconnecting = False
+        route = self.route_channel.encode()
         while not self._closing:
             try:
                 await self._close_listener_connection()
@@ -286,6 +308,10 @@ class ResilientRedisManager(IndexedRooms, socketio.AsyncRedisManager):
                 async for message in self.pubsub.listen():
                     if message["type"] == "sunsubscribe":
                         raise ShardSubscriptionLost(f"{message['channel']!r}: its slot moved or its node stepped down")
+                    if self._reconnected and message["type"] in SUBSCRIBED and message["channel"] == route:
+                        self._reconnected = False  # redis-py's resubscription is confirmed: a gap like any other
+                        self.subscriptions += 1
+                        self.on_listening()
                     yield message
             except asyncio.CancelledError:
                 raise
@@ -305,9 +331,10 @@ class ResilientRedisManager(IndexedRooms, socketio.AsyncRedisManager):
         self, resync: Callable[[], None], *, retry: Callable[[], None], storage_healthy: Callable[[], bool]
     ) -> None:
         """`resync` at once after every (re)subscription, since what was published while the listener was
-        away is gone; `retry` after a follow that failed (a resync after a backoff: a follow that keeps failing
-        must not become a loop against Redis); `storage_healthy` says whether to skip publishes and follows in
-        an outage."""
+        away is gone (after redis-py's own quiet reconnection too, once Redis confirms the resubscription);
+        `retry` after a follow that failed (a resync after a backoff: a follow that keeps failing must not
+        become a loop against Redis); `storage_healthy` says whether to skip publishes and follows in an
+        outage."""
         self.on_listening = resync
         self.on_follow_failed = retry
         self.storage_healthy = storage_healthy
