@@ -5,18 +5,9 @@
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 import { Activity, createElement as h, StrictMode, useState } from "react";
-import TestRenderer from "react-test-renderer";
 import { PaytrackProvider, useInitiatePayment, usePayment, usePaytrackStore } from "../src/index.js";
-import { api, connectionCount, eventually, nextTask, paymentBody, simulate, startServer, trackingClients } from "./support.mjs";
-
-const { act, create } = TestRenderer;
-globalThis.IS_REACT_ACT_ENVIRONMENT = true;
-const warn = console.error;
-const QUIET = ["react-test-renderer is deprecated", "was not wrapped in act(", "should be wrapped into act("];
-console.error = (...args) => {
-  if (typeof args[0] === "string" && QUIET.some((text) => args[0].includes(text))) return;
-  warn(...args);
-};
+import { connectionCount, eventually, initiated, nextTask, paymentBody, simulate, startServer, trackingClients } from "./support.mjs";
+import { act, create, until } from "./renderer.mjs";
 
 let server;
 before(async () => {
@@ -26,18 +17,9 @@ after(async () => {
   await server?.kill();
 });
 
-async function until(check, what) {
-  await eventually(async () => {
-    await act(async () => {});
-    return check();
-  }, { what });
-}
-
 test("a provider hidden by <Activity> and shown again follows its payment again, on a new socket, and tells onSuccess once", async () => {
   const baseline = await connectionCount(server.url);
-  const { status, body } = await api(server.url, "POST", "/api/payment/initiate", paymentBody("activity"));
-  assert.equal(status, 201, JSON.stringify(body));
-  const reference = body.reference;
+  const reference = await initiated(server.url, "activity");
   const successes = [];
   const seen = { last: null, pay: null, store: null };
   function Probe() {

@@ -4,13 +4,12 @@
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 import { createElement as h, StrictMode, useEffect, useState } from "react";
-import TestRenderer from "react-test-renderer";
 import { createPaytrackStore, PaytrackProvider, useConnection, useInitiatePayment, usePayment } from "../src/index.js";
 import {
-  api,
   connectionCount,
   connectionReached,
   eventually,
+  initiated,
   nextTask,
   observedTrackers,
   paymentBody,
@@ -18,18 +17,7 @@ import {
   startServer,
   trackingClients,
 } from "./support.mjs";
-
-const { act, create } = TestRenderer;
-globalThis.IS_REACT_ACT_ENVIRONMENT = true;
-// react-test-renderer 19 says it is deprecated once per create() (it is still React's own renderer),
-// and updates that the socket brings between two act() calls are not wrapped in act(): both said once
-// each is enough. Every other console.error passes through.
-const warn = console.error;
-const QUIET = ["react-test-renderer is deprecated", "was not wrapped in act(", "should be wrapped into act("];
-console.error = (...args) => {
-  if (typeof args[0] === "string" && QUIET.some((text) => args[0].includes(text))) return;
-  warn(...args);
-};
+import { act, create, until } from "./renderer.mjs";
 
 let server;
 before(async () => {
@@ -38,12 +26,6 @@ before(async () => {
 after(async () => {
   await server?.kill();
 });
-
-async function initiated(prefix) {
-  const { status, body } = await api(server.url, "POST", "/api/payment/initiate", paymentBody(prefix));
-  assert.equal(status, 201, JSON.stringify(body));
-  return body.reference;
-}
 
 /** Renders a component's latest hook result into `seen.last`, every render into `seen.renders`. */
 function Probe({ reference, seen, options }) {
@@ -61,14 +43,6 @@ async function render(element) {
   return renderer;
 }
 
-/** Waits (outside act, so the socket's callbacks run) until `check()` holds, then lets React render. */
-async function until(check, what) {
-  await eventually(async () => {
-    await act(async () => {});
-    return check();
-  }, { what });
-}
-
 test("under StrictMode a mounted usePayment tracks once, shows the server's state and calls onSuccess once", async () => {
   const seen = observedTrackers();
   const store = createPaytrackStore({ url: server.url }, seen);
@@ -77,7 +51,7 @@ test("under StrictMode a mounted usePayment tracks once, shows the server's stat
   const successes = [];
   try {
     await connectionReached(store, "connected"); // so a second track would reach the socket
-    const reference = await initiated("hook-strict");
+    const reference = await initiated(server.url, "hook-strict");
     const options = { onSuccess: (p) => successes.push(p.seq) };
     let effectRuns = 0;
     function Witness() {
@@ -119,7 +93,7 @@ test("two components on one reference share one track; a changed reference moves
   const keep = store.retain();
   try {
     await connectionReached(store, "connected");
-    const [first, second] = [await initiated("shared-a"), await initiated("shared-b")];
+    const [first, second] = [await initiated(server.url, "shared-a"), await initiated(server.url, "shared-b")];
     const a = { renders: [], last: null };
     const b = { renders: [], last: null };
     let setReference;
@@ -155,7 +129,7 @@ test("two components on one reference share one track; a changed reference moves
 
 test("a provider creates one tracker when its children subscribe, and closes it (and its socket) on unmount", async () => {
   const before_ = await connectionCount(server.url);
-  const reference = await initiated("provider");
+  const reference = await initiated(server.url, "provider");
   const probe = { renders: [], last: null };
   let connection = null;
   function Banner() {
@@ -199,7 +173,7 @@ test("useInitiatePayment starts a payment that usePayment then follows", async (
 test("a provider given another url closes the first server's tracker and follows on the new one", async () => {
   const other = await startServer();
   try {
-    const reference = await initiated("provider-url");
+    const reference = await initiated(server.url, "provider-url");
     const baseline = await connectionCount(server.url);
     const probe = { renders: [], last: null };
     const tree = (url) => h(StrictMode, null, h(PaytrackProvider, { url }, h(Probe, { reference, seen: probe })));

@@ -7,18 +7,9 @@
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 import { createElement as h, StrictMode } from "react";
-import TestRenderer from "react-test-renderer";
 import { PaytrackProvider, usePayByLink, usePayment } from "../src/index.js";
-import { api, eventually, freePort, orderId, payLink, ServerProcess, startServer } from "./support.mjs";
-
-const { act, create } = TestRenderer;
-globalThis.IS_REACT_ACT_ENVIRONMENT = true;
-const warn = console.error;
-const QUIET = ["react-test-renderer is deprecated", "was not wrapped in act(", "should be wrapped into act("];
-console.error = (...args) => {
-  if (typeof args[0] === "string" && QUIET.some((text) => args[0].includes(text))) return;
-  warn(...args);
-};
+import { api, freePort, orderId, payLink, ServerProcess, startServer } from "./support.mjs";
+import { act, create, until } from "./renderer.mjs";
 
 let server;
 before(async () => {
@@ -34,13 +25,6 @@ async function render(element) {
     renderer = create(element);
   });
   return renderer;
-}
-
-async function until(check, what) {
-  await eventually(async () => {
-    await act(async () => {});
-    return check();
-  }, { what });
 }
 
 /** A checkout on usePayByLink and usePayment; every outcome callback is recorded in `calls`. */

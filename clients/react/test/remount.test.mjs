@@ -2,20 +2,11 @@
 // <Activity> hiding and showing, calls made around a close. What the page shows and what the server
 // holds (sockets, tracks), counted on the server.
 import assert from "node:assert/strict";
-import { after, before, test } from "node:test";
+import { after, afterEach, before, beforeEach, test } from "node:test";
 import { Activity, createElement as h, StrictMode, useEffect, useState } from "react";
-import TestRenderer from "react-test-renderer";
 import { PaytrackProvider, useInitiatePayment, usePayment, usePaytrackStore } from "../src/index.js";
-import { api, connectionCount, eventually, nextTask, paymentBody, simulate, startServer, trackingClients } from "./support.mjs";
-
-const { act, create } = TestRenderer;
-globalThis.IS_REACT_ACT_ENVIRONMENT = true;
-const warn = console.error;
-const QUIET = ["react-test-renderer is deprecated", "was not wrapped in act(", "should be wrapped into act("];
-console.error = (...args) => {
-  if (typeof args[0] === "string" && QUIET.some((text) => args[0].includes(text))) return;
-  warn(...args);
-};
+import { connectionCount, eventually, initiated, nextTask, paymentBody, simulate, startServer, trackingClients } from "./support.mjs";
+import { act, create, until } from "./renderer.mjs";
 
 let server;
 before(async () => {
@@ -25,22 +16,8 @@ after(async () => {
   await server?.kill();
 });
 
-async function until(check, what) {
-  await eventually(async () => {
-    await act(async () => {});
-    return check();
-  }, { what });
-}
-
-async function initiated(prefix) {
-  const { status, body } = await api(server.url, "POST", "/api/payment/initiate", paymentBody(prefix));
-  assert.equal(status, 201, JSON.stringify(body));
-  return body.reference;
-}
-
 const OPTIONS = { shareAcrossTabs: false };
 
-import { afterEach, beforeEach } from "node:test";
 let baselineSockets = 0;
 beforeEach(async () => {
   baselineSockets = await connectionCount(server.url);
@@ -52,7 +29,7 @@ afterEach(async () => {
 
 test("a route change in one commit under StrictMode keeps the provider's socket and track, and shows no loading", async () => {
   const baseline = await connectionCount(server.url);
-  const reference = await initiated("route");
+  const reference = await initiated(server.url, "route");
   const seen = { store: null, statuses: [], successes: [] };
   function Payment({ name }) {
     seen.store = usePaytrackStore();
@@ -118,7 +95,7 @@ function activityTree(reference, seen, extra = null) {
 }
 
 test("shown again after <Activity> hid it, usePayment shows the state it had, not loading, while it re-tracks", async () => {
-  const reference = await initiated("activity-kept");
+  const reference = await initiated(server.url, "activity-kept");
   const seen = { statuses: [], successes: [] };
   let renderer;
   await act(async () => {
@@ -139,7 +116,7 @@ test("shown again after <Activity> hid it, usePayment shows the state it had, no
 });
 
 test("shown again after <Activity> hid it, the connection reads connecting, then connected, never offline", async () => {
-  const reference = await initiated("activity-connection");
+  const reference = await initiated(server.url, "activity-connection");
   const seen = { statuses: [], successes: [], connections: [] };
   let renderer;
   await act(async () => {
@@ -160,7 +137,7 @@ test("shown again after <Activity> hid it, the connection reads connecting, then
 });
 
 test("a payment completed while hidden: shown again, SUCCESSFUL and onSuccess once", async () => {
-  const reference = await initiated("activity-done");
+  const reference = await initiated(server.url, "activity-done");
   const seen = { statuses: [], successes: [] };
   let renderer;
   await act(async () => {
@@ -188,7 +165,7 @@ test("a payment completed while hidden: shown again, SUCCESSFUL and onSuccess on
 });
 
 test("a component that initiates in an effect when shown again gets its payment, not `closed`", async () => {
-  const reference = await initiated("activity-effect");
+  const reference = await initiated(server.url, "activity-effect");
   const seen = { statuses: [], successes: [], outcomes: [] };
   let armed = false;
   function AutoPay() {
@@ -223,7 +200,7 @@ test("a component that initiates in an effect when shown again gets its payment,
 });
 
 test("Pay pressed, then the tab hidden before the answer: shown again, the initiation is the payment, not an error", async () => {
-  const reference = await initiated("activity-inflight");
+  const reference = await initiated(server.url, "activity-inflight");
   const seen = { statuses: [], successes: [] };
   let renderer;
   await act(async () => {
@@ -247,7 +224,7 @@ test("Pay pressed, then the tab hidden before the answer: shown again, the initi
 
 test("unmounted for good: no socket left on the server, even with a call in flight", async () => {
   const baseline = await connectionCount(server.url);
-  const reference = await initiated("gone");
+  const reference = await initiated(server.url, "gone");
   const seen = { statuses: [], successes: [] };
   let renderer;
   await act(async () => {

@@ -9,6 +9,7 @@ import {
   connectionCount,
   connectionReached,
   eventually,
+  initiated,
   jwt,
   JWT_SECRET,
   nextTask,
@@ -28,12 +29,6 @@ after(async () => {
   await server?.kill();
 });
 
-async function initiated(prefix) {
-  const { status, body } = await api(server.url, "POST", "/api/payment/initiate", paymentBody(prefix));
-  assert.equal(status, 201, JSON.stringify(body));
-  return body.reference;
-}
-
 /** Waits until the server acked every track-payment sent so far: a later track's ack comes after theirs. */
 async function barrier(store, seen) {
   const reference = `barrier-${Math.random().toString(36).slice(2)}`;
@@ -48,7 +43,7 @@ test("subscribe, let go and subscribe again in one task (StrictMode's double mou
   const keep = store.retain();
   try {
     await connectionReached(store, "connected");
-    const reference = await initiated("strict");
+    const reference = await initiated(server.url, "strict");
     const changes = [];
     const first = store.subscribePayment(reference, () => changes.push("first"));
     first(); // StrictMode: the effect's cleanup, then its second run, before any task
@@ -73,7 +68,7 @@ test("the last user leaving stops the reference after a task, and the server sto
   const store = createPaytrackStore({ url: server.url }, seen);
   try {
     await connectionReached(store, "connected");
-    const reference = await initiated("last-user");
+    const reference = await initiated(server.url, "last-user");
     const a = store.subscribePayment(reference, () => {});
     const b = store.subscribePayment(reference, () => {});
     await eventually(() => seen.count(seen.acks, reference) === 1, { what: "the track's ack" });
@@ -97,7 +92,7 @@ test("a snapshot is the same object until the payment changes, and follows it to
   const store = createPaytrackStore({ url: server.url }, observedTrackers());
   const renders = [];
   try {
-    const reference = await initiated("snap");
+    const reference = await initiated(server.url, "snap");
     assert.equal(store.getPayment(null).status, "idle");
     assert.equal(store.getPayment(reference).status, "loading");
     const off = store.subscribePayment(reference, () => renders.push(store.getPayment(reference)));

@@ -1,7 +1,8 @@
 // Test support for paytrack-react: the client's own (real server.py processes on free ports,
 // bounded waits), plus a way to see what the store asks of its tracker and what the server acks.
+import assert from "node:assert/strict";
 import { PaymentTracker } from "paytrack-client";
-import { within, WAIT_MS } from "../../js/test/support.mjs";
+import { api, paymentBody, within, WAIT_MS } from "../../js/test/support.mjs";
 
 export * from "../../js/test/support.mjs";
 
@@ -89,4 +90,11 @@ export async function connectionCount(baseUrl) {
 /** A macrotask later: past the store's default releaseDelayMs (0). */
 export function nextTask() {
   return new Promise((resolve) => setTimeout(resolve, 0));
+}
+
+/** A sandbox payment initiated on the server at `baseUrl`; its reference. */
+export async function initiated(baseUrl, prefix) {
+  const { status, body } = await api(baseUrl, "POST", "/api/payment/initiate", paymentBody(prefix));
+  assert.equal(status, 201, JSON.stringify(body));
+  return body.reference;
 }
