@@ -94,18 +94,34 @@ function activityTree(reference, seen, extra = null) {
   return h(StrictMode, null, h(Tabs));
 }
 
-test("shown again after <Activity> hid it, usePayment shows the state it had, not loading, while it re-tracks", async () => {
-  const reference = await initiated(server.url, "activity-kept");
-  const seen = { statuses: [], successes: [] };
+/** Mounts `activityTree` and waits until it shows the payment PENDING on a connected socket. */
+async function mountedPending(reference, seen, extra = null) {
   let renderer;
   await act(async () => {
-    renderer = create(activityTree(reference, seen));
+    renderer = create(activityTree(reference, seen, extra));
   });
   try {
     await until(() => seen.last?.status === "PENDING" && seen.last.connection.state === "connected", "PENDING");
-    await act(async () => seen.setMode("hidden"));
-    await nextTask();
-    await eventually(async () => (await trackingClients(server.url, reference)) === 0, { what: "untracked while hidden" });
+  } catch (error) {
+    await act(async () => renderer.unmount());
+    throw error;
+  }
+  return renderer;
+}
+
+/** Hides the provider and waits until the server counts no tracker of `reference`. */
+async function hiddenUntracked(seen, reference) {
+  await act(async () => seen.setMode("hidden"));
+  await nextTask();
+  await eventually(async () => (await trackingClients(server.url, reference)) === 0, { what: "untracked while hidden" });
+}
+
+test("shown again after <Activity> hid it, usePayment shows the state it had, not loading, while it re-tracks", async () => {
+  const reference = await initiated(server.url, "activity-kept");
+  const seen = { statuses: [], successes: [] };
+  const renderer = await mountedPending(reference, seen);
+  try {
+    await hiddenUntracked(seen, reference);
     seen.statuses.length = 0;
     await act(async () => seen.setMode("visible"));
     await until(() => seen.last.connection.state === "connected" && seen.last.status === "PENDING", "connected again");
@@ -118,15 +134,9 @@ test("shown again after <Activity> hid it, usePayment shows the state it had, no
 test("shown again after <Activity> hid it, the connection reads connecting, then connected, never offline", async () => {
   const reference = await initiated(server.url, "activity-connection");
   const seen = { statuses: [], successes: [], connections: [] };
-  let renderer;
-  await act(async () => {
-    renderer = create(activityTree(reference, seen));
-  });
+  const renderer = await mountedPending(reference, seen);
   try {
-    await until(() => seen.last?.status === "PENDING" && seen.last.connection.state === "connected", "PENDING");
-    await act(async () => seen.setMode("hidden"));
-    await nextTask();
-    await eventually(async () => (await trackingClients(server.url, reference)) === 0, { what: "untracked while hidden" });
+    await hiddenUntracked(seen, reference);
     seen.connections.length = 0;
     await act(async () => seen.setMode("visible"));
     await until(() => seen.last.connection.state === "connected", "connected again");
@@ -139,15 +149,9 @@ test("shown again after <Activity> hid it, the connection reads connecting, then
 test("a payment completed while hidden: shown again, SUCCESSFUL and onSuccess once", async () => {
   const reference = await initiated(server.url, "activity-done");
   const seen = { statuses: [], successes: [] };
-  let renderer;
-  await act(async () => {
-    renderer = create(activityTree(reference, seen));
-  });
+  const renderer = await mountedPending(reference, seen);
   try {
-    await until(() => seen.last?.status === "PENDING" && seen.last.connection.state === "connected", "PENDING");
-    await act(async () => seen.setMode("hidden"));
-    await nextTask();
-    await eventually(async () => (await trackingClients(server.url, reference)) === 0, { what: "untracked while hidden" });
+    await hiddenUntracked(seen, reference);
     await simulate(server.url, reference, "SUCCESSFUL");
     await act(async () => seen.setMode("visible"));
     await until(() => seen.last.status === "SUCCESSFUL", "SUCCESSFUL");
@@ -180,16 +184,10 @@ test("a component that initiates in an effect when shown again gets its payment,
     });
     return null;
   }
-  let renderer;
   // AutoPay first: its effect runs before the probe's subscription and the provider's retain.
-  await act(async () => {
-    renderer = create(activityTree(reference, seen, h(AutoPay)));
-  });
+  const renderer = await mountedPending(reference, seen, h(AutoPay));
   try {
-    await until(() => seen.last?.status === "PENDING" && seen.last.connection.state === "connected", "PENDING");
-    await act(async () => seen.setMode("hidden"));
-    await nextTask();
-    await eventually(async () => (await trackingClients(server.url, reference)) === 0, { what: "untracked while hidden" });
+    await hiddenUntracked(seen, reference);
     armed = true;
     await act(async () => seen.setMode("visible"));
     await until(() => seen.outcomes.length === 1, "the initiation's outcome");
@@ -202,12 +200,8 @@ test("a component that initiates in an effect when shown again gets its payment,
 test("Pay pressed, then the tab hidden before the answer: shown again, the initiation is the payment, not an error", async () => {
   const reference = await initiated(server.url, "activity-inflight");
   const seen = { statuses: [], successes: [] };
-  let renderer;
-  await act(async () => {
-    renderer = create(activityTree(reference, seen));
-  });
+  const renderer = await mountedPending(reference, seen);
   try {
-    await until(() => seen.last?.status === "PENDING" && seen.last.connection.state === "connected", "PENDING");
     let pending;
     await act(async () => {
       pending = seen.pay.initiate(paymentBody("activity-inflight-pay"));
@@ -226,11 +220,7 @@ test("unmounted for good: no socket left on the server, even with a call in flig
   const baseline = await connectionCount(server.url);
   const reference = await initiated(server.url, "gone");
   const seen = { statuses: [], successes: [] };
-  let renderer;
-  await act(async () => {
-    renderer = create(activityTree(reference, seen));
-  });
-  await until(() => seen.last?.status === "PENDING" && seen.last.connection.state === "connected", "PENDING");
+  const renderer = await mountedPending(reference, seen);
   let pending;
   await act(async () => {
     pending = seen.pay.initiate(paymentBody("gone-pay"));
