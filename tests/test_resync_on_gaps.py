@@ -13,12 +13,29 @@ import pytest
 
 from realtime.server import SIO
 from realtime.storage.keys import RedisKeys
-from tests.conftest import StartInstance
-from tests.harness import WAIT, eventually
+from tests.conftest import Instance, StartInstance
+from tests.harness import WAIT, Tracker, eventually
 from tests.partition import PartitionProxy
 from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.redis
+
+
+async def tracked_across(a: Instance, b: Instance, order_id: str) -> tuple[str, Tracker]:
+    """A payment initiated on `a`, and a page on `b` tracking it (PENDING)."""
+    status, body, _ = await a.api.initiate(order_id=order_id)
+    assert status == 201, body
+    reference = str(body["reference"])
+    page = await b.tracker()
+    ack = await page.track(reference)
+    assert ack["ok"] is True and ack["payment"]["status"] == "PENDING", ack
+    return reference, page
+
+
+async def completed_on(page: Tracker, reference: str, timeout: float = WAIT) -> None:
+    """`page` is told `reference` completed, SUCCESSFUL."""
+    completed = await page.wait_for("payment-completed", timeout=timeout)
+    assert completed[-1].data["reference"] == reference and completed[-1].data["status"] == "SUCCESSFUL"
 
 
 async def test_a_page_gets_what_was_published_while_its_instances_listener_was_away_after_it_resubscribes(
@@ -31,12 +48,7 @@ async def test_a_page_gets_what_was_published_while_its_instances_listener_was_a
     common = {"REDIS_KEY_PREFIX": "gaps:", "RESYNC_INTERVAL_SECONDS": 3600}
     a = await start_redis_instance(INSTANCE_ID="a", SOCKETIO_CHANNEL="gaps-lost", **common)
     b = await start_redis_instance(INSTANCE_ID="b", SOCKETIO_CHANNEL="gaps", **common)
-    status, body, _ = await a.api.initiate(order_id="o-gap")
-    assert status == 201, body
-    reference = body["reference"]
-    page = await b.tracker()
-    ack = await page.track(reference)
-    assert ack["ok"] is True and ack["payment"]["status"] == "PENDING", ack
+    reference, page = await tracked_across(a, b, "o-gap")
     status, body, _ = await a.api.simulate(reference, "SUCCESSFUL")
     assert status == 200 and body["applied"] is True  # published where b does not listen: lost for b's page
 
@@ -53,8 +65,7 @@ async def test_a_page_gets_what_was_published_while_its_instances_listener_was_a
     finally:
         await plain.aclose()
     await eventually(lambda: manager.subscriptions > resubscribed)
-    completed = await page.wait_for("payment-completed", timeout=WAIT)
-    assert completed[-1].data["reference"] == reference and completed[-1].data["status"] == "SUCCESSFUL"
+    await completed_on(page, reference)
 
 
 async def test_a_page_gets_what_was_published_while_redis_py_quietly_resubscribed_its_instances_listener(
@@ -69,12 +80,7 @@ async def test_a_page_gets_what_was_published_while_redis_py_quietly_resubscribe
     common = {"REDIS_KEY_PREFIX": "quiet:", "SOCKETIO_CHANNEL": "quiet", "RESYNC_INTERVAL_SECONDS": 300}
     a = await start_redis_instance(INSTANCE_ID="a", **common)
     b = await start_redis_instance(INSTANCE_ID="b", REDIS_URL=proxy.url, **common)
-    status, body, _ = await a.api.initiate(order_id="o-quiet")
-    assert status == 201, body
-    reference = body["reference"]
-    page = await b.tracker()
-    ack = await page.track(reference)
-    assert ack["ok"] is True and ack["payment"]["status"] == "PENDING", ack
+    reference, page = await tracked_across(a, b, "o-quiet")
     manager = b.app[SIO].manager
     await asyncio.wait_for(manager.listening.wait(), WAIT)
 
@@ -88,8 +94,7 @@ async def test_a_page_gets_what_was_published_while_redis_py_quietly_resubscribe
     finally:
         proxy.resume()
         await plain.aclose()
-    completed = await page.wait_for("payment-completed", timeout=10)
-    assert completed[-1].data["reference"] == reference and completed[-1].data["status"] == "SUCCESSFUL"
+    await completed_on(page, reference, timeout=10)
     await page.barrier()
     assert [e.data["seq"] for e in page.named("payment-status")] == [1, 2]  # the resync's, once: nothing twice
     assert len(page.named("payment-completed")) == 1 and manager.listening.is_set()
@@ -131,12 +136,7 @@ async def test_a_follow_that_keeps_failing_backs_off_instead_of_hammering_redis_
     common = {"REDIS_KEY_PREFIX": "loop:", "SOCKETIO_CHANNEL": "loop", "RESYNC_INTERVAL_SECONDS": 2}
     a = await start_redis_instance(INSTANCE_ID="a", **common)
     b = await start_redis_instance(INSTANCE_ID="b", **common)
-    status, body, _ = await a.api.initiate(order_id="o-loop")
-    assert status == 201, body
-    reference = body["reference"]
-    page = await b.tracker()
-    ack = await page.track(reference)
-    assert ack["ok"] is True and ack["payment"]["status"] == "PENDING", ack
+    reference, page = await tracked_across(a, b, "o-loop")
 
     routes = RedisKeys("loop:").routes(reference)
     plain = redis_server.client()
@@ -162,5 +162,4 @@ async def test_a_follow_that_keeps_failing_backs_off_instead_of_hammering_redis_
         await plain.aclose()
     status, body, _ = await a.api.simulate(reference, "SUCCESSFUL")
     assert status == 200 and body["applied"] is True
-    completed = await page.wait_for("payment-completed", timeout=WAIT)
-    assert completed[-1].data["reference"] == reference and completed[-1].data["status"] == "SUCCESSFUL"
+    await completed_on(page, reference)
