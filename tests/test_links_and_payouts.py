@@ -20,7 +20,7 @@ from payments.ports import IdempotencyRecord
 from payments.reconciler import RECONCILER
 from tests.campay_fake import FakeCampay
 from tests.conftest import Backend, Instance, StartInstance, campay_settings
-from tests.harness import JWT_SECRET, WAIT, eventually, user_token
+from tests.harness import JWT_SECRET, WAIT, Tracker, eventually, user_token
 from tests.merchant_receiver import MerchantReceiver, merchant_settings
 
 _deployments = itertools.count()
@@ -43,6 +43,29 @@ async def _link(instance: Instance, order_id: str, amount: int = 500, **extra: A
         "POST", "/api/payment/link", json={"order_id": order_id, "amount": amount, **extra}
     )
     return status, body
+
+
+async def _short_lived_links(
+    start_instance: StartInstance, campay: FakeCampay, merchant: MerchantReceiver | None = None
+) -> tuple[Instance, ManualClock]:
+    """An instance and CamPay's fake on one manual clock, links living 300 s and reconciled at once; the
+    merchant, when given, hears every event."""
+    clock = ManualClock()
+    campay.clock = clock
+    heard = merchant_settings(merchant, MERCHANT_WEBHOOK_EVENTS=ALL_EVENTS) if merchant is not None else {}
+    settings = campay_settings(campay, RECONCILE_AFTER_SECONDS=0, LINK_LIFETIME_SECONDS=300, **heard)
+    return await start_instance(clock, **settings), clock
+
+
+async def _expired_on_a_page(instance: Instance, clock: ManualClock, reference: str) -> tuple[Tracker, int]:
+    """A page tracking link `reference`, then its lifetime over and the reconciler's pass (CamPay: 404):
+    the page told EXPIRED. The page, and the seq it was told it at."""
+    page = await instance.tracker()
+    await page.track(reference)
+    clock.advance(301)
+    await instance.app[RECONCILER].run_once()
+    await page.wait_for("payment-completed")
+    return page, page.named("payment-completed")[0].data["seq"]
 
 
 async def _paid_collect(instance: Instance, campay: FakeCampay, http: aiohttp.ClientSession, order_id: str) -> str:
@@ -192,23 +215,11 @@ async def test_a_link_paid_after_its_expiry_tells_its_page_and_merchant_and_is_a
     after it is the truth. The page that was told payment-expired is told payment-success and completed at a
     higher seq, the merchant hears payment.succeeded after payment.expired (each once), and an order paid
     meanwhile by another payment shows the late one as a duplicate charge to refund (`duplicate_of`)."""
-    clock = ManualClock()
-    campay.clock = clock
-    settings = campay_settings(
-        campay,
-        RECONCILE_AFTER_SECONDS=0,
-        LINK_LIFETIME_SECONDS=300,
-        **merchant_settings(merchant, MERCHANT_WEBHOOK_EVENTS=ALL_EVENTS),
-    )
-    instance = await start_instance(clock, **settings)
+    instance, clock = await _short_lived_links(start_instance, campay, merchant)
     _, link = await _link(instance, "o-late")
     reference = link["reference"]
-    page = await instance.tracker()
-    await page.track(reference)
-    clock.advance(301)
-    await instance.app[RECONCILER].run_once()  # CamPay: 404, past the lifetime: EXPIRED
-    await page.wait_for("payment-completed")
-    expired_seq = page.named("payment-completed")[0].data["seq"]
+    # CamPay: 404, past the lifetime: EXPIRED
+    page, expired_seq = await _expired_on_a_page(instance, clock, reference)
     fresh = await _paid_collect(instance, campay, http, "o-late")  # the shopper paid the order again, by a collect
 
     campay.start_link(reference, method="MOMO", phone="237671234567")  # ... and the old link's page too
@@ -249,24 +260,12 @@ async def test_a_link_paid_another_amount_after_its_expiry_fails_and_tells_its_p
     amount_mismatch with CamPay's figures. The page told payment-expired is told payment-failed and completed
     at a higher seq (once), the order shows the failure with CamPay's figures, and the merchant hears
     payment.failed after payment.expired, carrying them. A plain FAILED after an expiry changes nothing."""
-    clock = ManualClock()
-    campay.clock = clock
-    settings = campay_settings(
-        campay,
-        RECONCILE_AFTER_SECONDS=0,
-        LINK_LIFETIME_SECONDS=300,
-        **merchant_settings(merchant, MERCHANT_WEBHOOK_EVENTS=ALL_EVENTS),
-    )
-    instance = await start_instance(clock, **settings)
+    instance, clock = await _short_lived_links(start_instance, campay, merchant)
     _, link = await _link(instance, "o-late-other")
     _, declined = await _link(instance, "o-late-declined")
     reference = link["reference"]
-    page = await instance.tracker()
-    await page.track(reference)
-    clock.advance(301)
-    await instance.app[RECONCILER].run_once()  # CamPay: 404 for both, past the lifetime: EXPIRED
-    await page.wait_for("payment-completed")
-    expired_seq = page.named("payment-completed")[0].data["seq"]
+    # CamPay: 404 for both, past the lifetime: EXPIRED
+    page, expired_seq = await _expired_on_a_page(instance, clock, reference)
     assert (await instance.storage.get_payment(declined["reference"])).status.value == "EXPIRED"
 
     campay.start_link(reference, method="MOMO", phone="237671234567")  # the payer pays the old page ...
@@ -787,11 +786,7 @@ async def test_a_late_paid_duplicate_link_is_refunded_to_its_payer_after_a_faile
     """The two halves of issue 37's review together: a link paid after its expiry, its order paid meanwhile
     by a collect (the link is the duplicate charge), refunded to the phone CamPay's record names; CamPay
     FAILS the first payout, the retry pays it, and nothing makes a third withdraw."""
-    clock = ManualClock()
-    campay.clock = clock
-    instance = await start_instance(
-        clock, **campay_settings(campay, RECONCILE_AFTER_SECONDS=0, LINK_LIFETIME_SECONDS=300)
-    )
+    instance, clock = await _short_lived_links(start_instance, campay)
     _, link = await _link(instance, "o-late-refund")
     reference = link["reference"]
     clock.advance(301)
@@ -826,22 +821,10 @@ async def test_a_late_success_by_webhook_and_refresh_at_once_is_told_once(
     """CamPay's callback and a page's ?refresh=true bring an EXPIRED link's SUCCESSFUL at the same moment:
     one applies, the other is a duplicate; the page gets one payment-success and one more payment-completed,
     the merchant one payment.succeeded (review of issue 37; held)."""
-    clock = ManualClock()
-    campay.clock = clock
-    settings = campay_settings(
-        campay,
-        RECONCILE_AFTER_SECONDS=0,
-        LINK_LIFETIME_SECONDS=300,
-        **merchant_settings(merchant, MERCHANT_WEBHOOK_EVENTS=ALL_EVENTS),
-    )
-    instance = await start_instance(clock, **settings)
+    instance, clock = await _short_lived_links(start_instance, campay, merchant)
     _, link = await _link(instance, "o-late-race")
     reference = link["reference"]
-    page = await instance.tracker()
-    await page.track(reference)
-    clock.advance(301)
-    await instance.app[RECONCILER].run_once()
-    await page.wait_for("payment-completed")
+    page, _ = await _expired_on_a_page(instance, clock, reference)
     campay.start_link(reference, method="MOMO", phone="237671234567")
     campay.set_status(reference, "SUCCESSFUL")
     hook, (status, order, headers) = await asyncio.gather(
