@@ -56,7 +56,9 @@ async def test_a_pass_that_raises_is_logged_and_the_worker_keeps_going(caplog) -
     assert [r.getMessage() for r in caplog.records if r.name == "test.bg"][:1] == ["pass failed"]
 
 
-async def test_wait_first_runs_nothing_until_woken() -> None:
+def _started_waiting_first() -> tuple[PeriodicWorker, asyncio.Queue[None]]:
+    """A started worker that waits for a wake (or a whole LONG interval) before its first pass; each pass
+    puts None on the queue."""
     passes = asyncio.Queue[None]()
 
     async def work() -> None:
@@ -64,6 +66,11 @@ async def test_wait_first_runs_nothing_until_woken() -> None:
 
     worker = PeriodicWorker("test", work, interval=LONG, log=logging.getLogger("test"), failed="x", wait_first=True)
     worker.start()
+    return worker, passes
+
+
+async def test_wait_first_runs_nothing_until_woken() -> None:
+    worker, passes = _started_waiting_first()
     try:
         await asyncio.sleep(0)
         assert passes.empty()
@@ -76,13 +83,7 @@ async def test_wait_first_runs_nothing_until_woken() -> None:
 async def test_wake_in_runs_a_pass_after_the_delay_and_keeps_the_sooner_of_two() -> None:
     """With the interval out of reach, only the delayed wake can bring the second pass; the later `wake_in`
     does not push back the one already due."""
-    passes = asyncio.Queue[None]()
-
-    async def work() -> None:
-        passes.put_nowait(None)
-
-    worker = PeriodicWorker("test", work, interval=LONG, log=logging.getLogger("test"), failed="x", wait_first=True)
-    worker.start()
+    worker, passes = _started_waiting_first()
     try:
         worker.wake_in(0.01)
         worker.wake_in(LONG)
