@@ -25,7 +25,6 @@ import asyncio
 import contextlib
 import inspect
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from datetime import datetime
@@ -35,6 +34,7 @@ from typing import Any, ClassVar, TypeVar
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from core.background import PeriodicWorker
+from core.backoff import Backoff
 from core.clock import Clock
 from core.errors import Busy
 from observability.health import StorageHealth
@@ -188,7 +188,7 @@ class Failover:
         another call's outage degraded meanwhile stops waiting and goes to memory.
         """
         deadline: float | None = None
-        delay = _RIDE_OUT_FIRST_DELAY
+        backoff = Backoff(first=_RIDE_OUT_FIRST_DELAY, cap=_RIDE_OUT_MAX_DELAY)
         while self.healthy or (role is not None and role.back):
             if self._closed:
                 # A call still riding a failover out at close (or made after it) must not reopen the closed
@@ -215,8 +215,8 @@ class Failover:
                 if now >= deadline or not self.healthy:
                     self.degrade(exc)
                     break
-                await asyncio.sleep(min(delay * random.uniform(0.5, 1.0), deadline - now))
-                delay = min(delay * 2, _RIDE_OUT_MAX_DELAY)
+                await asyncio.sleep(min(backoff.delay(), deadline - now))
+                backoff.failed()
         return False, None
 
     @property
